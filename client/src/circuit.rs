@@ -1,0 +1,306 @@
+//! One client circuit: built hop by hop, then an owner task that carries streams.
+//!
+//! The task owns the link's circuit queue, the layered cell crypto for every hop and the
+//! streams. A cell that no hop can authenticate, or any protocol violation, destroys the
+//! circuit; nothing from such a cell reaches an application.
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use allium_net::channel::Channel;
+use allium_net::link::PeerInfo;
+use allium_net::pool::ChannelPool;
+use allium_net::stream::{StreamEvent, StreamMux};
+use allium_proto::cell::{self, Cell, CellCmd, DestroyReason, MAX_HANDSHAKE_LEN, PAYLOAD_LEN};
+use allium_proto::crypto::cell_crypto::ClientCrypto;
+use allium_proto::crypto::ntor::{self, HTYPE_NTOR};
+use allium_proto::doc::ConsensusRelay;
+use allium_proto::ext::Extensions;
+use allium_proto::frag::{Progress, Reassembly};
+use allium_proto::relay_msg::{self, Direction, EndReason, ExtendTarget, MsgAssembler, RelayMsg, RELAY_PLAINTEXT_LEN};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot};
+
+/// How long building a whole circuit may take before it is abandoned.
+pub const BUILD_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Why a circuit failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CircError {
+    #[error("could not open a link to the first hop: {0}")]
+    Link(#[from] allium_net::link::LinkError),
+    #[error("link closed")]
+    Closed,
+    #[error("circuit destroyed by a relay ({0:?})")]
+    Destroyed(DestroyReason),
+    #[error("relay broke the protocol: {0}")]
+    Protocol(String),
+    #[error("circuit build timed out")]
+    Timeout,
+}
+
+/// A stream request handed to the circuit task.
+pub struct BeginRequest {
+    pub host: String,
+    pub port: u16,
+    /// The application's socket; the task answers it.
+    pub sock: TcpStream,
+    /// Bytes the application sent after its SOCKS request (sent once connected).
+    pub early_data: Vec<u8>,
+    /// Written to the socket before any stream data once connected (the SOCKS success reply).
+    pub success_reply: Vec<u8>,
+    /// `Ok(())` once connected; on failure the socket comes back so the caller can answer.
+    pub done: oneshot::Sender<Result<IpAddrOpt, (EndReason, TcpStream)>>,
+}
+
+/// The address the exit reports, if any.
+pub type IpAddrOpt = Option<IpAddr>;
+
+/// A cheap handle to a running circuit.
+#[derive(Clone)]
+pub struct CircHandle {
+    tx: mpsc::Sender<BeginRequest>,
+    pub exit: Arc<ConsensusRelay>,
+    pub built_at: Instant,
+}
+
+impl CircHandle {
+    pub fn is_closed(&self) -> bool {
+        self.tx.is_closed()
+    }
+
+    /// Opens a stream; the circuit task answers through `req.done`.
+    pub async fn begin(&self, req: BeginRequest) -> Result<(), BeginRequest> {
+        self.tx.send(req).await.map_err(|e| e.0)
+    }
+}
+
+/// The circuit's state after building.
+struct Circuit {
+    chan: Channel,
+    id: u32,
+    rx: mpsc::Receiver<Cell>,
+    crypto: ClientCrypto,
+    asm: Vec<MsgAssembler>,
+}
+
+/// Builds a circuit through `path` and starts its task.
+pub async fn build(pool: &ChannelPool, path: [&ConsensusRelay; 3]) -> Result<CircHandle, CircError> {
+    let started = Instant::now();
+    let circ = tokio::time::timeout(BUILD_TIMEOUT, build_inner(pool, &path)).await.map_err(|_| CircError::Timeout)??;
+    tracing::debug!(
+        "circuit built in {:.1} ms through {} {} {}",
+        started.elapsed().as_secs_f64() * 1e3,
+        path[0].identity.short(),
+        path[1].identity.short(),
+        path[2].identity.short()
+    );
+    let (tx, rx) = mpsc::channel(64);
+    tokio::spawn(circ.run(rx));
+    Ok(CircHandle { tx, exit: Arc::new(path[2].clone()), built_at: Instant::now() })
+}
+
+fn ext_bytes() -> Vec<u8> {
+    let mut v = Vec::new();
+    Extensions::none().encode(&mut v);
+    v
+}
+
+async fn build_inner(pool: &ChannelPool, path: &[&ConsensusRelay; 3]) -> Result<Circuit, CircError> {
+    let first = path[0];
+    let chan = pool.get(&PeerInfo { addr: first.address, identity: first.identity, link_key: first.link_key }).await?;
+    let (id, rx) = chan.open_circuit().map_err(|_| CircError::Closed)?;
+    let mut c = Circuit { chan, id, rx, crypto: ClientCrypto::new(), asm: Vec::new() };
+    let r = c.build_hops(path).await;
+    if r.is_err() {
+        c.chan.close_circuit(c.id);
+        let _ = c.chan.try_send(Cell::destroy(c.id, DestroyReason::Requested));
+    }
+    r.map(|_| c)
+}
+
+impl Circuit {
+    async fn build_hops(&mut self, path: &[&ConsensusRelay; 3]) -> Result<(), CircError> {
+        let mut rng = rand::rngs::OsRng;
+        let (state, msg) = ntor::client_start(&mut rng, &path[0].identity, &path[0].onion_key, &ext_bytes());
+        for c in cell::create_cells(self.id, HTYPE_NTOR, 0, &msg) {
+            self.chan.send(c).await.map_err(|_| CircError::Closed)?;
+        }
+        let reply = self.read_created().await?;
+        let (keys, _ext) = state.finish(&reply).map_err(|e| CircError::Protocol(e.to_string()))?;
+        self.crypto.add_hop(&keys);
+        self.asm.push(MsgAssembler::default());
+        for hop in &path[1..] {
+            let (state, msg) = ntor::client_start(&mut rng, &hop.identity, &hop.onion_key, &ext_bytes());
+            let target = ExtendTarget { addr: hop.address, identity: hop.identity.0, link_key: hop.link_key };
+            let last = self.crypto.n_hops() - 1;
+            self.send(last, 0, &RelayMsg::Extend { target, htype: HTYPE_NTOR, hdata: msg, ext: Extensions::none() }).await?;
+            let reply = loop {
+                let cell = self.rx.recv().await.ok_or(CircError::Closed)?;
+                match self.receive(cell)? {
+                    Some((h, _, RelayMsg::Extended { hdata, .. })) if h == last => break hdata,
+                    Some((_, _, RelayMsg::Drop)) | None => continue,
+                    Some(_) => return Err(CircError::Protocol("unexpected message while extending".into())),
+                }
+            };
+            let (keys, _ext) = state.finish(&reply).map_err(|e| CircError::Protocol(e.to_string()))?;
+            self.crypto.add_hop(&keys);
+            self.asm.push(MsgAssembler::default());
+        }
+        Ok(())
+    }
+
+    async fn read_created(&mut self) -> Result<Vec<u8>, CircError> {
+        let cell = self.rx.recv().await.ok_or(CircError::Closed)?;
+        match cell.cmd {
+            CellCmd::Created => {}
+            CellCmd::Destroy => return Err(CircError::Destroyed(DestroyReason::from_u8(cell.payload[0]))),
+            _ => return Err(CircError::Protocol("expected CREATED".into())),
+        }
+        let (total, first) = cell::parse_created(&cell.payload).map_err(|e| CircError::Protocol(e.to_string()))?;
+        let started = Instant::now();
+        let (mut r, mut p) = Reassembly::start(total, MAX_HANDSHAKE_LEN, first, 0).map_err(|e| CircError::Protocol(e.to_string()))?;
+        loop {
+            match p {
+                Progress::Complete(m) => return Ok(m),
+                Progress::NeedMore => {
+                    let c = self.rx.recv().await.ok_or(CircError::Closed)?;
+                    if c.cmd != CellCmd::Continue {
+                        return Err(CircError::Protocol("expected CONTINUE".into()));
+                    }
+                    p = r.push(&c.payload, started.elapsed().as_millis() as u64).map_err(|e| CircError::Protocol(e.to_string()))?;
+                }
+            }
+        }
+    }
+
+    /// Encrypts and sends a message to `hop`.
+    async fn send(&mut self, hop: usize, stream_id: u16, msg: &RelayMsg) -> Result<(), CircError> {
+        for pt in relay_msg::encode_plaintexts(stream_id, msg) {
+            let mut body = [0u8; PAYLOAD_LEN];
+            body[..RELAY_PLAINTEXT_LEN].copy_from_slice(&pt);
+            self.crypto.encrypt_outbound(hop, &mut body).map_err(|e| CircError::Protocol(e.to_string()))?;
+            self.chan.send(Cell { circ_id: self.id, cmd: CellCmd::Relay, payload: body }).await.map_err(|_| CircError::Closed)?;
+        }
+        Ok(())
+    }
+
+    /// Decrypts one cell from the link: `Some((hop, stream, message))` when a message is
+    /// complete. Any failure is fatal for the circuit.
+    fn receive(&mut self, cell: Cell) -> Result<Option<(usize, u16, RelayMsg)>, CircError> {
+        match cell.cmd {
+            CellCmd::Relay => {}
+            CellCmd::Destroy => return Err(CircError::Destroyed(DestroyReason::from_u8(cell.payload[0]))),
+            _ => return Err(CircError::Protocol("unexpected cell command".into())),
+        }
+        let mut body = cell.payload;
+        let hop = self.crypto.decrypt_inbound(&mut body).map_err(|_| CircError::Protocol("relay cell failed authentication".into()))?;
+        let pt: &[u8; RELAY_PLAINTEXT_LEN] = body[..RELAY_PLAINTEXT_LEN].try_into().expect("493 bytes");
+        let Some((h, b)) = self.asm[hop].push(pt).map_err(|e| CircError::Protocol(e.to_string()))? else { return Ok(None) };
+        let msg = RelayMsg::decode(h.cmd, &b, Direction::Inbound).map_err(|e| CircError::Protocol(e.to_string()))?;
+        Ok(Some((hop, h.stream_id, msg)))
+    }
+
+    async fn send_all(&mut self, msgs: Vec<(u16, RelayMsg)>) -> Result<(), CircError> {
+        let last = self.crypto.n_hops() - 1;
+        for (id, m) in msgs {
+            self.send(last, id, &m).await?;
+        }
+        Ok(())
+    }
+
+    async fn run(mut self, mut begins: mpsc::Receiver<BeginRequest>) {
+        let mut mux = StreamMux::new();
+        let mut pending: std::collections::HashMap<u16, BeginRequest> = Default::default();
+        let last = self.crypto.n_hops() - 1;
+        let mut open = true;
+        let result: Result<(), CircError> = loop {
+            if !open && mux.is_empty() && pending.is_empty() {
+                break Ok(());
+            }
+            let step = tokio::select! {
+                c = self.rx.recv() => match c {
+                    None => Err(CircError::Closed),
+                    Some(c) => match self.receive(c) {
+                        Err(e) => Err(e),
+                        Ok(None) => Ok(()),
+                        Ok(Some((hop, sid, msg))) => self.on_msg(hop == last, sid, msg, &mut mux, &mut pending).await,
+                    },
+                },
+                req = begins.recv(), if open => match req {
+                    // Every handle is gone: close once the last stream ends.
+                    None => { open = false; Ok(()) }
+                    Some(req) => self.begin(req, &mut mux, &mut pending).await,
+                },
+                ev = mux.next_event() => {
+                    let out = mux.handle_event(ev);
+                    self.send_all(out).await
+                }
+            };
+            if let Err(e) = step {
+                break Err(e);
+            }
+        };
+        if let Err(e) = result {
+            match &e {
+                CircError::Protocol(m) => tracing::warn!("closing circuit: relay broke the protocol ({m})"),
+                e => tracing::debug!("circuit closed: {e}"),
+            }
+            let _ = self.chan.try_send(Cell::destroy(self.id, DestroyReason::Protocol));
+        } else {
+            let _ = self.chan.try_send(Cell::destroy(self.id, DestroyReason::Finished));
+        }
+        self.chan.close_circuit(self.id);
+        for (_, req) in pending {
+            let _ = req.done.send(Err((EndReason::Destroy, req.sock)));
+        }
+    }
+
+    async fn begin(&mut self, req: BeginRequest, mux: &mut StreamMux, pending: &mut std::collections::HashMap<u16, BeginRequest>) -> Result<(), CircError> {
+        let Some(id) = mux.alloc_id() else {
+            let _ = req.done.send(Err((EndReason::ResourceLimit, req.sock)));
+            return Ok(());
+        };
+        mux.open(id).map_err(|e| CircError::Protocol(e.to_string()))?;
+        let msg = RelayMsg::Begin { host: req.host.clone(), port: req.port, ext: Extensions::none() };
+        pending.insert(id, req);
+        let last = self.crypto.n_hops() - 1;
+        self.send(last, id, &msg).await
+    }
+
+    async fn on_msg(&mut self, from_last: bool, sid: u16, msg: RelayMsg, mux: &mut StreamMux, pending: &mut std::collections::HashMap<u16, BeginRequest>) -> Result<(), CircError> {
+        if matches!(msg, RelayMsg::Drop) {
+            return Ok(());
+        }
+        if !from_last {
+            return Err(CircError::Protocol("stream message from a middle hop".into()));
+        }
+        match msg {
+            RelayMsg::Connected { addr, .. } => {
+                let req = pending.remove(&sid).ok_or_else(|| CircError::Protocol("CONNECTED for no pending stream".into()))?;
+                mux.attach(sid, req.sock, req.success_reply);
+                let _ = req.done.send(Ok(addr));
+                if !req.early_data.is_empty() {
+                    let out = mux.handle_event(StreamEvent::Data { id: sid, data: req.early_data });
+                    self.send_all(out).await?;
+                }
+                Ok(())
+            }
+            RelayMsg::End(reason) if pending.contains_key(&sid) => {
+                let req = pending.remove(&sid).expect("pending");
+                let _ = mux.handle_msg(sid, RelayMsg::End(reason));
+                let _ = req.done.send(Err((reason, req.sock)));
+                Ok(())
+            }
+            m @ (RelayMsg::Data(_) | RelayMsg::Sendme | RelayMsg::End(_)) => {
+                if pending.contains_key(&sid) {
+                    return Err(CircError::Protocol("data before CONNECTED".into()));
+                }
+                let out = mux.handle_msg(sid, m).map_err(|e| CircError::Protocol(e.to_string()))?;
+                self.send_all(out).await
+            }
+            _ => Err(CircError::Protocol("unexpected relay message".into())),
+        }
+    }
+}

@@ -1,0 +1,771 @@
+//! A directory authority: its state (descriptors, votes, signatures, the published consensus),
+//! the rules for accepting each, and the schedule loop that votes, signs and publishes.
+//!
+//! [`AuthorityState`] is synchronous and takes the time as an argument, so every acceptance rule
+//! is unit-testable; [`run_authority`] wraps it in the HTTP server ([`crate::server`]) and the
+//! schedule loop, which talks to the other authorities.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use allium_net::config::AuthorityEntry;
+use allium_net::keys::NodeKeys;
+use allium_proto::doc::{compute_consensus, Consensus, DetachedSignature, RelayDescriptor, Vote};
+use allium_proto::ids::RelayId;
+use allium_proto::policy::is_private;
+use ed25519_dalek::SigningKey;
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+
+use crate::config::AuthorityConfig;
+use crate::schedule::{descriptor_max_age, Schedule};
+use crate::DirError;
+
+/// How far in the future a descriptor's `published` may be (seconds).
+pub const MAX_PUBLISHED_SKEW_SECS: u64 = 3600;
+/// Most descriptors an authority holds.
+pub const MAX_DESCRIPTORS: usize = 20_000;
+/// File in the data directory holding the latest published consensus.
+pub const CONSENSUS_FILE: &str = "cached-consensus";
+
+/// The current unix time in milliseconds.
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
+/// Why a submission was refused: an HTTP status and a one-line reason for the sender.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Reject {
+    pub status: u16,
+    pub reason: String,
+}
+
+impl Reject {
+    fn bad(reason: impl Into<String>) -> Self {
+        Reject { status: 400, reason: reason.into() }
+    }
+    fn conflict(reason: impl Into<String>) -> Self {
+        Reject { status: 409, reason: reason.into() }
+    }
+}
+
+/// What happened to an accepted submission.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Accepted {
+    /// Stored.
+    New,
+    /// Already held (identical); nothing changed.
+    Unchanged,
+}
+
+/// A consensus was just published (or its signature set grew): what to log and save.
+#[derive(Debug, Clone)]
+pub struct Published {
+    pub valid_after: u64,
+    pub relays: usize,
+    pub signatures: usize,
+    /// The full text to serve and save.
+    pub text: Arc<str>,
+}
+
+/// Everything an authority knows, behind one lock. No I/O, no clock.
+pub struct AuthorityState {
+    me: RelayId,
+    key: SigningKey,
+    /// Configured authority identities (sorted, unique).
+    authorities: BTreeSet<RelayId>,
+    testnet: bool,
+    schedule: Schedule,
+    descriptors: HashMap<RelayId, RelayDescriptor>,
+    /// Votes by period start, then by voter: the vote and its text as received (or made).
+    votes: BTreeMap<u64, BTreeMap<RelayId, (Vote, Arc<str>)>>,
+    /// The consensus computed for the coming period, collecting signatures until published.
+    pending: Option<Consensus>,
+    /// Signatures that arrived before this authority computed its consensus for that period.
+    early_sigs: BTreeMap<u64, BTreeMap<RelayId, DetachedSignature>>,
+    /// The latest published consensus and its text.
+    published: Option<(Consensus, Arc<str>)>,
+}
+
+impl AuthorityState {
+    pub fn new(key: SigningKey, authorities: &[RelayId], testnet: bool, schedule: Schedule) -> Self {
+        AuthorityState {
+            me: RelayId(key.verifying_key().to_bytes()),
+            key,
+            authorities: authorities.iter().copied().collect(),
+            testnet,
+            schedule,
+            descriptors: HashMap::new(),
+            votes: BTreeMap::new(),
+            pending: None,
+            early_sigs: BTreeMap::new(),
+            published: None,
+        }
+    }
+
+    fn majority(&self) -> usize {
+        self.authorities.len() / 2 + 1
+    }
+
+    /// Accepts a verified descriptor at `now` (unix seconds).
+    pub fn accept_descriptor(&mut self, d: RelayDescriptor, now: u64) -> Result<Accepted, Reject> {
+        if !self.testnet && is_private(d.address.ip()) {
+            return Err(Reject::bad("address is private or loopback"));
+        }
+        if !self.testnet && d.policy.accepts_private() {
+            return Err(Reject::bad("exit policy accepts private addresses"));
+        }
+        if d.published > now + MAX_PUBLISHED_SKEW_SECS {
+            return Err(Reject::bad("published more than 1 hour in the future"));
+        }
+        if d.published + descriptor_max_age(self.schedule.interval_secs()) < now {
+            return Err(Reject::bad("published too long ago"));
+        }
+        if let Some(old) = self.descriptors.get(&d.identity) {
+            if *old == d {
+                return Ok(Accepted::Unchanged);
+            }
+            if old.published >= d.published {
+                return Err(Reject::bad("not newer than the descriptor already held for this relay"));
+            }
+        } else if self.descriptors.len() >= MAX_DESCRIPTORS {
+            self.prune_descriptors(now);
+            if self.descriptors.len() >= MAX_DESCRIPTORS {
+                return Err(Reject { status: 503, reason: "authority holds too many descriptors".into() });
+            }
+        }
+        self.descriptors.insert(d.identity, d);
+        Ok(Accepted::New)
+    }
+
+    fn prune_descriptors(&mut self, now: u64) {
+        let max_age = descriptor_max_age(self.schedule.interval_secs());
+        self.descriptors.retain(|_, d| d.published + max_age >= now);
+    }
+
+    /// Number of descriptors held.
+    pub fn descriptor_count(&self) -> usize {
+        self.descriptors.len()
+    }
+
+    /// Builds, signs and stores this authority's vote for period `t` at `now` (seconds) from the
+    /// descriptors that are not too old. Returns the signed text and the number of relays.
+    pub fn make_vote(&mut self, t: u64, now: u64) -> (Arc<str>, usize) {
+        self.prune_descriptors(now);
+        let vote = Vote {
+            lifetime: self.schedule.lifetime(t),
+            voter: self.me,
+            relays: self.descriptors.values().map(RelayDescriptor::to_entry).collect(),
+        };
+        let text: Arc<str> = vote.encode_signed(&self.key).into();
+        let n = vote.relays.len();
+        self.votes.entry(t).or_default().insert(self.me, (vote, text.clone()));
+        // Keep votes for this period and the next only.
+        self.votes.retain(|&p, _| p >= t);
+        (text, n)
+    }
+
+    /// Accepts a vote whose signature was verified, at `now_ms`.
+    pub fn accept_vote(&mut self, vote: Vote, text: Arc<str>, now_ms: u64) -> Result<Accepted, Reject> {
+        if !self.authorities.contains(&vote.voter) {
+            return Err(Reject::bad("voter is not a configured authority"));
+        }
+        let t = vote.lifetime.valid_after;
+        if !self.schedule.accepts_vote_for(t, now_ms) {
+            return Err(Reject::bad("vote is not for the period being voted on"));
+        }
+        if vote.lifetime != self.schedule.lifetime(t) {
+            return Err(Reject::bad("vote times do not match this authority's voting interval"));
+        }
+        let slot = self.votes.entry(t).or_default();
+        if let Some((held, _)) = slot.get(&vote.voter) {
+            return if *held == vote {
+                Ok(Accepted::Unchanged)
+            } else {
+                Err(Reject::conflict("a different vote from this authority is already held for this period"))
+            };
+        }
+        slot.insert(vote.voter, (vote, text));
+        // At most two periods are open at a time (the current one and a fast peer's next one).
+        while self.votes.len() > 2 {
+            self.votes.pop_first();
+        }
+        Ok(Accepted::New)
+    }
+
+    /// This authority's own vote text for period `t`.
+    pub fn own_vote(&self, t: u64) -> Option<Arc<str>> {
+        self.votes.get(&t)?.get(&self.me).map(|(_, text)| text.clone())
+    }
+
+    /// Configured authorities (other than this one) whose vote for `t` is missing.
+    pub fn missing_voters(&self, t: u64) -> Vec<RelayId> {
+        let have = self.votes.get(&t);
+        self.authorities
+            .iter()
+            .filter(|a| **a != self.me && !have.is_some_and(|h| h.contains_key(a)))
+            .copied()
+            .collect()
+    }
+
+    /// Number of votes held for `t` (own included).
+    pub fn vote_count(&self, t: u64) -> usize {
+        self.votes.get(&t).map_or(0, BTreeMap::len)
+    }
+
+    /// Computes and signs the consensus for period `t` from the votes held, if more than half
+    /// of the configured authorities voted. Returns this authority's detached signature.
+    pub fn make_consensus(&mut self, t: u64) -> Option<DetachedSignature> {
+        self.pending = None;
+        let votes: Vec<Vote> = self.votes.get(&t).map(|m| m.values().map(|(v, _)| v.clone()).collect()).unwrap_or_default();
+        if votes.len() < self.majority() {
+            return None;
+        }
+        let mut c = compute_consensus(&votes, self.authorities.len(), self.schedule.lifetime(t));
+        let mine = DetachedSignature::new(&c, &self.key);
+        c.add_signature(mine.signature);
+        for s in self.early_sigs.remove(&t).unwrap_or_default().into_values() {
+            if s.digest == c.digest() {
+                c.add_signature(s.signature);
+            }
+        }
+        self.early_sigs.retain(|&p, _| p > t);
+        self.pending = Some(c);
+        Some(mine)
+    }
+
+    /// The pending consensus for `t`, if computed: (digest, relays, signatures).
+    pub fn pending_summary(&self, t: u64) -> Option<([u8; 32], usize, usize)> {
+        self.pending
+            .as_ref()
+            .filter(|c| c.valid_after() == t)
+            .map(|c| (c.digest(), c.relays().len(), c.signatures().len()))
+    }
+
+    /// Accepts a detached signature from another authority at `now_ms`. Returns `Some` when
+    /// that made a consensus publishable or added a signature to the published one.
+    pub fn accept_signature(&mut self, s: DetachedSignature, now_ms: u64) -> Result<Option<Published>, Reject> {
+        if !self.authorities.contains(&s.signature.identity) {
+            return Err(Reject::bad("signer is not a configured authority"));
+        }
+        if !s.verify() {
+            return Err(Reject::bad("signature does not verify"));
+        }
+        let t = s.valid_after;
+        if let Some(c) = self.pending.as_mut().filter(|c| c.valid_after() == t) {
+            if c.digest() != s.digest {
+                return Err(Reject::conflict("consensus digest differs from ours"));
+            }
+            c.add_signature(s.signature);
+            return Ok(self.try_publish(now_ms));
+        }
+        if let Some((c, text)) = self.published.as_mut().filter(|(c, _)| c.valid_after() == t) {
+            if c.digest() != s.digest {
+                return Err(Reject::conflict("consensus digest differs from ours"));
+            }
+            if !c.add_signature(s.signature) {
+                return Ok(None);
+            }
+            *text = c.encode().into();
+            return Ok(Some(published_of(c, text)));
+        }
+        if self.schedule.accepts_vote_for(t, now_ms) || self.schedule.next_period(now_ms) == t {
+            let slot = self.early_sigs.entry(t).or_default();
+            slot.entry(s.signature.identity).or_insert(s);
+            while self.early_sigs.len() > 2 {
+                self.early_sigs.pop_first();
+            }
+            return Ok(None);
+        }
+        Err(Reject::bad("signature is not for a current period"))
+    }
+
+    /// Publishes the pending consensus if its time has come and more than half of the
+    /// configured authorities signed it.
+    pub fn try_publish(&mut self, now_ms: u64) -> Option<Published> {
+        let c = self.pending.as_ref()?;
+        if now_ms < self.schedule.publish_at_ms(c.valid_after()) {
+            return None;
+        }
+        let good = c.signatures().iter().filter(|s| self.authorities.contains(&s.identity)).count();
+        if good < self.majority() {
+            return None;
+        }
+        let c = self.pending.take()?;
+        let text: Arc<str> = c.encode().into();
+        let p = published_of(&c, &text);
+        self.published = Some((c, text));
+        Some(p)
+    }
+
+    /// Installs a consensus loaded from disk (already verified by the caller), unless a newer
+    /// one is held.
+    pub fn install_published(&mut self, c: Consensus) {
+        if self.published.as_ref().is_some_and(|(p, _)| p.valid_after() >= c.valid_after()) {
+            return;
+        }
+        let text = c.encode().into();
+        self.published = Some((c, text));
+    }
+
+    /// The latest published consensus text.
+    pub fn consensus_text(&self) -> Option<Arc<str>> {
+        self.published.as_ref().map(|(_, t)| t.clone())
+    }
+
+    /// The `valid-after` of the latest published consensus.
+    pub fn published_valid_after(&self) -> Option<u64> {
+        self.published.as_ref().map(|(c, _)| c.valid_after())
+    }
+}
+
+fn published_of(c: &Consensus, text: &Arc<str>) -> Published {
+    Published { valid_after: c.valid_after(), relays: c.relays().len(), signatures: c.signatures().len(), text: text.clone() }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The running authority
+// ---------------------------------------------------------------------------------------------
+
+/// What the HTTP handlers and the schedule loop share.
+pub(crate) struct Shared {
+    pub state: Mutex<AuthorityState>,
+    pub schedule: Schedule,
+    /// The other authorities.
+    pub peers: Vec<AuthorityEntry>,
+    pub authority_ids: Vec<RelayId>,
+    pub http: reqwest::Client,
+    pub data_dir: PathBuf,
+    /// Serializes writes of the consensus file.
+    pub save_lock: tokio::sync::Mutex<()>,
+}
+
+impl Shared {
+    pub fn lock(&self) -> std::sync::MutexGuard<'_, AuthorityState> {
+        // A panic while holding the lock leaves plain data; keep serving.
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Logs a publication and saves the consensus to disk.
+    pub async fn on_published(&self, p: Published) {
+        tracing::info!(
+            valid_after = p.valid_after,
+            relays = p.relays,
+            signatures = p.signatures,
+            authorities = self.authority_ids.len(),
+            "consensus published"
+        );
+        let _g = self.save_lock.lock().await;
+        // Only the newest consensus is written: a late signature for an older one must not
+        // replace a newer file.
+        if self.lock().published_valid_after() != Some(p.valid_after) {
+            return;
+        }
+        let dir = self.data_dir.clone();
+        let text = p.text.clone();
+        let r = tokio::task::spawn_blocking(move || save_consensus(&dir, &text)).await;
+        if let Err(e) | Ok(Err(e)) = r.map_err(std::io::Error::other) {
+            tracing::warn!("cannot save the consensus in the data directory: {e}");
+        }
+    }
+}
+
+/// Writes the consensus to `dir/cached-consensus` through a temporary file and a rename, so a
+/// crash leaves either the old file or the new one.
+pub fn save_consensus(dir: &Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write as _;
+    let tmp = dir.join(format!(".{CONSENSUS_FILE}.tmp"));
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(text.as_bytes())?;
+    f.sync_all()?;
+    drop(f);
+    std::fs::rename(&tmp, dir.join(CONSENSUS_FILE))
+}
+
+/// Reads and verifies the saved consensus, if there is one still valid at `now`.
+pub fn load_consensus(dir: &Path, authorities: &[RelayId], now: u64) -> Option<Consensus> {
+    let path = dir.join(CONSENSUS_FILE);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return None,
+        Err(e) => {
+            tracing::warn!("ignoring the saved consensus: {e}");
+            return None;
+        }
+    };
+    match Consensus::parse(&text).map_err(|e| e.to_string()).and_then(|u| u.verify(authorities, now).map_err(|e| e.to_string())) {
+        Ok(c) => Some(c),
+        Err(e) => {
+            tracing::warn!("ignoring the saved consensus: {e}");
+            None
+        }
+    }
+}
+
+/// Runs an authority: binds `node.address:dir_port`, then serves and votes forever.
+pub async fn run_authority(cfg: AuthorityConfig, keys: NodeKeys) -> Result<(), DirError> {
+    cfg.validate()?;
+    cfg.check_identity(&keys.relay_id())?;
+    let addr = SocketAddr::new(cfg.node.address, cfg.authority.dir_port);
+    let listener = TcpListener::bind(addr).await.map_err(|err| DirError::Bind { port: cfg.authority.dir_port, err })?;
+    run_authority_on(cfg, keys, listener).await
+}
+
+/// Like [`run_authority`], on a listener bound by the caller (tests bind port 0 first to learn
+/// the port). `authority.dir_port` is not used.
+pub async fn run_authority_on(cfg: AuthorityConfig, keys: NodeKeys, listener: TcpListener) -> Result<(), DirError> {
+    cfg.validate()?;
+    let me = keys.relay_id();
+    cfg.check_identity(&me)?;
+    let schedule = Schedule::new(cfg.interval_secs());
+    let ids = cfg.authority_ids();
+    let http = crate::http::client(cfg.node.address).map_err(DirError::Http)?;
+    allium_net::keys::ensure_dir(&cfg.node.data_dir).map_err(|e| DirError::DataDir(e.to_string()))?;
+    let mut state = AuthorityState::new(keys.identity.clone(), &ids, cfg.network.dangerous_testnet, schedule);
+    if let Some(c) = load_consensus(&cfg.node.data_dir, &ids, now_ms() / 1000) {
+        tracing::info!(valid_after = c.valid_after(), relays = c.relays().len(), "loaded the saved consensus");
+        state.install_published(c);
+    }
+    let shared = Arc::new(Shared {
+        state: Mutex::new(state),
+        schedule,
+        peers: cfg.network.authorities.iter().filter(|a| a.identity != me).cloned().collect(),
+        authority_ids: ids,
+        http,
+        data_dir: cfg.node.data_dir.clone(),
+        save_lock: tokio::sync::Mutex::new(()),
+    });
+    tracing::info!(
+        nickname = %cfg.node.nickname,
+        interval_secs = schedule.interval_secs(),
+        authorities = shared.authority_ids.len(),
+        "directory authority running"
+    );
+    let mut tasks = JoinSet::new();
+    let app = crate::server::router(shared.clone());
+    tasks.spawn(async move { axum::serve(listener, app).await.map_err(DirError::Serve) });
+    let sh = shared.clone();
+    tasks.spawn(async move { schedule_loop(sh).await });
+    match tasks.join_next().await {
+        Some(Ok(r)) => r,
+        Some(Err(e)) => Err(DirError::TaskFailed(e.to_string())),
+        None => Err(DirError::TaskFailed("no task".into())),
+    }
+}
+
+async fn sleep_until_ms(t: u64) {
+    let now = now_ms();
+    if t > now {
+        tokio::time::sleep(Duration::from_millis(t - now)).await;
+    }
+}
+
+/// The time left until `deadline_ms`, at least 100 ms.
+fn until(deadline_ms: u64) -> Duration {
+    Duration::from_millis(deadline_ms.saturating_sub(now_ms()).max(100))
+}
+
+/// Votes, pulls, signs and publishes, one period after another. Never returns.
+async fn schedule_loop(sh: Arc<Shared>) -> Result<(), DirError> {
+    let s = sh.schedule;
+    loop {
+        let t = s.next_period(now_ms());
+        sleep_until_ms(s.vote_at_ms(t)).await;
+        let (text, n) = sh.lock().make_vote(t, now_ms() / 1000);
+        tracing::info!(valid_after = t, relays = n, "voted");
+        for peer in sh.peers.clone() {
+            let sh2 = sh.clone();
+            let text = text.clone();
+            tokio::spawn(async move {
+                let r = crate::http::post(&sh2.http, &peer, "/allium/v1/vote", &text, until(s.sign_at_ms(t))).await;
+                report(&peer, "vote push", r);
+            });
+        }
+
+        sleep_until_ms(s.pull_at_ms(t)).await;
+        pull_missing_votes(&sh, t).await;
+
+        sleep_until_ms(s.sign_at_ms(t)).await;
+        let sig = sh.lock().make_consensus(t);
+        match sig {
+            None => {
+                let have = sh.lock().vote_count(t);
+                tracing::warn!(valid_after = t, votes = have, authorities = sh.authority_ids.len(), "too few votes to make a consensus");
+            }
+            Some(sig) => {
+                let text = sig.encode();
+                for peer in sh.peers.clone() {
+                    let sh2 = sh.clone();
+                    let text = text.clone();
+                    tokio::spawn(async move {
+                        let mut r = crate::http::post(&sh2.http, &peer, "/allium/v1/signature", &text, until(s.publish_at_ms(t))).await;
+                        if matches!(&r, Err(crate::http::PostError::Transport(_)) | Err(crate::http::PostError::Status(500..=599, _))) {
+                            // One retry at publication time, for a peer that was briefly away.
+                            sleep_until_ms(s.publish_at_ms(t)).await;
+                            r = crate::http::post(&sh2.http, &peer, "/allium/v1/signature", &text, until(s.publish_at_ms(t) + s.interval_secs() * 250)).await;
+                        }
+                        report(&peer, "signature push", r);
+                    });
+                }
+            }
+        }
+
+        sleep_until_ms(s.publish_at_ms(t)).await;
+        let published = sh.lock().try_publish(now_ms());
+        match published {
+            Some(p) => sh.on_published(p).await,
+            None => {
+                if let Some((_, relays, sigs)) = sh.lock().pending_summary(t) {
+                    // Late signatures may still complete it (see the signature handler).
+                    tracing::warn!(valid_after = t, relays, signatures = sigs, "consensus not yet signed by a majority");
+                }
+            }
+        }
+    }
+}
+
+async fn pull_missing_votes(sh: &Arc<Shared>, t: u64) {
+    let missing = sh.lock().missing_voters(t);
+    let mut set = JoinSet::new();
+    for peer in sh.peers.iter().filter(|p| missing.contains(&p.identity)).cloned() {
+        let sh2 = sh.clone();
+        set.spawn(async move {
+            let url = format!("http://{}/allium/v1/vote/{t}", peer.address);
+            let deadline = until(sh2.schedule.sign_at_ms(t));
+            let r = crate::http::get_text(&sh2.http, &url, deadline, allium_proto::doc::MAX_VOTE_LEN).await;
+            match r {
+                Ok(text) => match crate::server::ingest_vote(&sh2, &text) {
+                    Ok(_) => tracing::debug!(authority = %peer.name, "pulled vote"),
+                    Err(rej) => tracing::warn!(authority = %peer.name, "pulled vote refused: {}", rej.reason),
+                },
+                Err(e) => tracing::info!(authority = %peer.name, "could not pull its vote: {e}"),
+            }
+        });
+    }
+    while set.join_next().await.is_some() {}
+}
+
+fn report(peer: &AuthorityEntry, what: &str, r: Result<(), crate::http::PostError>) {
+    match r {
+        Ok(()) => tracing::debug!(authority = %peer.name, "{what} accepted"),
+        Err(e) => {
+            tracing::warn!(authority = %peer.name, "{what} failed: {e}");
+            tracing::debug!(authority = %peer.name, address = %peer.address, "{what} failed");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use allium_proto::doc::{certify_link_key, Protocols};
+    use allium_proto::policy::ExitPolicy;
+
+    const I: u64 = 10;
+    const T: u64 = 1_000_000;
+
+    fn key(seed: u8) -> SigningKey {
+        SigningKey::from_bytes(&[seed; 32])
+    }
+
+    fn desc(k: &SigningKey, published: u64, addr: &str) -> RelayDescriptor {
+        let link = [7; 32];
+        RelayDescriptor {
+            nickname: "r".into(),
+            identity: RelayId(k.verifying_key().to_bytes()),
+            onion_key: [5; 32],
+            link_key: link,
+            link_cert: certify_link_key(k, &link),
+            address: addr.parse().unwrap(),
+            policy: ExitPolicy::reject_all(),
+            family: vec![],
+            bandwidth: 1,
+            protocols: Protocols::new(),
+            published,
+        }
+    }
+
+    fn three(testnet: bool) -> (Vec<SigningKey>, Vec<AuthorityState>) {
+        let keys: Vec<SigningKey> = (1..=3).map(key).collect();
+        let ids: Vec<RelayId> = keys.iter().map(|k| RelayId(k.verifying_key().to_bytes())).collect();
+        let states = keys.iter().map(|k| AuthorityState::new(k.clone(), &ids, testnet, Schedule::new(I))).collect();
+        (keys, states)
+    }
+
+    #[test]
+    fn a9_descriptor_acceptance_rules() {
+        let (_, mut st) = three(false);
+        let a = &mut st[0];
+        let k = key(50);
+        let now = T;
+        assert_eq!(a.accept_descriptor(desc(&k, now, "192.0.2.1:9001"), now), Ok(Accepted::New));
+        assert_eq!(a.accept_descriptor(desc(&k, now, "192.0.2.1:9001"), now), Ok(Accepted::Unchanged));
+        // Same or older published: replay refused.
+        assert_eq!(a.accept_descriptor(desc(&k, now, "192.0.2.2:9001"), now).unwrap_err().status, 400);
+        assert!(a.accept_descriptor(desc(&k, now - 1, "192.0.2.1:9001"), now).is_err());
+        assert_eq!(a.accept_descriptor(desc(&k, now + 1, "192.0.2.1:9001"), now), Ok(Accepted::New));
+        // Too far in the future, too old.
+        let k2 = key(51);
+        assert!(a.accept_descriptor(desc(&k2, now + 3601, "192.0.2.1:9001"), now).unwrap_err().reason.contains("future"));
+        assert!(a.accept_descriptor(desc(&k2, now - 31, "192.0.2.1:9001"), now).unwrap_err().reason.contains("long ago"));
+        // Private addresses only on a test network.
+        assert!(a.accept_descriptor(desc(&k2, now, "127.0.0.1:9001"), now).unwrap_err().reason.contains("private"));
+        let mut d = desc(&k2, now, "192.0.2.3:9001");
+        d.policy = ExitPolicy::parse_rules(&["accept *:*"]).unwrap();
+        assert!(a.accept_descriptor(d, now).unwrap_err().reason.contains("private"));
+        let (_, mut st) = three(true);
+        assert_eq!(st[0].accept_descriptor(desc(&k2, now, "127.0.0.1:9001"), now), Ok(Accepted::New));
+    }
+
+    /// Runs one period among `states` where `online[i]` says whether authority i takes part;
+    /// returns what each published.
+    fn run_period(states: &mut [AuthorityState], online: &[bool]) -> Vec<Option<Published>> {
+        let s = Schedule::new(I);
+        let mut votes = Vec::new();
+        for (st, on) in states.iter_mut().zip(online) {
+            if *on {
+                let (text, _) = st.make_vote(T, T - I / 2);
+                votes.push(text);
+            }
+        }
+        for (st, on) in states.iter_mut().zip(online) {
+            if !*on {
+                continue;
+            }
+            for text in &votes {
+                let v = Vote::parse(text).unwrap().verify().unwrap();
+                let _ = st.accept_vote(v, text.clone(), s.vote_at_ms(T) + 10);
+            }
+        }
+        let sigs: Vec<DetachedSignature> =
+            states.iter_mut().zip(online).filter(|(_, on)| **on).filter_map(|(st, _)| st.make_consensus(T)).collect();
+        let mut out = Vec::new();
+        for (st, on) in states.iter_mut().zip(online) {
+            let mut p = None;
+            if *on {
+                for sig in &sigs {
+                    if let Ok(Some(x)) = st.accept_signature(*sig, s.sign_at_ms(T) + 10) {
+                        p = Some(x);
+                    }
+                }
+                p = p.or(st.try_publish(T * 1000));
+            }
+            out.push(p);
+        }
+        out
+    }
+
+    #[test]
+    fn a34_three_authorities_agree_and_publish() {
+        let (_, mut st) = three(true);
+        for (i, a) in st.iter_mut().enumerate() {
+            // Each authority knows a different relay, plus a shared one.
+            a.accept_descriptor(desc(&key(60), T - 3, "127.0.0.1:9001"), T - 5).unwrap();
+            a.accept_descriptor(desc(&key(61 + i as u8), T - 3, "127.0.0.1:9002"), T - 5).unwrap();
+        }
+        let out = run_period(&mut st, &[true, true, true]);
+        let texts: Vec<Arc<str>> = out.iter().map(|p| p.as_ref().expect("published").text.clone()).collect();
+        assert!(texts.iter().all(|t| t == &texts[0]), "all publish the same document");
+        let ids: Vec<RelayId> = (1..=3).map(|s| RelayId(key(s).verifying_key().to_bytes())).collect();
+        let c = Consensus::parse(&texts[0]).unwrap().verify(&ids, T).unwrap();
+        assert_eq!(c.signatures().len(), 3);
+        // Only the shared relay is listed by a majority.
+        assert_eq!(c.relays().len(), 1);
+        assert_eq!(c.relays()[0].identity, RelayId(key(60).verifying_key().to_bytes()));
+    }
+
+    #[test]
+    fn a34_one_authority_down_two_still_publish() {
+        let (_, mut st) = three(true);
+        for a in st.iter_mut() {
+            a.accept_descriptor(desc(&key(60), T - 3, "127.0.0.1:9001"), T - 5).unwrap();
+        }
+        let out = run_period(&mut st, &[true, true, false]);
+        let p = out[0].as_ref().expect("published with two of three");
+        assert_eq!(p.signatures, 2);
+        assert_eq!(p.relays, 1);
+        assert!(out[2].is_none());
+    }
+
+    #[test]
+    fn a34_two_authorities_down_no_consensus() {
+        let (_, mut st) = three(true);
+        let out = run_period(&mut st, &[true, false, false]);
+        assert!(out.iter().all(Option::is_none));
+        assert!(st[0].consensus_text().is_none());
+    }
+
+    #[test]
+    fn votes_and_signatures_are_checked() {
+        let (keys, mut st) = three(true);
+        let s = Schedule::new(I);
+        let outsider = key(9);
+        let ids: Vec<RelayId> = keys.iter().map(|k| RelayId(k.verifying_key().to_bytes())).collect();
+        let mut other = AuthorityState::new(outsider.clone(), &[RelayId(outsider.verifying_key().to_bytes())], true, s);
+        let (text, _) = other.make_vote(T, T - 5);
+        let v = Vote::parse(&text).unwrap().verify().unwrap();
+        assert!(st[0].accept_vote(v, text, s.vote_at_ms(T)).unwrap_err().reason.contains("not a configured"));
+        // A vote for a period far away is refused.
+        let mut peer = AuthorityState::new(keys[1].clone(), &ids, true, s);
+        let (text, _) = peer.make_vote(T + 100 * I, T);
+        let v = Vote::parse(&text).unwrap().verify().unwrap();
+        assert!(st[0].accept_vote(v, text, s.vote_at_ms(T)).is_err());
+        // A second, different vote by the same authority for the same period: conflict.
+        let (t1, _) = peer.make_vote(T, T - 5);
+        peer.accept_descriptor(desc(&key(70), T - 5, "127.0.0.1:9001"), T - 5).unwrap();
+        let (t2, _) = peer.make_vote(T, T - 5);
+        let v1 = Vote::parse(&t1).unwrap().verify().unwrap();
+        let v2 = Vote::parse(&t2).unwrap().verify().unwrap();
+        assert_eq!(st[0].accept_vote(v1.clone(), t1.clone(), s.vote_at_ms(T)), Ok(Accepted::New));
+        assert_eq!(st[0].accept_vote(v1, t1, s.vote_at_ms(T)), Ok(Accepted::Unchanged));
+        assert_eq!(st[0].accept_vote(v2, t2, s.vote_at_ms(T)).unwrap_err().status, 409);
+        // Signatures: a mismatching digest is a conflict; an outsider's is refused.
+        st[0].make_vote(T, T - 5);
+        st[0].make_consensus(T).expect("two votes of three");
+        let c = Consensus::new(s.lifetime(T), vec![], vec![]);
+        let wrong = DetachedSignature::new(&c, &keys[1]);
+        assert_eq!(st[0].accept_signature(wrong, s.sign_at_ms(T)).unwrap_err().status, 409);
+        let out = DetachedSignature::new(&c, &outsider);
+        assert_eq!(st[0].accept_signature(out, s.sign_at_ms(T)).unwrap_err().status, 400);
+    }
+
+    #[test]
+    fn early_signatures_are_kept_until_the_consensus_is_computed() {
+        let (_, mut st) = three(true);
+        let s = Schedule::new(I);
+        let (a, rest) = st.split_at_mut(1);
+        let (b, _) = rest.split_at_mut(1);
+        let (va, _) = a[0].make_vote(T, T - 5);
+        let (vb, _) = b[0].make_vote(T, T - 5);
+        let now = s.vote_at_ms(T) + 1;
+        b[0].accept_vote(Vote::parse(&va).unwrap().verify().unwrap(), va.clone(), now).unwrap();
+        a[0].accept_vote(Vote::parse(&vb).unwrap().verify().unwrap(), vb.clone(), now).unwrap();
+        let sig_b = b[0].make_consensus(T).unwrap();
+        // a has not computed yet: the signature waits.
+        assert!(a[0].accept_signature(sig_b, now).unwrap().is_none());
+        a[0].make_consensus(T).unwrap();
+        assert_eq!(a[0].pending_summary(T).unwrap().2, 2);
+        assert!(a[0].try_publish(T * 1000 - 1).is_none(), "not before T");
+        assert_eq!(a[0].try_publish(T * 1000).unwrap().signatures, 2);
+    }
+
+    #[test]
+    fn saved_consensus_survives_and_garbage_is_ignored() {
+        let dir = std::env::temp_dir().join(format!("allium-dir-save-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (keys, mut st) = three(true);
+        let ids: Vec<RelayId> = keys.iter().map(|k| RelayId(k.verifying_key().to_bytes())).collect();
+        let out = run_period(&mut st, &[true, true, true]);
+        let text = out[0].as_ref().unwrap().text.clone();
+        save_consensus(&dir, &text).unwrap();
+        let c = load_consensus(&dir, &ids, T + 1).expect("loads");
+        assert_eq!(c.encode(), *text);
+        assert!(load_consensus(&dir, &ids, T + 3 * I + 1).is_none(), "expired");
+        std::fs::write(dir.join(CONSENSUS_FILE), &text[..text.len() / 2]).unwrap();
+        assert!(load_consensus(&dir, &ids, T + 1).is_none(), "truncated");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}

@@ -1,0 +1,148 @@
+//! The authority's configuration (`allium authority --config authority.toml`).
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use allium_net::config::{load_toml, ConfigError, NetworkConfig, NodeConfig};
+use allium_proto::ids::RelayId;
+use serde::Deserialize;
+
+/// Default voting interval on a real network (seconds).
+pub const DEFAULT_INTERVAL_SECS: u64 = 3600;
+/// Default voting interval with `network.dangerous_testnet` (seconds).
+pub const DEFAULT_TESTNET_INTERVAL_SECS: u64 = 10;
+/// Shortest interval allowed on a real network.
+pub const MIN_INTERVAL_SECS: u64 = 300;
+/// Shortest interval allowed at all (testnet): the schedule works in quarter intervals.
+pub const MIN_TESTNET_INTERVAL_SECS: u64 = 2;
+/// Longest interval allowed.
+pub const MAX_INTERVAL_SECS: u64 = 24 * 3600;
+
+/// An authority's whole config file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthorityConfig {
+    pub node: NodeConfig,
+    pub network: NetworkConfig,
+    pub authority: AuthoritySection,
+}
+
+/// The `[authority]` section.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthoritySection {
+    /// The directory HTTP port, on `node.address`. Must match this authority's entry in
+    /// `network.authorities`.
+    pub dir_port: u16,
+    /// Seconds between consensuses. Every authority of a network must use the same value.
+    /// Default 3600 (10 with `network.dangerous_testnet`); below 300 only on a test network.
+    #[serde(default)]
+    pub voting_interval_secs: Option<u64>,
+}
+
+impl AuthorityConfig {
+    /// Reads, parses and validates an authority config file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let cfg: AuthorityConfig = load_toml(path)?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Semantic checks after parsing (those that do not need the keys).
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.node.validate(&self.network)?;
+        let ids: BTreeSet<RelayId> = self.network.authorities.iter().map(|a| a.identity).collect();
+        if ids.len() != self.network.authorities.len() {
+            return Err(ConfigError::invalid("network.authorities", "lists the same identity twice"));
+        }
+        if let Some(i) = self.authority.voting_interval_secs {
+            let key = "authority.voting_interval_secs";
+            if i > MAX_INTERVAL_SECS {
+                return Err(ConfigError::invalid(key, "is longer than 86400 seconds"));
+            }
+            if i < MIN_TESTNET_INTERVAL_SECS {
+                return Err(ConfigError::invalid(key, "is shorter than 2 seconds"));
+            }
+            if i < MIN_INTERVAL_SECS && !self.network.dangerous_testnet {
+                return Err(ConfigError::invalid(
+                    key,
+                    "is shorter than 300 seconds; only allowed with network.dangerous_testnet = true",
+                ));
+            }
+        }
+        if self.authority.dir_port == 0 {
+            return Err(ConfigError::invalid("authority.dir_port", "must not be 0"));
+        }
+        Ok(())
+    }
+
+    /// Checks that this authority (identity `me`, from its key) is one of the configured
+    /// authorities.
+    pub fn check_identity(&self, me: &RelayId) -> Result<(), ConfigError> {
+        if self.network.authorities.iter().any(|a| a.identity == *me) {
+            Ok(())
+        } else {
+            Err(ConfigError::invalid(
+                "network.authorities",
+                "does not list this authority's own identity (see its identity_ed25519.key)",
+            ))
+        }
+    }
+
+    /// The voting interval in seconds, with the defaults applied.
+    pub fn interval_secs(&self) -> u64 {
+        self.authority.voting_interval_secs.unwrap_or(if self.network.dangerous_testnet {
+            DEFAULT_TESTNET_INTERVAL_SECS
+        } else {
+            DEFAULT_INTERVAL_SECS
+        })
+    }
+
+    /// The identities of all configured authorities.
+    pub fn authority_ids(&self) -> Vec<RelayId> {
+        self.network.authorities.iter().map(|a| a.identity).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(testnet: bool, interval: Option<u64>) -> String {
+        let fp = "AB".repeat(32);
+        let iv = interval.map(|i| format!("voting_interval_secs = {i}\n")).unwrap_or_default();
+        format!(
+            "[node]\nnickname = \"auth1\"\ndata_dir = \"/tmp/x\"\naddress = \"{}\"\n\
+             [network]\ndangerous_testnet = {testnet}\n\
+             [[network.authorities]]\nname = \"auth1\"\nidentity = \"{fp}\"\naddress = \"127.0.0.1:7000\"\n\
+             [authority]\ndir_port = 7000\n{iv}",
+            if testnet { "127.0.0.1" } else { "192.0.2.1" }
+        )
+    }
+
+    fn parse(text: &str) -> Result<AuthorityConfig, ConfigError> {
+        let c: AuthorityConfig = allium_net::config::parse_toml(text, Path::new("a.toml"))?;
+        c.validate()?;
+        Ok(c)
+    }
+
+    #[test]
+    fn intervals_and_defaults() {
+        assert_eq!(parse(&cfg(false, None)).unwrap().interval_secs(), 3600);
+        assert_eq!(parse(&cfg(true, None)).unwrap().interval_secs(), 10);
+        assert_eq!(parse(&cfg(true, Some(2))).unwrap().interval_secs(), 2);
+        let e = parse(&cfg(false, Some(60))).unwrap_err().to_string();
+        assert!(e.contains("authority.voting_interval_secs") && !e.contains('\n'), "{e}");
+        assert!(parse(&cfg(true, Some(1))).is_err());
+        assert!(parse(&cfg(false, Some(300))).is_ok());
+    }
+
+    #[test]
+    fn unknown_key_refused_and_identity_checked() {
+        let e = parse(&format!("{}bogus = 1\n", cfg(true, None))).unwrap_err().to_string();
+        assert!(e.contains("bogus"), "{e}");
+        let c = parse(&cfg(true, None)).unwrap();
+        assert!(c.check_identity(&RelayId([0xab; 32])).is_ok());
+        assert!(c.check_identity(&RelayId([0xcd; 32])).is_err());
+    }
+}

@@ -1,0 +1,92 @@
+//! The client and relay side: downloading and verifying the consensus.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use allium_net::config::NetworkConfig;
+use allium_proto::doc::{ConsensusError, DocError, MAX_CONSENSUS_LEN};
+use allium_proto::ids::RelayId;
+use rand::seq::SliceRandom;
+
+use crate::http;
+use crate::netdir::NetDir;
+
+/// How long one attempt (connect, download, verify) may take.
+pub const FETCH_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Why one authority's answer was not used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum FetchAttemptError {
+    /// Connection, timeout, HTTP status or an oversized body.
+    #[error("{0}")]
+    Http(String),
+    #[error("unparseable consensus: {0}")]
+    Parse(DocError),
+    #[error("{0}")]
+    Verify(ConsensusError),
+}
+
+/// One failed attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FetchAttempt {
+    /// The authority's configured name.
+    pub authority: String,
+    pub error: FetchAttemptError,
+}
+
+/// Why no consensus could be had.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum FetchError {
+    #[error("no directory authority configured")]
+    NoAuthorities,
+    #[error("cannot make an HTTP client: {0}")]
+    Client(String),
+    #[error("no authority served a usable consensus: {}", describe(.0))]
+    AllFailed(Vec<FetchAttempt>),
+}
+
+fn describe(v: &[FetchAttempt]) -> String {
+    v.iter().map(|a| format!("{}: {}", a.authority, a.error)).collect::<Vec<_>>().join("; ")
+}
+
+/// Downloads the consensus from the authorities in random order, from a socket bound to
+/// `bind`, and returns the first one that parses and verifies at `now` (valid signatures from
+/// more than half of `net.authorities`, `valid-after <= now <= valid-until`). Each attempt is
+/// bounded by [`FETCH_ATTEMPT_TIMEOUT`]; the error lists what every attempt got.
+pub async fn fetch_consensus(net: &NetworkConfig, bind: IpAddr, now: u64) -> Result<NetDir, FetchError> {
+    if net.authorities.is_empty() {
+        return Err(FetchError::NoAuthorities);
+    }
+    let client = http::client(bind).map_err(FetchError::Client)?;
+    let ids: Vec<RelayId> = net.authorities.iter().map(|a| a.identity).collect();
+    let mut order = net.authorities.clone();
+    order.shuffle(&mut rand::thread_rng());
+    let mut failures = Vec::new();
+    for a in order {
+        let url = format!("http://{}/allium/v1/consensus", a.address);
+        let r = match http::get_text(&client, &url, FETCH_ATTEMPT_TIMEOUT, MAX_CONSENSUS_LEN).await {
+            Ok(text) => {
+                let ids = ids.clone();
+                // Parsing and verifying up to 8 MiB is CPU work.
+                tokio::task::spawn_blocking(move || NetDir::from_text(&text, &ids, now))
+                    .await
+                    .unwrap_or_else(|_| Err(FetchAttemptError::Http("verification task failed".into())))
+            }
+            Err(e) => Err(FetchAttemptError::Http(e)),
+        };
+        match r {
+            Ok(nd) => {
+                tracing::info!(authority = %a.name, valid_after = nd.valid_after(), relays = nd.relays().len(), "consensus fetched");
+                return Ok(nd);
+            }
+            Err(error) => {
+                tracing::warn!(authority = %a.name, "consensus fetch failed: {error}");
+                tracing::debug!(authority = %a.name, address = %a.address, "consensus fetch failed");
+                failures.push(FetchAttempt { authority: a.name.clone(), error });
+            }
+        }
+    }
+    Err(FetchError::AllFailed(failures))
+}

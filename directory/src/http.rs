@@ -1,0 +1,112 @@
+//! Small HTTP client helpers shared by the authority, the publisher and the fetcher: POST and
+//! GET with a deadline, capped body reads, and error text without addresses.
+
+use std::time::Duration;
+
+use allium_net::config::AuthorityEntry;
+
+/// A reqwest client whose sockets are bound to `bind` and that never uses a proxy.
+pub(crate) fn client(bind: std::net::IpAddr) -> Result<reqwest::Client, String> {
+    reqwest::Client::builder()
+        .local_address(bind)
+        .no_proxy()
+        .connect_timeout(Duration::from_secs(10))
+        .build()
+        .map_err(|e| describe_reqwest(&e))
+}
+
+/// A reqwest error as one line without the URL (which holds an address).
+pub(crate) fn describe_reqwest(e: &reqwest::Error) -> String {
+    let kind = if e.is_timeout() {
+        "timed out"
+    } else if e.is_connect() {
+        "connection failed"
+    } else if e.is_body() || e.is_decode() {
+        "bad response body"
+    } else if e.is_request() {
+        "request failed"
+    } else {
+        "HTTP error"
+    };
+    // The innermost cause (e.g. "Connection refused (os error 111)") carries no address.
+    let mut src: &dyn std::error::Error = e;
+    while let Some(s) = src.source() {
+        src = s;
+    }
+    if std::ptr::addr_eq(src, e as &dyn std::error::Error) {
+        kind.to_string()
+    } else {
+        format!("{kind}: {}", first_line(&src.to_string()))
+    }
+}
+
+/// The first line of `s`, at most 200 characters.
+pub(crate) fn first_line(s: &str) -> String {
+    s.lines().next().unwrap_or("").chars().take(200).collect()
+}
+
+/// Reads a response body, failing once it exceeds `limit` bytes.
+pub(crate) async fn read_capped(mut resp: reqwest::Response, limit: usize) -> Result<Vec<u8>, String> {
+    if resp.content_length().is_some_and(|n| n > limit as u64) {
+        return Err(format!("response larger than {limit} bytes"));
+    }
+    let mut out = Vec::new();
+    while let Some(chunk) = resp.chunk().await.map_err(|e| describe_reqwest(&e))? {
+        if out.len() + chunk.len() > limit {
+            return Err(format!("response larger than {limit} bytes"));
+        }
+        out.extend_from_slice(&chunk);
+    }
+    Ok(out)
+}
+
+/// Why a POST to a peer failed.
+#[derive(Debug)]
+pub(crate) enum PostError {
+    Transport(String),
+    Status(u16, String),
+}
+
+impl std::fmt::Display for PostError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            PostError::Transport(e) => write!(f, "{e}"),
+            PostError::Status(c, reason) => write!(f, "HTTP {c}: {reason}"),
+        }
+    }
+}
+
+/// POSTs `body` to `peer` at `path`.
+pub(crate) async fn post(http: &reqwest::Client, peer: &AuthorityEntry, path: &str, body: &str, timeout: Duration) -> Result<(), PostError> {
+    let url = format!("http://{}{path}", peer.address);
+    let resp = http
+        .post(&url)
+        .timeout(timeout)
+        .header("content-type", "text/plain")
+        .body(body.to_string())
+        .send()
+        .await
+        .map_err(|e| PostError::Transport(describe_reqwest(&e)))?;
+    let status = resp.status().as_u16();
+    if (200..300).contains(&status) {
+        return Ok(());
+    }
+    let reason = read_capped(resp, 512).await.ok().and_then(|b| String::from_utf8(b).ok()).unwrap_or_default();
+    Err(PostError::Status(status, first_line(&reason)))
+}
+
+/// GETs `url` and returns the body as text, capped at `limit` bytes.
+pub(crate) async fn get_text(http: &reqwest::Client, url: &str, timeout: Duration, limit: usize) -> Result<String, String> {
+    let fut = async {
+        let resp = http.get(url).send().await.map_err(|e| describe_reqwest(&e))?;
+        let status = resp.status().as_u16();
+        let body = read_capped(resp, limit).await?;
+        let text = String::from_utf8(body).map_err(|_| "body is not UTF-8".to_string())?;
+        if status != 200 {
+            return Err(format!("HTTP {status}: {}", first_line(&text)));
+        }
+        Ok(text)
+    };
+    tokio::time::timeout(timeout, fut).await.map_err(|_| "timed out".to_string())?
+}
+

@@ -1,0 +1,61 @@
+//! Allium's directory: authorities that collect relay descriptors, vote, agree on one consensus
+//! and serve it; the relay side that publishes descriptors; the client side that fetches and
+//! verifies the consensus.
+//!
+//! # Layout
+//!
+//! - [`config`]: the authority's config file (`[node]`, `[network]`, `[authority]`).
+//! - [`schedule`]: the voting schedule as pure functions of the interval and the time.
+//! - [`authority`]: the authority's state and acceptance rules ([`AuthorityState`], no I/O),
+//!   and [`run_authority`], which serves HTTP and runs the vote / sign / publish loop.
+//! - [`server`]: the HTTP endpoints (a thin layer over the state); the table of endpoints is
+//!   in its module docs.
+//! - [`publish`]: [`publish_descriptor`], the relay uploading its descriptor to every authority.
+//! - [`fetch`]: [`fetch_consensus`], downloading and verifying a consensus.
+//! - [`netdir`]: [`NetDir`], the verified, time-bounded network view clients and relays use.
+//!
+//! Document formats and their verification live in `allium_proto::doc`; the full protocol
+//! (formats, endpoints, schedule, consensus rules) is in `docs/PROTOCOL.md`.
+//!
+//! # Not in this crate
+//!
+//! - Document encoding, parsing and signature checks (`allium_proto::doc`).
+//! - Relay flags (Running, Stable, Guard, Exit), bandwidth measurement, consensus parameters,
+//!   shared randomness, authority signing-key certificates, consensus diffs and compression,
+//!   and directory caches on relays: later directory work (see the design note in
+//!   `allium_proto::doc`).
+//! - Path selection (`allium-client`) and the relay's decision of when to republish
+//!   (`allium-relay`, using [`schedule::republish_period_secs`]).
+
+pub mod authority;
+pub mod config;
+pub mod fetch;
+mod http;
+pub mod netdir;
+pub mod publish;
+pub mod schedule;
+pub mod server;
+
+pub use authority::{run_authority, run_authority_on, AuthorityState};
+pub use config::{AuthorityConfig, AuthoritySection};
+pub use fetch::{fetch_consensus, FetchAttempt, FetchAttemptError, FetchError};
+pub use netdir::NetDir;
+pub use publish::publish_descriptor;
+
+/// Why an authority stopped.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum DirError {
+    #[error(transparent)]
+    Config(#[from] allium_net::config::ConfigError),
+    #[error("cannot listen on directory port {port}: {err}")]
+    Bind { port: u16, err: std::io::Error },
+    #[error("data directory: {0}")]
+    DataDir(String),
+    #[error("cannot make an HTTP client: {0}")]
+    Http(String),
+    #[error("directory HTTP server stopped: {0}")]
+    Serve(std::io::Error),
+    #[error("authority task stopped: {0}")]
+    TaskFailed(String),
+}

@@ -1,0 +1,165 @@
+//! The voting schedule: pure functions of the interval and the time.
+//!
+//! With interval `I` seconds, consensus periods start at every multiple `T` of `I` (unix time).
+//! For the consensus with `valid-after T`:
+//!
+//! | time              | what happens                                                    |
+//! |-------------------|-----------------------------------------------------------------|
+//! | `T − I/2`         | each authority builds, signs, stores and pushes its vote        |
+//! | `T − 3I/8`        | each authority pulls the votes it is still missing              |
+//! | `T − I/4`         | each computes the consensus from the votes it has, signs its digest and pushes the signature |
+//! | `T`               | each publishes it if more than half of the authorities signed that digest; later matching signatures are still added |
+//!
+//! The consensus has `fresh-until = T + I` and `valid-until = T + 3I`. Times inside a period
+//! are in milliseconds so that short test intervals (2 s) work.
+
+use allium_proto::doc::Lifetime;
+
+/// The schedule for one voting interval.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Schedule {
+    interval: u64,
+}
+
+impl Schedule {
+    /// A schedule with `interval_secs` between consensuses (at least 1).
+    pub fn new(interval_secs: u64) -> Self {
+        Schedule { interval: interval_secs.max(1) }
+    }
+
+    pub fn interval_secs(&self) -> u64 {
+        self.interval
+    }
+
+    fn ms(&self) -> u64 {
+        self.interval * 1000
+    }
+
+    /// Whether `t` is a period start (a multiple of the interval).
+    pub fn is_period_start(&self, t: u64) -> bool {
+        t % self.interval == 0
+    }
+
+    /// The lifetime of the consensus with `valid-after` `t`.
+    pub fn lifetime(&self, t: u64) -> Lifetime {
+        Lifetime { valid_after: t, fresh_until: t + self.interval, valid_until: t + 3 * self.interval }
+    }
+
+    /// When votes for period `t` are made (unix milliseconds).
+    pub fn vote_at_ms(&self, t: u64) -> u64 {
+        (t * 1000).saturating_sub(self.ms() / 2)
+    }
+
+    /// When missing votes for period `t` are pulled.
+    pub fn pull_at_ms(&self, t: u64) -> u64 {
+        (t * 1000).saturating_sub(self.ms() * 3 / 8)
+    }
+
+    /// When the consensus for period `t` is computed and signed.
+    pub fn sign_at_ms(&self, t: u64) -> u64 {
+        (t * 1000).saturating_sub(self.ms() / 4)
+    }
+
+    /// When the consensus for period `t` is published.
+    pub fn publish_at_ms(&self, t: u64) -> u64 {
+        t * 1000
+    }
+
+    /// The period an authority should work on at `now_ms`: the first period start `t` whose
+    /// signing time is still ahead. An authority that starts after `vote_at_ms(t)` votes at once.
+    pub fn next_period(&self, now_ms: u64) -> u64 {
+        let i = self.interval;
+        let mut t = (now_ms / 1000) / i * i;
+        while self.sign_at_ms(t) <= now_ms {
+            t += i;
+        }
+        t
+    }
+
+    /// Whether a vote for period `t` is acceptable at `now_ms`: `t` is a period start and
+    /// `now` lies between one interval before its voting time (tolerating peers with a fast
+    /// clock) and its publication.
+    pub fn accepts_vote_for(&self, t: u64, now_ms: u64) -> bool {
+        self.is_period_start(t)
+            && now_ms >= self.vote_at_ms(t).saturating_sub(self.ms())
+            && now_ms < self.publish_at_ms(t)
+    }
+}
+
+/// Descriptors older than this (seconds) are left out of votes and dropped: three intervals,
+/// but at least 30 s so a loopback test network with a 2 s interval is not racing its relays.
+pub fn descriptor_max_age(interval_secs: u64) -> u64 {
+    (3 * interval_secs).max(30)
+}
+
+/// How often a relay should upload its descriptor for a network with this interval: a third of
+/// [`descriptor_max_age`], so two uploads may fail before it drops out of the votes.
+pub fn republish_period_secs(interval_secs: u64) -> u64 {
+    descriptor_max_age(interval_secs) / 3
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hourly_schedule() {
+        let s = Schedule::new(3600);
+        let t = 1_700_000_000 / 3600 * 3600 + 3600;
+        assert!(s.is_period_start(t));
+        assert_eq!(s.vote_at_ms(t), (t - 1800) * 1000);
+        assert_eq!(s.pull_at_ms(t), (t - 1350) * 1000);
+        assert_eq!(s.sign_at_ms(t), (t - 900) * 1000);
+        assert_eq!(s.publish_at_ms(t), t * 1000);
+        assert_eq!(s.lifetime(t), Lifetime { valid_after: t, fresh_until: t + 3600, valid_until: t + 3 * 3600 });
+        // Before the signing time of t, t is next; from it on, the following period.
+        assert_eq!(s.next_period((t - 3599) * 1000), t);
+        assert_eq!(s.next_period(s.sign_at_ms(t) - 1), t);
+        assert_eq!(s.next_period(s.sign_at_ms(t)), t + 3600);
+        assert_eq!(s.next_period(t * 1000), t + 3600);
+    }
+
+    #[test]
+    fn two_second_schedule_uses_milliseconds() {
+        let s = Schedule::new(2);
+        let t = 1_000_000;
+        assert_eq!(s.vote_at_ms(t), t * 1000 - 1000);
+        assert_eq!(s.pull_at_ms(t), t * 1000 - 750);
+        assert_eq!(s.sign_at_ms(t), t * 1000 - 500);
+        assert_eq!(s.next_period((t - 1) * 1000 + 499), t);
+        assert_eq!(s.next_period((t - 1) * 1000 + 500), t + 2);
+        assert!(!s.is_period_start(t + 1));
+    }
+
+    #[test]
+    fn next_period_is_always_ahead_of_signing() {
+        for i in [2u64, 3, 10, 300, 3600] {
+            let s = Schedule::new(i);
+            for now in (0..40_000u64).step_by(137).map(|x| 1_600_000_000_000 + x * 7) {
+                let t = s.next_period(now);
+                assert!(s.is_period_start(t));
+                assert!(s.sign_at_ms(t) > now);
+                assert!(s.sign_at_ms(t - i) <= now, "a later period was chosen than needed");
+            }
+        }
+    }
+
+    #[test]
+    fn vote_window() {
+        let s = Schedule::new(10);
+        let t = 1_000_000;
+        assert!(s.accepts_vote_for(t, s.vote_at_ms(t)));
+        assert!(s.accepts_vote_for(t, s.vote_at_ms(t) - 10_000));
+        assert!(!s.accepts_vote_for(t, s.vote_at_ms(t) - 10_001));
+        assert!(!s.accepts_vote_for(t, t * 1000));
+        assert!(!s.accepts_vote_for(t + 1, s.vote_at_ms(t)));
+    }
+
+    #[test]
+    fn descriptor_ages() {
+        assert_eq!(descriptor_max_age(3600), 3 * 3600);
+        assert_eq!(descriptor_max_age(2), 30);
+        assert_eq!(republish_period_secs(3600), 3600);
+        assert_eq!(republish_period_secs(10), 10);
+    }
+}

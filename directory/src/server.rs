@@ -1,0 +1,114 @@
+//! The authority's HTTP interface: a thin layer that checks sizes, parses, verifies and hands
+//! documents to [`AuthorityState`](crate::authority::AuthorityState).
+//!
+//! | method and path                       | body                      | success | refusals |
+//! |---------------------------------------|---------------------------|---------|----------|
+//! | `POST /allium/v1/descriptor`          | a relay descriptor        | 200     | 400 (one-line reason), 413 over 16 KiB, 503 when full |
+//! | `POST /allium/v1/vote`                | a vote                    | 200     | 400, 409 (a different vote from that voter is held), 413 over 8 MiB |
+//! | `GET /allium/v1/vote/{valid_after}`   | —                         | 200, this authority's own vote | 400 bad number, 404 none |
+//! | `POST /allium/v1/signature`           | a detached signature      | 200     | 400, 409 (digest differs from ours), 413 over 1 KiB |
+//! | `GET /allium/v1/consensus`            | —                         | 200, latest consensus with every signature gathered | 404 none yet |
+//!
+//! Responses are `text/plain`; a refusal's body is one line saying why.
+
+use std::sync::Arc;
+
+use axum::extract::{DefaultBodyLimit, Path, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+
+use allium_proto::doc::{DetachedSignature, RelayDescriptor, Vote, MAX_DESCRIPTOR_LEN, MAX_SIGNATURE_DOC_LEN, MAX_VOTE_LEN};
+
+use crate::authority::{now_ms, Accepted, Reject, Shared};
+
+/// Every route of the directory HTTP interface.
+pub(crate) fn router(sh: Arc<Shared>) -> Router {
+    Router::new()
+        .route("/allium/v1/descriptor", post(post_descriptor).layer(DefaultBodyLimit::max(MAX_DESCRIPTOR_LEN)))
+        .route("/allium/v1/vote", post(post_vote).layer(DefaultBodyLimit::max(MAX_VOTE_LEN)))
+        .route("/allium/v1/vote/{valid_after}", get(get_vote))
+        .route("/allium/v1/signature", post(post_signature).layer(DefaultBodyLimit::max(MAX_SIGNATURE_DOC_LEN)))
+        .route("/allium/v1/consensus", get(get_consensus))
+        .with_state(sh)
+}
+
+fn text(status: StatusCode, body: impl Into<String>) -> Response {
+    (status, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], body.into()).into_response()
+}
+
+fn refused(what: &str, r: Reject) -> Response {
+    tracing::debug!("{what} refused: {}", r.reason);
+    let status = StatusCode::from_u16(r.status).unwrap_or(StatusCode::BAD_REQUEST);
+    text(status, format!("{what} refused: {}\n", r.reason))
+}
+
+fn ok(a: Accepted) -> Response {
+    text(StatusCode::OK, if a == Accepted::New { "accepted\n" } else { "already held\n" })
+}
+
+async fn post_descriptor(State(sh): State<Arc<Shared>>, body: String) -> Response {
+    let d = match RelayDescriptor::parse(&body).and_then(|u| u.verify()) {
+        Ok(d) => d,
+        Err(e) => return refused("descriptor", Reject { status: 400, reason: e.to_string() }),
+    };
+    let id = d.identity;
+    let r = sh.lock().accept_descriptor(d, now_ms() / 1000);
+    match r {
+        Ok(a) => {
+            tracing::debug!(relay = %id.short(), "descriptor {:?}", a);
+            ok(a)
+        }
+        Err(r) => refused("descriptor", r),
+    }
+}
+
+/// Parses, verifies and stores a vote (pushed to us or pulled by us).
+pub(crate) fn ingest_vote(sh: &Shared, body: &str) -> Result<Accepted, Reject> {
+    let v = Vote::parse(body).and_then(|u| u.verify()).map_err(|e| Reject { status: 400, reason: e.to_string() })?;
+    sh.lock().accept_vote(v, body.into(), now_ms())
+}
+
+async fn post_vote(State(sh): State<Arc<Shared>>, body: String) -> Response {
+    // Parsing and checking up to 8 MiB is CPU work: keep it off the async workers.
+    let sh2 = sh.clone();
+    match tokio::task::spawn_blocking(move || ingest_vote(&sh2, &body)).await {
+        Ok(Ok(a)) => ok(a),
+        Ok(Err(r)) => refused("vote", r),
+        Err(_) => text(StatusCode::INTERNAL_SERVER_ERROR, "internal error\n"),
+    }
+}
+
+async fn get_vote(State(sh): State<Arc<Shared>>, Path(valid_after): Path<u64>) -> Response {
+    let v = sh.lock().own_vote(valid_after);
+    match v {
+        Some(t) => text(StatusCode::OK, &*t),
+        None => text(StatusCode::NOT_FOUND, "no vote for that period\n"),
+    }
+}
+
+async fn post_signature(State(sh): State<Arc<Shared>>, body: String) -> Response {
+    let s = match DetachedSignature::parse(&body) {
+        Ok(s) => s,
+        Err(e) => return refused("signature", Reject { status: 400, reason: e.to_string() }),
+    };
+    let r = sh.lock().accept_signature(s, now_ms());
+    match r {
+        Ok(published) => {
+            if let Some(p) = published {
+                sh.on_published(p).await;
+            }
+            ok(Accepted::New)
+        }
+        Err(r) => refused("signature", r),
+    }
+}
+
+async fn get_consensus(State(sh): State<Arc<Shared>>) -> Response {
+    let c = sh.lock().consensus_text();
+    match c {
+        Some(t) => text(StatusCode::OK, &*t),
+        None => text(StatusCode::NOT_FOUND, "no consensus yet\n"),
+    }
+}

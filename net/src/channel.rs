@@ -1,0 +1,271 @@
+//! The channel reactor: one link, many circuits.
+//!
+//! A link is driven by two tasks. The reader decrypts transport messages, splits them into
+//! cells and hands each to its circuit's queue (or to the [`CreateHandler`] for a new circuit).
+//! The writer takes cells from one queue, packs up to 127 into each Noise message and writes as
+//! many messages as are ready in one `write` — it flushes only when the queue has drained, so a
+//! busy link makes 16–64 KiB writes, never one write per cell.
+//!
+//! Per-circuit queues are capped ([`CIRCUIT_QUEUE_CAP`]): a peer that sends more cells than flow
+//! control allows gets that circuit destroyed (RESOURCELIMIT) instead of growing memory.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use allium_proto::cell::{Cell, CellCmd, DestroyReason, CELL_LEN};
+use allium_proto::ids::RelayId;
+use allium_proto::link::{MAX_CELLS_PER_FRAME, MAX_NOISE_MSG};
+use tokio::io::AsyncWriteExt;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::sync::{mpsc, watch};
+
+use crate::link::{read_frame, Link};
+
+/// Cells a circuit may have queued from one link before it is destroyed. Flow control allows
+/// at most 1,000 data cells in flight per circuit and direction, plus a few control cells.
+pub const CIRCUIT_QUEUE_CAP: usize = 1200;
+/// Cells queued toward the writer before senders wait (backpressure).
+const WRITER_QUEUE: usize = 2048;
+/// Bytes gathered before a write even if more cells are ready.
+const MAX_WRITE: usize = 256 * 1024;
+
+/// Counters over every link in this process (used by tests and the benchmark).
+#[derive(Default)]
+pub struct LinkStats {
+    pub write_calls: AtomicU64,
+    pub bytes_written: AtomicU64,
+    pub cells_written: AtomicU64,
+}
+
+/// Process-wide link counters.
+pub static LINK_STATS: LinkStats =
+    LinkStats { write_calls: AtomicU64::new(0), bytes_written: AtomicU64::new(0), cells_written: AtomicU64::new(0) };
+
+/// Called by the reader for a CREATE on an unused circuit id (relays only).
+pub trait CreateHandler: Send + Sync + 'static {
+    fn on_create(&self, chan: &Channel, cell: Cell);
+}
+
+struct Shared {
+    circuits: Mutex<CircTable>,
+    closed: watch::Sender<bool>,
+}
+
+struct CircTable {
+    map: HashMap<u32, mpsc::Sender<Cell>>,
+    next: u32,
+}
+
+/// A cheap handle to a running link.
+#[derive(Clone)]
+pub struct Channel {
+    out: mpsc::Sender<Cell>,
+    shared: Arc<Shared>,
+    /// The peer's relay identity, when it proved one.
+    pub peer: Option<RelayId>,
+    initiator: bool,
+}
+
+/// The link closed.
+#[derive(Debug, thiserror::Error)]
+#[error("link closed")]
+pub struct ChannelClosed;
+
+impl Channel {
+    /// Starts the reader and writer tasks of an established link.
+    pub fn spawn(link: Link, handler: Option<Arc<dyn CreateHandler>>) -> Channel {
+        let (out, rx) = mpsc::channel(WRITER_QUEUE);
+        let (closed, _) = watch::channel(false);
+        let shared = Arc::new(Shared { circuits: Mutex::new(CircTable { map: HashMap::new(), next: 1 }), closed });
+        let chan = Channel { out, shared, peer: link.peer, initiator: link.initiator };
+        let (rd, wr) = link.stream.into_split();
+        tokio::spawn(writer(wr, rx, link.transport.clone(), chan.shared.clone()));
+        tokio::spawn(reader(rd, link.transport, chan.clone(), handler));
+        chan
+    }
+
+    /// Queues a cell on the link (waits while the writer queue is full).
+    pub async fn send(&self, cell: Cell) -> Result<(), ChannelClosed> {
+        self.out.send(cell).await.map_err(|_| ChannelClosed)
+    }
+
+    /// Queues a cell without waiting; fails if the queue is full or the link closed.
+    pub fn try_send(&self, cell: Cell) -> Result<(), ChannelClosed> {
+        self.out.try_send(cell).map_err(|_| ChannelClosed)
+    }
+
+    /// Allocates a circuit id on this link and registers its queue.
+    pub fn open_circuit(&self) -> Result<(u32, mpsc::Receiver<Cell>), ChannelClosed> {
+        if self.is_closed() {
+            return Err(ChannelClosed);
+        }
+        let (tx, rx) = mpsc::channel(CIRCUIT_QUEUE_CAP);
+        let mut t = self.shared.circuits.lock().expect("circuit table lock");
+        let high = if self.initiator { 0x8000_0000 } else { 0 };
+        loop {
+            let id = (t.next & 0x7fff_ffff) | high;
+            t.next = t.next.wrapping_add(1).max(1);
+            if id != 0 && id != 0x8000_0000 && !t.map.contains_key(&id) {
+                t.map.insert(id, tx);
+                return Ok((id, rx));
+            }
+        }
+    }
+
+    /// Registers the queue of a circuit the peer opened (from a [`CreateHandler`]).
+    pub fn accept_circuit(&self, id: u32) -> mpsc::Receiver<Cell> {
+        let (tx, rx) = mpsc::channel(CIRCUIT_QUEUE_CAP);
+        self.shared.circuits.lock().expect("circuit table lock").map.insert(id, tx);
+        rx
+    }
+
+    /// Forgets a circuit (its later cells are dropped).
+    pub fn close_circuit(&self, id: u32) {
+        self.shared.circuits.lock().expect("circuit table lock").map.remove(&id);
+    }
+
+    /// Number of circuits on this link.
+    pub fn n_circuits(&self) -> usize {
+        self.shared.circuits.lock().expect("circuit table lock").map.len()
+    }
+
+    pub fn is_closed(&self) -> bool {
+        *self.shared.closed.borrow() || self.out.is_closed()
+    }
+
+    /// Closes the link.
+    pub fn close(&self) {
+        close(&self.shared);
+    }
+
+    /// True for ids the peer (not we) allocates.
+    fn peer_allocates(&self, id: u32) -> bool {
+        (id & 0x8000_0000 != 0) != self.initiator
+    }
+}
+
+fn close(shared: &Shared) {
+    shared.closed.send_replace(true);
+    // Dropping every circuit's sender tells each circuit task that the link is gone.
+    shared.circuits.lock().expect("circuit table lock").map.clear();
+}
+
+async fn reader(mut rd: OwnedReadHalf, transport: Arc<snow::StatelessTransportState>, chan: Channel, handler: Option<Arc<dyn CreateHandler>>) {
+    let mut closed = chan.shared.closed.subscribe();
+    let mut frame = Vec::with_capacity(MAX_NOISE_MSG);
+    let mut plain = vec![0u8; MAX_NOISE_MSG];
+    let mut nonce = 0u64;
+    loop {
+        tokio::select! {
+            r = read_frame(&mut rd, &mut frame) => if r.is_err() { break },
+            _ = closed.changed() => break,
+        }
+        let Ok(n) = transport.read_message(nonce, &frame, &mut plain) else {
+            tracing::debug!("link: transport message failed to authenticate; closing");
+            break;
+        };
+        nonce += 1;
+        if n == 0 || n % CELL_LEN != 0 {
+            tracing::debug!("link: transport message is not whole cells; closing");
+            break;
+        }
+        let mut ok = true;
+        for chunk in plain[..n].chunks_exact(CELL_LEN) {
+            match Cell::decode(chunk) {
+                Ok(cell) => dispatch(&chan, handler.as_deref(), cell),
+                Err(e) => {
+                    tracing::debug!("link: malformed cell ({e}); closing");
+                    ok = false;
+                    break;
+                }
+            }
+        }
+        if !ok {
+            break;
+        }
+    }
+    close(&chan.shared);
+}
+
+fn dispatch(chan: &Channel, handler: Option<&dyn CreateHandler>, cell: Cell) {
+    if cell.cmd == CellCmd::Padding {
+        return;
+    }
+    let id = cell.circ_id;
+    let sender = chan.shared.circuits.lock().expect("circuit table lock").map.get(&id).cloned();
+    match sender {
+        Some(tx) => match tx.try_send(cell) {
+            Ok(()) => {}
+            Err(mpsc::error::TrySendError::Full(_)) => {
+                tracing::debug!("circuit queue over its cap: destroying the circuit");
+                chan.close_circuit(id);
+                let _ = chan.try_send(Cell::destroy(id, DestroyReason::ResourceLimit));
+            }
+            Err(mpsc::error::TrySendError::Closed(_)) => chan.close_circuit(id),
+        },
+        None if cell.cmd == CellCmd::Create => match handler {
+            Some(h) if chan.peer_allocates(id) => h.on_create(chan, cell),
+            _ => {
+                let _ = chan.try_send(Cell::destroy(id, DestroyReason::Protocol));
+            }
+        },
+        // Cells for circuits already closed (they cross a DESTROY on the wire) are dropped.
+        None => {}
+    }
+}
+
+async fn writer(mut wr: OwnedWriteHalf, mut rx: mpsc::Receiver<Cell>, transport: Arc<snow::StatelessTransportState>, shared: Arc<Shared>) {
+    let mut closed = shared.closed.subscribe();
+    let mut nonce = 0u64;
+    let mut plain: Vec<u8> = Vec::with_capacity(MAX_CELLS_PER_FRAME * CELL_LEN);
+    let mut out: Vec<u8> = Vec::with_capacity(MAX_WRITE + MAX_NOISE_MSG);
+    let mut frame = vec![0u8; MAX_NOISE_MSG];
+    'outer: loop {
+        let first = tokio::select! {
+            c = rx.recv() => match c { Some(c) => c, None => break },
+            _ = closed.changed() => break,
+        };
+        out.clear();
+        plain.clear();
+        first.encode_to(&mut plain);
+        let mut cells = 1u64;
+        loop {
+            let mut drained = false;
+            while plain.len() < MAX_CELLS_PER_FRAME * CELL_LEN {
+                match rx.try_recv() {
+                    Ok(c) => {
+                        c.encode_to(&mut plain);
+                        cells += 1;
+                    }
+                    Err(_) => {
+                        drained = true;
+                        break;
+                    }
+                }
+            }
+            let Ok(n) = transport.write_message(nonce, &plain, &mut frame) else { break 'outer };
+            nonce += 1;
+            out.extend_from_slice(&(n as u16).to_be_bytes());
+            out.extend_from_slice(&frame[..n]);
+            plain.clear();
+            if drained || out.len() >= MAX_WRITE {
+                break;
+            }
+        }
+        let mut off = 0;
+        while off < out.len() {
+            match wr.write(&out[off..]).await {
+                Ok(0) | Err(_) => break 'outer,
+                Ok(n) => {
+                    off += n;
+                    LINK_STATS.write_calls.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }
+        LINK_STATS.bytes_written.fetch_add(out.len() as u64, Ordering::Relaxed);
+        LINK_STATS.cells_written.fetch_add(cells, Ordering::Relaxed);
+    }
+    let _ = wr.shutdown().await;
+    close(&shared);
+}

@@ -1,0 +1,137 @@
+//! Configuration pieces shared by every role, and loading a TOML file with a one-line error
+//! that names the offending key.
+
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+
+use allium_proto::ids::RelayId;
+use serde::de::DeserializeOwned;
+use serde::Deserialize;
+
+/// A directory authority every node trusts, as listed in each node's config.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct AuthorityEntry {
+    /// A short name for messages.
+    pub name: String,
+    /// The authority's ed25519 identity key, as a 64-digit hex fingerprint.
+    #[serde(deserialize_with = "de_relay_id")]
+    pub identity: RelayId,
+    /// Where its directory HTTP port listens.
+    pub address: SocketAddr,
+}
+
+/// The `[network]` section: which network this node belongs to.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NetworkConfig {
+    /// Turns on what a loopback test network needs and a real network must refuse: private and
+    /// loopback addresses in descriptors and extends, loopback exits, short voting intervals.
+    /// Never set this on a real network.
+    #[serde(default)]
+    pub dangerous_testnet: bool,
+    /// The directory authorities. A consensus is trusted only when more than half of them signed it.
+    pub authorities: Vec<AuthorityEntry>,
+}
+
+/// The `[node]` section: who this node is and where it lives.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodeConfig {
+    /// A short human-readable name (1–19 ASCII letters and digits).
+    pub nickname: String,
+    /// Where keys and state live. Created with mode 0700 if missing.
+    pub data_dir: PathBuf,
+    /// The node's own IP address: listeners bind to it and every outgoing socket is bound to it,
+    /// so a peer can tell which node connected.
+    pub address: IpAddr,
+}
+
+impl NodeConfig {
+    /// Checks the nickname and, outside a test network, that the address is public.
+    pub fn validate(&self, net: &NetworkConfig) -> Result<(), ConfigError> {
+        let n = &self.nickname;
+        if n.is_empty() || n.len() > 19 || !n.chars().all(|c| c.is_ascii_alphanumeric()) {
+            return Err(ConfigError::invalid("node.nickname", "must be 1-19 ASCII letters or digits"));
+        }
+        if !net.dangerous_testnet && allium_proto::policy::is_private(self.address) {
+            return Err(ConfigError::invalid(
+                "node.address",
+                "is a private or loopback address; only allowed with network.dangerous_testnet = true",
+            ));
+        }
+        if net.authorities.is_empty() {
+            return Err(ConfigError::invalid("network.authorities", "lists no authority"));
+        }
+        Ok(())
+    }
+}
+
+fn de_relay_id<'de, D: serde::Deserializer<'de>>(d: D) -> Result<RelayId, D::Error> {
+    let s = String::deserialize(d)?;
+    s.parse().map_err(serde::de::Error::custom)
+}
+
+/// A configuration error: one line, naming the file and the key.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read config {path}: {err}")]
+    Read { path: PathBuf, err: std::io::Error },
+    #[error("config {path}: key '{key}': {msg}")]
+    Key { path: PathBuf, key: String, msg: String },
+    #[error("config: key '{key}': {msg}")]
+    Invalid { key: String, msg: String },
+}
+
+impl ConfigError {
+    /// A semantic error found after parsing.
+    pub fn invalid(key: &str, msg: &str) -> Self {
+        ConfigError::Invalid { key: key.to_string(), msg: msg.to_string() }
+    }
+}
+
+/// Parses TOML text into `T`; the error names the key path (e.g. `exit.policy[2]`).
+pub fn parse_toml<T: DeserializeOwned>(text: &str, path: &Path) -> Result<T, ConfigError> {
+    let de = toml::Deserializer::new(text);
+    serde_path_to_error::deserialize(de).map_err(|e| {
+        let key = e.path().to_string();
+        let inner = e.into_inner();
+        // toml's messages span several lines (a snippet with a caret): keep the first sentence.
+        let msg = inner.message().lines().next().unwrap_or("invalid value").to_string();
+        let line = inner
+            .span()
+            .map(|sp| format!(" (line {})", text[..sp.start.min(text.len())].lines().count().max(1)))
+            .unwrap_or_default();
+        ConfigError::Key { path: path.to_path_buf(), key: if key == "." { "(top level)".into() } else { key }, msg: format!("{msg}{line}") }
+    })
+}
+
+/// Reads and parses a TOML config file.
+pub fn load_toml<T: DeserializeOwned>(path: &Path) -> Result<T, ConfigError> {
+    let text = std::fs::read_to_string(path).map_err(|err| ConfigError::Read { path: path.to_path_buf(), err })?;
+    parse_toml(&text, path)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, Deserialize)]
+    #[serde(deny_unknown_fields)]
+    #[allow(dead_code)]
+    struct T {
+        node: NodeConfig,
+        network: NetworkConfig,
+    }
+
+    #[test]
+    fn error_names_the_key_on_one_line() {
+        let text = "[node]\nnickname = \"a\"\ndata_dir = \"/tmp/x\"\naddress = \"not-an-ip\"\n[network]\nauthorities = []\n";
+        let err = parse_toml::<T>(text, Path::new("x.toml")).unwrap_err().to_string();
+        assert!(err.contains("node.address"), "{err}");
+        assert!(!err.contains('\n'), "{err}");
+        let text = "[node]\nnickname = \"a\"\ndata_dir = \"/tmp/x\"\naddress = \"127.0.0.1\"\nbogus = 1\n[network]\nauthorities = []\n";
+        let err = parse_toml::<T>(text, Path::new("x.toml")).unwrap_err().to_string();
+        assert!(err.contains("bogus"), "{err}");
+    }
+}

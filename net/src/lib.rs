@@ -1,0 +1,19 @@
+//! The tokio layer shared by every Allium role.
+//!
+//! Layout:
+//! - [`config`]: config sections shared by all roles and TOML loading with one-line errors.
+//! - [`keys`]: a node's long-term keys in its data directory.
+//! - [`link`]: TCP plus the Noise link handshake.
+//! - [`channel`]: the channel reactor (reader and writer tasks of one link, its circuit table).
+//! - [`stream`]: streams on a circuit end: windows, SENDMEs and the socket tasks.
+//! - [`pool`]: open links by peer identity.
+//!
+//! Not in this crate: protocol encodings and crypto (`allium-proto`), role logic (`allium-relay`,
+//! `allium-client`, `allium-directory`).
+
+pub mod config;
+pub mod keys;
+pub mod channel;
+pub mod link;
+pub mod stream;
+pub mod pool;

@@ -1,0 +1,355 @@
+//! Streams multiplexed on one circuit end (the client's, or the exit's): windows, queues and the
+//! tasks that move bytes between a TCP socket and the circuit.
+//!
+//! The circuit task owns a [`StreamMux`]. For each stream a reader task reads the socket only as
+//! far as the stream's send window allows (credit), and a writer task writes queued DATA to the
+//! socket, coalescing whatever is queued into one write, then reports how many cells were
+//! consumed — only then does the mux acknowledge them with SENDMEs.
+
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::Arc;
+
+use allium_proto::flow::{FlowError, RecvWindow, SendWindow, STREAM_SENDME_INC, STREAM_WINDOW};
+use allium_proto::relay_msg::{EndReason, RelayMsg, MAX_BODY_PER_CELL};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, Semaphore};
+use tokio::task::AbortHandle;
+
+/// Streams one circuit may carry at once.
+pub const MAX_STREAMS: usize = 1024;
+/// Cells a reader takes at most per socket read.
+const READ_BATCH: usize = 64;
+/// Bytes a writer gathers at most per write.
+const WRITE_BATCH: usize = 256 * 1024;
+
+/// What stream tasks tell the circuit task.
+#[derive(Debug)]
+pub enum StreamEvent {
+    Data { id: u16, data: Vec<u8> },
+    Eof { id: u16 },
+    Consumed { id: u16, cells: u32 },
+    WriteFailed { id: u16 },
+}
+
+enum WriterMsg {
+    Data(Vec<u8>),
+    End,
+}
+
+struct Stream {
+    writer: mpsc::UnboundedSender<WriterMsg>,
+    writer_rx: Option<mpsc::UnboundedReceiver<WriterMsg>>,
+    credit: Arc<Semaphore>,
+    send: SendWindow,
+    recv: RecvWindow,
+    reader: Option<AbortHandle>,
+}
+
+/// A protocol violation by the other end of the circuit.
+#[derive(Debug, thiserror::Error)]
+pub enum StreamError {
+    #[error(transparent)]
+    Flow(#[from] FlowError),
+    #[error("message for a stream that was never opened")]
+    UnknownStream,
+    #[error("stream id already in use")]
+    DuplicateStream,
+    #[error("too many streams on one circuit")]
+    TooManyStreams,
+}
+
+/// The streams of one circuit end, with the circuit-level windows.
+pub struct StreamMux {
+    streams: HashMap<u16, Stream>,
+    /// Ids closed by us whose late cells are ignored rather than treated as violations.
+    closed: HashSet<u16>,
+    circ_send: SendWindow,
+    circ_recv: RecvWindow,
+    /// Messages waiting for the circuit window, in order (END waits behind its DATA).
+    pending: VecDeque<(u16, RelayMsg)>,
+    events_tx: mpsc::UnboundedSender<StreamEvent>,
+    events_rx: mpsc::UnboundedReceiver<StreamEvent>,
+    next_id: u16,
+}
+
+impl Default for StreamMux {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl StreamMux {
+    pub fn new() -> Self {
+        let (events_tx, events_rx) = mpsc::unbounded_channel();
+        StreamMux {
+            streams: HashMap::new(),
+            closed: HashSet::new(),
+            circ_send: SendWindow::circuit(),
+            circ_recv: RecvWindow::circuit(),
+            pending: VecDeque::new(),
+            events_tx,
+            events_rx,
+            next_id: 1,
+        }
+    }
+
+    /// Waits for the next event from a stream task.
+    pub async fn next_event(&mut self) -> StreamEvent {
+        // The mux holds a sender, so the channel never closes while it exists.
+        self.events_rx.recv().await.expect("mux holds a sender")
+    }
+
+    pub fn len(&self) -> usize {
+        self.streams.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.streams.is_empty()
+    }
+
+    /// Picks an unused stream id (client side).
+    pub fn alloc_id(&mut self) -> Option<u16> {
+        if self.streams.len() >= MAX_STREAMS {
+            return None;
+        }
+        loop {
+            let id = self.next_id;
+            self.next_id = self.next_id.checked_add(1).unwrap_or(1);
+            if !self.streams.contains_key(&id) {
+                self.closed.remove(&id);
+                return Some(id);
+            }
+        }
+    }
+
+    /// Registers a stream; DATA for it is queued until [`Self::attach`].
+    pub fn open(&mut self, id: u16) -> Result<(), StreamError> {
+        if id == 0 || self.streams.contains_key(&id) {
+            return Err(StreamError::DuplicateStream);
+        }
+        if self.streams.len() >= MAX_STREAMS {
+            return Err(StreamError::TooManyStreams);
+        }
+        self.closed.remove(&id);
+        let (writer, rx) = mpsc::unbounded_channel();
+        self.streams.insert(
+            id,
+            Stream {
+                writer,
+                writer_rx: Some(rx),
+                credit: Arc::new(Semaphore::new(STREAM_WINDOW as usize)),
+                send: SendWindow::stream(),
+                recv: RecvWindow::stream(),
+                reader: None,
+            },
+        );
+        Ok(())
+    }
+
+    /// Connects an open stream to its socket: `prefix` is written first (e.g. a SOCKS reply).
+    pub fn attach(&mut self, id: u16, sock: TcpStream, prefix: Vec<u8>) {
+        let Some(s) = self.streams.get_mut(&id) else { return };
+        let Some(rx) = s.writer_rx.take() else { return };
+        let _ = sock.set_nodelay(true);
+        let (rd, wr) = sock.into_split();
+        tokio::spawn(write_loop(id, wr, rx, prefix, self.events_tx.clone()));
+        let reader = tokio::spawn(read_loop(id, rd, s.credit.clone(), self.events_tx.clone()));
+        s.reader = Some(reader.abort_handle());
+    }
+
+    /// Handles DATA, SENDME or END from the other end. Returns messages to send back.
+    pub fn handle_msg(&mut self, id: u16, msg: RelayMsg) -> Result<Vec<(u16, RelayMsg)>, StreamError> {
+        match msg {
+            RelayMsg::Sendme if id == 0 => {
+                self.circ_send.on_sendme()?;
+                Ok(self.flush())
+            }
+            RelayMsg::Sendme => {
+                if let Some(s) = self.streams.get_mut(&id) {
+                    s.send.on_sendme()?;
+                    s.credit.add_permits(STREAM_SENDME_INC as usize);
+                    Ok(vec![])
+                } else {
+                    self.late(id)
+                }
+            }
+            RelayMsg::Data(d) => {
+                self.circ_recv.on_data()?;
+                if let Some(s) = self.streams.get_mut(&id) {
+                    s.recv.on_data()?;
+                    let _ = s.writer.send(WriterMsg::Data(d));
+                    Ok(vec![])
+                } else {
+                    // Count it as consumed so the circuit window is not lost.
+                    let k = self.circ_recv.on_consumed(1);
+                    self.late(id)?;
+                    Ok(sendmes(0, k))
+                }
+            }
+            RelayMsg::End(_) => {
+                if let Some(s) = self.streams.remove(&id) {
+                    let _ = s.writer.send(WriterMsg::End);
+                    if let Some(r) = s.reader {
+                        r.abort();
+                    }
+                    self.closed.insert(id);
+                    Ok(vec![])
+                } else {
+                    self.late(id)
+                }
+            }
+            _ => Err(StreamError::UnknownStream),
+        }
+    }
+
+    fn late(&self, id: u16) -> Result<Vec<(u16, RelayMsg)>, StreamError> {
+        if self.closed.contains(&id) {
+            Ok(vec![])
+        } else {
+            Err(StreamError::UnknownStream)
+        }
+    }
+
+    /// Handles an event from a stream task. Returns messages to send.
+    pub fn handle_event(&mut self, ev: StreamEvent) -> Vec<(u16, RelayMsg)> {
+        match ev {
+            StreamEvent::Data { id, data } => {
+                let Some(s) = self.streams.get_mut(&id) else { return vec![] };
+                for chunk in data.chunks(MAX_BODY_PER_CELL) {
+                    // The reader only read as much as its credit allowed.
+                    let _ = s.send.take();
+                    self.pending.push_back((id, RelayMsg::Data(chunk.to_vec())));
+                }
+                self.flush()
+            }
+            StreamEvent::Consumed { id, cells } => {
+                let mut out = sendmes(0, self.circ_recv.on_consumed(cells));
+                if let Some(s) = self.streams.get_mut(&id) {
+                    out.extend(sendmes(id, s.recv.on_consumed(cells)));
+                }
+                out
+            }
+            StreamEvent::Eof { id } => self.close(id, EndReason::Done),
+            StreamEvent::WriteFailed { id } => self.close(id, EndReason::ConnReset),
+        }
+    }
+
+    /// Closes a stream from our side: its queued DATA goes first, then END.
+    pub fn close(&mut self, id: u16, reason: EndReason) -> Vec<(u16, RelayMsg)> {
+        let Some(s) = self.streams.remove(&id) else { return vec![] };
+        let _ = s.writer.send(WriterMsg::End);
+        if let Some(r) = s.reader {
+            r.abort();
+        }
+        self.closed.insert(id);
+        self.pending.push_back((id, RelayMsg::End(reason)));
+        self.flush()
+    }
+
+    /// Sends what the circuit window allows, in order.
+    fn flush(&mut self) -> Vec<(u16, RelayMsg)> {
+        let mut out = Vec::new();
+        while let Some((_, m)) = self.pending.front() {
+            if matches!(m, RelayMsg::Data(_)) && !self.circ_send.take() {
+                break;
+            }
+            out.push(self.pending.pop_front().expect("front exists"));
+        }
+        out
+    }
+}
+
+impl Drop for StreamMux {
+    fn drop(&mut self) {
+        for s in self.streams.values() {
+            if let Some(r) = &s.reader {
+                r.abort();
+            }
+        }
+    }
+}
+
+fn sendmes(id: u16, k: u32) -> Vec<(u16, RelayMsg)> {
+    (0..k).map(|_| (id, RelayMsg::Sendme)).collect()
+}
+
+async fn read_loop(id: u16, mut rd: OwnedReadHalf, credit: Arc<Semaphore>, tx: mpsc::UnboundedSender<StreamEvent>) {
+    let mut buf = vec![0u8; READ_BATCH * MAX_BODY_PER_CELL];
+    loop {
+        let Ok(p) = credit.acquire().await else { return };
+        p.forget();
+        let mut n_credit = 1;
+        while n_credit < READ_BATCH {
+            match credit.try_acquire() {
+                Ok(p) => {
+                    p.forget();
+                    n_credit += 1;
+                }
+                Err(_) => break,
+            }
+        }
+        match rd.read(&mut buf[..n_credit * MAX_BODY_PER_CELL]).await {
+            Ok(0) | Err(_) => {
+                let _ = tx.send(StreamEvent::Eof { id });
+                return;
+            }
+            Ok(n) => {
+                let used = n.div_ceil(MAX_BODY_PER_CELL);
+                credit.add_permits(n_credit - used);
+                if tx.send(StreamEvent::Data { id, data: buf[..n].to_vec() }).is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+async fn write_loop(
+    id: u16,
+    mut wr: OwnedWriteHalf,
+    mut rx: mpsc::UnboundedReceiver<WriterMsg>,
+    prefix: Vec<u8>,
+    tx: mpsc::UnboundedSender<StreamEvent>,
+) {
+    let mut buf = prefix;
+    loop {
+        let mut cells = 0u32;
+        let mut end = false;
+        if buf.is_empty() {
+            match rx.recv().await {
+                Some(WriterMsg::Data(d)) => {
+                    buf.extend_from_slice(&d);
+                    cells += 1;
+                }
+                Some(WriterMsg::End) | None => end = true,
+            }
+        }
+        while !end && buf.len() < WRITE_BATCH {
+            match rx.try_recv() {
+                Ok(WriterMsg::Data(d)) => {
+                    buf.extend_from_slice(&d);
+                    cells += 1;
+                }
+                Ok(WriterMsg::End) => end = true,
+                Err(mpsc::error::TryRecvError::Empty) => break,
+                Err(mpsc::error::TryRecvError::Disconnected) => end = true,
+            }
+        }
+        if !buf.is_empty() {
+            if wr.write_all(&buf).await.is_err() {
+                let _ = tx.send(StreamEvent::WriteFailed { id });
+                return;
+            }
+            buf.clear();
+            if cells > 0 {
+                let _ = tx.send(StreamEvent::Consumed { id, cells });
+            }
+        }
+        if end {
+            let _ = wr.shutdown().await;
+            return;
+        }
+    }
+}

@@ -1,0 +1,142 @@
+//! Network documents: relay descriptors, votes, consensuses and detached consensus signatures.
+//!
+//! Every document is text: ASCII, LF line ends, one `keyword arg arg...` per line. The exact
+//! formats are specified in `docs/PROTOCOL.md` (directory section); this module is the reference
+//! implementation of that text.
+//!
+//! # Check before use
+//!
+//! Parsers never hand out a trusted value. [`RelayDescriptor::parse`], [`Vote::parse`] and
+//! [`Consensus::parse`] check syntax only and return [`UnverifiedDescriptor`],
+//! [`UnverifiedVote`] and [`UnverifiedConsensus`]. Only their `verify` methods (signatures and,
+//! for a consensus, the validity interval against a caller-supplied `now`) give the value. A
+//! method that skips a check is named `dangerously_*`.
+//!
+//! # Rules shared by every document
+//!
+//! - Size caps: [`MAX_DESCRIPTOR_LEN`] for a descriptor, [`MAX_VOTE_LEN`] for a vote or consensus,
+//!   [`MAX_SIGNATURE_DOC_LEN`] for a detached signature.
+//! - Bytes are printable ASCII (0x20..=0x7E) or LF; the text ends with LF; no empty lines; one
+//!   space between items; no leading or trailing space.
+//! - Known keywords come in a fixed order; a single-valued keyword may not repeat.
+//! - An unknown keyword is ignored, unless it starts with `critical-`: then the document is
+//!   rejected. A keyword known to the document but in the wrong place is an error.
+//! - Identities are fingerprints (64 uppercase hex digits). Other keys, digests and signatures are
+//!   unpadded standard base64 (RFC 4648 §4, no `=`), in canonical form.
+//! - Signatures are ed25519 (`verify_strict`) over `PREFIX || SHA-256(signed part)`, where each
+//!   document type has its own prefix (domain separation) and the signed part is every byte
+//!   before the signature line(s).
+//!
+//! # Room to grow (not implemented yet)
+//!
+//! The next directory step adds relay flags (e.g. Running, Stable, Exit, Guard), consensus
+//! parameters, a shared-randomness value and authority signing keys certified by the long-term
+//! identity. They fit this format without breaking old parsers: flags and parameters become new
+//! non-critical keywords (`flags` in a relay entry after `descriptor-digest`, `params` in the
+//! header after `valid-until`, `shared-rand` after it); a signing-key certificate becomes a
+//! `directory-signature` variant with more arguments, or a new footer keyword, which old clients
+//! ignore. Anything an old client must not ignore uses a `critical-` keyword or a new document
+//! version on the first line.
+
+mod consensus;
+mod descriptor;
+mod entry;
+mod lines;
+mod protocols;
+mod vote;
+
+#[cfg(test)]
+mod tests;
+
+pub use consensus::{
+    compute_consensus, Consensus, ConsensusError, DetachedSignature, DirSignature, UnverifiedConsensus,
+};
+pub use descriptor::{certify_link_key, verify_link_cert, RelayDescriptor, UnverifiedDescriptor};
+pub use entry::ConsensusRelay;
+pub use protocols::Protocols;
+pub use vote::{UnverifiedVote, Vote};
+
+/// Largest relay descriptor accepted (bytes).
+pub const MAX_DESCRIPTOR_LEN: usize = 16 * 1024;
+/// Largest vote or consensus accepted (bytes).
+pub const MAX_VOTE_LEN: usize = 8 * 1024 * 1024;
+/// Largest consensus accepted (bytes); the same cap as a vote.
+pub const MAX_CONSENSUS_LEN: usize = MAX_VOTE_LEN;
+/// Largest detached-signature document accepted (bytes).
+pub const MAX_SIGNATURE_DOC_LEN: usize = 1024;
+
+/// Most `policy` lines in one descriptor or relay entry.
+pub const MAX_POLICY_RULES: usize = 256;
+/// Most family members in one descriptor or relay entry.
+pub const MAX_FAMILY: usize = 128;
+/// Most `directory-signature` lines in one consensus.
+pub const MAX_SIGNATURES: usize = 64;
+
+/// Domain-separation prefix of a relay descriptor signature.
+pub const DESCRIPTOR_SIG_PREFIX: &[u8] = b"allium-relay-descriptor-sig-v1\0";
+/// Domain-separation prefix of a vote signature.
+pub const VOTE_SIG_PREFIX: &[u8] = b"allium-vote-sig-v1\0";
+/// Domain-separation prefix of a consensus signature.
+pub const CONSENSUS_SIG_PREFIX: &[u8] = b"allium-consensus-sig-v1\0";
+/// Prefix of the message a relay's identity key signs to certify its link key.
+pub const LINK_CERT_PREFIX: &[u8] = b"allium-link-key-v1";
+
+/// The three times that bound a vote or consensus (unix seconds).
+///
+/// `valid_after < fresh_until <= valid_until`. A consensus may be used while
+/// `valid_after <= now <= valid_until`; after `fresh_until` a newer one should exist.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Lifetime {
+    pub valid_after: u64,
+    pub fresh_until: u64,
+    pub valid_until: u64,
+}
+
+impl Lifetime {
+    /// A lifetime, if the times are in order (`valid_after < fresh_until <= valid_until`).
+    pub fn new(valid_after: u64, fresh_until: u64, valid_until: u64) -> Option<Lifetime> {
+        (valid_after < fresh_until && fresh_until <= valid_until).then_some(Lifetime { valid_after, fresh_until, valid_until })
+    }
+}
+
+/// Why a document was rejected. Line numbers are 1-based.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum DocError {
+    #[error("document is {len} bytes, more than the {limit}-byte limit")]
+    TooLarge { len: usize, limit: usize },
+    #[error("line {line}: byte that is not printable ASCII")]
+    BadByte { line: usize },
+    #[error("document does not end with a newline")]
+    NoFinalNewline,
+    #[error("line {line}: empty line or bad spacing")]
+    BadSpacing { line: usize },
+    #[error("line {line}: malformed keyword")]
+    BadKeyword { line: usize },
+    #[error("not a {expected} document")]
+    WrongDocumentType { expected: &'static str },
+    #[error("line {line}: unsupported {doc} version")]
+    UnsupportedVersion { line: usize, doc: &'static str },
+    #[error("line {line}: keyword '{keyword}' out of place")]
+    OutOfOrder { line: usize, keyword: String },
+    #[error("line {line}: duplicate '{keyword}'")]
+    Duplicate { line: usize, keyword: String },
+    #[error("missing '{keyword}'")]
+    Missing { keyword: &'static str },
+    #[error("line {line}: unknown critical keyword '{keyword}'")]
+    UnknownCritical { line: usize, keyword: String },
+    #[error("line {line}: '{keyword}': {reason}")]
+    BadValue { line: usize, keyword: String, reason: &'static str },
+    #[error("line {line}: bad exit policy rule: {reason}")]
+    BadPolicy { line: usize, reason: String },
+    #[error("too many {what} (limit {limit})")]
+    TooMany { what: &'static str, limit: usize },
+    #[error("line {line}: entries not sorted by identity or duplicated")]
+    Unsorted { line: usize },
+    #[error("times out of order (need valid-after < fresh-until <= valid-until)")]
+    BadLifetime,
+    #[error("signature does not verify with the identity key in the document")]
+    BadSignature,
+    #[error("link-key certificate does not verify")]
+    BadLinkCert,
+}

@@ -1,0 +1,543 @@
+//! Tests of the documents: round trips, tampering, keyword rules, consensus verification
+//! (THREATS A10), consensus computation, and parsers fed random or mutated text (A3, A4).
+
+use std::net::SocketAddr;
+
+use ed25519_dalek::{Signer, SigningKey};
+use proptest::prelude::*;
+
+use super::lines::enc64;
+use super::*;
+use crate::ids::RelayId;
+use crate::policy::ExitPolicy;
+
+fn key(seed: u8) -> SigningKey {
+    SigningKey::from_bytes(&[seed; 32])
+}
+
+fn id(k: &SigningKey) -> RelayId {
+    RelayId(k.verifying_key().to_bytes())
+}
+
+fn desc(k: &SigningKey, nick: &str, published: u64) -> RelayDescriptor {
+    let link_key = [k.to_bytes()[0] ^ 0x55; 32];
+    RelayDescriptor {
+        nickname: nick.to_string(),
+        identity: id(k),
+        onion_key: [k.to_bytes()[0] ^ 0xaa; 32],
+        link_key,
+        link_cert: certify_link_key(k, &link_key),
+        address: "192.0.2.7:9001".parse().unwrap(),
+        policy: ExitPolicy::default_exit(),
+        family: vec![RelayId([1; 32]), RelayId([2; 32])],
+        bandwidth: 1_000_000,
+        protocols: Protocols::new().with("Link", 1, 1).with("Relay", 1, 2).with("Ntor", 1, 1),
+        published,
+    }
+}
+
+fn parse_verify(text: &str) -> Result<RelayDescriptor, DocError> {
+    RelayDescriptor::parse(text)?.verify()
+}
+
+/// Signs an arbitrary descriptor signed part (lets tests add lines the encoder never writes).
+fn sign_desc_text(unsigned: &str, k: &SigningKey) -> String {
+    let sig = k.sign(&descriptor::signed_message(unsigned));
+    format!("{unsigned}signature {}\n", enc64(&sig.to_bytes()))
+}
+
+/// Inserts `extra` (a full line) after the first line starting with `after`.
+fn insert_after(text: &str, after: &str, extra: &str) -> String {
+    let i = text.find(&format!("\n{after}")).expect("anchor line") + 1;
+    let j = i + text[i..].find('\n').unwrap() + 1;
+    format!("{}{}{}", &text[..j], extra, &text[j..])
+}
+
+fn unsigned_part(text: &str, sig_kw: &str) -> String {
+    text[..text.find(&format!("\n{sig_kw} ")).unwrap() + 1].to_string()
+}
+
+// ---- relay descriptors ----
+
+#[test]
+fn descriptor_round_trip() {
+    let k = key(1);
+    let d = desc(&k, "relay1", 1_700_000_000);
+    let text = d.encode_signed(&k);
+    assert!(text.starts_with("allium-relay-descriptor 1\nnickname relay1\n"), "{text}");
+    assert!(text.contains("\npolicy reject private:*\npolicy accept *:*\n"), "{text}");
+    assert!(text.contains("\nprotocols Link=1 Ntor=1 Relay=1-2\n"), "{text}");
+    let back = parse_verify(&text).unwrap();
+    assert_eq!(back, d);
+    assert_eq!(back.encode_signed(&k), text);
+    use sha2::Digest as _;
+    let signed: [u8; 32] = sha2::Sha256::digest(unsigned_part(&text, "signature").as_bytes()).into();
+    assert_eq!(d.digest(), signed);
+}
+
+#[test]
+fn descriptor_edge_values_round_trip() {
+    let k = key(2);
+    let mut d = desc(&k, "A", 0);
+    d.family.clear();
+    d.protocols = Protocols::new();
+    d.policy = ExitPolicy::parse_rules::<&str>(&[]).unwrap();
+    d.address = "[2001:db8::1]:443".parse().unwrap();
+    d.bandwidth = u64::MAX;
+    let text = d.encode_signed(&k);
+    assert!(text.contains("\nfamily\n") && text.contains("\nprotocols\n"), "{text}");
+    assert_eq!(parse_verify(&text).unwrap(), d);
+}
+
+#[test]
+fn descriptor_one_byte_changed_is_rejected() {
+    let k = key(3);
+    let text = desc(&k, "relay3", 1_700_000_000).encode_signed(&k);
+    // Targeted edits that keep the syntax valid: only the signature check can catch them.
+    for (from, to) in [("nickname relay3", "nickname relay4"), ("bandwidth 1000000", "bandwidth 1000001"), (":9001", ":9002")] {
+        let bad = text.replacen(from, to, 1);
+        assert_ne!(bad, text);
+        assert_eq!(parse_verify(&bad).unwrap_err(), DocError::BadSignature, "{from}");
+    }
+}
+
+#[test]
+fn descriptor_signed_by_another_key_is_rejected() {
+    let (a, b) = (key(4), key(5));
+    let d = desc(&a, "claimsA", 1_700_000_000);
+    let text = d.encode_signed(&b);
+    let u = RelayDescriptor::parse(&text).unwrap();
+    assert_eq!(u.claimed_identity(), id(&a));
+    assert_eq!(u.verify().unwrap_err(), DocError::BadSignature);
+}
+
+#[test]
+fn descriptor_bad_link_cert_is_rejected() {
+    let (a, b) = (key(6), key(7));
+    let mut d = desc(&a, "relay6", 1_700_000_000);
+    d.link_cert = certify_link_key(&b, &d.link_key);
+    assert_eq!(parse_verify(&d.encode_signed(&a)).unwrap_err(), DocError::BadLinkCert);
+    let mut d = desc(&a, "relay6", 1_700_000_000);
+    d.link_cert = certify_link_key(&a, &[9; 32]);
+    assert_eq!(parse_verify(&d.encode_signed(&a)).unwrap_err(), DocError::BadLinkCert);
+    assert!(verify_link_cert(&id(&a), &[9; 32], &d.link_cert));
+}
+
+#[test]
+fn unknown_keyword_ignored_critical_rejected() {
+    let k = key(8);
+    let d = desc(&k, "relay8", 1_700_000_000);
+    let unsigned = d.encode_unsigned();
+    let extended = insert_after(&unsigned, "address ", "future-field 1 2 3\n");
+    assert_eq!(parse_verify(&sign_desc_text(&extended, &k)).unwrap(), d);
+    let critical = insert_after(&unsigned, "address ", "critical-future 1\n");
+    assert!(matches!(
+        RelayDescriptor::parse(&sign_desc_text(&critical, &k)).unwrap_err(),
+        DocError::UnknownCritical { line: 8, .. }
+    ));
+}
+
+#[test]
+fn order_duplicates_and_missing_fields_rejected() {
+    let k = key(9);
+    let unsigned = desc(&k, "relay9", 1_700_000_000).encode_unsigned();
+    let dup = insert_after(&unsigned, "nickname ", "nickname again\n");
+    assert!(matches!(RelayDescriptor::parse(&sign_desc_text(&dup, &k)).unwrap_err(), DocError::Duplicate { .. }));
+    let late = insert_after(&unsigned, "published ", "nickname late\n");
+    let late = late.replacen("nickname relay9\n", "", 1);
+    assert!(matches!(RelayDescriptor::parse(&sign_desc_text(&late, &k)).unwrap_err(), DocError::OutOfOrder { .. }));
+    let missing = unsigned.replacen(&format!("bandwidth {}\n", 1_000_000), "", 1);
+    assert_eq!(
+        RelayDescriptor::parse(&sign_desc_text(&missing, &k)).unwrap_err(),
+        DocError::Missing { keyword: "bandwidth" }
+    );
+    // A keyword of another document type (a consensus-only line) is not "unknown" here.
+    let foreign = insert_after(&unsigned, "address ", "descriptor-digest AAAA\n");
+    assert!(RelayDescriptor::parse(&sign_desc_text(&foreign, &k)).is_ok(), "entry keywords are unknown to descriptors");
+}
+
+#[test]
+fn byte_level_rules() {
+    let k = key(10);
+    let text = desc(&k, "relay10", 1_700_000_000).encode_signed(&k);
+    assert_eq!(RelayDescriptor::parse(text.trim_end()).unwrap_err(), DocError::NoFinalNewline);
+    assert!(matches!(RelayDescriptor::parse(&text.replacen('\n', "\r\n", 1)).unwrap_err(), DocError::BadByte { line: 1 }));
+    assert!(matches!(RelayDescriptor::parse(&text.replacen("nickname ", "nickname  ", 1)).unwrap_err(), DocError::BadSpacing { line: 2 }));
+    assert!(matches!(RelayDescriptor::parse(&text.replacen("\nnickname", "\n\nnickname", 1)).unwrap_err(), DocError::BadSpacing { line: 2 }));
+    assert!(matches!(RelayDescriptor::parse(&text.replacen("nickname", "Nickname", 1)).unwrap_err(), DocError::BadKeyword { line: 2 }));
+    assert!(matches!(RelayDescriptor::parse(&text.replacen("relay10", "relay\u{e9}", 1)).unwrap_err(), DocError::BadByte { line: 2 }));
+    let big = insert_after(&text, "address ", &format!("padding {}\n", "x".repeat(MAX_DESCRIPTOR_LEN)));
+    assert!(matches!(RelayDescriptor::parse(&big).unwrap_err(), DocError::TooLarge { .. }));
+    assert!(matches!(RelayDescriptor::parse(&text.replacen(" 1\n", " 2\n", 1)).unwrap_err(), DocError::UnsupportedVersion { .. }));
+    assert!(matches!(Vote::parse(&text).unwrap_err(), DocError::WrongDocumentType { .. }));
+    // Non-canonical encodings.
+    let lower = text.replacen(&id(&k).fingerprint(), &id(&k).fingerprint().to_lowercase(), 1);
+    assert!(matches!(RelayDescriptor::parse(&lower).unwrap_err(), DocError::BadValue { .. }));
+    assert!(matches!(RelayDescriptor::parse(&text.replacen("bandwidth 1", "bandwidth 01", 1)).unwrap_err(), DocError::BadValue { .. }));
+    let padded = text.replacen(&format!("onion-key {}", enc64(&[10 ^ 0xaa; 32])), &format!("onion-key {}=", enc64(&[10 ^ 0xaa; 32])), 1);
+    assert!(matches!(RelayDescriptor::parse(&padded).unwrap_err(), DocError::BadValue { .. }));
+}
+
+// ---- votes ----
+
+fn vote(voter: &SigningKey, relays: &[RelayDescriptor], lifetime: Lifetime) -> Vote {
+    Vote { lifetime, voter: id(voter), relays: relays.iter().map(RelayDescriptor::to_entry).collect() }
+}
+
+const LT: Lifetime = Lifetime { valid_after: 1_700_003_600, fresh_until: 1_700_007_200, valid_until: 1_700_014_400 };
+
+#[test]
+fn vote_round_trip_and_tampering() {
+    let ka = key(20);
+    let relays: Vec<RelayDescriptor> = (30..34).map(|s| desc(&key(s), &format!("r{s}"), 1_700_000_000 + s as u64)).collect();
+    let v = vote(&ka, &relays, LT);
+    let text = v.encode_signed(&ka);
+    let u = Vote::parse(&text).unwrap();
+    assert_eq!(u.claimed_voter(), id(&ka));
+    assert_eq!(u.claimed_lifetime(), LT);
+    let back = u.verify().unwrap();
+    // Entries come back sorted by identity.
+    let mut sorted = v.clone();
+    sorted.relays.sort_by_key(|r| r.identity);
+    assert_eq!(back, sorted);
+    assert_eq!(back.digest(), v.digest());
+    let bad = text.replacen("bandwidth 1000000", "bandwidth 1000001", 1);
+    assert_eq!(Vote::parse(&bad).unwrap().verify().unwrap_err(), DocError::BadSignature);
+    let other = v.encode_signed(&key(21));
+    assert_eq!(Vote::parse(&other).unwrap().verify().unwrap_err(), DocError::BadSignature);
+}
+
+#[test]
+fn vote_entries_must_be_sorted_and_unique() {
+    let ka = key(22);
+    let relays: Vec<RelayDescriptor> = (40..43).map(|s| desc(&key(s), &format!("r{s}"), 1_700_000_000)).collect();
+    let text = vote(&ka, &relays, LT).encode_unsigned();
+    let first = text.find("\nrelay ").unwrap() + 1;
+    let second = first + text[first..].find("\nrelay ").unwrap() + 1;
+    let third = second + text[second..].find("\nrelay ").unwrap() + 1;
+    // Swap the first two entries.
+    let swapped = format!("{}{}{}{}", &text[..first], &text[second..third], &text[first..second], &text[third..]);
+    let sign = |t: &str| format!("{t}vote-signature {}\n", enc64(&ka.sign(&vote::signed_message(t)).to_bytes()));
+    assert!(matches!(Vote::parse(&sign(&swapped)).unwrap_err(), DocError::Unsorted { .. }));
+    let dup = format!("{}{}{}", &text[..second], &text[first..second], &text[second..]);
+    assert!(matches!(Vote::parse(&sign(&dup)).unwrap_err(), DocError::Unsorted { .. }));
+    // Unknown lines inside an entry are ignored; critical ones are not.
+    let ext = format!("{}future-flag Fast\n{}", &text[..second], &text[second..]);
+    assert!(Vote::parse(&sign(&ext)).unwrap().verify().is_ok());
+    let crit = format!("{}critical-flag Fast\n{}", &text[..second], &text[second..]);
+    assert!(matches!(Vote::parse(&sign(&crit)).unwrap_err(), DocError::UnknownCritical { .. }));
+}
+
+// ---- consensus verification (THREATS A10) ----
+
+struct Net {
+    auths: Vec<SigningKey>,
+    ids: Vec<RelayId>,
+    consensus: Consensus,
+}
+
+fn net3() -> Net {
+    let auths: Vec<SigningKey> = (50..53).map(key).collect();
+    let ids = auths.iter().map(id).collect();
+    let relays: Vec<RelayDescriptor> = (60..63).map(|s| desc(&key(s), &format!("r{s}"), 1_700_000_000)).collect();
+    let votes: Vec<Vote> = auths.iter().map(|a| vote(a, &relays, LT)).collect();
+    let consensus = compute_consensus(&votes, 3, LT);
+    assert_eq!(consensus.relays().len(), 3);
+    Net { auths, ids, consensus }
+}
+
+/// The consensus text with one `directory-signature` line per given signature.
+fn with_sigs(c: &Consensus, sigs: &[DirSignature]) -> String {
+    let mut t = c.signed_text().to_string();
+    for s in sigs {
+        t.push_str(&format!("directory-signature {} {}\n", s.identity.fingerprint(), enc64(&s.signature)));
+    }
+    t
+}
+
+fn bad_sig(k: &SigningKey) -> DirSignature {
+    DirSignature::sign(k, &[0u8; 32])
+}
+
+fn check(n: &Net, sigs: &[DirSignature], now: u64) -> Result<Consensus, ConsensusError> {
+    Consensus::parse(&with_sigs(&n.consensus, sigs)).unwrap().verify(&n.ids, now)
+}
+
+const NOW: u64 = LT.valid_after + 10;
+
+#[test]
+fn a10_signed_by_one_of_three_rejected() {
+    let n = net3();
+    let err = check(&n, &[n.consensus.sign(&n.auths[0])], NOW).unwrap_err();
+    assert_eq!(err, ConsensusError::NotEnoughSignatures { valid: 1, required: 2, configured: 3 });
+    assert!(err.to_string().contains("1 of 3") && err.to_string().contains("2 required"), "{err}");
+}
+
+#[test]
+fn a10_signed_by_two_of_three_accepted() {
+    let n = net3();
+    let c = check(&n, &[n.consensus.sign(&n.auths[2]), n.consensus.sign(&n.auths[0])], NOW).unwrap();
+    assert_eq!(c.signatures().len(), 2);
+    assert_eq!(c.relays(), n.consensus.relays());
+    assert_eq!(c.digest(), n.consensus.digest());
+}
+
+#[test]
+fn a10_three_signatures_one_bad_accepted() {
+    let n = net3();
+    let sigs = [n.consensus.sign(&n.auths[0]), bad_sig(&n.auths[1]), n.consensus.sign(&n.auths[2])];
+    let c = check(&n, &sigs, NOW).unwrap();
+    assert_eq!(c.signatures().iter().map(|s| s.identity).collect::<Vec<_>>(), {
+        let mut v = vec![n.ids[0], n.ids[2]];
+        v.sort();
+        v
+    });
+}
+
+#[test]
+fn a10_two_signatures_one_bad_rejected() {
+    let n = net3();
+    let sigs = [n.consensus.sign(&n.auths[0]), bad_sig(&n.auths[1])];
+    assert_eq!(check(&n, &sigs, NOW).unwrap_err(), ConsensusError::NotEnoughSignatures { valid: 1, required: 2, configured: 3 });
+}
+
+#[test]
+fn a10_signature_by_unknown_key_ignored() {
+    let n = net3();
+    let outsider = key(99);
+    let sigs = [n.consensus.sign(&n.auths[0]), n.consensus.sign(&outsider)];
+    assert!(matches!(check(&n, &sigs, NOW).unwrap_err(), ConsensusError::NotEnoughSignatures { valid: 1, .. }));
+    let sigs = [n.consensus.sign(&outsider), n.consensus.sign(&n.auths[0]), n.consensus.sign(&n.auths[1])];
+    let c = check(&n, &sigs, NOW).unwrap();
+    assert!(c.signatures().iter().all(|s| s.identity != id(&outsider)));
+}
+
+#[test]
+fn a10_duplicate_signature_counts_once() {
+    let n = net3();
+    let s = n.consensus.sign(&n.auths[1]);
+    assert!(matches!(check(&n, &[s, s], NOW).unwrap_err(), ConsensusError::NotEnoughSignatures { valid: 1, .. }));
+    // A bad signature then a good one by the same authority: the good one counts.
+    let c = check(&n, &[bad_sig(&n.auths[1]), s, n.consensus.sign(&n.auths[0])], NOW).unwrap();
+    assert_eq!(c.signatures().len(), 2);
+}
+
+#[test]
+fn a10_validity_interval_enforced() {
+    let n = net3();
+    let sigs: Vec<DirSignature> = n.auths.iter().map(|a| n.consensus.sign(a)).collect();
+    assert!(check(&n, &sigs, LT.valid_after).is_ok());
+    assert!(check(&n, &sigs, LT.valid_until).is_ok());
+    assert_eq!(
+        check(&n, &sigs, LT.valid_after - 2 * 86400).unwrap_err(),
+        ConsensusError::NotYetValid { valid_after: LT.valid_after, now: LT.valid_after - 2 * 86400 }
+    );
+    assert_eq!(check(&n, &sigs, LT.valid_until + 1).unwrap_err(), ConsensusError::Expired { valid_until: LT.valid_until, now: LT.valid_until + 1 });
+    assert!(Consensus::parse(&with_sigs(&n.consensus, &sigs)).unwrap().dangerously_skip_time_check(&n.ids).is_ok());
+}
+
+#[test]
+fn a10_changed_consensus_invalidates_signatures() {
+    let n = net3();
+    let sigs: Vec<DirSignature> = n.auths.iter().map(|a| n.consensus.sign(a)).collect();
+    let text = with_sigs(&n.consensus, &sigs).replacen("bandwidth 1000000", "bandwidth 9000000", 1);
+    let err = Consensus::parse(&text).unwrap().verify(&n.ids, NOW).unwrap_err();
+    assert!(matches!(err, ConsensusError::NotEnoughSignatures { valid: 0, .. }));
+}
+
+#[test]
+fn consensus_round_trip_and_growth() {
+    let n = net3();
+    let mut c = n.consensus.clone();
+    for a in &n.auths {
+        assert!(c.add_signature(c.sign(a)));
+    }
+    assert!(!c.add_signature(c.sign(&n.auths[0])), "second signature by one authority");
+    assert!(!c.add_signature(bad_sig(&key(98))));
+    let text = c.encode();
+    let back = Consensus::parse(&text).unwrap().verify(&n.ids, NOW).unwrap();
+    assert_eq!(back, c);
+    assert_eq!(back.encode(), text);
+    assert!(back.relay(&c.relays()[1].identity).is_some());
+    assert!(back.relay(&RelayId([0; 32])).is_none());
+    // A newer authority adds a header line and a footer line: old parsers still verify it.
+    let body = insert_after(c.signed_text(), "valid-until ", "params circwindow=1000\n");
+    let c2 = Consensus::parse(&body).unwrap().dangerously_assume_valid();
+    let sigs: Vec<DirSignature> = n.auths.iter().map(|a| c2.sign(a)).collect();
+    let text2 = format!("{}signing-key-cert xyz\n", with_sigs(&c2, &sigs));
+    let v = Consensus::parse(&text2).unwrap().verify(&n.ids, NOW).unwrap();
+    assert_eq!(v.signatures().len(), 3);
+    assert_eq!(v.signed_text(), body);
+    let crit = insert_after(c.signed_text(), "valid-until ", "critical-params x\n");
+    assert!(matches!(Consensus::parse(&crit).unwrap_err(), DocError::UnknownCritical { .. }));
+}
+
+#[test]
+fn detached_signature_round_trip() {
+    let n = net3();
+    let d = DetachedSignature::new(&n.consensus, &n.auths[0]);
+    let text = d.encode();
+    let back = DetachedSignature::parse(&text).unwrap();
+    assert_eq!(back, d);
+    assert!(back.verify());
+    let mut forged = back;
+    forged.digest[0] ^= 1;
+    assert!(!forged.verify());
+    assert!(DetachedSignature::parse(&text.replacen("valid-after", "fresh-until", 1)).is_err());
+}
+
+// ---- computing the consensus ----
+
+fn ids_of(c: &Consensus) -> Vec<RelayId> {
+    c.relays().iter().map(|r| r.identity).collect()
+}
+
+#[test]
+fn majority_of_configured_authorities() {
+    let auths: Vec<SigningKey> = (70..73).map(key).collect();
+    let (x, y, z) = (desc(&key(80), "x", 100), desc(&key(81), "y", 100), desc(&key(82), "z", 100));
+    let votes = vec![
+        vote(&auths[0], &[x.clone(), y.clone(), z.clone()], LT),
+        vote(&auths[1], &[x.clone(), y.clone()], LT),
+        vote(&auths[2], &[x.clone()], LT),
+    ];
+    // x in 3 of 3, y in 2 of 3, z in 1 of 3.
+    let c = compute_consensus(&votes, 3, LT);
+    let mut want = vec![x.identity, y.identity];
+    want.sort();
+    assert_eq!(ids_of(&c), want);
+    assert_eq!(c.authorities().len(), 3);
+    // Two votes received of three configured: a relay needs both.
+    let c = compute_consensus(&votes[1..], 3, LT);
+    assert_eq!(ids_of(&c), vec![x.identity]);
+    assert_eq!(c.authorities().len(), 2);
+    // Votes for another period do not count.
+    let mut other = votes.clone();
+    other[0].lifetime.valid_after -= 1;
+    assert_eq!(ids_of(&compute_consensus(&other, 3, LT)), vec![x.identity]);
+    // Four configured: 2 of 4 is not a majority.
+    assert_eq!(ids_of(&compute_consensus(&votes, 4, LT)), vec![x.identity]);
+}
+
+#[test]
+fn version_choice() {
+    let auths: Vec<SigningKey> = (74..78).map(key).collect();
+    let k = key(83);
+    let old = desc(&k, "old", 100);
+    let new = desc(&k, "new", 200);
+    // 2 votes for the old one, 1 for the new one: the most-listed wins.
+    let votes = vec![vote(&auths[0], &[old.clone()], LT), vote(&auths[1], &[old.clone()], LT), vote(&auths[2], &[new.clone()], LT)];
+    assert_eq!(compute_consensus(&votes, 3, LT).relays()[0].nickname, "old");
+    // A tie goes to the newer.
+    let votes = vec![vote(&auths[0], &[old.clone()], LT), vote(&auths[1], &[old.clone()], LT), vote(&auths[2], &[new.clone()], LT), vote(&auths[3], &[new.clone()], LT)];
+    assert_eq!(compute_consensus(&votes, 4, LT).relays()[0].nickname, "new");
+    // Same published: the greater digest.
+    let a = desc(&k, "aaa", 300);
+    let b = desc(&k, "bbb", 300);
+    let want = if a.digest() > b.digest() { "aaa" } else { "bbb" };
+    let votes = vec![vote(&auths[0], &[a.clone()], LT), vote(&auths[1], &[b.clone()], LT)];
+    assert_eq!(compute_consensus(&votes, 3, LT).relays()[0].nickname, want);
+    let votes = vec![vote(&auths[1], &[b], LT), vote(&auths[0], &[a], LT)];
+    assert_eq!(compute_consensus(&votes, 3, LT).relays()[0].nickname, want);
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    /// The consensus does not depend on the order of the votes (nor of entries in a vote).
+    #[test]
+    fn compute_consensus_is_order_independent(
+        listing in proptest::collection::vec(proptest::collection::vec(0u8..6, 0..8), 1..5),
+        seed in any::<u64>(),
+    ) {
+        // Voter i lists relay (r % 3) in version (r / 3): two versions per relay.
+        let auths: Vec<SigningKey> = (0..listing.len() as u8).map(|i| key(100 + i)).collect();
+        let relays: Vec<RelayDescriptor> = (0..6u8).map(|r| desc(&key(120 + r % 3), &format!("v{r}"), 100 + u64::from(r / 3))).collect();
+        let votes: Vec<Vote> = listing.iter().zip(&auths).map(|(l, a)| {
+            let picked: Vec<RelayDescriptor> = l.iter().map(|&r| relays[r as usize].clone()).collect();
+            vote(a, &picked, LT)
+        }).collect();
+        let reference = compute_consensus(&votes, 4, LT);
+        use rand::seq::SliceRandom;
+        use rand::SeedableRng;
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        for _ in 0..4 {
+            let mut shuffled = votes.clone();
+            shuffled.shuffle(&mut rng);
+            for v in &mut shuffled {
+                v.relays.shuffle(&mut rng);
+            }
+            let c = compute_consensus(&shuffled, 4, LT);
+            prop_assert_eq!(c.digest(), reference.digest());
+        }
+    }
+
+    /// Random text never panics any parser.
+    #[test]
+    fn parsers_never_panic_on_random_text(s in "[ -~\n]{0,600}", raw in proptest::collection::vec(any::<u8>(), 0..300)) {
+        let _ = RelayDescriptor::parse(&s);
+        let _ = Vote::parse(&s);
+        let _ = Consensus::parse(&s);
+        let _ = DetachedSignature::parse(&s);
+        let lossy = String::from_utf8_lossy(&raw);
+        let _ = RelayDescriptor::parse(&lossy);
+        let _ = Consensus::parse(&lossy);
+    }
+
+    /// Mutated valid documents never panic a parser, and a mutated descriptor never verifies.
+    #[test]
+    fn mutated_documents_never_panic_or_verify(
+        which in 0usize..3,
+        edits in proptest::collection::vec((any::<prop::sample::Index>(), 0u8..4, "[ -~\n]{0,12}"), 1..4),
+    ) {
+        let k = key(7);
+        let d = desc(&k, "mut", 1_700_000_000);
+        let n = net3();
+        let mut c = n.consensus.clone();
+        for a in &n.auths { c.add_signature(c.sign(a)); }
+        let original = match which {
+            0 => d.encode_signed(&k),
+            1 => vote(&n.auths[0], &[d.clone()], LT).encode_signed(&n.auths[0]),
+            _ => c.encode(),
+        };
+        let mut t = original.clone().into_bytes();
+        for (at, op, s) in &edits {
+            let i = at.index(t.len() + 1);
+            match op {
+                0 => { if i < t.len() { t[i] = s.bytes().next().unwrap_or(b'x'); } }
+                1 => { t.truncate(i); }
+                2 => { t.splice(i..i, s.bytes()); }
+                _ => { let line: Vec<u8> = t[i.min(t.len())..].iter().take_while(|&&b| b != b'\n').copied().collect(); t.splice(i..i, line); }
+            }
+        }
+        let t = String::from_utf8_lossy(&t).into_owned();
+        match which {
+            0 => {
+                let r = RelayDescriptor::parse(&t).and_then(|u| u.verify());
+                // Any change breaks the syntax or the signature (A8: every bit flip fails).
+                if t != original { prop_assert!(r.is_err(), "mutated descriptor verified:\n{}", t); }
+            }
+            1 => { let _ = Vote::parse(&t).map(|u| u.verify()); }
+            _ => {
+                if let Ok(u) = Consensus::parse(&t) {
+                    if let Ok(v) = u.verify(&n.ids, NOW) {
+                        // Whatever was accepted carries two valid signatures over its own text.
+                        prop_assert!(v.signatures().len() >= 2);
+                        prop_assert!(v.signatures().iter().all(|s| s.verify(&v.digest())));
+                    }
+                }
+            }
+        }
+    }
+}
+
+#[test]
+fn descriptor_address_forms() {
+    let k = key(11);
+    let text = desc(&k, "addr", 1).encode_signed(&k);
+    for bad in ["192.0.2.7:0", "192.0.2.7", "192.0.2.007:9001", "[::ffff:1.2.3.4]:9001x"] {
+        let t = text.replacen("192.0.2.7:9001", bad, 1);
+        assert!(matches!(RelayDescriptor::parse(&t).unwrap_err(), DocError::BadValue { .. }), "{bad}");
+    }
+    let _: SocketAddr = "[2001:db8::1]:1".parse().unwrap();
+}

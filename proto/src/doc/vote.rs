@@ -1,0 +1,140 @@
+//! A vote: one authority's signed list of the relays it accepts for one consensus period.
+
+use ed25519_dalek::{Signature, Signer, SigningKey};
+use sha2::{Digest as _, Sha256};
+
+use super::entry::{line, parse_entries, sorted_unique, ConsensusRelay, ENTRY_SPEC};
+use super::lines::{self, b64, enc64, fingerprint, uint, Line, Mult, Section};
+use super::{DocError, Lifetime, MAX_VOTE_LEN, VOTE_SIG_PREFIX};
+use crate::ids::RelayId;
+
+const DOC_TYPE: &str = "allium-vote";
+const SIG_KW: &str = "vote-signature";
+
+/// Keywords of the vote header, in order.
+pub(crate) const HEADER_SPEC: &[(&str, Mult)] = &[
+    (DOC_TYPE, Mult::Once),
+    ("valid-after", Mult::Once),
+    ("fresh-until", Mult::Once),
+    ("valid-until", Mult::Once),
+    ("voter", Mult::Once),
+];
+
+/// One authority's vote.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Vote {
+    /// The lifetime of the consensus this vote is for.
+    pub lifetime: Lifetime,
+    /// The voting authority's identity; it signs the vote.
+    pub voter: RelayId,
+    /// The relays it accepts. Encoded sorted by identity, one entry per identity.
+    pub relays: Vec<ConsensusRelay>,
+}
+
+impl Vote {
+    /// The canonical signed part: every line before `vote-signature`.
+    pub fn encode_unsigned(&self) -> String {
+        let mut out = String::with_capacity(256 + 1024 * self.relays.len());
+        line(&mut out, DOC_TYPE, "1");
+        write_lifetime(&mut out, &self.lifetime);
+        line(&mut out, "voter", &self.voter.fingerprint());
+        for r in sorted_unique(&self.relays) {
+            r.encode_into(&mut out);
+        }
+        out
+    }
+
+    /// The signed vote. `key` must be the secret half of `voter`.
+    pub fn encode_signed(&self, key: &SigningKey) -> String {
+        let mut out = self.encode_unsigned();
+        let sig = key.sign(&signed_message(&out));
+        line(&mut out, SIG_KW, &enc64(&sig.to_bytes()));
+        out
+    }
+
+    /// SHA-256 of the canonical signed part.
+    pub fn digest(&self) -> [u8; 32] {
+        Sha256::digest(self.encode_unsigned().as_bytes()).into()
+    }
+
+    /// Checks the syntax of a vote. Nothing is trusted until [`UnverifiedVote::verify`].
+    pub fn parse(text: &str) -> Result<UnverifiedVote, DocError> {
+        let ls = lines::split(text, MAX_VOTE_LEN)?;
+        lines::check_type_line(&ls, DOC_TYPE)?;
+        let last = ls.last().expect("split checked the type line exists");
+        if last.kw != SIG_KW {
+            return Err(DocError::Missing { keyword: "vote-signature (as the last line)" });
+        }
+        let body = &ls[..ls.len() - 1];
+        let keywords: Vec<&str> =
+            HEADER_SPEC.iter().chain(ENTRY_SPEC).map(|(k, _)| *k).chain([SIG_KW]).collect();
+        let h = body.iter().position(|l| l.kw == "relay").unwrap_or(body.len());
+        let s = Section::read(&body[..h], HEADER_SPEC, &keywords)?;
+        let lifetime = read_lifetime(&s)?;
+        let v = s.get("voter");
+        let voter = fingerprint(v, v.one()?)?;
+        let relays = parse_entries(&body[h..], &keywords)?;
+        let signature = b64(last, last.one()?)?;
+        let signed_part = &text[..last.start];
+        Ok(UnverifiedVote {
+            vote: Vote { lifetime, voter, relays },
+            signed_hash: Sha256::digest(signed_part.as_bytes()).into(),
+            signature,
+        })
+    }
+}
+
+pub(super) fn signed_message(signed_part: &str) -> Vec<u8> {
+    let mut m = VOTE_SIG_PREFIX.to_vec();
+    m.extend_from_slice(&Sha256::digest(signed_part.as_bytes()));
+    m
+}
+
+pub(crate) fn write_lifetime(out: &mut String, l: &Lifetime) {
+    line(out, "valid-after", &l.valid_after.to_string());
+    line(out, "fresh-until", &l.fresh_until.to_string());
+    line(out, "valid-until", &l.valid_until.to_string());
+}
+
+pub(crate) fn read_lifetime(s: &Section) -> Result<Lifetime, DocError> {
+    let t = |kw: &str| -> Result<u64, DocError> {
+        let l: &Line = s.get(kw);
+        uint(l, l.one()?)
+    };
+    Lifetime::new(t("valid-after")?, t("fresh-until")?, t("valid-until")?).ok_or(DocError::BadLifetime)
+}
+
+/// A vote whose syntax is valid but whose signature is not checked yet.
+#[derive(Debug, Clone)]
+pub struct UnverifiedVote {
+    vote: Vote,
+    signed_hash: [u8; 32],
+    signature: [u8; 64],
+}
+
+impl UnverifiedVote {
+    /// The voter the vote claims (not yet proven).
+    pub fn claimed_voter(&self) -> RelayId {
+        self.vote.voter
+    }
+
+    /// The lifetime the vote claims (not yet proven).
+    pub fn claimed_lifetime(&self) -> Lifetime {
+        self.vote.lifetime
+    }
+
+    /// Checks the signature by the voter the vote names. The caller still checks that the voter
+    /// is one of its configured authorities and that the lifetime is the one being voted on.
+    pub fn verify(self) -> Result<Vote, DocError> {
+        let key = self.vote.voter.verifying_key().ok_or(DocError::BadSignature)?;
+        let mut msg = VOTE_SIG_PREFIX.to_vec();
+        msg.extend_from_slice(&self.signed_hash);
+        key.verify_strict(&msg, &Signature::from_bytes(&self.signature)).map_err(|_| DocError::BadSignature)?;
+        Ok(self.vote)
+    }
+
+    /// The vote without the signature check. Only for tools and tests.
+    pub fn dangerously_assume_valid(self) -> Vote {
+        self.vote
+    }
+}

@@ -1,0 +1,32 @@
+//! Sans-IO protocol core of Allium.
+//!
+//! Bytes in, values out. Nothing in this crate reads a clock, opens a socket or spawns a task:
+//! time is passed in as unix seconds (`now: u64`) and randomness as `&mut impl RngCore + CryptoRng`.
+//!
+//! Layout:
+//! - [`ids`]: relay identities and fingerprints.
+//! - [`ext`]: the extension field carried by every message that the roadmap will extend.
+//! - [`cell`]: fixed-size link cells and their commands.
+//! - [`flow`]: flow-control windows.
+//! - [`frag`]: reassembly of handshake messages that span several cells (capped in bytes and time).
+//! - [`relay_msg`]: relay messages carried inside relay cells.
+//! - [`link`]: the link handshake payloads (version negotiation, initiator certificate).
+//! - [`crypto`]: the per-hop circuit handshake (ntor), key derivation and layered relay-cell crypto.
+//! - [`socks`]: the SOCKS5 server-side parser.
+//! - [`policy`]: exit policies.
+//! - [`doc`]: network documents (relay descriptor, vote, consensus) returned unchecked until verified.
+//!
+//! Not in this crate: anything with I/O (see `allium-net`), authority scheduling (`allium-directory`).
+
+pub mod cell;
+pub mod crypto;
+pub mod doc;
+pub mod ext;
+pub mod flow;
+pub mod frag;
+pub mod ids;
+pub mod link;
+pub mod policy;
+pub mod reader;
+pub mod relay_msg;
+pub mod socks;

@@ -1,0 +1,388 @@
+//! Checks the hex test vectors in `docs/PROTOCOL.md` against the code.
+//!
+//! A vector is a fenced code block whose info string is `vector NAME` and whose content is hex
+//! (whitespace and newlines ignored). Inputs are read from the document as vectors too, so the
+//! document is the single source of truth: change the code and these tests fail until the
+//! document is updated (`cargo test -p allium-proto --test protocol_vectors -- --ignored
+//! --nocapture print_` prints regenerated blocks).
+
+use allium_proto::crypto::cell_crypto::{ClientCrypto, Recognized, RelayCrypto};
+use allium_proto::crypto::kdf::{derive_hop_keys, HopKeys};
+use allium_proto::crypto::ntor::{
+    client_start_with_secret, server_respond_with_secret, OnionKeyPair,
+};
+use allium_proto::crypto::{RELAY_BODY_LEN, RELAY_PLAINTEXT_LEN};
+use allium_proto::ids::RelayId;
+use std::collections::BTreeMap;
+use std::sync::OnceLock;
+use x25519_dalek::{PublicKey, StaticSecret};
+
+const PROTOCOL_MD: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/../docs/PROTOCOL.md");
+
+/// Every vector in the document, by name (parsed once). Panics if the document cannot be read,
+/// on a malformed block, or on a duplicate name.
+fn all_vectors() -> &'static BTreeMap<String, Vec<u8>> {
+    static VECTORS: OnceLock<BTreeMap<String, Vec<u8>>> = OnceLock::new();
+    VECTORS.get_or_init(|| {
+        let text = std::fs::read_to_string(PROTOCOL_MD)
+            .unwrap_or_else(|e| panic!("cannot read {PROTOCOL_MD}: {e}"));
+        parse_vectors(&text)
+    })
+}
+
+fn parse_vectors(text: &str) -> BTreeMap<String, Vec<u8>> {
+    let mut out = BTreeMap::new();
+    let mut lines = text.lines().enumerate();
+    while let Some((lineno, line)) = lines.next() {
+        let Some(info) = line.trim().strip_prefix("```vector") else {
+            continue;
+        };
+        let name = info.trim();
+        assert!(
+            !name.is_empty() && !name.contains(char::is_whitespace),
+            "docs/PROTOCOL.md line {}: a vector block needs exactly one name: {line:?}",
+            lineno + 1
+        );
+        let mut hex_text = String::new();
+        let mut closed = false;
+        for (_, l) in lines.by_ref() {
+            if l.trim() == "```" {
+                closed = true;
+                break;
+            }
+            hex_text.extend(l.chars().filter(|c| !c.is_whitespace()));
+        }
+        assert!(
+            closed,
+            "docs/PROTOCOL.md: vector `{name}` is not closed with ```"
+        );
+        let bytes = hex::decode(&hex_text).unwrap_or_else(|e| {
+            panic!(
+                "docs/PROTOCOL.md: vector `{name}` (line {}) is not valid hex: {e}",
+                lineno + 1
+            )
+        });
+        assert!(
+            out.insert(name.to_string(), bytes).is_none(),
+            "docs/PROTOCOL.md: vector `{name}` appears twice"
+        );
+    }
+    out
+}
+
+/// The bytes of the vector `name` in docs/PROTOCOL.md. Panics if it is missing.
+fn vector(name: &str) -> Vec<u8> {
+    all_vectors().get(name).cloned().unwrap_or_else(|| {
+        panic!("docs/PROTOCOL.md has no ```vector {name}``` block (add it, or fix the name)")
+    })
+}
+
+/// The vector `name`, which must be exactly `N` bytes long.
+fn vector_n<const N: usize>(name: &str) -> [u8; N] {
+    let v = vector(name);
+    v.as_slice()
+        .try_into()
+        .unwrap_or_else(|_| panic!("vector `{name}` is {} bytes, expected {N}", v.len()))
+}
+
+/// Asserts that `got` equals the vector `name`, printing both in hex on mismatch.
+fn assert_vector(name: &str, got: &[u8]) {
+    let want = vector(name);
+    assert!(
+        want == got,
+        "vector `{name}` does not match the code\n  document: {}\n  code:     {}",
+        hex::encode(&want),
+        hex::encode(got)
+    );
+}
+
+/// Formats a vector block as it appears in the document (32 bytes per line).
+fn format_vector(name: &str, bytes: &[u8]) -> String {
+    let mut s = format!("```vector {name}\n");
+    for chunk in bytes.chunks(32) {
+        s.push_str(&hex::encode(chunk));
+        s.push('\n');
+    }
+    s.push_str("```\n");
+    s
+}
+
+#[test]
+fn vectors_parse_and_names_are_unique() {
+    assert!(!all_vectors().is_empty());
+}
+
+#[test]
+fn parser_handles_whitespace_and_rejects_duplicates() {
+    let doc = "text\n```vector a\n00 01\n  0203\n```\n```rust\nfn x() {}\n```\n```vector b\n```\n";
+    let v = parse_vectors(doc);
+    assert_eq!(v["a"], [0, 1, 2, 3]);
+    assert_eq!(v["b"], Vec::<u8>::new());
+    assert_eq!(v.len(), 2);
+    let dup = "```vector a\n00\n```\n```vector a\n00\n```\n";
+    assert!(std::panic::catch_unwind(|| parse_vectors(dup)).is_err());
+}
+
+// ---------------------------------------------------------------------------------------------
+// Circuit handshake (ntor) and key derivation.
+
+struct NtorRun {
+    client_message: Vec<u8>,
+    server_reply: Vec<u8>,
+    server_keys: HopKeys,
+    client_keys: HopKeys,
+}
+
+fn ntor_run() -> NtorRun {
+    let id = RelayId(vector_n("ntor-relay-id"));
+    let b = StaticSecret::from(vector_n::<32>("ntor-onion-secret-b"));
+    let onion_key = PublicKey::from(&b).to_bytes();
+    let cext = vector("ntor-client-ext");
+    let sext = vector("ntor-server-ext");
+    let (client, client_message) =
+        client_start_with_secret(vector_n("ntor-client-secret-x"), &id, &onion_key, &cext);
+    let out = server_respond_with_secret(
+        vector_n("ntor-server-secret-y"),
+        &id,
+        &[OnionKeyPair::from_secret(&b)],
+        &client_message,
+        &sext,
+    )
+    .expect("relay accepts the vector's client message");
+    assert_eq!(out.client_ext, cext);
+    let (client_keys, got_sext) = client.finish(&out.reply).expect("client accepts the reply");
+    assert_eq!(got_sext, sext);
+    NtorRun {
+        client_message,
+        server_reply: out.reply,
+        server_keys: out.keys,
+        client_keys,
+    }
+}
+
+fn hop_key_parts(k: &HopKeys) -> [(&'static str, [u8; 32]); 4] {
+    [
+        ("kf-layer", k.kf_layer),
+        ("kf-auth", k.kf_auth),
+        ("kb-layer", k.kb_layer),
+        ("kb-auth", k.kb_auth),
+    ]
+}
+
+#[test]
+fn ntor_relay_id_is_the_documented_ed25519_key() {
+    let seed: [u8; 32] = std::array::from_fn(|i| i as u8);
+    let id = ed25519_dalek::SigningKey::from_bytes(&seed).verifying_key();
+    assert_vector("ntor-relay-id", id.as_bytes());
+}
+
+#[test]
+fn ntor_onion_key() {
+    let b = StaticSecret::from(vector_n::<32>("ntor-onion-secret-b"));
+    assert_vector("ntor-onion-key-B", PublicKey::from(&b).as_bytes());
+}
+
+#[test]
+fn ntor_messages() {
+    let run = ntor_run();
+    assert_vector("ntor-client-message", &run.client_message);
+    assert_vector("ntor-server-reply", &run.server_reply);
+}
+
+#[test]
+fn ntor_hop_keys() {
+    let run = ntor_run();
+    for ((name, server), (_, client)) in hop_key_parts(&run.server_keys)
+        .into_iter()
+        .zip(hop_key_parts(&run.client_keys))
+    {
+        assert_eq!(server, client, "{name}: client and relay disagree");
+        assert_vector(&format!("ntor-{name}"), &server);
+    }
+}
+
+#[test]
+fn kdf_hop_keys() {
+    let keys = derive_hop_keys(&vector("kdf-key-seed"));
+    for (name, key) in hop_key_parts(&keys) {
+        assert_vector(&format!("kdf-{name}"), &key);
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Relay-cell crypto.
+
+fn cell_hop_keys() -> Vec<HopKeys> {
+    (0..3)
+        .map(|i| derive_hop_keys(&vector(&format!("cell-hop{i}-key-seed"))))
+        .collect()
+}
+
+fn cell_counter() -> u64 {
+    u64::from_be_bytes(vector_n("cell-counter"))
+}
+
+fn body_with(plaintext: &[u8]) -> [u8; RELAY_BODY_LEN] {
+    assert_eq!(
+        plaintext.len(),
+        RELAY_PLAINTEXT_LEN,
+        "a cell plaintext is 493 bytes"
+    );
+    let mut body = [0u8; RELAY_BODY_LEN];
+    body[..RELAY_PLAINTEXT_LEN].copy_from_slice(plaintext);
+    body
+}
+
+fn outbound_cell() -> [u8; RELAY_BODY_LEN] {
+    let mut client = ClientCrypto::new();
+    for k in &cell_hop_keys() {
+        client.add_hop(k);
+    }
+    client.dangerous_set_counters(cell_counter());
+    let mut body = body_with(&vector("cell-outbound-plaintext"));
+    client.encrypt_outbound(2, &mut body).unwrap();
+    body
+}
+
+fn inbound_cell() -> [u8; RELAY_BODY_LEN] {
+    let mut relays: Vec<RelayCrypto> = cell_hop_keys().iter().map(RelayCrypto::new).collect();
+    for r in &mut relays {
+        r.dangerous_set_counters(cell_counter());
+    }
+    let mut body = body_with(&vector("cell-inbound-plaintext"));
+    relays[2].originate_inbound(&mut body).unwrap();
+    relays[1].forward_inbound(&mut body).unwrap();
+    relays[0].forward_inbound(&mut body).unwrap();
+    body
+}
+
+#[test]
+fn cell_outbound_to_hop2() {
+    let body = outbound_cell();
+    assert_vector("cell-outbound-to-hop2", &body);
+
+    // The relays, in order, recover the plaintext at hop 2 from the documented bytes.
+    let mut body: [u8; RELAY_BODY_LEN] = vector_n("cell-outbound-to-hop2");
+    for (i, k) in cell_hop_keys().iter().enumerate() {
+        let mut r = RelayCrypto::new(k);
+        r.dangerous_set_counters(cell_counter());
+        let want = if i == 2 {
+            Recognized::ForUs
+        } else {
+            Recognized::NotForUs
+        };
+        assert_eq!(r.decrypt_outbound(&mut body).unwrap(), want, "hop {i}");
+    }
+    assert_eq!(
+        &body[..RELAY_PLAINTEXT_LEN],
+        &vector("cell-outbound-plaintext")[..]
+    );
+}
+
+#[test]
+fn cell_inbound_from_hop2() {
+    let body = inbound_cell();
+    assert_vector("cell-inbound-from-hop2", &body);
+
+    // The client recovers the plaintext from the documented bytes and attributes it to hop 2.
+    let mut client = ClientCrypto::new();
+    for k in &cell_hop_keys() {
+        client.add_hop(k);
+    }
+    client.dangerous_set_counters(cell_counter());
+    let mut body: [u8; RELAY_BODY_LEN] = vector_n("cell-inbound-from-hop2");
+    assert_eq!(client.decrypt_inbound(&mut body).unwrap(), 2);
+    assert_eq!(
+        &body[..RELAY_PLAINTEXT_LEN],
+        &vector("cell-inbound-plaintext")[..]
+    );
+}
+
+/// Prints the computed crypto vectors in the document's format, from the inputs in the document.
+/// Run with `-- --ignored --nocapture print_crypto_vectors` after a deliberate change.
+#[test]
+#[ignore]
+fn print_crypto_vectors() {
+    let seed: [u8; 32] = std::array::from_fn(|i| i as u8);
+    let id = ed25519_dalek::SigningKey::from_bytes(&seed).verifying_key();
+    print!("{}", format_vector("ntor-relay-id", id.as_bytes()));
+    let b = StaticSecret::from(vector_n::<32>("ntor-onion-secret-b"));
+    print!(
+        "{}",
+        format_vector("ntor-onion-key-B", PublicKey::from(&b).as_bytes())
+    );
+    let run = ntor_run();
+    print!(
+        "{}",
+        format_vector("ntor-client-message", &run.client_message)
+    );
+    print!("{}", format_vector("ntor-server-reply", &run.server_reply));
+    for (name, key) in hop_key_parts(&run.server_keys) {
+        print!("{}", format_vector(&format!("ntor-{name}"), &key));
+    }
+    let keys = derive_hop_keys(&vector("kdf-key-seed"));
+    for (name, key) in hop_key_parts(&keys) {
+        print!("{}", format_vector(&format!("kdf-{name}"), &key));
+    }
+    print!(
+        "{}",
+        format_vector("cell-outbound-to-hop2", &outbound_cell())
+    );
+    print!(
+        "{}",
+        format_vector("cell-inbound-from-hop2", &inbound_cell())
+    );
+}
+
+// ---- Cells, relay messages and link payloads -------------------------------------------------
+
+use allium_proto::cell::{create_cells, Cell, CellCmd, DestroyReason};
+use allium_proto::ext::Extensions;
+use allium_proto::link::Hello;
+use allium_proto::relay_msg::{encode_plaintexts, ExtendTarget, RelayMsg};
+
+fn wire(c: &Cell) -> Vec<u8> {
+    let mut v = Vec::new();
+    c.encode_to(&mut v);
+    v
+}
+
+fn framing_vectors() -> Vec<(&'static str, Vec<u8>)> {
+    let msg = vector("ntor-client-message");
+    let create = create_cells(0x8000_0001, 1, 0, &msg);
+    assert_eq!(create.len(), 1);
+    let begin = RelayMsg::Begin { host: "localhost".into(), port: 8000, ext: Extensions::none() };
+    let extend = RelayMsg::Extend {
+        target: ExtendTarget { addr: "127.3.0.1:5000".parse().unwrap(), identity: [0x11; 32], link_key: [0x22; 32] },
+        htype: 1,
+        hdata: msg.clone(),
+        ext: Extensions::none(),
+    };
+    vec![
+        ("link-hello", Hello::ours().encode()),
+        ("cell-create", wire(&create[0])),
+        ("cell-destroy", wire(&Cell::destroy(0x8000_0001, DestroyReason::Protocol))),
+        ("relay-begin-plaintext", encode_plaintexts(7, &begin)[0].to_vec()),
+        ("relay-extend-body", extend.encode_body()),
+        ("relay-sendme-plaintext", encode_plaintexts(0, &RelayMsg::Sendme)[0].to_vec()),
+    ]
+}
+
+#[test]
+fn cells_relay_messages_and_link_payloads() {
+    for (name, got) in framing_vectors() {
+        assert_vector(name, &got);
+    }
+    // The documented bytes also decode back.
+    let c = Cell::decode(&vector("cell-create")).unwrap();
+    assert_eq!(c.cmd, CellCmd::Create);
+    assert_eq!(Hello::decode(&vector("link-hello")).unwrap(), Hello::ours());
+}
+
+#[test]
+#[ignore]
+fn print_framing_vectors() {
+    for (name, got) in framing_vectors() {
+        println!("{}", format_vector(name, &got));
+    }
+}

@@ -1,0 +1,350 @@
+//! One circuit at a relay: its owner task.
+//!
+//! The task owns the hop's cell crypto, the link to the previous hop (toward the client), the
+//! link to the next hop once extended, and the exit streams. Outbound cells have this hop's
+//! layer removed; a cell this hop can authenticate is handled here, any other is forwarded —
+//! and at the last hop a cell that does not authenticate destroys the circuit. DESTROY travels
+//! both ways.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use allium_net::channel::Channel;
+use allium_net::link::{LinkError, PeerInfo};
+use allium_net::stream::StreamMux;
+use allium_proto::cell::{self, Cell, CellCmd, DestroyReason, MAX_HANDSHAKE_LEN, PAYLOAD_LEN};
+use allium_proto::crypto::cell_crypto::{Recognized, RelayCrypto};
+use allium_proto::frag::{Progress, Reassembly};
+use allium_proto::ids::RelayId;
+use allium_proto::policy::is_private;
+use allium_proto::relay_msg::{self, Direction, EndReason, ExtendTarget, MsgAssembler, RelayMsg, RELAY_PLAINTEXT_LEN};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio::task::JoinHandle;
+
+use crate::RelayCtx;
+
+/// Why the circuit ends. A DESTROY from one side is passed to the other side only; a local
+/// decision is told to both.
+struct Close(DestroyReason, Side);
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Side {
+    Prev,
+    Next,
+    Local,
+}
+
+
+type ExitResult = (u16, Result<(TcpStream, std::net::IpAddr), EndReason>);
+
+/// A circuit past its CREATE handshake.
+pub(crate) struct RelayCircuit {
+    pub ctx: Arc<RelayCtx>,
+    pub prev: Channel,
+    pub prev_id: u32,
+    pub prev_rx: mpsc::Receiver<Cell>,
+    pub crypto: RelayCrypto,
+    /// Hops that may still be added after this one.
+    pub hop_budget: u8,
+    pub started: Instant,
+}
+
+struct Next {
+    chan: Channel,
+    id: u32,
+    rx: mpsc::Receiver<Cell>,
+    /// The CREATED reply being reassembled, until EXTENDED is sent.
+    created: Option<Option<Reassembly>>,
+}
+
+struct PendingExtend {
+    task: JoinHandle<Result<Channel, LinkError>>,
+    htype: u16,
+    hdata: Vec<u8>,
+}
+
+impl RelayCircuit {
+    pub async fn run(mut self) {
+        let mut next: Option<Next> = None;
+        let mut extending: Option<PendingExtend> = None;
+        let mut mux = StreamMux::new();
+        let mut asm = MsgAssembler::default();
+        let (exit_tx, mut exit_rx) = mpsc::channel::<ExitResult>(64);
+        let mut forwarded: u64 = 0;
+        let Close(reason, side) = loop {
+            let step = tokio::select! {
+                c = self.prev_rx.recv() => match c {
+                    None => Err(Close(DestroyReason::ChannelClosed, Side::Prev)),
+                    Some(c) => self.from_prev(c, &mut next, &mut extending, &mut mux, &mut asm, &exit_tx, &mut forwarded).await,
+                },
+                c = recv_next(&mut next) => match c {
+                    None => Err(Close(DestroyReason::ChannelClosed, Side::Next)),
+                    Some(c) => self.from_next(c, &mut next, &mut forwarded).await,
+                },
+                r = join_extend(&mut extending) => self.extended_link(r, &mut next, &mut extending).await,
+                ev = mux.next_event() => {
+                    let out = mux.handle_event(ev);
+                    self.send_all(out).await
+                }
+                Some((id, r)) = exit_rx.recv() => match r {
+                    Ok((sock, ip)) => {
+                        let step = self.send_back(id, &RelayMsg::Connected { addr: Some(ip), ext: Default::default() }).await;
+                        mux.attach(id, sock, Vec::new());
+                        step
+                    }
+                    Err(reason) => { let out = mux.close(id, reason); self.send_all(out).await }
+                },
+            };
+            if let Err(c) = step {
+                break c;
+            }
+        };
+        tracing::debug!("circuit closing: {reason:?}");
+        if side != Side::Prev {
+            let _ = self.prev.try_send(Cell::destroy(self.prev_id, reason));
+        }
+        self.prev.close_circuit(self.prev_id);
+        if let Some(n) = next {
+            if side != Side::Next {
+                let _ = n.chan.try_send(Cell::destroy(n.id, reason));
+            }
+            n.chan.close_circuit(n.id);
+        }
+        if let Some(p) = extending {
+            p.task.abort();
+        }
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    async fn from_prev(
+        &mut self,
+        cell: Cell,
+        next: &mut Option<Next>,
+        extending: &mut Option<PendingExtend>,
+        mux: &mut StreamMux,
+        asm: &mut MsgAssembler,
+        exit_tx: &mpsc::Sender<ExitResult>,
+        forwarded: &mut u64,
+    ) -> Result<(), Close> {
+        match cell.cmd {
+            CellCmd::Relay => {}
+            CellCmd::Destroy => return Err(Close(DestroyReason::Destroyed, Side::Prev)),
+            _ => return Err(Close(DestroyReason::Protocol, Side::Local)),
+        }
+        let mut body = cell.payload;
+        match self.crypto.decrypt_outbound(&mut body) {
+            Err(_) => Err(Close(DestroyReason::ResourceLimit, Side::Local)),
+            Ok(Recognized::NotForUs) => match next {
+                Some(n) if n.created.is_none() => {
+                    self.hook_corrupt(&mut body, forwarded);
+                    n.chan.send(Cell { circ_id: n.id, cmd: CellCmd::Relay, payload: body }).await.map_err(|_| Close(DestroyReason::ChannelClosed, Side::Local))
+                }
+                // The last hop (or one still extending) got a cell nobody can authenticate:
+                // it was altered on the way. Never forward or deliver it.
+                _ => {
+                    tracing::debug!("relay cell failed authentication at the last hop");
+                    Err(Close(DestroyReason::Protocol, Side::Local))
+                }
+            },
+            Ok(Recognized::ForUs) => {
+                let pt: &[u8; RELAY_PLAINTEXT_LEN] = body[..RELAY_PLAINTEXT_LEN].try_into().expect("493 bytes");
+                let Some((hdr, msg_body)) = asm.push(pt).map_err(|_| Close(DestroyReason::Protocol, Side::Local))? else { return Ok(()) };
+                let msg = RelayMsg::decode(hdr.cmd, &msg_body, Direction::Outbound).map_err(|e| {
+                    tracing::debug!("bad relay message from client: {e}");
+                    Close(DestroyReason::Protocol, Side::Local)
+                })?;
+                self.handle_msg(hdr.stream_id, msg, next, extending, mux, exit_tx).await
+            }
+        }
+    }
+
+    async fn handle_msg(
+        &mut self,
+        stream_id: u16,
+        msg: RelayMsg,
+        next: &mut Option<Next>,
+        extending: &mut Option<PendingExtend>,
+        mux: &mut StreamMux,
+        exit_tx: &mpsc::Sender<ExitResult>,
+    ) -> Result<(), Close> {
+        match msg {
+            RelayMsg::Extend { target, htype, hdata, .. } => {
+                if stream_id != 0 || next.is_some() || extending.is_some() || !mux.is_empty() {
+                    return Err(Close(DestroyReason::Protocol, Side::Local));
+                }
+                self.start_extend(target, htype, hdata, extending)
+            }
+            RelayMsg::Begin { host, port, .. } => {
+                if stream_id == 0 || next.is_some() {
+                    return Err(Close(DestroyReason::Protocol, Side::Local));
+                }
+                if !self.ctx.exit.policy.is_exit() {
+                    return self.send_back(stream_id, &RelayMsg::End(EndReason::ExitPolicy)).await;
+                }
+                mux.open(stream_id).map_err(|_| Close(DestroyReason::Protocol, Side::Local))?;
+                let rules = self.ctx.exit.clone();
+                let tx = exit_tx.clone();
+                tokio::spawn(async move {
+                    let r = rules.open(&host, port).await;
+                    let _ = tx.send((stream_id, r)).await;
+                });
+                Ok(())
+            }
+            RelayMsg::Drop => Ok(()),
+            m @ (RelayMsg::Data(_) | RelayMsg::Sendme | RelayMsg::End(_)) => {
+                let out = mux.handle_msg(stream_id, m).map_err(|e| {
+                    tracing::debug!("stream protocol violation: {e}");
+                    Close(DestroyReason::Protocol, Side::Local)
+                })?;
+                self.send_all(out).await
+            }
+            _ => Err(Close(DestroyReason::Protocol, Side::Local)),
+        }
+    }
+
+    fn start_extend(&mut self, target: ExtendTarget, htype: u16, hdata: Vec<u8>, extending: &mut Option<PendingExtend>) -> Result<(), Close> {
+        if self.hop_budget == 0 {
+            tracing::debug!("EXTEND beyond the hop budget");
+            return Err(Close(DestroyReason::Protocol, Side::Local));
+        }
+        let id = RelayId(target.identity);
+        if id == self.ctx.id || target.identity == [0; 32] || self.prev.peer == Some(id) {
+            return Err(Close(DestroyReason::Protocol, Side::Local));
+        }
+        if !self.ctx.testnet && (is_private(target.addr.ip()) || target.addr.port() == 0) {
+            return Err(Close(DestroyReason::ConnectFailed, Side::Local));
+        }
+        let peer = PeerInfo { addr: target.addr, identity: id, link_key: target.link_key };
+        let ctx = self.ctx.clone();
+        let task = tokio::spawn(async move { ctx.pool.get(&peer).await });
+        *extending = Some(PendingExtend { task, htype, hdata });
+        Ok(())
+    }
+
+    async fn extended_link(&mut self, r: Result<Channel, LinkError>, next: &mut Option<Next>, extending: &mut Option<PendingExtend>) -> Result<(), Close> {
+        let p = extending.take().expect("extend in progress");
+        let chan = r.map_err(|e| {
+            tracing::debug!("extend failed: {e}");
+            Close(DestroyReason::ConnectFailed, Side::Local)
+        })?;
+        let (id, rx) = chan.open_circuit().map_err(|_| Close(DestroyReason::ConnectFailed, Side::Local))?;
+        for c in cell::create_cells(id, p.htype, self.hop_budget - 1, &p.hdata) {
+            chan.send(c).await.map_err(|_| Close(DestroyReason::ConnectFailed, Side::Local))?;
+        }
+        *next = Some(Next { chan, id, rx, created: Some(None) });
+        Ok(())
+    }
+
+    async fn from_next(&mut self, cell: Cell, next: &mut Option<Next>, forwarded: &mut u64) -> Result<(), Close> {
+        let n = next.as_mut().expect("cell from next hop");
+        match (cell.cmd, &mut n.created) {
+            (CellCmd::Destroy, _) => Err(Close(DestroyReason::Destroyed, Side::Next)),
+            (CellCmd::Created, Some(None)) => {
+                let (total, first) = cell::parse_created(&cell.payload).map_err(|_| Close(DestroyReason::Protocol, Side::Local))?;
+                let (r, p) = Reassembly::start(total, MAX_HANDSHAKE_LEN, first, now_ms(self.started)).map_err(|_| Close(DestroyReason::Protocol, Side::Local))?;
+                self.created_progress(p, r, next).await
+            }
+            (CellCmd::Continue, Some(Some(_))) => {
+                let Some(Some(mut r)) = n.created.take() else { unreachable!() };
+                let p = r.push(&cell.payload, now_ms(self.started)).map_err(|_| Close(DestroyReason::Protocol, Side::Local))?;
+                self.created_progress(p, r, next).await
+            }
+            (CellCmd::Relay, None) => {
+                let mut body = cell.payload;
+                self.hook_corrupt(&mut body, forwarded);
+                self.crypto.forward_inbound(&mut body).map_err(|_| Close(DestroyReason::ResourceLimit, Side::Local))?;
+                self.prev.send(Cell { circ_id: self.prev_id, cmd: CellCmd::Relay, payload: body }).await.map_err(|_| Close(DestroyReason::ChannelClosed, Side::Local))
+            }
+            _ => Err(Close(DestroyReason::Protocol, Side::Local)),
+        }
+    }
+
+    async fn created_progress(&mut self, p: Progress, r: Reassembly, next: &mut Option<Next>) -> Result<(), Close> {
+        let n = next.as_mut().expect("next hop");
+        match p {
+            Progress::NeedMore => {
+                n.created = Some(Some(r));
+                Ok(())
+            }
+            Progress::Complete(reply) => {
+                n.created = None;
+                self.send_back(0, &RelayMsg::Extended { hdata: reply, ext: Default::default() }).await
+            }
+        }
+    }
+
+    /// Sends a message this hop originates toward the client.
+    async fn send_back(&mut self, stream_id: u16, msg: &RelayMsg) -> Result<(), Close> {
+        for pt in relay_msg::encode_plaintexts(stream_id, msg) {
+            let mut body = [0u8; PAYLOAD_LEN];
+            body[..RELAY_PLAINTEXT_LEN].copy_from_slice(&pt);
+            self.crypto.originate_inbound(&mut body).map_err(|_| Close(DestroyReason::ResourceLimit, Side::Local))?;
+            self.prev.send(Cell { circ_id: self.prev_id, cmd: CellCmd::Relay, payload: body }).await.map_err(|_| Close(DestroyReason::ChannelClosed, Side::Local))?;
+        }
+        Ok(())
+    }
+
+    async fn send_all(&mut self, msgs: Vec<(u16, RelayMsg)>) -> Result<(), Close> {
+        for (id, m) in msgs {
+            self.send_back(id, &m).await?;
+        }
+        Ok(())
+    }
+
+    /// Test-only fault: flip a byte of every forwarded relay cell after the first N.
+    #[allow(unused_variables)]
+    fn hook_corrupt(&self, body: &mut [u8; PAYLOAD_LEN], forwarded: &mut u64) {
+        *forwarded += 1;
+        #[cfg(feature = "test-hooks")]
+        if let Some(after) = self.ctx.corrupt_after {
+            if *forwarded > after {
+                body[(*forwarded as usize * 7) % PAYLOAD_LEN] ^= 0x01;
+            }
+        }
+    }
+}
+
+fn now_ms(since: Instant) -> u64 {
+    since.elapsed().as_millis() as u64
+}
+
+async fn recv_next(next: &mut Option<Next>) -> Option<Cell> {
+    match next {
+        Some(n) => n.rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn join_extend(p: &mut Option<PendingExtend>) -> Result<Channel, LinkError> {
+    match p {
+        Some(p) => match (&mut p.task).await {
+            Ok(r) => r,
+            Err(_) => Err(LinkError::Timeout),
+        },
+        None => std::future::pending().await,
+    }
+}
+
+/// Waits for the rest of a multi-cell CREATE, within the reassembly time cap.
+pub(crate) async fn read_create(first: &Cell, rx: &mut mpsc::Receiver<Cell>) -> Result<(cell::CreateHeader, Vec<u8>), DestroyReason> {
+    let (hdr, bytes) = cell::parse_create(&first.payload).map_err(|_| DestroyReason::Protocol)?;
+    let started = Instant::now();
+    let (mut r, mut p) = Reassembly::start(hdr.total_len, MAX_HANDSHAKE_LEN, bytes, 0).map_err(|_| DestroyReason::Protocol)?;
+    loop {
+        match p {
+            Progress::Complete(msg) => return Ok((hdr, msg)),
+            Progress::NeedMore => {
+                let deadline = Duration::from_millis(allium_proto::frag::REASSEMBLY_TIMEOUT_MS);
+                let c = tokio::time::timeout(deadline.saturating_sub(started.elapsed()), rx.recv())
+                    .await
+                    .map_err(|_| DestroyReason::Timeout)?
+                    .ok_or(DestroyReason::ChannelClosed)?;
+                if c.cmd != CellCmd::Continue {
+                    return Err(DestroyReason::Protocol);
+                }
+                p = r.push(&c.payload, now_ms(started)).map_err(|_| DestroyReason::Protocol)?;
+            }
+        }
+    }
+}

@@ -1,0 +1,120 @@
+//! The relay's configuration (`allium relay --config relay.toml`).
+
+use std::path::Path;
+
+use allium_net::config::{load_toml, ConfigError, NetworkConfig, NodeConfig};
+use allium_proto::ids::RelayId;
+use allium_proto::policy::ExitPolicy;
+use serde::Deserialize;
+
+/// A relay's whole config file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RelayConfig {
+    pub node: NodeConfig,
+    pub network: NetworkConfig,
+    pub relay: RelaySection,
+    #[serde(default)]
+    pub exit: ExitSection,
+}
+
+/// The `[relay]` section.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RelaySection {
+    /// The TCP port other nodes connect to (on `node.address`).
+    pub or_port: u16,
+    /// Advertised bandwidth in bytes per second.
+    #[serde(default = "default_bandwidth")]
+    pub bandwidth: u64,
+    /// Fingerprints of relays run by the same operator.
+    #[serde(default)]
+    pub family: Vec<String>,
+    /// Test-only fault hook: flip one byte of every relay cell this relay forwards after the
+    /// first N on a circuit. Exists only in builds with the `test-hooks` feature (the
+    /// integration tests' build); refused unless `network.dangerous_testnet` is set.
+    #[cfg(feature = "test-hooks")]
+    #[serde(default)]
+    pub dangerous_test_corrupt_after: Option<u64>,
+}
+
+fn default_bandwidth() -> u64 {
+    10_000_000
+}
+
+/// The `[exit]` section: whether and where this relay lets streams leave the network.
+#[derive(Debug, Clone, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct ExitSection {
+    /// Be an exit at all. Without this the policy is `reject *:*`.
+    #[serde(default)]
+    pub enabled: bool,
+    /// Rules, first match wins (e.g. `"reject private:*"`, `"accept *:443"`). Default when
+    /// enabled: `["reject private:*", "accept *:*"]`. A policy that could accept private or
+    /// loopback addresses is refused unless `network.dangerous_testnet` is set.
+    #[serde(default)]
+    pub policy: Option<Vec<String>>,
+    /// How host names in BEGIN are resolved: "system" (the OS resolver) or "none" (IP
+    /// literals and `localhost` only). Default "system".
+    #[serde(default)]
+    pub resolver: Resolver,
+}
+
+/// The exit's resolver choice.
+#[derive(Debug, Clone, Copy, Deserialize, Default, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum Resolver {
+    #[default]
+    System,
+    None,
+}
+
+impl RelayConfig {
+    /// Reads, parses and validates a relay config file.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let cfg: RelayConfig = load_toml(path)?;
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// Semantic checks after parsing.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        self.node.validate(&self.network)?;
+        if self.relay.or_port == 0 {
+            return Err(ConfigError::invalid("relay.or_port", "must be a port number 1-65535"));
+        }
+        self.family_ids()?;
+        let policy = self.exit_policy()?;
+        if policy.accepts_private() && !self.network.dangerous_testnet {
+            return Err(ConfigError::invalid(
+                "exit.policy",
+                "could accept private or loopback destinations; add \"reject private:*\" first (allowed only with network.dangerous_testnet = true)",
+            ));
+        }
+        #[cfg(feature = "test-hooks")]
+        if self.relay.dangerous_test_corrupt_after.is_some() && !self.network.dangerous_testnet {
+            return Err(ConfigError::invalid("relay.dangerous_test_corrupt_after", "needs network.dangerous_testnet = true"));
+        }
+        Ok(())
+    }
+
+    /// The effective exit policy.
+    pub fn exit_policy(&self) -> Result<ExitPolicy, ConfigError> {
+        if !self.exit.enabled {
+            return Ok(ExitPolicy::reject_all());
+        }
+        match &self.exit.policy {
+            None => Ok(ExitPolicy::default_exit()),
+            Some(rules) => ExitPolicy::parse_rules(rules).map_err(|e| ConfigError::invalid("exit.policy", &e.to_string())),
+        }
+    }
+
+    /// The declared family as identities.
+    pub fn family_ids(&self) -> Result<Vec<RelayId>, ConfigError> {
+        self.relay
+            .family
+            .iter()
+            .map(|f| f.parse().map_err(|e: allium_proto::ids::BadFingerprint| ConfigError::invalid("relay.family", &e.to_string())))
+            .collect()
+    }
+}

@@ -1,0 +1,175 @@
+//! Allium relay: accepts links, keeps the circuit table, forwards cells, runs exit streams and
+//! publishes its descriptor.
+//!
+//! Layout:
+//! - [`config`]: the relay's TOML config.
+//! - [`circuit`]: one circuit's owner task (crypto, forwarding, extending, exit streams).
+//! - [`exit`]: resolving, exit-policy decisions and connecting for BEGIN.
+//! - [`publish`]: building the signed descriptor and uploading it to every authority.
+//!
+//! Startup is an inert step ([`InertRelay::new`]: config and keys, no runtime) and then
+//! [`InertRelay::run`], which runs the listener, the publisher and the consensus watcher as
+//! named tasks; any of them ending is an error.
+//!
+//! Not in this crate: link encryption and reactors (`allium-net`), documents (`allium-proto`).
+
+pub mod circuit;
+pub mod config;
+pub mod exit;
+pub mod publish;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use allium_net::channel::{Channel, CreateHandler};
+use allium_net::keys::NodeKeys;
+use allium_net::link::{self, RelayCredentials};
+use allium_net::pool::ChannelPool;
+use allium_proto::cell::{self, Cell, DestroyReason, MAX_HOP_BUDGET};
+use allium_proto::crypto::cell_crypto::RelayCrypto;
+use allium_proto::crypto::ntor::{self, OnionKeyPair, HTYPE_NTOR};
+use allium_proto::ext::Extensions;
+use allium_proto::ids::RelayId;
+use allium_proto::reader::Reader;
+use tokio::net::TcpListener;
+use tokio::task::JoinSet;
+
+pub use config::RelayConfig;
+
+/// Everything a relay's tasks share.
+pub struct RelayCtx {
+    pub id: RelayId,
+    pub keys: NodeKeys,
+    pub pool: ChannelPool,
+    pub exit: exit::ExitRules,
+    pub testnet: bool,
+    #[cfg(feature = "test-hooks")]
+    pub corrupt_after: Option<u64>,
+}
+
+/// A relay with its config and keys, not yet running.
+pub struct InertRelay {
+    cfg: RelayConfig,
+    ctx: Arc<RelayCtx>,
+}
+
+/// Any error that stops the relay.
+pub type RelayError = Box<dyn std::error::Error + Send + Sync>;
+
+impl InertRelay {
+    pub fn new(cfg: RelayConfig, keys: NodeKeys) -> Result<Self, RelayError> {
+        let policy = cfg.exit_policy()?;
+        let creds = RelayCredentials::new(&keys);
+        let ctx = RelayCtx {
+            id: keys.relay_id(),
+            pool: ChannelPool::new(cfg.node.address, Some(creds)),
+            exit: exit::ExitRules { policy, resolver: cfg.exit.resolver, testnet: cfg.network.dangerous_testnet, bind_ip: cfg.node.address },
+            testnet: cfg.network.dangerous_testnet,
+            #[cfg(feature = "test-hooks")]
+            corrupt_after: cfg.relay.dangerous_test_corrupt_after,
+            keys,
+        };
+        Ok(InertRelay { cfg, ctx: Arc::new(ctx) })
+    }
+
+    /// Runs until a task fails.
+    pub async fn run(self) -> Result<(), RelayError> {
+        let ctx = self.ctx;
+        let handler: Arc<dyn CreateHandler> = Arc::new(Creates(ctx.clone()));
+        ctx.pool.set_create_handler(handler.clone());
+        let addr = SocketAddr::new(self.cfg.node.address, self.cfg.relay.or_port);
+        let listener = TcpListener::bind(addr).await.map_err(|e| format!("cannot listen on the OR port: {e}"))?;
+        tracing::info!("relay {} listening; exit: {}", self.cfg.node.nickname, ctx.exit.policy.is_exit());
+        let mut tasks = JoinSet::new();
+        tasks.spawn(accept_loop(listener, ctx.clone(), handler));
+        tasks.spawn(publish::publish_loop(self.cfg.clone(), ctx.clone()));
+        tasks.spawn(publish::consensus_watch(self.cfg.clone(), ctx.id));
+        match tasks.join_next().await {
+            Some(Ok(Err(e))) => Err(e),
+            Some(Ok(Ok(()))) => Err("a relay task ended".into()),
+            Some(Err(e)) => Err(format!("a relay task panicked: {e}").into()),
+            None => Err("no relay tasks".into()),
+        }
+    }
+}
+
+/// Runs the relay until a fatal error.
+pub async fn run(cfg: RelayConfig, keys: NodeKeys) -> Result<(), RelayError> {
+    InertRelay::new(cfg, keys)?.run().await
+}
+
+async fn accept_loop(listener: TcpListener, ctx: Arc<RelayCtx>, handler: Arc<dyn CreateHandler>) -> Result<(), RelayError> {
+    loop {
+        let (sock, _) = match listener.accept().await {
+            Ok(x) => x,
+            Err(e) => {
+                tracing::warn!("accept failed: {e}");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let ctx = ctx.clone();
+        let handler = handler.clone();
+        tokio::spawn(async move {
+            let secret = ctx.keys.link.to_bytes();
+            match link::accept(sock, &secret).await {
+                Ok(l) => {
+                    let peer = l.peer;
+                    let chan = Channel::spawn(l, Some(handler));
+                    if let Some(id) = peer {
+                        ctx.pool.insert(id, chan);
+                    }
+                }
+                Err(e) => tracing::debug!("inbound link failed: {e}"),
+            }
+        });
+    }
+}
+
+/// Handles CREATE on new circuit ids: one task per circuit.
+struct Creates(Arc<RelayCtx>);
+
+impl CreateHandler for Creates {
+    fn on_create(&self, chan: &Channel, cell: Cell) {
+        let ctx = self.0.clone();
+        let chan = chan.clone();
+        let id = cell.circ_id;
+        let mut rx = chan.accept_circuit(id);
+        tokio::spawn(async move {
+            let started = Instant::now();
+            let keys = match create(&ctx, &chan, &cell, &mut rx).await {
+                Ok(k) => k,
+                Err(reason) => {
+                    chan.close_circuit(id);
+                    let _ = chan.try_send(Cell::destroy(id, reason));
+                    return;
+                }
+            };
+            let (crypto, hop_budget) = keys;
+            circuit::RelayCircuit { ctx, prev: chan, prev_id: id, prev_rx: rx, crypto, hop_budget, started }.run().await;
+        });
+    }
+}
+
+/// Answers a CREATE: reassembles it, runs the server side of ntor, sends CREATED.
+async fn create(ctx: &RelayCtx, chan: &Channel, first: &Cell, rx: &mut tokio::sync::mpsc::Receiver<Cell>) -> Result<(RelayCrypto, u8), DestroyReason> {
+    let (hdr, msg) = circuit::read_create(first, rx).await?;
+    if hdr.htype != HTYPE_NTOR {
+        return Err(DestroyReason::Protocol);
+    }
+    let keys = [OnionKeyPair::from_secret(&ctx.keys.onion)];
+    let mut server_ext = Vec::new();
+    Extensions::none().encode(&mut server_ext);
+    let out = ntor::server_respond(&mut rand::rngs::OsRng, &ctx.id, &keys, &msg, &server_ext).map_err(|e| {
+        tracing::debug!("CREATE refused: {e}");
+        DestroyReason::Protocol
+    })?;
+    Extensions::decode_checked(&mut Reader::new(&out.client_ext), &[]).map_err(|_| DestroyReason::Protocol)?;
+    for c in cell::created_cells(first.circ_id, &out.reply) {
+        chan.send(c).await.map_err(|_| DestroyReason::ChannelClosed)?;
+    }
+    // A client's link gets the full budget; a relay passes on what it was granted, minus one.
+    let budget = if chan.peer.is_none() { MAX_HOP_BUDGET } else { hdr.hop_budget.min(MAX_HOP_BUDGET) };
+    Ok((RelayCrypto::new(&out.keys), budget))
+}

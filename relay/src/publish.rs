@@ -1,0 +1,88 @@
+//! The relay's descriptor: built from config and keys, signed, uploaded to every authority at
+//! start and then periodically; and a watcher that reports whether the consensus lists us.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use allium_proto::doc::{Protocols, RelayDescriptor};
+use allium_proto::ids::RelayId;
+
+use crate::{RelayConfig, RelayCtx, RelayError};
+
+/// Subprotocol versions this relay speaks (advertised in its descriptor).
+pub fn our_protocols() -> Protocols {
+    Protocols::new().with("Link", 1, 1).with("Relay", 1, 1).with("Ntor", 1, 1)
+}
+
+fn now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+/// How often the descriptor is re-uploaded.
+fn republish_every(testnet: bool) -> Duration {
+    if testnet {
+        Duration::from_secs(30)
+    } else {
+        Duration::from_secs(3600)
+    }
+}
+
+/// Builds this relay's signed descriptor.
+pub fn build_descriptor(cfg: &RelayConfig, ctx: &RelayCtx, published: u64) -> Result<String, RelayError> {
+    let d = RelayDescriptor {
+        nickname: cfg.node.nickname.clone(),
+        identity: ctx.id,
+        onion_key: ctx.keys.onion_public(),
+        link_key: ctx.keys.link_public(),
+        link_cert: allium_proto::link::certify_link_key(&ctx.keys.identity, &ctx.keys.link_public()),
+        address: std::net::SocketAddr::new(cfg.node.address, cfg.relay.or_port),
+        policy: ctx.exit.policy.clone(),
+        family: cfg.family_ids()?,
+        bandwidth: cfg.relay.bandwidth,
+        protocols: our_protocols(),
+        published,
+    };
+    Ok(d.encode_signed(&ctx.keys.identity))
+}
+
+/// Uploads the descriptor now and then periodically; retries quickly until one authority took it.
+pub async fn publish_loop(cfg: RelayConfig, ctx: Arc<RelayCtx>) -> Result<(), RelayError> {
+    let mut announced = false;
+    loop {
+        let text = build_descriptor(&cfg, &ctx, now())?;
+        let accepted = allium_directory::publish::publish_descriptor(&cfg.network, cfg.node.address, &text).await;
+        let wait = if accepted == 0 {
+            tracing::warn!("no authority accepted our descriptor yet; retrying");
+            Duration::from_millis(500)
+        } else {
+            if !announced {
+                tracing::info!("descriptor accepted by {accepted} of {} authorities", cfg.network.authorities.len());
+                announced = true;
+            }
+            republish_every(cfg.network.dangerous_testnet)
+        };
+        tokio::time::sleep(wait).await;
+    }
+}
+
+/// Fetches the consensus periodically and says once whether it lists this relay.
+pub async fn consensus_watch(cfg: RelayConfig, id: RelayId) -> Result<(), RelayError> {
+    let mut listed = false;
+    loop {
+        let wait = match allium_directory::fetch::fetch_consensus(&cfg.network, cfg.node.address, now()).await {
+            Ok(dir) => {
+                let now_listed = dir.by_id(&id).is_some();
+                if now_listed != listed {
+                    tracing::info!("the consensus {} this relay", if now_listed { "lists" } else { "no longer lists" });
+                    listed = now_listed;
+                }
+                Duration::from_secs(if cfg.network.dangerous_testnet { 5 } else { 600 })
+            }
+            Err(e) => {
+                tracing::debug!("no consensus yet: {e}");
+                Duration::from_secs(if cfg.network.dangerous_testnet { 2 } else { 60 })
+            }
+        };
+        tokio::time::sleep(wait).await;
+    }
+}

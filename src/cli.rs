@@ -1,0 +1,48 @@
+//! The command line.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::testnet::TestnetArgs;
+
+/// Allium: an onion-routed anonymity network. One binary runs every role.
+#[derive(Debug, Parser)]
+#[command(name = "allium", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run a directory authority (votes on and serves the consensus).
+    Authority(RoleArgs),
+    /// Run a relay; with `[exit] enabled = true` in its config it is also an exit.
+    Relay(RoleArgs),
+    /// Run a client: builds circuits and offers a SOCKS5 proxy to applications.
+    Client(RoleArgs),
+    /// Create the node keys in a data directory (or load them) and print the fingerprint.
+    Keygen(KeygenArgs),
+    /// Start a whole test network on loopback addresses, each node its own process.
+    Testnet(TestnetArgs),
+}
+
+/// Arguments shared by the node roles.
+#[derive(Debug, Args)]
+pub struct RoleArgs {
+    /// The node's TOML config file (see configs/ for documented examples).
+    #[arg(long, value_name = "FILE")]
+    pub config: PathBuf,
+    /// Append logs to this file instead of writing them to stderr.
+    #[arg(long, value_name = "FILE")]
+    pub log_file: Option<PathBuf>,
+}
+
+/// Arguments of `allium keygen`.
+#[derive(Debug, Args)]
+pub struct KeygenArgs {
+    /// The node's data directory (the `node.data_dir` of its config). Created if missing.
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: PathBuf,
+}

@@ -1,0 +1,35 @@
+//! `allium`: one executable for every role of the Allium network.
+//!
+//! Layout:
+//! - [`cli`]: the command line (clap): `authority`, `relay`, `client`, `keygen`, `testnet`.
+//! - [`roles`]: runs one node: load its config, load or create its keys, start logging, hand
+//!   over to the role's library (`allium-directory`, `allium-relay`, `allium-client`).
+//! - [`logging`]: the tracing subscriber (`RUST_LOG`, optional `--log-file`).
+//! - [`signals`]: waiting for Ctrl-C / SIGTERM / SIGHUP.
+//! - [`testnet`]: `allium testnet`, a whole loopback network of node processes.
+//!
+//! Not in this crate: any protocol logic. The binary only wires files, processes and the
+//! libraries together.
+
+#![deny(unsafe_code)]
+
+mod cli;
+mod logging;
+mod roles;
+mod signals;
+mod testnet;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let cli = cli::Cli::parse();
+    match cli.command {
+        cli::Command::Authority(args) => roles::authority(&args),
+        cli::Command::Relay(args) => roles::relay(&args),
+        cli::Command::Client(args) => roles::client(&args),
+        cli::Command::Keygen(args) => roles::keygen(&args),
+        cli::Command::Testnet(args) => testnet::run(args),
+    }
+}

@@ -1,0 +1,282 @@
+//! What a test network is made of: node names, roles, addresses, ports, and the files
+//! `allium testnet` writes (each node's config.toml, `DIR/nodes`, `DIR/testnet.env`).
+//!
+//! Node k (1-based, in the order authorities, middle relays, exits, client) lives at
+//! `127.k.0.1`, so every node has its own /16 and the path rules (no two hops in one /16) stay
+//! on. Ports are found by binding port 0 on the node's address and releasing it, so several
+//! test networks can run side by side.
+
+use std::fmt::Write as _;
+use std::io::{self, Write as _};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+
+/// What a node does in the test network.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Authority,
+    /// A relay that is not an exit.
+    Relay,
+    /// An exit; `strict` ones keep the default exit policy (no private or loopback destinations).
+    Exit { strict: bool },
+    Client,
+}
+
+impl Role {
+    /// The role as written in `DIR/nodes`.
+    pub fn label(self) -> &'static str {
+        match self {
+            Role::Authority => "authority",
+            Role::Relay => "relay",
+            Role::Exit { .. } => "exit",
+            Role::Client => "client",
+        }
+    }
+
+    /// The `allium` subcommand that runs this role.
+    pub fn subcommand(self) -> &'static str {
+        match self {
+            Role::Authority => "authority",
+            Role::Relay | Role::Exit { .. } => "relay",
+            Role::Client => "client",
+        }
+    }
+
+    pub fn is_relay(self) -> bool {
+        matches!(self, Role::Relay | Role::Exit { .. })
+    }
+}
+
+/// One node of the plan.
+#[derive(Debug, Clone)]
+pub struct NodeSpec {
+    /// `auth1`, `relay2`, `exit1`, `client`: also the nickname and the directory name.
+    pub name: String,
+    pub role: Role,
+    /// The node's own address (`127.k.0.1`).
+    pub ip: IpAddr,
+    /// The node's listening address: the dir port for an authority, the OR port for a relay,
+    /// the SOCKS address for the client.
+    pub listen: SocketAddr,
+    /// `DIR/<name>`: data directory (keys), config.toml and log.
+    pub dir: PathBuf,
+    /// Identity fingerprint, filled in once the keys exist.
+    pub fingerprint: String,
+}
+
+impl NodeSpec {
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.join("config.toml")
+    }
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.join("log")
+    }
+}
+
+/// How many nodes of each kind.
+#[derive(Debug, Clone, Copy)]
+pub struct Counts {
+    pub authorities: usize,
+    /// All relays, exits included.
+    pub relays: usize,
+    pub exits: usize,
+    /// How many of the exits (the last ones) keep the default policy.
+    pub strict_exits: usize,
+}
+
+impl Counts {
+    pub fn validate(&self) -> Result<(), String> {
+        if self.authorities == 0 {
+            return Err("--authorities must be at least 1".into());
+        }
+        if self.relays < 3 {
+            return Err("--relays must be at least 3 (a circuit has three distinct hops)".into());
+        }
+        if self.exits == 0 || self.exits > self.relays {
+            return Err(format!("--exits must be between 1 and --relays ({})", self.relays));
+        }
+        if self.strict_exits > self.exits {
+            return Err(format!("--strict-exits must be at most --exits ({})", self.exits));
+        }
+        let total = self.authorities + self.relays + 1;
+        if total > 254 {
+            return Err(format!("{total} nodes is too many: each needs its own 127.k.0.1 (k <= 254)"));
+        }
+        Ok(())
+    }
+}
+
+/// The address of node `k` (1-based).
+pub fn node_ip(k: usize) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(127, k as u8, 0, 1))
+}
+
+/// A port that was free on `ip` a moment ago (bind port 0, read it, release it).
+pub fn free_port(ip: IpAddr) -> io::Result<u16> {
+    let l = TcpListener::bind((ip, 0))?;
+    Ok(l.local_addr()?.port())
+}
+
+/// Plans every node. `socks_port` 0 means "pick a free one".
+pub fn plan(dir: &Path, counts: Counts, socks_port: u16) -> io::Result<Vec<NodeSpec>> {
+    let mut roles: Vec<(String, Role)> = Vec::new();
+    for i in 1..=counts.authorities {
+        roles.push((format!("auth{i}"), Role::Authority));
+    }
+    for i in 1..=counts.relays - counts.exits {
+        roles.push((format!("relay{i}"), Role::Relay));
+    }
+    for i in 1..=counts.exits {
+        let strict = i > counts.exits - counts.strict_exits;
+        roles.push((format!("exit{i}"), Role::Exit { strict }));
+    }
+    roles.push(("client".to_string(), Role::Client));
+
+    let loopback = IpAddr::V4(Ipv4Addr::LOCALHOST);
+    let mut nodes = Vec::with_capacity(roles.len());
+    for (i, (name, role)) in roles.into_iter().enumerate() {
+        let ip = node_ip(i + 1);
+        let listen = match role {
+            Role::Client => {
+                let port = if socks_port == 0 { free_port(loopback)? } else { check_port_free(loopback, socks_port)? };
+                SocketAddr::new(loopback, port)
+            }
+            _ => SocketAddr::new(ip, free_port(ip)?),
+        };
+        nodes.push(NodeSpec { dir: dir.join(&name), name, role, ip, listen, fingerprint: String::new() });
+    }
+    Ok(nodes)
+}
+
+fn check_port_free(ip: IpAddr, port: u16) -> io::Result<u16> {
+    TcpListener::bind((ip, port)).map(|_| port).map_err(|e| {
+        io::Error::new(e.kind(), format!("SOCKS port {ip}:{port} is not free ({e}); pass --socks-port 0 to pick a free one"))
+    })
+}
+
+/// A TOML string literal (quoted and escaped).
+fn q(s: &str) -> String {
+    toml::Value::String(s.to_string()).to_string()
+}
+
+/// Renders a node's config.toml.
+pub fn render_config(node: &NodeSpec, all: &[NodeSpec], voting_interval_secs: u64) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "# Written by `allium testnet`; rewritten every time the test network starts.");
+    let _ = writeln!(s, "# See configs/ in the source tree for every key explained.\n");
+    let _ = writeln!(s, "[node]");
+    let _ = writeln!(s, "nickname = {}", q(&node.name));
+    let _ = writeln!(s, "data_dir = {}", q(&node.dir.to_string_lossy()));
+    let _ = writeln!(s, "address = {}\n", q(&node.ip.to_string()));
+    let _ = writeln!(s, "[network]");
+    let _ = writeln!(s, "# Loopback addresses, permissive exits and fast voting: never on a real network.");
+    let _ = writeln!(s, "dangerous_testnet = true\n");
+    for a in all.iter().filter(|n| n.role == Role::Authority) {
+        let _ = writeln!(s, "[[network.authorities]]");
+        let _ = writeln!(s, "name = {}", q(&a.name));
+        let _ = writeln!(s, "identity = {}", q(&a.fingerprint));
+        let _ = writeln!(s, "address = {}\n", q(&a.listen.to_string()));
+    }
+    match node.role {
+        Role::Authority => {
+            let _ = writeln!(s, "[authority]");
+            let _ = writeln!(s, "dir_port = {}", node.listen.port());
+            let _ = writeln!(s, "voting_interval_secs = {voting_interval_secs}");
+        }
+        Role::Relay | Role::Exit { .. } => {
+            let _ = writeln!(s, "[relay]");
+            let _ = writeln!(s, "or_port = {}", node.listen.port());
+            if let Role::Exit { strict } = node.role {
+                let _ = writeln!(s, "\n[exit]");
+                let _ = writeln!(s, "enabled = true");
+                if strict {
+                    let _ = writeln!(s, "# No policy: the default one, which rejects private and loopback destinations.");
+                } else {
+                    let _ = writeln!(s, "# Accept everything, loopback included, so tests can reach local servers.");
+                    let _ = writeln!(s, "policy = [\"accept *:*\"]");
+                }
+                let _ = writeln!(s, "resolver = \"system\"");
+            }
+        }
+        Role::Client => {
+            let _ = writeln!(s, "[client]");
+            let _ = writeln!(s, "socks_listen = {}", q(&node.listen.to_string()));
+        }
+    }
+    s
+}
+
+/// Writes `contents` to `path` atomically: a temporary file in the same directory, synced, then
+/// renamed over `path`, so a reader sees either nothing or the whole file.
+pub fn write_atomic(path: &Path, contents: &str) -> io::Result<()> {
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp = path.with_file_name(format!(".{name}.tmp"));
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(contents.as_bytes())?;
+    f.sync_all()?;
+    drop(f);
+    std::fs::rename(&tmp, path)
+}
+
+/// `DIR/nodes`: one line per node, `name role pid address:port`.
+pub fn render_nodes(nodes: &[(&NodeSpec, u32)]) -> String {
+    nodes.iter().map(|(n, pid)| format!("{} {} {} {}\n", n.name, n.role.label(), pid, n.listen)).collect()
+}
+
+/// `DIR/testnet.env`: `KEY=value` lines a shell can source.
+pub fn render_env(socks: SocketAddr, dir: &Path) -> String {
+    format!("SOCKS_HOST={}\nSOCKS_PORT={}\nTESTNET_DIR={}\n", socks.ip(), socks.port(), shell_word(&dir.to_string_lossy()))
+}
+
+/// The value as one shell word: as is when it is plain, single-quoted otherwise.
+fn shell_word(s: &str) -> String {
+    if !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "/._-+,:@%".contains(c)) {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', r"'\''"))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn counts(a: usize, r: usize, e: usize, s: usize) -> Counts {
+        Counts { authorities: a, relays: r, exits: e, strict_exits: s }
+    }
+
+    #[test]
+    fn plan_names_roles_and_addresses() {
+        let dir = Path::new("/tmp/allium-plan-test");
+        let nodes = plan(dir, counts(3, 5, 2, 1), 0).unwrap();
+        let names: Vec<_> = nodes.iter().map(|n| n.name.as_str()).collect();
+        assert_eq!(names, ["auth1", "auth2", "auth3", "relay1", "relay2", "relay3", "exit1", "exit2", "client"]);
+        assert_eq!(nodes[6].role, Role::Exit { strict: false });
+        assert_eq!(nodes[7].role, Role::Exit { strict: true });
+        for (i, n) in nodes.iter().enumerate() {
+            assert_eq!(n.ip, node_ip(i + 1));
+            if n.role != Role::Client {
+                assert_eq!(n.listen.ip(), n.ip);
+            }
+        }
+        assert_eq!(nodes[8].listen.ip(), IpAddr::V4(Ipv4Addr::LOCALHOST));
+    }
+
+    #[test]
+    fn counts_are_checked() {
+        assert!(counts(3, 5, 2, 0).validate().is_ok());
+        assert!(counts(0, 5, 2, 0).validate().is_err());
+        assert!(counts(3, 2, 1, 0).validate().is_err());
+        assert!(counts(3, 5, 6, 0).validate().is_err());
+        assert!(counts(3, 5, 0, 0).validate().is_err());
+        assert!(counts(3, 5, 2, 3).validate().is_err());
+        assert!(counts(3, 250, 2, 0).validate().is_err());
+    }
+
+    #[test]
+    fn env_values_are_shell_words() {
+        assert_eq!(shell_word("/tmp/a-b_c.d"), "/tmp/a-b_c.d");
+        assert_eq!(shell_word("/tmp/a b"), "'/tmp/a b'");
+        assert_eq!(shell_word("it's"), r"'it'\''s'");
+    }
+}

@@ -1,0 +1,412 @@
+//! `allium testnet`: a whole Allium network on loopback addresses, one OS process per node.
+//!
+//! Steps, each printed as it completes:
+//! 1. plan the nodes ([`layout`]), create or load each node's keys, write each config.toml;
+//! 2. start the authorities and wait for their dir ports to answer;
+//! 3. start the relays and exits and wait for their OR ports to answer;
+//! 4. poll the authorities' consensus until it lists every relay;
+//! 5. start the client and push a probe stream through it ([`probe`]) until one crosses.
+//!
+//! Only then are `DIR/nodes` and `DIR/testnet.env` written (atomically, env last), so a script
+//! can wait for `DIR/testnet.env` and then use the network. A stop signal at any time, or a node
+//! dying during startup, stops every node ([`spawn`]).
+
+mod layout;
+mod probe;
+mod spawn;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use clap::Args;
+
+use crate::signals::StopSignals;
+use layout::{Counts, NodeSpec, Role};
+use probe::ProbeOutcome;
+use spawn::NodeProc;
+
+/// Voting interval the test network's authorities use.
+const VOTING_INTERVAL_SECS: u64 = 10;
+/// How often startup polls (ports, consensus, probe retries).
+const POLL: Duration = Duration::from_millis(250);
+/// How long a node may take to open its listening port.
+const LISTEN_DEADLINE: Duration = Duration::from_secs(30);
+/// How long until the consensus must list every relay.
+const CONSENSUS_DEADLINE: Duration = Duration::from_secs(90);
+/// How long the probe may keep retrying after the client's SOCKS port answers.
+const PROBE_DEADLINE: Duration = Duration::from_secs(120);
+/// How long one probe attempt may take.
+const PROBE_ATTEMPT: Duration = Duration::from_secs(30);
+/// How long nodes get between SIGTERM and SIGKILL.
+const STOP_GRACE: Duration = Duration::from_secs(5);
+/// Log lines shown when a node fails.
+const TAIL_LINES: usize = 20;
+
+/// Arguments of `allium testnet`.
+#[derive(Debug, Args)]
+pub struct TestnetArgs {
+    /// Directory for every node's keys, config.toml and log, plus `nodes` and `testnet.env`.
+    /// Existing keys there are reused. Default: a fresh temporary directory.
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+    /// Number of directory authorities.
+    #[arg(long, default_value_t = 3)]
+    pub authorities: usize,
+    /// Number of relays, exits included (at least 3).
+    #[arg(long, default_value_t = 5)]
+    pub relays: usize,
+    /// How many of the relays are exits.
+    #[arg(long, default_value_t = 2)]
+    pub exits: usize,
+    /// Port of the client's SOCKS5 proxy on 127.0.0.1; 0 picks a free one.
+    #[arg(long, default_value_t = 9050)]
+    pub socks_port: u16,
+    /// How many exits (the last ones) keep the default exit policy, which refuses private and
+    /// loopback destinations, instead of the test network's `accept *:*`.
+    #[arg(long, default_value_t = 0)]
+    pub strict_exits: usize,
+}
+
+/// Runs `allium testnet` until a stop signal.
+pub fn run(args: TestnetArgs) -> ExitCode {
+    let counts = Counts {
+        authorities: args.authorities,
+        relays: args.relays,
+        exits: args.exits,
+        strict_exits: args.strict_exits,
+    };
+    if let Err(e) = counts.validate() {
+        eprintln!("allium testnet: {e}");
+        return ExitCode::from(2);
+    }
+    // Current-thread runtime on the main thread: nodes are spawned from this thread, which lives
+    // as long as the process, so their parent-death signal fires only when we are gone.
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("allium testnet: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    rt.block_on(orchestrate(args, counts))
+}
+
+async fn orchestrate(args: TestnetArgs, counts: Counts) -> ExitCode {
+    let mut stop = match StopSignals::register() {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("allium testnet: cannot install signal handlers: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let exe = match std::env::current_exe() {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("allium testnet: cannot find my own executable: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let dir = match prepare_dir(args.dir.as_deref()) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("allium testnet: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    println!("testnet directory: {}", dir.display());
+
+    let started = Instant::now();
+    let mut procs: Vec<NodeProc> = Vec::new();
+    let outcome = tokio::select! {
+        r = bring_up(&dir, &exe, counts, args.socks_port, &mut procs) => Ok(r),
+        sig = stop.recv() => Err(sig),
+    };
+    let socks = match outcome {
+        Ok(Ok(socks)) => socks,
+        Ok(Err(e)) => {
+            eprintln!("allium testnet: {e}");
+            eprintln!("stopping {} node(s); configs and logs remain in {}", procs.len(), dir.display());
+            spawn::stop_all(&mut procs, STOP_GRACE).await;
+            return ExitCode::FAILURE;
+        }
+        Err(sig) => {
+            println!("{sig} during startup: stopping {} node(s)", procs.len());
+            spawn::stop_all(&mut procs, STOP_GRACE).await;
+            return ExitCode::from(130);
+        }
+    };
+
+    print_ready(&dir, counts, socks, started.elapsed());
+
+    // Running: report nodes that exit (tests kill some on purpose), until a stop signal.
+    let sig = loop {
+        tokio::select! {
+            sig = stop.recv() => break sig,
+            _ = tokio::time::sleep(Duration::from_millis(500)) => {
+                for n in procs.iter_mut() {
+                    if let Some(status) = n.poll_exit() {
+                        eprintln!(
+                            "note: {} (pid {}) exited with {status}; see {}",
+                            n.spec.name,
+                            n.pid(),
+                            n.spec.log_path().display()
+                        );
+                    }
+                }
+            }
+        }
+    };
+    println!("{sig}: stopping {} nodes", procs.len());
+    spawn::stop_all(&mut procs, STOP_GRACE).await;
+    println!("all nodes stopped; configs and logs remain in {}", dir.display());
+    ExitCode::SUCCESS
+}
+
+/// Creates (or reuses) the testnet directory and removes the readiness files of an earlier run.
+fn prepare_dir(dir: Option<&Path>) -> Result<PathBuf, String> {
+    let dir = match dir {
+        Some(d) => {
+            std::fs::create_dir_all(d).map_err(|e| format!("cannot create {}: {e}", d.display()))?;
+            d.to_path_buf()
+        }
+        None => fresh_temp_dir()?,
+    };
+    let dir = dir.canonicalize().map_err(|e| format!("cannot resolve {}: {e}", dir.display()))?;
+    for stale in ["nodes", "testnet.env"] {
+        match std::fs::remove_file(dir.join(stale)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(format!("cannot remove old {}: {e}", dir.join(stale).display())),
+        }
+    }
+    Ok(dir)
+}
+
+fn fresh_temp_dir() -> Result<PathBuf, String> {
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
+    for attempt in 0..100u32 {
+        let d = std::env::temp_dir().join(format!("allium-testnet-{}-{:08x}", std::process::id(), nanos.wrapping_add(attempt)));
+        match std::fs::create_dir(&d) {
+            Ok(()) => return Ok(d),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+            Err(e) => return Err(format!("cannot create {}: {e}", d.display())),
+        }
+    }
+    Err("cannot create a fresh temporary directory".into())
+}
+
+/// Steps 1–5. Every process started is pushed to `procs` at once, so the caller can stop it
+/// whatever happens. Returns the client's SOCKS address.
+async fn bring_up(dir: &Path, exe: &Path, counts: Counts, socks_port: u16, procs: &mut Vec<NodeProc>) -> Result<SocketAddr, String> {
+    // 1. Keys and configs.
+    let mut nodes = layout::plan(dir, counts, socks_port).map_err(|e| format!("cannot pick ports: {e}"))?;
+    for n in nodes.iter_mut() {
+        let keys = allium_net::keys::load_or_create(&n.dir).map_err(|e| format!("{}: {e}", n.name))?;
+        n.fingerprint = keys.relay_id().fingerprint();
+    }
+    for n in &nodes {
+        let text = layout::render_config(n, &nodes, VOTING_INTERVAL_SECS);
+        layout::write_atomic(&n.config_path(), &text).map_err(|e| format!("cannot write {}: {e}", n.config_path().display()))?;
+    }
+    println!(
+        "[1/5] generated keys and configs for {} nodes ({} authorities, {} relays of which {} exits, 1 client)",
+        nodes.len(),
+        counts.authorities,
+        counts.relays,
+        counts.exits
+    );
+
+    // 2. Authorities.
+    let first = procs.len();
+    for n in nodes.iter().filter(|n| n.role == Role::Authority) {
+        procs.push(spawn::spawn(exe, n).map_err(|e| format!("cannot start {}: {e}", n.name))?);
+    }
+    let end = procs.len();
+    wait_listening(procs, first..end, "directory port").await?;
+    println!("[2/5] {} authorities up (directory ports answering)", counts.authorities);
+
+    // 3. Relays and exits.
+    let first = procs.len();
+    for n in nodes.iter().filter(|n| n.role.is_relay()) {
+        procs.push(spawn::spawn(exe, n).map_err(|e| format!("cannot start {}: {e}", n.name))?);
+    }
+    let end = procs.len();
+    wait_listening(procs, first..end, "OR port").await?;
+    let strict = if counts.strict_exits > 0 { format!(", {} with the default exit policy", counts.strict_exits) } else { String::new() };
+    println!("[3/5] {} relays started ({} exits{strict}; OR ports answering)", counts.relays, counts.exits);
+
+    // 4. Consensus.
+    let relays: Vec<&NodeSpec> = nodes.iter().filter(|n| n.role.is_relay()).collect();
+    let authorities: Vec<SocketAddr> = nodes.iter().filter(|n| n.role == Role::Authority).map(|n| n.listen).collect();
+    wait_consensus(procs, &authorities, &relays).await?;
+    println!("[4/5] consensus lists {0}/{0} relays (voting every {VOTING_INTERVAL_SECS} s)", relays.len());
+
+    // 5. Client and probe.
+    let client = nodes.iter().find(|n| n.role == Role::Client).expect("plan has a client");
+    let t0 = Instant::now();
+    let first = procs.len();
+    procs.push(spawn::spawn(exe, client).map_err(|e| format!("cannot start {}: {e}", client.name))?);
+    let end = procs.len();
+    wait_listening(procs, first..end, "SOCKS port").await?;
+    let outcome = probe_until_crossed(procs, client.listen).await?;
+    let how = match outcome {
+        ProbeOutcome::RefusedByExit => " (the exit refused the loopback destination, as its policy says)",
+        _ => "",
+    };
+    println!("[5/5] probe stream crossed a 3-hop circuit in {:.1} s{how}", t0.elapsed().as_secs_f64());
+
+    // Ready: the node list first, then the env file that scripts wait for.
+    let listed: Vec<(&NodeSpec, u32)> = procs.iter().map(|p| (&p.spec, p.pid())).collect();
+    let nodes_path = dir.join("nodes");
+    layout::write_atomic(&nodes_path, &layout::render_nodes(&listed)).map_err(|e| format!("cannot write {}: {e}", nodes_path.display()))?;
+    let env_path = dir.join("testnet.env");
+    layout::write_atomic(&env_path, &layout::render_env(client.listen, dir)).map_err(|e| format!("cannot write {}: {e}", env_path.display()))?;
+    Ok(client.listen)
+}
+
+/// Fails with the log tail of the first node seen to have exited.
+fn check_alive(procs: &mut [NodeProc]) -> Result<(), String> {
+    for n in procs.iter_mut() {
+        n.poll_exit();
+        if let Some(status) = n.exited {
+            return Err(format!(
+                "{} (pid {}) exited during startup with {status}; last lines of {}:\n{}",
+                n.spec.name,
+                n.pid(),
+                n.spec.log_path().display(),
+                spawn::log_tail(&n.spec.log_path(), TAIL_LINES)
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Waits until every node in `which` accepts TCP connections on its listening address.
+async fn wait_listening(procs: &mut [NodeProc], which: std::ops::Range<usize>, what: &str) -> Result<(), String> {
+    let deadline = Instant::now() + LISTEN_DEADLINE;
+    let mut pending: Vec<usize> = which.collect();
+    loop {
+        check_alive(procs)?;
+        let mut still = Vec::new();
+        for i in pending {
+            if !probe::port_answers(procs[i].spec.listen).await {
+                still.push(i);
+            }
+        }
+        pending = still;
+        if pending.is_empty() {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            let n = &procs[pending[0]];
+            return Err(format!(
+                "{} has not opened its {what} {} after {} s; last lines of {}:\n{}",
+                n.spec.name,
+                n.spec.listen,
+                LISTEN_DEADLINE.as_secs(),
+                n.spec.log_path().display(),
+                spawn::log_tail(&n.spec.log_path(), TAIL_LINES)
+            ));
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// Polls every authority's consensus until one lists all `relays`, printing progress.
+async fn wait_consensus(procs: &mut [NodeProc], authorities: &[SocketAddr], relays: &[&NodeSpec]) -> Result<(), String> {
+    let fingerprints: Vec<String> = relays.iter().map(|r| r.fingerprint.clone()).collect();
+    let deadline = Instant::now() + CONSENSUS_DEADLINE;
+    let mut best: Option<Vec<bool>> = None;
+    let mut last_error = String::from("no authority has served a consensus yet");
+    loop {
+        check_alive(procs)?;
+        for &auth in authorities {
+            match probe::fetch_consensus(auth).await {
+                Ok(Some(text)) => {
+                    let listed = probe::listed(&text, &fingerprints);
+                    let count = listed.iter().filter(|&&b| b).count();
+                    let best_count = best.as_ref().map(|b| b.iter().filter(|&&x| x).count());
+                    if best_count.is_none_or(|c| count > c) {
+                        if count < relays.len() {
+                            println!("      consensus lists {count}/{} relays so far", relays.len());
+                        }
+                        best = Some(listed);
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => last_error = format!("authority at {auth}: {e}"),
+            }
+        }
+        if best.as_ref().is_some_and(|b| b.iter().all(|&x| x)) {
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            return Err(match best {
+                None => format!("no consensus after {} s ({last_error})", CONSENSUS_DEADLINE.as_secs()),
+                Some(listed) => {
+                    let missing: Vec<&str> =
+                        relays.iter().zip(&listed).filter(|(_, &l)| !l).map(|(r, _)| r.name.as_str()).collect();
+                    format!(
+                        "after {} s the consensus still lacks {} (see their logs under {})",
+                        CONSENSUS_DEADLINE.as_secs(),
+                        missing.join(", "),
+                        relays[0].dir.parent().map(|p| p.display().to_string()).unwrap_or_default()
+                    )
+                }
+            });
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// Retries a SOCKS5 CONNECT to `localhost:<probe server>` through the client until a stream
+/// crosses the network (reply 0x00 plus the probe line, or 0x02 from a refusing exit).
+async fn probe_until_crossed(procs: &mut [NodeProc], socks: SocketAddr) -> Result<ProbeOutcome, String> {
+    let (probe_addr, server) = probe::start_probe_server().await.map_err(|e| format!("cannot start the probe server: {e}"))?;
+    let deadline = Instant::now() + PROBE_DEADLINE;
+    let result = loop {
+        if let Err(e) = check_alive(procs) {
+            break Err(e);
+        }
+        // A host name, not an IP literal, so the exit does the resolving.
+        let outcome = probe::socks_probe(socks, "localhost", probe_addr.port(), PROBE_ATTEMPT).await;
+        match outcome {
+            ProbeOutcome::Crossed | ProbeOutcome::RefusedByExit => break Ok(outcome),
+            other if Instant::now() >= deadline => {
+                let client = procs.last().map(|p| p.spec.log_path()).unwrap_or_default();
+                break Err(format!(
+                    "no probe stream crossed the network within {} s (last attempt: {other:?}); last lines of {}:\n{}",
+                    PROBE_DEADLINE.as_secs(),
+                    client.display(),
+                    spawn::log_tail(&client, TAIL_LINES)
+                ));
+            }
+            _ => tokio::time::sleep(POLL).await,
+        }
+    };
+    server.abort();
+    result
+}
+
+fn print_ready(dir: &Path, counts: Counts, socks: SocketAddr, took: Duration) {
+    println!();
+    println!(
+        "testnet ready in {:.1} s: {} authorities, {} relays ({} exits), 1 client",
+        took.as_secs_f64(),
+        counts.authorities,
+        counts.relays,
+        counts.exits
+    );
+    println!("  node list: {}   (name role pid address)", dir.join("nodes").display());
+    println!("  logs:      {}/<node>/log", dir.display());
+    println!("SOCKS5 proxy: {socks}");
+    println!("Try it:");
+    println!("  python3 -m http.server 8000 --bind 127.0.0.1 &");
+    println!("  curl --socks5-hostname {socks} http://127.0.0.1:8000/FILE");
+    if counts.strict_exits == counts.exits {
+        println!("  (every exit keeps the default policy, so loopback destinations like this one are refused)");
+    }
+    println!("Ctrl-C stops every node.");
+}

@@ -1,0 +1,153 @@
+//! Readiness checks: a port that answers, the authorities' consensus, and a probe stream
+//! through the whole network.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::time::timeout;
+
+/// What the probe server writes to every connection.
+pub const PROBE_LINE: &[u8] = b"allium testnet probe\n";
+
+/// True when something accepts TCP connections on `addr`.
+pub async fn port_answers(addr: SocketAddr) -> bool {
+    matches!(timeout(Duration::from_secs(1), TcpStream::connect(addr)).await, Ok(Ok(_)))
+}
+
+/// A tiny TCP server on 127.0.0.1 (ephemeral port) that writes [`PROBE_LINE`] on each accept.
+/// Call `abort` on the returned handle to stop it (dropping a tokio JoinHandle only detaches it).
+pub async fn start_probe_server() -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
+    let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
+    let addr = listener.local_addr()?;
+    let task = tokio::spawn(async move {
+        while let Ok((mut sock, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let _ = sock.write_all(PROBE_LINE).await;
+                let _ = sock.shutdown().await;
+            });
+        }
+    });
+    Ok((addr, task))
+}
+
+/// How one probe attempt ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum ProbeOutcome {
+    /// SOCKS reply 0x00 and the probe line came back through the circuit.
+    Crossed,
+    /// SOCKS reply 0x02: the exit answered that its policy refuses the destination. The stream
+    /// still crossed the network to an exit and back.
+    RefusedByExit,
+    /// Any other SOCKS reply code: not ready yet (no consensus, circuit failed, ...).
+    Reply(u8),
+    /// The SOCKS conversation failed (connection refused or closed, timeout, garbage).
+    Failed(String),
+}
+
+/// One SOCKS5 CONNECT to `host:port` through `socks`, with no authentication.
+pub async fn socks_probe(socks: SocketAddr, host: &str, port: u16, limit: Duration) -> ProbeOutcome {
+    match timeout(limit, socks_probe_inner(socks, host, port)).await {
+        Ok(Ok(outcome)) => outcome,
+        Ok(Err(e)) => ProbeOutcome::Failed(e.to_string()),
+        Err(_) => ProbeOutcome::Failed(format!("no answer within {} s", limit.as_secs())),
+    }
+}
+
+async fn socks_probe_inner(socks: SocketAddr, host: &str, port: u16) -> std::io::Result<ProbeOutcome> {
+    use std::io::{Error, ErrorKind};
+    let mut s = TcpStream::connect(socks).await?;
+    s.write_all(&[0x05, 0x01, 0x00]).await?;
+    let mut choice = [0u8; 2];
+    s.read_exact(&mut choice).await?;
+    if choice != [0x05, 0x00] {
+        return Err(Error::new(ErrorKind::InvalidData, format!("SOCKS method reply {choice:02x?}")));
+    }
+    let mut req = vec![0x05, 0x01, 0x00, 0x03, host.len() as u8];
+    req.extend_from_slice(host.as_bytes());
+    req.extend_from_slice(&port.to_be_bytes());
+    s.write_all(&req).await?;
+    let mut head = [0u8; 4];
+    s.read_exact(&mut head).await?;
+    if head[0] != 0x05 {
+        return Err(Error::new(ErrorKind::InvalidData, format!("SOCKS reply version {:#04x}", head[0])));
+    }
+    match head[1] {
+        0x00 => {}
+        0x02 => return Ok(ProbeOutcome::RefusedByExit),
+        code => return Ok(ProbeOutcome::Reply(code)),
+    }
+    // Skip the bound address, then read the probe line.
+    let addr_len = match head[3] {
+        0x01 => 4,
+        0x04 => 16,
+        0x03 => {
+            let mut n = [0u8; 1];
+            s.read_exact(&mut n).await?;
+            n[0] as usize
+        }
+        t => return Err(Error::new(ErrorKind::InvalidData, format!("SOCKS reply address type {t:#04x}"))),
+    };
+    let mut skip = vec![0u8; addr_len + 2];
+    s.read_exact(&mut skip).await?;
+    let mut line = vec![0u8; PROBE_LINE.len()];
+    s.read_exact(&mut line).await?;
+    if line != PROBE_LINE {
+        return Err(Error::new(ErrorKind::InvalidData, "the probe stream returned different bytes"));
+    }
+    Ok(ProbeOutcome::Crossed)
+}
+
+/// `GET /allium/v1/consensus` from an authority's dir port: `Ok(Some(body))` on 200, `Ok(None)`
+/// on 404 (no consensus yet), `Err` otherwise.
+pub async fn fetch_consensus(dir_port: SocketAddr) -> Result<Option<String>, String> {
+    let fut = async {
+        let mut s = TcpStream::connect(dir_port).await.map_err(|e| e.to_string())?;
+        // HTTP/1.0: the server closes after the response and sends no chunked encoding.
+        let req = format!("GET /allium/v1/consensus HTTP/1.0\r\nHost: {dir_port}\r\n\r\n");
+        s.write_all(req.as_bytes()).await.map_err(|e| e.to_string())?;
+        let mut buf = Vec::new();
+        s.read_to_end(&mut buf).await.map_err(|e| e.to_string())?;
+        Ok::<_, String>(buf)
+    };
+    let buf = timeout(Duration::from_secs(5), fut).await.map_err(|_| "timed out".to_string())??;
+    let split = buf.windows(4).position(|w| w == b"\r\n\r\n").ok_or("no HTTP header end")?;
+    let head = String::from_utf8_lossy(&buf[..split]);
+    let status = head.split_whitespace().nth(1).ok_or("no HTTP status")?;
+    match status {
+        "200" => Ok(Some(String::from_utf8_lossy(&buf[split + 4..]).into_owned())),
+        "404" => Ok(None),
+        other => Err(format!("HTTP status {other}")),
+    }
+}
+
+/// Which of `fingerprints` (64 hex digits each) appear in a consensus document. Matching the
+/// hex is independent of the rest of the document's layout.
+pub fn listed(consensus: &str, fingerprints: &[String]) -> Vec<bool> {
+    let upper = consensus.to_ascii_uppercase();
+    fingerprints.iter().map(|fp| upper.contains(&fp.to_ascii_uppercase())).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn listed_matches_hex_in_any_case() {
+        let a = "AB".repeat(32);
+        let b = "CD".repeat(32);
+        let doc = format!("relay x 127.1.0.1:5 {}\n", a.to_lowercase());
+        assert_eq!(listed(&doc, &[a, b]), [true, false]);
+    }
+
+    #[tokio::test]
+    async fn probe_server_answers() {
+        let (addr, task) = start_probe_server().await.unwrap();
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        let mut got = Vec::new();
+        s.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, PROBE_LINE);
+        task.abort();
+    }
+}

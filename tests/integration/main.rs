@@ -1,0 +1,12 @@
+//! Integration tests of the `allium` binary: one test binary (run with
+//! `cargo test --test integration`), one module per area.
+//!
+//! - [`configs`]: the example configs in `configs/` parse, and config errors are one line.
+//! - [`e2e`]: whole networks started with `allium testnet`, carrying real traffic.
+//! - [`support`]: the shared fixtures (a test network, a SOCKS5 client, an HTTP file server).
+//!
+//! Tests that start networks run in parallel: each gets its own directory and ephemeral ports.
+
+mod configs;
+mod e2e;
+mod support;
