@@ -410,6 +410,13 @@ pub async fn run_authority(cfg: AuthorityConfig, keys: NodeKeys) -> Result<(), D
     cfg.validate()?;
     cfg.check_identity(&keys.relay_id())?;
     let addr = SocketAddr::new(cfg.node.address, cfg.authority.dir_port);
+    let me = keys.relay_id();
+    if cfg.network.authorities.iter().any(|a| a.identity == me && a.address != addr) {
+        tracing::warn!(
+            "this authority's entry in network.authorities does not match node.address and authority.dir_port; \
+             other nodes will look for it there"
+        );
+    }
     let listener = TcpListener::bind(addr).await.map_err(|err| DirError::Bind { port: cfg.authority.dir_port, err })?;
     run_authority_on(cfg, keys, listener).await
 }

@@ -13,7 +13,7 @@
 //! After the handshake, each transport message's plaintext is 1 to [`MAX_CELLS_PER_FRAME`] whole
 //! 514-byte cells.
 
-use ed25519_dalek::{Signer, SigningKey, Verifier};
+use ed25519_dalek::{Signer, SigningKey};
 
 use crate::cell::CELL_LEN;
 use crate::ext::Extensions;
@@ -30,7 +30,8 @@ pub const LINK_VERSIONS: &[u16] = &[1];
 pub const MAX_NOISE_MSG: usize = 65535;
 /// Whole cells in one transport message: (65535 − 16-byte tag) / 514.
 pub const MAX_CELLS_PER_FRAME: usize = (MAX_NOISE_MSG - 16) / CELL_LEN;
-const CERT_CONTEXT: &[u8] = b"allium-link-key-v1";
+/// What an identity signs, followed by the link key, to certify it.
+pub const LINK_CERT_CONTEXT: &[u8] = b"allium-link-key-v1";
 
 /// Who is dialling.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -138,11 +139,11 @@ pub fn certify_link_key(identity: &SigningKey, link_key: &[u8; 32]) -> [u8; 64] 
 /// Checks a link-key certificate.
 pub fn verify_link_cert(identity: &RelayId, link_key: &[u8; 32], sig: &[u8; 64]) -> bool {
     let Some(vk) = identity.verifying_key() else { return false };
-    vk.verify(&cert_message(link_key), &ed25519_dalek::Signature::from_bytes(sig)).is_ok()
+    vk.verify_strict(&cert_message(link_key), &ed25519_dalek::Signature::from_bytes(sig)).is_ok()
 }
 
 fn cert_message(link_key: &[u8; 32]) -> Vec<u8> {
-    let mut m = CERT_CONTEXT.to_vec();
+    let mut m = LINK_CERT_CONTEXT.to_vec();
     m.extend_from_slice(link_key);
     m
 }

@@ -270,7 +270,8 @@ mod tests {
         assert!(counts(3, 5, 6, 0).validate().is_err());
         assert!(counts(3, 5, 0, 0).validate().is_err());
         assert!(counts(3, 5, 2, 3).validate().is_err());
-        assert!(counts(3, 250, 2, 0).validate().is_err());
+        assert!(counts(3, 250, 2, 0).validate().is_ok());
+        assert!(counts(3, 251, 2, 0).validate().is_err());
     }
 
     #[test]

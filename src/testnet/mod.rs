@@ -327,8 +327,11 @@ async fn wait_consensus(procs: &mut [NodeProc], authorities: &[SocketAddr], rela
                 Ok(Some(text)) => {
                     let listed = probe::listed(&text, &fingerprints);
                     let count = listed.iter().filter(|&&b| b).count();
-                    let best_count = best.as_ref().map(|b| b.iter().filter(|&&x| x).count());
-                    if best_count.is_none_or(|c| count > c) {
+                    let improved = match &best {
+                        None => true,
+                        Some(b) => count > b.iter().filter(|&&x| x).count(),
+                    };
+                    if improved {
                         if count < relays.len() {
                             println!("      consensus lists {count}/{} relays so far", relays.len());
                         }
@@ -364,14 +367,14 @@ async fn wait_consensus(procs: &mut [NodeProc], authorities: &[SocketAddr], rela
 /// Retries a SOCKS5 CONNECT to `localhost:<probe server>` through the client until a stream
 /// crosses the network (reply 0x00 plus the probe line, or 0x02 from a refusing exit).
 async fn probe_until_crossed(procs: &mut [NodeProc], socks: SocketAddr) -> Result<ProbeOutcome, String> {
-    let (probe_addr, server) = probe::start_probe_server().await.map_err(|e| format!("cannot start the probe server: {e}"))?;
+    let server = probe::ProbeServer::start().await.map_err(|e| format!("cannot start the probe server: {e}"))?;
     let deadline = Instant::now() + PROBE_DEADLINE;
     let result = loop {
         if let Err(e) = check_alive(procs) {
             break Err(e);
         }
         // A host name, not an IP literal, so the exit does the resolving.
-        let outcome = probe::socks_probe(socks, "localhost", probe_addr.port(), PROBE_ATTEMPT).await;
+        let outcome = probe::socks_probe(socks, "localhost", server.port, PROBE_ATTEMPT).await;
         match outcome {
             ProbeOutcome::Crossed | ProbeOutcome::RefusedByExit => break Ok(outcome),
             other if Instant::now() >= deadline => {
@@ -386,7 +389,7 @@ async fn probe_until_crossed(procs: &mut [NodeProc], socks: SocketAddr) -> Resul
             _ => tokio::time::sleep(POLL).await,
         }
     };
-    server.abort();
+    drop(server);
     result
 }
 

@@ -16,20 +16,40 @@ pub async fn port_answers(addr: SocketAddr) -> bool {
     matches!(timeout(Duration::from_secs(1), TcpStream::connect(addr)).await, Ok(Ok(_)))
 }
 
-/// A tiny TCP server on 127.0.0.1 (ephemeral port) that writes [`PROBE_LINE`] on each accept.
-/// Call `abort` on the returned handle to stop it (dropping a tokio JoinHandle only detaches it).
-pub async fn start_probe_server() -> std::io::Result<(SocketAddr, tokio::task::JoinHandle<()>)> {
-    let listener = TcpListener::bind(("127.0.0.1", 0)).await?;
-    let addr = listener.local_addr()?;
-    let task = tokio::spawn(async move {
-        while let Ok((mut sock, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let _ = sock.write_all(PROBE_LINE).await;
-                let _ = sock.shutdown().await;
-            });
+/// A tiny TCP server that writes [`PROBE_LINE`] on each accept: on 127.0.0.1 at an ephemeral
+/// port, and on [::1] at the same port when that is free, because an exit resolving `localhost`
+/// may get either address.
+pub struct ProbeServer {
+    pub port: u16,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl ProbeServer {
+    pub async fn start() -> std::io::Result<ProbeServer> {
+        let v4 = TcpListener::bind(("127.0.0.1", 0)).await?;
+        let port = v4.local_addr()?.port();
+        let mut tasks = vec![tokio::spawn(serve_probe(v4))];
+        if let Ok(v6) = TcpListener::bind(("::1", port)).await {
+            tasks.push(tokio::spawn(serve_probe(v6)));
         }
-    });
-    Ok((addr, task))
+        Ok(ProbeServer { port, tasks })
+    }
+}
+
+impl Drop for ProbeServer {
+    fn drop(&mut self) {
+        // Dropping a JoinHandle only detaches the task: abort it.
+        self.tasks.iter().for_each(|t| t.abort());
+    }
+}
+
+async fn serve_probe(listener: TcpListener) {
+    while let Ok((mut sock, _)) = listener.accept().await {
+        tokio::spawn(async move {
+            let _ = sock.write_all(PROBE_LINE).await;
+            let _ = sock.shutdown().await;
+        });
+    }
 }
 
 /// How one probe attempt ended.
@@ -122,11 +142,19 @@ pub async fn fetch_consensus(dir_port: SocketAddr) -> Result<Option<String>, Str
     }
 }
 
-/// Which of `fingerprints` (64 hex digits each) appear in a consensus document. Matching the
-/// hex is independent of the rest of the document's layout.
+/// Which of `fingerprints` (64 hex digits each) the consensus lists. A consensus lists a relay
+/// with a line `relay <nickname> <fingerprint>` (see `allium_proto::doc`); only those lines
+/// count, so fingerprints elsewhere (authority lists, families, signatures) are not mistaken
+/// for listed relays.
 pub fn listed(consensus: &str, fingerprints: &[String]) -> Vec<bool> {
-    let upper = consensus.to_ascii_uppercase();
-    fingerprints.iter().map(|fp| upper.contains(&fp.to_ascii_uppercase())).collect()
+    let relays: std::collections::HashSet<String> = consensus
+        .lines()
+        .filter_map(|l| {
+            let mut words = l.split_whitespace();
+            (words.next() == Some("relay")).then(|| words.last().unwrap_or("").to_ascii_uppercase())
+        })
+        .collect();
+    fingerprints.iter().map(|fp| relays.contains(&fp.to_ascii_uppercase())).collect()
 }
 
 #[cfg(test)]
@@ -134,20 +162,19 @@ mod tests {
     use super::*;
 
     #[test]
-    fn listed_matches_hex_in_any_case() {
+    fn listed_counts_only_relay_lines() {
         let a = "AB".repeat(32);
         let b = "CD".repeat(32);
-        let doc = format!("relay x 127.1.0.1:5 {}\n", a.to_lowercase());
+        let doc = format!("network-status x\nrelay r1 {}\nfamily {b}\n", a.to_lowercase());
         assert_eq!(listed(&doc, &[a, b]), [true, false]);
     }
 
     #[tokio::test]
     async fn probe_server_answers() {
-        let (addr, task) = start_probe_server().await.unwrap();
-        let mut s = TcpStream::connect(addr).await.unwrap();
+        let server = ProbeServer::start().await.unwrap();
+        let mut s = TcpStream::connect(("127.0.0.1", server.port)).await.unwrap();
         let mut got = Vec::new();
         s.read_to_end(&mut got).await.unwrap();
         assert_eq!(got, PROBE_LINE);
-        task.abort();
     }
 }

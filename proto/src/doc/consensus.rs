@@ -9,7 +9,7 @@ use sha2::{Digest as _, Sha256};
 use super::entry::{line, parse_entries, sorted_unique, ConsensusRelay, ENTRY_SPEC};
 use super::lines::{self, b64, enc64, fingerprint, uint, Line, Mult, Section};
 use super::vote::{read_lifetime, write_lifetime, Vote};
-use super::{DocError, Lifetime, CONSENSUS_SIG_PREFIX, MAX_CONSENSUS_LEN, MAX_SIGNATURES, MAX_SIGNATURE_DOC_LEN};
+use super::{DocError, Lifetime, CONSENSUS_SIG_PREFIX, MAX_CONSENSUS_LEN, MAX_SIGNATURES, MAX_SIGNATURE_DOC_LEN, MAX_VOTE_LINES};
 use crate::ids::RelayId;
 
 const DOC_TYPE: &str = "allium-consensus";
@@ -169,7 +169,7 @@ impl Consensus {
 
     /// Checks the syntax of a consensus. Nothing is trusted until [`UnverifiedConsensus::verify`].
     pub fn parse(text: &str) -> Result<UnverifiedConsensus, DocError> {
-        let ls = lines::split(text, MAX_CONSENSUS_LEN)?;
+        let ls = lines::split(text, MAX_CONSENSUS_LEN, MAX_VOTE_LINES)?;
         lines::check_type_line(&ls, DOC_TYPE)?;
         let keywords: Vec<&str> =
             HEADER_SPEC.iter().chain(ENTRY_SPEC).chain(FOOTER_SPEC).map(|(k, _)| *k).collect();
@@ -375,7 +375,7 @@ impl DetachedSignature {
 
     /// Parses the text form (syntax only).
     pub fn parse(text: &str) -> Result<Self, DocError> {
-        let ls = lines::split(text, MAX_SIGNATURE_DOC_LEN)?;
+        let ls = lines::split(text, MAX_SIGNATURE_DOC_LEN, 16)?;
         lines::check_type_line(&ls, DETACHED_SPEC[0].0)?;
         let keywords: Vec<&str> = DETACHED_SPEC.iter().map(|(k, _)| *k).collect();
         let s = Section::read(&ls, DETACHED_SPEC, &keywords)?;

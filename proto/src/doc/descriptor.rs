@@ -8,7 +8,7 @@ use sha2::{Digest as _, Sha256};
 use super::entry::{line, write_keys_to_published, ConsensusRelay, KeysEtc, KeysOwned};
 use super::lines::{self, b64, enc64, fingerprint, Mult, Section};
 use super::protocols::Protocols;
-use super::{DocError, DESCRIPTOR_SIG_PREFIX, LINK_CERT_PREFIX, MAX_DESCRIPTOR_LEN};
+use super::{DocError, DESCRIPTOR_SIG_PREFIX, MAX_DESCRIPTOR_LEN, MAX_DESCRIPTOR_LINES};
 use crate::ids::RelayId;
 use crate::policy::ExitPolicy;
 
@@ -104,7 +104,7 @@ impl RelayDescriptor {
 
     /// Checks the syntax of a descriptor. Nothing is trusted until [`UnverifiedDescriptor::verify`].
     pub fn parse(text: &str) -> Result<UnverifiedDescriptor, DocError> {
-        let ls = lines::split(text, MAX_DESCRIPTOR_LEN)?;
+        let ls = lines::split(text, MAX_DESCRIPTOR_LEN, MAX_DESCRIPTOR_LINES)?;
         lines::check_type_line(&ls, DOC_TYPE)?;
         let last = ls.last().expect("split checked the type line exists");
         if last.kw != "signature" {
@@ -182,21 +182,4 @@ impl UnverifiedDescriptor {
     }
 }
 
-/// The identity's certificate for a link key: an ed25519 signature over
-/// `"allium-link-key-v1" || link_pub`.
-pub fn certify_link_key(key: &SigningKey, link_pub: &[u8; 32]) -> [u8; 64] {
-    key.sign(&link_cert_message(link_pub)).to_bytes()
-}
-
-/// Whether `cert` is `identity`'s certificate for `link_pub`.
-pub fn verify_link_cert(identity: &RelayId, link_pub: &[u8; 32], cert: &[u8; 64]) -> bool {
-    identity
-        .verifying_key()
-        .is_some_and(|k| k.verify_strict(&link_cert_message(link_pub), &Signature::from_bytes(cert)).is_ok())
-}
-
-fn link_cert_message(link_pub: &[u8; 32]) -> Vec<u8> {
-    let mut m = LINK_CERT_PREFIX.to_vec();
-    m.extend_from_slice(link_pub);
-    m
-}
+pub use crate::link::{certify_link_key, verify_link_cert};

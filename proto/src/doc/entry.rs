@@ -212,7 +212,7 @@ impl KeysOwned {
         let (l, v) = one("bandwidth")?;
         let bandwidth = uint(l, v)?;
         let l = s.get("protocols");
-        let protocols = Protocols::parse_args(&l.args).map_err(|r| l.bad(r))?;
+        let protocols = Protocols::parse_args(&l.args()?).map_err(|r| l.bad(r))?;
         let (l, v) = one("published")?;
         let published = uint(l, v)?;
         Ok(KeysOwned { onion_key, link_key, link_cert, address, policy, family, bandwidth, protocols, published })
@@ -239,12 +239,13 @@ fn parse_policy(ls: &[&Line]) -> Result<ExitPolicy, DocError> {
 }
 
 fn parse_family(l: &Line) -> Result<Vec<RelayId>, DocError> {
-    if l.args.len() > MAX_FAMILY {
+    let args = l.args()?;
+    if args.len() > MAX_FAMILY {
         return Err(DocError::TooMany { what: "family members", limit: MAX_FAMILY });
     }
     let mut seen = BTreeSet::new();
-    let mut out = Vec::with_capacity(l.args.len());
-    for a in &l.args {
+    let mut out = Vec::with_capacity(args.len());
+    for a in &args {
         let id = fingerprint(l, a)?;
         if !seen.insert(id) {
             return Err(l.bad("family member listed twice"));

@@ -9,6 +9,8 @@ use crate::ids::RelayId;
 
 /// Longest keyword accepted.
 const MAX_KEYWORD_LEN: usize = 64;
+/// Most arguments read from one line.
+pub(crate) const MAX_ARGS: usize = 256;
 
 /// One line of a document.
 #[derive(Debug, Clone)]
@@ -20,7 +22,6 @@ pub(crate) struct Line<'a> {
     pub kw: &'a str,
     /// Everything after the keyword and its space ("" if none).
     pub rest: &'a str,
-    pub args: Vec<&'a str>,
 }
 
 impl<'a> Line<'a> {
@@ -28,10 +29,22 @@ impl<'a> Line<'a> {
         DocError::BadValue { line: self.no, keyword: self.kw.to_string(), reason }
     }
 
+    /// The arguments (split on demand, so a document's lines cost no allocation until read).
+    pub fn args(&self) -> Result<Vec<&'a str>, DocError> {
+        if self.rest.is_empty() {
+            return Ok(Vec::new());
+        }
+        if self.rest.bytes().filter(|&b| b == b' ').count() >= MAX_ARGS {
+            return Err(self.bad("more than 256 arguments"));
+        }
+        Ok(self.rest.split(' ').collect())
+    }
+
     /// The arguments, which must number exactly `n`.
-    pub fn exactly(&self, n: usize) -> Result<&[&'a str], DocError> {
-        if self.args.len() == n {
-            Ok(&self.args)
+    pub fn exactly(&self, n: usize) -> Result<Vec<&'a str>, DocError> {
+        let args = self.args()?;
+        if args.len() == n {
+            Ok(args)
         } else {
             Err(self.bad(match n {
                 0 => "takes no argument",
@@ -47,15 +60,19 @@ impl<'a> Line<'a> {
     }
 }
 
-/// Splits `text` into lines after checking the size cap and the byte-level rules.
-pub(crate) fn split(text: &str, limit: usize) -> Result<Vec<Line<'_>>, DocError> {
+/// Splits `text` into lines after checking the size cap, the line cap and the byte-level rules.
+pub(crate) fn split(text: &str, limit: usize, max_lines: usize) -> Result<Vec<Line<'_>>, DocError> {
     if text.len() > limit {
         return Err(DocError::TooLarge { len: text.len(), limit });
+    }
+    let n_lines = text.bytes().filter(|&b| b == b'\n').count();
+    if n_lines > max_lines {
+        return Err(DocError::TooMany { what: "lines", limit: max_lines });
     }
     if !text.ends_with('\n') {
         return Err(DocError::NoFinalNewline);
     }
-    let mut out = Vec::new();
+    let mut out = Vec::with_capacity(n_lines);
     let mut start = 0;
     for (i, raw) in text[..text.len() - 1].split('\n').enumerate() {
         let no = i + 1;
@@ -72,8 +89,7 @@ pub(crate) fn split(text: &str, limit: usize) -> Result<Vec<Line<'_>>, DocError>
         if !kw_ok {
             return Err(DocError::BadKeyword { line: no });
         }
-        let args = if rest.is_empty() { Vec::new() } else { rest.split(' ').collect() };
-        out.push(Line { no, start, kw, rest, args });
+        out.push(Line { no, start, kw, rest });
         start += raw.len() + 1;
     }
     Ok(out)
@@ -198,7 +214,7 @@ pub(crate) fn check_type_line(lines: &[Line], doc_type: &'static str) -> Result<
     if first.kw != doc_type {
         return Err(DocError::WrongDocumentType { expected: doc_type });
     }
-    if first.args != ["1"] {
+    if first.rest != "1" {
         return Err(DocError::UnsupportedVersion { line: first.no, doc: doc_type });
     }
     Ok(())

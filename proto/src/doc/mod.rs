@@ -15,7 +15,8 @@
 //! # Rules shared by every document
 //!
 //! - Size caps: [`MAX_DESCRIPTOR_LEN`] for a descriptor, [`MAX_VOTE_LEN`] for a vote or consensus,
-//!   [`MAX_SIGNATURE_DOC_LEN`] for a detached signature.
+//!   [`MAX_SIGNATURE_DOC_LEN`] for a detached signature; line caps [`MAX_DESCRIPTOR_LINES`] and
+//!   [`MAX_VOTE_LINES`]; at most 256 arguments on a line that is read.
 //! - Bytes are printable ASCII (0x20..=0x7E) or LF; the text ends with LF; no empty lines; one
 //!   space between items; no leading or trailing space.
 //! - Known keywords come in a fixed order; a single-valued keyword may not repeat.
@@ -33,9 +34,10 @@
 //! parameters, a shared-randomness value and authority signing keys certified by the long-term
 //! identity. They fit this format without breaking old parsers: flags and parameters become new
 //! non-critical keywords (`flags` in a relay entry after `descriptor-digest`, `params` in the
-//! header after `valid-until`, `shared-rand` after it); a signing-key certificate becomes a
-//! `directory-signature` variant with more arguments, or a new footer keyword, which old clients
-//! ignore. Anything an old client must not ignore uses a `critical-` keyword or a new document
+//! header after `valid-until`, `shared-rand` after it); signing-key certificates and signatures
+//! by signing keys become new footer keywords, which old parsers ignore (a `directory-signature`
+//! line with other than two arguments is a syntax error today, so that keyword cannot be
+//! reused). Anything an old client must not ignore uses a `critical-` keyword or a new document
 //! version on the first line.
 
 mod consensus;
@@ -62,6 +64,10 @@ pub const MAX_DESCRIPTOR_LEN: usize = 16 * 1024;
 pub const MAX_VOTE_LEN: usize = 8 * 1024 * 1024;
 /// Largest consensus accepted (bytes); the same cap as a vote.
 pub const MAX_CONSENSUS_LEN: usize = MAX_VOTE_LEN;
+/// Most lines in a relay descriptor.
+pub const MAX_DESCRIPTOR_LINES: usize = 512;
+/// Most lines in a vote or consensus (bounds parser memory: about 12 MiB of line records).
+pub const MAX_VOTE_LINES: usize = 262_144;
 /// Largest detached-signature document accepted (bytes).
 pub const MAX_SIGNATURE_DOC_LEN: usize = 1024;
 
@@ -79,7 +85,7 @@ pub const VOTE_SIG_PREFIX: &[u8] = b"allium-vote-sig-v1\0";
 /// Domain-separation prefix of a consensus signature.
 pub const CONSENSUS_SIG_PREFIX: &[u8] = b"allium-consensus-sig-v1\0";
 /// Prefix of the message a relay's identity key signs to certify its link key.
-pub const LINK_CERT_PREFIX: &[u8] = b"allium-link-key-v1";
+pub use crate::link::LINK_CERT_CONTEXT as LINK_CERT_PREFIX;
 
 /// The three times that bound a vote or consensus (unix seconds).
 ///

@@ -168,6 +168,13 @@ fn byte_level_rules() {
     assert!(matches!(RelayDescriptor::parse(&text.replacen("relay10", "relay\u{e9}", 1)).unwrap_err(), DocError::BadByte { line: 2 }));
     let big = insert_after(&text, "address ", &format!("padding {}\n", "x".repeat(MAX_DESCRIPTOR_LEN)));
     assert!(matches!(RelayDescriptor::parse(&big).unwrap_err(), DocError::TooLarge { .. }));
+    let many_lines = insert_after(&text, "address ", &"x\n".repeat(MAX_DESCRIPTOR_LINES));
+    assert!(matches!(RelayDescriptor::parse(&many_lines).unwrap_err(), DocError::TooMany { what: "lines", .. }));
+    let fam = format!("family{}\n", " X".repeat(lines::MAX_ARGS + 1));
+    let wide = text.replacen(&text[text.find("family").unwrap()..text.find("bandwidth").unwrap()], &fam, 1);
+    assert!(matches!(RelayDescriptor::parse(&wide).unwrap_err(), DocError::BadValue { reason: "more than 256 arguments", .. }));
+    let tall = format!("allium-consensus 1\n{}", "a\n".repeat(MAX_VOTE_LINES));
+    assert!(matches!(Consensus::parse(&tall).unwrap_err(), DocError::TooMany { what: "lines", .. }));
     assert!(matches!(RelayDescriptor::parse(&text.replacen(" 1\n", " 2\n", 1)).unwrap_err(), DocError::UnsupportedVersion { .. }));
     assert!(matches!(Vote::parse(&text).unwrap_err(), DocError::WrongDocumentType { .. }));
     // Non-canonical encodings.
@@ -180,8 +187,8 @@ fn byte_level_rules() {
 
 // ---- votes ----
 
-fn vote(voter: &SigningKey, relays: &[RelayDescriptor], lifetime: Lifetime) -> Vote {
-    Vote { lifetime, voter: id(voter), relays: relays.iter().map(RelayDescriptor::to_entry).collect() }
+fn vote<'a>(voter: &SigningKey, relays: impl IntoIterator<Item = &'a RelayDescriptor>, lifetime: Lifetime) -> Vote {
+    Vote { lifetime, voter: id(voter), relays: relays.into_iter().map(RelayDescriptor::to_entry).collect() }
 }
 
 const LT: Lifetime = Lifetime { valid_after: 1_700_003_600, fresh_until: 1_700_007_200, valid_until: 1_700_014_400 };
@@ -397,9 +404,9 @@ fn majority_of_configured_authorities() {
     let auths: Vec<SigningKey> = (70..73).map(key).collect();
     let (x, y, z) = (desc(&key(80), "x", 100), desc(&key(81), "y", 100), desc(&key(82), "z", 100));
     let votes = vec![
-        vote(&auths[0], &[x.clone(), y.clone(), z.clone()], LT),
-        vote(&auths[1], &[x.clone(), y.clone()], LT),
-        vote(&auths[2], &[x.clone()], LT),
+        vote(&auths[0], [&x, &y, &z], LT),
+        vote(&auths[1], [&x, &y], LT),
+        vote(&auths[2], [&x], LT),
     ];
     // x in 3 of 3, y in 2 of 3, z in 1 of 3.
     let c = compute_consensus(&votes, 3, LT);
@@ -426,18 +433,18 @@ fn version_choice() {
     let old = desc(&k, "old", 100);
     let new = desc(&k, "new", 200);
     // 2 votes for the old one, 1 for the new one: the most-listed wins.
-    let votes = vec![vote(&auths[0], &[old.clone()], LT), vote(&auths[1], &[old.clone()], LT), vote(&auths[2], &[new.clone()], LT)];
+    let votes = vec![vote(&auths[0], [&old], LT), vote(&auths[1], [&old], LT), vote(&auths[2], [&new], LT)];
     assert_eq!(compute_consensus(&votes, 3, LT).relays()[0].nickname, "old");
     // A tie goes to the newer.
-    let votes = vec![vote(&auths[0], &[old.clone()], LT), vote(&auths[1], &[old.clone()], LT), vote(&auths[2], &[new.clone()], LT), vote(&auths[3], &[new.clone()], LT)];
+    let votes = vec![vote(&auths[0], [&old], LT), vote(&auths[1], [&old], LT), vote(&auths[2], [&new], LT), vote(&auths[3], [&new], LT)];
     assert_eq!(compute_consensus(&votes, 4, LT).relays()[0].nickname, "new");
     // Same published: the greater digest.
     let a = desc(&k, "aaa", 300);
     let b = desc(&k, "bbb", 300);
     let want = if a.digest() > b.digest() { "aaa" } else { "bbb" };
-    let votes = vec![vote(&auths[0], &[a.clone()], LT), vote(&auths[1], &[b.clone()], LT)];
+    let votes = vec![vote(&auths[0], [&a], LT), vote(&auths[1], [&b], LT)];
     assert_eq!(compute_consensus(&votes, 3, LT).relays()[0].nickname, want);
-    let votes = vec![vote(&auths[1], &[b], LT), vote(&auths[0], &[a], LT)];
+    let votes = vec![vote(&auths[1], [&b], LT), vote(&auths[0], [&a], LT)];
     assert_eq!(compute_consensus(&votes, 3, LT).relays()[0].nickname, want);
 }
 
@@ -497,7 +504,7 @@ proptest! {
         for a in &n.auths { c.add_signature(c.sign(a)); }
         let original = match which {
             0 => d.encode_signed(&k),
-            1 => vote(&n.auths[0], &[d.clone()], LT).encode_signed(&n.auths[0]),
+            1 => vote(&n.auths[0], [&d], LT).encode_signed(&n.auths[0]),
             _ => c.encode(),
         };
         let mut t = original.clone().into_bytes();

@@ -5,7 +5,7 @@ use sha2::{Digest as _, Sha256};
 
 use super::entry::{line, parse_entries, sorted_unique, ConsensusRelay, ENTRY_SPEC};
 use super::lines::{self, b64, enc64, fingerprint, uint, Line, Mult, Section};
-use super::{DocError, Lifetime, MAX_VOTE_LEN, VOTE_SIG_PREFIX};
+use super::{DocError, Lifetime, MAX_VOTE_LEN, MAX_VOTE_LINES, VOTE_SIG_PREFIX};
 use crate::ids::RelayId;
 
 const DOC_TYPE: &str = "allium-vote";
@@ -59,7 +59,7 @@ impl Vote {
 
     /// Checks the syntax of a vote. Nothing is trusted until [`UnverifiedVote::verify`].
     pub fn parse(text: &str) -> Result<UnverifiedVote, DocError> {
-        let ls = lines::split(text, MAX_VOTE_LEN)?;
+        let ls = lines::split(text, MAX_VOTE_LEN, MAX_VOTE_LINES)?;
         lines::check_type_line(&ls, DOC_TYPE)?;
         let last = ls.last().expect("split checked the type line exists");
         if last.kw != SIG_KW {

@@ -1,0 +1,204 @@
+//! Authorities on real loopback TCP (ephemeral ports) with a 2-second voting interval: relays
+//! publish, the authorities vote, agree and sign, and a client fetches and verifies the result.
+//! Every wait polls for the event with a deadline.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use allium_directory::{fetch_consensus, publish_descriptor, run_authority_on, AuthorityConfig, AuthoritySection, NetDir};
+use allium_net::config::{AuthorityEntry, NetworkConfig, NodeConfig};
+use allium_net::keys::{load_or_create, NodeKeys};
+use allium_proto::doc::{certify_link_key, Protocols, RelayDescriptor};
+use allium_proto::ids::RelayId;
+use allium_proto::policy::ExitPolicy;
+use ed25519_dalek::SigningKey;
+use tokio::net::TcpListener;
+
+const LOCALHOST: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
+const INTERVAL: u64 = 2;
+const DEADLINE: Duration = Duration::from_secs(90);
+
+fn now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
+}
+
+fn temp_dir(tag: &str) -> PathBuf {
+    static N: AtomicUsize = AtomicUsize::new(0);
+    let d = std::env::temp_dir().join(format!(
+        "allium-dirtest-{}-{tag}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    ));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+struct Testnet {
+    net: NetworkConfig,
+    dirs: Vec<PathBuf>,
+}
+
+impl Drop for Testnet {
+    fn drop(&mut self) {
+        for d in &self.dirs {
+            let _ = std::fs::remove_dir_all(d);
+        }
+    }
+}
+
+/// Makes `n` authorities and starts those with `start[i]` set. Each listener is bound before
+/// the configs are written, so every config knows every port.
+async fn testnet(n: usize, start: &[bool]) -> Testnet {
+    let mut listeners = Vec::new();
+    let mut keys: Vec<NodeKeys> = Vec::new();
+    let mut dirs = Vec::new();
+    let mut entries = Vec::new();
+    for i in 0..n {
+        let l = TcpListener::bind(SocketAddr::new(LOCALHOST, 0)).await.unwrap();
+        let dir = temp_dir(&format!("auth{i}"));
+        let k = load_or_create(&dir).unwrap();
+        entries.push(AuthorityEntry { name: format!("auth{i}"), identity: k.relay_id(), address: l.local_addr().unwrap() });
+        listeners.push(l);
+        keys.push(k);
+        dirs.push(dir);
+    }
+    let net = NetworkConfig { dangerous_testnet: true, authorities: entries };
+    for (i, (l, k)) in listeners.into_iter().zip(keys).enumerate() {
+        if !start[i] {
+            // Never started: its port is closed.
+            drop(l);
+            continue;
+        }
+        let cfg = AuthorityConfig {
+            node: NodeConfig { nickname: format!("auth{i}"), data_dir: dirs[i].clone(), address: LOCALHOST },
+            network: net.clone(),
+            authority: AuthoritySection {
+                dir_port: net.authorities[i].address.port(),
+                voting_interval_secs: Some(INTERVAL),
+            },
+        };
+        tokio::spawn(async move {
+            let r = run_authority_on(cfg, k, l).await;
+            panic!("authority {i} stopped: {r:?}");
+        });
+    }
+    Testnet { net, dirs }
+}
+
+fn relay_descriptor(seed: u8, port: u16) -> (SigningKey, RelayDescriptor) {
+    let k = SigningKey::from_bytes(&[seed; 32]);
+    let link = [seed ^ 0x0f; 32];
+    let d = RelayDescriptor {
+        nickname: format!("relay{seed}"),
+        identity: RelayId(k.verifying_key().to_bytes()),
+        onion_key: [seed ^ 0xf0; 32],
+        link_key: link,
+        link_cert: certify_link_key(&k, &link),
+        address: SocketAddr::new(LOCALHOST, port),
+        policy: if seed & 1 == 0 { ExitPolicy::default_exit() } else { ExitPolicy::reject_all() },
+        family: vec![],
+        bandwidth: 1000 * u64::from(seed),
+        protocols: Protocols::new().with("Link", 1, 1).with("Relay", 1, 1),
+        published: now(),
+    };
+    (k, d)
+}
+
+/// Sends one request and returns the status and body.
+async fn raw(addr: SocketAddr, method: &str, path: &str, body: String) -> (u16, String) {
+    let c = reqwest::Client::builder().no_proxy().build().unwrap();
+    let url = format!("http://{addr}{path}");
+    let req = if method == "POST" { c.post(url).body(body) } else { c.get(url) };
+    let resp = req.send().await.unwrap();
+    (resp.status().as_u16(), resp.text().await.unwrap_or_default())
+}
+
+/// Polls `fetch_consensus` until `done` holds for a fetched consensus, or panics at the
+/// deadline with the last thing seen.
+async fn wait_for_consensus(net: &NetworkConfig, done: impl Fn(&NetDir) -> bool) -> NetDir {
+    let start = Instant::now();
+    let mut last = String::from("nothing fetched yet");
+    while start.elapsed() < DEADLINE {
+        match fetch_consensus(net, LOCALHOST, now()).await {
+            Ok(nd) if done(&nd) => return nd,
+            Ok(nd) => last = format!("consensus with {} relays, {} signatures", nd.relays().len(), nd.signers().len()),
+            Err(e) => last = e.to_string(),
+        }
+        // Poll interval, not a wait for an event: the deadline above bounds the test.
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    panic!("no matching consensus within {DEADLINE:?}; last: {last}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_authorities_publish_a_consensus_signed_by_all() {
+    let tn = testnet(3, &[true, true, true]).await;
+    let relays: Vec<(SigningKey, RelayDescriptor)> = (1..=3).map(|s| relay_descriptor(s, 9000 + u16::from(s))).collect();
+    for (k, d) in &relays {
+        assert_eq!(publish_descriptor(&tn.net, LOCALHOST, &d.encode_signed(k)).await, 3);
+    }
+
+    // A9: a descriptor that claims relay 1's identity but is signed by another key.
+    let (_, mut forged) = relay_descriptor(1, 9001);
+    forged.published += 1;
+    let forged_text = forged.encode_signed(&SigningKey::from_bytes(&[77; 32]));
+    assert_eq!(publish_descriptor(&tn.net, LOCALHOST, &forged_text).await, 0);
+    let auth0 = tn.net.authorities[0].address;
+    let (status, body) = raw(auth0, "POST", "/allium/v1/descriptor", forged_text).await;
+    assert_eq!(status, 400);
+    assert!(body.contains("signature") && body.trim_end().lines().count() == 1, "{body}");
+    // A3: garbage, oversized bodies and bad paths are refused without harm.
+    assert_eq!(raw(auth0, "POST", "/allium/v1/descriptor", "garbage\n".into()).await.0, 400);
+    assert_eq!(raw(auth0, "POST", "/allium/v1/descriptor", "x".repeat(17 * 1024)).await.0, 413);
+    assert_eq!(raw(auth0, "POST", "/allium/v1/signature", "x".repeat(2048)).await.0, 413);
+    assert_eq!(raw(auth0, "POST", "/allium/v1/vote", "allium-vote 1\n".into()).await.0, 400);
+    assert_eq!(raw(auth0, "GET", "/allium/v1/vote/notanumber", String::new()).await.0, 400);
+    assert_eq!(raw(auth0, "GET", "/allium/v1/vote/12345", String::new()).await.0, 404);
+
+    let want: Vec<RelayId> = relays.iter().map(|(_, d)| d.identity).collect();
+    let nd = wait_for_consensus(&tn.net, |nd| nd.signers().len() == 3 && want.iter().all(|id| nd.by_id(id).is_some())).await;
+    assert_eq!(nd.relays().len(), 3);
+    for (_, d) in &relays {
+        let r = nd.by_id(&d.identity).unwrap();
+        assert_eq!(*r, d.to_entry(), "the consensus carries the descriptor as published, not the forgery");
+        assert!(r.link_cert_ok());
+    }
+    assert_eq!(nd.interval_secs(), INTERVAL);
+    assert_eq!(nd.valid_until() - nd.valid_after(), 3 * INTERVAL);
+    // The text it serves verifies again, on its own.
+    let ids: Vec<RelayId> = tn.net.authorities.iter().map(|a| a.identity).collect();
+    let again = NetDir::from_text(nd.consensus_text(), &ids, now()).unwrap();
+    assert_eq!(again.consensus_text(), nd.consensus_text());
+    // Each authority saved a consensus in its data directory.
+    let start = Instant::now();
+    while !tn.dirs.iter().all(|d| d.join(allium_directory::authority::CONSENSUS_FILE).exists()) {
+        assert!(start.elapsed() < DEADLINE, "consensus files not written");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a34_one_authority_never_started_consensus_signed_by_two() {
+    let tn = testnet(3, &[true, true, false]).await;
+    let relays: Vec<(SigningKey, RelayDescriptor)> = (11..=12).map(|s| relay_descriptor(s, 9000 + u16::from(s))).collect();
+    for (k, d) in &relays {
+        assert_eq!(publish_descriptor(&tn.net, LOCALHOST, &d.encode_signed(k)).await, 2);
+    }
+    let want: Vec<RelayId> = relays.iter().map(|(_, d)| d.identity).collect();
+    let nd = wait_for_consensus(&tn.net, |nd| want.iter().all(|id| nd.by_id(id).is_some())).await;
+    let signers = nd.signers();
+    assert_eq!(signers.len(), 2);
+    assert!(!signers.contains(&tn.net.authorities[2].identity));
+    assert_eq!(nd.consensus().authorities().len(), 2, "two votes made it");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fetch_with_no_authority_up_says_why() {
+    let tn = testnet(2, &[false, false]).await;
+    let err = fetch_consensus(&tn.net, LOCALHOST, now()).await.unwrap_err();
+    let msg = err.to_string();
+    assert!(msg.contains("auth0") && msg.contains("auth1") && msg.contains("connection"), "{msg}");
+    assert!(!msg.contains("127.0.0.1"), "no addresses in the error: {msg}");
+}

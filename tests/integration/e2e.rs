@@ -1,0 +1,74 @@
+//! Whole networks from `allium testnet`, carrying real traffic through SOCKS5.
+
+use std::collections::HashSet;
+use std::net::IpAddr;
+
+use sha2::{Digest, Sha256};
+
+use crate::support::http::{http_get_via_socks, pseudo_random, FileServer, GetError};
+use crate::support::socks::socks5_connect;
+use crate::support::testnet::Testnet;
+
+fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+/// Fetches through the network. A CONNECT that fails (a circuit that could not be built) is
+/// retried twice; a stream that opened and then delivered a wrong or short response is a failure
+/// at once.
+fn fetch(net: &Testnet, host: &str, port: u16, path: &str) -> Vec<u8> {
+    let mut refused = Vec::new();
+    for _ in 0..3 {
+        match http_get_via_socks(net.socks, host, port, path) {
+            Ok(body) => return body,
+            Err(GetError::Connect(code)) => refused.push(format!("{code:#04x}")),
+            Err(GetError::Transfer(e)) => panic!("GET {path} through {}: {e}", net.socks),
+        }
+    }
+    panic!("SOCKS CONNECT for GET {path} through {} failed 3 times (replies {refused:?})\ntestnet output:\n{}", net.socks, net.log_tail(20));
+}
+
+/// 1 KB and 10 MB cross the network byte for byte, and the server only ever sees exits.
+#[test]
+fn fetches_are_byte_exact_and_come_from_an_exit() {
+    let server = FileServer::start(vec![("/1k", pseudo_random(1024, 1)), ("/10m", pseudo_random(10_000_000, 2))]);
+    let net = Testnet::start(&[]);
+    assert_eq!(net.with_role("authority").count(), 3);
+    assert_eq!(net.with_role("relay").count() + net.with_role("exit").count(), 5);
+    assert_eq!(net.with_role("exit").count(), 2);
+    assert_eq!(net.with_role("client").count(), 1);
+
+    let port = server.addr().port();
+    for path in ["/1k", "/10m"] {
+        let body = fetch(&net, "127.0.0.1", port, path);
+        assert_eq!(body.len(), server.file(path).len(), "{path}: length");
+        assert_eq!(sha256_hex(&body), sha256_hex(server.file(path)), "{path}: content");
+    }
+
+    let exits: HashSet<IpAddr> = net.with_role("exit").map(|n| n.addr.ip()).collect();
+    let client = net.node_address("client");
+    let peers = server.peers();
+    assert!(peers.len() >= 2, "the server saw {} connections for 2 fetches", peers.len());
+    for peer in peers {
+        assert_ne!(peer.ip(), client, "the client connected to the server directly");
+        assert!(exits.contains(&peer.ip()), "connection from {peer}, which is not an exit ({exits:?})");
+    }
+}
+
+/// An exit with the default policy refuses a host name that resolves to a loopback address, and
+/// never connects to it.
+#[test]
+fn default_exit_policy_refuses_loopback_names() {
+    let server = FileServer::start(vec![("/1k", pseudo_random(1024, 3))]);
+    let net = Testnet::start(&["--exits", "1", "--strict-exits", "1"]);
+    let port = server.addr().port();
+    match socks5_connect(net.socks, "localhost", port, None) {
+        Ok(_) => panic!("CONNECT to localhost:{port} succeeded through a default-policy exit"),
+        Err(code) => assert_eq!(code, 0x02, "expected reply 0x02 (not allowed by ruleset), got {code:#04x}"),
+    }
+    // An IP literal must not get through either (whoever refuses it: client or exit).
+    if let Ok(_stream) = socks5_connect(net.socks, "127.0.0.1", port, None) {
+        panic!("CONNECT to 127.0.0.1:{port} succeeded through a default-policy exit");
+    }
+    assert!(server.peers().is_empty(), "the server saw connections: {:?}", server.peers());
+}
