@@ -117,25 +117,23 @@ async fn read_request(sock: &mut TcpStream) -> std::io::Result<Option<(allium_pr
             return Ok(None);
         }
         buf.extend_from_slice(&chunk[..n]);
-        loop {
-            match parser.step(&buf) {
-                Ok(step) => {
-                    if !step.reply.is_empty() {
-                        sock.write_all(&step.reply).await?;
-                    }
-                    buf.drain(..step.consumed);
-                    match step.outcome {
-                        Outcome::Done(req) => return Ok(Some((req, buf))),
-                        Outcome::NeedMore => break,
-                    }
+        // One step handles every complete message in the buffer; NeedMore means read more.
+        match parser.step(&buf) {
+            Ok(step) => {
+                if !step.reply.is_empty() {
+                    sock.write_all(&step.reply).await?;
                 }
-                Err(e) => {
-                    tracing::debug!("malformed SOCKS request: {e}");
-                    if let Some(r) = e.reply() {
-                        sock.write_all(&r).await?;
-                    }
-                    return Ok(None);
+                buf.drain(..step.consumed);
+                if let Outcome::Done(req) = step.outcome {
+                    return Ok(Some((req, buf)));
                 }
+            }
+            Err(e) => {
+                tracing::debug!("malformed SOCKS request: {e}");
+                if let Some(r) = e.reply() {
+                    sock.write_all(&r).await?;
+                }
+                return Ok(None);
             }
         }
     }

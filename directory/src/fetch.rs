@@ -78,11 +78,11 @@ pub async fn fetch_consensus(net: &NetworkConfig, bind: IpAddr, now: u64) -> Res
         };
         match r {
             Ok(nd) => {
-                tracing::info!(authority = %a.name, valid_after = nd.valid_after(), relays = nd.relays().len(), "consensus fetched");
+                tracing::debug!(authority = %a.name, valid_after = nd.valid_after(), relays = nd.relays().len(), "consensus fetched");
                 return Ok(nd);
             }
             Err(error) => {
-                tracing::warn!(authority = %a.name, "consensus fetch failed: {error}");
+                tracing::debug!(authority = %a.name, "consensus fetch failed: {error}");
                 tracing::debug!(authority = %a.name, address = %a.address, "consensus fetch failed");
                 failures.push(FetchAttempt { authority: a.name.clone(), error });
             }

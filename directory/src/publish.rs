@@ -49,6 +49,6 @@ pub async fn publish_descriptor(net: &NetworkConfig, bind: IpAddr, text: &str) -
     while let Some(r) = set.join_next().await {
         accepted += usize::from(r.unwrap_or(false));
     }
-    tracing::info!(accepted, authorities = net.authorities.len(), "descriptor published");
+    tracing::debug!(accepted, authorities = net.authorities.len(), "descriptor published");
     accepted
 }

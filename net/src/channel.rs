@@ -244,6 +244,10 @@ async fn writer(mut wr: OwnedWriteHalf, mut rx: mpsc::Receiver<Cell>, transport:
                     }
                 }
             }
+            if plain.is_empty() {
+                // The previous message took exactly the cells that were queued.
+                break;
+            }
             let Ok(n) = transport.write_message(nonce, &plain, &mut frame) else { break 'outer };
             nonce += 1;
             out.extend_from_slice(&(n as u16).to_be_bytes());

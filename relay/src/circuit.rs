@@ -76,11 +76,11 @@ impl RelayCircuit {
             let step = tokio::select! {
                 c = self.prev_rx.recv() => match c {
                     None => Err(Close(DestroyReason::ChannelClosed, Side::Prev)),
-                    Some(c) => self.from_prev(c, &mut next, &mut extending, &mut mux, &mut asm, &exit_tx, &mut forwarded).await,
+                    Some(c) => self.on_prev_cell(c, &mut next, &mut extending, &mut mux, &mut asm, &exit_tx, &mut forwarded).await,
                 },
                 c = recv_next(&mut next) => match c {
                     None => Err(Close(DestroyReason::ChannelClosed, Side::Next)),
-                    Some(c) => self.from_next(c, &mut next, &mut forwarded).await,
+                    Some(c) => self.on_next_cell(c, &mut next, &mut forwarded).await,
                 },
                 r = join_extend(&mut extending) => self.extended_link(r, &mut next, &mut extending).await,
                 ev = mux.next_event() => {
@@ -117,7 +117,7 @@ impl RelayCircuit {
     }
 
     #[allow(clippy::too_many_arguments)]
-    async fn from_prev(
+    async fn on_prev_cell(
         &mut self,
         cell: Cell,
         next: &mut Option<Next>,
@@ -236,7 +236,7 @@ impl RelayCircuit {
         Ok(())
     }
 
-    async fn from_next(&mut self, cell: Cell, next: &mut Option<Next>, forwarded: &mut u64) -> Result<(), Close> {
+    async fn on_next_cell(&mut self, cell: Cell, next: &mut Option<Next>, forwarded: &mut u64) -> Result<(), Close> {
         let n = next.as_mut().expect("cell from next hop");
         match (cell.cmd, &mut n.created) {
             (CellCmd::Destroy, _) => Err(Close(DestroyReason::Destroyed, Side::Next)),

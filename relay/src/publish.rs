@@ -18,13 +18,10 @@ fn now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
-/// How often the descriptor is re-uploaded.
+/// How often the descriptor is re-uploaded: well within the authorities' descriptor lifetime
+/// (`allium_directory::schedule::descriptor_max_age`: at least 30 s, three voting intervals).
 fn republish_every(testnet: bool) -> Duration {
-    if testnet {
-        Duration::from_secs(30)
-    } else {
-        Duration::from_secs(3600)
-    }
+    Duration::from_secs(if testnet { 10 } else { allium_directory::schedule::republish_period_secs(3600) })
 }
 
 /// Builds this relay's signed descriptor.

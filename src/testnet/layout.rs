@@ -113,8 +113,10 @@ pub fn node_ip(k: usize) -> IpAddr {
 
 /// A port that was free on `ip` a moment ago (bind port 0, read it, release it).
 pub fn free_port(ip: IpAddr) -> io::Result<u16> {
-    let l = TcpListener::bind((ip, 0))?;
-    Ok(l.local_addr()?.port())
+    TcpListener::bind((ip, 0))
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .map_err(|e| io::Error::new(e.kind(), format!("cannot find a free port on {ip}: {e}")))
 }
 
 /// Plans every node. `socks_port` 0 means "pick a free one".

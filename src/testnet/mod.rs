@@ -127,8 +127,10 @@ async fn orchestrate(args: TestnetArgs, counts: Counts) -> ExitCode {
         Ok(Ok(socks)) => socks,
         Ok(Err(e)) => {
             eprintln!("allium testnet: {e}");
-            eprintln!("stopping {} node(s); configs and logs remain in {}", procs.len(), dir.display());
-            spawn::stop_all(&mut procs, STOP_GRACE).await;
+            if !procs.is_empty() {
+                eprintln!("stopping the {} node process(es) started; configs and logs remain in {}", procs.len(), dir.display());
+                spawn::stop_all(&mut procs, STOP_GRACE).await;
+            }
             return ExitCode::FAILURE;
         }
         Err(sig) => {
@@ -201,7 +203,7 @@ fn fresh_temp_dir() -> Result<PathBuf, String> {
 /// whatever happens. Returns the client's SOCKS address.
 async fn bring_up(dir: &Path, exe: &Path, counts: Counts, socks_port: u16, procs: &mut Vec<NodeProc>) -> Result<SocketAddr, String> {
     // 1. Keys and configs.
-    let mut nodes = layout::plan(dir, counts, socks_port).map_err(|e| format!("cannot pick ports: {e}"))?;
+    let mut nodes = layout::plan(dir, counts, socks_port).map_err(|e| e.to_string())?;
     for n in nodes.iter_mut() {
         let keys = allium_net::keys::load_or_create(&n.dir).map_err(|e| format!("{}: {e}", n.name))?;
         n.fingerprint = keys.relay_id().fingerprint();
