@@ -143,7 +143,7 @@ impl RelayCircuit {
                 // The last hop (or one still extending) got a cell nobody can authenticate:
                 // it was altered on the way. Never forward or deliver it.
                 _ => {
-                    tracing::debug!("relay cell failed authentication at the last hop");
+                    tracing::info!("a relay cell failed authentication at the last hop: destroying the circuit");
                     Err(Close(DestroyReason::Protocol, Side::Local))
                 }
             },

@@ -37,6 +37,9 @@ use tokio::task::JoinSet;
 
 pub use config::RelayConfig;
 
+/// Whether this build has the test-only fault hooks (the integration tests' build).
+pub const TEST_HOOKS: bool = cfg!(feature = "test-hooks");
+
 /// Everything a relay's tasks share.
 pub struct RelayCtx {
     pub id: RelayId,

@@ -162,7 +162,7 @@ fn q(s: &str) -> String {
 }
 
 /// Renders a node's config.toml.
-pub fn render_config(node: &NodeSpec, all: &[NodeSpec], voting_interval_secs: u64) -> String {
+pub fn render_config(node: &NodeSpec, all: &[NodeSpec], voting_interval_secs: u64, corrupt_after: Option<u64>) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "# Written by `allium testnet`; rewritten every time the test network starts.");
     let _ = writeln!(s, "# See configs/ in the source tree for every key explained.\n");
@@ -188,6 +188,9 @@ pub fn render_config(node: &NodeSpec, all: &[NodeSpec], voting_interval_secs: u6
         Role::Relay | Role::Exit { .. } => {
             let _ = writeln!(s, "[relay]");
             let _ = writeln!(s, "or_port = {}", node.listen.port());
+            if let Some(n) = corrupt_after {
+                let _ = writeln!(s, "dangerous_test_corrupt_after = {n}");
+            }
             if let Role::Exit { strict } = node.role {
                 let _ = writeln!(s, "\n[exit]");
                 let _ = writeln!(s, "enabled = true");

@@ -67,6 +67,11 @@ pub struct TestnetArgs {
     /// loopback destinations, instead of the test network's `accept *:*`.
     #[arg(long, default_value_t = 0)]
     pub strict_exits: usize,
+    /// Test-only fault: every relay flips one byte of each relay cell it forwards after the
+    /// first N on a circuit. Only builds with the relay's `test-hooks` feature (the integration
+    /// tests' build) accept it.
+    #[arg(long, hide = true, value_name = "N")]
+    pub dangerous_test_corrupt_after: Option<u64>,
 }
 
 /// Runs `allium testnet` until a stop signal.
@@ -79,6 +84,10 @@ pub fn run(args: TestnetArgs) -> ExitCode {
     };
     if let Err(e) = counts.validate() {
         eprintln!("allium testnet: {e}");
+        return ExitCode::from(2);
+    }
+    if args.dangerous_test_corrupt_after.is_some() && !allium_relay::TEST_HOOKS {
+        eprintln!("allium testnet: --dangerous-test-corrupt-after needs a build with the relay's test-hooks feature");
         return ExitCode::from(2);
     }
     // Current-thread runtime on the main thread: nodes are spawned from this thread, which lives
@@ -120,7 +129,7 @@ async fn orchestrate(args: TestnetArgs, counts: Counts) -> ExitCode {
     let started = Instant::now();
     let mut procs: Vec<NodeProc> = Vec::new();
     let outcome = tokio::select! {
-        r = bring_up(&dir, &exe, counts, args.socks_port, &mut procs) => Ok(r),
+        r = bring_up(&dir, &exe, counts, args.socks_port, args.dangerous_test_corrupt_after, &mut procs) => Ok(r),
         sig = stop.recv() => Err(sig),
     };
     let socks = match outcome {
@@ -201,7 +210,14 @@ fn fresh_temp_dir() -> Result<PathBuf, String> {
 
 /// Steps 1–5. Every process started is pushed to `procs` at once, so the caller can stop it
 /// whatever happens. Returns the client's SOCKS address.
-async fn bring_up(dir: &Path, exe: &Path, counts: Counts, socks_port: u16, procs: &mut Vec<NodeProc>) -> Result<SocketAddr, String> {
+async fn bring_up(
+    dir: &Path,
+    exe: &Path,
+    counts: Counts,
+    socks_port: u16,
+    corrupt_after: Option<u64>,
+    procs: &mut Vec<NodeProc>,
+) -> Result<SocketAddr, String> {
     // 1. Keys and configs.
     let mut nodes = layout::plan(dir, counts, socks_port).map_err(|e| e.to_string())?;
     for n in nodes.iter_mut() {
@@ -209,7 +225,7 @@ async fn bring_up(dir: &Path, exe: &Path, counts: Counts, socks_port: u16, procs
         n.fingerprint = keys.relay_id().fingerprint();
     }
     for n in &nodes {
-        let text = layout::render_config(n, &nodes, VOTING_INTERVAL_SECS);
+        let text = layout::render_config(n, &nodes, VOTING_INTERVAL_SECS, corrupt_after);
         layout::write_atomic(&n.config_path(), &text).map_err(|e| format!("cannot write {}: {e}", n.config_path().display()))?;
     }
     println!(

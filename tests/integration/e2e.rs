@@ -72,3 +72,49 @@ fn default_exit_policy_refuses_loopback_names() {
     }
     assert!(server.peers().is_empty(), "the server saw connections: {:?}", server.peers());
 }
+
+/// The relay fingerprints each node printed at start, by node name.
+pub fn fingerprints(net: &Testnet) -> Vec<(String, String)> {
+    net.nodes
+        .iter()
+        .filter(|n| n.role == "relay" || n.role == "exit")
+        .map(|n| {
+            let log = std::fs::read_to_string(net.dir.join(&n.name).join("log")).unwrap_or_default();
+            let fp = log.lines().find_map(|l| l.strip_prefix("relay fingerprint: ")).unwrap_or_else(|| panic!("{} printed no fingerprint", n.name));
+            (n.name.clone(), fp.trim().to_string())
+        })
+        .collect()
+}
+
+/// Every circuit the client built went through three distinct relays of this network, the last
+/// one an exit.
+#[test]
+fn circuits_use_three_distinct_relays() {
+    let server = FileServer::start(vec![("/1k", pseudo_random(1024, 5))]);
+    let net = Testnet::start(&[]);
+    for i in 0..3 {
+        // Different SOCKS credentials never share a circuit, so each fetch builds one.
+        let user = format!("user{i}");
+        let mut s = socks5_connect(net.socks, "127.0.0.1", server.addr().port(), Some((&user, "pw"))).expect("CONNECT");
+        use std::io::{Read, Write};
+        s.write_all(b"GET /1k HTTP/1.0\r\n\r\n").unwrap();
+        let mut resp = Vec::new();
+        s.read_to_end(&mut resp).unwrap();
+        assert!(resp.ends_with(server.file("/1k")));
+    }
+    let fps = fingerprints(&net);
+    let name_of = |short: &str| fps.iter().find(|(_, fp)| fp.starts_with(short)).map(|(n, _)| n.clone());
+    let log = std::fs::read_to_string(net.dir.join("client").join("log")).unwrap();
+    let paths: Vec<Vec<String>> = log
+        .lines()
+        .filter_map(|l| l.split_once("circuit built in ").map(|(_, rest)| rest))
+        .map(|rest| rest.split(" through ").nth(1).expect("path").split_whitespace().map(|s| name_of(s).unwrap_or_else(|| panic!("{s} is no relay of this network"))).collect())
+        .collect();
+    assert!(paths.len() >= 4, "expected the probe's and 3 more circuits in the client log, found {paths:?}");
+    for p in &paths {
+        assert_eq!(p.len(), 3, "{p:?}");
+        let distinct: HashSet<&String> = p.iter().collect();
+        assert_eq!(distinct.len(), 3, "a relay appears twice in {p:?}");
+        assert!(p[2].starts_with("exit"), "the last hop {} is not an exit", p[2]);
+    }
+}

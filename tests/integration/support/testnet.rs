@@ -52,6 +52,8 @@ impl Testnet {
             .arg("--dir")
             .arg(&dir)
             .args(["--socks-port", "0"])
+            // The client logs each circuit's path at debug level; tests read it from its log.
+            .env("RUST_LOG", "info,allium_client::circuit=debug")
             .args(args)
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("clone log handle"))
