@@ -134,6 +134,12 @@ impl Channel {
         *self.shared.closed.borrow() || self.out.is_closed()
     }
 
+    /// Waits until the link has closed.
+    pub async fn closed(&self) {
+        let mut rx = self.shared.closed.subscribe();
+        let _ = rx.wait_for(|c| *c).await;
+    }
+
     /// Closes the link.
     pub fn close(&self) {
         close(&self.shared);

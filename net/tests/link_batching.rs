@@ -97,7 +97,7 @@ async fn cells_are_coalesced_into_large_writes() {
 }
 
 #[tokio::test]
-async fn impostor_without_the_link_key_fails() {
+async fn a11_impostor_without_the_link_key_fails() {
     let (real, impostor) = (keys(1), keys(5));
     // The impostor listens where the relay should be, with its own keys.
     let (addr, task) = responder(&impostor).await;
@@ -117,4 +117,32 @@ async fn client_presents_no_identity() {
     let inbound = task.await.unwrap().unwrap();
     assert_eq!(inbound.peer, None);
     assert_eq!(inbound.version, 1);
+}
+
+/// THREATS A1: junk after the handshake, or a transport message that is not whole cells, closes
+/// the link (and only that link).
+#[tokio::test]
+async fn a1_junk_or_partial_cells_close_the_link() {
+    use tokio::io::AsyncWriteExt;
+    for junk_kind in ["raw junk", "partial cell"] {
+        let server = keys(1);
+        let (addr, task) = responder(&server).await;
+        let peer = PeerInfo { addr, identity: server.relay_id(), link_key: server.link_public() };
+        let mut out = link::connect("127.0.0.1".parse().unwrap(), &peer, None).await.unwrap();
+        let chan = Channel::spawn(task.await.unwrap().unwrap(), None);
+        assert!(!chan.is_closed());
+        let bytes = if junk_kind == "raw junk" {
+            let mut v = vec![0x01, 0x00];
+            v.extend_from_slice(&[0x5a; 256]);
+            v
+        } else {
+            let mut frame = vec![0u8; 200];
+            let n = out.transport.write_message(0, &[7u8; 100], &mut frame).unwrap();
+            let mut v = (n as u16).to_be_bytes().to_vec();
+            v.extend_from_slice(&frame[..n]);
+            v
+        };
+        out.stream.write_all(&bytes).await.unwrap();
+        tokio::time::timeout(Duration::from_secs(30), chan.closed()).await.unwrap_or_else(|_| panic!("{junk_kind}: link still open"));
+    }
 }

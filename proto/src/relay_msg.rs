@@ -462,7 +462,7 @@ mod tests {
 
     proptest! {
         #[test]
-        fn decoders_never_panic(cmd in any::<u8>(), body in proptest::collection::vec(any::<u8>(), 0..1400), inbound in any::<bool>()) {
+        fn a2_decoders_never_panic(cmd in any::<u8>(), body in proptest::collection::vec(any::<u8>(), 0..1400), inbound in any::<bool>()) {
             let dir = if inbound { Direction::Inbound } else { Direction::Outbound };
             if let Ok(m) = RelayMsg::decode(cmd, &body, dir) {
                 // Anything accepted re-encodes to something that decodes the same.

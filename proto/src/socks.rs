@@ -779,7 +779,7 @@ mod tests {
 
     proptest! {
         #[test]
-        fn random_bytes_never_panic(data in prop::collection::vec(any::<u8>(), 0..800), chunks in prop::collection::vec(1usize..64, 1..4)) {
+        fn a6_random_bytes_never_panic(data in prop::collection::vec(any::<u8>(), 0..800), chunks in prop::collection::vec(1usize..64, 1..4)) {
             let st = server().step(&data);
             if let Ok(st) = st {
                 prop_assert!(st.consumed <= data.len());
@@ -803,7 +803,7 @@ mod tests {
         }
 
         #[test]
-        fn one_mutated_byte_never_panics(
+        fn a6_one_mutated_byte_never_panics(
             t in target(), a in auth(), idx in any::<prop::sample::Index>(), val in any::<u8>(),
             chunks in prop::collection::vec(1usize..40, 1..4),
         ) {

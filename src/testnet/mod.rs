@@ -423,9 +423,9 @@ fn print_ready(dir: &Path, counts: Counts, socks: SocketAddr, took: Duration) {
     println!("  node list: {}   (name role pid address)", dir.join("nodes").display());
     println!("  logs:      {}/<node>/log", dir.display());
     println!("SOCKS5 proxy: {socks}");
-    println!("Try it:");
+    println!("Try it from another terminal (serves the current directory, fetches a file from it through 3 relays):");
     println!("  python3 -m http.server 8000 --bind 127.0.0.1 &");
-    println!("  curl --socks5-hostname {socks} http://127.0.0.1:8000/FILE");
+    println!("  head -c 10000000 /dev/urandom > file && curl --socks5-hostname {socks} http://127.0.0.1:8000/file -o file.copy && cmp file file.copy && echo same bytes");
     if counts.strict_exits == counts.exits {
         println!("  (every exit keeps the default policy, so loopback destinations like this one are refused)");
     }

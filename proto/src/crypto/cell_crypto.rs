@@ -534,7 +534,7 @@ mod tests {
     }
 
     #[test]
-    fn flipped_bit_outbound_is_rejected_by_last_hop() {
+    fn a14_flipped_bit_outbound_is_rejected_by_last_hop() {
         for target in 0..3 {
             for link in 0..3 {
                 for byte in 0..RELAY_BODY_LEN {
@@ -565,7 +565,7 @@ mod tests {
     }
 
     #[test]
-    fn flipped_bit_inbound_is_rejected_by_client_and_advances_nothing() {
+    fn a14_flipped_bit_inbound_is_rejected_by_client_and_advances_nothing() {
         for from in 0..3 {
             for link in 0..=from {
                 for byte in 0..RELAY_BODY_LEN {
@@ -587,7 +587,7 @@ mod tests {
     }
 
     #[test]
-    fn dropped_outbound_cell_breaks_the_next_one() {
+    fn a15_dropped_outbound_cell_breaks_the_next_one() {
         let mut c = Circuit::new(3);
         let _dropped = c.send_out(2, &msg("one"));
         let body = c.send_out(2, &msg("two"));
@@ -598,7 +598,7 @@ mod tests {
     }
 
     #[test]
-    fn replayed_outbound_cell_is_rejected() {
+    fn a15_replayed_outbound_cell_is_rejected() {
         let mut c = Circuit::new(3);
         let body = c.send_out(2, &msg("once"));
         assert_eq!(
@@ -618,7 +618,7 @@ mod tests {
     }
 
     #[test]
-    fn dropped_or_replayed_inbound_cell_breaks_the_next_one() {
+    fn a15_dropped_or_replayed_inbound_cell_breaks_the_next_one() {
         // Dropped at the guard: the guard saw it, the client did not.
         let mut c = Circuit::new(3);
         let _dropped = c.relay_inbound(2, &msg("one"), &mut no_tamper());
@@ -719,7 +719,7 @@ mod tests {
     }
 
     #[test]
-    fn counter_exhaustion_closes_before_wrap() {
+    fn a15_counter_exhaustion_closes_before_wrap() {
         let mut c = Circuit::new(3);
         c.client.dangerous_set_counters(MAX_CELLS_PER_DIRECTION - 3);
         for r in &mut c.relays {

@@ -486,7 +486,7 @@ mod tests {
     }
 
     #[test]
-    fn replayed_client_message_gives_new_reply_and_keys() {
+    fn a12_replayed_client_message_gives_new_reply_and_keys() {
         let r = Relay::new();
         let (c, msg) = client_start(&mut OsRng, &r.id, &r.pub_b(), b"x");
         let first = r.respond(&msg, b"").unwrap();
@@ -537,7 +537,7 @@ mod tests {
     }
 
     #[test]
-    fn low_order_client_key_is_non_contributory() {
+    fn a12_low_order_client_key_is_non_contributory() {
         let r = Relay::new();
         for p in low_order_points() {
             let mut msg = Vec::new();
@@ -555,7 +555,7 @@ mod tests {
     }
 
     #[test]
-    fn low_order_server_key_is_non_contributory() {
+    fn a12_low_order_server_key_is_non_contributory() {
         let r = Relay::new();
         for p in low_order_points() {
             // Y low order, in an otherwise well-formed reply.
