@@ -377,6 +377,12 @@ struct FetchError {
     bytes: usize,
 }
 
+impl From<FetchError> for String {
+    fn from(e: FetchError) -> String {
+        e.to_string()
+    }
+}
+
 impl std::fmt::Display for FetchError {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{} (after {} body bytes)", self.msg, self.bytes)
@@ -426,7 +432,7 @@ impl Target<'_> {
         if length != Some(Ok(expected.len())) {
             return Err(fail(format!("Content-Length {length:?}, expected {}", expected.len()), 0));
         }
-        let mut check = |chunk: &[u8], bytes: &mut usize| -> Result<(), String> {
+        let check = |chunk: &[u8], bytes: &mut usize| -> Result<(), String> {
             let end = *bytes + chunk.len();
             if end > expected.len() {
                 return Err(format!("more than the {} bytes expected", expected.len()));

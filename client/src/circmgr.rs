@@ -50,7 +50,7 @@ impl CircMgr {
         let mut last = None;
         for _ in 0..BUILD_ATTEMPTS {
             let path = choose_path(dir.relays(), need, &mut rand::thread_rng())?;
-            match circuit::build(&self.pool, path).await {
+            match circuit::build(&self.pool, &path).await {
                 Ok(c) => {
                     circs.push((iso.clone(), c.clone()));
                     return Ok(c);

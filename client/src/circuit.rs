@@ -85,20 +85,16 @@ struct Circuit {
     asm: Vec<MsgAssembler>,
 }
 
-/// Builds a circuit through `path` and starts its task.
-pub async fn build(pool: &ChannelPool, path: [&ConsensusRelay; 3]) -> Result<CircHandle, CircError> {
+/// Builds a circuit through `path` (guard first, at least one hop) and starts its task.
+pub async fn build(pool: &ChannelPool, path: &[&ConsensusRelay]) -> Result<CircHandle, CircError> {
+    let last = *path.last().expect("a path has at least one hop");
     let started = Instant::now();
-    let circ = tokio::time::timeout(BUILD_TIMEOUT, build_inner(pool, &path)).await.map_err(|_| CircError::Timeout)??;
-    tracing::debug!(
-        "circuit built in {:.1} ms through {} {} {}",
-        started.elapsed().as_secs_f64() * 1e3,
-        path[0].identity.short(),
-        path[1].identity.short(),
-        path[2].identity.short()
-    );
+    let circ = tokio::time::timeout(BUILD_TIMEOUT, build_inner(pool, path)).await.map_err(|_| CircError::Timeout)??;
+    let hops: Vec<String> = path.iter().map(|r| r.identity.short()).collect();
+    tracing::debug!("circuit built in {:.1} ms through {}", started.elapsed().as_secs_f64() * 1e3, hops.join(" "));
     let (tx, rx) = mpsc::channel(64);
     tokio::spawn(circ.run(rx));
-    Ok(CircHandle { tx, exit: Arc::new(path[2].clone()), built_at: Instant::now() })
+    Ok(CircHandle { tx, exit: Arc::new(last.clone()), built_at: Instant::now() })
 }
 
 fn ext_bytes() -> Vec<u8> {
@@ -107,7 +103,7 @@ fn ext_bytes() -> Vec<u8> {
     v
 }
 
-async fn build_inner(pool: &ChannelPool, path: &[&ConsensusRelay; 3]) -> Result<Circuit, CircError> {
+async fn build_inner(pool: &ChannelPool, path: &[&ConsensusRelay]) -> Result<Circuit, CircError> {
     let first = path[0];
     let chan = pool.get(&PeerInfo { addr: first.address, identity: first.identity, link_key: first.link_key }).await?;
     let (id, rx) = chan.open_circuit().map_err(|_| CircError::Closed)?;
@@ -121,7 +117,7 @@ async fn build_inner(pool: &ChannelPool, path: &[&ConsensusRelay; 3]) -> Result<
 }
 
 impl Circuit {
-    async fn build_hops(&mut self, path: &[&ConsensusRelay; 3]) -> Result<(), CircError> {
+    async fn build_hops(&mut self, path: &[&ConsensusRelay]) -> Result<(), CircError> {
         let mut rng = rand::rngs::OsRng;
         let (state, msg) = ntor::client_start(&mut rng, &path[0].identity, &path[0].onion_key, &ext_bytes());
         for c in cell::create_cells(self.id, HTYPE_NTOR, 0, &msg) {

@@ -129,7 +129,7 @@ impl RelayCircuit {
     ) -> Result<(), Close> {
         match cell.cmd {
             CellCmd::Relay => {}
-            CellCmd::Destroy => return Err(Close(DestroyReason::Destroyed, Side::Prev)),
+            CellCmd::Destroy => return Err(Close(DestroyReason::from_u8(cell.payload[0]), Side::Prev)),
             _ => return Err(Close(DestroyReason::Protocol, Side::Local)),
         }
         let mut body = cell.payload;
@@ -239,7 +239,7 @@ impl RelayCircuit {
     async fn on_next_cell(&mut self, cell: Cell, next: &mut Option<Next>, forwarded: &mut u64) -> Result<(), Close> {
         let n = next.as_mut().expect("cell from next hop");
         match (cell.cmd, &mut n.created) {
-            (CellCmd::Destroy, _) => Err(Close(DestroyReason::Destroyed, Side::Next)),
+            (CellCmd::Destroy, _) => Err(Close(DestroyReason::from_u8(cell.payload[0]), Side::Next)),
             (CellCmd::Created, Some(None)) => {
                 let (total, first) = cell::parse_created(&cell.payload).map_err(|_| Close(DestroyReason::Protocol, Side::Local))?;
                 let (r, p) = Reassembly::start(total, MAX_HANDSHAKE_LEN, first, now_ms(self.started)).map_err(|_| Close(DestroyReason::Protocol, Side::Local))?;

@@ -4,11 +4,13 @@
 //! - [`configs`]: the example configs in `configs/` parse, and config errors are one line.
 //! - [`e2e`]: whole networks started with `allium testnet`, carrying real traffic.
 //! - [`tamper`]: relays that alter cells get circuits destroyed (THREATS A14).
+//! - [`hop_budget`]: relays refuse to extend a circuit beyond its hop budget (THREATS A16).
 //! - [`support`]: the shared fixtures (a test network, a SOCKS5 client, an HTTP file server).
 //!
 //! Tests that start networks run in parallel: each gets its own directory and ephemeral ports.
 
 mod configs;
 mod e2e;
+mod hop_budget;
 mod tamper;
 mod support;
