@@ -128,6 +128,8 @@ fn main() {
         first_of(&build_failures)
     ));
 
+    out.detail(format!("circuit build times in order (ms): {}", builds.iter().map(|x| format!("{x:.1}")).collect::<Vec<_>>().join(" ")));
+
     // 3. Time to first byte on a warm circuit: SOCKS connect → first response byte.
     progress(&format!("{TTFB_GETS} 1 KB GETs on a warm circuit"));
     let ttfb = (|| -> Result<Vec<f64>, String> {
@@ -225,7 +227,7 @@ fn main() {
 
     // 6. CPU seconds per GB over every node process.
     let gb = bulk_bytes as f64 / 1e9;
-    let node_cpu: f64 = cpu_delta(&cpu0, &cpu2).iter().filter(|(name, _)| name != "bench").map(|(_, s)| s).sum();
+    let node_cpu = node_cpu(&cpu_delta(&cpu0, &cpu2));
     out.row(
         "CPU seconds per GB summed over every node, exit path",
         if gb > 0.0 { format!("{:.1} s/GB", node_cpu / gb) } else { "FAILED: no bytes moved".to_string() },
@@ -235,7 +237,7 @@ fn main() {
     out.detail(format!(
         "CPU-s/GB by process over {:.2} GB: {}",
         gb,
-        cpu_delta(&cpu0, &cpu2).iter().map(|(n, s)| format!("{n} {:.1}", s / gb.max(1e-9))).collect::<Vec<_>>().join(", ")
+        cpu_delta(&cpu0, &cpu2).iter().filter(|(n, _)| n != BOX).map(|(n, s)| format!("{n} {:.1}", s / gb.max(1e-9))).collect::<Vec<_>>().join(", ")
     ));
 
     // 7. Onion services.
@@ -254,7 +256,7 @@ fn main() {
     // 9. CREATE flood.
     out.row(
         "circuit handshakes per second per relay core under a CREATE flood",
-        format!("not measured yet; crypto-only ceiling (ntor server_respond, in process, 1 core): {handshakes_per_s:.0}/s"),
+        format!("not measured yet; crypto-only ceiling (ntor server_respond, in process, 1 core): {}/s", thousands(handshakes_per_s)),
         "≥ 6,000 with forwarding p99 latency within 2× of idle",
         "~7,000 (crypto ceiling)",
     );
@@ -293,7 +295,7 @@ impl Report {
         let (w0, w1) = (width(0), width(1).min(24));
         println!();
         println!("Allium network benchmark (PERFORMANCE.md targets; MB = 10^6 bytes, RSS in MiB)");
-        println!("{:<w0$}  {:>w1$}  | {}", "metric", "Allium", "Allium target | C Tor 0.4.9.11");
+        println!("{:<w0$}  {:>w1$}  | Allium target | C Tor 0.4.9.11", "metric", "Allium");
         for [metric, value, target, ctor] in &self.rows {
             println!("{metric:<w0$}  {value:>w1$}  | target {target} | C Tor {ctor}");
         }
@@ -325,6 +327,19 @@ fn rss_value(pids: &[u32]) -> String {
 
 fn list(v: &[f64]) -> String {
     v.iter().map(|x| format!("{x:.1}")).collect::<Vec<_>>().join(", ")
+}
+
+/// `12345.6` → `12,346`.
+fn thousands(x: f64) -> String {
+    let digits = format!("{:.0}", x.max(0.0));
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
 }
 
 fn first_of(v: &[String]) -> String {
@@ -527,21 +542,51 @@ fn cpu_seconds(pid: u32, ticks: f64) -> Option<f64> {
     Some((utime + stime) / ticks)
 }
 
+/// CPU seconds of each process, then (named `box`) the busy time of the whole machine, all
+/// cores, from /proc/stat.
 fn cpu_snapshot(pids: &[(String, u32)], ticks: f64) -> Vec<(String, f64)> {
-    pids.iter().map(|(name, pid)| (name.clone(), cpu_seconds(*pid, ticks).unwrap_or(f64::NAN))).collect()
+    let mut v: Vec<(String, f64)> = pids.iter().map(|(name, pid)| (name.clone(), cpu_seconds(*pid, ticks).unwrap_or(f64::NAN))).collect();
+    v.push((BOX.to_string(), box_busy_seconds(ticks).unwrap_or(f64::NAN)));
+    v
+}
+
+/// Name of the whole-machine entry of a CPU snapshot.
+const BOX: &str = "box";
+
+/// Non-idle time of every core (user, nice, system, irq, softirq, steal), in seconds.
+fn box_busy_seconds(ticks: f64) -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let f: Vec<f64> = stat.lines().next()?.split_whitespace().skip(1).filter_map(|x| x.parse().ok()).collect();
+    let busy = f.first()? + f.get(1)? + f.get(2)? + f.get(5)? + f.get(6)? + f.get(7).unwrap_or(&0.0);
+    Some(busy / ticks)
 }
 
 fn cpu_delta(a: &[(String, f64)], b: &[(String, f64)]) -> Vec<(String, f64)> {
     a.iter().zip(b).map(|((name, x), (_, y))| (name.clone(), y - x)).collect()
 }
 
+/// Each node's and this process's CPU as % of one core, their sums, and what the rest of the
+/// machine used meanwhile.
 fn cpu_percent(a: &[(String, f64)], b: &[(String, f64)], wall: Duration) -> String {
     let wall = wall.as_secs_f64().max(1e-9);
     let d = cpu_delta(a, b);
-    let nodes: f64 = d.iter().filter(|(n, _)| n != "bench").map(|(_, s)| s).sum();
-    let mut parts: Vec<String> = d.iter().map(|(n, s)| format!("{n} {:.0}", 100.0 * s / wall)).collect();
+    let nodes = node_cpu(&d);
+    let bench = d.iter().find(|(n, _)| n == "bench").map_or(0.0, |(_, s)| *s);
+    let machine = d.iter().find(|(n, _)| n == BOX).map_or(f64::NAN, |(_, s)| *s);
+    let mut parts: Vec<String> = d.iter().filter(|(n, _)| n != BOX).map(|(n, s)| format!("{n} {:.0}", 100.0 * s / wall)).collect();
     parts.push(format!("all nodes {:.0}", 100.0 * nodes / wall));
+    parts.push(format!(
+        "machine busy {:.0} of {} (other processes {:.0})",
+        100.0 * machine / wall,
+        100 * std::thread::available_parallelism().map_or(1, |n| n.get()),
+        100.0 * (machine - nodes - bench) / wall
+    ));
     parts.join(", ")
+}
+
+/// The CPU seconds of the node processes in a delta (not this process, not the machine).
+fn node_cpu(d: &[(String, f64)]) -> f64 {
+    d.iter().filter(|(n, _)| n != "bench" && n != BOX).map(|(_, s)| s).sum()
 }
 
 /// VmRSS of a process, in MiB.
