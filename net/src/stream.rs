@@ -353,3 +353,43 @@ async fn write_loop(
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use allium_proto::flow::{CIRCUIT_WINDOW, STREAM_WINDOW};
+
+    fn sendmes_in(out: &[(u16, RelayMsg)]) -> Vec<u16> {
+        out.iter().filter(|(_, m)| matches!(m, RelayMsg::Sendme)).map(|(id, _)| *id).collect()
+    }
+
+    #[tokio::test]
+    async fn sendmes_only_after_consumption_and_windows_are_enforced() {
+        let mut mux = StreamMux::new();
+        mux.open(1).unwrap();
+        for _ in 0..STREAM_WINDOW {
+            assert!(mux.handle_msg(1, RelayMsg::Data(vec![1; 10])).unwrap().is_empty(), "no SENDME on receipt");
+        }
+        assert!(matches!(mux.handle_msg(1, RelayMsg::Data(vec![1])), Err(StreamError::Flow(FlowError::WindowExceeded))));
+        let out = mux.handle_event(StreamEvent::Consumed { id: 1, cells: STREAM_SENDME_INC });
+        assert_eq!(sendmes_in(&out), vec![1], "one stream SENDME per 50 consumed cells");
+        let out = mux.handle_event(StreamEvent::Consumed { id: 1, cells: 50 });
+        assert_eq!(sendmes_in(&out), vec![0, 1], "circuit SENDME after 100 consumed cells");
+        assert!(matches!(mux.handle_msg(9, RelayMsg::Data(vec![1])), Err(StreamError::UnknownStream)));
+    }
+
+    #[tokio::test]
+    async fn end_waits_behind_data_when_the_circuit_window_is_closed() {
+        let mut mux = StreamMux::new();
+        mux.open(1).unwrap();
+        let data = vec![7u8; MAX_BODY_PER_CELL * (CIRCUIT_WINDOW as usize + 3)];
+        let out = mux.handle_event(StreamEvent::Data { id: 1, data });
+        assert_eq!(out.len(), CIRCUIT_WINDOW as usize, "the circuit window bounds what is sent");
+        assert!(mux.close(1, EndReason::Done).is_empty(), "END must not overtake queued DATA");
+        let out = mux.handle_msg(0, RelayMsg::Sendme).unwrap();
+        assert_eq!(out.len(), 4);
+        assert!(matches!(out[3], (1, RelayMsg::End(EndReason::Done))));
+        // A late DATA for the closed stream is ignored, not a violation.
+        assert!(mux.handle_msg(1, RelayMsg::Data(vec![1])).is_ok());
+    }
+}

@@ -45,6 +45,18 @@ fn fetches_are_byte_exact_and_come_from_an_exit() {
         assert_eq!(sha256_hex(&body), sha256_hex(server.file(path)), "{path}: content");
     }
 
+    // Several streams at once on one circuit (same credentials share a circuit).
+    let fetches: Vec<_> = (0..4)
+        .map(|_| {
+            let socks = net.socks;
+            std::thread::spawn(move || http_get_via_socks(socks, "127.0.0.1", port, "/10m"))
+        })
+        .collect();
+    for f in fetches {
+        let body = f.join().unwrap().unwrap_or_else(|e| panic!("concurrent GET: {e:?}"));
+        assert_eq!(sha256_hex(&body), sha256_hex(server.file("/10m")), "concurrent stream content");
+    }
+
     let exits: HashSet<IpAddr> = net.with_role("exit").map(|n| n.addr.ip()).collect();
     let client = net.node_address("client");
     let peers = server.peers();
@@ -117,4 +129,35 @@ fn circuits_use_three_distinct_relays() {
         assert_eq!(distinct.len(), 3, "a relay appears twice in {p:?}");
         assert!(p[2].starts_with("exit"), "the last hop {} is not an exit", p[2]);
     }
+}
+
+/// THREATS A6: malformed or unsupported SOCKS requests to the real client get their protocol's
+/// error, and the client keeps serving.
+#[test]
+fn a6_malformed_socks_requests_get_errors() {
+    use std::io::{Read, Write};
+    let server = FileServer::start(vec![("/1k", pseudo_random(1024, 7))]);
+    let net = Testnet::start(&[]);
+    let exchange = |bytes: &[u8], want: &[u8]| {
+        let mut s = std::net::TcpStream::connect(net.socks).unwrap();
+        s.set_read_timeout(Some(std::time::Duration::from_secs(30))).unwrap();
+        s.write_all(bytes).unwrap();
+        let mut got = Vec::new();
+        let _ = s.read_to_end(&mut got);
+        assert_eq!(&got[..want.len().min(got.len())], want, "answer to {bytes:02x?}");
+        assert!(got.len() >= want.len(), "answer to {bytes:02x?} too short: {got:02x?}");
+    };
+    // No acceptable authentication method: 0xFF.
+    exchange(&[5, 1, 0x80], &[5, 0xff]);
+    // BIND is not supported: reply code 7.
+    exchange(&[5, 1, 0, 5, 2, 0, 1, 127, 0, 0, 1, 0, 80], &[5, 0, 5, 7]);
+    // Unknown address type: reply code 8.
+    exchange(&[5, 1, 0, 5, 1, 0, 9, 1, 2, 3, 4], &[5, 0, 5, 8]);
+    // Not SOCKS5 at all: the connection is closed without an answer.
+    exchange(b"GET / HTTP/1.0\r\n\r\n", &[]);
+    // Port 0: not allowed.
+    exchange(&[5, 1, 0, 5, 1, 0, 1, 127, 0, 0, 1, 0, 0], &[5, 0, 5, 2]);
+    // The client still serves a good request.
+    let body = fetch(&net, "127.0.0.1", server.addr().port(), "/1k");
+    assert_eq!(body, server.file("/1k"));
 }
