@@ -190,8 +190,9 @@ impl Circuit {
             CellCmd::Destroy => return Err(CircError::Destroyed(DestroyReason::from_u8(cell.payload[0]))),
             _ => return Err(CircError::Protocol("unexpected cell command".into())),
         }
-        let mut body = cell.payload;
-        let hop = self.crypto.decrypt_inbound(&mut body).map_err(|_| CircError::Protocol("relay cell failed authentication".into()))?;
+        let mut cell = cell;
+        let body = &mut cell.payload;
+        let hop = self.crypto.decrypt_inbound(body).map_err(|_| CircError::Protocol("relay cell failed authentication".into()))?;
         let pt: &[u8; RELAY_PLAINTEXT_LEN] = body[..RELAY_PLAINTEXT_LEN].try_into().expect("493 bytes");
         let Some((h, b)) = self.asm[hop].push(pt).map_err(|e| CircError::Protocol(e.to_string()))? else { return Ok(None) };
         let msg = RelayMsg::decode(h.cmd, &b, Direction::Inbound).map_err(|e| CircError::Protocol(e.to_string()))?;

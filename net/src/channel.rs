@@ -177,9 +177,11 @@ async fn reader(mut rd: OwnedReadHalf, transport: Arc<snow::StatelessTransportSt
             break;
         }
         let mut ok = true;
+        // Consecutive cells of one message are mostly for one circuit: look its queue up once.
+        let mut cache: Option<(u32, mpsc::Sender<Cell>)> = None;
         for chunk in plain[..n].chunks_exact(CELL_LEN) {
             match Cell::decode(chunk) {
-                Ok(cell) => dispatch(&chan, handler.as_deref(), cell),
+                Ok(cell) => dispatch(&chan, handler.as_deref(), cell, &mut cache),
                 Err(e) => {
                     tracing::debug!("link: malformed cell ({e}); closing");
                     ok = false;
@@ -194,28 +196,42 @@ async fn reader(mut rd: OwnedReadHalf, transport: Arc<snow::StatelessTransportSt
     close(&chan.shared);
 }
 
-fn dispatch(chan: &Channel, handler: Option<&dyn CreateHandler>, cell: Cell) {
+fn dispatch(chan: &Channel, handler: Option<&dyn CreateHandler>, cell: Cell, cache: &mut Option<(u32, mpsc::Sender<Cell>)>) {
     if cell.cmd == CellCmd::Padding {
         return;
     }
     let id = cell.circ_id;
-    let sender = chan.shared.circuits.lock().expect("circuit table lock").map.get(&id).cloned();
+    let sender = match cache {
+        Some((cid, tx)) if *cid == id => Some(tx.clone()),
+        _ => {
+            let tx = chan.shared.circuits.lock().expect("circuit table lock").map.get(&id).cloned();
+            *cache = tx.clone().map(|tx| (id, tx));
+            tx
+        }
+    };
     match sender {
         Some(tx) => match tx.try_send(cell) {
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(_)) => {
                 tracing::debug!("circuit queue over its cap: destroying the circuit");
+                *cache = None;
                 chan.close_circuit(id);
                 let _ = chan.try_send(Cell::destroy(id, DestroyReason::ResourceLimit));
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => chan.close_circuit(id),
-        },
-        None if cell.cmd == CellCmd::Create => match handler {
-            Some(h) if chan.peer_allocates(id) => h.on_create(chan, cell),
-            _ => {
-                let _ = chan.try_send(Cell::destroy(id, DestroyReason::Protocol));
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                *cache = None;
+                chan.close_circuit(id);
             }
         },
+        None if cell.cmd == CellCmd::Create => {
+            *cache = None;
+            match handler {
+                Some(h) if chan.peer_allocates(id) => h.on_create(chan, cell),
+                _ => {
+                    let _ = chan.try_send(Cell::destroy(id, DestroyReason::Protocol));
+                }
+            }
+        }
         // Cells for circuits already closed (they cross a DESTROY on the wire) are dropped.
         None => {}
     }

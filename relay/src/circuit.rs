@@ -119,7 +119,7 @@ impl RelayCircuit {
     #[allow(clippy::too_many_arguments)]
     async fn on_prev_cell(
         &mut self,
-        cell: Cell,
+        mut cell: Cell,
         next: &mut Option<Next>,
         extending: &mut Option<PendingExtend>,
         mux: &mut StreamMux,
@@ -132,13 +132,14 @@ impl RelayCircuit {
             CellCmd::Destroy => return Err(Close(DestroyReason::from_u8(cell.payload[0]), Side::Prev)),
             _ => return Err(Close(DestroyReason::Protocol, Side::Local)),
         }
-        let mut body = cell.payload;
-        match self.crypto.decrypt_outbound(&mut body) {
+        // The cell is modified in place and forwarded as is: no copies of its body.
+        match self.crypto.decrypt_outbound(&mut cell.payload) {
             Err(_) => Err(Close(DestroyReason::ResourceLimit, Side::Local)),
             Ok(Recognized::NotForUs) => match next {
                 Some(n) if n.created.is_none() => {
-                    self.hook_corrupt(&mut body, forwarded);
-                    n.chan.send(Cell { circ_id: n.id, cmd: CellCmd::Relay, payload: body }).await.map_err(|_| Close(DestroyReason::ChannelClosed, Side::Local))
+                    self.hook_corrupt(&mut cell.payload, forwarded);
+                    cell.circ_id = n.id;
+                    n.chan.send(cell).await.map_err(|_| Close(DestroyReason::ChannelClosed, Side::Local))
                 }
                 // The last hop (or one still extending) got a cell nobody can authenticate:
                 // it was altered on the way. Never forward or deliver it.
@@ -148,7 +149,7 @@ impl RelayCircuit {
                 }
             },
             Ok(Recognized::ForUs) => {
-                let pt: &[u8; RELAY_PLAINTEXT_LEN] = body[..RELAY_PLAINTEXT_LEN].try_into().expect("493 bytes");
+                let pt: &[u8; RELAY_PLAINTEXT_LEN] = cell.payload[..RELAY_PLAINTEXT_LEN].try_into().expect("493 bytes");
                 let Some((hdr, msg_body)) = asm.push(pt).map_err(|_| Close(DestroyReason::Protocol, Side::Local))? else { return Ok(()) };
                 let msg = RelayMsg::decode(hdr.cmd, &msg_body, Direction::Outbound).map_err(|e| {
                     tracing::debug!("bad relay message from client: {e}");
@@ -251,10 +252,11 @@ impl RelayCircuit {
                 self.created_progress(p, r, next).await
             }
             (CellCmd::Relay, None) => {
-                let mut body = cell.payload;
-                self.hook_corrupt(&mut body, forwarded);
-                self.crypto.forward_inbound(&mut body).map_err(|_| Close(DestroyReason::ResourceLimit, Side::Local))?;
-                self.prev.send(Cell { circ_id: self.prev_id, cmd: CellCmd::Relay, payload: body }).await.map_err(|_| Close(DestroyReason::ChannelClosed, Side::Local))
+                let mut cell = cell;
+                self.hook_corrupt(&mut cell.payload, forwarded);
+                self.crypto.forward_inbound(&mut cell.payload).map_err(|_| Close(DestroyReason::ResourceLimit, Side::Local))?;
+                cell.circ_id = self.prev_id;
+                self.prev.send(cell).await.map_err(|_| Close(DestroyReason::ChannelClosed, Side::Local))
             }
             _ => Err(Close(DestroyReason::Protocol, Side::Local)),
         }
