@@ -26,6 +26,21 @@ pub enum Command {
     Keygen(KeygenArgs),
     /// Start a whole test network on loopback addresses, each node its own process.
     Testnet(TestnetArgs),
+    /// Inspect the directory.
+    #[command(subcommand)]
+    Directory(DirectoryCommand),
+}
+
+/// `allium directory ...`
+#[derive(Debug, Subcommand)]
+pub enum DirectoryCommand {
+    /// Fetch and verify the current consensus from the authorities in a node's config and print
+    /// it readably: validity, signatures, parameters, protocols, weights, relays and flags.
+    Show {
+        /// Any node's TOML config: its [node] address and [network] authorities are used.
+        #[arg(long, value_name = "FILE")]
+        config: PathBuf,
+    },
 }
 
 /// Arguments shared by the node roles.

@@ -7,6 +7,7 @@
 //! - [`logging`]: the tracing subscriber (`RUST_LOG`, optional `--log-file`).
 //! - [`signals`]: waiting for Ctrl-C / SIGTERM / SIGHUP.
 //! - [`testnet`]: `allium testnet`, a whole loopback network of node processes.
+//! - [`directory_cmd`]: `allium directory show`, the current consensus printed readably.
 //!
 //! Not in this crate: any protocol logic. The binary only wires files, processes and the
 //! libraries together.
@@ -14,6 +15,7 @@
 #![deny(unsafe_code)]
 
 mod cli;
+mod directory_cmd;
 mod logging;
 mod roles;
 mod signals;
@@ -31,5 +33,6 @@ fn main() -> ExitCode {
         cli::Command::Client(args) => roles::client(&args),
         cli::Command::Keygen(args) => roles::keygen(&args),
         cli::Command::Testnet(args) => testnet::run(args),
+        cli::Command::Directory(cli::DirectoryCommand::Show { config }) => directory_cmd::show(&config),
     }
 }

@@ -1,23 +1,83 @@
-//! Circuits ready for streams: reused for the same isolation class for a bounded time, built on
-//! demand otherwise.
+//! Circuits ready for streams.
+//!
+//! - **Built ahead of need**: once bootstrapped, [`CircMgr::maintain`] keeps
+//!   [`PREBUILD_PER_PORT`] clean (never used) circuits whose exits allow each of
+//!   [`PREBUILD_PORTS`]; a clean circuit is retired after [`MAX_CLEAN_AGE`].
+//! - **Reused by isolation class**: a stream takes a circuit already used by its class, or else a
+//!   clean one (which then belongs to its class), or else a new one. A circuit takes new
+//!   streams for [`MAX_CIRCUIT_DIRTINESS`] after its first stream, then is retired (it closes
+//!   once its last stream ends).
+//! - **Build timeout**: learned from recent build times ([`crate::timeout`]); a build that takes
+//!   longer is abandoned and retried on a new path, [`BUILD_ATTEMPTS`] times in all.
+//! - **Guards**: the first hop comes from the guard set ([`crate::guard`]); only the link to the
+//!   guard counts for its reachability (a later hop failing is not the guard's fault).
+//! - **Stream retry**: see [`retry_on_another_exit`].
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex as StdMutex};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use allium_directory::netdir::NetDir;
+use allium_net::link::PeerInfo;
 use allium_net::pool::ChannelPool;
-use tokio::sync::Mutex;
+use allium_proto::ids::RelayId;
+use allium_proto::relay_msg::EndReason;
+use tokio::sync::{watch, Mutex};
 
 use crate::circuit::{self, CircError, CircHandle};
-use crate::path::{choose_path, ExitNeed, PathError};
+use crate::guard::{self, GuardParams, GuardSet, Selection};
+use crate::path::{candidates, choose_path, ExitNeed, PathError};
+use crate::timeout::TimeoutLearner;
+use crate::Bootstrap;
 
-/// How long a circuit takes new streams.
+/// How long a circuit takes new streams after its first one.
 pub const MAX_CIRCUIT_DIRTINESS: Duration = Duration::from_secs(600);
-/// Paths tried for one stream before giving up.
-const BUILD_ATTEMPTS: usize = 3;
+/// How long a clean (prebuilt, unused) circuit is kept.
+pub const MAX_CLEAN_AGE: Duration = Duration::from_secs(3600);
+/// Paths tried for one request before giving up.
+pub const BUILD_ATTEMPTS: usize = 3;
+/// Ports that clean circuits are kept ready for, and how many for each.
+pub const PREBUILD_PORTS: [u16; 2] = [80, 443];
+pub const PREBUILD_PER_PORT: usize = 2;
+/// Longest wait for a guard in its short backoff before a request gives up.
+const MAX_GUARD_WAIT: Duration = Duration::from_secs(8);
+/// Extra exits tried for one stream after the first refused it (see [`retry_on_another_exit`]).
+pub const STREAM_RETRIES: usize = 2;
 
-/// Streams with different keys never share a circuit (SOCKS username/password for now).
+/// Streams with different keys never share a circuit. Built by [`isolation_key`] from the
+/// SOCKS credentials, the listener and (optionally) the destination.
 pub type IsolationKey = Vec<u8>;
+
+/// The full isolation key of a stream: its credentials key (SOCKS username/password, as
+/// encoded by the front end), the listener it arrived on, and its destination host when
+/// `client.isolate_destinations` is on. Fields are length-prefixed, so no two different
+/// inputs give one key.
+pub fn isolation_key(credentials: &[u8], listener: Option<std::net::SocketAddr>, destination: Option<&str>) -> IsolationKey {
+    let mut k = Vec::with_capacity(credentials.len() + 64);
+    for part in [credentials, listener.map(|l| l.to_string()).unwrap_or_default().as_bytes(), destination.unwrap_or("").to_ascii_lowercase().as_bytes()] {
+        k.extend_from_slice(&(part.len() as u32).to_be_bytes());
+        k.extend_from_slice(part);
+    }
+    k
+}
+
+/// Whether a stream the exit refused with `reason` may be tried on another exit: only when
+/// another exit could plausibly succeed and the retry tells nobody anything new.
+///
+/// - `ExitPolicy`: this exit's real policy refuses what its listed one allowed; another may not.
+/// - `ResolveFailed`: this exit's resolver may be broken (at most [`STREAM_RETRIES`] more exits
+///   see the name, never a flood).
+/// - `ResourceLimit`, `Timeout`, `Misc`, `Destroy`, `Internal`: trouble at this exit or circuit.
+///
+/// Not retried: `ConnectRefused`, `NoRoute`, `ConnReset`, `Done` (the destination answered:
+/// every exit would see the same) and `Protocol`.
+pub fn retry_on_another_exit(reason: EndReason) -> bool {
+    matches!(
+        reason,
+        EndReason::ExitPolicy | EndReason::ResolveFailed | EndReason::ResourceLimit | EndReason::Timeout | EndReason::Misc | EndReason::Destroy | EndReason::Internal
+    )
+}
 
 /// Why no circuit could be had.
 #[derive(Debug, thiserror::Error)]
@@ -26,34 +86,182 @@ pub enum GetError {
     Path(#[from] PathError),
     #[error("circuit build failed {BUILD_ATTEMPTS} times; last: {0}")]
     Build(CircError),
+    #[error("no guard can be used now ({0})")]
+    NoGuard(String),
+}
+
+struct Entry {
+    serial: u64,
+    circ: CircHandle,
+    /// Short ids of the hops (for debug logs).
+    hops: String,
+    /// The isolation class that owns it (None: clean).
+    class: Option<IsolationKey>,
+    first_used: Option<Instant>,
+}
+
+impl Entry {
+    fn usable(&self) -> bool {
+        !self.circ.is_closed()
+            && match self.first_used {
+                Some(t) => t.elapsed() < MAX_CIRCUIT_DIRTINESS,
+                None => self.circ.built_at.elapsed() < MAX_CLEAN_AGE,
+            }
+    }
 }
 
 /// The client's circuits.
 pub struct CircMgr {
     pool: ChannelPool,
-    circs: Mutex<Vec<(IsolationKey, CircHandle)>>,
+    circs: Mutex<Vec<Entry>>,
+    guards: StdMutex<GuardSet>,
+    guard_file: Option<PathBuf>,
+    timeouts: StdMutex<TimeoutLearner>,
+    serial: AtomicU64,
+    bootstrap: Arc<Bootstrap>,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
 impl CircMgr {
-    pub fn new(pool: ChannelPool) -> Self {
-        CircMgr { pool, circs: Mutex::new(Vec::new()) }
+    /// `state_dir`: where the guard state lives (`node.data_dir`); None keeps it in memory.
+    pub fn new(pool: ChannelPool, state_dir: Option<PathBuf>, bootstrap: Arc<Bootstrap>) -> Self {
+        let guard_file = state_dir.map(|d| guard::state_path(&d));
+        let guards = match &guard_file {
+            Some(p) => guard::load(p, GuardParams::default()),
+            None => GuardSet::new(GuardParams::default()),
+        };
+        CircMgr { pool, circs: Mutex::new(Vec::new()), guards: StdMutex::new(guards), guard_file, timeouts: StdMutex::new(TimeoutLearner::new()), serial: AtomicU64::new(0), bootstrap }
+    }
+
+    /// The current build timeout (first attempt).
+    pub fn build_timeout(&self) -> Duration {
+        self.timeouts.lock().expect("timeouts").timeout()
+    }
+
+    fn save_guards(&self) {
+        let mut g = self.guards.lock().expect("guards");
+        if !g.take_dirty() {
+            return;
+        }
+        if let Some(p) = &self.guard_file {
+            if let Err(e) = guard::save(p, &g) {
+                tracing::warn!("cannot write guard state {}: {e}", p.display());
+            }
+        }
+    }
+
+    /// Samples guards from this consensus if needed; true if the client has primary guards.
+    pub fn prepare_guards(&self, dir: &NetDir) -> bool {
+        let cands = candidates(dir);
+        let ok = {
+            let mut g = self.guards.lock().expect("guards");
+            g.update(&cands, now_ms(), &mut rand::thread_rng());
+            !g.primaries(&cands).is_empty()
+        };
+        self.save_guards();
+        ok
     }
 
     /// A circuit whose exit allows `need`, for isolation class `iso`.
     pub async fn get(&self, dir: &Arc<NetDir>, need: ExitNeed, iso: &IsolationKey) -> Result<CircHandle, GetError> {
+        self.get_avoiding(dir, need, iso, &[]).await
+    }
+
+    /// [`CircMgr::get`], with an exit not among `avoid_exits` (they refused this stream).
+    pub async fn get_avoiding(&self, dir: &Arc<NetDir>, need: ExitNeed, iso: &IsolationKey, avoid_exits: &[RelayId]) -> Result<CircHandle, GetError> {
         // Holding the lock while building means concurrent requests share one new circuit.
         let mut circs = self.circs.lock().await;
-        circs.retain(|(_, c)| !c.is_closed() && c.built_at.elapsed() < MAX_CIRCUIT_DIRTINESS);
-        if let Some((_, c)) = circs.iter().find(|(k, c)| k == iso && need.allowed_by(&c.exit)) {
-            return Ok(c.clone());
+        circs.retain(Entry::usable);
+        let fits = |e: &Entry| need.allowed_by(&e.circ.exit) && !avoid_exits.contains(&e.circ.exit.identity);
+        if let Some(e) = circs.iter().find(|e| e.class.as_ref() == Some(iso) && fits(e)) {
+            tracing::debug!(target: "allium_client::circuit", "stream on circuit #{} (reused) through {}", e.serial, e.hops);
+            return Ok(e.circ.clone());
         }
-        let mut last = None;
-        for _ in 0..BUILD_ATTEMPTS {
-            let path = choose_path(dir.relays(), need, &mut rand::thread_rng())?;
-            match circuit::build(&self.pool, &path).await {
-                Ok(c) => {
-                    circs.push((iso.clone(), c.clone()));
-                    return Ok(c);
+        if let Some(e) = circs.iter_mut().find(|e| e.class.is_none() && fits(e)) {
+            e.class = Some(iso.clone());
+            e.first_used = Some(Instant::now());
+            tracing::debug!(target: "allium_client::circuit", "stream on circuit #{} (prebuilt) through {}", e.serial, e.hops);
+            return Ok(e.circ.clone());
+        }
+        let mut e = self.build(dir, need, avoid_exits).await?;
+        e.class = Some(iso.clone());
+        e.first_used = Some(Instant::now());
+        tracing::debug!(target: "allium_client::circuit", "stream on circuit #{} (new) through {}", e.serial, e.hops);
+        let c = e.circ.clone();
+        circs.push(e);
+        Ok(c)
+    }
+
+    /// Builds a circuit: guard from the guard set, path by weight, learned timeout; up to
+    /// [`BUILD_ATTEMPTS`] paths.
+    async fn build(&self, dir: &NetDir, need: ExitNeed, avoid_exits: &[RelayId]) -> Result<Entry, GetError> {
+        let cands = candidates(dir);
+        let mut last: Option<CircError> = None;
+        let mut attempt = 0;
+        let give_up_waiting = Instant::now() + MAX_GUARD_WAIT;
+        while attempt < BUILD_ATTEMPTS {
+            let now = now_ms();
+            let sel = {
+                let mut g = self.guards.lock().expect("guards");
+                g.update(&cands, now, &mut rand::thread_rng());
+                g.select(&cands, now)
+            };
+            self.save_guards();
+            let usable = match sel {
+                Selection::Use(list) => list,
+                Selection::NoneListed => return Err(GetError::NoGuard("no guard-capable relay is listed".into())),
+                Selection::WaitUntil(t) => {
+                    let wait = Duration::from_millis(t.saturating_sub(now));
+                    if Instant::now() + wait > give_up_waiting {
+                        let why = last.map(|e| format!("guards unreachable; last: {e}")).unwrap_or_else(|| "guards in backoff".into());
+                        return Err(GetError::NoGuard(why));
+                    }
+                    tokio::time::sleep(wait).await;
+                    continue;
+                }
+            };
+            let path = choose_path(&cands, &usable, need, avoid_exits, &mut rand::thread_rng())?;
+            let g = path[0];
+            self.guards.lock().expect("guards").on_attempt(&g.identity, now_ms());
+            attempt += 1;
+            // The link to the guard first: its success or failure is the guard's reachability.
+            if let Err(e) = self.pool.get(&PeerInfo { addr: g.address, identity: g.identity, link_key: g.link_key }).await {
+                self.guards.lock().expect("guards").on_failure(&g.identity, now_ms());
+                self.save_guards();
+                tracing::info!("could not reach a guard ({e}); trying again");
+                last = Some(e.into());
+                continue;
+            }
+            self.guards.lock().expect("guards").on_success(&g.identity, now_ms());
+            self.save_guards();
+            let limit = self.timeouts.lock().expect("timeouts").timeout_for_attempt(attempt - 1);
+            let started = Instant::now();
+            match circuit::build_within(&self.pool, &path, limit).await {
+                Ok(circ) => {
+                    let took = started.elapsed();
+                    let mut t = self.timeouts.lock().expect("timeouts");
+                    if t.record_success(took) {
+                        tracing::info!(
+                            "circuit build timeout learned: {} ms (95th percentile of the last {} builds × 2, at least 1500 ms)",
+                            t.timeout().as_millis(),
+                            t.samples()
+                        );
+                    }
+                    drop(t);
+                    self.bootstrap.advance(75, "first circuit built");
+                    let serial = self.serial.fetch_add(1, Ordering::Relaxed) + 1;
+                    let hops = path.iter().map(|r| r.identity.short()).collect::<Vec<_>>().join(" ");
+                    return Ok(Entry { serial, circ, hops, class: None, first_used: None });
+                }
+                Err(CircError::Timeout) => {
+                    if self.timeouts.lock().expect("timeouts").record_timeout() {
+                        tracing::info!("several circuit builds in a row timed out; circuit build timeout reset to {} s", crate::timeout::INITIAL.as_secs());
+                    }
+                    tracing::info!("circuit build abandoned after {} ms (build timeout); trying a new path", limit.as_millis());
+                    last = Some(CircError::Timeout);
                 }
                 Err(e) => {
                     tracing::info!("circuit build failed ({e}); trying another path");
@@ -62,5 +270,87 @@ impl CircMgr {
             }
         }
         Err(GetError::Build(last.expect("at least one attempt")))
+    }
+
+    /// Keeps clean circuits ready for [`PREBUILD_PORTS`] and reports bootstrap progress; runs
+    /// forever.
+    pub async fn maintain(&self, mut netdir: watch::Receiver<Option<Arc<NetDir>>>) {
+        let mut backoff = Duration::from_secs(1);
+        let mut had_guards = false;
+        loop {
+            let dir = netdir.borrow_and_update().clone();
+            let Some(dir) = dir else {
+                let _ = netdir.changed().await;
+                continue;
+            };
+            if !had_guards {
+                if self.prepare_guards(&dir) {
+                    had_guards = true;
+                    self.bootstrap.advance(50, "guards chosen");
+                } else {
+                    tracing::warn!("the consensus lists no usable guard");
+                }
+            }
+            let mut failed = false;
+            for port in PREBUILD_PORTS {
+                let need = ExitNeed::Port(port);
+                let clean = {
+                    let mut circs = self.circs.lock().await;
+                    circs.retain(Entry::usable);
+                    circs.iter().filter(|e| e.class.is_none() && need.allowed_by(&e.circ.exit)).count()
+                };
+                if clean >= PREBUILD_PER_PORT || !dir.relays().iter().any(|r| need.allowed_by(r)) {
+                    continue;
+                }
+                match self.build(&dir, need, &[]).await {
+                    Ok(e) => {
+                        tracing::debug!(target: "allium_client::circuit", "circuit #{} prebuilt for port {port}", e.serial);
+                        self.circs.lock().await.push(e);
+                    }
+                    Err(e) => {
+                        tracing::info!("could not build a circuit ahead of need: {e}");
+                        failed = true;
+                    }
+                }
+            }
+            if failed {
+                tokio::time::sleep(backoff).await;
+                backoff = (backoff * 2).min(Duration::from_secs(60));
+                continue;
+            }
+            backoff = Duration::from_secs(1);
+            if had_guards && self.serial.load(Ordering::Relaxed) > 0 {
+                self.bootstrap.advance(100, "ready: circuits available");
+            }
+            // Check again soon, or at once when a new consensus arrives.
+            let _ = tokio::time::timeout(Duration::from_secs(5), netdir.changed()).await;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn isolation_keys_separate_credentials_listeners_and_destinations() {
+        let l1 = Some("127.0.0.1:9050".parse().unwrap());
+        let l2 = Some("127.0.0.1:9051".parse().unwrap());
+        let a = isolation_key(b"\x01alice", l1, None);
+        assert_eq!(a, isolation_key(b"\x01alice", l1, None));
+        assert_ne!(a, isolation_key(b"\x01bob", l1, None));
+        assert_ne!(a, isolation_key(b"\x01alice", l2, None));
+        assert_ne!(a, isolation_key(b"\x01alice", l1, Some("example.com")));
+        assert_eq!(isolation_key(b"", l1, Some("Example.COM")), isolation_key(b"", l1, Some("example.com")));
+        // Length prefixes: moving bytes between fields gives another key.
+        assert_ne!(isolation_key(b"ab", None, Some("c")), isolation_key(b"a", None, Some("bc")));
+    }
+
+    #[test]
+    fn which_refusals_are_retried_elsewhere() {
+        assert!(retry_on_another_exit(EndReason::ExitPolicy));
+        assert!(retry_on_another_exit(EndReason::ResolveFailed));
+        assert!(!retry_on_another_exit(EndReason::ConnectRefused));
+        assert!(!retry_on_another_exit(EndReason::Done));
     }
 }

@@ -22,6 +22,9 @@ use allium_proto::relay_msg::{self, Direction, EndReason, ExtendTarget, MsgAssem
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 
+/// Most RESOLVEs one circuit has in flight (the exit answers more with RESOURCELIMIT).
+const MAX_RESOLVES: usize = 32;
+
 /// How long building a whole circuit may take before it is abandoned.
 pub const BUILD_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -57,10 +60,23 @@ pub struct BeginRequest {
 /// The address the exit reports, if any.
 pub type IpAddrOpt = Option<IpAddr>;
 
+/// A name to resolve through the exit (RESOLVE on a fresh stream id, answered by RESOLVED).
+pub struct ResolveRequest {
+    pub host: String,
+    /// The exit's addresses, or why it could not resolve (DESTROY if the circuit died first).
+    pub done: oneshot::Sender<Result<Vec<IpAddr>, EndReason>>,
+}
+
+/// What the circuit task is asked to do.
+enum CircRequest {
+    Begin(BeginRequest),
+    Resolve(ResolveRequest),
+}
+
 /// A cheap handle to a running circuit.
 #[derive(Clone)]
 pub struct CircHandle {
-    tx: mpsc::Sender<BeginRequest>,
+    tx: mpsc::Sender<CircRequest>,
     pub exit: Arc<ConsensusRelay>,
     pub built_at: Instant,
 }
@@ -72,7 +88,18 @@ impl CircHandle {
 
     /// Opens a stream; the circuit task answers through `req.done`.
     pub async fn begin(&self, req: BeginRequest) -> Result<(), BeginRequest> {
-        self.tx.send(req).await.map_err(|e| e.0)
+        self.tx.send(CircRequest::Begin(req)).await.map_err(|e| match e.0 {
+            CircRequest::Begin(r) => r,
+            CircRequest::Resolve(_) => unreachable!("sent a BEGIN"),
+        })
+    }
+
+    /// Resolves a name through the exit; the circuit task answers through `req.done`.
+    pub async fn resolve(&self, req: ResolveRequest) -> Result<(), ResolveRequest> {
+        self.tx.send(CircRequest::Resolve(req)).await.map_err(|e| match e.0 {
+            CircRequest::Resolve(r) => r,
+            CircRequest::Begin(_) => unreachable!("sent a RESOLVE"),
+        })
     }
 }
 
@@ -87,9 +114,14 @@ struct Circuit {
 
 /// Builds a circuit through `path` (guard first, at least one hop) and starts its task.
 pub async fn build(pool: &ChannelPool, path: &[&ConsensusRelay]) -> Result<CircHandle, CircError> {
+    build_within(pool, path, BUILD_TIMEOUT).await
+}
+
+/// [`build`] with a caller-chosen timeout (the client's learned one, see `timeout.rs`).
+pub async fn build_within(pool: &ChannelPool, path: &[&ConsensusRelay], limit: Duration) -> Result<CircHandle, CircError> {
     let last = *path.last().expect("a path has at least one hop");
     let started = Instant::now();
-    let circ = tokio::time::timeout(BUILD_TIMEOUT, build_inner(pool, path)).await.map_err(|_| CircError::Timeout)??;
+    let circ = tokio::time::timeout(limit, build_inner(pool, path)).await.map_err(|_| CircError::Timeout)??;
     let hops: Vec<String> = path.iter().map(|r| r.identity.short()).collect();
     tracing::debug!("circuit built in {:.1} ms through {}", started.elapsed().as_secs_f64() * 1e3, hops.join(" "));
     let (tx, rx) = mpsc::channel(64);
@@ -207,13 +239,14 @@ impl Circuit {
         Ok(())
     }
 
-    async fn run(mut self, mut begins: mpsc::Receiver<BeginRequest>) {
+    async fn run(mut self, mut begins: mpsc::Receiver<CircRequest>) {
         let mut mux = StreamMux::new();
         let mut pending: std::collections::HashMap<u16, BeginRequest> = Default::default();
+        let mut resolves: std::collections::HashMap<u16, ResolveRequest> = Default::default();
         let last = self.crypto.n_hops() - 1;
         let mut open = true;
         let result: Result<(), CircError> = loop {
-            if !open && mux.is_empty() && pending.is_empty() {
+            if !open && mux.is_empty() && pending.is_empty() && resolves.is_empty() {
                 break Ok(());
             }
             let step = tokio::select! {
@@ -222,13 +255,24 @@ impl Circuit {
                     Some(c) => match self.receive(c) {
                         Err(e) => Err(e),
                         Ok(None) => Ok(()),
+                        Ok(Some((hop, sid, RelayMsg::Resolved { result, .. }))) => {
+                            if hop != last {
+                                Err(CircError::Protocol("RESOLVED from a middle hop".into()))
+                            } else if let Some(req) = resolves.remove(&sid) {
+                                let _ = req.done.send(result);
+                                Ok(())
+                            } else {
+                                Err(CircError::Protocol("RESOLVED for no pending RESOLVE".into()))
+                            }
+                        }
                         Ok(Some((hop, sid, msg))) => self.on_msg(hop == last, sid, msg, &mut mux, &mut pending).await,
                     },
                 },
                 req = begins.recv(), if open => match req {
                     // Every handle is gone: close once the last stream ends.
                     None => { open = false; Ok(()) }
-                    Some(req) => self.begin(req, &mut mux, &mut pending).await,
+                    Some(CircRequest::Begin(req)) => self.begin(req, &mut mux, &mut pending).await,
+                    Some(CircRequest::Resolve(req)) => self.resolve(req, &mut mux, &mut resolves).await,
                 },
                 ev = mux.next_event() => {
                     let out = mux.handle_event(ev);
@@ -252,6 +296,23 @@ impl Circuit {
         for (_, req) in pending {
             let _ = req.done.send(Err((EndReason::Destroy, req.sock)));
         }
+        for (_, req) in resolves {
+            let _ = req.done.send(Err(EndReason::Destroy));
+        }
+    }
+
+    /// Sends RESOLVE on a stream id no stream or RESOLVE uses; the id is free again once the
+    /// exit's RESOLVED arrives.
+    async fn resolve(&mut self, req: ResolveRequest, mux: &mut StreamMux, resolves: &mut std::collections::HashMap<u16, ResolveRequest>) -> Result<(), CircError> {
+        let id = (0..64).find_map(|_| mux.alloc_id().filter(|id| !resolves.contains_key(id)));
+        let Some(id) = id.filter(|_| resolves.len() < MAX_RESOLVES) else {
+            let _ = req.done.send(Err(EndReason::ResourceLimit));
+            return Ok(());
+        };
+        let msg = RelayMsg::Resolve { host: req.host.clone(), ext: Extensions::none() };
+        resolves.insert(id, req);
+        let last = self.crypto.n_hops() - 1;
+        self.send(last, id, &msg).await
     }
 
     async fn begin(&mut self, req: BeginRequest, mux: &mut StreamMux, pending: &mut std::collections::HashMap<u16, BeginRequest>) -> Result<(), CircError> {

@@ -23,6 +23,14 @@ pub struct ClientSection {
     /// Keep it on a loopback address: anyone who can reach it can use your circuits.
     #[serde(default = "default_socks")]
     pub socks_listen: SocketAddr,
+    /// Give streams to different destination hosts different circuits (besides the isolation
+    /// by SOCKS credentials and by listener, which is always on). Default false.
+    #[serde(default)]
+    pub isolate_destinations: bool,
+    /// Where the optional HTTP CONNECT proxy listens (`curl --proxy http://ADDR -p`); absent:
+    /// no HTTP CONNECT listener. Same rules as `socks_listen`: keep it on loopback.
+    #[serde(default)]
+    pub http_connect_listen: Option<SocketAddr>,
 }
 
 fn default_socks() -> SocketAddr {

@@ -3,10 +3,13 @@
 //!
 //! Layout:
 //! - [`config`]: the client's TOML config.
-//! - [`path`]: path choice.
+//! - [`path`]: path choice (weights, /16 and family rules).
+//! - [`guard`]: the guard set, persisted in `node.data_dir/guards.toml`.
+//! - [`timeout`]: the learned circuit-build timeout.
 //! - [`circuit`]: building a circuit and its owner task (streams, crypto).
 //! - [`circmgr`]: which circuit a new stream uses.
-//! - [`socks`]: the SOCKS5 front end.
+//! - [`socks`]: the SOCKS4/4a/5 front end (with RESOLVE).
+//! - [`http_proxy`]: the optional HTTP CONNECT front end.
 //!
 //! Not in this crate: link encryption and reactors (`allium-net`), documents (`allium-proto`),
 //! consensus verification (`allium-directory`).
@@ -14,8 +17,11 @@
 pub mod circmgr;
 pub mod circuit;
 pub mod config;
+pub mod http_proxy;
+pub mod guard;
 pub mod path;
 pub mod socks;
+pub mod timeout;
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -31,21 +37,76 @@ pub use config::ClientConfig;
 /// Any error that stops the client.
 pub type ClientError = Box<dyn std::error::Error + Send + Sync>;
 
+/// Bootstrap progress in percent: 0 starting, 25 consensus fetched and verified, 50 guards
+/// chosen (circuits can be built from here on), 75 first circuit built, 100 ready (circuits
+/// built ahead of need). Each step is logged once at info.
+pub struct Bootstrap {
+    tx: watch::Sender<u8>,
+}
+
+/// The percentage from which the client can build circuits (SOCKS requests wait for it).
+pub const BOOTSTRAP_CAN_BUILD: u8 = 50;
+
+impl Bootstrap {
+    pub fn new() -> Self {
+        tracing::info!("bootstrap 0%: starting");
+        Bootstrap { tx: watch::channel(0).0 }
+    }
+
+    /// Moves to `pct` (never back) and logs the phase.
+    pub fn advance(&self, pct: u8, phase: &str) {
+        if self.tx.send_if_modified(|p| (pct > *p).then(|| *p = pct).is_some()) {
+            tracing::info!("bootstrap {pct}%: {phase}");
+        }
+    }
+
+    pub fn percent(&self) -> u8 {
+        *self.tx.borrow()
+    }
+
+    pub fn subscribe(&self) -> watch::Receiver<u8> {
+        self.tx.subscribe()
+    }
+}
+
+impl Default for Bootstrap {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 /// What the client's tasks share.
 pub struct ClientState {
     netdir: watch::Receiver<Option<Arc<NetDir>>>,
     pub circuits: circmgr::CircMgr,
+    pub bootstrap: Arc<Bootstrap>,
+    isolate_destinations: bool,
 }
 
 impl ClientState {
-    /// The current consensus, waiting up to `max` for a first one.
+    /// The current consensus once the client can build circuits (bootstrap ≥ 50%: consensus
+    /// verified and guards chosen), waiting up to `max`. None (logged) if it cannot yet.
     pub async fn wait_netdir(&self, max: Duration) -> Option<Arc<NetDir>> {
         let mut rx = self.netdir.clone();
-        let r = tokio::time::timeout(max, rx.wait_for(|d| d.is_some())).await;
+        let mut progress = self.bootstrap.subscribe();
+        let r = tokio::time::timeout(max, async {
+            let _ = progress.wait_for(|p| *p >= BOOTSTRAP_CAN_BUILD).await;
+            rx.wait_for(|d| d.is_some()).await.ok().and_then(|d| d.clone())
+        })
+        .await;
         match r {
-            Ok(Ok(d)) => d.clone(),
-            _ => None,
+            Ok(Some(d)) => Some(d),
+            _ => {
+                tracing::info!("a request waited {} s but the client cannot build circuits yet (bootstrap at {}%)", max.as_secs(), self.bootstrap.percent());
+                None
+            }
         }
+    }
+
+    /// The isolation key of a stream from its credentials key, the listener it came in on and
+    /// its destination host (used only with `client.isolate_destinations = true`).
+    pub fn isolation(&self, credentials: &[u8], listener: Option<std::net::SocketAddr>, host: &str) -> circmgr::IsolationKey {
+        circmgr::isolation_key(credentials, listener, self.isolate_destinations.then_some(host))
     }
 }
 
@@ -57,10 +118,28 @@ fn now() -> u64 {
 pub async fn run(cfg: ClientConfig, _keys: NodeKeys) -> Result<(), ClientError> {
     let listener = TcpListener::bind(cfg.client.socks_listen).await.map_err(|e| format!("cannot listen on client.socks_listen: {e}"))?;
     tracing::info!("SOCKS5 proxy listening on {}", cfg.client.socks_listen);
+    let http_listener = match cfg.client.http_connect_listen {
+        Some(addr) => {
+            let l = TcpListener::bind(addr).await.map_err(|e| format!("cannot listen on client.http_connect_listen: {e}"))?;
+            tracing::info!("HTTP CONNECT proxy listening on {addr}");
+            Some(l)
+        }
+        None => None,
+    };
     let (tx, rx) = watch::channel(None);
-    let state = Arc::new(ClientState { netdir: rx, circuits: circmgr::CircMgr::new(ChannelPool::new(cfg.node.address, None)) });
+    let bootstrap = Arc::new(Bootstrap::new());
+    let circuits = circmgr::CircMgr::new(ChannelPool::new(cfg.node.address, None), Some(cfg.node.data_dir.clone()), bootstrap.clone());
+    let state = Arc::new(ClientState { netdir: rx.clone(), circuits, bootstrap: bootstrap.clone(), isolate_destinations: cfg.client.isolate_destinations });
     let mut tasks = tokio::task::JoinSet::new();
-    tasks.spawn(directory_loop(cfg.clone(), tx));
+    tasks.spawn(directory_loop(cfg.clone(), tx, bootstrap));
+    let maint = state.clone();
+    tasks.spawn(async move {
+        maint.circuits.maintain(rx).await;
+        Ok(())
+    });
+    if let Some(l) = http_listener {
+        tasks.spawn(http_proxy::serve(l, state.clone()));
+    }
     tasks.spawn(socks::serve(listener, state));
     match tasks.join_next().await {
         Some(Ok(r)) => r.and(Err("a client task ended".into())),
@@ -69,31 +148,38 @@ pub async fn run(cfg: ClientConfig, _keys: NodeKeys) -> Result<(), ClientError> 
     }
 }
 
-/// Keeps a verified consensus: fetches at start, again after fresh-until, drops it at
-/// valid-until.
-async fn directory_loop(cfg: ClientConfig, tx: watch::Sender<Option<Arc<NetDir>>>) -> Result<(), ClientError> {
+/// Keeps a verified consensus: loads the saved one at start if still usable, fetches at start
+/// and again after fresh-until, keeps using an expired one for the bounded grace while retrying
+/// (allium_directory::cache), and stops if the network requires protocol versions we lack.
+async fn directory_loop(cfg: ClientConfig, tx: watch::Sender<Option<Arc<NetDir>>>, bootstrap: Arc<Bootstrap>) -> Result<(), ClientError> {
     let mut backoff = Duration::from_millis(250);
     let mut first = true;
+    let ids: Vec<_> = cfg.network.authorities.iter().map(|a| a.identity).collect();
+    let mut cache = allium_directory::ConsensusCache::load(&cfg.node.data_dir, &ids, cfg.network.dangerous_testnet, now());
+    if let Some(d) = cache.usable(now()) {
+        tx.send_replace(Some(d));
+    }
     loop {
         let t = now();
         match allium_directory::fetch::fetch_consensus(&cfg.network, cfg.node.address, t).await {
             Ok(dir) => {
+                if let Err(e) = allium_directory::check_protocols(&allium_directory::implemented_protocols(), &dir) {
+                    tracing::error!("{e}");
+                    return Err(e.into());
+                }
                 if first {
-                    tracing::info!("bootstrapped: consensus with {} relays", dir.relays().len());
+                    bootstrap.advance(25, &format!("consensus fetched and verified ({} relays)", dir.relays().len()));
                     first = false;
                 }
                 let refetch = dir.fresh_until().saturating_sub(t).max(1) + rand::random::<u64>() % 3;
-                tx.send_replace(Some(Arc::new(dir)));
+                tx.send_replace(Some(cache.store(dir)));
                 backoff = Duration::from_millis(250);
                 tokio::time::sleep(Duration::from_secs(refetch)).await;
             }
             Err(e) => {
-                let expired = tx.borrow().as_ref().is_some_and(|d| d.valid_until() < t);
-                if expired {
-                    tracing::warn!("consensus expired and no new one could be fetched: {e}");
+                let keep = cache.fetch_failed(&e, t);
+                if keep.is_none() && tx.borrow().is_some() {
                     tx.send_replace(None);
-                } else {
-                    tracing::debug!("consensus fetch failed: {e}");
                 }
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(30));

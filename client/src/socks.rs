@@ -1,18 +1,20 @@
-//! The SOCKS5 front end: parse with the sans-IO parser, get a circuit, open a stream, answer
-//! the application with the right reply code.
+//! The SOCKS4/4a/5 front end: parse with the sans-IO parser, get a circuit, open a stream (or
+//! resolve a name through the exit), answer the application in its protocol with the right
+//! reply code. [`serve_request`] is shared with the HTTP CONNECT front end.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use allium_proto::relay_msg::EndReason;
-use allium_proto::socks::{encode_reply, Outcome, ReplyCode, SocksAuth, SocksConfig, SocksServer, TargetAddr};
+use allium_proto::http_connect;
+use allium_proto::socks::{Outcome, ReplyCode, SocksAuth, SocksCommand, SocksConfig, SocksRequest, SocksServer, SocksVersion, TargetAddr};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 
 use crate::circmgr::GetError;
-use crate::circuit::BeginRequest;
+use crate::circuit::{BeginRequest, ResolveRequest};
 use crate::path::{ExitNeed, PathError};
 use crate::ClientState;
 
@@ -20,6 +22,10 @@ use crate::ClientState;
 const BOOTSTRAP_WAIT: Duration = Duration::from_secs(30);
 /// How long an application may take to send its SOCKS request.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a RESOLVE may wait for the exit's answer.
+const RESOLVE_TIMEOUT: Duration = Duration::from_secs(60);
+/// A RESOLVE uses a circuit whose exit allows this port.
+const RESOLVE_PORT: u16 = 80;
 
 /// Maps an exit's END reason to a SOCKS5 reply code.
 pub fn reply_for_end(r: EndReason) -> ReplyCode {
@@ -58,51 +64,157 @@ async fn handle(mut sock: TcpStream, state: Arc<ClientState>) -> std::io::Result
     let Some((req, early)) = tokio::time::timeout(REQUEST_TIMEOUT, read_request(&mut sock)).await.unwrap_or(Ok(None))? else {
         return Ok(());
     };
-    let (host, port, need) = match &req.target {
+    let credentials = match &req.auth {
+        SocksAuth::NoAuth => Vec::new(),
+        SocksAuth::UserPass(u, p) => [&[1u8][..], &(u.len() as u16).to_be_bytes(), u, p].concat(),
+        SocksAuth::UserId(u) => [&[2u8][..], u].concat(),
+    };
+    let app = AppRequest { resolve: req.command == SocksCommand::Resolve, target: req.target.clone(), credentials, early, front: Front::Socks(req) };
+    serve_request(sock, state, app).await
+}
+
+/// Which front end a request came through, so the answer is in its protocol.
+pub(crate) enum Front {
+    /// SOCKS4/4a or SOCKS5: [`SocksRequest::reply`] picks the version.
+    Socks(SocksRequest),
+    /// HTTP CONNECT: the status of [`http_connect::status_for`].
+    Http,
+}
+
+impl Front {
+    /// The answer for `code` (the SOCKS5 reply code is the internal code of every front end).
+    pub(crate) fn reply(&self, code: ReplyCode, bound: Option<SocketAddr>) -> Vec<u8> {
+        match self {
+            Front::Socks(r) => r.reply(code, bound),
+            Front::Http => http_connect::encode_response(http_connect::status_for(code)),
+        }
+    }
+
+    fn name(&self) -> &'static str {
+        match self {
+            Front::Socks(r) if r.version == SocksVersion::V4 => "SOCKS4",
+            Front::Socks(_) => "SOCKS5",
+            Front::Http => "HTTP CONNECT",
+        }
+    }
+}
+
+/// An application's request, whichever front end it came through.
+pub(crate) struct AppRequest {
+    pub target: TargetAddr,
+    /// Resolve the name through the exit instead of opening a stream.
+    pub resolve: bool,
+    /// Isolation credentials as the front end encodes them (empty: none).
+    pub credentials: Vec<u8>,
+    /// Bytes the application sent after its request.
+    pub early: Vec<u8>,
+    pub front: Front,
+}
+
+/// Opens the stream (or resolves the name) for a parsed request and answers the application.
+pub(crate) async fn serve_request(sock: TcpStream, state: Arc<ClientState>, app: AppRequest) -> std::io::Result<()> {
+    let AppRequest { target, resolve, credentials, early, front } = app;
+    let (host, port, need) = match &target {
         TargetAddr::Ip(sa) => (sa.ip().to_string(), sa.port(), ExitNeed::Addr(sa.ip(), sa.port())),
         TargetAddr::Domain(h, p) => (h.clone(), *p, ExitNeed::Port(*p)),
     };
-    if port == 0 {
-        return fail(sock, ReplyCode::NotAllowed).await;
-    }
     if host.to_ascii_lowercase().ends_with(".allium") || host.to_ascii_lowercase().ends_with(".onion") {
         // Onion services come with their own issue; never leak such a name to an exit.
-        return fail(sock, ReplyCode::HostUnreachable).await;
+        return fail(sock, &front, ReplyCode::HostUnreachable).await;
     }
-    let iso = match &req.auth {
-        SocksAuth::NoAuth => Vec::new(),
-        SocksAuth::UserPass(u, p) => [&[1u8][..], &(u.len() as u16).to_be_bytes(), u, p].concat(),
-    };
+    if resolve {
+        return serve_resolve(sock, state, target, &credentials, front).await;
+    }
+    if port == 0 {
+        return fail(sock, &front, ReplyCode::NotAllowed).await;
+    }
+    let iso = state.isolation(&credentials, sock.local_addr().ok(), &host);
     let Some(dir) = state.wait_netdir(BOOTSTRAP_WAIT).await else {
-        tracing::warn!("SOCKS request refused: no usable consensus yet");
-        return fail(sock, ReplyCode::GeneralFailure).await;
+        tracing::warn!("{} request refused: no usable consensus yet", front.name());
+        return fail(sock, &front, ReplyCode::GeneralFailure).await;
     };
     let circ = match state.circuits.get(&dir, need, &iso).await {
         Ok(c) => c,
-        Err(GetError::Path(PathError::NoExit)) => return fail(sock, ReplyCode::NotAllowed).await,
+        Err(GetError::Path(PathError::NoExit)) => return fail(sock, &front, ReplyCode::NotAllowed).await,
         Err(e) => {
-            tracing::info!("no circuit for a SOCKS request: {e}");
-            return fail(sock, ReplyCode::GeneralFailure).await;
+            tracing::info!("no circuit for a {} request: {e}", front.name());
+            return fail(sock, &front, ReplyCode::GeneralFailure).await;
         }
     };
     let (done, rx) = oneshot::channel();
-    let success_reply = encode_reply(ReplyCode::Succeeded, Some(SocketAddr::from(([0, 0, 0, 0], 0))));
+    let success_reply = front.reply(ReplyCode::Succeeded, Some(SocketAddr::from(([0, 0, 0, 0], 0))));
     let begin = BeginRequest { host, port, sock, early_data: early, success_reply, done };
     if let Err(req) = circ.begin(begin).await {
-        return fail(req.sock, ReplyCode::GeneralFailure).await;
+        return fail(req.sock, &front, ReplyCode::GeneralFailure).await;
     }
     match rx.await {
         Ok(Ok(_)) => Ok(()),
         Ok(Err((reason, sock))) => {
             tracing::debug!("stream refused by the exit: {reason:?}");
-            fail(sock, reply_for_end(reason)).await
+            fail(sock, &front, reply_for_end(reason)).await
         }
         Err(_) => Ok(()),
     }
 }
 
-async fn fail(mut sock: TcpStream, code: ReplyCode) -> std::io::Result<()> {
-    sock.write_all(&encode_reply(code, None)).await?;
+/// RESOLVE: an IP literal is its own answer; a name is resolved by the exit of a circuit of the
+/// request's isolation class. The reply carries the first address (port 0).
+async fn serve_resolve(mut sock: TcpStream, state: Arc<ClientState>, target: TargetAddr, credentials: &[u8], front: Front) -> std::io::Result<()> {
+    let host = match target {
+        TargetAddr::Ip(sa) => {
+            sock.write_all(&front.reply(ReplyCode::Succeeded, Some(SocketAddr::new(sa.ip(), 0)))).await?;
+            return sock.shutdown().await;
+        }
+        TargetAddr::Domain(h, _) => h,
+    };
+    let iso = state.isolation(credentials, sock.local_addr().ok(), &host);
+    let Some(dir) = state.wait_netdir(BOOTSTRAP_WAIT).await else {
+        tracing::warn!("RESOLVE refused: no usable consensus yet");
+        return fail(sock, &front, ReplyCode::GeneralFailure).await;
+    };
+    // Any exit can resolve; ask for one that allows a common port.
+    let circ = match state.circuits.get(&dir, ExitNeed::Port(RESOLVE_PORT), &iso).await {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::info!("no circuit for a RESOLVE: {e}");
+            return fail(sock, &front, ReplyCode::GeneralFailure).await;
+        }
+    };
+    let (done, rx) = oneshot::channel();
+    if circ.resolve(ResolveRequest { host, done }).await.is_err() {
+        return fail(sock, &front, ReplyCode::GeneralFailure).await;
+    }
+    let answer = match tokio::time::timeout(RESOLVE_TIMEOUT, rx).await {
+        Err(_) => Err(EndReason::Timeout),
+        Ok(Err(_)) => Err(EndReason::Destroy),
+        Ok(Ok(r)) => r,
+    };
+    match answer.map(|addrs| addrs.first().copied()) {
+        Ok(Some(ip)) => {
+            sock.write_all(&front.reply(ReplyCode::Succeeded, Some(SocketAddr::new(ip, 0)))).await?;
+            sock.shutdown().await
+        }
+        Ok(None) => fail(sock, &front, ReplyCode::HostUnreachable).await,
+        Err(reason) => {
+            tracing::debug!("RESOLVE failed at the exit: {reason:?}");
+            fail(sock, &front, reply_for_resolve(reason)).await
+        }
+    }
+}
+
+/// The reply code for a failed RESOLVE: the name did not resolve (or only to a private
+/// address) → 4; the exit refuses to resolve → 2; no answer in time → 6; anything else → 1.
+pub fn reply_for_resolve(r: EndReason) -> ReplyCode {
+    match r {
+        EndReason::ResolveFailed => ReplyCode::HostUnreachable,
+        EndReason::ExitPolicy => ReplyCode::NotAllowed,
+        EndReason::Timeout => ReplyCode::TtlExpired,
+        _ => ReplyCode::GeneralFailure,
+    }
+}
+
+pub(crate) async fn fail(mut sock: TcpStream, front: &Front, code: ReplyCode) -> std::io::Result<()> {
+    sock.write_all(&front.reply(code, None)).await?;
     sock.shutdown().await
 }
 
@@ -136,5 +248,41 @@ async fn read_request(sock: &mut TcpStream) -> std::io::Result<Option<(allium_pr
                 return Ok(None);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn socks(version: SocksVersion) -> Front {
+        Front::Socks(SocksRequest { version, command: SocksCommand::Connect, target: TargetAddr::Domain("a".into(), 1), auth: SocksAuth::NoAuth })
+    }
+
+    /// Every END reason gets an answer in each front end's protocol (docs/PROTOCOL.md table).
+    #[test]
+    fn failures_map_to_each_protocol() {
+        let cases = [
+            (EndReason::ExitPolicy, 2, 403),
+            (EndReason::ResolveFailed, 4, 502),
+            (EndReason::ConnectRefused, 5, 502),
+            (EndReason::Timeout, 6, 504),
+            (EndReason::NoRoute, 3, 502),
+            (EndReason::Destroy, 1, 502),
+            (EndReason::Misc, 1, 502),
+        ];
+        for (reason, socks5, http) in cases {
+            let code = reply_for_end(reason);
+            assert_eq!(socks(SocksVersion::V5).reply(code, None)[1], socks5, "{reason:?}");
+            assert_eq!(socks(SocksVersion::V4).reply(code, None), [0, 0x5b, 0, 0, 0, 0, 0, 0], "{reason:?}");
+            let h = String::from_utf8(Front::Http.reply(code, None)).unwrap();
+            assert!(h.starts_with(&format!("HTTP/1.1 {http} ")), "{reason:?}: {h}");
+        }
+        assert_eq!(socks(SocksVersion::V4).reply(ReplyCode::Succeeded, None)[1], 0x5a);
+        assert!(String::from_utf8(Front::Http.reply(ReplyCode::Succeeded, None)).unwrap().starts_with("HTTP/1.1 200 "));
+        assert_eq!(reply_for_resolve(EndReason::ResolveFailed), ReplyCode::HostUnreachable);
+        assert_eq!(reply_for_resolve(EndReason::ExitPolicy), ReplyCode::NotAllowed);
+        assert_eq!(reply_for_resolve(EndReason::Timeout), ReplyCode::TtlExpired);
+        assert_eq!(reply_for_resolve(EndReason::Destroy), ReplyCode::GeneralFailure);
     }
 }

@@ -13,7 +13,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use allium_net::config::AuthorityEntry;
 use allium_net::keys::NodeKeys;
-use allium_proto::doc::{compute_consensus, Consensus, DetachedSignature, RelayDescriptor, Vote};
+use allium_proto::doc::{compute_consensus, Consensus, ConsensusRelay, DetachedSignature, Protocols, RelayDescriptor, Vote};
 use allium_proto::ids::RelayId;
 use allium_proto::policy::is_private;
 use ed25519_dalek::SigningKey;
@@ -21,6 +21,8 @@ use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 
 use crate::config::AuthorityConfig;
+use crate::flags::{assign_flags, capped_weight, Observation, Thresholds};
+use crate::params::ConsensusParams;
 use crate::schedule::{descriptor_max_age, Schedule};
 use crate::DirError;
 
@@ -71,6 +73,61 @@ pub struct Published {
     pub text: Arc<str>,
 }
 
+/// What an authority votes besides relays, and its operator's lists.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VotePolicy {
+    /// Consensus parameters it votes (see [`crate::params`]).
+    pub params: BTreeMap<String, i64>,
+    pub required_protocols: Protocols,
+    pub recommended_protocols: Protocols,
+    /// Relays it marks BadExit.
+    pub bad_exits: BTreeSet<RelayId>,
+    /// Relays it never votes for.
+    pub rejected: BTreeSet<RelayId>,
+}
+
+impl VotePolicy {
+    /// The defaults for a network kind (no lists).
+    pub fn defaults(testnet: bool) -> Self {
+        let p = |t: &str| Protocols::parse_args(&t.split(' ').collect::<Vec<_>>()).expect("valid default protocols");
+        VotePolicy {
+            params: crate::params::vote_params(testnet, &BTreeMap::new()),
+            required_protocols: p(crate::config::DEFAULT_REQUIRED_PROTOCOLS),
+            recommended_protocols: p(crate::config::DEFAULT_RECOMMENDED_PROTOCOLS),
+            bad_exits: BTreeSet::new(),
+            rejected: BTreeSet::new(),
+        }
+    }
+
+    /// From a validated config.
+    pub fn from_config(cfg: &AuthorityConfig) -> Result<Self, allium_net::config::ConfigError> {
+        Ok(VotePolicy {
+            params: cfg.vote_params(),
+            required_protocols: cfg.required_protocols()?,
+            recommended_protocols: cfg.recommended_protocols()?,
+            bad_exits: cfg.bad_exits()?,
+            rejected: cfg.rejected()?,
+        })
+    }
+}
+
+/// The result of this authority's reachability tests of one relay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Reach {
+    /// The last test succeeded.
+    ok: bool,
+    /// Start of the current unbroken run of successful tests (unix seconds).
+    running_since: Option<u64>,
+}
+
+/// Where and how to test one relay's reachability.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReachTarget {
+    pub identity: RelayId,
+    pub address: SocketAddr,
+    pub link_key: [u8; 32],
+}
+
 /// Everything an authority knows, behind one lock. No I/O, no clock.
 pub struct AuthorityState {
     me: RelayId,
@@ -88,6 +145,8 @@ pub struct AuthorityState {
     early_sigs: BTreeMap<u64, BTreeMap<RelayId, DetachedSignature>>,
     /// The latest published consensus and its text.
     published: Option<(Consensus, Arc<str>)>,
+    policy: VotePolicy,
+    reach: HashMap<RelayId, Reach>,
 }
 
 impl AuthorityState {
@@ -103,7 +162,76 @@ impl AuthorityState {
             pending: None,
             early_sigs: BTreeMap::new(),
             published: None,
+            policy: VotePolicy::defaults(testnet),
+            reach: HashMap::new(),
         }
+    }
+
+    /// Replaces the default [`VotePolicy`].
+    pub fn with_policy(mut self, policy: VotePolicy) -> Self {
+        self.policy = policy;
+        self
+    }
+
+    /// Records the result of a reachability test of `id` finished at `now` (seconds).
+    pub fn record_reachability(&mut self, id: RelayId, ok: bool, now: u64) {
+        if !self.descriptors.contains_key(&id) {
+            return;
+        }
+        let r = self.reach.entry(id).or_insert(Reach { ok, running_since: None });
+        r.ok = ok;
+        r.running_since = if ok { Some(r.running_since.unwrap_or(now)) } else { None };
+    }
+
+    /// Every held relay to test.
+    pub fn reach_targets(&self) -> Vec<ReachTarget> {
+        self.descriptors
+            .values()
+            .filter(|d| !self.policy.rejected.contains(&d.identity))
+            .map(|d| ReachTarget { identity: d.identity, address: d.address, link_key: d.link_key })
+            .collect()
+    }
+
+    /// The target for `id` if it was never tested (a relay seen for the first time).
+    pub fn untested(&self, id: &RelayId) -> Option<ReachTarget> {
+        if self.reach.contains_key(id) || self.policy.rejected.contains(id) {
+            return None;
+        }
+        self.descriptors.get(id).map(|d| ReachTarget { identity: d.identity, address: d.address, link_key: d.link_key })
+    }
+
+    /// The flag thresholds in force: the latest published consensus's parameters, each one
+    /// this consensus does not list (or all, if it has none or its values are out of bounds)
+    /// taken from this authority's own vote.
+    pub fn thresholds(&self) -> Thresholds {
+        let mut p = self.policy.params.clone();
+        if let Some((c, _)) = &self.published {
+            if ConsensusParams::from_map(c.params()).is_ok() {
+                p.extend(c.params().iter().map(|(k, v)| (k.clone(), *v)));
+            }
+        }
+        Thresholds::from_params(&ConsensusParams::from_map(&p).unwrap_or_default())
+    }
+
+    /// The entry this authority votes for a held descriptor, or `None` when it does not vote
+    /// for the relay: rejected by the operator, lacking a required protocol version, or not
+    /// reachable in the last test (so every entry it votes has Running).
+    fn vote_entry(&self, d: &RelayDescriptor, t: &Thresholds, now: u64) -> Option<ConsensusRelay> {
+        if self.policy.rejected.contains(&d.identity) || !d.protocols.missing(&self.policy.required_protocols).is_empty() {
+            return None;
+        }
+        let reach = self.reach.get(&d.identity).filter(|r| r.ok)?;
+        let obs = Observation {
+            reachable: true,
+            uptime_secs: now.saturating_sub(reach.running_since.unwrap_or(now)),
+            bandwidth: d.bandwidth,
+            policy: &d.policy,
+            bad_exit: self.policy.bad_exits.contains(&d.identity),
+        };
+        let mut e = d.to_entry();
+        e.flags = assign_flags(&obs, t, self.testnet);
+        e.weight = capped_weight(d.bandwidth, t);
+        Some(e)
     }
 
     fn majority(&self) -> usize {
@@ -131,6 +259,10 @@ impl AuthorityState {
             if old.published >= d.published {
                 return Err(Reject::bad("not newer than the descriptor already held for this relay"));
             }
+            if old.address != d.address || old.link_key != d.link_key {
+                // Test the new address before voting for it.
+                self.reach.remove(&d.identity);
+            }
         } else if self.descriptors.len() >= MAX_DESCRIPTORS {
             self.prune_descriptors(now);
             if self.descriptors.len() >= MAX_DESCRIPTORS {
@@ -144,6 +276,8 @@ impl AuthorityState {
     fn prune_descriptors(&mut self, now: u64) {
         let max_age = descriptor_max_age(self.schedule.interval_secs());
         self.descriptors.retain(|_, d| d.published + max_age >= now);
+        let held = &self.descriptors;
+        self.reach.retain(|id, _| held.contains_key(id));
     }
 
     /// Number of descriptors held.
@@ -155,10 +289,14 @@ impl AuthorityState {
     /// descriptors that are not too old. Returns the signed text and the number of relays.
     pub fn make_vote(&mut self, t: u64, now: u64) -> (Arc<str>, usize) {
         self.prune_descriptors(now);
+        let th = self.thresholds();
         let vote = Vote {
             lifetime: self.schedule.lifetime(t),
             voter: self.me,
-            relays: self.descriptors.values().map(RelayDescriptor::to_entry).collect(),
+            params: self.policy.params.clone(),
+            recommended_protocols: self.policy.recommended_protocols.clone(),
+            required_protocols: self.policy.required_protocols.clone(),
+            relays: self.descriptors.values().filter_map(|d| self.vote_entry(d, &th, now)).collect(),
         };
         let text: Arc<str> = vote.encode_signed(&self.key).into();
         let n = vote.relays.len();
@@ -341,6 +479,50 @@ pub(crate) struct Shared {
     pub data_dir: PathBuf,
     /// Serializes writes of the consensus file.
     pub save_lock: tokio::sync::Mutex<()>,
+    /// The authority's relay credentials and address for reachability tests.
+    pub creds: Arc<allium_net::link::RelayCredentials>,
+    pub bind: std::net::IpAddr,
+    /// Bounds concurrent reachability tests.
+    pub tests: Arc<tokio::sync::Semaphore>,
+}
+
+/// Most reachability tests in flight at once.
+pub const MAX_CONCURRENT_TESTS: usize = 128;
+
+/// How long before voting the reachability tests start, and how long one test may take:
+/// a quarter of the interval, at most 20 s.
+pub fn reach_window_ms(interval_secs: u64) -> u64 {
+    (interval_secs * 1000 / 4).min(20_000)
+}
+
+/// Tests each target by completing a link handshake to it (as a relay, from the authority's
+/// address) and then closing the link; records each result as it comes. A test not finished
+/// within `timeout` counts as a failure.
+pub(crate) async fn test_reachability(sh: &Arc<Shared>, targets: Vec<ReachTarget>, timeout: Duration) -> (usize, usize) {
+    let mut set = JoinSet::new();
+    let total = targets.len();
+    for t in targets {
+        let sh2 = sh.clone();
+        set.spawn(async move {
+            let ok = tokio::time::timeout(timeout, async {
+                let _permit = sh2.tests.acquire().await.ok()?;
+                let peer = allium_net::link::PeerInfo { addr: t.address, identity: t.identity, link_key: t.link_key };
+                allium_net::link::connect(sh2.bind, &peer, Some(&sh2.creds)).await.ok()
+            })
+            .await
+            .ok()
+            .flatten()
+            .is_some();
+            // The link (if any) is dropped here: the test only needs the handshake.
+            sh2.lock().record_reachability(t.identity, ok, now_ms() / 1000);
+            ok
+        });
+    }
+    let mut reachable = 0;
+    while let Some(r) = set.join_next().await {
+        reachable += usize::from(r.unwrap_or(false));
+    }
+    (reachable, total)
 }
 
 impl Shared {
@@ -431,7 +613,8 @@ pub async fn run_authority_on(cfg: AuthorityConfig, keys: NodeKeys, listener: Tc
     let ids = cfg.authority_ids();
     let http = crate::http::client(cfg.node.address).map_err(DirError::Http)?;
     allium_net::keys::ensure_dir(&cfg.node.data_dir).map_err(|e| DirError::DataDir(e.to_string()))?;
-    let mut state = AuthorityState::new(keys.identity.clone(), &ids, cfg.network.dangerous_testnet, schedule);
+    let policy = VotePolicy::from_config(&cfg)?;
+    let mut state = AuthorityState::new(keys.identity.clone(), &ids, cfg.network.dangerous_testnet, schedule).with_policy(policy);
     if let Some(c) = load_consensus(&cfg.node.data_dir, &ids, now_ms() / 1000) {
         tracing::info!(valid_after = c.valid_after(), relays = c.relays().len(), "loaded the saved consensus");
         state.install_published(c);
@@ -444,6 +627,9 @@ pub async fn run_authority_on(cfg: AuthorityConfig, keys: NodeKeys, listener: Tc
         http,
         data_dir: cfg.node.data_dir.clone(),
         save_lock: tokio::sync::Mutex::new(()),
+        creds: Arc::new(allium_net::link::RelayCredentials::new(&keys)),
+        bind: cfg.node.address,
+        tests: Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT_TESTS)),
     });
     tracing::info!(
         nickname = %cfg.node.nickname,
@@ -480,6 +666,13 @@ async fn schedule_loop(sh: Arc<Shared>) -> Result<(), DirError> {
     let s = sh.schedule;
     loop {
         let t = s.next_period(now_ms());
+        let window = reach_window_ms(s.interval_secs());
+        sleep_until_ms(s.vote_at_ms(t).saturating_sub(window)).await;
+        if now_ms() < s.vote_at_ms(t) {
+            let targets = sh.lock().reach_targets();
+            let (up, all) = test_reachability(&sh, targets, until(s.vote_at_ms(t))).await;
+            tracing::info!(valid_after = t, reachable = up, relays = all, "reachability tested");
+        }
         sleep_until_ms(s.vote_at_ms(t)).await;
         let (text, n) = sh.lock().make_vote(t, now_ms() / 1000);
         tracing::info!(valid_after = t, relays = n, "voted");
@@ -568,7 +761,7 @@ fn report(peer: &AuthorityEntry, what: &str, r: Result<(), crate::http::PostErro
 #[cfg(test)]
 mod tests {
     use super::*;
-    use allium_proto::doc::{certify_link_key, Protocols};
+    use allium_proto::doc::{certify_link_key, RelayFlags};
     use allium_proto::policy::ExitPolicy;
 
     const I: u64 = 10;
@@ -590,8 +783,15 @@ mod tests {
             policy: ExitPolicy::reject_all(),
             family: vec![],
             bandwidth: 1,
-            protocols: Protocols::new(),
+            protocols: crate::protocols::implemented_protocols(),
             published,
+        }
+    }
+
+    /// Records every held relay as reachable (as if the reachability round succeeded).
+    fn all_reachable(st: &mut AuthorityState, now: u64) {
+        for t in st.reach_targets() {
+            st.record_reachability(t.identity, true, now);
         }
     }
 
@@ -634,6 +834,7 @@ mod tests {
         let mut votes = Vec::new();
         for (st, on) in states.iter_mut().zip(online) {
             if *on {
+                all_reachable(st, T - I);
                 let (text, _) = st.make_vote(T, T - I / 2);
                 votes.push(text);
             }
@@ -723,6 +924,7 @@ mod tests {
         // A second, different vote by the same authority for the same period: conflict.
         let (t1, _) = peer.make_vote(T, T - 5);
         peer.accept_descriptor(desc(&key(70), T - 5, "127.0.0.1:9001"), T - 5).unwrap();
+        all_reachable(&mut peer, T - 5);
         let (t2, _) = peer.make_vote(T, T - 5);
         let v1 = Vote::parse(&t1).unwrap().verify().unwrap();
         let v2 = Vote::parse(&t2).unwrap().verify().unwrap();
@@ -774,5 +976,117 @@ mod tests {
         std::fs::write(dir.join(CONSENSUS_FILE), &text[..text.len() / 2]).unwrap();
         assert!(load_consensus(&dir, &ids, T + 1).is_none(), "truncated");
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn vote_lists_only_reachable_valid_relays_with_their_flags() {
+        let (_, st) = three(false);
+        let bad = key(83);
+        let gone = key(84);
+        let mut policy = VotePolicy::defaults(false);
+        policy.rejected.insert(RelayId(key(82).verifying_key().to_bytes()));
+        policy.bad_exits.insert(RelayId(bad.verifying_key().to_bytes()));
+        let mut a = st.into_iter().next().unwrap().with_policy(policy);
+        let now = T - 5;
+        let up = key(80);
+        let untested = key(81);
+        let mut exit = desc(&bad, now, "192.0.2.3:9001");
+        exit.policy = ExitPolicy::default_exit();
+        exit.bandwidth = 50_000_000;
+        let mut old = desc(&key(85), now, "192.0.2.5:9001");
+        old.protocols = allium_proto::doc::Protocols::new().with("Link", 1, 1);
+        for d in [desc(&up, now, "192.0.2.1:9001"), desc(&untested, now, "192.0.2.2:9001"), desc(&key(82), now, "192.0.2.4:9001"), exit, old, desc(&gone, now, "192.0.2.6:9001")] {
+            a.accept_descriptor(d, now).unwrap();
+        }
+        assert_eq!(a.reach_targets().len(), 5, "the rejected relay is not even tested");
+        for k in [&up, &bad, &key(85), &gone] {
+            a.record_reachability(RelayId(k.verifying_key().to_bytes()), true, now - 100);
+        }
+        a.record_reachability(RelayId(gone.verifying_key().to_bytes()), false, now);
+        let (text, n) = a.make_vote(T, now);
+        let v = Vote::parse(&text).unwrap().verify().unwrap();
+        let listed: Vec<RelayId> = v.relays.iter().map(|r| r.identity).collect();
+        assert_eq!(n, 2, "{listed:?}");
+        let find = |k: &SigningKey| v.relays.iter().find(|r| r.identity == RelayId(k.verifying_key().to_bytes())).cloned();
+        let r_up = find(&up).expect("reachable relay listed");
+        assert_eq!(r_up.flags, RelayFlags::RUNNING | RelayFlags::VALID, "new and slow on a real network");
+        let r_bad = find(&bad).expect("bad exit still listed");
+        assert!(r_bad.flags.contains(RelayFlags::BAD_EXIT | RelayFlags::EXIT | RelayFlags::FAST));
+        assert_eq!(r_bad.weight, 10_000_000, "self-reported bandwidth capped");
+        assert!(find(&gone).is_none() && find(&untested).is_none(), "unreachable and untested relays are not voted");
+        assert!(find(&key(85)).is_none(), "lacks a required protocol");
+        assert_eq!(v.params.get("guard-min-uptime"), Some(&(8 * 86_400)));
+        assert_eq!(v.required_protocols.to_string(), crate::config::DEFAULT_REQUIRED_PROTOCOLS);
+    }
+
+    #[test]
+    fn testnet_relay_is_guard_and_hsdir_at_once_and_loses_running_when_a_test_fails() {
+        let (_, mut st) = three(true);
+        let r = key(90);
+        let id = RelayId(r.verifying_key().to_bytes());
+        st[0].accept_descriptor(desc(&r, T - 5, "127.0.0.1:9001"), T - 5).unwrap();
+        assert!(st[0].untested(&id).is_some());
+        st[0].record_reachability(id, true, T - 5);
+        assert!(st[0].untested(&id).is_none());
+        let (text, _) = st[0].make_vote(T, T - 5);
+        let v = Vote::parse(&text).unwrap().verify().unwrap();
+        assert!(v.relays[0].flags.contains(RelayFlags::RUNNING | RelayFlags::GUARD | RelayFlags::HSDIR | RelayFlags::STABLE));
+        st[0].record_reachability(id, false, T + I - 5);
+        let (text, _) = st[0].make_vote(T + I, T + I - 5);
+        assert!(Vote::parse(&text).unwrap().verify().unwrap().relays.is_empty());
+    }
+
+    /// Size of a synthetic 1,000-relay consensus and one authority's CPU time for a voting
+    /// round (make its vote; parse and verify two peer votes; compute and sign the consensus;
+    /// verify it as a client would). `cargo test -p allium-directory --release -- --ignored measure --nocapture`
+    #[test]
+    #[ignore]
+    fn measure_1000_relays() {
+        let (keys, mut st) = three(true);
+        let ids: Vec<RelayId> = keys.iter().map(|k| RelayId(k.verifying_key().to_bytes())).collect();
+        for i in 0..1000u32 {
+            let mut seed = [0u8; 32];
+            seed[..4].copy_from_slice(&i.to_be_bytes());
+            seed[31] = 1;
+            let k = SigningKey::from_bytes(&seed);
+            let mut d = desc(&k, T - 3, &format!("10.{}.{}.1:9001", i / 256, i % 256));
+            d.bandwidth = 1_000_000 + u64::from(i) * 1000;
+            if i % 5 == 0 {
+                d.policy = ExitPolicy::default_exit();
+            }
+            for a in st.iter_mut() {
+                a.accept_descriptor(d.clone(), T - 5).unwrap();
+            }
+        }
+        let s = Schedule::new(I);
+        let t0 = std::time::Instant::now();
+        let texts: Vec<Arc<str>> = st.iter_mut().map(|a| {
+            all_reachable(a, T - I);
+            a.make_vote(T, T - I / 2).0
+        }).collect();
+        let vote_ms = t0.elapsed().as_secs_f64() * 1000.0 / 3.0;
+        let t1 = std::time::Instant::now();
+        for text in &texts[1..] {
+            let v = Vote::parse(text).unwrap().verify().unwrap();
+            st[0].accept_vote(v, text.clone(), s.vote_at_ms(T) + 10).unwrap();
+        }
+        let ingest_ms = t1.elapsed().as_secs_f64() * 1000.0;
+        let t2 = std::time::Instant::now();
+        st[0].make_consensus(T).unwrap();
+        let compute_ms = t2.elapsed().as_secs_f64() * 1000.0;
+        let c = st[0].pending.clone().unwrap();
+        let text = c.encode();
+        let t3 = std::time::Instant::now();
+        Consensus::parse(&text).unwrap().dangerously_skip_time_check(&ids[..1]).unwrap();
+        let verify_ms = t3.elapsed().as_secs_f64() * 1000.0;
+        let header = c.signed_text().find("\nrelay ").unwrap() + 1;
+        let body = c.signed_text().len() - header;
+        println!(
+            "1000 relays: consensus {} bytes ({} per relay entry, header {} bytes), vote {} bytes; \
+             authority CPU: vote {vote_ms:.1} ms, ingest 2 votes {ingest_ms:.1} ms, compute+sign {compute_ms:.1} ms; \
+             client parse+verify {verify_ms:.1} ms",
+            text.len(), body / 1000, header, texts[0].len()
+        );
+        assert_eq!(c.relays().len(), 1000);
     }
 }

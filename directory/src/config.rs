@@ -1,9 +1,10 @@
 //! The authority's configuration (`allium authority --config authority.toml`).
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
 use allium_net::config::{load_toml, ConfigError, NetworkConfig, NodeConfig};
+use allium_proto::doc::Protocols;
 use allium_proto::ids::RelayId;
 use serde::Deserialize;
 
@@ -28,7 +29,7 @@ pub struct AuthorityConfig {
 }
 
 /// The `[authority]` section.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AuthoritySection {
     /// The directory HTTP port, on `node.address`. Must match this authority's entry in
@@ -38,6 +39,44 @@ pub struct AuthoritySection {
     /// Default 3600 (10 with `network.dangerous_testnet`); below 300 only on a test network.
     #[serde(default)]
     pub voting_interval_secs: Option<u64>,
+    /// Consensus parameters this authority votes, overriding the defaults (see
+    /// `crate::params::PARAMS`; unknown names and values outside the bounds are refused).
+    #[serde(default)]
+    pub params: BTreeMap<String, i64>,
+    /// Fingerprints of relays this authority marks BadExit (never used as exits).
+    #[serde(default)]
+    pub bad_exits: Vec<String>,
+    /// Fingerprints of relays this authority refuses to vote for at all.
+    #[serde(default)]
+    pub reject: Vec<String>,
+    /// Subprotocol versions this authority votes as required (`Name=ranges ...`); default
+    /// [`DEFAULT_REQUIRED_PROTOCOLS`].
+    #[serde(default)]
+    pub required_protocols: Option<String>,
+    /// Subprotocol versions this authority votes as recommended; default
+    /// [`DEFAULT_RECOMMENDED_PROTOCOLS`].
+    #[serde(default)]
+    pub recommended_protocols: Option<String>,
+}
+
+/// Subprotocol versions required by default: what every node of this version implements.
+pub const DEFAULT_REQUIRED_PROTOCOLS: &str = "Link=1 Ntor=1 Relay=1";
+/// Subprotocol versions recommended by default.
+pub const DEFAULT_RECOMMENDED_PROTOCOLS: &str = "Link=1 Ntor=1 Relay=1";
+
+fn parse_protocols(key: &str, text: &str) -> Result<Protocols, ConfigError> {
+    let args: Vec<&str> = if text.is_empty() { vec![] } else { text.split(' ').collect() };
+    let p = Protocols::parse_args(&args).map_err(|e| ConfigError::invalid(key, e))?;
+    if p.to_string() != text {
+        return Err(ConfigError::invalid(key, &format!("write it in normal form: \"{p}\"")));
+    }
+    Ok(p)
+}
+
+fn parse_ids(key: &str, list: &[String]) -> Result<BTreeSet<RelayId>, ConfigError> {
+    list.iter()
+        .map(|f| f.parse().map_err(|e: allium_proto::ids::BadFingerprint| ConfigError::invalid(key, &e.to_string())))
+        .collect()
 }
 
 impl AuthorityConfig {
@@ -73,7 +112,40 @@ impl AuthorityConfig {
         if self.authority.dir_port == 0 {
             return Err(ConfigError::invalid("authority.dir_port", "must not be 0"));
         }
+        for (k, v) in &self.authority.params {
+            if crate::params::spec(k).is_none() {
+                return Err(ConfigError::invalid("authority.params", &format!("unknown parameter {k}")));
+            }
+            crate::params::check(k, *v).map_err(|e| ConfigError::invalid("authority.params", &e.to_string()))?;
+        }
+        self.required_protocols()?;
+        self.recommended_protocols()?;
+        self.bad_exits()?;
+        self.rejected()?;
         Ok(())
+    }
+
+    /// The parameters this authority votes.
+    pub fn vote_params(&self) -> BTreeMap<String, i64> {
+        crate::params::vote_params(self.network.dangerous_testnet, &self.authority.params)
+    }
+
+    pub fn required_protocols(&self) -> Result<Protocols, ConfigError> {
+        let t = self.authority.required_protocols.as_deref().unwrap_or(DEFAULT_REQUIRED_PROTOCOLS);
+        parse_protocols("authority.required_protocols", t)
+    }
+
+    pub fn recommended_protocols(&self) -> Result<Protocols, ConfigError> {
+        let t = self.authority.recommended_protocols.as_deref().unwrap_or(DEFAULT_RECOMMENDED_PROTOCOLS);
+        parse_protocols("authority.recommended_protocols", t)
+    }
+
+    pub fn bad_exits(&self) -> Result<BTreeSet<RelayId>, ConfigError> {
+        parse_ids("authority.bad_exits", &self.authority.bad_exits)
+    }
+
+    pub fn rejected(&self) -> Result<BTreeSet<RelayId>, ConfigError> {
+        parse_ids("authority.reject", &self.authority.reject)
     }
 
     /// Checks that this authority (identity `me`, from its key) is one of the configured
@@ -135,6 +207,20 @@ mod tests {
         assert!(e.contains("authority.voting_interval_secs") && !e.contains('\n'), "{e}");
         assert!(parse(&cfg(true, Some(1))).is_err());
         assert!(parse(&cfg(false, Some(300))).is_ok());
+    }
+
+    #[test]
+    fn params_lists_and_protocols_checked() {
+        let base = cfg(true, None);
+        let c = parse(&format!("{base}bad_exits = [\"{}\"]\n[authority.params]\nfast-min-bw = 5\n", "CD".repeat(32))).unwrap();
+        assert_eq!(c.vote_params()["fast-min-bw"], 5);
+        assert_eq!(c.bad_exits().unwrap().len(), 1);
+        let e = parse(&format!("{base}[authority.params]\ncircuit-window = 1\n")).unwrap_err().to_string();
+        assert!(e.contains("circuit-window=1 is outside its bounds"), "{e}");
+        assert!(parse(&format!("{base}[authority.params]\nno-such = 1\n")).unwrap_err().to_string().contains("unknown parameter"));
+        assert!(parse(&format!("{base}reject = [\"nope\"]\n")).is_err());
+        assert!(parse(&format!("{base}required_protocols = \"Relay=1 Link=1\"\n")).unwrap_err().to_string().contains("normal form"));
+        assert_eq!(c.required_protocols().unwrap().to_string(), DEFAULT_REQUIRED_PROTOCOLS);
     }
 
     #[test]

@@ -25,6 +25,8 @@ pub enum FetchAttemptError {
     Parse(DocError),
     #[error("{0}")]
     Verify(ConsensusError),
+    #[error("{0}")]
+    Params(crate::params::ParamError),
 }
 
 /// One failed attempt.

@@ -12,7 +12,12 @@
 //!   in its module docs.
 //! - [`publish`]: [`publish_descriptor`], the relay uploading its descriptor to every authority.
 //! - [`fetch`]: [`fetch_consensus`], downloading and verifying a consensus.
-//! - [`netdir`]: [`NetDir`], the verified, time-bounded network view clients and relays use.
+//! - [`netdir`]: [`NetDir`], the verified, time-bounded network view clients and relays use
+//!   (usable relays, mutual families, position weights, parameters).
+//! - [`flags`]: the flag rules, as pure functions; [`params`]: the consensus parameter table.
+//! - [`protocols`]: the required-protocol check nodes run; [`cache`]: the consensus a node
+//!   keeps across restarts and uses for a bounded grace after expiry.
+//! - [`show`]: a readable rendering of a consensus (`allium directory show`).
 //!
 //! Document formats and their verification live in `allium_proto::doc`; the full protocol
 //! (formats, endpoints, schedule, consensus rules) is in `docs/PROTOCOL.md`.
@@ -20,26 +25,32 @@
 //! # Not in this crate
 //!
 //! - Document encoding, parsing and signature checks (`allium_proto::doc`).
-//! - Relay flags (Running, Stable, Guard, Exit), bandwidth measurement, consensus parameters,
-//!   shared randomness, authority signing-key certificates, consensus diffs and compression,
-//!   and directory caches on relays: later directory work (see the design note in
-//!   `allium_proto::doc`).
+//! - Bandwidth measurement (weights come from capped self-reports), shared randomness,
+//!   authority signing-key certificates, consensus diffs and compression, and directory caches
+//!   on relays: later directory work (see the design note in `allium_proto::doc`).
 //! - Path selection (`allium-client`) and the relay's decision of when to republish
 //!   (`allium-relay`, using [`schedule::republish_period_secs`]).
 
 pub mod authority;
+pub mod cache;
 pub mod config;
 pub mod fetch;
+pub mod flags;
 mod http;
 pub mod netdir;
+pub mod params;
+pub mod protocols;
+pub mod show;
 pub mod publish;
 pub mod schedule;
 pub mod server;
 
-pub use authority::{run_authority, run_authority_on, AuthorityState};
+pub use authority::{run_authority, run_authority_on, AuthorityState, VotePolicy};
 pub use config::{AuthorityConfig, AuthoritySection};
 pub use fetch::{fetch_consensus, FetchAttempt, FetchAttemptError, FetchError};
+pub use cache::ConsensusCache;
 pub use netdir::NetDir;
+pub use protocols::{check_protocols, implemented_protocols};
 pub use publish::publish_descriptor;
 
 /// Why an authority stopped.

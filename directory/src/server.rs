@@ -12,6 +12,7 @@
 //! Responses are `text/plain`; a refusal's body is one line saying why.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{header, StatusCode};
@@ -58,6 +59,16 @@ async fn post_descriptor(State(sh): State<Arc<Shared>>, body: String) -> Respons
     match r {
         Ok(a) => {
             tracing::debug!(relay = %id.short(), "descriptor {:?}", a);
+            // A relay seen for the first time is tested now, so it can be voted Running at once
+            // (only when a test slot is free; otherwise the next round before the vote tests it).
+            let target = sh.lock().untested(&id);
+            if let (Some(target), true) = (target, sh.tests.available_permits() > 0) {
+                let sh2 = sh.clone();
+                tokio::spawn(async move {
+                    let window = crate::authority::reach_window_ms(sh2.schedule.interval_secs()).max(1000);
+                    crate::authority::test_reachability(&sh2, vec![target], Duration::from_millis(window)).await;
+                });
+            }
             ok(a)
         }
         Err(r) => refused("descriptor", r),

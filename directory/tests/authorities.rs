@@ -10,7 +10,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use allium_directory::{fetch_consensus, publish_descriptor, run_authority_on, AuthorityConfig, AuthoritySection, NetDir};
 use allium_net::config::{AuthorityEntry, NetworkConfig, NodeConfig};
 use allium_net::keys::{load_or_create, NodeKeys};
-use allium_proto::doc::{certify_link_key, Protocols, RelayDescriptor};
+use allium_proto::doc::{certify_link_key, RelayDescriptor, RelayFlags};
 use allium_proto::ids::RelayId;
 use allium_proto::policy::ExitPolicy;
 use ed25519_dalek::SigningKey;
@@ -77,6 +77,7 @@ async fn testnet(n: usize, start: &[bool]) -> Testnet {
             authority: AuthoritySection {
                 dir_port: net.authorities[i].address.port(),
                 voting_interval_secs: Some(INTERVAL),
+                ..Default::default()
             },
         };
         tokio::spawn(async move {
@@ -87,10 +88,38 @@ async fn testnet(n: usize, start: &[bool]) -> Testnet {
     Testnet { net, dirs }
 }
 
-fn relay_descriptor(seed: u8, port: u16) -> (SigningKey, RelayDescriptor) {
-    let k = SigningKey::from_bytes(&[seed; 32]);
-    let link = [seed ^ 0x0f; 32];
-    let d = RelayDescriptor {
+/// A relay in this process that completes link handshakes (all the authorities test) until it
+/// is stopped.
+struct FakeRelay {
+    key: SigningKey,
+    desc: RelayDescriptor,
+    task: tokio::task::JoinHandle<()>,
+    _dir: PathBuf,
+}
+
+impl FakeRelay {
+    fn stop(&self) {
+        self.task.abort();
+    }
+}
+
+async fn fake_relay(seed: u8) -> FakeRelay {
+    let dir = temp_dir(&format!("relay{seed}"));
+    let keys = load_or_create(&dir).unwrap();
+    let l = TcpListener::bind(SocketAddr::new(LOCALHOST, 0)).await.unwrap();
+    let port = l.local_addr().unwrap().port();
+    let k = keys.identity.clone();
+    let link = keys.link_public();
+    let secret = keys.link.to_bytes();
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((s, _)) = l.accept().await else { return };
+            tokio::spawn(async move {
+                let _ = allium_net::link::accept(s, &secret).await;
+            });
+        }
+    });
+    let desc = RelayDescriptor {
         nickname: format!("relay{seed}"),
         identity: RelayId(k.verifying_key().to_bytes()),
         onion_key: [seed ^ 0xf0; 32],
@@ -100,10 +129,10 @@ fn relay_descriptor(seed: u8, port: u16) -> (SigningKey, RelayDescriptor) {
         policy: if seed & 1 == 0 { ExitPolicy::default_exit() } else { ExitPolicy::reject_all() },
         family: vec![],
         bandwidth: 1000 * u64::from(seed),
-        protocols: Protocols::new().with("Link", 1, 1).with("Relay", 1, 1),
+        protocols: allium_directory::implemented_protocols(),
         published: now(),
     };
-    (k, d)
+    FakeRelay { key: k, desc, task, _dir: dir }
 }
 
 /// Sends one request and returns the status and body.
@@ -135,13 +164,19 @@ async fn wait_for_consensus(net: &NetworkConfig, done: impl Fn(&NetDir) -> bool)
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn three_authorities_publish_a_consensus_signed_by_all() {
     let tn = testnet(3, &[true, true, true]).await;
-    let relays: Vec<(SigningKey, RelayDescriptor)> = (1..=3).map(|s| relay_descriptor(s, 9000 + u16::from(s))).collect();
+    let mut relays: Vec<(SigningKey, RelayDescriptor)> = Vec::new();
+    let mut fakes = Vec::new();
+    for s in 1..=3 {
+        let f = fake_relay(s).await;
+        relays.push((f.key.clone(), f.desc.clone()));
+        fakes.push(f);
+    }
     for (k, d) in &relays {
         assert_eq!(publish_descriptor(&tn.net, LOCALHOST, &d.encode_signed(k)).await, 3);
     }
 
     // A9: a descriptor that claims relay 1's identity but is signed by another key.
-    let (_, mut forged) = relay_descriptor(1, 9001);
+    let mut forged = relays[0].1.clone();
     forged.published += 1;
     let forged_text = forged.encode_signed(&SigningKey::from_bytes(&[77; 32]));
     assert_eq!(publish_descriptor(&tn.net, LOCALHOST, &forged_text).await, 0);
@@ -162,7 +197,11 @@ async fn three_authorities_publish_a_consensus_signed_by_all() {
     assert_eq!(nd.relays().len(), 3);
     for (_, d) in &relays {
         let r = nd.by_id(&d.identity).unwrap();
-        assert_eq!(*r, d.to_entry(), "the consensus carries the descriptor as published, not the forgery");
+        let mut want = d.to_entry();
+        (want.flags, want.weight) = (r.flags, r.weight);
+        assert_eq!(*r, want, "the consensus carries the descriptor as published, not the forgery");
+        assert!(r.flags.contains(RelayFlags::RUNNING | RelayFlags::VALID | RelayFlags::GUARD | RelayFlags::HSDIR), "testnet: {}", r.flags);
+        assert_eq!(r.weight, d.bandwidth);
         assert!(r.link_cert_ok());
     }
     assert_eq!(nd.interval_secs(), INTERVAL);
@@ -182,7 +221,8 @@ async fn three_authorities_publish_a_consensus_signed_by_all() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a34_one_authority_never_started_consensus_signed_by_two() {
     let tn = testnet(3, &[true, true, false]).await;
-    let relays: Vec<(SigningKey, RelayDescriptor)> = (11..=12).map(|s| relay_descriptor(s, 9000 + u16::from(s))).collect();
+    let fakes = [fake_relay(11).await, fake_relay(12).await];
+    let relays: Vec<(SigningKey, RelayDescriptor)> = fakes.iter().map(|f| (f.key.clone(), f.desc.clone())).collect();
     for (k, d) in &relays {
         assert_eq!(publish_descriptor(&tn.net, LOCALHOST, &d.encode_signed(k)).await, 2);
     }
@@ -201,4 +241,28 @@ async fn fetch_with_no_authority_up_says_why() {
     let msg = err.to_string();
     assert!(msg.contains("auth0") && msg.contains("auth1") && msg.contains("connection"), "{msg}");
     assert!(!msg.contains("127.0.0.1"), "no addresses in the error: {msg}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn relay_that_stops_answering_loses_running_within_one_round() {
+    let tn = testnet(3, &[true, true, true]).await;
+    let a = fake_relay(21).await;
+    let b = fake_relay(22).await;
+    for f in [&a, &b] {
+        assert_eq!(publish_descriptor(&tn.net, LOCALHOST, &f.desc.encode_signed(&f.key)).await, 3);
+    }
+    let (ia, ib) = (a.desc.identity, b.desc.identity);
+    let nd = wait_for_consensus(&tn.net, |nd| nd.by_id(&ia).is_some() && nd.by_id(&ib).is_some()).await;
+    assert!(nd.by_id(&ia).unwrap().flags.contains(RelayFlags::RUNNING));
+    // Relay a stops answering (its descriptor is still fresh and held by every authority).
+    a.stop();
+    let stopped_at = now();
+    let nd = wait_for_consensus(&tn.net, |nd| nd.by_id(&ia).is_none()).await;
+    assert!(nd.by_id(&ib).is_some(), "the relay still answering stays listed");
+    // The first consensus whose votes were made after it stopped drops it: valid-after is at
+    // most two intervals after the stop (the next vote is at most one interval away, and its
+    // consensus is published half an interval later).
+    assert!(nd.valid_after() <= stopped_at + 2 * INTERVAL, "dropped at {} but stopped at {stopped_at}", nd.valid_after());
+    assert!(nd.usable_relays().all(|r| r.identity != ia));
+    drop(b);
 }

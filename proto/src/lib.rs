@@ -12,7 +12,8 @@
 //! - [`relay_msg`]: relay messages carried inside relay cells.
 //! - [`link`]: the link handshake payloads (version negotiation, initiator certificate).
 //! - [`crypto`]: the per-hop circuit handshake (ntor), key derivation and layered relay-cell crypto.
-//! - [`socks`]: the SOCKS5 server-side parser.
+//! - [`socks`], [`socks4`]: the SOCKS5 and SOCKS4/4a server-side parser.
+//! - [`http_connect`]: the HTTP CONNECT proxy request parser.
 //! - [`policy`]: exit policies.
 //! - [`doc`]: network documents (relay descriptor, vote, consensus) returned unchecked until verified.
 //!
@@ -24,9 +25,11 @@ pub mod doc;
 pub mod ext;
 pub mod flow;
 pub mod frag;
+pub mod http_connect;
 pub mod ids;
 pub mod link;
 pub mod policy;
 pub mod reader;
 pub mod relay_msg;
 pub mod socks;
+pub mod socks4;

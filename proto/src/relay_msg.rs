@@ -41,6 +41,10 @@ pub enum RelayCmd {
     Extended = 7,
     /// Padding to a hop; dropped on receipt.
     Drop = 8,
+    /// Resolve a host name at the exit (on a fresh stream id; answered by RESOLVED).
+    Resolve = 9,
+    /// The exit's answer to RESOLVE, on the same stream id; the id is then free again.
+    Resolved = 10,
 }
 
 impl RelayCmd {
@@ -55,6 +59,8 @@ impl RelayCmd {
             6 => Extend,
             7 => Extended,
             8 => Drop,
+            9 => Resolve,
+            10 => Resolved,
             b => return Err(DecodeError::UnknownCommand(b)),
         })
     }
@@ -131,6 +137,36 @@ pub enum RelayMsg {
     Extend { target: ExtendTarget, htype: u16, hdata: Vec<u8>, ext: Extensions },
     Extended { hdata: Vec<u8>, ext: Extensions },
     Drop,
+    /// Resolve `host` at the exit (same host rules as BEGIN).
+    Resolve { host: String, ext: Extensions },
+    /// The exit's answer to a RESOLVE: 1 to [`MAX_RESOLVED_ADDRS`] addresses, or why not.
+    Resolved { result: Result<Vec<IpAddr>, EndReason>, ext: Extensions },
+}
+
+/// Most addresses one RESOLVED carries.
+pub const MAX_RESOLVED_ADDRS: usize = 16;
+
+fn encode_addr(b: &mut Vec<u8>, a: &IpAddr) {
+    match a {
+        IpAddr::V4(a) => {
+            b.push(4);
+            b.extend_from_slice(&a.octets());
+        }
+        IpAddr::V6(a) => {
+            b.push(6);
+            b.extend_from_slice(&a.octets());
+        }
+    }
+}
+
+/// `u8 n | n bytes host`: 1-255 bytes of printable ASCII.
+fn decode_host(r: &mut Reader<'_>) -> Result<String, DecodeError> {
+    let n = r.u8()? as usize;
+    let host = std::str::from_utf8(r.take(n)?).map_err(|_| DecodeError::Invalid("host name is not ASCII"))?;
+    if host.is_empty() || !host.bytes().all(|c| c.is_ascii_graphic()) {
+        return Err(DecodeError::Invalid("host name must be printable ASCII"));
+    }
+    Ok(host.to_string())
 }
 
 /// Critical extensions this version understands (none yet).
@@ -153,6 +189,8 @@ impl RelayMsg {
             RelayMsg::Extend { .. } => RelayCmd::Extend,
             RelayMsg::Extended { .. } => RelayCmd::Extended,
             RelayMsg::Drop => RelayCmd::Drop,
+            RelayMsg::Resolve { .. } => RelayCmd::Resolve,
+            RelayMsg::Resolved { .. } => RelayCmd::Resolved,
         }
     }
 
@@ -211,6 +249,24 @@ impl RelayMsg {
                 ext.encode(&mut b);
             }
             RelayMsg::Drop => {}
+            RelayMsg::Resolve { host, ext } => {
+                b.push(host.len() as u8);
+                b.extend_from_slice(host.as_bytes());
+                ext.encode(&mut b);
+            }
+            RelayMsg::Resolved { result, ext } => {
+                match result {
+                    Ok(addrs) => {
+                        let addrs = &addrs[..addrs.len().min(MAX_RESOLVED_ADDRS)];
+                        b.extend_from_slice(&[0, addrs.len() as u8]);
+                        for a in addrs {
+                            encode_addr(&mut b, a);
+                        }
+                    }
+                    Err(reason) => b.extend_from_slice(&[*reason as u8, 0]),
+                }
+                ext.encode(&mut b);
+            }
         }
         b
     }
@@ -219,8 +275,14 @@ impl RelayMsg {
     pub fn decode(cmd: u8, body: &[u8], dir: Direction) -> Result<RelayMsg, DecodeError> {
         let cmd = RelayCmd::from_u8(cmd)?;
         let allowed = match dir {
-            Direction::Outbound => matches!(cmd, RelayCmd::Begin | RelayCmd::Data | RelayCmd::End | RelayCmd::Sendme | RelayCmd::Extend | RelayCmd::Drop),
-            Direction::Inbound => matches!(cmd, RelayCmd::Data | RelayCmd::End | RelayCmd::Connected | RelayCmd::Sendme | RelayCmd::Extended | RelayCmd::Drop),
+            Direction::Outbound => matches!(
+                cmd,
+                RelayCmd::Begin | RelayCmd::Data | RelayCmd::End | RelayCmd::Sendme | RelayCmd::Extend | RelayCmd::Drop | RelayCmd::Resolve
+            ),
+            Direction::Inbound => matches!(
+                cmd,
+                RelayCmd::Data | RelayCmd::End | RelayCmd::Connected | RelayCmd::Sendme | RelayCmd::Extended | RelayCmd::Drop | RelayCmd::Resolved
+            ),
         };
         if !allowed {
             return Err(DecodeError::NotAllowed(cmd as u8));
@@ -228,16 +290,40 @@ impl RelayMsg {
         let mut r = Reader::new(body);
         let msg = match cmd {
             RelayCmd::Begin => {
-                let n = r.u8()? as usize;
-                let host = std::str::from_utf8(r.take(n)?).map_err(|_| DecodeError::Invalid("host name is not ASCII"))?;
-                if host.is_empty() || !host.bytes().all(|c| c.is_ascii_graphic()) {
-                    return Err(DecodeError::Invalid("host name must be printable ASCII"));
-                }
+                let host = decode_host(&mut r)?;
                 let port = r.u16()?;
                 if port == 0 {
                     return Err(DecodeError::Invalid("port 0"));
                 }
-                RelayMsg::Begin { host: host.to_string(), port, ext: Extensions::decode_checked(&mut r, KNOWN_CRITICAL)? }
+                RelayMsg::Begin { host, port, ext: Extensions::decode_checked(&mut r, KNOWN_CRITICAL)? }
+            }
+            RelayCmd::Resolve => {
+                let host = decode_host(&mut r)?;
+                RelayMsg::Resolve { host, ext: Extensions::decode_checked(&mut r, KNOWN_CRITICAL)? }
+            }
+            RelayCmd::Resolved => {
+                let reason = r.u8()?;
+                let n = r.u8()? as usize;
+                let result = if reason == 0 {
+                    if n == 0 || n > MAX_RESOLVED_ADDRS {
+                        return Err(DecodeError::Invalid("RESOLVED needs 1-16 addresses"));
+                    }
+                    let mut addrs = Vec::with_capacity(n);
+                    for _ in 0..n {
+                        addrs.push(match r.u8()? {
+                            4 => IpAddr::V4(Ipv4Addr::from(r.array::<4>()?)),
+                            6 => IpAddr::V6(Ipv6Addr::from(r.array::<16>()?)),
+                            _ => return Err(DecodeError::Invalid("address type")),
+                        });
+                    }
+                    Ok(addrs)
+                } else {
+                    if n != 0 {
+                        return Err(DecodeError::Invalid("a failed RESOLVED carries no address"));
+                    }
+                    Err(EndReason::from_u8(reason))
+                };
+                RelayMsg::Resolved { result, ext: Extensions::decode_checked(&mut r, KNOWN_CRITICAL)? }
             }
             RelayCmd::Data => {
                 if body.is_empty() {
@@ -431,6 +517,36 @@ mod tests {
         let ext = Extensions(vec![Extension { ty: 3, data: vec![1] }]);
         round_trip(RelayMsg::Extend { target, htype: 1, hdata: vec![5; 1200], ext }, Direction::Outbound);
         round_trip(RelayMsg::Extended { hdata: vec![6; 64], ext: Extensions::none() }, Direction::Inbound);
+        round_trip(RelayMsg::Resolve { host: "localhost".into(), ext: Extensions::none() }, Direction::Outbound);
+        let addrs = vec!["127.0.0.1".parse().unwrap(), "::1".parse().unwrap()];
+        round_trip(RelayMsg::Resolved { result: Ok(addrs), ext: Extensions::none() }, Direction::Inbound);
+        round_trip(RelayMsg::Resolved { result: Err(EndReason::ResolveFailed), ext: Extensions::none() }, Direction::Inbound);
+        let many = vec!["10.0.0.1".parse().unwrap(); MAX_RESOLVED_ADDRS];
+        round_trip(RelayMsg::Resolved { result: Ok(many), ext: Extensions::none() }, Direction::Inbound);
+    }
+
+    /// The exact bodies documented in docs/PROTOCOL.md ("Relay messages").
+    #[test]
+    fn resolve_and_resolved_layouts() {
+        let r = RelayMsg::Resolve { host: "localhost".into(), ext: Extensions::none() };
+        assert_eq!(r.cmd() as u8, 9);
+        assert_eq!(hex::encode(r.encode_body()), "096c6f63616c686f737400");
+        let ok = RelayMsg::Resolved { result: Ok(vec!["127.0.0.1".parse().unwrap()]), ext: Extensions::none() };
+        assert_eq!(ok.cmd() as u8, 10);
+        assert_eq!(hex::encode(ok.encode_body()), "0001047f00000100");
+        let v6 = RelayMsg::Resolved { result: Ok(vec!["::1".parse().unwrap()]), ext: Extensions::none() };
+        assert_eq!(hex::encode(v6.encode_body()), format!("000106{}0100", "00".repeat(15)));
+        let err = RelayMsg::Resolved { result: Err(EndReason::ExitPolicy), ext: Extensions::none() };
+        assert_eq!(hex::encode(err.encode_body()), "040000");
+        // Direction, counts and address types are checked.
+        assert_eq!(RelayMsg::decode(9, &r.encode_body(), Direction::Inbound), Err(DecodeError::NotAllowed(9)));
+        assert_eq!(RelayMsg::decode(10, &ok.encode_body(), Direction::Outbound), Err(DecodeError::NotAllowed(10)));
+        for bad in [&[0u8, 0, 0][..], &[4, 1, 4, 1, 2, 3, 4, 0], &[0, 1, 5, 1, 2, 3, 4, 0], &[0, 17], &[0, 1, 4, 1, 2], &[9, 0, 0]] {
+            let want_ok = bad == [9, 0, 0];
+            assert_eq!(RelayMsg::decode(10, bad, Direction::Inbound).is_ok(), want_ok, "{bad:02x?}");
+        }
+        assert!(RelayMsg::decode(9, &[0, 0], Direction::Outbound).is_err(), "empty host");
+        assert!(RelayMsg::decode(9, &[1, b' ', 0], Direction::Outbound).is_err(), "space in host");
     }
 
     #[test]

@@ -1,5 +1,6 @@
-//! The server side of SOCKS5 (RFC 1928) with username/password authentication (RFC 1929),
-//! without I/O.
+//! The server side of SOCKS5 (RFC 1928) with username/password authentication (RFC 1929) and
+//! Tor's RESOLVE extension (command 0xF0), and of SOCKS4/SOCKS4a ([`crate::socks4`]), without I/O.
+//! The first byte of an exchange decides the version.
 //!
 //! The client process feeds [`SocksServer::step`] with the bytes an application sent that were
 //! not consumed yet, sends back [`Step::reply`], drops [`Step::consumed`] bytes from the front of
@@ -10,7 +11,7 @@
 //! request together), so `NeedMore` always means "wait for more bytes". When the outcome is
 //! [`Outcome::Done`], the bytes after the request are not consumed: they are application data for
 //! the stream. The parser never answers the request itself; once the stream is open (or failed)
-//! the caller sends [`encode_reply`].
+//! the caller sends [`SocksRequest::reply`], which answers in the request's own version.
 //!
 //! On an error the caller sends [`SocksError::reply`] (if any) and closes the connection.
 //!
@@ -29,6 +30,7 @@ const METHOD_NO_AUTH: u8 = 0x00;
 const METHOD_USER_PASS: u8 = 0x02;
 const METHOD_NONE_ACCEPTABLE: u8 = 0xff;
 const CMD_CONNECT: u8 = 1;
+const CMD_RESOLVE: u8 = 0xf0;
 const ATYP_V4: u8 = 1;
 const ATYP_DOMAIN: u8 = 3;
 const ATYP_V6: u8 = 4;
@@ -53,6 +55,17 @@ impl Default for SocksConfig {
 pub enum SocksCommand {
     /// Open a TCP stream to the target.
     Connect,
+    /// Tor's extension (SOCKS5 command 0xF0): resolve the target's host name through the exit
+    /// and answer with the address in the reply's BND.ADDR (the port is ignored).
+    Resolve,
+}
+
+/// Which SOCKS version the request came in, so the reply uses the same one.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SocksVersion {
+    /// SOCKS4 or SOCKS4a: 8-byte replies.
+    V4,
+    V5,
 }
 
 /// Where the application wants to go.
@@ -89,6 +102,8 @@ pub enum SocksAuth {
     NoAuth,
     /// Username and password, each 0-255 bytes.
     UserPass(Vec<u8>, Vec<u8>),
+    /// A SOCKS4 user id (1-255 bytes; an empty one is [`SocksAuth::NoAuth`]).
+    UserId(Vec<u8>),
 }
 
 /// Does not print credentials: browsers put the visited site in them.
@@ -97,6 +112,7 @@ impl fmt::Debug for SocksAuth {
         match self {
             SocksAuth::NoAuth => f.write_str("NoAuth"),
             SocksAuth::UserPass(u, p) => write!(f, "UserPass(<{} + {} bytes redacted>)", u.len(), p.len()),
+            SocksAuth::UserId(u) => write!(f, "UserId(<{} bytes redacted>)", u.len()),
         }
     }
 }
@@ -104,9 +120,22 @@ impl fmt::Debug for SocksAuth {
 /// A complete, valid request.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SocksRequest {
+    pub version: SocksVersion,
     pub command: SocksCommand,
     pub target: TargetAddr,
     pub auth: SocksAuth,
+}
+
+impl SocksRequest {
+    /// The answer to this request in its own version. SOCKS5 sends `code` and `bound`
+    /// (0.0.0.0:0 when `None`); SOCKS4 maps [`ReplyCode::Succeeded`] to 0x5A and every other
+    /// code to 0x5B, and writes `bound` only when it is IPv4.
+    pub fn reply(&self, code: ReplyCode, bound: Option<SocketAddr>) -> Vec<u8> {
+        match self.version {
+            SocksVersion::V5 => encode_reply(code, bound),
+            SocksVersion::V4 => crate::socks4::encode_reply(code == ReplyCode::Succeeded, bound),
+        }
+    }
 }
 
 /// The result of one [`SocksServer::step`].
@@ -174,10 +203,20 @@ fn command_name(cmd: u8) -> &'static str {
 /// Why the exchange failed. The connection is closed after sending [`SocksError::reply`].
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum SocksError {
-    #[error("SOCKS4 is not supported yet: configure the application for SOCKS5")]
-    Socks4Unsupported,
-    #[error("not a SOCKS5 client (first byte {0:#04x})")]
-    NotSocks5(u8),
+    #[error("not a SOCKS4 or SOCKS5 client (first byte {0:#04x})")]
+    NotSocks(u8),
+    #[error("unsupported SOCKS4 command {0:#04x} (only CONNECT)")]
+    Socks4Command(u8),
+    #[error("SOCKS4 destination 0.0.0.0")]
+    Socks4ZeroAddress,
+    #[error("SOCKS4 user id longer than {} bytes", crate::socks4::MAX_USER_ID)]
+    Socks4UserIdTooLong,
+    #[error("SOCKS4a host name longer than {} bytes", crate::socks4::MAX_HOST)]
+    Socks4HostTooLong,
+    #[error("empty SOCKS4a host name")]
+    Socks4EmptyHost,
+    #[error("SOCKS4a host name contains a byte that is not printable ASCII")]
+    Socks4InvalidHost,
     #[error("SOCKS5 greeting offers no authentication method")]
     NoMethods,
     #[error("no acceptable authentication method offered (offered {0:02x?})")]
@@ -211,7 +250,13 @@ impl SocksError {
     pub fn reply(&self) -> Option<Vec<u8>> {
         let request_reply = |code| Some(encode_reply(code, None));
         match self {
-            SocksError::Socks4Unsupported | SocksError::NotSocks5(_) => None,
+            SocksError::NotSocks(_) => None,
+            SocksError::Socks4Command(_)
+            | SocksError::Socks4ZeroAddress
+            | SocksError::Socks4UserIdTooLong
+            | SocksError::Socks4HostTooLong
+            | SocksError::Socks4EmptyHost
+            | SocksError::Socks4InvalidHost => Some(crate::socks4::encode_reply(false, None)),
             SocksError::NoMethods | SocksError::NoAcceptableMethod(_) => Some(vec![VERSION, METHOD_NONE_ACCEPTABLE]),
             SocksError::BadAuthVersion(_) => Some(vec![USERPASS_VERSION, 0x01]),
             SocksError::BadRequestVersion(_)
@@ -317,8 +362,13 @@ fn parse_greeting(cfg: &SocksConfig, b: &[u8]) -> Result<Parsed, SocksError> {
     let Some(&ver) = b.first() else { return Ok(Parsed::Incomplete) };
     match ver {
         VERSION => {}
-        4 => return Err(SocksError::Socks4Unsupported),
-        v => return Err(SocksError::NotSocks5(v)),
+        4 => {
+            return Ok(match crate::socks4::parse_request(b)? {
+                None => Parsed::Incomplete,
+                Some((request, used)) => Parsed::Done { used, request },
+            })
+        }
+        v => return Err(SocksError::NotSocks(v)),
     }
     let Some(&n) = b.get(1) else { return Ok(Parsed::Incomplete) };
     if n == 0 {
@@ -364,6 +414,7 @@ fn parse_request(b: &[u8], auth: &SocksAuth) -> Result<Parsed, SocksError> {
     let Some(&cmd) = b.get(1) else { return Ok(Parsed::Incomplete) };
     let command = match cmd {
         CMD_CONNECT => SocksCommand::Connect,
+        CMD_RESOLVE => SocksCommand::Resolve,
         other => return Err(SocksError::UnsupportedCommand(other)),
     };
     let Some(&rsv) = b.get(2) else { return Ok(Parsed::Incomplete) };
@@ -402,7 +453,7 @@ fn parse_request(b: &[u8], auth: &SocksAuth) -> Result<Parsed, SocksError> {
         }
         other => return Err(SocksError::UnsupportedAddressType(other)),
     };
-    Ok(Parsed::Done { used, request: SocksRequest { command, target, auth: auth.clone() } })
+    Ok(Parsed::Done { used, request: SocksRequest { version: SocksVersion::V5, command, target, auth: auth.clone() } })
 }
 
 #[cfg(test)]
@@ -540,7 +591,7 @@ mod tests {
             let mut ex = greeting(&[0]);
             ex.extend(request(1, &t));
             let r = byte_by_byte(SocksConfig::default(), &ex, &[5, 0]);
-            assert_eq!(r, SocksRequest { command: SocksCommand::Connect, target: t.clone(), auth: SocksAuth::NoAuth });
+            assert_eq!(r, SocksRequest { version: SocksVersion::V5, command: SocksCommand::Connect, target: t.clone(), auth: SocksAuth::NoAuth });
             assert_eq!(growing_prefixes(&ex), r);
         }
     }
@@ -610,7 +661,7 @@ mod tests {
 
     #[test]
     fn bind_and_udp_associate_are_refused_with_code_7() {
-        for cmd in [2u8, 3, 0xf0, 0] {
+        for cmd in [2u8, 3, 0xf1, 0] {
             let e = request_error(&request(cmd, &v4_target()));
             assert_eq!(e, SocksError::UnsupportedCommand(cmd));
             assert_eq!(reply_code(&e), 7);
@@ -672,16 +723,31 @@ mod tests {
 
     #[test]
     fn socks4_and_other_protocols() {
+        // SOCKS4 is decided on the first byte (see `socks4` for the rest).
         let socks4 = [4u8, 1, 0, 80, 1, 2, 3, 4, 0];
-        let e = server().step(&socks4).unwrap_err();
-        assert_eq!(e, SocksError::Socks4Unsupported);
-        assert!(e.to_string().contains("SOCKS4"));
-        assert_eq!(e.reply(), None);
-        // Decided on the first byte.
-        assert_eq!(server().step(&[4]).unwrap_err(), SocksError::Socks4Unsupported);
+        let st = server().step(&socks4).unwrap();
+        assert!(matches!(st.outcome, Outcome::Done(SocksRequest { version: SocksVersion::V4, .. })));
+        assert_eq!(server().step(&[4]).unwrap().outcome, Outcome::NeedMore);
         let e = server().step(b"GET / HTTP/1.1\r\n").unwrap_err();
-        assert_eq!(e, SocksError::NotSocks5(b'G'));
+        assert_eq!(e, SocksError::NotSocks(b'G'));
         assert_eq!(e.reply(), None);
+    }
+
+    #[test]
+    fn resolve_command() {
+        for t in [TargetAddr::Domain("localhost".into(), 0), TargetAddr::Ip("[::1]:0".parse().unwrap())] {
+            let mut ex = greeting(&[0]);
+            ex.extend(request(0xf0, &t));
+            let r = byte_by_byte(SocksConfig::default(), &ex, &[5, 0]);
+            assert_eq!(r.command, SocksCommand::Resolve);
+            assert_eq!(r.target, t);
+            assert_eq!(growing_prefixes(&ex), r);
+        }
+        assert!(SocksError::UnsupportedCommand(0xf1).to_string().contains("RESOLVE_PTR"));
+        // The answer carries the address.
+        let r = SocksRequest { version: SocksVersion::V5, command: SocksCommand::Resolve, target: TargetAddr::Domain("a".into(), 0), auth: SocksAuth::NoAuth };
+        assert_eq!(r.reply(ReplyCode::Succeeded, Some("127.0.0.1:0".parse().unwrap())), [5, 0, 0, 1, 127, 0, 0, 1, 0, 0]);
+        assert_eq!(r.reply(ReplyCode::HostUnreachable, None), [5, 4, 0, 1, 0, 0, 0, 0, 0, 0]);
     }
 
     #[test]
@@ -768,6 +834,7 @@ mod tests {
                 v.extend(request(1, t));
                 v
             }
+            SocksAuth::UserId(_) => unreachable!("SOCKS4 only"),
             SocksAuth::UserPass(u, p) => {
                 let mut v = greeting(&[0, 1, 2]);
                 v.extend(user_pass(u, p));
@@ -826,7 +893,7 @@ mod tests {
             // In one call.
             let st = server().step(&data).unwrap();
             prop_assert_eq!(st.consumed, ex.len());
-            let want = SocksRequest { command: SocksCommand::Connect, target: t, auth: a };
+            let want = SocksRequest { version: SocksVersion::V5, command: SocksCommand::Connect, target: t, auth: a };
             prop_assert_eq!(st.outcome, Outcome::Done(want.clone()));
             // In chunks.
             let (res, replies, total) = drive(&mut server(), &data, &chunks);

@@ -37,6 +37,17 @@ enum Side {
 
 
 type ExitResult = (u16, Result<(TcpStream, std::net::IpAddr), EndReason>);
+type ResolveResult = (u16, Result<Vec<std::net::IpAddr>, EndReason>);
+
+/// Most RESOLVEs in flight on one circuit; more are answered with RESOURCELIMIT.
+const MAX_RESOLVES_IN_FLIGHT: usize = 32;
+
+/// RESOLVEs being answered: their stream ids (in use until RESOLVED is sent) and where the
+/// resolver tasks report.
+struct Resolves {
+    tx: mpsc::Sender<ResolveResult>,
+    in_flight: std::collections::HashSet<u16>,
+}
 
 /// A circuit past its CREATE handshake.
 pub(crate) struct RelayCircuit {
@@ -71,12 +82,14 @@ impl RelayCircuit {
         let mut mux = StreamMux::new();
         let mut asm = MsgAssembler::default();
         let (exit_tx, mut exit_rx) = mpsc::channel::<ExitResult>(64);
+        let (resolve_tx, mut resolve_rx) = mpsc::channel::<ResolveResult>(MAX_RESOLVES_IN_FLIGHT);
+        let mut resolves = Resolves { tx: resolve_tx, in_flight: Default::default() };
         let mut forwarded: u64 = 0;
         let Close(reason, side) = loop {
             let step = tokio::select! {
                 c = self.prev_rx.recv() => match c {
                     None => Err(Close(DestroyReason::ChannelClosed, Side::Prev)),
-                    Some(c) => self.on_prev_cell(c, &mut next, &mut extending, &mut mux, &mut asm, &exit_tx, &mut forwarded).await,
+                    Some(c) => self.on_prev_cell(c, &mut next, &mut extending, &mut mux, &mut asm, &exit_tx, &mut resolves, &mut forwarded).await,
                 },
                 c = recv_next(&mut next) => match c {
                     None => Err(Close(DestroyReason::ChannelClosed, Side::Next)),
@@ -95,6 +108,11 @@ impl RelayCircuit {
                     }
                     Err(reason) => { let out = mux.close(id, reason); self.send_all(out).await }
                 },
+                Some((id, result)) = resolve_rx.recv() => {
+                    // The stream id is free again once RESOLVED is sent.
+                    resolves.in_flight.remove(&id);
+                    self.send_back(id, &RelayMsg::Resolved { result, ext: Default::default() }).await
+                }
             };
             if let Err(c) = step {
                 break c;
@@ -125,6 +143,7 @@ impl RelayCircuit {
         mux: &mut StreamMux,
         asm: &mut MsgAssembler,
         exit_tx: &mpsc::Sender<ExitResult>,
+        resolves: &mut Resolves,
         forwarded: &mut u64,
     ) -> Result<(), Close> {
         match cell.cmd {
@@ -155,11 +174,12 @@ impl RelayCircuit {
                     tracing::debug!("bad relay message from client: {e}");
                     Close(DestroyReason::Protocol, Side::Local)
                 })?;
-                self.handle_msg(hdr.stream_id, msg, next, extending, mux, exit_tx).await
+                self.handle_msg(hdr.stream_id, msg, next, extending, mux, exit_tx, resolves).await
             }
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     async fn handle_msg(
         &mut self,
         stream_id: u16,
@@ -168,6 +188,7 @@ impl RelayCircuit {
         extending: &mut Option<PendingExtend>,
         mux: &mut StreamMux,
         exit_tx: &mpsc::Sender<ExitResult>,
+        resolves: &mut Resolves,
     ) -> Result<(), Close> {
         match msg {
             RelayMsg::Extend { target, htype, hdata, .. } => {
@@ -177,7 +198,7 @@ impl RelayCircuit {
                 self.start_extend(target, htype, hdata, extending)
             }
             RelayMsg::Begin { host, port, .. } => {
-                if stream_id == 0 || next.is_some() {
+                if stream_id == 0 || next.is_some() || resolves.in_flight.contains(&stream_id) {
                     return Err(Close(DestroyReason::Protocol, Side::Local));
                 }
                 if !self.ctx.exit.policy.is_exit() {
@@ -188,6 +209,24 @@ impl RelayCircuit {
                 let tx = exit_tx.clone();
                 tokio::spawn(async move {
                     let r = rules.open(&host, port).await;
+                    let _ = tx.send((stream_id, r)).await;
+                });
+                Ok(())
+            }
+            RelayMsg::Resolve { host, .. } => {
+                // A fresh stream id, answered by RESOLVED on it; no CONNECTED, no END.
+                if stream_id == 0 || next.is_some() || !resolves.in_flight.insert(stream_id) {
+                    return Err(Close(DestroyReason::Protocol, Side::Local));
+                }
+                if !self.ctx.exit.policy.is_exit() || resolves.in_flight.len() > MAX_RESOLVES_IN_FLIGHT {
+                    let reason = if self.ctx.exit.policy.is_exit() { EndReason::ResourceLimit } else { EndReason::ExitPolicy };
+                    resolves.in_flight.remove(&stream_id);
+                    return self.send_back(stream_id, &RelayMsg::Resolved { result: Err(reason), ext: Default::default() }).await;
+                }
+                let rules = self.ctx.exit.clone();
+                let tx = resolves.tx.clone();
+                tokio::spawn(async move {
+                    let r = rules.resolve_for_client(&host).await;
                     let _ = tx.send((stream_id, r)).await;
                 });
                 Ok(())
@@ -207,6 +246,10 @@ impl RelayCircuit {
     fn start_extend(&mut self, target: ExtendTarget, htype: u16, hdata: Vec<u8>, extending: &mut Option<PendingExtend>) -> Result<(), Close> {
         if self.hop_budget == 0 {
             tracing::debug!("EXTEND beyond the hop budget");
+            return Err(Close(DestroyReason::Protocol, Side::Local));
+        }
+        if hdata.len() > MAX_HANDSHAKE_LEN {
+            // Would not fit a CREATE sequence; an EXTEND may carry up to 8 KiB in all.
             return Err(Close(DestroyReason::Protocol, Side::Local));
         }
         let id = RelayId(target.identity);

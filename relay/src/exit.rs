@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use allium_net::link::tcp_connect;
 use allium_proto::policy::{is_private, ExitPolicy};
-use allium_proto::relay_msg::EndReason;
+use allium_proto::relay_msg::{EndReason, MAX_RESOLVED_ADDRS};
 use tokio::net::TcpStream;
 
 use crate::config::Resolver;
@@ -54,6 +54,22 @@ impl ExitRules {
         }
     }
 
+    /// Answers a RESOLVE: the same resolver rules as BEGIN, but outside a test network a private
+    /// address is never returned (RESOLVED carries RESOLVEFAILED when nothing else is left).
+    /// The exit policy is not applied: it decides connections, not answers.
+    pub async fn resolve_for_client(&self, host: &str) -> Result<Vec<IpAddr>, EndReason> {
+        let mut out: Vec<IpAddr> = Vec::new();
+        for ip in self.resolve(host, 0).await? {
+            if (self.testnet || !is_private(ip)) && !out.contains(&ip) && out.len() < MAX_RESOLVED_ADDRS {
+                out.push(ip);
+            }
+        }
+        if out.is_empty() {
+            return Err(EndReason::ResolveFailed);
+        }
+        Ok(out)
+    }
+
     /// Resolves, applies the policy to each address, connects to the first allowed one.
     pub async fn open(&self, host: &str, port: u16) -> Result<(TcpStream, IpAddr), EndReason> {
         let addrs = self.resolve(host, port).await?;
@@ -87,6 +103,24 @@ mod tests {
             assert!(r.allows("1.1.1.1".parse().unwrap(), 443));
         }
         assert_eq!(rules(ExitPolicy::default_exit(), false).open("example.test", 80).await.unwrap_err(), EndReason::ResolveFailed);
+    }
+
+    #[tokio::test]
+    async fn resolve_never_returns_private_outside_a_testnet() {
+        let open = ExitPolicy::parse_rules(&["accept *:*"]).unwrap();
+        let real = rules(ExitPolicy::default_exit(), false);
+        for host in ["localhost", "a.localhost", "127.0.0.1", "10.1.2.3", "[::1]", "192.168.0.1"] {
+            assert_eq!(real.resolve_for_client(host).await.unwrap_err(), EndReason::ResolveFailed, "{host}");
+        }
+        assert_eq!(real.resolve_for_client("1.1.1.1").await.unwrap(), vec![IpAddr::from([1, 1, 1, 1])]);
+        assert_eq!(real.resolve_for_client("[2001:db8::1]").await.unwrap(), vec!["2001:db8::1".parse::<IpAddr>().unwrap()]);
+        // No resolver: names fail without any lookup.
+        assert_eq!(real.resolve_for_client("example.test").await.unwrap_err(), EndReason::ResolveFailed);
+        // A test network answers with loopback, whatever the policy.
+        for policy in [open, ExitPolicy::default_exit()] {
+            let test = rules(policy, true);
+            assert_eq!(test.resolve_for_client("localhost").await.unwrap(), vec![IpAddr::from([127, 0, 0, 1])]);
+        }
     }
 
     #[tokio::test]

@@ -68,6 +68,11 @@ pub async fn consensus_watch(cfg: RelayConfig, id: RelayId) -> Result<(), RelayE
     loop {
         let wait = match allium_directory::fetch::fetch_consensus(&cfg.network, cfg.node.address, now()).await {
             Ok(dir) => {
+                // A relay lacking a version the network requires stops, saying so.
+                if let Err(e) = allium_directory::check_protocols(&our_protocols(), &dir) {
+                    tracing::error!("{e}");
+                    return Err(e.into());
+                }
                 let now_listed = dir.by_id(&id).is_some();
                 if now_listed != listed {
                     tracing::info!("the consensus {} this relay", if now_listed { "lists" } else { "no longer lists" });

@@ -62,6 +62,8 @@ pub struct NodeSpec {
     pub dir: PathBuf,
     /// Identity fingerprint, filled in once the keys exist.
     pub fingerprint: String,
+    /// The client's HTTP CONNECT proxy address, when it has one (`--http-connect-port`).
+    pub http_connect: Option<SocketAddr>,
 }
 
 impl NodeSpec {
@@ -119,8 +121,9 @@ pub fn free_port(ip: IpAddr) -> io::Result<u16> {
         .map_err(|e| io::Error::new(e.kind(), format!("cannot find a free port on {ip}: {e}")))
 }
 
-/// Plans every node. `socks_port` 0 means "pick a free one".
-pub fn plan(dir: &Path, counts: Counts, socks_port: u16) -> io::Result<Vec<NodeSpec>> {
+/// Plans every node. `socks_port` 0 means "pick a free one"; so does `http_connect_port`
+/// `Some(0)` (`None`: the client has no HTTP CONNECT proxy).
+pub fn plan(dir: &Path, counts: Counts, socks_port: u16, http_connect_port: Option<u16>) -> io::Result<Vec<NodeSpec>> {
     let mut roles: Vec<(String, Role)> = Vec::new();
     for i in 1..=counts.authorities {
         roles.push((format!("auth{i}"), Role::Authority));
@@ -145,9 +148,25 @@ pub fn plan(dir: &Path, counts: Counts, socks_port: u16) -> io::Result<Vec<NodeS
             }
             _ => SocketAddr::new(ip, free_port(ip)?),
         };
-        nodes.push(NodeSpec { dir: dir.join(&name), name, role, ip, listen, fingerprint: String::new() });
+        let http_connect = match (role, http_connect_port) {
+            (Role::Client, Some(0)) => Some(SocketAddr::new(loopback, free_port_except(loopback, listen.port())?)),
+            (Role::Client, Some(p)) => Some(SocketAddr::new(loopback, check_port_free(loopback, p)?)),
+            _ => None,
+        };
+        nodes.push(NodeSpec { dir: dir.join(&name), name, role, ip, listen, fingerprint: String::new(), http_connect });
     }
     Ok(nodes)
+}
+
+/// A free port on `ip` other than `taken` (which was free a moment ago too).
+fn free_port_except(ip: IpAddr, taken: u16) -> io::Result<u16> {
+    for _ in 0..16 {
+        let p = free_port(ip)?;
+        if p != taken {
+            return Ok(p);
+        }
+    }
+    Err(io::Error::other(format!("cannot find a second free port on {ip}")))
 }
 
 fn check_port_free(ip: IpAddr, port: u16) -> io::Result<u16> {
@@ -206,6 +225,9 @@ pub fn render_config(node: &NodeSpec, all: &[NodeSpec], voting_interval_secs: u6
         Role::Client => {
             let _ = writeln!(s, "[client]");
             let _ = writeln!(s, "socks_listen = {}", q(&node.listen.to_string()));
+            if let Some(h) = node.http_connect {
+                let _ = writeln!(s, "http_connect_listen = {}", q(&h.to_string()));
+            }
         }
     }
     s
@@ -228,9 +250,15 @@ pub fn render_nodes(nodes: &[(&NodeSpec, u32)]) -> String {
     nodes.iter().map(|(n, pid)| format!("{} {} {} {}\n", n.name, n.role.label(), pid, n.listen)).collect()
 }
 
-/// `DIR/testnet.env`: `KEY=value` lines a shell can source.
-pub fn render_env(socks: SocketAddr, dir: &Path) -> String {
-    format!("SOCKS_HOST={}\nSOCKS_PORT={}\nTESTNET_DIR={}\n", socks.ip(), socks.port(), shell_word(&dir.to_string_lossy()))
+/// `DIR/testnet.env`: `KEY=value` lines a shell can source; `HTTP_CONNECT_PORT` only when the
+/// client has an HTTP CONNECT proxy (on `SOCKS_HOST`).
+pub fn render_env(socks: SocketAddr, http_connect: Option<SocketAddr>, dir: &Path) -> String {
+    let mut env = format!("SOCKS_HOST={}\nSOCKS_PORT={}\n", socks.ip(), socks.port());
+    if let Some(h) = http_connect {
+        let _ = writeln!(env, "HTTP_CONNECT_PORT={}", h.port());
+    }
+    let _ = writeln!(env, "TESTNET_DIR={}", shell_word(&dir.to_string_lossy()));
+    env
 }
 
 /// The value as one shell word: as is when it is plain, single-quoted otherwise.
@@ -253,7 +281,7 @@ mod tests {
     #[test]
     fn plan_names_roles_and_addresses() {
         let dir = Path::new("/tmp/allium-plan-test");
-        let nodes = plan(dir, counts(3, 5, 2, 1), 0).unwrap();
+        let nodes = plan(dir, counts(3, 5, 2, 1), 0, None).unwrap();
         let names: Vec<_> = nodes.iter().map(|n| n.name.as_str()).collect();
         assert_eq!(names, ["auth1", "auth2", "auth3", "relay1", "relay2", "relay3", "exit1", "exit2", "client"]);
         assert_eq!(nodes[6].role, Role::Exit { strict: false });
@@ -265,6 +293,22 @@ mod tests {
             }
         }
         assert_eq!(nodes[8].listen.ip(), IpAddr::V4(Ipv4Addr::LOCALHOST));
+        assert!(nodes.iter().all(|n| n.http_connect.is_none()));
+        assert!(!render_config(&nodes[8], &nodes, 10, None).contains("http_connect_listen"));
+        assert!(!render_env(nodes[8].listen, None, dir).contains("HTTP_CONNECT_PORT"));
+    }
+
+    #[test]
+    fn http_connect_port_when_asked() {
+        let dir = Path::new("/tmp/allium-plan-test");
+        let nodes = plan(dir, counts(1, 3, 1, 0), 0, Some(0)).unwrap();
+        let client = nodes.iter().find(|n| n.role == Role::Client).unwrap();
+        let h = client.http_connect.expect("an HTTP CONNECT address");
+        assert_ne!(h.port(), client.listen.port());
+        assert!(nodes.iter().filter(|n| n.role != Role::Client).all(|n| n.http_connect.is_none()));
+        assert!(render_config(client, &nodes, 10, None).contains(&format!("http_connect_listen = \"{h}\"")));
+        let env = render_env(client.listen, Some(h), dir);
+        assert!(env.contains(&format!("\nHTTP_CONNECT_PORT={}\n", h.port())), "{env}");
     }
 
     #[test]

@@ -63,6 +63,10 @@ pub struct TestnetArgs {
     /// Port of the client's SOCKS5 proxy on 127.0.0.1; 0 picks a free one.
     #[arg(long, default_value_t = 9050)]
     pub socks_port: u16,
+    /// Also give the client an HTTP CONNECT proxy on 127.0.0.1:PORT (0 picks a free one);
+    /// `DIR/testnet.env` then has `HTTP_CONNECT_PORT`. Default: none.
+    #[arg(long, value_name = "PORT")]
+    pub http_connect_port: Option<u16>,
     /// How many exits (the last ones) keep the default exit policy, which refuses private and
     /// loopback destinations, instead of the test network's `accept *:*`.
     #[arg(long, default_value_t = 0)]
@@ -129,11 +133,11 @@ async fn orchestrate(args: TestnetArgs, counts: Counts) -> ExitCode {
     let started = Instant::now();
     let mut procs: Vec<NodeProc> = Vec::new();
     let outcome = tokio::select! {
-        r = bring_up(&dir, &exe, counts, args.socks_port, args.dangerous_test_corrupt_after, &mut procs) => Ok(r),
+        r = bring_up(&dir, &exe, counts, args.socks_port, args.http_connect_port, args.dangerous_test_corrupt_after, &mut procs) => Ok(r),
         sig = stop.recv() => Err(sig),
     };
-    let socks = match outcome {
-        Ok(Ok(socks)) => socks,
+    let (socks, http_connect) = match outcome {
+        Ok(Ok(addrs)) => addrs,
         Ok(Err(e)) => {
             eprintln!("allium testnet: {e}");
             if !procs.is_empty() {
@@ -150,6 +154,9 @@ async fn orchestrate(args: TestnetArgs, counts: Counts) -> ExitCode {
     };
 
     print_ready(&dir, counts, socks, started.elapsed());
+    if let Some(h) = http_connect {
+        println!("HTTP CONNECT proxy: {h}   (curl --proxytunnel --proxy http://{h} ...)");
+    }
 
     // Running: report nodes that exit (tests kill some on purpose), until a stop signal.
     let sig = loop {
@@ -209,17 +216,18 @@ fn fresh_temp_dir() -> Result<PathBuf, String> {
 }
 
 /// Steps 1–5. Every process started is pushed to `procs` at once, so the caller can stop it
-/// whatever happens. Returns the client's SOCKS address.
+/// whatever happens. Returns the client's SOCKS address and its HTTP CONNECT address, if any.
 async fn bring_up(
     dir: &Path,
     exe: &Path,
     counts: Counts,
     socks_port: u16,
+    http_connect_port: Option<u16>,
     corrupt_after: Option<u64>,
     procs: &mut Vec<NodeProc>,
-) -> Result<SocketAddr, String> {
+) -> Result<(SocketAddr, Option<SocketAddr>), String> {
     // 1. Keys and configs.
-    let mut nodes = layout::plan(dir, counts, socks_port).map_err(|e| e.to_string())?;
+    let mut nodes = layout::plan(dir, counts, socks_port, http_connect_port).map_err(|e| e.to_string())?;
     for n in nodes.iter_mut() {
         let keys = allium_net::keys::load_or_create(&n.dir).map_err(|e| format!("{}: {e}", n.name))?;
         n.fingerprint = keys.relay_id().fingerprint();
@@ -280,8 +288,9 @@ async fn bring_up(
     let nodes_path = dir.join("nodes");
     layout::write_atomic(&nodes_path, &layout::render_nodes(&listed)).map_err(|e| format!("cannot write {}: {e}", nodes_path.display()))?;
     let env_path = dir.join("testnet.env");
-    layout::write_atomic(&env_path, &layout::render_env(client.listen, dir)).map_err(|e| format!("cannot write {}: {e}", env_path.display()))?;
-    Ok(client.listen)
+    layout::write_atomic(&env_path, &layout::render_env(client.listen, client.http_connect, dir))
+        .map_err(|e| format!("cannot write {}: {e}", env_path.display()))?;
+    Ok((client.listen, client.http_connect))
 }
 
 /// Fails with the log tail of the first node seen to have exited.

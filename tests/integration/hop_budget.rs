@@ -38,6 +38,8 @@ async fn start_relay(i: usize) -> ConsensusRelay {
         protocols: Protocols::new(),
         published: 0,
         descriptor_digest: [0; 32],
+        flags: allium_proto::doc::RelayFlags::RUNNING | allium_proto::doc::RelayFlags::VALID,
+        weight: 1,
     };
     tokio::spawn(InertRelay::new(cfg, keys).unwrap().run());
     // Wait until it listens.

@@ -5,6 +5,7 @@
 //! - [`e2e`]: whole networks started with `allium testnet`, carrying real traffic.
 //! - [`tamper`]: relays that alter cells get circuits destroyed (THREATS A14).
 //! - [`hop_budget`]: relays refuse to extend a circuit beyond its hop budget (THREATS A16).
+//! - [`socks_front`]: SOCKS4/4a, SOCKS5 (IPv6, RESOLVE) and HTTP CONNECT front ends of the client.
 //! - [`support`]: the shared fixtures (a test network, a SOCKS5 client, an HTTP file server).
 //!
 //! Tests that start networks run in parallel: each gets its own directory and ephemeral ports.
@@ -12,5 +13,7 @@
 mod configs;
 mod e2e;
 mod hop_budget;
+mod socks_front;
+mod paths;
 mod tamper;
 mod support;

@@ -7,8 +7,10 @@ use ed25519_dalek::{Signature, Signer, SigningKey};
 use sha2::{Digest as _, Sha256};
 
 use super::entry::{line, parse_entries, sorted_unique, ConsensusRelay, ENTRY_SPEC};
+use super::flags::{PositionWeights, RelayFlags};
 use super::lines::{self, b64, enc64, fingerprint, uint, Line, Mult, Section};
-use super::vote::{read_lifetime, write_lifetime, Vote};
+use super::protocols::Protocols;
+use super::vote::{read_lifetime, read_meta, write_lifetime, write_meta, Vote};
 use super::{DocError, Lifetime, CONSENSUS_SIG_PREFIX, MAX_CONSENSUS_LEN, MAX_SIGNATURES, MAX_SIGNATURE_DOC_LEN, MAX_VOTE_LINES};
 use crate::ids::RelayId;
 
@@ -20,6 +22,10 @@ const HEADER_SPEC: &[(&str, Mult)] = &[
     ("valid-after", Mult::Once),
     ("fresh-until", Mult::Once),
     ("valid-until", Mult::Once),
+    ("params", Mult::Once),
+    ("recommended-protocols", Mult::Once),
+    ("required-protocols", Mult::Once),
+    ("bandwidth-weights", Mult::Once),
     ("authority", Mult::Many),
 ];
 const FOOTER_SPEC: &[(&str, Mult)] = &[(SIG_KW, Mult::Many)];
@@ -63,11 +69,24 @@ fn message(digest: &[u8; 32]) -> Vec<u8> {
     m
 }
 
+/// What a consensus header says besides times and authorities.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ConsensusMeta {
+    /// Consensus parameters (`params`): the median of the values voted.
+    pub params: BTreeMap<String, i64>,
+    /// Subprotocol versions nodes should support.
+    pub recommended_protocols: Protocols,
+    /// Subprotocol versions nodes must support; relays lacking one are not listed.
+    pub required_protocols: Protocols,
+}
+
 /// A consensus. The signed part is fixed at construction (or as received); signatures sit
 /// beside it.
 #[derive(Debug, Clone)]
 pub struct Consensus {
     lifetime: Lifetime,
+    meta: ConsensusMeta,
+    weights: PositionWeights,
     authorities: Vec<RelayId>,
     relays: Vec<ConsensusRelay>,
     signatures: Vec<DirSignature>,
@@ -86,12 +105,22 @@ impl Eq for Consensus {}
 
 impl Consensus {
     /// An unsigned consensus. Authorities and relays are sorted by identity, one per identity.
+    /// No parameters or protocol versions; see [`Consensus::with_meta`].
     pub fn new(lifetime: Lifetime, authorities: Vec<RelayId>, relays: Vec<ConsensusRelay>) -> Self {
+        Self::with_meta(lifetime, ConsensusMeta::default(), authorities, relays)
+    }
+
+    /// An unsigned consensus with a header. The position weights are computed from the relays
+    /// ([`PositionWeights::compute`]).
+    pub fn with_meta(lifetime: Lifetime, meta: ConsensusMeta, authorities: Vec<RelayId>, relays: Vec<ConsensusRelay>) -> Self {
         let authorities: Vec<RelayId> = authorities.into_iter().collect::<BTreeSet<_>>().into_iter().collect();
         let relays: Vec<ConsensusRelay> = sorted_unique(&relays).into_iter().cloned().collect();
-        let mut t = String::with_capacity(256 + 1024 * relays.len());
+        let weights = PositionWeights::compute(relays.iter().map(|r| (r.flags, r.weight)));
+        let mut t = String::with_capacity(1024 + 1024 * relays.len());
         line(&mut t, DOC_TYPE, "1");
         write_lifetime(&mut t, &lifetime);
+        write_meta(&mut t, &meta.params, &meta.recommended_protocols, &meta.required_protocols);
+        line(&mut t, "bandwidth-weights", &weights.to_string());
         for a in &authorities {
             line(&mut t, "authority", &a.fingerprint());
         }
@@ -99,7 +128,20 @@ impl Consensus {
             r.encode_into(&mut t);
         }
         let digest = Sha256::digest(t.as_bytes()).into();
-        Consensus { lifetime, authorities, relays, signatures: Vec::new(), signed_text: t, digest }
+        Consensus { lifetime, meta, weights, authorities, relays, signatures: Vec::new(), signed_text: t, digest }
+    }
+
+    /// Parameters and protocol versions.
+    pub fn meta(&self) -> &ConsensusMeta {
+        &self.meta
+    }
+    /// The consensus parameters as voted (unchecked; nodes read them through bounds).
+    pub fn params(&self) -> &BTreeMap<String, i64> {
+        &self.meta.params
+    }
+    /// The position weights (`bandwidth-weights`).
+    pub fn position_weights(&self) -> PositionWeights {
+        self.weights
     }
 
     pub fn lifetime(&self) -> Lifetime {
@@ -178,6 +220,10 @@ impl Consensus {
         let h = body.iter().position(|l| l.kw == "relay").unwrap_or(body.len());
         let s = Section::read(&body[..h], HEADER_SPEC, &keywords)?;
         let lifetime = read_lifetime(&s)?;
+        let (params, recommended_protocols, required_protocols) = read_meta(&s)?;
+        let meta = ConsensusMeta { params, recommended_protocols, required_protocols };
+        let bw = s.get("bandwidth-weights");
+        let weights = PositionWeights::parse_args(&bw.args()?).map_err(|r| bw.bad(r))?;
         let mut authorities: Vec<RelayId> = Vec::new();
         for l in s.all("authority") {
             let id = fingerprint(l, l.one()?)?;
@@ -205,6 +251,8 @@ impl Consensus {
         Ok(UnverifiedConsensus {
             c: Consensus {
                 lifetime,
+                meta,
+                weights,
                 authorities,
                 relays,
                 signatures,
@@ -291,45 +339,116 @@ impl UnverifiedConsensus {
 
 /// Computes the consensus from `votes`, for a network of `n_authorities` configured authorities.
 ///
-/// Deterministic and independent of the order of `votes`:
-/// - only votes whose lifetime equals `lifetime` count; several votes by one voter count as one
-///   voter (a voter lists a relay or a version if any of its votes does);
-/// - a relay is listed when more than half of `n_authorities` voters list its identity (the
-///   configured number, not the number of votes received);
-/// - its entry is the version (the whole entry) listed by the most voters; ties go to the
-///   newest `published`, then the greatest descriptor digest, then the greatest canonical text;
+/// Deterministic and independent of the order of `votes`. Only votes whose lifetime equals
+/// `lifetime` count; several votes by one voter count as one voter (it lists a relay if any of
+/// its votes does; its flags for a relay are the union, its weight the greatest, its parameter
+/// value the smallest, its protocol lines the bytewise smallest). "Majority" means more than
+/// half of `n_authorities` (the configured number, not the number of votes received):
+/// - `required-protocols` / `recommended-protocols`: the text voted by a majority, else empty;
+/// - `params`: each parameter listed by a majority of voters, with the low median of their
+///   values;
+/// - a relay is listed when a majority of voters list its identity, and its descriptor
+///   supports every required protocol version;
+/// - its descriptor part is the version (entry text from `relay` to `descriptor-digest`)
+///   listed by the most voters; ties go to the newest `published`, then the greatest descriptor
+///   digest, then the greatest canonical text;
+/// - it has each flag that a majority of voters give it; its weight is the low median of the
+///   weights of the voters listing it;
 /// - the `authority` lines list the voters whose votes counted.
 ///
 /// The result is unsigned.
 pub fn compute_consensus(votes: &[Vote], n_authorities: usize, lifetime: Lifetime) -> Consensus {
     let votes: Vec<&Vote> = votes.iter().filter(|v| v.lifetime == lifetime).collect();
     let voters: BTreeSet<RelayId> = votes.iter().map(|v| v.voter).collect();
-    // identity -> version text -> (entry, voters listing it)
+    let majority = |count: usize| count * 2 > n_authorities;
+
+    // Header: protocols and parameters, one value per voter.
+    let mut rec_by: BTreeMap<RelayId, String> = BTreeMap::new();
+    let mut req_by: BTreeMap<RelayId, String> = BTreeMap::new();
+    let mut param_by: BTreeMap<&str, BTreeMap<RelayId, i64>> = BTreeMap::new();
+    for v in &votes {
+        keep_min(&mut rec_by, v.voter, v.recommended_protocols.to_string());
+        keep_min(&mut req_by, v.voter, v.required_protocols.to_string());
+        for (k, x) in &v.params {
+            keep_min(param_by.entry(k.as_str()).or_default(), v.voter, *x);
+        }
+    }
+    let majority_text = |by: &BTreeMap<RelayId, String>| -> Protocols {
+        let mut counts: BTreeMap<&str, usize> = BTreeMap::new();
+        for t in by.values() {
+            *counts.entry(t.as_str()).or_default() += 1;
+        }
+        counts
+            .into_iter()
+            .find(|(_, c)| majority(*c))
+            .and_then(|(t, _)| if t.is_empty() { Some(Protocols::new()) } else { Protocols::parse_args(&t.split(' ').collect::<Vec<_>>()).ok() })
+            .unwrap_or_default()
+    };
+    let mut params = BTreeMap::new();
+    for (k, by) in param_by {
+        if majority(by.len()) {
+            params.insert(k.to_string(), low_median(by.into_values().collect()));
+        }
+    }
+    let meta = ConsensusMeta { params, recommended_protocols: majority_text(&rec_by), required_protocols: majority_text(&req_by) };
+
+    // Relays. identity -> version text -> (entry, voters listing it); identity -> voter -> (flags, weight)
     let mut by_id: BTreeMap<RelayId, BTreeMap<String, (&ConsensusRelay, BTreeSet<RelayId>)>> = BTreeMap::new();
+    let mut assessed: BTreeMap<RelayId, BTreeMap<RelayId, (RelayFlags, u64)>> = BTreeMap::new();
     for v in &votes {
         for r in &v.relays {
             by_id.entry(r.identity).or_default().entry(r.encoded()).or_insert_with(|| (r, BTreeSet::new())).1.insert(v.voter);
+            let a = assessed.entry(r.identity).or_default().entry(v.voter).or_insert((RelayFlags::EMPTY, 0));
+            a.0.insert(r.flags);
+            a.1 = a.1.max(r.weight);
         }
     }
     let mut relays = Vec::new();
-    for versions in by_id.values() {
-        let listing: BTreeSet<&RelayId> = versions.values().flat_map(|(_, s)| s.iter()).collect();
-        if listing.len() * 2 <= n_authorities {
+    for (id, versions) in &by_id {
+        let listing = &assessed[id];
+        if !majority(listing.len()) {
             continue;
         }
-        let best = versions
-            .iter()
-            .max_by(|(ta, (a, va)), (tb, (b, vb))| {
-                va.len()
-                    .cmp(&vb.len())
-                    .then(a.published.cmp(&b.published))
-                    .then(a.descriptor_digest.cmp(&b.descriptor_digest))
-                    .then(ta.cmp(tb))
-            })
-            .map(|(_, (r, _))| (*r).clone());
-        relays.extend(best);
+        let best = versions.iter().max_by(|(ta, (a, va)), (tb, (b, vb))| {
+            va.len()
+                .cmp(&vb.len())
+                .then(a.published.cmp(&b.published))
+                .then(a.descriptor_digest.cmp(&b.descriptor_digest))
+                .then(ta.cmp(tb))
+        });
+        let Some((_, (r, _))) = best else { continue };
+        if !r.protocols.missing(&meta.required_protocols).is_empty() {
+            continue;
+        }
+        let mut r = (*r).clone();
+        r.flags = RelayFlags::EMPTY;
+        for (flag, _) in RelayFlags::NAMES {
+            let n = listing.values().filter(|(f, _)| f.contains(flag)).count();
+            r.flags = r.flags.with_if(flag, majority(n));
+        }
+        r.weight = low_median(listing.values().map(|(_, w)| *w).collect());
+        relays.push(r);
     }
-    Consensus::new(lifetime, voters.into_iter().collect(), relays)
+    Consensus::with_meta(lifetime, meta, voters.into_iter().collect(), relays)
+}
+
+fn keep_min<K: Ord, V: Ord>(m: &mut BTreeMap<K, V>, k: K, v: V) {
+    match m.entry(k) {
+        std::collections::btree_map::Entry::Vacant(e) => {
+            e.insert(v);
+        }
+        std::collections::btree_map::Entry::Occupied(mut e) => {
+            if v < *e.get() {
+                e.insert(v);
+            }
+        }
+    }
+}
+
+/// The low median: the element at index `(n − 1) / 2` of the sorted values (0 when empty).
+pub fn low_median<T: Ord + Copy + Default>(mut v: Vec<T>) -> T {
+    v.sort_unstable();
+    v.get(v.len().saturating_sub(1) / 2).copied().unwrap_or_default()
 }
 
 /// A signature on a consensus sent on its own (from one authority to another), before the

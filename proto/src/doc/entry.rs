@@ -6,6 +6,7 @@ use std::fmt::Write as _;
 use std::net::SocketAddr;
 
 use super::descriptor::RelayDescriptor;
+use super::flags::RelayFlags;
 use super::lines::{self, b64, enc64, fingerprint, uint, Line, Mult, Section};
 use super::protocols::Protocols;
 use super::{DocError, MAX_FAMILY, MAX_POLICY_RULES};
@@ -14,7 +15,8 @@ use crate::policy::ExitPolicy;
 
 /// One relay in a vote or consensus: what a client needs to build circuits through it.
 ///
-/// Every field comes from the relay's signed descriptor (whose SHA-256 is `descriptor_digest`).
+/// Every field up to `descriptor_digest` comes from the relay's signed descriptor (whose
+/// SHA-256 is `descriptor_digest`); `flags` and `weight` are the authorities' assessment.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConsensusRelay {
     pub nickname: String,
@@ -36,6 +38,12 @@ pub struct ConsensusRelay {
     pub published: u64,
     /// SHA-256 of the descriptor's canonical signed part ([`RelayDescriptor::digest`]).
     pub descriptor_digest: [u8; 32],
+    /// Flags assigned by the authorities (in a consensus: by a majority of them).
+    pub flags: RelayFlags,
+    /// Consensus weight: the advertised bandwidth capped by the authority (in a consensus: the
+    /// low median of the listing authorities' weights). Path selection uses this, not
+    /// `bandwidth`.
+    pub weight: u64,
 }
 
 impl ConsensusRelay {
@@ -54,6 +62,8 @@ impl ConsensusRelay {
             protocols: d.protocols.clone(),
             published: d.published,
             descriptor_digest: d.digest(),
+            flags: RelayFlags::EMPTY,
+            weight: d.bandwidth,
         }
     }
 
@@ -65,15 +75,23 @@ impl ConsensusRelay {
 
     /// Appends this entry's lines (canonical form).
     pub(crate) fn encode_into(&self, out: &mut String) {
+        self.encode_descriptor_part(out);
+        line(out, "flags", &self.flags.to_string());
+        line(out, "weight", &self.weight.to_string());
+    }
+
+    /// The lines copied from the descriptor (`relay` to `descriptor-digest`).
+    fn encode_descriptor_part(&self, out: &mut String) {
         line(out, "relay", &format!("{} {}", self.nickname, self.identity.fingerprint()));
         write_keys_to_published(out, &KeysEtc::of_entry(self));
         line(out, "descriptor-digest", &enc64(&self.descriptor_digest));
     }
 
-    /// The canonical text of this entry (used to compare versions deterministically).
+    /// The canonical text of the descriptor part of this entry (what makes a *version*; flags
+    /// and weight are voted separately).
     pub(crate) fn encoded(&self) -> String {
         let mut s = String::new();
-        self.encode_into(&mut s);
+        self.encode_descriptor_part(&mut s);
         s
     }
 
@@ -87,6 +105,9 @@ impl ConsensusRelay {
         }
         let k = KeysOwned::parse(&s)?;
         let d = s.get("descriptor-digest");
+        let fl = s.get("flags");
+        let flags = RelayFlags::parse_args(&fl.args()?).map_err(|r| fl.bad(r))?;
+        let w = s.get("weight");
         Ok(ConsensusRelay {
             nickname: a[0].to_string(),
             identity: fingerprint(r, a[1])?,
@@ -100,6 +121,8 @@ impl ConsensusRelay {
             protocols: k.protocols,
             published: k.published,
             descriptor_digest: b64(d, d.one()?)?,
+            flags,
+            weight: uint(w, w.one()?)?,
         })
     }
 }
@@ -117,6 +140,8 @@ pub(crate) const ENTRY_SPEC: &[(&str, Mult)] = &[
     ("protocols", Mult::Once),
     ("published", Mult::Once),
     ("descriptor-digest", Mult::Once),
+    ("flags", Mult::Once),
+    ("weight", Mult::Once),
 ];
 
 /// Appends `kw args\n` (or `kw\n` when `args` is empty).

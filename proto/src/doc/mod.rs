@@ -28,21 +28,25 @@
 //!   document type has its own prefix (domain separation) and the signed part is every byte
 //!   before the signature line(s).
 //!
+//! # Flags, parameters, protocol versions, weights
+//!
+//! Relay entries carry `flags` and `weight` ([`RelayFlags`]); vote and consensus headers carry
+//! `params`, `recommended-protocols` and `required-protocols`; the consensus header carries
+//! `bandwidth-weights` ([`PositionWeights`]). [`compute_consensus`] takes flags by majority of
+//! configured authorities, parameters and weights by low median.
+//!
 //! # Room to grow (not implemented yet)
 //!
-//! The next directory step adds relay flags (e.g. Running, Stable, Exit, Guard), consensus
-//! parameters, a shared-randomness value and authority signing keys certified by the long-term
-//! identity. They fit this format without breaking old parsers: flags and parameters become new
-//! non-critical keywords (`flags` in a relay entry after `descriptor-digest`, `params` in the
-//! header after `valid-until`, `shared-rand` after it); signing-key certificates and signatures
-//! by signing keys become new footer keywords, which old parsers ignore (a `directory-signature`
-//! line with other than two arguments is a syntax error today, so that keyword cannot be
-//! reused). Anything an old client must not ignore uses a `critical-` keyword or a new document
-//! version on the first line.
+//! A shared-randomness value (header, after `bandwidth-weights`) and authority signing keys
+//! certified by the long-term identity: signing-key certificates and signatures by signing keys
+//! become new footer keywords, which old parsers ignore (a `directory-signature` line with other
+//! than two arguments is a syntax error today, so that keyword cannot be reused). Anything an
+//! old client must not ignore uses a `critical-` keyword or a new document version.
 
 mod consensus;
 mod descriptor;
 mod entry;
+mod flags;
 mod lines;
 mod protocols;
 mod vote;
@@ -51,10 +55,12 @@ mod vote;
 mod tests;
 
 pub use consensus::{
-    compute_consensus, Consensus, ConsensusError, DetachedSignature, DirSignature, UnverifiedConsensus,
+    compute_consensus, low_median, Consensus, ConsensusError, ConsensusMeta, DetachedSignature, DirSignature,
+    UnverifiedConsensus,
 };
 pub use descriptor::{certify_link_key, verify_link_cert, RelayDescriptor, UnverifiedDescriptor};
 pub use entry::ConsensusRelay;
+pub use flags::{encode_params, param_name_ok, parse_params, Position, PositionWeights, RelayFlags, MAX_PARAMS, WEIGHT_SCALE};
 pub use protocols::Protocols;
 pub use vote::{UnverifiedVote, Vote};
 

@@ -40,6 +40,47 @@ impl Protocols {
         self.0.get(name).is_some_and(|v| v.iter().any(|&(lo, hi)| lo <= version && version <= hi))
     }
 
+    /// The versions of `required` that `self` does not support (empty when it supports all).
+    pub fn missing(&self, required: &Protocols) -> Protocols {
+        let mut out = BTreeMap::new();
+        for (name, ranges) in &required.0 {
+            let have: &[(u32, u32)] = self.0.get(name).map_or(&[], |v| v.as_slice());
+            let mut miss = Vec::new();
+            for &(lo, hi) in ranges {
+                // Subtract the (sorted, merged) supported ranges from lo..=hi.
+                let mut next = Some(lo);
+                for &(a, b) in have {
+                    let Some(n) = next else { break };
+                    if b < n {
+                        continue;
+                    }
+                    if a > hi {
+                        break;
+                    }
+                    if a > n {
+                        miss.push((n, a - 1));
+                    }
+                    next = b.checked_add(1).filter(|&x| x <= hi);
+                }
+                if let Some(n) = next {
+                    if n <= hi {
+                        miss.push((n, hi));
+                    }
+                }
+            }
+            if !miss.is_empty() {
+                normalize(&mut miss);
+                out.insert(name.clone(), miss);
+            }
+        }
+        Protocols(out)
+    }
+
+    /// Whether no subprotocol is listed.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+
     /// The ranges of every subprotocol.
     pub fn map(&self) -> &BTreeMap<String, Vec<(u32, u32)>> {
         &self.0
@@ -140,6 +181,18 @@ mod tests {
         let again = Protocols::parse_args(&p.to_string().split(' ').collect::<Vec<_>>()).unwrap();
         assert_eq!(again, p);
         assert_eq!(Protocols::new().to_string(), "");
+    }
+
+    #[test]
+    fn missing_versions() {
+        let p = |s: &str| Protocols::parse_args(&s.split(' ').collect::<Vec<_>>()).unwrap();
+        let have = p("Link=1-2,5 Relay=1");
+        assert!(have.missing(&p("Link=1-2 Relay=1")).is_empty());
+        assert!(have.missing(&Protocols::new()).is_empty());
+        assert_eq!(have.missing(&p("Link=1-6")).to_string(), "Link=3-4,6");
+        assert_eq!(have.missing(&p("Ntor=1 Relay=1-2")).to_string(), "Ntor=1 Relay=2");
+        assert_eq!(Protocols::new().missing(&p("Link=0")).to_string(), "Link=0");
+        assert!(p("Link=0-4294967295").missing(&p("Link=7")).is_empty());
     }
 
     #[test]

@@ -188,7 +188,14 @@ fn byte_level_rules() {
 // ---- votes ----
 
 fn vote<'a>(voter: &SigningKey, relays: impl IntoIterator<Item = &'a RelayDescriptor>, lifetime: Lifetime) -> Vote {
-    Vote { lifetime, voter: id(voter), relays: relays.into_iter().map(RelayDescriptor::to_entry).collect() }
+    Vote {
+        lifetime,
+        voter: id(voter),
+        params: Default::default(),
+        recommended_protocols: Protocols::new(),
+        required_protocols: Protocols::new(),
+        relays: relays.into_iter().map(RelayDescriptor::to_entry).collect(),
+    }
 }
 
 const LT: Lifetime = Lifetime { valid_after: 1_700_003_600, fresh_until: 1_700_007_200, valid_until: 1_700_014_400 };
@@ -368,7 +375,7 @@ fn consensus_round_trip_and_growth() {
     assert!(back.relay(&c.relays()[1].identity).is_some());
     assert!(back.relay(&RelayId([0; 32])).is_none());
     // A newer authority adds a header line and a footer line: old parsers still verify it.
-    let body = insert_after(c.signed_text(), "valid-until ", "params circwindow=1000\n");
+    let body = insert_after(c.signed_text(), "valid-until ", "shared-rand-future 1000\n");
     let c2 = Consensus::parse(&body).unwrap().dangerously_assume_valid();
     let sigs: Vec<DirSignature> = n.auths.iter().map(|a| c2.sign(a)).collect();
     let text2 = format!("{}signing-key-cert xyz\n", with_sigs(&c2, &sigs));
@@ -547,4 +554,84 @@ fn descriptor_address_forms() {
         assert!(matches!(RelayDescriptor::parse(&t).unwrap_err(), DocError::BadValue { .. }), "{bad}");
     }
     let _: SocketAddr = "[2001:db8::1]:1".parse().unwrap();
+}
+
+// ---- flags, weights, parameters and protocol versions ----
+
+fn flagged(d: &RelayDescriptor, flags: RelayFlags, weight: u64) -> ConsensusRelay {
+    let mut e = d.to_entry();
+    e.flags = flags;
+    e.weight = weight;
+    e
+}
+
+#[test]
+fn flags_take_the_majority_of_configured_authorities_and_weight_the_low_median() {
+    let auths: Vec<SigningKey> = (70..73).map(key).collect();
+    let x = desc(&key(84), "x", 100);
+    let (r, g, e) = (RelayFlags::RUNNING | RelayFlags::VALID, RelayFlags::GUARD, RelayFlags::EXIT);
+    let mut votes: Vec<Vote> = auths.iter().map(|a| vote(a, [], LT)).collect();
+    votes[0].relays = vec![flagged(&x, r | g | e, 300)];
+    votes[1].relays = vec![flagged(&x, r | g, 100)];
+    votes[2].relays = vec![flagged(&x, r | e | RelayFlags::BAD_EXIT, 200)];
+    let c = compute_consensus(&votes, 3, LT);
+    let got = c.relays()[0].flags;
+    assert_eq!(got, r | g | e, "Guard 2/3 and Exit 2/3 kept, BadExit 1/3 dropped: {got}");
+    assert_eq!(c.relays()[0].weight, 200, "median of 100, 200, 300");
+    // Only two votes of three configured: a flag needs both.
+    let c = compute_consensus(&votes[..2], 3, LT);
+    assert_eq!(c.relays()[0].flags, r | g);
+    assert_eq!(c.relays()[0].weight, 100, "low median of 100 and 300");
+    // Different flags do not make different versions: the relay is still listed.
+    assert_eq!(c.relays().len(), 1);
+    // Round trip of the new lines.
+    let text = c.encode();
+    let back = Consensus::parse(&text).unwrap().dangerously_assume_valid();
+    assert_eq!(back.relays()[0].flags, r | g);
+    assert_eq!(back.position_weights(), c.position_weights());
+}
+
+#[test]
+fn parameters_take_the_low_median_of_a_majority() {
+    let auths: Vec<SigningKey> = (70..73).map(key).collect();
+    let mut votes: Vec<Vote> = auths.iter().map(|a| vote(a, [], LT)).collect();
+    for (v, x) in votes.iter_mut().zip([500, 100, 300]) {
+        v.params.insert("circuit-window".into(), x);
+    }
+    votes[0].params.insert("lonely".into(), 7);
+    votes[0].params.insert("pair".into(), 10);
+    votes[1].params.insert("pair".into(), 20);
+    let c = compute_consensus(&votes, 3, LT);
+    assert_eq!(c.params().get("circuit-window"), Some(&300));
+    assert_eq!(c.params().get("lonely"), None, "one voter of three is not a majority");
+    assert_eq!(c.params().get("pair"), Some(&10), "low median of two");
+    let back = Consensus::parse(&c.encode()).unwrap().dangerously_assume_valid();
+    assert_eq!(back.params(), c.params());
+    // Order of votes does not matter.
+    votes.reverse();
+    assert_eq!(compute_consensus(&votes, 3, LT).digest(), c.digest());
+}
+
+#[test]
+fn relays_lacking_a_required_protocol_are_not_listed() {
+    let auths: Vec<SigningKey> = (70..73).map(key).collect();
+    let good = desc(&key(85), "good", 100); // Link=1 Ntor=1 Relay=1-2
+    let mut old = desc(&key(86), "old", 100);
+    old.protocols = Protocols::new().with("Link", 1, 1).with("Relay", 1, 1);
+    let req = Protocols::new().with("Link", 1, 1).with("Ntor", 1, 1);
+    let mut votes: Vec<Vote> = auths.iter().map(|a| vote(a, [&good, &old], LT)).collect();
+    for v in votes.iter_mut().take(2) {
+        v.required_protocols = req.clone();
+        v.recommended_protocols = req.clone().with("Relay", 2, 2);
+    }
+    let c = compute_consensus(&votes, 3, LT);
+    assert_eq!(c.meta().required_protocols, req, "voted by 2 of 3");
+    assert_eq!(ids_of(&c), vec![good.identity]);
+    // Required by only one authority: not required, both listed.
+    let c = compute_consensus(&votes[1..], 4, LT);
+    assert!(c.meta().required_protocols.is_empty());
+    assert_eq!(c.relays().len(), 0, "2 of 4 voters is no majority for the relays either");
+    let c = compute_consensus(&[votes[0].clone(), votes[2].clone()], 3, LT);
+    assert!(c.meta().required_protocols.is_empty());
+    assert_eq!(c.relays().len(), 2);
 }

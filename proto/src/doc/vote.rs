@@ -1,10 +1,14 @@
 //! A vote: one authority's signed list of the relays it accepts for one consensus period.
 
+use std::collections::BTreeMap;
+
 use ed25519_dalek::{Signature, Signer, SigningKey};
 use sha2::{Digest as _, Sha256};
 
 use super::entry::{line, parse_entries, sorted_unique, ConsensusRelay, ENTRY_SPEC};
+use super::flags::{encode_params, parse_params};
 use super::lines::{self, b64, enc64, fingerprint, uint, Line, Mult, Section};
+use super::protocols::Protocols;
 use super::{DocError, Lifetime, MAX_VOTE_LEN, MAX_VOTE_LINES, VOTE_SIG_PREFIX};
 use crate::ids::RelayId;
 
@@ -18,6 +22,9 @@ pub(crate) const HEADER_SPEC: &[(&str, Mult)] = &[
     ("fresh-until", Mult::Once),
     ("valid-until", Mult::Once),
     ("voter", Mult::Once),
+    ("params", Mult::Once),
+    ("recommended-protocols", Mult::Once),
+    ("required-protocols", Mult::Once),
 ];
 
 /// One authority's vote.
@@ -27,7 +34,13 @@ pub struct Vote {
     pub lifetime: Lifetime,
     /// The voting authority's identity; it signs the vote.
     pub voter: RelayId,
-    /// The relays it accepts. Encoded sorted by identity, one entry per identity.
+    /// The consensus parameters it votes for (`params` line).
+    pub params: BTreeMap<String, i64>,
+    /// Subprotocol versions it recommends and requires.
+    pub recommended_protocols: Protocols,
+    pub required_protocols: Protocols,
+    /// The relays it accepts, with the flags and weight it assigns. Encoded sorted by identity,
+    /// one entry per identity.
     pub relays: Vec<ConsensusRelay>,
 }
 
@@ -38,6 +51,7 @@ impl Vote {
         line(&mut out, DOC_TYPE, "1");
         write_lifetime(&mut out, &self.lifetime);
         line(&mut out, "voter", &self.voter.fingerprint());
+        write_meta(&mut out, &self.params, &self.recommended_protocols, &self.required_protocols);
         for r in sorted_unique(&self.relays) {
             r.encode_into(&mut out);
         }
@@ -73,11 +87,12 @@ impl Vote {
         let lifetime = read_lifetime(&s)?;
         let v = s.get("voter");
         let voter = fingerprint(v, v.one()?)?;
+        let (params, recommended_protocols, required_protocols) = read_meta(&s)?;
         let relays = parse_entries(&body[h..], &keywords)?;
         let signature = b64(last, last.one()?)?;
         let signed_part = &text[..last.start];
         Ok(UnverifiedVote {
-            vote: Vote { lifetime, voter, relays },
+            vote: Vote { lifetime, voter, params, recommended_protocols, required_protocols, relays },
             signed_hash: Sha256::digest(signed_part.as_bytes()).into(),
             signature,
         })
@@ -94,6 +109,26 @@ pub(crate) fn write_lifetime(out: &mut String, l: &Lifetime) {
     line(out, "valid-after", &l.valid_after.to_string());
     line(out, "fresh-until", &l.fresh_until.to_string());
     line(out, "valid-until", &l.valid_until.to_string());
+}
+
+/// Writes the `params`, `recommended-protocols` and `required-protocols` lines.
+pub(crate) fn write_meta(out: &mut String, params: &BTreeMap<String, i64>, rec: &Protocols, req: &Protocols) {
+    line(out, "params", &encode_params(params));
+    line(out, "recommended-protocols", &rec.to_string());
+    line(out, "required-protocols", &req.to_string());
+}
+
+pub(crate) type Meta = (BTreeMap<String, i64>, Protocols, Protocols);
+
+/// Reads the lines [`write_meta`] writes.
+pub(crate) fn read_meta(s: &Section) -> Result<Meta, DocError> {
+    let l = s.get("params");
+    let params = parse_params(&l.args()?).map_err(|r| l.bad(r))?;
+    let l = s.get("recommended-protocols");
+    let rec = Protocols::parse_args(&l.args()?).map_err(|r| l.bad(r))?;
+    let l = s.get("required-protocols");
+    let req = Protocols::parse_args(&l.args()?).map_err(|r| l.bad(r))?;
+    Ok((params, rec, req))
 }
 
 pub(crate) fn read_lifetime(s: &Section) -> Result<Lifetime, DocError> {

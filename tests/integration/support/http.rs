@@ -36,7 +36,12 @@ pub struct FileServer {
 impl FileServer {
     /// Serves `files` (path → body) on 127.0.0.1 at an ephemeral port.
     pub fn start(files: Vec<(&str, Vec<u8>)>) -> FileServer {
-        let listener = TcpListener::bind("127.0.0.1:0").expect("bind the file server");
+        Self::start_on("127.0.0.1:0", files)
+    }
+
+    /// Serves `files` on `bind` (e.g. `"[::1]:0"`).
+    pub fn start_on(bind: &str, files: Vec<(&str, Vec<u8>)>) -> FileServer {
+        let listener = TcpListener::bind(bind).expect("bind the file server");
         let addr = listener.local_addr().unwrap();
         let files: Arc<HashMap<String, Vec<u8>>> = Arc::new(files.into_iter().map(|(p, b)| (p.to_string(), b)).collect());
         let peers = Arc::new(Mutex::new(Vec::new()));

@@ -1,0 +1,156 @@
+//! Consensus parameters: the table of known parameters with their defaults and bounds, what an
+//! authority votes, and how nodes read them from a consensus.
+//!
+//! Authorities vote every known parameter (their configured value, else the default for their
+//! network kind); the consensus carries, for each parameter listed by more than half of the
+//! configured authorities, the low median of the values voted (`allium_proto::doc::compute_consensus`).
+//! Nodes read a parameter with [`ConsensusParams::get`]: the consensus value, or the default
+//! when absent. A consensus whose value for a known parameter is outside its bounds is refused
+//! as a whole ([`ConsensusParams::from_consensus`]), with a message naming the parameter;
+//! unknown parameters are ignored. The same table is in docs/PROTOCOL.md ("Consensus
+//! parameters").
+
+use std::collections::BTreeMap;
+
+/// One known parameter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ParamSpec {
+    pub name: &'static str,
+    /// Default on a real network (and what nodes use when the consensus does not list it).
+    pub default: i64,
+    /// What authorities of a test network (`dangerous_testnet`) vote by default.
+    pub testnet_default: i64,
+    pub min: i64,
+    pub max: i64,
+    pub doc: &'static str,
+}
+
+const DAY: i64 = 86_400;
+
+/// Every known parameter (sorted by name).
+pub const PARAMS: &[ParamSpec] = &[
+    ParamSpec { name: "bw-cap", default: 10_000_000, testnet_default: 10_000_000, min: 1, max: 1 << 40, doc: "cap on a relay's self-reported bandwidth when it becomes its weight (bytes/s)" },
+    ParamSpec { name: "circuit-sendme-inc", default: 100, testnet_default: 100, min: 1, max: 10_000, doc: "cells per circuit-level SENDME" },
+    ParamSpec { name: "circuit-window", default: 1000, testnet_default: 1000, min: 100, max: 10_000, doc: "circuit-level flow-control window (cells)" },
+    ParamSpec { name: "fast-min-bw", default: 100_000, testnet_default: 0, min: 0, max: 1 << 40, doc: "least weight for the Fast flag (bytes/s)" },
+    ParamSpec { name: "guard-min-bw", default: 1_000_000, testnet_default: 0, min: 0, max: 1 << 40, doc: "least weight for the Guard flag (bytes/s)" },
+    ParamSpec { name: "guard-min-uptime", default: 8 * DAY, testnet_default: 0, min: 0, max: 365 * DAY, doc: "least observed uptime for the Guard flag (s)" },
+    ParamSpec { name: "hsdir-min-uptime", default: 4 * DAY, testnet_default: 0, min: 0, max: 365 * DAY, doc: "least observed uptime for the HSDir flag (s)" },
+    ParamSpec { name: "stable-min-uptime", default: 5 * DAY, testnet_default: 0, min: 0, max: 365 * DAY, doc: "least observed uptime for the Stable flag (s)" },
+    ParamSpec { name: "stream-sendme-inc", default: 50, testnet_default: 50, min: 1, max: 5_000, doc: "cells per stream-level SENDME" },
+    ParamSpec { name: "stream-window", default: 500, testnet_default: 500, min: 50, max: 5_000, doc: "stream-level flow-control window (cells)" },
+];
+
+/// The spec of a known parameter.
+pub fn spec(name: &str) -> Option<&'static ParamSpec> {
+    PARAMS.iter().find(|p| p.name == name)
+}
+
+/// A known parameter has a value outside its bounds.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("consensus parameter {name}={value} is outside its bounds {min}..={max}; refusing it")]
+pub struct ParamError {
+    pub name: String,
+    pub value: i64,
+    pub min: i64,
+    pub max: i64,
+}
+
+/// Checks `value` against the bounds of `name` (unknown names pass).
+pub fn check(name: &str, value: i64) -> Result<(), ParamError> {
+    match spec(name) {
+        Some(s) if value < s.min || value > s.max => {
+            Err(ParamError { name: name.to_string(), value, min: s.min, max: s.max })
+        }
+        _ => Ok(()),
+    }
+}
+
+/// What an authority votes: every known parameter at its default for the network kind, then
+/// `overrides` from the config (checked against the bounds; unknown names are refused by the
+/// config loader, see `AuthorityConfig::validate`).
+pub fn vote_params(testnet: bool, overrides: &BTreeMap<String, i64>) -> BTreeMap<String, i64> {
+    let mut out: BTreeMap<String, i64> =
+        PARAMS.iter().map(|p| (p.name.to_string(), if testnet { p.testnet_default } else { p.default })).collect();
+    for (k, v) in overrides {
+        out.insert(k.clone(), *v);
+    }
+    out
+}
+
+/// The parameters of a verified consensus, checked against their bounds.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ConsensusParams {
+    values: BTreeMap<String, i64>,
+}
+
+impl ConsensusParams {
+    /// Checks every known parameter in `params`; the first out of bounds is the error.
+    pub fn from_map(params: &BTreeMap<String, i64>) -> Result<Self, ParamError> {
+        for (k, v) in params {
+            check(k, *v)?;
+        }
+        Ok(ConsensusParams { values: params.clone() })
+    }
+
+    /// The value of a known parameter: the consensus value, or its (real-network) default.
+    ///
+    /// # Panics
+    /// If `name` is not in [`PARAMS`] (a programming error).
+    pub fn get(&self, name: &str) -> i64 {
+        let s = spec(name).unwrap_or_else(|| panic!("unknown consensus parameter {name}"));
+        self.values.get(name).copied().unwrap_or(s.default)
+    }
+
+    /// [`get`](Self::get) for a parameter whose bounds are non-negative.
+    pub fn get_u64(&self, name: &str) -> u64 {
+        self.get(name).max(0) as u64
+    }
+
+    /// Every parameter the consensus lists (known or not).
+    pub fn listed(&self) -> &BTreeMap<String, i64> {
+        &self.values
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_is_sorted_and_defaults_in_bounds() {
+        assert!(PARAMS.windows(2).all(|w| w[0].name < w[1].name));
+        for p in PARAMS {
+            assert!(allium_proto::doc::param_name_ok(p.name), "{}", p.name);
+            assert!(check(p.name, p.default).is_ok() && check(p.name, p.testnet_default).is_ok(), "{}", p.name);
+        }
+        assert_eq!(allium_proto::flow::CIRCUIT_WINDOW as i64, spec("circuit-window").unwrap().default);
+        assert_eq!(allium_proto::flow::STREAM_WINDOW as i64, spec("stream-window").unwrap().default);
+    }
+
+    #[test]
+    fn out_of_bounds_value_is_refused_with_a_clear_message() {
+        let mut m = BTreeMap::new();
+        m.insert("circuit-window".to_string(), 5);
+        m.insert("unknown-thing".to_string(), -7);
+        let e = ConsensusParams::from_map(&m).unwrap_err();
+        assert_eq!(e.to_string(), "consensus parameter circuit-window=5 is outside its bounds 100..=10000; refusing it");
+        m.insert("circuit-window".to_string(), 10_000);
+        let p = ConsensusParams::from_map(&m).unwrap();
+        assert_eq!(p.get("circuit-window"), 10_000);
+        assert_eq!(p.get("stream-window"), 500, "absent: default");
+        assert_eq!(p.listed()["unknown-thing"], -7, "unknown parameters are kept but not used");
+    }
+
+    #[test]
+    fn votes_use_network_defaults_and_overrides() {
+        let mut o = BTreeMap::new();
+        o.insert("fast-min-bw".to_string(), 7);
+        let real = vote_params(false, &o);
+        assert_eq!(real["guard-min-uptime"], 8 * DAY);
+        assert_eq!(real["fast-min-bw"], 7);
+        let test = vote_params(true, &BTreeMap::new());
+        assert_eq!(test["guard-min-uptime"], 0);
+        assert_eq!(test.len(), PARAMS.len());
+    }
+}

@@ -1,0 +1,107 @@
+//! Path choice and circuit management on a real test network: isolation by SOCKS username,
+//! reuse within one username, bootstrap progress, guard state, the learned build timeout, and
+//! no relay identity in info-level logs.
+
+use std::io::{Read, Write};
+use std::time::{Duration, Instant};
+
+use crate::e2e::fingerprints;
+use crate::support::http::{pseudo_random, FileServer};
+use crate::support::socks::socks5_connect;
+use crate::support::testnet::Testnet;
+
+fn fetch_as(net: &Testnet, server: &FileServer, user: &str) {
+    let mut s = socks5_connect(net.socks, "127.0.0.1", server.addr().port(), Some((user, "pw"))).unwrap_or_else(|c| panic!("CONNECT as {user}: reply {c}\n{}", net.log_tail(20)));
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    s.write_all(b"GET /1k HTTP/1.0\r\n\r\n").unwrap();
+    let mut resp = Vec::new();
+    s.read_to_end(&mut resp).unwrap();
+    assert!(resp.ends_with(server.file("/1k")), "fetch as {user} returned other bytes");
+}
+
+fn client_log(net: &Testnet) -> String {
+    std::fs::read_to_string(net.dir.join("client").join("log")).unwrap_or_default()
+}
+
+/// `(serial, kind)` of every "stream on circuit #N (kind)" line.
+fn stream_circuits(log: &str) -> Vec<(u64, String)> {
+    log.lines()
+        .filter_map(|l| l.split_once("stream on circuit #").map(|(_, r)| r))
+        .map(|r| {
+            let (n, rest) = r.split_once(' ').expect("serial then kind");
+            let kind = rest.trim_start_matches('(').split(')').next().unwrap_or("").to_string();
+            (n.parse().expect("serial"), kind)
+        })
+        .collect()
+}
+
+/// Polls the client log until it contains `needle` (or `limit` passes).
+fn wait_log(net: &Testnet, needle: &str, limit: Duration) -> String {
+    let deadline = Instant::now() + limit;
+    loop {
+        let log = client_log(net);
+        if log.contains(needle) || Instant::now() > deadline {
+            return log;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+#[test]
+fn usernames_isolate_circuits_and_one_username_reuses_its_circuit() {
+    let server = FileServer::start(vec![("/1k", pseudo_random(1024, 11))]);
+    let net = Testnet::start(&[]);
+
+    // Bootstrap phases, in order.
+    let log = wait_log(&net, "bootstrap 100%", Duration::from_secs(30));
+    let mut at = 0;
+    for phase in ["bootstrap 0%", "bootstrap 25%", "bootstrap 50%", "bootstrap 75%", "bootstrap 100%"] {
+        let i = log[at..].find(phase).unwrap_or_else(|| panic!("no {phase:?} (in order) in the client log:\n{}", crate::support::tail(&net.dir.join("client").join("log"), 30)));
+        at += i;
+    }
+
+    let before = stream_circuits(&client_log(&net)).len();
+    fetch_as(&net, &server, "alice");
+    fetch_as(&net, &server, "bob");
+    fetch_as(&net, &server, "alice");
+    let streams = stream_circuits(&client_log(&net));
+    let ours = &streams[before..];
+    assert_eq!(ours.len(), 3, "expected one circuit choice per fetch, got {ours:?}");
+    assert_ne!(ours[0].0, ours[1].0, "alice and bob shared a circuit: {ours:?}");
+    assert_eq!(ours[2].0, ours[0].0, "alice's second fetch did not reuse her circuit: {ours:?}");
+    assert_eq!(ours[2].1, "reused");
+
+    // Enough builds to learn a timeout: each new username takes a circuit of its own.
+    for i in 0..24 {
+        fetch_as(&net, &server, &format!("user{i}"));
+    }
+    let log = wait_log(&net, "circuit build timeout learned: ", Duration::from_secs(30));
+    let learned = log.lines().filter_map(|l| l.split_once("circuit build timeout learned: ").map(|(_, r)| r.to_string())).next_back();
+    let learned = learned.unwrap_or_else(|| panic!("the client learned no build timeout after 24+ builds:\n{}", net.log_tail(30)));
+    eprintln!("learned circuit build timeout in the testnet: {learned}");
+
+    // Every circuit's path: three distinct relays in three /16s (each node has its own /16).
+    let fps = fingerprints(&net);
+    let paths: Vec<Vec<&str>> = log.lines().filter_map(|l| l.split_once(" through ").map(|(_, r)| r.split_whitespace().collect())).collect();
+    for p in &paths {
+        assert_eq!(p.len(), 3, "{p:?}");
+        assert!(p[0] != p[1] && p[1] != p[2] && p[0] != p[2], "a relay appears twice in {p:?}");
+    }
+
+    // The guard state is on disk, and every circuit's first hop is one of its guards.
+    let state = std::fs::read_to_string(net.dir.join("client").join("guards.toml")).expect("client wrote guards.toml");
+    let guards: Vec<String> = state.lines().filter_map(|l| l.strip_prefix("id = \"")).map(|r| r.trim_end_matches('"').to_string()).collect();
+    assert!(!guards.is_empty(), "no guard in guards.toml:\n{state}");
+    let firsts: std::collections::HashSet<&str> = paths.iter().map(|p| p[0]).collect();
+    for f in &firsts {
+        assert!(guards.iter().any(|g| g.starts_with(f)), "first hop {f} is not a sampled guard ({guards:?})");
+    }
+    assert!(firsts.len() <= 3, "circuits used more than the 3 primary guards: {firsts:?}");
+
+    // Info-level lines never name a relay.
+    for l in log.lines().filter(|l| l.contains(" INFO ") || l.contains(" WARN ")) {
+        for (_, fp) in &fps {
+            assert!(!l.contains(&fp[..8]), "an info line names a relay: {l}");
+        }
+    }
+}
