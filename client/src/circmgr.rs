@@ -9,10 +9,17 @@
 //!   once its last stream ends).
 //! - **Build timeout**: learned from recent build times ([`crate::timeout`]); a build that takes
 //!   longer is abandoned and retried on a new path, [`BUILD_ATTEMPTS`] times in all.
-//! - **Guards**: the first hop comes from the guard set ([`crate::guard`]); only the link to the
-//!   guard counts for its reachability (a later hop failing is not the guard's fault).
+//! - **Guards**: the first hop comes from the guard set ([`crate::guard`]); the link to the
+//!   guard counts for its reachability (a later hop failing is not the guard's fault). One
+//!   exception, a guard that accepts links but never answers (THREATS A32): after
+//!   [`GUARD_TIMEOUTS_BEFORE_DOWN`] builds in a row through it time out, it is marked down like
+//!   an unreachable guard (backoff, then the next primary). A build that timed out is retried
+//!   through another usable primary guard when there is one, so one black hole costs a request
+//!   one short timeout. The guard set's churn limit still bounds how many new guards this can
+//!   bring in.
 //! - **Stream retry**: see [`retry_on_another_exit`].
 
+use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex as StdMutex};
@@ -42,6 +49,8 @@ pub const PREBUILD_PORTS: [u16; 2] = [80, 443];
 pub const PREBUILD_PER_PORT: usize = 2;
 /// Longest wait for a guard in its short backoff before a request gives up.
 const MAX_GUARD_WAIT: Duration = Duration::from_secs(8);
+/// Builds in a row through one guard that time out before the guard is marked down.
+pub const GUARD_TIMEOUTS_BEFORE_DOWN: u32 = 2;
 /// Extra exits tried for one stream after the first refused it (see [`retry_on_another_exit`]).
 pub const STREAM_RETRIES: usize = 2;
 
@@ -117,6 +126,8 @@ pub struct CircMgr {
     guards: StdMutex<GuardSet>,
     guard_file: Option<PathBuf>,
     timeouts: StdMutex<TimeoutLearner>,
+    /// Builds in a row through each guard that timed out (reset by a build through it).
+    guard_timeouts: StdMutex<HashMap<RelayId, u32>>,
     serial: AtomicU64,
     bootstrap: Arc<Bootstrap>,
 }
@@ -133,7 +144,13 @@ impl CircMgr {
             Some(p) => guard::load(p, GuardParams::default()),
             None => GuardSet::new(GuardParams::default()),
         };
-        CircMgr { pool, circs: Mutex::new(Vec::new()), guards: StdMutex::new(guards), guard_file, timeouts: StdMutex::new(TimeoutLearner::new()), serial: AtomicU64::new(0), bootstrap }
+        CircMgr { pool, circs: Mutex::new(Vec::new()), guards: StdMutex::new(guards), guard_file, timeouts: StdMutex::new(TimeoutLearner::new()), guard_timeouts: StdMutex::new(HashMap::new()), serial: AtomicU64::new(0), bootstrap }
+    }
+
+    /// Starts the build timeout from `initial` instead of [`crate::timeout::INITIAL`] (test
+    /// networks: `client.dangerous_initial_build_timeout_ms`); forgets learned samples.
+    pub fn set_initial_build_timeout(&self, initial: Duration) {
+        *self.timeouts.lock().expect("timeouts") = TimeoutLearner::with_initial(initial);
     }
 
     /// The current build timeout (first attempt).
@@ -201,6 +218,10 @@ impl CircMgr {
         let cands = candidates(dir);
         let mut last: Option<CircError> = None;
         let mut attempt = 0;
+        // Guards whose build timed out in this request: later attempts use another if any.
+        let mut timed_out_guards: Vec<RelayId> = Vec::new();
+        // Later hops that did not answer a build: left out of the next paths of this request.
+        let mut silent_hops: Vec<RelayId> = Vec::new();
         let give_up_waiting = Instant::now() + MAX_GUARD_WAIT;
         while attempt < BUILD_ATTEMPTS {
             let now = now_ms();
@@ -211,7 +232,10 @@ impl CircMgr {
             };
             self.save_guards();
             let usable = match sel {
-                Selection::Use(list) => list,
+                Selection::Use(list) => {
+                    let others: Vec<RelayId> = list.iter().filter(|g| !timed_out_guards.contains(g)).copied().collect();
+                    if others.is_empty() { list } else { others }
+                }
                 Selection::NoneListed => return Err(GetError::NoGuard("no guard-capable relay is listed".into())),
                 Selection::WaitUntil(t) => {
                     let wait = Duration::from_millis(t.saturating_sub(now));
@@ -223,7 +247,8 @@ impl CircMgr {
                     continue;
                 }
             };
-            let path = choose_path(&cands, &usable, need, avoid_exits, &mut rand::thread_rng())?;
+            let live: Vec<_> = cands.iter().filter(|c| !silent_hops.contains(c.id())).cloned().collect();
+            let path = choose_path(&live, &usable, need, avoid_exits, &mut rand::thread_rng())?;
             let g = path[0];
             self.guards.lock().expect("guards").on_attempt(&g.identity, now_ms());
             attempt += 1;
@@ -235,8 +260,12 @@ impl CircMgr {
                 last = Some(e.into());
                 continue;
             }
-            self.guards.lock().expect("guards").on_success(&g.identity, now_ms());
-            self.save_guards();
+            // A guard whose builds keep timing out stays "failing" until a build through it
+            // completes, so its backoff grows.
+            if self.guard_timeouts.lock().expect("guard timeouts").get(&g.identity).copied().unwrap_or(0) == 0 {
+                self.guards.lock().expect("guards").on_success(&g.identity, now_ms());
+                self.save_guards();
+            }
             let limit = self.timeouts.lock().expect("timeouts").timeout_for_attempt(attempt - 1);
             let started = Instant::now();
             match circuit::build_within(&self.pool, &path, limit).await {
@@ -251,17 +280,32 @@ impl CircMgr {
                         );
                     }
                     drop(t);
+                    if self.guard_timeouts.lock().expect("guard timeouts").remove(&g.identity).is_some() {
+                        self.guards.lock().expect("guards").on_success(&g.identity, now_ms());
+                        self.save_guards();
+                    }
                     self.bootstrap.advance(75, "first circuit built");
                     let serial = self.serial.fetch_add(1, Ordering::Relaxed) + 1;
                     let hops = path.iter().map(|r| r.identity.short()).collect::<Vec<_>>().join(" ");
                     return Ok(Entry { serial, circ, hops, class: None, first_used: None });
                 }
-                Err(CircError::Timeout) => {
-                    if self.timeouts.lock().expect("timeouts").record_timeout() {
-                        tracing::info!("several circuit builds in a row timed out; circuit build timeout reset to {} s", crate::timeout::INITIAL.as_secs());
+                Err(CircError::Timeout { hops_done }) => {
+                    {
+                        let mut t = self.timeouts.lock().expect("timeouts");
+                        if t.record_timeout() {
+                            tracing::info!("several circuit builds in a row timed out; circuit build timeout reset to {} ms", t.timeout().as_millis());
+                        }
                     }
                     tracing::info!("circuit build abandoned after {} ms (build timeout); trying a new path", limit.as_millis());
-                    last = Some(CircError::Timeout);
+                    // Only a guard that never answered is to blame; a later hop that did not
+                    // answer says nothing about the guard.
+                    if hops_done == 0 {
+                        timed_out_guards.push(g.identity);
+                        self.on_guard_timeout(&g.identity);
+                    } else if let Some(silent) = path.get(hops_done) {
+                        silent_hops.push(silent.identity);
+                    }
+                    last = Some(CircError::Timeout { hops_done });
                 }
                 Err(e) => {
                     tracing::info!("circuit build failed ({e}); trying another path");
@@ -270,6 +314,29 @@ impl CircMgr {
             }
         }
         Err(GetError::Build(last.expect("at least one attempt")))
+    }
+
+    /// A build through `guard` timed out: after [`GUARD_TIMEOUTS_BEFORE_DOWN`] in a row the guard
+    /// is marked down (as after `down_after` failed links), and again after each later one.
+    fn on_guard_timeout(&self, guard: &RelayId) {
+        let n = {
+            let mut m = self.guard_timeouts.lock().expect("guard timeouts");
+            let n = m.entry(*guard).or_insert(0);
+            *n += 1;
+            *n
+        };
+        if n < GUARD_TIMEOUTS_BEFORE_DOWN {
+            return;
+        }
+        let times = if n == GUARD_TIMEOUTS_BEFORE_DOWN { GuardParams::default().down_after } else { 1 };
+        tracing::info!("{n} circuit builds in a row through guard {} timed out; marking it down", guard.short());
+        {
+            let mut g = self.guards.lock().expect("guards");
+            for _ in 0..times {
+                g.on_failure(guard, now_ms());
+            }
+        }
+        self.save_guards();
     }
 
     /// Keeps clean circuits ready for [`PREBUILD_PORTS`] and reports bootstrap progress; runs

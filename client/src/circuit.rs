@@ -5,6 +5,7 @@
 //! circuit; nothing from such a cell reaches an application.
 
 use std::net::IpAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -39,8 +40,11 @@ pub enum CircError {
     Destroyed(DestroyReason),
     #[error("relay broke the protocol: {0}")]
     Protocol(String),
-    #[error("circuit build timed out")]
-    Timeout,
+    #[error("circuit build timed out ({hops_done} hops had answered)")]
+    Timeout {
+        /// Hops that had answered when the build was abandoned (0: the guard never did).
+        hops_done: usize,
+    },
 }
 
 /// A stream request handed to the circuit task.
@@ -121,7 +125,10 @@ pub async fn build(pool: &ChannelPool, path: &[&ConsensusRelay]) -> Result<CircH
 pub async fn build_within(pool: &ChannelPool, path: &[&ConsensusRelay], limit: Duration) -> Result<CircHandle, CircError> {
     let last = *path.last().expect("a path has at least one hop");
     let started = Instant::now();
-    let circ = tokio::time::timeout(limit, build_inner(pool, path)).await.map_err(|_| CircError::Timeout)??;
+    let progress = AtomicUsize::new(0);
+    let circ = tokio::time::timeout(limit, build_inner(pool, path, &progress))
+        .await
+        .map_err(|_| CircError::Timeout { hops_done: progress.load(Ordering::Relaxed) })??;
     let hops: Vec<String> = path.iter().map(|r| r.identity.short()).collect();
     tracing::debug!("circuit built in {:.1} ms through {}", started.elapsed().as_secs_f64() * 1e3, hops.join(" "));
     let (tx, rx) = mpsc::channel(64);
@@ -135,12 +142,12 @@ fn ext_bytes() -> Vec<u8> {
     v
 }
 
-async fn build_inner(pool: &ChannelPool, path: &[&ConsensusRelay]) -> Result<Circuit, CircError> {
+async fn build_inner(pool: &ChannelPool, path: &[&ConsensusRelay], progress: &AtomicUsize) -> Result<Circuit, CircError> {
     let first = path[0];
     let chan = pool.get(&PeerInfo { addr: first.address, identity: first.identity, link_key: first.link_key }).await?;
     let (id, rx) = chan.open_circuit().map_err(|_| CircError::Closed)?;
     let mut c = Circuit { chan, id, rx, crypto: ClientCrypto::new(), asm: Vec::new() };
-    let r = c.build_hops(path).await;
+    let r = c.build_hops(path, progress).await;
     if r.is_err() {
         c.chan.close_circuit(c.id);
         let _ = c.chan.try_send(Cell::destroy(c.id, DestroyReason::Requested));
@@ -149,7 +156,7 @@ async fn build_inner(pool: &ChannelPool, path: &[&ConsensusRelay]) -> Result<Cir
 }
 
 impl Circuit {
-    async fn build_hops(&mut self, path: &[&ConsensusRelay]) -> Result<(), CircError> {
+    async fn build_hops(&mut self, path: &[&ConsensusRelay], progress: &AtomicUsize) -> Result<(), CircError> {
         let mut rng = rand::rngs::OsRng;
         let (state, msg) = ntor::client_start(&mut rng, &path[0].identity, &path[0].onion_key, &ext_bytes());
         for c in cell::create_cells(self.id, HTYPE_NTOR, 0, &msg) {
@@ -158,6 +165,7 @@ impl Circuit {
         let reply = self.read_created().await?;
         let (keys, _ext) = state.finish(&reply).map_err(|e| CircError::Protocol(e.to_string()))?;
         self.crypto.add_hop(&keys);
+        progress.fetch_add(1, Ordering::Relaxed);
         self.asm.push(MsgAssembler::default());
         for hop in &path[1..] {
             let (state, msg) = ntor::client_start(&mut rng, &hop.identity, &hop.onion_key, &ext_bytes());
@@ -174,6 +182,8 @@ impl Circuit {
             };
             let (keys, _ext) = state.finish(&reply).map_err(|e| CircError::Protocol(e.to_string()))?;
             self.crypto.add_hop(&keys);
+            progress.fetch_add(1, Ordering::Relaxed);
+        progress.fetch_add(1, Ordering::Relaxed);
             self.asm.push(MsgAssembler::default());
         }
         Ok(())

@@ -31,6 +31,11 @@ pub struct ClientSection {
     /// no HTTP CONNECT listener. Same rules as `socks_listen`: keep it on loopback.
     #[serde(default)]
     pub http_connect_listen: Option<SocketAddr>,
+    /// Test networks only (needs `network.dangerous_testnet = true`): the circuit-build
+    /// timeout before any is learned, in ms, instead of the generous 60 s. `allium testnet`
+    /// sets it when it black-holes relays, so an abandoned build costs seconds.
+    #[serde(default)]
+    pub dangerous_initial_build_timeout_ms: Option<u64>,
 }
 
 fn default_socks() -> SocketAddr {
@@ -38,6 +43,15 @@ fn default_socks() -> SocketAddr {
 }
 
 impl ClientConfig {
+    /// The initial circuit-build timeout: [`crate::timeout::INITIAL`] unless a test network
+    /// sets `client.dangerous_initial_build_timeout_ms`.
+    pub fn initial_build_timeout(&self) -> std::time::Duration {
+        match self.client.dangerous_initial_build_timeout_ms {
+            Some(ms) if self.network.dangerous_testnet => std::time::Duration::from_millis(ms),
+            _ => crate::timeout::INITIAL,
+        }
+    }
+
     /// Reads, parses and validates a client config file.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
         let cfg: ClientConfig = load_toml(path)?;
@@ -51,6 +65,42 @@ impl ClientConfig {
         // private one is normal (behind NAT); only the nickname and authorities are checked.
         let mut net = self.network.clone();
         net.dangerous_testnet = true;
-        self.node.validate(&net)
+        self.node.validate(&net)?;
+        if let Some(ms) = self.client.dangerous_initial_build_timeout_ms {
+            if !self.network.dangerous_testnet {
+                return Err(ConfigError::invalid("client.dangerous_initial_build_timeout_ms", "needs network.dangerous_testnet = true"));
+            }
+            if ms == 0 || ms > crate::timeout::INITIAL.as_millis() as u64 {
+                return Err(ConfigError::invalid("client.dangerous_initial_build_timeout_ms", "must be 1-60000"));
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(testnet: bool, client_extra: &str) -> ClientConfig {
+        let text = format!(
+            "[node]\nnickname = \"c\"\ndata_dir = \"/tmp/x\"\naddress = \"127.0.0.1\"\n\n[network]\ndangerous_testnet = {testnet}\n\n\
+             [[network.authorities]]\nname = \"a\"\nidentity = \"{}\"\naddress = \"192.0.2.1:9030\"\n\n[client]\n{client_extra}\n",
+            "3A6F0C1E5B7D9E2F4A6C8B0D1F3E5A7C9B2D4F6A8C0E1B3D5F7A9C2E4B6D8F01"
+        );
+        toml::from_str(&text).expect("parses")
+    }
+
+    #[test]
+    fn short_initial_build_timeout_only_on_a_test_network() {
+        let plain = parse(false, "");
+        plain.validate().expect("valid");
+        assert_eq!(plain.initial_build_timeout(), crate::timeout::INITIAL);
+        let test = parse(true, "dangerous_initial_build_timeout_ms = 3000");
+        test.validate().expect("valid on a test network");
+        assert_eq!(test.initial_build_timeout(), std::time::Duration::from_millis(3000));
+        let err = parse(false, "dangerous_initial_build_timeout_ms = 3000").validate().unwrap_err().to_string();
+        assert!(err.contains("client.dangerous_initial_build_timeout_ms"), "{err}");
+        assert!(parse(true, "dangerous_initial_build_timeout_ms = 0").validate().is_err());
     }
 }

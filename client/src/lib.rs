@@ -129,6 +129,7 @@ pub async fn run(cfg: ClientConfig, _keys: NodeKeys) -> Result<(), ClientError> 
     let (tx, rx) = watch::channel(None);
     let bootstrap = Arc::new(Bootstrap::new());
     let circuits = circmgr::CircMgr::new(ChannelPool::new(cfg.node.address, None), Some(cfg.node.data_dir.clone()), bootstrap.clone());
+    circuits.set_initial_build_timeout(cfg.initial_build_timeout());
     let state = Arc::new(ClientState { netdir: rx.clone(), circuits, bootstrap: bootstrap.clone(), isolate_destinations: cfg.client.isolate_destinations });
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(directory_loop(cfg.clone(), tx, bootstrap));

@@ -6,14 +6,15 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use allium_proto::relay_msg::EndReason;
 use allium_proto::http_connect;
+use allium_proto::ids::RelayId;
+use allium_proto::relay_msg::EndReason;
 use allium_proto::socks::{Outcome, ReplyCode, SocksAuth, SocksCommand, SocksConfig, SocksRequest, SocksServer, SocksVersion, TargetAddr};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 
-use crate::circmgr::GetError;
+use crate::circmgr::{retry_on_another_exit, GetError, STREAM_RETRIES};
 use crate::circuit::{BeginRequest, ResolveRequest};
 use crate::path::{ExitNeed, PathError};
 use crate::ClientState;
@@ -133,28 +134,52 @@ pub(crate) async fn serve_request(sock: TcpStream, state: Arc<ClientState>, app:
         tracing::warn!("{} request refused: no usable consensus yet", front.name());
         return fail(sock, &front, ReplyCode::GeneralFailure).await;
     };
-    let circ = match state.circuits.get(&dir, need, &iso).await {
-        Ok(c) => c,
-        Err(GetError::Path(PathError::NoExit)) => return fail(sock, &front, ReplyCode::NotAllowed).await,
-        Err(e) => {
-            tracing::info!("no circuit for a {} request: {e}", front.name());
-            return fail(sock, &front, ReplyCode::GeneralFailure).await;
-        }
-    };
-    let (done, rx) = oneshot::channel();
+    // Up to 1 + STREAM_RETRIES exits, never one twice, while the refusal is one another exit
+    // may not give (circmgr::retry_on_another_exit).
     let success_reply = front.reply(ReplyCode::Succeeded, Some(SocketAddr::from(([0, 0, 0, 0], 0))));
-    let begin = BeginRequest { host, port, sock, early_data: early, success_reply, done };
-    if let Err(req) = circ.begin(begin).await {
-        return fail(req.sock, &front, ReplyCode::GeneralFailure).await;
-    }
-    match rx.await {
-        Ok(Ok(_)) => Ok(()),
-        Ok(Err((reason, sock))) => {
-            tracing::debug!("stream refused by the exit: {reason:?}");
-            fail(sock, &front, reply_for_end(reason)).await
+    let mut refused_by: Vec<RelayId> = Vec::new();
+    let mut last_refusal: Option<EndReason> = None;
+    let mut sock = sock;
+    loop {
+        let circ = match state.circuits.get_avoiding(&dir, need, &iso, &refused_by).await {
+            Ok(c) => c,
+            // No other exit (or no circuit to one): answer with the last exit's refusal.
+            Err(e) if last_refusal.is_some() => {
+                tracing::info!("no other exit for a refused {} request: {e}", front.name());
+                return fail(sock, &front, reply_for_end(last_refusal.expect("checked"))).await;
+            }
+            Err(GetError::Path(PathError::NoExit)) => return fail(sock, &front, ReplyCode::NotAllowed).await,
+            Err(e) => {
+                tracing::info!("no circuit for a {} request: {e}", front.name());
+                return fail(sock, &front, ReplyCode::GeneralFailure).await;
+            }
+        };
+        let exit = circ.exit.identity;
+        let (done, rx) = oneshot::channel();
+        let begin = BeginRequest { host: host.clone(), port, sock, early_data: early.clone(), success_reply: success_reply.clone(), done };
+        if let Err(req) = circ.begin(begin).await {
+            return fail(req.sock, &front, ReplyCode::GeneralFailure).await;
         }
-        Err(_) => Ok(()),
+        match rx.await {
+            Ok(Ok(_)) => return Ok(()),
+            Ok(Err((reason, s))) => {
+                sock = s;
+                refused_by.push(exit);
+                if !retry_elsewhere(reason, refused_by.len()) {
+                    tracing::debug!("stream refused by the exit: {reason:?}");
+                    return fail(sock, &front, reply_for_end(reason)).await;
+                }
+                tracing::info!("stream refused by exit {} ({reason:?}); trying another exit", exit.short());
+                last_refusal = Some(reason);
+            }
+            Err(_) => return Ok(()),
+        }
     }
+}
+
+/// After `exits_tried` exits refused a stream, the last with `reason`: whether to try another.
+pub fn retry_elsewhere(reason: EndReason, exits_tried: usize) -> bool {
+    retry_on_another_exit(reason) && exits_tried <= STREAM_RETRIES
 }
 
 /// RESOLVE: an IP literal is its own answer; a name is resolved by the exit of a circuit of the
@@ -284,5 +309,19 @@ mod tests {
         assert_eq!(reply_for_resolve(EndReason::ExitPolicy), ReplyCode::NotAllowed);
         assert_eq!(reply_for_resolve(EndReason::Timeout), ReplyCode::TtlExpired);
         assert_eq!(reply_for_resolve(EndReason::Destroy), ReplyCode::GeneralFailure);
+    }
+
+    /// A refusal another exit may not give is tried on at most STREAM_RETRIES more exits; one
+    /// every exit would give (the destination answered) is not retried.
+    #[test]
+    fn refused_streams_try_at_most_two_more_exits() {
+        assert!(retry_elsewhere(EndReason::ExitPolicy, 1));
+        assert!(retry_elsewhere(EndReason::ExitPolicy, 2));
+        assert!(!retry_elsewhere(EndReason::ExitPolicy, 3), "three exits in all");
+        assert!(retry_elsewhere(EndReason::ResolveFailed, 1));
+        assert!(retry_elsewhere(EndReason::Destroy, 1));
+        for r in [EndReason::ConnectRefused, EndReason::NoRoute, EndReason::ConnReset, EndReason::Done, EndReason::Protocol] {
+            assert!(!retry_elsewhere(r, 1), "{r:?}");
+        }
     }
 }

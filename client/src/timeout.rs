@@ -1,7 +1,8 @@
 //! The circuit-build timeout, learned from recent build times (sans-IO).
 //!
 //! Rule:
-//! - fewer than [`MIN_SAMPLES`] successful builds recorded: [`INITIAL`] (60 s, generous);
+//! - fewer than [`MIN_SAMPLES`] successful builds recorded: [`INITIAL`] (60 s, generous; a
+//!   test network may start lower, `client.dangerous_initial_build_timeout_ms`);
 //! - otherwise: the 95th percentile of the last [`WINDOW`] successful build times × [`FACTOR`]
 //!   (2), at least [`FLOOR`] (1.5 s) and at most [`INITIAL`];
 //! - after [`RESET_AFTER_TIMEOUTS`] builds in a row time out, the network probably changed (or
@@ -23,17 +24,30 @@ pub const FACTOR: u32 = 2;
 pub const RESET_AFTER_TIMEOUTS: u32 = 3;
 
 /// Recent build times and the timeout they give.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct TimeoutLearner {
+    /// The timeout until enough samples are held ([`INITIAL`] unless a test network says).
+    initial: Duration,
     samples: VecDeque<Duration>,
     timeouts_in_a_row: u32,
     /// Successful builds recorded in total (for logging).
     total: u64,
 }
 
+impl Default for TimeoutLearner {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
 impl TimeoutLearner {
     pub fn new() -> Self {
-        Self::default()
+        Self::with_initial(INITIAL)
+    }
+
+    /// A learner whose timeout before learning is `initial` (at most [`INITIAL`]).
+    pub fn with_initial(initial: Duration) -> Self {
+        TimeoutLearner { initial: initial.min(INITIAL), samples: VecDeque::new(), timeouts_in_a_row: 0, total: 0 }
     }
 
     /// Samples currently held.
@@ -49,7 +63,7 @@ impl TimeoutLearner {
     /// The timeout for a first build attempt.
     pub fn timeout(&self) -> Duration {
         if !self.learned() {
-            return INITIAL;
+            return self.initial;
         }
         let mut v: Vec<Duration> = self.samples.iter().copied().collect();
         v.sort_unstable();
@@ -75,7 +89,8 @@ impl TimeoutLearner {
         self.learned() && (self.samples.len() == MIN_SAMPLES || self.total.checked_rem(MIN_SAMPLES as u64) == Some(0))
     }
 
-    /// A build was abandoned at its timeout. Returns true if this reset the learner.
+    /// A build was abandoned at its timeout. Returns true if this reset the learner (back to
+    /// its initial timeout).
     pub fn record_timeout(&mut self) -> bool {
         self.timeouts_in_a_row += 1;
         if self.timeouts_in_a_row >= RESET_AFTER_TIMEOUTS && !self.samples.is_empty() {
@@ -162,5 +177,21 @@ mod tests {
         assert_eq!(t.timeout(), FLOOR, "two timeouts in a row keep the learned value");
         assert!(t.record_timeout());
         assert_eq!(t.timeout(), INITIAL);
+    }
+
+    #[test]
+    fn a_test_network_may_start_lower() {
+        let mut t = TimeoutLearner::with_initial(ms(3000));
+        assert_eq!(t.timeout(), ms(3000));
+        assert_eq!(t.timeout_for_attempt(1), ms(6000));
+        for _ in 0..30 {
+            t.record_success(ms(10));
+        }
+        assert_eq!(t.timeout(), FLOOR);
+        for _ in 0..RESET_AFTER_TIMEOUTS {
+            t.record_timeout();
+        }
+        assert_eq!(t.timeout(), ms(3000), "a reset goes back to the configured initial value");
+        assert_eq!(TimeoutLearner::with_initial(Duration::from_secs(600)).timeout(), INITIAL);
     }
 }

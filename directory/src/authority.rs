@@ -13,7 +13,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use allium_net::config::AuthorityEntry;
 use allium_net::keys::NodeKeys;
-use allium_proto::doc::{compute_consensus, Consensus, ConsensusRelay, DetachedSignature, Protocols, RelayDescriptor, Vote};
+use allium_proto::doc::{compute_consensus, srv_commit, Consensus, ConsensusRelay, DetachedSignature, Protocols, RelayDescriptor, Vote, VoteSrv};
 use allium_proto::ids::RelayId;
 use allium_proto::policy::is_private;
 use ed25519_dalek::SigningKey;
@@ -147,6 +147,10 @@ pub struct AuthorityState {
     published: Option<(Consensus, Arc<str>)>,
     policy: VotePolicy,
     reach: HashMap<RelayId, Reach>,
+    /// Shared randomness: this authority's secret reveal for each period it committed in (the
+    /// current and the previous one). In memory only: after a restart it has nothing to reveal
+    /// and takes part again from the period after its next vote.
+    srv_reveals: BTreeMap<u64, [u8; 32]>,
 }
 
 impl AuthorityState {
@@ -164,6 +168,7 @@ impl AuthorityState {
             published: None,
             policy: VotePolicy::defaults(testnet),
             reach: HashMap::new(),
+            srv_reveals: BTreeMap::new(),
         }
     }
 
@@ -290,6 +295,7 @@ impl AuthorityState {
     pub fn make_vote(&mut self, t: u64, now: u64) -> (Arc<str>, usize) {
         self.prune_descriptors(now);
         let th = self.thresholds();
+        let srv = self.vote_srv(t);
         let vote = Vote {
             lifetime: self.schedule.lifetime(t),
             voter: self.me,
@@ -297,6 +303,7 @@ impl AuthorityState {
             recommended_protocols: self.policy.recommended_protocols.clone(),
             required_protocols: self.policy.required_protocols.clone(),
             relays: self.descriptors.values().filter_map(|d| self.vote_entry(d, &th, now)).collect(),
+            srv,
         };
         let text: Arc<str> = vote.encode_signed(&self.key).into();
         let n = vote.relays.len();
@@ -304,6 +311,35 @@ impl AuthorityState {
         // Keep votes for this period and the next only.
         self.votes.retain(|&p, _| p >= t);
         (text, n)
+    }
+
+    /// The shared-randomness part of this authority's vote for `t`: a commitment to a fresh
+    /// random reveal (the same one if the vote for `t` is made again), the reveal committed to in
+    /// its vote for the previous period, the commitments held in the votes of the previous
+    /// period, and the current value of its consensus for the previous period.
+    fn vote_srv(&mut self, t: u64) -> VoteSrv {
+        let prev = t.saturating_sub(self.schedule.interval_secs());
+        let r = *self.srv_reveals.entry(t).or_insert_with(|| {
+            let mut r = [0u8; 32];
+            rand::RngCore::fill_bytes(&mut rand::rngs::OsRng, &mut r);
+            r
+        });
+        self.srv_reveals.retain(|&p, _| p >= prev);
+        let seen_commits = self
+            .votes
+            .get(&prev)
+            .map(|m| m.iter().filter_map(|(id, (v, _))| v.srv.commit.map(|c| (*id, c))).collect())
+            .unwrap_or_default();
+        VoteSrv {
+            commit: Some(srv_commit(t, &self.me, &r)),
+            reveal: self.srv_reveals.get(&prev).copied(),
+            seen_commits,
+            previous: self
+                .published
+                .as_ref()
+                .filter(|(c, _)| c.valid_after() == prev)
+                .and_then(|(c, _)| c.shared_random().current),
+        }
     }
 
     /// Accepts a vote whose signature was verified, at `now_ms`.
@@ -830,12 +866,17 @@ mod tests {
     /// Runs one period among `states` where `online[i]` says whether authority i takes part;
     /// returns what each published.
     fn run_period(states: &mut [AuthorityState], online: &[bool]) -> Vec<Option<Published>> {
+        run_period_at(states, online, T)
+    }
+
+    /// [`run_period`] for the period starting at `t`.
+    fn run_period_at(states: &mut [AuthorityState], online: &[bool], t: u64) -> Vec<Option<Published>> {
         let s = Schedule::new(I);
         let mut votes = Vec::new();
         for (st, on) in states.iter_mut().zip(online) {
             if *on {
-                all_reachable(st, T - I);
-                let (text, _) = st.make_vote(T, T - I / 2);
+                all_reachable(st, t - I);
+                let (text, _) = st.make_vote(t, t - I / 2);
                 votes.push(text);
             }
         }
@@ -845,25 +886,68 @@ mod tests {
             }
             for text in &votes {
                 let v = Vote::parse(text).unwrap().verify().unwrap();
-                let _ = st.accept_vote(v, text.clone(), s.vote_at_ms(T) + 10);
+                let _ = st.accept_vote(v, text.clone(), s.vote_at_ms(t) + 10);
             }
         }
         let sigs: Vec<DetachedSignature> =
-            states.iter_mut().zip(online).filter(|(_, on)| **on).filter_map(|(st, _)| st.make_consensus(T)).collect();
+            states.iter_mut().zip(online).filter(|(_, on)| **on).filter_map(|(st, _)| st.make_consensus(t)).collect();
         let mut out = Vec::new();
         for (st, on) in states.iter_mut().zip(online) {
             let mut p = None;
             if *on {
                 for sig in &sigs {
-                    if let Ok(Some(x)) = st.accept_signature(*sig, s.sign_at_ms(T) + 10) {
+                    if let Ok(Some(x)) = st.accept_signature(*sig, s.sign_at_ms(t) + 10) {
                         p = Some(x);
                     }
                 }
-                p = p.or(st.try_publish(T * 1000));
+                p = p.or(st.try_publish(t * 1000));
             }
             out.push(p);
         }
         out
+    }
+
+    /// The shared random values of what authority `i` published.
+    fn srv_published(out: &[Option<Published>], i: usize) -> allium_proto::doc::SharedRandom {
+        let text = &out[i].as_ref().expect("published").text;
+        Consensus::parse(text).unwrap().dangerously_assume_valid().shared_random()
+    }
+
+    #[test]
+    fn srv_three_authorities_new_value_every_period() {
+        let (_, mut st) = three(true);
+        // First period: commitments only, nothing to reveal yet.
+        let out = run_period_at(&mut st, &[true, true, true], T);
+        assert_eq!(srv_published(&out, 0).current, None);
+        let mut last = None;
+        let mut values = BTreeSet::new();
+        for k in 1..5 {
+            let out = run_period_at(&mut st, &[true, true, true], T + k * I);
+            let texts: Vec<&Arc<str>> = out.iter().map(|p| &p.as_ref().expect("published").text).collect();
+            assert!(texts.iter().all(|t| *t == texts[0]), "all publish the same document");
+            let sr = srv_published(&out, 0);
+            let cur = sr.current.expect("value from the second period on");
+            assert_eq!(cur.reveals, 3);
+            assert_eq!(sr.previous, last, "previous is the last period's current");
+            assert!(values.insert(cur.value), "value repeated");
+            last = Some(cur);
+        }
+    }
+
+    #[test]
+    fn srv_two_authorities_alone_and_a_restarted_one_rejoins() {
+        let (keys, mut st) = three(true);
+        run_period_at(&mut st, &[true, true, false], T);
+        let out = run_period_at(&mut st, &[true, true, false], T + I);
+        assert_eq!(srv_published(&out, 0).current.map(|v| v.reveals), Some(2));
+        // Authority 2 comes back with no memory: it commits, reveals one period later.
+        let ids: Vec<RelayId> = keys.iter().map(|k| RelayId(k.verifying_key().to_bytes())).collect();
+        st[2] = AuthorityState::new(keys[2].clone(), &ids, true, Schedule::new(I));
+        let out = run_period_at(&mut st, &[true, true, true], T + 2 * I);
+        assert_eq!(out[2].as_ref().map(|p| &p.text), out[0].as_ref().map(|p| &p.text), "it agrees");
+        assert_eq!(srv_published(&out, 0).current.map(|v| v.reveals), Some(2));
+        let out = run_period_at(&mut st, &[true, true, true], T + 3 * I);
+        assert_eq!(srv_published(&out, 0).current.map(|v| v.reveals), Some(3));
     }
 
     #[test]

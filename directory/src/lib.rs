@@ -6,14 +6,15 @@
 //!
 //! - [`config`]: the authority's config file (`[node]`, `[network]`, `[authority]`).
 //! - [`schedule`]: the voting schedule as pure functions of the interval and the time.
-//! - [`authority`]: the authority's state and acceptance rules ([`AuthorityState`], no I/O),
+//! - [`authority`]: the authority's state and acceptance rules ([`AuthorityState`], no I/O;
+//!   it also keeps its shared-random reveals, in memory),
 //!   and [`run_authority`], which serves HTTP and runs the vote / sign / publish loop.
 //! - [`server`]: the HTTP endpoints (a thin layer over the state); the table of endpoints is
 //!   in its module docs.
 //! - [`publish`]: [`publish_descriptor`], the relay uploading its descriptor to every authority.
 //! - [`fetch`]: [`fetch_consensus`], downloading and verifying a consensus.
 //! - [`netdir`]: [`NetDir`], the verified, time-bounded network view clients and relays use
-//!   (usable relays, mutual families, position weights, parameters).
+//!   (usable relays, mutual families, position weights, parameters, shared random value).
 //! - [`flags`]: the flag rules, as pure functions; [`params`]: the consensus parameter table.
 //! - [`protocols`]: the required-protocol check nodes run; [`cache`]: the consensus a node
 //!   keeps across restarts and uses for a bounded grace after expiry.
@@ -25,7 +26,7 @@
 //! # Not in this crate
 //!
 //! - Document encoding, parsing and signature checks (`allium_proto::doc`).
-//! - Bandwidth measurement (weights come from capped self-reports), shared randomness,
+//! - Bandwidth measurement (weights come from capped self-reports),
 //!   authority signing-key certificates, consensus diffs and compression, and directory caches
 //!   on relays: later directory work (see the design note in `allium_proto::doc`).
 //! - Path selection (`allium-client`) and the relay's decision of when to republish

@@ -2,7 +2,7 @@
 
 use std::collections::HashMap;
 
-use allium_proto::doc::{Consensus, ConsensusRelay, Position, PositionWeights, RelayFlags, WEIGHT_SCALE};
+use allium_proto::doc::{Consensus, ConsensusRelay, Position, PositionWeights, RelayFlags, SharedRandom, WEIGHT_SCALE};
 use allium_proto::ids::RelayId;
 
 use crate::params::{ConsensusParams, ParamError};
@@ -103,6 +103,13 @@ impl NetDir {
     /// The authorities whose valid signatures were counted.
     pub fn signers(&self) -> Vec<RelayId> {
         self.consensus.signatures().iter().map(|s| s.identity).collect()
+    }
+
+    /// The shared random values of this consensus: `current` for its period (the onion-service
+    /// hash ring uses it), `previous` for the period before. Either may be absent (a fresh
+    /// network, or too few authorities revealed); users must handle that.
+    pub fn shared_random(&self) -> SharedRandom {
+        self.consensus.shared_random()
     }
 
     /// The verified consensus.

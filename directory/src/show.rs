@@ -33,6 +33,10 @@ pub fn render(nd: &NetDir, now: u64) -> String {
     let _ = writeln!(o, "required-protocols: {}", c.meta().required_protocols);
     let _ = writeln!(o, "recommended-protocols: {}", c.meta().recommended_protocols);
     let _ = writeln!(o, "position weights (of 10000): {}", c.position_weights());
+    let sr = nd.shared_random();
+    let srv = |v: Option<allium_proto::doc::SrvValue>| v.map_or_else(|| "(none)".to_string(), |v| v.to_string());
+    let _ = writeln!(o, "shared-rand-current: {}", srv(sr.current));
+    let _ = writeln!(o, "shared-rand-previous: {}", srv(sr.previous));
     let _ = writeln!(o, "relays: {}", c.relays().len());
     let _ = writeln!(o, "  {:<19} {:<16} {:<22} {:>12} {:>12} {:>12} {:>12}  flags", "nickname", "identity", "address", "weight", "as-guard", "as-middle", "as-exit");
     for r in c.relays() {

@@ -266,3 +266,17 @@ async fn relay_that_stops_answering_loses_running_within_one_round() {
     assert!(nd.usable_relays().all(|r| r.identity != ia));
     drop(b);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consecutive_consensuses_carry_different_shared_random_values() {
+    let tn = testnet(3, &[true, true, true]).await;
+    // From the second period on, every consensus has a value made from all three reveals.
+    let first = wait_for_consensus(&tn.net, |nd| nd.shared_random().current.is_some_and(|v| v.reveals == 3)).await;
+    let v1 = first.shared_random().current.unwrap();
+    let second = wait_for_consensus(&tn.net, |nd| nd.valid_after() > first.valid_after() && nd.shared_random().current.is_some()).await;
+    let v2 = second.shared_random().current.unwrap();
+    assert_ne!(v1.value, v2.value, "the value changes every period");
+    if second.valid_after() == first.valid_after() + INTERVAL {
+        assert_eq!(second.shared_random().previous, Some(v1), "previous is the last period's current");
+    }
+}

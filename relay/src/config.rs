@@ -3,6 +3,7 @@
 use std::path::Path;
 
 use allium_net::config::{load_toml, ConfigError, NetworkConfig, NodeConfig};
+use allium_net::keys::RotationPolicy;
 use allium_proto::ids::RelayId;
 use allium_proto::policy::ExitPolicy;
 use serde::Deserialize;
@@ -30,12 +31,23 @@ pub struct RelaySection {
     /// Fingerprints of relays run by the same operator.
     #[serde(default)]
     pub family: Vec<String>,
+    /// Seconds an onion key is used before it is replaced (the replaced one is still accepted for
+    /// 7 days, or for the lifetime if shorter). Default 28 days; at least 1 day unless
+    /// `network.dangerous_testnet` is set.
+    #[serde(default)]
+    pub onion_key_lifetime_secs: Option<u64>,
     /// Test-only fault hook: flip one byte of every relay cell this relay forwards after the
     /// first N on a circuit. Exists only in builds with the `test-hooks` feature (the
     /// integration tests' build); refused unless `network.dangerous_testnet` is set.
     #[cfg(feature = "test-hooks")]
     #[serde(default)]
     pub dangerous_test_corrupt_after: Option<u64>,
+    /// Test-only fault hook (THREATS A32): complete link handshakes but silently drop every
+    /// CREATE and every cell on the circuits it would have made (never answer). Same rules as
+    /// `dangerous_test_corrupt_after`.
+    #[cfg(feature = "test-hooks")]
+    #[serde(default)]
+    pub dangerous_test_blackhole: bool,
 }
 
 fn default_bandwidth() -> u64 {
@@ -84,6 +96,7 @@ impl RelayConfig {
             return Err(ConfigError::invalid("relay.or_port", "must be a port number 1-65535"));
         }
         self.family_ids()?;
+        self.onion_rotation()?;
         let policy = self.exit_policy()?;
         if policy.accepts_private() && !self.network.dangerous_testnet {
             return Err(ConfigError::invalid(
@@ -94,6 +107,10 @@ impl RelayConfig {
         #[cfg(feature = "test-hooks")]
         if self.relay.dangerous_test_corrupt_after.is_some() && !self.network.dangerous_testnet {
             return Err(ConfigError::invalid("relay.dangerous_test_corrupt_after", "needs network.dangerous_testnet = true"));
+        }
+        #[cfg(feature = "test-hooks")]
+        if self.relay.dangerous_test_blackhole && !self.network.dangerous_testnet {
+            return Err(ConfigError::invalid("relay.dangerous_test_blackhole", "needs network.dangerous_testnet = true"));
         }
         Ok(())
     }
@@ -107,6 +124,16 @@ impl RelayConfig {
             None => Ok(ExitPolicy::default_exit()),
             Some(rules) => ExitPolicy::parse_rules(rules).map_err(|e| ConfigError::invalid("exit.policy", &e.to_string())),
         }
+    }
+
+    /// The onion-key rotation schedule.
+    pub fn onion_rotation(&self) -> Result<RotationPolicy, ConfigError> {
+        let Some(lifetime) = self.relay.onion_key_lifetime_secs else { return Ok(RotationPolicy::default()) };
+        let min = if self.network.dangerous_testnet { 1 } else { RotationPolicy::MIN_LIFETIME };
+        if lifetime < min {
+            return Err(ConfigError::invalid("relay.onion_key_lifetime_secs", &format!("must be at least {min} seconds")));
+        }
+        Ok(RotationPolicy::with_lifetime(lifetime))
     }
 
     /// The declared family as identities.

@@ -6,6 +6,7 @@
 //! - [`circuit`]: one circuit's owner task (crypto, forwarding, extending, exit streams).
 //! - [`exit`]: resolving, exit-policy decisions and connecting for BEGIN.
 //! - [`publish`]: building the signed descriptor and uploading it to every authority.
+//! - [`rotation`]: replacing the onion key on schedule, keeping the previous one for a grace.
 //!
 //! Startup is an inert step ([`InertRelay::new`]: config and keys, no runtime) and then
 //! [`InertRelay::run`], which runs the listener, the publisher and the consensus watcher as
@@ -17,13 +18,14 @@ pub mod circuit;
 pub mod config;
 pub mod exit;
 pub mod publish;
+pub mod rotation;
 
 use std::net::SocketAddr;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
 use allium_net::channel::{Channel, CreateHandler};
-use allium_net::keys::NodeKeys;
+use allium_net::keys::{unix_now, NodeKeys, OnionKeys};
 use allium_net::link::{self, RelayCredentials};
 use allium_net::pool::ChannelPool;
 use allium_proto::cell::{self, Cell, DestroyReason, MAX_HOP_BUDGET};
@@ -43,12 +45,20 @@ pub const TEST_HOOKS: bool = cfg!(feature = "test-hooks");
 /// Everything a relay's tasks share.
 pub struct RelayCtx {
     pub id: RelayId,
+    /// Identity and link keys; its `onion` field is only the key at startup: use [`RelayCtx::onion`].
     pub keys: NodeKeys,
+    /// The live onion keys (current and, during a rotation's grace, previous).
+    pub onion: RwLock<OnionKeys>,
+    /// Notified when the descriptor must be republished now (the onion key changed).
+    pub republish: tokio::sync::Notify,
     pub pool: ChannelPool,
     pub exit: exit::ExitRules,
     pub testnet: bool,
     #[cfg(feature = "test-hooks")]
     pub corrupt_after: Option<u64>,
+    /// Test hook: drop every CREATE and every cell of the circuit (never answer).
+    #[cfg(feature = "test-hooks")]
+    pub blackhole: bool,
 }
 
 /// A relay with its config and keys, not yet running.
@@ -64,6 +74,13 @@ impl InertRelay {
     pub fn new(cfg: RelayConfig, keys: NodeKeys) -> Result<Self, RelayError> {
         let policy = cfg.exit_policy()?;
         let creds = RelayCredentials::new(&keys);
+        let rotation = cfg.onion_rotation()?;
+        let mut onion = OnionKeys::load_or_create(&cfg.node.data_dir, unix_now())?;
+        if onion.current_public() != keys.onion_public() {
+            tracing::warn!("the onion key in {} differs from the one loaded at startup; using the file's", cfg.node.data_dir.display());
+        }
+        // Catch up with the schedule before the first descriptor (e.g. after a long stop).
+        onion.apply_schedule(&cfg.node.data_dir, &rotation, unix_now())?;
         let ctx = RelayCtx {
             id: keys.relay_id(),
             pool: ChannelPool::new(cfg.node.address, Some(creds)),
@@ -71,7 +88,11 @@ impl InertRelay {
             testnet: cfg.network.dangerous_testnet,
             #[cfg(feature = "test-hooks")]
             corrupt_after: cfg.relay.dangerous_test_corrupt_after,
+            #[cfg(feature = "test-hooks")]
+            blackhole: cfg.relay.dangerous_test_blackhole,
             keys,
+            onion: RwLock::new(onion),
+            republish: tokio::sync::Notify::new(),
         };
         Ok(InertRelay { cfg, ctx: Arc::new(ctx) })
     }
@@ -88,6 +109,7 @@ impl InertRelay {
         tasks.spawn(accept_loop(listener, ctx.clone(), handler));
         tasks.spawn(publish::publish_loop(self.cfg.clone(), ctx.clone()));
         tasks.spawn(publish::consensus_watch(self.cfg.clone(), ctx.id));
+        tasks.spawn(rotation::rotation_loop(ctx.clone(), self.cfg.node.data_dir.clone(), self.cfg.onion_rotation()?));
         match tasks.join_next().await {
             Some(Ok(Err(e))) => Err(e),
             Some(Ok(Ok(()))) => Err("a relay task ended".into()),
@@ -139,6 +161,20 @@ impl CreateHandler for Creates {
         let chan = chan.clone();
         let id = cell.circ_id;
         let mut rx = chan.accept_circuit(id);
+        #[cfg(feature = "test-hooks")]
+        if ctx.blackhole {
+            // Never answer: swallow the CREATE and every later cell until DESTROY or link close.
+            tracing::info!("test hook: black-holing a circuit");
+            tokio::spawn(async move {
+                while let Some(c) = rx.recv().await {
+                    if c.cmd == allium_proto::cell::CellCmd::Destroy {
+                        break;
+                    }
+                }
+                chan.close_circuit(id);
+            });
+            return;
+        }
         tokio::spawn(async move {
             let started = Instant::now();
             let keys = match create(&ctx, &chan, &cell, &mut rx).await {
@@ -161,10 +197,15 @@ async fn create(ctx: &RelayCtx, chan: &Channel, first: &Cell, rx: &mut tokio::sy
     if hdr.htype != HTYPE_NTOR {
         return Err(DestroyReason::Protocol);
     }
-    let keys = [OnionKeyPair::from_secret(&ctx.keys.onion)];
     let mut server_ext = Vec::new();
     Extensions::none().encode(&mut server_ext);
-    let out = ntor::server_respond(&mut rand::rngs::OsRng, &ctx.id, &keys, &msg, &server_ext).map_err(|e| {
+    // The current and the previous onion key; the client message names which `B` it used.
+    let out = {
+        let onion = ctx.onion_keys();
+        let keys: Vec<OnionKeyPair<'_>> = onion.pairs();
+        ntor::server_respond(&mut rand::rngs::OsRng, &ctx.id, &keys, &msg, &server_ext)
+    }
+    .map_err(|e| {
         tracing::debug!("CREATE refused: {e}");
         DestroyReason::Protocol
     })?;

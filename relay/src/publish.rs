@@ -29,7 +29,7 @@ pub fn build_descriptor(cfg: &RelayConfig, ctx: &RelayCtx, published: u64) -> Re
     let d = RelayDescriptor {
         nickname: cfg.node.nickname.clone(),
         identity: ctx.id,
-        onion_key: ctx.keys.onion_public(),
+        onion_key: ctx.onion_keys().current_public(),
         link_key: ctx.keys.link_public(),
         link_cert: allium_proto::link::certify_link_key(&ctx.keys.identity, &ctx.keys.link_public()),
         address: std::net::SocketAddr::new(cfg.node.address, cfg.relay.or_port),
@@ -42,7 +42,8 @@ pub fn build_descriptor(cfg: &RelayConfig, ctx: &RelayCtx, published: u64) -> Re
     Ok(d.encode_signed(&ctx.keys.identity))
 }
 
-/// Uploads the descriptor now and then periodically; retries quickly until one authority took it.
+/// Uploads the descriptor now and then periodically, and at once when the onion key rotates
+/// ([`RelayCtx::republish`]); retries quickly until one authority took it.
 pub async fn publish_loop(cfg: RelayConfig, ctx: Arc<RelayCtx>) -> Result<(), RelayError> {
     let mut announced = false;
     loop {
@@ -58,7 +59,10 @@ pub async fn publish_loop(cfg: RelayConfig, ctx: Arc<RelayCtx>) -> Result<(), Re
             }
             republish_every(cfg.network.dangerous_testnet)
         };
-        tokio::time::sleep(wait).await;
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = ctx.republish.notified() => tracing::info!("republishing the descriptor: the onion key rotated"),
+        }
     }
 }
 

@@ -180,8 +180,28 @@ fn q(s: &str) -> String {
     toml::Value::String(s.to_string()).to_string()
 }
 
+/// Test-only faults the test network injects (hidden `--dangerous-test-*` options; they need
+/// the relay's `test-hooks` feature).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Faults {
+    /// Every relay flips a byte of each relay cell it forwards after the first N on a circuit.
+    pub corrupt_after: Option<u64>,
+    /// The first K non-exit relays (`relay1`..`relayK`) black-hole every circuit (THREATS A32).
+    pub blackhole_relays: usize,
+}
+
+/// The client's first circuit-build timeout when a test network has black-holed relays: short,
+/// so a build through one is abandoned in seconds rather than after the generous 60 s.
+pub const BLACKHOLE_INITIAL_BUILD_TIMEOUT_MS: u64 = 3000;
+
+impl Faults {
+    fn blackholes(&self, node: &NodeSpec) -> bool {
+        node.role == Role::Relay && node.name.strip_prefix("relay").and_then(|i| i.parse::<usize>().ok()).is_some_and(|i| i <= self.blackhole_relays)
+    }
+}
+
 /// Renders a node's config.toml.
-pub fn render_config(node: &NodeSpec, all: &[NodeSpec], voting_interval_secs: u64, corrupt_after: Option<u64>) -> String {
+pub fn render_config(node: &NodeSpec, all: &[NodeSpec], voting_interval_secs: u64, faults: &Faults) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "# Written by `allium testnet`; rewritten every time the test network starts.");
     let _ = writeln!(s, "# See configs/ in the source tree for every key explained.\n");
@@ -207,8 +227,11 @@ pub fn render_config(node: &NodeSpec, all: &[NodeSpec], voting_interval_secs: u6
         Role::Relay | Role::Exit { .. } => {
             let _ = writeln!(s, "[relay]");
             let _ = writeln!(s, "or_port = {}", node.listen.port());
-            if let Some(n) = corrupt_after {
+            if let Some(n) = faults.corrupt_after {
                 let _ = writeln!(s, "dangerous_test_corrupt_after = {n}");
+            }
+            if faults.blackholes(node) {
+                let _ = writeln!(s, "dangerous_test_blackhole = true");
             }
             if let Role::Exit { strict } = node.role {
                 let _ = writeln!(s, "\n[exit]");
@@ -227,6 +250,9 @@ pub fn render_config(node: &NodeSpec, all: &[NodeSpec], voting_interval_secs: u6
             let _ = writeln!(s, "socks_listen = {}", q(&node.listen.to_string()));
             if let Some(h) = node.http_connect {
                 let _ = writeln!(s, "http_connect_listen = {}", q(&h.to_string()));
+            }
+            if faults.blackhole_relays > 0 {
+                let _ = writeln!(s, "dangerous_initial_build_timeout_ms = {BLACKHOLE_INITIAL_BUILD_TIMEOUT_MS}");
             }
         }
     }
@@ -294,7 +320,7 @@ mod tests {
         }
         assert_eq!(nodes[8].listen.ip(), IpAddr::V4(Ipv4Addr::LOCALHOST));
         assert!(nodes.iter().all(|n| n.http_connect.is_none()));
-        assert!(!render_config(&nodes[8], &nodes, 10, None).contains("http_connect_listen"));
+        assert!(!render_config(&nodes[8], &nodes, 10, &Faults::default()).contains("http_connect_listen"));
         assert!(!render_env(nodes[8].listen, None, dir).contains("HTTP_CONNECT_PORT"));
     }
 
@@ -306,7 +332,7 @@ mod tests {
         let h = client.http_connect.expect("an HTTP CONNECT address");
         assert_ne!(h.port(), client.listen.port());
         assert!(nodes.iter().filter(|n| n.role != Role::Client).all(|n| n.http_connect.is_none()));
-        assert!(render_config(client, &nodes, 10, None).contains(&format!("http_connect_listen = \"{h}\"")));
+        assert!(render_config(client, &nodes, 10, &Faults::default()).contains(&format!("http_connect_listen = \"{h}\"")));
         let env = render_env(client.listen, Some(h), dir);
         assert!(env.contains(&format!("\nHTTP_CONNECT_PORT={}\n", h.port())), "{env}");
     }

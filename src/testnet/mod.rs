@@ -76,6 +76,11 @@ pub struct TestnetArgs {
     /// tests' build) accept it.
     #[arg(long, hide = true, value_name = "N")]
     pub dangerous_test_corrupt_after: Option<u64>,
+    /// Test-only fault (THREATS A32): the first K non-exit relays complete link handshakes but
+    /// never answer a CREATE or any cell; the client then starts from a short build timeout
+    /// (`client.dangerous_initial_build_timeout_ms`). Needs the relay's `test-hooks` feature.
+    #[arg(long, hide = true, value_name = "K", default_value_t = 0)]
+    pub dangerous_test_blackhole_relays: usize,
 }
 
 /// Runs `allium testnet` until a stop signal.
@@ -94,6 +99,15 @@ pub fn run(args: TestnetArgs) -> ExitCode {
         eprintln!("allium testnet: --dangerous-test-corrupt-after needs a build with the relay's test-hooks feature");
         return ExitCode::from(2);
     }
+    if args.dangerous_test_blackhole_relays > 0 && !allium_relay::TEST_HOOKS {
+        eprintln!("allium testnet: --dangerous-test-blackhole-relays needs a build with the relay's test-hooks feature");
+        return ExitCode::from(2);
+    }
+    if args.dangerous_test_blackhole_relays > counts.relays - counts.exits {
+        eprintln!("allium testnet: --dangerous-test-blackhole-relays must be at most the number of non-exit relays ({})", counts.relays - counts.exits);
+        return ExitCode::from(2);
+    }
+    let faults = layout::Faults { corrupt_after: args.dangerous_test_corrupt_after, blackhole_relays: args.dangerous_test_blackhole_relays };
     // Current-thread runtime on the main thread: nodes are spawned from this thread, which lives
     // as long as the process, so their parent-death signal fires only when we are gone.
     let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
@@ -103,10 +117,10 @@ pub fn run(args: TestnetArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    rt.block_on(orchestrate(args, counts))
+    rt.block_on(orchestrate(args, counts, faults))
 }
 
-async fn orchestrate(args: TestnetArgs, counts: Counts) -> ExitCode {
+async fn orchestrate(args: TestnetArgs, counts: Counts, faults: layout::Faults) -> ExitCode {
     let mut stop = match StopSignals::register() {
         Ok(s) => s,
         Err(e) => {
@@ -133,7 +147,7 @@ async fn orchestrate(args: TestnetArgs, counts: Counts) -> ExitCode {
     let started = Instant::now();
     let mut procs: Vec<NodeProc> = Vec::new();
     let outcome = tokio::select! {
-        r = bring_up(&dir, &exe, counts, args.socks_port, args.http_connect_port, args.dangerous_test_corrupt_after, &mut procs) => Ok(r),
+        r = bring_up(&dir, &exe, counts, args.socks_port, args.http_connect_port, faults, &mut procs) => Ok(r),
         sig = stop.recv() => Err(sig),
     };
     let (socks, http_connect) = match outcome {
@@ -223,7 +237,7 @@ async fn bring_up(
     counts: Counts,
     socks_port: u16,
     http_connect_port: Option<u16>,
-    corrupt_after: Option<u64>,
+    faults: layout::Faults,
     procs: &mut Vec<NodeProc>,
 ) -> Result<(SocketAddr, Option<SocketAddr>), String> {
     // 1. Keys and configs.
@@ -233,7 +247,7 @@ async fn bring_up(
         n.fingerprint = keys.relay_id().fingerprint();
     }
     for n in &nodes {
-        let text = layout::render_config(n, &nodes, VOTING_INTERVAL_SECS, corrupt_after);
+        let text = layout::render_config(n, &nodes, VOTING_INTERVAL_SECS, &faults);
         layout::write_atomic(&n.config_path(), &text).map_err(|e| format!("cannot write {}: {e}", n.config_path().display()))?;
     }
     println!(

@@ -10,6 +10,7 @@ use super::entry::{line, parse_entries, sorted_unique, ConsensusRelay, ENTRY_SPE
 use super::flags::{PositionWeights, RelayFlags};
 use super::lines::{self, b64, enc64, fingerprint, uint, Line, Mult, Section};
 use super::protocols::Protocols;
+use super::srv::{compute_shared_random, read_consensus_lines, write_consensus_lines, SharedRandom};
 use super::vote::{read_lifetime, read_meta, write_lifetime, write_meta, Vote};
 use super::{DocError, Lifetime, CONSENSUS_SIG_PREFIX, MAX_CONSENSUS_LEN, MAX_SIGNATURES, MAX_SIGNATURE_DOC_LEN, MAX_VOTE_LINES};
 use crate::ids::RelayId;
@@ -26,6 +27,8 @@ const HEADER_SPEC: &[(&str, Mult)] = &[
     ("recommended-protocols", Mult::Once),
     ("required-protocols", Mult::Once),
     ("bandwidth-weights", Mult::Once),
+    ("shared-rand-previous", Mult::Any),
+    ("shared-rand-current", Mult::Any),
     ("authority", Mult::Many),
 ];
 const FOOTER_SPEC: &[(&str, Mult)] = &[(SIG_KW, Mult::Many)];
@@ -78,6 +81,8 @@ pub struct ConsensusMeta {
     pub recommended_protocols: Protocols,
     /// Subprotocol versions nodes must support; relays lacking one are not listed.
     pub required_protocols: Protocols,
+    /// Shared random values (`shared-rand-previous`, `shared-rand-current`).
+    pub shared_rand: SharedRandom,
 }
 
 /// A consensus. The signed part is fixed at construction (or as received); signatures sit
@@ -121,6 +126,7 @@ impl Consensus {
         write_lifetime(&mut t, &lifetime);
         write_meta(&mut t, &meta.params, &meta.recommended_protocols, &meta.required_protocols);
         line(&mut t, "bandwidth-weights", &weights.to_string());
+        write_consensus_lines(&mut t, &meta.shared_rand);
         for a in &authorities {
             line(&mut t, "authority", &a.fingerprint());
         }
@@ -138,6 +144,10 @@ impl Consensus {
     /// The consensus parameters as voted (unchecked; nodes read them through bounds).
     pub fn params(&self) -> &BTreeMap<String, i64> {
         &self.meta.params
+    }
+    /// The shared random values (`shared-rand-current`, `shared-rand-previous`).
+    pub fn shared_random(&self) -> SharedRandom {
+        self.meta.shared_rand
     }
     /// The position weights (`bandwidth-weights`).
     pub fn position_weights(&self) -> PositionWeights {
@@ -221,9 +231,10 @@ impl Consensus {
         let s = Section::read(&body[..h], HEADER_SPEC, &keywords)?;
         let lifetime = read_lifetime(&s)?;
         let (params, recommended_protocols, required_protocols) = read_meta(&s)?;
-        let meta = ConsensusMeta { params, recommended_protocols, required_protocols };
         let bw = s.get("bandwidth-weights");
         let weights = PositionWeights::parse_args(&bw.args()?).map_err(|r| bw.bad(r))?;
+        let shared_rand = read_consensus_lines(&s)?;
+        let meta = ConsensusMeta { params, recommended_protocols, required_protocols, shared_rand };
         let mut authorities: Vec<RelayId> = Vec::new();
         for l in s.all("authority") {
             let id = fingerprint(l, l.one()?)?;
@@ -354,7 +365,8 @@ impl UnverifiedConsensus {
 ///   digest, then the greatest canonical text;
 /// - it has each flag that a majority of voters give it; its weight is the low median of the
 ///   weights of the voters listing it;
-/// - the `authority` lines list the voters whose votes counted.
+/// - the `authority` lines list the voters whose votes counted;
+/// - `shared-rand-*`: see [`compute_shared_random`].
 ///
 /// The result is unsigned.
 pub fn compute_consensus(votes: &[Vote], n_authorities: usize, lifetime: Lifetime) -> Consensus {
@@ -390,7 +402,12 @@ pub fn compute_consensus(votes: &[Vote], n_authorities: usize, lifetime: Lifetim
             params.insert(k.to_string(), low_median(by.into_values().collect()));
         }
     }
-    let meta = ConsensusMeta { params, recommended_protocols: majority_text(&rec_by), required_protocols: majority_text(&req_by) };
+    let meta = ConsensusMeta {
+        params,
+        recommended_protocols: majority_text(&rec_by),
+        required_protocols: majority_text(&req_by),
+        shared_rand: compute_shared_random(&votes, n_authorities, lifetime),
+    };
 
     // Relays. identity -> version text -> (entry, voters listing it); identity -> voter -> (flags, weight)
     let mut by_id: BTreeMap<RelayId, BTreeMap<String, (&ConsensusRelay, BTreeSet<RelayId>)>> = BTreeMap::new();

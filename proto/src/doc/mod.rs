@@ -35,9 +35,15 @@
 //! `bandwidth-weights` ([`PositionWeights`]). [`compute_consensus`] takes flags by majority of
 //! configured authorities, parameters and weights by low median.
 //!
+//! # Shared random value
+//!
+//! Votes carry `shared-rand-*` commit / reveal lines and the consensus header carries
+//! `shared-rand-previous` and `shared-rand-current` ([`SharedRandom`]), computed by
+//! [`compute_shared_random`] in [`srv`] (one SRV period per voting interval).
+//!
 //! # Room to grow (not implemented yet)
 //!
-//! A shared-randomness value (header, after `bandwidth-weights`) and authority signing keys
+//! Authority signing keys
 //! certified by the long-term identity: signing-key certificates and signatures by signing keys
 //! become new footer keywords, which old parsers ignore (a `directory-signature` line with other
 //! than two arguments is a syntax error today, so that keyword cannot be reused). Anything an
@@ -49,6 +55,7 @@ mod entry;
 mod flags;
 mod lines;
 mod protocols;
+pub mod srv;
 mod vote;
 
 #[cfg(test)]
@@ -62,6 +69,7 @@ pub use descriptor::{certify_link_key, verify_link_cert, RelayDescriptor, Unveri
 pub use entry::ConsensusRelay;
 pub use flags::{encode_params, param_name_ok, parse_params, Position, PositionWeights, RelayFlags, MAX_PARAMS, WEIGHT_SCALE};
 pub use protocols::Protocols;
+pub use srv::{compute_shared_random, srv_commit, srv_value, SharedRandom, SrvValue, VoteSrv};
 pub use vote::{UnverifiedVote, Vote};
 
 /// Largest relay descriptor accepted (bytes).

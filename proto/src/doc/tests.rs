@@ -195,6 +195,7 @@ fn vote<'a>(voter: &SigningKey, relays: impl IntoIterator<Item = &'a RelayDescri
         recommended_protocols: Protocols::new(),
         required_protocols: Protocols::new(),
         relays: relays.into_iter().map(RelayDescriptor::to_entry).collect(),
+        srv: Default::default(),
     }
 }
 
@@ -254,9 +255,11 @@ fn net3() -> Net {
     let auths: Vec<SigningKey> = (50..53).map(key).collect();
     let ids = auths.iter().map(id).collect();
     let relays: Vec<RelayDescriptor> = (60..63).map(|s| desc(&key(s), &format!("r{s}"), 1_700_000_000)).collect();
-    let votes: Vec<Vote> = auths.iter().map(|a| vote(a, &relays, LT)).collect();
+    let votes: Vec<Vote> = auths.iter().map(|a| srv_vote(a, &auths, &relays, LT)).collect();
     let consensus = compute_consensus(&votes, 3, LT);
     assert_eq!(consensus.relays().len(), 3);
+    assert_eq!(consensus.shared_random().current.map(|v| v.reveals), Some(3));
+    assert!(consensus.shared_random().previous.is_some());
     Net { auths, ids, consensus }
 }
 
@@ -511,7 +514,7 @@ proptest! {
         for a in &n.auths { c.add_signature(c.sign(a)); }
         let original = match which {
             0 => d.encode_signed(&k),
-            1 => vote(&n.auths[0], [&d], LT).encode_signed(&n.auths[0]),
+            1 => srv_vote(&n.auths[0], &n.auths, [&d], LT).encode_signed(&n.auths[0]),
             _ => c.encode(),
         };
         let mut t = original.clone().into_bytes();
@@ -634,4 +637,249 @@ fn relays_lacking_a_required_protocol_are_not_listed() {
     let c = compute_consensus(&[votes[0].clone(), votes[2].clone()], 3, LT);
     assert!(c.meta().required_protocols.is_empty());
     assert_eq!(c.relays().len(), 2);
+}
+
+// ---- shared random value ----
+
+use std::collections::BTreeMap;
+
+use sha2::{Digest as _, Sha256};
+
+/// The reveal authority `a` draws for `period` (deterministic, for tests).
+fn reveal_of(a: &SigningKey, period: u64) -> [u8; 32] {
+    Sha256::digest([&id(a).0[..], &period.to_be_bytes()].concat()).into()
+}
+
+fn prev_period(lt: Lifetime) -> u64 {
+    lt.valid_after - (lt.fresh_until - lt.valid_after)
+}
+
+/// `a`'s honest SRV lines for `lt` when every one of `auths` committed in the previous period.
+fn srv_part(a: &SigningKey, auths: &[SigningKey], lt: Lifetime) -> VoteSrv {
+    let prev = prev_period(lt);
+    VoteSrv {
+        commit: Some(srv_commit(lt.valid_after, &id(a), &reveal_of(a, lt.valid_after))),
+        reveal: Some(reveal_of(a, prev)),
+        seen_commits: auths.iter().map(|x| (id(x), srv_commit(prev, &id(x), &reveal_of(x, prev)))).collect(),
+        previous: Some(SrvValue { reveals: 3, value: [9; 32] }),
+    }
+}
+
+fn srv_vote<'a>(a: &SigningKey, auths: &[SigningKey], relays: impl IntoIterator<Item = &'a RelayDescriptor>, lt: Lifetime) -> Vote {
+    let mut v = vote(a, relays, lt);
+    v.srv = srv_part(a, auths, lt);
+    v
+}
+
+fn srv_of(votes: &[Vote], n: usize, lt: Lifetime) -> SharedRandom {
+    compute_shared_random(&votes.iter().collect::<Vec<_>>(), n, lt)
+}
+
+fn three_auths() -> Vec<SigningKey> {
+    (70..73).map(key).collect()
+}
+
+#[test]
+fn srv_three_honest_authorities_make_the_documented_value() {
+    let auths = three_auths();
+    let votes: Vec<Vote> = auths.iter().map(|a| srv_vote(a, &auths, [], LT)).collect();
+    let sr = srv_of(&votes, 3, LT);
+    let prev = prev_period(LT);
+    let reveals: BTreeMap<RelayId, [u8; 32]> = auths.iter().map(|a| (id(a), reveal_of(a, prev))).collect();
+    let previous = SrvValue { reveals: 3, value: [9; 32] };
+    assert_eq!(sr.previous, Some(previous));
+    assert_eq!(sr.current, Some(SrvValue { reveals: 3, value: srv_value(LT.valid_after, Some(&previous), &reveals) }));
+    // The value as specified, written out by hand.
+    let mut h = Sha256::new();
+    h.update(b"allium-srv-v1");
+    h.update(LT.valid_after.to_be_bytes());
+    h.update([9u8; 32]);
+    for (i, r) in &reveals {
+        h.update(i.0);
+        h.update(r);
+    }
+    assert_eq!(sr.current.unwrap().value, <[u8; 32]>::from(h.finalize()));
+    let mut h = Sha256::new();
+    h.update(b"allium-srv-commit-v1");
+    h.update(prev.to_be_bytes());
+    h.update(id(&auths[0]).0);
+    h.update(reveal_of(&auths[0], prev));
+    assert_eq!(srv_commit(prev, &id(&auths[0]), &reveal_of(&auths[0], prev)), <[u8; 32]>::from(h.finalize()));
+}
+
+#[test]
+fn srv_reveal_not_matching_its_commitment_is_ignored() {
+    let auths = three_auths();
+    let mut votes: Vec<Vote> = auths.iter().map(|a| srv_vote(a, &auths, [], LT)).collect();
+    let honest = srv_of(&votes, 3, LT).current.unwrap();
+    // Authority 2 reveals something else than it committed to.
+    votes[2].srv.reveal = Some([0xee; 32]);
+    let sr = srv_of(&votes, 3, LT);
+    let cur = sr.current.expect("two valid reveals of three configured still make a value");
+    assert_eq!(cur.reveals, 2);
+    assert_ne!(cur.value, honest.value);
+    let two: BTreeMap<RelayId, [u8; 32]> = auths[..2].iter().map(|a| (id(a), reveal_of(a, prev_period(LT)))).collect();
+    assert_eq!(cur.value, srv_value(LT.valid_after, sr.previous.as_ref(), &two));
+    // A reveal bound to another period or another authority does not match either.
+    votes[2].srv.reveal = Some(reveal_of(&auths[2], LT.valid_after));
+    assert_eq!(srv_of(&votes, 3, LT).current.unwrap().reveals, 2);
+    votes[2].srv.reveal = Some(reveal_of(&auths[1], prev_period(LT)));
+    assert_eq!(srv_of(&votes, 3, LT).current.unwrap().reveals, 2);
+    // A second bad reveal: only one valid, not a majority of three: no value.
+    votes[1].srv.reveal = Some([0xee; 32]);
+    assert_eq!(srv_of(&votes, 3, LT).current, None);
+}
+
+#[test]
+fn srv_commitment_is_what_a_majority_saw() {
+    let auths = three_auths();
+    let mut votes: Vec<Vote> = auths.iter().map(|a| srv_vote(a, &auths, [], LT)).collect();
+    // Authority 2 claims, alone, that authority 0 committed to its own choice: outvoted.
+    let forged = [0x55; 32];
+    votes[2].srv.seen_commits.insert(id(&auths[0]), forged);
+    assert_eq!(srv_of(&votes, 3, LT).current.unwrap().reveals, 3);
+    // With a second voter agreeing, authority 0's real reveal no longer matches.
+    votes[1].srv.seen_commits.insert(id(&auths[0]), forged);
+    assert_eq!(srv_of(&votes, 3, LT).current.unwrap().reveals, 2);
+}
+
+#[test]
+fn srv_two_authorities_alone_still_produce_a_value() {
+    let auths = three_auths();
+    // Authority 2 is down for both periods: nobody saw a commitment from it, and it does not vote.
+    let votes: Vec<Vote> = auths[..2].iter().map(|a| srv_vote(a, &auths[..2], [], LT)).collect();
+    let cur = srv_of(&votes, 3, LT).current.expect("value");
+    assert_eq!(cur.reveals, 2);
+    // One alone is not enough.
+    assert_eq!(srv_of(&votes[..1], 3, LT).current, None);
+}
+
+#[test]
+fn srv_commit_without_reveal_does_not_stop_the_others() {
+    let auths = three_auths();
+    let mut votes: Vec<Vote> = auths.iter().map(|a| srv_vote(a, &auths, [], LT)).collect();
+    votes[0].srv.reveal = None;
+    let cur = srv_of(&votes, 3, LT).current.expect("value");
+    assert_eq!(cur.reveals, 2);
+}
+
+#[test]
+fn srv_changes_every_period_and_is_chained() {
+    let auths = three_auths();
+    let mut prev_value: Option<SrvValue> = None;
+    let mut seen = std::collections::BTreeSet::new();
+    for k in 0..5u64 {
+        let lt = Lifetime { valid_after: LT.valid_after + k * 3600, fresh_until: LT.fresh_until + k * 3600, valid_until: LT.valid_until + k * 3600 };
+        let votes: Vec<Vote> = auths
+            .iter()
+            .map(|a| {
+                let mut v = srv_vote(a, &auths, [], lt);
+                v.srv.previous = prev_value;
+                v
+            })
+            .collect();
+        let sr = srv_of(&votes, 3, lt);
+        assert_eq!(sr.previous, prev_value);
+        let cur = sr.current.expect("value");
+        assert!(seen.insert(cur.value), "value repeated in period {k}");
+        prev_value = Some(cur);
+    }
+    // Same reveals, another period: another value.
+    let reveals: BTreeMap<RelayId, [u8; 32]> = [(id(&auths[0]), [1; 32])].into();
+    assert_ne!(srv_value(1, None, &reveals), srv_value(2, None, &reveals));
+}
+
+#[test]
+fn srv_previous_needs_a_majority() {
+    let auths = three_auths();
+    let mut votes: Vec<Vote> = auths.iter().map(|a| srv_vote(a, &auths, [], LT)).collect();
+    votes[0].srv.previous = Some(SrvValue { reveals: 2, value: [1; 32] });
+    votes[1].srv.previous = None;
+    assert_eq!(srv_of(&votes, 3, LT).previous, None);
+    votes[1].srv.previous = votes[0].srv.previous;
+    assert_eq!(srv_of(&votes, 3, LT).previous, votes[0].srv.previous);
+}
+
+#[test]
+fn srv_lines_round_trip_and_are_checked() {
+    let auths = three_auths();
+    let v = srv_vote(&auths[0], &auths, [], LT);
+    let text = v.encode_signed(&auths[0]);
+    assert!(text.contains("\nshared-rand-commit ") && text.contains("\nshared-rand-reveal "));
+    assert_eq!(text.matches("\nshared-rand-seen-commit ").count(), 3);
+    assert_eq!(Vote::parse(&text).unwrap().verify().unwrap(), v);
+    // A vote without SRV lines is still a vote (older authorities).
+    let plain = vote(&auths[0], [], LT);
+    assert_eq!(Vote::parse(&plain.encode_signed(&auths[0])).unwrap().verify().unwrap(), plain);
+    let resign = |t: &str| {
+        let u = unsigned_part(t, "vote-signature");
+        format!("{u}vote-signature {}\n", enc64(&auths[0].sign(&super::vote::signed_message(&u)).to_bytes()))
+    };
+    let commit_line = text.lines().find(|l| l.starts_with("shared-rand-commit ")).unwrap();
+    let dup = insert_after(&text, commit_line, commit_line);
+    assert!(matches!(Vote::parse(&resign(&dup)).unwrap_err(), DocError::Duplicate { .. }));
+    let seen: Vec<&str> = text.lines().filter(|l| l.starts_with("shared-rand-seen-commit ")).collect();
+    let swapped = text.replacen(seen[0], "@SWAP@", 1).replacen(seen[1], seen[0], 1).replacen("@SWAP@", seen[1], 1);
+    assert!(matches!(Vote::parse(&resign(&swapped)).unwrap_err(), DocError::Unsorted { .. }));
+    let bad = text.replacen("shared-rand-previous 3 ", "shared-rand-previous 03 ", 1);
+    assert!(matches!(Vote::parse(&resign(&bad)).unwrap_err(), DocError::BadValue { .. }));
+
+    // Consensus: both lines, after bandwidth-weights, round trip.
+    let n = net3();
+    let t = n.consensus.signed_text();
+    let bw = t.find("\nbandwidth-weights ").unwrap();
+    let prev = t.find("\nshared-rand-previous ").unwrap();
+    let cur = t.find("\nshared-rand-current 3 ").unwrap();
+    let auth = t.find("\nauthority ").unwrap();
+    assert!(bw < prev && prev < cur && cur < auth);
+    let back = Consensus::parse(t).unwrap().dangerously_assume_valid();
+    assert_eq!(back.shared_random(), n.consensus.shared_random());
+    assert_eq!(back.digest(), n.consensus.digest());
+    let cur_line = t.lines().find(|l| l.starts_with("shared-rand-current ")).unwrap();
+    assert!(matches!(Consensus::parse(&insert_after(t, cur_line, cur_line)).unwrap_err(), DocError::Duplicate { .. }));
+    let moved = t.replacen(&format!("{cur_line}\n"), "", 1);
+    let moved = insert_after(&moved, t.lines().find(|l| l.starts_with("authority ")).unwrap(), cur_line);
+    assert!(Consensus::parse(&moved).is_err());
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 48, ..ProptestConfig::default() })]
+
+    /// The shared random value depends only on the set of votes, and equals the value computed
+    /// from exactly the valid reveals.
+    #[test]
+    fn srv_is_order_independent(
+        revealing in proptest::collection::vec(0u8..3, 0..5),
+        present in proptest::collection::vec(any::<bool>(), 4),
+        seed in any::<u64>(),
+    ) {
+        use rand::seq::SliceRandom;
+        use rand::SeedableRng;
+        // revealing[i]: 0 honest reveal, 1 wrong reveal, 2 no reveal.
+        let auths: Vec<SigningKey> = (0..revealing.len() as u8).map(|i| key(80 + i)).collect();
+        let mut votes: Vec<Vote> = Vec::new();
+        for (i, (a, how)) in auths.iter().zip(&revealing).enumerate() {
+            if !present[i % 4] && i > 0 { continue; }
+            let mut v = srv_vote(a, &auths, [], LT);
+            match how { 0 => {}, 1 => v.srv.reveal = Some([i as u8; 32]), _ => v.srv.reveal = None }
+            votes.push(v);
+        }
+        let reference = srv_of(&votes, auths.len().max(1), LT);
+        let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+        for _ in 0..4 {
+            let mut shuffled = votes.clone();
+            shuffled.shuffle(&mut rng);
+            prop_assert_eq!(srv_of(&shuffled, auths.len().max(1), LT), reference);
+            let c1 = compute_consensus(&shuffled, auths.len().max(1), LT);
+            prop_assert_eq!(c1.shared_random(), reference);
+        }
+        if let Some(cur) = reference.current {
+            let good: BTreeMap<RelayId, [u8; 32]> = votes.iter()
+                .filter(|v| auths.iter().any(|a| id(a) == v.voter && v.srv.reveal == Some(reveal_of(a, prev_period(LT)))))
+                .map(|v| (v.voter, v.srv.reveal.unwrap()))
+                .collect();
+            prop_assert_eq!(cur.reveals as usize, good.len());
+            prop_assert_eq!(cur.value, srv_value(LT.valid_after, reference.previous.as_ref(), &good));
+        }
+    }
 }

@@ -9,6 +9,7 @@ use super::entry::{line, parse_entries, sorted_unique, ConsensusRelay, ENTRY_SPE
 use super::flags::{encode_params, parse_params};
 use super::lines::{self, b64, enc64, fingerprint, uint, Line, Mult, Section};
 use super::protocols::Protocols;
+use super::srv::{read_vote_lines, write_vote_lines, VoteSrv};
 use super::{DocError, Lifetime, MAX_VOTE_LEN, MAX_VOTE_LINES, VOTE_SIG_PREFIX};
 use crate::ids::RelayId;
 
@@ -25,6 +26,10 @@ pub(crate) const HEADER_SPEC: &[(&str, Mult)] = &[
     ("params", Mult::Once),
     ("recommended-protocols", Mult::Once),
     ("required-protocols", Mult::Once),
+    ("shared-rand-commit", Mult::Any),
+    ("shared-rand-reveal", Mult::Any),
+    ("shared-rand-seen-commit", Mult::Any),
+    ("shared-rand-previous", Mult::Any),
 ];
 
 /// One authority's vote.
@@ -42,6 +47,9 @@ pub struct Vote {
     /// The relays it accepts, with the flags and weight it assigns. Encoded sorted by identity,
     /// one entry per identity.
     pub relays: Vec<ConsensusRelay>,
+    /// Shared randomness: commitment, reveal, commitments seen, previous value
+    /// (`shared-rand-*` lines; see [`super::srv`]).
+    pub srv: VoteSrv,
 }
 
 impl Vote {
@@ -52,6 +60,7 @@ impl Vote {
         write_lifetime(&mut out, &self.lifetime);
         line(&mut out, "voter", &self.voter.fingerprint());
         write_meta(&mut out, &self.params, &self.recommended_protocols, &self.required_protocols);
+        write_vote_lines(&mut out, &self.srv);
         for r in sorted_unique(&self.relays) {
             r.encode_into(&mut out);
         }
@@ -88,11 +97,12 @@ impl Vote {
         let v = s.get("voter");
         let voter = fingerprint(v, v.one()?)?;
         let (params, recommended_protocols, required_protocols) = read_meta(&s)?;
+        let srv = read_vote_lines(&s)?;
         let relays = parse_entries(&body[h..], &keywords)?;
         let signature = b64(last, last.one()?)?;
         let signed_part = &text[..last.start];
         Ok(UnverifiedVote {
-            vote: Vote { lifetime, voter, params, recommended_protocols, required_protocols, relays },
+            vote: Vote { lifetime, voter, params, recommended_protocols, required_protocols, relays, srv },
             signed_hash: Sha256::digest(signed_part.as_bytes()).into(),
             signature,
         })
