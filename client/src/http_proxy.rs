@@ -17,22 +17,8 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Accepts application connections forever.
 pub async fn serve(listener: TcpListener, state: Arc<ClientState>) -> Result<(), crate::ClientError> {
-    loop {
-        let (sock, _) = match listener.accept().await {
-            Ok(x) => x,
-            Err(e) => {
-                tracing::warn!("HTTP CONNECT accept failed: {e}");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        let state = state.clone();
-        tokio::spawn(async move {
-            if let Err(e) = handle(sock, state).await {
-                tracing::debug!("HTTP CONNECT connection ended: {e}");
-            }
-        });
-    }
+    allium_net::accept::accept_forever(listener, "HTTP CONNECT", |sock| handle(sock, state.clone())).await;
+    Err("the HTTP CONNECT listener stopped accepting".into())
 }
 
 async fn handle(mut sock: TcpStream, state: Arc<ClientState>) -> std::io::Result<()> {

@@ -42,22 +42,8 @@ pub fn reply_for_end(r: EndReason) -> ReplyCode {
 
 /// Accepts application connections forever.
 pub async fn serve(listener: TcpListener, state: Arc<ClientState>) -> Result<(), crate::ClientError> {
-    loop {
-        let (sock, _) = match listener.accept().await {
-            Ok(x) => x,
-            Err(e) => {
-                tracing::warn!("SOCKS accept failed: {e}");
-                tokio::time::sleep(Duration::from_millis(100)).await;
-                continue;
-            }
-        };
-        let state = state.clone();
-        tokio::spawn(async move {
-            if let Err(e) = handle(sock, state).await {
-                tracing::debug!("SOCKS connection ended: {e}");
-            }
-        });
-    }
+    allium_net::accept::accept_forever(listener, "SOCKS", |sock| handle(sock, state.clone())).await;
+    Err("the SOCKS listener stopped accepting".into())
 }
 
 async fn handle(mut sock: TcpStream, state: Arc<ClientState>) -> std::io::Result<()> {

@@ -1,6 +1,7 @@
 //! The tokio layer shared by every Allium role.
 //!
 //! Layout:
+//! - [`accept`]: accepting TCP connections, one task each.
 //! - [`config`]: config sections shared by all roles and TOML loading with one-line errors.
 //! - [`keys`]: a node's long-term keys in its data directory.
 //! - [`link`]: TCP plus the Noise link handshake.
@@ -11,6 +12,7 @@
 //! Not in this crate: protocol encodings and crypto (`allium-proto`), role logic (`allium-relay`,
 //! `allium-client`, `allium-directory`).
 
+pub mod accept;
 pub mod config;
 pub mod keys;
 pub mod channel;

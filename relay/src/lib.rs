@@ -125,31 +125,21 @@ pub async fn run(cfg: RelayConfig, keys: NodeKeys) -> Result<(), RelayError> {
 }
 
 async fn accept_loop(listener: TcpListener, ctx: Arc<RelayCtx>, handler: Arc<dyn CreateHandler>) -> Result<(), RelayError> {
-    loop {
-        let (sock, _) = match listener.accept().await {
-            Ok(x) => x,
-            Err(e) => {
-                tracing::warn!("accept failed: {e}");
-                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-                continue;
-            }
-        };
+    allium_net::accept::accept_forever(listener, "inbound link", |sock| {
         let ctx = ctx.clone();
         let handler = handler.clone();
-        tokio::spawn(async move {
-            let secret = ctx.keys.link.to_bytes();
-            match link::accept(sock, &secret).await {
-                Ok(l) => {
-                    let peer = l.peer;
-                    let chan = Channel::spawn(l, Some(handler));
-                    if let Some(id) = peer {
-                        ctx.pool.insert(id, chan);
-                    }
-                }
-                Err(e) => tracing::debug!("inbound link failed: {e}"),
+        async move {
+            let l = link::accept(sock, &ctx.keys.link.to_bytes()).await?;
+            let peer = l.peer;
+            let chan = Channel::spawn(l, Some(handler));
+            if let Some(id) = peer {
+                ctx.pool.insert(id, chan);
             }
-        });
-    }
+            Ok::<(), link::LinkError>(())
+        }
+    })
+    .await;
+    Err("the OR port stopped accepting".into())
 }
 
 /// Handles CREATE on new circuit ids: one task per circuit.

@@ -3,7 +3,7 @@
 //! loopback, real links and handshakes) with an 8-second key lifetime; the test watches its key
 //! files to see each rotation happen, and builds circuits naming the old key.
 
-use std::net::{IpAddr, SocketAddr, TcpListener};
+use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -11,51 +11,14 @@ use allium_client::circuit::{self, CircError};
 use allium_net::keys::OnionKeys;
 use allium_net::pool::ChannelPool;
 use allium_proto::cell::DestroyReason;
-use allium_proto::doc::{ConsensusRelay, Protocols};
-use allium_proto::policy::ExitPolicy;
-use allium_relay::{InertRelay, RelayConfig};
+use allium_proto::doc::ConsensusRelay;
 
 const LIFETIME_SECS: u64 = 8;
 
 /// Starts a relay with a short onion-key lifetime; returns its entry (with the first onion key)
 /// and its data directory.
 async fn start_relay() -> (ConsensusRelay, PathBuf) {
-    let dir = crate::support::fresh_dir("rotation");
-    let keys = allium_net::keys::load_or_create(&dir).unwrap();
-    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-    let cfg = format!(
-        "[node]\nnickname = \"rot\"\ndata_dir = {dir:?}\naddress = \"127.0.0.1\"\n\
-         [network]\ndangerous_testnet = true\n[[network.authorities]]\nname = \"none\"\n\
-         identity = \"{id}\"\naddress = \"127.0.0.1:9\"\n[relay]\nor_port = {port}\n\
-         onion_key_lifetime_secs = {LIFETIME_SECS}\n",
-        dir = dir.display().to_string(),
-        id = keys.relay_id().fingerprint(),
-    );
-    let cfg: RelayConfig = allium_net::config::parse_toml(&cfg, Path::new("test.toml")).unwrap();
-    cfg.validate().unwrap();
-    let entry = ConsensusRelay {
-        nickname: "rot".into(),
-        identity: keys.relay_id(),
-        onion_key: keys.onion_public(),
-        link_key: keys.link_public(),
-        link_cert: allium_proto::link::certify_link_key(&keys.identity, &keys.link_public()),
-        address: SocketAddr::new(IpAddr::from([127, 0, 0, 1]), port),
-        policy: ExitPolicy::reject_all(),
-        family: vec![],
-        bandwidth: 1,
-        protocols: Protocols::new(),
-        published: 0,
-        descriptor_digest: [0; 32],
-        flags: allium_proto::doc::RelayFlags::RUNNING | allium_proto::doc::RelayFlags::VALID,
-        weight: 1,
-    };
-    tokio::spawn(InertRelay::new(cfg, keys).unwrap().run());
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while tokio::net::TcpStream::connect(entry.address).await.is_err() {
-        assert!(tokio::time::Instant::now() < deadline, "the relay did not start listening");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    (entry, dir)
+    crate::support::inproc::start_relay("rot", &format!("onion_key_lifetime_secs = {LIFETIME_SECS}")).await
 }
 
 /// Polls the relay's key files until `done` holds for them (they are replaced atomically).

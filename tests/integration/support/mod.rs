@@ -1,6 +1,7 @@
 //! Fixtures shared by the integration tests.
 
 pub mod http;
+pub mod inproc;
 pub mod socks;
 pub mod testnet;
 

@@ -1,0 +1,51 @@
+//! Relays run inside the test process (real TCP on loopback, real links and handshakes), for
+//! tests that need to reach one relay directly rather than through a whole test network.
+
+use std::net::{IpAddr, SocketAddr, TcpListener};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use allium_proto::doc::{ConsensusRelay, Protocols, RelayFlags};
+use allium_proto::policy::ExitPolicy;
+use allium_relay::{InertRelay, RelayConfig};
+
+/// Starts a non-exit relay on 127.0.0.1 whose `[relay]` section also holds `relay_extra`
+/// (TOML lines). Returns its consensus entry (as a client would see it) and its data directory.
+pub async fn start_relay(nickname: &str, relay_extra: &str) -> (ConsensusRelay, PathBuf) {
+    let dir = super::fresh_dir(nickname);
+    let keys = allium_net::keys::load_or_create(&dir).unwrap();
+    let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let cfg = format!(
+        "[node]\nnickname = \"{nickname}\"\ndata_dir = {dir:?}\naddress = \"127.0.0.1\"\n\
+         [network]\ndangerous_testnet = true\n[[network.authorities]]\nname = \"none\"\n\
+         identity = \"{id}\"\naddress = \"127.0.0.1:9\"\n[relay]\nor_port = {port}\n{relay_extra}\n",
+        dir = dir.display().to_string(),
+        id = keys.relay_id().fingerprint(),
+    );
+    let cfg: RelayConfig = allium_net::config::parse_toml(&cfg, Path::new("test.toml")).unwrap();
+    cfg.validate().unwrap();
+    let entry = ConsensusRelay {
+        nickname: nickname.to_string(),
+        identity: keys.relay_id(),
+        onion_key: keys.onion_public(),
+        link_key: keys.link_public(),
+        link_cert: allium_proto::link::certify_link_key(&keys.identity, &keys.link_public()),
+        address: SocketAddr::new(IpAddr::from([127, 0, 0, 1]), port),
+        policy: ExitPolicy::reject_all(),
+        family: vec![],
+        bandwidth: 1,
+        protocols: Protocols::new(),
+        published: 0,
+        descriptor_digest: [0; 32],
+        flags: RelayFlags::RUNNING | RelayFlags::VALID,
+        weight: 1,
+    };
+    tokio::spawn(InertRelay::new(cfg, keys).unwrap().run());
+    // Ready once it accepts connections.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while tokio::net::TcpStream::connect(entry.address).await.is_err() {
+        assert!(tokio::time::Instant::now() < deadline, "relay {nickname} did not start listening");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    (entry, dir)
+}
