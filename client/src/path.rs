@@ -187,7 +187,6 @@ pub fn choose_path<'a, R: Rng + ?Sized>(
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use allium_proto::doc::Protocols;
     use allium_proto::policy::ExitPolicy;
     use proptest::prelude::*;
     use rand::SeedableRng;
@@ -202,20 +201,11 @@ pub(crate) mod tests {
             ExitPolicy::parse_rules(&rules).unwrap()
         };
         ConsensusRelay {
-            nickname: format!("r{i}"),
-            identity: RelayId([i; 32]),
-            onion_key: [i; 32],
-            link_key: [i; 32],
-            link_cert: [0; 64],
             address: std::net::SocketAddr::new(ip, 5000),
             policy,
-            family: vec![],
             bandwidth,
-            protocols: Protocols::new(),
-            published: 0,
-            descriptor_digest: [0; 32],
-            flags: allium_proto::doc::RelayFlags::RUNNING | allium_proto::doc::RelayFlags::VALID,
             weight: bandwidth,
+            ..ConsensusRelay::synthetic(i)
         }
     }
 

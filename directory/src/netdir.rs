@@ -128,25 +128,15 @@ impl NetDir {
 pub(crate) mod tests {
     use super::*;
     use allium_proto::doc::{ConsensusMeta, Lifetime};
-    use allium_proto::policy::ExitPolicy;
     use ed25519_dalek::SigningKey;
 
     pub(crate) fn relay(i: u8, flags: RelayFlags, weight: u64, family: &[u8]) -> ConsensusRelay {
         ConsensusRelay {
-            nickname: format!("r{i}"),
-            identity: RelayId([i; 32]),
-            onion_key: [i; 32],
-            link_key: [i; 32],
-            link_cert: [0; 64],
-            address: format!("192.0.2.{i}:9001").parse().unwrap(),
-            policy: ExitPolicy::reject_all(),
             family: family.iter().map(|f| RelayId([*f; 32])).collect(),
             bandwidth: weight,
-            protocols: allium_proto::doc::Protocols::new(),
-            published: 0,
-            descriptor_digest: [0; 32],
             flags,
             weight,
+            ..ConsensusRelay::synthetic(i)
         }
     }
 

@@ -47,6 +47,29 @@ pub struct ConsensusRelay {
 }
 
 impl ConsensusRelay {
+    /// A synthetic entry for tests and benchmarks: relay `i` with keys `[i; 32]`, no valid link
+    /// certificate, OR address 192.0.2.i:9001, not an exit, Running and Valid, bandwidth and
+    /// weight 1. Override fields with struct-update syntax.
+    #[doc(hidden)]
+    pub fn synthetic(i: u8) -> Self {
+        ConsensusRelay {
+            nickname: format!("r{i}"),
+            identity: RelayId([i; 32]),
+            onion_key: [i; 32],
+            link_key: [i; 32],
+            link_cert: [0; 64],
+            address: std::net::SocketAddr::from(([192, 0, 2, i], 9001)),
+            policy: ExitPolicy::reject_all(),
+            family: Vec::new(),
+            bandwidth: 1,
+            protocols: Protocols::new(),
+            published: 0,
+            descriptor_digest: [0; 32],
+            flags: RelayFlags::RUNNING | RelayFlags::VALID,
+            weight: 1,
+        }
+    }
+
     /// The entry an authority lists for a verified descriptor.
     pub fn from_descriptor(d: &RelayDescriptor) -> Self {
         ConsensusRelay {
