@@ -28,6 +28,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use allium_directory::netdir::NetDir;
 use allium_net::link::PeerInfo;
 use allium_net::pool::ChannelPool;
+use allium_proto::doc::ConsensusRelay;
 use allium_proto::ids::RelayId;
 use allium_proto::relay_msg::EndReason;
 use tokio::sync::{watch, Mutex};
@@ -180,6 +181,23 @@ impl CircMgr {
         };
         self.save_guards();
         ok
+    }
+
+    /// The primary guards, as directory caches (samples guards first if needed).
+    pub fn directory_guards(&self, dir: &NetDir) -> Vec<ConsensusRelay> {
+        let cands = candidates(dir);
+        let ids = {
+            let mut g = self.guards.lock().expect("guards");
+            g.update(&cands, now_ms(), &mut rand::thread_rng());
+            g.primaries(&cands)
+        };
+        self.save_guards();
+        ids.iter().filter_map(|id| dir.by_id(id).cloned()).collect()
+    }
+
+    /// A one-hop circuit to `relay` (for a directory stream), within the learned build timeout.
+    pub async fn one_hop(&self, relay: &ConsensusRelay) -> Result<CircHandle, CircError> {
+        circuit::build_within(&self.pool, &[relay], self.build_timeout()).await
     }
 
     /// A circuit whose exit allows `need`, for isolation class `iso`.

@@ -26,6 +26,9 @@ use tokio::sync::{mpsc, oneshot};
 /// Most RESOLVEs one circuit has in flight (the exit answers more with RESOURCELIMIT).
 const MAX_RESOLVES: usize = 32;
 
+/// Buffer of the in-process pipe behind a directory stream.
+const DIR_PIPE_BUFFER: usize = 64 * 1024;
+
 /// How long building a whole circuit may take before it is abandoned.
 pub const BUILD_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -71,10 +74,36 @@ pub struct ResolveRequest {
     pub done: oneshot::Sender<Result<Vec<IpAddr>, EndReason>>,
 }
 
+/// A directory stream to the circuit's last hop: the pipe to read and write it through, or why
+/// the hop refused (DESTROY if the circuit died first).
+pub type DirStreamResult = Result<tokio::io::DuplexStream, EndReason>;
+
 /// What the circuit task is asked to do.
 enum CircRequest {
     Begin(BeginRequest),
     Resolve(ResolveRequest),
+    BeginDir(oneshot::Sender<DirStreamResult>),
+}
+
+/// A stream waiting for CONNECTED.
+enum Pending {
+    /// An application's stream to an exit destination.
+    App(BeginRequest),
+    /// A directory stream this node reads itself.
+    Dir(oneshot::Sender<DirStreamResult>),
+}
+
+impl Pending {
+    fn fail(self, reason: EndReason) {
+        match self {
+            Pending::App(req) => {
+                let _ = req.done.send(Err((reason, req.sock)));
+            }
+            Pending::Dir(done) => {
+                let _ = done.send(Err(reason));
+            }
+        }
+    }
 }
 
 /// A cheap handle to a running circuit.
@@ -94,7 +123,7 @@ impl CircHandle {
     pub async fn begin(&self, req: BeginRequest) -> Result<(), BeginRequest> {
         self.tx.send(CircRequest::Begin(req)).await.map_err(|e| match e.0 {
             CircRequest::Begin(r) => r,
-            CircRequest::Resolve(_) => unreachable!("sent a BEGIN"),
+            _ => unreachable!("sent a BEGIN"),
         })
     }
 
@@ -102,8 +131,15 @@ impl CircHandle {
     pub async fn resolve(&self, req: ResolveRequest) -> Result<(), ResolveRequest> {
         self.tx.send(CircRequest::Resolve(req)).await.map_err(|e| match e.0 {
             CircRequest::Resolve(r) => r,
-            CircRequest::Begin(_) => unreachable!("sent a RESOLVE"),
+            _ => unreachable!("sent a RESOLVE"),
         })
+    }
+
+    /// Opens a directory stream (BEGIN_DIR) to the circuit's last hop.
+    pub async fn begin_dir(&self) -> DirStreamResult {
+        let (tx, rx) = oneshot::channel();
+        self.tx.send(CircRequest::BeginDir(tx)).await.map_err(|_| EndReason::Destroy)?;
+        rx.await.unwrap_or(Err(EndReason::Destroy))
     }
 }
 
@@ -251,7 +287,7 @@ impl Circuit {
 
     async fn run(mut self, mut begins: mpsc::Receiver<CircRequest>) {
         let mut mux = StreamMux::new();
-        let mut pending: std::collections::HashMap<u16, BeginRequest> = Default::default();
+        let mut pending: std::collections::HashMap<u16, Pending> = Default::default();
         let mut resolves: std::collections::HashMap<u16, ResolveRequest> = Default::default();
         let last = self.crypto.n_hops() - 1;
         let mut open = true;
@@ -281,7 +317,11 @@ impl Circuit {
                 req = begins.recv(), if open => match req {
                     // Every handle is gone: close once the last stream ends.
                     None => { open = false; Ok(()) }
-                    Some(CircRequest::Begin(req)) => self.begin(req, &mut mux, &mut pending).await,
+                    Some(CircRequest::Begin(req)) => {
+                        let msg = RelayMsg::Begin { host: req.host.clone(), port: req.port, ext: Extensions::none() };
+                        self.begin(msg, Pending::App(req), &mut mux, &mut pending).await
+                    }
+                    Some(CircRequest::BeginDir(done)) => self.begin(RelayMsg::BeginDir { ext: Extensions::none() }, Pending::Dir(done), &mut mux, &mut pending).await,
                     Some(CircRequest::Resolve(req)) => self.resolve(req, &mut mux, &mut resolves).await,
                 },
                 ev = mux.next_event() => {
@@ -303,8 +343,8 @@ impl Circuit {
             let _ = self.chan.try_send(Cell::destroy(self.id, DestroyReason::Finished));
         }
         self.chan.close_circuit(self.id);
-        for (_, req) in pending {
-            let _ = req.done.send(Err((EndReason::Destroy, req.sock)));
+        for (_, p) in pending {
+            p.fail(EndReason::Destroy);
         }
         for (_, req) in resolves {
             let _ = req.done.send(Err(EndReason::Destroy));
@@ -325,19 +365,19 @@ impl Circuit {
         self.send(last, id, &msg).await
     }
 
-    async fn begin(&mut self, req: BeginRequest, mux: &mut StreamMux, pending: &mut std::collections::HashMap<u16, BeginRequest>) -> Result<(), CircError> {
+    /// Opens a stream with `msg` (BEGIN or BEGIN_DIR); `req` waits for CONNECTED or END.
+    async fn begin(&mut self, msg: RelayMsg, req: Pending, mux: &mut StreamMux, pending: &mut std::collections::HashMap<u16, Pending>) -> Result<(), CircError> {
         let Some(id) = mux.alloc_id() else {
-            let _ = req.done.send(Err((EndReason::ResourceLimit, req.sock)));
+            req.fail(EndReason::ResourceLimit);
             return Ok(());
         };
         mux.open(id).map_err(|e| CircError::Protocol(e.to_string()))?;
-        let msg = RelayMsg::Begin { host: req.host.clone(), port: req.port, ext: Extensions::none() };
         pending.insert(id, req);
         let last = self.crypto.n_hops() - 1;
         self.send(last, id, &msg).await
     }
 
-    async fn on_msg(&mut self, from_last: bool, sid: u16, msg: RelayMsg, mux: &mut StreamMux, pending: &mut std::collections::HashMap<u16, BeginRequest>) -> Result<(), CircError> {
+    async fn on_msg(&mut self, from_last: bool, sid: u16, msg: RelayMsg, mux: &mut StreamMux, pending: &mut std::collections::HashMap<u16, Pending>) -> Result<(), CircError> {
         if matches!(msg, RelayMsg::Drop) {
             return Ok(());
         }
@@ -346,19 +386,27 @@ impl Circuit {
         }
         match msg {
             RelayMsg::Connected { addr, .. } => {
-                let req = pending.remove(&sid).ok_or_else(|| CircError::Protocol("CONNECTED for no pending stream".into()))?;
-                mux.attach(sid, req.sock, req.success_reply);
-                let _ = req.done.send(Ok(addr));
-                if !req.early_data.is_empty() {
-                    let out = mux.handle_event(StreamEvent::Data { id: sid, data: req.early_data });
-                    self.send_all(out).await?;
+                match pending.remove(&sid).ok_or_else(|| CircError::Protocol("CONNECTED for no pending stream".into()))? {
+                    Pending::App(req) => {
+                        mux.attach(sid, req.sock, req.success_reply);
+                        let _ = req.done.send(Ok(addr));
+                        if !req.early_data.is_empty() {
+                            let out = mux.handle_event(StreamEvent::Data { id: sid, data: req.early_data });
+                            self.send_all(out).await?;
+                        }
+                    }
+                    Pending::Dir(done) => {
+                        let (ours, theirs) = tokio::io::duplex(DIR_PIPE_BUFFER);
+                        mux.attach(sid, ours, Vec::new());
+                        let _ = done.send(Ok(theirs));
+                    }
                 }
                 Ok(())
             }
             RelayMsg::End(reason) if pending.contains_key(&sid) => {
                 let req = pending.remove(&sid).expect("pending");
                 let _ = mux.handle_msg(sid, RelayMsg::End(reason));
-                let _ = req.done.send(Err((reason, req.sock)));
+                req.fail(reason);
                 Ok(())
             }
             m @ (RelayMsg::Data(_) | RelayMsg::Sendme | RelayMsg::End(_)) => {

@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::path::Path;
 
 use allium_net::config::{load_toml, ConfigError, NetworkConfig, NodeConfig};
+use allium_proto::ids::RelayId;
 use serde::Deserialize;
 
 /// A client's whole config file.
@@ -36,6 +37,41 @@ pub struct ClientSection {
     /// sets it when it black-holes relays, so an abandoned build costs seconds.
     #[serde(default)]
     pub dangerous_initial_build_timeout_ms: Option<u64>,
+    /// Relays to fetch the first consensus from (directory caches), so that the client never
+    /// contacts an authority: later fetches go through its guards. Empty (the default): the
+    /// first fetch goes to the authorities directly, and they see this client's address.
+    #[serde(default)]
+    pub fallback_dirs: Vec<FallbackDir>,
+}
+
+/// A relay known before any consensus: enough to build a one-hop circuit to it and open a
+/// directory stream. Its keys are the ones its descriptor lists (`allium testnet` writes them).
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct FallbackDir {
+    pub nickname: String,
+    /// The relay's identity, as a 64-digit hex fingerprint.
+    #[serde(deserialize_with = "de_id")]
+    pub identity: RelayId,
+    /// Its OR port.
+    pub address: SocketAddr,
+    /// Its link key (x25519), 64 hex digits.
+    #[serde(deserialize_with = "de_key")]
+    pub link_key: [u8; 32],
+    /// Its onion key (x25519), 64 hex digits.
+    #[serde(deserialize_with = "de_key")]
+    pub onion_key: [u8; 32],
+}
+
+fn de_id<'de, D: serde::Deserializer<'de>>(d: D) -> Result<RelayId, D::Error> {
+    String::deserialize(d)?.parse().map_err(serde::de::Error::custom)
+}
+
+fn de_key<'de, D: serde::Deserializer<'de>>(d: D) -> Result<[u8; 32], D::Error> {
+    let s = String::deserialize(d)?;
+    let mut out = [0u8; 32];
+    hex::decode_to_slice(&s, &mut out).map_err(|_| serde::de::Error::custom("expected 64 hex digits"))?;
+    Ok(out)
 }
 
 fn default_socks() -> SocketAddr {
@@ -89,6 +125,20 @@ mod tests {
             "3A6F0C1E5B7D9E2F4A6C8B0D1F3E5A7C9B2D4F6A8C0E1B3D5F7A9C2E4B6D8F01"
         );
         toml::from_str(&text).expect("parses")
+    }
+
+    #[test]
+    fn fallback_dirs_parse_and_bad_keys_name_the_key() {
+        let fp = "3A6F0C1E5B7D9E2F4A6C8B0D1F3E5A7C9B2D4F6A8C0E1B3D5F7A9C2E4B6D8F01";
+        let key = "11".repeat(32);
+        let entry = |link: &str| {
+            format!("[[client.fallback_dirs]]\nnickname = \"r1\"\nidentity = \"{fp}\"\naddress = \"127.3.0.1:5000\"\nlink_key = \"{link}\"\nonion_key = \"{key}\"\n")
+        };
+        let base = "[node]\nnickname = \"c\"\ndata_dir = \"/tmp/x\"\naddress = \"127.0.0.1\"\n[network]\nauthorities = []\n[client]\n";
+        let cfg: ClientConfig = allium_net::config::parse_toml(&format!("{base}{}", entry(&key)), Path::new("c.toml")).unwrap();
+        assert_eq!(cfg.client.fallback_dirs[0].link_key, [0x11; 32]);
+        let err = allium_net::config::parse_toml::<ClientConfig>(&format!("{base}{}", entry("zz")), Path::new("c.toml")).unwrap_err().to_string();
+        assert!(err.contains("client.fallback_dirs[0].link_key"), "{err}");
     }
 
     #[test]

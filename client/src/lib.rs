@@ -8,6 +8,7 @@
 //! - [`timeout`]: the learned circuit-build timeout.
 //! - [`circuit`]: building a circuit and its owner task (streams, crypto).
 //! - [`circmgr`]: which circuit a new stream uses.
+//! - [`dir_fetch`]: where the consensus comes from (guards, fallback directories, authorities).
 //! - [`socks`]: the SOCKS4/4a/5 front end (with RESOLVE).
 //! - [`http_proxy`]: the optional HTTP CONNECT front end.
 //!
@@ -17,6 +18,7 @@
 pub mod circmgr;
 pub mod circuit;
 pub mod config;
+pub mod dir_fetch;
 pub mod http_proxy;
 pub mod guard;
 pub mod path;
@@ -132,7 +134,7 @@ pub async fn run(cfg: ClientConfig, _keys: NodeKeys) -> Result<(), ClientError> 
     circuits.set_initial_build_timeout(cfg.initial_build_timeout());
     let state = Arc::new(ClientState { netdir: rx.clone(), circuits, bootstrap: bootstrap.clone(), isolate_destinations: cfg.client.isolate_destinations });
     let mut tasks = tokio::task::JoinSet::new();
-    tasks.spawn(directory_loop(cfg.clone(), tx, bootstrap));
+    tasks.spawn(directory_loop(cfg.clone(), tx, state.clone()));
     let maint = state.clone();
     tasks.spawn(async move {
         maint.circuits.maintain(rx).await;
@@ -150,9 +152,13 @@ pub async fn run(cfg: ClientConfig, _keys: NodeKeys) -> Result<(), ClientError> 
 }
 
 /// Keeps a verified consensus: loads the saved one at start if still usable, fetches at start
-/// and again after fresh-until, keeps using an expired one for the bounded grace while retrying
-/// (allium_directory::cache), and stops if the network requires protocol versions we lack.
-async fn directory_loop(cfg: ClientConfig, tx: watch::Sender<Option<Arc<NetDir>>>, bootstrap: Arc<Bootstrap>) -> Result<(), ClientError> {
+/// and again after fresh-until (through the guards once it has them: [`dir_fetch`]), keeps
+/// using an expired one for the bounded grace while retrying (allium_directory::cache), and
+/// stops if the network requires protocol versions we lack.
+async fn directory_loop(cfg: ClientConfig, tx: watch::Sender<Option<Arc<NetDir>>>, state: Arc<ClientState>) -> Result<(), ClientError> {
+    let bootstrap = &state.bootstrap;
+    // Retries back off up to 30 s (2 s on a test network, where the directory comes up with it).
+    let max_backoff = Duration::from_secs(if cfg.network.dangerous_testnet { 2 } else { 30 });
     let mut backoff = Duration::from_millis(250);
     let mut first = true;
     let ids: Vec<_> = cfg.network.authorities.iter().map(|a| a.identity).collect();
@@ -162,14 +168,15 @@ async fn directory_loop(cfg: ClientConfig, tx: watch::Sender<Option<Arc<NetDir>>
     }
     loop {
         let t = now();
-        match allium_directory::fetch::fetch_consensus(&cfg.network, cfg.node.address, t).await {
-            Ok(dir) => {
+        let current = cache.usable(t);
+        match dir_fetch::fetch(&cfg, &state.circuits, current.as_deref(), t).await {
+            Ok((dir, source)) => {
                 if let Err(e) = allium_directory::check_protocols(&allium_directory::implemented_protocols(), &dir) {
                     tracing::error!("{e}");
                     return Err(e.into());
                 }
                 if first {
-                    bootstrap.advance(25, &format!("consensus fetched and verified ({} relays)", dir.relays().len()));
+                    bootstrap.advance(25, &format!("consensus fetched and verified ({} relays, {})", dir.relays().len(), source.describe()));
                     first = false;
                 }
                 let refetch = dir.fresh_until().saturating_sub(t).max(1) + rand::random::<u64>() % 3;
@@ -183,7 +190,7 @@ async fn directory_loop(cfg: ClientConfig, tx: watch::Sender<Option<Arc<NetDir>>
                     tx.send_replace(None);
                 }
                 tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(Duration::from_secs(30));
+                backoff = (backoff * 2).min(max_backoff);
             }
         }
     }

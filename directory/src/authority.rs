@@ -675,7 +675,7 @@ pub async fn run_authority_on(cfg: AuthorityConfig, keys: NodeKeys, listener: Tc
     );
     let mut tasks = JoinSet::new();
     let app = crate::server::router(shared.clone());
-    tasks.spawn(async move { axum::serve(listener, app).await.map_err(DirError::Serve) });
+    tasks.spawn(async move { axum::serve(crate::access_log::LoggedListener(listener), app).await.map_err(DirError::Serve) });
     let sh = shared.clone();
     tasks.spawn(async move { schedule_loop(sh).await });
     match tasks.join_next().await {

@@ -282,7 +282,7 @@ mod tests {
     #[test]
     fn skew_is_reported() {
         use crate::fetch::FetchAttempt;
-        let att = |error| FetchAttempt { authority: "a".into(), error };
+        let att = |error| FetchAttempt { source: "a".into(), error };
         let ahead = FetchError::AllFailed(vec![att(FetchAttemptError::Verify(ConsensusError::NotYetValid { valid_after: 5000, now: 1000 }))]);
         assert!(skew_hint(&ahead).unwrap().contains("clock is probably behind"));
         let slight = FetchError::AllFailed(vec![att(FetchAttemptError::Verify(ConsensusError::NotYetValid { valid_after: 1030, now: 1000 }))]);

@@ -14,7 +14,7 @@ use crate::netdir::NetDir;
 /// How long one attempt (connect, download, verify) may take.
 pub const FETCH_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Why one authority's answer was not used.
+/// Why one source's answer (an authority's, or a directory cache's) was not used.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum FetchAttemptError {
@@ -32,8 +32,8 @@ pub enum FetchAttemptError {
 /// One failed attempt.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct FetchAttempt {
-    /// The authority's configured name.
-    pub authority: String,
+    /// The source: an authority's configured name, or a relay's nickname.
+    pub source: String,
     pub error: FetchAttemptError,
 }
 
@@ -45,12 +45,12 @@ pub enum FetchError {
     NoAuthorities,
     #[error("cannot make an HTTP client: {0}")]
     Client(String),
-    #[error("no authority served a usable consensus: {}", describe(.0))]
+    #[error("no directory source served a usable consensus: {}", describe(.0))]
     AllFailed(Vec<FetchAttempt>),
 }
 
 fn describe(v: &[FetchAttempt]) -> String {
-    v.iter().map(|a| format!("{}: {}", a.authority, a.error)).collect::<Vec<_>>().join("; ")
+    v.iter().map(|a| format!("{}: {}", a.source, a.error)).collect::<Vec<_>>().join("; ")
 }
 
 /// Downloads the consensus from the authorities in random order, from a socket bound to
@@ -69,13 +69,7 @@ pub async fn fetch_consensus(net: &NetworkConfig, bind: IpAddr, now: u64) -> Res
     for a in order {
         let url = format!("http://{}/allium/v1/consensus", a.address);
         let r = match http::get_text(&client, &url, FETCH_ATTEMPT_TIMEOUT, MAX_CONSENSUS_LEN).await {
-            Ok(text) => {
-                let ids = ids.clone();
-                // Parsing and verifying up to 8 MiB is CPU work.
-                tokio::task::spawn_blocking(move || NetDir::from_text(&text, &ids, now))
-                    .await
-                    .unwrap_or_else(|_| Err(FetchAttemptError::Http("verification task failed".into())))
-            }
+            Ok(text) => verify_off_thread(text, ids.clone(), now).await,
             Err(e) => Err(FetchAttemptError::Http(e)),
         };
         match r {
@@ -86,9 +80,16 @@ pub async fn fetch_consensus(net: &NetworkConfig, bind: IpAddr, now: u64) -> Res
             Err(error) => {
                 tracing::debug!(authority = %a.name, "consensus fetch failed: {error}");
                 tracing::debug!(authority = %a.name, address = %a.address, "consensus fetch failed");
-                failures.push(FetchAttempt { authority: a.name.clone(), error });
+                failures.push(FetchAttempt { source: a.name.clone(), error });
             }
         }
     }
     Err(FetchError::AllFailed(failures))
+}
+
+/// Parses and verifies a downloaded consensus on a blocking thread (up to 8 MiB is CPU work).
+pub async fn verify_off_thread(text: String, authorities: Vec<RelayId>, now: u64) -> Result<NetDir, FetchAttemptError> {
+    tokio::task::spawn_blocking(move || NetDir::from_text(&text, &authorities, now))
+        .await
+        .unwrap_or_else(|_| Err(FetchAttemptError::Http("verification task failed".into())))
 }

@@ -32,6 +32,7 @@
 //! - Path selection (`allium-client`) and the relay's decision of when to republish
 //!   (`allium-relay`, using [`schedule::republish_period_secs`]).
 
+mod access_log;
 pub mod authority;
 pub mod cache;
 pub mod config;

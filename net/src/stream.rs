@@ -11,7 +11,7 @@ use std::sync::Arc;
 
 use allium_proto::flow::{FlowError, RecvWindow, SendWindow, STREAM_SENDME_INC, STREAM_WINDOW};
 use allium_proto::relay_msg::{EndReason, RelayMsg, MAX_BODY_PER_CELL};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, DuplexStream, ReadHalf, WriteHalf};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, Semaphore};
@@ -23,6 +23,31 @@ pub const MAX_STREAMS: usize = 1024;
 const READ_BATCH: usize = 64;
 /// Bytes a writer gathers at most per write.
 const WRITE_BATCH: usize = 256 * 1024;
+
+/// A byte stream a circuit stream can be attached to: an application's or destination's TCP
+/// socket, or an in-process pipe (a directory stream served or read by this node).
+pub trait StreamSocket: Send + 'static {
+    type Read: AsyncRead + Unpin + Send + 'static;
+    type Write: AsyncWrite + Unpin + Send + 'static;
+    fn into_halves(self) -> (Self::Read, Self::Write);
+}
+
+impl StreamSocket for TcpStream {
+    type Read = OwnedReadHalf;
+    type Write = OwnedWriteHalf;
+    fn into_halves(self) -> (OwnedReadHalf, OwnedWriteHalf) {
+        let _ = self.set_nodelay(true);
+        self.into_split()
+    }
+}
+
+impl StreamSocket for DuplexStream {
+    type Read = ReadHalf<DuplexStream>;
+    type Write = WriteHalf<DuplexStream>;
+    fn into_halves(self) -> (Self::Read, Self::Write) {
+        tokio::io::split(self)
+    }
+}
 
 /// What stream tasks tell the circuit task.
 #[derive(Debug)]
@@ -149,11 +174,10 @@ impl StreamMux {
     }
 
     /// Connects an open stream to its socket: `prefix` is written first (e.g. a SOCKS reply).
-    pub fn attach(&mut self, id: u16, sock: TcpStream, prefix: Vec<u8>) {
+    pub fn attach<S: StreamSocket>(&mut self, id: u16, sock: S, prefix: Vec<u8>) {
         let Some(s) = self.streams.get_mut(&id) else { return };
         let Some(rx) = s.writer_rx.take() else { return };
-        let _ = sock.set_nodelay(true);
-        let (rd, wr) = sock.into_split();
+        let (rd, wr) = sock.into_halves();
         tokio::spawn(write_loop(id, wr, rx, prefix, self.events_tx.clone()));
         let reader = tokio::spawn(read_loop(id, rd, s.credit.clone(), self.events_tx.clone()));
         s.reader = Some(reader.abort_handle());
@@ -275,7 +299,7 @@ fn sendmes(id: u16, k: u32) -> Vec<(u16, RelayMsg)> {
     (0..k).map(|_| (id, RelayMsg::Sendme)).collect()
 }
 
-async fn read_loop(id: u16, mut rd: OwnedReadHalf, credit: Arc<Semaphore>, tx: mpsc::UnboundedSender<StreamEvent>) {
+async fn read_loop<R: AsyncRead + Unpin>(id: u16, mut rd: R, credit: Arc<Semaphore>, tx: mpsc::UnboundedSender<StreamEvent>) {
     let mut buf = vec![0u8; READ_BATCH * MAX_BODY_PER_CELL];
     loop {
         let Ok(p) = credit.acquire().await else { return };
@@ -306,9 +330,9 @@ async fn read_loop(id: u16, mut rd: OwnedReadHalf, credit: Arc<Semaphore>, tx: m
     }
 }
 
-async fn write_loop(
+async fn write_loop<W: AsyncWrite + Unpin>(
     id: u16,
-    mut wr: OwnedWriteHalf,
+    mut wr: W,
     mut rx: mpsc::UnboundedReceiver<WriterMsg>,
     prefix: Vec<u8>,
     tx: mpsc::UnboundedSender<StreamEvent>,

@@ -15,12 +15,14 @@
 //! - [`socks`], [`socks4`]: the SOCKS5 and SOCKS4/4a server-side parser.
 //! - [`http_connect`]: the HTTP CONNECT proxy request parser.
 //! - [`policy`]: exit policies.
+//! - [`dir_stream`]: the request and response on a directory stream (BEGIN_DIR).
 //! - [`doc`]: network documents (relay descriptor, vote, consensus) returned unchecked until verified.
 //!
 //! Not in this crate: anything with I/O (see `allium-net`), authority scheduling (`allium-directory`).
 
 pub mod cell;
 pub mod crypto;
+pub mod dir_stream;
 pub mod doc;
 pub mod ext;
 pub mod flow;

@@ -45,6 +45,8 @@ pub enum RelayCmd {
     Resolve = 9,
     /// The exit's answer to RESOLVE, on the same stream id; the id is then free again.
     Resolved = 10,
+    /// Open a directory stream to this hop's own directory cache (no exit involved).
+    BeginDir = 13,
 }
 
 impl RelayCmd {
@@ -61,6 +63,7 @@ impl RelayCmd {
             8 => Drop,
             9 => Resolve,
             10 => Resolved,
+            13 => BeginDir,
             b => return Err(DecodeError::UnknownCommand(b)),
         })
     }
@@ -141,6 +144,8 @@ pub enum RelayMsg {
     Resolve { host: String, ext: Extensions },
     /// The exit's answer to a RESOLVE: 1 to [`MAX_RESOLVED_ADDRS`] addresses, or why not.
     Resolved { result: Result<Vec<IpAddr>, EndReason>, ext: Extensions },
+    /// Open a stream to the hop's directory cache; answered by CONNECTED (no address) or END.
+    BeginDir { ext: Extensions },
 }
 
 /// Most addresses one RESOLVED carries.
@@ -191,6 +196,7 @@ impl RelayMsg {
             RelayMsg::Drop => RelayCmd::Drop,
             RelayMsg::Resolve { .. } => RelayCmd::Resolve,
             RelayMsg::Resolved { .. } => RelayCmd::Resolved,
+            RelayMsg::BeginDir { .. } => RelayCmd::BeginDir,
         }
     }
 
@@ -254,6 +260,7 @@ impl RelayMsg {
                 b.extend_from_slice(host.as_bytes());
                 ext.encode(&mut b);
             }
+            RelayMsg::BeginDir { ext } => ext.encode(&mut b),
             RelayMsg::Resolved { result, ext } => {
                 match result {
                     Ok(addrs) => {
@@ -277,7 +284,7 @@ impl RelayMsg {
         let allowed = match dir {
             Direction::Outbound => matches!(
                 cmd,
-                RelayCmd::Begin | RelayCmd::Data | RelayCmd::End | RelayCmd::Sendme | RelayCmd::Extend | RelayCmd::Drop | RelayCmd::Resolve
+                RelayCmd::Begin | RelayCmd::Data | RelayCmd::End | RelayCmd::Sendme | RelayCmd::Extend | RelayCmd::Drop | RelayCmd::Resolve | RelayCmd::BeginDir
             ),
             Direction::Inbound => matches!(
                 cmd,
@@ -297,6 +304,7 @@ impl RelayMsg {
                 }
                 RelayMsg::Begin { host, port, ext: Extensions::decode_checked(&mut r, KNOWN_CRITICAL)? }
             }
+            RelayCmd::BeginDir => RelayMsg::BeginDir { ext: Extensions::decode_checked(&mut r, KNOWN_CRITICAL)? },
             RelayCmd::Resolve => {
                 let host = decode_host(&mut r)?;
                 RelayMsg::Resolve { host, ext: Extensions::decode_checked(&mut r, KNOWN_CRITICAL)? }
@@ -523,6 +531,19 @@ mod tests {
         round_trip(RelayMsg::Resolved { result: Err(EndReason::ResolveFailed), ext: Extensions::none() }, Direction::Inbound);
         let many = vec!["10.0.0.1".parse().unwrap(); MAX_RESOLVED_ADDRS];
         round_trip(RelayMsg::Resolved { result: Ok(many), ext: Extensions::none() }, Direction::Inbound);
+        round_trip(RelayMsg::BeginDir { ext: Extensions::none() }, Direction::Outbound);
+    }
+
+    /// BEGIN_DIR's documented layout: command 13, body only the (empty) extension field; it
+    /// never travels toward the client.
+    #[test]
+    fn begin_dir_layout() {
+        let m = RelayMsg::BeginDir { ext: Extensions::none() };
+        assert_eq!(m.cmd() as u8, 13);
+        assert_eq!(hex::encode(m.encode_body()), "00");
+        assert_eq!(RelayMsg::decode(13, &[0], Direction::Inbound), Err(DecodeError::NotAllowed(13)));
+        assert!(RelayMsg::decode(13, &[], Direction::Outbound).is_err(), "missing extension field");
+        assert!(RelayMsg::decode(13, &[0, 0], Direction::Outbound).is_err(), "trailing bytes");
     }
 
     /// The exact bodies documented in docs/PROTOCOL.md ("Relay messages").

@@ -213,6 +213,18 @@ impl RelayCircuit {
                 });
                 Ok(())
             }
+            RelayMsg::BeginDir { .. } => {
+                // Any relay is a directory cache: the stream ends here, at this hop.
+                if stream_id == 0 || next.is_some() || resolves.in_flight.contains(&stream_id) {
+                    return Err(Close(DestroyReason::Protocol, Side::Local));
+                }
+                mux.open(stream_id).map_err(|_| Close(DestroyReason::Protocol, Side::Local))?;
+                let (ours, theirs) = tokio::io::duplex(crate::dir_cache::PIPE_BUFFER);
+                tokio::spawn(crate::dir_cache::serve(theirs, self.ctx.dir.clone()));
+                let step = self.send_back(stream_id, &RelayMsg::Connected { addr: None, ext: Default::default() }).await;
+                mux.attach(stream_id, ours, Vec::new());
+                step
+            }
             RelayMsg::Resolve { host, .. } => {
                 // A fresh stream id, answered by RESOLVED on it; no CONNECTED, no END.
                 if stream_id == 0 || next.is_some() || !resolves.in_flight.insert(stream_id) {

@@ -5,6 +5,7 @@
 //! - [`config`]: the relay's TOML config.
 //! - [`circuit`]: one circuit's owner task (crypto, forwarding, extending, exit streams).
 //! - [`exit`]: resolving, exit-policy decisions and connecting for BEGIN.
+//! - [`dir_cache`]: the consensus this relay keeps and serves on directory streams (BEGIN_DIR).
 //! - [`publish`]: building the signed descriptor and uploading it to every authority.
 //! - [`rotation`]: replacing the onion key on schedule, keeping the previous one for a grace.
 //!
@@ -16,6 +17,7 @@
 
 pub mod circuit;
 pub mod config;
+pub mod dir_cache;
 pub mod exit;
 pub mod publish;
 pub mod rotation;
@@ -53,6 +55,8 @@ pub struct RelayCtx {
     pub republish: tokio::sync::Notify,
     pub pool: ChannelPool,
     pub exit: exit::ExitRules,
+    /// The consensus served to clients on directory streams.
+    pub dir: Arc<dir_cache::DirCache>,
     pub testnet: bool,
     #[cfg(feature = "test-hooks")]
     pub corrupt_after: Option<u64>,
@@ -81,8 +85,11 @@ impl InertRelay {
         }
         // Catch up with the schedule before the first descriptor (e.g. after a long stop).
         onion.apply_schedule(&cfg.node.data_dir, &rotation, unix_now())?;
+        let authorities: Vec<RelayId> = cfg.network.authorities.iter().map(|a| a.identity).collect();
+        let saved = allium_directory::ConsensusCache::load(&cfg.node.data_dir, &authorities, cfg.network.dangerous_testnet, unix_now());
         let ctx = RelayCtx {
             id: keys.relay_id(),
+            dir: Arc::new(dir_cache::DirCache::new(saved)),
             pool: ChannelPool::new(cfg.node.address, Some(creds)),
             exit: exit::ExitRules { policy, resolver: cfg.exit.resolver, testnet: cfg.network.dangerous_testnet, bind_ip: cfg.node.address },
             testnet: cfg.network.dangerous_testnet,
@@ -108,7 +115,7 @@ impl InertRelay {
         let mut tasks = JoinSet::new();
         tasks.spawn(accept_loop(listener, ctx.clone(), handler));
         tasks.spawn(publish::publish_loop(self.cfg.clone(), ctx.clone()));
-        tasks.spawn(publish::consensus_watch(self.cfg.clone(), ctx.id));
+        tasks.spawn(publish::consensus_watch(self.cfg.clone(), ctx.clone()));
         tasks.spawn(rotation::rotation_loop(ctx.clone(), self.cfg.node.data_dir.clone(), self.cfg.onion_rotation()?));
         match tasks.join_next().await {
             Some(Ok(Err(e))) => Err(e),

@@ -5,7 +5,6 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use allium_proto::doc::{Protocols, RelayDescriptor};
-use allium_proto::ids::RelayId;
 
 use crate::{RelayConfig, RelayCtx, RelayError};
 
@@ -66,27 +65,32 @@ pub async fn publish_loop(cfg: RelayConfig, ctx: Arc<RelayCtx>) -> Result<(), Re
     }
 }
 
-/// Fetches the consensus periodically and says once whether it lists this relay.
-pub async fn consensus_watch(cfg: RelayConfig, id: RelayId) -> Result<(), RelayError> {
+/// Fetches the consensus from the authorities after each `fresh-until` (a relay is public, so
+/// it may), keeps it in the directory cache it serves to clients, stops if the network requires
+/// protocol versions we lack, and says once whether the consensus lists this relay.
+pub async fn consensus_watch(cfg: RelayConfig, ctx: Arc<RelayCtx>) -> Result<(), RelayError> {
     let mut listed = false;
     loop {
-        let wait = match allium_directory::fetch::fetch_consensus(&cfg.network, cfg.node.address, now()).await {
+        let t = now();
+        let wait = match allium_directory::fetch::fetch_consensus(&cfg.network, cfg.node.address, t).await {
             Ok(dir) => {
                 // A relay lacking a version the network requires stops, saying so.
                 if let Err(e) = allium_directory::check_protocols(&our_protocols(), &dir) {
                     tracing::error!("{e}");
                     return Err(e.into());
                 }
-                let now_listed = dir.by_id(&id).is_some();
+                let dir = ctx.dir.store(dir);
+                let now_listed = dir.by_id(&ctx.id).is_some();
                 if now_listed != listed {
                     tracing::info!("the consensus {} this relay", if now_listed { "lists" } else { "no longer lists" });
                     listed = now_listed;
                 }
-                Duration::from_secs(if cfg.network.dangerous_testnet { 5 } else { 600 })
+                // Just after the next consensus is due; clients ask caches a little later.
+                Duration::from_millis(dir.fresh_until().saturating_sub(t).max(1) * 1000 + rand::random::<u64>() % 1000)
             }
             Err(e) => {
                 tracing::debug!("no consensus yet: {e}");
-                Duration::from_secs(if cfg.network.dangerous_testnet { 2 } else { 60 })
+                Duration::from_secs(if cfg.network.dangerous_testnet { 1 } else { 60 })
             }
         };
         tokio::time::sleep(wait).await;

@@ -62,6 +62,10 @@ pub struct NodeSpec {
     pub dir: PathBuf,
     /// Identity fingerprint, filled in once the keys exist.
     pub fingerprint: String,
+    /// Link and onion public keys, filled in with the fingerprint (the client's fallback
+    /// directories list them).
+    pub link_key: [u8; 32],
+    pub onion_key: [u8; 32],
     /// The client's HTTP CONNECT proxy address, when it has one (`--http-connect-port`).
     pub http_connect: Option<SocketAddr>,
 }
@@ -153,7 +157,7 @@ pub fn plan(dir: &Path, counts: Counts, socks_port: u16, http_connect_port: Opti
             (Role::Client, Some(p)) => Some(SocketAddr::new(loopback, check_port_free(loopback, p)?)),
             _ => None,
         };
-        nodes.push(NodeSpec { dir: dir.join(&name), name, role, ip, listen, fingerprint: String::new(), http_connect });
+        nodes.push(NodeSpec { dir: dir.join(&name), name, role, ip, listen, fingerprint: String::new(), link_key: [0; 32], onion_key: [0; 32], http_connect });
     }
     Ok(nodes)
 }
@@ -253,6 +257,16 @@ pub fn render_config(node: &NodeSpec, all: &[NodeSpec], voting_interval_secs: u6
             }
             if faults.blackhole_relays > 0 {
                 let _ = writeln!(s, "dangerous_initial_build_timeout_ms = {BLACKHOLE_INITIAL_BUILD_TIMEOUT_MS}");
+            }
+            let _ = writeln!(s, "\n# The first consensus comes from these relays, later ones through the guards:");
+            let _ = writeln!(s, "# the client never contacts an authority.");
+            for r in all.iter().filter(|n| n.role.is_relay() && !faults.blackholes(n)) {
+                let _ = writeln!(s, "[[client.fallback_dirs]]");
+                let _ = writeln!(s, "nickname = {}", q(&r.name));
+                let _ = writeln!(s, "identity = {}", q(&r.fingerprint));
+                let _ = writeln!(s, "address = {}", q(&r.listen.to_string()));
+                let _ = writeln!(s, "link_key = {}", q(&hex::encode(r.link_key)));
+                let _ = writeln!(s, "onion_key = {}\n", q(&hex::encode(r.onion_key)));
             }
         }
     }

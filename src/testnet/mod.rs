@@ -245,6 +245,8 @@ async fn bring_up(
     for n in nodes.iter_mut() {
         let keys = allium_net::keys::load_or_create(&n.dir).map_err(|e| format!("{}: {e}", n.name))?;
         n.fingerprint = keys.relay_id().fingerprint();
+        n.link_key = keys.link_public();
+        n.onion_key = keys.onion_public();
     }
     for n in &nodes {
         let text = layout::render_config(n, &nodes, VOTING_INTERVAL_SECS, &faults);

@@ -2,6 +2,7 @@
 //! `cargo test --test integration`), one module per area.
 //!
 //! - [`configs`]: the example configs in `configs/` parse, and config errors are one line.
+//! - [`dir_fetch`]: clients fetch the directory through fallbacks and guards, never authorities.
 //! - [`e2e`]: whole networks started with `allium testnet`, carrying real traffic.
 //! - [`tamper`]: relays that alter cells get circuits destroyed (THREATS A14).
 //! - [`hop_budget`]: relays refuse to extend a circuit beyond its hop budget (THREATS A16).
@@ -14,6 +15,7 @@
 
 mod blackhole;
 mod configs;
+mod dir_fetch;
 mod e2e;
 mod exit_retry;
 mod hop_budget;

@@ -20,7 +20,7 @@ fn fetch_as(net: &Testnet, server: &FileServer, user: &str) {
 }
 
 fn client_log(net: &Testnet) -> String {
-    std::fs::read_to_string(net.dir.join("client").join("log")).unwrap_or_default()
+    net.node_log("client")
 }
 
 /// `(serial, kind)` of every "stream on circuit #N (kind)" line.
@@ -37,14 +37,7 @@ fn stream_circuits(log: &str) -> Vec<(u64, String)> {
 
 /// Polls the client log until it contains `needle` (or `limit` passes).
 fn wait_log(net: &Testnet, needle: &str, limit: Duration) -> String {
-    let deadline = Instant::now() + limit;
-    loop {
-        let log = client_log(net);
-        if log.contains(needle) || Instant::now() > deadline {
-            return log;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    net.wait_log("client", limit, |log| log.contains(needle))
 }
 
 #[test]

@@ -52,8 +52,9 @@ impl Testnet {
             .arg("--dir")
             .arg(&dir)
             .args(["--socks-port", "0"])
-            // The client logs each circuit's path at debug level; tests read it from its log.
-            .env("RUST_LOG", "info,allium_client::circuit=debug")
+            // Tests read these debug lines from the node logs: the client's circuit paths and
+            // directory fetches, and the addresses that connect to an authority's dir port.
+            .env("RUST_LOG", "info,allium_client::circuit=debug,allium_client::dir_fetch=debug,allium_directory::access_log=debug")
             .args(args)
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("clone log handle"))
@@ -103,6 +104,23 @@ impl Testnet {
         let value: toml::Value = text.parse().unwrap_or_else(|e| panic!("parse {}: {e}", path.display()));
         let addr = value.get("node").and_then(|n| n.get("address")).and_then(|a| a.as_str()).expect("node.address");
         addr.parse().expect("node.address is an IP address")
+    }
+
+    /// A node's log so far (`DIR/<name>/log`; empty if not written yet).
+    pub fn node_log(&self, name: &str) -> String {
+        std::fs::read_to_string(self.dir.join(name).join("log")).unwrap_or_default()
+    }
+
+    /// Polls a node's log until `done` holds for it, or `limit` passes; returns the log.
+    pub fn wait_log(&self, name: &str, limit: Duration, done: impl Fn(&str) -> bool) -> String {
+        let deadline = Instant::now() + limit;
+        loop {
+            let log = self.node_log(name);
+            if done(&log) || Instant::now() > deadline {
+                return log;
+            }
+            std::thread::sleep(POLL);
+        }
     }
 
     /// The testnet's own output so far (for failure messages).
