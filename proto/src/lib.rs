@@ -13,6 +13,7 @@
 //! - [`link`]: the link handshake payloads (version negotiation, initiator certificate).
 //! - [`crypto`]: the per-hop circuit handshake (ntor), key derivation and layered relay-cell crypto.
 //! - [`socks`], [`socks4`]: the SOCKS5 and SOCKS4/4a server-side parser.
+//! - [`hs`]: onion services (addresses, blinded keys).
 //! - [`http_connect`]: the HTTP CONNECT proxy request parser.
 //! - [`policy`]: exit policies.
 //! - [`dir_stream`]: the request and response on a directory stream (BEGIN_DIR).
@@ -27,6 +28,7 @@ pub mod doc;
 pub mod ext;
 pub mod flow;
 pub mod frag;
+pub mod hs;
 pub mod http_connect;
 pub mod ids;
 pub mod link;
