@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use allium_proto::hs::OnionAddress;
 use allium_proto::http_connect;
 use allium_proto::ids::RelayId;
 use allium_proto::relay_msg::EndReason;
@@ -105,9 +106,19 @@ pub(crate) async fn serve_request(sock: TcpStream, state: Arc<ClientState>, app:
         TargetAddr::Ip(sa) => (sa.ip().to_string(), sa.port(), ExitNeed::Addr(sa.ip(), sa.port())),
         TargetAddr::Domain(h, p) => (h.clone(), *p, ExitNeed::Port(*p)),
     };
-    if host.to_ascii_lowercase().ends_with(".allium") || host.to_ascii_lowercase().ends_with(".onion") {
-        // Onion services come with their own issue; never leak such a name to an exit.
-        return fail(sock, &front, ReplyCode::HostUnreachable).await;
+    if OnionAddress::is_onion_host(&host) || host.to_ascii_lowercase().ends_with(".onion") {
+        // Never leak such a name to an exit. A malformed address fails at once, with its reason.
+        let code = match OnionAddress::parse(&host) {
+            Err(e) => {
+                tracing::info!("{} request refused: {e}", front.name());
+                ReplyCode::OnionInvalidAddress
+            }
+            Ok(_) => {
+                tracing::info!("{} request refused: connecting to onion services is not implemented yet", front.name());
+                ReplyCode::HostUnreachable
+            }
+        };
+        return fail(sock, &front, code).await;
     }
     if resolve {
         return serve_resolve(sock, state, target, &credentials, front).await;

@@ -88,7 +88,7 @@ pub fn status_for(code: ReplyCode) -> u16 {
         ReplyCode::Succeeded => 200,
         ReplyCode::NotAllowed => 403,
         ReplyCode::CommandNotSupported => 405,
-        ReplyCode::AddressTypeNotSupported => 400,
+        ReplyCode::AddressTypeNotSupported | ReplyCode::OnionInvalidAddress => 400,
         ReplyCode::TtlExpired => 504,
         ReplyCode::GeneralFailure | ReplyCode::NetworkUnreachable | ReplyCode::HostUnreachable | ReplyCode::ConnectionRefused => 502,
     }

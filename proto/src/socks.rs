@@ -169,6 +169,9 @@ pub enum ReplyCode {
     TtlExpired = 6,
     CommandNotSupported = 7,
     AddressTypeNotSupported = 8,
+    /// Tor's extended code (proposal 304): the `.allium` name is not a valid onion address
+    /// (bad length or alphabet, unknown version, wrong checksum, or not a usable key).
+    OnionInvalidAddress = 0xF6,
 }
 
 /// A SOCKS5 reply: `VER REP RSV ATYP BND.ADDR BND.PORT`. `bound: None` encodes 0.0.0.0:0.
@@ -801,6 +804,7 @@ mod tests {
         assert_eq!(r[19], 1);
         assert_eq!(&r[20..], &[0, 80]);
         assert_eq!(ReplyCode::AddressTypeNotSupported as u8, 8);
+        assert_eq!(ReplyCode::OnionInvalidAddress as u8, 0xF6);
     }
 
     #[test]

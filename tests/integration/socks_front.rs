@@ -159,7 +159,20 @@ fn every_front_end_fetches_the_same_file_and_malformed_requests_get_their_errors
     // An IP literal is its own answer; an onion name never leaves the client.
     let mut req = vec![5, 0xf0, 0, 1, 10, 1, 2, 3, 0, 0];
     assert_eq!(socks5_raw(net.socks, &req, 10).0, [5, 0, 0, 1, 10, 1, 2, 3, 0, 0]);
-    assert_eq!(resolve(net.socks, "abc.onion")[..2], [5, 4]);
+    assert_eq!(resolve(net.socks, "abc.onion")[..2], [5, 0xf6], "not an onion address: Tor's extended code F6");
+    // A mistyped .allium address fails at once with F6, before any circuit; so does a valid
+    // address with a checksum for another version.
+    let good = allium_proto::hs::OnionAddress::from_identity(ed25519_dalek::SigningKey::from_bytes(&[5; 32]).verifying_key().to_bytes()).unwrap().to_host();
+    let c = good.as_bytes()[3];
+    let typo = format!("{}{}{}", &good[..3], if c == b'a' { 'b' } else { 'a' }, &good[4..]);
+    let connect_to = |host: &str| {
+        let mut req = vec![5, 1, 0, 3, host.len() as u8];
+        req.extend_from_slice(host.as_bytes());
+        req.extend_from_slice(&80u16.to_be_bytes());
+        socks5_raw(net.socks, &req, 10).0
+    };
+    assert_eq!(connect_to(&typo)[..2], [5, 0xf6], "mistyped onion address");
+    assert_eq!(resolve(net.socks, &typo)[..2], [5, 0xf6], "RESOLVE of a mistyped onion address");
     // RESOLVE_PTR is not supported: 7.
     req[1] = 0xf1;
     assert_eq!(socks5_raw(net.socks, &req, 10).0[..2], [5, 7]);
