@@ -278,7 +278,7 @@ fn parse_address(l: &Line, v: &str) -> Result<SocketAddr, DocError> {
     Ok(a)
 }
 
-fn parse_policy(ls: &[&Line]) -> Result<ExitPolicy, DocError> {
+pub(crate) fn parse_policy(ls: &[&Line]) -> Result<ExitPolicy, DocError> {
     if ls.len() > MAX_POLICY_RULES {
         return Err(DocError::TooMany { what: "policy rules", limit: MAX_POLICY_RULES });
     }
@@ -286,7 +286,7 @@ fn parse_policy(ls: &[&Line]) -> Result<ExitPolicy, DocError> {
     ExitPolicy::parse_rules(&rules).map_err(|e| DocError::BadPolicy { line: ls.get(e.index).map_or(0, |l| l.no), reason: e.kind.to_string() })
 }
 
-fn parse_family(l: &Line) -> Result<Vec<RelayId>, DocError> {
+pub(crate) fn parse_family(l: &Line) -> Result<Vec<RelayId>, DocError> {
     let args = l.args()?;
     if args.len() > MAX_FAMILY {
         return Err(DocError::TooMany { what: "family members", limit: MAX_FAMILY });

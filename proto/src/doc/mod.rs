@@ -54,6 +54,7 @@ mod descriptor;
 mod entry;
 mod flags;
 mod lines;
+pub mod microdesc;
 mod protocols;
 pub mod srv;
 mod vote;
@@ -68,6 +69,7 @@ pub use consensus::{
 pub use descriptor::{certify_link_key, verify_link_cert, RelayDescriptor, UnverifiedDescriptor};
 pub use entry::ConsensusRelay;
 pub use flags::{encode_params, param_name_ok, parse_params, Position, PositionWeights, RelayFlags, MAX_PARAMS, WEIGHT_SCALE};
+pub use microdesc::Microdesc;
 pub use protocols::Protocols;
 pub use srv::{compute_shared_random, srv_commit, srv_value, SharedRandom, SrvValue, VoteSrv};
 pub use vote::{UnverifiedVote, Vote};
