@@ -206,7 +206,8 @@ fn certify_files(
     };
     let link = x25519_dalek::StaticSecret::from(link);
     let public = x25519_dalek::PublicKey::from(&link).to_bytes();
-    let link_cert = match read_link_cert(dir, &me)? {
+    // A malformed certificate, or one for another identity, is simply replaced: the identity is here.
+    let link_cert = match read_link_cert(dir, &me).ok().flatten() {
         Some(sig) if verify_link_cert(&me, &public, &sig) => sig,
         _ => {
             let sig = certify_link_key(id, &public);
@@ -341,6 +342,19 @@ mod tests {
         certify_into(&offline, &auth, 30 * DAY, NOW + 31 * DAY).unwrap();
         assert!(AuthorityKeys::load(&auth, NOW + 32 * DAY).is_ok());
         for d in [offline, auth] {
+            std::fs::remove_dir_all(&d).unwrap();
+        }
+    }
+
+    #[test]
+    fn keygen_replaces_files_of_another_identity() {
+        let (a, b, out) = (tmp("other-a"), tmp("other-b"), tmp("other-out"));
+        certify_into(&a, &out, DAY, NOW).unwrap();
+        let (id_b, cert_b) = certify_into(&b, &out, DAY, NOW).unwrap();
+        let k = AuthorityKeys::load(&out, NOW).unwrap();
+        assert_eq!((k.relay_id(), *k.signer.cert()), (id_b, cert_b));
+        assert!(verify_link_cert(&id_b, &k.link_public(), &k.link_cert));
+        for d in [a, b, out] {
             std::fs::remove_dir_all(&d).unwrap();
         }
     }

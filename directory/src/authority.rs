@@ -894,7 +894,7 @@ mod tests {
     fn three(testnet: bool) -> (Vec<SigningKey>, Vec<AuthorityState>) {
         let keys: Vec<SigningKey> = (1..=3).map(key).collect();
         let ids: Vec<RelayId> = keys.iter().map(|k| RelayId(k.verifying_key().to_bytes())).collect();
-        let states = keys.iter().map(|k| AuthorityState::new(signer(&k), &ids, testnet, Schedule::new(I))).collect();
+        let states = keys.iter().map(|k| AuthorityState::new(signer(k), &ids, testnet, Schedule::new(I))).collect();
         (keys, states)
     }
 
