@@ -59,6 +59,11 @@ async fn testnet(n: usize, start: &[bool]) -> Testnet {
 /// [`testnet`] where authority `i` has its identity key kept elsewhere when `offline[i]` is
 /// set: its data directory holds only what `allium keygen --authority --out` writes.
 async fn testnet_with(n: usize, start: &[bool], offline: &[bool]) -> Testnet {
+    testnet_with_lifetime(n, start, offline, 86_400).await
+}
+
+/// [`testnet_with`], the offline authorities' certificates valid for `cert_secs` from now.
+async fn testnet_with_lifetime(n: usize, start: &[bool], offline: &[bool], cert_secs: u64) -> Testnet {
     let mut listeners = Vec::new();
     let mut keys: Vec<AuthorityKeys> = Vec::new();
     let mut dirs = Vec::new();
@@ -69,7 +74,7 @@ async fn testnet_with(n: usize, start: &[bool], offline: &[bool]) -> Testnet {
         let dir = temp_dir(&format!("auth{i}"));
         if offline.get(i).copied().unwrap_or(false) {
             let id_dir = temp_dir(&format!("auth{i}-identity"));
-            certify_into(&id_dir, &dir, 86_400, now()).unwrap();
+            certify_into(&id_dir, &dir, cert_secs, now()).unwrap();
             assert!(!dir.join(IDENTITY_FILE).exists());
             offline_dirs.push(id_dir);
         }
@@ -314,4 +319,18 @@ async fn a10_authorities_without_their_identity_key_sign_the_consensus() {
         let used = nd.consensus().signatures().iter().find(|s| s.identity() == tn.net.authorities[i].identity).expect("signed").cert;
         assert_eq!(used, cert, "authority {i} signed with the certified key from its data directory");
     }
+}
+
+/// A10 on the running network: once an offline authority's signing-key certificate expires, its
+/// votes and signatures stop counting, and the other two keep publishing a consensus that
+/// clients accept with their two signatures.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a10_authority_whose_certificate_expired_stops_counting() {
+    const CERT_SECS: u64 = 8;
+    let tn = testnet_with_lifetime(3, &[true, true, true], &[true, false, false], CERT_SECS).await;
+    let expires = now() + CERT_SECS;
+    let stale = tn.net.authorities[0].identity;
+    let nd = wait_for_consensus(&tn.net, |nd| nd.valid_after() > expires + INTERVAL && nd.signers().len() == 2).await;
+    assert!(!nd.signers().contains(&stale), "the expired authority's signature does not count");
+    assert!(!nd.consensus().authorities().contains(&stale), "nor does its vote");
 }

@@ -203,7 +203,7 @@ impl Consensus {
     pub fn signatures(&self) -> &[DirSignature] {
         &self.signatures
     }
-    /// The signed part: every line before the first `directory-signature`.
+    /// The signed part: every line before the footer (the first `authority-cert` or `directory-signature`).
     pub fn signed_text(&self) -> &str {
         &self.signed_text
     }
