@@ -8,9 +8,10 @@
 //!
 //! Parsers never hand out a trusted value. [`RelayDescriptor::parse`], [`Vote::parse`] and
 //! [`Consensus::parse`] check syntax only and return [`UnverifiedDescriptor`],
-//! [`UnverifiedVote`] and [`UnverifiedConsensus`]. Only their `verify` methods (signatures and,
-//! for a consensus, the validity interval against a caller-supplied `now`) give the value. A
-//! method that skips a check is named `dangerously_*`.
+//! [`UnverifiedVote`] and [`UnverifiedConsensus`]. Only their `verify` methods (signatures;
+//! for votes and consensuses also the signing-key certificates, and for a consensus its validity
+//! interval, against a caller-supplied `now`) give the value. A method that skips a check is
+//! named `dangerously_*`.
 //!
 //! # Rules shared by every document
 //!
