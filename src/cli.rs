@@ -22,7 +22,8 @@ pub enum Command {
     Relay(RoleArgs),
     /// Run a client: builds circuits and offers a SOCKS5 proxy to applications.
     Client(RoleArgs),
-    /// Create the node keys in a data directory (or load them) and print the fingerprint.
+    /// Create the node keys in a data directory (or load them) and print the fingerprint;
+    /// with --authority, also certify an authority signing key.
     Keygen(KeygenArgs),
     /// Start a whole test network on loopback addresses, each node its own process.
     Testnet(TestnetArgs),
@@ -57,7 +58,19 @@ pub struct RoleArgs {
 /// Arguments of `allium keygen`.
 #[derive(Debug, Args)]
 pub struct KeygenArgs {
-    /// The node's data directory (the `node.data_dir` of its config). Created if missing.
+    /// The node's data directory (the `node.data_dir` of its config). Created if missing. With
+    /// `--authority`: where the identity key is kept (it can stay offline).
     #[arg(long, value_name = "DIR")]
     pub data_dir: PathBuf,
+    /// Also certify a fresh authority signing key (and the link key) with the identity, and
+    /// write the signing key, its certificate and the link-key certificate to `--out`.
+    #[arg(long)]
+    pub authority: bool,
+    /// Lifetime of the signing-key certificate, in days (with `--authority`).
+    #[arg(long, value_name = "N", default_value_t = 90, requires = "authority", value_parser = clap::value_parser!(u64).range(1..=3650))]
+    pub signing_key_lifetime_days: u64,
+    /// Where to write the authority's run-time files (default: `--data-dir`). Copy them to the
+    /// authority's data directory.
+    #[arg(long, value_name = "DIR2", requires = "authority")]
+    pub out: Option<PathBuf>,
 }

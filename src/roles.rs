@@ -10,22 +10,27 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use allium_net::config::ConfigError;
-use allium_net::keys::{self, NodeKeys};
+use allium_directory::authkeys::{self, AuthorityKeys};
+use allium_net::keys::{self, NodeKeys, IDENTITY_FILE};
 
 use crate::cli::{KeygenArgs, RoleArgs};
 use crate::signals::StopSignals;
 use crate::logging;
-
-/// The key file whose presence means a data directory already holds keys.
-const IDENTITY_FILE: &str = "identity_ed25519.key";
 
 pub fn authority(args: &RoleArgs) -> ExitCode {
     let cfg = match allium_directory::config::AuthorityConfig::load(&args.config) {
         Ok(cfg) => cfg,
         Err(e) => return config_error("authority", &e),
     };
-    let data_dir = cfg.node.data_dir.clone();
-    run_node("authority", args, &data_dir, "authority fingerprint", |keys| allium_directory::run_authority(cfg, keys))
+    let keys = match AuthorityKeys::load(&cfg.node.data_dir, keys::unix_now()) {
+        Ok(k) => k,
+        Err(e) => {
+            eprintln!("allium authority: cannot load keys: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let fingerprint = keys.relay_id().fingerprint();
+    run_node("authority", args, "authority fingerprint", &fingerprint, || allium_directory::run_authority(cfg, keys))
 }
 
 pub fn relay(args: &RoleArgs) -> ExitCode {
@@ -33,8 +38,9 @@ pub fn relay(args: &RoleArgs) -> ExitCode {
         Ok(cfg) => cfg,
         Err(e) => return config_error("relay", &e),
     };
-    let data_dir = cfg.node.data_dir.clone();
-    run_node("relay", args, &data_dir, "relay fingerprint", |keys| allium_relay::run(cfg, keys))
+    let Some(keys) = node_keys("relay", &cfg.node.data_dir) else { return ExitCode::FAILURE };
+    let fingerprint = keys.relay_id().fingerprint();
+    run_node("relay", args, "relay fingerprint", &fingerprint, || allium_relay::run(cfg, keys))
 }
 
 pub fn client(args: &RoleArgs) -> ExitCode {
@@ -42,12 +48,43 @@ pub fn client(args: &RoleArgs) -> ExitCode {
         Ok(cfg) => cfg,
         Err(e) => return config_error("client", &e),
     };
-    let data_dir = cfg.node.data_dir.clone();
-    run_node("client", args, &data_dir, "client fingerprint", |keys| allium_client::run(cfg, keys))
+    let Some(keys) = node_keys("client", &cfg.node.data_dir) else { return ExitCode::FAILURE };
+    let fingerprint = keys.relay_id().fingerprint();
+    run_node("client", args, "client fingerprint", &fingerprint, || allium_client::run(cfg, keys))
+}
+
+/// Loads or creates a node's keys, printing why not on failure.
+fn node_keys(role: &str, data_dir: &Path) -> Option<NodeKeys> {
+    keys::load_or_create(data_dir).map_err(|e| eprintln!("allium {role}: cannot load or create keys: {e}")).ok()
 }
 
 pub fn keygen(args: &KeygenArgs) -> ExitCode {
     let existed = args.data_dir.join(IDENTITY_FILE).exists();
+    if args.authority {
+        let out = args.out.as_deref().unwrap_or(&args.data_dir);
+        let lifetime = args.signing_key_lifetime_days * 86_400;
+        return match authkeys::certify_into(&args.data_dir, out, lifetime, keys::unix_now()) {
+            Ok((id, cert)) => {
+                println!("fingerprint: {}", id.fingerprint());
+                println!("signing key certified until {} (unix time; {} days)", cert.expires, args.signing_key_lifetime_days);
+                let verb = if existed { "loaded existing" } else { "created new" };
+                println!("{verb} identity key in {}", args.data_dir.display());
+                println!(
+                    "wrote {}, {}, {} and {} to {}",
+                    authkeys::SIGNING_KEY_FILE,
+                    authkeys::SIGNING_CERT_FILE,
+                    keys::LINK_FILE,
+                    authkeys::LINK_CERT_FILE,
+                    out.display()
+                );
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("allium keygen: {e}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     match keys::load_or_create(&args.data_dir) {
         Ok(keys) => {
             println!("fingerprint: {}", keys.relay_id().fingerprint());
@@ -70,22 +107,15 @@ fn config_error(role: &str, e: &ConfigError) -> ExitCode {
     ExitCode::from(2)
 }
 
-/// Loads the keys, prints the fingerprint, starts logging and runs `run` on a multi-thread
-/// runtime until it fails or a stop signal arrives.
-fn run_node<F, Fut, E>(role: &str, args: &RoleArgs, data_dir: &Path, label: &str, run: F) -> ExitCode
+/// Prints the fingerprint, starts logging and runs `run` on a multi-thread runtime until it
+/// fails or a stop signal arrives.
+fn run_node<F, Fut, E>(role: &str, args: &RoleArgs, label: &str, fingerprint: &str, run: F) -> ExitCode
 where
-    F: FnOnce(NodeKeys) -> Fut,
+    F: FnOnce() -> Fut,
     Fut: Future<Output = Result<(), E>>,
     E: Display,
 {
-    let keys = match keys::load_or_create(data_dir) {
-        Ok(k) => k,
-        Err(e) => {
-            eprintln!("allium {role}: cannot load or create keys: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    println!("{label}: {}", keys.relay_id().fingerprint());
+    println!("{label}: {fingerprint}");
     if let Err(e) = logging::init(args.log_file.as_deref()) {
         eprintln!("allium {role}: {e}");
         return ExitCode::FAILURE;
@@ -101,7 +131,7 @@ where
         let mut stop = StopSignals::register().map_err(|e| format!("cannot install signal handlers: {e}"))?;
         tracing::info!(config = %args.config.display(), "{role} starting");
         tokio::select! {
-            r = run(keys) => r.map_err(|e| e.to_string()),
+            r = run() => r.map_err(|e| e.to_string()),
             sig = stop.recv() => {
                 tracing::info!("received {sig}, stopping");
                 Ok(())

@@ -12,14 +12,15 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use allium_net::config::AuthorityEntry;
-use allium_net::keys::NodeKeys;
-use allium_proto::doc::{compute_consensus, srv_commit, Consensus, ConsensusRelay, DetachedSignature, Protocols, RelayDescriptor, Vote, VoteSrv};
+use allium_proto::doc::{
+    compute_consensus, srv_commit, AuthoritySigner, Consensus, ConsensusRelay, DetachedSignature, Protocols, RelayDescriptor, Vote, VoteSrv,
+};
 use allium_proto::ids::RelayId;
 use allium_proto::policy::is_private;
-use ed25519_dalek::SigningKey;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 
+use crate::authkeys::{AuthorityKeys, KeyNote};
 use crate::config::AuthorityConfig;
 use crate::flags::{assign_flags, capped_weight, Observation, Thresholds};
 use crate::params::ConsensusParams;
@@ -131,7 +132,8 @@ pub struct ReachTarget {
 /// Everything an authority knows, behind one lock. No I/O, no clock.
 pub struct AuthorityState {
     me: RelayId,
-    key: SigningKey,
+    /// The signing key and its certificate: signs votes and consensuses.
+    signer: AuthoritySigner,
     /// Configured authority identities (sorted, unique).
     authorities: BTreeSet<RelayId>,
     testnet: bool,
@@ -154,10 +156,11 @@ pub struct AuthorityState {
 }
 
 impl AuthorityState {
-    pub fn new(key: SigningKey, authorities: &[RelayId], testnet: bool, schedule: Schedule) -> Self {
+    /// An authority that signs with `signer` (its identity is the certificate's).
+    pub fn new(signer: AuthoritySigner, authorities: &[RelayId], testnet: bool, schedule: Schedule) -> Self {
         AuthorityState {
-            me: RelayId(key.verifying_key().to_bytes()),
-            key,
+            me: signer.identity(),
+            signer,
             authorities: authorities.iter().copied().collect(),
             testnet,
             schedule,
@@ -169,6 +172,14 @@ impl AuthorityState {
             policy: VotePolicy::defaults(testnet),
             reach: HashMap::new(),
             srv_reveals: BTreeMap::new(),
+        }
+    }
+
+    /// Signs from now on with a renewed signing key (same identity).
+    pub fn set_signer(&mut self, signer: AuthoritySigner) {
+        debug_assert_eq!(signer.identity(), self.me);
+        if signer.identity() == self.me {
+            self.signer = signer;
         }
     }
 
@@ -299,13 +310,14 @@ impl AuthorityState {
         let vote = Vote {
             lifetime: self.schedule.lifetime(t),
             voter: self.me,
+            cert: *self.signer.cert(),
             params: self.policy.params.clone(),
             recommended_protocols: self.policy.recommended_protocols.clone(),
             required_protocols: self.policy.required_protocols.clone(),
             relays: self.descriptors.values().filter_map(|d| self.vote_entry(d, &th, now)).collect(),
             srv,
         };
-        let text: Arc<str> = vote.encode_signed(&self.key).into();
+        let text: Arc<str> = vote.encode_signed(self.signer.key()).into();
         let n = vote.relays.len();
         self.votes.entry(t).or_default().insert(self.me, (vote, text.clone()));
         // Keep votes for this period and the next only.
@@ -399,7 +411,7 @@ impl AuthorityState {
             return None;
         }
         let mut c = compute_consensus(&votes, self.authorities.len(), self.schedule.lifetime(t));
-        let mine = DetachedSignature::new(&c, &self.key);
+        let mine = DetachedSignature::new(&c, &self.signer);
         c.add_signature(mine.signature);
         for s in self.early_sigs.remove(&t).unwrap_or_default().into_values() {
             if s.digest == c.digest() {
@@ -422,11 +434,11 @@ impl AuthorityState {
     /// Accepts a detached signature from another authority at `now_ms`. Returns `Some` when
     /// that made a consensus publishable or added a signature to the published one.
     pub fn accept_signature(&mut self, s: DetachedSignature, now_ms: u64) -> Result<Option<Published>, Reject> {
-        if !self.authorities.contains(&s.signature.identity) {
+        if !self.authorities.contains(&s.signature.identity()) {
             return Err(Reject::bad("signer is not a configured authority"));
         }
-        if !s.verify() {
-            return Err(Reject::bad("signature does not verify"));
+        if let Err(e) = s.verify(now_ms / 1000) {
+            return Err(Reject::bad(e.to_string()));
         }
         let t = s.valid_after;
         if let Some(c) = self.pending.as_mut().filter(|c| c.valid_after() == t) {
@@ -448,7 +460,7 @@ impl AuthorityState {
         }
         if self.schedule.accepts_vote_for(t, now_ms) || self.schedule.next_period(now_ms) == t {
             let slot = self.early_sigs.entry(t).or_default();
-            slot.entry(s.signature.identity).or_insert(s);
+            slot.entry(s.signature.identity()).or_insert(s);
             while self.early_sigs.len() > 2 {
                 self.early_sigs.pop_first();
             }
@@ -464,7 +476,7 @@ impl AuthorityState {
         if now_ms < self.schedule.publish_at_ms(c.valid_after()) {
             return None;
         }
-        let good = c.signatures().iter().filter(|s| self.authorities.contains(&s.identity)).count();
+        let good = c.signatures().iter().filter(|s| self.authorities.contains(&s.identity())).count();
         if good < self.majority() {
             return None;
         }
@@ -520,6 +532,8 @@ pub(crate) struct Shared {
     pub bind: std::net::IpAddr,
     /// Bounds concurrent reachability tests.
     pub tests: Arc<tokio::sync::Semaphore>,
+    /// The keys, for the signing key's renewal (see [`maintain_keys`]).
+    pub keys: Mutex<AuthorityKeys>,
 }
 
 /// Most reachability tests in flight at once.
@@ -624,7 +638,7 @@ pub fn load_consensus(dir: &Path, authorities: &[RelayId], now: u64) -> Option<C
 }
 
 /// Runs an authority: binds `node.address:dir_port`, then serves and votes forever.
-pub async fn run_authority(cfg: AuthorityConfig, keys: NodeKeys) -> Result<(), DirError> {
+pub async fn run_authority(cfg: AuthorityConfig, keys: AuthorityKeys) -> Result<(), DirError> {
     cfg.validate()?;
     cfg.check_identity(&keys.relay_id())?;
     let addr = SocketAddr::new(cfg.node.address, cfg.authority.dir_port);
@@ -641,7 +655,7 @@ pub async fn run_authority(cfg: AuthorityConfig, keys: NodeKeys) -> Result<(), D
 
 /// Like [`run_authority`], on a listener bound by the caller (tests bind port 0 first to learn
 /// the port). `authority.dir_port` is not used.
-pub async fn run_authority_on(cfg: AuthorityConfig, keys: NodeKeys, listener: TcpListener) -> Result<(), DirError> {
+pub async fn run_authority_on(cfg: AuthorityConfig, mut keys: AuthorityKeys, listener: TcpListener) -> Result<(), DirError> {
     cfg.validate()?;
     let me = keys.relay_id();
     cfg.check_identity(&me)?;
@@ -650,7 +664,9 @@ pub async fn run_authority_on(cfg: AuthorityConfig, keys: NodeKeys, listener: Tc
     let http = crate::http::client(cfg.node.address).map_err(DirError::Http)?;
     allium_net::keys::ensure_dir(&cfg.node.data_dir).map_err(|e| DirError::DataDir(e.to_string()))?;
     let policy = VotePolicy::from_config(&cfg)?;
-    let mut state = AuthorityState::new(keys.identity.clone(), &ids, cfg.network.dangerous_testnet, schedule).with_policy(policy);
+    log_key_notes(&std::mem::take(&mut keys.notes));
+    let (cert_expires, identity_present) = (keys.signer.cert().expires, keys.identity.is_some());
+    let mut state = AuthorityState::new(keys.signer.clone(), &ids, cfg.network.dangerous_testnet, schedule).with_policy(policy);
     if let Some(c) = load_consensus(&cfg.node.data_dir, &ids, now_ms() / 1000) {
         tracing::info!(valid_after = c.valid_after(), relays = c.relays().len(), "loaded the saved consensus");
         state.install_published(c);
@@ -663,7 +679,8 @@ pub async fn run_authority_on(cfg: AuthorityConfig, keys: NodeKeys, listener: Tc
         http,
         data_dir: cfg.node.data_dir.clone(),
         save_lock: tokio::sync::Mutex::new(()),
-        creds: Arc::new(allium_net::link::RelayCredentials::new(&keys)),
+        creds: Arc::new(keys.credentials()),
+        keys: Mutex::new(keys),
         bind: cfg.node.address,
         tests: Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT_TESTS)),
     });
@@ -671,6 +688,8 @@ pub async fn run_authority_on(cfg: AuthorityConfig, keys: NodeKeys, listener: Tc
         nickname = %cfg.node.nickname,
         interval_secs = schedule.interval_secs(),
         authorities = shared.authority_ids.len(),
+        signing_key_certified_until = cert_expires,
+        identity_key_present = identity_present,
         "directory authority running"
     );
     let mut tasks = JoinSet::new();
@@ -682,6 +701,33 @@ pub async fn run_authority_on(cfg: AuthorityConfig, keys: NodeKeys, listener: Tc
         Some(Ok(r)) => r,
         Some(Err(e)) => Err(DirError::TaskFailed(e.to_string())),
         None => Err(DirError::TaskFailed("no task".into())),
+    }
+}
+
+fn log_key_notes(notes: &[KeyNote]) {
+    for n in notes {
+        match n {
+            KeyNote::Info(m) => tracing::info!("{m}"),
+            KeyNote::Warn(m) => tracing::warn!("{m}"),
+        }
+    }
+}
+
+/// Once a period: renews the signing key when it is due and the identity is at hand (the
+/// state signs with the new one at once), or warns that it expires soon.
+fn maintain_keys(sh: &Shared) {
+    let now = now_ms() / 1000;
+    let mut keys = sh.keys.lock().unwrap_or_else(|e| e.into_inner());
+    match keys.maintain(&sh.data_dir, now) {
+        Ok((renewed, notes)) => {
+            log_key_notes(&notes);
+            if renewed {
+                let signer = keys.signer.clone();
+                drop(keys);
+                sh.lock().set_signer(signer);
+            }
+        }
+        Err(e) => tracing::error!("cannot renew the authority signing key: {e}"),
     }
 }
 
@@ -702,6 +748,7 @@ async fn schedule_loop(sh: Arc<Shared>) -> Result<(), DirError> {
     let s = sh.schedule;
     loop {
         let t = s.next_period(now_ms());
+        maintain_keys(&sh);
         let window = reach_window_ms(s.interval_secs());
         sleep_until_ms(s.vote_at_ms(t).saturating_sub(window)).await;
         if now_ms() < s.vote_at_ms(t) {
@@ -798,6 +845,7 @@ fn report(peer: &AuthorityEntry, what: &str, r: Result<(), crate::http::PostErro
 mod tests {
     use super::*;
     use allium_proto::doc::{certify_link_key, RelayFlags};
+    use ed25519_dalek::SigningKey;
     use allium_proto::policy::ExitPolicy;
 
     const I: u64 = 10;
@@ -805,6 +853,18 @@ mod tests {
 
     fn key(seed: u8) -> SigningKey {
         SigningKey::from_bytes(&[seed; 32])
+    }
+
+    /// Authority `k`'s signing key, certified from time 0 for a long time.
+    fn signer(k: &SigningKey) -> AuthoritySigner {
+        signer_until(k, u64::MAX)
+    }
+
+    fn signer_until(k: &SigningKey, expires: u64) -> AuthoritySigner {
+        let mut b = k.to_bytes();
+        b[0] ^= 0x5a;
+        b[7] ^= expires.to_be_bytes()[7];
+        AuthoritySigner::certify(k, SigningKey::from_bytes(&b), 0, expires)
     }
 
     fn desc(k: &SigningKey, published: u64, addr: &str) -> RelayDescriptor {
@@ -834,7 +894,7 @@ mod tests {
     fn three(testnet: bool) -> (Vec<SigningKey>, Vec<AuthorityState>) {
         let keys: Vec<SigningKey> = (1..=3).map(key).collect();
         let ids: Vec<RelayId> = keys.iter().map(|k| RelayId(k.verifying_key().to_bytes())).collect();
-        let states = keys.iter().map(|k| AuthorityState::new(k.clone(), &ids, testnet, Schedule::new(I))).collect();
+        let states = keys.iter().map(|k| AuthorityState::new(signer(k), &ids, testnet, Schedule::new(I))).collect();
         (keys, states)
     }
 
@@ -885,7 +945,7 @@ mod tests {
                 continue;
             }
             for text in &votes {
-                let v = Vote::parse(text).unwrap().verify().unwrap();
+                let v = Vote::parse(text).unwrap().verify(T).unwrap();
                 let _ = st.accept_vote(v, text.clone(), s.vote_at_ms(t) + 10);
             }
         }
@@ -942,7 +1002,7 @@ mod tests {
         assert_eq!(srv_published(&out, 0).current.map(|v| v.reveals), Some(2));
         // Authority 2 comes back with no memory: it commits, reveals one period later.
         let ids: Vec<RelayId> = keys.iter().map(|k| RelayId(k.verifying_key().to_bytes())).collect();
-        st[2] = AuthorityState::new(keys[2].clone(), &ids, true, Schedule::new(I));
+        st[2] = AuthorityState::new(signer(&keys[2]), &ids, true, Schedule::new(I));
         let out = run_period_at(&mut st, &[true, true, true], T + 2 * I);
         assert_eq!(out[2].as_ref().map(|p| &p.text), out[0].as_ref().map(|p| &p.text), "it agrees");
         assert_eq!(srv_published(&out, 0).current.map(|v| v.reveals), Some(2));
@@ -996,22 +1056,22 @@ mod tests {
         let s = Schedule::new(I);
         let outsider = key(9);
         let ids: Vec<RelayId> = keys.iter().map(|k| RelayId(k.verifying_key().to_bytes())).collect();
-        let mut other = AuthorityState::new(outsider.clone(), &[RelayId(outsider.verifying_key().to_bytes())], true, s);
+        let mut other = AuthorityState::new(signer(&outsider), &[RelayId(outsider.verifying_key().to_bytes())], true, s);
         let (text, _) = other.make_vote(T, T - 5);
-        let v = Vote::parse(&text).unwrap().verify().unwrap();
+        let v = Vote::parse(&text).unwrap().verify(T).unwrap();
         assert!(st[0].accept_vote(v, text, s.vote_at_ms(T)).unwrap_err().reason.contains("not a configured"));
         // A vote for a period far away is refused.
-        let mut peer = AuthorityState::new(keys[1].clone(), &ids, true, s);
+        let mut peer = AuthorityState::new(signer(&keys[1]), &ids, true, s);
         let (text, _) = peer.make_vote(T + 100 * I, T);
-        let v = Vote::parse(&text).unwrap().verify().unwrap();
+        let v = Vote::parse(&text).unwrap().verify(T).unwrap();
         assert!(st[0].accept_vote(v, text, s.vote_at_ms(T)).is_err());
         // A second, different vote by the same authority for the same period: conflict.
         let (t1, _) = peer.make_vote(T, T - 5);
         peer.accept_descriptor(desc(&key(70), T - 5, "127.0.0.1:9001"), T - 5).unwrap();
         all_reachable(&mut peer, T - 5);
         let (t2, _) = peer.make_vote(T, T - 5);
-        let v1 = Vote::parse(&t1).unwrap().verify().unwrap();
-        let v2 = Vote::parse(&t2).unwrap().verify().unwrap();
+        let v1 = Vote::parse(&t1).unwrap().verify(T).unwrap();
+        let v2 = Vote::parse(&t2).unwrap().verify(T).unwrap();
         assert_eq!(st[0].accept_vote(v1.clone(), t1.clone(), s.vote_at_ms(T)), Ok(Accepted::New));
         assert_eq!(st[0].accept_vote(v1, t1, s.vote_at_ms(T)), Ok(Accepted::Unchanged));
         assert_eq!(st[0].accept_vote(v2, t2, s.vote_at_ms(T)).unwrap_err().status, 409);
@@ -1019,10 +1079,45 @@ mod tests {
         st[0].make_vote(T, T - 5);
         st[0].make_consensus(T).expect("two votes of three");
         let c = Consensus::new(s.lifetime(T), vec![], vec![]);
-        let wrong = DetachedSignature::new(&c, &keys[1]);
+        let wrong = DetachedSignature::new(&c, &signer(&keys[1]));
         assert_eq!(st[0].accept_signature(wrong, s.sign_at_ms(T)).unwrap_err().status, 409);
-        let out = DetachedSignature::new(&c, &outsider);
+        let out = DetachedSignature::new(&c, &signer(&outsider));
         assert_eq!(st[0].accept_signature(out, s.sign_at_ms(T)).unwrap_err().status, 400);
+    }
+
+    #[test]
+    fn a10_signature_under_an_expired_certificate_is_refused() {
+        let (keys, mut st) = three(true);
+        let s = Schedule::new(I);
+        let (a, rest) = st.split_at_mut(1);
+        let (va, _) = a[0].make_vote(T, T - 5);
+        let (vb, _) = rest[0].make_vote(T, T - 5);
+        let now = s.vote_at_ms(T) + 1;
+        rest[0].accept_vote(Vote::parse(&va).unwrap().verify(T).unwrap(), va.clone(), now).unwrap();
+        a[0].accept_vote(Vote::parse(&vb).unwrap().verify(T).unwrap(), vb.clone(), now).unwrap();
+        a[0].make_consensus(T).unwrap();
+        let c = a[0].pending.clone().unwrap();
+        // Authority 1's signature, but under a certificate that expired before now.
+        let stale = DetachedSignature::new(&c, &signer_until(&keys[1], T - 100));
+        let r = a[0].accept_signature(stale, s.sign_at_ms(T)).unwrap_err();
+        assert!(r.status == 400 && r.reason.contains("expired"), "{r:?}");
+        assert_eq!(a[0].pending_summary(T).unwrap().2, 1, "not counted");
+        // A vote under an expired certificate does not verify at all.
+        rest[0].set_signer(signer_until(&keys[1], T - 100));
+        let (stale_vote, _) = rest[0].make_vote(T + I, T + I - 5);
+        assert!(Vote::parse(&stale_vote).unwrap().verify(T + I - 5).is_err());
+    }
+
+    #[test]
+    fn renewed_signing_key_keeps_the_authority_counted() {
+        let (keys, mut st) = three(true);
+        run_period_at(&mut st, &[true, true, true], T);
+        st[0].set_signer(signer_until(&keys[0], u64::MAX - 1));
+        let out = run_period_at(&mut st, &[true, true, true], T + I);
+        let ids: Vec<RelayId> = keys.iter().map(|k| RelayId(k.verifying_key().to_bytes())).collect();
+        let c = Consensus::parse(&out[1].as_ref().unwrap().text).unwrap().verify(&ids, T + I).unwrap();
+        assert_eq!(c.signatures().len(), 3);
+        assert_eq!(c.signatures().iter().find(|s| s.identity() == ids[0]).unwrap().cert, *signer_until(&keys[0], u64::MAX - 1).cert());
     }
 
     #[test]
@@ -1034,8 +1129,8 @@ mod tests {
         let (va, _) = a[0].make_vote(T, T - 5);
         let (vb, _) = b[0].make_vote(T, T - 5);
         let now = s.vote_at_ms(T) + 1;
-        b[0].accept_vote(Vote::parse(&va).unwrap().verify().unwrap(), va.clone(), now).unwrap();
-        a[0].accept_vote(Vote::parse(&vb).unwrap().verify().unwrap(), vb.clone(), now).unwrap();
+        b[0].accept_vote(Vote::parse(&va).unwrap().verify(T).unwrap(), va.clone(), now).unwrap();
+        a[0].accept_vote(Vote::parse(&vb).unwrap().verify(T).unwrap(), vb.clone(), now).unwrap();
         let sig_b = b[0].make_consensus(T).unwrap();
         // a has not computed yet: the signature waits.
         assert!(a[0].accept_signature(sig_b, now).unwrap().is_none());
@@ -1088,7 +1183,7 @@ mod tests {
         }
         a.record_reachability(RelayId(gone.verifying_key().to_bytes()), false, now);
         let (text, n) = a.make_vote(T, now);
-        let v = Vote::parse(&text).unwrap().verify().unwrap();
+        let v = Vote::parse(&text).unwrap().verify(T).unwrap();
         let listed: Vec<RelayId> = v.relays.iter().map(|r| r.identity).collect();
         assert_eq!(n, 2, "{listed:?}");
         let find = |k: &SigningKey| v.relays.iter().find(|r| r.identity == RelayId(k.verifying_key().to_bytes())).cloned();
@@ -1113,11 +1208,11 @@ mod tests {
         st[0].record_reachability(id, true, T - 5);
         assert!(st[0].untested(&id).is_none());
         let (text, _) = st[0].make_vote(T, T - 5);
-        let v = Vote::parse(&text).unwrap().verify().unwrap();
+        let v = Vote::parse(&text).unwrap().verify(T).unwrap();
         assert!(v.relays[0].flags.contains(RelayFlags::RUNNING | RelayFlags::GUARD | RelayFlags::HSDIR | RelayFlags::STABLE));
         st[0].record_reachability(id, false, T + I - 5);
         let (text, _) = st[0].make_vote(T + I, T + I - 5);
-        assert!(Vote::parse(&text).unwrap().verify().unwrap().relays.is_empty());
+        assert!(Vote::parse(&text).unwrap().verify(T).unwrap().relays.is_empty());
     }
 
     /// Size of a synthetic 1,000-relay consensus and one authority's CPU time for a voting
@@ -1151,7 +1246,7 @@ mod tests {
         let vote_ms = t0.elapsed().as_secs_f64() * 1000.0 / 3.0;
         let t1 = std::time::Instant::now();
         for text in &texts[1..] {
-            let v = Vote::parse(text).unwrap().verify().unwrap();
+            let v = Vote::parse(text).unwrap().verify(T).unwrap();
             st[0].accept_vote(v, text.clone(), s.vote_at_ms(T) + 10).unwrap();
         }
         let ingest_ms = t1.elapsed().as_secs_f64() * 1000.0;

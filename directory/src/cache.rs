@@ -12,7 +12,8 @@
 //!   more than [`SKEW_TOLERANCE_SECS`] ahead, the node says its clock is probably behind.
 //! - The kept consensus is written to `data_dir/cached-consensus` through
 //!   `data_dir/.cached-consensus.tmp` (written, synced, renamed), and loaded at start when its
-//!   signatures verify and it is live or in its grace.
+//!   signatures verify (with the signing-key certificates checked at its `valid-after`, see
+//!   `UnverifiedConsensus::dangerously_skip_time_check`) and it is live or in its grace.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;

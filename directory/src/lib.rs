@@ -6,6 +6,8 @@
 //!
 //! - [`config`]: the authority's config file (`[node]`, `[network]`, `[authority]`).
 //! - [`schedule`]: the voting schedule as pure functions of the interval and the time.
+//! - [`authkeys`]: the authority's key files: identity (optional at run time), signing key
+//!   and certificate, link key and link-key certificate; renewal; `allium keygen --authority`.
 //! - [`authority`]: the authority's state and acceptance rules ([`AuthorityState`], no I/O;
 //!   it also keeps its shared-random reveals, in memory),
 //!   and [`run_authority`], which serves HTTP and runs the vote / sign / publish loop.
@@ -26,13 +28,14 @@
 //! # Not in this crate
 //!
 //! - Document encoding, parsing and signature checks (`allium_proto::doc`).
-//! - Bandwidth measurement (weights come from capped self-reports),
-//!   authority signing-key certificates, consensus diffs and compression, and directory caches
-//!   on relays: later directory work (see the design note in `allium_proto::doc`).
+//! - Bandwidth measurement (weights come from capped self-reports), consensus diffs and
+//!   compression: later directory work. Relays serve the consensus as caches
+//!   (`allium-relay`'s `dir_cache`); clients choose where to fetch (`allium-client`'s `dir_fetch`).
 //! - Path selection (`allium-client`) and the relay's decision of when to republish
 //!   (`allium-relay`, using [`schedule::republish_period_secs`]).
 
 mod access_log;
+pub mod authkeys;
 pub mod authority;
 pub mod cache;
 pub mod config;
@@ -47,6 +50,7 @@ pub mod publish;
 pub mod schedule;
 pub mod server;
 
+pub use authkeys::{AuthKeyError, AuthorityKeys};
 pub use authority::{run_authority, run_authority_on, AuthorityState, VotePolicy};
 pub use config::{AuthorityConfig, AuthoritySection};
 pub use fetch::{fetch_consensus, FetchAttempt, FetchAttemptError, FetchError};

@@ -102,7 +102,7 @@ impl NetDir {
 
     /// The authorities whose valid signatures were counted.
     pub fn signers(&self) -> Vec<RelayId> {
-        self.consensus.signatures().iter().map(|s| s.identity).collect()
+        self.consensus.signatures().iter().map(|s| s.identity()).collect()
     }
 
     /// The shared random values of this consensus: `current` for its period (the onion-service
@@ -145,7 +145,8 @@ pub(crate) mod tests {
         let k = SigningKey::from_bytes(&[1; 32]);
         let id = RelayId(k.verifying_key().to_bytes());
         let mut c = Consensus::with_meta(lt, meta, vec![id], relays);
-        c.add_signature(c.sign(&k));
+        let signer = allium_proto::doc::AuthoritySigner::certify(&k, SigningKey::from_bytes(&[2; 32]), 0, u64::MAX);
+        c.add_signature(c.sign(&signer));
         (c.encode(), vec![id])
     }
 

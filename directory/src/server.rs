@@ -77,7 +77,7 @@ async fn post_descriptor(State(sh): State<Arc<Shared>>, body: String) -> Respons
 
 /// Parses, verifies and stores a vote (pushed to us or pulled by us).
 pub(crate) fn ingest_vote(sh: &Shared, body: &str) -> Result<Accepted, Reject> {
-    let v = Vote::parse(body).and_then(|u| u.verify()).map_err(|e| Reject { status: 400, reason: e.to_string() })?;
+    let v = Vote::parse(body).and_then(|u| u.verify(now_ms() / 1000)).map_err(|e| Reject { status: 400, reason: e.to_string() })?;
     sh.lock().accept_vote(v, body.into(), now_ms())
 }
 

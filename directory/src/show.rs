@@ -24,8 +24,11 @@ pub fn render(nd: &NetDir, now: u64) -> String {
     let _ = writeln!(o, "  digest: {}", hex::encode(c.digest()));
     let _ = writeln!(o, "authorities whose votes counted: {}", c.authorities().len());
     for a in c.authorities() {
-        let signed = c.signatures().iter().any(|s| s.identity == *a);
-        let _ = writeln!(o, "  {} {}", a.fingerprint(), if signed { "signed (valid)" } else { "no valid signature" });
+        let state = match c.signatures().iter().find(|s| s.identity() == *a) {
+            Some(s) => format!("signed (valid; signing key certified until {})", s.cert.expires),
+            None => "no valid signature".to_string(),
+        };
+        let _ = writeln!(o, "  {} {state}", a.fingerprint());
     }
     let _ = writeln!(o, "valid signatures: {}", c.signatures().len());
     let params: Vec<String> = c.params().iter().map(|(k, v)| format!("{k}={v}")).collect();

@@ -7,9 +7,10 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use allium_directory::{fetch_consensus, publish_descriptor, run_authority_on, AuthorityConfig, AuthoritySection, NetDir};
+use allium_directory::authkeys::{certify_into, SIGNING_CERT_FILE, SIGNING_KEY_FILE};
+use allium_directory::{fetch_consensus, publish_descriptor, run_authority_on, AuthorityConfig, AuthorityKeys, AuthoritySection, NetDir};
 use allium_net::config::{AuthorityEntry, NetworkConfig, NodeConfig};
-use allium_net::keys::{load_or_create, NodeKeys};
+use allium_net::keys::{load_or_create, IDENTITY_FILE};
 use allium_proto::doc::{certify_link_key, RelayDescriptor, RelayFlags};
 use allium_proto::ids::RelayId;
 use allium_proto::policy::ExitPolicy;
@@ -37,6 +38,7 @@ fn temp_dir(tag: &str) -> PathBuf {
 
 struct Testnet {
     net: NetworkConfig,
+    /// Each authority's data directory, then the directories holding offline identities.
     dirs: Vec<PathBuf>,
 }
 
@@ -51,14 +53,32 @@ impl Drop for Testnet {
 /// Makes `n` authorities and starts those with `start[i]` set. Each listener is bound before
 /// the configs are written, so every config knows every port.
 async fn testnet(n: usize, start: &[bool]) -> Testnet {
+    testnet_with(n, start, &[]).await
+}
+
+/// [`testnet`] where authority `i` has its identity key kept elsewhere when `offline[i]` is
+/// set: its data directory holds only what `allium keygen --authority --out` writes.
+async fn testnet_with(n: usize, start: &[bool], offline: &[bool]) -> Testnet {
+    testnet_with_lifetime(n, start, offline, 86_400).await
+}
+
+/// [`testnet_with`], the offline authorities' certificates valid for `cert_secs` from now.
+async fn testnet_with_lifetime(n: usize, start: &[bool], offline: &[bool], cert_secs: u64) -> Testnet {
     let mut listeners = Vec::new();
-    let mut keys: Vec<NodeKeys> = Vec::new();
+    let mut keys: Vec<AuthorityKeys> = Vec::new();
     let mut dirs = Vec::new();
+    let mut offline_dirs = Vec::new();
     let mut entries = Vec::new();
     for i in 0..n {
         let l = TcpListener::bind(SocketAddr::new(LOCALHOST, 0)).await.unwrap();
         let dir = temp_dir(&format!("auth{i}"));
-        let k = load_or_create(&dir).unwrap();
+        if offline.get(i).copied().unwrap_or(false) {
+            let id_dir = temp_dir(&format!("auth{i}-identity"));
+            certify_into(&id_dir, &dir, cert_secs, now()).unwrap();
+            assert!(!dir.join(IDENTITY_FILE).exists());
+            offline_dirs.push(id_dir);
+        }
+        let k = AuthorityKeys::load(&dir, now()).unwrap();
         entries.push(AuthorityEntry { name: format!("auth{i}"), identity: k.relay_id(), address: l.local_addr().unwrap() });
         listeners.push(l);
         keys.push(k);
@@ -85,6 +105,7 @@ async fn testnet(n: usize, start: &[bool]) -> Testnet {
             panic!("authority {i} stopped: {r:?}");
         });
     }
+    dirs.extend(offline_dirs);
     Testnet { net, dirs }
 }
 
@@ -212,7 +233,7 @@ async fn three_authorities_publish_a_consensus_signed_by_all() {
     assert_eq!(again.consensus_text(), nd.consensus_text());
     // Each authority saved a consensus in its data directory.
     let start = Instant::now();
-    while !tn.dirs.iter().all(|d| d.join(allium_directory::authority::CONSENSUS_FILE).exists()) {
+    while !tn.dirs[..3].iter().all(|d| d.join(allium_directory::authority::CONSENSUS_FILE).exists()) {
         assert!(start.elapsed() < DEADLINE, "consensus files not written");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
@@ -279,4 +300,37 @@ async fn consecutive_consensuses_carry_different_shared_random_values() {
     if second.valid_after() == first.valid_after() + INTERVAL {
         assert_eq!(second.shared_random().previous, Some(v1), "previous is the last period's current");
     }
+}
+
+/// "Offline-able" identities: authorities whose data directories hold only the signing key,
+/// its certificate, the link key and the link-key certificate still vote, sign and publish, and
+/// their signatures count (A10: with certificates from the configured identities).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a10_authorities_without_their_identity_key_sign_the_consensus() {
+    let tn = testnet_with(3, &[true, true, true], &[true, true, false]).await;
+    let f = fake_relay(31).await;
+    assert_eq!(publish_descriptor(&tn.net, LOCALHOST, &f.desc.encode_signed(&f.key)).await, 3);
+    let id = f.desc.identity;
+    let nd = wait_for_consensus(&tn.net, |nd| nd.signers().len() == 3 && nd.by_id(&id).is_some()).await;
+    for (i, d) in tn.dirs[..2].iter().enumerate() {
+        assert!(!d.join(IDENTITY_FILE).exists(), "authority {i} ran without its identity key");
+        assert!(d.join(SIGNING_KEY_FILE).exists());
+        let cert = allium_proto::doc::AuthorityCert::parse(&std::fs::read_to_string(d.join(SIGNING_CERT_FILE)).unwrap()).unwrap();
+        let used = nd.consensus().signatures().iter().find(|s| s.identity() == tn.net.authorities[i].identity).expect("signed").cert;
+        assert_eq!(used, cert, "authority {i} signed with the certified key from its data directory");
+    }
+}
+
+/// A10 on the running network: once an offline authority's signing-key certificate expires, its
+/// votes and signatures stop counting, and the other two keep publishing a consensus that
+/// clients accept with their two signatures.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a10_authority_whose_certificate_expired_stops_counting() {
+    const CERT_SECS: u64 = 8;
+    let tn = testnet_with_lifetime(3, &[true, true, true], &[true, false, false], CERT_SECS).await;
+    let expires = now() + CERT_SECS;
+    let stale = tn.net.authorities[0].identity;
+    let nd = wait_for_consensus(&tn.net, |nd| nd.valid_after() > expires + INTERVAL && nd.signers().len() == 2).await;
+    assert!(!nd.signers().contains(&stale), "the expired authority's signature does not count");
+    assert!(!nd.consensus().authorities().contains(&stale), "nor does its vote");
 }

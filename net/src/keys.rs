@@ -29,6 +29,10 @@ use allium_proto::ids::RelayId;
 use rand::rngs::OsRng;
 use rand::RngCore;
 
+/// The identity key's file name.
+pub const IDENTITY_FILE: &str = "identity_ed25519.key";
+/// The link key's file name.
+pub const LINK_FILE: &str = "link_x25519.key";
 /// The current onion key's file name.
 pub const ONION_FILE: &str = "onion_x25519.key";
 /// The previous onion key's file name (present only during a rotation's grace period).
@@ -72,9 +76,9 @@ pub enum KeyError {
 /// Loads the node's keys from `dir`, creating any that are missing.
 pub fn load_or_create(dir: &Path) -> Result<NodeKeys, KeyError> {
     ensure_dir(dir)?;
-    let identity = ed25519_dalek::SigningKey::from_bytes(&secret(dir, "identity_ed25519.key")?);
+    let identity = ed25519_dalek::SigningKey::from_bytes(&secret(dir, IDENTITY_FILE)?);
     let onion = current_onion(dir, unix_now())?.0;
-    let link = x25519_dalek::StaticSecret::from(secret(dir, "link_x25519.key")?);
+    let link = x25519_dalek::StaticSecret::from(secret(dir, LINK_FILE)?);
     Ok(NodeKeys { identity, onion, link })
 }
 
@@ -94,24 +98,34 @@ pub fn unix_now() -> u64 {
 }
 
 fn secret(dir: &Path, name: &str) -> Result<[u8; 32], KeyError> {
-    let path = dir.join(name);
-    match fs::read(&path) {
-        Ok(bytes) => {
-            let len = bytes.len();
-            bytes.try_into().map_err(|_| KeyError::BadLength { path: path.clone(), len })
-        }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+    match read_secret(dir, name)? {
+        Some(key) => Ok(key),
+        None => {
             let mut key = [0u8; 32];
             OsRng.fill_bytes(&mut key);
             write_atomic(dir, name, &key)?;
             Ok(key)
         }
+    }
+}
+
+/// Reads a 32-byte secret key file `dir/name`: `None` if it does not exist, an error if it has
+/// another size. Never creates anything.
+pub fn read_secret(dir: &Path, name: &str) -> Result<Option<[u8; 32]>, KeyError> {
+    let path = dir.join(name);
+    match fs::read(&path) {
+        Ok(bytes) => {
+            let len = bytes.len();
+            bytes.try_into().map(Some).map_err(|_| KeyError::BadLength { path: path.clone(), len })
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
         Err(e) => Err(KeyError::Io { path, err: e }),
     }
 }
 
-/// Writes `bytes` to `dir/name` (mode 0600) through a temporary file and a rename.
-fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), KeyError> {
+/// Writes `bytes` to `dir/name` (mode 0600) through a temporary file and a rename, so a crash
+/// never leaves a half-written file.
+pub fn write_atomic(dir: &Path, name: &str, bytes: &[u8]) -> Result<(), KeyError> {
     let path = dir.join(name);
     let tmp = dir.join(format!(".{name}.tmp"));
     let io = |err| KeyError::Io { path: path.clone(), err };

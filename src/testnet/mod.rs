@@ -247,6 +247,12 @@ async fn bring_up(
         n.fingerprint = keys.relay_id().fingerprint();
         n.link_key = keys.link_public();
         n.onion_key = keys.onion_public();
+        if n.role == Role::Authority {
+            // As `allium keygen --authority` does, with the identity kept in place.
+            let lifetime = allium_directory::authkeys::DEFAULT_SIGNING_KEY_LIFETIME_SECS;
+            allium_directory::authkeys::certify_into(&n.dir, &n.dir, lifetime, allium_net::keys::unix_now())
+                .map_err(|e| format!("{}: {e}", n.name))?;
+        }
     }
     for n in &nodes {
         let text = layout::render_config(n, &nodes, VOTING_INTERVAL_SECS, &faults);

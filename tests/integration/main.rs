@@ -9,6 +9,7 @@
 //! - [`socks_front`]: SOCKS4/4a, SOCKS5 (IPv6, RESOLVE) and HTTP CONNECT front ends of the client.
 //! - [`exit_retry`]: a stream one exit refuses is retried on another exit.
 //! - [`blackhole`]: a relay that never answers makes builds time out and succeed elsewhere (A32).
+//! - [`keygen`]: `allium keygen --authority` and authorities with an offline identity (A8).
 //! - [`support`]: the shared fixtures (a test network, a SOCKS5 client, an HTTP file server).
 //!
 //! Tests that start networks run in parallel: each gets its own directory and ephemeral ports.
@@ -19,6 +20,7 @@ mod dir_fetch;
 mod e2e;
 mod exit_retry;
 mod hop_budget;
+mod keygen;
 mod onion_rotation;
 mod socks_front;
 mod paths;

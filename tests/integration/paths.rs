@@ -3,7 +3,7 @@
 //! no relay identity in info-level logs.
 
 use std::io::{Read, Write};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::e2e::fingerprints;
 use crate::support::http::{pseudo_random, FileServer};

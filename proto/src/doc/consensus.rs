@@ -3,9 +3,9 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use ed25519_dalek::{Signature, Signer, SigningKey};
 use sha2::{Digest as _, Sha256};
 
+use super::authcert::{AuthorityCert, AuthoritySigner, CertError, AUTHORITY_CERT_KW};
 use super::entry::{line, parse_entries, sorted_unique, ConsensusRelay, ENTRY_SPEC};
 use super::flags::{PositionWeights, RelayFlags};
 use super::lines::{self, b64, enc64, fingerprint, uint, Line, Mult, Section};
@@ -31,38 +31,58 @@ const HEADER_SPEC: &[(&str, Mult)] = &[
     ("shared-rand-current", Mult::Any),
     ("authority", Mult::Many),
 ];
-const FOOTER_SPEC: &[(&str, Mult)] = &[(SIG_KW, Mult::Many)];
+/// Keywords of the footer, which may come in any order (a certificate line before the signature
+/// line it goes with, by convention).
+const FOOTER_KEYWORDS: &[&str] = &[AUTHORITY_CERT_KW, SIG_KW];
 
-/// One authority's signature on a consensus digest.
+/// One authority's signature on a consensus digest: made by its signing key, and carried with
+/// the certificate its identity gave that key. Written as the certificate's `authority-cert`
+/// line followed by `directory-signature <identity> <signature>`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DirSignature {
-    pub identity: RelayId,
+    pub cert: AuthorityCert,
     pub signature: [u8; 64],
 }
 
 impl DirSignature {
-    /// Signs `digest` (a consensus digest) with `key`.
-    pub fn sign(key: &SigningKey, digest: &[u8; 32]) -> Self {
-        DirSignature {
-            identity: RelayId(key.verifying_key().to_bytes()),
-            signature: key.sign(&message(digest)).to_bytes(),
-        }
+    /// Signs `digest` (a consensus digest) with `signer`'s signing key.
+    pub fn sign(signer: &AuthoritySigner, digest: &[u8; 32]) -> Self {
+        DirSignature { cert: *signer.cert(), signature: signer.sign(&message(digest)) }
     }
 
-    /// Whether this is a valid signature by `identity` over `digest`.
+    /// The authority that signed (the certificate's identity).
+    pub fn identity(&self) -> RelayId {
+        self.cert.identity
+    }
+
+    /// Whether this is a valid signature by the certified signing key over `digest`. The
+    /// certificate itself is not checked here (see [`AuthorityCert::valid_at`]).
     pub fn verify(&self, digest: &[u8; 32]) -> bool {
-        self.identity
-            .verifying_key()
-            .is_some_and(|k| k.verify_strict(&message(digest), &Signature::from_bytes(&self.signature)).is_ok())
+        self.cert.signing_key_verifies(&message(digest), &self.signature)
     }
 
-    fn line_args(&self) -> String {
-        format!("{} {}", self.identity.fingerprint(), enc64(&self.signature))
+    /// Appends the `authority-cert` and `directory-signature` lines.
+    fn write_lines(&self, out: &mut String) {
+        self.cert.write_line(out);
+        SigLine { identity: self.identity(), signature: self.signature }.write(out);
+    }
+}
+
+/// A `directory-signature` line as read: the authority it names and the signature.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+struct SigLine {
+    identity: RelayId,
+    signature: [u8; 64],
+}
+
+impl SigLine {
+    fn write(&self, out: &mut String) {
+        line(out, SIG_KW, &format!("{} {}", self.identity.fingerprint(), enc64(&self.signature)));
     }
 
-    fn parse_line(l: &Line) -> Result<Self, DocError> {
+    fn parse(l: &Line) -> Result<Self, DocError> {
         let a = l.exactly(2)?;
-        Ok(DirSignature { identity: fingerprint(l, a[0])?, signature: b64(l, a[1])? })
+        Ok(SigLine { identity: fingerprint(l, a[0])?, signature: b64(l, a[1])? })
     }
 }
 
@@ -183,7 +203,7 @@ impl Consensus {
     pub fn signatures(&self) -> &[DirSignature] {
         &self.signatures
     }
-    /// The signed part: every line before the first `directory-signature`.
+    /// The signed part: every line before the footer (the first `authority-cert` or `directory-signature`).
     pub fn signed_text(&self) -> &str {
         &self.signed_text
     }
@@ -192,29 +212,33 @@ impl Consensus {
         self.digest
     }
 
-    /// This authority's signature on the consensus.
-    pub fn sign(&self, key: &SigningKey) -> DirSignature {
-        DirSignature::sign(key, &self.digest)
+    /// This authority's signature on the consensus, by its signing key.
+    pub fn sign(&self, signer: &AuthoritySigner) -> DirSignature {
+        DirSignature::sign(signer, &self.digest)
     }
 
-    /// Adds `sig` if it is valid for this consensus and its signer has none here yet. Returns
-    /// whether it was added. (Whether the signer is an authority is the caller's business.)
+    /// Adds `sig` if its certificate's signature is sound (times are not checked: that is the
+    /// caller's business, as is whether the signer is an authority), the certified key signed
+    /// this consensus, and its signer has none here yet. Returns whether it was added.
     pub fn add_signature(&mut self, sig: DirSignature) -> bool {
-        if self.signatures.iter().any(|s| s.identity == sig.identity) || !sig.verify(&self.digest) {
+        if self.signatures.iter().any(|s| s.identity() == sig.identity())
+            || sig.cert.verify_signature().is_err()
+            || !sig.verify(&self.digest)
+        {
             return false;
         }
         self.signatures.push(sig);
-        self.signatures.sort_by_key(|s| s.identity);
+        self.signatures.sort_by_key(|s| s.identity());
         true
     }
 
-    /// The full document: the signed part, then one `directory-signature` line per signature
-    /// (sorted by identity).
+    /// The full document: the signed part, then for each signature (sorted by identity) its
+    /// `authority-cert` line and its `directory-signature` line.
     pub fn encode(&self) -> String {
-        let mut out = String::with_capacity(self.signed_text.len() + 140 * self.signatures.len());
+        let mut out = String::with_capacity(self.signed_text.len() + 380 * self.signatures.len());
         out.push_str(&self.signed_text);
         for s in &self.signatures {
-            line(&mut out, SIG_KW, &s.line_args());
+            s.write_lines(&mut out);
         }
         out
     }
@@ -224,8 +248,8 @@ impl Consensus {
         let ls = lines::split(text, MAX_CONSENSUS_LEN, MAX_VOTE_LINES)?;
         lines::check_type_line(&ls, DOC_TYPE)?;
         let keywords: Vec<&str> =
-            HEADER_SPEC.iter().chain(ENTRY_SPEC).chain(FOOTER_SPEC).map(|(k, _)| *k).collect();
-        let f = ls.iter().position(|l| l.kw == SIG_KW).unwrap_or(ls.len());
+            HEADER_SPEC.iter().chain(ENTRY_SPEC).map(|(k, _)| *k).chain(FOOTER_KEYWORDS.iter().copied()).collect();
+        let f = ls.iter().position(|l| FOOTER_KEYWORDS.contains(&l.kw)).unwrap_or(ls.len());
         let (body, footer) = ls.split_at(f);
         let h = body.iter().position(|l| l.kw == "relay").unwrap_or(body.len());
         let s = Section::read(&body[..h], HEADER_SPEC, &keywords)?;
@@ -244,17 +268,7 @@ impl Consensus {
             authorities.push(id);
         }
         let relays = parse_entries(&body[h..], &keywords)?;
-        let mut signatures = Vec::new();
-        if !footer.is_empty() {
-            let fs = Section::read(footer, FOOTER_SPEC, &keywords)?;
-            let sig_lines = fs.all(SIG_KW);
-            if sig_lines.len() > MAX_SIGNATURES {
-                return Err(DocError::TooMany { what: "directory signatures", limit: MAX_SIGNATURES });
-            }
-            for l in sig_lines {
-                signatures.push(DirSignature::parse_line(l)?);
-            }
-        }
+        let (certs, sig_lines) = parse_footer(footer, &keywords)?;
         let signed_text = match footer.first() {
             Some(l) => &text[..l.start],
             None => text,
@@ -266,26 +280,93 @@ impl Consensus {
                 weights,
                 authorities,
                 relays,
-                signatures,
+                signatures: Vec::new(),
                 digest: Sha256::digest(signed_text.as_bytes()).into(),
                 signed_text: signed_text.to_string(),
             },
+            certs,
+            sig_lines,
         })
     }
 }
 
-/// A consensus whose syntax is valid; signatures and validity interval not checked yet.
+/// Reads the footer: `authority-cert` and `directory-signature` lines in any order (at most
+/// [`MAX_SIGNATURES`] of each), unknown lines ignored unless critical, other known keywords
+/// refused. Identical lines are kept once.
+fn parse_footer(footer: &[Line], keywords: &[&str]) -> Result<(Vec<AuthorityCert>, Vec<SigLine>), DocError> {
+    let mut certs = BTreeSet::new();
+    let mut sigs = BTreeSet::new();
+    let (mut n_certs, mut n_sigs) = (0usize, 0usize);
+    for l in footer {
+        if l.kw == AUTHORITY_CERT_KW {
+            n_certs += 1;
+            if n_certs > MAX_SIGNATURES {
+                return Err(DocError::TooMany { what: "authority certificates", limit: MAX_SIGNATURES });
+            }
+            certs.insert(CertKey(AuthorityCert::parse_line(l)?));
+        } else if l.kw == SIG_KW {
+            n_sigs += 1;
+            if n_sigs > MAX_SIGNATURES {
+                return Err(DocError::TooMany { what: "directory signatures", limit: MAX_SIGNATURES });
+            }
+            sigs.insert(SigLine::parse(l)?);
+        } else if keywords.contains(&l.kw) {
+            return Err(DocError::OutOfOrder { line: l.no, keyword: l.kw.to_string() });
+        } else if l.kw.starts_with("critical-") {
+            return Err(DocError::UnknownCritical { line: l.no, keyword: l.kw.to_string() });
+        }
+    }
+    Ok((certs.into_iter().map(|c| c.0).collect(), sigs.into_iter().collect()))
+}
+
+/// Orders certificates (by identity first) so duplicates can be dropped.
+#[derive(PartialEq, Eq)]
+struct CertKey(AuthorityCert);
+impl Ord for CertKey {
+    fn cmp(&self, o: &Self) -> std::cmp::Ordering {
+        let k = |c: &AuthorityCert| (c.identity, c.signing_key, c.published, c.expires, c.signature);
+        k(&self.0).cmp(&k(&o.0))
+    }
+}
+impl PartialOrd for CertKey {
+    fn partial_cmp(&self, o: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(o))
+    }
+}
+
+/// A consensus whose syntax is valid; signatures, certificates and validity interval not
+/// checked yet.
 #[derive(Debug, Clone)]
 pub struct UnverifiedConsensus {
+    /// The document, with no signatures yet.
     c: Consensus,
+    /// The footer's certificates and signature lines (duplicates removed).
+    certs: Vec<AuthorityCert>,
+    sig_lines: Vec<SigLine>,
 }
 
 /// Why a well-formed consensus is not usable.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum ConsensusError {
-    #[error("consensus has valid signatures from {valid} of {configured} configured authorities; {required} required")]
-    NotEnoughSignatures { valid: usize, required: usize, configured: usize },
+    #[error(
+        "consensus has valid signatures from {valid} of {configured} configured authorities; {required} required \
+         (not counted: {expired_certs} whose signing-key certificate is expired or not yet valid, \
+         {invalid_certs} without a valid certificate, {bad_signatures} with a bad signature)"
+    )]
+    NotEnoughSignatures {
+        valid: usize,
+        required: usize,
+        configured: usize,
+        /// Configured authorities whose only sound certificates were outside their validity.
+        expired_certs: usize,
+        /// Configured authorities with a signature line but no certificate, or only
+        /// certificates that do not verify.
+        invalid_certs: usize,
+        /// Configured authorities with a valid certificate whose key did not make any of their
+        /// signature lines.
+        bad_signatures: usize,
+    },
     #[error("consensus not valid yet (valid-after {valid_after}, now {now})")]
     NotYetValid { valid_after: u64, now: u64 },
     #[error("consensus expired (valid-until {valid_until}, now {now})")]
@@ -304,9 +385,12 @@ impl UnverifiedConsensus {
     }
 
     /// Checks `valid_after <= now <= valid_until`, then that more than half of `authorities`
-    /// (distinct identities) made a valid signature. Signatures by other keys are ignored, a
-    /// second signature by the same authority counts once, and a bad one does not count. The
-    /// result keeps only the counted signatures.
+    /// (distinct identities) signed. An authority counts when the footer holds a certificate
+    /// for its identity that is valid at `now` and whose signing key made a
+    /// `directory-signature` line naming that identity. Signatures by other identities are
+    /// ignored, several by one authority count once, and one without a valid certificate or
+    /// with a bad signature does not count. The result keeps only the counted signatures, each
+    /// with the certificate that made it count.
     pub fn verify(self, authorities: &[RelayId], now: u64) -> Result<Consensus, ConsensusError> {
         let l = self.c.lifetime;
         if now < l.valid_after {
@@ -315,36 +399,82 @@ impl UnverifiedConsensus {
         if now > l.valid_until {
             return Err(ConsensusError::Expired { valid_until: l.valid_until, now });
         }
-        self.verify_signatures(authorities)
+        self.verify_signatures(authorities, now)
     }
 
-    /// Checks only the signatures: for a caller that applies its own time rule (e.g. accepting
-    /// a recently expired consensus when no newer one can be had). Named so it is not used by
-    /// accident.
+    /// Checks only the signatures, for a caller that applies its own time rule to the
+    /// consensus (e.g. accepting a recently expired one when no newer one can be had). The
+    /// certificates are still checked in full, with their validity taken at the consensus's
+    /// `valid-after` (so a certificate that expired since does not stop a cached consensus from
+    /// loading, but one that was not valid when the consensus was made does). Named so it is
+    /// not used by accident.
     pub fn dangerously_skip_time_check(self, authorities: &[RelayId]) -> Result<Consensus, ConsensusError> {
-        self.verify_signatures(authorities)
+        let at = self.c.lifetime.valid_after;
+        self.verify_signatures(authorities, at)
     }
 
-    fn verify_signatures(self, authorities: &[RelayId]) -> Result<Consensus, ConsensusError> {
+    /// The signature counting rule, with certificates checked at `at`.
+    fn verify_signatures(self, authorities: &[RelayId], at: u64) -> Result<Consensus, ConsensusError> {
         let configured: BTreeSet<RelayId> = authorities.iter().copied().collect();
         let required = configured.len() / 2 + 1;
-        let mut c = self.c;
-        let mut good: BTreeMap<RelayId, DirSignature> = BTreeMap::new();
-        for s in &c.signatures {
-            if configured.contains(&s.identity) && !good.contains_key(&s.identity) && s.verify(&c.digest) {
-                good.insert(s.identity, *s);
+        let msg = message(&self.c.digest);
+        let mut good: Vec<DirSignature> = Vec::new();
+        let (mut expired_certs, mut invalid_certs, mut bad_signatures) = (0, 0, 0);
+        for a in &configured {
+            let sigs: Vec<&SigLine> = self.sig_lines.iter().filter(|s| s.identity == *a).collect();
+            if sigs.is_empty() {
+                continue;
+            }
+            let (mut sound, mut out_of_time) = (false, false);
+            let mut found = None;
+            for cert in self.certs.iter().filter(|c| c.identity == *a) {
+                match cert.verify_signature().and_then(|()| cert.check_time(at)) {
+                    Ok(()) => sound = true,
+                    Err(e) => {
+                        out_of_time |= e.is_time();
+                        continue;
+                    }
+                }
+                if let Some(s) = sigs.iter().find(|s| cert.signing_key_verifies(&msg, &s.signature)) {
+                    found = Some(DirSignature { cert: *cert, signature: s.signature });
+                    break;
+                }
+            }
+            match found {
+                Some(d) => good.push(d),
+                None if sound => bad_signatures += 1,
+                None if out_of_time => expired_certs += 1,
+                None => invalid_certs += 1,
             }
         }
         if good.len() < required {
-            return Err(ConsensusError::NotEnoughSignatures { valid: good.len(), required, configured: configured.len() });
+            return Err(ConsensusError::NotEnoughSignatures {
+                valid: good.len(),
+                required,
+                configured: configured.len(),
+                expired_certs,
+                invalid_certs,
+                bad_signatures,
+            });
         }
-        c.signatures = good.into_values().collect();
+        let mut c = self.c;
+        c.signatures = good;
         Ok(c)
     }
 
-    /// The consensus without any check. Only for tools and tests.
+    /// The consensus without any check: each signature line paired with the first certificate
+    /// for its identity (lines without one are dropped). Only for tools and tests.
     pub fn dangerously_assume_valid(self) -> Consensus {
-        self.c
+        let mut c = self.c;
+        for s in &self.sig_lines {
+            if c.signatures.iter().any(|d| d.identity() == s.identity) {
+                continue;
+            }
+            if let Some(cert) = self.certs.iter().find(|x| x.identity == s.identity) {
+                c.signatures.push(DirSignature { cert: *cert, signature: s.signature });
+            }
+        }
+        c
     }
 }
 
@@ -476,10 +606,12 @@ pub fn low_median<T: Ord + Copy + Default>(mut v: Vec<T>) -> T {
 /// allium-consensus-signature 1
 /// valid-after <unix seconds>
 /// consensus-digest <base64 SHA-256 of the signed part>
+/// authority-cert <the signer's signing-key certificate>
 /// directory-signature <fingerprint> <base64 signature>
 /// ```
-/// Parsing checks syntax only; [`DetachedSignature::verify`] checks the signature over the
-/// claimed digest, and the receiver must compare the digest with its own consensus.
+/// Parsing checks syntax only (and that both lines name the same authority);
+/// [`DetachedSignature::verify`] checks the certificate and the signature over the claimed
+/// digest, and the receiver must compare the digest with its own consensus.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DetachedSignature {
     pub valid_after: u64,
@@ -491,21 +623,31 @@ const DETACHED_SPEC: &[(&str, Mult)] = &[
     ("allium-consensus-signature", Mult::Once),
     ("valid-after", Mult::Once),
     ("consensus-digest", Mult::Once),
+    (AUTHORITY_CERT_KW, Mult::Once),
     (SIG_KW, Mult::Once),
 ];
 
+/// Why a detached signature is refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum DetachedError {
+    #[error(transparent)]
+    Cert(#[from] CertError),
+    #[error("signature does not verify with the certified signing key")]
+    BadSignature,
+}
+
 impl DetachedSignature {
-    /// `key`'s signature on `consensus`.
-    pub fn new(consensus: &Consensus, key: &SigningKey) -> Self {
-        DetachedSignature { valid_after: consensus.valid_after(), digest: consensus.digest(), signature: consensus.sign(key) }
+    /// `signer`'s signature on `consensus`.
+    pub fn new(consensus: &Consensus, signer: &AuthoritySigner) -> Self {
+        DetachedSignature { valid_after: consensus.valid_after(), digest: consensus.digest(), signature: consensus.sign(signer) }
     }
 
     pub fn encode(&self) -> String {
-        let mut out = String::with_capacity(256);
+        let mut out = String::with_capacity(512);
         line(&mut out, DETACHED_SPEC[0].0, "1");
         line(&mut out, "valid-after", &self.valid_after.to_string());
         line(&mut out, "consensus-digest", &enc64(&self.digest));
-        line(&mut out, SIG_KW, &self.signature.line_args());
+        self.signature.write_lines(&mut out);
         out
     }
 
@@ -517,15 +659,26 @@ impl DetachedSignature {
         let s = Section::read(&ls, DETACHED_SPEC, &keywords)?;
         let va = s.get("valid-after");
         let d = s.get("consensus-digest");
+        let cert = AuthorityCert::parse_line(s.get(AUTHORITY_CERT_KW))?;
+        let sl = s.get(SIG_KW);
+        let sig = SigLine::parse(sl)?;
+        if sig.identity != cert.identity {
+            return Err(sl.bad("names another authority than the authority-cert line"));
+        }
         Ok(DetachedSignature {
             valid_after: uint(va, va.one()?)?,
             digest: b64(d, d.one()?)?,
-            signature: DirSignature::parse_line(s.get(SIG_KW))?,
+            signature: DirSignature { cert, signature: sig.signature },
         })
     }
 
-    /// Whether the signature is valid over the claimed digest.
-    pub fn verify(&self) -> bool {
-        self.signature.verify(&self.digest)
+    /// Checks that the certificate is valid at `now` and that its signing key signed the
+    /// claimed digest.
+    pub fn verify(&self, now: u64) -> Result<(), DetachedError> {
+        self.signature.cert.valid_at(now)?;
+        if !self.signature.verify(&self.digest) {
+            return Err(DetachedError::BadSignature);
+        }
+        Ok(())
     }
 }

@@ -8,9 +8,10 @@
 //!
 //! Parsers never hand out a trusted value. [`RelayDescriptor::parse`], [`Vote::parse`] and
 //! [`Consensus::parse`] check syntax only and return [`UnverifiedDescriptor`],
-//! [`UnverifiedVote`] and [`UnverifiedConsensus`]. Only their `verify` methods (signatures and,
-//! for a consensus, the validity interval against a caller-supplied `now`) give the value. A
-//! method that skips a check is named `dangerously_*`.
+//! [`UnverifiedVote`] and [`UnverifiedConsensus`]. Only their `verify` methods (signatures;
+//! for votes and consensuses also the signing-key certificates, and for a consensus its validity
+//! interval, against a caller-supplied `now`) give the value. A method that skips a check is
+//! named `dangerously_*`.
 //!
 //! # Rules shared by every document
 //!
@@ -41,14 +42,16 @@
 //! `shared-rand-previous` and `shared-rand-current` ([`SharedRandom`]), computed by
 //! [`compute_shared_random`] in [`srv`] (one SRV period per voting interval).
 //!
-//! # Room to grow (not implemented yet)
+//! # Authority signing keys
 //!
-//! Authority signing keys
-//! certified by the long-term identity: signing-key certificates and signatures by signing keys
-//! become new footer keywords, which old parsers ignore (a `directory-signature` line with other
-//! than two arguments is a syntax error today, so that keyword cannot be reused). Anything an
-//! old client must not ignore uses a `critical-` keyword or a new document version.
+//! Each authority's identity key certifies a medium-term signing key with an expiry
+//! ([`AuthorityCert`], an `authority-cert` line). Votes, consensus signatures and detached
+//! signatures are made by the signing key and carry that line; a signature counts only with a
+//! certificate from the configured identity that is valid at the time of verification. So the
+//! identity key can stay offline. Anything an old client must not ignore uses a `critical-`
+//! keyword or a new document version.
 
+mod authcert;
 mod consensus;
 mod descriptor;
 mod entry;
@@ -62,9 +65,10 @@ mod vote;
 #[cfg(test)]
 mod tests;
 
+pub use authcert::{AuthorityCert, AuthoritySigner, CertError, AUTHORITY_CERT_KW, AUTHORITY_CERT_PREFIX, MAX_CERT_SKEW_SECS};
 pub use consensus::{
-    compute_consensus, low_median, Consensus, ConsensusError, ConsensusMeta, DetachedSignature, DirSignature,
-    UnverifiedConsensus,
+    compute_consensus, low_median, Consensus, ConsensusError, ConsensusMeta, DetachedError, DetachedSignature,
+    DirSignature, UnverifiedConsensus,
 };
 pub use descriptor::{certify_link_key, verify_link_cert, RelayDescriptor, UnverifiedDescriptor};
 pub use entry::ConsensusRelay;
@@ -91,7 +95,7 @@ pub const MAX_SIGNATURE_DOC_LEN: usize = 1024;
 pub const MAX_POLICY_RULES: usize = 256;
 /// Most family members in one descriptor or relay entry.
 pub const MAX_FAMILY: usize = 128;
-/// Most `directory-signature` lines in one consensus.
+/// Most `directory-signature` lines in one consensus, and most `authority-cert` lines.
 pub const MAX_SIGNATURES: usize = 64;
 
 /// Domain-separation prefix of a relay descriptor signature.
@@ -161,4 +165,6 @@ pub enum DocError {
     BadSignature,
     #[error("link-key certificate does not verify")]
     BadLinkCert,
+    #[error("{0}")]
+    BadCert(CertError),
 }

@@ -19,6 +19,27 @@ fn id(k: &SigningKey) -> RelayId {
     RelayId(k.verifying_key().to_bytes())
 }
 
+/// When the test certificates are valid: from a day before [`LT`] to 30 days after it.
+const CERT_FROM: u64 = LT.valid_after - 86_400;
+const CERT_UNTIL: u64 = LT.valid_until + 30 * 86_400;
+
+/// The signing key an authority with identity `k` uses in these tests.
+fn signing_key(k: &SigningKey) -> SigningKey {
+    let mut b = k.to_bytes();
+    b[0] ^= 0xa5;
+    b[31] ^= 0x3c;
+    SigningKey::from_bytes(&b)
+}
+
+/// `k`'s signing key, certified by `k` for [`CERT_FROM`]..=[`CERT_UNTIL`].
+fn signer(k: &SigningKey) -> AuthoritySigner {
+    signer_for(k, CERT_FROM, CERT_UNTIL)
+}
+
+fn signer_for(k: &SigningKey, published: u64, expires: u64) -> AuthoritySigner {
+    AuthoritySigner::certify(k, signing_key(k), published, expires)
+}
+
 fn desc(k: &SigningKey, nick: &str, published: u64) -> RelayDescriptor {
     let link_key = [k.to_bytes()[0] ^ 0x55; 32];
     RelayDescriptor {
@@ -191,6 +212,7 @@ fn vote<'a>(voter: &SigningKey, relays: impl IntoIterator<Item = &'a RelayDescri
     Vote {
         lifetime,
         voter: id(voter),
+        cert: *signer(voter).cert(),
         params: Default::default(),
         recommended_protocols: Protocols::new(),
         required_protocols: Protocols::new(),
@@ -206,20 +228,20 @@ fn vote_round_trip_and_tampering() {
     let ka = key(20);
     let relays: Vec<RelayDescriptor> = (30..34).map(|s| desc(&key(s), &format!("r{s}"), 1_700_000_000 + s as u64)).collect();
     let v = vote(&ka, &relays, LT);
-    let text = v.encode_signed(&ka);
+    let text = v.encode_signed(signer(&ka).key());
     let u = Vote::parse(&text).unwrap();
     assert_eq!(u.claimed_voter(), id(&ka));
     assert_eq!(u.claimed_lifetime(), LT);
-    let back = u.verify().unwrap();
+    let back = u.verify(NOW).unwrap();
     // Entries come back sorted by identity.
     let mut sorted = v.clone();
     sorted.relays.sort_by_key(|r| r.identity);
     assert_eq!(back, sorted);
     assert_eq!(back.digest(), v.digest());
     let bad = text.replacen("bandwidth 1000000", "bandwidth 1000001", 1);
-    assert_eq!(Vote::parse(&bad).unwrap().verify().unwrap_err(), DocError::BadSignature);
+    assert_eq!(Vote::parse(&bad).unwrap().verify(NOW).unwrap_err(), DocError::BadSignature);
     let other = v.encode_signed(&key(21));
-    assert_eq!(Vote::parse(&other).unwrap().verify().unwrap_err(), DocError::BadSignature);
+    assert_eq!(Vote::parse(&other).unwrap().verify(NOW).unwrap_err(), DocError::BadSignature);
 }
 
 #[test]
@@ -232,13 +254,13 @@ fn vote_entries_must_be_sorted_and_unique() {
     let third = second + text[second..].find("\nrelay ").unwrap() + 1;
     // Swap the first two entries.
     let swapped = format!("{}{}{}{}", &text[..first], &text[second..third], &text[first..second], &text[third..]);
-    let sign = |t: &str| format!("{t}vote-signature {}\n", enc64(&ka.sign(&vote::signed_message(t)).to_bytes()));
+    let sign = |t: &str| format!("{t}vote-signature {}\n", enc64(&signer(&ka).key().sign(&vote::signed_message(t)).to_bytes()));
     assert!(matches!(Vote::parse(&sign(&swapped)).unwrap_err(), DocError::Unsorted { .. }));
     let dup = format!("{}{}{}", &text[..second], &text[first..second], &text[second..]);
     assert!(matches!(Vote::parse(&sign(&dup)).unwrap_err(), DocError::Unsorted { .. }));
     // Unknown lines inside an entry are ignored; critical ones are not.
     let ext = format!("{}future-flag Fast\n{}", &text[..second], &text[second..]);
-    assert!(Vote::parse(&sign(&ext)).unwrap().verify().is_ok());
+    assert!(Vote::parse(&sign(&ext)).unwrap().verify(NOW).is_ok());
     let crit = format!("{}critical-flag Fast\n{}", &text[..second], &text[second..]);
     assert!(matches!(Vote::parse(&sign(&crit)).unwrap_err(), DocError::UnknownCritical { .. }));
 }
@@ -263,17 +285,23 @@ fn net3() -> Net {
     Net { auths, ids, consensus }
 }
 
-/// The consensus text with one `directory-signature` line per given signature.
+/// The consensus text with an `authority-cert` and a `directory-signature` line per given
+/// signature.
 fn with_sigs(c: &Consensus, sigs: &[DirSignature]) -> String {
     let mut t = c.signed_text().to_string();
     for s in sigs {
-        t.push_str(&format!("directory-signature {} {}\n", s.identity.fingerprint(), enc64(&s.signature)));
+        t.push_str(&s.cert.encode());
+        t.push_str(&sig_line(s));
     }
     t
 }
 
+fn sig_line(s: &DirSignature) -> String {
+    format!("directory-signature {} {}\n", s.identity().fingerprint(), enc64(&s.signature))
+}
+
 fn bad_sig(k: &SigningKey) -> DirSignature {
-    DirSignature::sign(k, &[0u8; 32])
+    DirSignature::sign(&signer(k), &[0u8; 32])
 }
 
 fn check(n: &Net, sigs: &[DirSignature], now: u64) -> Result<Consensus, ConsensusError> {
@@ -285,15 +313,15 @@ const NOW: u64 = LT.valid_after + 10;
 #[test]
 fn a10_signed_by_one_of_three_rejected() {
     let n = net3();
-    let err = check(&n, &[n.consensus.sign(&n.auths[0])], NOW).unwrap_err();
-    assert_eq!(err, ConsensusError::NotEnoughSignatures { valid: 1, required: 2, configured: 3 });
+    let err = check(&n, &[n.consensus.sign(&signer(&n.auths[0]))], NOW).unwrap_err();
+    assert_eq!(err, ConsensusError::NotEnoughSignatures { valid: 1, required: 2, configured: 3, expired_certs: 0, invalid_certs: 0, bad_signatures: 0 });
     assert!(err.to_string().contains("1 of 3") && err.to_string().contains("2 required"), "{err}");
 }
 
 #[test]
 fn a10_signed_by_two_of_three_accepted() {
     let n = net3();
-    let c = check(&n, &[n.consensus.sign(&n.auths[2]), n.consensus.sign(&n.auths[0])], NOW).unwrap();
+    let c = check(&n, &[n.consensus.sign(&signer(&n.auths[2])), n.consensus.sign(&signer(&n.auths[0]))], NOW).unwrap();
     assert_eq!(c.signatures().len(), 2);
     assert_eq!(c.relays(), n.consensus.relays());
     assert_eq!(c.digest(), n.consensus.digest());
@@ -302,9 +330,9 @@ fn a10_signed_by_two_of_three_accepted() {
 #[test]
 fn a10_three_signatures_one_bad_accepted() {
     let n = net3();
-    let sigs = [n.consensus.sign(&n.auths[0]), bad_sig(&n.auths[1]), n.consensus.sign(&n.auths[2])];
+    let sigs = [n.consensus.sign(&signer(&n.auths[0])), bad_sig(&n.auths[1]), n.consensus.sign(&signer(&n.auths[2]))];
     let c = check(&n, &sigs, NOW).unwrap();
-    assert_eq!(c.signatures().iter().map(|s| s.identity).collect::<Vec<_>>(), {
+    assert_eq!(c.signatures().iter().map(|s| s.identity()).collect::<Vec<_>>(), {
         let mut v = vec![n.ids[0], n.ids[2]];
         v.sort();
         v
@@ -314,35 +342,35 @@ fn a10_three_signatures_one_bad_accepted() {
 #[test]
 fn a10_two_signatures_one_bad_rejected() {
     let n = net3();
-    let sigs = [n.consensus.sign(&n.auths[0]), bad_sig(&n.auths[1])];
-    assert_eq!(check(&n, &sigs, NOW).unwrap_err(), ConsensusError::NotEnoughSignatures { valid: 1, required: 2, configured: 3 });
+    let sigs = [n.consensus.sign(&signer(&n.auths[0])), bad_sig(&n.auths[1])];
+    assert_eq!(check(&n, &sigs, NOW).unwrap_err(), ConsensusError::NotEnoughSignatures { valid: 1, required: 2, configured: 3, expired_certs: 0, invalid_certs: 0, bad_signatures: 1 });
 }
 
 #[test]
 fn a10_signature_by_unknown_key_ignored() {
     let n = net3();
     let outsider = key(99);
-    let sigs = [n.consensus.sign(&n.auths[0]), n.consensus.sign(&outsider)];
+    let sigs = [n.consensus.sign(&signer(&n.auths[0])), n.consensus.sign(&signer(&outsider))];
     assert!(matches!(check(&n, &sigs, NOW).unwrap_err(), ConsensusError::NotEnoughSignatures { valid: 1, .. }));
-    let sigs = [n.consensus.sign(&outsider), n.consensus.sign(&n.auths[0]), n.consensus.sign(&n.auths[1])];
+    let sigs = [n.consensus.sign(&signer(&outsider)), n.consensus.sign(&signer(&n.auths[0])), n.consensus.sign(&signer(&n.auths[1]))];
     let c = check(&n, &sigs, NOW).unwrap();
-    assert!(c.signatures().iter().all(|s| s.identity != id(&outsider)));
+    assert!(c.signatures().iter().all(|s| s.identity() != id(&outsider)));
 }
 
 #[test]
 fn a10_duplicate_signature_counts_once() {
     let n = net3();
-    let s = n.consensus.sign(&n.auths[1]);
+    let s = n.consensus.sign(&signer(&n.auths[1]));
     assert!(matches!(check(&n, &[s, s], NOW).unwrap_err(), ConsensusError::NotEnoughSignatures { valid: 1, .. }));
     // A bad signature then a good one by the same authority: the good one counts.
-    let c = check(&n, &[bad_sig(&n.auths[1]), s, n.consensus.sign(&n.auths[0])], NOW).unwrap();
+    let c = check(&n, &[bad_sig(&n.auths[1]), s, n.consensus.sign(&signer(&n.auths[0]))], NOW).unwrap();
     assert_eq!(c.signatures().len(), 2);
 }
 
 #[test]
 fn a10_validity_interval_enforced() {
     let n = net3();
-    let sigs: Vec<DirSignature> = n.auths.iter().map(|a| n.consensus.sign(a)).collect();
+    let sigs: Vec<DirSignature> = n.auths.iter().map(|a| n.consensus.sign(&signer(a))).collect();
     assert!(check(&n, &sigs, LT.valid_after).is_ok());
     assert!(check(&n, &sigs, LT.valid_until).is_ok());
     assert_eq!(
@@ -356,7 +384,7 @@ fn a10_validity_interval_enforced() {
 #[test]
 fn a10_changed_consensus_invalidates_signatures() {
     let n = net3();
-    let sigs: Vec<DirSignature> = n.auths.iter().map(|a| n.consensus.sign(a)).collect();
+    let sigs: Vec<DirSignature> = n.auths.iter().map(|a| n.consensus.sign(&signer(a))).collect();
     let text = with_sigs(&n.consensus, &sigs).replacen("bandwidth 1000000", "bandwidth 9000000", 1);
     let err = Consensus::parse(&text).unwrap().verify(&n.ids, NOW).unwrap_err();
     assert!(matches!(err, ConsensusError::NotEnoughSignatures { valid: 0, .. }));
@@ -367,9 +395,9 @@ fn consensus_round_trip_and_growth() {
     let n = net3();
     let mut c = n.consensus.clone();
     for a in &n.auths {
-        assert!(c.add_signature(c.sign(a)));
+        assert!(c.add_signature(c.sign(&signer(a))));
     }
-    assert!(!c.add_signature(c.sign(&n.auths[0])), "second signature by one authority");
+    assert!(!c.add_signature(c.sign(&signer(&n.auths[0]))), "second signature by one authority");
     assert!(!c.add_signature(bad_sig(&key(98))));
     let text = c.encode();
     let back = Consensus::parse(&text).unwrap().verify(&n.ids, NOW).unwrap();
@@ -380,7 +408,7 @@ fn consensus_round_trip_and_growth() {
     // A newer authority adds a header line and a footer line: old parsers still verify it.
     let body = insert_after(c.signed_text(), "valid-until ", "shared-rand-future 1000\n");
     let c2 = Consensus::parse(&body).unwrap().dangerously_assume_valid();
-    let sigs: Vec<DirSignature> = n.auths.iter().map(|a| c2.sign(a)).collect();
+    let sigs: Vec<DirSignature> = n.auths.iter().map(|a| c2.sign(&signer(a))).collect();
     let text2 = format!("{}signing-key-cert xyz\n", with_sigs(&c2, &sigs));
     let v = Consensus::parse(&text2).unwrap().verify(&n.ids, NOW).unwrap();
     assert_eq!(v.signatures().len(), 3);
@@ -392,15 +420,187 @@ fn consensus_round_trip_and_growth() {
 #[test]
 fn detached_signature_round_trip() {
     let n = net3();
-    let d = DetachedSignature::new(&n.consensus, &n.auths[0]);
+    let d = DetachedSignature::new(&n.consensus, &signer(&n.auths[0]));
     let text = d.encode();
     let back = DetachedSignature::parse(&text).unwrap();
     assert_eq!(back, d);
-    assert!(back.verify());
+    assert_eq!(back.verify(NOW), Ok(()));
     let mut forged = back;
     forged.digest[0] ^= 1;
-    assert!(!forged.verify());
+    assert_eq!(forged.verify(NOW), Err(DetachedError::BadSignature));
     assert!(DetachedSignature::parse(&text.replacen("valid-after", "fresh-until", 1)).is_err());
+}
+
+// ---- authority signing-key certificates (THREATS A8, A10) ----
+
+/// A signature by authority `k`'s signing key under a certificate valid `from..=until`.
+fn sig_with_cert(n: &Net, k: &SigningKey, from: u64, until: u64) -> DirSignature {
+    n.consensus.sign(&signer_for(k, from, until))
+}
+
+#[test]
+fn a10_signing_key_with_expired_certificate_rejected() {
+    let n = net3();
+    let expired = |k| sig_with_cert(&n, k, CERT_FROM, NOW - 1);
+    let sigs = [expired(&n.auths[0]), expired(&n.auths[1]), n.consensus.sign(&signer(&n.auths[2]))];
+    let err = check(&n, &sigs, NOW).unwrap_err();
+    assert_eq!(
+        err,
+        ConsensusError::NotEnoughSignatures { valid: 1, required: 2, configured: 3, expired_certs: 2, invalid_certs: 0, bad_signatures: 0 }
+    );
+    assert!(err.to_string().contains("2 whose signing-key certificate is expired or not yet valid"), "{err}");
+    // Every certificate expired: nothing counts.
+    let all: Vec<DirSignature> = n.auths.iter().map(expired).collect();
+    assert!(matches!(check(&n, &all, NOW).unwrap_err(), ConsensusError::NotEnoughSignatures { valid: 0, expired_certs: 3, .. }));
+    // A certificate published further ahead than the skew allowance is not valid yet.
+    let future = |k| sig_with_cert(&n, k, NOW + MAX_CERT_SKEW_SECS + 1, CERT_UNTIL);
+    let sigs = [future(&n.auths[0]), future(&n.auths[1]), n.consensus.sign(&signer(&n.auths[2]))];
+    assert!(matches!(check(&n, &sigs, NOW).unwrap_err(), ConsensusError::NotEnoughSignatures { valid: 1, expired_certs: 2, .. }));
+    let within = |k| sig_with_cert(&n, k, NOW + MAX_CERT_SKEW_SECS, CERT_UNTIL);
+    assert!(check(&n, &[within(&n.auths[0]), within(&n.auths[1])], NOW).is_ok(), "within the skew allowance");
+}
+
+#[test]
+fn a10_two_valid_and_one_expired_accepted() {
+    let n = net3();
+    let sigs = [n.consensus.sign(&signer(&n.auths[0])), sig_with_cert(&n, &n.auths[1], CERT_FROM, NOW - 1), n.consensus.sign(&signer(&n.auths[2]))];
+    let c = check(&n, &sigs, NOW).unwrap();
+    let mut want = vec![n.ids[0], n.ids[2]];
+    want.sort();
+    assert_eq!(c.signatures().iter().map(|s| s.identity()).collect::<Vec<_>>(), want);
+    // What is kept re-encodes (certificate then signature, per authority) and verifies again.
+    let again = Consensus::parse(&c.encode()).unwrap().verify(&n.ids, NOW).unwrap();
+    assert_eq!(again, c);
+    assert_eq!(c.encode().matches("\nauthority-cert ").count(), 2);
+}
+
+#[test]
+fn a10_signed_by_non_authority_rejected() {
+    let n = net3();
+    // Outsiders with their own, perfectly valid certificates.
+    let (x, y) = (key(97), key(96));
+    let sigs = [n.consensus.sign(&signer(&x)), n.consensus.sign(&signer(&y)), n.consensus.sign(&signer(&n.auths[0]))];
+    assert!(matches!(check(&n, &sigs, NOW).unwrap_err(), ConsensusError::NotEnoughSignatures { valid: 1, invalid_certs: 0, .. }));
+    // An outsider's signing key under a certificate that claims an authority's identity.
+    let mut forged = n.consensus.sign(&signer(&x));
+    forged.cert.identity = n.ids[1];
+    let sigs = [forged, n.consensus.sign(&signer(&n.auths[0]))];
+    assert!(matches!(check(&n, &sigs, NOW).unwrap_err(), ConsensusError::NotEnoughSignatures { valid: 1, invalid_certs: 1, .. }));
+}
+
+#[test]
+fn a8_certificate_signed_by_another_identity_rejected() {
+    let n = net3();
+    // The outsider certifies authority 1's real signing key, naming authority 1 as issuer.
+    let good = signer(&n.auths[1]);
+    let mut cert = AuthorityCert::sign(&key(95), &good.key().verifying_key(), CERT_FROM, CERT_UNTIL);
+    cert.identity = n.ids[1];
+    assert_eq!(cert.valid_at(NOW), Err(CertError::BadSignature));
+    let s = DirSignature { cert, signature: n.consensus.sign(&good).signature };
+    let err = check(&n, &[s, n.consensus.sign(&signer(&n.auths[0]))], NOW).unwrap_err();
+    assert!(matches!(err, ConsensusError::NotEnoughSignatures { valid: 1, invalid_certs: 1, .. }), "{err}");
+}
+
+#[test]
+fn a10_signature_without_certificate_not_counted() {
+    let n = net3();
+    let mut text = n.consensus.signed_text().to_string();
+    for a in &n.auths {
+        text.push_str(&sig_line(&n.consensus.sign(&signer(a))));
+    }
+    let err = Consensus::parse(&text).unwrap().verify(&n.ids, NOW).unwrap_err();
+    assert_eq!(
+        err,
+        ConsensusError::NotEnoughSignatures { valid: 0, required: 2, configured: 3, expired_certs: 0, invalid_certs: 3, bad_signatures: 0 }
+    );
+    // A signature by the identity key itself (the format before signing keys) does not count
+    // either, even beside a valid certificate.
+    let by_identity = |k: &SigningKey| DirSignature { cert: *signer(k).cert(), signature: n.consensus.sign(&AuthoritySigner::certify(k, k.clone(), CERT_FROM, CERT_UNTIL)).signature };
+    let sigs: Vec<DirSignature> = n.auths.iter().map(by_identity).collect();
+    assert!(matches!(check(&n, &sigs, NOW).unwrap_err(), ConsensusError::NotEnoughSignatures { valid: 0, bad_signatures: 3, .. }));
+}
+
+#[test]
+fn renewed_certificate_beside_an_expired_one_counts_and_footer_order_is_free() {
+    let n = net3();
+    let old = signer_for(&n.auths[0], CERT_FROM - 1000, NOW - 1);
+    let new = signer(&n.auths[0]);
+    let s1 = n.consensus.sign(&signer(&n.auths[1]));
+    // Signature lines first, certificates after, an unknown line between: all accepted.
+    let text = format!(
+        "{}{}{}future-footer-line x\n{}{}{}",
+        n.consensus.signed_text(),
+        sig_line(&n.consensus.sign(&new)),
+        sig_line(&s1),
+        s1.cert.encode(),
+        old.cert().encode(),
+        new.cert().encode()
+    );
+    let c = Consensus::parse(&text).unwrap().verify(&n.ids, NOW).unwrap();
+    assert_eq!(c.signatures().len(), 2);
+    assert!(c.signatures().iter().any(|s| s.cert == *new.cert()));
+    // Footer limits: at most 64 certificate lines.
+    let many = format!("{}{}", n.consensus.signed_text(), new.cert().encode().repeat(MAX_SIGNATURES + 1));
+    assert!(matches!(Consensus::parse(&many).unwrap_err(), DocError::TooMany { what: "authority certificates", .. }));
+    let bad = format!("{}authority-cert x\n", n.consensus.signed_text());
+    assert!(matches!(Consensus::parse(&bad).unwrap_err(), DocError::BadValue { .. }));
+    let crit = format!("{}critical-x\n", with_sigs(&n.consensus, &[s1]));
+    assert!(matches!(Consensus::parse(&crit).unwrap_err(), DocError::UnknownCritical { .. }));
+}
+
+#[test]
+fn cached_consensus_checks_certificates_at_valid_after() {
+    let n = net3();
+    // Expired since the consensus was made: a cache may still load it.
+    let later: Vec<DirSignature> = n.auths.iter().map(|a| sig_with_cert(&n, a, CERT_FROM, LT.valid_after + 5)).collect();
+    assert!(Consensus::parse(&with_sigs(&n.consensus, &later)).unwrap().dangerously_skip_time_check(&n.ids).is_ok());
+    assert!(check(&n, &later, NOW).is_err(), "but not as a fresh consensus at NOW");
+    // Expired before it was made, or forged: refused even from the cache.
+    let before: Vec<DirSignature> = n.auths.iter().map(|a| sig_with_cert(&n, a, CERT_FROM, LT.valid_after - 1)).collect();
+    assert!(Consensus::parse(&with_sigs(&n.consensus, &before)).unwrap().dangerously_skip_time_check(&n.ids).is_err());
+    let mut forged: Vec<DirSignature> = n.auths.iter().map(|a| n.consensus.sign(&signer(a))).collect();
+    for f in &mut forged {
+        f.cert.expires += 1;
+    }
+    assert!(matches!(
+        Consensus::parse(&with_sigs(&n.consensus, &forged)).unwrap().dangerously_skip_time_check(&n.ids).unwrap_err(),
+        ConsensusError::NotEnoughSignatures { invalid_certs: 3, .. }
+    ));
+}
+
+#[test]
+fn detached_signature_certificate_is_checked() {
+    let n = net3();
+    let d = DetachedSignature::new(&n.consensus, &signer_for(&n.auths[0], CERT_FROM, NOW - 1));
+    let back = DetachedSignature::parse(&d.encode()).unwrap();
+    assert_eq!(back.verify(NOW), Err(DetachedError::Cert(CertError::Expired { expires: NOW - 1, now: NOW })));
+    // The signature line must name the certificate's authority.
+    let text = DetachedSignature::new(&n.consensus, &signer(&n.auths[0])).encode();
+    let other = text.replacen(&format!("directory-signature {}", n.ids[0].fingerprint()), &format!("directory-signature {}", n.ids[1].fingerprint()), 1);
+    assert!(matches!(DetachedSignature::parse(&other).unwrap_err(), DocError::BadValue { .. }));
+    let no_cert: String = text.lines().filter(|l| !l.starts_with("authority-cert ")).map(|l| format!("{l}\n")).collect();
+    assert_eq!(DetachedSignature::parse(&no_cert).unwrap_err(), DocError::Missing { keyword: "authority-cert" });
+    assert!(text.len() < MAX_SIGNATURE_DOC_LEN);
+}
+
+#[test]
+fn vote_certificate_is_checked() {
+    let ka = key(23);
+    let mut v = vote(&ka, [], LT);
+    let text = v.encode_signed(signer(&ka).key());
+    let voter_line = text.find("\nvoter ").unwrap();
+    assert!(text[voter_line + 1..].lines().nth(1).unwrap().starts_with("authority-cert "), "authority-cert follows voter");
+    assert_eq!(Vote::parse(&text).unwrap().verify(NOW).unwrap(), v);
+    // Signed by the identity key instead of the certified signing key.
+    assert_eq!(Vote::parse(&v.encode_signed(&ka)).unwrap().verify(NOW).unwrap_err(), DocError::BadSignature);
+    // Expired certificate.
+    let old = signer_for(&ka, CERT_FROM, NOW - 1);
+    v.cert = *old.cert();
+    let err = Vote::parse(&v.encode_signed(old.key())).unwrap().verify(NOW).unwrap_err();
+    assert_eq!(err, DocError::BadCert(CertError::Expired { expires: NOW - 1, now: NOW }));
+    // A certificate from another authority than the voter.
+    v.cert = *signer(&key(24)).cert();
+    assert!(matches!(Vote::parse(&v.encode_signed(signer(&key(24)).key())).unwrap_err(), DocError::BadValue { .. }));
 }
 
 // ---- computing the consensus ----
@@ -511,10 +711,10 @@ proptest! {
         let d = desc(&k, "mut", 1_700_000_000);
         let n = net3();
         let mut c = n.consensus.clone();
-        for a in &n.auths { c.add_signature(c.sign(a)); }
+        for a in &n.auths { c.add_signature(c.sign(&signer(a))); }
         let original = match which {
             0 => d.encode_signed(&k),
-            1 => srv_vote(&n.auths[0], &n.auths, [&d], LT).encode_signed(&n.auths[0]),
+            1 => srv_vote(&n.auths[0], &n.auths, [&d], LT).encode_signed(signer(&n.auths[0]).key()),
             _ => c.encode(),
         };
         let mut t = original.clone().into_bytes();
@@ -534,7 +734,7 @@ proptest! {
                 // Any change breaks the syntax or the signature (A8: every bit flip fails).
                 if t != original { prop_assert!(r.is_err(), "mutated descriptor verified:\n{}", t); }
             }
-            1 => { let _ = Vote::parse(&t).map(|u| u.verify()); }
+            1 => { let _ = Vote::parse(&t).map(|u| u.verify(NOW)); }
             _ => {
                 if let Ok(u) = Consensus::parse(&t) {
                     if let Ok(v) = u.verify(&n.ids, NOW) {
@@ -804,16 +1004,16 @@ fn srv_previous_needs_a_majority() {
 fn srv_lines_round_trip_and_are_checked() {
     let auths = three_auths();
     let v = srv_vote(&auths[0], &auths, [], LT);
-    let text = v.encode_signed(&auths[0]);
+    let text = v.encode_signed(signer(&auths[0]).key());
     assert!(text.contains("\nshared-rand-commit ") && text.contains("\nshared-rand-reveal "));
     assert_eq!(text.matches("\nshared-rand-seen-commit ").count(), 3);
-    assert_eq!(Vote::parse(&text).unwrap().verify().unwrap(), v);
+    assert_eq!(Vote::parse(&text).unwrap().verify(NOW).unwrap(), v);
     // A vote without SRV lines is still a vote (older authorities).
     let plain = vote(&auths[0], [], LT);
-    assert_eq!(Vote::parse(&plain.encode_signed(&auths[0])).unwrap().verify().unwrap(), plain);
+    assert_eq!(Vote::parse(&plain.encode_signed(signer(&auths[0]).key())).unwrap().verify(NOW).unwrap(), plain);
     let resign = |t: &str| {
         let u = unsigned_part(t, "vote-signature");
-        format!("{u}vote-signature {}\n", enc64(&auths[0].sign(&super::vote::signed_message(&u)).to_bytes()))
+        format!("{u}vote-signature {}\n", enc64(&signer(&auths[0]).key().sign(&super::vote::signed_message(&u)).to_bytes()))
     };
     let commit_line = text.lines().find(|l| l.starts_with("shared-rand-commit ")).unwrap();
     let dup = insert_after(&text, commit_line, commit_line);

@@ -2,9 +2,10 @@
 
 use std::collections::BTreeMap;
 
-use ed25519_dalek::{Signature, Signer, SigningKey};
+use ed25519_dalek::{Signer, SigningKey};
 use sha2::{Digest as _, Sha256};
 
+use super::authcert::{AuthorityCert, AUTHORITY_CERT_KW};
 use super::entry::{line, parse_entries, sorted_unique, ConsensusRelay, ENTRY_SPEC};
 use super::flags::{encode_params, parse_params};
 use super::lines::{self, b64, enc64, fingerprint, uint, Line, Mult, Section};
@@ -23,6 +24,7 @@ pub(crate) const HEADER_SPEC: &[(&str, Mult)] = &[
     ("fresh-until", Mult::Once),
     ("valid-until", Mult::Once),
     ("voter", Mult::Once),
+    (AUTHORITY_CERT_KW, Mult::Once),
     ("params", Mult::Once),
     ("recommended-protocols", Mult::Once),
     ("required-protocols", Mult::Once),
@@ -37,8 +39,11 @@ pub(crate) const HEADER_SPEC: &[(&str, Mult)] = &[
 pub struct Vote {
     /// The lifetime of the consensus this vote is for.
     pub lifetime: Lifetime,
-    /// The voting authority's identity; it signs the vote.
+    /// The voting authority's identity.
     pub voter: RelayId,
+    /// The voter's signing-key certificate (`authority-cert`, issued by `voter`); its signing
+    /// key signs the vote.
+    pub cert: AuthorityCert,
     /// The consensus parameters it votes for (`params` line).
     pub params: BTreeMap<String, i64>,
     /// Subprotocol versions it recommends and requires.
@@ -59,6 +64,7 @@ impl Vote {
         line(&mut out, DOC_TYPE, "1");
         write_lifetime(&mut out, &self.lifetime);
         line(&mut out, "voter", &self.voter.fingerprint());
+        self.cert.write_line(&mut out);
         write_meta(&mut out, &self.params, &self.recommended_protocols, &self.required_protocols);
         write_vote_lines(&mut out, &self.srv);
         for r in sorted_unique(&self.relays) {
@@ -67,7 +73,7 @@ impl Vote {
         out
     }
 
-    /// The signed vote. `key` must be the secret half of `voter`.
+    /// The signed vote. `key` must be the signing key that `cert` certifies.
     pub fn encode_signed(&self, key: &SigningKey) -> String {
         let mut out = self.encode_unsigned();
         let sig = key.sign(&signed_message(&out));
@@ -96,13 +102,18 @@ impl Vote {
         let lifetime = read_lifetime(&s)?;
         let v = s.get("voter");
         let voter = fingerprint(v, v.one()?)?;
+        let cl = s.get(AUTHORITY_CERT_KW);
+        let cert = AuthorityCert::parse_line(cl)?;
+        if cert.identity != voter {
+            return Err(cl.bad("certificate is for another authority than voter"));
+        }
         let (params, recommended_protocols, required_protocols) = read_meta(&s)?;
         let srv = read_vote_lines(&s)?;
         let relays = parse_entries(&body[h..], &keywords)?;
         let signature = b64(last, last.one()?)?;
         let signed_part = &text[..last.start];
         Ok(UnverifiedVote {
-            vote: Vote { lifetime, voter, params, recommended_protocols, required_protocols, relays, srv },
+            vote: Vote { lifetime, voter, cert, params, recommended_protocols, required_protocols, relays, srv },
             signed_hash: Sha256::digest(signed_part.as_bytes()).into(),
             signature,
         })
@@ -168,13 +179,16 @@ impl UnverifiedVote {
         self.vote.lifetime
     }
 
-    /// Checks the signature by the voter the vote names. The caller still checks that the voter
-    /// is one of its configured authorities and that the lifetime is the one being voted on.
-    pub fn verify(self) -> Result<Vote, DocError> {
-        let key = self.vote.voter.verifying_key().ok_or(DocError::BadSignature)?;
+    /// Checks the voter's certificate (issued by `voter`, valid at `now`) and the signature by
+    /// the signing key it certifies. The caller still checks that the voter is one of its
+    /// configured authorities and that the lifetime is the one being voted on.
+    pub fn verify(self, now: u64) -> Result<Vote, DocError> {
+        self.vote.cert.valid_at(now).map_err(DocError::BadCert)?;
         let mut msg = VOTE_SIG_PREFIX.to_vec();
         msg.extend_from_slice(&self.signed_hash);
-        key.verify_strict(&msg, &Signature::from_bytes(&self.signature)).map_err(|_| DocError::BadSignature)?;
+        if !self.vote.cert.signing_key_verifies(&msg, &self.signature) {
+            return Err(DocError::BadSignature);
+        }
         Ok(self.vote)
     }
 
