@@ -31,7 +31,7 @@ pub fn show(config: &Path) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match rt.block_on(allium_directory::fetch_consensus(&cfg.network, cfg.node.address, now)) {
+    match rt.block_on(allium_directory::fetch_consensus(&cfg.network, cfg.node.address, now, None)) {
         Ok(nd) => {
             print!("{}", allium_directory::show::render(&nd, now));
             ExitCode::SUCCESS

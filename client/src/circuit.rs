@@ -166,7 +166,12 @@ pub async fn build_within(pool: &ChannelPool, path: &[&ConsensusRelay], limit: D
         .await
         .map_err(|_| CircError::Timeout { hops_done: progress.load(Ordering::Relaxed) })??;
     let hops: Vec<String> = path.iter().map(|r| r.identity.short()).collect();
-    tracing::debug!("circuit built in {:.1} ms through {}", started.elapsed().as_secs_f64() * 1e3, hops.join(" "));
+    let ms = started.elapsed().as_secs_f64() * 1e3;
+    if hops.len() == 1 {
+        tracing::debug!("one-hop directory circuit to {} ready in {ms:.1} ms", hops[0]);
+    } else {
+        tracing::debug!("circuit built in {ms:.1} ms through {}", hops.join(" "));
+    }
     let (tx, rx) = mpsc::channel(64);
     tokio::spawn(circ.run(rx));
     Ok(CircHandle { tx, exit: Arc::new(last.clone()), built_at: Instant::now() })

@@ -9,7 +9,7 @@
 //!
 //! Every attempt is bounded by [`FETCH_ATTEMPT_TIMEOUT`]; the caller retries with backoff.
 
-use allium_directory::fetch::{verify_off_thread, FetchAttempt, FetchAttemptError, FetchError, FETCH_ATTEMPT_TIMEOUT};
+use allium_directory::fetch::{fetch_missing_microdescs, verify_off_thread, FetchAttempt, FetchAttemptError, FetchError, FETCH_ATTEMPT_TIMEOUT};
 use allium_directory::NetDir;
 use allium_proto::dir_stream::{encode_request, parse_response};
 use allium_proto::doc::{ConsensusRelay, MAX_CONSENSUS_LEN};
@@ -18,6 +18,7 @@ use rand::seq::SliceRandom;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::circmgr::CircMgr;
+use crate::circuit::CircHandle;
 use crate::config::{ClientConfig, FallbackDir};
 
 /// The path of the consensus on a directory stream.
@@ -34,7 +35,7 @@ pub enum SourceKind {
 impl SourceKind {
     pub fn describe(self) -> &'static str {
         match self {
-            SourceKind::Guard => "through a guard",
+            SourceKind::Guard => "from a guard",
             SourceKind::Fallback => "from a fallback directory",
             SourceKind::Authority => "from an authority",
         }
@@ -64,7 +65,7 @@ pub async fn fetch(cfg: &ClientConfig, circuits: &CircMgr, current: Option<&NetD
     hops.extend(fallbacks.into_iter().map(|f| (fallback_hop(f), SourceKind::Fallback)));
     let mut failures = Vec::new();
     for (hop, kind) in hops {
-        match through_relay(circuits, &hop, &authorities, now).await {
+        match through_relay(circuits, &hop, &authorities, now, current).await {
             Ok(nd) => {
                 tracing::debug!(valid_after = nd.valid_after(), "consensus fetched {} ({})", kind.describe(), hop.nickname);
                 return Ok((nd, kind));
@@ -78,7 +79,7 @@ pub async fn fetch(cfg: &ClientConfig, circuits: &CircMgr, current: Option<&NetD
     if !cfg.client.fallback_dirs.is_empty() {
         return Err(FetchError::AllFailed(failures));
     }
-    match allium_directory::fetch_consensus(&cfg.network, cfg.node.address, now).await {
+    match allium_directory::fetch_consensus(&cfg.network, cfg.node.address, now, current).await {
         Ok(nd) => Ok((nd, SourceKind::Authority)),
         Err(FetchError::AllFailed(more)) => {
             failures.extend(more);
@@ -88,26 +89,32 @@ pub async fn fetch(cfg: &ClientConfig, circuits: &CircMgr, current: Option<&NetD
     }
 }
 
-/// One attempt: a one-hop circuit to `hop`, a directory stream, `GET` the consensus, verify it.
-async fn through_relay(circuits: &CircMgr, hop: &ConsensusRelay, authorities: &[RelayId], now: u64) -> Result<NetDir, FetchAttemptError> {
+/// One attempt: a one-hop circuit to `hop`; on it, a directory stream to `GET` the consensus,
+/// then more for the microdescriptors the client lacks (those `current` holds are reused).
+async fn through_relay(circuits: &CircMgr, hop: &ConsensusRelay, authorities: &[RelayId], now: u64, current: Option<&NetDir>) -> Result<NetDir, FetchAttemptError> {
     let attempt = async {
-        let circ = circuits.one_hop(hop).await.map_err(|e| format!("circuit: {e}"))?;
-        let mut stream = circ.begin_dir().await.map_err(|r| format!("directory stream refused ({r:?})"))?;
-        drop(circ);
-        stream.write_all(&encode_request(CONSENSUS_PATH)).await.map_err(|_| "directory stream closed".to_string())?;
-        let mut raw = Vec::new();
-        let limit = (MAX_CONSENSUS_LEN + allium_proto::dir_stream::MAX_RESPONSE_HEAD_LEN + 4) as u64;
-        (&mut stream).take(limit + 1).read_to_end(&mut raw).await.map_err(|_| "directory stream failed".to_string())?;
-        let resp = parse_response(&raw, MAX_CONSENSUS_LEN).map_err(|e| e.to_string())?;
-        if resp.status != 200 {
-            return Err(format!("HTTP {}: {}", resp.status, String::from_utf8_lossy(&resp.body).trim_end()));
+        let circ = circuits.one_hop(hop).await.map_err(|e| FetchAttemptError::Http(format!("circuit: {e}")))?;
+        let text = get(&circ, CONSENSUS_PATH.to_string()).await.map_err(FetchAttemptError::Http)?;
+        let mut nd = verify_off_thread(text, authorities.to_vec(), now).await?;
+        if let Some(c) = current {
+            nd.reuse_microdescs(c);
         }
-        String::from_utf8(resp.body).map_err(|_| "body is not UTF-8".to_string())
+        fetch_missing_microdescs(&mut nd, |path| get(&circ, path)).await?;
+        Ok(nd)
     };
-    let text = match tokio::time::timeout(FETCH_ATTEMPT_TIMEOUT, attempt).await {
-        Ok(Ok(t)) => t,
-        Ok(Err(e)) => return Err(FetchAttemptError::Http(e)),
-        Err(_) => return Err(FetchAttemptError::Http("timed out".into())),
-    };
-    verify_off_thread(text, authorities.to_vec(), now).await
+    tokio::time::timeout(FETCH_ATTEMPT_TIMEOUT, attempt).await.unwrap_or_else(|_| Err(FetchAttemptError::Http("timed out".into())))
+}
+
+/// One request on a fresh directory stream of `circ`: the body of a 200 answer.
+async fn get(circ: &CircHandle, path: String) -> Result<String, String> {
+    let mut stream = circ.begin_dir().await.map_err(|r| format!("directory stream refused ({r:?})"))?;
+    stream.write_all(&encode_request(&path)).await.map_err(|_| "directory stream closed".to_string())?;
+    let mut raw = Vec::new();
+    let limit = (MAX_CONSENSUS_LEN + allium_proto::dir_stream::MAX_RESPONSE_HEAD_LEN + 4) as u64;
+    (&mut stream).take(limit + 1).read_to_end(&mut raw).await.map_err(|_| "directory stream failed".to_string())?;
+    let resp = parse_response(&raw, MAX_CONSENSUS_LEN).map_err(|e| e.to_string())?;
+    if resp.status != 200 {
+        return Err(format!("HTTP {}: {}", resp.status, String::from_utf8_lossy(&resp.body).trim_end()));
+    }
+    String::from_utf8(resp.body).map_err(|_| "body is not UTF-8".to_string())
 }

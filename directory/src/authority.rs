@@ -147,6 +147,9 @@ pub struct AuthorityState {
     early_sigs: BTreeMap<u64, BTreeMap<RelayId, DetachedSignature>>,
     /// The latest published consensus and its text.
     published: Option<(Consensus, Arc<str>)>,
+    /// The microdescriptors of the published consensus (none for one loaded from disk: they
+    /// come with the next consensus computed here).
+    microdescs: crate::microdescs::MicrodescStore,
     policy: VotePolicy,
     reach: HashMap<RelayId, Reach>,
     /// Shared randomness: this authority's secret reveal for each period it committed in (the
@@ -169,6 +172,7 @@ impl AuthorityState {
             pending: None,
             early_sigs: BTreeMap::new(),
             published: None,
+            microdescs: Default::default(),
             policy: VotePolicy::defaults(testnet),
             reach: HashMap::new(),
             srv_reveals: BTreeMap::new(),
@@ -483,6 +487,7 @@ impl AuthorityState {
         let c = self.pending.take()?;
         let text: Arc<str> = c.encode().into();
         let p = published_of(&c, &text);
+        self.microdescs = crate::microdescs::MicrodescStore::of_consensus(&c);
         self.published = Some((c, text));
         Some(p)
     }
@@ -494,7 +499,14 @@ impl AuthorityState {
             return;
         }
         let text = c.encode().into();
+        self.microdescs = crate::microdescs::MicrodescStore::of_consensus(&c);
         self.published = Some((c, text));
+    }
+
+    /// The answer to a microdescriptor path ([`crate::microdescs::answer`]) for the published
+    /// consensus: `None` when the path is malformed.
+    pub fn microdescs_answer(&self, path: &str) -> Option<String> {
+        crate::microdescs::answer(&self.microdescs, path)
     }
 
     /// The latest published consensus text.
@@ -608,13 +620,7 @@ impl Shared {
 /// Writes the consensus to `dir/cached-consensus` through a temporary file and a rename, so a
 /// crash leaves either the old file or the new one.
 pub fn save_consensus(dir: &Path, text: &str) -> std::io::Result<()> {
-    use std::io::Write as _;
-    let tmp = dir.join(format!(".{CONSENSUS_FILE}.tmp"));
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(text.as_bytes())?;
-    f.sync_all()?;
-    drop(f);
-    std::fs::rename(&tmp, dir.join(CONSENSUS_FILE))
+    crate::cache::save(dir, CONSENSUS_FILE, text)
 }
 
 /// Reads and verifies the saved consensus, if there is one still valid at `now`.

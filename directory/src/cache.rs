@@ -33,6 +33,8 @@ pub const TESTNET_GRACE_INTERVALS: u64 = 6;
 pub const SKEW_TOLERANCE_SECS: u64 = 60;
 /// The file name in the data directory.
 pub const CACHE_FILE: &str = "cached-consensus";
+/// The microdescriptors held for the saved consensus, beside it.
+pub const MICRODESC_FILE: &str = "cached-microdescs";
 
 /// Where a consensus stands at some time.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -132,7 +134,14 @@ impl ConsensusCache {
         let nd = Consensus::parse(&text)
             .map_err(|e| e.to_string())
             .and_then(|u| u.dangerously_skip_time_check(authorities).map_err(|e| e.to_string()))
-            .and_then(|c| NetDir::new(c).map_err(|e| e.to_string()));
+            .and_then(|c| NetDir::new(c, Default::default()).map_err(|e| e.to_string()))
+            .map(|mut nd| {
+                // Microdescriptors that do not match the consensus are simply not taken.
+                if let Ok(mds) = std::fs::read_to_string(data_dir.join(MICRODESC_FILE)) {
+                    nd.add_microdescs(&mds);
+                }
+                nd
+            });
         match nd {
             Ok(nd) => {
                 let u = c.usability_of(&nd, now);
@@ -157,6 +166,11 @@ impl ConsensusCache {
         self.current.as_ref().map(|nd| self.usability_of(nd, now))
     }
 
+    /// The kept consensus, whatever its time (e.g. to reuse its microdescriptors).
+    pub fn current(&self) -> Option<Arc<NetDir>> {
+        self.current.clone()
+    }
+
     /// The kept consensus if usable at `now`.
     pub fn usable(&self, now: u64) -> Option<Arc<NetDir>> {
         self.current.clone().filter(|nd| self.usability_of(nd, now).usable())
@@ -168,7 +182,8 @@ impl ConsensusCache {
         if let Some(cur) = self.current.as_ref().filter(|c| c.valid_after() > nd.valid_after()) {
             return cur.clone();
         }
-        if let Err(e) = save(&self.dir, nd.consensus_text()) {
+        let saved = save(&self.dir, CACHE_FILE, nd.consensus_text()).and_then(|()| save(&self.dir, MICRODESC_FILE, &nd.microdescs().all_text()));
+        if let Err(e) = saved {
             tracing::warn!("cannot save the consensus in the data directory: {e}");
         }
         let nd = Arc::new(nd);
@@ -197,21 +212,21 @@ impl ConsensusCache {
     }
 }
 
-/// Writes `text` to `dir/cached-consensus` atomically (temporary file, sync, rename).
-pub fn save(dir: &Path, text: &str) -> std::io::Result<()> {
+/// Writes `text` to `dir/name` atomically (temporary file, sync, rename).
+pub fn save(dir: &Path, name: &str, text: &str) -> std::io::Result<()> {
     use std::io::Write as _;
-    let tmp = dir.join(format!(".{CACHE_FILE}.tmp"));
+    let tmp = dir.join(format!(".{name}.tmp"));
     let mut f = std::fs::File::create(&tmp)?;
     f.write_all(text.as_bytes())?;
     f.sync_all()?;
     drop(f);
-    std::fs::rename(&tmp, dir.join(CACHE_FILE))
+    std::fs::rename(&tmp, dir.join(name))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::netdir::tests::{relay, signed};
+    use crate::netdir::tests::{netdir as signed_netdir, relay};
     use allium_proto::doc::{ConsensusMeta, Lifetime, RelayFlags};
 
     fn dir(tag: &str) -> PathBuf {
@@ -223,8 +238,7 @@ mod tests {
 
     fn netdir(va: u64, i: u64) -> (NetDir, Vec<RelayId>) {
         let lt = Lifetime::new(va, va + i, va + 3 * i).unwrap();
-        let (text, ids) = signed(lt, ConsensusMeta::default(), vec![relay(1, RelayFlags::RUNNING | RelayFlags::VALID, 1, &[])]);
-        (NetDir::from_text(&text, &ids, va).unwrap(), ids)
+        signed_netdir(lt, ConsensusMeta::default(), vec![relay(1, RelayFlags::RUNNING | RelayFlags::VALID, 1, &[])], va)
     }
 
     fn failure() -> FetchError {

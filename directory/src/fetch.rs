@@ -9,6 +9,7 @@ use allium_proto::ids::RelayId;
 use rand::seq::SliceRandom;
 
 use crate::http;
+use crate::microdescs::{request_path, MAX_PER_REQUEST, MICRODESCS_PATH};
 use crate::netdir::NetDir;
 
 /// How long one attempt (connect, download, verify) may take.
@@ -57,7 +58,10 @@ fn describe(v: &[FetchAttempt]) -> String {
 /// `bind`, and returns the first one that parses and verifies at `now` (valid signatures from
 /// more than half of `net.authorities`, `valid-after <= now <= valid-until`). Each attempt is
 /// bounded by [`FETCH_ATTEMPT_TIMEOUT`]; the error lists what every attempt got.
-pub async fn fetch_consensus(net: &NetworkConfig, bind: IpAddr, now: u64) -> Result<NetDir, FetchError> {
+///
+/// The consensus's microdescriptors come from the same authority; those `previous` holds are
+/// reused. An authority that serves none of the missing ones counts as a failed attempt.
+pub async fn fetch_consensus(net: &NetworkConfig, bind: IpAddr, now: u64, previous: Option<&NetDir>) -> Result<NetDir, FetchError> {
     if net.authorities.is_empty() {
         return Err(FetchError::NoAuthorities);
     }
@@ -67,9 +71,21 @@ pub async fn fetch_consensus(net: &NetworkConfig, bind: IpAddr, now: u64) -> Res
     order.shuffle(&mut rand::thread_rng());
     let mut failures = Vec::new();
     for a in order {
-        let url = format!("http://{}/allium/v1/consensus", a.address);
-        let r = match http::get_text(&client, &url, FETCH_ATTEMPT_TIMEOUT, MAX_CONSENSUS_LEN).await {
-            Ok(text) => verify_off_thread(text, ids.clone(), now).await,
+        let get = |path: String| {
+            let url = format!("http://{}{path}", a.address);
+            let client = &client;
+            async move { http::get_text(client, &url, FETCH_ATTEMPT_TIMEOUT, MAX_CONSENSUS_LEN).await }
+        };
+        let r = match get("/allium/v1/consensus".to_string()).await {
+            Ok(text) => match verify_off_thread(text, ids.clone(), now).await {
+                Ok(mut nd) => {
+                    if let Some(p) = previous {
+                        nd.reuse_microdescs(p);
+                    }
+                    fetch_missing_microdescs(&mut nd, get).await.map(|()| nd)
+                }
+                Err(e) => Err(e),
+            },
             Err(e) => Err(FetchAttemptError::Http(e)),
         };
         match r {
@@ -92,4 +108,35 @@ pub async fn verify_off_thread(text: String, authorities: Vec<RelayId>, now: u64
     tokio::task::spawn_blocking(move || NetDir::from_text(&text, &authorities, now))
         .await
         .unwrap_or_else(|_| Err(FetchAttemptError::Http("verification task failed".into())))
+}
+
+/// Fetches the microdescriptors `nd` lacks with `get` (a GET of a path at one source, giving
+/// the body): every one at once when many are missing, else in batches of
+/// [`MAX_PER_REQUEST`] digests. Fails when the source gave none of the missing ones.
+pub async fn fetch_missing_microdescs<F, Fut>(nd: &mut NetDir, mut get: F) -> Result<(), FetchAttemptError>
+where
+    F: FnMut(String) -> Fut,
+    Fut: std::future::Future<Output = Result<String, String>>,
+{
+    let missing = nd.missing_microdescs();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    let paths: Vec<String> = if missing.len() > 4 * MAX_PER_REQUEST {
+        vec![MICRODESCS_PATH.to_string()]
+    } else {
+        missing.chunks(MAX_PER_REQUEST).map(request_path).collect()
+    };
+    let mut added = 0;
+    for p in paths {
+        let text = get(p).await.map_err(|e| FetchAttemptError::Http(format!("microdescriptors: {e}")))?;
+        added += nd.add_microdescs(&text);
+    }
+    if added == 0 {
+        return Err(FetchAttemptError::Http(format!("served none of the {} missing microdescriptors", missing.len())));
+    }
+    if added < missing.len() {
+        tracing::debug!("{} of {} missing microdescriptors fetched", added, missing.len());
+    }
+    Ok(())
 }

@@ -40,6 +40,7 @@ pub mod authority;
 pub mod cache;
 pub mod config;
 pub mod fetch;
+pub mod microdescs;
 pub mod flags;
 mod http;
 pub mod netdir;

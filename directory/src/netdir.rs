@@ -1,37 +1,97 @@
 //! The verified network view that clients and relays use.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 
-use allium_proto::doc::{Consensus, ConsensusRelay, Position, PositionWeights, RelayFlags, SharedRandom, WEIGHT_SCALE};
+use allium_proto::doc::{Consensus, ConsensusEntry, ConsensusRelay, Position, PositionWeights, RelayFlags, SharedRandom, WEIGHT_SCALE};
 use allium_proto::ids::RelayId;
 
+use crate::microdescs::MicrodescStore;
 use crate::params::{ConsensusParams, ParamError};
 
 /// A consensus whose signatures and validity interval were checked, and whose parameters are
-/// within their bounds, with an index by identity.
+/// within their bounds, with the microdescriptors held for it. Only relays whose
+/// microdescriptor is held are in [`NetDir::relays`]; the consensus lists them all.
 #[derive(Debug, Clone)]
 pub struct NetDir {
     consensus: Consensus,
+    microdescs: MicrodescStore,
+    /// The listed relays with a microdescriptor held, joined, sorted by identity.
+    relays: Vec<ConsensusRelay>,
     index: HashMap<RelayId, usize>,
     text: String,
     params: ConsensusParams,
 }
 
 impl NetDir {
-    /// Wraps a consensus returned by [`UnverifiedConsensus::verify`](allium_proto::doc::UnverifiedConsensus::verify).
-    /// Refuses it when a known parameter is outside its bounds ([`crate::params`]).
-    pub fn new(consensus: Consensus) -> Result<Self, ParamError> {
+    /// Wraps a consensus returned by [`UnverifiedConsensus::verify`](allium_proto::doc::UnverifiedConsensus::verify)
+    /// with the microdescriptors held for it (others in `microdescs` are dropped). Refuses it
+    /// when a known parameter is outside its bounds ([`crate::params`]).
+    pub fn new(consensus: Consensus, mut microdescs: MicrodescStore) -> Result<Self, ParamError> {
         let params = ConsensusParams::from_map(consensus.params())?;
-        let index = consensus.relays().iter().enumerate().map(|(i, r)| (r.identity, i)).collect();
+        microdescs.extend(&MicrodescStore::of_consensus(&consensus));
+        microdescs.retain(&listed_digests(&consensus));
         let text = consensus.encode();
-        Ok(NetDir { consensus, index, text, params })
+        let mut nd = NetDir { consensus, microdescs, relays: Vec::new(), index: HashMap::new(), text, params };
+        nd.join();
+        Ok(nd)
     }
 
-    /// Parses and verifies a consensus text against the configured authorities at `now`.
+    /// Parses and verifies a consensus text against the configured authorities at `now`
+    /// (no microdescriptors yet: see [`NetDir::add_microdescs`]).
     pub fn from_text(text: &str, authorities: &[RelayId], now: u64) -> Result<Self, crate::FetchAttemptError> {
         let u = Consensus::parse(text).map_err(crate::FetchAttemptError::Parse)?;
         let c = u.verify(authorities, now).map_err(crate::FetchAttemptError::Verify)?;
-        NetDir::new(c).map_err(crate::FetchAttemptError::Params)
+        NetDir::new(c, MicrodescStore::default()).map_err(crate::FetchAttemptError::Params)
+    }
+
+    fn join(&mut self) {
+        self.relays = self
+            .consensus
+            .relays()
+            .iter()
+            .filter_map(|e| self.microdescs.get(&e.microdesc).map(|md| e.with_microdesc(md)))
+            .collect();
+        self.index = self.relays.iter().enumerate().map(|(i, r)| (r.identity, i)).collect();
+    }
+
+    /// Adds the microdescriptors in `text` that this consensus lists and that are missing.
+    /// Returns how many were added.
+    pub fn add_microdescs(&mut self, text: &str) -> usize {
+        let wanted: HashSet<[u8; 32]> = self.missing_microdescs().into_iter().collect();
+        let n = self.microdescs.add_text(text, &wanted);
+        if n > 0 {
+            self.join();
+        }
+        n
+    }
+
+    /// Takes the microdescriptors `older` holds that this consensus lists (what a node already
+    /// had for the previous consensus).
+    pub fn reuse_microdescs(&mut self, older: &NetDir) {
+        let before = self.microdescs.len();
+        self.microdescs.extend(&older.microdescs);
+        self.microdescs.retain(&listed_digests(&self.consensus));
+        if self.microdescs.len() != before {
+            self.join();
+        }
+    }
+
+    /// Digests the consensus lists whose microdescriptor is not held.
+    pub fn missing_microdescs(&self) -> Vec<[u8; 32]> {
+        let mut v: Vec<[u8; 32]> = self.consensus.relays().iter().map(|e| e.microdesc).filter(|d| !self.microdescs.contains(d)).collect();
+        v.sort_unstable();
+        v.dedup();
+        v
+    }
+
+    /// The microdescriptors held for this consensus.
+    pub fn microdescs(&self) -> &MicrodescStore {
+        &self.microdescs
+    }
+
+    /// Every relay the consensus lists (with or without a microdescriptor held).
+    pub fn listed(&self) -> &[ConsensusEntry] {
+        self.consensus.relays()
     }
 
     /// The consensus parameters (checked against their bounds; defaults for absent ones).
@@ -68,21 +128,26 @@ impl NetDir {
     /// should pick relays with probability proportional to this (instead of the advertised
     /// bandwidth), so scarce exit capacity is not spent on middle positions.
     pub fn position_weight(&self, relay: &ConsensusRelay, pos: Position) -> u64 {
-        if !relay.flags.contains(RelayFlags::RUNNING | RelayFlags::VALID) {
+        self.position_weight_of(relay.flags, relay.weight, pos)
+    }
+
+    /// [`Self::position_weight`] from a relay's flags and consensus weight.
+    pub fn position_weight_of(&self, flags: RelayFlags, weight: u64, pos: Position) -> u64 {
+        if !flags.contains(RelayFlags::RUNNING | RelayFlags::VALID) {
             return 0;
         }
-        let share = self.consensus.position_weights().share(relay.flags, pos) as u128;
-        (relay.weight as u128 * share / WEIGHT_SCALE as u128) as u64
+        let share = self.consensus.position_weights().share(flags, pos) as u128;
+        (weight as u128 * share / WEIGHT_SCALE as u128) as u64
     }
 
-    /// The relays, sorted by identity.
+    /// The relays whose microdescriptor is held, joined with it, sorted by identity.
     pub fn relays(&self) -> &[ConsensusRelay] {
-        self.consensus.relays()
+        &self.relays
     }
 
-    /// The relay with this identity.
+    /// The relay with this identity (if its microdescriptor is held).
     pub fn by_id(&self, id: &RelayId) -> Option<&ConsensusRelay> {
-        self.index.get(id).map(|&i| &self.consensus.relays()[i])
+        self.index.get(id).map(|&i| &self.relays[i])
     }
 
     pub fn valid_after(&self) -> u64 {
@@ -124,6 +189,10 @@ impl NetDir {
     }
 }
 
+fn listed_digests(c: &Consensus) -> HashSet<[u8; 32]> {
+    c.relays().iter().map(|e| e.microdesc).collect()
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
@@ -150,6 +219,42 @@ pub(crate) mod tests {
         (c.encode(), vec![id])
     }
 
+    /// The microdescriptors of these relays, as a cache would serve them.
+    pub(crate) fn microdescs_text(relays: &[ConsensusRelay]) -> String {
+        relays.iter().map(|r| allium_proto::doc::Microdesc::of_relay(r).encode()).collect()
+    }
+
+    /// The verified view of `signed(...)` at `now`, with every microdescriptor added.
+    pub(crate) fn netdir(lt: Lifetime, meta: ConsensusMeta, relays: Vec<ConsensusRelay>, now: u64) -> (NetDir, Vec<RelayId>) {
+        let mds = microdescs_text(&relays);
+        let (text, ids) = signed(lt, meta, relays);
+        let mut nd = NetDir::from_text(&text, &ids, now).unwrap();
+        nd.add_microdescs(&mds);
+        (nd, ids)
+    }
+
+    #[test]
+    fn relays_appear_with_their_microdescriptors_only() {
+        let relays = vec![relay(1, RV, 1, &[]), relay(2, RV, 1, &[])];
+        let (text, ids) = signed(LT, ConsensusMeta::default(), relays.clone());
+        let mut nd = NetDir::from_text(&text, &ids, 1000).unwrap();
+        assert_eq!(nd.listed().len(), 2);
+        assert!(nd.relays().is_empty(), "no microdescriptor yet");
+        assert_eq!(nd.missing_microdescs().len(), 2);
+        // Another relay's microdescriptor, or a changed one, is not taken.
+        let mut other = relays[0].clone();
+        other.onion_key = [77; 32];
+        assert_eq!(nd.add_microdescs(&microdescs_text(&[other])), 0);
+        assert_eq!(nd.add_microdescs(&microdescs_text(&relays[..1])), 1);
+        assert_eq!(nd.relays().len(), 1);
+        assert_eq!(nd.by_id(&relays[0].identity).unwrap().onion_key, relays[0].onion_key);
+        assert!(nd.by_id(&relays[1].identity).is_none());
+        let mut fresh = NetDir::from_text(&text, &ids, 1000).unwrap();
+        fresh.reuse_microdescs(&nd);
+        assert_eq!(fresh.relays().len(), 1, "kept from the older view");
+        assert_eq!(fresh.missing_microdescs(), vec![allium_proto::doc::Microdesc::of_relay(&relays[1]).digest()]);
+    }
+
     const LT: Lifetime = Lifetime { valid_after: 1000, fresh_until: 1010, valid_until: 1030 };
     const RV: RelayFlags = RelayFlags::RUNNING.union(RelayFlags::VALID);
 
@@ -157,8 +262,7 @@ pub(crate) mod tests {
     fn families_count_only_when_mutual() {
         // 1 and 2 name each other; 3 names 1, but 1 does not name 3.
         let relays = vec![relay(1, RV, 1, &[2]), relay(2, RV, 1, &[1, 4]), relay(3, RV, 1, &[1])];
-        let (text, ids) = signed(LT, ConsensusMeta::default(), relays);
-        let nd = NetDir::from_text(&text, &ids, 1000).unwrap();
+        let (nd, _) = netdir(LT, ConsensusMeta::default(), relays, 1000);
         let id = |i: u8| RelayId([i; 32]);
         assert!(nd.same_family(&id(1), &id(2)) && nd.same_family(&id(2), &id(1)));
         assert!(!nd.same_family(&id(3), &id(1)) && !nd.same_family(&id(1), &id(3)), "one-sided claim ignored");
@@ -185,8 +289,7 @@ pub(crate) mod tests {
     fn position_weights_spare_scarce_exits() {
         let exit = RV | RelayFlags::EXIT;
         let relays = vec![relay(1, exit, 100, &[]), relay(2, RV | RelayFlags::GUARD, 450, &[]), relay(3, RV, 450, &[]), relay(4, RelayFlags::VALID, 900, &[])];
-        let (text, ids) = signed(LT, ConsensusMeta::default(), relays);
-        let nd = NetDir::from_text(&text, &ids, 1000).unwrap();
+        let (nd, _) = netdir(LT, ConsensusMeta::default(), relays, 1000);
         let r = |i: usize| &nd.relays()[i];
         assert_eq!(nd.position_weight(r(0), Position::Exit), 100);
         assert_eq!(nd.position_weight(r(0), Position::Middle), 0, "scarce exit kept for exits");

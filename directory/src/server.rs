@@ -8,6 +8,7 @@
 //! | `GET /allium/v1/vote/{valid_after}`   | —                         | 200, this authority's own vote | 400 bad number, 404 none |
 //! | `POST /allium/v1/signature`           | a detached signature      | 200     | 400, 409 (digest differs from ours), 413 over 1 KiB |
 //! | `GET /allium/v1/consensus`            | —                         | 200, latest consensus with every signature gathered | 404 none yet |
+//! | `GET /allium/v1/microdescs[/<hex>-<hex>…]` | —                    | 200, the published consensus's microdescriptors (all, or those named) | 400 malformed list |
 //!
 //! Responses are `text/plain`; a refusal's body is one line saying why.
 
@@ -32,6 +33,8 @@ pub(crate) fn router(sh: Arc<Shared>) -> Router {
         .route("/allium/v1/vote/{valid_after}", get(get_vote))
         .route("/allium/v1/signature", post(post_signature).layer(DefaultBodyLimit::max(MAX_SIGNATURE_DOC_LEN)))
         .route("/allium/v1/consensus", get(get_consensus))
+        .route("/allium/v1/microdescs", get(get_all_microdescs))
+        .route("/allium/v1/microdescs/{digests}", get(get_microdescs))
         .with_state(sh)
 }
 
@@ -113,6 +116,22 @@ async fn post_signature(State(sh): State<Arc<Shared>>, body: String) -> Response
             ok(Accepted::New)
         }
         Err(r) => refused("signature", r),
+    }
+}
+
+async fn get_all_microdescs(State(sh): State<Arc<Shared>>) -> Response {
+    microdescs(&sh, crate::microdescs::MICRODESCS_PATH)
+}
+
+async fn get_microdescs(State(sh): State<Arc<Shared>>, Path(digests): Path<String>) -> Response {
+    microdescs(&sh, &format!("{}/{digests}", crate::microdescs::MICRODESCS_PATH))
+}
+
+fn microdescs(sh: &Shared, path: &str) -> Response {
+    let answer = sh.lock().microdescs_answer(path);
+    match answer {
+        Some(body) => text(StatusCode::OK, body),
+        None => text(StatusCode::BAD_REQUEST, "microdescriptors refused: malformed digest list\n"),
     }
 }
 

@@ -42,6 +42,8 @@ pub fn render(nd: &NetDir, now: u64) -> String {
     let _ = writeln!(o, "shared-rand-previous: {}", srv(sr.previous));
     let _ = writeln!(o, "relays: {}", c.relays().len());
     let _ = writeln!(o, "  {:<19} {:<16} {:<22} {:>12} {:>12} {:>12} {:>12}  flags", "nickname", "identity", "address", "weight", "as-guard", "as-middle", "as-exit");
+    let held = nd.listed().len() - nd.missing_microdescs().len();
+    let _ = writeln!(o, "microdescriptors held: {held} of {}", nd.listed().len());
     for r in c.relays() {
         let _ = writeln!(
             o,
@@ -50,14 +52,18 @@ pub fn render(nd: &NetDir, now: u64) -> String {
             &r.identity.fingerprint()[..16],
             r.address.to_string(),
             r.weight,
-            nd.position_weight(r, Position::Guard),
-            nd.position_weight(r, Position::Middle),
-            nd.position_weight(r, Position::Exit),
+            nd.position_weight_of(r.flags, r.weight, Position::Guard),
+            nd.position_weight_of(r.flags, r.weight, Position::Middle),
+            nd.position_weight_of(r.flags, r.weight, Position::Exit),
             r.flags,
             if r.flags.contains(RelayFlags::RUNNING) { "" } else { " (NOT RUNNING: unused)" },
         );
+        let Some(full) = nd.by_id(&r.identity) else {
+            let _ = writeln!(o, "      (no microdescriptor held: keys, policy and family unknown)");
+            continue;
+        };
         let mutual: Vec<String> =
-            r.family.iter().filter(|f| nd.same_family(&r.identity, f)).map(|f| f.fingerprint()[..16].to_string()).collect();
+            full.family.iter().filter(|f| nd.same_family(&r.identity, f)).map(|f| f.fingerprint()[..16].to_string()).collect();
         if !mutual.is_empty() {
             let _ = writeln!(o, "      family (mutual): {}", mutual.join(" "));
         }

@@ -171,7 +171,7 @@ async fn wait_for_consensus(net: &NetworkConfig, done: impl Fn(&NetDir) -> bool)
     let start = Instant::now();
     let mut last = String::from("nothing fetched yet");
     while start.elapsed() < DEADLINE {
-        match fetch_consensus(net, LOCALHOST, now()).await {
+        match fetch_consensus(net, LOCALHOST, now(), None).await {
             Ok(nd) if done(&nd) => return nd,
             Ok(nd) => last = format!("consensus with {} relays, {} signatures", nd.relays().len(), nd.signers().len()),
             Err(e) => last = e.to_string(),
@@ -220,6 +220,9 @@ async fn three_authorities_publish_a_consensus_signed_by_all() {
         let r = nd.by_id(&d.identity).unwrap();
         let mut want = d.to_entry();
         (want.flags, want.weight) = (r.flags, r.weight);
+        // The consensus and the microdescriptor carry everything but the descriptor-only fields.
+        assert_eq!(r.descriptor_digest, allium_proto::doc::Microdesc::of_relay(&want).digest());
+        (want.bandwidth, want.published, want.descriptor_digest) = (r.weight, 0, r.descriptor_digest);
         assert_eq!(*r, want, "the consensus carries the descriptor as published, not the forgery");
         assert!(r.flags.contains(RelayFlags::RUNNING | RelayFlags::VALID | RelayFlags::GUARD | RelayFlags::HSDIR), "testnet: {}", r.flags);
         assert_eq!(r.weight, d.bandwidth);
@@ -258,7 +261,7 @@ async fn a34_one_authority_never_started_consensus_signed_by_two() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fetch_with_no_authority_up_says_why() {
     let tn = testnet(2, &[false, false]).await;
-    let err = fetch_consensus(&tn.net, LOCALHOST, now()).await.unwrap_err();
+    let err = fetch_consensus(&tn.net, LOCALHOST, now(), None).await.unwrap_err();
     let msg = err.to_string();
     assert!(msg.contains("auth0") && msg.contains("auth1") && msg.contains("connection"), "{msg}");
     assert!(!msg.contains("127.0.0.1"), "no addresses in the error: {msg}");

@@ -3,7 +3,10 @@
 //! so clients fetch the directory through their guard and never contact an authority.
 //!
 //! A directory stream carries one request (`allium_proto::dir_stream`); served paths:
-//! - `GET /allium/v1/consensus`: 200 with the consensus while it is live, else 404.
+//! - `GET /allium/v1/consensus`: 200 with the consensus while it is live, else 404;
+//! - `GET /allium/v1/microdescs` and `GET /allium/v1/microdescs/<hex>-<hex>-...`: 200 with the
+//!   held microdescriptors of that consensus (all, or those named; unknown ones left out), 404
+//!   while no live consensus is held.
 //!
 //! Anything else is 404; a malformed request is 400. The relay then closes the stream.
 
@@ -38,6 +41,11 @@ impl DirCache {
         self.inner.lock().unwrap_or_else(|e| e.into_inner()).store(nd)
     }
 
+    /// The kept consensus, live or not (its microdescriptors are reused for the next one).
+    pub fn current(&self) -> Option<Arc<NetDir>> {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner()).current()
+    }
+
     /// The kept consensus if it is live at `now` (an expired one is useless to clients: they
     /// verify the validity interval).
     pub fn live(&self, now: u64) -> Option<Arc<NetDir>> {
@@ -47,12 +55,13 @@ impl DirCache {
 
     /// The response to a request for `path` at `now`.
     pub fn respond(&self, path: &str, now: u64) -> Vec<u8> {
-        match path {
-            CONSENSUS_PATH => match self.live(now) {
-                Some(nd) => encode_response(200, nd.consensus_text().as_bytes()),
-                None => encode_response(404, b"no live consensus held\n"),
-            },
-            _ => encode_response(404, b"not found\n"),
+        let Some(nd) = self.live(now) else { return encode_response(404, b"no live consensus held\n") };
+        if path == CONSENSUS_PATH {
+            return encode_response(200, nd.consensus_text().as_bytes());
+        }
+        match allium_directory::microdescs::answer(nd.microdescs(), path) {
+            Some(body) => encode_response(200, body.as_bytes()),
+            None => encode_response(404, b"not found\n"),
         }
     }
 }

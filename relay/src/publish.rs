@@ -72,7 +72,8 @@ pub async fn consensus_watch(cfg: RelayConfig, ctx: Arc<RelayCtx>) -> Result<(),
     let mut listed = false;
     loop {
         let t = now();
-        let wait = match allium_directory::fetch::fetch_consensus(&cfg.network, cfg.node.address, t).await {
+        let previous = ctx.dir.current();
+        let wait = match allium_directory::fetch::fetch_consensus(&cfg.network, cfg.node.address, t, previous.as_deref()).await {
             Ok(dir) => {
                 // A relay lacking a version the network requires stops, saying so.
                 if let Err(e) = allium_directory::check_protocols(&our_protocols(), &dir) {
@@ -80,7 +81,7 @@ pub async fn consensus_watch(cfg: RelayConfig, ctx: Arc<RelayCtx>) -> Result<(),
                     return Err(e.into());
                 }
                 let dir = ctx.dir.store(dir);
-                let now_listed = dir.by_id(&ctx.id).is_some();
+                let now_listed = dir.consensus().relay(&ctx.id).is_some();
                 if now_listed != listed {
                     tracing::info!("the consensus {} this relay", if now_listed { "lists" } else { "no longer lists" });
                     listed = now_listed;

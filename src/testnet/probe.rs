@@ -147,13 +147,11 @@ pub async fn fetch_consensus(dir_port: SocketAddr) -> Result<Option<String>, Str
 /// count, so fingerprints elsewhere (authority lists, families, signatures) are not mistaken
 /// for listed relays.
 pub fn listed(consensus: &str, fingerprints: &[String]) -> Vec<bool> {
-    let relays: std::collections::HashSet<String> = consensus
-        .lines()
-        .filter_map(|l| {
-            let mut words = l.split_whitespace();
-            (words.next() == Some("relay")).then(|| words.last().unwrap_or("").to_ascii_uppercase())
-        })
-        .collect();
+    // Readiness only: the nodes themselves verify the signatures.
+    let relays: std::collections::HashSet<String> = match allium_proto::doc::Consensus::parse(consensus) {
+        Ok(c) => c.dangerously_assume_valid().relays().iter().map(|r| r.identity.fingerprint()).collect(),
+        Err(_) => Default::default(),
+    };
     fingerprints.iter().map(|fp| relays.contains(&fp.to_ascii_uppercase())).collect()
 }
 
@@ -162,11 +160,14 @@ mod tests {
     use super::*;
 
     #[test]
-    fn listed_counts_only_relay_lines() {
-        let a = "AB".repeat(32);
-        let b = "CD".repeat(32);
-        let doc = format!("network-status x\nrelay r1 {}\nfamily {b}\n", a.to_lowercase());
-        assert_eq!(listed(&doc, &[a, b]), [true, false]);
+    fn listed_reads_the_consensus_entries() {
+        use allium_proto::doc::{Consensus, ConsensusRelay, Lifetime};
+        let lt = Lifetime::new(100, 110, 130).unwrap();
+        let c = Consensus::new(lt, vec![allium_proto::ids::RelayId([5; 32])], vec![ConsensusRelay::synthetic(1)]);
+        let listed_fp = ConsensusRelay::synthetic(1).identity.fingerprint();
+        let other = ConsensusRelay::synthetic(2).identity.fingerprint();
+        assert_eq!(listed(&c.encode(), &[listed_fp.to_lowercase(), other]), [true, false]);
+        assert_eq!(listed("garbage", &[listed_fp]), [false]);
     }
 
     #[tokio::test]

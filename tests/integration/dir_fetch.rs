@@ -16,13 +16,13 @@ fn connections_from(log: &str, ip: &str) -> usize {
 fn client_directory_fetches_go_through_guards_and_never_reach_an_authority() {
     let net = Testnet::start(&[]);
     // Two fetches through a guard span at least one new consensus (one per 10 s voting round).
-    let client = net.wait_log("client", Duration::from_secs(120), |log| log.matches("consensus fetched through a guard").count() >= 2);
+    let client = net.wait_log("client", Duration::from_secs(120), |log| log.matches("consensus fetched from a guard").count() >= 2);
     assert!(
         client.lines().any(|l| l.contains("bootstrap 25%: consensus fetched and verified (") && l.ends_with("relays, from a fallback directory)")),
         "the first consensus comes from a fallback relay:\n{}",
         net.log_tail(20)
     );
-    assert!(client.matches("consensus fetched through a guard").count() >= 2, "later consensuses come through a guard:\n{client}");
+    assert!(client.matches("consensus fetched from a guard").count() >= 2, "later consensuses come through a guard:\n{client}");
     assert!(!client.contains("from an authority"), "the client never fetched from an authority");
 
     let client_ip = net.node_address("client").to_string();

@@ -6,7 +6,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use sha2::{Digest as _, Sha256};
 
 use super::authcert::{AuthorityCert, AuthoritySigner, CertError, AUTHORITY_CERT_KW};
-use super::entry::{line, parse_entries, sorted_unique, ConsensusRelay, ENTRY_SPEC};
+use super::compact::{parse_compact_entries, ConsensusEntry, COMPACT_SPEC};
+use super::entry::{line, sorted_unique, ConsensusRelay};
+use super::microdesc::Microdesc;
 use super::flags::{PositionWeights, RelayFlags};
 use super::lines::{self, b64, enc64, fingerprint, uint, Line, Mult, Section};
 use super::protocols::Protocols;
@@ -113,7 +115,10 @@ pub struct Consensus {
     meta: ConsensusMeta,
     weights: PositionWeights,
     authorities: Vec<RelayId>,
-    relays: Vec<ConsensusRelay>,
+    relays: Vec<ConsensusEntry>,
+    /// The microdescriptors of `relays`, when this consensus was computed here (an authority
+    /// serves them); empty for a parsed one.
+    microdescs: Vec<Microdesc>,
     signatures: Vec<DirSignature>,
     /// Exactly the bytes the signatures cover.
     signed_text: String,
@@ -135,13 +140,14 @@ impl Consensus {
         Self::with_meta(lifetime, ConsensusMeta::default(), authorities, relays)
     }
 
-    /// An unsigned consensus with a header. The position weights are computed from the relays
+    /// An unsigned consensus with a header, listing each relay by its compact entry and keeping
+    /// its microdescriptor beside. The position weights are computed from the relays
     /// ([`PositionWeights::compute`]).
     pub fn with_meta(lifetime: Lifetime, meta: ConsensusMeta, authorities: Vec<RelayId>, relays: Vec<ConsensusRelay>) -> Self {
         let authorities: Vec<RelayId> = authorities.into_iter().collect::<BTreeSet<_>>().into_iter().collect();
-        let relays: Vec<ConsensusRelay> = sorted_unique(&relays).into_iter().cloned().collect();
+        let (relays, microdescs): (Vec<ConsensusEntry>, Vec<Microdesc>) = sorted_unique(&relays).into_iter().map(ConsensusEntry::of_relay).unzip();
         let weights = PositionWeights::compute(relays.iter().map(|r| (r.flags, r.weight)));
-        let mut t = String::with_capacity(1024 + 1024 * relays.len());
+        let mut t = String::with_capacity(1024 + 200 * relays.len());
         line(&mut t, DOC_TYPE, "1");
         write_lifetime(&mut t, &lifetime);
         write_meta(&mut t, &meta.params, &meta.recommended_protocols, &meta.required_protocols);
@@ -154,7 +160,7 @@ impl Consensus {
             r.encode_into(&mut t);
         }
         let digest = Sha256::digest(t.as_bytes()).into();
-        Consensus { lifetime, meta, weights, authorities, relays, signatures: Vec::new(), signed_text: t, digest }
+        Consensus { lifetime, meta, weights, authorities, relays, microdescs, signatures: Vec::new(), signed_text: t, digest }
     }
 
     /// Parameters and protocol versions.
@@ -190,13 +196,18 @@ impl Consensus {
     pub fn authorities(&self) -> &[RelayId] {
         &self.authorities
     }
-    /// The relays, sorted by identity.
-    pub fn relays(&self) -> &[ConsensusRelay] {
+    /// The relays' entries, sorted by identity.
+    pub fn relays(&self) -> &[ConsensusEntry] {
         &self.relays
     }
-    /// The relay with this identity.
-    pub fn relay(&self, id: &RelayId) -> Option<&ConsensusRelay> {
+    /// The entry of the relay with this identity.
+    pub fn relay(&self, id: &RelayId) -> Option<&ConsensusEntry> {
         self.relays.binary_search_by_key(id, |r| r.identity).ok().map(|i| &self.relays[i])
+    }
+    /// The relays' microdescriptors, in the order of [`Self::relays`], when this consensus was
+    /// computed here; empty for a parsed one (they are fetched separately).
+    pub fn microdescs(&self) -> &[Microdesc] {
+        &self.microdescs
     }
     /// The signatures held. For a verified consensus: the valid ones from configured
     /// authorities, one per authority, sorted.
@@ -248,7 +259,7 @@ impl Consensus {
         let ls = lines::split(text, MAX_CONSENSUS_LEN, MAX_VOTE_LINES)?;
         lines::check_type_line(&ls, DOC_TYPE)?;
         let keywords: Vec<&str> =
-            HEADER_SPEC.iter().chain(ENTRY_SPEC).map(|(k, _)| *k).chain(FOOTER_KEYWORDS.iter().copied()).collect();
+            HEADER_SPEC.iter().chain(COMPACT_SPEC).map(|(k, _)| *k).chain(FOOTER_KEYWORDS.iter().copied()).collect();
         let f = ls.iter().position(|l| FOOTER_KEYWORDS.contains(&l.kw)).unwrap_or(ls.len());
         let (body, footer) = ls.split_at(f);
         let h = body.iter().position(|l| l.kw == "relay").unwrap_or(body.len());
@@ -267,7 +278,7 @@ impl Consensus {
             }
             authorities.push(id);
         }
-        let relays = parse_entries(&body[h..], &keywords)?;
+        let relays = parse_compact_entries(&body[h..], &keywords)?;
         let (certs, sig_lines) = parse_footer(footer, &keywords)?;
         let signed_text = match footer.first() {
             Some(l) => &text[..l.start],
@@ -280,6 +291,7 @@ impl Consensus {
                 weights,
                 authorities,
                 relays,
+                microdescs: Vec::new(),
                 signatures: Vec::new(),
                 digest: Sha256::digest(signed_text.as_bytes()).into(),
                 signed_text: signed_text.to_string(),

@@ -267,7 +267,7 @@ impl KeysOwned {
     }
 }
 
-fn parse_address(l: &Line, v: &str) -> Result<SocketAddr, DocError> {
+pub(crate) fn parse_address(l: &Line, v: &str) -> Result<SocketAddr, DocError> {
     let a: SocketAddr = v.parse().map_err(|_| l.bad("not an ip:port address"))?;
     if a.to_string() != v {
         return Err(l.bad("address not in canonical form"));
@@ -306,15 +306,26 @@ pub(crate) fn parse_family(l: &Line) -> Result<Vec<RelayId>, DocError> {
 /// Parses the relay entries in `ls` (each starts at a `relay` line; `ls` is empty or starts with
 /// one) and checks they are sorted by identity with no duplicate.
 pub(crate) fn parse_entries(ls: &[Line], doc_keywords: &[&str]) -> Result<Vec<ConsensusRelay>, DocError> {
-    let mut out: Vec<ConsensusRelay> = Vec::new();
+    parse_sorted_blocks(ls, doc_keywords, ConsensusRelay::parse, |r| r.identity)
+}
+
+/// Splits `ls` into blocks that each start at a `relay` line, parses each with `parse`, and
+/// checks the identities are strictly ascending.
+pub(crate) fn parse_sorted_blocks<T>(
+    ls: &[Line],
+    doc_keywords: &[&str],
+    parse: impl Fn(&[Line], &[&str]) -> Result<T, DocError>,
+    identity: impl Fn(&T) -> RelayId,
+) -> Result<Vec<T>, DocError> {
+    let mut out: Vec<T> = Vec::new();
     let mut i = 0;
     while i < ls.len() {
         let mut j = i + 1;
         while j < ls.len() && ls[j].kw != "relay" {
             j += 1;
         }
-        let e = ConsensusRelay::parse(&ls[i..j], doc_keywords)?;
-        if out.last().is_some_and(|p| p.identity >= e.identity) {
+        let e = parse(&ls[i..j], doc_keywords)?;
+        if out.last().is_some_and(|p| identity(p) >= identity(&e)) {
             return Err(DocError::Unsorted { line: ls[i].no });
         }
         out.push(e);

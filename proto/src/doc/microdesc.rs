@@ -110,10 +110,18 @@ pub fn digest_of(text: &str) -> [u8; 32] {
     Sha256::digest(text.as_bytes()).into()
 }
 
+/// One microdescriptor of a list: its exact text, that text's digest, and the parse result.
+#[derive(Debug)]
+pub struct ListItem<'a> {
+    pub text: &'a str,
+    pub digest: [u8; 32],
+    pub parsed: Result<Microdesc, DocError>,
+}
+
 /// Splits a list of microdescriptors (each starting with its [`MICRODESC_FIRST_LINE`]) and
-/// parses each: `(digest of its text, result)`. One bad microdescriptor does not spoil the
-/// others; text before the first one is returned as an error entry.
-pub fn parse_list(text: &str) -> Vec<([u8; 32], Result<Microdesc, DocError>)> {
+/// parses each. One bad microdescriptor does not spoil the others; text before the first one is
+/// returned as an item that failed.
+pub fn parse_list(text: &str) -> Vec<ListItem<'_>> {
     let mut starts: Vec<usize> = Vec::new();
     let mut pos = 0;
     for l in text.split_inclusive('\n') {
@@ -123,14 +131,15 @@ pub fn parse_list(text: &str) -> Vec<([u8; 32], Result<Microdesc, DocError>)> {
         pos += l.len();
     }
     let mut out = Vec::with_capacity(starts.len() + 1);
-    if starts.first().map_or(!text.is_empty(), |&s| s > 0) {
-        let head = &text[..starts.first().copied().unwrap_or(text.len())];
-        out.push((digest_of(head), Err(DocError::WrongDocumentType { expected: DOC_TYPE })));
+    let first = starts.first().copied().unwrap_or(text.len());
+    if first > 0 {
+        let head = &text[..first];
+        out.push(ListItem { text: head, digest: digest_of(head), parsed: Err(DocError::WrongDocumentType { expected: DOC_TYPE }) });
     }
     for (i, &s) in starts.iter().enumerate() {
         let end = starts.get(i + 1).copied().unwrap_or(text.len());
         let chunk = &text[s..end];
-        out.push((digest_of(chunk), Microdesc::parse(chunk)));
+        out.push(ListItem { text: chunk, digest: digest_of(chunk), parsed: Microdesc::parse(chunk) });
     }
     out
 }
@@ -159,8 +168,9 @@ mod tests {
         let list = format!("{}{}", a.encode(), b.encode());
         let parsed = parse_list(&list);
         assert_eq!(parsed.len(), 2);
-        assert_eq!(parsed[0].0, a.digest());
-        assert_eq!(parsed[1].1.as_ref().unwrap(), &b);
+        assert_eq!(parsed[0].digest, a.digest());
+        assert_eq!(parsed[0].text, a.encode());
+        assert_eq!(parsed[1].parsed.as_ref().unwrap(), &b);
         assert!(parse_list("").is_empty());
     }
 
@@ -171,8 +181,9 @@ mod tests {
         let list = format!("junk\n{bad}{}", sample(3).encode());
         let parsed = parse_list(&list);
         assert_eq!(parsed.len(), 3);
-        assert!(parsed[0].1.is_err() && parsed[1].1.is_err());
-        assert_eq!(parsed[2].1.as_ref().unwrap(), &sample(3));
+        assert!(parsed[0].parsed.is_err() && parsed[1].parsed.is_err());
+        assert_eq!(parsed[0].text, "junk\n");
+        assert_eq!(parsed[2].parsed.as_ref().unwrap(), &sample(3));
     }
 
     #[test]

@@ -52,6 +52,7 @@
 //! keyword or a new document version.
 
 mod authcert;
+mod compact;
 mod consensus;
 mod descriptor;
 mod entry;
@@ -71,6 +72,7 @@ pub use consensus::{
     DirSignature, UnverifiedConsensus,
 };
 pub use descriptor::{certify_link_key, verify_link_cert, RelayDescriptor, UnverifiedDescriptor};
+pub use compact::ConsensusEntry;
 pub use entry::ConsensusRelay;
 pub use flags::{encode_params, param_name_ok, parse_params, Position, PositionWeights, RelayFlags, MAX_PARAMS, WEIGHT_SCALE};
 pub use microdesc::Microdesc;

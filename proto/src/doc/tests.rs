@@ -385,7 +385,9 @@ fn a10_validity_interval_enforced() {
 fn a10_changed_consensus_invalidates_signatures() {
     let n = net3();
     let sigs: Vec<DirSignature> = n.auths.iter().map(|a| n.consensus.sign(&signer(a))).collect();
-    let text = with_sigs(&n.consensus, &sigs).replacen("bandwidth 1000000", "bandwidth 9000000", 1);
+    let orig = with_sigs(&n.consensus, &sigs);
+    let text = orig.replacen(" 1000000\nmd ", " 9000000\nmd ", 1);
+    assert_ne!(text, orig, "the test changed a relay's weight");
     let err = Consensus::parse(&text).unwrap().verify(&n.ids, NOW).unwrap_err();
     assert!(matches!(err, ConsensusError::NotEnoughSignatures { valid: 0, .. }));
 }
