@@ -53,7 +53,7 @@ mod consensus;
 mod descriptor;
 mod entry;
 mod flags;
-mod lines;
+pub(crate) mod lines;
 mod protocols;
 pub mod srv;
 mod vote;

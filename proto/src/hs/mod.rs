@@ -1,8 +1,11 @@
-//! Onion services, sans-IO: addresses and blinded keys (the first pieces of issue "Onion
-//! services"; descriptors, the hash ring and introduction come next).
+//! Onion services, sans-IO: addresses, blinded keys, descriptors and their encrypted part, the
+//! HSDir hash ring and the period's shared random value (issue "Onion services"; introduction
+//! and rendezvous come next). No I/O: time and randomness are passed in.
 
 pub mod address;
 pub mod blind;
+pub mod desc;
 
 pub use address::{AddressError, OnionAddress};
 pub use blind::{blind_public, verify_blinded, BlindedKey, TimePeriod};
+pub use desc::{should_replace, HsDescError, HsDescriptor, UnverifiedHsDescriptor};
