@@ -8,10 +8,12 @@ pub mod desc;
 pub mod inner;
 pub mod period;
 pub mod ring;
+pub mod store;
 
 pub use address::{AddressError, OnionAddress};
 pub use blind::{blind_public, verify_blinded, BlindedKey, TimePeriod};
 pub use inner::{decrypt, encrypt, make_descriptor, DescBinding, InnerError, IntroList, IntroPoint};
 pub use period::{ring_srv, PeriodSrv};
 pub use ring::HsDirRing;
+pub use store::{HsDirStore, StoreError, Stored};
 pub use desc::{should_replace, HsDescError, HsDescriptor, UnverifiedHsDescriptor};
