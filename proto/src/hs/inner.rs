@@ -369,7 +369,7 @@ mod tests {
     fn intro(i: u8) -> IntroPoint {
         IntroPoint {
             relay: ExtendTarget {
-                addr: if i % 2 == 0 { format!("192.0.2.{i}:9001") } else { format!("[2001:db8::{i}]:443") }.parse().unwrap(),
+                addr: if i.is_multiple_of(2) { format!("192.0.2.{i}:9001") } else { format!("[2001:db8::{i}]:443") }.parse().unwrap(),
                 identity: [i; 32],
                 link_key: [i + 1; 32],
             },

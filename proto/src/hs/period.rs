@@ -58,7 +58,7 @@ impl PeriodSrv {
 /// positive and `period_secs` a multiple of `interval_secs` (so every period starts with a
 /// consensus).
 pub fn period_length_ok(period_secs: u64, interval_secs: u64) -> bool {
-    interval_secs > 0 && period_secs >= interval_secs && period_secs % interval_secs == 0
+    interval_secs > 0 && period_secs >= interval_secs && period_secs.is_multiple_of(interval_secs)
 }
 
 /// The current period of a node using the consensus with this `valid-after`.
@@ -183,7 +183,7 @@ mod tests {
     /// before, and it is the anchor consensus's shared random value.
     #[test]
     fn carried_forward_through_a_period() {
-        let srv_of = |t: u64| -> Option<[u8; 32]> { (t % (7 * I) != 0).then(|| Sha256::digest(t.to_be_bytes()).into()) };
+        let srv_of = |t: u64| -> Option<[u8; 32]> { (!t.is_multiple_of(7 * I)).then(|| Sha256::digest(t.to_be_bytes()).into()) };
         let start = 20_000 * L;
         let mut prev: Vec<PeriodSrv> = Vec::new();
         let mut seen: BTreeMap<u64, [u8; 32]> = BTreeMap::new();
