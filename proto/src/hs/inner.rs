@@ -298,7 +298,8 @@ pub fn encrypt<R: RngCore + CryptoRng>(
 
 /// Decrypts the encrypted part of a verified descriptor with the service's identity (from the
 /// address) and, for a service with client authorization, this client's x25519 secret key.
-/// A client without an authorized key gets [`InnerError::NotAuthorized`].
+/// A client without an authorized key gets [`InnerError::NotAuthorized`]. `b` must come from a
+/// descriptor verified against `blind_public(identity, period)` ([`super::desc`]).
 pub fn decrypt(identity: &[u8; 32], b: &DescBinding, encrypted: &[u8], client: Option<&StaticSecret>) -> Result<IntroList, InnerError> {
     let mut r = Reader::new(encrypted);
     let salt: [u8; SALT_LEN] = r.array().map_err(|_| InnerError::Malformed("truncated"))?;

@@ -97,7 +97,16 @@ pub fn ring_srv(p: TimePeriod, carried: &[PeriodSrv]) -> [u8; 32] {
 /// caller has verified: the lines before the first `relay` or `directory-signature` line. At most
 /// [`MAX_LINES`], strictly ascending by (number, length).
 pub fn read_carried(text: &str) -> Result<Vec<PeriodSrv>, DocError> {
-    let ls = lines::split(text, MAX_VOTE_LEN, MAX_VOTE_LINES)?;
+    if text.len() > MAX_VOTE_LEN {
+        return Err(DocError::TooLarge { len: text.len(), limit: MAX_VOTE_LEN });
+    }
+    // Only the header is read: cut before the first entry or signature line (on a line start).
+    let end = ["\nrelay ", "\ndirectory-signature ", "\nvote-signature "]
+        .iter()
+        .filter_map(|m| text.find(m))
+        .min()
+        .map_or(text.len(), |i| i + 1);
+    let ls = lines::split(&text[..end], MAX_VOTE_LEN, MAX_VOTE_LINES)?;
     let mut out: Vec<PeriodSrv> = Vec::new();
     for l in ls.iter().take_while(|l| l.kw != "relay" && l.kw != "directory-signature" && l.kw != "vote-signature") {
         if l.kw != KEYWORD {
