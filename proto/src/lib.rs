@@ -13,7 +13,8 @@
 //! - [`link`]: the link handshake payloads (version negotiation, initiator certificate).
 //! - [`crypto`]: the per-hop circuit handshake (ntor), key derivation and layered relay-cell crypto.
 //! - [`socks`], [`socks4`]: the SOCKS5 and SOCKS4/4a server-side parser.
-//! - [`hs`]: onion services (addresses, blinded keys).
+//! - [`hs`]: onion services (addresses, blinded keys, descriptors and their encryption, the HSDir
+//!   ring and cache, the ring value of a period).
 //! - [`http_connect`]: the HTTP CONNECT proxy request parser.
 //! - [`policy`]: exit policies.
 //! - [`dir_stream`]: the request and response on a directory stream (BEGIN_DIR).

@@ -416,10 +416,72 @@ fn authority_cert_message_and_signature() {
     assert!(cert.valid_at(cert.published).is_ok());
 }
 
+// ---- onion services ----
+
+use allium_proto::hs::inner::{client_entry_keys, desc_key_nonce, DescBinding};
+use allium_proto::hs::period::fallback_srv;
+use allium_proto::hs::ring::{hs_index, hsdir_index};
+use allium_proto::hs::{blind_public, BlindedKey, OnionAddress, TimePeriod};
+
+/// The period of the onion-service vectors.
+const HS_PERIOD: TimePeriod = TimePeriod { number: 20_000, length_secs: 86_400 };
+/// The revision of the onion-service vectors.
+const HS_REVISION: u64 = 3;
+
+fn hs_vectors() -> Vec<(&'static str, Vec<u8>)> {
+    let id = ed25519_dalek::SigningKey::from_bytes(&vector_n("hs-identity-seed"));
+    let identity = id.verifying_key().to_bytes();
+    let blinded = blind_public(&identity, HS_PERIOD).expect("usable identity");
+    assert_eq!(BlindedKey::derive(&id, HS_PERIOD).public(), blinded);
+    let b = DescBinding { blinded_key: &blinded, period: HS_PERIOD, revision: HS_REVISION };
+    let salt: [u8; 16] = vector_n("hs-desc-salt");
+    let cookie: [u8; 32] = vector_n("hs-desc-cookie");
+    let kn = |c: Option<&[u8; 32]>| {
+        let (k, n) = desc_key_nonce(&identity, &b, &salt, c);
+        [&k[..], &n[..]].concat()
+    };
+    let client = StaticSecret::from(vector_n::<32>("hs-client-secret"));
+    let eph = StaticSecret::from(vector_n::<32>("hs-ephemeral-secret"));
+    let (client_pub, eph_pub) = (PublicKey::from(&client), PublicKey::from(&eph));
+    let dh = eph.diffie_hellman(&client_pub);
+    assert_eq!(dh.as_bytes(), client.diffie_hellman(&eph_pub).as_bytes());
+    let (cid, ckey, cnonce) =
+        client_entry_keys(dh.as_bytes(), eph_pub.as_bytes(), client_pub.as_bytes(), &identity, &blinded, &salt);
+    let srv: [u8; 32] = vector_n("hs-ring-srv");
+    let relay = RelayId(vector_n("hs-relay-id"));
+    vec![
+        ("hs-identity", identity.to_vec()),
+        ("hs-address", OnionAddress::from_identity(identity).unwrap().to_host().into_bytes()),
+        ("hs-blinded-key", blinded.to_vec()),
+        ("hs-desc-key-nonce", kn(None)),
+        ("hs-desc-key-nonce-cookie", kn(Some(&cookie))),
+        ("hs-client-entry-keys", [&cid[..], &ckey[..], &cnonce[..]].concat()),
+        ("hs-hsdir-index", hsdir_index(&relay, &srv, HS_PERIOD).to_vec()),
+        ("hs-index-replica-1", hs_index(&blinded, 1, HS_PERIOD).to_vec()),
+        ("hs-index-replica-2", hs_index(&blinded, 2, HS_PERIOD).to_vec()),
+        ("hs-srv-fallback", fallback_srv(HS_PERIOD).to_vec()),
+    ]
+}
+
+#[test]
+fn onion_service_vectors() {
+    for (name, got) in hs_vectors() {
+        assert_vector(name, &got);
+    }
+}
+
 #[test]
 #[ignore]
 fn print_authority_cert_vectors() {
     let (cert, msg) = authority_cert_run();
     println!("{}", format_vector("authority-cert-message", &msg));
     println!("{}", format_vector("authority-cert-signature", &cert.signature));
+}
+
+#[test]
+#[ignore]
+fn print_hs_vectors() {
+    for (name, got) in hs_vectors() {
+        println!("{}", format_vector(name, &got));
+    }
 }

@@ -191,6 +191,18 @@ pub(crate) fn b64<const N: usize>(l: &Line, s: &str) -> Result<[u8; N], DocError
     v.try_into().map_err(|_| l.bad("wrong decoded length"))
 }
 
+/// Unpadded canonical base64 of a variable-length field of at most `max` bytes (at least one).
+pub(crate) fn b64_var(l: &Line, s: &str, max: usize) -> Result<Vec<u8>, DocError> {
+    if s.is_empty() || s.len() > (max * 4).div_ceil(3) {
+        return Err(l.bad("base64 field empty or too long"));
+    }
+    let v = STANDARD_NO_PAD.decode(s).map_err(|_| l.bad("not canonical unpadded base64"))?;
+    if v.len() > max {
+        return Err(l.bad("base64 field too long"));
+    }
+    Ok(v)
+}
+
 pub(crate) fn enc64(bytes: &[u8]) -> String {
     STANDARD_NO_PAD.encode(bytes)
 }

@@ -57,7 +57,7 @@ mod consensus;
 mod descriptor;
 mod entry;
 mod flags;
-mod lines;
+pub(crate) mod lines;
 pub mod microdesc;
 mod protocols;
 pub mod srv;

@@ -47,8 +47,9 @@ impl TimePeriod {
         self.start().saturating_add(self.length_secs)
     }
 
+    /// The following period (saturating at the last representable one).
     pub fn next(&self) -> Self {
-        TimePeriod { number: self.number + 1, length_secs: self.length_secs }
+        TimePeriod { number: self.number.saturating_add(1), length_secs: self.length_secs }
     }
 }
 

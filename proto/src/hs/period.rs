@@ -1,0 +1,263 @@
+//! Which shared random value places descriptors on the HSDir ring for a time period.
+//!
+//! The consensus's `shared-rand-current` changes with every voting interval `I`, but the ring
+//! must stay put for a whole time period (length `L`, a multiple of `I`) and must be known
+//! before the period starts, since services publish for the next period ahead of time. Rule:
+//!
+//! - The *ring value* of period `n` is the `shared-rand-current` of the consensus whose
+//!   `valid-after` is `(n − 1)·L` (the start of the period before), or, when that consensus
+//!   had none (or for `n = 0`), the fallback `SHA-256("allium-hs-srv-fallback-v1" | BE64(n) |
+//!   BE64(L))`.
+//! - Every consensus carries the ring values of its own period `p = ⌊valid-after / L⌋` and of
+//!   `p + 1` as header lines `hs-period-srv <n> <L> <b64>`, so a node needs only the consensus it
+//!   holds. A node that finds no line for the period it wants uses the fallback.
+//! - A node's *current period* is the one holding the `valid-after` of the consensus it uses (not
+//!   its clock), so nodes with the same consensus agree.
+//!
+//! The authority side (voting and carrying the lines) is specified in `docs/PROTOCOL.md` and
+//! computed by [`consensus_ring_values`]; the directory authorities do not write the lines yet,
+//! so today every node uses the fallback.
+
+use std::collections::BTreeMap;
+
+use sha2::{Digest as _, Sha256};
+
+use super::blind::TimePeriod;
+use crate::doc::lines::{self, b64, enc64, uint};
+use crate::doc::{DocError, MAX_VOTE_LEN, MAX_VOTE_LINES};
+
+/// Keyword of a carried ring value in a consensus (and vote) header.
+pub const KEYWORD: &str = "hs-period-srv";
+/// Domain-separation prefix of the fallback ring value.
+pub const FALLBACK_PREFIX: &[u8] = b"allium-hs-srv-fallback-v1";
+/// Default time-period length (seconds).
+pub const DEFAULT_PERIOD_SECS: u64 = 86_400;
+/// Most `hs-period-srv` lines in one header.
+pub const MAX_LINES: usize = 2;
+
+/// A period's ring value, as carried by a consensus.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct PeriodSrv {
+    pub number: u64,
+    pub length_secs: u64,
+    pub value: [u8; 32],
+}
+
+impl PeriodSrv {
+    pub fn period(&self) -> TimePeriod {
+        TimePeriod { number: self.number, length_secs: self.length_secs }
+    }
+
+    /// The header line, without its LF.
+    pub fn to_line(&self) -> String {
+        format!("{KEYWORD} {} {} {}", self.number, self.length_secs, enc64(&self.value))
+    }
+}
+
+/// True if periods of `period_secs` can be used with voting interval `interval_secs`: both
+/// positive and `period_secs` a multiple of `interval_secs` (so every period starts with a
+/// consensus).
+pub fn period_length_ok(period_secs: u64, interval_secs: u64) -> bool {
+    interval_secs > 0 && period_secs >= interval_secs && period_secs.is_multiple_of(interval_secs)
+}
+
+/// The current period of a node using the consensus with this `valid-after`.
+pub fn current_period(valid_after: u64, period_secs: u64) -> TimePeriod {
+    TimePeriod::at(valid_after, period_secs)
+}
+
+/// The periods a service publishes descriptors for while it uses the consensus with this
+/// `valid-after`: the current one and the next.
+pub fn publish_periods(valid_after: u64, period_secs: u64) -> [TimePeriod; 2] {
+    let p = current_period(valid_after, period_secs);
+    [p, p.next()]
+}
+
+/// The `valid-after` of the consensus whose `shared-rand-current` is period `p`'s ring value
+/// (`None` for period 0).
+pub fn anchor_time(p: TimePeriod) -> Option<u64> {
+    p.number.checked_sub(1)?.checked_mul(p.length_secs)
+}
+
+/// The ring value of `p` when its anchor consensus had no shared random value.
+pub fn fallback_srv(p: TimePeriod) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(FALLBACK_PREFIX);
+    h.update(p.number.to_be_bytes());
+    h.update(p.length_secs.to_be_bytes());
+    h.finalize().into()
+}
+
+/// The ring value a node uses for `p`, from the lines its consensus carries.
+pub fn ring_srv(p: TimePeriod, carried: &[PeriodSrv]) -> [u8; 32] {
+    carried.iter().find(|c| c.period() == p).map_or_else(|| fallback_srv(p), |c| c.value)
+}
+
+/// Reads the `hs-period-srv` lines from the header of a consensus (or vote) text, which the
+/// caller has verified: the lines before the first `relay` or `directory-signature` line. At most
+/// [`MAX_LINES`], strictly ascending by (number, length).
+pub fn read_carried(text: &str) -> Result<Vec<PeriodSrv>, DocError> {
+    if text.len() > MAX_VOTE_LEN {
+        return Err(DocError::TooLarge { len: text.len(), limit: MAX_VOTE_LEN });
+    }
+    // Only the header is read: cut before the first entry or signature line (on a line start).
+    let end = ["\nrelay ", "\ndirectory-signature ", "\nvote-signature "]
+        .iter()
+        .filter_map(|m| text.find(m))
+        .min()
+        .map_or(text.len(), |i| i + 1);
+    let ls = lines::split(&text[..end], MAX_VOTE_LEN, MAX_VOTE_LINES)?;
+    let mut out: Vec<PeriodSrv> = Vec::new();
+    for l in ls.iter().take_while(|l| l.kw != "relay" && l.kw != "directory-signature" && l.kw != "vote-signature") {
+        if l.kw != KEYWORD {
+            continue;
+        }
+        if out.len() == MAX_LINES {
+            return Err(DocError::TooMany { what: "hs-period-srv lines", limit: MAX_LINES });
+        }
+        let a = l.exactly(3)?;
+        let v = PeriodSrv { number: uint(l, a[0])?, length_secs: uint(l, a[1])?, value: b64(l, a[2])? };
+        if v.length_secs == 0 {
+            return Err(l.bad("period length 0"));
+        }
+        if out.last().is_some_and(|p| (p.number, p.length_secs) >= (v.number, v.length_secs)) {
+            return Err(DocError::Unsorted { line: l.no });
+        }
+        out.push(v);
+    }
+    Ok(out)
+}
+
+/// The `hs-period-srv` lines of the consensus with `valid_after`, computed by the authorities
+/// (periods of `period_secs`, `n_authorities` configured):
+///
+/// - for `p + 1` when this consensus is its anchor (`valid_after = p·L`): this consensus's own
+///   `shared-rand-current` (`current`), or the fallback;
+/// - otherwise, for `p` and `p + 1`: the value that a majority (more than half of the
+///   configured authorities) of voters state for that period in their votes (each voter states
+///   the lines of the consensus it holds for the previous interval; `voted` holds one list per
+///   distinct voter), or the fallback.
+///
+/// Always two lines, ascending.
+pub fn consensus_ring_values(
+    valid_after: u64,
+    period_secs: u64,
+    current: Option<&[u8; 32]>,
+    voted: &[Vec<PeriodSrv>],
+    n_authorities: usize,
+) -> [PeriodSrv; 2] {
+    let p = current_period(valid_after, period_secs);
+    let pick = |q: TimePeriod| -> [u8; 32] {
+        if anchor_time(q) == Some(valid_after) {
+            return current.copied().unwrap_or_else(|| fallback_srv(q));
+        }
+        let mut counts: BTreeMap<[u8; 32], usize> = BTreeMap::new();
+        for v in voted {
+            // One value per voter and period: the smallest if a vote states several.
+            if let Some(x) = v.iter().filter(|c| c.period() == q).map(|c| c.value).min() {
+                *counts.entry(x).or_default() += 1;
+            }
+        }
+        counts.into_iter().find(|(_, c)| c * 2 > n_authorities).map_or_else(|| fallback_srv(q), |(x, _)| x)
+    };
+    let line = |q: TimePeriod| PeriodSrv { number: q.number, length_secs: q.length_secs, value: pick(q) };
+    [line(p), line(p.next())]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    const L: u64 = 86_400;
+    const I: u64 = 3600;
+
+    #[test]
+    fn periods_and_lengths() {
+        assert!(period_length_ok(86_400, 3600));
+        assert!(period_length_ok(3600, 3600));
+        assert!(!period_length_ok(5000, 3600));
+        assert!(!period_length_ok(1800, 3600));
+        assert!(!period_length_ok(10, 0));
+        let [a, b] = publish_periods(20_000 * L + 5 * I, L);
+        assert_eq!((a.number, b.number), (20_000, 20_001));
+        assert_eq!(anchor_time(a), Some(19_999 * L));
+        assert_eq!(anchor_time(TimePeriod { number: 0, length_secs: L }), None);
+        assert_eq!(anchor_time(TimePeriod { number: u64::MAX, length_secs: L }), None);
+        assert_ne!(fallback_srv(a), fallback_srv(b));
+    }
+
+    /// Simulates the authorities over two periods: every consensus of a period gives the same
+    /// ring value for it, the value for the next period is there from the start of the one
+    /// before, and it is the anchor consensus's shared random value.
+    #[test]
+    fn carried_forward_through_a_period() {
+        let srv_of = |t: u64| -> Option<[u8; 32]> { (!t.is_multiple_of(7 * I)).then(|| Sha256::digest(t.to_be_bytes()).into()) };
+        let start = 20_000 * L;
+        let mut prev: Vec<PeriodSrv> = Vec::new();
+        let mut seen: BTreeMap<u64, [u8; 32]> = BTreeMap::new();
+        for k in 0..(2 * L / I) {
+            let t = start + k * I;
+            // Three authorities, all holding the previous consensus.
+            let lines = consensus_ring_values(t, L, srv_of(t).as_ref(), &[prev.clone(), prev.clone(), prev.clone()], 3);
+            for l in &lines {
+                if let Some(v) = seen.get(&l.number) {
+                    assert_eq!(*v, l.value, "period {} changed at t={t}", l.number);
+                }
+                seen.insert(l.number, l.value);
+            }
+            let p = current_period(t, L);
+            assert_eq!(ring_srv(p, &lines), lines[0].value);
+            prev = lines.to_vec();
+        }
+        // Period 20_001's value is the SRV of the consensus at 20_000·L (it had one).
+        assert_eq!(seen[&20_001], srv_of(start).unwrap());
+        // Period 20_000 had no history at the start of the simulation: fallback.
+        assert_eq!(seen[&20_000], fallback_srv(TimePeriod { number: 20_000, length_secs: L }));
+        // An anchor without SRV gives the fallback.
+        let anchor = 7 * I * L; // a multiple of both 7·I and L
+        let lines = consensus_ring_values(anchor, L, None, &[], 3);
+        assert_eq!(lines[1].value, fallback_srv(TimePeriod { number: anchor / L + 1, length_secs: L }));
+    }
+
+    #[test]
+    fn majority_needed_to_carry() {
+        let t = 20_000 * L + I;
+        let p = current_period(t, L);
+        let v = |x: u8| vec![PeriodSrv { number: p.number, length_secs: L, value: [x; 32] }];
+        assert_eq!(consensus_ring_values(t, L, None, &[v(1), v(1), v(2)], 3)[0].value, [1; 32]);
+        assert_eq!(consensus_ring_values(t, L, None, &[v(1), v(2), v(3)], 3)[0].value, fallback_srv(p));
+        assert_eq!(consensus_ring_values(t, L, None, &[v(1), v(1)], 4)[0].value, fallback_srv(p), "2 of 4 is no majority");
+    }
+
+    #[test]
+    fn reading_lines() {
+        let a = PeriodSrv { number: 5, length_secs: L, value: [1; 32] };
+        let b = PeriodSrv { number: 6, length_secs: L, value: [2; 32] };
+        let doc = |body: &str| format!("allium-consensus 1\nvalid-after 1\n{body}relay x y\n{}\n", a.to_line().replace("5", "9"));
+        let good = doc(&format!("{}\n{}\n", a.to_line(), b.to_line()));
+        assert_eq!(read_carried(&good).unwrap(), vec![a, b], "lines after the header are not read");
+        assert_eq!(ring_srv(b.period(), &[a, b]), [2; 32]);
+        assert_eq!(ring_srv(TimePeriod { number: 6, length_secs: 3600 }, &[a, b]), fallback_srv(TimePeriod { number: 6, length_secs: 3600 }));
+        assert!(read_carried(&doc(&format!("{}\n{}\n", b.to_line(), a.to_line()))).is_err(), "unsorted");
+        assert!(read_carried(&doc(&format!("{}\n{}\n", a.to_line(), a.to_line()))).is_err(), "duplicate");
+        let c = PeriodSrv { number: 7, ..a };
+        assert!(read_carried(&doc(&format!("{}\n{}\n{}\n", a.to_line(), b.to_line(), c.to_line()))).is_err(), "three");
+        assert!(read_carried(&doc("hs-period-srv 1 0 AAAA\n")).is_err());
+        assert!(read_carried(&doc("hs-period-srv 1 2\n")).is_err());
+        assert_eq!(read_carried(&doc("")).unwrap(), vec![]);
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 64, ..ProptestConfig::default() })]
+        #[test]
+        fn reader_never_panics(s in "[ -~\n]{0,300}", n in any::<u64>(), l in any::<u64>()) {
+            let _ = read_carried(&s);
+            let _ = read_carried(&format!("hs-period-srv {n} {l} {s}\n"));
+            let _ = consensus_ring_values(n, l.max(1), None, &[], 0);
+            let _ = consensus_ring_values(u64::MAX, 1, None, &[], 0);
+            let _ = publish_periods(u64::MAX, 1);
+            let _ = anchor_time(TimePeriod { number: n, length_secs: l });
+        }
+    }
+}

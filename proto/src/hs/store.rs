@@ -1,0 +1,187 @@
+//! An HSDir's descriptor cache, sans-IO: what it accepts, keeps, replaces and drops.
+//!
+//! Descriptors are filed under their blinded key (unique to one service and period). An upload is
+//! accepted when it parses, its signature verifies under the blinded key it names, its period is
+//! acceptable at `now` ([`HsDescriptor::period_acceptable`]) and, if a descriptor for that key is
+//! held, [`should_replace`] says so. Each is kept until `stored_at + lifetime`. The cache holds
+//! at most a configured number of descriptors and bytes; when full (after dropping expired ones)
+//! a new key is refused, never an older entry evicted.
+
+use std::collections::HashMap;
+
+use super::desc::{should_replace, HsDescError, HsDescriptor};
+
+/// Default most descriptors held.
+pub const DEFAULT_MAX_ENTRIES: usize = 10_000;
+/// Default most bytes of descriptor text held.
+pub const DEFAULT_MAX_BYTES: usize = 64 * 1024 * 1024;
+
+/// What an accepted upload did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stored {
+    /// No descriptor was held for this blinded key.
+    New,
+    /// It replaced one with a lower revision.
+    Replaced,
+    /// The same revision is held already (a no-op).
+    AlreadyHeld,
+}
+
+/// Why an upload was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum StoreError {
+    #[error("{0}")]
+    Invalid(#[from] HsDescError),
+    #[error("descriptor is for a period that is not current (or adjacent) here")]
+    WrongPeriod,
+    #[error("a descriptor with a higher revision is held")]
+    Older,
+    #[error("descriptor cache is full")]
+    Full,
+}
+
+#[derive(Debug, Clone)]
+struct Entry {
+    desc: HsDescriptor,
+    text: String,
+    expires: u64,
+}
+
+/// The cache of one HSDir.
+#[derive(Debug, Clone)]
+pub struct HsDirStore {
+    period_len: u64,
+    max_entries: usize,
+    max_bytes: usize,
+    bytes: usize,
+    entries: HashMap<[u8; 32], Entry>,
+}
+
+impl HsDirStore {
+    /// An empty cache for a network whose periods last `period_len` seconds.
+    pub fn new(period_len: u64, max_entries: usize, max_bytes: usize) -> Self {
+        HsDirStore { period_len, max_entries, max_bytes, bytes: 0, entries: HashMap::new() }
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Bytes of descriptor text held.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// Handles an upload received at `now`.
+    pub fn offer(&mut self, text: &str, now: u64) -> Result<Stored, StoreError> {
+        let desc = HsDescriptor::parse(text)?.verify_self_signed()?;
+        if !desc.period_acceptable(now, self.period_len) {
+            return Err(StoreError::WrongPeriod);
+        }
+        self.expire(now);
+        let outcome = match self.entries.get(&desc.blinded_key) {
+            Some(old) if should_replace(&old.desc, &desc) => Stored::Replaced,
+            Some(old) if old.desc.period == desc.period && old.desc.revision == desc.revision => return Ok(Stored::AlreadyHeld),
+            Some(_) => return Err(StoreError::Older),
+            None => Stored::New,
+        };
+        let freed = self.entries.get(&desc.blinded_key).map_or(0, |e| e.text.len());
+        let extra_entry = usize::from(outcome == Stored::New);
+        if self.entries.len() + extra_entry > self.max_entries || self.bytes - freed + text.len() > self.max_bytes {
+            return Err(StoreError::Full);
+        }
+        self.bytes = self.bytes - freed + text.len();
+        let expires = desc.expires_at(now);
+        self.entries.insert(desc.blinded_key, Entry { desc, text: text.to_string(), expires });
+        Ok(outcome)
+    }
+
+    /// The descriptor text held for `blinded_key` at `now`, if any.
+    pub fn get(&self, blinded_key: &[u8; 32], now: u64) -> Option<&str> {
+        self.entries.get(blinded_key).filter(|e| now < e.expires).map(|e| e.text.as_str())
+    }
+
+    /// Drops every descriptor whose lifetime is over at `now`.
+    pub fn expire(&mut self, now: u64) {
+        let mut freed = 0;
+        self.entries.retain(|_, e| {
+            let keep = now < e.expires;
+            if !keep {
+                freed += e.text.len();
+            }
+            keep
+        });
+        self.bytes -= freed;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::hs::blind::{BlindedKey, TimePeriod};
+    use ed25519_dalek::SigningKey;
+
+    const L: u64 = 86_400;
+
+    fn upload(seed: u8, revision: u64, lifetime: u64, period: TimePeriod) -> String {
+        let key = BlindedKey::derive(&SigningKey::from_bytes(&[seed; 32]), period);
+        HsDescriptor { blinded_key: key.public(), period, revision, lifetime_secs: lifetime, encrypted: vec![seed; 100] }.encode_signed(&key)
+    }
+
+    fn key_of(text: &str) -> [u8; 32] {
+        *HsDescriptor::parse(text).unwrap().claimed_blinded_key()
+    }
+
+    #[test]
+    fn store_replace_refuse_expire() {
+        let p = TimePeriod { number: 20_000, length_secs: L };
+        let now = p.start() + 10;
+        let mut s = HsDirStore::new(L, 10, 1 << 20);
+        let d1 = upload(1, 1, 3600, p);
+        assert_eq!(s.offer(&d1, now), Ok(Stored::New));
+        assert_eq!(s.offer(&d1, now), Ok(Stored::AlreadyHeld));
+        assert_eq!(s.get(&key_of(&d1), now), Some(d1.as_str()));
+        let d2 = upload(1, 2, 3600, p);
+        assert_eq!(s.offer(&d2, now + 1), Ok(Stored::Replaced));
+        assert_eq!(s.offer(&d1, now + 2), Err(StoreError::Older), "older revision refused");
+        assert_eq!(s.get(&key_of(&d1), now + 2), Some(d2.as_str()));
+        // A bad signature is refused.
+        let forged = d2.replace("revision 2", "revision 3");
+        assert!(matches!(s.offer(&forged, now), Err(StoreError::Invalid(HsDescError::BadSignature))));
+        // Periods too far from now are refused.
+        let far = upload(2, 1, 3600, TimePeriod { number: 20_002, length_secs: L });
+        assert_eq!(s.offer(&far, now), Err(StoreError::WrongPeriod));
+        let next = upload(2, 1, 3600, p.next());
+        assert_eq!(s.offer(&next, now), Ok(Stored::New));
+        // Expiry: lifetime counted from when it was stored.
+        assert_eq!(s.get(&key_of(&d2), now + 1 + 3599), Some(d2.as_str()));
+        assert_eq!(s.get(&key_of(&d2), now + 1 + 3600), None);
+        s.expire(now + 1 + 3600);
+        assert_eq!(s.len(), 0);
+        assert_eq!(s.bytes(), 0);
+    }
+
+    #[test]
+    fn bounded() {
+        let p = TimePeriod { number: 20_000, length_secs: L };
+        let now = p.start();
+        let one = upload(1, 1, 60, p).len();
+        let mut s = HsDirStore::new(L, 2, 1 << 20);
+        assert_eq!(s.offer(&upload(1, 1, 60, p), now), Ok(Stored::New));
+        assert_eq!(s.offer(&upload(2, 1, 60, p), now), Ok(Stored::New));
+        assert_eq!(s.offer(&upload(3, 1, 60, p), now), Err(StoreError::Full));
+        // Replacing a held key is still possible when full.
+        assert_eq!(s.offer(&upload(2, 2, 60, p), now), Ok(Stored::Replaced));
+        // Once the others expire there is room again.
+        assert_eq!(s.offer(&upload(3, 1, 60, p), now + 60), Ok(Stored::New));
+        let mut s = HsDirStore::new(L, 100, one * 2);
+        assert_eq!(s.offer(&upload(1, 1, 60, p), now), Ok(Stored::New));
+        assert_eq!(s.offer(&upload(2, 1, 60, p), now), Ok(Stored::New));
+        assert_eq!(s.offer(&upload(3, 1, 60, p), now), Err(StoreError::Full));
+        assert_eq!(s.bytes(), one * 2);
+    }
+}
