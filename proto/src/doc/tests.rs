@@ -1085,3 +1085,42 @@ proptest! {
         }
     }
 }
+
+/// A synthetic network of `n` relays shaped like a real one: distinct identities and keys,
+/// IPv4 addresses, 9-character nicknames, 7-digit weights, every flag, a reject-most policy.
+pub(crate) fn synthetic_network(n: usize) -> Vec<ConsensusRelay> {
+    (0..n)
+        .map(|i| {
+            let h = |tag: &str| -> [u8; 32] { Sha256::digest(format!("{tag}{i}").as_bytes()).into() };
+            let mut r = ConsensusRelay::synthetic(1);
+            r.nickname = format!("relay{i:04}");
+            r.identity = RelayId(h("id"));
+            r.onion_key = h("onion");
+            r.link_key = h("link");
+            r.address = SocketAddr::from(([198, 51, (i / 250) as u8, (i % 250) as u8 + 1], 9001));
+            r.weight = 1_000_000 + i as u64 * 7919;
+            r.flags = RelayFlags::RUNNING | RelayFlags::VALID | RelayFlags::FAST | RelayFlags::GUARD | RelayFlags::STABLE | RelayFlags::HSDIR | RelayFlags::EXIT;
+            r.policy = ExitPolicy::parse_rules(&["accept *:80", "accept *:443", "reject *:*"]).unwrap();
+            r
+        })
+        .collect()
+}
+
+/// The target: at most 200 bytes per relay in the consensus (its header and footer
+/// spread over 1,000 relays count too). Prints the figure for the closing note.
+#[test]
+fn compact_consensus_is_at_most_200_bytes_per_relay() {
+    let relays = synthetic_network(1000);
+    let n = net3();
+    let mut c = Consensus::new(LT, n.ids.clone(), relays);
+    for a in &n.auths {
+        c.add_signature(c.sign(&signer(a)));
+    }
+    let text = c.encode();
+    let per_relay = text.len() as f64 / 1000.0;
+    let md: usize = c.microdescs().iter().map(|m| m.encode().len()).sum();
+    eprintln!("synthetic 1,000-relay consensus: {} bytes, {per_relay:.1} bytes per relay; microdescriptors {:.1} bytes each", text.len(), md as f64 / 1000.0);
+    assert!(per_relay <= 200.0, "{per_relay} bytes per relay");
+    let back = Consensus::parse(&text).unwrap().verify(&n.ids, NOW).unwrap();
+    assert_eq!(back.relays().len(), 1000);
+}
