@@ -1,15 +1,20 @@
 //! What travels on a directory stream (BEGIN_DIR): one HTTP/1.0 request, one response, then END.
 //!
 //! The request is `GET <path> HTTP/1.0` and optional header lines, ended by an empty line (CRLF
-//! line ends), at most [`MAX_REQUEST_LEN`] bytes; headers are ignored. The response is
-//! `HTTP/1.0 <code> <reason>`, headers, an empty line and exactly `Content-Length` bytes of body;
-//! the serving relay then closes the stream. Both parsers are total: any input gives a value or
-//! an error, never a panic.
+//! line ends), at most [`MAX_REQUEST_LEN`] bytes; of the headers only `Accept-Encoding` is read
+//! (a `deflate` token lets the server compress). The response is `HTTP/1.0 <code> <reason>`,
+//! headers, an empty line and exactly `Content-Length` bytes of body, compressed (zlib, RFC 1950)
+//! when it carries `Content-Encoding: deflate`; the serving relay then closes the stream. Both
+//! parsers are total: any input gives a value or an error, never a panic, and decompression is
+//! bounded (the caller's size cap, and a cap on the expansion ratio against compression bombs).
 
 /// Most bytes a request may take, headers included.
 pub const MAX_REQUEST_LEN: usize = 2048;
 /// Most bytes a response's status line and headers may take.
 pub const MAX_RESPONSE_HEAD_LEN: usize = 8192;
+/// A compressed body may inflate at most this many times over (beyond the first 64 KiB).
+pub const MAX_EXPANSION: usize = 25;
+const EXPANSION_FREE: usize = 64 * 1024;
 
 /// Why a request or response was refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -22,16 +27,26 @@ pub enum DirStreamError {
     BadResponse(&'static str),
     #[error("response body larger than {0} bytes")]
     BodyTooLarge(usize),
+    #[error("compressed body does not inflate: {0}")]
+    BadCompression(&'static str),
 }
 
-/// The request for `path` (which starts with `/`).
+/// The request for `path` (which starts with `/`), accepting a compressed answer.
 pub fn encode_request(path: &str) -> Vec<u8> {
-    format!("GET {path} HTTP/1.0\r\n\r\n").into_bytes()
+    format!("GET {path} HTTP/1.0\r\nAccept-Encoding: deflate\r\n\r\n").into_bytes()
 }
 
-/// Parses the start of a directory stream: `Ok(None)` while the request is incomplete, the path
-/// once the empty line has arrived.
-pub fn parse_request(buf: &[u8]) -> Result<Option<String>, DirStreamError> {
+/// A parsed request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirRequest {
+    pub path: String,
+    /// The client accepts `Content-Encoding: deflate`.
+    pub deflate: bool,
+}
+
+/// Parses the start of a directory stream: `Ok(None)` while the request is incomplete, the
+/// request once the empty line has arrived.
+pub fn parse_request(buf: &[u8]) -> Result<Option<DirRequest>, DirStreamError> {
     let Some(end) = find(buf, b"\r\n\r\n") else {
         return if buf.len() >= MAX_REQUEST_LEN { Err(DirStreamError::RequestTooLong) } else { Ok(None) };
     };
@@ -39,7 +54,11 @@ pub fn parse_request(buf: &[u8]) -> Result<Option<String>, DirStreamError> {
         return Err(DirStreamError::RequestTooLong);
     }
     let head = std::str::from_utf8(&buf[..end]).map_err(|_| DirStreamError::BadRequest("not ASCII"))?;
-    let line = head.split("\r\n").next().unwrap_or("");
+    let mut head_lines = head.split("\r\n");
+    let line = head_lines.next().unwrap_or("");
+    let deflate = head_lines.filter_map(|l| l.split_once(':')).any(|(name, value)| {
+        name.trim().eq_ignore_ascii_case("accept-encoding") && value.split(',').any(|t| t.split(';').next().unwrap_or("").trim().eq_ignore_ascii_case("deflate"))
+    });
     let mut parts = line.split(' ');
     let (Some(method), Some(path), Some(version), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
         return Err(DirStreamError::BadRequest("request line is not METHOD PATH VERSION"));
@@ -53,19 +72,34 @@ pub fn parse_request(buf: &[u8]) -> Result<Option<String>, DirStreamError> {
     if !path.starts_with('/') || !path.bytes().all(|c| c.is_ascii_graphic()) {
         return Err(DirStreamError::BadRequest("bad path"));
     }
-    Ok(Some(path.to_string()))
+    Ok(Some(DirRequest { path: path.to_string(), deflate }))
 }
 
 /// A response with `status` (200, 400, 404, 503) and `body`.
 pub fn encode_response(status: u16, body: &[u8]) -> Vec<u8> {
+    encode_response_with(status, body, "")
+}
+
+/// A 200 response whose body `compressed` is zlib data ([`compress`]).
+pub fn encode_compressed_response(compressed: &[u8]) -> Vec<u8> {
+    encode_response_with(200, compressed, "Content-Encoding: deflate\r\n")
+}
+
+/// zlib-compresses a body for [`encode_compressed_response`].
+pub fn compress(body: &[u8]) -> Vec<u8> {
+    miniz_oxide::deflate::compress_to_vec_zlib(body, 6)
+}
+
+fn encode_response_with(status: u16, body: &[u8], extra_headers: &str) -> Vec<u8> {
     let reason = match status {
         200 => "OK",
         400 => "Bad Request",
         404 => "Not Found",
         _ => "Service Unavailable",
     };
-    let mut out = format!("HTTP/1.0 {status} {reason}\r\nContent-Type: text/plain; charset=utf-8\r\nContent-Length: {}\r\n\r\n", body.len())
-        .into_bytes();
+    let mut out =
+        format!("HTTP/1.0 {status} {reason}\r\nContent-Type: text/plain; charset=utf-8\r\n{extra_headers}Content-Length: {}\r\n\r\n", body.len())
+            .into_bytes();
     out.extend_from_slice(body);
     out
 }
@@ -78,7 +112,7 @@ pub struct DirResponse {
 }
 
 /// Parses a whole response (everything read until the stream ended), refusing a body larger
-/// than `max_body` or one that does not match its `Content-Length`.
+/// than `max_body` (after decompression) or one that does not match its `Content-Length`.
 pub fn parse_response(buf: &[u8], max_body: usize) -> Result<DirResponse, DirStreamError> {
     let bad = DirStreamError::BadResponse;
     let Some(end) = find(&buf[..buf.len().min(MAX_RESPONSE_HEAD_LEN + 4)], b"\r\n\r\n") else {
@@ -94,8 +128,16 @@ pub fn parse_response(buf: &[u8], max_body: usize) -> Result<DirResponse, DirStr
     }
     let status: u16 = code.parse().map_err(|_| bad("bad status code"))?;
     let mut length = None;
+    let mut deflate = false;
     for line in lines {
         let Some((name, value)) = line.split_once(':') else { return Err(bad("header without a colon")) };
+        if name.eq_ignore_ascii_case("content-encoding") {
+            match value.trim() {
+                v if v.eq_ignore_ascii_case("deflate") => deflate = true,
+                v if v.eq_ignore_ascii_case("identity") => {}
+                _ => return Err(bad("unknown Content-Encoding")),
+            }
+        }
         if name.eq_ignore_ascii_case("content-length") {
             let v = value.trim();
             if length.is_some() || v.is_empty() || !v.bytes().all(|c| c.is_ascii_digit()) || v.len() > 12 {
@@ -105,14 +147,30 @@ pub fn parse_response(buf: &[u8], max_body: usize) -> Result<DirResponse, DirStr
         }
     }
     let length = length.ok_or(bad("no Content-Length"))?;
-    if length > max_body {
+    // zlib can make incompressible data slightly longer.
+    let max_wire = if deflate { max_body.saturating_add(max_body / 16 + 64) } else { max_body };
+    if length > max_wire {
         return Err(DirStreamError::BodyTooLarge(max_body));
     }
     let body = &buf[end + 4..];
     if body.len() != length {
         return Err(bad("body length differs from Content-Length"));
     }
-    Ok(DirResponse { status, body: body.to_vec() })
+    let body = if deflate { inflate(body, max_body)? } else { body.to_vec() };
+    Ok(DirResponse { status, body })
+}
+
+/// Inflates zlib data to at most `max` bytes and at most [`MAX_EXPANSION`] times its size
+/// (beyond the first 64 KiB), so a compression bomb costs little.
+fn inflate(data: &[u8], max: usize) -> Result<Vec<u8>, DirStreamError> {
+    let limit = max.min(EXPANSION_FREE.max(data.len().saturating_mul(MAX_EXPANSION)));
+    match miniz_oxide::inflate::decompress_to_vec_zlib_with_limit(data, limit) {
+        Ok(v) => Ok(v),
+        Err(e) if e.status == miniz_oxide::inflate::TINFLStatus::HasMoreOutput => {
+            Err(if limit == max { DirStreamError::BodyTooLarge(max) } else { DirStreamError::BadCompression("inflates more than 25 times over") })
+        }
+        Err(_) => Err(DirStreamError::BadCompression("not zlib data")),
+    }
 }
 
 fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
@@ -127,11 +185,13 @@ mod tests {
     #[test]
     fn request_round_trip_and_incomplete() {
         let r = encode_request("/allium/v1/consensus");
-        assert_eq!(r, b"GET /allium/v1/consensus HTTP/1.0\r\n\r\n");
-        assert_eq!(parse_request(&r).unwrap().as_deref(), Some("/allium/v1/consensus"));
+        assert_eq!(r, b"GET /allium/v1/consensus HTTP/1.0\r\nAccept-Encoding: deflate\r\n\r\n");
+        assert_eq!(parse_request(&r).unwrap(), Some(DirRequest { path: "/allium/v1/consensus".into(), deflate: true }));
         assert_eq!(parse_request(&r[..r.len() - 1]).unwrap(), None);
         let with_headers = b"GET /x HTTP/1.1\r\nHost: a\r\nAccept: */*\r\n\r\n";
-        assert_eq!(parse_request(with_headers).unwrap().as_deref(), Some("/x"));
+        assert_eq!(parse_request(with_headers).unwrap(), Some(DirRequest { path: "/x".into(), deflate: false }));
+        let listed = b"GET /x HTTP/1.1\r\naccept-encoding: gzip, Deflate;q=0.5\r\n\r\n";
+        assert!(parse_request(listed).unwrap().unwrap().deflate);
     }
 
     #[test]
@@ -164,6 +224,30 @@ mod tests {
         assert!(parse_response(&huge_head, 10).is_err());
     }
 
+    #[test]
+    fn compressed_bodies_inflate_within_bounds() {
+        // Text-like: 16 symbols in a pseudo-random order (compresses about 2:1, as a consensus).
+        let mut x = 1u32;
+        let body: Vec<u8> = (0..400_000)
+            .map(|_| {
+                x = x.wrapping_mul(1_664_525).wrapping_add(1_013_904_223);
+                b"abcdefghijklmnop"[(x >> 28) as usize]
+            })
+            .collect();
+        let r = encode_compressed_response(&compress(&body));
+        assert!(r.len() < body.len());
+        assert_eq!(parse_response(&r, body.len()).unwrap().body, body);
+        assert_eq!(parse_response(&r, body.len() - 1), Err(DirStreamError::BodyTooLarge(body.len() - 1)));
+        // A4: a bomb (8 MiB of zeros in a few KiB) is refused by the expansion cap, not inflated.
+        let bomb = encode_compressed_response(&compress(&vec![0u8; 8 << 20]));
+        assert!(bomb.len() < 64 * 1024);
+        assert_eq!(parse_response(&bomb, 16 << 20), Err(DirStreamError::BadCompression("inflates more than 25 times over")));
+        let junk = encode_compressed_response(b"not zlib at all");
+        assert_eq!(parse_response(&junk, 1000), Err(DirStreamError::BadCompression("not zlib data")));
+        let other = b"HTTP/1.0 200 OK\r\nContent-Encoding: br\r\nContent-Length: 0\r\n\r\n";
+        assert!(parse_response(other, 10).is_err());
+    }
+
     proptest! {
         #[test]
         fn parsers_never_panic(data in proptest::collection::vec(any::<u8>(), 0..3000)) {
@@ -174,12 +258,18 @@ mod tests {
         #[test]
         fn mutated_responses_never_panic_and_valid_ones_round_trip(body in proptest::collection::vec(any::<u8>(), 0..600), pos in any::<usize>(), byte in any::<u8>()) {
             let r = encode_response(200, &body);
-            prop_assert_eq!(parse_response(&r, 600).unwrap().body, body);
+            prop_assert_eq!(&parse_response(&r, 600).unwrap().body, &body);
             let mut m = r.clone();
             let i = pos % m.len();
             m[i] = byte;
             let _ = parse_response(&m, 600);
             let _ = parse_request(&m);
+            let z = encode_compressed_response(&compress(&body));
+            prop_assert_eq!(parse_response(&z, 600).unwrap().body, body.clone());
+            let mut zm = z.clone();
+            let j = pos % zm.len();
+            zm[j] = byte;
+            let _ = parse_response(&zm, 600);
         }
     }
 }

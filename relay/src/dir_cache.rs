@@ -8,7 +8,9 @@
 //!   held microdescriptors of that consensus (all, or those named; unknown ones left out), 404
 //!   while no live consensus is held.
 //!
-//! Anything else is 404; a malformed request is 400. The relay then closes the stream.
+//! Anything else is 404; a malformed request is 400. A 200 answer is zlib-compressed when the
+//! request accepts `deflate` (the consensus is compressed once per consensus, then reused). The
+//! relay then closes the stream.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -16,7 +18,7 @@ use std::time::Duration;
 use allium_directory::cache::Usability;
 use allium_directory::{ConsensusCache, NetDir};
 use allium_net::keys::unix_now;
-use allium_proto::dir_stream::{encode_response, parse_request, MAX_REQUEST_LEN};
+use allium_proto::dir_stream::{compress, encode_compressed_response, encode_response, parse_request, DirRequest, MAX_REQUEST_LEN};
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 
 /// The path of the consensus on a directory stream (the same as on an authority).
@@ -29,11 +31,27 @@ pub const PIPE_BUFFER: usize = 64 * 1024;
 /// The consensus this relay serves.
 pub struct DirCache {
     inner: Mutex<ConsensusCache>,
+    /// The compressed text of the consensus with this digest.
+    compressed: Mutex<Option<([u8; 32], Arc<[u8]>)>>,
 }
 
 impl DirCache {
     pub fn new(cache: ConsensusCache) -> Self {
-        DirCache { inner: Mutex::new(cache) }
+        DirCache { inner: Mutex::new(cache), compressed: Mutex::new(None) }
+    }
+
+    /// The compressed consensus text of `nd`, made once.
+    fn compressed_consensus(&self, nd: &NetDir) -> Arc<[u8]> {
+        let digest = nd.consensus().digest();
+        let mut memo = self.compressed.lock().unwrap_or_else(|e| e.into_inner());
+        match &*memo {
+            Some((d, z)) if *d == digest => z.clone(),
+            _ => {
+                let z: Arc<[u8]> = compress(nd.consensus_text().as_bytes()).into();
+                *memo = Some((digest, z.clone()));
+                z
+            }
+        }
     }
 
     /// Keeps a freshly fetched, verified consensus (unless older than the kept one).
@@ -53,13 +71,17 @@ impl DirCache {
         (c.status(now) == Some(Usability::Live)).then(|| c.usable(now)).flatten()
     }
 
-    /// The response to a request for `path` at `now`.
-    pub fn respond(&self, path: &str, now: u64) -> Vec<u8> {
+    /// The response to `req` at `now`.
+    pub fn respond(&self, req: &DirRequest, now: u64) -> Vec<u8> {
         let Some(nd) = self.live(now) else { return encode_response(404, b"no live consensus held\n") };
-        if path == CONSENSUS_PATH {
-            return encode_response(200, nd.consensus_text().as_bytes());
+        if req.path == CONSENSUS_PATH {
+            return match req.deflate {
+                true => encode_compressed_response(&self.compressed_consensus(&nd)),
+                false => encode_response(200, nd.consensus_text().as_bytes()),
+            };
         }
-        match allium_directory::microdescs::answer(nd.microdescs(), path) {
+        match allium_directory::microdescs::answer(nd.microdescs(), &req.path) {
+            Some(body) if req.deflate => encode_compressed_response(&compress(body.as_bytes())),
             Some(body) => encode_response(200, body.as_bytes()),
             None => encode_response(404, b"not found\n"),
         }
@@ -79,14 +101,14 @@ pub async fn serve(mut pipe: DuplexStream, cache: Arc<DirCache>) {
             buf.extend_from_slice(&chunk[..n]);
             match parse_request(&buf) {
                 Ok(None) => continue,
-                Ok(Some(path)) => return Some(Ok(path)),
+                Ok(Some(req)) => return Some(Ok(req)),
                 Err(e) => return Some(Err(e)),
             }
         }
     })
     .await;
     let response = match request {
-        Ok(Some(Ok(path))) => cache.respond(&path, unix_now()),
+        Ok(Some(Ok(req))) => cache.respond(&req, unix_now()),
         Ok(Some(Err(e))) => encode_response(400, format!("{e}\n").as_bytes()),
         // The client went away or never finished its request.
         Ok(None) | Err(_) => return,
@@ -117,5 +139,36 @@ mod tests {
         let mut out = Vec::new();
         ours.read_to_end(&mut out).await.unwrap();
         assert_eq!(parse_response(&out, 1000).unwrap().status, 400);
+    }
+
+    /// A live consensus and its microdescriptors are served, compressed when asked, and read
+    /// back by the client's parser.
+    #[tokio::test]
+    async fn serves_the_consensus_and_microdescriptors_compressed() {
+        use allium_proto::doc::{AuthoritySigner, Consensus, ConsensusRelay, Lifetime, Microdesc};
+        use ed25519_dalek::SigningKey;
+        let now = unix_now();
+        let id_key = SigningKey::from_bytes(&[1; 32]);
+        let ids = vec![allium_proto::ids::RelayId(id_key.verifying_key().to_bytes())];
+        let relays = vec![ConsensusRelay::synthetic(1), ConsensusRelay::synthetic(2)];
+        let mut c = Consensus::new(Lifetime::new(now - 5, now + 10, now + 30).unwrap(), ids.clone(), relays.clone());
+        c.add_signature(c.sign(&AuthoritySigner::certify(&id_key, SigningKey::from_bytes(&[2; 32]), now - 100, now + 100)));
+        let mut nd = NetDir::from_text(&c.encode(), &ids, now).unwrap();
+        let mds: String = relays.iter().map(|r| Microdesc::of_relay(r).encode()).collect();
+        assert_eq!(nd.add_microdescs(&mds), 2);
+        let dir = std::env::temp_dir().join(format!("allium-dircache-live-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let cache = DirCache::new(ConsensusCache::new(&dir, true));
+        cache.store(nd);
+        let ask = |path: &str, deflate: bool| cache.respond(&DirRequest { path: path.into(), deflate }, now);
+        let plain = parse_response(&ask(CONSENSUS_PATH, false), 1 << 20).unwrap();
+        let z = ask(CONSENSUS_PATH, true);
+        assert!(String::from_utf8_lossy(&z).contains("Content-Encoding: deflate"));
+        assert_eq!(parse_response(&z, 1 << 20).unwrap(), plain);
+        assert_eq!(String::from_utf8(plain.body).unwrap(), c.encode());
+        let all = parse_response(&ask("/allium/v1/microdescs", true), 1 << 20).unwrap();
+        assert_eq!(String::from_utf8(all.body).unwrap().matches("allium-microdesc 1").count(), 2);
+        assert_eq!(parse_response(&ask("/nothing", true), 1000).unwrap().status, 404);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 }
