@@ -151,7 +151,8 @@ pub enum RelayMsg {
 /// Most addresses one RESOLVED carries.
 pub const MAX_RESOLVED_ADDRS: usize = 16;
 
-fn encode_addr(b: &mut Vec<u8>, a: &IpAddr) {
+/// `u8 type (4 or 6) | 4 or 16 address bytes`.
+pub(crate) fn encode_addr(b: &mut Vec<u8>, a: &IpAddr) {
     match a {
         IpAddr::V4(a) => {
             b.push(4);

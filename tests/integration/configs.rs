@@ -1,8 +1,7 @@
 //! The example configs parse, and a broken config fails with one line naming the key.
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
 
 use allium_client::ClientConfig;
 use allium_directory::config::AuthorityConfig;
@@ -65,30 +64,9 @@ fn run_relay(text: &str) -> (Option<i32>, String) {
     let dir = crate::support::fresh_dir("badcfg");
     let path = dir.join("bad.toml");
     std::fs::write(&path, text).unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_allium"))
-        .args(["relay", "--config"])
-        .arg(&path)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run allium");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let status = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("allium relay kept running with a bad config:\n{text}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let mut stderr = String::new();
-    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    let (code, stderr) = crate::support::run_to_exit(&["relay".as_ref(), "--config".as_ref(), path.as_os_str()], &format!("allium relay kept running with a bad config:\n{text}"));
     let _ = std::fs::remove_dir_all(&dir);
-    (status.code(), stderr)
+    (code, stderr)
 }
 
 #[test]

@@ -5,7 +5,6 @@
 use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::process::{Command, Output, Stdio};
-use std::time::{Duration, Instant};
 
 use allium_directory::authkeys::{certify_into, LINK_CERT_FILE, SIGNING_CERT_FILE, SIGNING_KEY_FILE};
 use allium_net::keys::{unix_now, IDENTITY_FILE, LINK_FILE};
@@ -73,28 +72,8 @@ fn a8_authority_with_an_expired_signing_key_certificate_refuses_to_start() {
         ),
     )
     .unwrap();
-    let mut child = Command::new(env!("CARGO_BIN_EXE_allium"))
-        .args(["authority", "--config", path(&config)])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run allium");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("the authority started with an expired certificate");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    };
-    let mut stderr = String::new();
-    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
-    assert_eq!(status.code(), Some(1), "{stderr}");
+    let (code, stderr) = crate::support::run_to_exit(&["authority".as_ref(), "--config".as_ref(), config.as_os_str()], "the authority started with an expired certificate");
+    assert_eq!(code, Some(1), "{stderr}");
     let stderr = stderr.trim_end();
     assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
     assert!(stderr.contains("expired") && stderr.contains("allium keygen --authority"), "{stderr}");

@@ -162,16 +162,7 @@ impl IntroList {
         }
         let mut b = vec![INTRO_LIST_VERSION, self.intro_points.len() as u8];
         for ip in &self.intro_points {
-            match ip.relay.addr.ip() {
-                IpAddr::V4(a) => {
-                    b.push(4);
-                    b.extend_from_slice(&a.octets());
-                }
-                IpAddr::V6(a) => {
-                    b.push(6);
-                    b.extend_from_slice(&a.octets());
-                }
-            }
+            crate::relay_msg::encode_addr(&mut b, &ip.relay.addr.ip());
             b.extend_from_slice(&ip.relay.addr.port().to_be_bytes());
             for k in [&ip.relay.identity, &ip.relay.link_key, &ip.onion_key, &ip.auth_key, &ip.enc_key] {
                 b.extend_from_slice(k);
