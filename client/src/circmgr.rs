@@ -29,6 +29,7 @@ use allium_directory::netdir::NetDir;
 use allium_net::link::PeerInfo;
 use allium_net::pool::ChannelPool;
 use allium_proto::doc::ConsensusRelay;
+use allium_proto::flow::FlowParams;
 use allium_proto::ids::RelayId;
 use allium_proto::relay_msg::EndReason;
 use tokio::sync::{watch, Mutex};
@@ -197,7 +198,7 @@ impl CircMgr {
 
     /// A one-hop circuit to `relay` (for a directory stream), within the learned build timeout.
     pub async fn one_hop(&self, relay: &ConsensusRelay) -> Result<CircHandle, CircError> {
-        circuit::build_within(&self.pool, &[relay], self.build_timeout()).await
+        circuit::build_within(&self.pool, &[relay], self.build_timeout(), FlowParams::default()).await
     }
 
     /// A circuit whose exit allows `need`, for isolation class `iso`.
@@ -286,7 +287,7 @@ impl CircMgr {
             }
             let limit = self.timeouts.lock().expect("timeouts").timeout_for_attempt(attempt - 1);
             let started = Instant::now();
-            match circuit::build_within(&self.pool, &path, limit).await {
+            match circuit::build_within(&self.pool, &path, limit, dir.flow_params()).await {
                 Ok(circ) => {
                     let took = started.elapsed();
                     let mut t = self.timeouts.lock().expect("timeouts");

@@ -18,6 +18,7 @@ use allium_proto::crypto::cell_crypto::ClientCrypto;
 use allium_proto::crypto::ntor::{self, HTYPE_NTOR};
 use allium_proto::doc::ConsensusRelay;
 use allium_proto::ext::Extensions;
+use allium_proto::flow::FlowParams;
 use allium_proto::frag::{Progress, Reassembly};
 use allium_proto::relay_msg::{self, Direction, EndReason, ExtendTarget, MsgAssembler, RelayMsg, RELAY_PLAINTEXT_LEN};
 use tokio::net::TcpStream;
@@ -150,19 +151,22 @@ struct Circuit {
     rx: mpsc::Receiver<Cell>,
     crypto: ClientCrypto,
     asm: Vec<MsgAssembler>,
+    /// Sent to every hop; the streams use it.
+    flow: FlowParams,
 }
 
 /// Builds a circuit through `path` (guard first, at least one hop) and starts its task.
 pub async fn build(pool: &ChannelPool, path: &[&ConsensusRelay]) -> Result<CircHandle, CircError> {
-    build_within(pool, path, BUILD_TIMEOUT).await
+    build_within(pool, path, BUILD_TIMEOUT, FlowParams::default()).await
 }
 
 /// [`build`] with a caller-chosen timeout (the client's learned one, see `timeout.rs`).
-pub async fn build_within(pool: &ChannelPool, path: &[&ConsensusRelay], limit: Duration) -> Result<CircHandle, CircError> {
+/// and flow-control parameters (sent to every hop, see [`FlowParams`]).
+pub async fn build_within(pool: &ChannelPool, path: &[&ConsensusRelay], limit: Duration, flow: FlowParams) -> Result<CircHandle, CircError> {
     let last = *path.last().expect("a path has at least one hop");
     let started = Instant::now();
     let progress = AtomicUsize::new(0);
-    let circ = tokio::time::timeout(limit, build_inner(pool, path, &progress))
+    let circ = tokio::time::timeout(limit, build_inner(pool, path, &progress, flow))
         .await
         .map_err(|_| CircError::Timeout { hops_done: progress.load(Ordering::Relaxed) })??;
     let hops: Vec<String> = path.iter().map(|r| r.identity.short()).collect();
@@ -177,17 +181,18 @@ pub async fn build_within(pool: &ChannelPool, path: &[&ConsensusRelay], limit: D
     Ok(CircHandle { tx, exit: Arc::new(last.clone()), built_at: Instant::now() })
 }
 
-fn ext_bytes() -> Vec<u8> {
+/// The client data of every hop's handshake: the circuit's flow-control parameters.
+fn ext_bytes(flow: FlowParams) -> Vec<u8> {
     let mut v = Vec::new();
-    Extensions::none().encode(&mut v);
+    Extensions(vec![flow.to_extension()]).encode(&mut v);
     v
 }
 
-async fn build_inner(pool: &ChannelPool, path: &[&ConsensusRelay], progress: &AtomicUsize) -> Result<Circuit, CircError> {
+async fn build_inner(pool: &ChannelPool, path: &[&ConsensusRelay], progress: &AtomicUsize, flow: FlowParams) -> Result<Circuit, CircError> {
     let first = path[0];
     let chan = pool.get(&PeerInfo { addr: first.address, identity: first.identity, link_key: first.link_key }).await?;
     let (id, rx) = chan.open_circuit().map_err(|_| CircError::Closed)?;
-    let mut c = Circuit { chan, id, rx, crypto: ClientCrypto::new(), asm: Vec::new() };
+    let mut c = Circuit { chan, id, rx, crypto: ClientCrypto::new(), asm: Vec::new(), flow };
     let r = c.build_hops(path, progress).await;
     if r.is_err() {
         c.chan.close_circuit(c.id);
@@ -199,7 +204,8 @@ async fn build_inner(pool: &ChannelPool, path: &[&ConsensusRelay], progress: &At
 impl Circuit {
     async fn build_hops(&mut self, path: &[&ConsensusRelay], progress: &AtomicUsize) -> Result<(), CircError> {
         let mut rng = rand::rngs::OsRng;
-        let (state, msg) = ntor::client_start(&mut rng, &path[0].identity, &path[0].onion_key, &ext_bytes());
+        let ext = ext_bytes(self.flow);
+        let (state, msg) = ntor::client_start(&mut rng, &path[0].identity, &path[0].onion_key, &ext);
         for c in cell::create_cells(self.id, HTYPE_NTOR, 0, &msg) {
             self.chan.send(c).await.map_err(|_| CircError::Closed)?;
         }
@@ -209,7 +215,7 @@ impl Circuit {
         progress.fetch_add(1, Ordering::Relaxed);
         self.asm.push(MsgAssembler::default());
         for hop in &path[1..] {
-            let (state, msg) = ntor::client_start(&mut rng, &hop.identity, &hop.onion_key, &ext_bytes());
+            let (state, msg) = ntor::client_start(&mut rng, &hop.identity, &hop.onion_key, &ext);
             let target = ExtendTarget { addr: hop.address, identity: hop.identity.0, link_key: hop.link_key };
             let last = self.crypto.n_hops() - 1;
             self.send(last, 0, &RelayMsg::Extend { target, htype: HTYPE_NTOR, hdata: msg, ext: Extensions::none() }).await?;
@@ -291,7 +297,7 @@ impl Circuit {
     }
 
     async fn run(mut self, mut begins: mpsc::Receiver<CircRequest>) {
-        let mut mux = StreamMux::new();
+        let mut mux = StreamMux::new(self.flow);
         let mut pending: std::collections::HashMap<u16, Pending> = Default::default();
         let mut resolves: std::collections::HashMap<u16, ResolveRequest> = Default::default();
         let last = self.crypto.n_hops() - 1;

@@ -94,6 +94,24 @@ impl NetDir {
         self.consensus.relays()
     }
 
+    /// The flow-control windows and increments this consensus sets (each parameter within its
+    /// bounds; a combination no circuit could use, an increment above its window, gives the
+    /// defaults, with a warning).
+    pub fn flow_params(&self) -> allium_proto::flow::FlowParams {
+        let p = &self.params;
+        let v = |name: &str| p.get(name).clamp(0, u32::MAX as i64) as u32;
+        let f = allium_proto::flow::FlowParams {
+            circuit_window: v("circuit-window"),
+            circuit_sendme_inc: v("circuit-sendme-inc"),
+            stream_window: v("stream-window"),
+            stream_sendme_inc: v("stream-sendme-inc"),
+        };
+        f.checked().unwrap_or_else(|_| {
+            tracing::warn!("the consensus's flow-control parameters do not fit together ({f:?}); using the defaults");
+            Default::default()
+        })
+    }
+
     /// The consensus parameters (checked against their bounds; defaults for absent ones).
     pub fn params(&self) -> &ConsensusParams {
         &self.params

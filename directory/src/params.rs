@@ -12,6 +12,8 @@
 
 use std::collections::BTreeMap;
 
+use allium_proto::flow;
+
 /// One known parameter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ParamSpec {
@@ -30,15 +32,15 @@ const DAY: i64 = 86_400;
 /// Every known parameter (sorted by name).
 pub const PARAMS: &[ParamSpec] = &[
     ParamSpec { name: "bw-cap", default: 10_000_000, testnet_default: 10_000_000, min: 1, max: 1 << 40, doc: "cap on a relay's self-reported bandwidth when it becomes its weight (bytes/s)" },
-    ParamSpec { name: "circuit-sendme-inc", default: 100, testnet_default: 100, min: 1, max: 10_000, doc: "cells per circuit-level SENDME" },
-    ParamSpec { name: "circuit-window", default: 1000, testnet_default: 1000, min: 100, max: 10_000, doc: "circuit-level flow-control window (cells)" },
+    ParamSpec { name: "circuit-sendme-inc", default: flow::CIRCUIT_SENDME_INC as i64, testnet_default: flow::CIRCUIT_SENDME_INC as i64, min: 1, max: flow::CIRCUIT_WINDOW_RANGE.1 as i64, doc: "cells per circuit-level SENDME" },
+    ParamSpec { name: "circuit-window", default: flow::CIRCUIT_WINDOW as i64, testnet_default: flow::CIRCUIT_WINDOW as i64, min: flow::CIRCUIT_WINDOW_RANGE.0 as i64, max: flow::CIRCUIT_WINDOW_RANGE.1 as i64, doc: "circuit-level flow-control window (cells)" },
     ParamSpec { name: "fast-min-bw", default: 100_000, testnet_default: 0, min: 0, max: 1 << 40, doc: "least weight for the Fast flag (bytes/s)" },
     ParamSpec { name: "guard-min-bw", default: 1_000_000, testnet_default: 0, min: 0, max: 1 << 40, doc: "least weight for the Guard flag (bytes/s)" },
     ParamSpec { name: "guard-min-uptime", default: 8 * DAY, testnet_default: 0, min: 0, max: 365 * DAY, doc: "least observed uptime for the Guard flag (s)" },
     ParamSpec { name: "hsdir-min-uptime", default: 4 * DAY, testnet_default: 0, min: 0, max: 365 * DAY, doc: "least observed uptime for the HSDir flag (s)" },
     ParamSpec { name: "stable-min-uptime", default: 5 * DAY, testnet_default: 0, min: 0, max: 365 * DAY, doc: "least observed uptime for the Stable flag (s)" },
-    ParamSpec { name: "stream-sendme-inc", default: 50, testnet_default: 50, min: 1, max: 5_000, doc: "cells per stream-level SENDME" },
-    ParamSpec { name: "stream-window", default: 500, testnet_default: 500, min: 50, max: 5_000, doc: "stream-level flow-control window (cells)" },
+    ParamSpec { name: "stream-sendme-inc", default: flow::STREAM_SENDME_INC as i64, testnet_default: flow::STREAM_SENDME_INC as i64, min: 1, max: flow::STREAM_WINDOW_RANGE.1 as i64, doc: "cells per stream-level SENDME" },
+    ParamSpec { name: "stream-window", default: flow::STREAM_WINDOW as i64, testnet_default: flow::STREAM_WINDOW as i64, min: flow::STREAM_WINDOW_RANGE.0 as i64, max: flow::STREAM_WINDOW_RANGE.1 as i64, doc: "stream-level flow-control window (cells)" },
 ];
 
 /// The spec of a known parameter.

@@ -9,7 +9,7 @@
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
-use allium_proto::flow::{FlowError, RecvWindow, SendWindow, STREAM_SENDME_INC, STREAM_WINDOW};
+use allium_proto::flow::{FlowError, FlowParams, RecvWindow, SendWindow};
 use allium_proto::relay_msg::{EndReason, RelayMsg, MAX_BODY_PER_CELL};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, DuplexStream, ReadHalf, WriteHalf};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -97,26 +97,30 @@ pub struct StreamMux {
     events_tx: mpsc::UnboundedSender<StreamEvent>,
     events_rx: mpsc::UnboundedReceiver<StreamEvent>,
     next_id: u16,
+    /// The windows and increments of this circuit (both ends use the same).
+    flow: FlowParams,
 }
 
 impl Default for StreamMux {
     fn default() -> Self {
-        Self::new()
+        Self::new(FlowParams::default())
     }
 }
 
 impl StreamMux {
-    pub fn new() -> Self {
+    /// The streams of a circuit whose ends agreed on `flow` (in the circuit handshake).
+    pub fn new(flow: FlowParams) -> Self {
         let (events_tx, events_rx) = mpsc::unbounded_channel();
         StreamMux {
             streams: HashMap::new(),
             closed: HashSet::new(),
-            circ_send: SendWindow::circuit(),
-            circ_recv: RecvWindow::circuit(),
+            circ_send: SendWindow::circuit(&flow),
+            circ_recv: RecvWindow::circuit(&flow),
             pending: VecDeque::new(),
             events_tx,
             events_rx,
             next_id: 1,
+            flow,
         }
     }
 
@@ -164,9 +168,9 @@ impl StreamMux {
             Stream {
                 writer,
                 writer_rx: Some(rx),
-                credit: Arc::new(Semaphore::new(STREAM_WINDOW as usize)),
-                send: SendWindow::stream(),
-                recv: RecvWindow::stream(),
+                credit: Arc::new(Semaphore::new(self.flow.stream_window as usize)),
+                send: SendWindow::stream(&self.flow),
+                recv: RecvWindow::stream(&self.flow),
                 reader: None,
             },
         );
@@ -193,7 +197,7 @@ impl StreamMux {
             RelayMsg::Sendme => {
                 if let Some(s) = self.streams.get_mut(&id) {
                     s.send.on_sendme()?;
-                    s.credit.add_permits(STREAM_SENDME_INC as usize);
+                    s.credit.add_permits(self.flow.stream_sendme_inc as usize);
                     Ok(vec![])
                 } else {
                     self.late(id)
@@ -381,7 +385,7 @@ async fn write_loop<W: AsyncWrite + Unpin>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use allium_proto::flow::{CIRCUIT_WINDOW, STREAM_WINDOW};
+    use allium_proto::flow::{CIRCUIT_WINDOW, STREAM_SENDME_INC, STREAM_WINDOW};
 
     fn sendmes_in(out: &[(u16, RelayMsg)]) -> Vec<u16> {
         out.iter().filter(|(_, m)| matches!(m, RelayMsg::Sendme)).map(|(id, _)| *id).collect()
@@ -389,7 +393,7 @@ mod tests {
 
     #[tokio::test]
     async fn sendmes_only_after_consumption_and_windows_are_enforced() {
-        let mut mux = StreamMux::new();
+        let mut mux = StreamMux::default();
         mux.open(1).unwrap();
         for _ in 0..STREAM_WINDOW {
             assert!(mux.handle_msg(1, RelayMsg::Data(vec![1; 10])).unwrap().is_empty(), "no SENDME on receipt");
@@ -402,9 +406,28 @@ mod tests {
         assert!(matches!(mux.handle_msg(9, RelayMsg::Data(vec![1])), Err(StreamError::UnknownStream)));
     }
 
+    /// The windows are the circuit's agreed ones, not the defaults.
+    #[tokio::test]
+    async fn agreed_windows_are_enforced() {
+        let flow = FlowParams { circuit_window: 100, circuit_sendme_inc: 10, stream_window: 50, stream_sendme_inc: 5 };
+        let mut mux = StreamMux::new(flow);
+        mux.open(1).unwrap();
+        for _ in 0..50 {
+            mux.handle_msg(1, RelayMsg::Data(vec![1])).unwrap();
+        }
+        assert!(matches!(mux.handle_msg(1, RelayMsg::Data(vec![1])), Err(StreamError::Flow(FlowError::WindowExceeded))));
+        let out = mux.handle_event(StreamEvent::Consumed { id: 1, cells: 10 });
+        assert_eq!(sendmes_in(&out), vec![0, 1, 1], "a circuit SENDME per 10 cells, a stream SENDME per 5");
+        let mut sender = StreamMux::new(flow);
+        sender.open(2).unwrap();
+        assert_eq!(sender.streams[&2].credit.available_permits(), 50, "the reader may read 50 cells before a SENDME");
+        let out = sender.handle_event(StreamEvent::Data { id: 2, data: vec![7u8; MAX_BODY_PER_CELL * 150] });
+        assert_eq!(out.len(), 100, "the circuit window of 100 bounds what is sent");
+    }
+
     #[tokio::test]
     async fn end_waits_behind_data_when_the_circuit_window_is_closed() {
-        let mut mux = StreamMux::new();
+        let mut mux = StreamMux::default();
         mux.open(1).unwrap();
         let data = vec![7u8; MAX_BODY_PER_CELL * (CIRCUIT_WINDOW as usize + 3)];
         let out = mux.handle_event(StreamEvent::Data { id: 1, data });

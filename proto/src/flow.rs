@@ -6,6 +6,8 @@
 //! receipt, so a reader that stops reading stops the sender. A sender that exceeds the window is
 //! a protocol violation.
 
+use crate::ext::{Extension, Extensions};
+
 /// Initial circuit window (cells).
 pub const CIRCUIT_WINDOW: u32 = 1000;
 /// Cells acknowledged by one circuit-level SENDME.
@@ -14,6 +16,70 @@ pub const CIRCUIT_SENDME_INC: u32 = 100;
 pub const STREAM_WINDOW: u32 = 500;
 /// Cells acknowledged by one stream-level SENDME.
 pub const STREAM_SENDME_INC: u32 = 50;
+
+/// Bounds of the circuit window (the `circuit-window` consensus parameter's).
+pub const CIRCUIT_WINDOW_RANGE: (u32, u32) = (100, 10_000);
+/// Bounds of the stream window (the `stream-window` consensus parameter's).
+pub const STREAM_WINDOW_RANGE: (u32, u32) = (50, 5_000);
+/// The extension (in the circuit handshake's client data) carrying [`FlowParams`]. Critical: a
+/// hop that cannot honour it must refuse the circuit rather than use other windows.
+pub const EXT_FLOW_PARAMS: u8 = 0x81;
+
+/// The windows and SENDME increments both ends of a circuit use. The client picks them (from
+/// its consensus's parameters) and sends them to every hop in its CREATE, so the ends always
+/// agree, whatever consensus each holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FlowParams {
+    pub circuit_window: u32,
+    pub circuit_sendme_inc: u32,
+    pub stream_window: u32,
+    pub stream_sendme_inc: u32,
+}
+
+/// Why flow parameters were refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum FlowParamError {
+    #[error("flow-control extension is not 8 bytes")]
+    BadLength,
+    #[error("flow-control parameters out of bounds (windows 100..=10000 and 50..=5000, increments 1..=window)")]
+    OutOfBounds,
+}
+
+impl Default for FlowParams {
+    fn default() -> Self {
+        FlowParams { circuit_window: CIRCUIT_WINDOW, circuit_sendme_inc: CIRCUIT_SENDME_INC, stream_window: STREAM_WINDOW, stream_sendme_inc: STREAM_SENDME_INC }
+    }
+}
+
+impl FlowParams {
+    /// Checks the bounds: each window in its range, each increment from 1 to its window.
+    pub fn checked(self) -> Result<Self, FlowParamError> {
+        let within = |v: u32, (lo, hi): (u32, u32)| (lo..=hi).contains(&v);
+        let ok = within(self.circuit_window, CIRCUIT_WINDOW_RANGE)
+            && within(self.stream_window, STREAM_WINDOW_RANGE)
+            && (1..=self.circuit_window).contains(&self.circuit_sendme_inc)
+            && (1..=self.stream_window).contains(&self.stream_sendme_inc);
+        ok.then_some(self).ok_or(FlowParamError::OutOfBounds)
+    }
+
+    /// The extension carrying these parameters: `u16 circuit window | u16 circuit SENDME
+    /// increment | u16 stream window | u16 stream SENDME increment`.
+    pub fn to_extension(self) -> Extension {
+        let mut data = Vec::with_capacity(8);
+        for v in [self.circuit_window, self.circuit_sendme_inc, self.stream_window, self.stream_sendme_inc] {
+            data.extend_from_slice(&(v.min(u16::MAX as u32) as u16).to_be_bytes());
+        }
+        Extension { ty: EXT_FLOW_PARAMS, data }
+    }
+
+    /// The parameters a client asked for in `ext`, checked; the defaults when it asked for none.
+    pub fn from_extensions(ext: &Extensions) -> Result<Self, FlowParamError> {
+        let Some(e) = ext.0.iter().find(|e| e.ty == EXT_FLOW_PARAMS) else { return Ok(Self::default()) };
+        let d: [u8; 8] = e.data.as_slice().try_into().map_err(|_| FlowParamError::BadLength)?;
+        let v = |i: usize| u32::from(u16::from_be_bytes([d[i], d[i + 1]]));
+        FlowParams { circuit_window: v(0), circuit_sendme_inc: v(2), stream_window: v(4), stream_sendme_inc: v(6) }.checked()
+    }
+}
 
 /// A peer broke flow control.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -36,11 +102,11 @@ impl SendWindow {
     pub fn new(max: u32, inc: u32) -> Self {
         SendWindow { avail: max, max, inc }
     }
-    pub fn circuit() -> Self {
-        Self::new(CIRCUIT_WINDOW, CIRCUIT_SENDME_INC)
+    pub fn circuit(p: &FlowParams) -> Self {
+        Self::new(p.circuit_window, p.circuit_sendme_inc)
     }
-    pub fn stream() -> Self {
-        Self::new(STREAM_WINDOW, STREAM_SENDME_INC)
+    pub fn stream(p: &FlowParams) -> Self {
+        Self::new(p.stream_window, p.stream_sendme_inc)
     }
     /// Cells that may be sent now.
     pub fn available(&self) -> u32 {
@@ -78,11 +144,11 @@ impl RecvWindow {
     pub fn new(max: u32, inc: u32) -> Self {
         RecvWindow { remaining: max, consumed: 0, inc }
     }
-    pub fn circuit() -> Self {
-        Self::new(CIRCUIT_WINDOW, CIRCUIT_SENDME_INC)
+    pub fn circuit(p: &FlowParams) -> Self {
+        Self::new(p.circuit_window, p.circuit_sendme_inc)
     }
-    pub fn stream() -> Self {
-        Self::new(STREAM_WINDOW, STREAM_SENDME_INC)
+    pub fn stream(p: &FlowParams) -> Self {
+        Self::new(p.stream_window, p.stream_sendme_inc)
     }
     /// A DATA cell arrived.
     pub fn on_data(&mut self) -> Result<(), FlowError> {
@@ -108,8 +174,9 @@ mod tests {
 
     #[test]
     fn windows_open_only_on_consumption() {
-        let mut s = SendWindow::stream();
-        let mut r = RecvWindow::stream();
+        let p = FlowParams::default();
+        let mut s = SendWindow::stream(&p);
+        let mut r = RecvWindow::stream(&p);
         for _ in 0..STREAM_WINDOW {
             assert!(s.take());
             r.on_data().unwrap();
@@ -121,7 +188,23 @@ mod tests {
         s.on_sendme().unwrap();
         assert_eq!(s.available(), STREAM_SENDME_INC);
         r.on_data().unwrap();
-        let mut fresh = SendWindow::circuit();
+        let mut fresh = SendWindow::circuit(&p);
         assert_eq!(fresh.on_sendme(), Err(FlowError::UnexpectedSendme));
+    }
+
+    #[test]
+    fn flow_params_travel_in_an_extension_and_are_bounded() {
+        let p = FlowParams { circuit_window: 2000, circuit_sendme_inc: 200, stream_window: 800, stream_sendme_inc: 80 };
+        let e = p.to_extension();
+        assert_eq!(hex::encode(&e.data), "07d000c803200050");
+        assert_eq!(FlowParams::from_extensions(&Extensions(vec![e])), Ok(p));
+        assert_eq!(FlowParams::from_extensions(&Extensions::none()), Ok(FlowParams::default()));
+        let bad = |d: &[u8]| FlowParams::from_extensions(&Extensions(vec![Extension { ty: EXT_FLOW_PARAMS, data: d.to_vec() }]));
+        assert_eq!(bad(&[0; 7]), Err(FlowParamError::BadLength));
+        assert_eq!(bad(&hex::decode("0032000a01f40032").unwrap()), Err(FlowParamError::OutOfBounds), "circuit window 50 < 100");
+        assert_eq!(bad(&hex::decode("03e803e901f40032").unwrap()), Err(FlowParamError::OutOfBounds), "increment above the window");
+        assert_eq!(bad(&hex::decode("03e8000001f40032").unwrap()), Err(FlowParamError::OutOfBounds), "increment 0");
+        assert_eq!(bad(&hex::decode("03e8006413890032").unwrap()), Err(FlowParamError::OutOfBounds), "stream window 5001");
+        assert!(FlowParams::default().checked().is_ok());
     }
 }

@@ -58,6 +58,8 @@ pub(crate) struct RelayCircuit {
     pub crypto: RelayCrypto,
     /// Hops that may still be added after this one.
     pub hop_budget: u8,
+    /// The windows and increments the client chose in its CREATE (used if streams end here).
+    pub flow: allium_proto::flow::FlowParams,
     pub started: Instant,
 }
 
@@ -79,7 +81,7 @@ impl RelayCircuit {
     pub async fn run(mut self) {
         let mut next: Option<Next> = None;
         let mut extending: Option<PendingExtend> = None;
-        let mut mux = StreamMux::new();
+        let mut mux = StreamMux::new(self.flow);
         let mut asm = MsgAssembler::default();
         let (exit_tx, mut exit_rx) = mpsc::channel::<ExitResult>(64);
         let (resolve_tx, mut resolve_rx) = mpsc::channel::<ResolveResult>(MAX_RESOLVES_IN_FLIGHT);

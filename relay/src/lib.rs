@@ -34,6 +34,7 @@ use allium_proto::cell::{self, Cell, DestroyReason, MAX_HOP_BUDGET};
 use allium_proto::crypto::cell_crypto::RelayCrypto;
 use allium_proto::crypto::ntor::{self, OnionKeyPair, HTYPE_NTOR};
 use allium_proto::ext::Extensions;
+use allium_proto::flow::{FlowParams, EXT_FLOW_PARAMS};
 use allium_proto::ids::RelayId;
 use allium_proto::reader::Reader;
 use tokio::net::TcpListener;
@@ -182,14 +183,14 @@ impl CreateHandler for Creates {
                     return;
                 }
             };
-            let (crypto, hop_budget) = keys;
-            circuit::RelayCircuit { ctx, prev: chan, prev_id: id, prev_rx: rx, crypto, hop_budget, started }.run().await;
+            let (crypto, hop_budget, flow) = keys;
+            circuit::RelayCircuit { ctx, prev: chan, prev_id: id, prev_rx: rx, crypto, hop_budget, flow, started }.run().await;
         });
     }
 }
 
 /// Answers a CREATE: reassembles it, runs the server side of ntor, sends CREATED.
-async fn create(ctx: &RelayCtx, chan: &Channel, first: &Cell, rx: &mut tokio::sync::mpsc::Receiver<Cell>) -> Result<(RelayCrypto, u8), DestroyReason> {
+async fn create(ctx: &RelayCtx, chan: &Channel, first: &Cell, rx: &mut tokio::sync::mpsc::Receiver<Cell>) -> Result<(RelayCrypto, u8, FlowParams), DestroyReason> {
     let (hdr, msg) = circuit::read_create(first, rx).await?;
     if hdr.htype != HTYPE_NTOR {
         return Err(DestroyReason::Protocol);
@@ -206,11 +207,16 @@ async fn create(ctx: &RelayCtx, chan: &Channel, first: &Cell, rx: &mut tokio::sy
         tracing::debug!("CREATE refused: {e}");
         DestroyReason::Protocol
     })?;
-    Extensions::decode_checked(&mut Reader::new(&out.client_ext), &[]).map_err(|_| DestroyReason::Protocol)?;
+    // The client's flow-control parameters (critical: refused if out of bounds).
+    let ext = Extensions::decode_checked(&mut Reader::new(&out.client_ext), &[EXT_FLOW_PARAMS]).map_err(|_| DestroyReason::Protocol)?;
+    let flow = FlowParams::from_extensions(&ext).map_err(|e| {
+        tracing::debug!("CREATE refused: {e}");
+        DestroyReason::Protocol
+    })?;
     for c in cell::created_cells(first.circ_id, &out.reply) {
         chan.send(c).await.map_err(|_| DestroyReason::ChannelClosed)?;
     }
     // A client's link gets the full budget; a relay passes on what it was granted, minus one.
     let budget = if chan.peer.is_none() { MAX_HOP_BUDGET } else { hdr.hop_budget.min(MAX_HOP_BUDGET) };
-    Ok((RelayCrypto::new(&out.keys), budget))
+    Ok((RelayCrypto::new(&out.keys), budget, flow))
 }

@@ -71,6 +71,10 @@ pub struct TestnetArgs {
     /// loopback destinations, instead of the test network's `accept *:*`.
     #[arg(long, default_value_t = 0)]
     pub strict_exits: usize,
+    /// A consensus parameter every authority votes, as NAME=VALUE (repeatable), e.g.
+    /// `--param stream-window=200`; names and bounds as in docs/PROTOCOL.md.
+    #[arg(long = "param", value_name = "NAME=VALUE", value_parser = parse_param)]
+    pub params: Vec<(String, i64)>,
     /// Test-only fault: every relay flips one byte of each relay cell it forwards after the
     /// first N on a circuit. Only builds with the relay's `test-hooks` feature (the integration
     /// tests' build) accept it.
@@ -81,6 +85,14 @@ pub struct TestnetArgs {
     /// (`client.dangerous_initial_build_timeout_ms`). Needs the relay's `test-hooks` feature.
     #[arg(long, hide = true, value_name = "K", default_value_t = 0)]
     pub dangerous_test_blackhole_relays: usize,
+}
+
+fn parse_param(s: &str) -> Result<(String, i64), String> {
+    let (name, value) = s.split_once('=').ok_or("expected NAME=VALUE")?;
+    let value: i64 = value.parse().map_err(|_| format!("{value} is not an integer"))?;
+    allium_directory::params::spec(name).ok_or(format!("unknown consensus parameter {name}"))?;
+    allium_directory::params::check(name, value).map_err(|e| e.to_string())?;
+    Ok((name.to_string(), value))
 }
 
 /// Runs `allium testnet` until a stop signal.
@@ -147,7 +159,7 @@ async fn orchestrate(args: TestnetArgs, counts: Counts, faults: layout::Faults) 
     let started = Instant::now();
     let mut procs: Vec<NodeProc> = Vec::new();
     let outcome = tokio::select! {
-        r = bring_up(&dir, &exe, counts, args.socks_port, args.http_connect_port, faults, &mut procs) => Ok(r),
+        r = bring_up(&dir, &exe, counts, args.socks_port, args.http_connect_port, faults, &args.params, &mut procs) => Ok(r),
         sig = stop.recv() => Err(sig),
     };
     let (socks, http_connect) = match outcome {
@@ -238,6 +250,7 @@ async fn bring_up(
     socks_port: u16,
     http_connect_port: Option<u16>,
     faults: layout::Faults,
+    params: &[(String, i64)],
     procs: &mut Vec<NodeProc>,
 ) -> Result<(SocketAddr, Option<SocketAddr>), String> {
     // 1. Keys and configs.
@@ -255,7 +268,13 @@ async fn bring_up(
         }
     }
     for n in &nodes {
-        let text = layout::render_config(n, &nodes, VOTING_INTERVAL_SECS, &faults);
+        let mut text = layout::render_config(n, &nodes, VOTING_INTERVAL_SECS, &faults);
+        if n.role == Role::Authority && !params.is_empty() {
+            text.push_str("\n[authority.params]\n");
+            for (k, v) in params {
+                text.push_str(&format!("{k} = {v}\n"));
+            }
+        }
         layout::write_atomic(&n.config_path(), &text).map_err(|e| format!("cannot write {}: {e}", n.config_path().display()))?;
     }
     println!(
