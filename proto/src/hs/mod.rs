@@ -1,12 +1,19 @@
 //! Onion services, sans-IO: addresses, blinded keys, descriptors and their encrypted part, the
-//! HSDir hash ring and the period's shared random value (issue "Onion services"; introduction
-//! and rendezvous come next). No I/O: time and randomness are passed in.
+//! HSDir hash ring and the period's shared random value, and the pieces of introduction and
+//! rendezvous: ESTABLISH_INTRO's circuit-bound signature ([`establish`]), the encrypted part of
+//! INTRODUCE ([`introduce`]), the end-to-end handshake that adds the service as a virtual hop
+//! ([`rendezvous`]) and the service's replay cache ([`replay`]) (issue "Onion services").
+//! No I/O: time and randomness are passed in.
 
 pub mod address;
 pub mod blind;
 pub mod desc;
+pub mod establish;
 pub mod inner;
+pub mod introduce;
 pub mod period;
+pub mod rendezvous;
+pub mod replay;
 pub mod ring;
 pub mod store;
 
