@@ -2,10 +2,10 @@
 //! HSDir hash ring and the period's shared random value, and the pieces of introduction and
 //! rendezvous: ESTABLISH_INTRO's circuit-bound signature ([`establish`]), the encrypted part of
 //! INTRODUCE ([`introduce`]), the end-to-end handshake that adds the service as a virtual hop
-//! ([`rendezvous`]), the service's replay cache ([`replay`]), and the relay-side tables of an
-//! introduction point ([`intro_point`]) and a rendezvous point ([`rend_point`]) (issue "Onion
-//! services").
-//! No I/O: time and randomness are passed in.
+//! ([`rendezvous`]), the service's replay cache ([`replay`]) and set of introduction points
+//! ([`intro_set`]), and the relay-side tables of an introduction point ([`intro_point`]) and a
+//! rendezvous point ([`rend_point`]) (issue "Onion services"). No I/O: time and randomness are
+//! passed in.
 
 pub mod address;
 pub mod blind;
@@ -13,6 +13,7 @@ pub mod desc;
 pub mod establish;
 pub mod inner;
 pub mod intro_point;
+pub mod intro_set;
 pub mod introduce;
 pub mod period;
 pub mod rend_point;
