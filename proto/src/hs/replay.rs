@@ -26,8 +26,9 @@ use std::collections::{HashMap, VecDeque};
 pub const REPLAY_DIGEST_PREFIX: &[u8] = b"allium-hs-replay-v1";
 /// Default number of digests per introduction point (about 3 MiB at worst).
 pub const DEFAULT_MAX_ENTRIES: usize = 32_768;
-/// Default time a digest is kept (the default lifetime of an introduction point).
-pub const DEFAULT_TTL_SECS: u64 = 24 * 3600;
+/// Default time a digest is kept: as long as an introduction point accepts introductions (its
+/// default lifetime of 24 hours plus the 12-hour retirement grace, see [`super::intro_set`]).
+pub const DEFAULT_TTL_SECS: u64 = 36 * 3600;
 
 /// The digest of one encrypted part.
 pub fn replay_digest(encrypted: &[u8]) -> [u8; 32] {
