@@ -3,12 +3,13 @@
 //! rendezvous: ESTABLISH_INTRO's circuit-bound signature ([`establish`]), the encrypted part of
 //! INTRODUCE ([`introduce`]), the end-to-end handshake that adds the service as a virtual hop
 //! ([`rendezvous`]), the service's replay cache ([`replay`]) and set of introduction points
-//! ([`intro_set`]), and the relay-side tables of an introduction point ([`intro_point`]) and a
-//! rendezvous point ([`rend_point`]) (issue "Onion services"). No I/O: time and randomness are
-//! passed in.
+//! ([`intro_set`]), the client's connection attempt ([`connect`]), and the relay-side tables of
+//! an introduction point ([`intro_point`]) and a rendezvous point ([`rend_point`]) (issue "Onion
+//! services"). No I/O: time and randomness are passed in.
 
 pub mod address;
 pub mod blind;
+pub mod connect;
 pub mod desc;
 pub mod establish;
 pub mod inner;
