@@ -131,4 +131,13 @@ mod tests {
             assert_ne!(circuit_binding(&k2), b);
         }
     }
+
+    proptest::proptest! {
+        #[test]
+        fn verify_never_panics(body in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..200)) {
+            if let Ok(m) = RelayMsg::decode(20, &body, Direction::Outbound) {
+                proptest::prop_assert!(verify(&m, &derive_hop_keys(b"k")).is_err());
+            }
+        }
+    }
 }

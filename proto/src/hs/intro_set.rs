@@ -178,10 +178,11 @@ impl IntroSet {
     /// list changed (republish).
     pub fn established(&mut self, auth_key: &[u8; 32]) -> bool {
         match self.find(auth_key) {
-            Some(p) if p.state == PointState::Pending => {
-                p.state = PointState::Established;
+            Some(p) if !matches!(p.state, PointState::Retiring { .. }) => {
                 p.retries = 0;
-                true
+                let new = p.state == PointState::Pending;
+                p.state = PointState::Established;
+                new
             }
             _ => false,
         }
@@ -196,8 +197,8 @@ impl IntroSet {
             return OnFailure::Ignore;
         }
         if p.retries < MAX_RETRIES {
+            // Same relay, same keys: descriptors naming it stay good, so it stays listed.
             p.retries += 1;
-            p.state = PointState::Pending;
             OnFailure::Retry
         } else {
             self.points.remove(i);
@@ -278,7 +279,9 @@ mod tests {
         assert_eq!(s.relays_in_use(), vec![[1; 32], [2; 32], [3; 32]]);
         // A failed circuit is retried once with the same keys, then replaced.
         assert_eq!(s.circuit_failed(&keys[0]), OnFailure::Retry);
-        assert_eq!(s.descriptor_points().len(), 2);
+        assert_eq!(s.descriptor_points().len(), 3, "still listed while retried");
+        assert!(!s.established(&keys[0]), "back with the same keys: no republish");
+        assert_eq!(s.circuit_failed(&keys[0]), OnFailure::Retry, "a success resets the retries");
         assert_eq!(s.circuit_failed(&keys[0]), OnFailure::Replace);
         assert_eq!(s.needed(), 1);
         let k4 = s.add(&mut rng, relay(4), [4; 32], 10);
@@ -339,5 +342,10 @@ mod tests {
         assert!(changed);
         assert_eq!(s.needed(), 1);
         assert!(s.descriptor_points().is_empty());
+        // A retiring point still takes introductions during its grace.
+        let (_, b) = intro(&mut rng);
+        assert!(s.handle_introduce2(&mut rng, &identity, &k, &b, 11).is_ok());
+        assert_eq!(s.tick(110), (vec![k], false));
+        assert_eq!(s.handle_introduce2(&mut rng, &identity, &k, &b, 111).unwrap_err(), Introduce2Error::UnknownAuthKey);
     }
 }

@@ -363,4 +363,14 @@ mod tests {
         }
         assert_eq!(service.decrypt_inbound(&mut cell), Err(CellCryptoError::NotAuthenticated));
     }
+
+    proptest::proptest! {
+        #[test]
+        fn bad_input_never_panics(reply in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..100), htype in 0u16..3) {
+            let (b, big_b, auth_key) = setup();
+            let (client, _) = client_start_with_secret([1; 32], &auth_key, &big_b);
+            let _ = client.finish(&reply);
+            let _ = service_respond_with_secret([2; 32], &auth_key, &b, htype, &reply);
+        }
+    }
 }
