@@ -8,7 +8,7 @@
 //!
 //! Flag bit 0 (`MORE`) says the message continues in the next relay cell for the same hop and
 //! direction (same command and stream); the receiver reassembles up to [`MAX_RELAY_MSG_LEN`]
-//! bytes. Only EXTEND and EXTENDED may span cells. Stream id 0 means the circuit itself.
+//! bytes. Only EXTEND, EXTENDED, INTRODUCE1 and INTRODUCE2 may span cells. Stream id 0 means the circuit itself.
 //!
 //! Decoding is restricted by context: a relay parses only what a client may send it
 //! ([`Direction::Outbound`]), a client only what a relay may send back ([`Direction::Inbound`]).
@@ -47,6 +47,24 @@ pub enum RelayCmd {
     Resolved = 10,
     /// Open a directory stream to this hop's own directory cache (no exit involved).
     BeginDir = 13,
+    /// Service → relay: become an introduction point for this per-introduction auth key.
+    EstablishIntro = 20,
+    /// Introduction point → service: ESTABLISH_INTRO accepted.
+    IntroEstablished = 21,
+    /// Client → introduction point: an introduction for the service behind an auth key.
+    Introduce1 = 22,
+    /// Introduction point → service: the INTRODUCE1 body, unchanged.
+    Introduce2 = 23,
+    /// Introduction point → client: whether INTRODUCE1 was forwarded.
+    IntroduceAck = 24,
+    /// Client → rendezvous point: remember this circuit under a one-time cookie.
+    EstablishRendezvous = 25,
+    /// Rendezvous point → client: ESTABLISH_RENDEZVOUS accepted.
+    RendezvousEstablished = 26,
+    /// Service → rendezvous point: join my circuit to the one with this cookie.
+    Rendezvous1 = 27,
+    /// Rendezvous point → client: the service's handshake reply; the circuits are joined.
+    Rendezvous2 = 28,
 }
 
 impl RelayCmd {
@@ -64,6 +82,15 @@ impl RelayCmd {
             9 => Resolve,
             10 => Resolved,
             13 => BeginDir,
+            20 => EstablishIntro,
+            21 => IntroEstablished,
+            22 => Introduce1,
+            23 => Introduce2,
+            24 => IntroduceAck,
+            25 => EstablishRendezvous,
+            26 => RendezvousEstablished,
+            27 => Rendezvous1,
+            28 => Rendezvous2,
             b => return Err(DecodeError::UnknownCommand(b)),
         })
     }
@@ -126,6 +153,59 @@ pub struct ExtendTarget {
     pub link_key: [u8; 32],
 }
 
+impl ExtendTarget {
+    /// Appends the link specifiers as EXTEND carries them:
+    /// `u8 3 | address | ed25519 identity | link key`.
+    pub fn encode_link_specifiers(&self, b: &mut Vec<u8>) {
+        b.push(3);
+        match self.addr {
+            SocketAddr::V4(a) => {
+                b.extend_from_slice(&[LS_IPV4, 6]);
+                b.extend_from_slice(&a.ip().octets());
+            }
+            SocketAddr::V6(a) => {
+                b.extend_from_slice(&[LS_IPV6, 18]);
+                b.extend_from_slice(&a.ip().octets());
+            }
+        }
+        b.extend_from_slice(&self.addr.port().to_be_bytes());
+        b.extend_from_slice(&[LS_ED25519, 32]);
+        b.extend_from_slice(&self.identity);
+        b.extend_from_slice(&[LS_LINK_KEY, 32]);
+        b.extend_from_slice(&self.link_key);
+    }
+
+    /// Reads `u8 n | n × (u8 type | u8 len | data)`: an address, the identity and the link key
+    /// are required, unknown types are skipped (the last of a repeated type wins).
+    pub fn decode_link_specifiers(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        let n = r.u8()?;
+        let (mut ip, mut id, mut lk) = (None, None, None);
+        for _ in 0..n {
+            let ty = r.u8()?;
+            let len = r.u8()? as usize;
+            let mut v = Reader::new(r.take(len)?);
+            match ty {
+                LS_IPV4 => {
+                    let a = Ipv4Addr::from(v.array::<4>()?);
+                    ip = Some(SocketAddr::new(a.into(), v.u16()?));
+                }
+                LS_IPV6 => {
+                    let a = Ipv6Addr::from(v.array::<16>()?);
+                    ip = Some(SocketAddr::new(a.into(), v.u16()?));
+                }
+                LS_ED25519 => id = Some(v.array::<32>()?),
+                LS_LINK_KEY => lk = Some(v.array::<32>()?),
+                _ => continue,
+            }
+            v.finish()?;
+        }
+        let (Some(addr), Some(identity), Some(link_key)) = (ip, id, lk) else {
+            return Err(DecodeError::Invalid("link specifiers lack an address, identity or link key"));
+        };
+        Ok(ExtendTarget { addr, identity, link_key })
+    }
+}
+
 /// A decoded relay message.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RelayMsg {
@@ -146,6 +226,94 @@ pub enum RelayMsg {
     Resolved { result: Result<Vec<IpAddr>, EndReason>, ext: Extensions },
     /// Open a stream to the hop's directory cache; answered by CONNECTED (no address) or END.
     BeginDir { ext: Extensions },
+    /// Service → relay: become an introduction point for `auth_key`. `sig` is the auth key's
+    /// signature over the circuit binding and the body before it (checked by
+    /// [`crate::hs::establish::verify`], not by the decoder).
+    EstablishIntro { auth_key: [u8; 32], ext: Extensions, sig: [u8; 64] },
+    /// Introduction point → service.
+    IntroEstablished { ext: Extensions },
+    /// Client → introduction point.
+    Introduce1(IntroduceBody),
+    /// Introduction point → service (the INTRODUCE1 body byte for byte).
+    Introduce2(IntroduceBody),
+    /// Introduction point → client: `status` is one of [`introduce_status`] (others are
+    /// failures the client does not know).
+    IntroduceAck { status: u8, ext: Extensions },
+    /// Client → rendezvous point.
+    EstablishRendezvous { cookie: [u8; REND_COOKIE_LEN], ext: Extensions },
+    /// Rendezvous point → client.
+    RendezvousEstablished { ext: Extensions },
+    /// Service → rendezvous point: the cookie and the end-to-end handshake reply.
+    Rendezvous1 { cookie: [u8; REND_COOKIE_LEN], hdata: Vec<u8>, ext: Extensions },
+    /// Rendezvous point → client: the handshake reply from RENDEZVOUS1.
+    Rendezvous2 { hdata: Vec<u8>, ext: Extensions },
+}
+
+/// Bytes of a rendezvous cookie.
+pub const REND_COOKIE_LEN: usize = 20;
+
+/// Bytes of the service's introduction encryption ephemeral key plus tag: the least an
+/// INTRODUCE encrypted part can hold.
+pub const INTRODUCE_ENCRYPTED_MIN_LEN: usize = 32 + 16;
+
+/// The body of INTRODUCE1 and INTRODUCE2:
+/// `auth key (32) | extension field | encrypted part (the rest, at least 48 bytes)`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IntroduceBody {
+    /// The per-introduction-point auth key of the service the client wants.
+    pub auth_key: [u8; 32],
+    /// Cleartext extensions (the intro point may read them; they are authenticated by the
+    /// encrypted part).
+    pub ext: Extensions,
+    /// `client ephemeral key (32) | ciphertext | tag (16)`, see [`crate::hs::introduce`].
+    pub encrypted: Vec<u8>,
+}
+
+impl IntroduceBody {
+    /// The cleartext bytes before the encrypted part (`auth key | extension field`).
+    pub fn header_bytes(&self) -> Vec<u8> {
+        let mut b = Vec::with_capacity(33);
+        b.extend_from_slice(&self.auth_key);
+        self.ext.encode(&mut b);
+        b
+    }
+
+    fn encode(&self, b: &mut Vec<u8>) {
+        b.extend_from_slice(&self.header_bytes());
+        b.extend_from_slice(&self.encrypted);
+    }
+
+    fn decode(r: &mut Reader<'_>) -> Result<Self, DecodeError> {
+        let auth_key = r.array::<32>()?;
+        let ext = Extensions::decode_checked(r, KNOWN_CRITICAL)?;
+        let encrypted = r.rest().to_vec();
+        if encrypted.len() < INTRODUCE_ENCRYPTED_MIN_LEN {
+            return Err(DecodeError::Invalid("INTRODUCE encrypted part too short"));
+        }
+        Ok(IntroduceBody { auth_key, ext, encrypted })
+    }
+}
+
+/// INTRODUCE_ACK status values.
+pub mod introduce_status {
+    /// The introduction point forwarded INTRODUCE2 to the service.
+    pub const SUCCESS: u8 = 0;
+    /// No service circuit for that auth key at this introduction point.
+    pub const UNKNOWN_SERVICE: u8 = 1;
+    /// The INTRODUCE1 was malformed.
+    pub const BAD_MESSAGE: u8 = 2;
+    /// The service circuit exists but the message could not be relayed to it.
+    pub const CANNOT_RELAY: u8 = 3;
+}
+
+fn encode_hdata(b: &mut Vec<u8>, hdata: &[u8]) {
+    b.extend_from_slice(&(hdata.len() as u16).to_be_bytes());
+    b.extend_from_slice(hdata);
+}
+
+fn decode_hdata(r: &mut Reader<'_>) -> Result<Vec<u8>, DecodeError> {
+    let n = r.u16()? as usize;
+    Ok(r.take(n)?.to_vec())
 }
 
 /// Most addresses one RESOLVED carries.
@@ -198,6 +366,15 @@ impl RelayMsg {
             RelayMsg::Resolve { .. } => RelayCmd::Resolve,
             RelayMsg::Resolved { .. } => RelayCmd::Resolved,
             RelayMsg::BeginDir { .. } => RelayCmd::BeginDir,
+            RelayMsg::EstablishIntro { .. } => RelayCmd::EstablishIntro,
+            RelayMsg::IntroEstablished { .. } => RelayCmd::IntroEstablished,
+            RelayMsg::Introduce1(_) => RelayCmd::Introduce1,
+            RelayMsg::Introduce2(_) => RelayCmd::Introduce2,
+            RelayMsg::IntroduceAck { .. } => RelayCmd::IntroduceAck,
+            RelayMsg::EstablishRendezvous { .. } => RelayCmd::EstablishRendezvous,
+            RelayMsg::RendezvousEstablished { .. } => RelayCmd::RendezvousEstablished,
+            RelayMsg::Rendezvous1 { .. } => RelayCmd::Rendezvous1,
+            RelayMsg::Rendezvous2 { .. } => RelayCmd::Rendezvous2,
         }
     }
 
@@ -229,22 +406,7 @@ impl RelayMsg {
             }
             RelayMsg::Sendme => b.push(0),
             RelayMsg::Extend { target, htype, hdata, ext } => {
-                b.push(3);
-                match target.addr {
-                    SocketAddr::V4(a) => {
-                        b.extend_from_slice(&[LS_IPV4, 6]);
-                        b.extend_from_slice(&a.ip().octets());
-                    }
-                    SocketAddr::V6(a) => {
-                        b.extend_from_slice(&[LS_IPV6, 18]);
-                        b.extend_from_slice(&a.ip().octets());
-                    }
-                }
-                b.extend_from_slice(&target.addr.port().to_be_bytes());
-                b.extend_from_slice(&[LS_ED25519, 32]);
-                b.extend_from_slice(&target.identity);
-                b.extend_from_slice(&[LS_LINK_KEY, 32]);
-                b.extend_from_slice(&target.link_key);
+                target.encode_link_specifiers(&mut b);
                 b.extend_from_slice(&htype.to_be_bytes());
                 b.extend_from_slice(&(hdata.len() as u16).to_be_bytes());
                 b.extend_from_slice(hdata);
@@ -275,6 +437,30 @@ impl RelayMsg {
                 }
                 ext.encode(&mut b);
             }
+            RelayMsg::EstablishIntro { auth_key, ext, sig } => {
+                b.extend_from_slice(auth_key);
+                ext.encode(&mut b);
+                b.extend_from_slice(sig);
+            }
+            RelayMsg::IntroEstablished { ext } | RelayMsg::RendezvousEstablished { ext } => ext.encode(&mut b),
+            RelayMsg::Introduce1(body) | RelayMsg::Introduce2(body) => body.encode(&mut b),
+            RelayMsg::IntroduceAck { status, ext } => {
+                b.push(*status);
+                ext.encode(&mut b);
+            }
+            RelayMsg::EstablishRendezvous { cookie, ext } => {
+                b.extend_from_slice(cookie);
+                ext.encode(&mut b);
+            }
+            RelayMsg::Rendezvous1 { cookie, hdata, ext } => {
+                b.extend_from_slice(cookie);
+                encode_hdata(&mut b, hdata);
+                ext.encode(&mut b);
+            }
+            RelayMsg::Rendezvous2 { hdata, ext } => {
+                encode_hdata(&mut b, hdata);
+                ext.encode(&mut b);
+            }
         }
         b
     }
@@ -285,11 +471,33 @@ impl RelayMsg {
         let allowed = match dir {
             Direction::Outbound => matches!(
                 cmd,
-                RelayCmd::Begin | RelayCmd::Data | RelayCmd::End | RelayCmd::Sendme | RelayCmd::Extend | RelayCmd::Drop | RelayCmd::Resolve | RelayCmd::BeginDir
+                RelayCmd::Begin
+                    | RelayCmd::Data
+                    | RelayCmd::End
+                    | RelayCmd::Sendme
+                    | RelayCmd::Extend
+                    | RelayCmd::Drop
+                    | RelayCmd::Resolve
+                    | RelayCmd::BeginDir
+                    | RelayCmd::EstablishIntro
+                    | RelayCmd::Introduce1
+                    | RelayCmd::EstablishRendezvous
+                    | RelayCmd::Rendezvous1
             ),
             Direction::Inbound => matches!(
                 cmd,
-                RelayCmd::Data | RelayCmd::End | RelayCmd::Connected | RelayCmd::Sendme | RelayCmd::Extended | RelayCmd::Drop | RelayCmd::Resolved
+                RelayCmd::Data
+                    | RelayCmd::End
+                    | RelayCmd::Connected
+                    | RelayCmd::Sendme
+                    | RelayCmd::Extended
+                    | RelayCmd::Drop
+                    | RelayCmd::Resolved
+                    | RelayCmd::IntroEstablished
+                    | RelayCmd::Introduce2
+                    | RelayCmd::IntroduceAck
+                    | RelayCmd::RendezvousEstablished
+                    | RelayCmd::Rendezvous2
             ),
         };
         if !allowed {
@@ -357,35 +565,12 @@ impl RelayMsg {
                 RelayMsg::Sendme
             }
             RelayCmd::Extend => {
-                let n = r.u8()?;
-                let (mut ip, mut id, mut lk) = (None, None, None);
-                for _ in 0..n {
-                    let ty = r.u8()?;
-                    let len = r.u8()? as usize;
-                    let mut v = Reader::new(r.take(len)?);
-                    match ty {
-                        LS_IPV4 => {
-                            let a = Ipv4Addr::from(v.array::<4>()?);
-                            ip = Some(SocketAddr::new(a.into(), v.u16()?));
-                        }
-                        LS_IPV6 => {
-                            let a = Ipv6Addr::from(v.array::<16>()?);
-                            ip = Some(SocketAddr::new(a.into(), v.u16()?));
-                        }
-                        LS_ED25519 => id = Some(v.array::<32>()?),
-                        LS_LINK_KEY => lk = Some(v.array::<32>()?),
-                        _ => continue,
-                    }
-                    v.finish()?;
-                }
-                let (Some(addr), Some(identity), Some(link_key)) = (ip, id, lk) else {
-                    return Err(DecodeError::Invalid("EXTEND lacks an address, identity or link key"));
-                };
+                let target = ExtendTarget::decode_link_specifiers(&mut r)?;
                 let htype = r.u16()?;
                 let hlen = r.u16()? as usize;
                 let hdata = r.take(hlen)?.to_vec();
                 let ext = Extensions::decode_checked(&mut r, KNOWN_CRITICAL)?;
-                RelayMsg::Extend { target: ExtendTarget { addr, identity, link_key }, htype, hdata, ext }
+                RelayMsg::Extend { target, htype, hdata, ext }
             }
             RelayCmd::Extended => {
                 let hlen = r.u16()? as usize;
@@ -393,6 +578,35 @@ impl RelayMsg {
                 RelayMsg::Extended { hdata, ext: Extensions::decode_checked(&mut r, KNOWN_CRITICAL)? }
             }
             RelayCmd::Drop => return Ok(RelayMsg::Drop),
+            RelayCmd::EstablishIntro => {
+                let auth_key = r.array::<32>()?;
+                let ext = Extensions::decode_checked(&mut r, KNOWN_CRITICAL)?;
+                let sig = r.array::<64>()?;
+                RelayMsg::EstablishIntro { auth_key, ext, sig }
+            }
+            RelayCmd::IntroEstablished => RelayMsg::IntroEstablished { ext: Extensions::decode_checked(&mut r, KNOWN_CRITICAL)? },
+            RelayCmd::Introduce1 => RelayMsg::Introduce1(IntroduceBody::decode(&mut r)?),
+            RelayCmd::Introduce2 => RelayMsg::Introduce2(IntroduceBody::decode(&mut r)?),
+            RelayCmd::IntroduceAck => {
+                let status = r.u8()?;
+                RelayMsg::IntroduceAck { status, ext: Extensions::decode_checked(&mut r, KNOWN_CRITICAL)? }
+            }
+            RelayCmd::EstablishRendezvous => {
+                let cookie = r.array::<REND_COOKIE_LEN>()?;
+                RelayMsg::EstablishRendezvous { cookie, ext: Extensions::decode_checked(&mut r, KNOWN_CRITICAL)? }
+            }
+            RelayCmd::RendezvousEstablished => {
+                RelayMsg::RendezvousEstablished { ext: Extensions::decode_checked(&mut r, KNOWN_CRITICAL)? }
+            }
+            RelayCmd::Rendezvous1 => {
+                let cookie = r.array::<REND_COOKIE_LEN>()?;
+                let hdata = decode_hdata(&mut r)?;
+                RelayMsg::Rendezvous1 { cookie, hdata, ext: Extensions::decode_checked(&mut r, KNOWN_CRITICAL)? }
+            }
+            RelayCmd::Rendezvous2 => {
+                let hdata = decode_hdata(&mut r)?;
+                RelayMsg::Rendezvous2 { hdata, ext: Extensions::decode_checked(&mut r, KNOWN_CRITICAL)? }
+            }
         };
         r.finish()?;
         Ok(msg)
@@ -456,8 +670,8 @@ pub fn parse_plaintext(p: &[u8; RELAY_PLAINTEXT_LEN]) -> Result<(CellHeader, &[u
         return Err(DecodeError::TooLong(MAX_BODY_PER_CELL));
     }
     let more = flags & FLAG_MORE != 0;
-    if more && !matches!(cmd, 6 | 7) {
-        return Err(DecodeError::Invalid("only EXTEND and EXTENDED may span cells"));
+    if more && !matches!(cmd, 6 | 7 | 22 | 23) {
+        return Err(DecodeError::Invalid("only EXTEND, EXTENDED, INTRODUCE1 and INTRODUCE2 may span cells"));
     }
     Ok((CellHeader { cmd, stream_id, more }, r.take(len)?))
 }
@@ -598,7 +812,87 @@ mod tests {
         assert!(parse_plaintext(&p).is_err(), "unknown flag");
     }
 
+    fn onion_service_messages() -> Vec<(RelayMsg, Direction)> {
+        use crate::ext::Extension;
+        let ext = Extensions(vec![Extension { ty: 5, data: vec![1, 2] }]);
+        let body = IntroduceBody { auth_key: [3; 32], ext: ext.clone(), encrypted: vec![4; 448] };
+        vec![
+            (RelayMsg::EstablishIntro { auth_key: [1; 32], ext: ext.clone(), sig: [2; 64] }, Direction::Outbound),
+            (RelayMsg::IntroEstablished { ext: Extensions::none() }, Direction::Inbound),
+            (RelayMsg::Introduce1(body.clone()), Direction::Outbound),
+            (RelayMsg::Introduce2(IntroduceBody { encrypted: vec![5; 2000], ..body }), Direction::Inbound),
+            (RelayMsg::IntroduceAck { status: introduce_status::UNKNOWN_SERVICE, ext: Extensions::none() }, Direction::Inbound),
+            (RelayMsg::EstablishRendezvous { cookie: [6; REND_COOKIE_LEN], ext: Extensions::none() }, Direction::Outbound),
+            (RelayMsg::RendezvousEstablished { ext }, Direction::Inbound),
+            (RelayMsg::Rendezvous1 { cookie: [7; REND_COOKIE_LEN], hdata: vec![8; 64], ext: Extensions::none() }, Direction::Outbound),
+            (RelayMsg::Rendezvous2 { hdata: vec![9; 64], ext: Extensions::none() }, Direction::Inbound),
+        ]
+    }
+
+    #[test]
+    fn onion_service_messages_round_trip_and_keep_to_their_direction() {
+        for (m, dir) in onion_service_messages() {
+            round_trip(m.clone(), dir);
+            let other = if dir == Direction::Inbound { Direction::Outbound } else { Direction::Inbound };
+            let cmd = m.cmd() as u8;
+            assert_eq!(RelayMsg::decode(cmd, &m.encode_body(), other), Err(DecodeError::NotAllowed(cmd)), "{m:?}");
+            // Every strict prefix fails, and so does one trailing byte (except INTRODUCE, whose
+            // encrypted part is the rest of the body).
+            let b = m.encode_body();
+            for cut in 0..b.len() {
+                let short = RelayMsg::decode(cmd, &b[..cut], dir);
+                if !matches!(m, RelayMsg::Introduce1(_) | RelayMsg::Introduce2(_)) || cut < 33 + 3 + 48 {
+                    assert!(short.is_err(), "{cmd} cut at {cut}");
+                }
+            }
+            if !matches!(m, RelayMsg::Introduce1(_) | RelayMsg::Introduce2(_)) {
+                let mut long = b.clone();
+                long.push(0);
+                assert!(RelayMsg::decode(cmd, &long, dir).is_err(), "{cmd} with a trailing byte");
+            }
+        }
+    }
+
+    /// Layouts as documented in docs/PROTOCOL.md ("Relay messages").
+    #[test]
+    fn onion_service_layouts() {
+        let m = RelayMsg::EstablishRendezvous { cookie: [0xab; REND_COOKIE_LEN], ext: Extensions::none() };
+        assert_eq!(m.cmd() as u8, 25);
+        assert_eq!(hex::encode(m.encode_body()), format!("{}00", "ab".repeat(20)));
+        let m = RelayMsg::IntroduceAck { status: 0, ext: Extensions::none() };
+        assert_eq!((m.cmd() as u8, hex::encode(m.encode_body())), (24, "0000".to_string()));
+        let m = RelayMsg::Rendezvous2 { hdata: vec![1, 2], ext: Extensions::none() };
+        assert_eq!((m.cmd() as u8, hex::encode(m.encode_body())), (28, "0002010200".to_string()));
+        let m = RelayMsg::EstablishIntro { auth_key: [1; 32], ext: Extensions::none(), sig: [2; 64] };
+        assert_eq!(m.encode_body().len(), 32 + 1 + 64);
+        // A critical extension refuses the message.
+        let mut crit = vec![0x11; 32];
+        Extensions(vec![crate::ext::Extension { ty: 0x90, data: vec![] }]).encode(&mut crit);
+        crit.extend_from_slice(&[0; 48]);
+        assert_eq!(RelayMsg::decode(22, &crit, Direction::Outbound), Err(DecodeError::UnknownCriticalExtension(0x90)));
+    }
+
+    #[test]
+    fn long_introduce_spans_cells_and_others_do_not() {
+        let body = IntroduceBody { auth_key: [3; 32], ext: Extensions::none(), encrypted: vec![4; 1500] };
+        let cells = encode_plaintexts(0, &RelayMsg::Introduce1(body));
+        assert_eq!(cells.len(), 4);
+        assert!(parse_plaintext(&cells[0]).unwrap().0.more);
+        let mut p = cells[0];
+        p[0] = 25;
+        assert!(parse_plaintext(&p).is_err(), "ESTABLISH_RENDEZVOUS may not span cells");
+    }
+
     proptest! {
+        #[test]
+        fn onion_service_decoders_never_panic(cmd in 20u8..=28, body in proptest::collection::vec(any::<u8>(), 0..700), inbound in any::<bool>()) {
+            let dir = if inbound { Direction::Inbound } else { Direction::Outbound };
+            if let Ok(m) = RelayMsg::decode(cmd, &body, dir) {
+                prop_assert_eq!(m.encode_body(), body.clone());
+                prop_assert_eq!(RelayMsg::decode(cmd, &body, dir).unwrap(), m);
+            }
+        }
+
         #[test]
         fn a2_decoders_never_panic(cmd in any::<u8>(), body in proptest::collection::vec(any::<u8>(), 0..1400), inbound in any::<bool>()) {
             let dir = if inbound { Direction::Inbound } else { Direction::Outbound };

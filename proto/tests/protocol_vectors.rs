@@ -485,3 +485,146 @@ fn print_hs_vectors() {
         println!("{}", format_vector(name, &got));
     }
 }
+
+// ---- introduction and rendezvous ----
+
+use allium_proto::hs::establish::circuit_binding;
+use allium_proto::hs::introduce::{encrypt_with_secret, intro_key_nonce, IntroduceContent};
+use allium_proto::hs::rendezvous::{client_start_with_secret as rend_client_start, service_respond_with_secret, HTYPE_REND};
+use allium_proto::hs::replay::replay_digest;
+
+/// The rendezvous point named in the INTRODUCE vectors (see docs/PROTOCOL.md).
+fn vector_rendezvous_point() -> (ExtendTarget, [u8; 32]) {
+    (ExtendTarget { addr: "192.0.2.1:9001".parse().unwrap(), identity: [0x11; 32], link_key: [0x22; 32] }, [0x33; 32])
+}
+
+fn intro_rend_vectors() -> Vec<(&'static str, Vec<u8>)> {
+    let identity = ed25519_dalek::SigningKey::from_bytes(&vector_n("hs-identity-seed")).verifying_key().to_bytes();
+    let auth = ed25519_dalek::SigningKey::from_bytes(&vector_n("hs-intro-auth-seed"));
+    let auth_key = auth.verifying_key().to_bytes();
+    let b = StaticSecret::from(vector_n::<32>("hs-intro-enc-secret"));
+    let enc_key = PublicKey::from(&b).to_bytes();
+    // ESTABLISH_INTRO on the circuit whose intro-point hop has the kdf-key-seed keys.
+    let hop = derive_hop_keys(&vector("kdf-key-seed"));
+    let establish = allium_proto::hs::establish::make(&auth, &hop, Extensions::none());
+    assert_eq!(allium_proto::hs::establish::verify(&establish, &hop), Ok(auth_key));
+    // INTRODUCE1.
+    let (rend, x) = rend_client_start(vector_n("hs-rend-client-secret"), &auth_key, &enc_key);
+    let (rp, rp_onion) = vector_rendezvous_point();
+    let content = IntroduceContent {
+        cookie: vector_n("hs-rend-cookie"),
+        rendezvous: rp,
+        rendezvous_onion_key: rp_onion,
+        htype: HTYPE_REND,
+        hdata: x.to_vec(),
+        ext: Extensions::none(),
+    };
+    let e = vector_n::<32>("hs-intro-ephemeral-secret");
+    let body = encrypt_with_secret(e, &identity, &auth_key, &enc_key, Extensions::none(), &content).unwrap();
+    let e_pub = PublicKey::from(&StaticSecret::from(e));
+    let dh = b.diffie_hellman(&e_pub);
+    let (k, n) = intro_key_nonce(dh.as_bytes(), e_pub.as_bytes(), &enc_key, &auth_key, &identity);
+    let introduce = RelayMsg::Introduce1(body.clone());
+    assert_eq!(allium_proto::hs::introduce::decrypt(&identity, &auth_key, &b, &body), Ok(content.clone()));
+    // The end-to-end handshake.
+    let out = service_respond_with_secret(vector_n("hs-rend-service-secret"), &auth_key, &b, HTYPE_REND, &x).unwrap();
+    let keys = rend.finish(&out.reply).unwrap();
+    let all = |k: &HopKeys| [k.kf_layer, k.kf_auth, k.kb_layer, k.kb_auth].concat();
+    assert_eq!(all(&keys), all(&out.keys));
+    vec![
+        ("hs-intro-auth-key", auth_key.to_vec()),
+        ("hs-intro-enc-key", enc_key.to_vec()),
+        ("hs-circuit-binding", circuit_binding(&hop).to_vec()),
+        ("hs-establish-intro-body", establish.encode_body()),
+        ("hs-rend-client-key", x.to_vec()),
+        ("hs-introduce-plaintext", content.encode()),
+        ("hs-introduce-key-nonce", [&k[..], &n[..]].concat()),
+        ("hs-introduce1-body", introduce.encode_body()),
+        ("hs-replay-digest", replay_digest(&body.encrypted).to_vec()),
+        ("hs-rend-reply", out.reply.to_vec()),
+        ("hs-rend-hop-keys", all(&keys)),
+    ]
+}
+
+#[test]
+fn introduction_and_rendezvous_vectors() {
+    for (name, got) in intro_rend_vectors() {
+        assert_vector(name, &got);
+    }
+}
+
+#[test]
+#[ignore]
+fn print_intro_rend_vectors() {
+    for (name, got) in intro_rend_vectors() {
+        println!("{}", format_vector(name, &got));
+    }
+}
+
+/// Recomputes the introduction and rendezvous vectors from the document's formulas with the
+/// primitives directly (not through `allium_proto::hs`), so the text and the code agree.
+#[test]
+fn introduction_and_rendezvous_formulas() {
+    use aes_gcm::aead::{Aead, KeyInit, Payload};
+    use hmac::{Hmac, Mac};
+    use sha2::{Digest, Sha256};
+    let hmac = |key: &[u8], parts: &[&[u8]]| -> Vec<u8> {
+        let mut m = <Hmac<Sha256> as Mac>::new_from_slice(key).unwrap();
+        parts.iter().for_each(|p| m.update(p));
+        m.finalize().into_bytes().to_vec()
+    };
+    let identity = vector("hs-identity");
+    let auth_key = vector("hs-intro-auth-key");
+    let b = StaticSecret::from(vector_n::<32>("hs-intro-enc-secret"));
+    let big_b = PublicKey::from(&b).to_bytes();
+    assert_vector("hs-intro-enc-key", &big_b);
+    // Circuit binding and ESTABLISH_INTRO signature.
+    let hop = derive_hop_keys(&vector("kdf-key-seed"));
+    let binding = hmac(b"allium-hs-circuit-binding-v1", &[&hop.kf_layer, &hop.kf_auth, &hop.kb_layer, &hop.kb_auth]);
+    assert_vector("hs-circuit-binding", &binding);
+    let est = vector("hs-establish-intro-body");
+    assert_eq!((&est[..32], est[32], est.len()), (&auth_key[..], 0, 97));
+    let signed = [&b"allium-hs-establish-intro-v1\0"[..], &binding, &auth_key, &[0]].concat();
+    let vk = ed25519_dalek::VerifyingKey::from_bytes(&auth_key.clone().try_into().unwrap()).unwrap();
+    vk.verify_strict(&signed, &ed25519_dalek::Signature::from_bytes(&est[33..].try_into().unwrap())).unwrap();
+    // INTRODUCE1: auth key | 00 | E | ciphertext | tag.
+    let body = vector("hs-introduce1-body");
+    let e = StaticSecret::from(vector_n::<32>("hs-intro-ephemeral-secret"));
+    let big_e = PublicKey::from(&e).to_bytes();
+    assert_eq!((&body[..32], body[32], &body[33..65]), (&auth_key[..], 0, &big_e[..]));
+    let dh = e.diffie_hellman(&PublicKey::from(big_b));
+    let ikm = [dh.as_bytes(), &big_e[..], &big_b[..], &auth_key, &identity].concat();
+    let mut kn = [0u8; 44];
+    hkdf::Hkdf::<Sha256>::new(Some(b"allium-hs-intro-v1"), &ikm).expand(b"allium-hs-intro-v1:key-nonce", &mut kn).unwrap();
+    assert_vector("hs-introduce-key-nonce", &kn);
+    let gcm = aes_gcm::Aes256Gcm::new_from_slice(&kn[..32]).unwrap();
+    let pt = gcm.decrypt(aes_gcm::Nonce::from_slice(&kn[32..]), Payload { msg: &body[65..], aad: &body[..65] }).unwrap();
+    assert_vector("hs-introduce-plaintext", &pt);
+    let x = vector("hs-rend-client-key");
+    let cookie = vector("hs-rend-cookie");
+    assert_eq!(pt.len(), 400);
+    assert_eq!(&pt[..20], &cookie[..]);
+    assert_eq!(&pt[20..97], &hex::decode(format!("0300 06 c0000201 2329 0220 {} 0320 {}", "11".repeat(32), "22".repeat(32)).replace(' ', "")).unwrap()[..]);
+    assert_eq!(&pt[97..129], &[0x33; 32]);
+    assert_eq!(&pt[129..133], &[0, 1, 0, 32]);
+    assert_eq!(&pt[133..165], &x[..]);
+    assert!(pt[165..].iter().all(|&z| z == 0), "empty extension field, then zero padding");
+    let digest = Sha256::new().chain_update(b"allium-hs-replay-v1").chain_update(&body[65 - 32..]).finalize();
+    assert_vector("hs-replay-digest", &digest);
+    // The end-to-end handshake.
+    let xs = StaticSecret::from(vector_n::<32>("hs-rend-client-secret"));
+    assert_eq!(PublicKey::from(&xs).to_bytes().to_vec(), x);
+    let reply = vector("hs-rend-reply");
+    let y = &reply[..32];
+    let ys = StaticSecret::from(vector_n::<32>("hs-rend-service-secret"));
+    assert_eq!(PublicKey::from(&ys).to_bytes(), y);
+    let dh_y = xs.diffie_hellman(&PublicKey::from(<[u8; 32]>::try_from(y).unwrap()));
+    let dh_b = xs.diffie_hellman(&PublicKey::from(big_b));
+    let si: Vec<&[u8]> = vec![dh_y.as_bytes(), dh_b.as_bytes(), &auth_key, &big_b, &x, y, b"allium-hs-rend-v1"];
+    let key_seed = hmac(b"allium-hs-rend-v1:key_seed", &si);
+    let verify = hmac(b"allium-hs-rend-v1:verify", &si);
+    let auth = hmac(b"allium-hs-rend-v1:auth", &[&verify, &auth_key, &big_b, y, &x, b"allium-hs-rend-v1", b"Service"]);
+    assert_eq!(&reply[32..], &auth[..]);
+    let k = derive_hop_keys(&key_seed);
+    assert_vector("hs-rend-hop-keys", &[k.kf_layer, k.kf_auth, k.kb_layer, k.kb_auth].concat());
+}
