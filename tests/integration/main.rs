@@ -3,6 +3,7 @@
 //!
 //! - [`configs`]: the example configs in `configs/` parse, and config errors are one line.
 //! - [`dir_fetch`]: clients fetch the directory through fallbacks and guards, never authorities.
+//! - [`flow_params`]: the consensus's flow-control windows are used by both ends of circuits.
 //! - [`e2e`]: whole networks started with `allium testnet`, carrying real traffic.
 //! - [`tamper`]: relays that alter cells get circuits destroyed (THREATS A14).
 //! - [`hop_budget`]: relays refuse to extend a circuit beyond its hop budget (THREATS A16).
@@ -18,6 +19,7 @@ mod blackhole;
 mod configs;
 mod dir_fetch;
 mod e2e;
+mod flow_params;
 mod exit_retry;
 mod hop_budget;
 mod keygen;
