@@ -3,6 +3,7 @@
 //!
 //! - [`configs`]: the example configs in `configs/` parse, and config errors are one line.
 //! - [`dir_fetch`]: clients fetch the directory through fallbacks and guards, never authorities.
+//! - [`quorum_loss`]: two of three authorities down: the last consensus for the grace only (A34).
 //! - [`flow_params`]: the consensus's flow-control windows are used by both ends of circuits.
 //! - [`e2e`]: whole networks started with `allium testnet`, carrying real traffic.
 //! - [`tamper`]: relays that alter cells get circuits destroyed (THREATS A14).
@@ -26,5 +27,6 @@ mod keygen;
 mod onion_rotation;
 mod socks_front;
 mod paths;
+mod quorum_loss;
 mod tamper;
 mod support;
