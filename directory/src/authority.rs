@@ -950,6 +950,7 @@ async fn push_vote(sh: &Arc<Shared>, t: u64, text: Arc<str>) {
     if skew_refusals.is_empty() {
         return;
     }
+    skew_refusals.sort();
     let names: Vec<&str> = skew_refusals.iter().map(|(n, _)| n.as_str()).collect();
     let names = names.join(", ");
     let first = &skew_refusals[0].1;
