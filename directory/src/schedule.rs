@@ -37,7 +37,7 @@ impl Schedule {
 
     /// Whether `t` is a period start (a multiple of the interval).
     pub fn is_period_start(&self, t: u64) -> bool {
-        t % self.interval == 0
+        t / self.interval * self.interval == t
     }
 
     /// The lifetime of the consensus with `valid-after` `t`.
