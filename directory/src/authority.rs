@@ -378,7 +378,8 @@ impl AuthorityState {
             };
         }
         slot.insert(vote.voter, (vote, text));
-        // At most two periods are open at a time (the current one and a fast peer's next one).
+        // At most two periods are kept (votes are accepted only within a quarter interval of
+        // their voting time, so in practice only the current one is open).
         while self.votes.len() > 2 {
             self.votes.pop_first();
         }

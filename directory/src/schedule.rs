@@ -12,6 +12,11 @@
 //!
 //! The consensus has `fresh-until = T + I` and `valid-until = T + 3I`. Times inside a period
 //! are in milliseconds so that short test intervals (2 s) work.
+//!
+//! Clock skew: a vote is accepted only within `I/4` of its voting time on the receiver's clock
+//! ([`Schedule::skew_tolerance_ms`]); authorities further apart than that do not see each
+//! other's votes in time, so the tolerance is also how far off a clock may be for its
+//! authority to take part. Every time here saturates instead of overflowing.
 
 use allium_proto::doc::Lifetime;
 
