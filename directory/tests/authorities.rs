@@ -367,27 +367,39 @@ async fn wait_until(what: &str, cond: impl Fn() -> bool) {
 /// say its clock is ahead of theirs; the other two keep publishing consensuses signed by both.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a35_authority_with_skewed_clock_is_excluded_and_the_others_continue() {
-    let tn = testnet_full(3, &[true, true, true], &[], 86_400, INTERVAL, &[0, 0, 600]).await;
+    skewed_authority_is_excluded(600).await;
+}
+
+/// A35, the other way: 10 minutes behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a35_authority_whose_clock_is_behind_is_excluded_too() {
+    skewed_authority_is_excluded(-600).await;
+}
+
+async fn skewed_authority_is_excluded(offset: i64) {
+    let (vote_dir, peer_dir, own_dir) = if offset > 0 { ("ahead of", "ahead of", "behind") } else { ("behind", "behind", "ahead of") };
+    let tn = testnet_full(3, &[true, true, true], &[], 86_400, INTERVAL, &[0, 0, offset]).await;
     let ids: Vec<RelayId> = tn.net.authorities.iter().map(|a| a.identity).collect();
     let skewed = &tn.status[2];
     wait_until("the skewed authority's warning about its own clock", || skewed.clock_report().periods_refused_for_skew >= 1).await;
     let own = skewed.clock_report().own_clock_warning.unwrap();
     assert!(own.contains("refused for clock skew by 2 of 2 peers (auth0, auth1)"), "{own}");
-    assert!(own.contains("vote for valid-after ") && own.contains(" is 600 s ahead of this authority's schedule (clock skew?)"), "{own}");
-    assert!(own.contains("ours is about 600 s ahead of theirs"), "{own}");
+    assert!(own.contains("vote for valid-after ") && own.contains(&format!(" is 600 s {vote_dir} this authority's schedule (clock skew?)")), "{own}");
+    assert!(own.contains(&format!("ours is about 600 s {vote_dir} theirs")), "{own}");
     assert!(own.contains("this authority's clock is probably wrong"), "{own}");
+    let range = if offset > 0 { 598_000..=602_000 } else { -602_000..=-598_000 };
     for st in &tn.status[..2] {
-        wait_until("auth2's clock reported ahead", || st.clock_report().peer_clocks.contains_key("auth2")).await;
+        wait_until("auth2's clock reported off", || st.clock_report().peer_clocks.contains_key("auth2")).await;
         let (off, msg) = st.clock_report().peer_clocks["auth2"].clone();
-        assert!((598_000..=602_000).contains(&off), "{off} {msg}");
-        assert!(msg.starts_with("auth2's clock is 60") && msg.contains(" s ahead of ours"), "{msg}");
+        assert!(range.contains(&off), "{off} {msg}");
+        assert!(msg.starts_with("auth2's clock is 60") && msg.contains(&format!(" s {peer_dir} ours")), "{msg}");
         assert!(!st.clock_report().peer_clocks.contains_key("auth0") && !st.clock_report().peer_clocks.contains_key("auth1"));
         assert_eq!(st.clock_report().periods_refused_for_skew, 0, "the authorities in sync do not blame themselves");
     }
-    // From its side, the peers' clocks are 600 s behind.
+    // From its side, the peers' clocks are off the other way.
     let theirs = skewed.clock_report().peer_clocks;
     assert_eq!(theirs.len(), 2, "{theirs:?}");
-    assert!(theirs.values().all(|(off, msg)| (-602_000..=-598_000).contains(off) && msg.contains(" s behind ours")), "{theirs:?}");
+    assert!(theirs.values().all(|(off, msg)| range.contains(&-off) && msg.contains(&format!(" s {own_dir} ours"))), "{theirs:?}");
     // Consecutive consensuses, each signed by the two in sync, none with the skewed one's vote.
     let mut last = 0;
     for _ in 0..3 {
