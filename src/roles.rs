@@ -22,7 +22,8 @@ pub fn authority(args: &RoleArgs) -> ExitCode {
         Ok(cfg) => cfg,
         Err(e) => return config_error("authority", &e),
     };
-    let keys = match AuthorityKeys::load(&cfg.node.data_dir, keys::unix_now()) {
+    // The authority's own clock (shifted on a test network that injects an offset).
+    let keys = match AuthorityKeys::load(&cfg.node.data_dir, cfg.clock().now_secs()) {
         Ok(k) => k,
         Err(e) => {
             eprintln!("allium authority: cannot load keys: {e}");

@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use allium_net::config::AuthorityEntry;
 use allium_proto::doc::{
@@ -21,6 +21,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 
 use crate::authkeys::{AuthorityKeys, KeyNote};
+use crate::clock::{date_skew_ms, date_warn_tolerance_ms, fmt_secs, Clock};
 use crate::config::AuthorityConfig;
 use crate::flags::{assign_flags, capped_weight, Observation, Thresholds};
 use crate::params::ConsensusParams;
@@ -33,11 +34,6 @@ pub const MAX_PUBLISHED_SKEW_SECS: u64 = 3600;
 pub const MAX_DESCRIPTORS: usize = 20_000;
 /// File in the data directory holding the latest published consensus.
 pub const CONSENSUS_FILE: &str = "cached-consensus";
-
-/// The current unix time in milliseconds.
-pub(crate) fn now_ms() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
-}
 
 /// Why a submission was refused: an HTTP status and a one-line reason for the sender.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -364,8 +360,11 @@ impl AuthorityState {
             return Err(Reject::bad("voter is not a configured authority"));
         }
         let t = vote.lifetime.valid_after;
+        if !self.schedule.is_period_start(t) {
+            return Err(Reject::bad(format!("vote for valid-after {t}: not a period start of this authority's voting interval")));
+        }
         if !self.schedule.accepts_vote_for(t, now_ms) {
-            return Err(Reject::bad("vote is not for the period being voted on"));
+            return Err(Reject::bad(skew_reason("vote", t, self.schedule.vote_offset_ms(t, now_ms))));
         }
         if vote.lifetime != self.schedule.lifetime(t) {
             return Err(Reject::bad("vote times do not match this authority's voting interval"));
@@ -379,7 +378,8 @@ impl AuthorityState {
             };
         }
         slot.insert(vote.voter, (vote, text));
-        // At most two periods are open at a time (the current one and a fast peer's next one).
+        // At most two periods are kept (votes are accepted only within a quarter interval of
+        // their voting time, so in practice only the current one is open).
         while self.votes.len() > 2 {
             self.votes.pop_first();
         }
@@ -462,7 +462,7 @@ impl AuthorityState {
             *text = c.encode().into();
             return Ok(Some(published_of(c, text)));
         }
-        if self.schedule.accepts_vote_for(t, now_ms) || self.schedule.next_period(now_ms) == t {
+        if self.schedule.next_period(now_ms) == t {
             let slot = self.early_sigs.entry(t).or_default();
             slot.entry(s.signature.identity()).or_insert(s);
             while self.early_sigs.len() > 2 {
@@ -470,7 +470,15 @@ impl AuthorityState {
             }
             return Ok(None);
         }
-        Err(Reject::bad("signature is not for a current period"))
+        // Signatures are sent at the signing time and may be retried at publication (a quarter
+        // of an interval later): later than half an interval, or for a period beyond the coming
+        // one, the sender's clock is probably off.
+        let off = self.schedule.sign_offset_ms(t, now_ms);
+        let half = i64::try_from(self.schedule.interval_secs().saturating_mul(500)).unwrap_or(i64::MAX);
+        if off > 0 || off < -half {
+            return Err(Reject::bad(skew_reason("signature", t, off)));
+        }
+        Err(Reject::bad(format!("signature for valid-after {t}: this authority computed no consensus for that period")))
     }
 
     /// Publishes the pending consensus if its time has come and more than half of the
@@ -520,6 +528,17 @@ impl AuthorityState {
     }
 }
 
+/// The reason given for a vote or signature refused for its timing: `offset_ms` is how far
+/// its voting (signing) time is ahead of this authority's clock. Peers recognize a refusal for
+/// clock skew by its ending `(clock skew?)`.
+pub fn skew_reason(what: &str, t: u64, offset_ms: i64) -> String {
+    let dir = if offset_ms > 0 { "ahead of" } else { "behind" };
+    format!("{what} for valid-after {t} is {} {dir} this authority's schedule {SKEW_MARK}", crate::clock::fmt_secs(offset_ms.unsigned_abs()))
+}
+
+/// How a refusal's reason ends when the refused document was for the wrong time.
+pub const SKEW_MARK: &str = "(clock skew?)";
+
 fn published_of(c: &Consensus, text: &Arc<str>) -> Published {
     Published { valid_after: c.valid_after(), relays: c.relays().len(), signatures: c.signatures().len(), text: text.clone() }
 }
@@ -532,6 +551,10 @@ fn published_of(c: &Consensus, text: &Arc<str>) -> Published {
 pub(crate) struct Shared {
     pub state: Mutex<AuthorityState>,
     pub schedule: Schedule,
+    /// The only clock the running authority reads.
+    pub clock: Clock,
+    /// What it noticed about clocks, for [`run_authority_with_status`]'s caller.
+    pub status: Arc<AuthorityStatus>,
     /// The other authorities.
     pub peers: Vec<AuthorityEntry>,
     pub authority_ids: Vec<RelayId>,
@@ -576,7 +599,7 @@ pub(crate) async fn test_reachability(sh: &Arc<Shared>, targets: Vec<ReachTarget
             .flatten()
             .is_some();
             // The link (if any) is dropped here: the test only needs the handshake.
-            sh2.lock().record_reachability(t.identity, ok, now_ms() / 1000);
+            sh2.lock().record_reachability(t.identity, ok, sh2.clock.now_secs());
             ok
         });
     }
@@ -661,8 +684,23 @@ pub async fn run_authority(cfg: AuthorityConfig, keys: AuthorityKeys) -> Result<
 
 /// Like [`run_authority`], on a listener bound by the caller (tests bind port 0 first to learn
 /// the port). `authority.dir_port` is not used.
-pub async fn run_authority_on(cfg: AuthorityConfig, mut keys: AuthorityKeys, listener: TcpListener) -> Result<(), DirError> {
+pub async fn run_authority_on(cfg: AuthorityConfig, keys: AuthorityKeys, listener: TcpListener) -> Result<(), DirError> {
+    run_authority_with_status(cfg, keys, listener, Arc::new(AuthorityStatus::default())).await
+}
+
+/// Like [`run_authority_on`], keeping `status` up to date with what the authority notices
+/// about clocks (tests read it; it holds the same text as the warnings logged).
+pub async fn run_authority_with_status(
+    cfg: AuthorityConfig,
+    mut keys: AuthorityKeys,
+    listener: TcpListener,
+    status: Arc<AuthorityStatus>,
+) -> Result<(), DirError> {
     cfg.validate()?;
+    let clock = cfg.clock();
+    if clock.offset_secs() != 0 {
+        tracing::warn!(offset_secs = clock.offset_secs(), "test network: this authority's clock is shifted by authority.dangerous_clock_offset_secs");
+    }
     let me = keys.relay_id();
     cfg.check_identity(&me)?;
     let schedule = Schedule::new(cfg.interval_secs());
@@ -673,13 +711,15 @@ pub async fn run_authority_on(cfg: AuthorityConfig, mut keys: AuthorityKeys, lis
     log_key_notes(&std::mem::take(&mut keys.notes));
     let (cert_expires, identity_present) = (keys.signer.cert().expires, keys.identity.is_some());
     let mut state = AuthorityState::new(keys.signer.clone(), &ids, cfg.network.dangerous_testnet, schedule).with_policy(policy);
-    if let Some(c) = load_consensus(&cfg.node.data_dir, &ids, now_ms() / 1000) {
+    if let Some(c) = load_consensus(&cfg.node.data_dir, &ids, clock.now_secs()) {
         tracing::info!(valid_after = c.valid_after(), relays = c.relays().len(), "loaded the saved consensus");
         state.install_published(c);
     }
     let shared = Arc::new(Shared {
         state: Mutex::new(state),
         schedule,
+        clock,
+        status,
         peers: cfg.network.authorities.iter().filter(|a| a.identity != me).cloned().collect(),
         authority_ids: ids,
         http,
@@ -722,7 +762,7 @@ fn log_key_notes(notes: &[KeyNote]) {
 /// Once a period: renews the signing key when it is due and the identity is at hand (the
 /// state signs with the new one at once), or warns that it expires soon.
 fn maintain_keys(sh: &Shared) {
-    let now = now_ms() / 1000;
+    let now = sh.clock.now_secs();
     let mut keys = sh.keys.lock().unwrap_or_else(|e| e.into_inner());
     match keys.maintain(&sh.data_dir, now) {
         Ok((renewed, notes)) => {
@@ -737,47 +777,30 @@ fn maintain_keys(sh: &Shared) {
     }
 }
 
-async fn sleep_until_ms(t: u64) {
-    let now = now_ms();
-    if t > now {
-        tokio::time::sleep(Duration::from_millis(t - now)).await;
-    }
-}
-
-/// The time left until `deadline_ms`, at least 100 ms.
-fn until(deadline_ms: u64) -> Duration {
-    Duration::from_millis(deadline_ms.saturating_sub(now_ms()).max(100))
-}
-
 /// Votes, pulls, signs and publishes, one period after another. Never returns.
 async fn schedule_loop(sh: Arc<Shared>) -> Result<(), DirError> {
     let s = sh.schedule;
+    let clock = sh.clock;
     loop {
-        let t = s.next_period(now_ms());
+        let t = s.next_period(clock.now_ms());
         maintain_keys(&sh);
         let window = reach_window_ms(s.interval_secs());
-        sleep_until_ms(s.vote_at_ms(t).saturating_sub(window)).await;
-        if now_ms() < s.vote_at_ms(t) {
+        clock.sleep_until_ms(s.vote_at_ms(t).saturating_sub(window)).await;
+        if clock.now_ms() < s.vote_at_ms(t) {
             let targets = sh.lock().reach_targets();
-            let (up, all) = test_reachability(&sh, targets, until(s.vote_at_ms(t))).await;
+            let (up, all) = test_reachability(&sh, targets, clock.until(s.vote_at_ms(t))).await;
             tracing::info!(valid_after = t, reachable = up, relays = all, "reachability tested");
         }
-        sleep_until_ms(s.vote_at_ms(t)).await;
-        let (text, n) = sh.lock().make_vote(t, now_ms() / 1000);
+        clock.sleep_until_ms(s.vote_at_ms(t)).await;
+        let (text, n) = sh.lock().make_vote(t, clock.now_secs());
         tracing::info!(valid_after = t, relays = n, "voted");
-        for peer in sh.peers.clone() {
-            let sh2 = sh.clone();
-            let text = text.clone();
-            tokio::spawn(async move {
-                let r = crate::http::post(&sh2.http, &peer, "/allium/v1/vote", &text, until(s.sign_at_ms(t))).await;
-                report(&peer, "vote push", r);
-            });
-        }
+        let sh2 = sh.clone();
+        tokio::spawn(async move { push_vote(&sh2, t, text).await });
 
-        sleep_until_ms(s.pull_at_ms(t)).await;
+        clock.sleep_until_ms(s.pull_at_ms(t)).await;
         pull_missing_votes(&sh, t).await;
 
-        sleep_until_ms(s.sign_at_ms(t)).await;
+        clock.sleep_until_ms(s.sign_at_ms(t)).await;
         let sig = sh.lock().make_consensus(t);
         match sig {
             None => {
@@ -790,11 +813,11 @@ async fn schedule_loop(sh: Arc<Shared>) -> Result<(), DirError> {
                     let sh2 = sh.clone();
                     let text = text.clone();
                     tokio::spawn(async move {
-                        let mut r = crate::http::post(&sh2.http, &peer, "/allium/v1/signature", &text, until(s.publish_at_ms(t))).await;
+                        let mut r = crate::http::post(&sh2.http, &peer, "/allium/v1/signature", &text, clock.until(s.publish_at_ms(t))).await;
                         if matches!(&r, Err(crate::http::PostError::Transport(_)) | Err(crate::http::PostError::Status(500..=599, _))) {
                             // One retry at publication time, for a peer that was briefly away.
-                            sleep_until_ms(s.publish_at_ms(t)).await;
-                            r = crate::http::post(&sh2.http, &peer, "/allium/v1/signature", &text, until(s.publish_at_ms(t) + s.interval_secs() * 250)).await;
+                            clock.sleep_until_ms(s.publish_at_ms(t)).await;
+                            r = crate::http::post(&sh2.http, &peer, "/allium/v1/signature", &text, clock.until(s.publish_at_ms(t) + s.interval_secs() * 250)).await;
                         }
                         report(&peer, "signature push", r);
                     });
@@ -802,8 +825,8 @@ async fn schedule_loop(sh: Arc<Shared>) -> Result<(), DirError> {
             }
         }
 
-        sleep_until_ms(s.publish_at_ms(t)).await;
-        let published = sh.lock().try_publish(now_ms());
+        clock.sleep_until_ms(s.publish_at_ms(t)).await;
+        let published = sh.lock().try_publish(clock.now_ms());
         match published {
             Some(p) => sh.on_published(p).await,
             None => {
@@ -823,7 +846,7 @@ async fn pull_missing_votes(sh: &Arc<Shared>, t: u64) {
         let sh2 = sh.clone();
         set.spawn(async move {
             let url = format!("http://{}/allium/v1/vote/{t}", peer.address);
-            let deadline = until(sh2.schedule.sign_at_ms(t));
+            let deadline = sh2.clock.until(sh2.schedule.sign_at_ms(t));
             let r = crate::http::get_text(&sh2.http, &url, deadline, allium_proto::doc::MAX_VOTE_LEN).await;
             match r {
                 Ok(text) => match crate::server::ingest_vote(&sh2, &text) {
@@ -835,6 +858,123 @@ async fn pull_missing_votes(sh: &Arc<Shared>, t: u64) {
         });
     }
     while set.join_next().await.is_some() {}
+}
+
+/// What a running authority noticed about clocks: its own (when peers refuse its votes for
+/// clock skew) and its peers' (from their HTTP `Date` headers). Each entry is the text it
+/// logged at warn level.
+#[derive(Debug, Default)]
+pub struct AuthorityStatus {
+    inner: Mutex<ClockReport>,
+}
+
+/// A snapshot of [`AuthorityStatus`].
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct ClockReport {
+    /// Periods in which more than half of the peers refused this authority's vote for clock
+    /// skew.
+    pub periods_refused_for_skew: u64,
+    /// The last warning that this authority's own clock is probably wrong.
+    pub own_clock_warning: Option<String>,
+    /// Peers whose clock seemed off at the last vote push, by name: how far ahead of ours
+    /// (milliseconds; negative: behind), and the warning logged.
+    pub peer_clocks: BTreeMap<String, (i64, String)>,
+}
+
+impl AuthorityStatus {
+    /// The current report.
+    pub fn clock_report(&self) -> ClockReport {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn update(&self, f: impl FnOnce(&mut ClockReport)) {
+        f(&mut self.inner.lock().unwrap_or_else(|e| e.into_inner()));
+    }
+}
+
+/// "ahead of" or "behind" for an offset (positive: ahead).
+fn ahead_or_behind(offset_ms: i64) -> &'static str {
+    if offset_ms > 0 {
+        "ahead of"
+    } else {
+        "behind"
+    }
+}
+
+/// Pushes this authority's vote for `t` to every peer at once, then sums up what they said
+/// about clocks: at most one warning per peer whose `Date` header is off by more than
+/// [`date_warn_tolerance_ms`], and one line when peers refused the vote for clock skew (saying
+/// that this authority's clock is probably wrong when more than half of them did).
+async fn push_vote(sh: &Arc<Shared>, t: u64, text: Arc<str>) {
+    let (s, clock) = (sh.schedule, sh.clock);
+    let mut set = JoinSet::new();
+    for peer in sh.peers.clone() {
+        let sh2 = sh.clone();
+        let text = text.clone();
+        set.spawn(async move {
+            let sent = clock.now_ms();
+            let (r, date) = crate::http::post_dated(&sh2.http, &peer, "/allium/v1/vote", &text, clock.until(s.sign_at_ms(t))).await;
+            (peer, r, date, sent, clock.now_ms())
+        });
+    }
+    let tolerance = date_warn_tolerance_ms(s.interval_secs());
+    let mut skew_refusals: Vec<(String, String)> = Vec::new();
+    let mut offsets: Vec<i64> = Vec::new();
+    while let Some(j) = set.join_next().await {
+        let Ok((peer, r, date, sent, recv)) = j else { continue };
+        let skew = date.and_then(|d| date_skew_ms(d, sent, recv, tolerance));
+        match skew {
+            Some(off) => {
+                offsets.push(off);
+                let msg = format!(
+                    "{}'s clock is {} {} ours (its HTTP Date header); votes are refused between authorities more than {} apart",
+                    peer.name,
+                    fmt_secs(off.unsigned_abs()),
+                    ahead_or_behind(off),
+                    fmt_secs(s.skew_tolerance_ms())
+                );
+                tracing::warn!(authority = %peer.name, "{msg}");
+                sh.status.update(|st| {
+                    st.peer_clocks.insert(peer.name.clone(), (off, msg));
+                });
+            }
+            None if date.is_some() => sh.status.update(|st| {
+                st.peer_clocks.remove(&peer.name);
+            }),
+            None => {}
+        }
+        match r {
+            Err(crate::http::PostError::Status(400, reason)) if reason.contains(SKEW_MARK) => skew_refusals.push((peer.name.clone(), reason)),
+            r => report(&peer, "vote push", r),
+        }
+    }
+    if skew_refusals.is_empty() {
+        return;
+    }
+    skew_refusals.sort();
+    let names: Vec<&str> = skew_refusals.iter().map(|(n, _)| n.as_str()).collect();
+    let names = names.join(", ");
+    let first = &skew_refusals[0].1;
+    if skew_refusals.len() * 2 > sh.peers.len() {
+        offsets.sort_unstable();
+        let seen = offsets
+            .get(offsets.len() / 2)
+            .map(|o| format!("; by their Date headers, ours is about {} {} theirs", fmt_secs(o.unsigned_abs()), ahead_or_behind(-o)))
+            .unwrap_or_default();
+        let msg = format!(
+            "this authority's vote for valid-after {t} was refused for clock skew by {} of {} peers ({names}): {first}; \
+             this authority's clock is probably wrong{seen}, and its votes will not count until it is corrected",
+            skew_refusals.len(),
+            sh.peers.len()
+        );
+        tracing::warn!(valid_after = t, "{msg}");
+        sh.status.update(|st| {
+            st.periods_refused_for_skew += 1;
+            st.own_clock_warning = Some(msg);
+        });
+    } else {
+        tracing::warn!(valid_after = t, "{names} refused this authority's vote for clock skew: {first}; their clocks are probably wrong");
+    }
 }
 
 fn report(peer: &AuthorityEntry, what: &str, r: Result<(), crate::http::PostError>) {
@@ -1089,6 +1229,40 @@ mod tests {
         assert_eq!(st[0].accept_signature(wrong, s.sign_at_ms(T)).unwrap_err().status, 409);
         let out = DetachedSignature::new(&c, &signer(&outsider));
         assert_eq!(st[0].accept_signature(out, s.sign_at_ms(T)).unwrap_err().status, 400);
+    }
+
+    #[test]
+    fn a35_votes_and_signatures_out_of_time_say_how_far_off() {
+        let (keys, mut st) = three(true);
+        let s = Schedule::new(I);
+        let ids: Vec<RelayId> = keys.iter().map(|k| RelayId(k.verifying_key().to_bytes())).collect();
+        let mut peer = AuthorityState::new(signer(&keys[1]), &ids, true, s);
+        let now = s.vote_at_ms(T);
+        for (t, want) in [(T + 600, "vote for valid-after 1000600 is 600 s ahead of this authority's schedule (clock skew?)"),
+                          (T - 600, "vote for valid-after 999400 is 600 s behind this authority's schedule (clock skew?)")] {
+            let (text, _) = peer.make_vote(t, t - 5);
+            let v = Vote::parse(&text).unwrap().verify(T).unwrap();
+            let r = st[0].accept_vote(v, text, now).unwrap_err();
+            assert_eq!((r.status, r.reason.as_str()), (400, want));
+        }
+        // Within the tolerance (a quarter interval) either way: accepted.
+        let (text, _) = peer.make_vote(T, T - 5);
+        let v = Vote::parse(&text).unwrap().verify(T).unwrap();
+        assert_eq!(st[0].accept_vote(v.clone(), text.clone(), now - s.skew_tolerance_ms()), Ok(Accepted::New));
+        assert_eq!(st[0].accept_vote(v.clone(), text.clone(), s.sign_at_ms(T) - 1), Ok(Accepted::Unchanged));
+        let r = st[0].accept_vote(v, text, s.sign_at_ms(T)).unwrap_err();
+        assert!(r.reason.contains("2.5 s behind") && r.reason.ends_with(SKEW_MARK), "{r:?}");
+        // A signature for a period 600 s away; one just after signing time with no consensus here.
+        let c = Consensus::new(s.lifetime(T + 600), vec![], vec![]);
+        let far = DetachedSignature::new(&c, &signer(&keys[1]));
+        let r = st[0].accept_signature(far, s.sign_at_ms(T)).unwrap_err();
+        assert_eq!(r.reason, "signature for valid-after 1000600 is 600 s ahead of this authority's schedule (clock skew?)");
+        let c = Consensus::new(s.lifetime(T), vec![], vec![]);
+        let late = DetachedSignature::new(&c, &signer(&keys[1]));
+        let r = st[0].accept_signature(late, T * 1000).unwrap_err();
+        assert!(!r.reason.contains(SKEW_MARK) && r.reason.contains("no consensus"), "{r:?}");
+        let r = st[0].accept_signature(late, T * 1000 + 6_000).unwrap_err();
+        assert!(r.reason.contains("8.5 s behind"), "{r:?}");
     }
 
     #[test]

@@ -57,6 +57,10 @@ pub struct AuthoritySection {
     /// [`DEFAULT_RECOMMENDED_PROTOCOLS`].
     #[serde(default)]
     pub recommended_protocols: Option<String>,
+    /// Test networks only: seconds added to this authority's clock (negative: behind), to play
+    /// an authority whose clock is wrong. Refused unless `network.dangerous_testnet`.
+    #[serde(default)]
+    pub dangerous_clock_offset_secs: Option<i64>,
 }
 
 /// Subprotocol versions required by default: what every node of this version implements.
@@ -118,6 +122,16 @@ impl AuthorityConfig {
             }
             crate::params::check(k, *v).map_err(|e| ConfigError::invalid("authority.params", &e.to_string()))?;
         }
+        if let Some(o) = self.authority.dangerous_clock_offset_secs {
+            let key = "authority.dangerous_clock_offset_secs";
+            if !self.network.dangerous_testnet {
+                return Err(ConfigError::invalid(key, "needs network.dangerous_testnet = true"));
+            }
+            let max = crate::clock::MAX_CLOCK_OFFSET_SECS;
+            if !(-max..=max).contains(&o) {
+                return Err(ConfigError::invalid(key, &format!("must be between -{max} and {max}")));
+            }
+        }
         self.required_protocols()?;
         self.recommended_protocols()?;
         self.bad_exits()?;
@@ -168,6 +182,15 @@ impl AuthorityConfig {
         } else {
             DEFAULT_INTERVAL_SECS
         })
+    }
+
+    /// The clock this authority runs on: the system clock, shifted by
+    /// `authority.dangerous_clock_offset_secs` on a test network.
+    pub fn clock(&self) -> crate::clock::Clock {
+        match self.authority.dangerous_clock_offset_secs {
+            Some(o) if self.network.dangerous_testnet => crate::clock::Clock::with_offset_secs(o),
+            _ => crate::clock::Clock::system(),
+        }
     }
 
     /// The identities of all configured authorities.
@@ -221,6 +244,18 @@ mod tests {
         assert!(parse(&format!("{base}reject = [\"nope\"]\n")).is_err());
         assert!(parse(&format!("{base}required_protocols = \"Relay=1 Link=1\"\n")).unwrap_err().to_string().contains("normal form"));
         assert_eq!(c.required_protocols().unwrap().to_string(), DEFAULT_REQUIRED_PROTOCOLS);
+    }
+
+    #[test]
+    fn clock_offset_only_on_a_test_network() {
+        let c = parse(&format!("{}dangerous_clock_offset_secs = -600\n", cfg(true, None))).unwrap();
+        assert_eq!(c.clock().offset_secs(), -600);
+        assert_eq!(parse(&cfg(true, None)).unwrap().clock().offset_secs(), 0);
+        let e = parse(&format!("{}dangerous_clock_offset_secs = 600\n", cfg(false, None))).unwrap_err().to_string();
+        assert!(e.contains("authority.dangerous_clock_offset_secs") && e.contains("dangerous_testnet") && !e.contains('\n'), "{e}");
+        let e = parse(&format!("{}dangerous_clock_offset_secs = -9223372036854775808\n", cfg(true, None))).unwrap_err().to_string();
+        assert!(e.contains("authority.dangerous_clock_offset_secs") && e.contains("between"), "{e}");
+        assert!(parse(&format!("{}dangerous_clock_offset_secs = \"ten\"\n", cfg(true, None))).is_err());
     }
 
     #[test]

@@ -78,21 +78,34 @@ impl std::fmt::Display for PostError {
 
 /// POSTs `body` to `peer` at `path`.
 pub(crate) async fn post(http: &reqwest::Client, peer: &AuthorityEntry, path: &str, body: &str, timeout: Duration) -> Result<(), PostError> {
+    post_dated(http, peer, path, body, timeout).await.0
+}
+
+/// [`post`], also returning the answer's HTTP `Date` header (unix seconds) when it had a
+/// well-formed one.
+pub(crate) async fn post_dated(
+    http: &reqwest::Client,
+    peer: &AuthorityEntry,
+    path: &str,
+    body: &str,
+    timeout: Duration,
+) -> (Result<(), PostError>, Option<u64>) {
     let url = format!("http://{}{path}", peer.address);
-    let resp = http
-        .post(&url)
-        .timeout(timeout)
-        .header("content-type", "text/plain")
-        .body(body.to_string())
-        .send()
-        .await
-        .map_err(|e| PostError::Transport(describe_reqwest(&e)))?;
+    let resp = match http.post(&url).timeout(timeout).header("content-type", "text/plain").body(body.to_string()).send().await {
+        Ok(r) => r,
+        Err(e) => return (Err(PostError::Transport(describe_reqwest(&e))), None),
+    };
+    let date = resp
+        .headers()
+        .get(reqwest::header::DATE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(crate::clock::parse_http_date);
     let status = resp.status().as_u16();
     if (200..300).contains(&status) {
-        return Ok(());
+        return (Ok(()), date);
     }
     let reason = read_capped(resp, 512).await.ok().and_then(|b| String::from_utf8(b).ok()).unwrap_or_default();
-    Err(PostError::Status(status, first_line(&reason)))
+    (Err(PostError::Status(status, first_line(&reason))), date)
 }
 
 /// GETs `url` and returns the body as text, capped at `limit` bytes.

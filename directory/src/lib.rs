@@ -5,7 +5,8 @@
 //! # Layout
 //!
 //! - [`config`]: the authority's config file (`[node]`, `[network]`, `[authority]`).
-//! - [`schedule`]: the voting schedule as pure functions of the interval and the time.
+//! - [`schedule`]: the voting schedule as pure functions of the interval and the time;
+//!   [`clock`]: the one clock an authority reads (with a test-only offset) and HTTP dates.
 //! - [`authkeys`]: the authority's key files: identity (optional at run time), signing key
 //!   and certificate, link key and link-key certificate; renewal; `allium keygen --authority`.
 //! - [`authority`]: the authority's state and acceptance rules ([`AuthorityState`], no I/O;
@@ -38,6 +39,7 @@ mod access_log;
 pub mod authkeys;
 pub mod authority;
 pub mod cache;
+pub mod clock;
 pub mod config;
 pub mod fetch;
 pub mod microdescs;
@@ -52,7 +54,7 @@ pub mod schedule;
 pub mod server;
 
 pub use authkeys::{AuthKeyError, AuthorityKeys};
-pub use authority::{run_authority, run_authority_on, AuthorityState, VotePolicy};
+pub use authority::{run_authority, run_authority_on, run_authority_with_status, AuthorityState, AuthorityStatus, ClockReport, VotePolicy};
 pub use config::{AuthorityConfig, AuthoritySection};
 pub use fetch::{fetch_consensus, FetchAttempt, FetchAttemptError, FetchError};
 pub use cache::ConsensusCache;

@@ -12,6 +12,11 @@
 //!
 //! The consensus has `fresh-until = T + I` and `valid-until = T + 3I`. Times inside a period
 //! are in milliseconds so that short test intervals (2 s) work.
+//!
+//! Clock skew: a vote is accepted only within `I/4` of its voting time on the receiver's clock
+//! ([`Schedule::skew_tolerance_ms`]); authorities further apart than that do not see each
+//! other's votes in time, so the tolerance is also how far off a clock may be for its
+//! authority to take part. Every time here saturates instead of overflowing.
 
 use allium_proto::doc::Lifetime;
 
@@ -32,7 +37,7 @@ impl Schedule {
     }
 
     fn ms(&self) -> u64 {
-        self.interval * 1000
+        self.interval.saturating_mul(1000)
     }
 
     /// Whether `t` is a period start (a multiple of the interval).
@@ -42,27 +47,31 @@ impl Schedule {
 
     /// The lifetime of the consensus with `valid-after` `t`.
     pub fn lifetime(&self, t: u64) -> Lifetime {
-        Lifetime { valid_after: t, fresh_until: t + self.interval, valid_until: t + 3 * self.interval }
+        Lifetime {
+            valid_after: t,
+            fresh_until: t.saturating_add(self.interval),
+            valid_until: t.saturating_add(self.interval.saturating_mul(3)),
+        }
     }
 
     /// When votes for period `t` are made (unix milliseconds).
     pub fn vote_at_ms(&self, t: u64) -> u64 {
-        (t * 1000).saturating_sub(self.ms() / 2)
+        t.saturating_mul(1000).saturating_sub(self.ms() / 2)
     }
 
     /// When missing votes for period `t` are pulled.
     pub fn pull_at_ms(&self, t: u64) -> u64 {
-        (t * 1000).saturating_sub(self.ms() * 3 / 8)
+        t.saturating_mul(1000).saturating_sub(self.ms() * 3 / 8)
     }
 
     /// When the consensus for period `t` is computed and signed.
     pub fn sign_at_ms(&self, t: u64) -> u64 {
-        (t * 1000).saturating_sub(self.ms() / 4)
+        t.saturating_mul(1000).saturating_sub(self.ms() / 4)
     }
 
     /// When the consensus for period `t` is published.
     pub fn publish_at_ms(&self, t: u64) -> u64 {
-        t * 1000
+        t.saturating_mul(1000)
     }
 
     /// The period an authority should work on at `now_ms`: the first period start `t` whose
@@ -70,20 +79,49 @@ impl Schedule {
     pub fn next_period(&self, now_ms: u64) -> u64 {
         let i = self.interval;
         let mut t = (now_ms / 1000) / i * i;
-        while self.sign_at_ms(t) <= now_ms {
-            t += i;
+        // At most two steps: `t ≤ now < t + I`, and `sign_at(t + 2I) > t + I`. The bound also
+        // ends the loop where times saturate.
+        for _ in 0..2 {
+            if self.sign_at_ms(t) > now_ms {
+                break;
+            }
+            t = t.saturating_add(i);
         }
         t
     }
 
-    /// Whether a vote for period `t` is acceptable at `now_ms`: `t` is a period start and
-    /// `now` lies between one interval before its voting time (tolerating peers with a fast
-    /// clock) and its publication.
+    /// The clock-skew tolerance for votes (milliseconds): a quarter of the interval. A vote is
+    /// accepted only while the receiver's clock is within this of the vote's voting time, which
+    /// is also as far as two clocks may differ for the authorities to see each other's votes
+    /// before they compute the consensus.
+    pub fn skew_tolerance_ms(&self) -> u64 {
+        self.ms() / 4
+    }
+
+    /// Whether a vote for period `t` is acceptable at `now_ms`: `t` is a period start and `now`
+    /// is within [`Self::skew_tolerance_ms`] of its voting time, i.e. from
+    /// `vote_at_ms(t) − I/4` to just before `sign_at_ms(t)` (a vote arriving later could not
+    /// count any more).
     pub fn accepts_vote_for(&self, t: u64, now_ms: u64) -> bool {
         self.is_period_start(t)
-            && now_ms >= self.vote_at_ms(t).saturating_sub(self.ms())
-            && now_ms < self.publish_at_ms(t)
+            && now_ms >= self.vote_at_ms(t).saturating_sub(self.skew_tolerance_ms())
+            && now_ms < self.sign_at_ms(t)
     }
+
+    /// How far the voting time of period `t` is ahead of `now_ms` (negative: behind): for a
+    /// vote just received, how far its sender's clock seems to be ahead of ours.
+    pub fn vote_offset_ms(&self, t: u64, now_ms: u64) -> i64 {
+        offset(self.vote_at_ms(t), now_ms)
+    }
+
+    /// How far the signing time of period `t` is ahead of `now_ms` (negative: behind).
+    pub fn sign_offset_ms(&self, t: u64, now_ms: u64) -> i64 {
+        offset(self.sign_at_ms(t), now_ms)
+    }
+}
+
+fn offset(a: u64, b: u64) -> i64 {
+    (i128::from(a) - i128::from(b)).clamp(i128::from(i64::MIN), i128::from(i64::MAX)) as i64
 }
 
 /// Descriptors older than this (seconds) are left out of votes and dropped: three intervals,
@@ -148,11 +186,28 @@ mod tests {
     fn vote_window() {
         let s = Schedule::new(10);
         let t = 1_000_000;
+        assert_eq!(s.skew_tolerance_ms(), 2_500);
         assert!(s.accepts_vote_for(t, s.vote_at_ms(t)));
-        assert!(s.accepts_vote_for(t, s.vote_at_ms(t) - 10_000));
-        assert!(!s.accepts_vote_for(t, s.vote_at_ms(t) - 10_001));
+        assert!(s.accepts_vote_for(t, s.vote_at_ms(t) - 2_500));
+        assert!(!s.accepts_vote_for(t, s.vote_at_ms(t) - 2_501));
+        assert!(s.accepts_vote_for(t, s.sign_at_ms(t) - 1));
+        assert!(!s.accepts_vote_for(t, s.sign_at_ms(t)));
         assert!(!s.accepts_vote_for(t, t * 1000));
         assert!(!s.accepts_vote_for(t + 1, s.vote_at_ms(t)));
+        assert_eq!(s.vote_offset_ms(t + 600, s.vote_at_ms(t)), 600_000);
+        assert_eq!(s.vote_offset_ms(t - 600, s.vote_at_ms(t)), -600_000);
+        assert_eq!(s.sign_offset_ms(t, s.sign_at_ms(t) + 1), -1);
+    }
+
+    #[test]
+    fn huge_times_saturate() {
+        let s = Schedule::new(2);
+        let t = u64::MAX - 1;
+        assert!(!s.accepts_vote_for(t, 0));
+        assert!(!s.accepts_vote_for(t, u64::MAX));
+        assert_eq!(s.lifetime(t).valid_until, u64::MAX);
+        assert_eq!(s.vote_offset_ms(t, 0), i64::MAX);
+        assert!(s.next_period(u64::MAX) >= u64::MAX / 1000 / 2 * 2);
     }
 
     #[test]

@@ -23,7 +23,7 @@ use axum::Router;
 
 use allium_proto::doc::{DetachedSignature, RelayDescriptor, Vote, MAX_DESCRIPTOR_LEN, MAX_SIGNATURE_DOC_LEN, MAX_VOTE_LEN};
 
-use crate::authority::{now_ms, Accepted, Reject, Shared};
+use crate::authority::{Accepted, Reject, Shared, SKEW_MARK};
 
 /// Every route of the directory HTTP interface.
 pub(crate) fn router(sh: Arc<Shared>) -> Router {
@@ -35,7 +35,17 @@ pub(crate) fn router(sh: Arc<Shared>) -> Router {
         .route("/allium/v1/consensus", get(get_consensus))
         .route("/allium/v1/microdescs", get(get_all_microdescs))
         .route("/allium/v1/microdescs/{digests}", get(get_microdescs))
+        .layer(axum::middleware::map_response_with_state(sh.clone(), add_date))
         .with_state(sh)
+}
+
+/// Every answer carries a `Date` header from the authority's own clock (so that peers can
+/// compare clocks, and a test network's shifted clock shows).
+async fn add_date(State(sh): State<Arc<Shared>>, mut resp: Response) -> Response {
+    if let Ok(v) = header::HeaderValue::from_str(&crate::clock::format_http_date(sh.clock.now_secs())) {
+        resp.headers_mut().insert(header::DATE, v);
+    }
+    resp
 }
 
 fn text(status: StatusCode, body: impl Into<String>) -> Response {
@@ -58,7 +68,7 @@ async fn post_descriptor(State(sh): State<Arc<Shared>>, body: String) -> Respons
         Err(e) => return refused("descriptor", Reject { status: 400, reason: e.to_string() }),
     };
     let id = d.identity;
-    let r = sh.lock().accept_descriptor(d, now_ms() / 1000);
+    let r = sh.lock().accept_descriptor(d, sh.clock.now_secs());
     match r {
         Ok(a) => {
             tracing::debug!(relay = %id.short(), "descriptor {:?}", a);
@@ -80,8 +90,18 @@ async fn post_descriptor(State(sh): State<Arc<Shared>>, body: String) -> Respons
 
 /// Parses, verifies and stores a vote (pushed to us or pulled by us).
 pub(crate) fn ingest_vote(sh: &Shared, body: &str) -> Result<Accepted, Reject> {
-    let v = Vote::parse(body).and_then(|u| u.verify(now_ms() / 1000)).map_err(|e| Reject { status: 400, reason: e.to_string() })?;
-    sh.lock().accept_vote(v, body.into(), now_ms())
+    let now = sh.clock.now_ms();
+    let v = Vote::parse(body).and_then(|u| u.verify(now / 1000)).map_err(|e| Reject { status: 400, reason: e.to_string() })?;
+    let voter = v.voter;
+    let r = sh.lock().accept_vote(v, body.into(), now);
+    if let Err(rej) = &r {
+        if rej.reason.ends_with(SKEW_MARK) {
+            // At most once a period per peer: it votes once a period.
+            let name = sh.peers.iter().find(|p| p.identity == voter).map_or("?", |p| p.name.as_str());
+            tracing::info!(authority = %name, "vote refused: {}", rej.reason);
+        }
+    }
+    r
 }
 
 async fn post_vote(State(sh): State<Arc<Shared>>, body: String) -> Response {
@@ -107,7 +127,7 @@ async fn post_signature(State(sh): State<Arc<Shared>>, body: String) -> Response
         Ok(s) => s,
         Err(e) => return refused("signature", Reject { status: 400, reason: e.to_string() }),
     };
-    let r = sh.lock().accept_signature(s, now_ms());
+    let r = sh.lock().accept_signature(s, sh.clock.now_ms());
     match r {
         Ok(published) => {
             if let Some(p) = published {

@@ -5,10 +5,13 @@
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use allium_directory::authkeys::{certify_into, SIGNING_CERT_FILE, SIGNING_KEY_FILE};
-use allium_directory::{fetch_consensus, publish_descriptor, run_authority_on, AuthorityConfig, AuthorityKeys, AuthoritySection, NetDir};
+use allium_directory::{
+    fetch_consensus, publish_descriptor, run_authority_with_status, AuthorityConfig, AuthorityKeys, AuthoritySection, AuthorityStatus, NetDir,
+};
 use allium_net::config::{AuthorityEntry, NetworkConfig, NodeConfig};
 use allium_net::keys::{load_or_create, IDENTITY_FILE};
 use allium_proto::doc::{certify_link_key, RelayDescriptor, RelayFlags};
@@ -40,6 +43,8 @@ struct Testnet {
     net: NetworkConfig,
     /// Each authority's data directory, then the directories holding offline identities.
     dirs: Vec<PathBuf>,
+    /// What each started authority noticed about clocks.
+    status: Vec<Arc<AuthorityStatus>>,
 }
 
 impl Drop for Testnet {
@@ -64,6 +69,12 @@ async fn testnet_with(n: usize, start: &[bool], offline: &[bool]) -> Testnet {
 
 /// [`testnet_with`], the offline authorities' certificates valid for `cert_secs` from now.
 async fn testnet_with_lifetime(n: usize, start: &[bool], offline: &[bool], cert_secs: u64) -> Testnet {
+    testnet_full(n, start, offline, cert_secs, INTERVAL, &[]).await
+}
+
+/// [`testnet_with_lifetime`] with voting interval `interval`, authority `i`'s clock shifted by
+/// `offsets[i]` seconds (`authority.dangerous_clock_offset_secs`; none where not given).
+async fn testnet_full(n: usize, start: &[bool], offline: &[bool], cert_secs: u64, interval: u64, offsets: &[i64]) -> Testnet {
     let mut listeners = Vec::new();
     let mut keys: Vec<AuthorityKeys> = Vec::new();
     let mut dirs = Vec::new();
@@ -85,6 +96,7 @@ async fn testnet_with_lifetime(n: usize, start: &[bool], offline: &[bool], cert_
         dirs.push(dir);
     }
     let net = NetworkConfig { dangerous_testnet: true, authorities: entries };
+    let status: Vec<Arc<AuthorityStatus>> = (0..n).map(|_| Arc::default()).collect();
     for (i, (l, k)) in listeners.into_iter().zip(keys).enumerate() {
         if !start[i] {
             // Never started: its port is closed.
@@ -96,17 +108,19 @@ async fn testnet_with_lifetime(n: usize, start: &[bool], offline: &[bool], cert_
             network: net.clone(),
             authority: AuthoritySection {
                 dir_port: net.authorities[i].address.port(),
-                voting_interval_secs: Some(INTERVAL),
+                voting_interval_secs: Some(interval),
+                dangerous_clock_offset_secs: offsets.get(i).copied(),
                 ..Default::default()
             },
         };
+        let st = status[i].clone();
         tokio::spawn(async move {
-            let r = run_authority_on(cfg, k, l).await;
+            let r = run_authority_with_status(cfg, k, l, st).await;
             panic!("authority {i} stopped: {r:?}");
         });
     }
     dirs.extend(offline_dirs);
-    Testnet { net, dirs }
+    Testnet { net, dirs, status }
 }
 
 /// A relay in this process that completes link handshakes (all the authorities test) until it
@@ -336,4 +350,80 @@ async fn a10_authority_whose_certificate_expired_stops_counting() {
     let nd = wait_for_consensus(&tn.net, |nd| nd.valid_after() > expires + INTERVAL && nd.signers().len() == 2).await;
     assert!(!nd.signers().contains(&stale), "the expired authority's signature does not count");
     assert!(!nd.consensus().authorities().contains(&stale), "nor does its vote");
+}
+
+/// Polls `cond` until it holds, or panics at the deadline saying what was awaited.
+async fn wait_until(what: &str, cond: impl Fn() -> bool) {
+    let start = Instant::now();
+    while !cond() {
+        assert!(start.elapsed() < DEADLINE, "not seen within {DEADLINE:?}: {what}");
+        // Poll interval, not a wait for an event: the deadline above bounds the test.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A34.5 / A35: an authority whose clock is 10 minutes ahead is excluded, clearly: its peers
+/// refuse its votes saying how far off they are, it says its own clock is probably wrong, they
+/// say its clock is ahead of theirs; the other two keep publishing consensuses signed by both.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a35_authority_with_skewed_clock_is_excluded_and_the_others_continue() {
+    skewed_authority_is_excluded(600).await;
+}
+
+/// A35, the other way: 10 minutes behind.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a35_authority_whose_clock_is_behind_is_excluded_too() {
+    skewed_authority_is_excluded(-600).await;
+}
+
+async fn skewed_authority_is_excluded(offset: i64) {
+    let (vote_dir, peer_dir, own_dir) = if offset > 0 { ("ahead of", "ahead of", "behind") } else { ("behind", "behind", "ahead of") };
+    let tn = testnet_full(3, &[true, true, true], &[], 86_400, INTERVAL, &[0, 0, offset]).await;
+    let ids: Vec<RelayId> = tn.net.authorities.iter().map(|a| a.identity).collect();
+    let skewed = &tn.status[2];
+    wait_until("the skewed authority's warning about its own clock", || skewed.clock_report().periods_refused_for_skew >= 1).await;
+    let own = skewed.clock_report().own_clock_warning.unwrap();
+    assert!(own.contains("refused for clock skew by 2 of 2 peers (auth0, auth1)"), "{own}");
+    assert!(own.contains("vote for valid-after ") && own.contains(&format!(" is 600 s {vote_dir} this authority's schedule (clock skew?)")), "{own}");
+    assert!(own.contains(&format!("ours is about 600 s {vote_dir} theirs")), "{own}");
+    assert!(own.contains("this authority's clock is probably wrong"), "{own}");
+    let range = if offset > 0 { 598_000..=602_000 } else { -602_000..=-598_000 };
+    for st in &tn.status[..2] {
+        wait_until("auth2's clock reported off", || st.clock_report().peer_clocks.contains_key("auth2")).await;
+        let (off, msg) = st.clock_report().peer_clocks["auth2"].clone();
+        assert!(range.contains(&off), "{off} {msg}");
+        assert!(msg.starts_with("auth2's clock is 60") && msg.contains(&format!(" s {peer_dir} ours")), "{msg}");
+        assert!(!st.clock_report().peer_clocks.contains_key("auth0") && !st.clock_report().peer_clocks.contains_key("auth1"));
+        assert_eq!(st.clock_report().periods_refused_for_skew, 0, "the authorities in sync do not blame themselves");
+    }
+    // From its side, the peers' clocks are off the other way.
+    let theirs = skewed.clock_report().peer_clocks;
+    assert_eq!(theirs.len(), 2, "{theirs:?}");
+    assert!(theirs.values().all(|(off, msg)| range.contains(&-off) && msg.contains(&format!(" s {own_dir} ours"))), "{theirs:?}");
+    // Consecutive consensuses, each signed by the two in sync, none with the skewed one's vote.
+    let mut last = 0;
+    for _ in 0..3 {
+        let nd = wait_for_consensus(&tn.net, |nd| nd.valid_after() > last).await;
+        let signers = nd.signers();
+        assert_eq!(signers.len(), 2, "valid-after {}", nd.valid_after());
+        assert!(signers.contains(&ids[0]) && signers.contains(&ids[1]));
+        assert!(!nd.consensus().authorities().contains(&ids[2]), "the skewed authority's vote made it in");
+        last = nd.valid_after();
+    }
+    // It never published one itself.
+    assert_eq!(raw(tn.net.authorities[2].address, "GET", "/allium/v1/consensus", String::new()).await.0, 404);
+}
+
+/// A35: an authority 1 s off (within the quarter-interval tolerance of a 10 s interval) still
+/// takes part: its vote and signature are in the consensus, and nobody warns about clocks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a35_authority_one_second_off_still_takes_part() {
+    let tn = testnet_full(3, &[true, true, true], &[], 86_400, 10, &[0, 0, 1]).await;
+    let ids: Vec<RelayId> = tn.net.authorities.iter().map(|a| a.identity).collect();
+    let nd = wait_for_consensus(&tn.net, |nd| nd.signers().len() == 3).await;
+    assert!(nd.signers().contains(&ids[2]));
+    assert_eq!(nd.consensus().authorities().len(), 3, "all three votes made it");
+    for st in &tn.status {
+        assert_eq!(st.clock_report(), Default::default());
+    }
 }
