@@ -25,7 +25,9 @@ pub struct RelayConfig {
 pub struct RelaySection {
     /// The TCP port other nodes connect to (on `node.address`).
     pub or_port: u16,
-    /// Advertised bandwidth in bytes per second.
+    /// The most bandwidth this relay offers, in bytes per second. Its descriptor reports what it
+    /// has actually carried (the highest 10-second rate of the last 24 hours, at least 20 kB/s),
+    /// never more than this.
     #[serde(default = "default_bandwidth")]
     pub bandwidth: u64,
     /// Fingerprints of relays run by the same operator.

@@ -6,6 +6,7 @@
 //! - [`circuit`]: one circuit's owner task (crypto, forwarding, extending, exit streams).
 //! - [`exit`]: resolving, exit-policy decisions and connecting for BEGIN.
 //! - [`dir_cache`]: the consensus this relay keeps and serves on directory streams (BEGIN_DIR).
+//! - [`observed`]: the bandwidth the relay has carried, which its descriptor reports.
 //! - [`publish`]: building the signed descriptor and uploading it to every authority.
 //! - [`rotation`]: replacing the onion key on schedule, keeping the previous one for a grace.
 //!
@@ -19,6 +20,7 @@ pub mod circuit;
 pub mod config;
 pub mod dir_cache;
 pub mod exit;
+pub mod observed;
 pub mod publish;
 pub mod rotation;
 
@@ -54,6 +56,8 @@ pub struct RelayCtx {
     pub onion: RwLock<OnionKeys>,
     /// Notified when the descriptor must be republished now (the onion key changed).
     pub republish: tokio::sync::Notify,
+    /// What the links have carried (sampled by [`observe_loop`]).
+    pub observed: std::sync::Mutex<observed::ObservedBandwidth>,
     pub pool: ChannelPool,
     pub exit: exit::ExitRules,
     /// The consensus served to clients on directory streams.
@@ -101,6 +105,7 @@ impl InertRelay {
             keys,
             onion: RwLock::new(onion),
             republish: tokio::sync::Notify::new(),
+            observed: Default::default(),
         };
         Ok(InertRelay { cfg, ctx: Arc::new(ctx) })
     }
@@ -117,6 +122,7 @@ impl InertRelay {
         tasks.spawn(accept_loop(listener, ctx.clone(), handler));
         tasks.spawn(publish::publish_loop(self.cfg.clone(), ctx.clone()));
         tasks.spawn(publish::consensus_watch(self.cfg.clone(), ctx.clone()));
+        tasks.spawn(observe_loop(ctx.clone()));
         tasks.spawn(rotation::rotation_loop(ctx.clone(), self.cfg.node.data_dir.clone(), self.cfg.onion_rotation()?));
         match tasks.join_next().await {
             Some(Ok(Err(e))) => Err(e),
@@ -124,6 +130,16 @@ impl InertRelay {
             Some(Err(e)) => Err(format!("a relay task panicked: {e}").into()),
             None => Err("no relay tasks".into()),
         }
+    }
+}
+
+/// Samples the bytes this process's links have written, every [`observed::SAMPLE_SECS`].
+async fn observe_loop(ctx: Arc<RelayCtx>) -> Result<(), RelayError> {
+    let mut tick = tokio::time::interval(std::time::Duration::from_secs(observed::SAMPLE_SECS));
+    loop {
+        tick.tick().await;
+        let written = allium_net::channel::LINK_STATS.bytes_written.load(std::sync::atomic::Ordering::Relaxed);
+        ctx.observed.lock().unwrap_or_else(|e| e.into_inner()).sample(written, unix_now());
     }
 }
 

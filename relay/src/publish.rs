@@ -34,7 +34,7 @@ pub fn build_descriptor(cfg: &RelayConfig, ctx: &RelayCtx, published: u64) -> Re
         address: std::net::SocketAddr::new(cfg.node.address, cfg.relay.or_port),
         policy: ctx.exit.policy.clone(),
         family: cfg.family_ids()?,
-        bandwidth: cfg.relay.bandwidth,
+        bandwidth: ctx.observed.lock().unwrap_or_else(|e| e.into_inner()).reported(cfg.relay.bandwidth),
         protocols: our_protocols(),
         published,
     };
