@@ -65,6 +65,20 @@ fn fetches_are_byte_exact_and_come_from_an_exit() {
         assert_ne!(peer.ip(), client, "the client connected to the server directly");
         assert!(exits.contains(&peer.ip()), "connection from {peer}, which is not an exit ({exits:?})");
     }
+
+    // Relays report what they carried: after 50 MB, a consensus weighs some relay above the
+    // 20 kB/s every relay starts from (descriptors are republished and voted every 10 s).
+    let carried = |text: &str| {
+        allium_proto::doc::Consensus::parse(text).map(|c| c.dangerously_assume_valid().relays().iter().map(|r| r.weight).max().unwrap_or(0)).unwrap_or(0)
+    };
+    let path = net.dir.join("client").join("cached-consensus");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
+    let mut heaviest = 0;
+    while heaviest <= 20_000 && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        heaviest = carried(&std::fs::read_to_string(&path).unwrap_or_default());
+    }
+    assert!(heaviest > 20_000, "no relay reported more than the 20 kB/s floor after carrying 50 MB (heaviest weight {heaviest})");
 }
 
 /// An exit with the default policy refuses a host name that resolves to a loopback address, and
