@@ -50,6 +50,16 @@ pub fn client(args: &RoleArgs) -> ExitCode {
         Err(e) => return config_error("client", &e),
     };
     let Some(keys) = node_keys("client", &cfg.node.data_dir) else { return ExitCode::FAILURE };
+    // Printed on stdout for the operator, never logged.
+    for s in &cfg.onion_services {
+        match s.load_or_create_address(&cfg.node.data_dir) {
+            Ok(a) => println!("onion service {}: {} (not reachable yet: hosting onion services is not implemented)", s.name, a.to_host()),
+            Err(e) => {
+                eprintln!("allium client: onion service {}: cannot load or create its key: {e}", s.name);
+                return ExitCode::FAILURE;
+            }
+        }
+    }
     let fingerprint = keys.relay_id().fingerprint();
     run_node("client", args, "client fingerprint", &fingerprint, || allium_client::run(cfg, keys))
 }

@@ -14,6 +14,9 @@ pub struct ClientConfig {
     pub node: NodeConfig,
     pub network: NetworkConfig,
     pub client: ClientSection,
+    /// Onion services this node hosts (`[[onion_service]]` tables; see [`crate::onion_service`]).
+    #[serde(default, rename = "onion_service")]
+    pub onion_services: Vec<crate::onion_service::OnionServiceConfig>,
 }
 
 /// The `[client]` section.
@@ -102,6 +105,7 @@ impl ClientConfig {
         let mut net = self.network.clone();
         net.dangerous_testnet = true;
         self.node.validate(&net)?;
+        crate::onion_service::validate(&self.onion_services)?;
         if let Some(ms) = self.client.dangerous_initial_build_timeout_ms {
             if !self.network.dangerous_testnet {
                 return Err(ConfigError::invalid("client.dangerous_initial_build_timeout_ms", "needs network.dangerous_testnet = true"));

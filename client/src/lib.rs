@@ -11,6 +11,8 @@
 //! - [`dir_fetch`]: where the consensus comes from (guards, fallback directories, authorities).
 //! - [`socks`]: the SOCKS4/4a/5 front end (with RESOLVE).
 //! - [`http_proxy`]: the optional HTTP CONNECT front end.
+//! - [`onion_service`]: the `[[onion_service]]` config and each service's keys (hosting itself
+//!   is not built yet).
 //!
 //! Not in this crate: link encryption and reactors (`allium-net`), documents (`allium-proto`),
 //! consensus verification (`allium-directory`).
@@ -20,6 +22,7 @@ pub mod circuit;
 pub mod config;
 pub mod dir_fetch;
 pub mod http_proxy;
+pub mod onion_service;
 pub mod guard;
 pub mod path;
 pub mod socks;

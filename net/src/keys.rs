@@ -97,7 +97,8 @@ pub fn unix_now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
-fn secret(dir: &Path, name: &str) -> Result<[u8; 32], KeyError> {
+/// Reads the 32-byte secret key file `dir/name`, creating it (random, mode 0600) if missing.
+pub fn secret(dir: &Path, name: &str) -> Result<[u8; 32], KeyError> {
     match read_secret(dir, name)? {
         Some(key) => Ok(key),
         None => {

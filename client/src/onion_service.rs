@@ -1,0 +1,141 @@
+//! Onion services a client node hosts: their config (`[[onion_service]]`) and keys.
+//!
+//! ```toml
+//! [[onion_service]]
+//! name = "web"
+//! ports = ["80 -> 127.0.0.1:8080"]
+//! ```
+//!
+//! Each service's identity key lives in `<node.data_dir>/onion-services/<name>/identity_ed25519.key`
+//! (directories 0700, the key 0600), created on first start and reused after, so the address
+//! survives restarts. Hosting (introduction points, descriptors, rendezvous) is not built yet:
+//! the node prints each address, marked as not reachable.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use allium_net::config::ConfigError;
+use allium_net::keys::{ensure_dir, secret, KeyError, IDENTITY_FILE};
+use allium_proto::hs::OnionAddress;
+use serde::Deserialize;
+
+/// One `[[onion_service]]` table.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct OnionServiceConfig {
+    /// 1–32 characters of `a-z 0-9 _ -`; names the key directory.
+    pub name: String,
+    /// Port mappings `"VIRTUAL -> HOST:PORT"`: a stream to the service's port VIRTUAL is
+    /// connected to HOST:PORT from this node.
+    pub ports: Vec<String>,
+}
+
+/// A parsed port mapping.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PortMapping {
+    pub virtual_port: u16,
+    pub target: SocketAddr,
+}
+
+impl PortMapping {
+    /// Parses `"80 -> 127.0.0.1:8080"` (spaces around `->` optional).
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let (v, t) = s.split_once("->").ok_or_else(|| format!("{s:?} is not VIRTUAL -> HOST:PORT"))?;
+        let virtual_port: u16 = v.trim().parse().map_err(|_| format!("{s:?}: {:?} is not a port", v.trim()))?;
+        let target: SocketAddr = t.trim().parse().map_err(|_| format!("{s:?}: {:?} is not an IP:port address", t.trim()))?;
+        if virtual_port == 0 || target.port() == 0 {
+            return Err(format!("{s:?}: port 0"));
+        }
+        Ok(PortMapping { virtual_port, target })
+    }
+}
+
+impl OnionServiceConfig {
+    /// The parsed port mappings.
+    pub fn mappings(&self) -> Result<Vec<PortMapping>, String> {
+        self.ports.iter().map(|p| PortMapping::parse(p)).collect()
+    }
+
+    /// The directory holding this service's keys.
+    pub fn key_dir(&self, data_dir: &Path) -> PathBuf {
+        data_dir.join("onion-services").join(&self.name)
+    }
+
+    /// Loads the service's identity, creating it on first start; returns its address.
+    pub fn load_or_create_address(&self, data_dir: &Path) -> Result<OnionAddress, KeyError> {
+        ensure_dir(&data_dir.join("onion-services"))?;
+        let dir = self.key_dir(data_dir);
+        ensure_dir(&dir)?;
+        let key = ed25519_dalek::SigningKey::from_bytes(&secret(&dir, IDENTITY_FILE)?);
+        // Every ed25519 public key derived from a secret is a usable point.
+        Ok(OnionAddress::from_identity(key.verifying_key().to_bytes()).expect("a derived key is a prime-order point"))
+    }
+}
+
+/// Checks every service: names valid and distinct, at least one mapping each, mappings valid,
+/// virtual ports distinct within a service. Errors name the key (`onion_service[i].…`).
+pub fn validate(services: &[OnionServiceConfig]) -> Result<(), ConfigError> {
+    let mut names = BTreeSet::new();
+    for (i, s) in services.iter().enumerate() {
+        let key = |k: &str| format!("onion_service[{i}].{k}");
+        let name_ok = !s.name.is_empty() && s.name.len() <= 32 && s.name.bytes().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == b'_' || c == b'-');
+        if !name_ok {
+            return Err(ConfigError::invalid(&key("name"), "must be 1-32 characters of a-z 0-9 _ -"));
+        }
+        if !names.insert(&s.name) {
+            return Err(ConfigError::invalid(&key("name"), "names another service already"));
+        }
+        if s.ports.is_empty() {
+            return Err(ConfigError::invalid(&key("ports"), "lists no port mapping"));
+        }
+        let maps = s.mappings().map_err(|e| ConfigError::invalid(&key("ports"), &e))?;
+        let mut seen = BTreeSet::new();
+        if let Some(m) = maps.iter().find(|m| !seen.insert(m.virtual_port)) {
+            return Err(ConfigError::invalid(&key("ports"), &format!("maps port {} twice", m.virtual_port)));
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn svc(name: &str, ports: &[&str]) -> OnionServiceConfig {
+        OnionServiceConfig { name: name.into(), ports: ports.iter().map(|p| p.to_string()).collect() }
+    }
+
+    #[test]
+    fn mappings_parse_and_bad_ones_name_the_key() {
+        assert_eq!(PortMapping::parse("80 -> 127.0.0.1:8080").unwrap(), PortMapping { virtual_port: 80, target: "127.0.0.1:8080".parse().unwrap() });
+        assert_eq!(PortMapping::parse("22->[::1]:2222").unwrap().target, "[::1]:2222".parse::<SocketAddr>().unwrap());
+        for bad in ["80", "x -> 127.0.0.1:1", "80 -> localhost:80", "0 -> 127.0.0.1:1", "80 -> 127.0.0.1:0"] {
+            assert!(PortMapping::parse(bad).is_err(), "{bad}");
+        }
+        assert!(validate(&[svc("web", &["80 -> 127.0.0.1:8080"]), svc("ssh", &["22 -> 127.0.0.1:22"])]).is_ok());
+        let e = validate(&[svc("web", &["80 -> 127.0.0.1:8080"]), svc("web", &["81 -> 127.0.0.1:1"])]).unwrap_err().to_string();
+        assert!(e.contains("onion_service[1].name"), "{e}");
+        let e = validate(&[svc("Web!", &["80 -> 127.0.0.1:8080"])]).unwrap_err().to_string();
+        assert!(e.contains("onion_service[0].name"), "{e}");
+        let e = validate(&[svc("web", &["80 -> 127.0.0.1:8080", "80 -> 127.0.0.1:9"])]).unwrap_err().to_string();
+        assert!(e.contains("onion_service[0].ports") && e.contains("twice"), "{e}");
+        assert!(validate(&[svc("web", &[])]).is_err());
+    }
+
+    #[test]
+    fn the_address_survives_restarts_and_differs_per_service() {
+        let dir = std::env::temp_dir().join(format!("allium-onion-keys-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        let web = svc("web", &["80 -> 127.0.0.1:8080"]);
+        let a = web.load_or_create_address(&dir).unwrap();
+        assert_eq!(web.load_or_create_address(&dir).unwrap(), a, "same key after a restart");
+        assert_ne!(svc("ssh", &["22 -> 127.0.0.1:22"]).load_or_create_address(&dir).unwrap(), a);
+        use std::os::unix::fs::PermissionsExt;
+        let mode = |p: &Path| std::fs::metadata(p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode(&web.key_dir(&dir).join(IDENTITY_FILE)), 0o600);
+        assert_eq!(mode(&web.key_dir(&dir)), 0o700);
+        assert!(OnionAddress::parse(&a.to_host()).is_ok());
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+}
