@@ -15,6 +15,7 @@ use allium_net::pool::ChannelPool;
 use allium_net::stream::{StreamEvent, StreamMux};
 use allium_proto::cell::{self, Cell, CellCmd, DestroyReason, MAX_HANDSHAKE_LEN, PAYLOAD_LEN};
 use allium_proto::crypto::cell_crypto::ClientCrypto;
+use allium_proto::crypto::kdf::HopKeys;
 use allium_proto::crypto::ntor::{self, HTYPE_NTOR};
 use allium_proto::doc::ConsensusRelay;
 use allium_proto::ext::Extensions;
@@ -84,7 +85,18 @@ enum CircRequest {
     Begin(BeginRequest),
     Resolve(ResolveRequest),
     BeginDir(oneshot::Sender<DirStreamResult>),
+    /// A circuit-level message (stream 0) to the last hop.
+    Control(RelayMsg, oneshot::Sender<Result<(), String>>),
+    /// Appends a hop whose keys come from elsewhere (the rendezvous virtual hop).
+    AddVirtualHop(Box<HopKeys>, oneshot::Sender<()>),
 }
+
+/// Most circuit-level messages waiting for [`CircHandle::recv_control`]; a relay sending more
+/// than that unread closes the circuit.
+const CONTROL_QUEUE: usize = 64;
+
+/// Circuit-level messages from the hops: `(hop index, message)`.
+type ControlRx = Arc<tokio::sync::Mutex<mpsc::Receiver<(usize, RelayMsg)>>>;
 
 /// A stream waiting for CONNECTED.
 enum Pending {
@@ -113,6 +125,10 @@ pub struct CircHandle {
     tx: mpsc::Sender<CircRequest>,
     pub exit: Arc<ConsensusRelay>,
     pub built_at: Instant,
+    /// The keys shared with the last hop of the built path (ESTABLISH_INTRO signs a binding of
+    /// them, docs/PROTOCOL.md "Introduction points").
+    last_keys: Arc<HopKeys>,
+    control_rx: ControlRx,
 }
 
 impl CircHandle {
@@ -136,6 +152,42 @@ impl CircHandle {
         })
     }
 
+    /// The keys this circuit shares with the last hop it was built to.
+    pub fn last_hop_keys(&self) -> &HopKeys {
+        &self.last_keys
+    }
+
+    /// Sends a circuit-level message (stream 0) to the circuit's last hop: the last relay, or
+    /// the virtual hop once one was added. Answers come through [`CircHandle::recv_control`].
+    pub async fn send_control(&self, msg: RelayMsg) -> Result<(), CircError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx.send(CircRequest::Control(msg, tx)).await.map_err(|_| CircError::Closed)?;
+        rx.await.map_err(|_| CircError::Closed)?.map_err(CircError::Protocol)
+    }
+
+    /// The next circuit-level onion-service message from a hop (INTRO_ESTABLISHED, INTRODUCE2,
+    /// INTRODUCE_ACK, RENDEZVOUS_ESTABLISHED, RENDEZVOUS2, and, once a virtual hop was added,
+    /// DATA on stream 0 from it), with the index of the hop that sent it; `None` once the
+    /// circuit has closed.
+    pub async fn recv_control(&self) -> Option<(usize, RelayMsg)> {
+        self.control_rx.lock().await.recv().await
+    }
+
+    /// [`CircHandle::send_control`] then [`CircHandle::recv_control`].
+    pub async fn control(&self, msg: RelayMsg) -> Result<(usize, RelayMsg), CircError> {
+        self.send_control(msg).await?;
+        self.recv_control().await.ok_or(CircError::Closed)
+    }
+
+    /// Appends one more hop after the last, with keys agreed end to end (the rendezvous
+    /// virtual hop, `allium_proto::hs::rendezvous`; a service passes `service_end_keys`).
+    /// Later messages to the last hop go to it.
+    pub async fn add_virtual_hop(&self, keys: HopKeys) -> Result<(), CircError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx.send(CircRequest::AddVirtualHop(Box::new(keys), tx)).await.map_err(|_| CircError::Closed)?;
+        rx.await.map_err(|_| CircError::Closed)
+    }
+
     /// Opens a directory stream (BEGIN_DIR) to the circuit's last hop.
     pub async fn begin_dir(&self) -> DirStreamResult {
         let (tx, rx) = oneshot::channel();
@@ -153,6 +205,12 @@ struct Circuit {
     asm: Vec<MsgAssembler>,
     /// Sent to every hop; the streams use it.
     flow: FlowParams,
+    /// The keys of the last hop built so far.
+    last_keys: Option<HopKeys>,
+    /// Where circuit-level onion-service messages go.
+    control_tx: mpsc::Sender<(usize, RelayMsg)>,
+    /// Whether a virtual hop was appended (rendezvous circuit).
+    virtual_hop: bool,
 }
 
 /// Builds a circuit through `path` (guard first, at least one hop) and starts its task.
@@ -166,7 +224,7 @@ pub async fn build_within(pool: &ChannelPool, path: &[&ConsensusRelay], limit: D
     let last = *path.last().expect("a path has at least one hop");
     let started = Instant::now();
     let progress = AtomicUsize::new(0);
-    let circ = tokio::time::timeout(limit, build_inner(pool, path, &progress, flow))
+    let mut circ = tokio::time::timeout(limit, build_inner(pool, path, &progress, flow))
         .await
         .map_err(|_| CircError::Timeout { hops_done: progress.load(Ordering::Relaxed) })??;
     let hops: Vec<String> = path.iter().map(|r| r.identity.short()).collect();
@@ -177,8 +235,10 @@ pub async fn build_within(pool: &ChannelPool, path: &[&ConsensusRelay], limit: D
         tracing::debug!("circuit built in {ms:.1} ms through {}", hops.join(" "));
     }
     let (tx, rx) = mpsc::channel(64);
-    tokio::spawn(circ.run(rx));
-    Ok(CircHandle { tx, exit: Arc::new(last.clone()), built_at: Instant::now() })
+    let last_keys = Arc::new(circ.last_keys.clone().expect("at least one hop"));
+    let control_rx = circ.control_rx.take().expect("control queue");
+    tokio::spawn(circ.circ.run(rx));
+    Ok(CircHandle { tx, exit: Arc::new(last.clone()), built_at: Instant::now(), last_keys, control_rx: Arc::new(tokio::sync::Mutex::new(control_rx)) })
 }
 
 /// The client data of every hop's handshake: the circuit's flow-control parameters.
@@ -188,17 +248,25 @@ fn ext_bytes(flow: FlowParams) -> Vec<u8> {
     v
 }
 
-async fn build_inner(pool: &ChannelPool, path: &[&ConsensusRelay], progress: &AtomicUsize, flow: FlowParams) -> Result<Circuit, CircError> {
+/// A built circuit and the receiving end of its control queue.
+struct Built {
+    circ: Circuit,
+    last_keys: Option<HopKeys>,
+    control_rx: Option<mpsc::Receiver<(usize, RelayMsg)>>,
+}
+
+async fn build_inner(pool: &ChannelPool, path: &[&ConsensusRelay], progress: &AtomicUsize, flow: FlowParams) -> Result<Built, CircError> {
     let first = path[0];
     let chan = pool.get(&PeerInfo { addr: first.address, identity: first.identity, link_key: first.link_key }).await?;
     let (id, rx) = chan.open_circuit().map_err(|_| CircError::Closed)?;
-    let mut c = Circuit { chan, id, rx, crypto: ClientCrypto::new(), asm: Vec::new(), flow };
+    let (control_tx, control_rx) = mpsc::channel(CONTROL_QUEUE);
+    let mut c = Circuit { chan, id, rx, crypto: ClientCrypto::new(), asm: Vec::new(), flow, last_keys: None, control_tx, virtual_hop: false };
     let r = c.build_hops(path, progress).await;
     if r.is_err() {
         c.chan.close_circuit(c.id);
         let _ = c.chan.try_send(Cell::destroy(c.id, DestroyReason::Requested));
     }
-    r.map(|_| c)
+    r.map(|_| Built { last_keys: c.last_keys.take(), circ: c, control_rx: Some(control_rx) })
 }
 
 impl Circuit {
@@ -212,6 +280,7 @@ impl Circuit {
         let reply = self.read_created().await?;
         let (keys, _ext) = state.finish(&reply).map_err(|e| CircError::Protocol(e.to_string()))?;
         self.crypto.add_hop(&keys);
+        self.last_keys = Some(keys);
         progress.fetch_add(1, Ordering::Relaxed);
         self.asm.push(MsgAssembler::default());
         for hop in &path[1..] {
@@ -229,6 +298,7 @@ impl Circuit {
             };
             let (keys, _ext) = state.finish(&reply).map_err(|e| CircError::Protocol(e.to_string()))?;
             self.crypto.add_hop(&keys);
+            self.last_keys = Some(keys);
             progress.fetch_add(1, Ordering::Relaxed);
         progress.fetch_add(1, Ordering::Relaxed);
             self.asm.push(MsgAssembler::default());
@@ -300,7 +370,6 @@ impl Circuit {
         let mut mux = StreamMux::new(self.flow);
         let mut pending: std::collections::HashMap<u16, Pending> = Default::default();
         let mut resolves: std::collections::HashMap<u16, ResolveRequest> = Default::default();
-        let last = self.crypto.n_hops() - 1;
         let mut open = true;
         let result: Result<(), CircError> = loop {
             if !open && mux.is_empty() && pending.is_empty() && resolves.is_empty() {
@@ -312,8 +381,11 @@ impl Circuit {
                     Some(c) => match self.receive(c) {
                         Err(e) => Err(e),
                         Ok(None) => Ok(()),
+                        Ok(Some((hop, 0, msg))) if self.is_control(hop, &msg) => {
+                            self.control_tx.try_send((hop, msg)).map_err(|_| CircError::Protocol("circuit-level messages not read".into()))
+                        }
                         Ok(Some((hop, sid, RelayMsg::Resolved { result, .. }))) => {
-                            if hop != last {
+                            if hop != self.crypto.n_hops() - 1 {
                                 Err(CircError::Protocol("RESOLVED from a middle hop".into()))
                             } else if let Some(req) = resolves.remove(&sid) {
                                 let _ = req.done.send(result);
@@ -322,7 +394,7 @@ impl Circuit {
                                 Err(CircError::Protocol("RESOLVED for no pending RESOLVE".into()))
                             }
                         }
-                        Ok(Some((hop, sid, msg))) => self.on_msg(hop == last, sid, msg, &mut mux, &mut pending).await,
+                        Ok(Some((hop, sid, msg))) => { let last = self.crypto.n_hops() - 1; self.on_msg(hop == last, sid, msg, &mut mux, &mut pending).await }
                     },
                 },
                 req = begins.recv(), if open => match req {
@@ -334,6 +406,19 @@ impl Circuit {
                     }
                     Some(CircRequest::BeginDir(done)) => self.begin(RelayMsg::BeginDir { ext: Extensions::none() }, Pending::Dir(done), &mut mux, &mut pending).await,
                     Some(CircRequest::Resolve(req)) => self.resolve(req, &mut mux, &mut resolves).await,
+                    Some(CircRequest::Control(msg, done)) => {
+                        let last = self.crypto.n_hops() - 1;
+                        let r = self.send(last, 0, &msg).await;
+                        let _ = done.send(r.as_ref().map(|_| ()).map_err(|e| e.to_string()));
+                        r
+                    }
+                    Some(CircRequest::AddVirtualHop(keys, done)) => {
+                        self.crypto.add_hop(&keys);
+                        self.asm.push(MsgAssembler::default());
+                        self.virtual_hop = true;
+                        let _ = done.send(());
+                        Ok(())
+                    }
                 },
                 ev = mux.next_event() => {
                     let out = mux.handle_event(ev);
@@ -359,6 +444,17 @@ impl Circuit {
         }
         for (_, req) in resolves {
             let _ = req.done.send(Err(EndReason::Destroy));
+        }
+    }
+
+    /// Whether a stream-0 message from `hop` goes to the control queue.
+    fn is_control(&self, hop: usize, msg: &RelayMsg) -> bool {
+        let last = self.crypto.n_hops() - 1;
+        match msg {
+            RelayMsg::IntroEstablished { .. } | RelayMsg::Introduce2(_) | RelayMsg::IntroduceAck { .. } | RelayMsg::RendezvousEstablished { .. } | RelayMsg::Rendezvous2 { .. } => true,
+            // Circuit-level data across a rendezvous join (from the far end only).
+            RelayMsg::Data(_) => self.virtual_hop && hop == last,
+            _ => false,
         }
     }
 

@@ -22,6 +22,10 @@ use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
+use allium_proto::crypto::kdf::HopKeys;
+use allium_proto::relay_msg::introduce_status;
+
+use crate::hs_points::{CircKey, HsEvent};
 use crate::RelayCtx;
 
 /// Why the circuit ends. A DESTROY from one side is passed to the other side only; a local
@@ -56,11 +60,31 @@ pub(crate) struct RelayCircuit {
     pub prev_id: u32,
     pub prev_rx: mpsc::Receiver<Cell>,
     pub crypto: RelayCrypto,
+    /// This hop's keys (ESTABLISH_INTRO is signed over a binding of them).
+    pub hop_keys: HopKeys,
     /// Hops that may still be added after this one.
     pub hop_budget: u8,
     /// The windows and increments the client chose in its CREATE (used if streams end here).
     pub flow: allium_proto::flow::FlowParams,
     pub started: Instant,
+}
+
+/// What this circuit is to the onion-service tables (docs/PROTOCOL.md, "Onion services").
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum HsRole {
+    /// A service's introduction circuit (sent ESTABLISH_INTRO).
+    Intro,
+    /// A client's circuit to an introduction point (sent INTRODUCE1).
+    Introducing,
+    /// A rendezvous circuit (sent ESTABLISH_RENDEZVOUS or RENDEZVOUS1).
+    Rend,
+}
+
+/// This circuit's name in [`crate::hs_points::HsPoints`] and where other circuits reach it.
+struct Hs {
+    key: CircKey,
+    tx: mpsc::Sender<HsEvent>,
+    role: Option<HsRole>,
 }
 
 struct Next {
@@ -87,11 +111,13 @@ impl RelayCircuit {
         let (resolve_tx, mut resolve_rx) = mpsc::channel::<ResolveResult>(MAX_RESOLVES_IN_FLIGHT);
         let mut resolves = Resolves { tx: resolve_tx, in_flight: Default::default() };
         let mut forwarded: u64 = 0;
+        let (key, tx, mut hs_rx) = self.ctx.hs.new_circuit();
+        let mut hs = Hs { key, tx, role: None };
         let Close(reason, side) = loop {
             let step = tokio::select! {
                 c = self.prev_rx.recv() => match c {
                     None => Err(Close(DestroyReason::ChannelClosed, Side::Prev)),
-                    Some(c) => self.on_prev_cell(c, &mut next, &mut extending, &mut mux, &mut asm, &exit_tx, &mut resolves, &mut forwarded).await,
+                    Some(c) => self.on_prev_cell(c, &mut next, &mut extending, &mut mux, &mut asm, &exit_tx, &mut resolves, &mut forwarded, &mut hs).await,
                 },
                 c = recv_next(&mut next) => match c {
                     None => Err(Close(DestroyReason::ChannelClosed, Side::Next)),
@@ -110,6 +136,7 @@ impl RelayCircuit {
                     }
                     Err(reason) => { let out = mux.close(id, reason); self.send_all(out).await }
                 },
+                Some(ev) = hs_rx.recv() => self.on_hs_event(ev).await,
                 Some((id, result)) = resolve_rx.recv() => {
                     // The stream id is free again once RESOLVED is sent.
                     resolves.in_flight.remove(&id);
@@ -121,6 +148,8 @@ impl RelayCircuit {
             }
         };
         tracing::debug!("circuit closing: {reason:?}");
+        // Forget it as an introduction or rendezvous circuit; a joined peer is destroyed too.
+        self.ctx.hs.circuit_closed(hs.key, reason);
         if side != Side::Prev {
             let _ = self.prev.try_send(Cell::destroy(self.prev_id, reason));
         }
@@ -147,6 +176,7 @@ impl RelayCircuit {
         exit_tx: &mpsc::Sender<ExitResult>,
         resolves: &mut Resolves,
         forwarded: &mut u64,
+        hs: &mut Hs,
     ) -> Result<(), Close> {
         match cell.cmd {
             CellCmd::Relay => {}
@@ -162,6 +192,19 @@ impl RelayCircuit {
                     cell.circ_id = n.id;
                     n.chan.send(cell).await.map_err(|_| Close(DestroyReason::ChannelClosed, Side::Local))
                 }
+                // A joined rendezvous circuit: the cell is for the other end. It goes backward on
+                // the joined circuit, which adds its own Kb_layer (PROTOCOL, "Rendezvous").
+                None if extending.is_none() && hs.role == Some(HsRole::Rend) => {
+                    let peer = self.ctx.hs.rend.lock().unwrap_or_else(|e| e.into_inner()).peer(&hs.key);
+                    match peer {
+                        Some(p) if self.ctx.hs.deliver(p, HsEvent::Cell(Box::new(cell.payload))) => Ok(()),
+                        Some(_) => Err(Close(DestroyReason::ResourceLimit, Side::Local)),
+                        None => {
+                            tracing::info!("a relay cell failed authentication at an unjoined rendezvous point: destroying the circuit");
+                            Err(Close(DestroyReason::Protocol, Side::Local))
+                        }
+                    }
+                }
                 // The last hop (or one still extending) got a cell nobody can authenticate:
                 // it was altered on the way. Never forward or deliver it.
                 _ => {
@@ -176,6 +219,13 @@ impl RelayCircuit {
                     tracing::debug!("bad relay message from client: {e}");
                     Close(DestroyReason::Protocol, Side::Local)
                 })?;
+                if is_hs_msg(&msg) {
+                    // Onion-service messages: stream 0, at the last hop only.
+                    if hdr.stream_id != 0 || next.is_some() || extending.is_some() {
+                        return Err(Close(DestroyReason::Protocol, Side::Local));
+                    }
+                    return self.handle_hs_msg(msg, hs).await;
+                }
                 self.handle_msg(hdr.stream_id, msg, next, extending, mux, exit_tx, resolves).await
             }
         }
@@ -254,6 +304,92 @@ impl RelayCircuit {
                 self.send_all(out).await
             }
             _ => Err(Close(DestroyReason::Protocol, Side::Local)),
+        }
+    }
+
+    /// ESTABLISH_INTRO, INTRODUCE1, ESTABLISH_RENDEZVOUS or RENDEZVOUS1 at the last hop.
+    async fn handle_hs_msg(&mut self, msg: RelayMsg, hs: &mut Hs) -> Result<(), Close> {
+        let protocol = || Close(DestroyReason::Protocol, Side::Local);
+        let role = match msg {
+            RelayMsg::EstablishIntro { .. } => HsRole::Intro,
+            RelayMsg::Introduce1(_) => HsRole::Introducing,
+            _ => HsRole::Rend,
+        };
+        // One role per circuit; the tables refuse a second message of the same role.
+        if hs.role.is_some_and(|r| r != role) {
+            return Err(protocol());
+        }
+        hs.role = Some(role);
+        let points = self.ctx.hs.clone();
+        let now = allium_net::keys::unix_now();
+        match msg {
+            m @ RelayMsg::EstablishIntro { .. } => {
+                let r = points.intro.lock().unwrap_or_else(|e| e.into_inner()).establish(hs.key, &m, &self.hop_keys);
+                let (reply, _old) = r.map_err(|e| {
+                    tracing::debug!("ESTABLISH_INTRO refused: {e}");
+                    match e {
+                        allium_proto::hs::intro_point::IntroPointError::Full => Close(DestroyReason::ResourceLimit, Side::Local),
+                        _ => protocol(),
+                    }
+                })?;
+                points.register(hs.key, &hs.tx);
+                self.send_back(0, &reply).await
+            }
+            RelayMsg::Introduce1(body) => {
+                let r = points.intro.lock().unwrap_or_else(|e| e.into_inner()).introduce1(hs.key, &body);
+                let action = r.map_err(|e| {
+                    tracing::debug!("INTRODUCE1 refused: {e}");
+                    protocol()
+                })?;
+                let mut ack = action.ack;
+                if let Some((svc, intro2)) = action.forward {
+                    if !points.deliver(svc, HsEvent::Originate(intro2)) {
+                        ack = RelayMsg::IntroduceAck { status: introduce_status::CANNOT_RELAY, ext: Default::default() };
+                    }
+                }
+                self.send_back(0, &ack).await
+            }
+            RelayMsg::EstablishRendezvous { cookie, .. } => {
+                // Reachable before it is filed, so that an expiry can destroy it.
+                points.register(hs.key, &hs.tx);
+                let r = points.rend.lock().unwrap_or_else(|e| e.into_inner()).establish(hs.key, &cookie, now);
+                let reply = r.map_err(|e| {
+                    tracing::debug!("ESTABLISH_RENDEZVOUS refused: {e}");
+                    match e {
+                        allium_proto::hs::rend_point::RendPointError::Full => Close(DestroyReason::ResourceLimit, Side::Local),
+                        _ => protocol(),
+                    }
+                })?;
+                self.send_back(0, &reply).await
+            }
+            RelayMsg::Rendezvous1 { cookie, hdata, .. } => {
+                // Reachable before the join, so that the client's cells and DESTROY find it.
+                points.register(hs.key, &hs.tx);
+                let r = points.rend.lock().unwrap_or_else(|e| e.into_inner()).rendezvous1(hs.key, &cookie, &hdata, now);
+                let (client, rend2) = r.map_err(|e| {
+                    tracing::debug!("RENDEZVOUS1 refused: {e}");
+                    protocol()
+                })?;
+                if points.deliver(client, HsEvent::Originate(rend2)) {
+                    Ok(())
+                } else {
+                    Err(Close(DestroyReason::ResourceLimit, Side::Local))
+                }
+            }
+            _ => Err(protocol()),
+        }
+    }
+
+    /// Something another circuit task handed to this one.
+    async fn on_hs_event(&mut self, ev: HsEvent) -> Result<(), Close> {
+        match ev {
+            HsEvent::Originate(msg) => self.send_back(0, &msg).await,
+            HsEvent::Cell(mut body) => {
+                self.crypto.forward_inbound(&mut body).map_err(|_| Close(DestroyReason::ResourceLimit, Side::Local))?;
+                self.prev.send(Cell { circ_id: self.prev_id, cmd: CellCmd::Relay, payload: *body }).await.map_err(|_| Close(DestroyReason::ChannelClosed, Side::Local))
+            }
+            // Told to both sides of this circuit, as a local decision.
+            HsEvent::Destroy(reason) => Err(Close(reason, Side::Local)),
         }
     }
 
@@ -362,6 +498,11 @@ impl RelayCircuit {
             }
         }
     }
+}
+
+/// The onion-service messages a relay takes (commands 20, 22, 25, 27).
+fn is_hs_msg(m: &RelayMsg) -> bool {
+    matches!(m, RelayMsg::EstablishIntro { .. } | RelayMsg::Introduce1(_) | RelayMsg::EstablishRendezvous { .. } | RelayMsg::Rendezvous1 { .. })
 }
 
 fn now_ms(since: Instant) -> u64 {

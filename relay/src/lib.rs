@@ -5,6 +5,7 @@
 //! - [`config`]: the relay's TOML config.
 //! - [`circuit`]: one circuit's owner task (crypto, forwarding, extending, exit streams).
 //! - [`exit`]: resolving, exit-policy decisions and connecting for BEGIN.
+//! - [`hs_points`]: this relay as an introduction and rendezvous point (shared tables).
 //! - [`dir_cache`]: the consensus this relay keeps and serves on directory streams (BEGIN_DIR).
 //! - [`observed`]: the bandwidth the relay has carried, which its descriptor reports.
 //! - [`publish`]: building the signed descriptor and uploading it to every authority.
@@ -20,6 +21,7 @@ pub mod circuit;
 pub mod config;
 pub mod dir_cache;
 pub mod exit;
+pub mod hs_points;
 pub mod observed;
 pub mod publish;
 pub mod rotation;
@@ -34,6 +36,7 @@ use allium_net::link::{self, RelayCredentials};
 use allium_net::pool::ChannelPool;
 use allium_proto::cell::{self, Cell, DestroyReason, MAX_HOP_BUDGET};
 use allium_proto::crypto::cell_crypto::RelayCrypto;
+use allium_proto::crypto::kdf::HopKeys;
 use allium_proto::crypto::ntor::{self, OnionKeyPair, HTYPE_NTOR};
 use allium_proto::ext::Extensions;
 use allium_proto::flow::{FlowParams, EXT_FLOW_PARAMS};
@@ -63,6 +66,8 @@ pub struct RelayCtx {
     /// The consensus served to clients on directory streams.
     pub dir: Arc<dir_cache::DirCache>,
     pub testnet: bool,
+    /// Introduction and rendezvous circuits.
+    pub hs: Arc<hs_points::HsPoints>,
     #[cfg(feature = "test-hooks")]
     pub corrupt_after: Option<u64>,
     /// Test hook: drop every CREATE and every cell of the circuit (never answer).
@@ -98,6 +103,7 @@ impl InertRelay {
             pool: ChannelPool::new(cfg.node.address, Some(creds)),
             exit: exit::ExitRules { policy, resolver: cfg.exit.resolver, testnet: cfg.network.dangerous_testnet, bind_ip: cfg.node.address },
             testnet: cfg.network.dangerous_testnet,
+            hs: Default::default(),
             #[cfg(feature = "test-hooks")]
             corrupt_after: cfg.relay.dangerous_test_corrupt_after,
             #[cfg(feature = "test-hooks")]
@@ -123,6 +129,7 @@ impl InertRelay {
         tasks.spawn(publish::publish_loop(self.cfg.clone(), ctx.clone()));
         tasks.spawn(publish::consensus_watch(self.cfg.clone(), ctx.clone()));
         tasks.spawn(observe_loop(ctx.clone()));
+        tasks.spawn(hs_points::expire_loop(ctx.hs.clone()));
         tasks.spawn(rotation::rotation_loop(ctx.clone(), self.cfg.node.data_dir.clone(), self.cfg.onion_rotation()?));
         match tasks.join_next().await {
             Some(Ok(Err(e))) => Err(e),
@@ -199,14 +206,14 @@ impl CreateHandler for Creates {
                     return;
                 }
             };
-            let (crypto, hop_budget, flow) = keys;
-            circuit::RelayCircuit { ctx, prev: chan, prev_id: id, prev_rx: rx, crypto, hop_budget, flow, started }.run().await;
+            let (crypto, hop_keys, hop_budget, flow) = keys;
+            circuit::RelayCircuit { ctx, prev: chan, prev_id: id, prev_rx: rx, crypto, hop_keys, hop_budget, flow, started }.run().await;
         });
     }
 }
 
 /// Answers a CREATE: reassembles it, runs the server side of ntor, sends CREATED.
-async fn create(ctx: &RelayCtx, chan: &Channel, first: &Cell, rx: &mut tokio::sync::mpsc::Receiver<Cell>) -> Result<(RelayCrypto, u8, FlowParams), DestroyReason> {
+async fn create(ctx: &RelayCtx, chan: &Channel, first: &Cell, rx: &mut tokio::sync::mpsc::Receiver<Cell>) -> Result<(RelayCrypto, HopKeys, u8, FlowParams), DestroyReason> {
     let (hdr, msg) = circuit::read_create(first, rx).await?;
     if hdr.htype != HTYPE_NTOR {
         return Err(DestroyReason::Protocol);
@@ -234,5 +241,5 @@ async fn create(ctx: &RelayCtx, chan: &Channel, first: &Cell, rx: &mut tokio::sy
     }
     // A client's link gets the full budget; a relay passes on what it was granted, minus one.
     let budget = if chan.peer.is_none() { MAX_HOP_BUDGET } else { hdr.hop_budget.min(MAX_HOP_BUDGET) };
-    Ok((RelayCrypto::new(&out.keys), budget, flow))
+    Ok((RelayCrypto::new(&out.keys), out.keys, budget, flow))
 }
