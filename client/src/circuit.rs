@@ -300,7 +300,6 @@ impl Circuit {
             self.crypto.add_hop(&keys);
             self.last_keys = Some(keys);
             progress.fetch_add(1, Ordering::Relaxed);
-        progress.fetch_add(1, Ordering::Relaxed);
             self.asm.push(MsgAssembler::default());
         }
         Ok(())
