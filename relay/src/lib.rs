@@ -20,6 +20,7 @@ pub mod circuit;
 pub mod config;
 pub mod dir_cache;
 pub mod exit;
+pub mod hsdir;
 pub mod observed;
 pub mod publish;
 pub mod rotation;
@@ -94,7 +95,7 @@ impl InertRelay {
         let saved = allium_directory::ConsensusCache::load(&cfg.node.data_dir, &authorities, cfg.network.dangerous_testnet, unix_now());
         let ctx = RelayCtx {
             id: keys.relay_id(),
-            dir: Arc::new(dir_cache::DirCache::new(saved)),
+            dir: Arc::new(dir_cache::DirCache::with_identity(saved, keys.relay_id())),
             pool: ChannelPool::new(cfg.node.address, Some(creds)),
             exit: exit::ExitRules { policy, resolver: cfg.exit.resolver, testnet: cfg.network.dangerous_testnet, bind_ip: cfg.node.address },
             testnet: cfg.network.dangerous_testnet,
