@@ -21,6 +21,7 @@ pub mod config;
 pub mod dir_fetch;
 pub mod http_proxy;
 pub mod guard;
+pub mod hs_dir;
 pub mod path;
 pub mod socks;
 pub mod timeout;
