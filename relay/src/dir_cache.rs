@@ -200,4 +200,57 @@ mod tests {
         assert_eq!(parse_response(&ask("/nothing", true), 1000).unwrap().status, 404);
         std::fs::remove_dir_all(&dir).unwrap();
     }
+
+    /// The HSDir paths are served only while the live consensus flags this relay HSDir.
+    #[tokio::test]
+    async fn hsdir_paths_follow_the_flag() {
+        use allium_proto::dir_stream::{encode_post, MAX_POST_BODY_LEN};
+        use allium_proto::doc::{AuthoritySigner, Consensus, ConsensusRelay, Lifetime, Microdesc};
+        use allium_proto::hs::{BlindedKey, HsDescriptor, TimePeriod};
+        use ed25519_dalek::SigningKey;
+        let now = unix_now();
+        let id_key = SigningKey::from_bytes(&[1; 32]);
+        let ids = vec![RelayId(id_key.verifying_key().to_bytes())];
+        let mut flagged = ConsensusRelay::synthetic(1);
+        flagged.flags = flagged.flags | RelayFlags::HSDIR;
+        let relays = vec![flagged, ConsensusRelay::synthetic(2)];
+        let mut c = Consensus::new(Lifetime::new(now - 5, now + 10, now + 30).unwrap(), ids.clone(), relays.clone());
+        c.add_signature(c.sign(&AuthoritySigner::certify(&id_key, SigningKey::from_bytes(&[2; 32]), now - 100, now + 100)));
+        let p = TimePeriod::at(now, allium_proto::hs::period::DEFAULT_PERIOD_SECS);
+        let key = BlindedKey::derive(&SigningKey::from_bytes(&[7; 32]), p);
+        let text = HsDescriptor { blinded_key: key.public(), period: p, revision: 1, lifetime_secs: 600, encrypted: vec![7; 64] }.encode_signed(&key);
+        let get = format!("{}/{}", crate::hsdir::HS_DESCRIPTOR_PATH, hex::encode(key.public()));
+        for (n, relay) in relays.iter().enumerate() {
+            let dir = std::env::temp_dir().join(format!("allium-dircache-hsdir-{}-{n}", std::process::id()));
+            std::fs::create_dir_all(&dir).unwrap();
+            let cache = Arc::new(DirCache::with_identity(ConsensusCache::new(&dir, true), relay.identity));
+            let mut nd = NetDir::from_text(&c.encode(), &ids, now).unwrap();
+            let mds: String = relays.iter().map(|r| Microdesc::of_relay(r).encode()).collect();
+            nd.add_microdescs(&mds);
+            cache.store(nd);
+            let exchange = |req: Vec<u8>| {
+                let cache = cache.clone();
+                async move {
+                    let (mut ours, theirs) = tokio::io::duplex(PIPE_BUFFER);
+                    tokio::spawn(serve(theirs, cache));
+                    ours.write_all(&req).await.unwrap();
+                    let mut out = Vec::new();
+                    ours.read_to_end(&mut out).await.unwrap();
+                    parse_response(&out, 1 << 20).unwrap()
+                }
+            };
+            let up = exchange(encode_post(crate::hsdir::HS_DESCRIPTOR_PATH, text.as_bytes())).await;
+            let down = exchange(encode_request(&get)).await;
+            if n == 0 {
+                assert_eq!((up.status, up.body.as_slice()), (200, &b"stored\n"[..]));
+                assert_eq!((down.status, down.body), (200, text.clone().into_bytes()));
+                let big = format!("POST {} HTTP/1.0\r\nContent-Length: {}\r\n\r\n", crate::hsdir::HS_DESCRIPTOR_PATH, MAX_POST_BODY_LEN + 1);
+                assert_eq!(exchange(big.into_bytes()).await.status, 400);
+            } else {
+                assert_eq!((up.status, up.body.as_slice()), (404, &b"not an HSDir\n"[..]));
+                assert_eq!(down.status, 404);
+            }
+            std::fs::remove_dir_all(&dir).unwrap();
+        }
+    }
 }
