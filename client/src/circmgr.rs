@@ -234,6 +234,16 @@ impl CircMgr {
     /// Builds a circuit: guard from the guard set, path by weight, learned timeout; up to
     /// [`BUILD_ATTEMPTS`] paths.
     async fn build(&self, dir: &NetDir, need: ExitNeed, avoid_exits: &[RelayId]) -> Result<Entry, GetError> {
+        self.build_path(dir, need, avoid_exits, None).await
+    }
+
+    /// A fresh 3-hop circuit (never shared) whose last hop is `last`: guard from the guard set,
+    /// middle by weight, as [`CircMgr::get`] builds (same retries and timeouts).
+    pub async fn to_relay(&self, dir: &NetDir, last: &ConsensusRelay) -> Result<CircHandle, GetError> {
+        Ok(self.build_path(dir, ExitNeed::Port(0), &[], Some(last)).await?.circ)
+    }
+
+    async fn build_path(&self, dir: &NetDir, need: ExitNeed, avoid_exits: &[RelayId], last_hop: Option<&ConsensusRelay>) -> Result<Entry, GetError> {
         let cands = candidates(dir);
         let mut last: Option<CircError> = None;
         let mut attempt = 0;
@@ -267,7 +277,10 @@ impl CircMgr {
                 }
             };
             let live: Vec<_> = cands.iter().filter(|c| !silent_hops.contains(c.id())).cloned().collect();
-            let path = choose_path(&live, &usable, need, avoid_exits, &mut rand::thread_rng())?;
+            let path = match last_hop {
+                None => choose_path(&live, &usable, need, avoid_exits, &mut rand::thread_rng())?,
+                Some(last) => crate::path::choose_path_to(&live, &usable, last, &mut rand::thread_rng())?,
+            };
             let g = path[0];
             self.guards.lock().expect("guards").on_attempt(&g.identity, now_ms());
             attempt += 1;

@@ -24,6 +24,7 @@ pub mod dir_fetch;
 pub mod http_proxy;
 pub mod onion_service;
 pub mod guard;
+pub mod hs_dir;
 pub mod path;
 pub mod socks;
 pub mod timeout;

@@ -184,6 +184,30 @@ pub fn choose_path<'a, R: Rng + ?Sized>(
     Err(PathError::TooFewRelays)
 }
 
+/// Chooses guard and middle for a circuit whose last hop is `last` (an HSDir, an introduction or
+/// rendezvous point): the first of `guards` (the client's usable guards, in order) that is not
+/// `last` and is compatible with it, then a middle by middle weight compatible with both.
+pub fn choose_path_to<'a, R: Rng + ?Sized>(
+    cands: &[Candidate<'a>],
+    guards: &[RelayId],
+    last: &'a ConsensusRelay,
+    rng: &mut R,
+) -> Result<[&'a ConsensusRelay; 3], PathError> {
+    let mut listed = false;
+    for id in guards {
+        let Some(g) = cands.iter().find(|c| c.id() == id) else { continue };
+        listed = true;
+        if g.relay.identity == last.identity || !compatible(g.relay, last) {
+            continue;
+        }
+        let ok = |c: &Candidate<'_>| c.relay.identity != last.identity && compatible(c.relay, g.relay) && compatible(c.relay, last);
+        if let Some(m) = pick(cands, Position::Middle, rng, ok) {
+            return Ok([g.relay, m.relay, last]);
+        }
+    }
+    Err(if listed { PathError::TooFewRelays } else { PathError::NoGuard })
+}
+
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
@@ -230,6 +254,26 @@ pub(crate) mod tests {
         assert_eq!(choose_path(&cands, &[], ExitNeed::Port(443), &[], &mut rng).unwrap_err(), PathError::NoExit);
         let two = candidates_from_relays(&relays[3..5]);
         assert_eq!(choose_path(&two, &[], ExitNeed::Port(80), &[], &mut rng).unwrap_err(), PathError::TooFewRelays);
+    }
+
+    #[test]
+    fn path_to_a_chosen_last_hop() {
+        let relays: Vec<_> = (1..=6).map(|i| relay(i, false)).collect();
+        let cands = candidates_from_relays(&relays);
+        let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+        let guards = [relays[0].identity, relays[1].identity];
+        for _ in 0..200 {
+            let p = choose_path_to(&cands, &guards, &relays[5], &mut rng).unwrap();
+            assert!(path_ok(&p));
+            assert_eq!((p[0].identity, p[2].identity), (relays[0].identity, relays[5].identity));
+        }
+        // The first guard is the last hop itself: the next guard is used.
+        let p = choose_path_to(&cands, &guards, &relays[0], &mut rng).unwrap();
+        assert!(path_ok(&p));
+        assert_eq!(p[0].identity, relays[1].identity);
+        assert_eq!(choose_path_to(&cands, &[RelayId([99; 32])], &relays[5], &mut rng).unwrap_err(), PathError::NoGuard);
+        let two = candidates_from_relays(&relays[..2]);
+        assert_eq!(choose_path_to(&two, &guards, &relays[1], &mut rng).unwrap_err(), PathError::TooFewRelays);
     }
 
     #[test]

@@ -1,8 +1,10 @@
 //! What travels on a directory stream (BEGIN_DIR): one HTTP/1.0 request, one response, then END.
 //!
 //! The request is `GET <path> HTTP/1.0` and optional header lines, ended by an empty line (CRLF
-//! line ends), at most [`MAX_REQUEST_LEN`] bytes; of the headers only `Accept-Encoding` is read
-//! (a `deflate` token lets the server compress). The response is `HTTP/1.0 <code> <reason>`,
+//! line ends), at most [`MAX_REQUEST_LEN`] bytes; of the headers only `Accept-Encoding` (a
+//! `deflate` token lets the server compress) and `Content-Length` are read. A `POST <path>
+//! HTTP/1.0` request (an upload) must carry `Content-Length` (at most [`MAX_POST_BODY_LEN`]) and
+//! is complete once that many body bytes followed the empty line. The response is `HTTP/1.0 <code> <reason>`,
 //! headers, an empty line and exactly `Content-Length` bytes of body, compressed (zlib, RFC 1950)
 //! when it carries `Content-Encoding: deflate`; the serving relay then closes the stream. Both
 //! parsers are total: any input gives a value or an error, never a panic, and decompression is
@@ -10,6 +12,10 @@
 
 /// Most bytes a request may take, headers included.
 pub const MAX_REQUEST_LEN: usize = 2048;
+/// Most bytes of a POST body (the largest onion-service descriptor).
+pub const MAX_POST_BODY_LEN: usize = 32 * 1024;
+/// Most bytes a whole request may take (head and POST body).
+pub const MAX_REQUEST_TOTAL: usize = MAX_REQUEST_LEN + MAX_POST_BODY_LEN;
 /// Most bytes a response's status line and headers may take.
 pub const MAX_RESPONSE_HEAD_LEN: usize = 8192;
 /// A compressed body may inflate at most this many times over (beyond the first 64 KiB).
@@ -23,6 +29,8 @@ pub enum DirStreamError {
     RequestTooLong,
     #[error("malformed request: {0}")]
     BadRequest(&'static str),
+    #[error("request body longer than {MAX_POST_BODY_LEN} bytes")]
+    BodyTooLong,
     #[error("malformed response: {0}")]
     BadResponse(&'static str),
     #[error("response body larger than {0} bytes")]
@@ -36,16 +44,41 @@ pub fn encode_request(path: &str) -> Vec<u8> {
     format!("GET {path} HTTP/1.0\r\nAccept-Encoding: deflate\r\n\r\n").into_bytes()
 }
 
+/// An upload of `body` to `path` (which starts with `/`).
+pub fn encode_post(path: &str, body: &[u8]) -> Vec<u8> {
+    let mut out = format!("POST {path} HTTP/1.0\r\nContent-Length: {}\r\n\r\n", body.len()).into_bytes();
+    out.extend_from_slice(body);
+    out
+}
+
+/// The method of a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Method {
+    Get,
+    Post,
+}
+
 /// A parsed request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DirRequest {
+    pub method: Method,
     pub path: String,
     /// The client accepts `Content-Encoding: deflate`.
     pub deflate: bool,
+    /// The body of a POST (empty for GET).
+    pub body: Vec<u8>,
+}
+
+impl DirRequest {
+    /// A GET of `path`.
+    pub fn get(path: &str, deflate: bool) -> Self {
+        DirRequest { method: Method::Get, path: path.to_string(), deflate, body: Vec::new() }
+    }
 }
 
 /// Parses the start of a directory stream: `Ok(None)` while the request is incomplete, the
-/// request once the empty line has arrived.
+/// request once the empty line (and, for POST, the whole body) has arrived. Bytes after the
+/// request are refused.
 pub fn parse_request(buf: &[u8]) -> Result<Option<DirRequest>, DirStreamError> {
     let Some(end) = find(buf, b"\r\n\r\n") else {
         return if buf.len() >= MAX_REQUEST_LEN { Err(DirStreamError::RequestTooLong) } else { Ok(None) };
@@ -56,23 +89,58 @@ pub fn parse_request(buf: &[u8]) -> Result<Option<DirRequest>, DirStreamError> {
     let head = std::str::from_utf8(&buf[..end]).map_err(|_| DirStreamError::BadRequest("not ASCII"))?;
     let mut head_lines = head.split("\r\n");
     let line = head_lines.next().unwrap_or("");
-    let deflate = head_lines.filter_map(|l| l.split_once(':')).any(|(name, value)| {
+    let headers: Vec<(&str, &str)> = head_lines.filter_map(|l| l.split_once(':')).collect();
+    let deflate = headers.iter().any(|(name, value)| {
         name.trim().eq_ignore_ascii_case("accept-encoding") && value.split(',').any(|t| t.split(';').next().unwrap_or("").trim().eq_ignore_ascii_case("deflate"))
     });
     let mut parts = line.split(' ');
     let (Some(method), Some(path), Some(version), None) = (parts.next(), parts.next(), parts.next(), parts.next()) else {
         return Err(DirStreamError::BadRequest("request line is not METHOD PATH VERSION"));
     };
-    if method != "GET" {
-        return Err(DirStreamError::BadRequest("only GET is served"));
-    }
+    let method = match method {
+        "GET" => Method::Get,
+        "POST" => Method::Post,
+        _ => return Err(DirStreamError::BadRequest("only GET and POST are served")),
+    };
     if version != "HTTP/1.0" && version != "HTTP/1.1" {
         return Err(DirStreamError::BadRequest("unknown HTTP version"));
     }
     if !path.starts_with('/') || !path.bytes().all(|c| c.is_ascii_graphic()) {
         return Err(DirStreamError::BadRequest("bad path"));
     }
-    Ok(Some(DirRequest { path: path.to_string(), deflate }))
+    let mut length = None;
+    for (name, value) in &headers {
+        if name.trim().eq_ignore_ascii_case("content-length") {
+            let v = value.trim();
+            if length.is_some() || v.is_empty() || v.len() > 12 || !v.bytes().all(|c| c.is_ascii_digit()) {
+                return Err(DirStreamError::BadRequest("bad Content-Length"));
+            }
+            length = Some(v.parse::<usize>().map_err(|_| DirStreamError::BadRequest("bad Content-Length"))?);
+        }
+    }
+    let rest = &buf[end + 4..];
+    let body = match method {
+        Method::Get => {
+            if length.is_some_and(|n| n > 0) || !rest.is_empty() {
+                return Err(DirStreamError::BadRequest("GET with a body"));
+            }
+            Vec::new()
+        }
+        Method::Post => {
+            let n = length.ok_or(DirStreamError::BadRequest("POST without Content-Length"))?;
+            if n > MAX_POST_BODY_LEN {
+                return Err(DirStreamError::BodyTooLong);
+            }
+            if rest.len() < n {
+                return Ok(None);
+            }
+            if rest.len() > n {
+                return Err(DirStreamError::BadRequest("bytes after the body"));
+            }
+            rest.to_vec()
+        }
+    };
+    Ok(Some(DirRequest { method, path: path.to_string(), deflate, body }))
 }
 
 /// A response with `status` (200, 400, 404, 503) and `body`.
@@ -186,10 +254,10 @@ mod tests {
     fn request_round_trip_and_incomplete() {
         let r = encode_request("/allium/v1/consensus");
         assert_eq!(r, b"GET /allium/v1/consensus HTTP/1.0\r\nAccept-Encoding: deflate\r\n\r\n");
-        assert_eq!(parse_request(&r).unwrap(), Some(DirRequest { path: "/allium/v1/consensus".into(), deflate: true }));
+        assert_eq!(parse_request(&r).unwrap(), Some(DirRequest::get("/allium/v1/consensus", true)));
         assert_eq!(parse_request(&r[..r.len() - 1]).unwrap(), None);
         let with_headers = b"GET /x HTTP/1.1\r\nHost: a\r\nAccept: */*\r\n\r\n";
-        assert_eq!(parse_request(with_headers).unwrap(), Some(DirRequest { path: "/x".into(), deflate: false }));
+        assert_eq!(parse_request(with_headers).unwrap(), Some(DirRequest::get("/x", false)));
         let listed = b"GET /x HTTP/1.1\r\naccept-encoding: gzip, Deflate;q=0.5\r\n\r\n";
         assert!(parse_request(listed).unwrap().unwrap().deflate);
     }
@@ -204,6 +272,31 @@ mod tests {
         long.extend(vec![b'a'; MAX_REQUEST_LEN]);
         long.extend_from_slice(b" HTTP/1.0\r\n\r\n");
         assert_eq!(parse_request(&long), Err(DirStreamError::RequestTooLong));
+    }
+
+    #[test]
+    fn post_requests() {
+        let r = encode_post("/up", b"hello");
+        assert_eq!(r, b"POST /up HTTP/1.0\r\nContent-Length: 5\r\n\r\nhello");
+        let want = DirRequest { method: Method::Post, path: "/up".into(), deflate: false, body: b"hello".to_vec() };
+        assert_eq!(parse_request(&r).unwrap(), Some(want));
+        for cut in 0..r.len() {
+            assert_eq!(parse_request(&r[..cut]).unwrap(), None, "truncated at {cut}");
+        }
+        let mut extra = r.clone();
+        extra.push(b'!');
+        assert!(matches!(parse_request(&extra), Err(DirStreamError::BadRequest(_))), "bytes after the body");
+        assert!(matches!(parse_request(b"POST /up HTTP/1.0\r\n\r\nabc"), Err(DirStreamError::BadRequest(_))), "missing length");
+        assert!(matches!(parse_request(b"POST /up HTTP/1.0\r\nContent-Length: x\r\n\r\n"), Err(DirStreamError::BadRequest(_))));
+        assert!(matches!(parse_request(b"POST /up HTTP/1.0\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\na"), Err(DirStreamError::BadRequest(_))));
+        assert!(matches!(parse_request(b"POST /up HTTP/1.0\r\nContent-Length: 99999999999999\r\n\r\n"), Err(DirStreamError::BadRequest(_))));
+        let big = format!("POST /up HTTP/1.0\r\nContent-Length: {}\r\n\r\n", MAX_POST_BODY_LEN + 1);
+        assert_eq!(parse_request(big.as_bytes()), Err(DirStreamError::BodyTooLong), "refused before the body arrives");
+        let full = encode_post("/up", &vec![b'a'; MAX_POST_BODY_LEN]);
+        assert_eq!(parse_request(&full).unwrap().unwrap().body.len(), MAX_POST_BODY_LEN);
+        assert!(parse_request(b"POST /up HTTP/1.0\r\nContent-Length: 0\r\n\r\n").unwrap().unwrap().body.is_empty());
+        assert!(matches!(parse_request(b"GET /x HTTP/1.0\r\nContent-Length: 2\r\n\r\nab"), Err(DirStreamError::BadRequest(_))), "GET with a body");
+        assert!(matches!(parse_request(b"PUT /x HTTP/1.0\r\n\r\n"), Err(DirStreamError::BadRequest(_))));
     }
 
     #[test]
@@ -253,6 +346,17 @@ mod tests {
         fn parsers_never_panic(data in proptest::collection::vec(any::<u8>(), 0..3000)) {
             let _ = parse_request(&data);
             let _ = parse_response(&data, 1000);
+        }
+
+        #[test]
+        fn posts_round_trip_and_mutations_never_panic(body in proptest::collection::vec(any::<u8>(), 0..2000), pos in any::<usize>(), byte in any::<u8>(), cut in any::<usize>()) {
+            let r = encode_post("/p", &body);
+            prop_assert_eq!(parse_request(&r).unwrap().unwrap().body, body.clone());
+            prop_assert_eq!(parse_request(&r[..cut % r.len()]), Ok(None));
+            let mut m = r.clone();
+            let i = pos % m.len();
+            m[i] = byte;
+            let _ = parse_request(&m);
         }
 
         #[test]

@@ -8,6 +8,9 @@
 //!   held microdescriptors of that consensus (all, or those named; unknown ones left out), 404
 //!   while no live consensus is held.
 //!
+//! - the onion-service descriptor paths of [`crate::hsdir`] (upload and fetch), while the live
+//!   consensus flags this relay HSDir.
+//!
 //! Anything else is 404; a malformed request is 400. A 200 answer is zlib-compressed when the
 //! request accepts `deflate` (the consensus is compressed once per consensus, then reused). The
 //! relay then closes the stream.
@@ -18,7 +21,11 @@ use std::time::Duration;
 use allium_directory::cache::Usability;
 use allium_directory::{ConsensusCache, NetDir};
 use allium_net::keys::unix_now;
-use allium_proto::dir_stream::{compress, encode_compressed_response, encode_response, parse_request, DirRequest, MAX_REQUEST_LEN};
+use allium_proto::dir_stream::{compress, encode_compressed_response, encode_response, parse_request, DirRequest, Method, MAX_REQUEST_TOTAL};
+use allium_proto::doc::RelayFlags;
+use allium_proto::ids::RelayId;
+
+use crate::hsdir::HsDir;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 
 /// The path of the consensus on a directory stream (the same as on an authority).
@@ -33,11 +40,26 @@ pub struct DirCache {
     inner: Mutex<ConsensusCache>,
     /// The compressed text of the consensus with this digest.
     compressed: Mutex<Option<([u8; 32], Arc<[u8]>)>>,
+    /// This relay's identity (to find its flags), if it is a relay.
+    own_id: Option<RelayId>,
+    /// The descriptors held as an HSDir.
+    pub hsdir: HsDir,
 }
 
 impl DirCache {
     pub fn new(cache: ConsensusCache) -> Self {
-        DirCache { inner: Mutex::new(cache), compressed: Mutex::new(None) }
+        DirCache { inner: Mutex::new(cache), compressed: Mutex::new(None), own_id: None, hsdir: HsDir::default() }
+    }
+
+    /// The cache of the relay `id` (which serves descriptors while flagged HSDir).
+    pub fn with_identity(cache: ConsensusCache, id: RelayId) -> Self {
+        DirCache { own_id: Some(id), ..Self::new(cache) }
+    }
+
+    /// Whether `nd` flags this relay HSDir.
+    fn is_hsdir(&self, nd: Option<&NetDir>) -> bool {
+        let (Some(nd), Some(id)) = (nd, self.own_id) else { return false };
+        nd.consensus().relays().iter().any(|r| r.identity == id && r.flags.contains(RelayFlags::HSDIR))
     }
 
     /// The compressed consensus text of `nd`, made once.
@@ -73,7 +95,14 @@ impl DirCache {
 
     /// The response to `req` at `now`.
     pub fn respond(&self, req: &DirRequest, now: u64) -> Vec<u8> {
-        let Some(nd) = self.live(now) else { return encode_response(404, b"no live consensus held\n") };
+        let live = self.live(now);
+        if let Some(answer) = self.hsdir.respond(req, self.is_hsdir(live.as_deref()), now) {
+            return answer;
+        }
+        let Some(nd) = live else { return encode_response(404, b"no live consensus held\n") };
+        if req.method != Method::Get {
+            return encode_response(404, b"not found\n");
+        }
         if req.path == CONSENSUS_PATH {
             return match req.deflate {
                 true => encode_compressed_response(&self.compressed_consensus(&nd)),
@@ -94,7 +123,7 @@ pub async fn serve(mut pipe: DuplexStream, cache: Arc<DirCache>) {
     let request = tokio::time::timeout(REQUEST_TIMEOUT, async {
         let mut chunk = [0u8; 512];
         loop {
-            let n = pipe.read(&mut chunk[..MAX_REQUEST_LEN.saturating_sub(buf.len()).clamp(1, 512)]).await.ok()?;
+            let n = pipe.read(&mut chunk[..MAX_REQUEST_TOTAL.saturating_sub(buf.len()).clamp(1, 512)]).await.ok()?;
             if n == 0 {
                 return None;
             }
@@ -160,7 +189,7 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let cache = DirCache::new(ConsensusCache::new(&dir, true));
         cache.store(nd);
-        let ask = |path: &str, deflate: bool| cache.respond(&DirRequest { path: path.into(), deflate }, now);
+        let ask = |path: &str, deflate: bool| cache.respond(&DirRequest::get(path, deflate), now);
         let plain = parse_response(&ask(CONSENSUS_PATH, false), 1 << 20).unwrap();
         let z = ask(CONSENSUS_PATH, true);
         assert!(String::from_utf8_lossy(&z).contains("Content-Encoding: deflate"));
@@ -170,5 +199,58 @@ mod tests {
         assert_eq!(String::from_utf8(all.body).unwrap().matches("allium-microdesc 1").count(), 2);
         assert_eq!(parse_response(&ask("/nothing", true), 1000).unwrap().status, 404);
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// The HSDir paths are served only while the live consensus flags this relay HSDir.
+    #[tokio::test]
+    async fn hsdir_paths_follow_the_flag() {
+        use allium_proto::dir_stream::{encode_post, MAX_POST_BODY_LEN};
+        use allium_proto::doc::{AuthoritySigner, Consensus, ConsensusRelay, Lifetime, Microdesc};
+        use allium_proto::hs::{BlindedKey, HsDescriptor, TimePeriod};
+        use ed25519_dalek::SigningKey;
+        let now = unix_now();
+        let id_key = SigningKey::from_bytes(&[1; 32]);
+        let ids = vec![RelayId(id_key.verifying_key().to_bytes())];
+        let mut flagged = ConsensusRelay::synthetic(1);
+        flagged.flags = flagged.flags | RelayFlags::HSDIR;
+        let relays = vec![flagged, ConsensusRelay::synthetic(2)];
+        let mut c = Consensus::new(Lifetime::new(now - 5, now + 10, now + 30).unwrap(), ids.clone(), relays.clone());
+        c.add_signature(c.sign(&AuthoritySigner::certify(&id_key, SigningKey::from_bytes(&[2; 32]), now - 100, now + 100)));
+        let p = TimePeriod::at(now, allium_proto::hs::period::DEFAULT_PERIOD_SECS);
+        let key = BlindedKey::derive(&SigningKey::from_bytes(&[7; 32]), p);
+        let text = HsDescriptor { blinded_key: key.public(), period: p, revision: 1, lifetime_secs: 600, encrypted: vec![7; 64] }.encode_signed(&key);
+        let get = format!("{}/{}", crate::hsdir::HS_DESCRIPTOR_PATH, hex::encode(key.public()));
+        for (n, relay) in relays.iter().enumerate() {
+            let dir = std::env::temp_dir().join(format!("allium-dircache-hsdir-{}-{n}", std::process::id()));
+            std::fs::create_dir_all(&dir).unwrap();
+            let cache = Arc::new(DirCache::with_identity(ConsensusCache::new(&dir, true), relay.identity));
+            let mut nd = NetDir::from_text(&c.encode(), &ids, now).unwrap();
+            let mds: String = relays.iter().map(|r| Microdesc::of_relay(r).encode()).collect();
+            nd.add_microdescs(&mds);
+            cache.store(nd);
+            let exchange = |req: Vec<u8>| {
+                let cache = cache.clone();
+                async move {
+                    let (mut ours, theirs) = tokio::io::duplex(PIPE_BUFFER);
+                    tokio::spawn(serve(theirs, cache));
+                    ours.write_all(&req).await.unwrap();
+                    let mut out = Vec::new();
+                    ours.read_to_end(&mut out).await.unwrap();
+                    parse_response(&out, 1 << 20).unwrap()
+                }
+            };
+            let up = exchange(encode_post(crate::hsdir::HS_DESCRIPTOR_PATH, text.as_bytes())).await;
+            let down = exchange(encode_request(&get)).await;
+            if n == 0 {
+                assert_eq!((up.status, up.body.as_slice()), (200, &b"stored\n"[..]));
+                assert_eq!((down.status, down.body), (200, text.clone().into_bytes()));
+                let big = format!("POST {} HTTP/1.0\r\nContent-Length: {}\r\n\r\n", crate::hsdir::HS_DESCRIPTOR_PATH, MAX_POST_BODY_LEN + 1);
+                assert_eq!(exchange(big.into_bytes()).await.status, 400);
+            } else {
+                assert_eq!((up.status, up.body.as_slice()), (404, &b"not an HSDir\n"[..]));
+                assert_eq!(down.status, 404);
+            }
+            std::fs::remove_dir_all(&dir).unwrap();
+        }
     }
 }

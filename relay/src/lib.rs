@@ -7,6 +7,7 @@
 //! - [`exit`]: resolving, exit-policy decisions and connecting for BEGIN.
 //! - [`hs_points`]: this relay as an introduction and rendezvous point (shared tables).
 //! - [`dir_cache`]: the consensus this relay keeps and serves on directory streams (BEGIN_DIR).
+//! - [`hsdir`]: onion-service descriptors stored and served while the consensus flags it HSDir.
 //! - [`observed`]: the bandwidth the relay has carried, which its descriptor reports.
 //! - [`publish`]: building the signed descriptor and uploading it to every authority.
 //! - [`rotation`]: replacing the onion key on schedule, keeping the previous one for a grace.
@@ -22,6 +23,7 @@ pub mod config;
 pub mod dir_cache;
 pub mod exit;
 pub mod hs_points;
+pub mod hsdir;
 pub mod observed;
 pub mod publish;
 pub mod rotation;
@@ -99,7 +101,7 @@ impl InertRelay {
         let saved = allium_directory::ConsensusCache::load(&cfg.node.data_dir, &authorities, cfg.network.dangerous_testnet, unix_now());
         let ctx = RelayCtx {
             id: keys.relay_id(),
-            dir: Arc::new(dir_cache::DirCache::new(saved)),
+            dir: Arc::new(dir_cache::DirCache::with_identity(saved, keys.relay_id())),
             pool: ChannelPool::new(cfg.node.address, Some(creds)),
             exit: exit::ExitRules { policy, resolver: cfg.exit.resolver, testnet: cfg.network.dangerous_testnet, bind_ip: cfg.node.address },
             testnet: cfg.network.dangerous_testnet,

@@ -1,0 +1,160 @@
+//! The relay as an HSDir: it keeps onion-service descriptors (`allium_proto::hs::HsDirStore`,
+//! bounded, expiring) and serves them on directory streams, while the live consensus gives this
+//! relay the `HSDir` flag:
+//! - `POST /allium/v1/hs/descriptor` (body: a descriptor): 200 `stored` / `already held`; 400 with
+//!   a one-line reason (malformed, bad signature, wrong period, older revision); 503 when full;
+//! - `GET /allium/v1/hs/descriptor/<blinded key, 64 hex digits>`: 200 with the descriptor, 404.
+//!
+//! A relay without the flag answers both with 404 `not an HSDir`. The store knows only blinded
+//! keys; nothing about a descriptor or its uploader is logged.
+
+use std::sync::Mutex;
+
+use allium_proto::dir_stream::{encode_response, DirRequest, Method};
+use allium_proto::hs::period::DEFAULT_PERIOD_SECS;
+use allium_proto::hs::{HsDirStore, StoreError, Stored};
+
+/// The path of descriptor uploads; fetches append `/<64 hex digits>`.
+pub const HS_DESCRIPTOR_PATH: &str = "/allium/v1/hs/descriptor";
+/// Most descriptors an HSDir holds.
+pub const MAX_DESCRIPTORS: usize = 10_000;
+/// Most bytes of descriptor text an HSDir holds.
+pub const MAX_DESCRIPTOR_BYTES: usize = 50 * 1024 * 1024;
+/// Expired descriptors are dropped at least this often (when requests come).
+const EXPIRE_EVERY_SECS: u64 = 60;
+
+/// An HSDir's descriptor cache.
+pub struct HsDir {
+    inner: Mutex<(HsDirStore, u64)>,
+}
+
+impl Default for HsDir {
+    fn default() -> Self {
+        Self::new(MAX_DESCRIPTORS, MAX_DESCRIPTOR_BYTES)
+    }
+}
+
+impl HsDir {
+    pub fn new(max_entries: usize, max_bytes: usize) -> Self {
+        HsDir { inner: Mutex::new((HsDirStore::new(DEFAULT_PERIOD_SECS, max_entries, max_bytes), 0)) }
+    }
+
+    /// Descriptors held.
+    pub fn len(&self) -> usize {
+        self.inner.lock().unwrap_or_else(|e| e.into_inner()).0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// The answer to `req` if its path is an HSDir path, else `None`. `is_hsdir`: the live
+    /// consensus flags this relay HSDir.
+    pub fn respond(&self, req: &DirRequest, is_hsdir: bool, now: u64) -> Option<Vec<u8>> {
+        let key = match (req.method, req.path.strip_prefix(HS_DESCRIPTOR_PATH)) {
+            (Method::Post, Some("")) => None,
+            (Method::Get, Some(rest)) if rest.starts_with('/') => Some(&rest[1..]),
+            _ => return None,
+        };
+        if !is_hsdir {
+            return Some(encode_response(404, b"not an HSDir\n"));
+        }
+        let mut guard = self.inner.lock().unwrap_or_else(|e| e.into_inner());
+        let (store, last_expiry) = &mut *guard;
+        if now >= last_expiry.saturating_add(EXPIRE_EVERY_SECS) {
+            store.expire(now);
+            *last_expiry = now;
+        }
+        Some(match key {
+            None => {
+                let Ok(text) = std::str::from_utf8(&req.body) else { return Some(encode_response(400, b"descriptor is not UTF-8\n")) };
+                match store.offer(text, now) {
+                    Ok(Stored::New | Stored::Replaced) => encode_response(200, b"stored\n"),
+                    Ok(Stored::AlreadyHeld) => encode_response(200, b"already held\n"),
+                    Err(StoreError::Full) => encode_response(503, b"descriptor cache is full\n"),
+                    Err(e) => encode_response(400, format!("{}\n", one_line(&e.to_string())).as_bytes()),
+                }
+            }
+            Some(hex_key) => match parse_key(hex_key) {
+                None => encode_response(400, b"blinded key must be 64 hex digits\n"),
+                Some(k) => match store.get(&k, now) {
+                    Some(text) => encode_response(200, text.as_bytes()),
+                    None => encode_response(404, b"no descriptor held\n"),
+                },
+            },
+        })
+    }
+}
+
+fn one_line(s: &str) -> String {
+    s.lines().next().unwrap_or("").chars().take(200).collect()
+}
+
+fn parse_key(hex_key: &str) -> Option<[u8; 32]> {
+    if hex_key.len() != 64 {
+        return None;
+    }
+    let v = hex::decode(hex_key).ok()?;
+    v.try_into().ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use allium_proto::dir_stream::{parse_response, DirResponse};
+    use allium_proto::hs::{BlindedKey, HsDescriptor, TimePeriod};
+    use ed25519_dalek::SigningKey;
+
+    fn desc(seed: u8, revision: u64, p: TimePeriod) -> (String, [u8; 32]) {
+        let key = BlindedKey::derive(&SigningKey::from_bytes(&[seed; 32]), p);
+        let d = HsDescriptor { blinded_key: key.public(), period: p, revision, lifetime_secs: 3600, encrypted: vec![seed; 100] };
+        (d.encode_signed(&key), key.public())
+    }
+
+    fn post(body: &str) -> DirRequest {
+        DirRequest { method: Method::Post, path: HS_DESCRIPTOR_PATH.into(), deflate: false, body: body.as_bytes().to_vec() }
+    }
+
+    fn get(key: &[u8; 32]) -> DirRequest {
+        DirRequest::get(&format!("{HS_DESCRIPTOR_PATH}/{}", hex::encode(key)), true)
+    }
+
+    fn ask(h: &HsDir, r: &DirRequest, hsdir: bool, now: u64) -> DirResponse {
+        parse_response(&h.respond(r, hsdir, now).expect("an HSDir path"), 1 << 20).unwrap()
+    }
+
+    #[test]
+    fn upload_fetch_refuse_expire() {
+        let p = TimePeriod::at(20_000 * DEFAULT_PERIOD_SECS + 100, DEFAULT_PERIOD_SECS);
+        let now = p.start() + 100;
+        let h = HsDir::new(2, 1 << 20);
+        let (d1, k1) = desc(1, 1, p);
+        assert_eq!(ask(&h, &post(&d1), false, now), DirResponse { status: 404, body: b"not an HSDir\n".to_vec() });
+        assert_eq!(ask(&h, &get(&k1), false, now).status, 404);
+        assert_eq!(ask(&h, &get(&k1), true, now).status, 404);
+        assert_eq!(ask(&h, &post(&d1), true, now), DirResponse { status: 200, body: b"stored\n".to_vec() });
+        assert_eq!(ask(&h, &post(&d1), true, now).body, b"already held\n");
+        assert_eq!(ask(&h, &get(&k1), true, now), DirResponse { status: 200, body: d1.clone().into_bytes() });
+        let (d2, _) = desc(1, 2, p);
+        assert_eq!(ask(&h, &post(&d2), true, now).status, 200);
+        let older = ask(&h, &post(&d1), true, now);
+        assert_eq!((older.status, older.body), (400, b"a descriptor with a higher revision is held\n".to_vec()));
+        let forged = d2.replace("revision 2", "revision 3");
+        assert_eq!(ask(&h, &post(&forged), true, now).status, 400);
+        assert_eq!(ask(&h, &post("junk"), true, now).status, 400);
+        let bad = DirRequest { body: vec![0xff], ..post("") };
+        assert_eq!(ask(&h, &bad, true, now).status, 400);
+        assert_eq!(ask(&h, &DirRequest::get(&format!("{HS_DESCRIPTOR_PATH}/abc"), false), true, now).status, 400);
+        let (d3, _) = desc(3, 1, p);
+        assert_eq!(ask(&h, &post(&d3), true, now).status, 200);
+        let (d4, _) = desc(4, 1, p);
+        assert_eq!(ask(&h, &post(&d4), true, now).status, 503, "full");
+        // Expired after its lifetime; the space comes back.
+        assert_eq!(ask(&h, &get(&k1), true, now + 3600).status, 404);
+        assert_eq!(ask(&h, &post(&d4), true, now + 3600).status, 200);
+        assert_eq!(h.len(), 1);
+        // Other paths are not ours.
+        assert!(h.respond(&DirRequest::get("/allium/v1/consensus", true), true, now).is_none());
+        assert!(h.respond(&DirRequest::get(HS_DESCRIPTOR_PATH, true), true, now).is_none());
+    }
+}
