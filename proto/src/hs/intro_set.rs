@@ -261,9 +261,7 @@ mod tests {
     use rand::rngs::StdRng;
     use rand::SeedableRng;
 
-    fn relay(i: u8) -> ExtendTarget {
-        ExtendTarget { addr: format!("192.0.2.{i}:9001").parse().unwrap(), identity: [i; 32], link_key: [i; 32] }
-    }
+    use crate::hs::test_relay as relay;
 
     #[test]
     fn fill_establish_replace_rotate() {

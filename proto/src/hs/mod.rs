@@ -31,6 +31,12 @@ pub use ring::HsDirRing;
 pub use store::{HsDirStore, StoreError, Stored};
 pub use desc::{should_replace, HsDescError, HsDescriptor, UnverifiedHsDescriptor};
 
+/// A test relay `i`: address 192.0.2.i:9001, identity and link key `[i; 32]`.
+#[cfg(test)]
+pub(crate) fn test_relay(i: u8) -> crate::relay_msg::ExtendTarget {
+    crate::relay_msg::ExtendTarget { addr: format!("192.0.2.{i}:9001").parse().unwrap(), identity: [i; 32], link_key: [i; 32] }
+}
+
 #[cfg(test)]
 mod tests {
     //! The pieces together: a service publishes, HSDirs store, a client finds and opens.
