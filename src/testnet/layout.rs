@@ -1,7 +1,7 @@
 //! What a test network is made of: node names, roles, addresses, ports, and the files
 //! `allium testnet` writes (each node's config.toml, `DIR/nodes`, `DIR/testnet.env`).
 //!
-//! Node k (1-based, in the order authorities, middle relays, exits, client) lives at
+//! Node k (1-based, in the order authorities, middle relays, exits, client, hs) lives at
 //! `127.k.0.1`, so every node has its own /16 and the path rules (no two hops in one /16) stay
 //! on. Ports are found by binding port 0 on the node's address and releasing it, so several
 //! test networks can run side by side.
@@ -20,6 +20,8 @@ pub enum Role {
     /// An exit; `strict` ones keep the default exit policy (no private or loopback destinations).
     Exit { strict: bool },
     Client,
+    /// A client node that hosts the test network's onion service (`[[onion_service]]`).
+    OnionService,
 }
 
 impl Role {
@@ -30,6 +32,7 @@ impl Role {
             Role::Relay => "relay",
             Role::Exit { .. } => "exit",
             Role::Client => "client",
+            Role::OnionService => "hs",
         }
     }
 
@@ -38,7 +41,7 @@ impl Role {
         match self {
             Role::Authority => "authority",
             Role::Relay | Role::Exit { .. } => "relay",
-            Role::Client => "client",
+            Role::Client | Role::OnionService => "client",
         }
     }
 
@@ -56,7 +59,7 @@ pub struct NodeSpec {
     /// The node's own address (`127.k.0.1`).
     pub ip: IpAddr,
     /// The node's listening address: the dir port for an authority, the OR port for a relay,
-    /// the SOCKS address for the client.
+    /// the SOCKS address for the client and the hs node.
     pub listen: SocketAddr,
     /// `DIR/<name>`: data directory (keys), config.toml and log.
     pub dir: PathBuf,
@@ -104,7 +107,7 @@ impl Counts {
         if self.strict_exits > self.exits {
             return Err(format!("--strict-exits must be at most --exits ({})", self.exits));
         }
-        let total = self.authorities + self.relays + 1;
+        let total = self.authorities + self.relays + 2;
         if total > 254 {
             return Err(format!("{total} nodes is too many: each needs its own 127.k.0.1 (k <= 254)"));
         }
@@ -140,6 +143,7 @@ pub fn plan(dir: &Path, counts: Counts, socks_port: u16, http_connect_port: Opti
         roles.push((format!("exit{i}"), Role::Exit { strict }));
     }
     roles.push(("client".to_string(), Role::Client));
+    roles.push(("hs".to_string(), Role::OnionService));
 
     let loopback = IpAddr::V4(Ipv4Addr::LOCALHOST);
     let mut nodes = Vec::with_capacity(roles.len());
@@ -204,8 +208,13 @@ impl Faults {
     }
 }
 
-/// Renders a node's config.toml.
-pub fn render_config(node: &NodeSpec, all: &[NodeSpec], voting_interval_secs: u64, faults: &Faults) -> String {
+/// The name of the test network's onion service (its keys are in `DIR/hs/onion-services/web`).
+pub const ONION_SERVICE_NAME: &str = "web";
+/// The onion service's virtual port.
+pub const ONION_SERVICE_PORT: u16 = 80;
+
+/// Renders a node's config.toml. `onion_target` is where the hs node's service sends streams.
+pub fn render_config(node: &NodeSpec, all: &[NodeSpec], voting_interval_secs: u64, faults: &Faults, onion_target: SocketAddr) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "# Written by `allium testnet`; rewritten every time the test network starts.");
     let _ = writeln!(s, "# See configs/ in the source tree for every key explained.\n");
@@ -249,7 +258,7 @@ pub fn render_config(node: &NodeSpec, all: &[NodeSpec], voting_interval_secs: u6
                 let _ = writeln!(s, "resolver = \"system\"");
             }
         }
-        Role::Client => {
+        Role::Client | Role::OnionService => {
             let _ = writeln!(s, "[client]");
             let _ = writeln!(s, "socks_listen = {}", q(&node.listen.to_string()));
             if let Some(h) = node.http_connect {
@@ -267,6 +276,12 @@ pub fn render_config(node: &NodeSpec, all: &[NodeSpec], voting_interval_secs: u6
                 let _ = writeln!(s, "address = {}", q(&r.listen.to_string()));
                 let _ = writeln!(s, "link_key = {}", q(&hex::encode(r.link_key)));
                 let _ = writeln!(s, "onion_key = {}\n", q(&hex::encode(r.onion_key)));
+            }
+            if node.role == Role::OnionService {
+                let _ = writeln!(s, "# The test network's onion service; its address is printed at start.");
+                let _ = writeln!(s, "[[onion_service]]");
+                let _ = writeln!(s, "name = {}", q(ONION_SERVICE_NAME));
+                let _ = writeln!(s, "ports = [{}]", q(&format!("{ONION_SERVICE_PORT} -> {onion_target}")));
             }
         }
     }
@@ -291,13 +306,17 @@ pub fn render_nodes(nodes: &[(&NodeSpec, u32)]) -> String {
 }
 
 /// `DIR/testnet.env`: `KEY=value` lines a shell can source; `HTTP_CONNECT_PORT` only when the
-/// client has an HTTP CONNECT proxy (on `SOCKS_HOST`).
-pub fn render_env(socks: SocketAddr, http_connect: Option<SocketAddr>, dir: &Path) -> String {
+/// client has an HTTP CONNECT proxy (on `SOCKS_HOST`); `ONION_HOST` (the onion service's
+/// `….allium` name) only once the client has reached the service.
+pub fn render_env(socks: SocketAddr, http_connect: Option<SocketAddr>, dir: &Path, onion_host: Option<&str>) -> String {
     let mut env = format!("SOCKS_HOST={}\nSOCKS_PORT={}\n", socks.ip(), socks.port());
     if let Some(h) = http_connect {
         let _ = writeln!(env, "HTTP_CONNECT_PORT={}", h.port());
     }
     let _ = writeln!(env, "TESTNET_DIR={}", shell_word(&dir.to_string_lossy()));
+    if let Some(o) = onion_host {
+        let _ = writeln!(env, "ONION_HOST={}", shell_word(o));
+    }
     env
 }
 
@@ -323,7 +342,7 @@ mod tests {
         let dir = Path::new("/tmp/allium-plan-test");
         let nodes = plan(dir, counts(3, 5, 2, 1), 0, None).unwrap();
         let names: Vec<_> = nodes.iter().map(|n| n.name.as_str()).collect();
-        assert_eq!(names, ["auth1", "auth2", "auth3", "relay1", "relay2", "relay3", "exit1", "exit2", "client"]);
+        assert_eq!(names, ["auth1", "auth2", "auth3", "relay1", "relay2", "relay3", "exit1", "exit2", "client", "hs"]);
         assert_eq!(nodes[6].role, Role::Exit { strict: false });
         assert_eq!(nodes[7].role, Role::Exit { strict: true });
         for (i, n) in nodes.iter().enumerate() {
@@ -334,8 +353,21 @@ mod tests {
         }
         assert_eq!(nodes[8].listen.ip(), IpAddr::V4(Ipv4Addr::LOCALHOST));
         assert!(nodes.iter().all(|n| n.http_connect.is_none()));
-        assert!(!render_config(&nodes[8], &nodes, 10, &Faults::default()).contains("http_connect_listen"));
-        assert!(!render_env(nodes[8].listen, None, dir).contains("HTTP_CONNECT_PORT"));
+        let target: SocketAddr = "127.0.0.1:8080".parse().unwrap();
+        assert!(!render_config(&nodes[8], &nodes, 10, &Faults::default(), target).contains("http_connect_listen"));
+        assert!(!render_config(&nodes[8], &nodes, 10, &Faults::default(), target).contains("onion_service"));
+        let env = render_env(nodes[8].listen, None, dir, None);
+        assert!(!env.contains("HTTP_CONNECT_PORT") && !env.contains("ONION_HOST"));
+        // The hs node: a client on its own address, hosting the service that points at the target.
+        assert_eq!((nodes[9].role.label(), nodes[9].role.subcommand()), ("hs", "client"));
+        assert_eq!(nodes[9].listen.ip(), nodes[9].ip);
+        let hs = render_config(&nodes[9], &nodes, 10, &Faults::default(), target);
+        let parsed: toml::Value = toml::from_str(&hs).unwrap();
+        let svc = &parsed["onion_service"][0];
+        assert_eq!(svc["name"].as_str(), Some(ONION_SERVICE_NAME));
+        assert_eq!(svc["ports"][0].as_str(), Some("80 -> 127.0.0.1:8080"));
+        let env = render_env(nodes[8].listen, None, dir, Some("abc.allium"));
+        assert!(env.ends_with("\nONION_HOST=abc.allium\n"), "{env}");
     }
 
     #[test]
@@ -346,8 +378,9 @@ mod tests {
         let h = client.http_connect.expect("an HTTP CONNECT address");
         assert_ne!(h.port(), client.listen.port());
         assert!(nodes.iter().filter(|n| n.role != Role::Client).all(|n| n.http_connect.is_none()));
-        assert!(render_config(client, &nodes, 10, &Faults::default()).contains(&format!("http_connect_listen = \"{h}\"")));
-        let env = render_env(client.listen, Some(h), dir);
+        let target: SocketAddr = "127.0.0.1:8080".parse().unwrap();
+        assert!(render_config(client, &nodes, 10, &Faults::default(), target).contains(&format!("http_connect_listen = \"{h}\"")));
+        let env = render_env(client.listen, Some(h), dir, None);
         assert!(env.contains(&format!("\nHTTP_CONNECT_PORT={}\n", h.port())), "{env}");
     }
 
@@ -359,8 +392,8 @@ mod tests {
         assert!(counts(3, 5, 6, 0).validate().is_err());
         assert!(counts(3, 5, 0, 0).validate().is_err());
         assert!(counts(3, 5, 2, 3).validate().is_err());
-        assert!(counts(3, 250, 2, 0).validate().is_ok());
-        assert!(counts(3, 251, 2, 0).validate().is_err());
+        assert!(counts(3, 249, 2, 0).validate().is_ok());
+        assert!(counts(3, 250, 2, 0).validate().is_err());
     }
 
     #[test]

@@ -5,15 +5,20 @@
 //! 2. start the authorities and wait for their dir ports to answer;
 //! 3. start the relays and exits and wait for their OR ports to answer;
 //! 4. poll the authorities' consensus until it lists every relay;
-//! 5. start the client and push a probe stream through it ([`probe`]) until one crosses.
+//! 5. start the client and the hs node (a client hosting one onion service, whose target is
+//!    `--hs-target` or the built-in web server [`web`]), and push a probe stream through the
+//!    client ([`probe`]) until one crosses.
 //!
 //! Only then are `DIR/nodes` and `DIR/testnet.env` written (atomically, env last), so a script
-//! can wait for `DIR/testnet.env` and then use the network. A stop signal at any time, or a node
-//! dying during startup, stops every node ([`spawn`]).
+//! can wait for `DIR/testnet.env` and then use the network. Then the client connects to the
+//! onion service until a stream reaches it, and `DIR/testnet.env` is rewritten with
+//! `ONION_HOST`: the address works the moment it appears there. A stop signal at any time, or a
+//! node dying during startup, stops every node ([`spawn`]).
 
 mod layout;
 mod probe;
 mod spawn;
+mod web;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -39,6 +44,8 @@ const CONSENSUS_DEADLINE: Duration = Duration::from_secs(90);
 const PROBE_DEADLINE: Duration = Duration::from_secs(120);
 /// How long one probe attempt may take.
 const PROBE_ATTEMPT: Duration = Duration::from_secs(30);
+/// How long the client may take to first reach the onion service once the network is ready.
+const ONION_DEADLINE: Duration = Duration::from_secs(180);
 /// How long nodes get between SIGTERM and SIGKILL.
 const STOP_GRACE: Duration = Duration::from_secs(5);
 /// Log lines shown when a node fails.
@@ -75,6 +82,10 @@ pub struct TestnetArgs {
     /// `--param stream-window=200`; names and bounds as in docs/PROTOCOL.md.
     #[arg(long = "param", value_name = "NAME=VALUE", value_parser = parse_param)]
     pub params: Vec<(String, i64)>,
+    /// Where the test network's onion service sends its streams (port 80 of the service), as
+    /// IP:PORT. Default: a small built-in web server on 127.0.0.1.
+    #[arg(long, value_name = "HOST:PORT")]
+    pub hs_target: Option<SocketAddr>,
     /// Test-only fault: every relay flips one byte of each relay cell it forwards after the
     /// first N on a circuit. Only builds with the relay's `test-hooks` feature (the integration
     /// tests' build) accept it.
@@ -157,12 +168,25 @@ async fn orchestrate(args: TestnetArgs, counts: Counts, faults: layout::Faults) 
     println!("testnet directory: {}", dir.display());
 
     let started = Instant::now();
+    // Lives as long as the test network when it is the onion service's target.
+    let web = match args.hs_target {
+        Some(_) => None,
+        None => match web::WebServer::start().await {
+            Ok(w) => Some(w),
+            Err(e) => {
+                eprintln!("allium testnet: cannot start the built-in web server: {e}");
+                return ExitCode::FAILURE;
+            }
+        },
+    };
+    let onion_target = args.hs_target.or(web.as_ref().map(|w| w.addr)).expect("a target either way");
     let mut procs: Vec<NodeProc> = Vec::new();
+    let plan = Plan { counts, socks_port: args.socks_port, http_connect_port: args.http_connect_port, faults, params: &args.params, onion_target };
     let outcome = tokio::select! {
-        r = bring_up(&dir, &exe, counts, args.socks_port, args.http_connect_port, faults, &args.params, &mut procs) => Ok(r),
+        r = bring_up(&dir, &exe, &plan, &mut procs) => Ok(r),
         sig = stop.recv() => Err(sig),
     };
-    let (socks, http_connect) = match outcome {
+    let Ready { socks, http_connect, onion_host } = match outcome {
         Ok(Ok(addrs)) => addrs,
         Ok(Err(e)) => {
             eprintln!("allium testnet: {e}");
@@ -183,6 +207,10 @@ async fn orchestrate(args: TestnetArgs, counts: Counts, faults: layout::Faults) 
     if let Some(h) = http_connect {
         println!("HTTP CONNECT proxy: {h}   (curl --proxytunnel --proxy http://{h} ...)");
     }
+    let target_label = if web.is_some() { "the built-in web server".to_string() } else { onion_target.to_string() };
+    println!("onion service: {onion_host}   (hosted by node hs, port {} -> {target_label})", layout::ONION_SERVICE_PORT);
+    println!("  waiting for the client to reach it; DIR/testnet.env gets ONION_HOST when it does");
+    let reach = tokio::spawn(reach_onion_service(dir.clone(), socks, http_connect, onion_host));
 
     // Running: report nodes that exit (tests kill some on purpose), until a stop signal.
     let sig = loop {
@@ -202,6 +230,8 @@ async fn orchestrate(args: TestnetArgs, counts: Counts, faults: layout::Faults) 
             }
         }
     };
+    reach.abort();
+    drop(web);
     println!("{sig}: stopping {} nodes", procs.len());
     spawn::stop_all(&mut procs, STOP_GRACE).await;
     println!("all nodes stopped; configs and logs remain in {}", dir.display());
@@ -241,18 +271,29 @@ fn fresh_temp_dir() -> Result<PathBuf, String> {
     Err("cannot create a fresh temporary directory".into())
 }
 
-/// Steps 1–5. Every process started is pushed to `procs` at once, so the caller can stop it
-/// whatever happens. Returns the client's SOCKS address and its HTTP CONNECT address, if any.
-async fn bring_up(
-    dir: &Path,
-    exe: &Path,
+/// What to bring up.
+struct Plan<'a> {
     counts: Counts,
     socks_port: u16,
     http_connect_port: Option<u16>,
     faults: layout::Faults,
-    params: &[(String, i64)],
-    procs: &mut Vec<NodeProc>,
-) -> Result<(SocketAddr, Option<SocketAddr>), String> {
+    params: &'a [(String, i64)],
+    onion_target: SocketAddr,
+}
+
+/// A test network that is up.
+struct Ready {
+    /// The client's SOCKS address and HTTP CONNECT address, if any.
+    socks: SocketAddr,
+    http_connect: Option<SocketAddr>,
+    /// The onion service's `….allium` name.
+    onion_host: String,
+}
+
+/// Steps 1–5. Every process started is pushed to `procs` at once, so the caller can stop it
+/// whatever happens.
+async fn bring_up(dir: &Path, exe: &Path, plan: &Plan<'_>, procs: &mut Vec<NodeProc>) -> Result<Ready, String> {
+    let Plan { counts, socks_port, http_connect_port, faults, params, onion_target } = *plan;
     // 1. Keys and configs.
     let mut nodes = layout::plan(dir, counts, socks_port, http_connect_port).map_err(|e| e.to_string())?;
     for n in nodes.iter_mut() {
@@ -268,7 +309,7 @@ async fn bring_up(
         }
     }
     for n in &nodes {
-        let mut text = layout::render_config(n, &nodes, VOTING_INTERVAL_SECS, &faults);
+        let mut text = layout::render_config(n, &nodes, VOTING_INTERVAL_SECS, &faults, onion_target);
         if n.role == Role::Authority && !params.is_empty() {
             text.push_str("\n[authority.params]\n");
             for (k, v) in params {
@@ -277,8 +318,15 @@ async fn bring_up(
         }
         layout::write_atomic(&n.config_path(), &text).map_err(|e| format!("cannot write {}: {e}", n.config_path().display()))?;
     }
+    let hs = nodes.iter().find(|n| n.role == Role::OnionService).expect("plan has an hs node");
+    // The address the hs node will print: its key is created here, as the node would.
+    let service = allium_client::onion_service::OnionServiceConfig {
+        name: layout::ONION_SERVICE_NAME.into(),
+        ports: vec![format!("{} -> {onion_target}", layout::ONION_SERVICE_PORT)],
+    };
+    let onion_host = service.load_or_create_address(&hs.dir).map_err(|e| format!("hs: onion service key: {e}"))?.to_host();
     println!(
-        "[1/5] generated keys and configs for {} nodes ({} authorities, {} relays of which {} exits, 1 client)",
+        "[1/5] generated keys and configs for {} nodes ({} authorities, {} relays of which {} exits, 1 client, 1 onion service)",
         nodes.len(),
         counts.authorities,
         counts.relays,
@@ -310,11 +358,13 @@ async fn bring_up(
     wait_consensus(procs, &authorities, &relays).await?;
     println!("[4/5] consensus lists {0}/{0} relays (voting every {VOTING_INTERVAL_SECS} s)", relays.len());
 
-    // 5. Client and probe.
+    // 5. Client, hs node and probe.
     let client = nodes.iter().find(|n| n.role == Role::Client).expect("plan has a client");
     let t0 = Instant::now();
     let first = procs.len();
-    procs.push(spawn::spawn(exe, client).map_err(|e| format!("cannot start {}: {e}", client.name))?);
+    for n in [client, hs] {
+        procs.push(spawn::spawn(exe, n).map_err(|e| format!("cannot start {}: {e}", n.name))?);
+    }
     let end = procs.len();
     wait_listening(procs, first..end, "SOCKS port").await?;
     let outcome = probe_until_crossed(procs, client.listen).await?;
@@ -329,9 +379,36 @@ async fn bring_up(
     let nodes_path = dir.join("nodes");
     layout::write_atomic(&nodes_path, &layout::render_nodes(&listed)).map_err(|e| format!("cannot write {}: {e}", nodes_path.display()))?;
     let env_path = dir.join("testnet.env");
-    layout::write_atomic(&env_path, &layout::render_env(client.listen, client.http_connect, dir))
+    layout::write_atomic(&env_path, &layout::render_env(client.listen, client.http_connect, dir, None))
         .map_err(|e| format!("cannot write {}: {e}", env_path.display()))?;
-    Ok((client.listen, client.http_connect))
+    Ok(Ready { socks: client.listen, http_connect: client.http_connect, onion_host })
+}
+
+/// Connects through the client to the onion service until a stream reaches it (so the client
+/// holds the service's descriptor), then rewrites `DIR/testnet.env` with `ONION_HOST`.
+async fn reach_onion_service(dir: PathBuf, socks: SocketAddr, http_connect: Option<SocketAddr>, onion_host: String) {
+    let t0 = Instant::now();
+    let mut last = ProbeOutcome::Failed("not tried".into());
+    while t0.elapsed() < ONION_DEADLINE {
+        last = probe::onion_probe(socks, &onion_host, layout::ONION_SERVICE_PORT, PROBE_ATTEMPT).await;
+        if last == ProbeOutcome::Crossed {
+            let env_path = dir.join("testnet.env");
+            match layout::write_atomic(&env_path, &layout::render_env(socks, http_connect, &dir, Some(&onion_host))) {
+                Ok(()) => {
+                    println!("onion service reachable after {:.1} s more: ONION_HOST written to {}", t0.elapsed().as_secs_f64(), env_path.display());
+                    println!("  curl --socks5-hostname {socks} http://{onion_host}/");
+                }
+                Err(e) => eprintln!("allium testnet: cannot write {}: {e}", env_path.display()),
+            }
+            return;
+        }
+        tokio::time::sleep(POLL).await;
+    }
+    eprintln!(
+        "warning: the client could not reach the onion service within {} s (last attempt: {last:?}); see {}",
+        ONION_DEADLINE.as_secs(),
+        dir.join("hs").join("log").display()
+    );
 }
 
 /// Fails with the log tail of the first node seen to have exited.
@@ -464,7 +541,7 @@ async fn probe_until_crossed(procs: &mut [NodeProc], socks: SocketAddr) -> Resul
 fn print_ready(dir: &Path, counts: Counts, socks: SocketAddr, took: Duration) {
     println!();
     println!(
-        "testnet ready in {:.1} s: {} authorities, {} relays ({} exits), 1 client",
+        "testnet ready in {:.1} s: {} authorities, {} relays ({} exits), 1 client, 1 onion service",
         took.as_secs_f64(),
         counts.authorities,
         counts.relays,

@@ -77,6 +77,23 @@ pub async fn socks_probe(socks: SocketAddr, host: &str, port: u16, limit: Durati
 
 async fn socks_probe_inner(socks: SocketAddr, host: &str, port: u16) -> std::io::Result<ProbeOutcome> {
     use std::io::{Error, ErrorKind};
+    let mut s = match socks_connect(socks, host, port).await? {
+        Ok(s) => s,
+        Err(0x02) => return Ok(ProbeOutcome::RefusedByExit),
+        Err(code) => return Ok(ProbeOutcome::Reply(code)),
+    };
+    let mut line = vec![0u8; PROBE_LINE.len()];
+    s.read_exact(&mut line).await?;
+    if line != PROBE_LINE {
+        return Err(Error::new(ErrorKind::InvalidData, "the probe stream returned different bytes"));
+    }
+    Ok(ProbeOutcome::Crossed)
+}
+
+/// One SOCKS5 CONNECT to `host:port` (a name, resolved at the far end): the connected stream
+/// once the proxy answered success, `Err(code)` for any other reply code.
+pub async fn socks_connect(socks: SocketAddr, host: &str, port: u16) -> std::io::Result<Result<TcpStream, u8>> {
+    use std::io::{Error, ErrorKind};
     let mut s = TcpStream::connect(socks).await?;
     s.write_all(&[0x05, 0x01, 0x00]).await?;
     let mut choice = [0u8; 2];
@@ -93,12 +110,10 @@ async fn socks_probe_inner(socks: SocketAddr, host: &str, port: u16) -> std::io:
     if head[0] != 0x05 {
         return Err(Error::new(ErrorKind::InvalidData, format!("SOCKS reply version {:#04x}", head[0])));
     }
-    match head[1] {
-        0x00 => {}
-        0x02 => return Ok(ProbeOutcome::RefusedByExit),
-        code => return Ok(ProbeOutcome::Reply(code)),
+    if head[1] != 0x00 {
+        return Ok(Err(head[1]));
     }
-    // Skip the bound address, then read the probe line.
+    // Skip the bound address.
     let addr_len = match head[3] {
         0x01 => 4,
         0x04 => 16,
@@ -111,12 +126,19 @@ async fn socks_probe_inner(socks: SocketAddr, host: &str, port: u16) -> std::io:
     };
     let mut skip = vec![0u8; addr_len + 2];
     s.read_exact(&mut skip).await?;
-    let mut line = vec![0u8; PROBE_LINE.len()];
-    s.read_exact(&mut line).await?;
-    if line != PROBE_LINE {
-        return Err(Error::new(ErrorKind::InvalidData, "the probe stream returned different bytes"));
+    Ok(Ok(s))
+}
+
+/// One SOCKS5 CONNECT to an onion service's port through `socks`: `Crossed` once the service
+/// answered (the client fetched its descriptor, met it at a rendezvous point, and the service
+/// connected to its target), else why not.
+pub async fn onion_probe(socks: SocketAddr, host: &str, port: u16, limit: Duration) -> ProbeOutcome {
+    match timeout(limit, socks_connect(socks, host, port)).await {
+        Ok(Ok(Ok(_))) => ProbeOutcome::Crossed,
+        Ok(Ok(Err(code))) => ProbeOutcome::Reply(code),
+        Ok(Err(e)) => ProbeOutcome::Failed(e.to_string()),
+        Err(_) => ProbeOutcome::Failed(format!("no answer within {} s", limit.as_secs())),
     }
-    Ok(ProbeOutcome::Crossed)
 }
 
 /// `GET /allium/v1/consensus` from an authority's dir port: `Ok(Some(body))` on 200, `Ok(None)`

@@ -20,10 +20,10 @@ const POLL: Duration = Duration::from_millis(100);
 #[derive(Debug, Clone)]
 pub struct Node {
     pub name: String,
-    /// `authority`, `relay`, `exit` or `client`.
+    /// `authority`, `relay`, `exit`, `client` or `hs` (the client hosting the onion service).
     pub role: String,
     pub pid: u32,
-    /// Dir port (authority), OR port (relay, exit) or SOCKS address (client).
+    /// Dir port (authority), OR port (relay, exit) or SOCKS address (client, hs).
     pub addr: SocketAddr,
 }
 
