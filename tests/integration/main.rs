@@ -12,6 +12,7 @@
 //! - [`exit_retry`]: a stream one exit refuses is retried on another exit.
 //! - [`blackhole`]: a relay that never answers makes builds time out and succeed elsewhere (A32).
 //! - [`rendezvous`]: relays as introduction and rendezvous points, joining two circuits.
+//! - [`onion`]: the testnet's onion service reached by its address through SOCKS.
 //! - [`keygen`]: `allium keygen --authority` and authorities with an offline identity (A8).
 //! - [`support`]: the shared fixtures (a test network, a SOCKS5 client, an HTTP file server).
 //!
@@ -25,6 +26,7 @@ mod flow_params;
 mod exit_retry;
 mod hop_budget;
 mod keygen;
+mod onion;
 mod onion_rotation;
 mod socks_front;
 mod paths;

@@ -123,6 +123,24 @@ impl Testnet {
         }
     }
 
+    /// Waits up to `limit` for `KEY=` in `DIR/testnet.env` (rewritten when the testnet learns
+    /// more, e.g. `ONION_HOST`); its value, or None.
+    pub fn wait_env(&self, key: &str, limit: Duration) -> Option<String> {
+        let deadline = Instant::now() + limit;
+        let prefix = format!("{key}=");
+        loop {
+            if let Some(env) = read_env(&self.dir.join("testnet.env")) {
+                if env.lines().any(|l| l.starts_with(&prefix)) {
+                    return Some(env_value(&env, key));
+                }
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(POLL);
+        }
+    }
+
     /// The testnet's own output so far (for failure messages).
     pub fn log_tail(&self, lines: usize) -> String {
         super::tail(&self.root.join("testnet.log"), lines)

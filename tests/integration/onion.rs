@@ -1,0 +1,146 @@
+//! Onion services end to end through `allium testnet`: its hs node hosts a service pointed at a
+//! file server of the test's, the testnet's client reaches it by its `.allium` address through
+//! SOCKS (descriptor from the HSDirs, introduction, rendezvous), and nothing that could locate
+//! or identify the service leaks to the relays.
+
+use std::net::IpAddr;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use allium_proto::hs::OnionAddress;
+use base64::Engine as _;
+
+use crate::support::http::{http_get_via_socks, pseudo_random, FileServer, GetError};
+use crate::support::testnet::Testnet;
+
+/// How long the testnet may take to write ONION_HOST after it is ready.
+const ONION_DEADLINE: Duration = Duration::from_secs(240);
+
+/// GET through SOCKS, retrying only while no stream could be opened (a fresh network settles).
+fn get(net: &Testnet, host: &str, path: &str) -> Vec<u8> {
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        match http_get_via_socks(net.socks, host, 80, path) {
+            Ok(body) => return body,
+            Err(GetError::Connect(code)) if Instant::now() < deadline => {
+                eprintln!("SOCKS reply {code:#04x} for the onion address; retrying");
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            Err(e) => panic!("GET {path} via the onion service failed: {e:?}\n{}", net.node_log("client")),
+        }
+    }
+}
+
+/// Every way the service's identity key could be written down.
+fn encodings(identity: &[u8; 32], host: &str) -> Vec<Vec<u8>> {
+    let b64 = [&base64::engine::general_purpose::STANDARD, &base64::engine::general_purpose::STANDARD_NO_PAD, &base64::engine::general_purpose::URL_SAFE_NO_PAD];
+    let mut v = vec![identity.to_vec(), hex::encode(identity).into_bytes(), hex::encode_upper(identity).into_bytes()];
+    v.extend(b64.iter().map(|e| e.encode(identity).into_bytes()));
+    let b32 = base32(identity);
+    v.push(b32.to_ascii_uppercase().into_bytes());
+    v.push(b32.into_bytes());
+    let label = host.trim_end_matches(".allium");
+    v.push(label.as_bytes().to_vec());
+    v.push(label.to_ascii_uppercase().into_bytes());
+    v
+}
+
+/// RFC 4648 base32, lowercase, no padding.
+fn base32(data: &[u8]) -> String {
+    const A: &[u8; 32] = b"abcdefghijklmnopqrstuvwxyz234567";
+    let (mut out, mut acc, mut bits) = (String::new(), 0u32, 0);
+    for &b in data {
+        acc = (acc << 8) | b as u32;
+        bits += 8;
+        while bits >= 5 {
+            bits -= 5;
+            out.push(A[((acc >> bits) & 31) as usize] as char);
+        }
+    }
+    if bits > 0 {
+        out.push(A[((acc << (5 - bits)) & 31) as usize] as char);
+    }
+    out
+}
+
+/// Files under `dir` (recursively) that contain any of `needles`.
+fn files_containing(dir: &Path, needles: &[Vec<u8>]) -> Vec<String> {
+    let mut hits = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else { return hits };
+    for e in entries.flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            hits.extend(files_containing(&p, needles));
+        } else if let Ok(bytes) = std::fs::read(&p) {
+            if needles.iter().any(|n| bytes.windows(n.len()).any(|w| w == &n[..])) {
+                hits.push(p.display().to_string());
+            }
+        }
+    }
+    hits
+}
+
+#[test]
+fn onion_service_serves_pages_and_leaks_nothing_to_relays() {
+    let small = pseudo_random(1024, 61);
+    let big = pseudo_random(10_000_000, 62);
+    let server = FileServer::start(vec![("/1k.bin", small.clone()), ("/10m.bin", big.clone())]);
+    let target = server.addr().to_string();
+    let net = Testnet::start(&["--hs-target", &target]);
+    let t0 = Instant::now();
+    let host = net.wait_env("ONION_HOST", ONION_DEADLINE).unwrap_or_else(|| panic!("no ONION_HOST\n{}\nhs log:\n{}", net.log_tail(20), net.node_log("hs")));
+    eprintln!("ONION_HOST after {:.1} s", t0.elapsed().as_secs_f64());
+    assert!(host.ends_with(".allium"), "{host}");
+    let hs_out = std::fs::read_to_string(net.root.join("testnet.log")).unwrap();
+    assert!(hs_out.contains(&host), "the testnet prints the address");
+    assert!(net.with_role("hs").count() == 1, "DIR/nodes lists the hs node");
+
+    let t = Instant::now();
+    assert!(get(&net, &host, "/1k.bin") == small, "1 KB page byte-exact");
+    eprintln!("1 KB via the onion service in {:.0} ms", t.elapsed().as_secs_f64() * 1e3);
+    let t = Instant::now();
+    assert!(get(&net, &host, "/10m.bin") == big, "10 MB byte-exact");
+    eprintln!("10 MB via the onion service at {:.1} MB/s", 10.0 / t.elapsed().as_secs_f64());
+
+    // The target saw the service's own node only: no relay (each on its own 127.k.0.1)
+    // connected to it.
+    let relays: Vec<IpAddr> = net.nodes.iter().filter(|n| n.role != "client" && n.role != "hs").map(|n| net.node_address(&n.name)).collect();
+    let peers = server.peers();
+    assert!(!peers.is_empty());
+    for p in &peers {
+        assert!(!relays.contains(&p.ip()), "relay {p} connected to the service's target");
+        assert!(p.ip().is_loopback(), "{p}");
+    }
+
+    // The service's identity appears nowhere on any relay or authority: logs, caches, keys.
+    let identity = *OnionAddress::parse(&host).unwrap().identity();
+    let needles = encodings(&identity, &host);
+    for n in net.nodes.iter().filter(|n| n.role != "client" && n.role != "hs") {
+        let hits = files_containing(&net.dir.join(&n.name), &needles);
+        assert!(hits.is_empty(), "the service identity is written in {hits:?}");
+    }
+    // The search itself works: it finds the address where it is written (the testnet's output).
+    assert!(!files_containing(&net.root, &needles).is_empty());
+    // The client never logs the address at info level.
+    let client_log = net.node_log("client");
+    assert!(!needles.iter().any(|n| client_log.as_bytes().windows(n.len()).any(|w| w == &n[..])), "the client logged the address");
+}
+
+/// A mistyped address fails at once with SOCKS 0xF6, never after a timeout, and never reaches
+/// an exit.
+#[test]
+fn mistyped_onion_address_fails_at_once() {
+    let net = Testnet::start(&[]);
+    let host = net.wait_env("ONION_HOST", ONION_DEADLINE).expect("ONION_HOST");
+    let c = host.as_bytes()[5];
+    let bad = format!("{}{}{}", &host[..5], if c == b'x' { 'y' } else { 'x' }, &host[6..]);
+    let t = Instant::now();
+    match http_get_via_socks(net.socks, &bad, 80, "/") {
+        Err(GetError::Connect(code)) => assert_eq!(code, 0xF6, "invalid onion address"),
+        other => panic!("a mistyped address got {other:?}"),
+    }
+    assert!(t.elapsed() < Duration::from_secs(10), "answered without a timeout");
+    // The built-in web server answers the real one.
+    let page = get(&net, &host, "/");
+    assert!(String::from_utf8_lossy(&page).contains("Allium onion service"));
+}
