@@ -31,6 +31,9 @@ use allium_proto::ids::RelayId;
 #[path = "../tests/integration/support/mod.rs"]
 mod support;
 
+#[path = "network/onion.rs"]
+mod onion;
+
 use support::http::{pseudo_random, FileServer};
 use support::socks::socks5_connect;
 use support::testnet::{Node, Testnet};
@@ -64,11 +67,20 @@ fn main() {
     progress("timing ntor server_respond in process");
     let handshakes_per_s = ntor_server_rate(HANDSHAKES);
 
-    // 1. Testnet bootstrap: from starting `allium testnet` until it writes DIR/testnet.env.
+    progress("generating the files to serve");
+    let server = FileServer::start(vec![
+        ("/1k", pseudo_random(1_000, 1)),
+        ("/100000000", pseudo_random(ONE_STREAM_BYTES, 2)),
+        ("/25000000", pseudo_random(PER_STREAM_BYTES, 3)),
+    ]);
+    let server_addr = server.addr().to_string();
+
+    // 1. Testnet bootstrap: from starting `allium testnet` until it writes DIR/testnet.env. Its
+    // onion service serves the same files.
     progress("starting allium testnet");
     let wall_before = SystemTime::now();
     let started = Instant::now();
-    let net = Testnet::start(&[]);
+    let net = Testnet::start(&["--hs-target", &server_addr]);
     let polled = started.elapsed();
     // The fixture polls every 100 ms; the env file's mtime is the precise moment it appeared.
     let bootstrap = std::fs::metadata(net.dir.join("testnet.env"))
@@ -83,13 +95,7 @@ fn main() {
     let relays: Vec<Node> = net.nodes.iter().filter(|n| n.role == "relay" || n.role == "exit").cloned().collect();
     let client_log = net.dir.join("client").join("log");
 
-    progress("generating the files to serve");
-    let server = FileServer::start(vec![
-        ("/1k", pseudo_random(1_000, 1)),
-        ("/100000000", pseudo_random(ONE_STREAM_BYTES, 2)),
-        ("/25000000", pseudo_random(PER_STREAM_BYTES, 3)),
-    ]);
-    let target = Target { socks: net.socks, server: &server };
+    let target = Target { socks: net.socks, server: &server, host: "127.0.0.1".into(), port: server.addr().port() };
 
     // 2. Circuit builds: one new circuit per username; the client logs each build's duration.
     progress(&format!("forcing {BUILDS} circuit builds"));
@@ -240,9 +246,15 @@ fn main() {
         cpu_delta(&cpu0, &cpu2).iter().filter(|(n, _)| n != BOX).map(|(n, s)| format!("{n} {:.1}", s / gb.max(1e-9))).collect::<Vec<_>>().join(", ")
     ));
 
-    // 7. Onion services.
-    out.row("first fetch from an onion service (descriptor + intro + rendezvous)", "not measured: onion services are not implemented yet".to_string(), "≤ 20 ms", "0.25 s");
-    out.row("one stream through an onion service", "not measured: onion services are not implemented yet".to_string(), "≥ 40 MB/s", "4.5 MB/s");
+    // 7. Onion services: a fresh address (a service started now, in its own process), then one
+    // stream on the warm rendezvous circuit.
+    progress("onion services: a fresh service, its first fetch, then one stream");
+    let (first, onion_rate, onion_notes) = onion::measure(&net, &server);
+    out.row("first fetch from an onion service (descriptor + intro + rendezvous)", first, "≤ 20 ms", "0.25 s");
+    out.row("one stream through an onion service", onion_rate, "≥ 40 MB/s", "4.5 MB/s");
+    for n in onion_notes {
+        out.detail(n);
+    }
 
     // 8. Memory after the load.
     out.row("client RSS after the load above", rss_value(&[client.pid]), "≤ 10 MB", "21 MB");
@@ -372,7 +384,10 @@ fn percentile(v: &[f64], q: f64) -> f64 {
 
 struct Target<'a> {
     socks: SocketAddr,
+    /// Serves the files; reached at `host:port` (itself, or an onion service leading to it).
     server: &'a FileServer,
+    host: String,
+    port: u16,
 }
 
 /// One completed GET.
@@ -409,14 +424,14 @@ impl Target<'_> {
     /// body byte against the served file.
     fn get(&self, path: &str, user: &str, timeout: Duration) -> Result<Fetch, FetchError> {
         let expected = self.server.file(path);
-        let port = self.server.addr().port();
+        let (host, port) = (&self.host, self.port);
         let mut bytes = 0usize;
         let fail = |msg: String, bytes: usize| FetchError { msg, bytes };
         let start = Instant::now();
-        let mut s = socks5_connect(self.socks, "127.0.0.1", port, Some((user, "bench")))
+        let mut s = socks5_connect(self.socks, host, port, Some((user, "bench")))
             .map_err(|code| fail(format!("SOCKS5 CONNECT failed, reply {code:#04x}"), 0))?;
         s.set_read_timeout(Some(READ_STALL)).map_err(|e| fail(e.to_string(), 0))?;
-        s.write_all(format!("GET {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\n\r\n").as_bytes())
+        s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {host}:{port}\r\n\r\n").as_bytes())
             .map_err(|e| fail(format!("sending the request: {e}"), 0))?;
 
         let mut buf = vec![0u8; 256 * 1024];

@@ -11,7 +11,11 @@ use allium_proto::hs::OnionAddress;
 use base64::Engine as _;
 
 use crate::support::http::{http_get_via_socks, pseudo_random, FileServer, GetError};
+use crate::support::onion::ServiceNode;
 use crate::support::testnet::Testnet;
+
+/// What a service logs once its descriptor is on the HSDirs.
+const PUBLISHED: &str = "descriptor published";
 
 /// How long the testnet may take to write ONION_HOST after it is ready.
 const ONION_DEADLINE: Duration = Duration::from_secs(240);
@@ -143,4 +147,24 @@ fn mistyped_onion_address_fails_at_once() {
     // The built-in web server answers the real one.
     let page = get(&net, &host, "/");
     assert!(String::from_utf8_lossy(&page).contains("Allium onion service"));
+}
+
+/// A service node that restarts keeps its address (its key is in its data directory) and is
+/// reachable again: the client's old rendezvous circuit died with it, the old introduction
+/// points are gone, and the client finds the new ones in the republished descriptor.
+#[test]
+fn restarted_service_keeps_its_address_and_stays_reachable() {
+    let page = pseudo_random(4096, 63);
+    let server = FileServer::start(vec![("/page", page.clone())]);
+    let net = Testnet::start(&[]);
+    let svc = ServiceNode::start(&net, "hs-restart", server.addr());
+    assert!(svc.wait_log(Duration::from_secs(120), |l| l.contains(PUBLISHED)), "no descriptor published:\n{}", svc.log());
+    let address = svc.address.clone();
+    assert!(get(&net, &address, "/page") == page);
+
+    let dir = svc.stop();
+    let svc = ServiceNode::spawn(dir);
+    assert_eq!(svc.address, address, "same address after a restart");
+    assert!(svc.wait_log(Duration::from_secs(120), |l| l.contains(PUBLISHED)), "no descriptor published after the restart:\n{}", svc.log());
+    assert!(get(&net, &address, "/page") == page, "reachable after the restart");
 }

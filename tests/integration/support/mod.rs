@@ -2,6 +2,7 @@
 
 pub mod http;
 pub mod inproc;
+pub mod onion;
 pub mod socks;
 pub mod testnet;
 

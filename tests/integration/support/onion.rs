@@ -1,0 +1,124 @@
+//! A further onion service on a running test network: an `allium client` process of the test's
+//! own, configured like the testnet's hs node (same network, fallback directories) but with its
+//! own data directory, SOCKS port and `[[onion_service]]`, so its address is fresh.
+
+use std::fs::File;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rustix::process::{kill_process, Pid, Signal};
+
+use super::testnet::Testnet;
+
+/// How long the node may take to print its address.
+const START_DEADLINE: Duration = Duration::from_secs(30);
+
+/// A running service node; stopped (SIGTERM, then SIGKILL) on drop.
+pub struct ServiceNode {
+    /// The node's directory: config.toml, log, stdout, keys.
+    pub dir: PathBuf,
+    /// The service's `….allium` name, as the node printed it.
+    pub address: String,
+    child: Child,
+}
+
+impl ServiceNode {
+    /// Writes the config of node `name` (a service `svc` whose port 80 leads to `target`) into
+    /// `DIR/<name>/` and starts it.
+    pub fn start(net: &Testnet, name: &str, target: SocketAddr) -> ServiceNode {
+        let base = std::fs::read_to_string(net.dir.join("hs").join("config.toml")).expect("the testnet's hs config");
+        let mut cfg: toml::Table = base.parse().expect("hs config parses");
+        let dir = net.dir.join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        let node = cfg.get_mut("node").and_then(|n| n.as_table_mut()).expect("[node]");
+        node.insert("nickname".into(), name.into());
+        node.insert("data_dir".into(), dir.to_string_lossy().into_owned().into());
+        let socks = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+        let client = cfg.get_mut("client").and_then(|n| n.as_table_mut()).expect("[client]");
+        client.insert("socks_listen".into(), socks.to_string().into());
+        let mut svc = toml::Table::new();
+        svc.insert("name".into(), "svc".into());
+        svc.insert("ports".into(), toml::Value::Array(vec![format!("80 -> {target}").into()]));
+        cfg.insert("onion_service".into(), toml::Value::Array(vec![svc.into()]));
+        std::fs::write(dir.join("config.toml"), toml::to_string(&cfg).unwrap()).unwrap();
+        Self::spawn(dir)
+    }
+
+    /// Starts (or restarts) the node whose config is in `dir`; waits for its printed address.
+    pub fn spawn(dir: PathBuf) -> ServiceNode {
+        let stdout = dir.join("stdout");
+        let log = File::create(dir.join("log")).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_allium"))
+            .arg("client")
+            .arg("--config")
+            .arg(dir.join("config.toml"))
+            .env("RUST_LOG", "info,allium_client::circuit=debug")
+            .stdin(Stdio::null())
+            .stdout(File::create(&stdout).unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("start allium client");
+        let mut node = ServiceNode { dir, address: String::new(), child };
+        let deadline = Instant::now() + START_DEADLINE;
+        node.address = loop {
+            let out = std::fs::read_to_string(&stdout).unwrap_or_default();
+            if let Some(a) = out.lines().find_map(|l| l.strip_prefix("onion service svc: ")) {
+                break a.split_whitespace().next().unwrap_or("").to_string();
+            }
+            if let Ok(Some(status)) = node.child.try_wait() {
+                panic!("the service node exited ({status}): {}", node.log());
+            }
+            assert!(Instant::now() < deadline, "the service node printed no address: {out}\n{}", node.log());
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        node
+    }
+
+    /// The node's log so far.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("log")).unwrap_or_default()
+    }
+
+    /// Polls the log until `done` holds for it or `limit` passes; whether it held.
+    pub fn wait_log(&self, limit: Duration, done: impl Fn(&str) -> bool) -> bool {
+        let deadline = Instant::now() + limit;
+        while Instant::now() < deadline {
+            if done(&self.log()) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        false
+    }
+
+    /// Stops the node and waits for it to exit; returns its directory (to restart it).
+    pub fn stop(mut self) -> PathBuf {
+        self.terminate();
+        std::mem::take(&mut self.dir)
+    }
+
+    fn terminate(&mut self) {
+        if let Some(pid) = Pid::from_raw(self.child.id() as i32) {
+            let _ = kill_process(pid, Signal::TERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for ServiceNode {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            self.terminate();
+        }
+    }
+}
