@@ -7,6 +7,7 @@ use std::net::IpAddr;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
+use allium_proto::hs::address::encode_unchecked;
 use allium_proto::hs::OnionAddress;
 use base64::Engine as _;
 
@@ -130,20 +131,33 @@ fn onion_service_serves_pages_and_leaks_nothing_to_relays() {
     assert!(!needles.iter().any(|n| client_log.as_bytes().windows(n.len()).any(|w| w == &n[..])), "the client logged the address");
 }
 
-/// A mistyped address fails at once with SOCKS 0xF6, never after a timeout, and never reaches
-/// an exit.
+/// A wrong checksum, an unknown version and keys that are not usable points each fail at once
+/// with SOCKS 0xF6, decided in the client before any circuit, never after a timeout.
 #[test]
 fn mistyped_onion_address_fails_at_once() {
     let net = Testnet::start(&[]);
     let host = net.wait_env("ONION_HOST", ONION_DEADLINE).expect("ONION_HOST");
     let c = host.as_bytes()[5];
-    let bad = format!("{}{}{}", &host[..5], if c == b'x' { 'y' } else { 'x' }, &host[6..]);
-    let t = Instant::now();
-    match http_get_via_socks(net.socks, &bad, 80, "/") {
-        Err(GetError::Connect(code)) => assert_eq!(code, 0xF6, "invalid onion address"),
-        other => panic!("a mistyped address got {other:?}"),
+    let typo = format!("{}{}{}", &host[..5], if c == b'x' { 'y' } else { 'x' }, &host[6..]);
+    let identity = *OnionAddress::parse(&host).unwrap().identity();
+    let mut small_order = [0u8; 32];
+    small_order[0] = 1; // the neutral element
+    let mut non_canonical = [0xffu8; 32];
+    non_canonical[31] = 0x7f; // y ≥ p
+    let bad = [
+        ("wrong checksum", typo),
+        ("unknown version", encode_unchecked(&identity, 2)),
+        ("small-order key", encode_unchecked(&small_order, 1)),
+        ("non-canonical key", encode_unchecked(&non_canonical, 1)),
+    ];
+    for (what, addr) in bad {
+        let t = Instant::now();
+        match http_get_via_socks(net.socks, &addr, 80, "/") {
+            Err(GetError::Connect(code)) => assert_eq!(code, 0xF6, "{what}: invalid onion address"),
+            other => panic!("{what}: got {other:?}"),
+        }
+        assert!(t.elapsed() < Duration::from_secs(10), "{what}: answered without a timeout");
     }
-    assert!(t.elapsed() < Duration::from_secs(10), "answered without a timeout");
     // The built-in web server answers the real one.
     let page = get(&net, &host, "/");
     assert!(String::from_utf8_lossy(&page).contains("Allium onion service"));

@@ -119,6 +119,17 @@ impl OnionAddress {
     }
 }
 
+/// The address form of any 32 bytes under any version, with the checksum that goes with them,
+/// valid or not: for tests and tools that must produce the wrong-version and bad-key addresses
+/// [`OnionAddress::parse`] refuses.
+pub fn encode_unchecked(identity: &[u8; 32], version: u8) -> String {
+    let mut raw = [0u8; 35];
+    raw[..32].copy_from_slice(identity);
+    raw[32..34].copy_from_slice(&checksum(identity, version));
+    raw[34] = version;
+    format!("{}{SUFFIX}", encode_base32(&raw))
+}
+
 fn encode_base32(raw: &[u8; 35]) -> String {
     let mut out = String::with_capacity(ENCODED_LEN);
     for chunk in raw.chunks(5) {
@@ -184,25 +195,15 @@ mod tests {
         let typo = format!("{}{other}{}", &host[..5], &host[6..]);
         assert_eq!(OnionAddress::parse(&typo), Err(AddressError::BadChecksum));
         // Version 2 with a matching checksum.
-        let id = key(2);
-        let mut raw = [0u8; 35];
-        raw[..32].copy_from_slice(&id);
-        raw[32..34].copy_from_slice(&checksum(&id, 2));
-        raw[34] = 2;
-        assert_eq!(OnionAddress::parse(&format!("{}.allium", encode_base32(&raw))), Err(AddressError::UnknownVersion(2)));
+        assert_eq!(OnionAddress::parse(&encode_unchecked(&key(2), 2)), Err(AddressError::UnknownVersion(2)));
+        assert_eq!(encode_unchecked(&key(2), ADDRESS_VERSION), host);
     }
 
     /// Keys that are not usable points: not on the curve, small order, or a non-canonical
     /// encoding, each with a correct checksum, fail with BadKey.
     #[test]
     fn non_canonical_and_small_order_keys_are_refused() {
-        let with_checksum = |id: [u8; 32]| {
-            let mut raw = [0u8; 35];
-            raw[..32].copy_from_slice(&id);
-            raw[32..34].copy_from_slice(&checksum(&id, ADDRESS_VERSION));
-            raw[34] = ADDRESS_VERSION;
-            format!("{}.allium", encode_base32(&raw))
-        };
+        let with_checksum = |id: [u8; 32]| encode_unchecked(&id, ADDRESS_VERSION);
         let mut identity_point = [0u8; 32];
         identity_point[0] = 1; // y = 1: the neutral element, small order
         let mut non_canonical = [0xffu8; 32];
