@@ -343,6 +343,11 @@ impl RelayCircuit {
                 })?;
                 let mut ack = action.ack;
                 if let Some((svc, intro2)) = action.forward {
+                    #[cfg(feature = "test-hooks")]
+                    if self.ctx.duplicate_introduce2 {
+                        tracing::info!("test hook: forwarding an INTRODUCE2 twice");
+                        points.deliver(svc, HsEvent::Originate(intro2.clone()));
+                    }
                     if !points.deliver(svc, HsEvent::Originate(intro2)) {
                         ack = RelayMsg::IntroduceAck { status: introduce_status::CANNOT_RELAY, ext: Default::default() };
                     }

@@ -50,6 +50,17 @@ pub struct RelaySection {
     #[cfg(feature = "test-hooks")]
     #[serde(default)]
     pub dangerous_test_blackhole: bool,
+    /// Test-only fault hook (THREATS A13): as an introduction point, forward every INTRODUCE2
+    /// twice (a replay). Same rules as `dangerous_test_corrupt_after`.
+    #[cfg(feature = "test-hooks")]
+    #[serde(default)]
+    pub dangerous_test_duplicate_introduce2: bool,
+    /// Test-only fault hook (THREATS A5): as an HSDir, answer every descriptor fetch with the
+    /// descriptor's signature altered (a hostile HSDir). Same rules as
+    /// `dangerous_test_corrupt_after`.
+    #[cfg(feature = "test-hooks")]
+    #[serde(default)]
+    pub dangerous_test_mutate_hs_descriptors: bool,
 }
 
 fn default_bandwidth() -> u64 {
@@ -111,8 +122,14 @@ impl RelayConfig {
             return Err(ConfigError::invalid("relay.dangerous_test_corrupt_after", "needs network.dangerous_testnet = true"));
         }
         #[cfg(feature = "test-hooks")]
-        if self.relay.dangerous_test_blackhole && !self.network.dangerous_testnet {
-            return Err(ConfigError::invalid("relay.dangerous_test_blackhole", "needs network.dangerous_testnet = true"));
+        for (key, set) in [
+            ("relay.dangerous_test_blackhole", self.relay.dangerous_test_blackhole),
+            ("relay.dangerous_test_duplicate_introduce2", self.relay.dangerous_test_duplicate_introduce2),
+            ("relay.dangerous_test_mutate_hs_descriptors", self.relay.dangerous_test_mutate_hs_descriptors),
+        ] {
+            if set && !self.network.dangerous_testnet {
+                return Err(ConfigError::invalid(key, "needs network.dangerous_testnet = true"));
+            }
         }
         Ok(())
     }

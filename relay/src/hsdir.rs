@@ -26,6 +26,9 @@ const EXPIRE_EVERY_SECS: u64 = 60;
 /// An HSDir's descriptor cache.
 pub struct HsDir {
     inner: Mutex<(HsDirStore, u64)>,
+    /// Test hook (THREATS A5): alter the signature of every descriptor served.
+    #[cfg(feature = "test-hooks")]
+    mutate_answers: std::sync::atomic::AtomicBool,
 }
 
 impl Default for HsDir {
@@ -36,7 +39,27 @@ impl Default for HsDir {
 
 impl HsDir {
     pub fn new(max_entries: usize, max_bytes: usize) -> Self {
-        HsDir { inner: Mutex::new((HsDirStore::new(DEFAULT_PERIOD_SECS, max_entries, max_bytes), 0)) }
+        HsDir {
+            inner: Mutex::new((HsDirStore::new(DEFAULT_PERIOD_SECS, max_entries, max_bytes), 0)),
+            #[cfg(feature = "test-hooks")]
+            mutate_answers: Default::default(),
+        }
+    }
+
+    /// Test hook: serve every descriptor with one character of its signature changed.
+    #[cfg(feature = "test-hooks")]
+    pub fn set_mutate_answers(&self, on: bool) {
+        self.mutate_answers.store(on, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// The text to serve for a held descriptor.
+    fn served(&self, text: &str) -> Vec<u8> {
+        #[cfg(feature = "test-hooks")]
+        if self.mutate_answers.load(std::sync::atomic::Ordering::Relaxed) {
+            tracing::info!("test hook: serving an altered descriptor");
+            return mutate_signature(text).into_bytes();
+        }
+        text.as_bytes().to_vec()
     }
 
     /// Descriptors held.
@@ -78,12 +101,22 @@ impl HsDir {
             Some(hex_key) => match parse_key(hex_key) {
                 None => encode_response(400, b"blinded key must be 64 hex digits\n"),
                 Some(k) => match store.get(&k, now) {
-                    Some(text) => encode_response(200, text.as_bytes()),
+                    Some(text) => encode_response(200, &self.served(text)),
                     None => encode_response(404, b"no descriptor held\n"),
                 },
             },
         })
     }
+}
+
+/// `text` with the first base64 character of its `signature` line changed (still parses, no
+/// longer verifies).
+#[cfg(feature = "test-hooks")]
+fn mutate_signature(text: &str) -> String {
+    let Some(at) = text.find("\nsignature ").map(|i| i + "\nsignature ".len()) else { return text.to_string() };
+    let mut b = text.as_bytes().to_vec();
+    b[at] = if b[at] == b'A' { b'B' } else { b'A' };
+    String::from_utf8(b).unwrap_or_else(|_| text.to_string())
 }
 
 fn one_line(s: &str) -> String {
@@ -121,6 +154,22 @@ mod tests {
 
     fn ask(h: &HsDir, r: &DirRequest, hsdir: bool, now: u64) -> DirResponse {
         parse_response(&h.respond(r, hsdir, now).expect("an HSDir path"), 1 << 20).unwrap()
+    }
+
+    /// The A5 hook serves a descriptor that still parses but no longer verifies.
+    #[cfg(feature = "test-hooks")]
+    #[test]
+    fn mutating_hook_breaks_only_the_signature() {
+        let p = TimePeriod::at(20_000 * DEFAULT_PERIOD_SECS + 100, DEFAULT_PERIOD_SECS);
+        let h = HsDir::new(2, 1 << 20);
+        let (d, k) = desc(3, 1, p);
+        assert_eq!(ask(&h, &post(&d), true, p.start() + 1).status, 200);
+        h.set_mutate_answers(true);
+        let got = String::from_utf8(ask(&h, &get(&k), true, p.start() + 2).body).unwrap();
+        assert_ne!(got, d);
+        let parsed = HsDescriptor::parse(&got).expect("still parses");
+        assert!(parsed.verify(&k).is_err(), "the altered signature must not verify");
+        assert!(HsDescriptor::parse(&d).unwrap().verify(&k).is_ok());
     }
 
     #[test]

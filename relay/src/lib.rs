@@ -75,6 +75,9 @@ pub struct RelayCtx {
     /// Test hook: drop every CREATE and every cell of the circuit (never answer).
     #[cfg(feature = "test-hooks")]
     pub blackhole: bool,
+    /// Test hook: forward every INTRODUCE2 twice.
+    #[cfg(feature = "test-hooks")]
+    pub duplicate_introduce2: bool,
 }
 
 /// A relay with its config and keys, not yet running.
@@ -110,11 +113,15 @@ impl InertRelay {
             corrupt_after: cfg.relay.dangerous_test_corrupt_after,
             #[cfg(feature = "test-hooks")]
             blackhole: cfg.relay.dangerous_test_blackhole,
+            #[cfg(feature = "test-hooks")]
+            duplicate_introduce2: cfg.relay.dangerous_test_duplicate_introduce2,
             keys,
             onion: RwLock::new(onion),
             republish: tokio::sync::Notify::new(),
             observed: Default::default(),
         };
+        #[cfg(feature = "test-hooks")]
+        ctx.dir.hsdir.set_mutate_answers(cfg.relay.dangerous_test_mutate_hs_descriptors);
         Ok(InertRelay { cfg, ctx: Arc::new(ctx) })
     }
 

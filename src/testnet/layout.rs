@@ -196,6 +196,10 @@ pub struct Faults {
     pub corrupt_after: Option<u64>,
     /// The first K non-exit relays (`relay1`..`relayK`) black-hole every circuit (THREATS A32).
     pub blackhole_relays: usize,
+    /// Every relay forwards each INTRODUCE2 twice (THREATS A13).
+    pub duplicate_introduce2: bool,
+    /// The first K relays (`relay1`..`relayK`) serve altered descriptors as HSDirs (THREATS A5).
+    pub mutating_hsdirs: usize,
 }
 
 /// The client's first circuit-build timeout when a test network has black-holed relays: short,
@@ -204,7 +208,34 @@ pub const BLACKHOLE_INITIAL_BUILD_TIMEOUT_MS: u64 = 3000;
 
 impl Faults {
     fn blackholes(&self, node: &NodeSpec) -> bool {
-        node.role == Role::Relay && node.name.strip_prefix("relay").and_then(|i| i.parse::<usize>().ok()).is_some_and(|i| i <= self.blackhole_relays)
+        relay_index(node).is_some_and(|i| i <= self.blackhole_relays)
+    }
+
+    fn mutates(&self, node: &NodeSpec) -> bool {
+        relay_index(node).is_some_and(|i| i <= self.mutating_hsdirs)
+    }
+}
+
+/// K of a non-exit relay `relayK`.
+fn relay_index(node: &NodeSpec) -> Option<usize> {
+    (node.role == Role::Relay).then(|| node.name.strip_prefix("relay").and_then(|i| i.parse::<usize>().ok())).flatten()
+}
+
+impl Faults {
+    /// The hook lines of a relay's `[relay]` section.
+    fn relay_lines(&self, node: &NodeSpec, s: &mut String) {
+        if let Some(n) = self.corrupt_after {
+            let _ = writeln!(s, "dangerous_test_corrupt_after = {n}");
+        }
+        if self.blackholes(node) {
+            let _ = writeln!(s, "dangerous_test_blackhole = true");
+        }
+        if self.duplicate_introduce2 {
+            let _ = writeln!(s, "dangerous_test_duplicate_introduce2 = true");
+        }
+        if self.mutates(node) {
+            let _ = writeln!(s, "dangerous_test_mutate_hs_descriptors = true");
+        }
     }
 }
 
@@ -240,12 +271,7 @@ pub fn render_config(node: &NodeSpec, all: &[NodeSpec], voting_interval_secs: u6
         Role::Relay | Role::Exit { .. } => {
             let _ = writeln!(s, "[relay]");
             let _ = writeln!(s, "or_port = {}", node.listen.port());
-            if let Some(n) = faults.corrupt_after {
-                let _ = writeln!(s, "dangerous_test_corrupt_after = {n}");
-            }
-            if faults.blackholes(node) {
-                let _ = writeln!(s, "dangerous_test_blackhole = true");
-            }
+            faults.relay_lines(node, &mut s);
             if let Role::Exit { strict } = node.role {
                 let _ = writeln!(s, "\n[exit]");
                 let _ = writeln!(s, "enabled = true");

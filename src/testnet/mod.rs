@@ -96,6 +96,14 @@ pub struct TestnetArgs {
     /// (`client.dangerous_initial_build_timeout_ms`). Needs the relay's `test-hooks` feature.
     #[arg(long, hide = true, value_name = "K", default_value_t = 0)]
     pub dangerous_test_blackhole_relays: usize,
+    /// Test-only fault (THREATS A13): every relay, as an introduction point, forwards each
+    /// INTRODUCE2 twice. Needs the relay's `test-hooks` feature.
+    #[arg(long, hide = true)]
+    pub dangerous_test_duplicate_introduce2: bool,
+    /// Test-only fault (THREATS A5): the first K non-exit relays, as HSDirs, serve every
+    /// descriptor with its signature altered. Needs the relay's `test-hooks` feature.
+    #[arg(long, hide = true, value_name = "K", default_value_t = 0)]
+    pub dangerous_test_mutating_hsdirs: usize,
 }
 
 fn parse_param(s: &str) -> Result<(String, i64), String> {
@@ -122,15 +130,29 @@ pub fn run(args: TestnetArgs) -> ExitCode {
         eprintln!("allium testnet: --dangerous-test-corrupt-after needs a build with the relay's test-hooks feature");
         return ExitCode::from(2);
     }
-    if args.dangerous_test_blackhole_relays > 0 && !allium_relay::TEST_HOOKS {
-        eprintln!("allium testnet: --dangerous-test-blackhole-relays needs a build with the relay's test-hooks feature");
+    let hooks = [
+        ("--dangerous-test-blackhole-relays", args.dangerous_test_blackhole_relays > 0),
+        ("--dangerous-test-duplicate-introduce2", args.dangerous_test_duplicate_introduce2),
+        ("--dangerous-test-mutating-hsdirs", args.dangerous_test_mutating_hsdirs > 0),
+    ];
+    if let Some((flag, _)) = hooks.iter().find(|(_, set)| *set && !allium_relay::TEST_HOOKS) {
+        eprintln!("allium testnet: {flag} needs a build with the relay's test-hooks feature");
+        return ExitCode::from(2);
+    }
+    if args.dangerous_test_mutating_hsdirs > counts.relays - counts.exits {
+        eprintln!("allium testnet: --dangerous-test-mutating-hsdirs must be at most the number of non-exit relays ({})", counts.relays - counts.exits);
         return ExitCode::from(2);
     }
     if args.dangerous_test_blackhole_relays > counts.relays - counts.exits {
         eprintln!("allium testnet: --dangerous-test-blackhole-relays must be at most the number of non-exit relays ({})", counts.relays - counts.exits);
         return ExitCode::from(2);
     }
-    let faults = layout::Faults { corrupt_after: args.dangerous_test_corrupt_after, blackhole_relays: args.dangerous_test_blackhole_relays };
+    let faults = layout::Faults {
+        corrupt_after: args.dangerous_test_corrupt_after,
+        blackhole_relays: args.dangerous_test_blackhole_relays,
+        duplicate_introduce2: args.dangerous_test_duplicate_introduce2,
+        mutating_hsdirs: args.dangerous_test_mutating_hsdirs,
+    };
     // Current-thread runtime on the main thread: nodes are spawned from this thread, which lives
     // as long as the process, so their parent-death signal fires only when we are gone.
     let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
