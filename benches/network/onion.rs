@@ -22,7 +22,7 @@ const PUBLISHED: &str = "descriptor published";
 /// (first-fetch row, throughput row, detail lines).
 pub fn measure(net: &Testnet, server: &FileServer) -> (String, String, Vec<String>) {
     let mut notes = Vec::new();
-    let svc = ServiceNode::start(net, "hs-bench", server.addr());
+    let svc = ServiceNode::start(net, "hsbench", server.addr());
     let t = Instant::now();
     if !svc.wait_log(PUBLISH_DEADLINE, |l| l.contains(PUBLISHED)) {
         let why = format!("FAILED: the fresh service logged no `{PUBLISHED}` within {} s", PUBLISH_DEADLINE.as_secs());

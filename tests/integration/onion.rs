@@ -171,7 +171,7 @@ fn restarted_service_keeps_its_address_and_stays_reachable() {
     let page = pseudo_random(4096, 63);
     let server = FileServer::start(vec![("/page", page.clone())]);
     let net = Testnet::start(&[]);
-    let svc = ServiceNode::start(&net, "hs-restart", server.addr());
+    let svc = ServiceNode::start(&net, "hsrestart", server.addr());
     assert!(svc.wait_log(Duration::from_secs(120), |l| l.contains(PUBLISHED)), "no descriptor published:\n{}", svc.log());
     let address = svc.address.clone();
     assert!(get(&net, &address, "/page") == page);

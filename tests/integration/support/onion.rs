@@ -25,7 +25,8 @@ pub struct ServiceNode {
 }
 
 impl ServiceNode {
-    /// Writes the config of node `name` (a service `svc` whose port 80 leads to `target`) into
+    /// Writes the config of node `name` (a nickname: letters and digits) running a service `svc`
+    /// whose port 80 leads to `target` into
     /// `DIR/<name>/` and starts it.
     pub fn start(net: &Testnet, name: &str, target: SocketAddr) -> ServiceNode {
         let base = std::fs::read_to_string(net.dir.join("hs").join("config.toml")).expect("the testnet's hs config");
