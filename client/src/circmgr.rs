@@ -18,6 +18,9 @@
 //!   one short timeout. The guard set's churn limit still bounds how many new guards this can
 //!   bring in.
 //! - **Stream retry**: see [`retry_on_another_exit`].
+//! - **Onion-service circuits** ([`CircMgr::to_relay`]): four hops, guard → L2 vanguard
+//!   ([`crate::vanguards`]) → middle → the chosen relay, built fresh and never shared, with the
+//!   same retries, timeouts and guard bookkeeping.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
