@@ -18,6 +18,9 @@
 //!   one short timeout. The guard set's churn limit still bounds how many new guards this can
 //!   bring in.
 //! - **Stream retry**: see [`retry_on_another_exit`].
+//! - **Onion-service circuits** ([`CircMgr::to_relay`]): four hops, guard → L2 vanguard
+//!   ([`crate::vanguards`]) → middle → the chosen relay, built fresh and never shared, with the
+//!   same retries, timeouts and guard bookkeeping.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -38,6 +41,7 @@ use crate::circuit::{self, CircError, CircHandle};
 use crate::guard::{self, GuardParams, GuardSet, Selection};
 use crate::path::{candidates, choose_path, ExitNeed, PathError};
 use crate::timeout::TimeoutLearner;
+use crate::vanguards::{self, VanguardParams, VanguardSet};
 use crate::Bootstrap;
 
 /// How long a circuit takes new streams after its first one.
@@ -127,6 +131,9 @@ pub struct CircMgr {
     circs: Mutex<Vec<Entry>>,
     guards: StdMutex<GuardSet>,
     guard_file: Option<PathBuf>,
+    /// The L2 vanguards of circuits to a chosen relay ([`CircMgr::to_relay`]).
+    vanguards: StdMutex<VanguardSet>,
+    vanguard_file: Option<PathBuf>,
     timeouts: StdMutex<TimeoutLearner>,
     /// Builds in a row through each guard that timed out (reset by a build through it).
     guard_timeouts: StdMutex<HashMap<RelayId, u32>>,
@@ -141,12 +148,27 @@ fn now_ms() -> u64 {
 impl CircMgr {
     /// `state_dir`: where the guard state lives (`node.data_dir`); None keeps it in memory.
     pub fn new(pool: ChannelPool, state_dir: Option<PathBuf>, bootstrap: Arc<Bootstrap>) -> Self {
-        let guard_file = state_dir.map(|d| guard::state_path(&d));
+        let guard_file = state_dir.as_deref().map(guard::state_path);
         let guards = match &guard_file {
             Some(p) => guard::load(p, GuardParams::default()),
             None => GuardSet::new(GuardParams::default()),
         };
-        CircMgr { pool, circs: Mutex::new(Vec::new()), guards: StdMutex::new(guards), guard_file, timeouts: StdMutex::new(TimeoutLearner::new()), guard_timeouts: StdMutex::new(HashMap::new()), serial: AtomicU64::new(0), bootstrap }
+        let vanguard_file = state_dir.as_deref().map(vanguards::state_path);
+        let l2 = match &vanguard_file {
+            Some(p) => vanguards::load(p, VanguardParams::default()),
+            None => VanguardSet::new(VanguardParams::default()),
+        };
+        CircMgr {
+            pool,
+            circs: Mutex::new(Vec::new()),
+            guards: StdMutex::new(guards),
+            guard_file,
+            vanguards: StdMutex::new(l2),
+            vanguard_file,
+            timeouts: StdMutex::new(TimeoutLearner::new()), guard_timeouts: StdMutex::new(HashMap::new()),
+            serial: AtomicU64::new(0),
+            bootstrap,
+        }
     }
 
     /// Starts the build timeout from `initial` instead of [`crate::timeout::INITIAL`] (test
@@ -170,6 +192,21 @@ impl CircMgr {
                 tracing::warn!("cannot write guard state {}: {e}", p.display());
             }
         }
+    }
+
+    /// The L2 vanguards for this consensus (drawn or replaced first if needed; saved when
+    /// changed).
+    fn current_vanguards(&self, cands: &[crate::path::Candidate<'_>]) -> Vec<RelayId> {
+        let mut v = self.vanguards.lock().expect("vanguards");
+        v.update(cands, now_ms(), &mut rand::thread_rng());
+        if v.take_dirty() {
+            if let Some(p) = &self.vanguard_file {
+                if let Err(e) = vanguards::save(p, &v) {
+                    tracing::warn!("cannot write vanguard state {}: {e}", p.display());
+                }
+            }
+        }
+        v.ids()
     }
 
     /// Samples guards from this consensus if needed; true if the client has primary guards.
@@ -237,8 +274,11 @@ impl CircMgr {
         self.build_path(dir, need, avoid_exits, None).await
     }
 
-    /// A fresh 3-hop circuit (never shared) whose last hop is `last`: guard from the guard set,
-    /// middle by weight, as [`CircMgr::get`] builds (same retries and timeouts).
+    /// A fresh 4-hop circuit (never shared with anything) whose last hop is `last`, for onion
+    /// services (HSDirs, introduction and rendezvous points): guard from the guard set, an L2
+    /// vanguard ([`crate::vanguards`]), a middle by weight, then `last`
+    /// ([`crate::path::choose_path_to`]); same retries, timeouts and guard bookkeeping as
+    /// [`CircMgr::get`].
     pub async fn to_relay(&self, dir: &NetDir, last: &ConsensusRelay) -> Result<CircHandle, GetError> {
         Ok(self.build_path(dir, ExitNeed::Port(0), &[], Some(last)).await?.circ)
     }
@@ -277,9 +317,12 @@ impl CircMgr {
                 }
             };
             let live: Vec<_> = cands.iter().filter(|c| !silent_hops.contains(c.id())).cloned().collect();
-            let path = match last_hop {
-                None => choose_path(&live, &usable, need, avoid_exits, &mut rand::thread_rng())?,
-                Some(last) => crate::path::choose_path_to(&live, &usable, last, &mut rand::thread_rng())?,
+            let path: Vec<&ConsensusRelay> = match last_hop {
+                None => choose_path(&live, &usable, need, avoid_exits, &mut rand::thread_rng())?.to_vec(),
+                Some(last) => {
+                    let l2 = self.current_vanguards(&cands);
+                    crate::path::choose_path_to(&live, &usable, &l2, last, &mut rand::thread_rng())?.to_vec()
+                }
             };
             let g = path[0];
             self.guards.lock().expect("guards").on_attempt(&g.identity, now_ms());

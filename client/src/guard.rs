@@ -381,15 +381,9 @@ pub fn load(path: &Path, params: GuardParams) -> GuardSet {
     }
 }
 
-/// Writes the state atomically: a temporary file in the same directory, synced, then renamed.
+/// Writes the state atomically (see [`crate::state_file::write_atomic`]).
 pub fn save(path: &Path, set: &GuardSet) -> std::io::Result<()> {
-    use std::io::Write;
-    let tmp = path.with_extension("toml.tmp");
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(set.to_toml().as_bytes())?;
-    f.sync_all()?;
-    drop(f);
-    std::fs::rename(&tmp, path)
+    crate::state_file::write_atomic(path, &set.to_toml())
 }
 
 #[cfg(test)]

@@ -27,7 +27,9 @@ pub mod guard;
 pub mod hs_dir;
 pub mod path;
 pub mod socks;
+pub mod state_file;
 pub mod timeout;
+pub mod vanguards;
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};

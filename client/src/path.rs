@@ -8,6 +8,10 @@
 //!   claim is ignored, or any relay could push others out of paths by naming them);
 //! - the exit allows the requested destination.
 //!
+//! Exit circuits are guard → middle → exit ([`choose_path`]). Circuits to a chosen relay (onion
+//! services: HSDirs, introduction and rendezvous points) are guard → L2 vanguard → middle →
+//! that relay ([`choose_path_to`], vanguards in [`crate::vanguards`]).
+//!
 //! Selection works over a small view of the consensus, [`Candidate`], built in one place:
 //! [`candidates`]. Today the consensus carries neither flags nor per-position weights, so every
 //! relay is guard-capable and its advertised bandwidth is its weight for every position; when
@@ -30,6 +34,8 @@ pub enum PathError {
     TooFewRelays,
     #[error("none of the client's usable guards is listed in the consensus")]
     NoGuard,
+    #[error("the consensus lists too few compatible relays for a 4-hop path to the chosen relay (guard, vanguard, middle, that relay)")]
+    TooFewForVanguardPath,
 }
 
 /// What the stream wants from the exit.
@@ -184,28 +190,41 @@ pub fn choose_path<'a, R: Rng + ?Sized>(
     Err(PathError::TooFewRelays)
 }
 
-/// Chooses guard and middle for a circuit whose last hop is `last` (an HSDir, an introduction or
-/// rendezvous point): the first of `guards` (the client's usable guards, in order) that is not
-/// `last` and is compatible with it, then a middle by middle weight compatible with both.
+/// Chooses the path of a circuit whose last hop is `last` (an HSDir, an introduction or
+/// rendezvous point), in the vanguards-lite shape: guard → L2 vanguard → middle → `last`.
+///
+/// - `guards`: the client's usable guards, in order; the first for which the rest of a path
+///   exists is used (one that is `last`, or incompatible with it, is skipped).
+/// - `vanguards`: the L2 set ([`crate::vanguards`]); the second hop is one of them (uniformly,
+///   the set was drawn by weight), compatible with the guard and `last`; when a member leaves
+///   no middle, another is tried.
+/// - The middle is chosen by middle weight, compatible with the three others.
+///
+/// Every two hops are [`compatible`] (distinct, not one /16, not one mutual family).
 pub fn choose_path_to<'a, R: Rng + ?Sized>(
     cands: &[Candidate<'a>],
     guards: &[RelayId],
+    vanguards: &[RelayId],
     last: &'a ConsensusRelay,
     rng: &mut R,
-) -> Result<[&'a ConsensusRelay; 3], PathError> {
+) -> Result<[&'a ConsensusRelay; 4], PathError> {
     let mut listed = false;
     for id in guards {
         let Some(g) = cands.iter().find(|c| c.id() == id) else { continue };
         listed = true;
-        if g.relay.identity == last.identity || !compatible(g.relay, last) {
+        if !compatible(g.relay, last) {
             continue;
         }
-        let ok = |c: &Candidate<'_>| c.relay.identity != last.identity && compatible(c.relay, g.relay) && compatible(c.relay, last);
-        if let Some(m) = pick(cands, Position::Middle, rng, ok) {
-            return Ok([g.relay, m.relay, last]);
+        let mut l2s: Vec<&Candidate<'a>> = cands.iter().filter(|c| vanguards.contains(c.id()) && compatible(c.relay, g.relay) && compatible(c.relay, last)).collect();
+        l2s.shuffle(rng);
+        for l2 in l2s {
+            let ok = |c: &Candidate<'_>| compatible(c.relay, g.relay) && compatible(c.relay, l2.relay) && compatible(c.relay, last);
+            if let Some(m) = pick(cands, Position::Middle, rng, ok) {
+                return Ok([g.relay, l2.relay, m.relay, last]);
+            }
         }
     }
-    Err(if listed { PathError::TooFewRelays } else { PathError::NoGuard })
+    Err(if listed { PathError::TooFewForVanguardPath } else { PathError::NoGuard })
 }
 
 #[cfg(test)]
@@ -256,24 +275,87 @@ pub(crate) mod tests {
         assert_eq!(choose_path(&two, &[], ExitNeed::Port(80), &[], &mut rng).unwrap_err(), PathError::TooFewRelays);
     }
 
+    fn distinct_and_compatible(p: &[&ConsensusRelay]) -> bool {
+        (0..p.len()).all(|i| (i + 1..p.len()).all(|j| compatible(p[i], p[j])))
+    }
+
     #[test]
-    fn path_to_a_chosen_last_hop() {
-        let relays: Vec<_> = (1..=6).map(|i| relay(i, false)).collect();
+    fn path_to_a_chosen_last_hop_goes_through_a_vanguard() {
+        let relays: Vec<_> = (1..=8).map(|i| relay(i, false)).collect();
         let cands = candidates_from_relays(&relays);
         let mut rng = rand::rngs::StdRng::seed_from_u64(3);
         let guards = [relays[0].identity, relays[1].identity];
-        for _ in 0..200 {
-            let p = choose_path_to(&cands, &guards, &relays[5], &mut rng).unwrap();
-            assert!(path_ok(&p));
-            assert_eq!((p[0].identity, p[2].identity), (relays[0].identity, relays[5].identity));
+        let l2: Vec<RelayId> = relays[2..5].iter().map(|r| r.identity).collect();
+        let mut second = std::collections::HashSet::new();
+        for _ in 0..300 {
+            let p = choose_path_to(&cands, &guards, &l2, &relays[7], &mut rng).unwrap();
+            assert!(distinct_and_compatible(&p), "{p:?}");
+            assert_eq!((p[0].identity, p[3].identity), (relays[0].identity, relays[7].identity));
+            assert!(l2.contains(&p[1].identity), "the second hop is from the vanguard set");
+            second.insert(p[1].identity);
         }
-        // The first guard is the last hop itself: the next guard is used.
-        let p = choose_path_to(&cands, &guards, &relays[0], &mut rng).unwrap();
-        assert!(path_ok(&p));
+        assert_eq!(second.len(), 3, "every vanguard is used");
+        // The last hop may be any relay, even a guard or a vanguard: the others are used.
+        let p = choose_path_to(&cands, &guards, &l2, &relays[0], &mut rng).unwrap();
         assert_eq!(p[0].identity, relays[1].identity);
-        assert_eq!(choose_path_to(&cands, &[RelayId([99; 32])], &relays[5], &mut rng).unwrap_err(), PathError::NoGuard);
-        let two = candidates_from_relays(&relays[..2]);
-        assert_eq!(choose_path_to(&two, &guards, &relays[1], &mut rng).unwrap_err(), PathError::TooFewRelays);
+        assert!(distinct_and_compatible(&p));
+        for _ in 0..50 {
+            let p = choose_path_to(&cands, &guards, &l2, &relays[2], &mut rng).unwrap();
+            assert!(distinct_and_compatible(&p));
+            assert!(p[1].identity == relays[3].identity || p[1].identity == relays[4].identity);
+        }
+        assert_eq!(choose_path_to(&cands, &[RelayId([99; 32])], &l2, &relays[7], &mut rng).unwrap_err(), PathError::NoGuard);
+        assert_eq!(choose_path_to(&cands, &guards, &[], &relays[7], &mut rng).unwrap_err(), PathError::TooFewForVanguardPath);
+    }
+
+    #[test]
+    fn vanguard_path_conflicts_and_the_smallest_network() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(5);
+        // Five relays (the test network's count), last hop fixed at each in turn, the guard and
+        // the whole vanguard set drawn from the same five: a path always exists.
+        let five: Vec<_> = (1..=5).map(|i| relay(i, i > 3)).collect();
+        let cands = candidates_from_relays(&five);
+        let ids: Vec<RelayId> = five.iter().map(|r| r.identity).collect();
+        for last in &five {
+            for _ in 0..20 {
+                let p = choose_path_to(&cands, &ids[..3], &ids[1..5], last, &mut rng).unwrap();
+                assert!(distinct_and_compatible(&p), "{p:?}");
+                assert_eq!(p[3].identity, last.identity);
+            }
+        }
+        // Four relays: exactly one path (the middle is the vanguard not chosen as second hop).
+        let four = candidates_from_relays(&five[..4]);
+        let p = choose_path_to(&four, &ids[..1], &ids[1..3], &five[3], &mut rng).unwrap();
+        assert!(distinct_and_compatible(&p));
+        // Three relays: too few for four distinct hops.
+        let three = candidates_from_relays(&five[..3]);
+        assert_eq!(choose_path_to(&three, &ids[..1], &ids[1..3], &five[2], &mut rng).unwrap_err(), PathError::TooFewForVanguardPath);
+
+        // The first guard shares a /16 with the last hop: the next guard is used.
+        let mut r: Vec<_> = (1..=7).map(|i| relay(i, false)).collect();
+        r[6] = relay_at(7, "127.1.9.9".parse().unwrap(), 100, &[]);
+        let cands = candidates_from_relays(&r);
+        let ids: Vec<RelayId> = r.iter().map(|x| x.identity).collect();
+        let p = choose_path_to(&cands, &ids[..2], &ids[2..5], &r[6], &mut rng).unwrap();
+        assert_eq!(p[0].identity, ids[1]);
+        // Every vanguard but one is in the last hop's family: that one is always used.
+        for i in 2..4 {
+            let (a, b) = (r[i].identity, r[6].identity);
+            r[i].family.push(b);
+            r[6].family.push(a);
+        }
+        let cands = candidates_from_relays(&r);
+        for _ in 0..30 {
+            let p = choose_path_to(&cands, &ids[1..2], &ids[2..5], &r[6], &mut rng).unwrap();
+            assert_eq!(p[1].identity, ids[4]);
+            assert!(distinct_and_compatible(&p));
+        }
+        // ... and when it is the guard's family too, there is no path through this guard.
+        let (a, b) = (r[4].identity, r[1].identity);
+        r[4].family.push(b);
+        r[1].family.push(a);
+        let cands = candidates_from_relays(&r);
+        assert_eq!(choose_path_to(&cands, &ids[1..2], &ids[2..5], &r[6], &mut rng).unwrap_err(), PathError::TooFewForVanguardPath);
     }
 
     #[test]

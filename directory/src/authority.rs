@@ -328,7 +328,8 @@ impl AuthorityState {
     /// The shared-randomness part of this authority's vote for `t`: a commitment to a fresh
     /// random reveal (the same one if the vote for `t` is made again), the reveal committed to in
     /// its vote for the previous period, the commitments held in the votes of the previous
-    /// period, and the current value of its consensus for the previous period.
+    /// period, and the current value and the onion-service ring values (`hs-period-srv`) of its
+    /// consensus for the previous period.
     fn vote_srv(&mut self, t: u64) -> VoteSrv {
         let prev = t.saturating_sub(self.schedule.interval_secs());
         let r = *self.srv_reveals.entry(t).or_insert_with(|| {
@@ -342,15 +343,13 @@ impl AuthorityState {
             .get(&prev)
             .map(|m| m.iter().filter_map(|(id, (v, _))| v.srv.commit.map(|c| (*id, c))).collect())
             .unwrap_or_default();
+        let held = self.published.as_ref().map(|(c, _)| c).filter(|c| c.valid_after() == prev);
         VoteSrv {
             commit: Some(srv_commit(t, &self.me, &r)),
             reveal: self.srv_reveals.get(&prev).copied(),
             seen_commits,
-            previous: self
-                .published
-                .as_ref()
-                .filter(|(c, _)| c.valid_after() == prev)
-                .and_then(|(c, _)| c.shared_random().current),
+            previous: held.and_then(|c| c.shared_random().current),
+            period_srvs: held.map(|c| c.meta().period_srvs.clone()).unwrap_or_default(),
         }
     }
 
@@ -1038,9 +1037,14 @@ mod tests {
     }
 
     fn three(testnet: bool) -> (Vec<SigningKey>, Vec<AuthorityState>) {
+        three_every(testnet, I)
+    }
+
+    /// Three authorities voting every `interval` seconds.
+    fn three_every(testnet: bool, interval: u64) -> (Vec<SigningKey>, Vec<AuthorityState>) {
         let keys: Vec<SigningKey> = (1..=3).map(key).collect();
         let ids: Vec<RelayId> = keys.iter().map(|k| RelayId(k.verifying_key().to_bytes())).collect();
-        let states = keys.iter().map(|k| AuthorityState::new(signer(k), &ids, testnet, Schedule::new(I))).collect();
+        let states = keys.iter().map(|k| AuthorityState::new(signer(k), &ids, testnet, Schedule::new(interval))).collect();
         (keys, states)
     }
 
@@ -1077,12 +1081,17 @@ mod tests {
 
     /// [`run_period`] for the period starting at `t`.
     fn run_period_at(states: &mut [AuthorityState], online: &[bool], t: u64) -> Vec<Option<Published>> {
-        let s = Schedule::new(I);
+        run_period_every(states, online, t, I)
+    }
+
+    /// [`run_period_at`] for authorities voting every `interval` seconds.
+    fn run_period_every(states: &mut [AuthorityState], online: &[bool], t: u64, interval: u64) -> Vec<Option<Published>> {
+        let s = Schedule::new(interval);
         let mut votes = Vec::new();
         for (st, on) in states.iter_mut().zip(online) {
             if *on {
-                all_reachable(st, t - I);
-                let (text, _) = st.make_vote(t, t - I / 2);
+                all_reachable(st, t - interval);
+                let (text, _) = st.make_vote(t, t - interval / 2);
                 votes.push(text);
             }
         }
@@ -1154,6 +1163,87 @@ mod tests {
         assert_eq!(srv_published(&out, 0).current.map(|v| v.reveals), Some(2));
         let out = run_period_at(&mut st, &[true, true, true], T + 3 * I);
         assert_eq!(srv_published(&out, 0).current.map(|v| v.reveals), Some(3));
+    }
+
+    /// The `hs-period-srv` lines of what every authority published (all the same document).
+    fn ring_lines(out: &[Option<Published>]) -> Vec<allium_proto::hs::period::PeriodSrv> {
+        let texts: Vec<&Arc<str>> = out.iter().filter_map(|p| p.as_ref().map(|p| &p.text)).collect();
+        assert!(!texts.is_empty() && texts.iter().all(|t| *t == texts[0]), "every authority publishes the same consensus");
+        let c = Consensus::parse(texts[0]).unwrap().dangerously_assume_valid();
+        let carried = allium_proto::hs::period::read_carried(texts[0]).unwrap();
+        assert_eq!(carried, c.meta().period_srvs, "nodes read what the authorities wrote");
+        carried
+    }
+
+    /// Over a time-period boundary (periods of a day, votes every 6 hours): each consensus
+    /// carries the lines of its period and the next; the anchor consensus (at the start of the
+    /// period before) gives the next period its own shared random value, later ones carry it
+    /// unchanged into and through that period; no history gives the fallback.
+    #[test]
+    fn ring_values_across_a_period_boundary() {
+        use allium_proto::hs::period::{fallback_srv, ring_srv, DEFAULT_PERIOD_SECS as L};
+        use allium_proto::hs::TimePeriod;
+        let iv = L / 4;
+        let (_, mut st) = three_every(true, iv);
+        let k = 20_000;
+        let anchor = k * L; // start of period k, anchor of period k + 1
+        let period = |n: u64| TimePeriod { number: n, length_secs: L };
+        let mut anchored = None;
+        for t in (anchor - 2 * iv..=anchor + L + iv).step_by(iv as usize) {
+            let out = run_period_every(&mut st, &[true, true, true], t, iv);
+            let lines = ring_lines(&out);
+            let p = t / L;
+            assert_eq!(lines.iter().map(|l| (l.number, l.length_secs)).collect::<Vec<_>>(), vec![(p, L), (p + 1, L)], "at {t}");
+            let current = srv_published(&out, 0).current.map(|c| c.value);
+            let value_of = |n: u64| ring_srv(period(n), &lines);
+            if t < anchor {
+                assert_eq!(value_of(p + 1), fallback_srv(period(p + 1)), "no anchor seen yet");
+            }
+            if t == anchor {
+                let v = current.expect("the authorities have a shared random value by now");
+                assert_eq!(value_of(k + 1), v, "the anchor's own value");
+                anchored = Some(v);
+            }
+            if t > anchor {
+                assert_eq!(Some(value_of(k + 1)), anchored, "carried unchanged at {t}");
+            }
+            if t == anchor + L {
+                assert_eq!(Some(value_of(k + 2)), current, "next anchor");
+                assert_ne!(current, anchored);
+            }
+            // Period k had no anchor in this history: fallback, carried all along.
+            if p == k {
+                assert_eq!(value_of(k), fallback_srv(period(k)));
+            }
+        }
+    }
+
+    /// Authorities that disagree: a value stated by a majority of the configured authorities is
+    /// kept; with no majority the period falls back (and stays so, carried).
+    #[test]
+    fn ring_values_need_a_majority_of_voters() {
+        use allium_proto::hs::period::{fallback_srv, ring_srv, DEFAULT_PERIOD_SECS as L};
+        use allium_proto::hs::TimePeriod;
+        let iv = L / 4;
+        let (keys, mut st) = three_every(true, iv);
+        let ids: Vec<RelayId> = keys.iter().map(|k| RelayId(k.verifying_key().to_bytes())).collect();
+        let k = 20_000;
+        let next = TimePeriod { number: k + 1, length_secs: L };
+        for t in [k * L - 2 * iv, k * L - iv, k * L] {
+            run_period_every(&mut st, &[true, true, true], t, iv);
+        }
+        let v = st[0].published.as_ref().unwrap().0.shared_random().current.unwrap().value;
+        // One authority restarts with no consensus: it states nothing, the two others state v.
+        st[2] = AuthorityState::new(signer(&keys[2]), &ids, true, Schedule::new(iv));
+        let out = run_period_every(&mut st, &[true, true, true], k * L + iv, iv);
+        assert_eq!(ring_srv(next, &ring_lines(&out)), v, "2 of 3 is a majority");
+        // Two restart: only one states v, no majority; the fallback is then carried.
+        st[1] = AuthorityState::new(signer(&keys[1]), &ids, true, Schedule::new(iv));
+        st[2] = AuthorityState::new(signer(&keys[2]), &ids, true, Schedule::new(iv));
+        let out = run_period_every(&mut st, &[true, true, true], k * L + 2 * iv, iv);
+        assert_eq!(ring_srv(next, &ring_lines(&out)), fallback_srv(next), "1 of 3 is no majority");
+        let out = run_period_every(&mut st, &[true, true, true], k * L + 3 * iv, iv);
+        assert_eq!(ring_srv(next, &ring_lines(&out)), fallback_srv(next), "the fallback is carried");
     }
 
     #[test]

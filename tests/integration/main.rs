@@ -11,6 +11,7 @@
 //! - [`socks_front`]: SOCKS4/4a, SOCKS5 (IPv6, RESOLVE) and HTTP CONNECT front ends of the client.
 //! - [`exit_retry`]: a stream one exit refuses is retried on another exit.
 //! - [`blackhole`]: a relay that never answers makes builds time out and succeed elsewhere (A32).
+//! - [`hs_circuits`]: HSDir upload and fetch over 4-hop vanguard circuits (`CircMgr::to_relay`).
 //! - [`rendezvous`]: relays as introduction and rendezvous points, joining two circuits.
 //! - [`onion`]: the testnet's onion service reached by its address through SOCKS.
 //! - [`keygen`]: `allium keygen --authority` and authorities with an offline identity (A8).
@@ -25,6 +26,7 @@ mod e2e;
 mod flow_params;
 mod exit_retry;
 mod hop_budget;
+mod hs_circuits;
 mod keygen;
 mod onion;
 mod onion_rotation;

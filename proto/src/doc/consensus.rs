@@ -15,6 +15,7 @@ use super::protocols::Protocols;
 use super::srv::{compute_shared_random, read_consensus_lines, write_consensus_lines, SharedRandom};
 use super::vote::{read_lifetime, read_meta, write_lifetime, write_meta, Vote};
 use super::{DocError, Lifetime, CONSENSUS_SIG_PREFIX, MAX_CONSENSUS_LEN, MAX_SIGNATURES, MAX_SIGNATURE_DOC_LEN, MAX_VOTE_LINES};
+use crate::hs::period::{self, PeriodSrv};
 use crate::ids::RelayId;
 
 const DOC_TYPE: &str = "allium-consensus";
@@ -31,6 +32,7 @@ const HEADER_SPEC: &[(&str, Mult)] = &[
     ("bandwidth-weights", Mult::Once),
     ("shared-rand-previous", Mult::Any),
     ("shared-rand-current", Mult::Any),
+    (period::KEYWORD, Mult::Any),
     ("authority", Mult::Many),
 ];
 /// Keywords of the footer, which may come in any order (a certificate line before the signature
@@ -105,6 +107,9 @@ pub struct ConsensusMeta {
     pub required_protocols: Protocols,
     /// Shared random values (`shared-rand-previous`, `shared-rand-current`).
     pub shared_rand: SharedRandom,
+    /// Onion-service ring values (`hs-period-srv`) of this consensus's time period and the
+    /// next ([`crate::hs::period`]); at most two, ascending.
+    pub period_srvs: Vec<PeriodSrv>,
 }
 
 /// A consensus. The signed part is fixed at construction (or as received); signatures sit
@@ -153,6 +158,7 @@ impl Consensus {
         write_meta(&mut t, &meta.params, &meta.recommended_protocols, &meta.required_protocols);
         line(&mut t, "bandwidth-weights", &weights.to_string());
         write_consensus_lines(&mut t, &meta.shared_rand);
+        period::write_lines(&mut t, &meta.period_srvs);
         for a in &authorities {
             line(&mut t, "authority", &a.fingerprint());
         }
@@ -269,7 +275,8 @@ impl Consensus {
         let bw = s.get("bandwidth-weights");
         let weights = PositionWeights::parse_args(&bw.args()?).map_err(|r| bw.bad(r))?;
         let shared_rand = read_consensus_lines(&s)?;
-        let meta = ConsensusMeta { params, recommended_protocols, required_protocols, shared_rand };
+        let period_srvs = period::read_lines(s.all(period::KEYWORD).iter().copied())?;
+        let meta = ConsensusMeta { params, recommended_protocols, required_protocols, shared_rand, period_srvs };
         let mut authorities: Vec<RelayId> = Vec::new();
         for l in s.all("authority") {
             let id = fingerprint(l, l.one()?)?;
@@ -508,7 +515,10 @@ impl UnverifiedConsensus {
 /// - it has each flag that a majority of voters give it; its weight is the low median of the
 ///   weights of the voters listing it;
 /// - the `authority` lines list the voters whose votes counted;
-/// - `shared-rand-*`: see [`compute_shared_random`].
+/// - `shared-rand-*`: see [`compute_shared_random`];
+/// - `hs-period-srv`: the two lines of [`period::consensus_ring_values`], for periods of
+///   [`period::DEFAULT_PERIOD_SECS`], from this consensus's `shared-rand-current` and the lines
+///   each voter states (all of one voter's votes taken together).
 ///
 /// The result is unsigned.
 pub fn compute_consensus(votes: &[Vote], n_authorities: usize, lifetime: Lifetime) -> Consensus {
@@ -544,11 +554,21 @@ pub fn compute_consensus(votes: &[Vote], n_authorities: usize, lifetime: Lifetim
             params.insert(k.to_string(), low_median(by.into_values().collect()));
         }
     }
+    let shared_rand = compute_shared_random(&votes, n_authorities, lifetime);
+    // Ring values: the lines each voter states (all of its votes' lines together).
+    let mut stated: BTreeMap<RelayId, Vec<PeriodSrv>> = BTreeMap::new();
+    for v in &votes {
+        stated.entry(v.voter).or_default().extend(v.srv.period_srvs.iter().copied());
+    }
+    let stated: Vec<Vec<PeriodSrv>> = stated.into_values().collect();
+    let current = shared_rand.current.map(|c| c.value);
+    let period_srvs = period::consensus_ring_values(lifetime.valid_after, period::DEFAULT_PERIOD_SECS, current.as_ref(), &stated, n_authorities).to_vec();
     let meta = ConsensusMeta {
         params,
         recommended_protocols: majority_text(&rec_by),
         required_protocols: majority_text(&req_by),
-        shared_rand: compute_shared_random(&votes, n_authorities, lifetime),
+        shared_rand,
+        period_srvs,
     };
 
     // Relays. identity -> version text -> (entry, voters listing it); identity -> voter -> (flags, weight)

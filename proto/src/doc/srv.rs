@@ -7,7 +7,8 @@
 //! - **commits** `C = SHA-256("allium-srv-commit-v1" | t | identity | R)` to a fresh random `R`,
 //! - **reveals** the `R` it committed to in its vote for the previous period `t − I`,
 //! - copies the commits it saw in the votes for `t − I` (`shared-rand-seen-commit`),
-//! - states the previous SRV (the current value of its consensus for `t − I`).
+//! - states the previous SRV (the current value of its consensus for `t − I`),
+//! - states the onion-service ring values (`hs-period-srv`) of its consensus for `t − I`.
 //!
 //! [`compute_shared_random`] turns the votes for `t` into the consensus's `shared-rand-*`
 //! lines; it depends only on the set of votes. The full rules are in `docs/PROTOCOL.md`
@@ -22,6 +23,7 @@ use super::entry::line;
 use super::lines::{b64, enc64, fingerprint, uint, Line, Section};
 use super::vote::Vote;
 use super::{DocError, Lifetime};
+use crate::hs::period::{self, PeriodSrv};
 use crate::ids::RelayId;
 
 /// Domain-separation prefix of a commitment.
@@ -72,6 +74,9 @@ pub struct VoteSrv {
     /// `shared-rand-previous`: the current value of the consensus this voter holds for the
     /// previous period.
     pub previous: Option<SrvValue>,
+    /// `hs-period-srv`: the onion-service ring values carried by the consensus this voter
+    /// holds for the previous period (see [`crate::hs::period`]); at most two, ascending.
+    pub period_srvs: Vec<PeriodSrv>,
 }
 
 /// The commitment to `reveal` by `authority` in its vote for `period` (a `valid-after` time).
@@ -197,6 +202,7 @@ pub(crate) fn write_vote_lines(out: &mut String, v: &VoteSrv) {
     if let Some(p) = &v.previous {
         line(out, VOTE_KWS[3], &value_args(p));
     }
+    period::write_lines(out, &v.period_srvs);
 }
 
 pub(crate) fn read_vote_lines(s: &Section) -> Result<VoteSrv, DocError> {
@@ -221,7 +227,8 @@ pub(crate) fn read_vote_lines(s: &Section) -> Result<VoteSrv, DocError> {
         seen_commits.insert(id, b64(l, a[1])?);
     }
     let previous = at_most_one(s, VOTE_KWS[3])?.map(read_value).transpose()?;
-    Ok(VoteSrv { commit, reveal, seen_commits, previous })
+    let period_srvs = period::read_lines(s.all(period::KEYWORD).iter().copied())?;
+    Ok(VoteSrv { commit, reveal, seen_commits, previous, period_srvs })
 }
 
 pub(crate) fn write_consensus_lines(out: &mut String, sr: &SharedRandom) {

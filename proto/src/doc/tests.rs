@@ -864,6 +864,7 @@ fn srv_part(a: &SigningKey, auths: &[SigningKey], lt: Lifetime) -> VoteSrv {
         reveal: Some(reveal_of(a, prev)),
         seen_commits: auths.iter().map(|x| (id(x), srv_commit(prev, &id(x), &reveal_of(x, prev)))).collect(),
         previous: Some(SrvValue { reveals: 3, value: [9; 32] }),
+        period_srvs: Vec::new(),
     }
 }
 
@@ -1123,4 +1124,61 @@ fn compact_consensus_is_at_most_200_bytes_per_relay() {
     assert!(per_relay <= 200.0, "{per_relay} bytes per relay");
     let back = Consensus::parse(&text).unwrap().verify(&n.ids, NOW).unwrap();
     assert_eq!(back.relays().len(), 1000);
+}
+
+/// `hs-period-srv` (docs/PROTOCOL.md, "Ring value of a period"): votes state the lines of the
+/// consensus their voter held; the consensus writes its period's and the next one's, by
+/// majority of the configured authorities, and parses back to the same values.
+#[test]
+fn period_srv_lines_in_votes_and_consensus() {
+    use crate::hs::period::{fallback_srv, read_carried, PeriodSrv, DEFAULT_PERIOD_SECS as L, KEYWORD};
+    let auths = three_auths();
+    let p = LT.valid_after / L;
+    assert_ne!(LT.valid_after % L, 0, "LT is no anchor: the values come from the votes");
+    let stated = |x: u8| vec![PeriodSrv { number: p, length_secs: L, value: [x; 32] }, PeriodSrv { number: p + 1, length_secs: L, value: [x + 1; 32] }];
+    let mut votes: Vec<Vote> = auths.iter().map(|a| srv_vote(a, &auths, [], LT)).collect();
+    votes[0].srv.period_srvs = stated(1);
+    votes[1].srv.period_srvs = stated(1);
+    votes[2].srv.period_srvs = stated(5);
+
+    // A vote's lines come after shared-rand-previous and round-trip.
+    let text = votes[0].encode_signed(signer(&auths[0]).key());
+    let (prev, line) = (text.find("\nshared-rand-previous ").unwrap(), text.find(&format!("\n{KEYWORD} ")).unwrap());
+    assert!(prev < line && line < text.find("\nvote-signature ").unwrap());
+    assert_eq!(Vote::parse(&text).unwrap().verify(NOW).unwrap(), votes[0]);
+    let resign = |t: &str| {
+        let u = unsigned_part(t, "vote-signature");
+        format!("{u}vote-signature {}\n", enc64(&signer(&auths[0]).key().sign(&super::vote::signed_message(&u)).to_bytes()))
+    };
+    let lines: Vec<&str> = text.lines().filter(|l| l.starts_with(KEYWORD)).collect();
+    let swapped = text.replacen(lines[0], "@SWAP@", 1).replacen(lines[1], lines[0], 1).replacen("@SWAP@", lines[1], 1);
+    assert!(matches!(Vote::parse(&resign(&swapped)).unwrap_err(), DocError::Unsorted { .. }));
+    let third = format!("{KEYWORD} {} {L} {}\n", p + 2, enc64(&[0; 32]));
+    assert!(matches!(Vote::parse(&resign(&insert_after(&text, lines[1], &third))).unwrap_err(), DocError::TooMany { .. }));
+
+    // Two of three state 1: the consensus carries 1 (and 2 for the next period).
+    let c = compute_consensus(&votes, 3, LT);
+    assert_eq!(c.meta().period_srvs, stated(1));
+    let t = c.signed_text();
+    let (cur, line, auth) = (t.find("\nshared-rand-current ").unwrap(), t.find(&format!("\n{KEYWORD} ")).unwrap(), t.find("\nauthority ").unwrap());
+    assert!(cur < line && line < auth, "after shared-rand-current, before the authority lines");
+    let back = Consensus::parse(t).unwrap().dangerously_assume_valid();
+    assert_eq!(back.meta().period_srvs, stated(1));
+    assert_eq!(back.digest(), c.digest());
+    assert_eq!(read_carried(t).unwrap(), stated(1));
+    // One voter listing both values (two votes) counts once, with its smallest.
+    let mut twice = votes.clone();
+    let mut extra = twice[2].clone();
+    extra.srv.period_srvs = stated(0);
+    twice.push(extra);
+    let c2 = compute_consensus(&twice, 3, LT);
+    assert_eq!(c2.meta().period_srvs, stated(1), "2 voters for 1 against 1 voter for 0");
+    // Three different values: no majority, the fallback for both periods.
+    votes[1].srv.period_srvs = stated(3);
+    let c = compute_consensus(&votes, 3, LT);
+    let fb = |n: u64| fallback_srv(crate::hs::TimePeriod { number: n, length_secs: L });
+    assert_eq!(c.meta().period_srvs.iter().map(|l| (l.number, l.value)).collect::<Vec<_>>(), vec![(p, fb(p)), (p + 1, fb(p + 1))]);
+    // The consensus does not depend on the order of the votes.
+    votes.reverse();
+    assert_eq!(compute_consensus(&votes, 3, LT).digest(), c.digest());
 }

@@ -32,6 +32,7 @@ pub(crate) const HEADER_SPEC: &[(&str, Mult)] = &[
     ("shared-rand-reveal", Mult::Any),
     ("shared-rand-seen-commit", Mult::Any),
     ("shared-rand-previous", Mult::Any),
+    (crate::hs::period::KEYWORD, Mult::Any),
 ];
 
 /// One authority's vote.

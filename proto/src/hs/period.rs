@@ -15,15 +15,17 @@
 //!   its clock), so nodes with the same consensus agree.
 //!
 //! The authority side (voting and carrying the lines) is specified in `docs/PROTOCOL.md` and
-//! computed by [`consensus_ring_values`]; the directory authorities do not write the lines yet,
-//! so today every node uses the fallback.
+//! computed by [`consensus_ring_values`]: votes carry the lines of the consensus their voter
+//! holds for the previous interval (`VoteSrv::period_srvs`), and
+//! [`crate::doc::compute_consensus`] writes the two lines of every consensus
+//! (`ConsensusMeta::period_srvs`).
 
 use std::collections::BTreeMap;
 
 use sha2::{Digest as _, Sha256};
 
 use super::blind::TimePeriod;
-use crate::doc::lines::{self, b64, enc64, uint};
+use crate::doc::lines::{self, b64, enc64, uint, Line};
 use crate::doc::{DocError, MAX_VOTE_LEN, MAX_VOTE_LINES};
 
 /// Keyword of a carried ring value in a consensus (and vote) header.
@@ -107,11 +109,16 @@ pub fn read_carried(text: &str) -> Result<Vec<PeriodSrv>, DocError> {
         .min()
         .map_or(text.len(), |i| i + 1);
     let ls = lines::split(&text[..end], MAX_VOTE_LEN, MAX_VOTE_LINES)?;
+    let header = ls.iter().take_while(|l| l.kw != "relay" && l.kw != "directory-signature" && l.kw != "vote-signature");
+    read_lines(header.filter(|l| l.kw == KEYWORD))
+}
+
+/// Parses `hs-period-srv` lines (already known to have that keyword): at most [`MAX_LINES`],
+/// strictly ascending by (number, length), length not 0. Used by [`read_carried`] and by the
+/// vote and consensus parsers.
+pub(crate) fn read_lines<'s, 'a: 's>(ls: impl IntoIterator<Item = &'s Line<'a>>) -> Result<Vec<PeriodSrv>, DocError> {
     let mut out: Vec<PeriodSrv> = Vec::new();
-    for l in ls.iter().take_while(|l| l.kw != "relay" && l.kw != "directory-signature" && l.kw != "vote-signature") {
-        if l.kw != KEYWORD {
-            continue;
-        }
+    for l in ls {
         if out.len() == MAX_LINES {
             return Err(DocError::TooMany { what: "hs-period-srv lines", limit: MAX_LINES });
         }
@@ -126,6 +133,14 @@ pub fn read_carried(text: &str) -> Result<Vec<PeriodSrv>, DocError> {
         out.push(v);
     }
     Ok(out)
+}
+
+/// Writes `hs-period-srv` lines, in the order given.
+pub(crate) fn write_lines(out: &mut String, carried: &[PeriodSrv]) {
+    for c in carried.iter().take(MAX_LINES) {
+        out.push_str(&c.to_line());
+        out.push('\n');
+    }
 }
 
 /// The `hs-period-srv` lines of the consensus with `valid_after`, computed by the authorities

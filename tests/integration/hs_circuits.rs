@@ -1,0 +1,103 @@
+//! Onion-service circuits on a whole test network (docs/PROTOCOL.md, "Onion-service circuits"):
+//! `CircMgr::to_relay` builds guard → L2 vanguard → middle → HSDir over real relays, and a
+//! descriptor uploaded over one such circuit is fetched back over another. The `CircMgr` runs in
+//! this process, on the directory the network's client holds.
+
+use std::collections::HashSet;
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use allium_client::circmgr::CircMgr;
+use allium_client::{hs_dir, vanguards, Bootstrap};
+use allium_directory::NetDir;
+use allium_net::pool::ChannelPool;
+use allium_proto::doc::RelayFlags;
+use allium_proto::hs::{BlindedKey, HsDescriptor};
+use allium_proto::ids::RelayId;
+
+use crate::support::testnet::Testnet;
+
+/// Log lines written in this test's thread (the build runs there: a current-thread runtime).
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Captured {
+    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(b);
+        Ok(b.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// The network's client's verified directory, from its data directory.
+fn client_netdir(net: &Testnet) -> NetDir {
+    let dir = net.dir.join("client");
+    let cfg: toml::Value = std::fs::read_to_string(dir.join("config.toml")).unwrap().parse().unwrap();
+    let authorities: Vec<RelayId> = cfg["network"]["authorities"]
+        .as_array()
+        .expect("authorities")
+        .iter()
+        .map(|a| a["identity"].as_str().unwrap().parse().unwrap())
+        .collect();
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
+    let text = std::fs::read_to_string(dir.join("cached-consensus")).expect("the client holds a consensus");
+    let mut nd = NetDir::from_text(&text, &authorities, now).expect("the client's consensus verifies");
+    nd.add_microdescs(&std::fs::read_to_string(dir.join("cached-microdescs")).expect("and microdescriptors"));
+    nd
+}
+
+#[tokio::test]
+async fn hsdir_upload_and_fetch_over_vanguard_circuits() {
+    let net = Testnet::start(&[]);
+    let nd = client_netdir(&net);
+    assert!(nd.relays().len() >= 4, "a 4-hop path needs 4 relays, the network lists {}", nd.relays().len());
+
+    let captured = Captured::default();
+    let sink = captured.clone();
+    let subscriber = tracing_subscriber::fmt().with_max_level(tracing::Level::DEBUG).with_ansi(false).with_writer(move || sink.clone()).finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+
+    let state = crate::support::fresh_dir("hs-circuits-state");
+    let circuits = CircMgr::new(ChannelPool::new(net.node_address("client"), None), Some(state.clone()), Arc::new(Bootstrap::new()));
+    let period = hs_dir::period_of(&nd);
+    let key = BlindedKey::derive(&ed25519_dalek::SigningKey::from_bytes(&[0x33; 32]), period);
+    let text = HsDescriptor { blinded_key: key.public(), period, revision: 1, lifetime_secs: 600, encrypted: vec![0x5a; 100] }.encode_signed(&key);
+    let hsdirs = hs_dir::responsible_hsdirs(&nd, &key.public(), period);
+    let hsdir = hsdirs.first().expect("the network has HSDirs");
+    assert!(hsdir.flags.contains(RelayFlags::HSDIR));
+
+    assert_eq!(hs_dir::upload(&circuits, &nd, hsdir, &text).await.expect("upload"), "stored");
+    // Fetched back over other fresh circuits, a few times (each builds a new one).
+    for _ in 0..3 {
+        assert_eq!(hs_dir::fetch(&circuits, &nd, hsdir, &key.public()).await.expect("fetch").as_deref(), Some(text.as_str()));
+    }
+
+    // The vanguard set is saved next to the guard state: four relays of this consensus.
+    let saved = vanguards::load(&vanguards::state_path(&state), vanguards::VanguardParams::default());
+    let l2: Vec<RelayId> = saved.ids();
+    assert_eq!(l2.len(), 4, "{l2:?}");
+    assert!(l2.iter().all(|id| nd.by_id(id).is_some()));
+
+    // Every circuit was guard, L2 vanguard, middle, HSDir: four distinct relays.
+    let log = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    let paths: Vec<Vec<String>> = log
+        .lines()
+        .filter_map(|l| l.split_once("circuit built in ").map(|(_, rest)| rest))
+        .map(|rest| rest.split(" through ").nth(1).expect("path").split_whitespace().map(str::to_string).collect())
+        .collect();
+    assert_eq!(paths.len(), 4, "one circuit per request: {paths:?}");
+    let short = |id: &RelayId| id.short();
+    let l2_short: HashSet<String> = l2.iter().map(short).collect();
+    for p in &paths {
+        assert_eq!(p.len(), 4, "{p:?}");
+        assert_eq!(p.iter().collect::<HashSet<_>>().len(), 4, "a relay twice in {p:?}");
+        assert!(l2_short.contains(&p[1]), "second hop {} is not a vanguard ({l2_short:?})", p[1]);
+        assert_eq!(p[3], short(&hsdir.identity));
+    }
+    // The guard is the same on every circuit (the first primary guard).
+    assert!(paths.iter().all(|p| p[0] == paths[0][0]), "{paths:?}");
+    let _ = std::fs::remove_dir_all(&state);
+}
