@@ -6,7 +6,7 @@ use allium_directory::NetDir;
 use allium_proto::dir_stream::{encode_post, encode_request, parse_response, DirResponse, MAX_RESPONSE_HEAD_LEN};
 use allium_proto::doc::{ConsensusRelay, RelayFlags};
 use allium_proto::hs::desc::MAX_HS_DESCRIPTOR_LEN;
-use allium_proto::hs::period::{current_period, read_carried, ring_srv, DEFAULT_PERIOD_SECS};
+use allium_proto::hs::period::{current_period, read_carried, ring_srv};
 use allium_proto::hs::{HsDirRing, TimePeriod};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -29,7 +29,7 @@ pub enum HsDirError {
 
 /// The period a node using `nd` is in (its `valid-after`'s).
 pub fn period_of(nd: &NetDir) -> TimePeriod {
-    current_period(nd.valid_after(), DEFAULT_PERIOD_SECS)
+    current_period(nd.valid_after(), nd.hs_period_secs())
 }
 
 /// The HSDirs responsible for `blinded_key` in `period`, per `nd`: its HSDir-flagged relays

@@ -122,6 +122,11 @@ impl AuthorityConfig {
             }
             crate::params::check(k, *v).map_err(|e| ConfigError::invalid("authority.params", &e.to_string()))?;
         }
+        if let Some(&l) = self.authority.params.get(allium_proto::hs::period::PERIOD_PARAM) {
+            if !allium_proto::hs::period::period_length_ok(l as u64, self.interval_secs()) {
+                return Err(ConfigError::invalid("authority.params", &format!("hs-period-secs={l} is not a multiple of the voting interval")));
+            }
+        }
         if let Some(o) = self.authority.dangerous_clock_offset_secs {
             let key = "authority.dangerous_clock_offset_secs";
             if !self.network.dangerous_testnet {
@@ -241,6 +246,9 @@ mod tests {
         let e = parse(&format!("{base}[authority.params]\ncircuit-window = 1\n")).unwrap_err().to_string();
         assert!(e.contains("circuit-window=1 is outside its bounds"), "{e}");
         assert!(parse(&format!("{base}[authority.params]\nno-such = 1\n")).unwrap_err().to_string().contains("unknown parameter"));
+        assert_eq!(parse(&format!("{base}[authority.params]\nhs-period-secs = 60\n")).unwrap().vote_params()["hs-period-secs"], 60);
+        let e = parse(&format!("{base}[authority.params]\nhs-period-secs = 65\n")).unwrap_err().to_string();
+        assert!(e.contains("authority.params") && e.contains("not a multiple of the voting interval"), "{e}");
         assert!(parse(&format!("{base}reject = [\"nope\"]\n")).is_err());
         assert!(parse(&format!("{base}required_protocols = \"Relay=1 Link=1\"\n")).unwrap_err().to_string().contains("normal form"));
         assert_eq!(c.required_protocols().unwrap().to_string(), DEFAULT_REQUIRED_PROTOCOLS);

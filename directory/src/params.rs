@@ -37,6 +37,7 @@ pub const PARAMS: &[ParamSpec] = &[
     ParamSpec { name: "fast-min-bw", default: 100_000, testnet_default: 0, min: 0, max: 1 << 40, doc: "least weight for the Fast flag (bytes/s)" },
     ParamSpec { name: "guard-min-bw", default: 1_000_000, testnet_default: 0, min: 0, max: 1 << 40, doc: "least weight for the Guard flag (bytes/s)" },
     ParamSpec { name: "guard-min-uptime", default: 8 * DAY, testnet_default: 0, min: 0, max: 365 * DAY, doc: "least observed uptime for the Guard flag (s)" },
+    ParamSpec { name: "hs-period-secs", default: DAY, testnet_default: DAY, min: 60, max: 7 * DAY, doc: "length of an onion-service time period (s); used only when a multiple of the voting interval, else 86400" },
     ParamSpec { name: "hsdir-min-uptime", default: 4 * DAY, testnet_default: 0, min: 0, max: 365 * DAY, doc: "least observed uptime for the HSDir flag (s)" },
     ParamSpec { name: "stable-min-uptime", default: 5 * DAY, testnet_default: 0, min: 0, max: 365 * DAY, doc: "least observed uptime for the Stable flag (s)" },
     ParamSpec { name: "stream-sendme-inc", default: flow::STREAM_SENDME_INC as i64, testnet_default: flow::STREAM_SENDME_INC as i64, min: 1, max: flow::STREAM_WINDOW_RANGE.1 as i64, doc: "cells per stream-level SENDME" },

@@ -96,7 +96,8 @@ impl DirCache {
     /// The response to `req` at `now`.
     pub fn respond(&self, req: &DirRequest, now: u64) -> Vec<u8> {
         let live = self.live(now);
-        if let Some(answer) = self.hsdir.respond(req, self.is_hsdir(live.as_deref()), now) {
+        let period_len = live.as_deref().map_or(allium_proto::hs::period::DEFAULT_PERIOD_SECS, NetDir::hs_period_secs);
+        if let Some(answer) = self.hsdir.respond(req, self.is_hsdir(live.as_deref()), period_len, now) {
             return answer;
         }
         let Some(nd) = live else { return encode_response(404, b"no live consensus held\n") };

@@ -72,8 +72,8 @@ impl HsDir {
     }
 
     /// The answer to `req` if its path is an HSDir path, else `None`. `is_hsdir`: the live
-    /// consensus flags this relay HSDir.
-    pub fn respond(&self, req: &DirRequest, is_hsdir: bool, now: u64) -> Option<Vec<u8>> {
+    /// consensus flags this relay HSDir; `period_len`: its onion-service period length.
+    pub fn respond(&self, req: &DirRequest, is_hsdir: bool, period_len: u64, now: u64) -> Option<Vec<u8>> {
         let key = match (req.method, req.path.strip_prefix(HS_DESCRIPTOR_PATH)) {
             (Method::Post, Some("")) => None,
             (Method::Get, Some(rest)) if rest.starts_with('/') => Some(&rest[1..]),
@@ -84,6 +84,7 @@ impl HsDir {
         }
         let mut guard = self.inner.lock().unwrap_or_else(|e| e.into_inner());
         let (store, last_expiry) = &mut *guard;
+        store.set_period_len(period_len);
         if now >= last_expiry.saturating_add(EXPIRE_EVERY_SECS) {
             store.expire(now);
             *last_expiry = now;
@@ -153,7 +154,7 @@ mod tests {
     }
 
     fn ask(h: &HsDir, r: &DirRequest, hsdir: bool, now: u64) -> DirResponse {
-        parse_response(&h.respond(r, hsdir, now).expect("an HSDir path"), 1 << 20).unwrap()
+        parse_response(&h.respond(r, hsdir, DEFAULT_PERIOD_SECS, now).expect("an HSDir path"), 1 << 20).unwrap()
     }
 
     /// The A5 hook serves a descriptor that still parses but no longer verifies.

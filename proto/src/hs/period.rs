@@ -36,6 +36,18 @@ pub const FALLBACK_PREFIX: &[u8] = b"allium-hs-srv-fallback-v1";
 pub const DEFAULT_PERIOD_SECS: u64 = 86_400;
 /// Most `hs-period-srv` lines in one header.
 pub const MAX_LINES: usize = 2;
+/// The consensus parameter that sets the period length.
+pub const PERIOD_PARAM: &str = "hs-period-secs";
+
+/// The period length of a consensus with these parameters and this voting interval: the
+/// `hs-period-secs` parameter when it is usable with the interval ([`period_length_ok`]), else
+/// [`DEFAULT_PERIOD_SECS`].
+pub fn length_from_params(params: &BTreeMap<String, i64>, interval_secs: u64) -> u64 {
+    match params.get(PERIOD_PARAM) {
+        Some(&v) if v > 0 && period_length_ok(v as u64, interval_secs) => v as u64,
+        _ => DEFAULT_PERIOD_SECS,
+    }
+}
 
 /// A period's ring value, as carried by a consensus.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -186,6 +198,17 @@ mod tests {
 
     const L: u64 = 86_400;
     const I: u64 = 3600;
+
+    #[test]
+    fn period_length_parameter() {
+        let with = |v: i64| BTreeMap::from([(PERIOD_PARAM.to_string(), v)]);
+        assert_eq!(length_from_params(&BTreeMap::new(), 10), DEFAULT_PERIOD_SECS);
+        assert_eq!(length_from_params(&with(60), 10), 60);
+        assert_eq!(length_from_params(&with(65), 10), DEFAULT_PERIOD_SECS, "not a multiple of the interval");
+        assert_eq!(length_from_params(&with(5), 10), DEFAULT_PERIOD_SECS, "shorter than the interval");
+        assert_eq!(length_from_params(&with(0), 10), DEFAULT_PERIOD_SECS);
+        assert_eq!(length_from_params(&with(-60), 10), DEFAULT_PERIOD_SECS);
+    }
 
     #[test]
     fn periods_and_lengths() {

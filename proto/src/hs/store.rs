@@ -76,6 +76,12 @@ impl HsDirStore {
         self.bytes
     }
 
+    /// The network's period length changed (a consensus set another `hs-period-secs`): later
+    /// uploads are checked against it.
+    pub fn set_period_len(&mut self, period_len: u64) {
+        self.period_len = period_len;
+    }
+
     /// Handles an upload received at `now`.
     pub fn offer(&mut self, text: &str, now: u64) -> Result<Stored, StoreError> {
         let desc = HsDescriptor::parse(text)?.verify_self_signed()?;
