@@ -204,7 +204,7 @@ mod tests {
         assert_eq!(ask(&h, &post(&d4), true, now + 3600).status, 200);
         assert_eq!(h.len(), 1);
         // Other paths are not ours.
-        assert!(h.respond(&DirRequest::get("/allium/v1/consensus", true), true, now).is_none());
-        assert!(h.respond(&DirRequest::get(HS_DESCRIPTOR_PATH, true), true, now).is_none());
+        assert!(h.respond(&DirRequest::get("/allium/v1/consensus", true), true, DEFAULT_PERIOD_SECS, now).is_none());
+        assert!(h.respond(&DirRequest::get(HS_DESCRIPTOR_PATH, true), true, DEFAULT_PERIOD_SECS, now).is_none());
     }
 }
