@@ -528,10 +528,13 @@ fn read_from(path: &Path, offset: u64) -> String {
     String::from_utf8_lossy(bytes.get(offset as usize..).unwrap_or_default()).into_owned()
 }
 
-/// The `X` of every `circuit built in X ms` line.
+/// The `X` of every `circuit built in X ms through A B C` line (3-hop circuits).
 fn build_times_ms(log: &str) -> Vec<f64> {
     log.lines()
-        .filter_map(|l| l.split_once("circuit built in ").and_then(|(_, rest)| rest.split_once(" ms")).and_then(|(x, _)| x.trim().parse().ok()))
+        .filter_map(|l| l.split_once("circuit built in ").and_then(|(_, rest)| rest.split_once(" ms")))
+        // 3-hop (exit) circuits only: onion-service circuits have 4 hops.
+        .filter(|(_, path)| path.split(" through ").nth(1).is_some_and(|p| p.split_whitespace().count() == 3))
+        .filter_map(|(x, _)| x.trim().parse().ok())
         .collect()
 }
 

@@ -182,3 +182,124 @@ fn restarted_service_keeps_its_address_and_stays_reachable() {
     assert!(svc.wait_log(Duration::from_secs(120), |l| l.contains(PUBLISHED)), "no descriptor published after the restart:\n{}", svc.log());
     assert!(get(&net, &address, "/page") == page, "reachable after the restart");
 }
+
+/// Lines of `log` containing `needle`.
+fn count(log: &str, needle: &str) -> usize {
+    log.lines().filter(|l| l.contains(needle)).count()
+}
+
+/// GET `/` of the testnet's service with SOCKS username `user` (a new isolation class, so a new
+/// rendezvous: descriptor, introduction and rendezvous all happen again).
+fn get_as(net: &Testnet, host: &str, user: &str) -> Vec<u8> {
+    let mut s = crate::support::socks::socks5_connect(net.socks, host, 80, Some((user, "x"))).unwrap_or_else(|c| panic!("SOCKS reply {c:#04x} for {user}\n{}", net.node_log("client")));
+    use std::io::{Read, Write};
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    s.write_all(format!("GET / HTTP/1.0\r\nHost: {host}\r\n\r\n").as_bytes()).unwrap();
+    let mut resp = Vec::new();
+    s.read_to_end(&mut resp).unwrap();
+    assert!(String::from_utf8_lossy(&resp).contains("Allium onion service"), "{user}: {}", String::from_utf8_lossy(&resp));
+    resp
+}
+
+/// THREATS A13: every introduction point forwards each INTRODUCE2 twice. The service answers
+/// each genuine introduction once and drops every duplicate (its replay cache), and every
+/// connection still works.
+#[test]
+fn a13_replayed_introductions_are_dropped() {
+    let net = Testnet::start(&["--dangerous-test-duplicate-introduce2"]);
+    let host = net.wait_env("ONION_HOST", ONION_DEADLINE).expect("ONION_HOST");
+    for i in 0..3 {
+        get_as(&net, &host, &format!("a13-{i}"));
+    }
+    let relays: Vec<String> = net.nodes.iter().filter(|n| n.role == "relay" || n.role == "exit").map(|n| n.name.clone()).collect();
+    let genuine: usize = relays.iter().map(|r| count(&net.node_log(r), "test hook: forwarding an INTRODUCE2 twice")).sum();
+    assert!(genuine >= 4, "the probe's and 3 introductions went through an introduction point ({genuine})");
+    // The duplicates arrive right after the originals: wait until the service has seen them all.
+    let log = net.wait_log("hs", Duration::from_secs(30), |l| count(l, "replayed INTRODUCE2 dropped") >= genuine);
+    assert_eq!(count(&log, "replayed INTRODUCE2 dropped"), genuine, "every duplicate dropped, nothing else\n{log}");
+    assert_eq!(count(&log, "rendezvous joined"), genuine, "one rendezvous per genuine introduction\n{log}");
+}
+
+/// THREATS A5: four of the five HSDirs serve every descriptor with its signature altered. The
+/// client rejects what they serve and falls through to the honest one, for the testnet's service
+/// and for two fresh ones (if it did not fall through, all three would fail unless the honest
+/// HSDir happened to be asked first each time: 1 in 125).
+#[test]
+fn a5_client_falls_through_hostile_hsdirs() {
+    let net = Testnet::start(&["--relays", "5", "--exits", "1", "--dangerous-test-mutating-hsdirs", "4"]);
+    let host = net.wait_env("ONION_HOST", ONION_DEADLINE).unwrap_or_else(|| panic!("no ONION_HOST\n{}", net.node_log("client")));
+    get_as(&net, &host, "a5-0");
+    let page = pseudo_random(2048, 64);
+    let server = FileServer::start(vec![("/p", page.clone())]);
+    for i in 1..=2 {
+        let svc = ServiceNode::start(&net, &format!("hsfresh{i}"), server.addr());
+        assert!(svc.wait_log(Duration::from_secs(120), |l| l.contains(PUBLISHED)), "{}", svc.log());
+        assert!(get(&net, &svc.address, "/p") == page, "fresh service {i}");
+    }
+    let altered: usize = net.nodes.iter().filter(|n| n.role == "relay").map(|n| count(&net.node_log(&n.name), "test hook: serving an altered descriptor")).sum();
+    let rejected = count(&net.node_log("client"), "served an invalid descriptor");
+    eprintln!("hostile HSDirs served {altered} altered descriptors; the client rejected {rejected}");
+    assert_eq!(rejected, altered, "every altered descriptor was rejected, and only those");
+}
+
+/// THREATS A18 and the path shape: over many connections, the service's circuits start
+/// at its guards and go through at most 4 second hops (its pinned vanguards), every circuit
+/// with 4 distinct relays ending at the relay it needs.
+#[test]
+fn a18_service_circuits_use_guards_then_pinned_vanguards() {
+    let net = Testnet::start(&[]);
+    let host = net.wait_env("ONION_HOST", ONION_DEADLINE).expect("ONION_HOST");
+    for i in 0..12 {
+        get_as(&net, &host, &format!("a18-{i}"));
+    }
+    for node in ["hs", "client"] {
+        let log = net.node_log(node);
+        let paths: Vec<Vec<&str>> = log
+            .lines()
+            .filter_map(|l| l.split_once("circuit built in ").and_then(|(_, r)| r.split(" through ").nth(1)))
+            .map(|p| p.split_whitespace().collect::<Vec<_>>())
+            .filter(|p| p.len() == 4)
+            .collect();
+        assert!(paths.len() >= 12, "{node}: expected onion-service circuits, found {}", paths.len());
+        let first: std::collections::HashSet<&str> = paths.iter().map(|p| p[0]).collect();
+        let second: std::collections::HashSet<&str> = paths.iter().map(|p| p[1]).collect();
+        assert!(first.len() <= 3, "{node}: first hops {first:?} (guards)");
+        assert!(second.len() <= 4, "{node}: second hops {second:?} (vanguards)");
+        for p in &paths {
+            let distinct: std::collections::HashSet<&&str> = p.iter().collect();
+            assert_eq!(distinct.len(), 4, "{node}: {p:?}");
+        }
+    }
+}
+
+/// Time periods of 60 s: the service publishes for each new period ahead of time, and a client
+/// whose consensus has moved into the next period finds the service there (the descriptor
+/// under the next blinded key, not the cached one).
+#[test]
+fn service_stays_reachable_across_period_boundaries() {
+    const L: u64 = 60;
+    let net = Testnet::start(&["--param", "hs-period-secs=60"]);
+    let host = net.wait_env("ONION_HOST", ONION_DEADLINE).expect("ONION_HOST");
+    let now = || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let start_period = now() / L;
+    let fresh_fetches = |log: &str| log.lines().filter(|l| l.contains("onion service connection ready") && !l.contains("cached")).count();
+    let before = fresh_fetches(&net.node_log("client"));
+    // Connect every few seconds on a new rendezvous until the client has fetched the descriptor
+    // anew in a later period, at most 3 periods.
+    let mut i = 0;
+    let deadline = Instant::now() + Duration::from_secs(3 * L);
+    loop {
+        get_as(&net, &host, &format!("period-{i}"));
+        i += 1;
+        let later = now() / L > start_period;
+        if later && fresh_fetches(&net.node_log("client")) > before {
+            break;
+        }
+        assert!(Instant::now() < deadline, "no fresh descriptor fetch in a later period\n{}", net.node_log("client"));
+        std::thread::sleep(Duration::from_secs(2));
+    }
+    // The service published for more periods than the two it started with.
+    let hs = net.node_log("hs");
+    assert!(count(&hs, PUBLISHED) >= 2, "{hs}");
+    eprintln!("{i} connections, crossing into period {}", now() / L);
+}

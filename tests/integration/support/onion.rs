@@ -55,7 +55,7 @@ impl ServiceNode {
             .arg("client")
             .arg("--config")
             .arg(dir.join("config.toml"))
-            .env("RUST_LOG", "info,allium_client::circuit=debug")
+            .env("RUST_LOG", "info,allium_client::circuit=debug,allium_client::hs_service=debug")
             .stdin(Stdio::null())
             .stdout(File::create(&stdout).unwrap())
             .stderr(log)

@@ -53,8 +53,9 @@ impl Testnet {
             .arg(&dir)
             .args(["--socks-port", "0"])
             // Tests read these debug lines from the node logs: the client's circuit paths and
-            // directory fetches, and the addresses that connect to an authority's dir port.
-            .env("RUST_LOG", "info,allium_client::circuit=debug,allium_client::dir_fetch=debug,allium_directory::access_log=debug")
+            // directory fetches, the addresses that connect to an authority's dir port, and what
+            // an onion service does with each introduction.
+            .env("RUST_LOG", "info,allium_client::circuit=debug,allium_client::dir_fetch=debug,allium_directory::access_log=debug,allium_client::hs_service=debug")
             .args(args)
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("clone log handle"))
