@@ -150,6 +150,9 @@ pub struct CircHandle {
     /// them, docs/PROTOCOL.md "Introduction points").
     last_keys: Arc<HopKeys>,
     control_rx: ControlRx,
+    /// Relays on the built path (the last one's index is `path_len - 1`; a virtual hop's is
+    /// `path_len`).
+    path_len: usize,
 }
 
 impl CircHandle {
@@ -171,6 +174,12 @@ impl CircHandle {
             CircRequest::Resolve(r) => r,
             _ => unreachable!("sent a RESOLVE"),
         })
+    }
+
+    /// How many relays the circuit was built through: the hop index of the last relay is one
+    /// less, that of a virtual hop (added later) this many.
+    pub fn path_len(&self) -> usize {
+        self.path_len
     }
 
     /// The keys this circuit shares with the last hop it was built to.
@@ -280,7 +289,7 @@ pub async fn build_within(pool: &ChannelPool, path: &[&ConsensusRelay], limit: D
     let last_keys = Arc::new(circ.last_keys.clone().expect("at least one hop"));
     let control_rx = circ.control_rx.take().expect("control queue");
     tokio::spawn(circ.circ.run(rx));
-    Ok(CircHandle { tx, exit: Arc::new(last.clone()), built_at: Instant::now(), last_keys, control_rx: Arc::new(tokio::sync::Mutex::new(control_rx)) })
+    Ok(CircHandle { tx, exit: Arc::new(last.clone()), built_at: Instant::now(), last_keys, control_rx: Arc::new(tokio::sync::Mutex::new(control_rx)), path_len: path.len() })
 }
 
 /// The client data of every hop's handshake: the circuit's flow-control parameters.
