@@ -12,6 +12,7 @@
 //! - [`exit_retry`]: a stream one exit refuses is retried on another exit.
 //! - [`blackhole`]: a relay that never answers makes builds time out and succeed elsewhere (A32).
 //! - [`rendezvous`]: relays as introduction and rendezvous points, joining two circuits.
+//! - [`onion_service`]: a client hosting an onion service, reached by introduction and rendezvous.
 //! - [`keygen`]: `allium keygen --authority` and authorities with an offline identity (A8).
 //! - [`support`]: the shared fixtures (a test network, a SOCKS5 client, an HTTP file server).
 //!
@@ -26,6 +27,7 @@ mod exit_retry;
 mod hop_budget;
 mod keygen;
 mod onion_rotation;
+mod onion_service;
 mod socks_front;
 mod paths;
 mod quorum_loss;
