@@ -322,3 +322,80 @@ fn echo_server() -> (SocketAddr, Arc<std::sync::Mutex<Vec<SocketAddr>>>) {
     });
     (addr, peers)
 }
+
+/// A client's and a service's circuits joined at an in-process rendezvous point (no
+/// introduction: the handshake runs directly), the service serving streams only if `serve`.
+async fn joined(serve: bool) -> (CircHandle, CircHandle, tokio::sync::mpsc::Receiver<allium_client::circuit::IncomingStream>) {
+    use allium_proto::hs::rendezvous;
+    let a = crate::support::inproc::start_relay("hsA", "").await.0;
+    let b = crate::support::inproc::start_relay("hsB", "").await.0;
+    let c = crate::support::inproc::start_relay("hsC", "").await.0;
+    let pool = ChannelPool::new(IpAddr::V4(Ipv4Addr::LOCALHOST), None);
+    let mut rng = rand::rngs::OsRng;
+    let auth_key = ed25519_dalek::SigningKey::from_bytes(&[0x31; 32]).verifying_key().to_bytes();
+    let enc = x25519_dalek::StaticSecret::from([0x13; 32]);
+    let enc_pub = x25519_dalek::PublicKey::from(&enc).to_bytes();
+    let cookie = [3u8; 20];
+    let client = allium_client::circuit::build(&pool, &[&b, &a]).await.unwrap();
+    let (_, m) = client.control(RelayMsg::EstablishRendezvous { cookie, ext: Default::default() }).await.unwrap();
+    assert!(matches!(m, RelayMsg::RendezvousEstablished { .. }));
+    let (hs, x) = rendezvous::client_start(&mut rng, &auth_key, &enc_pub);
+    let out = rendezvous::service_respond(&mut rng, &auth_key, &enc, rendezvous::HTYPE_REND, &x).unwrap();
+    let svc = allium_client::circuit::build(&pool, &[&c, &a]).await.unwrap();
+    let r1 = RelayMsg::Rendezvous1 { cookie, hdata: out.reply.to_vec(), ext: Default::default() };
+    let (tx, rx) = tokio::sync::mpsc::channel(4);
+    if serve {
+        svc.join_as_service(r1, rendezvous::service_end_keys(&out.keys), tx).await.unwrap();
+    } else {
+        svc.send_control(r1).await.unwrap();
+        svc.add_virtual_hop(rendezvous::service_end_keys(&out.keys)).await.unwrap();
+    }
+    let (_, r2) = tokio::time::timeout(Duration::from_secs(20), client.recv_control()).await.unwrap().unwrap();
+    let RelayMsg::Rendezvous2 { hdata, .. } = r2 else { panic!("got {r2:?}") };
+    client.add_virtual_hop(hs.finish(&hdata).unwrap()).await.unwrap();
+    (client, svc, rx)
+}
+
+/// Streams from the virtual hop: the circuit hands each BEGIN to the service without waiting
+/// for its answer (a stream answered later does not hold up one answered first), attaches the
+/// socket on Ok with CONNECTED (no address), sends END with the service's reason on Err.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_circuit_serves_streams_from_the_virtual_hop_without_blocking() {
+    let (client, _svc, mut incoming) = joined(true).await;
+    let (echo, _) = echo_server();
+    let host = "x.allium";
+    let c1 = client.clone();
+    let slow = tokio::spawn(async move { open_stream(&c1, host, 80).await });
+    let first = tokio::time::timeout(WAIT, incoming.recv()).await.unwrap().unwrap();
+    assert_eq!((first.port, first.host.as_str()), (80, host));
+    // While the first waits, a second stream is opened, answered and used.
+    let c2 = client.clone();
+    let fast = tokio::spawn(async move { open_stream(&c2, host, 7).await });
+    let second = tokio::time::timeout(WAIT, incoming.recv()).await.unwrap().unwrap();
+    assert_eq!(second.port, 7);
+    second.respond.send(Ok(tokio::net::TcpStream::connect(echo).await.unwrap())).unwrap();
+    let mut s = fast.await.unwrap().expect("the second stream connects first");
+    s.write_all(b"ping over the join").await.unwrap();
+    let mut got = [0u8; 18];
+    tokio::time::timeout(WAIT, s.read_exact(&mut got)).await.unwrap().unwrap();
+    assert_eq!(&got, b"ping over the join");
+    assert!(!slow.is_finished(), "the first stream is still waiting for its answer");
+    first.respond.send(Err(EndReason::ConnectRefused)).unwrap();
+    assert_eq!(slow.await.unwrap().err(), Some(EndReason::ConnectRefused));
+    // A dropped answer is an END too, and the circuit stays usable.
+    let c3 = client.clone();
+    let third = tokio::spawn(async move { open_stream(&c3, host, 9).await });
+    drop(tokio::time::timeout(WAIT, incoming.recv()).await.unwrap().unwrap());
+    assert!(third.await.unwrap().is_err());
+    assert!(!client.is_closed());
+}
+
+/// Without serving enabled, BEGIN from the virtual hop is a protocol violation: the service's
+/// circuit is destroyed, and with it the client's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn begin_to_an_end_that_does_not_serve_destroys_the_circuit() {
+    let (client, svc, _) = joined(false).await;
+    assert_eq!(open_stream(&client, "x.allium", 80).await.err(), Some(EndReason::Destroy));
+    let closed = tokio::time::timeout(WAIT, svc.recv_control()).await.expect("the service circuit closes");
+    assert!(closed.is_none(), "got {closed:?}");
+}
