@@ -45,8 +45,9 @@ impl Drop for ServiceNode {
 
 impl ServiceNode {
     /// Starts a second client in the network (configured like the testnet's own client) that
-    /// hosts `web` with the virtual ports mapped to the targets given.
-    fn start(net: &Testnet, ports: &[(u16, SocketAddr)]) -> ServiceNode {
+    /// hosts `web` with the virtual ports mapped to the targets given, and `private` (port 80
+    /// to the first target) for the one client whose x25519 public key is `authorized`.
+    fn start(net: &Testnet, ports: &[(u16, SocketAddr)], authorized: [u8; 32]) -> ServiceNode {
         let text = std::fs::read_to_string(net.dir.join("client").join("config.toml")).unwrap();
         let mut cfg: toml::Table = text.parse().unwrap();
         let data_dir = net.root.join("service");
@@ -58,7 +59,11 @@ impl ServiceNode {
         let mut svc = toml::Table::new();
         svc.insert("name".into(), "web".into());
         svc.insert("ports".into(), toml::Value::Array(ports.iter().map(|(v, t)| format!("{v} -> {t}").into()).collect()));
-        cfg.insert("onion_service".into(), toml::Value::Array(vec![svc.into()]));
+        let mut private = toml::Table::new();
+        private.insert("name".into(), "private".into());
+        private.insert("ports".into(), toml::Value::Array(vec![format!("80 -> {}", ports[0].1).into()]));
+        private.insert("authorized_clients".into(), toml::Value::Array(vec![hex::encode(authorized).into()]));
+        cfg.insert("onion_service".into(), toml::Value::Array(vec![svc.into(), private.into()]));
         let path = net.root.join("service.toml");
         std::fs::write(&path, toml::to_string(&cfg).unwrap()).unwrap();
         let log = net.root.join("service.log");
@@ -120,24 +125,27 @@ impl Visitor {
         }
     }
 
-    /// The service's introduction points, from its descriptor at one of the responsible HSDirs.
-    async fn intro_points(&mut self, identity: &[u8; 32]) -> Vec<IntroPoint> {
+    /// The service's current descriptor, from one of the responsible HSDirs, verified.
+    async fn descriptor(&mut self, identity: &[u8; 32]) -> HsDescriptor {
         let deadline = Instant::now() + WAIT;
         loop {
             let p = hs_dir::period_of(&self.dir);
             let blinded = blind_public(identity, p).unwrap();
             for hsdir in hs_dir::responsible_hsdirs(&self.dir, &blinded, p) {
                 if let Ok(Some(text)) = hs_dir::fetch(&self.circuits, &self.dir, &hsdir, &blinded).await {
-                    let d = HsDescriptor::parse(&text).unwrap().verify(&blinded).expect("a descriptor signed under the blinded key");
-                    let list: IntroList = decrypt(identity, &DescBinding::of(&d), &d.encrypted, None).expect("decrypts with the address alone");
-                    if !list.intro_points.is_empty() {
-                        return list.intro_points;
-                    }
+                    return HsDescriptor::parse(&text).unwrap().verify(&blinded).expect("a descriptor signed under the blinded key");
                 }
             }
             assert!(Instant::now() < deadline, "no descriptor at any responsible HSDir");
             self.refresh().await;
         }
+    }
+
+    /// The service's introduction points, from its descriptor (no client authorization).
+    async fn intro_points(&mut self, identity: &[u8; 32]) -> Vec<IntroPoint> {
+        let d = self.descriptor(identity).await;
+        let list: IntroList = decrypt(identity, &DescBinding::of(&d), &d.encrypted, None).expect("decrypts with the address alone");
+        list.intro_points
     }
 
     fn relay(&self, id: &[u8; 32]) -> ConsensusRelay {
@@ -207,7 +215,9 @@ fn a_hosted_service_is_reached_through_introduction_and_rendezvous() {
     let server = FileServer::start(vec![("/1k", pseudo_random(1024, 11)), ("/10m", pseudo_random(10_000_000, 12))]);
     let net = Testnet::start(&[]);
     let (echo, echo_peers) = echo_server();
-    let svc = ServiceNode::start(&net, &[(80, server.addr()), (7, echo)]);
+    let alice = x25519_dalek::StaticSecret::from([0x5a; 32]);
+    let mallory = x25519_dalek::StaticSecret::from([0x6b; 32]);
+    let svc = ServiceNode::start(&net, &[(80, server.addr()), (7, echo)], x25519_dalek::PublicKey::from(&alice).to_bytes());
     // The address is printed on stdout (never logged); the log says when HSDirs hold the
     // descriptor, and never names the address.
     let host = svc.wait_for("address line", WAIT, |log| log.lines().find_map(|l| l.strip_prefix("onion service web: ")).map(str::to_string));
@@ -216,9 +226,11 @@ fn a_hosted_service_is_reached_through_introduction_and_rendezvous() {
         log.lines().filter_map(|l| l.split("onion service web: descriptor published to ").nth(1)).find_map(|r| r.split(' ').next()?.parse().ok().filter(|n| *n > 0))
     });
     assert!(n > 0);
-    let printed = format!("onion service web: {host}");
-    for l in svc.log().lines().filter(|l| *l != printed) {
-        assert!(!l.contains(&host[..56]), "the address in a log line: {l}");
+    let private_host = svc.wait_for("address line", WAIT, |log| log.lines().find_map(|l| l.strip_prefix("onion service private: ")).map(str::to_string));
+    svc.wait_for("publication", WAIT, |log| log.contains("onion service private: descriptor published to").then_some(()));
+    let printed = [format!("onion service web: {host}"), format!("onion service private: {private_host}")];
+    for l in svc.log().lines().filter(|l| !printed.iter().any(|p| p == l)) {
+        assert!(!l.contains(&host[..56]) && !l.contains(&private_host[..56]), "an address in a log line: {l}");
     }
 
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
@@ -228,6 +240,15 @@ fn a_hosted_service_is_reached_through_introduction_and_rendezvous() {
         let points = v.intro_points(&identity).await;
         assert!(!points.is_empty() && points.len() <= 3, "{} introduction points", points.len());
         let point = points[0].clone();
+
+        // The private service's introduction points open for its authorized client only.
+        let private = *OnionAddress::parse(&private_host).unwrap().identity();
+        let d = v.descriptor(&private).await;
+        let binding = DescBinding::of(&d);
+        assert!(decrypt(&private, &binding, &d.encrypted, None).is_err(), "readable without a client key");
+        assert!(decrypt(&private, &binding, &d.encrypted, Some(&mallory)).is_err(), "readable by an unlisted client");
+        let list = decrypt(&private, &binding, &d.encrypted, Some(&alice)).expect("the authorized client reads it");
+        assert!(!list.intro_points.is_empty());
         let rp = v.rendezvous_point(&point.relay.identity);
         let target = |r: &ConsensusRelay| ExtendTarget { addr: r.address, identity: r.identity.0, link_key: r.link_key };
 
