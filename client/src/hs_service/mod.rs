@@ -111,6 +111,7 @@ impl HostedService {
             dirty_since: None,
             last_publish: None,
             not_before: None,
+            starved: false,
             revision: 0,
             publishing: JoinSet::new(),
             builds: Arc::new(Semaphore::new(MAX_RENDEZVOUS_BUILDS)),
@@ -134,6 +135,8 @@ struct Loop<'a> {
     /// Since when the published descriptor is out of date.
     dirty_since: Option<Instant>,
     last_publish: Option<Instant>,
+    /// Whether the last attempt to add a point found no relay (logged once).
+    starved: bool,
     /// No round starts before this (after one that stored nothing).
     not_before: Option<Instant>,
     revision: u64,
@@ -233,9 +236,13 @@ impl Loop<'_> {
     fn fill(&mut self) {
         for _ in 0..self.set.needed() {
             let Some(relay) = pick_relay(&self.dir, &self.set.relays_in_use()) else {
-                tracing::info!("onion service {}: no relay left for an introduction point", self.svc.name);
+                if !self.starved {
+                    tracing::info!("onion service {}: no relay left for an introduction point (will keep trying)", self.svc.name);
+                    self.starved = true;
+                }
                 return;
             };
+            self.starved = false;
             let target = ExtendTarget { addr: relay.address, identity: relay.identity.0, link_key: relay.link_key };
             let key = self.set.add(&mut rand::rngs::OsRng, target, relay.onion_key, unix_now());
             let auth = self.set.points().iter().find(|p| p.auth_key() == key).expect("just added").auth_signing_key().clone();
