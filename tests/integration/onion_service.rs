@@ -217,7 +217,9 @@ fn a_hosted_service_is_reached_through_introduction_and_rendezvous() {
     let (echo, echo_peers) = echo_server();
     let alice = x25519_dalek::StaticSecret::from([0x5a; 32]);
     let mallory = x25519_dalek::StaticSecret::from([0x6b; 32]);
-    let svc = ServiceNode::start(&net, &[(80, server.addr()), (7, echo)], x25519_dalek::PublicKey::from(&alice).to_bytes());
+    // Port 8 maps to a loopback port nothing listens on.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let svc = ServiceNode::start(&net, &[(80, server.addr()), (7, echo), (8, closed)], x25519_dalek::PublicKey::from(&alice).to_bytes());
     // The address is printed on stdout (never logged); the log says when HSDirs hold the
     // descriptor, and never names the address.
     let host = svc.wait_for("address line", WAIT, |log| log.lines().find_map(|l| l.strip_prefix("onion service web: ")).map(str::to_string));
@@ -268,6 +270,7 @@ fn a_hosted_service_is_reached_through_introduction_and_rendezvous() {
             assert_eq!(sha(&body), sha(server.file(path)), "{path}: content");
         }
         assert_eq!(open_stream(&rend, &host, 81).await.err(), Some(EndReason::ConnectRefused), "port 81 is not mapped");
+        assert_eq!(open_stream(&rend, &host, 8).await.err(), Some(EndReason::ConnectRefused), "port 8's target refuses");
         // 10 MB up and back through the echo target.
         let s = open_stream(&rend, &host, 7).await.expect("port 7 is mapped");
         let big = pseudo_random(10_000_000, 13);
