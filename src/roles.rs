@@ -53,7 +53,7 @@ pub fn client(args: &RoleArgs) -> ExitCode {
     // Printed on stdout for the operator, never logged.
     for s in &cfg.onion_services {
         match s.load_or_create_address(&cfg.node.data_dir) {
-            Ok(a) => println!("onion service {}: {} (not reachable yet: hosting onion services is not implemented)", s.name, a.to_host()),
+            Ok(a) => println!("onion service {}: {}", s.name, a.to_host()),
             Err(e) => {
                 eprintln!("allium client: onion service {}: cannot load or create its key: {e}", s.name);
                 return ExitCode::FAILURE;

@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use allium_net::channel::Channel;
 use allium_net::link::PeerInfo;
 use allium_net::pool::ChannelPool;
-use allium_net::stream::{StreamEvent, StreamMux};
+use allium_net::stream::{StreamError, StreamEvent, StreamMux};
 use allium_proto::cell::{self, Cell, CellCmd, DestroyReason, MAX_HANDSHAKE_LEN, PAYLOAD_LEN};
 use allium_proto::crypto::cell_crypto::ClientCrypto;
 use allium_proto::crypto::kdf::HopKeys;
@@ -80,6 +80,18 @@ pub struct ResolveRequest {
 /// the hop refused (DESTROY if the circuit died first).
 pub type DirStreamResult = Result<tokio::io::DuplexStream, EndReason>;
 
+/// A stream the far end of a rendezvous circuit asked this service for: BEGIN on the virtual
+/// hop (docs/PROTOCOL.md, "Onion services" → "Service streams"). The circuit task does not wait
+/// for the answer; it attaches the socket and sends CONNECTED (no address), or sends END.
+pub struct IncomingStream {
+    /// The virtual port asked for (selects the target).
+    pub port: u16,
+    /// The host the client named (the onion address, or empty); informational only.
+    pub host: String,
+    /// The connected target, or the END reason to answer with.
+    pub respond: oneshot::Sender<Result<TcpStream, EndReason>>,
+}
+
 /// What the circuit task is asked to do.
 enum CircRequest {
     Begin(BeginRequest),
@@ -89,7 +101,16 @@ enum CircRequest {
     Control(RelayMsg, oneshot::Sender<Result<(), String>>),
     /// Appends a hop whose keys come from elsewhere (the rendezvous virtual hop).
     AddVirtualHop(Box<HopKeys>, oneshot::Sender<()>),
+    /// Accept BEGIN from the virtual hop from now on, handing the streams to the sender.
+    Serve(mpsc::Sender<IncomingStream>, oneshot::Sender<()>),
+    /// The service's join at the rendezvous point, in one step so that no cell of the client
+    /// can arrive in between: send RENDEZVOUS1 to the last hop, append the virtual hop, serve.
+    ServiceJoin { rendezvous1: RelayMsg, keys: Box<HopKeys>, streams: mpsc::Sender<IncomingStream>, done: oneshot::Sender<Result<(), String>> },
 }
+
+/// Most streams waiting for the service's answer (connect) on one rendezvous circuit; more
+/// are answered END RESOURCELIMIT.
+const MAX_INCOMING_PENDING: usize = 64;
 
 /// Most circuit-level messages waiting for [`CircHandle::recv_control`]; a relay sending more
 /// than that unread closes the circuit.
@@ -129,6 +150,9 @@ pub struct CircHandle {
     /// them, docs/PROTOCOL.md "Introduction points").
     last_keys: Arc<HopKeys>,
     control_rx: ControlRx,
+    /// Relays on the built path (the last one's index is `path_len - 1`; a virtual hop's is
+    /// `path_len`).
+    path_len: usize,
 }
 
 impl CircHandle {
@@ -150,6 +174,12 @@ impl CircHandle {
             CircRequest::Resolve(r) => r,
             _ => unreachable!("sent a RESOLVE"),
         })
+    }
+
+    /// How many relays the circuit was built through: the hop index of the last relay is one
+    /// less, that of a virtual hop (added later) this many.
+    pub fn path_len(&self) -> usize {
+        self.path_len
     }
 
     /// The keys this circuit shares with the last hop it was built to.
@@ -188,6 +218,25 @@ impl CircHandle {
         rx.await.map_err(|_| CircError::Closed)
     }
 
+    /// Accepts streams (BEGIN) from the virtual hop from now on: each is handed to `streams`,
+    /// whose receiver answers it (see [`IncomingStream`]). Without this, or when `streams` is
+    /// full or closed, BEGIN from the virtual hop is refused.
+    pub async fn serve_streams(&self, streams: mpsc::Sender<IncomingStream>) -> Result<(), CircError> {
+        let (tx, rx) = oneshot::channel();
+        self.tx.send(CircRequest::Serve(streams, tx)).await.map_err(|_| CircError::Closed)?;
+        rx.await.map_err(|_| CircError::Closed)
+    }
+
+    /// The service's side of a rendezvous, atomically: sends `rendezvous1` (RENDEZVOUS1) to the
+    /// last hop, appends the virtual hop with `keys` (`rendezvous::service_end_keys`) and
+    /// serves streams from it to `streams` ([`CircHandle::serve_streams`]).
+    pub async fn join_as_service(&self, rendezvous1: RelayMsg, keys: HopKeys, streams: mpsc::Sender<IncomingStream>) -> Result<(), CircError> {
+        let (done, rx) = oneshot::channel();
+        let req = CircRequest::ServiceJoin { rendezvous1, keys: Box::new(keys), streams, done };
+        self.tx.send(req).await.map_err(|_| CircError::Closed)?;
+        rx.await.map_err(|_| CircError::Closed)?.map_err(CircError::Protocol)
+    }
+
     /// Opens a directory stream (BEGIN_DIR) to the circuit's last hop.
     pub async fn begin_dir(&self) -> DirStreamResult {
         let (tx, rx) = oneshot::channel();
@@ -211,6 +260,8 @@ struct Circuit {
     control_tx: mpsc::Sender<(usize, RelayMsg)>,
     /// Whether a virtual hop was appended (rendezvous circuit).
     virtual_hop: bool,
+    /// Where streams from the virtual hop go once this end serves them (an onion service).
+    serving: Option<mpsc::Sender<IncomingStream>>,
 }
 
 /// Builds a circuit through `path` (guard first, at least one hop) and starts its task.
@@ -238,7 +289,7 @@ pub async fn build_within(pool: &ChannelPool, path: &[&ConsensusRelay], limit: D
     let last_keys = Arc::new(circ.last_keys.clone().expect("at least one hop"));
     let control_rx = circ.control_rx.take().expect("control queue");
     tokio::spawn(circ.circ.run(rx));
-    Ok(CircHandle { tx, exit: Arc::new(last.clone()), built_at: Instant::now(), last_keys, control_rx: Arc::new(tokio::sync::Mutex::new(control_rx)) })
+    Ok(CircHandle { tx, exit: Arc::new(last.clone()), built_at: Instant::now(), last_keys, control_rx: Arc::new(tokio::sync::Mutex::new(control_rx)), path_len: path.len() })
 }
 
 /// The client data of every hop's handshake: the circuit's flow-control parameters.
@@ -260,7 +311,7 @@ async fn build_inner(pool: &ChannelPool, path: &[&ConsensusRelay], progress: &At
     let chan = pool.get(&PeerInfo { addr: first.address, identity: first.identity, link_key: first.link_key }).await?;
     let (id, rx) = chan.open_circuit().map_err(|_| CircError::Closed)?;
     let (control_tx, control_rx) = mpsc::channel(CONTROL_QUEUE);
-    let mut c = Circuit { chan, id, rx, crypto: ClientCrypto::new(), asm: Vec::new(), flow, last_keys: None, control_tx, virtual_hop: false };
+    let mut c = Circuit { chan, id, rx, crypto: ClientCrypto::new(), asm: Vec::new(), flow, last_keys: None, control_tx, virtual_hop: false, serving: None };
     let r = c.build_hops(path, progress).await;
     if r.is_err() {
         c.chan.close_circuit(c.id);
@@ -353,7 +404,9 @@ impl Circuit {
         let hop = self.crypto.decrypt_inbound(body).map_err(|_| CircError::Protocol("relay cell failed authentication".into()))?;
         let pt: &[u8; RELAY_PLAINTEXT_LEN] = body[..RELAY_PLAINTEXT_LEN].try_into().expect("493 bytes");
         let Some((h, b)) = self.asm[hop].push(pt).map_err(|e| CircError::Protocol(e.to_string()))? else { return Ok(None) };
-        let msg = RelayMsg::decode(h.cmd, &b, Direction::Inbound).map_err(|e| CircError::Protocol(e.to_string()))?;
+        // A serving end parses what the far end of the join sends as a relay would.
+        let dir = if self.serves_hop(hop) { Direction::Outbound } else { Direction::Inbound };
+        let msg = RelayMsg::decode(h.cmd, &b, dir).map_err(|e| CircError::Protocol(e.to_string()))?;
         Ok(Some((hop, h.stream_id, msg)))
     }
 
@@ -365,8 +418,29 @@ impl Circuit {
         Ok(())
     }
 
+    /// Whether `hop` is the virtual hop and this end serves its streams.
+    fn serves_hop(&self, hop: usize) -> bool {
+        self.serving.is_some() && self.virtual_hop && hop + 1 == self.crypto.n_hops()
+    }
+
+    /// Appends the virtual hop. Its streams use the default windows (the two ends of a join
+    /// negotiate none, and may hold different consensuses): the circuit's still empty stream
+    /// multiplexer is replaced by one with [`FlowParams::default`].
+    fn add_virtual_hop(&mut self, keys: &HopKeys, mux: &mut StreamMux) {
+        self.crypto.add_hop(keys);
+        self.asm.push(MsgAssembler::default());
+        self.virtual_hop = true;
+        if mux.is_empty() {
+            self.flow = FlowParams::default();
+            *mux = StreamMux::new(self.flow);
+        }
+    }
+
     async fn run(mut self, mut begins: mpsc::Receiver<CircRequest>) {
         let mut mux = StreamMux::new(self.flow);
+        // Streams from the virtual hop waiting for the service's answer, and the answers.
+        let mut incoming: std::collections::HashSet<u16> = Default::default();
+        let (answer_tx, mut answer_rx) = mpsc::channel::<(u16, Result<TcpStream, EndReason>)>(MAX_INCOMING_PENDING);
         let mut pending: std::collections::HashMap<u16, Pending> = Default::default();
         let mut resolves: std::collections::HashMap<u16, ResolveRequest> = Default::default();
         let mut open = true;
@@ -393,6 +467,7 @@ impl Circuit {
                                 Err(CircError::Protocol("RESOLVED for no pending RESOLVE".into()))
                             }
                         }
+                        Ok(Some((hop, sid, msg))) if self.serves_hop(hop) => self.on_served_msg(sid, msg, &mut mux, &mut incoming, &answer_tx).await,
                         Ok(Some((hop, sid, msg))) => { let last = self.crypto.n_hops() - 1; self.on_msg(hop == last, sid, msg, &mut mux, &mut pending).await }
                     },
                 },
@@ -412,13 +487,27 @@ impl Circuit {
                         r
                     }
                     Some(CircRequest::AddVirtualHop(keys, done)) => {
-                        self.crypto.add_hop(&keys);
-                        self.asm.push(MsgAssembler::default());
-                        self.virtual_hop = true;
+                        self.add_virtual_hop(&keys, &mut mux);
                         let _ = done.send(());
                         Ok(())
                     }
+                    Some(CircRequest::Serve(streams, done)) => {
+                        self.serving = Some(streams);
+                        let _ = done.send(());
+                        Ok(())
+                    }
+                    Some(CircRequest::ServiceJoin { rendezvous1, keys, streams, done }) => {
+                        let last = self.crypto.n_hops() - 1;
+                        let r = self.send(last, 0, &rendezvous1).await;
+                        if r.is_ok() {
+                            self.add_virtual_hop(&keys, &mut mux);
+                            self.serving = Some(streams);
+                        }
+                        let _ = done.send(r.as_ref().map(|_| ()).map_err(|e| e.to_string()));
+                        r
+                    }
                 },
+                Some((sid, answer)) = answer_rx.recv() => self.on_answer(sid, answer, &mut mux, &mut incoming).await,
                 ev = mux.next_event() => {
                     let out = mux.handle_event(ev);
                     self.send_all(out).await
@@ -443,6 +532,76 @@ impl Circuit {
         }
         for (_, req) in resolves {
             let _ = req.done.send(Err(EndReason::Destroy));
+        }
+    }
+
+    /// A message from the virtual hop of a circuit this end serves streams on: this end acts as
+    /// the exit (BEGIN, DATA, SENDME, END; RESOLVE and BEGIN_DIR are refused).
+    async fn on_served_msg(
+        &mut self,
+        sid: u16,
+        msg: RelayMsg,
+        mux: &mut StreamMux,
+        incoming: &mut std::collections::HashSet<u16>,
+        answers: &mpsc::Sender<(u16, Result<TcpStream, EndReason>)>,
+    ) -> Result<(), CircError> {
+        let last = self.crypto.n_hops() - 1;
+        match msg {
+            RelayMsg::Drop => Ok(()),
+            RelayMsg::Begin { host, port, .. } => {
+                if sid == 0 {
+                    return Err(CircError::Protocol("BEGIN on stream 0".into()));
+                }
+                match mux.open(sid) {
+                    Ok(()) => {}
+                    Err(StreamError::TooManyStreams) => return self.send(last, sid, &RelayMsg::End(EndReason::ResourceLimit)).await,
+                    Err(e) => return Err(CircError::Protocol(e.to_string())),
+                }
+                let (respond, answer) = oneshot::channel();
+                let offered = incoming.len() < MAX_INCOMING_PENDING
+                    && self.serving.as_ref().is_some_and(|s| s.try_send(IncomingStream { port, host, respond }).is_ok());
+                if !offered {
+                    let out = mux.close(sid, EndReason::ResourceLimit);
+                    return self.send_all(out).await;
+                }
+                incoming.insert(sid);
+                let answers = answers.clone();
+                tokio::spawn(async move {
+                    let r = answer.await.unwrap_or(Err(EndReason::Misc));
+                    let _ = answers.send((sid, r)).await;
+                });
+                Ok(())
+            }
+            RelayMsg::Resolve { .. } => self.send(last, sid, &RelayMsg::Resolved { result: Err(EndReason::ExitPolicy), ext: Extensions::none() }).await,
+            RelayMsg::BeginDir { .. } => self.send(last, sid, &RelayMsg::End(EndReason::ExitPolicy)).await,
+            m @ (RelayMsg::Data(_) | RelayMsg::Sendme | RelayMsg::End(_)) => {
+                if matches!(m, RelayMsg::End(_)) {
+                    incoming.remove(&sid);
+                }
+                let out = mux.handle_msg(sid, m).map_err(|e| CircError::Protocol(e.to_string()))?;
+                self.send_all(out).await
+            }
+            _ => Err(CircError::Protocol("unexpected message from the far end of a rendezvous".into())),
+        }
+    }
+
+    /// The service's answer to a stream from the virtual hop: CONNECTED (no address) and the
+    /// socket attached, or END. Dropped if the client ended the stream meanwhile.
+    async fn on_answer(&mut self, sid: u16, answer: Result<TcpStream, EndReason>, mux: &mut StreamMux, incoming: &mut std::collections::HashSet<u16>) -> Result<(), CircError> {
+        if !incoming.remove(&sid) {
+            return Ok(());
+        }
+        match answer {
+            Ok(sock) => {
+                let last = self.crypto.n_hops() - 1;
+                self.send(last, sid, &RelayMsg::Connected { addr: None, ext: Extensions::none() }).await?;
+                mux.attach(sid, sock, Vec::new());
+                Ok(())
+            }
+            Err(reason) => {
+                let out = mux.close(sid, reason);
+                self.send_all(out).await
+            }
         }
     }
 

@@ -11,8 +11,8 @@
 //! - [`dir_fetch`]: where the consensus comes from (guards, fallback directories, authorities).
 //! - [`socks`]: the SOCKS4/4a/5 front end (with RESOLVE).
 //! - [`http_proxy`]: the optional HTTP CONNECT front end.
-//! - [`onion_service`]: the `[[onion_service]]` config and each service's keys (hosting itself
-//!   is not built yet).
+//! - [`onion_service`]: the `[[onion_service]]` config and each service's keys.
+//! - [`hs_service`]: hosting those services (introduction points, descriptors, rendezvous).
 //!
 //! Not in this crate: link encryption and reactors (`allium-net`), documents (`allium-proto`),
 //! consensus verification (`allium-directory`).
@@ -25,6 +25,7 @@ pub mod http_proxy;
 pub mod onion_service;
 pub mod guard;
 pub mod hs_dir;
+pub mod hs_service;
 pub mod path;
 pub mod socks;
 pub mod state_file;
@@ -149,6 +150,7 @@ pub async fn run(cfg: ClientConfig, _keys: NodeKeys) -> Result<(), ClientError> 
     if let Some(l) = http_listener {
         tasks.spawn(http_proxy::serve(l, state.clone()));
     }
+    hs_service::spawn_all(&cfg.onion_services, &cfg.node.data_dir, &state, &mut tasks)?;
     tasks.spawn(socks::serve(listener, state));
     match tasks.join_next().await {
         Some(Ok(r)) => r.and(Err("a client task ended".into())),

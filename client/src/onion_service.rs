@@ -4,12 +4,15 @@
 //! [[onion_service]]
 //! name = "web"
 //! ports = ["80 -> 127.0.0.1:8080"]
+//! # optional: only these clients (x25519 public keys, 64 hex digits) can read the descriptor's
+//! # introduction points
+//! authorized_clients = ["<64 hex digits>"]
 //! ```
 //!
 //! Each service's identity key lives in `<node.data_dir>/onion-services/<name>/identity_ed25519.key`
 //! (directories 0700, the key 0600), created on first start and reused after, so the address
-//! survives restarts. Hosting (introduction points, descriptors, rendezvous) is not built yet:
-//! the node prints each address, marked as not reachable.
+//! survives restarts. Hosting (introduction points, descriptors, rendezvous) is
+//! [`crate::hs_service`].
 
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
@@ -29,6 +32,10 @@ pub struct OnionServiceConfig {
     /// Port mappings `"VIRTUAL -> HOST:PORT"`: a stream to the service's port VIRTUAL is
     /// connected to HOST:PORT from this node.
     pub ports: Vec<String>,
+    /// Clients allowed to read the introduction points: their x25519 public keys, 64 hex
+    /// digits each. Empty: anyone who knows the address.
+    #[serde(default)]
+    pub authorized_clients: Vec<String>,
 }
 
 /// A parsed port mapping.
@@ -62,15 +69,38 @@ impl OnionServiceConfig {
         data_dir.join("onion-services").join(&self.name)
     }
 
-    /// Loads the service's identity, creating it on first start; returns its address.
-    pub fn load_or_create_address(&self, data_dir: &Path) -> Result<OnionAddress, KeyError> {
+    /// The parsed authorized client keys (see [`validate`]).
+    pub fn authorized_keys(&self) -> Result<Vec<x25519_dalek::PublicKey>, String> {
+        self.authorized_clients.iter().map(|k| parse_client_key(k)).collect()
+    }
+
+    /// Loads the service's identity key, creating it on first start.
+    pub fn load_or_create_identity(&self, data_dir: &Path) -> Result<ed25519_dalek::SigningKey, KeyError> {
         ensure_dir(&data_dir.join("onion-services"))?;
         let dir = self.key_dir(data_dir);
         ensure_dir(&dir)?;
-        let key = ed25519_dalek::SigningKey::from_bytes(&secret(&dir, IDENTITY_FILE)?);
+        Ok(ed25519_dalek::SigningKey::from_bytes(&secret(&dir, IDENTITY_FILE)?))
+    }
+
+    /// Loads the service's identity, creating it on first start; returns its address.
+    pub fn load_or_create_address(&self, data_dir: &Path) -> Result<OnionAddress, KeyError> {
+        let key = self.load_or_create_identity(data_dir)?;
         // Every ed25519 public key derived from a secret is a usable point.
         Ok(OnionAddress::from_identity(key.verifying_key().to_bytes()).expect("a derived key is a prime-order point"))
     }
+}
+
+/// Parses an authorized client's key: 64 hex digits of a 32-byte x25519 public key, not all
+/// zero.
+pub fn parse_client_key(s: &str) -> Result<x25519_dalek::PublicKey, String> {
+    let mut b = [0u8; 32];
+    if s.len() != 64 || hex::decode_to_slice(s, &mut b).is_err() {
+        return Err(format!("{s:?} is not 64 hex digits (an x25519 public key)"));
+    }
+    if b == [0; 32] {
+        return Err("an all-zero key is not a usable x25519 public key".into());
+    }
+    Ok(x25519_dalek::PublicKey::from(b))
 }
 
 /// Checks every service: names valid and distinct, at least one mapping each, mappings valid,
@@ -94,6 +124,14 @@ pub fn validate(services: &[OnionServiceConfig]) -> Result<(), ConfigError> {
         if let Some(m) = maps.iter().find(|m| !seen.insert(m.virtual_port)) {
             return Err(ConfigError::invalid(&key("ports"), &format!("maps port {} twice", m.virtual_port)));
         }
+        let clients = s.authorized_keys().map_err(|e| ConfigError::invalid(&key("authorized_clients"), &e))?;
+        if clients.len() > allium_proto::hs::inner::MAX_AUTH_ENTRIES {
+            return Err(ConfigError::invalid(&key("authorized_clients"), &format!("lists more than {} keys", allium_proto::hs::inner::MAX_AUTH_ENTRIES)));
+        }
+        let mut distinct = BTreeSet::new();
+        if clients.iter().any(|c| !distinct.insert(c.to_bytes())) {
+            return Err(ConfigError::invalid(&key("authorized_clients"), "lists a key twice"));
+        }
     }
     Ok(())
 }
@@ -103,7 +141,35 @@ mod tests {
     use super::*;
 
     fn svc(name: &str, ports: &[&str]) -> OnionServiceConfig {
-        OnionServiceConfig { name: name.into(), ports: ports.iter().map(|p| p.to_string()).collect() }
+        OnionServiceConfig { name: name.into(), ports: ports.iter().map(|p| p.to_string()).collect(), authorized_clients: vec![] }
+    }
+
+    #[test]
+    fn authorized_clients_are_validated_and_errors_name_the_key() {
+        let good = "11".repeat(32);
+        let with = |keys: &[&str]| OnionServiceConfig { authorized_clients: keys.iter().map(|k| k.to_string()).collect(), ..svc("web", &["80 -> 127.0.0.1:8080"]) };
+        assert!(validate(&[with(&[])]).is_ok());
+        let s = with(&[&good, &"AB".repeat(32)]);
+        assert!(validate(std::slice::from_ref(&s)).is_ok(), "hex in either case");
+        assert_eq!(s.authorized_keys().unwrap()[0].to_bytes(), [0x11; 32]);
+        let zero = "0".repeat(64);
+        let short = "11".repeat(31);
+        let long = "11".repeat(33);
+        let not_hex = "zz".repeat(32);
+        for bad in [short.as_str(), long.as_str(), not_hex.as_str(), zero.as_str(), ""] {
+            let e = validate(&[svc("ok", &["1 -> 127.0.0.1:1"]), with(&[bad])]).unwrap_err().to_string();
+            assert!(e.contains("onion_service[1].authorized_clients"), "{bad:?}: {e}");
+        }
+        let e = validate(&[with(&[&good, &good.to_uppercase()])]).unwrap_err().to_string();
+        assert!(e.contains("onion_service[0].authorized_clients") && e.contains("twice"), "{e}");
+        let many: Vec<String> = (0..257u32).map(|i| format!("{:064x}", i + 1)).collect();
+        let refs: Vec<&str> = many.iter().map(|s| s.as_str()).collect();
+        let e = validate(&[with(&refs)]).unwrap_err().to_string();
+        assert!(e.contains("onion_service[0].authorized_clients") && e.contains("256"), "{e}");
+        // From TOML, with the key named in the error.
+        let toml_text = format!("name = \"web\"\nports = [\"80 -> 127.0.0.1:8080\"]\nauthorized_clients = [\"{good}\"]\n");
+        let parsed: OnionServiceConfig = toml::from_str(&toml_text).unwrap();
+        assert_eq!(parsed.authorized_clients, vec![good.clone()]);
     }
 
     #[test]

@@ -13,7 +13,9 @@
 //! - [`blackhole`]: a relay that never answers makes builds time out and succeed elsewhere (A32).
 //! - [`hs_circuits`]: HSDir upload and fetch over 4-hop vanguard circuits (`CircMgr::to_relay`).
 //! - [`rendezvous`]: relays as introduction and rendezvous points, joining two circuits.
-//! - [`onion`]: the testnet's onion service reached by its address through SOCKS.
+//! - [`onion`]: the testnet's onion service reached by its address through SOCKS (A5, A7, A13,
+//!   A18, A20, restarts, period boundaries).
+//! - [`onion_service`]: a client hosting an onion service, reached by introduction and rendezvous.
 //! - [`keygen`]: `allium keygen --authority` and authorities with an offline identity (A8).
 //! - [`support`]: the shared fixtures (a test network, a SOCKS5 client, an HTTP file server).
 //!
@@ -30,6 +32,7 @@ mod hs_circuits;
 mod keygen;
 mod onion;
 mod onion_rotation;
+mod onion_service;
 mod socks_front;
 mod paths;
 mod quorum_loss;

@@ -1,0 +1,356 @@
+//! Hosting onion services: one task per `[[onion_service]]` keeps its introduction points
+//! ([`intro`]), publishes its descriptors ([`publish`]) and meets clients at their rendezvous
+//! points, connecting their streams to the mapped targets ([`rend`]). The rules are in
+//! docs/PROTOCOL.md, "Onion services"; the state machines are `allium_proto::hs`.
+//!
+//! Nothing here logs the service's address or keys at info level: lines name the service by
+//! its configured name.
+
+pub mod intro;
+pub mod publish;
+pub mod rend;
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use allium_directory::NetDir;
+use allium_proto::doc::{ConsensusRelay, Position, RelayFlags};
+use allium_proto::ext::Extensions;
+use allium_proto::hs::intro_set::{Introduce2Error, IntroSet, OnFailure, PointState};
+use allium_proto::hs::IntroList;
+use allium_proto::ids::RelayId;
+use allium_proto::relay_msg::{ExtendTarget, IntroduceBody};
+use ed25519_dalek::SigningKey;
+use rand::seq::SliceRandom;
+use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::task::{AbortHandle, JoinSet};
+use x25519_dalek::PublicKey;
+
+use crate::onion_service::{OnionServiceConfig, PortMapping};
+use crate::{ClientError, ClientState};
+use intro::IntroEvent;
+use publish::Published;
+
+/// Rendezvous circuits one service builds at once; introductions beyond that are dropped, so a
+/// flood of INTRODUCE2 cannot exhaust the node.
+pub const MAX_RENDEZVOUS_BUILDS: usize = 16;
+/// Descriptors are uploaded again at least this often.
+pub const REPUBLISH_EVERY: Duration = Duration::from_secs(30 * 60);
+/// After a change, publishing waits at most this long for points still being established.
+const SETTLE: Duration = Duration::from_secs(5);
+/// How often the service checks rotation and its publishing schedule.
+const TICK: Duration = Duration::from_secs(1);
+/// After a round that stored nothing, the next waits this long.
+const RETRY_PUBLISH: Duration = Duration::from_secs(10);
+/// Longest back-off before rebuilding an introduction circuit after repeated failures.
+const MAX_BACKOFF: Duration = Duration::from_secs(60);
+
+/// What a service has achieved so far (for logs and tests; no keys, no addresses).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ServiceStatus {
+    /// Introduction points established and listed.
+    pub established: usize,
+    /// Completed publishing rounds.
+    pub rounds: u64,
+    /// HSDirs that stored the descriptor in the last round (both periods counted).
+    pub published_to: usize,
+}
+
+/// One hosted onion service.
+pub struct HostedService {
+    name: String,
+    identity: SigningKey,
+    mappings: Arc<Vec<PortMapping>>,
+    clients: Vec<PublicKey>,
+    state: Arc<ClientState>,
+    status: watch::Sender<ServiceStatus>,
+}
+
+/// Starts a task per configured service in `tasks` (a service task ends only on a fatal error).
+pub fn spawn_all(services: &[OnionServiceConfig], data_dir: &Path, state: &Arc<ClientState>, tasks: &mut JoinSet<Result<(), ClientError>>) -> Result<(), ClientError> {
+    for s in services {
+        let svc = HostedService::new(s, data_dir, state.clone())?;
+        tasks.spawn(svc.run());
+    }
+    Ok(())
+}
+
+impl HostedService {
+    /// Loads the service's key and config (validated already by the config loader).
+    pub fn new(cfg: &OnionServiceConfig, data_dir: &Path, state: Arc<ClientState>) -> Result<Self, ClientError> {
+        let identity = cfg.load_or_create_identity(data_dir).map_err(|e| format!("onion service {}: cannot load or create its key: {e}", cfg.name))?;
+        let mappings = Arc::new(cfg.mappings().map_err(|e| format!("onion_service {}: {e}", cfg.name))?);
+        let clients = cfg.authorized_keys().map_err(|e| format!("onion_service {}: {e}", cfg.name))?;
+        Ok(HostedService { name: cfg.name.clone(), identity, mappings, clients, state, status: watch::channel(ServiceStatus::default()).0 })
+    }
+
+    /// Progress, updated as points are established and descriptors published.
+    pub fn status(&self) -> watch::Receiver<ServiceStatus> {
+        self.status.subscribe()
+    }
+
+    /// Runs the service until the client stops.
+    pub async fn run(self) -> Result<(), ClientError> {
+        let dir = loop {
+            if let Some(d) = self.state.wait_netdir(Duration::from_secs(600)).await {
+                break d;
+            }
+        };
+        let (events_tx, events) = mpsc::channel(64);
+        let placement = publish::placement(&self.identity, &dir);
+        let mut l = Loop {
+            svc: &self,
+            dir,
+            set: IntroSet::default(),
+            circuits: HashMap::new(),
+            events_tx,
+            failures: 0,
+            placement,
+            dirty_since: None,
+            last_publish: None,
+            not_before: None,
+            starved: false,
+            revision: 0,
+            publishing: JoinSet::new(),
+            builds: Arc::new(Semaphore::new(MAX_RENDEZVOUS_BUILDS)),
+        };
+        tracing::info!("onion service {}: setting up {} introduction points", self.name, l.set.needed());
+        l.run(events).await
+    }
+}
+
+/// The service task's state.
+struct Loop<'a> {
+    svc: &'a HostedService,
+    dir: Arc<NetDir>,
+    set: IntroSet,
+    /// The task of each point's circuit (aborting it closes the circuit).
+    circuits: HashMap<[u8; 32], AbortHandle>,
+    events_tx: mpsc::Sender<IntroEvent>,
+    /// Introduction circuits that failed in a row (back-off).
+    failures: u32,
+    placement: publish::Placement,
+    /// Since when the published descriptor is out of date.
+    dirty_since: Option<Instant>,
+    last_publish: Option<Instant>,
+    /// Whether the last attempt to add a point found no relay (logged once).
+    starved: bool,
+    /// No round starts before this (after one that stored nothing).
+    not_before: Option<Instant>,
+    revision: u64,
+    publishing: JoinSet<Published>,
+    builds: Arc<Semaphore>,
+}
+
+impl Loop<'_> {
+    async fn run(&mut self, mut events: mpsc::Receiver<IntroEvent>) -> Result<(), ClientError> {
+        let mut netdirs = self.svc.state.netdir.clone();
+        let mut ticker = tokio::time::interval(TICK);
+        self.fill();
+        loop {
+            tokio::select! {
+                Some(ev) = events.recv() => self.on_event(ev),
+                r = netdirs.changed() => {
+                    if r.is_err() {
+                        return Err("the consensus task ended".into());
+                    }
+                    let latest = netdirs.borrow_and_update().clone();
+                    if let Some(d) = latest {
+                        self.on_netdir(d);
+                    }
+                }
+                _ = ticker.tick() => self.on_tick(),
+                Some(r) = self.publishing.join_next() => self.on_published(r.unwrap_or_default()),
+            }
+            self.maybe_publish();
+        }
+    }
+
+    fn mark_dirty(&mut self) {
+        self.dirty_since.get_or_insert_with(Instant::now);
+    }
+
+    fn update_status(&self) {
+        let n = self.set.descriptor_points().len();
+        self.svc.status.send_if_modified(|s| (s.established != n).then(|| s.established = n).is_some());
+    }
+
+    fn on_event(&mut self, ev: IntroEvent) {
+        match ev {
+            IntroEvent::Up { auth_key } => {
+                self.failures = 0;
+                if self.set.established(&auth_key) {
+                    let n = self.set.descriptor_points().len();
+                    tracing::info!("onion service {}: introduction point established ({n} listed)", self.svc.name);
+                    self.mark_dirty();
+                }
+            }
+            IntroEvent::Down { auth_key, why } => {
+                self.circuits.remove(&auth_key);
+                tracing::debug!("onion service {}: introduction circuit down: {why}", self.svc.name);
+                self.on_failed(auth_key);
+            }
+            IntroEvent::Introduce2 { auth_key, body } => self.on_introduce2(auth_key, &body),
+        }
+        self.update_status();
+    }
+
+    /// A point's circuit failed: rebuild it to the same relay, or replace the point.
+    fn on_failed(&mut self, auth_key: [u8; 32]) {
+        match self.set.circuit_failed(&auth_key) {
+            OnFailure::Ignore => {}
+            OnFailure::Retry => {
+                self.failures = self.failures.saturating_add(1);
+                let point = self.set.points().iter().find(|p| p.auth_key() == auth_key).map(|p| (p.relay.identity, p.auth_signing_key().clone()));
+                let relay = point.as_ref().and_then(|(id, _)| self.dir.by_id(&RelayId(*id)).cloned());
+                match (relay, point) {
+                    (Some(relay), Some((_, auth))) => self.start_circuit(relay, auth),
+                    // The relay left the consensus: count this as the retry's failure too.
+                    _ => self.on_failed(auth_key),
+                }
+            }
+            OnFailure::Replace => {
+                self.failures = self.failures.saturating_add(1);
+                self.mark_dirty();
+                self.fill();
+            }
+        }
+    }
+
+    fn backoff(&self) -> Duration {
+        match self.failures {
+            0 => Duration::ZERO,
+            n => Duration::from_secs(1u64 << n.min(6)).min(MAX_BACKOFF),
+        }
+    }
+
+    fn start_circuit(&mut self, relay: ConsensusRelay, auth: SigningKey) {
+        let key = auth.verifying_key().to_bytes();
+        let task = tokio::spawn(intro::run(self.svc.state.clone(), self.dir.clone(), relay, auth, self.backoff(), self.events_tx.clone()));
+        self.circuits.insert(key, task.abort_handle());
+    }
+
+    /// Adds as many points as needed, on relays picked by middle weight.
+    fn fill(&mut self) {
+        for _ in 0..self.set.needed() {
+            let Some(relay) = pick_relay(&self.dir, &self.set.relays_in_use()) else {
+                if !self.starved {
+                    tracing::info!("onion service {}: no relay left for an introduction point (will keep trying)", self.svc.name);
+                    self.starved = true;
+                }
+                return;
+            };
+            self.starved = false;
+            let target = ExtendTarget { addr: relay.address, identity: relay.identity.0, link_key: relay.link_key };
+            let key = self.set.add(&mut rand::rngs::OsRng, target, relay.onion_key, unix_now());
+            let auth = self.set.points().iter().find(|p| p.auth_key() == key).expect("just added").auth_signing_key().clone();
+            self.start_circuit(relay, auth);
+        }
+    }
+
+    fn on_introduce2(&mut self, auth_key: [u8; 32], body: &IntroduceBody) {
+        let identity = self.svc.identity.verifying_key().to_bytes();
+        let acc = match self.set.handle_introduce2(&mut rand::rngs::OsRng, &identity, &auth_key, body, unix_now()) {
+            Ok(a) => a,
+            Err(Introduce2Error::Replayed(_)) => {
+                tracing::debug!("onion service {}: replayed INTRODUCE2 dropped", self.svc.name);
+                return;
+            }
+            Err(e) => {
+                tracing::debug!("onion service {}: INTRODUCE2 dropped: {e}", self.svc.name);
+                return;
+            }
+        };
+        let Ok(permit) = self.builds.clone().try_acquire_owned() else {
+            tracing::debug!("onion service {}: INTRODUCE2 dropped: {MAX_RENDEZVOUS_BUILDS} rendezvous circuits are being built", self.svc.name);
+            return;
+        };
+        let (state, dir, maps, name) = (self.svc.state.clone(), self.dir.clone(), self.svc.mappings.clone(), self.svc.name.clone());
+        tokio::spawn(async move {
+            if let Err(e) = rend::meet(state, dir, acc, maps, &name, move || drop(permit)).await {
+                tracing::debug!("onion service {name}: rendezvous failed: {e}");
+            }
+        });
+    }
+
+    fn on_netdir(&mut self, dir: Arc<NetDir>) {
+        let placement = publish::placement(&self.svc.identity, &dir);
+        if placement != self.placement {
+            tracing::debug!("onion service {}: responsible HSDirs or periods changed", self.svc.name);
+            self.placement = placement;
+            self.mark_dirty();
+        }
+        self.dir = dir;
+    }
+
+    fn on_tick(&mut self) {
+        let (close, changed) = self.set.tick(unix_now());
+        for k in close {
+            if let Some(t) = self.circuits.remove(&k) {
+                t.abort();
+            }
+        }
+        if changed {
+            self.mark_dirty();
+        }
+        self.fill();
+        if self.last_publish.is_some_and(|t| t.elapsed() >= REPUBLISH_EVERY) {
+            self.mark_dirty();
+        }
+        self.update_status();
+    }
+
+    /// Starts a publishing round if the descriptor is out of date, none is running, and the
+    /// points being established have settled (or had [`SETTLE`] to).
+    fn maybe_publish(&mut self) {
+        let Some(since) = self.dirty_since else { return };
+        let points = self.set.descriptor_points();
+        if !self.publishing.is_empty() || points.is_empty() || self.not_before.is_some_and(|t| Instant::now() < t) {
+            return;
+        }
+        let settled = self.set.points().iter().all(|p| p.state != PointState::Pending);
+        if !settled && since.elapsed() < SETTLE {
+            return;
+        }
+        self.dirty_since = None;
+        self.last_publish = Some(Instant::now());
+        self.revision = publish::next_revision(self.revision, unix_now_ms());
+        let list = IntroList { intro_points: points, ext: Extensions::none() };
+        let (state, dir, name, identity, clients, revision) =
+            (self.svc.state.clone(), self.dir.clone(), self.svc.name.clone(), self.svc.identity.clone(), self.svc.clients.clone(), self.revision);
+        self.publishing.spawn(async move { publish::publish(&state, &dir, &name, &identity, &list, &clients, revision).await });
+    }
+
+    fn on_published(&mut self, p: Published) {
+        if p.failed > 0 {
+            tracing::info!("onion service {}: descriptor published to {} HSDirs ({} uploads failed)", self.svc.name, p.stored, p.failed);
+        } else {
+            tracing::info!("onion service {}: descriptor published to {} HSDirs", self.svc.name, p.stored);
+        }
+        if p.stored == 0 {
+            // Nothing stored: try again a little later.
+            self.mark_dirty();
+            self.not_before = Some(Instant::now() + RETRY_PUBLISH);
+        }
+        self.svc.status.send_modify(|s| {
+            s.rounds += 1;
+            s.published_to = p.stored;
+        });
+    }
+}
+
+/// A Running, Valid relay not in `in_use`, picked at random by middle weight.
+fn pick_relay(dir: &NetDir, in_use: &[[u8; 32]]) -> Option<ConsensusRelay> {
+    let cands: Vec<&ConsensusRelay> = dir.relays().iter().filter(|r| r.flags.contains(RelayFlags::RUNNING | RelayFlags::VALID) && !in_use.contains(&r.identity.0)).collect();
+    cands.choose_weighted(&mut rand::thread_rng(), |r| dir.position_weight(r, Position::Middle).max(1)).ok().map(|r| (*r).clone())
+}
+
+fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
+}
+
+fn unix_now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}

@@ -1,0 +1,93 @@
+//! A service's side of one rendezvous: the rendezvous point checked against the consensus, a
+//! circuit built to it, RENDEZVOUS1 sent and the virtual hop added, then the client's streams
+//! connected to the mapped targets (docs/PROTOCOL.md, "Onion services" → "Service streams").
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use allium_directory::NetDir;
+use allium_proto::doc::{ConsensusRelay, RelayFlags};
+use allium_proto::ext::Extensions;
+use allium_proto::hs::intro_set::Accepted;
+use allium_proto::hs::rendezvous;
+use allium_proto::ids::RelayId;
+use allium_proto::relay_msg::{EndReason, RelayMsg};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+
+use crate::circuit::IncomingStream;
+use crate::onion_service::PortMapping;
+use crate::ClientState;
+
+/// How long connecting to a target may take before the stream is refused (END TIMEOUT).
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Streams waiting to be connected on one rendezvous circuit.
+const STREAM_QUEUE: usize = 16;
+
+/// Why a rendezvous was abandoned.
+#[derive(Debug, thiserror::Error)]
+pub enum RendFailure {
+    #[error("the rendezvous point is not in the consensus")]
+    UnknownPoint,
+    #[error("the rendezvous point's address or keys differ from the consensus")]
+    Mismatch,
+    #[error("circuit to the rendezvous point: {0}")]
+    Circuit(String),
+}
+
+/// The rendezvous point the client named, if the consensus lists it (Running, Valid) with the
+/// same address, link key and onion key.
+pub fn checked_point(dir: &NetDir, acc: &Accepted) -> Result<ConsensusRelay, RendFailure> {
+    let want = &acc.content.rendezvous;
+    let r = dir.by_id(&RelayId(want.identity)).ok_or(RendFailure::UnknownPoint)?;
+    let usable = r.flags.contains(RelayFlags::RUNNING | RelayFlags::VALID);
+    if !usable || r.address != want.addr || r.link_key != want.link_key || r.onion_key != acc.content.rendezvous_onion_key {
+        return Err(RendFailure::Mismatch);
+    }
+    Ok(r.clone())
+}
+
+/// Meets the client: builds the circuit, joins, and serves streams until the circuit closes.
+/// `built` is told once the join is done (or failed), so the caller can bound builds.
+pub async fn meet(state: Arc<ClientState>, dir: Arc<NetDir>, acc: Accepted, mappings: Arc<Vec<PortMapping>>, name: &str, built: impl FnOnce()) -> Result<(), RendFailure> {
+    let joined = join(&state, &dir, acc).await;
+    built();
+    let (circ, mut streams) = joined?;
+    tracing::debug!("onion service {name}: rendezvous joined");
+    while let Some(s) = streams.recv().await {
+        tokio::spawn(connect(s, mappings.clone()));
+    }
+    drop(circ);
+    Ok(())
+}
+
+async fn join(state: &ClientState, dir: &NetDir, acc: Accepted) -> Result<(crate::circuit::CircHandle, mpsc::Receiver<IncomingStream>), RendFailure> {
+    let rp = checked_point(dir, &acc)?;
+    let circ = state.circuits.to_relay(dir, &rp).await.map_err(|e| RendFailure::Circuit(e.to_string()))?;
+    let (tx, rx) = mpsc::channel(STREAM_QUEUE);
+    let r1 = RelayMsg::Rendezvous1 { cookie: acc.content.cookie, hdata: acc.outcome.reply.to_vec(), ext: Extensions::none() };
+    circ.join_as_service(r1, rendezvous::service_end_keys(&acc.outcome.keys), tx).await.map_err(|e| RendFailure::Circuit(e.to_string()))?;
+    Ok((circ, rx))
+}
+
+/// Connects one stream to its port's target from this node: an unmapped port or a refusing
+/// target is END CONNECTREFUSED, a silent one END TIMEOUT.
+async fn connect(s: IncomingStream, mappings: Arc<Vec<PortMapping>>) {
+    let answer = match target(&mappings, s.port) {
+        None => Err(EndReason::ConnectRefused),
+        Some(addr) => match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(addr)).await {
+            Ok(Ok(sock)) => Ok(sock),
+            Ok(Err(_)) => Err(EndReason::ConnectRefused),
+            Err(_) => Err(EndReason::Timeout),
+        },
+    };
+    if let Err(r) = &answer {
+        tracing::debug!("onion service: stream to port {} refused ({r:?})", s.port);
+    }
+    let _ = s.respond.send(answer);
+}
+
+/// The target of virtual port `port`, if mapped.
+pub fn target(mappings: &[PortMapping], port: u16) -> Option<std::net::SocketAddr> {
+    mappings.iter().find(|m| m.virtual_port == port).map(|m| m.target)
+}
