@@ -298,8 +298,9 @@ fn service_stays_reachable_across_period_boundaries() {
         assert!(Instant::now() < deadline, "no fresh descriptor fetch in a later period\n{}", net.node_log("client"));
         std::thread::sleep(Duration::from_secs(2));
     }
-    // The service published for more periods than the two it started with.
-    let hs = net.node_log("hs");
+    // Once its own consensus is in the new period, the service publishes for the period after
+    // it too (a second round, for a pair of periods it had not published for).
+    let hs = net.wait_log("hs", Duration::from_secs(2 * L), |l| count(l, PUBLISHED) >= 2);
     assert!(count(&hs, PUBLISHED) >= 2, "{hs}");
     eprintln!("{i} connections, crossing into period {}", now() / L);
 }
