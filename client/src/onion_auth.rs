@@ -15,7 +15,6 @@ use std::path::PathBuf;
 
 use allium_net::config::ConfigError;
 use allium_proto::hs::OnionAddress;
-use rand::{CryptoRng, RngCore};
 use serde::Deserialize;
 use x25519_dalek::{PublicKey, StaticSecret};
 
@@ -75,8 +74,8 @@ pub fn load(entries: &[OnionAuthConfig]) -> Result<ClientAuthKeys, ConfigError> 
 
 /// A fresh key pair: `(secret, public)`, each as 64 hex digits. The client keeps the secret;
 /// the service lists the public key in `authorized_clients`.
-pub fn generate<R: RngCore + CryptoRng>(rng: &mut R) -> (String, String) {
-    let secret = StaticSecret::random_from_rng(rng);
+pub fn generate() -> (String, String) {
+    let secret = StaticSecret::random_from_rng(rand::rngs::OsRng);
     let public = PublicKey::from(&secret);
     (hex::encode(secret.to_bytes()), hex::encode(public.as_bytes()))
 }
@@ -102,7 +101,7 @@ mod tests {
 
     #[test]
     fn keys_load_from_the_config_or_a_file() {
-        let (secret, public) = generate(&mut rand::rngs::OsRng);
+        let (secret, public) = generate();
         assert_eq!((secret.len(), public.len()), (64, 64));
         let keys = load(&[entry(&addr(1), Some(&secret), None)]).unwrap();
         let id = *OnionAddress::parse(&addr(1)).unwrap().identity();

@@ -365,6 +365,33 @@ mod tests {
         assert_eq!(reply_for_resolve(EndReason::Destroy), ReplyCode::GeneralFailure);
     }
 
+    /// Onion-service failures: Tor's extended code in SOCKS5, the one failure code in SOCKS4,
+    /// 502 (504 for a timeout) in HTTP CONNECT.
+    #[test]
+    fn onion_failures_map_to_each_protocol() {
+        use crate::hs_connect::OnionError as E;
+        let s = || "x".to_string();
+        let cases = [
+            (E::NotFound, 0xF0, 502),
+            (E::InvalidDescriptor(s()), 0xF1, 502),
+            (E::IntroFailed(s()), 0xF2, 502),
+            (E::RendezvousFailed(s()), 0xF3, 502),
+            (E::AuthMissing, 0xF4, 502),
+            (E::AuthRejected, 0xF5, 502),
+            (E::Timeout(s()), 0xF7, 504),
+            (E::NoCircuit(s()), 0x01, 502),
+        ];
+        for (e, socks5, http) in cases {
+            let code = e.reply_code();
+            assert_eq!(socks(SocksVersion::V5).reply(code, None)[1], socks5, "{e}");
+            assert_eq!(socks(SocksVersion::V4).reply(code, None), [0, 0x5b, 0, 0, 0, 0, 0, 0], "{e}");
+            let h = String::from_utf8(Front::Http.reply(code, None)).unwrap();
+            assert!(h.starts_with(&format!("HTTP/1.1 {http} ")), "{e}: {h}");
+        }
+        let h = String::from_utf8(Front::Http.reply(ReplyCode::OnionInvalidAddress, None)).unwrap();
+        assert!(h.starts_with("HTTP/1.1 400 "), "{h}");
+    }
+
     /// A refusal another exit may not give is tried on at most STREAM_RETRIES more exits; one
     /// every exit would give (the destination answered) is not retried.
     #[test]
