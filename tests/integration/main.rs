@@ -11,6 +11,7 @@
 //! - [`socks_front`]: SOCKS4/4a, SOCKS5 (IPv6, RESOLVE) and HTTP CONNECT front ends of the client.
 //! - [`exit_retry`]: a stream one exit refuses is retried on another exit.
 //! - [`blackhole`]: a relay that never answers makes builds time out and succeed elsewhere (A32).
+//! - [`onion_connect`]: a SOCKS client reaching onion services by `.allium` address.
 //! - [`rendezvous`]: relays as introduction and rendezvous points, joining two circuits.
 //! - [`keygen`]: `allium keygen --authority` and authorities with an offline identity (A8).
 //! - [`support`]: the shared fixtures (a test network, a SOCKS5 client, an HTTP file server).
@@ -25,6 +26,7 @@ mod flow_params;
 mod exit_retry;
 mod hop_budget;
 mod keygen;
+mod onion_connect;
 mod onion_rotation;
 mod socks_front;
 mod paths;

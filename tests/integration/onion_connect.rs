@@ -1,0 +1,166 @@
+//! A client reaching onion services by `.allium` address through its SOCKS proxy, on a whole
+//! test network (docs/PROTOCOL.md, "Onion services", "Client behaviour"). The test plays the
+//! services itself with the sans-IO pieces: it establishes introduction points, uploads
+//! descriptors to the responsible HSDirs, answers INTRODUCE2 at the rendezvous point and adds
+//! the client as its virtual hop. Failures come back as Tor's extended SOCKS5 codes.
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use allium_client::circmgr::CircMgr;
+use allium_client::{hs_dir, Bootstrap, ClientConfig};
+use allium_directory::NetDir;
+use allium_net::pool::ChannelPool;
+use allium_proto::doc::{ConsensusRelay, RelayFlags};
+use allium_proto::ext::Extensions;
+use allium_proto::hs::blind::BlindedKey;
+use allium_proto::hs::intro_set::IntroSet;
+use allium_proto::hs::{establish, make_descriptor, rendezvous, HsDescriptor, IntroList, OnionAddress};
+use allium_proto::ids::RelayId;
+use allium_proto::relay_msg::{ExtendTarget, RelayMsg};
+use ed25519_dalek::SigningKey;
+use rand::rngs::OsRng;
+use tokio::sync::mpsc;
+
+use crate::support::socks::socks5_connect;
+use crate::support::testnet::Testnet;
+
+fn now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
+}
+
+fn address(key: &SigningKey) -> String {
+    OnionAddress::from_identity(key.verifying_key().to_bytes()).unwrap().to_host()
+}
+
+/// The consensus the testnet client saved (the one it uses).
+fn client_netdir(net: &Testnet) -> Arc<NetDir> {
+    let cfg = ClientConfig::load(&net.dir.join("client").join("config.toml")).expect("the client's config");
+    let ids: Vec<RelayId> = cfg.network.authorities.iter().map(|a| a.identity).collect();
+    allium_directory::ConsensusCache::load(&cfg.node.data_dir, &ids, true, now()).usable(now()).expect("the client saved a usable consensus")
+}
+
+/// Uploads `text` (signed with `key`'s blinded key for the consensus's period) to every HSDir
+/// responsible for it.
+async fn upload(circs: &CircMgr, dir: &NetDir, key: &SigningKey, text: &str) {
+    let period = hs_dir::period_of(dir);
+    let blinded = BlindedKey::derive(key, period).public();
+    let hsdirs = hs_dir::responsible_hsdirs(dir, &blinded, period);
+    assert!(!hsdirs.is_empty(), "the testnet has HSDirs");
+    for h in &hsdirs {
+        let r = hs_dir::upload(circs, dir, h, text).await.unwrap_or_else(|e| panic!("upload to {}: {e}", h.nickname));
+        assert_eq!(r, "stored", "upload to {}", h.nickname);
+    }
+}
+
+/// The SOCKS5 reply code for a CONNECT to `host:port` (0: connected).
+async fn socks_reply(net: &Testnet, host: &str, port: u16) -> u8 {
+    let (socks, host) = (net.socks, host.to_string());
+    tokio::task::spawn_blocking(move || match socks5_connect(socks, &host, port, None) {
+        Ok(_) => 0,
+        Err(code) => code,
+    })
+    .await
+    .unwrap()
+}
+
+/// A running test service: an established introduction point, answering each INTRODUCE2 at
+/// the client's rendezvous point and adding the client as its virtual hop. Sends the
+/// rendezvous hop (as a relay identity) for each client it joined.
+async fn run_service(circs: Arc<CircMgr>, dir: Arc<NetDir>, key: SigningKey) -> (IntroList, mpsc::UnboundedReceiver<RelayId>) {
+    let identity = key.verifying_key().to_bytes();
+    let ip: ConsensusRelay = dir.relays().iter().find(|r| r.flags.contains(RelayFlags::RUNNING | RelayFlags::VALID)).expect("a relay").clone();
+    let mut set = IntroSet::new(1, 3600, 60);
+    let target = ExtendTarget { addr: ip.address, identity: ip.identity.0, link_key: ip.link_key };
+    let auth = set.add(&mut OsRng, target, ip.onion_key, now());
+    let intro = circs.to_relay(&dir, &ip).await.expect("circuit to the introduction point");
+    let point = set.points().iter().find(|p| p.auth_key() == auth).unwrap();
+    let m = establish::make(point.auth_signing_key(), intro.last_hop_keys(), Extensions::none());
+    let (_, reply) = intro.control(m).await.unwrap();
+    assert!(matches!(reply, RelayMsg::IntroEstablished { .. }), "got {reply:?}");
+    assert!(set.established(&auth));
+    let list = IntroList { intro_points: set.descriptor_points(), ext: Extensions::none() };
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut joined = Vec::new();
+        while let Some((_, msg)) = intro.recv_control().await {
+            let RelayMsg::Introduce2(body) = msg else { continue };
+            let acc = set.handle_introduce2(&mut OsRng, &identity, &auth, &body, now()).expect("a valid INTRODUCE2");
+            let rp_id = RelayId(acc.content.rendezvous.identity);
+            let rp = dir.by_id(&rp_id).expect("the rendezvous point is in the consensus").clone();
+            let rend = circs.to_relay(&dir, &rp).await.expect("circuit to the rendezvous point");
+            let r1 = RelayMsg::Rendezvous1 { cookie: acc.content.cookie, hdata: acc.outcome.reply.to_vec(), ext: Extensions::none() };
+            rend.send_control(r1).await.unwrap();
+            rend.add_virtual_hop(rendezvous::service_end_keys(&acc.outcome.keys)).await.unwrap();
+            joined.push(rend);
+            let _ = tx.send(rp_id);
+        }
+    });
+    (list, rx)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn socks_client_reaches_onion_services_or_gets_the_right_error() {
+    let net = Testnet::start(&[]);
+    let dir = client_netdir(&net);
+    let circs = Arc::new(CircMgr::new(ChannelPool::new([127, 0, 0, 1].into(), None), None, Arc::new(Bootstrap::new())));
+    let period = hs_dir::period_of(&dir);
+
+    // No descriptor anywhere: F0.
+    let absent = SigningKey::from_bytes(&[0x11; 32]);
+    assert_eq!(socks_reply(&net, &address(&absent), 80).await, 0xF0, "no descriptor");
+
+    // A descriptor that verifies (so HSDirs store it) but whose encrypted part does not decrypt
+    // under the address: F1.
+    let broken = SigningKey::generate(&mut OsRng);
+    let blinded = BlindedKey::derive(&broken, period);
+    let d = HsDescriptor { blinded_key: blinded.public(), period, revision: 1, lifetime_secs: 3600, encrypted: vec![0x5a; 600] };
+    upload(&circs, &dir, &broken, &d.encode_signed(&blinded)).await;
+    assert_eq!(socks_reply(&net, &address(&broken), 80).await, 0xF1, "undecryptable descriptor");
+
+    // A public service whose introduction point is up.
+    let public = SigningKey::generate(&mut OsRng);
+    let (list, mut joined) = run_service(circs.clone(), dir.clone(), public.clone()).await;
+    upload(&circs, &dir, &public, &make_descriptor(&public, period, 1, 3600, &list, &[], &mut OsRng).unwrap()).await;
+
+    // A service that requires client authorization, and the client has no key: F4.
+    let private = SigningKey::generate(&mut OsRng);
+    let someone = x25519_dalek::PublicKey::from(&x25519_dalek::StaticSecret::random_from_rng(OsRng));
+    upload(&circs, &dir, &private, &make_descriptor(&private, period, 1, 3600, &list, &[someone], &mut OsRng).unwrap()).await;
+    assert_eq!(socks_reply(&net, &address(&private), 80).await, 0xF4, "client authorization required");
+
+    // The public one: the client fetches the descriptor, introduces itself, and the service
+    // joins it at the rendezvous point as its virtual hop.
+    let host = address(&public);
+    let code = socks_reply(&net, &host, 80).await;
+    let rp = tokio::time::timeout(Duration::from_secs(5), joined.recv()).await.expect("the service joined the client").unwrap();
+    let log = net.wait_log("client", Duration::from_secs(30), |l| l.contains("onion service connection ready in"));
+    assert!(log.contains("onion service connection ready in"), "client log:\n{log}");
+    assert!(dir.by_id(&rp).is_some());
+    // The test service cannot answer BEGIN (its circuit closes on it), so the stream fails
+    // after one retry on a fresh connection; a real service answers CONNECTED or END.
+    assert_eq!(code, 0x01, "the test service does not carry streams");
+    assert!(joined.try_recv().is_ok(), "the stream was retried once on a new rendezvous circuit");
+    for svc in [&absent, &broken, &private, &public] {
+        assert!(!log.contains(&address(svc)), "an onion address at info level in the client log");
+    }
+    for reason in ["no responsible HSDir holds a descriptor", "descriptor not valid", "requires client authorization"] {
+        assert!(log.contains(reason), "{reason:?} logged:\n{log}");
+    }
+}
+
+/// `allium keygen --onion-client-auth` prints a matching key pair and writes nothing.
+#[test]
+fn keygen_prints_a_client_authorization_key_pair() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_allium")).args(["keygen", "--onion-client-auth"]).output().unwrap();
+    assert!(out.status.success());
+    let text = String::from_utf8(out.stdout).unwrap();
+    let field = |name: &str| -> [u8; 32] {
+        let v = text.lines().find_map(|l| l.strip_prefix(name)).unwrap_or_else(|| panic!("{name} in {text}"));
+        let mut b = [0u8; 32];
+        hex::decode_to_slice(v, &mut b).unwrap();
+        b
+    };
+    let secret = x25519_dalek::StaticSecret::from(field("secret: "));
+    assert_eq!(x25519_dalek::PublicKey::from(&secret).to_bytes(), field("public: "));
+}
