@@ -53,9 +53,51 @@ async fn upload(circs: &CircMgr, dir: &NetDir, key: &SigningKey, text: &str) {
     }
 }
 
+/// A second client of the test network, run in this process: the testnet client's config with
+/// its own data directory and SOCKS port, and these `[[client.onion_auth]]` entries
+/// `(address, secret key hex)`. Returns its SOCKS address.
+fn start_client(net: &Testnet, auth: &[(String, String)]) -> std::net::SocketAddr {
+    let path = net.dir.join("client").join("config.toml");
+    let mut v: toml::Value = std::fs::read_to_string(&path).unwrap().parse().unwrap();
+    let dir = crate::support::fresh_dir("onion-client");
+    let socks = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    v["node"]["data_dir"] = toml::Value::String(dir.display().to_string());
+    v["node"]["nickname"] = toml::Value::String("authclient".into());
+    let client = v["client"].as_table_mut().unwrap();
+    client.insert("socks_listen".into(), toml::Value::String(socks.to_string()));
+    client.remove("http_connect_listen");
+    let entries = auth
+        .iter()
+        .map(|(a, k)| {
+            let mut t = toml::map::Map::new();
+            t.insert("address".into(), toml::Value::String(a.clone()));
+            t.insert("secret_key".into(), toml::Value::String(k.clone()));
+            toml::Value::Table(t)
+        })
+        .collect();
+    client.insert("onion_auth".into(), toml::Value::Array(entries));
+    let text = toml::to_string(&v).unwrap();
+    let cfg: ClientConfig = allium_net::config::parse_toml(&text, &path).unwrap();
+    cfg.validate().unwrap();
+    let keys = allium_net::keys::load_or_create(&dir).unwrap();
+    tokio::spawn(allium_client::run(cfg, keys));
+    socks
+}
+
 /// The SOCKS5 reply code for a CONNECT to `host:port` (0: connected).
 async fn socks_reply(net: &Testnet, host: &str, port: u16) -> u8 {
-    let (socks, host) = (net.socks, host.to_string());
+    socks_reply_at(net.socks, host, port).await
+}
+
+async fn socks_reply_at(socks: std::net::SocketAddr, host: &str, port: u16) -> u8 {
+    let host = host.to_string();
+    // The listener may not be up yet (an in-process client starting).
+    for _ in 0..100 {
+        if tokio::net::TcpStream::connect(socks).await.is_ok() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     tokio::task::spawn_blocking(move || match socks5_connect(socks, &host, port, None) {
         Ok(_) => 0,
         Err(code) => code,
@@ -90,8 +132,9 @@ async fn run_service(circs: Arc<CircMgr>, dir: Arc<NetDir>, key: SigningKey) -> 
             let rp = dir.by_id(&rp_id).expect("the rendezvous point is in the consensus").clone();
             let rend = circs.to_relay(&dir, &rp).await.expect("circuit to the rendezvous point");
             let r1 = RelayMsg::Rendezvous1 { cookie: acc.content.cookie, hdata: acc.outcome.reply.to_vec(), ext: Extensions::none() };
-            rend.send_control(r1).await.unwrap();
-            rend.add_virtual_hop(rendezvous::service_end_keys(&acc.outcome.keys)).await.unwrap();
+            if rend.send_control(r1).await.is_err() || rend.add_virtual_hop(rendezvous::service_end_keys(&acc.outcome.keys)).await.is_err() {
+                continue;
+            }
             joined.push(rend);
             let _ = tx.send(rp_id);
         }
@@ -123,11 +166,25 @@ async fn socks_client_reaches_onion_services_or_gets_the_right_error() {
     let (list, mut joined) = run_service(circs.clone(), dir.clone(), public.clone()).await;
     upload(&circs, &dir, &public, &make_descriptor(&public, period, 1, 3600, &list, &[], &mut OsRng).unwrap()).await;
 
-    // A service that requires client authorization, and the client has no key: F4.
+    // Services that require client authorization: `private` lists `mine` (and someone
+    // else), `other` only someone else. The testnet client has no key: F4.
     let private = SigningKey::generate(&mut OsRng);
+    let (private_list, mut private_joined) = run_service(circs.clone(), dir.clone(), private.clone()).await;
     let someone = x25519_dalek::PublicKey::from(&x25519_dalek::StaticSecret::random_from_rng(OsRng));
-    upload(&circs, &dir, &private, &make_descriptor(&private, period, 1, 3600, &list, &[someone], &mut OsRng).unwrap()).await;
+    let (mine_secret, mine_public) = allium_client::onion_auth::generate();
+    let mine: [u8; 32] = hex::decode(&mine_public).unwrap().try_into().unwrap();
+    let clients = [someone, x25519_dalek::PublicKey::from(mine)];
+    upload(&circs, &dir, &private, &make_descriptor(&private, period, 1, 3600, &private_list, &clients, &mut OsRng).unwrap()).await;
+    let other = SigningKey::generate(&mut OsRng);
+    upload(&circs, &dir, &other, &make_descriptor(&other, period, 1, 3600, &list, &[someone], &mut OsRng).unwrap()).await;
     assert_eq!(socks_reply(&net, &address(&private), 80).await, 0xF4, "client authorization required");
+
+    // A client with `mine` for both: `other` does not accept it (F5); `private` does, and the
+    // client gets as far as the service's rendezvous (the stream then fails as below).
+    let auth_socks = start_client(&net, &[(address(&private), mine_secret.clone()), (address(&other), mine_secret)]);
+    assert_eq!(socks_reply_at(auth_socks, &address(&other), 80).await, 0xF5, "client authorization key not accepted");
+    assert_eq!(socks_reply_at(auth_socks, &address(&private), 80).await, 0x01);
+    tokio::time::timeout(Duration::from_secs(5), private_joined.recv()).await.expect("the service joined the authorized client").unwrap();
 
     // The public one: the client fetches the descriptor, introduces itself, and the service
     // joins it at the rendezvous point as its virtual hop.
@@ -140,8 +197,9 @@ async fn socks_client_reaches_onion_services_or_gets_the_right_error() {
     // The test service cannot answer BEGIN (its circuit closes on it), so the stream fails
     // after one retry on a fresh connection; a real service answers CONNECTED or END.
     assert_eq!(code, 0x01, "the test service does not carry streams");
-    assert!(joined.try_recv().is_ok(), "the stream was retried once on a new rendezvous circuit");
-    for svc in [&absent, &broken, &private, &public] {
+    let again = tokio::time::timeout(Duration::from_secs(5), joined.recv()).await;
+    assert!(matches!(again, Ok(Some(_))), "the stream was retried once on a new rendezvous circuit");
+    for svc in [&absent, &broken, &private, &other, &public] {
         assert!(!log.contains(&address(svc)), "an onion address at info level in the client log");
     }
     for reason in ["no responsible HSDir holds a descriptor", "descriptor not valid", "requires client authorization"] {
