@@ -152,6 +152,20 @@ async fn socks_client_reaches_onion_services_or_gets_the_right_error() {
     // No descriptor anywhere: F0.
     let absent = SigningKey::from_bytes(&[0x11; 32]);
     assert_eq!(socks_reply(&net, &address(&absent), 80).await, 0xF0, "no descriptor");
+    // SOCKS4a has one failure code for it.
+    let (socks, host) = (net.socks, address(&absent));
+    let reply = tokio::task::spawn_blocking(move || {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(socks).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+        s.write_all(&[&[4, 1, 0, 80, 0, 0, 0, 1, 0][..], host.as_bytes(), &[0]].concat()).unwrap();
+        let mut r = [0u8; 8];
+        s.read_exact(&mut r).unwrap();
+        r
+    })
+    .await
+    .unwrap();
+    assert_eq!(reply[..2], [0, 0x5b], "SOCKS4a to an onion service without a descriptor");
 
     // A descriptor that verifies (so HSDirs store it) but whose encrypted part does not decrypt
     // under the address: F1.
