@@ -231,13 +231,18 @@ enum Slot {
     Failed { at: Instant, err: OnionError },
 }
 
+/// A descriptor fetch in flight for one address (hold the lock to fetch), with the last
+/// fetch's failure so that requests that waited for it share it.
+type FetchSlot = Arc<Mutex<Option<(Instant, OnionError)>>>;
+/// The rendezvous circuits by (service identity, isolation key).
+type CircSlots = HashMap<([u8; 32], IsolationKey), Arc<Mutex<Slot>>>;
+
 /// Connections to onion services, held in [`crate::ClientState`].
 pub struct OnionConnector {
     auth: ClientAuthKeys,
     descs: StdMutex<DescCache>,
-    /// One lock per address being fetched, with the last fetch's failure.
-    fetches: StdMutex<HashMap<[u8; 32], Arc<Mutex<Option<(Instant, OnionError)>>>>>,
-    circs: StdMutex<HashMap<([u8; 32], IsolationKey), Arc<Mutex<Slot>>>>,
+    fetches: StdMutex<HashMap<[u8; 32], FetchSlot>>,
+    circs: StdMutex<CircSlots>,
 }
 
 impl OnionConnector {
