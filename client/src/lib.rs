@@ -11,6 +11,8 @@
 //! - [`dir_fetch`]: where the consensus comes from (guards, fallback directories, authorities).
 //! - [`socks`]: the SOCKS4/4a/5 front end (with RESOLVE).
 //! - [`http_proxy`]: the optional HTTP CONNECT front end.
+//! - [`hs_connect`]: connecting to onion services (`.allium` destinations), with the
+//!   descriptor cache [`hs_desc_cache`] and the client-authorization keys [`onion_auth`].
 //! - [`onion_service`]: the `[[onion_service]]` config and each service's keys (hosting itself
 //!   is not built yet).
 //!
