@@ -108,7 +108,7 @@ async fn socks_reply_at(socks: std::net::SocketAddr, host: &str, port: u16) -> u
 
 /// A running test service: an established introduction point, answering each INTRODUCE2 at
 /// the client's rendezvous point and adding the client as its virtual hop. Sends the
-/// rendezvous hop (as a relay identity) for each client it joined.
+/// rendezvous point (as a relay identity) for each client it answered with RENDEZVOUS1.
 async fn run_service(circs: Arc<CircMgr>, dir: Arc<NetDir>, key: SigningKey) -> (IntroList, mpsc::UnboundedReceiver<RelayId>) {
     let identity = key.verifying_key().to_bytes();
     let ip: ConsensusRelay = dir.relays().iter().find(|r| r.flags.contains(RelayFlags::RUNNING | RelayFlags::VALID)).expect("a relay").clone();
@@ -132,11 +132,14 @@ async fn run_service(circs: Arc<CircMgr>, dir: Arc<NetDir>, key: SigningKey) -> 
             let rp = dir.by_id(&rp_id).expect("the rendezvous point is in the consensus").clone();
             let rend = circs.to_relay(&dir, &rp).await.expect("circuit to the rendezvous point");
             let r1 = RelayMsg::Rendezvous1 { cookie: acc.content.cookie, hdata: acc.outcome.reply.to_vec(), ext: Extensions::none() };
-            if rend.send_control(r1).await.is_err() || rend.add_virtual_hop(rendezvous::service_end_keys(&acc.outcome.keys)).await.is_err() {
+            if rend.send_control(r1).await.is_err() {
                 continue;
             }
-            joined.push(rend);
             let _ = tx.send(rp_id);
+            // The client's first cell (its BEGIN) may come before the hop is added: the circuit
+            // closes either way, as this test service cannot take streams.
+            let _ = rend.add_virtual_hop(rendezvous::service_end_keys(&acc.outcome.keys)).await;
+            joined.push(rend);
         }
     });
     (list, rx)
@@ -180,6 +183,14 @@ async fn socks_client_reaches_onion_services_or_gets_the_right_error() {
     let (list, mut joined) = run_service(circs.clone(), dir.clone(), public.clone()).await;
     upload(&circs, &dir, &public, &make_descriptor(&public, period, 1, 3600, &list, &[], &mut OsRng).unwrap()).await;
 
+    // A descriptor whose introduction point knows no such service (INTRODUCE_ACK status 1):
+    // introduction fails on every point, F2.
+    let ghost = SigningKey::generate(&mut OsRng);
+    let mut stale = list.clone();
+    stale.intro_points[0].auth_key = SigningKey::generate(&mut OsRng).verifying_key().to_bytes();
+    upload(&circs, &dir, &ghost, &make_descriptor(&ghost, period, 1, 3600, &stale, &[], &mut OsRng).unwrap()).await;
+    assert_eq!(socks_reply(&net, &address(&ghost), 80).await, 0xF2, "introduction refused");
+
     // Services that require client authorization: `private` lists `mine` (and someone
     // else), `other` only someone else. The testnet client has no key: F4.
     let private = SigningKey::generate(&mut OsRng);
@@ -205,18 +216,21 @@ async fn socks_client_reaches_onion_services_or_gets_the_right_error() {
     let host = address(&public);
     let code = socks_reply(&net, &host, 80).await;
     let rp = tokio::time::timeout(Duration::from_secs(5), joined.recv()).await.expect("the service joined the client").unwrap();
-    let log = net.wait_log("client", Duration::from_secs(30), |l| l.contains("onion service connection ready in"));
-    assert!(log.contains("onion service connection ready in"), "client log:\n{log}");
+    let ready = |l: &str| l.lines().filter(|l| l.contains("onion service connection ready in")).map(String::from).collect::<Vec<_>>();
+    let log = net.wait_log("client", Duration::from_secs(30), |l| ready(l).len() >= 2);
+    let lines = ready(&log);
+    assert_eq!(lines.len(), 2, "client log:\n{log}");
+    assert!(!lines[0].contains("cached") && lines[1].contains("cached"), "the second connection used the cached descriptor: {lines:?}");
     assert!(dir.by_id(&rp).is_some());
     // The test service cannot answer BEGIN (its circuit closes on it), so the stream fails
     // after one retry on a fresh connection; a real service answers CONNECTED or END.
     assert_eq!(code, 0x01, "the test service does not carry streams");
     let again = tokio::time::timeout(Duration::from_secs(5), joined.recv()).await;
     assert!(matches!(again, Ok(Some(_))), "the stream was retried once on a new rendezvous circuit");
-    for svc in [&absent, &broken, &private, &other, &public] {
+    for svc in [&absent, &broken, &ghost, &private, &other, &public] {
         assert!(!log.contains(&address(svc)), "an onion address at info level in the client log");
     }
-    for reason in ["no responsible HSDir holds a descriptor", "descriptor not valid", "requires client authorization"] {
+    for reason in ["no responsible HSDir holds a descriptor", "descriptor not valid", "every introduction point failed", "requires client authorization"] {
         assert!(log.contains(reason), "{reason:?} logged:\n{log}");
     }
 }
