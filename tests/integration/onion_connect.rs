@@ -109,7 +109,8 @@ async fn socks_reply_at(socks: std::net::SocketAddr, host: &str, port: u16) -> u
 /// A running test service: an established introduction point, answering each INTRODUCE2 at
 /// the client's rendezvous point and adding the client as its virtual hop. Sends the
 /// rendezvous point (as a relay identity) for each client it answered with RENDEZVOUS1.
-async fn run_service(circs: Arc<CircMgr>, dir: Arc<NetDir>, key: SigningKey) -> (IntroList, mpsc::UnboundedReceiver<RelayId>) {
+/// With `answer` false it reads each INTRODUCE2 and never comes to the rendezvous point.
+async fn run_service(circs: Arc<CircMgr>, dir: Arc<NetDir>, key: SigningKey, answer: bool) -> (IntroList, mpsc::UnboundedReceiver<RelayId>) {
     let identity = key.verifying_key().to_bytes();
     let ip: ConsensusRelay = dir.relays().iter().find(|r| r.flags.contains(RelayFlags::RUNNING | RelayFlags::VALID)).expect("a relay").clone();
     let mut set = IntroSet::new(1, 3600, 60);
@@ -129,6 +130,10 @@ async fn run_service(circs: Arc<CircMgr>, dir: Arc<NetDir>, key: SigningKey) -> 
             let RelayMsg::Introduce2(body) = msg else { continue };
             let acc = set.handle_introduce2(&mut OsRng, &identity, &auth, &body, now()).expect("a valid INTRODUCE2");
             let rp_id = RelayId(acc.content.rendezvous.identity);
+            if !answer {
+                let _ = tx.send(rp_id);
+                continue;
+            }
             let rp = dir.by_id(&rp_id).expect("the rendezvous point is in the consensus").clone();
             let rend = circs.to_relay(&dir, &rp).await.expect("circuit to the rendezvous point");
             let r1 = RelayMsg::Rendezvous1 { cookie: acc.content.cookie, hdata: acc.outcome.reply.to_vec(), ext: Extensions::none() };
@@ -180,7 +185,7 @@ async fn socks_client_reaches_onion_services_or_gets_the_right_error() {
 
     // A public service whose introduction point is up.
     let public = SigningKey::generate(&mut OsRng);
-    let (list, mut joined) = run_service(circs.clone(), dir.clone(), public.clone()).await;
+    let (list, mut joined) = run_service(circs.clone(), dir.clone(), public.clone(), true).await;
     upload(&circs, &dir, &public, &make_descriptor(&public, period, 1, 3600, &list, &[], &mut OsRng).unwrap()).await;
 
     // A descriptor whose introduction point knows no such service (INTRODUCE_ACK status 1):
@@ -194,7 +199,7 @@ async fn socks_client_reaches_onion_services_or_gets_the_right_error() {
     // Services that require client authorization: `private` lists `mine` (and someone
     // else), `other` only someone else. The testnet client has no key: F4.
     let private = SigningKey::generate(&mut OsRng);
-    let (private_list, mut private_joined) = run_service(circs.clone(), dir.clone(), private.clone()).await;
+    let (private_list, mut private_joined) = run_service(circs.clone(), dir.clone(), private.clone(), true).await;
     let someone = x25519_dalek::PublicKey::from(&x25519_dalek::StaticSecret::random_from_rng(OsRng));
     let (mine_secret, mine_public) = allium_client::onion_auth::generate();
     let mine: [u8; 32] = hex::decode(&mine_public).unwrap().try_into().unwrap();
@@ -227,10 +232,22 @@ async fn socks_client_reaches_onion_services_or_gets_the_right_error() {
     assert_eq!(code, 0x01, "the test service does not carry streams");
     let again = tokio::time::timeout(Duration::from_secs(5), joined.recv()).await;
     assert!(matches!(again, Ok(Some(_))), "the stream was retried once on a new rendezvous circuit");
-    for svc in [&absent, &broken, &ghost, &private, &other, &public] {
+
+    // A service that reads the introduction but never comes to the rendezvous point: after
+    // RENDEZVOUS2_TIMEOUT on its only introduction point, F7.
+    let silent = SigningKey::generate(&mut OsRng);
+    let (silent_list, mut introduced) = run_service(circs.clone(), dir.clone(), silent.clone(), false).await;
+    upload(&circs, &dir, &silent, &make_descriptor(&silent, period, 1, 3600, &silent_list, &[], &mut OsRng).unwrap()).await;
+    let started = std::time::Instant::now();
+    assert_eq!(socks_reply(&net, &address(&silent), 80).await, 0xF7, "the service never answered");
+    assert!(started.elapsed() >= allium_client::hs_connect::RENDEZVOUS2_TIMEOUT, "waited for RENDEZVOUS2");
+    assert!(introduced.try_recv().is_ok(), "the service got the introduction");
+    let log = net.node_log("client");
+
+    for svc in [&absent, &broken, &ghost, &private, &other, &public, &silent] {
         assert!(!log.contains(&address(svc)), "an onion address at info level in the client log");
     }
-    for reason in ["no responsible HSDir holds a descriptor", "descriptor not valid", "every introduction point failed", "requires client authorization"] {
+    for reason in ["no responsible HSDir holds a descriptor", "descriptor not valid", "every introduction point failed", "requires client authorization", "the service did not answer at the rendezvous point"] {
         assert!(log.contains(reason), "{reason:?} logged:\n{log}");
     }
 }
