@@ -2,7 +2,12 @@
 //! test network (docs/PROTOCOL.md, "Onion services", "Client behaviour"). The test plays the
 //! services itself with the sans-IO pieces: it establishes introduction points, uploads
 //! descriptors to the responsible HSDirs, answers INTRODUCE2 at the rendezvous point and adds
-//! the client as its virtual hop. Failures come back as Tor's extended SOCKS5 codes.
+//! the client as its virtual hop. Failures come back as Tor's extended SOCKS5 codes: no
+//! descriptor (F0, SOCKS4a 0x5B), an undecryptable one (F1), an introduction point that knows no
+//! such service (F2), client authorization missing (F4) or not accepted (F5, from a second
+//! client run in this process), and a service that never comes to the rendezvous point (F7).
+//! The test service cannot take streams yet (its circuit closes on the BEGIN), so a reachable
+//! service is checked up to the join: the client logs the connection as ready.
 
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
