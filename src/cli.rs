@@ -60,8 +60,8 @@ pub struct RoleArgs {
 pub struct KeygenArgs {
     /// The node's data directory (the `node.data_dir` of its config). Created if missing. With
     /// `--authority`: where the identity key is kept (it can stay offline).
-    #[arg(long, value_name = "DIR")]
-    pub data_dir: PathBuf,
+    #[arg(long, value_name = "DIR", required_unless_present = "onion_client_auth")]
+    pub data_dir: Option<PathBuf>,
     /// Also certify a fresh authority signing key (and the link key) with the identity, and
     /// write the signing key, its certificate and the link-key certificate to `--out`.
     #[arg(long)]
@@ -73,4 +73,9 @@ pub struct KeygenArgs {
     /// authority's data directory.
     #[arg(long, value_name = "DIR2", requires = "authority")]
     pub out: Option<PathBuf>,
+    /// Instead: print a fresh client-authorization key pair for onion services (`secret:` for
+    /// the client's `[[client.onion_auth]]`, `public:` for the service's
+    /// `authorized_clients`). Nothing is written.
+    #[arg(long, conflicts_with_all = ["authority", "data_dir"])]
+    pub onion_client_auth: bool,
 }

@@ -70,16 +70,26 @@ fn node_keys(role: &str, data_dir: &Path) -> Option<NodeKeys> {
 }
 
 pub fn keygen(args: &KeygenArgs) -> ExitCode {
-    let existed = args.data_dir.join(IDENTITY_FILE).exists();
+    if args.onion_client_auth {
+        let (secret, public) = allium_client::onion_auth::generate();
+        println!("secret: {secret}");
+        println!("public: {public}");
+        return ExitCode::SUCCESS;
+    }
+    let Some(data_dir) = args.data_dir.as_deref() else {
+        eprintln!("allium keygen: --data-dir is required");
+        return ExitCode::from(2);
+    };
+    let existed = data_dir.join(IDENTITY_FILE).exists();
     if args.authority {
-        let out = args.out.as_deref().unwrap_or(&args.data_dir);
+        let out = args.out.as_deref().unwrap_or(data_dir);
         let lifetime = args.signing_key_lifetime_days * 86_400;
-        return match authkeys::certify_into(&args.data_dir, out, lifetime, keys::unix_now()) {
+        return match authkeys::certify_into(data_dir, out, lifetime, keys::unix_now()) {
             Ok((id, cert)) => {
                 println!("fingerprint: {}", id.fingerprint());
                 println!("signing key certified until {} (unix time; {} days)", cert.expires, args.signing_key_lifetime_days);
                 let verb = if existed { "loaded existing" } else { "created new" };
-                println!("{verb} identity key in {}", args.data_dir.display());
+                println!("{verb} identity key in {}", data_dir.display());
                 println!(
                     "wrote {}, {}, {} and {} to {}",
                     authkeys::SIGNING_KEY_FILE,
@@ -96,11 +106,11 @@ pub fn keygen(args: &KeygenArgs) -> ExitCode {
             }
         };
     }
-    match keys::load_or_create(&args.data_dir) {
+    match keys::load_or_create(data_dir) {
         Ok(keys) => {
             println!("fingerprint: {}", keys.relay_id().fingerprint());
             let verb = if existed { "loaded existing" } else { "created new" };
-            println!("{verb} keys in {}", args.data_dir.display());
+            println!("{verb} keys in {}", data_dir.display());
             ExitCode::SUCCESS
         }
         Err(e) => {

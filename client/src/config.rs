@@ -45,6 +45,10 @@ pub struct ClientSection {
     /// first fetch goes to the authorities directly, and they see this client's address.
     #[serde(default)]
     pub fallback_dirs: Vec<FallbackDir>,
+    /// Client authorization keys for onion services (`[[client.onion_auth]]`, see
+    /// [`crate::onion_auth`]).
+    #[serde(default)]
+    pub onion_auth: Vec<crate::onion_auth::OnionAuthConfig>,
 }
 
 /// A relay known before any consensus: enough to build a one-hop circuit to it and open a
@@ -106,6 +110,7 @@ impl ClientConfig {
         net.dangerous_testnet = true;
         self.node.validate(&net)?;
         crate::onion_service::validate(&self.onion_services)?;
+        crate::onion_auth::load(&self.client.onion_auth)?;
         if let Some(ms) = self.client.dangerous_initial_build_timeout_ms {
             if !self.network.dangerous_testnet {
                 return Err(ConfigError::invalid("client.dangerous_initial_build_timeout_ms", "needs network.dangerous_testnet = true"));
@@ -143,6 +148,18 @@ mod tests {
         assert_eq!(cfg.client.fallback_dirs[0].link_key, [0x11; 32]);
         let err = allium_net::config::parse_toml::<ClientConfig>(&format!("{base}{}", entry("zz")), Path::new("c.toml")).unwrap_err().to_string();
         assert!(err.contains("client.fallback_dirs[0].link_key"), "{err}");
+    }
+
+    #[test]
+    fn onion_auth_entries_are_validated_with_the_config() {
+        let id = ed25519_dalek::SigningKey::from_bytes(&[3; 32]).verifying_key().to_bytes();
+        let addr = allium_proto::hs::OnionAddress::from_identity(id).unwrap().to_host();
+        let ok = parse(false, &format!("[[client.onion_auth]]\naddress = \"{addr}\"\nsecret_key = \"{}\"\n", "22".repeat(32)));
+        ok.validate().expect("valid");
+        assert_eq!(ok.client.onion_auth.len(), 1);
+        let bad = parse(false, &format!("[[client.onion_auth]]\naddress = \"{addr}\"\nsecret_key = \"22\"\n"));
+        let err = bad.validate().unwrap_err().to_string();
+        assert!(err.contains("client.onion_auth[0].secret_key"), "{err}");
     }
 
     #[test]

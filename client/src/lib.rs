@@ -13,6 +13,8 @@
 //! - [`http_proxy`]: the optional HTTP CONNECT front end.
 //! - [`onion_service`]: the `[[onion_service]]` config and each service's keys.
 //! - [`hs_service`]: hosting those services (introduction points, descriptors, rendezvous).
+//! - [`hs_connect`]: connecting to onion services (`.allium` destinations), with the
+//!   descriptor cache [`hs_desc_cache`] and the client-authorization keys [`onion_auth`].
 //!
 //! Not in this crate: link encryption and reactors (`allium-net`), documents (`allium-proto`),
 //! consensus verification (`allium-directory`).
@@ -24,8 +26,11 @@ pub mod dir_fetch;
 pub mod http_proxy;
 pub mod onion_service;
 pub mod guard;
+pub mod hs_connect;
+pub mod hs_desc_cache;
 pub mod hs_dir;
 pub mod hs_service;
+pub mod onion_auth;
 pub mod path;
 pub mod socks;
 pub mod state_file;
@@ -90,6 +95,8 @@ pub struct ClientState {
     pub circuits: circmgr::CircMgr,
     pub bootstrap: Arc<Bootstrap>,
     isolate_destinations: bool,
+    /// Connections to onion services (`.allium` destinations).
+    pub onions: hs_connect::OnionConnector,
 }
 
 impl ClientState {
@@ -139,7 +146,8 @@ pub async fn run(cfg: ClientConfig, _keys: NodeKeys) -> Result<(), ClientError> 
     let bootstrap = Arc::new(Bootstrap::new());
     let circuits = circmgr::CircMgr::new(ChannelPool::new(cfg.node.address, None), Some(cfg.node.data_dir.clone()), bootstrap.clone());
     circuits.set_initial_build_timeout(cfg.initial_build_timeout());
-    let state = Arc::new(ClientState { netdir: rx.clone(), circuits, bootstrap: bootstrap.clone(), isolate_destinations: cfg.client.isolate_destinations });
+    let onions = hs_connect::OnionConnector::new(onion_auth::load(&cfg.client.onion_auth)?);
+    let state = Arc::new(ClientState { netdir: rx.clone(), circuits, bootstrap: bootstrap.clone(), isolate_destinations: cfg.client.isolate_destinations, onions });
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(directory_loop(cfg.clone(), tx, state.clone()));
     let maint = state.clone();

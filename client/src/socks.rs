@@ -108,17 +108,18 @@ pub(crate) async fn serve_request(sock: TcpStream, state: Arc<ClientState>, app:
     };
     if OnionAddress::is_onion_host(&host) || host.to_ascii_lowercase().ends_with(".onion") {
         // Never leak such a name to an exit. A malformed address fails at once, with its reason.
-        let code = match OnionAddress::parse(&host) {
+        return match OnionAddress::parse(&host) {
             Err(e) => {
                 tracing::info!("{} request refused: {e}", front.name());
-                ReplyCode::OnionInvalidAddress
+                fail(sock, &front, ReplyCode::OnionInvalidAddress).await
             }
-            Ok(_) => {
-                tracing::info!("{} request refused: connecting to onion services is not implemented yet", front.name());
-                ReplyCode::HostUnreachable
+            Ok(_) if resolve => {
+                tracing::info!("RESOLVE refused: an onion address has no IP address");
+                fail(sock, &front, ReplyCode::HostUnreachable).await
             }
+            Ok(_) if port == 0 => fail(sock, &front, ReplyCode::NotAllowed).await,
+            Ok(addr) => serve_onion(sock, state, OnionRequest { addr, host: host.to_ascii_lowercase(), port, credentials, early }, front).await,
         };
-        return fail(sock, &front, code).await;
     }
     if resolve {
         return serve_resolve(sock, state, target, &credentials, front).await;
@@ -172,6 +173,62 @@ pub(crate) async fn serve_request(sock: TcpStream, state: Arc<ClientState>, app:
             Err(_) => return Ok(()),
         }
     }
+}
+
+/// A stream request to an onion service.
+struct OnionRequest {
+    addr: OnionAddress,
+    /// The `.allium` host (lowercase), sent in the BEGIN to the service.
+    host: String,
+    port: u16,
+    credentials: Vec<u8>,
+    early: Vec<u8>,
+}
+
+/// Opens a stream to an onion service on a rendezvous circuit of the request's isolation class
+/// ([`crate::hs_connect`]); the BEGIN goes to the service (the circuit's virtual hop), which
+/// answers CONNECTED or END. A reused circuit that turns out closed is replaced once.
+async fn serve_onion(sock: TcpStream, state: Arc<ClientState>, req: OnionRequest, front: Front) -> std::io::Result<()> {
+    let OnionRequest { addr, host, port, credentials, early } = req;
+    let iso = state.isolation(&credentials, sock.local_addr().ok(), &host);
+    let Some(dir) = state.wait_netdir(BOOTSTRAP_WAIT).await else {
+        tracing::warn!("{} request refused: no usable consensus yet", front.name());
+        return fail(sock, &front, ReplyCode::GeneralFailure).await;
+    };
+    let success_reply = front.reply(ReplyCode::Succeeded, Some(SocketAddr::from(([0, 0, 0, 0], 0))));
+    let mut sock = sock;
+    for round in 0..2 {
+        let circ = match state.onions.circuit(&state.circuits, &dir, &addr, &iso).await {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::info!("{} request to an onion service failed: {e}", front.name());
+                tracing::debug!("(the onion service was {host}:{port})");
+                return fail(sock, &front, e.reply_code()).await;
+            }
+        };
+        let (done, rx) = oneshot::channel();
+        let begin = BeginRequest { host: host.clone(), port, sock, early_data: early.clone(), success_reply: success_reply.clone(), done };
+        if let Err(req) = circ.begin(begin).await {
+            sock = req.sock;
+            state.onions.forget(&addr, &iso);
+            continue;
+        }
+        match rx.await {
+            Ok(Ok(_)) => return Ok(()),
+            // The circuit died under the stream: once more on a new one.
+            Ok(Err((EndReason::Destroy, s))) if round == 0 => {
+                sock = s;
+                state.onions.forget(&addr, &iso);
+            }
+            Ok(Err((reason, s))) => {
+                tracing::info!("{} stream refused by the onion service ({reason:?})", front.name());
+                return fail(s, &front, reply_for_end(reason)).await;
+            }
+            Err(_) => return Ok(()),
+        }
+    }
+    tracing::info!("{} request to an onion service failed: its rendezvous circuits closed", front.name());
+    fail(sock, &front, ReplyCode::OnionRendezvousFailed).await
 }
 
 /// After `exits_tried` exits refused a stream, the last with `reason`: whether to try another.
@@ -306,6 +363,33 @@ mod tests {
         assert_eq!(reply_for_resolve(EndReason::ExitPolicy), ReplyCode::NotAllowed);
         assert_eq!(reply_for_resolve(EndReason::Timeout), ReplyCode::TtlExpired);
         assert_eq!(reply_for_resolve(EndReason::Destroy), ReplyCode::GeneralFailure);
+    }
+
+    /// Onion-service failures: Tor's extended code in SOCKS5, the one failure code in SOCKS4,
+    /// 502 (504 for a timeout) in HTTP CONNECT.
+    #[test]
+    fn onion_failures_map_to_each_protocol() {
+        use crate::hs_connect::OnionError as E;
+        let s = || "x".to_string();
+        let cases = [
+            (E::NotFound, 0xF0, 502),
+            (E::InvalidDescriptor(s()), 0xF1, 502),
+            (E::IntroFailed(s()), 0xF2, 502),
+            (E::RendezvousFailed(s()), 0xF3, 502),
+            (E::AuthMissing, 0xF4, 502),
+            (E::AuthRejected, 0xF5, 502),
+            (E::Timeout(s()), 0xF7, 504),
+            (E::NoCircuit(s()), 0x01, 502),
+        ];
+        for (e, socks5, http) in cases {
+            let code = e.reply_code();
+            assert_eq!(socks(SocksVersion::V5).reply(code, None)[1], socks5, "{e}");
+            assert_eq!(socks(SocksVersion::V4).reply(code, None), [0, 0x5b, 0, 0, 0, 0, 0, 0], "{e}");
+            let h = String::from_utf8(Front::Http.reply(code, None)).unwrap();
+            assert!(h.starts_with(&format!("HTTP/1.1 {http} ")), "{e}: {h}");
+        }
+        let h = String::from_utf8(Front::Http.reply(ReplyCode::OnionInvalidAddress, None)).unwrap();
+        assert!(h.starts_with("HTTP/1.1 400 "), "{h}");
     }
 
     /// A refusal another exit may not give is tried on at most STREAM_RETRIES more exits; one

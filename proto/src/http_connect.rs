@@ -91,6 +91,14 @@ pub fn status_for(code: ReplyCode) -> u16 {
         ReplyCode::AddressTypeNotSupported | ReplyCode::OnionInvalidAddress => 400,
         ReplyCode::TtlExpired => 504,
         ReplyCode::GeneralFailure | ReplyCode::NetworkUnreachable | ReplyCode::HostUnreachable | ReplyCode::ConnectionRefused => 502,
+        // The service could not be reached (descriptor, introduction, rendezvous, client auth).
+        ReplyCode::OnionDescNotFound
+        | ReplyCode::OnionDescInvalid
+        | ReplyCode::OnionIntroFailed
+        | ReplyCode::OnionRendezvousFailed
+        | ReplyCode::OnionMissingClientAuth
+        | ReplyCode::OnionBadClientAuth => 502,
+        ReplyCode::OnionIntroTimeout => 504,
     }
 }
 

@@ -169,9 +169,25 @@ pub enum ReplyCode {
     TtlExpired = 6,
     CommandNotSupported = 7,
     AddressTypeNotSupported = 8,
-    /// Tor's extended code (proposal 304): the `.allium` name is not a valid onion address
-    /// (bad length or alphabet, unknown version, wrong checksum, or not a usable key).
+    // Tor's extended codes for onion services (proposal 304), 0xF0..=0xF7.
+    /// No HSDir responsible for the address holds a descriptor for it.
+    OnionDescNotFound = 0xF0,
+    /// The descriptor found is not valid: bad signature, another blinded key or period, or an
+    /// encrypted part that does not decrypt.
+    OnionDescInvalid = 0xF1,
+    /// Introduction failed on every introduction point tried.
+    OnionIntroFailed = 0xF2,
+    /// The rendezvous failed (circuit to the rendezvous point, or the service's handshake).
+    OnionRendezvousFailed = 0xF3,
+    /// The service requires client authorization and this client has no key for it.
+    OnionMissingClientAuth = 0xF4,
+    /// This client's authorization key for the service is not accepted.
+    OnionBadClientAuth = 0xF5,
+    /// The `.allium` name is not a valid onion address (bad length or alphabet, unknown
+    /// version, wrong checksum, or not a usable key).
     OnionInvalidAddress = 0xF6,
+    /// Introduction or rendezvous did not complete in time.
+    OnionIntroTimeout = 0xF7,
 }
 
 /// A SOCKS5 reply: `VER REP RSV ATYP BND.ADDR BND.PORT`. `bound: None` encodes 0.0.0.0:0.
@@ -805,6 +821,26 @@ mod tests {
         assert_eq!(&r[20..], &[0, 80]);
         assert_eq!(ReplyCode::AddressTypeNotSupported as u8, 8);
         assert_eq!(ReplyCode::OnionInvalidAddress as u8, 0xF6);
+    }
+
+    /// The onion-service codes are Tor's extended SOCKS5 codes, on the wire as such; SOCKS4
+    /// has one failure code for them all.
+    #[test]
+    fn onion_reply_codes_on_the_wire() {
+        let codes = [
+            (ReplyCode::OnionDescNotFound, 0xF0),
+            (ReplyCode::OnionDescInvalid, 0xF1),
+            (ReplyCode::OnionIntroFailed, 0xF2),
+            (ReplyCode::OnionRendezvousFailed, 0xF3),
+            (ReplyCode::OnionMissingClientAuth, 0xF4),
+            (ReplyCode::OnionBadClientAuth, 0xF5),
+            (ReplyCode::OnionInvalidAddress, 0xF6),
+            (ReplyCode::OnionIntroTimeout, 0xF7),
+        ];
+        for (code, byte) in codes {
+            assert_eq!(encode_reply(code, None), [5, byte, 0, 1, 0, 0, 0, 0, 0, 0], "{code:?}");
+            assert_eq!(crate::socks4::encode_reply(code == ReplyCode::Succeeded, None)[1], 0x5b, "{code:?}");
+        }
     }
 
     #[test]

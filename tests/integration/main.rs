@@ -12,6 +12,7 @@
 //! - [`exit_retry`]: a stream one exit refuses is retried on another exit.
 //! - [`blackhole`]: a relay that never answers makes builds time out and succeed elsewhere (A32).
 //! - [`hs_circuits`]: HSDir upload and fetch over 4-hop vanguard circuits (`CircMgr::to_relay`).
+//! - [`onion_connect`]: a SOCKS client reaching onion services by `.allium` address.
 //! - [`rendezvous`]: relays as introduction and rendezvous points, joining two circuits.
 //! - [`onion`]: the testnet's onion service reached by its address through SOCKS (A5, A7, A13,
 //!   A18, A20, restarts, period boundaries).
@@ -31,6 +32,7 @@ mod hop_budget;
 mod hs_circuits;
 mod keygen;
 mod onion;
+mod onion_connect;
 mod onion_rotation;
 mod onion_service;
 mod socks_front;
