@@ -412,6 +412,8 @@ async fn bring_up(dir: &Path, exe: &Path, plan: &Plan<'_>, procs: &mut Vec<NodeP
 async fn reach_onion_service(dir: PathBuf, socks: SocketAddr, http_connect: Option<SocketAddr>, onion_host: String) {
     let t0 = Instant::now();
     let mut last = ProbeOutcome::Failed("not tried".into());
+    // Each failed attempt may have cost the client descriptor fetches on fresh circuits: back off.
+    let mut pause = POLL;
     while t0.elapsed() < ONION_DEADLINE {
         last = probe::onion_probe(socks, &onion_host, layout::ONION_SERVICE_PORT, PROBE_ATTEMPT).await;
         if last == ProbeOutcome::Crossed {
@@ -425,7 +427,8 @@ async fn reach_onion_service(dir: PathBuf, socks: SocketAddr, http_connect: Opti
             }
             return;
         }
-        tokio::time::sleep(POLL).await;
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_secs(2));
     }
     eprintln!(
         "warning: the client could not reach the onion service within {} s (last attempt: {last:?}); see {}",

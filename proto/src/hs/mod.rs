@@ -55,7 +55,7 @@ mod tests {
         const L: u64 = 86_400;
         let valid_after = 20_000 * L + 7 * 3600;
         let hsdirs: Vec<RelayId> = (0..30u8).map(|i| RelayId(Sha256::digest([i]).into())).collect();
-        let carried: Vec<PeriodSrv> = vec![]; // today's consensuses carry no hs-period-srv lines
+        let carried: Vec<PeriodSrv> = vec![]; // a consensus without hs-period-srv lines: the fallback
         let mut stores: HashMap<RelayId, HsDirStore> =
             hsdirs.iter().map(|id| (*id, HsDirStore::new(L, 100, 1 << 20))).collect();
 
