@@ -142,7 +142,9 @@ pub async fn fetch_descriptor(circuits: &CircMgr, dir: &NetDir, identity: &[u8; 
             }
             Err(e @ (OnionError::AuthMissing | OnionError::AuthRejected)) => return Err(e),
             Err(e) => {
-                tracing::info!("HSDir {} served an invalid descriptor: {e}", hsdir.identity.short());
+                // Info lines never name a relay; the debug line says which.
+                tracing::info!("an HSDir served an invalid descriptor: {e}; trying another");
+                tracing::debug!("the invalid descriptor came from HSDir {}", hsdir.identity.short());
                 invalid = Some(e);
             }
         }
