@@ -358,25 +358,17 @@ pub fn state_path(data_dir: &Path) -> PathBuf {
 /// Loads the guard state; a missing file gives an empty set; a corrupt one is reported, moved
 /// aside (`guards.toml.corrupt`) and replaced by an empty set.
 pub fn load(path: &Path, params: GuardParams) -> GuardSet {
-    match std::fs::read_to_string(path) {
-        Ok(text) => match GuardSet::from_toml(&text, params.clone()) {
-            Ok(s) => {
-                tracing::info!("loaded {} guard(s) from {}", s.guards.len(), path.display());
-                s
-            }
-            Err(e) => {
-                let aside = path.with_extension("toml.corrupt");
-                let _ = std::fs::rename(path, &aside);
-                tracing::warn!("guard state file {} is corrupt ({e}); moved it to {} and starting a new guard set", path.display(), aside.display());
-                let mut s = GuardSet::new(params);
-                s.dirty = true;
-                s
-            }
-        },
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => GuardSet::new(params),
-        Err(e) => {
-            tracing::warn!("cannot read guard state file {} ({e}); starting a new guard set", path.display());
-            GuardSet::new(params)
+    match crate::state_file::load(path, "guard state file", |t| GuardSet::from_toml(t, params.clone())) {
+        crate::state_file::Loaded::Read(s) => {
+            tracing::info!("loaded {} guard(s) from {}", s.guards.len(), path.display());
+            s
+        }
+        crate::state_file::Loaded::Missing => GuardSet::new(params),
+        crate::state_file::Loaded::Unusable => {
+            // Written at the first save, so the corrupt file is replaced.
+            let mut s = GuardSet::new(params);
+            s.dirty = true;
+            s
         }
     }
 }

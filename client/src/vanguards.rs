@@ -169,21 +169,9 @@ pub fn state_path(data_dir: &Path) -> PathBuf {
 /// Loads the set; a missing file gives an empty set; a corrupt one is reported, moved aside
 /// (`vanguards.toml.corrupt`) and replaced by an empty set.
 pub fn load(path: &Path, params: VanguardParams) -> VanguardSet {
-    match std::fs::read_to_string(path) {
-        Ok(text) => match VanguardSet::from_toml(&text, params.clone()) {
-            Ok(s) => s,
-            Err(e) => {
-                let aside = path.with_extension("toml.corrupt");
-                let _ = std::fs::rename(path, &aside);
-                tracing::warn!("vanguard state file {} is corrupt ({e}); moved it to {} and drawing a new set", path.display(), aside.display());
-                VanguardSet::new(params)
-            }
-        },
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => VanguardSet::new(params),
-        Err(e) => {
-            tracing::warn!("cannot read vanguard state file {} ({e}); drawing a new set", path.display());
-            VanguardSet::new(params)
-        }
+    match crate::state_file::load(path, "vanguard state file", |t| VanguardSet::from_toml(t, params.clone())) {
+        crate::state_file::Loaded::Read(s) => s,
+        _ => VanguardSet::new(params),
     }
 }
 
