@@ -66,6 +66,8 @@ pub struct HostedService {
     clients: Vec<PublicKey>,
     state: Arc<ClientState>,
     status: watch::Sender<ServiceStatus>,
+    /// Where the last revision counter is kept (`publish::REVISION_FILE` in the key directory).
+    revision_file: std::path::PathBuf,
 }
 
 /// Starts a task per configured service in `tasks` (a service task ends only on a fatal error).
@@ -83,7 +85,8 @@ impl HostedService {
         let identity = cfg.load_or_create_identity(data_dir).map_err(|e| format!("onion service {}: cannot load or create its key: {e}", cfg.name))?;
         let mappings = Arc::new(cfg.mappings().map_err(|e| format!("onion_service {}: {e}", cfg.name))?);
         let clients = cfg.authorized_keys().map_err(|e| format!("onion_service {}: {e}", cfg.name))?;
-        Ok(HostedService { name: cfg.name.clone(), identity, mappings, clients, state, status: watch::channel(ServiceStatus::default()).0 })
+        let revision_file = cfg.key_dir(data_dir).join(publish::REVISION_FILE);
+        Ok(HostedService { name: cfg.name.clone(), identity, mappings, clients, state, status: watch::channel(ServiceStatus::default()).0, revision_file })
     }
 
     /// Progress, updated as points are established and descriptors published.
@@ -112,7 +115,7 @@ impl HostedService {
             last_publish: None,
             not_before: None,
             starved: false,
-            revision: 0,
+            revision: publish::load_revision(&self.revision_file),
             publishing: JoinSet::new(),
             builds: Arc::new(Semaphore::new(MAX_RENDEZVOUS_BUILDS)),
         };
@@ -317,6 +320,7 @@ impl Loop<'_> {
         self.dirty_since = None;
         self.last_publish = Some(Instant::now());
         self.revision = publish::next_revision(self.revision, unix_now_ms());
+        publish::save_revision(&self.svc.revision_file, self.revision, &self.svc.name);
         let list = IntroList { intro_points: points, ext: Extensions::none() };
         let (state, dir, name, identity, clients, revision) =
             (self.svc.state.clone(), self.dir.clone(), self.svc.name.clone(), self.svc.identity.clone(), self.svc.clients.clone(), self.revision);
