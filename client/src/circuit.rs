@@ -519,6 +519,8 @@ impl Circuit {
         };
         if let Err(e) = result {
             match &e {
+                // Across a rendezvous join the far end (a client or a service) can be to blame.
+                CircError::Protocol(m) if self.virtual_hop => tracing::warn!("closing rendezvous circuit: a relay or the other end broke the protocol ({m})"),
                 CircError::Protocol(m) => tracing::warn!("closing circuit: relay broke the protocol ({m})"),
                 e => tracing::debug!("circuit closed: {e}"),
             }
