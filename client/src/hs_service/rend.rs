@@ -9,6 +9,7 @@ use allium_directory::NetDir;
 use allium_proto::doc::{ConsensusRelay, RelayFlags};
 use allium_proto::ext::Extensions;
 use allium_proto::hs::intro_set::Accepted;
+use allium_proto::hs::introduce::IntroduceContent;
 use allium_proto::hs::rendezvous;
 use allium_proto::ids::RelayId;
 use allium_proto::relay_msg::{EndReason, RelayMsg};
@@ -37,11 +38,11 @@ pub enum RendFailure {
 
 /// The rendezvous point the client named, if the consensus lists it (Running, Valid) with the
 /// same address, link key and onion key.
-pub fn checked_point(dir: &NetDir, acc: &Accepted) -> Result<ConsensusRelay, RendFailure> {
-    let want = &acc.content.rendezvous;
+pub fn checked_point(dir: &NetDir, content: &IntroduceContent) -> Result<ConsensusRelay, RendFailure> {
+    let want = &content.rendezvous;
     let r = dir.by_id(&RelayId(want.identity)).ok_or(RendFailure::UnknownPoint)?;
     let usable = r.flags.contains(RelayFlags::RUNNING | RelayFlags::VALID);
-    if !usable || r.address != want.addr || r.link_key != want.link_key || r.onion_key != acc.content.rendezvous_onion_key {
+    if !usable || r.address != want.addr || r.link_key != want.link_key || r.onion_key != content.rendezvous_onion_key {
         return Err(RendFailure::Mismatch);
     }
     Ok(r.clone())
@@ -62,7 +63,7 @@ pub async fn meet(state: Arc<ClientState>, dir: Arc<NetDir>, acc: Accepted, mapp
 }
 
 async fn join(state: &ClientState, dir: &NetDir, acc: Accepted) -> Result<(crate::circuit::CircHandle, mpsc::Receiver<IncomingStream>), RendFailure> {
-    let rp = checked_point(dir, &acc)?;
+    let rp = checked_point(dir, &acc.content)?;
     let circ = state.circuits.to_relay(dir, &rp).await.map_err(|e| RendFailure::Circuit(e.to_string()))?;
     let (tx, rx) = mpsc::channel(STREAM_QUEUE);
     let r1 = RelayMsg::Rendezvous1 { cookie: acc.content.cookie, hdata: acc.outcome.reply.to_vec(), ext: Extensions::none() };
@@ -90,4 +91,49 @@ async fn connect(s: IncomingStream, mappings: Arc<Vec<PortMapping>>) {
 /// The target of virtual port `port`, if mapped.
 pub fn target(mappings: &[PortMapping], port: u16) -> Option<std::net::SocketAddr> {
     mappings.iter().find(|m| m.virtual_port == port).map(|m| m.target)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use allium_proto::doc::{Consensus, Lifetime};
+    use allium_proto::relay_msg::{ExtendTarget, REND_COOKIE_LEN};
+
+    fn dir(relays: Vec<ConsensusRelay>) -> NetDir {
+        let lt = Lifetime::new(100, 110, 130).unwrap();
+        NetDir::new(Consensus::new(lt, vec![RelayId([9; 32])], relays), Default::default()).unwrap()
+    }
+
+    fn naming(r: &ConsensusRelay) -> IntroduceContent {
+        IntroduceContent {
+            cookie: [1; REND_COOKIE_LEN],
+            rendezvous: ExtendTarget { addr: r.address, identity: r.identity.0, link_key: r.link_key },
+            rendezvous_onion_key: r.onion_key,
+            htype: rendezvous::HTYPE_REND,
+            hdata: vec![0; 32],
+            ext: Extensions::none(),
+        }
+    }
+
+    /// The service meets a client only at a relay the consensus lists as named, Running and
+    /// Valid: it never extends to an address an introduction made up.
+    #[test]
+    fn rendezvous_point_must_match_the_consensus() {
+        let mut down = ConsensusRelay::synthetic(2);
+        down.flags = RelayFlags::VALID;
+        let nd = dir(vec![ConsensusRelay::synthetic(1), down.clone()]);
+        let listed = ConsensusRelay::synthetic(1);
+        assert_eq!(checked_point(&nd, &naming(&listed)).unwrap().identity, listed.identity);
+        assert!(matches!(checked_point(&nd, &naming(&ConsensusRelay::synthetic(3))), Err(RendFailure::UnknownPoint)));
+        assert!(matches!(checked_point(&nd, &naming(&down)), Err(RendFailure::Mismatch)), "not Running");
+        let mut moved = naming(&listed);
+        moved.rendezvous.addr = "198.51.100.7:9001".parse().unwrap();
+        assert!(matches!(checked_point(&nd, &moved), Err(RendFailure::Mismatch)), "another address");
+        let mut rekeyed = naming(&listed);
+        rekeyed.rendezvous_onion_key = [7; 32];
+        assert!(matches!(checked_point(&nd, &rekeyed), Err(RendFailure::Mismatch)), "another onion key");
+        let mut relinked = naming(&listed);
+        relinked.rendezvous.link_key = [7; 32];
+        assert!(matches!(checked_point(&nd, &relinked), Err(RendFailure::Mismatch)), "another link key");
+    }
 }
