@@ -358,3 +358,30 @@ fn unix_now() -> u64 {
 fn unix_now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
+
+/// A network view of just `relays` (unsigned: tests only).
+#[cfg(test)]
+pub(crate) fn test_dir(relays: Vec<ConsensusRelay>) -> NetDir {
+    use allium_proto::doc::{Consensus, Lifetime};
+    let lt = Lifetime::new(100, 110, 130).expect("a valid lifetime");
+    NetDir::new(Consensus::new(lt, vec![allium_proto::ids::RelayId([9; 32])], relays), Default::default()).expect("default parameters")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Introduction points go on Running, Valid relays not already in use, and none is picked
+    /// when every usable relay is taken.
+    #[test]
+    fn introduction_relays_are_usable_and_not_in_use() {
+        let mut down = ConsensusRelay::synthetic(3);
+        down.flags = RelayFlags::VALID;
+        let dir = test_dir(vec![ConsensusRelay::synthetic(1), ConsensusRelay::synthetic(2), down]);
+        for _ in 0..50 {
+            let r = pick_relay(&dir, &[[1; 32]]).expect("relay 2 is free");
+            assert_eq!(r.identity.0, [2; 32]);
+        }
+        assert!(pick_relay(&dir, &[[1; 32], [2; 32]]).is_none(), "the only other relay is not Running");
+    }
+}

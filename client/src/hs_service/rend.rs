@@ -96,13 +96,8 @@ pub fn target(mappings: &[PortMapping], port: u16) -> Option<std::net::SocketAdd
 #[cfg(test)]
 mod tests {
     use super::*;
-    use allium_proto::doc::{Consensus, Lifetime};
+    use super::super::test_dir as dir;
     use allium_proto::relay_msg::{ExtendTarget, REND_COOKIE_LEN};
-
-    fn dir(relays: Vec<ConsensusRelay>) -> NetDir {
-        let lt = Lifetime::new(100, 110, 130).unwrap();
-        NetDir::new(Consensus::new(lt, vec![RelayId([9; 32])], relays), Default::default()).unwrap()
-    }
 
     fn naming(r: &ConsensusRelay) -> IntroduceContent {
         IntroduceContent {
