@@ -82,9 +82,10 @@ pub struct TestnetArgs {
     /// `--param stream-window=200`; names and bounds as in docs/PROTOCOL.md.
     #[arg(long = "param", value_name = "NAME=VALUE", value_parser = parse_param)]
     pub params: Vec<(String, i64)>,
-    /// Where the test network's onion service sends its streams (port 80 of the service), as
-    /// IP:PORT. Default: a small built-in web server on 127.0.0.1.
-    #[arg(long, value_name = "HOST:PORT")]
+    /// Where the test network's onion service sends its streams (port 80 of the service):
+    /// IP:PORT, or a name such as localhost:8080 (resolved here, once, on this machine: it is
+    /// the service's own target). Default: a small built-in web server on 127.0.0.1.
+    #[arg(long, value_name = "HOST:PORT", value_parser = parse_target)]
     pub hs_target: Option<SocketAddr>,
     /// Test-only fault: every relay flips one byte of each relay cell it forwards after the
     /// first N on a circuit. Only builds with the relay's `test-hooks` feature (the integration
@@ -104,6 +105,12 @@ pub struct TestnetArgs {
     /// descriptor with its signature altered. Needs the relay's `test-hooks` feature.
     #[arg(long, hide = true, value_name = "K", default_value_t = 0)]
     pub dangerous_test_mutating_hsdirs: usize,
+}
+
+fn parse_target(s: &str) -> Result<SocketAddr, String> {
+    use std::net::ToSocketAddrs;
+    let mut addrs = s.to_socket_addrs().map_err(|e| format!("not HOST:PORT ({e})"))?;
+    addrs.next().ok_or_else(|| format!("{s} resolves to no address"))
 }
 
 fn parse_param(s: &str) -> Result<(String, i64), String> {
@@ -583,4 +590,17 @@ fn print_ready(dir: &Path, counts: Counts, socks: SocketAddr, took: Duration) {
         println!("  (every exit keeps the default policy, so loopback destinations like this one are refused)");
     }
     println!("Ctrl-C stops every node.");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hs_target_takes_an_address_or_a_local_name() {
+        assert_eq!(parse_target("127.0.0.1:8080").unwrap(), "127.0.0.1:8080".parse::<SocketAddr>().unwrap());
+        assert!(parse_target("localhost:8080").unwrap().ip().is_loopback());
+        assert!(parse_target("127.0.0.1").is_err(), "no port");
+        assert!(parse_target("localhost:http").is_err(), "the port is a number");
+    }
 }
