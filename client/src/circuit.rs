@@ -101,8 +101,6 @@ enum CircRequest {
     Control(RelayMsg, oneshot::Sender<Result<(), String>>),
     /// Appends a hop whose keys come from elsewhere (the rendezvous virtual hop).
     AddVirtualHop(Box<HopKeys>, oneshot::Sender<()>),
-    /// Accept BEGIN from the virtual hop from now on, handing the streams to the sender.
-    Serve(mpsc::Sender<IncomingStream>, oneshot::Sender<()>),
     /// The service's join at the rendezvous point, in one step so that no cell of the client
     /// can arrive in between: send RENDEZVOUS1 to the last hop, append the virtual hop, serve.
     ServiceJoin { rendezvous1: RelayMsg, keys: Box<HopKeys>, streams: mpsc::Sender<IncomingStream>, done: oneshot::Sender<Result<(), String>> },
@@ -218,18 +216,9 @@ impl CircHandle {
         rx.await.map_err(|_| CircError::Closed)
     }
 
-    /// Accepts streams (BEGIN) from the virtual hop from now on: each is handed to `streams`,
-    /// whose receiver answers it (see [`IncomingStream`]). Without this, or when `streams` is
-    /// full or closed, BEGIN from the virtual hop is refused.
-    pub async fn serve_streams(&self, streams: mpsc::Sender<IncomingStream>) -> Result<(), CircError> {
-        let (tx, rx) = oneshot::channel();
-        self.tx.send(CircRequest::Serve(streams, tx)).await.map_err(|_| CircError::Closed)?;
-        rx.await.map_err(|_| CircError::Closed)
-    }
-
     /// The service's side of a rendezvous, atomically: sends `rendezvous1` (RENDEZVOUS1) to the
     /// last hop, appends the virtual hop with `keys` (`rendezvous::service_end_keys`) and
-    /// serves streams from it to `streams` ([`CircHandle::serve_streams`]).
+    /// serves streams from it to `streams` (see [`IncomingStream`]).
     pub async fn join_as_service(&self, rendezvous1: RelayMsg, keys: HopKeys, streams: mpsc::Sender<IncomingStream>) -> Result<(), CircError> {
         let (done, rx) = oneshot::channel();
         let req = CircRequest::ServiceJoin { rendezvous1, keys: Box::new(keys), streams, done };
@@ -488,11 +477,6 @@ impl Circuit {
                     }
                     Some(CircRequest::AddVirtualHop(keys, done)) => {
                         self.add_virtual_hop(&keys, &mut mux);
-                        let _ = done.send(());
-                        Ok(())
-                    }
-                    Some(CircRequest::Serve(streams, done)) => {
-                        self.serving = Some(streams);
                         let _ = done.send(());
                         Ok(())
                     }

@@ -24,7 +24,7 @@ use allium_proto::ids::RelayId;
 use allium_proto::relay_msg::{ExtendTarget, IntroduceBody};
 use ed25519_dalek::SigningKey;
 use rand::seq::SliceRandom;
-use tokio::sync::{mpsc, watch, Semaphore};
+use tokio::sync::{mpsc, Semaphore};
 use tokio::task::{AbortHandle, JoinSet};
 use x25519_dalek::PublicKey;
 
@@ -47,17 +47,6 @@ const RETRY_PUBLISH: Duration = Duration::from_secs(10);
 /// Longest back-off before rebuilding an introduction circuit after repeated failures.
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
 
-/// What a service has achieved so far (for logs and tests; no keys, no addresses).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct ServiceStatus {
-    /// Introduction points established and listed.
-    pub established: usize,
-    /// Completed publishing rounds.
-    pub rounds: u64,
-    /// HSDirs that stored the descriptor in the last round (both periods counted).
-    pub published_to: usize,
-}
-
 /// One hosted onion service.
 pub struct HostedService {
     name: String,
@@ -65,7 +54,6 @@ pub struct HostedService {
     mappings: Arc<Vec<PortMapping>>,
     clients: Vec<PublicKey>,
     state: Arc<ClientState>,
-    status: watch::Sender<ServiceStatus>,
     /// Where the last revision counter is kept (`publish::REVISION_FILE` in the key directory).
     revision_file: std::path::PathBuf,
 }
@@ -86,12 +74,7 @@ impl HostedService {
         let mappings = Arc::new(cfg.mappings().map_err(|e| format!("onion_service {}: {e}", cfg.name))?);
         let clients = cfg.authorized_keys().map_err(|e| format!("onion_service {}: {e}", cfg.name))?;
         let revision_file = cfg.key_dir(data_dir).join(publish::REVISION_FILE);
-        Ok(HostedService { name: cfg.name.clone(), identity, mappings, clients, state, status: watch::channel(ServiceStatus::default()).0, revision_file })
-    }
-
-    /// Progress, updated as points are established and descriptors published.
-    pub fn status(&self) -> watch::Receiver<ServiceStatus> {
-        self.status.subscribe()
+        Ok(HostedService { name: cfg.name.clone(), identity, mappings, clients, state, revision_file })
     }
 
     /// Runs the service until the client stops.
@@ -175,11 +158,6 @@ impl Loop<'_> {
         self.dirty_since.get_or_insert_with(Instant::now);
     }
 
-    fn update_status(&self) {
-        let n = self.set.descriptor_points().len();
-        self.svc.status.send_if_modified(|s| (s.established != n).then(|| s.established = n).is_some());
-    }
-
     fn on_event(&mut self, ev: IntroEvent) {
         match ev {
             IntroEvent::Up { auth_key } => {
@@ -197,7 +175,6 @@ impl Loop<'_> {
             }
             IntroEvent::Introduce2 { auth_key, body } => self.on_introduce2(auth_key, &body),
         }
-        self.update_status();
     }
 
     /// A point's circuit failed: rebuild it to the same relay, or replace the point.
@@ -302,7 +279,6 @@ impl Loop<'_> {
         if self.last_publish.is_some_and(|t| t.elapsed() >= REPUBLISH_EVERY) {
             self.mark_dirty();
         }
-        self.update_status();
     }
 
     /// Starts a publishing round if the descriptor is out of date, none is running, and the
@@ -338,10 +314,6 @@ impl Loop<'_> {
             self.mark_dirty();
             self.not_before = Some(Instant::now() + RETRY_PUBLISH);
         }
-        self.svc.status.send_modify(|s| {
-            s.rounds += 1;
-            s.published_to = p.stored;
-        });
     }
 }
 
