@@ -388,7 +388,15 @@ async fn bring_up(dir: &Path, exe: &Path, plan: &Plan<'_>, procs: &mut Vec<NodeP
     wait_consensus(procs, &authorities, &relays).await?;
     println!("[4/5] consensus lists {0}/{0} relays (voting every {VOTING_INTERVAL_SECS} s)", relays.len());
 
-    // 5. Client, hs node and probe.
+    // 5. Client, hs node and probe. The hs node's port is picked again now: the one picked at
+    // step 1 can be taken by then, since every test network's hs node makes its outgoing
+    // connections from the same address.
+    let hs_i = nodes.iter().position(|n| n.role == Role::OnionService).expect("plan has an hs node");
+    let hs_ip = nodes[hs_i].ip;
+    nodes[hs_i].listen = SocketAddr::new(hs_ip, layout::free_port(hs_ip).map_err(|e| e.to_string())?);
+    let text = layout::render_config(&nodes[hs_i], &nodes, VOTING_INTERVAL_SECS, &faults, onion_target);
+    layout::write_atomic(&nodes[hs_i].config_path(), &text).map_err(|e| format!("cannot write {}: {e}", nodes[hs_i].config_path().display()))?;
+    let hs = &nodes[hs_i];
     let client = nodes.iter().find(|n| n.role == Role::Client).expect("plan has a client");
     let t0 = Instant::now();
     let first = procs.len();
