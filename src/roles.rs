@@ -22,6 +22,7 @@ pub fn authority(args: &RoleArgs) -> ExitCode {
         Ok(cfg) => cfg,
         Err(e) => return config_error("authority", &e),
     };
+    allium_net::channel::set_link_delay(cfg.network.link_delay());
     // The authority's own clock (shifted on a test network that injects an offset).
     let keys = match AuthorityKeys::load(&cfg.node.data_dir, cfg.clock().now_secs()) {
         Ok(k) => k,
@@ -39,6 +40,7 @@ pub fn relay(args: &RoleArgs) -> ExitCode {
         Ok(cfg) => cfg,
         Err(e) => return config_error("relay", &e),
     };
+    allium_net::channel::set_link_delay(cfg.network.link_delay());
     let Some(keys) = node_keys("relay", &cfg.node.data_dir) else { return ExitCode::FAILURE };
     let fingerprint = keys.relay_id().fingerprint();
     run_node("relay", args, "relay fingerprint", &fingerprint, || allium_relay::run(cfg, keys))
@@ -49,6 +51,7 @@ pub fn client(args: &RoleArgs) -> ExitCode {
         Ok(cfg) => cfg,
         Err(e) => return config_error("client", &e),
     };
+    allium_net::channel::set_link_delay(cfg.network.link_delay());
     let Some(keys) = node_keys("client", &cfg.node.data_dir) else { return ExitCode::FAILURE };
     // Printed on stdout for the operator, never logged.
     for s in &cfg.onion_services {

@@ -95,7 +95,7 @@ async fn testnet_full(n: usize, start: &[bool], offline: &[bool], cert_secs: u64
         keys.push(k);
         dirs.push(dir);
     }
-    let net = NetworkConfig { dangerous_testnet: true, authorities: entries };
+    let net = NetworkConfig { dangerous_testnet: true, dangerous_link_delay_ms: 0, authorities: entries };
     let status: Vec<Arc<AuthorityStatus>> = (0..n).map(|_| Arc::default()).collect();
     for (i, (l, k)) in listeners.into_iter().zip(keys).enumerate() {
         if !start[i] {

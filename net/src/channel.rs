@@ -12,6 +12,7 @@
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use allium_proto::cell::{Cell, CellCmd, DestroyReason, CELL_LEN};
 use allium_proto::ids::RelayId;
@@ -29,6 +30,25 @@ pub const CIRCUIT_QUEUE_CAP: usize = 1200;
 const WRITER_QUEUE: usize = 2048;
 /// Bytes gathered before a write even if more cells are ready.
 const MAX_WRITE: usize = 256 * 1024;
+
+/// Batches a delayed link holds before its writer waits (test networks only; each batch is at
+/// most [`MAX_WRITE`] bytes and usually a few cells).
+const DELAY_QUEUE: usize = 4096;
+
+/// How long every link of this process holds its outbound data, in microseconds (0: none).
+static LINK_DELAY_US: AtomicU64 = AtomicU64::new(0);
+
+/// Makes every link this process opens afterwards hold its outbound data for `d` before writing
+/// it, emulating a network's latency on loopback (`network.dangerous_link_delay_ms`, test
+/// networks only). Cells keep their order; the writer keeps encrypting while batches wait.
+pub fn set_link_delay(d: Duration) {
+    LINK_DELAY_US.store(d.as_micros().min(u64::MAX as u128) as u64, Ordering::Relaxed);
+}
+
+fn link_delay() -> Option<Duration> {
+    let us = LINK_DELAY_US.load(Ordering::Relaxed);
+    (us > 0).then(|| Duration::from_micros(us))
+}
 
 /// Counters over every link in this process (used by tests and the benchmark).
 #[derive(Default)]
@@ -80,7 +100,15 @@ impl Channel {
         let shared = Arc::new(Shared { circuits: Mutex::new(CircTable { map: HashMap::new(), next: 1 }), closed });
         let chan = Channel { out, shared, peer: link.peer, initiator: link.initiator };
         let (rd, wr) = link.stream.into_split();
-        tokio::spawn(writer(wr, rx, link.transport.clone(), chan.shared.clone()));
+        let output = match link_delay() {
+            None => Output::Direct(wr),
+            Some(d) => {
+                let (tx, delayed) = mpsc::channel(DELAY_QUEUE);
+                tokio::spawn(delayed_writer(wr, delayed, chan.shared.clone()));
+                Output::Delayed(d, tx)
+            }
+        };
+        tokio::spawn(writer(output, rx, link.transport.clone(), chan.shared.clone()));
         tokio::spawn(reader(rd, link.transport, chan.clone(), handler));
         chan
     }
@@ -237,7 +265,63 @@ fn dispatch(chan: &Channel, handler: Option<&dyn CreateHandler>, cell: Cell, cac
     }
 }
 
-async fn writer(mut wr: OwnedWriteHalf, mut rx: mpsc::Receiver<Cell>, transport: Arc<snow::StatelessTransportState>, shared: Arc<Shared>) {
+/// Where the writer puts the bytes of its transport messages.
+enum Output {
+    /// Written to the socket at once.
+    Direct(OwnedWriteHalf),
+    /// Handed to [`delayed_writer`] with the time each batch may be written (test networks).
+    Delayed(Duration, mpsc::Sender<(Instant, Vec<u8>)>),
+}
+
+impl Output {
+    /// Writes (or queues) `out` whole; `Err` once the link is unusable.
+    async fn emit(&mut self, out: &mut Vec<u8>) -> Result<(), ()> {
+        match self {
+            Output::Direct(wr) => write_counted(wr, out).await,
+            Output::Delayed(d, tx) => {
+                let due = Instant::now() + *d;
+                tx.send((due, std::mem::take(out))).await.map_err(|_| ())
+            }
+        }
+    }
+
+    async fn shutdown(self) {
+        if let Output::Direct(mut wr) = self {
+            let _ = wr.shutdown().await;
+        }
+        // A delayed writer writes what is queued, then shuts the socket down itself.
+    }
+}
+
+async fn write_counted(wr: &mut OwnedWriteHalf, out: &[u8]) -> Result<(), ()> {
+    let mut off = 0;
+    while off < out.len() {
+        match wr.write(&out[off..]).await {
+            Ok(0) | Err(_) => return Err(()),
+            Ok(n) => {
+                off += n;
+                LINK_STATS.write_calls.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+    LINK_STATS.bytes_written.fetch_add(out.len() as u64, Ordering::Relaxed);
+    Ok(())
+}
+
+/// The timed queue of a delayed link: each batch is written once its time has come, in order
+/// (every batch waits the same delay, so the queue is sorted by due time).
+async fn delayed_writer(mut wr: OwnedWriteHalf, mut rx: mpsc::Receiver<(Instant, Vec<u8>)>, shared: Arc<Shared>) {
+    while let Some((due, out)) = rx.recv().await {
+        tokio::time::sleep_until(due.into()).await;
+        if write_counted(&mut wr, &out).await.is_err() {
+            close(&shared);
+            return;
+        }
+    }
+    let _ = wr.shutdown().await;
+}
+
+async fn writer(mut output: Output, mut rx: mpsc::Receiver<Cell>, transport: Arc<snow::StatelessTransportState>, shared: Arc<Shared>) {
     let mut closed = shared.closed.subscribe();
     let mut nonce = 0u64;
     let mut plain: Vec<u8> = Vec::with_capacity(MAX_CELLS_PER_FRAME * CELL_LEN);
@@ -279,19 +363,11 @@ async fn writer(mut wr: OwnedWriteHalf, mut rx: mpsc::Receiver<Cell>, transport:
                 break;
             }
         }
-        let mut off = 0;
-        while off < out.len() {
-            match wr.write(&out[off..]).await {
-                Ok(0) | Err(_) => break 'outer,
-                Ok(n) => {
-                    off += n;
-                    LINK_STATS.write_calls.fetch_add(1, Ordering::Relaxed);
-                }
-            }
+        if output.emit(&mut out).await.is_err() {
+            break 'outer;
         }
-        LINK_STATS.bytes_written.fetch_add(out.len() as u64, Ordering::Relaxed);
         LINK_STATS.cells_written.fetch_add(cells, Ordering::Relaxed);
     }
-    let _ = wr.shutdown().await;
+    output.shutdown().await;
     close(&shared);
 }

@@ -30,8 +30,24 @@ pub struct NetworkConfig {
     /// Never set this on a real network.
     #[serde(default)]
     pub dangerous_testnet: bool,
+    /// Test networks only: every link this node writes holds its outbound data this many
+    /// milliseconds before writing it (a timed queue in the link writer), so a loopback network
+    /// has the round-trip times of a real one. 0 (the default) writes at once. Refused unless
+    /// `dangerous_testnet`; at most [`MAX_LINK_DELAY_MS`].
+    #[serde(default)]
+    pub dangerous_link_delay_ms: u64,
     /// The directory authorities. A consensus is trusted only when more than half of them signed it.
     pub authorities: Vec<AuthorityEntry>,
+}
+
+/// Largest `network.dangerous_link_delay_ms`.
+pub const MAX_LINK_DELAY_MS: u64 = 1000;
+
+impl NetworkConfig {
+    /// How long this node's links hold outbound data (zero unless a test network asks).
+    pub fn link_delay(&self) -> std::time::Duration {
+        std::time::Duration::from_millis(if self.dangerous_testnet { self.dangerous_link_delay_ms } else { 0 })
+    }
 }
 
 /// The `[node]` section: who this node is and where it lives.
@@ -59,6 +75,12 @@ impl NodeConfig {
                 "node.address",
                 "is a private or loopback address; only allowed with network.dangerous_testnet = true",
             ));
+        }
+        if net.dangerous_link_delay_ms > 0 && !net.dangerous_testnet {
+            return Err(ConfigError::invalid("network.dangerous_link_delay_ms", "needs network.dangerous_testnet = true"));
+        }
+        if net.dangerous_link_delay_ms > MAX_LINK_DELAY_MS {
+            return Err(ConfigError::invalid("network.dangerous_link_delay_ms", "must be at most 1000"));
         }
         if net.authorities.is_empty() {
             return Err(ConfigError::invalid("network.authorities", "lists no authority"));

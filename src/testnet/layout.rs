@@ -200,6 +200,8 @@ pub struct Faults {
     pub duplicate_introduce2: bool,
     /// The first K relays (`relay1`..`relayK`) serve altered descriptors as HSDirs (THREATS A5).
     pub mutating_hsdirs: usize,
+    /// Not a fault but a condition: every node delays its links' outbound data this many ms.
+    pub link_delay_ms: u64,
 }
 
 /// The client's first circuit-build timeout when a test network has black-holed relays: short,
@@ -255,7 +257,12 @@ pub fn render_config(node: &NodeSpec, all: &[NodeSpec], voting_interval_secs: u6
     let _ = writeln!(s, "address = {}\n", q(&node.ip.to_string()));
     let _ = writeln!(s, "[network]");
     let _ = writeln!(s, "# Loopback addresses, permissive exits and fast voting: never on a real network.");
-    let _ = writeln!(s, "dangerous_testnet = true\n");
+    let _ = writeln!(s, "dangerous_testnet = true");
+    if faults.link_delay_ms > 0 {
+        let _ = writeln!(s, "# Each link holds its outbound data this long: real round-trip times on loopback.");
+        let _ = writeln!(s, "dangerous_link_delay_ms = {}", faults.link_delay_ms);
+    }
+    let _ = writeln!(s);
     for a in all.iter().filter(|n| n.role == Role::Authority) {
         let _ = writeln!(s, "[[network.authorities]]");
         let _ = writeln!(s, "name = {}", q(&a.name));

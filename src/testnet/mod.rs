@@ -87,6 +87,11 @@ pub struct TestnetArgs {
     /// the service's own target). Default: a small built-in web server on 127.0.0.1.
     #[arg(long, value_name = "HOST:PORT", value_parser = parse_target)]
     pub hs_target: Option<SocketAddr>,
+    /// Every node holds each link's outbound data this many milliseconds before writing it
+    /// (`network.dangerous_link_delay_ms`), so the loopback network has real round-trip times:
+    /// a 3-hop circuit's round trip is then 6 × N ms. 0 (the default): no delay; at most 1000.
+    #[arg(long, value_name = "N", default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=1000))]
+    pub link_delay_ms: u64,
     /// Test-only fault: every relay flips one byte of each relay cell it forwards after the
     /// first N on a circuit. Only builds with the relay's `test-hooks` feature (the integration
     /// tests' build) accept it.
@@ -159,6 +164,7 @@ pub fn run(args: TestnetArgs) -> ExitCode {
         blackhole_relays: args.dangerous_test_blackhole_relays,
         duplicate_introduce2: args.dangerous_test_duplicate_introduce2,
         mutating_hsdirs: args.dangerous_test_mutating_hsdirs,
+        link_delay_ms: args.link_delay_ms,
     };
     // Current-thread runtime on the main thread: nodes are spawned from this thread, which lives
     // as long as the process, so their parent-death signal fires only when we are gone.
