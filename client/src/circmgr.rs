@@ -117,7 +117,7 @@ struct Entry {
 
 impl Entry {
     fn usable(&self) -> bool {
-        !self.circ.is_closed()
+        self.circ.takes_streams()
             && match self.first_used {
                 Some(t) => t.elapsed() < MAX_CIRCUIT_DIRTINESS,
                 None => self.circ.built_at.elapsed() < MAX_CLEAN_AGE,

@@ -5,7 +5,7 @@
 //! circuit; nothing from such a cell reaches an application.
 
 use std::net::IpAddr;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -117,6 +117,9 @@ const CONTROL_QUEUE: usize = 64;
 /// Circuit-level messages from the hops: `(hop index, message)`.
 type ControlRx = Arc<tokio::sync::Mutex<mpsc::Receiver<(usize, RelayMsg)>>>;
 
+/// Streams waiting for CONNECTED, with when their BEGIN was sent.
+type PendingStreams = std::collections::HashMap<u16, (Instant, Pending)>;
+
 /// A stream waiting for CONNECTED.
 enum Pending {
     /// An application's stream to an exit destination.
@@ -151,11 +154,20 @@ pub struct CircHandle {
     /// Relays on the built path (the last one's index is `path_len - 1`; a virtual hop's is
     /// `path_len`).
     path_len: usize,
+    /// Set by the circuit task when it gave up on a stream ([`crate::recovery`]): the circuit
+    /// takes no new streams.
+    retired: Arc<AtomicBool>,
 }
 
 impl CircHandle {
     pub fn is_closed(&self) -> bool {
         self.tx.is_closed()
+    }
+
+    /// Whether new streams may use this circuit: it is open and has not given up on a stream
+    /// (no CONNECTED in time, or a stall: [`crate::recovery`]).
+    pub fn takes_streams(&self) -> bool {
+        !self.is_closed() && !self.retired.load(Ordering::Relaxed)
     }
 
     /// Opens a stream; the circuit task answers through `req.done`.
@@ -251,6 +263,10 @@ struct Circuit {
     virtual_hop: bool,
     /// Where streams from the virtual hop go once this end serves them (an onion service).
     serving: Option<mpsc::Sender<IncomingStream>>,
+    /// Shared with every handle: set when the circuit takes no new streams.
+    retired: Arc<AtomicBool>,
+    /// What [`crate::recovery`] has logged for this circuit.
+    logged: crate::recovery::Logged,
 }
 
 /// Builds a circuit through `path` (guard first, at least one hop) and starts its task.
@@ -277,8 +293,9 @@ pub async fn build_within(pool: &ChannelPool, path: &[&ConsensusRelay], limit: D
     let (tx, rx) = mpsc::channel(64);
     let last_keys = Arc::new(circ.last_keys.clone().expect("at least one hop"));
     let control_rx = circ.control_rx.take().expect("control queue");
+    let retired = circ.circ.retired.clone();
     tokio::spawn(circ.circ.run(rx));
-    Ok(CircHandle { tx, exit: Arc::new(last.clone()), built_at: Instant::now(), last_keys, control_rx: Arc::new(tokio::sync::Mutex::new(control_rx)), path_len: path.len() })
+    Ok(CircHandle { tx, exit: Arc::new(last.clone()), built_at: Instant::now(), last_keys, control_rx: Arc::new(tokio::sync::Mutex::new(control_rx)), path_len: path.len(), retired })
 }
 
 /// The client data of every hop's handshake: the circuit's flow-control parameters.
@@ -300,7 +317,7 @@ async fn build_inner(pool: &ChannelPool, path: &[&ConsensusRelay], progress: &At
     let chan = pool.get(&PeerInfo { addr: first.address, identity: first.identity, link_key: first.link_key }).await?;
     let (id, rx) = chan.open_circuit().map_err(|_| CircError::Closed)?;
     let (control_tx, control_rx) = mpsc::channel(CONTROL_QUEUE);
-    let mut c = Circuit { chan, id, rx, crypto: ClientCrypto::new(), asm: Vec::new(), flow, last_keys: None, control_tx, virtual_hop: false, serving: None };
+    let mut c = Circuit { chan, id, rx, crypto: ClientCrypto::new(), asm: Vec::new(), flow, last_keys: None, control_tx, virtual_hop: false, serving: None, retired: Default::default(), logged: Default::default() };
     let r = c.build_hops(path, progress).await;
     if r.is_err() {
         c.chan.close_circuit(c.id);
@@ -430,7 +447,9 @@ impl Circuit {
         // Streams from the virtual hop waiting for the service's answer, and the answers.
         let mut incoming: std::collections::HashSet<u16> = Default::default();
         let (answer_tx, mut answer_rx) = mpsc::channel::<(u16, Result<TcpStream, EndReason>)>(MAX_INCOMING_PENDING);
-        let mut pending: std::collections::HashMap<u16, Pending> = Default::default();
+        let mut pending: PendingStreams = Default::default();
+        let mut deadlines = tokio::time::interval(crate::recovery::CHECK_EVERY);
+        deadlines.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut resolves: std::collections::HashMap<u16, ResolveRequest> = Default::default();
         let mut open = true;
         let result: Result<(), CircError> = loop {
@@ -492,6 +511,7 @@ impl Circuit {
                     }
                 },
                 Some((sid, answer)) = answer_rx.recv() => self.on_answer(sid, answer, &mut mux, &mut incoming).await,
+                _ = deadlines.tick(), if !mux.is_empty() => self.check_deadlines(&mut mux, &mut pending).await,
                 ev = mux.next_event() => {
                     let out = mux.handle_event(ev);
                     self.send_all(out).await
@@ -513,7 +533,7 @@ impl Circuit {
             let _ = self.chan.try_send(Cell::destroy(self.id, DestroyReason::Finished));
         }
         self.chan.close_circuit(self.id);
-        for (_, p) in pending {
+        for (_, (_, p)) in pending {
             p.fail(EndReason::Destroy);
         }
         for (_, req) in resolves {
@@ -616,19 +636,48 @@ impl Circuit {
         self.send(last, id, &msg).await
     }
 
+    /// Gives up on streams past their deadlines ([`crate::recovery`]): BEGINs without an answer
+    /// (the request is retried elsewhere with `Timeout`) and stalled streams; either retires
+    /// the circuit. The exit gets END for each.
+    async fn check_deadlines(&mut self, mux: &mut StreamMux, pending: &mut PendingStreams) -> Result<(), CircError> {
+        use crate::recovery::{GaveUp, BEGIN_TIMEOUT, STALL_TIMEOUT};
+        let now = Instant::now();
+        let mut gave_up = GaveUp::default();
+        let mut out = Vec::new();
+        let late: Vec<u16> = pending.iter().filter(|(_, (sent, _))| now.duration_since(*sent) >= BEGIN_TIMEOUT).map(|(id, _)| *id).collect();
+        for id in late {
+            let (_, req) = pending.remove(&id).expect("listed");
+            req.fail(EndReason::Timeout);
+            out.extend(mux.close(id, EndReason::Timeout));
+            gave_up.begins += 1;
+        }
+        for id in mux.stalled(now, STALL_TIMEOUT) {
+            if pending.contains_key(&id) {
+                continue;
+            }
+            out.extend(mux.close(id, EndReason::Timeout));
+            gave_up.stalled += 1;
+        }
+        if gave_up.any() {
+            let newly = !self.retired.swap(true, Ordering::Relaxed);
+            crate::recovery::record(&gave_up, newly, &mut self.logged);
+        }
+        self.send_all(out).await
+    }
+
     /// Opens a stream with `msg` (BEGIN or BEGIN_DIR); `req` waits for CONNECTED or END.
-    async fn begin(&mut self, msg: RelayMsg, req: Pending, mux: &mut StreamMux, pending: &mut std::collections::HashMap<u16, Pending>) -> Result<(), CircError> {
+    async fn begin(&mut self, msg: RelayMsg, req: Pending, mux: &mut StreamMux, pending: &mut PendingStreams) -> Result<(), CircError> {
         let Some(id) = mux.alloc_id() else {
             req.fail(EndReason::ResourceLimit);
             return Ok(());
         };
         mux.open(id).map_err(|e| CircError::Protocol(e.to_string()))?;
-        pending.insert(id, req);
+        pending.insert(id, (Instant::now(), req));
         let last = self.crypto.n_hops() - 1;
         self.send(last, id, &msg).await
     }
 
-    async fn on_msg(&mut self, from_last: bool, sid: u16, msg: RelayMsg, mux: &mut StreamMux, pending: &mut std::collections::HashMap<u16, Pending>) -> Result<(), CircError> {
+    async fn on_msg(&mut self, from_last: bool, sid: u16, msg: RelayMsg, mux: &mut StreamMux, pending: &mut PendingStreams) -> Result<(), CircError> {
         if matches!(msg, RelayMsg::Drop) {
             return Ok(());
         }
@@ -636,8 +685,10 @@ impl Circuit {
             return Err(CircError::Protocol("stream message from a middle hop".into()));
         }
         match msg {
+            // Too late: the stream was given up and END sent (`check_deadlines`).
+            RelayMsg::Connected { .. } if !pending.contains_key(&sid) && mux.was_closed(sid) => Ok(()),
             RelayMsg::Connected { addr, .. } => {
-                match pending.remove(&sid).ok_or_else(|| CircError::Protocol("CONNECTED for no pending stream".into()))? {
+                match pending.remove(&sid).ok_or_else(|| CircError::Protocol("CONNECTED for no pending stream".into()))?.1 {
                     Pending::App(req) => {
                         mux.attach(sid, req.sock, req.success_reply);
                         let _ = req.done.send(Ok(addr));
@@ -655,7 +706,7 @@ impl Circuit {
                 Ok(())
             }
             RelayMsg::End(reason) if pending.contains_key(&sid) => {
-                let req = pending.remove(&sid).expect("pending");
+                let (_, req) = pending.remove(&sid).expect("pending");
                 let _ = mux.handle_msg(sid, RelayMsg::End(reason));
                 req.fail(reason);
                 Ok(())

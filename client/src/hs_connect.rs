@@ -373,12 +373,12 @@ impl OnionConnector {
         let asked = Instant::now();
         let slot = {
             let mut m = self.circs.lock().expect("circs");
-            m.retain(|_, s| Arc::strong_count(s) > 1 || s.try_lock().map(|s| matches!(*s, Slot::Ready { ref circ, since } if !circ.is_closed() && since.elapsed() < MAX_CIRCUIT_DIRTINESS)).unwrap_or(true));
+            m.retain(|_, s| Arc::strong_count(s) > 1 || s.try_lock().map(|s| matches!(*s, Slot::Ready { ref circ, since } if circ.takes_streams() && since.elapsed() < MAX_CIRCUIT_DIRTINESS)).unwrap_or(true));
             m.entry((identity, iso.clone())).or_insert_with(|| Arc::new(Mutex::new(Slot::Empty))).clone()
         };
         let mut s = slot.lock().await;
         match &*s {
-            Slot::Ready { circ, since } if !circ.is_closed() && since.elapsed() < MAX_CIRCUIT_DIRTINESS => {
+            Slot::Ready { circ, since } if circ.takes_streams() && since.elapsed() < MAX_CIRCUIT_DIRTINESS => {
                 tracing::debug!("onion stream on an open rendezvous circuit");
                 return Ok(circ.clone());
             }

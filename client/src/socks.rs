@@ -167,7 +167,8 @@ pub(crate) async fn serve_request(sock: TcpStream, state: Arc<ClientState>, app:
                     tracing::debug!("stream refused by the exit: {reason:?}");
                     return fail(sock, &front, reply_for_end(reason)).await;
                 }
-                tracing::info!("stream refused by exit {} ({reason:?}); trying another exit", exit.short());
+                tracing::info!("stream refused by its exit ({reason:?}); trying another exit");
+                tracing::debug!("(the exit was {})", exit.short());
                 last_refusal = Some(reason);
             }
             Err(_) => return Ok(()),
@@ -215,8 +216,9 @@ async fn serve_onion(sock: TcpStream, state: Arc<ClientState>, req: OnionRequest
         }
         match rx.await {
             Ok(Ok(_)) => return Ok(()),
-            // The circuit died under the stream: once more on a new one.
-            Ok(Err((EndReason::Destroy, s))) if round == 0 => {
+            // The circuit died under the stream, or gave it up (no CONNECTED in time): once more
+            // on a new one.
+            Ok(Err((EndReason::Destroy | EndReason::Timeout, s))) if round == 0 => {
                 sock = s;
                 state.onions.forget(&addr, &iso);
             }

@@ -8,6 +8,7 @@
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use allium_proto::flow::{FlowError, FlowParams, RecvWindow, SendWindow};
 use allium_proto::relay_msg::{EndReason, RelayMsg, MAX_BODY_PER_CELL};
@@ -70,6 +71,12 @@ struct Stream {
     send: SendWindow,
     recv: RecvWindow,
     reader: Option<AbortHandle>,
+    /// When the other end last moved this stream forward (DATA or SENDME for it), or when it
+    /// was opened.
+    last_progress: Instant,
+    /// The other end's last DATA filled its cell: it had more ready than one cell holds, so
+    /// more DATA is owed (a sender's last cell of a burst is almost always partly empty).
+    last_data_full: bool,
 }
 
 /// A protocol violation by the other end of the circuit.
@@ -99,6 +106,8 @@ pub struct StreamMux {
     next_id: u16,
     /// The windows and increments of this circuit (both ends use the same).
     flow: FlowParams,
+    /// When the last circuit-level SENDME arrived (or the mux was made).
+    last_circ_sendme: Instant,
 }
 
 impl Default for StreamMux {
@@ -121,6 +130,7 @@ impl StreamMux {
             events_rx,
             next_id: 1,
             flow,
+            last_circ_sendme: Instant::now(),
         }
     }
 
@@ -172,6 +182,8 @@ impl StreamMux {
                 send: SendWindow::stream(&self.flow),
                 recv: RecvWindow::stream(&self.flow),
                 reader: None,
+                last_progress: Instant::now(),
+                last_data_full: false,
             },
         );
         Ok(())
@@ -192,11 +204,13 @@ impl StreamMux {
         match msg {
             RelayMsg::Sendme if id == 0 => {
                 self.circ_send.on_sendme()?;
+                self.last_circ_sendme = Instant::now();
                 Ok(self.flush())
             }
             RelayMsg::Sendme => {
                 if let Some(s) = self.streams.get_mut(&id) {
                     s.send.on_sendme()?;
+                    s.last_progress = Instant::now();
                     s.credit.add_permits(self.flow.stream_sendme_inc as usize);
                     Ok(vec![])
                 } else {
@@ -207,6 +221,8 @@ impl StreamMux {
                 self.circ_recv.on_data()?;
                 if let Some(s) = self.streams.get_mut(&id) {
                     s.recv.on_data()?;
+                    s.last_progress = Instant::now();
+                    s.last_data_full = d.len() == MAX_BODY_PER_CELL;
                     let _ = s.writer.send(WriterMsg::Data(d));
                     Ok(vec![])
                 } else {
@@ -230,6 +246,31 @@ impl StreamMux {
             }
             _ => Err(StreamError::UnknownStream),
         }
+    }
+
+    /// Whether `id` is a stream this end closed (its late cells are ignored).
+    pub fn was_closed(&self, id: u16) -> bool {
+        self.closed.contains(&id)
+    }
+
+    /// Streams that made no progress for `limit` although the other end owes them something:
+    /// a SENDME (our DATA waits for the stream or circuit window) or more DATA (its last DATA
+    /// cell was full: it was in the middle of sending). A stream that is merely idle — its
+    /// last DATA a partly filled cell, nothing of ours waiting — is never listed.
+    pub fn stalled(&self, now: Instant, limit: Duration) -> Vec<u16> {
+        let circuit_blocked = self.circ_send.available() == 0 && self.pending.iter().any(|(_, m)| matches!(m, RelayMsg::Data(_)));
+        let mut out: Vec<u16> = self
+            .streams
+            .iter()
+            .filter(|(id, s)| {
+                let waits_window = s.send.available() == 0 || (circuit_blocked && self.pending.iter().any(|(p, _)| p == *id));
+                let since = if waits_window { s.last_progress.max(self.last_circ_sendme) } else { s.last_progress };
+                (waits_window || s.last_data_full) && now.saturating_duration_since(since) >= limit
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        out.sort_unstable();
+        out
     }
 
     fn late(&self, id: u16) -> Result<Vec<(u16, RelayMsg)>, StreamError> {
@@ -438,5 +479,46 @@ mod tests {
         assert!(matches!(out[3], (1, RelayMsg::End(EndReason::Done))));
         // A late DATA for the closed stream is ignored, not a violation.
         assert!(mux.handle_msg(1, RelayMsg::Data(vec![1])).is_ok());
+    }
+
+    /// A stream is stalled only while the other end owes it something, and only after `limit`.
+    #[tokio::test]
+    async fn stalled_lists_streams_owed_something_never_idle_ones() {
+        let limit = Duration::from_secs(20);
+        let later = |d: u64| Instant::now() + Duration::from_secs(d);
+        let mut mux = StreamMux::default();
+        for id in [1, 2, 3] {
+            mux.open(id).unwrap();
+        }
+        assert!(mux.stalled(later(3600), limit).is_empty(), "fresh streams owe nothing");
+        // 1: the other end's last DATA filled its cell (mid-transfer).
+        mux.handle_msg(1, RelayMsg::Data(vec![1; MAX_BODY_PER_CELL])).unwrap();
+        // 2: its last DATA was a short one (end of a burst): idle, not stalled.
+        mux.handle_msg(2, RelayMsg::Data(vec![1; MAX_BODY_PER_CELL])).unwrap();
+        mux.handle_msg(2, RelayMsg::Data(vec![1; 10])).unwrap();
+        // 3: our DATA used its whole stream window; a SENDME is owed.
+        mux.handle_event(StreamEvent::Data { id: 3, data: vec![7; MAX_BODY_PER_CELL * STREAM_WINDOW as usize] });
+        assert!(mux.stalled(later(19), limit).is_empty(), "not before the limit");
+        assert_eq!(mux.stalled(later(21), limit), vec![1, 3]);
+        // Progress clears each: a short DATA for 1, a SENDME for 3.
+        mux.handle_msg(1, RelayMsg::Data(vec![1; 3])).unwrap();
+        mux.handle_msg(3, RelayMsg::Sendme).unwrap();
+        assert!(mux.stalled(later(21), limit).is_empty());
+    }
+
+    /// DATA queued behind a closed circuit window is owed a circuit SENDME.
+    #[tokio::test]
+    async fn data_behind_a_closed_circuit_window_is_owed_a_sendme() {
+        let limit = Duration::from_secs(20);
+        let flow = FlowParams { circuit_window: 100, circuit_sendme_inc: 10, stream_window: 500, stream_sendme_inc: 50 };
+        let mut mux = StreamMux::new(flow);
+        mux.open(1).unwrap();
+        mux.open(2).unwrap();
+        let out = mux.handle_event(StreamEvent::Data { id: 1, data: vec![7; MAX_BODY_PER_CELL * 101] });
+        assert_eq!(out.len(), 100);
+        let t = Instant::now() + Duration::from_secs(21);
+        assert_eq!(mux.stalled(t, limit), vec![1], "stream 1 waits for the circuit window; stream 2 owes nothing");
+        mux.handle_msg(0, RelayMsg::Sendme).unwrap();
+        assert!(mux.stalled(t - Duration::from_secs(2), limit).is_empty(), "a circuit SENDME is progress");
     }
 }

@@ -67,6 +67,8 @@ pub(crate) struct RelayCircuit {
     /// The windows and increments the client chose in its CREATE (used if streams end here).
     pub flow: allium_proto::flow::FlowParams,
     pub started: Instant,
+    /// Relay cells forwarded toward the exit (for a test hook).
+    pub forwarded_out: u64,
 }
 
 /// What this circuit is to the onion-service tables (docs/PROTOCOL.md, "Onion services").
@@ -187,6 +189,7 @@ impl RelayCircuit {
         match self.crypto.decrypt_outbound(&mut cell.payload) {
             Err(_) => Err(Close(DestroyReason::ResourceLimit, Side::Local)),
             Ok(Recognized::NotForUs) => match next {
+                Some(_) if self.hook_stopped(true) => Ok(()),
                 Some(n) if n.created.is_none() => {
                     self.hook_corrupt(&mut cell.payload, forwarded);
                     cell.circ_id = n.id;
@@ -449,6 +452,7 @@ impl RelayCircuit {
                 let p = r.push(&cell.payload, now_ms(self.started)).map_err(|_| Close(DestroyReason::Protocol, Side::Local))?;
                 self.created_progress(p, r, next).await
             }
+            (CellCmd::Relay, None) if self.hook_stopped(false) => Ok(()),
             (CellCmd::Relay, None) => {
                 let mut cell = cell;
                 self.hook_corrupt(&mut cell.payload, forwarded);
@@ -490,6 +494,19 @@ impl RelayCircuit {
             self.send_back(id, &m).await?;
         }
         Ok(())
+    }
+
+    /// Test-only fault: true once this relay has stopped forwarding on this circuit (it drops
+    /// the cell); `outbound` counts a cell toward the exit.
+    fn hook_stopped(&mut self, outbound: bool) -> bool {
+        self.forwarded_out += u64::from(outbound);
+        #[cfg(feature = "test-hooks")]
+        if let Some(after) = self.ctx.stop_forwarding_after {
+            if self.forwarded_out > after {
+                return true;
+            }
+        }
+        false
     }
 
     /// Test-only fault: flip a byte of every forwarded relay cell after the first N.

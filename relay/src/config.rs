@@ -61,6 +61,12 @@ pub struct RelaySection {
     #[cfg(feature = "test-hooks")]
     #[serde(default)]
     pub dangerous_test_mutate_hs_descriptors: bool,
+    /// Test-only fault hook: forward the first N relay cells toward the exit on each circuit,
+    /// then silently drop every later relay cell in both directions (a relay that stops
+    /// forwarding but keeps the circuit open). Same rules as `dangerous_test_corrupt_after`.
+    #[cfg(feature = "test-hooks")]
+    #[serde(default)]
+    pub dangerous_test_stop_forwarding_after: Option<u64>,
 }
 
 fn default_bandwidth() -> u64 {
@@ -118,8 +124,13 @@ impl RelayConfig {
             ));
         }
         #[cfg(feature = "test-hooks")]
-        if self.relay.dangerous_test_corrupt_after.is_some() && !self.network.dangerous_testnet {
-            return Err(ConfigError::invalid("relay.dangerous_test_corrupt_after", "needs network.dangerous_testnet = true"));
+        for (key, set) in [
+            ("relay.dangerous_test_corrupt_after", self.relay.dangerous_test_corrupt_after.is_some()),
+            ("relay.dangerous_test_stop_forwarding_after", self.relay.dangerous_test_stop_forwarding_after.is_some()),
+        ] {
+            if set && !self.network.dangerous_testnet {
+                return Err(ConfigError::invalid(key, "needs network.dangerous_testnet = true"));
+            }
         }
         #[cfg(feature = "test-hooks")]
         for (key, set) in [

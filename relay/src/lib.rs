@@ -78,6 +78,9 @@ pub struct RelayCtx {
     /// Test hook: forward every INTRODUCE2 twice.
     #[cfg(feature = "test-hooks")]
     pub duplicate_introduce2: bool,
+    /// Test hook: stop forwarding relay cells on a circuit after this many toward the exit.
+    #[cfg(feature = "test-hooks")]
+    pub stop_forwarding_after: Option<u64>,
 }
 
 /// A relay with its config and keys, not yet running.
@@ -115,6 +118,8 @@ impl InertRelay {
             blackhole: cfg.relay.dangerous_test_blackhole,
             #[cfg(feature = "test-hooks")]
             duplicate_introduce2: cfg.relay.dangerous_test_duplicate_introduce2,
+            #[cfg(feature = "test-hooks")]
+            stop_forwarding_after: cfg.relay.dangerous_test_stop_forwarding_after,
             keys,
             onion: RwLock::new(onion),
             republish: tokio::sync::Notify::new(),
@@ -216,7 +221,7 @@ impl CreateHandler for Creates {
                 }
             };
             let (crypto, hop_keys, hop_budget, flow) = keys;
-            circuit::RelayCircuit { ctx, prev: chan, prev_id: id, prev_rx: rx, crypto, hop_keys, hop_budget, flow, started }.run().await;
+            circuit::RelayCircuit { ctx, prev: chan, prev_id: id, prev_rx: rx, crypto, hop_keys, hop_budget, flow, started, forwarded_out: 0 }.run().await;
         });
     }
 }

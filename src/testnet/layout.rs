@@ -200,6 +200,9 @@ pub struct Faults {
     pub duplicate_introduce2: bool,
     /// The first K relays (`relay1`..`relayK`) serve altered descriptors as HSDirs (THREATS A5).
     pub mutating_hsdirs: usize,
+    /// Every relay forwards N relay cells toward the exit on each circuit, then drops every
+    /// later relay cell (a relay that stops forwarding).
+    pub stop_forwarding_after: Option<u64>,
     /// Not a fault but a condition: every node delays its links' outbound data this many ms.
     pub link_delay_ms: u64,
 }
@@ -228,6 +231,9 @@ impl Faults {
     fn relay_lines(&self, node: &NodeSpec, s: &mut String) {
         if let Some(n) = self.corrupt_after {
             let _ = writeln!(s, "dangerous_test_corrupt_after = {n}");
+        }
+        if let Some(n) = self.stop_forwarding_after {
+            let _ = writeln!(s, "dangerous_test_stop_forwarding_after = {n}");
         }
         if self.blackholes(node) {
             let _ = writeln!(s, "dangerous_test_blackhole = true");

@@ -97,6 +97,11 @@ pub struct TestnetArgs {
     /// tests' build) accept it.
     #[arg(long, hide = true, value_name = "N")]
     pub dangerous_test_corrupt_after: Option<u64>,
+    /// Test-only fault: every relay forwards N relay cells toward the exit on each circuit,
+    /// then silently drops every later relay cell in both directions. Needs the relay's
+    /// `test-hooks` feature.
+    #[arg(long, hide = true, value_name = "N")]
+    pub dangerous_test_stop_forwarding_after: Option<u64>,
     /// Test-only fault (THREATS A32): the first K non-exit relays complete link handshakes but
     /// never answer a CREATE or any cell; the client then starts from a short build timeout
     /// (`client.dangerous_initial_build_timeout_ms`). Needs the relay's `test-hooks` feature.
@@ -146,6 +151,7 @@ pub fn run(args: TestnetArgs) -> ExitCode {
         ("--dangerous-test-blackhole-relays", args.dangerous_test_blackhole_relays > 0),
         ("--dangerous-test-duplicate-introduce2", args.dangerous_test_duplicate_introduce2),
         ("--dangerous-test-mutating-hsdirs", args.dangerous_test_mutating_hsdirs > 0),
+        ("--dangerous-test-stop-forwarding-after", args.dangerous_test_stop_forwarding_after.is_some()),
     ];
     if let Some((flag, _)) = hooks.iter().find(|(_, set)| *set && !allium_relay::TEST_HOOKS) {
         eprintln!("allium testnet: {flag} needs a build with the relay's test-hooks feature");
@@ -165,6 +171,7 @@ pub fn run(args: TestnetArgs) -> ExitCode {
         duplicate_introduce2: args.dangerous_test_duplicate_introduce2,
         mutating_hsdirs: args.dangerous_test_mutating_hsdirs,
         link_delay_ms: args.link_delay_ms,
+        stop_forwarding_after: args.dangerous_test_stop_forwarding_after,
     };
     // Current-thread runtime on the main thread: nodes are spawned from this thread, which lives
     // as long as the process, so their parent-death signal fires only when we are gone.

@@ -10,6 +10,9 @@
 //! - [`hop_budget`]: relays refuse to extend a circuit beyond its hop budget (THREATS A16).
 //! - [`socks_front`]: SOCKS4/4a, SOCKS5 (IPv6, RESOLVE) and HTTP CONNECT front ends of the client.
 //! - [`exit_retry`]: a stream one exit refuses is retried on another exit.
+//! - [`latency`]: 1 MiB downloads, one at a time and 8 at once, at 10 ms per link.
+//! - [`stall_recovery`]: a relay that stops forwarding: stalled streams are ended, BEGINs
+//!   without CONNECTED retried elsewhere, the circuit retired.
 //! - [`blackhole`]: a relay that never answers makes builds time out and succeed elsewhere (A32).
 //! - [`hs_circuits`]: HSDir upload and fetch over 4-hop vanguard circuits (`CircMgr::to_relay`).
 //! - [`onion_connect`]: a SOCKS client reaching onion services by `.allium` address.
@@ -31,6 +34,7 @@ mod exit_retry;
 mod hop_budget;
 mod hs_circuits;
 mod keygen;
+mod latency;
 mod onion;
 mod onion_connect;
 mod onion_rotation;
@@ -39,5 +43,6 @@ mod socks_front;
 mod paths;
 mod quorum_loss;
 mod rendezvous;
+mod stall_recovery;
 mod tamper;
 mod support;

@@ -126,7 +126,12 @@ pub enum GetError {
 /// `GET path` from `host:port` through the SOCKS5 proxy; the body on a 200 whose length matches
 /// its Content-Length.
 pub fn http_get_via_socks(socks: SocketAddr, host: &str, port: u16, path: &str) -> Result<Vec<u8>, GetError> {
-    let mut s = socks5_connect(socks, host, port, None).map_err(GetError::Connect)?;
+    http_get_via_socks_as(socks, None, host, port, path)
+}
+
+/// [`http_get_via_socks`] with SOCKS5 credentials `user` (its isolation class).
+pub fn http_get_via_socks_as(socks: SocketAddr, user: Option<(&str, &str)>, host: &str, port: u16, path: &str) -> Result<Vec<u8>, GetError> {
+    let mut s = socks5_connect(socks, host, port, user).map_err(GetError::Connect)?;
     let t = |msg: String| GetError::Transfer(msg);
     s.set_read_timeout(Some(Duration::from_secs(120))).map_err(|e| t(e.to_string()))?;
     s.write_all(format!("GET {path} HTTP/1.0\r\nHost: {host}:{port}\r\n\r\n").as_bytes())
