@@ -320,8 +320,7 @@ async fn build_inner(pool: &ChannelPool, path: &[&ConsensusRelay], progress: &At
     let mut c = Circuit { chan, id, rx, crypto: ClientCrypto::new(), asm: Vec::new(), flow, last_keys: None, control_tx, virtual_hop: false, serving: None, retired: Default::default(), logged: Default::default() };
     let r = c.build_hops(path, progress).await;
     if r.is_err() {
-        c.chan.close_circuit(c.id);
-        let _ = c.chan.try_send(Cell::destroy(c.id, DestroyReason::Requested));
+        c.chan.destroy(c.id, DestroyReason::Requested);
     }
     r.map(|_| Built { last_keys: c.last_keys.take(), circ: c, control_rx: Some(control_rx) })
 }
@@ -528,11 +527,10 @@ impl Circuit {
                 CircError::Protocol(m) => tracing::warn!("closing circuit: relay broke the protocol ({m})"),
                 e => tracing::debug!("circuit closed: {e}"),
             }
-            let _ = self.chan.try_send(Cell::destroy(self.id, DestroyReason::Protocol));
+            self.chan.destroy(self.id, DestroyReason::Protocol);
         } else {
-            let _ = self.chan.try_send(Cell::destroy(self.id, DestroyReason::Finished));
+            self.chan.destroy(self.id, DestroyReason::Finished);
         }
-        self.chan.close_circuit(self.id);
         for (_, (_, p)) in pending {
             p.fail(EndReason::Destroy);
         }

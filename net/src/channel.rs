@@ -28,6 +28,10 @@ use crate::link::{read_frame, Link};
 pub const CIRCUIT_QUEUE_CAP: usize = 1200;
 /// Cells queued toward the writer before senders wait (backpressure).
 const WRITER_QUEUE: usize = 2048;
+/// DESTROY cells queued toward the writer, apart from the cells above so that a full cell
+/// queue never loses one (a lost DESTROY leaves the other side's circuit open forever). A
+/// peer that lets this many pile up unread gets the link closed instead.
+const DESTROY_QUEUE: usize = 4096;
 /// Bytes gathered before a write even if more cells are ready.
 const MAX_WRITE: usize = 256 * 1024;
 
@@ -81,6 +85,7 @@ struct CircTable {
 #[derive(Clone)]
 pub struct Channel {
     out: mpsc::Sender<Cell>,
+    destroys: mpsc::Sender<Cell>,
     shared: Arc<Shared>,
     /// The peer's relay identity, when it proved one.
     pub peer: Option<RelayId>,
@@ -96,9 +101,10 @@ impl Channel {
     /// Starts the reader and writer tasks of an established link.
     pub fn spawn(link: Link, handler: Option<Arc<dyn CreateHandler>>) -> Channel {
         let (out, rx) = mpsc::channel(WRITER_QUEUE);
+        let (destroys, destroys_rx) = mpsc::channel(DESTROY_QUEUE);
         let (closed, _) = watch::channel(false);
         let shared = Arc::new(Shared { circuits: Mutex::new(CircTable { map: HashMap::new(), next: 1 }), closed });
-        let chan = Channel { out, shared, peer: link.peer, initiator: link.initiator };
+        let chan = Channel { out, destroys, shared, peer: link.peer, initiator: link.initiator };
         let (rd, wr) = link.stream.into_split();
         let output = match link_delay() {
             None => Output::Direct(wr),
@@ -108,7 +114,7 @@ impl Channel {
                 Output::Delayed(d, tx)
             }
         };
-        tokio::spawn(writer(output, rx, link.transport.clone(), chan.shared.clone()));
+        tokio::spawn(writer(output, Queues { destroys: destroys_rx, cells: rx }, link.transport.clone(), chan.shared.clone()));
         tokio::spawn(reader(rd, link.transport, chan.clone(), handler));
         chan
     }
@@ -121,6 +127,17 @@ impl Channel {
     /// Queues a cell without waiting; fails if the queue is full or the link closed.
     pub fn try_send(&self, cell: Cell) -> Result<(), ChannelClosed> {
         self.out.try_send(cell).map_err(|_| ChannelClosed)
+    }
+
+    /// Queues DESTROY for circuit `id` and forgets the circuit. Never waits and is never lost:
+    /// DESTROYs have their own queue, written before other cells; if even that is full the
+    /// peer is not reading and the whole link is closed (which ends every circuit on it).
+    pub fn destroy(&self, id: u32, reason: DestroyReason) {
+        self.close_circuit(id);
+        if let Err(mpsc::error::TrySendError::Full(_)) = self.destroys.try_send(Cell::destroy(id, reason)) {
+            tracing::debug!("link: {DESTROY_QUEUE} DESTROY cells unwritten; closing the link");
+            self.close();
+        }
     }
 
     /// Allocates a circuit id on this link and registers its queue.
@@ -243,8 +260,7 @@ fn dispatch(chan: &Channel, handler: Option<&dyn CreateHandler>, cell: Cell, cac
             Err(mpsc::error::TrySendError::Full(_)) => {
                 tracing::debug!("circuit queue over its cap: destroying the circuit");
                 *cache = None;
-                chan.close_circuit(id);
-                let _ = chan.try_send(Cell::destroy(id, DestroyReason::ResourceLimit));
+                chan.destroy(id, DestroyReason::ResourceLimit);
             }
             Err(mpsc::error::TrySendError::Closed(_)) => {
                 *cache = None;
@@ -255,9 +271,7 @@ fn dispatch(chan: &Channel, handler: Option<&dyn CreateHandler>, cell: Cell, cac
             *cache = None;
             match handler {
                 Some(h) if chan.peer_allocates(id) => h.on_create(chan, cell),
-                _ => {
-                    let _ = chan.try_send(Cell::destroy(id, DestroyReason::Protocol));
-                }
+                _ => chan.destroy(id, DestroyReason::Protocol),
             }
         }
         // Cells for circuits already closed (they cross a DESTROY on the wire) are dropped.
@@ -321,7 +335,29 @@ async fn delayed_writer(mut wr: OwnedWriteHalf, mut rx: mpsc::Receiver<(Instant,
     let _ = wr.shutdown().await;
 }
 
-async fn writer(mut output: Output, mut rx: mpsc::Receiver<Cell>, transport: Arc<snow::StatelessTransportState>, shared: Arc<Shared>) {
+/// What the writer takes cells from: DESTROYs first, then the rest in order.
+struct Queues {
+    destroys: mpsc::Receiver<Cell>,
+    cells: mpsc::Receiver<Cell>,
+}
+
+impl Queues {
+    /// The next queued cell without waiting, DESTROYs first.
+    fn try_next(&mut self) -> Option<Cell> {
+        self.destroys.try_recv().or_else(|_| self.cells.try_recv()).ok()
+    }
+
+    /// Waits for the next cell; `None` once no sender of ordinary cells is left.
+    async fn next(&mut self) -> Option<Cell> {
+        tokio::select! {
+            biased;
+            Some(c) = self.destroys.recv() => Some(c),
+            c = self.cells.recv() => c,
+        }
+    }
+}
+
+async fn writer(mut output: Output, mut rx: Queues, transport: Arc<snow::StatelessTransportState>, shared: Arc<Shared>) {
     let mut closed = shared.closed.subscribe();
     let mut nonce = 0u64;
     let mut plain: Vec<u8> = Vec::with_capacity(MAX_CELLS_PER_FRAME * CELL_LEN);
@@ -329,7 +365,7 @@ async fn writer(mut output: Output, mut rx: mpsc::Receiver<Cell>, transport: Arc
     let mut frame = vec![0u8; MAX_NOISE_MSG];
     'outer: loop {
         let first = tokio::select! {
-            c = rx.recv() => match c { Some(c) => c, None => break },
+            c = rx.next() => match c { Some(c) => c, None => break },
             _ = closed.changed() => break,
         };
         out.clear();
@@ -339,12 +375,12 @@ async fn writer(mut output: Output, mut rx: mpsc::Receiver<Cell>, transport: Arc
         loop {
             let mut drained = false;
             while plain.len() < MAX_CELLS_PER_FRAME * CELL_LEN {
-                match rx.try_recv() {
-                    Ok(c) => {
+                match rx.try_next() {
+                    Some(c) => {
                         c.encode_to(&mut plain);
                         cells += 1;
                     }
-                    Err(_) => {
+                    None => {
                         drained = true;
                         break;
                     }

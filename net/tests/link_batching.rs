@@ -146,3 +146,38 @@ async fn a1_junk_or_partial_cells_close_the_link() {
         tokio::time::timeout(Duration::from_secs(30), chan.closed()).await.unwrap_or_else(|_| panic!("{junk_kind}: link still open"));
     }
 }
+
+/// A DESTROY is never lost when the link's cell queue is full: it has its own queue, written
+/// first. (Before, DESTROY was `try_send` on the cell queue and silently dropped, leaving the
+/// peer's circuit open forever: later streams on it timed out.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn destroy_is_delivered_when_the_cell_queue_is_full() {
+    use allium_proto::cell::DestroyReason;
+    let (server, client) = (keys(3), keys(7));
+    let (addr, task) = responder(&server).await;
+    let peer = PeerInfo { addr, identity: server.relay_id(), link_key: server.link_public() };
+    let out = link::connect("127.0.0.1".parse().unwrap(), &peer, Some(&RelayCredentials::new(&client))).await.unwrap();
+    // The peer does not read yet: its link is not running.
+    let inbound = task.await.unwrap().unwrap();
+    let chan = Channel::spawn(out, None);
+    let (id, _rx) = chan.open_circuit().unwrap();
+    chan.send(Cell::with_payload(id, CellCmd::Create, &[0, 1, 7, 0, 0])).await.unwrap();
+    // Fill the kernel buffers and the writer's queue with cells of a circuit the peer never
+    // opened (it drops them), until a send has waited a whole second.
+    let filler = id + 1;
+    let mut queued = 0usize;
+    while tokio::time::timeout(Duration::from_secs(1), chan.send(Cell::new(filler, CellCmd::Relay))).await.is_ok() {
+        queued += 1;
+        assert!(queued < 1_000_000, "the link never filled");
+    }
+    assert!(chan.try_send(Cell::new(filler, CellCmd::Relay)).is_err(), "the cell queue is full");
+    chan.destroy(id, DestroyReason::Finished);
+    assert!(!chan.is_closed(), "one DESTROY does not close the link");
+    // Now the peer reads: it sees the CREATE, then the DESTROY.
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let _server_chan = Channel::spawn(inbound, Some(Arc::new(Sink(tx))));
+    let first = tokio::time::timeout(Duration::from_secs(60), rx.recv()).await.expect("CREATE arrives").unwrap();
+    assert_eq!(first.cmd, CellCmd::Create);
+    let next = tokio::time::timeout(Duration::from_secs(60), rx.recv()).await.expect("DESTROY arrives").unwrap();
+    assert_eq!((next.cmd, next.circ_id, next.payload[0]), (CellCmd::Destroy, first.circ_id, DestroyReason::Finished as u8));
+}

@@ -153,14 +153,16 @@ impl RelayCircuit {
         // Forget it as an introduction or rendezvous circuit; a joined peer is destroyed too.
         self.ctx.hs.circuit_closed(hs.key, reason);
         if side != Side::Prev {
-            let _ = self.prev.try_send(Cell::destroy(self.prev_id, reason));
+            self.prev.destroy(self.prev_id, reason);
+        } else {
+            self.prev.close_circuit(self.prev_id);
         }
-        self.prev.close_circuit(self.prev_id);
         if let Some(n) = next {
             if side != Side::Next {
-                let _ = n.chan.try_send(Cell::destroy(n.id, reason));
+                n.chan.destroy(n.id, reason);
+            } else {
+                n.chan.close_circuit(n.id);
             }
-            n.chan.close_circuit(n.id);
         }
         if let Some(p) = extending {
             p.task.abort();

@@ -215,8 +215,7 @@ impl CreateHandler for Creates {
             let keys = match create(&ctx, &chan, &cell, &mut rx).await {
                 Ok(k) => k,
                 Err(reason) => {
-                    chan.close_circuit(id);
-                    let _ = chan.try_send(Cell::destroy(id, reason));
+                    chan.destroy(id, reason);
                     return;
                 }
             };
