@@ -156,4 +156,18 @@ mod tests {
         let err = parse_toml::<T>(text, Path::new("x.toml")).unwrap_err().to_string();
         assert!(err.contains("bogus"), "{err}");
     }
+
+    #[test]
+    fn link_delay_needs_a_test_network_and_is_bounded() {
+        let parse = |testnet: bool, delay: u64| {
+            let text = format!("[node]\nnickname = \"a\"\ndata_dir = \"/tmp/x\"\naddress = \"192.0.2.10\"\n[network]\ndangerous_testnet = {testnet}\ndangerous_link_delay_ms = {delay}\n[[network.authorities]]\nname = \"a\"\nidentity = \"{}\"\naddress = \"127.0.0.1:1\"\n", "ab".repeat(32));
+            let t: T = parse_toml(&text, Path::new("x.toml")).unwrap();
+            t.node.validate(&t.network).map(|_| t.network.link_delay())
+        };
+        assert_eq!(parse(true, 10).unwrap(), std::time::Duration::from_millis(10));
+        assert_eq!(parse(true, 0).unwrap(), std::time::Duration::ZERO);
+        let e = parse(false, 10).unwrap_err().to_string();
+        assert!(e.contains("dangerous_link_delay_ms") && e.contains("dangerous_testnet"), "{e}");
+        assert!(parse(true, 1001).unwrap_err().to_string().contains("at most 1000"));
+    }
 }
