@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use allium_net::channel::Channel;
 use allium_net::link::PeerInfo;
 use allium_net::pool::ChannelPool;
-use allium_net::stream::{StreamError, StreamEvent, StreamMux};
+use allium_net::stream::{StreamError, StreamMux};
 use allium_proto::cell::{self, Cell, CellCmd, DestroyReason, MAX_HANDSHAKE_LEN, PAYLOAD_LEN};
 use allium_proto::crypto::cell_crypto::ClientCrypto;
 use allium_proto::crypto::kdf::HopKeys;
@@ -691,7 +691,7 @@ impl Circuit {
                         mux.attach(sid, req.sock, req.success_reply);
                         let _ = req.done.send(Ok(addr));
                         if !req.early_data.is_empty() {
-                            let out = mux.handle_event(StreamEvent::Data { id: sid, data: req.early_data });
+                            let out = mux.send_early(sid, req.early_data);
                             self.send_all(out).await?;
                         }
                     }

@@ -258,12 +258,17 @@ impl StreamMux {
     /// cell was full: it was in the middle of sending). A stream that is merely idle — its
     /// last DATA a partly filled cell, nothing of ours waiting — is never listed.
     pub fn stalled(&self, now: Instant, limit: Duration) -> Vec<u16> {
-        let circuit_blocked = self.circ_send.available() == 0 && self.pending.iter().any(|(_, m)| matches!(m, RelayMsg::Data(_)));
+        // Streams with DATA queued behind a closed circuit window.
+        let blocked: HashSet<u16> = if self.circ_send.available() == 0 {
+            self.pending.iter().filter(|(_, m)| matches!(m, RelayMsg::Data(_))).map(|(id, _)| *id).collect()
+        } else {
+            HashSet::new()
+        };
         let mut out: Vec<u16> = self
             .streams
             .iter()
             .filter(|(id, s)| {
-                let waits_window = s.send.available() == 0 || (circuit_blocked && self.pending.iter().any(|(p, _)| p == *id));
+                let waits_window = s.send.available() == 0 || blocked.contains(id);
                 let since = if waits_window { s.last_progress.max(self.last_circ_sendme) } else { s.last_progress };
                 (waits_window || s.last_data_full) && now.saturating_duration_since(since) >= limit
             })
@@ -303,6 +308,18 @@ impl StreamMux {
             StreamEvent::Eof { id } => self.close(id, EndReason::Done),
             StreamEvent::WriteFailed { id } => self.close(id, EndReason::ConnReset),
         }
+    }
+
+    /// Sends bytes the application gave before the stream opened (after a SOCKS request) as
+    /// DATA. They take the reader's credit as well as the window, so the reader cannot later
+    /// read a full window on top of them.
+    pub fn send_early(&mut self, id: u16, data: Vec<u8>) -> Vec<(u16, RelayMsg)> {
+        let Some(s) = self.streams.get(&id) else { return vec![] };
+        let cells = data.len().div_ceil(MAX_BODY_PER_CELL) as u32;
+        if let Ok(p) = s.credit.try_acquire_many(cells) {
+            p.forget();
+        }
+        self.handle_event(StreamEvent::Data { id, data })
     }
 
     /// Closes a stream from our side: its queued DATA goes first, then END.
@@ -383,6 +400,7 @@ async fn write_loop<W: AsyncWrite + Unpin>(
     tx: mpsc::UnboundedSender<StreamEvent>,
 ) {
     let mut buf = prefix;
+    let mut failed = false;
     loop {
         let mut cells = 0u32;
         let mut end = false;
@@ -406,18 +424,22 @@ async fn write_loop<W: AsyncWrite + Unpin>(
                 Err(mpsc::error::TryRecvError::Disconnected) => end = true,
             }
         }
-        if !buf.is_empty() {
-            if wr.write_all(&buf).await.is_err() {
-                let _ = tx.send(StreamEvent::WriteFailed { id });
-                return;
-            }
-            buf.clear();
-            if cells > 0 {
-                let _ = tx.send(StreamEvent::Consumed { id, cells });
-            }
+        if !buf.is_empty() && !failed && wr.write_all(&buf).await.is_err() {
+            // The socket is gone. Keep taking (and discarding) DATA until the circuit task
+            // closes the stream, so every cell it handed over is still counted below.
+            failed = true;
+            let _ = tx.send(StreamEvent::WriteFailed { id });
+        }
+        buf.clear();
+        // Written or discarded, every DATA cell (an empty one too) counts as consumed: a cell
+        // never counted would shrink the other end's windows for good.
+        if cells > 0 {
+            let _ = tx.send(StreamEvent::Consumed { id, cells });
         }
         if end {
-            let _ = wr.shutdown().await;
+            if !failed {
+                let _ = wr.shutdown().await;
+            }
             return;
         }
     }
@@ -520,5 +542,50 @@ mod tests {
         assert_eq!(mux.stalled(t, limit), vec![1], "stream 1 waits for the circuit window; stream 2 owes nothing");
         mux.handle_msg(0, RelayMsg::Sendme).unwrap();
         assert!(mux.stalled(t - Duration::from_secs(2), limit).is_empty(), "a circuit SENDME is progress");
+    }
+
+    /// Every DATA cell handed to a writer is reported consumed: an empty one, and those a
+    /// writer discards after its socket failed (else the circuit window would shrink for good).
+    #[tokio::test]
+    async fn every_cell_given_to_a_writer_is_counted_even_empty_or_after_a_failure() {
+        let flow = FlowParams { circuit_window: 100, circuit_sendme_inc: 5, stream_window: 50, stream_sendme_inc: 5 };
+        let mut mux = StreamMux::new(flow);
+        mux.open(1).unwrap();
+        let (ours, theirs) = tokio::io::duplex(1024);
+        mux.attach(1, ours, Vec::new());
+        mux.handle_msg(1, RelayMsg::Data(Vec::new())).unwrap();
+        let ev = tokio::time::timeout(Duration::from_secs(10), mux.next_event()).await.expect("an event");
+        assert!(matches!(ev, StreamEvent::Consumed { id: 1, cells: 1 }), "{ev:?}");
+        // The application goes away; five more cells arrive.
+        drop(theirs);
+        for _ in 0..5 {
+            mux.handle_msg(1, RelayMsg::Data(vec![1; 10])).unwrap();
+        }
+        let (mut consumed, mut failed) = (0, false);
+        let mut sendmes = Vec::new();
+        while consumed < 5 {
+            let ev = tokio::time::timeout(Duration::from_secs(10), mux.next_event()).await.expect("an event");
+            match ev {
+                StreamEvent::Consumed { cells, .. } => consumed += cells,
+                StreamEvent::WriteFailed { .. } => failed = true,
+                // The reader sees the application's end too; the mux closes the stream.
+                StreamEvent::Eof { .. } => {}
+                other => panic!("unexpected {other:?}"),
+            }
+            sendmes.extend(sendmes_in(&mux.handle_event(ev)));
+        }
+        assert!(failed, "the writer reported its failure");
+        assert!(sendmes.contains(&0), "6 cells consumed in all: a circuit SENDME (every 5) went out");
+    }
+
+    /// Early data takes the reader's credit with the window: the two never disagree.
+    #[tokio::test]
+    async fn early_data_takes_the_readers_credit() {
+        let mut mux = StreamMux::default();
+        mux.open(1).unwrap();
+        let out = mux.send_early(1, vec![9; MAX_BODY_PER_CELL * 2 + 1]);
+        assert_eq!(out.len(), 3);
+        assert_eq!(mux.streams[&1].credit.available_permits(), STREAM_WINDOW as usize - 3);
+        assert_eq!(mux.streams[&1].send.available(), STREAM_WINDOW - 3);
     }
 }
