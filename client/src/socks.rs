@@ -106,7 +106,7 @@ pub(crate) async fn serve_request(sock: TcpStream, state: Arc<ClientState>, app:
         TargetAddr::Ip(sa) => (sa.ip().to_string(), sa.port(), ExitNeed::Addr(sa.ip(), sa.port())),
         TargetAddr::Domain(h, p) => (h.clone(), *p, ExitNeed::Port(*p)),
     };
-    if OnionAddress::is_onion_host(&host) || host.to_ascii_lowercase().ends_with(".onion") {
+    if OnionAddress::is_reserved_name(&host) {
         // Never leak such a name to an exit. A malformed address fails at once, with its reason.
         return match OnionAddress::parse(&host) {
             Err(e) => {

@@ -46,7 +46,18 @@ const PRIVATE_V6: &[(u128, u8)] = &[
     (0xfe80_u128 << 112, 10), // link-local
     (0xfec0_u128 << 112, 10), // site-local (deprecated, still routable inside sites)
     (0xff00_u128 << 112, 8),  // multicast
+    (0x0064_ff9b_0001_u128 << 80, 48), // local-use NAT64 (RFC 8215): a local translator
+    (0x2001_0000_u128 << 96, 32), // Teredo (RFC 4380): a host behind a NAT, reached by tunnel
 ];
+
+/// 6to4 (RFC 3056): `2002:V4ADDR::/48`, the IPv4 address in bits 16–48.
+const SIX_TO_FOUR: (u128, u8) = (0x2002_u128 << 112, 16);
+/// Teredo (RFC 4380): `2001:0000:SERVER:FLAGS:PORT:CLIENT`, the client's IPv4 address inverted in
+/// the last 32 bits and the server's in bits 32–64. The whole block is private (above); these
+/// are only used to recognise this host's own addresses.
+const TEREDO: (u128, u8) = (0x2001_0000_u128 << 96, 32);
+/// IPv4-compatible addresses (`::a.b.c.d`, deprecated by RFC 4291), `::` and `::1` aside.
+const COMPATIBLE: (u128, u8) = (0, 96);
 
 /// The IPv4-mapped block `::ffff:0:0/96`.
 const MAPPED: (u128, u8) = (0xffff_u128 << 32, 96);
@@ -58,21 +69,53 @@ const NAT64: (u128, u8) = (0x0064_ff9b_u128 << 96, 96);
 /// True for addresses an exit must never connect to under the default policy, and that a real
 /// network never accepts in a descriptor: unspecified, "this network" (0.0.0.0/8), loopback,
 /// private (RFC 1918), carrier-grade NAT, link-local, unique-local, site-local, multicast,
-/// reserved (240.0.0.0/4) and broadcast. IPv4-mapped IPv6 addresses (`::ffff:a.b.c.d`) and
-/// well-known-prefix NAT64 addresses (`64:ff9b::a.b.c.d`) are private when the IPv4 address they
-/// carry is.
+/// reserved (240.0.0.0/4) and broadcast, local-use NAT64 (`64:ff9b:1::/48`) and Teredo
+/// (`2001::/32`). IPv6 addresses that carry an IPv4 address — IPv4-mapped (`::ffff:a.b.c.d`),
+/// IPv4-compatible (`::a.b.c.d`), well-known-prefix NAT64 (`64:ff9b::a.b.c.d`) and 6to4
+/// (`2002:AABB:CCDD::/48`) — are private when the IPv4 address they carry is.
 pub fn is_private(addr: IpAddr) -> bool {
     match normalize(addr) {
         IpAddr::V4(a) => v4_is_private(a),
         IpAddr::V6(a) => {
             let x = u128::from(a);
-            if PRIVATE_V6.iter().any(|&(net, len)| in_prefix(x, net, len, 128)) {
-                return true;
-            }
-            // NAT64: the low 32 bits are the IPv4 address.
-            in_prefix(x, NAT64.0, NAT64.1, 128) && v4_is_private(Ipv4Addr::from(x as u32))
+            PRIVATE_V6.iter().any(|&(net, len)| in_prefix(x, net, len, 128)) || embedded_v4(a).into_iter().flatten().any(v4_is_private)
         }
     }
+}
+
+/// The IPv4 addresses an IPv6 address carries and would lead to: NAT64 (well-known prefix),
+/// 6to4, Teredo (client and server), IPv4-compatible. (IPv4-mapped ones are turned into IPv4
+/// first, by `normalize`.)
+fn embedded_v4(a: Ipv6Addr) -> [Option<Ipv4Addr>; 2] {
+    let x = u128::from(a);
+    let v4 = |bits: u128| Some(Ipv4Addr::from(bits as u32));
+    if in_prefix(x, NAT64.0, NAT64.1, 128) {
+        [v4(x), None]
+    } else if in_prefix(x, SIX_TO_FOUR.0, SIX_TO_FOUR.1, 128) {
+        [v4(x >> 80), None]
+    } else if in_prefix(x, TEREDO.0, TEREDO.1, 128) {
+        [v4(!x), v4(x >> 64)]
+    } else if in_prefix(x, COMPATIBLE.0, COMPATIBLE.1, 128) && x > 1 {
+        [v4(x), None]
+    } else {
+        [None, None]
+    }
+}
+
+/// Whether `a` and `b` lead to the same host: equal once IPv4-mapped addresses are turned into
+/// IPv4, or one is an IPv4 address the other carries (NAT64, 6to4, Teredo, IPv4-compatible).
+pub fn same_host(a: IpAddr, b: IpAddr) -> bool {
+    let forms = |ip: IpAddr| -> [Option<IpAddr>; 3] {
+        match normalize(ip) {
+            IpAddr::V6(v6) => {
+                let [e1, e2] = embedded_v4(v6);
+                [Some(IpAddr::V6(v6)), e1.map(IpAddr::V4), e2.map(IpAddr::V4)]
+            }
+            v4 => [Some(v4), None, None],
+        }
+    };
+    let fb = forms(b);
+    forms(a).into_iter().flatten().any(|x| fb.contains(&Some(x)))
 }
 
 fn v4_is_private(a: Ipv4Addr) -> bool {
@@ -519,6 +562,8 @@ fn private_set(f: Family) -> Set {
                 .iter()
                 .map(|&(n, l)| prefix_interval(n, l, 128))
                 .chain(v4().map(|(n, l)| prefix_interval(NAT64.0 | n, NAT64.1 + l, 128)))
+                .chain(v4().map(|(n, l)| prefix_interval(SIX_TO_FOUR.0 | (n << 80), SIX_TO_FOUR.1 + l, 128)))
+                .chain(v4().map(|(n, l)| prefix_interval(COMPATIBLE.0 | n, COMPATIBLE.1 + l, 128)))
                 .collect(),
         ),
     }
@@ -715,8 +760,54 @@ mod tests {
         "::ffff:10.0.0.1",
         "64:ff9b::10.0.0.1",
     ];
-    const PUBLIC_SAMPLES: &[&str] =
-        &["1.1.1.1", "8.8.8.8", "172.32.0.1", "100.128.0.1", "2001:4860::8888", "::ffff:1.1.1.1", "64:ff9b::1.1.1.1"];
+    const PUBLIC_SAMPLES: &[&str] = &[
+        "1.1.1.1",
+        "8.8.8.8",
+        "172.32.0.1",
+        "100.128.0.1",
+        "2001:4860::8888",
+        "::ffff:1.1.1.1",
+        "64:ff9b::1.1.1.1",
+        "2002:0101:0101::1", // 6to4 of 1.1.1.1
+        "::1.1.1.1",         // IPv4-compatible 1.1.1.1
+    ];
+
+    /// THREATS A22: private IPv4 addresses embedded in 6to4, Teredo, NAT64 (both prefixes) and
+    /// IPv4-compatible forms are private; so is every Teredo address.
+    #[test]
+    fn a22_embedded_private_addresses_are_private() {
+        for a in [
+            "2002:7f00:0001::1",           // 6to4 of 127.0.0.1
+            "2002:0a00:0001:1::5",         // 6to4 of 10.0.0.1
+            "2002:c0a8:0101::",            // 6to4 of 192.168.1.1
+            "2001:0:4136:e378:8000:63bf:3fff:fdd2", // Teredo (client 192.0.2.45)
+            "2001:0:4136:e378:8000:63bf:80ff:fffe", // Teredo (client 127.0.0.1)
+            "64:ff9b::7f00:1",             // NAT64 of 127.0.0.1
+            "64:ff9b:1::1.1.1.1",          // local-use NAT64
+            "::127.0.0.1",                 // IPv4-compatible 127.0.0.1
+            "::10.1.2.3",
+        ] {
+            assert!(is_private(ip(a)), "{a}");
+        }
+        // The policy's notion of "private" is the same set.
+        let p = ExitPolicy::parse_rules(&["reject private:*", "accept *:*"]).unwrap();
+        for a in ["2002:7f00:0001::1", "2001:0:4136:e378:8000:63bf:80ff:fffe", "::127.0.0.1", "64:ff9b:1::1"] {
+            assert!(!p.allows(ip(a), 80), "{a}");
+        }
+        assert!(p.allows(ip("2002:0101:0101::1"), 80));
+    }
+
+    /// An exit recognises its own address in every form that leads to it.
+    #[test]
+    fn same_host_sees_through_embeddings() {
+        let own = ip("203.0.113.7");
+        for a in ["203.0.113.7", "::ffff:203.0.113.7", "2002:cb00:7107::1", "64:ff9b::203.0.113.7", "::203.0.113.7", "2001:0:cb00:7107::1"] {
+            assert!(same_host(own, ip(a)) && same_host(ip(a), own), "{a}");
+        }
+        assert!(!same_host(own, ip("203.0.113.8")));
+        assert!(same_host(ip("2001:db8::7"), ip("2001:db8::7")));
+        assert!(!same_host(ip("2001:db8::7"), ip("2001:db8::8")));
+    }
 
     #[test]
     fn is_private_samples() {

@@ -1,11 +1,14 @@
 //! Exit streams: resolve the requested host, check the exit policy against the **resolved**
-//! address, connect from the relay's own address.
+//! address, connect from the relay's own address. Outside a test network an exit never reaches
+//! a private address (however embedded: docs/PROTOCOL.md "Exits") nor one of its own, and never
+//! resolves an onion name.
 
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use allium_net::link::tcp_connect;
-use allium_proto::policy::{is_private, ExitPolicy};
+use allium_proto::hs::address::OnionAddress;
+use allium_proto::policy::{is_private, same_host, ExitPolicy};
 use allium_proto::relay_msg::{EndReason, MAX_RESOLVED_ADDRS};
 use tokio::net::TcpStream;
 
@@ -22,18 +25,44 @@ pub struct ExitRules {
     /// Test network: private destinations are allowed when the policy allows them.
     pub testnet: bool,
     pub bind_ip: IpAddr,
+    /// This host's own addresses (every local interface, and `bind_ip`), never a destination
+    /// outside a test network.
+    pub own: Vec<IpAddr>,
 }
 
 impl ExitRules {
     /// May this relay connect to `ip:port`? Outside a test network, a private destination is
     /// refused whatever the policy says.
     pub fn allows(&self, ip: IpAddr, port: u16) -> bool {
-        (self.testnet || !is_private(ip)) && self.policy.allows(ip, port)
+        self.may_reveal(ip) && self.policy.allows(ip, port)
+    }
+
+    /// Outside a test network: false for private addresses and this host's own.
+    fn may_reveal(&self, ip: IpAddr) -> bool {
+        self.testnet || !(is_private(ip) || self.own.iter().any(|o| same_host(*o, ip)))
+    }
+
+    /// This host's addresses: `bind_ip` and every local interface's (none if they cannot be
+    /// listed; the private ones are refused anyway).
+    pub fn own_addresses(bind_ip: IpAddr) -> Vec<IpAddr> {
+        let mut v = vec![bind_ip];
+        match if_addrs::get_if_addrs() {
+            Ok(ifs) => v.extend(ifs.into_iter().map(|i| i.ip())),
+            Err(e) => tracing::warn!("cannot list this host's interface addresses ({e}); refusing only the configured one as a destination"),
+        }
+        v.sort();
+        v.dedup();
+        v
     }
 
     /// Resolves a BEGIN's host. `localhost` and IP literals never reach a resolver.
     pub async fn resolve(&self, host: &str, port: u16) -> Result<Vec<IpAddr>, EndReason> {
         let h = host.trim_start_matches('[').trim_end_matches(']');
+        if OnionAddress::is_reserved_name(h) {
+            // An honest client never sends one (it handles onion names itself).
+            tracing::info!("refused to resolve an onion name (a client asked the exit for one)");
+            return Err(EndReason::ResolveFailed);
+        }
         if let Ok(ip) = h.parse::<IpAddr>() {
             return Ok(vec![ip]);
         }
@@ -60,7 +89,7 @@ impl ExitRules {
     pub async fn resolve_for_client(&self, host: &str) -> Result<Vec<IpAddr>, EndReason> {
         let mut out: Vec<IpAddr> = Vec::new();
         for ip in self.resolve(host, 0).await? {
-            if (self.testnet || !is_private(ip)) && !out.contains(&ip) && out.len() < MAX_RESOLVED_ADDRS {
+            if self.may_reveal(ip) && !out.contains(&ip) && out.len() < MAX_RESOLVED_ADDRS {
                 out.push(ip);
             }
         }
@@ -89,7 +118,7 @@ mod tests {
     use super::*;
 
     fn rules(policy: ExitPolicy, testnet: bool) -> ExitRules {
-        ExitRules { policy, resolver: Resolver::None, testnet, bind_ip: IpAddr::from([127, 0, 0, 1]) }
+        ExitRules { policy, resolver: Resolver::None, testnet, bind_ip: IpAddr::from([127, 0, 0, 1]), own: vec!["203.0.113.7".parse().unwrap(), "2001:db8::7".parse().unwrap()] }
     }
 
     #[tokio::test]
@@ -128,5 +157,34 @@ mod tests {
         let open = ExitPolicy::parse_rules(&["accept *:*"]).unwrap();
         assert!(!rules(open.clone(), false).allows("127.0.0.1".parse().unwrap(), 80));
         assert!(rules(open, true).allows("127.0.0.1".parse().unwrap(), 80));
+    }
+
+    /// THREATS A22: outside a test network an exit refuses its own addresses (in any form) and
+    /// never resolves onion names, whatever its policy says.
+    #[tokio::test]
+    async fn a22_exit_refuses_its_own_addresses_and_onion_names() {
+        let open = ExitPolicy::parse_rules(&["accept *:*"]).unwrap();
+        let real = rules(open.clone(), false);
+        for own in ["203.0.113.7", "2001:db8::7", "::ffff:203.0.113.7", "2002:cb00:7107::1"] {
+            assert!(!real.allows(own.parse().unwrap(), 80), "{own}");
+            assert_eq!(real.open(own, 80).await.unwrap_err(), EndReason::ExitPolicy, "{own}");
+            assert_eq!(real.resolve_for_client(own).await.unwrap_err(), EndReason::ResolveFailed, "{own}");
+        }
+        assert!(real.allows("203.0.113.8".parse().unwrap(), 80), "a neighbour is not this host");
+        for name in ["x.allium", "X.ALLIUM.", "www.x.onion", "x.onion."] {
+            assert_eq!(real.open(name, 80).await.unwrap_err(), EndReason::ResolveFailed, "{name}");
+            assert_eq!(real.resolve_for_client(name).await.unwrap_err(), EndReason::ResolveFailed, "{name}");
+        }
+        // A test network reaches its own addresses (its nodes live there) but no onion name.
+        let test = rules(open, true);
+        assert!(test.allows("203.0.113.7".parse().unwrap(), 80));
+        assert_eq!(test.resolve_for_client("x.allium.").await.unwrap_err(), EndReason::ResolveFailed);
+    }
+
+    #[test]
+    fn own_addresses_include_the_configured_one_and_loopback() {
+        let own = ExitRules::own_addresses("203.0.113.7".parse().unwrap());
+        assert!(own.contains(&"203.0.113.7".parse().unwrap()));
+        assert!(own.contains(&"127.0.0.1".parse().unwrap()), "the loopback interface is listed: {own:?}");
     }
 }

@@ -109,7 +109,13 @@ impl InertRelay {
             id: keys.relay_id(),
             dir: Arc::new(dir_cache::DirCache::with_identity(saved, keys.relay_id())),
             pool: ChannelPool::new(cfg.node.address, Some(creds)),
-            exit: exit::ExitRules { policy, resolver: cfg.exit.resolver, testnet: cfg.network.dangerous_testnet, bind_ip: cfg.node.address },
+            exit: exit::ExitRules {
+                policy,
+                resolver: cfg.exit.resolver,
+                testnet: cfg.network.dangerous_testnet,
+                bind_ip: cfg.node.address,
+                own: exit::ExitRules::own_addresses(cfg.node.address),
+            },
             testnet: cfg.network.dangerous_testnet,
             hs: Default::default(),
             #[cfg(feature = "test-hooks")]

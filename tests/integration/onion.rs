@@ -163,6 +163,33 @@ fn mistyped_onion_address_fails_at_once() {
     assert!(String::from_utf8_lossy(&page).contains("Allium onion service"));
 }
 
+/// THREATS A21: an onion name never reaches an exit, however it is spelled. Fully-qualified,
+/// upper-case and subdomain spellings of the service's address reach the service; invalid names
+/// whose last label is `allium`, and Tor's `.onion` names, fail in the client with 0xF6. The
+/// exits (which refuse such names, and log each refusal) never see one.
+#[test]
+fn a21_onion_names_never_reach_an_exit_however_spelled() {
+    let net = Testnet::start(&[]);
+    let host = net.wait_env("ONION_HOST", ONION_DEADLINE).expect("ONION_HOST");
+    let label = &host[..host.len() - ".allium".len()];
+    for spelled in [format!("{host}."), host.to_uppercase(), format!("www.{}.", label.to_uppercase()) + "ALLIUM.", format!("{label}.AlLiUm")] {
+        let page = get(&net, &spelled, "/");
+        assert!(String::from_utf8_lossy(&page).contains("Allium onion service"), "{spelled}");
+    }
+    let typo = format!("{}{}{}", &host[..5], if host.as_bytes()[5] == b'x' { 'y' } else { 'x' }, &host[6..]);
+    for bad in [format!("{typo}."), "allium".to_string(), "nothing.allium.".to_string(), "example.onion".into(), "EXAMPLE.ONION.".into()] {
+        let t = Instant::now();
+        match http_get_via_socks(net.socks, &bad, 80, "/") {
+            Err(GetError::Connect(code)) => assert_eq!(code, 0xF6, "{bad}: refused in the client as an invalid onion address"),
+            other => panic!("{bad}: got {other:?}"),
+        }
+        assert!(t.elapsed() < Duration::from_secs(10), "{bad}: answered without a timeout");
+    }
+    let exit_logs: String = net.with_role("exit").map(|n| net.node_log(&n.name)).collect();
+    assert!(!exit_logs.is_empty(), "the exits' logs were read");
+    assert_eq!(exit_logs.matches("refused to resolve an onion name").count(), 0, "an onion name reached an exit");
+}
+
 /// A service node that restarts keeps its address (its key is in its data directory) and is
 /// reachable again: the client's old rendezvous circuit died with it, the old introduction
 /// points are gone, and the client finds the new ones in the republished descriptor.

@@ -36,6 +36,11 @@ pub enum AddressError {
     BadKey,
 }
 
+/// The last label of a DNS name, ignoring trailing dots (`a.b.` → `b`).
+fn last_label(host: &str) -> &str {
+    host.trim_end_matches('.').rsplit('.').next().unwrap_or("")
+}
+
 /// A parsed onion address: the service's identity key, checked as a usable point.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub struct OnionAddress {
@@ -82,11 +87,17 @@ impl OnionAddress {
         &self.identity
     }
 
-    /// True if `host` ends in `.allium` (any case): such a name must never reach an exit.
+    /// True if the last label of `host` is `allium`, however spelled: any case, with or
+    /// without trailing dots (`<addr>.allium.`), with subdomains, or `allium` alone. Such a
+    /// name is this client's business: it never reaches an exit.
     pub fn is_onion_host(host: &str) -> bool {
-        // Bytes, not str slicing: the suffix is ASCII, so a match ends on a char boundary.
-        let b = host.as_bytes();
-        b.len() >= SUFFIX.len() && b[b.len() - SUFFIX.len()..].eq_ignore_ascii_case(SUFFIX.as_bytes())
+        last_label(host).eq_ignore_ascii_case(&SUFFIX[1..])
+    }
+
+    /// True for names no exit may be asked to resolve or connect to: onion names of this
+    /// network ([`Self::is_onion_host`]) and Tor's (last label `onion`, any spelling).
+    pub fn is_reserved_name(host: &str) -> bool {
+        Self::is_onion_host(host) || last_label(host).eq_ignore_ascii_case("onion")
     }
 
     /// Parses `host` (case-insensitive; subdomains before the 56 characters are ignored, as
@@ -95,7 +106,9 @@ impl OnionAddress {
         if !Self::is_onion_host(host) {
             return Err(AddressError::NotOnion);
         }
-        let label = host[..host.len() - SUFFIX.len()].rsplit('.').next().unwrap_or("");
+        // The last label is `allium` (ASCII, any case), so this cut is on a char boundary.
+        let host = host.trim_end_matches('.');
+        let label = host[..host.len().saturating_sub(SUFFIX.len())].rsplit('.').next().unwrap_or("");
         let raw = decode_base32(label).ok_or(AddressError::BadEncoding)?;
         let version = raw[34];
         if version != ADDRESS_VERSION {
@@ -180,6 +193,11 @@ mod tests {
         assert_eq!(OnionAddress::parse(&host).unwrap(), a);
         assert_eq!(OnionAddress::parse(&host.to_uppercase()).unwrap(), a);
         assert_eq!(OnionAddress::parse(&format!("www.{host}")).unwrap(), a);
+        // Fully-qualified and mixed-case spellings name the same service (THREATS A21).
+        for spelled in [format!("{host}."), format!("{host}.."), format!("WWW.{}.", host.to_uppercase()), format!("a.b.{host}.")] {
+            assert!(OnionAddress::is_onion_host(&spelled), "{spelled}");
+            assert_eq!(OnionAddress::parse(&spelled).unwrap(), a, "{spelled}");
+        }
         assert!(!format!("{a:?}").contains(&host[..10]), "Debug never shows the address");
     }
 
@@ -232,6 +250,21 @@ mod tests {
                 assert!(OnionAddress::parse(&mutated).is_err(), "{mutated}");
             }
         }
+    }
+
+    /// Every name whose last label is `allium` or `onion` is reserved, however spelled; others
+    /// are not.
+    #[test]
+    fn reserved_names_are_recognised_however_spelled() {
+        for name in ["x.allium", "X.ALLIUM", "x.allium.", "x.Allium..", "allium", "ALLIUM.", "a.b.allium", "x.onion", "x.ONION.", "onion", "www.x.onion."] {
+            assert!(OnionAddress::is_reserved_name(name), "{name}");
+        }
+        for name in ["allium.example", "example.com", "xallium", "x.allium.com", "onion.example.", "", "."] {
+            assert!(!OnionAddress::is_reserved_name(name), "{name}");
+        }
+        assert!(!OnionAddress::is_onion_host("x.onion"), "Tor's names are reserved but are not ours");
+        assert_eq!(OnionAddress::parse("allium."), Err(AddressError::BadEncoding));
+        assert_eq!(OnionAddress::parse("x.onion."), Err(AddressError::NotOnion));
     }
 
     proptest! {
