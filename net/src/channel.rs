@@ -89,6 +89,8 @@ pub struct Channel {
     shared: Arc<Shared>,
     /// The peer's relay identity, when it proved one.
     pub peer: Option<RelayId>,
+    /// The link key the peer proved it holds, with `peer` (see [`crate::link::Link`]).
+    pub peer_link_key: Option<[u8; 32]>,
     initiator: bool,
 }
 
@@ -104,7 +106,7 @@ impl Channel {
         let (destroys, destroys_rx) = mpsc::channel(DESTROY_QUEUE);
         let (closed, _) = watch::channel(false);
         let shared = Arc::new(Shared { circuits: Mutex::new(CircTable { map: HashMap::new(), next: 1 }), closed });
-        let chan = Channel { out, destroys, shared, peer: link.peer, initiator: link.initiator };
+        let chan = Channel { out, destroys, shared, peer: link.peer, peer_link_key: link.peer_link_key, initiator: link.initiator };
         let (rd, wr) = link.stream.into_split();
         let output = match link_delay() {
             None => Output::Direct(wr),

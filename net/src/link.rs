@@ -64,6 +64,9 @@ pub struct Link {
     pub version: u16,
     /// The peer's relay identity when it proved one (the dialled relay, or a relay initiator).
     pub peer: Option<RelayId>,
+    /// The link key the peer proved it holds (its Noise static key): the dialled key, or a relay
+    /// initiator's certified one. With `peer`, what the link is filed under in a pool.
+    pub peer_link_key: Option<[u8; 32]>,
     pub initiator: bool,
 }
 
@@ -127,7 +130,7 @@ async fn connect_inner(bind_ip: IpAddr, peer: &PeerInfo, creds: Option<&RelayCre
         write_frame(&mut s, &out[..n]).await?;
     }
     let transport = hs.into_stateless_transport_mode().map_err(LinkError::PeerNoise)?;
-    Ok(Link { stream: s, transport: Arc::new(transport), version: welcome.version, peer: Some(peer.identity), initiator: true })
+    Ok(Link { stream: s, transport: Arc::new(transport), version: welcome.version, peer: Some(peer.identity), peer_link_key: Some(peer.link_key), initiator: true })
 }
 
 /// Answers a link handshake on an accepted connection.
@@ -157,6 +160,7 @@ async fn accept_inner(mut s: TcpStream, link_secret: &[u8; 32]) -> Result<Link, 
     let n = hs.write_message(&Welcome { version, ext: Default::default() }.encode(), &mut out).map_err(LinkError::PeerNoise)?;
     write_frame(&mut s, &out[..n]).await?;
     let mut peer = None;
+    let mut peer_link_key = None;
     if kind == LinkKind::Relay {
         read_frame(&mut s, &mut frame).await?;
         let n = hs.read_message(&frame, &mut payload).map_err(LinkError::PeerNoise)?;
@@ -166,7 +170,8 @@ async fn accept_inner(mut s: TcpStream, link_secret: &[u8; 32]) -> Result<Link, 
             return Err(LinkError::PeerBadCert);
         }
         peer = Some(cert.identity);
+        peer_link_key = Some(remote);
     }
     let transport = hs.into_stateless_transport_mode().map_err(LinkError::PeerNoise)?;
-    Ok(Link { stream: s, transport: Arc::new(transport), version, peer, initiator: false })
+    Ok(Link { stream: s, transport: Arc::new(transport), version, peer, peer_link_key, initiator: false })
 }

@@ -1,4 +1,9 @@
-//! Open links by peer identity, so circuits to the same relay share one link.
+//! Open links by peer (identity, link key), so circuits to the same relay share one link.
+//!
+//! A link is filed under the identity and link key its handshake proved (the key the dialled
+//! relay holds; a relay initiator's certified key), and a request for `(identity, link key)`
+//! only ever gets a link filed under both: a link to whoever claimed an identity with another
+//! key is never handed out for the real relay (THREATS A11: no redirected links).
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -11,7 +16,7 @@ use crate::link::{self, LinkError, PeerInfo, RelayCredentials};
 
 /// Links to relays, reused while open.
 pub struct ChannelPool {
-    map: Mutex<HashMap<RelayId, Channel>>,
+    map: Mutex<HashMap<(RelayId, [u8; 32]), Channel>>,
     bind_ip: IpAddr,
     creds: Option<RelayCredentials>,
     handler: Mutex<Option<Arc<dyn CreateHandler>>>,
@@ -31,25 +36,27 @@ impl ChannelPool {
     /// An open link to `peer`, reusing one if it exists. The link is authenticated against
     /// `peer.link_key`; a process without that key fails the handshake.
     pub async fn get(&self, peer: &PeerInfo) -> Result<Channel, LinkError> {
-        if let Some(c) = self.lookup(&peer.identity) {
+        if let Some(c) = self.lookup(&(peer.identity, peer.link_key)) {
             return Ok(c);
         }
         let link = link::connect(self.bind_ip, peer, self.creds.as_ref()).await?;
         let handler = self.handler.lock().expect("pool lock").clone();
         let chan = Channel::spawn(link, handler);
-        self.insert(peer.identity, chan.clone());
+        self.insert(chan.clone());
         Ok(chan)
     }
 
-    /// Registers a link whose peer proved its relay identity (an inbound relay link).
-    pub fn insert(&self, id: RelayId, chan: Channel) {
+    /// Files a link under the identity and link key its peer proved (an inbound relay link);
+    /// a link whose peer proved neither is not filed.
+    pub fn insert(&self, chan: Channel) {
+        let (Some(id), Some(key)) = (chan.peer, chan.peer_link_key) else { return };
         let mut m = self.map.lock().expect("pool lock");
         m.retain(|_, c| !c.is_closed());
-        m.insert(id, chan);
+        m.insert((id, key), chan);
     }
 
-    fn lookup(&self, id: &RelayId) -> Option<Channel> {
+    fn lookup(&self, key: &(RelayId, [u8; 32])) -> Option<Channel> {
         let m = self.map.lock().expect("pool lock");
-        m.get(id).filter(|c| !c.is_closed()).cloned()
+        m.get(key).filter(|c| !c.is_closed()).cloned()
     }
 }

@@ -419,6 +419,21 @@ impl RelayCircuit {
         if !self.ctx.testnet && (is_private(target.addr.ip()) || target.addr.port() == 0) {
             return Err(Close(DestroyReason::ConnectFailed, Side::Local));
         }
+        // Only where the consensus says (THREATS A11): the listed address and link key, or
+        // nothing. A test network's relay that holds no consensus at all (in-process test
+        // relays) takes the EXTEND as it is (docs/PROTOCOL.md, "Test networks").
+        match self.ctx.dir.listed_relay(&id) {
+            Some((addr, key)) if addr == target.addr && key == target.link_key => {}
+            Some(_) => {
+                tracing::debug!("EXTEND refused: its address or link key is not the consensus's for that relay");
+                return Err(Close(DestroyReason::OrIdentity, Side::Local));
+            }
+            None if self.ctx.testnet && !self.ctx.dir.has_consensus() => {}
+            None => {
+                tracing::debug!("EXTEND refused: the relay is not in the consensus");
+                return Err(Close(DestroyReason::OrIdentity, Side::Local));
+            }
+        }
         let peer = PeerInfo { addr: target.addr, identity: id, link_key: target.link_key };
         let ctx = self.ctx.clone();
         let task = tokio::spawn(async move { ctx.pool.get(&peer).await });

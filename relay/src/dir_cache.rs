@@ -44,11 +44,13 @@ pub struct DirCache {
     own_id: Option<RelayId>,
     /// The descriptors held as an HSDir.
     pub hsdir: HsDir,
+    /// The consensus kept before the current one (EXTEND targets may come from either).
+    previous: Mutex<Option<Arc<NetDir>>>,
 }
 
 impl DirCache {
     pub fn new(cache: ConsensusCache) -> Self {
-        DirCache { inner: Mutex::new(cache), compressed: Mutex::new(None), own_id: None, hsdir: HsDir::default() }
+        DirCache { inner: Mutex::new(cache), compressed: Mutex::new(None), own_id: None, hsdir: HsDir::default(), previous: Mutex::new(None) }
     }
 
     /// The cache of the relay `id` (which serves descriptors while flagged HSDir).
@@ -78,7 +80,24 @@ impl DirCache {
 
     /// Keeps a freshly fetched, verified consensus (unless older than the kept one).
     pub fn store(&self, nd: NetDir) -> Arc<NetDir> {
-        self.inner.lock().unwrap_or_else(|e| e.into_inner()).store(nd)
+        let old = self.current();
+        let new = self.inner.lock().unwrap_or_else(|e| e.into_inner()).store(nd);
+        if let Some(old) = old.filter(|o| o.consensus().digest() != new.consensus().digest()) {
+            *self.previous.lock().unwrap_or_else(|e| e.into_inner()) = Some(old);
+        }
+        new
+    }
+
+    /// Where the current (else the previous) consensus says relay `id` listens and which link
+    /// key its microdescriptor certifies; `None` if neither lists it with a microdescriptor.
+    pub fn listed_relay(&self, id: &RelayId) -> Option<(std::net::SocketAddr, [u8; 32])> {
+        let previous = self.previous.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        [self.current(), previous].into_iter().flatten().find_map(|nd| nd.by_id(id).map(|r| (r.address, r.link_key)))
+    }
+
+    /// Whether this relay holds any consensus at all.
+    pub fn has_consensus(&self) -> bool {
+        self.current().is_some()
     }
 
     /// The kept consensus, live or not (its microdescriptors are reused for the next one).

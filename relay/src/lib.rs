@@ -181,11 +181,8 @@ async fn accept_loop(listener: TcpListener, ctx: Arc<RelayCtx>, handler: Arc<dyn
         let handler = handler.clone();
         async move {
             let l = link::accept(sock, &ctx.keys.link.to_bytes()).await?;
-            let peer = l.peer;
             let chan = Channel::spawn(l, Some(handler));
-            if let Some(id) = peer {
-                ctx.pool.insert(id, chan);
-            }
+            ctx.pool.insert(chan);
             Ok::<(), link::LinkError>(())
         }
     })

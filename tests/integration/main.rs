@@ -6,6 +6,7 @@
 //! - [`quorum_loss`]: two of three authorities down: the last consensus for the grace only (A34).
 //! - [`flow_params`]: the consensus's flow-control windows are used by both ends of circuits.
 //! - [`e2e`]: whole networks started with `allium testnet`, carrying real traffic.
+//! - [`extend_target`]: relays extend only to the consensus's address and link key (A11).
 //! - [`tamper`]: relays that alter cells get circuits destroyed (THREATS A14).
 //! - [`hop_budget`]: relays refuse to extend a circuit beyond its hop budget (THREATS A16).
 //! - [`socks_front`]: SOCKS4/4a, SOCKS5 (IPv6, RESOLVE) and HTTP CONNECT front ends of the client.
@@ -29,6 +30,7 @@ mod blackhole;
 mod configs;
 mod dir_fetch;
 mod e2e;
+mod extend_target;
 mod flow_params;
 mod exit_retry;
 mod hop_budget;
