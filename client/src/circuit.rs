@@ -348,7 +348,7 @@ impl Circuit {
                 let cell = self.rx.recv().await.ok_or(CircError::Closed)?;
                 match self.receive(cell)? {
                     Some((h, _, RelayMsg::Extended { hdata, .. })) if h == last => break hdata,
-                    Some((_, _, RelayMsg::Drop)) | None => continue,
+                    None => continue,
                     Some(_) => return Err(CircError::Protocol("unexpected message while extending".into())),
                 }
             };
@@ -412,7 +412,25 @@ impl Circuit {
         // A serving end parses what the far end of the join sends as a relay would.
         let dir = if self.serves_hop(hop) { Direction::Outbound } else { Direction::Inbound };
         let msg = RelayMsg::decode(h.cmd, &b, dir).map_err(|e| CircError::Protocol(e.to_string()))?;
+        self.check_sender(hop, &msg)?;
         Ok(Some((hop, h.stream_id, msg)))
+    }
+
+    /// Control messages only from the hop that may send them (THREATS A17): no hop negotiated
+    /// padding, so DROP from any hop closes the circuit (it could only be a signal, e.g. from a
+    /// hostile exit to a colluding guard); onion-service messages come from the last relay hop
+    /// only (a middle hop must not forge an INTRODUCE_ACK or RENDEZVOUS_ESTABLISHED).
+    fn check_sender(&self, hop: usize, msg: &RelayMsg) -> Result<(), CircError> {
+        let last_relay = self.crypto.n_hops() - 1 - usize::from(self.virtual_hop);
+        match msg {
+            RelayMsg::Drop => Err(CircError::Protocol("DROP from a hop that negotiated no padding".into())),
+            RelayMsg::IntroEstablished { .. } | RelayMsg::Introduce2(_) | RelayMsg::IntroduceAck { .. } | RelayMsg::RendezvousEstablished { .. } | RelayMsg::Rendezvous2 { .. }
+                if hop != last_relay =>
+            {
+                Err(CircError::Protocol("onion-service message from a hop other than the last relay".into()))
+            }
+            _ => Ok(()),
+        }
     }
 
     async fn send_all(&mut self, msgs: Vec<(u16, RelayMsg)>) -> Result<(), CircError> {
@@ -551,7 +569,6 @@ impl Circuit {
     ) -> Result<(), CircError> {
         let last = self.crypto.n_hops() - 1;
         match msg {
-            RelayMsg::Drop => Ok(()),
             RelayMsg::Begin { host, port, .. } => {
                 if sid == 0 {
                     return Err(CircError::Protocol("BEGIN on stream 0".into()));
@@ -676,9 +693,6 @@ impl Circuit {
     }
 
     async fn on_msg(&mut self, from_last: bool, sid: u16, msg: RelayMsg, mux: &mut StreamMux, pending: &mut PendingStreams) -> Result<(), CircError> {
-        if matches!(msg, RelayMsg::Drop) {
-            return Ok(());
-        }
         if !from_last {
             return Err(CircError::Protocol("stream message from a middle hop".into()));
         }

@@ -69,7 +69,12 @@ pub(crate) struct RelayCircuit {
     pub started: Instant,
     /// Relay cells forwarded toward the exit (for a test hook).
     pub forwarded_out: u64,
+    /// Relay cells forwarded toward the client (for a test hook).
+    pub forwarded_in: u64,
 }
+
+/// Cells forwarded toward the client before the `inject_from_middle` test hook acts.
+pub const INJECT_AFTER: u64 = 200;
 
 /// What this circuit is to the onion-service tables (docs/PROTOCOL.md, "Onion services").
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -475,7 +480,8 @@ impl RelayCircuit {
                 self.hook_corrupt(&mut cell.payload, forwarded);
                 self.crypto.forward_inbound(&mut cell.payload).map_err(|_| Close(DestroyReason::ResourceLimit, Side::Local))?;
                 cell.circ_id = self.prev_id;
-                self.prev.send(cell).await.map_err(|_| Close(DestroyReason::ChannelClosed, Side::Local))
+                self.prev.send(cell).await.map_err(|_| Close(DestroyReason::ChannelClosed, Side::Local))?;
+                self.hook_inject().await
             }
             _ => Err(Close(DestroyReason::Protocol, Side::Local)),
         }
@@ -509,6 +515,20 @@ impl RelayCircuit {
     async fn send_all(&mut self, msgs: Vec<(u16, RelayMsg)>) -> Result<(), Close> {
         for (id, m) in msgs {
             self.send_back(id, &m).await?;
+        }
+        Ok(())
+    }
+
+    /// Test-only fault: once `INJECT_AFTER` cells went toward the client, send it a message of
+    /// this hop's own (which only the last hop may send).
+    async fn hook_inject(&mut self) -> Result<(), Close> {
+        self.forwarded_in += 1;
+        #[cfg(feature = "test-hooks")]
+        if self.forwarded_in == INJECT_AFTER {
+            if let Some(m) = self.ctx.inject_from_middle.clone() {
+                tracing::info!("test hook: sending the client a message from a middle hop");
+                return self.send_back(0, &m).await;
+            }
         }
         Ok(())
     }

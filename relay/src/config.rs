@@ -67,6 +67,13 @@ pub struct RelaySection {
     #[cfg(feature = "test-hooks")]
     #[serde(default)]
     pub dangerous_test_stop_forwarding_after: Option<u64>,
+    /// Test-only fault hook (THREATS A17): on each circuit this relay extended (so not as the
+    /// last hop), once it has forwarded [`crate::circuit::INJECT_AFTER`] cells toward the client,
+    /// it sends the client a message of its own: `"drop"` (DROP) or `"introduce_ack"`
+    /// (INTRODUCE_ACK). Same rules as `dangerous_test_corrupt_after`.
+    #[cfg(feature = "test-hooks")]
+    #[serde(default)]
+    pub dangerous_test_inject_from_middle: Option<String>,
 }
 
 fn default_bandwidth() -> u64 {
@@ -127,6 +134,7 @@ impl RelayConfig {
         for (key, set) in [
             ("relay.dangerous_test_corrupt_after", self.relay.dangerous_test_corrupt_after.is_some()),
             ("relay.dangerous_test_stop_forwarding_after", self.relay.dangerous_test_stop_forwarding_after.is_some()),
+            ("relay.dangerous_test_inject_from_middle", self.relay.dangerous_test_inject_from_middle.is_some()),
         ] {
             if set && !self.network.dangerous_testnet {
                 return Err(ConfigError::invalid(key, "needs network.dangerous_testnet = true"));

@@ -81,6 +81,9 @@ pub struct RelayCtx {
     /// Test hook: stop forwarding relay cells on a circuit after this many toward the exit.
     #[cfg(feature = "test-hooks")]
     pub stop_forwarding_after: Option<u64>,
+    /// Test hook: the message a relay with a next hop injects toward the client once.
+    #[cfg(feature = "test-hooks")]
+    pub inject_from_middle: Option<allium_proto::relay_msg::RelayMsg>,
 }
 
 /// A relay with its config and keys, not yet running.
@@ -126,6 +129,13 @@ impl InertRelay {
             duplicate_introduce2: cfg.relay.dangerous_test_duplicate_introduce2,
             #[cfg(feature = "test-hooks")]
             stop_forwarding_after: cfg.relay.dangerous_test_stop_forwarding_after,
+            #[cfg(feature = "test-hooks")]
+            inject_from_middle: match cfg.relay.dangerous_test_inject_from_middle.as_deref() {
+                None => None,
+                Some("drop") => Some(allium_proto::relay_msg::RelayMsg::Drop),
+                Some("introduce_ack") => Some(allium_proto::relay_msg::RelayMsg::IntroduceAck { status: 1, ext: Default::default() }),
+                Some(other) => return Err(format!("relay.dangerous_test_inject_from_middle: unknown kind {other:?} (drop or introduce_ack)").into()),
+            },
             keys,
             onion: RwLock::new(onion),
             republish: tokio::sync::Notify::new(),
@@ -223,7 +233,7 @@ impl CreateHandler for Creates {
                 }
             };
             let (crypto, hop_keys, hop_budget, flow) = keys;
-            circuit::RelayCircuit { ctx, prev: chan, prev_id: id, prev_rx: rx, crypto, hop_keys, hop_budget, flow, started, forwarded_out: 0 }.run().await;
+            circuit::RelayCircuit { ctx, prev: chan, prev_id: id, prev_rx: rx, crypto, hop_keys, hop_budget, flow, started, forwarded_out: 0, forwarded_in: 0 }.run().await;
         });
     }
 }

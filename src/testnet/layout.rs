@@ -203,6 +203,9 @@ pub struct Faults {
     /// Every relay forwards N relay cells toward the exit on each circuit, then drops every
     /// later relay cell (a relay that stops forwarding).
     pub stop_forwarding_after: Option<u64>,
+    /// Every non-exit relay, as a middle or guard, sends the client this message (`drop` or
+    /// `introduce_ack`) once per circuit after forwarding 200 cells toward it.
+    pub inject_from_middle: Option<&'static str>,
     /// Not a fault but a condition: every node delays its links' outbound data this many ms.
     pub link_delay_ms: u64,
 }
@@ -234,6 +237,9 @@ impl Faults {
         }
         if let Some(n) = self.stop_forwarding_after {
             let _ = writeln!(s, "dangerous_test_stop_forwarding_after = {n}");
+        }
+        if let Some(kind) = self.inject_from_middle.filter(|_| node.role == Role::Relay) {
+            let _ = writeln!(s, "dangerous_test_inject_from_middle = \"{kind}\"");
         }
         if self.blackholes(node) {
             let _ = writeln!(s, "dangerous_test_blackhole = true");

@@ -102,6 +102,11 @@ pub struct TestnetArgs {
     /// `test-hooks` feature.
     #[arg(long, hide = true, value_name = "N")]
     pub dangerous_test_stop_forwarding_after: Option<u64>,
+    /// Test-only fault (THREATS A17): every non-exit relay sends the client a message of its
+    /// own from a middle position (`drop` or `introduce_ack`) once per circuit, after forwarding
+    /// 200 cells toward it. Needs the relay's `test-hooks` feature.
+    #[arg(long, hide = true, value_name = "KIND", value_parser = ["drop", "introduce_ack"])]
+    pub dangerous_test_inject_from_middle: Option<String>,
     /// Test-only fault (THREATS A32): the first K non-exit relays complete link handshakes but
     /// never answer a CREATE or any cell; the client then starts from a short build timeout
     /// (`client.dangerous_initial_build_timeout_ms`). Needs the relay's `test-hooks` feature.
@@ -152,6 +157,7 @@ pub fn run(args: TestnetArgs) -> ExitCode {
         ("--dangerous-test-duplicate-introduce2", args.dangerous_test_duplicate_introduce2),
         ("--dangerous-test-mutating-hsdirs", args.dangerous_test_mutating_hsdirs > 0),
         ("--dangerous-test-stop-forwarding-after", args.dangerous_test_stop_forwarding_after.is_some()),
+        ("--dangerous-test-inject-from-middle", args.dangerous_test_inject_from_middle.is_some()),
     ];
     if let Some((flag, _)) = hooks.iter().find(|(_, set)| *set && !allium_relay::TEST_HOOKS) {
         eprintln!("allium testnet: {flag} needs a build with the relay's test-hooks feature");
@@ -172,6 +178,11 @@ pub fn run(args: TestnetArgs) -> ExitCode {
         mutating_hsdirs: args.dangerous_test_mutating_hsdirs,
         link_delay_ms: args.link_delay_ms,
         stop_forwarding_after: args.dangerous_test_stop_forwarding_after,
+        inject_from_middle: match args.dangerous_test_inject_from_middle.as_deref() {
+            Some("drop") => Some("drop"),
+            Some(_) => Some("introduce_ack"),
+            None => None,
+        },
     };
     // Current-thread runtime on the main thread: nodes are spawned from this thread, which lives
     // as long as the process, so their parent-death signal fires only when we are gone.

@@ -7,6 +7,8 @@
 //! - [`flow_params`]: the consensus's flow-control windows are used by both ends of circuits.
 //! - [`e2e`]: whole networks started with `allium testnet`, carrying real traffic.
 //! - [`extend_target`]: relays extend only to the consensus's address and link key (A11).
+//! - [`control_cells`]: DROP or an onion-service acknowledgement from a middle hop closes the
+//!   client's circuit (A17).
 //! - [`tamper`]: relays that alter cells get circuits destroyed (THREATS A14).
 //! - [`hop_budget`]: relays refuse to extend a circuit beyond its hop budget (THREATS A16).
 //! - [`socks_front`]: SOCKS4/4a, SOCKS5 (IPv6, RESOLVE) and HTTP CONNECT front ends of the client.
@@ -28,6 +30,7 @@
 
 mod blackhole;
 mod configs;
+mod control_cells;
 mod dir_fetch;
 mod e2e;
 mod extend_target;
