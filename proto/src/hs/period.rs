@@ -5,9 +5,10 @@
 //! before the period starts, since services publish for the next period ahead of time. Rule:
 //!
 //! - The *ring value* of period `n` is the `shared-rand-current` of the consensus whose
-//!   `valid-after` is `(n − 1)·L` (the start of the period before), or, when that consensus
-//!   had none (or for `n = 0`), the fallback `SHA-256("allium-hs-srv-fallback-v1" | BE64(n) |
-//!   BE64(L))`.
+//!   `valid-after` is `(n − 1)·L` (the start of the period before); when that consensus had
+//!   none, a value derived from the previous agreed ones ([`chained_srv`]); when no consensus
+//!   carries one (`n = 0`, a network started late), the fallback
+//!   `SHA-256("allium-hs-srv-fallback-v1" | BE64(n) | BE64(L))`.
 //! - Every consensus carries the ring values of its own period `p = ⌊valid-after / L⌋` and of
 //!   `p + 1` as header lines `hs-period-srv <n> <L> <b64>`, so a node needs only the consensus it
 //!   holds. A node that finds no line for the period it wants uses the fallback.
@@ -32,6 +33,9 @@ use crate::doc::{DocError, MAX_VOTE_LEN, MAX_VOTE_LINES};
 pub const KEYWORD: &str = "hs-period-srv";
 /// Domain-separation prefix of the fallback ring value.
 pub const FALLBACK_PREFIX: &[u8] = b"allium-hs-srv-fallback-v1";
+/// Domain-separation prefix of the ring value an anchor without a shared random value derives
+/// from the previous agreed values.
+pub const CHAINED_PREFIX: &[u8] = b"allium-hs-srv-chained-v1";
 /// Default time-period length (seconds).
 pub const DEFAULT_PERIOD_SECS: u64 = 86_400;
 /// Most `hs-period-srv` lines in one header.
@@ -102,6 +106,20 @@ pub fn fallback_srv(p: TimePeriod) -> [u8; 32] {
     h.finalize().into()
 }
 
+/// The ring value of `q` when its anchor consensus has no `shared-rand-current` (e.g. every
+/// authority withheld its reveal): derived from the previous agreed values, so it cannot be
+/// computed before the anchor: the anchor's `shared-rand-previous` (32 zero bytes if none) and
+/// the ring value of the period before `q`.
+pub fn chained_srv(q: TimePeriod, shared_rand_previous: Option<&[u8; 32]>, ring_before: &[u8; 32]) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(CHAINED_PREFIX);
+    h.update(shared_rand_previous.copied().unwrap_or([0; 32]));
+    h.update(ring_before);
+    h.update(q.number.to_be_bytes());
+    h.update(q.length_secs.to_be_bytes());
+    h.finalize().into()
+}
+
 /// The ring value a node uses for `p`, from the lines its consensus carries.
 pub fn ring_srv(p: TimePeriod, carried: &[PeriodSrv]) -> [u8; 32] {
     carried.iter().find(|c| c.period() == p).map_or_else(|| fallback_srv(p), |c| c.value)
@@ -159,7 +177,8 @@ pub(crate) fn write_lines(out: &mut String, carried: &[PeriodSrv]) {
 /// (periods of `period_secs`, `n_authorities` configured):
 ///
 /// - for `p + 1` when this consensus is its anchor (`valid_after = p·L`): this consensus's own
-///   `shared-rand-current` (`current`), or the fallback;
+///   `shared-rand-current` (`current`), or without one [`chained_srv`] of its
+///   `shared-rand-previous` (`previous`) and the value computed here for `p`;
 /// - otherwise, for `p` and `p + 1`: the value that a majority (more than half of the
 ///   configured authorities) of voters state for that period in their votes (each voter states
 ///   the lines of the consensus it holds for the previous interval; `voted` holds one list per
@@ -170,14 +189,13 @@ pub fn consensus_ring_values(
     valid_after: u64,
     period_secs: u64,
     current: Option<&[u8; 32]>,
+    previous: Option<&[u8; 32]>,
     voted: &[Vec<PeriodSrv>],
     n_authorities: usize,
 ) -> [PeriodSrv; 2] {
     let p = current_period(valid_after, period_secs);
-    let pick = |q: TimePeriod| -> [u8; 32] {
-        if anchor_time(q) == Some(valid_after) {
-            return current.copied().unwrap_or_else(|| fallback_srv(q));
-        }
+    // The period holding this consensus is never anchored by it (its anchor is a period earlier).
+    let voted_or_fallback = |q: TimePeriod| -> [u8; 32] {
         let mut counts: BTreeMap<[u8; 32], usize> = BTreeMap::new();
         for v in voted {
             // One value per voter and period: the smallest if a vote states several.
@@ -187,8 +205,15 @@ pub fn consensus_ring_values(
         }
         counts.into_iter().find(|(_, c)| c * 2 > n_authorities).map_or_else(|| fallback_srv(q), |(x, _)| x)
     };
-    let line = |q: TimePeriod| PeriodSrv { number: q.number, length_secs: q.length_secs, value: pick(q) };
-    [line(p), line(p.next())]
+    let this = voted_or_fallback(p);
+    let q = p.next();
+    let next = if anchor_time(q) == Some(valid_after) {
+        current.copied().unwrap_or_else(|| chained_srv(q, previous, &this))
+    } else {
+        voted_or_fallback(q)
+    };
+    let line = |q: TimePeriod, value| PeriodSrv { number: q.number, length_secs: q.length_secs, value };
+    [line(p, this), line(q, next)]
 }
 
 #[cfg(test)]
@@ -237,7 +262,7 @@ mod tests {
         for k in 0..(2 * L / I) {
             let t = start + k * I;
             // Three authorities, all holding the previous consensus.
-            let lines = consensus_ring_values(t, L, srv_of(t).as_ref(), &[prev.clone(), prev.clone(), prev.clone()], 3);
+            let lines = consensus_ring_values(t, L, srv_of(t).as_ref(), None, &[prev.clone(), prev.clone(), prev.clone()], 3);
             for l in &lines {
                 if let Some(v) = seen.get(&l.number) {
                     assert_eq!(*v, l.value, "period {} changed at t={t}", l.number);
@@ -252,10 +277,32 @@ mod tests {
         assert_eq!(seen[&20_001], srv_of(start).unwrap());
         // Period 20_000 had no history at the start of the simulation: fallback.
         assert_eq!(seen[&20_000], fallback_srv(TimePeriod { number: 20_000, length_secs: L }));
-        // An anchor without SRV gives the fallback.
+        // An anchor without SRV derives the next period's value from the previous ones.
         let anchor = 7 * I * L; // a multiple of both 7·I and L
-        let lines = consensus_ring_values(anchor, L, None, &[], 3);
-        assert_eq!(lines[1].value, fallback_srv(TimePeriod { number: anchor / L + 1, length_secs: L }));
+        let q = TimePeriod { number: anchor / L + 1, length_secs: L };
+        let lines = consensus_ring_values(anchor, L, None, None, &[], 3);
+        assert_eq!(lines[1].value, chained_srv(q, None, &lines[0].value));
+    }
+
+    /// THREATS A20: with every authority withholding its reveal (no `shared-rand-current` at
+    /// the anchor), the next period's ring value is not the fallback anyone computes in advance:
+    /// it depends on the previous agreed values, and changes with either of them.
+    #[test]
+    fn a20_ring_value_without_reveals_derives_from_previous_agreed_values() {
+        let anchor = 20_000 * L;
+        let q = TimePeriod { number: 20_001, length_secs: L };
+        let this = |v: u8| vec![PeriodSrv { number: 20_000, length_secs: L, value: [v; 32] }];
+        let agreed = [this(5), this(5), this(5)];
+        let lines = consensus_ring_values(anchor, L, None, Some(&[9; 32]), &agreed, 3);
+        assert_eq!(lines[0].value, [5; 32], "the current period's value is the agreed one");
+        assert_ne!(lines[1].value, fallback_srv(q), "not computable in advance");
+        assert_eq!(lines[1].value, chained_srv(q, Some(&[9; 32]), &[5; 32]));
+        let other_ring = consensus_ring_values(anchor, L, None, Some(&[9; 32]), &[this(6), this(6), this(6)], 3);
+        let other_previous = consensus_ring_values(anchor, L, None, Some(&[8; 32]), &agreed, 3);
+        assert_ne!(lines[1].value, other_ring[1].value, "depends on the previous ring value");
+        assert_ne!(lines[1].value, other_previous[1].value, "depends on shared-rand-previous");
+        // With a shared random value the anchor uses it, as before.
+        assert_eq!(consensus_ring_values(anchor, L, Some(&[1; 32]), Some(&[9; 32]), &agreed, 3)[1].value, [1; 32]);
     }
 
     #[test]
@@ -263,9 +310,9 @@ mod tests {
         let t = 20_000 * L + I;
         let p = current_period(t, L);
         let v = |x: u8| vec![PeriodSrv { number: p.number, length_secs: L, value: [x; 32] }];
-        assert_eq!(consensus_ring_values(t, L, None, &[v(1), v(1), v(2)], 3)[0].value, [1; 32]);
-        assert_eq!(consensus_ring_values(t, L, None, &[v(1), v(2), v(3)], 3)[0].value, fallback_srv(p));
-        assert_eq!(consensus_ring_values(t, L, None, &[v(1), v(1)], 4)[0].value, fallback_srv(p), "2 of 4 is no majority");
+        assert_eq!(consensus_ring_values(t, L, None, None, &[v(1), v(1), v(2)], 3)[0].value, [1; 32]);
+        assert_eq!(consensus_ring_values(t, L, None, None, &[v(1), v(2), v(3)], 3)[0].value, fallback_srv(p));
+        assert_eq!(consensus_ring_values(t, L, None, None, &[v(1), v(1)], 4)[0].value, fallback_srv(p), "2 of 4 is no majority");
     }
 
     #[test]
@@ -292,8 +339,8 @@ mod tests {
         fn reader_never_panics(s in "[ -~\n]{0,300}", n in any::<u64>(), l in any::<u64>()) {
             let _ = read_carried(&s);
             let _ = read_carried(&format!("hs-period-srv {n} {l} {s}\n"));
-            let _ = consensus_ring_values(n, l.max(1), None, &[], 0);
-            let _ = consensus_ring_values(u64::MAX, 1, None, &[], 0);
+            let _ = consensus_ring_values(n, l.max(1), None, None, &[], 0);
+            let _ = consensus_ring_values(u64::MAX, 1, None, None, &[], 0);
             let _ = publish_periods(u64::MAX, 1);
             let _ = anchor_time(TimePeriod { number: n, length_secs: l });
         }
