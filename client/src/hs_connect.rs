@@ -104,15 +104,19 @@ pub fn check_descriptor(text: &str, identity: &[u8; 32], blinded: &[u8; 32], per
     if list.intro_points.is_empty() {
         return Err(OnionError::InvalidDescriptor("descriptor lists no introduction point".into()));
     }
-    Ok(CachedDesc::new(list, period, now, d.lifetime_secs))
+    let mut c = CachedDesc::new(list, period, now, d.lifetime_secs);
+    c.blinded = *blinded;
+    c.revision = d.revision;
+    Ok(c)
 }
 
 /// The descriptor of `identity` from the HSDirs responsible for it in the consensus's period,
 /// tried in random order until one holds a valid one. A client-authorization failure ends the
 /// search at once (every HSDir holds the same descriptor); otherwise the last invalid
 /// descriptor's reason, or [`OnionError::NotFound`] ([`OnionError::Timeout`] if every HSDir
-/// timed out).
-pub async fn fetch_descriptor(circuits: &CircMgr, dir: &NetDir, identity: &[u8; 32], auth: Option<&StaticSecret>) -> Result<CachedDesc, OnionError> {
+/// timed out). A descriptor older than `seen` says (the highest revision seen for its blinded
+/// key) counts as invalid: a hostile HSDir may serve a stale one.
+pub async fn fetch_descriptor(circuits: &CircMgr, dir: &NetDir, identity: &[u8; 32], auth: Option<&StaticSecret>, seen: &StdMutex<DescCache>) -> Result<CachedDesc, OnionError> {
     let period = hs_dir::period_of(dir);
     let blinded = blind_public(identity, period).ok_or_else(|| OnionError::InvalidDescriptor("the address's key cannot be blinded".into()))?;
     let mut hsdirs = hs_dir::responsible_hsdirs(dir, &blinded, period);
@@ -135,7 +139,15 @@ pub async fn fetch_descriptor(circuits: &CircMgr, dir: &NetDir, identity: &[u8; 
             }
             Ok(Ok(Some(text))) => text,
         };
-        match check_descriptor(&text, identity, &blinded, period, auth, unix_now()) {
+        let checked = check_descriptor(&text, identity, &blinded, period, auth, unix_now()).and_then(|d| {
+            let highest = seen.lock().expect("descs").highest_revision(&blinded);
+            if d.revision < highest {
+                Err(OnionError::InvalidDescriptor("older than a descriptor already seen".into()))
+            } else {
+                Ok(d)
+            }
+        });
+        match checked {
             Ok(d) => {
                 tracing::debug!("descriptor from HSDir {}: {} introduction points", hsdir.identity.short(), d.intro_points.len());
                 return Ok(d);
@@ -284,7 +296,7 @@ impl OnionConnector {
             return Err(err.clone());
         }
         let t = Instant::now();
-        match fetch_descriptor(circuits, dir, identity, self.auth.get(identity)).await {
+        match fetch_descriptor(circuits, dir, identity, self.auth.get(identity), &self.descs).await {
             Ok(d) => {
                 tracing::debug!("descriptor fetched in {} ms", ms(t));
                 self.descs.lock().expect("descs").insert(*identity, d.clone());

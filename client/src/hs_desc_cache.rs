@@ -5,6 +5,10 @@
 //! the time period changes, whichever comes first. Introduction points that failed are
 //! remembered with the entry; once every one has failed the entry is dropped, so the next
 //! request fetches the descriptor again (the service may have moved to new points).
+//!
+//! The cache also remembers the highest revision seen for each blinded key (longer than the
+//! entries, up to [`MAX_REVISIONS`] keys), so a hostile HSDir cannot serve an older descriptor
+//! once a newer one was seen (THREATS A5).
 
 use std::collections::HashMap;
 
@@ -20,11 +24,17 @@ pub struct CachedDesc {
     pub expires: u64,
     /// Auth keys of introduction points that failed.
     pub failed: Vec<[u8; 32]>,
+    /// The blinded key and revision of the descriptor (0 when not from a descriptor).
+    pub blinded: [u8; 32],
+    pub revision: u64,
 }
+
+/// Blinded keys whose highest seen revision is remembered.
+pub const MAX_REVISIONS: usize = 4096;
 
 impl CachedDesc {
     pub fn new(list: IntroList, period: TimePeriod, fetched_at: u64, lifetime_secs: u64) -> Self {
-        CachedDesc { intro_points: list.intro_points, period, expires: fetched_at.saturating_add(lifetime_secs), failed: Vec::new() }
+        CachedDesc { intro_points: list.intro_points, period, expires: fetched_at.saturating_add(lifetime_secs), failed: Vec::new(), blinded: [0; 32], revision: 0 }
     }
 
     /// Whether every introduction point has failed.
@@ -37,6 +47,8 @@ impl CachedDesc {
 #[derive(Debug, Default)]
 pub struct DescCache {
     entries: HashMap<[u8; 32], CachedDesc>,
+    /// The highest revision seen for each blinded key.
+    highest: HashMap<[u8; 32], u64>,
 }
 
 impl DescCache {
@@ -50,8 +62,22 @@ impl DescCache {
         self.entries.get(identity)
     }
 
+    /// Keeps `desc` for `identity`, and its revision as the highest seen for its blinded key.
     pub fn insert(&mut self, identity: [u8; 32], desc: CachedDesc) {
+        if self.highest.len() >= MAX_REVISIONS && !self.highest.contains_key(&desc.blinded) {
+            // Forget one other key (most belong to past periods).
+            if let Some(k) = self.highest.keys().next().copied() {
+                self.highest.remove(&k);
+            }
+        }
+        let h = self.highest.entry(desc.blinded).or_insert(0);
+        *h = (*h).max(desc.revision);
         self.entries.insert(identity, desc);
+    }
+
+    /// The highest revision seen for `blinded` (0 if none): an older descriptor is refused.
+    pub fn highest_revision(&self, blinded: &[u8; 32]) -> u64 {
+        self.highest.get(blinded).copied().unwrap_or(0)
     }
 
     /// Records that the introduction point `auth_key` of `identity`'s descriptor failed. True
@@ -130,5 +156,22 @@ mod tests {
         assert!(c.mark_failed(&[1; 32], [3; 32]), "the last one");
         assert!(c.get(&[1; 32], P, 1).is_none());
         assert!(!c.mark_failed(&[1; 32], [3; 32]), "no entry any more");
+    }
+
+    /// The highest revision seen for a blinded key outlives the entry.
+    #[test]
+    fn the_highest_revision_is_remembered() {
+        let mut c = DescCache::default();
+        let mut d = desc(2, P, 0, 10);
+        d.blinded = [7; 32];
+        d.revision = 500;
+        c.insert([1; 32], d.clone());
+        assert_eq!(c.highest_revision(&[7; 32]), 500);
+        assert!(c.get(&[1; 32], P, 20).is_none(), "entry expired");
+        assert_eq!(c.highest_revision(&[7; 32]), 500, "still remembered");
+        d.revision = 400;
+        c.insert([1; 32], d);
+        assert_eq!(c.highest_revision(&[7; 32]), 500, "never goes down");
+        assert_eq!(c.highest_revision(&[8; 32]), 0);
     }
 }

@@ -9,6 +9,7 @@
 pub mod intro;
 pub mod publish;
 pub mod rend;
+pub mod revision;
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -98,7 +99,7 @@ impl HostedService {
             last_publish: None,
             not_before: None,
             starved: false,
-            revision: publish::load_revision(&self.revision_file),
+            revisions: revision::Revisions::load(&self.revision_file),
             publishing: JoinSet::new(),
             builds: Arc::new(Semaphore::new(MAX_RENDEZVOUS_BUILDS)),
         };
@@ -125,7 +126,7 @@ struct Loop<'a> {
     starved: bool,
     /// No round starts before this (after one that stored nothing).
     not_before: Option<Instant>,
-    revision: u64,
+    revisions: revision::Revisions,
     publishing: JoinSet<Published>,
     builds: Arc<Semaphore>,
 }
@@ -295,12 +296,15 @@ impl Loop<'_> {
         }
         self.dirty_since = None;
         self.last_publish = Some(Instant::now());
-        self.revision = publish::next_revision(self.revision, unix_now_ms());
-        publish::save_revision(&self.svc.revision_file, self.revision, &self.svc.name);
+        let now = unix_now_ms() / 1000;
+        let revisions: Vec<_> = allium_proto::hs::period::publish_periods(self.dir.valid_after(), self.dir.hs_period_secs())
+            .into_iter()
+            .map(|p| (p, self.revisions.next(&self.svc.identity, p, now)))
+            .collect();
+        self.revisions.save(&self.svc.name);
         let list = IntroList { intro_points: points, ext: Extensions::none() };
-        let (state, dir, name, identity, clients, revision) =
-            (self.svc.state.clone(), self.dir.clone(), self.svc.name.clone(), self.svc.identity.clone(), self.svc.clients.clone(), self.revision);
-        self.publishing.spawn(async move { publish::publish(&state, &dir, &name, &identity, &list, &clients, revision).await });
+        let (state, dir, name, identity, clients) = (self.svc.state.clone(), self.dir.clone(), self.svc.name.clone(), self.svc.identity.clone(), self.svc.clients.clone());
+        self.publishing.spawn(async move { publish::publish(&state, &dir, &name, &identity, &list, &clients, &revisions).await });
     }
 
     fn on_published(&mut self, p: Published) {

@@ -31,29 +31,10 @@ pub fn placement(identity: &SigningKey, dir: &NetDir) -> Placement {
         .collect()
 }
 
-/// The file in a service's key directory that holds the last revision counter used, so a
-/// restart continues above it even if the clock went back meanwhile.
+/// The file in a service's key directory that holds the last revision counters used
+/// ([`super::revision::Revisions`]), so a restart continues above them even if the clock went
+/// back meanwhile.
 pub const REVISION_FILE: &str = "descriptor_revision";
-
-/// The last revision counter used (0 without a readable file: the clock then decides).
-pub fn load_revision(path: &std::path::Path) -> u64 {
-    std::fs::read_to_string(path).ok().and_then(|t| t.trim().parse().ok()).unwrap_or(0)
-}
-
-/// Keeps `revision` for the next start (a failure is logged: the clock still gives growing
-/// revisions unless it goes back).
-pub fn save_revision(path: &std::path::Path, revision: u64, name: &str) {
-    if let Err(e) = crate::state_file::write_atomic(path, &format!("{revision}\n")) {
-        tracing::warn!("onion service {name}: cannot save the descriptor revision counter: {e}");
-    }
-}
-
-/// The next revision counter: the unix time in milliseconds, or one more than the last one if
-/// that is not larger. So it grows strictly within a run and, as long as the clock does not go
-/// back, across restarts (nothing is stored).
-pub fn next_revision(last: u64, now_ms: u64) -> u64 {
-    now_ms.max(last.saturating_add(1))
-}
 
 /// The outcome of one publishing round.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -63,12 +44,14 @@ pub struct Published {
     pub failed: usize,
 }
 
-/// Builds the descriptors of `list` with `revision` for both publishing periods and uploads
-/// each to its responsible HSDirs, concurrently. Failures are logged (no keys, no addresses).
-pub async fn publish(state: &Arc<ClientState>, dir: &Arc<NetDir>, name: &str, identity: &SigningKey, list: &IntroList, clients: &[PublicKey], revision: u64) -> Published {
+/// Builds the descriptors of `list` for both publishing periods, each with its own revision
+/// counter from `revisions`, and uploads each to its responsible HSDirs, concurrently. Failures
+/// are logged (no keys, no addresses).
+pub async fn publish(state: &Arc<ClientState>, dir: &Arc<NetDir>, name: &str, identity: &SigningKey, list: &IntroList, clients: &[PublicKey], revisions: &[(TimePeriod, u64)]) -> Published {
     let mut uploads = tokio::task::JoinSet::new();
     let mut out = Published::default();
     for (period, hsdirs) in placement(identity, dir) {
+        let Some(&(_, revision)) = revisions.iter().find(|(p, _)| *p == period) else { continue };
         let text = match make_descriptor(identity, period, revision, DESCRIPTOR_LIFETIME_SECS, list, clients, &mut rand::rngs::OsRng) {
             Ok(t) => Arc::new(t),
             Err(e) => {
@@ -94,32 +77,4 @@ pub async fn publish(state: &Arc<ClientState>, dir: &Arc<NetDir>, name: &str, id
         }
     }
     out
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn revision_counter_survives_a_restart() {
-        let dir = std::env::temp_dir().join(format!("allium-revision-{}", std::process::id()));
-        std::fs::create_dir_all(&dir).unwrap();
-        let f = dir.join(REVISION_FILE);
-        assert_eq!(load_revision(&f), 0, "no file yet");
-        save_revision(&f, 1_700_000_000_123, "t");
-        assert_eq!(load_revision(&f), 1_700_000_000_123);
-        // After a restart with the clock an hour behind, the next revision is still higher.
-        assert_eq!(next_revision(load_revision(&f), 1_700_000_000_123 - 3_600_000), 1_700_000_000_124);
-        std::fs::write(&f, "garbage").unwrap();
-        assert_eq!(load_revision(&f), 0, "an unreadable file falls back to the clock");
-        std::fs::remove_dir_all(&dir).unwrap();
-    }
-
-    #[test]
-    fn revisions_grow_strictly() {
-        assert_eq!(next_revision(0, 1_700_000_000_000), 1_700_000_000_000);
-        assert_eq!(next_revision(1_700_000_000_000, 1_700_000_000_000), 1_700_000_000_001, "same millisecond");
-        assert_eq!(next_revision(1_700_000_000_005, 1_699_999_999_000), 1_700_000_000_006, "clock stepped back");
-        assert_eq!(next_revision(u64::MAX, 0), u64::MAX);
-    }
 }
