@@ -255,8 +255,10 @@ impl StreamMux {
 
     /// Streams that made no progress for `limit` although the other end owes them something:
     /// a SENDME (our DATA waits for the stream or circuit window) or more DATA (its last DATA
-    /// cell was full: it was in the middle of sending). A stream that is merely idle — its
-    /// last DATA a partly filled cell, nothing of ours waiting — is never listed.
+    /// cell was full: it was in the middle of sending, and our windows still let it send). A
+    /// stream that is merely idle — its last DATA a partly filled cell, nothing of ours
+    /// waiting — is never listed, nor one whose application stopped reading (then our windows
+    /// hold the other end back).
     pub fn stalled(&self, now: Instant, limit: Duration) -> Vec<u16> {
         // Streams with DATA queued behind a closed circuit window.
         let blocked: HashSet<u16> = if self.circ_send.available() == 0 {
@@ -264,13 +266,14 @@ impl StreamMux {
         } else {
             HashSet::new()
         };
+        let circuit_open = self.circ_recv.remaining() > 0;
         let mut out: Vec<u16> = self
             .streams
             .iter()
             .filter(|(id, s)| {
                 let waits_window = s.send.available() == 0 || blocked.contains(id);
                 let since = if waits_window { s.last_progress.max(self.last_circ_sendme) } else { s.last_progress };
-                (waits_window || s.last_data_full) && now.saturating_duration_since(since) >= limit
+                (waits_window || (s.last_data_full && circuit_open && s.recv.remaining() > 0)) && now.saturating_duration_since(since) >= limit
             })
             .map(|(id, _)| *id)
             .collect();
@@ -526,6 +529,20 @@ mod tests {
         mux.handle_msg(1, RelayMsg::Data(vec![1; 3])).unwrap();
         mux.handle_msg(3, RelayMsg::Sendme).unwrap();
         assert!(mux.stalled(later(21), limit).is_empty());
+    }
+
+    /// An application that stops reading is not a stall: once the other end has used our
+    /// window, it is our window that holds it back, and nothing is owed.
+    #[tokio::test]
+    async fn a_stream_whose_application_stopped_reading_is_not_stalled() {
+        let limit = Duration::from_secs(20);
+        let mut mux = StreamMux::default();
+        mux.open(1).unwrap();
+        for _ in 0..STREAM_WINDOW {
+            mux.handle_msg(1, RelayMsg::Data(vec![1; MAX_BODY_PER_CELL])).unwrap();
+        }
+        // Nothing consumed: no SENDME went back, the window is used up.
+        assert!(mux.stalled(Instant::now() + Duration::from_secs(60), limit).is_empty());
     }
 
     /// DATA queued behind a closed circuit window is owed a circuit SENDME.

@@ -150,6 +150,10 @@ impl RecvWindow {
     pub fn stream(p: &FlowParams) -> Self {
         Self::new(p.stream_window, p.stream_sendme_inc)
     }
+    /// Cells the peer may still send before it needs a SENDME.
+    pub fn remaining(&self) -> u32 {
+        self.remaining
+    }
     /// A DATA cell arrived.
     pub fn on_data(&mut self) -> Result<(), FlowError> {
         if self.remaining == 0 {
