@@ -17,6 +17,9 @@ pub struct ClientConfig {
     /// Onion services this node hosts (`[[onion_service]]` tables; see [`crate::onion_service`]).
     #[serde(default, rename = "onion_service")]
     pub onion_services: Vec<crate::onion_service::OnionServiceConfig>,
+    /// What applications and peers can make this client spend (docs/PROTOCOL.md, "Limits").
+    #[serde(default)]
+    pub limits: allium_net::limits::LimitsConfig,
 }
 
 /// The `[client]` section.
@@ -109,6 +112,7 @@ impl ClientConfig {
         let mut net = self.network.clone();
         net.dangerous_testnet = true;
         self.node.validate(&net)?;
+        self.limits.validate()?;
         crate::onion_service::validate(&self.onion_services)?;
         crate::onion_auth::load(&self.client.onion_auth)?;
         if let Some(ms) = self.client.dangerous_initial_build_timeout_ms {

@@ -17,7 +17,18 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Accepts application connections forever.
 pub async fn serve(listener: TcpListener, state: Arc<ClientState>) -> Result<(), crate::ClientError> {
-    allium_net::accept::accept_forever(listener, "HTTP CONNECT", |sock| handle(sock, state.clone())).await;
+    // The permit covers the request; once a stream carries the socket, the circuit's stream
+    // cap bounds it.
+    let limiter = state.app_conns.clone();
+    allium_net::accept::accept_forever(listener, "HTTP CONNECT", limiter, |sock, permit| {
+        let state = state.clone();
+        async move {
+            let r = handle(sock, state).await;
+            drop(permit);
+            r
+        }
+    })
+    .await;
     Err("the HTTP CONNECT listener stopped accepting".into())
 }
 

@@ -99,6 +99,8 @@ pub struct ClientState {
     isolate_destinations: bool,
     /// Connections to onion services (`.allium` destinations).
     pub onions: hs_connect::OnionConnector,
+    /// Application connections on the SOCKS and HTTP CONNECT listeners together.
+    pub app_conns: Arc<allium_net::limits::conn::ConnLimiter>,
 }
 
 impl ClientState {
@@ -146,10 +148,13 @@ pub async fn run(cfg: ClientConfig, _keys: NodeKeys) -> Result<(), ClientError> 
     };
     let (tx, rx) = watch::channel(None);
     let bootstrap = Arc::new(Bootstrap::new());
-    let circuits = circmgr::CircMgr::new(ChannelPool::new(cfg.node.address, None), Some(cfg.node.data_dir.clone()), bootstrap.clone());
+    let pool = ChannelPool::new(cfg.node.address, None);
+    pool.set_idle_timeout(cfg.limits.link_idle_timeout());
+    let circuits = circmgr::CircMgr::new(pool, Some(cfg.node.data_dir.clone()), bootstrap.clone());
+    let app_conns = allium_net::limits::conn::ConnLimiter::new(cfg.limits.connections(), cfg.limits.max_connections_per_address);
     circuits.set_initial_build_timeout(cfg.initial_build_timeout());
     let onions = hs_connect::OnionConnector::new(onion_auth::load(&cfg.client.onion_auth)?);
-    let state = Arc::new(ClientState { netdir: rx.clone(), circuits, bootstrap: bootstrap.clone(), isolate_destinations: cfg.client.isolate_destinations, onions });
+    let state = Arc::new(ClientState { netdir: rx.clone(), circuits, bootstrap: bootstrap.clone(), isolate_destinations: cfg.client.isolate_destinations, onions, app_conns });
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(directory_loop(cfg.clone(), tx, state.clone()));
     let maint = state.clone();

@@ -43,7 +43,18 @@ pub fn reply_for_end(r: EndReason) -> ReplyCode {
 
 /// Accepts application connections forever.
 pub async fn serve(listener: TcpListener, state: Arc<ClientState>) -> Result<(), crate::ClientError> {
-    allium_net::accept::accept_forever(listener, "SOCKS", |sock| handle(sock, state.clone())).await;
+    // The permit covers the request; once a stream carries the socket, the circuit's stream
+    // cap bounds it.
+    let limiter = state.app_conns.clone();
+    allium_net::accept::accept_forever(listener, "SOCKS", limiter, |sock, permit| {
+        let state = state.clone();
+        async move {
+            let r = handle(sock, state).await;
+            drop(permit);
+            r
+        }
+    })
+    .await;
     Err("the SOCKS listener stopped accepting".into())
 }
 

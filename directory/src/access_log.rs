@@ -1,25 +1,41 @@
-//! The authority's directory port, logging at debug level which address each connection came
-//! from (never at info: addresses stay out of ordinary logs). Tests read it to check that
-//! clients never contact an authority.
+//! The authority's directory port: connections within the `[limits]` (in all and per address;
+//! closed when they stop moving bytes), each logged at debug level with its peer address (never
+//! at info: addresses stay out of ordinary logs). Tests read it to check that clients never
+//! contact an authority.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
 
+use allium_net::limits::conn::ConnLimiter;
+use allium_net::limits::timed_io::TimedIo;
 use tokio::net::{TcpListener, TcpStream};
 
-/// A listener that logs every accepted connection's peer address at debug level.
-pub struct LoggedListener(pub TcpListener);
+/// A listener that admits connections under `limiter`, times out idle ones and logs each.
+pub struct LoggedListener {
+    pub listener: TcpListener,
+    pub limiter: Arc<ConnLimiter>,
+    pub idle: Duration,
+}
 
 impl axum::serve::Listener for LoggedListener {
-    type Io = TcpStream;
+    type Io = TimedIo<TcpStream>;
     type Addr = SocketAddr;
 
-    async fn accept(&mut self) -> (TcpStream, SocketAddr) {
-        let (io, peer) = axum::serve::Listener::accept(&mut self.0).await;
-        tracing::debug!(peer = %peer.ip(), "directory connection");
-        (io, peer)
+    async fn accept(&mut self) -> (Self::Io, SocketAddr) {
+        loop {
+            let (io, peer) = axum::serve::Listener::accept(&mut self.listener).await;
+            match self.limiter.try_admit(peer.ip()) {
+                Ok(permit) => {
+                    tracing::debug!(peer = %peer.ip(), "directory connection");
+                    return (TimedIo::new(io, self.idle, Some(permit)), peer);
+                }
+                Err(e) => tracing::debug!(peer = %peer.ip(), "directory connection closed at once: {e}"),
+            }
+        }
     }
 
     fn local_addr(&self) -> std::io::Result<SocketAddr> {
-        self.0.local_addr()
+        self.listener.local_addr()
     }
 }

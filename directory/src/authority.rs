@@ -739,7 +739,9 @@ pub async fn run_authority_with_status(
     );
     let mut tasks = JoinSet::new();
     let app = crate::server::router(shared.clone());
-    tasks.spawn(async move { axum::serve(crate::access_log::LoggedListener(listener), app).await.map_err(DirError::Serve) });
+    let limiter = allium_net::limits::conn::ConnLimiter::new(cfg.limits.connections(), cfg.limits.max_connections_per_address);
+    let dir_listener = crate::access_log::LoggedListener { listener, limiter, idle: cfg.limits.dir_idle_timeout() };
+    tasks.spawn(async move { axum::serve(dir_listener, app).await.map_err(DirError::Serve) });
     let sh = shared.clone();
     tasks.spawn(async move { schedule_loop(sh).await });
     match tasks.join_next().await {

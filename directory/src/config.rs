@@ -26,6 +26,9 @@ pub struct AuthorityConfig {
     pub node: NodeConfig,
     pub network: NetworkConfig,
     pub authority: AuthoritySection,
+    /// What peers can make this authority spend (docs/PROTOCOL.md, "Limits").
+    #[serde(default)]
+    pub limits: allium_net::limits::LimitsConfig,
 }
 
 /// The `[authority]` section.
@@ -94,6 +97,7 @@ impl AuthorityConfig {
     /// Semantic checks after parsing (those that do not need the keys).
     pub fn validate(&self) -> Result<(), ConfigError> {
         self.node.validate(&self.network)?;
+        self.limits.validate()?;
         let ids: BTreeSet<RelayId> = self.network.authorities.iter().map(|a| a.identity).collect();
         if ids.len() != self.network.authorities.len() {
             return Err(ConfigError::invalid("network.authorities", "lists the same identity twice"));

@@ -112,6 +112,7 @@ async fn testnet_full(n: usize, start: &[bool], offline: &[bool], cert_secs: u64
                 dangerous_clock_offset_secs: offsets.get(i).copied(),
                 ..Default::default()
             },
+            limits: Default::default(),
         };
         let st = status[i].clone();
         tokio::spawn(async move {

@@ -1,24 +1,41 @@
-//! Accepting TCP connections: one task per connection.
+//! Accepting TCP connections: one task per connection, within a [`ConnLimiter`].
 
 use std::fmt::Display;
 use std::future::Future;
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use tokio::net::{TcpListener, TcpStream};
 
-/// Accepts connections forever, handing each to `handle` in a task of its own; a connection
-/// that ends in an error is logged at debug level (it is the peer's business). Accept errors
-/// (e.g. out of file descriptors) are logged and retried after a short pause.
-pub async fn accept_forever<F, Fut, E>(listener: TcpListener, what: &'static str, handle: F)
+use crate::limits::conn::{ConnLimiter, ConnPermit};
+use crate::limits::counters::{LimitCounters, LIMITS};
+
+/// How often an accept error (e.g. out of file descriptors) is logged at most.
+const ACCEPT_ERROR_LOG_EVERY: Duration = Duration::from_secs(60);
+
+/// Accepts connections forever. A connection over `limiter`'s caps is closed at once (and
+/// counted); any other is handed to `handle` with its permit, in a task of its own, and a
+/// connection that ends in an error is logged at debug level (it is the peer's business).
+/// Accept errors are counted, logged at most once a minute, and retried after a short pause.
+pub async fn accept_forever<F, Fut, E>(listener: TcpListener, what: &'static str, limiter: Arc<ConnLimiter>, handle: F)
 where
-    F: Fn(TcpStream) -> Fut,
+    F: Fn(TcpStream, ConnPermit) -> Fut,
     Fut: Future<Output = Result<(), E>> + Send + 'static,
     E: Display,
 {
+    let mut last_logged: Option<Instant> = None;
     loop {
         match listener.accept().await {
-            Ok((sock, _)) => {
-                let conn = handle(sock);
+            Ok((sock, peer)) => {
+                let permit = match limiter.try_admit(peer.ip()) {
+                    Ok(p) => p,
+                    Err(e) => {
+                        tracing::debug!("{what} connection closed at once: {e}");
+                        drop(sock);
+                        continue;
+                    }
+                };
+                let conn = handle(sock, permit);
                 tokio::spawn(async move {
                     if let Err(e) = conn.await {
                         tracing::debug!("{what} connection ended: {e}");
@@ -26,7 +43,11 @@ where
                 });
             }
             Err(e) => {
-                tracing::warn!("{what} accept failed: {e}");
+                LimitCounters::hit(&LIMITS.accept_errors);
+                if last_logged.is_none_or(|t| t.elapsed() >= ACCEPT_ERROR_LOG_EVERY) {
+                    tracing::warn!("{what} accept failed: {e} (logged at most once a minute; {} so far)", LIMITS.accept_errors.load(std::sync::atomic::Ordering::Relaxed));
+                    last_logged = Some(Instant::now());
+                }
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         }

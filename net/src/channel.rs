@@ -21,6 +21,8 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{mpsc, watch};
 
+use crate::limits::conn::ConnPermit;
+use crate::limits::counters::{LimitCounters, LIMITS};
 use crate::link::{read_frame, Link};
 
 /// Cells a circuit may have queued from one link before it is destroyed. Flow control allows
@@ -91,6 +93,8 @@ pub struct Channel {
     pub peer: Option<RelayId>,
     /// The link key the peer proved it holds, with `peer` (see [`crate::link::Link`]).
     pub peer_link_key: Option<[u8; 32]>,
+    /// The peer's IP address.
+    pub peer_addr: Option<std::net::IpAddr>,
     initiator: bool,
 }
 
@@ -106,7 +110,7 @@ impl Channel {
         let (destroys, destroys_rx) = mpsc::channel(DESTROY_QUEUE);
         let (closed, _) = watch::channel(false);
         let shared = Arc::new(Shared { circuits: Mutex::new(CircTable { map: HashMap::new(), next: 1 }), closed });
-        let chan = Channel { out, destroys, shared, peer: link.peer, peer_link_key: link.peer_link_key, initiator: link.initiator };
+        let chan = Channel { out, destroys, shared, peer: link.peer, peer_link_key: link.peer_link_key, peer_addr: link.peer_addr, initiator: link.initiator };
         let (rd, wr) = link.stream.into_split();
         let output = match link_delay() {
             None => Output::Direct(wr),
@@ -117,8 +121,37 @@ impl Channel {
             }
         };
         tokio::spawn(writer(output, Queues { destroys: destroys_rx, cells: rx }, link.transport.clone(), chan.shared.clone()));
-        tokio::spawn(reader(rd, link.transport, chan.clone(), handler));
+        tokio::spawn(reader(rd, link.transport, chan.clone(), handler, link.permit));
         chan
+    }
+
+    /// Closes the link once it has carried no circuit for `timeout` (checked a few times per
+    /// timeout, so it may stay open up to a quarter longer). Counted in
+    /// [`LIMITS`]`.idle_links_closed`.
+    pub fn close_when_idle(&self, timeout: Duration) {
+        let chan = self.clone();
+        tokio::spawn(async move {
+            let check = (timeout / 4).max(Duration::from_millis(100));
+            let mut closed = chan.shared.closed.subscribe();
+            let mut idle_since: Option<Instant> = None;
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep(check) => {}
+                    _ = closed.wait_for(|c| *c) => return,
+                }
+                if chan.n_circuits() > 0 {
+                    idle_since = None;
+                    continue;
+                }
+                let since = *idle_since.get_or_insert_with(Instant::now);
+                if since.elapsed() + check >= timeout {
+                    tracing::debug!("link: no circuit for {} s; closing", timeout.as_secs());
+                    LimitCounters::hit(&LIMITS.idle_links_closed);
+                    chan.close();
+                    return;
+                }
+            }
+        });
     }
 
     /// Queues a cell on the link (waits while the writer queue is full).
@@ -204,7 +237,9 @@ fn close(shared: &Shared) {
     shared.circuits.lock().expect("circuit table lock").map.clear();
 }
 
-async fn reader(mut rd: OwnedReadHalf, transport: Arc<snow::StatelessTransportState>, chan: Channel, handler: Option<Arc<dyn CreateHandler>>) {
+/// Reads the link until it closes. `_permit` (an inbound link's place under its listener's
+/// limits) is released when the reader ends, which is when the link closes.
+async fn reader(mut rd: OwnedReadHalf, transport: Arc<snow::StatelessTransportState>, chan: Channel, handler: Option<Arc<dyn CreateHandler>>, _permit: Option<ConnPermit>) {
     let mut closed = chan.shared.closed.subscribe();
     let mut frame = Vec::with_capacity(MAX_NOISE_MSG);
     let mut plain = vec![0u8; MAX_NOISE_MSG];
@@ -261,6 +296,7 @@ fn dispatch(chan: &Channel, handler: Option<&dyn CreateHandler>, cell: Cell, cac
             Ok(()) => {}
             Err(mpsc::error::TrySendError::Full(_)) => {
                 tracing::debug!("circuit queue over its cap: destroying the circuit");
+                LimitCounters::hit(&LIMITS.circuit_queue_full);
                 *cache = None;
                 chan.destroy(id, DestroyReason::ResourceLimit);
             }

@@ -1,7 +1,8 @@
 //! The tokio layer shared by every Allium role.
 //!
 //! Layout:
-//! - [`accept`]: accepting TCP connections, one task each.
+//! - [`accept`]: accepting TCP connections, one task each, within the connection limits.
+//! - [`limits`]: what a peer can make this node spend: limits, token buckets, counters.
 //! - [`config`]: config sections shared by all roles and TOML loading with one-line errors.
 //! - [`keys`]: a node's long-term keys in its data directory.
 //! - [`link`]: TCP plus the Noise link handshake.
@@ -13,6 +14,7 @@
 //! `allium-client`, `allium-directory`).
 
 pub mod accept;
+pub mod limits;
 pub mod config;
 pub mod keys;
 pub mod channel;

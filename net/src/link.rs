@@ -14,6 +14,8 @@ use allium_proto::link::{self, Hello, InitiatorCert, LinkKind, Welcome};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
+use crate::limits::conn::ConnPermit;
+
 /// How long a whole link handshake may take.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -68,6 +70,10 @@ pub struct Link {
     /// initiator's certified one. With `peer`, what the link is filed under in a pool.
     pub peer_link_key: Option<[u8; 32]>,
     pub initiator: bool,
+    /// The peer's IP address (per-address limits are kept under it).
+    pub peer_addr: Option<IpAddr>,
+    /// The inbound connection's place under the listener's limits, held while the link lives.
+    pub permit: Option<ConnPermit>,
 }
 
 /// Opens a TCP connection from our own address (so a peer can tell which node connected).
@@ -130,7 +136,7 @@ async fn connect_inner(bind_ip: IpAddr, peer: &PeerInfo, creds: Option<&RelayCre
         write_frame(&mut s, &out[..n]).await?;
     }
     let transport = hs.into_stateless_transport_mode().map_err(LinkError::PeerNoise)?;
-    Ok(Link { stream: s, transport: Arc::new(transport), version: welcome.version, peer: Some(peer.identity), peer_link_key: Some(peer.link_key), initiator: true })
+    Ok(Link { stream: s, transport: Arc::new(transport), version: welcome.version, peer: Some(peer.identity), peer_link_key: Some(peer.link_key), initiator: true, peer_addr: Some(peer.addr.ip()), permit: None })
 }
 
 /// Answers a link handshake on an accepted connection.
@@ -140,6 +146,7 @@ pub async fn accept(s: TcpStream, link_secret: &[u8; 32]) -> Result<Link, LinkEr
 
 async fn accept_inner(mut s: TcpStream, link_secret: &[u8; 32]) -> Result<Link, LinkError> {
     s.set_nodelay(true)?;
+    let peer_addr = s.peer_addr().ok().map(|a| a.ip());
     let mut pre = [0u8; 8];
     s.read_exact(&mut pre).await?;
     let kind = link::parse_preamble(&pre)?;
@@ -173,5 +180,5 @@ async fn accept_inner(mut s: TcpStream, link_secret: &[u8; 32]) -> Result<Link, 
         peer_link_key = Some(remote);
     }
     let transport = hs.into_stateless_transport_mode().map_err(LinkError::PeerNoise)?;
-    Ok(Link { stream: s, transport: Arc::new(transport), version, peer, peer_link_key, initiator: false })
+    Ok(Link { stream: s, transport: Arc::new(transport), version, peer, peer_link_key, initiator: false, peer_addr, permit: None })
 }

@@ -8,6 +8,7 @@
 use std::collections::HashMap;
 use std::net::IpAddr;
 use std::sync::{Arc, Mutex};
+use std::time::Duration;
 
 use allium_proto::ids::RelayId;
 
@@ -20,17 +21,27 @@ pub struct ChannelPool {
     bind_ip: IpAddr,
     creds: Option<RelayCredentials>,
     handler: Mutex<Option<Arc<dyn CreateHandler>>>,
+    /// Links this pool opens close after this long without circuits.
+    idle_timeout: Mutex<Duration>,
 }
+
+/// How long a link without circuits stays open unless the node's `[limits]` say otherwise.
+pub const DEFAULT_LINK_IDLE_TIMEOUT: Duration = Duration::from_secs(180);
 
 impl ChannelPool {
     /// `creds`: present for relays (they dial with their identity), absent for clients.
     pub fn new(bind_ip: IpAddr, creds: Option<RelayCredentials>) -> Self {
-        ChannelPool { map: Mutex::new(HashMap::new()), bind_ip, creds, handler: Mutex::new(None) }
+        ChannelPool { map: Mutex::new(HashMap::new()), bind_ip, creds, handler: Mutex::new(None), idle_timeout: Mutex::new(DEFAULT_LINK_IDLE_TIMEOUT) }
     }
 
     /// Sets who handles CREATE cells arriving on links this pool opens (relays).
     pub fn set_create_handler(&self, h: Arc<dyn CreateHandler>) {
         *self.handler.lock().expect("pool lock") = Some(h);
+    }
+
+    /// Sets how long links this pool opens afterwards stay open without circuits.
+    pub fn set_idle_timeout(&self, t: Duration) {
+        *self.idle_timeout.lock().expect("pool lock") = t;
     }
 
     /// An open link to `peer`, reusing one if it exists. The link is authenticated against
@@ -42,6 +53,7 @@ impl ChannelPool {
         let link = link::connect(self.bind_ip, peer, self.creds.as_ref()).await?;
         let handler = self.handler.lock().expect("pool lock").clone();
         let chan = Channel::spawn(link, handler);
+        chan.close_when_idle(*self.idle_timeout.lock().expect("pool lock"));
         self.insert(chan.clone());
         Ok(chan)
     }

@@ -50,6 +50,46 @@ impl StreamSocket for DuplexStream {
     }
 }
 
+/// A socket that holds `guard` (e.g. a place under a connection limit) for as long as its
+/// write half lives, which is until its stream has closed.
+pub struct Holding<S, G> {
+    pub sock: S,
+    pub guard: G,
+}
+
+/// The write half of a [`Holding`] socket.
+pub struct HoldingWrite<W, G> {
+    inner: W,
+    _guard: G,
+}
+
+impl<S: StreamSocket, G: Send + Unpin + 'static> StreamSocket for Holding<S, G> {
+    type Read = S::Read;
+    type Write = HoldingWrite<S::Write, G>;
+    fn into_halves(self) -> (Self::Read, Self::Write) {
+        let (rd, wr) = self.sock.into_halves();
+        (rd, HoldingWrite { inner: wr, _guard: self.guard })
+    }
+}
+
+impl<W: AsyncWrite + Unpin, G: Unpin> AsyncWrite for HoldingWrite<W, G> {
+    fn poll_write(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>, buf: &[u8]) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
+    }
+    fn poll_flush(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().inner).poll_flush(cx)
+    }
+    fn poll_shutdown(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
+    }
+    fn poll_write_vectored(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>, bufs: &[std::io::IoSlice<'_>]) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
+    }
+    fn is_write_vectored(&self) -> bool {
+        self.inner.is_write_vectored()
+    }
+}
+
 /// What stream tasks tell the circuit task.
 #[derive(Debug)]
 pub enum StreamEvent {

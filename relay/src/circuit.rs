@@ -11,7 +11,9 @@ use std::time::{Duration, Instant};
 
 use allium_net::channel::Channel;
 use allium_net::link::{LinkError, PeerInfo};
-use allium_net::stream::StreamMux;
+use allium_net::limits::bucket::TokenBucket;
+use allium_net::limits::counters::{LimitCounters, LIMITS};
+use allium_net::stream::{Holding, StreamMux};
 use allium_proto::cell::{self, Cell, CellCmd, DestroyReason, MAX_HANDSHAKE_LEN, PAYLOAD_LEN};
 use allium_proto::crypto::cell_crypto::{Recognized, RelayCrypto};
 use allium_proto::frag::{Progress, Reassembly};
@@ -19,7 +21,7 @@ use allium_proto::ids::RelayId;
 use allium_proto::policy::is_private;
 use allium_proto::relay_msg::{self, Direction, EndReason, ExtendTarget, MsgAssembler, RelayMsg, RELAY_PLAINTEXT_LEN};
 use tokio::net::TcpStream;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, OwnedSemaphorePermit};
 use tokio::task::JoinHandle;
 
 use allium_proto::crypto::kdf::HopKeys;
@@ -40,7 +42,7 @@ enum Side {
 }
 
 
-type ExitResult = (u16, Result<(TcpStream, std::net::IpAddr), EndReason>);
+type ExitResult = (u16, Result<(Holding<TcpStream, OwnedSemaphorePermit>, std::net::IpAddr), EndReason>);
 type ResolveResult = (u16, Result<Vec<std::net::IpAddr>, EndReason>);
 
 /// Most RESOLVEs in flight on one circuit; more are answered with RESOURCELIMIT.
@@ -71,6 +73,8 @@ pub(crate) struct RelayCircuit {
     pub forwarded_out: u64,
     /// Relay cells forwarded toward the client (for a test hook).
     pub forwarded_in: u64,
+    /// This circuit's BEGIN rate (made at the first BEGIN).
+    pub begins: Option<TokenBucket>,
 }
 
 /// Cells forwarded toward the client before the `inject_from_middle` test hook acts.
@@ -120,8 +124,26 @@ impl RelayCircuit {
         let mut forwarded: u64 = 0;
         let (key, tx, mut hs_rx) = self.ctx.hs.new_circuit();
         let mut hs = Hs { key, tx, role: None };
+        // Idle expiry: a circuit that ends here with nothing on it (no next hop, no stream, no
+        // onion-service role) and moved no cell for `circuit_idle_timeout_secs` is closed.
+        let idle_limit = self.ctx.limits.circuit_idle_timeout();
+        let tick = (idle_limit / 4).max(Duration::from_millis(100));
+        let mut idle_tick = tokio::time::interval_at(tokio::time::Instant::now() + tick, tick);
+        let mut idle_for = Duration::ZERO;
         let Close(reason, side) = loop {
+            let mut ticked = false;
             let step = tokio::select! {
+                _ = idle_tick.tick() => {
+                    ticked = true;
+                    let empty = next.is_none() && extending.is_none() && mux.is_empty() && hs.role.is_none() && resolves.in_flight.is_empty();
+                    idle_for = if empty { idle_for + tick } else { Duration::ZERO };
+                    if idle_for >= idle_limit {
+                        LimitCounters::hit(&LIMITS.idle_circuits_closed);
+                        Err(Close(DestroyReason::Finished, Side::Local))
+                    } else {
+                        Ok(())
+                    }
+                }
                 c = self.prev_rx.recv() => match c {
                     None => Err(Close(DestroyReason::ChannelClosed, Side::Prev)),
                     Some(c) => self.on_prev_cell(c, &mut next, &mut extending, &mut mux, &mut asm, &exit_tx, &mut resolves, &mut forwarded, &mut hs).await,
@@ -150,6 +172,9 @@ impl RelayCircuit {
                     self.send_back(id, &RelayMsg::Resolved { result, ext: Default::default() }).await
                 }
             };
+            if !ticked {
+                idle_for = Duration::ZERO;
+            }
             if let Err(c) = step {
                 break c;
             }
@@ -266,11 +291,22 @@ impl RelayCircuit {
                 if !self.ctx.exit.policy.is_exit() {
                     return self.send_back(stream_id, &RelayMsg::End(EndReason::ExitPolicy)).await;
                 }
+                // THREATS A26: a rate per circuit, and a cap on the exit's open connections.
+                let limits = &self.ctx.limits;
+                let bucket = self.begins.get_or_insert_with(|| TokenBucket::new(limits.begin_rate_per_circuit, limits.begin_burst_per_circuit, Instant::now()));
+                if !bucket.take(Instant::now()) {
+                    LimitCounters::hit(&LIMITS.begin_rate);
+                    return self.send_back(stream_id, &RelayMsg::End(EndReason::ResourceLimit)).await;
+                }
+                let Ok(slot) = self.ctx.exit_conns.clone().try_acquire_owned() else {
+                    LimitCounters::hit(&LIMITS.exit_connections);
+                    return self.send_back(stream_id, &RelayMsg::End(EndReason::ResourceLimit)).await;
+                };
                 mux.open(stream_id).map_err(|_| Close(DestroyReason::Protocol, Side::Local))?;
                 let rules = self.ctx.exit.clone();
                 let tx = exit_tx.clone();
                 tokio::spawn(async move {
-                    let r = rules.open(&host, port).await;
+                    let r = rules.open(&host, port).await.map(|(sock, ip)| (Holding { sock, guard: slot }, ip));
                     let _ = tx.send((stream_id, r)).await;
                 });
                 Ok(())

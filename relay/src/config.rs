@@ -4,6 +4,7 @@ use std::path::Path;
 
 use allium_net::config::{load_toml, ConfigError, NetworkConfig, NodeConfig};
 use allium_net::keys::RotationPolicy;
+use allium_net::limits::LimitsConfig;
 use allium_proto::ids::RelayId;
 use allium_proto::policy::ExitPolicy;
 use serde::Deserialize;
@@ -17,6 +18,9 @@ pub struct RelayConfig {
     pub relay: RelaySection,
     #[serde(default)]
     pub exit: ExitSection,
+    /// What one peer can make this relay spend (docs/PROTOCOL.md, "Limits").
+    #[serde(default)]
+    pub limits: LimitsConfig,
 }
 
 /// The `[relay]` section.
@@ -123,6 +127,7 @@ impl RelayConfig {
         }
         self.family_ids()?;
         self.onion_rotation()?;
+        self.limits.validate()?;
         let policy = self.exit_policy()?;
         if policy.accepts_private() && !self.network.dangerous_testnet {
             return Err(ConfigError::invalid(

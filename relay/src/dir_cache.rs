@@ -46,11 +46,15 @@ pub struct DirCache {
     pub hsdir: HsDir,
     /// The consensus kept before the current one (EXTEND targets may come from either).
     previous: Mutex<Option<Arc<NetDir>>>,
+    /// The addresses of the relays in the current and the previous consensus (exempt from
+    /// per-address limits: many circuits from one relay are many clients' circuits).
+    relay_ips: std::sync::RwLock<std::collections::HashSet<std::net::IpAddr>>,
 }
 
 impl DirCache {
     pub fn new(cache: ConsensusCache) -> Self {
-        DirCache { inner: Mutex::new(cache), compressed: Mutex::new(None), own_id: None, hsdir: HsDir::default(), previous: Mutex::new(None) }
+        let relay_ips = cache.current().map(|nd| nd.consensus().relays().iter().map(|r| r.address.ip()).collect()).unwrap_or_default();
+        DirCache { inner: Mutex::new(cache), compressed: Mutex::new(None), own_id: None, hsdir: HsDir::default(), previous: Mutex::new(None), relay_ips: std::sync::RwLock::new(relay_ips) }
     }
 
     /// The cache of the relay `id` (which serves descriptors while flagged HSDir).
@@ -85,7 +89,15 @@ impl DirCache {
         if let Some(old) = old.filter(|o| o.consensus().digest() != new.consensus().digest()) {
             *self.previous.lock().unwrap_or_else(|e| e.into_inner()) = Some(old);
         }
+        let previous = self.previous.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let ips = [Some(new.clone()), previous].into_iter().flatten().flat_map(|nd| nd.consensus().relays().iter().map(|r| r.address.ip()).collect::<Vec<_>>()).collect();
+        *self.relay_ips.write().unwrap_or_else(|e| e.into_inner()) = ips;
         new
+    }
+
+    /// Whether a relay in the current or the previous consensus has this address.
+    pub fn is_relay_address(&self, ip: std::net::IpAddr) -> bool {
+        self.relay_ips.read().unwrap_or_else(|e| e.into_inner()).contains(&ip)
     }
 
     /// Where the current (else the previous) consensus says relay `id` listens and which link

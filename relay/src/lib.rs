@@ -5,6 +5,8 @@
 //! - [`config`]: the relay's TOML config.
 //! - [`circuit`]: one circuit's owner task (crypto, forwarding, extending, exit streams).
 //! - [`exit`]: resolving, exit-policy decisions and connecting for BEGIN.
+//! - [`handshakes`]: CREATE handshakes on their own threads, with a bounded queue and a replay
+//!   filter (THREATS A25).
 //! - [`hs_points`]: this relay as an introduction and rendezvous point (shared tables).
 //! - [`dir_cache`]: the consensus this relay keeps and serves on directory streams (BEGIN_DIR).
 //! - [`hsdir`]: onion-service descriptors stored and served while the consensus flags it HSDir.
@@ -22,6 +24,7 @@ pub mod circuit;
 pub mod config;
 pub mod dir_cache;
 pub mod exit;
+pub mod handshakes;
 pub mod hs_points;
 pub mod hsdir;
 pub mod observed;
@@ -29,11 +32,15 @@ pub mod publish;
 pub mod rotation;
 
 use std::net::SocketAddr;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
 use allium_net::channel::{Channel, CreateHandler};
 use allium_net::keys::{unix_now, NodeKeys, OnionKeys};
+use allium_net::limits::bucket::AddrBuckets;
+use allium_net::limits::conn::{AddrKey, ConnLimiter};
+use allium_net::limits::counters::{LimitCounters, LIMITS};
+use allium_net::limits::LimitsConfig;
 use allium_net::link::{self, RelayCredentials};
 use allium_net::pool::ChannelPool;
 use allium_proto::cell::{self, Cell, DestroyReason, MAX_HOP_BUDGET};
@@ -70,6 +77,18 @@ pub struct RelayCtx {
     pub testnet: bool,
     /// Introduction and rendezvous circuits.
     pub hs: Arc<hs_points::HsPoints>,
+    /// The `[limits]` of this relay.
+    pub limits: LimitsConfig,
+    /// Inbound links on the OR port (consensus relays count only in the total).
+    pub or_conns: Arc<ConnLimiter>,
+    /// CREATE rate per address (addresses holding `create_min_links` links or more).
+    pub create_rates: Mutex<AddrBuckets>,
+    /// Recent CREATE handshake messages (a replay is refused before any crypto).
+    pub replays: Mutex<handshakes::ReplayFilter>,
+    /// Where CREATE handshakes run.
+    pub handshakes: handshakes::HandshakePool,
+    /// Outbound exit connections (one permit per open stream socket).
+    pub exit_conns: Arc<tokio::sync::Semaphore>,
     #[cfg(feature = "test-hooks")]
     pub corrupt_after: Option<u64>,
     /// Test hook: drop every CREATE and every cell of the circuit (never answer).
@@ -85,6 +104,9 @@ pub struct RelayCtx {
     #[cfg(feature = "test-hooks")]
     pub inject_from_middle: Option<allium_proto::relay_msg::RelayMsg>,
 }
+
+/// CREATE handshake messages remembered by the replay filter (8 bytes each, plus the set).
+const REPLAY_MEMORY: usize = 65_536;
 
 /// A relay with its config and keys, not yet running.
 pub struct InertRelay {
@@ -108,9 +130,20 @@ impl InertRelay {
         onion.apply_schedule(&cfg.node.data_dir, &rotation, unix_now())?;
         let authorities: Vec<RelayId> = cfg.network.authorities.iter().map(|a| a.identity).collect();
         let saved = allium_directory::ConsensusCache::load(&cfg.node.data_dir, &authorities, cfg.network.dangerous_testnet, unix_now());
+        let dir = Arc::new(dir_cache::DirCache::with_identity(saved, keys.relay_id()));
+        let limits = cfg.limits.clone();
+        let relays = dir.clone();
+        let or_conns = ConnLimiter::with_exemption(limits.connections(), limits.max_connections_per_address, Box::new(move |ip| relays.is_relay_address(ip)));
+        let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
         let ctx = RelayCtx {
             id: keys.relay_id(),
-            dir: Arc::new(dir_cache::DirCache::with_identity(saved, keys.relay_id())),
+            dir,
+            or_conns,
+            create_rates: Mutex::new(AddrBuckets::new(limits.create_rate_per_address, limits.create_burst_per_address, limits.create_defense())),
+            replays: Mutex::new(handshakes::ReplayFilter::new(REPLAY_MEMORY)),
+            handshakes: handshakes::HandshakePool::new(workers, limits.handshake_queue, limits.handshake_queue_delay()),
+            exit_conns: Arc::new(tokio::sync::Semaphore::new(limits.exit_connections())),
+            limits,
             pool: ChannelPool::new(cfg.node.address, Some(creds)),
             exit: exit::ExitRules {
                 policy,
@@ -151,6 +184,7 @@ impl InertRelay {
         let ctx = self.ctx;
         let handler: Arc<dyn CreateHandler> = Arc::new(Creates(ctx.clone()));
         ctx.pool.set_create_handler(handler.clone());
+        ctx.pool.set_idle_timeout(ctx.limits.link_idle_timeout());
         let addr = SocketAddr::new(self.cfg.node.address, self.cfg.relay.or_port);
         let listener = TcpListener::bind(addr).await.map_err(|e| format!("cannot listen on the OR port: {e}"))?;
         tracing::info!("relay {} listening; exit: {}", self.cfg.node.nickname, ctx.exit.policy.is_exit());
@@ -159,6 +193,10 @@ impl InertRelay {
         tasks.spawn(publish::publish_loop(self.cfg.clone(), ctx.clone()));
         tasks.spawn(publish::consensus_watch(self.cfg.clone(), ctx.clone()));
         tasks.spawn(observe_loop(ctx.clone()));
+        tasks.spawn(async {
+            allium_net::limits::counters::report_loop(std::time::Duration::from_secs(60)).await;
+            Ok(())
+        });
         tasks.spawn(hs_points::expire_loop(ctx.hs.clone()));
         tasks.spawn(rotation::rotation_loop(ctx.clone(), self.cfg.node.data_dir.clone(), self.cfg.onion_rotation()?));
         match tasks.join_next().await {
@@ -186,12 +224,15 @@ pub async fn run(cfg: RelayConfig, keys: NodeKeys) -> Result<(), RelayError> {
 }
 
 async fn accept_loop(listener: TcpListener, ctx: Arc<RelayCtx>, handler: Arc<dyn CreateHandler>) -> Result<(), RelayError> {
-    allium_net::accept::accept_forever(listener, "inbound link", |sock| {
+    let limiter = ctx.or_conns.clone();
+    allium_net::accept::accept_forever(listener, "inbound link", limiter, |sock, permit| {
         let ctx = ctx.clone();
         let handler = handler.clone();
         async move {
-            let l = link::accept(sock, &ctx.keys.link.to_bytes()).await?;
+            let mut l = link::accept(sock, &ctx.keys.link.to_bytes()).await?;
+            l.permit = Some(permit);
             let chan = Channel::spawn(l, Some(handler));
+            chan.close_when_idle(ctx.limits.link_idle_timeout());
             ctx.pool.insert(chan);
             Ok::<(), link::LinkError>(())
         }
@@ -208,6 +249,10 @@ impl CreateHandler for Creates {
         let ctx = self.0.clone();
         let chan = chan.clone();
         let id = cell.circ_id;
+        if let Err(reason) = admit_create(&ctx, &chan) {
+            chan.destroy(id, reason);
+            return;
+        }
         let mut rx = chan.accept_circuit(id);
         #[cfg(feature = "test-hooks")]
         if ctx.blackhole {
@@ -233,26 +278,61 @@ impl CreateHandler for Creates {
                 }
             };
             let (crypto, hop_keys, hop_budget, flow) = keys;
-            circuit::RelayCircuit { ctx, prev: chan, prev_id: id, prev_rx: rx, crypto, hop_keys, hop_budget, flow, started, forwarded_out: 0, forwarded_in: 0 }.run().await;
+            circuit::RelayCircuit { ctx, prev: chan, prev_id: id, prev_rx: rx, crypto, hop_keys, hop_budget, flow, started, forwarded_out: 0, forwarded_in: 0, begins: None }.run().await;
         });
     }
 }
 
+/// The checks a CREATE passes before any work (THREATS A23): a peer that is not a consensus
+/// relay may hold at most `max_circuits_per_client_link` circuits on one link, and an
+/// address holding `create_min_links` links or more is held to its CREATE token bucket.
+fn admit_create(ctx: &RelayCtx, chan: &Channel) -> Result<(), DestroyReason> {
+    let Some(ip) = chan.peer_addr else { return Ok(()) };
+    if ctx.dir.is_relay_address(ip) {
+        return Ok(());
+    }
+    if chan.n_circuits() >= ctx.limits.max_circuits_per_client_link {
+        LimitCounters::hit(&LIMITS.circuits_per_link);
+        return Err(DestroyReason::ResourceLimit);
+    }
+    if ctx.or_conns.count(ip) >= ctx.limits.create_min_links {
+        let ok = ctx.create_rates.lock().unwrap_or_else(|e| e.into_inner()).take(AddrKey::from(ip), Instant::now());
+        if !ok {
+            LimitCounters::hit(&LIMITS.create_rate);
+            return Err(DestroyReason::ResourceLimit);
+        }
+    }
+    Ok(())
+}
+
 /// Answers a CREATE: reassembles it, runs the server side of ntor, sends CREATED.
-async fn create(ctx: &RelayCtx, chan: &Channel, first: &Cell, rx: &mut tokio::sync::mpsc::Receiver<Cell>) -> Result<(RelayCrypto, HopKeys, u8, FlowParams), DestroyReason> {
+async fn create(ctx: &Arc<RelayCtx>, chan: &Channel, first: &Cell, rx: &mut tokio::sync::mpsc::Receiver<Cell>) -> Result<(RelayCrypto, HopKeys, u8, FlowParams), DestroyReason> {
     let (hdr, msg) = circuit::read_create(first, rx).await?;
     if hdr.htype != HTYPE_NTOR {
         return Err(DestroyReason::Protocol);
     }
+    if !ctx.replays.lock().unwrap_or_else(|e| e.into_inner()).first_time(&msg) {
+        tracing::debug!("CREATE refused: a replayed handshake");
+        return Err(DestroyReason::Protocol);
+    }
     let mut server_ext = Vec::new();
     Extensions::none().encode(&mut server_ext);
-    // The current and the previous onion key; the client message names which `B` it used.
-    let out = {
-        let onion = ctx.onion_keys();
-        let keys: Vec<OnionKeyPair<'_>> = onion.pairs();
-        ntor::server_respond(&mut rand::rngs::OsRng, &ctx.id, &keys, &msg, &server_ext)
-    }
-    .map_err(|e| {
+    // On a handshake thread: the current and the previous onion key; the client message names
+    // which `B` it used.
+    let job_ctx = ctx.clone();
+    let out = ctx
+        .handshakes
+        .run(move || {
+            let onion = job_ctx.onion_keys();
+            let keys: Vec<OnionKeyPair<'_>> = onion.pairs();
+            ntor::server_respond(&mut rand::rngs::OsRng, &job_ctx.id, &keys, &msg, &server_ext)
+        })
+        .await
+        .map_err(|e| {
+            tracing::debug!("CREATE refused: {e}");
+            DestroyReason::ResourceLimit
+        })?
+        .map_err(|e| {
         tracing::debug!("CREATE refused: {e}");
         DestroyReason::Protocol
     })?;

@@ -1,0 +1,73 @@
+//! How often each limit acted, process-wide. Each counter goes up by one per refusal or
+//! closure; [`LimitCounters::snapshot`] lists them by name (for status, metrics and logs).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+macro_rules! counters {
+    ($($(#[$doc:meta])* $name:ident),* $(,)?) => {
+        /// One counter per limit.
+        pub struct LimitCounters {
+            $($(#[$doc])* pub $name: AtomicU64,)*
+        }
+
+        /// The counters of this process.
+        pub static LIMITS: LimitCounters = LimitCounters { $($name: AtomicU64::new(0),)* };
+
+        impl LimitCounters {
+            /// Every counter with its name, in declaration order.
+            pub fn snapshot(&self) -> Vec<(&'static str, u64)> {
+                vec![$((stringify!($name), self.$name.load(Ordering::Relaxed)),)*]
+            }
+        }
+    };
+}
+
+counters! {
+    /// Inbound connections closed at once: the listener was at `max_connections`.
+    connections_total,
+    /// Inbound connections closed at once: their address was at `max_connections_per_address`.
+    connections_per_address,
+    /// Accept errors (e.g. out of file descriptors); logged at most once a minute.
+    accept_errors,
+    /// Links closed after `link_idle_timeout_secs` without circuits.
+    idle_links_closed,
+    /// Circuits closed after `circuit_idle_timeout_secs` without a cell.
+    idle_circuits_closed,
+    /// CREATEs refused: the address's token bucket was empty or it is in its defense period.
+    create_rate,
+    /// CREATEs refused: the client link already held `max_circuits_per_client_link` circuits.
+    circuits_per_link,
+    /// CREATEs refused at once: `handshake_queue` handshakes were already waiting.
+    handshake_queue_full,
+    /// CREATEs refused after waiting longer than `handshake_queue_delay_ms`.
+    handshake_queue_delay,
+    /// BEGINs refused: the circuit's BEGIN token bucket was empty.
+    begin_rate,
+    /// BEGINs refused: the exit held `max_exit_connections` outbound connections.
+    exit_connections,
+    /// Circuits destroyed because their inbound cell queue passed its cap.
+    circuit_queue_full,
+}
+
+impl LimitCounters {
+    /// Counts one event of `c`.
+    pub fn hit(c: &AtomicU64) {
+        c.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+/// Logs, at most once per `every`, which limits acted since the last report (names and counts
+/// only: never an address). Runs forever.
+pub async fn report_loop(every: Duration) {
+    let mut last = LIMITS.snapshot();
+    loop {
+        tokio::time::sleep(every).await;
+        let now = LIMITS.snapshot();
+        let hits: Vec<String> = now.iter().zip(&last).filter(|(n, l)| n.1 > l.1).map(|(n, l)| format!("{}={}", n.0, n.1 - l.1)).collect();
+        if !hits.is_empty() {
+            tracing::info!("limits acted in the last {} s: {}", every.as_secs(), hits.join(" "));
+        }
+        last = now;
+    }
+}

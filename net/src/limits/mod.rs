@@ -1,0 +1,172 @@
+//! Limits on what a peer can make this node spend (THREATS A23–A30), each with a default, a
+//! bound and a counter.
+//!
+//! Layout:
+//! - [`counters`]: one process-wide counter per limit, counted each time it refuses or closes.
+//! - [`conn`]: inbound connections, in all and per address, below the file-descriptor limit.
+//! - [`bucket`]: token buckets (a rate with a burst), alone and per address.
+//! - [`timed_io`]: a connection closed when it makes no progress (slow or silent peers).
+//!
+//! The values live in a node's optional `[limits]` section ([`LimitsConfig`]); every key has a
+//! default and bounds, documented in docs/PROTOCOL.md ("Limits").
+
+pub mod bucket;
+pub mod conn;
+pub mod counters;
+pub mod timed_io;
+
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::config::ConfigError;
+
+pub use counters::LIMITS;
+
+/// The `[limits]` section of any node's config. Zero in a `max_*` key means "derived from the
+/// file-descriptor limit" where that is said.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Inbound connections this node keeps open on each listener. 0: half the process's
+    /// file-descriptor limit (the rest is kept for outbound links, exit streams and files).
+    pub max_connections: usize,
+    /// Inbound connections one address keeps open on each listener (IPv6: one /64). Relays
+    /// listed in the consensus are not counted on the OR port.
+    pub max_connections_per_address: usize,
+    /// Seconds a link with no circuits stays open before it is closed.
+    pub link_idle_timeout_secs: u64,
+    /// Seconds a directory (HTTP) connection may go without moving a byte before it is closed.
+    pub dir_idle_timeout_secs: u64,
+    /// Seconds a relay keeps a circuit on which no cell moved in either direction.
+    pub circuit_idle_timeout_secs: u64,
+    /// CREATEs per second an address may send (token refill) once it holds at least
+    /// `create_min_links` links. Relays listed in the consensus are exempt.
+    pub create_rate_per_address: u32,
+    /// The burst of that token bucket.
+    pub create_burst_per_address: u32,
+    /// Links an address must hold before its CREATEs are rate-limited (an ordinary client holds
+    /// one link per relay).
+    pub create_min_links: usize,
+    /// Seconds an address that emptied its bucket has every CREATE refused.
+    pub create_defense_secs: u64,
+    /// Circuits a link from a client (a peer that proved no relay identity) may hold open.
+    pub max_circuits_per_client_link: usize,
+    /// CREATE handshakes waiting for a worker before new ones are refused at once.
+    pub handshake_queue: usize,
+    /// A CREATE that waited longer than this for a worker is answered DESTROY (resource limit)
+    /// instead of being processed: the queue is over capacity.
+    pub handshake_queue_delay_ms: u64,
+    /// BEGINs per second one circuit may open at an exit (token refill), and the burst.
+    pub begin_rate_per_circuit: u32,
+    pub begin_burst_per_circuit: u32,
+    /// Outbound connections an exit keeps open for streams. 0: a quarter of the process's
+    /// file-descriptor limit.
+    pub max_exit_connections: usize,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        LimitsConfig {
+            max_connections: 0,
+            max_connections_per_address: 50,
+            link_idle_timeout_secs: 180,
+            dir_idle_timeout_secs: 15,
+            circuit_idle_timeout_secs: 3600,
+            create_rate_per_address: 3,
+            create_burst_per_address: 90,
+            create_min_links: 3,
+            create_defense_secs: 3600,
+            max_circuits_per_client_link: 1024,
+            handshake_queue: 1024,
+            handshake_queue_delay_ms: 1750,
+            begin_rate_per_circuit: 100,
+            begin_burst_per_circuit: 300,
+            max_exit_connections: 0,
+        }
+    }
+}
+
+impl LimitsConfig {
+    /// Checks every key's bounds.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let within = |key: &str, v: u64, lo: u64, hi: u64| {
+            if (lo..=hi).contains(&v) {
+                Ok(())
+            } else {
+                Err(ConfigError::invalid(&format!("limits.{key}"), &format!("must be from {lo} to {hi}")))
+            }
+        };
+        within("max_connections", self.max_connections as u64, 0, 1_000_000)?;
+        within("max_connections_per_address", self.max_connections_per_address as u64, 1, 1_000_000)?;
+        within("link_idle_timeout_secs", self.link_idle_timeout_secs, 1, 86_400)?;
+        within("dir_idle_timeout_secs", self.dir_idle_timeout_secs, 1, 3600)?;
+        within("circuit_idle_timeout_secs", self.circuit_idle_timeout_secs, 1, 7 * 86_400)?;
+        within("create_rate_per_address", self.create_rate_per_address.into(), 1, 1_000_000)?;
+        within("create_burst_per_address", self.create_burst_per_address.into(), 1, 1_000_000)?;
+        within("create_min_links", self.create_min_links as u64, 0, 1_000_000)?;
+        within("create_defense_secs", self.create_defense_secs, 1, 7 * 86_400)?;
+        within("max_circuits_per_client_link", self.max_circuits_per_client_link as u64, 1, 1_000_000)?;
+        within("handshake_queue", self.handshake_queue as u64, 1, 1_000_000)?;
+        within("handshake_queue_delay_ms", self.handshake_queue_delay_ms, 1, 60_000)?;
+        within("begin_rate_per_circuit", self.begin_rate_per_circuit.into(), 1, 1_000_000)?;
+        within("begin_burst_per_circuit", self.begin_burst_per_circuit.into(), 1, 1_000_000)?;
+        within("max_exit_connections", self.max_exit_connections as u64, 0, 1_000_000)?;
+        Ok(())
+    }
+
+    /// Inbound connections per listener, with 0 resolved from the file-descriptor limit.
+    pub fn connections(&self) -> usize {
+        if self.max_connections > 0 {
+            self.max_connections
+        } else {
+            (conn::fd_limit() / 2).max(64) as usize
+        }
+    }
+
+    /// Outbound exit connections, with 0 resolved from the file-descriptor limit.
+    pub fn exit_connections(&self) -> usize {
+        if self.max_exit_connections > 0 {
+            self.max_exit_connections
+        } else {
+            (conn::fd_limit() / 4).max(32) as usize
+        }
+    }
+
+    pub fn link_idle_timeout(&self) -> Duration {
+        Duration::from_secs(self.link_idle_timeout_secs)
+    }
+
+    pub fn dir_idle_timeout(&self) -> Duration {
+        Duration::from_secs(self.dir_idle_timeout_secs)
+    }
+
+    pub fn circuit_idle_timeout(&self) -> Duration {
+        Duration::from_secs(self.circuit_idle_timeout_secs)
+    }
+
+    pub fn create_defense(&self) -> Duration {
+        Duration::from_secs(self.create_defense_secs)
+    }
+
+    pub fn handshake_queue_delay(&self) -> Duration {
+        Duration::from_millis(self.handshake_queue_delay_ms)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_within_bounds_and_keys_are_checked() {
+        LimitsConfig::default().validate().unwrap();
+        let c: LimitsConfig = toml::from_str("max_connections_per_address = 0").unwrap();
+        assert!(c.validate().unwrap_err().to_string().contains("limits.max_connections_per_address"));
+        let c: LimitsConfig = toml::from_str("create_rate_per_address = 7").unwrap();
+        assert_eq!(c.create_rate_per_address, 7);
+        assert_eq!(c.create_burst_per_address, 90, "unset keys keep their defaults");
+        assert!(toml::from_str::<LimitsConfig>("bogus = 1").is_err());
+        assert!(LimitsConfig::default().connections() >= 64);
+    }
+}
