@@ -32,6 +32,7 @@ mod blackhole;
 mod configs;
 mod control_cells;
 mod dir_fetch;
+mod dos;
 mod e2e;
 mod extend_target;
 mod flow_params;

@@ -1,0 +1,443 @@
+//! THREATS A23–A26: one attacker address cannot exhaust a relay. Each relay runs in this
+//! process (real TCP on loopback, real links and handshakes) with a `[limits]` section sized
+//! for the test; the attacker binds 127.0.0.66 and an honest client 127.0.0.77. Counts and
+//! times are small (the flood benchmark carries the big sizes); every assertion is about
+//! behaviour — refused, closed, still served — never speed.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use allium_client::circuit::{self, BeginRequest, CircError};
+use allium_net::limits::LIMITS;
+use allium_net::pool::ChannelPool;
+use allium_proto::cell::DestroyReason;
+use allium_proto::doc::ConsensusRelay;
+use allium_proto::relay_msg::EndReason;
+use tokio::io::AsyncReadExt;
+use tokio::sync::oneshot;
+
+const ATTACKER: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 66));
+const HONEST: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 77));
+
+async fn relay(name: &str, limits: &str, extra: &str) -> ConsensusRelay {
+    crate::support::inproc::start_relay(name, &format!("{extra}\n[limits]\n{limits}\n"))
+        .await
+        .0
+}
+
+/// A24: 120 connections from one address; beyond its 20 the relay closes them at once, and
+/// another address still builds circuits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a24_connection_flood_from_one_address_is_closed_at_once() {
+    let r = relay("a24", "max_connections_per_address = 20", "").await;
+    let before = LIMITS.connections_per_address.load(Ordering::Relaxed);
+    let mut socks = Vec::new();
+    for _ in 0..120 {
+        let s = tokio::net::TcpSocket::new_v4().unwrap();
+        s.bind(SocketAddr::new(ATTACKER, 0)).unwrap();
+        socks.push(
+            s.connect(r.address)
+                .await
+                .expect("TCP connect (the kernel accepts before the relay decides)"),
+        );
+    }
+    // A refused connection is closed by the relay without a byte: EOF (or a reset). An
+    // admitted one waits for our handshake (10 s): nothing to read within 3 s. All are read
+    // at once.
+    let reads: Vec<_> = socks
+        .into_iter()
+        .map(|mut s| {
+            tokio::spawn(async move {
+                let mut b = [0u8; 1];
+                let closed =
+                    match tokio::time::timeout(Duration::from_secs(3), s.read(&mut b)).await {
+                        Ok(Ok(0)) | Ok(Err(_)) => true,
+                        Ok(Ok(_)) => panic!("the relay sent bytes before any handshake"),
+                        Err(_) => false,
+                    };
+                (closed, s)
+            })
+        })
+        .collect();
+    let mut closed = 0;
+    let mut socks = Vec::new();
+    for r in reads {
+        let (c, s) = r.await.unwrap();
+        closed += usize::from(c);
+        socks.push(s);
+    }
+    assert_eq!(
+        closed, 100,
+        "exactly the connections beyond the per-address cap are closed at once"
+    );
+    assert!(
+        LIMITS.connections_per_address.load(Ordering::Relaxed) >= before + 100,
+        "each refusal is counted"
+    );
+    // Another address is served while the attacker holds its 20.
+    let pool = ChannelPool::new(HONEST, None);
+    for i in 0..5 {
+        circuit::build(&pool, &[&r])
+            .await
+            .unwrap_or_else(|e| panic!("honest build {i} during the flood: {e}"));
+    }
+    // Once the attacker's connections close, its places are free again.
+    drop(socks);
+    let pool = ChannelPool::new(ATTACKER, None);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while let Err(e) = circuit::build(&pool, &[&r]).await {
+        assert!(
+            Instant::now() < deadline,
+            "the attacker's address was never admitted again: {e}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A23: an address holding 4 links sends CREATEs far faster than its rate: it gets its burst
+/// (plus the rate over the time taken), then only DESTROY(RESOURCELIMIT), for the defense
+/// period; an honest address builds throughout; the mark expires.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a23_create_flood_gets_its_burst_then_resource_limit() {
+    let r = relay("a23", "create_rate_per_address = 1\ncreate_burst_per_address = 20\ncreate_min_links = 3\ncreate_defense_secs = 3", "").await;
+    let before = LIMITS.create_rate.load(Ordering::Relaxed);
+    let pools: Vec<ChannelPool> = (0..4).map(|_| ChannelPool::new(ATTACKER, None)).collect();
+    // Open the 4 links first (each pool dials its own).
+    let mut circs = Vec::new();
+    let started = Instant::now();
+    let (mut built, mut refused) = (0u32, 0u32);
+    for i in 0..120 {
+        match circuit::build(&pools[i % 4], &[&r]).await {
+            Ok(c) => {
+                built += 1;
+                circs.push(c);
+            }
+            Err(CircError::Destroyed(DestroyReason::ResourceLimit)) => refused += 1,
+            Err(e) => panic!("CREATE {i}: expected CREATED or DESTROY(RESOURCELIMIT), got {e}"),
+        }
+    }
+    let secs = started.elapsed().as_secs_f64();
+    // The first 3 CREATEs come before the address holds 3 links (not yet limited), then the
+    // burst of 20, then 1 per second of the flood; once marked, nothing.
+    let most = 3 + 20 + secs.ceil() as u32;
+    assert!(
+        built <= most,
+        "{built} CREATED in {secs:.1} s (at most {most})"
+    );
+    assert!(refused >= 120 - most, "{refused} refused");
+    assert!(LIMITS.create_rate.load(Ordering::Relaxed) >= before + u64::from(refused));
+    // Marked: refused even at a slow pace.
+    assert!(matches!(
+        circuit::build(&pools[0], &[&r]).await,
+        Err(CircError::Destroyed(DestroyReason::ResourceLimit))
+    ));
+    // An honest address is unaffected.
+    let honest = ChannelPool::new(HONEST, None);
+    for i in 0..10 {
+        circuit::build(&honest, &[&r])
+            .await
+            .unwrap_or_else(|e| panic!("honest build {i} during the flood: {e}"));
+    }
+    // The mark expires after the defense period (3 s), not before.
+    let marked_at = Instant::now();
+    let deadline = marked_at + Duration::from_secs(60);
+    loop {
+        match circuit::build(&pools[1], &[&r]).await {
+            Ok(_) => break,
+            Err(CircError::Destroyed(DestroyReason::ResourceLimit)) => {
+                assert!(Instant::now() < deadline, "the mark never expired");
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+            Err(e) => panic!("{e}"),
+        }
+    }
+    assert!(marked_at.elapsed() < Duration::from_secs(60));
+    drop(circs);
+}
+
+/// A23 (replays): one CREATE replayed is refused before any public-key work, and a client
+/// link holds at most its circuit cap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a23_a_client_link_holds_at_most_its_circuit_cap() {
+    let r = relay("a23cap", "max_circuits_per_client_link = 8", "").await;
+    let pool = ChannelPool::new(ATTACKER, None);
+    let mut open = Vec::new();
+    for _ in 0..8 {
+        open.push(circuit::build(&pool, &[&r]).await.expect("within the cap"));
+    }
+    match circuit::build(&pool, &[&r]).await {
+        Err(CircError::Destroyed(DestroyReason::ResourceLimit)) => {}
+        other => panic!("a 9th circuit on one client link: {:?}", other.err()),
+    }
+    // Closing one frees its place.
+    drop(open.pop());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while let Err(e) = circuit::build(&pool, &[&r]).await {
+        assert!(
+            Instant::now() < deadline,
+            "a closed circuit never freed its place: {e}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// A25: a burst of CREATEs from many addresses against a tiny handshake queue: every CREATE is
+/// answered (CREATED, or DESTROY(RESOURCELIMIT) when the queue is over capacity), nothing hangs,
+/// and a circuit opened before the burst still carries a directory stream afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a25_handshake_burst_is_answered_or_refused_never_queued_without_bound() {
+    let r = relay(
+        "a25",
+        "handshake_queue = 2\nhandshake_queue_delay_ms = 5",
+        "",
+    )
+    .await;
+    let existing = circuit::build(&ChannelPool::new(HONEST, None), &[&r])
+        .await
+        .expect("a circuit before the burst");
+    let mut tasks = Vec::new();
+    for a in 0..40u8 {
+        let r = r.clone();
+        tasks.push(tokio::spawn(async move {
+            let pool = ChannelPool::new(IpAddr::from([127, 0, 1, a + 1]), None);
+            let mut outcomes = Vec::new();
+            for _ in 0..5 {
+                outcomes.push(circuit::build(&pool, &[&r]).await.map(|_| ()));
+            }
+            outcomes
+        }));
+    }
+    let (mut ok, mut refused) = (0, 0);
+    for t in tasks {
+        for o in tokio::time::timeout(Duration::from_secs(120), t)
+            .await
+            .expect("every CREATE answered")
+            .unwrap()
+        {
+            match o {
+                Ok(()) => ok += 1,
+                Err(CircError::Destroyed(DestroyReason::ResourceLimit)) => refused += 1,
+                Err(e) => panic!("a CREATE got neither CREATED nor DESTROY(RESOURCELIMIT): {e}"),
+            }
+        }
+    }
+    assert_eq!(ok + refused, 200);
+    eprintln!("a25: {ok} CREATED, {refused} refused by the handshake queue");
+    let mut dir = existing
+        .begin_dir()
+        .await
+        .expect("the circuit opened before the burst still opens streams");
+    use tokio::io::AsyncWriteExt;
+    dir.write_all(b"GET /allium/v1/consensus HTTP/1.0\r\n\r\n")
+        .await
+        .unwrap();
+    let mut resp = Vec::new();
+    let _ = dir.read_to_end(&mut resp).await;
+    assert!(
+        resp.starts_with(b"HTTP/1.0 "),
+        "a directory answer on the old circuit: {:?}",
+        String::from_utf8_lossy(&resp[..resp.len().min(60)])
+    );
+}
+
+/// A26: one circuit sends 60 BEGINs at once to an exit whose per-circuit burst is 10: the rest
+/// get END(RESOURCELIMIT); another circuit still opens streams.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a26_begin_flood_on_one_circuit_gets_resource_limit() {
+    let target = crate::support::http::FileServer::start(vec![("/x", b"x".to_vec())]);
+    let r = relay(
+        "a26",
+        "begin_rate_per_circuit = 1\nbegin_burst_per_circuit = 10",
+        "[exit]\nenabled = true\npolicy = [\"accept *:*\"]",
+    )
+    .await;
+    let pool = ChannelPool::new(HONEST, None);
+    let c = circuit::build(&pool, &[&r])
+        .await
+        .expect("a circuit to the exit");
+    let before = LIMITS.begin_rate.load(Ordering::Relaxed);
+    let started = Instant::now();
+    let outcomes = begin_many(&c, target.addr(), 60).await;
+    let secs = started.elapsed().as_secs_f64();
+    let connected = outcomes.iter().filter(|o| o.is_ok()).count();
+    let limited = outcomes
+        .iter()
+        .filter(|o| **o == Err(EndReason::ResourceLimit))
+        .count();
+    assert_eq!(
+        connected + limited,
+        60,
+        "every BEGIN was CONNECTED or END(RESOURCELIMIT): {outcomes:?}"
+    );
+    assert!(
+        connected <= 10 + secs.ceil() as usize,
+        "{connected} connected in {secs:.1} s"
+    );
+    assert!(LIMITS.begin_rate.load(Ordering::Relaxed) >= before + limited as u64);
+    let other = circuit::build(&pool, &[&r]).await.expect("another circuit");
+    assert!(
+        begin_many(&other, target.addr(), 3)
+            .await
+            .iter()
+            .all(|o| o.is_ok()),
+        "another circuit is unaffected"
+    );
+}
+
+/// Sends `n` BEGINs to `target` on `c` at once (each with an application socket of its own)
+/// and returns how each ended.
+async fn begin_many(
+    c: &circuit::CircHandle,
+    target: SocketAddr,
+    n: usize,
+) -> Vec<Result<(), EndReason>> {
+    let app = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mut waits = Vec::new();
+    let mut keep = Vec::new();
+    for _ in 0..n {
+        let ours = tokio::net::TcpStream::connect(app.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (theirs, _) = app.accept().await.unwrap();
+        keep.push(ours);
+        let (done, rx) = oneshot::channel();
+        let req = BeginRequest {
+            host: target.ip().to_string(),
+            port: target.port(),
+            sock: theirs,
+            early_data: vec![],
+            success_reply: vec![],
+            done,
+        };
+        assert!(c.begin(req).await.is_ok(), "the circuit closed");
+        waits.push(rx);
+    }
+    let mut out = Vec::new();
+    for w in waits {
+        out.push(
+            match tokio::time::timeout(Duration::from_secs(60), w)
+                .await
+                .expect("a BEGIN answered")
+                .expect("the circuit answered")
+            {
+                Ok(_) => Ok(()),
+                Err((reason, _)) => Err(reason),
+            },
+        );
+    }
+    out
+}
+
+/// A24 at an authority's directory port (a real test network): 60 silent connections from
+/// one address. Beyond the per-address cap (50) they are closed at once; the rest are closed
+/// once they have been silent for `dir_idle_timeout_secs` (15 s), and the directory keeps
+/// answering another address meanwhile.
+#[test]
+fn a24_directory_port_closes_silent_connections() {
+    let net = crate::support::testnet::Testnet::start(&[]);
+    let auth = net
+        .with_role("authority")
+        .next()
+        .expect("an authority")
+        .addr;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let started = Instant::now();
+        let mut reads = Vec::new();
+        for _ in 0..60 {
+            let s = tokio::net::TcpSocket::new_v4().unwrap();
+            s.bind(SocketAddr::new(ATTACKER, 0)).unwrap();
+            let mut s = s.connect(auth).await.expect("TCP connect");
+            reads.push(tokio::spawn(async move {
+                let mut b = [0u8; 1];
+                // Silent: wait for the authority to close it (EOF or reset), up to 90 s.
+                let r = tokio::time::timeout(Duration::from_secs(90), s.read(&mut b)).await;
+                assert!(
+                    matches!(r, Ok(Ok(0)) | Ok(Err(_))),
+                    "a silent directory connection got {r:?}"
+                );
+                Instant::now()
+            }));
+        }
+        // Another address is answered while they are open.
+        let honest = tokio::net::TcpSocket::new_v4().unwrap();
+        honest.bind(SocketAddr::new(HONEST, 0)).unwrap();
+        let mut h = honest.connect(auth).await.unwrap();
+        use tokio::io::AsyncWriteExt;
+        h.write_all(b"GET /allium/v1/consensus HTTP/1.0\r\n\r\n")
+            .await
+            .unwrap();
+        let mut resp = Vec::new();
+        tokio::time::timeout(Duration::from_secs(30), h.read_to_end(&mut resp))
+            .await
+            .expect("an answer")
+            .unwrap();
+        assert!(
+            resp.starts_with(b"HTTP/1."),
+            "{:?}",
+            String::from_utf8_lossy(&resp[..resp.len().min(80)])
+        );
+        let mut closed_at: Vec<Duration> = Vec::new();
+        for r in reads {
+            closed_at.push(
+                r.await
+                    .expect("every silent connection is closed")
+                    .duration_since(started),
+            );
+        }
+        closed_at.sort();
+        // 10 closed at once (well before the idle timeout), 50 after it.
+        assert!(
+            closed_at[9] < Duration::from_secs(14),
+            "the 10 over the cap were not closed at once: {closed_at:?}"
+        );
+        assert!(
+            closed_at[10] >= Duration::from_secs(14),
+            "a connection under the cap closed before its idle timeout: {closed_at:?}"
+        );
+    });
+}
+
+/// Idle state expires: a circuit on which nothing moved for `circuit_idle_timeout_secs` is
+/// destroyed by the relay, and a link left without circuits is closed after
+/// `link_idle_timeout_secs`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn idle_circuits_and_links_are_closed() {
+    let r = relay(
+        "idle",
+        "circuit_idle_timeout_secs = 1\nlink_idle_timeout_secs = 2",
+        "",
+    )
+    .await;
+    let (circuits, links) = (
+        LIMITS.idle_circuits_closed.load(Ordering::Relaxed),
+        LIMITS.idle_links_closed.load(Ordering::Relaxed),
+    );
+    let peer = allium_net::link::PeerInfo {
+        addr: r.address,
+        identity: r.identity,
+        link_key: r.link_key,
+    };
+    let link = allium_net::link::connect(HONEST, &peer, None)
+        .await
+        .expect("a link");
+    let chan = allium_net::channel::Channel::spawn(link, None);
+    let pool = ChannelPool::new(HONEST, None);
+    let c = circuit::build(&pool, &[&r]).await.expect("a circuit");
+    // The relay destroys the idle circuit: the circuit task ends and its control channel closes.
+    tokio::time::timeout(Duration::from_secs(60), c.recv_control())
+        .await
+        .expect("the idle circuit was never destroyed");
+    assert!(c.is_closed());
+    // The link `chan` never carried a circuit: the relay closes it.
+    tokio::time::timeout(Duration::from_secs(60), chan.closed())
+        .await
+        .expect("the idle link was never closed");
+    assert!(LIMITS.idle_circuits_closed.load(Ordering::Relaxed) > circuits);
+    assert!(LIMITS.idle_links_closed.load(Ordering::Relaxed) > links);
+}
