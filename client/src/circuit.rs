@@ -250,7 +250,7 @@ impl CircHandle {
 struct Circuit {
     chan: Channel,
     id: u32,
-    rx: mpsc::Receiver<Cell>,
+    rx: allium_net::cell_queue::CellReceiver,
     crypto: ClientCrypto,
     asm: Vec<MsgAssembler>,
     /// Sent to every hop; the streams use it.

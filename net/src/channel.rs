@@ -21,6 +21,7 @@ use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{mpsc, watch};
 
+use crate::cell_queue::{cell_queue, CellReceiver, CellSender, QueueError};
 use crate::limits::conn::ConnPermit;
 use crate::limits::counters::{LimitCounters, LIMITS};
 use crate::link::{read_frame, Link};
@@ -79,7 +80,7 @@ struct Shared {
 }
 
 struct CircTable {
-    map: HashMap<u32, mpsc::Sender<Cell>>,
+    map: HashMap<u32, Arc<CellSender>>,
     next: u32,
 }
 
@@ -87,7 +88,7 @@ struct CircTable {
 #[derive(Clone)]
 pub struct Channel {
     out: mpsc::Sender<Cell>,
-    destroys: mpsc::Sender<Cell>,
+    destroys: mpsc::Sender<(u32, DestroyReason)>,
     shared: Arc<Shared>,
     /// The peer's relay identity, when it proved one.
     pub peer: Option<RelayId>,
@@ -169,18 +170,19 @@ impl Channel {
     /// peer is not reading and the whole link is closed (which ends every circuit on it).
     pub fn destroy(&self, id: u32, reason: DestroyReason) {
         self.close_circuit(id);
-        if let Err(mpsc::error::TrySendError::Full(_)) = self.destroys.try_send(Cell::destroy(id, reason)) {
+        if let Err(mpsc::error::TrySendError::Full(_)) = self.destroys.try_send((id, reason)) {
             tracing::debug!("link: {DESTROY_QUEUE} DESTROY cells unwritten; closing the link");
             self.close();
         }
     }
 
     /// Allocates a circuit id on this link and registers its queue.
-    pub fn open_circuit(&self) -> Result<(u32, mpsc::Receiver<Cell>), ChannelClosed> {
+    pub fn open_circuit(&self) -> Result<(u32, CellReceiver), ChannelClosed> {
         if self.is_closed() {
             return Err(ChannelClosed);
         }
-        let (tx, rx) = mpsc::channel(CIRCUIT_QUEUE_CAP);
+        let (tx, rx) = cell_queue(CIRCUIT_QUEUE_CAP);
+        let tx = Arc::new(tx);
         let mut t = self.shared.circuits.lock().expect("circuit table lock");
         let high = if self.initiator { 0x8000_0000 } else { 0 };
         loop {
@@ -194,9 +196,9 @@ impl Channel {
     }
 
     /// Registers the queue of a circuit the peer opened (from a [`CreateHandler`]).
-    pub fn accept_circuit(&self, id: u32) -> mpsc::Receiver<Cell> {
-        let (tx, rx) = mpsc::channel(CIRCUIT_QUEUE_CAP);
-        self.shared.circuits.lock().expect("circuit table lock").map.insert(id, tx);
+    pub fn accept_circuit(&self, id: u32) -> CellReceiver {
+        let (tx, rx) = cell_queue(CIRCUIT_QUEUE_CAP);
+        self.shared.circuits.lock().expect("circuit table lock").map.insert(id, Arc::new(tx));
         rx
     }
 
@@ -241,13 +243,18 @@ fn close(shared: &Shared) {
 /// limits) is released when the reader ends, which is when the link closes.
 async fn reader(mut rd: OwnedReadHalf, transport: Arc<snow::StatelessTransportState>, chan: Channel, handler: Option<Arc<dyn CreateHandler>>, _permit: Option<ConnPermit>) {
     let mut closed = chan.shared.closed.subscribe();
-    let mut frame = Vec::with_capacity(MAX_NOISE_MSG);
-    let mut plain = vec![0u8; MAX_NOISE_MSG];
+    // Buffers grow to the largest message seen: a link that never carries traffic holds a
+    // few bytes, not two 64 KiB buffers.
+    let mut frame = Vec::new();
+    let mut plain = Vec::new();
     let mut nonce = 0u64;
     loop {
         tokio::select! {
             r = read_frame(&mut rd, &mut frame) => if r.is_err() { break },
             _ = closed.changed() => break,
+        }
+        if plain.len() < frame.len() {
+            plain.resize(frame.len(), 0);
         }
         let Ok(n) = transport.read_message(nonce, &frame, &mut plain) else {
             tracing::debug!("link: transport message failed to authenticate; closing");
@@ -260,7 +267,7 @@ async fn reader(mut rd: OwnedReadHalf, transport: Arc<snow::StatelessTransportSt
         }
         let mut ok = true;
         // Consecutive cells of one message are mostly for one circuit: look its queue up once.
-        let mut cache: Option<(u32, mpsc::Sender<Cell>)> = None;
+        let mut cache: Option<(u32, Arc<CellSender>)> = None;
         for chunk in plain[..n].chunks_exact(CELL_LEN) {
             match Cell::decode(chunk) {
                 Ok(cell) => dispatch(&chan, handler.as_deref(), cell, &mut cache),
@@ -278,7 +285,7 @@ async fn reader(mut rd: OwnedReadHalf, transport: Arc<snow::StatelessTransportSt
     close(&chan.shared);
 }
 
-fn dispatch(chan: &Channel, handler: Option<&dyn CreateHandler>, cell: Cell, cache: &mut Option<(u32, mpsc::Sender<Cell>)>) {
+fn dispatch(chan: &Channel, handler: Option<&dyn CreateHandler>, cell: Cell, cache: &mut Option<(u32, Arc<CellSender>)>) {
     if cell.cmd == CellCmd::Padding {
         return;
     }
@@ -294,13 +301,13 @@ fn dispatch(chan: &Channel, handler: Option<&dyn CreateHandler>, cell: Cell, cac
     match sender {
         Some(tx) => match tx.try_send(cell) {
             Ok(()) => {}
-            Err(mpsc::error::TrySendError::Full(_)) => {
+            Err(QueueError::Full) => {
                 tracing::debug!("circuit queue over its cap: destroying the circuit");
                 LimitCounters::hit(&LIMITS.circuit_queue_full);
                 *cache = None;
                 chan.destroy(id, DestroyReason::ResourceLimit);
             }
-            Err(mpsc::error::TrySendError::Closed(_)) => {
+            Err(QueueError::Closed) => {
                 *cache = None;
                 chan.close_circuit(id);
             }
@@ -375,21 +382,21 @@ async fn delayed_writer(mut wr: OwnedWriteHalf, mut rx: mpsc::Receiver<(Instant,
 
 /// What the writer takes cells from: DESTROYs first, then the rest in order.
 struct Queues {
-    destroys: mpsc::Receiver<Cell>,
+    destroys: mpsc::Receiver<(u32, DestroyReason)>,
     cells: mpsc::Receiver<Cell>,
 }
 
 impl Queues {
     /// The next queued cell without waiting, DESTROYs first.
     fn try_next(&mut self) -> Option<Cell> {
-        self.destroys.try_recv().or_else(|_| self.cells.try_recv()).ok()
+        self.destroys.try_recv().map(|(id, r)| Cell::destroy(id, r)).or_else(|_| self.cells.try_recv()).ok()
     }
 
     /// Waits for the next cell; `None` once no sender of ordinary cells is left.
     async fn next(&mut self) -> Option<Cell> {
         tokio::select! {
             biased;
-            Some(c) = self.destroys.recv() => Some(c),
+            Some((id, r)) = self.destroys.recv() => Some(Cell::destroy(id, r)),
             c = self.cells.recv() => c,
         }
     }
@@ -398,9 +405,10 @@ impl Queues {
 async fn writer(mut output: Output, mut rx: Queues, transport: Arc<snow::StatelessTransportState>, shared: Arc<Shared>) {
     let mut closed = shared.closed.subscribe();
     let mut nonce = 0u64;
-    let mut plain: Vec<u8> = Vec::with_capacity(MAX_CELLS_PER_FRAME * CELL_LEN);
-    let mut out: Vec<u8> = Vec::with_capacity(MAX_WRITE + MAX_NOISE_MSG);
-    let mut frame = vec![0u8; MAX_NOISE_MSG];
+    // Allocated at the first cell written (an idle link holds none of them).
+    let mut plain: Vec<u8> = Vec::new();
+    let mut out: Vec<u8> = Vec::new();
+    let mut frame: Vec<u8> = Vec::new();
     'outer: loop {
         let first = tokio::select! {
             c = rx.next() => match c { Some(c) => c, None => break },
@@ -408,6 +416,10 @@ async fn writer(mut output: Output, mut rx: Queues, transport: Arc<snow::Statele
         };
         out.clear();
         plain.clear();
+        if frame.is_empty() {
+            frame.resize(MAX_NOISE_MSG, 0);
+            plain.reserve(MAX_CELLS_PER_FRAME * CELL_LEN);
+        }
         first.encode_to(&mut plain);
         let mut cells = 1u64;
         loop {

@@ -6,6 +6,7 @@
 //! - [`config`]: config sections shared by all roles and TOML loading with one-line errors.
 //! - [`keys`]: a node's long-term keys in its data directory.
 //! - [`link`]: TCP plus the Noise link handshake.
+//! - [`cell_queue`]: a circuit's inbound cell queue (storage only while cells wait).
 //! - [`channel`]: the channel reactor (reader and writer tasks of one link, its circuit table).
 //! - [`stream`]: streams on a circuit end: windows, SENDMEs and the socket tasks.
 //! - [`pool`]: open links by peer identity.
@@ -14,6 +15,7 @@
 //! `allium-client`, `allium-directory`).
 
 pub mod accept;
+pub mod cell_queue;
 pub mod limits;
 pub mod config;
 pub mod keys;

@@ -9,6 +9,7 @@
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use allium_net::cell_queue::CellReceiver;
 use allium_net::channel::Channel;
 use allium_net::link::{LinkError, PeerInfo};
 use allium_net::limits::bucket::TokenBucket;
@@ -60,7 +61,7 @@ pub(crate) struct RelayCircuit {
     pub ctx: Arc<RelayCtx>,
     pub prev: Channel,
     pub prev_id: u32,
-    pub prev_rx: mpsc::Receiver<Cell>,
+    pub prev_rx: CellReceiver,
     pub crypto: RelayCrypto,
     /// This hop's keys (ESTABLISH_INTRO is signed over a binding of them).
     pub hop_keys: HopKeys,
@@ -101,7 +102,7 @@ struct Hs {
 struct Next {
     chan: Channel,
     id: u32,
-    rx: mpsc::Receiver<Cell>,
+    rx: CellReceiver,
     /// The CREATED reply being reassembled, until EXTENDED is sent.
     created: Option<Option<Reassembly>>,
 }
@@ -622,7 +623,7 @@ async fn join_extend(p: &mut Option<PendingExtend>) -> Result<Channel, LinkError
 }
 
 /// Waits for the rest of a multi-cell CREATE, within the reassembly time cap.
-pub(crate) async fn read_create(first: &Cell, rx: &mut mpsc::Receiver<Cell>) -> Result<(cell::CreateHeader, Vec<u8>), DestroyReason> {
+pub(crate) async fn read_create(first: &Cell, rx: &mut CellReceiver) -> Result<(cell::CreateHeader, Vec<u8>), DestroyReason> {
     let (hdr, bytes) = cell::parse_create(&first.payload).map_err(|_| DestroyReason::Protocol)?;
     let started = Instant::now();
     let (mut r, mut p) = Reassembly::start(hdr.total_len, MAX_HANDSHAKE_LEN, bytes, 0).map_err(|_| DestroyReason::Protocol)?;

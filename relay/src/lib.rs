@@ -249,7 +249,7 @@ impl CreateHandler for Creates {
         let ctx = self.0.clone();
         let chan = chan.clone();
         let id = cell.circ_id;
-        if let Err(reason) = admit_create(&ctx, &chan) {
+        if let Err(reason) = admit_create(&ctx, &chan, &cell) {
             chan.destroy(id, reason);
             return;
         }
@@ -286,7 +286,15 @@ impl CreateHandler for Creates {
 /// The checks a CREATE passes before any work (THREATS A23): a peer that is not a consensus
 /// relay may hold at most `max_circuits_per_client_link` circuits on one link, and an
 /// address holding `create_min_links` links or more is held to its CREATE token bucket.
-fn admit_create(ctx: &RelayCtx, chan: &Channel) -> Result<(), DestroyReason> {
+fn admit_create(ctx: &RelayCtx, chan: &Channel, cell: &Cell) -> Result<(), DestroyReason> {
+    // A CREATE that fits one cell is checked for a replay here, before a circuit or a task
+    // exists for it (a longer one after reassembly, in `create`).
+    if let Some(msg) = single_cell_create(cell) {
+        if !ctx.replays.lock().unwrap_or_else(|e| e.into_inner()).first_time(msg) {
+            tracing::debug!("CREATE refused: a replayed handshake");
+            return Err(DestroyReason::Protocol);
+        }
+    }
     let Some(ip) = chan.peer_addr else { return Ok(()) };
     if ctx.dir.is_relay_address(ip) {
         return Ok(());
@@ -305,13 +313,19 @@ fn admit_create(ctx: &RelayCtx, chan: &Channel) -> Result<(), DestroyReason> {
     Ok(())
 }
 
+/// The handshake message of a CREATE that holds all of it in its first cell.
+fn single_cell_create(cell: &Cell) -> Option<&[u8]> {
+    let (hdr, bytes) = cell::parse_create(&cell.payload).ok()?;
+    (bytes.len() == hdr.total_len).then_some(bytes)
+}
+
 /// Answers a CREATE: reassembles it, runs the server side of ntor, sends CREATED.
-async fn create(ctx: &Arc<RelayCtx>, chan: &Channel, first: &Cell, rx: &mut tokio::sync::mpsc::Receiver<Cell>) -> Result<(RelayCrypto, HopKeys, u8, FlowParams), DestroyReason> {
+async fn create(ctx: &Arc<RelayCtx>, chan: &Channel, first: &Cell, rx: &mut allium_net::cell_queue::CellReceiver) -> Result<(RelayCrypto, HopKeys, u8, FlowParams), DestroyReason> {
     let (hdr, msg) = circuit::read_create(first, rx).await?;
     if hdr.htype != HTYPE_NTOR {
         return Err(DestroyReason::Protocol);
     }
-    if !ctx.replays.lock().unwrap_or_else(|e| e.into_inner()).first_time(&msg) {
+    if single_cell_create(first).is_none() && !ctx.replays.lock().unwrap_or_else(|e| e.into_inner()).first_time(&msg) {
         tracing::debug!("CREATE refused: a replayed handshake");
         return Err(DestroyReason::Protocol);
     }

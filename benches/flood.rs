@@ -1,0 +1,269 @@
+//! `cargo bench --bench flood`: attacks from THREATS A23–A25 against one relay of a real test
+//! network (`allium testnet`, each node its own process), at bounded size, and what the
+//! relay does meanwhile. For each attack it prints the relay's RSS before, during and after,
+//! honest 1-hop circuit build times (median and p99) during the attack beside idle, the
+//! round-trip p99 of a directory request on a circuit opened before the attack beside idle,
+//! and what the attacker got.
+//!
+//! The attacker binds addresses in 127.0.3.0/24 (many sources) or 127.0.0.66 (one source); the
+//! honest client 127.0.0.77. Traffic goes to 127.0.0.0/8 only; every attack is bounded in count
+//! and time. Issue targets: RSS ≤ 64 MiB above idle and back within a minute; honest build p99
+//! ≤ 3× idle; forwarding p99 ≤ 2× idle; ≥ 6,000 handshakes/s per core.
+
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use allium_client::circuit::{self, CircError, CircHandle};
+use allium_net::channel::Channel;
+use allium_net::link::{self, PeerInfo};
+use allium_net::pool::ChannelPool;
+use allium_proto::cell::{self, CellCmd, DestroyReason};
+use allium_proto::crypto::ntor::{self, HTYPE_NTOR};
+use allium_proto::doc::ConsensusRelay;
+use allium_proto::ext::Extensions;
+use allium_proto::flow::FlowParams;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+#[allow(dead_code)]
+#[path = "../tests/integration/support/mod.rs"]
+mod support;
+
+const HONEST: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 77));
+/// Honest builds and directory round trips sampled per phase.
+const SAMPLES: usize = 40;
+/// Links held open by the link flood (from 40 addresses, 50 each: the per-address default).
+const FLOOD_LINKS: usize = 2_000;
+/// Circuit ids the one captured CREATE is replayed on.
+const REPLAYS: usize = 20_000;
+/// How long the handshake flood runs.
+const HANDSHAKE_FLOOD: Duration = Duration::from_secs(10);
+/// Attacker tasks in the handshake flood (each its own source address).
+const HANDSHAKE_SOURCES: u8 = 40;
+
+fn main() {
+    let net = support::testnet::Testnet::start(&[]);
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    rt.block_on(run(&net));
+}
+
+async fn run(net: &support::testnet::Testnet) {
+    let cfg = allium_client::ClientConfig::load(&net.dir.join("client").join("config.toml")).expect("the client's config");
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
+    let dir = allium_directory::fetch_consensus(&cfg.network, IpAddr::from([127, 0, 0, 1]), now, None).await.expect("the consensus");
+    let target = dir.relays().into_iter().next().expect("a relay").clone();
+    let node = net.nodes.iter().find(|n| n.addr == target.address).expect("the target's node");
+    let pid = node.pid;
+    println!("target: {} (pid {pid}); {} cores", node.name, std::thread::available_parallelism().map_or(1, |n| n.get()));
+
+    let honest = ChannelPool::new(HONEST, None);
+    let existing = circuit::build(&honest, &[&target]).await.expect("a circuit before any attack");
+    let idle = measure(&honest, &target, &existing).await;
+    let idle_rss = rss_mib(pid);
+    println!("\nidle: RSS {idle_rss:.1} MiB; honest build {}; directory round trip {}", idle.builds, idle.rtt);
+    println!("\n| attack | RSS before / during / after (MiB) | honest build median, p99 (ms) | dir round trip p99 (ms) | attacker got |");
+    println!("|---|---|---|---|---|");
+
+    // A24: many idle authenticated links, from many addresses (each at its per-address cap)
+    // and one address far over it.
+    let before = rss_mib(pid);
+    let (links, refused) = link_flood(&target).await;
+    let during = measure(&honest, &target, &existing).await;
+    let rss_during = rss_mib(pid);
+    let open = links.len();
+    drop(links);
+    let after = settle_rss(pid, before).await;
+    row("A24 idle links", before, rss_during, after, &during, &format!("{open} links held, {refused} closed at once"));
+
+    // A23/A25: one captured CREATE replayed on many circuit ids.
+    let before = rss_mib(pid);
+    let (answered, created) = replay_flood(&target).await;
+    let during = measure(&honest, &target, &existing).await;
+    let rss_during = rss_mib(pid);
+    let after = settle_rss(pid, before).await;
+    row("A23 one CREATE replayed", before, rss_during, after, &during, &format!("{created} CREATED of {answered} answered ({REPLAYS} sent)"));
+
+    // A25: fresh handshakes as fast as 40 addresses can ask, for a fixed time.
+    let before = rss_mib(pid);
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let (done, refused) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+    let flood = handshake_flood(&target, stop.clone(), done.clone(), refused.clone());
+    let started = Instant::now();
+    let during = measure(&honest, &target, &existing).await;
+    let rss_during = rss_mib(pid);
+    tokio::time::sleep(HANDSHAKE_FLOOD.saturating_sub(started.elapsed())).await;
+    stop.store(true, Ordering::Relaxed);
+    for t in flood {
+        let _ = t.await;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let after = settle_rss(pid, before).await;
+    let rate = done.load(Ordering::Relaxed) as f64 / secs;
+    row(
+        "A25 handshake flood",
+        before,
+        rss_during,
+        after,
+        &during,
+        &format!("{rate:.0} CREATED/s for {secs:.0} s ({} refused)", refused.load(Ordering::Relaxed)),
+    );
+    println!("\nidle honest build {}, dir round trip {}", idle.builds, idle.rtt);
+}
+
+struct Phase {
+    builds: String,
+    rtt: String,
+}
+
+fn row(name: &str, before: f64, during: f64, after: f64, p: &Phase, got: &str) {
+    println!("| {name} | {before:.1} / {during:.1} / {after:.1} | {} | {} | {got} |", p.builds, p.rtt);
+}
+
+/// Honest 1-hop builds and directory round trips on `existing`.
+async fn measure(honest: &ChannelPool, target: &ConsensusRelay, existing: &CircHandle) -> Phase {
+    let mut builds = Vec::new();
+    let mut failed = 0;
+    for _ in 0..SAMPLES {
+        let t = Instant::now();
+        match circuit::build_within(honest, &[target], Duration::from_secs(30), FlowParams::default()).await {
+            Ok(_) => builds.push(t.elapsed()),
+            Err(_) => failed += 1,
+        }
+    }
+    let mut rtts = Vec::new();
+    for _ in 0..SAMPLES {
+        let t = Instant::now();
+        if let Ok(mut s) = existing.begin_dir().await {
+            let _ = s.write_all(b"GET /allium/v1/nothing HTTP/1.0\r\n\r\n").await;
+            let mut resp = Vec::new();
+            if s.read_to_end(&mut resp).await.is_ok() && !resp.is_empty() {
+                rtts.push(t.elapsed());
+            }
+        }
+    }
+    let fail = if failed > 0 { format!(" ({failed} failed)") } else { String::new() };
+    Phase { builds: format!("{}{fail}", stats(&mut builds)), rtt: stats(&mut rtts) }
+}
+
+fn stats(v: &mut [Duration]) -> String {
+    if v.is_empty() {
+        return "none".into();
+    }
+    v.sort();
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    format!("{:.1}, {:.1}", ms(v[v.len() / 2]), ms(v[(v.len() * 99 / 100).min(v.len() - 1)]))
+}
+
+fn peer(r: &ConsensusRelay) -> PeerInfo {
+    PeerInfo { addr: r.address, identity: r.identity, link_key: r.link_key }
+}
+
+/// Opens `FLOOD_LINKS` links from 40 addresses plus 200 more from one address; returns the
+/// links held and how many the relay closed (handshake failed).
+async fn link_flood(target: &ConsensusRelay) -> (Vec<Channel>, usize) {
+    let mut tasks = Vec::new();
+    let per = FLOOD_LINKS / 40;
+    for a in 0..40u8 {
+        let p = peer(target);
+        tasks.push(tokio::spawn(async move {
+            let ip = IpAddr::from([127, 0, 3, a + 1]);
+            let mut v = Vec::new();
+            let n = if a == 0 { per + 200 } else { per };
+            for _ in 0..n {
+                v.push(link::connect(ip, &p, None).await.ok().map(|l| Channel::spawn(l, None)));
+            }
+            v
+        }));
+    }
+    let mut links = Vec::new();
+    let mut refused = 0;
+    for t in tasks {
+        for l in t.await.unwrap() {
+            match l {
+                Some(c) => links.push(c),
+                None => refused += 1,
+            }
+        }
+    }
+    (links, refused)
+}
+
+/// Sends one CREATE's bytes on `REPLAYS` circuit ids over 4 links; returns how many got an
+/// answer and how many of those were CREATED.
+async fn replay_flood(target: &ConsensusRelay) -> (usize, usize) {
+    let mut ext = Vec::new();
+    Extensions(vec![FlowParams::default().to_extension()]).encode(&mut ext);
+    let (_, msg) = ntor::client_start(&mut rand::rngs::OsRng, &target.identity, &target.onion_key, &ext);
+    let msg = Arc::new(msg);
+    let mut tasks = Vec::new();
+    for a in 0..4u8 {
+        let (p, msg) = (peer(target), msg.clone());
+        tasks.push(tokio::spawn(async move {
+            let Ok(l) = link::connect(IpAddr::from([127, 0, 4, a + 1]), &p, None).await else { return (0, 0) };
+            let chan = Channel::spawn(l, None);
+            let mut rxs = Vec::new();
+            for _ in 0..REPLAYS / 4 {
+                let Ok((id, rx)) = chan.open_circuit() else { break };
+                for c in cell::create_cells(id, HTYPE_NTOR, 0, &msg) {
+                    if chan.send(c).await.is_err() {
+                        break;
+                    }
+                }
+                rxs.push(rx);
+            }
+            let (mut answered, mut created) = (0, 0);
+            for mut rx in rxs {
+                if let Ok(Some(c)) = tokio::time::timeout(Duration::from_secs(5), rx.recv()).await {
+                    answered += 1;
+                    created += usize::from(c.cmd != CellCmd::Destroy);
+                }
+            }
+            (answered, created)
+        }));
+    }
+    let mut sum = (0, 0);
+    for t in tasks {
+        let (a, c) = t.await.unwrap();
+        sum = (sum.0 + a, sum.1 + c);
+    }
+    sum
+}
+
+/// Attackers that build fresh 1-hop circuits as fast as they can (4 links each, so their
+/// CREATE rate is limited per address too) until `stop`.
+fn handshake_flood(target: &ConsensusRelay, stop: Arc<std::sync::atomic::AtomicBool>, done: Arc<AtomicU64>, refused: Arc<AtomicU64>) -> Vec<tokio::task::JoinHandle<()>> {
+    (0..HANDSHAKE_SOURCES)
+        .map(|a| {
+            let (target, stop, done, refused) = (target.clone(), stop.clone(), done.clone(), refused.clone());
+            tokio::spawn(async move {
+                let pool = ChannelPool::new(IpAddr::from([127, 0, 5, a + 1]), None);
+                while !stop.load(Ordering::Relaxed) {
+                    match circuit::build_within(&pool, &[&target], Duration::from_secs(10), FlowParams::default()).await {
+                        Ok(_) => done.fetch_add(1, Ordering::Relaxed),
+                        Err(CircError::Destroyed(DestroyReason::ResourceLimit)) => refused.fetch_add(1, Ordering::Relaxed),
+                        Err(_) => 0,
+                    };
+                }
+            })
+        })
+        .collect()
+}
+
+/// VmRSS of `pid` in MiB.
+fn rss_mib(pid: u32) -> f64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    status.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.split_whitespace().next()).and_then(|kb| kb.parse::<f64>().ok()).map_or(f64::NAN, |kb| kb / 1024.0)
+}
+
+/// The RSS once it is back within 8 MiB of `before`, or after 60 s (whichever comes first).
+async fn settle_rss(pid: u32, before: f64) -> f64 {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let now = rss_mib(pid);
+        if now <= before + 8.0 || Instant::now() >= deadline {
+            return now;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
