@@ -4,10 +4,10 @@
 
 use allium_directory::NetDir;
 use allium_proto::dir_stream::{encode_post, encode_request, parse_response, DirResponse, MAX_RESPONSE_HEAD_LEN};
-use allium_proto::doc::{ConsensusRelay, RelayFlags};
+use allium_proto::doc::ConsensusRelay;
 use allium_proto::hs::desc::MAX_HS_DESCRIPTOR_LEN;
-use allium_proto::hs::period::{current_period, ring_srv};
-use allium_proto::hs::{HsDirRing, TimePeriod};
+use allium_proto::hs::period::current_period;
+use allium_proto::hs::TimePeriod;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::circmgr::CircMgr;
@@ -35,9 +35,7 @@ pub fn period_of(nd: &NetDir) -> TimePeriod {
 /// The HSDirs responsible for `blinded_key` in `period`, per `nd`: its HSDir-flagged relays
 /// (those whose microdescriptor is held) on the ring of that period.
 pub fn responsible_hsdirs(nd: &NetDir, blinded_key: &[u8; 32], period: TimePeriod) -> Vec<ConsensusRelay> {
-    let srv = ring_srv(period, &nd.consensus().meta().period_srvs);
-    let ids = nd.relays().iter().filter(|r| r.flags.contains(RelayFlags::HSDIR | RelayFlags::RUNNING | RelayFlags::VALID)).map(|r| r.identity);
-    HsDirRing::new(ids, &srv, period).responsible_default(blinded_key).iter().filter_map(|id| nd.by_id(id).cloned()).collect()
+    nd.responsible_hsdirs(blinded_key, period).iter().filter_map(|id| nd.by_id(id).cloned()).collect()
 }
 
 /// One request on a directory stream of a fresh 3-hop circuit ending at `hsdir`.

@@ -112,6 +112,20 @@ impl NetDir {
         })
     }
 
+    /// The identities of the HSDirs responsible for `blinded_key` in `period`: the relays
+    /// flagged HSDir, Running and Valid whose microdescriptor is held, on that period's ring
+    /// (docs/PROTOCOL.md, "HSDir ring"). Services, clients and HSDirs all use this.
+    pub fn responsible_hsdirs(&self, blinded_key: &[u8; 32], period: allium_proto::hs::TimePeriod) -> Vec<RelayId> {
+        self.hsdir_ring(period).responsible_default(blinded_key)
+    }
+
+    /// The HSDir ring of `period` (see [`NetDir::responsible_hsdirs`]).
+    pub fn hsdir_ring(&self, period: allium_proto::hs::TimePeriod) -> allium_proto::hs::HsDirRing {
+        let srv = allium_proto::hs::period::ring_srv(period, &self.consensus().meta().period_srvs);
+        let ids = self.relays().iter().filter(|r| r.flags.contains(RelayFlags::HSDIR | RelayFlags::RUNNING | RelayFlags::VALID)).map(|r| r.identity);
+        allium_proto::hs::HsDirRing::new(ids, &srv, period)
+    }
+
     /// The onion-service time-period length this consensus sets (`hs-period-secs`, see
     /// `allium_proto::hs::period::length_from_params`).
     pub fn hs_period_secs(&self) -> u64 {

@@ -23,6 +23,7 @@ use allium_directory::{ConsensusCache, NetDir};
 use allium_net::keys::unix_now;
 use allium_proto::dir_stream::{compress, encode_compressed_response, encode_response, parse_request, DirRequest, Method, MAX_REQUEST_TOTAL};
 use allium_proto::doc::RelayFlags;
+use allium_proto::hs::{HsDirRing, TimePeriod};
 use allium_proto::ids::RelayId;
 
 use crate::hsdir::HsDir;
@@ -49,12 +50,17 @@ pub struct DirCache {
     /// The addresses of the relays in the current and the previous consensus (exempt from
     /// per-address limits: many circuits from one relay are many clients' circuits).
     relay_ips: std::sync::RwLock<std::collections::HashSet<std::net::IpAddr>>,
+    /// HSDir rings by (consensus digest, period), the last few computed.
+    rings: Mutex<Vec<([u8; 32], TimePeriod, Arc<HsDirRing>)>>,
 }
+
+/// Rings kept (two consensuses × two periods).
+const RINGS_KEPT: usize = 4;
 
 impl DirCache {
     pub fn new(cache: ConsensusCache) -> Self {
         let relay_ips = cache.current().map(|nd| nd.consensus().relays().iter().map(|r| r.address.ip()).collect()).unwrap_or_default();
-        DirCache { inner: Mutex::new(cache), compressed: Mutex::new(None), own_id: None, hsdir: HsDir::default(), previous: Mutex::new(None), relay_ips: std::sync::RwLock::new(relay_ips) }
+        DirCache { inner: Mutex::new(cache), compressed: Mutex::new(None), own_id: None, hsdir: HsDir::default(), previous: Mutex::new(None), relay_ips: std::sync::RwLock::new(relay_ips), rings: Mutex::new(Vec::new()) }
     }
 
     /// The cache of the relay `id` (which serves descriptors while flagged HSDir).
@@ -95,6 +101,28 @@ impl DirCache {
         new
     }
 
+    /// Whether this relay is one of the HSDirs of `key` in `period` on the ring of the current
+    /// or the previous consensus (a service may publish by either while a new one spreads).
+    fn responsible_here(&self, key: &[u8; 32], period: TimePeriod) -> bool {
+        let Some(me) = self.own_id else { return false };
+        let previous = self.previous.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        [self.current(), previous].into_iter().flatten().any(|nd| self.ring(&nd, period).responsible_default(key).contains(&me))
+    }
+
+    fn ring(&self, nd: &NetDir, period: TimePeriod) -> Arc<HsDirRing> {
+        let digest = nd.consensus().digest();
+        let mut rings = self.rings.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((_, _, r)) = rings.iter().find(|(d, p, _)| *d == digest && *p == period) {
+            return r.clone();
+        }
+        let r = Arc::new(nd.hsdir_ring(period));
+        rings.push((digest, period, r.clone()));
+        if rings.len() > RINGS_KEPT {
+            rings.remove(0);
+        }
+        r
+    }
+
     /// Whether a relay in the current or the previous consensus has this address.
     pub fn is_relay_address(&self, ip: std::net::IpAddr) -> bool {
         self.relay_ips.read().unwrap_or_else(|e| e.into_inner()).contains(&ip)
@@ -128,7 +156,8 @@ impl DirCache {
     pub fn respond(&self, req: &DirRequest, now: u64) -> Vec<u8> {
         let live = self.live(now);
         let period_len = live.as_deref().map_or(allium_proto::hs::period::DEFAULT_PERIOD_SECS, NetDir::hs_period_secs);
-        if let Some(answer) = self.hsdir.respond(req, self.is_hsdir(live.as_deref()), period_len, now) {
+        let responsible = |key: &[u8; 32], period: TimePeriod| self.responsible_here(key, period);
+        if let Some(answer) = self.hsdir.respond(req, self.is_hsdir(live.as_deref()), period_len, now, &responsible) {
             return answer;
         }
         let Some(nd) = live else { return encode_response(404, b"no live consensus held\n") };

@@ -2,7 +2,9 @@
 //! bounded, expiring) and serves them on directory streams, while the live consensus gives this
 //! relay the `HSDir` flag:
 //! - `POST /allium/v1/hs/descriptor` (body: a descriptor): 200 `stored` / `already held`; 400 with
-//!   a one-line reason (malformed, bad signature, wrong period, older revision); 503 when full;
+//!   a one-line reason (malformed, bad signature, wrong period, older revision, not responsible:
+//!   the blinded key is not on this relay's part of the ring in the current or previous
+//!   consensus); when full, the descriptors stored longest ago are evicted to make room;
 //! - `GET /allium/v1/hs/descriptor/<blinded key, 64 hex digits>`: 200 with the descriptor, 404.
 //!
 //! A relay without the flag answers both with 404 `not an HSDir`. The store knows only blinded
@@ -12,7 +14,8 @@ use std::sync::Mutex;
 
 use allium_proto::dir_stream::{encode_response, DirRequest, Method};
 use allium_proto::hs::period::DEFAULT_PERIOD_SECS;
-use allium_proto::hs::{HsDirStore, StoreError, Stored};
+use allium_net::limits::counters::{LimitCounters, LIMITS};
+use allium_proto::hs::{HsDirStore, StoreError, Stored, TimePeriod};
 
 /// The path of descriptor uploads; fetches append `/<64 hex digits>`.
 pub const HS_DESCRIPTOR_PATH: &str = "/allium/v1/hs/descriptor";
@@ -73,7 +76,7 @@ impl HsDir {
 
     /// The answer to `req` if its path is an HSDir path, else `None`. `is_hsdir`: the live
     /// consensus flags this relay HSDir; `period_len`: its onion-service period length.
-    pub fn respond(&self, req: &DirRequest, is_hsdir: bool, period_len: u64, now: u64) -> Option<Vec<u8>> {
+    pub fn respond(&self, req: &DirRequest, is_hsdir: bool, period_len: u64, now: u64, responsible: &dyn Fn(&[u8; 32], TimePeriod) -> bool) -> Option<Vec<u8>> {
         let key = match (req.method, req.path.strip_prefix(HS_DESCRIPTOR_PATH)) {
             (Method::Post, Some("")) => None,
             (Method::Get, Some(rest)) if rest.starts_with('/') => Some(&rest[1..]),
@@ -92,11 +95,20 @@ impl HsDir {
         Some(match key {
             None => {
                 let Ok(text) = std::str::from_utf8(&req.body) else { return Some(encode_response(400, b"descriptor is not UTF-8\n")) };
-                match store.offer(text, now) {
+                let evicted = store.evictions();
+                let r = store.offer(text, now, responsible);
+                if store.evictions() > evicted {
+                    LIMITS.hsdir_evictions.fetch_add(store.evictions() - evicted, std::sync::atomic::Ordering::Relaxed);
+                }
+                match r {
                     Ok(Stored::New | Stored::Replaced) => encode_response(200, b"stored\n"),
                     Ok(Stored::AlreadyHeld) => encode_response(200, b"already held\n"),
-                    Err(StoreError::Full) => encode_response(503, b"descriptor cache is full\n"),
-                    Err(e) => encode_response(400, format!("{}\n", one_line(&e.to_string())).as_bytes()),
+                    Err(e) => {
+                        if e == StoreError::NotResponsible {
+                            LimitCounters::hit(&LIMITS.hsdir_not_responsible);
+                        }
+                        encode_response(400, format!("{}\n", one_line(&e.to_string())).as_bytes())
+                    }
                 }
             }
             Some(hex_key) => match parse_key(hex_key) {
@@ -154,7 +166,7 @@ mod tests {
     }
 
     fn ask(h: &HsDir, r: &DirRequest, hsdir: bool, now: u64) -> DirResponse {
-        parse_response(&h.respond(r, hsdir, DEFAULT_PERIOD_SECS, now).expect("an HSDir path"), 1 << 20).unwrap()
+        parse_response(&h.respond(r, hsdir, DEFAULT_PERIOD_SECS, now, &|_, _| true).expect("an HSDir path"), 1 << 20).unwrap()
     }
 
     /// The A5 hook serves a descriptor that still parses but no longer verifies.
@@ -197,14 +209,20 @@ mod tests {
         assert_eq!(ask(&h, &DirRequest::get(&format!("{HS_DESCRIPTOR_PATH}/abc"), false), true, now).status, 400);
         let (d3, _) = desc(3, 1, p);
         assert_eq!(ask(&h, &post(&d3), true, now).status, 200);
-        let (d4, _) = desc(4, 1, p);
-        assert_eq!(ask(&h, &post(&d4), true, now).status, 503, "full");
-        // Expired after its lifetime; the space comes back.
-        assert_eq!(ask(&h, &get(&k1), true, now + 3600).status, 404);
-        assert_eq!(ask(&h, &post(&d4), true, now + 3600).status, 200);
-        assert_eq!(h.len(), 1);
+        // Full: the longest stored (d2, for k1) is evicted, never the upload refused.
+        let (d4, k4) = desc(4, 1, p);
+        assert_eq!(ask(&h, &post(&d4), true, now).status, 200, "full: evicts instead of refusing");
+        assert_eq!(ask(&h, &get(&k1), true, now).status, 404, "the longest stored was evicted");
+        assert_eq!(ask(&h, &get(&k4), true, now).status, 200);
+        assert_eq!(h.len(), 2);
+        // Not on this relay's part of the ring: refused, named.
+        let (d5, _) = desc(5, 1, p);
+        let r = parse_response(&h.respond(&post(&d5), true, DEFAULT_PERIOD_SECS, now, &|_, _| false).unwrap(), 1 << 20).unwrap();
+        assert_eq!((r.status, r.body), (400, b"this HSDir is not responsible for that blinded key in that period\n".to_vec()));
+        // Expired after its lifetime.
+        assert_eq!(ask(&h, &get(&k4), true, now + 3600).status, 404);
         // Other paths are not ours.
-        assert!(h.respond(&DirRequest::get("/allium/v1/consensus", true), true, DEFAULT_PERIOD_SECS, now).is_none());
-        assert!(h.respond(&DirRequest::get(HS_DESCRIPTOR_PATH, true), true, DEFAULT_PERIOD_SECS, now).is_none());
+        assert!(h.respond(&DirRequest::get("/allium/v1/consensus", true), true, DEFAULT_PERIOD_SECS, now, &|_, _| true).is_none());
+        assert!(h.respond(&DirRequest::get(HS_DESCRIPTOR_PATH, true), true, DEFAULT_PERIOD_SECS, now, &|_, _| true).is_none());
     }
 }

@@ -48,6 +48,10 @@ counters! {
     exit_connections,
     /// Circuits destroyed because their inbound cell queue passed its cap.
     circuit_queue_full,
+    /// Descriptor uploads an HSDir refused: the blinded key is not on its part of the ring.
+    hsdir_not_responsible,
+    /// Descriptors an HSDir evicted (the longest stored) to make room for an upload.
+    hsdir_evictions,
 }
 
 impl LimitCounters {

@@ -78,7 +78,7 @@ mod tests {
             let ring = HsDirRing::new(hsdirs.clone(), &ring_srv(p, &carried), p);
             let blinded = BlindedKey::derive(&service, p).public();
             for dir in ring.responsible_default(&blinded) {
-                assert_eq!(stores.get_mut(&dir).unwrap().offer(&text, valid_after), Ok(Stored::New));
+                assert_eq!(stores.get_mut(&dir).unwrap().offer(&text, valid_after, |_, _| true), Ok(Stored::New));
             }
         }
         // The client, with the same consensus, knows only the address.

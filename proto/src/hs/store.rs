@@ -3,13 +3,18 @@
 //! Descriptors are filed under their blinded key (unique to one service and period). An upload is
 //! accepted when it parses, its signature verifies under the blinded key it names, its period is
 //! acceptable at `now` ([`HsDescriptor::period_acceptable`]) and, if a descriptor for that key is
-//! held, [`should_replace`] says so. Each is kept until `stored_at + lifetime`. The cache holds
-//! at most a configured number of descriptors and bytes; when full (after dropping expired ones)
-//! a new key is refused, never an older entry evicted.
+//! held, [`should_replace`] says so — and only when the caller's ring says this HSDir is
+//! responsible for the blinded key in the descriptor's period (checked before the signature, so
+//! junk for other HSDirs costs no public-key work). Each is kept until `stored_at + lifetime`. The
+//! cache holds at most a configured number of descriptors and bytes; when full (after dropping
+//! expired ones) the descriptors stored longest ago are evicted to make room: an upload is never
+//! refused for space, so a flood cannot lock real services out (THREATS A30, issue "Holds its
+//! ground"; real services re-upload and so stay).
 
 use std::collections::HashMap;
 
 use super::desc::{should_replace, HsDescError, HsDescriptor};
+use super::TimePeriod;
 
 /// Default most descriptors held.
 pub const DEFAULT_MAX_ENTRIES: usize = 10_000;
@@ -36,8 +41,10 @@ pub enum StoreError {
     WrongPeriod,
     #[error("a descriptor with a higher revision is held")]
     Older,
-    #[error("descriptor cache is full")]
+    #[error("descriptor is larger than the whole cache")]
     Full,
+    #[error("this HSDir is not responsible for that blinded key in that period")]
+    NotResponsible,
 }
 
 #[derive(Debug, Clone)]
@@ -45,6 +52,8 @@ struct Entry {
     desc: HsDescriptor,
     text: String,
     expires: u64,
+    /// Order of storing (the smallest is evicted first).
+    seq: u64,
 }
 
 /// The cache of one HSDir.
@@ -55,12 +64,14 @@ pub struct HsDirStore {
     max_bytes: usize,
     bytes: usize,
     entries: HashMap<[u8; 32], Entry>,
+    next_seq: u64,
+    evicted: u64,
 }
 
 impl HsDirStore {
     /// An empty cache for a network whose periods last `period_len` seconds.
     pub fn new(period_len: u64, max_entries: usize, max_bytes: usize) -> Self {
-        HsDirStore { period_len, max_entries, max_bytes, bytes: 0, entries: HashMap::new() }
+        HsDirStore { period_len, max_entries, max_bytes, bytes: 0, entries: HashMap::new(), next_seq: 0, evicted: 0 }
     }
 
     pub fn len(&self) -> usize {
@@ -82,9 +93,19 @@ impl HsDirStore {
         self.period_len = period_len;
     }
 
-    /// Handles an upload received at `now`.
-    pub fn offer(&mut self, text: &str, now: u64) -> Result<Stored, StoreError> {
-        let desc = HsDescriptor::parse(text)?.verify_self_signed()?;
+    /// Descriptors evicted for room so far.
+    pub fn evictions(&self) -> u64 {
+        self.evicted
+    }
+
+    /// Handles an upload received at `now`. `responsible(blinded key, period)`: whether this
+    /// HSDir is on the ring of that period for that key.
+    pub fn offer(&mut self, text: &str, now: u64, responsible: impl Fn(&[u8; 32], TimePeriod) -> bool) -> Result<Stored, StoreError> {
+        let unverified = HsDescriptor::parse(text)?;
+        if !responsible(unverified.claimed_blinded_key(), unverified.claimed_period()) {
+            return Err(StoreError::NotResponsible);
+        }
+        let desc = unverified.verify_self_signed()?;
         if !desc.period_acceptable(now, self.period_len) {
             return Err(StoreError::WrongPeriod);
         }
@@ -95,14 +116,24 @@ impl HsDirStore {
             Some(_) => return Err(StoreError::Older),
             None => Stored::New,
         };
-        let freed = self.entries.get(&desc.blinded_key).map_or(0, |e| e.text.len());
-        let extra_entry = usize::from(outcome == Stored::New);
-        if self.entries.len() + extra_entry > self.max_entries || self.bytes - freed + text.len() > self.max_bytes {
+        if text.len() > self.max_bytes || self.max_entries == 0 {
             return Err(StoreError::Full);
         }
-        self.bytes = self.bytes - freed + text.len();
+        if let Some(old) = self.entries.remove(&desc.blinded_key) {
+            self.bytes -= old.text.len();
+        }
+        while self.entries.len() >= self.max_entries || self.bytes + text.len() > self.max_bytes {
+            let Some(oldest) = self.entries.iter().min_by_key(|(_, e)| e.seq).map(|(k, _)| *k) else { break };
+            if let Some(e) = self.entries.remove(&oldest) {
+                self.bytes -= e.text.len();
+                self.evicted += 1;
+            }
+        }
+        self.bytes += text.len();
         let expires = desc.expires_at(now);
-        self.entries.insert(desc.blinded_key, Entry { desc, text: text.to_string(), expires });
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.entries.insert(desc.blinded_key, Entry { desc, text: text.to_string(), expires, seq });
         Ok(outcome)
     }
 
@@ -138,6 +169,10 @@ mod tests {
         HsDescriptor { blinded_key: key.public(), period, revision, lifetime_secs: lifetime, encrypted: vec![seed; 100] }.encode_signed(&key)
     }
 
+    fn any(_: &[u8; 32], _: TimePeriod) -> bool {
+        true
+    }
+
     fn key_of(text: &str) -> [u8; 32] {
         *HsDescriptor::parse(text).unwrap().claimed_blinded_key()
     }
@@ -148,21 +183,21 @@ mod tests {
         let now = p.start() + 10;
         let mut s = HsDirStore::new(L, 10, 1 << 20);
         let d1 = upload(1, 1, 3600, p);
-        assert_eq!(s.offer(&d1, now), Ok(Stored::New));
-        assert_eq!(s.offer(&d1, now), Ok(Stored::AlreadyHeld));
+        assert_eq!(s.offer(&d1, now, any), Ok(Stored::New));
+        assert_eq!(s.offer(&d1, now, any), Ok(Stored::AlreadyHeld));
         assert_eq!(s.get(&key_of(&d1), now), Some(d1.as_str()));
         let d2 = upload(1, 2, 3600, p);
-        assert_eq!(s.offer(&d2, now + 1), Ok(Stored::Replaced));
-        assert_eq!(s.offer(&d1, now + 2), Err(StoreError::Older), "older revision refused");
+        assert_eq!(s.offer(&d2, now + 1, any), Ok(Stored::Replaced));
+        assert_eq!(s.offer(&d1, now + 2, any), Err(StoreError::Older), "older revision refused");
         assert_eq!(s.get(&key_of(&d1), now + 2), Some(d2.as_str()));
         // A bad signature is refused.
         let forged = d2.replace("revision 2", "revision 3");
-        assert!(matches!(s.offer(&forged, now), Err(StoreError::Invalid(HsDescError::BadSignature))));
+        assert!(matches!(s.offer(&forged, now, any), Err(StoreError::Invalid(HsDescError::BadSignature))));
         // Periods too far from now are refused.
         let far = upload(2, 1, 3600, TimePeriod { number: 20_002, length_secs: L });
-        assert_eq!(s.offer(&far, now), Err(StoreError::WrongPeriod));
+        assert_eq!(s.offer(&far, now, any), Err(StoreError::WrongPeriod));
         let next = upload(2, 1, 3600, p.next());
-        assert_eq!(s.offer(&next, now), Ok(Stored::New));
+        assert_eq!(s.offer(&next, now, any), Ok(Stored::New));
         // Expiry: lifetime counted from when it was stored.
         assert_eq!(s.get(&key_of(&d2), now + 1 + 3599), Some(d2.as_str()));
         assert_eq!(s.get(&key_of(&d2), now + 1 + 3600), None);
@@ -172,22 +207,44 @@ mod tests {
     }
 
     #[test]
-    fn bounded() {
+    fn bounded_by_evicting_the_longest_stored_never_by_refusing() {
         let p = TimePeriod { number: 20_000, length_secs: L };
         let now = p.start();
         let one = upload(1, 1, 60, p).len();
         let mut s = HsDirStore::new(L, 2, 1 << 20);
-        assert_eq!(s.offer(&upload(1, 1, 60, p), now), Ok(Stored::New));
-        assert_eq!(s.offer(&upload(2, 1, 60, p), now), Ok(Stored::New));
-        assert_eq!(s.offer(&upload(3, 1, 60, p), now), Err(StoreError::Full));
-        // Replacing a held key is still possible when full.
-        assert_eq!(s.offer(&upload(2, 2, 60, p), now), Ok(Stored::Replaced));
-        // Once the others expire there is room again.
-        assert_eq!(s.offer(&upload(3, 1, 60, p), now + 60), Ok(Stored::New));
+        assert_eq!(s.offer(&upload(1, 1, 60, p), now, any), Ok(Stored::New));
+        assert_eq!(s.offer(&upload(2, 1, 60, p), now, any), Ok(Stored::New));
+        assert_eq!(s.offer(&upload(3, 1, 60, p), now, any), Ok(Stored::New), "full: the longest stored makes room");
+        assert_eq!(s.evictions(), 1);
+        assert!(s.get(&key_of(&upload(1, 1, 60, p)), now).is_none());
+        // Replacing a held key evicts nothing and refreshes its place.
+        assert_eq!(s.offer(&upload(2, 2, 60, p), now, any), Ok(Stored::Replaced));
+        assert_eq!(s.evictions(), 1);
+        assert_eq!(s.offer(&upload(4, 1, 60, p), now, any), Ok(Stored::New));
+        assert!(s.get(&key_of(&upload(3, 1, 60, p)), now).is_none(), "3 was stored before 2's replacement");
+        assert!(s.get(&key_of(&upload(2, 2, 60, p)), now).is_some());
         let mut s = HsDirStore::new(L, 100, one * 2);
-        assert_eq!(s.offer(&upload(1, 1, 60, p), now), Ok(Stored::New));
-        assert_eq!(s.offer(&upload(2, 1, 60, p), now), Ok(Stored::New));
-        assert_eq!(s.offer(&upload(3, 1, 60, p), now), Err(StoreError::Full));
-        assert_eq!(s.bytes(), one * 2);
+        for i in 1..=5 {
+            assert_eq!(s.offer(&upload(i, 1, 60, p), now, any), Ok(Stored::New));
+        }
+        assert_eq!(s.len(), 2);
+        assert!(s.bytes() <= one * 2);
+        let mut tiny = HsDirStore::new(L, 100, one - 1);
+        assert_eq!(tiny.offer(&upload(1, 1, 60, p), now, any), Err(StoreError::Full));
+    }
+
+    #[test]
+    fn only_keys_this_hsdir_is_responsible_for_are_stored_and_before_any_signature_check() {
+        let p = TimePeriod { number: 20_000, length_secs: L };
+        let now = p.start();
+        let mut s = HsDirStore::new(L, 100, 1 << 20);
+        let d = upload(1, 1, 60, p);
+        assert_eq!(s.offer(&d, now, |_, _| false), Err(StoreError::NotResponsible));
+        // A forged descriptor for a key it is not responsible for is refused as such: the
+        // responsibility check comes first.
+        let forged = d.replace("revision 1", "revision 9");
+        assert_eq!(s.offer(&forged, now, |_, _| false), Err(StoreError::NotResponsible));
+        let k = key_of(&d);
+        assert_eq!(s.offer(&d, now, |key, period| *key == k && period == p), Ok(Stored::New));
     }
 }
