@@ -116,14 +116,7 @@ mod tests {
         let on_tokio = pool.run(|| tokio::runtime::Handle::try_current().is_ok()).await.unwrap();
         assert!(!on_tokio, "a handshake ran on a runtime thread");
         // The one worker busy, the queue of one filled: the next is refused at once.
-        let (started_tx, started) = std::sync::mpsc::channel::<()>();
-        let (release, gate) = std::sync::mpsc::channel::<()>();
-        let mut blocker = Box::pin(pool.run(move || {
-            started_tx.send(()).unwrap();
-            gate.recv().ok()
-        }));
-        assert!(futures_poll_once(&mut blocker).await.is_none());
-        started.recv().unwrap();
+        let release = occupy(&pool);
         let mut queued = Box::pin(pool.run(|| 1));
         assert!(futures_poll_once(&mut queued).await.is_none());
         let before = LIMITS.handshake_queue_full.load(std::sync::atomic::Ordering::Relaxed);
@@ -131,20 +124,12 @@ mod tests {
         assert!(LIMITS.handshake_queue_full.load(std::sync::atomic::Ordering::Relaxed) > before, "counted");
         release.send(()).unwrap();
         assert_eq!(queued.await, Ok(1));
-        blocker.await.unwrap();
     }
 
     #[tokio::test]
     async fn a_handshake_that_waited_past_the_cutoff_is_refused_not_run() {
         let pool = HandshakePool::new(1, 8, Duration::from_millis(1));
-        let (started_tx, started) = std::sync::mpsc::channel::<()>();
-        let (release, gate) = std::sync::mpsc::channel::<()>();
-        let mut blocker = Box::pin(pool.run(move || {
-            started_tx.send(()).unwrap();
-            gate.recv().ok()
-        }));
-        assert!(futures_poll_once(&mut blocker).await.is_none());
-        started.recv().unwrap();
+        let release = occupy(&pool);
         let ran = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let r2 = ran.clone();
         let mut late = Box::pin(pool.run(move || r2.store(true, std::sync::atomic::Ordering::SeqCst)));
@@ -153,7 +138,6 @@ mod tests {
         release.send(()).unwrap();
         assert_eq!(late.await, Err(Overloaded::Delay));
         assert!(!ran.load(std::sync::atomic::Ordering::SeqCst), "a late handshake must not be run");
-        blocker.await.unwrap();
     }
 
     #[test]
@@ -166,6 +150,19 @@ mod tests {
         }
         assert!(f.first_time(b"a"), "forgotten after `capacity` newer messages");
         assert!(f.seen.len() <= 3 && f.order.len() <= 3);
+    }
+
+    /// Keeps the (single) worker of `pool` busy until the returned sender sends.
+    fn occupy(pool: &HandshakePool) -> std::sync::mpsc::Sender<()> {
+        let (started_tx, started) = std::sync::mpsc::channel::<()>();
+        let (release, gate) = std::sync::mpsc::channel::<()>();
+        let job: Job = Box::new(move |_| {
+            started_tx.send(()).unwrap();
+            let _ = gate.recv();
+        });
+        assert!(pool.tx.try_send((Instant::now(), job)).is_ok());
+        started.recv().unwrap();
+        release
     }
 
     /// Polls a future once; `Some` if it finished.
