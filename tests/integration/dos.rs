@@ -85,14 +85,7 @@ async fn a24_connection_flood_from_one_address_is_closed_at_once() {
     // Once the attacker's connections close, its places are free again.
     drop(socks);
     let pool = ChannelPool::new(ATTACKER, None);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while let Err(e) = circuit::build(&pool, &[&r]).await {
-        assert!(
-            Instant::now() < deadline,
-            "the attacker's address was never admitted again: {e}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    builds_again(&pool, &r, "the attacker's address was never admitted again").await;
 }
 
 /// A23: an address holding 4 links sends CREATEs far faster than its rate: it gets its burst
@@ -172,14 +165,7 @@ async fn a23_a_client_link_holds_at_most_its_circuit_cap() {
     }
     // Closing one frees its place.
     drop(open.pop());
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while let Err(e) = circuit::build(&pool, &[&r]).await {
-        assert!(
-            Instant::now() < deadline,
-            "a closed circuit never freed its place: {e}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    builds_again(&pool, &r, "a closed circuit never freed its place").await;
 }
 
 /// A25: a burst of CREATEs from many addresses against a tiny handshake queue: every CREATE is
@@ -440,4 +426,14 @@ async fn idle_circuits_and_links_are_closed() {
         .expect("the idle link was never closed");
     assert!(LIMITS.idle_circuits_closed.load(Ordering::Relaxed) > circuits);
     assert!(LIMITS.idle_links_closed.load(Ordering::Relaxed) > links);
+}
+
+/// Retries a 1-hop build on `pool` until the relay, which frees a place asynchronously once a
+/// connection or circuit closes, accepts one (within 30 s).
+async fn builds_again(pool: &ChannelPool, r: &ConsensusRelay, what: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while let Err(e) = circuit::build(pool, &[r]).await {
+        assert!(Instant::now() < deadline, "{what}: {e}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
 }
