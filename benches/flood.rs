@@ -171,7 +171,7 @@ async fn link_flood(target: &ConsensusRelay) -> (Vec<Channel>, usize) {
             let mut v = Vec::new();
             let n = if a == 0 { per + 200 } else { per };
             for _ in 0..n {
-                v.push(link::connect(ip, &p, None).await.ok().map(|l| Channel::spawn(l, None)));
+                v.push(link::connect(ip, &p, None).await.ok().map(|l| Channel::spawn(l, None, &allium_net::limits::memquota::MemQuota::default_budget())));
             }
             v
         }));
@@ -201,7 +201,7 @@ async fn replay_flood(target: &ConsensusRelay) -> (usize, usize) {
         let (p, msg) = (peer(target), msg.clone());
         tasks.push(tokio::spawn(async move {
             let Ok(l) = link::connect(IpAddr::from([127, 0, 4, a + 1]), &p, None).await else { return (0, 0) };
-            let chan = Channel::spawn(l, None);
+            let chan = Channel::spawn(l, None, &allium_net::limits::memquota::MemQuota::default_budget());
             let mut rxs = Vec::new();
             for _ in 0..REPLAYS / 4 {
                 let Ok((id, rx)) = chan.open_circuit() else { break };

@@ -545,7 +545,9 @@ impl Circuit {
                 CircError::Protocol(m) => tracing::warn!("closing circuit: relay broke the protocol ({m})"),
                 e => tracing::debug!("circuit closed: {e}"),
             }
-            self.chan.destroy(self.id, DestroyReason::Protocol);
+            // A queue the memory budget reclaimed is our own resource limit, not a protocol error.
+            let reason = if self.rx.reclaimed() { DestroyReason::ResourceLimit } else { DestroyReason::Protocol };
+            self.chan.destroy(self.id, reason);
         } else {
             self.chan.destroy(self.id, DestroyReason::Finished);
         }

@@ -6,6 +6,10 @@
 //! The producer never waits: a full queue is the peer sending more than flow control allows,
 //! and the caller destroys the circuit. The consumer's `recv` is cancel-safe (a cell is only
 //! taken when it is returned), so it can sit in a `select!`.
+//!
+//! Every waiting cell is charged to the node's [`MemQuota`], with the time it arrived; over
+//! budget the quota may [`CellSender::reclaim`] the queue: its cells are dropped at once and
+//! the consumer sees the end, with [`CellReceiver::reclaimed`] telling it why.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -13,17 +17,32 @@ use std::sync::{Arc, Mutex};
 use allium_proto::cell::Cell;
 use tokio::sync::Notify;
 
+use crate::limits::memquota::{stamp, MemQuota, CELL_MEM};
+
 struct Shared {
     state: Mutex<State>,
     /// Wakes the consumer: a cell arrived or the producer went away.
     ready: Notify,
+    quota: Arc<MemQuota>,
 }
 
 struct State {
-    cells: VecDeque<Cell>,
+    /// Each cell with the [`stamp`] of its arrival.
+    cells: VecDeque<(Cell, u32)>,
     cap: usize,
     sender_gone: bool,
     receiver_gone: bool,
+    /// The quota closed this queue to free memory.
+    reclaimed: bool,
+}
+
+impl State {
+    /// Drops every queued cell; returns the bytes to release.
+    fn clear(&mut self) -> usize {
+        let n = self.cells.len();
+        self.cells = VecDeque::new();
+        n * CELL_MEM
+    }
 }
 
 /// The producer's end.
@@ -41,9 +60,10 @@ pub enum QueueError {
     Closed,
 }
 
-/// A queue of at most `cap` cells.
-pub fn cell_queue(cap: usize) -> (CellSender, CellReceiver) {
-    let shared = Arc::new(Shared { state: Mutex::new(State { cells: VecDeque::new(), cap, sender_gone: false, receiver_gone: false }), ready: Notify::new() });
+/// A queue of at most `cap` cells, charged to `quota`.
+pub fn cell_queue(cap: usize, quota: Arc<MemQuota>) -> (CellSender, CellReceiver) {
+    let state = State { cells: VecDeque::new(), cap, sender_gone: false, receiver_gone: false, reclaimed: false };
+    let shared = Arc::new(Shared { state: Mutex::new(state), ready: Notify::new(), quota });
     (CellSender(shared.clone()), CellReceiver(shared))
 }
 
@@ -52,16 +72,36 @@ impl CellSender {
     pub fn try_send(&self, cell: Cell) -> Result<(), QueueError> {
         {
             let mut s = self.0.state.lock().expect("cell queue lock");
-            if s.receiver_gone {
+            if s.receiver_gone || s.reclaimed {
                 return Err(QueueError::Closed);
             }
             if s.cells.len() >= s.cap {
                 return Err(QueueError::Full);
             }
-            s.cells.push_back(cell);
+            s.cells.push_back((cell, stamp()));
         }
         self.0.ready.notify_one();
+        // Charged after the lock is released: going over budget may reclaim this very queue.
+        self.0.quota.charge(CELL_MEM);
         Ok(())
+    }
+
+    /// The [`stamp`] of the oldest waiting cell and the bytes waiting, if any wait.
+    pub fn queued(&self) -> Option<(u32, usize)> {
+        let s = self.0.state.lock().expect("cell queue lock");
+        s.cells.front().map(|(_, t)| (*t, s.cells.len() * CELL_MEM))
+    }
+
+    /// Drops every waiting cell and ends the queue: the consumer's `recv` returns `None` and
+    /// [`CellReceiver::reclaimed`] is true (the circuit is closed for lack of memory).
+    pub fn reclaim(&self) {
+        let freed = {
+            let mut s = self.0.state.lock().expect("cell queue lock");
+            s.reclaimed = true;
+            s.clear()
+        };
+        self.0.quota.release(freed);
+        self.0.ready.notify_one();
     }
 }
 
@@ -78,20 +118,27 @@ impl CellReceiver {
         loop {
             {
                 let mut s = self.0.state.lock().expect("cell queue lock");
-                if let Some(c) = s.cells.pop_front() {
+                if let Some((c, _)) = s.cells.pop_front() {
                     if s.cells.is_empty() && s.cells.capacity() > RELEASE_ABOVE {
                         // A burst is over: give its storage back.
                         s.cells = VecDeque::new();
                     }
+                    drop(s);
+                    self.0.quota.release(CELL_MEM);
                     return Some(c);
                 }
-                if s.sender_gone {
+                if s.sender_gone || s.reclaimed {
                     return None;
                 }
             }
             // A notification sent after the check above is kept as a permit, so none is lost.
             self.0.ready.notified().await;
         }
+    }
+
+    /// True when the queue ended because the node's memory budget reclaimed it.
+    pub fn reclaimed(&self) -> bool {
+        self.0.state.lock().expect("cell queue lock").reclaimed
     }
 }
 
@@ -100,9 +147,12 @@ const RELEASE_ABOVE: usize = 64;
 
 impl Drop for CellReceiver {
     fn drop(&mut self) {
-        let mut s = self.0.state.lock().expect("cell queue lock");
-        s.receiver_gone = true;
-        s.cells = VecDeque::new();
+        let freed = {
+            let mut s = self.0.state.lock().expect("cell queue lock");
+            s.receiver_gone = true;
+            s.clear()
+        };
+        self.0.quota.release(freed);
     }
 }
 
@@ -111,13 +161,17 @@ mod tests {
     use super::*;
     use allium_proto::cell::CellCmd;
 
+    fn quota() -> Arc<MemQuota> {
+        MemQuota::default_budget()
+    }
+
     fn cell(i: u32) -> Cell {
         Cell { circ_id: i, cmd: CellCmd::Relay, payload: [0; allium_proto::cell::PAYLOAD_LEN] }
     }
 
     #[tokio::test]
     async fn cells_arrive_in_order_up_to_the_cap_and_the_end_is_seen() {
-        let (tx, mut rx) = cell_queue(3);
+        let (tx, mut rx) = cell_queue(3, quota());
         for i in 0..3 {
             tx.try_send(cell(i)).unwrap();
         }
@@ -133,7 +187,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_closed_receiver_refuses_and_a_waiting_one_is_woken() {
-        let (tx, mut rx) = cell_queue(8);
+        let (tx, mut rx) = cell_queue(8, quota());
         let waiter = tokio::spawn(async move {
             let c = rx.recv().await.map(|c| c.circ_id);
             (c, rx)
@@ -148,7 +202,7 @@ mod tests {
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn no_wakeup_is_lost_between_threads() {
-        let (tx, mut rx) = cell_queue(100_000);
+        let (tx, mut rx) = cell_queue(100_000, quota());
         let producer = std::thread::spawn(move || {
             for i in 0..50_000 {
                 tx.try_send(cell(i)).unwrap();
@@ -166,8 +220,29 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn waiting_cells_are_charged_and_a_reclaimed_queue_ends_and_releases_them() {
+        let quota = quota();
+        let (tx, mut rx) = cell_queue(8, quota.clone());
+        tx.try_send(cell(1)).unwrap();
+        tx.try_send(cell(2)).unwrap();
+        assert_eq!(quota.used(), 2 * CELL_MEM);
+        assert_eq!(tx.queued().map(|q| q.1), Some(2 * CELL_MEM));
+        assert_eq!(rx.recv().await.unwrap().circ_id, 1);
+        assert_eq!(quota.used(), CELL_MEM);
+        tx.reclaim();
+        assert_eq!(quota.used(), 0);
+        assert!(rx.recv().await.is_none() && rx.reclaimed());
+        assert_eq!(tx.try_send(cell(3)), Err(QueueError::Closed));
+        let (tx, rx) = cell_queue(8, quota.clone());
+        tx.try_send(cell(4)).unwrap();
+        drop(rx);
+        assert_eq!(quota.used(), 0, "a dropped receiver releases what waited");
+        assert!(tx.queued().is_none());
+    }
+
+    #[tokio::test]
     async fn recv_can_be_cancelled_without_losing_a_cell() {
-        let (tx, mut rx) = cell_queue(8);
+        let (tx, mut rx) = cell_queue(8, quota());
         // Cancelled while waiting.
         assert!(tokio::time::timeout(std::time::Duration::from_millis(10), rx.recv()).await.is_err());
         tx.try_send(cell(1)).unwrap();

@@ -8,10 +8,14 @@
 //!
 //! Per-circuit queues are capped ([`CIRCUIT_QUEUE_CAP`]): a peer that sends more cells than flow
 //! control allows gets that circuit destroyed (RESOURCELIMIT) instead of growing memory.
+//!
+//! Every cell waiting in a circuit queue or the writer queue is charged to the node's
+//! [`MemQuota`]; the link is one of the quota's holders, offering each circuit queue and its
+//! writer queue (with the age of their oldest cell) to be closed when the node is over budget.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU32, AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
 use allium_proto::cell::{Cell, CellCmd, DestroyReason, CELL_LEN};
@@ -24,6 +28,7 @@ use tokio::sync::{mpsc, watch};
 use crate::cell_queue::{cell_queue, CellReceiver, CellSender, QueueError};
 use crate::limits::conn::ConnPermit;
 use crate::limits::counters::{LimitCounters, LIMITS};
+use crate::limits::memquota::{stamp, MemHolder, MemQuota, Queued, QueuedKind, CELL_MEM};
 use crate::link::{read_frame, Link};
 
 /// Cells a circuit may have queued from one link before it is destroyed. Flow control allows
@@ -77,6 +82,72 @@ pub trait CreateHandler: Send + Sync + 'static {
 struct Shared {
     circuits: Mutex<CircTable>,
     closed: watch::Sender<bool>,
+    quota: Arc<MemQuota>,
+    /// Cells charged for the writer queue (queued, or waiting for a place in it).
+    out_cells: AtomicUsize,
+    /// About when the oldest of them was queued: the [`stamp`] of the last cell the writer
+    /// took (those after it are younger), or of the first cell queued into an empty queue.
+    out_since: AtomicU32,
+    me: Weak<Shared>,
+}
+
+impl Shared {
+    /// Charges one cell bound for the writer; undone on drop unless the writer took it.
+    fn charge_out(&self) -> OutCharge<'_> {
+        if self.out_cells.fetch_add(1, Ordering::Relaxed) == 0 {
+            self.out_since.store(stamp(), Ordering::Relaxed);
+        }
+        self.quota.charge(CELL_MEM);
+        OutCharge(self)
+    }
+
+    /// The writer took a cell queued at `since`.
+    fn took(&self, since: u32) {
+        self.out_since.store(since, Ordering::Relaxed);
+        self.uncharge_out();
+    }
+
+    fn uncharge_out(&self) {
+        self.out_cells.fetch_sub(1, Ordering::Relaxed);
+        self.quota.release(CELL_MEM);
+    }
+}
+
+/// A writer-queue charge not yet handed to the writer.
+struct OutCharge<'a>(&'a Shared);
+
+impl OutCharge<'_> {
+    /// The cell is in the writer queue: the writer releases the charge when it takes it.
+    fn queued(self) {
+        std::mem::forget(self);
+    }
+}
+
+impl Drop for OutCharge<'_> {
+    fn drop(&mut self) {
+        self.0.uncharge_out();
+    }
+}
+
+impl MemHolder for Shared {
+    fn queued(&self, out: &mut Vec<Queued>) {
+        let circuits: Vec<Arc<CellSender>> = self.circuits.lock().expect("circuit table lock").map.values().cloned().collect();
+        for tx in circuits {
+            if let Some((since, bytes)) = tx.queued() {
+                out.push(Queued { since, bytes, kind: QueuedKind::Circuit, close: Box::new(move || tx.reclaim()) });
+            }
+        }
+        let cells = self.out_cells.load(Ordering::Relaxed);
+        if cells > 0 {
+            let me = self.me.clone();
+            let close = Box::new(move || {
+                if let Some(s) = me.upgrade() {
+                    close(&s);
+                }
+            });
+            out.push(Queued { since: self.out_since.load(Ordering::Relaxed), bytes: cells * CELL_MEM, kind: QueuedKind::Link, close });
+        }
+    }
 }
 
 struct CircTable {
@@ -87,7 +158,8 @@ struct CircTable {
 /// A cheap handle to a running link.
 #[derive(Clone)]
 pub struct Channel {
-    out: mpsc::Sender<Cell>,
+    /// Cells for the writer, each with the [`stamp`] of when it was queued.
+    out: mpsc::Sender<(Cell, u32)>,
     destroys: mpsc::Sender<(u32, DestroyReason)>,
     shared: Arc<Shared>,
     /// The peer's relay identity, when it proved one.
@@ -105,12 +177,22 @@ pub struct Channel {
 pub struct ChannelClosed;
 
 impl Channel {
-    /// Starts the reader and writer tasks of an established link.
-    pub fn spawn(link: Link, handler: Option<Arc<dyn CreateHandler>>) -> Channel {
+    /// Starts the reader and writer tasks of an established link, whose queued cells are
+    /// charged to `quota`.
+    pub fn spawn(link: Link, handler: Option<Arc<dyn CreateHandler>>, quota: &Arc<MemQuota>) -> Channel {
         let (out, rx) = mpsc::channel(WRITER_QUEUE);
         let (destroys, destroys_rx) = mpsc::channel(DESTROY_QUEUE);
         let (closed, _) = watch::channel(false);
-        let shared = Arc::new(Shared { circuits: Mutex::new(CircTable { map: HashMap::new(), next: 1 }), closed });
+        let shared = Arc::new_cyclic(|me| Shared {
+            circuits: Mutex::new(CircTable { map: HashMap::new(), next: 1 }),
+            closed,
+            quota: quota.clone(),
+            out_cells: AtomicUsize::new(0),
+            out_since: AtomicU32::new(0),
+            me: me.clone(),
+        });
+        let holder: Arc<dyn MemHolder> = shared.clone();
+        quota.register(Arc::downgrade(&holder));
         let chan = Channel { out, destroys, shared, peer: link.peer, peer_link_key: link.peer_link_key, peer_addr: link.peer_addr, initiator: link.initiator };
         let (rd, wr) = link.stream.into_split();
         let output = match link_delay() {
@@ -121,7 +203,7 @@ impl Channel {
                 Output::Delayed(d, tx)
             }
         };
-        tokio::spawn(writer(output, Queues { destroys: destroys_rx, cells: rx }, link.transport.clone(), chan.shared.clone()));
+        tokio::spawn(writer(output, Queues { destroys: destroys_rx, cells: rx, shared: chan.shared.clone() }, link.transport.clone(), chan.shared.clone()));
         tokio::spawn(reader(rd, link.transport, chan.clone(), handler, link.permit));
         chan
     }
@@ -157,12 +239,21 @@ impl Channel {
 
     /// Queues a cell on the link (waits while the writer queue is full).
     pub async fn send(&self, cell: Cell) -> Result<(), ChannelClosed> {
-        self.out.send(cell).await.map_err(|_| ChannelClosed)
+        if self.is_closed() {
+            return Err(ChannelClosed);
+        }
+        let charge = self.shared.charge_out();
+        self.out.send((cell, stamp())).await.map_err(|_| ChannelClosed)?;
+        charge.queued();
+        Ok(())
     }
 
     /// Queues a cell without waiting; fails if the queue is full or the link closed.
     pub fn try_send(&self, cell: Cell) -> Result<(), ChannelClosed> {
-        self.out.try_send(cell).map_err(|_| ChannelClosed)
+        let charge = self.shared.charge_out();
+        self.out.try_send((cell, stamp())).map_err(|_| ChannelClosed)?;
+        charge.queued();
+        Ok(())
     }
 
     /// Queues DESTROY for circuit `id` and forgets the circuit. Never waits and is never lost:
@@ -181,7 +272,7 @@ impl Channel {
         if self.is_closed() {
             return Err(ChannelClosed);
         }
-        let (tx, rx) = cell_queue(CIRCUIT_QUEUE_CAP);
+        let (tx, rx) = cell_queue(CIRCUIT_QUEUE_CAP, self.shared.quota.clone());
         let tx = Arc::new(tx);
         let mut t = self.shared.circuits.lock().expect("circuit table lock");
         let high = if self.initiator { 0x8000_0000 } else { 0 };
@@ -197,7 +288,7 @@ impl Channel {
 
     /// Registers the queue of a circuit the peer opened (from a [`CreateHandler`]).
     pub fn accept_circuit(&self, id: u32) -> CellReceiver {
-        let (tx, rx) = cell_queue(CIRCUIT_QUEUE_CAP);
+        let (tx, rx) = cell_queue(CIRCUIT_QUEUE_CAP, self.shared.quota.clone());
         self.shared.circuits.lock().expect("circuit table lock").map.insert(id, Arc::new(tx));
         rx
     }
@@ -383,13 +474,17 @@ async fn delayed_writer(mut wr: OwnedWriteHalf, mut rx: mpsc::Receiver<(Instant,
 /// What the writer takes cells from: DESTROYs first, then the rest in order.
 struct Queues {
     destroys: mpsc::Receiver<(u32, DestroyReason)>,
-    cells: mpsc::Receiver<Cell>,
+    cells: mpsc::Receiver<(Cell, u32)>,
+    shared: Arc<Shared>,
 }
 
 impl Queues {
     /// The next queued cell without waiting, DESTROYs first.
     fn try_next(&mut self) -> Option<Cell> {
-        self.destroys.try_recv().map(|(id, r)| Cell::destroy(id, r)).or_else(|_| self.cells.try_recv()).ok()
+        if let Ok((id, r)) = self.destroys.try_recv() {
+            return Some(Cell::destroy(id, r));
+        }
+        self.cells.try_recv().ok().map(|c| self.took(c))
     }
 
     /// Waits for the next cell; `None` once no sender of ordinary cells is left.
@@ -397,7 +492,20 @@ impl Queues {
         tokio::select! {
             biased;
             Some((id, r)) = self.destroys.recv() => Some(Cell::destroy(id, r)),
-            c = self.cells.recv() => c,
+            c = self.cells.recv() => c.map(|c| self.took(c)),
+        }
+    }
+
+    fn took(&self, (cell, since): (Cell, u32)) -> Cell {
+        self.shared.took(since);
+        cell
+    }
+
+    /// Refuses further cells and releases the charge of those still queued (the link closed).
+    fn discard(&mut self) {
+        self.cells.close();
+        while let Ok(c) = self.cells.try_recv() {
+            self.took(c);
         }
     }
 }
@@ -449,11 +557,18 @@ async fn writer(mut output: Output, mut rx: Queues, transport: Arc<snow::Statele
                 break;
             }
         }
-        if output.emit(&mut out).await.is_err() {
+        // A peer that stops reading blocks the write; closing the link (e.g. the memory
+        // budget reclaiming it) must still end this task and free its queue.
+        let written = tokio::select! {
+            r = output.emit(&mut out) => r.is_ok(),
+            _ = closed.wait_for(|c| *c) => false,
+        };
+        if !written {
             break 'outer;
         }
         LINK_STATS.cells_written.fetch_add(cells, Ordering::Relaxed);
     }
-    output.shutdown().await;
     close(&shared);
+    rx.discard();
+    output.shutdown().await;
 }

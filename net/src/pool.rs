@@ -13,6 +13,7 @@ use std::time::Duration;
 use allium_proto::ids::RelayId;
 
 use crate::channel::{Channel, CreateHandler};
+use crate::limits::memquota::MemQuota;
 use crate::link::{self, LinkError, PeerInfo, RelayCredentials};
 
 /// Links to relays, reused while open.
@@ -23,6 +24,8 @@ pub struct ChannelPool {
     handler: Mutex<Option<Arc<dyn CreateHandler>>>,
     /// Links this pool opens close after this long without circuits.
     idle_timeout: Mutex<Duration>,
+    /// The budget the queued cells of links this pool opens are charged to.
+    quota: Mutex<Arc<MemQuota>>,
 }
 
 /// How long a link without circuits stays open unless the node's `[limits]` say otherwise.
@@ -31,7 +34,7 @@ pub const DEFAULT_LINK_IDLE_TIMEOUT: Duration = Duration::from_secs(180);
 impl ChannelPool {
     /// `creds`: present for relays (they dial with their identity), absent for clients.
     pub fn new(bind_ip: IpAddr, creds: Option<RelayCredentials>) -> Self {
-        ChannelPool { map: Mutex::new(HashMap::new()), bind_ip, creds, handler: Mutex::new(None), idle_timeout: Mutex::new(DEFAULT_LINK_IDLE_TIMEOUT) }
+        ChannelPool { map: Mutex::new(HashMap::new()), bind_ip, creds, handler: Mutex::new(None), idle_timeout: Mutex::new(DEFAULT_LINK_IDLE_TIMEOUT), quota: Mutex::new(MemQuota::default_budget()) }
     }
 
     /// Sets who handles CREATE cells arriving on links this pool opens (relays).
@@ -44,6 +47,16 @@ impl ChannelPool {
         *self.idle_timeout.lock().expect("pool lock") = t;
     }
 
+    /// Sets the memory budget of links this pool opens afterwards (the node's).
+    pub fn set_mem_quota(&self, q: Arc<MemQuota>) {
+        *self.quota.lock().expect("pool lock") = q;
+    }
+
+    /// The memory budget links this pool opens are charged to.
+    pub fn mem_quota(&self) -> Arc<MemQuota> {
+        self.quota.lock().expect("pool lock").clone()
+    }
+
     /// An open link to `peer`, reusing one if it exists. The link is authenticated against
     /// `peer.link_key`; a process without that key fails the handshake.
     pub async fn get(&self, peer: &PeerInfo) -> Result<Channel, LinkError> {
@@ -52,7 +65,7 @@ impl ChannelPool {
         }
         let link = link::connect(self.bind_ip, peer, self.creds.as_ref()).await?;
         let handler = self.handler.lock().expect("pool lock").clone();
-        let chan = Channel::spawn(link, handler);
+        let chan = Channel::spawn(link, handler, &self.mem_quota());
         chan.close_when_idle(*self.idle_timeout.lock().expect("pool lock"));
         self.insert(chan.clone());
         Ok(chan)

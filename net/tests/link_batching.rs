@@ -60,8 +60,8 @@ async fn cells_are_coalesced_into_large_writes() {
     let inbound = task.await.unwrap().unwrap();
     assert_eq!(inbound.peer, Some(client.relay_id()), "a relay initiator proves its identity");
     let (tx, mut rx) = mpsc::unbounded_channel();
-    let _server_chan = Channel::spawn(inbound, Some(Arc::new(Sink(tx))));
-    let chan = Channel::spawn(out, None);
+    let _server_chan = Channel::spawn(inbound, Some(Arc::new(Sink(tx))), &allium_net::limits::memquota::MemQuota::default_budget());
+    let chan = Channel::spawn(out, None, &allium_net::limits::memquota::MemQuota::default_budget());
     let (id, _rx) = chan.open_circuit().unwrap();
 
     const CELLS: usize = 4 * 2040; // about 4 MB
@@ -129,7 +129,7 @@ async fn a1_junk_or_partial_cells_close_the_link() {
         let (addr, task) = responder(&server).await;
         let peer = PeerInfo { addr, identity: server.relay_id(), link_key: server.link_public() };
         let mut out = link::connect("127.0.0.1".parse().unwrap(), &peer, None).await.unwrap();
-        let chan = Channel::spawn(task.await.unwrap().unwrap(), None);
+        let chan = Channel::spawn(task.await.unwrap().unwrap(), None, &allium_net::limits::memquota::MemQuota::default_budget());
         assert!(!chan.is_closed());
         let bytes = if junk_kind == "raw junk" {
             let mut v = vec![0x01, 0x00];
@@ -159,7 +159,7 @@ async fn destroy_is_delivered_when_the_cell_queue_is_full() {
     let out = link::connect("127.0.0.1".parse().unwrap(), &peer, Some(&RelayCredentials::new(&client))).await.unwrap();
     // The peer does not read yet: its link is not running.
     let inbound = task.await.unwrap().unwrap();
-    let chan = Channel::spawn(out, None);
+    let chan = Channel::spawn(out, None, &allium_net::limits::memquota::MemQuota::default_budget());
     let (id, _rx) = chan.open_circuit().unwrap();
     chan.send(Cell::with_payload(id, CellCmd::Create, &[0, 1, 7, 0, 0])).await.unwrap();
     // Fill the kernel buffers and the writer's queue with cells of a circuit the peer never
@@ -175,7 +175,7 @@ async fn destroy_is_delivered_when_the_cell_queue_is_full() {
     assert!(!chan.is_closed(), "one DESTROY does not close the link");
     // Now the peer reads: it sees the CREATE, then the DESTROY.
     let (tx, mut rx) = mpsc::unbounded_channel();
-    let _server_chan = Channel::spawn(inbound, Some(Arc::new(Sink(tx))));
+    let _server_chan = Channel::spawn(inbound, Some(Arc::new(Sink(tx))), &allium_net::limits::memquota::MemQuota::default_budget());
     let first = tokio::time::timeout(Duration::from_secs(60), rx.recv()).await.expect("CREATE arrives").unwrap();
     assert_eq!(first.cmd, CellCmd::Create);
     let next = tokio::time::timeout(Duration::from_secs(60), rx.recv()).await.expect("DESTROY arrives").unwrap();

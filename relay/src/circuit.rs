@@ -146,10 +146,12 @@ impl RelayCircuit {
                     }
                 }
                 c = self.prev_rx.recv() => match c {
+                    None if self.prev_rx.reclaimed() => Err(Close(DestroyReason::ResourceLimit, Side::Local)),
                     None => Err(Close(DestroyReason::ChannelClosed, Side::Prev)),
                     Some(c) => self.on_prev_cell(c, &mut next, &mut extending, &mut mux, &mut asm, &exit_tx, &mut resolves, &mut forwarded, &mut hs).await,
                 },
                 c = recv_next(&mut next) => match c {
+                    None if next.as_ref().is_some_and(|n| n.rx.reclaimed()) => Err(Close(DestroyReason::ResourceLimit, Side::Local)),
                     None => Err(Close(DestroyReason::ChannelClosed, Side::Next)),
                     Some(c) => self.on_next_cell(c, &mut next, &mut forwarded).await,
                 },

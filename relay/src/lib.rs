@@ -176,7 +176,13 @@ impl InertRelay {
         };
         #[cfg(feature = "test-hooks")]
         ctx.dir.hsdir.set_mutate_answers(cfg.relay.dangerous_test_mutate_hs_descriptors);
+        ctx.pool.set_mem_quota(allium_net::limits::memquota::MemQuota::new(ctx.limits.max_queued_bytes()));
         Ok(InertRelay { cfg, ctx: Arc::new(ctx) })
+    }
+
+    /// The budget this relay's queued cells are charged to (`limits.max_queued_mib`).
+    pub fn mem_quota(&self) -> Arc<allium_net::limits::memquota::MemQuota> {
+        self.ctx.pool.mem_quota()
     }
 
     /// Runs until a task fails.
@@ -231,7 +237,7 @@ async fn accept_loop(listener: TcpListener, ctx: Arc<RelayCtx>, handler: Arc<dyn
         async move {
             let mut l = link::accept(sock, &ctx.keys.link.to_bytes()).await?;
             l.permit = Some(permit);
-            let chan = Channel::spawn(l, Some(handler));
+            let chan = Channel::spawn(l, Some(handler), &ctx.pool.mem_quota());
             chan.close_when_idle(ctx.limits.link_idle_timeout());
             ctx.pool.insert(chan);
             Ok::<(), link::LinkError>(())

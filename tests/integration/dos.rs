@@ -412,7 +412,7 @@ async fn idle_circuits_and_links_are_closed() {
     let link = allium_net::link::connect(HONEST, &peer, None)
         .await
         .expect("a link");
-    let chan = allium_net::channel::Channel::spawn(link, None);
+    let chan = allium_net::channel::Channel::spawn(link, None, &allium_net::limits::memquota::MemQuota::default_budget());
     let pool = ChannelPool::new(HONEST, None);
     let c = circuit::build(&pool, &[&r]).await.expect("a circuit");
     // The relay destroys the idle circuit: the circuit task ends and its control channel closes.

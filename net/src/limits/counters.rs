@@ -48,6 +48,11 @@ counters! {
     exit_connections,
     /// Circuits destroyed because their inbound cell queue passed its cap.
     circuit_queue_full,
+    /// Circuits closed because the node's queued cells passed `max_queued_mib` and theirs
+    /// were among the oldest queued.
+    oom_circuits_closed,
+    /// Links closed for the same reason (their writer queue held the oldest cells).
+    oom_links_closed,
     /// Descriptor uploads an HSDir refused: the blinded key is not on its part of the ring.
     hsdir_not_responsible,
     /// Descriptors an HSDir evicted (the longest stored) to make room for an upload.

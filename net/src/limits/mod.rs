@@ -5,6 +5,7 @@
 //! - [`counters`]: one process-wide counter per limit, counted each time it refuses or closes.
 //! - [`conn`]: inbound connections, in all and per address, below the file-descriptor limit.
 //! - [`bucket`]: token buckets (a rate with a burst), alone and per address.
+//! - [`memquota`]: one budget for queued cells; over it the oldest queued data is closed.
 //! - [`timed_io`]: a connection closed when it makes no progress (slow or silent peers).
 //!
 //! The values live in a node's optional `[limits]` section ([`LimitsConfig`]); every key has a
@@ -13,6 +14,7 @@
 pub mod bucket;
 pub mod conn;
 pub mod counters;
+pub mod memquota;
 pub mod timed_io;
 
 use std::time::Duration;
@@ -63,6 +65,9 @@ pub struct LimitsConfig {
     /// Outbound connections an exit keeps open for streams. 0: a quarter of the process's
     /// file-descriptor limit.
     pub max_exit_connections: usize,
+    /// MiB of cells this node may hold queued (circuit queues and link writer queues) before
+    /// it closes the circuits and links holding the oldest queued data.
+    pub max_queued_mib: u64,
 }
 
 impl Default for LimitsConfig {
@@ -83,6 +88,7 @@ impl Default for LimitsConfig {
             begin_rate_per_circuit: 100,
             begin_burst_per_circuit: 300,
             max_exit_connections: 0,
+            max_queued_mib: 256,
         }
     }
 }
@@ -112,6 +118,7 @@ impl LimitsConfig {
         within("begin_rate_per_circuit", self.begin_rate_per_circuit.into(), 1, 1_000_000)?;
         within("begin_burst_per_circuit", self.begin_burst_per_circuit.into(), 1, 1_000_000)?;
         within("max_exit_connections", self.max_exit_connections as u64, 0, 1_000_000)?;
+        within("max_queued_mib", self.max_queued_mib, 1, 1 << 20)?;
         Ok(())
     }
 
@@ -131,6 +138,11 @@ impl LimitsConfig {
         } else {
             (conn::fd_limit() / 4).max(32) as usize
         }
+    }
+
+    /// The queued-cell budget in bytes.
+    pub fn max_queued_bytes(&self) -> usize {
+        (self.max_queued_mib as usize).saturating_mul(1 << 20)
     }
 
     pub fn link_idle_timeout(&self) -> Duration {

@@ -1,0 +1,232 @@
+//! One memory budget per node for queued cells (THREATS A27, A28).
+//!
+//! Every cell waiting in a circuit's inbound queue or in a link's writer queue is charged to
+//! its node's [`MemQuota`]. When a charge takes the total over the budget, the quota asks its
+//! holders (the node's links) what they have queued and since when, and closes the holders of
+//! the *oldest* queued data first — a circuit (DESTROY both ways) or a whole link — until the
+//! total is back under the low-water mark (90 % of the budget). Data that has waited longest
+//! belongs to whoever stopped reading: a sniper or a dead peer, not a busy honest circuit whose
+//! cells move. Counted in [`LIMITS`]`.oom_circuits_closed` / `.oom_links_closed`.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, Weak};
+use std::time::Instant;
+
+use super::counters::{LimitCounters, LIMITS};
+
+/// The cost charged for one queued cell (the cell, its timestamp and queue slot overhead).
+pub const CELL_MEM: usize = std::mem::size_of::<allium_proto::cell::Cell>() + 8;
+
+/// A coarse timestamp: milliseconds since this process first asked (wraps after 49 days,
+/// far beyond any queued cell's life).
+pub fn stamp() -> u32 {
+    static EPOCH: OnceLock<Instant> = OnceLock::new();
+    EPOCH.get_or_init(Instant::now).elapsed().as_millis() as u32
+}
+
+/// Something that holds queued data and can give it up by closing.
+pub trait MemHolder: Send + Sync {
+    /// Appends what this holder has queued.
+    fn queued(&self, out: &mut Vec<Queued>);
+}
+
+/// Data queued in one place, and how to free it.
+pub struct Queued {
+    /// [`stamp`] of the oldest data queued there.
+    pub since: u32,
+    pub bytes: usize,
+    pub kind: QueuedKind,
+    /// Closes whatever holds the data (a circuit, a link); its memory is released soon after.
+    pub close: Box<dyn FnOnce() + Send>,
+}
+
+/// What a [`Queued`] entry closes when it is chosen.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QueuedKind {
+    Circuit,
+    Link,
+}
+
+/// A node's budget for queued cells.
+pub struct MemQuota {
+    limit: usize,
+    used: AtomicUsize,
+    peak: AtomicUsize,
+    holders: Mutex<Vec<Weak<dyn MemHolder>>>,
+    reclaiming: Mutex<()>,
+}
+
+impl MemQuota {
+    /// A budget of `limit` bytes.
+    pub fn new(limit: usize) -> Arc<Self> {
+        Arc::new(MemQuota { limit, used: AtomicUsize::new(0), peak: AtomicUsize::new(0), holders: Mutex::new(Vec::new()), reclaiming: Mutex::new(()) })
+    }
+
+    /// The default budget (`limits.max_queued_mib`'s default), for nodes and tools without a
+    /// `[limits]` section.
+    pub fn default_budget() -> Arc<Self> {
+        Self::new(super::LimitsConfig::default().max_queued_bytes())
+    }
+
+    pub fn limit(&self) -> usize {
+        self.limit
+    }
+
+    /// Bytes charged now.
+    pub fn used(&self) -> usize {
+        self.used.load(Ordering::Relaxed)
+    }
+
+    /// The most ever charged at once.
+    pub fn peak(&self) -> usize {
+        self.peak.load(Ordering::Relaxed)
+    }
+
+    /// Registers a holder the quota may close when it is over budget (kept weakly).
+    pub fn register(&self, h: Weak<dyn MemHolder>) {
+        let mut hs = self.holders.lock().expect("quota lock");
+        if hs.len() >= 64 && hs.len().is_power_of_two() {
+            hs.retain(|w| w.strong_count() > 0);
+        }
+        hs.push(h);
+    }
+
+    /// Charges `bytes`; over budget, closes the holders of the oldest data first. Call with no
+    /// queue or circuit-table lock held (reclaiming takes them).
+    pub fn charge(&self, bytes: usize) {
+        let now = self.used.fetch_add(bytes, Ordering::Relaxed) + bytes;
+        self.peak.fetch_max(now, Ordering::Relaxed);
+        if now > self.limit {
+            self.reclaim();
+        }
+    }
+
+    /// Gives back `bytes` charged earlier.
+    pub fn release(&self, bytes: usize) {
+        self.used.fetch_sub(bytes, Ordering::Relaxed);
+    }
+
+    fn reclaim(&self) {
+        // One reclaim at a time; a charge that finds one running leaves the work to it.
+        let Ok(_one) = self.reclaiming.try_lock() else { return };
+        let used = self.used();
+        if used <= self.limit {
+            return;
+        }
+        let holders: Vec<Arc<dyn MemHolder>> = {
+            let mut hs = self.holders.lock().expect("quota lock");
+            hs.retain(|w| w.strong_count() > 0);
+            hs.iter().filter_map(Weak::upgrade).collect()
+        };
+        let mut all = Vec::new();
+        for h in &holders {
+            h.queued(&mut all);
+        }
+        let low_water = self.limit / 10 * 9;
+        let (circuits, links, freed, oldest) = close_oldest(all, used.saturating_sub(low_water));
+        let age_ms = stamp().wrapping_sub(oldest);
+        tracing::debug!("memory over budget ({used} of {} bytes queued): closed {circuits} circuits and {links} links holding {freed} bytes; oldest data queued {age_ms} ms ago", self.limit);
+    }
+}
+
+/// Closes entries oldest first until `need` bytes are freed; returns (circuits, links, bytes
+/// freed, oldest stamp).
+fn close_oldest(mut all: Vec<Queued>, need: usize) -> (usize, usize, usize, u32) {
+    let now = stamp();
+    // Oldest first: the largest age (timestamps wrap, so compare ages, not stamps).
+    all.sort_by_key(|q| std::cmp::Reverse(now.wrapping_sub(q.since)));
+    let oldest = all.first().map(|q| q.since).unwrap_or(now);
+    let (mut circuits, mut links, mut freed) = (0, 0, 0);
+    for q in all {
+        if freed >= need {
+            break;
+        }
+        freed += q.bytes;
+        match q.kind {
+            QueuedKind::Circuit => {
+                circuits += 1;
+                LimitCounters::hit(&LIMITS.oom_circuits_closed);
+            }
+            QueuedKind::Link => {
+                links += 1;
+                LimitCounters::hit(&LIMITS.oom_links_closed);
+            }
+        }
+        (q.close)();
+    }
+    (circuits, links, freed, oldest)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicBool;
+
+    /// Holds fixed entries; records which were closed.
+    struct Fake {
+        entries: Vec<(u32, usize)>,
+        closed: Arc<Mutex<Vec<u32>>>,
+        quota: Arc<MemQuota>,
+    }
+
+    impl MemHolder for Fake {
+        fn queued(&self, out: &mut Vec<Queued>) {
+            for &(since, bytes) in &self.entries {
+                if self.closed.lock().unwrap().contains(&since) {
+                    continue;
+                }
+                let closed = self.closed.clone();
+                let quota = self.quota.clone();
+                out.push(Queued {
+                    since,
+                    bytes,
+                    kind: QueuedKind::Circuit,
+                    close: Box::new(move || {
+                        closed.lock().unwrap().push(since);
+                        quota.release(bytes);
+                    }),
+                });
+            }
+        }
+    }
+
+    #[test]
+    fn over_budget_the_oldest_are_closed_until_under_low_water() {
+        let quota = MemQuota::new(1000);
+        let closed = Arc::new(Mutex::new(Vec::new()));
+        let ago = |ms: u32| stamp().wrapping_sub(ms);
+        let (s9, s7, s5, s1) = (ago(9000), ago(7000), ago(5000), ago(1000));
+        let fake: Arc<dyn MemHolder> = Arc::new(Fake { entries: vec![(s5, 300), (s9, 300), (s1, 300), (s7, 300)], closed: closed.clone(), quota: quota.clone() });
+        quota.register(Arc::downgrade(&fake));
+        quota.charge(900);
+        assert!(closed.lock().unwrap().is_empty(), "under budget nothing is closed");
+        let before = LIMITS.oom_circuits_closed.load(Ordering::Relaxed);
+        quota.charge(300);
+        // 1,200 charged, low water 900: 300 must go, then the oldest single entry suffices.
+        assert_eq!(*closed.lock().unwrap(), vec![s9]);
+        assert_eq!(quota.used(), 900);
+        assert!(quota.peak() >= 1200);
+        assert!(LIMITS.oom_circuits_closed.load(Ordering::Relaxed) > before);
+        quota.charge(700);
+        assert_eq!(*closed.lock().unwrap(), vec![s9, s7, s5, s1], "oldest first, until under 900");
+    }
+
+    #[test]
+    fn dropped_holders_are_forgotten() {
+        let quota = MemQuota::new(10);
+        let hit = Arc::new(AtomicBool::new(false));
+        struct Never(Arc<AtomicBool>);
+        impl MemHolder for Never {
+            fn queued(&self, _: &mut Vec<Queued>) {
+                self.0.store(true, Ordering::Relaxed);
+            }
+        }
+        let h: Arc<dyn MemHolder> = Arc::new(Never(hit.clone()));
+        quota.register(Arc::downgrade(&h));
+        drop(h);
+        quota.charge(20);
+        assert!(!hit.load(Ordering::Relaxed));
+        quota.release(20);
+        assert_eq!(quota.used(), 0);
+    }
+}
