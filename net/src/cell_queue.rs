@@ -70,19 +70,25 @@ pub fn cell_queue(cap: usize, quota: Arc<MemQuota>) -> (CellSender, CellReceiver
 impl CellSender {
     /// Queues `cell` without waiting.
     pub fn try_send(&self, cell: Cell) -> Result<(), QueueError> {
-        {
+        // Charged before the cell is queued (the consumer releases it once taken), with the
+        // lock not held: going over budget may reclaim this very queue.
+        self.0.quota.charge(CELL_MEM);
+        let refused = {
             let mut s = self.0.state.lock().expect("cell queue lock");
             if s.receiver_gone || s.reclaimed {
-                return Err(QueueError::Closed);
+                Some(QueueError::Closed)
+            } else if s.cells.len() >= s.cap {
+                Some(QueueError::Full)
+            } else {
+                s.cells.push_back((cell, stamp()));
+                None
             }
-            if s.cells.len() >= s.cap {
-                return Err(QueueError::Full);
-            }
-            s.cells.push_back((cell, stamp()));
+        };
+        if let Some(e) = refused {
+            self.0.quota.release(CELL_MEM);
+            return Err(e);
         }
         self.0.ready.notify_one();
-        // Charged after the lock is released: going over budget may reclaim this very queue.
-        self.0.quota.charge(CELL_MEM);
         Ok(())
     }
 

@@ -41,6 +41,7 @@ mod hop_budget;
 mod hs_circuits;
 mod keygen;
 mod latency;
+mod memory;
 mod onion;
 mod onion_connect;
 mod onion_rotation;

@@ -94,7 +94,7 @@ impl MemQuota {
     /// Charges `bytes`; over budget, closes the holders of the oldest data first. Call with no
     /// queue or circuit-table lock held (reclaiming takes them).
     pub fn charge(&self, bytes: usize) {
-        let now = self.used.fetch_add(bytes, Ordering::Relaxed) + bytes;
+        let now = self.used.fetch_add(bytes, Ordering::Relaxed).wrapping_add(bytes);
         self.peak.fetch_max(now, Ordering::Relaxed);
         if now > self.limit {
             self.reclaim();

@@ -3,8 +3,10 @@
 
 use std::net::{IpAddr, SocketAddr, TcpListener};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
+use allium_net::limits::memquota::MemQuota;
 use allium_proto::doc::{ConsensusRelay, Protocols, RelayFlags};
 use allium_proto::policy::ExitPolicy;
 use allium_relay::{InertRelay, RelayConfig};
@@ -12,6 +14,12 @@ use allium_relay::{InertRelay, RelayConfig};
 /// Starts a non-exit relay on 127.0.0.1 whose `[relay]` section also holds `relay_extra`
 /// (TOML lines). Returns its consensus entry (as a client would see it) and its data directory.
 pub async fn start_relay(nickname: &str, relay_extra: &str) -> (ConsensusRelay, PathBuf) {
+    let (entry, dir, _) = start_relay_with_quota(nickname, relay_extra).await;
+    (entry, dir)
+}
+
+/// [`start_relay`], also returning the memory budget the relay's queued cells are charged to.
+pub async fn start_relay_with_quota(nickname: &str, relay_extra: &str) -> (ConsensusRelay, PathBuf, Arc<MemQuota>) {
     let dir = super::fresh_dir(nickname);
     let keys = allium_net::keys::load_or_create(&dir).unwrap();
     let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
@@ -40,12 +48,14 @@ pub async fn start_relay(nickname: &str, relay_extra: &str) -> (ConsensusRelay, 
         flags: RelayFlags::RUNNING | RelayFlags::VALID,
         weight: 1,
     };
-    tokio::spawn(InertRelay::new(cfg, keys).unwrap().run());
+    let relay = InertRelay::new(cfg, keys).unwrap();
+    let quota = relay.mem_quota();
+    tokio::spawn(relay.run());
     // Ready once it accepts connections.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     while tokio::net::TcpStream::connect(entry.address).await.is_err() {
         assert!(tokio::time::Instant::now() < deadline, "relay {nickname} did not start listening");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    (entry, dir)
+    (entry, dir, quota)
 }

@@ -1,0 +1,181 @@
+//! THREATS A27 (sniper: a client that stops reading its guard link) and A28 (an application that
+//! reads slowly). A guard and an exit run in this process (real links on loopback) so the test
+//! can read the guard's memory budget; the attacker binds 127.0.0.66, an honest client
+//! 127.0.0.77. Assertions are about behaviour and bytes held, never speed.
+
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use allium_client::circuit::{self, BeginRequest, CircHandle};
+use allium_net::limits::memquota::MemQuota;
+use allium_net::limits::LIMITS;
+use allium_net::pool::ChannelPool;
+use allium_proto::doc::ConsensusRelay;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{oneshot, watch};
+
+use crate::support::http::{pseudo_random, FileServer};
+use crate::support::inproc::start_relay_with_quota;
+
+const ATTACKER: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 66));
+const HONEST: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 77));
+const BODY: usize = 4 << 20;
+
+/// A guard with a `max_queued_mib` budget and an exit, both in this process.
+async fn guard_and_exit(name: &str, guard_mib: u64) -> (ConsensusRelay, Arc<MemQuota>, ConsensusRelay, Arc<MemQuota>) {
+    let (guard, _, gq) = start_relay_with_quota(&format!("{name}g"), &format!("[limits]\nmax_queued_mib = {guard_mib}\n")).await;
+    let (exit, _, eq) = start_relay_with_quota(&format!("{name}e"), "[exit]\nenabled = true\npolicy = [\"accept *:*\"]\n").await;
+    (guard, gq, exit, eq)
+}
+
+/// A27: a client builds 16 circuits through one guard link, starts two 4 MiB downloads on each,
+/// then stops reading the link (a proxy in front of the guard stops taking its bytes). The exit
+/// fills both windows of every circuit, and the cells pile up at the guard. Over its 1 MiB
+/// budget the guard closes what holds the oldest queued cells, gets back under budget, and an
+/// honest client's download through the same guard and exit still arrives whole.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a27_a_client_that_stops_reading_cannot_make_the_guard_queue_beyond_its_budget() {
+    let files = FileServer::start(vec![("/big", pseudo_random(BODY, 27))]);
+    let (guard, quota, exit, _) = guard_and_exit("a27", 1).await;
+    let (proxy, stall) = stalling_proxy(guard.address).await;
+    let via_proxy = ConsensusRelay { address: proxy, ..guard.clone() };
+    let reclaimed_before = oom_closures();
+
+    let attacker = ChannelPool::new(ATTACKER, None);
+    let mut apps = Vec::new();
+    let mut circuits = Vec::new();
+    for _ in 0..16 {
+        let c = circuit::build(&attacker, &[&via_proxy, &exit]).await.expect("an attacker circuit");
+        for _ in 0..2 {
+            apps.push(begin(&c, files.addr()).await.expect("CONNECTED"));
+        }
+        circuits.push(c);
+    }
+    // From here the guard's bytes toward the attacker are never read.
+    stall.send_replace(true);
+    for app in &mut apps {
+        app.write_all(b"GET /big HTTP/1.0\r\n\r\n").await.unwrap();
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while oom_closures() == reclaimed_before {
+        assert!(Instant::now() < deadline, "the guard never reclaimed: {} of {} bytes queued (peak {})", quota.used(), quota.limit(), quota.peak());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // What it closed is released: the guard is back under budget.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while quota.used() > quota.limit() {
+        assert!(Instant::now() < deadline, "still {} of {} bytes queued", quota.used(), quota.limit());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Cells charged while a reclaim was already running may pass the budget briefly, never by
+    // as much as the attack offered (16 circuits × 1,000 cells ≈ 8 MiB).
+    assert!(quota.peak() <= 2 * quota.limit(), "peak {} of a {} budget", quota.peak(), quota.limit());
+
+    let honest = ChannelPool::new(HONEST, None);
+    let c = circuit::build(&honest, &[&guard, &exit]).await.expect("an honest circuit");
+    let body = fetch(&c, files.addr(), "/big").await;
+    assert!(body == files.file("/big"), "the honest download arrived whole ({} bytes)", body.len());
+    drop(circuits);
+}
+
+/// A28: an application reads a 4 MiB download at ~64 KiB/s for 3 s, then at full speed. Flow
+/// control holds the exit back meanwhile: neither relay ever queues more than a circuit window
+/// (1,000 cells) plus a little, and the download completes intact.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a28_a_slow_reader_holds_at_most_a_window_at_each_relay_and_completes() {
+    let files = FileServer::start(vec![("/big", pseudo_random(BODY, 28))]);
+    let (guard, gq, exit, eq) = guard_and_exit("a28", 256).await;
+    let pool = ChannelPool::new(HONEST, None);
+    let c = circuit::build(&pool, &[&guard, &exit]).await.expect("a circuit");
+    let mut app = begin(&c, files.addr()).await.expect("CONNECTED");
+    app.write_all(b"GET /big HTTP/1.0\r\n\r\n").await.unwrap();
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 4096];
+    let slow_until = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < slow_until {
+        let n = app.read(&mut buf).await.unwrap();
+        got.extend_from_slice(&buf[..n]);
+        tokio::time::sleep(Duration::from_millis(60)).await;
+    }
+    app.read_to_end(&mut got).await.unwrap();
+    let body = strip_head(&got);
+    assert!(body == files.file("/big"), "the download arrived whole ({} bytes)", body.len());
+    let window = 1000 * allium_net::limits::memquota::CELL_MEM;
+    for (name, q) in [("guard", &gq), ("exit", &eq)] {
+        assert!(q.peak() <= window + window / 4, "the {name} queued {} bytes at most; a window is {window}", q.peak());
+    }
+}
+
+/// Cells closed for memory so far (process-wide).
+fn oom_closures() -> u64 {
+    LIMITS.oom_circuits_closed.load(Ordering::Relaxed) + LIMITS.oom_links_closed.load(Ordering::Relaxed)
+}
+
+/// Opens a stream to `target` on `c`; returns the application's end of it once CONNECTED.
+async fn begin(c: &CircHandle, target: SocketAddr) -> Result<TcpStream, String> {
+    let app = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let ours = TcpStream::connect(app.local_addr().unwrap()).await.unwrap();
+    let (theirs, _) = app.accept().await.unwrap();
+    let (done, rx) = oneshot::channel();
+    let req = BeginRequest { host: target.ip().to_string(), port: target.port(), sock: theirs, early_data: vec![], success_reply: vec![], done };
+    c.begin(req).await.map_err(|_| "the circuit closed".to_string())?;
+    match tokio::time::timeout(Duration::from_secs(60), rx).await {
+        Ok(Ok(Ok(_))) => Ok(ours),
+        other => Err(format!("BEGIN failed: {:?}", other.map(|r| r.map(|r| r.map(|_| ()).map_err(|(e, _)| e))))),
+    }
+}
+
+/// `GET path` over a new stream on `c`; the body.
+async fn fetch(c: &CircHandle, target: SocketAddr, path: &str) -> Vec<u8> {
+    let mut app = begin(c, target).await.expect("CONNECTED");
+    app.write_all(format!("GET {path} HTTP/1.0\r\n\r\n").as_bytes()).await.unwrap();
+    let mut got = Vec::new();
+    tokio::time::timeout(Duration::from_secs(120), app.read_to_end(&mut got)).await.expect("the download finished").unwrap();
+    strip_head(&got).to_vec()
+}
+
+fn strip_head(resp: &[u8]) -> &[u8] {
+    let end = resp.windows(4).position(|w| w == b"\r\n\r\n").expect("an HTTP head") + 4;
+    &resp[end..]
+}
+
+/// A TCP proxy to `target` that stops reading `target`'s bytes once the returned flag is set
+/// (its receive buffer toward the target is kept small, so the target's writes block soon).
+async fn stalling_proxy(target: SocketAddr) -> (SocketAddr, watch::Sender<bool>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let (stall, stalled) = watch::channel(false);
+    tokio::spawn(async move {
+        while let Ok((client, _)) = listener.accept().await {
+            let sock = tokio::net::TcpSocket::new_v4().unwrap();
+            sock.set_recv_buffer_size(4096).unwrap();
+            let Ok(upstream) = sock.connect(target).await else { continue };
+            let (mut cr, mut cw) = client.into_split();
+            let (mut ur, mut uw) = upstream.into_split();
+            tokio::spawn(async move {
+                let _ = tokio::io::copy(&mut cr, &mut uw).await;
+            });
+            let mut stalled = stalled.clone();
+            tokio::spawn(async move {
+                let mut buf = vec![0u8; 16 * 1024];
+                loop {
+                    let n = tokio::select! {
+                        r = ur.read(&mut buf) => match r { Ok(0) | Err(_) => return, Ok(n) => Some(n) },
+                        _ = stalled.wait_for(|s| *s) => None,
+                    };
+                    let Some(n) = n else {
+                        // Stalled: hold both sockets open and never read again.
+                        return std::future::pending::<()>().await;
+                    };
+                    if cw.write_all(&buf[..n]).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, stall)
+}
