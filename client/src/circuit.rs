@@ -456,11 +456,13 @@ impl Circuit {
         if mux.is_empty() {
             self.flow = FlowParams::default();
             *mux = StreamMux::new(self.flow);
+            mux.set_mem(self.rx.held_mem());
         }
     }
 
     async fn run(mut self, mut begins: mpsc::Receiver<CircRequest>) {
         let mut mux = StreamMux::new(self.flow);
+        mux.set_mem(self.rx.held_mem());
         // Streams from the virtual hop waiting for the service's answer, and the answers.
         let mut incoming: std::collections::HashSet<u16> = Default::default();
         let (answer_tx, mut answer_rx) = mpsc::channel::<(u16, Result<TcpStream, EndReason>)>(MAX_INCOMING_PENDING);

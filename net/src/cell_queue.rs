@@ -17,13 +17,15 @@ use std::sync::{Arc, Mutex};
 use allium_proto::cell::Cell;
 use tokio::sync::Notify;
 
-use crate::limits::memquota::{stamp, MemQuota, CELL_MEM};
+use crate::limits::memquota::{stamp, HeldMem, MemQuota, CELL_MEM};
 
 struct Shared {
     state: Mutex<State>,
     /// Wakes the consumer: a cell arrived or the producer went away.
     ready: Notify,
     quota: Arc<MemQuota>,
+    /// What the circuit holds besides its queue (stream data), offered for reclaiming with it.
+    held: Arc<HeldMem>,
 }
 
 struct State {
@@ -63,7 +65,8 @@ pub enum QueueError {
 /// A queue of at most `cap` cells, charged to `quota`.
 pub fn cell_queue(cap: usize, quota: Arc<MemQuota>) -> (CellSender, CellReceiver) {
     let state = State { cells: VecDeque::new(), cap, sender_gone: false, receiver_gone: false, reclaimed: false };
-    let shared = Arc::new(Shared { state: Mutex::new(state), ready: Notify::new(), quota });
+    let held = HeldMem::new(quota.clone());
+    let shared = Arc::new(Shared { state: Mutex::new(state), ready: Notify::new(), quota, held });
     (CellSender(shared.clone()), CellReceiver(shared))
 }
 
@@ -92,10 +95,21 @@ impl CellSender {
         Ok(())
     }
 
-    /// The [`stamp`] of the oldest waiting cell and the bytes waiting, if any wait.
+    /// The [`stamp`] of the oldest data the circuit holds (waiting cells and [`HeldMem`]) and
+    /// its bytes, if it holds any.
     pub fn queued(&self) -> Option<(u32, usize)> {
-        let s = self.0.state.lock().expect("cell queue lock");
-        s.cells.front().map(|(_, t)| (*t, s.cells.len() * CELL_MEM))
+        let cells = {
+            let s = self.0.state.lock().expect("cell queue lock");
+            s.cells.front().map(|(_, t)| (*t, s.cells.len() * CELL_MEM))
+        };
+        match (cells, self.0.held.held()) {
+            (Some((t1, b1)), Some((t2, b2))) => {
+                let now = stamp();
+                let oldest = if now.wrapping_sub(t1) >= now.wrapping_sub(t2) { t1 } else { t2 };
+                Some((oldest, b1 + b2))
+            }
+            (a, b) => a.or(b),
+        }
     }
 
     /// Drops every waiting cell and ends the queue: the consumer's `recv` returns `None` and
@@ -106,6 +120,7 @@ impl CellSender {
             s.reclaimed = true;
             s.clear()
         };
+        self.0.held.set_reclaimed();
         self.0.quota.release(freed);
         self.0.ready.notify_one();
     }
@@ -140,6 +155,11 @@ impl CellReceiver {
             // A notification sent after the check above is kept as a permit, so none is lost.
             self.0.ready.notified().await;
         }
+    }
+
+    /// Where the circuit charges data it holds outside this queue (its streams').
+    pub fn held_mem(&self) -> Arc<HeldMem> {
+        self.0.held.clone()
     }
 
     /// True when the queue ended because the node's memory budget reclaimed it.

@@ -15,8 +15,10 @@ use allium_proto::relay_msg::{EndReason, RelayMsg, MAX_BODY_PER_CELL};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, DuplexStream, ReadHalf, WriteHalf};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, Semaphore};
+use tokio::sync::{mpsc, Notify, Semaphore};
 use tokio::task::AbortHandle;
+
+use crate::limits::memquota::{Held, HeldMem, CELL_MEM};
 
 /// Streams one circuit may carry at once.
 pub const MAX_STREAMS: usize = 1024;
@@ -24,6 +26,9 @@ pub const MAX_STREAMS: usize = 1024;
 const READ_BATCH: usize = 64;
 /// Bytes a writer gathers at most per write.
 const WRITE_BATCH: usize = 256 * 1024;
+/// How long a stream's writer may go on delivering what it holds after its circuit closed
+/// (then it is stopped and its memory freed; at once if the memory budget closed the circuit).
+pub const DRAIN_GRACE: Duration = Duration::from_secs(60);
 
 /// A byte stream a circuit stream can be attached to: an application's or destination's TCP
 /// socket, or an in-process pipe (a directory stream served or read by this node).
@@ -100,13 +105,61 @@ pub enum StreamEvent {
 }
 
 enum WriterMsg {
-    Data(Vec<u8>),
+    /// DATA for the socket, charged to the circuit's memory until written.
+    Data(Vec<u8>, Option<Held>),
     End,
+}
+
+/// A message waiting for the circuit window; DATA is charged to the circuit's memory.
+struct Pending {
+    id: u16,
+    msg: RelayMsg,
+    _held: Option<Held>,
+}
+
+/// DATA cells read from the streams' sockets and not yet sent: readers wait while the circuit
+/// window holds back as many as a whole window, so a circuit's streams together never read
+/// much more than the circuit can send (however many streams it has).
+struct ReadGate {
+    cells: std::sync::atomic::AtomicUsize,
+    cap: usize,
+    room: Notify,
+}
+
+impl ReadGate {
+    /// Waits until fewer than `cap` cells wait; returns how many more may be read now.
+    /// Readers that pass together may each read that many: the cap is exceeded by at most
+    /// one read batch per stream reading at the same moment.
+    async fn room(&self) -> usize {
+        use std::sync::atomic::Ordering;
+        loop {
+            let notified = self.room.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let waiting = self.cells.load(Ordering::Acquire);
+            if waiting < self.cap {
+                return self.cap - waiting;
+            }
+            notified.await;
+        }
+    }
+
+    fn add(&self, n: usize) {
+        self.cells.fetch_add(n, std::sync::atomic::Ordering::AcqRel);
+    }
+
+    fn sub(&self, n: usize) {
+        let before = self.cells.fetch_sub(n, std::sync::atomic::Ordering::AcqRel);
+        if before >= self.cap && before - n < self.cap {
+            self.room.notify_waiters();
+        }
+    }
 }
 
 struct Stream {
     writer: mpsc::UnboundedSender<WriterMsg>,
     writer_rx: Option<mpsc::UnboundedReceiver<WriterMsg>>,
+    writer_task: Option<AbortHandle>,
     credit: Arc<Semaphore>,
     send: SendWindow,
     recv: RecvWindow,
@@ -140,7 +193,13 @@ pub struct StreamMux {
     circ_send: SendWindow,
     circ_recv: RecvWindow,
     /// Messages waiting for the circuit window, in order (END waits behind its DATA).
-    pending: VecDeque<(u16, RelayMsg)>,
+    pending: VecDeque<Pending>,
+    /// DATA cells in `pending`, which the readers wait on.
+    gate: Arc<ReadGate>,
+    /// Where stream data this circuit holds is charged (the node's memory budget).
+    mem: Option<Arc<HeldMem>>,
+    /// Writers of closed streams still delivering what they hold.
+    draining: Vec<AbortHandle>,
     events_tx: mpsc::UnboundedSender<StreamEvent>,
     events_rx: mpsc::UnboundedReceiver<StreamEvent>,
     next_id: u16,
@@ -166,12 +225,21 @@ impl StreamMux {
             circ_send: SendWindow::circuit(&flow),
             circ_recv: RecvWindow::circuit(&flow),
             pending: VecDeque::new(),
+            gate: Arc::new(ReadGate { cells: Default::default(), cap: flow.circuit_window as usize, room: Notify::new() }),
+            mem: None,
+            draining: Vec::new(),
             events_tx,
             events_rx,
             next_id: 1,
             flow,
             last_circ_sendme: Instant::now(),
         }
+    }
+
+    /// Charges the stream data this circuit holds (read and not yet sent, received and not yet
+    /// written) to `mem`, the circuit's share of the node's memory budget.
+    pub fn set_mem(&mut self, mem: Arc<HeldMem>) {
+        self.mem = Some(mem);
     }
 
     /// Waits for the next event from a stream task.
@@ -218,6 +286,7 @@ impl StreamMux {
             Stream {
                 writer,
                 writer_rx: Some(rx),
+                writer_task: None,
                 credit: Arc::new(Semaphore::new(self.flow.stream_window as usize)),
                 send: SendWindow::stream(&self.flow),
                 recv: RecvWindow::stream(&self.flow),
@@ -234,8 +303,8 @@ impl StreamMux {
         let Some(s) = self.streams.get_mut(&id) else { return };
         let Some(rx) = s.writer_rx.take() else { return };
         let (rd, wr) = sock.into_halves();
-        tokio::spawn(write_loop(id, wr, rx, prefix, self.events_tx.clone()));
-        let reader = tokio::spawn(read_loop(id, rd, s.credit.clone(), self.events_tx.clone()));
+        s.writer_task = Some(tokio::spawn(write_loop(id, wr, rx, prefix, self.events_tx.clone())).abort_handle());
+        let reader = tokio::spawn(read_loop(id, rd, s.credit.clone(), self.gate.clone(), self.events_tx.clone()));
         s.reader = Some(reader.abort_handle());
     }
 
@@ -263,7 +332,8 @@ impl StreamMux {
                     s.recv.on_data()?;
                     s.last_progress = Instant::now();
                     s.last_data_full = d.len() == MAX_BODY_PER_CELL;
-                    let _ = s.writer.send(WriterMsg::Data(d));
+                    let held = self.mem.as_ref().map(|m| m.hold(CELL_MEM));
+                    let _ = s.writer.send(WriterMsg::Data(d, held));
                     Ok(vec![])
                 } else {
                     // Count it as consumed so the circuit window is not lost.
@@ -274,10 +344,7 @@ impl StreamMux {
             }
             RelayMsg::End(_) => {
                 if let Some(s) = self.streams.remove(&id) {
-                    let _ = s.writer.send(WriterMsg::End);
-                    if let Some(r) = s.reader {
-                        r.abort();
-                    }
+                    self.retire(s);
                     self.closed.insert(id);
                     Ok(vec![])
                 } else {
@@ -302,7 +369,7 @@ impl StreamMux {
     pub fn stalled(&self, now: Instant, limit: Duration) -> Vec<u16> {
         // Streams with DATA queued behind a closed circuit window.
         let blocked: HashSet<u16> = if self.circ_send.available() == 0 {
-            self.pending.iter().filter(|(_, m)| matches!(m, RelayMsg::Data(_))).map(|(id, _)| *id).collect()
+            self.pending.iter().filter(|p| matches!(p.msg, RelayMsg::Data(_))).map(|p| p.id).collect()
         } else {
             HashSet::new()
         };
@@ -333,11 +400,16 @@ impl StreamMux {
     pub fn handle_event(&mut self, ev: StreamEvent) -> Vec<(u16, RelayMsg)> {
         match ev {
             StreamEvent::Data { id, data } => {
-                let Some(s) = self.streams.get_mut(&id) else { return vec![] };
+                // The reader counted these cells at the gate when it read them.
+                let Some(s) = self.streams.get_mut(&id) else {
+                    self.gate.sub(data.len().div_ceil(MAX_BODY_PER_CELL));
+                    return vec![];
+                };
                 for chunk in data.chunks(MAX_BODY_PER_CELL) {
                     // The reader only read as much as its credit allowed.
                     let _ = s.send.take();
-                    self.pending.push_back((id, RelayMsg::Data(chunk.to_vec())));
+                    let held = self.mem.as_ref().map(|m| m.hold(CELL_MEM));
+                    self.pending.push_back(Pending { id, msg: RelayMsg::Data(chunk.to_vec()), _held: held });
                 }
                 self.flush()
             }
@@ -362,29 +434,45 @@ impl StreamMux {
         if let Ok(p) = s.credit.try_acquire_many(cells) {
             p.forget();
         }
+        self.gate.add(cells as usize);
         self.handle_event(StreamEvent::Data { id, data })
     }
 
     /// Closes a stream from our side: its queued DATA goes first, then END.
     pub fn close(&mut self, id: u16, reason: EndReason) -> Vec<(u16, RelayMsg)> {
         let Some(s) = self.streams.remove(&id) else { return vec![] };
+        self.retire(s);
+        self.closed.insert(id);
+        self.pending.push_back(Pending { id, msg: RelayMsg::End(reason), _held: None });
+        self.flush()
+    }
+
+    /// A stream left the table: its reader stops, its writer delivers what it holds and ends.
+    fn retire(&mut self, s: Stream) {
         let _ = s.writer.send(WriterMsg::End);
         if let Some(r) = s.reader {
             r.abort();
         }
-        self.closed.insert(id);
-        self.pending.push_back((id, RelayMsg::End(reason)));
-        self.flush()
+        self.draining.retain(|w| !w.is_finished());
+        self.draining.extend(s.writer_task);
     }
 
     /// Sends what the circuit window allows, in order.
     fn flush(&mut self) -> Vec<(u16, RelayMsg)> {
         let mut out = Vec::new();
-        while let Some((_, m)) = self.pending.front() {
-            if matches!(m, RelayMsg::Data(_)) && !self.circ_send.take() {
-                break;
+        let mut data = 0;
+        while let Some(p) = self.pending.front() {
+            if matches!(p.msg, RelayMsg::Data(_)) {
+                if !self.circ_send.take() {
+                    break;
+                }
+                data += 1;
             }
-            out.push(self.pending.pop_front().expect("front exists"));
+            let p = self.pending.pop_front().expect("front exists");
+            out.push((p.id, p.msg));
+        }
+        if data > 0 {
+            self.gate.sub(data);
         }
         out
     }
@@ -392,10 +480,26 @@ impl StreamMux {
 
 impl Drop for StreamMux {
     fn drop(&mut self) {
+        let mut writers = std::mem::take(&mut self.draining);
         for s in self.streams.values() {
             if let Some(r) = &s.reader {
                 r.abort();
             }
+            writers.extend(s.writer_task.clone());
+        }
+        // Writers deliver what they hold to slow sockets for a while, not forever: a
+        // destination that never reads must not keep the memory once the circuit is gone.
+        writers.retain(|w| !w.is_finished());
+        if writers.is_empty() {
+            return;
+        }
+        if self.mem.as_ref().is_some_and(|m| m.reclaimed()) {
+            writers.iter().for_each(AbortHandle::abort);
+        } else if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                tokio::time::sleep(DRAIN_GRACE).await;
+                writers.iter().for_each(AbortHandle::abort);
+            });
         }
     }
 }
@@ -404,13 +508,14 @@ fn sendmes(id: u16, k: u32) -> Vec<(u16, RelayMsg)> {
     (0..k).map(|_| (id, RelayMsg::Sendme)).collect()
 }
 
-async fn read_loop<R: AsyncRead + Unpin>(id: u16, mut rd: R, credit: Arc<Semaphore>, tx: mpsc::UnboundedSender<StreamEvent>) {
+async fn read_loop<R: AsyncRead + Unpin>(id: u16, mut rd: R, credit: Arc<Semaphore>, gate: Arc<ReadGate>, tx: mpsc::UnboundedSender<StreamEvent>) {
     let mut buf = vec![0u8; READ_BATCH * MAX_BODY_PER_CELL];
     loop {
         let Ok(p) = credit.acquire().await else { return };
         p.forget();
+        let room = gate.room().await;
         let mut n_credit = 1;
-        while n_credit < READ_BATCH {
+        while n_credit < READ_BATCH.min(room) {
             match credit.try_acquire() {
                 Ok(p) => {
                     p.forget();
@@ -427,6 +532,8 @@ async fn read_loop<R: AsyncRead + Unpin>(id: u16, mut rd: R, credit: Arc<Semapho
             Ok(n) => {
                 let used = n.div_ceil(MAX_BODY_PER_CELL);
                 credit.add_permits(n_credit - used);
+                // Counted now, before the mux sees them, so other readers see them at once.
+                gate.add(used);
                 if tx.send(StreamEvent::Data { id, data: buf[..n].to_vec() }).is_err() {
                     return;
                 }
@@ -443,14 +550,17 @@ async fn write_loop<W: AsyncWrite + Unpin>(
     tx: mpsc::UnboundedSender<StreamEvent>,
 ) {
     let mut buf = prefix;
+    // The charges of the DATA in `buf`, released once it is written.
+    let mut held: Vec<Option<Held>> = Vec::new();
     let mut failed = false;
     loop {
         let mut cells = 0u32;
         let mut end = false;
         if buf.is_empty() {
             match rx.recv().await {
-                Some(WriterMsg::Data(d)) => {
+                Some(WriterMsg::Data(d, h)) => {
                     buf.extend_from_slice(&d);
+                    held.push(h);
                     cells += 1;
                 }
                 Some(WriterMsg::End) | None => end = true,
@@ -458,8 +568,9 @@ async fn write_loop<W: AsyncWrite + Unpin>(
         }
         while !end && buf.len() < WRITE_BATCH {
             match rx.try_recv() {
-                Ok(WriterMsg::Data(d)) => {
+                Ok(WriterMsg::Data(d, h)) => {
                     buf.extend_from_slice(&d);
+                    held.push(h);
                     cells += 1;
                 }
                 Ok(WriterMsg::End) => end = true,
@@ -474,6 +585,7 @@ async fn write_loop<W: AsyncWrite + Unpin>(
             let _ = tx.send(StreamEvent::WriteFailed { id });
         }
         buf.clear();
+        held.clear();
         // Written or discarded, every DATA cell (an empty one too) counts as consumed: a cell
         // never counted would shrink the other end's windows for good.
         if cells > 0 {
@@ -529,6 +641,38 @@ mod tests {
         assert_eq!(sender.streams[&2].credit.available_permits(), 50, "the reader may read 50 cells before a SENDME");
         let out = sender.handle_event(StreamEvent::Data { id: 2, data: vec![7u8; MAX_BODY_PER_CELL * 150] });
         assert_eq!(out.len(), 100, "the circuit window of 100 bounds what is sent");
+    }
+
+    /// However many streams a circuit has, its readers stop reading once a circuit window's
+    /// worth of DATA waits for the circuit window (THREATS A27: a client that never sends a
+    /// circuit SENDME cannot make an exit read every stream's whole window into memory).
+    #[tokio::test]
+    async fn readers_stop_when_a_circuit_window_of_data_waits() {
+        let flow = FlowParams { circuit_window: 100, circuit_sendme_inc: 10, stream_window: 50, stream_sendme_inc: 5 };
+        let mut mux = StreamMux::new(flow);
+        let mut sources = Vec::new();
+        for id in 1..=8 {
+            let (ours, mut theirs) = tokio::io::duplex(1 << 20);
+            mux.open(id).unwrap();
+            mux.attach(id, ours, Vec::new());
+            theirs.write_all(&vec![7u8; 50 * MAX_BODY_PER_CELL]).await.unwrap();
+            sources.push(theirs);
+        }
+        let mut sent = 0;
+        while let Ok(ev) = tokio::time::timeout(Duration::from_millis(300), mux.next_event()).await {
+            sent += mux.handle_event(ev).iter().filter(|(_, m)| matches!(m, RelayMsg::Data(_))).count();
+        }
+        let waiting = mux.pending.iter().filter(|p| matches!(p.msg, RelayMsg::Data(_))).count();
+        assert_eq!(sent, 100, "the circuit window bounds what is sent");
+        // Eight streams could read 400 cells; once 100 wait, the readers wait too.
+        assert!(waiting <= 100, "{waiting} DATA cells read and waiting");
+        // A circuit SENDME lets 10 go and the readers fill the gap again.
+        let out = mux.handle_msg(0, RelayMsg::Sendme).unwrap();
+        assert_eq!(out.len(), 10);
+        while let Ok(ev) = tokio::time::timeout(Duration::from_millis(300), mux.next_event()).await {
+            mux.handle_event(ev);
+        }
+        assert!(mux.pending.len() <= 100 && mux.pending.len() >= 90, "{} waiting", mux.pending.len());
     }
 
     #[tokio::test]

@@ -118,6 +118,7 @@ impl RelayCircuit {
         let mut next: Option<Next> = None;
         let mut extending: Option<PendingExtend> = None;
         let mut mux = StreamMux::new(self.flow);
+        mux.set_mem(self.prev_rx.held_mem());
         let mut asm = MsgAssembler::default();
         let (exit_tx, mut exit_rx) = mpsc::channel::<ExitResult>(64);
         let (resolve_tx, mut resolve_rx) = mpsc::channel::<ResolveResult>(MAX_RESOLVES_IN_FLIGHT);

@@ -8,7 +8,7 @@
 //! belongs to whoever stopped reading: a sniper or a dead peer, not a busy honest circuit whose
 //! cells move. Counted in [`LIMITS`]`.oom_circuits_closed` / `.oom_links_closed`.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, Weak};
 use std::time::Instant;
 
@@ -157,10 +157,63 @@ fn close_oldest(mut all: Vec<Queued>, need: usize) -> (usize, usize, usize, u32)
     (circuits, links, freed, oldest)
 }
 
+/// Memory one circuit holds outside its cell queue (stream data waiting for the circuit
+/// window, or for the application or destination to take it), charged to the quota while it
+/// is held. Offered for reclaiming with the circuit's queue.
+pub struct HeldMem {
+    quota: Arc<MemQuota>,
+    bytes: AtomicUsize,
+    /// [`stamp`] of when `bytes` last went from zero to more.
+    since: AtomicU32,
+    reclaimed: AtomicBool,
+}
+
+/// Bytes held until this is dropped.
+pub struct Held {
+    mem: Arc<HeldMem>,
+    bytes: usize,
+}
+
+impl HeldMem {
+    pub fn new(quota: Arc<MemQuota>) -> Arc<Self> {
+        Arc::new(HeldMem { quota, bytes: AtomicUsize::new(0), since: AtomicU32::new(0), reclaimed: AtomicBool::new(false) })
+    }
+
+    /// Charges `bytes` until the returned token is dropped.
+    pub fn hold(self: &Arc<Self>, bytes: usize) -> Held {
+        if self.bytes.fetch_add(bytes, Ordering::Relaxed) == 0 {
+            self.since.store(stamp(), Ordering::Relaxed);
+        }
+        self.quota.charge(bytes);
+        Held { mem: self.clone(), bytes }
+    }
+
+    /// When the held bytes started being held, and how many there are, if any.
+    pub fn held(&self) -> Option<(u32, usize)> {
+        let bytes = self.bytes.load(Ordering::Relaxed);
+        (bytes > 0).then(|| (self.since.load(Ordering::Relaxed), bytes))
+    }
+
+    /// Marks the owner as closed by the quota: whatever it holds should be dropped at once.
+    pub fn set_reclaimed(&self) {
+        self.reclaimed.store(true, Ordering::Relaxed);
+    }
+
+    pub fn reclaimed(&self) -> bool {
+        self.reclaimed.load(Ordering::Relaxed)
+    }
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.mem.bytes.fetch_sub(self.bytes, Ordering::Relaxed);
+        self.mem.quota.release(self.bytes);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::sync::atomic::AtomicBool;
 
     /// Holds fixed entries; records which were closed.
     struct Fake {
@@ -209,6 +262,18 @@ mod tests {
         assert!(LIMITS.oom_circuits_closed.load(Ordering::Relaxed) > before);
         quota.charge(700);
         assert_eq!(*closed.lock().unwrap(), vec![s9, s7, s5, s1], "oldest first, until under 900");
+    }
+
+    #[test]
+    fn held_bytes_are_charged_until_dropped() {
+        let quota = MemQuota::new(1 << 20);
+        let mem = HeldMem::new(quota.clone());
+        let a = mem.hold(100);
+        let b = mem.hold(50);
+        assert_eq!((quota.used(), mem.held().map(|h| h.1)), (150, Some(150)));
+        drop(a);
+        drop(b);
+        assert_eq!((quota.used(), mem.held()), (0, None));
     }
 
     #[test]
