@@ -12,6 +12,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use allium_net::config::AuthorityEntry;
+use allium_net::limits::counters::{LimitCounters, LIMITS};
 use allium_proto::doc::{
     compute_consensus, srv_commit, AuthoritySigner, Consensus, ConsensusRelay, DetachedSignature, Protocols, RelayDescriptor, Vote, VoteSrv,
 };
@@ -81,6 +82,8 @@ pub struct VotePolicy {
     pub bad_exits: BTreeSet<RelayId>,
     /// Relays it never votes for.
     pub rejected: BTreeSet<RelayId>,
+    /// Descriptors it holds for one IP address (`limits.max_relays_per_address`).
+    pub max_relays_per_address: usize,
 }
 
 impl VotePolicy {
@@ -93,6 +96,7 @@ impl VotePolicy {
             recommended_protocols: p(crate::config::DEFAULT_RECOMMENDED_PROTOCOLS),
             bad_exits: BTreeSet::new(),
             rejected: BTreeSet::new(),
+            max_relays_per_address: allium_net::limits::LimitsConfig::default().max_relays_per_address,
         }
     }
 
@@ -104,6 +108,7 @@ impl VotePolicy {
             recommended_protocols: cfg.recommended_protocols()?,
             bad_exits: cfg.bad_exits()?,
             rejected: cfg.rejected()?,
+            max_relays_per_address: cfg.limits.max_relays_per_address,
         })
     }
 }
@@ -281,12 +286,41 @@ impl AuthorityState {
             }
         } else if self.descriptors.len() >= MAX_DESCRIPTORS {
             self.prune_descriptors(now);
-            if self.descriptors.len() >= MAX_DESCRIPTORS {
+            // Still full: make room by forgetting a relay never proven reachable, never one
+            // that is (a flood of descriptors cannot push out working relays).
+            if self.descriptors.len() >= MAX_DESCRIPTORS && !self.evict_unproven(|_| true) {
                 return Err(Reject { status: 503, reason: "authority holds too many descriptors".into() });
+            }
+        }
+        let ip = d.address.ip();
+        if self.descriptors.get(&d.identity).is_none_or(|old| old.address.ip() != ip) {
+            let here = self.descriptors.values().filter(|o| o.address.ip() == ip && o.identity != d.identity).count();
+            // At a full address a relay proven reachable there displaces one that is not (a
+            // descriptor may name any address; only a reachability test shows it is really
+            // there); otherwise the newcomer is refused.
+            if here >= self.policy.max_relays_per_address && !self.evict_unproven(|o| o.address.ip() == ip && o.identity != d.identity) {
+                LimitCounters::hit(&LIMITS.relays_per_address);
+                return Err(Reject { status: 403, reason: format!("{} relays already use this address", self.policy.max_relays_per_address) });
             }
         }
         self.descriptors.insert(d.identity, d);
         Ok(Accepted::New)
+    }
+
+    /// Forgets one held relay that matches `which` and was not reachable at its last test (or
+    /// never tested), the longest-published first; false if there is none.
+    fn evict_unproven(&mut self, which: impl Fn(&RelayDescriptor) -> bool) -> bool {
+        let victim = self
+            .descriptors
+            .values()
+            .filter(|o| which(o) && !self.reach.get(&o.identity).is_some_and(|r| r.ok))
+            .min_by_key(|o| (o.published, o.identity))
+            .map(|o| o.identity);
+        let Some(v) = victim else { return false };
+        self.descriptors.remove(&v);
+        self.reach.remove(&v);
+        LimitCounters::hit(&LIMITS.descriptors_evicted);
+        true
     }
 
     fn prune_descriptors(&mut self, now: u64) {
@@ -1485,6 +1519,67 @@ mod tests {
         st[0].record_reachability(id, false, T + I - 5);
         let (text, _) = st[0].make_vote(T + I, T + I - 5);
         assert!(Vote::parse(&text).unwrap().verify(T).unwrap().relays.is_empty());
+    }
+
+    /// Issue 12 point 6: at most `max_relays_per_address` relays per address, and a flood of
+    /// descriptors never pushes out relays proven reachable.
+    #[test]
+    fn relays_per_address_are_capped_and_proven_relays_are_never_pushed_out() {
+        let (_, mut st) = three(false);
+        let a = &mut st[0];
+        let now = T;
+        let id = |n: u8| RelayId(key(n).verifying_key().to_bytes());
+        let held = |a: &AuthorityState| a.reach_targets().iter().map(|t| t.identity).collect::<BTreeSet<_>>();
+        a.accept_descriptor(desc(&key(90), now, "192.0.2.9:9001"), now).unwrap();
+        a.accept_descriptor(desc(&key(91), now, "192.0.2.9:9002"), now).unwrap();
+        all_reachable(a, now);
+        let before = LIMITS.relays_per_address.load(std::sync::atomic::Ordering::Relaxed);
+        let r = a.accept_descriptor(desc(&key(92), now, "192.0.2.9:9003"), now).unwrap_err();
+        assert_eq!(r.status, 403, "{}", r.reason);
+        assert!(LIMITS.relays_per_address.load(std::sync::atomic::Ordering::Relaxed) > before);
+        // A relay already there may update; moving another relay onto the full address may not.
+        assert_eq!(a.accept_descriptor(desc(&key(91), now + 1, "192.0.2.9:9002"), now), Ok(Accepted::New));
+        a.accept_descriptor(desc(&key(93), now, "192.0.2.10:9001"), now).unwrap();
+        assert_eq!(a.accept_descriptor(desc(&key(93), now + 1, "192.0.2.9:9001"), now).unwrap_err().status, 403);
+        // At an address whose relays are not all proven, a newcomer displaces an unproven one.
+        a.accept_descriptor(desc(&key(94), now, "192.0.2.10:9002"), now).unwrap();
+        a.record_reachability(id(93), true, now);
+        assert_eq!(a.accept_descriptor(desc(&key(95), now, "192.0.2.10:9003"), now), Ok(Accepted::New));
+        let ids = held(a);
+        assert!(ids.contains(&id(93)) && ids.contains(&id(95)) && !ids.contains(&id(94)), "the unproven relay went");
+    }
+
+    /// Issue 12 point 6: a receiver can tell who a vote claims to be from by its header alone,
+    /// so votes naming no peer are refused before they are parsed.
+    #[test]
+    fn a_votes_claimed_voter_is_read_from_its_header_alone() {
+        let (keys, mut st) = three(true);
+        let (text, _) = st[0].make_vote(T, T - 5);
+        assert_eq!(Vote::claimed_voter(&text), Some(RelayId(keys[0].verifying_key().to_bytes())));
+        assert_eq!(Vote::claimed_voter(&"x".repeat(1 << 20)), None);
+        assert_eq!(Vote::claimed_voter("allium-vote 1\nrelay x\nvoter 00\n"), None, "not after the header");
+    }
+
+    /// A full descriptor table makes room by forgetting relays never proven reachable, so
+    /// 20,000 junk descriptors (each from its own address) leave no honest relay refused.
+    #[test]
+    fn a_full_descriptor_table_evicts_unproven_relays_never_proven_ones() {
+        let (_, mut st) = three(false);
+        let a = &mut st[0];
+        let now = T;
+        let honest = key(96);
+        a.accept_descriptor(desc(&honest, now, "192.0.2.96:9001"), now).unwrap();
+        all_reachable(a, now);
+        for i in 0..MAX_DESCRIPTORS as u32 {
+            let mut seed = [0u8; 32];
+            seed[..4].copy_from_slice(&i.to_be_bytes());
+            seed[31] = 2;
+            let k = SigningKey::from_bytes(&seed);
+            a.accept_descriptor(desc(&k, now, &format!("11.{}.{}.{}:9001", i >> 16, (i >> 8) & 255, i & 255)), now).expect("room is made");
+        }
+        assert_eq!(a.descriptor_count(), MAX_DESCRIPTORS);
+        assert!(a.reach_targets().iter().any(|t| t.identity == RelayId(honest.verifying_key().to_bytes())), "the proven relay stays");
+        assert_eq!(a.accept_descriptor(desc(&key(97), now, "192.0.2.97:9001"), now), Ok(Accepted::New), "a new honest relay still gets in");
     }
 
     /// Size of a synthetic 1,000-relay consensus and one authority's CPU time for a voting

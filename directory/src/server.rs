@@ -21,6 +21,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
 
+use allium_net::limits::counters::{LimitCounters, LIMITS};
 use allium_proto::doc::{DetachedSignature, RelayDescriptor, Vote, MAX_DESCRIPTOR_LEN, MAX_SIGNATURE_DOC_LEN, MAX_VOTE_LEN};
 
 use crate::authority::{Accepted, Reject, Shared, SKEW_MARK};
@@ -90,6 +91,7 @@ async fn post_descriptor(State(sh): State<Arc<Shared>>, body: String) -> Respons
 
 /// Parses, verifies and stores a vote (pushed to us or pulled by us).
 pub(crate) fn ingest_vote(sh: &Shared, body: &str) -> Result<Accepted, Reject> {
+    from_a_peer(sh, body)?;
     let now = sh.clock.now_ms();
     let v = Vote::parse(body).and_then(|u| u.verify(now / 1000)).map_err(|e| Reject { status: 400, reason: e.to_string() })?;
     let voter = v.voter;
@@ -104,7 +106,22 @@ pub(crate) fn ingest_vote(sh: &Shared, body: &str) -> Result<Accepted, Reject> {
     r
 }
 
+/// Refuses a vote whose header does not name one of this network's other authorities, before
+/// any parsing or verification (the body's size was capped as it was read).
+fn from_a_peer(sh: &Shared, body: &str) -> Result<(), Reject> {
+    match Vote::claimed_voter(body) {
+        Some(v) if sh.peers.iter().any(|p| p.identity == v) => Ok(()),
+        _ => {
+            LimitCounters::hit(&LIMITS.votes_from_strangers);
+            Err(Reject { status: 403, reason: "not a vote from another authority of this network".into() })
+        }
+    }
+}
+
 async fn post_vote(State(sh): State<Arc<Shared>>, body: String) -> Response {
+    if let Err(r) = from_a_peer(&sh, &body) {
+        return refused("vote", r);
+    }
     // Parsing and checking up to 8 MiB is CPU work: keep it off the async workers.
     let sh2 = sh.clone();
     match tokio::task::spawn_blocking(move || ingest_vote(&sh2, &body)).await {

@@ -53,6 +53,14 @@ counters! {
     oom_circuits_closed,
     /// Links closed for the same reason (their writer queue held the oldest cells).
     oom_links_closed,
+    /// Relay descriptors an authority refused: their address already had
+    /// `max_relays_per_address` relays, all proven reachable.
+    relays_per_address,
+    /// Votes an authority refused before parsing them: their header names no other authority
+    /// of the network.
+    votes_from_strangers,
+    /// Relay descriptors an authority forgot (never proven reachable) to make room for another.
+    descriptors_evicted,
     /// Descriptor uploads an HSDir refused: the blinded key is not on its part of the ring.
     hsdir_not_responsible,
     /// Descriptors an HSDir evicted (the longest stored) to make room for an upload.

@@ -68,6 +68,9 @@ pub struct LimitsConfig {
     /// MiB of cells this node may hold queued (circuit queues and link writer queues) before
     /// it closes the circuits and links holding the oldest queued data.
     pub max_queued_mib: u64,
+    /// Relays an authority lists per IP address (more descriptors for one address are refused
+    /// unless one there was never proven reachable, which is then forgotten).
+    pub max_relays_per_address: usize,
 }
 
 impl Default for LimitsConfig {
@@ -89,6 +92,7 @@ impl Default for LimitsConfig {
             begin_burst_per_circuit: 300,
             max_exit_connections: 0,
             max_queued_mib: 256,
+            max_relays_per_address: 2,
         }
     }
 }
@@ -119,6 +123,7 @@ impl LimitsConfig {
         within("begin_burst_per_circuit", self.begin_burst_per_circuit.into(), 1, 1_000_000)?;
         within("max_exit_connections", self.max_exit_connections as u64, 0, 1_000_000)?;
         within("max_queued_mib", self.max_queued_mib, 1, 1 << 20)?;
+        within("max_relays_per_address", self.max_relays_per_address as u64, 1, 1_000_000)?;
         Ok(())
     }
 

@@ -87,6 +87,18 @@ impl Vote {
         Sha256::digest(self.encode_unsigned().as_bytes()).into()
     }
 
+    /// The authority a vote says it is from, read from its header alone (the `voter` line
+    /// among the lines before the first relay), without parsing the rest: a receiver refuses a
+    /// vote from a stranger before spending work on it. `None` if there is no such line.
+    /// Unauthenticated: [`Self::parse`] and verification still decide.
+    pub fn claimed_voter(text: &str) -> Option<RelayId> {
+        text.lines()
+            .take(HEADER_SPEC.len() + 64)
+            .take_while(|l| !l.starts_with("relay "))
+            .find_map(|l| l.strip_prefix("voter "))
+            .and_then(|fp| fp.parse().ok())
+    }
+
     /// Checks the syntax of a vote. Nothing is trusted until [`UnverifiedVote::verify`].
     pub fn parse(text: &str) -> Result<UnverifiedVote, DocError> {
         let ls = lines::split(text, MAX_VOTE_LEN, MAX_VOTE_LINES)?;

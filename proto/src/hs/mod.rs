@@ -17,6 +17,7 @@ pub mod intro_point;
 pub mod intro_set;
 pub mod introduce;
 pub mod period;
+pub mod pow;
 pub mod rend_point;
 pub mod rendezvous;
 pub mod replay;
