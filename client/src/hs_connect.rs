@@ -35,6 +35,12 @@ use crate::path::{candidates, pick, Position};
 pub const DESC_FETCH_TIMEOUT: Duration = Duration::from_secs(30);
 /// Introduction attempts for one connection, over all introduction points.
 pub const INTRO_ATTEMPTS: usize = 3;
+/// The proof-of-work effort of a retry after a failed introduction when the descriptor
+/// suggests less; each further retry doubles it (a service under an introduction flood may not
+/// have published its suggestion yet, and its points refuse introductions without work first).
+pub const RETRY_EFFORT: u32 = 64;
+/// The most effort a client spends on one introduction (~1 M hashes: well under a second).
+pub const MAX_CLIENT_EFFORT: u32 = 1 << 20;
 /// How long RENDEZVOUS_ESTABLISHED and INTRODUCE_ACK may take.
 pub const CONTROL_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long the service may take to answer at the rendezvous point after the introduction.
@@ -183,6 +189,14 @@ struct Phases {
     answer: u128,
 }
 
+/// The proof-of-work effort of introduction attempt `n` (from 1) of one connection: the
+/// service's suggestion first, then at least [`RETRY_EFFORT`], doubling per retry, at most
+/// [`MAX_CLIENT_EFFORT`].
+pub fn attempt_effort(suggested: u32, n: usize) -> u32 {
+    let e = if n <= 1 { u64::from(suggested) } else { u64::from(suggested.max(RETRY_EFFORT)) << (n - 2).min(20) };
+    e.min(u64::from(MAX_CLIENT_EFFORT)) as u32
+}
+
 /// How one introduction attempt failed: at the introduction point (try another) or elsewhere.
 enum AttemptError {
     Intro(OnionError),
@@ -191,10 +205,15 @@ enum AttemptError {
 
 /// One attempt: circuits to the rendezvous point (ESTABLISH_RENDEZVOUS) and to the introduction
 /// point at once, INTRODUCE1, then RENDEZVOUS2 and the virtual hop.
-async fn attempt_once(circuits: &CircMgr, dir: &NetDir, identity: &[u8; 32], ip: &IntroPoint, ip_relay: &ConsensusRelay, rp: &ConsensusRelay) -> Result<(CircHandle, Phases), AttemptError> {
+async fn attempt_once(circuits: &CircMgr, dir: &NetDir, identity: &[u8; 32], ip: &IntroPoint, ip_relay: &ConsensusRelay, rp: &ConsensusRelay, effort: u32) -> Result<(CircHandle, Phases), AttemptError> {
     use AttemptError::{Intro, Other};
     let target = ExtendTarget { addr: rp.address, identity: rp.identity.0, link_key: rp.link_key };
-    let attempt = Attempt::new(&mut OsRng, identity, ip, target, rp.onion_key).map_err(|e| Intro(OnionError::IntroFailed(format!("cannot introduce with the descriptor's keys: {e}"))))?;
+    let (id, point, onion_key) = (*identity, ip.clone(), rp.onion_key);
+    // A proof of work is CPU work: off the async threads.
+    let attempt = tokio::task::spawn_blocking(move || Attempt::new(&mut OsRng, &id, &point, target, onion_key, effort))
+        .await
+        .map_err(|e| Other(OnionError::IntroFailed(format!("introduction task failed: {e}"))))?
+        .map_err(|e| Intro(OnionError::IntroFailed(format!("cannot introduce with the descriptor's keys: {e}"))))?;
     let started = Instant::now();
     let establish = attempt.establish_rendezvous.clone();
     let rend = async {
@@ -330,7 +349,8 @@ impl OnionConnector {
             let Some(rp) = pick_rendezvous_point(dir, &ip_relay.identity) else {
                 return Err(OnionError::NoCircuit("no relay to use as rendezvous point".into()));
             };
-            match attempt_once(circuits, dir, identity, &ip, &ip_relay, &rp).await {
+            let effort = attempt_effort(desc.suggested_effort, n);
+            match attempt_once(circuits, dir, identity, &ip, &ip_relay, &rp, effort).await {
                 Ok((c, p)) => return Ok((c, p, n)),
                 Err(AttemptError::Intro(e)) => {
                     tracing::info!("introduction attempt {n} failed: {e}");
@@ -470,6 +490,13 @@ mod tests {
         assert_eq!(check_descriptor(&text, &id, &blinded, P, None, 0).unwrap_err(), OnionError::AuthMissing);
         assert_eq!(check_descriptor(&text, &id, &blinded, P, Some(&StaticSecret::from([4; 32])), 0).unwrap_err(), OnionError::AuthRejected);
         assert!(check_descriptor(&text, &id, &blinded, P, Some(&mine), 0).is_ok());
+    }
+
+    #[test]
+    fn retries_bring_more_proof_of_work() {
+        assert_eq!((attempt_effort(0, 1), attempt_effort(0, 2), attempt_effort(0, 3)), (0, 64, 128));
+        assert_eq!((attempt_effort(500, 1), attempt_effort(500, 2), attempt_effort(500, 3)), (500, 500, 1000));
+        assert_eq!(attempt_effort(u32::MAX, 9), MAX_CLIENT_EFFORT);
     }
 
     #[test]

@@ -27,6 +27,8 @@ pub struct CachedDesc {
     /// The blinded key and revision of the descriptor (0 when not from a descriptor).
     pub blinded: [u8; 32],
     pub revision: u64,
+    /// The proof-of-work effort the service suggests (0: none asked, [`allium_proto::hs::pow`]).
+    pub suggested_effort: u32,
 }
 
 /// Blinded keys whose highest seen revision is remembered.
@@ -34,7 +36,8 @@ pub const MAX_REVISIONS: usize = 4096;
 
 impl CachedDesc {
     pub fn new(list: IntroList, period: TimePeriod, fetched_at: u64, lifetime_secs: u64) -> Self {
-        CachedDesc { intro_points: list.intro_points, period, expires: fetched_at.saturating_add(lifetime_secs), failed: Vec::new(), blinded: [0; 32], revision: 0 }
+        let suggested_effort = allium_proto::hs::pow::suggested_effort(&list.ext);
+        CachedDesc { intro_points: list.intro_points, period, expires: fetched_at.saturating_add(lifetime_secs), failed: Vec::new(), blinded: [0; 32], revision: 0, suggested_effort }
     }
 
     /// Whether every introduction point has failed.

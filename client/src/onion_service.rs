@@ -7,6 +7,10 @@
 //! # optional: only these clients (x25519 public keys, 64 hex digits) can read the descriptor's
 //! # introduction points
 //! authorized_clients = ["<64 hex digits>"]
+//! # optional: introductions per second each introduction point forwards, and its burst
+//! # (an introduction with a proof of work of effort e counts 1/e)
+//! intro_rate_per_sec = 25
+//! intro_burst = 200
 //! ```
 //!
 //! Each service's identity key lives in `<node.data_dir>/onion-services/<name>/identity_ed25519.key`
@@ -36,6 +40,21 @@ pub struct OnionServiceConfig {
     /// digits each. Empty: anyone who knows the address.
     #[serde(default)]
     pub authorized_clients: Vec<String>,
+    /// Introductions per second each introduction point forwards to the service (sent to the
+    /// point in ESTABLISH_INTRO; THREATS A29). 1–1,000,000, default 25.
+    #[serde(default = "default_intro_rate")]
+    pub intro_rate_per_sec: u32,
+    /// The burst of that rate: rate–1,000,000, default 200.
+    #[serde(default = "default_intro_burst")]
+    pub intro_burst: u32,
+}
+
+fn default_intro_rate() -> u32 {
+    25
+}
+
+fn default_intro_burst() -> u32 {
+    200
 }
 
 /// A parsed port mapping.
@@ -132,6 +151,12 @@ pub fn validate(services: &[OnionServiceConfig]) -> Result<(), ConfigError> {
         if clients.iter().any(|c| !distinct.insert(c.to_bytes())) {
             return Err(ConfigError::invalid(&key("authorized_clients"), "lists a key twice"));
         }
+        if !(1..=1_000_000).contains(&s.intro_rate_per_sec) {
+            return Err(ConfigError::invalid(&key("intro_rate_per_sec"), "must be from 1 to 1000000"));
+        }
+        if !(s.intro_rate_per_sec..=1_000_000).contains(&s.intro_burst) {
+            return Err(ConfigError::invalid(&key("intro_burst"), "must be from intro_rate_per_sec to 1000000"));
+        }
     }
     Ok(())
 }
@@ -141,7 +166,17 @@ mod tests {
     use super::*;
 
     fn svc(name: &str, ports: &[&str]) -> OnionServiceConfig {
-        OnionServiceConfig { name: name.into(), ports: ports.iter().map(|p| p.to_string()).collect(), authorized_clients: vec![] }
+        OnionServiceConfig { name: name.into(), ports: ports.iter().map(|p| p.to_string()).collect(), authorized_clients: vec![], intro_rate_per_sec: 25, intro_burst: 200 }
+    }
+
+    #[test]
+    fn intro_rate_bounds_are_checked() {
+        let ok = svc("web", &["80 -> 127.0.0.1:8080"]);
+        validate(std::slice::from_ref(&ok)).unwrap();
+        let low_burst = OnionServiceConfig { intro_rate_per_sec: 50, intro_burst: 10, ..ok.clone() };
+        assert!(validate(&[low_burst]).unwrap_err().to_string().contains("intro_burst"));
+        let zero = OnionServiceConfig { intro_rate_per_sec: 0, ..ok };
+        assert!(validate(&[zero]).unwrap_err().to_string().contains("intro_rate_per_sec"));
     }
 
     #[test]

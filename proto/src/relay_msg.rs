@@ -304,6 +304,8 @@ pub mod introduce_status {
     pub const BAD_MESSAGE: u8 = 2;
     /// The service circuit exists but the message could not be relayed to it.
     pub const CANNOT_RELAY: u8 = 3;
+    /// The service asked this point to forward introductions at a rate now exceeded.
+    pub const RATE_LIMITED: u8 = 4;
 }
 
 fn encode_hdata(b: &mut Vec<u8>, hdata: &[u8]) {

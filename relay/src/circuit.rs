@@ -374,7 +374,7 @@ impl RelayCircuit {
         let now = allium_net::keys::unix_now();
         match msg {
             m @ RelayMsg::EstablishIntro { .. } => {
-                let r = points.intro.lock().unwrap_or_else(|e| e.into_inner()).establish(hs.key, &m, &self.hop_keys);
+                let r = points.intro.lock().unwrap_or_else(|e| e.into_inner()).establish(hs.key, &m, &self.hop_keys, crate::hs_points::mono_ms());
                 let (reply, _old) = r.map_err(|e| {
                     tracing::debug!("ESTABLISH_INTRO refused: {e}");
                     match e {
@@ -386,11 +386,14 @@ impl RelayCircuit {
                 self.send_back(0, &reply).await
             }
             RelayMsg::Introduce1(body) => {
-                let r = points.intro.lock().unwrap_or_else(|e| e.into_inner()).introduce1(hs.key, &body);
+                let r = points.intro.lock().unwrap_or_else(|e| e.into_inner()).introduce1(hs.key, &body, crate::hs_points::mono_ms());
                 let action = r.map_err(|e| {
                     tracing::debug!("INTRODUCE1 refused: {e}");
                     protocol()
                 })?;
+                if matches!(action.ack, RelayMsg::IntroduceAck { status: introduce_status::RATE_LIMITED, .. }) {
+                    LimitCounters::hit(&LIMITS.intro_rate_limited);
+                }
                 let mut ack = action.ack;
                 if let Some((svc, intro2)) = action.forward {
                     #[cfg(feature = "test-hooks")]

@@ -255,7 +255,7 @@ fn a_hosted_service_is_reached_through_introduction_and_rendezvous() {
         let target = |r: &ConsensusRelay| ExtendTarget { addr: r.address, identity: r.identity.0, link_key: r.link_key };
 
         // Introduce, meet, join.
-        let attempt = Attempt::new(&mut rand::rngs::OsRng, &identity, &point, target(&rp), rp.onion_key).unwrap();
+        let attempt = Attempt::new(&mut rand::rngs::OsRng, &identity, &point, target(&rp), rp.onion_key, 0).unwrap();
         let (establish, introduce1, cookie) = (attempt.establish_rendezvous.clone(), attempt.introduce1.clone(), attempt.cookie);
         let rend = v.rendezvous_circuit(&rp, establish.clone()).await;
         v.introduce(&point, introduce1.clone()).await;
@@ -301,7 +301,7 @@ fn a_hosted_service_is_reached_through_introduction_and_rendezvous() {
         })
         .await
         .unwrap();
-        let fresh = Attempt::new(&mut rand::rngs::OsRng, &identity, &point, target(&rp), rp.onion_key).unwrap();
+        let fresh = Attempt::new(&mut rand::rngs::OsRng, &identity, &point, target(&rp), rp.onion_key, 0).unwrap();
         let rend2 = v.rendezvous_circuit(&rp, fresh.establish_rendezvous.clone()).await;
         v.introduce(&point, fresh.introduce1.clone()).await;
         let (_, r2) = tokio::time::timeout(WAIT, rend2.recv_control()).await.expect("RENDEZVOUS2 in time").expect("circuit open");

@@ -8,7 +8,7 @@ use std::time::Duration;
 use allium_directory::NetDir;
 use allium_proto::doc::ConsensusRelay;
 use allium_proto::ext::Extensions;
-use allium_proto::hs::establish;
+use allium_proto::hs::establish::{self, IntroDosParams};
 use allium_proto::relay_msg::{IntroduceBody, RelayMsg};
 use ed25519_dalek::SigningKey;
 use tokio::sync::mpsc;
@@ -30,23 +30,25 @@ pub enum IntroEvent {
     Down { auth_key: [u8; 32], why: String },
 }
 
-/// Builds the circuit to `relay`, establishes the point with `auth` and forwards what arrives,
+/// Builds the circuit to `relay`, establishes the point with `auth` (asking it to forward at
+/// most `dos`) and forwards what arrives,
 /// after waiting `delay` (back-off after failures). Ends with [`IntroEvent::Down`], unless the
 /// service is gone or aborts the task (which closes the circuit).
-pub async fn run(state: Arc<ClientState>, dir: Arc<NetDir>, relay: ConsensusRelay, auth: SigningKey, delay: Duration, events: mpsc::Sender<IntroEvent>) {
+pub async fn run(state: Arc<ClientState>, dir: Arc<NetDir>, relay: ConsensusRelay, auth: SigningKey, dos: IntroDosParams, delay: Duration, events: mpsc::Sender<IntroEvent>) {
     let auth_key = auth.verifying_key().to_bytes();
     tokio::time::sleep(delay).await;
-    let why = match serve(&state.circuits, &dir, &relay, &auth, &events).await {
+    let why = match serve(&state.circuits, &dir, &relay, &auth, dos, &events).await {
         Ok(()) => "circuit closed".to_string(),
         Err(e) => e,
     };
     let _ = events.send(IntroEvent::Down { auth_key, why }).await;
 }
 
-async fn serve(circuits: &CircMgr, dir: &NetDir, relay: &ConsensusRelay, auth: &SigningKey, events: &mpsc::Sender<IntroEvent>) -> Result<(), String> {
+async fn serve(circuits: &CircMgr, dir: &NetDir, relay: &ConsensusRelay, auth: &SigningKey, dos: IntroDosParams, events: &mpsc::Sender<IntroEvent>) -> Result<(), String> {
     let auth_key = auth.verifying_key().to_bytes();
     let circ = circuits.to_relay(dir, relay).await.map_err(|e| format!("circuit: {e}"))?;
-    let est = establish::make(auth, circ.last_hop_keys(), Extensions::none());
+    // The point forwards introductions at the service's rate (THREATS A29).
+    let est = establish::make(auth, circ.last_hop_keys(), Extensions(vec![dos.extension()]));
     let last = circ.path_len() - 1;
     let answer = tokio::time::timeout(ESTABLISH_TIMEOUT, circ.control(est)).await.map_err(|_| "no INTRO_ESTABLISHED in time".to_string())?;
     match answer.map_err(|e| format!("ESTABLISH_INTRO: {e}"))? {

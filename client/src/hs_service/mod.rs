@@ -7,6 +7,7 @@
 //! its configured name.
 
 pub mod intro;
+pub mod intro_queue;
 pub mod publish;
 pub mod rend;
 pub mod revision;
@@ -25,7 +26,9 @@ use allium_proto::ids::RelayId;
 use allium_proto::relay_msg::{ExtendTarget, IntroduceBody};
 use ed25519_dalek::SigningKey;
 use rand::seq::SliceRandom;
-use tokio::sync::{mpsc, Semaphore};
+use allium_net::limits::counters::{LimitCounters, LIMITS};
+use allium_proto::hs::establish::IntroDosParams;
+use tokio::sync::{mpsc, Notify, Semaphore};
 use tokio::task::{AbortHandle, JoinSet};
 use x25519_dalek::PublicKey;
 
@@ -34,8 +37,9 @@ use crate::{ClientError, ClientState};
 use intro::IntroEvent;
 use publish::Published;
 
-/// Rendezvous circuits one service builds at once; introductions beyond that are dropped, so a
-/// flood of INTRODUCE2 cannot exhaust the node.
+/// Rendezvous circuits one service builds at once; introductions beyond that wait in a bounded
+/// queue ranked by proof of work ([`intro_queue`]), so a flood of INTRODUCE2 cannot exhaust the
+/// node.
 pub const MAX_RENDEZVOUS_BUILDS: usize = 16;
 /// Descriptors are uploaded again at least this often.
 pub const REPUBLISH_EVERY: Duration = Duration::from_secs(30 * 60);
@@ -57,6 +61,8 @@ pub struct HostedService {
     state: Arc<ClientState>,
     /// Where the last revision counter is kept (`publish::REVISION_FILE` in the key directory).
     revision_file: std::path::PathBuf,
+    /// The introduction rate each point is asked to keep.
+    intro_dos: IntroDosParams,
 }
 
 /// Starts a task per configured service in `tasks` (a service task ends only on a fatal error).
@@ -75,7 +81,8 @@ impl HostedService {
         let mappings = Arc::new(cfg.mappings().map_err(|e| format!("onion_service {}: {e}", cfg.name))?);
         let clients = cfg.authorized_keys().map_err(|e| format!("onion_service {}: {e}", cfg.name))?;
         let revision_file = cfg.key_dir(data_dir).join(publish::REVISION_FILE);
-        Ok(HostedService { name: cfg.name.clone(), identity, mappings, clients, state, revision_file })
+        let intro_dos = IntroDosParams { rate: cfg.intro_rate_per_sec, burst: cfg.intro_burst };
+        Ok(HostedService { name: cfg.name.clone(), identity, mappings, clients, state, revision_file, intro_dos })
     }
 
     /// Runs the service until the client stops.
@@ -102,6 +109,8 @@ impl HostedService {
             revisions: revision::Revisions::load(&self.revision_file),
             publishing: JoinSet::new(),
             builds: Arc::new(Semaphore::new(MAX_RENDEZVOUS_BUILDS)),
+            queue: intro_queue::IntroQueue::new(intro_queue::QUEUE_CAP, Instant::now()),
+            freed: Arc::new(Notify::new()),
         };
         tracing::info!("onion service {}: setting up {} introduction points", self.name, l.set.needed());
         l.run(events).await
@@ -129,6 +138,10 @@ struct Loop<'a> {
     revisions: revision::Revisions,
     publishing: JoinSet<Published>,
     builds: Arc<Semaphore>,
+    /// Introductions waiting for a build slot.
+    queue: intro_queue::IntroQueue,
+    /// Told when a rendezvous build ends (a slot is free).
+    freed: Arc<Notify>,
 }
 
 impl Loop<'_> {
@@ -149,6 +162,7 @@ impl Loop<'_> {
                     }
                 }
                 _ = ticker.tick() => self.on_tick(),
+                _ = self.freed.notified() => self.drain(),
                 Some(r) = self.publishing.join_next() => self.on_published(r.unwrap_or_default()),
             }
             self.maybe_publish();
@@ -174,7 +188,7 @@ impl Loop<'_> {
                 tracing::debug!("onion service {}: introduction circuit down: {why}", self.svc.name);
                 self.on_failed(auth_key);
             }
-            IntroEvent::Introduce2 { auth_key, body } => self.on_introduce2(auth_key, &body),
+            IntroEvent::Introduce2 { auth_key, body } => self.on_introduce2(auth_key, body),
         }
     }
 
@@ -209,7 +223,7 @@ impl Loop<'_> {
 
     fn start_circuit(&mut self, relay: ConsensusRelay, auth: SigningKey) {
         let key = auth.verifying_key().to_bytes();
-        let task = tokio::spawn(intro::run(self.svc.state.clone(), self.dir.clone(), relay, auth, self.backoff(), self.events_tx.clone()));
+        let task = tokio::spawn(intro::run(self.svc.state.clone(), self.dir.clone(), relay, auth, self.svc.intro_dos, self.backoff(), self.events_tx.clone()));
         self.circuits.insert(key, task.abort_handle());
     }
 
@@ -231,29 +245,54 @@ impl Loop<'_> {
         }
     }
 
-    fn on_introduce2(&mut self, auth_key: [u8; 32], body: &IntroduceBody) {
-        let identity = self.svc.identity.verifying_key().to_bytes();
-        let acc = match self.set.handle_introduce2(&mut rand::rngs::OsRng, &identity, &auth_key, body, unix_now()) {
-            Ok(a) => a,
-            Err(Introduce2Error::Replayed(_)) => {
-                tracing::debug!("onion service {}: replayed INTRODUCE2 dropped", self.svc.name);
-                return;
-            }
+    /// An INTRODUCE2: ranked by its proof of work (one hash, before any decryption) and queued.
+    fn on_introduce2(&mut self, auth_key: [u8; 32], body: IntroduceBody) {
+        let effort = match allium_proto::hs::pow::verify(&body) {
+            Ok(e) => e,
             Err(e) => {
+                LimitCounters::hit(&LIMITS.intro_pow_refused);
                 tracing::debug!("onion service {}: INTRODUCE2 dropped: {e}", self.svc.name);
                 return;
             }
         };
-        let Ok(permit) = self.builds.clone().try_acquire_owned() else {
-            tracing::debug!("onion service {}: INTRODUCE2 dropped: {MAX_RENDEZVOUS_BUILDS} rendezvous circuits are being built", self.svc.name);
-            return;
-        };
-        let (state, dir, maps, name) = (self.svc.state.clone(), self.dir.clone(), self.svc.mappings.clone(), self.svc.name.clone());
-        tokio::spawn(async move {
-            if let Err(e) = rend::meet(state, dir, acc, maps, &name, move || drop(permit)).await {
-                tracing::debug!("onion service {name}: rendezvous failed: {e}");
+        if self.queue.push(auth_key, body, effort, Instant::now()) != intro_queue::Pushed::Queued {
+            LimitCounters::hit(&LIMITS.intro_queue_dropped);
+        }
+        self.drain();
+    }
+
+    /// Starts rendezvous for the best-ranked waiting introductions while build slots are free.
+    fn drain(&mut self) {
+        while !self.queue.is_empty() {
+            let Ok(permit) = self.builds.clone().try_acquire_owned() else { return };
+            let (next, expired) = self.queue.pop(Instant::now());
+            for _ in 0..expired {
+                LimitCounters::hit(&LIMITS.intro_queue_dropped);
             }
-        });
+            let Some(w) = next else { return };
+            let identity = self.svc.identity.verifying_key().to_bytes();
+            let acc = match self.set.handle_introduce2(&mut rand::rngs::OsRng, &identity, &w.auth_key, &w.body, unix_now()) {
+                Ok(a) => a,
+                Err(Introduce2Error::Replayed(_)) => {
+                    tracing::debug!("onion service {}: replayed INTRODUCE2 dropped", self.svc.name);
+                    continue;
+                }
+                Err(e) => {
+                    tracing::debug!("onion service {}: INTRODUCE2 dropped: {e}", self.svc.name);
+                    continue;
+                }
+            };
+            let (state, dir, maps, name, freed) = (self.svc.state.clone(), self.dir.clone(), self.svc.mappings.clone(), self.svc.name.clone(), self.freed.clone());
+            tokio::spawn(async move {
+                let done = move || {
+                    drop(permit);
+                    freed.notify_one();
+                };
+                if let Err(e) = rend::meet(state, dir, acc, maps, &name, done).await {
+                    tracing::debug!("onion service {name}: rendezvous failed: {e}");
+                }
+            });
+        }
     }
 
     fn on_netdir(&mut self, dir: Arc<NetDir>) {
@@ -267,6 +306,16 @@ impl Loop<'_> {
     }
 
     fn on_tick(&mut self) {
+        let forwarded = u64::from(self.svc.intro_dos.rate) * self.set.descriptor_points().len().max(1) as u64;
+        if let Some(effort) = self.queue.tick(Instant::now(), forwarded) {
+            if effort > 0 {
+                tracing::info!("onion service {}: more introductions than it can take; asking clients for proof-of-work effort {effort}", self.svc.name);
+            } else {
+                tracing::info!("onion service {}: introductions back to normal; no proof of work asked", self.svc.name);
+            }
+            self.mark_dirty();
+        }
+        self.drain();
         let (close, changed) = self.set.tick(unix_now());
         for k in close {
             if let Some(t) = self.circuits.remove(&k) {
@@ -302,7 +351,9 @@ impl Loop<'_> {
             .map(|p| (p, self.revisions.next(&self.svc.identity, p, now)))
             .collect();
         self.revisions.save(&self.svc.name);
-        let list = IntroList { intro_points: points, ext: Extensions::none() };
+        let effort = self.queue.suggested();
+        let ext = Extensions((effort > 0).then(|| allium_proto::hs::pow::suggested_effort_extension(effort)).into_iter().collect());
+        let list = IntroList { intro_points: points, ext };
         let (state, dir, name, identity, clients) = (self.svc.state.clone(), self.dir.clone(), self.svc.name.clone(), self.svc.identity.clone(), self.svc.clients.clone());
         self.publishing.spawn(async move { publish::publish(&state, &dir, &name, &identity, &list, &clients, &revisions).await });
     }

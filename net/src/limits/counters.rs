@@ -61,6 +61,13 @@ counters! {
     votes_from_strangers,
     /// Relay descriptors an authority forgot (never proven reachable) to make room for another.
     descriptors_evicted,
+    /// INTRODUCE1s an introduction point answered RATE_LIMITED (over the rate the service set).
+    intro_rate_limited,
+    /// INTRODUCE2s an onion service dropped: its introduction queue was full of ones with at
+    /// least as much proof of work.
+    intro_queue_dropped,
+    /// INTRODUCE2s an onion service dropped for a bad or reused proof of work.
+    intro_pow_refused,
     /// Descriptor uploads an HSDir refused: the blinded key is not on its part of the ring.
     hsdir_not_responsible,
     /// Descriptors an HSDir evicted (the longest stored) to make room for an upload.

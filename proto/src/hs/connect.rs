@@ -7,6 +7,7 @@ use rand::seq::SliceRandom;
 use rand::{CryptoRng, RngCore};
 
 use super::inner::IntroPoint;
+use super::pow;
 use super::introduce::{self, IntroduceContent, IntroduceError};
 use super::rendezvous::{self, RendClient, RendError};
 use crate::crypto::kdf::HopKeys;
@@ -49,13 +50,15 @@ pub enum ConnectError {
 
 impl Attempt {
     /// Prepares an attempt to reach the service `service_identity` through `point`, meeting at
-    /// the rendezvous point `rp` (with ntor onion key `rp_onion_key`).
+    /// the rendezvous point `rp` (with ntor onion key `rp_onion_key`), with a proof of work of
+    /// `effort` (0: none; otherwise `effort` hashes on average, [`super::pow`]).
     pub fn new<R: RngCore + CryptoRng>(
         rng: &mut R,
         service_identity: &[u8; 32],
         point: &IntroPoint,
         rp: ExtendTarget,
         rp_onion_key: [u8; 32],
+        effort: u32,
     ) -> Result<Self, ConnectError> {
         let mut cookie = [0u8; REND_COOKIE_LEN];
         rng.fill_bytes(&mut cookie);
@@ -68,7 +71,21 @@ impl Attempt {
             hdata: x.to_vec(),
             ext: Extensions::none(),
         };
-        let body = introduce::encrypt(rng, service_identity, &point.auth_key, &point.enc_key, Extensions::none(), &content)?;
+        let mut start = [0u8; 16];
+        rng.fill_bytes(&mut start);
+        let auth_key = point.auth_key;
+        let pow = move |client_key: &[u8; 32]| {
+            // A solution takes `effort` tries on average; 64 × that many fail with
+            // probability e^-64, and a fresh start then continues the search.
+            let sol = (effort > 0).then(|| loop {
+                if let Some(s) = pow::solve(&auth_key, client_key, effort, start, u64::from(effort) * 64) {
+                    break s;
+                }
+                start = (u128::from_be_bytes(start).wrapping_add(u128::from(effort) * 64)).to_be_bytes();
+            });
+            Extensions(sol.map(|s| s.extension()).into_iter().collect())
+        };
+        let body = introduce::encrypt_bound(rng, service_identity, &point.auth_key, &point.enc_key, pow, &content)?;
         Ok(Attempt {
             cookie,
             auth_key: point.auth_key,
@@ -119,7 +136,7 @@ mod tests {
         let p = pick_intro_point(&mut rng, &points, &keys[..2]).unwrap();
         assert_eq!(p.auth_key, keys[2]);
 
-        let a = Attempt::new(&mut rng, &identity, p, relay(9), [9; 32]).unwrap();
+        let a = Attempt::new(&mut rng, &identity, p, relay(9), [9; 32], 0).unwrap();
         let RelayMsg::Introduce1(body) = &a.introduce1 else { panic!() };
         let acc = svc.handle_introduce2(&mut rng, &identity, &p.auth_key, body, 1).unwrap();
         assert_eq!((acc.content.cookie, &acc.content.rendezvous), (a.cookie, &relay(9)));
@@ -129,6 +146,11 @@ mod tests {
         let no = RelayMsg::IntroduceAck { status: 1, ext: Extensions::none() };
         assert_eq!(a.on_introduce_ack(&no), Err(ConnectError::Refused(1)));
         assert_eq!(a.on_introduce_ack(&RelayMsg::Drop), Err(ConnectError::Unexpected));
+        // With an effort, the INTRODUCE1 carries a proof the point and the service can check.
+        let hard = Attempt::new(&mut rng, &identity, p, relay(9), [9; 32], 500).unwrap();
+        let RelayMsg::Introduce1(hb) = &hard.introduce1 else { panic!() };
+        assert_eq!(pow::verify(hb), Ok(500));
+        assert!(svc.handle_introduce2(&mut rng, &identity, &p.auth_key, hb, 1).is_ok(), "the proof is authenticated, not in the way");
         let r2 = RelayMsg::Rendezvous2 { hdata: acc.outcome.reply.to_vec(), ext: Extensions::none() };
         let k = a.on_rendezvous2(&r2).unwrap();
         assert_eq!(k.kf_auth, acc.outcome.keys.kf_auth);

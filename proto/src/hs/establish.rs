@@ -27,6 +27,42 @@ pub const CIRCUIT_BINDING_KEY: &[u8] = b"allium-hs-circuit-binding-v1";
 /// Prefix of the signed ESTABLISH_INTRO bytes (the NUL byte included).
 pub const ESTABLISH_INTRO_SIG_PREFIX: &[u8] = b"allium-hs-establish-intro-v1\0";
 
+/// The extension type of [`IntroDosParams`] in ESTABLISH_INTRO's extension field.
+pub const EXT_INTRO_DOS: u8 = 1;
+
+/// How many INTRODUCE1s per second the introduction point may forward to the service as
+/// INTRODUCE2 (token bucket: `rate` per second, up to `burst` at once). The service sets them
+/// in ESTABLISH_INTRO (extension [`EXT_INTRO_DOS`]: `BE32(rate) | BE32(burst)`); without the
+/// extension the point forwards without limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IntroDosParams {
+    pub rate: u32,
+    pub burst: u32,
+}
+
+impl IntroDosParams {
+    /// Bounds of both values.
+    pub const MAX: u32 = 1_000_000;
+
+    pub fn extension(&self) -> crate::ext::Extension {
+        let mut data = self.rate.to_be_bytes().to_vec();
+        data.extend_from_slice(&self.burst.to_be_bytes());
+        crate::ext::Extension { ty: EXT_INTRO_DOS, data }
+    }
+
+    /// The parameters in an ESTABLISH_INTRO's extensions: `None` without them, an error if
+    /// they are malformed or out of bounds (1..=[`Self::MAX`], burst at least rate).
+    pub fn from_extensions(ext: &Extensions) -> Result<Option<Self>, EstablishError> {
+        let Some(e) = ext.0.iter().find(|e| e.ty == EXT_INTRO_DOS) else { return Ok(None) };
+        let d: [u8; 8] = e.data.as_slice().try_into().map_err(|_| EstablishError::BadDosParams)?;
+        let p = IntroDosParams { rate: u32::from_be_bytes([d[0], d[1], d[2], d[3]]), burst: u32::from_be_bytes([d[4], d[5], d[6], d[7]]) };
+        if !(1..=Self::MAX).contains(&p.rate) || !(p.rate..=Self::MAX).contains(&p.burst) {
+            return Err(EstablishError::BadDosParams);
+        }
+        Ok(Some(p))
+    }
+}
+
 /// Why an ESTABLISH_INTRO was refused (the relay closes the circuit).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum EstablishError {
@@ -36,6 +72,8 @@ pub enum EstablishError {
     BadSignature,
     #[error("not an ESTABLISH_INTRO message")]
     NotEstablishIntro,
+    #[error("ESTABLISH_INTRO rate-limit extension is malformed or out of bounds")]
+    BadDosParams,
 }
 
 /// The circuit binding of one hop's keys (the service's keys for the introduction point's hop,

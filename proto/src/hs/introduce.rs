@@ -156,8 +156,23 @@ pub fn encrypt<R: RngCore + CryptoRng>(
     ext: Extensions,
     content: &IntroduceContent,
 ) -> Result<IntroduceBody, IntroduceError> {
+    encrypt_bound(rng, service_identity, auth_key, enc_key, |_| ext, content)
+}
+
+/// [`encrypt`] with a cleartext extension field made from the introduction's ephemeral key `E`
+/// (a proof of work is bound to it, [`super::pow`]).
+pub fn encrypt_bound<R: RngCore + CryptoRng>(
+    rng: &mut R,
+    service_identity: &[u8; 32],
+    auth_key: &[u8; 32],
+    enc_key: &[u8; 32],
+    make_ext: impl FnOnce(&[u8; 32]) -> Extensions,
+    content: &IntroduceContent,
+) -> Result<IntroduceBody, IntroduceError> {
     let mut e = [0u8; 32];
     rng.fill_bytes(&mut e);
+    let ephemeral = PublicKey::from(&StaticSecret::from(e)).to_bytes();
+    let ext = make_ext(&ephemeral);
     encrypt_with_secret(e, service_identity, auth_key, enc_key, ext, content)
 }
 

@@ -123,7 +123,7 @@ mod tests {
         let ip_hop: HopKeys = derive_hop_keys(b"service-to-intro-point hop keys");
         let mut ip_table = intro_point::IntroPointTable::new(10);
         let est = wire(&establish::make(&auth, &ip_hop, Extensions::none()), Direction::Outbound);
-        let (ok, _) = ip_table.establish("svc-intro", &est, &ip_hop).unwrap();
+        let (ok, _) = ip_table.establish("svc-intro", &est, &ip_hop, 0).unwrap();
         assert!(matches!(wire(&ok, Direction::Inbound), RelayMsg::IntroEstablished { .. }));
         let point = IntroPoint {
             relay: ExtendTarget { addr: "192.0.2.9:9001".parse().unwrap(), identity: [9; 32], link_key: [8; 32] },
@@ -153,7 +153,7 @@ mod tests {
         };
         let body = introduce::encrypt(&mut rng, &identity, &point.auth_key, &point.enc_key, Extensions::none(), &content).unwrap();
         let RelayMsg::Introduce1(at_ip) = wire(&RelayMsg::Introduce1(body), Direction::Outbound) else { panic!() };
-        let action = ip_table.introduce1("client-intro", &at_ip).unwrap();
+        let action = ip_table.introduce1("client-intro", &at_ip, 0).unwrap();
         assert_eq!(wire(&action.ack, Direction::Inbound), RelayMsg::IntroduceAck { status: introduce_status::SUCCESS, ext: Extensions::none() });
         let (to, intro2) = action.forward.unwrap();
         assert_eq!(to, "svc-intro");
