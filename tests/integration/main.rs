@@ -39,6 +39,7 @@ mod flow_params;
 mod exit_retry;
 mod hop_budget;
 mod hs_circuits;
+mod intro_flood;
 mod keygen;
 mod latency;
 mod memory;

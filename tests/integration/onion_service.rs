@@ -4,26 +4,23 @@
 //! (fetch and decrypt the descriptor, introduce, rendezvous) and carries HTTP over the stream.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
-use allium_client::circmgr::CircMgr;
 use allium_client::circuit::{BeginRequest, CircHandle};
-use allium_client::{dir_fetch, hs_dir, Bootstrap, ClientConfig};
-use allium_directory::NetDir;
 use allium_net::pool::ChannelPool;
 use allium_proto::doc::ConsensusRelay;
 use allium_proto::hs::connect::Attempt;
-use allium_proto::hs::{blind_public, decrypt, DescBinding, HsDescriptor, IntroList, IntroPoint, OnionAddress};
-use allium_proto::ids::RelayId;
+use allium_proto::hs::{decrypt, DescBinding, OnionAddress};
 use allium_proto::relay_msg::{EndReason, ExtendTarget, RelayMsg};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::support::http::{pseudo_random, FileServer};
 use crate::support::testnet::Testnet;
+use crate::support::visitor::Visitor;
 
 const WAIT: Duration = Duration::from_secs(120);
 
@@ -94,83 +91,6 @@ impl ServiceNode {
             assert!(Instant::now() < deadline, "service node: no {what} after {} s", limit.as_secs());
             std::thread::sleep(Duration::from_millis(100));
         }
-    }
-}
-
-fn now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs()
-}
-
-/// The connecting client: the testnet client's config (its fallback directories) and its own
-/// circuit manager, with a consensus fetched through them.
-struct Visitor {
-    cfg: ClientConfig,
-    circuits: CircMgr,
-    dir: Arc<NetDir>,
-}
-
-impl Visitor {
-    async fn new(config: &Path) -> Visitor {
-        let cfg = ClientConfig::load(config).unwrap();
-        let circuits = CircMgr::new(ChannelPool::new(IpAddr::V4(Ipv4Addr::LOCALHOST), None), None, Arc::new(Bootstrap::new()));
-        let (dir, _) = dir_fetch::fetch(&cfg, &circuits, None, now()).await.expect("a consensus");
-        circuits.prepare_guards(&dir);
-        Visitor { cfg, circuits, dir: Arc::new(dir) }
-    }
-
-    async fn refresh(&mut self) {
-        if let Ok((dir, _)) = dir_fetch::fetch(&self.cfg, &self.circuits, Some(&self.dir), now()).await {
-            self.circuits.prepare_guards(&dir);
-            self.dir = Arc::new(dir);
-        }
-    }
-
-    /// The service's current descriptor, from one of the responsible HSDirs, verified.
-    async fn descriptor(&mut self, identity: &[u8; 32]) -> HsDescriptor {
-        let deadline = Instant::now() + WAIT;
-        loop {
-            let p = hs_dir::period_of(&self.dir);
-            let blinded = blind_public(identity, p).unwrap();
-            for hsdir in hs_dir::responsible_hsdirs(&self.dir, &blinded, p) {
-                if let Ok(Some(text)) = hs_dir::fetch(&self.circuits, &self.dir, &hsdir, &blinded).await {
-                    return HsDescriptor::parse(&text).unwrap().verify(&blinded).expect("a descriptor signed under the blinded key");
-                }
-            }
-            assert!(Instant::now() < deadline, "no descriptor at any responsible HSDir");
-            self.refresh().await;
-        }
-    }
-
-    /// The service's introduction points, from its descriptor (no client authorization).
-    async fn intro_points(&mut self, identity: &[u8; 32]) -> Vec<IntroPoint> {
-        let d = self.descriptor(identity).await;
-        let list: IntroList = decrypt(identity, &DescBinding::of(&d), &d.encrypted, None).expect("decrypts with the address alone");
-        list.intro_points
-    }
-
-    fn relay(&self, id: &[u8; 32]) -> ConsensusRelay {
-        self.dir.by_id(&RelayId(*id)).cloned().expect("the relay is in the consensus")
-    }
-
-    /// A rendezvous point that is not `avoid` (the introduction point).
-    fn rendezvous_point(&self, avoid: &[u8; 32]) -> ConsensusRelay {
-        self.dir.relays().iter().find(|r| &r.identity.0 != avoid).cloned().expect("another relay")
-    }
-
-    /// A circuit to `rp` with `cookie` filed there.
-    async fn rendezvous_circuit(&self, rp: &ConsensusRelay, establish: RelayMsg) -> CircHandle {
-        let rend = self.circuits.to_relay(&self.dir, rp).await.expect("rendezvous circuit");
-        let (_, m) = rend.control(establish).await.unwrap();
-        assert!(matches!(m, RelayMsg::RendezvousEstablished { .. }), "got {m:?}");
-        rend
-    }
-
-    /// Sends `introduce1` through a fresh circuit to the introduction point; expects success.
-    async fn introduce(&self, point: &IntroPoint, introduce1: RelayMsg) {
-        let ip = self.relay(&point.relay.identity);
-        let intro = self.circuits.to_relay(&self.dir, &ip).await.expect("introduction circuit");
-        let (_, ack) = intro.control(introduce1).await.unwrap();
-        assert!(matches!(ack, RelayMsg::IntroduceAck { status: 0, .. }), "got {ack:?}");
     }
 }
 

@@ -5,6 +5,7 @@ pub mod inproc;
 pub mod onion;
 pub mod socks;
 pub mod testnet;
+pub mod visitor;
 
 use std::path::PathBuf;
 use std::process::{Command, Stdio};

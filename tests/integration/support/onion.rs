@@ -29,6 +29,11 @@ impl ServiceNode {
     /// whose port 80 leads to `target` into
     /// `DIR/<name>/` and starts it.
     pub fn start(net: &Testnet, name: &str, target: SocketAddr) -> ServiceNode {
+        Self::start_with(net, name, target, &[])
+    }
+
+    /// [`Self::start`] with further keys of the service's `[[onion_service]]` table.
+    pub fn start_with(net: &Testnet, name: &str, target: SocketAddr, service_keys: &[(&str, i64)]) -> ServiceNode {
         let base = std::fs::read_to_string(net.dir.join("hs").join("config.toml")).expect("the testnet's hs config");
         let mut cfg: toml::Table = base.parse().expect("hs config parses");
         let dir = net.dir.join(name);
@@ -42,6 +47,9 @@ impl ServiceNode {
         let mut svc = toml::Table::new();
         svc.insert("name".into(), "svc".into());
         svc.insert("ports".into(), toml::Value::Array(vec![format!("80 -> {target}").into()]));
+        for (k, v) in service_keys {
+            svc.insert((*k).into(), (*v).into());
+        }
         cfg.insert("onion_service".into(), toml::Value::Array(vec![svc.into()]));
         std::fs::write(dir.join("config.toml"), toml::to_string(&cfg).unwrap()).unwrap();
         Self::spawn(dir)

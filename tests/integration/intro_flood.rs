@@ -1,0 +1,104 @@
+//! THREATS A29: an introduction flood against an onion service. A service asks its
+//! introduction points for 2 introductions per second (burst 4); attacker tasks (this test, with
+//! the sans-IO client pieces) send valid INTRODUCE1s without proof of work through fresh
+//! circuits as fast as they can, while the test network's own client fetches from the service
+//! through SOCKS 20 times, each in its own isolation class (so each is a fresh introduction).
+//! The points forward the attacker's introductions only at the service's rate; the honest
+//! client, refused at first like everyone, retries with a proof of work that the points charge
+//! a fraction of a token for, and gets through.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use allium_proto::hs::connect::Attempt;
+use allium_proto::hs::OnionAddress;
+use allium_proto::relay_msg::{introduce_status, ExtendTarget, RelayMsg};
+
+use crate::support::http::{http_get_via_socks, http_get_via_socks_as, FileServer};
+use crate::support::onion::ServiceNode;
+use crate::support::testnet::Testnet;
+use crate::support::visitor::Visitor;
+
+const RATE: i64 = 2;
+const BURST: i64 = 4;
+/// Attacker tasks, each sending one INTRODUCE1 per fresh circuit in a loop.
+const ATTACKERS: usize = 12;
+const HONEST_FETCHES: usize = 20;
+
+#[test]
+fn a29_introduction_flood_is_held_to_the_services_rate_and_honest_clients_get_through() {
+    let net = Testnet::start(&[]);
+    let server = FileServer::start(vec![("/x", b"through the flood".to_vec())]);
+    let svc = ServiceNode::start_with(&net, "flooded", server.addr(), &[("intro_rate_per_sec", RATE), ("intro_burst", BURST)]);
+    let host = svc.address.clone();
+    // The service is reachable before the flood (its descriptor is published).
+    let deadline = Instant::now() + Duration::from_secs(180);
+    while http_get_via_socks(net.socks, &host, 80, "/x").is_err() {
+        assert!(Instant::now() < deadline, "the service never became reachable\n{}", svc.log());
+        std::thread::sleep(Duration::from_millis(500));
+    }
+
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let identity = *OnionAddress::parse(&host).unwrap().identity();
+    let stop = Arc::new(AtomicBool::new(false));
+    let (sent, forwarded) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let (started, attackers, n_points) = rt.block_on(async {
+        let mut v = Visitor::new(&net.dir.join("client").join("config.toml")).await;
+        let points = v.intro_points(&identity).await;
+        let v = Arc::new(v);
+        let started = Instant::now();
+        let mut tasks = Vec::new();
+        for i in 0..ATTACKERS {
+            let (v, points, stop, sent, forwarded) = (v.clone(), points.clone(), stop.clone(), sent.clone(), forwarded.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut n = i;
+                while !stop.load(Ordering::Relaxed) {
+                    let point = &points[n % points.len()];
+                    n += 1;
+                    // A valid introduction naming a rendezvous point where no cookie waits:
+                    // the service's work on it is wasted, as an attacker wants.
+                    let rp = v.rendezvous_point(&point.relay.identity);
+                    let target = ExtendTarget { addr: rp.address, identity: rp.identity.0, link_key: rp.link_key };
+                    let attempt = Attempt::new(&mut rand::rngs::OsRng, &identity, point, target, rp.onion_key, 0).unwrap();
+                    let Ok(intro) = v.circuits.to_relay(&v.dir, &v.relay(&point.relay.identity)).await else { continue };
+                    sent.fetch_add(1, Ordering::Relaxed);
+                    if let Ok(Ok((_, RelayMsg::IntroduceAck { status, .. }))) = tokio::time::timeout(Duration::from_secs(30), intro.control(attempt.introduce1)).await {
+                        if status == introduce_status::SUCCESS {
+                            forwarded.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+            }));
+        }
+        (started, tasks, points.len())
+    });
+
+    // Wait until the flood has emptied the points' buckets (the attacker is being refused).
+    let deadline = Instant::now() + Duration::from_secs(120);
+    while sent.load(Ordering::Relaxed) < forwarded.load(Ordering::Relaxed) + 20 {
+        assert!(Instant::now() < deadline, "the flood never got going: {} sent", sent.load(Ordering::Relaxed));
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let mut ok = 0;
+    let mut failures = Vec::new();
+    for i in 0..HONEST_FETCHES {
+        match http_get_via_socks_as(net.socks, Some((&format!("honest{i}"), "x")), &host, 80, "/x") {
+            Ok(body) if body == b"through the flood" => ok += 1,
+            other => failures.push(format!("{other:?}")),
+        }
+    }
+    stop.store(true, Ordering::Relaxed);
+    let secs = started.elapsed().as_secs_f64();
+    rt.block_on(async {
+        for t in attackers {
+            let _ = tokio::time::timeout(Duration::from_secs(60), t).await;
+        }
+    });
+    let (sent, forwarded) = (sent.load(Ordering::Relaxed), forwarded.load(Ordering::Relaxed));
+    eprintln!("A29: {sent} attacker introductions sent in {secs:.1} s, {forwarded} forwarded; {ok}/{HONEST_FETCHES} honest fetches; {n_points} points");
+    let allowed = n_points as f64 * (BURST as f64 + RATE as f64 * (secs + 1.0));
+    assert!(forwarded as f64 <= allowed, "the points forwarded {forwarded} of {sent} attacker introductions in {secs:.0} s; the service's rate allows {allowed:.0}");
+    assert!(sent > 2 * forwarded, "the flood was not refused: {forwarded} of {sent} forwarded");
+    assert!(ok >= 16, "{ok} of {HONEST_FETCHES} honest fetches got through: {failures:?}\n{}", net.node_log("client"));
+}
