@@ -1,9 +1,11 @@
-//! `cargo bench --bench flood`: attacks from THREATS A23–A25 against one relay of a real test
+//! `cargo bench --bench flood`: attacks from THREATS A23–A25 and A27 against one relay of a real test
 //! network (`allium testnet`, each node its own process), at bounded size, and what the
 //! relay does meanwhile. For each attack it prints the relay's RSS before, during and after,
 //! honest 1-hop circuit build times (median and p99) during the attack beside idle, the
 //! round-trip p99 of a directory request on a circuit opened before the attack beside idle,
-//! and what the attacker got.
+//! and what the attacker got. Then (A29) an introduction flood against an onion service: what
+//! its introduction points forwarded, the share of honest connections that got through, and
+//! the service's CPU and RSS.
 //!
 //! The attacker binds addresses in 127.0.3.0/24 (many sources) or 127.0.0.66 (one source); the
 //! honest client 127.0.0.77. Traffic goes to 127.0.0.0/8 only; every attack is bounded in count
@@ -41,6 +43,8 @@ const REPLAYS: usize = 20_000;
 const HANDSHAKE_FLOOD: Duration = Duration::from_secs(10);
 /// Attacker tasks in the handshake flood (each its own source address).
 const HANDSHAKE_SOURCES: u8 = 40;
+/// Circuits (two 8 MiB downloads each) whose client stops reading its link to the target.
+const SNIPER_CIRCUITS: usize = 200;
 
 fn main() {
     let net = support::testnet::Testnet::start(&[]);
@@ -108,7 +112,123 @@ async fn run(net: &support::testnet::Testnet) {
         &during,
         &format!("{rate:.0} CREATED/s for {secs:.0} s ({} refused)", refused.load(Ordering::Relaxed)),
     );
+
+    // A27: a client builds circuits through the target to an exit, starts downloads on them and
+    // stops reading its link to the target (a proxy in front of it stops taking the target's
+    // bytes): the exit fills every circuit's window and the cells pile up at the target.
+    let exit = dir.relays().into_iter().find(|r| r.policy.is_exit() && r.identity != target.identity).expect("an exit").clone();
+    let files = support::http::FileServer::start(vec![("/big", support::http::pseudo_random(8 << 20, 27))]);
+    let (proxy, stall) = support::proxy::stalling_proxy(target.address).await;
+    let via_proxy = ConsensusRelay { address: proxy, ..target.clone() };
+    let before = rss_mib(pid);
+    let sniper = ChannelPool::new(IpAddr::from([127, 0, 0, 66]), None);
+    let (mut held, mut circuits) = (Vec::new(), Vec::new());
+    for _ in 0..SNIPER_CIRCUITS {
+        let Ok(c) = circuit::build(&sniper, &[&via_proxy, &exit]).await else { continue };
+        for _ in 0..2 {
+            if let Ok(app) = support::streams::begin(&c, files.addr()).await {
+                held.push(app);
+            }
+        }
+        circuits.push(c);
+    }
+    stall.send_replace(true);
+    let streams = held.len();
+    for app in held.iter_mut() {
+        let _ = app.write_all(b"GET /big HTTP/1.0\r\n\r\n").await;
+    }
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let during = measure(&honest, &target, &existing).await;
+    let rss_during = rss_mib(pid);
+    drop((held, circuits));
+    let after = settle_rss(pid, before).await;
+    row("A27 stalled reader", before, rss_during, after, &during, &format!("{streams} downloads on {SNIPER_CIRCUITS} circuits stalled (default budget {} MiB)", allium_net::limits::LimitsConfig::default().max_queued_mib));
+
     println!("\nidle honest build {}, dir round trip {}", idle.builds, idle.rtt);
+    intro_flood(net).await;
+}
+
+/// Attacker tasks in the introduction flood, and how long it lasts.
+const INTRO_ATTACKERS: usize = 24;
+const INTRO_FLOOD: Duration = Duration::from_secs(30);
+
+/// A29: a service with the default introduction rate (25/s, burst 200 per point); attackers send
+/// valid INTRODUCE1s without proof of work through fresh circuits for `INTRO_FLOOD`, while the
+/// test network's client fetches from the service 20 times, each a fresh introduction.
+async fn intro_flood(net: &support::testnet::Testnet) {
+    use allium_proto::hs::connect::Attempt;
+    use allium_proto::relay_msg::{introduce_status, ExtendTarget, RelayMsg};
+    use std::sync::atomic::{AtomicBool, AtomicUsize};
+    let files = support::http::FileServer::start(vec![("/x", b"through the flood".to_vec())]);
+    let svc = support::onion::ServiceNode::start(net, "flooded", files.addr());
+    let (host, socks) = (svc.address.clone(), net.socks);
+    let fetch = move |user: Option<String>| {
+        let host = host.clone();
+        tokio::task::spawn_blocking(move || support::http::http_get_via_socks_as(socks, user.as_deref().map(|u| (u, "x")), &host, 80, "/x").is_ok())
+    };
+    let deadline = Instant::now() + Duration::from_secs(180);
+    while !fetch(None).await.unwrap() {
+        assert!(Instant::now() < deadline, "the service never became reachable");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let identity = *allium_proto::hs::OnionAddress::parse(&svc.address).unwrap().identity();
+    let mut v = support::visitor::Visitor::new(&net.dir.join("client").join("config.toml")).await;
+    let points = v.intro_points(&identity).await;
+    let v = Arc::new(v);
+    let (stop, sent, forwarded) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let (rss_before, cpu_before) = (rss_mib(svc.pid()), cpu_secs(svc.pid()));
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for i in 0..INTRO_ATTACKERS {
+        let (v, points, stop, sent, forwarded) = (v.clone(), points.clone(), stop.clone(), sent.clone(), forwarded.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut n = i;
+            while !stop.load(Ordering::Relaxed) {
+                let point = &points[n % points.len()];
+                n += 1;
+                let rp = v.rendezvous_point(&point.relay.identity);
+                let target = ExtendTarget { addr: rp.address, identity: rp.identity.0, link_key: rp.link_key };
+                let attempt = Attempt::new(&mut rand::rngs::OsRng, &identity, point, target, rp.onion_key, 0).unwrap();
+                let Ok(intro) = v.circuits.to_relay(&v.dir, &v.relay(&point.relay.identity)).await else { continue };
+                sent.fetch_add(1, Ordering::Relaxed);
+                if let Ok(Ok((_, RelayMsg::IntroduceAck { status: introduce_status::SUCCESS, .. }))) = tokio::time::timeout(Duration::from_secs(30), intro.control(attempt.introduce1)).await {
+                    forwarded.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+        }));
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let mut ok = 0;
+    for i in 0..20 {
+        ok += usize::from(fetch(Some(format!("honest{i}"))).await.unwrap());
+    }
+    let rss_during = rss_mib(svc.pid());
+    tokio::time::sleep(INTRO_FLOOD.saturating_sub(started.elapsed())).await;
+    stop.store(true, Ordering::Relaxed);
+    for t in tasks {
+        let _ = tokio::time::timeout(Duration::from_secs(60), t).await;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    let cpu = cpu_secs(svc.pid()) - cpu_before;
+    let rss_after = settle_rss(svc.pid(), rss_before).await;
+    let (sent, forwarded) = (sent.load(Ordering::Relaxed), forwarded.load(Ordering::Relaxed));
+    let allowed = points.len() as f64 * (200.0 + 25.0 * secs);
+    println!(
+        "\nA29 introduction flood ({INTRO_ATTACKERS} attackers, {secs:.0} s, {} points at 25/s burst 200): {sent} INTRODUCE1 sent, {forwarded} forwarded (rate + burst allow {allowed:.0}); honest fetches {ok}/20; service CPU {cpu:.1} s ({:.0} % of a core); service RSS {rss_before:.1} / {rss_during:.1} / {rss_after:.1} MiB",
+        points.len(),
+        100.0 * cpu / secs
+    );
+}
+
+/// CPU seconds (user + system) `pid` has used.
+fn cpu_secs(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which is in parentheses and may hold spaces).
+    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // utime and stime are fields 14 and 15 of stat, i.e. 11 and 12 after the name.
+    (ticks(11) + ticks(12)) / 100.0
 }
 
 struct Phase {

@@ -8,16 +8,16 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use allium_client::circuit::{self, BeginRequest, CircHandle};
+use allium_client::circuit::{self, CircHandle};
 use allium_net::limits::memquota::MemQuota;
 use allium_net::limits::LIMITS;
 use allium_net::pool::ChannelPool;
 use allium_proto::doc::ConsensusRelay;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{oneshot, watch};
 
 use crate::support::http::{pseudo_random, FileServer};
+use crate::support::proxy::stalling_proxy;
+use crate::support::streams::begin;
 use crate::support::inproc::start_relay_with_quota;
 
 const ATTACKER: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 66));
@@ -114,20 +114,6 @@ fn oom_closures() -> u64 {
     LIMITS.oom_circuits_closed.load(Ordering::Relaxed) + LIMITS.oom_links_closed.load(Ordering::Relaxed)
 }
 
-/// Opens a stream to `target` on `c`; returns the application's end of it once CONNECTED.
-async fn begin(c: &CircHandle, target: SocketAddr) -> Result<TcpStream, String> {
-    let app = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let ours = TcpStream::connect(app.local_addr().unwrap()).await.unwrap();
-    let (theirs, _) = app.accept().await.unwrap();
-    let (done, rx) = oneshot::channel();
-    let req = BeginRequest { host: target.ip().to_string(), port: target.port(), sock: theirs, early_data: vec![], success_reply: vec![], done };
-    c.begin(req).await.map_err(|_| "the circuit closed".to_string())?;
-    match tokio::time::timeout(Duration::from_secs(60), rx).await {
-        Ok(Ok(Ok(_))) => Ok(ours),
-        other => Err(format!("BEGIN failed: {:?}", other.map(|r| r.map(|r| r.map(|_| ()).map_err(|(e, _)| e))))),
-    }
-}
-
 /// `GET path` over a new stream on `c`; the body.
 async fn fetch(c: &CircHandle, target: SocketAddr, path: &str) -> Vec<u8> {
     let mut app = begin(c, target).await.expect("CONNECTED");
@@ -140,42 +126,4 @@ async fn fetch(c: &CircHandle, target: SocketAddr, path: &str) -> Vec<u8> {
 fn strip_head(resp: &[u8]) -> &[u8] {
     let end = resp.windows(4).position(|w| w == b"\r\n\r\n").expect("an HTTP head") + 4;
     &resp[end..]
-}
-
-/// A TCP proxy to `target` that stops reading `target`'s bytes once the returned flag is set
-/// (its receive buffer toward the target is kept small, so the target's writes block soon).
-async fn stalling_proxy(target: SocketAddr) -> (SocketAddr, watch::Sender<bool>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let (stall, stalled) = watch::channel(false);
-    tokio::spawn(async move {
-        while let Ok((client, _)) = listener.accept().await {
-            let sock = tokio::net::TcpSocket::new_v4().unwrap();
-            sock.set_recv_buffer_size(4096).unwrap();
-            let Ok(upstream) = sock.connect(target).await else { continue };
-            let (mut cr, mut cw) = client.into_split();
-            let (mut ur, mut uw) = upstream.into_split();
-            tokio::spawn(async move {
-                let _ = tokio::io::copy(&mut cr, &mut uw).await;
-            });
-            let mut stalled = stalled.clone();
-            tokio::spawn(async move {
-                let mut buf = vec![0u8; 16 * 1024];
-                loop {
-                    let n = tokio::select! {
-                        r = ur.read(&mut buf) => match r { Ok(0) | Err(_) => return, Ok(n) => Some(n) },
-                        _ = stalled.wait_for(|s| *s) => None,
-                    };
-                    let Some(n) = n else {
-                        // Stalled: hold both sockets open and never read again.
-                        return std::future::pending::<()>().await;
-                    };
-                    if cw.write_all(&buf[..n]).await.is_err() {
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    (addr, stall)
 }

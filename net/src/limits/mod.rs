@@ -91,7 +91,7 @@ impl Default for LimitsConfig {
             begin_rate_per_circuit: 100,
             begin_burst_per_circuit: 300,
             max_exit_connections: 0,
-            max_queued_mib: 256,
+            max_queued_mib: 48,
             max_relays_per_address: 2,
         }
     }

@@ -3,7 +3,9 @@
 pub mod http;
 pub mod inproc;
 pub mod onion;
+pub mod proxy;
 pub mod socks;
+pub mod streams;
 pub mod testnet;
 pub mod visitor;
 
