@@ -47,9 +47,13 @@ const HANDSHAKE_SOURCES: u8 = 40;
 const SNIPER_CIRCUITS: usize = 200;
 
 fn main() {
-    let net = support::testnet::Testnet::start(&[]);
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    let net = support::testnet::Testnet::start(&[]);
     rt.block_on(run(&net));
+    drop(net);
+    // The introduction flood on a network of its own, untouched by the attacks above.
+    let net = support::testnet::Testnet::start(&[]);
+    rt.block_on(intro_flood(&net));
 }
 
 async fn run(net: &support::testnet::Testnet) {
@@ -116,7 +120,15 @@ async fn run(net: &support::testnet::Testnet) {
     // A27: a client builds circuits through the target to an exit, starts downloads on them and
     // stops reading its link to the target (a proxy in front of it stops taking the target's
     // bytes): the exit fills every circuit's window and the cells pile up at the target.
+    // Against another relay than the attacks above (their memory is not all returned to the
+    // system), as the first hop.
     let exit = dir.relays().into_iter().find(|r| r.policy.is_exit() && r.identity != target.identity).expect("an exit").clone();
+    let target = dir.relays().into_iter().find(|r| !r.policy.is_exit() && r.identity != target.identity).expect("another relay").clone();
+    let node = net.nodes.iter().find(|n| n.addr == target.address).expect("the target's node");
+    let pid = node.pid;
+    let existing = circuit::build(&honest, &[&target]).await.expect("a circuit to the second target");
+    let idle = measure(&honest, &target, &existing).await;
+    println!("| (second target {}: idle) | {:.1} | {} | {} | |", node.name, rss_mib(pid), idle.builds, idle.rtt);
     let files = support::http::FileServer::start(vec![("/big", support::http::pseudo_random(8 << 20, 27))]);
     let (proxy, stall) = support::proxy::stalling_proxy(target.address).await;
     let via_proxy = ConsensusRelay { address: proxy, ..target.clone() };
@@ -142,10 +154,15 @@ async fn run(net: &support::testnet::Testnet) {
     let rss_during = rss_mib(pid);
     drop((held, circuits));
     let after = settle_rss(pid, before).await;
-    row("A27 stalled reader", before, rss_during, after, &during, &format!("{streams} downloads on {SNIPER_CIRCUITS} circuits stalled (default budget {} MiB)", allium_net::limits::LimitsConfig::default().max_queued_mib));
+    // The relay reports the limits that acted once a minute.
+    let deadline = Instant::now() + Duration::from_secs(70);
+    while !net.node_log(&node.name).contains("oom_") && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let acted = net.node_log(&node.name).lines().filter(|l| l.contains("limits acted")).map(|l| l.split("s: ").last().unwrap_or("").to_string()).collect::<Vec<_>>().join("; ");
+    row("A27 stalled reader", before, rss_during, after, &during, &format!("{streams} downloads on {SNIPER_CIRCUITS} circuits stalled (default budget {} MiB); target's limits report: {acted}", allium_net::limits::LimitsConfig::default().max_queued_mib));
 
     println!("\nidle honest build {}, dir round trip {}", idle.builds, idle.rtt);
-    intro_flood(net).await;
 }
 
 /// Attacker tasks in the introduction flood, and how long it lasts.
@@ -156,9 +173,6 @@ const INTRO_FLOOD: Duration = Duration::from_secs(30);
 /// valid INTRODUCE1s without proof of work through fresh circuits for `INTRO_FLOOD`, while the
 /// test network's client fetches from the service 20 times, each a fresh introduction.
 async fn intro_flood(net: &support::testnet::Testnet) {
-    use allium_proto::hs::connect::Attempt;
-    use allium_proto::relay_msg::{introduce_status, ExtendTarget, RelayMsg};
-    use std::sync::atomic::{AtomicBool, AtomicUsize};
     let files = support::http::FileServer::start(vec![("/x", b"through the flood".to_vec())]);
     let svc = support::onion::ServiceNode::start(net, "flooded", files.addr());
     let (host, socks) = (svc.address.clone(), net.socks);
@@ -174,29 +188,10 @@ async fn intro_flood(net: &support::testnet::Testnet) {
     let identity = *allium_proto::hs::OnionAddress::parse(&svc.address).unwrap().identity();
     let mut v = support::visitor::Visitor::new(&net.dir.join("client").join("config.toml")).await;
     let points = v.intro_points(&identity).await;
-    let v = Arc::new(v);
-    let (stop, sent, forwarded) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let counts = Arc::new(support::visitor::FloodCounts::default());
     let (rss_before, cpu_before) = (rss_mib(svc.pid()), cpu_secs(svc.pid()));
     let started = Instant::now();
-    let mut tasks = Vec::new();
-    for i in 0..INTRO_ATTACKERS {
-        let (v, points, stop, sent, forwarded) = (v.clone(), points.clone(), stop.clone(), sent.clone(), forwarded.clone());
-        tasks.push(tokio::spawn(async move {
-            let mut n = i;
-            while !stop.load(Ordering::Relaxed) {
-                let point = &points[n % points.len()];
-                n += 1;
-                let rp = v.rendezvous_point(&point.relay.identity);
-                let target = ExtendTarget { addr: rp.address, identity: rp.identity.0, link_key: rp.link_key };
-                let attempt = Attempt::new(&mut rand::rngs::OsRng, &identity, point, target, rp.onion_key, 0).unwrap();
-                let Ok(intro) = v.circuits.to_relay(&v.dir, &v.relay(&point.relay.identity)).await else { continue };
-                sent.fetch_add(1, Ordering::Relaxed);
-                if let Ok(Ok((_, RelayMsg::IntroduceAck { status: introduce_status::SUCCESS, .. }))) = tokio::time::timeout(Duration::from_secs(30), intro.control(attempt.introduce1)).await {
-                    forwarded.fetch_add(1, Ordering::Relaxed);
-                }
-            }
-        }));
-    }
+    let tasks = support::visitor::flood_introductions(Arc::new(v), identity, points.clone(), INTRO_ATTACKERS, counts.clone());
     tokio::time::sleep(Duration::from_secs(3)).await;
     let mut ok = 0;
     for i in 0..20 {
@@ -204,14 +199,14 @@ async fn intro_flood(net: &support::testnet::Testnet) {
     }
     let rss_during = rss_mib(svc.pid());
     tokio::time::sleep(INTRO_FLOOD.saturating_sub(started.elapsed())).await;
-    stop.store(true, Ordering::Relaxed);
+    counts.stop.store(true, Ordering::Relaxed);
     for t in tasks {
         let _ = tokio::time::timeout(Duration::from_secs(60), t).await;
     }
     let secs = started.elapsed().as_secs_f64();
     let cpu = cpu_secs(svc.pid()) - cpu_before;
     let rss_after = settle_rss(svc.pid(), rss_before).await;
-    let (sent, forwarded) = (sent.load(Ordering::Relaxed), forwarded.load(Ordering::Relaxed));
+    let (sent, forwarded) = (counts.sent.load(Ordering::Relaxed), counts.forwarded.load(Ordering::Relaxed));
     let allowed = points.len() as f64 * (200.0 + 25.0 * secs);
     println!(
         "\nA29 introduction flood ({INTRO_ATTACKERS} attackers, {secs:.0} s, {} points at 25/s burst 200): {sent} INTRODUCE1 sent, {forwarded} forwarded (rate + burst allow {allowed:.0}); honest fetches {ok}/20; service CPU {cpu:.1} s ({:.0} % of a core); service RSS {rss_before:.1} / {rss_during:.1} / {rss_after:.1} MiB",

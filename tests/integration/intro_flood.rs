@@ -7,18 +7,16 @@
 //! client, refused at first like everyone, retries with a proof of work that the points charge
 //! a fraction of a token for, and gets through.
 
-use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use allium_proto::hs::connect::Attempt;
 use allium_proto::hs::OnionAddress;
-use allium_proto::relay_msg::{introduce_status, ExtendTarget, RelayMsg};
 
 use crate::support::http::{http_get_via_socks, http_get_via_socks_as, FileServer};
 use crate::support::onion::ServiceNode;
 use crate::support::testnet::Testnet;
-use crate::support::visitor::Visitor;
+use crate::support::visitor::{flood_introductions, FloodCounts, Visitor};
 
 const RATE: i64 = 2;
 const BURST: i64 = 4;
@@ -41,38 +39,14 @@ fn a29_introduction_flood_is_held_to_the_services_rate_and_honest_clients_get_th
 
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let identity = *OnionAddress::parse(&host).unwrap().identity();
-    let stop = Arc::new(AtomicBool::new(false));
-    let (sent, forwarded) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let counts = Arc::new(FloodCounts::default());
     let (started, attackers, n_points) = rt.block_on(async {
         let mut v = Visitor::new(&net.dir.join("client").join("config.toml")).await;
         let points = v.intro_points(&identity).await;
-        let v = Arc::new(v);
-        let started = Instant::now();
-        let mut tasks = Vec::new();
-        for i in 0..ATTACKERS {
-            let (v, points, stop, sent, forwarded) = (v.clone(), points.clone(), stop.clone(), sent.clone(), forwarded.clone());
-            tasks.push(tokio::spawn(async move {
-                let mut n = i;
-                while !stop.load(Ordering::Relaxed) {
-                    let point = &points[n % points.len()];
-                    n += 1;
-                    // A valid introduction naming a rendezvous point where no cookie waits:
-                    // the service's work on it is wasted, as an attacker wants.
-                    let rp = v.rendezvous_point(&point.relay.identity);
-                    let target = ExtendTarget { addr: rp.address, identity: rp.identity.0, link_key: rp.link_key };
-                    let attempt = Attempt::new(&mut rand::rngs::OsRng, &identity, point, target, rp.onion_key, 0).unwrap();
-                    let Ok(intro) = v.circuits.to_relay(&v.dir, &v.relay(&point.relay.identity)).await else { continue };
-                    sent.fetch_add(1, Ordering::Relaxed);
-                    if let Ok(Ok((_, RelayMsg::IntroduceAck { status, .. }))) = tokio::time::timeout(Duration::from_secs(30), intro.control(attempt.introduce1)).await {
-                        if status == introduce_status::SUCCESS {
-                            forwarded.fetch_add(1, Ordering::Relaxed);
-                        }
-                    }
-                }
-            }));
-        }
-        (started, tasks, points.len())
+        let n = points.len();
+        (Instant::now(), flood_introductions(Arc::new(v), identity, points, ATTACKERS, counts.clone()), n)
     });
+    let (sent, forwarded) = (&counts.sent, &counts.forwarded);
 
     // Wait until the flood has emptied the points' buckets (the attacker is being refused).
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -88,7 +62,7 @@ fn a29_introduction_flood_is_held_to_the_services_rate_and_honest_clients_get_th
             other => failures.push(format!("{other:?}")),
         }
     }
-    stop.store(true, Ordering::Relaxed);
+    counts.stop.store(true, Ordering::Relaxed);
     let secs = started.elapsed().as_secs_f64();
     rt.block_on(async {
         for t in attackers {

@@ -97,3 +97,42 @@ impl Visitor {
     }
 }
 
+
+/// What an introduction flood sent and got through, and its stop switch.
+#[derive(Default)]
+pub struct FloodCounts {
+    pub sent: std::sync::atomic::AtomicUsize,
+    pub forwarded: std::sync::atomic::AtomicUsize,
+    pub stop: std::sync::atomic::AtomicBool,
+}
+
+/// Starts `tasks` attackers (THREATS A29), each sending valid INTRODUCE1s without proof of work
+/// to the service `identity`'s `points` in turn, one per fresh circuit, as fast as it can, until
+/// `counts.stop`. Each names a rendezvous point where no cookie waits: the service's work on it
+/// is wasted, as an attacker wants.
+pub fn flood_introductions(v: Arc<Visitor>, identity: [u8; 32], points: Vec<IntroPoint>, tasks: usize, counts: Arc<FloodCounts>) -> Vec<tokio::task::JoinHandle<()>> {
+    use allium_proto::hs::connect::Attempt;
+    use allium_proto::relay_msg::{introduce_status, ExtendTarget};
+    use std::sync::atomic::Ordering;
+    (0..tasks)
+        .map(|i| {
+            let (v, points, counts) = (v.clone(), points.clone(), counts.clone());
+            tokio::spawn(async move {
+                let mut n = i;
+                while !counts.stop.load(Ordering::Relaxed) {
+                    let point = &points[n % points.len()];
+                    n += 1;
+                    let rp = v.rendezvous_point(&point.relay.identity);
+                    let target = ExtendTarget { addr: rp.address, identity: rp.identity.0, link_key: rp.link_key };
+                    let attempt = Attempt::new(&mut rand::rngs::OsRng, &identity, point, target, rp.onion_key, 0).expect("an introduction");
+                    let Ok(intro) = v.circuits.to_relay(&v.dir, &v.relay(&point.relay.identity)).await else { continue };
+                    counts.sent.fetch_add(1, Ordering::Relaxed);
+                    let ack = tokio::time::timeout(Duration::from_secs(30), intro.control(attempt.introduce1)).await;
+                    if let Ok(Ok((_, RelayMsg::IntroduceAck { status: introduce_status::SUCCESS, .. }))) = ack {
+                        counts.forwarded.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            })
+        })
+        .collect()
+}
