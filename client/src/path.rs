@@ -198,7 +198,10 @@ pub fn choose_path<'a, R: Rng + ?Sized>(
 /// - `vanguards`: the L2 set ([`crate::vanguards`]); the second hop is one of them (uniformly,
 ///   the set was drawn by weight), compatible with the guard and `last`; when a member leaves
 ///   no middle, another is tried.
-/// - The middle is chosen by middle weight, compatible with the three others.
+/// - The middle is chosen by middle weight, compatible with the three others; if no relay that
+///   fits has a middle weight (a tiny network whose position weights keep its exits out of the
+///   middle, and whose other relays are the guard, the vanguard and `last`), uniformly among
+///   those that fit.
 ///
 /// Every two hops are [`compatible`] (distinct, not one /16, not one mutual family).
 pub fn choose_path_to<'a, R: Rng + ?Sized>(
@@ -219,7 +222,8 @@ pub fn choose_path_to<'a, R: Rng + ?Sized>(
         l2s.shuffle(rng);
         for l2 in l2s {
             let ok = |c: &Candidate<'_>| compatible(c.relay, g.relay) && compatible(c.relay, l2.relay) && compatible(c.relay, last);
-            if let Some(m) = pick(cands, Position::Middle, rng, ok) {
+            let m = pick(cands, Position::Middle, rng, ok).or_else(|| cands.iter().filter(|c| ok(c)).collect::<Vec<_>>().choose(rng).copied());
+            if let Some(m) = m {
                 return Ok([g.relay, l2.relay, m.relay, last]);
             }
         }
@@ -306,6 +310,21 @@ pub(crate) mod tests {
         }
         assert_eq!(choose_path_to(&cands, &[RelayId([99; 32])], &l2, &relays[7], &mut rng).unwrap_err(), PathError::NoGuard);
         assert_eq!(choose_path_to(&cands, &guards, &[], &relays[7], &mut rng).unwrap_err(), PathError::TooFewForVanguardPath);
+    }
+
+    /// The test network's shape after a while: five relays whose consensus weights keep the
+    /// two exits out of the middle position. A path to one of the three others, from a guard
+    /// and a vanguard that are the other two, still exists: through an exit as the middle.
+    #[test]
+    fn a_path_exists_when_only_unweighted_relays_are_left_for_the_middle() {
+        let five: Vec<_> = (1..=5).map(|i| relay(i, i > 3)).collect();
+        let w = [[1, 1, 1, 1, 1, 0, 0, 0], [1, 1, 1, 0, 0, 0, 0, 0], [0, 0, 0, 1, 1, 0, 0, 0]];
+        let cands = weighted_cands(&five, &w);
+        let mut rng = rand::rngs::StdRng::seed_from_u64(9);
+        let p = choose_path_to(&cands, &[five[0].identity], &[five[1].identity, five[2].identity], &five[2], &mut rng).expect("a path");
+        assert!(distinct_and_compatible(&p), "{p:?}");
+        assert_eq!((p[0].identity, p[1].identity, p[3].identity), (five[0].identity, five[1].identity, five[2].identity));
+        assert!(p[2].identity == five[3].identity || p[2].identity == five[4].identity, "an exit in the middle");
     }
 
     #[test]
