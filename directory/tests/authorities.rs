@@ -142,7 +142,9 @@ impl FakeRelay {
 async fn fake_relay(seed: u8) -> FakeRelay {
     let dir = temp_dir(&format!("relay{seed}"));
     let keys = load_or_create(&dir).unwrap();
-    let l = TcpListener::bind(SocketAddr::new(LOCALHOST, 0)).await.unwrap();
+    // Each on its own address: an authority lists at most two relays per address.
+    let ip = std::net::IpAddr::from([127, 0, seed, 1]);
+    let l = TcpListener::bind(SocketAddr::new(ip, 0)).await.unwrap();
     let port = l.local_addr().unwrap().port();
     let k = keys.identity.clone();
     let link = keys.link_public();
@@ -161,7 +163,7 @@ async fn fake_relay(seed: u8) -> FakeRelay {
         onion_key: [seed ^ 0xf0; 32],
         link_key: link,
         link_cert: certify_link_key(&k, &link),
-        address: SocketAddr::new(LOCALHOST, port),
+        address: SocketAddr::new(ip, port),
         policy: if seed & 1 == 0 { ExitPolicy::default_exit() } else { ExitPolicy::reject_all() },
         family: vec![],
         bandwidth: 1000 * u64::from(seed),
@@ -224,7 +226,8 @@ async fn three_authorities_publish_a_consensus_signed_by_all() {
     assert_eq!(raw(auth0, "POST", "/allium/v1/descriptor", "garbage\n".into()).await.0, 400);
     assert_eq!(raw(auth0, "POST", "/allium/v1/descriptor", "x".repeat(17 * 1024)).await.0, 413);
     assert_eq!(raw(auth0, "POST", "/allium/v1/signature", "x".repeat(2048)).await.0, 413);
-    assert_eq!(raw(auth0, "POST", "/allium/v1/vote", "allium-vote 1\n".into()).await.0, 400);
+    // A vote naming no peer authority is refused before it is parsed.
+    assert_eq!(raw(auth0, "POST", "/allium/v1/vote", "allium-vote 1\n".into()).await.0, 403);
     assert_eq!(raw(auth0, "GET", "/allium/v1/vote/notanumber", String::new()).await.0, 400);
     assert_eq!(raw(auth0, "GET", "/allium/v1/vote/12345", String::new()).await.0, 404);
 

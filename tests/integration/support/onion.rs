@@ -85,7 +85,8 @@ impl ServiceNode {
         node
     }
 
-    /// The node's process id.
+    /// The node's process id (the flood benchmark reads its CPU time and RSS).
+    #[allow(dead_code)]
     pub fn pid(&self) -> u32 {
         self.child.id()
     }
