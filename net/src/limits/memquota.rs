@@ -54,12 +54,26 @@ pub struct MemQuota {
     peak: AtomicUsize,
     holders: Mutex<Vec<Weak<dyn MemHolder>>>,
     reclaiming: Mutex<()>,
+    /// Bytes of links the last reclaim closed (released only as their tasks end), and when.
+    closing: AtomicUsize,
+    closed_at: AtomicU32,
 }
+
+/// How long bytes of closed links count as on their way out (their tasks end within it).
+const CLOSING_GRACE_MS: u32 = 500;
 
 impl MemQuota {
     /// A budget of `limit` bytes.
     pub fn new(limit: usize) -> Arc<Self> {
-        Arc::new(MemQuota { limit, used: AtomicUsize::new(0), peak: AtomicUsize::new(0), holders: Mutex::new(Vec::new()), reclaiming: Mutex::new(()) })
+        Arc::new(MemQuota {
+            limit,
+            used: AtomicUsize::new(0),
+            peak: AtomicUsize::new(0),
+            holders: Mutex::new(Vec::new()),
+            reclaiming: Mutex::new(()),
+            closing: AtomicUsize::new(0),
+            closed_at: AtomicU32::new(0),
+        })
     }
 
     /// The default budget (`limits.max_queued_mib`'s default), for nodes and tools without a
@@ -109,7 +123,10 @@ impl MemQuota {
     fn reclaim(&self) {
         // One reclaim at a time; a charge that finds one running leaves the work to it.
         let Ok(_one) = self.reclaiming.try_lock() else { return };
-        let used = self.used();
+        // Links closed by the last reclaim give their bytes back as their tasks end: for a
+        // moment they are not counted, or every charge meanwhile would close more.
+        let closing = if stamp().wrapping_sub(self.closed_at.load(Ordering::Relaxed)) < CLOSING_GRACE_MS { self.closing.load(Ordering::Relaxed) } else { 0 };
+        let used = self.used().saturating_sub(closing);
         if used <= self.limit {
             return;
         }
@@ -123,20 +140,22 @@ impl MemQuota {
             h.queued(&mut all);
         }
         let low_water = self.limit / 10 * 9;
-        let (circuits, links, freed, oldest) = close_oldest(all, used.saturating_sub(low_water));
+        let (circuits, links, freed, oldest, link_bytes) = close_oldest(all, used.saturating_sub(low_water));
+        self.closing.store(link_bytes, Ordering::Relaxed);
+        self.closed_at.store(stamp(), Ordering::Relaxed);
         let age_ms = stamp().wrapping_sub(oldest);
         tracing::debug!("memory over budget ({used} of {} bytes queued): closed {circuits} circuits and {links} links holding {freed} bytes; oldest data queued {age_ms} ms ago", self.limit);
     }
 }
 
 /// Closes entries oldest first until `need` bytes are freed; returns (circuits, links, bytes
-/// freed, oldest stamp).
-fn close_oldest(mut all: Vec<Queued>, need: usize) -> (usize, usize, usize, u32) {
+/// freed, oldest stamp, bytes of the links closed).
+fn close_oldest(mut all: Vec<Queued>, need: usize) -> (usize, usize, usize, u32, usize) {
     let now = stamp();
     // Oldest first: the largest age (timestamps wrap, so compare ages, not stamps).
     all.sort_by_key(|q| std::cmp::Reverse(now.wrapping_sub(q.since)));
     let oldest = all.first().map(|q| q.since).unwrap_or(now);
-    let (mut circuits, mut links, mut freed) = (0, 0, 0);
+    let (mut circuits, mut links, mut freed, mut link_bytes) = (0, 0, 0, 0);
     for q in all {
         if freed >= need {
             break;
@@ -149,12 +168,13 @@ fn close_oldest(mut all: Vec<Queued>, need: usize) -> (usize, usize, usize, u32)
             }
             QueuedKind::Link => {
                 links += 1;
+                link_bytes += q.bytes;
                 LimitCounters::hit(&LIMITS.oom_links_closed);
             }
         }
         (q.close)();
     }
-    (circuits, links, freed, oldest)
+    (circuits, links, freed, oldest, link_bytes)
 }
 
 /// Memory one circuit holds outside its cell queue (stream data waiting for the circuit
@@ -262,6 +282,29 @@ mod tests {
         assert!(LIMITS.oom_circuits_closed.load(Ordering::Relaxed) > before);
         quota.charge(700);
         assert_eq!(*closed.lock().unwrap(), vec![s9, s7, s5, s1], "oldest first, until under 900");
+    }
+
+    /// A closed link gives its bytes back only when its tasks end: charges meanwhile do not
+    /// close more (they would, counting the link's bytes as still held).
+    #[test]
+    fn bytes_of_a_closing_link_are_not_reclaimed_twice() {
+        struct Links(Mutex<Vec<(u32, usize)>>, Arc<Mutex<usize>>);
+        impl MemHolder for Links {
+            fn queued(&self, out: &mut Vec<Queued>) {
+                for &(since, bytes) in self.0.lock().unwrap().iter() {
+                    let closed = self.1.clone();
+                    out.push(Queued { since, bytes, kind: QueuedKind::Link, close: Box::new(move || *closed.lock().unwrap() += 1) });
+                }
+            }
+        }
+        let quota = MemQuota::new(1000);
+        let closed = Arc::new(Mutex::new(0));
+        let h: Arc<dyn MemHolder> = Arc::new(Links(Mutex::new(vec![(stamp().wrapping_sub(5000), 600), (stamp().wrapping_sub(1000), 600)]), closed.clone()));
+        quota.register(Arc::downgrade(&h));
+        quota.charge(1200);
+        assert_eq!(*closed.lock().unwrap(), 1, "the oldest link");
+        quota.charge(10);
+        assert_eq!(*closed.lock().unwrap(), 1, "its 600 bytes are on their way out");
     }
 
     #[test]
