@@ -320,7 +320,7 @@ async fn replay_flood(target: &ConsensusRelay) -> (usize, usize) {
             let mut rxs = Vec::new();
             for _ in 0..REPLAYS / 4 {
                 let Ok((id, rx)) = chan.open_circuit() else { break };
-                for c in cell::create_cells(id, HTYPE_NTOR, 0, &msg) {
+                for c in cell::create_cells(id, HTYPE_NTOR, &msg) {
                     if chan.send(c).await.is_err() {
                         break;
                     }

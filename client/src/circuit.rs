@@ -21,6 +21,7 @@ use allium_proto::doc::ConsensusRelay;
 use allium_proto::ext::Extensions;
 use allium_proto::flow::FlowParams;
 use allium_proto::frag::{Progress, Reassembly};
+use allium_proto::early::EarlyMarker;
 use allium_proto::relay_msg::{self, Direction, EndReason, ExtendTarget, MsgAssembler, RelayMsg, RELAY_PLAINTEXT_LEN};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
@@ -253,6 +254,8 @@ struct Circuit {
     rx: allium_net::cell_queue::CellReceiver,
     crypto: ClientCrypto,
     asm: Vec<MsgAssembler>,
+    /// Which cells go as RELAY_EARLY (docs/PROTOCOL.md, "RELAY_EARLY").
+    early: EarlyMarker,
     /// Sent to every hop; the streams use it.
     flow: FlowParams,
     /// The keys of the last hop built so far.
@@ -317,7 +320,7 @@ async fn build_inner(pool: &ChannelPool, path: &[&ConsensusRelay], progress: &At
     let chan = pool.get(&PeerInfo { addr: first.address, identity: first.identity, link_key: first.link_key }).await?;
     let (id, rx) = chan.open_circuit().map_err(|_| CircError::Closed)?;
     let (control_tx, control_rx) = mpsc::channel(CONTROL_QUEUE);
-    let mut c = Circuit { chan, id, rx, crypto: ClientCrypto::new(), asm: Vec::new(), flow, last_keys: None, control_tx, virtual_hop: false, serving: None, retired: Default::default(), logged: Default::default() };
+    let mut c = Circuit { chan, id, rx, crypto: ClientCrypto::new(), asm: Vec::new(), early: EarlyMarker::default(), flow, last_keys: None, control_tx, virtual_hop: false, serving: None, retired: Default::default(), logged: Default::default() };
     let r = c.build_hops(path, progress).await;
     if r.is_err() {
         c.chan.destroy(c.id, DestroyReason::Requested);
@@ -330,7 +333,7 @@ impl Circuit {
         let mut rng = rand::rngs::OsRng;
         let ext = ext_bytes(self.flow);
         let (state, msg) = ntor::client_start(&mut rng, &path[0].identity, &path[0].onion_key, &ext);
-        for c in cell::create_cells(self.id, HTYPE_NTOR, 0, &msg) {
+        for c in cell::create_cells(self.id, HTYPE_NTOR, &msg) {
             self.chan.send(c).await.map_err(|_| CircError::Closed)?;
         }
         let reply = self.read_created().await?;
@@ -387,11 +390,13 @@ impl Circuit {
 
     /// Encrypts and sends a message to `hop`.
     async fn send(&mut self, hop: usize, stream_id: u16, msg: &RelayMsg) -> Result<(), CircError> {
+        let is_extend = matches!(msg, RelayMsg::Extend { .. });
         for pt in relay_msg::encode_plaintexts(stream_id, msg) {
             let mut body = [0u8; PAYLOAD_LEN];
             body[..RELAY_PLAINTEXT_LEN].copy_from_slice(&pt);
             self.crypto.encrypt_outbound(hop, &mut body).map_err(|e| CircError::Protocol(e.to_string()))?;
-            self.chan.send(Cell { circ_id: self.id, cmd: CellCmd::Relay, payload: body }).await.map_err(|_| CircError::Closed)?;
+            let cmd = if self.early.mark(hop, is_extend) { CellCmd::RelayEarly } else { CellCmd::Relay };
+            self.chan.send(Cell { circ_id: self.id, cmd, payload: body }).await.map_err(|_| CircError::Closed)?;
         }
         Ok(())
     }
@@ -402,6 +407,8 @@ impl Circuit {
         match cell.cmd {
             CellCmd::Relay => {}
             CellCmd::Destroy => return Err(CircError::Destroyed(DestroyReason::from_u8(cell.payload[0]))),
+            // Relays never send it toward the client: it could only be a signal (THREATS A16).
+            CellCmd::RelayEarly => return Err(CircError::Protocol("RELAY_EARLY toward the client".into())),
             _ => return Err(CircError::Protocol("unexpected cell command".into())),
         }
         let mut cell = cell;

@@ -16,9 +16,15 @@ pub const CELL_LEN: usize = 514;
 pub const PAYLOAD_LEN: usize = 509;
 /// The largest circuit-handshake message a CREATE/CREATED sequence may carry (bytes).
 pub const MAX_HANDSHAKE_LEN: usize = 4096;
-/// Hop budget a relay grants a circuit created by a client: how many more hops may be added
-/// after it (the Allium analogue of Tor's RELAY_EARLY limit).
-pub const MAX_HOP_BUDGET: u8 = 7;
+/// RELAY_EARLY cells a relay accepts on a circuit whose previous hop is another relay; more
+/// close the circuit. Every EXTEND must arrive in one, so this bounds the hops after the second:
+/// a circuit has at most 2 + 6 = [`MAX_PATH_LEN`] hops.
+pub const MAX_EARLY_FROM_RELAY: u8 = 6;
+/// RELAY_EARLY cells the first hop accepts from a client: the EXTEND to the second hop and the
+/// [`MAX_EARLY_FROM_RELAY`] cells the client sends beyond the first hop as RELAY_EARLY.
+pub const MAX_EARLY_FROM_CLIENT: u8 = MAX_EARLY_FROM_RELAY + 1;
+/// The longest circuit relays allow.
+pub const MAX_PATH_LEN: usize = 2 + MAX_EARLY_FROM_RELAY as usize;
 
 /// Cell commands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -26,7 +32,7 @@ pub const MAX_HOP_BUDGET: u8 = 7;
 pub enum CellCmd {
     /// Link padding; ignored.
     Padding = 0,
-    /// Start a circuit: `u16 htype | u8 hop budget | u16 total length | first bytes`.
+    /// Start a circuit: `u16 htype | u8 reserved (0) | u16 total length | first bytes`.
     Create = 1,
     /// Reply to CREATE: `u16 total length | first bytes`.
     Created = 2,
@@ -36,6 +42,9 @@ pub enum CellCmd {
     Destroy = 4,
     /// More bytes of the CREATE or CREATED message in progress on this circuit.
     Continue = 5,
+    /// A relay cell the client marked "early" (only toward the exit): EXTEND travels only in
+    /// these, and a relay takes a bounded number of them per circuit (see [`MAX_EARLY_FROM_RELAY`]).
+    RelayEarly = 6,
 }
 
 impl CellCmd {
@@ -47,6 +56,7 @@ impl CellCmd {
             3 => CellCmd::Relay,
             4 => CellCmd::Destroy,
             5 => CellCmd::Continue,
+            6 => CellCmd::RelayEarly,
             b => return Err(DecodeError::UnknownCommand(b)),
         })
     }
@@ -156,11 +166,11 @@ impl Cell {
     }
 }
 
-/// The first cell of a CREATE: handshake type, hop budget, total length, first bytes.
+/// The first cell of a CREATE: handshake type, a reserved zero byte, total length, first bytes.
+/// Nothing in it depends on where the receiving relay sits in the circuit.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CreateHeader {
     pub htype: u16,
-    pub hop_budget: u8,
     pub total_len: usize,
 }
 
@@ -168,10 +178,10 @@ const CREATE_HDR: usize = 5;
 const CREATED_HDR: usize = 2;
 
 /// Splits a circuit-handshake message into a CREATE cell and as many CONTINUE cells as needed.
-pub fn create_cells(circ_id: u32, htype: u16, hop_budget: u8, msg: &[u8]) -> Vec<Cell> {
+pub fn create_cells(circ_id: u32, htype: u16, msg: &[u8]) -> Vec<Cell> {
     let mut head = Vec::with_capacity(PAYLOAD_LEN);
     head.extend_from_slice(&htype.to_be_bytes());
-    head.push(hop_budget);
+    head.push(0);
     head.extend_from_slice(&(msg.len() as u16).to_be_bytes());
     split(circ_id, CellCmd::Create, head, msg)
 }
@@ -196,13 +206,15 @@ fn split(circ_id: u32, cmd: CellCmd, mut head: Vec<u8>, msg: &[u8]) -> Vec<Cell>
 pub fn parse_create(payload: &[u8; PAYLOAD_LEN]) -> Result<(CreateHeader, &[u8]), DecodeError> {
     let mut r = Reader::new(payload);
     let htype = r.u16()?;
-    let hop_budget = r.u8()?;
+    if r.u8()? != 0 {
+        return Err(DecodeError::Invalid("CREATE reserved byte is not zero"));
+    }
     let total_len = r.u16()? as usize;
     if total_len > MAX_HANDSHAKE_LEN {
         return Err(DecodeError::TooLong(MAX_HANDSHAKE_LEN));
     }
     let first = total_len.min(PAYLOAD_LEN - CREATE_HDR);
-    Ok((CreateHeader { htype, hop_budget, total_len }, r.take(first)?))
+    Ok((CreateHeader { htype, total_len }, r.take(first)?))
 }
 
 /// Parses a CREATED cell; returns the total length and the first bytes.
@@ -239,10 +251,13 @@ mod tests {
     #[test]
     fn long_handshake_spans_cells() {
         let msg: Vec<u8> = (0..1200u32).map(|i| i as u8).collect();
-        let cells = create_cells(7, 2, 5, &msg);
+        let cells = create_cells(7, 2, &msg);
         assert_eq!(cells.len(), 3);
         let (h, first) = parse_create(&cells[0].payload).unwrap();
-        assert_eq!(h, CreateHeader { htype: 2, hop_budget: 5, total_len: 1200 });
+        assert_eq!(h, CreateHeader { htype: 2, total_len: 1200 });
+        let mut marked = cells[0].payload;
+        marked[2] = 5;
+        assert!(parse_create(&marked).is_err(), "the reserved byte must be zero (no relay-settable field)");
         let mut got = first.to_vec();
         for c in &cells[1..] {
             assert_eq!(c.cmd, CellCmd::Continue);

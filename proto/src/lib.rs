@@ -7,6 +7,7 @@
 //! - [`ids`]: relay identities and fingerprints.
 //! - [`ext`]: the extension field carried by every message that the roadmap will extend.
 //! - [`cell`]: fixed-size link cells and their commands.
+//! - [`early`]: RELAY_EARLY, which bounds circuit length without revealing positions.
 //! - [`flow`]: flow-control windows.
 //! - [`frag`]: reassembly of handshake messages that span several cells (capped in bytes and time).
 //! - [`relay_msg`]: relay messages carried inside relay cells.
@@ -26,6 +27,7 @@ pub mod cell;
 pub mod crypto;
 pub mod dir_stream;
 pub mod doc;
+pub mod early;
 pub mod ext;
 pub mod flow;
 pub mod frag;

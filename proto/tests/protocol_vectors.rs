@@ -349,7 +349,7 @@ fn wire(c: &Cell) -> Vec<u8> {
 
 fn framing_vectors() -> Vec<(&'static str, Vec<u8>)> {
     let msg = vector("ntor-client-message");
-    let create = create_cells(0x8000_0001, 1, 0, &msg);
+    let create = create_cells(0x8000_0001, 1, &msg);
     assert_eq!(create.len(), 1);
     let begin = RelayMsg::Begin { host: "localhost".into(), port: 8000, ext: Extensions::none() };
     let extend = RelayMsg::Extend {

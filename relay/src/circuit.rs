@@ -65,8 +65,8 @@ pub(crate) struct RelayCircuit {
     pub crypto: RelayCrypto,
     /// This hop's keys (ESTABLISH_INTRO is signed over a binding of them).
     pub hop_keys: HopKeys,
-    /// Hops that may still be added after this one.
-    pub hop_budget: u8,
+    /// The RELAY_EARLY cells from the previous hop (they bound the circuit's length).
+    pub early: allium_proto::early::EarlyGate,
     /// The windows and increments the client chose in its CREATE (used if streams end here).
     pub flow: allium_proto::flow::FlowParams,
     pub started: Instant,
@@ -80,6 +80,15 @@ pub(crate) struct RelayCircuit {
 
 /// Cells forwarded toward the client before the `inject_from_middle` test hook acts.
 pub const INJECT_AFTER: u64 = 200;
+
+/// What the `inject_from_middle` test hook does.
+#[derive(Debug, Clone)]
+pub enum Injection {
+    /// Sends the client this message of the hop's own.
+    Message(RelayMsg),
+    /// Forwards the cell toward the client as RELAY_EARLY (the 2014 signal, THREATS A16).
+    MarkEarly,
+}
 
 /// What this circuit is to the onion-service tables (docs/PROTOCOL.md, "Onion services").
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -216,12 +225,17 @@ impl RelayCircuit {
         forwarded: &mut u64,
         hs: &mut Hs,
     ) -> Result<(), Close> {
-        match cell.cmd {
-            CellCmd::Relay => {}
+        let early = match cell.cmd {
+            CellCmd::Relay => false,
+            CellCmd::RelayEarly => true,
             CellCmd::Destroy => return Err(Close(DestroyReason::from_u8(cell.payload[0]), Side::Prev)),
             _ => return Err(Close(DestroyReason::Protocol, Side::Local)),
-        }
-        // The cell is modified in place and forwarded as is: no copies of its body.
+        };
+        self.early.on_cell(early).map_err(|e| {
+            tracing::debug!("relay cell refused: {e}");
+            Close(DestroyReason::Protocol, Side::Local)
+        })?;
+        // The cell is modified in place (its command, early or not, unchanged) and forwarded as is: no copies of its body.
         match self.crypto.decrypt_outbound(&mut cell.payload) {
             Err(_) => Err(Close(DestroyReason::ResourceLimit, Side::Local)),
             Ok(Recognized::NotForUs) => match next {
@@ -284,6 +298,10 @@ impl RelayCircuit {
         match msg {
             RelayMsg::Extend { target, htype, hdata, .. } => {
                 if stream_id != 0 || next.is_some() || extending.is_some() || !mux.is_empty() {
+                    return Err(Close(DestroyReason::Protocol, Side::Local));
+                }
+                if !self.early.extend_allowed() {
+                    tracing::debug!("EXTEND refused: not in RELAY_EARLY cells");
                     return Err(Close(DestroyReason::Protocol, Side::Local));
                 }
                 self.start_extend(target, htype, hdata, extending)
@@ -452,10 +470,6 @@ impl RelayCircuit {
     }
 
     fn start_extend(&mut self, target: ExtendTarget, htype: u16, hdata: Vec<u8>, extending: &mut Option<PendingExtend>) -> Result<(), Close> {
-        if self.hop_budget == 0 {
-            tracing::debug!("EXTEND beyond the hop budget");
-            return Err(Close(DestroyReason::Protocol, Side::Local));
-        }
         if hdata.len() > MAX_HANDSHAKE_LEN {
             // Would not fit a CREATE sequence; an EXTEND may carry up to 8 KiB in all.
             return Err(Close(DestroyReason::Protocol, Side::Local));
@@ -496,7 +510,7 @@ impl RelayCircuit {
             Close(DestroyReason::ConnectFailed, Side::Local)
         })?;
         let (id, rx) = chan.open_circuit().map_err(|_| Close(DestroyReason::ConnectFailed, Side::Local))?;
-        for c in cell::create_cells(id, p.htype, self.hop_budget - 1, &p.hdata) {
+        for c in cell::create_cells(id, p.htype, &p.hdata) {
             chan.send(c).await.map_err(|_| Close(DestroyReason::ConnectFailed, Side::Local))?;
         }
         *next = Some(Next { chan, id, rx, created: Some(None) });
@@ -517,14 +531,26 @@ impl RelayCircuit {
                 let p = r.push(&cell.payload, now_ms(self.started)).map_err(|_| Close(DestroyReason::Protocol, Side::Local))?;
                 self.created_progress(p, r, next).await
             }
+            (CellCmd::RelayEarly, _) => {
+                // Only ever a signal toward the client (THREATS A16).
+                tracing::info!("RELAY_EARLY from the next hop: destroying the circuit");
+                Err(Close(DestroyReason::Protocol, Side::Local))
+            }
             (CellCmd::Relay, None) if self.hook_stopped(false) => Ok(()),
             (CellCmd::Relay, None) => {
                 let mut cell = cell;
                 self.hook_corrupt(&mut cell.payload, forwarded);
                 self.crypto.forward_inbound(&mut cell.payload).map_err(|_| Close(DestroyReason::ResourceLimit, Side::Local))?;
                 cell.circ_id = self.prev_id;
+                let inject = self.hook_inject();
+                if matches!(inject, Some(Injection::MarkEarly)) {
+                    cell.cmd = CellCmd::RelayEarly;
+                }
                 self.prev.send(cell).await.map_err(|_| Close(DestroyReason::ChannelClosed, Side::Local))?;
-                self.hook_inject().await
+                match inject {
+                    Some(Injection::Message(m)) => self.send_back(0, &m).await,
+                    _ => Ok(()),
+                }
             }
             _ => Err(Close(DestroyReason::Protocol, Side::Local)),
         }
@@ -563,17 +589,17 @@ impl RelayCircuit {
     }
 
     /// Test-only fault: once `INJECT_AFTER` cells went toward the client, send it a message of
-    /// this hop's own (which only the last hop may send).
-    async fn hook_inject(&mut self) -> Result<(), Close> {
+    /// this hop's own (which only the last hop may send), or mark the cell RELAY_EARLY.
+    fn hook_inject(&mut self) -> Option<Injection> {
         self.forwarded_in += 1;
         #[cfg(feature = "test-hooks")]
         if self.forwarded_in == INJECT_AFTER {
-            if let Some(m) = self.ctx.inject_from_middle.clone() {
+            if let Some(i) = self.ctx.inject_from_middle.clone() {
                 tracing::info!("test hook: sending the client a message from a middle hop");
-                return self.send_back(0, &m).await;
+                return Some(i);
             }
         }
-        Ok(())
+        None
     }
 
     /// Test-only fault: true once this relay has stopped forwarding on this circuit (it drops

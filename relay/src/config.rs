@@ -74,7 +74,8 @@ pub struct RelaySection {
     /// Test-only fault hook (THREATS A17): on each circuit this relay extended (so not as the
     /// last hop), once it has forwarded [`crate::circuit::INJECT_AFTER`] cells toward the client,
     /// it sends the client a message of its own: `"drop"` (DROP) or `"introduce_ack"`
-    /// (INTRODUCE_ACK). Same rules as `dangerous_test_corrupt_after`.
+    /// (INTRODUCE_ACK), or (`"relay_early"`, THREATS A16) forwards that cell as RELAY_EARLY.
+    /// Same rules as `dangerous_test_corrupt_after`.
     #[cfg(feature = "test-hooks")]
     #[serde(default)]
     pub dangerous_test_inject_from_middle: Option<String>,

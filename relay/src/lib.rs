@@ -30,6 +30,8 @@ pub mod hsdir;
 pub mod observed;
 pub mod publish;
 pub mod rotation;
+#[cfg(feature = "test-hooks")]
+pub mod test_hooks;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, RwLock};
@@ -43,7 +45,8 @@ use allium_net::limits::counters::{LimitCounters, LIMITS};
 use allium_net::limits::LimitsConfig;
 use allium_net::link::{self, RelayCredentials};
 use allium_net::pool::ChannelPool;
-use allium_proto::cell::{self, Cell, DestroyReason, MAX_HOP_BUDGET};
+use allium_proto::cell::{self, Cell, DestroyReason};
+use allium_proto::early::EarlyGate;
 use allium_proto::crypto::cell_crypto::RelayCrypto;
 use allium_proto::crypto::kdf::HopKeys;
 use allium_proto::crypto::ntor::{self, OnionKeyPair, HTYPE_NTOR};
@@ -100,9 +103,9 @@ pub struct RelayCtx {
     /// Test hook: stop forwarding relay cells on a circuit after this many toward the exit.
     #[cfg(feature = "test-hooks")]
     pub stop_forwarding_after: Option<u64>,
-    /// Test hook: the message a relay with a next hop injects toward the client once.
+    /// Test hook: what a relay with a next hop injects toward the client once.
     #[cfg(feature = "test-hooks")]
-    pub inject_from_middle: Option<allium_proto::relay_msg::RelayMsg>,
+    pub inject_from_middle: Option<circuit::Injection>,
 }
 
 /// CREATE handshake messages remembered by the replay filter (8 bytes each, plus the set).
@@ -165,9 +168,10 @@ impl InertRelay {
             #[cfg(feature = "test-hooks")]
             inject_from_middle: match cfg.relay.dangerous_test_inject_from_middle.as_deref() {
                 None => None,
-                Some("drop") => Some(allium_proto::relay_msg::RelayMsg::Drop),
-                Some("introduce_ack") => Some(allium_proto::relay_msg::RelayMsg::IntroduceAck { status: 1, ext: Default::default() }),
-                Some(other) => return Err(format!("relay.dangerous_test_inject_from_middle: unknown kind {other:?} (drop or introduce_ack)").into()),
+                Some("drop") => Some(circuit::Injection::Message(allium_proto::relay_msg::RelayMsg::Drop)),
+                Some("introduce_ack") => Some(circuit::Injection::Message(allium_proto::relay_msg::RelayMsg::IntroduceAck { status: 1, ext: Default::default() })),
+                Some("relay_early") => Some(circuit::Injection::MarkEarly),
+                Some(other) => return Err(format!("relay.dangerous_test_inject_from_middle: unknown kind {other:?} (drop, introduce_ack or relay_early)").into()),
             },
             keys,
             onion: RwLock::new(onion),
@@ -283,8 +287,8 @@ impl CreateHandler for Creates {
                     return;
                 }
             };
-            let (crypto, hop_keys, hop_budget, flow) = keys;
-            circuit::RelayCircuit { ctx, prev: chan, prev_id: id, prev_rx: rx, crypto, hop_keys, hop_budget, flow, started, forwarded_out: 0, forwarded_in: 0, begins: None }.run().await;
+            let (crypto, hop_keys, early, flow) = keys;
+            circuit::RelayCircuit { ctx, prev: chan, prev_id: id, prev_rx: rx, crypto, hop_keys, early, flow, started, forwarded_out: 0, forwarded_in: 0, begins: None }.run().await;
         });
     }
 }
@@ -326,8 +330,10 @@ fn single_cell_create(cell: &Cell) -> Option<&[u8]> {
 }
 
 /// Answers a CREATE: reassembles it, runs the server side of ntor, sends CREATED.
-async fn create(ctx: &Arc<RelayCtx>, chan: &Channel, first: &Cell, rx: &mut allium_net::cell_queue::CellReceiver) -> Result<(RelayCrypto, HopKeys, u8, FlowParams), DestroyReason> {
+async fn create(ctx: &Arc<RelayCtx>, chan: &Channel, first: &Cell, rx: &mut allium_net::cell_queue::CellReceiver) -> Result<(RelayCrypto, HopKeys, EarlyGate, FlowParams), DestroyReason> {
     let (hdr, msg) = circuit::read_create(first, rx).await?;
+    #[cfg(feature = "test-hooks")]
+    test_hooks::record_create(&ctx.id, &first.payload);
     if hdr.htype != HTYPE_NTOR {
         return Err(DestroyReason::Protocol);
     }
@@ -365,7 +371,8 @@ async fn create(ctx: &Arc<RelayCtx>, chan: &Channel, first: &Cell, rx: &mut alli
     for c in cell::created_cells(first.circ_id, &out.reply) {
         chan.send(c).await.map_err(|_| DestroyReason::ChannelClosed)?;
     }
-    // A client's link gets the full budget; a relay passes on what it was granted, minus one.
-    let budget = if chan.peer.is_none() { MAX_HOP_BUDGET } else { hdr.hop_budget.min(MAX_HOP_BUDGET) };
-    Ok((RelayCrypto::new(&out.keys), out.keys, budget, flow))
+    // The first hop (its previous hop is a client) takes one more early cell: the EXTEND to the
+    // second hop (docs/PROTOCOL.md, "RELAY_EARLY").
+    let early = if chan.peer.is_none() { EarlyGate::from_client() } else { EarlyGate::from_relay() };
+    Ok((RelayCrypto::new(&out.keys), out.keys, early, flow))
 }

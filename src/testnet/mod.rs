@@ -103,9 +103,9 @@ pub struct TestnetArgs {
     #[arg(long, hide = true, value_name = "N")]
     pub dangerous_test_stop_forwarding_after: Option<u64>,
     /// Test-only fault (THREATS A17): every non-exit relay sends the client a message of its
-    /// own from a middle position (`drop` or `introduce_ack`) once per circuit, after forwarding
+    /// own from a middle position (`drop` or `introduce_ack`, or `relay_early`: mark a forwarded cell RELAY_EARLY) once per circuit, after forwarding
     /// 200 cells toward it. Needs the relay's `test-hooks` feature.
-    #[arg(long, hide = true, value_name = "KIND", value_parser = ["drop", "introduce_ack"])]
+    #[arg(long, hide = true, value_name = "KIND", value_parser = ["drop", "introduce_ack", "relay_early"])]
     pub dangerous_test_inject_from_middle: Option<String>,
     /// Test-only fault (THREATS A32): the first K non-exit relays complete link handshakes but
     /// never answer a CREATE or any cell; the client then starts from a short build timeout
@@ -180,6 +180,7 @@ pub fn run(args: TestnetArgs) -> ExitCode {
         stop_forwarding_after: args.dangerous_test_stop_forwarding_after,
         inject_from_middle: match args.dangerous_test_inject_from_middle.as_deref() {
             Some("drop") => Some("drop"),
+            Some("relay_early") => Some("relay_early"),
             Some(_) => Some("introduce_ack"),
             None => None,
         },

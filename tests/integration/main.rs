@@ -10,7 +10,8 @@
 //! - [`control_cells`]: DROP or an onion-service acknowledgement from a middle hop closes the
 //!   client's circuit (A17).
 //! - [`tamper`]: relays that alter cells get circuits destroyed (THREATS A14).
-//! - [`hop_budget`]: relays refuse to extend a circuit beyond its hop budget (THREATS A16).
+//! - [`early_cells`]: RELAY_EARLY bounds circuit length; every position sees the same CREATE
+//!   (THREATS A16).
 //! - [`socks_front`]: SOCKS4/4a, SOCKS5 (IPv6, RESOLVE) and HTTP CONNECT front ends of the client.
 //! - [`exit_retry`]: a stream one exit refuses is retried on another exit.
 //! - [`latency`]: 1 MiB downloads, one at a time and 8 at once, at 10 ms per link.
@@ -34,10 +35,10 @@ mod control_cells;
 mod dir_fetch;
 mod dos;
 mod e2e;
+mod early_cells;
 mod extend_target;
 mod flow_params;
 mod exit_retry;
-mod hop_budget;
 mod hs_circuits;
 mod intro_flood;
 mod keygen;

@@ -1,0 +1,22 @@
+//! What tests read back from relays running in their process (builds with `test-hooks` only).
+
+use std::sync::Mutex;
+
+use allium_proto::ids::RelayId;
+
+/// Bytes of a CREATE cell before the handshake message: type, reserved byte, length.
+pub const CREATE_HEADER_LEN: usize = 5;
+
+static CREATES: Mutex<Vec<(RelayId, [u8; CREATE_HEADER_LEN])>> = Mutex::new(Vec::new());
+
+/// Notes the header of a CREATE that relay `id` received.
+pub(crate) fn record_create(id: &RelayId, payload: &[u8]) {
+    let mut h = [0u8; CREATE_HEADER_LEN];
+    h.copy_from_slice(&payload[..CREATE_HEADER_LEN]);
+    CREATES.lock().unwrap_or_else(|e| e.into_inner()).push((*id, h));
+}
+
+/// The CREATE headers relay `id` has received, in order.
+pub fn creates_seen(id: &RelayId) -> Vec<[u8; CREATE_HEADER_LEN]> {
+    CREATES.lock().unwrap_or_else(|e| e.into_inner()).iter().filter(|(r, _)| r == id).map(|(_, h)| *h).collect()
+}
