@@ -418,7 +418,7 @@ impl Circuit {
         let Some((h, b)) = self.asm[hop].push(pt).map_err(|e| CircError::Protocol(e.to_string()))? else { return Ok(None) };
         // A serving end parses what the far end of the join sends as a relay would.
         let dir = if self.serves_hop(hop) { Direction::Outbound } else { Direction::Inbound };
-        let msg = RelayMsg::decode(h.cmd, &b, dir).map_err(|e| CircError::Protocol(e.to_string()))?;
+        let msg = RelayMsg::decode_cell(&h, &b, dir).map_err(|e| CircError::Protocol(e.to_string()))?;
         self.check_sender(hop, &msg)?;
         Ok(Some((hop, h.stream_id, msg)))
     }
@@ -606,7 +606,7 @@ impl Circuit {
             }
             RelayMsg::Resolve { .. } => self.send(last, sid, &RelayMsg::Resolved { result: Err(EndReason::ExitPolicy), ext: Extensions::none() }).await,
             RelayMsg::BeginDir { .. } => self.send(last, sid, &RelayMsg::End(EndReason::ExitPolicy)).await,
-            m @ (RelayMsg::Data(_) | RelayMsg::Sendme | RelayMsg::End(_)) => {
+            m @ (RelayMsg::Data(_) | RelayMsg::DataToken { .. } | RelayMsg::Sendme { .. } | RelayMsg::End(_)) => {
                 if matches!(m, RelayMsg::End(_)) {
                     incoming.remove(&sid);
                 }
@@ -734,7 +734,7 @@ impl Circuit {
                 req.fail(reason);
                 Ok(())
             }
-            m @ (RelayMsg::Data(_) | RelayMsg::Sendme | RelayMsg::End(_)) => {
+            m @ (RelayMsg::Data(_) | RelayMsg::DataToken { .. } | RelayMsg::Sendme { .. } | RelayMsg::End(_)) => {
                 if pending.contains_key(&sid) {
                     return Err(CircError::Protocol("data before CONNECTED".into()));
                 }

@@ -10,7 +10,7 @@ use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use allium_proto::flow::{FlowError, FlowParams, RecvWindow, SendWindow};
+use allium_proto::flow::{FlowError, FlowParams, RecvWindow, SendWindow, SendmeToken, TokenReceiver, TokenSender, SENDME_TOKEN_LEN};
 use allium_proto::relay_msg::{EndReason, RelayMsg, MAX_BODY_PER_CELL};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, DuplexStream, ReadHalf, WriteHalf};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -100,13 +100,16 @@ impl<W: AsyncWrite + Unpin, G: Unpin> AsyncWrite for HoldingWrite<W, G> {
 pub enum StreamEvent {
     Data { id: u16, data: Vec<u8> },
     Eof { id: u16 },
-    Consumed { id: u16, cells: u32 },
+    /// The writer consumed `cells` DATA cells, `stream_cells` of which count toward the
+    /// stream's window (a cell that carried a SENDME token counts toward the circuit's only).
+    Consumed { id: u16, cells: u32, stream_cells: u32 },
     WriteFailed { id: u16 },
 }
 
 enum WriterMsg {
-    /// DATA for the socket, charged to the circuit's memory until written.
-    Data(Vec<u8>, Option<Held>),
+    /// DATA for the socket, charged to the circuit's memory until written; whether the cell
+    /// counts toward the stream's window.
+    Data(Vec<u8>, Option<Held>, bool),
     End,
 }
 
@@ -192,6 +195,9 @@ pub struct StreamMux {
     closed: HashSet<u16>,
     circ_send: SendWindow,
     circ_recv: RecvWindow,
+    /// The tokens circuit-level SENDMEs must echo, ours and the other end's.
+    tokens_out: TokenSender,
+    tokens_in: TokenReceiver,
     /// Messages waiting for the circuit window, in order (END waits behind its DATA).
     pending: VecDeque<Pending>,
     /// DATA cells in `pending`, which the readers wait on.
@@ -224,6 +230,8 @@ impl StreamMux {
             closed: HashSet::new(),
             circ_send: SendWindow::circuit(&flow),
             circ_recv: RecvWindow::circuit(&flow),
+            tokens_out: TokenSender::new(&flow),
+            tokens_in: TokenReceiver::new(&flow),
             pending: VecDeque::new(),
             gate: Arc::new(ReadGate { cells: Default::default(), cap: flow.circuit_window as usize, room: Notify::new() }),
             mem: None,
@@ -311,12 +319,15 @@ impl StreamMux {
     /// Handles DATA, SENDME or END from the other end. Returns messages to send back.
     pub fn handle_msg(&mut self, id: u16, msg: RelayMsg) -> Result<Vec<(u16, RelayMsg)>, StreamError> {
         match msg {
-            RelayMsg::Sendme if id == 0 => {
+            RelayMsg::Sendme { token } if id == 0 => {
+                self.tokens_out.on_sendme(token.as_ref())?;
                 self.circ_send.on_sendme()?;
                 self.last_circ_sendme = Instant::now();
                 Ok(self.flush())
             }
-            RelayMsg::Sendme => {
+            // Stream-level SENDMEs carry no token (the circuit window bounds what they open).
+            RelayMsg::Sendme { token: Some(_) } => Err(FlowError::BadSendmeToken.into()),
+            RelayMsg::Sendme { token: None } => {
                 if let Some(s) = self.streams.get_mut(&id) {
                     s.send.on_sendme()?;
                     s.last_progress = Instant::now();
@@ -326,20 +337,31 @@ impl StreamMux {
                     self.late(id)
                 }
             }
-            RelayMsg::Data(d) => {
+            RelayMsg::Data(_) | RelayMsg::DataToken { .. } => {
+                let (d, token) = match msg {
+                    RelayMsg::DataToken { data, token } => (data, Some(token)),
+                    RelayMsg::Data(d) => (d, None),
+                    _ => unreachable!(),
+                };
                 self.circ_recv.on_data()?;
+                self.tokens_in.on_data(token)?;
                 if let Some(s) = self.streams.get_mut(&id) {
-                    s.recv.on_data()?;
+                    // A cell with a token counts toward the circuit window only: the sender
+                    // split the stream's bytes to make room for it.
+                    let stream_cell = token.is_none();
+                    if stream_cell {
+                        s.recv.on_data()?;
+                    }
                     s.last_progress = Instant::now();
-                    s.last_data_full = d.len() == MAX_BODY_PER_CELL;
+                    s.last_data_full = d.len() + token.map_or(0, |_| SENDME_TOKEN_LEN) == MAX_BODY_PER_CELL;
                     let held = self.mem.as_ref().map(|m| m.hold(CELL_MEM));
-                    let _ = s.writer.send(WriterMsg::Data(d, held));
+                    let _ = s.writer.send(WriterMsg::Data(d, held, stream_cell));
                     Ok(vec![])
                 } else {
                     // Count it as consumed so the circuit window is not lost.
                     let k = self.circ_recv.on_consumed(1);
                     self.late(id)?;
-                    Ok(sendmes(0, k))
+                    Ok(self.circuit_sendmes(k))
                 }
             }
             RelayMsg::End(_) => {
@@ -369,7 +391,7 @@ impl StreamMux {
     pub fn stalled(&self, now: Instant, limit: Duration) -> Vec<u16> {
         // Streams with DATA queued behind a closed circuit window.
         let blocked: HashSet<u16> = if self.circ_send.available() == 0 {
-            self.pending.iter().filter(|p| matches!(p.msg, RelayMsg::Data(_))).map(|p| p.id).collect()
+            self.pending.iter().filter(|p| matches!(p.msg, RelayMsg::Data(_) | RelayMsg::DataToken { .. })).map(|p| p.id).collect()
         } else {
             HashSet::new()
         };
@@ -405,18 +427,42 @@ impl StreamMux {
                     self.gate.sub(data.len().div_ceil(MAX_BODY_PER_CELL));
                     return vec![];
                 };
-                for chunk in data.chunks(MAX_BODY_PER_CELL) {
-                    // The reader only read as much as its credit allowed.
-                    let _ = s.send.take();
+                // The reader took credit (and the gate counted) for this many cells.
+                let read_for = data.len().div_ceil(MAX_BODY_PER_CELL);
+                let (mut cells, mut stream_cells) = (0usize, 0usize);
+                let mut rest = &data[..];
+                while !rest.is_empty() {
+                    // The cell that completes an increment of the circuit window carries a
+                    // fresh token, in 16 bytes taken from its stream bytes.
+                    let token: Option<SendmeToken> = self.tokens_out.due().then(rand::random);
+                    let room = if token.is_some() { MAX_BODY_PER_CELL - SENDME_TOKEN_LEN } else { MAX_BODY_PER_CELL };
+                    let (chunk, tail) = rest.split_at(rest.len().min(room));
+                    rest = tail;
+                    self.tokens_out.on_data(token);
+                    let msg = match token {
+                        Some(token) => RelayMsg::DataToken { data: chunk.to_vec(), token },
+                        None => {
+                            // The reader only read as much as its credit allowed.
+                            let _ = s.send.take();
+                            stream_cells += 1;
+                            RelayMsg::Data(chunk.to_vec())
+                        }
+                    };
+                    cells += 1;
                     let held = self.mem.as_ref().map(|m| m.hold(CELL_MEM));
-                    self.pending.push_back(Pending { id, msg: RelayMsg::Data(chunk.to_vec()), _held: held });
+                    self.pending.push_back(Pending { id, msg, _held: held });
                 }
+                // A token cell can add a cell (counted at the gate) and save a stream cell
+                // (given back to the reader's credit).
+                self.gate.add(cells.saturating_sub(read_for));
+                s.credit.add_permits(read_for.saturating_sub(stream_cells));
                 self.flush()
             }
-            StreamEvent::Consumed { id, cells } => {
-                let mut out = sendmes(0, self.circ_recv.on_consumed(cells));
+            StreamEvent::Consumed { id, cells, stream_cells } => {
+                let k = self.circ_recv.on_consumed(cells);
+                let mut out = self.circuit_sendmes(k);
                 if let Some(s) = self.streams.get_mut(&id) {
-                    out.extend(sendmes(id, s.recv.on_consumed(cells)));
+                    out.extend(sendmes(id, s.recv.on_consumed(stream_cells)));
                 }
                 out
             }
@@ -457,12 +503,23 @@ impl StreamMux {
         self.draining.extend(s.writer_task);
     }
 
+    /// `k` circuit-level SENDMEs, each echoing the token of the increment it acknowledges.
+    fn circuit_sendmes(&mut self, k: u32) -> Vec<(u16, RelayMsg)> {
+        (0..k)
+            .filter_map(|_| {
+                let token = self.tokens_in.next_sendme();
+                debug_assert!(token.is_some(), "a SENDME is due only after its token arrived");
+                token.map(|t| (0, RelayMsg::Sendme { token: Some(t) }))
+            })
+            .collect()
+    }
+
     /// Sends what the circuit window allows, in order.
     fn flush(&mut self) -> Vec<(u16, RelayMsg)> {
         let mut out = Vec::new();
         let mut data = 0;
         while let Some(p) = self.pending.front() {
-            if matches!(p.msg, RelayMsg::Data(_)) {
+            if matches!(p.msg, RelayMsg::Data(_) | RelayMsg::DataToken { .. }) {
                 if !self.circ_send.take() {
                     break;
                 }
@@ -504,8 +561,9 @@ impl Drop for StreamMux {
     }
 }
 
+/// `k` stream-level SENDMEs for stream `id`.
 fn sendmes(id: u16, k: u32) -> Vec<(u16, RelayMsg)> {
-    (0..k).map(|_| (id, RelayMsg::Sendme)).collect()
+    (0..k).map(|_| (id, RelayMsg::Sendme { token: None })).collect()
 }
 
 async fn read_loop<R: AsyncRead + Unpin>(id: u16, mut rd: R, credit: Arc<Semaphore>, gate: Arc<ReadGate>, tx: mpsc::UnboundedSender<StreamEvent>) {
@@ -554,24 +612,26 @@ async fn write_loop<W: AsyncWrite + Unpin>(
     let mut held: Vec<Option<Held>> = Vec::new();
     let mut failed = false;
     loop {
-        let mut cells = 0u32;
+        let (mut cells, mut stream_cells) = (0u32, 0u32);
         let mut end = false;
         if buf.is_empty() {
             match rx.recv().await {
-                Some(WriterMsg::Data(d, h)) => {
+                Some(WriterMsg::Data(d, h, counts)) => {
                     buf.extend_from_slice(&d);
                     held.push(h);
                     cells += 1;
+                    stream_cells += u32::from(counts);
                 }
                 Some(WriterMsg::End) | None => end = true,
             }
         }
         while !end && buf.len() < WRITE_BATCH {
             match rx.try_recv() {
-                Ok(WriterMsg::Data(d, h)) => {
+                Ok(WriterMsg::Data(d, h, counts)) => {
                     buf.extend_from_slice(&d);
                     held.push(h);
                     cells += 1;
+                    stream_cells += u32::from(counts);
                 }
                 Ok(WriterMsg::End) => end = true,
                 Err(mpsc::error::TryRecvError::Empty) => break,
@@ -589,7 +649,7 @@ async fn write_loop<W: AsyncWrite + Unpin>(
         // Written or discarded, every DATA cell (an empty one too) counts as consumed: a cell
         // never counted would shrink the other end's windows for good.
         if cells > 0 {
-            let _ = tx.send(StreamEvent::Consumed { id, cells });
+            let _ = tx.send(StreamEvent::Consumed { id, cells, stream_cells });
         }
         if end {
             if !failed {
@@ -606,22 +666,128 @@ mod tests {
     use allium_proto::flow::{CIRCUIT_WINDOW, STREAM_SENDME_INC, STREAM_WINDOW};
 
     fn sendmes_in(out: &[(u16, RelayMsg)]) -> Vec<u16> {
-        out.iter().filter(|(_, m)| matches!(m, RelayMsg::Sendme)).map(|(id, _)| *id).collect()
+        out.iter().filter(|(_, m)| matches!(m, RelayMsg::Sendme { .. })).map(|(id, _)| *id).collect()
+    }
+
+    fn is_data(m: &RelayMsg) -> bool {
+        matches!(m, RelayMsg::Data(_) | RelayMsg::DataToken { .. })
+    }
+
+    /// The tokens of the DATA cells in `out`, in order.
+    fn tokens_in(out: &[(u16, RelayMsg)]) -> Vec<SendmeToken> {
+        out.iter().filter_map(|(_, m)| if let RelayMsg::DataToken { token, .. } = m { Some(*token) } else { None }).collect()
+    }
+
+    /// The circuit SENDME that acknowledges the DATA cell that carried `token`.
+    fn circuit_sendme(token: SendmeToken) -> RelayMsg {
+        RelayMsg::Sendme { token: Some(token) }
+    }
+
+    /// The other end of the circuit sending DATA: a token where one is due.
+    struct Peer(TokenSender);
+
+    impl Peer {
+        fn new(flow: &FlowParams) -> Self {
+            Peer(TokenSender::new(flow))
+        }
+        fn data(&mut self, d: Vec<u8>) -> RelayMsg {
+            let token = self.0.due().then(rand::random);
+            self.0.on_data(token);
+            match token {
+                Some(token) => RelayMsg::DataToken { data: d, token },
+                None => RelayMsg::Data(d),
+            }
+        }
+        /// Sends DATA to `mux` on stream `id` until `n` cells counted toward its window.
+        fn fill(&mut self, mux: &mut StreamMux, id: u16, n: u32, len: usize) {
+            let mut counted = 0;
+            while counted < n {
+                let m = self.data(vec![1; len]);
+                counted += u32::from(matches!(m, RelayMsg::Data(_)));
+                assert!(mux.handle_msg(id, m).unwrap().is_empty(), "no SENDME on receipt");
+            }
+        }
     }
 
     #[tokio::test]
     async fn sendmes_only_after_consumption_and_windows_are_enforced() {
         let mut mux = StreamMux::default();
+        let mut peer = Peer::new(&FlowParams::default());
         mux.open(1).unwrap();
-        for _ in 0..STREAM_WINDOW {
-            assert!(mux.handle_msg(1, RelayMsg::Data(vec![1; 10])).unwrap().is_empty(), "no SENDME on receipt");
-        }
-        assert!(matches!(mux.handle_msg(1, RelayMsg::Data(vec![1])), Err(StreamError::Flow(FlowError::WindowExceeded))));
-        let out = mux.handle_event(StreamEvent::Consumed { id: 1, cells: STREAM_SENDME_INC });
+        peer.fill(&mut mux, 1, STREAM_WINDOW, 10);
+        assert!(matches!(mux.handle_msg(1, peer.data(vec![1])), Err(StreamError::Flow(FlowError::WindowExceeded))));
+        let out = mux.handle_event(StreamEvent::Consumed { id: 1, cells: STREAM_SENDME_INC, stream_cells: STREAM_SENDME_INC });
         assert_eq!(sendmes_in(&out), vec![1], "one stream SENDME per 50 consumed cells");
-        let out = mux.handle_event(StreamEvent::Consumed { id: 1, cells: 50 });
+        let out = mux.handle_event(StreamEvent::Consumed { id: 1, cells: 50, stream_cells: 50 });
         assert_eq!(sendmes_in(&out), vec![0, 1], "circuit SENDME after 100 consumed cells");
+        assert!(matches!(out[0].1, RelayMsg::Sendme { token: Some(_) }), "a circuit SENDME carries its token");
         assert!(matches!(mux.handle_msg(9, RelayMsg::Data(vec![1])), Err(StreamError::UnknownStream)));
+    }
+
+    /// THREATS A27(b): a circuit SENDME must echo the token of the DATA cell that completed the
+    /// increment it acknowledges; a forged one (no token, a guessed one) is a violation, and the
+    /// token cells are sent and parsed where due.
+    #[tokio::test]
+    async fn a27_forged_circuit_sendmes_are_refused() {
+        let flow = FlowParams { circuit_window: 100, circuit_sendme_inc: 10, stream_window: 500, stream_sendme_inc: 50 };
+        let mut mux = StreamMux::new(flow);
+        mux.open(1).unwrap();
+        let out = mux.handle_event(StreamEvent::Data { id: 1, data: vec![7; MAX_BODY_PER_CELL * 120] });
+        assert_eq!(out.len(), 100);
+        let tokens = tokens_in(&out);
+        assert_eq!(tokens.len(), 10, "one token per increment");
+        for (i, (_, m)) in out.iter().enumerate() {
+            assert_eq!(matches!(m, RelayMsg::DataToken { .. }), (i + 1) % 10 == 0, "cell {}", i + 1);
+        }
+        assert!(matches!(mux.handle_msg(0, RelayMsg::Sendme { token: None }), Err(StreamError::Flow(FlowError::BadSendmeToken))));
+        let (mut guessed, _) = mux_sending(flow);
+        assert!(matches!(guessed.handle_msg(0, circuit_sendme([0; SENDME_TOKEN_LEN])), Err(StreamError::Flow(FlowError::BadSendmeToken))));
+        let mut out_of_order = mux_sending(flow);
+        let later = tokens_in(&out_of_order.1)[1];
+        assert!(matches!(out_of_order.0.handle_msg(0, circuit_sendme(later)), Err(StreamError::Flow(FlowError::BadSendmeToken))));
+        assert_eq!(mux.handle_msg(0, circuit_sendme(tokens[0])).unwrap().len(), 10, "the right token opens the window");
+        // A stream-level SENDME carries no token.
+        assert!(matches!(mux.handle_msg(1, circuit_sendme(tokens[1])), Err(StreamError::Flow(FlowError::BadSendmeToken))));
+    }
+
+    /// A mux that has sent a circuit window of DATA on stream 1, and what it sent.
+    fn mux_sending(flow: FlowParams) -> (StreamMux, Vec<(u16, RelayMsg)>) {
+        let mut mux = StreamMux::new(flow);
+        mux.open(1).unwrap();
+        let out = mux.handle_event(StreamEvent::Data { id: 1, data: vec![7; MAX_BODY_PER_CELL * flow.circuit_window as usize] });
+        (mux, out)
+    }
+
+    /// The cells that carry tokens give up 16 bytes of stream data and count toward the circuit
+    /// window only: every byte arrives, and the stream window and reader credit stay in step.
+    #[tokio::test]
+    async fn token_cells_carry_stream_bytes_outside_the_stream_window() {
+        let flow = FlowParams { circuit_window: 1000, circuit_sendme_inc: 10, stream_window: 500, stream_sendme_inc: 50 };
+        let mut tx = StreamMux::new(flow);
+        tx.open(1).unwrap();
+        let data: Vec<u8> = (0..MAX_BODY_PER_CELL * 40).map(|i| i as u8).collect();
+        assert!(tx.streams[&1].credit.try_acquire_many(40).is_ok_and(|p| {
+            p.forget();
+            true
+        }));
+        tx.gate.add(40);
+        let out = tx.handle_event(StreamEvent::Data { id: 1, data: data.clone() });
+        assert_eq!(out.len(), 41, "four tokens of 16 bytes need one more cell");
+        assert_eq!(tx.streams[&1].send.available(), 500 - 37, "37 cells counted toward the stream window");
+        assert_eq!(tx.streams[&1].credit.available_permits(), 500 - 37, "the reader's credit matches the window");
+        assert_eq!(tx.gate.cells.load(std::sync::atomic::Ordering::Relaxed), 0, "the gate counted the extra cell and its sending");
+        let mut rx = StreamMux::new(flow);
+        rx.open(1).unwrap();
+        let mut got = Vec::new();
+        for (id, m) in out {
+            match &m {
+                RelayMsg::Data(d) | RelayMsg::DataToken { data: d, .. } => got.extend_from_slice(d),
+                _ => unreachable!(),
+            }
+            rx.handle_msg(id, m).unwrap();
+        }
+        assert_eq!(got, data);
+        assert_eq!(rx.streams[&1].recv.remaining(), 500 - 37);
     }
 
     /// The windows are the circuit's agreed ones, not the defaults.
@@ -630,11 +796,10 @@ mod tests {
         let flow = FlowParams { circuit_window: 100, circuit_sendme_inc: 10, stream_window: 50, stream_sendme_inc: 5 };
         let mut mux = StreamMux::new(flow);
         mux.open(1).unwrap();
-        for _ in 0..50 {
-            mux.handle_msg(1, RelayMsg::Data(vec![1])).unwrap();
-        }
-        assert!(matches!(mux.handle_msg(1, RelayMsg::Data(vec![1])), Err(StreamError::Flow(FlowError::WindowExceeded))));
-        let out = mux.handle_event(StreamEvent::Consumed { id: 1, cells: 10 });
+        let mut peer = Peer::new(&flow);
+        peer.fill(&mut mux, 1, 50, 1);
+        assert!(matches!(mux.handle_msg(1, peer.data(vec![1])), Err(StreamError::Flow(FlowError::WindowExceeded))));
+        let out = mux.handle_event(StreamEvent::Consumed { id: 1, cells: 10, stream_cells: 10 });
         assert_eq!(sendmes_in(&out), vec![0, 1, 1], "a circuit SENDME per 10 cells, a stream SENDME per 5");
         let mut sender = StreamMux::new(flow);
         sender.open(2).unwrap();
@@ -658,21 +823,24 @@ mod tests {
             theirs.write_all(&vec![7u8; 50 * MAX_BODY_PER_CELL]).await.unwrap();
             sources.push(theirs);
         }
-        let mut sent = 0;
+        let (mut sent, mut tokens) = (0, Vec::new());
         while let Ok(ev) = tokio::time::timeout(Duration::from_millis(300), mux.next_event()).await {
-            sent += mux.handle_event(ev).iter().filter(|(_, m)| matches!(m, RelayMsg::Data(_))).count();
+            let out = mux.handle_event(ev);
+            sent += out.iter().filter(|(_, m)| is_data(m)).count();
+            tokens.extend(tokens_in(&out));
         }
-        let waiting = mux.pending.iter().filter(|p| matches!(p.msg, RelayMsg::Data(_))).count();
+        let waiting = mux.pending.iter().filter(|p| is_data(&p.msg)).count();
         assert_eq!(sent, 100, "the circuit window bounds what is sent");
-        // Eight streams could read 400 cells; once 100 wait, the readers wait too.
-        assert!(waiting <= 100, "{waiting} DATA cells read and waiting");
+        // Eight streams could read 400 cells; once 100 wait, the readers wait too (a cell that
+        // carries a SENDME token can add one cell per increment of 10).
+        assert!(waiting <= 110, "{waiting} DATA cells read and waiting");
         // A circuit SENDME lets 10 go and the readers fill the gap again.
-        let out = mux.handle_msg(0, RelayMsg::Sendme).unwrap();
+        let out = mux.handle_msg(0, circuit_sendme(tokens[0])).unwrap();
         assert_eq!(out.len(), 10);
         while let Ok(ev) = tokio::time::timeout(Duration::from_millis(300), mux.next_event()).await {
             mux.handle_event(ev);
         }
-        assert!(mux.pending.len() <= 100 && mux.pending.len() >= 90, "{} waiting", mux.pending.len());
+        assert!(mux.pending.len() <= 110 && mux.pending.len() >= 90, "{} waiting", mux.pending.len());
     }
 
     #[tokio::test]
@@ -683,9 +851,10 @@ mod tests {
         let out = mux.handle_event(StreamEvent::Data { id: 1, data });
         assert_eq!(out.len(), CIRCUIT_WINDOW as usize, "the circuit window bounds what is sent");
         assert!(mux.close(1, EndReason::Done).is_empty(), "END must not overtake queued DATA");
-        let out = mux.handle_msg(0, RelayMsg::Sendme).unwrap();
-        assert_eq!(out.len(), 4);
-        assert!(matches!(out[3], (1, RelayMsg::End(EndReason::Done))));
+        let out2 = mux.handle_msg(0, circuit_sendme(tokens_in(&out)[0])).unwrap();
+        let (end, data) = out2.split_last().unwrap();
+        assert!(!data.is_empty() && data.iter().all(|(_, m)| is_data(m)), "the queued DATA first");
+        assert!(matches!(end, (1, RelayMsg::End(EndReason::Done))));
         // A late DATA for the closed stream is ignored, not a violation.
         assert!(mux.handle_msg(1, RelayMsg::Data(vec![1])).is_ok());
     }
@@ -706,12 +875,13 @@ mod tests {
         mux.handle_msg(2, RelayMsg::Data(vec![1; MAX_BODY_PER_CELL])).unwrap();
         mux.handle_msg(2, RelayMsg::Data(vec![1; 10])).unwrap();
         // 3: our DATA used its whole stream window; a SENDME is owed.
-        mux.handle_event(StreamEvent::Data { id: 3, data: vec![7; MAX_BODY_PER_CELL * STREAM_WINDOW as usize] });
+        mux.handle_event(StreamEvent::Data { id: 3, data: vec![7; MAX_BODY_PER_CELL * (STREAM_WINDOW as usize + 10)] });
+        assert_eq!(mux.streams[&3].send.available(), 0);
         assert!(mux.stalled(later(19), limit).is_empty(), "not before the limit");
         assert_eq!(mux.stalled(later(21), limit), vec![1, 3]);
         // Progress clears each: a short DATA for 1, a SENDME for 3.
         mux.handle_msg(1, RelayMsg::Data(vec![1; 3])).unwrap();
-        mux.handle_msg(3, RelayMsg::Sendme).unwrap();
+        mux.handle_msg(3, RelayMsg::Sendme { token: None }).unwrap();
         assert!(mux.stalled(later(21), limit).is_empty());
     }
 
@@ -722,9 +892,7 @@ mod tests {
         let limit = Duration::from_secs(20);
         let mut mux = StreamMux::default();
         mux.open(1).unwrap();
-        for _ in 0..STREAM_WINDOW {
-            mux.handle_msg(1, RelayMsg::Data(vec![1; MAX_BODY_PER_CELL])).unwrap();
-        }
+        Peer::new(&FlowParams::default()).fill(&mut mux, 1, STREAM_WINDOW, MAX_BODY_PER_CELL);
         // Nothing consumed: no SENDME went back, the window is used up.
         assert!(mux.stalled(Instant::now() + Duration::from_secs(60), limit).is_empty());
     }
@@ -741,7 +909,7 @@ mod tests {
         assert_eq!(out.len(), 100);
         let t = Instant::now() + Duration::from_secs(21);
         assert_eq!(mux.stalled(t, limit), vec![1], "stream 1 waits for the circuit window; stream 2 owes nothing");
-        mux.handle_msg(0, RelayMsg::Sendme).unwrap();
+        mux.handle_msg(0, circuit_sendme(tokens_in(&out)[0])).unwrap();
         assert!(mux.stalled(t - Duration::from_secs(2), limit).is_empty(), "a circuit SENDME is progress");
     }
 
@@ -754,13 +922,14 @@ mod tests {
         mux.open(1).unwrap();
         let (ours, theirs) = tokio::io::duplex(1024);
         mux.attach(1, ours, Vec::new());
-        mux.handle_msg(1, RelayMsg::Data(Vec::new())).unwrap();
+        let mut peer = Peer::new(&flow);
+        mux.handle_msg(1, peer.data(Vec::new())).unwrap();
         let ev = tokio::time::timeout(Duration::from_secs(10), mux.next_event()).await.expect("an event");
-        assert!(matches!(ev, StreamEvent::Consumed { id: 1, cells: 1 }), "{ev:?}");
+        assert!(matches!(ev, StreamEvent::Consumed { id: 1, cells: 1, .. }), "{ev:?}");
         // The application goes away; five more cells arrive.
         drop(theirs);
         for _ in 0..5 {
-            mux.handle_msg(1, RelayMsg::Data(vec![1; 10])).unwrap();
+            mux.handle_msg(1, peer.data(vec![1; 10])).unwrap();
         }
         let (mut consumed, mut failed) = (0, false);
         let mut sendmes = Vec::new();

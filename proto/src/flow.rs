@@ -6,6 +6,8 @@
 //! receipt, so a reader that stops reading stops the sender. A sender that exceeds the window is
 //! a protocol violation.
 
+use std::collections::VecDeque;
+
 use crate::ext::{Extension, Extensions};
 
 /// Initial circuit window (cells).
@@ -88,6 +90,88 @@ pub enum FlowError {
     WindowExceeded,
     #[error("peer sent a SENDME that was not due")]
     UnexpectedSendme,
+    #[error("peer sent a circuit SENDME without the token of the DATA it acknowledges")]
+    BadSendmeToken,
+    #[error("peer sent DATA with a SENDME token where none was due, or none where one was")]
+    MisplacedToken,
+}
+
+/// Bytes of the token that authenticates a circuit-level SENDME.
+pub const SENDME_TOKEN_LEN: usize = 16;
+/// The token a circuit-level SENDME echoes.
+pub type SendmeToken = [u8; SENDME_TOKEN_LEN];
+
+/// Authenticated circuit-level SENDMEs, sending side (THREATS A27). The DATA cell that completes
+/// each increment of the circuit window (cell number k × increment, counting every DATA cell of
+/// the circuit in order) carries a fresh random token; the SENDME for that increment must echo
+/// it. A peer that did not receive and decrypt that cell cannot open the window: a client can
+/// no longer make an exit queue data it never reads.
+#[derive(Debug, Clone)]
+pub struct TokenSender {
+    queued: u64,
+    inc: u64,
+    expected: VecDeque<SendmeToken>,
+}
+
+impl TokenSender {
+    pub fn new(p: &FlowParams) -> Self {
+        TokenSender { queued: 0, inc: u64::from(p.circuit_sendme_inc), expected: VecDeque::new() }
+    }
+    /// Whether the next DATA cell queued must carry a token.
+    pub fn due(&self) -> bool {
+        (self.queued + 1) % self.inc == 0
+    }
+    /// A DATA cell was queued for sending, with `token` (which must be given exactly when due).
+    pub fn on_data(&mut self, token: Option<SendmeToken>) {
+        debug_assert_eq!(token.is_some(), self.due());
+        self.queued += 1;
+        if let Some(t) = token {
+            self.expected.push_back(t);
+        }
+    }
+    /// A circuit-level SENDME arrived carrying `token`.
+    pub fn on_sendme(&mut self, token: Option<&SendmeToken>) -> Result<(), FlowError> {
+        match (self.expected.front(), token) {
+            (Some(want), Some(got)) if want == got => {
+                self.expected.pop_front();
+                Ok(())
+            }
+            _ => Err(FlowError::BadSendmeToken),
+        }
+    }
+}
+
+/// Authenticated circuit-level SENDMEs, receiving side: keeps the token of every increment's
+/// last DATA cell until the SENDME that acknowledges it.
+#[derive(Debug, Clone)]
+pub struct TokenReceiver {
+    received: u64,
+    inc: u64,
+    held: VecDeque<SendmeToken>,
+}
+
+impl TokenReceiver {
+    pub fn new(p: &FlowParams) -> Self {
+        TokenReceiver { received: 0, inc: u64::from(p.circuit_sendme_inc), held: VecDeque::new() }
+    }
+    /// A DATA cell arrived (after the window check); a token where none is due, or none where
+    /// one is, is a violation.
+    pub fn on_data(&mut self, token: Option<SendmeToken>) -> Result<(), FlowError> {
+        self.received += 1;
+        let due = self.received % self.inc == 0;
+        match token {
+            Some(t) if due => self.held.push_back(t),
+            None if !due => {}
+            _ => return Err(FlowError::MisplacedToken),
+        }
+        Ok(())
+    }
+    /// The token for the next circuit-level SENDME. Always there for a SENDME that is due: a
+    /// SENDME is due once k × increment cells were consumed, so cell k × increment, which
+    /// carried the token, was received.
+    pub fn next_sendme(&mut self) -> Option<SendmeToken> {
+        self.held.pop_front()
+    }
 }
 
 /// The sending side of a window.
@@ -194,6 +278,36 @@ mod tests {
         r.on_data().unwrap();
         let mut fresh = SendWindow::circuit(&p);
         assert_eq!(fresh.on_sendme(), Err(FlowError::UnexpectedSendme));
+    }
+
+    #[test]
+    fn a27_circuit_sendmes_must_echo_the_token_of_the_data_they_acknowledge() {
+        let p = FlowParams { circuit_window: 100, circuit_sendme_inc: 10, stream_window: 50, stream_sendme_inc: 5 };
+        let (mut tx, mut rx) = (TokenSender::new(&p), TokenReceiver::new(&p));
+        for i in 1..=30u8 {
+            let t = tx.due().then_some([i; SENDME_TOKEN_LEN]);
+            assert_eq!(t.is_some(), i % 10 == 0);
+            tx.on_data(t);
+            rx.on_data(t).unwrap();
+        }
+        // A forged SENDME (a guessed token, or none) is refused; the real ones pass in order.
+        assert_eq!(tx.on_sendme(Some(&[0; SENDME_TOKEN_LEN])), Err(FlowError::BadSendmeToken));
+        assert_eq!(tx.on_sendme(None), Err(FlowError::BadSendmeToken));
+        let mut fresh = TokenSender::new(&p);
+        assert_eq!(fresh.on_sendme(Some(&[10; SENDME_TOKEN_LEN])), Err(FlowError::BadSendmeToken), "nothing sent yet");
+        for _ in 0..3 {
+            let t = rx.next_sendme().expect("a token per increment");
+            tx.on_sendme(Some(&t)).unwrap();
+        }
+        assert_eq!(rx.next_sendme(), None);
+        // A sender that puts a token where none is due, or leaves one out, is refused.
+        let mut rx = TokenReceiver::new(&p);
+        assert_eq!(rx.on_data(Some([1; SENDME_TOKEN_LEN])), Err(FlowError::MisplacedToken));
+        let mut rx = TokenReceiver::new(&p);
+        for _ in 0..9 {
+            rx.on_data(None).unwrap();
+        }
+        assert_eq!(rx.on_data(None), Err(FlowError::MisplacedToken));
     }
 
     #[test]

@@ -8,7 +8,8 @@
 //!
 //! Flag bit 0 (`MORE`) says the message continues in the next relay cell for the same hop and
 //! direction (same command and stream); the receiver reassembles up to [`MAX_RELAY_MSG_LEN`]
-//! bytes. Only EXTEND, EXTENDED, INTRODUCE1 and INTRODUCE2 may span cells. Stream id 0 means the circuit itself.
+//! bytes. Flag bit 1 (`TOKEN`, DATA only) says the body ends with a 16-byte SENDME token (see
+//! [`crate::flow::TokenSender`]) after the stream's bytes. Only EXTEND, EXTENDED, INTRODUCE1 and INTRODUCE2 may span cells. Stream id 0 means the circuit itself.
 //!
 //! Decoding is restricted by context: a relay parses only what a client may send it
 //! ([`Direction::Outbound`]), a client only what a relay may send back ([`Direction::Inbound`]).
@@ -16,6 +17,7 @@
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr};
 
 use crate::ext::Extensions;
+use crate::flow::{SendmeToken, SENDME_TOKEN_LEN};
 use crate::reader::{DecodeError, Reader};
 
 /// Bytes of relay-cell plaintext (the 509-byte body less the 16-byte tag); equals
@@ -27,6 +29,7 @@ pub const MAX_BODY_PER_CELL: usize = RELAY_PLAINTEXT_LEN - HEADER_LEN;
 /// The longest message that may span several cells.
 pub const MAX_RELAY_MSG_LEN: usize = 8192;
 const FLAG_MORE: u8 = 1;
+const FLAG_TOKEN: u8 = 2;
 
 /// Relay commands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -212,11 +215,15 @@ pub enum RelayMsg {
     /// Open a stream to `host:port` (the exit resolves names).
     Begin { host: String, port: u16, ext: Extensions },
     Data(Vec<u8>),
+    /// DATA that also carries the token a circuit-level SENDME must echo (`TOKEN` flag).
+    DataToken { data: Vec<u8>, token: SendmeToken },
     End(EndReason),
     /// The exit connected; the address it connected to, if it says.
     Connected { addr: Option<IpAddr>, ext: Extensions },
-    /// Flow-control acknowledgement (stream or circuit level).
-    Sendme,
+    /// Flow-control acknowledgement: `u8 version`, then for version 1 the 16-byte token of the
+    /// DATA it acknowledges. Circuit-level (stream 0) SENDMEs are version 1, stream-level ones
+    /// version 0 (no token).
+    Sendme { token: Option<SendmeToken> },
     Extend { target: ExtendTarget, htype: u16, hdata: Vec<u8>, ext: Extensions },
     Extended { hdata: Vec<u8>, ext: Extensions },
     Drop,
@@ -358,10 +365,10 @@ impl RelayMsg {
     pub fn cmd(&self) -> RelayCmd {
         match self {
             RelayMsg::Begin { .. } => RelayCmd::Begin,
-            RelayMsg::Data(_) => RelayCmd::Data,
+            RelayMsg::Data(_) | RelayMsg::DataToken { .. } => RelayCmd::Data,
             RelayMsg::End(_) => RelayCmd::End,
             RelayMsg::Connected { .. } => RelayCmd::Connected,
-            RelayMsg::Sendme => RelayCmd::Sendme,
+            RelayMsg::Sendme { .. } => RelayCmd::Sendme,
             RelayMsg::Extend { .. } => RelayCmd::Extend,
             RelayMsg::Extended { .. } => RelayCmd::Extended,
             RelayMsg::Drop => RelayCmd::Drop,
@@ -391,6 +398,10 @@ impl RelayMsg {
                 ext.encode(&mut b);
             }
             RelayMsg::Data(d) => b.extend_from_slice(d),
+            RelayMsg::DataToken { data, token } => {
+                b.extend_from_slice(data);
+                b.extend_from_slice(token);
+            }
             RelayMsg::End(r) => b.push(*r as u8),
             RelayMsg::Connected { addr, ext } => {
                 match addr {
@@ -406,7 +417,11 @@ impl RelayMsg {
                 }
                 ext.encode(&mut b);
             }
-            RelayMsg::Sendme => b.push(0),
+            RelayMsg::Sendme { token: None } => b.push(0),
+            RelayMsg::Sendme { token: Some(t) } => {
+                b.push(1);
+                b.extend_from_slice(t);
+            }
             RelayMsg::Extend { target, htype, hdata, ext } => {
                 target.encode_link_specifiers(&mut b);
                 b.extend_from_slice(&htype.to_be_bytes());
@@ -467,7 +482,20 @@ impl RelayMsg {
         b
     }
 
-    /// Decodes a complete message body for a context.
+    /// Decodes a complete message from its cell header and body, for a context.
+    pub fn decode_cell(h: &CellHeader, body: &[u8], dir: Direction) -> Result<RelayMsg, DecodeError> {
+        if !h.token {
+            return Self::decode(h.cmd, body, dir);
+        }
+        // `parse_plaintext` allows the flag on DATA only.
+        let Some(split) = body.len().checked_sub(SENDME_TOKEN_LEN).filter(|n| *n > 0) else {
+            return Err(DecodeError::Invalid("DATA with a token but no stream bytes"));
+        };
+        let token = body[split..].try_into().expect("16 bytes");
+        Ok(RelayMsg::DataToken { data: body[..split].to_vec(), token })
+    }
+
+    /// Decodes a complete message body for a context (a cell without the `TOKEN` flag).
     pub fn decode(cmd: u8, body: &[u8], dir: Direction) -> Result<RelayMsg, DecodeError> {
         let cmd = RelayCmd::from_u8(cmd)?;
         let allowed = match dir {
@@ -560,12 +588,11 @@ impl RelayMsg {
                 };
                 RelayMsg::Connected { addr, ext: Extensions::decode_checked(&mut r, KNOWN_CRITICAL)? }
             }
-            RelayCmd::Sendme => {
-                if r.u8()? != 0 {
-                    return Err(DecodeError::Invalid("unknown SENDME version"));
-                }
-                RelayMsg::Sendme
-            }
+            RelayCmd::Sendme => match r.u8()? {
+                0 => RelayMsg::Sendme { token: None },
+                1 => RelayMsg::Sendme { token: Some(r.array::<SENDME_TOKEN_LEN>()?) },
+                _ => return Err(DecodeError::Invalid("unknown SENDME version")),
+            },
             RelayCmd::Extend => {
                 let target = ExtendTarget::decode_link_specifiers(&mut r)?;
                 let htype = r.u16()?;
@@ -622,6 +649,7 @@ pub fn encode_plaintexts(stream_id: u16, msg: &RelayMsg) -> Vec<[u8; RELAY_PLAIN
     if msg.cmd() == RelayCmd::Data {
         assert!(body.len() <= MAX_BODY_PER_CELL, "DATA larger than a cell");
     }
+    let token = if matches!(msg, RelayMsg::DataToken { .. }) { FLAG_TOKEN } else { 0 };
     let chunks: Vec<&[u8]> = if body.is_empty() { vec![&[][..]] } else { body.chunks(MAX_BODY_PER_CELL).collect() };
     let last = chunks.len() - 1;
     chunks
@@ -631,7 +659,7 @@ pub fn encode_plaintexts(stream_id: u16, msg: &RelayMsg) -> Vec<[u8; RELAY_PLAIN
             let mut p = [0u8; RELAY_PLAINTEXT_LEN];
             p[0] = msg.cmd() as u8;
             p[1..3].copy_from_slice(&stream_id.to_be_bytes());
-            p[3] = if i < last { FLAG_MORE } else { 0 };
+            p[3] = if i < last { FLAG_MORE } else { token };
             p[4..6].copy_from_slice(&(c.len() as u16).to_be_bytes());
             p[HEADER_LEN..HEADER_LEN + c.len()].copy_from_slice(c);
             p
@@ -656,6 +684,8 @@ pub struct CellHeader {
     pub cmd: u8,
     pub stream_id: u16,
     pub more: bool,
+    /// DATA whose body ends with a SENDME token.
+    pub token: bool,
 }
 
 /// Splits a relay-cell plaintext into header and body fragment.
@@ -664,8 +694,12 @@ pub fn parse_plaintext(p: &[u8; RELAY_PLAINTEXT_LEN]) -> Result<(CellHeader, &[u
     let cmd = r.u8()?;
     let stream_id = r.u16()?;
     let flags = r.u8()?;
-    if flags & !FLAG_MORE != 0 {
+    if flags & !(FLAG_MORE | FLAG_TOKEN) != 0 {
         return Err(DecodeError::Invalid("unknown relay header flags"));
+    }
+    let token = flags & FLAG_TOKEN != 0;
+    if token && cmd != RelayCmd::Data as u8 {
+        return Err(DecodeError::Invalid("only DATA carries a SENDME token"));
     }
     let len = r.u16()? as usize;
     if len > MAX_BODY_PER_CELL {
@@ -675,7 +709,7 @@ pub fn parse_plaintext(p: &[u8; RELAY_PLAINTEXT_LEN]) -> Result<(CellHeader, &[u
     if more && !matches!(cmd, 6 | 7 | 22 | 23) {
         return Err(DecodeError::Invalid("only EXTEND, EXTENDED, INTRODUCE1 and INTRODUCE2 may span cells"));
     }
-    Ok((CellHeader { cmd, stream_id, more }, r.take(len)?))
+    Ok((CellHeader { cmd, stream_id, more, token }, r.take(len)?))
 }
 
 /// Reassembles relay messages for one hop and direction.
@@ -727,7 +761,7 @@ mod tests {
         }
         let (h, body) = out.expect("complete");
         assert_eq!(h.stream_id, 9);
-        assert_eq!(RelayMsg::decode(h.cmd, &body, dir).unwrap(), msg);
+        assert_eq!(RelayMsg::decode_cell(&h, &body, dir).unwrap(), msg);
     }
 
     #[test]
@@ -737,7 +771,9 @@ mod tests {
         round_trip(RelayMsg::Data(vec![7; MAX_BODY_PER_CELL]), Direction::Inbound);
         round_trip(RelayMsg::End(EndReason::ExitPolicy), Direction::Inbound);
         round_trip(RelayMsg::Connected { addr: Some("10.1.2.3".parse().unwrap()), ext: Extensions::none() }, Direction::Inbound);
-        round_trip(RelayMsg::Sendme, Direction::Outbound);
+        round_trip(RelayMsg::Sendme { token: None }, Direction::Outbound);
+        round_trip(RelayMsg::Sendme { token: Some([0xa5; SENDME_TOKEN_LEN]) }, Direction::Inbound);
+        round_trip(RelayMsg::DataToken { data: vec![7; MAX_BODY_PER_CELL - SENDME_TOKEN_LEN], token: [3; SENDME_TOKEN_LEN] }, Direction::Inbound);
         let target = ExtendTarget { addr: "127.3.0.1:5000".parse().unwrap(), identity: [1; 32], link_key: [2; 32] };
         let ext = Extensions(vec![Extension { ty: 3, data: vec![1] }]);
         round_trip(RelayMsg::Extend { target, htype: 1, hdata: vec![5; 1200], ext }, Direction::Outbound);
@@ -810,8 +846,18 @@ mod tests {
         p[4..6].copy_from_slice(&1u16.to_be_bytes());
         p[3] = 1;
         assert!(parse_plaintext(&p).is_err(), "DATA may not span cells");
-        p[3] = 2;
+        p[3] = 4;
         assert!(parse_plaintext(&p).is_err(), "unknown flag");
+        // The TOKEN flag: DATA only, and a DATA body holding more than the token.
+        p[3] = 2;
+        p[4..6].copy_from_slice(&17u16.to_be_bytes());
+        let (h, body) = parse_plaintext(&p).unwrap();
+        assert!(matches!(RelayMsg::decode_cell(&h, body, Direction::Inbound), Ok(RelayMsg::DataToken { data, .. }) if data.len() == 1));
+        p[4..6].copy_from_slice(&16u16.to_be_bytes());
+        let (h, body) = parse_plaintext(&p).unwrap();
+        assert!(RelayMsg::decode_cell(&h, body, Direction::Inbound).is_err(), "a token and no stream bytes");
+        p[0] = RelayCmd::End as u8;
+        assert!(parse_plaintext(&p).is_err(), "only DATA carries a token");
     }
 
     fn onion_service_messages() -> Vec<(RelayMsg, Direction)> {

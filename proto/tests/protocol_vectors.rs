@@ -364,7 +364,7 @@ fn framing_vectors() -> Vec<(&'static str, Vec<u8>)> {
         ("cell-destroy", wire(&Cell::destroy(0x8000_0001, DestroyReason::Protocol))),
         ("relay-begin-plaintext", encode_plaintexts(7, &begin)[0].to_vec()),
         ("relay-extend-body", extend.encode_body()),
-        ("relay-sendme-plaintext", encode_plaintexts(0, &RelayMsg::Sendme)[0].to_vec()),
+        ("relay-sendme-plaintext", encode_plaintexts(0, &RelayMsg::Sendme { token: Some([0x5a; 16]) })[0].to_vec()),
     ]
 }
 

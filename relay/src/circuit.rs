@@ -268,7 +268,7 @@ impl RelayCircuit {
             Ok(Recognized::ForUs) => {
                 let pt: &[u8; RELAY_PLAINTEXT_LEN] = cell.payload[..RELAY_PLAINTEXT_LEN].try_into().expect("493 bytes");
                 let Some((hdr, msg_body)) = asm.push(pt).map_err(|_| Close(DestroyReason::Protocol, Side::Local))? else { return Ok(()) };
-                let msg = RelayMsg::decode(hdr.cmd, &msg_body, Direction::Outbound).map_err(|e| {
+                let msg = RelayMsg::decode_cell(&hdr, &msg_body, Direction::Outbound).map_err(|e| {
                     tracing::debug!("bad relay message from client: {e}");
                     Close(DestroyReason::Protocol, Side::Local)
                 })?;
@@ -364,7 +364,7 @@ impl RelayCircuit {
                 Ok(())
             }
             RelayMsg::Drop => Ok(()),
-            m @ (RelayMsg::Data(_) | RelayMsg::Sendme | RelayMsg::End(_)) => {
+            m @ (RelayMsg::Data(_) | RelayMsg::DataToken { .. } | RelayMsg::Sendme { .. } | RelayMsg::End(_)) => {
                 let out = mux.handle_msg(stream_id, m).map_err(|e| {
                     tracing::debug!("stream protocol violation: {e}");
                     Close(DestroyReason::Protocol, Side::Local)

@@ -1,4 +1,4 @@
-//! THREATS A27 (sniper: a client that stops reading its guard link) and A28 (an application that
+//! THREATS A27 (sniper: a client that stops reading its guard link, or forges SENDMEs) and A28 (an application that
 //! reads slowly). A guard and an exit run in this process (real links on loopback) so the test
 //! can read the guard's memory budget; the attacker binds 127.0.0.66, an honest client
 //! 127.0.0.77. Assertions are about behaviour and bytes held, never speed.
@@ -13,11 +13,12 @@ use allium_net::limits::memquota::MemQuota;
 use allium_net::limits::LIMITS;
 use allium_net::pool::ChannelPool;
 use allium_proto::doc::ConsensusRelay;
+use allium_proto::relay_msg::RelayMsg;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::support::http::{pseudo_random, FileServer};
 use crate::support::proxy::stalling_proxy;
-use crate::support::streams::begin;
+use crate::support::streams::{begin, begin_small_buffers};
 use crate::support::inproc::start_relay_with_quota;
 
 const ATTACKER: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 66));
@@ -107,6 +108,38 @@ async fn a28_a_slow_reader_holds_at_most_a_window_at_each_relay_and_completes() 
     for (name, q) in [("guard", &gq), ("exit", &eq)] {
         assert!(q.peak() <= window + window / 4, "the {name} queued {} bytes at most; a window is {window}", q.peak());
     }
+}
+
+/// A27(b): a client that has not read the data cannot acknowledge it. A circuit SENDME must echo
+/// the random token of the DATA cell that completed the increment it acknowledges. The client
+/// stops consuming (its application does not read, and its socket buffers are tiny) and waits
+/// until it holds 150 received cells — so the exit has at least that many unacknowledged and a
+/// SENDME that merely fits the window would open it — then sends a forged one: the exit destroys
+/// the circuit, and the application's stream ends short of the file.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a27_a_forged_circuit_sendme_closes_the_circuit() {
+    let files = FileServer::start(vec![("/big", pseudo_random(BODY, 127))]);
+    let (guard, _, exit, _) = guard_and_exit("a27b", 256).await;
+    let attacker = ChannelPool::new(ATTACKER, None);
+    let c = circuit::build(&attacker, &[&guard, &exit]).await.expect("a circuit");
+    let mut app = begin_small_buffers(&c, files.addr()).await.expect("CONNECTED");
+    app.write_all(b"GET /big HTTP/1.0\r\n\r\n").await.unwrap();
+    let held = attacker.mem_quota();
+    let want = 150 * allium_net::limits::memquota::CELL_MEM;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while held.used() < want {
+        assert!(Instant::now() < deadline, "the client holds only {} bytes of unconsumed cells", held.used());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    c.send_control(RelayMsg::Sendme { token: Some(rand::random()) }).await.expect("the SENDME is sent");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !c.is_closed() {
+        assert!(Instant::now() < deadline, "the exit took a forged SENDME: the circuit is still open");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut got = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(60), app.read_to_end(&mut got)).await.expect("the stream ended");
+    assert!(got.len() < BODY, "the whole file arrived although the circuit was destroyed");
 }
 
 /// Cells closed for memory so far (process-wide).
