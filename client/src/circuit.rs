@@ -256,6 +256,8 @@ struct Circuit {
     asm: Vec<MsgAssembler>,
     /// Which cells go as RELAY_EARLY (docs/PROTOCOL.md, "RELAY_EARLY").
     early: EarlyMarker,
+    /// Why a relay said it is destroying the circuit (CLOSING), for when its DESTROY arrives.
+    closing: Option<DestroyReason>,
     /// Sent to every hop; the streams use it.
     flow: FlowParams,
     /// The keys of the last hop built so far.
@@ -320,7 +322,7 @@ async fn build_inner(pool: &ChannelPool, path: &[&ConsensusRelay], progress: &At
     let chan = pool.get(&PeerInfo { addr: first.address, identity: first.identity, link_key: first.link_key }).await?;
     let (id, rx) = chan.open_circuit().map_err(|_| CircError::Closed)?;
     let (control_tx, control_rx) = mpsc::channel(CONTROL_QUEUE);
-    let mut c = Circuit { chan, id, rx, crypto: ClientCrypto::new(), asm: Vec::new(), early: EarlyMarker::default(), flow, last_keys: None, control_tx, virtual_hop: false, serving: None, retired: Default::default(), logged: Default::default() };
+    let mut c = Circuit { chan, id, rx, crypto: ClientCrypto::new(), asm: Vec::new(), early: EarlyMarker::default(), closing: None, flow, last_keys: None, control_tx, virtual_hop: false, serving: None, retired: Default::default(), logged: Default::default() };
     let r = c.build_hops(path, progress).await;
     if r.is_err() {
         c.chan.destroy(c.id, DestroyReason::Requested);
@@ -406,7 +408,8 @@ impl Circuit {
     fn receive(&mut self, cell: Cell) -> Result<Option<(usize, u16, RelayMsg)>, CircError> {
         match cell.cmd {
             CellCmd::Relay => {}
-            CellCmd::Destroy => return Err(CircError::Destroyed(DestroyReason::from_u8(cell.payload[0]))),
+            // Relays pass a fixed reason; the real one came end to end in CLOSING, if at all.
+            CellCmd::Destroy => return Err(CircError::Destroyed(self.closing.unwrap_or(DestroyReason::from_u8(cell.payload[0])))),
             // Relays never send it toward the client: it could only be a signal (THREATS A16).
             CellCmd::RelayEarly => return Err(CircError::Protocol("RELAY_EARLY toward the client".into())),
             _ => return Err(CircError::Protocol("unexpected cell command".into())),
@@ -420,6 +423,10 @@ impl Circuit {
         let dir = if self.serves_hop(hop) { Direction::Outbound } else { Direction::Inbound };
         let msg = RelayMsg::decode_cell(&h, &b, dir).map_err(|e| CircError::Protocol(e.to_string()))?;
         self.check_sender(hop, &msg)?;
+        if let RelayMsg::Closing { reason } = msg {
+            self.closing = Some(reason);
+            return Ok(None);
+        }
         Ok(Some((hop, h.stream_id, msg)))
     }
 
@@ -431,6 +438,7 @@ impl Circuit {
         let last_relay = self.crypto.n_hops() - 1 - usize::from(self.virtual_hop);
         match msg {
             RelayMsg::Drop => Err(CircError::Protocol("DROP from a hop that negotiated no padding".into())),
+            RelayMsg::Closing { .. } if hop > last_relay => Err(CircError::Protocol("CLOSING from beyond the last relay".into())),
             RelayMsg::IntroEstablished { .. } | RelayMsg::Introduce2(_) | RelayMsg::IntroduceAck { .. } | RelayMsg::RendezvousEstablished { .. } | RelayMsg::Rendezvous2 { .. }
                 if hop != last_relay =>
             {

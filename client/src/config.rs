@@ -109,6 +109,7 @@ impl ClientConfig {
     pub fn validate(&self) -> Result<(), ConfigError> {
         // A client's own address is only a source address for its outgoing sockets, so a
         // private one is normal (behind NAT); only the nickname and authorities are checked.
+        self.network.validate_link_delay()?;
         let mut net = self.network.clone();
         net.dangerous_testnet = true;
         self.node.validate(&net)?;

@@ -156,4 +156,16 @@ mod tests {
         assert_eq!(test["guard-min-uptime"], 0);
         assert_eq!(test.len(), PARAMS.len());
     }
+
+    /// docs/PROTOCOL.md, "Test networks": a test network's defaults differ from a real
+    /// network's in exactly the five flag thresholds, which are 0 there and not on a real one.
+    #[test]
+    fn testnet_defaults_differ_only_in_the_flag_thresholds() {
+        let differ: Vec<&str> = PARAMS.iter().filter(|p| p.default != p.testnet_default).map(|p| p.name).collect();
+        assert_eq!(differ, ["fast-min-bw", "guard-min-bw", "guard-min-uptime", "hsdir-min-uptime", "stable-min-uptime"]);
+        for name in differ {
+            let p = spec(name).unwrap();
+            assert!(p.testnet_default == 0 && p.default > 0, "{name}");
+        }
+    }
 }

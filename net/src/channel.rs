@@ -267,6 +267,17 @@ impl Channel {
         }
     }
 
+    /// Queues DESTROY for circuit `id` behind the cells already queued on the link (so it cannot
+    /// overtake a message sent just before it, such as CLOSING) and forgets the circuit. If the
+    /// queue is full it goes the way of [`Self::destroy`], ahead of them.
+    pub fn destroy_in_order(&self, id: u32, reason: DestroyReason) {
+        if self.try_send(Cell::destroy(id, reason)).is_ok() {
+            self.close_circuit(id);
+        } else {
+            self.destroy(id, reason);
+        }
+    }
+
     /// Allocates a circuit id on this link and registers its queue.
     pub fn open_circuit(&self) -> Result<(u32, CellReceiver), ChannelClosed> {
         if self.is_closed() {

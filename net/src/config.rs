@@ -44,6 +44,17 @@ pub struct NetworkConfig {
 pub const MAX_LINK_DELAY_MS: u64 = 1000;
 
 impl NetworkConfig {
+    /// `dangerous_link_delay_ms`: only on a test network, and at most [`MAX_LINK_DELAY_MS`].
+    pub fn validate_link_delay(&self) -> Result<(), ConfigError> {
+        if self.dangerous_link_delay_ms > 0 && !self.dangerous_testnet {
+            return Err(ConfigError::invalid("network.dangerous_link_delay_ms", "needs network.dangerous_testnet = true"));
+        }
+        if self.dangerous_link_delay_ms > MAX_LINK_DELAY_MS {
+            return Err(ConfigError::invalid("network.dangerous_link_delay_ms", "must be at most 1000"));
+        }
+        Ok(())
+    }
+
     /// How long this node's links hold outbound data (zero unless a test network asks).
     pub fn link_delay(&self) -> std::time::Duration {
         std::time::Duration::from_millis(if self.dangerous_testnet { self.dangerous_link_delay_ms } else { 0 })
@@ -76,12 +87,7 @@ impl NodeConfig {
                 "is a private or loopback address; only allowed with network.dangerous_testnet = true",
             ));
         }
-        if net.dangerous_link_delay_ms > 0 && !net.dangerous_testnet {
-            return Err(ConfigError::invalid("network.dangerous_link_delay_ms", "needs network.dangerous_testnet = true"));
-        }
-        if net.dangerous_link_delay_ms > MAX_LINK_DELAY_MS {
-            return Err(ConfigError::invalid("network.dangerous_link_delay_ms", "must be at most 1000"));
-        }
+        net.validate_link_delay()?;
         if net.authorities.is_empty() {
             return Err(ConfigError::invalid("network.authorities", "lists no authority"));
         }

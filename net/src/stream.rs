@@ -431,12 +431,11 @@ impl StreamMux {
                 let read_for = data.len().div_ceil(MAX_BODY_PER_CELL);
                 let (mut cells, mut stream_cells) = (0usize, 0usize);
                 let mut rest = &data[..];
-                while !rest.is_empty() {
+                for (len, due) in self.tokens_out.plan(data.len()) {
                     // The cell that completes an increment of the circuit window carries a
-                    // fresh token, in 16 bytes taken from its stream bytes.
-                    let token: Option<SendmeToken> = self.tokens_out.due().then(rand::random);
-                    let room = if token.is_some() { MAX_BODY_PER_CELL - SENDME_TOKEN_LEN } else { MAX_BODY_PER_CELL };
-                    let (chunk, tail) = rest.split_at(rest.len().min(room));
+                    // fresh token, in 16 bytes taken from the stream's bytes.
+                    let token: Option<SendmeToken> = due.then(rand::random);
+                    let (chunk, tail) = rest.split_at(len);
                     rest = tail;
                     self.tokens_out.on_data(token);
                     let msg = match token {

@@ -9,6 +9,7 @@
 use std::collections::VecDeque;
 
 use crate::ext::{Extension, Extensions};
+use crate::relay_msg::MAX_BODY_PER_CELL;
 
 /// Initial circuit window (cells).
 pub const CIRCUIT_WINDOW: u32 = 1000;
@@ -121,6 +122,41 @@ impl TokenSender {
     pub fn due(&self) -> bool {
         (self.queued + 1) % self.inc == 0
     }
+    /// How to split `n` bytes read at once from one stream into the next DATA cells: each cell's
+    /// length and whether it carries a token (then it holds at most 471 bytes). Cells are filled
+    /// in order and the last is the partly filled one, as without tokens — except when the
+    /// bytes would have filled whole cells exactly: then a token's 16 bytes go into a short
+    /// first cell, so the last cell stays full (a receiver reads a full last cell as "the
+    /// sender had more ready", see the stall rule in docs/PROTOCOL.md).
+    pub fn plan(&self, n: usize) -> Vec<(usize, bool)> {
+        let token_at = |j: usize| (self.queued + 1 + j as u64) % self.inc == 0;
+        let cap = |j: usize| if token_at(j) { MAX_BODY_PER_CELL - SENDME_TOKEN_LEN } else { MAX_BODY_PER_CELL };
+        let mut cells = Vec::new();
+        let mut left = n;
+        while left > 0 {
+            let len = left.min(cap(cells.len()));
+            cells.push((len, token_at(cells.len())));
+            left -= len;
+        }
+        let m = cells.len();
+        let last_short = cells.last().is_some_and(|&(len, _)| len < cap(m - 1));
+        if n % MAX_BODY_PER_CELL != 0 || !last_short || !cells.iter().any(|c| c.1) {
+            return cells;
+        }
+        // Fill from the back; the first cell takes what is left, if anything.
+        let mut back = cells.clone();
+        let mut left = n;
+        for (j, c) in back.iter_mut().enumerate().skip(1).rev() {
+            c.0 = cap(j).min(left);
+            left -= c.0;
+        }
+        if left == 0 || left > cap(0) || back.iter().any(|c| c.0 == 0) {
+            return cells;
+        }
+        back[0].0 = left;
+        back
+    }
+
     /// A DATA cell was queued for sending, with `token` (which must be given exactly when due).
     pub fn on_data(&mut self, token: Option<SendmeToken>) {
         debug_assert_eq!(token.is_some(), self.due());
@@ -308,6 +344,55 @@ mod tests {
             rx.on_data(None).unwrap();
         }
         assert_eq!(rx.on_data(None), Err(FlowError::MisplacedToken));
+    }
+
+    #[test]
+    fn data_plans_put_tokens_where_due_and_keep_a_full_last_cell_full() {
+        const M: usize = MAX_BODY_PER_CELL;
+        let p = FlowParams { circuit_window: 1000, circuit_sendme_inc: 10, stream_window: 500, stream_sendme_inc: 50 };
+        let mut tx = TokenSender::new(&p);
+        for _ in 0..5 {
+            tx.on_data(None);
+        }
+        let check = |plan: &[(usize, bool)], n: usize, first: u64| {
+            assert_eq!(plan.iter().map(|c| c.0).sum::<usize>(), n);
+            for (j, &(len, tok)) in plan.iter().enumerate() {
+                assert_eq!(tok, (first + j as u64) % 10 == 0, "token exactly where due");
+                assert!(len >= 1 && len <= if tok { M - SENDME_TOKEN_LEN } else { M });
+            }
+        };
+        // A partly filled last cell stays the last: 3 cells, token on the 5th (position 10).
+        let plan = tx.plan(M * 4 + 100);
+        check(&plan, M * 4 + 100, 6);
+        assert_eq!(plan.iter().map(|c| c.0).collect::<Vec<_>>(), vec![M, M, M, M, 100]);
+        let plan = tx.plan(M * 5 + 10);
+        check(&plan, M * 5 + 10, 6);
+        assert_eq!(plan.last().unwrap().0, 26, "the token's 16 bytes move to the short last cell");
+        // Whole cells exactly: the last stays full, a short first cell takes the 16 bytes.
+        let plan = tx.plan(M * 8);
+        check(&plan, M * 8, 6);
+        assert_eq!(plan.len(), 9);
+        assert_eq!(plan[0].0, SENDME_TOKEN_LEN);
+        assert_eq!(plan.last().unwrap().0, M);
+        // No token in reach: plain cells.
+        let plan = tx.plan(M * 2);
+        assert_eq!(plan, vec![(M, false), (M, false)]);
+        for n in [1, 16, 17, 470, 471, 472, M, M + 1, 2 * M, 64 * M, 64 * M - 1, 300 * M] {
+            for queued in 0..10u64 {
+                let mut t = TokenSender::new(&p);
+                (0..queued).for_each(|_| t.on_data(None));
+                check(&t.plan(n), n, queued + 1);
+            }
+        }
+        // Every cell a token cell (increment 1): each holds 471 bytes.
+        let one = TokenSender::new(&FlowParams { circuit_sendme_inc: 1, ..p });
+        let plan = one.plan(M * 3);
+        check_all_tokens(&plan, M * 3);
+    }
+
+    fn check_all_tokens(plan: &[(usize, bool)], n: usize) {
+        assert!(plan.iter().all(|c| c.1 && c.0 <= MAX_BODY_PER_CELL - SENDME_TOKEN_LEN && c.0 >= 1));
+        assert_eq!(plan.iter().map(|c| c.0).sum::<usize>(), n);
     }
 
     #[test]

@@ -48,6 +48,9 @@ pub enum RelayCmd {
     Resolve = 9,
     /// The exit's answer to RESOLVE, on the same stream id; the id is then free again.
     Resolved = 10,
+    /// Relay → client: this hop is about to destroy the circuit, and why (end to end: the
+    /// DESTROY cells relays pass toward the client carry a fixed reason).
+    Closing = 11,
     /// Open a directory stream to this hop's own directory cache (no exit involved).
     BeginDir = 13,
     /// Service → relay: become an introduction point for this per-introduction auth key.
@@ -84,6 +87,7 @@ impl RelayCmd {
             8 => Drop,
             9 => Resolve,
             10 => Resolved,
+            11 => Closing,
             13 => BeginDir,
             20 => EstablishIntro,
             21 => IntroEstablished,
@@ -231,6 +235,8 @@ pub enum RelayMsg {
     Resolve { host: String, ext: Extensions },
     /// The exit's answer to a RESOLVE: 1 to [`MAX_RESOLVED_ADDRS`] addresses, or why not.
     Resolved { result: Result<Vec<IpAddr>, EndReason>, ext: Extensions },
+    /// A relay is about to destroy the circuit for this reason (toward the client only).
+    Closing { reason: crate::cell::DestroyReason },
     /// Open a stream to the hop's directory cache; answered by CONNECTED (no address) or END.
     BeginDir { ext: Extensions },
     /// Service → relay: become an introduction point for `auth_key`. `sig` is the auth key's
@@ -374,6 +380,7 @@ impl RelayMsg {
             RelayMsg::Drop => RelayCmd::Drop,
             RelayMsg::Resolve { .. } => RelayCmd::Resolve,
             RelayMsg::Resolved { .. } => RelayCmd::Resolved,
+            RelayMsg::Closing { .. } => RelayCmd::Closing,
             RelayMsg::BeginDir { .. } => RelayCmd::BeginDir,
             RelayMsg::EstablishIntro { .. } => RelayCmd::EstablishIntro,
             RelayMsg::IntroEstablished { .. } => RelayCmd::IntroEstablished,
@@ -441,6 +448,7 @@ impl RelayMsg {
                 ext.encode(&mut b);
             }
             RelayMsg::BeginDir { ext } => ext.encode(&mut b),
+            RelayMsg::Closing { reason } => b.push(*reason as u8),
             RelayMsg::Resolved { result, ext } => {
                 match result {
                     Ok(addrs) => {
@@ -523,6 +531,7 @@ impl RelayMsg {
                     | RelayCmd::Extended
                     | RelayCmd::Drop
                     | RelayCmd::Resolved
+                    | RelayCmd::Closing
                     | RelayCmd::IntroEstablished
                     | RelayCmd::Introduce2
                     | RelayCmd::IntroduceAck
@@ -548,6 +557,7 @@ impl RelayMsg {
                 let host = decode_host(&mut r)?;
                 RelayMsg::Resolve { host, ext: Extensions::decode_checked(&mut r, KNOWN_CRITICAL)? }
             }
+            RelayCmd::Closing => RelayMsg::Closing { reason: crate::cell::DestroyReason::from_u8(r.u8()?) },
             RelayCmd::Resolved => {
                 let reason = r.u8()?;
                 let n = r.u8()? as usize;
@@ -785,6 +795,8 @@ mod tests {
         let many = vec!["10.0.0.1".parse().unwrap(); MAX_RESOLVED_ADDRS];
         round_trip(RelayMsg::Resolved { result: Ok(many), ext: Extensions::none() }, Direction::Inbound);
         round_trip(RelayMsg::BeginDir { ext: Extensions::none() }, Direction::Outbound);
+        round_trip(RelayMsg::Closing { reason: crate::cell::DestroyReason::ResourceLimit }, Direction::Inbound);
+        assert!(RelayMsg::decode(RelayCmd::Closing as u8, &[5], Direction::Outbound).is_err(), "CLOSING travels toward the client only");
     }
 
     /// BEGIN_DIR's documented layout: command 13, body only the (empty) extension field; it

@@ -196,12 +196,24 @@ impl RelayCircuit {
         // Forget it as an introduction or rendezvous circuit; a joined peer is destroyed too.
         self.ctx.hs.circuit_closed(hs.key, reason);
         if side != Side::Prev {
-            self.prev.destroy(self.prev_id, reason);
+            // A reason of this relay's own (its link to the next hop closed, or the next hop
+            // refused our CREATE, which it tells only us) reaches the client end to end; a DESTROY passed on from the next
+            // hop, and every DESTROY toward another relay, carries a fixed reason, so no relay
+            // tells a non-adjacent one why (THREATS A17, docs/PROTOCOL.md "Circuit teardown").
+            let own = side == Side::Local || reason == DestroyReason::ChannelClosed || next.as_ref().is_some_and(|n| n.created.is_some());
+            let to_client = self.prev.peer.is_none();
+            let clear = if own && to_client { reason } else { DestroyReason::Destroyed };
+            if own && !to_client {
+                self.tell_closing(reason);
+            }
+            self.prev.destroy_in_order(self.prev_id, clear);
         } else {
             self.prev.close_circuit(self.prev_id);
         }
         if let Some(n) = next {
-            if side != Side::Next {
+            if side == Side::Prev {
+                n.chan.destroy(n.id, DestroyReason::Destroyed);
+            } else if side != Side::Next {
                 n.chan.destroy(n.id, reason);
             } else {
                 n.chan.close_circuit(n.id);
@@ -478,7 +490,7 @@ impl RelayCircuit {
         if id == self.ctx.id || target.identity == [0; 32] || self.prev.peer == Some(id) {
             return Err(Close(DestroyReason::Protocol, Side::Local));
         }
-        if !self.ctx.testnet && (is_private(target.addr.ip()) || target.addr.port() == 0) {
+        if target.addr.port() == 0 || (!self.ctx.testnet && is_private(target.addr.ip())) {
             return Err(Close(DestroyReason::ConnectFailed, Side::Local));
         }
         // Only where the consensus says (THREATS A11): the listed address and link key, or
@@ -520,7 +532,11 @@ impl RelayCircuit {
     async fn on_next_cell(&mut self, cell: Cell, next: &mut Option<Next>, forwarded: &mut u64) -> Result<(), Close> {
         let n = next.as_mut().expect("cell from next hop");
         match (cell.cmd, &mut n.created) {
-            (CellCmd::Destroy, _) => Err(Close(DestroyReason::from_u8(cell.payload[0]), Side::Next)),
+            (CellCmd::Destroy, _) => {
+                #[cfg(feature = "test-hooks")]
+                crate::test_hooks::record_destroy_from_next(&self.ctx.id, cell.payload[0]);
+                Err(Close(DestroyReason::from_u8(cell.payload[0]), Side::Next))
+            }
             (CellCmd::Created, Some(None)) => {
                 let (total, first) = cell::parse_created(&cell.payload).map_err(|_| Close(DestroyReason::Protocol, Side::Local))?;
                 let (r, p) = Reassembly::start(total, MAX_HANDSHAKE_LEN, first, now_ms(self.started)).map_err(|_| Close(DestroyReason::Protocol, Side::Local))?;
@@ -567,6 +583,18 @@ impl RelayCircuit {
                 n.created = None;
                 self.send_back(0, &RelayMsg::Extended { hdata: reply, ext: Default::default() }).await
             }
+        }
+    }
+
+    /// Tells the client, end to end, why this hop is destroying the circuit: CLOSING, queued
+    /// without waiting (it is lost, and the client sees only DESTROY's fixed reason, if the
+    /// link's queue is full).
+    fn tell_closing(&mut self, reason: DestroyReason) {
+        let Some(pt) = relay_msg::encode_plaintexts(0, &RelayMsg::Closing { reason }).pop() else { return };
+        let mut body = [0u8; PAYLOAD_LEN];
+        body[..RELAY_PLAINTEXT_LEN].copy_from_slice(&pt);
+        if self.crypto.originate_inbound(&mut body).is_ok() {
+            let _ = self.prev.try_send(Cell { circ_id: self.prev_id, cmd: CellCmd::Relay, payload: body });
         }
     }
 

@@ -20,3 +20,15 @@ pub(crate) fn record_create(id: &RelayId, payload: &[u8]) {
 pub fn creates_seen(id: &RelayId) -> Vec<[u8; CREATE_HEADER_LEN]> {
     CREATES.lock().unwrap_or_else(|e| e.into_inner()).iter().filter(|(r, _)| r == id).map(|(_, h)| *h).collect()
 }
+
+static DESTROYS: Mutex<Vec<(RelayId, u8)>> = Mutex::new(Vec::new());
+
+/// Notes the reason byte of a DESTROY that relay `id` received from a circuit's next hop.
+pub(crate) fn record_destroy_from_next(id: &RelayId, reason: u8) {
+    DESTROYS.lock().unwrap_or_else(|e| e.into_inner()).push((*id, reason));
+}
+
+/// The reason bytes of the DESTROYs relay `id` has received from next hops, in order.
+pub fn destroys_from_next(id: &RelayId) -> Vec<u8> {
+    DESTROYS.lock().unwrap_or_else(|e| e.into_inner()).iter().filter(|(r, _)| r == id).map(|(_, b)| *b).collect()
+}

@@ -10,6 +10,8 @@
 //! - [`control_cells`]: DROP or an onion-service acknowledgement from a middle hop closes the
 //!   client's circuit (A17).
 //! - [`tamper`]: relays that alter cells get circuits destroyed (THREATS A14).
+//! - [`destroy_reasons`]: a far hop's DESTROY reason reaches the client end to end, relays see a
+//!   fixed one (THREATS A17).
 //! - [`early_cells`]: RELAY_EARLY bounds circuit length; every position sees the same CREATE
 //!   (THREATS A16).
 //! - [`socks_front`]: SOCKS4/4a, SOCKS5 (IPv6, RESOLVE) and HTTP CONNECT front ends of the client.
@@ -32,6 +34,7 @@
 mod blackhole;
 mod configs;
 mod control_cells;
+mod destroy_reasons;
 mod dir_fetch;
 mod dos;
 mod e2e;
