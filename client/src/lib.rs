@@ -175,14 +175,19 @@ pub async fn run(cfg: ClientConfig, _keys: NodeKeys) -> Result<(), ClientError> 
     }
 }
 
+/// Directory retries back off up to 30 s (2 s on a test network, where the directory comes up
+/// with it).
+fn max_dir_backoff(testnet: bool) -> Duration {
+    Duration::from_secs(if testnet { 2 } else { 30 })
+}
+
 /// Keeps a verified consensus: loads the saved one at start if still usable, fetches at start
 /// and again after fresh-until (through the guards once it has them: [`dir_fetch`]), keeps
 /// using an expired one for the bounded grace while retrying (allium_directory::cache), and
 /// stops if the network requires protocol versions we lack.
 async fn directory_loop(cfg: ClientConfig, tx: watch::Sender<Option<Arc<NetDir>>>, state: Arc<ClientState>) -> Result<(), ClientError> {
     let bootstrap = &state.bootstrap;
-    // Retries back off up to 30 s (2 s on a test network, where the directory comes up with it).
-    let max_backoff = Duration::from_secs(if cfg.network.dangerous_testnet { 2 } else { 30 });
+    let max_backoff = max_dir_backoff(cfg.network.dangerous_testnet);
     let mut backoff = Duration::from_millis(250);
     let mut first = true;
     let ids: Vec<_> = cfg.network.authorities.iter().map(|a| a.identity).collect();
@@ -217,5 +222,17 @@ async fn directory_loop(cfg: ClientConfig, tx: watch::Sender<Option<Arc<NetDir>>
                 backoff = (backoff * 2).min(max_backoff);
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The retry cap `dangerous_testnet` shortens keeps its real-network value without it.
+    #[test]
+    fn a_real_network_client_backs_off_up_to_30_s() {
+        assert_eq!(max_dir_backoff(false), Duration::from_secs(30));
+        assert_eq!(max_dir_backoff(true), Duration::from_secs(2));
     }
 }

@@ -490,24 +490,12 @@ impl RelayCircuit {
         if id == self.ctx.id || target.identity == [0; 32] || self.prev.peer == Some(id) {
             return Err(Close(DestroyReason::Protocol, Side::Local));
         }
-        if target.addr.port() == 0 || (!self.ctx.testnet && is_private(target.addr.ip())) {
-            return Err(Close(DestroyReason::ConnectFailed, Side::Local));
-        }
-        // Only where the consensus says (THREATS A11): the listed address and link key, or
-        // nothing. A test network's relay that holds no consensus at all (in-process test
-        // relays) takes the EXTEND as it is (docs/PROTOCOL.md, "Test networks").
-        match self.ctx.dir.listed_relay(&id) {
-            Some((addr, key)) if addr == target.addr && key == target.link_key => {}
-            Some(_) => {
-                tracing::debug!("EXTEND refused: its address or link key is not the consensus's for that relay");
-                return Err(Close(DestroyReason::OrIdentity, Side::Local));
-            }
-            None if self.ctx.testnet && !self.ctx.dir.has_consensus() => {}
-            None => {
-                tracing::debug!("EXTEND refused: the relay is not in the consensus");
-                return Err(Close(DestroyReason::OrIdentity, Side::Local));
-            }
-        }
+        let listed = self.ctx.dir.listed_relay(&id);
+        extend_allowed(&target, listed, self.ctx.testnet, self.ctx.dir.has_consensus()).map_err(|why| {
+            tracing::debug!("EXTEND refused: {why}");
+            let reason = if why == NOT_DIALLABLE { DestroyReason::ConnectFailed } else { DestroyReason::OrIdentity };
+            Close(reason, Side::Local)
+        })?;
         let peer = PeerInfo { addr: target.addr, identity: id, link_key: target.link_key };
         let ctx = self.ctx.clone();
         let task = tokio::spawn(async move { ctx.pool.get(&peer).await });
@@ -656,6 +644,24 @@ impl RelayCircuit {
     }
 }
 
+const NOT_DIALLABLE: &str = "port 0, or a private address outside a test network";
+
+/// Whether a relay may extend to `target` (THREATS A11): never to port 0 or (outside a test
+/// network) a private address; only to the address and link key its consensus lists for that
+/// identity (`listed`). A test network's relay that holds no consensus at all (relays run in a
+/// test process) takes the EXTEND as it is (docs/PROTOCOL.md, "Test networks").
+fn extend_allowed(target: &ExtendTarget, listed: Option<(std::net::SocketAddr, [u8; 32])>, testnet: bool, has_consensus: bool) -> Result<(), &'static str> {
+    if target.addr.port() == 0 || (!testnet && is_private(target.addr.ip())) {
+        return Err(NOT_DIALLABLE);
+    }
+    match listed {
+        Some((addr, key)) if addr == target.addr && key == target.link_key => Ok(()),
+        Some(_) => Err("its address or link key is not the consensus's for that relay"),
+        None if testnet && !has_consensus => Ok(()),
+        None => Err("the relay is not in the consensus"),
+    }
+}
+
 /// The onion-service messages a relay takes (commands 20, 22, 25, 27).
 fn is_hs_msg(m: &RelayMsg) -> bool {
     matches!(m, RelayMsg::EstablishIntro { .. } | RelayMsg::Introduce1(_) | RelayMsg::EstablishRendezvous { .. } | RelayMsg::Rendezvous1 { .. })
@@ -702,5 +708,30 @@ pub(crate) async fn read_create(first: &Cell, rx: &mut CellReceiver) -> Result<(
                 p = r.push(&c.payload, now_ms(started)).map_err(|_| DestroyReason::Protocol)?;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// What `dangerous_testnet` unlocks for EXTEND (a private target; extending with no
+    /// consensus at all) stays refused without it; port 0 is refused everywhere.
+    #[test]
+    fn extends_follow_the_consensus_and_testnet_unlocks_only_what_it_lists() {
+        let target = |a: &str| ExtendTarget { addr: a.parse().unwrap(), identity: [1; 32], link_key: [2; 32] };
+        let private = target("10.0.0.1:9001");
+        let public = target("192.0.2.10:9001");
+        // No consensus held: only a test network extends as told, and never to port 0.
+        assert!(extend_allowed(&private, None, false, false).is_err());
+        assert!(extend_allowed(&public, None, false, false).is_err());
+        assert!(extend_allowed(&private, None, true, false).is_ok());
+        assert!(extend_allowed(&target("127.0.0.1:0"), None, true, false).is_err());
+        // A consensus held: the listed address and link key only, on any network.
+        let listed = Some((public.addr, public.link_key));
+        assert!(extend_allowed(&public, listed, false, true).is_ok());
+        assert!(extend_allowed(&public, Some((public.addr, [3; 32])), false, true).is_err());
+        assert!(extend_allowed(&public, None, true, true).is_err(), "unlisted, with a consensus");
+        assert!(extend_allowed(&private, Some((private.addr, private.link_key)), false, true).is_err(), "private outside a test network");
     }
 }

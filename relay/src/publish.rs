@@ -23,6 +23,11 @@ fn republish_every(testnet: bool) -> Duration {
     Duration::from_secs(if testnet { 10 } else { allium_directory::schedule::republish_period_secs(3600) })
 }
 
+/// How long after a failed consensus fetch a relay tries again.
+fn fetch_retry(testnet: bool) -> Duration {
+    Duration::from_secs(if testnet { 1 } else { 60 })
+}
+
 /// Builds this relay's signed descriptor.
 pub fn build_descriptor(cfg: &RelayConfig, ctx: &RelayCtx, published: u64) -> Result<String, RelayError> {
     let d = RelayDescriptor {
@@ -91,9 +96,24 @@ pub async fn consensus_watch(cfg: RelayConfig, ctx: Arc<RelayCtx>) -> Result<(),
             }
             Err(e) => {
                 tracing::debug!("no consensus yet: {e}");
-                Duration::from_secs(if cfg.network.dangerous_testnet { 1 } else { 60 })
+                fetch_retry(cfg.network.dangerous_testnet)
             }
         };
         tokio::time::sleep(wait).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The directory timings `dangerous_testnet` shortens (docs/PROTOCOL.md, "Test networks")
+    /// keep their real-network values without it.
+    #[test]
+    fn a_real_network_relay_keeps_real_directory_timings() {
+        assert_eq!(fetch_retry(false), Duration::from_secs(60));
+        assert_eq!(fetch_retry(true), Duration::from_secs(1));
+        assert!(republish_every(false) >= Duration::from_secs(600), "{:?}", republish_every(false));
+        assert_eq!(republish_every(true), Duration::from_secs(10));
     }
 }
