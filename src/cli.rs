@@ -27,9 +27,29 @@ pub enum Command {
     Keygen(KeygenArgs),
     /// Start a whole test network on loopback addresses, each node its own process.
     Testnet(TestnetArgs),
+    /// Run a program with its TCP connections and name lookups sent through a client's SOCKS5
+    /// proxy and its UDP refused (proxychains-ng + torsocks): `allium run -- COMMAND [ARGS...]`.
+    Run(crate::wrap::RunArgs),
     /// Inspect the directory.
     #[command(subcommand)]
     Directory(DirectoryCommand),
+    /// Ask a running node (on its control socket) what it is doing: role, uptime, bootstrap,
+    /// consensus, guards, circuits, streams, bytes, onion services, limits hit.
+    Status(StatusArgs),
+}
+
+/// Arguments of `allium status`: which node (its config, or its data directory).
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    /// The node's TOML config file (its [node] data_dir holds the control socket).
+    #[arg(long, value_name = "FILE", conflicts_with = "data_dir", required_unless_present = "data_dir")]
+    pub config: Option<PathBuf>,
+    /// The node's data directory.
+    #[arg(long, value_name = "DIR")]
+    pub data_dir: Option<PathBuf>,
+    /// Print the status as one JSON object (times are Unix seconds).
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// `allium directory ...`

@@ -10,9 +10,9 @@ use serde::Deserialize;
 
 /// The `[node]` and `[network]` sections of any node's config (other sections ignored).
 #[derive(Deserialize)]
-struct AnyNodeConfig {
-    node: NodeConfig,
-    network: NetworkConfig,
+pub(crate) struct AnyNodeConfig {
+    pub node: NodeConfig,
+    pub network: NetworkConfig,
 }
 
 pub fn show(config: &Path) -> ExitCode {

@@ -5,9 +5,11 @@
 //! - [`roles`]: runs one node: load its config, load or create its keys, start logging, hand
 //!   over to the role's library (`allium-directory`, `allium-relay`, `allium-client`).
 //! - [`logging`]: the tracing subscriber (`RUST_LOG`, optional `--log-file`).
-//! - [`signals`]: waiting for Ctrl-C / SIGTERM / SIGHUP.
+//! - [`signals`]: waiting for Ctrl-C / SIGTERM (stop) and SIGHUP (reload).
+//! - [`reload`]: SIGHUP reads the config again and applies what can change live.
 //! - [`testnet`]: `allium testnet`, a whole loopback network of node processes.
 //! - [`directory_cmd`]: `allium directory show`, the current consensus printed readably.
+//! - [`status_cmd`]: `allium status`, a running node's status from its control socket.
 //!
 //! Not in this crate: any protocol logic. The binary only wires files, processes and the
 //! libraries together.
@@ -17,9 +19,12 @@
 mod cli;
 mod directory_cmd;
 mod logging;
+mod reload;
 mod roles;
 mod signals;
+mod status_cmd;
 mod testnet;
+mod wrap;
 
 use std::process::ExitCode;
 
@@ -33,6 +38,8 @@ fn main() -> ExitCode {
         cli::Command::Client(args) => roles::client(&args),
         cli::Command::Keygen(args) => roles::keygen(&args),
         cli::Command::Testnet(args) => testnet::run(args),
+        cli::Command::Run(args) => wrap::run(args),
         cli::Command::Directory(cli::DirectoryCommand::Show { config }) => directory_cmd::show(&config),
+        cli::Command::Status(args) => status_cmd::run(&args),
     }
 }

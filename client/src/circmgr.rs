@@ -40,6 +40,7 @@ use tokio::sync::{watch, Mutex};
 use crate::circuit::{self, CircError, CircHandle};
 use crate::guard::{self, GuardParams, GuardSet, Selection};
 use crate::path::{candidates, choose_path, ExitNeed, PathError};
+use crate::state_file::SaveReporter;
 use crate::timeout::TimeoutLearner;
 use crate::vanguards::{self, VanguardParams, VanguardSet};
 use crate::Bootstrap;
@@ -59,6 +60,9 @@ const MAX_GUARD_WAIT: Duration = Duration::from_secs(8);
 pub const GUARD_TIMEOUTS_BEFORE_DOWN: u32 = 2;
 /// Extra exits tried for one stream after the first refused it (see [`retry_on_another_exit`]).
 pub const STREAM_RETRIES: usize = 2;
+/// How long the consensus may list no usable guard (a new network's first consensus) before it
+/// is a warning.
+pub const NO_GUARD_WARN_AFTER: Duration = Duration::from_secs(60);
 
 /// Streams with different keys never share a circuit. Built by [`isolation_key`] from the
 /// SOCKS credentials, the listener and (optionally) the destination.
@@ -134,6 +138,8 @@ pub struct CircMgr {
     /// The L2 vanguards of circuits to a chosen relay ([`CircMgr::to_relay`]).
     vanguards: StdMutex<VanguardSet>,
     vanguard_file: Option<PathBuf>,
+    /// Failed saves of the guard and vanguard state, reported rate-limited.
+    save_errors: StdMutex<(SaveReporter, SaveReporter)>,
     timeouts: StdMutex<TimeoutLearner>,
     /// Builds in a row through each guard that timed out (reset by a build through it).
     guard_timeouts: StdMutex<HashMap<RelayId, u32>>,
@@ -165,6 +171,7 @@ impl CircMgr {
             guard_file,
             vanguards: StdMutex::new(l2),
             vanguard_file,
+            save_errors: StdMutex::new((SaveReporter::new("guard state file"), SaveReporter::new("vanguard state file"))),
             timeouts: StdMutex::new(TimeoutLearner::new()), guard_timeouts: StdMutex::new(HashMap::new()),
             serial: AtomicU64::new(0),
             bootstrap,
@@ -188,9 +195,12 @@ impl CircMgr {
             return;
         }
         if let Some(p) = &self.guard_file {
-            if let Err(e) = guard::save(p, &g) {
-                tracing::warn!("cannot write guard state {}: {e}", p.display());
+            let r = guard::save(p, &g);
+            if r.is_err() {
+                // Retried at the next change.
+                g.mark_dirty();
             }
+            self.save_errors.lock().expect("save errors").0.report(p, &r, Instant::now());
         }
     }
 
@@ -201,12 +211,16 @@ impl CircMgr {
         v.update(cands, now_ms(), &mut rand::thread_rng());
         if v.take_dirty() {
             if let Some(p) = &self.vanguard_file {
-                if let Err(e) = vanguards::save(p, &v) {
-                    tracing::warn!("cannot write vanguard state {}: {e}", p.display());
-                }
+                let r = vanguards::save(p, &v);
+                self.save_errors.lock().expect("save errors").1.report(p, &r, Instant::now());
             }
         }
         v.ids()
+    }
+
+    /// Every sampled guard (for `allium status`).
+    pub fn guard_summary(&self) -> Vec<crate::guard::Guard> {
+        self.guards.lock().expect("guards").guards().to_vec()
     }
 
     /// Samples guards from this consensus if needed; true if the client has primary guards.
@@ -419,6 +433,9 @@ impl CircMgr {
     pub async fn maintain(&self, mut netdir: watch::Receiver<Option<Arc<NetDir>>>) {
         let mut backoff = Duration::from_secs(1);
         let mut had_guards = false;
+        // A new network's first consensus may list no guard yet (flags come with uptime): a
+        // warning only once that lasts.
+        let mut no_guard_since: Option<Instant> = None;
         loop {
             let dir = netdir.borrow_and_update().clone();
             let Some(dir) = dir else {
@@ -430,7 +447,12 @@ impl CircMgr {
                     had_guards = true;
                     self.bootstrap.advance(50, "guards chosen");
                 } else {
-                    tracing::warn!("the consensus lists no usable guard");
+                    let since = *no_guard_since.get_or_insert_with(Instant::now);
+                    if since.elapsed() >= NO_GUARD_WARN_AFTER {
+                        tracing::warn!("the consensus has listed no usable guard for {} s", since.elapsed().as_secs());
+                    } else {
+                        tracing::info!("the consensus lists no usable guard yet");
+                    }
                 }
             }
             let mut failed = false;

@@ -285,9 +285,25 @@ pub async fn build_within(pool: &ChannelPool, path: &[&ConsensusRelay], limit: D
     let last = *path.last().expect("a path has at least one hop");
     let started = Instant::now();
     let progress = AtomicUsize::new(0);
-    let mut circ = tokio::time::timeout(limit, build_inner(pool, path, &progress, flow))
+    let built = tokio::time::timeout(limit, build_inner(pool, path, &progress, flow))
         .await
-        .map_err(|_| CircError::Timeout { hops_done: progress.load(Ordering::Relaxed) })??;
+        .map_err(|_| CircError::Timeout { hops_done: progress.load(Ordering::Relaxed) })
+        .and_then(|r| r);
+    let metrics = &allium_net::metrics::METRICS;
+    let mut circ = match built {
+        Ok(c) => c,
+        Err(e) => {
+            metrics.circuits_failed.inc(match e {
+                CircError::Timeout { .. } => "timeout",
+                CircError::Destroyed(_) => "destroyed",
+                CircError::Link(_) | CircError::Closed => "connect",
+                CircError::Protocol(_) => "handshake",
+            });
+            return Err(e);
+        }
+    };
+    metrics.circuits_opened.inc();
+    metrics.circuit_build.observe(started.elapsed());
     let hops: Vec<String> = path.iter().map(|r| r.identity.short()).collect();
     let ms = started.elapsed().as_secs_f64() * 1e3;
     if hops.len() == 1 {
@@ -299,7 +315,11 @@ pub async fn build_within(pool: &ChannelPool, path: &[&ConsensusRelay], limit: D
     let last_keys = Arc::new(circ.last_keys.clone().expect("at least one hop"));
     let control_rx = circ.control_rx.take().expect("control queue");
     let retired = circ.circ.retired.clone();
-    tokio::spawn(circ.circ.run(rx));
+    let open = metrics.circuits_open.open();
+    tokio::spawn(async move {
+        circ.circ.run(rx).await;
+        drop(open);
+    });
     Ok(CircHandle { tx, exit: Arc::new(last.clone()), built_at: Instant::now(), last_keys, control_rx: Arc::new(tokio::sync::Mutex::new(control_rx)), path_len: path.len(), retired })
 }
 
@@ -721,7 +741,10 @@ impl Circuit {
             RelayMsg::Connected { addr, .. } => {
                 match pending.remove(&sid).ok_or_else(|| CircError::Protocol("CONNECTED for no pending stream".into()))?.1 {
                     Pending::App(req) => {
-                        mux.attach(sid, req.sock, req.success_reply);
+                        let metrics = &allium_net::metrics::METRICS;
+                        metrics.streams_opened.inc();
+                        let sock = allium_net::stream::Holding { sock: req.sock, guard: metrics.streams_open.open() };
+                        mux.attach(sid, sock, req.success_reply);
                         let _ = req.done.send(Ok(addr));
                         if !req.early_data.is_empty() {
                             let out = mux.send_early(sid, req.early_data);
@@ -739,6 +762,7 @@ impl Circuit {
             RelayMsg::End(reason) if pending.contains_key(&sid) => {
                 let (_, req) = pending.remove(&sid).expect("pending");
                 let _ = mux.handle_msg(sid, RelayMsg::End(reason));
+                allium_net::metrics::METRICS.streams_failed.inc(allium_net::metrics::stream_failure(reason));
                 req.fail(reason);
                 Ok(())
             }

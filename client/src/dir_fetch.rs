@@ -67,7 +67,7 @@ pub async fn fetch(cfg: &ClientConfig, circuits: &CircMgr, current: Option<&NetD
     for (hop, kind) in hops {
         match through_relay(circuits, &hop, &authorities, now, current).await {
             Ok(nd) => {
-                tracing::debug!(valid_after = nd.valid_after(), "consensus fetched {} ({})", kind.describe(), hop.nickname);
+                tracing::debug!(valid_after = %allium_proto::time::Utc(nd.valid_after()), "consensus fetched {} ({})", kind.describe(), hop.nickname);
                 return Ok((nd, kind));
             }
             Err(error) => {

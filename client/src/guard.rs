@@ -125,6 +125,11 @@ impl GuardSet {
         std::mem::take(&mut self.dirty)
     }
 
+    /// Marks the state changed again (its save failed: the next save retries it).
+    pub fn mark_dirty(&mut self) {
+        self.dirty = true;
+    }
+
     /// Drops expired guards and samples new ones (by guard weight, among guard-capable relays
     /// not yet sampled) until enough listed ones exist. Returns how many were added.
     pub fn update<R: Rng + ?Sized>(&mut self, cands: &[Candidate<'_>], now: u64, rng: &mut R) -> usize {

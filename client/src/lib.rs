@@ -36,6 +36,7 @@ pub mod path;
 pub mod recovery;
 pub mod socks;
 pub mod state_file;
+pub mod status;
 pub mod timeout;
 pub mod vanguards;
 
@@ -58,6 +59,8 @@ pub type ClientError = Box<dyn std::error::Error + Send + Sync>;
 /// built ahead of need). Each step is logged once at info.
 pub struct Bootstrap {
     tx: watch::Sender<u8>,
+    /// The phase last reached, for `allium status`.
+    phase: std::sync::Mutex<String>,
 }
 
 /// The percentage from which the client can build circuits (SOCKS requests wait for it).
@@ -66,14 +69,21 @@ pub const BOOTSTRAP_CAN_BUILD: u8 = 50;
 impl Bootstrap {
     pub fn new() -> Self {
         tracing::info!("bootstrap 0%: starting");
-        Bootstrap { tx: watch::channel(0).0 }
+        Bootstrap { tx: watch::channel(0).0, phase: std::sync::Mutex::new("starting".into()) }
     }
 
     /// Moves to `pct` (never back) and logs the phase.
     pub fn advance(&self, pct: u8, phase: &str) {
         if self.tx.send_if_modified(|p| (pct > *p).then(|| *p = pct).is_some()) {
             tracing::info!("bootstrap {pct}%: {phase}");
+            allium_net::metrics::METRICS.bootstrap_percent.set(i64::from(pct));
+            *self.phase.lock().unwrap_or_else(|e| e.into_inner()) = phase.to_string();
         }
+    }
+
+    /// The phase last reached (as logged).
+    pub fn phase(&self) -> String {
+        self.phase.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     pub fn percent(&self) -> u8 {
@@ -101,6 +111,8 @@ pub struct ClientState {
     pub onions: hs_connect::OnionConnector,
     /// Application connections on the SOCKS and HTTP CONNECT listeners together.
     pub app_conns: Arc<allium_net::limits::conn::ConnLimiter>,
+    /// Each hosted onion service's state in words, by name (for `allium status`).
+    services: std::sync::Mutex<std::collections::BTreeMap<String, String>>,
 }
 
 impl ClientState {
@@ -123,6 +135,21 @@ impl ClientState {
         }
     }
 
+    /// Records what a hosted onion service is doing (shown by `allium status`).
+    pub fn set_service_state(&self, name: &str, state: String) {
+        self.services.lock().unwrap_or_else(|e| e.into_inner()).insert(name.to_string(), state);
+    }
+
+    /// The current consensus, if any.
+    pub fn netdir(&self) -> Option<Arc<NetDir>> {
+        self.netdir.borrow().clone()
+    }
+
+    /// Every hosted onion service's state.
+    pub fn service_states(&self) -> std::collections::BTreeMap<String, String> {
+        self.services.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
     /// The isolation key of a stream from its credentials key, the listener it came in on and
     /// its destination host (used only with `client.isolate_destinations = true`).
     pub fn isolation(&self, credentials: &[u8], listener: Option<std::net::SocketAddr>, host: &str) -> circmgr::IsolationKey {
@@ -136,12 +163,17 @@ fn now() -> u64 {
 
 /// Runs the client until a fatal error.
 pub async fn run(cfg: ClientConfig, _keys: NodeKeys) -> Result<(), ClientError> {
-    let listener = TcpListener::bind(cfg.client.socks_listen).await.map_err(|e| format!("cannot listen on client.socks_listen: {e}"))?;
-    tracing::info!("SOCKS5 proxy listening on {}", cfg.client.socks_listen);
+    // Guard state lives there: a client that cannot write it would pick new guards at every
+    // restart, silently.
+    let data_dir = &cfg.node.data_dir;
+    state_file::check_writable(data_dir).map_err(|e| format!("data directory {} is not writable ({e}); the client keeps its guard state there", data_dir.display()))?;
+    let socks_addr = cfg.client.socks_listen;
+    let listener = TcpListener::bind(socks_addr).await.map_err(|e| format!("cannot listen on client.socks_listen {socks_addr}: {e}"))?;
+    tracing::info!("SOCKS5 proxy listening on {}", listener.local_addr().unwrap_or(socks_addr));
     let http_listener = match cfg.client.http_connect_listen {
         Some(addr) => {
-            let l = TcpListener::bind(addr).await.map_err(|e| format!("cannot listen on client.http_connect_listen: {e}"))?;
-            tracing::info!("HTTP CONNECT proxy listening on {addr}");
+            let l = TcpListener::bind(addr).await.map_err(|e| format!("cannot listen on client.http_connect_listen {addr}: {e}"))?;
+            tracing::info!("HTTP CONNECT proxy listening on {}", l.local_addr().unwrap_or(addr));
             Some(l)
         }
         None => None,
@@ -155,8 +187,12 @@ pub async fn run(cfg: ClientConfig, _keys: NodeKeys) -> Result<(), ClientError> 
     let app_conns = allium_net::limits::conn::ConnLimiter::new(cfg.limits.connections(), cfg.limits.max_connections_per_address);
     circuits.set_initial_build_timeout(cfg.initial_build_timeout());
     let onions = hs_connect::OnionConnector::new(onion_auth::load(&cfg.client.onion_auth)?);
-    let state = Arc::new(ClientState { netdir: rx.clone(), circuits, bootstrap: bootstrap.clone(), isolate_destinations: cfg.client.isolate_destinations, onions, app_conns });
+    let state = Arc::new(ClientState { netdir: rx.clone(), circuits, bootstrap: bootstrap.clone(), isolate_destinations: cfg.client.isolate_destinations, onions, app_conns, services: Default::default() });
+    for s in &cfg.onion_services {
+        state.set_service_state(&s.name, "waiting for the consensus".into());
+    }
     let mut tasks = tokio::task::JoinSet::new();
+    allium_net::operator::spawn(&cfg.node, "client", status::status_fn(state.clone()), &mut tasks).await?;
     tasks.spawn(directory_loop(cfg.clone(), tx, state.clone()));
     let maint = state.clone();
     tasks.spawn(async move {
@@ -176,9 +212,62 @@ pub async fn run(cfg: ClientConfig, _keys: NodeKeys) -> Result<(), ClientError> 
 }
 
 /// Directory retries back off up to 30 s (2 s on a test network, where the directory comes up
-/// with it).
+/// with it) while bootstrapping; see [`DirRetry`].
 fn max_dir_backoff(testnet: bool) -> Duration {
     Duration::from_secs(if testnet { 2 } else { 30 })
+}
+
+/// The first directory retry's delay.
+const DIR_RETRY_INITIAL: Duration = Duration::from_millis(250);
+
+/// When consensus fetches keep failing, the waits between them: doubling from 250 ms, capped at
+/// [`max_dir_backoff`] for the first [`DirRetry::patience`] of failures (sources may still be
+/// starting), then doubling on up to [`DirRetry::long_cap`] (10 min; 60 s on a test network):
+/// a client whose directory sources are all down does not knock every few seconds forever.
+/// Each wait is drawn at random between half and all of its step, so clients that failed
+/// together do not retry together.
+#[derive(Debug, Clone)]
+pub struct DirRetry {
+    testnet: bool,
+    step: Duration,
+    /// When the current run of failures began.
+    failing_since: Option<std::time::Instant>,
+}
+
+impl DirRetry {
+    pub fn new(testnet: bool) -> Self {
+        DirRetry { testnet, step: DIR_RETRY_INITIAL, failing_since: None }
+    }
+
+    /// How long failures may last before the waits grow past [`max_dir_backoff`].
+    pub fn patience(testnet: bool) -> Duration {
+        Duration::from_secs(if testnet { 30 } else { 300 })
+    }
+
+    /// The longest wait between fetches.
+    pub fn long_cap(testnet: bool) -> Duration {
+        Duration::from_secs(if testnet { 60 } else { 600 })
+    }
+
+    /// A fetch succeeded: the next failure starts from the first step again.
+    pub fn reset(&mut self) {
+        self.step = DIR_RETRY_INITIAL;
+        self.failing_since = None;
+    }
+
+    /// A fetch failed at `now`: how long to wait before the next one. `jitter` in [0, 1] picks
+    /// the wait between half and all of the step.
+    pub fn next_delay(&mut self, now: std::time::Instant, jitter: f64) -> Duration {
+        let since = *self.failing_since.get_or_insert(now);
+        let cap = if now.saturating_duration_since(since) < Self::patience(self.testnet) {
+            max_dir_backoff(self.testnet)
+        } else {
+            Self::long_cap(self.testnet)
+        };
+        let step = self.step.min(cap);
+        self.step = (step * 2).min(Self::long_cap(self.testnet));
+        step.mul_f64(0.5 + 0.5 * jitter.clamp(0.0, 1.0))
+    }
 }
 
 /// Keeps a verified consensus: loads the saved one at start if still usable, fetches at start
@@ -187,12 +276,12 @@ fn max_dir_backoff(testnet: bool) -> Duration {
 /// stops if the network requires protocol versions we lack.
 async fn directory_loop(cfg: ClientConfig, tx: watch::Sender<Option<Arc<NetDir>>>, state: Arc<ClientState>) -> Result<(), ClientError> {
     let bootstrap = &state.bootstrap;
-    let max_backoff = max_dir_backoff(cfg.network.dangerous_testnet);
-    let mut backoff = Duration::from_millis(250);
+    let mut retry = DirRetry::new(cfg.network.dangerous_testnet);
     let mut first = true;
     let ids: Vec<_> = cfg.network.authorities.iter().map(|a| a.identity).collect();
     let mut cache = allium_directory::ConsensusCache::load(&cfg.node.data_dir, &ids, cfg.network.dangerous_testnet, now());
     if let Some(d) = cache.usable(now()) {
+        allium_net::metrics::METRICS.set_consensus(d.valid_after(), d.valid_until());
         tx.send_replace(Some(d));
     }
     loop {
@@ -208,9 +297,10 @@ async fn directory_loop(cfg: ClientConfig, tx: watch::Sender<Option<Arc<NetDir>>
                     bootstrap.advance(25, &format!("consensus fetched and verified ({} relays, {})", dir.relays().len(), source.describe()));
                     first = false;
                 }
+                allium_net::metrics::METRICS.set_consensus(dir.valid_after(), dir.valid_until());
                 let refetch = dir.fresh_until().saturating_sub(t).max(1) + rand::random::<u64>() % 3;
                 tx.send_replace(Some(cache.store(dir)));
-                backoff = Duration::from_millis(250);
+                retry.reset();
                 tokio::time::sleep(Duration::from_secs(refetch)).await;
             }
             Err(e) => {
@@ -218,8 +308,9 @@ async fn directory_loop(cfg: ClientConfig, tx: watch::Sender<Option<Arc<NetDir>>
                 if keep.is_none() && tx.borrow().is_some() {
                     tx.send_replace(None);
                 }
-                tokio::time::sleep(backoff).await;
-                backoff = (backoff * 2).min(max_backoff);
+                let wait = retry.next_delay(std::time::Instant::now(), rand::random::<f64>());
+                tracing::debug!("next consensus fetch in {} ms", wait.as_millis());
+                tokio::time::sleep(wait).await;
             }
         }
     }
@@ -234,5 +325,45 @@ mod tests {
     fn a_real_network_client_backs_off_up_to_30_s() {
         assert_eq!(max_dir_backoff(false), Duration::from_secs(30));
         assert_eq!(max_dir_backoff(true), Duration::from_secs(2));
+    }
+
+    /// The waits of [`DirRetry`] at the top (`jitter` 1) and bottom (0) of their range, as
+    /// failures go on: doubling to the bootstrap cap, held there for the patience, then
+    /// doubling to the long cap; a success starts over. Never every 2 s forever.
+    #[test]
+    fn directory_retries_back_off_exponentially_with_jitter_to_a_cap() {
+        use std::time::Instant;
+        let ms = Duration::from_millis;
+        for testnet in [true, false] {
+            let (cap, patience, long) = (max_dir_backoff(testnet), DirRetry::patience(testnet), DirRetry::long_cap(testnet));
+            let t0 = Instant::now();
+            let mut r = DirRetry::new(testnet);
+            let mut t = t0;
+            let mut waits = Vec::new();
+            while t.duration_since(t0) < patience + long * 20 {
+                let w = r.next_delay(t, 1.0);
+                waits.push(w);
+                t += w;
+            }
+            assert_eq!(&waits[..4], [ms(250), ms(500), ms(1000), ms(2000)], "testnet {testnet}");
+            // Held at the bootstrap cap while within the patience.
+            let mut elapsed = Duration::ZERO;
+            for w in &waits {
+                if elapsed < patience {
+                    assert!(*w <= cap, "testnet {testnet}: {w:?} at {elapsed:?}");
+                }
+                elapsed += *w;
+            }
+            assert!(waits.iter().all(|w| *w <= long));
+            assert_eq!(*waits.last().unwrap(), long, "testnet {testnet}: the waits reach the long cap");
+            assert!(long >= cap * 20, "far apart once it lasts");
+            // Jitter: between half and all of the step.
+            let mut lo = DirRetry::new(testnet);
+            assert_eq!(lo.next_delay(t0, 0.0), ms(125));
+            assert_eq!(lo.next_delay(t0, 0.5), ms(375));
+            // A success starts over.
+            r.reset();
+            assert_eq!(r.next_delay(t, 1.0), ms(250));
+        }
     }
 }

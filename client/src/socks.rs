@@ -41,6 +41,21 @@ pub fn reply_for_end(r: EndReason) -> ReplyCode {
     }
 }
 
+/// Why an exit refused a stream, in words for the log (never naming the destination, which is
+/// logged at debug only).
+pub fn refusal_text(r: EndReason) -> &'static str {
+    match r {
+        EndReason::ResolveFailed => "the exit could not resolve the host name",
+        EndReason::ExitPolicy => "the exit's policy refuses this destination",
+        EndReason::ConnectRefused => "the destination refused the connection",
+        EndReason::Timeout => "the destination did not answer in time",
+        EndReason::NoRoute => "the exit has no route to the destination",
+        EndReason::ResourceLimit => "the exit is at a resource limit",
+        EndReason::Destroy => "the circuit closed",
+        _ => "the exit ended the stream",
+    }
+}
+
 /// Accepts application connections forever.
 pub async fn serve(listener: TcpListener, state: Arc<ClientState>) -> Result<(), crate::ClientError> {
     // The permit covers the request; once a stream carries the socket, the circuit's stream
@@ -154,8 +169,11 @@ pub(crate) async fn serve_request(sock: TcpStream, state: Arc<ClientState>, app:
             Ok(c) => c,
             // No other exit (or no circuit to one): answer with the last exit's refusal.
             Err(e) if last_refusal.is_some() => {
-                tracing::info!("no other exit for a refused {} request: {e}", front.name());
-                return fail(sock, &front, reply_for_end(last_refusal.expect("checked"))).await;
+                // The answer is the exits' refusal, not why no further exit could be had.
+                let reason = last_refusal.expect("checked");
+                tracing::info!("{} request failed: {} ({} exits tried; {reason:?})", front.name(), refusal_text(reason), refused_by.len());
+                tracing::debug!("(no further exit: {e}; the destination was {host}:{port})");
+                return fail(sock, &front, reply_for_end(reason)).await;
             }
             Err(GetError::Path(PathError::NoExit)) => return fail(sock, &front, ReplyCode::NotAllowed).await,
             Err(e) => {
@@ -175,10 +193,11 @@ pub(crate) async fn serve_request(sock: TcpStream, state: Arc<ClientState>, app:
                 sock = s;
                 refused_by.push(exit);
                 if !retry_elsewhere(reason, refused_by.len()) {
-                    tracing::debug!("stream refused by the exit: {reason:?}");
+                    tracing::info!("{} request failed: {} ({} exits tried; {reason:?})", front.name(), refusal_text(reason), refused_by.len());
+                    tracing::debug!("(the destination was {host}:{port})");
                     return fail(sock, &front, reply_for_end(reason)).await;
                 }
-                tracing::info!("stream refused by its exit ({reason:?}); trying another exit");
+                tracing::info!("stream refused by its exit: {} ({reason:?}); trying another exit", refusal_text(reason));
                 tracing::debug!("(the exit was {})", exit.short());
                 last_refusal = Some(reason);
             }
@@ -349,6 +368,23 @@ mod tests {
 
     fn socks(version: SocksVersion) -> Front {
         Front::Socks(SocksRequest { version, command: SocksCommand::Connect, target: TargetAddr::Domain("a".into(), 1), auth: SocksAuth::NoAuth })
+    }
+
+    /// An exit's failed name lookup (END RESOLVEFAILED) is told as such: SOCKS5 reply 4 (host
+    /// unreachable), and a log line saying the exit could not resolve the name, not that no exit
+    /// allows the destination (what the client logged when no further exit was left to try).
+    #[test]
+    fn a_failed_lookup_is_reported_as_one() {
+        assert_eq!(reply_for_end(EndReason::ResolveFailed), ReplyCode::HostUnreachable);
+        assert_eq!(socks(SocksVersion::V5).reply(reply_for_end(EndReason::ResolveFailed), None)[1], 4);
+        let text = refusal_text(EndReason::ResolveFailed);
+        assert!(text.contains("could not resolve"), "{text}");
+        assert!(!text.contains("allows") && !text.contains("policy"), "{text}");
+        assert!(refusal_text(EndReason::ExitPolicy).contains("policy"));
+        // Each reason has its own words.
+        let all = [EndReason::ResolveFailed, EndReason::ExitPolicy, EndReason::ConnectRefused, EndReason::Timeout, EndReason::NoRoute, EndReason::ResourceLimit, EndReason::Destroy];
+        let texts: std::collections::BTreeSet<_> = all.iter().map(|r| refusal_text(*r)).collect();
+        assert_eq!(texts.len(), all.len());
     }
 
     /// Every END reason gets an answer in each front end's protocol (docs/PROTOCOL.md table).

@@ -135,7 +135,7 @@ impl AuthorityKeys {
             KeyNote::Warn(format!(
                 "the authority signing-key certificate expires in {} h (at {}); run `allium keygen --authority` where the identity key is and copy the new files here",
                 left / 3600,
-                self.signer.cert().expires
+                allium_proto::time::Utc(self.signer.cert().expires)
             ))
         })
     }
@@ -230,7 +230,7 @@ fn certify_files(
             notes.push(KeyNote::Info(format!(
                 "{verb} the authority signing key in {}, certified until {}",
                 dir.join(SIGNING_KEY_FILE).display(),
-                signer.cert().expires
+                allium_proto::time::Utc(signer.cert().expires)
             )));
             signer
         }

@@ -12,11 +12,13 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use allium_net::config::AuthorityEntry;
+use allium_net::log_rate::FailureStreak;
 use allium_net::limits::counters::{LimitCounters, LIMITS};
 use allium_proto::doc::{
     compute_consensus, srv_commit, AuthoritySigner, Consensus, ConsensusRelay, DetachedSignature, Protocols, RelayDescriptor, Vote, VoteSrv,
 };
 use allium_proto::ids::RelayId;
+use allium_proto::time::Utc;
 use allium_proto::policy::is_private;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
@@ -529,6 +531,7 @@ impl AuthorityState {
         let text: Arc<str> = c.encode().into();
         let p = published_of(&c, &text);
         self.microdescs = crate::microdescs::MicrodescStore::of_consensus(&c);
+        allium_net::metrics::METRICS.set_consensus(c.valid_after(), c.valid_until());
         self.published = Some((c, text));
         Some(p)
     }
@@ -540,6 +543,7 @@ impl AuthorityState {
             return;
         }
         let text = c.encode().into();
+        allium_net::metrics::METRICS.set_consensus(c.valid_after(), c.valid_until());
         self.microdescs = crate::microdescs::MicrodescStore::of_consensus(&c);
         self.published = Some((c, text));
     }
@@ -558,6 +562,22 @@ impl AuthorityState {
     /// The `valid-after` of the latest published consensus.
     pub fn published_valid_after(&self) -> Option<u64> {
         self.published.as_ref().map(|(c, _)| c.valid_after())
+    }
+
+    /// The latest published consensus.
+    pub fn published_consensus(&self) -> Option<&Consensus> {
+        self.published.as_ref().map(|(c, _)| c)
+    }
+
+    /// Start of `id`'s current unbroken run of successful reachability tests (unix seconds),
+    /// if its last test succeeded.
+    pub fn running_since(&self, id: &RelayId) -> Option<u64> {
+        self.reach.get(id).filter(|r| r.ok).and_then(|r| r.running_since)
+    }
+
+    /// The descriptor held for `id`.
+    pub fn descriptor(&self, id: &RelayId) -> Option<&RelayDescriptor> {
+        self.descriptors.get(id)
     }
 }
 
@@ -602,6 +622,13 @@ pub(crate) struct Shared {
     pub tests: Arc<tokio::sync::Semaphore>,
     /// The keys, for the signing key's renewal (see [`maintain_keys`]).
     pub keys: Mutex<AuthorityKeys>,
+    /// Pushes to each peer that failed in a row, by (peer name, what): see [`report`].
+    pub push_failures: Mutex<HashMap<(String, &'static str), FailureStreak>>,
+    /// Periods in a row without a consensus of our own, and without a published one: the first
+    /// after a start is expected (peers not up yet), see [`round_outcome`].
+    pub round_failures: Mutex<HashMap<&'static str, FailureStreak>>,
+    /// The network status page, rendered once per consensus ([`crate::server::StatusPage`]).
+    pub status_page: crate::server::StatusPage,
 }
 
 /// Most reachability tests in flight at once.
@@ -711,7 +738,7 @@ pub async fn run_authority(cfg: AuthorityConfig, keys: AuthorityKeys) -> Result<
              other nodes will look for it there"
         );
     }
-    let listener = TcpListener::bind(addr).await.map_err(|err| DirError::Bind { port: cfg.authority.dir_port, err })?;
+    let listener = TcpListener::bind(addr).await.map_err(|err| DirError::Bind { addr, err })?;
     run_authority_on(cfg, keys, listener).await
 }
 
@@ -745,7 +772,7 @@ pub async fn run_authority_with_status(
     let (cert_expires, identity_present) = (keys.signer.cert().expires, keys.identity.is_some());
     let mut state = AuthorityState::new(keys.signer.clone(), &ids, cfg.network.dangerous_testnet, schedule).with_policy(policy);
     if let Some(c) = load_consensus(&cfg.node.data_dir, &ids, clock.now_secs()) {
-        tracing::info!(valid_after = c.valid_after(), relays = c.relays().len(), "loaded the saved consensus");
+        tracing::info!(valid_after = %Utc(c.valid_after()), relays = c.relays().len(), "loaded the saved consensus");
         state.install_published(c);
     }
     let shared = Arc::new(Shared {
@@ -760,18 +787,24 @@ pub async fn run_authority_with_status(
         save_lock: tokio::sync::Mutex::new(()),
         creds: Arc::new(keys.credentials()),
         keys: Mutex::new(keys),
+        push_failures: Mutex::new(HashMap::new()),
+        round_failures: Mutex::new(HashMap::new()),
         bind: cfg.node.address,
         tests: Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT_TESTS)),
+        status_page: crate::server::StatusPage::new(cfg.network.authorities.clone()),
     });
     tracing::info!(
         nickname = %cfg.node.nickname,
         interval_secs = schedule.interval_secs(),
         authorities = shared.authority_ids.len(),
-        signing_key_certified_until = cert_expires,
+        signing_key_certified_until = %Utc(cert_expires),
         identity_key_present = identity_present,
         "directory authority running"
     );
     let mut tasks = JoinSet::new();
+    allium_net::operator::spawn(&cfg.node, "authority", crate::status::status_fn(shared.clone(), cfg.node.nickname.clone()), &mut tasks)
+        .await
+        .map_err(DirError::TaskFailed)?;
     let app = crate::server::router(shared.clone());
     let limiter = allium_net::limits::conn::ConnLimiter::new(cfg.limits.connections(), cfg.limits.max_connections_per_address);
     let dir_listener = crate::access_log::LoggedListener { listener, limiter, idle: cfg.limits.dir_idle_timeout() };
@@ -824,11 +857,11 @@ async fn schedule_loop(sh: Arc<Shared>) -> Result<(), DirError> {
         if clock.now_ms() < s.vote_at_ms(t) {
             let targets = sh.lock().reach_targets();
             let (up, all) = test_reachability(&sh, targets, clock.until(s.vote_at_ms(t))).await;
-            tracing::info!(valid_after = t, reachable = up, relays = all, "reachability tested");
+            tracing::info!(valid_after = %Utc(t), reachable = up, relays = all, "reachability tested");
         }
         clock.sleep_until_ms(s.vote_at_ms(t)).await;
         let (text, n) = sh.lock().make_vote(t, clock.now_secs());
-        tracing::info!(valid_after = t, relays = n, "voted");
+        tracing::info!(valid_after = %Utc(t), relays = n, "voted");
         let sh2 = sh.clone();
         tokio::spawn(async move { push_vote(&sh2, t, text).await });
 
@@ -837,11 +870,15 @@ async fn schedule_loop(sh: Arc<Shared>) -> Result<(), DirError> {
 
         clock.sleep_until_ms(s.sign_at_ms(t)).await;
         let sig = sh.lock().make_consensus(t);
+        if round_outcome(&sh, "made a consensus", sig.is_some()) {
+            let have = sh.lock().vote_count(t);
+            tracing::warn!(valid_after = %Utc(t), votes = have, authorities = sh.authority_ids.len(), "too few votes to make a consensus");
+        } else if sig.is_none() {
+            let have = sh.lock().vote_count(t);
+            tracing::info!(valid_after = %Utc(t), votes = have, authorities = sh.authority_ids.len(), "too few votes to make a consensus (peers may not be up yet; a warning if it happens again)");
+        }
         match sig {
-            None => {
-                let have = sh.lock().vote_count(t);
-                tracing::warn!(valid_after = t, votes = have, authorities = sh.authority_ids.len(), "too few votes to make a consensus");
-            }
+            None => {}
             Some(sig) => {
                 let text = sig.encode();
                 for peer in sh.peers.clone() {
@@ -854,7 +891,7 @@ async fn schedule_loop(sh: Arc<Shared>) -> Result<(), DirError> {
                             clock.sleep_until_ms(s.publish_at_ms(t)).await;
                             r = crate::http::post(&sh2.http, &peer, "/allium/v1/signature", &text, clock.until(s.publish_at_ms(t) + s.interval_secs() * 250)).await;
                         }
-                        report(&peer, "signature push", r);
+                        report(&sh2, &peer, "signature push", r);
                     });
                 }
             }
@@ -863,11 +900,20 @@ async fn schedule_loop(sh: Arc<Shared>) -> Result<(), DirError> {
         clock.sleep_until_ms(s.publish_at_ms(t)).await;
         let published = sh.lock().try_publish(clock.now_ms());
         match published {
-            Some(p) => sh.on_published(p).await,
+            Some(p) => {
+                round_outcome(&sh, "consensus signed by a majority", true);
+                sh.on_published(p).await
+            }
             None => {
-                if let Some((_, relays, sigs)) = sh.lock().pending_summary(t) {
-                    // Late signatures may still complete it (see the signature handler).
-                    tracing::warn!(valid_after = t, relays, signatures = sigs, "consensus not yet signed by a majority");
+                let summary = sh.lock().pending_summary(t);
+                if let Some((_, relays, sigs)) = summary {
+                    // Late signatures may still complete it (see the signature handler). The
+                    // first period after a start often lacks them: peers not up yet.
+                    if round_outcome(&sh, "consensus signed by a majority", false) {
+                        tracing::warn!(valid_after = %Utc(t), relays, signatures = sigs, "consensus not yet signed by a majority");
+                    } else {
+                        tracing::info!(valid_after = %Utc(t), relays, signatures = sigs, "consensus not yet signed by a majority (peers may not be up yet; a warning if it happens again)");
+                    }
                 }
             }
         }
@@ -980,7 +1026,7 @@ async fn push_vote(sh: &Arc<Shared>, t: u64, text: Arc<str>) {
         }
         match r {
             Err(crate::http::PostError::Status(400, reason)) if reason.contains(SKEW_MARK) => skew_refusals.push((peer.name.clone(), reason)),
-            r => report(&peer, "vote push", r),
+            r => report(sh, &peer, "vote push", r),
         }
     }
     if skew_refusals.is_empty() {
@@ -1002,21 +1048,55 @@ async fn push_vote(sh: &Arc<Shared>, t: u64, text: Arc<str>) {
             skew_refusals.len(),
             sh.peers.len()
         );
-        tracing::warn!(valid_after = t, "{msg}");
+        tracing::warn!(valid_after = %Utc(t), "{msg}");
         sh.status.update(|st| {
             st.periods_refused_for_skew += 1;
             st.own_clock_warning = Some(msg);
         });
     } else {
-        tracing::warn!(valid_after = t, "{names} refused this authority's vote for clock skew: {first}; their clocks are probably wrong");
+        tracing::warn!(valid_after = %Utc(t), "{names} refused this authority's vote for clock skew: {first}; their clocks are probably wrong");
     }
 }
 
-fn report(peer: &AuthorityEntry, what: &str, r: Result<(), crate::http::PostError>) {
+/// Records whether this period's `what` (making a consensus, getting it signed by a majority)
+/// succeeded; true if it failed and is to be a warning: the first failure in a row (after a
+/// start: peers not up yet) is not.
+fn round_outcome(sh: &Shared, what: &'static str, ok: bool) -> bool {
+    let mut streaks = sh.round_failures.lock().unwrap_or_else(|e| e.into_inner());
+    let streak = streaks.entry(what).or_insert(FailureStreak::new(PUSH_FAILURES_BEFORE_WARN));
+    if ok {
+        if streak.succeed() {
+            tracing::info!("{what} again");
+        }
+        false
+    } else {
+        streak.fail()
+    }
+}
+
+/// Pushes to one peer that may fail in a row before it is a warning: a peer authority not up
+/// yet (or that computed no consensus in its first period) fails the first push after a start.
+pub const PUSH_FAILURES_BEFORE_WARN: u32 = 1;
+
+/// Logs the outcome of a push to a peer: a failure at info while it is the first in a row
+/// ([`PUSH_FAILURES_BEFORE_WARN`]), at warn once it repeats; the recovery after a warning at info.
+fn report(sh: &Shared, peer: &AuthorityEntry, what: &'static str, r: Result<(), crate::http::PostError>) {
+    let mut streaks = sh.push_failures.lock().unwrap_or_else(|e| e.into_inner());
+    let streak = streaks.entry((peer.name.clone(), what)).or_insert(FailureStreak::new(PUSH_FAILURES_BEFORE_WARN));
     match r {
-        Ok(()) => tracing::debug!(authority = %peer.name, "{what} accepted"),
+        Ok(()) => {
+            if streak.succeed() {
+                tracing::info!(authority = %peer.name, "{what} accepted again");
+            } else {
+                tracing::debug!(authority = %peer.name, "{what} accepted");
+            }
+        }
         Err(e) => {
-            tracing::warn!(authority = %peer.name, "{what} failed: {e}");
+            if streak.fail() {
+                tracing::warn!(authority = %peer.name, failures_in_a_row = streak.failures(), "{what} failed: {e}");
+            } else {
+                tracing::info!(authority = %peer.name, "{what} failed (the peer may not be up yet; a warning if it fails again): {e}");
+            }
             tracing::debug!(authority = %peer.name, address = %peer.address, "{what} failed");
         }
     }

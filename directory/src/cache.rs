@@ -110,12 +110,20 @@ pub struct ConsensusCache {
     dir: PathBuf,
     testnet: bool,
     current: Option<Arc<NetDir>>,
+    /// Since when (Unix seconds) fetches failed with no consensus kept, and whether one was
+    /// kept before (then it is trouble at once, not bootstrap).
+    no_consensus_since: Option<u64>,
+    lost: bool,
 }
+
+/// How long fetches may fail before the first consensus (bootstrap: the sources may still be
+/// starting) before it is a warning.
+pub const NO_CONSENSUS_WARN_SECS: u64 = 60;
 
 impl ConsensusCache {
     /// An empty cache saving into `data_dir`.
     pub fn new(data_dir: &Path, testnet: bool) -> Self {
-        ConsensusCache { dir: data_dir.to_path_buf(), testnet, current: None }
+        ConsensusCache { dir: data_dir.to_path_buf(), testnet, current: None, no_consensus_since: None, lost: false }
     }
 
     /// Loads the saved consensus if its signatures verify, its parameters are in bounds and it
@@ -146,7 +154,7 @@ impl ConsensusCache {
             Ok(nd) => {
                 let u = c.usability_of(&nd, now);
                 if u.usable() {
-                    tracing::info!(valid_after = nd.valid_after(), relays = nd.relays().len(), "loaded the saved consensus");
+                    tracing::info!(valid_after = %allium_proto::time::Utc(nd.valid_after()), relays = nd.relays().len(), "loaded the saved consensus");
                     c.current = Some(Arc::new(nd));
                 } else {
                     tracing::warn!("ignoring the saved consensus: {u:?}");
@@ -188,7 +196,16 @@ impl ConsensusCache {
         }
         let nd = Arc::new(nd);
         self.current = Some(nd.clone());
+        self.no_consensus_since = None;
         nd
+    }
+
+    /// A failed fetch at `now` with no consensus kept: true if it is to be a warning (fetches
+    /// have failed for [`NO_CONSENSUS_WARN_SECS`], or a consensus was kept and lost), false
+    /// while bootstrapping (sources not up yet, or not holding a consensus yet).
+    fn no_consensus_is_trouble(&mut self, now: u64) -> bool {
+        let since = *self.no_consensus_since.get_or_insert(now);
+        self.lost || now.saturating_sub(since) >= NO_CONSENSUS_WARN_SECS
     }
 
     /// After a failed fetch at `now`: logs what the node is doing about it (loudly in the grace
@@ -198,7 +215,11 @@ impl ConsensusCache {
             tracing::warn!("clock skew? {h}");
         }
         match self.status(now) {
-            None => tracing::warn!("no consensus yet: {err}"),
+            None if self.no_consensus_is_trouble(now) => {
+                let secs = now.saturating_sub(self.no_consensus_since.unwrap_or(now));
+                tracing::warn!("no consensus: every fetch failed for {secs} s: {err}")
+            }
+            None => tracing::info!("no consensus yet (bootstrapping; retrying): {err}"),
             Some(Usability::Live) => tracing::debug!("consensus fetch failed (keeping the current one): {err}"),
             Some(Usability::Grace { expired_secs, left_secs }) => tracing::warn!(
                 "the consensus expired {expired_secs} s ago and no newer one can be had; still using it for at most {left_secs} s more: {err}"
@@ -206,6 +227,7 @@ impl ConsensusCache {
             Some(u @ (Usability::TooOld { .. } | Usability::NotYetValid { .. })) => {
                 tracing::error!("no usable consensus ({u:?}; grace over): not building circuits until one can be fetched: {err}");
                 self.current = None;
+                self.lost = true;
             }
         }
         self.usable(now)
@@ -281,6 +303,29 @@ mod tests {
         let text = std::fs::read_to_string(d.join(CACHE_FILE)).unwrap();
         std::fs::write(d.join(CACHE_FILE), &text[..text.len() - 10]).unwrap();
         assert!(ConsensusCache::load(&d, &ids, true, 1020).usable(1020).is_none());
+        std::fs::remove_dir_all(&d).unwrap();
+    }
+
+    /// Bootstrap: fetches failing before the first consensus (sources starting, 404 "no
+    /// consensus yet") are not warnings until they last [`NO_CONSENSUS_WARN_SECS`]; a stored
+    /// consensus resets that; losing a kept one is trouble at once.
+    #[test]
+    fn no_consensus_during_bootstrap_is_not_a_warning_until_it_lasts() {
+        let d = dir("bootstrap");
+        let mut c = ConsensusCache::new(&d, true);
+        assert!(!c.no_consensus_is_trouble(1000));
+        assert!(!c.no_consensus_is_trouble(1000 + NO_CONSENSUS_WARN_SECS - 1));
+        assert!(c.no_consensus_is_trouble(1000 + NO_CONSENSUS_WARN_SECS));
+        assert!(c.fetch_failed(&failure(), 1100).is_none());
+        c.store(netdir(1000, 10).0);
+        // Later restarts of the count begin from the failure after a store.
+        c.current = None;
+        assert!(!c.no_consensus_is_trouble(2000));
+        // A consensus kept and dropped after its grace: a warning from the first failure.
+        let mut c = ConsensusCache::new(&d, true);
+        c.store(netdir(1000, 10).0);
+        assert!(c.fetch_failed(&failure(), 1091).is_none(), "grace over: dropped");
+        assert!(c.no_consensus_is_trouble(1092));
         std::fs::remove_dir_all(&d).unwrap();
     }
 

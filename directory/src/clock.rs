@@ -140,6 +140,15 @@ pub fn format_http_date(secs: u64) -> String {
     )
 }
 
+/// Unix seconds as a readable UTC date, e.g. `2026-12-06 02:30:00 UTC` (the status page's
+/// form; [`format_http_date`] is the header's).
+pub fn format_utc(secs: u64) -> String {
+    let days = i64::try_from(secs / 86_400).unwrap_or(0);
+    let rem = secs % 86_400;
+    let (y, m, d) = civil_from_days(days);
+    format!("{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02} UTC", rem / 3600, rem / 60 % 60, rem % 60)
+}
+
 /// Parses an HTTP date in the IMF-fixdate form into unix seconds; `None` for anything else
 /// (the obsolete forms are not accepted: peers are Allium authorities).
 pub fn parse_http_date(s: &str) -> Option<u64> {
@@ -181,6 +190,13 @@ mod tests {
             "Tuesday, 01-Dec-26 18:33:21 GMT", "Tue, 01 Dec 1969 18:33:21 GMT", "Tue, 01 Dec 2026 1:33:210 GMT"] {
             assert_eq!(parse_http_date(bad), None, "{bad}");
         }
+    }
+
+    #[test]
+    fn utc_dates() {
+        assert_eq!(format_utc(0), "1970-01-01 00:00:00 UTC");
+        assert_eq!(format_utc(1_796_150_001), "2026-12-01 18:33:21 UTC");
+        assert_eq!(format_utc(1_709_251_199), "2024-02-29 23:59:59 UTC");
     }
 
     #[test]

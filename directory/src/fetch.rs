@@ -90,7 +90,7 @@ pub async fn fetch_consensus(net: &NetworkConfig, bind: IpAddr, now: u64, previo
         };
         match r {
             Ok(nd) => {
-                tracing::debug!(authority = %a.name, valid_after = nd.valid_after(), relays = nd.relays().len(), "consensus fetched");
+                tracing::debug!(authority = %a.name, valid_after = %allium_proto::time::Utc(nd.valid_after()), relays = nd.relays().len(), "consensus fetched");
                 return Ok(nd);
             }
             Err(error) => {

@@ -6,13 +6,22 @@ use std::time::Duration;
 use allium_net::config::AuthorityEntry;
 
 /// A reqwest client whose sockets are bound to `bind` and that never uses a proxy.
+///
+/// No TCP keepalive: every request is short and bounded by its deadline, and reqwest's default
+/// (15 s, with interval and retry count) makes hyper-util log a WARN for every connection on a
+/// platform without one of those socket options (two per descriptor upload).
 pub(crate) fn client(bind: std::net::IpAddr) -> Result<reqwest::Client, String> {
+    builder(bind).build().map_err(|e| describe_reqwest(&e))
+}
+
+fn builder(bind: std::net::IpAddr) -> reqwest::ClientBuilder {
     reqwest::Client::builder()
         .local_address(bind)
         .no_proxy()
         .connect_timeout(Duration::from_secs(10))
-        .build()
-        .map_err(|e| describe_reqwest(&e))
+        .tcp_keepalive(None)
+        .tcp_keepalive_interval(None)
+        .tcp_keepalive_retries(None)
 }
 
 /// A reqwest error as one line without the URL (which holds an address).
@@ -123,3 +132,40 @@ pub(crate) async fn get_text(http: &reqwest::Client, url: &str, timeout: Duratio
     tokio::time::timeout(timeout, fut).await.map_err(|_| "timed out".to_string())?
 }
 
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The keepalive timer of the client-side socket connected from `local_port` to
+    /// `remote_port` on 127.0.0.1, from /proc/net/tcp ("tr" 2 is the keepalive timer).
+    fn timer_of(local_port: u16, remote_port: u16) -> Option<String> {
+        let text = std::fs::read_to_string("/proc/net/tcp").ok()?;
+        text.lines().skip(1).find_map(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            let port = |a: &str| a.rsplit(':').next().and_then(|p| u16::from_str_radix(p, 16).ok());
+            (port(f[1]) == Some(local_port) && port(f[2]) == Some(remote_port)).then(|| f[5].split(':').next().unwrap_or("").to_string())
+        })
+    }
+
+    /// The HTTP client sets no TCP keepalive (whose socket options hyper-util warns about on
+    /// platforms that lack them, once per connection): an idle connection waiting for an answer
+    /// runs no keepalive timer. Linux-only check (reads /proc/net/tcp).
+    #[tokio::test]
+    async fn http_client_sets_no_tcp_keepalive() {
+        if !std::path::Path::new("/proc/net/tcp").exists() {
+            return;
+        }
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let server_port = listener.local_addr().unwrap().port();
+        let c = client("127.0.0.1".parse().unwrap()).unwrap();
+        let url = format!("http://127.0.0.1:{server_port}/x");
+        let req = tokio::spawn(async move { c.get(url).timeout(Duration::from_secs(5)).send().await });
+        // Accept and never answer: the client's connection sits idle.
+        let (_sock, peer) = listener.accept().await.unwrap();
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let timer = timer_of(peer.port(), server_port).expect("the client's socket is in /proc/net/tcp");
+        assert_ne!(timer, "02", "a keepalive timer runs on the client's socket");
+        req.abort();
+    }
+}

@@ -21,7 +21,8 @@
 //! - [`flags`]: the flag rules, as pure functions; [`params`]: the consensus parameter table.
 //! - [`protocols`]: the required-protocol check nodes run; [`cache`]: the consensus a node
 //!   keeps across restarts and uses for a bounded grace after expiry.
-//! - [`show`]: a readable rendering of a consensus (`allium directory show`).
+//! - [`show`]: a readable rendering of a consensus (`allium directory show`);
+//!   [`status_page`]: the network status page (HTML) authorities serve at `/` on the dir port.
 //!
 //! Document formats and their verification live in `allium_proto::doc`; the full protocol
 //! (formats, endpoints, schedule, consensus rules) is in `docs/PROTOCOL.md`.
@@ -49,9 +50,11 @@ pub mod netdir;
 pub mod params;
 pub mod protocols;
 pub mod show;
+pub mod status_page;
 pub mod publish;
 pub mod schedule;
 pub mod server;
+mod status;
 
 pub use authkeys::{AuthKeyError, AuthorityKeys};
 pub use authority::{run_authority, run_authority_on, run_authority_with_status, AuthorityState, AuthorityStatus, ClockReport, VotePolicy};
@@ -68,8 +71,8 @@ pub use publish::publish_descriptor;
 pub enum DirError {
     #[error(transparent)]
     Config(#[from] allium_net::config::ConfigError),
-    #[error("cannot listen on directory port {port}: {err}")]
-    Bind { port: u16, err: std::io::Error },
+    #[error("cannot listen on the directory port {addr}: {err}")]
+    Bind { addr: std::net::SocketAddr, err: std::io::Error },
     #[error("data directory: {0}")]
     DataDir(String),
     #[error("cannot make an HTTP client: {0}")]
@@ -78,4 +81,10 @@ pub enum DirError {
     Serve(std::io::Error),
     #[error("authority task stopped: {0}")]
     TaskFailed(String),
+}
+
+impl From<String> for DirError {
+    fn from(s: String) -> Self {
+        DirError::TaskFailed(s)
+    }
 }

@@ -9,12 +9,18 @@
 //! | `POST /allium/v1/signature`           | a detached signature      | 200     | 400, 409 (digest differs from ours), 413 over 1 KiB |
 //! | `GET /allium/v1/consensus`            | —                         | 200, latest consensus with every signature gathered | 404 none yet |
 //! | `GET /allium/v1/microdescs[/<hex>-<hex>…]` | —                    | 200, the published consensus's microdescriptors (all, or those named) | 400 malformed list |
+//! | `GET /` and `GET /status`             | —                         | 200, the network status page (HTML, [`crate::status_page`]) | 503 (an HTML page) no consensus yet |
 //!
-//! Responses are `text/plain`; a refusal's body is one line saying why.
+//! Responses are `text/plain` except the status page (`text/html`); a refusal's body is one
+//! line saying why. The status page is rendered at most once per consensus and validity state
+//! ([`StatusPage`]), so requests for it cost a lookup and a copy of cached bytes.
 
+use std::collections::HashMap;
+use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::body::Bytes;
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -22,9 +28,11 @@ use axum::routing::{get, post};
 use axum::Router;
 
 use allium_net::limits::counters::{LimitCounters, LIMITS};
-use allium_proto::doc::{DetachedSignature, RelayDescriptor, Vote, MAX_DESCRIPTOR_LEN, MAX_SIGNATURE_DOC_LEN, MAX_VOTE_LEN};
+use allium_net::config::AuthorityEntry;
+use allium_proto::doc::{Consensus, DetachedSignature, RelayDescriptor, Vote, MAX_DESCRIPTOR_LEN, MAX_SIGNATURE_DOC_LEN, MAX_VOTE_LEN};
 
-use crate::authority::{Accepted, Reject, Shared, SKEW_MARK};
+use crate::authority::{Accepted, AuthorityState, Reject, Shared, SKEW_MARK};
+use crate::status_page::{self, PageInput, RelayNotes, Validity};
 
 /// Every route of the directory HTTP interface.
 pub(crate) fn router(sh: Arc<Shared>) -> Router {
@@ -36,6 +44,8 @@ pub(crate) fn router(sh: Arc<Shared>) -> Router {
         .route("/allium/v1/consensus", get(get_consensus))
         .route("/allium/v1/microdescs", get(get_all_microdescs))
         .route("/allium/v1/microdescs/{digests}", get(get_microdescs))
+        .route("/", get(get_status_page))
+        .route("/status", get(get_status_page))
         .layer(axum::middleware::map_response_with_state(sh.clone(), add_date))
         .with_state(sh)
 }
@@ -177,5 +187,151 @@ async fn get_consensus(State(sh): State<Arc<Shared>>) -> Response {
     match c {
         Some(t) => text(StatusCode::OK, &*t),
         None => text(StatusCode::NOT_FOUND, "no consensus yet\n"),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The status page
+// ---------------------------------------------------------------------------------------------
+
+/// What a rendered status page depends on besides the authority's notes: the consensus (and
+/// its signature set, which may grow after publication) and where the clock is in its
+/// lifetime. A new key means one new render; uptimes shown are as of that render.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct PageKey {
+    valid_after: u64,
+    digest: [u8; 32],
+    signatures: usize,
+    validity: Validity,
+}
+
+impl PageKey {
+    fn of(c: &Consensus, now: u64) -> Self {
+        PageKey { valid_after: c.valid_after(), digest: c.digest(), signatures: c.signatures().len(), validity: Validity::of(c, now) }
+    }
+}
+
+/// Bytes rendered for a key, rendered again only when the key changes. Requests that arrive
+/// during a render wait for it and then share its result.
+struct PageCache<K> {
+    slot: tokio::sync::Mutex<Option<(K, Bytes)>>,
+}
+
+impl<K: Clone + PartialEq> PageCache<K> {
+    fn new() -> Self {
+        PageCache { slot: tokio::sync::Mutex::new(None) }
+    }
+
+    /// The bytes cached for `key`, or else those `render` makes (with the key they were
+    /// actually made for, which may be newer than `key`), cached from then on.
+    async fn get<F, Fut>(&self, key: K, render: F) -> (K, Bytes)
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = (K, Bytes)>,
+    {
+        let mut slot = self.slot.lock().await;
+        if let Some((k, b)) = slot.as_ref().filter(|(k, _)| *k == key) {
+            return (k.clone(), b.clone());
+        }
+        let (k, b) = render().await;
+        *slot = Some((k.clone(), b.clone()));
+        (k, b)
+    }
+}
+
+/// The authority's network status page ([`crate::status_page`]) and its cache.
+pub(crate) struct StatusPage {
+    /// The network's authorities, as configured (names for the signature list).
+    authorities: Arc<[AuthorityEntry]>,
+    /// `None` as a key: the page saying there is no consensus yet.
+    cache: PageCache<Option<PageKey>>,
+}
+
+impl StatusPage {
+    pub fn new(authorities: Vec<AuthorityEntry>) -> Self {
+        StatusPage { authorities: authorities.into(), cache: PageCache::new() }
+    }
+
+    /// The page for the consensus held now, rendered if not cached; `None` as the key when
+    /// there is no consensus yet.
+    async fn get(&self, sh: &Shared) -> (Option<PageKey>, Bytes) {
+        let now = sh.clock.now_secs();
+        let key = sh.lock().published_consensus().map(|c| PageKey::of(c, now));
+        self.cache
+            .get(key, || async {
+                // One copy of the consensus per render, so the state lock is not held while rendering.
+                let snapshot = {
+                    let st = sh.lock();
+                    st.published_consensus().map(|c| (c.clone(), relay_notes(&st, c)))
+                };
+                match snapshot {
+                    None => (None, Bytes::from(status_page::render_no_consensus())),
+                    Some((c, notes)) => {
+                        let html = status_page::render(&PageInput { consensus: &c, authorities: &self.authorities, notes: &notes, now });
+                        (Some(PageKey::of(&c, now)), Bytes::from(html))
+                    }
+                }
+            })
+            .await
+    }
+}
+
+/// What the authority knows about each relay of `c` beyond the consensus.
+fn relay_notes(st: &AuthorityState, c: &Consensus) -> HashMap<allium_proto::ids::RelayId, RelayNotes> {
+    c.relays()
+        .iter()
+        .map(|r| {
+            let n = RelayNotes { running_since: st.running_since(&r.identity), advertised_bandwidth: st.descriptor(&r.identity).map(|d| d.bandwidth) };
+            (r.identity, n)
+        })
+        .collect()
+}
+
+async fn get_status_page(State(sh): State<Arc<Shared>>) -> Response {
+    let (key, body) = sh.status_page.get(&sh).await;
+    let status = if key.is_some() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (
+        status,
+        [
+            (header::CONTENT_TYPE, "text/html; charset=utf-8"),
+            (header::CACHE_CONTROL, "no-cache"),
+            // The page has no script and loads nothing: say so to the browser too.
+            (header::CONTENT_SECURITY_POLICY, "default-src 'none'; style-src 'unsafe-inline'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"),
+            (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
+        ],
+        body,
+    )
+        .into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    #[tokio::test]
+    async fn status_page_renders_once_per_key() {
+        let cache = PageCache::new();
+        let renders = AtomicUsize::new(0);
+        let render = |k: u32| {
+            let renders = &renders;
+            move || async move {
+                renders.fetch_add(1, Ordering::SeqCst);
+                (k, Bytes::from(format!("page {k}")))
+            }
+        };
+        for _ in 0..100 {
+            assert_eq!(cache.get(1, render(1)).await, (1, Bytes::from("page 1")));
+        }
+        assert_eq!(renders.load(Ordering::SeqCst), 1);
+        assert_eq!(cache.get(2, render(2)).await.1, Bytes::from("page 2"));
+        assert_eq!(cache.get(2, render(2)).await.1, Bytes::from("page 2"));
+        assert_eq!(renders.load(Ordering::SeqCst), 2);
+        // A render that finds a newer key caches under that key.
+        assert_eq!(cache.get(2, render(3)).await.0, 2);
+        assert_eq!(renders.load(Ordering::SeqCst), 2, "key 2 is cached");
+        assert_eq!(cache.get(4, render(5)).await.0, 5);
+        assert_eq!(cache.get(5, render(6)).await, (5, Bytes::from("page 5")));
+        assert_eq!(renders.load(Ordering::SeqCst), 3);
     }
 }

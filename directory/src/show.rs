@@ -4,6 +4,7 @@
 use std::fmt::Write as _;
 
 use allium_proto::doc::{Consensus, Position, RelayFlags};
+use allium_proto::time::Utc;
 
 use crate::netdir::NetDir;
 
@@ -12,7 +13,7 @@ use crate::netdir::NetDir;
 pub fn render(nd: &NetDir, now: u64) -> String {
     let c: &Consensus = nd.consensus();
     let mut o = String::new();
-    let _ = writeln!(o, "consensus valid-after {} fresh-until {} valid-until {}", c.valid_after(), c.fresh_until(), c.valid_until());
+    let _ = writeln!(o, "consensus valid-after {} fresh-until {} valid-until {}", Utc(c.valid_after()), Utc(c.fresh_until()), Utc(c.valid_until()));
     let state = if now < c.valid_after() {
         format!("not valid yet ({} s ahead of this clock)", c.valid_after() - now)
     } else if now <= c.valid_until() {
@@ -25,7 +26,7 @@ pub fn render(nd: &NetDir, now: u64) -> String {
     let _ = writeln!(o, "authorities whose votes counted: {}", c.authorities().len());
     for a in c.authorities() {
         let state = match c.signatures().iter().find(|s| s.identity() == *a) {
-            Some(s) => format!("signed (valid; signing key certified until {})", s.cert.expires),
+            Some(s) => format!("signed (valid; signing key certified until {})", Utc(s.cert.expires)),
             None => "no valid signature".to_string(),
         };
         let _ = writeln!(o, "  {} {state}", a.fingerprint());

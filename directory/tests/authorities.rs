@@ -104,7 +104,7 @@ async fn testnet_full(n: usize, start: &[bool], offline: &[bool], cert_secs: u64
             continue;
         }
         let cfg = AuthorityConfig {
-            node: NodeConfig { nickname: format!("auth{i}"), data_dir: dirs[i].clone(), address: LOCALHOST },
+            node: NodeConfig { nickname: format!("auth{i}"), data_dir: dirs[i].clone(), address: LOCALHOST, metrics_listen: None, log_level: None },
             network: net.clone(),
             authority: AuthoritySection {
                 dir_port: net.authorities[i].address.port(),

@@ -345,6 +345,9 @@ fn close(shared: &Shared) {
 /// limits) is released when the reader ends, which is when the link closes.
 async fn reader(mut rd: OwnedReadHalf, transport: Arc<snow::StatelessTransportState>, chan: Channel, handler: Option<Arc<dyn CreateHandler>>, _permit: Option<ConnPermit>) {
     let mut closed = chan.shared.closed.subscribe();
+    let metrics = &crate::metrics::METRICS;
+    metrics.links_opened.inc();
+    let _open = metrics.links_open.open();
     // Buffers grow to the largest message seen: a link that never carries traffic holds a
     // few bytes, not two 64 KiB buffers.
     let mut frame = Vec::new();
@@ -363,6 +366,8 @@ async fn reader(mut rd: OwnedReadHalf, transport: Arc<snow::StatelessTransportSt
             break;
         };
         nonce += 1;
+        metrics.bytes_read.add(frame.len() as u64);
+        metrics.cells_read.add((n / CELL_LEN) as u64);
         if n == 0 || n % CELL_LEN != 0 {
             tracing::debug!("link: transport message is not whole cells; closing");
             break;

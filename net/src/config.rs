@@ -72,6 +72,14 @@ pub struct NodeConfig {
     /// The node's own IP address: listeners bind to it and every outgoing socket is bound to it,
     /// so a peer can tell which node connected.
     pub address: IpAddr,
+    /// Where to serve Prometheus metrics over HTTP (`GET /metrics`); off when absent. Must be
+    /// a loopback address: scrape from another host through a tunnel or a reverse proxy.
+    #[serde(default)]
+    pub metrics_listen: Option<std::net::SocketAddr>,
+    /// The log filter (`info`, `debug`, or directives such as `info,allium_relay=debug`);
+    /// `RUST_LOG` wins when set. Changes apply on SIGHUP. Default `info`.
+    #[serde(default)]
+    pub log_level: Option<String>,
 }
 
 impl NodeConfig {
@@ -86,6 +94,11 @@ impl NodeConfig {
                 "node.address",
                 "is a private or loopback address; only allowed with network.dangerous_testnet = true",
             ));
+        }
+        if let Some(m) = self.metrics_listen {
+            if !m.ip().is_loopback() {
+                return Err(ConfigError::invalid("node.metrics_listen", "must be a loopback address (scrape from elsewhere through a tunnel)"));
+            }
         }
         net.validate_link_delay()?;
         if net.authorities.is_empty() {
@@ -175,5 +188,19 @@ mod tests {
         let e = parse(false, 10).unwrap_err().to_string();
         assert!(e.contains("dangerous_link_delay_ms") && e.contains("dangerous_testnet"), "{e}");
         assert!(parse(true, 1001).unwrap_err().to_string().contains("at most 1000"));
+    }
+
+    #[test]
+    fn metrics_listen_must_be_loopback() {
+        let check = |addr: &str| {
+            let text = format!("[node]\nnickname = \"a\"\ndata_dir = \"/tmp/x\"\naddress = \"192.0.2.10\"\nmetrics_listen = \"{addr}\"\n[network]\n[[network.authorities]]\nname = \"a\"\nidentity = \"{}\"\naddress = \"192.0.2.1:1\"\n", "ab".repeat(32));
+            let t: T = parse_toml(&text, Path::new("x.toml")).unwrap();
+            t.node.validate(&t.network)
+        };
+        assert!(check("127.0.0.1:9035").is_ok());
+        assert!(check("[::1]:9035").is_ok());
+        let e = check("0.0.0.0:9035").unwrap_err().to_string();
+        assert!(e.contains("node.metrics_listen") && e.contains("loopback"), "{e}");
+        assert!(check("192.0.2.10:9035").is_err());
     }
 }

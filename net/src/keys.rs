@@ -17,6 +17,11 @@
 //!
 //! A key file is written to a temporary name and renamed into place, so a crash never leaves a
 //! half-written key; a file of the wrong size or version is an error, never silently replaced.
+//!
+//! Permissions (as Tor): an existing key file readable or writable by its group or by others
+//! is refused ([`KeyError::LoosePermissions`]: the operator must `chmod 600` it, since the key
+//! may have leaked); a data directory open to its group or others is fixed to 0700
+//! ([`secure_dir`] returns the mode it had, for a warning).
 
 use std::fs;
 use std::io::Write;
@@ -71,6 +76,34 @@ pub enum KeyError {
     BadLength { path: PathBuf, len: usize },
     #[error("onion key file {path} is corrupt: {reason}")]
     BadOnionFile { path: PathBuf, reason: String },
+    #[error(
+        "key file {} has permissions {mode:04o}; keys must be readable only by their owner (chmod 600 {})",
+        path.display(), path.display()
+    )]
+    LoosePermissions { path: PathBuf, mode: u32 },
+}
+
+/// Refuses a key file that its group or others may read or write.
+pub fn check_key_permissions(path: &Path) -> Result<(), KeyError> {
+    let meta = fs::metadata(path).map_err(|err| KeyError::Io { path: path.to_path_buf(), err })?;
+    let mode = meta.permissions().mode() & 0o7777;
+    if mode & 0o077 != 0 {
+        return Err(KeyError::LoosePermissions { path: path.to_path_buf(), mode });
+    }
+    Ok(())
+}
+
+/// Makes an existing directory private to its owner: a directory its group or others may
+/// read, write or enter is set to 0700. Returns the mode it had when it changed it (the caller
+/// warns); `None` when it was private already.
+pub fn secure_dir(dir: &Path) -> Result<Option<u32>, KeyError> {
+    let io = |err| KeyError::Io { path: dir.to_path_buf(), err };
+    let mode = fs::metadata(dir).map_err(io)?.permissions().mode() & 0o7777;
+    if mode & 0o077 == 0 {
+        return Ok(None);
+    }
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(io)?;
+    Ok(Some(mode))
 }
 
 /// Loads the node's keys from `dir`, creating any that are missing.
@@ -82,12 +115,15 @@ pub fn load_or_create(dir: &Path) -> Result<NodeKeys, KeyError> {
     Ok(NodeKeys { identity, onion, link })
 }
 
-/// Creates `dir` (mode 0700) if it does not exist.
+/// Creates `dir` (mode 0700) if it does not exist; an existing one open to its group or others
+/// is set to 0700, with a warning ([`secure_dir`]).
 pub fn ensure_dir(dir: &Path) -> Result<(), KeyError> {
     let io = |err| KeyError::Io { path: dir.to_path_buf(), err };
     if !dir.exists() {
         fs::create_dir_all(dir).map_err(io)?;
         fs::set_permissions(dir, fs::Permissions::from_mode(0o700)).map_err(io)?;
+    } else if let Some(old) = secure_dir(dir)? {
+        tracing::warn!("data directory {} had permissions {old:04o}; set them to 0700 (readable only by its owner)", dir.display());
     }
     Ok(())
 }
@@ -116,6 +152,7 @@ pub fn read_secret(dir: &Path, name: &str) -> Result<Option<[u8; 32]>, KeyError>
     let path = dir.join(name);
     match fs::read(&path) {
         Ok(bytes) => {
+            check_key_permissions(&path)?;
             let len = bytes.len();
             bytes.try_into().map(Some).map_err(|_| KeyError::BadLength { path: path.clone(), len })
         }
@@ -160,6 +197,7 @@ fn read_onion(path: &Path, legacy_ok: bool) -> Result<Option<(x25519_dalek::Stat
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(io(e)),
     };
+    check_key_permissions(path)?;
     let bad = |reason: String| KeyError::BadOnionFile { path: path.to_path_buf(), reason };
     if bytes.len() == 32 && legacy_ok {
         let mtime = fs::metadata(path).and_then(|m| m.modified()).map_err(io)?;
@@ -359,12 +397,48 @@ mod tests {
             assert_eq!(mode(&dir.join(f)), 0o600, "{f}");
         }
         assert_eq!(fs::read(dir.join(ONION_FILE)).unwrap().len(), ONION_FILE_LEN);
+        assert_eq!(mode(&dir), 0o700, "a new data directory is private");
         let b = load_or_create(&dir).unwrap();
         assert_eq!(a.relay_id(), b.relay_id());
         assert_eq!(a.onion_public(), b.onion_public());
         assert_eq!(a.link_public(), b.link_public());
         fs::write(dir.join("link_x25519.key"), b"short").unwrap();
         assert!(matches!(load_or_create(&dir), Err(KeyError::BadLength { .. })));
+        fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// Tor's rule: a key file its group or others can read is refused, naming the file and its
+    /// mode; a data directory open to others is made private.
+    #[test]
+    fn loose_key_permissions_are_refused_and_open_dirs_fixed() {
+        let dir = tmp("perms");
+        load_or_create(&dir).unwrap();
+        for (name, loose) in [(IDENTITY_FILE, 0o666), (LINK_FILE, 0o640), (ONION_FILE, 0o604), (IDENTITY_FILE, 0o620)] {
+            let path = dir.join(name);
+            fs::set_permissions(&path, fs::Permissions::from_mode(loose)).unwrap();
+            let e = load_or_create(&dir).err().unwrap_or_else(|| panic!("{name} at {loose:o} accepted"));
+            assert!(matches!(e, KeyError::LoosePermissions { mode, .. } if mode == loose), "{e}");
+            let text = e.to_string();
+            assert!(text.contains("permissions") && text.contains(&format!("{loose:04o}")) && text.contains(&path.display().to_string()), "{text}");
+            assert_eq!(mode(&path), loose, "a refused key is left as it is");
+            fs::set_permissions(&path, fs::Permissions::from_mode(0o600)).unwrap();
+        }
+        // Owner-only modes are fine (0400 too).
+        fs::set_permissions(dir.join(IDENTITY_FILE), fs::Permissions::from_mode(0o400)).unwrap();
+        load_or_create(&dir).unwrap();
+        // The previous onion key is checked too.
+        write_atomic(&dir, PREVIOUS_ONION_FILE, &encode_onion(&x25519_dalek::StaticSecret::from([3; 32]), 5)).unwrap();
+        fs::set_permissions(dir.join(PREVIOUS_ONION_FILE), fs::Permissions::from_mode(0o644)).unwrap();
+        assert!(matches!(OnionKeys::load(&dir), Err(KeyError::LoosePermissions { .. })));
+        fs::remove_file(dir.join(PREVIOUS_ONION_FILE)).unwrap();
+        // A world-writable data directory is set to 0700 and reported; a private one is left.
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o777)).unwrap();
+        assert_eq!(secure_dir(&dir).unwrap(), Some(0o777));
+        assert_eq!(mode(&dir), 0o700);
+        assert_eq!(secure_dir(&dir).unwrap(), None);
+        fs::set_permissions(&dir, fs::Permissions::from_mode(0o750)).unwrap();
+        load_or_create(&dir).unwrap();
+        assert_eq!(mode(&dir), 0o700, "ensure_dir fixes an existing directory");
         fs::remove_dir_all(&dir).unwrap();
     }
 
@@ -384,6 +458,7 @@ mod tests {
         let ok = OnionKeys { current: x25519_dalek::StaticSecret::from([1; 32]), created: 5, previous: None };
         write_atomic(&dir, ONION_FILE, &encode_onion(&ok.current, 5)).unwrap();
         fs::write(dir.join(PREVIOUS_ONION_FILE), [7u8; 32]).unwrap();
+        fs::set_permissions(dir.join(PREVIOUS_ONION_FILE), fs::Permissions::from_mode(0o600)).unwrap();
         assert!(matches!(OnionKeys::load(&dir), Err(KeyError::BadOnionFile { .. })));
         fs::remove_dir_all(&dir).unwrap();
     }
@@ -393,6 +468,7 @@ mod tests {
         let dir = tmp("legacy");
         ensure_dir(&dir).unwrap();
         fs::write(dir.join(ONION_FILE), [9u8; 32]).unwrap();
+        fs::set_permissions(dir.join(ONION_FILE), fs::Permissions::from_mode(0o600)).unwrap();
         let mtime = fs::metadata(dir.join(ONION_FILE)).unwrap().modified().unwrap();
         let mtime = mtime.duration_since(UNIX_EPOCH).unwrap().as_secs();
         let k = OnionKeys::load_or_create(&dir, mtime + 1000).unwrap();

@@ -6,10 +6,13 @@
 //! - [`config`]: config sections shared by all roles and TOML loading with one-line errors.
 //! - [`keys`]: a node's long-term keys in its data directory.
 //! - [`link`]: TCP plus the Noise link handshake.
+//! - [`log_rate`]: warn only when an expected failure lasts; rate-limit repeated errors.
 //! - [`cell_queue`]: a circuit's inbound cell queue (storage only while cells wait).
 //! - [`channel`]: the channel reactor (reader and writer tasks of one link, its circuit table).
 //! - [`stream`]: streams on a circuit end: windows, SENDMEs and the socket tasks.
 //! - [`pool`]: open links by peer identity.
+//! - [`metrics`]: process-wide counters, gauges and histograms (Prometheus text).
+//! - [`operator`]: the control socket (`allium status`) and the metrics endpoint.
 //!
 //! Not in this crate: protocol encodings and crypto (`allium-proto`), role logic (`allium-relay`,
 //! `allium-client`, `allium-directory`).
@@ -21,5 +24,8 @@ pub mod config;
 pub mod keys;
 pub mod channel;
 pub mod link;
+pub mod log_rate;
 pub mod stream;
 pub mod pool;
+pub mod metrics;
+pub mod operator;

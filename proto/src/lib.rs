@@ -20,6 +20,7 @@
 //! - [`policy`]: exit policies.
 //! - [`dir_stream`]: the request and response on a directory stream (BEGIN_DIR).
 //! - [`doc`]: network documents (relay descriptor, vote, consensus) returned unchecked until verified.
+//! - [`time`]: Unix times as readable UTC dates, the one formatter for logs and operator output.
 //!
 //! Not in this crate: anything with I/O (see `allium-net`), authority scheduling (`allium-directory`).
 
@@ -40,3 +41,4 @@ pub mod reader;
 pub mod relay_msg;
 pub mod socks;
 pub mod socks4;
+pub mod time;

@@ -14,6 +14,7 @@ use allium_net::channel::Channel;
 use allium_net::link::{LinkError, PeerInfo};
 use allium_net::limits::bucket::TokenBucket;
 use allium_net::limits::counters::{LimitCounters, LIMITS};
+use allium_net::metrics::{stream_failure, OpenGuard, METRICS};
 use allium_net::stream::{Holding, StreamMux};
 use allium_proto::cell::{self, Cell, CellCmd, DestroyReason, MAX_HANDSHAKE_LEN, PAYLOAD_LEN};
 use allium_proto::crypto::cell_crypto::{Recognized, RelayCrypto};
@@ -43,7 +44,8 @@ enum Side {
 }
 
 
-type ExitResult = (u16, Result<(Holding<TcpStream, OwnedSemaphorePermit>, std::net::IpAddr), EndReason>);
+/// An exit connection holds its place under `max_exit_connections` and in the open-streams gauge.
+type ExitResult = (u16, Result<(Holding<TcpStream, (OwnedSemaphorePermit, OpenGuard)>, std::net::IpAddr), EndReason>);
 type ResolveResult = (u16, Result<Vec<std::net::IpAddr>, EndReason>);
 
 /// Most RESOLVEs in flight on one circuit; more are answered with RESOURCELIMIT.
@@ -172,11 +174,16 @@ impl RelayCircuit {
                 }
                 Some((id, r)) = exit_rx.recv() => match r {
                     Ok((sock, ip)) => {
+                        METRICS.streams_opened.inc();
                         let step = self.send_back(id, &RelayMsg::Connected { addr: Some(ip), ext: Default::default() }).await;
                         mux.attach(id, sock, Vec::new());
                         step
                     }
-                    Err(reason) => { let out = mux.close(id, reason); self.send_all(out).await }
+                    Err(reason) => {
+                        METRICS.streams_failed.inc(stream_failure(reason));
+                        let out = mux.close(id, reason);
+                        self.send_all(out).await
+                    }
                 },
                 Some(ev) = hs_rx.recv() => self.on_hs_event(ev).await,
                 Some((id, result)) = resolve_rx.recv() => {
@@ -323,6 +330,7 @@ impl RelayCircuit {
                     return Err(Close(DestroyReason::Protocol, Side::Local));
                 }
                 if !self.ctx.exit.policy.is_exit() {
+                    METRICS.streams_failed.inc(stream_failure(EndReason::ExitPolicy));
                     return self.send_back(stream_id, &RelayMsg::End(EndReason::ExitPolicy)).await;
                 }
                 // THREATS A26: a rate per circuit, and a cap on the exit's open connections.
@@ -330,17 +338,19 @@ impl RelayCircuit {
                 let bucket = self.begins.get_or_insert_with(|| TokenBucket::new(limits.begin_rate_per_circuit, limits.begin_burst_per_circuit, Instant::now()));
                 if !bucket.take(Instant::now()) {
                     LimitCounters::hit(&LIMITS.begin_rate);
+                    METRICS.streams_failed.inc(stream_failure(EndReason::ResourceLimit));
                     return self.send_back(stream_id, &RelayMsg::End(EndReason::ResourceLimit)).await;
                 }
                 let Ok(slot) = self.ctx.exit_conns.clone().try_acquire_owned() else {
                     LimitCounters::hit(&LIMITS.exit_connections);
+                    METRICS.streams_failed.inc(stream_failure(EndReason::ResourceLimit));
                     return self.send_back(stream_id, &RelayMsg::End(EndReason::ResourceLimit)).await;
                 };
                 mux.open(stream_id).map_err(|_| Close(DestroyReason::Protocol, Side::Local))?;
                 let rules = self.ctx.exit.clone();
                 let tx = exit_tx.clone();
                 tokio::spawn(async move {
-                    let r = rules.open(&host, port).await.map(|(sock, ip)| (Holding { sock, guard: slot }, ip));
+                    let r = rules.open(&host, port).await.map(|(sock, ip)| (Holding { sock, guard: (slot, METRICS.streams_open.open()) }, ip));
                     let _ = tx.send((stream_id, r)).await;
                 });
                 Ok(())
@@ -431,7 +441,9 @@ impl RelayCircuit {
                         tracing::info!("test hook: forwarding an INTRODUCE2 twice");
                         points.deliver(svc, HsEvent::Originate(intro2.clone()));
                     }
-                    if !points.deliver(svc, HsEvent::Originate(intro2)) {
+                    if points.deliver(svc, HsEvent::Originate(intro2)) {
+                        METRICS.onion_introductions.inc();
+                    } else {
                         ack = RelayMsg::IntroduceAck { status: introduce_status::CANNOT_RELAY, ext: Default::default() };
                     }
                 }
@@ -459,6 +471,7 @@ impl RelayCircuit {
                     protocol()
                 })?;
                 if points.deliver(client, HsEvent::Originate(rend2)) {
+                    METRICS.onion_rendezvous.inc();
                     Ok(())
                 } else {
                     Err(Close(DestroyReason::ResourceLimit, Side::Local))

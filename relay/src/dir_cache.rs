@@ -92,6 +92,7 @@ impl DirCache {
     pub fn store(&self, nd: NetDir) -> Arc<NetDir> {
         let old = self.current();
         let new = self.inner.lock().unwrap_or_else(|e| e.into_inner()).store(nd);
+        allium_net::metrics::METRICS.set_consensus(new.valid_after(), new.valid_until());
         if let Some(old) = old.filter(|o| o.consensus().digest() != new.consensus().digest()) {
             *self.previous.lock().unwrap_or_else(|e| e.into_inner()) = Some(old);
         }

@@ -72,7 +72,11 @@ impl ExitRules {
         match self.resolver {
             Resolver::None => Err(EndReason::ResolveFailed),
             Resolver::System => {
-                let addrs = tokio::net::lookup_host((h, port)).await.map_err(|_| EndReason::ResolveFailed)?;
+                let addrs = tokio::net::lookup_host((h, port)).await.map_err(|e| {
+                    // END RESOLVEFAILED tells the client; the name itself is never logged.
+                    tracing::debug!("could not resolve a requested host name: {e}");
+                    EndReason::ResolveFailed
+                })?;
                 let v: Vec<IpAddr> = addrs.map(|a| a.ip()).collect();
                 if v.is_empty() {
                     Err(EndReason::ResolveFailed)

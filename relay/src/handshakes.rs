@@ -50,6 +50,9 @@ impl HandshakePool {
         let (done, result) = oneshot::channel();
         let job: Job = Box::new(move |deadline_passed_at: Instant| {
             let r = if Instant::now() > deadline_passed_at { Err(Overloaded::Delay) } else { Ok(f()) };
+            if r.is_ok() {
+                allium_net::metrics::METRICS.handshakes.inc();
+            }
             let _ = done.send(r);
         });
         match self.tx.try_send((Instant::now(), job)) {
@@ -71,6 +74,7 @@ fn worker(rx: &Mutex<Receiver<(Instant, Job)>>, cutoff: Duration) {
     loop {
         let next = rx.lock().unwrap_or_else(|e| e.into_inner()).recv();
         let Ok((queued, job)) = next else { return };
+        allium_net::metrics::METRICS.handshake_queue_delay.observe(queued.elapsed());
         job(queued + cutoff);
     }
 }

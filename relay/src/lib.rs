@@ -30,6 +30,7 @@ pub mod hsdir;
 pub mod observed;
 pub mod publish;
 pub mod rotation;
+pub mod status;
 #[cfg(feature = "test-hooks")]
 pub mod test_hooks;
 
@@ -196,9 +197,11 @@ impl InertRelay {
         ctx.pool.set_create_handler(handler.clone());
         ctx.pool.set_idle_timeout(ctx.limits.link_idle_timeout());
         let addr = SocketAddr::new(self.cfg.node.address, self.cfg.relay.or_port);
-        let listener = TcpListener::bind(addr).await.map_err(|e| format!("cannot listen on the OR port: {e}"))?;
+        let listener = TcpListener::bind(addr).await.map_err(|e| format!("cannot listen on the OR port {addr}: {e}"))?;
         tracing::info!("relay {} listening; exit: {}", self.cfg.node.nickname, ctx.exit.policy.is_exit());
         let mut tasks = JoinSet::new();
+        let status = status::status_fn(ctx.clone(), self.cfg.node.nickname.clone(), addr);
+        allium_net::operator::spawn(&self.cfg.node, "relay", status, &mut tasks).await?;
         tasks.spawn(accept_loop(listener, ctx.clone(), handler));
         tasks.spawn(publish::publish_loop(self.cfg.clone(), ctx.clone()));
         tasks.spawn(publish::consensus_watch(self.cfg.clone(), ctx.clone()));
@@ -259,7 +262,9 @@ impl CreateHandler for Creates {
         let ctx = self.0.clone();
         let chan = chan.clone();
         let id = cell.circ_id;
+        let metrics = &allium_net::metrics::METRICS;
         if let Err(reason) = admit_create(&ctx, &chan, &cell) {
+            metrics.circuits_failed.inc(if reason == DestroyReason::ResourceLimit { "refused_by_limit" } else { "other" });
             chan.destroy(id, reason);
             return;
         }
@@ -283,10 +288,14 @@ impl CreateHandler for Creates {
             let keys = match create(&ctx, &chan, &cell, &mut rx).await {
                 Ok(k) => k,
                 Err(reason) => {
+                    metrics.circuits_failed.inc(if reason == DestroyReason::ResourceLimit { "refused_by_limit" } else { "handshake" });
                     chan.destroy(id, reason);
                     return;
                 }
             };
+            metrics.circuit_build.observe(started.elapsed());
+            metrics.circuits_opened.inc();
+            let _open = metrics.circuits_open.open();
             let (crypto, hop_keys, early, flow) = keys;
             circuit::RelayCircuit { ctx, prev: chan, prev_id: id, prev_rx: rx, crypto, hop_keys, early, flow, started, forwarded_out: 0, forwarded_in: 0, begins: None }.run().await;
         });

@@ -71,6 +71,8 @@ pub struct NodeSpec {
     pub onion_key: [u8; 32],
     /// The client's HTTP CONNECT proxy address, when it has one (`--http-connect-port`).
     pub http_connect: Option<SocketAddr>,
+    /// Where the node serves Prometheus metrics (`node.metrics_listen`).
+    pub metrics: SocketAddr,
 }
 
 impl NodeSpec {
@@ -157,20 +159,22 @@ pub fn plan(dir: &Path, counts: Counts, socks_port: u16, http_connect_port: Opti
             _ => SocketAddr::new(ip, free_port(ip)?),
         };
         let http_connect = match (role, http_connect_port) {
-            (Role::Client, Some(0)) => Some(SocketAddr::new(loopback, free_port_except(loopback, listen.port())?)),
+            (Role::Client, Some(0)) => Some(SocketAddr::new(loopback, free_port_except(loopback, &[listen.port()])?)),
             (Role::Client, Some(p)) => Some(SocketAddr::new(loopback, check_port_free(loopback, p)?)),
             _ => None,
         };
-        nodes.push(NodeSpec { dir: dir.join(&name), name, role, ip, listen, fingerprint: String::new(), link_key: [0; 32], onion_key: [0; 32], http_connect });
+        let taken: Vec<u16> = [Some(listen), http_connect].into_iter().flatten().filter(|a| a.ip() == listen.ip()).map(|a| a.port()).collect();
+        let metrics = SocketAddr::new(listen.ip(), free_port_except(listen.ip(), &taken)?);
+        nodes.push(NodeSpec { dir: dir.join(&name), name, role, ip, listen, fingerprint: String::new(), link_key: [0; 32], onion_key: [0; 32], http_connect, metrics });
     }
     Ok(nodes)
 }
 
-/// A free port on `ip` other than `taken` (which was free a moment ago too).
-fn free_port_except(ip: IpAddr, taken: u16) -> io::Result<u16> {
+/// A free port on `ip` other than those `taken` (which were free a moment ago too).
+fn free_port_except(ip: IpAddr, taken: &[u16]) -> io::Result<u16> {
     for _ in 0..16 {
         let p = free_port(ip)?;
-        if p != taken {
+        if !taken.contains(&p) {
             return Ok(p);
         }
     }
@@ -266,7 +270,8 @@ pub fn render_config(node: &NodeSpec, all: &[NodeSpec], voting_interval_secs: u6
     let _ = writeln!(s, "[node]");
     let _ = writeln!(s, "nickname = {}", q(&node.name));
     let _ = writeln!(s, "data_dir = {}", q(&node.dir.to_string_lossy()));
-    let _ = writeln!(s, "address = {}\n", q(&node.ip.to_string()));
+    let _ = writeln!(s, "address = {}", q(&node.ip.to_string()));
+    let _ = writeln!(s, "metrics_listen = {}\n", q(&node.metrics.to_string()));
     let _ = writeln!(s, "[network]");
     let _ = writeln!(s, "# Loopback addresses, permissive exits and fast voting: never on a real network.");
     let _ = writeln!(s, "dangerous_testnet = true");

@@ -27,7 +27,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use clap::Args;
 
-use crate::signals::StopSignals;
+use crate::signals::NodeSignals;
 use layout::{Counts, NodeSpec, Role};
 use probe::ProbeOutcome;
 use spawn::NodeProc;
@@ -198,7 +198,7 @@ pub fn run(args: TestnetArgs) -> ExitCode {
 }
 
 async fn orchestrate(args: TestnetArgs, counts: Counts, faults: layout::Faults) -> ExitCode {
-    let mut stop = match StopSignals::register() {
+    let mut stop = match NodeSignals::register() {
         Ok(s) => s,
         Err(e) => {
             eprintln!("allium testnet: cannot install signal handlers: {e}");
@@ -238,7 +238,7 @@ async fn orchestrate(args: TestnetArgs, counts: Counts, faults: layout::Faults) 
     let plan = Plan { counts, socks_port: args.socks_port, http_connect_port: args.http_connect_port, faults, params: &args.params, onion_target };
     let outcome = tokio::select! {
         r = bring_up(&dir, &exe, &plan, &mut procs) => Ok(r),
-        sig = stop.recv() => Err(sig),
+        sig = stop.recv_stop() => Err(sig),
     };
     let Ready { socks, http_connect, onion_host } = match outcome {
         Ok(Ok(addrs)) => addrs,
@@ -269,7 +269,7 @@ async fn orchestrate(args: TestnetArgs, counts: Counts, faults: layout::Faults) 
     // Running: report nodes that exit (tests kill some on purpose), until a stop signal.
     let sig = loop {
         tokio::select! {
-            sig = stop.recv() => break sig,
+            sig = stop.recv_stop() => break sig,
             _ = tokio::time::sleep(Duration::from_millis(500)) => {
                 for n in procs.iter_mut() {
                     if let Some(status) = n.poll_exit() {

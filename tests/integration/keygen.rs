@@ -32,7 +32,7 @@ fn a8_keygen_authority_writes_the_runtime_files_elsewhere() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let fp = stdout_fingerprint(&out);
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains("signing key certified until ") && text.contains("(unix time; 2 days)"), "{text}");
+    assert!(text.contains("signing key certified until ") && text.contains(" UTC (2 days)"), "{text}");
 
     assert!(id_dir.join(IDENTITY_FILE).exists());
     assert!(!run_dir.join(IDENTITY_FILE).exists(), "the identity key stays in --data-dir");

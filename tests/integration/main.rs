@@ -27,6 +27,11 @@
 //!   A18, A20, restarts, period boundaries).
 //! - [`onion_service`]: a client hosting an onion service, reached by introduction and rendezvous.
 //! - [`keygen`]: `allium keygen --authority` and authorities with an offline identity (A8).
+//! - [`messages`]: what operators read: key permissions, config and listen errors, no warning
+//!   from a healthy network.
+//! - [`status_page`]: an authority's HTML status page lists every relay; headless Chromium
+//!   renders it at a phone's size (needs Debian's `chromium`).
+//! - [`wrap`]: `allium run -- COMMAND` sends TCP and names through the client, refuses UDP.
 //! - [`support`]: the shared fixtures (a test network, a SOCKS5 client, an HTTP file server).
 //!
 //! Tests that start networks run in parallel: each gets its own directory and ephemeral ports.
@@ -47,14 +52,18 @@ mod intro_flood;
 mod keygen;
 mod latency;
 mod memory;
+mod messages;
 mod onion;
 mod onion_connect;
 mod onion_rotation;
 mod onion_service;
+mod operators;
 mod socks_front;
 mod paths;
 mod quorum_loss;
 mod rendezvous;
 mod stall_recovery;
+mod status_page;
 mod tamper;
+mod wrap;
 mod support;

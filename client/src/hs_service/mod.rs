@@ -113,6 +113,7 @@ impl HostedService {
             freed: Arc::new(Notify::new()),
         };
         tracing::info!("onion service {}: setting up {} introduction points", self.name, l.set.needed());
+        self.state.set_service_state(&self.name, "setting up introduction points".into());
         l.run(events).await
     }
 }
@@ -180,6 +181,7 @@ impl Loop<'_> {
                 if self.set.established(&auth_key) {
                     let n = self.set.descriptor_points().len();
                     tracing::info!("onion service {}: introduction point established ({n} listed)", self.svc.name);
+                    self.svc.state.set_service_state(&self.svc.name, format!("{n} introduction points established"));
                     self.mark_dirty();
                 }
             }
@@ -255,6 +257,7 @@ impl Loop<'_> {
                 return;
             }
         };
+        allium_net::metrics::METRICS.onion_introductions.inc();
         if self.queue.push(auth_key, body, effort, Instant::now()) != intro_queue::Pushed::Queued {
             LimitCounters::hit(&LIMITS.intro_queue_dropped);
         }
@@ -364,6 +367,8 @@ impl Loop<'_> {
         } else {
             tracing::info!("onion service {}: descriptor published to {} HSDirs", self.svc.name, p.stored);
         }
+        let points = self.set.descriptor_points().len();
+        self.svc.state.set_service_state(&self.svc.name, format!("published to {} HSDirs ({} failed), {points} introduction points", p.stored, p.failed));
         if p.stored == 0 {
             // Nothing stored: try again a little later.
             self.mark_dirty();

@@ -46,13 +46,13 @@ pub struct AuthorityCert {
 pub enum CertError {
     #[error("signing-key certificate does not verify with the identity key it names")]
     BadSignature,
-    #[error("signing-key certificate has published {published} not before expires {expires}")]
+    #[error("signing-key certificate has published {} not before expires {}", crate::time::Utc(*published), crate::time::Utc(*expires))]
     BadTimes { published: u64, expires: u64 },
     #[error("signing-key certificate is not a valid ed25519 key")]
     BadKey,
-    #[error("signing-key certificate not valid yet (published {published}, now {now})")]
+    #[error("signing-key certificate not valid yet (published {}, now {})", crate::time::Utc(*published), crate::time::Utc(*now))]
     NotYetValid { published: u64, now: u64 },
-    #[error("signing-key certificate expired (expires {expires}, now {now})")]
+    #[error("signing-key certificate expired (expires {}, now {})", crate::time::Utc(*expires), crate::time::Utc(*now))]
     Expired { expires: u64, now: u64 },
     #[error("signing key does not match its certificate")]
     KeyMismatch,

@@ -386,9 +386,9 @@ pub enum ConsensusError {
         /// signature lines.
         bad_signatures: usize,
     },
-    #[error("consensus not valid yet (valid-after {valid_after}, now {now})")]
+    #[error("consensus not valid yet (valid-after {}, now {})", crate::time::Utc(*valid_after), crate::time::Utc(*now))]
     NotYetValid { valid_after: u64, now: u64 },
-    #[error("consensus expired (valid-until {valid_until}, now {now})")]
+    #[error("consensus expired (valid-until {}, now {})", crate::time::Utc(*valid_until), crate::time::Utc(*now))]
     Expired { valid_until: u64, now: u64 },
 }
 

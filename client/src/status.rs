@@ -1,0 +1,39 @@
+//! What the client reports on its control socket (`allium status`), beside what every role
+//! reports: bootstrap, guards, hosted onion services, the build timeout.
+
+use std::sync::Arc;
+
+use serde_json::{json, Map, Value};
+
+use crate::ClientState;
+
+/// The client's part of the status, read from `state` on each request.
+pub fn status_fn(state: Arc<ClientState>) -> allium_net::operator::StatusFn {
+    Box::new(move || {
+        let mut m = Map::new();
+        let b = &state.bootstrap;
+        m.insert("bootstrap".into(), json!({ "percent": b.percent(), "phase": b.phase() }));
+        let dir = state.netdir();
+        let guards: Vec<Value> = state
+            .circuits
+            .guard_summary()
+            .into_iter()
+            .map(|g| {
+                let listed = dir.as_ref().and_then(|d| d.by_id(&g.id));
+                json!({
+                    "fingerprint": g.id.fingerprint(),
+                    "nickname": listed.map(|r| r.nickname.clone()),
+                    "listed": listed.is_some(),
+                    "confirmed": g.confirmed.is_some(),
+                    "failures": g.failures,
+                })
+            })
+            .collect();
+        m.insert("guards".into(), Value::Array(guards));
+        m.insert("relays_in_consensus".into(), json!(dir.as_ref().map(|d| d.relays().len())));
+        m.insert("build_timeout_ms".into(), json!(state.circuits.build_timeout().as_millis() as u64));
+        let services: Map<String, Value> = state.service_states().into_iter().map(|(k, v)| (k, json!(v))).collect();
+        m.insert("onion_services".into(), Value::Object(services));
+        m
+    })
+}

@@ -1,0 +1,26 @@
+//! What a relay reports on its control socket (`allium status`), beside what every role
+//! reports: who it is, whether the consensus lists it and with which flags, what it serves.
+
+use std::sync::Arc;
+
+use serde_json::{json, Map};
+
+use crate::RelayCtx;
+
+/// The relay's part of the status, read from `ctx` on each request.
+pub fn status_fn(ctx: Arc<RelayCtx>, nickname: String, or_port: std::net::SocketAddr) -> allium_net::operator::StatusFn {
+    Box::new(move || {
+        let mut m = Map::new();
+        m.insert("nickname".into(), json!(nickname));
+        m.insert("fingerprint".into(), json!(ctx.id.fingerprint()));
+        m.insert("or_port".into(), json!(or_port.to_string()));
+        m.insert("exit".into(), json!(ctx.exit.policy.is_exit()));
+        let dir = ctx.dir.current();
+        let me = dir.as_ref().and_then(|d| d.by_id(&ctx.id));
+        m.insert("in_consensus".into(), json!(me.is_some()));
+        m.insert("flags".into(), json!(me.map(|r| r.flags.to_string())));
+        m.insert("relays_in_consensus".into(), json!(dir.as_ref().map(|d| d.relays().len())));
+        m.insert("onion_descriptors_stored".into(), json!(ctx.dir.hsdir.len()));
+        m
+    })
+}

@@ -1,0 +1,170 @@
+//! `allium status`: asks a running node on its control socket (`DATA_DIR/control.sock`) for
+//! its status and prints it, readably or as JSON. Exit codes: 0 answered, 1 the node did not
+//! answer (not running, or not this user's), 2 a bad config or command line.
+
+use std::io::{Read, Write};
+use std::os::unix::net::UnixStream;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::time::Duration;
+
+use allium_directory::clock::format_utc;
+use serde_json::{Map, Value};
+
+use crate::cli::StatusArgs;
+use crate::directory_cmd::AnyNodeConfig;
+
+/// How long the node has to answer.
+const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
+/// The longest answer read.
+const MAX_ANSWER: u64 = 4 << 20;
+
+pub fn run(args: &StatusArgs) -> ExitCode {
+    let data_dir = match (&args.config, &args.data_dir) {
+        (_, Some(d)) => d.clone(),
+        (Some(c), None) => match allium_net::config::load_toml::<AnyNodeConfig>(c) {
+            Ok(cfg) => cfg.node.data_dir,
+            Err(e) => {
+                eprintln!("allium status: {e}");
+                return ExitCode::from(2);
+            }
+        },
+        (None, None) => {
+            eprintln!("allium status: give --config FILE or --data-dir DIR");
+            return ExitCode::from(2);
+        }
+    };
+    let status = match ask(&data_dir) {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("allium status: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if let Some(err) = status.get("error") {
+        eprintln!("allium status: the node answered with an error: {err}");
+        return ExitCode::FAILURE;
+    }
+    if args.json {
+        println!("{}", serde_json::to_string_pretty(&status).unwrap_or_default());
+    } else {
+        print!("{}", render(&status, allium_net::keys::unix_now()));
+    }
+    ExitCode::SUCCESS
+}
+
+fn ask(data_dir: &Path) -> Result<Map<String, Value>, String> {
+    let path: PathBuf = allium_net::operator::control::socket_path(data_dir);
+    let mut s = UnixStream::connect(&path).map_err(|e| format!("no node answers on {}: {e} (is it running, as this user?)", path.display()))?;
+    s.set_read_timeout(Some(ANSWER_TIMEOUT)).map_err(|e| e.to_string())?;
+    s.write_all(b"status\n").map_err(|e| format!("cannot ask {}: {e}", path.display()))?;
+    let mut buf = Vec::new();
+    s.take(MAX_ANSWER).read_to_end(&mut buf).map_err(|e| format!("no answer from {}: {e}", path.display()))?;
+    match serde_json::from_slice::<Value>(&buf) {
+        Ok(Value::Object(m)) => Ok(m),
+        Ok(_) | Err(_) => Err(format!("{} answered something that is not a status object", path.display())),
+    }
+}
+
+/// The status as lines of text for a person.
+fn render(s: &Map<String, Value>, now: u64) -> String {
+    let num = |k: &str| s.get(k).and_then(Value::as_i64).unwrap_or(0);
+    let mut out = String::new();
+    let mut line = |k: &str, v: String| out.push_str(&format!("{k:<22}{v}\n"));
+    let role = s.get("role").and_then(Value::as_str).unwrap_or("?");
+    let name = s.get("nickname").and_then(Value::as_str).map(|n| format!(" {n}")).unwrap_or_default();
+    line("node", format!("{role}{name}, version {}, pid {}", str_of(s.get("version")), num("pid")));
+    line("uptime", format!("{} (since {})", duration(num("uptime_secs").max(0) as u64), format_utc(num("started").max(0) as u64)));
+    if let Some(b) = s.get("bootstrap").and_then(Value::as_object) {
+        line("bootstrap", format!("{}%: {}", b.get("percent").and_then(Value::as_u64).unwrap_or(0), str_of(b.get("phase"))));
+    }
+    match s.get("consensus").and_then(Value::as_object) {
+        Some(c) => {
+            let (va, vu) = (c.get("valid_after").and_then(Value::as_u64).unwrap_or(0), c.get("valid_until").and_then(Value::as_u64).unwrap_or(0));
+            let valid = if (va..vu).contains(&now) { "valid" } else { "NOT valid" };
+            line("consensus", format!("{valid}: valid-after {}, valid-until {} (age {})", format_utc(va), format_utc(vu), duration(now.saturating_sub(va))));
+        }
+        None => line("consensus", "none yet".into()),
+    }
+    for k in ["exit", "in_consensus", "flags", "fingerprint", "or_port", "relays_in_consensus", "onion_descriptors_stored", "descriptors_known", "build_timeout_ms"] {
+        if let Some(v) = s.get(k).filter(|v| !v.is_null()) {
+            line(&k.replace('_', " "), str_of(Some(v)));
+        }
+    }
+    if let Some(p) = s.get("published_consensus").and_then(Value::as_object) {
+        let va = p.get("valid_after").and_then(Value::as_u64).unwrap_or(0);
+        line("published", format!("valid-after {}, {} relays, {} signatures", format_utc(va), str_of(p.get("relays")), str_of(p.get("signatures"))));
+    }
+    line("circuits", format!("{} open, {} opened, {} failed", num("circuits_open"), num("circuits_opened"), num("circuits_failed")));
+    line("streams", format!("{} open, {} opened", num("streams_open"), num("streams_opened")));
+    line("links", format!("{} open", num("links_open")));
+    line("bytes", format!("{} read, {} written", bytes(num("bytes_read")), bytes(num("bytes_written"))));
+    if let Some(guards) = s.get("guards").and_then(Value::as_array) {
+        let g: Vec<String> = guards
+            .iter()
+            .map(|g| {
+                let fp = str_of(g.get("fingerprint"));
+                let name = g.get("nickname").and_then(Value::as_str).unwrap_or("(not listed)");
+                let confirmed = if g.get("confirmed").and_then(Value::as_bool) == Some(true) { "confirmed" } else { "unconfirmed" };
+                format!("{name} {} {confirmed}", &fp[..fp.len().min(16)])
+            })
+            .collect();
+        line("guards", if g.is_empty() { "none yet".into() } else { g.join("; ") });
+    }
+    if let Some(svcs) = s.get("onion_services").and_then(Value::as_object) {
+        for (name, state) in svcs {
+            line("onion service", format!("{name}: {}", str_of(Some(state))));
+        }
+    }
+    let limits = s.get("limits_hit").and_then(Value::as_object).map(|m| m.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" "));
+    line("limits hit", limits.filter(|l| !l.is_empty()).unwrap_or_else(|| "none".into()));
+    out
+}
+
+fn str_of(v: Option<&Value>) -> String {
+    match v {
+        Some(Value::String(s)) => s.clone(),
+        Some(v) => v.to_string(),
+        None => "?".into(),
+    }
+}
+
+fn duration(secs: u64) -> String {
+    match secs {
+        s if s < 120 => format!("{s} s"),
+        s if s < 7200 => format!("{} min", s / 60),
+        s if s < 172_800 => format!("{} h {} min", s / 3600, s % 3600 / 60),
+        s => format!("{} days {} h", s / 86_400, s % 86_400 / 3600),
+    }
+}
+
+fn bytes(n: i64) -> String {
+    let n = n.max(0) as f64;
+    match n {
+        n if n < 1e3 => format!("{n} B"),
+        n if n < 1e6 => format!("{:.1} kB", n / 1e3),
+        n if n < 1e9 => format!("{:.1} MB", n / 1e6),
+        n => format!("{:.2} GB", n / 1e9),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_status_renders_every_part() {
+        let s: Value = serde_json::json!({
+            "role": "client", "version": "0.1.0", "pid": 7, "started": 1_796_150_001u64, "uptime_secs": 90,
+            "bootstrap": {"percent": 100, "phase": "ready"},
+            "consensus": {"valid_after": 1_796_150_000u64, "valid_until": 1_796_160_000u64, "age_secs": 91, "valid": true},
+            "guards": [{"fingerprint": "AB".repeat(32), "nickname": "relay1", "confirmed": true}],
+            "onion_services": {"web": "published to 3 HSDirs (0 failed), 3 introduction points"},
+            "circuits_open": 4, "bytes_read": 2_500_000, "limits_hit": {"create_rate": 2},
+        });
+        let text = render(s.as_object().unwrap(), 1_796_150_091);
+        for want in ["client, version 0.1.0", "100%: ready", "valid: valid-after 2026-12-01 18:33:20 UTC", "relay1 ABABABABABABABAB confirmed", "web: published", "4 open", "2.5 MB read", "create_rate=2"] {
+            assert!(text.contains(want), "{want:?} missing from:\n{text}");
+        }
+    }
+}

@@ -1,0 +1,168 @@
+//! What an operator can ask a running node (issue "Operators can see and steer a running
+//! node", points 1 and 2), against a real test network: `allium status` over the control
+//! socket, the Prometheus endpoint parsed by the Prometheus project's own text parser, and
+//! SIGHUP reloading the config instead of stopping the node.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::os::unix::fs::PermissionsExt;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rustix::process::{kill_process, Pid, Signal};
+use serde_json::Value;
+
+use crate::support::testnet::Testnet;
+
+/// `allium status --json <args>`: the parsed object (panics, with stderr, if it fails).
+fn status(args: &[&str]) -> Value {
+    let out = Command::new(env!("CARGO_BIN_EXE_allium")).arg("status").arg("--json").args(args).stdin(Stdio::null()).output().expect("run allium status");
+    assert!(out.status.success(), "allium status {args:?} failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("allium status --json printed no JSON ({e}): {}", String::from_utf8_lossy(&out.stdout)))
+}
+
+/// Polls `allium status` of the node in `dir` until `done` holds, within `limit`.
+fn wait_status(dir: &std::path::Path, limit: Duration, done: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + limit;
+    loop {
+        let s = status(&["--data-dir", dir.to_str().unwrap()]);
+        if done(&s) || Instant::now() > deadline {
+            return s;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+/// The `node.metrics_listen` of a testnet node, from its config.
+fn metrics_addr(net: &Testnet, name: &str) -> SocketAddr {
+    let text = std::fs::read_to_string(net.dir.join(name).join("config.toml")).unwrap();
+    let v: toml::Value = text.parse().unwrap();
+    v["node"]["metrics_listen"].as_str().expect("the testnet sets node.metrics_listen").parse().unwrap()
+}
+
+/// One HTTP/1.1 exchange on the metrics port: (status line, body).
+fn http(addr: SocketAddr, request: &str) -> (String, String) {
+    let mut s = TcpStream::connect(addr).unwrap_or_else(|e| panic!("connect to metrics at {addr}: {e}"));
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(request.as_bytes()).unwrap();
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).unwrap();
+    let (head, body) = resp.split_once("\r\n\r\n").unwrap_or((&resp, ""));
+    (head.lines().next().unwrap_or("").to_string(), body.to_string())
+}
+
+/// Parses Prometheus text with `prometheus_client.parser` (Python, the Prometheus project's
+/// client; `.ci/run` installs it): each family as `name type samples`, one per line.
+fn parse_with_prometheus_client(text: &str) -> Vec<(String, String, usize)> {
+    let script = "import sys\nfrom prometheus_client.parser import text_string_to_metric_families as p\nfor f in p(sys.stdin.read()):\n    print(f.name, f.type, len(f.samples))\n";
+    let child = Command::new("python3").args(["-c", script]).stdin(Stdio::piped()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn();
+    let mut child = child.expect("python3 is needed to parse metrics with prometheus_client (.ci/run installs it)");
+    child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "prometheus_client could not parse the metrics{}: {err}",
+        if err.contains("ModuleNotFoundError") { " (pip install prometheus-client, as .ci/run does)" } else { "" }
+    );
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            (f[0].to_string(), f[1].to_string(), f[2].parse().unwrap())
+        })
+        .collect()
+}
+
+/// The value of an unlabelled sample in Prometheus text.
+fn sample(text: &str, name: &str) -> f64 {
+    text.lines().find_map(|l| l.strip_prefix(name).and_then(|r| r.strip_prefix(' '))).and_then(|v| v.parse().ok()).unwrap_or_else(|| panic!("no sample {name}"))
+}
+
+#[test]
+fn status_metrics_and_sighup_on_a_running_network() {
+    let net = Testnet::start(&[]);
+    let client_cfg = net.dir.join("client/config.toml");
+
+    // Status by config file: the client is bootstrapped, has guards and a valid consensus.
+    let s = status(&["--config", client_cfg.to_str().unwrap()]);
+    assert_eq!(s["role"], "client", "{s}");
+    assert_eq!(s["bootstrap"]["percent"], 100, "{s}");
+    assert_eq!(s["consensus"]["valid"], true, "{s}");
+    assert!(s["guards"].as_array().is_some_and(|g| !g.is_empty()), "no guards in {s}");
+    assert!(s["circuits_opened"].as_u64().unwrap() > 0, "{s}");
+    // The control socket is the owner's only.
+    let mode = std::fs::metadata(net.dir.join("client/control.sock")).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o600, "control socket mode {mode:o}");
+
+    // The hosting client reports its onion service once the descriptor is out.
+    let hs = wait_status(&net.dir.join("hs"), Duration::from_secs(120), |s| s["onion_services"]["web"].as_str().is_some_and(|t| t.starts_with("published")));
+    assert!(hs["onion_services"]["web"].as_str().is_some_and(|t| t.starts_with("published")), "{hs}");
+    // A relay and an authority answer too, each with its own part.
+    let relay = status(&["--data-dir", net.dir.join("relay1").to_str().unwrap()]);
+    assert_eq!((relay["role"].as_str(), relay["in_consensus"].as_bool()), (Some("relay"), Some(true)), "{relay}");
+    let auth = status(&["--data-dir", net.dir.join("auth1").to_str().unwrap()]);
+    assert!(auth["published_consensus"]["signatures"].as_u64().unwrap() >= 2, "{auth}");
+    // The readable form names the parts.
+    let out = Command::new(env!("CARGO_BIN_EXE_allium")).args(["status", "--config", client_cfg.to_str().unwrap()]).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    for part in ["bootstrap", "100%", "consensus", "guards", "circuits", "limits hit"] {
+        assert!(text.contains(part), "{part:?} missing from allium status:\n{text}");
+    }
+
+    // Metrics: the client's and a relay's, parsed by prometheus_client.
+    for name in ["client", "relay1"] {
+        let addr = metrics_addr(&net, name);
+        let (line, body) = http(addr, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
+        assert!(line.contains("200"), "{name}: {line}");
+        let families = parse_with_prometheus_client(&body);
+        let names: Vec<&str> = families.iter().map(|f| f.0.as_str()).collect();
+        assert!(families.len() >= 20, "{name}: only {} families: {names:?}", families.len());
+        for want in ["allium_circuits_open", "allium_circuits_opened", "allium_circuit_build_seconds", "allium_limit_hits", "allium_consensus_age_seconds", "allium_handshake_queue_delay_seconds"] {
+            assert!(names.contains(&want), "{name}: no family {want} in {names:?}");
+        }
+        let build = families.iter().find(|f| f.0 == "allium_circuit_build_seconds").unwrap();
+        assert_eq!(build.1, "histogram", "{build:?}");
+        assert!(sample(&body, "allium_circuits_opened_total") > 0.0, "{name} opened no circuit:\n{body}");
+        assert_eq!(sample(&body, "allium_consensus_valid"), 1.0, "{name}");
+        assert!(sample(&body, "allium_link_read_bytes_total") > 0.0, "{name}");
+    }
+    let addr = metrics_addr(&net, "relay1");
+    assert!(http(addr, "GET /other HTTP/1.1\r\n\r\n").0.contains("404"));
+    assert!(http(addr, "POST /metrics HTTP/1.1\r\n\r\n").0.contains("400"));
+
+    // SIGHUP: relay2 reads its config again, applies the new log level, reports a change it
+    // cannot apply live, and keeps running; a broken file is refused and the relay runs on.
+    let relay2 = net.nodes.iter().find(|n| n.name == "relay2").unwrap();
+    let cfg_path = net.dir.join("relay2/config.toml");
+    let original = std::fs::read_to_string(&cfg_path).unwrap();
+    let edited = original.replacen("[node]\n", "[node]\nlog_level = \"info,allium_relay=debug\"\n", 1).replacen("[relay]\n", "[relay]\nbandwidth = 123456789\n", 1);
+    assert_ne!(edited, original);
+    std::fs::write(&cfg_path, &edited).unwrap();
+    let pid = Pid::from_raw(relay2.pid as i32).unwrap();
+    kill_process(pid, Signal::HUP).unwrap();
+    let r2 = net.dir.join("relay2");
+    let s = wait_status(&r2, Duration::from_secs(30), |s| s["config_reloads"] == 1);
+    assert_eq!(s["config_reloads"], 1, "SIGHUP did not reload: {s}");
+    let log = net.node_log("relay2");
+    let line = log.lines().find(|l| l.contains("SIGHUP: reloaded")).unwrap_or_else(|| panic!("no reload line in relay2's log"));
+    // The testnet sets RUST_LOG for its nodes, which wins over node.log_level (the unit test
+    // in src/logging.rs shows the level applied when it is not set).
+    assert!(line.contains("next restart: relay.bandwidth") && line.contains("not applied: node.log_level (RUST_LOG is set"), "{line}");
+    std::fs::write(&cfg_path, "[node\nbroken").unwrap();
+    kill_process(pid, Signal::HUP).unwrap();
+    let s = wait_status(&r2, Duration::from_secs(30), |s| s["config_reload_failures"] == 1);
+    assert_eq!(s["config_reload_failures"], 1, "{s}");
+    assert_eq!(s["pid"], relay2.pid, "relay2 was restarted?");
+    std::fs::write(&cfg_path, &original).unwrap();
+}
+
+/// Without a running node `allium status` fails (exit 1) and says where it looked.
+#[test]
+fn status_of_a_stopped_node_says_so() {
+    let dir = crate::support::fresh_dir("status-none");
+    let out = Command::new(env!("CARGO_BIN_EXE_allium")).args(["status", "--data-dir", dir.to_str().unwrap()]).output().unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("control.sock") && err.contains("is it running"), "{err}");
+}
