@@ -72,6 +72,8 @@ pub struct RelayCtx {
     pub onion: RwLock<OnionKeys>,
     /// Notified when the descriptor must be republished now (the onion key changed).
     pub republish: tokio::sync::Notify,
+    /// Notified when a fetched consensus does not list this relay (republish now).
+    pub unlisted: tokio::sync::Notify,
     /// What the links have carried (sampled by [`observe_loop`]).
     pub observed: std::sync::Mutex<observed::ObservedBandwidth>,
     pub pool: ChannelPool,
@@ -177,6 +179,7 @@ impl InertRelay {
             keys,
             onion: RwLock::new(onion),
             republish: tokio::sync::Notify::new(),
+            unlisted: tokio::sync::Notify::new(),
             observed: Default::default(),
         };
         #[cfg(feature = "test-hooks")]

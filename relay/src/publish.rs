@@ -17,10 +17,23 @@ fn now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
-/// How often the descriptor is re-uploaded: well within the authorities' descriptor lifetime
-/// (`allium_directory::schedule::descriptor_max_age`: at least 30 s, three voting intervals).
-fn republish_every(testnet: bool) -> Duration {
-    Duration::from_secs(if testnet { 10 } else { allium_directory::schedule::republish_period_secs(3600) })
+/// The longest a relay waits between uploads, whatever the voting interval (as Tor's 18 h).
+const MAX_REPUBLISH_SECS: u64 = 18 * 3600;
+
+/// How often the descriptor is re-uploaded: a third of the authorities' descriptor lifetime
+/// for the network's voting interval (`allium_directory::schedule::republish_period_secs`; the
+/// interval is read off the consensus: fresh-until − valid-after), at most 18 h. Before the
+/// first consensus, as for the shortest interval a real network may use. Test networks: 10 s
+/// at most.
+fn republish_every(testnet: bool, interval_secs: Option<u64>) -> Duration {
+    let interval = interval_secs.unwrap_or(allium_directory::config::MIN_INTERVAL_SECS);
+    let secs = allium_directory::schedule::republish_period_secs(interval).min(MAX_REPUBLISH_SECS);
+    Duration::from_secs(if testnet { secs.min(10) } else { secs })
+}
+
+/// The voting interval of the consensus this relay holds.
+fn consensus_interval(ctx: &RelayCtx) -> Option<u64> {
+    ctx.dir.current().map(|d| d.fresh_until().saturating_sub(d.valid_after())).filter(|i| *i > 0)
 }
 
 /// How long after a failed consensus fetch a relay tries again.
@@ -61,11 +74,12 @@ pub async fn publish_loop(cfg: RelayConfig, ctx: Arc<RelayCtx>) -> Result<(), Re
                 tracing::info!("descriptor accepted by {accepted} of {} authorities", cfg.network.authorities.len());
                 announced = true;
             }
-            republish_every(cfg.network.dangerous_testnet)
+            republish_every(cfg.network.dangerous_testnet, consensus_interval(&ctx))
         };
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
             _ = ctx.republish.notified() => tracing::info!("republishing the descriptor: the onion key rotated"),
+            _ = ctx.unlisted.notified() => tracing::info!("republishing the descriptor: the consensus does not list this relay"),
         }
     }
 }
@@ -91,6 +105,10 @@ pub async fn consensus_watch(cfg: RelayConfig, ctx: Arc<RelayCtx>) -> Result<(),
                     tracing::info!("the consensus {} this relay", if now_listed { "lists" } else { "no longer lists" });
                     listed = now_listed;
                 }
+                if !now_listed {
+                    // Perhaps the authorities lost or dropped our descriptor: upload it now.
+                    ctx.unlisted.notify_one();
+                }
                 // Just after the next consensus is due; clients ask caches a little later.
                 Duration::from_millis(dir.fresh_until().saturating_sub(t).max(1) * 1000 + rand::random::<u64>() % 1000)
             }
@@ -113,7 +131,26 @@ mod tests {
     fn a_real_network_relay_keeps_real_directory_timings() {
         assert_eq!(fetch_retry(false), Duration::from_secs(60));
         assert_eq!(fetch_retry(true), Duration::from_secs(1));
-        assert!(republish_every(false) >= Duration::from_secs(600), "{:?}", republish_every(false));
-        assert_eq!(republish_every(true), Duration::from_secs(10));
+        assert_eq!(republish_every(false, Some(3600)), Duration::from_secs(3600));
+        assert_eq!(republish_every(true, Some(3600)), Duration::from_secs(10));
+        assert_eq!(republish_every(true, Some(2)), Duration::from_secs(10));
+    }
+
+    /// Issue 13: a relay that re-uploaded hourly whatever the interval dropped out of every
+    /// consensus of a network voting more often than every 1,200 s. For every interval a real
+    /// network may use, and before the first consensus, two uploads in a row may fail and the
+    /// descriptor is still within the authorities' lifetime.
+    #[test]
+    fn descriptors_outlive_two_failed_uploads_at_every_interval() {
+        use allium_directory::config::{MAX_INTERVAL_SECS, MIN_INTERVAL_SECS};
+        use allium_directory::schedule::descriptor_max_age;
+        for interval in (MIN_INTERVAL_SECS..=MAX_INTERVAL_SECS).step_by(60).chain([MAX_INTERVAL_SECS]) {
+            let every = republish_every(false, Some(interval)).as_secs();
+            assert!(3 * every <= descriptor_max_age(interval), "interval {interval}: republish every {every} s");
+            assert!(3 * republish_every(false, None).as_secs() <= descriptor_max_age(interval), "interval {interval}, no consensus yet");
+        }
+        for interval in 2..=600 {
+            assert!(3 * republish_every(true, Some(interval)).as_secs() <= descriptor_max_age(interval), "testnet interval {interval}");
+        }
     }
 }
