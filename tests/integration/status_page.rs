@@ -7,7 +7,7 @@
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use crate::support::testnet::Testnet;
@@ -66,42 +66,12 @@ fn get(addr: SocketAddr, path: &str) -> std::io::Result<Resp> {
 
 /// Runs Chromium headless with `args` then `url`, within [`CHROMIUM_DEADLINE`]; its stdout.
 fn run_chromium(bin: &Path, profile: &Path, args: &[&str], url: &str) -> String {
-    let mut child = Command::new(bin)
-        .args(["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run"])
-        .arg(format!("--user-data-dir={}", profile.display()))
-        .args(args)
-        .arg(url)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("cannot run {}: {e}", bin.display()));
-    let mut out = child.stdout.take().expect("stdout piped");
-    let mut err = child.stderr.take().expect("stderr piped");
-    let out_t = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = out.read_to_string(&mut s);
-        s
-    });
-    let err_t = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = err.read_to_string(&mut s);
-        s
-    });
-    let deadline = Instant::now() + CHROMIUM_DEADLINE;
-    let status = loop {
-        if let Some(s) = child.try_wait().expect("wait for chromium") {
-            break s;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("chromium {args:?} {url} did not finish within {} s", CHROMIUM_DEADLINE.as_secs());
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
-    let (stdout, stderr) = (out_t.join().unwrap_or_default(), err_t.join().unwrap_or_default());
-    assert!(status.success(), "chromium {args:?} {url} failed ({status}):\n{stderr}");
+    let mut cmd = Command::new(bin);
+    cmd.args(["--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run"]).arg(format!("--user-data-dir={}", profile.display())).args(args).arg(url);
+    let out = crate::support::run_within(cmd, CHROMIUM_DEADLINE)
+        .unwrap_or_else(|| panic!("chromium {args:?} {url} did not finish within {} s", CHROMIUM_DEADLINE.as_secs()));
+    assert!(out.status.success(), "chromium {args:?} {url} failed ({}):\n{}", out.status, String::from_utf8_lossy(&out.stderr));
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
     stdout
 }
 

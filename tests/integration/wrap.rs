@@ -4,10 +4,9 @@
 
 use std::collections::HashSet;
 use std::ffi::OsStr;
-use std::io::Read;
 use std::net::{IpAddr, SocketAddr, TcpListener, UdpSocket};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 use crate::support::http::{pseudo_random, FileServer};
 use crate::support::testnet::Testnet;
@@ -36,36 +35,12 @@ struct Run {
 /// Runs `allium <args>` to its end (at most RUN_DEADLINE).
 fn allium(args: &[&OsStr], path_env: Option<&OsStr>) -> Run {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_allium"));
-    cmd.args(args).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    cmd.args(args);
     if let Some(p) = path_env {
         cmd.env("PATH", p);
     }
-    let mut child = cmd.spawn().expect("run allium");
-    let mut out = child.stdout.take().unwrap();
-    let mut err = child.stderr.take().unwrap();
-    let out = std::thread::spawn(move || {
-        let mut v = Vec::new();
-        let _ = out.read_to_end(&mut v);
-        v
-    });
-    let err = std::thread::spawn(move || {
-        let mut s = String::new();
-        let _ = err.read_to_string(&mut s);
-        s
-    });
-    let deadline = Instant::now() + RUN_DEADLINE;
-    let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
-            break s;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("allium {args:?} still running after {} s", RUN_DEADLINE.as_secs());
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    Run { code: status.code(), stdout: out.join().unwrap(), stderr: err.join().unwrap() }
+    let out = crate::support::run_within(cmd, RUN_DEADLINE).unwrap_or_else(|| panic!("allium {args:?} still running after {} s", RUN_DEADLINE.as_secs()));
+    Run { code: out.status.code(), stdout: out.stdout, stderr: String::from_utf8_lossy(&out.stderr).into_owned() }
 }
 
 /// `allium run --socks SOCKS -- CMD…`.

@@ -45,26 +45,39 @@ pub fn tail(path: &std::path::Path, n: usize) -> String {
 /// Runs `allium <args>`, which must exit by itself within 60 s (it panics otherwise, saying
 /// `what`); returns its exit code and stderr.
 pub fn run_to_exit(args: &[&std::ffi::OsStr], what: &str) -> (Option<i32>, String) {
-    let mut child = Command::new(env!("CARGO_BIN_EXE_allium"))
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("run allium");
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_allium"));
+    cmd.args(args);
+    let out = run_within(cmd, Duration::from_secs(60)).unwrap_or_else(|| panic!("{what}"));
+    (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+/// Runs `cmd` (stdin closed, stdout and stderr captured) until it exits, or kills it after
+/// `limit` and returns None.
+pub fn run_within(mut cmd: Command, limit: Duration) -> Option<std::process::Output> {
+    let mut child = cmd.stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
+    // Read both pipes meanwhile, so a chatty child never blocks on a full pipe.
+    let drain = |r: Option<Box<dyn std::io::Read + Send>>| {
+        std::thread::spawn(move || {
+            let mut v = Vec::new();
+            if let Some(mut r) = r {
+                let _ = r.read_to_end(&mut v);
+            }
+            v
+        })
+    };
+    let out = drain(child.stdout.take().map(|r| Box::new(r) as _));
+    let err = drain(child.stderr.take().map(|r| Box::new(r) as _));
+    let deadline = Instant::now() + limit;
     let status = loop {
-        if let Some(s) = child.try_wait().unwrap() {
+        if let Some(s) = child.try_wait().expect("wait for a child") {
             break s;
         }
         if Instant::now() > deadline {
             let _ = child.kill();
             let _ = child.wait();
-            panic!("{what}");
+            return None;
         }
         std::thread::sleep(Duration::from_millis(20));
     };
-    let mut stderr = String::new();
-    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut stderr).unwrap();
-    (status.code(), stderr)
+    Some(std::process::Output { status, stdout: out.join().unwrap_or_default(), stderr: err.join().unwrap_or_default() })
 }
