@@ -161,6 +161,10 @@ fn now() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
+}
+
 /// Runs the client until a fatal error.
 pub async fn run(cfg: ClientConfig, _keys: NodeKeys) -> Result<(), ClientError> {
     // Guard state lives there: a client that cannot write it would pick new guards at every
@@ -298,10 +302,10 @@ async fn directory_loop(cfg: ClientConfig, tx: watch::Sender<Option<Arc<NetDir>>
                     first = false;
                 }
                 allium_net::metrics::METRICS.set_consensus(dir.valid_after(), dir.valid_until());
-                let refetch = dir.fresh_until().saturating_sub(t).max(1) + rand::random::<u64>() % 3;
+                let at = allium_directory::schedule::refetch_at_ms(&dir.consensus().lifetime(), allium_directory::schedule::Fetcher::Client, rand::random());
                 tx.send_replace(Some(cache.store(dir)));
                 retry.reset();
-                tokio::time::sleep(Duration::from_secs(refetch)).await;
+                tokio::time::sleep(Duration::from_millis(at.saturating_sub(now_ms()).max(1000))).await;
             }
             Err(e) => {
                 let keep = cache.fetch_failed(&e, t);

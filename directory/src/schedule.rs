@@ -124,6 +124,30 @@ fn offset(a: u64, b: u64) -> i64 {
     (i128::from(a) - i128::from(b)).clamp(i128::from(i64::MIN), i128::from(i64::MAX)) as i64
 }
 
+/// Who fetches a consensus, for [`refetch_at_ms`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Fetcher {
+    /// Relays, which fetch from the authorities and serve it as directory caches.
+    Cache,
+    /// Clients, which fetch from caches (their guards).
+    Client,
+}
+
+/// When (unix ms) a node holding a consensus with lifetime `l` fetches the next one: a time
+/// drawn uniformly (from `r`, any random value) in its window after fresh-until `FU`, with
+/// `I = fresh-until − valid-after`: caches in `[FU, FU + I/8)`, clients in `[FU + I/8,
+/// FU + I/2)`. Caches therefore hold the new consensus before clients ask them, and neither
+/// the authorities nor the caches see every node at once.
+pub fn refetch_at_ms(l: &Lifetime, who: Fetcher, r: u64) -> u64 {
+    let fu = l.fresh_until.saturating_mul(1000);
+    let i = l.fresh_until.saturating_sub(l.valid_after).max(1).saturating_mul(1000);
+    let (start, end) = match who {
+        Fetcher::Cache => (0, i / 8),
+        Fetcher::Client => (i / 8, i / 2),
+    };
+    fu.saturating_add(start).saturating_add(r % (end - start).max(1))
+}
+
 /// Descriptors older than this (seconds) are left out of votes and dropped: three intervals,
 /// but at least 30 s so a loopback test network with a 2 s interval is not racing its relays.
 pub fn descriptor_max_age(interval_secs: u64) -> u64 {
@@ -139,6 +163,29 @@ pub fn republish_period_secs(interval_secs: u64) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Issue 13: refetches of many nodes spread over their window (no herd at fresh-until), and
+    /// every cache's window ends before any client's begins.
+    #[test]
+    fn refetch_times_spread_over_the_window() {
+        use rand::Rng;
+        let l = Schedule::new(3600).lifetime(1_800_000_000);
+        let fu = l.fresh_until * 1000;
+        let mut rng = rand::thread_rng();
+        for (who, start, end) in [(Fetcher::Cache, fu, fu + 450_000), (Fetcher::Client, fu + 450_000, fu + 1_800_000)] {
+            let mut buckets = [0u32; 10];
+            for _ in 0..10_000 {
+                let t = refetch_at_ms(&l, who, rng.gen());
+                assert!((start..end).contains(&t), "{who:?}: {t} outside [{start}, {end})");
+                buckets[((t - start) * 10 / (end - start)) as usize] += 1;
+            }
+            // Uniform: each tenth of the window gets about 1,000 of 10,000 (far from a herd).
+            assert!(buckets.iter().all(|b| (700..1300).contains(b)), "{who:?}: {buckets:?}");
+        }
+        // A 2 s test interval still has windows (milliseconds).
+        let short = Schedule::new(2).lifetime(1000);
+        assert!(refetch_at_ms(&short, Fetcher::Client, 0) >= 1_002_250);
+    }
 
     #[test]
     fn hourly_schedule() {

@@ -109,8 +109,10 @@ pub async fn consensus_watch(cfg: RelayConfig, ctx: Arc<RelayCtx>) -> Result<(),
                     // Perhaps the authorities lost or dropped our descriptor: upload it now.
                     ctx.unlisted.notify_one();
                 }
-                // Just after the next consensus is due; clients ask caches a little later.
-                Duration::from_millis(dir.fresh_until().saturating_sub(t).max(1) * 1000 + rand::random::<u64>() % 1000)
+                // In the caches' window after fresh-until, before clients ask (schedule.rs).
+                let at = allium_directory::schedule::refetch_at_ms(&dir.consensus().lifetime(), allium_directory::schedule::Fetcher::Cache, rand::random());
+                let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
+                Duration::from_millis(at.saturating_sub(now_ms).max(1000))
             }
             Err(e) => {
                 tracing::debug!("no consensus yet: {e}");
