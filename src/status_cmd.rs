@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Duration;
 
-use allium_directory::clock::format_utc;
+use allium_proto::time::fmt_utc as format_utc;
 use serde_json::{Map, Value};
 
 use crate::cli::StatusArgs;

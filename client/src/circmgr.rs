@@ -212,6 +212,9 @@ impl CircMgr {
         if v.take_dirty() {
             if let Some(p) = &self.vanguard_file {
                 let r = vanguards::save(p, &v);
+                if r.is_err() {
+                    v.mark_dirty();
+                }
                 self.save_errors.lock().expect("save errors").1.report(p, &r, Instant::now());
             }
         }

@@ -13,6 +13,9 @@
 //!   [`GuardParams::down_after`] times in a row; after that it is down until its next retry
 //!   time and the next primary guard is used. Guards beyond the primary set are only used when
 //!   every primary guard is down.
+//! - **Flaps**: a sampled guard that loses Guard or Running (or leaves the consensus) is kept,
+//!   unused, and is a primary guard again when the flag returns; one not listed as a guard for
+//!   [`GuardParams::remove_unlisted_after`] (20 days, as Tor) is removed. Since when is saved.
 //! - **No churn**: at most [`GuardParams::max_new_per_hour`] guards never tried before may be
 //!   tried in any hour (the limit survives restarts); past it the client waits for a known guard.
 //!
@@ -52,6 +55,9 @@ pub struct GuardParams {
     pub down_after: u32,
     /// Never-tried guards that may be tried in any one hour.
     pub max_new_per_hour: usize,
+    /// A sampled guard the consensus has not listed as a guard for this long is removed (a
+    /// flap keeps it, unused, and it is used again when its flag returns).
+    pub remove_unlisted_after: Duration,
 }
 
 impl Default for GuardParams {
@@ -65,6 +71,7 @@ impl Default for GuardParams {
             backoff_max: Duration::from_secs(3600),
             down_after: 3,
             max_new_per_hour: 5,
+            remove_unlisted_after: Duration::from_millis(20 * DAY_MS),
         }
     }
 }
@@ -84,6 +91,9 @@ pub struct Guard {
     pub failures: u32,
     /// Not to be tried before this time (ms).
     pub retry_at: u64,
+    /// Since when the consensus has not listed it as a guard (lost Guard or Running, or left
+    /// the consensus); None while it is listed.
+    pub unlisted_since: Option<u64>,
 }
 
 /// What to do for the next circuit.
@@ -139,6 +149,7 @@ impl GuardSet {
             tracing::info!("{} guard(s) reached the end of their lifetime and left the guard set", before - self.guards.len());
             self.dirty = true;
         }
+        self.track_unlisted(cands, now);
         while let Some(h) = self.new_tries.front() {
             if now.saturating_sub(*h) >= HOUR_MS {
                 self.new_tries.pop_front();
@@ -154,7 +165,7 @@ impl GuardSet {
             let Some(c) = pick(cands, Position::Guard, rng, |c| c.is_guard && !self.guards.iter().any(|g| g.id == *c.id())) else { break };
             let span = self.params.lifetime_max.saturating_sub(self.params.lifetime_min).as_millis() as u64;
             let life = self.params.lifetime_min.as_millis() as u64 + if span > 0 { rng.gen_range(0..span) } else { 0 };
-            self.guards.push(Guard { id: *c.id(), added: now, expires: now + life, first_tried: None, confirmed: None, failures: 0, retry_at: 0 });
+            self.guards.push(Guard { id: *c.id(), added: now, expires: now + life, first_tried: None, confirmed: None, failures: 0, retry_at: 0, unlisted_since: None });
             added += 1;
         }
         if added > 0 {
@@ -162,6 +173,26 @@ impl GuardSet {
             tracing::debug!("sampled {added} new guard(s); {} in the guard set", self.guards.len());
         }
         added
+    }
+
+    /// Notes when each guard stopped being listed as a guard (or was listed again), and
+    /// removes those unlisted for longer than `remove_unlisted_after`.
+    fn track_unlisted(&mut self, cands: &[Candidate<'_>], now: u64) {
+        let limit = self.params.remove_unlisted_after.as_millis() as u64;
+        for g in &mut self.guards {
+            let listed = cands.iter().any(|c| c.is_guard && c.id() == &g.id);
+            let since = if listed { None } else { Some(g.unlisted_since.unwrap_or(now)) };
+            if since != g.unlisted_since {
+                g.unlisted_since = since;
+                self.dirty = true;
+            }
+        }
+        let before = self.guards.len();
+        self.guards.retain(|g| g.unlisted_since.is_none_or(|t| now.saturating_sub(t) < limit));
+        if self.guards.len() != before {
+            tracing::info!("{} guard(s) not listed as guards for {} days left the guard set", before - self.guards.len(), limit / DAY_MS);
+            self.dirty = true;
+        }
     }
 
     /// Sampled guards the consensus lists as guard-capable, in sample order.
@@ -296,6 +327,7 @@ impl GuardSet {
                     expires: g.expires / 1000,
                     first_tried: g.first_tried.map(|t| t / 1000),
                     confirmed: g.confirmed.map(|t| t / 1000),
+                    unlisted_since: g.unlisted_since.map(|t| t / 1000),
                 })
                 .collect(),
         };
@@ -324,6 +356,7 @@ impl GuardSet {
                 confirmed: g.confirmed.map(|t| t * 1000),
                 failures: 0,
                 retry_at: 0,
+                unlisted_since: g.unlisted_since.map(|t| t * 1000),
             });
         }
         let mut new_tries: Vec<u64> = file.new_guard_tries.iter().map(|t| t * 1000).collect();
@@ -353,6 +386,9 @@ struct StoredGuard {
     first_tried: Option<u64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     confirmed: Option<u64>,
+    /// Unix seconds since which the consensus has not listed it as a guard.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    unlisted_since: Option<u64>,
 }
 
 /// The state file path in a data directory.
@@ -550,5 +586,39 @@ mod tests {
         assert!(!s.primaries(&c2).contains(&p[0]));
         assert!(s.guards().iter().any(|g| g.id == p[0]));
         assert_eq!(s.primaries(&cands)[0], p[0]);
+    }
+
+    /// Issue 13 point 3: a guard that flaps (loses its flag for a while) is kept through
+    /// updates, saved with when it left, used again when the flag returns; one gone for 20 days
+    /// is removed.
+    #[test]
+    fn a_flapping_guard_is_kept_and_a_long_gone_one_removed() {
+        let r = relays(8);
+        let cands = candidates_from_relays(&r);
+        let mut rng = rand::rngs::StdRng::seed_from_u64(3);
+        let mut s = GuardSet::new(GuardParams::default());
+        s.update(&cands, T0, &mut rng);
+        let first = s.primaries(&cands)[0];
+        let without: Vec<ConsensusRelay> = r.iter().filter(|x| x.identity != first).cloned().collect();
+        let c2 = candidates_from_relays(&without);
+        // Unlisted for 10 days, through many updates and a save/load: kept, not used.
+        for day in 1..=10 {
+            s.update(&c2, T0 + day * DAY_MS, &mut rng);
+        }
+        let s2 = GuardSet::from_toml(&s.to_toml(), GuardParams::default()).unwrap();
+        let g = s2.guards().iter().find(|g| g.id == first).expect("kept through a flap");
+        assert_eq!(g.unlisted_since, Some(T0 + DAY_MS));
+        assert!(!s2.primaries(&c2).contains(&first));
+        // Back: the first primary again, and no longer marked.
+        let mut s = s2;
+        s.update(&cands, T0 + 11 * DAY_MS, &mut rng);
+        assert_eq!(s.primaries(&cands)[0], first);
+        assert_eq!(s.guards().iter().find(|g| g.id == first).unwrap().unlisted_since, None);
+        // Gone again for 20 days: removed.
+        s.update(&c2, T0 + 12 * DAY_MS, &mut rng);
+        s.update(&c2, T0 + 31 * DAY_MS, &mut rng);
+        assert!(s.guards().iter().any(|g| g.id == first));
+        s.update(&c2, T0 + 32 * DAY_MS, &mut rng);
+        assert!(!s.guards().iter().any(|g| g.id == first), "unlisted for 20 days: removed");
     }
 }

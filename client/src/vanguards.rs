@@ -85,6 +85,11 @@ impl VanguardSet {
         std::mem::take(&mut self.dirty)
     }
 
+    /// Marks the set changed again (its save failed: the next save retries it).
+    pub fn mark_dirty(&mut self) {
+        self.dirty = true;
+    }
+
     /// Brings the set up to date with `cands` (the usable relays of the current consensus) at
     /// `now`: members that expired or are no longer listed are dropped, and the set is filled
     /// up to `count` by middle weight. Returns how many members were drawn.

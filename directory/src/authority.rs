@@ -396,7 +396,7 @@ impl AuthorityState {
         }
         let t = vote.lifetime.valid_after;
         if !self.schedule.is_period_start(t) {
-            return Err(Reject::bad(format!("vote for valid-after {t}: not a period start of this authority's voting interval")));
+            return Err(Reject::bad(format!("vote for valid-after {}: not a period start of this authority's voting interval", Utc(t))));
         }
         if !self.schedule.accepts_vote_for(t, now_ms) {
             return Err(Reject::bad(skew_reason("vote", t, self.schedule.vote_offset_ms(t, now_ms))));
@@ -513,7 +513,7 @@ impl AuthorityState {
         if off > 0 || off < -half {
             return Err(Reject::bad(skew_reason("signature", t, off)));
         }
-        Err(Reject::bad(format!("signature for valid-after {t}: this authority computed no consensus for that period")))
+        Err(Reject::bad(format!("signature for valid-after {}: this authority computed no consensus for that period", Utc(t))))
     }
 
     /// Publishes the pending consensus if its time has come and more than half of the
@@ -586,7 +586,7 @@ impl AuthorityState {
 /// clock skew by its ending `(clock skew?)`.
 pub fn skew_reason(what: &str, t: u64, offset_ms: i64) -> String {
     let dir = if offset_ms > 0 { "ahead of" } else { "behind" };
-    format!("{what} for valid-after {t} is {} {dir} this authority's schedule {SKEW_MARK}", crate::clock::fmt_secs(offset_ms.unsigned_abs()))
+    format!("{what} for valid-after {} is {} {dir} this authority's schedule {SKEW_MARK}", Utc(t), crate::clock::fmt_secs(offset_ms.unsigned_abs()))
 }
 
 /// How a refusal's reason ends when the refused document was for the wrong time.
@@ -1043,8 +1043,9 @@ async fn push_vote(sh: &Arc<Shared>, t: u64, text: Arc<str>) {
             .map(|o| format!("; by their Date headers, ours is about {} {} theirs", fmt_secs(o.unsigned_abs()), ahead_or_behind(-o)))
             .unwrap_or_default();
         let msg = format!(
-            "this authority's vote for valid-after {t} was refused for clock skew by {} of {} peers ({names}): {first}; \
+            "this authority's vote for valid-after {} was refused for clock skew by {} of {} peers ({names}): {first}; \
              this authority's clock is probably wrong{seen}, and its votes will not count until it is corrected",
+            Utc(t),
             skew_refusals.len(),
             sh.peers.len()
         );
@@ -1444,8 +1445,8 @@ mod tests {
         let ids: Vec<RelayId> = keys.iter().map(|k| RelayId(k.verifying_key().to_bytes())).collect();
         let mut peer = AuthorityState::new(signer(&keys[1]), &ids, true, s);
         let now = s.vote_at_ms(T);
-        for (t, want) in [(T + 600, "vote for valid-after 1000600 is 600 s ahead of this authority's schedule (clock skew?)"),
-                          (T - 600, "vote for valid-after 999400 is 600 s behind this authority's schedule (clock skew?)")] {
+        for (t, want) in [(T + 600, "vote for valid-after 1970-01-12 13:56:40 UTC is 600 s ahead of this authority's schedule (clock skew?)"),
+                          (T - 600, "vote for valid-after 1970-01-12 13:36:40 UTC is 600 s behind this authority's schedule (clock skew?)")] {
             let (text, _) = peer.make_vote(t, t - 5);
             let v = Vote::parse(&text).unwrap().verify(T).unwrap();
             let r = st[0].accept_vote(v, text, now).unwrap_err();
@@ -1462,7 +1463,7 @@ mod tests {
         let c = Consensus::new(s.lifetime(T + 600), vec![], vec![]);
         let far = DetachedSignature::new(&c, &signer(&keys[1]));
         let r = st[0].accept_signature(far, s.sign_at_ms(T)).unwrap_err();
-        assert_eq!(r.reason, "signature for valid-after 1000600 is 600 s ahead of this authority's schedule (clock skew?)");
+        assert_eq!(r.reason, "signature for valid-after 1970-01-12 13:56:40 UTC is 600 s ahead of this authority's schedule (clock skew?)");
         let c = Consensus::new(s.lifetime(T), vec![], vec![]);
         let late = DetachedSignature::new(&c, &signer(&keys[1]));
         let r = st[0].accept_signature(late, T * 1000).unwrap_err();

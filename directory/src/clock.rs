@@ -7,6 +7,8 @@
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use allium_proto::time::{civil_from_days, days_from_civil};
+
 /// Largest offset `authority.dangerous_clock_offset_secs` may inject (one year, either way).
 pub const MAX_CLOCK_OFFSET_SECS: i64 = 365 * 86_400;
 
@@ -98,29 +100,6 @@ pub fn fmt_secs(ms: u64) -> String {
     }
 }
 
-/// Days since 1970-01-01 of a proleptic Gregorian date.
-fn days_from_civil(y: i64, m: u32, d: u32) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = i64::from((m + 9) % 12);
-    let doy = (153 * mp + 2) / 5 + i64::from(d) - 1;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
-}
-
-/// The date of a day number (inverse of [`days_from_civil`]).
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    (yoe + era * 400 + i64::from(m <= 2), m, d)
-}
 
 const MONTHS: [&str; 12] = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
 const WEEKDAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
@@ -140,14 +119,6 @@ pub fn format_http_date(secs: u64) -> String {
     )
 }
 
-/// Unix seconds as a readable UTC date, e.g. `2026-12-06 02:30:00 UTC` (the status page's
-/// form; [`format_http_date`] is the header's).
-pub fn format_utc(secs: u64) -> String {
-    let days = i64::try_from(secs / 86_400).unwrap_or(0);
-    let rem = secs % 86_400;
-    let (y, m, d) = civil_from_days(days);
-    format!("{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02} UTC", rem / 3600, rem / 60 % 60, rem % 60)
-}
 
 /// Parses an HTTP date in the IMF-fixdate form into unix seconds; `None` for anything else
 /// (the obsolete forms are not accepted: peers are Allium authorities).
@@ -190,13 +161,6 @@ mod tests {
             "Tuesday, 01-Dec-26 18:33:21 GMT", "Tue, 01 Dec 1969 18:33:21 GMT", "Tue, 01 Dec 2026 1:33:210 GMT"] {
             assert_eq!(parse_http_date(bad), None, "{bad}");
         }
-    }
-
-    #[test]
-    fn utc_dates() {
-        assert_eq!(format_utc(0), "1970-01-01 00:00:00 UTC");
-        assert_eq!(format_utc(1_796_150_001), "2026-12-01 18:33:21 UTC");
-        assert_eq!(format_utc(1_709_251_199), "2024-02-29 23:59:59 UTC");
     }
 
     #[test]

@@ -16,7 +16,7 @@ use allium_proto::doc::{Consensus, ConsensusEntry, Microdesc, RelayFlags};
 use allium_proto::ids::RelayId;
 use allium_proto::policy::ExitPolicy;
 
-use crate::clock::format_utc;
+use allium_proto::time::fmt_utc as format_utc;
 
 /// What the serving authority knows about a listed relay beyond the consensus.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]

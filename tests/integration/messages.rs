@@ -136,7 +136,7 @@ fn a_healthy_network_logs_no_warning_while_it_starts() {
     for n in &net.nodes {
         let log = net.node_log(&n.name);
         assert!(!log.is_empty(), "{} wrote no log", n.name);
-        warnings.extend(log.lines().filter(|l| l.contains(" WARN ") || l.contains(" ERROR ")).map(|l| format!("{}: {l}", n.name)));
+        warnings.extend(log.lines().filter(|l| l.contains(" WARN ") || l.contains(" ERROR ") || l.contains("WARN:")).map(|l| format!("{}: {l}", n.name)));
     }
     assert!(warnings.is_empty(), "a healthy network logged warnings:\n{}", warnings.join("\n"));
 }
