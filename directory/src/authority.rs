@@ -1143,6 +1143,7 @@ mod tests {
             bandwidth: 1,
             protocols: crate::protocols::implemented_protocols(),
             published,
+            platform: None,
         }
     }
 

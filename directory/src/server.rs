@@ -281,7 +281,8 @@ fn relay_notes(st: &AuthorityState, c: &Consensus) -> HashMap<allium_proto::ids:
     c.relays()
         .iter()
         .map(|r| {
-            let n = RelayNotes { running_since: st.running_since(&r.identity), advertised_bandwidth: st.descriptor(&r.identity).map(|d| d.bandwidth) };
+            let d = st.descriptor(&r.identity);
+            let n = RelayNotes { running_since: st.running_since(&r.identity), advertised_bandwidth: d.map(|d| d.bandwidth), platform: d.and_then(|d| d.platform.clone()) };
             (r.identity, n)
         })
         .collect()

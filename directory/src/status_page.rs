@@ -19,13 +19,15 @@ use allium_proto::policy::ExitPolicy;
 use allium_proto::time::fmt_utc as format_utc;
 
 /// What the serving authority knows about a listed relay beyond the consensus.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct RelayNotes {
     /// Start of the relay's current unbroken run of successful reachability tests by this
     /// authority (unix seconds); `None` when it has not seen one (e.g. just restarted).
     pub running_since: Option<u64>,
     /// The bandwidth the relay advertises in the descriptor this authority holds (bytes/s).
     pub advertised_bandwidth: Option<u64>,
+    /// The software version in that descriptor (`platform`, e.g. `Allium 0.1.0`).
+    pub platform: Option<String>,
 }
 
 /// Everything the page shows.
@@ -300,7 +302,8 @@ fn relay_table(o: &mut String, p: &PageInput<'_>) {
     o.push_str(
         "<p class=\"muted\">Weight: the consensus weight clients choose relays by (a capped bandwidth). \
          Uptime: how long this authority's reachability tests have found the relay up without a break. \
-         Relays publish no software version: the protocols column lists the subprotocol versions each supports.</p>\n",
+         Version: the software the relay's descriptor names (unknown when this authority holds no descriptor of it); \
+         protocols: the subprotocol versions it supports.</p>\n",
     );
     if relays.is_empty() {
         o.push_str("<p>No relay is listed.</p>\n");
@@ -308,7 +311,7 @@ fn relay_table(o: &mut String, p: &PageInput<'_>) {
     }
     o.push_str(
         "<table class=\"cards\">\n<thead><tr><th>Nickname</th><th>Fingerprint</th><th>Flags</th><th>Weight</th>\
-         <th>Uptime</th><th>Exit policy</th><th>Protocols</th><th>Address</th></tr></thead>\n<tbody>\n",
+         <th>Uptime</th><th>Exit policy</th><th>Version</th><th>Protocols</th><th>Address</th></tr></thead>\n<tbody>\n",
     );
     for i in order {
         relay_row(o, &relays[i], md_of(i), p.notes.get(&relays[i].identity), p.now);
@@ -326,6 +329,10 @@ fn relay_row(o: &mut String, r: &ConsensusEntry, md: Option<&Microdesc>, notes: 
         Some(since) => escape(&span(now.saturating_sub(since))),
         None => unknown.to_string(),
     };
+    let version = match notes.and_then(|n| n.platform.as_deref()) {
+        Some(v) => escape(v),
+        None => unknown.to_string(),
+    };
     let (policy, protocols) = match md {
         Some(md) => (escape(&policy_summary(&md.policy)), format!("<code>{}</code>", escape(&md.protocols.to_string()))),
         None => (unknown.to_string(), unknown.to_string()),
@@ -334,7 +341,7 @@ fn relay_row(o: &mut String, r: &ConsensusEntry, md: Option<&Microdesc>, notes: 
         o,
         "<tr><td data-label=\"Nickname\"><strong>{}</strong></td><td data-label=\"Fingerprint\"><code class=\"fp\">{}</code></td>\
          <td data-label=\"Flags\">{}</td><td data-label=\"Weight\" class=\"num\">{weight}</td><td data-label=\"Uptime\" class=\"num\">{uptime}</td>\
-         <td data-label=\"Exit policy\">{policy}</td><td data-label=\"Protocols\">{protocols}</td>\
+         <td data-label=\"Exit policy\">{policy}</td><td data-label=\"Version\">{version}</td><td data-label=\"Protocols\">{protocols}</td>\
          <td data-label=\"Address\"><code>{}</code></td></tr>",
         escape(&r.nickname),
         r.identity.fingerprint(),
@@ -397,7 +404,7 @@ mod tests {
         rs[5].flags = RelayFlags::RUNNING | RelayFlags::VALID | RelayFlags::EXIT;
         let (c, auths) = consensus(rs.clone(), 2);
         let mut notes = HashMap::new();
-        notes.insert(rs[0].identity, RelayNotes { running_since: Some(T + 10 - 3 * 3600 - 300), advertised_bandwidth: Some(3 << 20) });
+        notes.insert(rs[0].identity, RelayNotes { running_since: Some(T + 10 - 3 * 3600 - 300), advertised_bandwidth: Some(3 << 20), platform: Some("Allium 9.9.9<x>".into()) });
         let html = page(&c, &auths, &notes, T + 10);
         for r in &rs {
             assert!(html.contains(&escape(&r.nickname)), "{} missing", r.nickname);
@@ -419,6 +426,7 @@ mod tests {
         assert!(html.contains("reject private:*, accept *:*"));
         assert!(html.contains("not an exit"));
         assert!(html.contains("Link=1-2"));
+        assert!(html.contains("Allium 9.9.9&lt;x&gt;"), "the version, escaped");
     }
 
     #[test]

@@ -169,6 +169,7 @@ async fn fake_relay(seed: u8) -> FakeRelay {
         bandwidth: 1000 * u64::from(seed),
         protocols: allium_directory::implemented_protocols(),
         published: now(),
+        platform: None,
     };
     FakeRelay { key: k, desc, task, _dir: dir }
 }

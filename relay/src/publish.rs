@@ -55,6 +55,7 @@ pub fn build_descriptor(cfg: &RelayConfig, ctx: &RelayCtx, published: u64) -> Re
         bandwidth: ctx.observed.lock().unwrap_or_else(|e| e.into_inner()).reported(cfg.relay.bandwidth),
         protocols: our_protocols(),
         published,
+        platform: Some(format!("Allium {}", env!("CARGO_PKG_VERSION"))),
     };
     Ok(d.encode_signed(&ctx.keys.identity))
 }

@@ -115,6 +115,8 @@ fn authority_serves_a_status_page_listing_every_relay() {
     assert!(!b.to_ascii_lowercase().contains("<script"), "the page has no JavaScript");
     assert!(b.contains("valid now") && b.contains(" UTC</dd>"), "validity with readable dates:\n{b}");
     assert!(b.contains("authorities signed;"), "signatures:\n{b}");
+    let version = format!("<td data-label=\"Version\">Allium {}</td>", env!("CARGO_PKG_VERSION"));
+    assert_eq!(b.matches(&version).count(), relays.len(), "every relay's software version:\n{b}");
     for n in &relays {
         assert!(b.contains(&format!("<strong>{n}</strong>")), "{n} missing from the page");
     }

@@ -28,8 +28,12 @@ const SPEC: &[(&str, Mult)] = &[
     ("bandwidth", Mult::Once),
     ("protocols", Mult::Once),
     ("published", Mult::Once),
+    ("platform", Mult::Any),
     ("signature", Mult::Once),
 ];
+
+/// The longest `platform` value (software name and version).
+pub const MAX_PLATFORM_LEN: usize = 64;
 
 /// A relay descriptor, as the relay states it. A parsed one is only obtained through
 /// [`UnverifiedDescriptor::verify`].
@@ -55,6 +59,10 @@ pub struct RelayDescriptor {
     pub protocols: Protocols,
     /// When this descriptor was made (unix seconds).
     pub published: u64,
+    /// The software and version the relay runs (`Allium 0.1.0`), for operators' pages only:
+    /// nothing decides by it (protocol versions do that). At most [`MAX_PLATFORM_LEN`]
+    /// printable ASCII bytes.
+    pub platform: Option<String>,
 }
 
 impl RelayDescriptor {
@@ -78,6 +86,9 @@ impl RelayDescriptor {
                 published: self.published,
             },
         );
+        if let Some(p) = &self.platform {
+            line(&mut out, "platform", p);
+        }
         out
     }
 
@@ -120,6 +131,12 @@ impl RelayDescriptor {
         let id = s.get("identity");
         let identity = fingerprint(id, id.one()?)?;
         let k = KeysOwned::parse(&s)?;
+        let platform = match s.all("platform") {
+            [] => None,
+            [l] if platform_ok(l.rest) => Some(l.rest.to_string()),
+            [l] => return Err(l.bad("bad platform (1-64 printable ASCII bytes)")),
+            [_, l, ..] => return Err(l.bad("platform given twice")),
+        };
         let sig_line = s.get("signature");
         let signature: [u8; 64] = b64(sig_line, sig_line.one()?)?;
         let signed_part = &text[..sig_line.start];
@@ -136,11 +153,17 @@ impl RelayDescriptor {
                 bandwidth: k.bandwidth,
                 protocols: k.protocols,
                 published: k.published,
+                platform,
             },
             signed_hash: Sha256::digest(signed_part.as_bytes()).into(),
             signature,
         })
     }
+}
+
+/// Whether a `platform` value is acceptable: 1–64 printable ASCII bytes.
+fn platform_ok(p: &str) -> bool {
+    !p.is_empty() && p.len() <= MAX_PLATFORM_LEN && p.bytes().all(|b| (0x20..0x7f).contains(&b))
 }
 
 pub(super) fn signed_message(signed_part: &str) -> Vec<u8> {

@@ -54,11 +54,31 @@ fn desc(k: &SigningKey, nick: &str, published: u64) -> RelayDescriptor {
         bandwidth: 1_000_000,
         protocols: Protocols::new().with("Link", 1, 1).with("Relay", 1, 2).with("Ntor", 1, 1),
         published,
+        platform: None,
     }
 }
 
 fn parse_verify(text: &str) -> Result<RelayDescriptor, DocError> {
     RelayDescriptor::parse(text)?.verify()
+}
+
+/// The optional `platform` line: kept, signed over (it changes the digest), at most once,
+/// printable and bounded.
+#[test]
+fn descriptor_platform_is_optional_signed_and_bounded() {
+    let k = key(7);
+    let mut d = desc(&k, "plat", 1_700_000_000);
+    let without = d.digest();
+    d.platform = Some("Allium 0.1.0".into());
+    let text = d.encode_signed(&k);
+    assert!(text.contains("\nplatform Allium 0.1.0\nsignature "), "{text}");
+    assert_eq!(parse_verify(&text).unwrap(), d);
+    assert_ne!(d.digest(), without);
+    let unsigned = d.encode_unsigned();
+    for bad in ["platform Allium 0.1.0\nplatform x\n".to_string(), format!("platform {}\n", "x".repeat(65)), "platform tab\there\n".into()] {
+        let doctored = unsigned.replace("platform Allium 0.1.0\n", &bad);
+        assert!(parse_verify(&sign_desc_text(&doctored, &k)).is_err(), "{bad:?} accepted");
+    }
 }
 
 /// Signs an arbitrary descriptor signed part (lets tests add lines the encoder never writes).
