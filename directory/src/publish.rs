@@ -4,7 +4,8 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use allium_net::config::NetworkConfig;
+use allium_net::config::{AuthorityEntry, NetworkConfig};
+use allium_proto::ids::RelayId;
 use tokio::task::JoinSet;
 
 use crate::http::{self, PostError};
@@ -19,16 +20,22 @@ pub const PUBLISH_TIMEOUT: Duration = Duration::from_secs(10);
 /// debug). A relay should upload on start, when its descriptor changes, and every
 /// [`crate::schedule::republish_period_secs`].
 pub async fn publish_descriptor(net: &NetworkConfig, bind: IpAddr, text: &str) -> usize {
+    publish_descriptor_to(&net.authorities, bind, text).await.len()
+}
+
+/// Uploads the descriptor `text` to each of `authorities` at once, as [`publish_descriptor`];
+/// returns the identities of those that accepted it.
+pub async fn publish_descriptor_to(authorities: &[AuthorityEntry], bind: IpAddr, text: &str) -> Vec<RelayId> {
     let client = match http::client(bind) {
         Ok(c) => c,
         Err(e) => {
             tracing::warn!("cannot publish the descriptor: {e}");
-            return 0;
+            return Vec::new();
         }
     };
     let body: Arc<str> = text.into();
     let mut set = JoinSet::new();
-    for a in net.authorities.iter().cloned() {
+    for a in authorities.iter().cloned() {
         let client = client.clone();
         let body = body.clone();
         set.spawn(async move {
@@ -42,13 +49,13 @@ pub async fn publish_descriptor(net: &NetworkConfig, bind: IpAddr, text: &str) -
                     tracing::debug!(authority = %a.name, address = %a.address, "descriptor upload failed");
                 }
             }
-            r.is_ok()
+            r.is_ok().then_some(a.identity)
         });
     }
-    let mut accepted = 0;
+    let mut accepted = Vec::new();
     while let Some(r) = set.join_next().await {
-        accepted += usize::from(r.unwrap_or(false));
+        accepted.extend(r.ok().flatten());
     }
-    tracing::debug!(accepted, authorities = net.authorities.len(), "descriptor published");
+    tracing::debug!(accepted = accepted.len(), authorities = authorities.len(), "descriptor published");
     accepted
 }

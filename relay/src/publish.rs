@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use allium_proto::doc::{Protocols, RelayDescriptor};
+use allium_proto::ids::RelayId;
 
 use crate::{RelayConfig, RelayCtx, RelayError};
 
@@ -60,27 +61,98 @@ pub fn build_descriptor(cfg: &RelayConfig, ctx: &RelayCtx, published: u64) -> Re
     Ok(d.encode_signed(&ctx.keys.identity))
 }
 
+/// First retry delay of an upload round; doubles per failed attempt up to the cap.
+const RETRY_BASE: Duration = Duration::from_millis(500);
+
+/// One upload round: the authorities that have not yet taken this relay's descriptor, and how
+/// often they failed. Sans-IO: [`UploadRound::next`] says when to upload again.
+#[derive(Debug, Clone)]
+pub struct UploadRound {
+    pending: Vec<RelayId>,
+    total: usize,
+    attempts: u32,
+}
+
+/// What to do after an upload attempt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NextUpload {
+    /// Some authorities still lack the descriptor: upload to them after this delay.
+    Retry(Duration),
+    /// Every authority has it: start a new round at the republish period.
+    Done,
+}
+
+impl UploadRound {
+    /// A round to every authority in `all`.
+    pub fn new(all: &[RelayId]) -> Self {
+        UploadRound { pending: all.to_vec(), total: all.len(), attempts: 0 }
+    }
+
+    /// The authorities still to upload to.
+    pub fn pending(&self) -> &[RelayId] {
+        &self.pending
+    }
+
+    /// How many authorities have the descriptor.
+    pub fn accepted(&self) -> usize {
+        self.total - self.pending.len()
+    }
+
+    /// Records the authorities that accepted it in one attempt. Those that did not are tried
+    /// again (every one of them, not only until one accepts: the consensus lists a relay only
+    /// when a majority voted for it), after a delay doubling from [`RETRY_BASE`] up to `cap`
+    /// and drawn in its upper half by `r`, so relays refused together do not retry together.
+    pub fn on_attempt(&mut self, accepted: &[RelayId], cap: Duration, r: u64) -> NextUpload {
+        self.pending.retain(|id| !accepted.contains(id));
+        if self.pending.is_empty() {
+            return NextUpload::Done;
+        }
+        let step = RETRY_BASE.saturating_mul(1 << self.attempts.min(16)).min(cap);
+        self.attempts += 1;
+        let half = step.as_millis() as u64 / 2;
+        NextUpload::Retry(Duration::from_millis(half + r % half.max(1)))
+    }
+}
+
+/// Longest wait between retries of an upload round (test networks: 2 s).
+fn retry_cap(testnet: bool) -> Duration {
+    Duration::from_secs(if testnet { 2 } else { 60 })
+}
+
 /// Uploads the descriptor now and then periodically, and at once when the onion key rotates
-/// ([`RelayCtx::republish`]); retries quickly until one authority took it.
+/// ([`RelayCtx::republish`]) or a consensus leaves this relay out; within a round, retries the
+/// authorities that did not take it (with backoff) until every one has.
 pub async fn publish_loop(cfg: RelayConfig, ctx: Arc<RelayCtx>) -> Result<(), RelayError> {
+    let all: Vec<RelayId> = cfg.network.authorities.iter().map(|a| a.identity).collect();
+    let majority = all.len() / 2 + 1;
+    let mut round = UploadRound::new(&all);
     let mut announced = false;
     loop {
         let text = build_descriptor(&cfg, &ctx, now())?;
-        let accepted = allium_directory::publish::publish_descriptor(&cfg.network, cfg.node.address, &text).await;
-        let wait = if accepted == 0 {
-            tracing::warn!("no authority accepted our descriptor yet; retrying");
-            Duration::from_millis(500)
-        } else {
-            if !announced {
-                tracing::info!("descriptor accepted by {accepted} of {} authorities", cfg.network.authorities.len());
-                announced = true;
-            }
-            republish_every(cfg.network.dangerous_testnet, consensus_interval(&ctx))
+        let targets: Vec<_> = cfg.network.authorities.iter().filter(|a| round.pending().contains(&a.identity)).cloned().collect();
+        let accepted = allium_directory::publish::publish_descriptor_to(&targets, cfg.node.address, &text).await;
+        let before = round.accepted();
+        let next = round.on_attempt(&accepted, retry_cap(cfg.network.dangerous_testnet), rand::random());
+        if !announced && round.accepted() >= majority {
+            tracing::info!("descriptor accepted by {} of {} authorities", round.accepted(), all.len());
+            announced = true;
+        } else if before < majority && round.accepted() < majority && next != NextUpload::Done {
+            tracing::info!("descriptor accepted by {} of {} authorities so far (a majority is needed to be listed); retrying the others", round.accepted(), all.len());
+        }
+        let wait = match next {
+            NextUpload::Retry(d) => d,
+            NextUpload::Done => republish_every(cfg.network.dangerous_testnet, consensus_interval(&ctx)),
         };
-        tokio::select! {
-            _ = tokio::time::sleep(wait) => {}
-            _ = ctx.republish.notified() => tracing::info!("republishing the descriptor: the onion key rotated"),
-            _ = ctx.unlisted.notified() => tracing::info!("republishing the descriptor: the consensus does not list this relay"),
+        let reason = tokio::select! {
+            _ = tokio::time::sleep(wait) => None,
+            _ = ctx.republish.notified() => Some("the onion key rotated"),
+            _ = ctx.unlisted.notified() => Some("the consensus does not list this relay"),
+        };
+        if let Some(why) = reason {
+            tracing::info!("republishing the descriptor: {why}");
+        }
+        if next == NextUpload::Done || reason.is_some() {
+            round = UploadRound::new(&all);
         }
     }
 }
@@ -137,6 +209,29 @@ mod tests {
         assert_eq!(republish_every(false, Some(3600)), Duration::from_secs(3600));
         assert_eq!(republish_every(true, Some(3600)), Duration::from_secs(10));
         assert_eq!(republish_every(true, Some(2)), Duration::from_secs(10));
+    }
+
+    /// Issue 18: a relay that one of three authorities accepted stopped retrying and stayed out
+    /// of every consensus. A round retries every authority that has not taken the descriptor,
+    /// with a growing, jittered delay, until all have.
+    #[test]
+    fn an_upload_round_retries_every_authority_that_refused() {
+        let ids: Vec<RelayId> = (1..=3).map(|i| RelayId([i; 32])).collect();
+        let cap = Duration::from_secs(60);
+        let mut round = UploadRound::new(&ids);
+        let NextUpload::Retry(d1) = round.on_attempt(&ids[..1], cap, 0) else { panic!("one of three is not done") };
+        assert_eq!(round.pending(), &ids[1..]);
+        assert_eq!(d1, Duration::from_millis(250));
+        let NextUpload::Retry(d2) = round.on_attempt(&[], cap, 0) else { panic!() };
+        assert!(d2 > d1);
+        for i in 0..20 {
+            let NextUpload::Retry(d) = round.on_attempt(&[], cap, u64::MAX) else { panic!() };
+            // Doubling to the cap (reached after 7 steps of 0.5 s doubling), never past it.
+            assert!(d <= cap && (i < 6 || d >= cap / 2), "attempt {i}: {d:?}");
+        }
+        assert_eq!(round.on_attempt(&ids[1..2], cap, 0), NextUpload::Retry(Duration::from_secs(30)));
+        assert_eq!(round.accepted(), 2);
+        assert_eq!(round.on_attempt(&ids[2..], cap, 0), NextUpload::Done);
     }
 
     /// Issue 13: a relay that re-uploaded hourly whatever the interval dropped out of every
