@@ -26,7 +26,8 @@ use tokio::task::JoinSet;
 use crate::authkeys::{AuthorityKeys, KeyNote};
 use crate::clock::{date_skew_ms, date_warn_tolerance_ms, fmt_secs, Clock};
 use crate::config::AuthorityConfig;
-use crate::flags::{assign_flags, capped_weight, Observation, Thresholds};
+use crate::flags::{assign_flags, capped_weight, Observation, Sample, Thresholds};
+use crate::history::HistoryBook;
 use crate::params::ConsensusParams;
 use crate::schedule::{descriptor_max_age, Schedule};
 use crate::DirError;
@@ -115,15 +116,6 @@ impl VotePolicy {
     }
 }
 
-/// The result of this authority's reachability tests of one relay.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Reach {
-    /// The last test succeeded.
-    ok: bool,
-    /// Start of the current unbroken run of successful tests (unix seconds).
-    running_since: Option<u64>,
-}
-
 /// Where and how to test one relay's reachability.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ReachTarget {
@@ -154,7 +146,8 @@ pub struct AuthorityState {
     /// come with the next consensus computed here).
     microdescs: crate::microdescs::MicrodescStore,
     policy: VotePolicy,
-    reach: HashMap<RelayId, Reach>,
+    /// Every tested relay's reachability history (saved with [`AuthorityState::history_text`]).
+    history: HistoryBook,
     /// Shared randomness: this authority's secret reveal for each period it committed in (the
     /// current and the previous one). In memory only: after a restart it has nothing to reveal
     /// and takes part again from the period after its next vote.
@@ -177,7 +170,7 @@ impl AuthorityState {
             published: None,
             microdescs: Default::default(),
             policy: VotePolicy::defaults(testnet),
-            reach: HashMap::new(),
+            history: HistoryBook::default(),
             srv_reveals: BTreeMap::new(),
         }
     }
@@ -201,9 +194,18 @@ impl AuthorityState {
         if !self.descriptors.contains_key(&id) {
             return;
         }
-        let r = self.reach.entry(id).or_insert(Reach { ok, running_since: None });
-        r.ok = ok;
-        r.running_since = if ok { Some(r.running_since.unwrap_or(now)) } else { None };
+        let rule = self.thresholds().down;
+        self.history.record(id, ok, now, &rule);
+    }
+
+    /// Starts from a saved history (loaded at startup).
+    pub fn set_history(&mut self, h: HistoryBook) {
+        self.history = h;
+    }
+
+    /// The history file's text.
+    pub fn history_text(&self) -> String {
+        self.history.to_text()
     }
 
     /// Every held relay to test.
@@ -217,7 +219,7 @@ impl AuthorityState {
 
     /// The target for `id` if it was never tested (a relay seen for the first time).
     pub fn untested(&self, id: &RelayId) -> Option<ReachTarget> {
-        if self.reach.contains_key(id) || self.policy.rejected.contains(id) {
+        if self.history.tested(id) && !self.history.get(id).is_some_and(|h| h.retest) || self.policy.rejected.contains(id) {
             return None;
         }
         self.descriptors.get(id).map(|d| ReachTarget { identity: d.identity, address: d.address, link_key: d.link_key })
@@ -236,6 +238,20 @@ impl AuthorityState {
         Thresholds::from_params(&ConsensusParams::from_map(&p).unwrap_or_default())
     }
 
+    /// [`Self::thresholds`] lowered to what the running relays reach ([`Thresholds::relative_to`]).
+    fn relative_thresholds(&self, now: u64) -> Thresholds {
+        let t = self.thresholds();
+        let samples: Vec<Sample> = self
+            .descriptors
+            .values()
+            .filter_map(|d| {
+                let h = self.history.get(&d.identity).filter(|h| h.running(now, &t.down))?;
+                Some(Sample { weight: capped_weight(d.bandwidth, &t), run_secs: h.run_secs(now), known_secs: h.known_secs(now), mtbf_secs: h.mtbf_secs(now) })
+            })
+            .collect();
+        t.relative_to(&samples)
+    }
+
     /// The entry this authority votes for a held descriptor, or `None` when it does not vote
     /// for the relay: rejected by the operator, lacking a required protocol version, or not
     /// reachable in the last test (so every entry it votes has Running).
@@ -243,10 +259,13 @@ impl AuthorityState {
         if self.policy.rejected.contains(&d.identity) || !d.protocols.missing(&self.policy.required_protocols).is_empty() {
             return None;
         }
-        let reach = self.reach.get(&d.identity).filter(|r| r.ok)?;
+        let h = self.history.get(&d.identity).filter(|h| h.running(now, &t.down))?;
         let obs = Observation {
             reachable: true,
-            uptime_secs: now.saturating_sub(reach.running_since.unwrap_or(now)),
+            uptime_secs: h.run_secs(now),
+            known_secs: h.known_secs(now),
+            mtbf_secs: h.mtbf_secs(now),
+            wfu_permille: h.wfu_permille(),
             bandwidth: d.bandwidth,
             policy: &d.policy,
             bad_exit: self.policy.bad_exits.contains(&d.identity),
@@ -283,8 +302,8 @@ impl AuthorityState {
                 return Err(Reject::bad("not newer than the descriptor already held for this relay"));
             }
             if old.address != d.address || old.link_key != d.link_key {
-                // Test the new address before voting for it.
-                self.reach.remove(&d.identity);
+                // Test the new address before voting for it (its history is kept).
+                self.history.require_retest(&d.identity);
             }
         } else if self.descriptors.len() >= MAX_DESCRIPTORS {
             self.prune_descriptors(now);
@@ -315,12 +334,12 @@ impl AuthorityState {
         let victim = self
             .descriptors
             .values()
-            .filter(|o| which(o) && !self.reach.get(&o.identity).is_some_and(|r| r.ok))
+            .filter(|o| which(o) && !self.history.proven(&o.identity))
             .min_by_key(|o| (o.published, o.identity))
             .map(|o| o.identity);
         let Some(v) = victim else { return false };
         self.descriptors.remove(&v);
-        self.reach.remove(&v);
+        self.history.remove(&v);
         LimitCounters::hit(&LIMITS.descriptors_evicted);
         true
     }
@@ -328,8 +347,8 @@ impl AuthorityState {
     fn prune_descriptors(&mut self, now: u64) {
         let max_age = descriptor_max_age(self.schedule.interval_secs());
         self.descriptors.retain(|_, d| d.published + max_age >= now);
-        let held = &self.descriptors;
-        self.reach.retain(|id, _| held.contains_key(id));
+        // Histories outlive descriptors (a relay that restarts keeps its record), for a bound.
+        self.history.forget(now);
     }
 
     /// Number of descriptors held.
@@ -341,7 +360,7 @@ impl AuthorityState {
     /// descriptors that are not too old. Returns the signed text and the number of relays.
     pub fn make_vote(&mut self, t: u64, now: u64) -> (Arc<str>, usize) {
         self.prune_descriptors(now);
-        let th = self.thresholds();
+        let th = self.relative_thresholds(now);
         let srv = self.vote_srv(t);
         let vote = Vote {
             lifetime: self.schedule.lifetime(t),
@@ -572,7 +591,7 @@ impl AuthorityState {
     /// Start of `id`'s current unbroken run of successful reachability tests (unix seconds),
     /// if its last test succeeded.
     pub fn running_since(&self, id: &RelayId) -> Option<u64> {
-        self.reach.get(id).filter(|r| r.ok).and_then(|r| r.running_since)
+        self.history.get(id).filter(|h| h.last_ok).and_then(|h| h.run_since)
     }
 
     /// The descriptor held for `id`.
@@ -706,6 +725,46 @@ pub fn save_consensus(dir: &Path, text: &str) -> std::io::Result<()> {
     crate::cache::save(dir, CONSENSUS_FILE, text)
 }
 
+/// The relays' reachability history in the data directory ([`crate::history`]).
+pub const HISTORY_FILE: &str = "relay-history";
+
+/// Reads the saved relay history; an unreadable one is reported and replaced by an empty one
+/// (the file is set aside as `relay-history.bad`, never silently overwritten).
+pub fn load_history(dir: &Path) -> HistoryBook {
+    let path = dir.join(HISTORY_FILE);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return HistoryBook::default(),
+        Err(e) => {
+            tracing::error!("cannot read the relay history {}: {e}; starting without it", path.display());
+            return HistoryBook::default();
+        }
+    };
+    match HistoryBook::from_text(&text) {
+        Ok(h) => {
+            tracing::info!(relays = h.len(), "loaded the relay history");
+            h
+        }
+        Err(e) => {
+            let aside = dir.join(format!("{HISTORY_FILE}.bad"));
+            let _ = std::fs::rename(&path, &aside);
+            tracing::error!("the relay history {} is damaged ({e}); set aside as {} and starting without it", path.display(), aside.display());
+            HistoryBook::default()
+        }
+    }
+}
+
+/// Writes the relay history atomically (after each round of reachability tests).
+async fn save_history(sh: &Shared) {
+    let text = sh.lock().history_text();
+    let dir = sh.data_dir.clone();
+    let _g = sh.save_lock.lock().await;
+    let r = tokio::task::spawn_blocking(move || crate::cache::save(&dir, HISTORY_FILE, &text)).await;
+    if let Err(e) | Ok(Err(e)) = r.map_err(std::io::Error::other) {
+        tracing::error!("cannot save the relay history in the data directory: {e}");
+    }
+}
+
 /// Reads and verifies the saved consensus, if there is one still valid at `now`.
 pub fn load_consensus(dir: &Path, authorities: &[RelayId], now: u64) -> Option<Consensus> {
     let path = dir.join(CONSENSUS_FILE);
@@ -771,6 +830,7 @@ pub async fn run_authority_with_status(
     log_key_notes(&std::mem::take(&mut keys.notes));
     let (cert_expires, identity_present) = (keys.signer.cert().expires, keys.identity.is_some());
     let mut state = AuthorityState::new(keys.signer.clone(), &ids, cfg.network.dangerous_testnet, schedule).with_policy(policy);
+    state.set_history(load_history(&cfg.node.data_dir));
     if let Some(c) = load_consensus(&cfg.node.data_dir, &ids, clock.now_secs()) {
         tracing::info!(valid_after = %Utc(c.valid_after()), relays = c.relays().len(), "loaded the saved consensus");
         state.install_published(c);
@@ -858,6 +918,7 @@ async fn schedule_loop(sh: Arc<Shared>) -> Result<(), DirError> {
             let targets = sh.lock().reach_targets();
             let (up, all) = test_reachability(&sh, targets, clock.until(s.vote_at_ms(t))).await;
             tracing::info!(valid_after = %Utc(t), reachable = up, relays = all, "reachability tested");
+            save_history(&sh).await;
         }
         clock.sleep_until_ms(s.vote_at_ms(t)).await;
         let (text, n) = sh.lock().make_vote(t, clock.now_secs());
@@ -1562,21 +1623,28 @@ mod tests {
         exit.bandwidth = 50_000_000;
         let mut old = desc(&key(85), now, "192.0.2.5:9001");
         old.protocols = allium_proto::doc::Protocols::new().with("Link", 1, 1);
-        for d in [desc(&up, now, "192.0.2.1:9001"), desc(&untested, now, "192.0.2.2:9001"), desc(&key(82), now, "192.0.2.4:9001"), exit, old, desc(&gone, now, "192.0.2.6:9001")] {
+        let blip = key(86);
+        for d in [desc(&up, now, "192.0.2.1:9001"), desc(&untested, now, "192.0.2.2:9001"), desc(&key(82), now, "192.0.2.4:9001"), exit, old, desc(&gone, now, "192.0.2.6:9001"), desc(&blip, now, "192.0.2.7:9001")] {
             a.accept_descriptor(d, now).unwrap();
         }
-        assert_eq!(a.reach_targets().len(), 5, "the rejected relay is not even tested");
-        for k in [&up, &bad, &key(85), &gone] {
-            a.record_reachability(RelayId(k.verifying_key().to_bytes()), true, now - 100);
+        assert_eq!(a.reach_targets().len(), 6, "the rejected relay is not even tested");
+        let id = |k: &SigningKey| RelayId(k.verifying_key().to_bytes());
+        for k in [&up, &bad, &key(85)] {
+            a.record_reachability(id(k), true, now - 100);
         }
-        a.record_reachability(RelayId(gone.verifying_key().to_bytes()), false, now);
+        // Down in two tests 700 s apart: no longer Running. One lost test: still Running.
+        for (k, ok, at) in [(&gone, true, now - 2000), (&gone, false, now - 700), (&gone, false, now), (&blip, true, now - 1000), (&blip, false, now)] {
+            a.record_reachability(id(k), ok, at);
+        }
         let (text, n) = a.make_vote(T, now);
         let v = Vote::parse(&text).unwrap().verify(T).unwrap();
         let listed: Vec<RelayId> = v.relays.iter().map(|r| r.identity).collect();
-        assert_eq!(n, 2, "{listed:?}");
+        assert_eq!(n, 3, "{listed:?}");
         let find = |k: &SigningKey| v.relays.iter().find(|r| r.identity == RelayId(k.verifying_key().to_bytes())).cloned();
+        assert!(find(&blip).expect("one lost test keeps a relay").flags.contains(RelayFlags::RUNNING));
         let r_up = find(&up).expect("reachable relay listed");
-        assert_eq!(r_up.flags, RelayFlags::RUNNING | RelayFlags::VALID, "new and slow on a real network");
+        // New on a real network: Fast relative to the others, nothing that needs uptime.
+        assert_eq!(r_up.flags, RelayFlags::RUNNING | RelayFlags::VALID | RelayFlags::FAST);
         let r_bad = find(&bad).expect("bad exit still listed");
         assert!(r_bad.flags.contains(RelayFlags::BAD_EXIT | RelayFlags::EXIT | RelayFlags::FAST));
         assert_eq!(r_bad.weight, 10_000_000, "self-reported bandwidth capped");

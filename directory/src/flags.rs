@@ -3,24 +3,28 @@
 //!
 //! | flag | rule (in this authority's vote) |
 //! |---|---|
-//! | Running | the relay completed a link handshake in this authority's last reachability test |
+//! | Running | by the relay's reachability history ([`crate::history`]): its last test succeeded, or it was running and has failed fewer than `running-min-failures` tests in a row or for less than `running-min-down-secs` |
 //! | Valid | its descriptor verified, it supports the required protocols and it is not on the operator's reject list (a relay that is not Valid is not voted at all) |
-//! | Fast | weight ≥ `fast-min-bw` |
-//! | Stable | uptime ≥ `stable-min-uptime` |
-//! | Guard | Fast and Stable, weight ≥ `guard-min-bw` and uptime ≥ `guard-min-uptime` |
-//! | HSDir | uptime ≥ `hsdir-min-uptime` |
+//! | Fast | weight ≥ the smaller of `fast-min-bw` and the weight 1/8 of the way up the running relays' weights |
+//! | Stable | weighted MTBF ≥ the stable threshold |
+//! | HSDir | current run ≥ the HSDir threshold |
+//! | Guard | Fast and Stable, weight ≥ the smaller of `guard-min-bw` and the running relays' median weight, time known ≥ the guard threshold, weighted fractional uptime ≥ `guard-min-wfu` ‰ |
 //! | Exit | its policy accepts ports 80 and 443 at some public address (on a test network, also at 127.0.0.1) |
 //! | BadExit | the operator lists it in `authority.bad_exits` |
 //!
-//! *Uptime* is the time since the start of the current unbroken run of successful reachability
-//! tests by this authority (it restarts at 0 after a failed test or an authority restart).
-//! *Weight* is `min(advertised bandwidth, bw-cap)`.
+//! The stable, HSDir and guard thresholds are relative to the network as well as absolute (as
+//! Tor's): the smaller of the parameter (`stable-min-uptime`, `hsdir-min-uptime`,
+//! `guard-min-uptime`) and the median of the running relays (MTBF, current run, time known),
+//! but never below `flag-uptime-floor`. So a new network has guards once its relays have run
+//! for the floor (30 min by default), and one relay cannot lower the bar for itself.
+//! *Weight* is `min(advertised bandwidth, bw-cap)`. History survives authority restarts.
 
 use std::net::{IpAddr, Ipv4Addr};
 
 use allium_proto::doc::RelayFlags;
 use allium_proto::policy::ExitPolicy;
 
+use crate::history::{median, DownRule};
 use crate::params::ConsensusParams;
 
 /// The flag thresholds in force.
@@ -32,6 +36,21 @@ pub struct Thresholds {
     pub stable_min_uptime: u64,
     pub hsdir_min_uptime: u64,
     pub bw_cap: u64,
+    /// No relative uptime threshold goes below this (s).
+    pub uptime_floor: u64,
+    /// Least weighted fractional uptime for Guard (per mille).
+    pub guard_min_wfu: u64,
+    /// When Running is lost.
+    pub down: DownRule,
+}
+
+/// One running relay's figures, for the relative thresholds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Sample {
+    pub weight: u64,
+    pub run_secs: u64,
+    pub known_secs: u64,
+    pub mtbf_secs: u64,
 }
 
 impl Thresholds {
@@ -44,6 +63,27 @@ impl Thresholds {
             stable_min_uptime: p.get_u64("stable-min-uptime"),
             hsdir_min_uptime: p.get_u64("hsdir-min-uptime"),
             bw_cap: p.get_u64("bw-cap"),
+            uptime_floor: p.get_u64("flag-uptime-floor"),
+            guard_min_wfu: p.get_u64("guard-min-wfu"),
+            down: DownRule { min_failures: p.get_u64("running-min-failures") as u32, min_down_secs: p.get_u64("running-min-down-secs") },
+        }
+    }
+
+    /// These thresholds lowered to what the running relays in `samples` reach (see the module
+    /// documentation); unchanged for no samples.
+    pub fn relative_to(&self, samples: &[Sample]) -> Thresholds {
+        let of = |f: fn(&Sample) -> u64| samples.iter().map(f).collect::<Vec<u64>>();
+        let rel = |param: u64, v: Vec<u64>| median(v).map_or(param, |m| param.min(m).max(self.uptime_floor.min(param)));
+        let mut weights: Vec<u64> = samples.iter().map(|s| s.weight.min(self.bw_cap)).collect();
+        weights.sort_unstable();
+        let eighth = weights.get(weights.len() / 8).copied();
+        Thresholds {
+            fast_min_bw: eighth.map_or(self.fast_min_bw, |w| self.fast_min_bw.min(w)),
+            guard_min_bw: median(weights).map_or(self.guard_min_bw, |m| self.guard_min_bw.min(m)),
+            stable_min_uptime: rel(self.stable_min_uptime, of(|s| s.mtbf_secs)),
+            hsdir_min_uptime: rel(self.hsdir_min_uptime, of(|s| s.run_secs)),
+            guard_min_uptime: rel(self.guard_min_uptime, of(|s| s.known_secs)),
+            ..*self
         }
     }
 }
@@ -51,10 +91,16 @@ impl Thresholds {
 /// What an authority knows about one relay when it votes.
 #[derive(Debug, Clone, Copy)]
 pub struct Observation<'a> {
-    /// The last reachability test succeeded.
+    /// Running, by the relay's history.
     pub reachable: bool,
-    /// Seconds of unbroken reachability (0 if not reachable).
+    /// Seconds of the current run (0 if not running).
     pub uptime_secs: u64,
+    /// Seconds since this authority first tested it.
+    pub known_secs: u64,
+    /// Weighted mean time between failures (s).
+    pub mtbf_secs: u64,
+    /// Weighted fractional uptime (per mille).
+    pub wfu_permille: u64,
     /// Advertised bandwidth (bytes/s).
     pub bandwidth: u64,
     pub policy: &'a ExitPolicy,
@@ -80,8 +126,8 @@ pub fn assign_flags(o: &Observation, t: &Thresholds, testnet: bool) -> RelayFlag
     let weight = capped_weight(o.bandwidth, t);
     let up = if o.reachable { o.uptime_secs } else { 0 };
     let fast = weight >= t.fast_min_bw;
-    let stable = o.reachable && up >= t.stable_min_uptime;
-    let guard = fast && stable && weight >= t.guard_min_bw && up >= t.guard_min_uptime;
+    let stable = o.reachable && o.mtbf_secs >= t.stable_min_uptime;
+    let guard = fast && stable && weight >= t.guard_min_bw && o.known_secs >= t.guard_min_uptime && o.wfu_permille >= t.guard_min_wfu;
     RelayFlags::VALID
         .with_if(RelayFlags::RUNNING, o.reachable)
         .with_if(RelayFlags::FAST, fast)
@@ -103,7 +149,9 @@ mod tests {
     }
 
     fn obs(policy: &ExitPolicy, reachable: bool, uptime_secs: u64, bandwidth: u64) -> Observation<'_> {
-        Observation { reachable, uptime_secs, bandwidth, policy, bad_exit: false }
+        // A relay up without a break for all it is known.
+        let wfu_permille = if reachable { 1000 } else { 0 };
+        Observation { reachable, uptime_secs, known_secs: uptime_secs, mtbf_secs: uptime_secs, wfu_permille, bandwidth, policy, bad_exit: false }
     }
 
     #[test]
@@ -137,6 +185,39 @@ mod tests {
         // Unreachable: nothing that needs uptime, and no Running.
         let down = assign_flags(&obs(&p, false, 30 * day, 1_000_000), &t, false);
         assert!(!down.contains(RelayFlags::RUNNING) && !down.contains(RelayFlags::GUARD) && !down.contains(RelayFlags::HSDIR));
+    }
+
+    /// Issue 13: a new network with default parameters has guards, HSDirs and Stable relays
+    /// once its relays have run for the floor; one relay alone cannot lower the bar, and a
+    /// relay that is often down gets no Guard.
+    #[test]
+    fn thresholds_follow_the_network_down_to_the_floor() {
+        let p = ExitPolicy::reject_all();
+        let t = thresholds(false);
+        let minute = 60;
+        // Twenty relays up for 40 minutes with 30 kB/s: far below every absolute threshold.
+        let samples: Vec<Sample> = (0..20).map(|i| Sample { weight: 30_000 + i, run_secs: 40 * minute, known_secs: 40 * minute, mtbf_secs: 40 * minute }).collect();
+        let r = t.relative_to(&samples);
+        assert_eq!(r.stable_min_uptime, 40 * minute);
+        assert_eq!(r.guard_min_bw, 30_009);
+        let new = |up: u64, bw: u64| assign_flags(&obs(&p, true, up, bw), &r, false);
+        let f = new(40 * minute, 30_010);
+        for want in [RelayFlags::FAST, RelayFlags::STABLE, RelayFlags::HSDIR, RelayFlags::GUARD] {
+            assert!(f.contains(want), "{f}");
+        }
+        assert!(!new(39 * minute, 30_010).contains(RelayFlags::GUARD));
+        // Ten minutes in: below the 30 min floor, nothing.
+        let young: Vec<Sample> = samples.iter().map(|s| Sample { run_secs: 10 * minute, known_secs: 10 * minute, mtbf_secs: 10 * minute, ..*s }).collect();
+        let r = t.relative_to(&young);
+        assert_eq!(r.guard_min_uptime, 30 * minute);
+        assert!(!assign_flags(&obs(&p, true, 10 * minute, 30_010), &r, false).contains(RelayFlags::STABLE));
+        // A long-running network keeps the absolute bars.
+        let old: Vec<Sample> = samples.iter().map(|s| Sample { run_secs: 90 * 86_400, known_secs: 90 * 86_400, mtbf_secs: 90 * 86_400, weight: 5_000_000 }).collect();
+        assert_eq!(t.relative_to(&old), t);
+        // Often down: no Guard however long known.
+        let mut o = obs(&p, true, 90 * 86_400, 5_000_000);
+        o.wfu_permille = 900;
+        assert!(!assign_flags(&o, &t, false).contains(RelayFlags::GUARD));
     }
 
     #[test]

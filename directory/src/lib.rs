@@ -45,6 +45,7 @@ pub mod config;
 pub mod fetch;
 pub mod microdescs;
 pub mod flags;
+pub mod history;
 mod http;
 pub mod netdir;
 pub mod params;

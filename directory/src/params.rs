@@ -35,10 +35,14 @@ pub const PARAMS: &[ParamSpec] = &[
     ParamSpec { name: "circuit-sendme-inc", default: flow::CIRCUIT_SENDME_INC as i64, testnet_default: flow::CIRCUIT_SENDME_INC as i64, min: 1, max: flow::CIRCUIT_WINDOW_RANGE.1 as i64, doc: "cells per circuit-level SENDME" },
     ParamSpec { name: "circuit-window", default: flow::CIRCUIT_WINDOW as i64, testnet_default: flow::CIRCUIT_WINDOW as i64, min: flow::CIRCUIT_WINDOW_RANGE.0 as i64, max: flow::CIRCUIT_WINDOW_RANGE.1 as i64, doc: "circuit-level flow-control window (cells)" },
     ParamSpec { name: "fast-min-bw", default: 100_000, testnet_default: 0, min: 0, max: 1 << 40, doc: "least weight for the Fast flag (bytes/s)" },
+    ParamSpec { name: "flag-uptime-floor", default: 1800, testnet_default: 0, min: 0, max: 365 * DAY, doc: "no relative uptime threshold (Stable, HSDir, Guard) goes below this (s)" },
     ParamSpec { name: "guard-min-bw", default: 1_000_000, testnet_default: 0, min: 0, max: 1 << 40, doc: "least weight for the Guard flag (bytes/s)" },
     ParamSpec { name: "guard-min-uptime", default: 8 * DAY, testnet_default: 0, min: 0, max: 365 * DAY, doc: "least observed uptime for the Guard flag (s)" },
+    ParamSpec { name: "guard-min-wfu", default: 980, testnet_default: 0, min: 0, max: 1000, doc: "least weighted fractional uptime for the Guard flag (per mille)" },
     ParamSpec { name: "hs-period-secs", default: DAY, testnet_default: DAY, min: 60, max: 7 * DAY, doc: "length of an onion-service time period (s); used only when a multiple of the voting interval, else 86400" },
     ParamSpec { name: "hsdir-min-uptime", default: 4 * DAY, testnet_default: 0, min: 0, max: 365 * DAY, doc: "least observed uptime for the HSDir flag (s)" },
+    ParamSpec { name: "running-min-down-secs", default: 600, testnet_default: 0, min: 0, max: DAY, doc: "a relay keeps Running until its failed reachability tests span at least this long (s)" },
+    ParamSpec { name: "running-min-failures", default: 2, testnet_default: 1, min: 1, max: 100, doc: "a relay keeps Running until it failed at least this many reachability tests in a row" },
     ParamSpec { name: "stable-min-uptime", default: 5 * DAY, testnet_default: 0, min: 0, max: 365 * DAY, doc: "least observed uptime for the Stable flag (s)" },
     ParamSpec { name: "stream-sendme-inc", default: flow::STREAM_SENDME_INC as i64, testnet_default: flow::STREAM_SENDME_INC as i64, min: 1, max: flow::STREAM_WINDOW_RANGE.1 as i64, doc: "cells per stream-level SENDME" },
     ParamSpec { name: "stream-window", default: flow::STREAM_WINDOW as i64, testnet_default: flow::STREAM_WINDOW as i64, min: flow::STREAM_WINDOW_RANGE.0 as i64, max: flow::STREAM_WINDOW_RANGE.1 as i64, doc: "stream-level flow-control window (cells)" },
@@ -158,14 +162,18 @@ mod tests {
     }
 
     /// docs/PROTOCOL.md, "Test networks": a test network's defaults differ from a real
-    /// network's in exactly the five flag thresholds, which are 0 there and not on a real one.
+    /// network's in exactly the flag thresholds, which are 0 there (the least allowed, 1, for
+    /// `running-min-failures`: one failed test takes a relay out) and not on a real one.
     #[test]
     fn testnet_defaults_differ_only_in_the_flag_thresholds() {
         let differ: Vec<&str> = PARAMS.iter().filter(|p| p.default != p.testnet_default).map(|p| p.name).collect();
-        assert_eq!(differ, ["fast-min-bw", "guard-min-bw", "guard-min-uptime", "hsdir-min-uptime", "stable-min-uptime"]);
+        assert_eq!(
+            differ,
+            ["fast-min-bw", "flag-uptime-floor", "guard-min-bw", "guard-min-uptime", "guard-min-wfu", "hsdir-min-uptime", "running-min-down-secs", "running-min-failures", "stable-min-uptime"]
+        );
         for name in differ {
             let p = spec(name).unwrap();
-            assert!(p.testnet_default == 0 && p.default > 0, "{name}");
+            assert!(p.testnet_default == p.min && p.default > p.min, "{name}");
         }
     }
 }

@@ -61,6 +61,7 @@ mod operators;
 mod socks_front;
 mod paths;
 mod quorum_loss;
+mod relay_history;
 mod rendezvous;
 mod stall_recovery;
 mod status_page;

@@ -1,0 +1,111 @@
+//! Issue 13 point 1: authorities keep each relay's reachability history on disk, so flags that
+//! need uptime survive authority restarts. The test network's thresholds are raised (20 s of
+//! uptime, never relative below 20 s): without the history, every run restarts at 0 with the
+//! authorities and the first consensus after a restart has no Guard, Stable or HSDir.
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use allium_proto::doc::{Consensus, RelayFlags};
+use rustix::process::{kill_process, Pid, Signal};
+
+use crate::support::testnet::Testnet;
+
+const UPTIME_FLAGS: [RelayFlags; 3] = [RelayFlags::GUARD, RelayFlags::STABLE, RelayFlags::HSDIR];
+
+/// The consensus an authority serves now (signatures not checked: the test reads flags).
+fn consensus(dir_port: SocketAddr) -> Option<Consensus> {
+    let mut s = TcpStream::connect_timeout(&dir_port, Duration::from_secs(2)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    s.write_all(b"GET /allium/v1/consensus HTTP/1.0\r\n\r\n").ok()?;
+    let mut resp = String::new();
+    s.read_to_string(&mut resp).ok()?;
+    let (head, body) = resp.split_once("\r\n\r\n")?;
+    head.lines().next()?.split(' ').nth(1).filter(|c| *c == "200")?;
+    Consensus::parse(body).ok().map(|u| u.dangerously_assume_valid())
+}
+
+/// Polls `dir_port` until its consensus satisfies `done`, within `limit`.
+fn wait_consensus(dir_port: SocketAddr, limit: Duration, done: impl Fn(&Consensus) -> bool) -> Option<Consensus> {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(c) = consensus(dir_port).filter(|c| done(c)) {
+            return Some(c);
+        }
+        if Instant::now() > deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+fn all_have_uptime_flags(c: &Consensus) -> bool {
+    !c.relays().is_empty() && c.relays().iter().all(|r| UPTIME_FLAGS.iter().all(|f| r.flags.contains(*f)))
+}
+
+/// Authorities this test started again; killed when dropped.
+struct Restarted(Vec<Child>);
+
+impl Drop for Restarted {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+#[test]
+fn restarted_authorities_keep_every_uptime_flag() {
+    let params = ["guard-min-uptime=20", "stable-min-uptime=20", "hsdir-min-uptime=20", "flag-uptime-floor=20"];
+    let mut args = Vec::new();
+    for p in params {
+        args.extend(["--param", p]);
+    }
+    let net = Testnet::start(&args);
+    let auths: Vec<_> = net.with_role("authority").cloned().collect();
+    let first = auths[0].addr;
+    let before = wait_consensus(first, Duration::from_secs(120), all_have_uptime_flags).expect("relays reach Guard, Stable and HSDir after 20 s");
+    let relays = before.relays().len();
+
+    // All at once: every authority stops (SIGTERM) and starts again from its config.
+    for a in &auths {
+        kill_process(Pid::from_raw(a.pid as i32).unwrap(), Signal::TERM).unwrap();
+    }
+    for a in &auths {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while std::fs::metadata(format!("/proc/{}", a.pid)).is_ok() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    let restarted_at = allium_net::keys::unix_now();
+    let mut children = Restarted(Vec::new());
+    for a in &auths {
+        let dir = net.dir.join(&a.name);
+        let log = std::fs::OpenOptions::new().append(true).create(true).open(dir.join("log")).unwrap();
+        let child = Command::new(env!("CARGO_BIN_EXE_allium"))
+            .args(["authority", "--config"])
+            .arg(dir.join("config.toml"))
+            .stdin(Stdio::null())
+            .stdout(log.try_clone().unwrap())
+            .stderr(log)
+            .spawn()
+            .expect("restart an authority");
+        children.0.push(child);
+    }
+    // The first consensus made after the restart.
+    let after = wait_consensus(first, Duration::from_secs(120), |c| c.valid_after() > restarted_at).expect("a consensus after the restart");
+    let lost: Vec<String> = after
+        .relays()
+        .iter()
+        .filter(|r| !UPTIME_FLAGS.iter().all(|f| r.flags.contains(*f)))
+        .map(|r| format!("{} ({})", r.nickname, r.flags))
+        .collect();
+    assert_eq!(after.relays().len(), relays, "every relay is still listed");
+    assert!(lost.is_empty(), "relays lost uptime flags across the restart: {lost:?}");
+    let saved = std::fs::read_to_string(net.dir.join(&auths[0].name).join("relay-history")).expect("the history file");
+    assert!(saved.matches("[[relay]]").count() >= relays, "{saved}");
+    drop(children);
+}
