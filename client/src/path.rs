@@ -30,12 +30,12 @@ use rand::Rng;
 pub enum PathError {
     #[error("no exit in the consensus allows this destination")]
     NoExit,
-    #[error("the consensus lists too few compatible relays for a 3-hop path")]
-    TooFewRelays,
+    #[error("the consensus lists too few compatible relays for a 3-hop path: the relays of a path must be distinct, in distinct /16 subnets (IPv6: /32) and not of one family, and the consensus has {relays} usable relays in {subnets} /16 subnets")]
+    TooFewRelays { relays: usize, subnets: usize },
     #[error("none of the client's usable guards is listed in the consensus")]
     NoGuard,
-    #[error("the consensus lists too few compatible relays for a 4-hop path to the chosen relay (guard, vanguard, middle, that relay)")]
-    TooFewForVanguardPath,
+    #[error("the consensus lists too few compatible relays for a 4-hop path to the chosen relay (guard, vanguard, middle, that relay: four relays in distinct /16 subnets, not of one family); it has {relays} usable relays in {subnets} /16 subnets")]
+    TooFewForVanguardPath { relays: usize, subnets: usize },
 }
 
 /// What the stream wants from the exit.
@@ -179,7 +179,7 @@ pub fn choose_path<'a, R: Rng + ?Sized>(
                 return Ok(p);
             }
         }
-        return Err(if listed { PathError::TooFewRelays } else { PathError::NoGuard });
+        return Err(if listed { too_few(cands) } else { PathError::NoGuard });
     }
     for _ in 0..FREE_EXIT_TRIES {
         let exit = pick(cands, Position::Exit, rng, exit_ok).expect("an exit exists").relay;
@@ -187,7 +187,25 @@ pub fn choose_path<'a, R: Rng + ?Sized>(
         let Some(middle) = pick(cands, Position::Middle, rng, |c| compatible(c.relay, guard.relay) && compatible(c.relay, exit)) else { continue };
         return Ok([guard.relay, middle.relay, exit]);
     }
-    Err(PathError::TooFewRelays)
+    Err(too_few(cands))
+}
+
+/// Usable relays and the distinct /16 subnets (IPv6: /32) they are in.
+fn relays_and_subnets(cands: &[Candidate<'_>]) -> (usize, usize) {
+    let mut nets: Vec<IpAddr> = Vec::new();
+    for c in cands {
+        let ip = c.relay.address.ip();
+        if !nets.iter().any(|n| same_subnet(*n, ip)) {
+            nets.push(ip);
+        }
+    }
+    (cands.len(), nets.len())
+}
+
+/// [`PathError::TooFewRelays`] with the counts that explain it.
+fn too_few(cands: &[Candidate<'_>]) -> PathError {
+    let (relays, subnets) = relays_and_subnets(cands);
+    PathError::TooFewRelays { relays, subnets }
 }
 
 /// Chooses the path of a circuit whose last hop is `last` (an HSDir, an introduction or
@@ -228,7 +246,8 @@ pub fn choose_path_to<'a, R: Rng + ?Sized>(
             }
         }
     }
-    Err(if listed { PathError::TooFewForVanguardPath } else { PathError::NoGuard })
+    let (relays, subnets) = relays_and_subnets(cands);
+    Err(if listed { PathError::TooFewForVanguardPath { relays, subnets } } else { PathError::NoGuard })
 }
 
 #[cfg(test)]
@@ -260,6 +279,18 @@ pub(crate) mod tests {
         relay_at(i, format!("127.{i}.0.1").parse().unwrap(), 1000 * i as u64, if exit { &[80] } else { &[] })
     }
 
+    /// Issue 16: relays in one /16 cannot share a path, and the error says so with counts.
+    #[test]
+    fn too_few_relays_says_how_many_and_in_how_many_subnets() {
+        let r: Vec<ConsensusRelay> = (1..=4).map(|i| relay_at(i, format!("10.9.0.{i}").parse().unwrap(), 1000, &[80])).collect();
+        let cands = candidates_from_relays(&r);
+        let mut rng = rand::rngs::StdRng::seed_from_u64(1);
+        let e = choose_path(&cands, &[], ExitNeed::Port(80), &[], &mut rng).unwrap_err();
+        assert_eq!(e, PathError::TooFewRelays { relays: 4, subnets: 1 });
+        let text = e.to_string();
+        assert!(text.contains("distinct /16 subnets") && text.contains("4 usable relays in 1 /16 subnets"), "{text}");
+    }
+
     fn path_ok(p: &[&ConsensusRelay; 3]) -> bool {
         (0..3).all(|i| (i + 1..3).all(|j| compatible(p[i], p[j])))
     }
@@ -276,7 +307,7 @@ pub(crate) mod tests {
         }
         assert_eq!(choose_path(&cands, &[], ExitNeed::Port(443), &[], &mut rng).unwrap_err(), PathError::NoExit);
         let two = candidates_from_relays(&relays[3..5]);
-        assert_eq!(choose_path(&two, &[], ExitNeed::Port(80), &[], &mut rng).unwrap_err(), PathError::TooFewRelays);
+        assert!(matches!(choose_path(&two, &[], ExitNeed::Port(80), &[], &mut rng).unwrap_err(), PathError::TooFewRelays { .. }));
     }
 
     fn distinct_and_compatible(p: &[&ConsensusRelay]) -> bool {
@@ -309,7 +340,7 @@ pub(crate) mod tests {
             assert!(p[1].identity == relays[3].identity || p[1].identity == relays[4].identity);
         }
         assert_eq!(choose_path_to(&cands, &[RelayId([99; 32])], &l2, &relays[7], &mut rng).unwrap_err(), PathError::NoGuard);
-        assert_eq!(choose_path_to(&cands, &guards, &[], &relays[7], &mut rng).unwrap_err(), PathError::TooFewForVanguardPath);
+        assert!(matches!(choose_path_to(&cands, &guards, &[], &relays[7], &mut rng).unwrap_err(), PathError::TooFewForVanguardPath { .. }));
     }
 
     /// The test network's shape after a while: five relays whose consensus weights keep the
@@ -348,7 +379,7 @@ pub(crate) mod tests {
         assert!(distinct_and_compatible(&p));
         // Three relays: too few for four distinct hops.
         let three = candidates_from_relays(&five[..3]);
-        assert_eq!(choose_path_to(&three, &ids[..1], &ids[1..3], &five[2], &mut rng).unwrap_err(), PathError::TooFewForVanguardPath);
+        assert!(matches!(choose_path_to(&three, &ids[..1], &ids[1..3], &five[2], &mut rng).unwrap_err(), PathError::TooFewForVanguardPath { .. }));
 
         // The first guard shares a /16 with the last hop: the next guard is used.
         let mut r: Vec<_> = (1..=7).map(|i| relay(i, false)).collect();
@@ -374,7 +405,7 @@ pub(crate) mod tests {
         r[4].family.push(b);
         r[1].family.push(a);
         let cands = candidates_from_relays(&r);
-        assert_eq!(choose_path_to(&cands, &ids[1..2], &ids[2..5], &r[6], &mut rng).unwrap_err(), PathError::TooFewForVanguardPath);
+        assert!(matches!(choose_path_to(&cands, &ids[1..2], &ids[2..5], &r[6], &mut rng).unwrap_err(), PathError::TooFewForVanguardPath { .. }));
     }
 
     #[test]
@@ -556,7 +587,8 @@ pub(crate) mod tests {
             relays[0].family.push(id1);
             relays[1].family.push(id0);
             let cands = candidates_from_relays(&relays);
-            prop_assert_eq!(choose_path(&cands, &[], ExitNeed::Port(80), &[], &mut rng).unwrap_err(), PathError::TooFewRelays);
+            let too_few = matches!(choose_path(&cands, &[], ExitNeed::Port(80), &[], &mut rng).unwrap_err(), PathError::TooFewRelays { .. });
+            prop_assert!(too_few);
         }
     }
 }

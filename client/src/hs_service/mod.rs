@@ -106,6 +106,7 @@ impl HostedService {
             last_publish: None,
             not_before: None,
             starved: false,
+            last_down: None,
             revisions: revision::Revisions::load(&self.revision_file),
             publishing: JoinSet::new(),
             builds: Arc::new(Semaphore::new(MAX_RENDEZVOUS_BUILDS)),
@@ -134,6 +135,8 @@ struct Loop<'a> {
     last_publish: Option<Instant>,
     /// Whether the last attempt to add a point found no relay (logged once).
     starved: bool,
+    /// Why the last introduction circuit failed, as logged at info (each new reason once).
+    last_down: Option<String>,
     /// No round starts before this (after one that stored nothing).
     not_before: Option<Instant>,
     revisions: revision::Revisions,
@@ -178,6 +181,7 @@ impl Loop<'_> {
         match ev {
             IntroEvent::Up { auth_key } => {
                 self.failures = 0;
+                self.last_down = None;
                 if self.set.established(&auth_key) {
                     let n = self.set.descriptor_points().len();
                     tracing::info!("onion service {}: introduction point established ({n} listed)", self.svc.name);
@@ -187,7 +191,15 @@ impl Loop<'_> {
             }
             IntroEvent::Down { auth_key, why } => {
                 self.circuits.remove(&auth_key);
-                tracing::debug!("onion service {}: introduction circuit down: {why}", self.svc.name);
+                // A reason the operator can act on (e.g. too few relays for a service path) is
+                // said at info, once while it lasts; repeats at debug.
+                if self.last_down.as_deref() != Some(why.as_str()) {
+                    tracing::info!("onion service {}: an introduction circuit failed: {why} (retrying)", self.svc.name);
+                    self.svc.state.set_service_state(&self.svc.name, format!("introduction circuit failed: {why} (retrying)"));
+                    self.last_down = Some(why.clone());
+                } else {
+                    tracing::debug!("onion service {}: introduction circuit down: {why}", self.svc.name);
+                }
                 self.on_failed(auth_key);
             }
             IntroEvent::Introduce2 { auth_key, body } => self.on_introduce2(auth_key, body),
