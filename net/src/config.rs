@@ -85,11 +85,18 @@ pub struct NodeConfig {
 impl NodeConfig {
     /// Checks the nickname and, outside a test network, that the address is public.
     pub fn validate(&self, net: &NetworkConfig) -> Result<(), ConfigError> {
+        self.validate_with(net, false)
+    }
+
+    /// [`NodeConfig::validate`]; with `private_address_ok`, `node.address` may be private on a
+    /// real network too (a relay behind NAT that publishes `relay.advertise_address` instead:
+    /// the role checks what else its own address must be).
+    pub fn validate_with(&self, net: &NetworkConfig, private_address_ok: bool) -> Result<(), ConfigError> {
         let n = &self.nickname;
         if n.is_empty() || n.len() > 19 || !n.chars().all(|c| c.is_ascii_alphanumeric()) {
             return Err(ConfigError::invalid("node.nickname", "must be 1-19 ASCII letters or digits"));
         }
-        if !net.dangerous_testnet && allium_proto::policy::is_private(self.address) {
+        if !net.dangerous_testnet && !private_address_ok && allium_proto::policy::is_private(self.address) {
             return Err(ConfigError::invalid(
                 "node.address",
                 "is a private or loopback address; only allowed with network.dangerous_testnet = true",

@@ -1,5 +1,6 @@
 //! The relay's configuration (`allium relay --config relay.toml`).
 
+use std::net::SocketAddr;
 use std::path::Path;
 
 use allium_net::config::{load_toml, ConfigError, NetworkConfig, NodeConfig};
@@ -27,8 +28,15 @@ pub struct RelayConfig {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct RelaySection {
-    /// The TCP port other nodes connect to (on `node.address`).
+    /// The TCP port the OR listener binds, on `node.address`.
     pub or_port: u16,
+    /// The OR address published in the descriptor, when other nodes reach this relay somewhere
+    /// else than where it listens (behind NAT or a port forward): authorities test reachability
+    /// there and every client and relay connects there, so it must lead to `node.address:or_port`.
+    /// Public (unless `network.dangerous_testnet`), port not 0. With it, `node.address` may be a
+    /// private address (not loopback nor unspecified). Default: `node.address:or_port`.
+    #[serde(default)]
+    pub advertise_address: Option<SocketAddr>,
     /// The most bandwidth this relay offers, in bytes per second. Its descriptor reports what it
     /// has actually carried (the highest 10-second rate of the last 24 hours, at least 20 kB/s),
     /// never more than this.
@@ -122,10 +130,11 @@ impl RelayConfig {
 
     /// Semantic checks after parsing.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        self.node.validate(&self.network)?;
+        self.node.validate_with(&self.network, self.relay.advertise_address.is_some())?;
         if self.relay.or_port == 0 {
             return Err(ConfigError::invalid("relay.or_port", "must be a port number 1-65535"));
         }
+        self.validate_advertise_address()?;
         self.family_ids()?;
         self.onion_rotation()?;
         self.limits.validate()?;
@@ -159,6 +168,42 @@ impl RelayConfig {
         Ok(())
     }
 
+    /// `relay.advertise_address`: a port, a public address outside a test network (never the
+    /// unspecified one); and then `node.address` (which may be private: the host is behind NAT)
+    /// must still be one outgoing connections can leave from, so neither loopback nor
+    /// unspecified on a real network.
+    fn validate_advertise_address(&self) -> Result<(), ConfigError> {
+        let Some(adv) = self.relay.advertise_address else { return Ok(()) };
+        const KEY: &str = "relay.advertise_address";
+        if adv.port() == 0 {
+            return Err(ConfigError::invalid(KEY, "must have a port number 1-65535"));
+        }
+        if adv.ip().is_unspecified() {
+            return Err(ConfigError::invalid(KEY, "must be an address other nodes can connect to, not an unspecified one"));
+        }
+        if !self.network.dangerous_testnet {
+            if allium_proto::policy::is_private(adv.ip()) {
+                return Err(ConfigError::invalid(KEY, "is a private or loopback address; only allowed with network.dangerous_testnet = true"));
+            }
+            let own = self.node.address.to_canonical();
+            if own.is_loopback() || own.is_unspecified() {
+                return Err(ConfigError::invalid("node.address", "must not be a loopback or unspecified address (outgoing connections leave from it), even with relay.advertise_address"));
+            }
+        }
+        Ok(())
+    }
+
+    /// Where the OR port listens: `node.address:relay.or_port`.
+    pub fn or_listen_address(&self) -> SocketAddr {
+        SocketAddr::new(self.node.address, self.relay.or_port)
+    }
+
+    /// The OR address other nodes use, published in the descriptor: `relay.advertise_address`,
+    /// else the listening address.
+    pub fn advertised_or_address(&self) -> SocketAddr {
+        self.relay.advertise_address.unwrap_or_else(|| self.or_listen_address())
+    }
+
     /// The effective exit policy.
     pub fn exit_policy(&self) -> Result<ExitPolicy, ConfigError> {
         if !self.exit.enabled {
@@ -187,5 +232,78 @@ impl RelayConfig {
             .iter()
             .map(|f| f.parse().map_err(|e: allium_proto::ids::BadFingerprint| ConfigError::invalid("relay.family", &e.to_string())))
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A relay config at `address`, `[relay]` holding `advertise` (a TOML line or nothing).
+    fn cfg(testnet: bool, address: &str, advertise: Option<&str>) -> Result<RelayConfig, ConfigError> {
+        let adv = advertise.map(|a| format!("advertise_address = \"{a}\"\n")).unwrap_or_default();
+        let text = format!(
+            "[node]\nnickname = \"r\"\ndata_dir = \"/tmp/x\"\naddress = \"{address}\"\n[network]\ndangerous_testnet = {testnet}\n\
+             [[network.authorities]]\nname = \"a\"\nidentity = \"{id}\"\naddress = \"192.0.2.1:9030\"\n[relay]\nor_port = 9001\n{adv}",
+            id = "ab".repeat(32),
+        );
+        let c: RelayConfig = allium_net::config::parse_toml(&text, Path::new("t.toml"))?;
+        c.validate()?;
+        Ok(c)
+    }
+
+    fn err(r: Result<RelayConfig, ConfigError>) -> String {
+        r.expect_err("the config should be refused").to_string()
+    }
+
+    /// Without `relay.advertise_address` the descriptor names where the OR port listens.
+    #[test]
+    fn without_advertise_address_the_listening_address_is_published() {
+        let c = cfg(false, "192.0.2.10", None).unwrap();
+        assert_eq!(c.or_listen_address(), "192.0.2.10:9001".parse().unwrap());
+        assert_eq!(c.advertised_or_address(), c.or_listen_address());
+    }
+
+    /// A relay behind NAT or a port forward publishes `relay.advertise_address` and listens on
+    /// `node.address:or_port`, which may then be private (not loopback) on a real network.
+    #[test]
+    fn advertise_address_is_published_and_lets_node_address_be_private() {
+        let c = cfg(false, "192.0.2.10", Some("198.51.100.7:443")).unwrap();
+        assert_eq!(c.or_listen_address(), "192.0.2.10:9001".parse().unwrap());
+        assert_eq!(c.advertised_or_address(), "198.51.100.7:443".parse().unwrap());
+        let nat = cfg(false, "10.0.0.5", Some("198.51.100.7:9001")).unwrap();
+        assert_eq!(nat.or_listen_address(), "10.0.0.5:9001".parse().unwrap());
+        assert_eq!(nat.advertised_or_address(), "198.51.100.7:9001".parse().unwrap());
+        let v6 = cfg(false, "192.0.2.10", Some("[2001:db8:1::7]:9001")).unwrap();
+        assert_eq!(v6.advertised_or_address(), "[2001:db8:1::7]:9001".parse().unwrap());
+    }
+
+    #[test]
+    fn advertise_address_is_validated() {
+        // Port 0, unspecified: never, not even on a test network.
+        for testnet in [false, true] {
+            let addr = if testnet { "127.0.0.1" } else { "192.0.2.10" };
+            let e = err(cfg(testnet, addr, Some("198.51.100.7:0")));
+            assert!(e.contains("relay.advertise_address") && e.contains("port") && !e.contains('\n'), "{e}");
+            let e = err(cfg(testnet, addr, Some("0.0.0.0:9001")));
+            assert!(e.contains("relay.advertise_address") && e.contains("unspecified"), "{e}");
+        }
+        // Private or loopback: only on a test network.
+        for private in ["10.1.2.3:9001", "127.0.0.1:9001", "192.168.1.1:9001", "[fd00::1]:9001", "[::ffff:10.0.0.1]:9001"] {
+            let e = err(cfg(false, "192.0.2.10", Some(private)));
+            assert!(e.contains("relay.advertise_address") && e.contains("dangerous_testnet"), "{private}: {e}");
+            assert!(cfg(true, "127.0.0.1", Some(private)).is_ok(), "{private} on a test network");
+        }
+        // Behind NAT node.address may be private, but outgoing connections must leave from it.
+        for own in ["127.0.0.1", "0.0.0.0", "::", "::1"] {
+            let e = err(cfg(false, own, Some("198.51.100.7:9001")));
+            assert!(e.contains("node.address") && e.contains("loopback"), "{own}: {e}");
+        }
+        // Without advertise_address a private node.address is refused as before.
+        let e = err(cfg(false, "10.0.0.5", None));
+        assert!(e.contains("node.address") && e.contains("dangerous_testnet"), "{e}");
+        // Not an address and port: a parse error naming the key.
+        let e = err(cfg(false, "192.0.2.10", Some("198.51.100.7")));
+        assert!(e.contains("relay.advertise_address"), "{e}");
     }
 }

@@ -25,8 +25,8 @@ pub struct ExitRules {
     /// Test network: private destinations are allowed when the policy allows them.
     pub testnet: bool,
     pub bind_ip: IpAddr,
-    /// This host's own addresses (every local interface, and `bind_ip`), never a destination
-    /// outside a test network.
+    /// This host's own addresses (every local interface, `bind_ip` and the advertised one),
+    /// never a destination outside a test network.
     pub own: Vec<IpAddr>,
 }
 
@@ -42,10 +42,12 @@ impl ExitRules {
         self.testnet || !(is_private(ip) || self.own.iter().any(|o| same_host(*o, ip)))
     }
 
-    /// This host's addresses: `bind_ip` and every local interface's (none if they cannot be
-    /// listed; the private ones are refused anyway).
-    pub fn own_addresses(bind_ip: IpAddr) -> Vec<IpAddr> {
+    /// This host's addresses: `bind_ip`, the address it is reached at when that differs
+    /// (`relay.advertise_address`, behind NAT) and every local interface's (none if they cannot
+    /// be listed; the private ones are refused anyway).
+    pub fn own_addresses(bind_ip: IpAddr, advertised: Option<IpAddr>) -> Vec<IpAddr> {
         let mut v = vec![bind_ip];
+        v.extend(advertised);
         match if_addrs::get_if_addrs() {
             Ok(ifs) => v.extend(ifs.into_iter().map(|i| i.ip())),
             Err(e) => tracing::warn!("cannot list this host's interface addresses ({e}); refusing only the configured one as a destination"),
@@ -187,8 +189,9 @@ mod tests {
 
     #[test]
     fn own_addresses_include_the_configured_one_and_loopback() {
-        let own = ExitRules::own_addresses("203.0.113.7".parse().unwrap());
+        let own = ExitRules::own_addresses("203.0.113.7".parse().unwrap(), Some("198.51.100.9".parse().unwrap()));
         assert!(own.contains(&"203.0.113.7".parse().unwrap()));
         assert!(own.contains(&"127.0.0.1".parse().unwrap()), "the loopback interface is listed: {own:?}");
+        assert!(own.contains(&"198.51.100.9".parse().unwrap()), "relay.advertise_address is listed: {own:?}");
     }
 }

@@ -34,7 +34,6 @@ pub mod status;
 #[cfg(feature = "test-hooks")]
 pub mod test_hooks;
 
-use std::net::SocketAddr;
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
@@ -156,7 +155,7 @@ impl InertRelay {
                 resolver: cfg.exit.resolver,
                 testnet: cfg.network.dangerous_testnet,
                 bind_ip: cfg.node.address,
-                own: exit::ExitRules::own_addresses(cfg.node.address),
+                own: exit::ExitRules::own_addresses(cfg.node.address, cfg.relay.advertise_address.map(|a| a.ip())),
             },
             testnet: cfg.network.dangerous_testnet,
             hs: Default::default(),
@@ -199,11 +198,14 @@ impl InertRelay {
         let handler: Arc<dyn CreateHandler> = Arc::new(Creates(ctx.clone()));
         ctx.pool.set_create_handler(handler.clone());
         ctx.pool.set_idle_timeout(ctx.limits.link_idle_timeout());
-        let addr = SocketAddr::new(self.cfg.node.address, self.cfg.relay.or_port);
+        let addr = self.cfg.or_listen_address();
         let listener = TcpListener::bind(addr).await.map_err(|e| format!("cannot listen on the OR port {addr}: {e}"))?;
         tracing::info!("relay {} listening; exit: {}", self.cfg.node.nickname, ctx.exit.policy.is_exit());
+        if let Some(adv) = self.cfg.relay.advertise_address {
+            tracing::info!("OR port {addr} advertised as {adv} (relay.advertise_address): it must forward there");
+        }
         let mut tasks = JoinSet::new();
-        let status = status::status_fn(ctx.clone(), self.cfg.node.nickname.clone(), addr);
+        let status = status::status_fn(ctx.clone(), self.cfg.node.nickname.clone(), addr, self.cfg.relay.advertise_address);
         allium_net::operator::spawn(&self.cfg.node, "relay", status, &mut tasks).await?;
         tasks.spawn(accept_loop(listener, ctx.clone(), handler));
         tasks.spawn(publish::publish_loop(self.cfg.clone(), ctx.clone()));

@@ -50,7 +50,8 @@ pub fn build_descriptor(cfg: &RelayConfig, ctx: &RelayCtx, published: u64) -> Re
         onion_key: ctx.onion_keys().current_public(),
         link_key: ctx.keys.link_public(),
         link_cert: allium_proto::link::certify_link_key(&ctx.keys.identity, &ctx.keys.link_public()),
-        address: std::net::SocketAddr::new(cfg.node.address, cfg.relay.or_port),
+        // Where others reach the OR port: `relay.advertise_address` when set (NAT, port forward).
+        address: cfg.advertised_or_address(),
         policy: ctx.exit.policy.clone(),
         family: cfg.family_ids()?,
         bandwidth: ctx.observed.lock().unwrap_or_else(|e| e.into_inner()).reported(cfg.relay.bandwidth),
@@ -232,6 +233,32 @@ mod tests {
         assert_eq!(round.on_attempt(&ids[1..2], cap, 0), NextUpload::Retry(Duration::from_secs(30)));
         assert_eq!(round.accepted(), 2);
         assert_eq!(round.on_attempt(&ids[2..], cap, 0), NextUpload::Done);
+    }
+
+    /// `relay.advertise_address` (NAT, port forward) is the descriptor's `address`; without it,
+    /// `node.address:or_port` is.
+    #[tokio::test]
+    async fn the_descriptor_names_the_advertised_address() {
+        let dir = std::env::temp_dir().join(format!("allium-relay-advertise-{}-{}", std::process::id(), rand::random::<u64>()));
+        for (advertise, expect) in [(Some("198.51.100.7:443"), "198.51.100.7:443"), (None, "192.0.2.10:9001")] {
+            let adv = advertise.map(|a| format!("advertise_address = \"{a}\"\n")).unwrap_or_default();
+            let text = format!(
+                "[node]\nnickname = \"r\"\ndata_dir = {dir:?}\naddress = \"192.0.2.10\"\n[network]\n\
+                 [[network.authorities]]\nname = \"a\"\nidentity = \"{id}\"\naddress = \"192.0.2.1:9030\"\n[relay]\nor_port = 9001\n{adv}",
+                dir = dir.display().to_string(),
+                id = "ab".repeat(32),
+            );
+            let cfg: RelayConfig = allium_net::config::parse_toml(&text, std::path::Path::new("t.toml")).unwrap();
+            cfg.validate().unwrap();
+            let keys = allium_net::keys::load_or_create(&dir).unwrap();
+            let relay = crate::InertRelay::new(cfg.clone(), keys).unwrap();
+            let text = build_descriptor(&cfg, &relay.ctx, now()).unwrap();
+            assert!(text.lines().any(|l| l == format!("address {expect}")), "{text}");
+            let d = allium_proto::doc::RelayDescriptor::parse(&text).unwrap().verify().unwrap();
+            assert_eq!(d.address, expect.parse().unwrap());
+            assert_eq!(d.identity, relay.ctx.id);
+        }
+        let _ = std::fs::remove_dir_all(&dir);
     }
 
     /// Issue 13: a relay that re-uploaded hourly whatever the interval dropped out of every

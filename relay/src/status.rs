@@ -8,12 +8,16 @@ use serde_json::{json, Map};
 use crate::RelayCtx;
 
 /// The relay's part of the status, read from `ctx` on each request.
-pub fn status_fn(ctx: Arc<RelayCtx>, nickname: String, or_port: std::net::SocketAddr) -> allium_net::operator::StatusFn {
+/// `or_port` is where the OR port listens; `advertised` the `relay.advertise_address`, if set.
+pub fn status_fn(ctx: Arc<RelayCtx>, nickname: String, or_port: std::net::SocketAddr, advertised: Option<std::net::SocketAddr>) -> allium_net::operator::StatusFn {
     Box::new(move || {
         let mut m = Map::new();
         m.insert("nickname".into(), json!(nickname));
         m.insert("fingerprint".into(), json!(ctx.id.fingerprint()));
         m.insert("or_port".into(), json!(or_port.to_string()));
+        if let Some(a) = advertised {
+            m.insert("advertised_address".into(), json!(a.to_string()));
+        }
         m.insert("exit".into(), json!(ctx.exit.policy.is_exit()));
         let dir = ctx.dir.current();
         let me = dir.as_ref().and_then(|d| d.by_id(&ctx.id));

@@ -2,6 +2,8 @@
 //! `cargo test --test integration`), one module per area.
 //!
 //! - [`configs`]: the example configs in `configs/` parse, and config errors are one line.
+//! - [`deploy_files`]: the systemd units in `configs/systemd/` are hardened and run each role.
+//! - [`advertise`]: a relay behind a port forward, listed and used at `relay.advertise_address`.
 //! - [`dir_fetch`]: clients fetch the directory through fallbacks and guards, never authorities.
 //! - [`quorum_loss`]: two of three authorities down: the last consensus for the grace only (A34).
 //! - [`flow_params`]: the consensus's flow-control windows are used by both ends of circuits.
@@ -36,10 +38,12 @@
 //!
 //! Tests that start networks run in parallel: each gets its own directory and ephemeral ports.
 
+mod advertise;
 mod blackhole;
 mod configs;
 mod control_cells;
 mod destroy_reasons;
+mod deploy_files;
 mod dir_fetch;
 mod dos;
 mod e2e;

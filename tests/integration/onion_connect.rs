@@ -68,6 +68,7 @@ fn start_client(net: &Testnet, auth: &[(String, String)]) -> std::net::SocketAdd
     let socks = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
     v["node"]["data_dir"] = toml::Value::String(dir.display().to_string());
     v["node"]["nickname"] = toml::Value::String("authclient".into());
+    v["node"].as_table_mut().unwrap().remove("metrics_listen");
     let client = v["client"].as_table_mut().unwrap();
     client.insert("socks_listen".into(), toml::Value::String(socks.to_string()));
     client.remove("http_connect_listen");

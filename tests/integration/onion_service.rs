@@ -50,6 +50,7 @@ impl ServiceNode {
         let data_dir = net.root.join("service");
         let node = cfg.get_mut("node").and_then(|n| n.as_table_mut()).expect("[node]");
         node.insert("data_dir".into(), data_dir.display().to_string().into());
+        node.remove("metrics_listen");
         let client = cfg.get_mut("client").and_then(|n| n.as_table_mut()).expect("[client]");
         client.insert("socks_listen".into(), "127.0.0.1:0".into());
         client.remove("http_connect_listen");

@@ -41,6 +41,8 @@ impl ServiceNode {
         let node = cfg.get_mut("node").and_then(|n| n.as_table_mut()).expect("[node]");
         node.insert("nickname".into(), name.into());
         node.insert("data_dir".into(), dir.to_string_lossy().into_owned().into());
+        // Its own node: the metrics port is the hs node's.
+        node.remove("metrics_listen");
         let socks = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
         let client = cfg.get_mut("client").and_then(|n| n.as_table_mut()).expect("[client]");
         client.insert("socks_listen".into(), socks.to_string().into());

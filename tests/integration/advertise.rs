@@ -1,0 +1,225 @@
+//! A relay behind a port forward (`relay.advertise_address`): it listens on one address and
+//! publishes another, which a TCP forward run by the test leads to its OR port. The
+//! authorities' reachability tests, other relays' extends and clients all go through the
+//! forward: the consensus lists the relay at the advertised address, and circuits through it
+//! carry data.
+
+use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use allium_net::pool::ChannelPool;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::support::testnet::Testnet;
+
+/// The relay's own address: a /16 of its own, apart from the testnet's `127.k.0.1` nodes.
+const NAT_IP: &str = "127.201.0.1";
+/// How long the consensus may take to list the relay (testnet voting interval: 10 s).
+const LISTED_DEADLINE: Duration = Duration::from_secs(120);
+
+/// A TCP port forward on `listen` to `target`, one pair of threads per connection. Counts the
+/// connections it forwarded; stops accepting when dropped.
+struct Forward {
+    addr: SocketAddr,
+    conns: Arc<AtomicUsize>,
+    stop: Arc<AtomicBool>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Forward {
+    fn start(listen: IpAddr, target: SocketAddr) -> Forward {
+        let l = TcpListener::bind((listen, 0)).expect("bind the forward");
+        l.set_nonblocking(true).unwrap();
+        let addr = l.local_addr().unwrap();
+        let conns = Arc::new(AtomicUsize::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let (c, s) = (conns.clone(), stop.clone());
+        let thread = std::thread::spawn(move || {
+            while !s.load(Ordering::SeqCst) {
+                match l.accept() {
+                    Ok((inbound, _)) => {
+                        c.fetch_add(1, Ordering::SeqCst);
+                        std::thread::spawn(move || pipe(inbound, target));
+                    }
+                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => std::thread::sleep(Duration::from_millis(10)),
+                    Err(_) => std::thread::sleep(Duration::from_millis(10)),
+                }
+            }
+        });
+        Forward { addr, conns, stop, thread: Some(thread) }
+    }
+
+    fn connections(&self) -> usize {
+        self.conns.load(Ordering::SeqCst)
+    }
+}
+
+impl Drop for Forward {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Copies bytes both ways between `inbound` and a new connection to `target` until both ends
+/// have closed.
+fn pipe(inbound: TcpStream, target: SocketAddr) {
+    let _ = inbound.set_nonblocking(false);
+    let Ok(outbound) = TcpStream::connect(target) else { return };
+    let (Ok(mut in_r), Ok(mut out_w)) = (inbound.try_clone(), outbound.try_clone()) else { return };
+    let up = std::thread::spawn(move || {
+        let _ = std::io::copy(&mut in_r, &mut out_w);
+        let _ = out_w.shutdown(std::net::Shutdown::Write);
+    });
+    let (mut out_r, mut in_w) = (outbound, inbound);
+    let _ = std::io::copy(&mut out_r, &mut in_w);
+    let _ = in_w.shutdown(std::net::Shutdown::Write);
+    let _ = up.join();
+}
+
+/// The relay process, killed (by its pid) when dropped.
+struct RelayProcess(Child);
+
+impl Drop for RelayProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// A free port on `ip` (bound, then released).
+fn free_port(ip: IpAddr) -> u16 {
+    TcpListener::bind((ip, 0)).unwrap().local_addr().unwrap().port()
+}
+
+/// A relay config for the test network whose node `like` is a relay: its `[network]` (and any
+/// other table) kept, `[node]` and the OR port ours, `advertise_address` set.
+fn nat_relay_config(net: &Testnet, like: &str, data_dir: &Path, ip: IpAddr, or_port: u16, advertise: SocketAddr) -> String {
+    let path = net.dir.join(like).join("config.toml");
+    let mut v: toml::Value = std::fs::read_to_string(&path).unwrap().parse().unwrap();
+    let t = v.as_table_mut().unwrap();
+    let mut node = toml::map::Map::new();
+    node.insert("nickname".into(), "natrelay".into());
+    node.insert("data_dir".into(), data_dir.display().to_string().into());
+    node.insert("address".into(), ip.to_string().into());
+    t.insert("node".into(), toml::Value::Table(node));
+    t.remove("exit");
+    let mut relay = toml::map::Map::new();
+    relay.insert("or_port".into(), i64::from(or_port).into());
+    relay.insert("advertise_address".into(), advertise.to_string().into());
+    t.insert("relay".into(), toml::Value::Table(relay));
+    toml::to_string(&v).unwrap()
+}
+
+#[test]
+fn a_relay_behind_a_port_forward_is_listed_and_carries_circuits_at_its_advertised_address() {
+    let net = Testnet::start(&[]);
+    let ip: IpAddr = NAT_IP.parse().unwrap();
+    let listen = SocketAddr::new(ip, free_port(ip));
+    let forward = Forward::start(ip, listen);
+    let advertised = forward.addr;
+    assert_ne!(listen.port(), advertised.port());
+
+    let dir = crate::support::fresh_dir("natrelay");
+    let data_dir = dir.join("data");
+    let cfg_path = dir.join("relay.toml");
+    std::fs::write(&cfg_path, nat_relay_config(&net, "relay1", &data_dir, ip, listen.port(), advertised)).unwrap();
+    let log_path = dir.join("log");
+    let relay = RelayProcess(
+        Command::new(env!("CARGO_BIN_EXE_allium"))
+            .args(["relay", "--config"])
+            .arg(&cfg_path)
+            .arg("--log-file")
+            .arg(&log_path)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start allium relay"),
+    );
+    let log = || std::fs::read_to_string(&log_path).unwrap_or_default();
+
+    // Listed once the authorities tested it through the forward.
+    let started = Instant::now();
+    while !log().contains("the consensus lists this relay") {
+        assert!(started.elapsed() < LISTED_DEADLINE, "the consensus never listed the relay; its log:\n{}", log());
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert!(log().contains(&format!("advertised as {advertised}")), "{}", log());
+    let after_listing = forward.connections();
+    assert!(after_listing > 0, "the authorities' reachability tests did not come through the forward");
+
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    rt.block_on(async {
+        let client_cfg = allium_client::ClientConfig::load(&net.dir.join("client").join("config.toml")).expect("the client's config");
+        let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
+        let localhost: IpAddr = "127.0.0.1".parse().unwrap();
+        let dir = allium_directory::fetch_consensus(&client_cfg.network, localhost, now, None).await.expect("the consensus");
+        let nat = dir.relays().iter().find(|r| r.nickname == "natrelay").expect("natrelay in the consensus with its microdescriptor").clone();
+        assert_eq!(nat.address, advertised, "the consensus lists the advertised address, not the listening one ({listen})");
+        let other = dir.relays().iter().find(|r| r.nickname.starts_with("relay")).expect("a middle relay").clone();
+        let exit = dir.relays().iter().find(|r| r.nickname.starts_with("exit")).expect("an exit").clone();
+
+        // An echo server as the destination.
+        let echo = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let echo_addr = echo.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((mut s, _)) = echo.accept().await {
+                tokio::spawn(async move {
+                    let (mut r, mut w) = s.split();
+                    let _ = tokio::io::copy(&mut r, &mut w).await;
+                });
+            }
+        });
+        // The relay as first hop (this client connects to the advertised address), and as a
+        // middle hop (another relay extends to it there); each path carries a stream. The
+        // other relays fetch the consensus that lists it a few seconds after it appears
+        // (refetch window): until then they refuse to extend to it, so retry for a while.
+        // (As middle hop the link may exist already, made by either side, so only the first
+        // hop's is sure to be a new connection through the forward.)
+        for (what, path) in [("first hop", [&nat, &other, &exit]), ("middle hop", [&other, &nat, &exit])] {
+            let before = forward.connections();
+            let deadline = Instant::now() + Duration::from_secs(45);
+            let circ = loop {
+                let pool = ChannelPool::new(localhost, None);
+                match allium_client::circuit::build(&pool, &path).await {
+                    Ok(c) => break c,
+                    Err(e) if Instant::now() < deadline => {
+                        eprintln!("a circuit with natrelay as {what}: {e}; retrying");
+                        tokio::time::sleep(Duration::from_secs(1)).await;
+                    }
+                    Err(e) => panic!("a circuit with natrelay as {what}: {e}"),
+                }
+            };
+            let mut s = crate::support::streams::begin(&circ, echo_addr).await.unwrap_or_else(|e| panic!("{what}: {e}"));
+            let sent = crate::support::http::pseudo_random(100_000, 7);
+            s.write_all(&sent).await.unwrap();
+            let mut got = vec![0u8; sent.len()];
+            tokio::time::timeout(Duration::from_secs(30), s.read_exact(&mut got)).await.unwrap_or_else(|_| panic!("{what}: no echo")).unwrap();
+            assert!(got == sent, "{what}: the echo differs");
+            if what == "first hop" {
+                assert!(forward.connections() > before, "this client's link to natrelay did not come through the forward");
+            }
+        }
+    });
+
+    // `allium status` reports both addresses.
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_allium"));
+    cmd.args(["status", "--json", "--config"]).arg(&cfg_path);
+    let out = crate::support::run_within(cmd, Duration::from_secs(30)).expect("allium status answered");
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)));
+    assert_eq!(status["or_port"], listen.to_string(), "{status}");
+    assert_eq!(status["advertised_address"], advertised.to_string(), "{status}");
+    assert_eq!(status["in_consensus"], true, "{status}");
+
+    drop(relay);
+    drop(forward);
+    let _ = std::fs::remove_dir_all(&dir);
+}
