@@ -212,7 +212,7 @@ mod tests {
         assert_eq!(r.guard_min_uptime, 30 * minute);
         assert!(!assign_flags(&obs(&p, true, 10 * minute, 30_010), &r, false).contains(RelayFlags::STABLE));
         // A long-running network keeps the absolute bars.
-        let old: Vec<Sample> = samples.iter().map(|s| Sample { run_secs: 90 * 86_400, known_secs: 90 * 86_400, mtbf_secs: 90 * 86_400, weight: 5_000_000 }).collect();
+        let old: Vec<Sample> = samples.iter().map(|_| Sample { run_secs: 90 * 86_400, known_secs: 90 * 86_400, mtbf_secs: 90 * 86_400, weight: 5_000_000 }).collect();
         assert_eq!(t.relative_to(&old), t);
         // Often down: no Guard however long known.
         let mut o = obs(&p, true, 90 * 86_400, 5_000_000);
