@@ -27,6 +27,9 @@ pub enum Command {
     Keygen(KeygenArgs),
     /// Start a whole test network on loopback addresses, each node its own process.
     Testnet(TestnetArgs),
+    /// Plan a network spread over many hosts.
+    #[command(subcommand)]
+    Network(NetworkCommand),
     /// Run a program with its TCP connections and name lookups sent through a client's SOCKS5
     /// proxy and its UDP refused (proxychains-ng + torsocks): `allium run -- COMMAND [ARGS...]`.
     Run(crate::wrap::RunArgs),
@@ -64,6 +67,15 @@ pub enum DirectoryCommand {
     },
 }
 
+/// `allium network ...`
+#[derive(Debug, Subcommand)]
+pub enum NetworkCommand {
+    /// Read a hosts file (one `[[node]]` per node: name, role, address, port) and write, for
+    /// each node, `OUT/<name>/` with its keys and a complete config.toml (see README.md,
+    /// "Planning a network on many hosts").
+    Plan(crate::plan::PlanArgs),
+}
+
 /// Arguments shared by the node roles.
 #[derive(Debug, Args)]
 pub struct RoleArgs {
@@ -98,4 +110,16 @@ pub struct KeygenArgs {
     /// `authorized_clients`). Nothing is written.
     #[arg(long, conflicts_with_all = ["authority", "data_dir"])]
     pub onion_client_auth: bool,
+    /// Instead: print this relay's `[[client.fallback_dirs]]` entry (nickname, identity,
+    /// address, link and onion public keys) from the key files in `--data-dir`, for clients'
+    /// configs. Creates nothing: the keys must exist.
+    #[arg(long, requires_all = ["data_dir", "address"], conflicts_with_all = ["authority", "onion_client_auth"])]
+    pub fallback_entry: bool,
+    /// The relay's OR address, IP:PORT (its `node.address` and `relay.or_port`), with
+    /// `--fallback-entry`.
+    #[arg(long, value_name = "IP:PORT", requires = "fallback_entry")]
+    pub address: Option<std::net::SocketAddr>,
+    /// The relay's nickname, with `--fallback-entry` (default: the data directory's name).
+    #[arg(long, value_name = "NAME", requires = "fallback_entry")]
+    pub nickname: Option<String>,
 }

@@ -8,6 +8,8 @@
 //! - [`signals`]: waiting for Ctrl-C / SIGTERM (stop) and SIGHUP (reload).
 //! - [`reload`]: SIGHUP reads the config again and applies what can change live.
 //! - [`testnet`]: `allium testnet`, a whole loopback network of node processes.
+//! - [`plan`]: `allium network plan`, keys and configs for a network on many hosts, and
+//!   `allium keygen --fallback-entry`.
 //! - [`directory_cmd`]: `allium directory show`, the current consensus printed readably.
 //! - [`status_cmd`]: `allium status`, a running node's status from its control socket.
 //!
@@ -19,6 +21,7 @@
 mod cli;
 mod directory_cmd;
 mod logging;
+mod plan;
 mod reload;
 mod roles;
 mod signals;
@@ -36,8 +39,10 @@ fn main() -> ExitCode {
         cli::Command::Authority(args) => roles::authority(&args),
         cli::Command::Relay(args) => roles::relay(&args),
         cli::Command::Client(args) => roles::client(&args),
+        cli::Command::Keygen(args) if args.fallback_entry => plan::fallback_entry(&args),
         cli::Command::Keygen(args) => roles::keygen(&args),
         cli::Command::Testnet(args) => testnet::run(args),
+        cli::Command::Network(cli::NetworkCommand::Plan(args)) => plan::run(&args),
         cli::Command::Run(args) => wrap::run(args),
         cli::Command::Directory(cli::DirectoryCommand::Show { config }) => directory_cmd::show(&config),
         cli::Command::Status(args) => status_cmd::run(&args),

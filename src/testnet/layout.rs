@@ -1,5 +1,7 @@
 //! What a test network is made of: node names, roles, addresses, ports, and the files
 //! `allium testnet` writes (each node's config.toml, `DIR/nodes`, `DIR/testnet.env`).
+//! `allium network plan` (`crate::plan`) renders its configs and makes its keys with the same
+//! [`render`] and [`make_keys`], under real-network [`Rules`].
 //!
 //! Node k (1-based, in the order authorities, middle relays, exits, client, hs) lives at
 //! `127.k.0.1`, so every node has its own /16 and the path rules (no two hops in one /16) stay
@@ -71,8 +73,8 @@ pub struct NodeSpec {
     pub onion_key: [u8; 32],
     /// The client's HTTP CONNECT proxy address, when it has one (`--http-connect-port`).
     pub http_connect: Option<SocketAddr>,
-    /// Where the node serves Prometheus metrics (`node.metrics_listen`).
-    pub metrics: SocketAddr,
+    /// Where the node serves Prometheus metrics (`node.metrics_listen`); none: no metrics.
+    pub metrics: Option<SocketAddr>,
 }
 
 impl NodeSpec {
@@ -167,7 +169,7 @@ pub fn plan(dir: &Path, counts: Counts, socks_port: u16, http_connect_port: Opti
         // clients take ports), so that parallel test networks rarely race for it.
         let taken: Vec<u16> = [Some(listen), http_connect].into_iter().flatten().filter(|a| a.ip() == ip).map(|a| a.port()).collect();
         let metrics = SocketAddr::new(ip, free_port_except(ip, &taken)?);
-        nodes.push(NodeSpec { dir: dir.join(&name), name, role, ip, listen, fingerprint: String::new(), link_key: [0; 32], onion_key: [0; 32], http_connect, metrics });
+        nodes.push(NodeSpec { dir: dir.join(&name), name, role, ip, listen, fingerprint: String::new(), link_key: [0; 32], onion_key: [0; 32], http_connect, metrics: Some(metrics) });
     }
     Ok(nodes)
 }
@@ -264,19 +266,53 @@ pub const ONION_SERVICE_NAME: &str = "web";
 /// The onion service's virtual port.
 pub const ONION_SERVICE_PORT: u16 = 80;
 
+/// Who writes a set of configs, and for which network.
+#[derive(Debug, Clone, Copy)]
+pub struct Rules<'a> {
+    /// The config's first comment line(s).
+    pub header: &'a str,
+    /// `network.dangerous_testnet = true` (loopback addresses, permissive exits, fast voting);
+    /// false also makes exits keep the default policy whatever their `strict`.
+    pub testnet: bool,
+    /// The authorities' `voting_interval_secs`; None leaves the default.
+    pub voting_interval_secs: Option<u64>,
+}
+
+/// What `allium testnet` writes at the top of each config.
+const TESTNET_HEADER: &str = "# Written by `allium testnet`; rewritten every time the test network starts.";
+
 /// Renders a node's config.toml. `onion_target` is where the hs node's service sends streams.
 pub fn render_config(node: &NodeSpec, all: &[NodeSpec], voting_interval_secs: u64, faults: &Faults, onion_target: SocketAddr) -> String {
+    let rules = Rules { header: TESTNET_HEADER, testnet: true, voting_interval_secs: Some(voting_interval_secs) };
+    let mut s = render(node, all, &rules, faults);
+    if node.role == Role::OnionService {
+        let _ = writeln!(s, "# The test network's onion service; its address is printed at start.");
+        let _ = writeln!(s, "[[onion_service]]");
+        let _ = writeln!(s, "name = {}", q(ONION_SERVICE_NAME));
+        let _ = writeln!(s, "ports = [{}]", q(&format!("{ONION_SERVICE_PORT} -> {onion_target}")));
+    }
+    s
+}
+
+/// Renders a node's config.toml under `rules`, all but the test network's onion service (a
+/// client's `[client]` section and its fallback directories come last, so `[[onion_service]]`
+/// tables can be appended).
+pub fn render(node: &NodeSpec, all: &[NodeSpec], rules: &Rules<'_>, faults: &Faults) -> String {
     let mut s = String::new();
-    let _ = writeln!(s, "# Written by `allium testnet`; rewritten every time the test network starts.");
+    let _ = writeln!(s, "{}", rules.header);
     let _ = writeln!(s, "# See configs/ in the source tree for every key explained.\n");
     let _ = writeln!(s, "[node]");
     let _ = writeln!(s, "nickname = {}", q(&node.name));
     let _ = writeln!(s, "data_dir = {}", q(&node.dir.to_string_lossy()));
     let _ = writeln!(s, "address = {}", q(&node.ip.to_string()));
-    let _ = writeln!(s, "metrics_listen = {}\n", q(&node.metrics.to_string()));
-    let _ = writeln!(s, "[network]");
-    let _ = writeln!(s, "# Loopback addresses, permissive exits and fast voting: never on a real network.");
-    let _ = writeln!(s, "dangerous_testnet = true");
+    if let Some(m) = node.metrics {
+        let _ = writeln!(s, "metrics_listen = {}", q(&m.to_string()));
+    }
+    let _ = writeln!(s, "\n[network]");
+    if rules.testnet {
+        let _ = writeln!(s, "# Loopback addresses, permissive exits and fast voting: never on a real network.");
+        let _ = writeln!(s, "dangerous_testnet = true");
+    }
     if faults.link_delay_ms > 0 {
         let _ = writeln!(s, "# Each link holds its outbound data this long: real round-trip times on loopback.");
         let _ = writeln!(s, "dangerous_link_delay_ms = {}", faults.link_delay_ms);
@@ -292,7 +328,9 @@ pub fn render_config(node: &NodeSpec, all: &[NodeSpec], voting_interval_secs: u6
         Role::Authority => {
             let _ = writeln!(s, "[authority]");
             let _ = writeln!(s, "dir_port = {}", node.listen.port());
-            let _ = writeln!(s, "voting_interval_secs = {voting_interval_secs}");
+            if let Some(v) = rules.voting_interval_secs {
+                let _ = writeln!(s, "voting_interval_secs = {v}");
+            }
         }
         Role::Relay | Role::Exit { .. } => {
             let _ = writeln!(s, "[relay]");
@@ -301,7 +339,7 @@ pub fn render_config(node: &NodeSpec, all: &[NodeSpec], voting_interval_secs: u6
             if let Role::Exit { strict } = node.role {
                 let _ = writeln!(s, "\n[exit]");
                 let _ = writeln!(s, "enabled = true");
-                if strict {
+                if strict || !rules.testnet {
                     let _ = writeln!(s, "# No policy: the default one, which rejects private and loopback destinations.");
                 } else {
                     let _ = writeln!(s, "# Accept everything, loopback included, so tests can reach local servers.");
@@ -322,22 +360,45 @@ pub fn render_config(node: &NodeSpec, all: &[NodeSpec], voting_interval_secs: u6
             let _ = writeln!(s, "\n# The first consensus comes from these relays, later ones through the guards:");
             let _ = writeln!(s, "# the client never contacts an authority.");
             for r in all.iter().filter(|n| n.role.is_relay() && !faults.blackholes(n)) {
-                let _ = writeln!(s, "[[client.fallback_dirs]]");
-                let _ = writeln!(s, "nickname = {}", q(&r.name));
-                let _ = writeln!(s, "identity = {}", q(&r.fingerprint));
-                let _ = writeln!(s, "address = {}", q(&r.listen.to_string()));
-                let _ = writeln!(s, "link_key = {}", q(&hex::encode(r.link_key)));
-                let _ = writeln!(s, "onion_key = {}\n", q(&hex::encode(r.onion_key)));
-            }
-            if node.role == Role::OnionService {
-                let _ = writeln!(s, "# The test network's onion service; its address is printed at start.");
-                let _ = writeln!(s, "[[onion_service]]");
-                let _ = writeln!(s, "name = {}", q(ONION_SERVICE_NAME));
-                let _ = writeln!(s, "ports = [{}]", q(&format!("{ONION_SERVICE_PORT} -> {onion_target}")));
+                s.push_str(&render_fallback_dir(&r.name, &r.fingerprint, r.listen, &r.link_key, &r.onion_key));
+                let _ = writeln!(s);
             }
         }
     }
     s
+}
+
+/// One `[[client.fallback_dirs]]` entry: a relay's nickname, identity fingerprint, OR address,
+/// link and onion public keys.
+pub fn render_fallback_dir(nickname: &str, fingerprint: &str, or_address: SocketAddr, link_key: &[u8; 32], onion_key: &[u8; 32]) -> String {
+    let mut s = String::new();
+    let _ = writeln!(s, "[[client.fallback_dirs]]");
+    let _ = writeln!(s, "nickname = {}", q(nickname));
+    let _ = writeln!(s, "identity = {}", q(fingerprint));
+    let _ = writeln!(s, "address = {}", q(&or_address.to_string()));
+    let _ = writeln!(s, "link_key = {}", q(&hex::encode(link_key)));
+    let _ = writeln!(s, "onion_key = {}", q(&hex::encode(onion_key)));
+    s
+}
+
+/// Creates (or loads) a node's keys in `key_dir` and fills in its fingerprint and public keys.
+/// An authority's signing key is certified by the identity in `identity_dir` as
+/// `allium keygen --authority` does (`identity_dir == key_dir`: the identity stays with the
+/// authority; otherwise `key_dir` gets no identity key).
+pub fn make_keys(node: &mut NodeSpec, key_dir: &Path, identity_dir: &Path) -> Result<(), String> {
+    let err = |e: &dyn std::fmt::Display| format!("{}: {e}", node.name);
+    if node.role == Role::Authority {
+        // Its link and onion keys appear in no config: only the identity is listed.
+        let lifetime = allium_directory::authkeys::DEFAULT_SIGNING_KEY_LIFETIME_SECS;
+        let (id, _) = allium_directory::authkeys::certify_into(identity_dir, key_dir, lifetime, allium_net::keys::unix_now()).map_err(|e| err(&e))?;
+        node.fingerprint = id.fingerprint();
+        return Ok(());
+    }
+    let keys = allium_net::keys::load_or_create(key_dir).map_err(|e| err(&e))?;
+    node.fingerprint = keys.relay_id().fingerprint();
+    node.link_key = keys.link_public();
+    node.onion_key = keys.onion_public();
+    Ok(())
 }
 
 /// Writes `contents` to `path` atomically: a temporary file in the same directory, synced, then

@@ -15,7 +15,7 @@
 //! `ONION_HOST`: the address works the moment it appears there. A stop signal at any time, or a
 //! node dying during startup, stops every node ([`spawn`]).
 
-mod layout;
+pub(crate) mod layout;
 mod probe;
 mod spawn;
 mod web;
@@ -351,16 +351,9 @@ async fn bring_up(dir: &Path, exe: &Path, plan: &Plan<'_>, procs: &mut Vec<NodeP
     // 1. Keys and configs.
     let mut nodes = layout::plan(dir, counts, socks_port, http_connect_port).map_err(|e| e.to_string())?;
     for n in nodes.iter_mut() {
-        let keys = allium_net::keys::load_or_create(&n.dir).map_err(|e| format!("{}: {e}", n.name))?;
-        n.fingerprint = keys.relay_id().fingerprint();
-        n.link_key = keys.link_public();
-        n.onion_key = keys.onion_public();
-        if n.role == Role::Authority {
-            // As `allium keygen --authority` does, with the identity kept in place.
-            let lifetime = allium_directory::authkeys::DEFAULT_SIGNING_KEY_LIFETIME_SECS;
-            allium_directory::authkeys::certify_into(&n.dir, &n.dir, lifetime, allium_net::keys::unix_now())
-                .map_err(|e| format!("{}: {e}", n.name))?;
-        }
+        // An authority's identity is kept in place.
+        let dir = n.dir.clone();
+        layout::make_keys(n, &dir, &dir)?;
     }
     for n in &nodes {
         let mut text = layout::render_config(n, &nodes, VOTING_INTERVAL_SECS, &faults, onion_target);

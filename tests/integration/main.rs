@@ -29,6 +29,8 @@
 //!   A18, A20, restarts, period boundaries).
 //! - [`onion_service`]: a client hosting an onion service, reached by introduction and rendezvous.
 //! - [`keygen`]: `allium keygen --authority` and authorities with an offline identity (A8).
+//! - [`plan`]: `allium network plan`: a network of loopback "hosts" run from its generated
+//!   configs alone, carrying a file through an exit and an onion service.
 //! - [`messages`]: what operators read: key permissions, config and listen errors, no warning
 //!   from a healthy network.
 //! - [`status_page`]: an authority's HTML status page lists every relay; headless Chromium
@@ -64,6 +66,7 @@ mod onion_service;
 mod operators;
 mod socks_front;
 mod paths;
+mod plan;
 mod quorum_loss;
 mod relay_history;
 mod rendezvous;
