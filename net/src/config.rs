@@ -73,7 +73,8 @@ pub struct NodeConfig {
     /// so a peer can tell which node connected.
     pub address: IpAddr,
     /// Where to serve Prometheus metrics over HTTP (`GET /metrics`); off when absent. Must be
-    /// a loopback address: scrape from another host through a tunnel or a reverse proxy.
+    /// a loopback address: scrape from another host through a tunnel or a reverse proxy. Port
+    /// 0 picks a free port (`allium status` shows it).
     #[serde(default)]
     pub metrics_listen: Option<std::net::SocketAddr>,
     /// The log filter (`info`, `debug`, or directives such as `info,allium_relay=debug`);

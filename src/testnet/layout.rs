@@ -165,11 +165,7 @@ pub fn plan(dir: &Path, counts: Counts, socks_port: u16, http_connect_port: Opti
             (Role::Client, Some(p)) => Some(SocketAddr::new(loopback, check_port_free(loopback, p)?)),
             _ => None,
         };
-        // On the node's own address (not the shared 127.0.0.1, where every test's servers and
-        // clients take ports), so that parallel test networks rarely race for it.
-        let taken: Vec<u16> = [Some(listen), http_connect].into_iter().flatten().filter(|a| a.ip() == ip).map(|a| a.port()).collect();
-        let metrics = SocketAddr::new(ip, free_port_except(ip, &taken)?);
-        nodes.push(NodeSpec { dir: dir.join(&name), name, role, ip, listen, fingerprint: String::new(), link_key: [0; 32], onion_key: [0; 32], http_connect, metrics: Some(metrics) });
+        nodes.push(NodeSpec { dir: dir.join(&name), name, role, ip, listen, fingerprint: String::new(), link_key: [0; 32], onion_key: [0; 32], http_connect, metrics: None });
     }
     Ok(nodes)
 }

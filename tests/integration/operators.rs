@@ -33,11 +33,52 @@ fn wait_status(dir: &std::path::Path, limit: Duration, done: impl Fn(&Value) -> 
     }
 }
 
-/// The `node.metrics_listen` of a testnet node, from its config.
-fn metrics_addr(net: &Testnet, name: &str) -> SocketAddr {
-    let text = std::fs::read_to_string(net.dir.join(name).join("config.toml")).unwrap();
-    let v: toml::Value = text.parse().unwrap();
-    v["node"]["metrics_listen"].as_str().expect("the testnet sets node.metrics_listen").parse().unwrap()
+/// A node of the test network this test restarted (with metrics); killed when dropped.
+struct Restarted(std::process::Child);
+
+impl Drop for Restarted {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Stops testnet relay `name`, adds `metrics_listen = "<its address>:0"` to its config and
+/// starts it again from that config; returns the process and the metrics address it bound
+/// (from `allium status`).
+fn restart_with_metrics(net: &Testnet, name: &str) -> (Restarted, SocketAddr) {
+    let node = net.nodes.iter().find(|n| n.name == name).unwrap();
+    let dir = net.dir.join(name);
+    let cfg = dir.join("config.toml");
+    let text = std::fs::read_to_string(&cfg).unwrap();
+    let with = text.replacen("[node]\n", &format!("[node]\nmetrics_listen = \"{}:0\"\n", net.node_address(name)), 1);
+    std::fs::write(&cfg, with).unwrap();
+    kill_process(Pid::from_raw(node.pid as i32).unwrap(), Signal::TERM).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while std::fs::metadata(format!("/proc/{}", node.pid)).is_ok() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let log = std::fs::OpenOptions::new().append(true).open(dir.join("log")).unwrap();
+    let child = Command::new(env!("CARGO_BIN_EXE_allium"))
+        .args(["relay", "--config"])
+        .arg(&cfg)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .unwrap();
+    let child = Restarted(child);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let addr = loop {
+        let out = Command::new(env!("CARGO_BIN_EXE_allium")).args(["status", "--json", "--data-dir"]).arg(&dir).output().unwrap();
+        let s: Option<Value> = serde_json::from_slice(&out.stdout).ok();
+        if let Some(a) = s.as_ref().and_then(|s| s["metrics_listen"].as_str()).and_then(|a| a.parse().ok()) {
+            break a;
+        }
+        assert!(Instant::now() < deadline, "{name} restarted with metrics never answered allium status");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    (child, addr)
 }
 
 /// One HTTP/1.1 exchange on the metrics port: (status line, body).
@@ -110,24 +151,29 @@ fn status_metrics_and_sighup_on_a_running_network() {
         assert!(text.contains(part), "{part:?} missing from allium status:\n{text}");
     }
 
-    // Metrics: the client's and a relay's, parsed by prometheus_client.
-    for name in ["client", "relay1"] {
-        let addr = metrics_addr(&net, name);
+    // Metrics: relay1 restarted with metrics_listen (port 0: the port it bound is in its
+    // status), scraped until it holds a consensus and has been tested by the authorities
+    // (links opened), then parsed by prometheus_client.
+    let (_relay1, addr) = restart_with_metrics(&net, "relay1");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let body = loop {
         let (line, body) = http(addr, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
-        assert!(line.contains("200"), "{name}: {line}");
-        let families = parse_with_prometheus_client(&body);
-        let names: Vec<&str> = families.iter().map(|f| f.0.as_str()).collect();
-        assert!(families.len() >= 20, "{name}: only {} families: {names:?}", families.len());
-        for want in ["allium_circuits_open", "allium_circuits_opened", "allium_circuit_build_seconds", "allium_limit_hits", "allium_consensus_age_seconds", "allium_handshake_queue_delay_seconds"] {
-            assert!(names.contains(&want), "{name}: no family {want} in {names:?}");
+        assert!(line.contains("200"), "{line}");
+        if sample(&body, "allium_consensus_valid") == 1.0 && sample(&body, "allium_links_opened_total") > 0.0 && sample(&body, "allium_link_read_bytes_total") > 0.0 {
+            break body;
         }
-        let build = families.iter().find(|f| f.0 == "allium_circuit_build_seconds").unwrap();
-        assert_eq!(build.1, "histogram", "{build:?}");
-        assert!(sample(&body, "allium_circuits_opened_total") > 0.0, "{name} opened no circuit:\n{body}");
-        assert_eq!(sample(&body, "allium_consensus_valid"), 1.0, "{name}");
-        assert!(sample(&body, "allium_link_read_bytes_total") > 0.0, "{name}");
+        assert!(Instant::now() < deadline, "relay1 never had a consensus and a link:\n{body}");
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    let families = parse_with_prometheus_client(&body);
+    let names: Vec<&str> = families.iter().map(|f| f.0.as_str()).collect();
+    assert!(families.len() >= 20, "only {} families: {names:?}", families.len());
+    for want in ["allium_circuits_open", "allium_circuits_opened", "allium_circuit_build_seconds", "allium_limit_hits", "allium_consensus_age_seconds", "allium_handshake_queue_delay_seconds", "allium_info"] {
+        assert!(names.contains(&want), "no family {want} in {names:?}");
     }
-    let addr = metrics_addr(&net, "relay1");
+    let build = families.iter().find(|f| f.0 == "allium_circuit_build_seconds").unwrap();
+    assert_eq!(build.1, "histogram", "{build:?}");
+    assert!(body.contains("allium_info{role=\"relay\","), "{body}");
     assert!(http(addr, "GET /other HTTP/1.1\r\n\r\n").0.contains("404"));
     assert!(http(addr, "POST /metrics HTTP/1.1\r\n\r\n").0.contains("400"));
 

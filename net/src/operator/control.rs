@@ -126,6 +126,7 @@ pub fn snapshot(role: &'static str, status: &StatusFn) -> Map<String, Value> {
     out.insert("config_reloads".into(), json!(m.config_reloads.get()));
     out.insert("config_reload_failures".into(), json!(m.config_reload_failures.get()));
     out.insert("limits_hit".into(), Value::Object(limits));
+    out.insert("metrics_listen".into(), json!(super::METRICS_ADDR.get().map(|a| a.to_string())));
     out.extend(status());
     out
 }

@@ -14,6 +14,9 @@ use crate::metrics::METRICS;
 
 pub use control::{StatusFn, CONTROL_SOCKET};
 
+/// Where this process serves metrics (the bound address: `metrics_listen` may give port 0).
+pub static METRICS_ADDR: std::sync::OnceLock<std::net::SocketAddr> = std::sync::OnceLock::new();
+
 /// Starts the control socket in the node's data directory and, if `metrics_listen` is set,
 /// the metrics endpoint. A control socket that cannot be bound is logged and skipped (the node
 /// still runs); a metrics address that cannot be bound is an error (the operator asked for it).
@@ -27,6 +30,8 @@ pub async fn spawn<E: From<String> + Send + 'static>(
     start_control(&node.data_dir, role, status, tasks);
     if let Some(addr) = node.metrics_listen {
         let l = tokio::net::TcpListener::bind(addr).await.map_err(|e| format!("cannot listen on node.metrics_listen {addr}: {e}"))?;
+        let addr = l.local_addr().unwrap_or(addr);
+        let _ = METRICS_ADDR.set(addr);
         tracing::info!("metrics on http://{addr}/metrics");
         tasks.spawn(async move {
             metrics_http::serve(l, role).await;
