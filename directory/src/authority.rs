@@ -148,6 +148,9 @@ pub struct AuthorityState {
     policy: VotePolicy,
     /// Every tested relay's reachability history (saved with [`AuthorityState::history_text`]).
     history: HistoryBook,
+    /// The signed text of each held descriptor, as uploaded (saved with
+    /// [`AuthorityState::descriptors_text`], so a restart keeps the relays it knew).
+    texts: HashMap<RelayId, Arc<str>>,
     /// Shared randomness: this authority's secret reveal for each period it committed in (the
     /// current and the previous one). In memory only: after a restart it has nothing to reveal
     /// and takes part again from the period after its next vote.
@@ -171,6 +174,7 @@ impl AuthorityState {
             microdescs: Default::default(),
             policy: VotePolicy::defaults(testnet),
             history: HistoryBook::default(),
+            texts: HashMap::new(),
             srv_reveals: BTreeMap::new(),
         }
     }
@@ -206,6 +210,22 @@ impl AuthorityState {
     /// The history file's text.
     pub fn history_text(&self) -> String {
         self.history.to_text()
+    }
+
+    /// Keeps the uploaded text of the descriptor just accepted for `id`.
+    pub fn keep_descriptor_text(&mut self, id: RelayId, text: Arc<str>) {
+        if self.descriptors.contains_key(&id) {
+            self.texts.insert(id, text);
+        }
+    }
+
+    /// The texts of every held descriptor, one after another (the descriptors file).
+    pub fn descriptors_text(&mut self) -> String {
+        let held = &self.descriptors;
+        self.texts.retain(|id, _| held.contains_key(id));
+        let mut ids: Vec<&RelayId> = self.texts.keys().collect();
+        ids.sort();
+        ids.iter().map(|id| &*self.texts[*id]).collect()
     }
 
     /// Every held relay to test.
@@ -754,15 +774,44 @@ pub fn load_history(dir: &Path) -> HistoryBook {
     }
 }
 
-/// Writes the relay history atomically (after each round of reachability tests).
+/// Writes the relay history and the held descriptors atomically (after each round of
+/// reachability tests).
 async fn save_history(sh: &Shared) {
-    let text = sh.lock().history_text();
+    let (history, descriptors) = {
+        let mut st = sh.lock();
+        (st.history_text(), st.descriptors_text())
+    };
     let dir = sh.data_dir.clone();
     let _g = sh.save_lock.lock().await;
-    let r = tokio::task::spawn_blocking(move || crate::cache::save(&dir, HISTORY_FILE, &text)).await;
+    let r = tokio::task::spawn_blocking(move || crate::cache::save(&dir, HISTORY_FILE, &history).and_then(|()| crate::cache::save(&dir, DESCRIPTORS_FILE, &descriptors))).await;
     if let Err(e) | Ok(Err(e)) = r.map_err(std::io::Error::other) {
-        tracing::error!("cannot save the relay history in the data directory: {e}");
+        tracing::error!("cannot save the relay history or descriptors in the data directory: {e}");
     }
+}
+
+/// The held descriptors in the data directory, as uploaded (signed texts one after another).
+pub const DESCRIPTORS_FILE: &str = "cached-descriptors";
+
+/// Accepts again every saved descriptor that still verifies and is recent enough (a restart
+/// keeps the relays it knew instead of voting an empty list until they upload again).
+pub fn load_descriptors(dir: &Path, state: &mut AuthorityState, now: u64) {
+    let Ok(text) = std::fs::read_to_string(dir.join(DESCRIPTORS_FILE)) else { return };
+    let start = "allium-relay-descriptor ";
+    let mut kept = 0;
+    let mut from = text.find(start);
+    while let Some(i) = from {
+        let end = text[i + 1..].find(&format!("\n{start}")).map(|j| i + 1 + j + 1).unwrap_or(text.len());
+        let one = &text[i..end];
+        if let Ok(d) = RelayDescriptor::parse(one).and_then(|u| u.verify()) {
+            let id = d.identity;
+            if state.accept_descriptor(d, now).is_ok() {
+                state.keep_descriptor_text(id, one.into());
+                kept += 1;
+            }
+        }
+        from = (end < text.len()).then_some(end);
+    }
+    tracing::info!(descriptors = kept, "loaded the saved descriptors");
 }
 
 /// Reads and verifies the saved consensus, if there is one still valid at `now`.
@@ -831,6 +880,7 @@ pub async fn run_authority_with_status(
     let (cert_expires, identity_present) = (keys.signer.cert().expires, keys.identity.is_some());
     let mut state = AuthorityState::new(keys.signer.clone(), &ids, cfg.network.dangerous_testnet, schedule).with_policy(policy);
     state.set_history(load_history(&cfg.node.data_dir));
+    load_descriptors(&cfg.node.data_dir, &mut state, clock.now_secs());
     if let Some(c) = load_consensus(&cfg.node.data_dir, &ids, clock.now_secs()) {
         tracing::info!(valid_after = %Utc(c.valid_after()), relays = c.relays().len(), "loaded the saved consensus");
         state.install_published(c);
@@ -1587,6 +1637,40 @@ mod tests {
         assert_eq!(a[0].pending_summary(T).unwrap().2, 2);
         assert!(a[0].try_publish(T * 1000 - 1).is_none(), "not before T");
         assert_eq!(a[0].try_publish(T * 1000).unwrap().signatures, 2);
+    }
+
+    /// Issue 13: a restarted authority knows the relays it held (their descriptors are saved
+    /// as uploaded and verified again on load); damaged and stale ones are left out.
+    #[test]
+    fn saved_descriptors_survive_a_restart() {
+        let dir = std::env::temp_dir().join(format!("allium-dir-descs-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (_, mut st) = three(false);
+        let now = T - 5;
+        let (k1, k2, k3) = (key(90), key(91), key(92));
+        let mut a = st.remove(0);
+        for (k, addr) in [(&k1, "192.0.2.1:9001"), (&k2, "192.0.2.2:9001")] {
+            let d = desc(k, now, addr);
+            let text: Arc<str> = d.encode_signed(k).into();
+            assert_eq!(a.accept_descriptor(d.clone(), now), Ok(Accepted::New));
+            a.keep_descriptor_text(d.identity, text);
+        }
+        let mut file = a.descriptors_text();
+        // A forged one (signed by another key) and garbage are not loaded.
+        let mut forged = desc(&k3, now, "192.0.2.3:9001");
+        forged.identity = RelayId(k1.verifying_key().to_bytes());
+        file.push_str(&forged.encode_signed(&k3));
+        file.push_str("allium-relay-descriptor 1\nnonsense\n");
+        std::fs::write(dir.join(DESCRIPTORS_FILE), &file).unwrap();
+        let mut b = st.remove(0);
+        load_descriptors(&dir, &mut b, now + 1);
+        assert_eq!(b.descriptor_count(), 2);
+        assert_eq!(b.descriptors_text(), a.descriptors_text());
+        // Too old by then: nothing.
+        let mut c = st.remove(0);
+        load_descriptors(&dir, &mut c, now + 10 * I);
+        assert_eq!(c.descriptor_count(), 0);
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     #[test]

@@ -79,7 +79,14 @@ async fn post_descriptor(State(sh): State<Arc<Shared>>, body: String) -> Respons
         Err(e) => return refused("descriptor", Reject { status: 400, reason: e.to_string() }),
     };
     let id = d.identity;
-    let r = sh.lock().accept_descriptor(d, sh.clock.now_secs());
+    let r = {
+        let mut st = sh.lock();
+        let r = st.accept_descriptor(d, sh.clock.now_secs());
+        if r == Ok(Accepted::New) {
+            st.keep_descriptor_text(id, body.into());
+        }
+        r
+    };
     match r {
         Ok(a) => {
             tracing::debug!(relay = %id.short(), "descriptor {:?}", a);
