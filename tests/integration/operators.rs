@@ -125,6 +125,8 @@ fn status_metrics_and_sighup_on_a_running_network() {
     let net = Testnet::start(&[]);
     let client_cfg = net.dir.join("client/config.toml");
 
+    // The client reaches 100% (circuits built ahead) shortly after the network is ready.
+    wait_status(&net.dir.join("client"), Duration::from_secs(60), |s| s["bootstrap"]["percent"] == 100);
     // Status by config file: the client is bootstrapped, has guards and a valid consensus.
     let s = status(&["--config", client_cfg.to_str().unwrap()]);
     assert_eq!(s["role"], "client", "{s}");
