@@ -302,10 +302,10 @@ async fn directory_loop(cfg: ClientConfig, tx: watch::Sender<Option<Arc<NetDir>>
                     first = false;
                 }
                 allium_net::metrics::METRICS.set_consensus(dir.valid_after(), dir.valid_until());
-                let at = allium_directory::schedule::refetch_at_ms(&dir.consensus().lifetime(), allium_directory::schedule::Fetcher::Client, rand::random());
+                let wait = allium_directory::schedule::refetch_delay(&dir.consensus().lifetime(), allium_directory::schedule::Fetcher::Client, rand::random(), now_ms());
                 tx.send_replace(Some(cache.store(dir)));
                 retry.reset();
-                tokio::time::sleep(Duration::from_millis(at.saturating_sub(now_ms()).max(1000))).await;
+                tokio::time::sleep(wait).await;
             }
             Err(e) => {
                 let keep = cache.fetch_failed(&e, t);
