@@ -209,6 +209,7 @@ fn check(hosts: &HostsFile, args: &PlanArgs, data_root: &Path) -> Result<(Vec<No
             link_key: [0; 32],
             onion_key: [0; 32],
             http_connect: None,
+            metrics: None,
         });
     }
     if !nodes.iter().any(|n| n.role == Role::Authority) {

@@ -302,10 +302,10 @@ async fn directory_loop(cfg: ClientConfig, tx: watch::Sender<Option<Arc<NetDir>>
                     first = false;
                 }
                 allium_net::metrics::METRICS.set_consensus(dir.valid_after(), dir.valid_until());
-                let wait = allium_directory::schedule::refetch_delay(&dir.consensus().lifetime(), allium_directory::schedule::Fetcher::Client, rand::random(), now_ms());
+                let at = allium_directory::schedule::refetch_at_ms(&dir.consensus().lifetime(), allium_directory::schedule::Fetcher::Client, rand::random());
                 tx.send_replace(Some(cache.store(dir)));
                 retry.reset();
-                tokio::time::sleep(wait).await;
+                tokio::time::sleep(Duration::from_millis(at.saturating_sub(now_ms()).max(1000))).await;
             }
             Err(e) => {
                 let keep = cache.fetch_failed(&e, t);

@@ -148,12 +148,6 @@ pub fn refetch_at_ms(l: &Lifetime, who: Fetcher, r: u64) -> u64 {
     fu.saturating_add(start).saturating_add(r % (end - start).max(1))
 }
 
-/// How long from `now_ms` until [`refetch_at_ms`], at least 1 s (a consensus already past its
-/// window is fetched again after 1 s).
-pub fn refetch_delay(l: &Lifetime, who: Fetcher, r: u64, now_ms: u64) -> std::time::Duration {
-    std::time::Duration::from_millis(refetch_at_ms(l, who, r).saturating_sub(now_ms).max(1000))
-}
-
 /// Descriptors older than this (seconds) are left out of votes and dropped: three intervals,
 /// but at least 30 s so a loopback test network with a 2 s interval is not racing its relays.
 pub fn descriptor_max_age(interval_secs: u64) -> u64 {

@@ -184,8 +184,9 @@ pub async fn consensus_watch(cfg: RelayConfig, ctx: Arc<RelayCtx>) -> Result<(),
                     ctx.unlisted.notify_one();
                 }
                 // In the caches' window after fresh-until, before clients ask (schedule.rs).
+                let at = allium_directory::schedule::refetch_at_ms(&dir.consensus().lifetime(), allium_directory::schedule::Fetcher::Cache, rand::random());
                 let now_ms = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
-                allium_directory::schedule::refetch_delay(&dir.consensus().lifetime(), allium_directory::schedule::Fetcher::Cache, rand::random(), now_ms)
+                Duration::from_millis(at.saturating_sub(now_ms).max(1000))
             }
             Err(e) => {
                 tracing::debug!("no consensus yet: {e}");

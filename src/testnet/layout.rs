@@ -73,6 +73,8 @@ pub struct NodeSpec {
     pub onion_key: [u8; 32],
     /// The client's HTTP CONNECT proxy address, when it has one (`--http-connect-port`).
     pub http_connect: Option<SocketAddr>,
+    /// Where the node serves Prometheus metrics (`node.metrics_listen`); none: no metrics.
+    pub metrics: Option<SocketAddr>,
 }
 
 impl NodeSpec {
@@ -163,7 +165,7 @@ pub fn plan(dir: &Path, counts: Counts, socks_port: u16, http_connect_port: Opti
             (Role::Client, Some(p)) => Some(SocketAddr::new(loopback, check_port_free(loopback, p)?)),
             _ => None,
         };
-        nodes.push(NodeSpec { dir: dir.join(&name), name, role, ip, listen, fingerprint: String::new(), link_key: [0; 32], onion_key: [0; 32], http_connect });
+        nodes.push(NodeSpec { dir: dir.join(&name), name, role, ip, listen, fingerprint: String::new(), link_key: [0; 32], onion_key: [0; 32], http_connect, metrics: None });
     }
     Ok(nodes)
 }
@@ -299,6 +301,9 @@ pub fn render(node: &NodeSpec, all: &[NodeSpec], rules: &Rules<'_>, faults: &Fau
     let _ = writeln!(s, "nickname = {}", q(&node.name));
     let _ = writeln!(s, "data_dir = {}", q(&node.dir.to_string_lossy()));
     let _ = writeln!(s, "address = {}", q(&node.ip.to_string()));
+    if let Some(m) = node.metrics {
+        let _ = writeln!(s, "metrics_listen = {}", q(&m.to_string()));
+    }
     let _ = writeln!(s, "\n[network]");
     if rules.testnet {
         let _ = writeln!(s, "# Loopback addresses, permissive exits and fast voting: never on a real network.");
