@@ -97,6 +97,14 @@ fn render(s: &Map<String, Value>, now: u64) -> String {
     }
     line("circuits", format!("{} open, {} opened, {} failed", num("circuits_open"), num("circuits_opened"), num("circuits_failed")));
     line("streams", format!("{} open, {} opened", num("streams_open"), num("streams_opened")));
+    if let Some(r) = s.get("circuits_ready").and_then(Value::as_object) {
+        let ports: Vec<String> = r.iter().map(|(p, n)| format!("port {p}: {}", str_of(Some(n)))).collect();
+        line("built ahead", ports.join(", "));
+    }
+    if let Some(r) = s.get("recovery").and_then(Value::as_object) {
+        let n = |k: &str| r.get(k).and_then(Value::as_u64).unwrap_or(0);
+        line("recovery", format!("{} BEGIN timeouts, {} stalled streams, {} circuits retired", n("begin_timeouts"), n("stalled_streams"), n("circuits_retired")));
+    }
     line("links", format!("{} open", num("links_open")));
     line("bytes", format!("{} read, {} written", bytes(num("bytes_read")), bytes(num("bytes_written"))));
     if let Some(guards) = s.get("guards").and_then(Value::as_array) {
@@ -161,9 +169,11 @@ mod tests {
             "guards": [{"fingerprint": "AB".repeat(32), "nickname": "relay1", "confirmed": true}],
             "onion_services": {"web": "published to 3 HSDirs (0 failed), 3 introduction points"},
             "circuits_open": 4, "bytes_read": 2_500_000, "limits_hit": {"create_rate": 2},
+            "recovery": {"begin_timeouts": 1, "stalled_streams": 2, "circuits_retired": 3},
+            "circuits_ready": {"80": 2, "8080": 1},
         });
         let text = render(s.as_object().unwrap(), 1_796_150_091);
-        for want in ["client, version 0.1.0", "100%: ready", "valid: valid-after 2026-12-01 18:33:20 UTC", "relay1 ABABABABABABABAB confirmed", "web: published", "4 open", "2.5 MB read", "create_rate=2"] {
+        for want in ["client, version 0.1.0", "100%: ready", "valid: valid-after 2026-12-01 18:33:20 UTC", "relay1 ABABABABABABABAB confirmed", "web: published", "4 open", "2.5 MB read", "create_rate=2", "1 BEGIN timeouts, 2 stalled streams, 3 circuits retired", "port 80: 2, port 8080: 1"] {
             assert!(text.contains(want), "{want:?} missing from:\n{text}");
         }
     }

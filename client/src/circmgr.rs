@@ -2,7 +2,9 @@
 //!
 //! - **Built ahead of need**: once bootstrapped, [`CircMgr::maintain`] keeps
 //!   [`PREBUILD_PER_PORT`] clean (never used) circuits whose exits allow each of
-//!   [`PREBUILD_PORTS`]; a clean circuit is retired after [`MAX_CLEAN_AGE`].
+//!   [`PREBUILD_PORTS`] and of the ports streams used in the last hour
+//!   ([`crate::predicted`]), and builds the next one as soon as a stream takes one; a clean
+//!   circuit is retired after [`MAX_CLEAN_AGE`].
 //! - **Reused by isolation class**: a stream takes a circuit already used by its class, or else a
 //!   clean one (which then belongs to its class), or else a new one. A circuit takes new
 //!   streams for [`MAX_CIRCUIT_DIRTINESS`] after its first stream, then is retired (it closes
@@ -40,6 +42,7 @@ use tokio::sync::{watch, Mutex};
 use crate::circuit::{self, CircError, CircHandle};
 use crate::guard::{self, GuardParams, GuardSet, Selection};
 use crate::path::{candidates, choose_path, ExitNeed, PathError};
+use crate::predicted::PredictedPorts;
 use crate::state_file::SaveReporter;
 use crate::timeout::TimeoutLearner;
 use crate::vanguards::{self, VanguardParams, VanguardSet};
@@ -145,6 +148,10 @@ pub struct CircMgr {
     guard_timeouts: StdMutex<HashMap<RelayId, u32>>,
     serial: AtomicU64,
     bootstrap: Arc<Bootstrap>,
+    /// Ports streams used lately ([`crate::predicted`]).
+    predicted: StdMutex<PredictedPorts>,
+    /// Wakes [`CircMgr::maintain`]: a stream took a clean circuit, or used a new port.
+    refill: tokio::sync::Notify,
 }
 
 fn now_ms() -> u64 {
@@ -175,6 +182,8 @@ impl CircMgr {
             timeouts: StdMutex::new(TimeoutLearner::new()), guard_timeouts: StdMutex::new(HashMap::new()),
             serial: AtomicU64::new(0),
             bootstrap,
+            predicted: StdMutex::new(PredictedPorts::default()),
+            refill: tokio::sync::Notify::new(),
         }
     }
 
@@ -221,6 +230,15 @@ impl CircMgr {
         v.ids()
     }
 
+    /// For `allium status`: each predicted port (the fixed ones first) with how many clean
+    /// circuits allow it now; `None` while a request holds the circuit list.
+    pub fn ready_summary(&self) -> Option<Vec<(u16, usize)>> {
+        let ports = self.predicted.lock().expect("predicted").current(&PREBUILD_PORTS, Instant::now());
+        let circs = self.circs.try_lock().ok()?;
+        let clean: Vec<&Entry> = circs.iter().filter(|e| e.class.is_none() && e.usable()).collect();
+        Some(ports.into_iter().map(|p| (p, clean.iter().filter(|e| ExitNeed::Port(p).allowed_by(&e.circ.exit)).count())).collect())
+    }
+
     /// Every sampled guard (for `allium status`).
     pub fn guard_summary(&self) -> Vec<crate::guard::Guard> {
         self.guards.lock().expect("guards").guards().to_vec()
@@ -262,6 +280,10 @@ impl CircMgr {
 
     /// [`CircMgr::get`], with an exit not among `avoid_exits` (they refused this stream).
     pub async fn get_avoiding(&self, dir: &Arc<NetDir>, need: ExitNeed, iso: &IsolationKey, avoid_exits: &[RelayId]) -> Result<CircHandle, GetError> {
+        let (ExitNeed::Port(port) | ExitNeed::Addr(_, port)) = need;
+        if self.predicted.lock().expect("predicted").note(port, &PREBUILD_PORTS, Instant::now()) {
+            self.refill.notify_one();
+        }
         // Holding the lock while building means concurrent requests share one new circuit.
         let mut circs = self.circs.lock().await;
         circs.retain(Entry::usable);
@@ -274,6 +296,8 @@ impl CircMgr {
             e.class = Some(iso.clone());
             e.first_used = Some(Instant::now());
             tracing::debug!(target: "allium_client::circuit", "stream on circuit #{} (prebuilt) through {}", e.serial, e.hops);
+            // Build its successor now, not at the next check.
+            self.refill.notify_one();
             return Ok(e.circ.clone());
         }
         let mut e = self.build(dir, need, avoid_exits).await?;
@@ -459,7 +483,8 @@ impl CircMgr {
                 }
             }
             let mut failed = false;
-            for port in PREBUILD_PORTS {
+            let ports = self.predicted.lock().expect("predicted").current(&PREBUILD_PORTS, Instant::now());
+            for port in ports {
                 let need = ExitNeed::Port(port);
                 let clean = {
                     let mut circs = self.circs.lock().await;
@@ -489,8 +514,13 @@ impl CircMgr {
             if had_guards && self.serial.load(Ordering::Relaxed) > 0 {
                 self.bootstrap.advance(100, "ready: circuits available");
             }
-            // Check again soon, or at once when a new consensus arrives.
-            let _ = tokio::time::timeout(Duration::from_secs(5), netdir.changed()).await;
+            // Check again soon, or at once when a new consensus arrives or a stream took a
+            // clean circuit or used a new port.
+            tokio::select! {
+                _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+                _ = netdir.changed() => {}
+                _ = self.refill.notified() => {}
+            }
         }
     }
 }

@@ -22,6 +22,7 @@ use allium_proto::ext::Extensions;
 use allium_proto::flow::FlowParams;
 use allium_proto::frag::{Progress, Reassembly};
 use allium_proto::early::EarlyMarker;
+use allium_proto::ids::RelayId;
 use allium_proto::relay_msg::{self, Direction, EndReason, ExtendTarget, MsgAssembler, RelayMsg, RELAY_PLAINTEXT_LEN};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
@@ -152,9 +153,8 @@ pub struct CircHandle {
     /// them, docs/PROTOCOL.md "Introduction points").
     last_keys: Arc<HopKeys>,
     control_rx: ControlRx,
-    /// Relays on the built path (the last one's index is `path_len - 1`; a virtual hop's is
-    /// `path_len`).
-    path_len: usize,
+    /// Relays on the built path, first hop first.
+    path: Arc<[RelayId]>,
     /// Set by the circuit task when it gave up on a stream ([`crate::recovery`]): the circuit
     /// takes no new streams.
     retired: Arc<AtomicBool>,
@@ -190,7 +190,12 @@ impl CircHandle {
     /// How many relays the circuit was built through: the hop index of the last relay is one
     /// less, that of a virtual hop (added later) this many.
     pub fn path_len(&self) -> usize {
-        self.path_len
+        self.path.len()
+    }
+
+    /// The relays the circuit was built through, first hop first.
+    pub fn path(&self) -> &[RelayId] {
+        &self.path
     }
 
     /// The keys this circuit shares with the last hop it was built to.
@@ -320,7 +325,7 @@ pub async fn build_within(pool: &ChannelPool, path: &[&ConsensusRelay], limit: D
         circ.circ.run(rx).await;
         drop(open);
     });
-    Ok(CircHandle { tx, exit: Arc::new(last.clone()), built_at: Instant::now(), last_keys, control_rx: Arc::new(tokio::sync::Mutex::new(control_rx)), path_len: path.len(), retired })
+    Ok(CircHandle { tx, exit: Arc::new(last.clone()), built_at: Instant::now(), last_keys, control_rx: Arc::new(tokio::sync::Mutex::new(control_rx)), path: path.iter().map(|r| r.identity).collect(), retired })
 }
 
 /// The client data of every hop's handshake: the circuit's flow-control parameters.
@@ -634,7 +639,7 @@ impl Circuit {
             }
             RelayMsg::Resolve { .. } => self.send(last, sid, &RelayMsg::Resolved { result: Err(EndReason::ExitPolicy), ext: Extensions::none() }).await,
             RelayMsg::BeginDir { .. } => self.send(last, sid, &RelayMsg::End(EndReason::ExitPolicy)).await,
-            m @ (RelayMsg::Data(_) | RelayMsg::DataToken { .. } | RelayMsg::Sendme { .. } | RelayMsg::End(_)) => {
+            m @ (RelayMsg::Data(_) | RelayMsg::DataToken { .. } | RelayMsg::Sendme { .. } | RelayMsg::Xoff | RelayMsg::Xon | RelayMsg::End(_)) => {
                 if matches!(m, RelayMsg::End(_)) {
                     incoming.remove(&sid);
                 }
@@ -766,7 +771,7 @@ impl Circuit {
                 req.fail(reason);
                 Ok(())
             }
-            m @ (RelayMsg::Data(_) | RelayMsg::DataToken { .. } | RelayMsg::Sendme { .. } | RelayMsg::End(_)) => {
+            m @ (RelayMsg::Data(_) | RelayMsg::DataToken { .. } | RelayMsg::Sendme { .. } | RelayMsg::Xoff | RelayMsg::Xon | RelayMsg::End(_)) => {
                 if pending.contains_key(&sid) {
                     return Err(CircError::Protocol("data before CONNECTED".into()));
                 }

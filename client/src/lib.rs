@@ -8,6 +8,7 @@
 //! - [`timeout`]: the learned circuit-build timeout.
 //! - [`circuit`]: building a circuit and its owner task (streams, crypto).
 //! - [`circmgr`]: which circuit a new stream uses.
+//! - [`predicted`]: the ports recently used, for which circuits are built ahead of need.
 //! - [`recovery`]: BEGIN and stall timeouts: giving up on a stream, retiring its circuit.
 //! - [`dir_fetch`]: where the consensus comes from (guards, fallback directories, authorities).
 //! - [`socks`]: the SOCKS4/4a/5 front end (with RESOLVE).
@@ -33,6 +34,7 @@ pub mod hs_dir;
 pub mod hs_service;
 pub mod onion_auth;
 pub mod path;
+pub mod predicted;
 pub mod recovery;
 pub mod socks;
 pub mod state_file;

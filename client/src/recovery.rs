@@ -9,9 +9,10 @@
 //!   [`STALL_TIMEOUT`] is ended: END to the exit, the application's socket closed, and the
 //!   circuit takes no new streams. An idle stream is never ended.
 //!
-//! Each is counted in [`RECOVERY_STATS`] and logged at info once per circuit and kind.
+//! Each is counted in the process metrics (`allium_stream_begin_timeouts_total`,
+//! `allium_streams_stalled_total`, `allium_circuits_retired_total`; `recovery` in
+//! `allium status`) and logged at info once per circuit and kind.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 /// How long a BEGIN may wait for CONNECTED or END.
@@ -20,21 +21,6 @@ pub const BEGIN_TIMEOUT: Duration = Duration::from_secs(10);
 pub const STALL_TIMEOUT: Duration = Duration::from_secs(20);
 /// How often a circuit with streams checks these deadlines.
 pub const CHECK_EVERY: Duration = Duration::from_secs(1);
-
-/// Counters over every circuit of this process (for the status and metrics endpoints).
-#[derive(Default)]
-pub struct RecoveryStats {
-    /// BEGINs given up for lack of CONNECTED or END.
-    pub begin_timeouts: AtomicU64,
-    /// Streams ended because they stalled while owed DATA or a SENDME.
-    pub stalled_streams: AtomicU64,
-    /// Circuits that stopped taking new streams for either reason.
-    pub circuits_retired: AtomicU64,
-}
-
-/// Process-wide recovery counters.
-pub static RECOVERY_STATS: RecoveryStats =
-    RecoveryStats { begin_timeouts: AtomicU64::new(0), stalled_streams: AtomicU64::new(0), circuits_retired: AtomicU64::new(0) };
 
 /// What a circuit gave up on in one check.
 #[derive(Debug, Default, PartialEq, Eq)]
@@ -59,11 +45,11 @@ pub struct Logged {
 /// Counts one check's outcome and logs each kind the first time this circuit meets it;
 /// `newly_retired` is true when this check retired the circuit.
 pub fn record(g: &GaveUp, newly_retired: bool, logged: &mut Logged) {
-    let s = &RECOVERY_STATS;
-    s.begin_timeouts.fetch_add(g.begins as u64, Ordering::Relaxed);
-    s.stalled_streams.fetch_add(g.stalled as u64, Ordering::Relaxed);
+    let m = &allium_net::metrics::METRICS;
+    m.begin_timeouts.add(g.begins as u64);
+    m.stalled_streams.add(g.stalled as u64);
     if newly_retired {
-        s.circuits_retired.fetch_add(1, Ordering::Relaxed);
+        m.circuits_retired.inc();
     }
     if g.begins > 0 && !std::mem::replace(&mut logged.begin, true) {
         tracing::info!("a stream got no CONNECTED within {} s: retrying it on another circuit; this circuit takes no new streams", BEGIN_TIMEOUT.as_secs());
@@ -73,8 +59,8 @@ pub fn record(g: &GaveUp, newly_retired: bool, logged: &mut Logged) {
     }
     tracing::debug!(
         "stream recovery so far: {} BEGIN timeouts, {} stalled streams, {} circuits retired",
-        s.begin_timeouts.load(Ordering::Relaxed),
-        s.stalled_streams.load(Ordering::Relaxed),
-        s.circuits_retired.load(Ordering::Relaxed)
+        m.begin_timeouts.get(),
+        m.stalled_streams.get(),
+        m.circuits_retired.get()
     );
 }

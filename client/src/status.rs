@@ -31,6 +31,16 @@ pub fn status_fn(state: Arc<ClientState>) -> allium_net::operator::StatusFn {
             .collect();
         m.insert("guards".into(), Value::Array(guards));
         m.insert("relays_in_consensus".into(), json!(dir.as_ref().map(|d| d.relays().len())));
+        if let Some(ready) = state.circuits.ready_summary() {
+            // Port → clean circuits whose exits allow it (built ahead of need).
+            let ready: Map<String, Value> = ready.into_iter().map(|(p, n)| (p.to_string(), json!(n))).collect();
+            m.insert("circuits_ready".into(), Value::Object(ready));
+        }
+        let metrics = &allium_net::metrics::METRICS;
+        m.insert(
+            "recovery".into(),
+            json!({ "begin_timeouts": metrics.begin_timeouts.get(), "stalled_streams": metrics.stalled_streams.get(), "circuits_retired": metrics.circuits_retired.get() }),
+        );
         m.insert("build_timeout_ms".into(), json!(state.circuits.build_timeout().as_millis() as u64));
         let services: Map<String, Value> = state.service_states().into_iter().map(|(k, v)| (k, json!(v))).collect();
         m.insert("onion_services".into(), Value::Object(services));

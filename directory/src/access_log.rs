@@ -8,6 +8,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use allium_net::limits::conn::ConnLimiter;
+use allium_net::level_io::LevelIo;
 use allium_net::limits::timed_io::TimedIo;
 use tokio::net::{TcpListener, TcpStream};
 
@@ -19,7 +20,7 @@ pub struct LoggedListener {
 }
 
 impl axum::serve::Listener for LoggedListener {
-    type Io = TimedIo<TcpStream>;
+    type Io = TimedIo<LevelIo<TcpStream>>;
     type Addr = SocketAddr;
 
     async fn accept(&mut self) -> (Self::Io, SocketAddr) {
@@ -28,7 +29,7 @@ impl axum::serve::Listener for LoggedListener {
             match self.limiter.try_admit(peer.ip()) {
                 Ok(permit) => {
                     tracing::debug!(peer = %peer.ip(), "directory connection");
-                    return (TimedIo::new(io, self.idle, Some(permit)), peer);
+                    return (TimedIo::new(LevelIo(io), self.idle, Some(permit)), peer);
                 }
                 Err(e) => tracing::debug!(peer = %peer.ip(), "directory connection closed at once: {e}"),
             }

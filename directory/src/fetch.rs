@@ -135,8 +135,41 @@ where
     if added == 0 {
         return Err(FetchAttemptError::Http(format!("served none of the {} missing microdescriptors", missing.len())));
     }
+    // A view where many listed relays cannot be used (a cache that has the consensus but not
+    // yet its microdescriptors) is worse than the one in use: try another source.
+    let (usable, listed) = (nd.relays().len(), nd.listed().len());
+    if usable * MIN_USABLE_DENOM < listed * MIN_USABLE_NUM {
+        return Err(FetchAttemptError::Http(format!("microdescriptors for only {usable} of {listed} listed relays")));
+    }
     if added < missing.len() {
         tracing::debug!("{} of {} missing microdescriptors fetched", added, missing.len());
     }
     Ok(())
+}
+
+/// A fetched consensus is taken only when at least this share (3/4) of its listed relays have
+/// their microdescriptors.
+const MIN_USABLE_NUM: usize = 3;
+const MIN_USABLE_DENOM: usize = 4;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::netdir::tests::{microdescs_text, relay, signed};
+    use allium_proto::doc::{ConsensusMeta, Lifetime, RelayFlags};
+
+    /// A cache that serves only some of the missing microdescriptors fails the attempt unless
+    /// three quarters of the listed relays end up usable.
+    #[tokio::test]
+    async fn a_view_with_too_few_microdescriptors_is_refused() {
+        let lt = Lifetime { valid_after: 1000, fresh_until: 1010, valid_until: 1030 };
+        let relays: Vec<_> = (1..=8).map(|i| relay(i, RelayFlags::RUNNING | RelayFlags::VALID, 1, &[])).collect();
+        let (text, ids) = signed(lt, ConsensusMeta::default(), relays.clone());
+        for (served, ok) in [(1, false), (5, false), (6, true), (8, true)] {
+            let mut nd = NetDir::from_text(&text, &ids, 1000).unwrap();
+            let body = microdescs_text(&relays[..served]);
+            let r = fetch_missing_microdescs(&mut nd, |_| std::future::ready(Ok::<_, String>(body.clone()))).await;
+            assert_eq!(r.is_ok(), ok, "{served} of 8 served: {r:?}");
+        }
+    }
 }

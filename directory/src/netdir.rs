@@ -94,17 +94,23 @@ impl NetDir {
         self.consensus.relays()
     }
 
-    /// The flow-control windows and increments this consensus sets (each parameter within its
-    /// bounds; a combination no circuit could use, an increment above its window, gives the
-    /// defaults, with a warning).
+    /// The flow- and congestion-control parameters this consensus sets (each parameter within
+    /// its bounds; a combination no circuit could use, e.g. an increment above half its window,
+    /// gives the defaults, with a warning).
     pub fn flow_params(&self) -> allium_proto::flow::FlowParams {
         let p = &self.params;
         let v = |name: &str| p.get(name).clamp(0, u32::MAX as i64) as u32;
         let f = allium_proto::flow::FlowParams {
             circuit_window: v("circuit-window"),
             circuit_sendme_inc: v("circuit-sendme-inc"),
-            stream_window: v("stream-window"),
-            stream_sendme_inc: v("stream-sendme-inc"),
+            xoff_cells: v("stream-xoff"),
+            cc: allium_proto::congestion::CcParams {
+                cwnd_init: v("cc-cwnd-init"),
+                alpha: v("cc-vegas-alpha"),
+                beta: v("cc-vegas-beta"),
+                gamma: v("cc-vegas-gamma"),
+                delta: v("cc-vegas-delta"),
+            },
         };
         f.checked().unwrap_or_else(|_| {
             tracing::warn!("the consensus's flow-control parameters do not fit together ({f:?}); using the defaults");
@@ -311,16 +317,17 @@ pub(crate) mod tests {
     #[test]
     fn out_of_bounds_parameter_refuses_the_consensus() {
         let mut meta = ConsensusMeta::default();
-        meta.params.insert("stream-window".into(), 1);
+        meta.params.insert("stream-xoff".into(), 1);
         let (text, ids) = signed(LT, meta, vec![]);
         let e = NetDir::from_text(&text, &ids, 1000).unwrap_err().to_string();
-        assert_eq!(e, "consensus parameter stream-window=1 is outside its bounds 50..=5000; refusing it");
+        assert_eq!(e, "consensus parameter stream-xoff=1 is outside its bounds 50..=5000; refusing it");
         let mut meta = ConsensusMeta::default();
-        meta.params.insert("stream-window".into(), 800);
+        meta.params.insert("stream-xoff".into(), 800);
         let (text, ids) = signed(LT, meta, vec![]);
         let nd = NetDir::from_text(&text, &ids, 1000).unwrap();
-        assert_eq!(nd.params().get("stream-window"), 800);
-        assert_eq!(nd.params().get("circuit-window"), 1000, "default");
+        assert_eq!(nd.params().get("stream-xoff"), 800);
+        assert_eq!(nd.flow_params().xoff_cells, 800);
+        assert_eq!(nd.params().get("circuit-window"), allium_proto::flow::CIRCUIT_WINDOW as i64, "default");
     }
 
     #[test]

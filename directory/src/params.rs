@@ -12,7 +12,11 @@
 
 use std::collections::BTreeMap;
 
+use allium_proto::congestion::{self as cc, CcParams};
 use allium_proto::flow;
+
+/// The default Vegas parameters (the `cc-*` parameters' defaults).
+const VEGAS: CcParams = cc::VEGAS_DEFAULT;
 
 /// One known parameter.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -32,7 +36,12 @@ const DAY: i64 = 86_400;
 /// Every known parameter (sorted by name).
 pub const PARAMS: &[ParamSpec] = &[
     ParamSpec { name: "bw-cap", default: 10_000_000, testnet_default: 10_000_000, min: 1, max: 1 << 40, doc: "cap on a relay's self-reported bandwidth when it becomes its weight (bytes/s)" },
-    ParamSpec { name: "circuit-sendme-inc", default: flow::CIRCUIT_SENDME_INC as i64, testnet_default: flow::CIRCUIT_SENDME_INC as i64, min: 1, max: flow::CIRCUIT_WINDOW_RANGE.1 as i64, doc: "cells per circuit-level SENDME" },
+    ParamSpec { name: "cc-cwnd-init", default: cc::CWND_INIT as i64, testnet_default: cc::CWND_INIT as i64, min: 2, max: flow::CIRCUIT_WINDOW_RANGE.1 as i64, doc: "congestion window a circuit starts with (cells)" },
+    ParamSpec { name: "cc-vegas-alpha", default: VEGAS.alpha as i64, testnet_default: VEGAS.alpha as i64, min: 0, max: flow::CIRCUIT_WINDOW_RANGE.1 as i64, doc: "Vegas: grow the window when fewer cells than this are queued on the path" },
+    ParamSpec { name: "cc-vegas-beta", default: VEGAS.beta as i64, testnet_default: VEGAS.beta as i64, min: 0, max: flow::CIRCUIT_WINDOW_RANGE.1 as i64, doc: "Vegas: shrink the window when more cells than this are queued" },
+    ParamSpec { name: "cc-vegas-delta", default: VEGAS.delta as i64, testnet_default: VEGAS.delta as i64, min: 0, max: flow::CIRCUIT_WINDOW_RANGE.1 as i64, doc: "Vegas: drop the window to the path's capacity plus this when more cells than this are queued" },
+    ParamSpec { name: "cc-vegas-gamma", default: VEGAS.gamma as i64, testnet_default: VEGAS.gamma as i64, min: 0, max: flow::CIRCUIT_WINDOW_RANGE.1 as i64, doc: "Vegas: leave slow start when more cells than this are queued" },
+    ParamSpec { name: "circuit-sendme-inc", default: flow::CIRCUIT_SENDME_INC as i64, testnet_default: flow::CIRCUIT_SENDME_INC as i64, min: 1, max: flow::CIRCUIT_WINDOW_RANGE.1 as i64 / 2, doc: "cells per circuit-level SENDME (one round-trip sample each)" },
     ParamSpec { name: "circuit-window", default: flow::CIRCUIT_WINDOW as i64, testnet_default: flow::CIRCUIT_WINDOW as i64, min: flow::CIRCUIT_WINDOW_RANGE.0 as i64, max: flow::CIRCUIT_WINDOW_RANGE.1 as i64, doc: "circuit-level flow-control window (cells)" },
     ParamSpec { name: "fast-min-bw", default: 100_000, testnet_default: 0, min: 0, max: 1 << 40, doc: "least weight for the Fast flag (bytes/s)" },
     ParamSpec { name: "flag-uptime-floor", default: 1800, testnet_default: 0, min: 0, max: 365 * DAY, doc: "no relative uptime threshold (Stable, HSDir, Guard) goes below this (s)" },
@@ -44,8 +53,7 @@ pub const PARAMS: &[ParamSpec] = &[
     ParamSpec { name: "running-min-down-secs", default: 600, testnet_default: 0, min: 0, max: DAY, doc: "a relay keeps Running until its failed reachability tests span at least this long (s)" },
     ParamSpec { name: "running-min-failures", default: 2, testnet_default: 1, min: 1, max: 100, doc: "a relay keeps Running until it failed at least this many reachability tests in a row" },
     ParamSpec { name: "stable-min-uptime", default: 5 * DAY, testnet_default: 0, min: 0, max: 365 * DAY, doc: "least observed uptime for the Stable flag (s)" },
-    ParamSpec { name: "stream-sendme-inc", default: flow::STREAM_SENDME_INC as i64, testnet_default: flow::STREAM_SENDME_INC as i64, min: 1, max: flow::STREAM_WINDOW_RANGE.1 as i64, doc: "cells per stream-level SENDME" },
-    ParamSpec { name: "stream-window", default: flow::STREAM_WINDOW as i64, testnet_default: flow::STREAM_WINDOW as i64, min: flow::STREAM_WINDOW_RANGE.0 as i64, max: flow::STREAM_WINDOW_RANGE.1 as i64, doc: "stream-level flow-control window (cells)" },
+    ParamSpec { name: "stream-xoff", default: flow::XOFF_CELLS as i64, testnet_default: flow::XOFF_CELLS as i64, min: flow::XOFF_RANGE.0 as i64, max: flow::XOFF_RANGE.1 as i64, doc: "cells of one stream waiting for its application before its receiver sends XOFF" },
 ];
 
 /// The spec of a known parameter.
@@ -132,7 +140,12 @@ mod tests {
             assert!(check(p.name, p.default).is_ok() && check(p.name, p.testnet_default).is_ok(), "{}", p.name);
         }
         assert_eq!(allium_proto::flow::CIRCUIT_WINDOW as i64, spec("circuit-window").unwrap().default);
-        assert_eq!(allium_proto::flow::STREAM_WINDOW as i64, spec("stream-window").unwrap().default);
+        assert_eq!(allium_proto::flow::XOFF_CELLS as i64, spec("stream-xoff").unwrap().default);
+        let cc = allium_proto::congestion::CcParams::default();
+        let named = [("cc-cwnd-init", cc.cwnd_init), ("cc-vegas-alpha", cc.alpha), ("cc-vegas-beta", cc.beta), ("cc-vegas-gamma", cc.gamma), ("cc-vegas-delta", cc.delta)];
+        for (name, v) in named {
+            assert_eq!(v as i64, spec(name).unwrap().default, "{name}");
+        }
     }
 
     #[test]
@@ -145,7 +158,7 @@ mod tests {
         m.insert("circuit-window".to_string(), 10_000);
         let p = ConsensusParams::from_map(&m).unwrap();
         assert_eq!(p.get("circuit-window"), 10_000);
-        assert_eq!(p.get("stream-window"), 500, "absent: default");
+        assert_eq!(p.get("stream-xoff"), 500, "absent: default");
         assert_eq!(p.listed()["unknown-thing"], -7, "unknown parameters are kept but not used");
     }
 

@@ -26,14 +26,16 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{mpsc, watch};
 
 use crate::cell_queue::{cell_queue, CellReceiver, CellSender, QueueError};
+use crate::level_io::{LevelIo, TcpHandle};
 use crate::limits::conn::ConnPermit;
 use crate::limits::counters::{LimitCounters, LIMITS};
 use crate::limits::memquota::{stamp, MemHolder, MemQuota, Queued, QueuedKind, CELL_MEM};
 use crate::link::{read_frame, Link};
 
 /// Cells a circuit may have queued from one link before it is destroyed. Flow control allows
-/// at most 1,000 data cells in flight per circuit and direction, plus a few control cells.
-pub const CIRCUIT_QUEUE_CAP: usize = 1200;
+/// at most the largest circuit window of data cells in flight per circuit and direction, plus
+/// a few control cells. (The queue grows as cells arrive, each charged to the memory budget.)
+pub const CIRCUIT_QUEUE_CAP: usize = allium_proto::flow::CIRCUIT_WINDOW_RANGE.1 as usize + 200;
 /// Cells queued toward the writer before senders wait (backpressure).
 const WRITER_QUEUE: usize = 2048;
 /// DESTROY cells queued toward the writer, apart from the cells above so that a full cell
@@ -47,6 +49,11 @@ const MAX_WRITE: usize = 256 * 1024;
 /// most [`MAX_WRITE`] bytes and usually a few cells).
 const DELAY_QUEUE: usize = 4096;
 
+/// A link that moved nothing in a direction for this long frees that direction's buffers (up to
+/// ~400 KiB for the writer, 128 KiB for the reader), so links kept open without circuits (an
+/// hour between relays) cost a few hundred bytes each, not half a megabyte.
+pub const IDLE_FREE: Duration = Duration::from_secs(1);
+
 /// How long every link of this process holds its outbound data, in microseconds (0: none).
 static LINK_DELAY_US: AtomicU64 = AtomicU64::new(0);
 
@@ -57,7 +64,7 @@ pub fn set_link_delay(d: Duration) {
     LINK_DELAY_US.store(d.as_micros().min(u64::MAX as u128) as u64, Ordering::Relaxed);
 }
 
-fn link_delay() -> Option<Duration> {
+pub(crate) fn link_delay() -> Option<Duration> {
     let us = LINK_DELAY_US.load(Ordering::Relaxed);
     (us > 0).then(|| Duration::from_micros(us))
 }
@@ -68,11 +75,13 @@ pub struct LinkStats {
     pub write_calls: AtomicU64,
     pub bytes_written: AtomicU64,
     pub cells_written: AtomicU64,
+    /// Times a link's reader or writer freed its buffers after [`IDLE_FREE`] without traffic.
+    pub idle_buffer_frees: AtomicU64,
 }
 
 /// Process-wide link counters.
 pub static LINK_STATS: LinkStats =
-    LinkStats { write_calls: AtomicU64::new(0), bytes_written: AtomicU64::new(0), cells_written: AtomicU64::new(0) };
+    LinkStats { write_calls: AtomicU64::new(0), bytes_written: AtomicU64::new(0), cells_written: AtomicU64::new(0), idle_buffer_frees: AtomicU64::new(0) };
 
 /// Called by the reader for a CREATE on an unused circuit id (relays only).
 pub trait CreateHandler: Send + Sync + 'static {
@@ -195,6 +204,7 @@ impl Channel {
         quota.register(Arc::downgrade(&holder));
         let chan = Channel { out, destroys, shared, peer: link.peer, peer_link_key: link.peer_link_key, peer_addr: link.peer_addr, initiator: link.initiator };
         let (rd, wr) = link.stream.into_split();
+        let (rd, wr) = (LevelIo(rd), LevelIo(wr));
         let output = match link_delay() {
             None => Output::Direct(wr),
             Some(d) => {
@@ -343,17 +353,32 @@ fn close(shared: &Shared) {
 
 /// Reads the link until it closes. `_permit` (an inbound link's place under its listener's
 /// limits) is released when the reader ends, which is when the link closes.
-async fn reader(mut rd: OwnedReadHalf, transport: Arc<snow::StatelessTransportState>, chan: Channel, handler: Option<Arc<dyn CreateHandler>>, _permit: Option<ConnPermit>) {
+async fn reader(mut rd: LevelIo<OwnedReadHalf>, transport: Arc<snow::StatelessTransportState>, chan: Channel, handler: Option<Arc<dyn CreateHandler>>, _permit: Option<ConnPermit>) {
     let mut closed = chan.shared.closed.subscribe();
     let metrics = &crate::metrics::METRICS;
     metrics.links_opened.inc();
     let _open = metrics.links_open.open();
-    // Buffers grow to the largest message seen: a link that never carries traffic holds a
-    // few bytes, not two 64 KiB buffers.
+    // Buffers grow to the largest message seen and are freed after IDLE_FREE without a
+    // message: a link that carries no traffic holds a few bytes, not two 64 KiB buffers.
     let mut frame = Vec::new();
     let mut plain = Vec::new();
     let mut nonce = 0u64;
     loop {
+        if frame.capacity() > 0 {
+            // Waiting for a byte to peek at loses nothing when it gives up (reading could).
+            // (Not `readable()`: tokio keeps a socket readable until a read would block.)
+            let tcp = rd.get_ref().tcp();
+            let mut byte = [0u8; 1];
+            tokio::select! {
+                r = std::future::poll_fn(|cx| tcp.poll_peek(cx, &mut tokio::io::ReadBuf::new(&mut byte))) => if r.is_err() { break },
+                _ = closed.changed() => break,
+                _ = tokio::time::sleep(IDLE_FREE) => {
+                    (frame, plain) = (Vec::new(), Vec::new());
+                    LINK_STATS.idle_buffer_frees.fetch_add(1, Ordering::Relaxed);
+                    continue;
+                }
+            }
+        }
         tokio::select! {
             r = read_frame(&mut rd, &mut frame) => if r.is_err() { break },
             _ = closed.changed() => break,
@@ -434,7 +459,7 @@ fn dispatch(chan: &Channel, handler: Option<&dyn CreateHandler>, cell: Cell, cac
 /// Where the writer puts the bytes of its transport messages.
 enum Output {
     /// Written to the socket at once.
-    Direct(OwnedWriteHalf),
+    Direct(LevelIo<OwnedWriteHalf>),
     /// Handed to [`delayed_writer`] with the time each batch may be written (test networks).
     Delayed(Duration, mpsc::Sender<(Instant, Vec<u8>)>),
 }
@@ -459,7 +484,7 @@ impl Output {
     }
 }
 
-async fn write_counted(wr: &mut OwnedWriteHalf, out: &[u8]) -> Result<(), ()> {
+async fn write_counted(wr: &mut LevelIo<OwnedWriteHalf>, out: &[u8]) -> Result<(), ()> {
     let mut off = 0;
     while off < out.len() {
         match wr.write(&out[off..]).await {
@@ -476,7 +501,7 @@ async fn write_counted(wr: &mut OwnedWriteHalf, out: &[u8]) -> Result<(), ()> {
 
 /// The timed queue of a delayed link: each batch is written once its time has come, in order
 /// (every batch waits the same delay, so the queue is sorted by due time).
-async fn delayed_writer(mut wr: OwnedWriteHalf, mut rx: mpsc::Receiver<(Instant, Vec<u8>)>, shared: Arc<Shared>) {
+async fn delayed_writer(mut wr: LevelIo<OwnedWriteHalf>, mut rx: mpsc::Receiver<(Instant, Vec<u8>)>, shared: Arc<Shared>) {
     while let Some((due, out)) = rx.recv().await {
         tokio::time::sleep_until(due.into()).await;
         if write_counted(&mut wr, &out).await.is_err() {
@@ -529,7 +554,8 @@ impl Queues {
 async fn writer(mut output: Output, mut rx: Queues, transport: Arc<snow::StatelessTransportState>, shared: Arc<Shared>) {
     let mut closed = shared.closed.subscribe();
     let mut nonce = 0u64;
-    // Allocated at the first cell written (an idle link holds none of them).
+    // Allocated at the first cell written and freed after IDLE_FREE without one (an idle link
+    // holds none of them).
     let mut plain: Vec<u8> = Vec::new();
     let mut out: Vec<u8> = Vec::new();
     let mut frame: Vec<u8> = Vec::new();
@@ -537,6 +563,11 @@ async fn writer(mut output: Output, mut rx: Queues, transport: Arc<snow::Statele
         let first = tokio::select! {
             c = rx.next() => match c { Some(c) => c, None => break },
             _ = closed.changed() => break,
+            _ = tokio::time::sleep(IDLE_FREE), if !frame.is_empty() => {
+                (plain, out, frame) = (Vec::new(), Vec::new(), Vec::new());
+                LINK_STATS.idle_buffer_frees.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
         };
         out.clear();
         plain.clear();

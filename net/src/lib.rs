@@ -6,6 +6,7 @@
 //! - [`config`]: config sections shared by all roles and TOML loading with one-line errors.
 //! - [`keys`]: a node's long-term keys in its data directory.
 //! - [`link`]: TCP plus the Noise link handshake.
+//! - [`level_io`]: TCP reads and writes that never wait on a socket after a short transfer.
 //! - [`log_rate`]: warn only when an expected failure lasts; rate-limit repeated errors.
 //! - [`cell_queue`]: a circuit's inbound cell queue (storage only while cells wait).
 //! - [`channel`]: the channel reactor (reader and writer tasks of one link, its circuit table).
@@ -24,6 +25,7 @@ pub mod config;
 pub mod keys;
 pub mod channel;
 pub mod link;
+pub mod level_io;
 pub mod log_rate;
 pub mod stream;
 pub mod pool;

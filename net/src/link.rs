@@ -108,8 +108,20 @@ pub async fn connect(bind_ip: IpAddr, peer: &PeerInfo, creds: Option<&RelayCrede
     tokio::time::timeout(HANDSHAKE_TIMEOUT, connect_inner(bind_ip, peer, creds)).await.map_err(|_| LinkError::Timeout)?
 }
 
+/// Test networks with a link delay (`network.dangerous_link_delay_ms`): waits as long as
+/// `one_ways` one-way trips of the handshake would take on a network with that latency, so a
+/// new link costs what it costs there (the cells after the handshake go through the link
+/// writer's timed queue instead).
+async fn handshake_latency(one_ways: u32) {
+    if let Some(d) = crate::channel::link_delay() {
+        tokio::time::sleep(d * one_ways).await;
+    }
+}
+
 async fn connect_inner(bind_ip: IpAddr, peer: &PeerInfo, creds: Option<&RelayCredentials>) -> Result<Link, LinkError> {
     let mut s = tcp_connect(bind_ip, peer.addr).await?;
+    // SYN and SYN-ACK, then the first handshake message on its way.
+    handshake_latency(3).await;
     let kind = if creds.is_some() { LinkKind::Relay } else { LinkKind::Anonymous };
     let pattern = if creds.is_some() { link::NOISE_RELAY } else { link::NOISE_ANON };
     let prologue = link::prologue(kind);
@@ -165,6 +177,9 @@ async fn accept_inner(mut s: TcpStream, link_secret: &[u8; 32]) -> Result<Link, 
     let version = link::negotiate(&hello.versions).ok_or_else(|| LinkError::PeerIncompatible(hello.versions.clone()))?;
     let mut out = vec![0u8; link::MAX_NOISE_MSG];
     let n = hs.write_message(&Welcome { version, ext: Default::default() }.encode(), &mut out).map_err(LinkError::PeerNoise)?;
+    // The answer's way back. (The initiator's last message then travels with its first cells,
+    // which the link writer delays.)
+    handshake_latency(1).await;
     write_frame(&mut s, &out[..n]).await?;
     let mut peer = None;
     let mut peer_link_key = None;

@@ -166,6 +166,12 @@ pub struct Metrics {
     pub handshake_queue_delay: Histogram,
     pub onion_introductions: Counter,
     pub onion_rendezvous: Counter,
+    /// Client stream recovery: BEGINs given up for lack of CONNECTED or END, streams ended
+    /// because they stalled while owed DATA or a SENDME, and circuits that stopped taking new
+    /// streams for either reason.
+    pub begin_timeouts: Counter,
+    pub stalled_streams: Counter,
+    pub circuits_retired: Counter,
     /// valid-after / valid-until of the consensus this node uses (Unix seconds; 0: none).
     pub consensus_valid_after: Gauge,
     pub consensus_valid_until: Gauge,
@@ -195,6 +201,9 @@ pub static METRICS: Metrics = Metrics {
     handshake_queue_delay: Histogram::new(),
     onion_introductions: Counter::new(),
     onion_rendezvous: Counter::new(),
+    begin_timeouts: Counter::new(),
+    stalled_streams: Counter::new(),
+    circuits_retired: Counter::new(),
     consensus_valid_after: Gauge::new(),
     consensus_valid_until: Gauge::new(),
     bootstrap_percent: Gauge::new(),
@@ -237,6 +246,9 @@ pub fn render(role: &str, now: u64) -> String {
     w.histogram("allium_handshake_queue_delay_seconds", "Time a CREATE handshake waited for a handshake thread.", &m.handshake_queue_delay);
     w.counter("allium_onion_introductions_total", "Introductions handled (service: INTRODUCE2 received; relay: INTRODUCE1 forwarded).", m.onion_introductions.get());
     w.counter("allium_onion_rendezvous_total", "Rendezvous completed (service or client: joined; relay: circuits spliced).", m.onion_rendezvous.get());
+    w.counter("allium_stream_begin_timeouts_total", "Streams given up because their BEGIN got no CONNECTED in time (clients; retried on another circuit).", m.begin_timeouts.get());
+    w.counter("allium_streams_stalled_total", "Streams ended because nothing arrived for the stall timeout while data was owed (clients).", m.stalled_streams.get());
+    w.counter("allium_circuits_retired_total", "Circuits that stopped taking new streams after a BEGIN timeout or a stall (clients).", m.circuits_retired.get());
     let (va, vu) = (m.consensus_valid_after.get(), m.consensus_valid_until.get());
     w.gauge("allium_consensus_age_seconds", "Seconds since the valid-after time of the consensus in use (-1: none).", if va > 0 { now as i64 - va } else { -1 });
     w.gauge("allium_consensus_valid", "1 if the consensus in use is valid now, else 0.", i64::from(va > 0 && (va..vu).contains(&(now as i64))));

@@ -16,9 +16,15 @@ use crate::channel::{Channel, CreateHandler};
 use crate::limits::memquota::MemQuota;
 use crate::link::{self, LinkError, PeerInfo, RelayCredentials};
 
+/// Who a link is filed under: the peer's identity and link key.
+type PeerKey = (RelayId, [u8; 32]);
+
 /// Links to relays, reused while open.
 pub struct ChannelPool {
-    map: Mutex<HashMap<(RelayId, [u8; 32]), Channel>>,
+    map: Mutex<HashMap<PeerKey, Channel>>,
+    /// One lock per peer being dialled: requests for a peer wait for the dial in progress
+    /// instead of opening a second link.
+    dialling: Mutex<HashMap<PeerKey, Arc<tokio::sync::Mutex<()>>>>,
     bind_ip: IpAddr,
     creds: Option<RelayCredentials>,
     handler: Mutex<Option<Arc<dyn CreateHandler>>>,
@@ -28,13 +34,31 @@ pub struct ChannelPool {
     quota: Mutex<Arc<MemQuota>>,
 }
 
+/// A request waiting for (or making) the dial to one peer; the last one to finish, or to be
+/// dropped, forgets the peer's lock.
+struct Waiting<'a> {
+    pool: &'a ChannelPool,
+    key: PeerKey,
+    lock: Arc<tokio::sync::Mutex<()>>,
+}
+
+impl Drop for Waiting<'_> {
+    fn drop(&mut self) {
+        let mut d = self.pool.dialling.lock().unwrap_or_else(|e| e.into_inner());
+        // Ours and the map's: no other request holds it.
+        if Arc::strong_count(&self.lock) == 2 {
+            d.remove(&self.key);
+        }
+    }
+}
+
 /// How long a link without circuits stays open unless the node's `[limits]` say otherwise.
 pub const DEFAULT_LINK_IDLE_TIMEOUT: Duration = Duration::from_secs(180);
 
 impl ChannelPool {
     /// `creds`: present for relays (they dial with their identity), absent for clients.
     pub fn new(bind_ip: IpAddr, creds: Option<RelayCredentials>) -> Self {
-        ChannelPool { map: Mutex::new(HashMap::new()), bind_ip, creds, handler: Mutex::new(None), idle_timeout: Mutex::new(DEFAULT_LINK_IDLE_TIMEOUT), quota: Mutex::new(MemQuota::default_budget()) }
+        ChannelPool { map: Mutex::new(HashMap::new()), dialling: Mutex::new(HashMap::new()), bind_ip, creds, handler: Mutex::new(None), idle_timeout: Mutex::new(DEFAULT_LINK_IDLE_TIMEOUT), quota: Mutex::new(MemQuota::default_budget()) }
     }
 
     /// Sets who handles CREATE cells arriving on links this pool opens (relays).
@@ -59,10 +83,23 @@ impl ChannelPool {
 
     /// An open link to `peer`, reusing one if it exists. The link is authenticated against
     /// `peer.link_key`; a process without that key fails the handshake.
+    /// Requests for a peer while a link to it is being opened wait for that link (one dial
+    /// per peer at a time), so concurrent circuits through one relay share one link.
     pub async fn get(&self, peer: &PeerInfo) -> Result<Channel, LinkError> {
-        if let Some(c) = self.lookup(&(peer.identity, peer.link_key)) {
+        let key = (peer.identity, peer.link_key);
+        if let Some(c) = self.lookup(&key) {
             return Ok(c);
         }
+        let waiting = Waiting { pool: self, key, lock: self.dialling.lock().expect("pool lock").entry(key).or_default().clone() };
+        let _turn = waiting.lock.lock().await;
+        match self.lookup(&key) {
+            // Opened by the request we waited for.
+            Some(c) => Ok(c),
+            None => self.dial(peer).await,
+        }
+    }
+
+    async fn dial(&self, peer: &PeerInfo) -> Result<Channel, LinkError> {
         let link = link::connect(self.bind_ip, peer, self.creds.as_ref()).await?;
         let handler = self.handler.lock().expect("pool lock").clone();
         let chan = Channel::spawn(link, handler, &self.mem_quota());
@@ -80,7 +117,7 @@ impl ChannelPool {
         m.insert((id, key), chan);
     }
 
-    fn lookup(&self, key: &(RelayId, [u8; 32])) -> Option<Channel> {
+    fn lookup(&self, key: &PeerKey) -> Option<Channel> {
         let m = self.map.lock().expect("pool lock");
         m.get(key).filter(|c| !c.is_closed()).cloned()
     }

@@ -1,23 +1,26 @@
-//! Streams multiplexed on one circuit end (the client's, or the exit's): windows, queues and the
-//! tasks that move bytes between a TCP socket and the circuit.
+//! Streams multiplexed on one circuit end (the client's, or the exit's): flow and congestion
+//! control, queues and the tasks that move bytes between a TCP socket and the circuit.
 //!
-//! The circuit task owns a [`StreamMux`]. For each stream a reader task reads the socket only as
-//! far as the stream's send window allows (credit), and a writer task writes queued DATA to the
-//! socket, coalescing whatever is queued into one write, then reports how many cells were
-//! consumed — only then does the mux acknowledge them with SENDMEs.
+//! The circuit task owns a [`StreamMux`]. For each stream a reader task reads the socket while
+//! the other end has not said XOFF and the circuit has room for more (the [`ReadGate`]), and a
+//! writer task writes queued DATA to the socket, coalescing whatever is queued into one write,
+//! then reports how many cells were consumed — only then does the mux acknowledge them with
+//! circuit SENDMEs, and send XON to a stream it had sent XOFF.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use allium_proto::flow::{FlowError, FlowParams, RecvWindow, SendWindow, SendmeToken, TokenReceiver, TokenSender, SENDME_TOKEN_LEN};
+use allium_proto::congestion::CongestionWindow;
+use allium_proto::flow::{FlowError, FlowParams, RecvWindow, SendmeToken, TokenReceiver, TokenSender, SENDME_TOKEN_LEN};
 use allium_proto::relay_msg::{EndReason, RelayMsg, MAX_BODY_PER_CELL};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, DuplexStream, ReadHalf, WriteHalf};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, Notify, Semaphore};
+use tokio::sync::{mpsc, Notify};
 use tokio::task::AbortHandle;
 
+use crate::level_io::LevelIo;
 use crate::limits::memquota::{Held, HeldMem, CELL_MEM};
 
 /// Streams one circuit may carry at once.
@@ -38,12 +41,14 @@ pub trait StreamSocket: Send + 'static {
     fn into_halves(self) -> (Self::Read, Self::Write);
 }
 
+/// Read and written through [`LevelIo`]: a short transfer never parks a stream.
 impl StreamSocket for TcpStream {
-    type Read = OwnedReadHalf;
-    type Write = OwnedWriteHalf;
-    fn into_halves(self) -> (OwnedReadHalf, OwnedWriteHalf) {
+    type Read = LevelIo<OwnedReadHalf>;
+    type Write = LevelIo<OwnedWriteHalf>;
+    fn into_halves(self) -> (Self::Read, Self::Write) {
         let _ = self.set_nodelay(true);
-        self.into_split()
+        let (rd, wr) = self.into_split();
+        (LevelIo(rd), LevelIo(wr))
     }
 }
 
@@ -100,16 +105,14 @@ impl<W: AsyncWrite + Unpin, G: Unpin> AsyncWrite for HoldingWrite<W, G> {
 pub enum StreamEvent {
     Data { id: u16, data: Vec<u8> },
     Eof { id: u16 },
-    /// The writer consumed `cells` DATA cells, `stream_cells` of which count toward the
-    /// stream's window (a cell that carried a SENDME token counts toward the circuit's only).
-    Consumed { id: u16, cells: u32, stream_cells: u32 },
+    /// The writer consumed `cells` DATA cells.
+    Consumed { id: u16, cells: u32 },
     WriteFailed { id: u16 },
 }
 
 enum WriterMsg {
-    /// DATA for the socket, charged to the circuit's memory until written; whether the cell
-    /// counts toward the stream's window.
-    Data(Vec<u8>, Option<Held>, bool),
+    /// DATA for the socket, charged to the circuit's memory until written.
+    Data(Vec<u8>, Option<Held>),
     End,
 }
 
@@ -120,12 +123,13 @@ struct Pending {
     _held: Option<Held>,
 }
 
-/// DATA cells read from the streams' sockets and not yet sent: readers wait while the circuit
-/// window holds back as many as a whole window, so a circuit's streams together never read
-/// much more than the circuit can send (however many streams it has).
+/// DATA cells read from the streams' sockets and not yet sent: readers wait while the
+/// congestion window holds back as many as a whole window, so a circuit's streams together
+/// never read much more than the circuit can send (however many streams it has).
 struct ReadGate {
     cells: std::sync::atomic::AtomicUsize,
-    cap: usize,
+    /// The congestion window, updated as it changes.
+    cap: std::sync::atomic::AtomicUsize,
     room: Notify,
 }
 
@@ -139,9 +143,9 @@ impl ReadGate {
             let notified = self.room.notified();
             tokio::pin!(notified);
             notified.as_mut().enable();
-            let waiting = self.cells.load(Ordering::Acquire);
-            if waiting < self.cap {
-                return self.cap - waiting;
+            let (waiting, cap) = (self.cells.load(Ordering::Acquire), self.cap.load(Ordering::Acquire));
+            if waiting < cap {
+                return cap - waiting;
             }
             notified.await;
         }
@@ -153,8 +157,45 @@ impl ReadGate {
 
     fn sub(&self, n: usize) {
         let before = self.cells.fetch_sub(n, std::sync::atomic::Ordering::AcqRel);
-        if before >= self.cap && before - n < self.cap {
+        let cap = self.cap.load(std::sync::atomic::Ordering::Acquire);
+        if before >= cap && before - n < cap {
             self.room.notify_waiters();
+        }
+    }
+
+    /// The congestion window changed to `cap` cells.
+    fn set_cap(&self, cap: usize) {
+        let before = self.cap.swap(cap, std::sync::atomic::Ordering::AcqRel);
+        if cap > before {
+            self.room.notify_waiters();
+        }
+    }
+}
+
+/// Whether the other end of a stream said XOFF: its reader waits until XON.
+#[derive(Default)]
+struct Pause {
+    on: std::sync::atomic::AtomicBool,
+    resume: Notify,
+}
+
+impl Pause {
+    fn set(&self, on: bool) {
+        self.on.store(on, std::sync::atomic::Ordering::Release);
+        if !on {
+            self.resume.notify_waiters();
+        }
+    }
+
+    async fn wait(&self) {
+        loop {
+            let notified = self.resume.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            if !self.on.load(std::sync::atomic::Ordering::Acquire) {
+                return;
+            }
+            notified.await;
         }
     }
 }
@@ -163,12 +204,15 @@ struct Stream {
     writer: mpsc::UnboundedSender<WriterMsg>,
     writer_rx: Option<mpsc::UnboundedReceiver<WriterMsg>>,
     writer_task: Option<AbortHandle>,
-    credit: Arc<Semaphore>,
-    send: SendWindow,
-    recv: RecvWindow,
+    /// Set while the other end holds this stream back (XOFF).
+    paused: Arc<Pause>,
     reader: Option<AbortHandle>,
-    /// When the other end last moved this stream forward (DATA or SENDME for it), or when it
-    /// was opened.
+    /// Cells handed to the writer and not yet written to the socket.
+    unwritten: u32,
+    /// We sent XOFF and owe XON once the writer catches up.
+    xoff_sent: bool,
+    /// When the other end last moved this stream forward (DATA, XON or XOFF for it), or when
+    /// it was opened.
     last_progress: Instant,
     /// The other end's last DATA filled its cell: it had more ready than one cell holds, so
     /// more DATA is owed (a sender's last cell of a burst is almost always partly empty).
@@ -188,17 +232,17 @@ pub enum StreamError {
     TooManyStreams,
 }
 
-/// The streams of one circuit end, with the circuit-level windows.
+/// The streams of one circuit end, with the circuit's congestion window and receive window.
 pub struct StreamMux {
     streams: HashMap<u16, Stream>,
     /// Ids closed by us whose late cells are ignored rather than treated as violations.
     closed: HashSet<u16>,
-    circ_send: SendWindow,
+    circ_send: CongestionWindow,
     circ_recv: RecvWindow,
     /// The tokens circuit-level SENDMEs must echo, ours and the other end's.
     tokens_out: TokenSender,
     tokens_in: TokenReceiver,
-    /// Messages waiting for the circuit window, in order (END waits behind its DATA).
+    /// Messages waiting for the congestion window, in order (END waits behind its DATA).
     pending: VecDeque<Pending>,
     /// DATA cells in `pending`, which the readers wait on.
     gate: Arc<ReadGate>,
@@ -209,7 +253,7 @@ pub struct StreamMux {
     events_tx: mpsc::UnboundedSender<StreamEvent>,
     events_rx: mpsc::UnboundedReceiver<StreamEvent>,
     next_id: u16,
-    /// The windows and increments of this circuit (both ends use the same).
+    /// The flow- and congestion-control parameters of this circuit (both ends use the same).
     flow: FlowParams,
     /// When the last circuit-level SENDME arrived (or the mux was made).
     last_circ_sendme: Instant,
@@ -228,12 +272,12 @@ impl StreamMux {
         StreamMux {
             streams: HashMap::new(),
             closed: HashSet::new(),
-            circ_send: SendWindow::circuit(&flow),
+            circ_send: CongestionWindow::new(flow.circuit_window, flow.circuit_sendme_inc, flow.cc),
             circ_recv: RecvWindow::circuit(&flow),
             tokens_out: TokenSender::new(&flow),
             tokens_in: TokenReceiver::new(&flow),
             pending: VecDeque::new(),
-            gate: Arc::new(ReadGate { cells: Default::default(), cap: flow.circuit_window as usize, room: Notify::new() }),
+            gate: Arc::new(ReadGate { cells: Default::default(), cap: (flow.cc.cwnd_init as usize).into(), room: Notify::new() }),
             mem: None,
             draining: Vec::new(),
             events_tx,
@@ -295,10 +339,10 @@ impl StreamMux {
                 writer,
                 writer_rx: Some(rx),
                 writer_task: None,
-                credit: Arc::new(Semaphore::new(self.flow.stream_window as usize)),
-                send: SendWindow::stream(&self.flow),
-                recv: RecvWindow::stream(&self.flow),
+                paused: Arc::default(),
                 reader: None,
+                unwritten: 0,
+                xoff_sent: false,
                 last_progress: Instant::now(),
                 last_data_full: false,
             },
@@ -312,26 +356,28 @@ impl StreamMux {
         let Some(rx) = s.writer_rx.take() else { return };
         let (rd, wr) = sock.into_halves();
         s.writer_task = Some(tokio::spawn(write_loop(id, wr, rx, prefix, self.events_tx.clone())).abort_handle());
-        let reader = tokio::spawn(read_loop(id, rd, s.credit.clone(), self.gate.clone(), self.events_tx.clone()));
+        let reader = tokio::spawn(read_loop(id, rd, s.paused.clone(), self.gate.clone(), self.events_tx.clone()));
         s.reader = Some(reader.abort_handle());
     }
 
-    /// Handles DATA, SENDME or END from the other end. Returns messages to send back.
+    /// Handles DATA, SENDME, XOFF, XON or END from the other end. Returns messages to send back.
     pub fn handle_msg(&mut self, id: u16, msg: RelayMsg) -> Result<Vec<(u16, RelayMsg)>, StreamError> {
         match msg {
             RelayMsg::Sendme { token } if id == 0 => {
                 self.tokens_out.on_sendme(token.as_ref())?;
-                self.circ_send.on_sendme()?;
-                self.last_circ_sendme = Instant::now();
+                let now = Instant::now();
+                self.circ_send.on_sendme(now)?;
+                self.gate.set_cap(self.circ_send.cwnd() as usize);
+                self.last_circ_sendme = now;
                 Ok(self.flush())
             }
-            // Stream-level SENDMEs carry no token (the circuit window bounds what they open).
-            RelayMsg::Sendme { token: Some(_) } => Err(FlowError::BadSendmeToken.into()),
-            RelayMsg::Sendme { token: None } => {
+            // Streams have no SENDMEs: XON and XOFF pace them.
+            RelayMsg::Sendme { .. } => Err(FlowError::UnexpectedSendme.into()),
+            RelayMsg::Xoff | RelayMsg::Xon if id == 0 => Err(StreamError::UnknownStream),
+            RelayMsg::Xoff | RelayMsg::Xon => {
                 if let Some(s) = self.streams.get_mut(&id) {
-                    s.send.on_sendme()?;
+                    s.paused.set(msg == RelayMsg::Xoff);
                     s.last_progress = Instant::now();
-                    s.credit.add_permits(self.flow.stream_sendme_inc as usize);
                     Ok(vec![])
                 } else {
                     self.late(id)
@@ -346,16 +392,15 @@ impl StreamMux {
                 self.circ_recv.on_data()?;
                 self.tokens_in.on_data(token)?;
                 if let Some(s) = self.streams.get_mut(&id) {
-                    // A cell with a token counts toward the circuit window only: the sender
-                    // split the stream's bytes to make room for it.
-                    let stream_cell = token.is_none();
-                    if stream_cell {
-                        s.recv.on_data()?;
-                    }
                     s.last_progress = Instant::now();
                     s.last_data_full = d.len() + token.map_or(0, |_| SENDME_TOKEN_LEN) == MAX_BODY_PER_CELL;
                     let held = self.mem.as_ref().map(|m| m.hold(CELL_MEM));
-                    let _ = s.writer.send(WriterMsg::Data(d, held, stream_cell));
+                    let _ = s.writer.send(WriterMsg::Data(d, held));
+                    s.unwritten += 1;
+                    if s.unwritten > self.flow.xoff_cells && !s.xoff_sent {
+                        s.xoff_sent = true;
+                        return Ok(vec![(id, RelayMsg::Xoff)]);
+                    }
                     Ok(vec![])
                 } else {
                     // Count it as consumed so the circuit window is not lost.
@@ -383,13 +428,13 @@ impl StreamMux {
     }
 
     /// Streams that made no progress for `limit` although the other end owes them something:
-    /// a SENDME (our DATA waits for the stream or circuit window) or more DATA (its last DATA
-    /// cell was full: it was in the middle of sending, and our windows still let it send). A
-    /// stream that is merely idle — its last DATA a partly filled cell, nothing of ours
-    /// waiting — is never listed, nor one whose application stopped reading (then our windows
-    /// hold the other end back).
+    /// a SENDME (our DATA waits for the congestion window) or more DATA (its last DATA cell was
+    /// full: it was in the middle of sending, and neither our circuit window nor an XOFF holds
+    /// it back). A stream that is merely idle — its last DATA a partly filled cell, nothing of
+    /// ours waiting — is never listed, nor one whose application stopped reading (then our
+    /// windows or XOFF hold the other end back), nor one the other end paused with XOFF.
     pub fn stalled(&self, now: Instant, limit: Duration) -> Vec<u16> {
-        // Streams with DATA queued behind a closed circuit window.
+        // Streams with DATA queued behind a closed congestion window.
         let blocked: HashSet<u16> = if self.circ_send.available() == 0 {
             self.pending.iter().filter(|p| matches!(p.msg, RelayMsg::Data(_) | RelayMsg::DataToken { .. })).map(|p| p.id).collect()
         } else {
@@ -400,9 +445,9 @@ impl StreamMux {
             .streams
             .iter()
             .filter(|(id, s)| {
-                let waits_window = s.send.available() == 0 || blocked.contains(id);
+                let waits_window = blocked.contains(id);
                 let since = if waits_window { s.last_progress.max(self.last_circ_sendme) } else { s.last_progress };
-                (waits_window || (s.last_data_full && circuit_open && s.recv.remaining() > 0)) && now.saturating_duration_since(since) >= limit
+                (waits_window || (s.last_data_full && circuit_open && !s.xoff_sent)) && now.saturating_duration_since(since) >= limit
             })
             .map(|(id, _)| *id)
             .collect();
@@ -423,13 +468,13 @@ impl StreamMux {
         match ev {
             StreamEvent::Data { id, data } => {
                 // The reader counted these cells at the gate when it read them.
-                let Some(s) = self.streams.get_mut(&id) else {
+                if !self.streams.contains_key(&id) {
                     self.gate.sub(data.len().div_ceil(MAX_BODY_PER_CELL));
                     return vec![];
-                };
-                // The reader took credit (and the gate counted) for this many cells.
+                }
+                // The gate counted this many cells when the reader read them.
                 let read_for = data.len().div_ceil(MAX_BODY_PER_CELL);
-                let (mut cells, mut stream_cells) = (0usize, 0usize);
+                let mut cells = 0usize;
                 let mut rest = &data[..];
                 for (len, due) in self.tokens_out.plan(data.len()) {
                     // The cell that completes an increment of the circuit window carries a
@@ -440,28 +485,25 @@ impl StreamMux {
                     self.tokens_out.on_data(token);
                     let msg = match token {
                         Some(token) => RelayMsg::DataToken { data: chunk.to_vec(), token },
-                        None => {
-                            // The reader only read as much as its credit allowed.
-                            let _ = s.send.take();
-                            stream_cells += 1;
-                            RelayMsg::Data(chunk.to_vec())
-                        }
+                        None => RelayMsg::Data(chunk.to_vec()),
                     };
                     cells += 1;
                     let held = self.mem.as_ref().map(|m| m.hold(CELL_MEM));
                     self.pending.push_back(Pending { id, msg, _held: held });
                 }
-                // A token cell can add a cell (counted at the gate) and save a stream cell
-                // (given back to the reader's credit).
+                // A token's 16 bytes can add a cell, counted at the gate too.
                 self.gate.add(cells.saturating_sub(read_for));
-                s.credit.add_permits(read_for.saturating_sub(stream_cells));
                 self.flush()
             }
-            StreamEvent::Consumed { id, cells, stream_cells } => {
+            StreamEvent::Consumed { id, cells } => {
                 let k = self.circ_recv.on_consumed(cells);
                 let mut out = self.circuit_sendmes(k);
                 if let Some(s) = self.streams.get_mut(&id) {
-                    out.extend(sendmes(id, s.recv.on_consumed(stream_cells)));
+                    s.unwritten = s.unwritten.saturating_sub(cells);
+                    if s.xoff_sent && s.unwritten <= self.flow.xoff_cells / 2 {
+                        s.xoff_sent = false;
+                        out.push((id, RelayMsg::Xon));
+                    }
                 }
                 out
             }
@@ -471,15 +513,12 @@ impl StreamMux {
     }
 
     /// Sends bytes the application gave before the stream opened (after a SOCKS request) as
-    /// DATA. They take the reader's credit as well as the window, so the reader cannot later
-    /// read a full window on top of them.
+    /// DATA, counted at the gate as if the reader had read them.
     pub fn send_early(&mut self, id: u16, data: Vec<u8>) -> Vec<(u16, RelayMsg)> {
-        let Some(s) = self.streams.get(&id) else { return vec![] };
-        let cells = data.len().div_ceil(MAX_BODY_PER_CELL) as u32;
-        if let Ok(p) = s.credit.try_acquire_many(cells) {
-            p.forget();
+        if !self.streams.contains_key(&id) {
+            return vec![];
         }
-        self.gate.add(cells as usize);
+        self.gate.add(data.len().div_ceil(MAX_BODY_PER_CELL));
         self.handle_event(StreamEvent::Data { id, data })
     }
 
@@ -513,13 +552,14 @@ impl StreamMux {
             .collect()
     }
 
-    /// Sends what the circuit window allows, in order.
+    /// Sends what the congestion window allows, in order.
     fn flush(&mut self) -> Vec<(u16, RelayMsg)> {
         let mut out = Vec::new();
         let mut data = 0;
+        let now = Instant::now();
         while let Some(p) = self.pending.front() {
             if matches!(p.msg, RelayMsg::Data(_) | RelayMsg::DataToken { .. }) {
-                if !self.circ_send.take() {
+                if !self.circ_send.take(now, matches!(p.msg, RelayMsg::DataToken { .. })) {
                     break;
                 }
                 data += 1;
@@ -560,35 +600,18 @@ impl Drop for StreamMux {
     }
 }
 
-/// `k` stream-level SENDMEs for stream `id`.
-fn sendmes(id: u16, k: u32) -> Vec<(u16, RelayMsg)> {
-    (0..k).map(|_| (id, RelayMsg::Sendme { token: None })).collect()
-}
-
-async fn read_loop<R: AsyncRead + Unpin>(id: u16, mut rd: R, credit: Arc<Semaphore>, gate: Arc<ReadGate>, tx: mpsc::UnboundedSender<StreamEvent>) {
+async fn read_loop<R: AsyncRead + Unpin>(id: u16, mut rd: R, paused: Arc<Pause>, gate: Arc<ReadGate>, tx: mpsc::UnboundedSender<StreamEvent>) {
     let mut buf = vec![0u8; READ_BATCH * MAX_BODY_PER_CELL];
     loop {
-        let Ok(p) = credit.acquire().await else { return };
-        p.forget();
-        let room = gate.room().await;
-        let mut n_credit = 1;
-        while n_credit < READ_BATCH.min(room) {
-            match credit.try_acquire() {
-                Ok(p) => {
-                    p.forget();
-                    n_credit += 1;
-                }
-                Err(_) => break,
-            }
-        }
-        match rd.read(&mut buf[..n_credit * MAX_BODY_PER_CELL]).await {
+        paused.wait().await;
+        let cells = gate.room().await.min(READ_BATCH);
+        match rd.read(&mut buf[..cells * MAX_BODY_PER_CELL]).await {
             Ok(0) | Err(_) => {
                 let _ = tx.send(StreamEvent::Eof { id });
                 return;
             }
             Ok(n) => {
                 let used = n.div_ceil(MAX_BODY_PER_CELL);
-                credit.add_permits(n_credit - used);
                 // Counted now, before the mux sees them, so other readers see them at once.
                 gate.add(used);
                 if tx.send(StreamEvent::Data { id, data: buf[..n].to_vec() }).is_err() {
@@ -611,26 +634,24 @@ async fn write_loop<W: AsyncWrite + Unpin>(
     let mut held: Vec<Option<Held>> = Vec::new();
     let mut failed = false;
     loop {
-        let (mut cells, mut stream_cells) = (0u32, 0u32);
+        let mut cells = 0u32;
         let mut end = false;
         if buf.is_empty() {
             match rx.recv().await {
-                Some(WriterMsg::Data(d, h, counts)) => {
+                Some(WriterMsg::Data(d, h)) => {
                     buf.extend_from_slice(&d);
                     held.push(h);
                     cells += 1;
-                    stream_cells += u32::from(counts);
                 }
                 Some(WriterMsg::End) | None => end = true,
             }
         }
         while !end && buf.len() < WRITE_BATCH {
             match rx.try_recv() {
-                Ok(WriterMsg::Data(d, h, counts)) => {
+                Ok(WriterMsg::Data(d, h)) => {
                     buf.extend_from_slice(&d);
                     held.push(h);
                     cells += 1;
-                    stream_cells += u32::from(counts);
                 }
                 Ok(WriterMsg::End) => end = true,
                 Err(mpsc::error::TryRecvError::Empty) => break,
@@ -648,7 +669,7 @@ async fn write_loop<W: AsyncWrite + Unpin>(
         // Written or discarded, every DATA cell (an empty one too) counts as consumed: a cell
         // never counted would shrink the other end's windows for good.
         if cells > 0 {
-            let _ = tx.send(StreamEvent::Consumed { id, cells, stream_cells });
+            let _ = tx.send(StreamEvent::Consumed { id, cells });
         }
         if end {
             if !failed {
@@ -662,7 +683,13 @@ async fn write_loop<W: AsyncWrite + Unpin>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use allium_proto::flow::{CIRCUIT_WINDOW, STREAM_SENDME_INC, STREAM_WINDOW};
+    use allium_proto::congestion::CcParams;
+
+    /// A circuit window of `w` cells, a SENDME per `inc`, an initial congestion window of
+    /// `cwnd`, XOFF after `xoff` cells.
+    fn flow(w: u32, inc: u32, cwnd: u32, xoff: u32) -> FlowParams {
+        FlowParams { circuit_window: w, circuit_sendme_inc: inc, xoff_cells: xoff, cc: CcParams { cwnd_init: cwnd, ..CcParams::default() } }
+    }
 
     fn sendmes_in(out: &[(u16, RelayMsg)]) -> Vec<u16> {
         out.iter().filter(|(_, m)| matches!(m, RelayMsg::Sendme { .. })).map(|(id, _)| *id).collect()
@@ -697,30 +724,27 @@ mod tests {
                 None => RelayMsg::Data(d),
             }
         }
-        /// Sends DATA to `mux` on stream `id` until `n` cells counted toward its window.
-        fn fill(&mut self, mux: &mut StreamMux, id: u16, n: u32, len: usize) {
-            let mut counted = 0;
-            while counted < n {
-                let m = self.data(vec![1; len]);
-                counted += u32::from(matches!(m, RelayMsg::Data(_)));
-                assert!(mux.handle_msg(id, m).unwrap().is_empty(), "no SENDME on receipt");
-            }
+        /// Sends `n` DATA cells of `len` bytes to `mux` on stream `id`; what the mux answered.
+        fn fill(&mut self, mux: &mut StreamMux, id: u16, n: u32, len: usize) -> Vec<(u16, RelayMsg)> {
+            (0..n).flat_map(|_| mux.handle_msg(id, self.data(vec![1; len])).unwrap()).collect()
         }
     }
 
     #[tokio::test]
-    async fn sendmes_only_after_consumption_and_windows_are_enforced() {
-        let mut mux = StreamMux::default();
-        let mut peer = Peer::new(&FlowParams::default());
+    async fn sendmes_only_after_consumption_and_the_circuit_window_is_enforced() {
+        let f = flow(200, 50, 100, 5000);
+        let mut mux = StreamMux::new(f);
+        let mut peer = Peer::new(&f);
         mux.open(1).unwrap();
-        peer.fill(&mut mux, 1, STREAM_WINDOW, 10);
+        assert!(peer.fill(&mut mux, 1, 200, 10).is_empty(), "no SENDME on receipt");
         assert!(matches!(mux.handle_msg(1, peer.data(vec![1])), Err(StreamError::Flow(FlowError::WindowExceeded))));
-        let out = mux.handle_event(StreamEvent::Consumed { id: 1, cells: STREAM_SENDME_INC, stream_cells: STREAM_SENDME_INC });
-        assert_eq!(sendmes_in(&out), vec![1], "one stream SENDME per 50 consumed cells");
-        let out = mux.handle_event(StreamEvent::Consumed { id: 1, cells: 50, stream_cells: 50 });
-        assert_eq!(sendmes_in(&out), vec![0, 1], "circuit SENDME after 100 consumed cells");
+        assert!(mux.handle_event(StreamEvent::Consumed { id: 1, cells: 49 }).is_empty());
+        let out = mux.handle_event(StreamEvent::Consumed { id: 1, cells: 1 });
+        assert_eq!(sendmes_in(&out), vec![0], "a circuit SENDME after 50 consumed cells");
         assert!(matches!(out[0].1, RelayMsg::Sendme { token: Some(_) }), "a circuit SENDME carries its token");
         assert!(matches!(mux.handle_msg(9, RelayMsg::Data(vec![1])), Err(StreamError::UnknownStream)));
+        // Streams have no SENDMEs.
+        assert!(matches!(mux.handle_msg(1, RelayMsg::Sendme { token: None }), Err(StreamError::Flow(FlowError::UnexpectedSendme))));
     }
 
     /// THREATS A27(b): a circuit SENDME must echo the token of the DATA cell that completed the
@@ -728,8 +752,8 @@ mod tests {
     /// token cells are sent and parsed where due.
     #[tokio::test]
     async fn a27_forged_circuit_sendmes_are_refused() {
-        let flow = FlowParams { circuit_window: 100, circuit_sendme_inc: 10, stream_window: 500, stream_sendme_inc: 50 };
-        let mut mux = StreamMux::new(flow);
+        let f = flow(100, 10, 100, 500);
+        let mut mux = StreamMux::new(f);
         mux.open(1).unwrap();
         let out = mux.handle_event(StreamEvent::Data { id: 1, data: vec![7; MAX_BODY_PER_CELL * 120] });
         assert_eq!(out.len(), 100);
@@ -739,43 +763,35 @@ mod tests {
             assert_eq!(matches!(m, RelayMsg::DataToken { .. }), (i + 1) % 10 == 0, "cell {}", i + 1);
         }
         assert!(matches!(mux.handle_msg(0, RelayMsg::Sendme { token: None }), Err(StreamError::Flow(FlowError::BadSendmeToken))));
-        let (mut guessed, _) = mux_sending(flow);
+        let (mut guessed, _) = mux_sending(f);
         assert!(matches!(guessed.handle_msg(0, circuit_sendme([0; SENDME_TOKEN_LEN])), Err(StreamError::Flow(FlowError::BadSendmeToken))));
-        let mut out_of_order = mux_sending(flow);
+        let mut out_of_order = mux_sending(f);
         let later = tokens_in(&out_of_order.1)[1];
         assert!(matches!(out_of_order.0.handle_msg(0, circuit_sendme(later)), Err(StreamError::Flow(FlowError::BadSendmeToken))));
-        assert_eq!(mux.handle_msg(0, circuit_sendme(tokens[0])).unwrap().len(), 10, "the right token opens the window");
-        // A stream-level SENDME carries no token.
-        assert!(matches!(mux.handle_msg(1, circuit_sendme(tokens[1])), Err(StreamError::Flow(FlowError::BadSendmeToken))));
+        assert_eq!(mux.handle_msg(0, circuit_sendme(tokens[0])).unwrap().len(), 10, "the right token opens the window (to its limit of 100)");
     }
 
     /// A mux that has sent a circuit window of DATA on stream 1, and what it sent.
-    fn mux_sending(flow: FlowParams) -> (StreamMux, Vec<(u16, RelayMsg)>) {
-        let mut mux = StreamMux::new(flow);
+    fn mux_sending(f: FlowParams) -> (StreamMux, Vec<(u16, RelayMsg)>) {
+        let mut mux = StreamMux::new(f);
         mux.open(1).unwrap();
-        let out = mux.handle_event(StreamEvent::Data { id: 1, data: vec![7; MAX_BODY_PER_CELL * flow.circuit_window as usize] });
+        let out = mux.handle_event(StreamEvent::Data { id: 1, data: vec![7; MAX_BODY_PER_CELL * f.circuit_window as usize] });
         (mux, out)
     }
 
-    /// The cells that carry tokens give up 16 bytes of stream data and count toward the circuit
-    /// window only: every byte arrives, and the stream window and reader credit stay in step.
+    /// The cells that carry tokens give up 16 bytes of stream data: every byte arrives, and the
+    /// gate counts the extra cell.
     #[tokio::test]
-    async fn token_cells_carry_stream_bytes_outside_the_stream_window() {
-        let flow = FlowParams { circuit_window: 1000, circuit_sendme_inc: 10, stream_window: 500, stream_sendme_inc: 50 };
-        let mut tx = StreamMux::new(flow);
+    async fn token_cells_carry_stream_bytes_and_the_gate_counts_the_extra_cell() {
+        let f = flow(1000, 10, 1000, 500);
+        let mut tx = StreamMux::new(f);
         tx.open(1).unwrap();
         let data: Vec<u8> = (0..MAX_BODY_PER_CELL * 40).map(|i| i as u8).collect();
-        assert!(tx.streams[&1].credit.try_acquire_many(40).is_ok_and(|p| {
-            p.forget();
-            true
-        }));
         tx.gate.add(40);
         let out = tx.handle_event(StreamEvent::Data { id: 1, data: data.clone() });
         assert_eq!(out.len(), 41, "four tokens of 16 bytes need one more cell");
-        assert_eq!(tx.streams[&1].send.available(), 500 - 37, "37 cells counted toward the stream window");
-        assert_eq!(tx.streams[&1].credit.available_permits(), 500 - 37, "the reader's credit matches the window");
         assert_eq!(tx.gate.cells.load(std::sync::atomic::Ordering::Relaxed), 0, "the gate counted the extra cell and its sending");
-        let mut rx = StreamMux::new(flow);
+        let mut rx = StreamMux::new(f);
         rx.open(1).unwrap();
         let mut got = Vec::new();
         for (id, m) in out {
@@ -786,34 +802,34 @@ mod tests {
             rx.handle_msg(id, m).unwrap();
         }
         assert_eq!(got, data);
-        assert_eq!(rx.streams[&1].recv.remaining(), 500 - 37);
+        assert_eq!(rx.circ_recv.remaining(), 1000 - 41);
     }
 
-    /// The windows are the circuit's agreed ones, not the defaults.
+    /// The limits are the circuit's agreed ones, not the defaults: the receiver's circuit
+    /// window, the sender's initial congestion window.
     #[tokio::test]
-    async fn agreed_windows_are_enforced() {
-        let flow = FlowParams { circuit_window: 100, circuit_sendme_inc: 10, stream_window: 50, stream_sendme_inc: 5 };
-        let mut mux = StreamMux::new(flow);
+    async fn agreed_parameters_are_enforced() {
+        let f = flow(100, 10, 60, 5000);
+        let mut mux = StreamMux::new(f);
         mux.open(1).unwrap();
-        let mut peer = Peer::new(&flow);
-        peer.fill(&mut mux, 1, 50, 1);
+        let mut peer = Peer::new(&f);
+        peer.fill(&mut mux, 1, 100, 1);
         assert!(matches!(mux.handle_msg(1, peer.data(vec![1])), Err(StreamError::Flow(FlowError::WindowExceeded))));
-        let out = mux.handle_event(StreamEvent::Consumed { id: 1, cells: 10, stream_cells: 10 });
-        assert_eq!(sendmes_in(&out), vec![0, 1, 1], "a circuit SENDME per 10 cells, a stream SENDME per 5");
-        let mut sender = StreamMux::new(flow);
+        let out = mux.handle_event(StreamEvent::Consumed { id: 1, cells: 20 });
+        assert_eq!(sendmes_in(&out), vec![0, 0], "a circuit SENDME per 10 cells");
+        let mut sender = StreamMux::new(f);
         sender.open(2).unwrap();
-        assert_eq!(sender.streams[&2].credit.available_permits(), 50, "the reader may read 50 cells before a SENDME");
         let out = sender.handle_event(StreamEvent::Data { id: 2, data: vec![7u8; MAX_BODY_PER_CELL * 150] });
-        assert_eq!(out.len(), 100, "the circuit window of 100 bounds what is sent");
+        assert_eq!(out.len(), 60, "the initial congestion window of 60 bounds what is sent");
     }
 
-    /// However many streams a circuit has, its readers stop reading once a circuit window's
-    /// worth of DATA waits for the circuit window (THREATS A27: a client that never sends a
-    /// circuit SENDME cannot make an exit read every stream's whole window into memory).
+    /// However many streams a circuit has, its readers stop reading once a congestion window's
+    /// worth of DATA waits for it (THREATS A27: a client that never sends a circuit SENDME
+    /// cannot make an exit read every stream into memory).
     #[tokio::test]
-    async fn readers_stop_when_a_circuit_window_of_data_waits() {
-        let flow = FlowParams { circuit_window: 100, circuit_sendme_inc: 10, stream_window: 50, stream_sendme_inc: 5 };
-        let mut mux = StreamMux::new(flow);
+    async fn readers_stop_when_a_congestion_window_of_data_waits() {
+        let f = flow(200, 10, 100, 500);
+        let mut mux = StreamMux::new(f);
         let mut sources = Vec::new();
         for id in 1..=8 {
             let (ours, mut theirs) = tokio::io::duplex(1 << 20);
@@ -829,33 +845,37 @@ mod tests {
             tokens.extend(tokens_in(&out));
         }
         let waiting = mux.pending.iter().filter(|p| is_data(&p.msg)).count();
-        assert_eq!(sent, 100, "the circuit window bounds what is sent");
+        assert_eq!(sent, 100, "the congestion window bounds what is sent");
         // Eight streams could read 400 cells; once 100 wait, the readers wait too (a cell that
         // carries a SENDME token can add one cell per increment of 10).
         assert!(waiting <= 110, "{waiting} DATA cells read and waiting");
-        // A circuit SENDME lets 10 go and the readers fill the gap again.
+        // A circuit SENDME lets its 10 cells go, and slow start 10 more; the readers fill the
+        // gap again, up to the grown window.
         let out = mux.handle_msg(0, circuit_sendme(tokens[0])).unwrap();
-        assert_eq!(out.len(), 10);
+        assert_eq!(out.len(), 20);
+        assert_eq!(mux.circ_send.cwnd(), 110);
         while let Ok(ev) = tokio::time::timeout(Duration::from_millis(300), mux.next_event()).await {
             mux.handle_event(ev);
         }
-        assert!(mux.pending.len() <= 110 && mux.pending.len() >= 90, "{} waiting", mux.pending.len());
+        assert!(mux.pending.len() <= 121 && mux.pending.len() >= 90, "{} waiting", mux.pending.len());
     }
 
     #[tokio::test]
-    async fn end_waits_behind_data_when_the_circuit_window_is_closed() {
+    async fn end_waits_behind_data_when_the_congestion_window_is_closed() {
         let mut mux = StreamMux::default();
         mux.open(1).unwrap();
-        let data = vec![7u8; MAX_BODY_PER_CELL * (CIRCUIT_WINDOW as usize + 3)];
+        let cwnd = FlowParams::default().cc.cwnd_init as usize;
+        let data = vec![7u8; MAX_BODY_PER_CELL * (cwnd + 3)];
         let out = mux.handle_event(StreamEvent::Data { id: 1, data });
-        assert_eq!(out.len(), CIRCUIT_WINDOW as usize, "the circuit window bounds what is sent");
+        assert_eq!(out.len(), cwnd, "the congestion window bounds what is sent");
         assert!(mux.close(1, EndReason::Done).is_empty(), "END must not overtake queued DATA");
         let out2 = mux.handle_msg(0, circuit_sendme(tokens_in(&out)[0])).unwrap();
         let (end, data) = out2.split_last().unwrap();
         assert!(!data.is_empty() && data.iter().all(|(_, m)| is_data(m)), "the queued DATA first");
         assert!(matches!(end, (1, RelayMsg::End(EndReason::Done))));
-        // A late DATA for the closed stream is ignored, not a violation.
+        // A late DATA, XON or XOFF for the closed stream is ignored, not a violation.
         assert!(mux.handle_msg(1, RelayMsg::Data(vec![1])).is_ok());
+        assert!(mux.handle_msg(1, RelayMsg::Xoff).is_ok());
     }
 
     /// A stream is stalled only while the other end owes it something, and only after `limit`.
@@ -863,45 +883,81 @@ mod tests {
     async fn stalled_lists_streams_owed_something_never_idle_ones() {
         let limit = Duration::from_secs(20);
         let later = |d: u64| Instant::now() + Duration::from_secs(d);
-        let mut mux = StreamMux::default();
+        let mut mux = StreamMux::new(flow(1000, 10, 100, 500));
         for id in [1, 2, 3] {
             mux.open(id).unwrap();
         }
         assert!(mux.stalled(later(3600), limit).is_empty(), "fresh streams owe nothing");
         // 1: the other end's last DATA filled its cell (mid-transfer).
-        mux.handle_msg(1, RelayMsg::Data(vec![1; MAX_BODY_PER_CELL])).unwrap();
+        let mut peer = Peer::new(&mux.flow);
+        mux.handle_msg(1, peer.data(vec![1; MAX_BODY_PER_CELL])).unwrap();
         // 2: its last DATA was a short one (end of a burst): idle, not stalled.
-        mux.handle_msg(2, RelayMsg::Data(vec![1; MAX_BODY_PER_CELL])).unwrap();
-        mux.handle_msg(2, RelayMsg::Data(vec![1; 10])).unwrap();
-        // 3: our DATA used its whole stream window; a SENDME is owed.
-        mux.handle_event(StreamEvent::Data { id: 3, data: vec![7; MAX_BODY_PER_CELL * (STREAM_WINDOW as usize + 10)] });
-        assert_eq!(mux.streams[&3].send.available(), 0);
+        mux.handle_msg(2, peer.data(vec![1; MAX_BODY_PER_CELL])).unwrap();
+        mux.handle_msg(2, peer.data(vec![1; 10])).unwrap();
+        // 3: our DATA waits behind the congestion window; a circuit SENDME is owed.
+        let out = mux.handle_event(StreamEvent::Data { id: 3, data: vec![7; MAX_BODY_PER_CELL * 110] });
+        assert_eq!(mux.circ_send.available(), 0);
         assert!(mux.stalled(later(19), limit).is_empty(), "not before the limit");
         assert_eq!(mux.stalled(later(21), limit), vec![1, 3]);
-        // Progress clears each: a short DATA for 1, a SENDME for 3.
-        mux.handle_msg(1, RelayMsg::Data(vec![1; 3])).unwrap();
-        mux.handle_msg(3, RelayMsg::Sendme { token: None }).unwrap();
+        // Progress clears each: a short DATA for 1, a circuit SENDME for 3.
+        mux.handle_msg(1, peer.data(vec![1; 3])).unwrap();
+        mux.handle_msg(0, circuit_sendme(tokens_in(&out)[0])).unwrap();
         assert!(mux.stalled(later(21), limit).is_empty());
     }
 
     /// An application that stops reading is not a stall: once the other end has used our
-    /// window, it is our window that holds it back, and nothing is owed.
+    /// window, or we sent XOFF, it is us who hold it back, and nothing is owed.
     #[tokio::test]
     async fn a_stream_whose_application_stopped_reading_is_not_stalled() {
         let limit = Duration::from_secs(20);
-        let mut mux = StreamMux::default();
+        let f = flow(200, 50, 100, 50);
+        let mut mux = StreamMux::new(f);
         mux.open(1).unwrap();
-        Peer::new(&FlowParams::default()).fill(&mut mux, 1, STREAM_WINDOW, MAX_BODY_PER_CELL);
-        // Nothing consumed: no SENDME went back, the window is used up.
+        let out = Peer::new(&f).fill(&mut mux, 1, 60, MAX_BODY_PER_CELL);
+        assert_eq!(out, vec![(1, RelayMsg::Xoff)]);
         assert!(mux.stalled(Instant::now() + Duration::from_secs(60), limit).is_empty());
     }
 
-    /// DATA queued behind a closed circuit window is owed a circuit SENDME.
+    /// XOFF once more than the threshold of a stream's cells wait for its application, XON once
+    /// half of them were written.
     #[tokio::test]
-    async fn data_behind_a_closed_circuit_window_is_owed_a_sendme() {
+    async fn xoff_when_the_application_falls_behind_and_xon_once_it_catches_up() {
+        let f = flow(1000, 10, 100, 50);
+        let mut mux = StreamMux::new(f);
+        mux.open(1).unwrap();
+        let mut peer = Peer::new(&f);
+        assert!(peer.fill(&mut mux, 1, 50, 100).is_empty(), "50 waiting: no XOFF yet");
+        assert_eq!(peer.fill(&mut mux, 1, 1, 100), vec![(1, RelayMsg::Xoff)]);
+        assert!(peer.fill(&mut mux, 1, 5, 100).is_empty(), "one XOFF");
+        let xon = |out: Vec<(u16, RelayMsg)>| out.iter().filter(|(_, m)| *m == RelayMsg::Xon).count();
+        assert_eq!(xon(mux.handle_event(StreamEvent::Consumed { id: 1, cells: 30 })), 0, "26 still wait");
+        assert_eq!(xon(mux.handle_event(StreamEvent::Consumed { id: 1, cells: 1 })), 1, "25 wait: XON");
+        assert_eq!(xon(mux.handle_event(StreamEvent::Consumed { id: 1, cells: 25 })), 0, "one XON");
+        // XON and XOFF belong to streams.
+        assert!(matches!(mux.handle_msg(0, RelayMsg::Xoff), Err(StreamError::UnknownStream)));
+        assert!(matches!(mux.handle_msg(7, RelayMsg::Xon), Err(StreamError::UnknownStream)));
+    }
+
+    /// A stream the other end paused reads nothing from its socket until XON.
+    #[tokio::test]
+    async fn xoff_pauses_the_reader_and_xon_resumes_it() {
+        let mut mux = StreamMux::default();
+        mux.open(1).unwrap();
+        let (ours, mut theirs) = tokio::io::duplex(1 << 16);
+        mux.attach(1, ours, Vec::new());
+        assert!(mux.handle_msg(1, RelayMsg::Xoff).unwrap().is_empty());
+        theirs.write_all(b"held back").await.unwrap();
+        assert!(tokio::time::timeout(Duration::from_millis(300), mux.next_event()).await.is_err(), "nothing read while paused");
+        mux.handle_msg(1, RelayMsg::Xon).unwrap();
+        let ev = tokio::time::timeout(Duration::from_secs(10), mux.next_event()).await.expect("read after XON");
+        assert!(matches!(ev, StreamEvent::Data { id: 1, ref data } if data == b"held back"), "{ev:?}");
+    }
+
+    /// DATA queued behind a closed congestion window is owed a circuit SENDME.
+    #[tokio::test]
+    async fn data_behind_a_closed_congestion_window_is_owed_a_sendme() {
         let limit = Duration::from_secs(20);
-        let flow = FlowParams { circuit_window: 100, circuit_sendme_inc: 10, stream_window: 500, stream_sendme_inc: 50 };
-        let mut mux = StreamMux::new(flow);
+        let mut mux = StreamMux::new(flow(100, 10, 100, 500));
         mux.open(1).unwrap();
         mux.open(2).unwrap();
         let out = mux.handle_event(StreamEvent::Data { id: 1, data: vec![7; MAX_BODY_PER_CELL * 101] });
@@ -916,15 +972,15 @@ mod tests {
     /// writer discards after its socket failed (else the circuit window would shrink for good).
     #[tokio::test]
     async fn every_cell_given_to_a_writer_is_counted_even_empty_or_after_a_failure() {
-        let flow = FlowParams { circuit_window: 100, circuit_sendme_inc: 5, stream_window: 50, stream_sendme_inc: 5 };
-        let mut mux = StreamMux::new(flow);
+        let f = flow(100, 5, 100, 500);
+        let mut mux = StreamMux::new(f);
         mux.open(1).unwrap();
         let (ours, theirs) = tokio::io::duplex(1024);
         mux.attach(1, ours, Vec::new());
-        let mut peer = Peer::new(&flow);
+        let mut peer = Peer::new(&f);
         mux.handle_msg(1, peer.data(Vec::new())).unwrap();
         let ev = tokio::time::timeout(Duration::from_secs(10), mux.next_event()).await.expect("an event");
-        assert!(matches!(ev, StreamEvent::Consumed { id: 1, cells: 1, .. }), "{ev:?}");
+        assert!(matches!(ev, StreamEvent::Consumed { id: 1, cells: 1 }), "{ev:?}");
         // The application goes away; five more cells arrive.
         drop(theirs);
         for _ in 0..5 {
@@ -947,14 +1003,13 @@ mod tests {
         assert!(sendmes.contains(&0), "6 cells consumed in all: a circuit SENDME (every 5) went out");
     }
 
-    /// Early data takes the reader's credit with the window: the two never disagree.
+    /// Early data is counted at the gate as read data is, and leaves it when sent.
     #[tokio::test]
-    async fn early_data_takes_the_readers_credit() {
+    async fn early_data_is_counted_at_the_gate() {
         let mut mux = StreamMux::default();
         mux.open(1).unwrap();
         let out = mux.send_early(1, vec![9; MAX_BODY_PER_CELL * 2 + 1]);
         assert_eq!(out.len(), 3);
-        assert_eq!(mux.streams[&1].credit.available_permits(), STREAM_WINDOW as usize - 3);
-        assert_eq!(mux.streams[&1].send.available(), STREAM_WINDOW - 3);
+        assert_eq!(mux.gate.cells.load(std::sync::atomic::Ordering::Relaxed), 0);
     }
 }

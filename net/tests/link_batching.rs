@@ -66,7 +66,7 @@ async fn cells_are_coalesced_into_large_writes() {
 
     const CELLS: usize = 4 * 2040; // about 4 MB
     let before = LINK_STATS.write_calls.load(Ordering::Relaxed);
-    // Like flow control: at most 1,000 cells in flight (the receiver's queue cap is 1,200).
+    // Like flow control: at most 1,000 cells in flight (below the receiver's queue cap, CIRCUIT_QUEUE_CAP).
     let window = Arc::new(tokio::sync::Semaphore::new(1000));
     let sender = tokio::spawn({
         let chan = chan.clone();
@@ -180,4 +180,34 @@ async fn destroy_is_delivered_when_the_cell_queue_is_full() {
     assert_eq!(first.cmd, CellCmd::Create);
     let next = tokio::time::timeout(Duration::from_secs(60), rx.recv()).await.expect("DESTROY arrives").unwrap();
     assert_eq!((next.cmd, next.circ_id, next.payload[0]), (CellCmd::Destroy, first.circ_id, DestroyReason::Finished as u8));
+}
+
+/// A link that carried cells and then went quiet frees its writer's and reader's buffers after
+/// `IDLE_FREE` (links between relays stay open an hour without circuits), and carries cells
+/// again afterwards.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quiet_links_free_their_buffers_and_still_work() {
+    let (server, client) = (keys(2), keys(8));
+    let (addr, task) = responder(&server).await;
+    let peer = PeerInfo { addr, identity: server.relay_id(), link_key: server.link_public() };
+    let out = link::connect("127.0.0.1".parse().unwrap(), &peer, Some(&RelayCredentials::new(&client))).await.unwrap();
+    let (tx, mut rx) = mpsc::unbounded_channel();
+    let quota = allium_net::limits::memquota::MemQuota::default_budget();
+    let _server_chan = Channel::spawn(task.await.unwrap().unwrap(), Some(Arc::new(Sink(tx))), &quota);
+    let chan = Channel::spawn(out, None, &quota);
+    let (id, _rx) = chan.open_circuit().unwrap();
+    let before = LINK_STATS.idle_buffer_frees.load(Ordering::Relaxed);
+    chan.send(Cell::with_payload(id, CellCmd::Create, &[0, 1, 7, 0, 0])).await.unwrap();
+    tokio::time::timeout(Duration::from_secs(30), rx.recv()).await.expect("the CREATE arrives").unwrap();
+    // Our writer and the other end's reader both went quiet: both free their buffers.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while LINK_STATS.idle_buffer_frees.load(Ordering::Relaxed) < before + 2 {
+        assert!(tokio::time::Instant::now() < deadline, "a quiet link kept its buffers");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let mut c = Cell::new(id, CellCmd::Relay);
+    c.payload[0] = 42;
+    chan.send(c).await.unwrap();
+    let again = tokio::time::timeout(Duration::from_secs(30), rx.recv()).await.expect("a cell after the buffers were freed").unwrap();
+    assert_eq!(again.payload[0], 42);
 }

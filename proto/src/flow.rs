@@ -1,75 +1,87 @@
-//! Flow-control windows (sans-IO).
+//! Flow control (sans-IO).
 //!
-//! Each circuit and each stream has, per direction, a window of DATA cells the sender may send
-//! before it must wait for a SENDME. The receiver sends a SENDME each time the application has
-//! *consumed* an increment's worth of cells (written them to its socket), never merely on
-//! receipt, so a reader that stops reading stops the sender. A sender that exceeds the window is
-//! a protocol violation.
+//! **Circuits**: the sender may have as many DATA cells unacknowledged as its congestion window
+//! allows ([`crate::congestion`], Vegas with slow start), never more than the circuit window.
+//! The receiver sends a circuit-level SENDME each time the application has *consumed* an
+//! increment's worth of cells (written them to its socket), never merely on receipt, so a
+//! reader that stops reading stops the sender, and a sender beyond the circuit window is a
+//! protocol violation. **Streams** have no window: a stream's receiver sends XOFF when more than
+//! [`FlowParams::xoff_cells`] of its cells wait for its application, and XON once half of them
+//! were written; the sender stops reading the stream's socket in between.
 
 use std::collections::VecDeque;
 
+use crate::congestion::CcParams;
 use crate::ext::{Extension, Extensions};
 use crate::relay_msg::MAX_BODY_PER_CELL;
 
-/// Initial circuit window (cells).
-pub const CIRCUIT_WINDOW: u32 = 1000;
-/// Cells acknowledged by one circuit-level SENDME.
-pub const CIRCUIT_SENDME_INC: u32 = 100;
-/// Initial stream window (cells).
-pub const STREAM_WINDOW: u32 = 500;
-/// Cells acknowledged by one stream-level SENDME.
-pub const STREAM_SENDME_INC: u32 = 50;
+/// Default circuit window: the most DATA cells a sender may have unacknowledged, which its
+/// congestion window never exceeds (2.5 MB, a 30 ms round trip at 80 MB/s).
+pub const CIRCUIT_WINDOW: u32 = 5000;
+/// Cells acknowledged by one circuit-level SENDME (each gives the sender a round-trip sample).
+pub const CIRCUIT_SENDME_INC: u32 = 50;
+/// Cells of one stream waiting for its application before its receiver sends XOFF.
+pub const XOFF_CELLS: u32 = 500;
 
 /// Bounds of the circuit window (the `circuit-window` consensus parameter's).
 pub const CIRCUIT_WINDOW_RANGE: (u32, u32) = (100, 10_000);
-/// Bounds of the stream window (the `stream-window` consensus parameter's).
-pub const STREAM_WINDOW_RANGE: (u32, u32) = (50, 5_000);
+/// Bounds of the XOFF threshold (the `stream-xoff` consensus parameter's).
+pub const XOFF_RANGE: (u32, u32) = (50, 5_000);
 /// The extension (in the circuit handshake's client data) carrying [`FlowParams`]. Critical: a
-/// hop that cannot honour it must refuse the circuit rather than use other windows.
+/// hop that cannot honour it must refuse the circuit rather than use other parameters.
 pub const EXT_FLOW_PARAMS: u8 = 0x81;
 
-/// The windows and SENDME increments both ends of a circuit use. The client picks them (from
-/// its consensus's parameters) and sends them to every hop in its CREATE, so the ends always
-/// agree, whatever consensus each holds.
+/// The flow-control and congestion-control parameters both ends of a circuit use. The client
+/// picks them (from its consensus's parameters) and sends them to every hop in its CREATE, so
+/// the ends always agree, whatever consensus each holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct FlowParams {
     pub circuit_window: u32,
     pub circuit_sendme_inc: u32,
-    pub stream_window: u32,
-    pub stream_sendme_inc: u32,
+    pub xoff_cells: u32,
+    pub cc: CcParams,
 }
 
 /// Why flow parameters were refused.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
 pub enum FlowParamError {
-    #[error("flow-control extension is not 8 bytes")]
+    #[error("flow-control extension is not 16 bytes")]
     BadLength,
-    #[error("flow-control parameters out of bounds (windows 100..=10000 and 50..=5000, increments 1..=window)")]
+    #[error("flow-control parameters out of bounds (see docs/PROTOCOL.md, \"Flow and congestion control\")")]
     OutOfBounds,
 }
 
 impl Default for FlowParams {
     fn default() -> Self {
-        FlowParams { circuit_window: CIRCUIT_WINDOW, circuit_sendme_inc: CIRCUIT_SENDME_INC, stream_window: STREAM_WINDOW, stream_sendme_inc: STREAM_SENDME_INC }
+        FlowParams { circuit_window: CIRCUIT_WINDOW, circuit_sendme_inc: CIRCUIT_SENDME_INC, xoff_cells: XOFF_CELLS, cc: CcParams::default() }
     }
 }
 
 impl FlowParams {
-    /// Checks the bounds: each window in its range, each increment from 1 to its window.
+    /// Checks the bounds: the circuit window in its range, the increment from 1 to half the
+    /// window, the XOFF threshold in its range, `alpha ≤ beta ≤ delta`, and the initial window
+    /// and every Vegas parameter at most the circuit window's upper bound (a circuit's window
+    /// starts at the initial window clamped to two increments..the circuit window).
     pub fn checked(self) -> Result<Self, FlowParamError> {
         let within = |v: u32, (lo, hi): (u32, u32)| (lo..=hi).contains(&v);
-        let ok = within(self.circuit_window, CIRCUIT_WINDOW_RANGE)
-            && within(self.stream_window, STREAM_WINDOW_RANGE)
-            && (1..=self.circuit_window).contains(&self.circuit_sendme_inc)
-            && (1..=self.stream_window).contains(&self.stream_sendme_inc);
+        let (w, inc, c) = (self.circuit_window, self.circuit_sendme_inc, self.cc);
+        let ok = within(w, CIRCUIT_WINDOW_RANGE)
+            && (1..=w / 2).contains(&inc)
+            && within(self.xoff_cells, XOFF_RANGE)
+            && (2..=CIRCUIT_WINDOW_RANGE.1).contains(&c.cwnd_init)
+            && c.alpha <= c.beta
+            && c.beta <= c.delta
+            && c.delta <= CIRCUIT_WINDOW_RANGE.1
+            && c.gamma <= CIRCUIT_WINDOW_RANGE.1;
         ok.then_some(self).ok_or(FlowParamError::OutOfBounds)
     }
 
-    /// The extension carrying these parameters: `u16 circuit window | u16 circuit SENDME
-    /// increment | u16 stream window | u16 stream SENDME increment`.
+    /// The extension carrying these parameters, eight `u16`s: circuit window, circuit SENDME
+    /// increment, XOFF threshold, initial congestion window, Vegas alpha, beta, gamma, delta.
     pub fn to_extension(self) -> Extension {
-        let mut data = Vec::with_capacity(8);
-        for v in [self.circuit_window, self.circuit_sendme_inc, self.stream_window, self.stream_sendme_inc] {
+        let c = self.cc;
+        let mut data = Vec::with_capacity(16);
+        for v in [self.circuit_window, self.circuit_sendme_inc, self.xoff_cells, c.cwnd_init, c.alpha, c.beta, c.gamma, c.delta] {
             data.extend_from_slice(&(v.min(u16::MAX as u32) as u16).to_be_bytes());
         }
         Extension { ty: EXT_FLOW_PARAMS, data }
@@ -78,9 +90,10 @@ impl FlowParams {
     /// The parameters a client asked for in `ext`, checked; the defaults when it asked for none.
     pub fn from_extensions(ext: &Extensions) -> Result<Self, FlowParamError> {
         let Some(e) = ext.0.iter().find(|e| e.ty == EXT_FLOW_PARAMS) else { return Ok(Self::default()) };
-        let d: [u8; 8] = e.data.as_slice().try_into().map_err(|_| FlowParamError::BadLength)?;
-        let v = |i: usize| u32::from(u16::from_be_bytes([d[i], d[i + 1]]));
-        FlowParams { circuit_window: v(0), circuit_sendme_inc: v(2), stream_window: v(4), stream_sendme_inc: v(6) }.checked()
+        let d: [u8; 16] = e.data.as_slice().try_into().map_err(|_| FlowParamError::BadLength)?;
+        let v = |i: usize| u32::from(u16::from_be_bytes([d[2 * i], d[2 * i + 1]]));
+        let cc = CcParams { cwnd_init: v(3), alpha: v(4), beta: v(5), gamma: v(6), delta: v(7) };
+        FlowParams { circuit_window: v(0), circuit_sendme_inc: v(1), xoff_cells: v(2), cc }.checked()
     }
 }
 
@@ -210,47 +223,7 @@ impl TokenReceiver {
     }
 }
 
-/// The sending side of a window.
-#[derive(Debug, Clone)]
-pub struct SendWindow {
-    avail: u32,
-    max: u32,
-    inc: u32,
-}
-
-impl SendWindow {
-    pub fn new(max: u32, inc: u32) -> Self {
-        SendWindow { avail: max, max, inc }
-    }
-    pub fn circuit(p: &FlowParams) -> Self {
-        Self::new(p.circuit_window, p.circuit_sendme_inc)
-    }
-    pub fn stream(p: &FlowParams) -> Self {
-        Self::new(p.stream_window, p.stream_sendme_inc)
-    }
-    /// Cells that may be sent now.
-    pub fn available(&self) -> u32 {
-        self.avail
-    }
-    /// Takes one cell's worth; false if the window is closed.
-    pub fn take(&mut self) -> bool {
-        if self.avail == 0 {
-            return false;
-        }
-        self.avail -= 1;
-        true
-    }
-    /// A SENDME arrived.
-    pub fn on_sendme(&mut self) -> Result<(), FlowError> {
-        if self.avail + self.inc > self.max {
-            return Err(FlowError::UnexpectedSendme);
-        }
-        self.avail += self.inc;
-        Ok(())
-    }
-}
-
-/// The receiving side of a window.
+/// The receiving side of the circuit window.
 #[derive(Debug, Clone)]
 pub struct RecvWindow {
     /// Cells the peer may still send.
@@ -266,9 +239,6 @@ impl RecvWindow {
     }
     pub fn circuit(p: &FlowParams) -> Self {
         Self::new(p.circuit_window, p.circuit_sendme_inc)
-    }
-    pub fn stream(p: &FlowParams) -> Self {
-        Self::new(p.stream_window, p.stream_sendme_inc)
     }
     /// Cells the peer may still send before it needs a SENDME.
     pub fn remaining(&self) -> u32 {
@@ -296,29 +266,30 @@ impl RecvWindow {
 mod tests {
     use super::*;
 
+    /// Parameters with a circuit window of `w` and an increment of `inc`, otherwise defaults
+    /// scaled to fit.
+    fn params(w: u32, inc: u32) -> FlowParams {
+        let cc = CcParams { cwnd_init: 2 * inc, alpha: 0, beta: 0, gamma: 0, delta: 0 };
+        FlowParams { circuit_window: w, circuit_sendme_inc: inc, xoff_cells: 50, cc }
+    }
+
     #[test]
-    fn windows_open_only_on_consumption() {
-        let p = FlowParams::default();
-        let mut s = SendWindow::stream(&p);
-        let mut r = RecvWindow::stream(&p);
-        for _ in 0..STREAM_WINDOW {
-            assert!(s.take());
+    fn the_circuit_window_opens_only_on_consumption() {
+        let p = params(200, 50);
+        let mut r = RecvWindow::circuit(&p);
+        for _ in 0..200 {
             r.on_data().unwrap();
         }
-        assert!(!s.take());
         assert_eq!(r.on_data(), Err(FlowError::WindowExceeded));
         assert_eq!(r.on_consumed(49), 0);
         assert_eq!(r.on_consumed(1), 1);
-        s.on_sendme().unwrap();
-        assert_eq!(s.available(), STREAM_SENDME_INC);
+        assert_eq!(r.remaining(), 50);
         r.on_data().unwrap();
-        let mut fresh = SendWindow::circuit(&p);
-        assert_eq!(fresh.on_sendme(), Err(FlowError::UnexpectedSendme));
     }
 
     #[test]
     fn a27_circuit_sendmes_must_echo_the_token_of_the_data_they_acknowledge() {
-        let p = FlowParams { circuit_window: 100, circuit_sendme_inc: 10, stream_window: 50, stream_sendme_inc: 5 };
+        let p = params(100, 10);
         let (mut tx, mut rx) = (TokenSender::new(&p), TokenReceiver::new(&p));
         for i in 1..=30u8 {
             let t = tx.due().then_some([i; SENDME_TOKEN_LEN]);
@@ -349,7 +320,7 @@ mod tests {
     #[test]
     fn data_plans_put_tokens_where_due_and_keep_a_full_last_cell_full() {
         const M: usize = MAX_BODY_PER_CELL;
-        let p = FlowParams { circuit_window: 1000, circuit_sendme_inc: 10, stream_window: 500, stream_sendme_inc: 50 };
+        let p = params(1000, 10);
         let mut tx = TokenSender::new(&p);
         for _ in 0..5 {
             tx.on_data(None);
@@ -397,17 +368,27 @@ mod tests {
 
     #[test]
     fn flow_params_travel_in_an_extension_and_are_bounded() {
-        let p = FlowParams { circuit_window: 2000, circuit_sendme_inc: 200, stream_window: 800, stream_sendme_inc: 80 };
+        let cc = CcParams { cwnd_init: 400, alpha: 100, beta: 200, gamma: 150, delta: 300 };
+        let p = FlowParams { circuit_window: 2000, circuit_sendme_inc: 40, xoff_cells: 800, cc };
         let e = p.to_extension();
-        assert_eq!(hex::encode(&e.data), "07d000c803200050");
+        assert_eq!(hex::encode(&e.data), "07d00028032001900064".to_string() + "00c80096012c");
         assert_eq!(FlowParams::from_extensions(&Extensions(vec![e])), Ok(p));
         assert_eq!(FlowParams::from_extensions(&Extensions::none()), Ok(FlowParams::default()));
-        let bad = |d: &[u8]| FlowParams::from_extensions(&Extensions(vec![Extension { ty: EXT_FLOW_PARAMS, data: d.to_vec() }]));
-        assert_eq!(bad(&[0; 7]), Err(FlowParamError::BadLength));
-        assert_eq!(bad(&hex::decode("0032000a01f40032").unwrap()), Err(FlowParamError::OutOfBounds), "circuit window 50 < 100");
-        assert_eq!(bad(&hex::decode("03e803e901f40032").unwrap()), Err(FlowParamError::OutOfBounds), "increment above the window");
-        assert_eq!(bad(&hex::decode("03e8000001f40032").unwrap()), Err(FlowParamError::OutOfBounds), "increment 0");
-        assert_eq!(bad(&hex::decode("03e8006413890032").unwrap()), Err(FlowParamError::OutOfBounds), "stream window 5001");
+        let bad = |d: &str| FlowParams::from_extensions(&Extensions(vec![Extension { ty: EXT_FLOW_PARAMS, data: hex::decode(d).unwrap() }]));
+        assert_eq!(bad("07d0002803200190006400c8009601"), Err(FlowParamError::BadLength), "15 bytes");
+        let with = |f: &dyn Fn(&mut FlowParams)| {
+            let mut q = p;
+            f(&mut q);
+            FlowParams::from_extensions(&Extensions(vec![q.to_extension()]))
+        };
+        assert_eq!(with(&|q| q.circuit_window = 50), Err(FlowParamError::OutOfBounds), "circuit window below 100");
+        assert_eq!(with(&|q| q.circuit_sendme_inc = 1001), Err(FlowParamError::OutOfBounds), "increment above half the window");
+        assert_eq!(with(&|q| q.circuit_sendme_inc = 0), Err(FlowParamError::OutOfBounds), "increment 0");
+        assert_eq!(with(&|q| q.xoff_cells = 5001), Err(FlowParamError::OutOfBounds), "XOFF threshold 5001");
+        assert_eq!(with(&|q| q.cc.cwnd_init = 1), Err(FlowParamError::OutOfBounds), "initial window below 2");
+        assert_eq!(with(&|q| q.cc.alpha = 201), Err(FlowParamError::OutOfBounds), "alpha above beta");
+        assert_eq!(with(&|q| q.cc.delta = 10_001), Err(FlowParamError::OutOfBounds), "delta above the largest window");
+        assert_eq!(with(&|q| q.cc.cwnd_init = 3000), Ok(FlowParams { cc: CcParams { cwnd_init: 3000, ..cc }, ..p }), "an initial window above the circuit window is clamped where used");
         assert!(FlowParams::default().checked().is_ok());
     }
 }

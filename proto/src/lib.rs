@@ -25,6 +25,7 @@
 //! Not in this crate: anything with I/O (see `allium-net`), authority scheduling (`allium-directory`).
 
 pub mod cell;
+pub mod congestion;
 pub mod crypto;
 pub mod dir_stream;
 pub mod doc;

@@ -71,6 +71,10 @@ pub enum RelayCmd {
     Rendezvous1 = 27,
     /// Rendezvous point → client: the service's handshake reply; the circuits are joined.
     Rendezvous2 = 28,
+    /// Stream flow control: stop sending DATA on this stream (its data waits at the receiver).
+    Xoff = 43,
+    /// Stream flow control: DATA on this stream may flow again.
+    Xon = 44,
 }
 
 impl RelayCmd {
@@ -98,6 +102,8 @@ impl RelayCmd {
             26 => RendezvousEstablished,
             27 => Rendezvous1,
             28 => Rendezvous2,
+            43 => Xoff,
+            44 => Xon,
             b => return Err(DecodeError::UnknownCommand(b)),
         })
     }
@@ -225,9 +231,13 @@ pub enum RelayMsg {
     /// The exit connected; the address it connected to, if it says.
     Connected { addr: Option<IpAddr>, ext: Extensions },
     /// Flow-control acknowledgement: `u8 version`, then for version 1 the 16-byte token of the
-    /// DATA it acknowledges. Circuit-level (stream 0) SENDMEs are version 1, stream-level ones
-    /// version 0 (no token).
+    /// DATA it acknowledges. Only circuit-level (stream 0) SENDMEs of version 1 exist; version 0
+    /// (no token) decodes, but every receiver refuses it.
     Sendme { token: Option<SendmeToken> },
+    /// Stop sending DATA on this stream (empty body).
+    Xoff,
+    /// Resume sending DATA on this stream (empty body).
+    Xon,
     Extend { target: ExtendTarget, htype: u16, hdata: Vec<u8>, ext: Extensions },
     Extended { hdata: Vec<u8>, ext: Extensions },
     Drop,
@@ -378,6 +388,8 @@ impl RelayMsg {
             RelayMsg::Extend { .. } => RelayCmd::Extend,
             RelayMsg::Extended { .. } => RelayCmd::Extended,
             RelayMsg::Drop => RelayCmd::Drop,
+            RelayMsg::Xoff => RelayCmd::Xoff,
+            RelayMsg::Xon => RelayCmd::Xon,
             RelayMsg::Resolve { .. } => RelayCmd::Resolve,
             RelayMsg::Resolved { .. } => RelayCmd::Resolved,
             RelayMsg::Closing { .. } => RelayCmd::Closing,
@@ -441,7 +453,7 @@ impl RelayMsg {
                 b.extend_from_slice(hdata);
                 ext.encode(&mut b);
             }
-            RelayMsg::Drop => {}
+            RelayMsg::Drop | RelayMsg::Xoff | RelayMsg::Xon => {}
             RelayMsg::Resolve { host, ext } => {
                 b.push(host.len() as u8);
                 b.extend_from_slice(host.as_bytes());
@@ -513,6 +525,8 @@ impl RelayMsg {
                     | RelayCmd::Data
                     | RelayCmd::End
                     | RelayCmd::Sendme
+                    | RelayCmd::Xoff
+                    | RelayCmd::Xon
                     | RelayCmd::Extend
                     | RelayCmd::Drop
                     | RelayCmd::Resolve
@@ -528,6 +542,8 @@ impl RelayMsg {
                     | RelayCmd::End
                     | RelayCmd::Connected
                     | RelayCmd::Sendme
+                    | RelayCmd::Xoff
+                    | RelayCmd::Xon
                     | RelayCmd::Extended
                     | RelayCmd::Drop
                     | RelayCmd::Resolved
@@ -617,6 +633,8 @@ impl RelayMsg {
                 RelayMsg::Extended { hdata, ext: Extensions::decode_checked(&mut r, KNOWN_CRITICAL)? }
             }
             RelayCmd::Drop => return Ok(RelayMsg::Drop),
+            RelayCmd::Xoff => RelayMsg::Xoff,
+            RelayCmd::Xon => RelayMsg::Xon,
             RelayCmd::EstablishIntro => {
                 let auth_key = r.array::<32>()?;
                 let ext = Extensions::decode_checked(&mut r, KNOWN_CRITICAL)?;
@@ -782,6 +800,8 @@ mod tests {
         round_trip(RelayMsg::End(EndReason::ExitPolicy), Direction::Inbound);
         round_trip(RelayMsg::Connected { addr: Some("10.1.2.3".parse().unwrap()), ext: Extensions::none() }, Direction::Inbound);
         round_trip(RelayMsg::Sendme { token: None }, Direction::Outbound);
+        round_trip(RelayMsg::Xoff, Direction::Outbound);
+        round_trip(RelayMsg::Xon, Direction::Inbound);
         round_trip(RelayMsg::Sendme { token: Some([0xa5; SENDME_TOKEN_LEN]) }, Direction::Inbound);
         round_trip(RelayMsg::DataToken { data: vec![7; MAX_BODY_PER_CELL - SENDME_TOKEN_LEN], token: [3; SENDME_TOKEN_LEN] }, Direction::Inbound);
         let target = ExtendTarget { addr: "127.3.0.1:5000".parse().unwrap(), identity: [1; 32], link_key: [2; 32] };

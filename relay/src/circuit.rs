@@ -386,7 +386,7 @@ impl RelayCircuit {
                 Ok(())
             }
             RelayMsg::Drop => Ok(()),
-            m @ (RelayMsg::Data(_) | RelayMsg::DataToken { .. } | RelayMsg::Sendme { .. } | RelayMsg::End(_)) => {
+            m @ (RelayMsg::Data(_) | RelayMsg::DataToken { .. } | RelayMsg::Sendme { .. } | RelayMsg::Xoff | RelayMsg::Xon | RelayMsg::End(_)) => {
                 let out = mux.handle_msg(stream_id, m).map_err(|e| {
                     tracing::debug!("stream protocol violation: {e}");
                     Close(DestroyReason::Protocol, Side::Local)

@@ -197,7 +197,8 @@ impl InertRelay {
         let ctx = self.ctx;
         let handler: Arc<dyn CreateHandler> = Arc::new(Creates(ctx.clone()));
         ctx.pool.set_create_handler(handler.clone());
-        ctx.pool.set_idle_timeout(ctx.limits.link_idle_timeout());
+        // This relay dials relays only (to extend circuits): links between relays.
+        ctx.pool.set_idle_timeout(ctx.limits.idle_timeout_for(true));
         let addr = self.cfg.or_listen_address();
         let listener = TcpListener::bind(addr).await.map_err(|e| format!("cannot listen on the OR port {addr}: {e}"))?;
         tracing::info!("relay {} listening; exit: {}", self.cfg.node.nickname, ctx.exit.policy.is_exit());
@@ -241,6 +242,13 @@ pub async fn run(cfg: RelayConfig, keys: NodeKeys) -> Result<(), RelayError> {
     InertRelay::new(cfg, keys)?.run().await
 }
 
+/// Whether an inbound link whose peer proved `proved_key` (and an identity the consensus lists
+/// as `listed`: address and link key) is a link from that relay: only if the keys agree (a
+/// claimed identity with another key is someone else).
+fn is_listed_relay_link(proved_key: Option<[u8; 32]>, listed: Option<(std::net::SocketAddr, [u8; 32])>) -> bool {
+    matches!((proved_key, listed), (Some(p), Some((_, k))) if p == k)
+}
+
 async fn accept_loop(listener: TcpListener, ctx: Arc<RelayCtx>, handler: Arc<dyn CreateHandler>) -> Result<(), RelayError> {
     let limiter = ctx.or_conns.clone();
     allium_net::accept::accept_forever(listener, "inbound link", limiter, |sock, permit| {
@@ -249,8 +257,11 @@ async fn accept_loop(listener: TcpListener, ctx: Arc<RelayCtx>, handler: Arc<dyn
         async move {
             let mut l = link::accept(sock, &ctx.keys.link.to_bytes()).await?;
             l.permit = Some(permit);
+            // A relay the consensus lists, under the identity and link key it proved, keeps its
+            // link open as long as this relay's own links to relays; anyone else briefly.
+            let listed = l.peer.is_some_and(|id| is_listed_relay_link(l.peer_link_key, ctx.dir.listed_relay(&id)));
             let chan = Channel::spawn(l, Some(handler), &ctx.pool.mem_quota());
-            chan.close_when_idle(ctx.limits.link_idle_timeout());
+            chan.close_when_idle(ctx.limits.idle_timeout_for(listed));
             ctx.pool.insert(chan);
             Ok::<(), link::LinkError>(())
         }
@@ -389,4 +400,21 @@ async fn create(ctx: &Arc<RelayCtx>, chan: &Channel, first: &Cell, rx: &mut alli
     // second hop (docs/PROTOCOL.md, "RELAY_EARLY").
     let early = if chan.peer.is_none() { EarlyGate::from_client() } else { EarlyGate::from_relay() };
     Ok((RelayCrypto::new(&out.keys), out.keys, early, flow))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::is_listed_relay_link;
+
+    /// An inbound link counts as a listed relay's only with the link key the consensus lists
+    /// for the identity it proved: not when the identity is unlisted, nor with another key,
+    /// nor for a peer that proved no key (a client).
+    #[test]
+    fn only_a_listed_relay_with_its_own_key_gets_a_relay_link() {
+        let addr = "127.0.0.1:9001".parse().unwrap();
+        assert!(is_listed_relay_link(Some([1; 32]), Some((addr, [1; 32]))));
+        assert!(!is_listed_relay_link(Some([2; 32]), Some((addr, [1; 32]))));
+        assert!(!is_listed_relay_link(Some([1; 32]), None));
+        assert!(!is_listed_relay_link(None, Some((addr, [1; 32]))));
+    }
 }

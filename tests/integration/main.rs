@@ -8,6 +8,8 @@
 //! - [`quorum_loss`]: two of three authorities down: the last consensus for the grace only (A34).
 //! - [`flow_params`]: the consensus's flow-control windows are used by both ends of circuits.
 //! - [`e2e`]: whole networks started with `allium testnet`, carrying real traffic.
+//! - [`clients`]: `allium testnet --clients N`: every client carries streams.
+//! - [`predicted_ports`]: circuits are built ahead for the ports streams used.
 //! - [`extend_target`]: relays extend only to the consensus's address and link key (A11).
 //! - [`control_cells`]: DROP or an onion-service acknowledgement from a middle hop closes the
 //!   client's circuit (A17).
@@ -42,6 +44,7 @@
 
 mod advertise;
 mod blackhole;
+mod clients;
 mod configs;
 mod control_cells;
 mod destroy_reasons;
@@ -56,6 +59,7 @@ mod exit_retry;
 mod hs_circuits;
 mod intro_flood;
 mod keygen;
+mod short_sends;
 mod latency;
 mod memory;
 mod messages;
@@ -66,6 +70,7 @@ mod onion_service;
 mod operators;
 mod socks_front;
 mod paths;
+mod predicted_ports;
 mod plan;
 mod quorum_loss;
 mod relay_history;

@@ -68,4 +68,11 @@ fn client_recovers_from_a_relay_that_stops_forwarding() {
     let c = http_get_via_socks_as(net.socks, user, "127.0.0.1", port, "/1k");
     assert_eq!(c.as_deref().ok(), Some(&small[..]), "{c:?}");
     assert_eq!(client_log().matches("got no CONNECTED").count(), 1, "a later stream went to the retired circuit");
+
+    // Counted where an operator looks: `allium status` of the client.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_allium")).args(["status", "--json", "--data-dir"]).arg(net.dir.join("client")).output().expect("run allium status");
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).expect("status JSON");
+    let r = &status["recovery"];
+    assert_eq!((r["begin_timeouts"].as_u64(), r["stalled_streams"].as_u64()), (Some(1), Some(1)), "{status}");
+    assert!(r["circuits_retired"].as_u64() >= Some(1), "{status}");
 }

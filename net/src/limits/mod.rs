@@ -38,6 +38,10 @@ pub struct LimitsConfig {
     pub max_connections_per_address: usize,
     /// Seconds a link with no circuits stays open before it is closed.
     pub link_idle_timeout_secs: u64,
+    /// The same for a link between two relays (this relay's own links to relays, and inbound
+    /// links from relays the consensus lists under the identity and link key they proved):
+    /// kept long, so that circuits extend over links that are already open.
+    pub relay_link_idle_timeout_secs: u64,
     /// Seconds a directory (HTTP) connection may go without moving a byte before it is closed.
     pub dir_idle_timeout_secs: u64,
     /// Seconds a relay keeps a circuit on which no cell moved in either direction.
@@ -79,6 +83,7 @@ impl Default for LimitsConfig {
             max_connections: 0,
             max_connections_per_address: 50,
             link_idle_timeout_secs: 180,
+            relay_link_idle_timeout_secs: 3600,
             dir_idle_timeout_secs: 15,
             circuit_idle_timeout_secs: 3600,
             create_rate_per_address: 3,
@@ -110,6 +115,7 @@ impl LimitsConfig {
         within("max_connections", self.max_connections as u64, 0, 1_000_000)?;
         within("max_connections_per_address", self.max_connections_per_address as u64, 1, 1_000_000)?;
         within("link_idle_timeout_secs", self.link_idle_timeout_secs, 1, 86_400)?;
+        within("relay_link_idle_timeout_secs", self.relay_link_idle_timeout_secs, 1, 86_400)?;
         within("dir_idle_timeout_secs", self.dir_idle_timeout_secs, 1, 3600)?;
         within("circuit_idle_timeout_secs", self.circuit_idle_timeout_secs, 1, 7 * 86_400)?;
         within("create_rate_per_address", self.create_rate_per_address.into(), 1, 1_000_000)?;
@@ -154,6 +160,13 @@ impl LimitsConfig {
         Duration::from_secs(self.link_idle_timeout_secs)
     }
 
+    /// How long a link without circuits stays open: long between relays (`relay_link`: the
+    /// peer is a relay this node dialled, or one the consensus lists as what it proved), short
+    /// otherwise.
+    pub fn idle_timeout_for(&self, relay_link: bool) -> Duration {
+        Duration::from_secs(if relay_link { self.relay_link_idle_timeout_secs } else { self.link_idle_timeout_secs })
+    }
+
     pub fn dir_idle_timeout(&self) -> Duration {
         Duration::from_secs(self.dir_idle_timeout_secs)
     }
@@ -185,5 +198,17 @@ mod tests {
         assert_eq!(c.create_burst_per_address, 90, "unset keys keep their defaults");
         assert!(toml::from_str::<LimitsConfig>("bogus = 1").is_err());
         assert!(LimitsConfig::default().connections() >= 64);
+    }
+
+    /// Links between relays outlive client links by default (an hour against 3 minutes), each
+    /// from its own key, and the relay key is bounded like the other.
+    #[test]
+    fn relay_links_stay_open_longer_than_client_links() {
+        let d = LimitsConfig::default();
+        assert_eq!((d.idle_timeout_for(true), d.idle_timeout_for(false)), (Duration::from_secs(3600), Duration::from_secs(180)));
+        let c: LimitsConfig = toml::from_str("relay_link_idle_timeout_secs = 7\nlink_idle_timeout_secs = 9").unwrap();
+        assert_eq!((c.idle_timeout_for(true), c.idle_timeout_for(false)), (Duration::from_secs(7), Duration::from_secs(9)));
+        let c: LimitsConfig = toml::from_str("relay_link_idle_timeout_secs = 0").unwrap();
+        assert!(c.validate().unwrap_err().to_string().contains("limits.relay_link_idle_timeout_secs"));
     }
 }

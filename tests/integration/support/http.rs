@@ -158,3 +158,24 @@ pub fn http_get_via_socks_as(socks: SocketAddr, user: Option<(&str, &str)>, host
     }
     Ok(body)
 }
+
+/// Fetches `path` (whose body must be `want`) through `socks`: `serial` downloads one after
+/// another, then `rounds` rounds of 8 at once, each download in its own isolation class (so on
+/// its own circuit). Returns what went wrong with each failed download; empty when every byte
+/// of every download arrived.
+pub fn download_rounds(socks: SocketAddr, port: u16, path: &'static str, want: &[u8], serial: usize, rounds: usize) -> Vec<String> {
+    let check = |what: String, r: Result<Vec<u8>, GetError>| match r {
+        Ok(body) if body == want => None,
+        Ok(body) => Some(format!("{what}: {} bytes, not the file", body.len())),
+        Err(e) => Some(format!("{what}: {e:?}")),
+    };
+    let fetch = move |user: String| http_get_via_socks_as(socks, Some((&user, "pw")), "127.0.0.1", port, path);
+    let mut failures: Vec<String> = (0..serial).filter_map(|i| check(format!("serial {i}"), fetch(format!("serial{i}")))).collect();
+    for round in 0..rounds {
+        let handles: Vec<_> = (0..8).map(|i| std::thread::spawn(move || fetch(format!("r{round}s{i}")))).collect();
+        for (i, h) in handles.into_iter().enumerate() {
+            failures.extend(check(format!("round {round} stream {i}"), h.join().expect("fetch thread")));
+        }
+    }
+    failures
+}

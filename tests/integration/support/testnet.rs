@@ -43,6 +43,11 @@ pub struct Testnet {
 impl Testnet {
     /// Runs `allium testnet --dir <fresh dir> --socks-port 0 <args>` and waits until it is ready.
     pub fn start(args: &[&str]) -> Testnet {
+        Self::start_with_env(args, &[])
+    }
+
+    /// [`Self::start`] with extra environment variables for the testnet and every node.
+    pub fn start_with_env(args: &[&str], env: &[(&str, &std::ffi::OsStr)]) -> Testnet {
         let root = super::fresh_dir("net");
         let dir = root.join("net");
         let log_path = root.join("testnet.log");
@@ -57,6 +62,7 @@ impl Testnet {
             // an onion service does with each introduction.
             .env("RUST_LOG", "info,allium_client::circuit=debug,allium_client::dir_fetch=debug,allium_directory::access_log=debug,allium_client::hs_service=debug")
             .args(args)
+            .envs(env.iter().copied())
             .stdin(Stdio::null())
             .stdout(log.try_clone().expect("clone log handle"))
             .stderr(log)

@@ -1,0 +1,129 @@
+//! `cargo bench --bench uploads`: 500 relays upload their descriptors to the authorities at the
+//! same instant (issue 18 point 3: in a 500-relay simulation 157 uploads timed out at 15 s).
+//!
+//! Starts `allium testnet`, makes 500 descriptors signed by fresh identities (each relay its own
+//! address in 127.200.0.0/16, no exit), and posts them all at once, each from its own source
+//! address in 127.201.0.0/16 (as separate hosts would), to every authority's directory port
+//! (1,500 uploads on a machine that also runs the three authorities). Prints how many were accepted within the relays' upload time-out, the latency
+//! percentiles, and every kind of failure. Traffic stays on 127.0.0.0/8; the run is bounded by
+//! the time-out.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use allium_proto::doc::{Protocols, RelayDescriptor};
+use allium_proto::ids::RelayId;
+use allium_proto::policy::ExitPolicy;
+
+#[allow(dead_code)]
+#[path = "../tests/integration/support/mod.rs"]
+mod support;
+
+use support::testnet::Testnet;
+
+/// Simultaneous uploads.
+const RELAYS: usize = 500;
+/// How long a relay waits for an upload's answer (`allium_directory::publish::PUBLISH_TIMEOUT`).
+const TIMEOUT: Duration = allium_directory::publish::PUBLISH_TIMEOUT;
+
+fn main() {
+    eprintln!("uploads: starting allium testnet");
+    let net = Testnet::start(&[]);
+    let auths: Vec<SocketAddr> = net.with_role("authority").map(|n| n.addr).collect();
+    eprintln!("uploads: signing {RELAYS} descriptors");
+    let published = SystemTime::now().duration_since(UNIX_EPOCH).expect("clock").as_secs();
+    let bodies: Vec<String> = (0..RELAYS).map(|i| descriptor(i, published)).collect();
+
+    eprintln!("uploads: posting {RELAYS} descriptors at once to each of {} authorities", auths.len());
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    let results: Vec<(Duration, Result<u16, String>)> = rt.block_on(async {
+        let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(RELAYS * auths.len()));
+        let tasks: Vec<_> = bodies
+            .into_iter()
+            .enumerate()
+            .flat_map(|(i, body)| auths.iter().map(move |a| (i, *a, body.clone())))
+            .map(|(i, auth, body)| {
+                let barrier = barrier.clone();
+                tokio::spawn(async move {
+                    barrier.wait().await;
+                    let start = Instant::now();
+                    let r = match tokio::time::timeout(TIMEOUT, post(source(i), auth, &body)).await {
+                        Ok(r) => r,
+                        Err(_) => Err(format!("no answer within {} s", TIMEOUT.as_secs())),
+                    };
+                    (start.elapsed(), r)
+                })
+            })
+            .collect();
+        let mut out = Vec::new();
+        for t in tasks {
+            out.push(t.await.expect("upload task"));
+        }
+        out
+    });
+    // Each relay's uploads are consecutive in `results`, one per authority.
+    let majority = auths.len() / 2 + 1;
+    let listed = results.chunks(auths.len()).filter(|r| r.iter().filter(|(_, r)| matches!(r, Ok(200))).count() >= majority).count();
+    let mut ok: Vec<f64> = results.iter().filter(|(_, r)| matches!(r, Ok(200))).map(|(d, _)| d.as_secs_f64() * 1e3).collect();
+    ok.sort_by(f64::total_cmp);
+    let mut failures: std::collections::BTreeMap<String, usize> = Default::default();
+    for (_, r) in &results {
+        match r {
+            Ok(200) => {}
+            Ok(status) => *failures.entry(format!("HTTP {status}")).or_default() += 1,
+            Err(e) => *failures.entry(e.clone()).or_default() += 1,
+        }
+    }
+    let pct = |q: f64| ok.get(((q * ok.len() as f64).ceil() as usize).clamp(1, ok.len().max(1)) - 1).copied().unwrap_or(f64::NAN);
+    println!();
+    println!("Allium descriptor uploads: {RELAYS} relays at once, each to all {} authorities ({} s time-out)", auths.len(), TIMEOUT.as_secs());
+    println!("uploads accepted within it         {} of {}", ok.len(), results.len());
+    println!("relays accepted by a majority      {listed} of {RELAYS}");
+    println!("latency of accepted uploads        median {:.0} ms, p99 {:.0} ms, max {:.0} ms", pct(0.5), pct(0.99), pct(1.0));
+    println!("failures                           {}", if failures.is_empty() { "none".to_string() } else { format!("{failures:?}") });
+    drop(net);
+}
+
+/// Relay `i`'s signed descriptor: a fresh identity, OR port at 127.200.x.y:9001, no exit.
+fn descriptor(i: usize, published: u64) -> String {
+    let mut rng = rand::thread_rng();
+    let identity = ed25519_dalek::SigningKey::generate(&mut rng);
+    let link = x25519_dalek::StaticSecret::random_from_rng(&mut rng);
+    let link_key = x25519_dalek::PublicKey::from(&link).to_bytes();
+    let onion = x25519_dalek::StaticSecret::random_from_rng(&mut rng);
+    let d = RelayDescriptor {
+        nickname: format!("up{i}"),
+        identity: RelayId(identity.verifying_key().to_bytes()),
+        onion_key: x25519_dalek::PublicKey::from(&onion).to_bytes(),
+        link_key,
+        link_cert: allium_proto::link::certify_link_key(&identity, &link_key),
+        address: SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, 200, (i / 250) as u8, (i % 250 + 1) as u8)), 9001),
+        policy: ExitPolicy::reject_all(),
+        family: vec![],
+        bandwidth: 1_000_000,
+        protocols: Protocols::new().with("Link", 1, 1).with("Relay", 1, 1).with("Ntor", 1, 1),
+        published,
+        platform: Some("uploads bench".into()),
+    };
+    d.encode_signed(&identity)
+}
+
+/// Relay `i`'s own source address.
+fn source(i: usize) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(127, 201, (i / 250) as u8, (i % 250 + 1) as u8))
+}
+
+/// POSTs one descriptor from `from`; the HTTP status, or what went wrong.
+async fn post(from: IpAddr, to: SocketAddr, body: &str) -> Result<u16, String> {
+    let sock = tokio::net::TcpSocket::new_v4().map_err(|e| e.to_string())?;
+    sock.bind(SocketAddr::new(from, 0)).map_err(|e| format!("bind: {}", e.kind()))?;
+    let mut s = sock.connect(to).await.map_err(|e| format!("connect: {}", e.kind()))?;
+    let req = format!("POST /allium/v1/descriptor HTTP/1.1\r\nHost: {to}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
+    s.write_all(req.as_bytes()).await.map_err(|e| format!("write: {}", e.kind()))?;
+    let mut resp = Vec::new();
+    s.read_to_end(&mut resp).await.map_err(|e| format!("read: {}", e.kind()))?;
+    let text = String::from_utf8_lossy(&resp);
+    text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).ok_or_else(|| format!("no HTTP status in {} bytes", resp.len()))
+}
