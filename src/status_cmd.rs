@@ -86,7 +86,7 @@ fn render(s: &Map<String, Value>, now: u64) -> String {
         }
         None => line("consensus", "none yet".into()),
     }
-    for k in ["exit", "in_consensus", "flags", "fingerprint", "or_port", "advertised_address", "relays_in_consensus", "onion_descriptors_stored", "descriptors_known", "build_timeout_ms"] {
+    for k in ["exit", "in_consensus", "flags", "fingerprint", "or_port", "advertised_address", "relays_in_consensus", "onion_descriptors_stored", "relay_links", "links_preconnected", "descriptors_known", "build_timeout_ms"] {
         if let Some(v) = s.get(k).filter(|v| !v.is_null()) {
             line(&k.replace('_', " "), str_of(Some(v)));
         }

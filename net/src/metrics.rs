@@ -160,6 +160,8 @@ pub struct Metrics {
     pub streams_failed: Labeled<6>,
     pub links_open: Gauge,
     pub links_opened: Counter,
+    /// Links a relay opened ahead of need (`limits.preconnect_relays`).
+    pub links_preconnected: Counter,
     pub bytes_read: Counter,
     pub cells_read: Counter,
     pub handshakes: Counter,
@@ -195,6 +197,7 @@ pub static METRICS: Metrics = Metrics {
     streams_failed: Labeled::new("reason", STREAM_FAILURES),
     links_open: Gauge::new(),
     links_opened: Counter::new(),
+    links_preconnected: Counter::new(),
     bytes_read: Counter::new(),
     cells_read: Counter::new(),
     handshakes: Counter::new(),
@@ -238,6 +241,7 @@ pub fn render(role: &str, now: u64) -> String {
     w.labeled("allium_streams_failed_total", "Streams that failed or were refused, by reason.", &m.streams_failed);
     w.gauge("allium_links_open", "Links (TLS-like channels to other nodes) open now.", m.links_open.get());
     w.counter("allium_links_opened_total", "Links opened since start.", m.links_opened.get());
+    w.counter("allium_links_preconnected_total", "Links to relays opened ahead of need (limits.preconnect_relays).", m.links_preconnected.get());
     w.counter("allium_link_read_bytes_total", "Bytes read from links.", m.bytes_read.get());
     w.counter("allium_link_written_bytes_total", "Bytes written to links.", links.bytes_written.load(Ordering::Relaxed));
     w.counter("allium_cells_read_total", "Cells read from links.", m.cells_read.get());

@@ -117,6 +117,16 @@ impl ChannelPool {
         m.insert((id, key), chan);
     }
 
+    /// Open links filed (links to relays that proved who they are).
+    pub fn relay_links(&self) -> usize {
+        self.map.lock().expect("pool lock").values().filter(|c| !c.is_closed()).count()
+    }
+
+    /// Whether an open link to `peer` (its identity and link key) is filed.
+    pub fn has(&self, peer: &PeerInfo) -> bool {
+        self.lookup(&(peer.identity, peer.link_key)).is_some()
+    }
+
     fn lookup(&self, key: &PeerKey) -> Option<Channel> {
         let m = self.map.lock().expect("pool lock");
         m.get(key).filter(|c| !c.is_closed()).cloned()

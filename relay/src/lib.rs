@@ -11,6 +11,7 @@
 //! - [`dir_cache`]: the consensus this relay keeps and serves on directory streams (BEGIN_DIR).
 //! - [`hsdir`]: onion-service descriptors stored and served while the consensus flags it HSDir.
 //! - [`observed`]: the bandwidth the relay has carried, which its descriptor reports.
+//! - [`preconnect`]: links to the relays circuits likely extend to, opened after each consensus.
 //! - [`publish`]: building the signed descriptor and uploading it to every authority.
 //! - [`rotation`]: replacing the onion key on schedule, keeping the previous one for a grace.
 //!
@@ -28,6 +29,7 @@ pub mod handshakes;
 pub mod hs_points;
 pub mod hsdir;
 pub mod observed;
+pub mod preconnect;
 pub mod publish;
 pub mod rotation;
 pub mod status;

@@ -163,6 +163,8 @@ pub async fn publish_loop(cfg: RelayConfig, ctx: Arc<RelayCtx>) -> Result<(), Re
 /// protocol versions we lack, and says once whether the consensus lists this relay.
 pub async fn consensus_watch(cfg: RelayConfig, ctx: Arc<RelayCtx>) -> Result<(), RelayError> {
     let mut listed = false;
+    // At most one round of links opened ahead of need at a time.
+    let mut preconnecting: Option<tokio::task::JoinHandle<()>> = None;
     loop {
         let t = now();
         let previous = ctx.dir.current();
@@ -174,6 +176,9 @@ pub async fn consensus_watch(cfg: RelayConfig, ctx: Arc<RelayCtx>) -> Result<(),
                     return Err(e.into());
                 }
                 let dir = ctx.dir.store(dir);
+                if preconnecting.as_ref().is_none_or(|h| h.is_finished()) {
+                    preconnecting = Some(tokio::spawn(crate::preconnect::preconnect(ctx.clone(), dir.clone())));
+                }
                 let now_listed = dir.consensus().relay(&ctx.id).is_some();
                 if now_listed != listed {
                     tracing::info!("the consensus {} this relay", if now_listed { "lists" } else { "no longer lists" });

@@ -25,6 +25,8 @@ pub fn status_fn(ctx: Arc<RelayCtx>, nickname: String, or_port: std::net::Socket
         m.insert("flags".into(), json!(me.map(|r| r.flags.to_string())));
         m.insert("relays_in_consensus".into(), json!(dir.as_ref().map(|d| d.relays().len())));
         m.insert("onion_descriptors_stored".into(), json!(ctx.dir.hsdir.len()));
+        m.insert("relay_links".into(), json!(ctx.pool.relay_links()));
+        m.insert("links_preconnected".into(), json!(allium_net::metrics::METRICS.links_preconnected.get()));
         m
     })
 }

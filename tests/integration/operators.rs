@@ -145,6 +145,16 @@ fn status_metrics_and_sighup_on_a_running_network() {
     // (A relay's own consensus can predate its listing: wait for the one that lists it.)
     let relay = wait_status(&net.dir.join("relay1"), Duration::from_secs(60), |s| s["in_consensus"] == true);
     assert_eq!((relay["role"].as_str(), relay["in_consensus"].as_bool()), (Some("relay"), Some(true)), "{relay}");
+    // Relays open links to one another ahead of need (limits.preconnect_relays, 16 by default):
+    // each of the five ends up linked to the four others, some of those links opened ahead.
+    let relays = ["relay1", "relay2", "relay3", "exit1", "exit2"];
+    let mut preconnected = 0;
+    for r in relays {
+        let s = wait_status(&net.dir.join(r), Duration::from_secs(60), |s| s["relay_links"].as_u64() >= Some(4));
+        assert!(s["relay_links"].as_u64() >= Some(4), "{r} is not linked to every other relay: {s}");
+        preconnected += s["links_preconnected"].as_u64().expect("links_preconnected");
+    }
+    assert!(preconnected > 0, "no relay opened a link ahead of need");
     let auth = status(&["--data-dir", net.dir.join("auth1").to_str().unwrap()]);
     assert!(auth["published_consensus"]["signatures"].as_u64().unwrap() >= 2, "{auth}");
     // The readable form names the parts.

@@ -42,6 +42,9 @@ pub struct LimitsConfig {
     /// links from relays the consensus lists under the identity and link key they proved):
     /// kept long, so that circuits extend over links that are already open.
     pub relay_link_idle_timeout_secs: u64,
+    /// Relays a relay opens links to ahead of need after each consensus (the most weighted;
+    /// 0: none), so that circuits extend over open links.
+    pub preconnect_relays: usize,
     /// Seconds a directory (HTTP) connection may go without moving a byte before it is closed.
     pub dir_idle_timeout_secs: u64,
     /// Seconds a relay keeps a circuit on which no cell moved in either direction.
@@ -84,6 +87,7 @@ impl Default for LimitsConfig {
             max_connections_per_address: 50,
             link_idle_timeout_secs: 180,
             relay_link_idle_timeout_secs: 3600,
+            preconnect_relays: 16,
             dir_idle_timeout_secs: 15,
             circuit_idle_timeout_secs: 3600,
             create_rate_per_address: 3,
@@ -116,6 +120,7 @@ impl LimitsConfig {
         within("max_connections_per_address", self.max_connections_per_address as u64, 1, 1_000_000)?;
         within("link_idle_timeout_secs", self.link_idle_timeout_secs, 1, 86_400)?;
         within("relay_link_idle_timeout_secs", self.relay_link_idle_timeout_secs, 1, 86_400)?;
+        within("preconnect_relays", self.preconnect_relays as u64, 0, 1_000)?;
         within("dir_idle_timeout_secs", self.dir_idle_timeout_secs, 1, 3600)?;
         within("circuit_idle_timeout_secs", self.circuit_idle_timeout_secs, 1, 7 * 86_400)?;
         within("create_rate_per_address", self.create_rate_per_address.into(), 1, 1_000_000)?;
@@ -210,5 +215,8 @@ mod tests {
         assert_eq!((c.idle_timeout_for(true), c.idle_timeout_for(false)), (Duration::from_secs(7), Duration::from_secs(9)));
         let c: LimitsConfig = toml::from_str("relay_link_idle_timeout_secs = 0").unwrap();
         assert!(c.validate().unwrap_err().to_string().contains("limits.relay_link_idle_timeout_secs"));
+        assert_eq!(d.preconnect_relays, 16);
+        let c: LimitsConfig = toml::from_str("preconnect_relays = 1001").unwrap();
+        assert!(c.validate().unwrap_err().to_string().contains("limits.preconnect_relays"));
     }
 }
