@@ -26,11 +26,12 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{mpsc, watch};
 
 use crate::cell_queue::{cell_queue, CellReceiver, CellSender, QueueError};
-use crate::level_io::{LevelIo, TcpHandle};
+use crate::level_io::LevelIo;
 use crate::limits::conn::ConnPermit;
 use crate::limits::counters::{LimitCounters, LIMITS};
 use crate::limits::memquota::{stamp, MemHolder, MemQuota, Queued, QueuedKind, CELL_MEM};
-use crate::link::{read_frame, Link};
+use crate::frame_reader::FrameReader;
+use crate::link::Link;
 
 /// Cells a circuit may have queued from one link before it is destroyed. Flow control allows
 /// at most the largest circuit window of data cells in flight per circuit and direction, plus
@@ -360,35 +361,34 @@ async fn reader(mut rd: LevelIo<OwnedReadHalf>, transport: Arc<snow::StatelessTr
     let metrics = &crate::metrics::METRICS;
     metrics.links_opened.inc();
     let _open = metrics.links_open.open();
-    // Buffers grow to the largest message seen and are freed after IDLE_FREE without a
-    // message: a link that carries no traffic holds a few bytes, not two 64 KiB buffers.
-    let mut frame = Vec::new();
+    // Buffers grow to the largest message seen and are freed when a tick of IDLE_FREE passes
+    // without a message: a link that carries no traffic holds a few bytes, not two 64 KiB
+    // buffers. (Waiting on the tick costs a busy link nothing per message; the read is
+    // cancel-safe.)
+    let mut frames = FrameReader::default();
     let mut plain = Vec::new();
     let mut nonce = 0u64;
+    let mut idle = tokio::time::interval_at(tokio::time::Instant::now() + IDLE_FREE, IDLE_FREE);
+    idle.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut active = false;
     loop {
-        if frame.capacity() > 0 {
-            // Waiting for a byte to peek at loses nothing when it gives up (reading could).
-            // (Not `readable()`: tokio keeps a socket readable until a read would block.)
-            let tcp = rd.get_ref().tcp();
-            let mut byte = [0u8; 1];
-            tokio::select! {
-                r = std::future::poll_fn(|cx| tcp.poll_peek(cx, &mut tokio::io::ReadBuf::new(&mut byte))) => if r.is_err() { break },
-                _ = closed.changed() => break,
-                _ = tokio::time::sleep(IDLE_FREE) => {
-                    (frame, plain) = (Vec::new(), Vec::new());
+        tokio::select! {
+            r = frames.next(&mut rd) => if r.is_err() { break },
+            _ = closed.changed() => break,
+            _ = idle.tick() => {
+                if !std::mem::take(&mut active) && frames.free_if_between_messages() {
+                    plain = Vec::new();
                     LINK_STATS.idle_buffer_frees.fetch_add(1, Ordering::Relaxed);
-                    continue;
                 }
+                continue;
             }
         }
-        tokio::select! {
-            r = read_frame(&mut rd, &mut frame) => if r.is_err() { break },
-            _ = closed.changed() => break,
-        }
+        active = true;
+        let frame = frames.frame();
         if plain.len() < frame.len() {
             plain.resize(frame.len(), 0);
         }
-        let Ok(n) = transport.read_message(nonce, &frame, &mut plain) else {
+        let Ok(n) = transport.read_message(nonce, frame, &mut plain) else {
             tracing::debug!("link: transport message failed to authenticate; closing");
             break;
         };
@@ -576,16 +576,23 @@ async fn writer(mut output: Output, mut rx: Queues, transport: Arc<snow::Statele
     let mut plain: Vec<u8> = Vec::new();
     let mut out: Vec<u8> = Vec::new();
     let mut frame: Vec<u8> = Vec::new();
+    // Checked once per tick of IDLE_FREE, not with a timer per batch.
+    let mut idle = tokio::time::interval_at(tokio::time::Instant::now() + IDLE_FREE, IDLE_FREE);
+    idle.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let mut active = false;
     'outer: loop {
         let first = tokio::select! {
             c = rx.next() => match c { Some(c) => c, None => break },
             _ = closed.changed() => break,
-            _ = tokio::time::sleep(IDLE_FREE), if !frame.is_empty() => {
-                (plain, out, frame) = (Vec::new(), Vec::new(), Vec::new());
-                LINK_STATS.idle_buffer_frees.fetch_add(1, Ordering::Relaxed);
+            _ = idle.tick() => {
+                if !std::mem::take(&mut active) && !frame.is_empty() {
+                    (plain, out, frame) = (Vec::new(), Vec::new(), Vec::new());
+                    LINK_STATS.idle_buffer_frees.fetch_add(1, Ordering::Relaxed);
+                }
                 continue;
             }
         };
+        active = true;
         out.clear();
         plain.clear();
         if frame.is_empty() {

@@ -7,6 +7,7 @@
 //! - [`keys`]: a node's long-term keys in its data directory.
 //! - [`link`]: TCP plus the Noise link handshake.
 //! - [`level_io`]: TCP reads and writes that never wait on a socket after a short transfer.
+//! - [`frame_reader`]: a link's transport messages read cancel-safely (a quiet link frees its buffer).
 //! - [`log_rate`]: warn only when an expected failure lasts; rate-limit repeated errors.
 //! - [`cell_queue`]: a circuit's inbound cell queue (storage only while cells wait).
 //! - [`channel`]: the channel reactor (reader and writer tasks of one link, its circuit table).
@@ -26,6 +27,7 @@ pub mod keys;
 pub mod channel;
 pub mod link;
 pub mod level_io;
+pub mod frame_reader;
 pub mod log_rate;
 pub mod stream;
 pub mod pool;
