@@ -7,7 +7,8 @@
 //! `limits.preconnect_relays` most weighted running relays of the consensus (default 16, 0:
 //! none), unless a link to one is open already (either way: inbound links from relays are
 //! pooled too). Of two relays that would each dial the other, only the one with the lower
-//! identity does, so a pair gets one link. Dials go one at a time; each link opened is counted
+//! identity does, so a pair gets one link. Dials go one at a time, never to a private address
+//! outside a test network (as for EXTEND); each link opened is counted
 //! (`allium_links_preconnected_total`).
 
 use std::sync::Arc;
@@ -16,6 +17,7 @@ use allium_directory::NetDir;
 use allium_net::link::PeerInfo;
 use allium_proto::doc::{ConsensusRelay, RelayFlags};
 use allium_proto::ids::RelayId;
+use allium_proto::policy::is_private;
 
 use crate::RelayCtx;
 
@@ -37,6 +39,10 @@ pub fn targets<'a>(relays: &'a [ConsensusRelay], me: &RelayId, max: usize) -> Ve
 /// Opens the links [`targets`] names in `dir` that are not open yet, one after another.
 pub async fn preconnect(ctx: Arc<RelayCtx>, dir: Arc<NetDir>) {
     for r in targets(dir.relays(), &ctx.id, ctx.limits.preconnect_relays) {
+        // As for EXTEND: never a private address outside a test network.
+        if r.address.port() == 0 || (!ctx.testnet && is_private(r.address.ip())) {
+            continue;
+        }
         let peer = PeerInfo { addr: r.address, identity: r.identity, link_key: r.link_key };
         if ctx.pool.has(&peer) {
             continue;
