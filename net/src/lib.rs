@@ -11,7 +11,7 @@
 //! - [`log_rate`]: warn only when an expected failure lasts; rate-limit repeated errors.
 //! - [`cell_queue`]: a circuit's inbound cell queue (storage only while cells wait).
 //! - [`channel`]: the channel reactor (reader and writer tasks of one link, its circuit table).
-//! - [`stream`]: streams on a circuit end: windows, SENDMEs and the socket tasks.
+//! - [`stream`]: streams on a circuit end: congestion window, XON/XOFF, SENDMEs and the socket tasks.
 //! - [`pool`]: open links by peer identity.
 //! - [`metrics`]: process-wide counters, gauges and histograms (Prometheus text).
 //! - [`operator`]: the control socket (`allium status`) and the metrics endpoint.

@@ -2,7 +2,7 @@
 //! control, queues and the tasks that move bytes between a TCP socket and the circuit.
 //!
 //! The circuit task owns a [`StreamMux`]. For each stream a reader task reads the socket while
-//! the other end has not said XOFF and the circuit has room for more (the [`ReadGate`]), and a
+//! the other end has not said XOFF and the circuit has room for more (the `ReadGate`), and a
 //! writer task writes queued DATA to the socket, coalescing whatever is queued into one write,
 //! then reports how many cells were consumed — only then does the mux acknowledge them with
 //! circuit SENDMEs, and send XON to a stream it had sent XOFF.
@@ -139,16 +139,11 @@ impl ReadGate {
     /// one read batch per stream reading at the same moment.
     async fn room(&self) -> usize {
         use std::sync::atomic::Ordering;
-        loop {
-            let notified = self.room.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
+        wait_for(&self.room, || {
             let (waiting, cap) = (self.cells.load(Ordering::Acquire), self.cap.load(Ordering::Acquire));
-            if waiting < cap {
-                return cap - waiting;
-            }
-            notified.await;
-        }
+            (waiting < cap).then(|| cap - waiting)
+        })
+        .await
     }
 
     fn add(&self, n: usize) {
@@ -172,6 +167,20 @@ impl ReadGate {
     }
 }
 
+/// Waits until `check` gives a value, checking again each time `notify` wakes its waiters (the
+/// waiter is registered before each check, so a wake-up between check and wait is not lost).
+async fn wait_for<T>(notify: &Notify, check: impl Fn() -> Option<T>) -> T {
+    loop {
+        let notified = notify.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        if let Some(v) = check() {
+            return v;
+        }
+        notified.await;
+    }
+}
+
 /// Whether the other end of a stream said XOFF: its reader waits until XON.
 #[derive(Default)]
 struct Pause {
@@ -188,15 +197,7 @@ impl Pause {
     }
 
     async fn wait(&self) {
-        loop {
-            let notified = self.resume.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            if !self.on.load(std::sync::atomic::Ordering::Acquire) {
-                return;
-            }
-            notified.await;
-        }
+        wait_for(&self.resume, || (!self.on.load(std::sync::atomic::Ordering::Acquire)).then_some(())).await
     }
 }
 

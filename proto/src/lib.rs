@@ -8,7 +8,8 @@
 //! - [`ext`]: the extension field carried by every message that the roadmap will extend.
 //! - [`cell`]: fixed-size link cells and their commands.
 //! - [`early`]: RELAY_EARLY, which bounds circuit length without revealing positions.
-//! - [`flow`]: flow-control windows.
+//! - [`flow`]: flow-control parameters, the circuit receive window and SENDME tokens.
+//! - [`congestion`]: a circuit sender's congestion window (Vegas with slow start).
 //! - [`frag`]: reassembly of handshake messages that span several cells (capped in bytes and time).
 //! - [`relay_msg`]: relay messages carried inside relay cells.
 //! - [`link`]: the link handshake payloads (version negotiation, initiator certificate).
