@@ -63,6 +63,8 @@ const TRANSFER_TIMEOUT: Duration = Duration::from_secs(60);
 const READ_STALL: Duration = Duration::from_secs(10);
 /// A phase starts no new run after this long (a run already started still gets its timeout).
 const PHASE_BUDGET: Duration = Duration::from_secs(30);
+/// How long after the load the RSS is read a second time.
+const RSS_REST: Duration = Duration::from_secs(3);
 /// ntor handshakes timed for the crypto-only ceiling (after a short warm-up).
 const HANDSHAKES: usize = 2_000;
 
@@ -110,13 +112,17 @@ fn main() {
     let log_mark = file_len(&client_log);
     let phase = Instant::now();
     let mut build_failures = Vec::new();
+    // What a user of a new isolation class waits for: a circuit (prebuilt or built now), the
+    // stream, the first byte.
+    let mut new_class_ttfb = Vec::new();
     for i in 0..BUILDS {
         if phase.elapsed() > PHASE_BUDGET {
             build_failures.push(format!("stopped after {i} builds ({} s budget)", PHASE_BUDGET.as_secs()));
             break;
         }
-        if let Err(e) = target.get("/1k", &format!("build-{i}"), TRANSFER_TIMEOUT) {
-            build_failures.push(format!("build-{i}: {e}"));
+        match target.get("/1k", &format!("build-{i}"), TRANSFER_TIMEOUT) {
+            Ok(f) => new_class_ttfb.push(f.ttfb.as_secs_f64() * 1e3),
+            Err(e) => build_failures.push(format!("build-{i}: {e}")),
         }
     }
     let log_text = read_from(&client_log, log_mark);
@@ -143,6 +149,12 @@ fn main() {
     ));
 
     out.detail(format!("circuit build times in order (ms): {}", builds.iter().map(|x| format!("{x:.1}")).collect::<Vec<_>>().join(" ")));
+    out.row(
+        "time to first byte, 1 KB GET on a new isolation class, median / p99",
+        if new_class_ttfb.is_empty() { "FAILED: no GET completed".into() } else { format!("{:.2} ms / {:.2} ms", median(&new_class_ttfb), percentile(&new_class_ttfb, 0.99)) },
+        "none set",
+        "not measured",
+    );
 
     // 3. Time to first byte on a warm circuit: SOCKS connect → first response byte.
     progress(&format!("{TTFB_GETS} 1 KB GETs on a warm circuit"));
@@ -265,10 +277,12 @@ fn main() {
     out.row("client RSS after the load above", rss_value(&[client.pid]), "≤ 10 MB", "21 MB");
     let relay_pids: Vec<u32> = relays.iter().map(|r| r.pid).collect();
     out.row("relay RSS after the load above, median", rss_value(&relay_pids), "≤ 30 MB", "190 MB");
-    out.detail(format!(
-        "RSS (MiB): {}",
-        net.nodes.iter().map(|n| format!("{} {}", n.name, rss_mib(n.pid).map_or("?".into(), |m| format!("{m:.1}")))).collect::<Vec<_>>().join(", ")
-    ));
+    let all_rss = || net.nodes.iter().map(|n| format!("{} {}", n.name, rss_mib(n.pid).map_or("?".into(), |m| format!("{m:.1}")))).collect::<Vec<_>>().join(", ");
+    out.detail(format!("RSS (MiB): {}", all_rss()));
+    // Nodes hand memory freed after a burst back to the system within a second or two
+    // (allium_net::mem_trim); the rows above are read at once.
+    std::thread::sleep(RSS_REST);
+    out.detail(format!("RSS {} s later, at rest (MiB): {}", RSS_REST.as_secs(), all_rss()));
 
     // 9. CREATE flood.
     out.row(

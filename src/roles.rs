@@ -205,6 +205,7 @@ where
     let result: Result<(), String> = rt.block_on(async {
         let mut signals = NodeSignals::register().map_err(|e| format!("cannot install signal handlers: {e}"))?;
         tracing::info!(config = %args.config.display(), "{role} starting");
+        tokio::spawn(allium_net::mem_trim::run());
         let node = run();
         tokio::pin!(node);
         loop {

@@ -9,6 +9,7 @@
 //! - [`level_io`]: TCP reads and writes that never wait on a socket after a short transfer.
 //! - [`frame_reader`]: a link's transport messages read cancel-safely (a quiet link frees its buffer).
 //! - [`log_rate`]: warn only when an expected failure lasts; rate-limit repeated errors.
+//! - [`mem_trim`]: freed memory handed back to the system after a burst.
 //! - [`cell_queue`]: a circuit's inbound cell queue (storage only while cells wait).
 //! - [`channel`]: the channel reactor (reader and writer tasks of one link, its circuit table).
 //! - [`stream`]: streams on a circuit end: congestion window, XON/XOFF, SENDMEs and the socket tasks.
@@ -29,6 +30,7 @@ pub mod link;
 pub mod level_io;
 pub mod frame_reader;
 pub mod log_rate;
+pub mod mem_trim;
 pub mod stream;
 pub mod pool;
 pub mod metrics;

@@ -184,6 +184,8 @@ pub struct Metrics {
     /// Config reloads (SIGHUP) that loaded, and ones that failed (the running config kept).
     pub config_reloads: Counter,
     pub config_reload_failures: Counter,
+    /// Times freed memory was handed back to the system ([`crate::mem_trim`]).
+    pub memory_trims: Counter,
 }
 
 /// The metrics of this process.
@@ -213,6 +215,7 @@ pub static METRICS: Metrics = Metrics {
     started: Gauge::new(),
     config_reloads: Counter::new(),
     config_reload_failures: Counter::new(),
+    memory_trims: Counter::new(),
 };
 
 impl Metrics {
@@ -259,6 +262,7 @@ pub fn render(role: &str, now: u64) -> String {
     w.gauge("allium_bootstrap_percent", "Client bootstrap progress in percent (0 on other roles).", m.bootstrap_percent.get());
     w.counter("allium_config_reloads_total", "Config reloads (SIGHUP) that loaded.", m.config_reloads.get());
     w.counter("allium_config_reload_failures_total", "Config reloads (SIGHUP) refused: the file did not load; the running config was kept.", m.config_reload_failures.get());
+    w.counter("allium_memory_trims_total", "Times memory freed after a burst was handed back to the system.", m.memory_trims.get());
     let limits = LIMITS.snapshot();
     w.header("allium_limit_hits_total", "counter", "Times each DoS limit refused or closed something.");
     for (name, n) in limits {
