@@ -38,6 +38,10 @@ pub const MAX_PUBLISHED_SKEW_SECS: u64 = 3600;
 pub const MAX_DESCRIPTORS: usize = 20_000;
 /// File in the data directory holding the latest published consensus.
 pub const CONSENSUS_FILE: &str = "cached-consensus";
+/// Rounds whose votes are kept at once (regular and bootstrap).
+const MAX_VOTE_ROUNDS: usize = 4;
+/// Consensuses collecting signatures at once (the coming period's and a bootstrap round's).
+const MAX_PENDING: usize = 2;
 
 /// Why a submission was refused: an HTTP status and a one-line reason for the sender.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -136,8 +140,9 @@ pub struct AuthorityState {
     descriptors: HashMap<RelayId, RelayDescriptor>,
     /// Votes by period start, then by voter: the vote and its text as received (or made).
     votes: BTreeMap<u64, BTreeMap<RelayId, (Vote, Arc<str>)>>,
-    /// The consensus computed for the coming period, collecting signatures until published.
-    pending: Option<Consensus>,
+    /// Consensuses computed and collecting signatures until published, by valid-after (the
+    /// coming period's, and a bootstrap round's: at most [`MAX_PENDING`]).
+    pending: BTreeMap<u64, Consensus>,
     /// Signatures that arrived before this authority computed its consensus for that period.
     early_sigs: BTreeMap<u64, BTreeMap<RelayId, DetachedSignature>>,
     /// The latest published consensus and its text.
@@ -168,7 +173,7 @@ impl AuthorityState {
             schedule,
             descriptors: HashMap::new(),
             votes: BTreeMap::new(),
-            pending: None,
+            pending: BTreeMap::new(),
             early_sigs: BTreeMap::new(),
             published: None,
             microdescs: Default::default(),
@@ -395,8 +400,9 @@ impl AuthorityState {
         let text: Arc<str> = vote.encode_signed(self.signer.key()).into();
         let n = vote.relays.len();
         self.votes.entry(t).or_default().insert(self.me, (vote, text.clone()));
-        // Keep votes for this period and the next only.
-        self.votes.retain(|&p, _| p >= t);
+        // Keep votes from one interval back on (a bootstrap round may overlap the regular one).
+        let keep_from = t.saturating_sub(self.schedule.interval_secs());
+        self.votes.retain(|&p, _| p >= keep_from);
         (text, n)
     }
 
@@ -434,11 +440,18 @@ impl AuthorityState {
             return Err(Reject::bad("voter is not a configured authority"));
         }
         let t = vote.lifetime.valid_after;
-        if !self.schedule.is_period_start(t) {
-            return Err(Reject::bad(format!("vote for valid-after {}: not a period start of this authority's voting interval", Utc(t))));
-        }
-        if !self.schedule.accepts_vote_for(t, now_ms) {
-            return Err(Reject::bad(skew_reason("vote", t, self.schedule.vote_offset_ms(t, now_ms))));
+        if self.schedule.is_period_start(t) {
+            if !self.schedule.accepts_vote_for(t, now_ms) {
+                return Err(Reject::bad(skew_reason("vote", t, self.schedule.vote_offset_ms(t, now_ms))));
+            }
+        } else {
+            // A bootstrap round's vote (crate::bootstrap).
+            if !self.schedule.accepts_bootstrap_vote_for(t, now_ms) {
+                return Err(Reject::bad(skew_reason("bootstrap vote", t, self.schedule.bootstrap_offset_ms(t, now_ms))));
+            }
+            if self.published_valid_after().is_some_and(|p| p >= t) {
+                return Err(Reject::bad(format!("bootstrap vote for valid-after {}: a consensus as new is already published", Utc(t))));
+            }
         }
         if vote.lifetime != self.schedule.lifetime(t) {
             return Err(Reject::bad("vote times do not match this authority's voting interval"));
@@ -452,12 +465,44 @@ impl AuthorityState {
             };
         }
         slot.insert(vote.voter, (vote, text));
-        // At most two periods are kept (votes are accepted only within a quarter interval of
-        // their voting time, so in practice only the current one is open).
-        while self.votes.len() > 2 {
+        // At most a few rounds are kept (votes are accepted only near their voting time, so in
+        // practice one regular round and perhaps a bootstrap round are open).
+        while self.votes.len() > MAX_VOTE_ROUNDS {
             self.votes.pop_first();
         }
         Ok(Accepted::New)
+    }
+
+    /// For a bootstrap round (crate::bootstrap) at `now` (seconds): how many relays this
+    /// authority would vote for now, and which of them the published consensus lacks (all of
+    /// them when no consensus is published or the published one is no longer valid).
+    pub fn bootstrap_view(&self, now: u64) -> (usize, BTreeSet<RelayId>) {
+        let th = self.relative_thresholds(now);
+        let listed: BTreeSet<RelayId> = match &self.published {
+            Some((c, _)) if c.valid_until() > now => c.relays().iter().map(|r| r.identity).collect(),
+            _ => BTreeSet::new(),
+        };
+        let mut n = 0;
+        let mut missing = BTreeSet::new();
+        for d in self.descriptors.values() {
+            if self.vote_entry(d, &th, now).is_some() {
+                n += 1;
+                if !listed.contains(&d.identity) {
+                    missing.insert(d.identity);
+                }
+            }
+        }
+        (n, missing)
+    }
+
+    /// Whether a consensus valid at `now` (seconds) is published.
+    pub fn has_valid_consensus(&self, now: u64) -> bool {
+        self.published.as_ref().is_some_and(|(c, _)| c.valid_after() <= now && now < c.valid_until())
+    }
+
+    /// How many configured authorities make a majority (more than half).
+    pub fn majority_of_authorities(&self) -> usize {
+        self.majority()
     }
 
     /// This authority's own vote text for period `t`.
@@ -483,7 +528,7 @@ impl AuthorityState {
     /// Computes and signs the consensus for period `t` from the votes held, if more than half
     /// of the configured authorities voted. Returns this authority's detached signature.
     pub fn make_consensus(&mut self, t: u64) -> Option<DetachedSignature> {
-        self.pending = None;
+        self.pending.remove(&t);
         let votes: Vec<Vote> = self.votes.get(&t).map(|m| m.values().map(|(v, _)| v.clone()).collect()).unwrap_or_default();
         if votes.len() < self.majority() {
             return None;
@@ -497,16 +542,16 @@ impl AuthorityState {
             }
         }
         self.early_sigs.retain(|&p, _| p > t);
-        self.pending = Some(c);
+        self.pending.insert(t, c);
+        while self.pending.len() > MAX_PENDING {
+            self.pending.pop_first();
+        }
         Some(mine)
     }
 
     /// The pending consensus for `t`, if computed: (digest, relays, signatures).
     pub fn pending_summary(&self, t: u64) -> Option<([u8; 32], usize, usize)> {
-        self.pending
-            .as_ref()
-            .filter(|c| c.valid_after() == t)
-            .map(|c| (c.digest(), c.relays().len(), c.signatures().len()))
+        self.pending.get(&t).map(|c| (c.digest(), c.relays().len(), c.signatures().len()))
     }
 
     /// Accepts a detached signature from another authority at `now_ms`. Returns `Some` when
@@ -519,7 +564,7 @@ impl AuthorityState {
             return Err(Reject::bad(e.to_string()));
         }
         let t = s.valid_after;
-        if let Some(c) = self.pending.as_mut().filter(|c| c.valid_after() == t) {
+        if let Some(c) = self.pending.get_mut(&t) {
             if c.digest() != s.digest {
                 return Err(Reject::conflict("consensus digest differs from ours"));
             }
@@ -536,7 +581,7 @@ impl AuthorityState {
             *text = c.encode().into();
             return Ok(Some(published_of(c, text)));
         }
-        if self.schedule.next_period(now_ms) == t {
+        if self.schedule.next_period(now_ms) == t || self.schedule.accepts_bootstrap_vote_for(t, now_ms) {
             let slot = self.early_sigs.entry(t).or_default();
             slot.entry(s.signature.identity()).or_insert(s);
             while self.early_sigs.len() > 2 {
@@ -555,18 +600,18 @@ impl AuthorityState {
         Err(Reject::bad(format!("signature for valid-after {}: this authority computed no consensus for that period", Utc(t))))
     }
 
-    /// Publishes the pending consensus if its time has come and more than half of the
-    /// configured authorities signed it.
+    /// Publishes the newest pending consensus whose time has come, that more than half of the
+    /// configured authorities signed and that is newer than the published one.
     pub fn try_publish(&mut self, now_ms: u64) -> Option<Published> {
-        let c = self.pending.as_ref()?;
-        if now_ms < self.schedule.publish_at_ms(c.valid_after()) {
-            return None;
-        }
-        let good = c.signatures().iter().filter(|s| self.authorities.contains(&s.identity())).count();
-        if good < self.majority() {
-            return None;
-        }
-        let c = self.pending.take()?;
+        let newest = self.published_valid_after();
+        let ready = |c: &Consensus| {
+            now_ms >= self.schedule.publish_at_ms(c.valid_after())
+                && newest.is_none_or(|n| c.valid_after() > n)
+                && c.signatures().iter().filter(|s| self.authorities.contains(&s.identity())).count() >= self.majority()
+        };
+        let t = *self.pending.iter().rev().find(|(_, c)| ready(c))?.0;
+        let c = self.pending.remove(&t)?;
+        self.pending.retain(|&p, _| p > t);
         let text: Arc<str> = c.encode().into();
         let p = published_of(&c, &text);
         self.microdescs = crate::microdescs::MicrodescStore::of_consensus(&c);
@@ -668,6 +713,10 @@ pub(crate) struct Shared {
     pub round_failures: Mutex<HashMap<&'static str, FailureStreak>>,
     /// The network status page, rendered once per consensus ([`crate::server::StatusPage`]).
     pub status_page: crate::server::StatusPage,
+    /// `network.dangerous_testnet`.
+    pub testnet: bool,
+    /// Peers' bootstrap rounds to join ([`crate::bootstrap`]).
+    pub joinable: crate::bootstrap::Joinable,
 }
 
 /// Most reachability tests in flight at once.
@@ -902,6 +951,8 @@ pub async fn run_authority_with_status(
         bind: cfg.node.address,
         tests: Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT_TESTS)),
         status_page: crate::server::StatusPage::new(cfg.network.authorities.clone()),
+        testnet: cfg.network.dangerous_testnet,
+        joinable: Default::default(),
     });
     tracing::info!(
         nickname = %cfg.node.nickname,
@@ -921,6 +972,11 @@ pub async fn run_authority_with_status(
     tasks.spawn(async move { axum::serve(dir_listener, app).await.map_err(DirError::Serve) });
     let sh = shared.clone();
     tasks.spawn(async move { schedule_loop(sh).await });
+    let sh = shared.clone();
+    tasks.spawn(async move {
+        crate::bootstrap::run(sh).await;
+        Ok(())
+    });
     match tasks.join_next().await {
         Some(Ok(r)) => r,
         Some(Err(e)) => Err(DirError::TaskFailed(e.to_string())),
@@ -974,7 +1030,7 @@ async fn schedule_loop(sh: Arc<Shared>) -> Result<(), DirError> {
         let (text, n) = sh.lock().make_vote(t, clock.now_secs());
         tracing::info!(valid_after = %Utc(t), relays = n, "voted");
         let sh2 = sh.clone();
-        tokio::spawn(async move { push_vote(&sh2, t, text).await });
+        tokio::spawn(async move { push_vote(&sh2, t, text, s.sign_at_ms(t)).await });
 
         clock.sleep_until_ms(s.pull_at_ms(t)).await;
         pull_missing_votes(&sh, t).await;
@@ -1097,7 +1153,7 @@ fn ahead_or_behind(offset_ms: i64) -> &'static str {
 /// about clocks: at most one warning per peer whose `Date` header is off by more than
 /// [`date_warn_tolerance_ms`], and one line when peers refused the vote for clock skew (saying
 /// that this authority's clock is probably wrong when more than half of them did).
-async fn push_vote(sh: &Arc<Shared>, t: u64, text: Arc<str>) {
+pub(crate) async fn push_vote(sh: &Arc<Shared>, t: u64, text: Arc<str>, deadline_ms: u64) {
     let (s, clock) = (sh.schedule, sh.clock);
     let mut set = JoinSet::new();
     for peer in sh.peers.clone() {
@@ -1105,7 +1161,7 @@ async fn push_vote(sh: &Arc<Shared>, t: u64, text: Arc<str>) {
         let text = text.clone();
         set.spawn(async move {
             let sent = clock.now_ms();
-            let (r, date) = crate::http::post_dated(&sh2.http, &peer, "/allium/v1/vote", &text, clock.until(s.sign_at_ms(t))).await;
+            let (r, date) = crate::http::post_dated(&sh2.http, &peer, "/allium/v1/vote", &text, clock.until(deadline_ms)).await;
             (peer, r, date, sent, clock.now_ms())
         });
     }
@@ -1192,7 +1248,7 @@ pub const PUSH_FAILURES_BEFORE_WARN: u32 = 1;
 
 /// Logs the outcome of a push to a peer: a failure at info while it is the first in a row
 /// ([`PUSH_FAILURES_BEFORE_WARN`]), at warn once it repeats; the recovery after a warning at info.
-fn report(sh: &Shared, peer: &AuthorityEntry, what: &'static str, r: Result<(), crate::http::PostError>) {
+pub(crate) fn report(sh: &Shared, peer: &AuthorityEntry, what: &'static str, r: Result<(), crate::http::PostError>) {
     let mut streaks = sh.push_failures.lock().unwrap_or_else(|e| e.into_inner());
     let streak = streaks.entry((peer.name.clone(), what)).or_insert(FailureStreak::new(PUSH_FAILURES_BEFORE_WARN));
     match r {
@@ -1584,6 +1640,75 @@ mod tests {
         assert!(r.reason.contains("8.5 s behind"), "{r:?}");
     }
 
+    /// Issue 13 (fast start): a bootstrap round between period starts. Three authorities vote for
+    /// the current second, accept each other's votes, compute one consensus and publish it as soon
+    /// as a majority signed (its time has come); it lists the relays and is fresh until the next
+    /// period start. Bootstrap votes far from now, or not newer than the published consensus, are
+    /// refused; a pending regular consensus and a bootstrap one coexist, and the newest wins.
+    #[test]
+    fn bootstrap_round_publishes_at_once_between_period_starts() {
+        let (keys, mut st) = three(true);
+        let s = Schedule::new(I);
+        let now_ms = (T + 3) * 1000 + 400;
+        let tb = s.bootstrap_valid_after(now_ms);
+        assert_eq!(tb, T + 3);
+        let r = key(91);
+        for a in st.iter_mut() {
+            a.accept_descriptor(desc(&r, T + 2, "127.0.0.1:9001"), T + 2).unwrap();
+            all_reachable(a, T + 2);
+            assert!(!a.has_valid_consensus(T + 3));
+            assert_eq!(a.bootstrap_view(T + 3).0, 1);
+        }
+        let votes: Vec<Arc<str>> = st.iter_mut().map(|a| a.make_vote(tb, T + 3).0).collect();
+        for (i, a) in st.iter_mut().enumerate() {
+            for (j, v) in votes.iter().enumerate() {
+                if i != j {
+                    let parsed = Vote::parse(v).unwrap().verify(T + 3).unwrap();
+                    assert_eq!(a.accept_vote(parsed, v.clone(), now_ms), Ok(Accepted::New));
+                }
+            }
+            assert_eq!(a.vote_count(tb), 3);
+        }
+        let sigs: Vec<DetachedSignature> = st.iter_mut().map(|a| a.make_consensus(tb).unwrap()).collect();
+        // A majority (two signatures) publishes at once: no waiting for a publication time.
+        let p = st[0].accept_signature(sigs[1].clone(), now_ms + 10).unwrap().expect("published");
+        assert_eq!((p.valid_after, p.relays), (tb, 1));
+        let c = st[0].published_consensus().unwrap();
+        assert_eq!(c.lifetime(), s.lifetime(tb));
+        assert_eq!(c.fresh_until(), T + 10, "fresh until the regular round takes over");
+        assert!(st[0].has_valid_consensus(T + 3));
+        assert!(st[0].bootstrap_view(T + 3).1.is_empty(), "every relay listed");
+        // A late signature is still added; a bootstrap vote not newer than it is refused.
+        assert!(st[0].accept_signature(sigs[2].clone(), now_ms + 20).unwrap().is_some());
+        let (old, _) = st[1].make_vote(tb - 1, T + 3);
+        let e = st[0].accept_vote(Vote::parse(&old).unwrap().verify(T + 3).unwrap(), old, now_ms).unwrap_err();
+        assert!(e.reason.contains("already published"), "{e:?}");
+        // Far from now: refused for clock skew.
+        let (far, _) = st[1].make_vote(tb + 5, T + 3);
+        let e = st[0].accept_vote(Vote::parse(&far).unwrap().verify(T + 3).unwrap(), far, now_ms).unwrap_err();
+        assert!(e.reason.ends_with(SKEW_MARK), "{e:?}");
+        // Regular round for T + 10 and a later bootstrap round pending at once: the newer one that
+        // is ready is published, the older dropped.
+        let sign_ms = s.sign_at_ms(T + 10);
+        let (mut a, mut b) = (st.remove(0), st.remove(0));
+        for (t, at) in [(T + 10, s.vote_at_ms(T + 10)), (T + 7, sign_ms - 100)] {
+            let (va, _) = a.make_vote(t, at / 1000);
+            let (vb, _) = b.make_vote(t, at / 1000);
+            a.accept_vote(Vote::parse(&vb).unwrap().verify(t).unwrap(), vb, at).unwrap();
+            b.accept_vote(Vote::parse(&va).unwrap().verify(t).unwrap(), va, at).unwrap();
+        }
+        a.make_consensus(T + 10).unwrap();
+        a.make_consensus(T + 7).unwrap();
+        let sig_b7 = b.make_consensus(T + 7).unwrap();
+        assert_eq!(a.pending.len(), 2);
+        let p = a.accept_signature(sig_b7, sign_ms).unwrap().expect("bootstrap round published");
+        assert_eq!(p.valid_after, T + 7);
+        let sig_b10 = b.make_consensus(T + 10).unwrap();
+        assert!(a.accept_signature(sig_b10.clone(), sign_ms).unwrap().is_none(), "not before its publication time");
+        assert_eq!(a.try_publish((T + 10) * 1000).map(|p| p.valid_after), Some(T + 10));
+        let _ = keys;
+    }
+
     #[test]
     fn a10_signature_under_an_expired_certificate_is_refused() {
         let (keys, mut st) = three(true);
@@ -1595,7 +1720,7 @@ mod tests {
         rest[0].accept_vote(Vote::parse(&va).unwrap().verify(T).unwrap(), va.clone(), now).unwrap();
         a[0].accept_vote(Vote::parse(&vb).unwrap().verify(T).unwrap(), vb.clone(), now).unwrap();
         a[0].make_consensus(T).unwrap();
-        let c = a[0].pending.clone().unwrap();
+        let c = a[0].pending.get(&T).cloned().unwrap();
         // Authority 1's signature, but under a certificate that expired before now.
         let stale = DetachedSignature::new(&c, &signer_until(&keys[1], T - 100));
         let r = a[0].accept_signature(stale, s.sign_at_ms(T)).unwrap_err();
@@ -1854,7 +1979,7 @@ mod tests {
         let t2 = std::time::Instant::now();
         st[0].make_consensus(T).unwrap();
         let compute_ms = t2.elapsed().as_secs_f64() * 1000.0;
-        let c = st[0].pending.clone().unwrap();
+        let c = st[0].pending.values().next_back().cloned().unwrap();
         let text = c.encode();
         let t3 = std::time::Instant::now();
         Consensus::parse(&text).unwrap().dangerously_skip_time_check(&ids[..1]).unwrap();

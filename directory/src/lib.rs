@@ -14,6 +14,7 @@
 //!   and [`run_authority`], which serves HTTP and runs the vote / sign / publish loop.
 //! - [`server`]: the HTTP endpoints (a thin layer over the state); the table of endpoints is
 //!   in its module docs.
+//! - [`bootstrap`]: bootstrap rounds, the first consensus without waiting for the schedule.
 //! - [`publish`]: [`publish_descriptor`], the relay uploading its descriptor to every authority.
 //! - [`fetch`]: [`fetch_consensus`], downloading and verifying a consensus.
 //! - [`netdir`]: [`NetDir`], the verified, time-bounded network view clients and relays use
@@ -39,6 +40,7 @@
 mod access_log;
 pub mod authkeys;
 pub mod authority;
+pub mod bootstrap;
 pub mod cache;
 pub mod clock;
 pub mod config;

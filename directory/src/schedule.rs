@@ -13,12 +13,20 @@
 //! The consensus has `fresh-until = T + I` and `valid-until = T + 3I`. Times inside a period
 //! are in milliseconds so that short test intervals (2 s) work.
 //!
+//! Bootstrap rounds (`crate::bootstrap`): while the network has no consensus, authorities do
+//! not wait for the next voting time; they vote at once for a `valid-after` of the current
+//! second (never a period start), and that consensus is fresh until the first period start
+//! whose regular round is still ahead ([`Schedule::lifetime`]).
+//!
 //! Clock skew: a vote is accepted only within `I/4` of its voting time on the receiver's clock
 //! ([`Schedule::skew_tolerance_ms`]); authorities further apart than that do not see each
 //! other's votes in time, so the tolerance is also how far off a clock may be for its
 //! authority to take part. Every time here saturates instead of overflowing.
 
 use allium_proto::doc::Lifetime;
+
+/// The least clock-skew tolerance for bootstrap votes, however short the interval.
+const BOOTSTRAP_MIN_TOLERANCE_MS: u64 = 2_000;
 
 /// The schedule for one voting interval.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -45,12 +53,36 @@ impl Schedule {
         t / self.interval * self.interval == t
     }
 
-    /// The lifetime of the consensus with `valid-after` `t`.
+    /// The lifetime of the consensus with `valid-after` `t`: fresh until the first period start
+    /// whose consensus can still be made after `t` (for a period start `t`, `t + I`), valid two
+    /// intervals longer. A bootstrap consensus (see below) starts between period starts and is
+    /// fresh until the regular round can take over.
     pub fn lifetime(&self, t: u64) -> Lifetime {
-        Lifetime {
-            valid_after: t,
-            fresh_until: t.saturating_add(self.interval),
-            valid_until: t.saturating_add(self.interval.saturating_mul(3)),
+        let fresh = if self.is_period_start(t) { t.saturating_add(self.interval) } else { self.next_period(t.saturating_mul(1000)) };
+        Lifetime { valid_after: t, fresh_until: fresh, valid_until: fresh.saturating_add(self.interval.saturating_mul(2)) }
+    }
+
+    /// Whether a vote for a bootstrap round with `valid-after` `t` is acceptable at `now_ms`:
+    /// `t` is not a period start (those are the regular rounds') and is within the clock-skew
+    /// tolerance of now (at least [`BOOTSTRAP_MIN_TOLERANCE_MS`]).
+    pub fn accepts_bootstrap_vote_for(&self, t: u64, now_ms: u64) -> bool {
+        !self.is_period_start(t) && t.saturating_mul(1000).abs_diff(now_ms) <= self.skew_tolerance_ms().max(BOOTSTRAP_MIN_TOLERANCE_MS)
+    }
+
+    /// How far the time of bootstrap round `t` is ahead of `now_ms` (negative: behind).
+    pub fn bootstrap_offset_ms(&self, t: u64, now_ms: u64) -> i64 {
+        offset(t.saturating_mul(1000), now_ms)
+    }
+
+    /// The `valid-after` of a bootstrap round started at `now_ms`: the current second, or the
+    /// one before when the current second is a period start (that `valid-after` belongs to the
+    /// regular round).
+    pub fn bootstrap_valid_after(&self, now_ms: u64) -> u64 {
+        let t = now_ms / 1000;
+        if self.is_period_start(t) {
+            t.saturating_sub(1)
+        } else {
+            t
         }
     }
 
@@ -185,6 +217,31 @@ mod tests {
         // A 2 s test interval still has windows (milliseconds).
         let short = Schedule::new(2).lifetime(1000);
         assert!(refetch_at_ms(&short, Fetcher::Client, 0) >= 1_002_250);
+    }
+
+    /// Issue 13 (fast start): a bootstrap round's valid-after is the current second but never a
+    /// period start; its consensus is fresh until the first period start whose round is still
+    /// ahead, then valid two intervals more; its votes are accepted near now only.
+    #[test]
+    fn bootstrap_rounds_start_now_and_hand_over_to_the_regular_schedule() {
+        let s = Schedule::new(10);
+        let p = 1_700_000_000 / 10 * 10;
+        assert_eq!(s.bootstrap_valid_after(p * 1000 + 3_400), p + 3);
+        assert_eq!(s.bootstrap_valid_after(p * 1000 + 200), p - 1, "a period start belongs to the regular round");
+        // Early in a period: fresh until its end (that round votes at p + 5).
+        assert_eq!(s.lifetime(p + 3), Lifetime { valid_after: p + 3, fresh_until: p + 10, valid_until: p + 30 });
+        // After the signing time of p + 10 (p + 7.5): the round for p + 20 takes over.
+        assert_eq!(s.lifetime(p + 8), Lifetime { valid_after: p + 8, fresh_until: p + 20, valid_until: p + 40 });
+        // Period starts keep their regular lifetime.
+        assert_eq!(s.lifetime(p), Lifetime { valid_after: p, fresh_until: p + 10, valid_until: p + 30 });
+        assert!(s.accepts_bootstrap_vote_for(p + 3, (p + 3) * 1000 + 1_900));
+        assert!(s.accepts_bootstrap_vote_for(p + 3, (p + 3) * 1000 - 1_900), "a peer's clock a little ahead");
+        assert!(!s.accepts_bootstrap_vote_for(p + 3, (p + 3) * 1000 + 2_600), "too old");
+        assert!(!s.accepts_bootstrap_vote_for(p + 10, (p + 10) * 1000), "a period start is the regular round's");
+        // An hourly schedule tolerates a quarter of its interval.
+        let h = Schedule::new(3600);
+        let q = 1_700_000_000 / 3600 * 3600;
+        assert!(h.accepts_bootstrap_vote_for(q + 100, (q + 100 + 800) * 1000));
     }
 
     #[test]

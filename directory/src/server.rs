@@ -112,7 +112,11 @@ pub(crate) fn ingest_vote(sh: &Shared, body: &str) -> Result<Accepted, Reject> {
     let now = sh.clock.now_ms();
     let v = Vote::parse(body).and_then(|u| u.verify(now / 1000)).map_err(|e| Reject { status: 400, reason: e.to_string() })?;
     let voter = v.voter;
+    let t = v.lifetime.valid_after;
     let r = sh.lock().accept_vote(v, body.into(), now);
+    if r == Ok(Accepted::New) && !sh.schedule.is_period_start(t) {
+        sh.joinable.peer_voted(t);
+    }
     if let Err(rej) = &r {
         if rej.reason.ends_with(SKEW_MARK) {
             // At most once a period per peer: it votes once a period.

@@ -35,7 +35,7 @@ use spawn::NodeProc;
 /// Voting interval the test network's authorities use.
 const VOTING_INTERVAL_SECS: u64 = 10;
 /// How often startup polls (ports, consensus, probe retries).
-const POLL: Duration = Duration::from_millis(250);
+const POLL: Duration = Duration::from_millis(25);
 /// How long a node may take to open its listening port.
 const LISTEN_DEADLINE: Duration = Duration::from_secs(30);
 /// How long until the consensus must list every relay.

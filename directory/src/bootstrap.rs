@@ -1,0 +1,256 @@
+//! Bootstrap rounds: the first consensus without waiting for the voting schedule.
+//!
+//! The regular schedule ([`crate::schedule`]) makes one consensus per interval, voting half an
+//! interval before it starts: a new network waited up to an interval and a half (on an hourly
+//! schedule, 75 minutes) for its first consensus. While an authority holds no valid consensus,
+//! this loop does not wait:
+//!
+//! - **Propose.** Once it has relays to vote for and their set has stayed the same for
+//!   [`Pace::settle`] (the relays starting with it have uploaded and been tested), it votes at
+//!   once for a round whose `valid-after` is the current second
+//!   ([`crate::schedule::Schedule::bootstrap_valid_after`]) and pushes the vote to its peers.
+//! - **Join.** An authority that receives a peer's bootstrap vote for a round it has not voted
+//!   in, and has relays to vote for, votes in that round at once: the first proposer sets the
+//!   round's time for everyone, so clocks need only agree within the skew tolerance.
+//! - **Finish.** As soon as every configured authority has voted in the round (or a majority
+//!   has, and [`Pace::grace`] has passed), each computes the consensus, signs it and pushes the
+//!   signature; it is published the moment more than half have signed (its `valid-after` has
+//!   already come). It is fresh until the regular round takes over.
+//! - **Again.** A round that published nothing is proposed again after [`Pace::retry`]. On a
+//!   test network (`dangerous_testnet`) a round is also proposed while the published consensus
+//!   lacks relays this authority would vote for (relays that started after it): once per new set
+//!   of such relays, so a relay the other authorities do not list cannot cause a round a second.
+//!
+//! Votes, signatures and consensuses are the regular ones (`docs/PROTOCOL.md`, "Bootstrap
+//! rounds"); only the times differ.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+use std::time::Duration;
+
+use allium_proto::ids::RelayId;
+use tokio::sync::Notify;
+use tokio::time::Instant;
+
+use crate::authority::{report, Shared};
+
+/// How fast bootstrap rounds go.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Pace {
+    /// How often the loop looks at the authority's state.
+    pub tick: Duration,
+    /// How long the set of relays to vote for must stay the same before proposing.
+    pub settle: Duration,
+    /// How long a round waits for the votes of every authority once a majority has voted.
+    pub grace: Duration,
+    /// Longest a round lasts before it is given up.
+    pub round: Duration,
+    /// Wait before proposing again after a round that published nothing.
+    pub retry: Duration,
+}
+
+impl Pace {
+    pub fn new(testnet: bool) -> Self {
+        if testnet {
+            Pace {
+                tick: Duration::from_millis(25),
+                settle: Duration::from_millis(150),
+                grace: Duration::from_millis(500),
+                round: Duration::from_secs(2),
+                retry: Duration::from_secs(1),
+            }
+        } else {
+            Pace {
+                tick: Duration::from_secs(1),
+                settle: Duration::from_secs(30),
+                grace: Duration::from_secs(30),
+                round: Duration::from_secs(60),
+                retry: Duration::from_secs(120),
+            }
+        }
+    }
+}
+
+/// Peers' bootstrap rounds this authority may join, and the wake-up of its loop.
+#[derive(Default)]
+pub struct Joinable {
+    rounds: std::sync::Mutex<BTreeSet<u64>>,
+    wake: Notify,
+}
+
+impl Joinable {
+    /// A peer's vote for bootstrap round `t` was accepted.
+    pub fn peer_voted(&self, t: u64) {
+        let mut r = self.rounds.lock().unwrap_or_else(|e| e.into_inner());
+        r.insert(t);
+        // Only the newest few matter.
+        while r.len() > 4 {
+            r.pop_first();
+        }
+        drop(r);
+        self.wake.notify_one();
+    }
+
+    fn take_newest(&self) -> Option<u64> {
+        let mut r = self.rounds.lock().unwrap_or_else(|e| e.into_inner());
+        let t = r.pop_last();
+        r.clear();
+        t
+    }
+}
+
+/// When the loop should propose a round.
+#[derive(Debug, Default)]
+pub(crate) struct Proposer {
+    /// The relays missing from the published consensus when last looked at, and since when.
+    seen: Option<(BTreeSet<RelayId>, Instant)>,
+    /// The missing relays the last round was proposed for, and when it ended.
+    last: Option<(BTreeSet<RelayId>, Instant)>,
+}
+
+impl Proposer {
+    /// Whether to propose a round now. `candidates`: relays this authority would vote for;
+    /// `missing`: those the published (valid) consensus lacks; `valid`: a consensus valid now
+    /// is published.
+    pub(crate) fn due(&mut self, testnet: bool, valid: bool, candidates: usize, missing: BTreeSet<RelayId>, now: Instant, pace: &Pace) -> bool {
+        let wanted = candidates > 0 && (!valid || (testnet && !missing.is_empty()));
+        if !wanted {
+            self.seen = None;
+            return false;
+        }
+        let since = match &self.seen {
+            Some((m, at)) if *m == missing => *at,
+            _ => {
+                self.seen = Some((missing.clone(), now));
+                now
+            }
+        };
+        if now.duration_since(since) < pace.settle {
+            return false;
+        }
+        match &self.last {
+            // The same relays were missing last time: only without a valid consensus, and not
+            // before the retry wait.
+            Some((m, ended)) if *m == missing => !valid && now.duration_since(*ended) >= pace.retry,
+            _ => true,
+        }
+    }
+
+    /// A round proposed for `missing` ended at `now`.
+    pub(crate) fn ended(&mut self, missing: BTreeSet<RelayId>, now: Instant) {
+        self.last = Some((missing, now));
+    }
+}
+
+/// Proposes and joins bootstrap rounds for as long as the authority runs.
+pub(crate) async fn run(sh: Arc<Shared>) {
+    let pace = Pace::new(sh.testnet);
+    let mut proposer = Proposer::default();
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(pace.tick) => {}
+            _ = sh.joinable.wake.notified() => {}
+        }
+        let now_ms = sh.clock.now_ms();
+        let (valid, candidates, missing) = {
+            let st = sh.lock();
+            let (n, missing) = st.bootstrap_view(now_ms / 1000);
+            (st.has_valid_consensus(now_ms / 1000), n, missing)
+        };
+        if let Some(t) = sh.joinable.take_newest() {
+            let fresh = sh.lock().own_vote(t).is_none() && sh.lock().published_valid_after().is_none_or(|p| p < t);
+            if fresh && candidates > 0 && sh.schedule.accepts_bootstrap_vote_for(t, now_ms) {
+                round(&sh, t, &pace, "joined").await;
+                proposer.ended(missing, Instant::now());
+                continue;
+            }
+        }
+        if proposer.due(sh.testnet, valid, candidates, missing.clone(), Instant::now(), &pace) {
+            let t = sh.schedule.bootstrap_valid_after(now_ms);
+            if sh.lock().own_vote(t).is_none() && sh.lock().published_valid_after().is_none_or(|p| p < t) {
+                round(&sh, t, &pace, "proposed").await;
+            }
+            proposer.ended(missing, Instant::now());
+        }
+    }
+}
+
+/// Votes in bootstrap round `t`, waits for the others' votes, computes and signs the consensus,
+/// pushes the signature, and publishes if a majority has signed (else a later signature does).
+async fn round(sh: &Arc<Shared>, t: u64, pace: &Pace, how: &str) {
+    let started = Instant::now();
+    let (text, relays) = sh.lock().make_vote(t, sh.clock.now_secs());
+    tracing::info!(valid_after = %allium_proto::time::Utc(t), relays, "bootstrap round {how}: voted");
+    let deadline_ms = sh.clock.now_ms() + pace.round.as_millis() as u64;
+    let sh2 = sh.clone();
+    tokio::spawn(async move { crate::authority::push_vote(&sh2, t, text, deadline_ms).await });
+    // Every authority's vote, or a majority's once the grace has passed.
+    let (all, majority) = (sh.authority_ids.len(), sh.lock().majority_of_authorities());
+    loop {
+        let have = sh.lock().vote_count(t);
+        let waited = started.elapsed();
+        if have >= all || (have >= majority && waited >= pace.grace) {
+            break;
+        }
+        if waited >= pace.round {
+            tracing::info!(valid_after = %allium_proto::time::Utc(t), votes = have, authorities = all, "bootstrap round given up: too few votes");
+            return;
+        }
+        tokio::time::sleep(pace.tick.min(Duration::from_millis(10))).await;
+    }
+    let Some(sig) = sh.lock().make_consensus(t) else { return };
+    let text = sig.encode();
+    for peer in sh.peers.clone() {
+        let (sh2, text) = (sh.clone(), text.clone());
+        let timeout = pace.round;
+        tokio::spawn(async move {
+            let r = crate::http::post(&sh2.http, &peer, "/allium/v1/signature", &text, timeout).await;
+            report(&sh2, &peer, "signature push", r);
+        });
+    }
+    let published = sh.lock().try_publish(sh.clock.now_ms());
+    if let Some(p) = published {
+        sh.on_published(p).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ids(n: u8) -> BTreeSet<RelayId> {
+        (0..n).map(|i| RelayId([i; 32])).collect()
+    }
+
+    /// Without a valid consensus a round is proposed once the relays to vote for stay the same
+    /// for the settle time, and again only after the retry wait; with nothing to vote for,
+    /// never. On a test network, a new set of unlisted relays brings one more round; the same set
+    /// again does not (a relay the others do not list cannot cause a round per tick).
+    #[test]
+    fn proposes_after_the_relays_settle_and_not_in_a_loop() {
+        let pace = Pace::new(true);
+        let t0 = Instant::now();
+        let ms = |n: u64| t0 + Duration::from_millis(n);
+        let mut p = Proposer::default();
+        assert!(!p.due(true, false, 0, BTreeSet::new(), t0, &pace), "nothing to vote for");
+        assert!(!p.due(true, false, 2, ids(2), ms(0), &pace));
+        assert!(!p.due(true, false, 3, ids(3), ms(100), &pace), "the set changed: settle again");
+        assert!(!p.due(true, false, 3, ids(3), ms(200), &pace));
+        assert!(p.due(true, false, 3, ids(3), ms(260), &pace));
+        p.ended(ids(3), ms(300));
+        assert!(!p.due(true, false, 3, ids(3), ms(800), &pace), "retry waits");
+        assert!(p.due(true, false, 3, ids(3), ms(1300), &pace), "no consensus yet: again");
+        p.ended(ids(3), ms(1300));
+        // Published, listing every relay: nothing to do.
+        assert!(!p.due(true, true, 3, BTreeSet::new(), ms(1400), &pace));
+        // A relay started later (test network): one round for it once settled.
+        assert!(!p.due(true, true, 4, ids(1), ms(2000), &pace));
+        assert!(p.due(true, true, 4, ids(1), ms(2200), &pace));
+        p.ended(ids(1), ms(2200));
+        assert!(!p.due(true, true, 4, ids(1), ms(9000), &pace), "the others do not list it: no loop");
+        // On a real network, a valid consensus ends bootstrapping whatever it lacks.
+        let mut r = Proposer::default();
+        assert!(!r.due(false, true, 4, ids(1), t0, &pace));
+        assert!(!r.due(false, true, 4, ids(1), t0 + Duration::from_secs(600), &pace));
+    }
+}
