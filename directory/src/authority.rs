@@ -473,26 +473,26 @@ impl AuthorityState {
         Ok(Accepted::New)
     }
 
-    /// For a bootstrap round (crate::bootstrap) at `now` (seconds): how many relays this
-    /// authority would vote for now, and which of them the published consensus lacks (all of
-    /// them when no consensus is published or the published one is no longer valid).
-    pub fn bootstrap_view(&self, now: u64) -> (usize, BTreeSet<RelayId>) {
+    /// What a bootstrap round (crate::bootstrap) would change at `now` (seconds).
+    pub fn bootstrap_view(&self, now: u64) -> crate::bootstrap::View {
+        use allium_proto::doc::RelayFlags;
         let th = self.relative_thresholds(now);
-        let listed: BTreeSet<RelayId> = match &self.published {
-            Some((c, _)) if c.valid_until() > now => c.relays().iter().map(|r| r.identity).collect(),
-            _ => BTreeSet::new(),
-        };
-        let mut n = 0;
-        let mut missing = BTreeSet::new();
+        let published = self.published.as_ref().map(|(c, _)| c).filter(|c| c.valid_after() <= now && now < c.valid_until());
+        let listed: BTreeSet<RelayId> = published.map(|c| c.relays().iter().map(|r| r.identity).collect()).unwrap_or_default();
+        let published_guard = published.is_some_and(|c| c.relays().iter().any(|r| r.flags.contains(RelayFlags::GUARD)));
+        let mut view = crate::bootstrap::View { valid: published.is_some(), ..Default::default() };
+        let mut vote_guard = false;
         for d in self.descriptors.values() {
-            if self.vote_entry(d, &th, now).is_some() {
-                n += 1;
+            if let Some(e) = self.vote_entry(d, &th, now) {
+                view.candidates += 1;
+                vote_guard |= e.flags.contains(RelayFlags::GUARD);
                 if !listed.contains(&d.identity) {
-                    missing.insert(d.identity);
+                    view.missing.insert(d.identity);
                 }
             }
         }
-        (n, missing)
+        view.guards_wanted = vote_guard && !published_guard;
+        view
     }
 
     /// Whether a consensus valid at `now` (seconds) is published.
@@ -1657,7 +1657,7 @@ mod tests {
             a.accept_descriptor(desc(&r, T + 2, "127.0.0.1:9001"), T + 2).unwrap();
             all_reachable(a, T + 2);
             assert!(!a.has_valid_consensus(T + 3));
-            assert_eq!(a.bootstrap_view(T + 3).0, 1);
+            assert_eq!(a.bootstrap_view(T + 3).candidates, 1);
         }
         let votes: Vec<Arc<str>> = st.iter_mut().map(|a| a.make_vote(tb, T + 3).0).collect();
         for (i, a) in st.iter_mut().enumerate() {
@@ -1677,7 +1677,7 @@ mod tests {
         assert_eq!(c.lifetime(), s.lifetime(tb));
         assert_eq!(c.fresh_until(), T + 10, "fresh until the regular round takes over");
         assert!(st[0].has_valid_consensus(T + 3));
-        assert!(st[0].bootstrap_view(T + 3).1.is_empty(), "every relay listed");
+        assert!(st[0].bootstrap_view(T + 3).missing.is_empty(), "every relay listed");
         // A late signature is still added; a bootstrap vote not newer than it is refused.
         assert!(st[0].accept_signature(sigs[2].clone(), now_ms + 20).unwrap().is_some());
         let (old, _) = st[1].make_vote(tb - 1, T + 3);
@@ -1707,6 +1707,126 @@ mod tests {
         assert!(a.accept_signature(sig_b10.clone(), sign_ms).unwrap().is_none(), "not before its publication time");
         assert_eq!(a.try_publish((T + 10) * 1000).map(|p| p.valid_after), Some(T + 10));
         let _ = keys;
+    }
+
+    /// Ten relays on public addresses, one in three an exit, signed with keys from `seed`.
+    fn public_relays(seed: u8, n: u8) -> Vec<SigningKey> {
+        (0..n).map(|i| key(seed + i)).collect()
+    }
+
+    fn public_desc(k: &SigningKey, i: usize, published: u64) -> RelayDescriptor {
+        let mut d = desc(k, published, &format!("192.0.2.{}:9001", 10 + i));
+        if i % 3 == 0 {
+            d.policy = ExitPolicy::default_exit();
+        }
+        d
+    }
+
+    /// Every authority votes in bootstrap round `b` at `now_ms` (each takes the others' votes),
+    /// computes and signs; what the first published.
+    fn bootstrap_round(states: &mut [AuthorityState], b: u64, now_ms: u64) -> Option<Published> {
+        let votes: Vec<Arc<str>> = states.iter_mut().map(|a| a.make_vote(b, now_ms / 1000).0).collect();
+        for a in states.iter_mut() {
+            for text in &votes {
+                let _ = a.accept_vote(Vote::parse(text).unwrap().verify(now_ms / 1000).unwrap(), text.clone(), now_ms);
+            }
+        }
+        let sigs: Vec<DetachedSignature> = states.iter_mut().filter_map(|a| a.make_consensus(b)).collect();
+        let mut out = None;
+        for sig in sigs {
+            if let Ok(Some(p)) = states[0].accept_signature(sig, now_ms) {
+                out = Some(p);
+            }
+        }
+        out
+    }
+
+    /// Issue 13: a network voting every 300 s under real-network rules (no `dangerous_testnet`)
+    /// still lists every relay after ten intervals: relays upload on the period the schedule
+    /// derives from the interval (`republish_period_secs`, as `allium-relay` does), authorities
+    /// drop descriptors older than `descriptor_max_age`, and the two fit. (With relays uploading
+    /// hourly, as before, the fourth consensus listed none.)
+    #[test]
+    fn a_network_voting_every_300_s_keeps_every_relay_for_ten_intervals() {
+        let interval = 300;
+        let (_, mut st) = three_every(false, interval);
+        let relays = public_relays(120, 10);
+        let every = crate::schedule::republish_period_secs(interval);
+        let start = T / interval * interval;
+        let mut next_upload: Vec<u64> = (0..relays.len()).map(|i| start + i as u64 * 7).collect();
+        for k in 1..=10u64 {
+            let t = start + k * interval;
+            let vote_at = t - interval / 2;
+            // Uploads due before this round's vote, each at its own time.
+            for (i, r) in relays.iter().enumerate() {
+                while next_upload[i] < vote_at {
+                    let at = next_upload[i];
+                    for a in st.iter_mut() {
+                        a.accept_descriptor(public_desc(r, i, at), at).unwrap();
+                    }
+                    next_upload[i] += every;
+                }
+            }
+            let out = run_period_every(&mut st, &[true, true, true], t, interval);
+            let p = out[0].as_ref().unwrap_or_else(|| panic!("no consensus for interval {k}"));
+            assert_eq!(p.relays, relays.len(), "interval {k}: every relay listed");
+        }
+    }
+
+    /// Issue 13: a new network with the default flag thresholds (no parameters set, real-network
+    /// rules, hourly votes) has a consensus with a Guard, an Exit and an HSDir within its first
+    /// hour. Time is simulated: relays upload and are tested when the network starts (mid-period);
+    /// the bootstrap proposer ([`crate::bootstrap::Proposer`]) of the first authority decides
+    /// when to hold a bootstrap round, looked at every 10 s; regular rounds follow the schedule.
+    #[test]
+    fn a_new_network_with_default_thresholds_has_guards_within_its_first_hour() {
+        use crate::bootstrap::{Pace, Proposer};
+        let interval = 3600;
+        let s = Schedule::new(interval);
+        let (_, mut st) = three_every(false, interval);
+        let relays = public_relays(140, 9);
+        let start = T / interval * interval + 1000;
+        for (i, r) in relays.iter().enumerate() {
+            for a in st.iter_mut() {
+                a.accept_descriptor(public_desc(r, i, start), start).unwrap();
+                all_reachable(a, start);
+            }
+        }
+        let pace = Pace::new(false);
+        let mut proposer = Proposer::default();
+        let base = tokio::time::Instant::now();
+        let mut first_with_guard = None;
+        let mut now = start;
+        while now <= start + 3600 && first_with_guard.is_none() {
+            now += 10;
+            let next = s.next_period(now * 1000);
+            // The regular round: reachability tests before the vote, then the round itself.
+            if now * 1000 == s.vote_at_ms(next) {
+                for a in st.iter_mut() {
+                    all_reachable(a, now - 20);
+                }
+            }
+            let view = st[0].bootstrap_view(now);
+            let mut published = None;
+            if proposer.due(false, &view, base + Duration::from_secs(now - start), &pace) {
+                published = bootstrap_round(&mut st, s.bootstrap_valid_after(now * 1000), now * 1000);
+                proposer.ended(&view, base + Duration::from_secs(now - start));
+            }
+            if now % interval == 0 {
+                published = published.or(run_period_every(&mut st, &[true, true, true], now, interval)[0].clone());
+            }
+            if published.is_some() {
+                let c = st[0].published_consensus().unwrap();
+                let has = |f: RelayFlags| c.relays().iter().any(|r| r.flags.contains(f | RelayFlags::RUNNING | RelayFlags::VALID));
+                if has(RelayFlags::GUARD) {
+                    assert!(has(RelayFlags::EXIT) && has(RelayFlags::HSDIR) && has(RelayFlags::FAST), "{:?}", c.relays().iter().map(|r| r.flags).collect::<Vec<_>>());
+                    first_with_guard = Some(now - start);
+                }
+            }
+        }
+        let after = first_with_guard.expect("a consensus with a Guard within the first hour");
+        // Relays earn Guard after flag-uptime-floor (30 min); the round follows within a minute.
+        assert!((1800..=1900).contains(&after), "guards after {after} s");
     }
 
     #[test]

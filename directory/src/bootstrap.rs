@@ -16,10 +16,19 @@
 //!   has, and [`Pace::grace`] has passed), each computes the consensus, signs it and pushes the
 //!   signature; it is published the moment more than half have signed (its `valid-after` has
 //!   already come). It is fresh until the regular round takes over.
-//! - **Again.** A round that published nothing is proposed again after [`Pace::retry`]. On a
-//!   test network (`dangerous_testnet`) a round is also proposed while the published consensus
-//!   lacks relays this authority would vote for (relays that started after it): once per new set
-//!   of such relays, so a relay the other authorities do not list cannot cause a round a second.
+//! - **Again.** A round that published nothing is proposed again after [`Pace::retry`].
+//! - **Guards.** A consensus that gives no relay the Guard flag serves no client. On a new network
+//!   relays earn Guard once they have run `flag-uptime-floor` (30 minutes by default), but the
+//!   regular round that would list it comes up to an interval and a half later (on an hourly
+//!   schedule, past the first hour): so a round is also proposed when this authority's vote would
+//!   give Guard to some relay and the published consensus gives it to none.
+//! - On a test network (`dangerous_testnet`) a round is also proposed while the published
+//!   consensus lacks relays this authority would vote for (relays that started after it).
+//!
+//! A round is proposed once per new situation (the set of missing relays, whether guards are
+//! wanted): the same one again only while the network is unusable (no valid consensus, or no
+//! guard), after [`Pace::retry`], so a relay the other authorities do not list cannot cause a
+//! round a second.
 //!
 //! Votes, signatures and consensuses are the regular ones (`docs/PROTOCOL.md`, "Bootstrap
 //! rounds"); only the times differ.
@@ -99,29 +108,50 @@ impl Joinable {
     }
 }
 
+/// What a bootstrap round would change, as an authority sees it now
+/// ([`crate::authority::AuthorityState::bootstrap_view`]).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct View {
+    /// Relays this authority would vote for.
+    pub candidates: usize,
+    /// A consensus valid now is published.
+    pub valid: bool,
+    /// Relays it would vote for that the published (valid) consensus lacks.
+    pub missing: BTreeSet<RelayId>,
+    /// Its vote would give some relay Guard; the published consensus gives it to none.
+    pub guards_wanted: bool,
+}
+
+impl View {
+    /// The network cannot serve clients: no valid consensus, or one without guards that could
+    /// have them.
+    fn unusable(&self) -> bool {
+        !self.valid || self.guards_wanted
+    }
+}
+
 /// When the loop should propose a round.
 #[derive(Debug, Default)]
 pub(crate) struct Proposer {
-    /// The relays missing from the published consensus when last looked at, and since when.
-    seen: Option<(BTreeSet<RelayId>, Instant)>,
-    /// The missing relays the last round was proposed for, and when it ended.
-    last: Option<(BTreeSet<RelayId>, Instant)>,
+    /// The situation when last looked at (missing relays, guards wanted), and since when.
+    seen: Option<((BTreeSet<RelayId>, bool), Instant)>,
+    /// The situation the last round was for, and when it ended.
+    last: Option<((BTreeSet<RelayId>, bool), Instant)>,
 }
 
 impl Proposer {
-    /// Whether to propose a round now. `candidates`: relays this authority would vote for;
-    /// `missing`: those the published (valid) consensus lacks; `valid`: a consensus valid now
-    /// is published.
-    pub(crate) fn due(&mut self, testnet: bool, valid: bool, candidates: usize, missing: BTreeSet<RelayId>, now: Instant, pace: &Pace) -> bool {
-        let wanted = candidates > 0 && (!valid || (testnet && !missing.is_empty()));
+    /// Whether to propose a round now, given what this authority sees (`view`).
+    pub(crate) fn due(&mut self, testnet: bool, view: &View, now: Instant, pace: &Pace) -> bool {
+        let wanted = view.candidates > 0 && (view.unusable() || (testnet && !view.missing.is_empty()));
         if !wanted {
             self.seen = None;
             return false;
         }
+        let key = (view.missing.clone(), view.guards_wanted);
         let since = match &self.seen {
-            Some((m, at)) if *m == missing => *at,
+            Some((k, at)) if *k == key => *at,
             _ => {
-                self.seen = Some((missing.clone(), now));
+                self.seen = Some((key.clone(), now));
                 now
             }
         };
@@ -129,16 +159,16 @@ impl Proposer {
             return false;
         }
         match &self.last {
-            // The same relays were missing last time: only without a valid consensus, and not
+            // The same situation as last time: only while the network is unusable, and not
             // before the retry wait.
-            Some((m, ended)) if *m == missing => !valid && now.duration_since(*ended) >= pace.retry,
+            Some((k, ended)) if *k == key => view.unusable() && now.duration_since(*ended) >= pace.retry,
             _ => true,
         }
     }
 
-    /// A round proposed for `missing` ended at `now`.
-    pub(crate) fn ended(&mut self, missing: BTreeSet<RelayId>, now: Instant) {
-        self.last = Some((missing, now));
+    /// A round proposed (or joined) in situation `view` ended at `now`.
+    pub(crate) fn ended(&mut self, view: &View, now: Instant) {
+        self.last = Some(((view.missing.clone(), view.guards_wanted), now));
     }
 }
 
@@ -152,27 +182,29 @@ pub(crate) async fn run(sh: Arc<Shared>) {
             _ = sh.joinable.wake.notified() => {}
         }
         let now_ms = sh.clock.now_ms();
-        let (valid, candidates, missing) = {
-            let st = sh.lock();
-            let (n, missing) = st.bootstrap_view(now_ms / 1000);
-            (st.has_valid_consensus(now_ms / 1000), n, missing)
-        };
+        let view = sh.lock().bootstrap_view(now_ms / 1000);
         if let Some(t) = sh.joinable.take_newest() {
-            let fresh = sh.lock().own_vote(t).is_none() && sh.lock().published_valid_after().is_none_or(|p| p < t);
-            if fresh && candidates > 0 && sh.schedule.accepts_bootstrap_vote_for(t, now_ms) {
+            if view.candidates > 0 && open_round(&sh, t) && sh.schedule.accepts_bootstrap_vote_for(t, now_ms) {
                 round(&sh, t, &pace, "joined").await;
-                proposer.ended(missing, Instant::now());
+                proposer.ended(&view, Instant::now());
                 continue;
             }
         }
-        if proposer.due(sh.testnet, valid, candidates, missing.clone(), Instant::now(), &pace) {
+        if proposer.due(sh.testnet, &view, Instant::now(), &pace) {
             let t = sh.schedule.bootstrap_valid_after(now_ms);
-            if sh.lock().own_vote(t).is_none() && sh.lock().published_valid_after().is_none_or(|p| p < t) {
+            if open_round(&sh, t) {
                 round(&sh, t, &pace, "proposed").await;
             }
-            proposer.ended(missing, Instant::now());
+            proposer.ended(&view, Instant::now());
         }
     }
+}
+
+/// Whether this authority may still vote in bootstrap round `t`: it has not, and nothing as new
+/// is published.
+fn open_round(sh: &Shared, t: u64) -> bool {
+    let st = sh.lock();
+    st.own_vote(t).is_none() && st.published_valid_after().is_none_or(|p| p < t)
 }
 
 /// Votes in bootstrap round `t`, waits for the others' votes, computes and signs the consensus,
@@ -222,35 +254,49 @@ mod tests {
         (0..n).map(|i| RelayId([i; 32])).collect()
     }
 
+    fn view(candidates: usize, valid: bool, missing: BTreeSet<RelayId>, guards_wanted: bool) -> View {
+        View { candidates, valid, missing, guards_wanted }
+    }
+
     /// Without a valid consensus a round is proposed once the relays to vote for stay the same
     /// for the settle time, and again only after the retry wait; with nothing to vote for,
     /// never. On a test network, a new set of unlisted relays brings one more round; the same set
-    /// again does not (a relay the others do not list cannot cause a round per tick).
+    /// again does not (a relay the others do not list cannot cause a round per tick). On a real
+    /// network a consensus without guards brings a round once this authority would vote some.
     #[test]
     fn proposes_after_the_relays_settle_and_not_in_a_loop() {
         let pace = Pace::new(true);
         let t0 = Instant::now();
         let ms = |n: u64| t0 + Duration::from_millis(n);
         let mut p = Proposer::default();
-        assert!(!p.due(true, false, 0, BTreeSet::new(), t0, &pace), "nothing to vote for");
-        assert!(!p.due(true, false, 2, ids(2), ms(0), &pace));
-        assert!(!p.due(true, false, 3, ids(3), ms(100), &pace), "the set changed: settle again");
-        assert!(!p.due(true, false, 3, ids(3), ms(200), &pace));
-        assert!(p.due(true, false, 3, ids(3), ms(260), &pace));
-        p.ended(ids(3), ms(300));
-        assert!(!p.due(true, false, 3, ids(3), ms(800), &pace), "retry waits");
-        assert!(p.due(true, false, 3, ids(3), ms(1300), &pace), "no consensus yet: again");
-        p.ended(ids(3), ms(1300));
+        assert!(!p.due(true, &view(0, false, BTreeSet::new(), false), t0, &pace), "nothing to vote for");
+        assert!(!p.due(true, &view(2, false, ids(2), false), ms(0), &pace));
+        assert!(!p.due(true, &view(3, false, ids(3), false), ms(100), &pace), "the set changed: settle again");
+        assert!(!p.due(true, &view(3, false, ids(3), false), ms(200), &pace));
+        assert!(p.due(true, &view(3, false, ids(3), false), ms(260), &pace));
+        p.ended(&view(3, false, ids(3), false), ms(300));
+        assert!(!p.due(true, &view(3, false, ids(3), false), ms(800), &pace), "retry waits");
+        assert!(p.due(true, &view(3, false, ids(3), false), ms(1300), &pace), "no consensus yet: again");
+        p.ended(&view(3, false, ids(3), false), ms(1300));
         // Published, listing every relay: nothing to do.
-        assert!(!p.due(true, true, 3, BTreeSet::new(), ms(1400), &pace));
+        assert!(!p.due(true, &view(3, true, BTreeSet::new(), false), ms(1400), &pace));
         // A relay started later (test network): one round for it once settled.
-        assert!(!p.due(true, true, 4, ids(1), ms(2000), &pace));
-        assert!(p.due(true, true, 4, ids(1), ms(2200), &pace));
-        p.ended(ids(1), ms(2200));
-        assert!(!p.due(true, true, 4, ids(1), ms(9000), &pace), "the others do not list it: no loop");
-        // On a real network, a valid consensus ends bootstrapping whatever it lacks.
+        assert!(!p.due(true, &view(4, true, ids(1), false), ms(2000), &pace));
+        assert!(p.due(true, &view(4, true, ids(1), false), ms(2200), &pace));
+        p.ended(&view(4, true, ids(1), false), ms(2200));
+        assert!(!p.due(true, &view(4, true, ids(1), false), ms(9000), &pace), "the others do not list it: no loop");
+        // On a real network, a valid consensus with guards ends bootstrapping whatever it lacks.
+        let real = Pace::new(false);
         let mut r = Proposer::default();
-        assert!(!r.due(false, true, 4, ids(1), t0, &pace));
-        assert!(!r.due(false, true, 4, ids(1), t0 + Duration::from_secs(600), &pace));
+        assert!(!r.due(false, &view(4, true, ids(1), false), t0, &real));
+        assert!(!r.due(false, &view(4, true, ids(1), false), t0 + Duration::from_secs(600), &real));
+        // ... but not one without guards once this authority would vote some: one round after the
+        // settle time, again only after the retry wait while guards are still missing.
+        let s0 = t0 + Duration::from_secs(1000);
+        assert!(!r.due(false, &view(4, true, BTreeSet::new(), true), s0, &real));
+        assert!(r.due(false, &view(4, true, BTreeSet::new(), true), s0 + real.settle, &real));
+        r.ended(&view(4, true, BTreeSet::new(), true), s0 + real.settle);
+        assert!(!r.due(false, &view(4, true, BTreeSet::new(), true), s0 + real.settle + Duration::from_secs(60), &real));
+        assert!(r.due(false, &view(4, true, BTreeSet::new(), true), s0 + real.settle + real.retry, &real));
     }
 }
