@@ -42,7 +42,7 @@ use std::time::Instant;
 use allium_net::channel::{Channel, CreateHandler};
 use allium_net::keys::{unix_now, NodeKeys, OnionKeys};
 use allium_net::limits::bucket::AddrBuckets;
-use allium_net::limits::conn::{AddrKey, ConnLimiter};
+use allium_net::limits::conn::{AddrKey, ConnLimiter, ConnPermit};
 use allium_net::limits::counters::{LimitCounters, LIMITS};
 use allium_net::limits::LimitsConfig;
 use allium_net::link::{self, RelayCredentials};
@@ -88,6 +88,8 @@ pub struct RelayCtx {
     pub limits: LimitsConfig,
     /// Inbound links on the OR port (consensus relays count only in the total).
     pub or_conns: Arc<ConnLimiter>,
+    /// Open circuits per client address (consensus relays are not counted).
+    pub client_circuits: Arc<ConnLimiter>,
     /// CREATE rate per address (addresses holding `create_min_links` links or more).
     pub create_rates: Mutex<AddrBuckets>,
     /// Recent CREATE handshake messages (a replay is refused before any crypto).
@@ -146,6 +148,7 @@ impl InertRelay {
             id: keys.relay_id(),
             dir,
             or_conns,
+            client_circuits: ConnLimiter::counting(usize::MAX, limits.max_circuits_per_address, &LIMITS.circuits_per_address, &LIMITS.circuits_per_address),
             create_rates: Mutex::new(AddrBuckets::new(limits.create_rate_per_address, limits.create_burst_per_address, limits.create_defense())),
             replays: Mutex::new(handshakes::ReplayFilter::new(REPLAY_MEMORY)),
             handshakes: handshakes::HandshakePool::new(workers, limits.handshake_queue, limits.handshake_queue_delay()),
@@ -281,17 +284,22 @@ impl CreateHandler for Creates {
         let chan = chan.clone();
         let id = cell.circ_id;
         let metrics = &allium_net::metrics::METRICS;
-        if let Err(reason) = admit_create(&ctx, &chan, &cell) {
-            metrics.circuits_failed.inc(if reason == DestroyReason::ResourceLimit { "refused_by_limit" } else { "other" });
-            chan.destroy(id, reason);
-            return;
-        }
+        // Held by the circuit's task: its place under the address's circuit cap.
+        let place = match admit_create(&ctx, &chan, &cell) {
+            Ok(p) => p,
+            Err(reason) => {
+                metrics.circuits_failed.inc(if reason == DestroyReason::ResourceLimit { "refused_by_limit" } else { "other" });
+                chan.destroy(id, reason);
+                return;
+            }
+        };
         let mut rx = chan.accept_circuit(id);
         #[cfg(feature = "test-hooks")]
         if ctx.blackhole {
             // Never answer: swallow the CREATE and every later cell until DESTROY or link close.
             tracing::info!("test hook: black-holing a circuit");
             tokio::spawn(async move {
+                let _place = place;
                 while let Some(c) = rx.recv().await {
                     if c.cmd == allium_proto::cell::CellCmd::Destroy {
                         break;
@@ -302,6 +310,7 @@ impl CreateHandler for Creates {
             return;
         }
         tokio::spawn(async move {
+            let _place = place;
             let started = Instant::now();
             let keys = match create(&ctx, &chan, &cell, &mut rx).await {
                 Ok(k) => k,
@@ -321,9 +330,11 @@ impl CreateHandler for Creates {
 }
 
 /// The checks a CREATE passes before any work (THREATS A23): a peer that is not a consensus
-/// relay may hold at most `max_circuits_per_client_link` circuits on one link, and an
-/// address holding `create_min_links` links or more is held to its CREATE token bucket.
-fn admit_create(ctx: &RelayCtx, chan: &Channel, cell: &Cell) -> Result<(), DestroyReason> {
+/// relay may hold at most `max_circuits_per_client_link` circuits on one link and
+/// `max_circuits_per_address` over all its links (the returned place, held while the circuit
+/// is open), and an address holding `create_min_links` links or more is held to its CREATE
+/// token bucket.
+fn admit_create(ctx: &RelayCtx, chan: &Channel, cell: &Cell) -> Result<Option<ConnPermit>, DestroyReason> {
     // A CREATE that fits one cell is checked for a replay here, before a circuit or a task
     // exists for it (a longer one after reassembly, in `create`).
     if let Some(msg) = single_cell_create(cell) {
@@ -332,9 +343,9 @@ fn admit_create(ctx: &RelayCtx, chan: &Channel, cell: &Cell) -> Result<(), Destr
             return Err(DestroyReason::Protocol);
         }
     }
-    let Some(ip) = chan.peer_addr else { return Ok(()) };
+    let Some(ip) = chan.peer_addr else { return Ok(None) };
     if ctx.dir.is_relay_address(ip) {
-        return Ok(());
+        return Ok(None);
     }
     if chan.n_circuits() >= ctx.limits.max_circuits_per_client_link {
         LimitCounters::hit(&LIMITS.circuits_per_link);
@@ -347,7 +358,8 @@ fn admit_create(ctx: &RelayCtx, chan: &Channel, cell: &Cell) -> Result<(), Destr
             return Err(DestroyReason::ResourceLimit);
         }
     }
-    Ok(())
+    // Last, so that a CREATE refused above takes no place.
+    ctx.client_circuits.try_admit(ip).map(Some).map_err(|_| DestroyReason::ResourceLimit)
 }
 
 /// The handshake message of a CREATE that holds all of it in its first cell.

@@ -168,6 +168,32 @@ async fn a23_a_client_link_holds_at_most_its_circuit_cap() {
     builds_again(&pool, &r, "a closed circuit never freed its place").await;
 }
 
+/// A23 (circuits per address): links of their own do not give one address more circuits than
+/// `max_circuits_per_address` over all of them; a closed circuit frees its place, and another
+/// address is not affected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a23_an_address_holds_at_most_its_circuit_cap_over_all_its_links() {
+    let r = relay("a23addr", "max_circuits_per_client_link = 8\nmax_circuits_per_address = 10", "").await;
+    // Two links from one address (one pool each), under the rate limit's link count.
+    let (first, second) = (ChannelPool::new(ATTACKER, None), ChannelPool::new(ATTACKER, None));
+    let mut open = Vec::new();
+    for _ in 0..8 {
+        open.push(circuit::build(&first, &[&r]).await.expect("within the link cap"));
+    }
+    for _ in 0..2 {
+        open.push(circuit::build(&second, &[&r]).await.expect("within the address cap"));
+    }
+    let before = LIMITS.circuits_per_address.load(Ordering::Relaxed);
+    match circuit::build(&second, &[&r]).await {
+        Err(CircError::Destroyed(DestroyReason::ResourceLimit)) => {}
+        other => panic!("an 11th circuit from one address, its link holding 2: {:?}", other.err()),
+    }
+    assert!(LIMITS.circuits_per_address.load(Ordering::Relaxed) > before, "counted");
+    builds_again(&ChannelPool::new(HONEST, None), &r, "another address was refused").await;
+    drop(open.pop());
+    builds_again(&second, &r, "a closed circuit never freed its place").await;
+}
+
 /// A25: a burst of CREATEs from many addresses against a tiny handshake queue: every CREATE is
 /// answered (CREATED, or DESTROY(RESOURCELIMIT) when the queue is over capacity), nothing hangs,
 /// and a circuit opened before the burst still carries a directory stream afterwards.

@@ -50,10 +50,15 @@ pub enum ConnRefused {
 /// Decides which peers are not counted per address (relays in the consensus, on the OR port).
 pub type ExemptFn = dyn Fn(IpAddr) -> bool + Send + Sync;
 
-/// The open connections of one listener.
+/// What a listener counts its refusals on.
+const CONNECTION_COUNTERS: [&AtomicU64; 2] = [&LIMITS.connections_total, &LIMITS.connections_per_address];
+
+/// The open connections of one listener (or other things counted per address).
 pub struct ConnLimiter {
     max_total: usize,
     max_per_addr: usize,
+    /// Counted when the total, or an address's count, refuses one.
+    refused: [&'static AtomicU64; 2],
     exempt: Option<Box<ExemptFn>>,
     state: Mutex<State>,
 }
@@ -72,13 +77,19 @@ pub struct ConnPermit {
 
 impl ConnLimiter {
     pub fn new(max_total: usize, max_per_addr: usize) -> Arc<Self> {
-        Arc::new(ConnLimiter { max_total, max_per_addr, exempt: None, state: Mutex::new(State::default()) })
+        Arc::new(ConnLimiter { max_total, max_per_addr, refused: CONNECTION_COUNTERS, exempt: None, state: Mutex::new(State::default()) })
+    }
+
+    /// Like [`ConnLimiter::new`] for things other than connections (circuits per address):
+    /// refusals are counted on `total` and `per_addr`.
+    pub fn counting(max_total: usize, max_per_addr: usize, total: &'static AtomicU64, per_addr: &'static AtomicU64) -> Arc<Self> {
+        Arc::new(ConnLimiter { max_total, max_per_addr, refused: [total, per_addr], exempt: None, state: Mutex::new(State::default()) })
     }
 
     /// Like [`ConnLimiter::new`]; addresses for which `exempt` is true are counted only in the
     /// total.
     pub fn with_exemption(max_total: usize, max_per_addr: usize, exempt: Box<ExemptFn>) -> Arc<Self> {
-        Arc::new(ConnLimiter { max_total, max_per_addr, exempt: Some(exempt), state: Mutex::new(State::default()) })
+        Arc::new(ConnLimiter { max_total, max_per_addr, refused: CONNECTION_COUNTERS, exempt: Some(exempt), state: Mutex::new(State::default()) })
     }
 
     /// Admits a connection from `ip`, or says which limit refuses it (and counts it).
@@ -89,13 +100,13 @@ impl ConnLimiter {
         };
         let mut s = self.state.lock().expect("limiter lock");
         if s.total >= self.max_total {
-            LimitCounters::hit(&LIMITS.connections_total);
+            LimitCounters::hit(self.refused[0]);
             return Err(ConnRefused::Total);
         }
         if let Some(k) = key {
             let n = s.per_addr.entry(k).or_insert(0);
             if *n >= self.max_per_addr {
-                LimitCounters::hit(&LIMITS.connections_per_address);
+                LimitCounters::hit(self.refused[1]);
                 return Err(ConnRefused::PerAddress);
             }
             *n += 1;

@@ -38,6 +38,9 @@ counters! {
     create_rate,
     /// CREATEs refused: the client link already held `max_circuits_per_client_link` circuits.
     circuits_per_link,
+    /// CREATEs refused: the client's address already held `max_circuits_per_address` circuits
+    /// (over all its links).
+    circuits_per_address,
     /// CREATEs refused at once: `handshake_queue` handshakes were already waiting.
     handshake_queue_full,
     /// CREATEs refused after waiting longer than `handshake_queue_delay_ms`.

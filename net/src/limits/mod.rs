@@ -61,6 +61,8 @@ pub struct LimitsConfig {
     pub create_defense_secs: u64,
     /// Circuits a link from a client (a peer that proved no relay identity) may hold open.
     pub max_circuits_per_client_link: usize,
+    /// Circuits all links from one client address (not a consensus relay) may hold open.
+    pub max_circuits_per_address: usize,
     /// CREATE handshakes waiting for a worker before new ones are refused at once.
     pub handshake_queue: usize,
     /// A CREATE that waited longer than this for a worker is answered DESTROY (resource limit)
@@ -95,6 +97,7 @@ impl Default for LimitsConfig {
             create_min_links: 3,
             create_defense_secs: 3600,
             max_circuits_per_client_link: 1024,
+            max_circuits_per_address: 8192,
             handshake_queue: 1024,
             handshake_queue_delay_ms: 1750,
             begin_rate_per_circuit: 100,
@@ -128,6 +131,7 @@ impl LimitsConfig {
         within("create_min_links", self.create_min_links as u64, 0, 1_000_000)?;
         within("create_defense_secs", self.create_defense_secs, 1, 7 * 86_400)?;
         within("max_circuits_per_client_link", self.max_circuits_per_client_link as u64, 1, 1_000_000)?;
+        within("max_circuits_per_address", self.max_circuits_per_address as u64, 1, 10_000_000)?;
         within("handshake_queue", self.handshake_queue as u64, 1, 1_000_000)?;
         within("handshake_queue_delay_ms", self.handshake_queue_delay_ms, 1, 60_000)?;
         within("begin_rate_per_circuit", self.begin_rate_per_circuit.into(), 1, 1_000_000)?;
