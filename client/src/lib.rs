@@ -361,7 +361,8 @@ mod tests {
                 waits.push(w);
                 t += w;
             }
-            assert_eq!(&waits[..4], [ms(250), ms(500), ms(1000), ms(2000)], "testnet {testnet}");
+            let first = if testnet { [ms(100), ms(200), ms(400), ms(800)] } else { [ms(250), ms(500), ms(1000), ms(2000)] };
+            assert_eq!(&waits[..4], first, "testnet {testnet}");
             // Held at the bootstrap cap while within the patience.
             let mut elapsed = Duration::ZERO;
             for w in &waits {
@@ -375,11 +376,11 @@ mod tests {
             assert!(long >= cap * 20, "far apart once it lasts");
             // Jitter: between half and all of the step.
             let mut lo = DirRetry::new(testnet);
-            assert_eq!(lo.next_delay(t0, 0.0), ms(125));
-            assert_eq!(lo.next_delay(t0, 0.5), ms(375));
+            assert_eq!(lo.next_delay(t0, 0.0), first[0] / 2);
+            assert_eq!(lo.next_delay(t0, 0.5), first[1] * 3 / 4);
             // A success starts over.
             r.reset();
-            assert_eq!(r.next_delay(t, 1.0), ms(250));
+            assert_eq!(r.next_delay(t, 1.0), first[0]);
         }
     }
 }

@@ -255,6 +255,28 @@ mod tests {
         assert_eq!(*seen.last().unwrap(), 2 * INC);
     }
 
+    /// THREATS A30 (TROVE-2022-001: an endpoint wedging the round-trip estimate). The endpoint
+    /// chooses when it sends each SENDME, though never before the cells it answers arrived (it
+    /// authenticates them): here at once (the 1 ms path, the least round trip it can cause),
+    /// then not for 10 s, then every SENDME it owes in one burst, then at once again. The window stays within [2 × inc, the circuit
+    /// window] throughout, never stays closed, and grows again after the burst (the state is one
+    /// circuit's: other circuits are untouched by construction).
+    #[test]
+    fn a30_adversarial_sendme_timing_keeps_the_window_bounded_and_alive() {
+        let max = 5_000;
+        let mut w = CongestionWindow::new(max, INC, CcParams::default());
+        let tokens = std::cell::Cell::new(0u32);
+        let seen = run(&mut w, 3_000, |_| {
+            tokens.set(tokens.get() + 1);
+            // Every SENDME sent while the 201st is held back is due with it: a burst.
+            if tokens.get() == 201 { Duration::from_secs(10) } else { MS }
+        });
+        assert!(seen.iter().all(|c| (2 * INC..=max).contains(c)), "window out of bounds: {:?}", (seen.iter().min(), seen.iter().max()));
+        let low = *seen[200..].iter().min().unwrap();
+        let end = *seen.last().unwrap();
+        assert!(end >= 4 * low && end > 1_000, "the window did not grow again after the stall: lowest {low}, at the end {end}");
+    }
+
     #[test]
     fn an_idle_window_does_not_grow_and_unsent_sendmes_are_refused() {
         let mut w = CongestionWindow::new(10_000, INC, CcParams { cwnd_init: 200, ..CcParams::default() });
