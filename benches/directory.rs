@@ -42,8 +42,15 @@ fn main() {
         println!("  authority CPU per round     {:>10.1} ms (the four steps above)", ms(f.make_vote + f.take_votes + f.compute + f.publish));
         println!("  client: parse + verify      {:>10.1} ms", ms(f.client_verify));
         println!(
-            "  client download per interval {:>9} bytes per relay (the compressed consensus; consensus diffs are not implemented yet)",
-            f.compressed_bytes / n as usize
+            "  diff to the next consensus  {:>10} bytes ({} compressed: {:.1} per relay; 5% of relays changed, 1% gone, 1% new)",
+            f.diff_bytes,
+            f.diff_compressed_bytes,
+            f.diff_compressed_bytes as f64 / f64::from(n)
+        );
+        println!(
+            "  client download per interval {:>9} bytes per relay without diffs (the compressed consensus), {:.1} with",
+            f.compressed_bytes / n as usize,
+            f.diff_compressed_bytes as f64 / f64::from(n)
         );
     }
 }
@@ -58,6 +65,8 @@ struct Figures {
     header_bytes: usize,
     compressed_bytes: usize,
     microdesc_bytes: usize,
+    diff_bytes: usize,
+    diff_compressed_bytes: usize,
     make_vote: Duration,
     take_votes: Duration,
     compute: Duration,
@@ -92,38 +101,54 @@ fn descriptor(i: u32) -> RelayDescriptor {
     }
 }
 
-/// One voting round of three authorities over `n` relays.
-fn round(n: u32) -> Figures {
+/// Three authorities holding the same `n` relays, every one reachable.
+fn network(n: u32) -> (Vec<AuthorityState>, Vec<RelayId>) {
     let keys: Vec<SigningKey> = (0..3).map(|i| key(i, 9)).collect();
     let ids: Vec<RelayId> = keys.iter().map(|k| RelayId(k.verifying_key().to_bytes())).collect();
-    let schedule = Schedule::new(INTERVAL);
     // Flag thresholds of a test network (every relay gets its flags at once): the sizes are those
     // of a network whose relays are all Running and Valid.
     let mut st: Vec<AuthorityState> = keys
         .iter()
         .enumerate()
-        .map(|(i, k)| AuthorityState::new(AuthoritySigner::certify(k, key(i as u32, 10), 0, u64::MAX), &ids, true, schedule))
+        .map(|(i, k)| AuthorityState::new(AuthoritySigner::certify(k, key(i as u32, 10), 0, u64::MAX), &ids, true, Schedule::new(INTERVAL)))
         .collect();
     for i in 0..n {
-        let d = descriptor(i);
-        for a in st.iter_mut() {
-            a.accept_descriptor(d.clone(), T - 600).expect("descriptor accepted");
-            a.record_reachability(d.identity, true, T - 600);
-        }
+        upload(&mut st, descriptor(i), T - 600);
     }
-    let vote_at = schedule.vote_at_ms(T);
+    (st, ids)
+}
+
+fn upload(st: &mut [AuthorityState], d: RelayDescriptor, at: u64) {
+    for a in st.iter_mut() {
+        a.accept_descriptor(d.clone(), at).expect("descriptor accepted");
+        a.record_reachability(d.identity, true, at);
+    }
+}
+
+/// The times of one authority's steps in a round.
+struct Steps {
+    make_vote: Duration,
+    take_votes: Duration,
+    compute: Duration,
+    publish: Duration,
+}
+
+/// One regular voting round for the period `t`: the published text and the first authority's
+/// step times (the others' work is not timed).
+fn publish_round(st: &mut [AuthorityState], t: u64) -> (String, String, Steps) {
+    let schedule = Schedule::new(INTERVAL);
+    let vote_at = schedule.vote_at_ms(t);
     let now = vote_at / 1000;
     let t0 = Instant::now();
-    let (mine, _) = st[0].make_vote(T, now);
+    let (mine, _) = st[0].make_vote(t, now);
     let make_vote = t0.elapsed();
-    let peers: Vec<Arc<str>> = st[1..].iter_mut().map(|a| a.make_vote(T, now).0).collect();
+    let peers: Vec<Arc<str>> = st[1..].iter_mut().map(|a| a.make_vote(t, now).0).collect();
     let t1 = Instant::now();
     for text in &peers {
         let v = Vote::parse(text).expect("vote parses").verify(now).expect("vote verifies");
         st[0].accept_vote(v, text.clone(), vote_at + 10).expect("vote accepted");
     }
     let take_votes = t1.elapsed();
-    // The peers hold every vote too (their own work is not timed).
     for j in 1..3 {
         for (k, text) in std::iter::once(&mine).chain(peers.iter()).enumerate() {
             if k != j {
@@ -133,35 +158,62 @@ fn round(n: u32) -> Figures {
         }
     }
     let t2 = Instant::now();
-    st[0].make_consensus(T).expect("consensus");
+    st[0].make_consensus(t).expect("consensus");
     let compute = t2.elapsed();
-    let sigs: Vec<_> = st[1..].iter_mut().map(|a| a.make_consensus(T).expect("consensus")).collect();
+    let sigs: Vec<_> = st[1..].iter_mut().map(|a| a.make_consensus(t).expect("consensus")).collect();
     let t3 = Instant::now();
     let mut published = None;
     for s in sigs {
-        if let Some(p) = st[0].accept_signature(s, T * 1000).expect("signature accepted") {
+        if let Some(p) = st[0].accept_signature(s, t * 1000).expect("signature accepted") {
             published = Some(p);
         }
     }
     let publish = t3.elapsed();
-    let p = published.expect("published");
-    let text = p.text.to_string();
+    let text = published.expect("published").text.to_string();
+    (text, mine.to_string(), Steps { make_vote, take_votes, compute, publish })
+}
+
+/// One voting round of three authorities over `n` relays, then the next one after churn: one
+/// relay in 20 re-uploaded with another bandwidth, one in 100 gone, as many new.
+fn round(n: u32) -> Figures {
+    let (mut st, ids) = network(n);
+    let (text, vote, steps) = publish_round(&mut st, T);
     let t4 = Instant::now();
     let c = Consensus::parse(&text).expect("consensus parses").dangerously_skip_time_check(&ids).expect("consensus verifies");
     let client_verify = t4.elapsed();
     assert_eq!(c.relays().len(), n as usize, "every relay listed");
     let header_bytes = c.signed_text().find("\nrelay ").map_or(0, |i| i + 1);
     let microdescs = st[0].microdescs_answer(MICRODESCS_PATH).unwrap_or_default();
+    // Churn, then the next period.
+    let next = T + INTERVAL;
+    for i in (0..n).step_by(20) {
+        let mut d = descriptor(i);
+        d.bandwidth += 500_000;
+        d.published = next - 900;
+        upload(&mut st, d, next - 900);
+    }
+    for i in (0..n).step_by(100) {
+        for a in st.iter_mut() {
+            a.record_reachability(descriptor(i).identity, false, next - 1000);
+            a.record_reachability(descriptor(i).identity, false, next - 400);
+        }
+        upload(&mut st, descriptor(n + i), next - 900);
+    }
+    let (text2, _, _) = publish_round(&mut st, next);
+    let diff = allium_proto::doc::diff::make_diff(&text, &text2);
+    assert_eq!(allium_proto::doc::diff::apply_diff(&text, &diff).as_deref(), Ok(text2.as_str()));
     Figures {
-        vote_bytes: mine.len(),
+        vote_bytes: vote.len(),
         consensus_bytes: text.len(),
         header_bytes,
         compressed_bytes: allium_proto::dir_stream::compress(text.as_bytes()).len(),
         microdesc_bytes: microdescs.len(),
-        make_vote,
-        take_votes,
-        compute,
-        publish,
+        diff_bytes: diff.len(),
+        diff_compressed_bytes: allium_proto::dir_stream::compress(diff.as_bytes()).len(),
+        make_vote: steps.make_vote,
+        take_votes: steps.take_votes,
+        compute: steps.compute,
+        publish: steps.publish,
         client_verify,
     }
 }

@@ -55,6 +55,7 @@ mod authcert;
 mod compact;
 mod consensus;
 mod descriptor;
+pub mod diff;
 mod entry;
 mod flags;
 pub(crate) mod lines;
