@@ -11,7 +11,8 @@
 
 use allium_directory::fetch::{fetch_missing_microdescs, verify_off_thread, FetchAttempt, FetchAttemptError, FetchError, FETCH_ATTEMPT_TIMEOUT};
 use allium_directory::NetDir;
-use allium_proto::dir_stream::{encode_request, parse_response};
+use allium_proto::dir_stream::{encode_request, parse_response, CONSENSUS_DIFF_PATH, CONSENSUS_PATH};
+use allium_proto::doc::diff::{apply_diff, text_digest};
 use allium_proto::doc::{ConsensusRelay, MAX_CONSENSUS_LEN};
 use allium_proto::ids::RelayId;
 use rand::seq::SliceRandom;
@@ -22,7 +23,6 @@ use crate::circuit::CircHandle;
 use crate::config::{ClientConfig, FallbackDir};
 
 /// The path of the consensus on a directory stream.
-const CONSENSUS_PATH: &str = "/allium/v1/consensus";
 
 /// Which kind of source served the consensus (for the bootstrap log).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -94,8 +94,19 @@ pub async fn fetch(cfg: &ClientConfig, circuits: &CircMgr, current: Option<&NetD
 async fn through_relay(circuits: &CircMgr, hop: &ConsensusRelay, authorities: &[RelayId], now: u64, current: Option<&NetDir>) -> Result<NetDir, FetchAttemptError> {
     let attempt = async {
         let circ = circuits.one_hop(hop).await.map_err(|e| FetchAttemptError::Http(format!("circuit: {e}")))?;
-        let text = get(&circ, CONSENSUS_PATH.to_string()).await.map_err(FetchAttemptError::Http)?;
+        let (text, diffed) = match current.map(diff_path) {
+            // The diff from the consensus held, if the cache can make it; else the whole one.
+            Some((path, base)) => match get(&circ, path).await.ok().and_then(|d| apply_diff(&base, &d).ok()) {
+                Some(t) => (t, true),
+                None => (get(&circ, CONSENSUS_PATH.to_string()).await.map_err(FetchAttemptError::Http)?, false),
+            },
+            None => (get(&circ, CONSENSUS_PATH.to_string()).await.map_err(FetchAttemptError::Http)?, false),
+        };
+        // A diff saves bytes only: the result is verified like a whole download.
         let mut nd = verify_off_thread(text, authorities.to_vec(), now).await?;
+        if diffed {
+            allium_net::metrics::METRICS.consensus_diffs.inc();
+        }
         if let Some(c) = current {
             nd.reuse_microdescs(c);
         }
@@ -103,6 +114,12 @@ async fn through_relay(circuits: &CircMgr, hop: &ConsensusRelay, authorities: &[
         Ok(nd)
     };
     tokio::time::timeout(FETCH_ATTEMPT_TIMEOUT, attempt).await.unwrap_or_else(|_| Err(FetchAttemptError::Http("timed out".into())))
+}
+
+/// The path of the diff from `held`, and the text it applies to.
+fn diff_path(held: &NetDir) -> (String, String) {
+    let text = held.consensus_text().to_string();
+    (format!("{CONSENSUS_DIFF_PATH}{}", hex::encode(text_digest(&text))), text)
 }
 
 /// One request on a fresh directory stream of `circ`: the body of a 200 answer.

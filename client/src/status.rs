@@ -42,6 +42,7 @@ pub fn status_fn(state: Arc<ClientState>) -> allium_net::operator::StatusFn {
             json!({ "begin_timeouts": metrics.begin_timeouts.get(), "stalled_streams": metrics.stalled_streams.get(), "circuits_retired": metrics.circuits_retired.get() }),
         );
         m.insert("build_timeout_ms".into(), json!(state.circuits.build_timeout().as_millis() as u64));
+        m.insert("consensus_diffs".into(), json!(metrics.consensus_diffs.get()));
         let services: Map<String, Value> = state.service_states().into_iter().map(|(k, v)| (k, json!(v))).collect();
         m.insert("onion_services".into(), Value::Object(services));
         m

@@ -186,6 +186,8 @@ pub struct Metrics {
     pub config_reload_failures: Counter,
     /// Times freed memory was handed back to the system ([`crate::mem_trim`]).
     pub memory_trims: Counter,
+    /// Consensuses fetched as a diff from the one held, applied and verified (clients).
+    pub consensus_diffs: Counter,
 }
 
 /// The metrics of this process.
@@ -216,6 +218,7 @@ pub static METRICS: Metrics = Metrics {
     config_reloads: Counter::new(),
     config_reload_failures: Counter::new(),
     memory_trims: Counter::new(),
+    consensus_diffs: Counter::new(),
 };
 
 impl Metrics {
@@ -263,6 +266,7 @@ pub fn render(role: &str, now: u64) -> String {
     w.counter("allium_config_reloads_total", "Config reloads (SIGHUP) that loaded.", m.config_reloads.get());
     w.counter("allium_config_reload_failures_total", "Config reloads (SIGHUP) refused: the file did not load; the running config was kept.", m.config_reload_failures.get());
     w.counter("allium_memory_trims_total", "Times memory freed after a burst was handed back to the system.", m.memory_trims.get());
+    w.counter("allium_consensus_diffs_total", "Consensuses fetched as a diff from the one held, applied and verified (clients).", m.consensus_diffs.get());
     let limits = LIMITS.snapshot();
     w.header("allium_limit_hits_total", "counter", "Times each DoS limit refused or closed something.");
     for (name, n) in limits {

@@ -10,6 +10,12 @@
 //! parsers are total: any input gives a value or an error, never a panic, and decompression is
 //! bounded (the caller's size cap, and a cap on the expansion ratio against compression bombs).
 
+/// The consensus a cache holds (GET).
+pub const CONSENSUS_PATH: &str = "/allium/v1/consensus";
+/// `CONSENSUS_DIFF_PATH` + `<64 hex: SHA-256 of a consensus text>`: the diff from that consensus
+/// to the one held (`crate::doc::diff`), or 404 when the cache cannot make it.
+pub const CONSENSUS_DIFF_PATH: &str = "/allium/v1/consensus/diff/";
+
 /// Most bytes a request may take, headers included.
 pub const MAX_REQUEST_LEN: usize = 2048;
 /// Most bytes of a POST body (the largest onion-service descriptor).

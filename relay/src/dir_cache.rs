@@ -21,7 +21,8 @@ use std::time::Duration;
 use allium_directory::cache::Usability;
 use allium_directory::{ConsensusCache, NetDir};
 use allium_net::keys::unix_now;
-use allium_proto::dir_stream::{compress, encode_compressed_response, encode_response, parse_request, DirRequest, Method, MAX_REQUEST_TOTAL};
+use allium_proto::dir_stream::{compress, encode_compressed_response, encode_response, parse_request, DirRequest, Method, CONSENSUS_DIFF_PATH, CONSENSUS_PATH, MAX_REQUEST_TOTAL};
+use allium_proto::doc::diff::{make_diff, text_digest};
 use allium_proto::doc::RelayFlags;
 use allium_proto::hs::{HsDirRing, TimePeriod};
 use allium_proto::ids::RelayId;
@@ -30,7 +31,6 @@ use crate::hsdir::HsDir;
 use tokio::io::{AsyncReadExt, AsyncWriteExt, DuplexStream};
 
 /// The path of the consensus on a directory stream (the same as on an authority).
-pub const CONSENSUS_PATH: &str = "/allium/v1/consensus";
 /// How long a client may take to send its request.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// Buffer of the in-process pipe between the circuit's stream and the serving task.
@@ -41,6 +41,9 @@ pub struct DirCache {
     inner: Mutex<ConsensusCache>,
     /// The compressed text of the consensus with this digest.
     compressed: Mutex<Option<([u8; 32], Arc<[u8]>)>>,
+    /// The compressed diff from the previous consensus to the current one, by their text
+    /// digests (made once per consensus).
+    diff: Mutex<Option<([u8; 32], [u8; 32], Arc<[u8]>)>>,
     /// This relay's identity (to find its flags), if it is a relay.
     own_id: Option<RelayId>,
     /// The descriptors held as an HSDir.
@@ -60,7 +63,7 @@ const RINGS_KEPT: usize = 4;
 impl DirCache {
     pub fn new(cache: ConsensusCache) -> Self {
         let relay_ips = cache.current().map(|nd| nd.consensus().relays().iter().map(|r| r.address.ip()).collect()).unwrap_or_default();
-        DirCache { inner: Mutex::new(cache), compressed: Mutex::new(None), own_id: None, hsdir: HsDir::default(), previous: Mutex::new(None), relay_ips: std::sync::RwLock::new(relay_ips), rings: Mutex::new(Vec::new()) }
+        DirCache { inner: Mutex::new(cache), compressed: Mutex::new(None), diff: Mutex::new(None), own_id: None, hsdir: HsDir::default(), previous: Mutex::new(None), relay_ips: std::sync::RwLock::new(relay_ips), rings: Mutex::new(Vec::new()) }
     }
 
     /// The cache of the relay `id` (which serves descriptors while flagged HSDir).
@@ -86,6 +89,25 @@ impl DirCache {
                 z
             }
         }
+    }
+
+    /// The compressed diff from the consensus whose text has SHA-256 `from` to `nd`, if that is
+    /// the previous consensus this cache kept (the one clients hold between two fetches).
+    fn compressed_diff(&self, from: &[u8; 32], nd: &NetDir) -> Option<Arc<[u8]>> {
+        let to = text_digest(nd.consensus_text());
+        let mut memo = self.diff.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((f, t, z)) = &*memo {
+            if f == from && *t == to {
+                return Some(z.clone());
+            }
+        }
+        let previous = self.previous.lock().unwrap_or_else(|e| e.into_inner()).clone()?;
+        if text_digest(previous.consensus_text()) != *from {
+            return None;
+        }
+        let z: Arc<[u8]> = compress(make_diff(previous.consensus_text(), nd.consensus_text()).as_bytes()).into();
+        *memo = Some((*from, to, z.clone()));
+        Some(z)
     }
 
     /// Keeps a freshly fetched, verified consensus (unless older than the kept one).
@@ -164,6 +186,17 @@ impl DirCache {
         let Some(nd) = live else { return encode_response(404, b"no live consensus held\n") };
         if req.method != Method::Get {
             return encode_response(404, b"not found\n");
+        }
+        if let Some(hex_digest) = req.path.strip_prefix(CONSENSUS_DIFF_PATH) {
+            let mut from = [0u8; 32];
+            if hex_digest.len() != 64 || hex::decode_to_slice(hex_digest, &mut from).is_err() {
+                return encode_response(400, b"malformed digest\n");
+            }
+            return match self.compressed_diff(&from, &nd) {
+                // Clients ask with deflate; one that does not gets the whole consensus instead.
+                Some(z) if req.deflate => encode_compressed_response(&z),
+                _ => encode_response(404, b"no diff from that consensus\n"),
+            };
         }
         if req.path == CONSENSUS_PATH {
             return match req.deflate {

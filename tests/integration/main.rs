@@ -46,6 +46,7 @@ mod advertise;
 mod blackhole;
 mod clients;
 mod configs;
+mod consensus_diff;
 mod control_cells;
 mod destroy_reasons;
 mod deploy_files;
