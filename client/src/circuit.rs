@@ -701,25 +701,23 @@ impl Circuit {
     async fn check_deadlines(&mut self, mux: &mut StreamMux, pending: &mut PendingStreams) -> Result<(), CircError> {
         use crate::recovery::{GaveUp, BEGIN_TIMEOUT, STALL_TIMEOUT};
         let now = Instant::now();
-        let mut gave_up = GaveUp::default();
-        let mut out = Vec::new();
         let late: Vec<u16> = pending.iter().filter(|(_, (sent, _))| now.duration_since(*sent) >= BEGIN_TIMEOUT).map(|(id, _)| *id).collect();
+        let stalled: Vec<u16> = mux.stalled(now, STALL_TIMEOUT).into_iter().filter(|id| !pending.contains_key(id)).collect();
+        let gave_up = GaveUp { begins: late.len(), stalled: stalled.len() };
+        if !gave_up.any() {
+            return Ok(());
+        }
+        // Counted, logged and the circuit retired before any application hears of it.
+        let newly = !self.retired.swap(true, Ordering::Relaxed);
+        crate::recovery::record(&gave_up, newly, &mut self.logged);
+        let mut out = Vec::new();
         for id in late {
             let (_, req) = pending.remove(&id).expect("listed");
             req.fail(EndReason::Timeout);
             out.extend(mux.close(id, EndReason::Timeout));
-            gave_up.begins += 1;
         }
-        for id in mux.stalled(now, STALL_TIMEOUT) {
-            if pending.contains_key(&id) {
-                continue;
-            }
+        for id in stalled {
             out.extend(mux.close(id, EndReason::Timeout));
-            gave_up.stalled += 1;
-        }
-        if gave_up.any() {
-            let newly = !self.retired.swap(true, Ordering::Relaxed);
-            crate::recovery::record(&gave_up, newly, &mut self.logged);
         }
         self.send_all(out).await
     }

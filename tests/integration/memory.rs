@@ -13,6 +13,7 @@ use allium_net::limits::memquota::MemQuota;
 use allium_net::limits::LIMITS;
 use allium_net::pool::ChannelPool;
 use allium_proto::doc::ConsensusRelay;
+use allium_proto::flow::FlowParams;
 use allium_proto::relay_msg::RelayMsg;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -24,6 +25,8 @@ use crate::support::inproc::start_relay_with_quota;
 const ATTACKER: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 66));
 const HONEST: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 77));
 const BODY: usize = 4 << 20;
+/// The circuit window A28's circuit asks for.
+const WINDOW_CELLS: u32 = 1000;
 
 /// A guard with a `max_queued_mib` budget and an exit, both in this process.
 async fn guard_and_exit(name: &str, guard_mib: u64) -> (ConsensusRelay, Arc<MemQuota>, ConsensusRelay, Arc<MemQuota>) {
@@ -83,14 +86,18 @@ async fn a27_a_client_that_stops_reading_cannot_make_the_guard_queue_beyond_its_
 }
 
 /// A28: an application reads a 4 MiB download at ~64 KiB/s for 3 s, then at full speed. Flow
-/// control holds the exit back meanwhile: neither relay ever queues more than a circuit window
-/// (1,000 cells) plus a little, and the download completes intact.
+/// control holds the exit back meanwhile: neither relay ever queues more than the circuit's
+/// window plus a little, and the download completes intact. The circuit asks for a window of
+/// 1,000 cells (the default is 5,000, which the congestion window reaches only on a path that
+/// carries it; on a loaded machine it may grow that far here), so the bound is tight: without
+/// flow control the exit would take in the whole file, about 8,000 cells.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a28_a_slow_reader_holds_at_most_a_window_at_each_relay_and_completes() {
     let files = FileServer::start(vec![("/big", pseudo_random(BODY, 28))]);
     let (guard, gq, exit, eq) = guard_and_exit("a28", 256).await;
     let pool = ChannelPool::new(HONEST, None);
-    let c = circuit::build(&pool, &[&guard, &exit]).await.expect("a circuit");
+    let flow = FlowParams { circuit_window: WINDOW_CELLS, ..FlowParams::default() };
+    let c = circuit::build_within(&pool, &[&guard, &exit], Duration::from_secs(60), flow).await.expect("a circuit");
     let mut app = begin(&c, files.addr()).await.expect("CONNECTED");
     app.write_all(b"GET /big HTTP/1.0\r\n\r\n").await.unwrap();
     let mut got = Vec::new();
@@ -104,7 +111,7 @@ async fn a28_a_slow_reader_holds_at_most_a_window_at_each_relay_and_completes() 
     app.read_to_end(&mut got).await.unwrap();
     let body = strip_head(&got);
     assert!(body == files.file("/big"), "the download arrived whole ({} bytes)", body.len());
-    let window = 1000 * allium_net::limits::memquota::CELL_MEM;
+    let window = WINDOW_CELLS as usize * allium_net::limits::memquota::CELL_MEM;
     for (name, q) in [("guard", &gq), ("exit", &eq)] {
         assert!(q.peak() <= window + window / 4, "the {name} queued {} bytes at most; a window is {window}", q.peak());
     }
