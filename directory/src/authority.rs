@@ -156,6 +156,9 @@ pub struct AuthorityState {
     /// The signed text of each held descriptor, as uploaded (saved with
     /// [`AuthorityState::descriptors_text`], so a restart keeps the relays it knew).
     texts: HashMap<RelayId, Arc<str>>,
+    /// Bumped whenever what a vote would say may have changed (a descriptor, a reachability
+    /// result, a consensus published): [`crate::bootstrap`] looks again only then.
+    changes: u64,
     /// Shared randomness: this authority's secret reveal for each period it committed in (the
     /// current and the previous one). In memory only: after a restart it has nothing to reveal
     /// and takes part again from the period after its next vote.
@@ -181,7 +184,13 @@ impl AuthorityState {
             history: HistoryBook::default(),
             texts: HashMap::new(),
             srv_reveals: BTreeMap::new(),
+            changes: 0,
         }
+    }
+
+    /// A count that moves whenever what a vote would say may have changed.
+    pub fn changes(&self) -> u64 {
+        self.changes
     }
 
     /// Signs from now on with a renewed signing key (same identity).
@@ -205,6 +214,7 @@ impl AuthorityState {
         }
         let rule = self.thresholds().down;
         self.history.record(id, ok, now, &rule);
+        self.changes += 1;
     }
 
     /// Starts from a saved history (loaded at startup).
@@ -350,6 +360,7 @@ impl AuthorityState {
             }
         }
         self.descriptors.insert(d.identity, d);
+        self.changes += 1;
         Ok(Accepted::New)
     }
 
@@ -617,6 +628,7 @@ impl AuthorityState {
         self.microdescs = crate::microdescs::MicrodescStore::of_consensus(&c);
         allium_net::metrics::METRICS.set_consensus(c.valid_after(), c.valid_until());
         self.published = Some((c, text));
+        self.changes += 1;
         Some(p)
     }
 
@@ -630,6 +642,7 @@ impl AuthorityState {
         allium_net::metrics::METRICS.set_consensus(c.valid_after(), c.valid_until());
         self.microdescs = crate::microdescs::MicrodescStore::of_consensus(&c);
         self.published = Some((c, text));
+        self.changes += 1;
     }
 
     /// The answer to a microdescriptor path ([`crate::microdescs::answer`]) for the published

@@ -56,6 +56,9 @@ pub struct Pace {
     pub round: Duration,
     /// Wait before proposing again after a round that published nothing.
     pub retry: Duration,
+    /// Longest the loop goes without looking at the state again when nothing changed (flags
+    /// also change with time: uptimes grow).
+    pub refresh: Duration,
 }
 
 impl Pace {
@@ -67,6 +70,7 @@ impl Pace {
                 grace: Duration::from_millis(500),
                 round: Duration::from_secs(2),
                 retry: Duration::from_secs(1),
+                refresh: Duration::from_secs(1),
             }
         } else {
             Pace {
@@ -75,6 +79,7 @@ impl Pace {
                 grace: Duration::from_secs(30),
                 round: Duration::from_secs(60),
                 retry: Duration::from_secs(120),
+                refresh: Duration::from_secs(60),
             }
         }
     }
@@ -176,13 +181,26 @@ impl Proposer {
 pub(crate) async fn run(sh: Arc<Shared>) {
     let pace = Pace::new(sh.testnet);
     let mut proposer = Proposer::default();
+    // The view is worth computing (every relay's flags) only when the state changed, or now and
+    // then as uptimes grow: not every tick.
+    let mut seen: Option<(u64, Instant, View)> = None;
     loop {
         tokio::select! {
             _ = tokio::time::sleep(pace.tick) => {}
             _ = sh.joinable.wake.notified() => {}
         }
         let now_ms = sh.clock.now_ms();
-        let view = sh.lock().bootstrap_view(now_ms / 1000);
+        let view = {
+            let st = sh.lock();
+            match &seen {
+                Some((changes, at, v)) if *changes == st.changes() && at.elapsed() < pace.refresh => v.clone(),
+                _ => {
+                    let v = st.bootstrap_view(now_ms / 1000);
+                    seen = Some((st.changes(), Instant::now(), v.clone()));
+                    v
+                }
+            }
+        };
         if let Some(t) = sh.joinable.take_newest() {
             if view.candidates > 0 && open_round(&sh, t) && sh.schedule.accepts_bootstrap_vote_for(t, now_ms) {
                 round(&sh, t, &pace, "joined").await;
