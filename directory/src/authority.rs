@@ -38,6 +38,8 @@ pub const MAX_PUBLISHED_SKEW_SECS: u64 = 3600;
 pub const MAX_DESCRIPTORS: usize = 20_000;
 /// File in the data directory holding the latest published consensus.
 pub const CONSENSUS_FILE: &str = "cached-consensus";
+/// How far past its voting time an authority's vote counts as late (it started after it).
+const LATE_VOTE_MS: u64 = 500;
 /// Rounds whose votes are kept at once (regular and bootstrap).
 const MAX_VOTE_ROUNDS: usize = 4;
 /// Consensuses collecting signatures at once (the coming period's and a bootstrap round's).
@@ -1040,6 +1042,15 @@ async fn schedule_loop(sh: Arc<Shared>) -> Result<(), DirError> {
             save_history(&sh).await;
         }
         clock.sleep_until_ms(s.vote_at_ms(t)).await;
+        // Started after this round's voting time, without a valid consensus: its view of the
+        // relays is a few moments old (a new network's relays may not have uploaded yet), and a
+        // bootstrap round (crate::bootstrap) makes the consensus meanwhile; a vote now could
+        // only make a worse one, published after it. Next period.
+        if clock.now_ms() > s.vote_at_ms(t) + LATE_VOTE_MS && !sh.lock().has_valid_consensus(clock.now_secs()) {
+            tracing::info!(valid_after = %Utc(t), "started after this round's voting time without a consensus: not voting in it (a bootstrap round makes one)");
+            clock.sleep_until_ms(s.sign_at_ms(t)).await;
+            continue;
+        }
         let (text, n) = sh.lock().make_vote(t, clock.now_secs());
         tracing::info!(valid_after = %Utc(t), relays = n, "voted");
         let sh2 = sh.clone();

@@ -54,11 +54,20 @@ impl Schedule {
     }
 
     /// The lifetime of the consensus with `valid-after` `t`: fresh until the first period start
-    /// whose consensus can still be made after `t` (for a period start `t`, `t + I`), valid two
-    /// intervals longer. A bootstrap consensus (see below) starts between period starts and is
-    /// fresh until the regular round can take over.
+    /// whose vote comes after `t` (for a period start `t`, `t + I`), valid two intervals longer.
+    /// A bootstrap consensus (see below) starts between period starts and is fresh until the
+    /// first regular round that votes after it.
     pub fn lifetime(&self, t: u64) -> Lifetime {
-        let fresh = if self.is_period_start(t) { t.saturating_add(self.interval) } else { self.next_period(t.saturating_mul(1000)) };
+        let fresh = if self.is_period_start(t) {
+            t.saturating_add(self.interval)
+        } else {
+            let next = (t / self.interval).saturating_add(1).saturating_mul(self.interval);
+            if self.vote_at_ms(next) > t.saturating_mul(1000) {
+                next
+            } else {
+                next.saturating_add(self.interval)
+            }
+        };
         Lifetime { valid_after: t, fresh_until: fresh, valid_until: fresh.saturating_add(self.interval.saturating_mul(2)) }
     }
 
@@ -230,8 +239,10 @@ mod tests {
         assert_eq!(s.bootstrap_valid_after(p * 1000 + 200), p - 1, "a period start belongs to the regular round");
         // Early in a period: fresh until its end (that round votes at p + 5).
         assert_eq!(s.lifetime(p + 3), Lifetime { valid_after: p + 3, fresh_until: p + 10, valid_until: p + 30 });
-        // After the signing time of p + 10 (p + 7.5): the round for p + 20 takes over.
+        // After the voting time of p + 10 (p + 5): the round for p + 20 takes over.
         assert_eq!(s.lifetime(p + 8), Lifetime { valid_after: p + 8, fresh_until: p + 20, valid_until: p + 40 });
+        assert_eq!(s.lifetime(p + 6).fresh_until, p + 20);
+        assert_eq!(s.lifetime(p + 4).fresh_until, p + 10);
         // Period starts keep their regular lifetime.
         assert_eq!(s.lifetime(p), Lifetime { valid_after: p, fresh_until: p + 10, valid_until: p + 30 });
         assert!(s.accepts_bootstrap_vote_for(p + 3, (p + 3) * 1000 + 1_900));
