@@ -135,7 +135,7 @@ impl NetDir {
     /// The onion-service time-period length this consensus sets (`hs-period-secs`, see
     /// `allium_proto::hs::period::length_from_params`).
     pub fn hs_period_secs(&self) -> u64 {
-        allium_proto::hs::period::length_from_params(self.params.listed(), self.interval_secs())
+        allium_proto::hs::period::length_from_params(self.params.listed(), self.consensus().lifetime().voting_interval())
     }
 
     /// The consensus parameters (checked against their bounds; defaults for absent ones).

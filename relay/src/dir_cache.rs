@@ -60,6 +60,14 @@ pub struct DirCache {
 /// Rings kept (two consensuses × two periods).
 const RINGS_KEPT: usize = 4;
 
+/// Whether `nd` says which ring value `period` has: it carries a ring-value line for that
+/// period or a later one of the same length, or none at all (then every period uses the
+/// fallback value).
+fn ring_value_known(nd: &NetDir, period: TimePeriod) -> bool {
+    let carried = &nd.consensus().meta().period_srvs;
+    carried.is_empty() || carried.iter().any(|c| c.length_secs == period.length_secs && c.number >= period.number)
+}
+
 impl DirCache {
     pub fn new(cache: ConsensusCache) -> Self {
         let relay_ips = cache.current().map(|nd| nd.consensus().relays().iter().map(|r| r.address.ip()).collect()).unwrap_or_default();
@@ -71,10 +79,13 @@ impl DirCache {
         DirCache { own_id: Some(id), ..Self::new(cache) }
     }
 
-    /// Whether `nd` flags this relay HSDir.
-    fn is_hsdir(&self, nd: Option<&NetDir>) -> bool {
-        let (Some(nd), Some(id)) = (nd, self.own_id) else { return false };
-        nd.consensus().relays().iter().any(|r| r.identity == id && r.flags.contains(RelayFlags::HSDIR))
+    /// Whether the live consensus `live`, or the one before it, flags this relay HSDir (a
+    /// service or client may still hold the previous one, or already the next).
+    fn is_hsdir(&self, live: Option<&NetDir>) -> bool {
+        let Some(id) = self.own_id else { return false };
+        let previous = self.previous.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let flagged = [live, previous.as_deref()].into_iter().flatten().any(|nd| nd.consensus().relays().iter().any(|r| r.identity == id && r.flags.contains(RelayFlags::HSDIR)));
+        flagged
     }
 
     /// The compressed consensus text of `nd`, made once.
@@ -126,10 +137,17 @@ impl DirCache {
 
     /// Whether this relay is one of the HSDirs of `key` in `period` on the ring of the current
     /// or the previous consensus (a service may publish by either while a new one spreads).
+    /// A period whose ring value neither consensus carries yet (it is later than every period
+    /// they carry: the service holds a newer consensus, the one that anchors it) cannot be
+    /// checked here, and is accepted.
     fn responsible_here(&self, key: &[u8; 32], period: TimePeriod) -> bool {
         let Some(me) = self.own_id else { return false };
         let previous = self.previous.lock().unwrap_or_else(|e| e.into_inner()).clone();
-        [self.current(), previous].into_iter().flatten().any(|nd| self.ring(&nd, period).responsible_default(key).contains(&me))
+        let held: Vec<Arc<NetDir>> = [self.current(), previous].into_iter().flatten().collect();
+        if !held.is_empty() && !held.iter().any(|nd| ring_value_known(nd, period)) {
+            return true;
+        }
+        held.iter().any(|nd| self.ring(nd, period).responsible_default(key).contains(&me))
     }
 
     fn ring(&self, nd: &NetDir, period: TimePeriod) -> Arc<HsDirRing> {
@@ -347,5 +365,32 @@ mod tests {
             }
             std::fs::remove_dir_all(&dir).unwrap();
         }
+    }
+
+    /// A relay knows the ring value of the periods its consensus carries lines for, and of
+    /// earlier ones; a later period (anchored by a newer consensus) or one of another length is
+    /// unknown to it; a consensus without lines uses the fallback value for every period.
+    #[test]
+    fn ring_values_known_from_the_carried_lines() {
+        use allium_proto::doc::{AuthoritySigner, Consensus, ConsensusMeta, ConsensusRelay, Lifetime};
+        use allium_proto::hs::period::PeriodSrv;
+        use ed25519_dalek::SigningKey;
+        let now = unix_now();
+        let id_key = SigningKey::from_bytes(&[1; 32]);
+        let ids = vec![RelayId(id_key.verifying_key().to_bytes())];
+        let p = TimePeriod::at(now, 60);
+        let netdir = |period_srvs: Vec<PeriodSrv>| {
+            let meta = ConsensusMeta { period_srvs, ..Default::default() };
+            let mut c = Consensus::with_meta(Lifetime::new(now - 5, now + 10, now + 30).unwrap(), meta, ids.clone(), vec![ConsensusRelay::synthetic(1)]);
+            c.add_signature(c.sign(&AuthoritySigner::certify(&id_key, SigningKey::from_bytes(&[2; 32]), now - 100, now + 100)));
+            NetDir::from_text(&c.encode(), &ids, now).unwrap()
+        };
+        let line = |q: TimePeriod| PeriodSrv { number: q.number, length_secs: q.length_secs, value: [q.number as u8; 32] };
+        let nd = netdir(vec![line(p), line(p.next())]);
+        let before = TimePeriod { number: p.number - 1, length_secs: 60 };
+        assert!(ring_value_known(&nd, before) && ring_value_known(&nd, p) && ring_value_known(&nd, p.next()));
+        assert!(!ring_value_known(&nd, p.next().next()), "anchored by a later consensus");
+        assert!(!ring_value_known(&nd, TimePeriod::at(now, 120)), "another period length");
+        assert!(ring_value_known(&netdir(Vec::new()), p.next().next()), "no lines: the fallback value");
     }
 }

@@ -7,8 +7,9 @@
 //!   consensus); when full, the descriptors stored longest ago are evicted to make room;
 //! - `GET /allium/v1/hs/descriptor/<blinded key, 64 hex digits>`: 200 with the descriptor, 404.
 //!
-//! A relay without the flag answers both with 404 `not an HSDir`. The store knows only blinded
-//! keys; nothing about a descriptor or its uploader is logged.
+//! A relay that neither its live consensus nor the one before flags HSDir answers both with 404
+//! `not an HSDir`. The store knows only blinded keys; nothing about a descriptor or its uploader
+//! is logged.
 
 use std::sync::Mutex;
 

@@ -47,8 +47,12 @@ pub const REPUBLISH_EVERY: Duration = Duration::from_secs(30 * 60);
 const SETTLE: Duration = Duration::from_secs(5);
 /// How often the service checks rotation and its publishing schedule.
 const TICK: Duration = Duration::from_secs(1);
-/// After a round that stored nothing, the next waits this long.
+/// After a round in which an upload failed, the next waits this long, doubling with each such
+/// round in a row up to [`MAX_RETRY_PUBLISH`] (an HSDir whose consensus is behind the service's
+/// refuses a descriptor it will take once it holds the newer one).
 const RETRY_PUBLISH: Duration = Duration::from_secs(10);
+/// Longest wait before publishing again after failed uploads.
+const MAX_RETRY_PUBLISH: Duration = Duration::from_secs(10 * 60);
 /// Longest back-off before rebuilding an introduction circuit after repeated failures.
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
 
@@ -101,6 +105,7 @@ impl HostedService {
             circuits: HashMap::new(),
             events_tx,
             failures: 0,
+            publish_failures: 0,
             placement,
             dirty_since: None,
             last_publish: None,
@@ -129,6 +134,8 @@ struct Loop<'a> {
     events_tx: mpsc::Sender<IntroEvent>,
     /// Introduction circuits that failed in a row (back-off).
     failures: u32,
+    /// Publishing rounds in a row in which an upload failed (back-off).
+    publish_failures: u32,
     placement: publish::Placement,
     /// Since when the published descriptor is out of date.
     dirty_since: Option<Instant>,
@@ -137,7 +144,7 @@ struct Loop<'a> {
     starved: bool,
     /// Why the last introduction circuit failed, as logged at info (each new reason once).
     last_down: Option<String>,
-    /// No round starts before this (after one that stored nothing).
+    /// No round starts before this (after one in which an upload failed).
     not_before: Option<Instant>,
     revisions: revision::Revisions,
     publishing: JoinSet<Published>,
@@ -381,12 +388,20 @@ impl Loop<'_> {
         }
         let points = self.set.descriptor_points().len();
         self.svc.state.set_service_state(&self.svc.name, format!("published to {} HSDirs ({} failed), {points} introduction points", p.stored, p.failed));
-        if p.stored == 0 {
-            // Nothing stored: try again a little later.
+        if p.failed > 0 || p.stored == 0 {
+            // Publish again a little later, so that every responsible HSDir holds the descriptor.
+            self.publish_failures = self.publish_failures.saturating_add(1);
             self.mark_dirty();
-            self.not_before = Some(Instant::now() + RETRY_PUBLISH);
+            self.not_before = Some(Instant::now() + retry_publish_after(self.publish_failures));
+        } else {
+            self.publish_failures = 0;
         }
     }
+}
+
+/// The wait before publishing again after the `n`th round in a row with a failed upload.
+fn retry_publish_after(n: u32) -> Duration {
+    RETRY_PUBLISH.saturating_mul(1 << n.saturating_sub(1).min(16)).min(MAX_RETRY_PUBLISH)
 }
 
 /// A Running, Valid relay not in `in_use`, picked at random by middle weight.
@@ -427,5 +442,13 @@ mod tests {
             assert_eq!(r.identity.0, [2; 32]);
         }
         assert!(pick_relay(&dir, &[[1; 32], [2; 32]]).is_none(), "the only other relay is not Running");
+    }
+
+    /// Publishing again after failed uploads backs off from 10 s, doubling, to at most 10 min.
+    #[test]
+    fn publishing_retries_back_off() {
+        let waits: Vec<u64> = (1..=9).map(|n| retry_publish_after(n).as_secs()).collect();
+        assert_eq!(waits, [10, 20, 40, 80, 160, 320, 600, 600, 600]);
+        assert_eq!(retry_publish_after(u32::MAX), MAX_RETRY_PUBLISH);
     }
 }

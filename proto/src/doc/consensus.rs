@@ -562,7 +562,7 @@ pub fn compute_consensus(votes: &[Vote], n_authorities: usize, lifetime: Lifetim
     }
     let stated: Vec<Vec<PeriodSrv>> = stated.into_values().collect();
     let current = shared_rand.current.map(|c| c.value);
-    let period_secs = period::length_from_params(&params, lifetime.fresh_until - lifetime.valid_after);
+    let period_secs = period::length_from_params(&params, lifetime.voting_interval());
     let previous = shared_rand.previous.map(|p| p.value);
     let period_srvs = period::consensus_ring_values(lifetime.valid_after, period_secs, current.as_ref(), previous.as_ref(), &stated, n_authorities).to_vec();
     let meta = ConsensusMeta {

@@ -126,6 +126,17 @@ impl Lifetime {
     pub fn new(valid_after: u64, fresh_until: u64, valid_until: u64) -> Option<Lifetime> {
         (valid_after < fresh_until && fresh_until <= valid_until).then_some(Lifetime { valid_after, fresh_until, valid_until })
     }
+
+    /// The network's voting interval `I` this lifetime implies: every consensus, regular or from
+    /// a bootstrap round, has `valid-until = fresh-until + 2I` (a bootstrap consensus's
+    /// `fresh-until − valid-after` is shorter than `I`). For a lifetime not made that way,
+    /// `fresh-until − valid-after`.
+    pub fn voting_interval(&self) -> u64 {
+        match (self.valid_until - self.fresh_until) / 2 {
+            0 => self.fresh_until - self.valid_after,
+            i => i,
+        }
+    }
 }
 
 /// Why a document was rejected. Line numbers are 1-based.
