@@ -103,7 +103,12 @@ impl<W: AsyncWrite + Unpin, G: Unpin> AsyncWrite for HoldingWrite<W, G> {
 /// What stream tasks tell the circuit task.
 #[derive(Debug)]
 pub enum StreamEvent {
-    Data { id: u16, data: Vec<u8> },
+    /// Bytes read from the socket. `more`: the read filled the buffer, so more may be waiting;
+    /// a partly filled last cell is then held back to be filled by the next read (so that a
+    /// partial DATA cell means "nothing more ready", as the stall rule reads it).
+    Data { id: u16, data: Vec<u8>, more: bool },
+    /// The reader found nothing more ready after a read with `more`: send what is held back.
+    Drained { id: u16 },
     Eof { id: u16 },
     /// The writer consumed `cells` DATA cells.
     Consumed { id: u16, cells: u32 },
@@ -216,8 +221,11 @@ struct Stream {
     /// it was opened.
     last_progress: Instant,
     /// The other end's last DATA filled its cell: it had more ready than one cell holds, so
-    /// more DATA is owed (a sender's last cell of a burst is almost always partly empty).
+    /// more DATA is owed (a sender's last cell of a burst is partly empty, see `carry`).
     last_data_full: bool,
+    /// Read bytes held back (less than a cell): the tail of a read that filled its buffer,
+    /// sent with the next read's bytes or when the reader finds nothing more ready.
+    carry: Vec<u8>,
 }
 
 /// A protocol violation by the other end of the circuit.
@@ -346,6 +354,7 @@ impl StreamMux {
                 xoff_sent: false,
                 last_progress: Instant::now(),
                 last_data_full: false,
+                carry: Vec::new(),
             },
         );
         Ok(())
@@ -467,33 +476,29 @@ impl StreamMux {
     /// Handles an event from a stream task. Returns messages to send.
     pub fn handle_event(&mut self, ev: StreamEvent) -> Vec<(u16, RelayMsg)> {
         match ev {
-            StreamEvent::Data { id, data } => {
+            StreamEvent::Data { id, data, more } => {
                 // The reader counted these cells at the gate when it read them.
-                if !self.streams.contains_key(&id) {
-                    self.gate.sub(data.len().div_ceil(MAX_BODY_PER_CELL));
-                    return vec![];
-                }
-                // The gate counted this many cells when the reader read them.
                 let read_for = data.len().div_ceil(MAX_BODY_PER_CELL);
-                let mut cells = 0usize;
-                let mut rest = &data[..];
-                for (len, due) in self.tokens_out.plan(data.len()) {
-                    // The cell that completes an increment of the circuit window carries a
-                    // fresh token, in 16 bytes taken from the stream's bytes.
-                    let token: Option<SendmeToken> = due.then(rand::random);
-                    let (chunk, tail) = rest.split_at(len);
-                    rest = tail;
-                    self.tokens_out.on_data(token);
-                    let msg = match token {
-                        Some(token) => RelayMsg::DataToken { data: chunk.to_vec(), token },
-                        None => RelayMsg::Data(chunk.to_vec()),
-                    };
-                    cells += 1;
-                    let held = self.mem.as_ref().map(|m| m.hold(CELL_MEM));
-                    self.pending.push_back(Pending { id, msg, _held: held });
+                let Some(s) = self.streams.get_mut(&id) else {
+                    self.gate.sub(read_for);
+                    return vec![];
+                };
+                let mut bytes = std::mem::take(&mut s.carry);
+                bytes.extend_from_slice(&data);
+                let cells = self.queue_data(id, bytes, more);
+                // Held-back bytes and a token's 16 bytes change the count: correct the gate.
+                if cells >= read_for {
+                    self.gate.add(cells - read_for);
+                } else {
+                    self.gate.sub(read_for - cells);
                 }
-                // A token's 16 bytes can add a cell, counted at the gate too.
-                self.gate.add(cells.saturating_sub(read_for));
+                self.flush()
+            }
+            StreamEvent::Drained { id } => {
+                let Some(s) = self.streams.get_mut(&id) else { return vec![] };
+                let bytes = std::mem::take(&mut s.carry);
+                let cells = self.queue_data(id, bytes, false);
+                self.gate.add(cells);
                 self.flush()
             }
             StreamEvent::Consumed { id, cells } => {
@@ -513,6 +518,41 @@ impl StreamMux {
         }
     }
 
+    /// Queues `bytes` of stream `id` as DATA cells (the cell completing an increment of the
+    /// circuit window carries a token); with `more`, a partly filled last cell is held back in
+    /// the stream's `carry` instead. Returns the cells queued.
+    fn queue_data(&mut self, id: u16, mut bytes: Vec<u8>, more: bool) -> usize {
+        let plan = self.tokens_out.plan(bytes.len());
+        let keep = match plan.last() {
+            Some(&(len, token)) if more && len < MAX_BODY_PER_CELL - if token { SENDME_TOKEN_LEN } else { 0 } => len,
+            _ => 0,
+        };
+        if let Some(s) = self.streams.get_mut(&id) {
+            s.carry = bytes.split_off(bytes.len() - keep);
+        }
+        let mut rest = &bytes[..];
+        let mut cells = 0;
+        for (len, due) in plan {
+            if rest.is_empty() {
+                break;
+            }
+            // The cell that completes an increment of the circuit window carries a fresh
+            // token, in 16 bytes taken from the stream's bytes.
+            let token: Option<SendmeToken> = due.then(rand::random);
+            let (chunk, tail) = rest.split_at(len);
+            rest = tail;
+            self.tokens_out.on_data(token);
+            let msg = match token {
+                Some(token) => RelayMsg::DataToken { data: chunk.to_vec(), token },
+                None => RelayMsg::Data(chunk.to_vec()),
+            };
+            cells += 1;
+            let held = self.mem.as_ref().map(|m| m.hold(CELL_MEM));
+            self.pending.push_back(Pending { id, msg, _held: held });
+        }
+        cells
+    }
+
     /// Sends bytes the application gave before the stream opened (after a SOCKS request) as
     /// DATA, counted at the gate as if the reader had read them.
     pub fn send_early(&mut self, id: u16, data: Vec<u8>) -> Vec<(u16, RelayMsg)> {
@@ -520,11 +560,15 @@ impl StreamMux {
             return vec![];
         }
         self.gate.add(data.len().div_ceil(MAX_BODY_PER_CELL));
-        self.handle_event(StreamEvent::Data { id, data })
+        self.handle_event(StreamEvent::Data { id, data, more: false })
     }
 
-    /// Closes a stream from our side: its queued DATA goes first, then END.
+    /// Closes a stream from our side: bytes held back and queued DATA go first, then END.
     pub fn close(&mut self, id: u16, reason: EndReason) -> Vec<(u16, RelayMsg)> {
+        if let Some(bytes) = self.streams.get_mut(&id).map(|s| std::mem::take(&mut s.carry)) {
+            let cells = self.queue_data(id, bytes, false);
+            self.gate.add(cells);
+        }
         let Some(s) = self.streams.remove(&id) else { return vec![] };
         self.retire(s);
         self.closed.insert(id);
@@ -603,10 +647,24 @@ impl Drop for StreamMux {
 
 async fn read_loop<R: AsyncRead + Unpin>(id: u16, mut rd: R, paused: Arc<Pause>, gate: Arc<ReadGate>, tx: mpsc::UnboundedSender<StreamEvent>) {
     let mut buf = vec![0u8; READ_BATCH * MAX_BODY_PER_CELL];
+    // The last read filled its buffer: the mux may hold its tail back until the next read.
+    let mut more = false;
     loop {
         paused.wait().await;
         let cells = gate.room().await.min(READ_BATCH);
-        match rd.read(&mut buf[..cells * MAX_BODY_PER_CELL]).await {
+        let want = cells * MAX_BODY_PER_CELL;
+        let mut read = std::pin::pin!(rd.read(&mut buf[..want]));
+        let got = match std::future::poll_fn(|cx| std::task::Poll::Ready(std::future::Future::poll(read.as_mut(), cx))).await {
+            std::task::Poll::Ready(r) => r,
+            std::task::Poll::Pending => {
+                // Nothing more ready now: what the mux held back goes out.
+                if more && tx.send(StreamEvent::Drained { id }).is_err() {
+                    return;
+                }
+                read.await
+            }
+        };
+        match got {
             Ok(0) | Err(_) => {
                 let _ = tx.send(StreamEvent::Eof { id });
                 return;
@@ -615,7 +673,8 @@ async fn read_loop<R: AsyncRead + Unpin>(id: u16, mut rd: R, paused: Arc<Pause>,
                 let used = n.div_ceil(MAX_BODY_PER_CELL);
                 // Counted now, before the mux sees them, so other readers see them at once.
                 gate.add(used);
-                if tx.send(StreamEvent::Data { id, data: buf[..n].to_vec() }).is_err() {
+                more = n == want;
+                if tx.send(StreamEvent::Data { id, data: buf[..n].to_vec(), more }).is_err() {
                     return;
                 }
             }
@@ -748,6 +807,41 @@ mod tests {
         assert!(matches!(mux.handle_msg(1, RelayMsg::Sendme { token: None }), Err(StreamError::Flow(FlowError::UnexpectedSendme))));
     }
 
+    /// A read that filled its buffer keeps its partly filled last cell back for the next read,
+    /// so every DATA cell of a transfer is full but the last one sent before the source ran dry
+    /// (a receiver reads a full last cell as "more is owed": the stall rule). The tail goes out
+    /// when the reader finds nothing more ready, or with END.
+    #[tokio::test]
+    async fn a_read_that_filled_its_buffer_holds_back_its_partial_cell() {
+        let f = flow(1000, 100, 1000, 5000);
+        let body = |out: &[(u16, RelayMsg)]| -> Vec<usize> {
+            out.iter()
+                .filter_map(|(_, m)| match m {
+                    RelayMsg::Data(d) => Some(d.len()),
+                    RelayMsg::DataToken { data, .. } => Some(data.len() + SENDME_TOKEN_LEN),
+                    _ => None,
+                })
+                .collect()
+        };
+        let mut mux = StreamMux::new(f);
+        mux.open(1).unwrap();
+        let half = MAX_BODY_PER_CELL / 2;
+        let out = mux.handle_event(StreamEvent::Data { id: 1, data: vec![7; MAX_BODY_PER_CELL + half], more: true });
+        assert_eq!(body(&out), [MAX_BODY_PER_CELL], "the half cell is held back");
+        let out = mux.handle_event(StreamEvent::Data { id: 1, data: vec![7; MAX_BODY_PER_CELL - half], more: true });
+        assert_eq!(body(&out), [MAX_BODY_PER_CELL], "and filled by the next read");
+        let out = mux.handle_event(StreamEvent::Data { id: 1, data: vec![7; 10], more: true });
+        assert!(body(&out).is_empty());
+        assert_eq!(body(&mux.handle_event(StreamEvent::Drained { id: 1 })), [10], "nothing more ready: it goes out");
+        assert!(mux.handle_event(StreamEvent::Drained { id: 1 }).is_empty(), "nothing held");
+        let out = mux.handle_event(StreamEvent::Data { id: 1, data: vec![7; 20], more: false });
+        assert_eq!(body(&out), [20], "a read that did not fill its buffer is sent whole");
+        mux.handle_event(StreamEvent::Data { id: 1, data: vec![7; 30], more: true });
+        let out = mux.close(1, EndReason::Done);
+        assert_eq!(body(&out), [30], "held bytes go before END");
+        assert!(matches!(out.last(), Some((1, RelayMsg::End(_)))));
+    }
+
     /// THREATS A27(b): a circuit SENDME must echo the token of the DATA cell that completed the
     /// increment it acknowledges; a forged one (no token, a guessed one) is a violation, and the
     /// token cells are sent and parsed where due.
@@ -756,7 +850,7 @@ mod tests {
         let f = flow(100, 10, 100, 500);
         let mut mux = StreamMux::new(f);
         mux.open(1).unwrap();
-        let out = mux.handle_event(StreamEvent::Data { id: 1, data: vec![7; MAX_BODY_PER_CELL * 120] });
+        let out = mux.handle_event(StreamEvent::Data { id: 1, data: vec![7; MAX_BODY_PER_CELL * 120], more: false });
         assert_eq!(out.len(), 100);
         let tokens = tokens_in(&out);
         assert_eq!(tokens.len(), 10, "one token per increment");
@@ -776,7 +870,7 @@ mod tests {
     fn mux_sending(f: FlowParams) -> (StreamMux, Vec<(u16, RelayMsg)>) {
         let mut mux = StreamMux::new(f);
         mux.open(1).unwrap();
-        let out = mux.handle_event(StreamEvent::Data { id: 1, data: vec![7; MAX_BODY_PER_CELL * f.circuit_window as usize] });
+        let out = mux.handle_event(StreamEvent::Data { id: 1, data: vec![7; MAX_BODY_PER_CELL * f.circuit_window as usize], more: false });
         (mux, out)
     }
 
@@ -789,7 +883,7 @@ mod tests {
         tx.open(1).unwrap();
         let data: Vec<u8> = (0..MAX_BODY_PER_CELL * 40).map(|i| i as u8).collect();
         tx.gate.add(40);
-        let out = tx.handle_event(StreamEvent::Data { id: 1, data: data.clone() });
+        let out = tx.handle_event(StreamEvent::Data { id: 1, data: data.clone(), more: false });
         assert_eq!(out.len(), 41, "four tokens of 16 bytes need one more cell");
         assert_eq!(tx.gate.cells.load(std::sync::atomic::Ordering::Relaxed), 0, "the gate counted the extra cell and its sending");
         let mut rx = StreamMux::new(f);
@@ -820,7 +914,7 @@ mod tests {
         assert_eq!(sendmes_in(&out), vec![0, 0], "a circuit SENDME per 10 cells");
         let mut sender = StreamMux::new(f);
         sender.open(2).unwrap();
-        let out = sender.handle_event(StreamEvent::Data { id: 2, data: vec![7u8; MAX_BODY_PER_CELL * 150] });
+        let out = sender.handle_event(StreamEvent::Data { id: 2, data: vec![7u8; MAX_BODY_PER_CELL * 150], more: false });
         assert_eq!(out.len(), 60, "the initial congestion window of 60 bounds what is sent");
     }
 
@@ -867,7 +961,7 @@ mod tests {
         mux.open(1).unwrap();
         let cwnd = FlowParams::default().cc.cwnd_init as usize;
         let data = vec![7u8; MAX_BODY_PER_CELL * (cwnd + 3)];
-        let out = mux.handle_event(StreamEvent::Data { id: 1, data });
+        let out = mux.handle_event(StreamEvent::Data { id: 1, data, more: false });
         assert_eq!(out.len(), cwnd, "the congestion window bounds what is sent");
         assert!(mux.close(1, EndReason::Done).is_empty(), "END must not overtake queued DATA");
         let out2 = mux.handle_msg(0, circuit_sendme(tokens_in(&out)[0])).unwrap();
@@ -896,7 +990,7 @@ mod tests {
         mux.handle_msg(2, peer.data(vec![1; MAX_BODY_PER_CELL])).unwrap();
         mux.handle_msg(2, peer.data(vec![1; 10])).unwrap();
         // 3: our DATA waits behind the congestion window; a circuit SENDME is owed.
-        let out = mux.handle_event(StreamEvent::Data { id: 3, data: vec![7; MAX_BODY_PER_CELL * 110] });
+        let out = mux.handle_event(StreamEvent::Data { id: 3, data: vec![7; MAX_BODY_PER_CELL * 110], more: false });
         assert_eq!(mux.circ_send.available(), 0);
         assert!(mux.stalled(later(19), limit).is_empty(), "not before the limit");
         assert_eq!(mux.stalled(later(21), limit), vec![1, 3]);
@@ -951,7 +1045,7 @@ mod tests {
         assert!(tokio::time::timeout(Duration::from_millis(300), mux.next_event()).await.is_err(), "nothing read while paused");
         mux.handle_msg(1, RelayMsg::Xon).unwrap();
         let ev = tokio::time::timeout(Duration::from_secs(10), mux.next_event()).await.expect("read after XON");
-        assert!(matches!(ev, StreamEvent::Data { id: 1, ref data } if data == b"held back"), "{ev:?}");
+        assert!(matches!(ev, StreamEvent::Data { id: 1, ref data, .. } if data == b"held back"), "{ev:?}");
     }
 
     /// DATA queued behind a closed congestion window is owed a circuit SENDME.
@@ -961,7 +1055,7 @@ mod tests {
         let mut mux = StreamMux::new(flow(100, 10, 100, 500));
         mux.open(1).unwrap();
         mux.open(2).unwrap();
-        let out = mux.handle_event(StreamEvent::Data { id: 1, data: vec![7; MAX_BODY_PER_CELL * 101] });
+        let out = mux.handle_event(StreamEvent::Data { id: 1, data: vec![7; MAX_BODY_PER_CELL * 101], more: false });
         assert_eq!(out.len(), 100);
         let t = Instant::now() + Duration::from_secs(21);
         assert_eq!(mux.stalled(t, limit), vec![1], "stream 1 waits for the circuit window; stream 2 owes nothing");
