@@ -302,14 +302,20 @@ async fn relay_that_stops_answering_loses_running_within_one_round() {
     assert!(nd.by_id(&ia).unwrap().flags.contains(RelayFlags::RUNNING));
     // Relay a stops answering (its descriptor is still fresh and held by every authority).
     a.stop();
-    let stopped_at = now();
-    let nd = wait_for_consensus(&tn.net, |nd| nd.by_id(&ia).is_none()).await;
-    assert!(nd.by_id(&ib).is_some(), "the relay still answering stays listed");
-    // The first consensus whose votes were made after it stopped drops it: valid-after is at
-    // most two intervals after the stop (the next vote is at most one interval away, and its
-    // consensus is published half an interval later).
-    assert!(nd.valid_after() <= stopped_at + 2 * INTERVAL, "dropped at {} but stopped at {stopped_at}", nd.valid_after());
+    let stopped_ms = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_millis() as u64;
+    // A regular round's reachability tests start a quarter interval before its votes, which are
+    // made half an interval before its valid-after T: every regular consensus whose tests all
+    // came after the stop (T − 3I/4 later than it) drops the relay (one failed test is enough on
+    // a test network). Whichever such consensus is fetched first (a loaded machine may delay
+    // rounds) is checked; none may list it.
+    let tested_after_stop = |nd: &NetDir| nd.valid_after() % INTERVAL == 0 && nd.valid_after() * 1000 > stopped_ms + INTERVAL * 750;
+    let nd = wait_for_consensus(&tn.net, tested_after_stop).await;
+    assert!(nd.by_id(&ia).is_none(), "a consensus voted after the stop ({}) lists the stopped relay", nd.valid_after());
     assert!(nd.usable_relays().all(|r| r.identity != ia));
+    // The relay still answering stays listed (in that consensus, or the next if a test of it
+    // timed out on a loaded machine).
+    let later = wait_for_consensus(&tn.net, |n| n.valid_after() >= nd.valid_after() && n.by_id(&ib).is_some()).await;
+    assert!(later.by_id(&ia).is_none());
     drop(b);
 }
 
