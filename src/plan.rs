@@ -264,7 +264,9 @@ fn write_plan(hosts: &HostsFile, nodes: &mut [NodeSpec], args: &PlanArgs) -> Res
     let mut onions = String::new();
     for (n, h) in nodes.iter().zip(&hosts.nodes) {
         let key_dir = out.join(&n.name);
-        let mut text = layout::render(n, nodes, &rules, &Faults::default());
+        // Authorities of a planned network measure relays' bandwidth (every one of them, so the
+        // consensus weights are measured ones).
+        let mut text = layout::render(n, nodes, &rules, &Faults { bandwidth_scan: true, ..Faults::default() });
         for s in &h.onion_services {
             let address = s.load_or_create_address(&key_dir).map_err(|e| format!("{}: onion service {}: {e}", n.name, s.name))?;
             let _ = writeln!(onions, "onion service {} on {}: {}", s.name, n.name, address.to_host());

@@ -21,6 +21,7 @@
 //! Not in this crate: link encryption and reactors (`allium-net`), documents (`allium-proto`),
 //! consensus verification (`allium-directory`).
 
+pub mod bwscan;
 pub mod circmgr;
 pub mod circuit;
 pub mod config;

@@ -155,6 +155,9 @@ pub struct AuthorityState {
     policy: VotePolicy,
     /// Every tested relay's reachability history (saved with [`AuthorityState::history_text`]).
     history: HistoryBook,
+    /// Measured bandwidths, when this authority scans (`authority.bandwidth_scan`): its votes
+    /// then weigh relays by them ([`crate::measured`]).
+    measurements: Option<crate::measured::Measurements>,
     /// The signed text of each held descriptor, as uploaded (saved with
     /// [`AuthorityState::descriptors_text`], so a restart keeps the relays it knew).
     texts: HashMap<RelayId, Arc<str>>,
@@ -184,6 +187,7 @@ impl AuthorityState {
             microdescs: Default::default(),
             policy: VotePolicy::defaults(testnet),
             history: HistoryBook::default(),
+            measurements: None,
             texts: HashMap::new(),
             srv_reveals: BTreeMap::new(),
             changes: 0,
@@ -222,6 +226,24 @@ impl AuthorityState {
     /// Starts from a saved history (loaded at startup).
     pub fn set_history(&mut self, h: HistoryBook) {
         self.history = h;
+    }
+
+    /// Votes weights from these measurements from now on (`None`: self-reported weights).
+    pub fn set_measurements(&mut self, m: Option<crate::measured::Measurements>) {
+        if self.measurements != m {
+            self.measurements = m;
+            self.changes += 1;
+        }
+    }
+
+    /// The weight this authority gives the relay of `d`: its self-report capped at `bw-cap`,
+    /// and, when it measures, capped by the measurement (or `bw-unmeasured-cap` without one).
+    fn weight_of(&self, d: &RelayDescriptor, t: &Thresholds, now: u64) -> u64 {
+        let capped = capped_weight(d.bandwidth, t);
+        match &self.measurements {
+            None => capped,
+            Some(m) => crate::measured::measured_weight(capped, m.get(&d.identity, now), t.bw_unmeasured_cap),
+        }
     }
 
     /// The history file's text.
@@ -283,7 +305,7 @@ impl AuthorityState {
             .values()
             .filter_map(|d| {
                 let h = self.history.get(&d.identity).filter(|h| h.running(now, &t.down))?;
-                Some(Sample { weight: capped_weight(d.bandwidth, &t), run_secs: h.run_secs(now), known_secs: h.known_secs(now), mtbf_secs: h.mtbf_secs(now) })
+                Some(Sample { weight: self.weight_of(d, &t, now), run_secs: h.run_secs(now), known_secs: h.known_secs(now), mtbf_secs: h.mtbf_secs(now) })
             })
             .collect();
         t.relative_to(&samples)
@@ -297,19 +319,20 @@ impl AuthorityState {
             return None;
         }
         let h = self.history.get(&d.identity).filter(|h| h.running(now, &t.down))?;
+        let weight = self.weight_of(d, t, now);
         let obs = Observation {
             reachable: true,
             uptime_secs: h.run_secs(now),
             known_secs: h.known_secs(now),
             mtbf_secs: h.mtbf_secs(now),
             wfu_permille: h.wfu_permille(),
-            bandwidth: d.bandwidth,
+            bandwidth: weight,
             policy: &d.policy,
             bad_exit: self.policy.bad_exits.contains(&d.identity),
         };
         let mut e = d.to_entry();
         e.flags = assign_flags(&obs, t, self.testnet);
-        e.weight = capped_weight(d.bandwidth, t);
+        e.weight = weight;
         Some(e)
     }
 
@@ -730,6 +753,9 @@ pub(crate) struct Shared {
     pub status_page: crate::server::StatusPage,
     /// `network.dangerous_testnet`.
     pub testnet: bool,
+    /// `authority.bandwidth_scan`: the scanner writes `bandwidth-measurements` in the data
+    /// directory, read again before each round's vote.
+    pub bandwidth_scan: bool,
     /// Peers' bootstrap rounds to join ([`crate::bootstrap`]).
     pub joinable: crate::bootstrap::Joinable,
 }
@@ -944,6 +970,9 @@ pub async fn run_authority_with_status(
     let (cert_expires, identity_present) = (keys.signer.cert().expires, keys.identity.is_some());
     let mut state = AuthorityState::new(keys.signer.clone(), &ids, cfg.network.dangerous_testnet, schedule).with_policy(policy);
     state.set_history(load_history(&cfg.node.data_dir));
+    if cfg.authority.bandwidth_scan {
+        state.set_measurements(Some(crate::measured::Measurements::load(&cfg.node.data_dir)));
+    }
     load_descriptors(&cfg.node.data_dir, &mut state, clock.now_secs());
     if let Some(c) = load_consensus(&cfg.node.data_dir, &ids, clock.now_secs()) {
         tracing::info!(valid_after = %Utc(c.valid_after()), relays = c.relays().len(), "loaded the saved consensus");
@@ -967,6 +996,7 @@ pub async fn run_authority_with_status(
         tests: Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT_TESTS)),
         status_page: crate::server::StatusPage::new(cfg.network.authorities.clone()),
         testnet: cfg.network.dangerous_testnet,
+        bandwidth_scan: cfg.authority.bandwidth_scan,
         joinable: Default::default(),
     });
     tracing::info!(
@@ -1040,6 +1070,12 @@ async fn schedule_loop(sh: Arc<Shared>) -> Result<(), DirError> {
             let (up, all) = test_reachability(&sh, targets, clock.until(s.vote_at_ms(t))).await;
             tracing::info!(valid_after = %Utc(t), reachable = up, relays = all, "reachability tested");
             save_history(&sh).await;
+            if sh.bandwidth_scan {
+                let dir = sh.data_dir.clone();
+                if let Ok(m) = tokio::task::spawn_blocking(move || crate::measured::Measurements::load(&dir)).await {
+                    sh.lock().set_measurements(Some(m));
+                }
+            }
         }
         clock.sleep_until_ms(s.vote_at_ms(t)).await;
         // Started after this round's voting time, without a valid consensus: its view of the

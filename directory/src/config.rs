@@ -64,6 +64,11 @@ pub struct AuthoritySection {
     /// an authority whose clock is wrong. Refused unless `network.dangerous_testnet`.
     #[serde(default)]
     pub dangerous_clock_offset_secs: Option<i64>,
+    /// Measure relays' bandwidth (`allium_client::bwscan`: each relay in turn, by fetching
+    /// through a two-hop circuit with it) and vote measured weights
+    /// ([`crate::measured`]). Weights are measured once more than half of the authorities do.
+    #[serde(default)]
+    pub bandwidth_scan: bool,
 }
 
 /// Subprotocol versions required by default: what every node of this version implements.

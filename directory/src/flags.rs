@@ -36,6 +36,8 @@ pub struct Thresholds {
     pub stable_min_uptime: u64,
     pub hsdir_min_uptime: u64,
     pub bw_cap: u64,
+    /// The weight of a relay a scanning authority has not measured (`bw-unmeasured-cap`).
+    pub bw_unmeasured_cap: u64,
     /// No relative uptime threshold goes below this (s).
     pub uptime_floor: u64,
     /// Least weighted fractional uptime for Guard (per mille).
@@ -63,6 +65,7 @@ impl Thresholds {
             stable_min_uptime: p.get_u64("stable-min-uptime"),
             hsdir_min_uptime: p.get_u64("hsdir-min-uptime"),
             bw_cap: p.get_u64("bw-cap"),
+            bw_unmeasured_cap: p.get_u64("bw-unmeasured-cap"),
             uptime_floor: p.get_u64("flag-uptime-floor"),
             guard_min_wfu: p.get_u64("guard-min-wfu"),
             down: DownRule { min_failures: p.get_u64("running-min-failures") as u32, min_down_secs: p.get_u64("running-min-down-secs") },

@@ -48,6 +48,7 @@ pub mod fetch;
 pub mod microdescs;
 pub mod flags;
 pub mod history;
+pub mod measured;
 mod http;
 pub mod netdir;
 pub mod params;

@@ -36,6 +36,7 @@ const DAY: i64 = 86_400;
 /// Every known parameter (sorted by name).
 pub const PARAMS: &[ParamSpec] = &[
     ParamSpec { name: "bw-cap", default: 10_000_000, testnet_default: 10_000_000, min: 1, max: 1 << 40, doc: "cap on a relay's self-reported bandwidth when it becomes its weight (bytes/s)" },
+    ParamSpec { name: "bw-unmeasured-cap", default: 20_000, testnet_default: 20_000, min: 1, max: 1 << 40, doc: "weight a bandwidth-scanning authority votes for a relay it has not measured (bytes/s)" },
     ParamSpec { name: "cc-cwnd-init", default: cc::CWND_INIT as i64, testnet_default: cc::CWND_INIT as i64, min: 2, max: flow::CIRCUIT_WINDOW_RANGE.1 as i64, doc: "congestion window a circuit starts with (cells)" },
     ParamSpec { name: "cc-vegas-alpha", default: VEGAS.alpha as i64, testnet_default: VEGAS.alpha as i64, min: 0, max: flow::CIRCUIT_WINDOW_RANGE.1 as i64, doc: "Vegas: grow the window when fewer cells than this are queued on the path" },
     ParamSpec { name: "cc-vegas-beta", default: VEGAS.beta as i64, testnet_default: VEGAS.beta as i64, min: 0, max: flow::CIRCUIT_WINDOW_RANGE.1 as i64, doc: "Vegas: shrink the window when more cells than this are queued" },

@@ -631,7 +631,10 @@ async fn writer(mut output: Output, mut rx: Queues, transport: Arc<snow::Statele
         // A peer that stops reading blocks the write; closing the link (e.g. the memory
         // budget reclaiming it) must still end this task and free its queue.
         let written = tokio::select! {
-            r = output.emit(&mut out) => r.is_ok(),
+            r = async {
+                crate::limits::rate::pace(out.len()).await;
+                output.emit(&mut out).await
+            } => r.is_ok(),
             _ = closed.wait_for(|c| *c) => false,
         };
         if !written {

@@ -188,6 +188,8 @@ pub struct Metrics {
     pub memory_trims: Counter,
     /// Consensuses fetched as a diff from the one held, applied and verified (clients).
     pub consensus_diffs: Counter,
+    pub bandwidth_measurements: Counter,
+    pub bandwidth_measurement_failures: Counter,
 }
 
 /// The metrics of this process.
@@ -219,6 +221,8 @@ pub static METRICS: Metrics = Metrics {
     config_reload_failures: Counter::new(),
     memory_trims: Counter::new(),
     consensus_diffs: Counter::new(),
+    bandwidth_measurements: Counter::new(),
+    bandwidth_measurement_failures: Counter::new(),
 };
 
 impl Metrics {
@@ -267,6 +271,8 @@ pub fn render(role: &str, now: u64) -> String {
     w.counter("allium_config_reload_failures_total", "Config reloads (SIGHUP) refused: the file did not load; the running config was kept.", m.config_reload_failures.get());
     w.counter("allium_memory_trims_total", "Times memory freed after a burst was handed back to the system.", m.memory_trims.get());
     w.counter("allium_consensus_diffs_total", "Consensuses fetched as a diff from the one held, applied and verified (clients).", m.consensus_diffs.get());
+    w.counter("allium_bandwidth_measurements_total", "Relays whose bandwidth this authority's scanner measured (authority.bandwidth_scan).", m.bandwidth_measurements.get());
+    w.counter("allium_bandwidth_measurement_failures_total", "Bandwidth measurements that failed (no circuit, no answer in 30 s).", m.bandwidth_measurement_failures.get());
     let limits = LIMITS.snapshot();
     w.header("allium_limit_hits_total", "counter", "Times each DoS limit refused or closed something.");
     for (name, n) in limits {

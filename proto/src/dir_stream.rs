@@ -15,6 +15,11 @@ pub const CONSENSUS_PATH: &str = "/allium/v1/consensus";
 /// `CONSENSUS_DIFF_PATH` + `<64 hex: SHA-256 of a consensus text>`: the diff from that consensus
 /// to the one held (`crate::doc::diff`), or 404 when the cache cannot make it.
 pub const CONSENSUS_DIFF_PATH: &str = "/allium/v1/consensus/diff/";
+/// `BW_TEST_PATH` + `<n>` (decimal, 1 to [`MAX_BW_TEST_LEN`]): `n` zero bytes, what bandwidth
+/// scanners fetch through a relay to measure it.
+pub const BW_TEST_PATH: &str = "/allium/v1/bw-test/";
+/// Most bytes one bandwidth-test fetch returns.
+pub const MAX_BW_TEST_LEN: usize = 1 << 20;
 
 /// Most bytes a request may take, headers included.
 pub const MAX_REQUEST_LEN: usize = 2048;

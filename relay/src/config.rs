@@ -42,6 +42,15 @@ pub struct RelaySection {
     /// never more than this.
     #[serde(default = "default_bandwidth")]
     pub bandwidth: u64,
+    /// The operator's rate limit on everything this relay sends, in bytes per second (a token
+    /// bucket over all its links). None: no limit. At least 20,000. The descriptor never
+    /// reports more.
+    #[serde(default)]
+    pub bandwidth_rate: Option<u64>,
+    /// Bytes the rate limit lets through at once after an idle time. Default and minimum: one
+    /// second's worth of `bandwidth_rate`.
+    #[serde(default)]
+    pub bandwidth_burst: Option<u64>,
     /// Fingerprints of relays run by the same operator.
     #[serde(default)]
     pub family: Vec<String>,
@@ -87,10 +96,36 @@ pub struct RelaySection {
     #[cfg(feature = "test-hooks")]
     #[serde(default)]
     pub dangerous_test_inject_from_middle: Option<String>,
+    /// Test-only fault hook (a relay that lies about its bandwidth): the descriptor reports
+    /// this many bytes per second, whatever the relay carried or its limits. Same rules as
+    /// `dangerous_test_corrupt_after`.
+    #[cfg(feature = "test-hooks")]
+    #[serde(default)]
+    pub dangerous_test_claim_bandwidth: Option<u64>,
 }
+
+/// The lowest `relay.bandwidth_rate` (bytes per second).
+pub const MIN_BANDWIDTH_RATE: u64 = 20_000;
 
 fn default_bandwidth() -> u64 {
     10_000_000
+}
+
+impl RelaySection {
+    /// The most this relay offers: `bandwidth`, and not above `bandwidth_rate`.
+    pub fn bandwidth_offered(&self) -> u64 {
+        self.bandwidth_rate.map_or(self.bandwidth, |r| r.min(self.bandwidth))
+    }
+
+    /// What the descriptor reports, given what the relay observed it can carry (`observed`
+    /// reports at most what it is given).
+    pub fn reported_bandwidth(&self, observed: impl FnOnce(u64) -> u64) -> u64 {
+        #[cfg(feature = "test-hooks")]
+        if let Some(claim) = self.dangerous_test_claim_bandwidth {
+            return claim;
+        }
+        observed(self.bandwidth_offered())
+    }
 }
 
 /// The `[exit]` section: whether and where this relay lets streams leave the network.
@@ -138,6 +173,12 @@ impl RelayConfig {
         self.family_ids()?;
         self.onion_rotation()?;
         self.limits.validate()?;
+        if self.relay.bandwidth_rate.is_some_and(|r| r < MIN_BANDWIDTH_RATE) {
+            return Err(ConfigError::invalid("relay.bandwidth_rate", "must be at least 20000 (bytes per second)"));
+        }
+        if self.relay.bandwidth_burst.is_some() && self.relay.bandwidth_rate.is_none() {
+            return Err(ConfigError::invalid("relay.bandwidth_burst", "needs relay.bandwidth_rate"));
+        }
         let policy = self.exit_policy()?;
         if policy.accepts_private() && !self.network.dangerous_testnet {
             return Err(ConfigError::invalid(
@@ -150,6 +191,7 @@ impl RelayConfig {
             ("relay.dangerous_test_corrupt_after", self.relay.dangerous_test_corrupt_after.is_some()),
             ("relay.dangerous_test_stop_forwarding_after", self.relay.dangerous_test_stop_forwarding_after.is_some()),
             ("relay.dangerous_test_inject_from_middle", self.relay.dangerous_test_inject_from_middle.is_some()),
+            ("relay.dangerous_test_claim_bandwidth", self.relay.dangerous_test_claim_bandwidth.is_some()),
         ] {
             if set && !self.network.dangerous_testnet {
                 return Err(ConfigError::invalid(key, "needs network.dangerous_testnet = true"));

@@ -21,7 +21,7 @@ use std::time::Duration;
 use allium_directory::cache::Usability;
 use allium_directory::{ConsensusCache, NetDir};
 use allium_net::keys::unix_now;
-use allium_proto::dir_stream::{compress, encode_compressed_response, encode_response, parse_request, DirRequest, Method, CONSENSUS_DIFF_PATH, CONSENSUS_PATH, MAX_REQUEST_TOTAL};
+use allium_proto::dir_stream::{compress, encode_compressed_response, encode_response, parse_request, DirRequest, Method, BW_TEST_PATH, CONSENSUS_DIFF_PATH, CONSENSUS_PATH, MAX_BW_TEST_LEN, MAX_REQUEST_TOTAL};
 use allium_proto::doc::diff::{make_diff, text_digest};
 use allium_proto::doc::RelayFlags;
 use allium_proto::hs::{HsDirRing, TimePeriod};
@@ -200,6 +200,12 @@ impl DirCache {
         let responsible = |key: &[u8; 32], period: TimePeriod| self.responsible_here(key, period);
         if let Some(answer) = self.hsdir.respond(req, self.is_hsdir(live.as_deref()), period_len, now, &responsible) {
             return answer;
+        }
+        if let (Method::Get, Some(n)) = (req.method, req.path.strip_prefix(BW_TEST_PATH)) {
+            return match n.parse::<usize>() {
+                Ok(n) if (1..=MAX_BW_TEST_LEN).contains(&n) => encode_response(200, &vec![0; n]),
+                _ => encode_response(400, b"length must be 1 to 1048576\n"),
+            };
         }
         let Some(nd) = live else { return encode_response(404, b"no live consensus held\n") };
         if req.method != Method::Get {

@@ -59,7 +59,7 @@ pub fn build_descriptor(cfg: &RelayConfig, ctx: &RelayCtx, published: u64) -> Re
         address: cfg.advertised_or_address(),
         policy: ctx.exit.policy.clone(),
         family: cfg.family_ids()?,
-        bandwidth: ctx.observed.lock().unwrap_or_else(|e| e.into_inner()).reported(cfg.relay.bandwidth),
+        bandwidth: cfg.relay.reported_bandwidth(|offered| ctx.observed.lock().unwrap_or_else(|e| e.into_inner()).reported(offered)),
         protocols: our_protocols(),
         published,
         platform: Some(format!("Allium {}", env!("CARGO_PKG_VERSION"))),

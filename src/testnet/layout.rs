@@ -224,6 +224,11 @@ pub struct Faults {
     pub inject_from_middle: Option<&'static str>,
     /// Not a fault but a condition: every node delays its links' outbound data this many ms.
     pub link_delay_ms: u64,
+    /// Not a fault: every authority measures relays' bandwidth (`authority.bandwidth_scan`).
+    pub bandwidth_scan: bool,
+    /// `relay1` is limited to the first value in bytes/s (`relay.bandwidth_rate`) and claims
+    /// the second in its descriptor (a relay that lies about its bandwidth).
+    pub slow_relay: Option<(u64, u64)>,
 }
 
 /// The client's first circuit-build timeout when a test network has black-holed relays: short,
@@ -265,6 +270,10 @@ impl Faults {
         }
         if self.mutates(node) {
             let _ = writeln!(s, "dangerous_test_mutate_hs_descriptors = true");
+        }
+        if let Some((rate, claim)) = self.slow_relay.filter(|_| relay_index(node) == Some(1)) {
+            let _ = writeln!(s, "bandwidth_rate = {rate}");
+            let _ = writeln!(s, "dangerous_test_claim_bandwidth = {claim}");
         }
     }
 }
@@ -338,6 +347,9 @@ pub fn render(node: &NodeSpec, all: &[NodeSpec], rules: &Rules<'_>, faults: &Fau
             let _ = writeln!(s, "dir_port = {}", node.listen.port());
             if let Some(v) = rules.voting_interval_secs {
                 let _ = writeln!(s, "voting_interval_secs = {v}");
+            }
+            if faults.bandwidth_scan {
+                let _ = writeln!(s, "bandwidth_scan = true");
             }
         }
         Role::Relay | Role::Exit { .. } => {

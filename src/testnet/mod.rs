@@ -124,6 +124,20 @@ pub struct TestnetArgs {
     /// descriptor with its signature altered. Needs the relay's `test-hooks` feature.
     #[arg(long, hide = true, value_name = "K", default_value_t = 0)]
     pub dangerous_test_mutating_hsdirs: usize,
+    /// Every authority measures relays' bandwidth and votes measured weights
+    /// (`authority.bandwidth_scan`).
+    #[arg(long)]
+    pub bandwidth_scan: bool,
+    /// Test-only fault: `relay1` is rate-limited to RATE bytes/s (`relay.bandwidth_rate`) and
+    /// claims CLAIM bytes/s in its descriptor. Needs the relay's `test-hooks` feature.
+    #[arg(long, hide = true, value_name = "RATE:CLAIM", value_parser = parse_pair)]
+    pub dangerous_test_slow_relay: Option<(u64, u64)>,
+}
+
+fn parse_pair(s: &str) -> Result<(u64, u64), String> {
+    let (a, b) = s.split_once(':').ok_or("expected RATE:CLAIM")?;
+    let n = |v: &str| v.parse::<u64>().map_err(|_| format!("{v} is not a number"));
+    Ok((n(a)?, n(b)?))
 }
 
 fn parse_target(s: &str) -> Result<SocketAddr, String> {
@@ -163,6 +177,7 @@ pub fn run(args: TestnetArgs) -> ExitCode {
         ("--dangerous-test-mutating-hsdirs", args.dangerous_test_mutating_hsdirs > 0),
         ("--dangerous-test-stop-forwarding-after", args.dangerous_test_stop_forwarding_after.is_some()),
         ("--dangerous-test-inject-from-middle", args.dangerous_test_inject_from_middle.is_some()),
+        ("--dangerous-test-slow-relay", args.dangerous_test_slow_relay.is_some()),
     ];
     if let Some((flag, _)) = hooks.iter().find(|(_, set)| *set && !allium_relay::TEST_HOOKS) {
         eprintln!("allium testnet: {flag} needs a build with the relay's test-hooks feature");
@@ -182,6 +197,8 @@ pub fn run(args: TestnetArgs) -> ExitCode {
         duplicate_introduce2: args.dangerous_test_duplicate_introduce2,
         mutating_hsdirs: args.dangerous_test_mutating_hsdirs,
         link_delay_ms: args.link_delay_ms,
+        bandwidth_scan: args.bandwidth_scan,
+        slow_relay: args.dangerous_test_slow_relay,
         stop_forwarding_after: args.dangerous_test_stop_forwarding_after,
         inject_from_middle: match args.dangerous_test_inject_from_middle.as_deref() {
             Some("drop") => Some("drop"),

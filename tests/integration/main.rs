@@ -43,6 +43,7 @@
 //! Tests that start networks run in parallel: each gets its own directory and ephemeral ports.
 
 mod advertise;
+mod bandwidth;
 mod blackhole;
 mod clients;
 mod configs;

@@ -26,6 +26,8 @@ macro_rules! counters {
 counters! {
     /// Inbound connections closed at once: the listener was at `max_connections`.
     connections_total,
+    /// Link writes that waited for the operator's rate limit (`relay.bandwidth_rate`).
+    bandwidth_waits,
     /// Inbound connections closed at once: their address was at `max_connections_per_address`.
     connections_per_address,
     /// Accept errors (e.g. out of file descriptors); logged at most once a minute.

@@ -7,6 +7,7 @@
 //! - [`bucket`]: token buckets (a rate with a burst), alone and per address.
 //! - [`memquota`]: one budget for queued cells; over it the oldest queued data is closed.
 //! - [`timed_io`]: a connection closed when it makes no progress (slow or silent peers).
+//! - [`rate`]: the operator's rate limit on every byte a relay sends.
 //!
 //! The values live in a node's optional `[limits]` section ([`LimitsConfig`]); every key has a
 //! default and bounds, documented in docs/PROTOCOL.md ("Limits").
@@ -15,6 +16,7 @@ pub mod bucket;
 pub mod conn;
 pub mod counters;
 pub mod memquota;
+pub mod rate;
 pub mod timed_io;
 
 use std::time::Duration;
