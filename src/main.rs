@@ -18,6 +18,7 @@
 
 #![deny(unsafe_code)]
 
+mod bwscan;
 mod cli;
 mod directory_cmd;
 mod logging;

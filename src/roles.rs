@@ -49,61 +49,10 @@ pub fn authority(args: &RoleArgs) -> ExitCode {
     let level = cfg.node.log_level.clone();
     run_node("authority", args, "authority fingerprint", &fingerprint, level.as_deref(), check, || async move {
         if cfg.authority.bandwidth_scan {
-            tokio::spawn(scan_bandwidth(cfg.clone(), Some(keys.relay_id())));
+            tokio::spawn(crate::bwscan::scan(cfg.clone(), keys.relay_id()));
         }
         allium_directory::run_authority(cfg, keys).await
     })
-}
-
-/// The authority's bandwidth scanner (`authority.bandwidth_scan`, see `allium_client::bwscan`):
-/// measures the relays of the consensus the authorities publish, one at a time, and saves each
-/// result in the data directory, where the authority reads them before each vote
-/// (`allium_directory::measured`).
-async fn scan_bandwidth(cfg: allium_directory::config::AuthorityConfig, me: Option<allium_proto::ids::RelayId>) {
-    use allium_directory::measured::Measurements;
-    use std::sync::{Arc, Mutex};
-    let dir = cfg.node.data_dir.clone();
-    let measured = Arc::new(Mutex::new(Measurements::load(&dir)));
-    let held: Arc<Mutex<Option<allium_directory::NetDir>>> = Arc::default();
-    let (net, bind) = (cfg.network.clone(), cfg.node.address);
-    // A test network measures its few relays back to back; a real one spreads the passes.
-    let pause = if cfg.network.dangerous_testnet { std::time::Duration::from_millis(200) } else { std::time::Duration::from_secs(10) };
-    let now = || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0);
-    let next_dir = || {
-        let (held, net) = (held.clone(), net.clone());
-        async move {
-            let current = held.lock().unwrap_or_else(|e| e.into_inner()).clone();
-            if current.as_ref().is_some_and(|nd| nd.fresh_until() > now()) {
-                return Some(current);
-            }
-            match allium_directory::fetch_consensus(&net, bind, now(), current.as_ref()).await {
-                Ok(nd) => {
-                    *held.lock().unwrap_or_else(|e| e.into_inner()) = Some(nd.clone());
-                    Some(Some(nd))
-                }
-                Err(_) => Some(current.filter(|nd| nd.valid_until() > now())),
-            }
-        }
-    };
-    let m2 = measured.clone();
-    let record = move |id, bw| {
-        let mut m = m2.lock().unwrap_or_else(|e| e.into_inner());
-        m.record(id, bw, now());
-        if let Err(e) = m.save(&dir) {
-            tracing::warn!("bandwidth scanner: cannot save the measurements: {e}");
-        }
-    };
-    let measured_at = move |id: &allium_proto::ids::RelayId| measured.lock().unwrap_or_else(|e| e.into_inner()).measured_at(id);
-    // Scanners take turns: this authority's index among all of them (every authority of a
-    // network is expected to scan, or more than half of them), in windows of 10 s on a test
-    // network and 60 s otherwise.
-    let mut ids: Vec<_> = cfg.network.authorities.iter().map(|a| a.identity).collect();
-    ids.sort();
-    let index = ids.iter().position(|id| Some(*id) == me).unwrap_or(0) as u64;
-    let window_ms = if cfg.network.dangerous_testnet { 10_000 } else { 60_000 };
-    let turns = allium_client::bwscan::Turns { index, scanners: ids.len() as u64, window_ms };
-    tracing::info!("bandwidth scanner started: measuring every relay, one at a time, in turn {index} of {}", ids.len());
-    allium_client::bwscan::run(allium_net::pool::ChannelPool::new(bind, None), turns, next_dir, measured_at, record, pause).await;
 }
 
 pub fn relay(args: &RoleArgs) -> ExitCode {

@@ -8,11 +8,13 @@
 //! - the speed is the bytes over the time from sending the request to the last byte;
 //! - each relay is measured [`ATTEMPTS`] times with different partners and keeps the highest
 //!   speed, so a slow partner does not make a fast relay look slow;
-//! - authorities take turns ([`Turns`]): with `n` scanning authorities, the one of index `i`
-//!   (in the order of their identities) measures only in the windows `k` of `W` milliseconds
-//!   (unix time) with `k mod n = i`, and ends each measurement by the end of its window, so two
-//!   scanners never share a relay's capacity (a measurement taken while another scanner loads
-//!   the same relay would see a fraction of it).
+//! - scanners share the relays out ([`Turns`]): with `n` scanners (the authorities, sorted by
+//!   identity; scanner `i`), unix time is cut into windows of `W` ms; in window `k` scanner `i`
+//!   measures only relays whose *bucket* (the first 8 bytes of the identity, big-endian, mod `n`)
+//!   satisfies `(bucket + k) mod n = i`, each at most once per window, and ends each measurement
+//!   by the window's end. So all scanners work at once but never on the same relay (a relay
+//!   measured by two at once would show each only part of its capacity), and every scanner
+//!   visits every bucket once in `n` windows.
 //!
 //! Every relay is measured the same way from the same host, so the speeds compare relays with
 //! each other; a relay is never credited with more than it carried here, whatever it claims.
@@ -67,7 +69,7 @@ pub fn partners_for<'a>(nd: &'a NetDir, relay: &RelayId, n: usize) -> Vec<&'a Co
     others
 }
 
-/// The windows in which one of several scanners measures.
+/// How scanners share the relays out over time (see the module documentation).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Turns {
     /// This scanner's index among the scanners.
@@ -77,25 +79,20 @@ pub struct Turns {
 }
 
 impl Turns {
-    /// A scanner alone: always its turn.
+    /// A scanner alone: every relay is its own, in one-minute windows.
     pub const ALONE: Turns = Turns { index: 0, scanners: 1, window_ms: 60_000 };
 
-    /// How long its current turn lasts from `now_ms` (unix ms), or `Err(wait)` until its next
-    /// turn when it is another scanner's (or less than a quarter of its own window is left).
-    pub fn left(&self, now_ms: u64) -> Result<Duration, Duration> {
+    /// The window holding `now_ms` (unix ms): its number, and the time left in it.
+    pub fn window(&self, now_ms: u64) -> (u64, Duration) {
         let w = self.window_ms.max(1);
+        (now_ms / w, Duration::from_millis(w - now_ms % w))
+    }
+
+    /// Whether `relay` is this scanner's to measure in window `k`.
+    pub fn mine(&self, relay: &RelayId, k: u64) -> bool {
         let n = self.scanners.max(1);
-        let k = now_ms / w;
-        let end = (k + 1) * w;
-        if k % n == self.index % n && end - now_ms >= w / 4 {
-            return Ok(Duration::from_millis(end - now_ms));
-        }
-        // The next window of ours after this one.
-        let mut next = k + 1;
-        while next % n != self.index % n {
-            next += 1;
-        }
-        Err(Duration::from_millis(next * w - now_ms))
+        let bucket = u64::from_be_bytes(relay.0[..8].try_into().expect("8 bytes")) % n;
+        (bucket + k % n) % n == self.index % n
     }
 }
 
@@ -141,35 +138,40 @@ pub async fn measure_relay(pool: &ChannelPool, nd: &NetDir, relay: &ConsensusRel
     best.ok_or_else(|| last_err.unwrap_or(ScanError::NoPartner))
 }
 
-/// Measures every usable relay of the consensus `next_dir` gives, the least recently tried
-/// first (before this process tried one: by `measured_at`, when it was last measured), one at a
-/// time, pausing `pause` between relays; each speed goes to `record(relay, bytes per second)`.
-/// Measures only in its `turns`. Runs until `next_dir` gives `None`.
+/// Measures the usable relays of the consensus `next_dir` gives that are its own in the current
+/// window ([`Turns`]), each once per window, the least recently tried first (before this
+/// process tried one: by `measured_at`, when it was last measured), one at a time, pausing
+/// `pause` between relays; each speed goes to `record(relay, bytes per second)`. With nothing
+/// left to measure in a window (or less than a quarter of it left) it waits for the next. Runs
+/// until `next_dir` gives `None`.
 pub async fn run<D, Fut>(pool: ChannelPool, turns: Turns, mut next_dir: D, measured_at: impl Fn(&RelayId) -> Option<u64>, mut record: impl FnMut(RelayId, u64), pause: Duration)
 where
     D: FnMut() -> Fut,
     Fut: std::future::Future<Output = Option<Option<NetDir>>>,
 {
-    let mut tried: HashMap<RelayId, u64> = HashMap::new();
+    // When each relay was last tried (unix seconds) and in which window.
+    let mut tried: HashMap<RelayId, (u64, u64)> = HashMap::new();
     loop {
         let Some(dir) = next_dir().await else { return };
+        let (k, left) = turns.window(unix_now_ms());
         let relay = dir.as_ref().and_then(|nd| {
             let relays = usable(nd);
             tried.retain(|id, _| relays.iter().any(|r| r.identity == *id));
-            relays.into_iter().min_by_key(|r| tried.get(&r.identity).copied().or_else(|| measured_at(&r.identity)).unwrap_or(0)).cloned()
+            relays
+                .into_iter()
+                .filter(|r| turns.mine(&r.identity, k) && tried.get(&r.identity).is_none_or(|t| t.1 != k))
+                .min_by_key(|r| tried.get(&r.identity).map(|t| t.0).or_else(|| measured_at(&r.identity)).unwrap_or(0))
+                .cloned()
         });
         let (Some(nd), Some(relay)) = (dir, relay) else {
-            tokio::time::sleep(pause.max(Duration::from_secs(1))).await;
+            tokio::time::sleep(left.max(pause)).await;
             continue;
         };
-        let left = match turns.left(unix_now_ms()) {
-            Ok(left) => left,
-            Err(wait) => {
-                tokio::time::sleep(wait).await;
-                continue;
-            }
-        };
-        tried.insert(relay.identity, unix_now());
+        if left < Duration::from_millis(turns.window_ms / 4) {
+            tokio::time::sleep(left).await;
+            continue;
+        }
+        tried.insert(relay.identity, (unix_now(), k));
         match measure_relay(&pool, &nd, &relay, SCAN_BYTES, Instant::now() + left).await {
             Ok(bw) => {
                 tracing::debug!(relay = %relay.identity.short(), bytes_per_sec = bw, "bandwidth measured");
@@ -198,20 +200,22 @@ fn unix_now_ms() -> u64 {
 mod tests {
     use super::*;
 
-    /// Three scanners with 10-s windows: each measures in every third window, never two at
-    /// once, and not in the last quarter of its own window.
+    /// In every window each relay belongs to exactly one of three scanners, and over three
+    /// consecutive windows every relay belongs to each scanner once.
     #[test]
-    fn scanners_take_turns() {
+    fn scanners_share_the_relays_out() {
         let t = |index| Turns { index, scanners: 3, window_ms: 10_000 };
-        for now in (0..90_000).step_by(500) {
-            let mine: Vec<u64> = (0..3).filter(|&i| t(i).left(now).is_ok()).collect();
-            assert!(mine.len() <= 1, "at {now}: {mine:?}");
+        for i in 0..=255u8 {
+            let relay = RelayId([i; 32]);
+            for k in 0..9 {
+                let owners: Vec<u64> = (0..3).filter(|&s| t(s).mine(&relay, k)).collect();
+                assert_eq!(owners.len(), 1, "relay {i}, window {k}: {owners:?}");
+            }
+            for s in 0..3 {
+                assert_eq!((0..3).filter(|&k| t(s).mine(&relay, k)).count(), 1, "relay {i}, scanner {s}");
+            }
         }
-        assert_eq!(t(0).left(30_000), Ok(Duration::from_secs(10)));
-        assert_eq!(t(0).left(38_000), Err(Duration::from_secs(22)), "too little left: wait for window 6");
-        assert_eq!(t(1).left(30_000), Err(Duration::from_secs(10)));
-        assert_eq!(t(2).left(31_000), Err(Duration::from_secs(19)));
-        assert_eq!(Turns::ALONE.left(59_000), Err(Duration::from_secs(1)));
-        assert!(Turns::ALONE.left(60_000).is_ok());
+        assert_eq!(t(0).window(31_000), (3, Duration::from_secs(9)));
+        assert!((0..5).all(|k| Turns::ALONE.mine(&RelayId([7; 32]), k)));
     }
 }

@@ -19,7 +19,7 @@ use allium_proto::ids::RelayId;
 /// The file in an authority's data directory.
 pub const MEASUREMENTS_FILE: &str = "bandwidth-measurements";
 /// Measurements older than this are not used.
-pub const MAX_AGE_SECS: u64 = 2 * 86_400;
+pub const MAX_AGE_SECS: u64 = 5 * 86_400;
 /// Most relays remembered (the oldest measurements are dropped beyond it).
 pub const MAX_MEASURED: usize = 20_000;
 
@@ -58,7 +58,7 @@ impl Measurements {
         self.by.is_empty()
     }
 
-    /// The file text, sorted by fingerprint.
+    /// The file text, sorted by fingerprint (written with `crate::cache::save`, atomically).
     pub fn to_text(&self) -> String {
         let mut lines: Vec<String> = self.by.iter().map(|(id, (bw, at))| format!("{} {bw} {at}\n", id.fingerprint())).collect();
         lines.sort();
@@ -83,11 +83,6 @@ impl Measurements {
     /// The measurements saved in `dir` (none if the file is missing or unreadable).
     pub fn load(dir: &Path) -> Self {
         std::fs::read_to_string(dir.join(MEASUREMENTS_FILE)).map(|t| Self::from_text(&t)).unwrap_or_default()
-    }
-
-    /// Saves them in `dir`, atomically.
-    pub fn save(&self, dir: &Path) -> std::io::Result<()> {
-        crate::cache::save(dir, MEASUREMENTS_FILE, &self.to_text())
     }
 }
 
