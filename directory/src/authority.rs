@@ -805,7 +805,9 @@ impl Shared {
         self.state.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Logs a publication and saves the consensus to disk.
+    /// Logs a publication and saves the consensus to disk, with the relay history and the
+    /// descriptors it was made from (so an authority restarted even seconds after a network's
+    /// first consensus keeps its relays).
     pub async fn on_published(&self, p: Published) {
         tracing::info!(
             valid_after = p.valid_after,
@@ -826,6 +828,8 @@ impl Shared {
         if let Err(e) | Ok(Err(e)) = r.map_err(std::io::Error::other) {
             tracing::warn!("cannot save the consensus in the data directory: {e}");
         }
+        drop(_g);
+        save_history(self).await;
     }
 }
 

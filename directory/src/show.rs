@@ -13,7 +13,9 @@ use crate::netdir::NetDir;
 pub fn render(nd: &NetDir, now: u64) -> String {
     let c: &Consensus = nd.consensus();
     let mut o = String::new();
-    let _ = writeln!(o, "consensus valid-after {} fresh-until {} valid-until {}", Utc(c.valid_after()), Utc(c.fresh_until()), Utc(c.valid_until()));
+    // Each time as unix seconds (for scripts: the word after the keyword), then as a UTC date.
+    let t = |secs: u64| format!("{secs} ({})", Utc(secs));
+    let _ = writeln!(o, "consensus valid-after {} fresh-until {} valid-until {}", t(c.valid_after()), t(c.fresh_until()), t(c.valid_until()));
     let state = if now < c.valid_after() {
         format!("not valid yet ({} s ahead of this clock)", c.valid_after() - now)
     } else if now <= c.valid_until() {

@@ -57,20 +57,9 @@ impl Drop for Restarted {
     }
 }
 
-#[test]
-fn restarted_authorities_keep_every_uptime_flag() {
-    let params = ["guard-min-uptime=20", "stable-min-uptime=20", "hsdir-min-uptime=20", "flag-uptime-floor=20"];
-    let mut args = Vec::new();
-    for p in params {
-        args.extend(["--param", p]);
-    }
-    let net = Testnet::start(&args);
+/// Stops every authority of `net` (SIGTERM) and starts each again from its config; when that was.
+fn restart_every_authority(net: &Testnet) -> (Restarted, u64) {
     let auths: Vec<_> = net.with_role("authority").cloned().collect();
-    let first = auths[0].addr;
-    let before = wait_consensus(first, Duration::from_secs(120), all_have_uptime_flags).expect("relays reach Guard, Stable and HSDir after 20 s");
-    let relays = before.relays().len();
-
-    // All at once: every authority stops (SIGTERM) and starts again from its config.
     for a in &auths {
         kill_process(Pid::from_raw(a.pid as i32).unwrap(), Signal::TERM).unwrap();
     }
@@ -95,6 +84,24 @@ fn restarted_authorities_keep_every_uptime_flag() {
             .expect("restart an authority");
         children.0.push(child);
     }
+    (children, restarted_at)
+}
+
+#[test]
+fn restarted_authorities_keep_every_uptime_flag() {
+    let params = ["guard-min-uptime=20", "stable-min-uptime=20", "hsdir-min-uptime=20", "flag-uptime-floor=20"];
+    let mut args = Vec::new();
+    for p in params {
+        args.extend(["--param", p]);
+    }
+    let net = Testnet::start(&args);
+    let auths: Vec<_> = net.with_role("authority").cloned().collect();
+    let first = auths[0].addr;
+    let before = wait_consensus(first, Duration::from_secs(120), all_have_uptime_flags).expect("relays reach Guard, Stable and HSDir after 20 s");
+    let relays = before.relays().len();
+
+    // All at once: every authority stops (SIGTERM) and starts again from its config.
+    let (children, restarted_at) = restart_every_authority(&net);
     // The first consensus made after the restart.
     let after = wait_consensus(first, Duration::from_secs(120), |c| c.valid_after() > restarted_at).expect("a consensus after the restart");
     let lost: Vec<String> = after
@@ -107,5 +114,22 @@ fn restarted_authorities_keep_every_uptime_flag() {
     assert!(lost.is_empty(), "relays lost uptime flags across the restart: {lost:?}");
     let saved = std::fs::read_to_string(net.dir.join(&auths[0].name).join("relay-history")).expect("the history file");
     assert!(saved.matches("[[relay]]").count() >= relays, "{saved}");
+    drop(children);
+}
+
+/// A network's first consensus comes from a bootstrap round, before any regular round's
+/// reachability tests: authorities restarted right then still know every relay (they saved
+/// their history and descriptors with that consensus), so the first consensus after the
+/// restart lists them all, not none.
+#[test]
+fn authorities_restarted_right_after_the_first_consensus_keep_every_relay() {
+    let net = Testnet::start(&[]);
+    let first = net.with_role("authority").next().unwrap().addr;
+    let before = consensus(first).expect("a consensus once the network is ready");
+    let relays = before.relays().len();
+    assert!(relays >= 5, "{relays}");
+    let (children, restarted_at) = restart_every_authority(&net);
+    let after = wait_consensus(first, Duration::from_secs(60), |c| c.valid_after() > restarted_at).expect("a consensus after the restart");
+    assert_eq!(after.relays().len(), relays, "the first consensus after the restart lists every relay");
     drop(children);
 }
