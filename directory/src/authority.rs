@@ -164,6 +164,9 @@ pub struct AuthorityState {
     /// Bumped whenever what a vote would say may have changed (a descriptor, a reachability
     /// result, a consensus published): [`crate::bootstrap`] looks again only then.
     changes: u64,
+    /// This authority's signature of a consensus it recomputed to match a peer's (see
+    /// [`AuthorityState::accept_signature`]), to be pushed to the other authorities.
+    recomputed: Option<DetachedSignature>,
     /// Shared randomness: this authority's secret reveal for each period it committed in (the
     /// current and the previous one). In memory only: after a restart it has nothing to reveal
     /// and takes part again from the period after its next vote.
@@ -190,6 +193,7 @@ impl AuthorityState {
             measurements: None,
             texts: HashMap::new(),
             srv_reveals: BTreeMap::new(),
+            recomputed: None,
             changes: 0,
         }
     }
@@ -585,6 +589,32 @@ impl AuthorityState {
         Some(mine)
     }
 
+    /// A peer signed a consensus for `t` other than the one computed here. This one may lack a
+    /// vote that arrived after it was computed (a bootstrap round finishes with a majority of
+    /// votes once its grace has passed, and the last vote can be a millisecond late): computed
+    /// again from the votes held now, if that gives the digest the peer signed, it replaces the
+    /// pending one, and this authority's new signature waits in [`Self::take_recomputed`].
+    fn recompute_to_match(&mut self, t: u64, digest: &[u8; 32]) -> bool {
+        let votes: Vec<Vote> = self.votes.get(&t).map(|m| m.values().map(|(v, _)| v.clone()).collect()).unwrap_or_default();
+        if votes.len() < self.majority() {
+            return false;
+        }
+        let mut c = compute_consensus(&votes, self.authorities.len(), self.schedule.lifetime(t));
+        if c.digest() != *digest {
+            return false;
+        }
+        let mine = DetachedSignature::new(&c, &self.signer);
+        c.add_signature(mine.signature.clone());
+        self.pending.insert(t, c);
+        self.recomputed = Some(mine);
+        true
+    }
+
+    /// This authority's signature of a consensus it recomputed to match a peer's, once.
+    pub fn take_recomputed(&mut self) -> Option<DetachedSignature> {
+        self.recomputed.take()
+    }
+
     /// The pending consensus for `t`, if computed: (digest, relays, signatures).
     pub fn pending_summary(&self, t: u64) -> Option<([u8; 32], usize, usize)> {
         self.pending.get(&t).map(|c| (c.digest(), c.relays().len(), c.signatures().len()))
@@ -600,10 +630,10 @@ impl AuthorityState {
             return Err(Reject::bad(e.to_string()));
         }
         let t = s.valid_after;
+        if self.pending.get(&t).is_some_and(|c| c.digest() != s.digest) && !self.recompute_to_match(t, &s.digest) {
+            return Err(Reject::conflict("consensus digest differs from ours"));
+        }
         if let Some(c) = self.pending.get_mut(&t) {
-            if c.digest() != s.digest {
-                return Err(Reject::conflict("consensus digest differs from ours"));
-            }
             c.add_signature(s.signature);
             return Ok(self.try_publish(now_ms));
         }
@@ -767,6 +797,18 @@ pub const MAX_CONCURRENT_TESTS: usize = 128;
 /// a quarter of the interval, at most 20 s.
 pub fn reach_window_ms(interval_secs: u64) -> u64 {
     (interval_secs * 1000 / 4).min(20_000)
+}
+
+/// Pushes this authority's detached signature `text` to every other authority, each within
+/// `timeout` (failures reported as [`report`] does).
+pub(crate) fn push_signature(sh: &Arc<Shared>, text: String, timeout: Duration) {
+    for peer in sh.peers.clone() {
+        let (sh2, text) = (sh.clone(), text.clone());
+        tokio::spawn(async move {
+            let r = crate::http::post(&sh2.http, &peer, "/allium/v1/signature", &text, timeout).await;
+            report(&sh2, &peer, "signature push", r);
+        });
+    }
 }
 
 /// Tests each target by completing a link handshake to it (as a relay, from the authority's
@@ -1702,6 +1744,50 @@ mod tests {
         assert!(!r.reason.contains(SKEW_MARK) && r.reason.contains("no consensus"), "{r:?}");
         let r = st[0].accept_signature(late, T * 1000 + 6_000).unwrap_err();
         assert!(r.reason.contains("8.5 s behind"), "{r:?}");
+    }
+
+    /// A bootstrap round where one authority computed the consensus with a majority of votes and
+    /// the last vote came a moment later: the two that computed with all three sign another
+    /// digest. The first computes again from the votes it now holds, finds their digest, takes
+    /// that consensus, signs it (its signature waits to be pushed) and publishes it. A digest
+    /// that no set of held votes gives is still refused (409).
+    #[test]
+    fn a_consensus_computed_before_the_last_vote_is_computed_again_to_match() {
+        let (keys, mut st) = three(true);
+        let s = Schedule::new(I);
+        let now_ms = (T + 3) * 1000 + 400;
+        let tb = s.bootstrap_valid_after(now_ms);
+        let r = key(92);
+        for a in st.iter_mut() {
+            a.accept_descriptor(desc(&r, T + 2, "127.0.0.1:9001"), T + 2).unwrap();
+            all_reachable(a, T + 2);
+        }
+        let votes: Vec<Arc<str>> = st.iter_mut().map(|a| a.make_vote(tb, T + 3).0).collect();
+        let give = |a: &mut AuthorityState, j: usize| {
+            let parsed = Vote::parse(&votes[j]).unwrap().verify(T + 3).unwrap();
+            assert_eq!(a.accept_vote(parsed, votes[j].clone(), now_ms), Ok(Accepted::New));
+        };
+        // Authority 0 computes with its own vote and 1's; 1 and 2 with all three.
+        give(&mut st[0], 1);
+        let early = st[0].make_consensus(tb).unwrap();
+        for i in 1..3 {
+            for j in (0..3).filter(|&j| j != i) {
+                give(&mut st[i], j);
+            }
+        }
+        let sigs: Vec<DetachedSignature> = (1..3).map(|i| st[i].make_consensus(tb).unwrap()).collect();
+        assert_ne!(early.digest, sigs[0].digest, "two votes and three votes make different consensuses");
+        // Without the late vote, 0 cannot make theirs: refused.
+        assert_eq!(st[0].accept_signature(sigs[0].clone(), now_ms + 10).unwrap_err().status, 409);
+        assert!(st[0].take_recomputed().is_none());
+        // With it, 0 computes again, signs theirs and publishes.
+        give(&mut st[0], 2);
+        let p = st[0].accept_signature(sigs[0].clone(), now_ms + 20).unwrap().expect("published with 0's and 1's signatures");
+        assert_eq!(p.valid_after, tb);
+        let mine = st[0].take_recomputed().expect("0's new signature, to push");
+        assert_eq!(mine.digest, sigs[0].digest);
+        assert!(st[1].accept_signature(mine, now_ms + 30).is_ok(), "the peers take it");
+        let _ = keys;
     }
 
     /// Issue 13 (fast start): a bootstrap round between period starts. Three authorities vote for

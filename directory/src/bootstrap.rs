@@ -41,7 +41,7 @@ use allium_proto::ids::RelayId;
 use tokio::sync::Notify;
 use tokio::time::Instant;
 
-use crate::authority::{report, Shared};
+use crate::authority::Shared;
 
 /// How fast bootstrap rounds go.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -249,15 +249,7 @@ async fn round(sh: &Arc<Shared>, t: u64, pace: &Pace, how: &str) {
         tokio::time::sleep(pace.tick.min(Duration::from_millis(10))).await;
     }
     let Some(sig) = sh.lock().make_consensus(t) else { return };
-    let text = sig.encode();
-    for peer in sh.peers.clone() {
-        let (sh2, text) = (sh.clone(), text.clone());
-        let timeout = pace.round;
-        tokio::spawn(async move {
-            let r = crate::http::post(&sh2.http, &peer, "/allium/v1/signature", &text, timeout).await;
-            report(&sh2, &peer, "signature push", r);
-        });
-    }
+    crate::authority::push_signature(sh, sig.encode(), pace.round);
     let published = sh.lock().try_publish(sh.clock.now_ms());
     if let Some(p) = published {
         sh.on_published(p).await;

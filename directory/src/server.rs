@@ -165,7 +165,16 @@ async fn post_signature(State(sh): State<Arc<Shared>>, body: String) -> Response
         Ok(s) => s,
         Err(e) => return refused("signature", Reject { status: 400, reason: e.to_string() }),
     };
-    let r = sh.lock().accept_signature(s, sh.clock.now_ms());
+    let (r, recomputed) = {
+        let mut st = sh.lock();
+        let r = st.accept_signature(s, sh.clock.now_ms());
+        (r, st.take_recomputed())
+    };
+    if let Some(mine) = recomputed {
+        tracing::info!(valid_after = %allium_proto::time::Utc(mine.valid_after), "consensus computed again with a vote that came late: it matches the peers'");
+        let timeout = std::time::Duration::from_secs(sh.schedule.interval_secs().clamp(2, 30));
+        crate::authority::push_signature(&sh, mine.encode(), timeout);
+    }
     match r {
         Ok(published) => {
             if let Some(p) = published {

@@ -155,8 +155,10 @@ fn status_metrics_and_sighup_on_a_running_network() {
         preconnected += s["links_preconnected"].as_u64().expect("links_preconnected");
     }
     assert!(preconnected > 0, "no relay opened a link ahead of need");
-    let auth = status(&["--data-dir", net.dir.join("auth1").to_str().unwrap()]);
-    assert!(auth["published_consensus"]["signatures"].as_u64().unwrap() >= 2, "{auth}");
+    // (An authority whose first consensus came out different takes the peers' with their next
+    // signature: wait for it, bounded.)
+    let auth = wait_status(&net.dir.join("auth1"), Duration::from_secs(30), |s| s["published_consensus"]["signatures"].as_u64() >= Some(2));
+    assert!(auth["published_consensus"]["signatures"].as_u64() >= Some(2), "{auth}");
     // The readable form names the parts.
     let out = Command::new(env!("CARGO_BIN_EXE_allium")).args(["status", "--config", client_cfg.to_str().unwrap()]).output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
