@@ -5,8 +5,6 @@
 //! carry data.
 
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -14,6 +12,7 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use allium_net::pool::ChannelPool;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+use crate::support::extra_relay::{free_port, ExtraRelay};
 use crate::support::testnet::Testnet;
 
 /// The relay's own address: a /16 of its own, apart from the testnet's `127.k.0.1` nodes.
@@ -83,40 +82,6 @@ fn pipe(inbound: TcpStream, target: SocketAddr) {
     let _ = up.join();
 }
 
-/// The relay process, killed (by its pid) when dropped.
-struct RelayProcess(Child);
-
-impl Drop for RelayProcess {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// A free port on `ip` (bound, then released).
-fn free_port(ip: IpAddr) -> u16 {
-    TcpListener::bind((ip, 0)).unwrap().local_addr().unwrap().port()
-}
-
-/// A relay config for the test network whose node `like` is a relay: its `[network]` (and any
-/// other table) kept, `[node]` and the OR port ours, `advertise_address` set.
-fn nat_relay_config(net: &Testnet, like: &str, data_dir: &Path, ip: IpAddr, or_port: u16, advertise: SocketAddr) -> String {
-    let path = net.dir.join(like).join("config.toml");
-    let mut v: toml::Value = std::fs::read_to_string(&path).unwrap().parse().unwrap();
-    let t = v.as_table_mut().unwrap();
-    let mut node = toml::map::Map::new();
-    node.insert("nickname".into(), "natrelay".into());
-    node.insert("data_dir".into(), data_dir.display().to_string().into());
-    node.insert("address".into(), ip.to_string().into());
-    t.insert("node".into(), toml::Value::Table(node));
-    t.remove("exit");
-    let mut relay = toml::map::Map::new();
-    relay.insert("or_port".into(), i64::from(or_port).into());
-    relay.insert("advertise_address".into(), advertise.to_string().into());
-    t.insert("relay".into(), toml::Value::Table(relay));
-    toml::to_string(&v).unwrap()
-}
-
 #[test]
 fn a_relay_behind_a_port_forward_is_listed_and_carries_circuits_at_its_advertised_address() {
     let net = Testnet::start(&[]);
@@ -126,33 +91,10 @@ fn a_relay_behind_a_port_forward_is_listed_and_carries_circuits_at_its_advertise
     let advertised = forward.addr;
     assert_ne!(listen.port(), advertised.port());
 
-    let dir = crate::support::fresh_dir("natrelay");
-    let data_dir = dir.join("data");
-    let cfg_path = dir.join("relay.toml");
-    std::fs::write(&cfg_path, nat_relay_config(&net, "relay1", &data_dir, ip, listen.port(), advertised)).unwrap();
-    let log_path = dir.join("log");
-    let relay = RelayProcess(
-        Command::new(env!("CARGO_BIN_EXE_allium"))
-            .args(["relay", "--config"])
-            .arg(&cfg_path)
-            .arg("--log-file")
-            .arg(&log_path)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .expect("start allium relay"),
-    );
-    let log = || std::fs::read_to_string(&log_path).unwrap_or_default();
-
+    let relay = ExtraRelay::start(&net, "relay1", "natrelay", ip, listen.port(), Some(advertised));
     // Listed once the authorities tested it through the forward.
-    let started = Instant::now();
-    while !log().contains("the consensus lists this relay") {
-        assert!(started.elapsed() < LISTED_DEADLINE, "the consensus never listed the relay; its log:\n{}", log());
-        std::thread::sleep(Duration::from_millis(200));
-    }
-    assert!(log().contains(&format!("advertised as {advertised}")), "{}", log());
+    relay.wait_listed(LISTED_DEADLINE);
+    assert!(relay.log().contains(&format!("advertised as {advertised}")), "{}", relay.log());
     let after_listing = forward.connections();
     assert!(after_listing > 0, "the authorities' reachability tests did not come through the forward");
 
@@ -211,15 +153,11 @@ fn a_relay_behind_a_port_forward_is_listed_and_carries_circuits_at_its_advertise
     });
 
     // `allium status` reports both addresses.
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_allium"));
-    cmd.args(["status", "--json", "--config"]).arg(&cfg_path);
-    let out = crate::support::run_within(cmd, Duration::from_secs(30)).expect("allium status answered");
-    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| panic!("{e}: {}", String::from_utf8_lossy(&out.stdout)));
+    let status = relay.status();
     assert_eq!(status["or_port"], listen.to_string(), "{status}");
     assert_eq!(status["advertised_address"], advertised.to_string(), "{status}");
     assert_eq!(status["in_consensus"], true, "{status}");
 
     drop(relay);
     drop(forward);
-    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -29,6 +29,8 @@
 //! - [`rendezvous`]: relays as introduction and rendezvous points, joining two circuits.
 //! - [`onion`]: the testnet's onion service reached by its address through SOCKS (A5, A7, A13,
 //!   A18, A20, restarts, period boundaries).
+//! - [`small_network`]: an onion service on a network too small for its paths says why and
+//!   starts once relays join.
 //! - [`onion_service`]: a client hosting an onion service, reached by introduction and rendezvous.
 //! - [`keygen`]: `allium keygen --authority` and authorities with an offline identity (A8).
 //! - [`plan`]: `allium network plan`: a network of loopback "hosts" run from its generated
@@ -77,6 +79,7 @@ mod plan;
 mod quorum_loss;
 mod relay_history;
 mod rendezvous;
+mod small_network;
 mod stall_recovery;
 mod status_page;
 mod tamper;

@@ -32,11 +32,19 @@ pub enum IntroEvent {
 
 /// Builds the circuit to `relay`, establishes the point with `auth` (asking it to forward at
 /// most `dos`) and forwards what arrives,
-/// after waiting `delay` (back-off after failures). Ends with [`IntroEvent::Down`], unless the
-/// service is gone or aborts the task (which closes the circuit).
+/// after waiting `delay` (back-off after failures) or until a new consensus arrives, whichever
+/// is first: relays that joined may make a path possible (a service on a network too small for
+/// its 4-hop paths starts once enough relays are listed). Ends with [`IntroEvent::Down`],
+/// unless the service is gone or aborts the task (which closes the circuit).
 pub async fn run(state: Arc<ClientState>, dir: Arc<NetDir>, relay: ConsensusRelay, auth: SigningKey, dos: IntroDosParams, delay: Duration, events: mpsc::Sender<IntroEvent>) {
     let auth_key = auth.verifying_key().to_bytes();
-    tokio::time::sleep(delay).await;
+    let mut netdirs = state.netdir.clone();
+    netdirs.mark_unchanged();
+    tokio::select! {
+        _ = tokio::time::sleep(delay) => {}
+        Ok(()) = netdirs.changed() => {}
+    }
+    let dir = state.netdir().unwrap_or(dir);
     let why = match serve(&state.circuits, &dir, &relay, &auth, dos, &events).await {
         Ok(()) => "circuit closed".to_string(),
         Err(e) => e,

@@ -86,24 +86,26 @@ mod tests {
     use super::*;
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-    #[tokio::test(start_paused = true)]
+    /// Real time, with wide margins: a byte every 0.5 s against a 2-s limit (a stall of
+    /// 1.5 s would be needed to fail it falsely).
+    #[tokio::test]
     async fn a_silent_peer_times_out_and_a_talking_one_does_not() {
         let (a, mut b) = tokio::io::duplex(64);
-        let mut t = TimedIo::new(a, Duration::from_secs(10), None);
+        let mut t = TimedIo::new(a, Duration::from_secs(2), None);
         let mut buf = [0u8; 4];
-        // Bytes every 6 s keep it open past 10 s.
+        // Bytes every 0.5 s keep it open past 2 s.
         let talker = tokio::spawn(async move {
-            for _ in 0..3 {
-                tokio::time::sleep(Duration::from_secs(6)).await;
+            for _ in 0..5 {
+                tokio::time::sleep(Duration::from_millis(500)).await;
                 b.write_all(b"x").await.unwrap();
             }
             b
         });
-        for _ in 0..3 {
+        for _ in 0..5 {
             assert_eq!(t.read(&mut buf).await.unwrap(), 1);
         }
         let _b = talker.await.unwrap();
-        // Then silence: the read fails after 10 s.
+        // Then silence: the read fails after 2 s.
         let e = t.read(&mut buf).await.unwrap_err();
         assert_eq!(e.kind(), std::io::ErrorKind::TimedOut);
     }

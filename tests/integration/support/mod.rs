@@ -1,5 +1,6 @@
 //! Fixtures shared by the integration tests.
 
+pub mod extra_relay;
 pub mod http;
 pub mod inproc;
 pub mod onion;
@@ -40,6 +41,15 @@ pub fn tail(path: &std::path::Path, n: usize) -> String {
         }
         Err(e) => format!("(cannot read {}: {e})", path.display()),
     }
+}
+
+/// `allium status --json --data-dir DIR`: what the node running there reports, parsed (Null if
+/// it printed nothing parseable, e.g. before it started).
+pub fn status_json(data_dir: &std::path::Path) -> serde_json::Value {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_allium"));
+    cmd.args(["status", "--json", "--data-dir"]).arg(data_dir);
+    let out = run_within(cmd, Duration::from_secs(30)).unwrap_or_else(|| panic!("allium status --data-dir {} did not answer in 30 s", data_dir.display()));
+    serde_json::from_slice(&out.stdout).unwrap_or_default()
 }
 
 /// Runs `allium <args>`, which must exit by itself within 60 s (it panics otherwise, saying
