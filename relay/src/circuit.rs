@@ -436,7 +436,6 @@ impl RelayCircuit {
                 }
                 let mut ack = action.ack;
                 if let Some((svc, intro2)) = action.forward {
-                    #[cfg(feature = "test-hooks")]
                     if self.ctx.duplicate_introduce2 {
                         tracing::info!("test hook: forwarding an INTRODUCE2 twice");
                         points.deliver(svc, HsEvent::Originate(intro2.clone()));
@@ -534,7 +533,6 @@ impl RelayCircuit {
         let n = next.as_mut().expect("cell from next hop");
         match (cell.cmd, &mut n.created) {
             (CellCmd::Destroy, _) => {
-                #[cfg(feature = "test-hooks")]
                 crate::test_hooks::record_destroy_from_next(&self.ctx.id, cell.payload[0]);
                 Err(Close(DestroyReason::from_u8(cell.payload[0]), Side::Next))
             }
@@ -621,7 +619,6 @@ impl RelayCircuit {
     /// this hop's own (which only the last hop may send), or mark the cell RELAY_EARLY.
     fn hook_inject(&mut self) -> Option<Injection> {
         self.forwarded_in += 1;
-        #[cfg(feature = "test-hooks")]
         if self.forwarded_in == INJECT_AFTER {
             if let Some(i) = self.ctx.inject_from_middle.clone() {
                 tracing::info!("test hook: sending the client a message from a middle hop");
@@ -635,7 +632,6 @@ impl RelayCircuit {
     /// the cell); `outbound` counts a cell toward the exit.
     fn hook_stopped(&mut self, outbound: bool) -> bool {
         self.forwarded_out += u64::from(outbound);
-        #[cfg(feature = "test-hooks")]
         if let Some(after) = self.ctx.stop_forwarding_after {
             if self.forwarded_out > after {
                 return true;
@@ -648,7 +644,6 @@ impl RelayCircuit {
     #[allow(unused_variables)]
     fn hook_corrupt(&self, body: &mut [u8; PAYLOAD_LEN], forwarded: &mut u64) {
         *forwarded += 1;
-        #[cfg(feature = "test-hooks")]
         if let Some(after) = self.ctx.corrupt_after {
             if *forwarded > after {
                 body[(*forwarded as usize * 7) % PAYLOAD_LEN] ^= 0x01;

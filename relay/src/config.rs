@@ -60,32 +60,26 @@ pub struct RelaySection {
     #[serde(default)]
     pub onion_key_lifetime_secs: Option<u64>,
     /// Test-only fault hook: flip one byte of every relay cell this relay forwards after the
-    /// first N on a circuit. Exists only in builds with the `test-hooks` feature (the
-    /// integration tests' build); refused unless `network.dangerous_testnet` is set.
-    #[cfg(feature = "test-hooks")]
+    /// first N on a circuit. Refused unless `network.dangerous_testnet` is set.
     #[serde(default)]
     pub dangerous_test_corrupt_after: Option<u64>,
     /// Test-only fault hook (THREATS A32): complete link handshakes but silently drop every
     /// CREATE and every cell on the circuits it would have made (never answer). Same rules as
     /// `dangerous_test_corrupt_after`.
-    #[cfg(feature = "test-hooks")]
     #[serde(default)]
     pub dangerous_test_blackhole: bool,
     /// Test-only fault hook (THREATS A13): as an introduction point, forward every INTRODUCE2
     /// twice (a replay). Same rules as `dangerous_test_corrupt_after`.
-    #[cfg(feature = "test-hooks")]
     #[serde(default)]
     pub dangerous_test_duplicate_introduce2: bool,
     /// Test-only fault hook (THREATS A5): as an HSDir, answer every descriptor fetch with the
     /// descriptor's signature altered (a hostile HSDir). Same rules as
     /// `dangerous_test_corrupt_after`.
-    #[cfg(feature = "test-hooks")]
     #[serde(default)]
     pub dangerous_test_mutate_hs_descriptors: bool,
     /// Test-only fault hook: forward the first N relay cells toward the exit on each circuit,
     /// then silently drop every later relay cell in both directions (a relay that stops
     /// forwarding but keeps the circuit open). Same rules as `dangerous_test_corrupt_after`.
-    #[cfg(feature = "test-hooks")]
     #[serde(default)]
     pub dangerous_test_stop_forwarding_after: Option<u64>,
     /// Test-only fault hook (THREATS A17): on each circuit this relay extended (so not as the
@@ -93,13 +87,11 @@ pub struct RelaySection {
     /// it sends the client a message of its own: `"drop"` (DROP) or `"introduce_ack"`
     /// (INTRODUCE_ACK), or (`"relay_early"`, THREATS A16) forwards that cell as RELAY_EARLY.
     /// Same rules as `dangerous_test_corrupt_after`.
-    #[cfg(feature = "test-hooks")]
     #[serde(default)]
     pub dangerous_test_inject_from_middle: Option<String>,
     /// Test-only fault hook (a relay that lies about its bandwidth): the descriptor reports
     /// this many bytes per second, whatever the relay carried or its limits. Same rules as
     /// `dangerous_test_corrupt_after`.
-    #[cfg(feature = "test-hooks")]
     #[serde(default)]
     pub dangerous_test_claim_bandwidth: Option<u64>,
 }
@@ -120,7 +112,6 @@ impl RelaySection {
     /// What the descriptor reports, given what the relay observed it can carry (`observed`
     /// reports at most what it is given).
     pub fn reported_bandwidth(&self, observed: impl FnOnce(u64) -> u64) -> u64 {
-        #[cfg(feature = "test-hooks")]
         if let Some(claim) = self.dangerous_test_claim_bandwidth {
             return claim;
         }
@@ -186,7 +177,6 @@ impl RelayConfig {
                 "could accept private or loopback destinations; add \"reject private:*\" first (allowed only with network.dangerous_testnet = true)",
             ));
         }
-        #[cfg(feature = "test-hooks")]
         for (key, set) in [
             ("relay.dangerous_test_corrupt_after", self.relay.dangerous_test_corrupt_after.is_some()),
             ("relay.dangerous_test_stop_forwarding_after", self.relay.dangerous_test_stop_forwarding_after.is_some()),
@@ -197,7 +187,6 @@ impl RelayConfig {
                 return Err(ConfigError::invalid(key, "needs network.dangerous_testnet = true"));
             }
         }
-        #[cfg(feature = "test-hooks")]
         for (key, set) in [
             ("relay.dangerous_test_blackhole", self.relay.dangerous_test_blackhole),
             ("relay.dangerous_test_duplicate_introduce2", self.relay.dangerous_test_duplicate_introduce2),

@@ -31,7 +31,6 @@ const EXPIRE_EVERY_SECS: u64 = 60;
 pub struct HsDir {
     inner: Mutex<(HsDirStore, u64)>,
     /// Test hook (THREATS A5): alter the signature of every descriptor served.
-    #[cfg(feature = "test-hooks")]
     mutate_answers: std::sync::atomic::AtomicBool,
 }
 
@@ -45,20 +44,17 @@ impl HsDir {
     pub fn new(max_entries: usize, max_bytes: usize) -> Self {
         HsDir {
             inner: Mutex::new((HsDirStore::new(DEFAULT_PERIOD_SECS, max_entries, max_bytes), 0)),
-            #[cfg(feature = "test-hooks")]
             mutate_answers: Default::default(),
         }
     }
 
     /// Test hook: serve every descriptor with one character of its signature changed.
-    #[cfg(feature = "test-hooks")]
     pub fn set_mutate_answers(&self, on: bool) {
         self.mutate_answers.store(on, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// The text to serve for a held descriptor.
     fn served(&self, text: &str) -> Vec<u8> {
-        #[cfg(feature = "test-hooks")]
         if self.mutate_answers.load(std::sync::atomic::Ordering::Relaxed) {
             tracing::info!("test hook: serving an altered descriptor");
             return mutate_signature(text).into_bytes();
@@ -125,7 +121,6 @@ impl HsDir {
 
 /// `text` with the first base64 character of its `signature` line changed (still parses, no
 /// longer verifies).
-#[cfg(feature = "test-hooks")]
 fn mutate_signature(text: &str) -> String {
     let Some(at) = text.find("\nsignature ").map(|i| i + "\nsignature ".len()) else { return text.to_string() };
     let mut b = text.as_bytes().to_vec();
@@ -171,7 +166,6 @@ mod tests {
     }
 
     /// The A5 hook serves a descriptor that still parses but no longer verifies.
-    #[cfg(feature = "test-hooks")]
     #[test]
     fn mutating_hook_breaks_only_the_signature() {
         let p = TimePeriod::at(20_000 * DEFAULT_PERIOD_SECS + 100, DEFAULT_PERIOD_SECS);

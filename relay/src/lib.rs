@@ -33,7 +33,6 @@ pub mod preconnect;
 pub mod publish;
 pub mod rotation;
 pub mod status;
-#[cfg(feature = "test-hooks")]
 pub mod test_hooks;
 
 use std::sync::{Arc, Mutex, RwLock};
@@ -60,9 +59,6 @@ use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 
 pub use config::RelayConfig;
-
-/// Whether this build has the test-only fault hooks (the integration tests' build).
-pub const TEST_HOOKS: bool = cfg!(feature = "test-hooks");
 
 /// Everything a relay's tasks share.
 pub struct RelayCtx {
@@ -98,19 +94,14 @@ pub struct RelayCtx {
     pub handshakes: handshakes::HandshakePool,
     /// Outbound exit connections (one permit per open stream socket).
     pub exit_conns: Arc<tokio::sync::Semaphore>,
-    #[cfg(feature = "test-hooks")]
     pub corrupt_after: Option<u64>,
     /// Test hook: drop every CREATE and every cell of the circuit (never answer).
-    #[cfg(feature = "test-hooks")]
     pub blackhole: bool,
     /// Test hook: forward every INTRODUCE2 twice.
-    #[cfg(feature = "test-hooks")]
     pub duplicate_introduce2: bool,
     /// Test hook: stop forwarding relay cells on a circuit after this many toward the exit.
-    #[cfg(feature = "test-hooks")]
     pub stop_forwarding_after: Option<u64>,
     /// Test hook: what a relay with a next hop injects toward the client once.
-    #[cfg(feature = "test-hooks")]
     pub inject_from_middle: Option<circuit::Injection>,
 }
 
@@ -164,15 +155,10 @@ impl InertRelay {
             },
             testnet: cfg.network.dangerous_testnet,
             hs: Default::default(),
-            #[cfg(feature = "test-hooks")]
             corrupt_after: cfg.relay.dangerous_test_corrupt_after,
-            #[cfg(feature = "test-hooks")]
             blackhole: cfg.relay.dangerous_test_blackhole,
-            #[cfg(feature = "test-hooks")]
             duplicate_introduce2: cfg.relay.dangerous_test_duplicate_introduce2,
-            #[cfg(feature = "test-hooks")]
             stop_forwarding_after: cfg.relay.dangerous_test_stop_forwarding_after,
-            #[cfg(feature = "test-hooks")]
             inject_from_middle: match cfg.relay.dangerous_test_inject_from_middle.as_deref() {
                 None => None,
                 Some("drop") => Some(circuit::Injection::Message(allium_proto::relay_msg::RelayMsg::Drop)),
@@ -186,7 +172,6 @@ impl InertRelay {
             unlisted: tokio::sync::Notify::new(),
             observed: Default::default(),
         };
-        #[cfg(feature = "test-hooks")]
         ctx.dir.hsdir.set_mutate_answers(cfg.relay.dangerous_test_mutate_hs_descriptors);
         ctx.pool.set_mem_quota(allium_net::limits::memquota::MemQuota::new(ctx.limits.max_queued_bytes()));
         Ok(InertRelay { cfg, ctx: Arc::new(ctx) })
@@ -294,7 +279,6 @@ impl CreateHandler for Creates {
             }
         };
         let mut rx = chan.accept_circuit(id);
-        #[cfg(feature = "test-hooks")]
         if ctx.blackhole {
             // Never answer: swallow the CREATE and every later cell until DESTROY or link close.
             tracing::info!("test hook: black-holing a circuit");
@@ -371,7 +355,6 @@ fn single_cell_create(cell: &Cell) -> Option<&[u8]> {
 /// Answers a CREATE: reassembles it, runs the server side of ntor, sends CREATED.
 async fn create(ctx: &Arc<RelayCtx>, chan: &Channel, first: &Cell, rx: &mut allium_net::cell_queue::CellReceiver) -> Result<(RelayCrypto, HopKeys, EarlyGate, FlowParams), DestroyReason> {
     let (hdr, msg) = circuit::read_create(first, rx).await?;
-    #[cfg(feature = "test-hooks")]
     test_hooks::record_create(&ctx.id, &first.payload);
     if hdr.htype != HTYPE_NTOR {
         return Err(DestroyReason::Protocol);

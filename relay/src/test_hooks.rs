@@ -1,5 +1,8 @@
-//! What tests read back from relays running in their process (builds with `test-hooks` only).
+//! What tests read back from relays running in their process. Nothing is recorded until a test
+//! calls [`record`] (the `allium` binary never does), so a relay's memory does not grow with
+//! what it sees.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
 
 use allium_proto::ids::RelayId;
@@ -7,10 +10,26 @@ use allium_proto::ids::RelayId;
 /// Bytes of a CREATE cell before the handshake message: type, reserved byte, length.
 pub const CREATE_HEADER_LEN: usize = 5;
 
+/// Whether relays in this process note what tests read back.
+static RECORDING: AtomicBool = AtomicBool::new(false);
+
+/// From now on, relays in this process note the CREATE headers and DESTROY reasons they get
+/// (tests of relays run in their own process).
+pub fn record() {
+    RECORDING.store(true, Ordering::Relaxed);
+}
+
+fn recording() -> bool {
+    RECORDING.load(Ordering::Relaxed)
+}
+
 static CREATES: Mutex<Vec<(RelayId, [u8; CREATE_HEADER_LEN])>> = Mutex::new(Vec::new());
 
 /// Notes the header of a CREATE that relay `id` received.
 pub(crate) fn record_create(id: &RelayId, payload: &[u8]) {
+    if !recording() {
+        return;
+    }
     let mut h = [0u8; CREATE_HEADER_LEN];
     h.copy_from_slice(&payload[..CREATE_HEADER_LEN]);
     CREATES.lock().unwrap_or_else(|e| e.into_inner()).push((*id, h));
@@ -25,6 +44,9 @@ static DESTROYS: Mutex<Vec<(RelayId, u8)>> = Mutex::new(Vec::new());
 
 /// Notes the reason byte of a DESTROY that relay `id` received from a circuit's next hop.
 pub(crate) fn record_destroy_from_next(id: &RelayId, reason: u8) {
+    if !recording() {
+        return;
+    }
     DESTROYS.lock().unwrap_or_else(|e| e.into_inner()).push((*id, reason));
 }
 

@@ -204,8 +204,8 @@ fn q(s: &str) -> String {
     toml::Value::String(s.to_string()).to_string()
 }
 
-/// Test-only faults the test network injects (hidden `--dangerous-test-*` options; they need
-/// the relay's `test-hooks` feature).
+/// Test-only faults the test network injects (hidden `--dangerous-test-*` options; relays
+/// refuse them without `network.dangerous_testnet`).
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Faults {
     /// Every relay flips a byte of each relay cell it forwards after the first N on a circuit.

@@ -32,8 +32,6 @@ use layout::{Counts, NodeSpec, Role};
 use probe::ProbeOutcome;
 use spawn::NodeProc;
 
-/// Voting interval the test network's authorities use.
-const VOTING_INTERVAL_SECS: u64 = 10;
 /// How often startup polls (ports, consensus, probe retries).
 const POLL: Duration = Duration::from_millis(25);
 /// How long a node may take to open its listening port.
@@ -96,32 +94,35 @@ pub struct TestnetArgs {
     /// a 3-hop circuit's round trip is then 6 × N ms. 0 (the default): no delay; at most 1000.
     #[arg(long, value_name = "N", default_value_t = 0, value_parser = clap::value_parser!(u64).range(0..=1000))]
     pub link_delay_ms: u64,
+    /// The authorities' voting interval in seconds (`authority.voting_interval_secs`): a
+    /// consensus is valid for 3 intervals, and clients keep one that expired for 6 more
+    /// when no newer one can be had.
+    #[arg(long, value_name = "SECS", default_value_t = 10, value_parser = clap::value_parser!(u64).range(2..=3600))]
+    pub voting_interval: u64,
     /// Test-only fault: every relay flips one byte of each relay cell it forwards after the
-    /// first N on a circuit. Only builds with the relay's `test-hooks` feature (the integration
-    /// tests' build) accept it.
+    /// first N on a circuit.
     #[arg(long, hide = true, value_name = "N")]
     pub dangerous_test_corrupt_after: Option<u64>,
     /// Test-only fault: every relay forwards N relay cells toward the exit on each circuit,
-    /// then silently drops every later relay cell in both directions. Needs the relay's
-    /// `test-hooks` feature.
+    /// then silently drops every later relay cell in both directions.
     #[arg(long, hide = true, value_name = "N")]
     pub dangerous_test_stop_forwarding_after: Option<u64>,
     /// Test-only fault (THREATS A17): every non-exit relay sends the client a message of its
     /// own from a middle position (`drop` or `introduce_ack`, or `relay_early`: mark a forwarded cell RELAY_EARLY) once per circuit, after forwarding
-    /// 200 cells toward it. Needs the relay's `test-hooks` feature.
+    /// 200 cells toward it.
     #[arg(long, hide = true, value_name = "KIND", value_parser = ["drop", "introduce_ack", "relay_early"])]
     pub dangerous_test_inject_from_middle: Option<String>,
     /// Test-only fault (THREATS A32): the first K non-exit relays complete link handshakes but
     /// never answer a CREATE or any cell; the client then starts from a short build timeout
-    /// (`client.dangerous_initial_build_timeout_ms`). Needs the relay's `test-hooks` feature.
+    /// (`client.dangerous_initial_build_timeout_ms`).
     #[arg(long, hide = true, value_name = "K", default_value_t = 0)]
     pub dangerous_test_blackhole_relays: usize,
     /// Test-only fault (THREATS A13): every relay, as an introduction point, forwards each
-    /// INTRODUCE2 twice. Needs the relay's `test-hooks` feature.
+    /// INTRODUCE2 twice.
     #[arg(long, hide = true)]
     pub dangerous_test_duplicate_introduce2: bool,
     /// Test-only fault (THREATS A5): the first K non-exit relays, as HSDirs, serve every
-    /// descriptor with its signature altered. Needs the relay's `test-hooks` feature.
+    /// descriptor with its signature altered.
     #[arg(long, hide = true, value_name = "K", default_value_t = 0)]
     pub dangerous_test_mutating_hsdirs: usize,
     /// Every authority measures relays' bandwidth and votes measured weights
@@ -129,7 +130,7 @@ pub struct TestnetArgs {
     #[arg(long)]
     pub bandwidth_scan: bool,
     /// Test-only fault: `relay1` is rate-limited to RATE bytes/s (`relay.bandwidth_rate`) and
-    /// claims CLAIM bytes/s in its descriptor. Needs the relay's `test-hooks` feature.
+    /// claims CLAIM bytes/s in its descriptor.
     #[arg(long, hide = true, value_name = "RATE:CLAIM", value_parser = parse_pair)]
     pub dangerous_test_slow_relay: Option<(u64, u64)>,
 }
@@ -165,22 +166,6 @@ pub fn run(args: TestnetArgs) -> ExitCode {
     };
     if let Err(e) = counts.validate() {
         eprintln!("allium testnet: {e}");
-        return ExitCode::from(2);
-    }
-    if args.dangerous_test_corrupt_after.is_some() && !allium_relay::TEST_HOOKS {
-        eprintln!("allium testnet: --dangerous-test-corrupt-after needs a build with the relay's test-hooks feature");
-        return ExitCode::from(2);
-    }
-    let hooks = [
-        ("--dangerous-test-blackhole-relays", args.dangerous_test_blackhole_relays > 0),
-        ("--dangerous-test-duplicate-introduce2", args.dangerous_test_duplicate_introduce2),
-        ("--dangerous-test-mutating-hsdirs", args.dangerous_test_mutating_hsdirs > 0),
-        ("--dangerous-test-stop-forwarding-after", args.dangerous_test_stop_forwarding_after.is_some()),
-        ("--dangerous-test-inject-from-middle", args.dangerous_test_inject_from_middle.is_some()),
-        ("--dangerous-test-slow-relay", args.dangerous_test_slow_relay.is_some()),
-    ];
-    if let Some((flag, _)) = hooks.iter().find(|(_, set)| *set && !allium_relay::TEST_HOOKS) {
-        eprintln!("allium testnet: {flag} needs a build with the relay's test-hooks feature");
         return ExitCode::from(2);
     }
     if args.dangerous_test_mutating_hsdirs > counts.relays - counts.exits {
@@ -257,7 +242,7 @@ async fn orchestrate(args: TestnetArgs, counts: Counts, faults: layout::Faults) 
     };
     let onion_target = args.hs_target.or(web.as_ref().map(|w| w.addr)).expect("a target either way");
     let mut procs: Vec<NodeProc> = Vec::new();
-    let plan = Plan { counts, socks_port: args.socks_port, http_connect_port: args.http_connect_port, faults, params: &args.params, onion_target };
+    let plan = Plan { counts, socks_port: args.socks_port, http_connect_port: args.http_connect_port, faults, params: &args.params, onion_target, voting_interval: args.voting_interval };
     let outcome = tokio::select! {
         r = bring_up(&dir, &exe, &plan, &mut procs) => Ok(r),
         sig = stop.recv_stop() => Err(sig),
@@ -355,6 +340,7 @@ struct Plan<'a> {
     faults: layout::Faults,
     params: &'a [(String, i64)],
     onion_target: SocketAddr,
+    voting_interval: u64,
 }
 
 /// A test network that is up.
@@ -369,7 +355,7 @@ struct Ready {
 /// Steps 1–5. Every process started is pushed to `procs` at once, so the caller can stop it
 /// whatever happens.
 async fn bring_up(dir: &Path, exe: &Path, plan: &Plan<'_>, procs: &mut Vec<NodeProc>) -> Result<Ready, String> {
-    let Plan { counts, socks_port, http_connect_port, faults, params, onion_target } = *plan;
+    let Plan { counts, socks_port, http_connect_port, faults, params, onion_target, voting_interval } = *plan;
     // 1. Keys and configs.
     let mut nodes = layout::plan(dir, counts, socks_port, http_connect_port).map_err(|e| e.to_string())?;
     for n in nodes.iter_mut() {
@@ -378,7 +364,7 @@ async fn bring_up(dir: &Path, exe: &Path, plan: &Plan<'_>, procs: &mut Vec<NodeP
         layout::make_keys(n, &dir, &dir)?;
     }
     for n in &nodes {
-        let mut text = layout::render_config(n, &nodes, VOTING_INTERVAL_SECS, &faults, onion_target);
+        let mut text = layout::render_config(n, &nodes, voting_interval, &faults, onion_target);
         if n.role == Role::Authority && !params.is_empty() {
             text.push_str("\n[authority.params]\n");
             for (k, v) in params {
@@ -428,7 +414,7 @@ async fn bring_up(dir: &Path, exe: &Path, plan: &Plan<'_>, procs: &mut Vec<NodeP
     let relays: Vec<&NodeSpec> = nodes.iter().filter(|n| n.role.is_relay()).collect();
     let authorities: Vec<SocketAddr> = nodes.iter().filter(|n| n.role == Role::Authority).map(|n| n.listen).collect();
     wait_consensus(procs, &authorities, &relays).await?;
-    println!("[4/5] consensus lists {0}/{0} relays (voting every {VOTING_INTERVAL_SECS} s)", relays.len());
+    println!("[4/5] consensus lists {0}/{0} relays (voting every {voting_interval} s)", relays.len());
 
     // 5. Client, hs node and probe. The hs node's port is picked again now: the one picked at
     // step 1 can be taken by then, since every test network's hs node makes its outgoing
@@ -436,7 +422,7 @@ async fn bring_up(dir: &Path, exe: &Path, plan: &Plan<'_>, procs: &mut Vec<NodeP
     let hs_i = nodes.iter().position(|n| n.role == Role::OnionService).expect("plan has an hs node");
     let hs_ip = nodes[hs_i].ip;
     nodes[hs_i].listen = SocketAddr::new(hs_ip, layout::free_port(hs_ip).map_err(|e| e.to_string())?);
-    let text = layout::render_config(&nodes[hs_i], &nodes, VOTING_INTERVAL_SECS, &faults, onion_target);
+    let text = layout::render_config(&nodes[hs_i], &nodes, voting_interval, &faults, onion_target);
     layout::write_atomic(&nodes[hs_i].config_path(), &text).map_err(|e| format!("cannot write {}: {e}", nodes[hs_i].config_path().display()))?;
     let hs = &nodes[hs_i];
     let clients: Vec<&NodeSpec> = nodes.iter().filter(|n| n.role == Role::Client).collect();

@@ -20,6 +20,8 @@ pub async fn start_relay(nickname: &str, relay_extra: &str) -> (ConsensusRelay, 
 
 /// [`start_relay`], also returning the memory budget the relay's queued cells are charged to.
 pub async fn start_relay_with_quota(nickname: &str, relay_extra: &str) -> (ConsensusRelay, PathBuf, Arc<MemQuota>) {
+    // Relays in this process note what tests read back (allium_relay::test_hooks).
+    allium_relay::test_hooks::record();
     let dir = super::fresh_dir(nickname);
     let keys = allium_net::keys::load_or_create(&dir).unwrap();
     let port = TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
