@@ -5,7 +5,9 @@
 //! - [`deploy_files`]: the systemd units in `configs/systemd/` are hardened and run each role.
 //! - [`advertise`]: a relay behind a port forward, listed and used at `relay.advertise_address`.
 //! - [`dir_fetch`]: clients fetch the directory through fallbacks and guards, never authorities.
-//! - [`quorum_loss`]: two of three authorities down: the last consensus for the grace only (A34).
+//! - [`authority_loss`]: two of three authorities down: the last consensus for the grace only (A34).
+//! - [`authority_restarts`]: authorities keep relays' uptime history and descriptors across
+//!   restarts.
 //! - [`flow_params`]: the consensus's flow-control windows are used by both ends of circuits.
 //! - [`e2e`]: whole networks started with `allium testnet`, carrying real traffic.
 //! - [`clients`]: `allium testnet --clients N`: every client carries streams.
@@ -42,9 +44,13 @@
 //! - [`wrap`]: `allium run -- COMMAND` sends TCP and names through the client, refuses UDP.
 //! - [`support`]: the shared fixtures (a test network, a SOCKS5 client, an HTTP file server).
 //!
-//! Tests that start networks run in parallel: each gets its own directory and ephemeral ports.
+//! Tests that start networks run in parallel (6 at a time: `.cargo/config.toml`): each gets its
+//! own directory and ephemeral ports. libtest starts them in name order, so the longest (the
+//! authority tests, which wait out consensus lifetimes and restarts) are in modules named early.
 
 mod advertise;
+mod authority_loss;
+mod authority_restarts;
 mod bandwidth;
 mod blackhole;
 mod clients;
@@ -76,8 +82,6 @@ mod socks_front;
 mod paths;
 mod predicted_ports;
 mod plan;
-mod quorum_loss;
-mod relay_history;
 mod rendezvous;
 mod small_network;
 mod stall_recovery;
