@@ -129,12 +129,28 @@ pub fn node_ip(k: usize) -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(127, k as u8, 0, 1))
 }
 
-/// A port that was free on `ip` a moment ago (bind port 0, read it, release it).
+/// Where [`free_port`] looks first: below Linux's ephemeral range (32768–60999), which the
+/// kernel hands out for port 0 and outgoing connections.
+const PORT_RANGE: std::ops::Range<u16> = 20_000..32_768;
+
+/// A port that was free on `ip` a moment ago (bound, then released), drawn at random from
+/// [`PORT_RANGE`]. Not port 0: the kernel hands a port just released to the next bind of port
+/// 0, so test networks started at once (each planning before its nodes bind) would pick the
+/// same ports and one node would fail with "address in use". Falls back to port 0 when no
+/// drawn port is free.
 pub fn free_port(ip: IpAddr) -> io::Result<u16> {
-    TcpListener::bind((ip, 0))
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .map_err(|e| io::Error::new(e.kind(), format!("cannot find a free port on {ip}: {e}")))
+    use std::hash::{BuildHasher, Hasher};
+    let bind = |port: u16| TcpListener::bind((ip, port)).and_then(|l| l.local_addr()).map(|a| a.port());
+    for _ in 0..32 {
+        // A random draw from the standard library's per-process random hasher keys.
+        let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+        h.write_u64(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_nanos() as u64).unwrap_or(0));
+        let port = PORT_RANGE.start + (h.finish() % u64::from(PORT_RANGE.end - PORT_RANGE.start)) as u16;
+        if let Ok(p) = bind(port) {
+            return Ok(p);
+        }
+    }
+    bind(0).map_err(|e| io::Error::new(e.kind(), format!("cannot find a free port on {ip}: {e}")))
 }
 
 /// Plans every node. `socks_port` 0 means "pick a free one"; so does `http_connect_port`
@@ -468,6 +484,16 @@ mod tests {
 
     fn counts(a: usize, r: usize, e: usize, s: usize) -> Counts {
         Counts { authorities: a, relays: r, exits: e, strict_exits: s, clients: 1 }
+    }
+
+    /// Free ports are drawn at random below the kernel's ephemeral range, not taken from port 0
+    /// (which hands one just released to the next caller: parallel test networks collided).
+    #[test]
+    fn free_ports_are_drawn_at_random_below_the_ephemeral_range() {
+        let ip: IpAddr = "127.0.0.1".parse().unwrap();
+        let ports: std::collections::BTreeSet<u16> = (0..20).map(|_| free_port(ip).unwrap()).collect();
+        assert!(ports.len() >= 15, "{ports:?}");
+        assert!(ports.iter().all(|p| PORT_RANGE.contains(p)), "{ports:?}");
     }
 
     /// Extra clients are `client2`, `client3`, … on their own addresses and free SOCKS ports;
