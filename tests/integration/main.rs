@@ -42,6 +42,7 @@
 //! - [`status_page`]: an authority's HTML status page lists every relay; headless Chromium
 //!   renders it at a phone's size (needs Debian's `chromium`).
 //! - [`wrap`]: `allium run -- COMMAND` sends TCP and names through the client, refuses UDP.
+//! - [`test_build`]: the test command reuses the quick start's build (no feature differs).
 //! - [`support`]: the shared fixtures (a test network, a SOCKS5 client, an HTTP file server).
 //!
 //! Tests that start networks run in parallel (6 at a time: `.cargo/config.toml`): each gets its
@@ -87,5 +88,6 @@ mod small_network;
 mod stall_recovery;
 mod status_page;
 mod tamper;
+mod test_build;
 mod wrap;
 mod support;
