@@ -278,7 +278,7 @@ fn write_plan(hosts: &HostsFile, nodes: &mut [NodeSpec], args: &PlanArgs) -> Res
         let _ = writeln!(report, "{:<19} {:<9} {:<24} {}", n.name, n.role.label(), n.listen.to_string(), n.fingerprint);
     }
     let _ = writeln!(report, "{onions}");
-    let _ = writeln!(report, "wrote the keys and config.toml of {} nodes to {}/<name>/", nodes.len(), out.display());
+    let _ = writeln!(report, "wrote the keys and config.toml of {} nodes to {}/", nodes.len(), out.join("<name>").display());
     let _ = writeln!(report, "on each host, copy <name>/ to its node.data_dir (owned by the node's user, modes kept) and run, e.g.:");
     if let Some(n) = nodes.first() {
         let _ = writeln!(report, "  allium {} --config {}", n.role.subcommand(), n.dir.join("config.toml").display());
