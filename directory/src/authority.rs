@@ -647,7 +647,16 @@ impl AuthorityState {
             *text = c.encode().into();
             return Ok(Some(published_of(c, text)));
         }
-        if self.schedule.next_period(now_ms) == t || self.schedule.accepts_bootstrap_vote_for(t, now_ms) {
+        // Signatures are sent at the signing time and may be retried at publication (a quarter
+        // of an interval later): later than half an interval, or for a period beyond the coming
+        // one, the sender's clock is probably off.
+        let off = self.schedule.sign_offset_ms(t, now_ms);
+        let half = i64::try_from(self.schedule.interval_secs().saturating_mul(500)).unwrap_or(i64::MAX);
+        // Kept until this authority computes that consensus: the coming period's, a bootstrap
+        // round's, or this period's when this authority is late computing it (a loaded machine,
+        // a vote that came late): refusing would lose the signature and warn the sender.
+        let late_here = (-half..=0).contains(&off);
+        if self.schedule.next_period(now_ms) == t || self.schedule.accepts_bootstrap_vote_for(t, now_ms) || late_here {
             let slot = self.early_sigs.entry(t).or_default();
             slot.entry(s.signature.identity()).or_insert(s);
             while self.early_sigs.len() > 2 {
@@ -655,15 +664,7 @@ impl AuthorityState {
             }
             return Ok(None);
         }
-        // Signatures are sent at the signing time and may be retried at publication (a quarter
-        // of an interval later): later than half an interval, or for a period beyond the coming
-        // one, the sender's clock is probably off.
-        let off = self.schedule.sign_offset_ms(t, now_ms);
-        let half = i64::try_from(self.schedule.interval_secs().saturating_mul(500)).unwrap_or(i64::MAX);
-        if off > 0 || off < -half {
-            return Err(Reject::bad(skew_reason("signature", t, off)));
-        }
-        Err(Reject::bad(format!("signature for valid-after {}: this authority computed no consensus for that period", Utc(t))))
+        Err(Reject::bad(skew_reason("signature", t, off)))
     }
 
     /// Publishes the newest pending consensus whose time has come, that more than half of the
@@ -2032,6 +2033,29 @@ mod tests {
         assert_eq!(a[0].pending_summary(T).unwrap().2, 2);
         assert!(a[0].try_publish(T * 1000 - 1).is_none(), "not before T");
         assert_eq!(a[0].try_publish(T * 1000).unwrap().signatures, 2);
+    }
+
+    /// A peer's signature that arrives after the signing time, while this authority is still
+    /// computing that period's consensus (late on a loaded machine), is kept, not refused: the
+    /// sender warned "computed no consensus for that period" and the signature was lost.
+    #[test]
+    fn a_signature_for_a_consensus_this_authority_computes_late_is_kept() {
+        let (_, mut st) = three(true);
+        let s = Schedule::new(I);
+        let (a, rest) = st.split_at_mut(1);
+        let (b, _) = rest.split_at_mut(1);
+        let (va, _) = a[0].make_vote(T, T - 5);
+        let (vb, _) = b[0].make_vote(T, T - 5);
+        let now = s.vote_at_ms(T) + 1;
+        b[0].accept_vote(Vote::parse(&va).unwrap().verify(T).unwrap(), va.clone(), now).unwrap();
+        a[0].accept_vote(Vote::parse(&vb).unwrap().verify(T).unwrap(), vb.clone(), now).unwrap();
+        let sig_b = b[0].make_consensus(T).unwrap();
+        // a is past T's signing time and has computed nothing for T yet.
+        let late = s.sign_at_ms(T) + 12;
+        assert_ne!(s.next_period(late), T);
+        assert!(a[0].accept_signature(sig_b, late).unwrap().is_none());
+        a[0].make_consensus(T).unwrap();
+        assert_eq!(a[0].pending_summary(T).unwrap().2, 2, "b's signature was kept");
     }
 
     /// Issue 13: a restarted authority knows the relays it held (their descriptors are saved
