@@ -2015,24 +2015,29 @@ mod tests {
         assert_eq!(c.signatures().iter().find(|s| s.identity() == ids[0]).unwrap().cert, *signer_until(&keys[0], u64::MAX - 1).cert());
     }
 
-    #[test]
-    fn early_signatures_are_kept_until_the_consensus_is_computed() {
+    /// Two of three authorities exchange their votes for T just after voting time; the second
+    /// computes the consensus. The first (not computed yet) and the second's signature.
+    fn first_and_signature_of_second() -> (AuthorityState, DetachedSignature) {
         let (_, mut st) = three(true);
         let s = Schedule::new(I);
-        let (a, rest) = st.split_at_mut(1);
-        let (b, _) = rest.split_at_mut(1);
-        let (va, _) = a[0].make_vote(T, T - 5);
-        let (vb, _) = b[0].make_vote(T, T - 5);
+        let (mut a, mut b) = (st.remove(0), st.remove(0));
+        let (va, _) = a.make_vote(T, T - 5);
+        let (vb, _) = b.make_vote(T, T - 5);
         let now = s.vote_at_ms(T) + 1;
-        b[0].accept_vote(Vote::parse(&va).unwrap().verify(T).unwrap(), va.clone(), now).unwrap();
-        a[0].accept_vote(Vote::parse(&vb).unwrap().verify(T).unwrap(), vb.clone(), now).unwrap();
-        let sig_b = b[0].make_consensus(T).unwrap();
+        b.accept_vote(Vote::parse(&va).unwrap().verify(T).unwrap(), va, now).unwrap();
+        a.accept_vote(Vote::parse(&vb).unwrap().verify(T).unwrap(), vb, now).unwrap();
+        (a, b.make_consensus(T).unwrap())
+    }
+
+    #[test]
+    fn early_signatures_are_kept_until_the_consensus_is_computed() {
+        let (mut a, sig_b) = first_and_signature_of_second();
         // a has not computed yet: the signature waits.
-        assert!(a[0].accept_signature(sig_b, now).unwrap().is_none());
-        a[0].make_consensus(T).unwrap();
-        assert_eq!(a[0].pending_summary(T).unwrap().2, 2);
-        assert!(a[0].try_publish(T * 1000 - 1).is_none(), "not before T");
-        assert_eq!(a[0].try_publish(T * 1000).unwrap().signatures, 2);
+        assert!(a.accept_signature(sig_b, Schedule::new(I).vote_at_ms(T) + 1).unwrap().is_none());
+        a.make_consensus(T).unwrap();
+        assert_eq!(a.pending_summary(T).unwrap().2, 2);
+        assert!(a.try_publish(T * 1000 - 1).is_none(), "not before T");
+        assert_eq!(a.try_publish(T * 1000).unwrap().signatures, 2);
     }
 
     /// A peer's signature that arrives after the signing time, while this authority is still
@@ -2040,22 +2045,14 @@ mod tests {
     /// sender warned "computed no consensus for that period" and the signature was lost.
     #[test]
     fn a_signature_for_a_consensus_this_authority_computes_late_is_kept() {
-        let (_, mut st) = three(true);
-        let s = Schedule::new(I);
-        let (a, rest) = st.split_at_mut(1);
-        let (b, _) = rest.split_at_mut(1);
-        let (va, _) = a[0].make_vote(T, T - 5);
-        let (vb, _) = b[0].make_vote(T, T - 5);
-        let now = s.vote_at_ms(T) + 1;
-        b[0].accept_vote(Vote::parse(&va).unwrap().verify(T).unwrap(), va.clone(), now).unwrap();
-        a[0].accept_vote(Vote::parse(&vb).unwrap().verify(T).unwrap(), vb.clone(), now).unwrap();
-        let sig_b = b[0].make_consensus(T).unwrap();
+        let (mut a, sig_b) = first_and_signature_of_second();
         // a is past T's signing time and has computed nothing for T yet.
+        let s = Schedule::new(I);
         let late = s.sign_at_ms(T) + 12;
         assert_ne!(s.next_period(late), T);
-        assert!(a[0].accept_signature(sig_b, late).unwrap().is_none());
-        a[0].make_consensus(T).unwrap();
-        assert_eq!(a[0].pending_summary(T).unwrap().2, 2, "b's signature was kept");
+        assert!(a.accept_signature(sig_b, late).unwrap().is_none());
+        a.make_consensus(T).unwrap();
+        assert_eq!(a.pending_summary(T).unwrap().2, 2, "b's signature was kept");
     }
 
     /// Issue 13: a restarted authority knows the relays it held (their descriptors are saved
