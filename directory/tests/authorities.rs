@@ -390,6 +390,14 @@ async fn a35_authority_whose_clock_is_behind_is_excluded_too() {
     skewed_authority_is_excluded(-600).await;
 }
 
+/// Whether `text` holds `before` N `after` with N seconds within 5 of 600.
+fn about_600(text: &str, before: &str, after: &str) -> bool {
+    text.match_indices(after).any(|(end, _)| {
+        let head = &text[..end];
+        head.rfind(before).and_then(|i| head[i + before.len()..].parse::<u64>().ok()).is_some_and(|n| (595..=605).contains(&n))
+    })
+}
+
 async fn skewed_authority_is_excluded(offset: i64) {
     let (vote_dir, peer_dir, own_dir) = if offset > 0 { ("ahead of", "ahead of", "behind") } else { ("behind", "behind", "ahead of") };
     let tn = testnet_full(3, &[true, true, true], &[], 86_400, INTERVAL, &[0, 0, offset]).await;
@@ -398,15 +406,18 @@ async fn skewed_authority_is_excluded(offset: i64) {
     wait_until("the skewed authority's warning about its own clock", || skewed.clock_report().periods_refused_for_skew >= 1).await;
     let own = skewed.clock_report().own_clock_warning.unwrap();
     assert!(own.contains("refused for clock skew by 2 of 2 peers (auth0, auth1)"), "{own}");
-    assert!(own.contains("vote for valid-after ") && own.contains(&format!(" is 600 s {vote_dir} this authority's schedule (clock skew?)")), "{own}");
-    assert!(own.contains(&format!("ours is about 600 s {vote_dir} theirs")), "{own}");
+    // The peers measure against their own clocks when the vote arrives, so a loaded machine's
+    // delivery delay shows in the figure (CI once saw "599 s"): about 600 s, give or take 5.
+    assert!(own.contains("vote for valid-after "), "{own}");
+    assert!(about_600(&own, "is ", &format!(" s {vote_dir} this authority's schedule (clock skew?)")), "{own}");
+    assert!(about_600(&own, "ours is about ", &format!(" s {vote_dir} theirs")), "{own}");
     assert!(own.contains("this authority's clock is probably wrong"), "{own}");
-    let range = if offset > 0 { 598_000..=602_000 } else { -602_000..=-598_000 };
+    let range = if offset > 0 { 595_000..=605_000 } else { -605_000..=-595_000 };
     for st in &tn.status[..2] {
         wait_until("auth2's clock reported off", || st.clock_report().peer_clocks.contains_key("auth2")).await;
         let (off, msg) = st.clock_report().peer_clocks["auth2"].clone();
         assert!(range.contains(&off), "{off} {msg}");
-        assert!(msg.starts_with("auth2's clock is 60") && msg.contains(&format!(" s {peer_dir} ours")), "{msg}");
+        assert!(msg.starts_with("auth2's clock is ") && about_600(&msg, "auth2's clock is ", &format!(" s {peer_dir} ours")), "{msg}");
         assert!(!st.clock_report().peer_clocks.contains_key("auth0") && !st.clock_report().peer_clocks.contains_key("auth1"));
         assert_eq!(st.clock_report().periods_refused_for_skew, 0, "the authorities in sync do not blame themselves");
     }
