@@ -11,6 +11,7 @@
 //! - [`flow_params`]: the consensus's flow-control windows are used by both ends of circuits.
 //! - [`e2e`]: whole networks started with `allium testnet`, carrying real traffic.
 //! - [`clients`]: `allium testnet --clients N`: every client carries streams.
+//! - [`hundred_relays`]: 100 relays and 10 clients on one machine carry 200 concurrent fetches.
 //! - [`predicted_ports`]: circuits are built ahead for the ports streams used.
 //! - [`extend_target`]: relays extend only to the consensus's address and link key (A11).
 //! - [`control_cells`]: DROP or an onion-service acknowledgement from a middle hop closes the
@@ -68,6 +69,7 @@ mod extend_target;
 mod flow_params;
 mod exit_retry;
 mod hs_circuits;
+mod hundred_relays;
 mod intro_flood;
 mod keygen;
 mod short_sends;

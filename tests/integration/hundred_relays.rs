@@ -1,0 +1,81 @@
+//! Issue 16 point 4: `allium testnet` with a hundred relays and ten clients works on one
+//! machine. Every node is its own process on its own loopback address (113 processes, each
+//! relay holding links to many others: ports, descriptors and file limits all matter); every
+//! client's consensus lists all hundred relays, and 200 concurrent fetches (20 per client, each
+//! in its own isolation class, so on its own circuit) all arrive whole. `cargo bench --bench
+//! scale` runs the same network and prints its times, memory and authority CPU; this test only
+//! checks that it works.
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use crate::support::http::{http_get_via_socks_as, pseudo_random, FileServer};
+use crate::support::testnet::Testnet;
+
+const RELAYS: usize = 100;
+const EXITS: usize = 10;
+const CLIENTS: usize = 10;
+/// Concurrent fetches per client.
+const FETCHES_PER_CLIENT: usize = 20;
+/// How long every client may take to hold a consensus listing every relay (voting interval
+/// 10 s; the network is ready once each client has carried a stream).
+const LISTED_DEADLINE: Duration = Duration::from_secs(120);
+
+#[test]
+fn a_hundred_relays_and_ten_clients_carry_200_concurrent_fetches() {
+    let file = pseudo_random(32_000, 16);
+    let server = FileServer::start(vec![("/32k", file.clone())]);
+    let port = server.addr().port();
+    let (relays, exits, clients) = (RELAYS.to_string(), EXITS.to_string(), CLIENTS.to_string());
+    let net = Testnet::start(&["--relays", &relays, "--exits", &exits, "--clients", &clients]);
+
+    let listed = net.with_role("relay").count() + net.with_role("exit").count();
+    assert_eq!(listed, RELAYS, "DIR/nodes lists every relay");
+    assert_eq!(net.with_role("exit").count(), EXITS);
+    let client_nodes: Vec<_> = net.with_role("client").cloned().collect();
+    assert_eq!(client_nodes.len(), CLIENTS, "DIR/nodes lists every client");
+
+    // Every client's consensus lists every relay.
+    let started = Instant::now();
+    for c in &client_nodes {
+        loop {
+            let status = crate::support::status_json(&net.dir.join(&c.name));
+            if status["relays_in_consensus"].as_u64() == Some(RELAYS as u64) {
+                break;
+            }
+            assert!(
+                started.elapsed() < LISTED_DEADLINE,
+                "{}'s consensus does not list all {RELAYS} relays after {LISTED_DEADLINE:?}: {status}",
+                c.name
+            );
+            // Poll interval for a status that changes once per voting round.
+            std::thread::sleep(Duration::from_millis(500));
+        }
+    }
+
+    let socks: Vec<SocketAddr> = client_nodes.iter().map(|n| n.addr).collect();
+    let failures: Vec<String> = std::thread::scope(|scope| {
+        let handles: Vec<_> = socks
+            .iter()
+            .enumerate()
+            .flat_map(|(c, s)| (0..FETCHES_PER_CLIENT).map(move |i| (c, i, *s)))
+            .map(|(c, i, s)| {
+                let file = &file;
+                scope.spawn(move || match http_get_via_socks_as(s, Some((&format!("hundred-{c}-{i}"), "x")), "127.0.0.1", port, "/32k") {
+                    Ok(body) if body == *file => None,
+                    Ok(body) => Some(format!("client {c} fetch {i}: {} bytes, not the file", body.len())),
+                    Err(e) => Some(format!("client {c} fetch {i}: {e:?}")),
+                })
+            })
+            .collect();
+        handles.into_iter().filter_map(|h| h.join().expect("fetch thread")).collect()
+    });
+    assert!(
+        failures.is_empty(),
+        "{} of {} concurrent fetches failed: {:?}\n{}",
+        failures.len(),
+        CLIENTS * FETCHES_PER_CLIENT,
+        &failures[..failures.len().min(10)],
+        net.log_tail(20)
+    );
+}
