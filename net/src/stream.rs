@@ -445,7 +445,7 @@ impl StreamMux {
     /// windows or XOFF hold the other end back), nor one the other end paused with XOFF.
     pub fn stalled(&self, now: Instant, limit: Duration) -> Vec<u16> {
         // Streams with DATA queued behind a closed congestion window.
-        let blocked: HashSet<u16> = if self.circ_send.available() == 0 {
+        let blocked: HashSet<u16> = if self.pending.front().is_some_and(|p| self.window_holds(&p.msg)) {
             self.pending.iter().filter(|p| matches!(p.msg, RelayMsg::Data(_) | RelayMsg::DataToken { .. })).map(|p| p.id).collect()
         } else {
             HashSet::new()
@@ -597,6 +597,25 @@ impl StreamMux {
             .collect()
     }
 
+    /// Whether the congestion window holds back `msg` (a DATA cell): when it is closed, and
+    /// when only its last cell is left and `msg` is partly filled. A partly filled cell tells
+    /// the receiver "nothing more was ready" (the stall rule), so the cell that closes the
+    /// window is always full: a sender stopped by its window, whatever its source did just
+    /// before, leaves its receiver owed DATA. An increment's token cell is in flight whenever
+    /// one slot is left (at least two increments are), so a SENDME opens the window again.
+    fn window_holds(&self, msg: &RelayMsg) -> bool {
+        let filled = match msg {
+            RelayMsg::Data(d) => d.len(),
+            RelayMsg::DataToken { data, .. } => data.len() + SENDME_TOKEN_LEN,
+            _ => return false,
+        };
+        match self.circ_send.available() {
+            0 => true,
+            1 => filled < MAX_BODY_PER_CELL,
+            _ => false,
+        }
+    }
+
     /// Sends what the congestion window allows, in order.
     fn flush(&mut self) -> Vec<(u16, RelayMsg)> {
         let mut out = Vec::new();
@@ -604,7 +623,7 @@ impl StreamMux {
         let now = Instant::now();
         while let Some(p) = self.pending.front() {
             if matches!(p.msg, RelayMsg::Data(_) | RelayMsg::DataToken { .. }) {
-                if !self.circ_send.take(now, matches!(p.msg, RelayMsg::DataToken { .. })) {
+                if self.window_holds(&p.msg) || !self.circ_send.take(now, matches!(p.msg, RelayMsg::DataToken { .. })) {
                     break;
                 }
                 data += 1;
@@ -971,6 +990,39 @@ mod tests {
         // A late DATA, XON or XOFF for the closed stream is ignored, not a violation.
         assert!(mux.handle_msg(1, RelayMsg::Data(vec![1])).is_ok());
         assert!(mux.handle_msg(1, RelayMsg::Xoff).is_ok());
+    }
+
+    /// The cell that takes the congestion window's last slot is always full: a partly filled
+    /// one waits for the next SENDME (it would tell the receiver "nothing more ready" although
+    /// the window, not the source, stops the sender), and meanwhile counts as waiting for the
+    /// window. A full one takes the slot.
+    #[tokio::test]
+    async fn a_partly_filled_cell_never_closes_the_congestion_window() {
+        // Window 100, increment 10: cells 10, 20, ... carry a 16-byte token.
+        let f = flow(1000, 10, 100, 500);
+        let fill_but_one = 99 * MAX_BODY_PER_CELL - 9 * SENDME_TOKEN_LEN;
+        let later = Instant::now() + Duration::from_secs(21);
+        let limit = Duration::from_secs(20);
+
+        let mut mux = StreamMux::new(f);
+        mux.open(1).unwrap();
+        let out = mux.handle_event(StreamEvent::Data { id: 1, data: vec![7; fill_but_one], more: false });
+        assert_eq!(out.iter().filter(|(_, m)| is_data(m)).count(), 99);
+        assert_eq!(mux.circ_send.available(), 1);
+        assert!(mux.handle_event(StreamEvent::Data { id: 1, data: vec![7; 10], more: false }).is_empty(), "the partial cell is held");
+        assert!(mux.handle_event(StreamEvent::Data { id: 1, data: vec![7; 900], more: false }).is_empty(), "and what follows it");
+        assert_eq!(mux.stalled(later, limit), vec![1], "held DATA waits for a circuit SENDME");
+        let out = mux.handle_msg(0, circuit_sendme(tokens_in(&out)[0])).unwrap();
+        // (The held cell is cell 100, so it carries the increment's token beside its 10 bytes.)
+        let sizes: Vec<usize> = out.iter().filter_map(|(_, m)| if let RelayMsg::Data(d) | RelayMsg::DataToken { data: d, .. } = m { Some(d.len()) } else { None }).collect();
+        assert_eq!(sizes, [10, MAX_BODY_PER_CELL, 900 - MAX_BODY_PER_CELL], "the SENDME lets it go first, then what followed");
+
+        let mut full = StreamMux::new(f);
+        full.open(1).unwrap();
+        full.handle_event(StreamEvent::Data { id: 1, data: vec![7; fill_but_one], more: false });
+        let out = full.handle_event(StreamEvent::Data { id: 1, data: vec![7; MAX_BODY_PER_CELL - SENDME_TOKEN_LEN], more: false });
+        assert_eq!(tokens_in(&out).len(), 1, "cell 100, full with its token, takes the last slot");
+        assert_eq!(full.circ_send.available(), 0);
     }
 
     /// A stream is stalled only while the other end owes it something, and only after `limit`.
