@@ -5,7 +5,9 @@
 //! round-trip p99 of a directory request on a circuit opened before the attack beside idle,
 //! and what the attacker got. Then (A29) an introduction flood against an onion service: what
 //! its introduction points forwarded, the share of honest connections that got through, and
-//! the service's CPU and RSS.
+//! the service's CPU and RSS. Then directory attacks against an authority
+//! (`flood/directory.rs`): slow connections, descriptors for one address, 8 MiB votes; and
+//! 10,000 junk onion descriptors against an HSDir (`flood/hsdir.rs`).
 //!
 //! The attacker binds addresses in 127.0.3.0/24 (many sources) or 127.0.0.66 (one source); the
 //! honest client 127.0.0.77. Traffic goes to 127.0.0.0/8 only; every attack is bounded in count
@@ -31,6 +33,13 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 #[allow(dead_code)]
 #[path = "../tests/integration/support/mod.rs"]
 mod support;
+
+#[path = "common/dir_http.rs"]
+mod dir_http;
+#[path = "flood/directory.rs"]
+mod dir_attacks;
+#[path = "flood/hsdir.rs"]
+mod hsdir_flood;
 
 const HONEST: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 77));
 /// Honest builds and directory round trips sampled per phase.
@@ -163,6 +172,9 @@ async fn run(net: &support::testnet::Testnet) {
     row("A27 stalled reader", before, rss_during, after, &during, &format!("{streams} downloads on {SNIPER_CIRCUITS} circuits stalled (default budget {} MiB); target's limits report: {acted}", allium_net::limits::LimitsConfig::default().max_queued_mib));
 
     println!("\nidle honest build {}, dir round trip {}", idle.builds, idle.rtt);
+
+    hsdir_flood::run(net, &dir).await;
+    dir_attacks::run(net, &cfg.network).await;
 }
 
 /// Attacker tasks in the introduction flood, and how long it lasts.

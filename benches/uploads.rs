@@ -11,17 +11,14 @@
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-use allium_proto::doc::{Protocols, RelayDescriptor};
-use allium_proto::ids::RelayId;
-use allium_proto::policy::ExitPolicy;
-
 #[allow(dead_code)]
 #[path = "../tests/integration/support/mod.rs"]
 mod support;
 
 use support::testnet::Testnet;
+
+#[path = "common/dir_http.rs"]
+mod dir_http;
 
 /// Simultaneous uploads.
 const RELAYS: usize = 500;
@@ -88,26 +85,8 @@ fn main() {
 
 /// Relay `i`'s signed descriptor: a fresh identity, OR port at 127.200.x.y:9001, no exit.
 fn descriptor(i: usize, published: u64) -> String {
-    let mut rng = rand::thread_rng();
-    let identity = ed25519_dalek::SigningKey::generate(&mut rng);
-    let link = x25519_dalek::StaticSecret::random_from_rng(&mut rng);
-    let link_key = x25519_dalek::PublicKey::from(&link).to_bytes();
-    let onion = x25519_dalek::StaticSecret::random_from_rng(&mut rng);
-    let d = RelayDescriptor {
-        nickname: format!("up{i}"),
-        identity: RelayId(identity.verifying_key().to_bytes()),
-        onion_key: x25519_dalek::PublicKey::from(&onion).to_bytes(),
-        link_key,
-        link_cert: allium_proto::link::certify_link_key(&identity, &link_key),
-        address: SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, 200, (i / 250) as u8, (i % 250 + 1) as u8)), 9001),
-        policy: ExitPolicy::reject_all(),
-        family: vec![],
-        bandwidth: 1_000_000,
-        protocols: Protocols::new().with("Link", 1, 1).with("Relay", 1, 1).with("Ntor", 1, 1),
-        published,
-        platform: Some("uploads bench".into()),
-    };
-    d.encode_signed(&identity)
+    let address = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, 200, (i / 250) as u8, (i % 250 + 1) as u8)), 9001);
+    dir_http::relay_descriptor(&format!("up{i}"), address, published)
 }
 
 /// Relay `i`'s own source address.
@@ -117,13 +96,5 @@ fn source(i: usize) -> IpAddr {
 
 /// POSTs one descriptor from `from`; the HTTP status, or what went wrong.
 async fn post(from: IpAddr, to: SocketAddr, body: &str) -> Result<u16, String> {
-    let sock = tokio::net::TcpSocket::new_v4().map_err(|e| e.to_string())?;
-    sock.bind(SocketAddr::new(from, 0)).map_err(|e| format!("bind: {}", e.kind()))?;
-    let mut s = sock.connect(to).await.map_err(|e| format!("connect: {}", e.kind()))?;
-    let req = format!("POST /allium/v1/descriptor HTTP/1.1\r\nHost: {to}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", body.len());
-    s.write_all(req.as_bytes()).await.map_err(|e| format!("write: {}", e.kind()))?;
-    let mut resp = Vec::new();
-    s.read_to_end(&mut resp).await.map_err(|e| format!("read: {}", e.kind()))?;
-    let text = String::from_utf8_lossy(&resp);
-    text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).ok_or_else(|| format!("no HTTP status in {} bytes", resp.len()))
+    dir_http::request(from, to, "POST", "/allium/v1/descriptor", body.as_bytes()).await.map(|(status, _)| status)
 }

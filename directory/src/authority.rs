@@ -56,7 +56,7 @@ impl Reject {
     fn bad(reason: impl Into<String>) -> Self {
         Reject { status: 400, reason: reason.into() }
     }
-    fn conflict(reason: impl Into<String>) -> Self {
+    pub(crate) fn conflict(reason: impl Into<String>) -> Self {
         Reject { status: 409, reason: reason.into() }
     }
 }
@@ -513,6 +513,11 @@ impl AuthorityState {
         Ok(Accepted::New)
     }
 
+    /// The text of the vote held from `voter` for valid-after `t`.
+    pub fn held_vote_text(&self, t: u64, voter: &RelayId) -> Option<Arc<str>> {
+        self.votes.get(&t).and_then(|slot| slot.get(voter)).map(|(_, text)| text.clone())
+    }
+
     /// What a bootstrap round (crate::bootstrap) would change at `now` (seconds).
     pub fn bootstrap_view(&self, now: u64) -> crate::bootstrap::View {
         use allium_proto::doc::RelayFlags;
@@ -780,6 +785,8 @@ pub(crate) struct Shared {
     /// Periods in a row without a consensus of our own, and without a published one: the first
     /// after a start is expected (peers not up yet), see [`round_outcome`].
     pub round_failures: Mutex<HashMap<&'static str, FailureStreak>>,
+    /// Refused vote pushes per voter named ([`crate::vote_gate`]).
+    pub vote_pushes: crate::vote_gate::PushBudget,
     /// The network status page, rendered once per consensus ([`crate::server::StatusPage`]).
     pub status_page: crate::server::StatusPage,
     /// `network.dangerous_testnet`.
@@ -1039,6 +1046,7 @@ pub async fn run_authority_with_status(
         keys: Mutex::new(keys),
         push_failures: Mutex::new(HashMap::new()),
         round_failures: Mutex::new(HashMap::new()),
+        vote_pushes: crate::vote_gate::PushBudget::new(cfg.interval_secs() * 1000),
         bind: cfg.node.address,
         tests: Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT_TESTS)),
         status_page: crate::server::StatusPage::new(cfg.network.authorities.clone()),
@@ -2208,6 +2216,8 @@ mod tests {
         assert_eq!(Vote::claimed_voter(&text), Some(RelayId(keys[0].verifying_key().to_bytes())));
         assert_eq!(Vote::claimed_voter(&"x".repeat(1 << 20)), None);
         assert_eq!(Vote::claimed_voter("allium-vote 1\nrelay x\nvoter 00\n"), None, "not after the header");
+        assert_eq!(Vote::claimed_valid_after(&text), Some(Vote::parse(&text).unwrap().claimed_lifetime().valid_after));
+        assert_eq!(Vote::claimed_valid_after("allium-vote 1\nrelay x\nvalid-after 5\n"), None, "not after the header");
     }
 
     /// A full descriptor table makes room by forgetting relays never proven reachable, so

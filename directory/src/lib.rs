@@ -59,6 +59,7 @@ pub mod publish;
 pub mod schedule;
 pub mod server;
 mod status;
+pub mod vote_gate;
 
 pub use authkeys::{AuthKeyError, AuthorityKeys};
 pub use authority::{run_authority, run_authority_on, run_authority_with_status, AuthorityState, AuthorityStatus, ClockReport, VotePolicy};

@@ -4,7 +4,7 @@
 //! | method and path                       | body                      | success | refusals |
 //! |---------------------------------------|---------------------------|---------|----------|
 //! | `POST /allium/v1/descriptor`          | a relay descriptor        | 200     | 400 (one-line reason), 413 over 16 KiB, 503 when full |
-//! | `POST /allium/v1/vote`                | a vote                    | 200     | 400, 409 (a different vote from that voter is held), 413 over 8 MiB |
+//! | `POST /allium/v1/vote`                | a vote                    | 200     | 400, 403 (names no peer), 409 (a different vote from that voter is held), 413 over 8 MiB, 429 (over the voter's budget of refused pushes, [`crate::vote_gate`]) |
 //! | `GET /allium/v1/vote/{valid_after}`   | —                         | 200, this authority's own vote | 400 bad number, 404 none |
 //! | `POST /allium/v1/signature`           | a detached signature      | 200     | 400, 409 (digest differs from ours), 413 over 1 KiB |
 //! | `GET /allium/v1/consensus`            | —                         | 200, latest consensus with every signature gathered | 404 none yet |
@@ -143,12 +143,32 @@ async fn post_vote(State(sh): State<Arc<Shared>>, body: String) -> Response {
     if let Err(r) = from_a_peer(&sh, &body) {
         return refused("vote", r);
     }
-    // Parsing and checking up to 8 MiB is CPU work: keep it off the async workers.
-    let sh2 = sh.clone();
-    match tokio::task::spawn_blocking(move || ingest_vote(&sh2, &body)).await {
-        Ok(Ok(a)) => ok(a),
-        Ok(Err(r)) => refused("vote", r),
-        Err(_) => text(StatusCode::INTERNAL_SERVER_ERROR, "internal error\n"),
+    let voter = Vote::claimed_voter(&body).expect("from_a_peer read it");
+    // Checks before parsing (crate::vote_gate): a vote already held from that voter, then the
+    // voter's budget of refused pushes.
+    let held = Vote::claimed_valid_after(&body).and_then(|t| sh.lock().held_vote_text(t, &voter));
+    let r = match held {
+        Some(text) if *text == *body.as_str() => Ok(Accepted::Unchanged),
+        Some(_) => Err(Reject::conflict("a different vote from this authority is already held for this period")),
+        None if !sh.vote_pushes.allows(&voter, sh.clock.now_ms()) => {
+            LimitCounters::hit(&LIMITS.vote_pushes_over_budget);
+            return refused("vote", Reject { status: 429, reason: "too many refused votes naming this authority; its vote is fetched from it instead".into() });
+        }
+        None => {
+            // Parsing and checking up to 8 MiB is CPU work: keep it off the async workers.
+            let sh2 = sh.clone();
+            match tokio::task::spawn_blocking(move || ingest_vote(&sh2, &body)).await {
+                Ok(r) => r,
+                Err(_) => return text(StatusCode::INTERNAL_SERVER_ERROR, "internal error\n"),
+            }
+        }
+    };
+    match r {
+        Ok(a) => ok(a),
+        Err(r) => {
+            sh.vote_pushes.refused(&voter, sh.clock.now_ms());
+            refused("vote", r)
+        }
     }
 }
 

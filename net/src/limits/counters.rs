@@ -64,6 +64,9 @@ counters! {
     /// Votes an authority refused before parsing them: their header names no other authority
     /// of the network.
     votes_from_strangers,
+    /// Votes an authority refused (429) before parsing them: pushes naming that voter had been
+    /// refused too often lately (`allium_directory::vote_gate`).
+    vote_pushes_over_budget,
     /// Relay descriptors an authority forgot (never proven reachable) to make room for another.
     descriptors_evicted,
     /// INTRODUCE1s an introduction point answered RATE_LIMITED (over the rate the service set).

@@ -92,11 +92,17 @@ impl Vote {
     /// vote from a stranger before spending work on it. `None` if there is no such line.
     /// Unauthenticated: [`Self::parse`] and verification still decide.
     pub fn claimed_voter(text: &str) -> Option<RelayId> {
-        text.lines()
-            .take(HEADER_SPEC.len() + 64)
-            .take_while(|l| !l.starts_with("relay "))
-            .find_map(|l| l.strip_prefix("voter "))
-            .and_then(|fp| fp.parse().ok())
+        Self::header_value(text, "voter ").and_then(|fp| fp.parse().ok())
+    }
+
+    /// The `valid-after` a vote claims, read from its header alone as [`Self::claimed_voter`].
+    pub fn claimed_valid_after(text: &str) -> Option<u64> {
+        Self::header_value(text, "valid-after ").and_then(|t| t.parse().ok())
+    }
+
+    /// The rest of the first header line starting with `prefix`.
+    fn header_value<'a>(text: &'a str, prefix: &str) -> Option<&'a str> {
+        text.lines().take(HEADER_SPEC.len() + 64).take_while(|l| !l.starts_with("relay ")).find_map(|l| l.strip_prefix(prefix))
     }
 
     /// Checks the syntax of a vote. Nothing is trusted until [`UnverifiedVote::verify`].
