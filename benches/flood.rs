@@ -169,6 +169,7 @@ async fn run(net: &support::testnet::Testnet) {
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
     let acted = net.node_log(&node.name).lines().filter(|l| l.contains("limits acted")).map(|l| l.split("s: ").last().unwrap_or("").to_string()).collect::<Vec<_>>().join("; ");
+    let acted = if acted.is_empty() { "none within 70 s".to_string() } else { acted };
     row("A27 stalled reader", before, rss_during, after, &during, &format!("{streams} downloads on {SNIPER_CIRCUITS} circuits stalled (default budget {} MiB); target's limits report: {acted}", allium_net::limits::LimitsConfig::default().max_queued_mib));
 
     println!("\nidle honest build {}, dir round trip {}", idle.builds, idle.rtt);

@@ -16,7 +16,7 @@ mod support;
 #[path = "common/procfs.rs"]
 mod procfs;
 
-use support::http::{http_get_via_socks_as, pseudo_random, FileServer};
+use support::http::{concurrent_fetches, pseudo_random, FileServer};
 use support::testnet::Testnet;
 
 const RELAYS: &str = "100";
@@ -47,24 +47,10 @@ fn main() {
     let socks: Vec<SocketAddr> = net.with_role("client").map(|n| n.addr).collect();
     eprintln!("scale: {} concurrent fetches through {} clients", socks.len() * FETCHES_PER_CLIENT, socks.len());
     let t = Instant::now();
-    let results: Vec<Result<(), String>> = std::thread::scope(|scope| {
-        let handles: Vec<_> = socks
-            .iter()
-            .enumerate()
-            .flat_map(|(c, s)| (0..FETCHES_PER_CLIENT).map(move |i| (c, i, *s)))
-            .map(|(c, i, s)| {
-                let file = &file;
-                scope.spawn(move || match http_get_via_socks_as(s, Some((&format!("scale-{c}-{i}"), "x")), "127.0.0.1", port, "/100k") {
-                    Ok(body) if body == *file => Ok(()),
-                    Ok(body) => Err(format!("{} bytes, not the file", body.len())),
-                    Err(e) => Err(format!("{e:?}")),
-                })
-            })
-            .collect();
-        handles.into_iter().map(|h| h.join().expect("fetch thread")).collect()
-    });
+    let failures = concurrent_fetches(&socks, FETCHES_PER_CLIENT, port, "/100k", &file);
     let fetch_wall = t.elapsed();
-    let ok = results.iter().filter(|r| r.is_ok()).count();
+    let total_fetches = socks.len() * FETCHES_PER_CLIENT;
+    let ok = total_fetches - failures.len();
 
     eprintln!("scale: authority CPU over {ROUNDS} voting rounds");
     let cpu0 = auth_cpu();
@@ -81,13 +67,14 @@ fn main() {
     println!();
     println!("Allium at scale: 3 authorities, {RELAYS} relays ({EXITS} exits), {CLIENTS} clients, 1 onion service on one machine");
     println!("time to ready (every client carried a stream)     {:.1} s", ready.as_secs_f64());
-    println!("concurrent 100 KB fetches that succeeded         {ok} of {} ({:.0}%) in {:.1} s", results.len(), 100.0 * ok as f64 / results.len().max(1) as f64, fetch_wall.as_secs_f64());
+    println!("concurrent 100 KB fetches that succeeded         {ok} of {total_fetches} ({:.0}%) in {:.1} s", 100.0 * ok as f64 / total_fetches.max(1) as f64, fetch_wall.as_secs_f64());
     println!("total RSS of every node                          {:.0} MiB over {} processes", total, rss.len());
     println!("mean RSS by role                                 {}", ["authority", "relay", "exit", "client"].map(by_role).join(", "));
     println!("authority CPU per voting round                   {:.3} s (mean of {} authorities over {ROUNDS} rounds of {} s)", per_round, authorities.len(), VOTING_INTERVAL.as_secs());
     let mut errors: std::collections::BTreeMap<&str, usize> = Default::default();
-    for e in results.iter().filter_map(|r| r.as_ref().err()) {
-        *errors.entry(e.as_str()).or_default() += 1;
+    for e in &failures {
+        // Grouped by what went wrong, without which client and fetch.
+        *errors.entry(e.split_once(": ").map_or(e.as_str(), |(_, why)| why)).or_default() += 1;
     }
     if !errors.is_empty() {
         println!("failed fetches                                   {errors:?}");

@@ -63,7 +63,8 @@ pub async fn run(net: &crate::support::testnet::Testnet, network: &allium_net::c
     );
 
     // Relay descriptors that all name one address, from 10 source addresses, 20 at a time.
-    let (before, cpu0) = (rss_mib(pid), cpu_secs(pid));
+    let held = || crate::support::status_json(&net.dir.join(&auth.name))["descriptors_known"].as_u64().unwrap_or(0);
+    let (before, cpu0, held0) = (rss_mib(pid), cpu_secs(pid), held());
     let published = SystemTime::now().duration_since(UNIX_EPOCH).expect("clock").as_secs();
     let flood = tokio::spawn(async move {
         let mut statuses = std::collections::BTreeMap::<String, usize>::new();
@@ -96,42 +97,51 @@ pub async fn run(net: &crate::support::testnet::Testnet, network: &allium_net::c
         Err(e) => e,
     };
     let after = settle_rss(pid, before).await;
-    row(&format!("{ONE_ADDRESS} relay descriptors for one address"), (before, rss_during, after), cpu, &during, &format!("{statuses:?}; then an honest relay on another address: {honest}"));
-
-    // 8 MiB votes claiming to come from another authority: the authority's own vote with
-    // another voter named, and lines added up to the size limit.
-    let me = network.authorities.iter().find(|a| a.address == addr).expect("the authority in the network config");
-    let peer = network.authorities.iter().find(|a| a.identity != me.identity).expect("another authority");
-    let vote = big_vote(addr, &me.identity.fingerprint(), &peer.identity.fingerprint()).await;
-    let (before, cpu0) = (rss_mib(pid), cpu_secs(pid));
-    let body = vote.clone();
-    let flood = tokio::spawn(async move {
-        let mut answers = std::collections::BTreeMap::<String, usize>::new();
-        let mut slowest = Duration::ZERO;
-        for i in 0..BIG_VOTES {
-            let t = Instant::now();
-            let from = IpAddr::V4(Ipv4Addr::new(127, 0, 5, 100 + i as u8));
-            let key = match request(from, addr, "POST", "/allium/v1/vote", body.as_bytes()).await {
-                Ok((status, why)) => format!("HTTP {status} {}", String::from_utf8_lossy(&why).trim()),
-                Err(e) => e,
-            };
-            slowest = slowest.max(t.elapsed());
-            *answers.entry(key).or_default() += 1;
-        }
-        (answers, slowest)
-    });
-    let during = fetches(addr).await;
-    let rss_during = rss_mib(pid);
-    let (answers, slowest) = flood.await.expect("vote flood");
-    let cpu = cpu_secs(pid) - cpu0;
-    let after = settle_rss(pid, before).await;
     row(
-        &format!("{BIG_VOTES} votes of {:.1} MiB", vote.len() as f64 / (1 << 20) as f64),
+        &format!("{ONE_ADDRESS} relay descriptors for one address"),
         (before, rss_during, after),
         cpu,
         &during,
-        &format!("{answers:?}; slowest answer {:.0} ms", slowest.as_secs_f64() * 1e3),
+        &format!("{statuses:?}; descriptors held {held0} before, {} after; then an honest relay on another address: {honest}", held()),
     );
+
+    // 8 MiB votes claiming to come from another authority: the authority's own vote with
+    // another voter named, and relay lines repeated up to the size limit. First for the current
+    // period (the peer's real vote is held), then for a period nobody holds.
+    let me = network.authorities.iter().find(|a| a.address == addr).expect("the authority in the network config");
+    let peer = network.authorities.iter().find(|a| a.identity != me.identity).expect("another authority");
+    for (what, shift) in [("for the current period", 0), ("for a period not held", 1_000_000)] {
+        let vote = big_vote(addr, &me.identity.fingerprint(), &peer.identity.fingerprint(), shift).await;
+        let (before, cpu0) = (rss_mib(pid), cpu_secs(pid));
+        let body = vote.clone();
+        let flood = tokio::spawn(async move {
+            let mut answers = std::collections::BTreeMap::<String, usize>::new();
+            let mut slowest = Duration::ZERO;
+            for i in 0..BIG_VOTES {
+                let t = Instant::now();
+                let from = IpAddr::V4(Ipv4Addr::new(127, 0, 5, 100 + i as u8));
+                let key = match request(from, addr, "POST", "/allium/v1/vote", body.as_bytes()).await {
+                    Ok((status, why)) => format!("HTTP {status} {}", String::from_utf8_lossy(&why).trim()),
+                    Err(e) => e,
+                };
+                slowest = slowest.max(t.elapsed());
+                *answers.entry(key).or_default() += 1;
+            }
+            (answers, slowest)
+        });
+        let during = fetches(addr).await;
+        let rss_during = rss_mib(pid);
+        let (answers, slowest) = flood.await.expect("vote flood");
+        let cpu = cpu_secs(pid) - cpu0;
+        let after = settle_rss(pid, before).await;
+        row(
+            &format!("{BIG_VOTES} votes of {:.1} MiB {what}", vote.len() as f64 / (1 << 20) as f64),
+            (before, rss_during, after),
+            cpu,
+            &during,
+            &format!("{answers:?}; slowest answer {:.0} ms", slowest.as_secs_f64() * 1e3),
+        );
+    }
 }
 
 fn row(name: &str, (before, during, after): (f64, f64, f64), cpu: f64, fetch: &str, got: &str) {
@@ -176,16 +186,19 @@ async fn closed_after(mut s: tokio::net::TcpStream, started: Instant) -> Option<
     }
 }
 
-/// The authority's own vote for the current consensus with `peer` named as the voter, padded
-/// to just under the vote size limit with relay lines repeated before its signature.
-async fn big_vote(addr: SocketAddr, me: &str, peer: &str) -> String {
+/// The authority's own vote for the current consensus with `peer` named as the voter, its
+/// valid-after moved `shift` seconds on, padded to just under the vote size limit with relay
+/// lines repeated before its signature.
+async fn big_vote(addr: SocketAddr, me: &str, peer: &str, shift: u64) -> String {
     let (status, body) = request(HONEST, addr, "GET", "/allium/v1/consensus", b"").await.expect("the consensus");
     assert_eq!(status, 200, "the authority publishes a consensus");
     let text = String::from_utf8_lossy(&body).into_owned();
     let valid_after = allium_proto::doc::Consensus::parse(&text).expect("a consensus").claimed_lifetime().valid_after;
     let (status, body) = request(HONEST, addr, "GET", &format!("/allium/v1/vote/{valid_after}"), b"").await.expect("its vote");
     assert_eq!(status, 200, "the authority serves its vote for the current consensus");
-    let vote = String::from_utf8_lossy(&body).replace(&format!("voter {me}"), &format!("voter {peer}"));
+    let vote = String::from_utf8_lossy(&body)
+        .replace(&format!("voter {me}"), &format!("voter {peer}"))
+        .replace(&format!("valid-after {valid_after}\n"), &format!("valid-after {}\n", valid_after + shift));
     let sig = vote.rfind("\nvote-signature").expect("a signature line") + 1;
     let first_relay = vote.find("\nrelay ").map_or(sig, |i| i + 1);
     let relays = &vote[first_relay..sig];

@@ -9,7 +9,7 @@
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use crate::support::http::{http_get_via_socks_as, pseudo_random, FileServer};
+use crate::support::http::{concurrent_fetches, pseudo_random, FileServer};
 use crate::support::testnet::Testnet;
 
 const RELAYS: usize = 100;
@@ -54,22 +54,7 @@ fn a_hundred_relays_and_ten_clients_carry_200_concurrent_fetches() {
     }
 
     let socks: Vec<SocketAddr> = client_nodes.iter().map(|n| n.addr).collect();
-    let failures: Vec<String> = std::thread::scope(|scope| {
-        let handles: Vec<_> = socks
-            .iter()
-            .enumerate()
-            .flat_map(|(c, s)| (0..FETCHES_PER_CLIENT).map(move |i| (c, i, *s)))
-            .map(|(c, i, s)| {
-                let file = &file;
-                scope.spawn(move || match http_get_via_socks_as(s, Some((&format!("hundred-{c}-{i}"), "x")), "127.0.0.1", port, "/32k") {
-                    Ok(body) if body == *file => None,
-                    Ok(body) => Some(format!("client {c} fetch {i}: {} bytes, not the file", body.len())),
-                    Err(e) => Some(format!("client {c} fetch {i}: {e:?}")),
-                })
-            })
-            .collect();
-        handles.into_iter().filter_map(|h| h.join().expect("fetch thread")).collect()
-    });
+    let failures = concurrent_fetches(&socks, FETCHES_PER_CLIENT, port, "/32k", &file);
     assert!(
         failures.is_empty(),
         "{} of {} concurrent fetches failed: {:?}\n{}",

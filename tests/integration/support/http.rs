@@ -179,3 +179,24 @@ pub fn download_rounds(socks: SocketAddr, port: u16, path: &'static str, want: &
     }
     failures
 }
+
+/// Fetches `path` (whose body must be `want`) `per_client` times through each of `socks`, all
+/// at once, each fetch in its own isolation class (so on its own circuit). Returns what went
+/// wrong with each failed fetch; empty when every byte of every fetch arrived.
+pub fn concurrent_fetches(socks: &[SocketAddr], per_client: usize, port: u16, path: &str, want: &[u8]) -> Vec<String> {
+    std::thread::scope(|scope| {
+        let handles: Vec<_> = socks
+            .iter()
+            .enumerate()
+            .flat_map(|(c, s)| (0..per_client).map(move |i| (c, i, *s)))
+            .map(|(c, i, s)| {
+                scope.spawn(move || match http_get_via_socks_as(s, Some((&format!("fetch-{c}-{i}"), "x")), "127.0.0.1", port, path) {
+                    Ok(body) if body == want => None,
+                    Ok(body) => Some(format!("client {c} fetch {i}: {} bytes, not the file", body.len())),
+                    Err(e) => Some(format!("client {c} fetch {i}: {e:?}")),
+                })
+            })
+            .collect();
+        handles.into_iter().filter_map(|h| h.join().expect("fetch thread")).collect()
+    })
+}
