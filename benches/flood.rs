@@ -89,6 +89,8 @@ async fn run(net: &support::testnet::Testnet) {
     let during = measure(&honest, &target, &existing).await;
     let rss_during = rss_mib(pid);
     let open = links.len();
+    // A Channel's own tasks hold it open: close each link, not just the handles.
+    links.iter().for_each(Channel::close);
     drop(links);
     let after = settle_rss(pid, before).await;
     row("A24 idle links", before, rss_during, after, &during, &format!("{open} links held, {refused} closed at once"));

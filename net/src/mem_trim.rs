@@ -6,8 +6,11 @@
 //! largest allocation seen): a node that once carried 8 bulk streams keeps their peak in RSS
 //! for good. Every [`CHECK_EVERY`] the process compares the memory in use with its peak since
 //! the last trim; once it has fallen by [`TRIM_AFTER_FREEING`] or more, `malloc_trim(0)` hands
-//! the free pages of every arena back (`allium_memory_trims_total`). A busy node whose use
-//! stays level is never trimmed. On other allocators (non-glibc targets) this does nothing.
+//! the free pages of every arena back (`allium_memory_trims_total`). A burst that comes and goes
+//! between two samples (an 8 MiB upload read and dropped within a second) is caught by the
+//! resident size instead: when it exceeds the memory in use by [`TRIM_AFTER_SLACK`] more than
+//! it did after the last trim, the process trims too. A busy node whose use stays level is never
+//! trimmed. On other allocators (non-glibc targets) this does nothing.
 
 use std::time::Duration;
 
@@ -15,20 +18,32 @@ use std::time::Duration;
 pub const CHECK_EVERY: Duration = Duration::from_secs(1);
 /// How far in-use memory must fall below its peak since the last trim before a trim.
 pub const TRIM_AFTER_FREEING: usize = 1 << 20;
+/// How much more resident memory beyond what is in use than after the last trim starts a trim.
+pub const TRIM_AFTER_SLACK: usize = 4 << 20;
 
-/// When to trim, given samples of the memory in use.
+/// When to trim, given samples of the memory in use and the resident size.
 #[derive(Debug, Default)]
 pub struct TrimPolicy {
     peak: usize,
+    /// Resident bytes beyond those in use that a trim could not return (fragmentation, the
+    /// allocator's own structures): measured at the first sample after a trim.
+    slack_floor: usize,
+    just_trimmed: bool,
 }
 
 impl TrimPolicy {
-    /// Takes one sample of the bytes in use; true if a trim is due now (the peak then restarts
-    /// from this sample).
-    pub fn sample(&mut self, in_use: usize) -> bool {
+    /// Takes one sample of the bytes in use and resident; true if a trim is due now (the peak
+    /// then restarts from this sample).
+    pub fn sample(&mut self, in_use: usize, resident: usize) -> bool {
+        let slack = resident.saturating_sub(in_use);
+        if std::mem::take(&mut self.just_trimmed) {
+            self.slack_floor = slack;
+        }
+        self.slack_floor = self.slack_floor.min(slack);
         self.peak = self.peak.max(in_use);
-        if self.peak - in_use >= TRIM_AFTER_FREEING {
+        if self.peak - in_use >= TRIM_AFTER_FREEING || slack >= self.slack_floor + TRIM_AFTER_SLACK {
             self.peak = in_use;
+            self.just_trimmed = true;
             return true;
         }
         false
@@ -43,11 +58,18 @@ pub async fn run() {
     loop {
         tick.tick().await;
         let Some(in_use) = sys::in_use() else { return };
-        if policy.sample(in_use) {
+        if policy.sample(in_use, resident().unwrap_or(0)) {
             sys::trim();
             crate::metrics::METRICS.memory_trims.inc();
         }
     }
+}
+
+/// The process's resident size (`VmRSS`), in bytes.
+fn resident() -> Option<usize> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let kb = status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?.split_whitespace().next()?.parse::<usize>().ok()?;
+    Some(kb * 1024)
 }
 
 // The two calls into glibc's allocator are the only unsafe code in this crate.
@@ -86,14 +108,32 @@ mod tests {
     fn trims_once_after_use_falls_a_megabyte_below_its_peak() {
         let mb = 1 << 20;
         let mut p = TrimPolicy::default();
-        assert!(!p.sample(5 * mb));
-        assert!(!p.sample(20 * mb));
-        assert!(!p.sample(20 * mb));
-        assert!(!p.sample(19 * mb + 1), "less than a megabyte freed");
-        assert!(p.sample(19 * mb));
-        assert!(!p.sample(19 * mb), "the peak restarted at the trim");
-        assert!(!p.sample(18 * mb + 1));
-        assert!(p.sample(18 * mb));
+        // Resident equal to what is in use: only the fall below the peak counts.
+        let mut sample = |n: usize| p.sample(n, n);
+        assert!(!sample(5 * mb));
+        assert!(!sample(20 * mb));
+        assert!(!sample(20 * mb));
+        assert!(!sample(19 * mb + 1), "less than a megabyte freed");
+        assert!(sample(19 * mb));
+        assert!(!sample(19 * mb), "the peak restarted at the trim");
+        assert!(!sample(18 * mb + 1));
+        assert!(sample(18 * mb));
+    }
+
+    /// A burst freed between two samples shows as resident memory beyond what is in use: 4 MB
+    /// more of it than a trim left last time triggers a trim; what a trim cannot return becomes
+    /// the new floor, so it does not trim again every second.
+    #[test]
+    fn trims_when_resident_memory_outgrows_use_by_4_megabytes() {
+        let mb = 1 << 20;
+        let mut p = TrimPolicy::default();
+        assert!(!p.sample(10 * mb, 13 * mb));
+        assert!(p.sample(10 * mb, 30 * mb), "20 MB resident and free");
+        assert!(!p.sample(10 * mb, 13 * mb), "after the trim: 3 MB it could not return is the floor");
+        assert!(!p.sample(10 * mb, 17 * mb - 1), "not again for less than 4 MB more");
+        assert!(p.sample(10 * mb, 17 * mb));
+        assert!(!p.sample(10 * mb, 11 * mb), "the floor follows the slack down");
+        assert!(p.sample(10 * mb, 15 * mb));
     }
 
     /// The allocator's statistics are readable here, and a trim after freeing a burst's worth
