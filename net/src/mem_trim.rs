@@ -10,7 +10,10 @@
 //! between two samples (an 8 MiB upload read and dropped within a second) is caught by the
 //! resident size instead: when it exceeds the memory in use by [`TRIM_AFTER_SLACK`] more than
 //! it did after the last trim, the process trims too. A busy node whose use stays level is never
-//! trimmed. On other allocators (non-glibc targets) this does nothing.
+//! trimmed. Blocks of [`MMAP_FROM`] or more (an 8 MiB upload's body) get pages of their own,
+//! returned the moment they are freed: glibc would otherwise raise that threshold to the
+//! largest block freed and carve later ones from a thread's arena, whose top a trim does not
+//! return. On other allocators (non-glibc targets) this does nothing.
 
 use std::time::Duration;
 
@@ -50,8 +53,12 @@ impl TrimPolicy {
     }
 }
 
+/// Allocations from this size up are mapped on their own and unmapped when freed.
+pub const MMAP_FROM: usize = 1 << 20;
+
 /// Samples and trims for as long as the process runs (spawned once per node).
 pub async fn run() {
+    sys::map_large_blocks();
     let mut policy = TrimPolicy::default();
     let mut tick = tokio::time::interval(CHECK_EVERY);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -72,7 +79,7 @@ fn resident() -> Option<usize> {
     Some(kb * 1024)
 }
 
-// The two calls into glibc's allocator are the only unsafe code in this crate.
+// The three calls into glibc's allocator are the only unsafe code in this crate.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 #[allow(unsafe_code)]
 mod sys {
@@ -88,6 +95,13 @@ mod sys {
         // call from any thread at any time.
         unsafe { libc::malloc_trim(0) };
     }
+
+    /// Fixes the mmap threshold at [`super::MMAP_FROM`]; true if glibc took it.
+    pub fn map_large_blocks() -> bool {
+        // SAFETY: mallopt sets an allocator parameter under the allocator's lock; any thread,
+        // any time.
+        unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, super::MMAP_FROM as libc::c_int) == 1 }
+    }
 }
 
 #[cfg(not(all(target_os = "linux", target_env = "gnu")))]
@@ -96,6 +110,9 @@ mod sys {
         None
     }
     pub fn trim() {}
+    pub fn map_large_blocks() -> bool {
+        false
+    }
 }
 
 #[cfg(test)]
@@ -148,5 +165,6 @@ mod tests {
         assert!(during >= before + (32 << 20), "a 64 MiB burst shows in use: {before} → {during}");
         drop(burst);
         sys::trim();
+        assert!(sys::map_large_blocks(), "glibc takes a fixed mmap threshold");
     }
 }
