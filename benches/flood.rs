@@ -134,6 +134,7 @@ async fn run(net: &support::testnet::Testnet) {
     // Against another relay than the attacks above (their memory is not all returned to the
     // system), as the first hop.
     let exit = dir.relays().into_iter().find(|r| r.policy.is_exit() && r.identity != target.identity).expect("an exit").clone();
+    let first_target = target.identity;
     let target = dir.relays().into_iter().find(|r| !r.policy.is_exit() && r.identity != target.identity).expect("another relay").clone();
     let node = net.nodes.iter().find(|n| n.addr == target.address).expect("the target's node");
     let pid = node.pid;
@@ -176,7 +177,7 @@ async fn run(net: &support::testnet::Testnet) {
 
     println!("\nidle honest build {}, dir round trip {}", idle.builds, idle.rtt);
 
-    hsdir_flood::run(net, &dir).await;
+    hsdir_flood::run(net, &dir, &[first_target, target.identity]).await;
     dir_attacks::run(net, &cfg.network).await;
 }
 

@@ -27,9 +27,10 @@ const CIRCUITS: usize = 8;
 /// Where descriptors go and come from (`relay/src/hsdir.rs`).
 const PATH: &str = "/allium/v1/hs/descriptor";
 
-pub async fn run(net: &crate::support::testnet::Testnet, dir: &allium_directory::NetDir) {
-    let Some(target) = dir.relays().into_iter().rev().find(|r| r.flags.contains(RelayFlags::HSDIR)).cloned() else {
-        println!("\nno HSDir in the consensus: junk descriptor flood skipped");
+/// Floods an HSDir other than the relays in `attacked` (their memory is not all returned yet).
+pub async fn run(net: &crate::support::testnet::Testnet, dir: &allium_directory::NetDir, attacked: &[allium_proto::ids::RelayId]) {
+    let Some(target) = dir.relays().iter().find(|r| r.flags.contains(RelayFlags::HSDIR) && !attacked.contains(&r.identity)).cloned() else {
+        println!("\nno HSDir left unattacked in the consensus: junk descriptor flood skipped");
         return;
     };
     let node = net.nodes.iter().find(|n| n.addr == target.address).expect("the HSDir's node");
