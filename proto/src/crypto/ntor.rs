@@ -42,7 +42,8 @@ use rand::{CryptoRng, RngCore};
 use sha2::Sha256;
 use std::fmt;
 use subtle::ConstantTimeEq;
-use x25519_dalek::{PublicKey, SharedSecret, StaticSecret};
+use super::x25519;
+use x25519_dalek::{PublicKey, StaticSecret};
 
 /// Handshake type number of this handshake in CREATE2/EXTEND2.
 pub const HTYPE_NTOR: u16 = 1;
@@ -159,6 +160,11 @@ fn decode_ext(rest: &[u8]) -> Result<&[u8], HandshakeError> {
     Ok(ext)
 }
 
+/// False for an all-zero DH output (the peer sent a low-order point); constant time.
+fn contributory(dh: &[u8; 32]) -> bool {
+    !bool::from(dh.ct_eq(&[0u8; 32]))
+}
+
 fn arr32(b: &[u8]) -> [u8; 32] {
     let mut a = [0u8; 32];
     a.copy_from_slice(b);
@@ -177,14 +183,14 @@ struct Transcript<'a> {
 
 /// Computes `(KEY_SEED, AUTH)` from the two DH outputs and the transcript.
 fn key_seed_and_auth(
-    dh_y: &SharedSecret,
-    dh_b: &SharedSecret,
+    dh_y: &[u8; 32],
+    dh_b: &[u8; 32],
     t: &Transcript<'_>,
 ) -> ([u8; 32], [u8; 32]) {
     let secret_input_mac = |label: &[u8]| -> [u8; 32] {
         let mut m = Hmac::<Sha256>::new_from_slice(label).expect("HMAC takes any key length");
-        m.update(dh_y.as_bytes());
-        m.update(dh_b.as_bytes());
+        m.update(dh_y);
+        m.update(dh_b);
         m.update(t.id);
         m.update(t.b);
         m.update(t.x);
@@ -293,9 +299,18 @@ pub fn server_respond_with_secret(
         "ntor server extension of {} bytes exceeds {MAX_EXT_LEN}",
         server_ext.len()
     );
-    let secret = StaticSecret::from(y);
+    let result = respond(&y, my_id, keys, msg, server_ext);
     wipe(&mut y);
+    result
+}
 
+fn respond(
+    y: &[u8; 32],
+    my_id: &RelayId,
+    keys: &[OnionKeyPair<'_>],
+    msg: &[u8],
+    server_ext: &[u8],
+) -> Result<ServerOutcome, HandshakeError> {
     if msg.len() < CLIENT_MSG_MIN_LEN {
         return Err(HandshakeError::Malformed);
     }
@@ -313,23 +328,39 @@ pub fn server_respond_with_secret(
         .find(|k| k.public == b)
         .ok_or(HandshakeError::WrongRelay)?;
 
-    let client_pub = PublicKey::from(x);
-    let dh_y = secret.diffie_hellman(&client_pub);
-    let dh_b = onion.secret.diffie_hellman(&client_pub);
-    if !dh_y.was_contributory() || !dh_b.was_contributory() {
+    let mut b_secret = onion.secret.to_bytes();
+    let (mut dh_y, mut dh_b) = x25519::two_scalars_one_point(y, &b_secret, &x);
+    wipe(&mut b_secret);
+    let outcome = finish_response(y, &dh_y, &dh_b, (&id, &b, &x), client_ext, server_ext);
+    wipe(&mut dh_y);
+    wipe(&mut dh_b);
+    outcome
+}
+
+/// The server's reply and keys from the two DH outputs; `named` is the message's `(ID, B, X)`.
+fn finish_response(
+    y: &[u8; 32],
+    dh_y: &[u8; 32],
+    dh_b: &[u8; 32],
+    named: (&[u8; 32], &[u8; 32], &[u8; 32]),
+    client_ext: &[u8],
+    server_ext: &[u8],
+) -> Result<ServerOutcome, HandshakeError> {
+    if !contributory(dh_y) || !contributory(dh_b) {
         return Err(HandshakeError::NonContributory);
     }
-    let public_y = PublicKey::from(&secret).to_bytes();
+    let (id, b, x) = named;
+    let public_y = PublicKey::from(&StaticSecret::from(*y)).to_bytes();
 
     let t = Transcript {
-        id: &id,
-        b: &b,
-        x: &x,
+        id,
+        b,
+        x,
         y: &public_y,
         client_ext,
         server_ext,
     };
-    let (mut key_seed, auth) = key_seed_and_auth(&dh_y, &dh_b, &t);
+    let (mut key_seed, auth) = key_seed_and_auth(dh_y, dh_b, &t);
     let keys = derive_hop_keys(&key_seed);
     wipe(&mut key_seed);
 
@@ -364,7 +395,8 @@ impl NtorClient {
 
         let dh_y = self.x.diffie_hellman(&PublicKey::from(y));
         let dh_b = self.x.diffie_hellman(&PublicKey::from(self.onion_key));
-        if !dh_y.was_contributory() || !dh_b.was_contributory() {
+        let (dh_y, dh_b) = (dh_y.as_bytes(), dh_b.as_bytes());
+        if !contributory(dh_y) || !contributory(dh_b) {
             return Err(HandshakeError::NonContributory);
         }
         let t = Transcript {
@@ -375,7 +407,7 @@ impl NtorClient {
             client_ext: &self.client_ext,
             server_ext,
         };
-        let (mut key_seed, expected) = key_seed_and_auth(&dh_y, &dh_b, &t);
+        let (mut key_seed, expected) = key_seed_and_auth(dh_y, dh_b, &t);
         if !bool::from(expected.ct_eq(auth)) {
             wipe(&mut key_seed);
             return Err(HandshakeError::BadAuth);
