@@ -1,17 +1,22 @@
-//! CREATE handshakes off the forwarding path (THREATS A25): a few dedicated threads take
-//! handshakes from a bounded queue. A full queue refuses a CREATE at once, and a handshake
-//! that waited longer than the delay cutoff is refused instead of run, so a flood of CREATEs
-//! costs the relay at most its handshake threads and never delays cells on open circuits.
+//! CREATE handshakes off the forwarding path (THREATS A25): a few dedicated threads, at a lower
+//! scheduling priority than the forwarding threads, take handshakes from a bounded queue served
+//! round-robin by source address. A full queue refuses a CREATE at once (or, from an address
+//! with few queued, displaces the newest of the address with most), and a handshake that
+//! waited longer than the delay cutoff is refused instead of run, so a flood of CREATEs costs
+//! the relay at most its handshake threads, never delays cells on open circuits, and delays
+//! another address's CREATE by one handshake per flooding address at most.
 //! Replays of one CREATE are refused before any public-key work ([`ReplayFilter`]).
 
 use std::collections::{HashSet, VecDeque};
 use std::hash::{BuildHasher, RandomState};
-use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 
+use allium_net::limits::conn::AddrKey;
 use allium_net::limits::counters::{LimitCounters, LIMITS};
 use tokio::sync::oneshot;
+
+use crate::fair_queue::{FairQueue, Pushed};
 
 /// Why a handshake was not run.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
@@ -22,60 +27,112 @@ pub enum Overloaded {
     Delay,
 }
 
-type Job = Box<dyn FnOnce(Instant) + Send>;
+/// A queued handshake: run with `Ok`, or told why it was not.
+type Job = Box<dyn FnOnce(Result<(), Overloaded>) + Send>;
 
-/// The handshake threads and their queue.
+struct Queued {
+    at: Instant,
+    job: Job,
+}
+
+struct State {
+    queue: FairQueue<AddrKey, Queued>,
+    closed: bool,
+}
+
+struct Shared {
+    state: Mutex<State>,
+    ready: Condvar,
+}
+
+impl Shared {
+    fn lock(&self) -> std::sync::MutexGuard<'_, State> {
+        self.state.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// The handshake threads and their queue. The queue is served round-robin by the address the
+/// CREATE came from ([`FairQueue`]): a client's CREATE waits for at most one handshake of each
+/// other address, however many an attacker's addresses have queued. The threads run at a lower
+/// scheduling priority than the threads that forward cells, so a flood of handshakes takes only
+/// the CPU that forwarding leaves.
 pub struct HandshakePool {
-    tx: SyncSender<(Instant, Job)>,
+    shared: Arc<Shared>,
 }
 
 impl HandshakePool {
     /// Starts `workers` threads sharing a queue of `queue` handshakes; one that waited longer
     /// than `cutoff` is refused. The threads end when the pool is dropped.
     pub fn new(workers: usize, queue: usize, cutoff: Duration) -> Self {
-        let (tx, rx) = sync_channel::<(Instant, Job)>(queue);
-        let rx = Arc::new(Mutex::new(rx));
+        let shared = Arc::new(Shared { state: Mutex::new(State { queue: FairQueue::new(queue), closed: false }), ready: Condvar::new() });
         for i in 0..workers.max(1) {
-            let rx = rx.clone();
-            let spawned = std::thread::Builder::new().name(format!("handshake-{i}")).spawn(move || worker(&rx, cutoff));
+            let shared = shared.clone();
+            let spawned = std::thread::Builder::new().name(format!("handshake-{i}")).spawn(move || worker(&shared, cutoff));
             if let Err(e) = spawned {
                 tracing::warn!("cannot start a handshake thread: {e}");
             }
         }
-        HandshakePool { tx }
+        HandshakePool { shared }
     }
 
-    /// Runs `f` on a handshake thread, unless the queue is full or `f` waited past the cutoff.
-    pub async fn run<T: Send + 'static>(&self, f: impl FnOnce() -> T + Send + 'static) -> Result<T, Overloaded> {
+    /// Runs `f` (a CREATE from `from`) on a handshake thread, unless the queue is full, it is
+    /// displaced by another address's handshake, or it waited past the cutoff.
+    pub async fn run<T: Send + 'static>(&self, from: AddrKey, f: impl FnOnce() -> T + Send + 'static) -> Result<T, Overloaded> {
         let (done, result) = oneshot::channel();
-        let job: Job = Box::new(move |deadline_passed_at: Instant| {
-            let r = if Instant::now() > deadline_passed_at { Err(Overloaded::Delay) } else { Ok(f()) };
+        let job: Job = Box::new(move |admitted| {
+            let r = admitted.map(|()| f());
             if r.is_ok() {
                 allium_net::metrics::METRICS.handshakes.inc();
             }
             let _ = done.send(r);
         });
-        match self.tx.try_send((Instant::now(), job)) {
-            Ok(()) => {}
-            Err(TrySendError::Full(_)) | Err(TrySendError::Disconnected(_)) => {
+        let pushed = self.shared.lock().queue.push(from, Queued { at: Instant::now(), job });
+        match pushed {
+            Pushed::Queued => self.shared.ready.notify_one(),
+            Pushed::Displaced(other) => {
+                (other.job)(Err(Overloaded::QueueFull));
+                self.shared.ready.notify_one();
+            }
+            Pushed::Refused(_) => {
                 LimitCounters::hit(&LIMITS.handshake_queue_full);
                 return Err(Overloaded::QueueFull);
             }
         }
         let r = result.await.map_err(|_| Overloaded::QueueFull)?;
-        if r.is_err() {
-            LimitCounters::hit(&LIMITS.handshake_queue_delay);
+        match r {
+            Err(Overloaded::Delay) => LimitCounters::hit(&LIMITS.handshake_queue_delay),
+            Err(Overloaded::QueueFull) => LimitCounters::hit(&LIMITS.handshake_queue_full),
+            Ok(_) => {}
         }
         r
     }
 }
 
-fn worker(rx: &Mutex<Receiver<(Instant, Job)>>, cutoff: Duration) {
+impl Drop for HandshakePool {
+    fn drop(&mut self) {
+        self.shared.lock().closed = true;
+        self.shared.ready.notify_all();
+    }
+}
+
+fn worker(shared: &Shared, cutoff: Duration) {
+    allium_net::priority::yield_to_forwarding();
     loop {
-        let next = rx.lock().unwrap_or_else(|e| e.into_inner()).recv();
-        let Ok((queued, job)) = next else { return };
-        allium_net::metrics::METRICS.handshake_queue_delay.observe(queued.elapsed());
-        job(queued + cutoff);
+        let next = {
+            let mut state = shared.lock();
+            loop {
+                if state.closed {
+                    return;
+                }
+                if let Some(q) = state.queue.pop() {
+                    break q;
+                }
+                state = shared.ready.wait(state).unwrap_or_else(|e| e.into_inner());
+            }
+        };
+        let waited = next.at.elapsed();
+        allium_net::metrics::METRICS.handshake_queue_delay.observe(waited);
+        (next.job)(if waited > cutoff { Err(Overloaded::Delay) } else { Ok(()) });
     }
 }
 
@@ -117,14 +174,14 @@ mod tests {
     #[tokio::test]
     async fn handshakes_run_off_the_runtime_and_a_full_queue_refuses_at_once() {
         let pool = HandshakePool::new(1, 1, Duration::from_secs(60));
-        let on_tokio = pool.run(|| tokio::runtime::Handle::try_current().is_ok()).await.unwrap();
+        let on_tokio = pool.run(addr(1), || tokio::runtime::Handle::try_current().is_ok()).await.unwrap();
         assert!(!on_tokio, "a handshake ran on a runtime thread");
         // The one worker busy, the queue of one filled: the next is refused at once.
         let release = occupy(&pool);
-        let mut queued = Box::pin(pool.run(|| 1));
+        let mut queued = Box::pin(pool.run(addr(1), || 1));
         assert!(futures_poll_once(&mut queued).await.is_none());
         let before = LIMITS.handshake_queue_full.load(std::sync::atomic::Ordering::Relaxed);
-        assert_eq!(pool.run(|| 3).await, Err(Overloaded::QueueFull));
+        assert_eq!(pool.run(addr(1), || 3).await, Err(Overloaded::QueueFull));
         assert!(LIMITS.handshake_queue_full.load(std::sync::atomic::Ordering::Relaxed) > before, "counted");
         release.send(()).unwrap();
         assert_eq!(queued.await, Ok(1));
@@ -136,7 +193,7 @@ mod tests {
         let release = occupy(&pool);
         let ran = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let r2 = ran.clone();
-        let mut late = Box::pin(pool.run(move || r2.store(true, std::sync::atomic::Ordering::SeqCst)));
+        let mut late = Box::pin(pool.run(addr(1), move || r2.store(true, std::sync::atomic::Ordering::SeqCst)));
         assert!(futures_poll_once(&mut late).await.is_none());
         std::thread::sleep(Duration::from_millis(20));
         release.send(()).unwrap();
@@ -156,6 +213,36 @@ mod tests {
         assert!(f.seen.len() <= 3 && f.order.len() <= 3);
     }
 
+    #[tokio::test]
+    async fn another_address_displaces_a_queued_flood_and_is_served_next() {
+        let pool = HandshakePool::new(1, 4, Duration::from_secs(60));
+        let release = occupy(&pool);
+        let mut flood: Vec<_> = (0..4).map(|i| Box::pin(pool.run(addr(1), move || i))).collect();
+        for f in flood.iter_mut() {
+            assert!(futures_poll_once(f).await.is_none());
+        }
+        let before = LIMITS.handshake_queue_full.load(std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(pool.run(addr(1), || 9).await, Err(Overloaded::QueueFull), "the flooding address is refused when full");
+        let order = Arc::new(Mutex::new(Vec::new()));
+        let o = order.clone();
+        let mut honest = Box::pin(pool.run(addr(2), move || o.lock().unwrap().push("honest")));
+        assert!(futures_poll_once(&mut honest).await.is_none());
+        assert_eq!(flood.pop().unwrap().await, Err(Overloaded::QueueFull), "the flood's newest gave way");
+        assert!(LIMITS.handshake_queue_full.load(std::sync::atomic::Ordering::Relaxed) >= before + 2, "both counted");
+        release.send(()).unwrap();
+        let first = flood.remove(0);
+        assert_eq!(first.await, Ok(0));
+        honest.await.unwrap();
+        for (i, f) in flood.into_iter().enumerate() {
+            assert_eq!(f.await, Ok(i as i32 + 1));
+        }
+        assert_eq!(*order.lock().unwrap(), vec!["honest"]);
+    }
+
+    fn addr(n: u8) -> AddrKey {
+        AddrKey::from(std::net::IpAddr::from([10, 0, 0, n]))
+    }
+
     /// Keeps the (single) worker of `pool` busy until the returned sender sends.
     fn occupy(pool: &HandshakePool) -> std::sync::mpsc::Sender<()> {
         let (started_tx, started) = std::sync::mpsc::channel::<()>();
@@ -164,7 +251,8 @@ mod tests {
             started_tx.send(()).unwrap();
             let _ = gate.recv();
         });
-        assert!(pool.tx.try_send((Instant::now(), job)).is_ok());
+        assert!(matches!(pool.shared.lock().queue.push(addr(99), Queued { at: Instant::now(), job }), Pushed::Queued));
+        pool.shared.ready.notify_one();
         started.recv().unwrap();
         release
     }

@@ -7,6 +7,7 @@
 //! - [`exit`]: resolving, exit-policy decisions and connecting for BEGIN.
 //! - [`handshakes`]: CREATE handshakes on their own threads, with a bounded queue and a replay
 //!   filter (THREATS A25).
+//! - [`fair_queue`]: a bounded queue served round-robin by source address (the handshake queue).
 //! - [`hs_points`]: this relay as an introduction and rendezvous point (shared tables).
 //! - [`dir_cache`]: the consensus this relay keeps and serves on directory streams (BEGIN_DIR).
 //! - [`hsdir`]: onion-service descriptors stored and served while the consensus flags it HSDir.
@@ -25,6 +26,7 @@ pub mod circuit;
 pub mod config;
 pub mod dir_cache;
 pub mod exit;
+pub mod fair_queue;
 pub mod handshakes;
 pub mod hs_points;
 pub mod hsdir;
@@ -368,9 +370,11 @@ async fn create(ctx: &Arc<RelayCtx>, chan: &Channel, first: &Cell, rx: &mut alli
     // On a handshake thread: the current and the previous onion key; the client message names
     // which `B` it used.
     let job_ctx = ctx.clone();
+    // One turn per source address, relays' like clients'.
+    let from = AddrKey::from(chan.peer_addr.unwrap_or(std::net::Ipv4Addr::UNSPECIFIED.into()));
     let out = ctx
         .handshakes
-        .run(move || {
+        .run(from, move || {
             let onion = job_ctx.onion_keys();
             let keys: Vec<OnionKeyPair<'_>> = onion.pairs();
             ntor::server_respond(&mut rand::rngs::OsRng, &job_ctx.id, &keys, &msg, &server_ext)

@@ -80,6 +80,10 @@ pub enum HandshakeError {
     /// (possibly a client with a stale directory).
     #[error("peer's ntor message is for another relay identity or onion key")]
     WrongRelay,
+    /// The client's key is not a point of Curve25519 (it is on the curve's twist); no honest
+    /// client sends one.
+    #[error("peer sent a key that is not on Curve25519")]
+    NotOnCurve,
     /// A Diffie-Hellman output was all zero: the peer sent a low-order point.
     #[error("peer sent a low-order key (non-contributory Diffie-Hellman)")]
     NonContributory,
@@ -329,8 +333,9 @@ fn respond(
         .ok_or(HandshakeError::WrongRelay)?;
 
     let mut b_secret = onion.secret.to_bytes();
-    let (mut dh_y, mut dh_b) = x25519::two_scalars_one_point(y, &b_secret, &x);
+    let both = x25519::two_scalars_one_point(y, &b_secret, &x);
     wipe(&mut b_secret);
+    let (mut dh_y, mut dh_b) = both.ok_or(HandshakeError::NotOnCurve)?;
     let outcome = finish_response(y, &dh_y, &dh_b, (&id, &b, &x), client_ext, server_ext);
     wipe(&mut dh_y);
     wipe(&mut dh_b);
@@ -425,8 +430,8 @@ mod tests {
     use rand::rngs::OsRng;
     use rand::RngCore;
 
-    /// The x25519 u-coordinates of points of small order: 0 (order 4), 1 (order 1), the two
-    /// points of order 8, and the non-canonical encodings p - 1 (order 2), p (= 0) and p + 1
+    /// The x25519 u-coordinates of points of small order: 0 (order 2), 1 (order 4), the two
+    /// points of order 8, p - 1 (order 4, on the twist) and the non-canonical p (= 0) and p + 1
     /// (= 1). x25519 ignores bit 255, so each of them with that bit set is the same point again:
     /// 14 encodings in all. With a clamped scalar (a multiple of 8) the DH output is all zero.
     fn low_order_points() -> Vec<[u8; 32]> {
@@ -577,12 +582,9 @@ mod tests {
             msg.extend_from_slice(&r.pub_b());
             msg.extend_from_slice(&p);
             msg.extend_from_slice(&[0, 0]);
-            assert_eq!(
-                r.respond(&msg, b"").unwrap_err(),
-                HandshakeError::NonContributory,
-                "X = {}",
-                hex::encode(p)
-            );
+            // p - 1 (= -1) lies on the curve's twist: refused before any multiplication.
+            let expected = if p[0] == 0xec { HandshakeError::NotOnCurve } else { HandshakeError::NonContributory };
+            assert_eq!(r.respond(&msg, b"").unwrap_err(), expected, "X = {}", hex::encode(p));
         }
     }
 
