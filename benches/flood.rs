@@ -19,7 +19,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use allium_client::circuit::{self, CircError, CircHandle};
+use allium_client::circuit::{self, CircHandle};
 use allium_net::channel::Channel;
 use allium_net::link::{self, PeerInfo};
 use allium_net::pool::ChannelPool;
@@ -50,8 +50,9 @@ const FLOOD_LINKS: usize = 2_000;
 const REPLAYS: usize = 20_000;
 /// How long the handshake flood runs.
 const HANDSHAKE_FLOOD: Duration = Duration::from_secs(10);
-/// Attacker tasks in the handshake flood (each its own source address).
+/// Addresses in the handshake flood, and CREATEs each keeps in flight.
 const HANDSHAKE_SOURCES: u8 = 40;
+const HANDSHAKE_IN_FLIGHT: usize = 16;
 /// Circuits (two 8 MiB downloads each) whose client stops reading its link to the target.
 const SNIPER_CIRCUITS: usize = 200;
 
@@ -103,12 +104,17 @@ async fn run(net: &support::testnet::Testnet) {
     let after = settle_rss(pid, before).await;
     row("A23 one CREATE replayed", before, rss_during, after, &during, &format!("{created} CREATED of {answered} answered ({REPLAYS} sent)"));
 
-    // A25: fresh handshakes as fast as 40 addresses can ask, for a fixed time.
+    // A25: fresh, valid CREATEs from 40 addresses (one link each, many in flight), each
+    // circuit destroyed once CREATED, for a fixed time. The attacker does no public-key work
+    // during the flood (its messages are made beforehand), so the relay's handshake threads
+    // set the rate.
+    let messages = handshake_messages(&target);
     let before = rss_mib(pid);
+    let cpu_before = cpu_secs(pid);
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let (done, refused) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
-    let flood = handshake_flood(&target, stop.clone(), done.clone(), refused.clone());
     let started = Instant::now();
+    let (links, flood) = handshake_flood(&target, messages, stop.clone(), done.clone(), refused.clone()).await;
     let during = measure(&honest, &target, &existing).await;
     let rss_during = rss_mib(pid);
     tokio::time::sleep(HANDSHAKE_FLOOD.saturating_sub(started.elapsed())).await;
@@ -117,15 +123,22 @@ async fn run(net: &support::testnet::Testnet) {
         let _ = t.await;
     }
     let secs = started.elapsed().as_secs_f64();
+    let cpu = cpu_secs(pid) - cpu_before;
+    links.iter().for_each(|l| l.close());
     let after = settle_rss(pid, before).await;
-    let rate = done.load(Ordering::Relaxed) as f64 / secs;
+    let created = done.load(Ordering::Relaxed) as f64;
     row(
         "A25 handshake flood",
         before,
         rss_during,
         after,
         &during,
-        &format!("{rate:.0} CREATED/s for {secs:.0} s ({} refused)", refused.load(Ordering::Relaxed)),
+        &format!(
+            "{:.0} CREATED/s for {secs:.0} s ({} refused); the relay used {cpu:.1} CPU-s: {:.0} CREATED per relay CPU-second (links, cells and all)",
+            created / secs,
+            refused.load(Ordering::Relaxed),
+            created / cpu.max(0.01)
+        ),
     );
 
     // A27: a client builds circuits through the target to an exit, starts downloads on them and
@@ -361,24 +374,55 @@ async fn replay_flood(target: &ConsensusRelay) -> (usize, usize) {
     sum
 }
 
-/// Attackers that build fresh 1-hop circuits as fast as they can (4 links each, so their
-/// CREATE rate is limited per address too) until `stop`.
-fn handshake_flood(target: &ConsensusRelay, stop: Arc<std::sync::atomic::AtomicBool>, done: Arc<AtomicU64>, refused: Arc<AtomicU64>) -> Vec<tokio::task::JoinHandle<()>> {
-    (0..HANDSHAKE_SOURCES)
-        .map(|a| {
-            let (target, stop, done, refused) = (target.clone(), stop.clone(), done.clone(), refused.clone());
-            tokio::spawn(async move {
-                let pool = ChannelPool::new(IpAddr::from([127, 0, 5, a + 1]), None);
+/// Distinct valid CREATE messages for `target` (the relay refuses a replay), made before the
+/// flood: more than `HANDSHAKE_FLOOD` at 12,000 handshakes/s needs.
+fn handshake_messages(target: &ConsensusRelay) -> Arc<Vec<Vec<u8>>> {
+    let mut ext = Vec::new();
+    Extensions(vec![FlowParams::default().to_extension()]).encode(&mut ext);
+    let n = 12_000 * HANDSHAKE_FLOOD.as_secs() as usize;
+    let made = Instant::now();
+    let v: Vec<Vec<u8>> = (0..n).map(|_| ntor::client_start(&mut rand::rngs::OsRng, &target.identity, &target.onion_key, &ext).1).collect();
+    println!("(A25: {n} CREATE messages made in {:.1} s before the flood)", made.elapsed().as_secs_f64());
+    Arc::new(v)
+}
+
+/// `HANDSHAKE_SOURCES` addresses, one link each (so no per-address CREATE rate applies: that
+/// needs `create_min_links` links), each keeping `HANDSHAKE_IN_FLIGHT` CREATEs outstanding and
+/// destroying each circuit once CREATED, until `stop` or the messages run out.
+async fn handshake_flood(target: &ConsensusRelay, messages: Arc<Vec<Vec<u8>>>, stop: Arc<std::sync::atomic::AtomicBool>, done: Arc<AtomicU64>, refused: Arc<AtomicU64>) -> (Vec<Arc<Channel>>, Vec<tokio::task::JoinHandle<()>>) {
+    let next = Arc::new(AtomicU64::new(0));
+    let (mut links, mut tasks) = (Vec::new(), Vec::new());
+    for a in 0..HANDSHAKE_SOURCES {
+        let Ok(l) = link::connect(IpAddr::from([127, 0, 5, a + 1]), &peer(target), None).await else { continue };
+        let chan = Arc::new(Channel::spawn(l, None, &allium_net::limits::memquota::MemQuota::default_budget()));
+        links.push(chan.clone());
+        for _ in 0..HANDSHAKE_IN_FLIGHT {
+            let (chan, messages, next, stop, done, refused) = (chan.clone(), messages.clone(), next.clone(), stop.clone(), done.clone(), refused.clone());
+            tasks.push(tokio::spawn(async move {
                 while !stop.load(Ordering::Relaxed) {
-                    match circuit::build_within(&pool, &[&target], Duration::from_secs(10), FlowParams::default()).await {
-                        Ok(_) => done.fetch_add(1, Ordering::Relaxed),
-                        Err(CircError::Destroyed(DestroyReason::ResourceLimit)) => refused.fetch_add(1, Ordering::Relaxed),
-                        Err(_) => 0,
-                    };
+                    let Some(msg) = messages.get(next.fetch_add(1, Ordering::Relaxed) as usize) else { return };
+                    let Ok((id, mut rx)) = chan.open_circuit() else { return };
+                    for c in cell::create_cells(id, HTYPE_NTOR, msg) {
+                        if chan.send(c).await.is_err() {
+                            return;
+                        }
+                    }
+                    match tokio::time::timeout(Duration::from_secs(10), rx.recv()).await {
+                        Ok(Some(c)) if c.cmd == CellCmd::Destroy => {
+                            refused.fetch_add(1, Ordering::Relaxed);
+                            chan.close_circuit(id);
+                        }
+                        Ok(Some(_)) => {
+                            done.fetch_add(1, Ordering::Relaxed);
+                            chan.destroy(id, DestroyReason::Finished);
+                        }
+                        _ => chan.destroy(id, DestroyReason::Finished),
+                    }
                 }
-            })
-        })
-        .collect()
+            }));
+        }
+    }
+    (links, tasks)
 }
 
 /// VmRSS of `pid` in MiB.

@@ -13,6 +13,7 @@ use allium_net::channel::Channel;
 use allium_net::link::PeerInfo;
 use allium_net::pool::ChannelPool;
 use allium_net::stream::{StreamError, StreamMux};
+use allium_net::limits::counters::{LimitCounters, LIMITS};
 use allium_proto::cell::{self, Cell, CellCmd, DestroyReason, MAX_HANDSHAKE_LEN, PAYLOAD_LEN};
 use allium_proto::crypto::cell_crypto::ClientCrypto;
 use allium_proto::crypto::kdf::HopKeys;
@@ -105,7 +106,7 @@ enum CircRequest {
     AddVirtualHop(Box<HopKeys>, oneshot::Sender<()>),
     /// The service's join at the rendezvous point, in one step so that no cell of the client
     /// can arrive in between: send RENDEZVOUS1 to the last hop, append the virtual hop, serve.
-    ServiceJoin { rendezvous1: RelayMsg, keys: Box<HopKeys>, streams: mpsc::Sender<IncomingStream>, done: oneshot::Sender<Result<(), String>> },
+    ServiceJoin { rendezvous1: RelayMsg, keys: Box<HopKeys>, streams: mpsc::Sender<IncomingStream>, max_streams: usize, done: oneshot::Sender<Result<(), String>> },
 }
 
 /// Most streams waiting for the service's answer (connect) on one rendezvous circuit; more
@@ -236,10 +237,11 @@ impl CircHandle {
 
     /// The service's side of a rendezvous, atomically: sends `rendezvous1` (RENDEZVOUS1) to the
     /// last hop, appends the virtual hop with `keys` (`rendezvous::service_end_keys`) and
-    /// serves streams from it to `streams` (see [`IncomingStream`]).
-    pub async fn join_as_service(&self, rendezvous1: RelayMsg, keys: HopKeys, streams: mpsc::Sender<IncomingStream>) -> Result<(), CircError> {
+    /// serves streams from it to `streams` (see [`IncomingStream`]), at most `max_streams` at
+    /// once (more BEGINs get END RESOURCELIMIT).
+    pub async fn join_as_service(&self, rendezvous1: RelayMsg, keys: HopKeys, streams: mpsc::Sender<IncomingStream>, max_streams: usize) -> Result<(), CircError> {
         let (done, rx) = oneshot::channel();
-        let req = CircRequest::ServiceJoin { rendezvous1, keys: Box::new(keys), streams, done };
+        let req = CircRequest::ServiceJoin { rendezvous1, keys: Box::new(keys), streams, max_streams, done };
         self.tx.send(req).await.map_err(|_| CircError::Closed)?;
         rx.await.map_err(|_| CircError::Closed)?.map_err(CircError::Protocol)
     }
@@ -558,11 +560,12 @@ impl Circuit {
                         let _ = done.send(());
                         Ok(())
                     }
-                    Some(CircRequest::ServiceJoin { rendezvous1, keys, streams, done }) => {
+                    Some(CircRequest::ServiceJoin { rendezvous1, keys, streams, max_streams, done }) => {
                         let last = self.crypto.n_hops() - 1;
                         let r = self.send(last, 0, &rendezvous1).await;
                         if r.is_ok() {
                             self.add_virtual_hop(&keys, &mut mux);
+                            mux.set_max_streams(max_streams);
                             self.serving = Some(streams);
                         }
                         let _ = done.send(r.as_ref().map(|_| ()).map_err(|e| e.to_string()));
@@ -619,7 +622,10 @@ impl Circuit {
                 }
                 match mux.open(sid) {
                     Ok(()) => {}
-                    Err(StreamError::TooManyStreams) => return self.send(last, sid, &RelayMsg::End(EndReason::ResourceLimit)).await,
+                    Err(StreamError::TooManyStreams) => {
+                        LimitCounters::hit(&LIMITS.streams_per_circuit);
+                        return self.send(last, sid, &RelayMsg::End(EndReason::ResourceLimit)).await;
+                    }
                     Err(e) => return Err(CircError::Protocol(e.to_string())),
                 }
                 let (respond, answer) = oneshot::channel();

@@ -3,17 +3,14 @@
 //! status (200 once connected; see `allium_proto::http_connect::status_for` for failures).
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use allium_proto::http_connect::{self, Parsed};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
-use crate::socks::{serve_request, AppRequest, Front};
+use crate::socks::{serve_request, within_request_timeout, AppRequest, Front};
 use crate::ClientState;
 
-/// How long an application may take to send its request head.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Accepts application connections forever.
 pub async fn serve(listener: TcpListener, state: Arc<ClientState>) -> Result<(), crate::ClientError> {
@@ -34,7 +31,7 @@ pub async fn serve(listener: TcpListener, state: Arc<ClientState>) -> Result<(),
 
 async fn handle(mut sock: TcpStream, state: Arc<ClientState>) -> std::io::Result<()> {
     sock.set_nodelay(true)?;
-    let Some((req, early)) = tokio::time::timeout(REQUEST_TIMEOUT, read_request(&mut sock)).await.unwrap_or(Ok(None))? else {
+    let Some((req, early)) = within_request_timeout(state.limits.request_timeout(), read_request(&mut sock)).await? else {
         return Ok(());
     };
     // The Proxy-Authorization value isolates like SOCKS credentials (its own tag, so it never

@@ -116,6 +116,8 @@ pub struct ClientState {
     pub app_conns: Arc<allium_net::limits::conn::ConnLimiter>,
     /// Each hosted onion service's state in words, by name (for `allium status`).
     services: std::sync::Mutex<std::collections::BTreeMap<String, String>>,
+    /// The `[limits]` section (request timeout, streams per service circuit).
+    pub limits: allium_net::limits::LimitsConfig,
 }
 
 impl ClientState {
@@ -194,7 +196,7 @@ pub async fn run(cfg: ClientConfig, _keys: NodeKeys) -> Result<(), ClientError> 
     let app_conns = allium_net::limits::conn::ConnLimiter::new(cfg.limits.connections(), cfg.limits.max_connections_per_address);
     circuits.set_initial_build_timeout(cfg.initial_build_timeout());
     let onions = hs_connect::OnionConnector::new(onion_auth::load(&cfg.client.onion_auth)?);
-    let state = Arc::new(ClientState { netdir: rx.clone(), circuits, bootstrap: bootstrap.clone(), isolate_destinations: cfg.client.isolate_destinations, onions, app_conns, services: Default::default() });
+    let state = Arc::new(ClientState { netdir: rx.clone(), circuits, bootstrap: bootstrap.clone(), isolate_destinations: cfg.client.isolate_destinations, onions, app_conns, services: Default::default(), limits: cfg.limits.clone() });
     for s in &cfg.onion_services {
         state.set_service_state(&s.name, "waiting for the consensus".into());
     }

@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use allium_net::limits::counters::{LimitCounters, LIMITS};
 use allium_proto::hs::OnionAddress;
 use allium_proto::http_connect;
 use allium_proto::ids::RelayId;
@@ -22,8 +23,6 @@ use crate::ClientState;
 
 /// How long a SOCKS request waits for the client to have a usable consensus.
 const BOOTSTRAP_WAIT: Duration = Duration::from_secs(30);
-/// How long an application may take to send its SOCKS request.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long a RESOLVE may wait for the exit's answer.
 const RESOLVE_TIMEOUT: Duration = Duration::from_secs(60);
 /// A RESOLVE uses a circuit whose exit allows this port.
@@ -73,9 +72,19 @@ pub async fn serve(listener: TcpListener, state: Arc<ClientState>) -> Result<(),
     Err("the SOCKS listener stopped accepting".into())
 }
 
+/// An application's request, read within `limit` (`limits.request_timeout_secs`); None,
+/// counted, if it took longer: the connection is closed unanswered.
+pub(crate) async fn within_request_timeout<T>(limit: Duration, read: impl std::future::Future<Output = std::io::Result<Option<T>>>) -> std::io::Result<Option<T>> {
+    let r = tokio::time::timeout(limit, read).await;
+    if r.is_err() {
+        LimitCounters::hit(&LIMITS.request_timeouts);
+    }
+    r.unwrap_or(Ok(None))
+}
+
 async fn handle(mut sock: TcpStream, state: Arc<ClientState>) -> std::io::Result<()> {
     sock.set_nodelay(true)?;
-    let Some((req, early)) = tokio::time::timeout(REQUEST_TIMEOUT, read_request(&mut sock)).await.unwrap_or(Ok(None))? else {
+    let Some((req, early)) = within_request_timeout(state.limits.request_timeout(), read_request(&mut sock)).await? else {
         return Ok(());
     };
     let credentials = match &req.auth {
@@ -365,6 +374,22 @@ async fn read_request(sock: &mut TcpStream) -> std::io::Result<Option<(allium_pr
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// `limits.request_timeout_secs`: an application that sends only part of its request is
+    /// closed unanswered once the limit passes (counted); one that sends it all is served.
+    #[tokio::test]
+    async fn a_request_not_sent_in_time_is_dropped_and_counted() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let mut app = TcpStream::connect(listener.local_addr().unwrap()).await.unwrap();
+        let (mut sock, _) = listener.accept().await.unwrap();
+        app.write_all(&[5, 1]).await.unwrap();
+        let before = LIMITS.request_timeouts.load(std::sync::atomic::Ordering::Relaxed);
+        let r = within_request_timeout(Duration::from_millis(200), read_request(&mut sock)).await.unwrap();
+        assert!(r.is_none(), "half a greeting is not a request");
+        assert!(LIMITS.request_timeouts.load(std::sync::atomic::Ordering::Relaxed) > before, "counted");
+        let fast = within_request_timeout(Duration::from_secs(60), async { Ok(Some(7)) }).await.unwrap();
+        assert_eq!(fast, Some(7));
+    }
 
     fn socks(version: SocksVersion) -> Front {
         Front::Socks(SocksRequest { version, command: SocksCommand::Connect, target: TargetAddr::Domain("a".into(), 1), auth: SocksAuth::NoAuth })

@@ -34,8 +34,6 @@ use crate::DirError;
 
 /// How far in the future a descriptor's `published` may be (seconds).
 pub const MAX_PUBLISHED_SKEW_SECS: u64 = 3600;
-/// Most descriptors an authority holds.
-pub const MAX_DESCRIPTORS: usize = 20_000;
 /// File in the data directory holding the latest published consensus.
 pub const CONSENSUS_FILE: &str = "cached-consensus";
 /// How far past its voting time an authority's vote counts as late (it started after it).
@@ -93,6 +91,8 @@ pub struct VotePolicy {
     pub rejected: BTreeSet<RelayId>,
     /// Descriptors it holds for one IP address (`limits.max_relays_per_address`).
     pub max_relays_per_address: usize,
+    /// Descriptors it holds in all (`limits.max_relay_descriptors`).
+    pub max_relay_descriptors: usize,
 }
 
 impl VotePolicy {
@@ -106,6 +106,7 @@ impl VotePolicy {
             bad_exits: BTreeSet::new(),
             rejected: BTreeSet::new(),
             max_relays_per_address: allium_net::limits::LimitsConfig::default().max_relays_per_address,
+            max_relay_descriptors: allium_net::limits::LimitsConfig::default().max_relay_descriptors,
         }
     }
 
@@ -118,6 +119,7 @@ impl VotePolicy {
             bad_exits: cfg.bad_exits()?,
             rejected: cfg.rejected()?,
             max_relays_per_address: cfg.limits.max_relays_per_address,
+            max_relay_descriptors: cfg.limits.max_relay_descriptors,
         })
     }
 }
@@ -369,11 +371,12 @@ impl AuthorityState {
                 // Test the new address before voting for it (its history is kept).
                 self.history.require_retest(&d.identity);
             }
-        } else if self.descriptors.len() >= MAX_DESCRIPTORS {
+        } else if self.descriptors.len() >= self.policy.max_relay_descriptors {
             self.prune_descriptors(now);
             // Still full: make room by forgetting a relay never proven reachable, never one
             // that is (a flood of descriptors cannot push out working relays).
-            if self.descriptors.len() >= MAX_DESCRIPTORS && !self.evict_unproven(|_| true) {
+            if self.descriptors.len() >= self.policy.max_relay_descriptors && !self.evict_unproven(|_| true) {
+                LimitCounters::hit(&LIMITS.descriptors_full);
                 return Err(Reject { status: 503, reason: "authority holds too many descriptors".into() });
             }
         }
@@ -1046,7 +1049,7 @@ pub async fn run_authority_with_status(
         keys: Mutex::new(keys),
         push_failures: Mutex::new(HashMap::new()),
         round_failures: Mutex::new(HashMap::new()),
-        vote_pushes: crate::vote_gate::PushBudget::new(cfg.interval_secs() * 1000),
+        vote_pushes: crate::vote_gate::PushBudget::new(cfg.interval_secs() * 1000, cfg.limits.vote_push_burst),
         bind: cfg.node.address,
         tests: Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT_TESTS)),
         status_page: crate::server::StatusPage::new(cfg.network.authorities.clone()),
@@ -2226,20 +2229,29 @@ mod tests {
     fn a_full_descriptor_table_evicts_unproven_relays_never_proven_ones() {
         let (_, mut st) = three(false);
         let a = &mut st[0];
+        // `limits.max_relay_descriptors`, small here (20,000 by default).
+        const MAX: usize = 300;
+        a.policy.max_relay_descriptors = MAX;
         let now = T;
         let honest = key(96);
         a.accept_descriptor(desc(&honest, now, "192.0.2.96:9001"), now).unwrap();
         all_reachable(a, now);
-        for i in 0..MAX_DESCRIPTORS as u32 {
+        for i in 0..2 * MAX as u32 {
             let mut seed = [0u8; 32];
             seed[..4].copy_from_slice(&i.to_be_bytes());
             seed[31] = 2;
             let k = SigningKey::from_bytes(&seed);
             a.accept_descriptor(desc(&k, now, &format!("11.{}.{}.{}:9001", i >> 16, (i >> 8) & 255, i & 255)), now).expect("room is made");
         }
-        assert_eq!(a.descriptor_count(), MAX_DESCRIPTORS);
+        assert_eq!(a.descriptor_count(), MAX);
         assert!(a.reach_targets().iter().any(|t| t.identity == RelayId(honest.verifying_key().to_bytes())), "the proven relay stays");
         assert_eq!(a.accept_descriptor(desc(&key(97), now, "192.0.2.97:9001"), now), Ok(Accepted::New), "a new honest relay still gets in");
+        // Once every one held is proven, a newcomer is refused (and counted), none forgotten.
+        all_reachable(a, now);
+        let full = LIMITS.descriptors_full.load(std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(a.accept_descriptor(desc(&key(98), now, "192.0.2.98:9001"), now).map_err(|r| r.status), Err(503));
+        assert!(LIMITS.descriptors_full.load(std::sync::atomic::Ordering::Relaxed) > full);
+        assert_eq!(a.descriptor_count(), MAX);
     }
 
     /// Size of a synthetic 1,000-relay consensus and one authority's CPU time for a voting

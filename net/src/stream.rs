@@ -23,7 +23,8 @@ use tokio::task::AbortHandle;
 use crate::level_io::LevelIo;
 use crate::limits::memquota::{Held, HeldMem, CELL_MEM};
 
-/// Streams one circuit may carry at once.
+/// Streams one circuit may carry at once unless [`StreamMux::set_max_streams`] says otherwise
+/// (`limits.max_streams_per_circuit`).
 pub const MAX_STREAMS: usize = 1024;
 /// Cells a reader takes at most per socket read.
 const READ_BATCH: usize = 64;
@@ -266,6 +267,8 @@ pub struct StreamMux {
     flow: FlowParams,
     /// When the last circuit-level SENDME arrived (or the mux was made).
     last_circ_sendme: Instant,
+    /// Streams this circuit may carry at once.
+    max_streams: usize,
 }
 
 impl Default for StreamMux {
@@ -294,7 +297,13 @@ impl StreamMux {
             next_id: 1,
             flow,
             last_circ_sendme: Instant::now(),
+            max_streams: MAX_STREAMS,
         }
+    }
+
+    /// Streams this circuit may carry at once (at least one); over it [`Self::open`] refuses.
+    pub fn set_max_streams(&mut self, n: usize) {
+        self.max_streams = n.max(1);
     }
 
     /// Charges the stream data this circuit holds (read and not yet sent, received and not yet
@@ -319,7 +328,7 @@ impl StreamMux {
 
     /// Picks an unused stream id (client side).
     pub fn alloc_id(&mut self) -> Option<u16> {
-        if self.streams.len() >= MAX_STREAMS {
+        if self.streams.len() >= self.max_streams {
             return None;
         }
         loop {
@@ -337,7 +346,7 @@ impl StreamMux {
         if id == 0 || self.streams.contains_key(&id) {
             return Err(StreamError::DuplicateStream);
         }
-        if self.streams.len() >= MAX_STREAMS {
+        if self.streams.len() >= self.max_streams {
             return Err(StreamError::TooManyStreams);
         }
         self.closed.remove(&id);
@@ -807,6 +816,23 @@ mod tests {
         fn fill(&mut self, mux: &mut StreamMux, id: u16, n: u32, len: usize) -> Vec<(u16, RelayMsg)> {
             (0..n).flat_map(|_| mux.handle_msg(id, self.data(vec![1; len])).unwrap()).collect()
         }
+    }
+
+    /// `limits.max_streams_per_circuit`: once the circuit carries that many streams another is
+    /// refused (as too many, not as a protocol violation), and a closed one makes room.
+    #[tokio::test]
+    async fn streams_over_the_cap_are_refused_until_one_closes() {
+        let mut mux = StreamMux::default();
+        mux.set_max_streams(3);
+        for id in 1..=3 {
+            mux.open(id).unwrap();
+        }
+        assert!(matches!(mux.open(4), Err(StreamError::TooManyStreams)));
+        assert_eq!(mux.alloc_id(), None, "nor does this end pick an id");
+        assert!(matches!(mux.open(2), Err(StreamError::DuplicateStream)));
+        let _ = mux.close(2, EndReason::Done);
+        mux.open(4).unwrap();
+        assert_eq!(MAX_STREAMS, StreamMux::default().max_streams, "the default");
     }
 
     #[tokio::test]

@@ -36,6 +36,21 @@ use crate::RelayCtx;
 /// decision is told to both.
 struct Close(DestroyReason, Side);
 
+/// Opens stream `id` on `mux`: false (counted) if the circuit already carries
+/// `limits.max_streams_per_circuit` streams, which is answered END RESOURCELIMIT; a stream id
+/// in use is the peer's protocol violation.
+fn open_stream(mux: &mut StreamMux, id: u16) -> Result<bool, Close> {
+    match mux.open(id) {
+        Ok(()) => Ok(true),
+        Err(allium_net::stream::StreamError::TooManyStreams) => {
+            LimitCounters::hit(&LIMITS.streams_per_circuit);
+            METRICS.streams_failed.inc(stream_failure(EndReason::ResourceLimit));
+            Ok(false)
+        }
+        Err(_) => Err(Close(DestroyReason::Protocol, Side::Local)),
+    }
+}
+
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Side {
     Prev,
@@ -47,9 +62,6 @@ enum Side {
 /// An exit connection holds its place under `max_exit_connections` and in the open-streams gauge.
 type ExitResult = (u16, Result<(Holding<TcpStream, (OwnedSemaphorePermit, OpenGuard)>, std::net::IpAddr), EndReason>);
 type ResolveResult = (u16, Result<Vec<std::net::IpAddr>, EndReason>);
-
-/// Most RESOLVEs in flight on one circuit; more are answered with RESOURCELIMIT.
-const MAX_RESOLVES_IN_FLIGHT: usize = 32;
 
 /// RESOLVEs being answered: their stream ids (in use until RESOLVED is sent) and where the
 /// resolver tasks report.
@@ -130,9 +142,10 @@ impl RelayCircuit {
         let mut extending: Option<PendingExtend> = None;
         let mut mux = StreamMux::new(self.flow);
         mux.set_mem(self.prev_rx.held_mem());
+        mux.set_max_streams(self.ctx.limits.max_streams_per_circuit);
         let mut asm = MsgAssembler::default();
         let (exit_tx, mut exit_rx) = mpsc::channel::<ExitResult>(64);
-        let (resolve_tx, mut resolve_rx) = mpsc::channel::<ResolveResult>(MAX_RESOLVES_IN_FLIGHT);
+        let (resolve_tx, mut resolve_rx) = mpsc::channel::<ResolveResult>(self.ctx.limits.max_resolves_per_circuit);
         let mut resolves = Resolves { tx: resolve_tx, in_flight: Default::default() };
         let mut forwarded: u64 = 0;
         let (key, tx, mut hs_rx) = self.ctx.hs.new_circuit();
@@ -346,7 +359,9 @@ impl RelayCircuit {
                     METRICS.streams_failed.inc(stream_failure(EndReason::ResourceLimit));
                     return self.send_back(stream_id, &RelayMsg::End(EndReason::ResourceLimit)).await;
                 };
-                mux.open(stream_id).map_err(|_| Close(DestroyReason::Protocol, Side::Local))?;
+                if !open_stream(mux, stream_id)? {
+                    return self.send_back(stream_id, &RelayMsg::End(EndReason::ResourceLimit)).await;
+                }
                 let rules = self.ctx.exit.clone();
                 let tx = exit_tx.clone();
                 tokio::spawn(async move {
@@ -360,7 +375,9 @@ impl RelayCircuit {
                 if stream_id == 0 || next.is_some() || resolves.in_flight.contains(&stream_id) {
                     return Err(Close(DestroyReason::Protocol, Side::Local));
                 }
-                mux.open(stream_id).map_err(|_| Close(DestroyReason::Protocol, Side::Local))?;
+                if !open_stream(mux, stream_id)? {
+                    return self.send_back(stream_id, &RelayMsg::End(EndReason::ResourceLimit)).await;
+                }
                 let (ours, theirs) = tokio::io::duplex(crate::dir_cache::PIPE_BUFFER);
                 tokio::spawn(crate::dir_cache::serve(theirs, self.ctx.dir.clone()));
                 let step = self.send_back(stream_id, &RelayMsg::Connected { addr: None, ext: Default::default() }).await;
@@ -372,8 +389,12 @@ impl RelayCircuit {
                 if stream_id == 0 || next.is_some() || !resolves.in_flight.insert(stream_id) {
                     return Err(Close(DestroyReason::Protocol, Side::Local));
                 }
-                if !self.ctx.exit.policy.is_exit() || resolves.in_flight.len() > MAX_RESOLVES_IN_FLIGHT {
+                let over = resolves.in_flight.len() > self.ctx.limits.max_resolves_per_circuit;
+                if !self.ctx.exit.policy.is_exit() || over {
                     let reason = if self.ctx.exit.policy.is_exit() { EndReason::ResourceLimit } else { EndReason::ExitPolicy };
+                    if self.ctx.exit.policy.is_exit() {
+                        LimitCounters::hit(&LIMITS.resolves_per_circuit);
+                    }
                     resolves.in_flight.remove(&stream_id);
                     return self.send_back(stream_id, &RelayMsg::Resolved { result: Err(reason), ext: Default::default() }).await;
                 }
@@ -418,7 +439,10 @@ impl RelayCircuit {
                 let (reply, _old) = r.map_err(|e| {
                     tracing::debug!("ESTABLISH_INTRO refused: {e}");
                     match e {
-                        allium_proto::hs::intro_point::IntroPointError::Full => Close(DestroyReason::ResourceLimit, Side::Local),
+                        allium_proto::hs::intro_point::IntroPointError::Full => {
+                            LimitCounters::hit(&LIMITS.intro_circuits_full);
+                            Close(DestroyReason::ResourceLimit, Side::Local)
+                        }
                         _ => protocol(),
                     }
                 })?;
@@ -455,7 +479,10 @@ impl RelayCircuit {
                 let reply = r.map_err(|e| {
                     tracing::debug!("ESTABLISH_RENDEZVOUS refused: {e}");
                     match e {
-                        allium_proto::hs::rend_point::RendPointError::Full => Close(DestroyReason::ResourceLimit, Side::Local),
+                        allium_proto::hs::rend_point::RendPointError::Full => {
+                            LimitCounters::hit(&LIMITS.rendezvous_cookies_full);
+                            Close(DestroyReason::ResourceLimit, Side::Local)
+                        }
                         _ => protocol(),
                     }
                 })?;

@@ -74,9 +74,10 @@ impl DirCache {
         DirCache { inner: Mutex::new(cache), compressed: Mutex::new(None), diff: Mutex::new(None), own_id: None, hsdir: HsDir::default(), previous: Mutex::new(None), relay_ips: std::sync::RwLock::new(relay_ips), rings: Mutex::new(Vec::new()) }
     }
 
-    /// The cache of the relay `id` (which serves descriptors while flagged HSDir).
-    pub fn with_identity(cache: ConsensusCache, id: RelayId) -> Self {
-        DirCache { own_id: Some(id), ..Self::new(cache) }
+    /// The cache of the relay `id` (which serves descriptors, into `hsdir`, while flagged
+    /// HSDir).
+    pub fn with_identity(cache: ConsensusCache, id: RelayId, hsdir: HsDir) -> Self {
+        DirCache { own_id: Some(id), hsdir, ..Self::new(cache) }
     }
 
     /// Whether the live consensus `live`, or the one before it, flags this relay HSDir (a
@@ -342,7 +343,7 @@ mod tests {
         for (n, relay) in relays.iter().enumerate() {
             let dir = std::env::temp_dir().join(format!("allium-dircache-hsdir-{}-{n}", std::process::id()));
             std::fs::create_dir_all(&dir).unwrap();
-            let cache = Arc::new(DirCache::with_identity(ConsensusCache::new(&dir, true), relay.identity));
+            let cache = Arc::new(DirCache::with_identity(ConsensusCache::new(&dir, true), relay.identity, HsDir::default()));
             let mut nd = NetDir::from_text(&c.encode(), &ids, now).unwrap();
             let mds: String = relays.iter().map(|r| Microdesc::of_relay(r).encode()).collect();
             nd.add_microdescs(&mds);

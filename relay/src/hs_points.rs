@@ -47,6 +47,12 @@ pub struct HsPoints {
 }
 
 impl HsPoints {
+    /// Tables of at most `limits.max_intro_circuits` introduction circuits and
+    /// `limits.max_rendezvous_cookies` waiting cookies.
+    pub fn with_limits(limits: &allium_net::limits::LimitsConfig) -> Self {
+        HsPoints { intro: Mutex::new(IntroPointTable::new(limits.max_intro_circuits)), rend: Mutex::new(RendPointTable::new(limits.max_rendezvous_cookies)), ..Default::default() }
+    }
+
     /// A fresh key and event queue for a new circuit.
     pub fn new_circuit(&self) -> (CircKey, mpsc::Sender<HsEvent>, mpsc::Receiver<HsEvent>) {
         let key = CircKey(self.next_key.fetch_add(1, Ordering::Relaxed));

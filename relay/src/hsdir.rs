@@ -20,10 +20,6 @@ use allium_proto::hs::{HsDirStore, StoreError, Stored, TimePeriod};
 
 /// The path of descriptor uploads; fetches append `/<64 hex digits>`.
 pub const HS_DESCRIPTOR_PATH: &str = "/allium/v1/hs/descriptor";
-/// Most descriptors an HSDir holds.
-pub const MAX_DESCRIPTORS: usize = 10_000;
-/// Most bytes of descriptor text an HSDir holds.
-pub const MAX_DESCRIPTOR_BYTES: usize = 50 * 1024 * 1024;
 /// Expired descriptors are dropped at least this often (when requests come).
 const EXPIRE_EVERY_SECS: u64 = 60;
 
@@ -36,11 +32,17 @@ pub struct HsDir {
 
 impl Default for HsDir {
     fn default() -> Self {
-        Self::new(MAX_DESCRIPTORS, MAX_DESCRIPTOR_BYTES)
+        Self::with_limits(&allium_net::limits::LimitsConfig::default())
     }
 }
 
 impl HsDir {
+    /// A cache holding at most `limits.hsdir_max_descriptors` descriptors and
+    /// `limits.hsdir_max_mib` of descriptor text.
+    pub fn with_limits(limits: &allium_net::limits::LimitsConfig) -> Self {
+        Self::new(limits.hsdir_max_descriptors, limits.hsdir_max_bytes())
+    }
+
     pub fn new(max_entries: usize, max_bytes: usize) -> Self {
         HsDir {
             inner: Mutex::new((HsDirStore::new(DEFAULT_PERIOD_SECS, max_entries, max_bytes), 0)),

@@ -107,9 +107,6 @@ pub struct RelayCtx {
     pub inject_from_middle: Option<circuit::Injection>,
 }
 
-/// CREATE handshake messages remembered by the replay filter (8 bytes each, plus the set).
-const REPLAY_MEMORY: usize = 65_536;
-
 /// A relay with its config and keys, not yet running.
 pub struct InertRelay {
     cfg: RelayConfig,
@@ -132,8 +129,8 @@ impl InertRelay {
         onion.apply_schedule(&cfg.node.data_dir, &rotation, unix_now())?;
         let authorities: Vec<RelayId> = cfg.network.authorities.iter().map(|a| a.identity).collect();
         let saved = allium_directory::ConsensusCache::load(&cfg.node.data_dir, &authorities, cfg.network.dangerous_testnet, unix_now());
-        let dir = Arc::new(dir_cache::DirCache::with_identity(saved, keys.relay_id()));
         let limits = cfg.limits.clone();
+        let dir = Arc::new(dir_cache::DirCache::with_identity(saved, keys.relay_id(), hsdir::HsDir::with_limits(&limits)));
         let relays = dir.clone();
         let or_conns = ConnLimiter::with_exemption(limits.connections(), limits.max_connections_per_address, Box::new(move |ip| relays.is_relay_address(ip)));
         let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
@@ -143,7 +140,7 @@ impl InertRelay {
             or_conns,
             client_circuits: ConnLimiter::counting(usize::MAX, limits.max_circuits_per_address, &LIMITS.circuits_per_address, &LIMITS.circuits_per_address),
             create_rates: Mutex::new(AddrBuckets::new(limits.create_rate_per_address, limits.create_burst_per_address, limits.create_defense())),
-            replays: Mutex::new(handshakes::ReplayFilter::new(REPLAY_MEMORY)),
+            replays: Mutex::new(handshakes::ReplayFilter::new(limits.create_replay_memory)),
             handshakes: handshakes::HandshakePool::new(workers, limits.handshake_queue, limits.handshake_queue_delay()),
             exit_conns: Arc::new(tokio::sync::Semaphore::new(limits.exit_connections())),
             limits,
@@ -156,7 +153,7 @@ impl InertRelay {
                 own: exit::ExitRules::own_addresses(cfg.node.address, cfg.relay.advertise_address.map(|a| a.ip())),
             },
             testnet: cfg.network.dangerous_testnet,
-            hs: Default::default(),
+            hs: Arc::new(hs_points::HsPoints::with_limits(&cfg.limits)),
             corrupt_after: cfg.relay.dangerous_test_corrupt_after,
             blackhole: cfg.relay.dangerous_test_blackhole,
             duplicate_introduce2: cfg.relay.dangerous_test_duplicate_introduce2,
@@ -324,8 +321,7 @@ fn admit_create(ctx: &RelayCtx, chan: &Channel, cell: &Cell) -> Result<Option<Co
     // A CREATE that fits one cell is checked for a replay here, before a circuit or a task
     // exists for it (a longer one after reassembly, in `create`).
     if let Some(msg) = single_cell_create(cell) {
-        if !ctx.replays.lock().unwrap_or_else(|e| e.into_inner()).first_time(msg) {
-            tracing::debug!("CREATE refused: a replayed handshake");
+        if ctx.replayed(msg) {
             return Err(DestroyReason::Protocol);
         }
     }
@@ -354,6 +350,19 @@ fn single_cell_create(cell: &Cell) -> Option<&[u8]> {
     (bytes.len() == hdr.total_len).then_some(bytes)
 }
 
+impl RelayCtx {
+    /// Whether a CREATE's handshake message is among the last `limits.create_replay_memory`
+    /// seen (then it is refused: counted, logged at debug); remembers it otherwise.
+    fn replayed(&self, msg: &[u8]) -> bool {
+        let replay = !self.replays.lock().unwrap_or_else(|e| e.into_inner()).first_time(msg);
+        if replay {
+            LimitCounters::hit(&LIMITS.create_replays);
+            tracing::debug!("CREATE refused: a replayed handshake");
+        }
+        replay
+    }
+}
+
 /// Answers a CREATE: reassembles it, runs the server side of ntor, sends CREATED.
 async fn create(ctx: &Arc<RelayCtx>, chan: &Channel, first: &Cell, rx: &mut allium_net::cell_queue::CellReceiver) -> Result<(RelayCrypto, HopKeys, EarlyGate, FlowParams), DestroyReason> {
     let (hdr, msg) = circuit::read_create(first, rx).await?;
@@ -361,8 +370,7 @@ async fn create(ctx: &Arc<RelayCtx>, chan: &Channel, first: &Cell, rx: &mut alli
     if hdr.htype != HTYPE_NTOR {
         return Err(DestroyReason::Protocol);
     }
-    if single_cell_create(first).is_none() && !ctx.replays.lock().unwrap_or_else(|e| e.into_inner()).first_time(&msg) {
-        tracing::debug!("CREATE refused: a replayed handshake");
+    if single_cell_create(first).is_none() && ctx.replayed(&msg) {
         return Err(DestroyReason::Protocol);
     }
     let mut server_ext = Vec::new();

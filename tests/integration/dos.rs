@@ -297,6 +297,45 @@ async fn a26_begin_flood_on_one_circuit_gets_resource_limit() {
     );
 }
 
+/// `limits.max_streams_per_circuit`: BEGINs beyond the streams a circuit may carry get END
+/// RESOURCELIMIT (counted), the circuit stays usable, and another circuit is unaffected.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a26_streams_beyond_the_circuit_cap_get_resource_limit() {
+    let target = crate::support::http::FileServer::start(vec![("/x", b"x".to_vec())]);
+    let r = relay(
+        "a26s",
+        "max_streams_per_circuit = 4",
+        "[exit]\nenabled = true\npolicy = [\"accept *:*\"]",
+    )
+    .await;
+    let pool = ChannelPool::new(HONEST, None);
+    let c = circuit::build(&pool, &[&r])
+        .await
+        .expect("a circuit to the exit");
+    let before = LIMITS.streams_per_circuit.load(Ordering::Relaxed);
+    // All 10 stay open until every answer is in: at most 4 are CONNECTED.
+    let outcomes = begin_many(&c, target.addr(), 10).await;
+    let connected = outcomes.iter().filter(|o| o.is_ok()).count();
+    let limited = outcomes
+        .iter()
+        .filter(|o| **o == Err(EndReason::ResourceLimit))
+        .count();
+    assert_eq!(
+        (connected, limited),
+        (4, 6),
+        "4 CONNECTED, the rest END(RESOURCELIMIT): {outcomes:?}"
+    );
+    assert!(LIMITS.streams_per_circuit.load(Ordering::Relaxed) >= before + 6);
+    let other = circuit::build(&pool, &[&r]).await.expect("another circuit");
+    assert!(
+        begin_many(&other, target.addr(), 4)
+            .await
+            .iter()
+            .all(|o| o.is_ok()),
+        "another circuit is unaffected"
+    );
+}
+
 /// Sends `n` BEGINs to `target` on `c` at once (each with an application socket of its own)
 /// and returns how each ended.
 async fn begin_many(

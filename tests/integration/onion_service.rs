@@ -290,7 +290,7 @@ async fn joined(serve: bool) -> (CircHandle, CircHandle, tokio::sync::mpsc::Rece
     let r1 = RelayMsg::Rendezvous1 { cookie, hdata: out.reply.to_vec(), ext: Default::default() };
     let (tx, rx) = tokio::sync::mpsc::channel(4);
     if serve {
-        svc.join_as_service(r1, rendezvous::service_end_keys(&out.keys), tx).await.unwrap();
+        svc.join_as_service(r1, rendezvous::service_end_keys(&out.keys), tx, allium_net::stream::MAX_STREAMS).await.unwrap();
     } else {
         svc.send_control(r1).await.unwrap();
         svc.add_virtual_hop(rendezvous::service_end_keys(&out.keys)).await.unwrap();

@@ -67,7 +67,7 @@ async fn join(state: &ClientState, dir: &NetDir, acc: Accepted) -> Result<(crate
     let circ = state.circuits.to_relay(dir, &rp).await.map_err(|e| RendFailure::Circuit(e.to_string()))?;
     let (tx, rx) = mpsc::channel(STREAM_QUEUE);
     let r1 = RelayMsg::Rendezvous1 { cookie: acc.content.cookie, hdata: acc.outcome.reply.to_vec(), ext: Extensions::none() };
-    circ.join_as_service(r1, rendezvous::service_end_keys(&acc.outcome.keys), tx).await.map_err(|e| RendFailure::Circuit(e.to_string()))?;
+    circ.join_as_service(r1, rendezvous::service_end_keys(&acc.outcome.keys), tx, state.limits.max_streams_per_circuit).await.map_err(|e| RendFailure::Circuit(e.to_string()))?;
     Ok((circ, rx))
 }
 

@@ -80,6 +80,26 @@ counters! {
     hsdir_not_responsible,
     /// Descriptors an HSDir evicted (the longest stored) to make room for an upload.
     hsdir_evictions,
+    /// Relay descriptors an authority refused (503): it held `max_relay_descriptors`, every
+    /// one proven reachable.
+    descriptors_full,
+    /// CREATEs a relay refused as replays (a handshake message among the last
+    /// `create_replay_memory` it saw).
+    create_replays,
+    /// BEGINs and BEGIN_DIRs refused (END RESOURCELIMIT): the circuit already carried
+    /// `max_streams_per_circuit` streams.
+    streams_per_circuit,
+    /// RESOLVEs refused (RESOLVED RESOURCELIMIT): `max_resolves_per_circuit` were in flight.
+    resolves_per_circuit,
+    /// SOCKS and HTTP CONNECT connections closed: no whole request within
+    /// `request_timeout_secs`.
+    request_timeouts,
+    /// ESTABLISH_INTROs refused (DESTROY RESOURCELIMIT): the relay served
+    /// `max_intro_circuits` introduction circuits.
+    intro_circuits_full,
+    /// ESTABLISH_RENDEZVOUS refused (DESTROY RESOURCELIMIT): `max_rendezvous_cookies` cookies
+    /// were waiting.
+    rendezvous_cookies_full,
 }
 
 impl LimitCounters {

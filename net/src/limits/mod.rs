@@ -82,6 +82,28 @@ pub struct LimitsConfig {
     /// Relays an authority lists per IP address (more descriptors for one address are refused
     /// unless one there was never proven reachable, which is then forgotten).
     pub max_relays_per_address: usize,
+    /// Relay descriptors an authority holds in all (when full it forgets expired ones, then
+    /// ones never proven reachable, and refuses only if every one held is proven).
+    pub max_relay_descriptors: usize,
+    /// Refused vote pushes naming one voter allowed in a row before pushes naming it are
+    /// refused unparsed (refilled by one per voting interval).
+    pub vote_push_burst: u64,
+    /// CREATE handshake messages a relay remembers to refuse replays of.
+    pub create_replay_memory: usize,
+    /// Streams one circuit may carry at once (at a relay and at an onion service).
+    pub max_streams_per_circuit: usize,
+    /// RESOLVEs one circuit may have in flight at an exit.
+    pub max_resolves_per_circuit: usize,
+    /// Onion-service descriptors an HSDir stores, in count and in MiB (over either it evicts
+    /// the longest stored).
+    pub hsdir_max_descriptors: usize,
+    pub hsdir_max_mib: u64,
+    /// Seconds a SOCKS or HTTP CONNECT client has to send its whole request.
+    pub request_timeout_secs: u64,
+    /// Introduction circuits (one per service key) a relay serves as introduction point.
+    pub max_intro_circuits: usize,
+    /// Cookies waiting at a relay as rendezvous point.
+    pub max_rendezvous_cookies: usize,
 }
 
 impl Default for LimitsConfig {
@@ -107,6 +129,16 @@ impl Default for LimitsConfig {
             max_exit_connections: 0,
             max_queued_mib: 48,
             max_relays_per_address: 2,
+            max_relay_descriptors: 20_000,
+            vote_push_burst: 3,
+            create_replay_memory: 65_536,
+            max_streams_per_circuit: 1024,
+            max_resolves_per_circuit: 32,
+            hsdir_max_descriptors: 10_000,
+            hsdir_max_mib: 50,
+            request_timeout_secs: 30,
+            max_intro_circuits: 10_000,
+            max_rendezvous_cookies: 10_000,
         }
     }
 }
@@ -141,6 +173,16 @@ impl LimitsConfig {
         within("max_exit_connections", self.max_exit_connections as u64, 0, 1_000_000)?;
         within("max_queued_mib", self.max_queued_mib, 1, 1 << 20)?;
         within("max_relays_per_address", self.max_relays_per_address as u64, 1, 1_000_000)?;
+        within("max_relay_descriptors", self.max_relay_descriptors as u64, 1, 1_000_000)?;
+        within("vote_push_burst", self.vote_push_burst, 1, 1_000)?;
+        within("create_replay_memory", self.create_replay_memory as u64, 1, 16_777_216)?;
+        within("max_streams_per_circuit", self.max_streams_per_circuit as u64, 1, 65_535)?;
+        within("max_resolves_per_circuit", self.max_resolves_per_circuit as u64, 1, 65_535)?;
+        within("hsdir_max_descriptors", self.hsdir_max_descriptors as u64, 1, 10_000_000)?;
+        within("hsdir_max_mib", self.hsdir_max_mib, 1, 1 << 20)?;
+        within("request_timeout_secs", self.request_timeout_secs, 1, 3600)?;
+        within("max_intro_circuits", self.max_intro_circuits as u64, 1, 10_000_000)?;
+        within("max_rendezvous_cookies", self.max_rendezvous_cookies as u64, 1, 10_000_000)?;
         Ok(())
     }
 
@@ -193,6 +235,15 @@ impl LimitsConfig {
     pub fn handshake_queue_delay(&self) -> Duration {
         Duration::from_millis(self.handshake_queue_delay_ms)
     }
+
+    pub fn request_timeout(&self) -> Duration {
+        Duration::from_secs(self.request_timeout_secs)
+    }
+
+    /// The HSDir's byte budget.
+    pub fn hsdir_max_bytes(&self) -> usize {
+        (self.hsdir_max_mib as usize).saturating_mul(1 << 20)
+    }
 }
 
 #[cfg(test)]
@@ -209,6 +260,25 @@ mod tests {
         assert_eq!(c.create_burst_per_address, 90, "unset keys keep their defaults");
         assert!(toml::from_str::<LimitsConfig>("bogus = 1").is_err());
         assert!(LimitsConfig::default().connections() >= 64);
+        // Every key refuses a value past its bounds, naming itself.
+        for (key, bad) in [
+            ("max_relay_descriptors", "0"),
+            ("vote_push_burst", "1001"),
+            ("create_replay_memory", "0"),
+            ("max_streams_per_circuit", "65536"),
+            ("max_resolves_per_circuit", "0"),
+            ("hsdir_max_descriptors", "0"),
+            ("hsdir_max_mib", "0"),
+            ("request_timeout_secs", "0"),
+            ("max_intro_circuits", "0"),
+            ("max_rendezvous_cookies", "0"),
+        ] {
+            let c: LimitsConfig = toml::from_str(&format!("{key} = {bad}")).unwrap();
+            assert!(c.validate().unwrap_err().to_string().contains(&format!("limits.{key}")), "{key}");
+        }
+        let d = LimitsConfig::default();
+        assert_eq!((d.max_streams_per_circuit, d.max_resolves_per_circuit, d.request_timeout()), (1024, 32, Duration::from_secs(30)));
+        assert_eq!(d.hsdir_max_bytes(), 50 << 20);
     }
 
     /// Links between relays outlive client links by default (an hour against 3 minutes), each
