@@ -62,8 +62,17 @@ fn main() {
     rt.block_on(run(&net));
     drop(net);
     // The introduction flood on a network of its own, untouched by the attacks above.
-    let net = support::testnet::Testnet::start(&[]);
-    rt.block_on(intro_flood(&net));
+    if wanted("A29") {
+        let net = support::testnet::Testnet::start(&[]);
+        rt.block_on(intro_flood(&net));
+    }
+}
+
+/// Whether to run the attack tagged `tag`: all of them, or those whose tag holds one of the
+/// words given after `--` (`cargo bench --bench flood -- A25 A27`).
+fn wanted(tag: &str) -> bool {
+    let words: Vec<String> = std::env::args().skip(1).filter(|a| !a.starts_with("--")).collect();
+    words.is_empty() || words.iter().any(|w| tag.contains(w.as_str()))
 }
 
 async fn run(net: &support::testnet::Testnet) {
@@ -83,63 +92,70 @@ async fn run(net: &support::testnet::Testnet) {
     println!("\n| attack | RSS before / during / after (MiB) | honest build median, p99 (ms) | dir round trip p99 (ms) | attacker got |");
     println!("|---|---|---|---|---|");
 
-    // A24: many idle authenticated links, from many addresses (each at its per-address cap)
-    // and one address far over it.
-    let before = rss_mib(pid);
-    let (links, refused) = link_flood(&target).await;
-    let during = measure(&honest, &target, &existing).await;
-    let rss_during = rss_mib(pid);
-    let open = links.len();
-    // A Channel's own tasks hold it open: close each link, not just the handles.
-    links.iter().for_each(Channel::close);
-    drop(links);
-    let after = settle_rss(pid, before).await;
-    row("A24 idle links", before, rss_during, after, &during, &format!("{open} links held, {refused} closed at once"));
-
-    // A23/A25: one captured CREATE replayed on many circuit ids.
-    let before = rss_mib(pid);
-    let (answered, created) = replay_flood(&target).await;
-    let during = measure(&honest, &target, &existing).await;
-    let rss_during = rss_mib(pid);
-    let after = settle_rss(pid, before).await;
-    row("A23 one CREATE replayed", before, rss_during, after, &during, &format!("{created} CREATED of {answered} answered ({REPLAYS} sent)"));
-
-    // A25: fresh, valid CREATEs from 40 addresses (one link each, many in flight), each
-    // circuit destroyed once CREATED, for a fixed time. The attacker does no public-key work
-    // during the flood (its messages are made beforehand), so the relay's handshake threads
-    // set the rate.
-    let messages = handshake_messages(&target);
-    let before = rss_mib(pid);
-    let cpu_before = cpu_secs(pid);
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let (done, refused) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
-    let started = Instant::now();
-    let (links, flood) = handshake_flood(&target, messages, stop.clone(), done.clone(), refused.clone()).await;
-    let during = measure(&honest, &target, &existing).await;
-    let rss_during = rss_mib(pid);
-    tokio::time::sleep(HANDSHAKE_FLOOD.saturating_sub(started.elapsed())).await;
-    stop.store(true, Ordering::Relaxed);
-    for t in flood {
-        let _ = t.await;
+    if wanted("A24") {
+        // A24: many idle authenticated links, from many addresses (each at its per-address cap)
+        // and one address far over it.
+        let before = rss_mib(pid);
+        let (links, refused) = link_flood(&target).await;
+        let during = measure(&honest, &target, &existing).await;
+        let rss_during = rss_mib(pid);
+        let open = links.len();
+        // A Channel's own tasks hold it open: close each link, not just the handles.
+        links.iter().for_each(Channel::close);
+        drop(links);
+        let after = settle_rss(pid, before).await;
+        row("A24 idle links", before, rss_during, after, &during, &format!("{open} links held, {refused} closed at once"));
     }
-    let secs = started.elapsed().as_secs_f64();
-    let cpu = cpu_secs(pid) - cpu_before;
-    links.iter().for_each(|l| l.close());
-    let after = settle_rss(pid, before).await;
-    let created = done.load(Ordering::Relaxed) as f64;
-    row(
-        "A25 handshake flood",
-        before,
-        rss_during,
-        after,
-        &during,
-        &format!(
-            "{:.0} CREATED/s for {secs:.0} s ({} refused); the relay used {cpu:.1} CPU-s: {:.0} CREATED per relay CPU-second (links, cells and all)",
-            created / secs,
-            refused.load(Ordering::Relaxed),
-            created / cpu.max(0.01)
-        ),
-    );
+
+    if wanted("A23") {
+        // A23/A25: one captured CREATE replayed on many circuit ids.
+        let before = rss_mib(pid);
+        let (answered, created) = replay_flood(&target).await;
+        let during = measure(&honest, &target, &existing).await;
+        let rss_during = rss_mib(pid);
+        let after = settle_rss(pid, before).await;
+        row("A23 one CREATE replayed", before, rss_during, after, &during, &format!("{created} CREATED of {answered} answered ({REPLAYS} sent)"));
+    }
+
+    if wanted("A25") {
+        // A25: fresh, valid CREATEs from 40 addresses (one link each, many in flight), each
+        // circuit destroyed once CREATED, for a fixed time. The attacker does no public-key work
+        // during the flood (its messages are made beforehand), so the relay's handshake threads
+        // set the rate.
+        let messages = handshake_messages(&target);
+        let before = rss_mib(pid);
+        let (cpu_before, hs_cpu_before) = (cpu_secs(pid), thread_cpu_secs(pid, "handshake"));
+        let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (done, refused) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
+        let started = Instant::now();
+        let (links, flood) = handshake_flood(&target, messages, stop.clone(), done.clone(), refused.clone()).await;
+        let during = measure(&honest, &target, &existing).await;
+        let rss_during = rss_mib(pid);
+        tokio::time::sleep(HANDSHAKE_FLOOD.saturating_sub(started.elapsed())).await;
+        stop.store(true, Ordering::Relaxed);
+        for t in flood {
+            let _ = t.await;
+        }
+        let secs = started.elapsed().as_secs_f64();
+        let (cpu, hs_cpu) = (cpu_secs(pid) - cpu_before, thread_cpu_secs(pid, "handshake") - hs_cpu_before);
+        links.iter().for_each(|l| l.close());
+        let after = settle_rss(pid, before).await;
+        let created = done.load(Ordering::Relaxed) as f64;
+        row(
+            "A25 handshake flood",
+            before,
+            rss_during,
+            after,
+            &during,
+            &format!(
+                "{:.0} CREATED/s for {secs:.0} s ({} refused); relay CPU {cpu:.1} s, of which handshake threads {hs_cpu:.1} s: {:.0} CREATED per handshake-thread CPU-second, {:.0} per relay CPU-second (links, cells and circuits too)",
+                created / secs,
+                refused.load(Ordering::Relaxed),
+                created / hs_cpu.max(0.01),
+                created / cpu.max(0.01)
+            ),
+        );
+    }
 
     // A27: a client builds circuits through the target to an exit, starts downloads on them and
     // stops reading its link to the target (a proxy in front of it stops taking the target's
@@ -147,51 +163,58 @@ async fn run(net: &support::testnet::Testnet) {
     // Against another relay than the attacks above (their memory is not all returned to the
     // system), as the first hop.
     let exit = dir.relays().into_iter().find(|r| r.policy.is_exit() && r.identity != target.identity).expect("an exit").clone();
-    let first_target = target.identity;
-    let target = dir.relays().into_iter().find(|r| !r.policy.is_exit() && r.identity != target.identity).expect("another relay").clone();
-    let node = net.nodes.iter().find(|n| n.addr == target.address).expect("the target's node");
-    let pid = node.pid;
-    let existing = circuit::build(&honest, &[&target]).await.expect("a circuit to the second target");
-    let idle = measure(&honest, &target, &existing).await;
-    println!("| (second target {}: idle) | {:.1} | {} | {} | |", node.name, rss_mib(pid), idle.builds, idle.rtt);
-    let files = support::http::FileServer::start(vec![("/big", support::http::pseudo_random(8 << 20, 27))]);
-    let (proxy, stall) = support::proxy::stalling_proxy(target.address).await;
-    let via_proxy = ConsensusRelay { address: proxy, ..target.clone() };
-    let before = rss_mib(pid);
-    let sniper = ChannelPool::new(IpAddr::from([127, 0, 0, 66]), None);
-    let (mut held, mut circuits) = (Vec::new(), Vec::new());
-    for _ in 0..SNIPER_CIRCUITS {
-        let Ok(c) = circuit::build(&sniper, &[&via_proxy, &exit]).await else { continue };
-        for _ in 0..2 {
-            if let Ok(app) = support::streams::begin(&c, files.addr()).await {
-                held.push(app);
+    let second = dir.relays().into_iter().find(|r| !r.policy.is_exit() && r.identity != target.identity).expect("another relay").clone();
+    let (first_target, second_target) = (target.identity, second.identity);
+    if wanted("A27") {
+        let target = second;
+        let node = net.nodes.iter().find(|n| n.addr == target.address).expect("the target's node");
+        let pid = node.pid;
+        let existing = circuit::build(&honest, &[&target]).await.expect("a circuit to the second target");
+        let idle = measure(&honest, &target, &existing).await;
+        println!("| (second target {}: idle) | {:.1} | {} | {} | |", node.name, rss_mib(pid), idle.builds, idle.rtt);
+        let files = support::http::FileServer::start(vec![("/big", support::http::pseudo_random(8 << 20, 27))]);
+        let (proxy, stall) = support::proxy::stalling_proxy(target.address).await;
+        let via_proxy = ConsensusRelay { address: proxy, ..target.clone() };
+        let before = rss_mib(pid);
+        let sniper = ChannelPool::new(IpAddr::from([127, 0, 0, 66]), None);
+        let (mut held, mut circuits) = (Vec::new(), Vec::new());
+        for _ in 0..SNIPER_CIRCUITS {
+            let Ok(c) = circuit::build(&sniper, &[&via_proxy, &exit]).await else { continue };
+            for _ in 0..2 {
+                if let Ok(app) = support::streams::begin(&c, files.addr()).await {
+                    held.push(app);
+                }
             }
+            circuits.push(c);
         }
-        circuits.push(c);
-    }
-    stall.send_replace(true);
-    let streams = held.len();
-    for app in held.iter_mut() {
-        let _ = app.write_all(b"GET /big HTTP/1.0\r\n\r\n").await;
-    }
-    tokio::time::sleep(Duration::from_secs(5)).await;
-    let during = measure(&honest, &target, &existing).await;
-    let rss_during = rss_mib(pid);
-    drop((held, circuits));
-    let after = settle_rss(pid, before).await;
-    // The relay reports the limits that acted once a minute.
-    let deadline = Instant::now() + Duration::from_secs(70);
-    while !net.node_log(&node.name).contains("oom_") && Instant::now() < deadline {
-        tokio::time::sleep(Duration::from_millis(500)).await;
-    }
-    let acted = net.node_log(&node.name).lines().filter(|l| l.contains("limits acted")).map(|l| l.split("s: ").last().unwrap_or("").to_string()).collect::<Vec<_>>().join("; ");
-    let acted = if acted.is_empty() { "none within 70 s".to_string() } else { acted };
-    row("A27 stalled reader", before, rss_during, after, &during, &format!("{streams} downloads on {SNIPER_CIRCUITS} circuits stalled (default budget {} MiB); target's limits report: {acted}", allium_net::limits::LimitsConfig::default().max_queued_mib));
+        stall.send_replace(true);
+        let streams = held.len();
+        for app in held.iter_mut() {
+            let _ = app.write_all(b"GET /big HTTP/1.0\r\n\r\n").await;
+        }
+        tokio::time::sleep(Duration::from_secs(5)).await;
+        let during = measure(&honest, &target, &existing).await;
+        let rss_during = rss_mib(pid);
+        drop((held, circuits));
+        let after = settle_rss(pid, before).await;
+        // The relay reports the limits that acted once a minute.
+        let deadline = Instant::now() + Duration::from_secs(70);
+        while !net.node_log(&node.name).contains("oom_") && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        let acted = net.node_log(&node.name).lines().filter(|l| l.contains("limits acted")).map(|l| l.split("s: ").last().unwrap_or("").to_string()).collect::<Vec<_>>().join("; ");
+        let acted = if acted.is_empty() { "none within 70 s".to_string() } else { acted };
+        row("A27 stalled reader", before, rss_during, after, &during, &format!("{streams} downloads on {SNIPER_CIRCUITS} circuits stalled (default budget {} MiB); target's limits report: {acted}", allium_net::limits::LimitsConfig::default().max_queued_mib));
 
-    println!("\nidle honest build {}, dir round trip {}", idle.builds, idle.rtt);
+        println!("\nidle honest build {}, dir round trip {}", idle.builds, idle.rtt);
+    }
 
-    hsdir_flood::run(net, &dir, &[first_target, target.identity]).await;
-    dir_attacks::run(net, &cfg.network).await;
+    if wanted("HSDir") {
+        hsdir_flood::run(net, &dir, &[first_target, second_target]).await;
+    }
+    if wanted("directory") {
+        dir_attacks::run(net, &cfg.network).await;
+    }
 }
 
 /// Attacker tasks in the introduction flood, and how long it lasts.
@@ -246,7 +269,23 @@ async fn intro_flood(net: &support::testnet::Testnet) {
 
 /// CPU seconds (user + system) `pid` has used.
 fn cpu_secs(pid: u32) -> f64 {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    stat_cpu_secs(&format!("/proc/{pid}/stat"))
+}
+
+/// CPU seconds the threads of `pid` whose name starts with `prefix` have used (threads that
+/// ended are not counted).
+fn thread_cpu_secs(pid: u32, prefix: &str) -> f64 {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return 0.0 };
+    tasks
+        .flatten()
+        .filter(|t| std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.starts_with(prefix)))
+        .map(|t| stat_cpu_secs(&t.path().join("stat").to_string_lossy()))
+        .sum()
+}
+
+/// utime + stime of a `/proc/.../stat` file, in seconds.
+fn stat_cpu_secs(path: &str) -> f64 {
+    let stat = std::fs::read_to_string(path).unwrap_or_default();
     // Fields after the command name (which is in parentheses and may hold spaces).
     let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
     let f: Vec<&str> = rest.split_whitespace().collect();

@@ -191,6 +191,7 @@ pub async fn run(cfg: ClientConfig, _keys: NodeKeys) -> Result<(), ClientError> 
     let bootstrap = Arc::new(Bootstrap::new());
     let pool = ChannelPool::new(cfg.node.address, None);
     pool.set_idle_timeout(cfg.limits.link_idle_timeout());
+    pool.set_write_timeout(cfg.limits.link_write_timeout());
     pool.set_mem_quota(allium_net::limits::memquota::MemQuota::new(cfg.limits.max_queued_bytes()));
     let circuits = circmgr::CircMgr::new(pool, Some(cfg.node.data_dir.clone()), bootstrap.clone());
     let app_conns = allium_net::limits::conn::ConnLimiter::new(cfg.limits.connections(), cfg.limits.max_connections_per_address);

@@ -102,10 +102,17 @@ struct Shared {
     /// About when the oldest of them was queued: the [`stamp`] of the last cell the writer
     /// took (those after it are younger), or of the first cell queued into an empty queue.
     out_since: AtomicU32,
+    /// How long a write may wait for the peer to take a byte before the link is closed, in
+    /// milliseconds ([`Channel::set_write_timeout`]).
+    write_timeout_ms: AtomicU64,
     me: Weak<Shared>,
 }
 
 impl Shared {
+    fn write_timeout(&self) -> Duration {
+        Duration::from_millis(self.write_timeout_ms.load(Ordering::Relaxed))
+    }
+
     /// Charges one cell bound for the writer; undone on drop unless the writer took it.
     fn charge_out(&self) -> OutCharge<'_> {
         if self.out_cells.fetch_add(1, Ordering::Relaxed) == 0 {
@@ -203,6 +210,7 @@ impl Channel {
             quota: quota.clone(),
             out_cells: AtomicUsize::new(0),
             out_since: AtomicU32::new(0),
+            write_timeout_ms: AtomicU64::new(crate::limits::LimitsConfig::default().link_write_timeout_secs * 1000),
             me: me.clone(),
         });
         let holder: Arc<dyn MemHolder> = shared.clone();
@@ -223,6 +231,14 @@ impl Channel {
         tokio::spawn(writer(output, Queues { destroys: destroys_rx, cells: rx, shared: chan.shared.clone() }, link.transport.clone(), chan.shared.clone()));
         tokio::spawn(reader(rd, link.transport, chan.clone(), handler, link.permit));
         chan
+    }
+
+    /// Closes the link when a write waits longer than `timeout` for the peer to take a byte
+    /// (`limits.link_write_timeout_secs`; THREATS A27: a peer that stops reading, e.g. with a
+    /// zero TCP window, would otherwise hold the link, every circuit on it and their queued
+    /// cells for ever). Counted in [`LIMITS`]`.stalled_links_closed`.
+    pub fn set_write_timeout(&self, timeout: Duration) {
+        self.shared.write_timeout_ms.store(timeout.as_millis().clamp(1, u64::MAX as u128) as u64, Ordering::Relaxed);
     }
 
     /// Closes the link once it has carried no circuit for `timeout` (checked a few times per
@@ -634,14 +650,22 @@ async fn writer(mut output: Output, mut rx: Queues, transport: Arc<snow::Statele
             }
         }
         // A peer that stops reading blocks the write; closing the link (e.g. the memory
-        // budget reclaiming it) must still end this task and free its queue.
-        let written = tokio::select! {
-            r = async {
-                crate::limits::rate::pace(out.len()).await;
-                output.emit(&mut out).await
-            } => r.is_ok(),
+        // budget reclaiming it) must still end this task and free its queue, and a write the
+        // peer takes no byte of for the write timeout closes the link.
+        let paced = tokio::select! {
+            () = crate::limits::rate::pace(out.len()) => true,
             _ = closed.wait_for(|c| *c) => false,
         };
+        let written = paced
+            && tokio::select! {
+                r = output.emit(&mut out) => r.is_ok(),
+                _ = closed.wait_for(|c| *c) => false,
+                () = tokio::time::sleep(shared.write_timeout()) => {
+                    LimitCounters::hit(&LIMITS.stalled_links_closed);
+                    tracing::debug!("link: the peer took no byte for {:?}; closing the link", shared.write_timeout());
+                    false
+                }
+            };
         if !written {
             break 'outer;
         }

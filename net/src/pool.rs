@@ -28,8 +28,10 @@ pub struct ChannelPool {
     bind_ip: IpAddr,
     creds: Option<RelayCredentials>,
     handler: Mutex<Option<Arc<dyn CreateHandler>>>,
-    /// Links this pool opens close after this long without circuits.
+    /// Links this pool opens close after this long without circuits, and when a write waits
+    /// this long for the peer ([`Channel::set_write_timeout`]).
     idle_timeout: Mutex<Duration>,
+    write_timeout: Mutex<Duration>,
     /// The budget the queued cells of links this pool opens are charged to.
     quota: Mutex<Arc<MemQuota>>,
 }
@@ -58,7 +60,7 @@ pub const DEFAULT_LINK_IDLE_TIMEOUT: Duration = Duration::from_secs(180);
 impl ChannelPool {
     /// `creds`: present for relays (they dial with their identity), absent for clients.
     pub fn new(bind_ip: IpAddr, creds: Option<RelayCredentials>) -> Self {
-        ChannelPool { map: Mutex::new(HashMap::new()), dialling: Mutex::new(HashMap::new()), bind_ip, creds, handler: Mutex::new(None), idle_timeout: Mutex::new(DEFAULT_LINK_IDLE_TIMEOUT), quota: Mutex::new(MemQuota::default_budget()) }
+        ChannelPool { map: Mutex::new(HashMap::new()), dialling: Mutex::new(HashMap::new()), bind_ip, creds, handler: Mutex::new(None), idle_timeout: Mutex::new(DEFAULT_LINK_IDLE_TIMEOUT), write_timeout: Mutex::new(crate::limits::LimitsConfig::default().link_write_timeout()), quota: Mutex::new(MemQuota::default_budget()) }
     }
 
     /// Sets who handles CREATE cells arriving on links this pool opens (relays).
@@ -69,6 +71,11 @@ impl ChannelPool {
     /// Sets how long links this pool opens afterwards stay open without circuits.
     pub fn set_idle_timeout(&self, t: Duration) {
         *self.idle_timeout.lock().expect("pool lock") = t;
+    }
+
+    /// Sets how long a write on links this pool opens afterwards may wait for the peer.
+    pub fn set_write_timeout(&self, t: Duration) {
+        *self.write_timeout.lock().expect("pool lock") = t;
     }
 
     /// Sets the memory budget of links this pool opens afterwards (the node's).
@@ -104,6 +111,7 @@ impl ChannelPool {
         let handler = self.handler.lock().expect("pool lock").clone();
         let chan = Channel::spawn(link, handler, &self.mem_quota());
         chan.close_when_idle(*self.idle_timeout.lock().expect("pool lock"));
+        chan.set_write_timeout(*self.write_timeout.lock().expect("pool lock"));
         self.insert(chan.clone());
         Ok(chan)
     }

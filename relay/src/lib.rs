@@ -173,6 +173,7 @@ impl InertRelay {
         };
         ctx.dir.hsdir.set_mutate_answers(cfg.relay.dangerous_test_mutate_hs_descriptors);
         ctx.pool.set_mem_quota(allium_net::limits::memquota::MemQuota::new(ctx.limits.max_queued_bytes()));
+        ctx.pool.set_write_timeout(ctx.limits.link_write_timeout());
         Ok(InertRelay { cfg, ctx: Arc::new(ctx) })
     }
 
@@ -251,6 +252,7 @@ async fn accept_loop(listener: TcpListener, ctx: Arc<RelayCtx>, handler: Arc<dyn
             let listed = l.peer.is_some_and(|id| is_listed_relay_link(l.peer_link_key, ctx.dir.listed_relay(&id)));
             let chan = Channel::spawn(l, Some(handler), &ctx.pool.mem_quota());
             chan.close_when_idle(ctx.limits.idle_timeout_for(listed));
+            chan.set_write_timeout(ctx.limits.link_write_timeout());
             ctx.pool.insert(chan);
             Ok::<(), link::LinkError>(())
         }

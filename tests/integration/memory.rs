@@ -85,6 +85,61 @@ async fn a27_a_client_that_stops_reading_cannot_make_the_guard_queue_beyond_its_
     drop(circuits);
 }
 
+/// A27 below the budget: a client builds 32 circuits through one guard link, starts downloads
+/// and stops reading the link, with the guard's budget far above what the attack queues
+/// (32 × a 500-cell window ≈ 8 MiB, more than the kernel's socket buffers take). The
+/// guard's writes to that link make no progress, and after `link_write_timeout_secs` (2 s
+/// here) it closes the link (counted): every circuit on it ends and their queued cells are
+/// released, where before the link, its circuits and their cells stayed for as long as the
+/// attacker held the connection. An honest download through the same guard still arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a27_a_link_whose_peer_takes_no_bytes_is_closed_after_the_write_timeout() {
+    let files = FileServer::start(vec![("/big", pseudo_random(BODY, 28))]);
+    let (guard, _, quota) = start_relay_with_quota("a27wg", "[limits]\nmax_queued_mib = 256\nlink_write_timeout_secs = 2\n").await;
+    let (exit, _, _) = start_relay_with_quota("a27we", "[exit]\nenabled = true\npolicy = [\"accept *:*\"]\n").await;
+    let (proxy, stall) = stalling_proxy(guard.address).await;
+    let via_proxy = ConsensusRelay { address: proxy, ..guard.clone() };
+    let (closed_before, oom_before) = (LIMITS.stalled_links_closed.load(Ordering::Relaxed), oom_closures());
+
+    let attacker = ChannelPool::new(ATTACKER, None);
+    let mut apps = Vec::new();
+    let mut circuits = Vec::new();
+    for _ in 0..32 {
+        let c = circuit::build(&attacker, &[&via_proxy, &exit]).await.expect("an attacker circuit");
+        apps.push(begin(&c, files.addr()).await.expect("CONNECTED"));
+        circuits.push(c);
+    }
+    stall.send_replace(true);
+    for app in &mut apps {
+        app.write_all(b"GET /big HTTP/1.0\r\n\r\n").await.unwrap();
+    }
+    // Cells pile up at the guard, under its budget.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while quota.used() < 1 << 20 && LIMITS.stalled_links_closed.load(Ordering::Relaxed) == closed_before {
+        assert!(Instant::now() < deadline, "nothing queued at the guard");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while LIMITS.stalled_links_closed.load(Ordering::Relaxed) == closed_before {
+        assert!(Instant::now() < deadline, "the stalled link is still open ({} bytes queued)", quota.used());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // Everything the attacker's circuits held is released (the exit's link to the guard may
+    // still carry a few cells in flight toward circuits that are gone: they are dropped).
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while quota.used() > 0 {
+        assert!(Instant::now() < deadline, "still {} bytes queued after the link closed", quota.used());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(oom_closures(), oom_before, "the write timeout acted, not the memory budget");
+
+    let honest = ChannelPool::new(HONEST, None);
+    let c = circuit::build(&honest, &[&guard, &exit]).await.expect("an honest circuit");
+    let body = fetch(&c, files.addr(), "/big").await;
+    assert!(body == files.file("/big"), "the honest download arrived whole ({} bytes)", body.len());
+    drop(circuits);
+}
+
 /// A28: an application reads a 4 MiB download at ~64 KiB/s for 3 s, then at full speed. Flow
 /// control holds the exit back meanwhile: neither relay ever queues more than two of the
 /// circuit's windows (DATA read from the socket and held back for the window, which the stream

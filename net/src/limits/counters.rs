@@ -94,6 +94,9 @@ counters! {
     /// SOCKS and HTTP CONNECT connections closed: no whole request within
     /// `request_timeout_secs`.
     request_timeouts,
+    /// Links closed because a write waited `link_write_timeout_secs` for the peer to take a
+    /// byte (a peer that stopped reading).
+    stalled_links_closed,
     /// ESTABLISH_INTROs refused (DESTROY RESOURCELIMIT): the relay served
     /// `max_intro_circuits` introduction circuits.
     intro_circuits_full,

@@ -104,6 +104,8 @@ pub struct LimitsConfig {
     pub max_intro_circuits: usize,
     /// Cookies waiting at a relay as rendezvous point.
     pub max_rendezvous_cookies: usize,
+    /// Seconds a link's write may wait for the peer to take a byte before the link is closed.
+    pub link_write_timeout_secs: u64,
 }
 
 impl Default for LimitsConfig {
@@ -139,6 +141,7 @@ impl Default for LimitsConfig {
             request_timeout_secs: 30,
             max_intro_circuits: 10_000,
             max_rendezvous_cookies: 10_000,
+            link_write_timeout_secs: 30,
         }
     }
 }
@@ -183,6 +186,7 @@ impl LimitsConfig {
         within("request_timeout_secs", self.request_timeout_secs, 1, 3600)?;
         within("max_intro_circuits", self.max_intro_circuits as u64, 1, 10_000_000)?;
         within("max_rendezvous_cookies", self.max_rendezvous_cookies as u64, 1, 10_000_000)?;
+        within("link_write_timeout_secs", self.link_write_timeout_secs, 1, 3600)?;
         Ok(())
     }
 
@@ -236,6 +240,10 @@ impl LimitsConfig {
         Duration::from_millis(self.handshake_queue_delay_ms)
     }
 
+    pub fn link_write_timeout(&self) -> Duration {
+        Duration::from_secs(self.link_write_timeout_secs)
+    }
+
     pub fn request_timeout(&self) -> Duration {
         Duration::from_secs(self.request_timeout_secs)
     }
@@ -272,6 +280,7 @@ mod tests {
             ("request_timeout_secs", "0"),
             ("max_intro_circuits", "0"),
             ("max_rendezvous_cookies", "0"),
+            ("link_write_timeout_secs", "0"),
         ] {
             let c: LimitsConfig = toml::from_str(&format!("{key} = {bad}")).unwrap();
             assert!(c.validate().unwrap_err().to_string().contains(&format!("limits.{key}")), "{key}");
