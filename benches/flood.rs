@@ -9,8 +9,13 @@
 //! (`flood/directory.rs`): slow connections, descriptors for one address, 8 MiB votes; and
 //! 10,000 junk onion descriptors against an HSDir (`flood/hsdir.rs`).
 //!
-//! The attacker binds addresses in 127.0.3.0/24 (many sources) or 127.0.0.66 (one source); the
-//! honest client 127.0.0.77. Traffic goes to 127.0.0.0/8 only; every attack is bounded in count
+//! The attacker binds addresses in 127.0.3.0/24 to 127.0.5.0/24 (many sources) or 127.0.0.66
+//! (one source); the honest client 127.0.0.77. The attacker's tasks run on a runtime of their
+//! own whose threads run at nice 10: on a real network the attacker's CPU is not the honest
+//! client's, and on this one machine it would otherwise delay the client that measures. A25
+//! counts the relay's CPU time, in all and on its handshake threads, to give handshakes per
+//! CPU-second. Words after `--` pick attacks by tag (`cargo bench --bench flood -- A25 A27`;
+//! tags A24, A23, A25, A27, HSDir, directory, A29). Traffic goes to 127.0.0.0/8 only; every attack is bounded in count
 //! and time. Issue targets: RSS ≤ 64 MiB above idle and back within a minute; honest build p99
 //! ≤ 3× idle; forwarding p99 ≤ 2× idle; ≥ 6,000 handshakes/s per core.
 
@@ -58,8 +63,19 @@ const SNIPER_CIRCUITS: usize = 200;
 
 fn main() {
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+    // The attacker's own runtime, its threads at a lower priority: on a real network it runs on
+    // other machines, and here it must not take the CPU of the honest client that measures.
+    let attacker = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("attacker")
+        .on_thread_start(|| {
+            allium_net::priority::yield_to_forwarding();
+        })
+        .enable_all()
+        .build()
+        .unwrap();
     let net = support::testnet::Testnet::start(&[]);
-    rt.block_on(run(&net));
+    rt.block_on(run(&net, attacker.handle()));
     drop(net);
     // The introduction flood on a network of its own, untouched by the attacks above.
     if wanted("A29") {
@@ -75,7 +91,7 @@ fn wanted(tag: &str) -> bool {
     words.is_empty() || words.iter().any(|w| tag.contains(w.as_str()))
 }
 
-async fn run(net: &support::testnet::Testnet) {
+async fn run(net: &support::testnet::Testnet, attacker: &tokio::runtime::Handle) {
     let cfg = allium_client::ClientConfig::load(&net.dir.join("client").join("config.toml")).expect("the client's config");
     let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap().as_secs();
     let dir = allium_directory::fetch_consensus(&cfg.network, IpAddr::from([127, 0, 0, 1]), now, None).await.expect("the consensus");
@@ -96,7 +112,7 @@ async fn run(net: &support::testnet::Testnet) {
         // A24: many idle authenticated links, from many addresses (each at its per-address cap)
         // and one address far over it.
         let before = rss_mib(pid);
-        let (links, refused) = link_flood(&target).await;
+        let (links, refused) = attacker.spawn(link_flood(target.clone())).await.unwrap();
         let during = measure(&honest, &target, &existing).await;
         let rss_during = rss_mib(pid);
         let open = links.len();
@@ -110,7 +126,7 @@ async fn run(net: &support::testnet::Testnet) {
     if wanted("A23") {
         // A23/A25: one captured CREATE replayed on many circuit ids.
         let before = rss_mib(pid);
-        let (answered, created) = replay_flood(&target).await;
+        let (answered, created) = attacker.spawn(replay_flood(target.clone())).await.unwrap();
         let during = measure(&honest, &target, &existing).await;
         let rss_during = rss_mib(pid);
         let after = settle_rss(pid, before).await;
@@ -128,7 +144,7 @@ async fn run(net: &support::testnet::Testnet) {
         let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let (done, refused) = (Arc::new(AtomicU64::new(0)), Arc::new(AtomicU64::new(0)));
         let started = Instant::now();
-        let (links, flood) = handshake_flood(&target, messages, stop.clone(), done.clone(), refused.clone()).await;
+        let (links, flood) = attacker.spawn(handshake_flood(target.clone(), messages, stop.clone(), done.clone(), refused.clone())).await.unwrap();
         let during = measure(&honest, &target, &existing).await;
         let rss_during = rss_mib(pid);
         tokio::time::sleep(HANDSHAKE_FLOOD.saturating_sub(started.elapsed())).await;
@@ -344,11 +360,11 @@ fn peer(r: &ConsensusRelay) -> PeerInfo {
 
 /// Opens `FLOOD_LINKS` links from 40 addresses plus 200 more from one address; returns the
 /// links held and how many the relay closed (handshake failed).
-async fn link_flood(target: &ConsensusRelay) -> (Vec<Channel>, usize) {
+async fn link_flood(target: ConsensusRelay) -> (Vec<Channel>, usize) {
     let mut tasks = Vec::new();
     let per = FLOOD_LINKS / 40;
     for a in 0..40u8 {
-        let p = peer(target);
+        let p = peer(&target);
         tasks.push(tokio::spawn(async move {
             let ip = IpAddr::from([127, 0, 3, a + 1]);
             let mut v = Vec::new();
@@ -374,14 +390,14 @@ async fn link_flood(target: &ConsensusRelay) -> (Vec<Channel>, usize) {
 
 /// Sends one CREATE's bytes on `REPLAYS` circuit ids over 4 links; returns how many got an
 /// answer and how many of those were CREATED.
-async fn replay_flood(target: &ConsensusRelay) -> (usize, usize) {
+async fn replay_flood(target: ConsensusRelay) -> (usize, usize) {
     let mut ext = Vec::new();
     Extensions(vec![FlowParams::default().to_extension()]).encode(&mut ext);
     let (_, msg) = ntor::client_start(&mut rand::rngs::OsRng, &target.identity, &target.onion_key, &ext);
     let msg = Arc::new(msg);
     let mut tasks = Vec::new();
     for a in 0..4u8 {
-        let (p, msg) = (peer(target), msg.clone());
+        let (p, msg) = (peer(&target), msg.clone());
         tasks.push(tokio::spawn(async move {
             let Ok(l) = link::connect(IpAddr::from([127, 0, 4, a + 1]), &p, None).await else { return (0, 0) };
             let chan = Channel::spawn(l, None, &allium_net::limits::memquota::MemQuota::default_budget());
@@ -428,11 +444,11 @@ fn handshake_messages(target: &ConsensusRelay) -> Arc<Vec<Vec<u8>>> {
 /// `HANDSHAKE_SOURCES` addresses, one link each (so no per-address CREATE rate applies: that
 /// needs `create_min_links` links), each keeping `HANDSHAKE_IN_FLIGHT` CREATEs outstanding and
 /// destroying each circuit once CREATED, until `stop` or the messages run out.
-async fn handshake_flood(target: &ConsensusRelay, messages: Arc<Vec<Vec<u8>>>, stop: Arc<std::sync::atomic::AtomicBool>, done: Arc<AtomicU64>, refused: Arc<AtomicU64>) -> (Vec<Arc<Channel>>, Vec<tokio::task::JoinHandle<()>>) {
+async fn handshake_flood(target: ConsensusRelay, messages: Arc<Vec<Vec<u8>>>, stop: Arc<std::sync::atomic::AtomicBool>, done: Arc<AtomicU64>, refused: Arc<AtomicU64>) -> (Vec<Arc<Channel>>, Vec<tokio::task::JoinHandle<()>>) {
     let next = Arc::new(AtomicU64::new(0));
     let (mut links, mut tasks) = (Vec::new(), Vec::new());
     for a in 0..HANDSHAKE_SOURCES {
-        let Ok(l) = link::connect(IpAddr::from([127, 0, 5, a + 1]), &peer(target), None).await else { continue };
+        let Ok(l) = link::connect(IpAddr::from([127, 0, 5, a + 1]), &peer(&target), None).await else { continue };
         let chan = Arc::new(Channel::spawn(l, None, &allium_net::limits::memquota::MemQuota::default_budget()));
         links.push(chan.clone());
         for _ in 0..HANDSHAKE_IN_FLIGHT {

@@ -1,18 +1,32 @@
-//! A bounded queue served round-robin by key (a peer's address), so that one key with many
-//! items cannot delay another key's few: the next item out is the oldest of the key whose turn
-//! it is, and a key newly in the queue waits at most one item of every other key. When the
-//! queue is full, a newcomer displaces the newest item of the longest key if that key would
-//! still hold more than the newcomer's key; otherwise the newcomer is refused.
+//! A bounded queue shared fairly by keys (a peer's address), so that a key with many items
+//! cannot delay another key's few. The next item out is the oldest of the key served least in
+//! the last one to two seconds (counted per window of [`WINDOW`]; among keys served equally,
+//! the one whose turn came first): an address that asks rarely, such as an honest client,
+//! waits at most for the items already being worked on, however many addresses flood the
+//! queue, and flooding addresses share what is left in turn. When the queue is full, a
+//! newcomer displaces the newest item of the longest key if that key would still hold more
+//! than the newcomer's key; otherwise the newcomer is refused.
 
 use std::collections::{HashMap, VecDeque};
 use std::hash::Hash;
+use std::time::{Duration, Instant};
+
+/// How long one window of the served counts lasts; a key's score is what it was served in the
+/// current window and the one before.
+pub const WINDOW: Duration = Duration::from_secs(1);
 
 pub struct FairQueue<K, T> {
     queues: HashMap<K, VecDeque<T>>,
-    /// Keys with at least one item, in serving order.
-    turns: VecDeque<K>,
+    /// Keys with at least one item, in the order their turns came, each with its served count
+    /// over the two windows (kept here so that choosing the next key hashes nothing).
+    turns: VecDeque<(K, u32)>,
     len: usize,
     capacity: usize,
+    /// Items served per key in the current window and in the one before (at most every item
+    /// served in two windows: bounded by the rate at which items are served).
+    served: HashMap<K, u32>,
+    served_before: HashMap<K, u32>,
+    window_start: Option<Instant>,
 }
 
 /// What [`FairQueue::push`] did with an item.
@@ -29,7 +43,7 @@ pub enum Pushed<T> {
 impl<K: Copy + Eq + Hash, T> FairQueue<K, T> {
     /// A queue of at most `capacity` items (at least one).
     pub fn new(capacity: usize) -> Self {
-        FairQueue { queues: HashMap::new(), turns: VecDeque::new(), len: 0, capacity: capacity.max(1) }
+        FairQueue { queues: HashMap::new(), turns: VecDeque::new(), len: 0, capacity: capacity.max(1), served: HashMap::new(), served_before: HashMap::new(), window_start: None }
     }
 
     pub fn len(&self) -> usize {
@@ -40,7 +54,7 @@ impl<K: Copy + Eq + Hash, T> FairQueue<K, T> {
         let mut displaced = None;
         if self.len >= self.capacity {
             let own = self.queues.get(&key).map_or(0, VecDeque::len);
-            let longest = self.turns.iter().copied().max_by_key(|k| self.queues.get(k).map_or(0, VecDeque::len));
+            let longest = self.turns.iter().map(|t| t.0).max_by_key(|k| self.queues.get(k).map_or(0, VecDeque::len));
             match longest {
                 Some(l) if self.queues.get(&l).map_or(0, VecDeque::len) > own + 1 => {
                     displaced = self.take_newest(l);
@@ -49,26 +63,52 @@ impl<K: Copy + Eq + Hash, T> FairQueue<K, T> {
             }
         }
         let q = self.queues.entry(key).or_default();
-        if q.is_empty() {
-            self.turns.push_back(key);
-        }
+        let new_turn = q.is_empty();
         q.push_back(item);
+        if new_turn {
+            let score = self.score(&key);
+            self.turns.push_back((key, score));
+        }
         self.len += 1;
         displaced.map_or(Pushed::Queued, Pushed::Displaced)
     }
 
-    /// The oldest item of the key whose turn it is.
-    pub fn pop(&mut self) -> Option<T> {
-        let key = self.turns.pop_front()?;
+    /// The oldest item of the key served least lately (at `now`), which is counted as served.
+    pub fn pop(&mut self, now: Instant) -> Option<T> {
+        self.roll(now);
+        // The first of the least served, in turn order.
+        let at = self.turns.iter().enumerate().min_by_key(|(i, t)| (t.1, *i)).map(|(i, _)| i)?;
+        let (key, score) = self.turns.remove(at)?;
         let q = self.queues.get_mut(&key)?;
         let item = q.pop_front();
         if q.is_empty() {
             self.queues.remove(&key);
         } else {
-            self.turns.push_back(key);
+            self.turns.push_back((key, score + 1));
         }
         self.len -= usize::from(item.is_some());
+        *self.served.entry(key).or_default() += 1;
         item
+    }
+
+    /// What `key` was served in the current and the previous window.
+    fn score(&self, key: &K) -> u32 {
+        self.served.get(key).copied().unwrap_or(0) + self.served_before.get(key).copied().unwrap_or(0)
+    }
+
+    /// Starts a new window of served counts if the current one is over.
+    fn roll(&mut self, now: Instant) {
+        let start = *self.window_start.get_or_insert(now);
+        let elapsed = now.saturating_duration_since(start);
+        if elapsed < WINDOW {
+            return;
+        }
+        self.served_before = if elapsed < 2 * WINDOW { std::mem::take(&mut self.served) } else { HashMap::new() };
+        self.served.clear();
+        self.window_start = Some(now);
+        for i in 0..self.turns.len() {
+            self.turns[i].1 = self.score(&self.turns[i].0);
+        }
     }
 
     /// The newest item of `key`, which holds at least two (so it keeps its turn).
@@ -83,8 +123,10 @@ impl<K: Copy + Eq + Hash, T> FairQueue<K, T> {
 mod tests {
     use super::*;
 
+    /// Everything, in the order served, within one window.
     fn drain(q: &mut FairQueue<char, u32>) -> Vec<u32> {
-        std::iter::from_fn(|| q.pop()).collect()
+        let t = Instant::now();
+        std::iter::from_fn(|| q.pop(t)).collect()
     }
 
     #[test]
@@ -102,15 +144,46 @@ mod tests {
     }
 
     #[test]
-    fn a_key_new_to_a_busy_queue_waits_one_item_of_each_other_key() {
+    fn a_key_that_asks_rarely_goes_before_keys_that_flood() {
+        let t = Instant::now();
         let mut q = FairQueue::new(1000);
         for i in 0..300 {
             q.push(['x', 'y', 'z'][i % 3], i as u32);
         }
-        q.pop();
+        for _ in 0..30 {
+            q.pop(t);
+        }
+        // h was served twice lately, x, y and z ten times each: h's next item goes first.
+        q.push('h', 9000);
+        q.pop(t);
+        q.push('h', 9001);
+        q.pop(t);
         q.push('h', 9999);
-        let order = drain(&mut q);
-        assert_eq!(order.iter().position(|&v| v == 9999), Some(3), "behind one item of x, y and z at most: {:?}", &order[..5]);
+        assert_eq!(q.pop(t), Some(9999));
+        // Flooding keys still take turns among themselves.
+        let next: Vec<u32> = (0..3).map(|_| q.pop(t).unwrap()).collect();
+        assert_eq!(next.iter().map(|v| v % 3).collect::<std::collections::BTreeSet<_>>().len(), 3, "{next:?}");
+    }
+
+    /// What a key was served counts for one to two windows, then is forgotten.
+    #[test]
+    fn served_counts_fade_after_two_windows() {
+        let t = Instant::now();
+        let mut q = FairQueue::new(100);
+        for i in 0..10 {
+            q.push('a', i);
+        }
+        for _ in 0..5 {
+            q.pop(t);
+        }
+        q.push('b', 100);
+        q.push('b', 101);
+        q.push('b', 102);
+        assert_eq!(q.pop(t), Some(100), "b was served less");
+        assert_eq!(q.pop(t + WINDOW), Some(101), "a's 5 still count in the next window");
+        // Two windows on, both start from nothing: turn order decides (a's turn came first).
+        assert_eq!(q.pop(t + 3 * WINDOW), Some(5));
+        assert_eq!(q.served.len() + q.served_before.len(), 1, "old counts are dropped");
     }
 
     #[test]

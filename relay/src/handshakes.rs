@@ -1,10 +1,11 @@
 //! CREATE handshakes off the forwarding path (THREATS A25): a few dedicated threads, at a lower
-//! scheduling priority than the forwarding threads, take handshakes from a bounded queue served
-//! round-robin by source address. A full queue refuses a CREATE at once (or, from an address
-//! with few queued, displaces the newest of the address with most), and a handshake that
-//! waited longer than the delay cutoff is refused instead of run, so a flood of CREATEs costs
-//! the relay at most its handshake threads, never delays cells on open circuits, and delays
-//! another address's CREATE by one handshake per flooding address at most.
+//! scheduling priority than the forwarding threads, take handshakes from a bounded queue that
+//! serves first the source address served least in the last second or two ([`FairQueue`]). A
+//! full queue refuses a CREATE at once (or, from an address with few queued, displaces the
+//! newest of the address with most), and a handshake that waited longer than the delay cutoff
+//! is refused instead of run, so a flood of CREATEs costs the relay at most its handshake
+//! threads, never delays cells on open circuits, and barely delays the CREATE of an address
+//! that asks rarely (an honest client): it waits for the handshakes already running.
 //! Replays of one CREATE are refused before any public-key work ([`ReplayFilter`]).
 
 use std::collections::{HashSet, VecDeque};
@@ -51,9 +52,9 @@ impl Shared {
     }
 }
 
-/// The handshake threads and their queue. The queue is served round-robin by the address the
-/// CREATE came from ([`FairQueue`]): a client's CREATE waits for at most one handshake of each
-/// other address, however many an attacker's addresses have queued. The threads run at a lower
+/// The handshake threads and their queue. The queue serves first the address the CREATE came
+/// from that was served least lately ([`FairQueue`]): a client's CREATE goes before those of
+/// addresses that flood, however many they have queued. The threads run at a lower
 /// scheduling priority than the threads that forward cells, so a flood of handshakes takes only
 /// the CPU that forwarding leaves.
 pub struct HandshakePool {
@@ -124,7 +125,7 @@ fn worker(shared: &Shared, cutoff: Duration) {
                 if state.closed {
                     return;
                 }
-                if let Some(q) = state.queue.pop() {
+                if let Some(q) = state.queue.pop(Instant::now()) {
                     break q;
                 }
                 state = shared.ready.wait(state).unwrap_or_else(|e| e.into_inner());
