@@ -486,14 +486,26 @@ enum Output {
     Delayed(Duration, mpsc::Sender<(Instant, Vec<u8>)>),
 }
 
+/// Why a write did not complete.
+enum WriteFailed {
+    /// The socket failed or the link is closing.
+    Closed,
+    /// The peer took no byte for the write timeout.
+    Stalled,
+}
+
 impl Output {
-    /// Writes (or queues) `out` whole; `Err` once the link is unusable.
-    async fn emit(&mut self, out: &mut Vec<u8>) -> Result<(), ()> {
+    /// Writes (or queues) `out` whole; fails once the link is unusable, or when the peer takes
+    /// no byte for `stall` (each partial write restarts the wait).
+    async fn emit(&mut self, out: &mut Vec<u8>, stall: Duration) -> Result<(), WriteFailed> {
         match self {
-            Output::Direct(wr) => write_counted(wr, out).await,
+            Output::Direct(wr) => write_counted(wr, out, stall).await,
             Output::Delayed(d, tx) => {
                 let due = Instant::now() + *d;
-                tx.send((due, std::mem::take(out))).await.map_err(|_| ())
+                match tokio::time::timeout(stall, tx.send((due, std::mem::take(out)))).await {
+                    Ok(r) => r.map_err(|_| WriteFailed::Closed),
+                    Err(_) => Err(WriteFailed::Stalled),
+                }
             }
         }
     }
@@ -506,12 +518,13 @@ impl Output {
     }
 }
 
-async fn write_counted(wr: &mut LevelIo<OwnedWriteHalf>, out: &[u8]) -> Result<(), ()> {
+async fn write_counted(wr: &mut LevelIo<OwnedWriteHalf>, out: &[u8], stall: Duration) -> Result<(), WriteFailed> {
     let mut off = 0;
     while off < out.len() {
-        match wr.write(&out[off..]).await {
-            Ok(0) | Err(_) => return Err(()),
-            Ok(n) => {
+        match tokio::time::timeout(stall, wr.write(&out[off..])).await {
+            Err(_) => return Err(WriteFailed::Stalled),
+            Ok(Ok(0)) | Ok(Err(_)) => return Err(WriteFailed::Closed),
+            Ok(Ok(n)) => {
                 off += n;
                 LINK_STATS.write_calls.fetch_add(1, Ordering::Relaxed);
             }
@@ -541,7 +554,10 @@ fn delay_clock(mut timed: mpsc::Receiver<(Instant, Vec<u8>)>, due: mpsc::Sender<
 /// Writes what [`delay_clock`] hands on, at once; shuts the socket down after the last batch.
 async fn delayed_writer(mut wr: LevelIo<OwnedWriteHalf>, mut due: mpsc::Receiver<Vec<u8>>, shared: Arc<Shared>) {
     while let Some(out) = due.recv().await {
-        if write_counted(&mut wr, &out).await.is_err() {
+        if let Err(e) = write_counted(&mut wr, &out, shared.write_timeout()).await {
+            if let WriteFailed::Stalled = e {
+                LimitCounters::hit(&LIMITS.stalled_links_closed);
+            }
             close(&shared);
             return;
         }
@@ -650,24 +666,23 @@ async fn writer(mut output: Output, mut rx: Queues, transport: Arc<snow::Statele
             }
         }
         // A peer that stops reading blocks the write; closing the link (e.g. the memory
-        // budget reclaiming it) must still end this task and free its queue, and a write the
-        // peer takes no byte of for the write timeout closes the link.
-        let paced = tokio::select! {
-            () = crate::limits::rate::pace(out.len()) => true,
-            _ = closed.wait_for(|c| *c) => false,
+        // budget reclaiming it) must still end this task and free its queue, and a peer that
+        // takes no byte for the write timeout gets the link closed.
+        let written = tokio::select! {
+            r = async {
+                crate::limits::rate::pace(out.len()).await;
+                output.emit(&mut out, shared.write_timeout()).await
+            } => r,
+            _ = closed.wait_for(|c| *c) => Err(WriteFailed::Closed),
         };
-        let written = paced
-            && tokio::select! {
-                r = output.emit(&mut out) => r.is_ok(),
-                _ = closed.wait_for(|c| *c) => false,
-                () = tokio::time::sleep(shared.write_timeout()) => {
-                    LimitCounters::hit(&LIMITS.stalled_links_closed);
-                    tracing::debug!("link: the peer took no byte for {:?}; closing the link", shared.write_timeout());
-                    false
-                }
-            };
-        if !written {
-            break 'outer;
+        match written {
+            Ok(()) => {}
+            Err(WriteFailed::Closed) => break 'outer,
+            Err(WriteFailed::Stalled) => {
+                LimitCounters::hit(&LIMITS.stalled_links_closed);
+                tracing::debug!("link: the peer took no byte for {:?}; closing the link", shared.write_timeout());
+                break 'outer;
+            }
         }
         LINK_STATS.cells_written.fetch_add(cells, Ordering::Relaxed);
     }

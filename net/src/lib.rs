@@ -31,7 +31,6 @@ pub mod level_io;
 pub mod frame_reader;
 pub mod log_rate;
 pub mod mem_trim;
-pub mod priority;
 pub mod stream;
 pub mod pool;
 pub mod metrics;

@@ -79,8 +79,7 @@ fn resident() -> Option<usize> {
     Some(kb * 1024)
 }
 
-// The three calls into glibc's allocator and `priority`'s setpriority are the only unsafe code
-// in this crate.
+// The three calls into glibc's allocator are the only unsafe code in this crate.
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 #[allow(unsafe_code)]
 mod sys {

@@ -1,5 +1,5 @@
-//! CREATE handshakes off the forwarding path (THREATS A25): a few dedicated threads, at a lower
-//! scheduling priority than the forwarding threads, take handshakes from a bounded queue that
+//! CREATE handshakes off the forwarding path (THREATS A25): a few dedicated threads take
+//! handshakes from a bounded queue that
 //! serves first the source address served least in the last second or two ([`FairQueue`]). A
 //! full queue refuses a CREATE at once (or, from an address with few queued, displaces the
 //! newest of the address with most), and a handshake that waited longer than the delay cutoff
@@ -54,9 +54,7 @@ impl Shared {
 
 /// The handshake threads and their queue. The queue serves first the address the CREATE came
 /// from that was served least lately ([`FairQueue`]): a client's CREATE goes before those of
-/// addresses that flood, however many they have queued. The threads run at a lower
-/// scheduling priority than the threads that forward cells, so a flood of handshakes takes only
-/// the CPU that forwarding leaves.
+/// addresses that flood, however many they have queued.
 pub struct HandshakePool {
     shared: Arc<Shared>,
 }
@@ -117,7 +115,6 @@ impl Drop for HandshakePool {
 }
 
 fn worker(shared: &Shared, cutoff: Duration) {
-    allium_net::priority::yield_to_forwarding();
     loop {
         let next = {
             let mut state = shared.lock();

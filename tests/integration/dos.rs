@@ -257,26 +257,13 @@ async fn a25_handshake_burst_is_answered_or_refused_never_queued_without_bound()
 /// get END(RESOURCELIMIT); another circuit still opens streams.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a26_begin_flood_on_one_circuit_gets_resource_limit() {
-    let target = crate::support::http::FileServer::start(vec![("/x", b"x".to_vec())]);
-    let r = relay(
-        "a26",
-        "begin_rate_per_circuit = 1\nbegin_burst_per_circuit = 10",
-        "[exit]\nenabled = true\npolicy = [\"accept *:*\"]",
-    )
-    .await;
-    let pool = ChannelPool::new(HONEST, None);
-    let c = circuit::build(&pool, &[&r])
-        .await
-        .expect("a circuit to the exit");
+    let (target, r, pool, c) =
+        exit_circuit("a26", "begin_rate_per_circuit = 1\nbegin_burst_per_circuit = 10").await;
     let before = LIMITS.begin_rate.load(Ordering::Relaxed);
     let started = Instant::now();
     let outcomes = begin_many(&c, target.addr(), 60).await;
     let secs = started.elapsed().as_secs_f64();
-    let connected = outcomes.iter().filter(|o| o.is_ok()).count();
-    let limited = outcomes
-        .iter()
-        .filter(|o| **o == Err(EndReason::ResourceLimit))
-        .count();
+    let (connected, limited) = connected_and_limited(&outcomes);
     assert_eq!(
         connected + limited,
         60,
@@ -287,48 +274,67 @@ async fn a26_begin_flood_on_one_circuit_gets_resource_limit() {
         "{connected} connected in {secs:.1} s"
     );
     assert!(LIMITS.begin_rate.load(Ordering::Relaxed) >= before + limited as u64);
-    let other = circuit::build(&pool, &[&r]).await.expect("another circuit");
-    assert!(
-        begin_many(&other, target.addr(), 3)
-            .await
-            .iter()
-            .all(|o| o.is_ok()),
-        "another circuit is unaffected"
-    );
+    another_circuit_opens_streams(&pool, &r, &target, 3).await;
 }
 
 /// `limits.max_streams_per_circuit`: BEGINs beyond the streams a circuit may carry get END
 /// RESOURCELIMIT (counted), the circuit stays usable, and another circuit is unaffected.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a26_streams_beyond_the_circuit_cap_get_resource_limit() {
+    let (target, r, pool, c) = exit_circuit("a26s", "max_streams_per_circuit = 4").await;
+    let before = LIMITS.streams_per_circuit.load(Ordering::Relaxed);
+    // All 10 stay open until every answer is in: at most 4 are CONNECTED.
+    let outcomes = begin_many(&c, target.addr(), 10).await;
+    assert_eq!(
+        connected_and_limited(&outcomes),
+        (4, 6),
+        "4 CONNECTED, the rest END(RESOURCELIMIT): {outcomes:?}"
+    );
+    assert!(LIMITS.streams_per_circuit.load(Ordering::Relaxed) >= before + 6);
+    another_circuit_opens_streams(&pool, &r, &target, 4).await;
+}
+
+/// A file server, an exit in this process with the `[limits]` given, and an honest client's
+/// circuit to it.
+async fn exit_circuit(
+    name: &str,
+    limits: &str,
+) -> (
+    crate::support::http::FileServer,
+    ConsensusRelay,
+    ChannelPool,
+    circuit::CircHandle,
+) {
     let target = crate::support::http::FileServer::start(vec![("/x", b"x".to_vec())]);
-    let r = relay(
-        "a26s",
-        "max_streams_per_circuit = 4",
-        "[exit]\nenabled = true\npolicy = [\"accept *:*\"]",
-    )
-    .await;
+    let r = relay(name, limits, "[exit]\nenabled = true\npolicy = [\"accept *:*\"]").await;
     let pool = ChannelPool::new(HONEST, None);
     let c = circuit::build(&pool, &[&r])
         .await
         .expect("a circuit to the exit");
-    let before = LIMITS.streams_per_circuit.load(Ordering::Relaxed);
-    // All 10 stay open until every answer is in: at most 4 are CONNECTED.
-    let outcomes = begin_many(&c, target.addr(), 10).await;
+    (target, r, pool, c)
+}
+
+/// How many BEGINs were CONNECTED and how many got END(RESOURCELIMIT).
+fn connected_and_limited(outcomes: &[Result<(), EndReason>]) -> (usize, usize) {
     let connected = outcomes.iter().filter(|o| o.is_ok()).count();
     let limited = outcomes
         .iter()
         .filter(|o| **o == Err(EndReason::ResourceLimit))
         .count();
-    assert_eq!(
-        (connected, limited),
-        (4, 6),
-        "4 CONNECTED, the rest END(RESOURCELIMIT): {outcomes:?}"
-    );
-    assert!(LIMITS.streams_per_circuit.load(Ordering::Relaxed) >= before + 6);
-    let other = circuit::build(&pool, &[&r]).await.expect("another circuit");
+    (connected, limited)
+}
+
+/// A fresh circuit to `r` opens `n` streams to `target`: the limit that acted was another
+/// circuit's.
+async fn another_circuit_opens_streams(
+    pool: &ChannelPool,
+    r: &ConsensusRelay,
+    target: &crate::support::http::FileServer,
+    n: usize,
+) {
+    let other = circuit::build(pool, &[r]).await.expect("another circuit");
     assert!(
-        begin_many(&other, target.addr(), 4)
+        begin_many(&other, target.addr(), n)
             .await
             .iter()
             .all(|o| o.is_ok()),

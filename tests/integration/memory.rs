@@ -48,21 +48,7 @@ async fn a27_a_client_that_stops_reading_cannot_make_the_guard_queue_beyond_its_
     let via_proxy = ConsensusRelay { address: proxy, ..guard.clone() };
     let reclaimed_before = oom_closures();
 
-    let attacker = ChannelPool::new(ATTACKER, None);
-    let mut apps = Vec::new();
-    let mut circuits = Vec::new();
-    for _ in 0..16 {
-        let c = circuit::build(&attacker, &[&via_proxy, &exit]).await.expect("an attacker circuit");
-        for _ in 0..2 {
-            apps.push(begin(&c, files.addr()).await.expect("CONNECTED"));
-        }
-        circuits.push(c);
-    }
-    // From here the guard's bytes toward the attacker are never read.
-    stall.send_replace(true);
-    for app in &mut apps {
-        app.write_all(b"GET /big HTTP/1.0\r\n\r\n").await.unwrap();
-    }
+    let circuits = stalled_downloads(&via_proxy, &exit, &files, 16, 2, &stall).await;
     let deadline = Instant::now() + Duration::from_secs(60);
     while oom_closures() == reclaimed_before {
         assert!(Instant::now() < deadline, "the guard never reclaimed: {} of {} bytes queued (peak {})", quota.used(), quota.limit(), quota.peak());
@@ -101,18 +87,7 @@ async fn a27_a_link_whose_peer_takes_no_bytes_is_closed_after_the_write_timeout(
     let via_proxy = ConsensusRelay { address: proxy, ..guard.clone() };
     let (closed_before, oom_before) = (LIMITS.stalled_links_closed.load(Ordering::Relaxed), oom_closures());
 
-    let attacker = ChannelPool::new(ATTACKER, None);
-    let mut apps = Vec::new();
-    let mut circuits = Vec::new();
-    for _ in 0..32 {
-        let c = circuit::build(&attacker, &[&via_proxy, &exit]).await.expect("an attacker circuit");
-        apps.push(begin(&c, files.addr()).await.expect("CONNECTED"));
-        circuits.push(c);
-    }
-    stall.send_replace(true);
-    for app in &mut apps {
-        app.write_all(b"GET /big HTTP/1.0\r\n\r\n").await.unwrap();
-    }
+    let circuits = stalled_downloads(&via_proxy, &exit, &files, 32, 1, &stall).await;
     // Cells pile up at the guard, under its budget.
     let deadline = Instant::now() + Duration::from_secs(60);
     while quota.used() < 1 << 20 && LIMITS.stalled_links_closed.load(Ordering::Relaxed) == closed_before {
@@ -208,6 +183,36 @@ async fn a27_a_forged_circuit_sendme_closes_the_circuit() {
 }
 
 /// Cells closed for memory so far (process-wide).
+/// The attacker (127.0.0.66) builds `n` circuits through `via_proxy` to `exit` with `streams`
+/// downloads of `/big` each, and from the moment the downloads are asked for its proxy never
+/// reads the guard's bytes again. The circuits and the applications' sockets are returned
+/// (dropping them does not end the stall: the proxy holds the connection).
+async fn stalled_downloads(
+    via_proxy: &ConsensusRelay,
+    exit: &ConsensusRelay,
+    files: &FileServer,
+    n: usize,
+    streams: usize,
+    stall: &tokio::sync::watch::Sender<bool>,
+) -> (Vec<CircHandle>, Vec<tokio::net::TcpStream>) {
+    let attacker = ChannelPool::new(ATTACKER, None);
+    let mut apps = Vec::new();
+    let mut circuits = Vec::new();
+    for _ in 0..n {
+        let c = circuit::build(&attacker, &[via_proxy, exit]).await.expect("an attacker circuit");
+        for _ in 0..streams {
+            apps.push(begin(&c, files.addr()).await.expect("CONNECTED"));
+        }
+        circuits.push(c);
+    }
+    // From here the guard's bytes toward the attacker are never read.
+    stall.send_replace(true);
+    for app in &mut apps {
+        app.write_all(b"GET /big HTTP/1.0\r\n\r\n").await.unwrap();
+    }
+    (circuits, apps)
+}
+
 fn oom_closures() -> u64 {
     LIMITS.oom_circuits_closed.load(Ordering::Relaxed) + LIMITS.oom_links_closed.load(Ordering::Relaxed)
 }
