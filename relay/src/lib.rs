@@ -133,7 +133,6 @@ impl InertRelay {
         let dir = Arc::new(dir_cache::DirCache::with_identity(saved, keys.relay_id(), hsdir::HsDir::with_limits(&limits)));
         let relays = dir.clone();
         let or_conns = ConnLimiter::with_exemption(limits.connections(), limits.max_connections_per_address, Box::new(move |ip| relays.is_relay_address(ip)));
-        let workers = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
         let ctx = RelayCtx {
             id: keys.relay_id(),
             dir,
@@ -141,7 +140,7 @@ impl InertRelay {
             client_circuits: ConnLimiter::counting(usize::MAX, limits.max_circuits_per_address, &LIMITS.circuits_per_address, &LIMITS.circuits_per_address),
             create_rates: Mutex::new(AddrBuckets::new(limits.create_rate_per_address, limits.create_burst_per_address, limits.create_defense())),
             replays: Mutex::new(handshakes::ReplayFilter::new(limits.create_replay_memory)),
-            handshakes: handshakes::HandshakePool::new(workers, limits.handshake_queue, limits.handshake_queue_delay()),
+            handshakes: handshakes::HandshakePool::new(limits.handshake_threads(), limits.handshake_queue, limits.handshake_queue_delay()),
             exit_conns: Arc::new(tokio::sync::Semaphore::new(limits.exit_connections())),
             limits,
             pool: ChannelPool::new(cfg.node.address, Some(creds)),

@@ -65,6 +65,9 @@ pub struct LimitsConfig {
     pub max_circuits_per_client_link: usize,
     /// Circuits all links from one client address (not a consensus relay) may hold open.
     pub max_circuits_per_address: usize,
+    /// Threads that run CREATE handshakes. 0: one fewer than the cores (at least one), so
+    /// that a flood of handshakes leaves a core to the threads that forward cells.
+    pub handshake_threads: usize,
     /// CREATE handshakes waiting for a worker before new ones are refused at once.
     pub handshake_queue: usize,
     /// A CREATE that waited longer than this for a worker is answered DESTROY (resource limit)
@@ -124,6 +127,7 @@ impl Default for LimitsConfig {
             create_defense_secs: 3600,
             max_circuits_per_client_link: 1024,
             max_circuits_per_address: 8192,
+            handshake_threads: 0,
             handshake_queue: 1024,
             handshake_queue_delay_ms: 1750,
             begin_rate_per_circuit: 100,
@@ -169,6 +173,7 @@ impl LimitsConfig {
         within("create_defense_secs", self.create_defense_secs, 1, 7 * 86_400)?;
         within("max_circuits_per_client_link", self.max_circuits_per_client_link as u64, 1, 1_000_000)?;
         within("max_circuits_per_address", self.max_circuits_per_address as u64, 1, 10_000_000)?;
+        within("handshake_threads", self.handshake_threads as u64, 0, 1024)?;
         within("handshake_queue", self.handshake_queue as u64, 1, 1_000_000)?;
         within("handshake_queue_delay_ms", self.handshake_queue_delay_ms, 1, 60_000)?;
         within("begin_rate_per_circuit", self.begin_rate_per_circuit.into(), 1, 1_000_000)?;
@@ -236,6 +241,14 @@ impl LimitsConfig {
         Duration::from_secs(self.create_defense_secs)
     }
 
+    /// Handshake threads, with 0 resolved from the number of cores.
+    pub fn handshake_threads(&self) -> usize {
+        match self.handshake_threads {
+            0 => std::thread::available_parallelism().map_or(1, |n| n.get()).saturating_sub(1).max(1),
+            n => n,
+        }
+    }
+
     pub fn handshake_queue_delay(&self) -> Duration {
         Duration::from_millis(self.handshake_queue_delay_ms)
     }
@@ -281,6 +294,7 @@ mod tests {
             ("max_intro_circuits", "0"),
             ("max_rendezvous_cookies", "0"),
             ("link_write_timeout_secs", "0"),
+            ("handshake_threads", "1025"),
         ] {
             let c: LimitsConfig = toml::from_str(&format!("{key} = {bad}")).unwrap();
             assert!(c.validate().unwrap_err().to_string().contains(&format!("limits.{key}")), "{key}");
@@ -288,6 +302,10 @@ mod tests {
         let d = LimitsConfig::default();
         assert_eq!((d.max_streams_per_circuit, d.max_resolves_per_circuit, d.request_timeout()), (1024, 32, Duration::from_secs(30)));
         assert_eq!(d.hsdir_max_bytes(), 50 << 20);
+        let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+        assert_eq!(d.handshake_threads(), (cores - 1).max(1), "one core left to forwarding");
+        let c: LimitsConfig = toml::from_str("handshake_threads = 3").unwrap();
+        assert_eq!(c.handshake_threads(), 3);
     }
 
     /// Links between relays outlive client links by default (an hour against 3 minutes), each
