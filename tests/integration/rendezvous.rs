@@ -82,3 +82,38 @@ async fn intro_and_rendezvous_points_join_circuits() {
     let closed = tokio::time::timeout(Duration::from_secs(20), svc.recv_control()).await.expect("the service circuit closes");
     assert!(closed.is_none(), "got {closed:?}");
 }
+
+/// `limits.max_intro_circuits` and `limits.max_rendezvous_cookies`: a relay at its cap destroys
+/// the circuit of one more ESTABLISH_INTRO (new key) or ESTABLISH_RENDEZVOUS (counted); the ones
+/// it holds keep working.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn intro_and_rendezvous_tables_hold_at_most_their_configured_caps() {
+    let a = crate::support::inproc::start_relay("capA", "").await.0;
+    let b = crate::support::inproc::start_relay("capB", "[limits]\nmax_intro_circuits = 1\nmax_rendezvous_cookies = 1\n").await.0;
+    let pool = ChannelPool::new(IpAddr::from([127, 0, 0, 1]), None);
+    let counted = |c: &std::sync::atomic::AtomicU64| c.load(std::sync::atomic::Ordering::Relaxed);
+    let limits = &allium_net::limits::LIMITS;
+    let (intro_full, rend_full) = (counted(&limits.intro_circuits_full), counted(&limits.rendezvous_cookies_full));
+
+    let first = circuit::build(&pool, &[&a, &b]).await.unwrap();
+    let m = establish::make(&ed25519_dalek::SigningKey::from_bytes(&[0x61; 32]), first.last_hop_keys(), Extensions::none());
+    assert_eq!(first.control(m).await.unwrap(), (1, RelayMsg::IntroEstablished { ext: Extensions::none() }));
+    let second = circuit::build(&pool, &[&a, &b]).await.unwrap();
+    let m = establish::make(&ed25519_dalek::SigningKey::from_bytes(&[0x62; 32]), second.last_hop_keys(), Extensions::none());
+    assert!(second.control(m).await.is_err(), "a second service key is refused");
+    assert!(counted(&limits.intro_circuits_full) > intro_full, "counted");
+
+    let rend = circuit::build(&pool, &[&a, &b]).await.unwrap();
+    let r = rend.control(RelayMsg::EstablishRendezvous { cookie: [1; 20], ext: Extensions::none() }).await.unwrap();
+    assert_eq!(r, (1, RelayMsg::RendezvousEstablished { ext: Extensions::none() }));
+    let more = circuit::build(&pool, &[&a, &b]).await.unwrap();
+    assert!(more.control(RelayMsg::EstablishRendezvous { cookie: [2; 20], ext: Extensions::none() }).await.is_err(), "a second cookie is refused");
+    assert!(counted(&limits.rendezvous_cookies_full) > rend_full, "counted");
+
+    // What it holds still works: an INTRODUCE1 for the first key is acked.
+    let auth_key = ed25519_dalek::SigningKey::from_bytes(&[0x61; 32]).verifying_key().to_bytes();
+    let introducing = circuit::build(&pool, &[&a, &b]).await.unwrap();
+    let body = IntroduceBody { auth_key, ext: Extensions::none(), encrypted: vec![0x55; 448] };
+    let ack = introducing.control(RelayMsg::Introduce1(body)).await.unwrap();
+    assert_eq!(ack, (1, RelayMsg::IntroduceAck { status: introduce_status::SUCCESS, ext: Extensions::none() }));
+}
