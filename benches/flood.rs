@@ -41,6 +41,8 @@ mod support;
 
 #[path = "common/dir_http.rs"]
 mod dir_http;
+#[path = "common/procfs.rs"]
+mod procfs;
 #[path = "flood/directory.rs"]
 mod dir_attacks;
 #[path = "flood/hsdir.rs"]
@@ -296,29 +298,19 @@ async fn intro_flood(net: &support::testnet::Testnet) {
 
 /// CPU seconds (user + system) `pid` has used.
 fn cpu_secs(pid: u32) -> f64 {
-    stat_cpu_secs(&format!("/proc/{pid}/stat"))
+    procfs::cpu_seconds(pid, procfs::clock_ticks()).unwrap_or(0.0)
 }
 
 /// CPU seconds the threads of `pid` whose name starts with `prefix` have used (threads that
 /// ended are not counted).
 fn thread_cpu_secs(pid: u32, prefix: &str) -> f64 {
     let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return 0.0 };
+    let ticks = procfs::clock_ticks();
     tasks
         .flatten()
         .filter(|t| std::fs::read_to_string(t.path().join("comm")).is_ok_and(|c| c.starts_with(prefix)))
-        .map(|t| stat_cpu_secs(&t.path().join("stat").to_string_lossy()))
+        .filter_map(|t| procfs::stat_seconds(&t.path().join("stat").to_string_lossy(), ticks))
         .sum()
-}
-
-/// utime + stime of a `/proc/.../stat` file, in seconds.
-fn stat_cpu_secs(path: &str) -> f64 {
-    let stat = std::fs::read_to_string(path).unwrap_or_default();
-    // Fields after the command name (which is in parentheses and may hold spaces).
-    let rest = stat.rsplit_once(')').map_or("", |(_, r)| r);
-    let f: Vec<&str> = rest.split_whitespace().collect();
-    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
-    // utime and stime are fields 14 and 15 of stat, i.e. 11 and 12 after the name.
-    (ticks(11) + ticks(12)) / 100.0
 }
 
 struct Phase {
@@ -493,8 +485,7 @@ async fn handshake_flood(target: ConsensusRelay, messages: Arc<Vec<Vec<u8>>>, st
 
 /// VmRSS of `pid` in MiB.
 fn rss_mib(pid: u32) -> f64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
-    status.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.split_whitespace().next()).and_then(|kb| kb.parse::<f64>().ok()).map_or(f64::NAN, |kb| kb / 1024.0)
+    procfs::rss_mib(pid).unwrap_or(f64::NAN)
 }
 
 /// The RSS once it is back within 8 MiB of `before`, or after 60 s (whichever comes first).

@@ -14,7 +14,13 @@ pub fn clock_ticks() -> f64 {
 
 /// utime + stime of a process, in seconds (every thread), from /proc/PID/stat.
 pub fn cpu_seconds(pid: u32, ticks: f64) -> Option<f64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat_seconds(&format!("/proc/{pid}/stat"), ticks)
+}
+
+/// utime + stime from a `stat` file: a process's (/proc/PID/stat) or one thread's
+/// (/proc/PID/task/TID/stat), in seconds.
+pub fn stat_seconds(path: &str, ticks: f64) -> Option<f64> {
+    let stat = std::fs::read_to_string(path).ok()?;
     // Fields after the `(comm)` one: state is field 3, utime 14, stime 15.
     let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
     let utime: f64 = fields.get(11)?.parse().ok()?;
