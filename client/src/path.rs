@@ -39,7 +39,7 @@ pub enum PathError {
 }
 
 /// What the stream wants from the exit.
-#[derive(Debug, Clone, Copy)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ExitNeed {
     /// An IP literal: the exit's policy must allow exactly this.
     Addr(IpAddr, u16),

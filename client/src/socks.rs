@@ -184,7 +184,7 @@ pub(crate) async fn serve_request(sock: TcpStream, state: Arc<ClientState>, app:
                 tracing::debug!("(no further exit: {e}; the destination was {host}:{port})");
                 return fail(sock, &front, reply_for_end(reason)).await;
             }
-            Err(GetError::Path(PathError::NoExit)) => return fail(sock, &front, ReplyCode::NotAllowed).await,
+            Err(e) if matches!(e.root(), GetError::Path(PathError::NoExit)) => return fail(sock, &front, ReplyCode::NotAllowed).await,
             Err(e) => {
                 tracing::info!("no circuit for a {} request: {e}", front.name());
                 return fail(sock, &front, ReplyCode::GeneralFailure).await;

@@ -31,11 +31,9 @@ pub fn status_fn(state: Arc<ClientState>) -> allium_net::operator::StatusFn {
             .collect();
         m.insert("guards".into(), Value::Array(guards));
         m.insert("relays_in_consensus".into(), json!(dir.as_ref().map(|d| d.relays().len())));
-        if let Some(ready) = state.circuits.ready_summary() {
-            // Port → clean circuits whose exits allow it (built ahead of need).
-            let ready: Map<String, Value> = ready.into_iter().map(|(p, n)| (p.to_string(), json!(n))).collect();
-            m.insert("circuits_ready".into(), Value::Object(ready));
-        }
+        // Port → clean circuits whose exits allow it (built ahead of need).
+        let ready: Map<String, Value> = state.circuits.ready_summary().into_iter().map(|(p, n)| (p.to_string(), json!(n))).collect();
+        m.insert("circuits_ready".into(), Value::Object(ready));
         let metrics = &allium_net::metrics::METRICS;
         m.insert(
             "recovery".into(),
