@@ -145,15 +145,16 @@ const FREE_EXIT_TRIES: usize = 8;
 
 /// Chooses guard, middle and exit.
 ///
-/// `guards`: the client's usable guards in order of preference. The first one for which a
-/// compatible exit and middle exist is used (a guard may be the only exit, or share a /16 with
-/// every exit). Empty: the guard is chosen by weight among guard-capable relays (used by tests
-/// and by nothing that carries user traffic).
+/// `guards`: the client's usable guards in order of preference. Empty: the guard is chosen by
+/// weight among guard-capable relays (used by tests and by nothing that carries user traffic).
 ///
 /// `avoid_exits`: relays not to use as exit (an exit already failed this stream).
 ///
-/// Order: exit (by exit weight, among relays that allow `need` and are compatible with the
-/// guard), then middle (by middle weight, compatible with both).
+/// Order, as in Tor: the exit first (by exit weight, among relays that allow `need`), then the
+/// first guard compatible with it (so a guard that is also an exit still carries this client's
+/// exit traffic, through another guard), then the middle (by middle weight, compatible with
+/// both). An exit compatible with no guard is drawn again a few times; then each guard in turn
+/// gets any exit compatible with it (a guard may share a /16 with every exit).
 pub fn choose_path<'a, R: Rng + ?Sized>(
     cands: &[Candidate<'a>],
     guards: &[RelayId],
@@ -171,6 +172,13 @@ pub fn choose_path<'a, R: Rng + ?Sized>(
         Some([g, middle, exit])
     };
     if !guards.is_empty() {
+        let listed: Vec<&Candidate<'a>> = guards.iter().filter_map(|id| cands.iter().find(|c| c.id() == id)).collect();
+        for _ in 0..FREE_EXIT_TRIES {
+            let exit = pick(cands, Position::Exit, rng, exit_ok).expect("an exit exists").relay;
+            let Some(g) = listed.iter().find(|g| compatible(g.relay, exit)) else { continue };
+            let Some(middle) = pick(cands, Position::Middle, rng, |c| compatible(c.relay, g.relay) && compatible(c.relay, exit)) else { continue };
+            return Ok([g.relay, middle.relay, exit]);
+        }
         let mut listed = false;
         for id in guards {
             let Some(g) = cands.iter().find(|c| c.id() == id) else { continue };
@@ -431,6 +439,28 @@ pub(crate) mod tests {
         assert_eq!(p[0].identity, RelayId([3; 32]));
         assert_eq!(choose_path(&cands, &[RelayId([9; 32])], ExitNeed::Port(80), &[], &mut rng).unwrap_err(), PathError::NoGuard);
         assert_eq!(choose_path(&cands, &[], ExitNeed::Port(80), &[RelayId([6; 32])], &mut rng).unwrap_err(), PathError::NoExit);
+    }
+
+    /// The exit is drawn before the guard (as in Tor): a first guard that is also an exit still
+    /// carries this client's exit traffic (behind the second guard) in its share by weight.
+    #[test]
+    fn a_first_guard_that_is_an_exit_is_still_drawn_as_exit() {
+        // Relays 5 and 6 are exits of equal weight share (1000·5 vs 1000·6); 6 is the first guard.
+        let relays: Vec<_> = (1..=6).map(|i| relay(i, i >= 5)).collect();
+        let cands = candidates_from_relays(&relays);
+        let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+        let guards = [RelayId([6; 32]), RelayId([2; 32])];
+        let mut through_6 = 0;
+        for _ in 0..400 {
+            let p = choose_path(&cands, &guards, ExitNeed::Port(80), &[], &mut rng).unwrap();
+            if p[2].identity == RelayId([6; 32]) {
+                through_6 += 1;
+                assert_eq!(p[0].identity, RelayId([2; 32]), "the exit is the first guard: the second guard is used");
+            } else {
+                assert_eq!(p[0].identity, RelayId([6; 32]), "otherwise the first guard is used");
+            }
+        }
+        assert!(through_6 > 100, "the first guard was the exit in {through_6} of 400 paths (by weight: about 218)");
     }
 
     /// Upper critical values of the chi-square distribution at p = 0.001, by degrees of freedom.
