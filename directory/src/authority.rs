@@ -225,7 +225,7 @@ impl AuthorityState {
             return;
         }
         let rule = self.thresholds().down;
-        self.history.record(id, ok, now, &rule);
+        self.history.record(id, ok, now, &rule, self.policy.max_relay_descriptors);
         self.changes += 1;
     }
 
@@ -416,7 +416,7 @@ impl AuthorityState {
         let max_age = descriptor_max_age(self.schedule.interval_secs());
         self.descriptors.retain(|_, d| d.published + max_age >= now);
         // Histories outlive descriptors (a relay that restarts keeps its record), for a bound.
-        self.history.forget(now);
+        self.history.forget(now, self.policy.max_relay_descriptors);
     }
 
     /// Number of descriptors held.

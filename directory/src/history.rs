@@ -28,8 +28,9 @@ const DECAY: f64 = 0.95;
 const DECAY_SECS: f64 = 12.0 * 3600.0;
 /// Histories of relays not tested for this long are forgotten.
 pub const FORGET_AFTER_SECS: u64 = 30 * 86_400;
-/// Most relays remembered; past it the longest untested are forgotten.
-pub const MAX_HISTORIES: usize = 20_000;
+/// Most relays a history file may hold when read (an authority remembers at most
+/// `limits.max_relay_descriptors`: see [`HistoryBook::record`]).
+pub const MAX_HISTORIES: usize = 1_000_000;
 
 /// When Running is lost (consensus parameters `running-min-failures`, `running-min-down-secs`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -176,11 +177,13 @@ struct StoredHistory {
 }
 
 impl HistoryBook {
-    /// Records a reachability test of `id` finished at `now`.
-    pub fn record(&mut self, id: RelayId, ok: bool, now: u64, rule: &DownRule) {
+    /// Records a reachability test of `id` finished at `now`; past `cap` relays (the
+    /// authority's `limits.max_relay_descriptors`: every tested relay sent a descriptor) the
+    /// longest untested are forgotten.
+    pub fn record(&mut self, id: RelayId, ok: bool, now: u64, rule: &DownRule, cap: usize) {
         self.relays.entry(id).or_insert_with(|| History::new(now)).record(ok, now, rule);
-        if self.relays.len() > MAX_HISTORIES {
-            self.forget(now);
+        if self.relays.len() > cap {
+            self.forget(now, cap);
         }
     }
 
@@ -212,14 +215,13 @@ impl HistoryBook {
         self.relays.remove(id);
     }
 
-    /// Forgets relays untested for [`FORGET_AFTER_SECS`], then the longest untested past
-    /// [`MAX_HISTORIES`].
-    pub fn forget(&mut self, now: u64) {
+    /// Forgets relays untested for [`FORGET_AFTER_SECS`], then the longest untested past `cap`.
+    pub fn forget(&mut self, now: u64, cap: usize) {
         self.relays.retain(|_, h| now.saturating_sub(h.last_test) < FORGET_AFTER_SECS);
-        if self.relays.len() > MAX_HISTORIES {
+        if self.relays.len() > cap {
             let mut by_age: Vec<(u64, RelayId)> = self.relays.iter().map(|(id, h)| (h.last_test, *id)).collect();
             by_age.sort_unstable();
-            for (_, id) in by_age.iter().take(self.relays.len() - MAX_HISTORIES) {
+            for (_, id) in by_age.iter().take(self.relays.len() - cap) {
                 self.relays.remove(id);
             }
         }
@@ -273,6 +275,9 @@ pub fn median(mut v: Vec<u64>) -> Option<u64> {
 mod tests {
     use super::*;
 
+    /// `limits.max_relay_descriptors` by default.
+    const CAP: usize = 20_000;
+
     const RULE: DownRule = DownRule { min_failures: 2, min_down_secs: 600 };
     const T0: u64 = 1_800_000_000;
     const ID: RelayId = RelayId([7; 32]);
@@ -280,19 +285,19 @@ mod tests {
     #[test]
     fn one_failed_test_keeps_running_several_over_minutes_do_not() {
         let mut b = HistoryBook::default();
-        b.record(ID, true, T0, &RULE);
-        b.record(ID, false, T0 + 300, &RULE);
+        b.record(ID, true, T0, &RULE, CAP);
+        b.record(ID, false, T0 + 300, &RULE, CAP);
         let h = b.get(&ID).unwrap();
         assert!(h.running(T0 + 300, &RULE), "one failure");
         assert_eq!(h.run_since, Some(T0));
-        b.record(ID, false, T0 + 600, &RULE);
+        b.record(ID, false, T0 + 600, &RULE, CAP);
         assert!(b.get(&ID).unwrap().running(T0 + 600, &RULE), "two failures within 600 s");
-        b.record(ID, false, T0 + 900, &RULE);
+        b.record(ID, false, T0 + 900, &RULE, CAP);
         let h = b.get(&ID).unwrap();
         assert!(!h.running(T0 + 900, &RULE), "three failures over 600 s");
         assert_eq!(h.run_since, None);
         assert_eq!(h.mtbf_secs(T0 + 900), 300, "the run ended when the failures began");
-        b.record(ID, true, T0 + 1200, &RULE);
+        b.record(ID, true, T0 + 1200, &RULE, CAP);
         let h = b.get(&ID).unwrap();
         assert_eq!(h.run_since, Some(T0 + 1200));
         assert!(h.running(T0 + 1200, &RULE));
@@ -302,7 +307,7 @@ mod tests {
     fn weighted_uptime_and_time_known() {
         let mut b = HistoryBook::default();
         for i in 0..=10 {
-            b.record(ID, i % 5 != 4 || i == 0, T0 + i * 3600, &DownRule { min_failures: 1, min_down_secs: 0 });
+            b.record(ID, i % 5 != 4 || i == 0, T0 + i * 3600, &DownRule { min_failures: 1, min_down_secs: 0 }, CAP);
         }
         let h = b.get(&ID).unwrap();
         assert_eq!(h.known_secs(T0 + 36_000), 36_000);
@@ -313,9 +318,9 @@ mod tests {
     #[test]
     fn the_file_round_trips_and_bad_files_are_refused() {
         let mut b = HistoryBook::default();
-        b.record(ID, true, T0, &RULE);
-        b.record(RelayId([9; 32]), false, T0 + 5, &RULE);
-        b.record(ID, true, T0 + 3600, &RULE);
+        b.record(ID, true, T0, &RULE, CAP);
+        b.record(RelayId([9; 32]), false, T0 + 5, &RULE, CAP);
+        b.record(ID, true, T0 + 3600, &RULE, CAP);
         b.require_retest(&RelayId([9; 32]));
         let back = HistoryBook::from_text(&b.to_text()).unwrap();
         assert_eq!(back, b);
@@ -328,12 +333,24 @@ mod tests {
     #[test]
     fn a_changed_address_needs_a_new_test_but_keeps_its_history() {
         let mut b = HistoryBook::default();
-        b.record(ID, true, T0, &RULE);
+        b.record(ID, true, T0, &RULE, CAP);
         b.require_retest(&ID);
         assert!(!b.proven(&ID) && !b.get(&ID).unwrap().running(T0 + 1, &RULE));
-        b.record(ID, true, T0 + 60, &RULE);
+        b.record(ID, true, T0 + 60, &RULE, CAP);
         assert!(b.proven(&ID));
         assert_eq!(b.get(&ID).unwrap().first_seen, T0);
+    }
+
+    /// The book holds at most `cap` relays: the longest untested go first.
+    #[test]
+    fn past_its_cap_the_longest_untested_relays_are_forgotten() {
+        let mut b = HistoryBook::default();
+        for i in 0..5u8 {
+            b.record(RelayId([i; 32]), true, T0 + i as u64, &RULE, 3);
+        }
+        assert_eq!(b.len(), 3);
+        assert!(!b.tested(&RelayId([0; 32])) && !b.tested(&RelayId([1; 32])));
+        assert!(b.tested(&RelayId([4; 32])));
     }
 
     #[test]
