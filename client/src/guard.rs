@@ -419,6 +419,18 @@ pub fn save(path: &Path, set: &GuardSet) -> std::io::Result<()> {
     crate::state_file::write_atomic(path, &set.to_toml())
 }
 
+impl crate::state_file::SavedState for GuardSet {
+    fn take_dirty(&mut self) -> bool {
+        GuardSet::take_dirty(self)
+    }
+    fn mark_dirty(&mut self) {
+        GuardSet::mark_dirty(self)
+    }
+    fn to_toml(&self) -> String {
+        GuardSet::to_toml(self)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -61,6 +61,15 @@ impl SaveReporter {
     }
 }
 
+/// State kept in a file and written when it changed (the guard and vanguard sets).
+pub trait SavedState {
+    /// Whether it changed since the last call.
+    fn take_dirty(&mut self) -> bool;
+    /// Changed again (a write failed).
+    fn mark_dirty(&mut self);
+    fn to_toml(&self) -> String;
+}
+
 /// Writes `text` to `path` atomically: a temporary file in the same directory
 /// (`<name>.tmp`), synced, then renamed over `path`.
 pub fn write_atomic(path: &Path, text: &str) -> std::io::Result<()> {

@@ -185,6 +185,18 @@ pub fn save(path: &Path, set: &VanguardSet) -> std::io::Result<()> {
     crate::state_file::write_atomic(path, &set.to_toml())
 }
 
+impl crate::state_file::SavedState for VanguardSet {
+    fn take_dirty(&mut self) -> bool {
+        VanguardSet::take_dirty(self)
+    }
+    fn mark_dirty(&mut self) {
+        VanguardSet::mark_dirty(self)
+    }
+    fn to_toml(&self) -> String {
+        VanguardSet::to_toml(self)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

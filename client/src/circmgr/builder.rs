@@ -20,7 +20,7 @@ use super::{GetError, BUILD_ATTEMPTS, GUARD_TIMEOUTS_BEFORE_DOWN, MAX_GUARD_WAIT
 use crate::circuit::{self, CircError, CircHandle};
 use crate::guard::{self, GuardParams, GuardSet, Selection};
 use crate::path::{candidates, choose_path, ExitNeed};
-use crate::state_file::SaveReporter;
+use crate::state_file::{SaveReporter, SavedState};
 use crate::timeout::TimeoutLearner;
 use crate::vanguards::{self, VanguardParams, VanguardSet};
 use crate::Bootstrap;
@@ -44,6 +44,21 @@ pub struct Builder {
     /// Circuits built so far (numbers them in debug logs).
     pub(super) serial: AtomicU64,
     bootstrap: Arc<Bootstrap>,
+}
+
+/// Writes `state` to `file` if it changed (its text made under the lock, the file written
+/// outside it; marked changed again if the write failed): the path and the result, if written.
+fn write_changed<'p, S: SavedState>(file: Option<&'p std::path::Path>, state: &Mutex<S>) -> Option<(&'p std::path::Path, std::io::Result<()>)> {
+    let file = file?;
+    let text = {
+        let mut s = state.lock().expect("saved state");
+        s.take_dirty().then(|| s.to_toml())?
+    };
+    let r = crate::state_file::write_atomic(file, &text);
+    if r.is_err() {
+        state.lock().expect("saved state").mark_dirty();
+    }
+    Some((file, r))
 }
 
 fn now_ms() -> u64 {
@@ -128,29 +143,12 @@ impl Builder {
         }
     }
 
-    /// Writes each changed state file (the text is made under the lock, the file written
-    /// outside it); a failed write is retried at the next change.
+    /// Writes each changed state file; a failed write is retried at the next change.
     fn write_state(&self) {
-        let guards = self.guard_file.as_ref().and_then(|p| {
-            let mut g = self.guards.lock().expect("guards");
-            g.take_dirty().then(|| (p, g.to_toml()))
-        });
-        if let Some((p, text)) = guards {
-            let r = crate::state_file::write_atomic(p, &text);
-            if r.is_err() {
-                self.guards.lock().expect("guards").mark_dirty();
-            }
+        if let Some((p, r)) = write_changed(self.guard_file.as_deref(), &self.guards) {
             self.save_errors.lock().expect("save errors").0.report(p, &r, Instant::now());
         }
-        let l2 = self.vanguard_file.as_ref().and_then(|p| {
-            let mut v = self.vanguards.lock().expect("vanguards");
-            v.take_dirty().then(|| (p, v.to_toml()))
-        });
-        if let Some((p, text)) = l2 {
-            let r = crate::state_file::write_atomic(p, &text);
-            if r.is_err() {
-                self.vanguards.lock().expect("vanguards").mark_dirty();
-            }
+        if let Some((p, r)) = write_changed(self.vanguard_file.as_deref(), &self.vanguards) {
             self.save_errors.lock().expect("save errors").1.report(p, &r, Instant::now());
         }
     }
