@@ -274,6 +274,19 @@ mod tests {
         })
     }
 
+    /// A request of class `name` for `port`, in its own task: the exit it got and how.
+    fn request(table: &SharedTable<Fake>, port: u16, name: &'static str, build: impl FnOnce() -> BuildFuture + Send + 'static) -> tokio::task::JoinHandle<Result<(u8, &'static str), GetError>> {
+        let t = table.clone();
+        tokio::spawn(async move { obtain(&t, ExitNeed::Port(port), &class(name), &[], build).await.map(|(c, how)| (c.exit, how)) })
+    }
+
+    /// Lets the other tasks run until `n` builds have started.
+    async fn started(builds: &AtomicUsize, n: usize) {
+        while builds.load(Ordering::SeqCst) < n {
+            tokio::task::yield_now().await;
+        }
+    }
+
     fn never_builds() -> BuildFuture {
         panic!("this request must not start a build")
     }
@@ -284,23 +297,15 @@ mod tests {
         let builds = Arc::new(AtomicUsize::new(0));
         // Class a owns a circuit to port 80; one clean circuit allows port 443.
         let (a_built, a_build) = held_build(&builds);
-        let a = tokio::spawn({
-            let t = table.clone();
-            async move { obtain(&t, ExitNeed::Port(80), &class("a"), &[], a_build).await.map(|(c, how)| (c.exit, how)) }
-        });
+        let a = request(&table, 80, "a", a_build);
         a_built.send(Ok(fake(1, 80))).ok().unwrap();
         assert_eq!(a.await.unwrap().unwrap(), (1, "new"));
         table.lock().unwrap().add_clean(fake(2, 443));
 
         // Class b's build hangs (a black-holed path).
         let (_b_never, b_build) = held_build(&builds);
-        let b = tokio::spawn({
-            let t = table.clone();
-            async move { obtain(&t, ExitNeed::Port(80), &class("b"), &[], b_build).await.map(|(c, _)| c.exit) }
-        });
-        while builds.load(Ordering::SeqCst) < 2 {
-            tokio::task::yield_now().await;
-        }
+        let b = request(&table, 80, "b", b_build);
+        started(&builds, 2).await;
         // Meanwhile class a gets its circuit and class c the clean one, at the first poll.
         let got = ready_now(obtain(&table, ExitNeed::Port(80), &class("a"), &[], never_builds)).expect("class a waited");
         assert_eq!(got.map(|(c, how)| (c.exit, how)).unwrap(), (1, "reused"));
@@ -315,32 +320,15 @@ mod tests {
         let table: SharedTable<Fake> = Arc::default();
         let builds = Arc::new(AtomicUsize::new(0));
         let (built, build) = held_build(&builds);
-        let first = tokio::spawn({
-            let t = table.clone();
-            async move { obtain(&t, ExitNeed::Port(80), &class("a"), &[], build).await.map(|(c, how)| (c.exit, how)) }
-        });
-        while builds.load(Ordering::SeqCst) < 1 {
-            tokio::task::yield_now().await;
-        }
-        let mut others = Vec::new();
-        for _ in 0..3 {
-            let t = table.clone();
-            others.push(tokio::spawn(async move { obtain(&t, ExitNeed::Port(80), &class("a"), &[], never_builds).await.map(|(c, how)| (c.exit, how)) }));
-        }
+        let first = request(&table, 80, "a", build);
+        started(&builds, 1).await;
+        let others: Vec<_> = (0..3).map(|_| request(&table, 80, "a", never_builds)).collect();
         // Another need of the same class, and the same need of another class, build their own.
         let (_, other_port) = held_build(&builds);
-        let _p = tokio::spawn({
-            let t = table.clone();
-            async move { obtain(&t, ExitNeed::Port(443), &class("a"), &[], other_port).await.is_ok() }
-        });
+        let _p = request(&table, 443, "a", other_port);
         let (_, other_class) = held_build(&builds);
-        let _c = tokio::spawn({
-            let t = table.clone();
-            async move { obtain(&t, ExitNeed::Port(80), &class("b"), &[], other_class).await.is_ok() }
-        });
-        while builds.load(Ordering::SeqCst) < 3 {
-            tokio::task::yield_now().await;
-        }
+        let _c = request(&table, 80, "b", other_class);
+        started(&builds, 3).await;
         built.send(Ok(fake(7, 80))).ok().unwrap();
         assert_eq!(first.await.unwrap().unwrap(), (7, "new"));
         for o in others {
@@ -354,17 +342,9 @@ mod tests {
         let table: SharedTable<Fake> = Arc::default();
         let builds = Arc::new(AtomicUsize::new(0));
         let (built, build) = held_build(&builds);
-        let first = tokio::spawn({
-            let t = table.clone();
-            async move { obtain(&t, ExitNeed::Port(80), &class("a"), &[], build).await.map(|(c, _)| c.exit) }
-        });
-        while builds.load(Ordering::SeqCst) < 1 {
-            tokio::task::yield_now().await;
-        }
-        let waiter = tokio::spawn({
-            let t = table.clone();
-            async move { obtain(&t, ExitNeed::Port(80), &class("a"), &[], never_builds).await.map(|(c, _)| c.exit) }
-        });
+        let first = request(&table, 80, "a", build);
+        started(&builds, 1).await;
+        let waiter = request(&table, 80, "a", never_builds);
         tokio::task::yield_now().await;
         built.send(Err(GetError::Path(PathError::NoExit))).ok().unwrap();
         for r in [first.await.unwrap(), waiter.await.unwrap()] {
