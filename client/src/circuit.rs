@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use allium_net::channel::Channel;
 use allium_net::link::PeerInfo;
 use allium_net::pool::ChannelPool;
-use allium_net::stream::{StreamError, StreamMux};
+use allium_net::stream::{DataStream, StreamError, StreamMux};
 use allium_net::limits::counters::{LimitCounters, LIMITS};
 use allium_proto::cell::{self, Cell, CellCmd, DestroyReason, MAX_HANDSHAKE_LEN, PAYLOAD_LEN};
 use allium_proto::crypto::cell_crypto::ClientCrypto;
@@ -59,18 +59,18 @@ pub enum CircError {
 pub struct BeginRequest {
     pub host: String,
     pub port: u16,
-    /// The application's socket; the task answers it.
-    pub sock: TcpStream,
-    /// Bytes the application sent after its SOCKS request (sent once connected).
-    pub early_data: Vec<u8>,
-    /// Written to the socket before any stream data once connected (the SOCKS success reply).
-    pub success_reply: Vec<u8>,
-    /// `Ok(())` once connected; on failure the socket comes back so the caller can answer.
-    pub done: oneshot::Sender<Result<IpAddrOpt, (EndReason, TcpStream)>>,
+    /// The open stream once the exit answered CONNECTED, or its refusal (DESTROY if the
+    /// circuit died first, TIMEOUT if no answer came in time: [`crate::recovery`]).
+    pub done: oneshot::Sender<Result<Connected, EndReason>>,
 }
 
-/// The address the exit reports, if any.
-pub type IpAddrOpt = Option<IpAddr>;
+/// A stream the exit connected: the requester splices it to its socket
+/// ([`DataStream::splice`]); dropped, the stream ends.
+pub struct Connected {
+    pub stream: DataStream,
+    /// The address the exit reports, if any.
+    pub addr: Option<IpAddr>,
+}
 
 /// A name to resolve through the exit (RESOLVE on a fresh stream id, answered by RESOLVED).
 pub struct ResolveRequest {
@@ -135,7 +135,7 @@ impl Pending {
     fn fail(self, reason: EndReason) {
         match self {
             Pending::App(req) => {
-                let _ = req.done.send(Err((reason, req.sock)));
+                let _ = req.done.send(Err(reason));
             }
             Pending::Dir(done) => {
                 let _ = done.send(Err(reason));
@@ -666,7 +666,7 @@ impl Circuit {
             Ok(sock) => {
                 let last = self.crypto.n_hops() - 1;
                 self.send(last, sid, &RelayMsg::Connected { addr: None, ext: Extensions::none() }).await?;
-                mux.attach(sid, sock, Vec::new());
+                mux.attach(sid, sock);
                 Ok(())
             }
             Err(reason) => {
@@ -750,19 +750,14 @@ impl Circuit {
             RelayMsg::Connected { addr, .. } => {
                 match pending.remove(&sid).ok_or_else(|| CircError::Protocol("CONNECTED for no pending stream".into()))?.1 {
                     Pending::App(req) => {
-                        let metrics = &allium_net::metrics::METRICS;
-                        metrics.streams_opened.inc();
-                        let sock = allium_net::stream::Holding { sock: req.sock, guard: metrics.streams_open.open() };
-                        mux.attach(sid, sock, req.success_reply);
-                        let _ = req.done.send(Ok(addr));
-                        if !req.early_data.is_empty() {
-                            let out = mux.send_early(sid, req.early_data);
-                            self.send_all(out).await?;
-                        }
+                        allium_net::metrics::METRICS.streams_opened.inc();
+                        let stream = mux.take_stream(sid).expect("opened with its BEGIN");
+                        // A requester gone by now drops the stream, which ends it.
+                        let _ = req.done.send(Ok(Connected { stream, addr }));
                     }
                     Pending::Dir(done) => {
                         let (ours, theirs) = tokio::io::duplex(DIR_PIPE_BUFFER);
-                        mux.attach(sid, ours, Vec::new());
+                        mux.attach(sid, ours);
                         let _ = done.send(Ok(theirs));
                     }
                 }

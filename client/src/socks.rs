@@ -17,7 +17,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 
 use crate::circmgr::{retry_on_another_exit, GetError, STREAM_RETRIES};
-use crate::circuit::{BeginRequest, ResolveRequest};
+use crate::circuit::{BeginRequest, Connected, ResolveRequest};
 use crate::path::{ExitNeed, PathError};
 use crate::ClientState;
 
@@ -169,10 +169,8 @@ pub(crate) async fn serve_request(sock: TcpStream, state: Arc<ClientState>, app:
     };
     // Up to 1 + STREAM_RETRIES exits, never one twice, while the refusal is one another exit
     // may not give (circmgr::retry_on_another_exit).
-    let success_reply = front.reply(ReplyCode::Succeeded, Some(SocketAddr::from(([0, 0, 0, 0], 0))));
     let mut refused_by: Vec<RelayId> = Vec::new();
     let mut last_refusal: Option<EndReason> = None;
-    let mut sock = sock;
     loop {
         let circ = match state.circuits.get_avoiding(&dir, need, &iso, &refused_by).await {
             Ok(c) => c,
@@ -192,14 +190,12 @@ pub(crate) async fn serve_request(sock: TcpStream, state: Arc<ClientState>, app:
         };
         let exit = circ.exit.identity;
         let (done, rx) = oneshot::channel();
-        let begin = BeginRequest { host: host.clone(), port, sock, early_data: early.clone(), success_reply: success_reply.clone(), done };
-        if let Err(req) = circ.begin(begin).await {
-            return fail(req.sock, &front, ReplyCode::GeneralFailure).await;
+        if circ.begin(BeginRequest { host: host.clone(), port, done }).await.is_err() {
+            return fail(sock, &front, ReplyCode::GeneralFailure).await;
         }
         match rx.await {
-            Ok(Ok(_)) => return Ok(()),
-            Ok(Err((reason, s))) => {
-                sock = s;
+            Ok(Ok(c)) => return connected(sock, c, &front, early).await,
+            Ok(Err(reason)) => {
                 refused_by.push(exit);
                 if !retry_elsewhere(reason, refused_by.len()) {
                     tracing::info!("{} request failed: {} ({} exits tried; {reason:?})", front.name(), refusal_text(reason), refused_by.len());
@@ -210,9 +206,19 @@ pub(crate) async fn serve_request(sock: TcpStream, state: Arc<ClientState>, app:
                 tracing::debug!("(the exit was {})", exit.short());
                 last_refusal = Some(reason);
             }
-            Err(_) => return Ok(()),
+            // The circuit task ended without an answer.
+            Err(_) => return fail(sock, &front, ReplyCode::GeneralFailure).await,
         }
     }
+}
+
+/// The stream is open: tells the application (the front end's success reply) and carries its
+/// bytes, `early` first (what it sent after its request).
+async fn connected(mut sock: TcpStream, c: Connected, front: &Front, early: Vec<u8>) -> std::io::Result<()> {
+    sock.write_all(&front.reply(ReplyCode::Succeeded, Some(SocketAddr::from(([0, 0, 0, 0], 0))))).await?;
+    let guard = allium_net::metrics::METRICS.streams_open.open();
+    c.stream.splice(allium_net::stream::Holding { sock, guard }, early);
+    Ok(())
 }
 
 /// A stream request to an onion service.
@@ -235,8 +241,6 @@ async fn serve_onion(sock: TcpStream, state: Arc<ClientState>, req: OnionRequest
         tracing::warn!("{} request refused: no usable consensus yet", front.name());
         return fail(sock, &front, ReplyCode::GeneralFailure).await;
     };
-    let success_reply = front.reply(ReplyCode::Succeeded, Some(SocketAddr::from(([0, 0, 0, 0], 0))));
-    let mut sock = sock;
     for round in 0..2 {
         let circ = match state.onions.circuit(&state.circuits, &dir, &addr, &iso).await {
             Ok(c) => c,
@@ -247,25 +251,20 @@ async fn serve_onion(sock: TcpStream, state: Arc<ClientState>, req: OnionRequest
             }
         };
         let (done, rx) = oneshot::channel();
-        let begin = BeginRequest { host: host.clone(), port, sock, early_data: early.clone(), success_reply: success_reply.clone(), done };
-        if let Err(req) = circ.begin(begin).await {
-            sock = req.sock;
+        if circ.begin(BeginRequest { host: host.clone(), port, done }).await.is_err() {
             state.onions.forget(&addr, &iso);
             continue;
         }
         match rx.await {
-            Ok(Ok(_)) => return Ok(()),
+            Ok(Ok(c)) => return connected(sock, c, &front, early).await,
             // The circuit died under the stream, or gave it up (no CONNECTED in time): once more
             // on a new one.
-            Ok(Err((EndReason::Destroy | EndReason::Timeout, s))) if round == 0 => {
-                sock = s;
-                state.onions.forget(&addr, &iso);
-            }
-            Ok(Err((reason, s))) => {
+            Ok(Err(EndReason::Destroy | EndReason::Timeout)) if round == 0 => state.onions.forget(&addr, &iso),
+            Ok(Err(reason)) => {
                 tracing::info!("{} stream refused by the onion service ({reason:?})", front.name());
-                return fail(s, &front, reply_for_end(reason)).await;
+                return fail(sock, &front, reply_for_end(reason)).await;
             }
-            Err(_) => return Ok(()),
+            Err(_) => return fail(sock, &front, ReplyCode::GeneralFailure).await,
         }
     }
     tracing::info!("{} request to an onion service failed: its rendezvous circuits closed", front.name());

@@ -189,7 +189,7 @@ impl RelayCircuit {
                     Ok((sock, ip)) => {
                         METRICS.streams_opened.inc();
                         let step = self.send_back(id, &RelayMsg::Connected { addr: Some(ip), ext: Default::default() }).await;
-                        mux.attach(id, sock, Vec::new());
+                        mux.attach(id, sock);
                         step
                     }
                     Err(reason) => {
@@ -381,7 +381,7 @@ impl RelayCircuit {
                 let (ours, theirs) = tokio::io::duplex(crate::dir_cache::PIPE_BUFFER);
                 tokio::spawn(crate::dir_cache::serve(theirs, self.ctx.dir.clone()));
                 let step = self.send_back(stream_id, &RelayMsg::Connected { addr: None, ext: Default::default() }).await;
-                mux.attach(stream_id, ours, Vec::new());
+                mux.attach(stream_id, ours);
                 step
             }
             RelayMsg::Resolve { host, .. } => {

@@ -359,27 +359,23 @@ async fn begin_many(
         let (theirs, _) = app.accept().await.unwrap();
         keep.push(ours);
         let (done, rx) = oneshot::channel();
-        let req = BeginRequest {
-            host: target.ip().to_string(),
-            port: target.port(),
-            sock: theirs,
-            early_data: vec![],
-            success_reply: vec![],
-            done,
-        };
+        let req = BeginRequest { host: target.ip().to_string(), port: target.port(), done };
         assert!(c.begin(req).await.is_ok(), "the circuit closed");
-        waits.push(rx);
+        waits.push((rx, theirs));
     }
     let mut out = Vec::new();
-    for w in waits {
+    for (w, theirs) in waits {
         out.push(
             match tokio::time::timeout(Duration::from_secs(60), w)
                 .await
                 .expect("a BEGIN answered")
                 .expect("the circuit answered")
             {
-                Ok(_) => Ok(()),
-                Err((reason, _)) => Err(reason),
+                Ok(c) => {
+                    c.stream.splice(theirs, vec![]);
+                    Ok(())
+                }
+                Err(reason) => Err(reason),
             },
         );
     }

@@ -102,14 +102,15 @@ async fn open_stream(rend: &CircHandle, host: &str, port: u16) -> Result<tokio::
     let app = tokio::net::TcpStream::connect(l.local_addr().unwrap()).await.unwrap();
     let (ours, _) = l.accept().await.unwrap();
     let (done, answer) = tokio::sync::oneshot::channel();
-    let req = BeginRequest { host: host.into(), port, sock: ours, early_data: vec![], success_reply: vec![], done };
+    let req = BeginRequest { host: host.into(), port, done };
     assert!(rend.begin(req).await.is_ok(), "the circuit is open");
     match tokio::time::timeout(Duration::from_secs(30), answer).await.expect("an answer in time").expect("answered") {
-        Ok(addr) => {
-            assert_eq!(addr, None, "CONNECTED from a service carries no address");
+        Ok(c) => {
+            assert_eq!(c.addr, None, "CONNECTED from a service carries no address");
+            c.stream.splice(ours, vec![]);
             Ok(app)
         }
-        Err((reason, _)) => Err(reason),
+        Err(reason) => Err(reason),
     }
 }
 

@@ -32,11 +32,14 @@ pub async fn begin_small_buffers(c: &CircHandle, target: SocketAddr) -> Result<T
 
 async fn begin_on(c: &CircHandle, target: SocketAddr, ours: TcpStream, theirs: TcpStream) -> Result<TcpStream, String> {
     let (done, rx) = oneshot::channel();
-    let req = BeginRequest { host: target.ip().to_string(), port: target.port(), sock: theirs, early_data: vec![], success_reply: vec![], done };
+    let req = BeginRequest { host: target.ip().to_string(), port: target.port(), done };
     c.begin(req).await.map_err(|_| "the circuit closed".to_string())?;
     match tokio::time::timeout(Duration::from_secs(60), rx).await {
-        Ok(Ok(Ok(_))) => Ok(ours),
-        other => Err(format!("BEGIN failed: {:?}", other.map(|r| r.map(|r| r.map(|_| ()).map_err(|(e, _)| e))))),
+        Ok(Ok(Ok(connected))) => {
+            connected.stream.splice(theirs, vec![]);
+            Ok(ours)
+        }
+        other => Err(format!("BEGIN failed: {:?}", other.map(|r| r.map(|r| r.map(|_| ()))))),
     }
 }
 

@@ -14,92 +14,21 @@ use std::time::{Duration, Instant};
 use allium_proto::congestion::CongestionWindow;
 use allium_proto::flow::{FlowError, FlowParams, RecvWindow, SendmeToken, TokenReceiver, TokenSender, SENDME_TOKEN_LEN};
 use allium_proto::relay_msg::{EndReason, RelayMsg, MAX_BODY_PER_CELL};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, DuplexStream, ReadHalf, WriteHalf};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::TcpStream;
 use tokio::sync::{mpsc, Notify};
 use tokio::task::AbortHandle;
 
-use crate::level_io::LevelIo;
 use crate::limits::memquota::{Held, HeldMem, CELL_MEM};
+use data::{Pause, ReadGate, StreamTasks, WriterMsg};
+pub use data::{DataStream, Holding, HoldingWrite, StreamSocket};
+
+mod data;
 
 /// Streams one circuit may carry at once unless [`StreamMux::set_max_streams`] says otherwise
 /// (`limits.max_streams_per_circuit`).
 pub const MAX_STREAMS: usize = 1024;
-/// Cells a reader takes at most per socket read.
-const READ_BATCH: usize = 64;
-/// Bytes a writer gathers at most per write.
-const WRITE_BATCH: usize = 256 * 1024;
 /// How long a stream's writer may go on delivering what it holds after its circuit closed
 /// (then it is stopped and its memory freed; at once if the memory budget closed the circuit).
 pub const DRAIN_GRACE: Duration = Duration::from_secs(60);
-
-/// A byte stream a circuit stream can be attached to: an application's or destination's TCP
-/// socket, or an in-process pipe (a directory stream served or read by this node).
-pub trait StreamSocket: Send + 'static {
-    type Read: AsyncRead + Unpin + Send + 'static;
-    type Write: AsyncWrite + Unpin + Send + 'static;
-    fn into_halves(self) -> (Self::Read, Self::Write);
-}
-
-/// Read and written through [`LevelIo`]: a short transfer never parks a stream.
-impl StreamSocket for TcpStream {
-    type Read = LevelIo<OwnedReadHalf>;
-    type Write = LevelIo<OwnedWriteHalf>;
-    fn into_halves(self) -> (Self::Read, Self::Write) {
-        let _ = self.set_nodelay(true);
-        let (rd, wr) = self.into_split();
-        (LevelIo(rd), LevelIo(wr))
-    }
-}
-
-impl StreamSocket for DuplexStream {
-    type Read = ReadHalf<DuplexStream>;
-    type Write = WriteHalf<DuplexStream>;
-    fn into_halves(self) -> (Self::Read, Self::Write) {
-        tokio::io::split(self)
-    }
-}
-
-/// A socket that holds `guard` (e.g. a place under a connection limit) for as long as its
-/// write half lives, which is until its stream has closed.
-pub struct Holding<S, G> {
-    pub sock: S,
-    pub guard: G,
-}
-
-/// The write half of a [`Holding`] socket.
-pub struct HoldingWrite<W, G> {
-    inner: W,
-    _guard: G,
-}
-
-impl<S: StreamSocket, G: Send + Unpin + 'static> StreamSocket for Holding<S, G> {
-    type Read = S::Read;
-    type Write = HoldingWrite<S::Write, G>;
-    fn into_halves(self) -> (Self::Read, Self::Write) {
-        let (rd, wr) = self.sock.into_halves();
-        (rd, HoldingWrite { inner: wr, _guard: self.guard })
-    }
-}
-
-impl<W: AsyncWrite + Unpin, G: Unpin> AsyncWrite for HoldingWrite<W, G> {
-    fn poll_write(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>, buf: &[u8]) -> std::task::Poll<std::io::Result<usize>> {
-        std::pin::Pin::new(&mut self.get_mut().inner).poll_write(cx, buf)
-    }
-    fn poll_flush(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.get_mut().inner).poll_flush(cx)
-    }
-    fn poll_shutdown(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.get_mut().inner).poll_shutdown(cx)
-    }
-    fn poll_write_vectored(self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>, bufs: &[std::io::IoSlice<'_>]) -> std::task::Poll<std::io::Result<usize>> {
-        std::pin::Pin::new(&mut self.get_mut().inner).poll_write_vectored(cx, bufs)
-    }
-    fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
-    }
-}
 
 /// What stream tasks tell the circuit task.
 #[derive(Debug)]
@@ -116,12 +45,6 @@ pub enum StreamEvent {
     WriteFailed { id: u16 },
 }
 
-enum WriterMsg {
-    /// DATA for the socket, charged to the circuit's memory until written.
-    Data(Vec<u8>, Option<Held>),
-    End,
-}
-
 /// A message waiting for the circuit window; DATA is charged to the circuit's memory.
 struct Pending {
     id: u16,
@@ -129,91 +52,13 @@ struct Pending {
     _held: Option<Held>,
 }
 
-/// DATA cells read from the streams' sockets and not yet sent: readers wait while the
-/// congestion window holds back as many as a whole window, so a circuit's streams together
-/// never read much more than the circuit can send (however many streams it has).
-struct ReadGate {
-    cells: std::sync::atomic::AtomicUsize,
-    /// The congestion window, updated as it changes.
-    cap: std::sync::atomic::AtomicUsize,
-    room: Notify,
-}
-
-impl ReadGate {
-    /// Waits until fewer than `cap` cells wait; returns how many more may be read now.
-    /// Readers that pass together may each read that many: the cap is exceeded by at most
-    /// one read batch per stream reading at the same moment.
-    async fn room(&self) -> usize {
-        use std::sync::atomic::Ordering;
-        wait_for(&self.room, || {
-            let (waiting, cap) = (self.cells.load(Ordering::Acquire), self.cap.load(Ordering::Acquire));
-            (waiting < cap).then(|| cap - waiting)
-        })
-        .await
-    }
-
-    fn add(&self, n: usize) {
-        self.cells.fetch_add(n, std::sync::atomic::Ordering::AcqRel);
-    }
-
-    fn sub(&self, n: usize) {
-        let before = self.cells.fetch_sub(n, std::sync::atomic::Ordering::AcqRel);
-        let cap = self.cap.load(std::sync::atomic::Ordering::Acquire);
-        if before >= cap && before - n < cap {
-            self.room.notify_waiters();
-        }
-    }
-
-    /// The congestion window changed to `cap` cells.
-    fn set_cap(&self, cap: usize) {
-        let before = self.cap.swap(cap, std::sync::atomic::Ordering::AcqRel);
-        if cap > before {
-            self.room.notify_waiters();
-        }
-    }
-}
-
-/// Waits until `check` gives a value, checking again each time `notify` wakes its waiters (the
-/// waiter is registered before each check, so a wake-up between check and wait is not lost).
-async fn wait_for<T>(notify: &Notify, check: impl Fn() -> Option<T>) -> T {
-    loop {
-        let notified = notify.notified();
-        tokio::pin!(notified);
-        notified.as_mut().enable();
-        if let Some(v) = check() {
-            return v;
-        }
-        notified.await;
-    }
-}
-
-/// Whether the other end of a stream said XOFF: its reader waits until XON.
-#[derive(Default)]
-struct Pause {
-    on: std::sync::atomic::AtomicBool,
-    resume: Notify,
-}
-
-impl Pause {
-    fn set(&self, on: bool) {
-        self.on.store(on, std::sync::atomic::Ordering::Release);
-        if !on {
-            self.resume.notify_waiters();
-        }
-    }
-
-    async fn wait(&self) {
-        wait_for(&self.resume, || (!self.on.load(std::sync::atomic::Ordering::Acquire)).then_some(())).await
-    }
-}
-
 struct Stream {
     writer: mpsc::UnboundedSender<WriterMsg>,
-    writer_rx: Option<mpsc::UnboundedReceiver<WriterMsg>>,
-    writer_task: Option<AbortHandle>,
+    /// The stream's ends, until [`StreamMux::take_stream`] hands them out.
+    ends: Option<DataStream>,
+    tasks: Arc<StreamTasks>,
     /// Set while the other end holds this stream back (XOFF).
     paused: Arc<Pause>,
-    reader: Option<AbortHandle>,
     /// Cells handed to the writer and not yet written to the socket.
     unwritten: u32,
     /// We sent XOFF and owe XON once the writer catches up.
@@ -341,7 +186,8 @@ impl StreamMux {
         }
     }
 
-    /// Registers a stream; DATA for it is queued until [`Self::attach`].
+    /// Registers a stream; DATA for it is queued until its [`DataStream`]
+    /// ([`Self::take_stream`]) is spliced to a socket.
     pub fn open(&mut self, id: u16) -> Result<(), StreamError> {
         if id == 0 || self.streams.contains_key(&id) {
             return Err(StreamError::DuplicateStream);
@@ -351,14 +197,16 @@ impl StreamMux {
         }
         self.closed.remove(&id);
         let (writer, rx) = mpsc::unbounded_channel();
+        let paused: Arc<Pause> = Arc::default();
+        let tasks: Arc<StreamTasks> = Arc::default();
+        let ends = DataStream::new(id, rx, paused.clone(), self.gate.clone(), self.events_tx.clone(), tasks.clone());
         self.streams.insert(
             id,
             Stream {
                 writer,
-                writer_rx: Some(rx),
-                writer_task: None,
-                paused: Arc::default(),
-                reader: None,
+                ends: Some(ends),
+                tasks,
+                paused,
                 unwritten: 0,
                 xoff_sent: false,
                 last_progress: Instant::now(),
@@ -369,14 +217,16 @@ impl StreamMux {
         Ok(())
     }
 
-    /// Connects an open stream to its socket: `prefix` is written first (e.g. a SOCKS reply).
-    pub fn attach<S: StreamSocket>(&mut self, id: u16, sock: S, prefix: Vec<u8>) {
-        let Some(s) = self.streams.get_mut(&id) else { return };
-        let Some(rx) = s.writer_rx.take() else { return };
-        let (rd, wr) = sock.into_halves();
-        s.writer_task = Some(tokio::spawn(write_loop(id, wr, rx, prefix, self.events_tx.clone())).abort_handle());
-        let reader = tokio::spawn(read_loop(id, rd, s.paused.clone(), self.gate.clone(), self.events_tx.clone()));
-        s.reader = Some(reader.abort_handle());
+    /// The open stream `id` as a value, once: whoever holds it splices it to a socket.
+    pub fn take_stream(&mut self, id: u16) -> Option<DataStream> {
+        self.streams.get_mut(&id)?.ends.take()
+    }
+
+    /// Splices open stream `id` to `sock` ([`DataStream::splice`]).
+    pub fn attach<S: StreamSocket>(&mut self, id: u16, sock: S) {
+        if let Some(ds) = self.take_stream(id) {
+            ds.splice(sock, Vec::new());
+        }
     }
 
     /// Handles DATA, SENDME, XOFF, XON or END from the other end. Returns messages to send back.
@@ -562,16 +412,6 @@ impl StreamMux {
         cells
     }
 
-    /// Sends bytes the application gave before the stream opened (after a SOCKS request) as
-    /// DATA, counted at the gate as if the reader had read them.
-    pub fn send_early(&mut self, id: u16, data: Vec<u8>) -> Vec<(u16, RelayMsg)> {
-        if !self.streams.contains_key(&id) {
-            return vec![];
-        }
-        self.gate.add(data.len().div_ceil(MAX_BODY_PER_CELL));
-        self.handle_event(StreamEvent::Data { id, data, more: false })
-    }
-
     /// Closes a stream from our side: bytes held back and queued DATA go first, then END.
     pub fn close(&mut self, id: u16, reason: EndReason) -> Vec<(u16, RelayMsg)> {
         if let Some(bytes) = self.streams.get_mut(&id).map(|s| std::mem::take(&mut s.carry)) {
@@ -586,13 +426,13 @@ impl StreamMux {
     }
 
     /// A stream left the table: its reader stops, its writer delivers what it holds and ends.
-    fn retire(&mut self, s: Stream) {
-        let _ = s.writer.send(WriterMsg::End);
-        if let Some(r) = s.reader {
-            r.abort();
+    fn retire(&mut self, mut s: Stream) {
+        if let Some(ends) = s.ends.take() {
+            ends.discard();
         }
+        let _ = s.writer.send(WriterMsg::End);
         self.draining.retain(|w| !w.is_finished());
-        self.draining.extend(s.writer_task);
+        self.draining.extend(s.tasks.close());
     }
 
     /// `k` circuit-level SENDMEs, each echoing the token of the increment it acknowledges.
@@ -651,10 +491,7 @@ impl Drop for StreamMux {
     fn drop(&mut self) {
         let mut writers = std::mem::take(&mut self.draining);
         for s in self.streams.values() {
-            if let Some(r) = &s.reader {
-                r.abort();
-            }
-            writers.extend(s.writer_task.clone());
+            writers.extend(s.tasks.close());
         }
         // Writers deliver what they hold to slow sockets for a while, not forever: a
         // destination that never reads must not keep the memory once the circuit is gone.
@@ -673,104 +510,10 @@ impl Drop for StreamMux {
     }
 }
 
-async fn read_loop<R: AsyncRead + Unpin>(id: u16, mut rd: R, paused: Arc<Pause>, gate: Arc<ReadGate>, tx: mpsc::UnboundedSender<StreamEvent>) {
-    let mut buf = vec![0u8; READ_BATCH * MAX_BODY_PER_CELL];
-    // The last read filled its buffer: the mux may hold its tail back until the next read.
-    let mut more = false;
-    loop {
-        paused.wait().await;
-        let cells = gate.room().await.min(READ_BATCH);
-        let want = cells * MAX_BODY_PER_CELL;
-        let mut read = std::pin::pin!(rd.read(&mut buf[..want]));
-        let got = match std::future::poll_fn(|cx| std::task::Poll::Ready(std::future::Future::poll(read.as_mut(), cx))).await {
-            std::task::Poll::Ready(r) => r,
-            std::task::Poll::Pending => {
-                // Nothing more ready now: what the mux held back goes out.
-                if more && tx.send(StreamEvent::Drained { id }).is_err() {
-                    return;
-                }
-                read.await
-            }
-        };
-        match got {
-            Ok(0) | Err(_) => {
-                let _ = tx.send(StreamEvent::Eof { id });
-                return;
-            }
-            Ok(n) => {
-                let used = n.div_ceil(MAX_BODY_PER_CELL);
-                // Counted now, before the mux sees them, so other readers see them at once.
-                gate.add(used);
-                more = n == want;
-                if tx.send(StreamEvent::Data { id, data: buf[..n].to_vec(), more }).is_err() {
-                    return;
-                }
-            }
-        }
-    }
-}
-
-async fn write_loop<W: AsyncWrite + Unpin>(
-    id: u16,
-    mut wr: W,
-    mut rx: mpsc::UnboundedReceiver<WriterMsg>,
-    prefix: Vec<u8>,
-    tx: mpsc::UnboundedSender<StreamEvent>,
-) {
-    let mut buf = prefix;
-    // The charges of the DATA in `buf`, released once it is written.
-    let mut held: Vec<Option<Held>> = Vec::new();
-    let mut failed = false;
-    loop {
-        let mut cells = 0u32;
-        let mut end = false;
-        if buf.is_empty() {
-            match rx.recv().await {
-                Some(WriterMsg::Data(d, h)) => {
-                    buf.extend_from_slice(&d);
-                    held.push(h);
-                    cells += 1;
-                }
-                Some(WriterMsg::End) | None => end = true,
-            }
-        }
-        while !end && buf.len() < WRITE_BATCH {
-            match rx.try_recv() {
-                Ok(WriterMsg::Data(d, h)) => {
-                    buf.extend_from_slice(&d);
-                    held.push(h);
-                    cells += 1;
-                }
-                Ok(WriterMsg::End) => end = true,
-                Err(mpsc::error::TryRecvError::Empty) => break,
-                Err(mpsc::error::TryRecvError::Disconnected) => end = true,
-            }
-        }
-        if !buf.is_empty() && !failed && wr.write_all(&buf).await.is_err() {
-            // The socket is gone. Keep taking (and discarding) DATA until the circuit task
-            // closes the stream, so every cell it handed over is still counted below.
-            failed = true;
-            let _ = tx.send(StreamEvent::WriteFailed { id });
-        }
-        buf.clear();
-        held.clear();
-        // Written or discarded, every DATA cell (an empty one too) counts as consumed: a cell
-        // never counted would shrink the other end's windows for good.
-        if cells > 0 {
-            let _ = tx.send(StreamEvent::Consumed { id, cells });
-        }
-        if end {
-            if !failed {
-                let _ = wr.shutdown().await;
-            }
-            return;
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tokio::io::AsyncWriteExt;
     use allium_proto::congestion::CcParams;
 
     /// A circuit window of `w` cells, a SENDME per `inc`, an initial congestion window of
@@ -974,7 +717,7 @@ mod tests {
         for id in 1..=8 {
             let (ours, mut theirs) = tokio::io::duplex(1 << 20);
             mux.open(id).unwrap();
-            mux.attach(id, ours, Vec::new());
+            mux.attach(id, ours);
             theirs.write_all(&vec![7u8; 50 * MAX_BODY_PER_CELL]).await.unwrap();
             sources.push(theirs);
         }
@@ -1117,7 +860,7 @@ mod tests {
         let mut mux = StreamMux::default();
         mux.open(1).unwrap();
         let (ours, mut theirs) = tokio::io::duplex(1 << 16);
-        mux.attach(1, ours, Vec::new());
+        mux.attach(1, ours);
         assert!(mux.handle_msg(1, RelayMsg::Xoff).unwrap().is_empty());
         theirs.write_all(b"held back").await.unwrap();
         assert!(tokio::time::timeout(Duration::from_millis(300), mux.next_event()).await.is_err(), "nothing read while paused");
@@ -1149,7 +892,7 @@ mod tests {
         let mut mux = StreamMux::new(f);
         mux.open(1).unwrap();
         let (ours, theirs) = tokio::io::duplex(1024);
-        mux.attach(1, ours, Vec::new());
+        mux.attach(1, ours);
         let mut peer = Peer::new(&f);
         mux.handle_msg(1, peer.data(Vec::new())).unwrap();
         let ev = tokio::time::timeout(Duration::from_secs(10), mux.next_event()).await.expect("an event");
@@ -1176,13 +919,37 @@ mod tests {
         assert!(sendmes.contains(&0), "6 cells consumed in all: a circuit SENDME (every 5) went out");
     }
 
-    /// Early data is counted at the gate as read data is, and leaves it when sent.
+    /// Early data goes out first, is counted at the gate as read data is, and leaves it when
+    /// sent.
     #[tokio::test]
     async fn early_data_is_counted_at_the_gate() {
         let mut mux = StreamMux::default();
         mux.open(1).unwrap();
-        let out = mux.send_early(1, vec![9; MAX_BODY_PER_CELL * 2 + 1]);
+        let (ours, _theirs) = tokio::io::duplex(1024);
+        mux.take_stream(1).expect("the stream's ends").splice(ours, vec![9; MAX_BODY_PER_CELL * 2 + 1]);
+        assert!(mux.take_stream(1).is_none(), "handed out once");
+        let ev = tokio::time::timeout(Duration::from_secs(10), mux.next_event()).await.expect("an event");
+        assert!(matches!(ev, StreamEvent::Data { more: false, .. }), "{ev:?}");
+        let out = mux.handle_event(ev);
         assert_eq!(out.len(), 3);
         assert_eq!(mux.gate.cells.load(std::sync::atomic::Ordering::Relaxed), 0);
+    }
+
+    /// A stream handed out and dropped without a socket ends (END DONE); one the mux closed
+    /// first is not ended twice.
+    #[tokio::test]
+    async fn a_stream_dropped_unjoined_ends() {
+        let mut mux = StreamMux::default();
+        mux.open(1).unwrap();
+        drop(mux.take_stream(1));
+        let ev = tokio::time::timeout(Duration::from_secs(10), mux.next_event()).await.expect("an event");
+        let out = mux.handle_event(ev);
+        assert!(matches!(out.as_slice(), [(1, RelayMsg::End(EndReason::Done))]), "{out:?}");
+        assert!(mux.is_empty());
+        mux.open(2).unwrap();
+        let out = mux.close(2, EndReason::Misc);
+        assert_eq!(out.len(), 1);
+        // Ends send synchronously when dropped: nothing is waiting.
+        assert!(mux.events_rx.try_recv().is_err(), "the closed stream's ends sent nothing");
     }
 }
