@@ -4,10 +4,13 @@
 //! circuit has room (the `ReadGate`), and a writer that writes queued DATA to the socket,
 //! coalescing whatever is queued into one write, then reports how many cells were consumed.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 
 use allium_proto::relay_msg::MAX_BODY_PER_CELL;
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, DuplexStream, ReadHalf, WriteHalf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, DuplexStream, ReadBuf, ReadHalf, WriteHalf};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
 use tokio::sync::{mpsc, Notify};
@@ -103,10 +106,16 @@ pub(super) struct ReadGate {
     pub(super) cells: std::sync::atomic::AtomicUsize,
     /// The congestion window, updated as it changes.
     pub(super) cap: std::sync::atomic::AtomicUsize,
-    pub(super) room: Notify,
+    pub(super) room: Arc<Notify>,
 }
 
 impl ReadGate {
+    /// Cells that may be read now (0: the gate is shut until room is made).
+    fn free(&self) -> usize {
+        use std::sync::atomic::Ordering;
+        self.cap.load(Ordering::Acquire).saturating_sub(self.cells.load(Ordering::Acquire))
+    }
+
     /// Waits until fewer than `cap` cells wait; returns how many more may be read now.
     /// Readers that pass together may each read that many: the cap is exceeded by at most
     /// one read batch per stream reading at the same moment.
@@ -158,10 +167,14 @@ async fn wait_for<T>(notify: &Notify, check: impl Fn() -> Option<T>) -> T {
 #[derive(Default)]
 pub(super) struct Pause {
     on: std::sync::atomic::AtomicBool,
-    resume: Notify,
+    resume: Arc<Notify>,
 }
 
 impl Pause {
+    fn is_on(&self) -> bool {
+        self.on.load(std::sync::atomic::Ordering::Acquire)
+    }
+
     pub(super) fn set(&self, on: bool) {
         self.on.store(on, std::sync::atomic::Ordering::Release);
         if !on {
@@ -170,7 +183,7 @@ impl Pause {
     }
 
     async fn wait(&self) {
-        wait_for(&self.resume, || (!self.on.load(std::sync::atomic::Ordering::Acquire)).then_some(())).await
+        wait_for(&self.resume, || (!self.is_on()).then_some(())).await
     }
 }
 
@@ -203,8 +216,11 @@ impl StreamTasks {
     }
 }
 
-/// An open stream of a circuit end, not yet joined to a socket. Dropped unjoined, the stream
-/// ends (END DONE to the other end).
+/// An open stream of a circuit end. Either spliced to a socket ([`DataStream::splice`]: the
+/// front ends, exits and onion services do this, with no copy beyond the socket calls) or read
+/// and written in place through [`AsyncRead`] and [`AsyncWrite`] (a Rust program embedding the
+/// client). Writes are sent in whole cells; a flush sends the last partial one. Dropped (or
+/// shut down), the stream ends with END DONE.
 pub struct DataStream {
     id: u16,
     writer_rx: Option<mpsc::UnboundedReceiver<WriterMsg>>,
@@ -212,11 +228,27 @@ pub struct DataStream {
     gate: Arc<ReadGate>,
     events: mpsc::UnboundedSender<StreamEvent>,
     tasks: Arc<StreamTasks>,
+    io: InPlace,
+}
+
+/// The state of a [`DataStream`] used through `AsyncRead`/`AsyncWrite`.
+#[derive(Default)]
+struct InPlace {
+    /// The DATA being read, and how much of it was.
+    reading: Option<(Vec<u8>, usize, Option<Held>)>,
+    /// Cells read and not yet reported consumed.
+    read_cells: u32,
+    /// A write's last partial cell is held by the mux until a flush.
+    unflushed: bool,
+    /// END DONE sent (shut down).
+    ended: bool,
+    /// What a blocked write waits for: XON, or room at the gate.
+    waiting: Option<(bool, Pin<Box<tokio::sync::futures::OwnedNotified>>)>,
 }
 
 impl DataStream {
     pub(super) fn new(id: u16, writer_rx: mpsc::UnboundedReceiver<WriterMsg>, paused: Arc<Pause>, gate: Arc<ReadGate>, events: mpsc::UnboundedSender<StreamEvent>, tasks: Arc<StreamTasks>) -> Self {
-        DataStream { id, writer_rx: Some(writer_rx), paused, gate, events, tasks }
+        DataStream { id, writer_rx: Some(writer_rx), paused, gate, events, tasks, io: InPlace::default() }
     }
 
     /// The stream's id on its circuit.
@@ -243,10 +275,141 @@ impl DataStream {
     }
 }
 
+impl DataStream {
+    /// Reports the cells read so far as consumed (the mux then acknowledges them).
+    fn report_read(&mut self) {
+        let cells = std::mem::take(&mut self.io.read_cells);
+        if cells > 0 {
+            let _ = self.events.send(StreamEvent::Consumed { id: self.id, cells });
+        }
+    }
+
+    /// Waits (registering `cx`) while the other end said XOFF or the gate is shut; Ready once a
+    /// write may go on.
+    fn poll_writable(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        loop {
+            let blocked_on = if self.paused.is_on() {
+                Some((true, &self.paused.resume))
+            } else if self.gate.free() == 0 {
+                Some((false, &self.gate.room))
+            } else {
+                None
+            };
+            let Some((xoff, notify)) = blocked_on else {
+                self.io.waiting = None;
+                return Poll::Ready(());
+            };
+            if self.io.waiting.as_ref().is_none_or(|(w, _)| *w != xoff) {
+                let mut fut = Box::pin(notify.clone().notified_owned());
+                // Registered before the state is checked again: a wake-up in between is kept.
+                fut.as_mut().enable();
+                self.io.waiting = Some((xoff, fut));
+                continue;
+            }
+            let (_, fut) = self.io.waiting.as_mut().expect("set above");
+            match fut.as_mut().poll(cx) {
+                Poll::Ready(()) => self.io.waiting = None,
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+}
+
+impl AsyncRead for DataStream {
+    /// What the other end sent, as much as is queued (up to `buf`'s room); `Ok` with nothing
+    /// put in `buf` at the end of the stream.
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        let Some(rx) = this.writer_rx.as_mut() else { return Poll::Ready(Ok(())) };
+        let start = buf.filled().len();
+        while buf.remaining() > 0 {
+            if let Some((d, at, _)) = this.io.reading.as_mut() {
+                let n = buf.remaining().min(d.len() - *at);
+                buf.put_slice(&d[*at..*at + n]);
+                *at += n;
+                if *at == d.len() {
+                    this.io.reading = None;
+                    this.io.read_cells += 1;
+                }
+                continue;
+            }
+            match rx.poll_recv(cx) {
+                Poll::Ready(Some(WriterMsg::Data(d, held))) => this.io.reading = Some((d, 0, held)),
+                Poll::Ready(Some(WriterMsg::End) | None) => break,
+                Poll::Pending if buf.filled().len() == start => {
+                    this.report_read();
+                    return Poll::Pending;
+                }
+                Poll::Pending => break,
+            }
+        }
+        this.report_read();
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncWrite for DataStream {
+    /// Takes as much of `buf` as the circuit has room for (waiting for room, or for XON, when
+    /// there is none).
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<std::io::Result<usize>> {
+        let this = self.get_mut();
+        if this.io.ended || this.writer_rx.is_none() {
+            return Poll::Ready(Err(std::io::ErrorKind::BrokenPipe.into()));
+        }
+        if buf.is_empty() {
+            return Poll::Ready(Ok(0));
+        }
+        if this.poll_writable(cx).is_pending() {
+            return Poll::Pending;
+        }
+        let cells = this.gate.free().min(READ_BATCH);
+        let n = buf.len().min(cells * MAX_BODY_PER_CELL);
+        this.gate.add(n.div_ceil(MAX_BODY_PER_CELL));
+        // `more`: the mux holds a partial last cell back until the flush.
+        if this.events.send(StreamEvent::Data { id: this.id, data: buf[..n].to_vec(), more: true }).is_err() {
+            return Poll::Ready(Err(std::io::ErrorKind::BrokenPipe.into()));
+        }
+        this.io.unflushed = true;
+        Poll::Ready(Ok(n))
+    }
+
+    /// Sends a partial last cell held back.
+    fn poll_flush(self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let this = self.get_mut();
+        if std::mem::take(&mut this.io.unflushed) {
+            let _ = this.events.send(StreamEvent::Drained { id: this.id });
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// Ends the stream (END DONE, after what was written); reading goes on until the other end
+    /// ends too.
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        let _ = self.as_mut().poll_flush(cx);
+        let this = self.get_mut();
+        if !std::mem::replace(&mut this.io.ended, true) {
+            let _ = this.events.send(StreamEvent::Eof { id: this.id });
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
 impl Drop for DataStream {
     fn drop(&mut self) {
-        if self.writer_rx.is_some() {
-            // Never joined to a socket: nobody will read or write it.
+        let Some(mut rx) = self.writer_rx.take() else { return };
+        // Not spliced: every cell received and not read counts as consumed, so the circuit's
+        // window is not lost (the mux counts those sent after the close itself).
+        rx.close();
+        if self.io.reading.take().is_some() {
+            self.io.read_cells += 1;
+        }
+        while let Ok(m) = rx.try_recv() {
+            if matches!(m, WriterMsg::Data(..)) {
+                self.io.read_cells += 1;
+            }
+        }
+        self.report_read();
+        if !self.io.ended {
             let _ = self.events.send(StreamEvent::Eof { id: self.id });
         }
     }

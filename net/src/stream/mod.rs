@@ -134,7 +134,7 @@ impl StreamMux {
             tokens_out: TokenSender::new(&flow),
             tokens_in: TokenReceiver::new(&flow),
             pending: VecDeque::new(),
-            gate: Arc::new(ReadGate { cells: Default::default(), cap: (flow.cc.cwnd_init as usize).into(), room: Notify::new() }),
+            gate: Arc::new(ReadGate { cells: Default::default(), cap: (flow.cc.cwnd_init as usize).into(), room: Arc::new(Notify::new()) }),
             mem: None,
             draining: Vec::new(),
             events_tx,
@@ -264,7 +264,11 @@ impl StreamMux {
                     s.last_progress = Instant::now();
                     s.last_data_full = d.len() + token.map_or(0, |_| SENDME_TOKEN_LEN) == MAX_BODY_PER_CELL;
                     let held = self.mem.as_ref().map(|m| m.hold(CELL_MEM));
-                    let _ = s.writer.send(WriterMsg::Data(d, held));
+                    if s.writer.send(WriterMsg::Data(d, held)).is_err() {
+                        // Its DataStream was dropped: nobody will consume it.
+                        let k = self.circ_recv.on_consumed(1);
+                        return Ok(self.circuit_sendmes(k));
+                    }
                     s.unwritten += 1;
                     if s.unwritten > self.flow.xoff_cells && !s.xoff_sent {
                         s.xoff_sent = true;
@@ -951,5 +955,100 @@ mod tests {
         assert_eq!(out.len(), 1);
         // Ends send synchronously when dropped: nothing is waiting.
         assert!(mux.events_rx.try_recv().is_err(), "the closed stream's ends sent nothing");
+    }
+
+    /// The bytes of the DATA cells in `out`, in order.
+    fn data_bytes(out: &[(u16, RelayMsg)]) -> Vec<u8> {
+        out.iter()
+            .flat_map(|(_, m)| match m {
+                RelayMsg::Data(d) | RelayMsg::DataToken { data: d, .. } => d.clone(),
+                _ => vec![],
+            })
+            .collect()
+    }
+
+    /// Polls `f` once with a waker that does nothing: its value if ready without waiting.
+    fn ready_now<F: std::future::Future>(f: F) -> Option<F::Output> {
+        let mut f = std::pin::pin!(f);
+        match f.as_mut().poll(&mut std::task::Context::from_waker(std::task::Waker::noop())) {
+            std::task::Poll::Ready(v) => Some(v),
+            std::task::Poll::Pending => None,
+        }
+    }
+
+    /// A DataStream read in place: what is queued comes in one read, and the cells read are
+    /// reported consumed; at END the read gives nothing.
+    #[tokio::test]
+    async fn a_data_stream_reads_in_place_and_reports_what_it_read() {
+        use tokio::io::AsyncReadExt;
+        let mut mux = StreamMux::default();
+        mux.open(1).unwrap();
+        let mut ds = mux.take_stream(1).unwrap();
+        mux.handle_msg(1, RelayMsg::Data(vec![1; 100])).unwrap();
+        mux.handle_msg(1, RelayMsg::Data(vec![2; 50])).unwrap();
+        let mut buf = [0u8; 1024];
+        assert_eq!(ds.read(&mut buf).await.unwrap(), 150);
+        assert_eq!(&buf[..150], [vec![1u8; 100], vec![2u8; 50]].concat().as_slice());
+        let ev = mux.events_rx.try_recv().expect("the cells read were reported");
+        assert!(matches!(ev, StreamEvent::Consumed { id: 1, cells: 2 }), "{ev:?}");
+        mux.handle_event(ev);
+        assert!(ready_now(ds.read(&mut buf)).is_none(), "nothing more queued: the read waits");
+        mux.handle_msg(1, RelayMsg::End(EndReason::Done)).unwrap();
+        assert_eq!(ds.read(&mut buf).await.unwrap(), 0, "END: the end of the stream");
+    }
+
+    /// Writes go out in whole cells; a flush sends the partial last one; shutdown sends END
+    /// after them. A write waits while the other end said XOFF, and goes on at XON.
+    #[tokio::test]
+    async fn a_data_stream_writes_whole_cells_until_a_flush_and_waits_at_xoff() {
+        use tokio::io::AsyncWriteExt;
+        let mut mux = StreamMux::default();
+        mux.open(1).unwrap();
+        let mut ds = mux.take_stream(1).unwrap();
+        let sent = |mux: &mut StreamMux| {
+            let mut out = Vec::new();
+            while let Ok(ev) = mux.events_rx.try_recv() {
+                out.extend(mux.handle_event(ev));
+            }
+            out
+        };
+        ds.write_all(&[5; 1000]).await.unwrap();
+        let first = sent(&mut mux);
+        assert!(first.iter().all(|(_, m)| is_data(m)) && !first.is_empty());
+        let full = data_bytes(&first).len();
+        assert!(full < 1000 && 1000 - full < MAX_BODY_PER_CELL, "only whole cells before the flush ({full} bytes)");
+        ds.flush().await.unwrap();
+        let rest = sent(&mut mux);
+        assert_eq!(data_bytes(&rest).len(), 1000 - full, "the flush sent the rest");
+
+        mux.handle_msg(1, RelayMsg::Xoff).unwrap();
+        let mut write = Box::pin(ds.write(&[6; 10]));
+        assert!(ready_now(write.as_mut()).is_none(), "a write waits at XOFF");
+        mux.handle_msg(1, RelayMsg::Xon).unwrap();
+        assert_eq!(write.await.unwrap(), 10);
+        ds.shutdown().await.unwrap();
+        let out = sent(&mut mux);
+        assert_eq!(data_bytes(&out), vec![6; 10]);
+        assert!(matches!(out.last(), Some((1, RelayMsg::End(EndReason::Done)))), "{out:?}");
+    }
+
+    /// A DataStream dropped with DATA unread counts it consumed (the circuit's receive window
+    /// is not lost), and DATA arriving after that is counted by the mux.
+    #[tokio::test]
+    async fn a_dropped_data_stream_gives_back_the_window_of_what_it_never_read() {
+        let f = flow(1000, 2, 1000, 500);
+        let mut mux = StreamMux::new(f);
+        let mut peer = Peer::new(&f);
+        mux.open(1).unwrap();
+        let ds = mux.take_stream(1).unwrap();
+        assert!(sendmes_in(&peer.fill(&mut mux, 1, 3, 10)).is_empty(), "nothing consumed yet");
+        drop(ds);
+        // One more arrives before the mux hears of the drop.
+        let mut sendmes = sendmes_in(&peer.fill(&mut mux, 1, 1, 10));
+        while let Ok(ev) = mux.events_rx.try_recv() {
+            sendmes.extend(sendmes_in(&mux.handle_event(ev)));
+        }
+        assert!(mux.is_empty(), "the stream ended");
+        assert_eq!(sendmes, vec![0, 0], "4 cells consumed, a circuit SENDME per 2");
     }
 }
