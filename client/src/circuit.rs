@@ -12,7 +12,7 @@ use std::time::{Duration, Instant};
 use allium_net::channel::Channel;
 use allium_net::link::PeerInfo;
 use allium_net::pool::ChannelPool;
-use allium_net::stream::{DataStream, StreamError, StreamMux};
+use allium_net::stream::{Answer, DataStream, Incoming, Reply, StreamError, StreamMux};
 use allium_net::limits::counters::{LimitCounters, LIMITS};
 use allium_proto::cell::{self, Cell, CellCmd, DestroyReason, MAX_HANDSHAKE_LEN, PAYLOAD_LEN};
 use allium_proto::crypto::cell_crypto::ClientCrypto;
@@ -25,7 +25,6 @@ use allium_proto::frag::{Progress, Reassembly};
 use allium_proto::early::EarlyMarker;
 use allium_proto::ids::RelayId;
 use allium_proto::relay_msg::{self, Direction, EndReason, ExtendTarget, MsgAssembler, RelayMsg, RELAY_PLAINTEXT_LEN};
-use tokio::net::TcpStream;
 use tokio::sync::{mpsc, oneshot};
 
 /// Most RESOLVEs one circuit has in flight (the exit answers more with RESOURCELIMIT).
@@ -85,15 +84,9 @@ pub type DirStreamResult = Result<tokio::io::DuplexStream, EndReason>;
 
 /// A stream the far end of a rendezvous circuit asked this service for: BEGIN on the virtual
 /// hop (docs/PROTOCOL.md, "Onion services" → "Service streams"). The circuit task does not wait
-/// for the answer; it attaches the socket and sends CONNECTED (no address), or sends END.
-pub struct IncomingStream {
-    /// The virtual port asked for (selects the target).
-    pub port: u16,
-    /// The host the client named (the onion address, or empty); informational only.
-    pub host: String,
-    /// The connected target, or the END reason to answer with.
-    pub respond: oneshot::Sender<Result<TcpStream, EndReason>>,
-}
+/// for the answer: `accept(None)` sends CONNECTED (no address) and gives the stream, `refuse`
+/// sends END; dropped unanswered, it is END MISC.
+pub use allium_net::stream::IncomingStream;
 
 /// What the circuit task is asked to do.
 enum CircRequest {
@@ -506,8 +499,7 @@ impl Circuit {
         let mut mux = StreamMux::new(self.flow);
         mux.set_mem(self.rx.held_mem());
         // Streams from the virtual hop waiting for the service's answer, and the answers.
-        let mut incoming: std::collections::HashSet<u16> = Default::default();
-        let (answer_tx, mut answer_rx) = mpsc::channel::<(u16, Result<TcpStream, EndReason>)>(MAX_INCOMING_PENDING);
+        let mut incoming = Incoming::new(MAX_INCOMING_PENDING);
         let mut pending: PendingStreams = Default::default();
         let mut deadlines = tokio::time::interval(crate::recovery::CHECK_EVERY);
         deadlines.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -536,7 +528,7 @@ impl Circuit {
                                 Err(CircError::Protocol("RESOLVED for no pending RESOLVE".into()))
                             }
                         }
-                        Ok(Some((hop, sid, msg))) if self.serves_hop(hop) => self.on_served_msg(sid, msg, &mut mux, &mut incoming, &answer_tx).await,
+                        Ok(Some((hop, sid, msg))) if self.serves_hop(hop) => self.on_served_msg(sid, msg, &mut mux, &mut incoming).await,
                         Ok(Some((hop, sid, msg))) => { let last = self.crypto.n_hops() - 1; self.on_msg(hop == last, sid, msg, &mut mux, &mut pending).await }
                     },
                 },
@@ -572,7 +564,7 @@ impl Circuit {
                         r
                     }
                 },
-                Some((sid, answer)) = answer_rx.recv() => self.on_answer(sid, answer, &mut mux, &mut incoming).await,
+                (sid, answer) = incoming.next_answer() => self.on_answer(sid, answer, &mut mux, &mut incoming).await,
                 _ = deadlines.tick(), if !mux.is_empty() => self.check_deadlines(&mut mux, &mut pending).await,
                 ev = mux.next_event() => {
                     let out = mux.handle_event(ev);
@@ -611,8 +603,7 @@ impl Circuit {
         sid: u16,
         msg: RelayMsg,
         mux: &mut StreamMux,
-        incoming: &mut std::collections::HashSet<u16>,
-        answers: &mpsc::Sender<(u16, Result<TcpStream, EndReason>)>,
+        incoming: &mut Incoming,
     ) -> Result<(), CircError> {
         let last = self.crypto.n_hops() - 1;
         match msg {
@@ -628,26 +619,23 @@ impl Circuit {
                     }
                     Err(e) => return Err(CircError::Protocol(e.to_string())),
                 }
-                let (respond, answer) = oneshot::channel();
-                let offered = incoming.len() < MAX_INCOMING_PENDING
-                    && self.serving.as_ref().is_some_and(|s| s.try_send(IncomingStream { port, host, respond }).is_ok());
-                if !offered {
+                let serving = self.serving.clone();
+                let offered = match &serving {
+                    Some(s) if incoming.has_room() => s.try_reserve().ok(),
+                    _ => None,
+                };
+                let Some(permit) = offered else {
                     let out = mux.close(sid, EndReason::ResourceLimit);
                     return self.send_all(out).await;
-                }
-                incoming.insert(sid);
-                let answers = answers.clone();
-                tokio::spawn(async move {
-                    let r = answer.await.unwrap_or(Err(EndReason::Misc));
-                    let _ = answers.send((sid, r)).await;
-                });
+                };
+                permit.send(incoming.offer(sid, port, host));
                 Ok(())
             }
             RelayMsg::Resolve { .. } => self.send(last, sid, &RelayMsg::Resolved { result: Err(EndReason::ExitPolicy), ext: Extensions::none() }).await,
             RelayMsg::BeginDir { .. } => self.send(last, sid, &RelayMsg::End(EndReason::ExitPolicy)).await,
             m @ (RelayMsg::Data(_) | RelayMsg::DataToken { .. } | RelayMsg::Sendme { .. } | RelayMsg::Xoff | RelayMsg::Xon | RelayMsg::End(_)) => {
                 if matches!(m, RelayMsg::End(_)) {
-                    incoming.remove(&sid);
+                    incoming.forget(sid);
                 }
                 let out = mux.handle_msg(sid, m).map_err(|e| CircError::Protocol(e.to_string()))?;
                 self.send_all(out).await
@@ -657,22 +645,17 @@ impl Circuit {
     }
 
     /// The service's answer to a stream from the virtual hop: CONNECTED (no address) and the
-    /// socket attached, or END. Dropped if the client ended the stream meanwhile.
-    async fn on_answer(&mut self, sid: u16, answer: Result<TcpStream, EndReason>, mux: &mut StreamMux, incoming: &mut std::collections::HashSet<u16>) -> Result<(), CircError> {
-        if !incoming.remove(&sid) {
-            return Ok(());
-        }
-        match answer {
-            Ok(sock) => {
+    /// stream handed over, or END. Dropped if the client ended the stream meanwhile.
+    async fn on_answer(&mut self, sid: u16, answer: Answer, mux: &mut StreamMux, incoming: &mut Incoming) -> Result<(), CircError> {
+        match incoming.answered(sid, answer, mux) {
+            Reply::Connected(msg, give, stream) => {
                 let last = self.crypto.n_hops() - 1;
-                self.send(last, sid, &RelayMsg::Connected { addr: None, ext: Extensions::none() }).await?;
-                mux.attach(sid, sock);
+                self.send(last, sid, &msg).await?;
+                let _ = give.send(stream);
                 Ok(())
             }
-            Err(reason) => {
-                let out = mux.close(sid, reason);
-                self.send_all(out).await
-            }
+            Reply::End(_, out) => self.send_all(out).await,
+            Reply::Nothing => Ok(()),
         }
     }
 

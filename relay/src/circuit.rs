@@ -14,16 +14,15 @@ use allium_net::channel::Channel;
 use allium_net::link::{LinkError, PeerInfo};
 use allium_net::limits::bucket::TokenBucket;
 use allium_net::limits::counters::{LimitCounters, LIMITS};
-use allium_net::metrics::{stream_failure, OpenGuard, METRICS};
-use allium_net::stream::{Holding, StreamMux};
+use allium_net::metrics::{stream_failure, METRICS};
+use allium_net::stream::{Holding, Incoming, Reply, StreamMux};
 use allium_proto::cell::{self, Cell, CellCmd, DestroyReason, MAX_HANDSHAKE_LEN, PAYLOAD_LEN};
 use allium_proto::crypto::cell_crypto::{Recognized, RelayCrypto};
 use allium_proto::frag::{Progress, Reassembly};
 use allium_proto::ids::RelayId;
 use allium_proto::policy::is_private;
 use allium_proto::relay_msg::{self, Direction, EndReason, ExtendTarget, MsgAssembler, RelayMsg, RELAY_PLAINTEXT_LEN};
-use tokio::net::TcpStream;
-use tokio::sync::{mpsc, OwnedSemaphorePermit};
+use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
 use allium_proto::crypto::kdf::HopKeys;
@@ -59,8 +58,6 @@ enum Side {
 }
 
 
-/// An exit connection holds its place under `max_exit_connections` and in the open-streams gauge.
-type ExitResult = (u16, Result<(Holding<TcpStream, (OwnedSemaphorePermit, OpenGuard)>, std::net::IpAddr), EndReason>);
 type ResolveResult = (u16, Result<Vec<std::net::IpAddr>, EndReason>);
 
 /// RESOLVEs being answered: their stream ids (in use until RESOLVED is sent) and where the
@@ -144,7 +141,7 @@ impl RelayCircuit {
         mux.set_mem(self.prev_rx.held_mem());
         mux.set_max_streams(self.ctx.limits.max_streams_per_circuit);
         let mut asm = MsgAssembler::default();
-        let (exit_tx, mut exit_rx) = mpsc::channel::<ExitResult>(64);
+        let mut incoming = Incoming::new(self.ctx.limits.max_streams_per_circuit);
         let (resolve_tx, mut resolve_rx) = mpsc::channel::<ResolveResult>(self.ctx.limits.max_resolves_per_circuit);
         let mut resolves = Resolves { tx: resolve_tx, in_flight: Default::default() };
         let mut forwarded: u64 = 0;
@@ -173,7 +170,7 @@ impl RelayCircuit {
                 c = self.prev_rx.recv() => match c {
                     None if self.prev_rx.reclaimed() => Err(Close(DestroyReason::ResourceLimit, Side::Local)),
                     None => Err(Close(DestroyReason::ChannelClosed, Side::Prev)),
-                    Some(c) => self.on_prev_cell(c, &mut next, &mut extending, &mut mux, &mut asm, &exit_tx, &mut resolves, &mut forwarded, &mut hs).await,
+                    Some(c) => self.on_prev_cell(c, &mut next, &mut extending, &mut mux, &mut asm, &mut incoming, &mut resolves, &mut forwarded, &mut hs).await,
                 },
                 c = recv_next(&mut next) => match c {
                     None if next.as_ref().is_some_and(|n| n.rx.reclaimed()) => Err(Close(DestroyReason::ResourceLimit, Side::Local)),
@@ -185,18 +182,18 @@ impl RelayCircuit {
                     let out = mux.handle_event(ev);
                     self.send_all(out).await
                 }
-                Some((id, r)) = exit_rx.recv() => match r {
-                    Ok((sock, ip)) => {
+                (id, answer) = incoming.next_answer() => match incoming.answered(id, answer, &mut mux) {
+                    Reply::Connected(msg, give, stream) => {
                         METRICS.streams_opened.inc();
-                        let step = self.send_back(id, &RelayMsg::Connected { addr: Some(ip), ext: Default::default() }).await;
-                        mux.attach(id, sock);
+                        let step = self.send_back(id, &msg).await;
+                        let _ = give.send(stream);
                         step
                     }
-                    Err(reason) => {
+                    Reply::End(reason, out) => {
                         METRICS.streams_failed.inc(stream_failure(reason));
-                        let out = mux.close(id, reason);
                         self.send_all(out).await
                     }
+                    Reply::Nothing => Ok(()),
                 },
                 Some(ev) = hs_rx.recv() => self.on_hs_event(ev).await,
                 Some((id, result)) = resolve_rx.recv() => {
@@ -252,7 +249,7 @@ impl RelayCircuit {
         extending: &mut Option<PendingExtend>,
         mux: &mut StreamMux,
         asm: &mut MsgAssembler,
-        exit_tx: &mpsc::Sender<ExitResult>,
+        incoming: &mut Incoming,
         resolves: &mut Resolves,
         forwarded: &mut u64,
         hs: &mut Hs,
@@ -311,7 +308,7 @@ impl RelayCircuit {
                     }
                     return self.handle_hs_msg(msg, hs).await;
                 }
-                self.handle_msg(hdr.stream_id, msg, next, extending, mux, exit_tx, resolves).await
+                self.handle_msg(hdr.stream_id, msg, next, extending, mux, incoming, resolves).await
             }
         }
     }
@@ -324,7 +321,7 @@ impl RelayCircuit {
         next: &mut Option<Next>,
         extending: &mut Option<PendingExtend>,
         mux: &mut StreamMux,
-        exit_tx: &mpsc::Sender<ExitResult>,
+        incoming: &mut Incoming,
         resolves: &mut Resolves,
     ) -> Result<(), Close> {
         match msg {
@@ -363,10 +360,18 @@ impl RelayCircuit {
                     return self.send_back(stream_id, &RelayMsg::End(EndReason::ResourceLimit)).await;
                 }
                 let rules = self.ctx.exit.clone();
-                let tx = exit_tx.clone();
+                let s = incoming.offer(stream_id, port, host);
+                // The connection holds its place under `max_exit_connections` and in the
+                // open-streams gauge for as long as the stream lives.
                 tokio::spawn(async move {
-                    let r = rules.open(&host, port).await.map(|(sock, ip)| (Holding { sock, guard: (slot, METRICS.streams_open.open()) }, ip));
-                    let _ = tx.send((stream_id, r)).await;
+                    match rules.open(&s.host, s.port).await {
+                        Ok((sock, ip)) => {
+                            if let Some(stream) = s.accept(Some(ip)).await {
+                                stream.splice(Holding { sock, guard: (slot, METRICS.streams_open.open()) }, Vec::new());
+                            }
+                        }
+                        Err(reason) => s.refuse(reason),
+                    }
                 });
                 Ok(())
             }
@@ -408,6 +413,9 @@ impl RelayCircuit {
             }
             RelayMsg::Drop => Ok(()),
             m @ (RelayMsg::Data(_) | RelayMsg::DataToken { .. } | RelayMsg::Sendme { .. } | RelayMsg::Xoff | RelayMsg::Xon | RelayMsg::End(_)) => {
+                if matches!(m, RelayMsg::End(_)) {
+                    incoming.forget(stream_id);
+                }
                 let out = mux.handle_msg(stream_id, m).map_err(|e| {
                     tracing::debug!("stream protocol violation: {e}");
                     Close(DestroyReason::Protocol, Side::Local)

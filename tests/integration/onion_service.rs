@@ -304,7 +304,8 @@ async fn joined(serve: bool) -> (CircHandle, CircHandle, tokio::sync::mpsc::Rece
 
 /// Streams from the virtual hop: the circuit hands each BEGIN to the service without waiting
 /// for its answer (a stream answered later does not hold up one answered first), attaches the
-/// socket on Ok with CONNECTED (no address), sends END with the service's reason on Err.
+/// stream over with CONNECTED (no address) when the service accepts, sends END with the
+/// service's reason when it refuses.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_circuit_serves_streams_from_the_virtual_hop_without_blocking() {
     let (client, _svc, mut incoming) = joined(true).await;
@@ -319,14 +320,15 @@ async fn the_circuit_serves_streams_from_the_virtual_hop_without_blocking() {
     let fast = tokio::spawn(async move { open_stream(&c2, host, 7).await });
     let second = tokio::time::timeout(WAIT, incoming.recv()).await.unwrap().unwrap();
     assert_eq!(second.port, 7);
-    second.respond.send(Ok(tokio::net::TcpStream::connect(echo).await.unwrap())).unwrap();
+    let echo = tokio::net::TcpStream::connect(echo).await.unwrap();
+    second.accept(None).await.expect("the stream, once CONNECTED is sent").splice(echo, vec![]);
     let mut s = fast.await.unwrap().expect("the second stream connects first");
     s.write_all(b"ping over the join").await.unwrap();
     let mut got = [0u8; 18];
     tokio::time::timeout(WAIT, s.read_exact(&mut got)).await.unwrap().unwrap();
     assert_eq!(&got, b"ping over the join");
     assert!(!slow.is_finished(), "the first stream is still waiting for its answer");
-    first.respond.send(Err(EndReason::ConnectRefused)).unwrap();
+    first.refuse(EndReason::ConnectRefused);
     assert_eq!(slow.await.unwrap().err(), Some(EndReason::ConnectRefused));
     // A dropped answer is an END too, and the circuit stays usable.
     let c3 = client.clone();

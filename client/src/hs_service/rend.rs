@@ -82,10 +82,17 @@ async fn connect(s: IncomingStream, mappings: Arc<Vec<PortMapping>>) {
             Err(_) => Err(EndReason::Timeout),
         },
     };
-    if let Err(r) = &answer {
-        tracing::debug!("onion service: stream to port {} refused ({r:?})", s.port);
+    match answer {
+        Ok(sock) => {
+            if let Some(stream) = s.accept(None).await {
+                stream.splice(sock, Vec::new());
+            }
+        }
+        Err(r) => {
+            tracing::debug!("onion service: stream to port {} refused ({r:?})", s.port);
+            s.refuse(r);
+        }
     }
-    let _ = s.respond.send(answer);
 }
 
 /// The target of virtual port `port`, if mapped.

@@ -20,8 +20,10 @@ use tokio::task::AbortHandle;
 use crate::limits::memquota::{Held, HeldMem, CELL_MEM};
 use data::{Pause, ReadGate, StreamTasks, WriterMsg};
 pub use data::{DataStream, Holding, HoldingWrite, StreamSocket};
+pub use incoming::{Answer, Incoming, IncomingStream, Reply};
 
 mod data;
+mod incoming;
 
 /// Streams one circuit may carry at once unless [`StreamMux::set_max_streams`] says otherwise
 /// (`limits.max_streams_per_circuit`).
