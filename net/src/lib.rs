@@ -12,7 +12,8 @@
 //! - [`mem_trim`]: freed memory handed back to the system after a burst.
 //! - [`cell_queue`]: a circuit's inbound cell queue (storage only while cells wait).
 //! - [`channel`]: the channel reactor (reader and writer tasks of one link, its circuit table).
-//! - [`stream`]: streams on a circuit end: congestion window, XON/XOFF, SENDMEs and the socket tasks.
+//! - [`stream`]: streams on a circuit end: congestion window, XON/XOFF, SENDMEs; an open stream
+//!   as a value (`DataStream`: spliced to a socket, or read and written in place); BEGINs answered.
 //! - [`pool`]: open links by peer identity.
 //! - [`metrics`]: process-wide counters, gauges and histograms (Prometheus text).
 //! - [`operator`]: the control socket (`allium status`) and the metrics endpoint.

@@ -1,11 +1,12 @@
-//! Streams multiplexed on one circuit end (the client's, or the exit's): flow and congestion
-//! control, queues and the tasks that move bytes between a TCP socket and the circuit.
+//! Streams multiplexed on one circuit end (the client's, the exit's, or an onion service's):
+//! flow and congestion control and the queues, kept by the circuit task in a [`StreamMux`].
 //!
-//! The circuit task owns a [`StreamMux`]. For each stream a reader task reads the socket while
-//! the other end has not said XOFF and the circuit has room for more (the `ReadGate`), and a
-//! writer task writes queued DATA to the socket, coalescing whatever is queued into one write,
-//! then reports how many cells were consumed — only then does the mux acknowledge them with
-//! circuit SENDMEs, and send XON to a stream it had sent XOFF.
+//! An open stream leaves the mux as a value, a [`DataStream`] (`data.rs`): whoever holds it —
+//! the SOCKS front end, the exit that connected the destination, the onion service that
+//! connected its target, or a program using it in place — moves its bytes, and reports the
+//! cells it consumed; only then does the mux acknowledge them with circuit SENDMEs, and send
+//! XON to a stream it had sent XOFF. Streams the other end opens are answered through
+//! [`Incoming`] (`incoming.rs`), one piece of code for exits and onion services.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::Arc;
