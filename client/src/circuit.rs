@@ -648,10 +648,10 @@ impl Circuit {
     /// stream handed over, or END. Dropped if the client ended the stream meanwhile.
     async fn on_answer(&mut self, sid: u16, answer: Answer, mux: &mut StreamMux, incoming: &mut Incoming) -> Result<(), CircError> {
         match incoming.answered(sid, answer, mux) {
-            Reply::Connected(msg, give, stream) => {
+            Reply::Connected(msg, handover) => {
                 let last = self.crypto.n_hops() - 1;
                 self.send(last, sid, &msg).await?;
-                let _ = give.send(stream);
+                handover.give();
                 Ok(())
             }
             Reply::End(_, out) => self.send_all(out).await,

@@ -612,7 +612,7 @@ impl AuthorityState {
             return false;
         }
         let mine = DetachedSignature::new(&c, &self.signer);
-        c.add_signature(mine.signature.clone());
+        c.add_signature(mine.signature);
         self.pending.insert(t, c);
         self.recomputed = Some(mine);
         true

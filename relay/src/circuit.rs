@@ -183,10 +183,10 @@ impl RelayCircuit {
                     self.send_all(out).await
                 }
                 (id, answer) = incoming.next_answer() => match incoming.answered(id, answer, &mut mux) {
-                    Reply::Connected(msg, give, stream) => {
+                    Reply::Connected(msg, handover) => {
                         METRICS.streams_opened.inc();
                         let step = self.send_back(id, &msg).await;
-                        let _ = give.send(stream);
+                        handover.give();
                         step
                     }
                     Reply::End(reason, out) => {

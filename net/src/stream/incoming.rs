@@ -46,7 +46,7 @@ impl IncomingStream {
 
 /// What to send for an answer: CONNECTED, then hand the stream over.
 pub enum Reply {
-    Connected(RelayMsg, oneshot::Sender<DataStream>, DataStream),
+    Connected(RelayMsg, Handover),
     /// END with this reason (and whatever the mux had queued before it).
     End(EndReason, Vec<(u16, RelayMsg)>),
     /// The stream ended before the answer: nothing to send.
@@ -102,9 +102,22 @@ impl Incoming {
             return Reply::Nothing;
         }
         match (answer, mux.take_stream(id)) {
-            (Answer::Accept(addr, give), Some(stream)) => Reply::Connected(RelayMsg::Connected { addr, ext: Extensions::none() }, give, stream),
+            (Answer::Accept(addr, to), Some(stream)) => Reply::Connected(RelayMsg::Connected { addr, ext: Extensions::none() }, Handover { to, stream: Box::new(stream) }),
             (Answer::Accept(..), None) => Reply::Nothing,
             (Answer::Refuse(reason), _) => Reply::End(reason, mux.close(id, reason)),
         }
+    }
+}
+
+/// An accepted stream, to be handed over once CONNECTED is sent.
+pub struct Handover {
+    to: oneshot::Sender<DataStream>,
+    stream: Box<DataStream>,
+}
+
+impl Handover {
+    /// Hands the stream over; a holder gone by now drops it, which ends it.
+    pub fn give(self) {
+        let _ = self.to.send(*self.stream);
     }
 }
