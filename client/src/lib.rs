@@ -11,6 +11,7 @@
 //! - [`predicted`]: the ports recently used, for which circuits are built ahead of need.
 //! - [`recovery`]: BEGIN and stall timeouts: giving up on a stream, retiring its circuit.
 //! - [`dir_fetch`]: where the consensus comes from (guards, fallback directories, authorities).
+//! - [`connect`]: opening a stream through an exit or to an onion service.
 //! - [`socks`]: the SOCKS4/4a/5 front end (with RESOLVE).
 //! - [`http_proxy`]: the optional HTTP CONNECT front end.
 //! - [`onion_service`]: the `[[onion_service]]` config and each service's keys.
@@ -25,6 +26,7 @@ pub mod bwscan;
 pub mod circmgr;
 pub mod circuit;
 pub mod config;
+pub mod connect;
 pub mod dir_fetch;
 pub mod http_proxy;
 pub mod onion_service;

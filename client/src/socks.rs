@@ -9,20 +9,16 @@ use std::time::Duration;
 use allium_net::limits::counters::{LimitCounters, LIMITS};
 use allium_proto::hs::OnionAddress;
 use allium_proto::http_connect;
-use allium_proto::ids::RelayId;
 use allium_proto::relay_msg::EndReason;
 use allium_proto::socks::{Outcome, ReplyCode, SocksAuth, SocksCommand, SocksConfig, SocksRequest, SocksServer, SocksVersion, TargetAddr};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 
-use crate::circmgr::{retry_on_another_exit, GetError, STREAM_RETRIES};
-use crate::circuit::{BeginRequest, Connected, ResolveRequest};
-use crate::path::{ExitNeed, PathError};
+use crate::circuit::{Connected, ResolveRequest};
+use crate::connect::{self, ConnectError, BOOTSTRAP_WAIT};
+use crate::path::ExitNeed;
 use crate::ClientState;
-
-/// How long a SOCKS request waits for the client to have a usable consensus.
-const BOOTSTRAP_WAIT: Duration = Duration::from_secs(30);
 /// How long a RESOLVE may wait for the exit's answer.
 const RESOLVE_TIMEOUT: Duration = Duration::from_secs(60);
 /// A RESOLVE uses a circuit whose exit allows this port.
@@ -37,21 +33,6 @@ pub fn reply_for_end(r: EndReason) -> ReplyCode {
         EndReason::Timeout => ReplyCode::TtlExpired,
         EndReason::NoRoute => ReplyCode::NetworkUnreachable,
         _ => ReplyCode::GeneralFailure,
-    }
-}
-
-/// Why an exit refused a stream, in words for the log (never naming the destination, which is
-/// logged at debug only).
-pub fn refusal_text(r: EndReason) -> &'static str {
-    match r {
-        EndReason::ResolveFailed => "the exit could not resolve the host name",
-        EndReason::ExitPolicy => "the exit's policy refuses this destination",
-        EndReason::ConnectRefused => "the destination refused the connection",
-        EndReason::Timeout => "the destination did not answer in time",
-        EndReason::NoRoute => "the exit has no route to the destination",
-        EndReason::ResourceLimit => "the exit is at a resource limit",
-        EndReason::Destroy => "the circuit closed",
-        _ => "the exit ended the stream",
     }
 }
 
@@ -137,78 +118,45 @@ pub(crate) struct AppRequest {
 /// Opens the stream (or resolves the name) for a parsed request and answers the application.
 pub(crate) async fn serve_request(sock: TcpStream, state: Arc<ClientState>, app: AppRequest) -> std::io::Result<()> {
     let AppRequest { target, resolve, credentials, early, front } = app;
-    let (host, port, need) = match &target {
-        TargetAddr::Ip(sa) => (sa.ip().to_string(), sa.port(), ExitNeed::Addr(sa.ip(), sa.port())),
-        TargetAddr::Domain(h, p) => (h.clone(), *p, ExitNeed::Port(*p)),
+    let (host, port) = match &target {
+        TargetAddr::Ip(sa) => (sa.ip().to_string(), sa.port()),
+        TargetAddr::Domain(h, p) => (h.clone(), *p),
     };
-    if OnionAddress::is_reserved_name(&host) {
-        // Never leak such a name to an exit. A malformed address fails at once, with its reason.
-        return match OnionAddress::parse(&host) {
-            Err(e) => {
-                tracing::info!("{} request refused: {e}", front.name());
-                fail(sock, &front, ReplyCode::OnionInvalidAddress).await
-            }
-            Ok(_) if resolve => {
-                tracing::info!("RESOLVE refused: an onion address has no IP address");
-                fail(sock, &front, ReplyCode::HostUnreachable).await
-            }
-            Ok(_) if port == 0 => fail(sock, &front, ReplyCode::NotAllowed).await,
-            Ok(addr) => serve_onion(sock, state, OnionRequest { addr, host: host.to_ascii_lowercase(), port, credentials, early }, front).await,
-        };
-    }
     if resolve {
+        if OnionAddress::is_reserved_name(&host) {
+            // Never leak such a name to an exit.
+            return match OnionAddress::parse(&host) {
+                Err(e) => {
+                    tracing::info!("RESOLVE refused: {e}");
+                    fail(sock, &front, ReplyCode::OnionInvalidAddress).await
+                }
+                Ok(_) => {
+                    tracing::info!("RESOLVE refused: an onion address has no IP address");
+                    fail(sock, &front, ReplyCode::HostUnreachable).await
+                }
+            };
+        }
         return serve_resolve(sock, state, target, &credentials, front).await;
     }
-    if port == 0 {
-        return fail(sock, &front, ReplyCode::NotAllowed).await;
-    }
     let iso = state.isolation(&credentials, sock.local_addr().ok(), &host);
-    let Some(dir) = state.wait_netdir(BOOTSTRAP_WAIT).await else {
-        tracing::warn!("{} request refused: no usable consensus yet", front.name());
-        return fail(sock, &front, ReplyCode::GeneralFailure).await;
-    };
-    // Up to 1 + STREAM_RETRIES exits, never one twice, while the refusal is one another exit
-    // may not give (circmgr::retry_on_another_exit).
-    let mut refused_by: Vec<RelayId> = Vec::new();
-    let mut last_refusal: Option<EndReason> = None;
-    loop {
-        let circ = match state.circuits.get_avoiding(&dir, need, &iso, &refused_by).await {
-            Ok(c) => c,
-            // No other exit (or no circuit to one): answer with the last exit's refusal.
-            Err(e) if last_refusal.is_some() => {
-                // The answer is the exits' refusal, not why no further exit could be had.
-                let reason = last_refusal.expect("checked");
-                tracing::info!("{} request failed: {} ({} exits tried; {reason:?})", front.name(), refusal_text(reason), refused_by.len());
-                tracing::debug!("(no further exit: {e}; the destination was {host}:{port})");
-                return fail(sock, &front, reply_for_end(reason)).await;
-            }
-            Err(e) if matches!(e.root(), GetError::Path(PathError::NoExit)) => return fail(sock, &front, ReplyCode::NotAllowed).await,
-            Err(e) => {
-                tracing::info!("no circuit for a {} request: {e}", front.name());
-                return fail(sock, &front, ReplyCode::GeneralFailure).await;
-            }
-        };
-        let exit = circ.exit.identity;
-        let (done, rx) = oneshot::channel();
-        if circ.begin(BeginRequest { host: host.clone(), port, done }).await.is_err() {
-            return fail(sock, &front, ReplyCode::GeneralFailure).await;
+    match connect::open(&state, &host, port, &iso).await {
+        Ok(c) => connected(sock, c, &front, early).await,
+        Err(e) => {
+            tracing::info!("{} request failed: {e}", front.name());
+            fail(sock, &front, reply_for(&e)).await
         }
-        match rx.await {
-            Ok(Ok(c)) => return connected(sock, c, &front, early).await,
-            Ok(Err(reason)) => {
-                refused_by.push(exit);
-                if !retry_elsewhere(reason, refused_by.len()) {
-                    tracing::info!("{} request failed: {} ({} exits tried; {reason:?})", front.name(), refusal_text(reason), refused_by.len());
-                    tracing::debug!("(the destination was {host}:{port})");
-                    return fail(sock, &front, reply_for_end(reason)).await;
-                }
-                tracing::info!("stream refused by its exit: {} ({reason:?}); trying another exit", refusal_text(reason));
-                tracing::debug!("(the exit was {})", exit.short());
-                last_refusal = Some(reason);
-            }
-            // The circuit task ended without an answer.
-            Err(_) => return fail(sock, &front, ReplyCode::GeneralFailure).await,
-        }
+    }
+}
+
+/// The reply code for a stream that could not be opened.
+fn reply_for(e: &ConnectError) -> ReplyCode {
+    match e {
+        ConnectError::PortZero | ConnectError::NoExit => ReplyCode::NotAllowed,
+        ConnectError::OnionAddress(_) => ReplyCode::OnionInvalidAddress,
+        ConnectError::NotBootstrapped | ConnectError::NoCircuit(_) => ReplyCode::GeneralFailure,
+        ConnectError::Refused { reason, .. } | ConnectError::OnionRefused(reason) => reply_for_end(*reason),
+        ConnectError::Onion(e) => e.reply_code(),
+        ConnectError::RendezvousClosed => ReplyCode::OnionRendezvousFailed,
     }
 }
 
@@ -219,61 +167,6 @@ async fn connected(mut sock: TcpStream, c: Connected, front: &Front, early: Vec<
     let guard = allium_net::metrics::METRICS.streams_open.open();
     c.stream.splice(allium_net::stream::Holding { sock, guard }, early);
     Ok(())
-}
-
-/// A stream request to an onion service.
-struct OnionRequest {
-    addr: OnionAddress,
-    /// The `.allium` host (lowercase), sent in the BEGIN to the service.
-    host: String,
-    port: u16,
-    credentials: Vec<u8>,
-    early: Vec<u8>,
-}
-
-/// Opens a stream to an onion service on a rendezvous circuit of the request's isolation class
-/// ([`crate::hs_connect`]); the BEGIN goes to the service (the circuit's virtual hop), which
-/// answers CONNECTED or END. A reused circuit that turns out closed is replaced once.
-async fn serve_onion(sock: TcpStream, state: Arc<ClientState>, req: OnionRequest, front: Front) -> std::io::Result<()> {
-    let OnionRequest { addr, host, port, credentials, early } = req;
-    let iso = state.isolation(&credentials, sock.local_addr().ok(), &host);
-    let Some(dir) = state.wait_netdir(BOOTSTRAP_WAIT).await else {
-        tracing::warn!("{} request refused: no usable consensus yet", front.name());
-        return fail(sock, &front, ReplyCode::GeneralFailure).await;
-    };
-    for round in 0..2 {
-        let circ = match state.onions.circuit(&state.circuits, &dir, &addr, &iso).await {
-            Ok(c) => c,
-            Err(e) => {
-                tracing::info!("{} request to an onion service failed: {e}", front.name());
-                tracing::debug!("(the onion service was {host}:{port})");
-                return fail(sock, &front, e.reply_code()).await;
-            }
-        };
-        let (done, rx) = oneshot::channel();
-        if circ.begin(BeginRequest { host: host.clone(), port, done }).await.is_err() {
-            state.onions.forget(&addr, &iso);
-            continue;
-        }
-        match rx.await {
-            Ok(Ok(c)) => return connected(sock, c, &front, early).await,
-            // The circuit died under the stream, or gave it up (no CONNECTED in time): once more
-            // on a new one.
-            Ok(Err(EndReason::Destroy | EndReason::Timeout)) if round == 0 => state.onions.forget(&addr, &iso),
-            Ok(Err(reason)) => {
-                tracing::info!("{} stream refused by the onion service ({reason:?})", front.name());
-                return fail(sock, &front, reply_for_end(reason)).await;
-            }
-            Err(_) => return fail(sock, &front, ReplyCode::GeneralFailure).await,
-        }
-    }
-    tracing::info!("{} request to an onion service failed: its rendezvous circuits closed", front.name());
-    fail(sock, &front, ReplyCode::OnionRendezvousFailed).await
-}
-
-/// After `exits_tried` exits refused a stream, the last with `reason`: whether to try another.
-pub fn retry_elsewhere(reason: EndReason, exits_tried: usize) -> bool {
-    retry_on_another_exit(reason) && exits_tried <= STREAM_RETRIES
 }
 
 /// RESOLVE: an IP literal is its own answer; a name is resolved by the exit of a circuit of the
@@ -373,6 +266,7 @@ async fn read_request(sock: &mut TcpStream) -> std::io::Result<Option<(allium_pr
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::connect::{refusal_text, retry_elsewhere};
 
     /// `limits.request_timeout_secs`: an application that sends only part of its request is
     /// closed unanswered once the limit passes (counted); one that sends it all is served.
