@@ -12,6 +12,7 @@
 //! - [`recovery`]: BEGIN and stall timeouts: giving up on a stream, retiring its circuit.
 //! - [`dir_fetch`]: where the consensus comes from (guards, fallback directories, authorities).
 //! - [`connect`]: opening a stream through an exit or to an onion service.
+//! - [`embed`]: the client inside a Rust program (start, bootstrap events, `connect`).
 //! - [`socks`]: the SOCKS4/4a/5 front end (with RESOLVE).
 //! - [`http_proxy`]: the optional HTTP CONNECT front end.
 //! - [`onion_service`]: the `[[onion_service]]` config and each service's keys.
@@ -28,6 +29,7 @@ pub mod circuit;
 pub mod config;
 pub mod connect;
 pub mod dir_fetch;
+pub mod embed;
 pub mod http_proxy;
 pub mod onion_service;
 pub mod guard;
@@ -172,23 +174,16 @@ fn now_ms() -> u64 {
     SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0)
 }
 
-/// Runs the client until a fatal error.
-pub async fn run(cfg: ClientConfig, _keys: NodeKeys) -> Result<(), ClientError> {
+/// The client's tasks: fetching the consensus, keeping circuits ready, hosting onion services.
+pub type ClientTasks = tokio::task::JoinSet<Result<(), ClientError>>;
+
+/// Starts the client's state and background tasks (directory, circuits ahead of need, onion
+/// services), without listeners: [`run`] adds the proxies, [`embed::Client`] its API.
+pub async fn launch(cfg: &ClientConfig) -> Result<(Arc<ClientState>, ClientTasks), ClientError> {
     // Guard state lives there: a client that cannot write it would pick new guards at every
     // restart, silently.
     let data_dir = &cfg.node.data_dir;
     state_file::check_writable(data_dir).map_err(|e| format!("data directory {} is not writable ({e}); the client keeps its guard state there", data_dir.display()))?;
-    let socks_addr = cfg.client.socks_listen;
-    let listener = TcpListener::bind(socks_addr).await.map_err(|e| format!("cannot listen on client.socks_listen {socks_addr}: {e}"))?;
-    tracing::info!("SOCKS5 proxy listening on {}", listener.local_addr().unwrap_or(socks_addr));
-    let http_listener = match cfg.client.http_connect_listen {
-        Some(addr) => {
-            let l = TcpListener::bind(addr).await.map_err(|e| format!("cannot listen on client.http_connect_listen {addr}: {e}"))?;
-            tracing::info!("HTTP CONNECT proxy listening on {}", l.local_addr().unwrap_or(addr));
-            Some(l)
-        }
-        None => None,
-    };
     let (tx, rx) = watch::channel(None);
     let bootstrap = Arc::new(Bootstrap::new());
     let pool = ChannelPool::new(cfg.node.address, None);
@@ -199,22 +194,33 @@ pub async fn run(cfg: ClientConfig, _keys: NodeKeys) -> Result<(), ClientError> 
     let app_conns = allium_net::limits::conn::ConnLimiter::new(cfg.limits.connections(), cfg.limits.max_connections_per_address);
     circuits.set_initial_build_timeout(cfg.initial_build_timeout());
     let onions = hs_connect::OnionConnector::new(onion_auth::load(&cfg.client.onion_auth)?);
-    let state = Arc::new(ClientState { netdir: rx.clone(), circuits, bootstrap: bootstrap.clone(), isolate_destinations: cfg.client.isolate_destinations, onions, app_conns, services: Default::default(), limits: cfg.limits.clone() });
+    let state = Arc::new(ClientState { netdir: rx.clone(), circuits, bootstrap, isolate_destinations: cfg.client.isolate_destinations, onions, app_conns, services: Default::default(), limits: cfg.limits.clone() });
     for s in &cfg.onion_services {
         state.set_service_state(&s.name, "waiting for the consensus".into());
     }
-    let mut tasks = tokio::task::JoinSet::new();
-    allium_net::operator::spawn(&cfg.node, "client", status::status_fn(state.clone()), &mut tasks).await?;
+    let mut tasks = ClientTasks::new();
     tasks.spawn(directory_loop(cfg.clone(), tx, state.clone()));
     let maint = state.clone();
     tasks.spawn(async move {
         maint.circuits.maintain(rx).await;
         Ok(())
     });
-    if let Some(l) = http_listener {
+    hs_service::spawn_all(&cfg.onion_services, &cfg.node.data_dir, &state, &mut tasks)?;
+    Ok((state, tasks))
+}
+
+/// Runs the client until a fatal error.
+pub async fn run(cfg: ClientConfig, _keys: NodeKeys) -> Result<(), ClientError> {
+    let (state, mut tasks) = launch(&cfg).await?;
+    let socks_addr = cfg.client.socks_listen;
+    let listener = TcpListener::bind(socks_addr).await.map_err(|e| format!("cannot listen on client.socks_listen {socks_addr}: {e}"))?;
+    tracing::info!("SOCKS5 proxy listening on {}", listener.local_addr().unwrap_or(socks_addr));
+    if let Some(addr) = cfg.client.http_connect_listen {
+        let l = TcpListener::bind(addr).await.map_err(|e| format!("cannot listen on client.http_connect_listen {addr}: {e}"))?;
+        tracing::info!("HTTP CONNECT proxy listening on {}", l.local_addr().unwrap_or(addr));
         tasks.spawn(http_proxy::serve(l, state.clone()));
     }
-    hs_service::spawn_all(&cfg.onion_services, &cfg.node.data_dir, &state, &mut tasks)?;
+    allium_net::operator::spawn(&cfg.node, "client", status::status_fn(state.clone()), &mut tasks).await?;
     tasks.spawn(socks::serve(listener, state));
     match tasks.join_next().await {
         Some(Ok(r)) => r.and(Err("a client task ended".into())),

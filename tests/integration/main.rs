@@ -21,6 +21,7 @@
 //!   fixed one (THREATS A17).
 //! - [`early_cells`]: RELAY_EARLY bounds circuit length; every position sees the same CREATE
 //!   (THREATS A16).
+//! - [`embed`]: a program using the client through `allium_client::embed` (and the fetch example).
 //! - [`socks_front`]: SOCKS4/4a, SOCKS5 (IPv6, RESOLVE) and HTTP CONNECT front ends of the client.
 //! - [`exit_retry`]: a stream one exit refuses is retried on another exit.
 //! - [`latency`]: 1 MiB downloads, one at a time and 8 at once, at 10 ms per link.
@@ -65,6 +66,7 @@ mod dir_fetch;
 mod dos;
 mod e2e;
 mod early_cells;
+mod embed;
 mod extend_target;
 mod flow_params;
 mod exit_retry;
