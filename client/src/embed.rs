@@ -26,14 +26,45 @@
 //!
 //! Streams opened by one [`Client`] share circuits (one isolation class) unless opened with
 //! [`Client::connect_isolated`]. Dropping the client stops its tasks.
+//!
+//! A program can host an onion service too, and take its streams itself:
+//!
+//! ```no_run
+//! use tokio::io::AsyncWriteExt;
+//!
+//! # async fn host(client: &allium_client::embed::Client) -> Result<(), allium_client::embed::Error> {
+//! let cfg = allium_client::embed::OnionServiceConfig { name: "hello".into(), ..Default::default() };
+//! let mut service = client.launch_onion_service(cfg)?;
+//! println!("reachable at {}", service.address());
+//! while let Some(incoming) = service.next_stream().await {
+//!     if incoming.port != 80 {
+//!         incoming.refuse(allium_client::embed::EndReason::ConnectRefused);
+//!         continue;
+//!     }
+//!     if let Some(mut stream) = incoming.accept(None).await {
+//!         stream.write_all(b"HTTP/1.0 200 OK\r\n\r\nhello").await?;
+//!         stream.shutdown().await?;
+//!     }
+//! }
+//! # Ok(())
+//! # }
+//! ```
 
 use std::sync::Arc;
 
 use tokio::sync::watch;
 
 use crate::connect::{ConnectError, ConnectErrorKind};
+use crate::hs_service::rend::StreamTarget;
+use crate::hs_service::HostedService;
 use crate::{circmgr, Bootstrap, ClientConfig, ClientState};
-pub use allium_net::stream::DataStream;
+pub use crate::onion_service::OnionServiceConfig;
+pub use allium_net::stream::{DataStream, IncomingStream};
+pub use allium_proto::relay_msg::EndReason;
+
+/// Streams of a hosted onion service waiting for the program to take them; more are refused
+/// (END RESOURCELIMIT).
+const SERVICE_STREAM_QUEUE: usize = 64;
 
 /// Why the client could not do what was asked. [`Error::kind`] says what kind of failure.
 #[derive(Debug)]
@@ -144,6 +175,8 @@ impl BootstrapEvents {
 /// A running client.
 pub struct Client {
     state: Arc<ClientState>,
+    /// Where onion-service keys live (`node.data_dir`).
+    data_dir: std::path::PathBuf,
     /// Why the client stopped, once it did.
     stopped: watch::Receiver<Option<String>>,
     /// Owns the client's tasks: aborted (and with them the tasks) when the client is dropped.
@@ -167,7 +200,7 @@ impl Client {
             tx.send_replace(Some(why));
         })
         .abort_handle();
-        Ok(Client { state, stopped, watcher })
+        Ok(Client { state, data_dir: cfg.node.data_dir.clone(), stopped, watcher })
     }
 
     /// The bootstrap's steps, the current one first.
@@ -201,6 +234,64 @@ impl Client {
         credentials.extend_from_slice(isolation);
         let iso = circmgr::isolation_key(&credentials, None, self.state.isolate_destinations.then_some(host));
         Ok(crate::connect::open(&self.state, host, port, &iso).await?.stream)
+    }
+}
+
+impl Client {
+    /// Hosts an onion service whose streams this program takes ([`OnionService::next_stream`]);
+    /// `cfg.ports` is not used. Its key is created on first use, in `node.data_dir`, and kept:
+    /// the same name is the same address at every start. The service publishes its
+    /// descriptor once the client is bootstrapped.
+    pub fn launch_onion_service(&self, cfg: OnionServiceConfig) -> Result<OnionService, Error> {
+        let mut check = cfg.clone();
+        // Validated as a config would be, with a placeholder mapping.
+        check.ports = vec!["1 -> 127.0.0.1:1".into()];
+        crate::onion_service::validate(std::slice::from_ref(&check))?;
+        let address = cfg.load_or_create_address(&self.data_dir).map_err(|e| Error::new(ErrorKind::Config, format!("onion service {}: its key: {e}", cfg.name)))?.to_host();
+        let (tx, streams) = tokio::sync::mpsc::channel(SERVICE_STREAM_QUEUE);
+        let svc = HostedService::with_target(&cfg, &self.data_dir, self.state.clone(), StreamTarget::Program(tx)).map_err(|e| Error::new(ErrorKind::Config, e))?;
+        self.state.set_service_state(&cfg.name, "waiting for the consensus".into());
+        let published = svc.publications();
+        let task = tokio::spawn(async move {
+            if let Err(e) = svc.run().await {
+                tracing::error!("onion service stopped: {e}");
+            }
+        })
+        .abort_handle();
+        Ok(OnionService { address, streams, published, task })
+    }
+}
+
+/// An onion service this program hosts ([`Client::launch_onion_service`]); dropped, it stops.
+pub struct OnionService {
+    address: String,
+    streams: tokio::sync::mpsc::Receiver<IncomingStream>,
+    published: watch::Receiver<usize>,
+    task: tokio::task::AbortHandle,
+}
+
+impl OnionService {
+    /// Its address (`….allium`).
+    pub fn address(&self) -> &str {
+        &self.address
+    }
+
+    /// Waits until a descriptor of the service is on at least one HSDir (clients can find it
+    /// from then on); fails if the service stopped first.
+    pub async fn published(&mut self) -> Result<(), Error> {
+        self.published.wait_for(|n| *n > 0).await.map(|_| ()).map_err(|_| Error::new(ErrorKind::Stopped, "the onion service stopped"))
+    }
+
+    /// The next stream a client opened to it: accept it ([`IncomingStream::accept`], with no
+    /// address) or refuse it. `None` once the service stopped.
+    pub async fn next_stream(&mut self) -> Option<IncomingStream> {
+        self.streams.recv().await
+    }
+}
+
+impl Drop for OnionService {
+    fn drop(&mut self) {
+        self.task.abort();
     }
 }
 

@@ -49,6 +49,13 @@ pub struct OnionServiceConfig {
     pub intro_burst: u32,
 }
 
+impl Default for OnionServiceConfig {
+    /// No name (set one), no ports, no client authorization, the default introduction rate.
+    fn default() -> Self {
+        OnionServiceConfig { name: String::new(), ports: Vec::new(), authorized_clients: Vec::new(), intro_rate_per_sec: default_intro_rate(), intro_burst: default_intro_burst() }
+    }
+}
+
 fn default_intro_rate() -> u32 {
     25
 }

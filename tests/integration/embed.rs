@@ -75,6 +75,37 @@ fn a_program_bootstraps_a_client_and_opens_streams_through_an_exit_and_to_an_oni
             let s = client.connect_isolated((&onion, 80), b"other").await.expect("a stream to the onion service");
             assert!(get(s, &onion, "/page").await == page, "the page through the onion service, byte-exact");
 
+            // An onion service this program hosts: it takes the streams itself.
+            let cfg = allium_client::embed::OnionServiceConfig { name: "embedded".into(), ..Default::default() };
+            let mut service = client.launch_onion_service(cfg).expect("the service starts");
+            let address = service.address().to_string();
+            assert!(address.ends_with(".allium"), "{address}");
+            service.published().await.expect("the descriptor is published");
+            let server = tokio::spawn(async move {
+                for _ in 0..2 {
+                    let incoming = service.next_stream().await.expect("a stream");
+                    if incoming.port != 80 {
+                        incoming.refuse(allium_client::embed::EndReason::ConnectRefused);
+                        continue;
+                    }
+                    let mut s = incoming.accept(None).await.expect("accepted");
+                    let mut request = [0u8; 5];
+                    s.read_exact(&mut request).await.unwrap();
+                    s.write_all(b"hello from a program, to ").await.unwrap();
+                    s.write_all(&request).await.unwrap();
+                    s.shutdown().await.unwrap();
+                }
+            });
+            let mut s = client.connect_isolated((&address, 80), b"visitor").await.expect("a stream to the hosted service");
+            s.write_all(b"alice").await.unwrap();
+            s.flush().await.unwrap();
+            let mut answer = Vec::new();
+            s.read_to_end(&mut answer).await.unwrap();
+            assert_eq!(answer, b"hello from a program, to alice");
+            let e = client.connect_isolated((&address, 81), b"visitor").await.err().expect("port 81 is refused by the program");
+            assert_eq!(e.kind(), ErrorKind::Refused, "{e}");
+            server.await.unwrap();
+
             // Errors say what kind they are.
             let e = client.connect(("127.0.0.1", 0)).await.err().expect("port 0 is refused");
             assert_eq!(e.kind(), ErrorKind::BadRequest, "{e}");

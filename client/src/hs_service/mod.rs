@@ -32,7 +32,7 @@ use tokio::sync::{mpsc, Notify, Semaphore};
 use tokio::task::{AbortHandle, JoinSet};
 use x25519_dalek::PublicKey;
 
-use crate::onion_service::{OnionServiceConfig, PortMapping};
+use crate::onion_service::OnionServiceConfig;
 use crate::{ClientError, ClientState};
 use intro::IntroEvent;
 use publish::Published;
@@ -60,13 +60,15 @@ const MAX_BACKOFF: Duration = Duration::from_secs(60);
 pub struct HostedService {
     name: String,
     identity: SigningKey,
-    mappings: Arc<Vec<PortMapping>>,
+    target: rend::StreamTarget,
     clients: Vec<PublicKey>,
     state: Arc<ClientState>,
     /// Where the last revision counter is kept (`publish::REVISION_FILE` in the key directory).
     revision_file: std::path::PathBuf,
     /// The introduction rate each point is asked to keep.
     intro_dos: IntroDosParams,
+    /// How many HSDirs took the last descriptor published ([`HostedService::publications`]).
+    published: tokio::sync::watch::Sender<usize>,
 }
 
 /// Starts a task per configured service in `tasks` (a service task ends only on a fatal error).
@@ -79,14 +81,25 @@ pub fn spawn_all(services: &[OnionServiceConfig], data_dir: &Path, state: &Arc<C
 }
 
 impl HostedService {
-    /// Loads the service's key and config (validated already by the config loader).
+    /// Loads the service's key and config (validated already by the config loader); its
+    /// streams go to the mapped targets.
     pub fn new(cfg: &OnionServiceConfig, data_dir: &Path, state: Arc<ClientState>) -> Result<Self, ClientError> {
-        let identity = cfg.load_or_create_identity(data_dir).map_err(|e| format!("onion service {}: cannot load or create its key: {e}", cfg.name))?;
         let mappings = Arc::new(cfg.mappings().map_err(|e| format!("onion_service {}: {e}", cfg.name))?);
+        Self::with_target(cfg, data_dir, state, rend::StreamTarget::Mapped(mappings))
+    }
+
+    /// [`HostedService::new`], its streams going to `target`.
+    pub fn with_target(cfg: &OnionServiceConfig, data_dir: &Path, state: Arc<ClientState>, target: rend::StreamTarget) -> Result<Self, ClientError> {
+        let identity = cfg.load_or_create_identity(data_dir).map_err(|e| format!("onion service {}: cannot load or create its key: {e}", cfg.name))?;
         let clients = cfg.authorized_keys().map_err(|e| format!("onion_service {}: {e}", cfg.name))?;
         let revision_file = cfg.key_dir(data_dir).join(publish::REVISION_FILE);
         let intro_dos = IntroDosParams { rate: cfg.intro_rate_per_sec, burst: cfg.intro_burst };
-        Ok(HostedService { name: cfg.name.clone(), identity, mappings, clients, state, revision_file, intro_dos })
+        Ok(HostedService { name: cfg.name.clone(), identity, target, clients, state, revision_file, intro_dos, published: tokio::sync::watch::Sender::new(0) })
+    }
+
+    /// How many HSDirs took each descriptor published, as it is published (0 until the first).
+    pub fn publications(&self) -> tokio::sync::watch::Receiver<usize> {
+        self.published.subscribe()
     }
 
     /// Runs the service until the client stops.
@@ -304,13 +317,13 @@ impl Loop<'_> {
                     continue;
                 }
             };
-            let (state, dir, maps, name, freed) = (self.svc.state.clone(), self.dir.clone(), self.svc.mappings.clone(), self.svc.name.clone(), self.freed.clone());
+            let (state, dir, target, name, freed) = (self.svc.state.clone(), self.dir.clone(), self.svc.target.clone(), self.svc.name.clone(), self.freed.clone());
             tokio::spawn(async move {
                 let done = move || {
                     drop(permit);
                     freed.notify_one();
                 };
-                if let Err(e) = rend::meet(state, dir, acc, maps, &name, done).await {
+                if let Err(e) = rend::meet(state, dir, acc, target, &name, done).await {
                     tracing::debug!("onion service {name}: rendezvous failed: {e}");
                 }
             });
@@ -388,6 +401,7 @@ impl Loop<'_> {
         }
         let points = self.set.descriptor_points().len();
         self.svc.state.set_service_state(&self.svc.name, format!("published to {} HSDirs ({} failed), {points} introduction points", p.stored, p.failed));
+        self.svc.published.send_replace(p.stored);
         if p.failed > 0 || p.stored == 0 {
             // Publish again a little later, so that every responsible HSDir holds the descriptor.
             self.publish_failures = self.publish_failures.saturating_add(1);

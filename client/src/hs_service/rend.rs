@@ -48,15 +48,35 @@ pub fn checked_point(dir: &NetDir, content: &IntroduceContent) -> Result<Consens
     Ok(r.clone())
 }
 
+/// Where a service's streams go.
+#[derive(Clone)]
+pub enum StreamTarget {
+    /// Connected from this node to the port's mapped target (`[[onion_service]]` in a config).
+    Mapped(Arc<Vec<PortMapping>>),
+    /// Handed to the program hosting the service ([`crate::embed::OnionService`]); when it
+    /// has too many waiting, END RESOURCELIMIT.
+    Program(mpsc::Sender<IncomingStream>),
+}
+
 /// Meets the client: builds the circuit, joins, and serves streams until the circuit closes.
 /// `built` is told once the join is done (or failed), so the caller can bound builds.
-pub async fn meet(state: Arc<ClientState>, dir: Arc<NetDir>, acc: Accepted, mappings: Arc<Vec<PortMapping>>, name: &str, built: impl FnOnce()) -> Result<(), RendFailure> {
+pub async fn meet(state: Arc<ClientState>, dir: Arc<NetDir>, acc: Accepted, target: StreamTarget, name: &str, built: impl FnOnce()) -> Result<(), RendFailure> {
     let joined = join(&state, &dir, acc).await;
     built();
     let (circ, mut streams) = joined?;
     tracing::debug!("onion service {name}: rendezvous joined");
     while let Some(s) = streams.recv().await {
-        tokio::spawn(connect(s, mappings.clone()));
+        match &target {
+            StreamTarget::Mapped(mappings) => drop(tokio::spawn(connect(s, mappings.clone()))),
+            StreamTarget::Program(to) => {
+                if let Err(e) = to.try_send(s) {
+                    let s = match e {
+                        mpsc::error::TrySendError::Full(s) | mpsc::error::TrySendError::Closed(s) => s,
+                    };
+                    s.refuse(EndReason::ResourceLimit);
+                }
+            }
+        }
     }
     drop(circ);
     Ok(())
