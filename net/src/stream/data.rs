@@ -204,6 +204,10 @@ struct TaskState {
 }
 
 impl StreamTasks {
+    fn is_closed(&self) -> bool {
+        self.inner.lock().expect("stream tasks").closed
+    }
+
     /// The stream left the mux: stops its reader; its writer (if any) to be bounded by the
     /// caller.
     pub(super) fn close(&self) -> Option<AbortHandle> {
@@ -263,15 +267,20 @@ impl DataStream {
 
     /// Carries the stream over `sock` until either side ends it: `early` (bytes the
     /// application sent before the stream opened, e.g. after its SOCKS request) is sent first.
-    /// Returns at once; two tasks do the work.
+    /// Returns at once; two tasks do the work. A stream that closed meanwhile only delivers
+    /// what it had queued (for [`super::DRAIN_GRACE`] at most).
     pub fn splice<S: StreamSocket>(mut self, sock: S, early: Vec<u8>) {
         let rx = self.writer_rx.take().expect("a stream is spliced once");
         let (rd, wr) = sock.into_halves();
         let mut t = self.tasks.inner.lock().expect("stream tasks");
-        t.writer = Some(tokio::spawn(write_loop(self.id, wr, rx, self.events.clone())).abort_handle());
-        if !t.closed {
-            t.reader = Some(tokio::spawn(read_loop(self.id, rd, early, self.paused.clone(), self.gate.clone(), self.events.clone())).abort_handle());
+        if t.closed {
+            // Closed before it was spliced: deliver what was queued, for a while at most.
+            let write = tokio::time::timeout(super::DRAIN_GRACE, write_loop(self.id, wr, rx, self.events.clone()));
+            tokio::spawn(write);
+            return;
         }
+        t.writer = Some(tokio::spawn(write_loop(self.id, wr, rx, self.events.clone())).abort_handle());
+        t.reader = Some(tokio::spawn(read_loop(self.id, rd, early, self.paused.clone(), self.gate.clone(), self.events.clone())).abort_handle());
     }
 }
 
@@ -285,10 +294,12 @@ impl DataStream {
     }
 
     /// Waits (registering `cx`) while the other end said XOFF or the gate is shut; Ready once a
-    /// write may go on.
+    /// write may go on, or once the stream or its circuit closed (the write then fails).
     fn poll_writable(&mut self, cx: &mut Context<'_>) -> Poll<()> {
         loop {
-            let blocked_on = if self.paused.is_on() {
+            let blocked_on = if self.events.is_closed() || self.tasks.is_closed() {
+                None
+            } else if self.paused.is_on() {
                 Some((true, &self.paused.resume))
             } else if self.gate.free() == 0 {
                 Some((false, &self.gate.room))
@@ -361,6 +372,10 @@ impl AsyncWrite for DataStream {
         }
         if this.poll_writable(cx).is_pending() {
             return Poll::Pending;
+        }
+        if this.tasks.is_closed() {
+            // The other end ended the stream, or the circuit closed.
+            return Poll::Ready(Err(std::io::ErrorKind::BrokenPipe.into()));
         }
         let cells = this.gate.free().min(READ_BATCH);
         let n = buf.len().min(cells * MAX_BODY_PER_CELL);

@@ -440,6 +440,9 @@ impl StreamMux {
         let _ = s.writer.send(WriterMsg::End);
         self.draining.retain(|w| !w.is_finished());
         self.draining.extend(s.tasks.close());
+        // A program writing to it in place stops waiting (its write fails).
+        s.paused.set(false);
+        self.gate.room.notify_waiters();
     }
 
     /// `k` circuit-level SENDMEs, each echoing the token of the increment it acknowledges.
@@ -499,7 +502,9 @@ impl Drop for StreamMux {
         let mut writers = std::mem::take(&mut self.draining);
         for s in self.streams.values() {
             writers.extend(s.tasks.close());
+            s.paused.set(false);
         }
+        self.gate.room.notify_waiters();
         // Writers deliver what they hold to slow sockets for a while, not forever: a
         // destination that never reads must not keep the memory once the circuit is gone.
         writers.retain(|w| !w.is_finished());
@@ -1053,5 +1058,43 @@ mod tests {
         }
         assert!(mux.is_empty(), "the stream ended");
         assert_eq!(sendmes, vec![0, 0], "4 cells consumed, a circuit SENDME per 2");
+    }
+
+    /// A program writing in place is not left waiting when its stream closes: held at XOFF,
+    /// its write is woken and fails once the other end ends the stream, and once the circuit
+    /// closes.
+    #[tokio::test]
+    async fn a_write_held_at_xoff_fails_when_the_stream_or_circuit_closes() {
+        use tokio::io::AsyncWriteExt;
+        let mut mux = StreamMux::default();
+        mux.open(1).unwrap();
+        mux.open(2).unwrap();
+        let mut one = mux.take_stream(1).unwrap();
+        let mut two = mux.take_stream(2).unwrap();
+        mux.handle_msg(1, RelayMsg::Xoff).unwrap();
+        mux.handle_msg(2, RelayMsg::Xoff).unwrap();
+        // Each write waits in its own task, with a real waker.
+        let (tx1, rx1) = tokio::sync::oneshot::channel();
+        let w1 = tokio::spawn(async move {
+            let _ = tx1.send(());
+            one.write(b"x").await
+        });
+        rx1.await.unwrap();
+        tokio::task::yield_now().await;
+        assert!(!w1.is_finished(), "held at XOFF");
+        mux.handle_msg(1, RelayMsg::End(EndReason::Done)).unwrap();
+        let r1 = tokio::time::timeout(Duration::from_secs(10), w1).await.expect("the write was woken").unwrap();
+        assert_eq!(r1.unwrap_err().kind(), std::io::ErrorKind::BrokenPipe);
+        let (tx2, rx2) = tokio::sync::oneshot::channel();
+        let w2 = tokio::spawn(async move {
+            let _ = tx2.send(());
+            two.write(b"y").await
+        });
+        rx2.await.unwrap();
+        tokio::task::yield_now().await;
+        assert!(!w2.is_finished(), "held at XOFF");
+        drop(mux);
+        let r2 = tokio::time::timeout(Duration::from_secs(10), w2).await.expect("the write was woken").unwrap();
+        assert_eq!(r2.unwrap_err().kind(), std::io::ErrorKind::BrokenPipe);
     }
 }
