@@ -1069,32 +1069,31 @@ mod tests {
         let mut mux = StreamMux::default();
         mux.open(1).unwrap();
         mux.open(2).unwrap();
-        let mut one = mux.take_stream(1).unwrap();
-        let mut two = mux.take_stream(2).unwrap();
+        let one = mux.take_stream(1).unwrap();
+        let two = mux.take_stream(2).unwrap();
         mux.handle_msg(1, RelayMsg::Xoff).unwrap();
         mux.handle_msg(2, RelayMsg::Xoff).unwrap();
         // Each write waits in its own task, with a real waker.
-        let (tx1, rx1) = tokio::sync::oneshot::channel();
-        let w1 = tokio::spawn(async move {
-            let _ = tx1.send(());
-            one.write(b"x").await
-        });
-        rx1.await.unwrap();
-        tokio::task::yield_now().await;
-        assert!(!w1.is_finished(), "held at XOFF");
+        async fn held(mut ds: DataStream) -> tokio::task::JoinHandle<std::io::Result<usize>> {
+            let (started, running) = tokio::sync::oneshot::channel();
+            let w = tokio::spawn(async move {
+                let _ = started.send(());
+                ds.write(b"x").await
+            });
+            running.await.unwrap();
+            tokio::task::yield_now().await;
+            assert!(!w.is_finished(), "held at XOFF");
+            w
+        }
+        async fn fails(w: tokio::task::JoinHandle<std::io::Result<usize>>) {
+            let r = tokio::time::timeout(Duration::from_secs(10), w).await.expect("the write was woken").unwrap();
+            assert_eq!(r.unwrap_err().kind(), std::io::ErrorKind::BrokenPipe);
+        }
+        let w1 = held(one).await;
         mux.handle_msg(1, RelayMsg::End(EndReason::Done)).unwrap();
-        let r1 = tokio::time::timeout(Duration::from_secs(10), w1).await.expect("the write was woken").unwrap();
-        assert_eq!(r1.unwrap_err().kind(), std::io::ErrorKind::BrokenPipe);
-        let (tx2, rx2) = tokio::sync::oneshot::channel();
-        let w2 = tokio::spawn(async move {
-            let _ = tx2.send(());
-            two.write(b"y").await
-        });
-        rx2.await.unwrap();
-        tokio::task::yield_now().await;
-        assert!(!w2.is_finished(), "held at XOFF");
+        fails(w1).await;
+        let w2 = held(two).await;
         drop(mux);
-        let r2 = tokio::time::timeout(Duration::from_secs(10), w2).await.expect("the write was woken").unwrap();
-        assert_eq!(r2.unwrap_err().kind(), std::io::ErrorKind::BrokenPipe);
+        fails(w2).await;
     }
 }
