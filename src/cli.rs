@@ -53,6 +53,14 @@ pub struct StatusArgs {
     /// Print the status as one JSON object (times are Unix seconds).
     #[arg(long)]
     pub json: bool,
+    /// Answer only once CONDITION holds: `PATH OP VALUE`, PATH the status field's keys joined
+    /// by dots (as in --json), OP one of >= <= > < == for numbers or ~ for "the text contains",
+    /// e.g. `bootstrap.percent>=100`. Exits 1 if it does not hold within --wait-secs.
+    #[arg(long, value_name = "CONDITION")]
+    pub wait: Option<String>,
+    /// How long --wait waits at most.
+    #[arg(long, value_name = "SECS", default_value_t = 120, value_parser = clap::value_parser!(u64).range(1..=600))]
+    pub wait_secs: u64,
 }
 
 /// `allium directory ...`

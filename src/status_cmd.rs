@@ -1,6 +1,7 @@
 //! `allium status`: asks a running node on its control socket (`DATA_DIR/control.sock`) for
-//! its status and prints it, readably or as JSON. Exit codes: 0 answered, 1 the node did not
-//! answer (not running, or not this user's), 2 a bad config or command line.
+//! its status and prints it, readably or as JSON; with `--wait CONDITION`, once the condition
+//! holds. Exit codes: 0 answered, 1 the node did not answer (not running, or not this user's)
+//! or the condition did not hold in time, 2 a bad config or command line.
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
@@ -34,7 +35,18 @@ pub fn run(args: &StatusArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let status = match ask(&data_dir) {
+    let request = match &args.wait {
+        Some(cond) => {
+            if let Err(e) = allium_net::operator::wait::Condition::parse(cond) {
+                eprintln!("allium status: --wait: {e}");
+                return ExitCode::from(2);
+            }
+            format!("wait {cond} {}\n", args.wait_secs)
+        }
+        None => "status\n".to_string(),
+    };
+    let answer_within = ANSWER_TIMEOUT + if args.wait.is_some() { Duration::from_secs(args.wait_secs) } else { Duration::ZERO };
+    let status = match ask(&data_dir, &request, answer_within) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("allium status: {e}");
@@ -50,14 +62,18 @@ pub fn run(args: &StatusArgs) -> ExitCode {
     } else {
         print!("{}", render(&status, allium_net::keys::unix_now()));
     }
+    if status.get("wait_timed_out").is_some() {
+        eprintln!("allium status: {} did not hold within {} s", args.wait.as_deref().unwrap_or(""), args.wait_secs);
+        return ExitCode::FAILURE;
+    }
     ExitCode::SUCCESS
 }
 
-fn ask(data_dir: &Path) -> Result<Map<String, Value>, String> {
+fn ask(data_dir: &Path, request: &str, within: Duration) -> Result<Map<String, Value>, String> {
     let path: PathBuf = allium_net::operator::control::socket_path(data_dir);
     let mut s = UnixStream::connect(&path).map_err(|e| format!("no node answers on {}: {e} (is it running, as this user?)", path.display()))?;
-    s.set_read_timeout(Some(ANSWER_TIMEOUT)).map_err(|e| e.to_string())?;
-    s.write_all(b"status\n").map_err(|e| format!("cannot ask {}: {e}", path.display()))?;
+    s.set_read_timeout(Some(within)).map_err(|e| e.to_string())?;
+    s.write_all(request.as_bytes()).map_err(|e| format!("cannot ask {}: {e}", path.display()))?;
     let mut buf = Vec::new();
     s.take(MAX_ANSWER).read_to_end(&mut buf).map_err(|e| format!("no answer from {}: {e}", path.display()))?;
     match serde_json::from_slice::<Value>(&buf) {

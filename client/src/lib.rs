@@ -85,6 +85,7 @@ impl Bootstrap {
             tracing::info!("bootstrap {pct}%: {phase}");
             allium_net::metrics::METRICS.bootstrap_percent.set(i64::from(pct));
             *self.phase.lock().unwrap_or_else(|e| e.into_inner()) = phase.to_string();
+            allium_net::operator::wait::status_changed();
         }
     }
 
@@ -147,6 +148,7 @@ impl ClientState {
     /// Records what a hosted onion service is doing (shown by `allium status`).
     pub fn set_service_state(&self, name: &str, state: String) {
         self.services.lock().unwrap_or_else(|e| e.into_inner()).insert(name.to_string(), state);
+        allium_net::operator::wait::status_changed();
     }
 
     /// The current consensus, if any.
@@ -328,6 +330,7 @@ async fn directory_loop(cfg: ClientConfig, tx: watch::Sender<Option<Arc<NetDir>>
                 allium_net::metrics::METRICS.set_consensus(dir.valid_after(), dir.valid_until());
                 let at = allium_directory::schedule::refetch_at_ms(&dir.consensus().lifetime(), allium_directory::schedule::Fetcher::Client, rand::random());
                 tx.send_replace(Some(cache.store(dir)));
+                allium_net::operator::wait::status_changed();
                 retry.reset();
                 tokio::time::sleep(Duration::from_millis(at.saturating_sub(now_ms()).max(1000))).await;
             }

@@ -22,15 +22,10 @@ fn status(args: &[&str]) -> Value {
 }
 
 /// Polls `allium status` of the node in `dir` until `done` holds, within `limit`.
-fn wait_status(dir: &std::path::Path, limit: Duration, done: impl Fn(&Value) -> bool) -> Value {
-    let deadline = Instant::now() + limit;
-    loop {
-        let s = status(&["--data-dir", dir.to_str().unwrap()]);
-        if done(&s) || Instant::now() > deadline {
-            return s;
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
+/// The node's status once `condition` holds (`allium status --wait`: the node answers when it
+/// does; no polling here).
+fn wait_status(dir: &std::path::Path, limit: Duration, condition: &str) -> Value {
+    crate::support::wait_status(dir, condition, limit, &format!("{}", dir.display()))
 }
 
 /// A node of the test network this test restarted (with metrics); killed when dropped.
@@ -126,7 +121,7 @@ fn status_metrics_and_sighup_on_a_running_network() {
     let client_cfg = net.dir.join("client/config.toml");
 
     // The client reaches 100% (circuits built ahead) shortly after the network is ready.
-    wait_status(&net.dir.join("client"), Duration::from_secs(60), |s| s["bootstrap"]["percent"] == 100);
+    wait_status(&net.dir.join("client"), Duration::from_secs(60), "bootstrap.percent>=100");
     // Status by config file: the client is bootstrapped, has guards and a valid consensus.
     let s = status(&["--config", client_cfg.to_str().unwrap()]);
     assert_eq!(s["role"], "client", "{s}");
@@ -139,25 +134,25 @@ fn status_metrics_and_sighup_on_a_running_network() {
     assert_eq!(mode, 0o600, "control socket mode {mode:o}");
 
     // The hosting client reports its onion service once the descriptor is out.
-    let hs = wait_status(&net.dir.join("hs"), Duration::from_secs(120), |s| s["onion_services"]["web"].as_str().is_some_and(|t| t.starts_with("published")));
+    let hs = wait_status(&net.dir.join("hs"), Duration::from_secs(120), "onion_services.web~published");
     assert!(hs["onion_services"]["web"].as_str().is_some_and(|t| t.starts_with("published")), "{hs}");
     // A relay and an authority answer too, each with its own part.
     // (A relay's own consensus can predate its listing: wait for the one that lists it.)
-    let relay = wait_status(&net.dir.join("relay1"), Duration::from_secs(60), |s| s["in_consensus"] == true);
+    let relay = wait_status(&net.dir.join("relay1"), Duration::from_secs(60), "in_consensus==true");
     assert_eq!((relay["role"].as_str(), relay["in_consensus"].as_bool()), (Some("relay"), Some(true)), "{relay}");
     // Relays open links to one another ahead of need (limits.preconnect_relays, 16 by default):
     // each of the five ends up linked to the four others, some of those links opened ahead.
     let relays = ["relay1", "relay2", "relay3", "exit1", "exit2"];
     let mut preconnected = 0;
     for r in relays {
-        let s = wait_status(&net.dir.join(r), Duration::from_secs(60), |s| s["relay_links"].as_u64() >= Some(4));
+        let s = wait_status(&net.dir.join(r), Duration::from_secs(60), "relay_links>=4");
         assert!(s["relay_links"].as_u64() >= Some(4), "{r} is not linked to every other relay: {s}");
         preconnected += s["links_preconnected"].as_u64().expect("links_preconnected");
     }
     assert!(preconnected > 0, "no relay opened a link ahead of need");
     // (An authority whose first consensus came out different takes the peers' with their next
     // signature: wait for it, bounded.)
-    let auth = wait_status(&net.dir.join("auth1"), Duration::from_secs(30), |s| s["published_consensus"]["signatures"].as_u64() >= Some(2));
+    let auth = wait_status(&net.dir.join("auth1"), Duration::from_secs(30), "published_consensus.signatures>=2");
     assert!(auth["published_consensus"]["signatures"].as_u64() >= Some(2), "{auth}");
     // The readable form names the parts.
     let out = Command::new(env!("CARGO_BIN_EXE_allium")).args(["status", "--config", client_cfg.to_str().unwrap()]).output().unwrap();
@@ -203,7 +198,7 @@ fn status_metrics_and_sighup_on_a_running_network() {
     let pid = Pid::from_raw(relay2.pid as i32).unwrap();
     kill_process(pid, Signal::HUP).unwrap();
     let r2 = net.dir.join("relay2");
-    let s = wait_status(&r2, Duration::from_secs(30), |s| s["config_reloads"] == 1);
+    let s = wait_status(&r2, Duration::from_secs(30), "config_reloads==1");
     assert_eq!(s["config_reloads"], 1, "SIGHUP did not reload: {s}");
     let log = net.node_log("relay2");
     let line = log.lines().find(|l| l.contains("SIGHUP: reloaded")).unwrap_or_else(|| panic!("no reload line in relay2's log"));
@@ -212,10 +207,19 @@ fn status_metrics_and_sighup_on_a_running_network() {
     assert!(line.contains("next restart: relay.bandwidth") && line.contains("not applied: node.log_level (RUST_LOG is set"), "{line}");
     std::fs::write(&cfg_path, "[node\nbroken").unwrap();
     kill_process(pid, Signal::HUP).unwrap();
-    let s = wait_status(&r2, Duration::from_secs(30), |s| s["config_reload_failures"] == 1);
+    let s = wait_status(&r2, Duration::from_secs(30), "config_reload_failures==1");
     assert_eq!(s["config_reload_failures"], 1, "{s}");
     assert_eq!(s["pid"], relay2.pid, "relay2 was restarted?");
     std::fs::write(&cfg_path, &original).unwrap();
+
+    // A condition that does not hold in time: the status comes back, with exit code 1.
+    let dir = r2.as_os_str();
+    let (code, err) = crate::support::run_to_exit(&["status".as_ref(), "--data-dir".as_ref(), dir, "--wait".as_ref(), "config_reloads>=99".as_ref(), "--wait-secs".as_ref(), "1".as_ref()], "allium status --wait did not return");
+    assert_eq!(code, Some(1), "{err}");
+    assert!(err.contains("did not hold within 1 s"), "{err}");
+    // A malformed condition is a command-line error.
+    let (code, err) = crate::support::run_to_exit(&["status".as_ref(), "--data-dir".as_ref(), dir, "--wait".as_ref(), "config_reloads".as_ref()], "allium status --wait did not return");
+    assert_eq!(code, Some(2), "{err}");
 }
 
 /// Without a running node `allium status` fails (exit 1) and says where it looked.

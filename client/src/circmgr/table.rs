@@ -31,6 +31,7 @@ pub trait Circuit: Clone + Send + Sync + 'static {
 }
 
 /// A circuit a build produced.
+#[derive(Clone)]
 pub struct Built<C> {
     pub circ: C,
     /// Numbers circuits in debug logs.
@@ -62,7 +63,7 @@ impl<C: Circuit> Entry<C> {
 
 /// What a build leaves for the requests waiting on it: the circuit, or why none could be had
 /// (`None` while it runs).
-pub type Outcome<C> = Option<Result<C, Arc<GetError>>>;
+pub type Outcome<C> = Option<Result<Built<C>, Arc<GetError>>>;
 
 /// A build under way for one isolation class.
 struct Pending<C> {
@@ -138,9 +139,8 @@ impl<C: Circuit> Table<C> {
         self.pending.retain(|p| p.id != ticket.id);
         let outcome = match result {
             Ok(built) => {
-                let circ = built.circ.clone();
-                self.open.push(Entry { built, class: Some(ticket.class), first_used: Some(now) });
-                Ok(circ)
+                self.open.push(Entry { built: built.clone(), class: Some(ticket.class), first_used: Some(now) });
+                Ok(built)
             }
             Err(e) => Err(Arc::new(e)),
         };
@@ -182,19 +182,18 @@ where
             let table = table.clone();
             tokio::spawn(async move {
                 let result = run.await;
-                if let Ok(b) = &result {
-                    tracing::debug!(target: "allium_client::circuit", "circuit #{} (new) through {}", b.serial, b.hops);
-                }
                 table.lock().expect("circuit table").finish(ticket, result, Instant::now());
             });
             (rx, "new")
         }
     };
-    Ok((wait(rx).await?, how))
+    let built = wait(rx).await?;
+    tracing::debug!(target: "allium_client::circuit", "stream on circuit #{} ({how}) through {}", built.serial, built.hops);
+    Ok((built.circ, how))
 }
 
 /// The outcome of a build, once it has one.
-async fn wait<C: Circuit>(mut rx: watch::Receiver<Outcome<C>>) -> Result<C, GetError> {
+async fn wait<C: Circuit>(mut rx: watch::Receiver<Outcome<C>>) -> Result<Built<C>, GetError> {
     let outcome = match rx.wait_for(Option::is_some).await {
         Ok(o) => o.clone(),
         Err(_) => None,

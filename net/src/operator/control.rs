@@ -1,6 +1,8 @@
 //! The control socket: `DATA_DIR/control.sock`, a Unix socket only the node's owner can open
 //! (mode 0600, in a 0700 data directory). A client writes one line, `status`, and reads one
-//! JSON object back; the connection then closes. `allium status` is that client.
+//! JSON object back; the connection then closes. `allium status` is that client. The line
+//! `wait CONDITION SECS` answers the same object once CONDITION holds ([`super::wait`]), or
+//! after SECS (at most 600) with `"wait_timed_out": true` added.
 //!
 //! Bounded though local: at most [`MAX_CONTROL_CONNS`] at once, a request line of at most
 //! [`MAX_REQUEST`] bytes, read within [`REQUEST_TIMEOUT`].
@@ -79,7 +81,17 @@ async fn answer(sock: UnixStream, role: &'static str, status: &StatusFn) -> std:
     let reply = match read {
         Ok(Ok(_)) => match line.trim() {
             "status" => Value::Object(snapshot(role, status)),
-            other => json!({ "error": format!("unknown request {:?}; the only request is \"status\"", other.chars().take(40).collect::<String>()) }),
+            other => match other.strip_prefix("wait ").map(parse_wait) {
+                Some(Ok((cond, limit))) => {
+                    let (mut s, held) = super::wait::until(&cond, limit, || snapshot(role, status)).await;
+                    if !held {
+                        s.insert("wait_timed_out".into(), json!(true));
+                    }
+                    Value::Object(s)
+                }
+                Some(Err(e)) => json!({ "error": e }),
+                None => json!({ "error": format!("unknown request {:?}; requests are \"status\" and \"wait CONDITION SECS\"", other.chars().take(40).collect::<String>()) }),
+            },
         },
         Ok(Err(e)) => return Err(e),
         Err(_) => json!({ "error": "no request line within 5 s" }),
@@ -88,6 +100,13 @@ async fn answer(sock: UnixStream, role: &'static str, status: &StatusFn) -> std:
     bytes.push(b'\n');
     w.write_all(&bytes).await?;
     w.shutdown().await
+}
+
+/// `CONDITION SECS` of a wait request.
+fn parse_wait(rest: &str) -> Result<(super::wait::Condition, Duration), String> {
+    let (cond, secs) = rest.trim().rsplit_once(' ').ok_or("a wait request is \"wait CONDITION SECS\"")?;
+    let secs: u64 = secs.parse().map_err(|_| format!("{secs:?} is not a number of seconds"))?;
+    Ok((super::wait::Condition::parse(cond)?, Duration::from_secs(secs)))
 }
 
 /// The status every role reports, then the role's own fields. Times are Unix seconds.

@@ -1,9 +1,11 @@
 //! What an operator can ask a running node, locally: its status on the control socket
-//! ([`control`]) and its metrics over HTTP ([`metrics_http`]). Every role starts both with
+//! ([`control`]; with [`wait`], once a condition holds) and its metrics over HTTP
+//! ([`metrics_http`]). Every role starts both with
 //! [`spawn`].
 
 pub mod control;
 pub mod metrics_http;
+pub mod wait;
 
 use std::path::Path;
 use std::sync::Arc;
