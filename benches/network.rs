@@ -287,7 +287,7 @@ fn main() {
     // 9. CREATE flood.
     out.row(
         "circuit handshakes per second per relay core under a CREATE flood",
-        format!("not measured yet; crypto-only ceiling (ntor server_respond, in process, 1 core): {}/s", thousands(handshakes_per_s)),
+        format!("under a flood: `cargo bench --bench flood -- A25`; here the crypto-only ceiling (ntor server_respond, in process, 1 core): {}/s", thousands(handshakes_per_s)),
         "≥ 6,000 with forwarding p99 latency within 2× of idle",
         "~7,000 (crypto ceiling)",
     );

@@ -38,21 +38,21 @@ impl Reloader {
         let path = self.path.display();
         if let Err(e) = (self.check)(&self.path) {
             tracing::error!("SIGHUP: {path} does not load ({e}); keeping the running config");
-            METRICS.config_reload_failures.inc();
+            counted(&METRICS.config_reload_failures);
             return;
         }
         let new = match read_flat(&self.path) {
             Ok(n) => n,
             Err(e) => {
                 tracing::error!("SIGHUP: cannot read {path} ({e}); keeping the running config");
-                METRICS.config_reload_failures.inc();
+                counted(&METRICS.config_reload_failures);
                 return;
             }
         };
-        METRICS.config_reloads.inc();
         let changed = changed_keys(&self.running, &new);
         if changed.is_empty() {
             tracing::info!("SIGHUP: reloaded {path}: nothing changed");
+            counted(&METRICS.config_reloads);
             return;
         }
         let (live, restart): (Vec<&String>, Vec<&String>) = changed.iter().partition(|k| LIVE_KEYS.contains(&k.as_str()));
@@ -76,7 +76,14 @@ impl Reloader {
             list(&applied),
             list(&restart),
         );
+        counted(&METRICS.config_reloads);
     }
+}
+
+/// Counts a reload (or a failed one) once its log line is written, and wakes status waiters.
+fn counted(c: &allium_net::metrics::Counter) {
+    c.inc();
+    allium_net::operator::wait::status_changed();
 }
 
 /// The file as `section.key = value` pairs (values as TOML text; arrays whole).
