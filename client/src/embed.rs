@@ -57,7 +57,7 @@ use tokio::sync::watch;
 use crate::connect::{ConnectError, ConnectErrorKind};
 use crate::hs_service::rend::StreamTarget;
 use crate::hs_service::HostedService;
-use crate::{circmgr, Bootstrap, ClientConfig, ClientState};
+use crate::{Bootstrap, ClientConfig, ClientState};
 pub use crate::onion_service::OnionServiceConfig;
 pub use allium_net::stream::{DataStream, IncomingStream};
 pub use allium_proto::relay_msg::EndReason;
@@ -232,7 +232,7 @@ impl Client {
         }
         let mut credentials = b"embed\0".to_vec();
         credentials.extend_from_slice(isolation);
-        let iso = circmgr::isolation_key(&credentials, None, self.state.isolate_destinations.then_some(host));
+        let iso = self.state.isolation(&credentials, None, host);
         Ok(crate::connect::open(&self.state, host, port, &iso).await?.stream)
     }
 }

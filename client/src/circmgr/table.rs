@@ -85,8 +85,8 @@ pub struct Ticket<C> {
 
 /// Which circuit a stream gets, or what it must wait for.
 pub enum Pick<C> {
-    /// An open circuit; `how` says why it fits (for debug logs).
-    Use { circ: C, serial: u64, hops: String, how: &'static str },
+    /// An open circuit; the text says why it fits (for debug logs).
+    Use(Built<C>, &'static str),
     /// A build of its class already under way.
     Wait(watch::Receiver<Outcome<C>>),
     /// No circuit and no build: the caller runs one and finishes it with the ticket.
@@ -114,7 +114,7 @@ impl<C: Circuit> Table<C> {
         self.open.retain(|e| e.usable(now));
         // A build whose task ended without finishing: forget it (its waiters were told).
         self.pending.retain(|p| p.done.has_changed().is_ok());
-        let found = |e: &Entry<C>, how| Pick::Use { circ: e.built.circ.clone(), serial: e.built.serial, hops: e.built.hops.clone(), how };
+        let found = |e: &Entry<C>, how| Pick::Use(e.built.clone(), how);
         if let Some(e) = self.open.iter().find(|e| e.class.as_ref() == Some(iso) && e.fits(&need, avoid)) {
             return found(e, "reused");
         }
@@ -171,12 +171,9 @@ where
     Fut: std::future::Future<Output = Result<Built<C>, GetError>> + Send + 'static,
 {
     let picked = table.lock().expect("circuit table").pick(need, iso, avoid, Instant::now());
-    let (rx, how) = match picked {
-        Pick::Use { circ, serial, hops, how } => {
-            tracing::debug!(target: "allium_client::circuit", "stream on circuit #{serial} ({how}) through {hops}");
-            return Ok((circ, how));
-        }
-        Pick::Wait(rx) => (rx, "shared build"),
+    let (built, how) = match picked {
+        Pick::Use(built, how) => (built, how),
+        Pick::Wait(rx) => (wait(rx).await?, "shared build"),
         Pick::Build(ticket, rx) => {
             let run = build();
             let table = table.clone();
@@ -184,10 +181,9 @@ where
                 let result = run.await;
                 table.lock().expect("circuit table").finish(ticket, result, Instant::now());
             });
-            (rx, "new")
+            (wait(rx).await?, "new")
         }
     };
-    let built = wait(rx).await?;
     tracing::debug!(target: "allium_client::circuit", "stream on circuit #{} ({how}) through {}", built.serial, built.hops);
     Ok((built.circ, how))
 }
@@ -375,14 +371,14 @@ mod tests {
         assert_eq!(t.clean_for(&ExitNeed::Port(80), t0), 2);
         assert_eq!(t.clean_for(&ExitNeed::Port(443), t0), 0);
         // An avoided exit is not picked.
-        let Pick::Use { circ, how, .. } = t.pick(ExitNeed::Port(80), &class("a"), &[RelayId([1; 32])], t0) else { panic!("expected a circuit") };
+        let Pick::Use(Built { circ, .. }, how) = t.pick(ExitNeed::Port(80), &class("a"), &[RelayId([1; 32])], t0) else { panic!("expected a circuit") };
         assert_eq!((circ.exit, how), (2, "prebuilt"));
         assert_eq!(t.clean_for(&ExitNeed::Port(80), t0), 1);
         // Dirty for MAX_CIRCUIT_DIRTINESS, then gone.
-        assert!(matches!(t.pick(ExitNeed::Port(80), &class("a"), &[], t0 + MAX_CIRCUIT_DIRTINESS - Duration::from_secs(1)), Pick::Use { how: "reused", .. }));
+        assert!(matches!(t.pick(ExitNeed::Port(80), &class("a"), &[], t0 + MAX_CIRCUIT_DIRTINESS - Duration::from_secs(1)), Pick::Use(_, "reused")));
         let later = t0 + MAX_CIRCUIT_DIRTINESS;
         // Class a's circuit is too dirty: it takes the other clean one.
-        let Pick::Use { circ: c1, how, .. } = t.pick(ExitNeed::Port(80), &class("a"), &[], later) else { panic!() };
+        let Pick::Use(Built { circ: c1, .. }, how) = t.pick(ExitNeed::Port(80), &class("a"), &[], later) else { panic!() };
         assert_eq!((c1.exit, how), (1, "prebuilt"));
         // A closed circuit leaves the table.
         c1.open.store(false, Ordering::Relaxed);

@@ -70,10 +70,7 @@ pub async fn meet(state: Arc<ClientState>, dir: Arc<NetDir>, acc: Accepted, targ
             StreamTarget::Mapped(mappings) => drop(tokio::spawn(connect(s, mappings.clone()))),
             StreamTarget::Program(to) => {
                 if let Err(e) = to.try_send(s) {
-                    let s = match e {
-                        mpsc::error::TrySendError::Full(s) | mpsc::error::TrySendError::Closed(s) => s,
-                    };
-                    s.refuse(EndReason::ResourceLimit);
+                    e.into_inner().refuse(EndReason::ResourceLimit);
                 }
             }
         }

@@ -272,19 +272,17 @@ impl DataStream {
     pub fn splice<S: StreamSocket>(mut self, sock: S, early: Vec<u8>) {
         let rx = self.writer_rx.take().expect("a stream is spliced once");
         let (rd, wr) = sock.into_halves();
+        let write = write_loop(self.id, wr, rx, self.events.clone());
         let mut t = self.tasks.inner.lock().expect("stream tasks");
         if t.closed {
             // Closed before it was spliced: deliver what was queued, for a while at most.
-            let write = tokio::time::timeout(super::DRAIN_GRACE, write_loop(self.id, wr, rx, self.events.clone()));
-            tokio::spawn(write);
+            tokio::spawn(tokio::time::timeout(super::DRAIN_GRACE, write));
             return;
         }
-        t.writer = Some(tokio::spawn(write_loop(self.id, wr, rx, self.events.clone())).abort_handle());
+        t.writer = Some(tokio::spawn(write).abort_handle());
         t.reader = Some(tokio::spawn(read_loop(self.id, rd, early, self.paused.clone(), self.gate.clone(), self.events.clone())).abort_handle());
     }
-}
 
-impl DataStream {
     /// Reports the cells read so far as consumed (the mux then acknowledges them).
     fn report_read(&mut self) {
         let cells = std::mem::take(&mut self.io.read_cells);

@@ -14,11 +14,14 @@ use tokio::sync::{mpsc, oneshot};
 use super::{DataStream, StreamMux};
 
 /// A stream to accept or refuse: its target's port and the host the other end named.
+/// Dropped unanswered, the answer is END MISC.
 pub struct IncomingStream {
     pub port: u16,
     /// The host named in the BEGIN (at an onion service: the onion address, or empty).
     pub host: String,
-    respond: oneshot::Sender<Answer>,
+    id: u16,
+    /// Where the answer goes (taken when it is given).
+    answers: Option<mpsc::UnboundedSender<(u16, Answer)>>,
 }
 
 /// The answer to an [`IncomingStream`].
@@ -32,15 +35,27 @@ pub enum Answer {
 impl IncomingStream {
     /// Accepts the stream: CONNECTED goes out (reporting `addr`, if any), then the stream is
     /// handed over (`None` if the other end ended it or the circuit closed meanwhile).
-    pub async fn accept(self, addr: Option<IpAddr>) -> Option<DataStream> {
+    pub async fn accept(mut self, addr: Option<IpAddr>) -> Option<DataStream> {
         let (tx, rx) = oneshot::channel();
-        self.respond.send(Answer::Accept(addr, tx)).ok()?;
+        self.answer(Answer::Accept(addr, tx));
         rx.await.ok()
     }
 
     /// Refuses the stream with END `reason`.
-    pub fn refuse(self, reason: EndReason) {
-        let _ = self.respond.send(Answer::Refuse(reason));
+    pub fn refuse(mut self, reason: EndReason) {
+        self.answer(Answer::Refuse(reason));
+    }
+
+    fn answer(&mut self, a: Answer) {
+        if let Some(to) = self.answers.take() {
+            let _ = to.send((self.id, a));
+        }
+    }
+}
+
+impl Drop for IncomingStream {
+    fn drop(&mut self) {
+        self.answer(Answer::Refuse(EndReason::Misc));
     }
 }
 
@@ -53,18 +68,19 @@ pub enum Reply {
     Nothing,
 }
 
-/// The streams of one circuit waiting for their answers.
+/// The streams of one circuit waiting for their answers. Each stream offered sends exactly
+/// one answer, so the answer channel holds at most as many as were offered and not yet read.
 pub struct Incoming {
     waiting: HashSet<u16>,
-    tx: mpsc::Sender<(u16, Answer)>,
-    rx: mpsc::Receiver<(u16, Answer)>,
+    tx: mpsc::UnboundedSender<(u16, Answer)>,
+    rx: mpsc::UnboundedReceiver<(u16, Answer)>,
     max: usize,
 }
 
 impl Incoming {
     /// At most `max` streams wait for an answer at once ([`Incoming::has_room`]).
     pub fn new(max: usize) -> Self {
-        let (tx, rx) = mpsc::channel(max.clamp(1, 64));
+        let (tx, rx) = mpsc::unbounded_channel();
         Incoming { waiting: HashSet::new(), tx, rx, max }
     }
 
@@ -76,14 +92,8 @@ impl Incoming {
     /// Stream `id` (opened on the mux) waits for an answer; dropped unanswered, the answer is
     /// END MISC.
     pub fn offer(&mut self, id: u16, port: u16, host: String) -> IncomingStream {
-        let (respond, answer) = oneshot::channel();
         self.waiting.insert(id);
-        let tx = self.tx.clone();
-        tokio::spawn(async move {
-            let a = answer.await.unwrap_or(Answer::Refuse(EndReason::Misc));
-            let _ = tx.send((id, a)).await;
-        });
-        IncomingStream { port, host, respond }
+        IncomingStream { port, host, id, answers: Some(self.tx.clone()) }
     }
 
     /// The other end ended stream `id`: a later answer is ignored.
