@@ -162,6 +162,12 @@ async fn socks_client_reaches_onion_services_or_gets_the_right_error() {
     // The testnet's own onion service first: its probe connection is in the client's log too.
     net.wait_env("ONION_HOST", Duration::from_secs(240)).expect("the testnet's onion service is reached");
     let dir = client_netdir(&net);
+    // A relay stores descriptors once its own consensus says it is an HSDir, which can come
+    // after the client's: wait for each the client lists as one (on the relay, no polling).
+    for r in dir.relays().iter().filter(|r| r.flags.contains(allium_proto::doc::RelayFlags::HSDIR)) {
+        let node = net.nodes.iter().find(|n| n.addr == r.address).expect("a listed relay is a test network node");
+        crate::support::wait_status(&net.dir.join(&node.name), "flags~HSDir", Duration::from_secs(120), &format!("{} sees itself as an HSDir", node.name));
+    }
     let circs = Arc::new(CircMgr::new(ChannelPool::new([127, 0, 0, 1].into(), None), None, Arc::new(Bootstrap::new())));
     let period = hs_dir::period_of(&dir);
 
