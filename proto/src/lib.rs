@@ -7,6 +7,7 @@
 //! - [`ids`]: relay identities and fingerprints.
 //! - [`ext`]: the extension field carried by every message that the roadmap will extend.
 //! - [`cell`]: fixed-size link cells and their commands.
+//! - [`circuit`]: client and relay circuits as state machines (cells and time in, events and cells out).
 //! - [`early`]: RELAY_EARLY, which bounds circuit length without revealing positions.
 //! - [`flow`]: flow-control parameters, the circuit receive window and SENDME tokens.
 //! - [`congestion`]: a circuit sender's congestion window (Vegas with slow start).
@@ -26,6 +27,7 @@
 //! Not in this crate: anything with I/O (see `allium-net`), authority scheduling (`allium-directory`).
 
 pub mod cell;
+pub mod circuit;
 pub mod congestion;
 pub mod crypto;
 pub mod dir_stream;
