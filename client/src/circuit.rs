@@ -1,8 +1,10 @@
 //! One client circuit: built hop by hop, then an owner task that carries streams.
 //!
-//! The task owns the link's circuit queue, the layered cell crypto for every hop and the
-//! streams. A cell that no hop can authenticate, or any protocol violation, destroys the
-//! circuit; nothing from such a cell reaches an application.
+//! The decisions about cells (crypto, reassembly, which hop may send what, pending BEGINs) are
+//! the sans-IO [`ClientCircuit`] state machine's (`allium_proto::circuit`); this task feeds it
+//! the link's cells and the time, and owns what has I/O: the link's circuit queue, the stream
+//! table and the handles' requests. A cell that no hop can authenticate, or any protocol
+//! violation, destroys the circuit; nothing from such a cell reaches an application.
 
 use std::net::IpAddr;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -14,17 +16,14 @@ use allium_net::link::PeerInfo;
 use allium_net::pool::ChannelPool;
 use allium_net::stream::{Answer, DataStream, Incoming, Reply, StreamError, StreamMux};
 use allium_net::limits::counters::{LimitCounters, LIMITS};
-use allium_proto::cell::{self, Cell, CellCmd, DestroyReason, MAX_HANDSHAKE_LEN, PAYLOAD_LEN};
-use allium_proto::crypto::cell_crypto::ClientCrypto;
+use allium_proto::cell::{Cell, DestroyReason};
+use allium_proto::circuit::{ClientCircuit, Event, Fault, HopTarget};
 use allium_proto::crypto::kdf::HopKeys;
-use allium_proto::crypto::ntor::{self, HTYPE_NTOR};
 use allium_proto::doc::ConsensusRelay;
 use allium_proto::ext::Extensions;
 use allium_proto::flow::FlowParams;
-use allium_proto::frag::{Progress, Reassembly};
-use allium_proto::early::EarlyMarker;
 use allium_proto::ids::RelayId;
-use allium_proto::relay_msg::{self, Direction, EndReason, ExtendTarget, MsgAssembler, RelayMsg, RELAY_PLAINTEXT_LEN};
+use allium_proto::relay_msg::{EndReason, ExtendTarget, RelayMsg};
 use tokio::sync::{mpsc, oneshot};
 
 /// Most RESOLVEs one circuit has in flight (the exit answers more with RESOURCELIMIT).
@@ -47,6 +46,8 @@ pub enum CircError {
     Destroyed(DestroyReason),
     #[error("relay broke the protocol: {0}")]
     Protocol(String),
+    #[error("local limit: {0}")]
+    Local(&'static str),
     #[error("circuit build timed out ({hops_done} hops had answered)")]
     Timeout {
         /// Hops that had answered when the build was abandoned (0: the guard never did).
@@ -112,9 +113,6 @@ const CONTROL_QUEUE: usize = 64;
 
 /// Circuit-level messages from the hops: `(hop index, message)`.
 type ControlRx = Arc<tokio::sync::Mutex<mpsc::Receiver<(usize, RelayMsg)>>>;
-
-/// Streams waiting for CONNECTED, with when their BEGIN was sent.
-type PendingStreams = std::collections::HashMap<u16, (Instant, Pending)>;
 
 /// A stream waiting for CONNECTED.
 enum Pending {
@@ -247,25 +245,18 @@ impl CircHandle {
     }
 }
 
-/// The circuit's state after building.
+/// The circuit's owner task: drives its [`ClientCircuit`] state machine with the link's cells,
+/// the handles' requests, the stream table's events and the clock, and carries out what it
+/// decides. Decisions about cells (which hop may send what, crypto, reassembly) are the
+/// machine's; streams' bytes are the [`StreamMux`]'s; this task only moves values between them.
 struct Circuit {
     chan: Channel,
-    id: u32,
     rx: allium_net::cell_queue::CellReceiver,
-    crypto: ClientCrypto,
-    asm: Vec<MsgAssembler>,
-    /// Which cells go as RELAY_EARLY (docs/PROTOCOL.md, "RELAY_EARLY").
-    early: EarlyMarker,
-    /// Why a relay said it is destroying the circuit (CLOSING), for when its DESTROY arrives.
-    closing: Option<DestroyReason>,
+    machine: ClientCircuit,
     /// Sent to every hop; the streams use it.
     flow: FlowParams,
-    /// The keys of the last hop built so far.
-    last_keys: Option<HopKeys>,
     /// Where circuit-level onion-service messages go.
     control_tx: mpsc::Sender<(usize, RelayMsg)>,
-    /// Whether a virtual hop was appended (rendezvous circuit).
-    virtual_hop: bool,
     /// Where streams from the virtual hop go once this end serves them (an onion service).
     serving: Option<mpsc::Sender<IncomingStream>>,
     /// Shared with every handle: set when the circuit takes no new streams.
@@ -290,14 +281,14 @@ pub async fn build_within(pool: &ChannelPool, path: &[&ConsensusRelay], limit: D
         .map_err(|_| CircError::Timeout { hops_done: progress.load(Ordering::Relaxed) })
         .and_then(|r| r);
     let metrics = &allium_net::metrics::METRICS;
-    let mut circ = match built {
+    let (circ, control_rx) = match built {
         Ok(c) => c,
         Err(e) => {
             metrics.circuits_failed.inc(match e {
                 CircError::Timeout { .. } => "timeout",
                 CircError::Destroyed(_) => "destroyed",
                 CircError::Link(_) | CircError::Closed => "connect",
-                CircError::Protocol(_) => "handshake",
+                CircError::Protocol(_) | CircError::Local(_) => "handshake",
             });
             return Err(e);
         }
@@ -312,12 +303,11 @@ pub async fn build_within(pool: &ChannelPool, path: &[&ConsensusRelay], limit: D
         tracing::debug!("circuit built in {ms:.1} ms through {}", hops.join(" "));
     }
     let (tx, rx) = mpsc::channel(64);
-    let last_keys = Arc::new(circ.last_keys.clone().expect("at least one hop"));
-    let control_rx = circ.control_rx.take().expect("control queue");
-    let retired = circ.circ.retired.clone();
+    let last_keys = Arc::new(circ.machine.last_keys().expect("at least one hop").clone());
+    let retired = circ.retired.clone();
     let open = metrics.circuits_open.open();
     tokio::spawn(async move {
-        circ.circ.run(rx).await;
+        circ.run(rx).await;
         drop(open);
     });
     Ok(CircHandle { tx, exit: Arc::new(last.clone()), built_at: Instant::now(), last_keys, control_rx: Arc::new(tokio::sync::Mutex::new(control_rx)), path: path.iter().map(|r| r.identity).collect(), retired })
@@ -330,164 +320,84 @@ fn ext_bytes(flow: FlowParams) -> Vec<u8> {
     v
 }
 
-/// A built circuit and the receiving end of its control queue.
-struct Built {
-    circ: Circuit,
-    last_keys: Option<HopKeys>,
-    control_rx: Option<mpsc::Receiver<(usize, RelayMsg)>>,
+/// What the circuit machine needs to add `relay` as a hop.
+fn hop_target(relay: &ConsensusRelay) -> HopTarget {
+    HopTarget { target: ExtendTarget { addr: relay.address, identity: relay.identity.0, link_key: relay.link_key }, onion_key: relay.onion_key }
 }
 
-async fn build_inner(pool: &ChannelPool, path: &[&ConsensusRelay], progress: &AtomicUsize, flow: FlowParams) -> Result<Built, CircError> {
+async fn build_inner(pool: &ChannelPool, path: &[&ConsensusRelay], progress: &AtomicUsize, flow: FlowParams) -> Result<(Circuit, mpsc::Receiver<(usize, RelayMsg)>), CircError> {
     let first = path[0];
     let chan = pool.get(&PeerInfo { addr: first.address, identity: first.identity, link_key: first.link_key }).await?;
     let (id, rx) = chan.open_circuit().map_err(|_| CircError::Closed)?;
     let (control_tx, control_rx) = mpsc::channel(CONTROL_QUEUE);
-    let mut c = Circuit { chan, id, rx, crypto: ClientCrypto::new(), asm: Vec::new(), early: EarlyMarker::default(), closing: None, flow, last_keys: None, control_tx, virtual_hop: false, serving: None, retired: Default::default(), logged: Default::default() };
+    let machine = ClientCircuit::new(id, ext_bytes(flow));
+    let mut c = Circuit { chan, rx, machine, flow, control_tx, serving: None, retired: Default::default(), logged: Default::default() };
     let r = c.build_hops(path, progress).await;
     if r.is_err() {
-        c.chan.destroy(c.id, DestroyReason::Requested);
+        c.chan.destroy(id, DestroyReason::Requested);
     }
-    r.map(|_| Built { last_keys: c.last_keys.take(), circ: c, control_rx: Some(control_rx) })
+    r.map(|_| (c, control_rx))
+}
+
+impl From<Fault> for CircError {
+    fn from(f: Fault) -> Self {
+        match f {
+            Fault::Protocol(m) => CircError::Protocol(m),
+            Fault::Destroyed(r) => CircError::Destroyed(r),
+            Fault::Local(m) => CircError::Local(m),
+        }
+    }
 }
 
 impl Circuit {
     async fn build_hops(&mut self, path: &[&ConsensusRelay], progress: &AtomicUsize) -> Result<(), CircError> {
         let mut rng = rand::rngs::OsRng;
-        let ext = ext_bytes(self.flow);
-        let (state, msg) = ntor::client_start(&mut rng, &path[0].identity, &path[0].onion_key, &ext);
-        for c in cell::create_cells(self.id, HTYPE_NTOR, &msg) {
-            self.chan.send(c).await.map_err(|_| CircError::Closed)?;
-        }
-        let reply = self.read_created().await?;
-        let (keys, _ext) = state.finish(&reply).map_err(|e| CircError::Protocol(e.to_string()))?;
-        self.crypto.add_hop(&keys);
-        self.last_keys = Some(keys);
-        progress.fetch_add(1, Ordering::Relaxed);
-        self.asm.push(MsgAssembler::default());
-        for hop in &path[1..] {
-            let (state, msg) = ntor::client_start(&mut rng, &hop.identity, &hop.onion_key, &ext);
-            let target = ExtendTarget { addr: hop.address, identity: hop.identity.0, link_key: hop.link_key };
-            let last = self.crypto.n_hops() - 1;
-            self.send(last, 0, &RelayMsg::Extend { target, htype: HTYPE_NTOR, hdata: msg, ext: Extensions::none() }).await?;
-            let reply = loop {
+        for hop in path {
+            let cells = self.machine.extend(&mut rng, &hop_target(hop))?;
+            self.send_cells(cells).await?;
+            loop {
                 let cell = self.rx.recv().await.ok_or(CircError::Closed)?;
-                match self.receive(cell)? {
-                    Some((h, _, RelayMsg::Extended { hdata, .. })) if h == last => break hdata,
-                    None => continue,
-                    Some(_) => return Err(CircError::Protocol("unexpected message while extending".into())),
+                match self.machine.handle_cell(cell, Instant::now())? {
+                    Event::Extended { .. } => break,
+                    Event::Nothing => continue,
+                    _ => return Err(CircError::Protocol("unexpected message while extending".into())),
                 }
-            };
-            let (keys, _ext) = state.finish(&reply).map_err(|e| CircError::Protocol(e.to_string()))?;
-            self.crypto.add_hop(&keys);
-            self.last_keys = Some(keys);
+            }
             progress.fetch_add(1, Ordering::Relaxed);
-            self.asm.push(MsgAssembler::default());
         }
         Ok(())
     }
 
-    async fn read_created(&mut self) -> Result<Vec<u8>, CircError> {
-        let cell = self.rx.recv().await.ok_or(CircError::Closed)?;
-        match cell.cmd {
-            CellCmd::Created => {}
-            CellCmd::Destroy => return Err(CircError::Destroyed(DestroyReason::from_u8(cell.payload[0]))),
-            _ => return Err(CircError::Protocol("expected CREATED".into())),
+    async fn send_cells(&mut self, cells: Vec<Cell>) -> Result<(), CircError> {
+        for c in cells {
+            self.chan.send(c).await.map_err(|_| CircError::Closed)?;
         }
-        let (total, first) = cell::parse_created(&cell.payload).map_err(|e| CircError::Protocol(e.to_string()))?;
-        let started = Instant::now();
-        let (mut r, mut p) = Reassembly::start(total, MAX_HANDSHAKE_LEN, first, 0).map_err(|e| CircError::Protocol(e.to_string()))?;
-        loop {
-            match p {
-                Progress::Complete(m) => return Ok(m),
-                Progress::NeedMore => {
-                    let c = self.rx.recv().await.ok_or(CircError::Closed)?;
-                    if c.cmd != CellCmd::Continue {
-                        return Err(CircError::Protocol("expected CONTINUE".into()));
-                    }
-                    p = r.push(&c.payload, started.elapsed().as_millis() as u64).map_err(|e| CircError::Protocol(e.to_string()))?;
-                }
-            }
-        }
+        Ok(())
     }
 
     /// Encrypts and sends a message to `hop`.
     async fn send(&mut self, hop: usize, stream_id: u16, msg: &RelayMsg) -> Result<(), CircError> {
-        let is_extend = matches!(msg, RelayMsg::Extend { .. });
-        for pt in relay_msg::encode_plaintexts(stream_id, msg) {
-            let mut body = [0u8; PAYLOAD_LEN];
-            body[..RELAY_PLAINTEXT_LEN].copy_from_slice(&pt);
-            self.crypto.encrypt_outbound(hop, &mut body).map_err(|e| CircError::Protocol(e.to_string()))?;
-            let cmd = if self.early.mark(hop, is_extend) { CellCmd::RelayEarly } else { CellCmd::Relay };
-            self.chan.send(Cell { circ_id: self.id, cmd, payload: body }).await.map_err(|_| CircError::Closed)?;
-        }
-        Ok(())
+        let cells = self.machine.encode(hop, stream_id, msg)?;
+        self.send_cells(cells).await
     }
 
-    /// Decrypts one cell from the link: `Some((hop, stream, message))` when a message is
-    /// complete. Any failure is fatal for the circuit.
-    fn receive(&mut self, cell: Cell) -> Result<Option<(usize, u16, RelayMsg)>, CircError> {
-        match cell.cmd {
-            CellCmd::Relay => {}
-            // Relays pass a fixed reason; the real one came end to end in CLOSING, if at all.
-            CellCmd::Destroy => return Err(CircError::Destroyed(self.closing.unwrap_or(DestroyReason::from_u8(cell.payload[0])))),
-            // Relays never send it toward the client: it could only be a signal (THREATS A16).
-            CellCmd::RelayEarly => return Err(CircError::Protocol("RELAY_EARLY toward the client".into())),
-            _ => return Err(CircError::Protocol("unexpected cell command".into())),
-        }
-        let mut cell = cell;
-        let body = &mut cell.payload;
-        let hop = self.crypto.decrypt_inbound(body).map_err(|_| CircError::Protocol("relay cell failed authentication".into()))?;
-        let pt: &[u8; RELAY_PLAINTEXT_LEN] = body[..RELAY_PLAINTEXT_LEN].try_into().expect("493 bytes");
-        let Some((h, b)) = self.asm[hop].push(pt).map_err(|e| CircError::Protocol(e.to_string()))? else { return Ok(None) };
-        // A serving end parses what the far end of the join sends as a relay would.
-        let dir = if self.serves_hop(hop) { Direction::Outbound } else { Direction::Inbound };
-        let msg = RelayMsg::decode_cell(&h, &b, dir).map_err(|e| CircError::Protocol(e.to_string()))?;
-        self.check_sender(hop, &msg)?;
-        if let RelayMsg::Closing { reason } = msg {
-            self.closing = Some(reason);
-            return Ok(None);
-        }
-        Ok(Some((hop, h.stream_id, msg)))
-    }
-
-    /// Control messages only from the hop that may send them (THREATS A17): no hop negotiated
-    /// padding, so DROP from any hop closes the circuit (it could only be a signal, e.g. from a
-    /// hostile exit to a colluding guard); onion-service messages come from the last relay hop
-    /// only (a middle hop must not forge an INTRODUCE_ACK or RENDEZVOUS_ESTABLISHED).
-    fn check_sender(&self, hop: usize, msg: &RelayMsg) -> Result<(), CircError> {
-        let last_relay = self.crypto.n_hops() - 1 - usize::from(self.virtual_hop);
-        match msg {
-            RelayMsg::Drop => Err(CircError::Protocol("DROP from a hop that negotiated no padding".into())),
-            RelayMsg::Closing { .. } if hop > last_relay => Err(CircError::Protocol("CLOSING from beyond the last relay".into())),
-            RelayMsg::IntroEstablished { .. } | RelayMsg::Introduce2(_) | RelayMsg::IntroduceAck { .. } | RelayMsg::RendezvousEstablished { .. } | RelayMsg::Rendezvous2 { .. }
-                if hop != last_relay =>
-            {
-                Err(CircError::Protocol("onion-service message from a hop other than the last relay".into()))
-            }
-            _ => Ok(()),
-        }
+    /// Encrypts and sends a message to the last hop.
+    async fn send_last(&mut self, stream_id: u16, msg: &RelayMsg) -> Result<(), CircError> {
+        let cells = self.machine.encode_last(stream_id, msg)?;
+        self.send_cells(cells).await
     }
 
     async fn send_all(&mut self, msgs: Vec<(u16, RelayMsg)>) -> Result<(), CircError> {
-        let last = self.crypto.n_hops() - 1;
         for (id, m) in msgs {
-            self.send(last, id, &m).await?;
+            self.send_last(id, &m).await?;
         }
         Ok(())
     }
 
-    /// Whether `hop` is the virtual hop and this end serves its streams.
-    fn serves_hop(&self, hop: usize) -> bool {
-        self.serving.is_some() && self.virtual_hop && hop + 1 == self.crypto.n_hops()
-    }
-
     /// Appends the virtual hop. Its streams use the default windows (the two ends of a join
-    /// negotiate none, and may hold different consensuses): the circuit's still empty stream
-    /// multiplexer is replaced by one with [`FlowParams::default`].
+    /// negotiated nothing); a circuit that carries no stream yet starts its table afresh.
     fn add_virtual_hop(&mut self, keys: &HopKeys, mux: &mut StreamMux) {
-        self.crypto.add_hop(keys);
-        self.asm.push(MsgAssembler::default());
-        self.virtual_hop = true;
+        self.machine.add_virtual_hop(keys);
         if mux.is_empty() {
             self.flow = FlowParams::default();
             *mux = StreamMux::new(self.flow);
@@ -495,79 +405,33 @@ impl Circuit {
         }
     }
 
-    async fn run(mut self, mut begins: mpsc::Receiver<CircRequest>) {
-        let mut mux = StreamMux::new(self.flow);
-        mux.set_mem(self.rx.held_mem());
-        // Streams from the virtual hop waiting for the service's answer, and the answers.
-        let mut incoming = Incoming::new(MAX_INCOMING_PENDING);
-        let mut pending: PendingStreams = Default::default();
+    async fn run(mut self, mut requests: mpsc::Receiver<CircRequest>) {
+        let mut s = Streams { mux: StreamMux::new(self.flow), incoming: Incoming::new(MAX_INCOMING_PENDING), pending: Default::default(), resolves: Default::default() };
+        s.mux.set_mem(self.rx.held_mem());
         let mut deadlines = tokio::time::interval(crate::recovery::CHECK_EVERY);
         deadlines.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut resolves: std::collections::HashMap<u16, ResolveRequest> = Default::default();
         let mut open = true;
         let result: Result<(), CircError> = loop {
-            if !open && mux.is_empty() && pending.is_empty() && resolves.is_empty() {
+            if !open && s.mux.is_empty() && s.pending.is_empty() && s.resolves.is_empty() {
                 break Ok(());
             }
             let step = tokio::select! {
                 c = self.rx.recv() => match c {
                     None => Err(CircError::Closed),
-                    Some(c) => match self.receive(c) {
-                        Err(e) => Err(e),
-                        Ok(None) => Ok(()),
-                        Ok(Some((hop, 0, msg))) if self.is_control(hop, &msg) => {
-                            self.control_tx.try_send((hop, msg)).map_err(|_| CircError::Protocol("circuit-level messages not read".into()))
-                        }
-                        Ok(Some((hop, sid, RelayMsg::Resolved { result, .. }))) => {
-                            if hop != self.crypto.n_hops() - 1 {
-                                Err(CircError::Protocol("RESOLVED from a middle hop".into()))
-                            } else if let Some(req) = resolves.remove(&sid) {
-                                let _ = req.done.send(result);
-                                Ok(())
-                            } else {
-                                Err(CircError::Protocol("RESOLVED for no pending RESOLVE".into()))
-                            }
-                        }
-                        Ok(Some((hop, sid, msg))) if self.serves_hop(hop) => self.on_served_msg(sid, msg, &mut mux, &mut incoming).await,
-                        Ok(Some((hop, sid, msg))) => { let last = self.crypto.n_hops() - 1; self.on_msg(hop == last, sid, msg, &mut mux, &mut pending).await }
+                    Some(c) => match self.machine.handle_cell(c, Instant::now()) {
+                        Ok(ev) => self.on_event(ev, &mut s).await,
+                        Err(f) => Err(f.into()),
                     },
                 },
-                req = begins.recv(), if open => match req {
+                req = requests.recv(), if open => match req {
                     // Every handle is gone: close once the last stream ends.
                     None => { open = false; Ok(()) }
-                    Some(CircRequest::Begin(req)) => {
-                        let msg = RelayMsg::Begin { host: req.host.clone(), port: req.port, ext: Extensions::none() };
-                        self.begin(msg, Pending::App(req), &mut mux, &mut pending).await
-                    }
-                    Some(CircRequest::BeginDir(done)) => self.begin(RelayMsg::BeginDir { ext: Extensions::none() }, Pending::Dir(done), &mut mux, &mut pending).await,
-                    Some(CircRequest::Resolve(req)) => self.resolve(req, &mut mux, &mut resolves).await,
-                    Some(CircRequest::Control(msg, done)) => {
-                        let last = self.crypto.n_hops() - 1;
-                        let r = self.send(last, 0, &msg).await;
-                        let _ = done.send(r.as_ref().map(|_| ()).map_err(|e| e.to_string()));
-                        r
-                    }
-                    Some(CircRequest::AddVirtualHop(keys, done)) => {
-                        self.add_virtual_hop(&keys, &mut mux);
-                        let _ = done.send(());
-                        Ok(())
-                    }
-                    Some(CircRequest::ServiceJoin { rendezvous1, keys, streams, max_streams, done }) => {
-                        let last = self.crypto.n_hops() - 1;
-                        let r = self.send(last, 0, &rendezvous1).await;
-                        if r.is_ok() {
-                            self.add_virtual_hop(&keys, &mut mux);
-                            mux.set_max_streams(max_streams);
-                            self.serving = Some(streams);
-                        }
-                        let _ = done.send(r.as_ref().map(|_| ()).map_err(|e| e.to_string()));
-                        r
-                    }
+                    Some(req) => self.on_request(req, &mut s).await,
                 },
-                (sid, answer) = incoming.next_answer() => self.on_answer(sid, answer, &mut mux, &mut incoming).await,
-                _ = deadlines.tick(), if !mux.is_empty() => self.check_deadlines(&mut mux, &mut pending).await,
-                ev = mux.next_event() => {
-                    let out = mux.handle_event(ev);
+                (sid, answer) = s.incoming.next_answer() => self.on_answer(sid, answer, &mut s).await,
+                _ = deadlines.tick(), if !s.mux.is_empty() => self.check_deadlines(&mut s).await,
+                ev = s.mux.next_event() => {
+                    let out = s.mux.handle_event(ev);
                     self.send_all(out).await
                 }
             };
@@ -575,82 +439,146 @@ impl Circuit {
                 break Err(e);
             }
         };
-        if let Err(e) = result {
-            match &e {
-                // Across a rendezvous join the far end (a client or a service) can be to blame.
-                CircError::Protocol(m) if self.virtual_hop => tracing::warn!("closing rendezvous circuit: a relay or the other end broke the protocol ({m})"),
-                CircError::Protocol(m) => tracing::warn!("closing circuit: relay broke the protocol ({m})"),
-                e => tracing::debug!("circuit closed: {e}"),
+        match result {
+            Err(CircError::Destroyed(r)) => {
+                tracing::debug!("circuit destroyed ({r:?})");
+                self.chan.close_circuit(self.machine.id());
             }
-            // A queue the memory budget reclaimed is our own resource limit, not a protocol error.
-            let reason = if self.rx.reclaimed() { DestroyReason::ResourceLimit } else { DestroyReason::Protocol };
-            self.chan.destroy(self.id, reason);
-        } else {
-            self.chan.destroy(self.id, DestroyReason::Finished);
+            Err(e) => {
+                match &e {
+                    // Across a rendezvous join the far end (a client or a service) can be to blame.
+                    CircError::Protocol(m) if self.machine.has_virtual_hop() => tracing::warn!("closing rendezvous circuit: a relay or the other end broke the protocol ({m})"),
+                    CircError::Protocol(m) => tracing::warn!("closing circuit: relay broke the protocol ({m})"),
+                    e => tracing::debug!("circuit closed: {e}"),
+                }
+                // A queue the memory budget reclaimed is our own resource limit, not a protocol error.
+                let reason = if self.rx.reclaimed() { DestroyReason::ResourceLimit } else { DestroyReason::Protocol };
+                self.chan.destroy(self.machine.id(), reason);
+            }
+            Ok(()) => self.chan.destroy(self.machine.id(), DestroyReason::Finished),
         }
-        for (_, (_, p)) in pending {
+        for (_, p) in s.pending {
             p.fail(EndReason::Destroy);
         }
-        for (_, req) in resolves {
+        for (_, req) in s.resolves {
             let _ = req.done.send(Err(EndReason::Destroy));
         }
     }
 
-    /// A message from the virtual hop of a circuit this end serves streams on: this end acts as
-    /// the exit (BEGIN, DATA, SENDME, END; RESOLVE and BEGIN_DIR are refused).
-    async fn on_served_msg(
-        &mut self,
-        sid: u16,
-        msg: RelayMsg,
-        mux: &mut StreamMux,
-        incoming: &mut Incoming,
-    ) -> Result<(), CircError> {
-        let last = self.crypto.n_hops() - 1;
-        match msg {
-            RelayMsg::Begin { host, port, .. } => {
-                if sid == 0 {
-                    return Err(CircError::Protocol("BEGIN on stream 0".into()));
+    /// Carries out what the machine made of a cell.
+    async fn on_event(&mut self, ev: Event, s: &mut Streams) -> Result<(), CircError> {
+        match ev {
+            Event::Nothing | Event::Extended { .. } => Ok(()),
+            Event::Send(cells) => self.send_cells(cells).await,
+            Event::Control { hop, msg } => self.control_tx.try_send((hop, msg)).map_err(|_| CircError::Protocol("circuit-level messages not read".into())),
+            Event::Resolved { stream, result } => {
+                if let Some(req) = s.resolves.remove(&stream) {
+                    let _ = req.done.send(result);
                 }
-                match mux.open(sid) {
-                    Ok(()) => {}
-                    Err(StreamError::TooManyStreams) => {
-                        LimitCounters::hit(&LIMITS.streams_per_circuit);
-                        return self.send(last, sid, &RelayMsg::End(EndReason::ResourceLimit)).await;
-                    }
-                    Err(e) => return Err(CircError::Protocol(e.to_string())),
-                }
-                let serving = self.serving.clone();
-                let offered = match &serving {
-                    Some(s) if incoming.has_room() => s.try_reserve().ok(),
-                    _ => None,
-                };
-                let Some(permit) = offered else {
-                    let out = mux.close(sid, EndReason::ResourceLimit);
-                    return self.send_all(out).await;
-                };
-                permit.send(incoming.offer(sid, port, host));
                 Ok(())
             }
-            RelayMsg::Resolve { .. } => self.send(last, sid, &RelayMsg::Resolved { result: Err(EndReason::ExitPolicy), ext: Extensions::none() }).await,
-            RelayMsg::BeginDir { .. } => self.send(last, sid, &RelayMsg::End(EndReason::ExitPolicy)).await,
-            m @ (RelayMsg::Data(_) | RelayMsg::DataToken { .. } | RelayMsg::Sendme { .. } | RelayMsg::Xoff | RelayMsg::Xon | RelayMsg::End(_)) => {
-                if matches!(m, RelayMsg::End(_)) {
-                    incoming.forget(sid);
+            Event::Connected { stream, .. } | Event::Refused { stream, .. } if !s.pending.contains_key(&stream) => Ok(()),
+            Event::Connected { stream, addr } => {
+                match s.pending.remove(&stream).expect("checked") {
+                    Pending::App(req) => {
+                        allium_net::metrics::METRICS.streams_opened.inc();
+                        let data = s.mux.take_stream(stream).expect("opened with its BEGIN");
+                        // A requester gone by now drops the stream, which ends it.
+                        let _ = req.done.send(Ok(Connected { stream: data, addr }));
+                    }
+                    Pending::Dir(done) => {
+                        let (ours, theirs) = tokio::io::duplex(DIR_PIPE_BUFFER);
+                        s.mux.attach(stream, ours);
+                        let _ = done.send(Ok(theirs));
+                    }
                 }
-                let out = mux.handle_msg(sid, m).map_err(|e| CircError::Protocol(e.to_string()))?;
+                Ok(())
+            }
+            Event::Refused { stream, reason } => {
+                let req = s.pending.remove(&stream).expect("checked");
+                let _ = s.mux.handle_msg(stream, RelayMsg::End(reason));
+                allium_net::metrics::METRICS.streams_failed.inc(allium_net::metrics::stream_failure(reason));
+                req.fail(reason);
+                Ok(())
+            }
+            Event::Stream { stream, msg } => {
+                let out = s.mux.handle_msg(stream, msg).map_err(|e| CircError::Protocol(e.to_string()))?;
                 self.send_all(out).await
             }
-            _ => Err(CircError::Protocol("unexpected message from the far end of a rendezvous".into())),
+            Event::Served { stream, msg: RelayMsg::Begin { host, port, .. } } => self.on_served_begin(stream, host, port, s).await,
+            Event::Served { stream, msg } => {
+                if matches!(msg, RelayMsg::End(_)) {
+                    s.incoming.forget(stream);
+                }
+                let out = s.mux.handle_msg(stream, msg).map_err(|e| CircError::Protocol(e.to_string()))?;
+                self.send_all(out).await
+            }
         }
+    }
+
+    /// A handle's request.
+    async fn on_request(&mut self, req: CircRequest, s: &mut Streams) -> Result<(), CircError> {
+        match req {
+            CircRequest::Begin(req) => {
+                let msg = RelayMsg::Begin { host: req.host.clone(), port: req.port, ext: Extensions::none() };
+                self.begin(msg, Pending::App(req), s).await
+            }
+            CircRequest::BeginDir(done) => self.begin(RelayMsg::BeginDir { ext: Extensions::none() }, Pending::Dir(done), s).await,
+            CircRequest::Resolve(req) => self.resolve(req, s).await,
+            CircRequest::Control(msg, done) => {
+                let r = self.send_last(0, &msg).await;
+                let _ = done.send(r.as_ref().map(|_| ()).map_err(|e| e.to_string()));
+                r
+            }
+            CircRequest::AddVirtualHop(keys, done) => {
+                self.add_virtual_hop(&keys, &mut s.mux);
+                let _ = done.send(());
+                Ok(())
+            }
+            CircRequest::ServiceJoin { rendezvous1, keys, streams, max_streams, done } => {
+                let last = self.machine.n_hops() - 1;
+                let r = self.send(last, 0, &rendezvous1).await;
+                if r.is_ok() {
+                    self.add_virtual_hop(&keys, &mut s.mux);
+                    self.machine.serve();
+                    s.mux.set_max_streams(max_streams);
+                    self.serving = Some(streams);
+                }
+                let _ = done.send(r.as_ref().map(|_| ()).map_err(|e| e.to_string()));
+                r
+            }
+        }
+    }
+
+    /// A BEGIN from the far end of a rendezvous this end serves: offered to the service
+    /// ([`IncomingStream`]), or END RESOURCELIMIT when too many wait or the stream cap is hit.
+    async fn on_served_begin(&mut self, sid: u16, host: String, port: u16, s: &mut Streams) -> Result<(), CircError> {
+        match s.mux.open(sid) {
+            Ok(()) => {}
+            Err(StreamError::TooManyStreams) => {
+                LimitCounters::hit(&LIMITS.streams_per_circuit);
+                return self.send_last(sid, &RelayMsg::End(EndReason::ResourceLimit)).await;
+            }
+            Err(e) => return Err(CircError::Protocol(e.to_string())),
+        }
+        let offered = match &self.serving {
+            Some(tx) if s.incoming.has_room() => tx.clone().try_reserve_owned().ok(),
+            _ => None,
+        };
+        let Some(permit) = offered else {
+            let out = s.mux.close(sid, EndReason::ResourceLimit);
+            return self.send_all(out).await;
+        };
+        permit.send(s.incoming.offer(sid, port, host));
+        Ok(())
     }
 
     /// The service's answer to a stream from the virtual hop: CONNECTED (no address) and the
     /// stream handed over, or END. Dropped if the client ended the stream meanwhile.
-    async fn on_answer(&mut self, sid: u16, answer: Answer, mux: &mut StreamMux, incoming: &mut Incoming) -> Result<(), CircError> {
-        match incoming.answered(sid, answer, mux) {
+    async fn on_answer(&mut self, sid: u16, answer: Answer, s: &mut Streams) -> Result<(), CircError> {
+        match s.incoming.answered(sid, answer, &mut s.mux) {
             Reply::Connected(msg, handover) => {
-                let last = self.crypto.n_hops() - 1;
-                self.send(last, sid, &msg).await?;
+                self.send_last(sid, &msg).await?;
                 handover.give();
                 Ok(())
             }
@@ -659,39 +587,27 @@ impl Circuit {
         }
     }
 
-    /// Whether a stream-0 message from `hop` goes to the control queue.
-    fn is_control(&self, hop: usize, msg: &RelayMsg) -> bool {
-        let last = self.crypto.n_hops() - 1;
-        match msg {
-            RelayMsg::IntroEstablished { .. } | RelayMsg::Introduce2(_) | RelayMsg::IntroduceAck { .. } | RelayMsg::RendezvousEstablished { .. } | RelayMsg::Rendezvous2 { .. } => true,
-            // Circuit-level data across a rendezvous join (from the far end only).
-            RelayMsg::Data(_) => self.virtual_hop && hop == last,
-            _ => false,
-        }
-    }
-
     /// Sends RESOLVE on a stream id no stream or RESOLVE uses; the id is free again once the
     /// exit's RESOLVED arrives.
-    async fn resolve(&mut self, req: ResolveRequest, mux: &mut StreamMux, resolves: &mut std::collections::HashMap<u16, ResolveRequest>) -> Result<(), CircError> {
-        let id = (0..64).find_map(|_| mux.alloc_id().filter(|id| !resolves.contains_key(id)));
-        let Some(id) = id.filter(|_| resolves.len() < MAX_RESOLVES) else {
+    async fn resolve(&mut self, req: ResolveRequest, s: &mut Streams) -> Result<(), CircError> {
+        let id = (0..64).find_map(|_| s.mux.alloc_id().filter(|id| !self.machine.resolving(*id)));
+        let Some(id) = id.filter(|_| s.resolves.len() < MAX_RESOLVES) else {
             let _ = req.done.send(Err(EndReason::ResourceLimit));
             return Ok(());
         };
-        let msg = RelayMsg::Resolve { host: req.host.clone(), ext: Extensions::none() };
-        resolves.insert(id, req);
-        let last = self.crypto.n_hops() - 1;
-        self.send(last, id, &msg).await
+        let cells = self.machine.resolve(id, &req.host)?;
+        s.resolves.insert(id, req);
+        self.send_cells(cells).await
     }
 
     /// Gives up on streams past their deadlines ([`crate::recovery`]): BEGINs without an answer
     /// (the request is retried elsewhere with `Timeout`) and stalled streams; either retires
     /// the circuit. The exit gets END for each.
-    async fn check_deadlines(&mut self, mux: &mut StreamMux, pending: &mut PendingStreams) -> Result<(), CircError> {
+    async fn check_deadlines(&mut self, s: &mut Streams) -> Result<(), CircError> {
         use crate::recovery::{GaveUp, BEGIN_TIMEOUT, STALL_TIMEOUT};
         let now = Instant::now();
-        let late: Vec<u16> = pending.iter().filter(|(_, (sent, _))| now.duration_since(*sent) >= BEGIN_TIMEOUT).map(|(id, _)| *id).collect();
-        let stalled: Vec<u16> = mux.stalled(now, STALL_TIMEOUT).into_iter().filter(|id| !pending.contains_key(id)).collect();
+        let late = self.machine.late_begins(now, BEGIN_TIMEOUT);
+        let stalled: Vec<u16> = s.mux.stalled(now, STALL_TIMEOUT).into_iter().filter(|id| !late.contains(id) && !self.machine.is_pending(*id)).collect();
         let gave_up = GaveUp { begins: late.len(), stalled: stalled.len() };
         if !gave_up.any() {
             return Ok(());
@@ -701,66 +617,35 @@ impl Circuit {
         crate::recovery::record(&gave_up, newly, &mut self.logged);
         let mut out = Vec::new();
         for id in late {
-            let (_, req) = pending.remove(&id).expect("listed");
-            req.fail(EndReason::Timeout);
-            out.extend(mux.close(id, EndReason::Timeout));
+            if let Some(req) = s.pending.remove(&id) {
+                req.fail(EndReason::Timeout);
+            }
+            out.extend(s.mux.close(id, EndReason::Timeout));
         }
         for id in stalled {
-            out.extend(mux.close(id, EndReason::Timeout));
+            out.extend(s.mux.close(id, EndReason::Timeout));
         }
         self.send_all(out).await
     }
 
     /// Opens a stream with `msg` (BEGIN or BEGIN_DIR); `req` waits for CONNECTED or END.
-    async fn begin(&mut self, msg: RelayMsg, req: Pending, mux: &mut StreamMux, pending: &mut PendingStreams) -> Result<(), CircError> {
-        let Some(id) = mux.alloc_id() else {
+    async fn begin(&mut self, msg: RelayMsg, req: Pending, s: &mut Streams) -> Result<(), CircError> {
+        let Some(id) = s.mux.alloc_id().filter(|id| !self.machine.resolving(*id)) else {
             req.fail(EndReason::ResourceLimit);
             return Ok(());
         };
-        mux.open(id).map_err(|e| CircError::Protocol(e.to_string()))?;
-        pending.insert(id, (Instant::now(), req));
-        let last = self.crypto.n_hops() - 1;
-        self.send(last, id, &msg).await
+        s.mux.open(id).map_err(|e| CircError::Protocol(e.to_string()))?;
+        let cells = self.machine.begin(id, &msg, Instant::now())?;
+        s.pending.insert(id, req);
+        self.send_cells(cells).await
     }
+}
 
-    async fn on_msg(&mut self, from_last: bool, sid: u16, msg: RelayMsg, mux: &mut StreamMux, pending: &mut PendingStreams) -> Result<(), CircError> {
-        if !from_last {
-            return Err(CircError::Protocol("stream message from a middle hop".into()));
-        }
-        match msg {
-            // Too late: the stream was given up and END sent (`check_deadlines`).
-            RelayMsg::Connected { .. } if !pending.contains_key(&sid) && mux.was_closed(sid) => Ok(()),
-            RelayMsg::Connected { addr, .. } => {
-                match pending.remove(&sid).ok_or_else(|| CircError::Protocol("CONNECTED for no pending stream".into()))?.1 {
-                    Pending::App(req) => {
-                        allium_net::metrics::METRICS.streams_opened.inc();
-                        let stream = mux.take_stream(sid).expect("opened with its BEGIN");
-                        // A requester gone by now drops the stream, which ends it.
-                        let _ = req.done.send(Ok(Connected { stream, addr }));
-                    }
-                    Pending::Dir(done) => {
-                        let (ours, theirs) = tokio::io::duplex(DIR_PIPE_BUFFER);
-                        mux.attach(sid, ours);
-                        let _ = done.send(Ok(theirs));
-                    }
-                }
-                Ok(())
-            }
-            RelayMsg::End(reason) if pending.contains_key(&sid) => {
-                let (_, req) = pending.remove(&sid).expect("pending");
-                let _ = mux.handle_msg(sid, RelayMsg::End(reason));
-                allium_net::metrics::METRICS.streams_failed.inc(allium_net::metrics::stream_failure(reason));
-                req.fail(reason);
-                Ok(())
-            }
-            m @ (RelayMsg::Data(_) | RelayMsg::DataToken { .. } | RelayMsg::Sendme { .. } | RelayMsg::Xoff | RelayMsg::Xon | RelayMsg::End(_)) => {
-                if pending.contains_key(&sid) {
-                    return Err(CircError::Protocol("data before CONNECTED".into()));
-                }
-                let out = mux.handle_msg(sid, m).map_err(|e| CircError::Protocol(e.to_string()))?;
-                self.send_all(out).await
-            }
-            _ => Err(CircError::Protocol("unexpected relay message".into())),
-        }
-    }
+/// The circuit task's streams: the data streams' table, the streams offered to a service,
+/// and the requests waiting for CONNECTED or RESOLVED.
+struct Streams {
+    mux: StreamMux,
+    incoming: Incoming,
+    pending: std::collections::HashMap<u16, Pending>,
+    resolves: std::collections::HashMap<u16, ResolveRequest>,
 }

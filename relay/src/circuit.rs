@@ -1,10 +1,11 @@
 //! One circuit at a relay: its owner task.
 //!
-//! The task owns the hop's cell crypto, the link to the previous hop (toward the client), the
-//! link to the next hop once extended, and the exit streams. Outbound cells have this hop's
-//! layer removed; a cell this hop can authenticate is handled here, any other is forwarded —
-//! and at the last hop a cell that does not authenticate destroys the circuit. DESTROY travels
-//! both ways.
+//! The decisions about cells (this hop's crypto layer, RELAY_EARLY, forwarding, EXTEND checks,
+//! the next hop's CREATED, the reasons told on teardown) are the sans-IO [`RelayHop`] state
+//! machine's (`allium_proto::circuit`). The task feeds it the cells of both links and owns what
+//! has I/O: the links, the exit streams, the onion-service tables and the directory cache. A
+//! cell this hop can authenticate is handled here, any other is forwarded — and at the last hop
+//! a cell that does not authenticate destroys the circuit. DESTROY travels both ways.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -16,12 +17,11 @@ use allium_net::limits::bucket::TokenBucket;
 use allium_net::limits::counters::{LimitCounters, LIMITS};
 use allium_net::metrics::{stream_failure, METRICS};
 use allium_net::stream::{Holding, Incoming, Reply, StreamMux};
-use allium_proto::cell::{self, Cell, CellCmd, DestroyReason, MAX_HANDSHAKE_LEN, PAYLOAD_LEN};
-use allium_proto::crypto::cell_crypto::{Recognized, RelayCrypto};
-use allium_proto::frag::{Progress, Reassembly};
+use allium_proto::cell::{self, Cell, CellCmd, DestroyReason, PAYLOAD_LEN};
+use allium_proto::circuit::{Fault, FromNext, FromPrev, HandshakeRead, HandshakeReader, RelayHop, Side};
 use allium_proto::ids::RelayId;
 use allium_proto::policy::is_private;
-use allium_proto::relay_msg::{self, Direction, EndReason, ExtendTarget, MsgAssembler, RelayMsg, RELAY_PLAINTEXT_LEN};
+use allium_proto::relay_msg::{EndReason, ExtendTarget, RelayMsg};
 use tokio::sync::mpsc;
 use tokio::task::JoinHandle;
 
@@ -32,8 +32,19 @@ use crate::hs_points::{CircKey, HsEvent};
 use crate::RelayCtx;
 
 /// Why the circuit ends. A DESTROY from one side is passed to the other side only; a local
-/// decision is told to both.
+/// decision is told to both ([`RelayHop::teardown`]).
 struct Close(DestroyReason, Side);
+
+impl Close {
+    /// The machine's fault on a cell from `from`.
+    fn of(fault: Fault, from: Side) -> Self {
+        if fault.is_peer_fault() {
+            tracing::debug!("closing circuit: {fault}");
+        }
+        let (reason, side) = Side::of(&fault, from);
+        Close(reason, side)
+    }
+}
 
 /// Opens stream `id` on `mux`: false (counted) if the circuit already carries
 /// `limits.max_streams_per_circuit` streams, which is answered END RESOURCELIMIT; a stream id
@@ -48,13 +59,6 @@ fn open_stream(mux: &mut StreamMux, id: u16) -> Result<bool, Close> {
         }
         Err(_) => Err(Close(DestroyReason::Protocol, Side::Local)),
     }
-}
-
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Side {
-    Prev,
-    Next,
-    Local,
 }
 
 
@@ -73,14 +77,12 @@ pub(crate) struct RelayCircuit {
     pub prev: Channel,
     pub prev_id: u32,
     pub prev_rx: CellReceiver,
-    pub crypto: RelayCrypto,
+    /// This hop's state machine: crypto layer, RELAY_EARLY gate, forwarding, the next hop.
+    pub hop: RelayHop,
     /// This hop's keys (ESTABLISH_INTRO is signed over a binding of them).
     pub hop_keys: HopKeys,
-    /// The RELAY_EARLY cells from the previous hop (they bound the circuit's length).
-    pub early: allium_proto::early::EarlyGate,
     /// The windows and increments the client chose in its CREATE (used if streams end here).
     pub flow: allium_proto::flow::FlowParams,
-    pub started: Instant,
     /// Relay cells forwarded toward the exit (for a test hook).
     pub forwarded_out: u64,
     /// Relay cells forwarded toward the client (for a test hook).
@@ -123,8 +125,6 @@ struct Next {
     chan: Channel,
     id: u32,
     rx: CellReceiver,
-    /// The CREATED reply being reassembled, until EXTENDED is sent.
-    created: Option<Option<Reassembly>>,
 }
 
 struct PendingExtend {
@@ -140,7 +140,6 @@ impl RelayCircuit {
         let mut mux = StreamMux::new(self.flow);
         mux.set_mem(self.prev_rx.held_mem());
         mux.set_max_streams(self.ctx.limits.max_streams_per_circuit);
-        let mut asm = MsgAssembler::default();
         let mut incoming = Incoming::new(self.ctx.limits.max_streams_per_circuit);
         let (resolve_tx, mut resolve_rx) = mpsc::channel::<ResolveResult>(self.ctx.limits.max_resolves_per_circuit);
         let mut resolves = Resolves { tx: resolve_tx, in_flight: Default::default() };
@@ -170,12 +169,12 @@ impl RelayCircuit {
                 c = self.prev_rx.recv() => match c {
                     None if self.prev_rx.reclaimed() => Err(Close(DestroyReason::ResourceLimit, Side::Local)),
                     None => Err(Close(DestroyReason::ChannelClosed, Side::Prev)),
-                    Some(c) => self.on_prev_cell(c, &mut next, &mut extending, &mut mux, &mut asm, &mut incoming, &mut resolves, &mut forwarded, &mut hs).await,
+                    Some(c) => self.on_prev_cell(c, &mut next, &mut extending, &mut mux, &mut incoming, &mut resolves, &mut forwarded, &mut hs).await,
                 },
                 c = recv_next(&mut next) => match c {
                     None if next.as_ref().is_some_and(|n| n.rx.reclaimed()) => Err(Close(DestroyReason::ResourceLimit, Side::Local)),
                     None => Err(Close(DestroyReason::ChannelClosed, Side::Next)),
-                    Some(c) => self.on_next_cell(c, &mut next, &mut forwarded).await,
+                    Some(c) => self.on_next_cell(c, &mut forwarded).await,
                 },
                 r = join_extend(&mut extending) => self.extended_link(r, &mut next, &mut extending).await,
                 ev = mux.next_event() => {
@@ -212,28 +211,21 @@ impl RelayCircuit {
         tracing::debug!("circuit closing: {reason:?}");
         // Forget it as an introduction or rendezvous circuit; a joined peer is destroyed too.
         self.ctx.hs.circuit_closed(hs.key, reason);
-        if side != Side::Prev {
-            // A reason of this relay's own (its link to the next hop closed, or the next hop
-            // refused our CREATE, which it tells only us) reaches the client end to end; a DESTROY passed on from the next
-            // hop, and every DESTROY toward another relay, carries a fixed reason, so no relay
-            // tells a non-adjacent one why (THREATS A17, docs/PROTOCOL.md "Circuit teardown").
-            let own = side == Side::Local || reason == DestroyReason::ChannelClosed || next.as_ref().is_some_and(|n| n.created.is_some());
-            let to_client = self.prev.peer.is_none();
-            let clear = if own && to_client { reason } else { DestroyReason::Destroyed };
-            if own && !to_client {
-                self.tell_closing(reason);
-            }
-            self.prev.destroy_in_order(self.prev_id, clear);
-        } else {
-            self.prev.close_circuit(self.prev_id);
+        // Which reason goes where is the machine's (THREATS A17, docs/PROTOCOL.md "Circuit
+        // teardown"): CLOSING is queued without waiting (lost, and the client sees only
+        // DESTROY's fixed reason, if the link's queue is full).
+        let t = self.hop.teardown(reason, side, self.prev.peer.is_none());
+        if let Some(body) = t.closing {
+            let _ = self.prev.try_send(Cell { circ_id: self.prev_id, cmd: CellCmd::Relay, payload: *body });
+        }
+        match t.prev {
+            Some(r) => self.prev.destroy_in_order(self.prev_id, r),
+            None => self.prev.close_circuit(self.prev_id),
         }
         if let Some(n) = next {
-            if side == Side::Prev {
-                n.chan.destroy(n.id, DestroyReason::Destroyed);
-            } else if side != Side::Next {
-                n.chan.destroy(n.id, reason);
-            } else {
-                n.chan.close_circuit(n.id);
+            match t.next {
+                Some(r) => n.chan.destroy(n.id, r),
+                None => n.chan.close_circuit(n.id),
             }
         }
         if let Some(p) = extending {
@@ -248,95 +240,66 @@ impl RelayCircuit {
         next: &mut Option<Next>,
         extending: &mut Option<PendingExtend>,
         mux: &mut StreamMux,
-        asm: &mut MsgAssembler,
         incoming: &mut Incoming,
         resolves: &mut Resolves,
         forwarded: &mut u64,
         hs: &mut Hs,
     ) -> Result<(), Close> {
-        let early = match cell.cmd {
-            CellCmd::Relay => false,
-            CellCmd::RelayEarly => true,
-            CellCmd::Destroy => return Err(Close(DestroyReason::from_u8(cell.payload[0]), Side::Prev)),
-            _ => return Err(Close(DestroyReason::Protocol, Side::Local)),
-        };
-        self.early.on_cell(early).map_err(|e| {
-            tracing::debug!("relay cell refused: {e}");
-            Close(DestroyReason::Protocol, Side::Local)
-        })?;
         // The cell is modified in place (its command, early or not, unchanged) and forwarded as is: no copies of its body.
-        match self.crypto.decrypt_outbound(&mut cell.payload) {
-            Err(_) => Err(Close(DestroyReason::ResourceLimit, Side::Local)),
-            Ok(Recognized::NotForUs) => match next {
+        match self.hop.from_prev(&mut cell).map_err(|f| Close::of(f, Side::Prev))? {
+            FromPrev::Nothing => Ok(()),
+            FromPrev::Forward => match next {
                 Some(_) if self.hook_stopped(true) => Ok(()),
-                Some(n) if n.created.is_none() => {
+                Some(n) => {
                     self.hook_corrupt(&mut cell.payload, forwarded);
                     cell.circ_id = n.id;
                     n.chan.send(cell).await.map_err(|_| Close(DestroyReason::ChannelClosed, Side::Local))
                 }
-                // A joined rendezvous circuit: the cell is for the other end. It goes backward on
-                // the joined circuit, which adds its own Kb_layer (PROTOCOL, "Rendezvous").
-                None if extending.is_none() && hs.role == Some(HsRole::Rend) => {
-                    let peer = self.ctx.hs.rend.lock().unwrap_or_else(|e| e.into_inner()).peer(&hs.key);
-                    match peer {
-                        Some(p) if self.ctx.hs.deliver(p, HsEvent::Cell(Box::new(cell.payload))) => Ok(()),
-                        Some(_) => Err(Close(DestroyReason::ResourceLimit, Side::Local)),
-                        None => {
-                            tracing::info!("a relay cell failed authentication at an unjoined rendezvous point: destroying the circuit");
-                            Err(Close(DestroyReason::Protocol, Side::Local))
-                        }
-                    }
-                }
-                // The last hop (or one still extending) got a cell nobody can authenticate:
-                // it was altered on the way. Never forward or deliver it.
-                _ => {
-                    tracing::info!("a relay cell failed authentication at the last hop: destroying the circuit");
-                    Err(Close(DestroyReason::Protocol, Side::Local))
-                }
+                None => unreachable!("the machine forwards only to an open next hop"),
             },
-            Ok(Recognized::ForUs) => {
-                let pt: &[u8; RELAY_PLAINTEXT_LEN] = cell.payload[..RELAY_PLAINTEXT_LEN].try_into().expect("493 bytes");
-                let Some((hdr, msg_body)) = asm.push(pt).map_err(|_| Close(DestroyReason::Protocol, Side::Local))? else { return Ok(()) };
-                let msg = RelayMsg::decode_cell(&hdr, &msg_body, Direction::Outbound).map_err(|e| {
-                    tracing::debug!("bad relay message from client: {e}");
-                    Close(DestroyReason::Protocol, Side::Local)
-                })?;
-                if is_hs_msg(&msg) {
-                    // Onion-service messages: stream 0, at the last hop only.
-                    if hdr.stream_id != 0 || next.is_some() || extending.is_some() {
-                        return Err(Close(DestroyReason::Protocol, Side::Local));
+            // A joined rendezvous circuit: the cell is for the other end. It goes backward on
+            // the joined circuit, which adds its own Kb_layer (PROTOCOL, "Rendezvous").
+            FromPrev::Unrecognized if !self.hop.has_next() && hs.role == Some(HsRole::Rend) => {
+                let peer = self.ctx.hs.rend.lock().unwrap_or_else(|e| e.into_inner()).peer(&hs.key);
+                match peer {
+                    Some(p) if self.ctx.hs.deliver(p, HsEvent::Cell(Box::new(cell.payload))) => Ok(()),
+                    Some(_) => Err(Close(DestroyReason::ResourceLimit, Side::Local)),
+                    None => {
+                        tracing::info!("a relay cell failed authentication at an unjoined rendezvous point: destroying the circuit");
+                        Err(Close(DestroyReason::Protocol, Side::Local))
                     }
-                    return self.handle_hs_msg(msg, hs).await;
                 }
-                self.handle_msg(hdr.stream_id, msg, next, extending, mux, incoming, resolves).await
             }
-        }
-    }
-
-    #[allow(clippy::too_many_arguments)]
-    async fn handle_msg(
-        &mut self,
-        stream_id: u16,
-        msg: RelayMsg,
-        next: &mut Option<Next>,
-        extending: &mut Option<PendingExtend>,
-        mux: &mut StreamMux,
-        incoming: &mut Incoming,
-        resolves: &mut Resolves,
-    ) -> Result<(), Close> {
-        match msg {
-            RelayMsg::Extend { target, htype, hdata, .. } => {
-                if stream_id != 0 || next.is_some() || extending.is_some() || !mux.is_empty() {
-                    return Err(Close(DestroyReason::Protocol, Side::Local));
-                }
-                if !self.early.extend_allowed() {
-                    tracing::debug!("EXTEND refused: not in RELAY_EARLY cells");
+            // The last hop (or one still extending) got a cell nobody can authenticate:
+            // it was altered on the way. Never forward or deliver it.
+            FromPrev::Unrecognized => {
+                tracing::info!("a relay cell failed authentication at the last hop: destroying the circuit");
+                Err(Close::of(RelayHop::unrecognized_fault(), Side::Local))
+            }
+            FromPrev::Extend { target, htype, hdata } => {
+                if !mux.is_empty() {
                     return Err(Close(DestroyReason::Protocol, Side::Local));
                 }
                 self.start_extend(target, htype, hdata, extending)
             }
+            // Onion-service messages (stream 0, at the last hop only: the machine checked).
+            FromPrev::Msg { msg, .. } if is_hs_msg(&msg) => self.handle_hs_msg(msg, hs).await,
+            FromPrev::Msg { stream, msg } => self.handle_msg(stream, msg, mux, incoming, resolves).await,
+        }
+    }
+
+    async fn handle_msg(
+        &mut self,
+        stream_id: u16,
+        msg: RelayMsg,
+        mux: &mut StreamMux,
+        incoming: &mut Incoming,
+        resolves: &mut Resolves,
+    ) -> Result<(), Close> {
+        // The machine refused streams on stream 0 or at a hop that is not the last.
+        match msg {
             RelayMsg::Begin { host, port, .. } => {
-                if stream_id == 0 || next.is_some() || resolves.in_flight.contains(&stream_id) {
+                if resolves.in_flight.contains(&stream_id) {
                     return Err(Close(DestroyReason::Protocol, Side::Local));
                 }
                 if !self.ctx.exit.policy.is_exit() {
@@ -377,7 +340,7 @@ impl RelayCircuit {
             }
             RelayMsg::BeginDir { .. } => {
                 // Any relay is a directory cache: the stream ends here, at this hop.
-                if stream_id == 0 || next.is_some() || resolves.in_flight.contains(&stream_id) {
+                if resolves.in_flight.contains(&stream_id) {
                     return Err(Close(DestroyReason::Protocol, Side::Local));
                 }
                 if !open_stream(mux, stream_id)? {
@@ -391,7 +354,7 @@ impl RelayCircuit {
             }
             RelayMsg::Resolve { host, .. } => {
                 // A fresh stream id, answered by RESOLVED on it; no CONNECTED, no END.
-                if stream_id == 0 || next.is_some() || !resolves.in_flight.insert(stream_id) {
+                if !resolves.in_flight.insert(stream_id) {
                     return Err(Close(DestroyReason::Protocol, Side::Local));
                 }
                 let over = resolves.in_flight.len() > self.ctx.limits.max_resolves_per_circuit;
@@ -520,7 +483,7 @@ impl RelayCircuit {
         match ev {
             HsEvent::Originate(msg) => self.send_back(0, &msg).await,
             HsEvent::Cell(mut body) => {
-                self.crypto.forward_inbound(&mut body).map_err(|_| Close(DestroyReason::ResourceLimit, Side::Local))?;
+                self.hop.forward_back(&mut body).map_err(|f| Close::of(f, Side::Local))?;
                 self.prev.send(Cell { circ_id: self.prev_id, cmd: CellCmd::Relay, payload: *body }).await.map_err(|_| Close(DestroyReason::ChannelClosed, Side::Local))
             }
             // Told to both sides of this circuit, as a local decision.
@@ -529,10 +492,6 @@ impl RelayCircuit {
     }
 
     fn start_extend(&mut self, target: ExtendTarget, htype: u16, hdata: Vec<u8>, extending: &mut Option<PendingExtend>) -> Result<(), Close> {
-        if hdata.len() > MAX_HANDSHAKE_LEN {
-            // Would not fit a CREATE sequence; an EXTEND may carry up to 8 KiB in all.
-            return Err(Close(DestroyReason::Protocol, Side::Local));
-        }
         let id = RelayId(target.identity);
         if id == self.ctx.id || target.identity == [0; 32] || self.prev.peer == Some(id) {
             return Err(Close(DestroyReason::Protocol, Side::Local));
@@ -560,37 +519,24 @@ impl RelayCircuit {
         for c in cell::create_cells(id, p.htype, &p.hdata) {
             chan.send(c).await.map_err(|_| Close(DestroyReason::ConnectFailed, Side::Local))?;
         }
-        *next = Some(Next { chan, id, rx, created: Some(None) });
+        *next = Some(Next { chan, id, rx });
+        self.hop.creating();
         Ok(())
     }
 
-    async fn on_next_cell(&mut self, cell: Cell, next: &mut Option<Next>, forwarded: &mut u64) -> Result<(), Close> {
-        let n = next.as_mut().expect("cell from next hop");
-        match (cell.cmd, &mut n.created) {
-            (CellCmd::Destroy, _) => {
-                crate::test_hooks::record_destroy_from_next(&self.ctx.id, cell.payload[0]);
-                Err(Close(DestroyReason::from_u8(cell.payload[0]), Side::Next))
-            }
-            (CellCmd::Created, Some(None)) => {
-                let (total, first) = cell::parse_created(&cell.payload).map_err(|_| Close(DestroyReason::Protocol, Side::Local))?;
-                let (r, p) = Reassembly::start(total, MAX_HANDSHAKE_LEN, first, now_ms(self.started)).map_err(|_| Close(DestroyReason::Protocol, Side::Local))?;
-                self.created_progress(p, r, next).await
-            }
-            (CellCmd::Continue, Some(Some(_))) => {
-                let Some(Some(mut r)) = n.created.take() else { unreachable!() };
-                let p = r.push(&cell.payload, now_ms(self.started)).map_err(|_| Close(DestroyReason::Protocol, Side::Local))?;
-                self.created_progress(p, r, next).await
-            }
-            (CellCmd::RelayEarly, _) => {
-                // Only ever a signal toward the client (THREATS A16).
-                tracing::info!("RELAY_EARLY from the next hop: destroying the circuit");
-                Err(Close(DestroyReason::Protocol, Side::Local))
-            }
-            (CellCmd::Relay, None) if self.hook_stopped(false) => Ok(()),
-            (CellCmd::Relay, None) => {
-                let mut cell = cell;
-                self.hook_corrupt(&mut cell.payload, forwarded);
-                self.crypto.forward_inbound(&mut cell.payload).map_err(|_| Close(DestroyReason::ResourceLimit, Side::Local))?;
+    async fn on_next_cell(&mut self, mut cell: Cell, forwarded: &mut u64) -> Result<(), Close> {
+        let open = !self.hop.next_is_creating();
+        match cell.cmd {
+            CellCmd::Destroy => crate::test_hooks::record_destroy_from_next(&self.ctx.id, cell.payload[0]),
+            CellCmd::Relay if open && self.hook_stopped(false) => return Ok(()),
+            CellCmd::Relay if open => self.hook_corrupt(&mut cell.payload, forwarded),
+            CellCmd::RelayEarly => tracing::info!("RELAY_EARLY from the next hop: destroying the circuit"),
+            _ => {}
+        }
+        match self.hop.from_next(&mut cell, Instant::now()).map_err(|f| Close::of(f, Side::Next))? {
+            FromNext::Nothing => Ok(()),
+            FromNext::Extended(body) => self.send_body(*body).await,
+            FromNext::Forward => {
                 cell.circ_id = self.prev_id;
                 let inject = self.hook_inject();
                 if matches!(inject, Some(Injection::MarkEarly)) {
@@ -602,43 +548,18 @@ impl RelayCircuit {
                     _ => Ok(()),
                 }
             }
-            _ => Err(Close(DestroyReason::Protocol, Side::Local)),
         }
     }
 
-    async fn created_progress(&mut self, p: Progress, r: Reassembly, next: &mut Option<Next>) -> Result<(), Close> {
-        let n = next.as_mut().expect("next hop");
-        match p {
-            Progress::NeedMore => {
-                n.created = Some(Some(r));
-                Ok(())
-            }
-            Progress::Complete(reply) => {
-                n.created = None;
-                self.send_back(0, &RelayMsg::Extended { hdata: reply, ext: Default::default() }).await
-            }
-        }
-    }
-
-    /// Tells the client, end to end, why this hop is destroying the circuit: CLOSING, queued
-    /// without waiting (it is lost, and the client sees only DESTROY's fixed reason, if the
-    /// link's queue is full).
-    fn tell_closing(&mut self, reason: DestroyReason) {
-        let Some(pt) = relay_msg::encode_plaintexts(0, &RelayMsg::Closing { reason }).pop() else { return };
-        let mut body = [0u8; PAYLOAD_LEN];
-        body[..RELAY_PLAINTEXT_LEN].copy_from_slice(&pt);
-        if self.crypto.originate_inbound(&mut body).is_ok() {
-            let _ = self.prev.try_send(Cell { circ_id: self.prev_id, cmd: CellCmd::Relay, payload: body });
-        }
+    /// Sends a body the machine sealed toward the client.
+    async fn send_body(&mut self, body: [u8; PAYLOAD_LEN]) -> Result<(), Close> {
+        self.prev.send(Cell { circ_id: self.prev_id, cmd: CellCmd::Relay, payload: body }).await.map_err(|_| Close(DestroyReason::ChannelClosed, Side::Local))
     }
 
     /// Sends a message this hop originates toward the client.
     async fn send_back(&mut self, stream_id: u16, msg: &RelayMsg) -> Result<(), Close> {
-        for pt in relay_msg::encode_plaintexts(stream_id, msg) {
-            let mut body = [0u8; PAYLOAD_LEN];
-            body[..RELAY_PLAINTEXT_LEN].copy_from_slice(&pt);
-            self.crypto.originate_inbound(&mut body).map_err(|_| Close(DestroyReason::ResourceLimit, Side::Local))?;
-            self.prev.send(Cell { circ_id: self.prev_id, cmd: CellCmd::Relay, payload: body }).await.map_err(|_| Close(DestroyReason::ChannelClosed, Side::Local))?;
+        for body in self.hop.originate(stream_id, msg).map_err(|f| Close::of(f, Side::Local))? {
+            self.send_body(body).await?;
         }
         Ok(())
     }
@@ -710,10 +631,6 @@ fn is_hs_msg(m: &RelayMsg) -> bool {
     matches!(m, RelayMsg::EstablishIntro { .. } | RelayMsg::Introduce1(_) | RelayMsg::EstablishRendezvous { .. } | RelayMsg::Rendezvous1 { .. })
 }
 
-fn now_ms(since: Instant) -> u64 {
-    since.elapsed().as_millis() as u64
-}
-
 async fn recv_next(next: &mut Option<Next>) -> Option<Cell> {
     match next {
         Some(n) => n.rx.recv().await,
@@ -733,22 +650,14 @@ async fn join_extend(p: &mut Option<PendingExtend>) -> Result<Channel, LinkError
 
 /// Waits for the rest of a multi-cell CREATE, within the reassembly time cap.
 pub(crate) async fn read_create(first: &Cell, rx: &mut CellReceiver) -> Result<(cell::CreateHeader, Vec<u8>), DestroyReason> {
-    let (hdr, bytes) = cell::parse_create(&first.payload).map_err(|_| DestroyReason::Protocol)?;
-    let started = Instant::now();
-    let (mut r, mut p) = Reassembly::start(hdr.total_len, MAX_HANDSHAKE_LEN, bytes, 0).map_err(|_| DestroyReason::Protocol)?;
+    let (hdr, mut read) = HandshakeReader::create(&first.payload, Instant::now()).map_err(|_| DestroyReason::Protocol)?;
     loop {
-        match p {
-            Progress::Complete(msg) => return Ok((hdr, msg)),
-            Progress::NeedMore => {
-                let deadline = Duration::from_millis(allium_proto::frag::REASSEMBLY_TIMEOUT_MS);
-                let c = tokio::time::timeout(deadline.saturating_sub(started.elapsed()), rx.recv())
-                    .await
-                    .map_err(|_| DestroyReason::Timeout)?
-                    .ok_or(DestroyReason::ChannelClosed)?;
-                if c.cmd != CellCmd::Continue {
-                    return Err(DestroyReason::Protocol);
-                }
-                p = r.push(&c.payload, now_ms(started)).map_err(|_| DestroyReason::Protocol)?;
+        match read {
+            HandshakeRead::Done(msg) => return Ok((hdr, msg)),
+            HandshakeRead::More(r) => {
+                let deadline = tokio::time::Instant::from_std(r.deadline());
+                let c = tokio::time::timeout_at(deadline, rx.recv()).await.map_err(|_| DestroyReason::Timeout)?.ok_or(DestroyReason::ChannelClosed)?;
+                read = r.push(&c, Instant::now()).map_err(|_| DestroyReason::Protocol)?;
             }
         }
     }

@@ -50,7 +50,7 @@ use allium_net::link::{self, RelayCredentials};
 use allium_net::pool::ChannelPool;
 use allium_proto::cell::{self, Cell, DestroyReason};
 use allium_proto::early::EarlyGate;
-use allium_proto::crypto::cell_crypto::RelayCrypto;
+use allium_proto::circuit::RelayHop;
 use allium_proto::crypto::kdf::HopKeys;
 use allium_proto::crypto::ntor::{self, OnionKeyPair, HTYPE_NTOR};
 use allium_proto::ext::Extensions;
@@ -307,8 +307,8 @@ impl CreateHandler for Creates {
             metrics.circuit_build.observe(started.elapsed());
             metrics.circuits_opened.inc();
             let _open = metrics.circuits_open.open();
-            let (crypto, hop_keys, early, flow) = keys;
-            circuit::RelayCircuit { ctx, prev: chan, prev_id: id, prev_rx: rx, crypto, hop_keys, early, flow, started, forwarded_out: 0, forwarded_in: 0, begins: None }.run().await;
+            let (hop, hop_keys, flow) = keys;
+            circuit::RelayCircuit { ctx, prev: chan, prev_id: id, prev_rx: rx, hop, hop_keys, flow, forwarded_out: 0, forwarded_in: 0, begins: None }.run().await;
         });
     }
 }
@@ -365,7 +365,7 @@ impl RelayCtx {
 }
 
 /// Answers a CREATE: reassembles it, runs the server side of ntor, sends CREATED.
-async fn create(ctx: &Arc<RelayCtx>, chan: &Channel, first: &Cell, rx: &mut allium_net::cell_queue::CellReceiver) -> Result<(RelayCrypto, HopKeys, EarlyGate, FlowParams), DestroyReason> {
+async fn create(ctx: &Arc<RelayCtx>, chan: &Channel, first: &Cell, rx: &mut allium_net::cell_queue::CellReceiver) -> Result<(RelayHop, HopKeys, FlowParams), DestroyReason> {
     let (hdr, msg) = circuit::read_create(first, rx).await?;
     test_hooks::record_create(&ctx.id, &first.payload);
     if hdr.htype != HTYPE_NTOR {
@@ -409,7 +409,7 @@ async fn create(ctx: &Arc<RelayCtx>, chan: &Channel, first: &Cell, rx: &mut alli
     // The first hop (its previous hop is a client) takes one more early cell: the EXTEND to the
     // second hop (docs/PROTOCOL.md, "RELAY_EARLY").
     let early = if chan.peer.is_none() { EarlyGate::from_client() } else { EarlyGate::from_relay() };
-    Ok((RelayCrypto::new(&out.keys), out.keys, early, flow))
+    Ok((RelayHop::new(&out.keys, early), out.keys, flow))
 }
 
 #[cfg(test)]

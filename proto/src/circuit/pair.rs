@@ -195,9 +195,9 @@ impl Pair {
                 let r = self.hops[i].from_prev(&mut cell);
                 match r {
                     Ok(FromPrev::Nothing) => {}
-                    Ok(FromPrev::Forward(body)) => self.wire.push_back((To::Hop(i + 1), Cell { circ_id: 2, cmd: cell.cmd, payload: *body })),
-                    Ok(FromPrev::Unrecognized(body)) => {
-                        self.unrecognized.push((i, body));
+                    Ok(FromPrev::Forward) => self.wire.push_back((To::Hop(i + 1), Cell { circ_id: 2, ..cell })),
+                    Ok(FromPrev::Unrecognized) => {
+                        self.unrecognized.push((i, Box::new(cell.payload)));
                         if !self.joined {
                             self.hop_fault(i, &RelayHop::unrecognized_fault(), Side::Local);
                         }
@@ -225,7 +225,8 @@ impl Pair {
                 }
                 match self.hops[i].from_next(&mut cell, self.now) {
                     Ok(FromNext::Nothing) => {}
-                    Ok(FromNext::Back(body)) => self.back_from(i, *body),
+                    Ok(FromNext::Forward) => self.back_from(i, cell.payload),
+                    Ok(FromNext::Extended(body)) => self.back_from(i, *body),
                     Err(f) => self.hop_fault(i, &f, Side::Next),
                 }
             }

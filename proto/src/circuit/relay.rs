@@ -21,12 +21,13 @@ use crate::relay_msg::{self, Direction, ExtendTarget, MsgAssembler, RelayMsg, RE
 pub enum FromPrev {
     /// A fragment of a longer message.
     Nothing,
-    /// Not for this hop: forward this body (this hop's layer removed) to the next hop.
-    Forward(Box<[u8; PAYLOAD_LEN]>),
-    /// Not for this hop, and no next hop to forward it to. At a joined rendezvous point it
-    /// belongs to the other circuit of the join; anywhere else it was altered on the way and
-    /// the owner destroys the circuit ([`RelayHop::unrecognized_fault`]).
-    Unrecognized(Box<[u8; PAYLOAD_LEN]>),
+    /// Not for this hop: forward the cell (its body now without this hop's layer, its command
+    /// unchanged) to the next hop.
+    Forward,
+    /// Not for this hop, and no next hop to forward it to. At a joined rendezvous point the
+    /// cell's body belongs to the other circuit of the join; anywhere else it was altered on
+    /// the way and the owner destroys the circuit ([`RelayHop::unrecognized_fault`]).
+    Unrecognized,
     /// A message for this hop.
     Msg { stream: u16, msg: RelayMsg },
     /// A valid EXTEND (stream 0, in RELAY_EARLY cells, no next hop yet, a handshake that fits
@@ -40,9 +41,11 @@ pub enum FromPrev {
 pub enum FromNext {
     /// Nothing to send (a fragment of CREATED).
     Nothing,
-    /// Send this cell to the previous hop (this hop's layer added; the EXTENDED that answers
-    /// the client's EXTEND, or a cell forwarded from further hops).
-    Back(Box<[u8; PAYLOAD_LEN]>),
+    /// Forward the cell (its body now with this hop's layer added) to the previous hop.
+    Forward,
+    /// Send this body to the previous hop in a RELAY cell: the EXTENDED that answers the
+    /// client's EXTEND, once the next hop's CREATED is complete.
+    Extended(Box<[u8; PAYLOAD_LEN]>),
 }
 
 /// The next hop's state.
@@ -105,8 +108,8 @@ impl RelayHop {
         };
         self.early.on_cell(early).map_err(Fault::protocol)?;
         match self.crypto.decrypt_outbound(&mut cell.payload)? {
-            Recognized::NotForUs if matches!(self.next, Next::Open) => Ok(FromPrev::Forward(Box::new(cell.payload))),
-            Recognized::NotForUs => Ok(FromPrev::Unrecognized(Box::new(cell.payload))),
+            Recognized::NotForUs if matches!(self.next, Next::Open) => Ok(FromPrev::Forward),
+            Recognized::NotForUs => Ok(FromPrev::Unrecognized),
             Recognized::ForUs => {
                 let pt: &[u8; RELAY_PLAINTEXT_LEN] = cell.payload[..RELAY_PLAINTEXT_LEN].try_into().expect("493 bytes");
                 let Some((hdr, body)) = self.asm.push(pt).map_err(Fault::protocol)? else { return Ok(FromPrev::Nothing) };
@@ -167,7 +170,7 @@ impl RelayHop {
             (CellCmd::RelayEarly, _) => return Err(Fault::protocol("RELAY_EARLY from the next hop")),
             (CellCmd::Relay, Next::Open) => {
                 self.crypto.forward_inbound(&mut cell.payload)?;
-                return Ok(FromNext::Back(Box::new(cell.payload)));
+                return Ok(FromNext::Forward);
             }
             (c, _) => return Err(Fault::protocol(format!("unexpected {c:?} cell from the next hop"))),
         };
@@ -179,7 +182,7 @@ impl RelayHop {
             HandshakeRead::Done(reply) => {
                 self.next = Next::Open;
                 let mut cells = self.originate(0, &RelayMsg::Extended { hdata: reply, ext: Default::default() })?;
-                Ok(FromNext::Back(Box::new(cells.remove(0))))
+                Ok(FromNext::Extended(Box::new(cells.remove(0))))
             }
         }
     }
