@@ -1,7 +1,7 @@
 //! The onion-service rows: the first fetch from a fresh address and one stream's throughput.
 //!
 //! A service started now, in a node process of the bench's own (`support::onion::ServiceNode`),
-//! has an address no client has seen: once it says its descriptor is published, the first GET
+//! has an address no client has seen: once an HSDir stored its descriptor (`allium status`), the first GET
 //! of `/1k` through the testnet's client times the descriptor fetch, the introduction, the
 //! rendezvous and the stream together. Then `/25000000` on the same (warm) rendezvous circuit.
 
@@ -16,16 +16,14 @@ use crate::{list, median, rate_value, Target, PHASE_BUDGET, TRANSFER_TIMEOUT};
 const PUBLISH_DEADLINE: Duration = Duration::from_secs(120);
 /// Runs of the onion bulk download (the median is reported).
 const RUNS: usize = 3;
-/// The log line a service writes once its descriptor is on the HSDirs.
-const PUBLISHED: &str = "descriptor published";
 
 /// (first-fetch row, throughput row, detail lines).
 pub fn measure(net: &Testnet, server: &FileServer) -> (String, String, Vec<String>) {
     let mut notes = Vec::new();
     let svc = ServiceNode::start(net, "hsbench", server.addr());
     let t = Instant::now();
-    if !svc.wait_log(PUBLISH_DEADLINE, |l| l.contains(PUBLISHED)) {
-        let why = format!("FAILED: the fresh service logged no `{PUBLISHED}` within {} s", PUBLISH_DEADLINE.as_secs());
+    if let Err(e) = svc.wait_published(PUBLISH_DEADLINE) {
+        let why = format!("FAILED: {}", e.lines().next().unwrap_or(""));
         return (why.clone(), why, notes);
     }
     notes.push(format!("fresh onion service published its descriptor {:.2} s after it printed its address", t.elapsed().as_secs_f64()));

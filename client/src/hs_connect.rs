@@ -276,12 +276,21 @@ pub struct OnionConnector {
     descs: StdMutex<DescCache>,
     fetches: StdMutex<HashMap<[u8; 32], FetchSlot>>,
     circs: StdMutex<CircSlots>,
+    /// Connections made ready with a freshly fetched descriptor, and with a cached one.
+    ready: [std::sync::atomic::AtomicU64; 2],
 }
 
 impl OnionConnector {
     /// `auth`: this client's client-authorization keys ([`crate::onion_auth::load`]).
     pub fn new(auth: ClientAuthKeys) -> Self {
-        OnionConnector { auth, descs: Default::default(), fetches: Default::default(), circs: Default::default() }
+        OnionConnector { auth, descs: Default::default(), fetches: Default::default(), circs: Default::default(), ready: Default::default() }
+    }
+
+    /// Connections to onion services made ready so far: `(with a fresh descriptor, with a
+    /// cached one)` (for `allium status`).
+    pub fn connections_ready(&self) -> (u64, u64) {
+        use std::sync::atomic::Ordering::Relaxed;
+        (self.ready[0].load(Relaxed), self.ready[1].load(Relaxed))
     }
 
     /// Number of cached descriptors.
@@ -394,6 +403,8 @@ impl OnionConnector {
             p.answer,
             if attempts == 1 { "" } else { "s" }
         );
+        self.ready[usize::from(!fresh)].fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        allium_net::operator::wait::status_changed();
         Ok(circ)
     }
 

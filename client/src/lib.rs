@@ -121,8 +121,71 @@ pub struct ClientState {
     pub app_conns: Arc<allium_net::limits::conn::ConnLimiter>,
     /// Each hosted onion service's state in words, by name (for `allium status`).
     services: std::sync::Mutex<std::collections::BTreeMap<String, String>>,
+    /// Each hosted onion service's descriptor publications that at least one HSDir stored.
+    publications: std::sync::Mutex<std::collections::BTreeMap<String, u64>>,
     /// The `[limits]` section (request timeout, streams per service circuit).
     pub limits: allium_net::limits::LimitsConfig,
+    /// Where the consensus stands and where fetches came from (for `allium status`).
+    pub directory: std::sync::Mutex<DirStatus>,
+}
+
+/// The client's directory state as `allium status` reports it (`directory`).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct DirStatus {
+    /// Whether the kept consensus is usable: live, in the grace after it expired, or none.
+    pub consensus: ConsensusState,
+    /// Consensuses fetched, by kind of source.
+    pub from_guards: u64,
+    pub from_fallbacks: u64,
+    pub from_authorities: u64,
+}
+
+/// Whether the client holds a consensus it can use (docs/PROTOCOL.md, "Consensus lifetime").
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ConsensusState {
+    /// None held, or the one held expired beyond the grace.
+    #[default]
+    None,
+    /// Inside its validity interval.
+    Live,
+    /// Expired, no newer one can be had, still used within the grace.
+    Grace,
+}
+
+impl ConsensusState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ConsensusState::None => "none",
+            ConsensusState::Live => "live",
+            ConsensusState::Grace => "grace",
+        }
+    }
+
+    fn of(u: Option<allium_directory::cache::Usability>) -> Self {
+        use allium_directory::cache::Usability;
+        match u {
+            Some(Usability::Live) => ConsensusState::Live,
+            Some(Usability::Grace { .. }) => ConsensusState::Grace,
+            _ => ConsensusState::None,
+        }
+    }
+}
+
+impl ClientState {
+    /// Records where the directory stands after a fetch (`source`: the kind that served one),
+    /// then wakes `allium status --wait`.
+    fn record_directory(&self, state: ConsensusState, source: Option<dir_fetch::SourceKind>) {
+        let mut d = self.directory.lock().unwrap_or_else(|e| e.into_inner());
+        d.consensus = state;
+        match source {
+            Some(dir_fetch::SourceKind::Guard) => d.from_guards += 1,
+            Some(dir_fetch::SourceKind::Fallback) => d.from_fallbacks += 1,
+            Some(dir_fetch::SourceKind::Authority) => d.from_authorities += 1,
+            None => {}
+        }
+        drop(d);
+        allium_net::operator::wait::status_changed();
+    }
 }
 
 impl ClientState {
@@ -149,6 +212,18 @@ impl ClientState {
     pub fn set_service_state(&self, name: &str, state: String) {
         self.services.lock().unwrap_or_else(|e| e.into_inner()).insert(name.to_string(), state);
         allium_net::operator::wait::status_changed();
+    }
+
+    /// A hosted onion service's descriptor was stored by at least one HSDir (counted in
+    /// `allium status`'s `onion_publications`).
+    pub fn record_publication(&self, name: &str) {
+        *self.publications.lock().unwrap_or_else(|e| e.into_inner()).entry(name.to_string()).or_default() += 1;
+        allium_net::operator::wait::status_changed();
+    }
+
+    /// Every hosted onion service's count of stored publications.
+    pub fn service_publications(&self) -> std::collections::BTreeMap<String, u64> {
+        self.publications.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     /// The current consensus, if any.
@@ -196,7 +271,7 @@ pub async fn launch(cfg: &ClientConfig) -> Result<(Arc<ClientState>, ClientTasks
     let app_conns = allium_net::limits::conn::ConnLimiter::new(cfg.limits.connections(), cfg.limits.max_connections_per_address);
     circuits.set_initial_build_timeout(cfg.initial_build_timeout());
     let onions = hs_connect::OnionConnector::new(onion_auth::load(&cfg.client.onion_auth)?);
-    let state = Arc::new(ClientState { netdir: rx.clone(), circuits, bootstrap, isolate_destinations: cfg.client.isolate_destinations, onions, app_conns, services: Default::default(), limits: cfg.limits.clone() });
+    let state = Arc::new(ClientState { netdir: rx.clone(), circuits, bootstrap, isolate_destinations: cfg.client.isolate_destinations, onions, app_conns, services: Default::default(), publications: Default::default(), limits: cfg.limits.clone(), directory: Default::default() });
     for s in &cfg.onion_services {
         state.set_service_state(&s.name, "waiting for the consensus".into());
     }
@@ -313,6 +388,7 @@ async fn directory_loop(cfg: ClientConfig, tx: watch::Sender<Option<Arc<NetDir>>
     if let Some(d) = cache.usable(now()) {
         allium_net::metrics::METRICS.set_consensus(d.valid_after(), d.valid_until());
         tx.send_replace(Some(d));
+        state.record_directory(ConsensusState::of(cache.status(now())), None);
     }
     loop {
         let t = now();
@@ -330,7 +406,7 @@ async fn directory_loop(cfg: ClientConfig, tx: watch::Sender<Option<Arc<NetDir>>
                 allium_net::metrics::METRICS.set_consensus(dir.valid_after(), dir.valid_until());
                 let at = allium_directory::schedule::refetch_at_ms(&dir.consensus().lifetime(), allium_directory::schedule::Fetcher::Client, rand::random());
                 tx.send_replace(Some(cache.store(dir)));
-                allium_net::operator::wait::status_changed();
+                state.record_directory(ConsensusState::of(cache.status(now())), Some(source));
                 retry.reset();
                 tokio::time::sleep(Duration::from_millis(at.saturating_sub(now_ms()).max(1000))).await;
             }
@@ -339,6 +415,7 @@ async fn directory_loop(cfg: ClientConfig, tx: watch::Sender<Option<Arc<NetDir>>
                 if keep.is_none() && tx.borrow().is_some() {
                     tx.send_replace(None);
                 }
+                state.record_directory(if keep.is_some() { ConsensusState::of(cache.status(t)) } else { ConsensusState::None }, None);
                 let wait = retry.next_delay(std::time::Instant::now(), rand::random::<f64>());
                 tracing::debug!("next consensus fetch in {} ms", wait.as_millis());
                 tokio::time::sleep(wait).await;

@@ -40,9 +40,20 @@ pub fn status_fn(state: Arc<ClientState>) -> allium_net::operator::StatusFn {
             json!({ "begin_timeouts": metrics.begin_timeouts.get(), "stalled_streams": metrics.stalled_streams.get(), "circuits_retired": metrics.circuits_retired.get() }),
         );
         m.insert("build_timeout_ms".into(), json!(state.circuits.build_timeout().as_millis() as u64));
+        m.insert("build_timeout_learned".into(), json!(state.circuits.build_timeout_learned()));
+        let d = *state.directory.lock().unwrap_or_else(|e| e.into_inner());
+        m.insert(
+            "directory".into(),
+            json!({ "consensus": d.consensus.as_str(), "from_guards": d.from_guards, "from_fallbacks": d.from_fallbacks, "from_authorities": d.from_authorities }),
+        );
         m.insert("consensus_diffs".into(), json!(metrics.consensus_diffs.get()));
         let services: Map<String, Value> = state.service_states().into_iter().map(|(k, v)| (k, json!(v))).collect();
         m.insert("onion_services".into(), Value::Object(services));
+        let published: Map<String, Value> = state.service_publications().into_iter().map(|(k, v)| (k, json!(v))).collect();
+        m.insert("onion_publications".into(), Value::Object(published));
+        let (fresh, cached) = state.onions.connections_ready();
+        m.insert("onion_connections".into(), json!({ "fresh": fresh, "cached": cached }));
+        m.insert("onion_introductions_replayed".into(), json!(metrics.onion_introductions_replayed.get()));
         m
     })
 }

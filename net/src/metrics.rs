@@ -167,6 +167,8 @@ pub struct Metrics {
     pub handshakes: Counter,
     pub handshake_queue_delay: Histogram,
     pub onion_introductions: Counter,
+    /// INTRODUCE2 a service dropped as replays of one it had handled (THREATS A13).
+    pub onion_introductions_replayed: Counter,
     pub onion_rendezvous: Counter,
     /// Client stream recovery: BEGINs given up for lack of CONNECTED or END, streams ended
     /// because they stalled while owed DATA or a SENDME, and circuits that stopped taking new
@@ -209,6 +211,7 @@ pub static METRICS: Metrics = Metrics {
     handshakes: Counter::new(),
     handshake_queue_delay: Histogram::new(),
     onion_introductions: Counter::new(),
+    onion_introductions_replayed: Counter::new(),
     onion_rendezvous: Counter::new(),
     begin_timeouts: Counter::new(),
     stalled_streams: Counter::new(),
@@ -259,6 +262,7 @@ pub fn render(role: &str, now: u64) -> String {
     w.counter("allium_handshakes_total", "CREATE handshakes completed by this relay.", m.handshakes.get());
     w.histogram("allium_handshake_queue_delay_seconds", "Time a CREATE handshake waited for a handshake thread.", &m.handshake_queue_delay);
     w.counter("allium_onion_introductions_total", "Introductions handled (service: INTRODUCE2 received; relay: INTRODUCE1 forwarded).", m.onion_introductions.get());
+    w.counter("allium_onion_introductions_replayed_total", "INTRODUCE2 a service dropped as a replay of one it had handled.", m.onion_introductions_replayed.get());
     w.counter("allium_onion_rendezvous_total", "Rendezvous completed (service or client: joined; relay: circuits spliced).", m.onion_rendezvous.get());
     w.counter("allium_stream_begin_timeouts_total", "Streams given up because their BEGIN got no CONNECTED in time (clients; retried on another circuit).", m.begin_timeouts.get());
     w.counter("allium_streams_stalled_total", "Streams ended because nothing arrived for the stall timeout while data was owed (clients).", m.stalled_streams.get());

@@ -33,11 +33,14 @@ fn a34_two_authorities_down_clients_use_the_last_consensus_for_the_grace_only() 
         kill_process(Pid::from_raw(a.pid as i32).expect("pid"), Signal::KILL).expect("kill an authority");
     }
     // valid-until is 3 voting intervals (15 s) after the last consensus; the grace 6 (30 s).
-    let log = net.wait_log("client", Duration::from_secs(150), |l| l.contains(IN_GRACE));
+    let client = net.dir.join("client");
+    crate::support::wait_status(&client, "directory.consensus~grace", Duration::from_secs(150), "the client in the grace");
+    let log = net.node_log("client");
     assert!(log.contains(IN_GRACE), "the client never said it is using an expired consensus:\n{}", net.log_tail(20));
     let resp = fetch_as(&net, &server, "in-grace").unwrap_or_else(|c| panic!("a new circuit in the grace: reply {c}"));
     assert!(resp.ends_with(server.file("/1k")), "a new circuit works during the grace");
-    let log = net.wait_log("client", Duration::from_secs(150), |l| l.contains(GRACE_OVER));
+    crate::support::wait_status(&client, "directory.consensus~none", Duration::from_secs(150), "the grace over");
+    let log = net.node_log("client");
     assert!(log.contains(GRACE_OVER), "the client kept an expired consensus beyond the grace:\n{}", net.log_tail(20));
     assert_eq!(fetch_as(&net, &server, "after").unwrap_err(), 1, "after the grace: SOCKS general failure");
 }

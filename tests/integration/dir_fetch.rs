@@ -16,7 +16,10 @@ fn connections_from(log: &str, ip: &str) -> usize {
 fn client_directory_fetches_go_through_guards_and_never_reach_an_authority() {
     let net = Testnet::start(&[]);
     // Two fetches through a guard span at least one new consensus (one per 10 s voting round).
-    let client = net.wait_log("client", Duration::from_secs(120), |log| log.matches("consensus fetched from a guard").count() >= 2);
+    let status = crate::support::wait_status(&net.dir.join("client"), "directory.from_guards>=2", Duration::from_secs(120), "two consensuses through a guard");
+    assert_eq!(status["directory"]["from_authorities"], 0, "the client never fetched from an authority: {status}");
+    assert!(status["directory"]["from_fallbacks"].as_u64() >= Some(1), "the first consensus came from a fallback: {status}");
+    let client = net.node_log("client");
     assert!(
         client.lines().any(|l| l.contains("bootstrap 25%: consensus fetched and verified (") && l.ends_with("relays, from a fallback directory)")),
         "the first consensus comes from a fallback relay:\n{}",

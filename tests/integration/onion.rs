@@ -199,14 +199,14 @@ fn restarted_service_keeps_its_address_and_stays_reachable() {
     let server = FileServer::start(vec![("/page", page.clone())]);
     let net = Testnet::start(&[]);
     let svc = ServiceNode::start(&net, "hsrestart", server.addr());
-    assert!(svc.wait_log(Duration::from_secs(120), |l| l.contains(PUBLISHED)), "no descriptor published:\n{}", svc.log());
+    svc.wait_published(Duration::from_secs(120)).unwrap();
     let address = svc.address.clone();
     assert!(get(&net, &address, "/page") == page);
 
     let dir = svc.stop();
     let svc = ServiceNode::spawn(dir);
     assert_eq!(svc.address, address, "same address after a restart");
-    assert!(svc.wait_log(Duration::from_secs(120), |l| l.contains(PUBLISHED)), "no descriptor published after the restart:\n{}", svc.log());
+    svc.wait_published(Duration::from_secs(120)).unwrap();
     assert!(get(&net, &address, "/page") == page, "reachable after the restart");
 }
 
@@ -242,7 +242,8 @@ fn a13_replayed_introductions_are_dropped() {
     let genuine: usize = relays.iter().map(|r| count(&net.node_log(r), "test hook: forwarding an INTRODUCE2 twice")).sum();
     assert!(genuine >= 4, "the probe's and 3 introductions went through an introduction point ({genuine})");
     // The duplicates arrive right after the originals: wait until the service has seen them all.
-    let log = net.wait_log("hs", Duration::from_secs(30), |l| count(l, "replayed INTRODUCE2 dropped") >= genuine);
+    crate::support::wait_status(&net.dir.join("hs"), &format!("onion_introductions_replayed>={genuine}"), Duration::from_secs(30), "every duplicate seen");
+    let log = net.node_log("hs");
     assert_eq!(count(&log, "replayed INTRODUCE2 dropped"), genuine, "every duplicate dropped, nothing else\n{log}");
     assert_eq!(count(&log, "rendezvous joined"), genuine, "one rendezvous per genuine introduction\n{log}");
 }
@@ -260,7 +261,7 @@ fn a5_client_falls_through_hostile_hsdirs() {
     let server = FileServer::start(vec![("/p", page.clone())]);
     for i in 1..=2 {
         let svc = ServiceNode::start(&net, &format!("hsfresh{i}"), server.addr());
-        assert!(svc.wait_log(Duration::from_secs(120), |l| l.contains(PUBLISHED)), "{}", svc.log());
+        svc.wait_published(Duration::from_secs(120)).unwrap();
         assert!(get(&net, &svc.address, "/p") == page, "fresh service {i}");
     }
     let altered: usize = net.nodes.iter().filter(|n| n.role == "relay").map(|n| count(&net.node_log(&n.name), "test hook: serving an altered descriptor")).sum();
@@ -309,8 +310,9 @@ fn service_stays_reachable_across_period_boundaries() {
     let host = net.wait_env("ONION_HOST", ONION_DEADLINE).expect("ONION_HOST");
     let now = || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
     let start_period = now() / L;
-    let fresh_fetches = |log: &str| log.lines().filter(|l| l.contains("onion service connection ready") && !l.contains("cached")).count();
-    let before = fresh_fetches(&net.node_log("client"));
+    let client = net.dir.join("client");
+    let fresh_fetches = || crate::support::status_json(&client)["onion_connections"]["fresh"].as_u64().unwrap_or(0);
+    let before = fresh_fetches();
     // Connect every few seconds on a new rendezvous until the client has fetched the descriptor
     // anew in a later period, at most 3 periods.
     let mut i = 0;
@@ -319,7 +321,7 @@ fn service_stays_reachable_across_period_boundaries() {
         get_as(&net, &host, &format!("period-{i}"));
         i += 1;
         let later = now() / L > start_period;
-        if later && fresh_fetches(&net.node_log("client")) > before {
+        if later && fresh_fetches() > before {
             break;
         }
         assert!(Instant::now() < deadline, "no fresh descriptor fetch in a later period\n{}", net.node_log("client"));
@@ -327,7 +329,8 @@ fn service_stays_reachable_across_period_boundaries() {
     }
     // Once its own consensus is in the new period, the service publishes for the period after
     // it too (a second round, for a pair of periods it had not published for).
-    let hs = net.wait_log("hs", Duration::from_secs(2 * L), |l| count(l, PUBLISHED) >= 2);
+    crate::support::wait_status(&net.dir.join("hs"), "onion_publications.web>=2", Duration::from_secs(2 * L), "a second publication round");
+    let hs = net.node_log("hs");
     assert!(count(&hs, PUBLISHED) >= 2, "{hs}");
     eprintln!("{i} connections, crossing into period {}", now() / L);
 }

@@ -234,11 +234,20 @@ async fn socks_client_reaches_onion_services_or_gets_the_right_error() {
     // joins it at the rendezvous point as its virtual hop.
     let host = address(&public);
     let log_before_public = net.node_log("client");
+    let client_dir = net.dir.join("client");
+    let before = crate::support::status_json(&client_dir)["onion_connections"].clone();
     let code = socks_reply(&net, &host, 80).await;
     let rp = tokio::time::timeout(Duration::from_secs(5), joined.recv()).await.expect("the service joined the client").unwrap();
     let ready = |l: &str| l.lines().filter(|l| l.contains("onion service connection ready in")).map(String::from).collect::<Vec<_>>();
     let base = ready(&log_before_public).len();
-    let log = net.wait_log("client", Duration::from_secs(30), |l| ready(l).len() >= base + 2);
+    let total = |v: &serde_json::Value| v["fresh"].as_u64().unwrap_or(0) + v["cached"].as_u64().unwrap_or(0);
+    let want = total(&before) + 2;
+    // Off the runtime: the test's own service tasks must go on running meanwhile.
+    let (d, cond) = (client_dir.clone(), format!("onion_connections.cached>={}", before["cached"].as_u64().unwrap_or(0) + 1));
+    tokio::task::spawn_blocking(move || crate::support::wait_status(&d, &cond, Duration::from_secs(30), "the second connection (cached descriptor)")).await.unwrap();
+    let after = crate::support::status_json(&client_dir)["onion_connections"].clone();
+    assert_eq!(total(&after), want, "one fresh and one cached connection: {before} → {after}");
+    let log = net.node_log("client");
     let lines = ready(&log)[base..].to_vec();
     assert_eq!(lines.len(), 2, "client log:\n{log}");
     assert!(!lines[0].contains("cached") && lines[1].contains("cached"), "the second connection used the cached descriptor: {lines:?}");

@@ -35,9 +35,9 @@ fn stream_circuits(log: &str) -> Vec<(u64, String)> {
         .collect()
 }
 
-/// Polls the client log until it contains `needle` (or `limit` passes).
-fn wait_log(net: &Testnet, needle: &str, limit: Duration) -> String {
-    net.wait_log("client", limit, |log| log.contains(needle))
+/// Waits until the client's status satisfies `condition` (the node answers when it does).
+fn wait_client(net: &Testnet, condition: &str, limit: Duration) -> serde_json::Value {
+    crate::support::wait_status(&net.dir.join("client"), condition, limit, condition)
 }
 
 #[test]
@@ -45,8 +45,9 @@ fn usernames_isolate_circuits_and_one_username_reuses_its_circuit() {
     let server = FileServer::start(vec![("/1k", pseudo_random(1024, 11))]);
     let net = Testnet::start(&[]);
 
-    // Bootstrap phases, in order.
-    let log = wait_log(&net, "bootstrap 100%", Duration::from_secs(30));
+    // Bootstrap phases, in order (each logged before the step is reported).
+    wait_client(&net, "bootstrap.percent>=100", Duration::from_secs(30));
+    let log = client_log(&net);
     let mut at = 0;
     for phase in ["bootstrap 0%", "bootstrap 25%", "bootstrap 50%", "bootstrap 75%", "bootstrap 100%"] {
         let i = log[at..].find(phase).unwrap_or_else(|| panic!("no {phase:?} (in order) in the client log:\n{}", crate::support::tail(&net.dir.join("client").join("log"), 30)));
@@ -68,10 +69,10 @@ fn usernames_isolate_circuits_and_one_username_reuses_its_circuit() {
     for i in 0..24 {
         fetch_as(&net, &server, &format!("user{i}"));
     }
-    let log = wait_log(&net, "circuit build timeout learned: ", Duration::from_secs(30));
-    let learned = log.lines().filter_map(|l| l.split_once("circuit build timeout learned: ").map(|(_, r)| r.to_string())).next_back();
-    let learned = learned.unwrap_or_else(|| panic!("the client learned no build timeout after 24+ builds:\n{}", net.log_tail(30)));
-    eprintln!("learned circuit build timeout in the testnet: {learned}");
+    let status = wait_client(&net, "build_timeout_learned==true", Duration::from_secs(30));
+    eprintln!("learned circuit build timeout in the testnet: {} ms", status["build_timeout_ms"]);
+    let log = client_log(&net);
+    assert!(log.contains("circuit build timeout learned: "), "the operator is told the learned timeout:\n{}", net.log_tail(30));
 
     // Every circuit's path: three distinct relays in three /16s (each node has its own /16).
     let fps = fingerprints(&net);

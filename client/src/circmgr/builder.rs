@@ -105,6 +105,11 @@ impl Builder {
         self.timeouts.lock().expect("timeouts").timeout()
     }
 
+    /// Whether the build timeout was learned from enough builds.
+    pub fn build_timeout_learned(&self) -> bool {
+        self.timeouts.lock().expect("timeouts").learned()
+    }
+
     /// The L2 vanguards for this consensus (drawn or replaced first if needed; saved when
     /// changed).
     fn current_vanguards(self: &Arc<Self>, cands: &[crate::path::Candidate<'_>]) -> Vec<RelayId> {
@@ -266,6 +271,7 @@ impl Builder {
                             t.timeout().as_millis(),
                             t.samples()
                         );
+                        allium_net::operator::wait::status_changed();
                     }
                     drop(t);
                     if self.guard_timeouts.lock().expect("guard timeouts").remove(&g.identity).is_some() {

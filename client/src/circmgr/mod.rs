@@ -173,6 +173,11 @@ impl CircMgr {
         self.builder.build_timeout()
     }
 
+    /// Whether the build timeout was learned from enough builds (not the initial value).
+    pub fn build_timeout_learned(&self) -> bool {
+        self.builder.build_timeout_learned()
+    }
+
     /// For `allium status`: each predicted port (the fixed ones first) with how many clean
     /// circuits allow it now.
     pub fn ready_summary(&self) -> Vec<(u16, usize)> {

@@ -310,6 +310,7 @@ impl Loop<'_> {
                 Ok(a) => a,
                 Err(Introduce2Error::Replayed(_)) => {
                     tracing::debug!("onion service {}: replayed INTRODUCE2 dropped", self.svc.name);
+                    allium_net::metrics::METRICS.onion_introductions_replayed.inc();
                     continue;
                 }
                 Err(e) => {
@@ -402,6 +403,9 @@ impl Loop<'_> {
         let points = self.set.descriptor_points().len();
         self.svc.state.set_service_state(&self.svc.name, format!("published to {} HSDirs ({} failed), {points} introduction points", p.stored, p.failed));
         self.svc.published.send_replace(p.stored);
+        if p.stored > 0 {
+            self.svc.state.record_publication(&self.svc.name);
+        }
         if p.failed > 0 || p.stored == 0 {
             // Publish again a little later, so that every responsible HSDir holds the descriptor.
             self.publish_failures = self.publish_failures.saturating_add(1);

@@ -47,11 +47,18 @@ pub fn tail(path: &std::path::Path, n: usize) -> String {
 /// reports a status where CONDITION holds (`PATH OP VALUE`, e.g. `bootstrap.percent>=100`), and
 /// returns it; panics, saying `what`, if it does not within `limit`.
 pub fn wait_status(data_dir: &std::path::Path, condition: &str, limit: Duration, what: &str) -> serde_json::Value {
+    try_wait_status(data_dir, condition, limit).unwrap_or_else(|why| panic!("{what}: {why}"))
+}
+
+/// [`wait_status`] that reports a condition that did not hold instead of panicking.
+pub fn try_wait_status(data_dir: &std::path::Path, condition: &str, limit: Duration) -> Result<serde_json::Value, String> {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_allium"));
     cmd.args(["status", "--json", "--data-dir"]).arg(data_dir).args(["--wait", condition, "--wait-secs", &limit.as_secs().max(1).to_string()]);
-    let out = run_within(cmd, limit + Duration::from_secs(30)).unwrap_or_else(|| panic!("allium status --wait did not return: {what}"));
-    assert!(out.status.success(), "{what}: {condition} did not hold within {} s ({})", limit.as_secs(), String::from_utf8_lossy(&out.stderr).trim());
-    serde_json::from_slice(&out.stdout).unwrap_or_default()
+    let out = run_within(cmd, limit + Duration::from_secs(30)).ok_or("allium status --wait did not return")?;
+    if !out.status.success() {
+        return Err(format!("{condition} did not hold within {} s ({})", limit.as_secs(), String::from_utf8_lossy(&out.stderr).trim()));
+    }
+    Ok(serde_json::from_slice(&out.stdout).unwrap_or_default())
 }
 
 /// `allium status --json --data-dir DIR`: what the node running there reports, parsed (Null if

@@ -98,16 +98,10 @@ impl ServiceNode {
         std::fs::read_to_string(self.dir.join("log")).unwrap_or_default()
     }
 
-    /// Polls the log until `done` holds for it or `limit` passes; whether it held.
-    pub fn wait_log(&self, limit: Duration, done: impl Fn(&str) -> bool) -> bool {
-        let deadline = Instant::now() + limit;
-        while Instant::now() < deadline {
-            if done(&self.log()) {
-                return true;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        false
+    /// Waits (on the node: `allium status --wait`) until an HSDir stored the service's
+    /// descriptor; why not, after `limit`.
+    pub fn wait_published(&self, limit: Duration) -> Result<(), String> {
+        super::try_wait_status(&self.dir, "onion_publications.svc>=1", limit).map(|_| ()).map_err(|e| format!("the service's descriptor was not stored by an HSDir: {e}\n{}", self.log()))
     }
 
     /// Stops the node and waits for it to exit; returns its directory (to restart it).

@@ -118,18 +118,6 @@ impl Testnet {
         std::fs::read_to_string(self.dir.join(name).join("log")).unwrap_or_default()
     }
 
-    /// Polls a node's log until `done` holds for it, or `limit` passes; returns the log.
-    pub fn wait_log(&self, name: &str, limit: Duration, done: impl Fn(&str) -> bool) -> String {
-        let deadline = Instant::now() + limit;
-        loop {
-            let log = self.node_log(name);
-            if done(&log) || Instant::now() > deadline {
-                return log;
-            }
-            std::thread::sleep(POLL);
-        }
-    }
-
     /// Waits up to `limit` for `KEY=` in `DIR/testnet.env` (rewritten when the testnet learns
     /// more, e.g. `ONION_HOST`); its value, or None.
     pub fn wait_env(&self, key: &str, limit: Duration) -> Option<String> {
