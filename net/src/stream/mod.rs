@@ -1,5 +1,7 @@
 //! Streams multiplexed on one circuit end (the client's, the exit's, or an onion service's):
-//! flow and congestion control and the queues, kept by the circuit task in a [`StreamMux`].
+//! the queues and the stream tasks, kept by the circuit task in a [`StreamMux`]. The flow and
+//! congestion control decisions are the sans-IO [`StreamFlow`]'s (`allium_proto::circuit`);
+//! the mux carries them out.
 //!
 //! An open stream leaves the mux as a value, a [`DataStream`] (`data.rs`): whoever holds it —
 //! the SOCKS front end, the exit that connected the destination, the onion service that
@@ -8,27 +10,25 @@
 //! XON to a stream it had sent XOFF. Streams the other end opens are answered through
 //! [`Incoming`] (`incoming.rs`), one piece of code for exits and onion services.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use allium_proto::congestion::CongestionWindow;
-use allium_proto::flow::{FlowError, FlowParams, RecvWindow, SendmeToken, TokenReceiver, TokenSender, SENDME_TOKEN_LEN};
+use allium_proto::circuit::streams::{DataIn, Out, StreamFlow};
+use allium_proto::flow::{FlowError, FlowParams, SENDME_TOKEN_LEN};
 use allium_proto::relay_msg::{EndReason, RelayMsg, MAX_BODY_PER_CELL};
 use tokio::sync::{mpsc, Notify};
 use tokio::task::AbortHandle;
 
 use crate::limits::memquota::{Held, HeldMem, CELL_MEM};
 use data::{Pause, ReadGate, StreamTasks, WriterMsg};
+pub use allium_proto::circuit::streams::{StreamError, MAX_STREAMS};
 pub use data::{DataStream, Holding, HoldingWrite, StreamSocket};
 pub use incoming::{Answer, Incoming, IncomingStream, Reply};
 
 mod data;
 mod incoming;
 
-/// Streams one circuit may carry at once unless [`StreamMux::set_max_streams`] says otherwise
-/// (`limits.max_streams_per_circuit`).
-pub const MAX_STREAMS: usize = 1024;
 /// How long a stream's writer may go on delivering what it holds after its circuit closed
 /// (then it is stopped and its memory freed; at once if the memory budget closed the circuit).
 pub const DRAIN_GRACE: Duration = Duration::from_secs(60);
@@ -48,13 +48,7 @@ pub enum StreamEvent {
     WriteFailed { id: u16 },
 }
 
-/// A message waiting for the circuit window; DATA is charged to the circuit's memory.
-struct Pending {
-    id: u16,
-    msg: RelayMsg,
-    _held: Option<Held>,
-}
-
+/// One open stream's I/O side.
 struct Stream {
     writer: mpsc::UnboundedSender<WriterMsg>,
     /// The stream's ends, until [`StreamMux::take_stream`] hands them out.
@@ -62,47 +56,13 @@ struct Stream {
     tasks: Arc<StreamTasks>,
     /// Set while the other end holds this stream back (XOFF).
     paused: Arc<Pause>,
-    /// Cells handed to the writer and not yet written to the socket.
-    unwritten: u32,
-    /// We sent XOFF and owe XON once the writer catches up.
-    xoff_sent: bool,
-    /// When the other end last moved this stream forward (DATA, XON or XOFF for it), or when
-    /// it was opened.
-    last_progress: Instant,
-    /// The other end's last DATA filled its cell: it had more ready than one cell holds, so
-    /// more DATA is owed (a sender's last cell of a burst is partly empty, see `carry`).
-    last_data_full: bool,
-    /// Read bytes held back (less than a cell): the tail of a read that filled its buffer,
-    /// sent with the next read's bytes or when the reader finds nothing more ready.
-    carry: Vec<u8>,
 }
 
-/// A protocol violation by the other end of the circuit.
-#[derive(Debug, thiserror::Error)]
-pub enum StreamError {
-    #[error(transparent)]
-    Flow(#[from] FlowError),
-    #[error("message for a stream that was never opened")]
-    UnknownStream,
-    #[error("stream id already in use")]
-    DuplicateStream,
-    #[error("too many streams on one circuit")]
-    TooManyStreams,
-}
-
-/// The streams of one circuit end, with the circuit's congestion window and receive window.
+/// The streams of one circuit end: their flow control ([`StreamFlow`]) and their tasks.
 pub struct StreamMux {
+    flow: StreamFlow<Held>,
     streams: HashMap<u16, Stream>,
-    /// Ids closed by us whose late cells are ignored rather than treated as violations.
-    closed: HashSet<u16>,
-    circ_send: CongestionWindow,
-    circ_recv: RecvWindow,
-    /// The tokens circuit-level SENDMEs must echo, ours and the other end's.
-    tokens_out: TokenSender,
-    tokens_in: TokenReceiver,
-    /// Messages waiting for the congestion window, in order (END waits behind its DATA).
-    pending: VecDeque<Pending>,
-    /// DATA cells in `pending`, which the readers wait on.
+    /// DATA cells queued for the congestion window, which the readers wait on.
     gate: Arc<ReadGate>,
     /// Where stream data this circuit holds is charged (the node's memory budget).
     mem: Option<Arc<HeldMem>>,
@@ -110,13 +70,6 @@ pub struct StreamMux {
     draining: Vec<AbortHandle>,
     events_tx: mpsc::UnboundedSender<StreamEvent>,
     events_rx: mpsc::UnboundedReceiver<StreamEvent>,
-    next_id: u16,
-    /// The flow- and congestion-control parameters of this circuit (both ends use the same).
-    flow: FlowParams,
-    /// When the last circuit-level SENDME arrived (or the mux was made).
-    last_circ_sendme: Instant,
-    /// Streams this circuit may carry at once.
-    max_streams: usize,
 }
 
 impl Default for StreamMux {
@@ -130,28 +83,19 @@ impl StreamMux {
     pub fn new(flow: FlowParams) -> Self {
         let (events_tx, events_rx) = mpsc::unbounded_channel();
         StreamMux {
+            flow: StreamFlow::new(flow, Instant::now()),
             streams: HashMap::new(),
-            closed: HashSet::new(),
-            circ_send: CongestionWindow::new(flow.circuit_window, flow.circuit_sendme_inc, flow.cc),
-            circ_recv: RecvWindow::circuit(&flow),
-            tokens_out: TokenSender::new(&flow),
-            tokens_in: TokenReceiver::new(&flow),
-            pending: VecDeque::new(),
             gate: Arc::new(ReadGate { cells: Default::default(), cap: (flow.cc.cwnd_init as usize).into(), room: Arc::new(Notify::new()) }),
             mem: None,
             draining: Vec::new(),
             events_tx,
             events_rx,
-            next_id: 1,
-            flow,
-            last_circ_sendme: Instant::now(),
-            max_streams: MAX_STREAMS,
         }
     }
 
     /// Streams this circuit may carry at once (at least one); over it [`Self::open`] refuses.
     pub fn set_max_streams(&mut self, n: usize) {
-        self.max_streams = n.max(1);
+        self.flow.set_max_streams(n);
     }
 
     /// Charges the stream data this circuit holds (read and not yet sent, received and not yet
@@ -167,56 +111,27 @@ impl StreamMux {
     }
 
     pub fn len(&self) -> usize {
-        self.streams.len()
+        self.flow.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.streams.is_empty()
+        self.flow.is_empty()
     }
 
     /// Picks an unused stream id (client side).
     pub fn alloc_id(&mut self) -> Option<u16> {
-        if self.streams.len() >= self.max_streams {
-            return None;
-        }
-        loop {
-            let id = self.next_id;
-            self.next_id = self.next_id.checked_add(1).unwrap_or(1);
-            if !self.streams.contains_key(&id) {
-                self.closed.remove(&id);
-                return Some(id);
-            }
-        }
+        self.flow.alloc_id()
     }
 
     /// Registers a stream; DATA for it is queued until its [`DataStream`]
     /// ([`Self::take_stream`]) is spliced to a socket.
     pub fn open(&mut self, id: u16) -> Result<(), StreamError> {
-        if id == 0 || self.streams.contains_key(&id) {
-            return Err(StreamError::DuplicateStream);
-        }
-        if self.streams.len() >= self.max_streams {
-            return Err(StreamError::TooManyStreams);
-        }
-        self.closed.remove(&id);
+        self.flow.open(id, Instant::now())?;
         let (writer, rx) = mpsc::unbounded_channel();
         let paused: Arc<Pause> = Arc::default();
         let tasks: Arc<StreamTasks> = Arc::default();
         let ends = DataStream::new(id, rx, paused.clone(), self.gate.clone(), self.events_tx.clone(), tasks.clone());
-        self.streams.insert(
-            id,
-            Stream {
-                writer,
-                ends: Some(ends),
-                tasks,
-                paused,
-                unwritten: 0,
-                xoff_sent: false,
-                last_progress: Instant::now(),
-                last_data_full: false,
-                carry: Vec::new(),
-            },
-        );
+        self.streams.insert(id, Stream { writer, ends: Some(ends), tasks, paused });
         Ok(())
     }
 
@@ -233,27 +148,23 @@ impl StreamMux {
     }
 
     /// Handles DATA, SENDME, XOFF, XON or END from the other end. Returns messages to send back.
-    pub fn handle_msg(&mut self, id: u16, msg: RelayMsg) -> Result<Vec<(u16, RelayMsg)>, StreamError> {
+    pub fn handle_msg(&mut self, id: u16, msg: RelayMsg) -> Result<Out, StreamError> {
+        let now = Instant::now();
         match msg {
             RelayMsg::Sendme { token } if id == 0 => {
-                self.tokens_out.on_sendme(token.as_ref())?;
-                let now = Instant::now();
-                self.circ_send.on_sendme(now)?;
-                self.gate.set_cap(self.circ_send.cwnd() as usize);
-                self.last_circ_sendme = now;
-                Ok(self.flush())
+                let out = self.flow.on_circuit_sendme(token.as_ref(), now)?;
+                self.gate.set_cap(self.flow.cwnd() as usize);
+                Ok(self.sent(out))
             }
             // Streams have no SENDMEs: XON and XOFF pace them.
             RelayMsg::Sendme { .. } => Err(FlowError::UnexpectedSendme.into()),
-            RelayMsg::Xoff | RelayMsg::Xon if id == 0 => Err(StreamError::UnknownStream),
             RelayMsg::Xoff | RelayMsg::Xon => {
-                if let Some(s) = self.streams.get_mut(&id) {
-                    s.paused.set(msg == RelayMsg::Xoff);
-                    s.last_progress = Instant::now();
-                    Ok(vec![])
-                } else {
-                    self.late(id)
+                if let Some(pause) = self.flow.on_pause(id, msg == RelayMsg::Xoff, now)? {
+                    if let Some(s) = self.streams.get(&id) {
+                        s.paused.set(pause);
+                    }
                 }
+                Ok(vec![])
             }
             RelayMsg::Data(_) | RelayMsg::DataToken { .. } => {
                 let (d, token) = match msg {
@@ -261,38 +172,27 @@ impl StreamMux {
                     RelayMsg::Data(d) => (d, None),
                     _ => unreachable!(),
                 };
-                self.circ_recv.on_data()?;
-                self.tokens_in.on_data(token)?;
-                if let Some(s) = self.streams.get_mut(&id) {
-                    s.last_progress = Instant::now();
-                    s.last_data_full = d.len() + token.map_or(0, |_| SENDME_TOKEN_LEN) == MAX_BODY_PER_CELL;
-                    let held = self.mem.as_ref().map(|m| m.hold(CELL_MEM));
-                    if s.writer.send(WriterMsg::Data(d, held)).is_err() {
-                        // Its DataStream was dropped: nobody will consume it.
-                        let k = self.circ_recv.on_consumed(1);
-                        return Ok(self.circuit_sendmes(k));
+                let filled = d.len() + token.map_or(0, |_| SENDME_TOKEN_LEN);
+                match self.flow.on_data(id, filled, token, now)? {
+                    DataIn::Dropped(out) => Ok(out),
+                    DataIn::Deliver => {
+                        let s = self.streams.get(&id).expect("open in the flow, open here");
+                        let held = self.mem.as_ref().map(|m| m.hold(CELL_MEM));
+                        if s.writer.send(WriterMsg::Data(d, held)).is_err() {
+                            // Its DataStream was dropped: nobody will consume it.
+                            return Ok(self.flow.undeliverable());
+                        }
+                        Ok(self.flow.delivered(id))
                     }
-                    s.unwritten += 1;
-                    if s.unwritten > self.flow.xoff_cells && !s.xoff_sent {
-                        s.xoff_sent = true;
-                        return Ok(vec![(id, RelayMsg::Xoff)]);
-                    }
-                    Ok(vec![])
-                } else {
-                    // Count it as consumed so the circuit window is not lost.
-                    let k = self.circ_recv.on_consumed(1);
-                    self.late(id)?;
-                    Ok(self.circuit_sendmes(k))
                 }
             }
             RelayMsg::End(_) => {
-                if let Some(s) = self.streams.remove(&id) {
-                    self.retire(s);
-                    self.closed.insert(id);
-                    Ok(vec![])
-                } else {
-                    self.late(id)
+                if self.flow.on_end(id)? {
+                    if let Some(s) = self.streams.remove(&id) {
+                        self.retire(s);
+                    }
                 }
+                Ok(vec![])
             }
             _ => Err(StreamError::UnknownStream),
         }
@@ -300,136 +200,67 @@ impl StreamMux {
 
     /// Whether `id` is a stream this end closed (its late cells are ignored).
     pub fn was_closed(&self, id: u16) -> bool {
-        self.closed.contains(&id)
+        self.flow.was_closed(id)
     }
 
-    /// Streams that made no progress for `limit` although the other end owes them something:
-    /// a SENDME (our DATA waits for the congestion window) or more DATA (its last DATA cell was
-    /// full: it was in the middle of sending, and neither our circuit window nor an XOFF holds
-    /// it back). A stream that is merely idle — its last DATA a partly filled cell, nothing of
-    /// ours waiting — is never listed, nor one whose application stopped reading (then our
-    /// windows or XOFF hold the other end back), nor one the other end paused with XOFF.
+    /// Streams that made no progress for `limit` although the other end owes them something
+    /// ([`StreamFlow::stalled`]).
     pub fn stalled(&self, now: Instant, limit: Duration) -> Vec<u16> {
-        // Streams with DATA queued behind a closed congestion window.
-        let blocked: HashSet<u16> = if self.pending.front().is_some_and(|p| self.window_holds(&p.msg)) {
-            self.pending.iter().filter(|p| matches!(p.msg, RelayMsg::Data(_) | RelayMsg::DataToken { .. })).map(|p| p.id).collect()
-        } else {
-            HashSet::new()
-        };
-        let circuit_open = self.circ_recv.remaining() > 0;
-        let mut out: Vec<u16> = self
-            .streams
-            .iter()
-            .filter(|(id, s)| {
-                let waits_window = blocked.contains(id);
-                let since = if waits_window { s.last_progress.max(self.last_circ_sendme) } else { s.last_progress };
-                (waits_window || (s.last_data_full && circuit_open && !s.xoff_sent)) && now.saturating_duration_since(since) >= limit
-            })
-            .map(|(id, _)| *id)
-            .collect();
-        out.sort_unstable();
-        out
-    }
-
-    fn late(&self, id: u16) -> Result<Vec<(u16, RelayMsg)>, StreamError> {
-        if self.closed.contains(&id) {
-            Ok(vec![])
-        } else {
-            Err(StreamError::UnknownStream)
-        }
+        self.flow.stalled(now, limit)
     }
 
     /// Handles an event from a stream task. Returns messages to send.
-    pub fn handle_event(&mut self, ev: StreamEvent) -> Vec<(u16, RelayMsg)> {
+    pub fn handle_event(&mut self, ev: StreamEvent) -> Out {
+        let now = Instant::now();
+        let mem = self.mem.clone();
+        let mut hold = || mem.as_ref().map(|m| m.hold(CELL_MEM));
+        let mut rng = rand::thread_rng();
         match ev {
             StreamEvent::Data { id, data, more } => {
                 // The reader counted these cells at the gate when it read them.
                 let read_for = data.len().div_ceil(MAX_BODY_PER_CELL);
-                let Some(s) = self.streams.get_mut(&id) else {
+                let Some((cells, out)) = self.flow.on_read(id, &data, more, now, &mut rng, &mut hold) else {
                     self.gate.sub(read_for);
                     return vec![];
                 };
-                let mut bytes = std::mem::take(&mut s.carry);
-                bytes.extend_from_slice(&data);
-                let cells = self.queue_data(id, bytes, more);
                 // Held-back bytes and a token's 16 bytes change the count: correct the gate.
                 if cells >= read_for {
                     self.gate.add(cells - read_for);
                 } else {
                     self.gate.sub(read_for - cells);
                 }
-                self.flush()
+                self.sent(out)
             }
             StreamEvent::Drained { id } => {
-                let Some(s) = self.streams.get_mut(&id) else { return vec![] };
-                let bytes = std::mem::take(&mut s.carry);
-                let cells = self.queue_data(id, bytes, false);
+                let Some((cells, out)) = self.flow.on_drained(id, now, &mut rng, &mut hold) else { return vec![] };
                 self.gate.add(cells);
-                self.flush()
+                self.sent(out)
             }
-            StreamEvent::Consumed { id, cells } => {
-                let k = self.circ_recv.on_consumed(cells);
-                let mut out = self.circuit_sendmes(k);
-                if let Some(s) = self.streams.get_mut(&id) {
-                    s.unwritten = s.unwritten.saturating_sub(cells);
-                    if s.xoff_sent && s.unwritten <= self.flow.xoff_cells / 2 {
-                        s.xoff_sent = false;
-                        out.push((id, RelayMsg::Xon));
-                    }
-                }
-                out
-            }
+            StreamEvent::Consumed { id, cells } => self.flow.on_consumed(id, cells),
             StreamEvent::Eof { id } => self.close(id, EndReason::Done),
             StreamEvent::WriteFailed { id } => self.close(id, EndReason::ConnReset),
         }
     }
 
-    /// Queues `bytes` of stream `id` as DATA cells (the cell completing an increment of the
-    /// circuit window carries a token); with `more`, a partly filled last cell is held back in
-    /// the stream's `carry` instead. Returns the cells queued.
-    fn queue_data(&mut self, id: u16, mut bytes: Vec<u8>, more: bool) -> usize {
-        let plan = self.tokens_out.plan(bytes.len());
-        let keep = match plan.last() {
-            Some(&(len, token)) if more && len < MAX_BODY_PER_CELL - if token { SENDME_TOKEN_LEN } else { 0 } => len,
-            _ => 0,
-        };
-        if let Some(s) = self.streams.get_mut(&id) {
-            s.carry = bytes.split_off(bytes.len() - keep);
+    /// Closes a stream from our side: bytes held back and queued DATA go first, then END.
+    pub fn close(&mut self, id: u16, reason: EndReason) -> Out {
+        let mem = self.mem.clone();
+        let mut hold = || mem.as_ref().map(|m| m.hold(CELL_MEM));
+        let Some((cells, out)) = self.flow.close(id, reason, Instant::now(), &mut rand::thread_rng(), &mut hold) else { return vec![] };
+        self.gate.add(cells);
+        if let Some(s) = self.streams.remove(&id) {
+            self.retire(s);
         }
-        let mut rest = &bytes[..];
-        let mut cells = 0;
-        for (len, due) in plan {
-            if rest.is_empty() {
-                break;
-            }
-            // The cell that completes an increment of the circuit window carries a fresh
-            // token, in 16 bytes taken from the stream's bytes.
-            let token: Option<SendmeToken> = due.then(rand::random);
-            let (chunk, tail) = rest.split_at(len);
-            rest = tail;
-            self.tokens_out.on_data(token);
-            let msg = match token {
-                Some(token) => RelayMsg::DataToken { data: chunk.to_vec(), token },
-                None => RelayMsg::Data(chunk.to_vec()),
-            };
-            cells += 1;
-            let held = self.mem.as_ref().map(|m| m.hold(CELL_MEM));
-            self.pending.push_back(Pending { id, msg, _held: held });
-        }
-        cells
+        self.sent(out)
     }
 
-    /// Closes a stream from our side: bytes held back and queued DATA go first, then END.
-    pub fn close(&mut self, id: u16, reason: EndReason) -> Vec<(u16, RelayMsg)> {
-        if let Some(bytes) = self.streams.get_mut(&id).map(|s| std::mem::take(&mut s.carry)) {
-            let cells = self.queue_data(id, bytes, false);
-            self.gate.add(cells);
+    /// DATA cells leaving the queue free their place at the readers' gate.
+    fn sent(&self, out: Out) -> Out {
+        let data = out.iter().filter(|(_, m)| matches!(m, RelayMsg::Data(_) | RelayMsg::DataToken { .. })).count();
+        if data > 0 {
+            self.gate.sub(data);
         }
-        let Some(s) = self.streams.remove(&id) else { return vec![] };
-        self.retire(s);
-        self.closed.insert(id);
-        self.pending.push_back(Pending { id, msg: RelayMsg::End(reason), _held: None });
-        self.flush()
+        out
     }
 
     /// A stream left the table: its reader stops, its writer delivers what it holds and ends.
@@ -443,57 +274,6 @@ impl StreamMux {
         // A program writing to it in place stops waiting (its write fails).
         s.paused.set(false);
         self.gate.room.notify_waiters();
-    }
-
-    /// `k` circuit-level SENDMEs, each echoing the token of the increment it acknowledges.
-    fn circuit_sendmes(&mut self, k: u32) -> Vec<(u16, RelayMsg)> {
-        (0..k)
-            .filter_map(|_| {
-                let token = self.tokens_in.next_sendme();
-                debug_assert!(token.is_some(), "a SENDME is due only after its token arrived");
-                token.map(|t| (0, RelayMsg::Sendme { token: Some(t) }))
-            })
-            .collect()
-    }
-
-    /// Whether the congestion window holds back `msg` (a DATA cell): when it is closed, and
-    /// when only its last cell is left and `msg` is partly filled. A partly filled cell tells
-    /// the receiver "nothing more was ready" (the stall rule), so the cell that closes the
-    /// window is always full: a sender stopped by its window, whatever its source did just
-    /// before, leaves its receiver owed DATA. An increment's token cell is in flight whenever
-    /// one slot is left (at least two increments are), so a SENDME opens the window again.
-    fn window_holds(&self, msg: &RelayMsg) -> bool {
-        let filled = match msg {
-            RelayMsg::Data(d) => d.len(),
-            RelayMsg::DataToken { data, .. } => data.len() + SENDME_TOKEN_LEN,
-            _ => return false,
-        };
-        match self.circ_send.available() {
-            0 => true,
-            1 => filled < MAX_BODY_PER_CELL,
-            _ => false,
-        }
-    }
-
-    /// Sends what the congestion window allows, in order.
-    fn flush(&mut self) -> Vec<(u16, RelayMsg)> {
-        let mut out = Vec::new();
-        let mut data = 0;
-        let now = Instant::now();
-        while let Some(p) = self.pending.front() {
-            if matches!(p.msg, RelayMsg::Data(_) | RelayMsg::DataToken { .. }) {
-                if self.window_holds(&p.msg) || !self.circ_send.take(now, matches!(p.msg, RelayMsg::DataToken { .. })) {
-                    break;
-                }
-                data += 1;
-            }
-            let p = self.pending.pop_front().expect("front exists");
-            out.push((p.id, p.msg));
-        }
-        if data > 0 {
-            self.gate.sub(data);
-        }
-        out
     }
 }
 
@@ -527,6 +307,7 @@ mod tests {
     use super::*;
     use tokio::io::AsyncWriteExt;
     use allium_proto::congestion::CcParams;
+    use allium_proto::flow::{SendmeToken, TokenSender};
 
     /// A circuit window of `w` cells, a SENDME per `inc`, an initial congestion window of
     /// `cwnd`, XOFF after `xoff` cells.
@@ -587,7 +368,7 @@ mod tests {
         assert!(matches!(mux.open(2), Err(StreamError::DuplicateStream)));
         let _ = mux.close(2, EndReason::Done);
         mux.open(4).unwrap();
-        assert_eq!(MAX_STREAMS, StreamMux::default().max_streams, "the default");
+        assert_eq!(MAX_STREAMS, StreamMux::default().flow.max_streams(), "the default");
     }
 
     #[tokio::test]
@@ -697,7 +478,7 @@ mod tests {
             rx.handle_msg(id, m).unwrap();
         }
         assert_eq!(got, data);
-        assert_eq!(rx.circ_recv.remaining(), 1000 - 41);
+        assert_eq!(rx.flow.recv_remaining(), 1000 - 41);
     }
 
     /// The limits are the circuit's agreed ones, not the defaults: the receiver's circuit
@@ -739,7 +520,7 @@ mod tests {
             sent += out.iter().filter(|(_, m)| is_data(m)).count();
             tokens.extend(tokens_in(&out));
         }
-        let waiting = mux.pending.iter().filter(|p| is_data(&p.msg)).count();
+        let waiting = mux.flow.queued_data();
         assert_eq!(sent, 100, "the congestion window bounds what is sent");
         // Eight streams could read 400 cells; once 100 wait, the readers wait too (a cell that
         // carries a SENDME token can add one cell per increment of 10).
@@ -748,11 +529,11 @@ mod tests {
         // gap again, up to the grown window.
         let out = mux.handle_msg(0, circuit_sendme(tokens[0])).unwrap();
         assert_eq!(out.len(), 20);
-        assert_eq!(mux.circ_send.cwnd(), 110);
+        assert_eq!(mux.flow.cwnd(), 110);
         while let Ok(ev) = tokio::time::timeout(Duration::from_millis(300), mux.next_event()).await {
             mux.handle_event(ev);
         }
-        assert!(mux.pending.len() <= 121 && mux.pending.len() >= 90, "{} waiting", mux.pending.len());
+        assert!(mux.flow.queued() <= 121 && mux.flow.queued() >= 90, "{} waiting", mux.flow.queued());
     }
 
     #[tokio::test]
@@ -789,7 +570,7 @@ mod tests {
         mux.open(1).unwrap();
         let out = mux.handle_event(StreamEvent::Data { id: 1, data: vec![7; fill_but_one], more: false });
         assert_eq!(out.iter().filter(|(_, m)| is_data(m)).count(), 99);
-        assert_eq!(mux.circ_send.available(), 1);
+        assert_eq!(mux.flow.available(), 1);
         assert!(mux.handle_event(StreamEvent::Data { id: 1, data: vec![7; 10], more: false }).is_empty(), "the partial cell is held");
         assert!(mux.handle_event(StreamEvent::Data { id: 1, data: vec![7; 900], more: false }).is_empty(), "and what follows it");
         assert_eq!(mux.stalled(later, limit), vec![1], "held DATA waits for a circuit SENDME");
@@ -803,7 +584,7 @@ mod tests {
         full.handle_event(StreamEvent::Data { id: 1, data: vec![7; fill_but_one], more: false });
         let out = full.handle_event(StreamEvent::Data { id: 1, data: vec![7; MAX_BODY_PER_CELL - SENDME_TOKEN_LEN], more: false });
         assert_eq!(tokens_in(&out).len(), 1, "cell 100, full with its token, takes the last slot");
-        assert_eq!(full.circ_send.available(), 0);
+        assert_eq!(full.flow.available(), 0);
     }
 
     /// A stream is stalled only while the other end owes it something, and only after `limit`.
@@ -817,14 +598,14 @@ mod tests {
         }
         assert!(mux.stalled(later(3600), limit).is_empty(), "fresh streams owe nothing");
         // 1: the other end's last DATA filled its cell (mid-transfer).
-        let mut peer = Peer::new(&mux.flow);
+        let mut peer = Peer::new(mux.flow.params());
         mux.handle_msg(1, peer.data(vec![1; MAX_BODY_PER_CELL])).unwrap();
         // 2: its last DATA was a short one (end of a burst): idle, not stalled.
         mux.handle_msg(2, peer.data(vec![1; MAX_BODY_PER_CELL])).unwrap();
         mux.handle_msg(2, peer.data(vec![1; 10])).unwrap();
         // 3: our DATA waits behind the congestion window; a circuit SENDME is owed.
         let out = mux.handle_event(StreamEvent::Data { id: 3, data: vec![7; MAX_BODY_PER_CELL * 110], more: false });
-        assert_eq!(mux.circ_send.available(), 0);
+        assert_eq!(mux.flow.available(), 0);
         assert!(mux.stalled(later(19), limit).is_empty(), "not before the limit");
         assert_eq!(mux.stalled(later(21), limit), vec![1, 3]);
         // Progress clears each: a short DATA for 1, a circuit SENDME for 3.

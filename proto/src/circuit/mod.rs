@@ -10,6 +10,8 @@
 //!   CONNECTED and RESOLVED, the rendezvous virtual hop and the streams a service serves on it.
 //! - [`relay`]: one relay's hop of a circuit: its crypto layer, the RELAY_EARLY gate, forwarding
 //!   in both directions, EXTEND checks and the next hop's CREATED turned into EXTENDED.
+//! - [`streams`]: the flow and congestion control of the streams on one circuit end (windows,
+//!   SENDME tokens, XON/XOFF, the send queue, stalls).
 //! - [`handshake`]: the one reassembly of a handshake spread over CREATE/CREATED and CONTINUE.
 //! - [`fault`]: why a circuit ends, whose fault it was, and the one mapping to DESTROY reasons.
 
@@ -17,7 +19,10 @@ pub mod client;
 pub mod fault;
 pub mod handshake;
 pub mod relay;
+pub mod streams;
 
+#[cfg(test)]
+mod flow_tests;
 #[cfg(test)]
 mod pair;
 #[cfg(test)]
