@@ -1,13 +1,14 @@
 //! `allium status`: asks a running node on its control socket (`DATA_DIR/control.sock`) for
 //! its status and prints it, readably or as JSON; with `--wait CONDITION`, once the condition
-//! holds. Exit codes: 0 answered, 1 the node did not answer (not running, or not this user's)
-//! or the condition did not hold in time, 2 a bad config or command line.
+//! holds (a node that is still starting — its socket not bound yet — is waited for too, within
+//! the same time). Exit codes: 0 answered, 1 the node did not answer (not running, or not this
+//! user's) or the condition did not hold in time, 2 a bad config or command line.
 
 use std::io::{Read, Write};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use allium_proto::time::fmt_utc as format_utc;
 use serde_json::{Map, Value};
@@ -19,6 +20,8 @@ use crate::directory_cmd::AnyNodeConfig;
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(10);
 /// The longest answer read.
 const MAX_ANSWER: u64 = 4 << 20;
+/// How often a node that is still starting is tried again while waiting.
+const CONNECT_RETRY: Duration = Duration::from_millis(100);
 
 pub fn run(args: &StatusArgs) -> ExitCode {
     let data_dir = match (&args.config, &args.data_dir) {
@@ -35,18 +38,12 @@ pub fn run(args: &StatusArgs) -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let request = match &args.wait {
-        Some(cond) => {
-            if let Err(e) = allium_net::operator::wait::Condition::parse(cond) {
-                eprintln!("allium status: --wait: {e}");
-                return ExitCode::from(2);
-            }
-            format!("wait {cond} {}\n", args.wait_secs)
-        }
-        None => "status\n".to_string(),
-    };
-    let answer_within = ANSWER_TIMEOUT + if args.wait.is_some() { Duration::from_secs(args.wait_secs) } else { Duration::ZERO };
-    let status = match ask(&data_dir, &request, answer_within) {
+    if let Some(Err(e)) = args.wait.as_deref().map(allium_net::operator::wait::Condition::parse) {
+        eprintln!("allium status: --wait: {e}");
+        return ExitCode::from(2);
+    }
+    let deadline = args.wait.as_ref().map(|_| Instant::now() + Duration::from_secs(args.wait_secs));
+    let status = match ask(&data_dir, args.wait.as_deref(), deadline) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("allium status: {e}");
@@ -69,16 +66,35 @@ pub fn run(args: &StatusArgs) -> ExitCode {
     ExitCode::SUCCESS
 }
 
-fn ask(data_dir: &Path, request: &str, within: Duration) -> Result<Map<String, Value>, String> {
+/// Asks for the status, or with `wait` (until `deadline`) for the status once `wait` holds.
+fn ask(data_dir: &Path, wait: Option<&str>, deadline: Option<Instant>) -> Result<Map<String, Value>, String> {
     let path: PathBuf = allium_net::operator::control::socket_path(data_dir);
-    let mut s = UnixStream::connect(&path).map_err(|e| format!("no node answers on {}: {e} (is it running, as this user?)", path.display()))?;
-    s.set_read_timeout(Some(within)).map_err(|e| e.to_string())?;
+    let mut s = connect(&path, deadline).map_err(|e| format!("no node answers on {}: {e} (is it running, as this user?)", path.display()))?;
+    let left = deadline.map_or(Duration::ZERO, |d| d.saturating_duration_since(Instant::now()));
+    let request = match wait {
+        Some(cond) => format!("wait {cond} {}\n", left.as_secs().max(1)),
+        None => "status\n".to_string(),
+    };
+    s.set_read_timeout(Some(ANSWER_TIMEOUT + left)).map_err(|e| e.to_string())?;
     s.write_all(request.as_bytes()).map_err(|e| format!("cannot ask {}: {e}", path.display()))?;
     let mut buf = Vec::new();
     s.take(MAX_ANSWER).read_to_end(&mut buf).map_err(|e| format!("no answer from {}: {e}", path.display()))?;
     match serde_json::from_slice::<Value>(&buf) {
         Ok(Value::Object(m)) => Ok(m),
         Ok(_) | Err(_) => Err(format!("{} answered something that is not a status object", path.display())),
+    }
+}
+
+/// Connects to the control socket; while waiting (`deadline`), a node not answering yet (no
+/// socket, or nobody listening on it) is tried again until the deadline.
+fn connect(path: &Path, deadline: Option<Instant>) -> std::io::Result<UnixStream> {
+    loop {
+        match UnixStream::connect(path) {
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused) && deadline.is_some_and(|d| Instant::now() + CONNECT_RETRY < d) => {
+                std::thread::sleep(CONNECT_RETRY);
+            }
+            r => return r,
+        }
     }
 }
 

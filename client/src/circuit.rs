@@ -14,7 +14,9 @@ use std::time::{Duration, Instant};
 use allium_net::channel::Channel;
 use allium_net::link::PeerInfo;
 use allium_net::pool::ChannelPool;
-use allium_net::stream::{Answer, DataStream, Incoming, Reply, StreamError, StreamMux};
+use allium_net::cell_queue::CellReceiver;
+use allium_net::reactor::{self, CircuitEnd, LinkGone, Streams};
+use allium_net::stream::{DataStream, Incoming, StreamError, StreamMux};
 use allium_net::limits::counters::{LimitCounters, LIMITS};
 use allium_proto::cell::{Cell, DestroyReason};
 use allium_proto::circuit::{ClientCircuit, Event, Fault, HopTarget};
@@ -251,7 +253,8 @@ impl CircHandle {
 /// machine's; streams' bytes are the [`StreamMux`]'s; this task only moves values between them.
 struct Circuit {
     chan: Channel,
-    rx: allium_net::cell_queue::CellReceiver,
+    /// The circuit's share of the memory budget (its link queue's), charged for stream data.
+    mem: Arc<allium_net::limits::memquota::HeldMem>,
     machine: ClientCircuit,
     /// Sent to every hop; the streams use it.
     flow: FlowParams,
@@ -263,6 +266,13 @@ struct Circuit {
     retired: Arc<AtomicBool>,
     /// What [`crate::recovery`] has logged for this circuit.
     logged: crate::recovery::Logged,
+    /// The handles' requests, while any handle is left.
+    requests: Option<mpsc::Receiver<CircRequest>>,
+    /// Requests waiting for CONNECTED or RESOLVED.
+    pending: std::collections::HashMap<u16, Pending>,
+    resolves: std::collections::HashMap<u16, ResolveRequest>,
+    /// When streams are next checked for deadlines ([`crate::recovery`]).
+    next_check: Instant,
 }
 
 /// Builds a circuit through `path` (guard first, at least one hop) and starts its task.
@@ -281,7 +291,7 @@ pub async fn build_within(pool: &ChannelPool, path: &[&ConsensusRelay], limit: D
         .map_err(|_| CircError::Timeout { hops_done: progress.load(Ordering::Relaxed) })
         .and_then(|r| r);
     let metrics = &allium_net::metrics::METRICS;
-    let (circ, control_rx) = match built {
+    let (circ, rx, control_rx) = match built {
         Ok(c) => c,
         Err(e) => {
             metrics.circuits_failed.inc(match e {
@@ -302,7 +312,9 @@ pub async fn build_within(pool: &ChannelPool, path: &[&ConsensusRelay], limit: D
     } else {
         tracing::debug!("circuit built in {ms:.1} ms through {}", hops.join(" "));
     }
-    let (tx, rx) = mpsc::channel(64);
+    let (tx, requests) = mpsc::channel(64);
+    let mut circ = circ;
+    circ.requests = Some(requests);
     let last_keys = Arc::new(circ.machine.last_keys().expect("at least one hop").clone());
     let retired = circ.retired.clone();
     let open = metrics.circuits_open.open();
@@ -325,18 +337,34 @@ fn hop_target(relay: &ConsensusRelay) -> HopTarget {
     HopTarget { target: ExtendTarget { addr: relay.address, identity: relay.identity.0, link_key: relay.link_key }, onion_key: relay.onion_key }
 }
 
-async fn build_inner(pool: &ChannelPool, path: &[&ConsensusRelay], progress: &AtomicUsize, flow: FlowParams) -> Result<(Circuit, mpsc::Receiver<(usize, RelayMsg)>), CircError> {
+/// A built circuit, its link queue and the receiving end of its control queue.
+type Built = (Circuit, CellReceiver, mpsc::Receiver<(usize, RelayMsg)>);
+
+async fn build_inner(pool: &ChannelPool, path: &[&ConsensusRelay], progress: &AtomicUsize, flow: FlowParams) -> Result<Built, CircError> {
     let first = path[0];
     let chan = pool.get(&PeerInfo { addr: first.address, identity: first.identity, link_key: first.link_key }).await?;
-    let (id, rx) = chan.open_circuit().map_err(|_| CircError::Closed)?;
+    let (id, mut rx) = chan.open_circuit().map_err(|_| CircError::Closed)?;
     let (control_tx, control_rx) = mpsc::channel(CONTROL_QUEUE);
     let machine = ClientCircuit::new(id, ext_bytes(flow));
-    let mut c = Circuit { chan, rx, machine, flow, control_tx, serving: None, retired: Default::default(), logged: Default::default() };
-    let r = c.build_hops(path, progress).await;
+    let mut c = Circuit {
+        chan,
+        mem: rx.held_mem(),
+        machine,
+        flow,
+        control_tx,
+        serving: None,
+        retired: Default::default(),
+        logged: Default::default(),
+        requests: None,
+        pending: Default::default(),
+        resolves: Default::default(),
+        next_check: Instant::now() + crate::recovery::CHECK_EVERY,
+    };
+    let r = c.build_hops(&mut rx, path, progress).await;
     if r.is_err() {
         c.chan.destroy(id, DestroyReason::Requested);
     }
-    r.map(|_| (c, control_rx))
+    r.map(|_| (c, rx, control_rx))
 }
 
 impl From<Fault> for CircError {
@@ -350,13 +378,13 @@ impl From<Fault> for CircError {
 }
 
 impl Circuit {
-    async fn build_hops(&mut self, path: &[&ConsensusRelay], progress: &AtomicUsize) -> Result<(), CircError> {
+    async fn build_hops(&mut self, rx: &mut CellReceiver, path: &[&ConsensusRelay], progress: &AtomicUsize) -> Result<(), CircError> {
         let mut rng = rand::rngs::OsRng;
         for hop in path {
             let cells = self.machine.extend(&mut rng, &hop_target(hop))?;
             self.send_cells(cells).await?;
             loop {
-                let cell = self.rx.recv().await.ok_or(CircError::Closed)?;
+                let cell = rx.recv().await.ok_or(CircError::Closed)?;
                 match self.machine.handle_cell(cell, Instant::now())? {
                     Event::Extended { .. } => break,
                     Event::Nothing => continue,
@@ -401,44 +429,15 @@ impl Circuit {
         if mux.is_empty() {
             self.flow = FlowParams::default();
             *mux = StreamMux::new(self.flow);
-            mux.set_mem(self.rx.held_mem());
+            mux.set_mem(self.mem.clone());
         }
     }
 
-    async fn run(mut self, mut requests: mpsc::Receiver<CircRequest>) {
-        let mut s = Streams { mux: StreamMux::new(self.flow), incoming: Incoming::new(MAX_INCOMING_PENDING), pending: Default::default(), resolves: Default::default() };
-        s.mux.set_mem(self.rx.held_mem());
-        let mut deadlines = tokio::time::interval(crate::recovery::CHECK_EVERY);
-        deadlines.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        let mut open = true;
-        let result: Result<(), CircError> = loop {
-            if !open && s.mux.is_empty() && s.pending.is_empty() && s.resolves.is_empty() {
-                break Ok(());
-            }
-            let step = tokio::select! {
-                c = self.rx.recv() => match c {
-                    None => Err(CircError::Closed),
-                    Some(c) => match self.machine.handle_cell(c, Instant::now()) {
-                        Ok(ev) => self.on_event(ev, &mut s).await,
-                        Err(f) => Err(f.into()),
-                    },
-                },
-                req = requests.recv(), if open => match req {
-                    // Every handle is gone: close once the last stream ends.
-                    None => { open = false; Ok(()) }
-                    Some(req) => self.on_request(req, &mut s).await,
-                },
-                (sid, answer) = s.incoming.next_answer() => self.on_answer(sid, answer, &mut s).await,
-                _ = deadlines.tick(), if !s.mux.is_empty() => self.check_deadlines(&mut s).await,
-                ev = s.mux.next_event() => {
-                    let out = s.mux.handle_event(ev);
-                    self.send_all(out).await
-                }
-            };
-            if let Err(e) = step {
-                break Err(e);
-            }
-        };
+    /// Drives the circuit with the reactor until it ends, then tears it down.
+    async fn run(mut self, mut rx: CellReceiver) {
+        let mut s = Streams { mux: StreamMux::new(self.flow), incoming: Incoming::new(MAX_INCOMING_PENDING) };
+        s.mux.set_mem(self.mem.clone());
+        let result = reactor::run(&mut self, &mut rx, &mut s).await;
         match result {
             Err(CircError::Destroyed(r)) => {
                 tracing::debug!("circuit destroyed ({r:?})");
@@ -452,15 +451,15 @@ impl Circuit {
                     e => tracing::debug!("circuit closed: {e}"),
                 }
                 // A queue the memory budget reclaimed is our own resource limit, not a protocol error.
-                let reason = if self.rx.reclaimed() { DestroyReason::ResourceLimit } else { DestroyReason::Protocol };
+                let reason = if rx.reclaimed() { DestroyReason::ResourceLimit } else { DestroyReason::Protocol };
                 self.chan.destroy(self.machine.id(), reason);
             }
             Ok(()) => self.chan.destroy(self.machine.id(), DestroyReason::Finished),
         }
-        for (_, p) in s.pending {
+        for (_, p) in self.pending.drain() {
             p.fail(EndReason::Destroy);
         }
-        for (_, req) in s.resolves {
+        for (_, req) in self.resolves.drain() {
             let _ = req.done.send(Err(EndReason::Destroy));
         }
     }
@@ -472,14 +471,14 @@ impl Circuit {
             Event::Send(cells) => self.send_cells(cells).await,
             Event::Control { hop, msg } => self.control_tx.try_send((hop, msg)).map_err(|_| CircError::Protocol("circuit-level messages not read".into())),
             Event::Resolved { stream, result } => {
-                if let Some(req) = s.resolves.remove(&stream) {
+                if let Some(req) = self.resolves.remove(&stream) {
                     let _ = req.done.send(result);
                 }
                 Ok(())
             }
-            Event::Connected { stream, .. } | Event::Refused { stream, .. } if !s.pending.contains_key(&stream) => Ok(()),
+            Event::Connected { stream, .. } | Event::Refused { stream, .. } if !self.pending.contains_key(&stream) => Ok(()),
             Event::Connected { stream, addr } => {
-                match s.pending.remove(&stream).expect("checked") {
+                match self.pending.remove(&stream).expect("checked") {
                     Pending::App(req) => {
                         allium_net::metrics::METRICS.streams_opened.inc();
                         let data = s.mux.take_stream(stream).expect("opened with its BEGIN");
@@ -495,7 +494,7 @@ impl Circuit {
                 Ok(())
             }
             Event::Refused { stream, reason } => {
-                let req = s.pending.remove(&stream).expect("checked");
+                let req = self.pending.remove(&stream).expect("checked");
                 let _ = s.mux.handle_msg(stream, RelayMsg::End(reason));
                 allium_net::metrics::METRICS.streams_failed.inc(allium_net::metrics::stream_failure(reason));
                 req.fail(reason);
@@ -573,30 +572,16 @@ impl Circuit {
         Ok(())
     }
 
-    /// The service's answer to a stream from the virtual hop: CONNECTED (no address) and the
-    /// stream handed over, or END. Dropped if the client ended the stream meanwhile.
-    async fn on_answer(&mut self, sid: u16, answer: Answer, s: &mut Streams) -> Result<(), CircError> {
-        match s.incoming.answered(sid, answer, &mut s.mux) {
-            Reply::Connected(msg, handover) => {
-                self.send_last(sid, &msg).await?;
-                handover.give();
-                Ok(())
-            }
-            Reply::End(_, out) => self.send_all(out).await,
-            Reply::Nothing => Ok(()),
-        }
-    }
-
     /// Sends RESOLVE on a stream id no stream or RESOLVE uses; the id is free again once the
     /// exit's RESOLVED arrives.
     async fn resolve(&mut self, req: ResolveRequest, s: &mut Streams) -> Result<(), CircError> {
         let id = (0..64).find_map(|_| s.mux.alloc_id().filter(|id| !self.machine.resolving(*id)));
-        let Some(id) = id.filter(|_| s.resolves.len() < MAX_RESOLVES) else {
+        let Some(id) = id.filter(|_| self.resolves.len() < MAX_RESOLVES) else {
             let _ = req.done.send(Err(EndReason::ResourceLimit));
             return Ok(());
         };
         let cells = self.machine.resolve(id, &req.host)?;
-        s.resolves.insert(id, req);
+        self.resolves.insert(id, req);
         self.send_cells(cells).await
     }
 
@@ -617,7 +602,7 @@ impl Circuit {
         crate::recovery::record(&gave_up, newly, &mut self.logged);
         let mut out = Vec::new();
         for id in late {
-            if let Some(req) = s.pending.remove(&id) {
+            if let Some(req) = self.pending.remove(&id) {
                 req.fail(EndReason::Timeout);
             }
             out.extend(s.mux.close(id, EndReason::Timeout));
@@ -636,16 +621,55 @@ impl Circuit {
         };
         s.mux.open(id).map_err(|e| CircError::Protocol(e.to_string()))?;
         let cells = self.machine.begin(id, &msg, Instant::now())?;
-        s.pending.insert(id, req);
+        self.pending.insert(id, req);
         self.send_cells(cells).await
     }
 }
 
-/// The circuit task's streams: the data streams' table, the streams offered to a service,
-/// and the requests waiting for CONNECTED or RESOLVED.
-struct Streams {
-    mux: StreamMux,
-    incoming: Incoming,
-    pending: std::collections::HashMap<u16, Pending>,
-    resolves: std::collections::HashMap<u16, ResolveRequest>,
+impl CircuitEnd for Circuit {
+    type Error = CircError;
+    /// A handle's request; `None` once every handle is gone.
+    type Extra = Option<CircRequest>;
+
+    async fn on_cell(&mut self, cell: Result<Cell, LinkGone>, streams: &mut Streams) -> Result<(), CircError> {
+        let cell = cell.map_err(|_| CircError::Closed)?;
+        let ev = self.machine.handle_cell(cell, Instant::now())?;
+        self.on_event(ev, streams).await
+    }
+
+    async fn send_stream(&mut self, msgs: Vec<(u16, RelayMsg)>) -> Result<(), CircError> {
+        self.send_all(msgs).await
+    }
+
+    async fn next_extra(&mut self) -> Option<CircRequest> {
+        match &mut self.requests {
+            Some(rx) => rx.recv().await,
+            None => std::future::pending().await,
+        }
+    }
+
+    async fn on_extra(&mut self, req: Option<CircRequest>, streams: &mut Streams) -> Result<(), CircError> {
+        match req {
+            Some(req) => self.on_request(req, streams).await,
+            // Every handle is gone: close once the last stream ends.
+            None => {
+                self.requests = None;
+                Ok(())
+            }
+        }
+    }
+
+    /// Streams are checked every [`crate::recovery::CHECK_EVERY`] while there are any.
+    fn next_deadline(&self, streams: &Streams) -> Option<Instant> {
+        (!streams.mux.is_empty()).then_some(self.next_check)
+    }
+
+    async fn on_deadline(&mut self, now: Instant, streams: &mut Streams) -> Result<(), CircError> {
+        self.next_check = now + crate::recovery::CHECK_EVERY;
+        self.check_deadlines(streams).await
+    }
+
+    fn finished(&self, streams: &Streams) -> bool {
+        self.requests.is_none() && streams.mux.is_empty() && self.pending.is_empty() && self.resolves.is_empty()
+    }
 }

@@ -14,6 +14,8 @@
 //! - [`channel`]: the channel reactor (reader and writer tasks of one link, its circuit table).
 //! - [`stream`]: streams on a circuit end: congestion window, XON/XOFF, SENDMEs; an open stream
 //!   as a value (`DataStream`: spliced to a socket, or read and written in place); BEGINs answered.
+//! - [`reactor`]: the one loop that drives a circuit end (client or relay hop) over its link:
+//!   cells, stream events, answers to incoming streams, the end's own events and deadlines.
 //! - [`pool`]: open links by peer identity.
 //! - [`metrics`]: process-wide counters, gauges and histograms (Prometheus text).
 //! - [`operator`]: the control socket (`allium status`) and the metrics endpoint.
@@ -33,6 +35,7 @@ pub mod frame_reader;
 pub mod log_rate;
 pub mod mem_trim;
 pub mod stream;
+pub mod reactor;
 pub mod pool;
 pub mod metrics;
 pub mod operator;

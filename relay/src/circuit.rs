@@ -16,7 +16,8 @@ use allium_net::link::{LinkError, PeerInfo};
 use allium_net::limits::bucket::TokenBucket;
 use allium_net::limits::counters::{LimitCounters, LIMITS};
 use allium_net::metrics::{stream_failure, METRICS};
-use allium_net::stream::{Holding, Incoming, Reply, StreamMux};
+use allium_net::reactor::{self, CircuitEnd, LinkGone, Streams};
+use allium_net::stream::{Holding, Incoming, StreamMux};
 use allium_proto::cell::{self, Cell, CellCmd, DestroyReason, PAYLOAD_LEN};
 use allium_proto::circuit::{Fault, FromNext, FromPrev, HandshakeRead, HandshakeReader, RelayHop, Side};
 use allium_proto::ids::RelayId;
@@ -71,8 +72,8 @@ struct Resolves {
     in_flight: std::collections::HashSet<u16>,
 }
 
-/// A circuit past its CREATE handshake.
-pub(crate) struct RelayCircuit {
+/// A circuit past its CREATE handshake, before its task runs.
+pub(crate) struct Accepted {
     pub ctx: Arc<RelayCtx>,
     pub prev: Channel,
     pub prev_id: u32,
@@ -83,12 +84,47 @@ pub(crate) struct RelayCircuit {
     pub hop_keys: HopKeys,
     /// The windows and increments the client chose in its CREATE (used if streams end here).
     pub flow: allium_proto::flow::FlowParams,
+}
+
+/// A circuit's end at this relay, as the reactor drives it ([`reactor::CircuitEnd`]).
+struct RelayCircuit {
+    ctx: Arc<RelayCtx>,
+    prev: Channel,
+    prev_id: u32,
+    hop: RelayHop,
+    hop_keys: HopKeys,
+    /// The next hop once its CREATE went out.
+    next: Option<Next>,
+    /// The link to the next hop being opened for an EXTEND.
+    extending: Option<PendingExtend>,
+    resolves: Resolves,
+    resolve_rx: mpsc::Receiver<ResolveResult>,
+    hs: Hs,
+    hs_rx: mpsc::Receiver<HsEvent>,
+    /// A circuit that ends here with nothing on it (no next hop, no stream, no onion-service
+    /// role) and moved no cell for this long is closed (`circuit_idle_timeout_secs`).
+    idle_limit: Duration,
+    last_touch: Instant,
+    /// Relay cells forwarded (for the corrupting test hook).
+    forwarded: u64,
     /// Relay cells forwarded toward the exit (for a test hook).
-    pub forwarded_out: u64,
+    forwarded_out: u64,
     /// Relay cells forwarded toward the client (for a test hook).
-    pub forwarded_in: u64,
+    forwarded_in: u64,
     /// This circuit's BEGIN rate (made at the first BEGIN).
-    pub begins: Option<TokenBucket>,
+    begins: Option<TokenBucket>,
+}
+
+/// What the relay's circuit end waits for beside its previous hop's cells and its streams.
+enum Extra {
+    /// A cell from the next hop, or its queue closed.
+    Next(Option<Cell>),
+    /// The link for an EXTEND opened, or could not be.
+    Extended(Result<Channel, LinkError>),
+    /// Something another circuit task handed to this one (onion services).
+    Hs(HsEvent),
+    /// A RESOLVE answered.
+    Resolved(ResolveResult),
 }
 
 /// Cells forwarded toward the client before the `inject_from_middle` test hook acts.
@@ -133,134 +169,92 @@ struct PendingExtend {
     hdata: Vec<u8>,
 }
 
-impl RelayCircuit {
-    pub async fn run(mut self) {
-        let mut next: Option<Next> = None;
-        let mut extending: Option<PendingExtend> = None;
-        let mut mux = StreamMux::new(self.flow);
-        mux.set_mem(self.prev_rx.held_mem());
-        mux.set_max_streams(self.ctx.limits.max_streams_per_circuit);
-        let mut incoming = Incoming::new(self.ctx.limits.max_streams_per_circuit);
-        let (resolve_tx, mut resolve_rx) = mpsc::channel::<ResolveResult>(self.ctx.limits.max_resolves_per_circuit);
-        let mut resolves = Resolves { tx: resolve_tx, in_flight: Default::default() };
-        let mut forwarded: u64 = 0;
-        let (key, tx, mut hs_rx) = self.ctx.hs.new_circuit();
-        let mut hs = Hs { key, tx, role: None };
-        // Idle expiry: a circuit that ends here with nothing on it (no next hop, no stream, no
-        // onion-service role) and moved no cell for `circuit_idle_timeout_secs` is closed.
-        let idle_limit = self.ctx.limits.circuit_idle_timeout();
-        let tick = (idle_limit / 4).max(Duration::from_millis(100));
-        let mut idle_tick = tokio::time::interval_at(tokio::time::Instant::now() + tick, tick);
-        let mut idle_for = Duration::ZERO;
-        let Close(reason, side) = loop {
-            let mut ticked = false;
-            let step = tokio::select! {
-                _ = idle_tick.tick() => {
-                    ticked = true;
-                    let empty = next.is_none() && extending.is_none() && mux.is_empty() && hs.role.is_none() && resolves.in_flight.is_empty();
-                    idle_for = if empty { idle_for + tick } else { Duration::ZERO };
-                    if idle_for >= idle_limit {
-                        LimitCounters::hit(&LIMITS.idle_circuits_closed);
-                        Err(Close(DestroyReason::Finished, Side::Local))
-                    } else {
-                        Ok(())
-                    }
-                }
-                c = self.prev_rx.recv() => match c {
-                    None if self.prev_rx.reclaimed() => Err(Close(DestroyReason::ResourceLimit, Side::Local)),
-                    None => Err(Close(DestroyReason::ChannelClosed, Side::Prev)),
-                    Some(c) => self.on_prev_cell(c, &mut next, &mut extending, &mut mux, &mut incoming, &mut resolves, &mut forwarded, &mut hs).await,
-                },
-                c = recv_next(&mut next) => match c {
-                    None if next.as_ref().is_some_and(|n| n.rx.reclaimed()) => Err(Close(DestroyReason::ResourceLimit, Side::Local)),
-                    None => Err(Close(DestroyReason::ChannelClosed, Side::Next)),
-                    Some(c) => self.on_next_cell(c, &mut forwarded).await,
-                },
-                r = join_extend(&mut extending) => self.extended_link(r, &mut next, &mut extending).await,
-                ev = mux.next_event() => {
-                    let out = mux.handle_event(ev);
-                    self.send_all(out).await
-                }
-                (id, answer) = incoming.next_answer() => match incoming.answered(id, answer, &mut mux) {
-                    Reply::Connected(msg, handover) => {
-                        METRICS.streams_opened.inc();
-                        let step = self.send_back(id, &msg).await;
-                        handover.give();
-                        step
-                    }
-                    Reply::End(reason, out) => {
-                        METRICS.streams_failed.inc(stream_failure(reason));
-                        self.send_all(out).await
-                    }
-                    Reply::Nothing => Ok(()),
-                },
-                Some(ev) = hs_rx.recv() => self.on_hs_event(ev).await,
-                Some((id, result)) = resolve_rx.recv() => {
-                    // The stream id is free again once RESOLVED is sent.
-                    resolves.in_flight.remove(&id);
-                    self.send_back(id, &RelayMsg::Resolved { result, ext: Default::default() }).await
-                }
-            };
-            if !ticked {
-                idle_for = Duration::ZERO;
-            }
-            if let Err(c) = step {
-                break c;
-            }
+impl Accepted {
+    /// Runs the circuit's task until the circuit ends, then tears it down.
+    pub async fn run(self) {
+        let Accepted { ctx, prev, prev_id, mut prev_rx, hop, hop_keys, flow } = self;
+        let limits = &ctx.limits;
+        let mut streams = Streams { mux: StreamMux::new(flow), incoming: Incoming::new(limits.max_streams_per_circuit) };
+        streams.mux.set_mem(prev_rx.held_mem());
+        streams.mux.set_max_streams(limits.max_streams_per_circuit);
+        let (resolve_tx, resolve_rx) = mpsc::channel::<ResolveResult>(limits.max_resolves_per_circuit);
+        let (key, tx, hs_rx) = ctx.hs.new_circuit();
+        let idle_limit = limits.circuit_idle_timeout();
+        let mut c = RelayCircuit {
+            prev,
+            prev_id,
+            hop,
+            hop_keys,
+            next: None,
+            extending: None,
+            resolves: Resolves { tx: resolve_tx, in_flight: Default::default() },
+            resolve_rx,
+            hs: Hs { key, tx, role: None },
+            hs_rx,
+            idle_limit,
+            last_touch: Instant::now(),
+            forwarded: 0,
+            forwarded_out: 0,
+            forwarded_in: 0,
+            begins: None,
+            ctx,
         };
+        let Err(Close(reason, side)) = reactor::run(&mut c, &mut prev_rx, &mut streams).await else { unreachable!("a relay circuit ends only by closing") };
+        c.teardown(reason, side);
+    }
+}
+
+impl RelayCircuit {
+    fn teardown(self, reason: DestroyReason, side: Side) {
+        let mut c = self;
         tracing::debug!("circuit closing: {reason:?}");
         // Forget it as an introduction or rendezvous circuit; a joined peer is destroyed too.
-        self.ctx.hs.circuit_closed(hs.key, reason);
+        c.ctx.hs.circuit_closed(c.hs.key, reason);
         // Which reason goes where is the machine's (THREATS A17, docs/PROTOCOL.md "Circuit
         // teardown"): CLOSING is queued without waiting (lost, and the client sees only
         // DESTROY's fixed reason, if the link's queue is full).
-        let t = self.hop.teardown(reason, side, self.prev.peer.is_none());
+        let t = c.hop.teardown(reason, side, c.prev.peer.is_none());
         if let Some(body) = t.closing {
-            let _ = self.prev.try_send(Cell { circ_id: self.prev_id, cmd: CellCmd::Relay, payload: *body });
+            let _ = c.prev.try_send(Cell { circ_id: c.prev_id, cmd: CellCmd::Relay, payload: *body });
         }
         match t.prev {
-            Some(r) => self.prev.destroy_in_order(self.prev_id, r),
-            None => self.prev.close_circuit(self.prev_id),
+            Some(r) => c.prev.destroy_in_order(c.prev_id, r),
+            None => c.prev.close_circuit(c.prev_id),
         }
-        if let Some(n) = next {
+        if let Some(n) = c.next.take() {
             match t.next {
                 Some(r) => n.chan.destroy(n.id, r),
                 None => n.chan.close_circuit(n.id),
             }
         }
-        if let Some(p) = extending {
+        if let Some(p) = c.extending.take() {
             p.task.abort();
         }
     }
 
-    #[allow(clippy::too_many_arguments)]
-    async fn on_prev_cell(
-        &mut self,
-        mut cell: Cell,
-        next: &mut Option<Next>,
-        extending: &mut Option<PendingExtend>,
-        mux: &mut StreamMux,
-        incoming: &mut Incoming,
-        resolves: &mut Resolves,
-        forwarded: &mut u64,
-        hs: &mut Hs,
-    ) -> Result<(), Close> {
+    /// Whether nothing is on this circuit: no next hop, no stream, no onion-service role, no
+    /// RESOLVE (it expires when idle).
+    fn is_empty(&self, streams: &Streams) -> bool {
+        self.next.is_none() && self.extending.is_none() && streams.mux.is_empty() && self.hs.role.is_none() && self.resolves.in_flight.is_empty()
+    }
+
+    async fn on_prev_cell(&mut self, mut cell: Cell, streams: &mut Streams) -> Result<(), Close> {
         // The cell is modified in place (its command, early or not, unchanged) and forwarded as is: no copies of its body.
         match self.hop.from_prev(&mut cell).map_err(|f| Close::of(f, Side::Prev))? {
             FromPrev::Nothing => Ok(()),
-            FromPrev::Forward => match next {
-                Some(_) if self.hook_stopped(true) => Ok(()),
-                Some(n) => {
-                    self.hook_corrupt(&mut cell.payload, forwarded);
-                    cell.circ_id = n.id;
-                    n.chan.send(cell).await.map_err(|_| Close(DestroyReason::ChannelClosed, Side::Local))
+            FromPrev::Forward => {
+                if self.hook_stopped(true) {
+                    return Ok(());
                 }
-                None => unreachable!("the machine forwards only to an open next hop"),
-            },
+                self.hook_corrupt(&mut cell.payload);
+                let n = self.next.as_ref().expect("the machine forwards only to an open next hop");
+                cell.circ_id = n.id;
+                n.chan.send(cell).await.map_err(|_| Close(DestroyReason::ChannelClosed, Side::Local))
+            }
             // A joined rendezvous circuit: the cell is for the other end. It goes backward on
             // the joined circuit, which adds its own Kb_layer (PROTOCOL, "Rendezvous").
-            FromPrev::Unrecognized if !self.hop.has_next() && hs.role == Some(HsRole::Rend) => {
-                let peer = self.ctx.hs.rend.lock().unwrap_or_else(|e| e.into_inner()).peer(&hs.key);
+            FromPrev::Unrecognized if !self.hop.has_next() && self.hs.role == Some(HsRole::Rend) => {
+                let peer = self.ctx.hs.rend.lock().unwrap_or_else(|e| e.into_inner()).peer(&self.hs.key);
                 match peer {
                     Some(p) if self.ctx.hs.deliver(p, HsEvent::Cell(Box::new(cell.payload))) => Ok(()),
                     Some(_) => Err(Close(DestroyReason::ResourceLimit, Side::Local)),
@@ -277,25 +271,20 @@ impl RelayCircuit {
                 Err(Close::of(RelayHop::unrecognized_fault(), Side::Local))
             }
             FromPrev::Extend { target, htype, hdata } => {
-                if !mux.is_empty() {
+                if !streams.mux.is_empty() {
                     return Err(Close(DestroyReason::Protocol, Side::Local));
                 }
-                self.start_extend(target, htype, hdata, extending)
+                self.start_extend(target, htype, hdata)
             }
             // Onion-service messages (stream 0, at the last hop only: the machine checked).
-            FromPrev::Msg { msg, .. } if is_hs_msg(&msg) => self.handle_hs_msg(msg, hs).await,
-            FromPrev::Msg { stream, msg } => self.handle_msg(stream, msg, mux, incoming, resolves).await,
+            FromPrev::Msg { msg, .. } if is_hs_msg(&msg) => self.handle_hs_msg(msg).await,
+            FromPrev::Msg { stream, msg } => self.handle_msg(stream, msg, streams).await,
         }
     }
 
-    async fn handle_msg(
-        &mut self,
-        stream_id: u16,
-        msg: RelayMsg,
-        mux: &mut StreamMux,
-        incoming: &mut Incoming,
-        resolves: &mut Resolves,
-    ) -> Result<(), Close> {
+    async fn handle_msg(&mut self, stream_id: u16, msg: RelayMsg, streams: &mut Streams) -> Result<(), Close> {
+        let Streams { mux, incoming } = streams;
+        let resolves = &mut self.resolves;
         // The machine refused streams on stream 0 or at a hop that is not the last.
         match msg {
             RelayMsg::Begin { host, port, .. } => {
@@ -390,7 +379,8 @@ impl RelayCircuit {
     }
 
     /// ESTABLISH_INTRO, INTRODUCE1, ESTABLISH_RENDEZVOUS or RENDEZVOUS1 at the last hop.
-    async fn handle_hs_msg(&mut self, msg: RelayMsg, hs: &mut Hs) -> Result<(), Close> {
+    async fn handle_hs_msg(&mut self, msg: RelayMsg) -> Result<(), Close> {
+        let (key, tx) = (self.hs.key, self.hs.tx.clone());
         let protocol = || Close(DestroyReason::Protocol, Side::Local);
         let role = match msg {
             RelayMsg::EstablishIntro { .. } => HsRole::Intro,
@@ -398,15 +388,15 @@ impl RelayCircuit {
             _ => HsRole::Rend,
         };
         // One role per circuit; the tables refuse a second message of the same role.
-        if hs.role.is_some_and(|r| r != role) {
+        if self.hs.role.is_some_and(|r| r != role) {
             return Err(protocol());
         }
-        hs.role = Some(role);
+        self.hs.role = Some(role);
         let points = self.ctx.hs.clone();
         let now = allium_net::keys::unix_now();
         match msg {
             m @ RelayMsg::EstablishIntro { .. } => {
-                let r = points.intro.lock().unwrap_or_else(|e| e.into_inner()).establish(hs.key, &m, &self.hop_keys, crate::hs_points::mono_ms());
+                let r = points.intro.lock().unwrap_or_else(|e| e.into_inner()).establish(key, &m, &self.hop_keys, crate::hs_points::mono_ms());
                 let (reply, _old) = r.map_err(|e| {
                     tracing::debug!("ESTABLISH_INTRO refused: {e}");
                     match e {
@@ -417,11 +407,11 @@ impl RelayCircuit {
                         _ => protocol(),
                     }
                 })?;
-                points.register(hs.key, &hs.tx);
+                points.register(key, &tx);
                 self.send_back(0, &reply).await
             }
             RelayMsg::Introduce1(body) => {
-                let r = points.intro.lock().unwrap_or_else(|e| e.into_inner()).introduce1(hs.key, &body, crate::hs_points::mono_ms());
+                let r = points.intro.lock().unwrap_or_else(|e| e.into_inner()).introduce1(key, &body, crate::hs_points::mono_ms());
                 let action = r.map_err(|e| {
                     tracing::debug!("INTRODUCE1 refused: {e}");
                     protocol()
@@ -445,8 +435,8 @@ impl RelayCircuit {
             }
             RelayMsg::EstablishRendezvous { cookie, .. } => {
                 // Reachable before it is filed, so that an expiry can destroy it.
-                points.register(hs.key, &hs.tx);
-                let r = points.rend.lock().unwrap_or_else(|e| e.into_inner()).establish(hs.key, &cookie, now);
+                points.register(key, &tx);
+                let r = points.rend.lock().unwrap_or_else(|e| e.into_inner()).establish(key, &cookie, now);
                 let reply = r.map_err(|e| {
                     tracing::debug!("ESTABLISH_RENDEZVOUS refused: {e}");
                     match e {
@@ -461,8 +451,8 @@ impl RelayCircuit {
             }
             RelayMsg::Rendezvous1 { cookie, hdata, .. } => {
                 // Reachable before the join, so that the client's cells and DESTROY find it.
-                points.register(hs.key, &hs.tx);
-                let r = points.rend.lock().unwrap_or_else(|e| e.into_inner()).rendezvous1(hs.key, &cookie, &hdata, now);
+                points.register(key, &tx);
+                let r = points.rend.lock().unwrap_or_else(|e| e.into_inner()).rendezvous1(key, &cookie, &hdata, now);
                 let (client, rend2) = r.map_err(|e| {
                     tracing::debug!("RENDEZVOUS1 refused: {e}");
                     protocol()
@@ -491,7 +481,7 @@ impl RelayCircuit {
         }
     }
 
-    fn start_extend(&mut self, target: ExtendTarget, htype: u16, hdata: Vec<u8>, extending: &mut Option<PendingExtend>) -> Result<(), Close> {
+    fn start_extend(&mut self, target: ExtendTarget, htype: u16, hdata: Vec<u8>) -> Result<(), Close> {
         let id = RelayId(target.identity);
         if id == self.ctx.id || target.identity == [0; 32] || self.prev.peer == Some(id) {
             return Err(Close(DestroyReason::Protocol, Side::Local));
@@ -505,12 +495,12 @@ impl RelayCircuit {
         let peer = PeerInfo { addr: target.addr, identity: id, link_key: target.link_key };
         let ctx = self.ctx.clone();
         let task = tokio::spawn(async move { ctx.pool.get(&peer).await });
-        *extending = Some(PendingExtend { task, htype, hdata });
+        self.extending = Some(PendingExtend { task, htype, hdata });
         Ok(())
     }
 
-    async fn extended_link(&mut self, r: Result<Channel, LinkError>, next: &mut Option<Next>, extending: &mut Option<PendingExtend>) -> Result<(), Close> {
-        let p = extending.take().expect("extend in progress");
+    async fn extended_link(&mut self, r: Result<Channel, LinkError>) -> Result<(), Close> {
+        let p = self.extending.take().expect("extend in progress");
         let chan = r.map_err(|e| {
             tracing::debug!("extend failed: {e}");
             Close(DestroyReason::ConnectFailed, Side::Local)
@@ -519,17 +509,17 @@ impl RelayCircuit {
         for c in cell::create_cells(id, p.htype, &p.hdata) {
             chan.send(c).await.map_err(|_| Close(DestroyReason::ConnectFailed, Side::Local))?;
         }
-        *next = Some(Next { chan, id, rx });
+        self.next = Some(Next { chan, id, rx });
         self.hop.creating();
         Ok(())
     }
 
-    async fn on_next_cell(&mut self, mut cell: Cell, forwarded: &mut u64) -> Result<(), Close> {
+    async fn on_next_cell(&mut self, mut cell: Cell) -> Result<(), Close> {
         let open = !self.hop.next_is_creating();
         match cell.cmd {
             CellCmd::Destroy => crate::test_hooks::record_destroy_from_next(&self.ctx.id, cell.payload[0]),
             CellCmd::Relay if open && self.hook_stopped(false) => return Ok(()),
-            CellCmd::Relay if open => self.hook_corrupt(&mut cell.payload, forwarded),
+            CellCmd::Relay if open => self.hook_corrupt(&mut cell.payload),
             CellCmd::RelayEarly => tracing::info!("RELAY_EARLY from the next hop: destroying the circuit"),
             _ => {}
         }
@@ -597,13 +587,78 @@ impl RelayCircuit {
     }
 
     /// Test-only fault: flip a byte of every forwarded relay cell after the first N.
-    #[allow(unused_variables)]
-    fn hook_corrupt(&self, body: &mut [u8; PAYLOAD_LEN], forwarded: &mut u64) {
-        *forwarded += 1;
+    fn hook_corrupt(&mut self, body: &mut [u8; PAYLOAD_LEN]) {
+        self.forwarded += 1;
         if let Some(after) = self.ctx.corrupt_after {
-            if *forwarded > after {
-                body[(*forwarded as usize * 7) % PAYLOAD_LEN] ^= 0x01;
+            if self.forwarded > after {
+                body[(self.forwarded as usize * 7) % PAYLOAD_LEN] ^= 0x01;
             }
+        }
+    }
+}
+
+impl CircuitEnd for RelayCircuit {
+    type Error = Close;
+    type Extra = Extra;
+
+    async fn on_cell(&mut self, cell: Result<Cell, LinkGone>, streams: &mut Streams) -> Result<(), Close> {
+        match cell {
+            Ok(c) => self.on_prev_cell(c, streams).await,
+            Err(LinkGone { reclaimed: true }) => Err(Close(DestroyReason::ResourceLimit, Side::Local)),
+            Err(LinkGone { reclaimed: false }) => Err(Close(DestroyReason::ChannelClosed, Side::Prev)),
+        }
+    }
+
+    async fn send_stream(&mut self, msgs: Vec<(u16, RelayMsg)>) -> Result<(), Close> {
+        self.send_all(msgs).await
+    }
+
+    async fn next_extra(&mut self) -> Extra {
+        tokio::select! {
+            c = recv_next(&mut self.next) => Extra::Next(c),
+            r = join_extend(&mut self.extending) => Extra::Extended(r),
+            Some(ev) = self.hs_rx.recv() => Extra::Hs(ev),
+            Some(r) = self.resolve_rx.recv() => Extra::Resolved(r),
+            else => std::future::pending().await,
+        }
+    }
+
+    async fn on_extra(&mut self, ev: Extra, _streams: &mut Streams) -> Result<(), Close> {
+        match ev {
+            Extra::Next(Some(c)) => self.on_next_cell(c).await,
+            Extra::Next(None) if self.next.as_ref().is_some_and(|n| n.rx.reclaimed()) => Err(Close(DestroyReason::ResourceLimit, Side::Local)),
+            Extra::Next(None) => Err(Close(DestroyReason::ChannelClosed, Side::Next)),
+            Extra::Extended(r) => self.extended_link(r).await,
+            Extra::Hs(ev) => self.on_hs_event(ev).await,
+            Extra::Resolved((id, result)) => {
+                // The stream id is free again once RESOLVED is sent.
+                self.resolves.in_flight.remove(&id);
+                self.send_back(id, &RelayMsg::Resolved { result, ext: Default::default() }).await
+            }
+        }
+    }
+
+    /// Idle expiry: only a circuit with nothing on it has a deadline.
+    fn next_deadline(&self, streams: &Streams) -> Option<Instant> {
+        self.is_empty(streams).then_some(self.last_touch + self.idle_limit)
+    }
+
+    async fn on_deadline(&mut self, now: Instant, streams: &mut Streams) -> Result<(), Close> {
+        if self.is_empty(streams) && now >= self.last_touch + self.idle_limit {
+            LimitCounters::hit(&LIMITS.idle_circuits_closed);
+            return Err(Close(DestroyReason::Finished, Side::Local));
+        }
+        Ok(())
+    }
+
+    fn touched(&mut self) {
+        self.last_touch = Instant::now();
+    }
+
+    fn answered(&mut self, refused: Option<EndReason>) {
+        match refused {
+            None => METRICS.streams_opened.inc(),
+            Some(reason) => METRICS.streams_failed.inc(stream_failure(reason)),
         }
     }
 }

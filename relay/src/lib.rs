@@ -308,7 +308,7 @@ impl CreateHandler for Creates {
             metrics.circuits_opened.inc();
             let _open = metrics.circuits_open.open();
             let (hop, hop_keys, flow) = keys;
-            circuit::RelayCircuit { ctx, prev: chan, prev_id: id, prev_rx: rx, hop, hop_keys, flow, forwarded_out: 0, forwarded_in: 0, begins: None }.run().await;
+            circuit::Accepted { ctx, prev: chan, prev_id: id, prev_rx: rx, hop, hop_keys, flow }.run().await;
         });
     }
 }
