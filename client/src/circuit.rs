@@ -438,6 +438,8 @@ impl Circuit {
         let mut s = Streams { mux: StreamMux::new(self.flow), incoming: Incoming::new(MAX_INCOMING_PENDING) };
         s.mux.set_mem(self.mem.clone());
         let result = reactor::run(&mut self, &mut rx, &mut s).await;
+        // Handles see the circuit closed (`is_closed`) before its control queue ends.
+        self.requests = None;
         match result {
             Err(CircError::Destroyed(r)) => {
                 tracing::debug!("circuit destroyed ({r:?})");
@@ -659,9 +661,11 @@ impl CircuitEnd for Circuit {
         }
     }
 
-    /// Streams are checked every [`crate::recovery::CHECK_EVERY`] while there are any.
+    /// Streams are checked every [`crate::recovery::CHECK_EVERY`] while there are any, and a
+    /// BEGIN exactly when it has waited [`crate::recovery::BEGIN_TIMEOUT`] (the machine's).
     fn next_deadline(&self, streams: &Streams) -> Option<Instant> {
-        (!streams.mux.is_empty()).then_some(self.next_check)
+        let check = (!streams.mux.is_empty()).then_some(self.next_check);
+        check.into_iter().chain(self.machine.next_deadline(crate::recovery::BEGIN_TIMEOUT)).min()
     }
 
     async fn on_deadline(&mut self, now: Instant, streams: &mut Streams) -> Result<(), CircError> {

@@ -638,12 +638,18 @@ impl CircuitEnd for RelayCircuit {
         }
     }
 
-    /// Idle expiry: only a circuit with nothing on it has a deadline.
+    /// Idle expiry (only a circuit with nothing on it), and the time cap of the next hop's
+    /// CREATED while it is reassembled (the machine's).
     fn next_deadline(&self, streams: &Streams) -> Option<Instant> {
-        self.is_empty(streams).then_some(self.last_touch + self.idle_limit)
+        let idle = self.is_empty(streams).then_some(self.last_touch + self.idle_limit);
+        idle.into_iter().chain(self.hop.next_deadline()).min()
     }
 
     async fn on_deadline(&mut self, now: Instant, streams: &mut Streams) -> Result<(), Close> {
+        if self.hop.next_deadline().is_some_and(|d| now >= d) {
+            // The next hop began its CREATED and never finished it: our own reason, told to the client.
+            return Err(Close(DestroyReason::Timeout, Side::Local));
+        }
         if self.is_empty(streams) && now >= self.last_touch + self.idle_limit {
             LimitCounters::hit(&LIMITS.idle_circuits_closed);
             return Err(Close(DestroyReason::Finished, Side::Local));
