@@ -72,11 +72,21 @@ pub trait CircuitEnd: Send {
 
 /// Drives `end` until it finishes or fails.
 pub async fn run<E: CircuitEnd>(end: &mut E, rx: &mut CellReceiver, streams: &mut Streams) -> Result<(), E::Error> {
+    // One timer, moved only when the deadline changes (not re-armed for every cell).
+    let timer = tokio::time::sleep_until(tokio::time::Instant::now());
+    tokio::pin!(timer);
+    let mut armed: Option<Instant> = None;
     loop {
         if end.finished(streams) {
             return Ok(());
         }
         let deadline = end.next_deadline(streams);
+        if deadline != armed {
+            if let Some(at) = deadline {
+                timer.as_mut().reset(tokio::time::Instant::from_std(at));
+            }
+            armed = deadline;
+        }
         let mut ticked = false;
         let step = tokio::select! {
             c = rx.recv() => {
@@ -102,8 +112,11 @@ pub async fn run<E: CircuitEnd>(end: &mut E, rx: &mut CellReceiver, streams: &mu
                 Reply::Nothing => Ok(()),
             },
             ev = end.next_extra() => end.on_extra(ev, streams).await,
-            _ = sleep_until(deadline) => {
+            _ = &mut timer, if armed.is_some() => {
                 ticked = true;
+                // Re-armed at the next turn, even for the same instant (an end that did not
+                // move its deadline is asked again, as it asks).
+                armed = None;
                 end.on_deadline(Instant::now(), streams).await
             }
         };
@@ -111,12 +124,5 @@ pub async fn run<E: CircuitEnd>(end: &mut E, rx: &mut CellReceiver, streams: &mu
             end.touched();
         }
         step?;
-    }
-}
-
-async fn sleep_until(at: Option<Instant>) {
-    match at {
-        Some(at) => tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await,
-        None => std::future::pending().await,
     }
 }

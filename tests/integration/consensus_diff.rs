@@ -3,30 +3,18 @@
 //! counts diffs applied; a diff that failed to apply or verify would have fallen back to the
 //! whole document and not counted), and the result is the consensus the authorities publish.
 
-use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::support::testnet::Testnet;
 
 #[test]
 fn a_client_holding_the_previous_consensus_fetches_a_diff_that_verifies() {
     let net = Testnet::start(&[]);
-    let status = || -> serde_json::Value {
-        let out = Command::new(env!("CARGO_BIN_EXE_allium")).args(["status", "--json", "--data-dir"]).arg(net.dir.join("client")).output().expect("run allium status");
-        serde_json::from_slice(&out.stdout).unwrap_or_default()
-    };
-    let first = status();
+    let client = net.dir.join("client");
+    let first = crate::support::status_json(&client);
     let first_valid_after = first["consensus"]["valid_after"].as_u64();
     // The test network votes every 10 s; the client refetches a few seconds after fresh-until.
-    let deadline = Instant::now() + Duration::from_secs(90);
-    let now = loop {
-        let s = status();
-        if s["consensus_diffs"].as_u64().is_some_and(|n| n >= 1) {
-            break s;
-        }
-        assert!(Instant::now() < deadline, "no consensus fetched as a diff within 90 s: {s}");
-        std::thread::sleep(Duration::from_millis(250));
-    };
+    let now = crate::support::wait_status(&client, "consensus_diffs>=1", Duration::from_secs(90), "a consensus fetched as a diff");
     assert_ne!(now["consensus"]["valid_after"].as_u64(), first_valid_after, "a newer consensus: {first} then {now}");
     assert_eq!(now["relays_in_consensus"].as_u64(), Some(5), "{now}");
 }

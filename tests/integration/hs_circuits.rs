@@ -34,27 +34,16 @@ fn client_netdir(net: &Testnet) -> NetDir {
     nd
 }
 
-/// The `valid-after` of a consensus text (0 if none).
-fn valid_after(text: &str) -> u64 {
-    text.lines().find_map(|l| l.strip_prefix("valid-after ")).and_then(|v| v.trim().parse().ok()).unwrap_or(0)
-}
-
-/// Waits (at most 30 s) until every relay holds a consensus at least as new as `nd`: the HSDir
-/// flags and rings this test reads from the client's consensus are then the relays' too (a
-/// relay still on the consensus before refuses an upload as `not an HSDir`).
+/// Waits (at most 30 s, on each relay: `allium status --wait`) until every relay holds a
+/// consensus at least as new as `nd`: the HSDir flags and rings this test reads from the
+/// client's consensus are then the relays' too (a relay still on the consensus before refuses
+/// an upload as `not an HSDir`).
 fn wait_relays_hold(net: &Testnet, nd: &NetDir) {
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
-    let relays: Vec<String> = net.with_role("relay").chain(net.with_role("exit")).map(|n| n.name.clone()).collect();
-    loop {
-        let behind: Vec<&String> = relays
-            .iter()
-            .filter(|r| valid_after(&std::fs::read_to_string(net.dir.join(r).join("cached-consensus")).unwrap_or_default()) < nd.valid_after())
-            .collect();
-        if behind.is_empty() {
-            return;
-        }
-        assert!(std::time::Instant::now() < deadline, "relays {behind:?} still hold a consensus older than the client's");
-        std::thread::sleep(std::time::Duration::from_millis(50));
+    let started = std::time::Instant::now();
+    for r in net.with_role("relay").chain(net.with_role("exit")) {
+        let left = std::time::Duration::from_secs(30).saturating_sub(started.elapsed());
+        let cond = format!("consensus.valid_after>={}", nd.valid_after());
+        crate::support::wait_status(&net.dir.join(&r.name), &cond, left, &format!("{} holds a consensus as new as the client's", r.name));
     }
 }
 

@@ -31,11 +31,8 @@ fn a29_introduction_flood_is_held_to_the_services_rate_and_honest_clients_get_th
     let svc = ServiceNode::start_with(&net, "flooded", server.addr(), &[("intro_rate_per_sec", RATE), ("intro_burst", BURST)]);
     let host = svc.address.clone();
     // The service is reachable before the flood (its descriptor is published).
-    let deadline = Instant::now() + Duration::from_secs(180);
-    while http_get_via_socks(net.socks, &host, 80, "/x").is_err() {
-        assert!(Instant::now() < deadline, "the service never became reachable\n{}", svc.log());
-        std::thread::sleep(Duration::from_millis(500));
-    }
+    svc.wait_published(Duration::from_secs(180)).unwrap();
+    assert!(http_get_via_socks(net.socks, &host, 80, "/x").is_ok(), "the service is reachable once published\n{}", svc.log());
 
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let identity = *OnionAddress::parse(&host).unwrap().identity();
