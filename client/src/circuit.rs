@@ -273,6 +273,8 @@ struct Circuit {
     resolves: std::collections::HashMap<u16, ResolveRequest>,
     /// When streams are next checked for deadlines ([`crate::recovery`]).
     next_check: Instant,
+    /// Cells of the message being sent (kept, so that sending allocates nothing).
+    outbuf: Vec<Cell>,
 }
 
 /// Builds a circuit through `path` (guard first, at least one hop) and starts its task.
@@ -359,6 +361,7 @@ async fn build_inner(pool: &ChannelPool, path: &[&ConsensusRelay], progress: &At
         pending: Default::default(),
         resolves: Default::default(),
         next_check: Instant::now() + crate::recovery::CHECK_EVERY,
+        outbuf: Vec::new(),
     };
     let r = c.build_hops(&mut rx, path, progress).await;
     if r.is_err() {
@@ -409,10 +412,17 @@ impl Circuit {
         self.send_cells(cells).await
     }
 
-    /// Encrypts and sends a message to the last hop.
+    /// Encrypts and sends a message to the last hop (through the reused buffer: the path of
+    /// every DATA cell).
     async fn send_last(&mut self, stream_id: u16, msg: &RelayMsg) -> Result<(), CircError> {
-        let cells = self.machine.encode_last(stream_id, msg)?;
-        self.send_cells(cells).await
+        let mut cells = std::mem::take(&mut self.outbuf);
+        cells.clear();
+        self.machine.encode_last_into(stream_id, msg, &mut cells)?;
+        for c in cells.drain(..) {
+            self.chan.send(c).await.map_err(|_| CircError::Closed)?;
+        }
+        self.outbuf = cells;
+        Ok(())
     }
 
     async fn send_all(&mut self, msgs: Vec<(u16, RelayMsg)>) -> Result<(), CircError> {

@@ -113,6 +113,8 @@ struct RelayCircuit {
     forwarded_in: u64,
     /// This circuit's BEGIN rate (made at the first BEGIN).
     begins: Option<TokenBucket>,
+    /// Bodies of the message being sent (kept, so that sending allocates nothing).
+    outbuf: Vec<[u8; PAYLOAD_LEN]>,
 }
 
 /// What the relay's circuit end waits for beside its previous hop's cells and its streams.
@@ -197,6 +199,7 @@ impl Accepted {
             forwarded_out: 0,
             forwarded_in: 0,
             begins: None,
+            outbuf: Vec::new(),
             ctx,
         };
         let Err(Close(reason, side)) = reactor::run(&mut c, &mut prev_rx, &mut streams).await else { unreachable!("a relay circuit ends only by closing") };
@@ -548,9 +551,13 @@ impl RelayCircuit {
 
     /// Sends a message this hop originates toward the client.
     async fn send_back(&mut self, stream_id: u16, msg: &RelayMsg) -> Result<(), Close> {
-        for body in self.hop.originate(stream_id, msg).map_err(|f| Close::of(f, Side::Local))? {
+        let mut bodies = std::mem::take(&mut self.outbuf);
+        bodies.clear();
+        self.hop.originate_into(stream_id, msg, &mut bodies).map_err(|f| Close::of(f, Side::Local))?;
+        for body in bodies.drain(..) {
             self.send_body(body).await?;
         }
+        self.outbuf = bodies;
         Ok(())
     }
 

@@ -28,16 +28,8 @@ fn a11_relays_extend_only_to_the_consensus_address_and_link_key() {
         // consensus yet extends anywhere (docs/PROTOCOL.md), and a fast-starting network can be
         // ready before every relay has fetched one.
         let r_node = net.nodes.iter().find(|n| n.addr == r.address).expect("R is a node of the test network");
-        let started = std::time::Instant::now();
-        loop {
-            let status = crate::support::status_json(&net.dir.join(&r_node.name));
-            if status["relays_in_consensus"].as_u64() >= Some(relays.len() as u64) {
-                break;
-            }
-            assert!(started.elapsed() < std::time::Duration::from_secs(60), "R's consensus does not list every relay: {status}");
-            // Poll interval; the relay fetches within a second of the consensus's publication.
-            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-        }
+        let (r_dir, cond) = (net.dir.join(&r_node.name), format!("relays_in_consensus>={}", relays.len()));
+        tokio::task::spawn_blocking(move || crate::support::wait_status(&r_dir, &cond, std::time::Duration::from_secs(60), "R's consensus lists every relay")).await.unwrap();
         // The impostor: a relay of ours with its own keys, claiming to be X.
         let (impostor, _) = crate::support::inproc::start_relay("impostor", "").await;
         let mut bogus = x.clone();

@@ -174,8 +174,15 @@ impl ClientCircuit {
     /// Encrypts `msg` on stream `stream_id` for `hop`: the cells to send, RELAY_EARLY where
     /// docs/PROTOCOL.md ("RELAY_EARLY") says so.
     pub fn encode(&mut self, hop: usize, stream_id: u16, msg: &RelayMsg) -> Result<Vec<Cell>, Fault> {
-        let is_extend = matches!(msg, RelayMsg::Extend { .. });
         let mut out = Vec::new();
+        self.encode_into(hop, stream_id, msg, &mut out)?;
+        Ok(out)
+    }
+
+    /// [`ClientCircuit::encode`] appending to `out` (a buffer the owner reuses, so that the
+    /// per-cell path allocates nothing more).
+    pub fn encode_into(&mut self, hop: usize, stream_id: u16, msg: &RelayMsg, out: &mut Vec<Cell>) -> Result<(), Fault> {
+        let is_extend = matches!(msg, RelayMsg::Extend { .. });
         for pt in relay_msg::encode_plaintexts(stream_id, msg) {
             let mut body = [0u8; PAYLOAD_LEN];
             body[..RELAY_PLAINTEXT_LEN].copy_from_slice(&pt);
@@ -183,12 +190,17 @@ impl ClientCircuit {
             let cmd = if self.early.mark(hop, is_extend) { CellCmd::RelayEarly } else { CellCmd::Relay };
             out.push(Cell { circ_id: self.id, cmd, payload: body });
         }
-        Ok(out)
+        Ok(())
     }
 
     /// [`ClientCircuit::encode`] for the last hop.
     pub fn encode_last(&mut self, stream_id: u16, msg: &RelayMsg) -> Result<Vec<Cell>, Fault> {
         self.encode(self.last(), stream_id, msg)
+    }
+
+    /// [`ClientCircuit::encode_into`] for the last hop.
+    pub fn encode_last_into(&mut self, stream_id: u16, msg: &RelayMsg, out: &mut Vec<Cell>) -> Result<(), Fault> {
+        self.encode_into(self.last(), stream_id, msg, out)
     }
 
     /// Sends BEGIN or BEGIN_DIR on stream `id` (allocated by the owner's stream table) to the

@@ -191,13 +191,20 @@ impl RelayHop {
     /// hop originates on stream `stream`.
     pub fn originate(&mut self, stream: u16, msg: &RelayMsg) -> Result<Vec<[u8; PAYLOAD_LEN]>, Fault> {
         let mut out = Vec::new();
+        self.originate_into(stream, msg, &mut out)?;
+        Ok(out)
+    }
+
+    /// [`RelayHop::originate`] appending to `out` (a buffer the owner reuses, so that the
+    /// per-cell path allocates nothing more).
+    pub fn originate_into(&mut self, stream: u16, msg: &RelayMsg, out: &mut Vec<[u8; PAYLOAD_LEN]>) -> Result<(), Fault> {
         for pt in relay_msg::encode_plaintexts(stream, msg) {
             let mut body = [0u8; PAYLOAD_LEN];
             body[..RELAY_PLAINTEXT_LEN].copy_from_slice(&pt);
             self.crypto.originate_inbound(&mut body)?;
             out.push(body);
         }
-        Ok(out)
+        Ok(())
     }
 
     /// Adds this hop's layer to a body from further along: the next hop's, or at a joined

@@ -53,7 +53,7 @@ pub enum DataIn {
 }
 
 /// A message waiting for the congestion window, with the owner's charge for it.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Queued<H> {
     id: u16,
     msg: RelayMsg,
@@ -61,7 +61,7 @@ struct Queued<H> {
 }
 
 /// One stream's flow state.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct FlowStream {
     /// Cells handed to the application side and not yet consumed.
     unwritten: u32,
@@ -79,7 +79,7 @@ struct FlowStream {
 }
 
 /// The streams of one circuit end (see the module docs).
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct StreamFlow<H> {
     streams: HashMap<u16, FlowStream>,
     /// Ids closed by us whose late cells are ignored rather than treated as violations.

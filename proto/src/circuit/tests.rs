@@ -8,7 +8,7 @@ use super::client::Event;
 use super::fault::Fault;
 use super::pair::{cross, Pair, To};
 use super::relay::Side;
-use crate::cell::{Cell, CellCmd, DestroyReason, MAX_HANDSHAKE_LEN, PAYLOAD_LEN};
+use crate::cell::{Cell, CellCmd, DestroyReason, MAX_HANDSHAKE_LEN};
 use crate::crypto::kdf::derive_hop_keys;
 use crate::ext::Extensions;
 use crate::frag::REASSEMBLY_TIMEOUT_MS;
@@ -378,10 +378,4 @@ fn competing_streams_interleaved_in_the_same_instant_lose_no_byte() {
             assert_eq!(got, want, "mask {mask:#b}, stream {s}");
         }
     }
-}
-
-#[test]
-fn a_body_of_the_wrong_length_cannot_exist() {
-    // Cells are fixed-size: the machines take `[u8; PAYLOAD_LEN]` bodies only.
-    assert_eq!(std::mem::size_of::<[u8; PAYLOAD_LEN]>(), 509);
 }
