@@ -627,7 +627,8 @@ impl Circuit {
 
     /// Opens a stream with `msg` (BEGIN or BEGIN_DIR); `req` waits for CONNECTED or END.
     async fn begin(&mut self, msg: RelayMsg, req: Pending, s: &mut Streams) -> Result<(), CircError> {
-        let Some(id) = s.mux.alloc_id().filter(|id| !self.machine.resolving(*id)) else {
+        // An id a RESOLVE is waiting on is skipped (as `resolve` skips open streams' ids).
+        let Some(id) = (0..64).find_map(|_| s.mux.alloc_id().filter(|id| !self.machine.resolving(*id))) else {
             req.fail(EndReason::ResourceLimit);
             return Ok(());
         };
