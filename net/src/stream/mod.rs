@@ -14,7 +14,7 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use allium_proto::circuit::streams::{DataIn, Out, StreamFlow};
+use allium_proto::circuit::streams::{is_data, DataIn, Out, StreamFlow};
 use allium_proto::flow::{FlowError, FlowParams, SENDME_TOKEN_LEN};
 use allium_proto::relay_msg::{EndReason, RelayMsg, MAX_BODY_PER_CELL};
 use tokio::sync::{mpsc, Notify};
@@ -212,14 +212,14 @@ impl StreamMux {
     /// Handles an event from a stream task. Returns messages to send.
     pub fn handle_event(&mut self, ev: StreamEvent) -> Out {
         let now = Instant::now();
-        let mem = self.mem.clone();
+        // Only reads queue cells (charged to the memory budget, a token drawn where due).
+        let mem = &self.mem;
         let mut hold = || mem.as_ref().map(|m| m.hold(CELL_MEM));
-        let mut rng = rand::thread_rng();
         match ev {
             StreamEvent::Data { id, data, more } => {
                 // The reader counted these cells at the gate when it read them.
                 let read_for = data.len().div_ceil(MAX_BODY_PER_CELL);
-                let Some((cells, out)) = self.flow.on_read(id, &data, more, now, &mut rng, &mut hold) else {
+                let Some((cells, out)) = self.flow.on_read(id, &data, more, now, &mut rand::thread_rng(), &mut hold) else {
                     self.gate.sub(read_for);
                     return vec![];
                 };
@@ -232,7 +232,7 @@ impl StreamMux {
                 self.sent(out)
             }
             StreamEvent::Drained { id } => {
-                let Some((cells, out)) = self.flow.on_drained(id, now, &mut rng, &mut hold) else { return vec![] };
+                let Some((cells, out)) = self.flow.on_drained(id, now, &mut rand::thread_rng(), &mut hold) else { return vec![] };
                 self.gate.add(cells);
                 self.sent(out)
             }
@@ -244,7 +244,7 @@ impl StreamMux {
 
     /// Closes a stream from our side: bytes held back and queued DATA go first, then END.
     pub fn close(&mut self, id: u16, reason: EndReason) -> Out {
-        let mem = self.mem.clone();
+        let mem = &self.mem;
         let mut hold = || mem.as_ref().map(|m| m.hold(CELL_MEM));
         let Some((cells, out)) = self.flow.close(id, reason, Instant::now(), &mut rand::thread_rng(), &mut hold) else { return vec![] };
         self.gate.add(cells);
@@ -256,7 +256,7 @@ impl StreamMux {
 
     /// DATA cells leaving the queue free their place at the readers' gate.
     fn sent(&self, out: Out) -> Out {
-        let data = out.iter().filter(|(_, m)| matches!(m, RelayMsg::Data(_) | RelayMsg::DataToken { .. })).count();
+        let data = out.iter().filter(|(_, m)| is_data(m)).count();
         if data > 0 {
             self.gate.sub(data);
         }
@@ -317,10 +317,6 @@ mod tests {
 
     fn sendmes_in(out: &[(u16, RelayMsg)]) -> Vec<u16> {
         out.iter().filter(|(_, m)| matches!(m, RelayMsg::Sendme { .. })).map(|(id, _)| *id).collect()
-    }
-
-    fn is_data(m: &RelayMsg) -> bool {
-        matches!(m, RelayMsg::Data(_) | RelayMsg::DataToken { .. })
     }
 
     /// The tokens of the DATA cells in `out`, in order.

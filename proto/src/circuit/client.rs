@@ -150,11 +150,6 @@ impl ClientCircuit {
         self.last_keys.as_ref()
     }
 
-    /// Whether a hop is being added.
-    pub fn is_extending(&self) -> bool {
-        self.adding.is_some()
-    }
-
     /// Starts adding `hop` after the last: the CREATE cells for the first hop, the EXTEND to
     /// the last hop otherwise. The answer comes as [`Event::Extended`].
     pub fn extend<R: RngCore + CryptoRng>(&mut self, rng: &mut R, hop: &HopTarget) -> Result<Vec<Cell>, Fault> {
@@ -224,19 +219,9 @@ impl ClientCircuit {
         self.resolves.contains(&id)
     }
 
-    /// RESOLVEs waiting for an answer.
-    pub fn resolves(&self) -> usize {
-        self.resolves.len()
-    }
-
     /// Whether stream `id` waits for CONNECTED.
     pub fn is_pending(&self, id: u16) -> bool {
         self.pending.contains_key(&id)
-    }
-
-    /// Streams waiting for CONNECTED and RESOLVEs waiting for RESOLVED.
-    pub fn waiting(&self) -> usize {
-        self.pending.len() + self.resolves.len()
     }
 
     /// The streams whose BEGIN has waited `limit` or longer by `now`, given up: the owner

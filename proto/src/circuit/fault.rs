@@ -2,11 +2,10 @@
 
 use crate::cell::DestroyReason;
 use crate::crypto::cell_crypto::CellCryptoError;
-use crate::relay_msg::EndReason;
 
 /// Why a circuit state machine gave up on its circuit. Every variant ends the circuit: the
 /// owner sends DESTROY with [`Fault::destroy_reason`] (unless the circuit was destroyed from
-/// outside) and fails every stream with [`Fault::end_reason`].
+/// outside) and fails every stream (END reason DESTROY).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum Fault {
     /// The peer broke the protocol: a relay on the path, or across a rendezvous join the other
@@ -34,11 +33,6 @@ impl Fault {
             Fault::Destroyed(_) => DestroyReason::Destroyed,
             Fault::Local(_) => DestroyReason::ResourceLimit,
         }
-    }
-
-    /// The reason streams on the circuit are failed with.
-    pub fn end_reason(&self) -> EndReason {
-        EndReason::Destroy
     }
 
     /// Whether the peer is to blame (worth a warning; the rest are routine).

@@ -136,10 +136,6 @@ impl<H> StreamFlow<H> {
         self.streams.is_empty()
     }
 
-    pub fn contains(&self, id: u16) -> bool {
-        self.streams.contains_key(&id)
-    }
-
     /// The congestion window, in cells.
     pub fn cwnd(&self) -> u32 {
         self.circ_send.cwnd()
@@ -455,6 +451,7 @@ impl<H> StreamFlow<H> {
     }
 }
 
-fn is_data(m: &RelayMsg) -> bool {
+/// Whether `m` is a DATA cell (with or without a SENDME token): what the windows count.
+pub fn is_data(m: &RelayMsg) -> bool {
     matches!(m, RelayMsg::Data(_) | RelayMsg::DataToken { .. })
 }
