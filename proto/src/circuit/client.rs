@@ -416,6 +416,6 @@ fn is_hs_msg(m: &RelayMsg) -> bool {
 }
 
 /// Messages that belong to an open stream's flow.
-pub(crate) fn is_stream_msg(m: &RelayMsg) -> bool {
+fn is_stream_msg(m: &RelayMsg) -> bool {
     matches!(m, RelayMsg::Data(_) | RelayMsg::DataToken { .. } | RelayMsg::Sendme { .. } | RelayMsg::Xoff | RelayMsg::Xon | RelayMsg::End(_))
 }
