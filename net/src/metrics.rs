@@ -129,6 +129,11 @@ impl<const N: usize> Labeled<N> {
     pub fn total(&self) -> u64 {
         self.counts.iter().map(Counter::get).sum()
     }
+
+    /// Each label value with its count.
+    pub fn counts(&self) -> impl Iterator<Item = (&'static str, u64)> + '_ {
+        self.values.iter().copied().zip(self.counts.iter().map(Counter::get))
+    }
 }
 
 /// Why a circuit failed or was refused (label `reason`).

@@ -2,7 +2,7 @@
 //! start and then periodically; and a watcher that reports whether the consensus lists us.
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use allium_proto::doc::{Protocols, RelayDescriptor};
 use allium_proto::ids::RelayId;
@@ -127,11 +127,15 @@ fn retry_cap(testnet: bool) -> Duration {
 
 /// Uploads the descriptor now and then periodically, and at once when the onion key rotates
 /// ([`RelayCtx::republish`]) or a consensus leaves this relay out; within a round, retries the
-/// authorities that did not take it (with backoff) until every one has.
+/// authorities that did not take it (with backoff) until every one has. A new round to every
+/// authority starts at the republish period even while one still refuses or is down, so that
+/// those that took the descriptor get it again before their copy expires.
 pub async fn publish_loop(cfg: RelayConfig, ctx: Arc<RelayCtx>) -> Result<(), RelayError> {
     let all: Vec<RelayId> = cfg.network.authorities.iter().map(|a| a.identity).collect();
     let majority = all.len() / 2 + 1;
     let mut round = UploadRound::new(&all);
+    let next_round = |ctx: &RelayCtx| Instant::now() + republish_every(cfg.network.dangerous_testnet, consensus_interval(ctx));
+    let mut round_due = next_round(&ctx);
     let mut announced = false;
     loop {
         let text = build_descriptor(&cfg, &ctx, now())?;
@@ -145,20 +149,21 @@ pub async fn publish_loop(cfg: RelayConfig, ctx: Arc<RelayCtx>) -> Result<(), Re
         } else if before < majority && round.accepted() < majority && next != NextUpload::Done {
             tracing::info!("descriptor accepted by {} of {} authorities so far (a majority is needed to be listed); retrying the others", round.accepted(), all.len());
         }
-        let wait = match next {
-            NextUpload::Retry(d) => d,
-            NextUpload::Done => republish_every(cfg.network.dangerous_testnet, consensus_interval(&ctx)),
+        let wake = match next {
+            NextUpload::Retry(d) => (Instant::now() + d).min(round_due),
+            NextUpload::Done => round_due,
         };
         let reason = tokio::select! {
-            _ = tokio::time::sleep(wait) => None,
+            _ = tokio::time::sleep_until(wake.into()) => None,
             _ = ctx.republish.notified() => Some("the onion key rotated"),
             _ = ctx.unlisted.notified() => Some("the consensus does not list this relay"),
         };
         if let Some(why) = reason {
             tracing::info!("republishing the descriptor: {why}");
         }
-        if next == NextUpload::Done || reason.is_some() {
+        if reason.is_some() || Instant::now() >= round_due {
             round = UploadRound::new(&all);
+            round_due = next_round(&ctx);
         }
     }
 }

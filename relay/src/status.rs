@@ -27,6 +27,11 @@ pub fn status_fn(ctx: Arc<RelayCtx>, nickname: String, or_port: std::net::Socket
         m.insert("onion_descriptors_stored".into(), json!(ctx.dir.hsdir.len()));
         m.insert("relay_links".into(), json!(ctx.pool.relay_links()));
         m.insert("links_preconnected".into(), json!(allium_net::metrics::METRICS.links_preconnected.get()));
+        m.insert("or_connections".into(), json!(ctx.or_conns.total()));
+        m.insert("client_circuits".into(), json!(ctx.client_circuits.total()));
+        let onion = ctx.onion.read().unwrap_or_else(|e| e.into_inner());
+        m.insert("onion_key".into(), json!(hex::encode(onion.current_public())));
+        m.insert("previous_onion_key".into(), json!(onion.previous_public().map_or_else(|| "none".to_string(), hex::encode)));
         m
     })
 }

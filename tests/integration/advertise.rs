@@ -7,7 +7,7 @@
 use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use allium_net::pool::ChannelPool;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -32,20 +32,19 @@ struct Forward {
 impl Forward {
     fn start(listen: IpAddr, target: SocketAddr) -> Forward {
         let l = TcpListener::bind((listen, 0)).expect("bind the forward");
-        l.set_nonblocking(true).unwrap();
         let addr = l.local_addr().unwrap();
         let conns = Arc::new(AtomicUsize::new(0));
         let stop = Arc::new(AtomicBool::new(false));
         let (c, s) = (conns.clone(), stop.clone());
         let thread = std::thread::spawn(move || {
-            while !s.load(Ordering::SeqCst) {
-                match l.accept() {
-                    Ok((inbound, _)) => {
-                        c.fetch_add(1, Ordering::SeqCst);
-                        std::thread::spawn(move || pipe(inbound, target));
-                    }
-                    Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => std::thread::sleep(Duration::from_millis(10)),
-                    Err(_) => std::thread::sleep(Duration::from_millis(10)),
+            // Drop wakes this accept with a connection of its own after setting `stop`.
+            for inbound in l.incoming() {
+                if s.load(Ordering::SeqCst) {
+                    break;
+                }
+                if let Ok(inbound) = inbound {
+                    c.fetch_add(1, Ordering::SeqCst);
+                    std::thread::spawn(move || pipe(inbound, target));
                 }
             }
         });
@@ -60,6 +59,7 @@ impl Forward {
 impl Drop for Forward {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::SeqCst);
+        let _ = TcpStream::connect(self.addr);
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
@@ -69,7 +69,6 @@ impl Drop for Forward {
 /// Copies bytes both ways between `inbound` and a new connection to `target` until both ends
 /// have closed.
 fn pipe(inbound: TcpStream, target: SocketAddr) {
-    let _ = inbound.set_nonblocking(false);
     let Ok(outbound) = TcpStream::connect(target) else { return };
     let (Ok(mut in_r), Ok(mut out_w)) = (inbound.try_clone(), outbound.try_clone()) else { return };
     let up = std::thread::spawn(move || {
@@ -121,25 +120,20 @@ fn a_relay_behind_a_port_forward_is_listed_and_carries_circuits_at_its_advertise
             }
         });
         // The relay as first hop (this client connects to the advertised address), and as a
-        // middle hop (another relay extends to it there); each path carries a stream. The
-        // other relays fetch the consensus that lists it a few seconds after it appears
-        // (refetch window): until then they refuse to extend to it, so retry for a while.
+        // middle hop (another relay extends to it there); each path carries a stream.
+        // The other relays fetch the consensus that lists it a few seconds after it appears
+        // (refetch window), and refuse to extend to it until then: wait on theirs.
+        for hop in [&other, &exit] {
+            let node = net.nodes.iter().find(|n| n.addr == hop.address).expect("a node of the test network");
+            let (data, cond) = (net.dir.join(&node.name), format!("relays_in_consensus>={}", dir.relays().len()));
+            tokio::task::spawn_blocking(move || crate::support::wait_status(&data, &cond, LISTED_DEADLINE, "a relay's consensus lists natrelay")).await.unwrap();
+        }
         // (As middle hop the link may exist already, made by either side, so only the first
         // hop's is sure to be a new connection through the forward.)
         for (what, path) in [("first hop", [&nat, &other, &exit]), ("middle hop", [&other, &nat, &exit])] {
             let before = forward.connections();
-            let deadline = Instant::now() + Duration::from_secs(45);
-            let circ = loop {
-                let pool = ChannelPool::new(localhost, None);
-                match allium_client::circuit::build(&pool, &path).await {
-                    Ok(c) => break c,
-                    Err(e) if Instant::now() < deadline => {
-                        eprintln!("a circuit with natrelay as {what}: {e}; retrying");
-                        tokio::time::sleep(Duration::from_secs(1)).await;
-                    }
-                    Err(e) => panic!("a circuit with natrelay as {what}: {e}"),
-                }
-            };
+            let pool = ChannelPool::new(localhost, None);
+            let circ = allium_client::circuit::build(&pool, &path).await.unwrap_or_else(|e| panic!("a circuit with natrelay as {what}: {e}"));
             let mut s = crate::support::streams::begin(&circ, echo_addr).await.unwrap_or_else(|e| panic!("{what}: {e}"));
             let sent = crate::support::http::pseudo_random(100_000, 7);
             s.write_all(&sent).await.unwrap();

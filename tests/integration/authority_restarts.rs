@@ -6,7 +6,7 @@
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use allium_proto::doc::{Consensus, RelayFlags};
 use rustix::process::{kill_process, Pid, Signal};
@@ -27,18 +27,10 @@ fn consensus(dir_port: SocketAddr) -> Option<Consensus> {
     Consensus::parse(body).ok().map(|u| u.dangerously_assume_valid())
 }
 
-/// Polls `dir_port` until its consensus satisfies `done`, within `limit`.
-fn wait_consensus(dir_port: SocketAddr, limit: Duration, done: impl Fn(&Consensus) -> bool) -> Option<Consensus> {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(c) = consensus(dir_port).filter(|c| done(c)) {
-            return Some(c);
-        }
-        if Instant::now() > deadline {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(250));
-    }
+/// Waits up to `limit` until the consensus authority `name` published (and saved, each time it
+/// publishes one) satisfies `done`.
+fn wait_consensus(net: &Testnet, name: &str, limit: Duration, done: impl Fn(&Consensus) -> bool) -> Option<Consensus> {
+    net.wait_node_file(name, "cached-consensus", limit, |text| Consensus::parse(text).ok().map(|u| u.dangerously_assume_valid()).filter(|c| done(c)))
 }
 
 fn all_have_uptime_flags(c: &Consensus) -> bool {
@@ -64,10 +56,7 @@ fn restart_every_authority(net: &Testnet) -> (Restarted, u64) {
         kill_process(Pid::from_raw(a.pid as i32).unwrap(), Signal::TERM).unwrap();
     }
     for a in &auths {
-        let deadline = Instant::now() + Duration::from_secs(20);
-        while std::fs::metadata(format!("/proc/{}", a.pid)).is_ok() && Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        assert!(crate::support::events::wait_exit(a.pid, Duration::from_secs(20)), "{} still running 20 s after SIGTERM", a.name);
     }
     let restarted_at = allium_net::keys::unix_now();
     let mut children = Restarted(Vec::new());
@@ -96,14 +85,14 @@ fn restarted_authorities_keep_every_uptime_flag() {
     }
     let net = Testnet::start(&args);
     let auths: Vec<_> = net.with_role("authority").cloned().collect();
-    let first = auths[0].addr;
-    let before = wait_consensus(first, Duration::from_secs(120), all_have_uptime_flags).expect("relays reach Guard, Stable and HSDir after 20 s");
+    let first = &auths[0].name;
+    let before = wait_consensus(&net, first, Duration::from_secs(120), all_have_uptime_flags).expect("relays reach Guard, Stable and HSDir after 20 s");
     let relays = before.relays().len();
 
     // All at once: every authority stops (SIGTERM) and starts again from its config.
     let (children, restarted_at) = restart_every_authority(&net);
     // The first consensus made after the restart.
-    let after = wait_consensus(first, Duration::from_secs(120), |c| c.valid_after() > restarted_at).expect("a consensus after the restart");
+    let after = wait_consensus(&net, first, Duration::from_secs(120), |c| c.valid_after() > restarted_at).expect("a consensus after the restart");
     let lost: Vec<String> = after
         .relays()
         .iter()
@@ -129,7 +118,7 @@ fn authorities_restarted_right_after_the_first_consensus_keep_every_relay() {
     let relays = before.relays().len();
     assert!(relays >= 5, "{relays}");
     let (children, restarted_at) = restart_every_authority(&net);
-    let after = wait_consensus(first, Duration::from_secs(60), |c| c.valid_after() > restarted_at).expect("a consensus after the restart");
+    let after = wait_consensus(&net, &net.with_role("authority").next().unwrap().name, Duration::from_secs(60), |c| c.valid_after() > restarted_at).expect("a consensus after the restart");
     assert_eq!(after.relays().len(), relays, "the first consensus after the restart lists every relay");
     drop(children);
 }

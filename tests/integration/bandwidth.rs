@@ -3,7 +3,7 @@
 //! descriptor is weighted by what it carries, not by its claim; relays the scanners have not
 //! measured would get 20 kB/s (`bw-unmeasured-cap`), so only a measurement passes.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::support::testnet::Testnet;
 
@@ -24,19 +24,16 @@ fn weights(consensus: &str) -> Vec<(String, u64)> {
 #[test]
 fn a_relay_claiming_ten_times_its_rate_is_weighted_by_what_it_carries() {
     let net = Testnet::start(&["--bandwidth-scan", "--dangerous-test-slow-relay", &format!("{RATE}:{CLAIM}")]);
-    let consensus = || std::fs::read_to_string(net.dir.join("client").join("cached-consensus")).unwrap_or_default();
     let weight_of = |text: &str| weights(text).into_iter().find(|(n, _)| n == "relay1").map(|(_, w)| w);
-    // Within 2× of what it can carry. The client's consensus is polled (bounded): the scanners
-    // measure every relay in turn and the authorities vote their results in the next round.
-    let deadline = Instant::now() + Duration::from_secs(120);
-    let text = loop {
-        let text = consensus();
-        if weight_of(&text).is_some_and(|w| (RATE / 2..=RATE * 2).contains(&w)) {
-            break text;
-        }
-        assert!(Instant::now() < deadline, "relay1's weight never came within 2x of {RATE}: {:?}\n{}", weights(&text), net.log_tail(20));
-        std::thread::sleep(Duration::from_millis(250));
-    };
+    // Within 2× of what it can carry. The client's consensus is read each time it is written
+    // (bounded): the scanners measure every relay in turn and the authorities vote their
+    // results in the next round.
+    let mut last = String::new();
+    let within = net.wait_node_file("client", "cached-consensus", Duration::from_secs(120), |text| {
+        last = text.to_string();
+        weight_of(text).is_some_and(|w| (RATE / 2..=RATE * 2).contains(&w)).then(|| text.to_string())
+    });
+    let text = within.unwrap_or_else(|| panic!("relay1's weight never came within 2x of {RATE}: {:?}\n{}", weights(&last), net.log_tail(20)));
     let all = weights(&text);
     eprintln!("consensus weights: {all:?}");
     // Its share of paths follows that weight: a measured weight, not its claim, over the total.

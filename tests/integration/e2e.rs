@@ -71,14 +71,12 @@ fn fetches_are_byte_exact_and_come_from_an_exit() {
     let carried = |text: &str| {
         allium_proto::doc::Consensus::parse(text).map(|c| c.dangerously_assume_valid().relays().iter().map(|r| r.weight).max().unwrap_or(0)).unwrap_or(0)
     };
-    let path = net.dir.join("client").join("cached-consensus");
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(90);
     let mut heaviest = 0;
-    while heaviest <= 20_000 && std::time::Instant::now() < deadline {
-        std::thread::sleep(std::time::Duration::from_millis(200));
-        heaviest = carried(&std::fs::read_to_string(&path).unwrap_or_default());
-    }
-    assert!(heaviest > 20_000, "no relay reported more than the 20 kB/s floor after carrying 50 MB (heaviest weight {heaviest})");
+    let heavier = net.wait_node_file("client", "cached-consensus", std::time::Duration::from_secs(90), |text| {
+        heaviest = carried(text);
+        (heaviest > 20_000).then_some(heaviest)
+    });
+    assert!(heavier.is_some(), "no relay reported more than the 20 kB/s floor after carrying 50 MB (heaviest weight {heaviest})");
 }
 
 /// An exit with the default policy refuses a host name that resolves to a loopback address, and

@@ -92,6 +92,7 @@ mod small_network;
 mod stall_recovery;
 mod status_page;
 mod tamper;
+mod upload_retry;
 mod test_build;
 mod wrap;
 mod support;

@@ -46,20 +46,13 @@ async fn a27_a_client_that_stops_reading_cannot_make_the_guard_queue_beyond_its_
     let (guard, quota, exit, _) = guard_and_exit("a27", 1).await;
     let (proxy, stall) = stalling_proxy(guard.address).await;
     let via_proxy = ConsensusRelay { address: proxy, ..guard.clone() };
-    let reclaimed_before = oom_closures();
 
     let circuits = stalled_downloads(&via_proxy, &exit, &files, 16, 2, &stall).await;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while oom_closures() == reclaimed_before {
-        assert!(Instant::now() < deadline, "the guard never reclaimed: {} of {} bytes queued (peak {})", quota.used(), quota.limit(), quota.peak());
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let reclaimed = tokio::time::timeout(Duration::from_secs(60), quota.wait_until(|q| q.closed() > 0)).await;
+    assert!(reclaimed.is_ok(), "the guard never reclaimed: {} of {} bytes queued (peak {})", quota.used(), quota.limit(), quota.peak());
     // What it closed is released: the guard is back under budget.
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while quota.used() > quota.limit() {
-        assert!(Instant::now() < deadline, "still {} of {} bytes queued", quota.used(), quota.limit());
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    let under = tokio::time::timeout(Duration::from_secs(30), quota.wait_until(|q| q.used() <= q.limit())).await;
+    assert!(under.is_ok(), "still {} of {} bytes queued", quota.used(), quota.limit());
     // Cells charged while a reclaim was already running may pass the budget briefly, never by
     // as much as the attack offered (16 circuits × 1,000 cells ≈ 8 MiB).
     assert!(quota.peak() <= 2 * quota.limit(), "peak {} of a {} budget", quota.peak(), quota.limit());
@@ -85,28 +78,18 @@ async fn a27_a_link_whose_peer_takes_no_bytes_is_closed_after_the_write_timeout(
     let (exit, _, _) = start_relay_with_quota("a27we", "[exit]\nenabled = true\npolicy = [\"accept *:*\"]\n").await;
     let (proxy, stall) = stalling_proxy(guard.address).await;
     let via_proxy = ConsensusRelay { address: proxy, ..guard.clone() };
-    let (closed_before, oom_before) = (LIMITS.stalled_links_closed.load(Ordering::Relaxed), oom_closures());
+    let closed_before = LIMITS.stalled_links_closed.load(Ordering::SeqCst);
 
     let circuits = stalled_downloads(&via_proxy, &exit, &files, 32, 1, &stall).await;
-    // Cells pile up at the guard, under its budget.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while quota.used() < 1 << 20 && LIMITS.stalled_links_closed.load(Ordering::Relaxed) == closed_before {
-        assert!(Instant::now() < deadline, "nothing queued at the guard");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while LIMITS.stalled_links_closed.load(Ordering::Relaxed) == closed_before {
-        assert!(Instant::now() < deadline, "the stalled link is still open ({} bytes queued)", quota.used());
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    // Everything the attacker's circuits held is released (the exit's link to the guard may
-    // still carry a few cells in flight toward circuits that are gone: they are dropped).
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while quota.used() > 0 {
-        assert!(Instant::now() < deadline, "still {} bytes queued after the link closed", quota.used());
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    assert_eq!(oom_closures(), oom_before, "the write timeout acted, not the memory budget");
+    // Cells pile up at the guard, under its budget, until the write timeout closes the link;
+    // then everything the attacker's circuits held is released (the exit's link to the guard
+    // may still carry a few cells in flight toward circuits that are gone: they are dropped).
+    // The link is counted as closed before its circuits' cells are released.
+    let stalled_closed = || LIMITS.stalled_links_closed.load(Ordering::SeqCst) > closed_before;
+    let released = tokio::time::timeout(Duration::from_secs(90), quota.wait_until(|q| q.used() == 0 && stalled_closed())).await;
+    assert!(released.is_ok(), "the stalled link closed: {}; {} bytes still queued (peak {})", stalled_closed(), quota.used(), quota.peak());
+    assert!(quota.peak() > 0, "nothing queued at the guard");
+    assert_eq!(quota.closed(), 0, "the write timeout acted, not the memory budget");
 
     let honest = ChannelPool::new(HONEST, None);
     let c = circuit::build(&honest, &[&guard, &exit]).await.expect("an honest circuit");
@@ -166,23 +149,16 @@ async fn a27_a_forged_circuit_sendme_closes_the_circuit() {
     app.write_all(b"GET /big HTTP/1.0\r\n\r\n").await.unwrap();
     let held = attacker.mem_quota();
     let want = 150 * allium_net::limits::memquota::CELL_MEM;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while held.used() < want {
-        assert!(Instant::now() < deadline, "the client holds only {} bytes of unconsumed cells", held.used());
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let holds = tokio::time::timeout(Duration::from_secs(60), held.wait_until(|q| q.used() >= want)).await;
+    assert!(holds.is_ok(), "the client holds only {} bytes of unconsumed cells", held.used());
     c.send_control(RelayMsg::Sendme { token: Some(rand::random()) }).await.expect("the SENDME is sent");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !c.is_closed() {
-        assert!(Instant::now() < deadline, "the exit took a forged SENDME: the circuit is still open");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    let closed = tokio::time::timeout(Duration::from_secs(60), c.closed()).await;
+    assert!(closed.is_ok(), "the exit took a forged SENDME: the circuit is still open");
     let mut got = Vec::new();
     let _ = tokio::time::timeout(Duration::from_secs(60), app.read_to_end(&mut got)).await.expect("the stream ended");
     assert!(got.len() < BODY, "the whole file arrived although the circuit was destroyed");
 }
 
-/// Cells closed for memory so far (process-wide).
 /// The attacker (127.0.0.66) builds `n` circuits through `via_proxy` to `exit` with `streams`
 /// downloads of `/big` each, and from the moment the downloads are asked for its proxy never
 /// reads the guard's bytes again. The circuits and the applications' sockets are returned
@@ -211,10 +187,6 @@ async fn stalled_downloads(
         app.write_all(b"GET /big HTTP/1.0\r\n\r\n").await.unwrap();
     }
     (circuits, apps)
-}
-
-fn oom_closures() -> u64 {
-    LIMITS.oom_circuits_closed.load(Ordering::Relaxed) + LIMITS.oom_links_closed.load(Ordering::Relaxed)
 }
 
 /// `GET path` over a new stream on `c`; the body.

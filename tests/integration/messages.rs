@@ -130,8 +130,12 @@ fn listen_errors_name_the_address() {
 fn a_healthy_network_logs_no_warning_while_it_starts() {
     let net = Testnet::start(&[]);
     // Three more voting periods (10 s each) after ready: pushes, fetches and republishing of
-    // a running network, the first periods' signature pushes among them.
-    std::thread::sleep(Duration::from_secs(32));
+    // a running network, the first periods' signature pushes among them. Waited for on an
+    // authority: a consensus valid from 30 s after now has been published.
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    let auth = net.with_role("authority").next().expect("an authority");
+    let later = format!("published_consensus.valid_after>={}", now + 30);
+    crate::support::wait_status(&net.dir.join(&auth.name), &later, Duration::from_secs(90), "three more voting periods");
     let mut warnings = Vec::new();
     for n in &net.nodes {
         let log = net.node_log(&n.name);

@@ -60,8 +60,8 @@ async fn upload(circs: &CircMgr, dir: &NetDir, key: &SigningKey, text: &str) {
 
 /// A second client of the test network, run in this process: the testnet client's config with
 /// its own data directory and SOCKS port, and these `[[client.onion_auth]]` entries
-/// `(address, secret key hex)`. Returns its SOCKS address.
-fn start_client(net: &Testnet, auth: &[(String, String)]) -> std::net::SocketAddr {
+/// `(address, secret key hex)`. Returns its SOCKS address once it listens there.
+async fn start_client(net: &Testnet, auth: &[(String, String)]) -> std::net::SocketAddr {
     let path = net.dir.join("client").join("config.toml");
     let mut v: toml::Value = std::fs::read_to_string(&path).unwrap().parse().unwrap();
     let dir = crate::support::fresh_dir("onion-client");
@@ -87,6 +87,9 @@ fn start_client(net: &Testnet, auth: &[(String, String)]) -> std::net::SocketAdd
     cfg.validate().unwrap();
     let keys = allium_net::keys::load_or_create(&dir).unwrap();
     tokio::spawn(allium_client::run(cfg, keys));
+    // It opens its control socket after binding the SOCKS port: wait on the former.
+    let ready = tokio::task::spawn_blocking(move || crate::support::try_wait_status(&dir, "role~client", Duration::from_secs(30))).await.unwrap();
+    ready.unwrap_or_else(|e| panic!("the second client did not start: {e}"));
     socks
 }
 
@@ -97,13 +100,6 @@ async fn socks_reply(net: &Testnet, host: &str, port: u16) -> u8 {
 
 async fn socks_reply_at(socks: std::net::SocketAddr, host: &str, port: u16) -> u8 {
     let host = host.to_string();
-    // The listener may not be up yet (an in-process client starting).
-    for _ in 0..100 {
-        if tokio::net::TcpStream::connect(socks).await.is_ok() {
-            break;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
     tokio::task::spawn_blocking(move || match socks5_connect(socks, &host, port, None) {
         Ok(_) => 0,
         Err(code) => code,
@@ -225,7 +221,7 @@ async fn socks_client_reaches_onion_services_or_gets_the_right_error() {
 
     // A client with `mine` for both: `other` does not accept it (F5); `private` does, and the
     // client gets as far as the service's rendezvous (the stream then fails as below).
-    let auth_socks = start_client(&net, &[(address(&private), mine_secret.clone()), (address(&other), mine_secret)]);
+    let auth_socks = start_client(&net, &[(address(&private), mine_secret.clone()), (address(&other), mine_secret)]).await;
     assert_eq!(socks_reply_at(auth_socks, &address(&other), 80).await, 0xF5, "client authorization key not accepted");
     assert_eq!(socks_reply_at(auth_socks, &address(&private), 80).await, 0x01);
     tokio::time::timeout(Duration::from_secs(5), private_joined.recv()).await.expect("the service joined the authorized client").unwrap();

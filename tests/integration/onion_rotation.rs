@@ -21,18 +21,17 @@ async fn start_relay() -> (ConsensusRelay, PathBuf) {
     crate::support::inproc::start_relay("rot", &format!("onion_key_lifetime_secs = {LIFETIME_SECS}")).await
 }
 
-/// Polls the relay's key files until `done` holds for them (they are replaced atomically).
-async fn wait_for_keys(dir: &Path, what: &str, done: impl Fn(&OnionKeys) -> bool) -> OnionKeys {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10 * LIFETIME_SECS);
-    loop {
-        if let Some(k) = OnionKeys::load(dir).unwrap() {
-            if done(&k) {
-                return k;
-            }
-        }
-        assert!(tokio::time::Instant::now() < deadline, "timed out waiting until {what}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+/// Reads the relay's key files each time one is replaced (atomically) until `done` holds for
+/// them.
+async fn wait_for_keys(dir: &Path, what: &str, done: impl Fn(&OnionKeys) -> bool + Send + 'static) -> OnionKeys {
+    let (dir, what) = (dir.to_path_buf(), what.to_string());
+    tokio::task::spawn_blocking(move || {
+        let files = [allium_net::keys::ONION_FILE, allium_net::keys::PREVIOUS_ONION_FILE];
+        let found = crate::support::events::wait_files(&dir, &files, Duration::from_secs(10 * LIFETIME_SECS), || OnionKeys::load(&dir).unwrap().filter(|k| done(k)));
+        found.unwrap_or_else(|e| panic!("{e:?} waiting until {what}"))
+    })
+    .await
+    .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -43,7 +42,7 @@ async fn previous_onion_key_works_during_grace_then_is_refused() {
     assert!(circuit::build(&pool, &[&old_entry]).await.is_ok(), "a circuit with the first key should build");
 
     // First rotation: a new current key, the old one kept as the previous.
-    let k = wait_for_keys(&dir, "the relay rotated its onion key", |k| k.current_public() != old_key).await;
+    let k = wait_for_keys(&dir, "the relay rotated its onion key", move |k| k.current_public() != old_key).await;
     assert_eq!(k.previous_public(), Some(old_key), "the replaced key must be kept for the grace");
     let mut new_entry = old_entry.clone();
     new_entry.onion_key = k.current_public();
@@ -56,16 +55,21 @@ async fn previous_onion_key_works_during_grace_then_is_refused() {
     assert!(r.is_ok(), "a circuit using the new onion key must build: {:?}", r.err());
 
     // After the grace (here: the next rotation, the grace being the lifetime) the old key is gone
-    // from disk; the relay swaps its in-memory keys right after writing the files, so allow it a
-    // moment to refuse.
-    wait_for_keys(&dir, "the old key's grace ended", |k| k.previous_public() != Some(old_key) && k.current_public() != old_key).await;
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        match circuit::build(&pool, &[&old_entry]).await {
-            Err(CircError::Destroyed(DestroyReason::Protocol)) => break,
-            Ok(_) if tokio::time::Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(20)).await,
-            other => panic!("after the grace a CREATE naming the old key must get DESTROY(PROTOCOL), got {:?}", other.err()),
-        }
+    // from disk; the relay swaps its in-memory keys right after writing the files: wait for
+    // that on its status, then it refuses.
+    let k = wait_for_keys(&dir, "the old key's grace ended", move |k| k.previous_public() != Some(old_key) && k.current_public() != old_key).await;
+    let previous = k.previous_public().map_or_else(|| "none".to_string(), hex::encode);
+    let data = dir.clone();
+    tokio::task::spawn_blocking(move || {
+        let limit = Duration::from_secs(10 * LIFETIME_SECS);
+        crate::support::wait_status(&data, &format!("onion_key~{}", hex::encode(k.current_public())), limit, "the relay uses the new key");
+        crate::support::wait_status(&data, &format!("previous_onion_key~{previous}"), limit, "the relay dropped the old key");
+    })
+    .await
+    .unwrap();
+    match circuit::build(&pool, &[&old_entry]).await {
+        Err(CircError::Destroyed(DestroyReason::Protocol)) => {}
+        other => panic!("after the grace a CREATE naming the old key must get DESTROY(PROTOCOL), got {:?}", other.err()),
     }
     let _ = std::fs::remove_dir_all(&dir);
 }

@@ -7,7 +7,7 @@ use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use allium_client::circuit::{BeginRequest, CircHandle};
 use allium_net::pool::ChannelPool;
@@ -28,6 +28,7 @@ const WAIT: Duration = Duration::from_secs(120);
 struct ServiceNode {
     child: Child,
     log: PathBuf,
+    data_dir: PathBuf,
 }
 
 impl Drop for ServiceNode {
@@ -75,23 +76,23 @@ impl ServiceNode {
             .stderr(out)
             .spawn()
             .expect("start the service node");
-        ServiceNode { child, log }
+        ServiceNode { child, log, data_dir }
     }
 
     fn log(&self) -> String {
         std::fs::read_to_string(&self.log).unwrap_or_default()
     }
 
-    /// Polls the log until `done` finds something in it, or panics after `limit`.
+    /// Reads its output (stdout and log) each time it is written until `done` finds
+    /// something in it; panics after `limit`.
     fn wait_for<T>(&self, what: &str, limit: Duration, done: impl Fn(&str) -> Option<T>) -> T {
-        let deadline = Instant::now() + limit;
-        loop {
-            if let Some(t) = done(&self.log()) {
-                return t;
-            }
-            assert!(Instant::now() < deadline, "service node: no {what} after {} s", limit.as_secs());
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        let found = crate::support::events::wait_file(&self.log, Some(self.child.id()), limit, || done(&self.log()));
+        found.unwrap_or_else(|e| panic!("service node: no {what} ({e:?} after at most {} s)", limit.as_secs()))
+    }
+
+    /// Waits (on the node: `allium status --wait`) until `condition` holds in its status.
+    fn wait_status(&self, condition: &str, limit: Duration) {
+        crate::support::wait_status(&self.data_dir, condition, limit, "service node");
     }
 }
 
@@ -142,16 +143,13 @@ fn a_hosted_service_is_reached_through_introduction_and_rendezvous() {
     // Port 8 maps to a loopback port nothing listens on.
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
     let svc = ServiceNode::start(&net, &[(80, server.addr()), (7, echo), (8, closed)], x25519_dalek::PublicKey::from(&alice).to_bytes());
-    // The address is printed on stdout (never logged); the log says when HSDirs hold the
-    // descriptor, and never names the address.
+    // The address is printed on stdout (never logged); the status says when HSDirs hold the
+    // descriptor, and the log never names the address.
     let host = svc.wait_for("address line", WAIT, |log| log.lines().find_map(|l| l.strip_prefix("onion service web: ")).map(str::to_string));
     let address = OnionAddress::parse(&host).expect("a valid onion address");
-    let n: usize = svc.wait_for("publication", WAIT, |log| {
-        log.lines().filter_map(|l| l.split("onion service web: descriptor published to ").nth(1)).find_map(|r| r.split(' ').next()?.parse().ok().filter(|n| *n > 0))
-    });
-    assert!(n > 0);
     let private_host = svc.wait_for("address line", WAIT, |log| log.lines().find_map(|l| l.strip_prefix("onion service private: ")).map(str::to_string));
-    svc.wait_for("publication", WAIT, |log| log.contains("onion service private: descriptor published to").then_some(()));
+    svc.wait_status("onion_publications.web>=1", WAIT);
+    svc.wait_status("onion_publications.private>=1", WAIT);
     let printed = [format!("onion service web: {host}"), format!("onion service private: {private_host}")];
     for l in svc.log().lines().filter(|l| !printed.iter().any(|p| p == l)) {
         assert!(!l.contains(&host[..56]) && !l.contains(&private_host[..56]), "an address in a log line: {l}");
@@ -213,16 +211,9 @@ fn a_hosted_service_is_reached_through_introduction_and_rendezvous() {
         // is answered.
         let again = v.rendezvous_circuit(&rp, RelayMsg::EstablishRendezvous { cookie, ext: Default::default() }).await;
         v.introduce(&point, introduce1).await;
-        let log_path = svc.log.clone();
-        tokio::task::spawn_blocking(move || {
-            let deadline = Instant::now() + WAIT;
-            while !std::fs::read_to_string(&log_path).unwrap_or_default().contains("replayed INTRODUCE2 dropped") {
-                assert!(Instant::now() < deadline, "the service did not report the replay");
-                std::thread::sleep(Duration::from_millis(100));
-            }
-        })
-        .await
-        .unwrap();
+        let data_dir = svc.data_dir.clone();
+        tokio::task::spawn_blocking(move || crate::support::wait_status(&data_dir, "onion_introductions_replayed>=1", WAIT, "the service counts the replay")).await.unwrap();
+        assert!(svc.log().contains("replayed INTRODUCE2 dropped"), "the replay is counted but not logged");
         let fresh = Attempt::new(&mut rand::rngs::OsRng, &identity, &point, target(&rp), rp.onion_key, 0).unwrap();
         let rend2 = v.rendezvous_circuit(&rp, fresh.establish_rendezvous.clone()).await;
         v.introduce(&point, fresh.introduce1.clone()).await;

@@ -7,7 +7,7 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::os::unix::fs::PermissionsExt;
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rustix::process::{kill_process, Pid, Signal};
 use serde_json::Value;
@@ -49,10 +49,7 @@ fn restart_with_metrics(net: &Testnet, name: &str) -> (Restarted, SocketAddr) {
     let with = text.replacen("[node]\n", &format!("[node]\nmetrics_listen = \"{}:0\"\n", net.node_address(name)), 1);
     std::fs::write(&cfg, with).unwrap();
     kill_process(Pid::from_raw(node.pid as i32).unwrap(), Signal::TERM).unwrap();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while std::fs::metadata(format!("/proc/{}", node.pid)).is_ok() && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    assert!(crate::support::events::wait_exit(node.pid, Duration::from_secs(20)), "{name} still running 20 s after SIGTERM");
     let log = std::fs::OpenOptions::new().append(true).open(dir.join("log")).unwrap();
     let child = Command::new(env!("CARGO_BIN_EXE_allium"))
         .args(["relay", "--config"])
@@ -63,16 +60,8 @@ fn restart_with_metrics(net: &Testnet, name: &str) -> (Restarted, SocketAddr) {
         .spawn()
         .unwrap();
     let child = Restarted(child);
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let addr = loop {
-        let out = Command::new(env!("CARGO_BIN_EXE_allium")).args(["status", "--json", "--data-dir"]).arg(&dir).output().unwrap();
-        let s: Option<Value> = serde_json::from_slice(&out.stdout).ok();
-        if let Some(a) = s.as_ref().and_then(|s| s["metrics_listen"].as_str()).and_then(|a| a.parse().ok()) {
-            break a;
-        }
-        assert!(Instant::now() < deadline, "{name} restarted with metrics never answered allium status");
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let status = wait_status(&dir, Duration::from_secs(30), "metrics_listen~:");
+    let addr = status["metrics_listen"].as_str().and_then(|a| a.parse().ok()).unwrap_or_else(|| panic!("{name}'s metrics address: {status}"));
     (child, addr)
 }
 
@@ -162,19 +151,18 @@ fn status_metrics_and_sighup_on_a_running_network() {
     }
 
     // Metrics: relay1 restarted with metrics_listen (port 0: the port it bound is in its
-    // status), scraped until it holds a consensus and has been tested by the authorities
-    // (links opened), then parsed by prometheus_client.
+    // status), scraped once its status says it holds a valid consensus and has been tested by
+    // the authorities (a link open, bytes read), then parsed by prometheus_client.
     let (_relay1, addr) = restart_with_metrics(&net, "relay1");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let body = loop {
-        let (line, body) = http(addr, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
-        assert!(line.contains("200"), "{line}");
-        if sample(&body, "allium_consensus_valid") == 1.0 && sample(&body, "allium_links_opened_total") > 0.0 && sample(&body, "allium_link_read_bytes_total") > 0.0 {
-            break body;
-        }
-        assert!(Instant::now() < deadline, "relay1 never had a consensus and a link:\n{body}");
-        std::thread::sleep(Duration::from_millis(200));
-    };
+    for condition in ["consensus.valid==true", "links_open>=1", "bytes_read>=1"] {
+        wait_status(&net.dir.join("relay1"), Duration::from_secs(60), condition);
+    }
+    let (line, body) = http(addr, "GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n");
+    assert!(line.contains("200"), "{line}");
+    assert!(
+        sample(&body, "allium_consensus_valid") == 1.0 && sample(&body, "allium_links_opened_total") > 0.0 && sample(&body, "allium_link_read_bytes_total") > 0.0,
+        "the metrics disagree with the status (a consensus and a link):\n{body}"
+    );
     let families = parse_with_prometheus_client(&body);
     let names: Vec<&str> = families.iter().map(|f| f.0.as_str()).collect();
     assert!(families.len() >= 20, "only {} families: {names:?}", families.len());

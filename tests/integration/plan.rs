@@ -5,17 +5,15 @@
 //! prints the fallback entries the plan wrote.
 
 use std::fs::File;
-use std::net::{IpAddr, SocketAddr, TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
+use std::net::{IpAddr, SocketAddr, TcpListener};
+use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use rustix::process::{kill_process, Pid, Signal};
-use serde_json::Value;
 
 use crate::support::http::{http_get_via_socks, pseudo_random, FileServer, GetError};
 
-const POLL: Duration = Duration::from_millis(250);
 
 /// A port that was free on `ip` a moment ago.
 fn free_port(ip: IpAddr) -> u16 {
@@ -61,13 +59,12 @@ impl Nodes {
         }
     }
 
-    /// Polls `what` until it holds, or panics after `limit` (checking the nodes meanwhile).
-    fn wait(&mut self, limit: Duration, what: &str, mut done: impl FnMut() -> bool) {
-        let deadline = Instant::now() + limit;
-        while !done() {
+    /// Waits (on node `name`: `allium status --wait`) until `condition` holds in its status, or
+    /// panics after `limit` (saying whether a node has exited meanwhile).
+    fn wait_status(&mut self, name: &str, limit: Duration, condition: &str) {
+        if let Err(e) = crate::support::try_wait_status(&self.out.join(name), condition, limit) {
             self.check_alive();
-            assert!(Instant::now() < deadline, "not within {} s: {what}", limit.as_secs());
-            std::thread::sleep(POLL);
+            panic!("{name}: {e}; its log ends with:\n{}", self.log(name));
         }
     }
 }
@@ -81,10 +78,7 @@ impl Drop for Nodes {
         }
         let deadline = Instant::now() + Duration::from_secs(10);
         for (_, c) in self.procs.iter_mut() {
-            while matches!(c.try_wait(), Ok(None)) && Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(50));
-            }
-            if matches!(c.try_wait(), Ok(None)) {
+            if !crate::support::events::wait_exit(c.id(), deadline.saturating_duration_since(Instant::now())) {
                 let _ = c.kill();
             }
             let _ = c.wait();
@@ -97,33 +91,21 @@ impl Drop for Nodes {
     }
 }
 
-/// `allium status --json --data-dir DIR`, or None while the node does not answer.
-fn status(data_dir: &Path) -> Option<Value> {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_allium"));
-    cmd.args(["status", "--json", "--data-dir"]).arg(data_dir);
-    let out = crate::support::run_within(cmd, Duration::from_secs(15))?;
-    out.status.success().then(|| serde_json::from_slice(&out.stdout).ok()).flatten()
-}
-
-fn answers(addr: SocketAddr) -> bool {
-    TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_ok()
-}
-
-/// GET through SOCKS, retrying while no stream opens (a fresh network, an onion service being
-/// published) up to `limit`; a stream that opens and then fails is a failure at once.
-fn fetch(nodes: &mut Nodes, socks: SocketAddr, host: &str, port: u16, path: &str, limit: Duration) -> Vec<u8> {
-    let deadline = Instant::now() + limit;
-    loop {
+/// GET through SOCKS, tried `tries` times while no stream opens (the client's view of the
+/// network may lag a consensus behind the service's); a stream that opens and then fails is a
+/// failure at once.
+fn fetch(nodes: &mut Nodes, socks: SocketAddr, host: &str, port: u16, path: &str, tries: usize) -> Vec<u8> {
+    for _ in 1..tries {
         match http_get_via_socks(socks, host, port, path) {
             Ok(body) => return body,
-            Err(GetError::Connect(code)) if Instant::now() < deadline => {
-                eprintln!("SOCKS reply {code:#04x} for {host}:{port}; retrying");
+            Err(GetError::Connect(code)) => {
+                eprintln!("SOCKS reply {code:#04x} for {host}:{port}; trying again");
                 nodes.check_alive();
-                std::thread::sleep(Duration::from_secs(1));
             }
             Err(e) => panic!("GET {path} from {host}:{port} through {socks}: {e:?}\nclient log:\n{}", nodes.log("client")),
         }
     }
+    http_get_via_socks(socks, host, port, path).unwrap_or_else(|e| panic!("GET {path} from {host}:{port} through {socks}: {e:?}\nclient log:\n{}", nodes.log("client")))
 }
 
 #[test]
@@ -199,37 +181,30 @@ fn a_planned_network_runs_from_its_configs_alone() {
     }
 
     // Every node from its own config, in order: authorities, relays, then the clients.
-    let addr = |name: &str, key: &str, port: &str| -> SocketAddr {
-        let c = config(name);
-        SocketAddr::new(ip(c["node"]["address"].as_str().unwrap()), c[key][port].as_integer().unwrap() as u16)
-    };
     let authorities: Vec<String> = (1..=3).map(|i| format!("auth{i}")).collect();
     for a in &authorities {
         nodes.start("authority", a);
     }
-    let dir_ports: Vec<SocketAddr> = authorities.iter().map(|a| addr(a, "authority", "dir_port")).collect();
-    nodes.wait(Duration::from_secs(30), "every authority's dir port answers", || dir_ports.iter().all(|&a| answers(a)));
+    for a in &authorities {
+        nodes.wait_status(a, Duration::from_secs(30), "role~authority");
+    }
     let relays: Vec<String> = (1..=4).map(|i| format!("relay{i}")).chain(["exit1".to_string()]).collect();
     for r in &relays {
         nodes.start("relay", r);
     }
-    let or_ports: Vec<SocketAddr> = relays.iter().map(|r| addr(r, "relay", "or_port")).collect();
-    nodes.wait(Duration::from_secs(30), "every relay's OR port answers", || or_ports.iter().all(|&a| answers(a)));
-    let auth1 = out.join("auth1");
-    nodes.wait(Duration::from_secs(120), "auth1 publishes a consensus listing the 5 relays", || {
-        status(&auth1).and_then(|s| s["published_consensus"]["relays"].as_u64()) == Some(5)
-    });
+    for r in &relays {
+        nodes.wait_status(r, Duration::from_secs(30), "role~relay");
+    }
+    nodes.wait_status("auth1", Duration::from_secs(120), "published_consensus.relays>=5");
     nodes.start("client", "client");
     nodes.start("client", "hs");
-    let client_dir = out.join("client");
-    nodes.wait(Duration::from_secs(120), "the client bootstraps to 100%", || {
-        status(&client_dir).and_then(|s| s["bootstrap"]["percent"].as_u64()) == Some(100)
-    });
+    nodes.wait_status("client", Duration::from_secs(120), "bootstrap.percent>=100");
 
     // Through an exit, to the test's file server (an IP literal: nothing to resolve).
-    let body = fetch(&mut nodes, socks, "127.0.0.1", server.addr().port(), "/file", Duration::from_secs(60));
+    let body = fetch(&mut nodes, socks, "127.0.0.1", server.addr().port(), "/file", 3);
     assert!(body == server.file("/file"), "the file through the exit differs ({} bytes)", body.len());
     // Through the onion service the hs node hosts.
-    let body = fetch(&mut nodes, socks, &onion_host, 80, "/file", Duration::from_secs(180));
+    nodes.wait_status("hs", Duration::from_secs(180), "onion_publications.web>=1");
+    let body = fetch(&mut nodes, socks, &onion_host, 80, "/file", 3);
     assert!(body == server.file("/file"), "the file through the onion service differs ({} bytes)", body.len());
 }

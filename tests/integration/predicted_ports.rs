@@ -2,8 +2,7 @@
 //! stream to a port other than 80 and 443, the client's `allium status` lists that port among
 //! those it keeps clean circuits for, and a new isolation class then takes one of them.
 
-use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::support::http::{http_get_via_socks_as, pseudo_random, FileServer};
 use crate::support::testnet::Testnet;
@@ -18,17 +17,7 @@ fn a_used_port_gets_circuits_built_ahead() {
     assert_eq!(get("first").as_deref().ok(), Some(&file[..]));
 
     // The client's status (a metric, not a log line) says when a clean circuit for the port is ready.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let ready = loop {
-        let out = Command::new(env!("CARGO_BIN_EXE_allium")).args(["status", "--json", "--data-dir"]).arg(net.dir.join("client")).output().expect("run allium status");
-        let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
-        let n = status["circuits_ready"][port.to_string()].as_u64();
-        if n.is_some_and(|n| n >= 1) {
-            break status;
-        }
-        assert!(Instant::now() < deadline, "no clean circuit for port {port} within 60 s: {status}");
-        std::thread::sleep(Duration::from_millis(200));
-    };
+    let ready = crate::support::wait_status(&net.dir.join("client"), &format!("circuits_ready.{port}>=1"), Duration::from_secs(60), "a clean circuit for the port");
     assert!(ready["circuits_ready"]["80"].is_u64() && ready["circuits_ready"]["443"].is_u64(), "{ready}");
 
     let log = net.dir.join("client").join("log");

@@ -6,7 +6,7 @@
 //! reach it.
 
 use std::net::IpAddr;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::support::extra_relay::{free_port, ExtraRelay};
 use crate::support::http::http_get_via_socks;
@@ -34,15 +34,9 @@ fn an_onion_service_on_too_small_a_network_says_why_and_starts_once_relays_join(
     let net = Testnet::start(&["--relays", "3", "--exits", "1"]);
 
     // Why it cannot start: in its status, and at info in its log.
-    let started = Instant::now();
-    let why = loop {
-        let s = service_state(&net);
-        if s.contains("too few compatible relays") {
-            break s;
-        }
-        assert!(started.elapsed() < WHY_DEADLINE, "the service never said why it cannot start; state {s:?}; its log:\n{}", net.node_log("hs"));
-        std::thread::sleep(Duration::from_millis(300));
-    };
+    let status = crate::support::try_wait_status(&net.dir.join("hs"), "onion_services.web~too few compatible relays", WHY_DEADLINE)
+        .unwrap_or_else(|e| panic!("the service never said why it cannot start ({e}); its log:\n{}", net.node_log("hs")));
+    let why = status["onion_services"]["web"].as_str().unwrap_or_default().to_string();
     assert!(why.contains("4-hop path") && why.contains("/16"), "{why}");
     let log = net.node_log("hs");
     assert!(

@@ -8,7 +8,7 @@ use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::support::testnet::Testnet;
 
@@ -85,30 +85,11 @@ fn authority_serves_a_status_page_listing_every_relay() {
     assert!(relays.len() >= 2 && net.with_role("exit").count() >= 1, "the testnet lists relays and exits: {:?}", net.nodes);
     let listed = |body: &str| relays.iter().all(|n| body.contains(&format!("<strong>{n}</strong>")));
 
-    // Wait for a consensus listing every relay (each poll is one GET of the page itself).
-    let deadline = Instant::now() + LISTED_DEADLINE;
-    let page = loop {
-        let r = get(auth.addr, "/");
-        match &r {
-            Ok(ok) if ok.status == 200 && listed(&ok.body) => break r.unwrap(),
-            Ok(other) => {
-                // Before the first consensus: a small HTML page, 503.
-                assert!(other.status == 200 || other.status == 503, "GET / answered {}: {}", other.status, other.body);
-                assert_eq!(other.header("content-type"), Some("text/html; charset=utf-8"));
-            }
-            Err(_) => {}
-        }
-        if Instant::now() > deadline {
-            panic!(
-                "the status page of {} did not list every relay ({relays:?}) within {} s; last answer: {:?}\n{}",
-                auth.name,
-                LISTED_DEADLINE.as_secs(),
-                r.map(|r| (r.status, r.body)),
-                net.log_tail(20)
-            );
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    };
+    // Wait (on the authority's status) for a consensus listing every relay, then get the page.
+    let cond = format!("published_consensus.relays>={}", relays.len());
+    crate::support::wait_status(&net.dir.join(&auth.name), &cond, LISTED_DEADLINE, "a consensus listing every relay");
+    let page = get(auth.addr, "/").unwrap_or_else(|e| panic!("GET / from {}: {e}", auth.name));
+    assert!(page.status == 200 && listed(&page.body), "the status page of {} does not list every relay ({relays:?}): {} {}", auth.name, page.status, page.body);
     assert_eq!(page.header("content-type"), Some("text/html; charset=utf-8"));
     let b = &page.body;
     assert!(b.starts_with("<!DOCTYPE html>") && b.contains("name=\"viewport\""), "an HTML page for phones:\n{b}");

@@ -56,8 +56,8 @@ fn curl(url: &str) -> Vec<&str> {
     vec!["curl", "-sS", "-f", "--max-time", "150", url]
 }
 
-/// Runs `cmd` through the proxy until it succeeds (a fresh network may not have circuits yet),
-/// at most `tries` times; the successful run.
+/// Runs `cmd` through the proxy until it succeeds (a stream may fail on a circuit through a
+/// relay that went away), at most `tries` times; the successful run.
 fn until_ok(tries: usize, mut attempt: impl FnMut() -> Run, what: &str) -> Run {
     let mut failures = Vec::new();
     for _ in 0..tries {
@@ -66,7 +66,6 @@ fn until_ok(tries: usize, mut attempt: impl FnMut() -> Run, what: &str) -> Run {
             return r;
         }
         failures.push(format!("exit {:?}: {}", r.code, r.stderr.trim()));
-        std::thread::sleep(Duration::from_secs(1));
     }
     panic!("{what} failed {tries} times:\n{}", failures.join("\n"));
 }
@@ -85,6 +84,7 @@ fn run_sends_tcp_and_names_through_the_network_and_refuses_udp() {
     let net = Testnet::start(&["--hs-target", &hs_target.addr().to_string()]);
 
     // By IP address: the server sees exits only.
+    crate::support::wait_status(&net.dir.join("client"), "bootstrap.percent>=100", Duration::from_secs(120), "the client bootstraps");
     let url = format!("http://127.0.0.1:{}/page", web.addr().port());
     let r = until_ok(3, || run_via(net.socks, &curl(&url)), "allium run curl (IP address)");
     assert!(r.stdout == page, "the body arrived intact ({} bytes of {})", r.stdout.len(), page.len());

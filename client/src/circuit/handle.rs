@@ -96,6 +96,11 @@ impl CircHandle {
         self.tx.is_closed()
     }
 
+    /// Waits until the circuit has closed.
+    pub async fn closed(&self) {
+        self.tx.closed().await
+    }
+
     /// Whether new streams may use this circuit: it is open and has not given up on a stream
     /// (no CONNECTED in time, or a stall: [`crate::recovery`]).
     pub fn takes_streams(&self) -> bool {

@@ -57,6 +57,11 @@ pub struct MemQuota {
     /// Bytes of links the last reclaim closed (released only as their tasks end), and when.
     closing: AtomicUsize,
     closed_at: AtomicU32,
+    /// Circuits and links this quota's reclaims closed.
+    closed: AtomicUsize,
+    /// Tasks in [`MemQuota::wait_until`]: only while there are any does a change notify.
+    watchers: AtomicUsize,
+    changed: tokio::sync::Notify,
 }
 
 /// How long bytes of closed links count as on their way out (their tasks end within it).
@@ -73,6 +78,9 @@ impl MemQuota {
             reclaiming: Mutex::new(()),
             closing: AtomicUsize::new(0),
             closed_at: AtomicU32::new(0),
+            closed: AtomicUsize::new(0),
+            watchers: AtomicUsize::new(0),
+            changed: tokio::sync::Notify::new(),
         })
     }
 
@@ -88,12 +96,51 @@ impl MemQuota {
 
     /// Bytes charged now.
     pub fn used(&self) -> usize {
-        self.used.load(Ordering::Relaxed)
+        // SeqCst (a plain load on x86), as are the updates and the watcher count: a waiter
+        // that registers and then reads `used` and a charge that updates `used` and then
+        // reads the watcher count cannot both miss each other.
+        self.used.load(Ordering::SeqCst)
     }
 
     /// The most ever charged at once.
     pub fn peak(&self) -> usize {
         self.peak.load(Ordering::Relaxed)
+    }
+
+    /// Circuits and links closed so far because this quota was over budget.
+    pub fn closed(&self) -> usize {
+        self.closed.load(Ordering::SeqCst)
+    }
+
+    /// Waits until `done` holds for this quota, checking it again each time a charge, release
+    /// or reclaim changes the quota (for tests and tools that watch a node's memory; costs the
+    /// data path one atomic load per charge when nobody waits).
+    pub async fn wait_until(&self, done: impl Fn(&MemQuota) -> bool) {
+        struct Watching<'a>(&'a AtomicUsize);
+        impl Drop for Watching<'_> {
+            fn drop(&mut self) {
+                self.0.fetch_sub(1, Ordering::SeqCst);
+            }
+        }
+        self.watchers.fetch_add(1, Ordering::SeqCst);
+        let _watching = Watching(&self.watchers);
+        loop {
+            // Registered before the check: a change between check and wait is not missed.
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if done(self) {
+                return;
+            }
+            changed.await;
+        }
+    }
+
+    /// Wakes [`MemQuota::wait_until`], if anyone waits.
+    fn notify(&self) {
+        if self.watchers.load(Ordering::SeqCst) != 0 {
+            self.changed.notify_waiters();
+        }
     }
 
     /// Registers a holder the quota may close when it is over budget (kept weakly).
@@ -108,16 +155,18 @@ impl MemQuota {
     /// Charges `bytes`; over budget, closes the holders of the oldest data first. Call with no
     /// queue or circuit-table lock held (reclaiming takes them).
     pub fn charge(&self, bytes: usize) {
-        let now = self.used.fetch_add(bytes, Ordering::Relaxed).wrapping_add(bytes);
+        let now = self.used.fetch_add(bytes, Ordering::SeqCst).wrapping_add(bytes);
         self.peak.fetch_max(now, Ordering::Relaxed);
         if now > self.limit {
             self.reclaim();
         }
+        self.notify();
     }
 
     /// Gives back `bytes` charged earlier.
     pub fn release(&self, bytes: usize) {
-        self.used.fetch_sub(bytes, Ordering::Relaxed);
+        self.used.fetch_sub(bytes, Ordering::SeqCst);
+        self.notify();
     }
 
     fn reclaim(&self) {
@@ -141,6 +190,7 @@ impl MemQuota {
         }
         let low_water = self.limit / 10 * 9;
         let (circuits, links, freed, oldest, link_bytes) = close_oldest(all, used.saturating_sub(low_water));
+        self.closed.fetch_add(circuits + links, Ordering::SeqCst);
         self.closing.store(link_bytes, Ordering::Relaxed);
         self.closed_at.store(stamp(), Ordering::Relaxed);
         let age_ms = stamp().wrapping_sub(oldest);

@@ -137,6 +137,7 @@ pub fn snapshot(role: &'static str, status: &StatusFn) -> Map<String, Value> {
     out.insert("circuits_open".into(), json!(m.circuits_open.get()));
     out.insert("circuits_opened".into(), json!(m.circuits_opened.get()));
     out.insert("circuits_failed".into(), json!(m.circuits_failed.total()));
+    out.insert("circuit_failures".into(), Value::Object(m.circuits_failed.counts().map(|(reason, n)| (reason.to_string(), json!(n))).collect()));
     out.insert("streams_open".into(), json!(m.streams_open.get()));
     out.insert("streams_opened".into(), json!(m.streams_opened.get()));
     out.insert("links_open".into(), json!(m.links_open.get()));

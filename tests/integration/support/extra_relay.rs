@@ -5,12 +5,9 @@
 use std::net::{IpAddr, SocketAddr, TcpListener};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use super::testnet::Testnet;
-
-/// How often [`ExtraRelay::wait_listed`] asks `allium status`.
-const POLL: Duration = Duration::from_millis(300);
 
 pub struct ExtraRelay {
     /// Its scratch directory: `relay.toml`, `log` and `data/`.
@@ -75,10 +72,8 @@ impl ExtraRelay {
 
     /// Waits until the relay's status says the consensus it holds lists it; panics after `limit`.
     pub fn wait_listed(&self, limit: Duration) {
-        let started = Instant::now();
-        while self.status()["in_consensus"] != true {
-            assert!(started.elapsed() < limit, "the consensus never listed the relay; its log:\n{}", self.log());
-            std::thread::sleep(POLL);
+        if let Err(e) = super::try_wait_status(&self.dir.join("data"), "in_consensus==true", limit) {
+            panic!("the consensus never listed the relay ({e}); its log:\n{}", self.log());
         }
     }
 }

@@ -53,11 +53,9 @@ pub async fn start_relay_with_quota(nickname: &str, relay_extra: &str) -> (Conse
     let relay = InertRelay::new(cfg, keys).unwrap();
     let quota = relay.mem_quota();
     tokio::spawn(relay.run());
-    // Ready once it accepts connections.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
-    while tokio::net::TcpStream::connect(entry.address).await.is_err() {
-        assert!(tokio::time::Instant::now() < deadline, "relay {nickname} did not start listening");
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    // Ready once it answers on its control socket, which it opens after binding the OR port.
+    let (data, condition) = (dir.clone(), format!("nickname~{nickname}"));
+    let ready = tokio::task::spawn_blocking(move || super::try_wait_status(&data, &condition, Duration::from_secs(30))).await.unwrap();
+    ready.unwrap_or_else(|e| panic!("relay {nickname} did not start: {e}"));
     (entry, dir, quota)
 }

@@ -6,10 +6,11 @@ use std::fs::File;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use rustix::process::{kill_process, Pid, Signal};
 
+use super::events::Ended;
 use super::testnet::Testnet;
 
 /// How long the node may take to print its address.
@@ -72,17 +73,14 @@ impl ServiceNode {
             .spawn()
             .expect("start allium client");
         let mut node = ServiceNode { dir, address: String::new(), child };
-        let deadline = Instant::now() + START_DEADLINE;
-        node.address = loop {
+        let printed = || {
             let out = std::fs::read_to_string(&stdout).unwrap_or_default();
-            if let Some(a) = out.lines().find_map(|l| l.strip_prefix("onion service svc: ")) {
-                break a.split_whitespace().next().unwrap_or("").to_string();
-            }
-            if let Ok(Some(status)) = node.child.try_wait() {
-                panic!("the service node exited ({status}): {}", node.log());
-            }
-            assert!(Instant::now() < deadline, "the service node printed no address: {out}\n{}", node.log());
-            std::thread::sleep(Duration::from_millis(50));
+            out.lines().find_map(|l| l.strip_prefix("onion service svc: ")).map(|a| a.split_whitespace().next().unwrap_or("").to_string())
+        };
+        node.address = match super::events::wait_file(&stdout, Some(node.child.id()), START_DEADLINE, printed) {
+            Ok(address) => address,
+            Err(Ended::Exited) => panic!("the service node exited ({:?}): {}", node.child.wait(), node.log()),
+            Err(Ended::TimedOut) => panic!("the service node printed no address: {:?}\n{}", std::fs::read_to_string(&stdout), node.log()),
         };
         node
     }
@@ -114,12 +112,8 @@ impl ServiceNode {
         if let Some(pid) = Pid::from_raw(self.child.id() as i32) {
             let _ = kill_process(pid, Signal::TERM);
         }
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
+        if super::events::wait_exit(self.child.id(), Duration::from_secs(10)) && self.child.try_wait().is_ok() {
+            return;
         }
         let _ = self.child.kill();
         let _ = self.child.wait();

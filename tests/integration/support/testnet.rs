@@ -9,12 +9,12 @@ use std::time::{Duration, Instant};
 
 use rustix::process::{kill_process, Pid, Signal};
 
+use super::events::{self, Ended};
+
 /// How long `allium testnet` may take to become ready.
 const READY_DEADLINE: Duration = Duration::from_secs(180);
 /// How long it may take to stop after SIGTERM (it gives nodes 5 s before SIGKILL).
 const STOP_DEADLINE: Duration = Duration::from_secs(20);
-/// Polling interval while waiting for files and processes.
-const POLL: Duration = Duration::from_millis(100);
 
 /// One line of `DIR/nodes`.
 #[derive(Debug, Clone)]
@@ -71,23 +71,18 @@ impl Testnet {
         // From here on, a panic drops `net`, which stops the testnet.
         let mut net = Testnet { root, dir, nodes: Vec::new(), socks: SocketAddr::from(([0, 0, 0, 0], 0)), child: Some(child) };
         let env_path = net.dir.join("testnet.env");
-        let started = Instant::now();
-        let env = loop {
-            if let Some(env) = read_env(&env_path) {
-                break env;
-            }
-            let child = net.child.as_mut().expect("child present");
-            if let Ok(Some(status)) = child.try_wait() {
+        let pid = net.child.as_ref().expect("child present").id();
+        let env = match events::wait_file(&env_path, Some(pid), READY_DEADLINE, || read_env(&env_path)) {
+            Ok(env) => env,
+            Err(Ended::Exited) => {
+                let status = net.child.as_mut().expect("child present").wait().expect("reap allium testnet");
                 panic!("allium testnet exited ({status}) before it was ready; its output ends with:\n{}", super::tail(&log_path, 40));
             }
-            if started.elapsed() > READY_DEADLINE {
-                panic!(
-                    "allium testnet not ready after {} s; its output ends with:\n{}",
-                    READY_DEADLINE.as_secs(),
-                    super::tail(&log_path, 40)
-                );
-            }
-            std::thread::sleep(POLL);
+            Err(Ended::TimedOut) => panic!(
+                "allium testnet not ready after {} s; its output ends with:\n{}",
+                READY_DEADLINE.as_secs(),
+                super::tail(&log_path, 40)
+            ),
         };
         let host: IpAddr = env_value(&env, "SOCKS_HOST").parse().expect("SOCKS_HOST is an IP address");
         let port: u16 = env_value(&env, "SOCKS_PORT").parse().expect("SOCKS_PORT is a port");
@@ -121,19 +116,18 @@ impl Testnet {
     /// Waits up to `limit` for `KEY=` in `DIR/testnet.env` (rewritten when the testnet learns
     /// more, e.g. `ONION_HOST`); its value, or None.
     pub fn wait_env(&self, key: &str, limit: Duration) -> Option<String> {
-        let deadline = Instant::now() + limit;
         let prefix = format!("{key}=");
-        loop {
-            if let Some(env) = read_env(&self.dir.join("testnet.env")) {
-                if env.lines().any(|l| l.starts_with(&prefix)) {
-                    return Some(env_value(&env, key));
-                }
-            }
-            if Instant::now() > deadline {
-                return None;
-            }
-            std::thread::sleep(POLL);
-        }
+        let env_path = self.dir.join("testnet.env");
+        let found = events::wait_file(&env_path, None, limit, || read_env(&env_path).filter(|env| env.lines().any(|l| l.starts_with(&prefix))));
+        found.ok().map(|env| env_value(&env, key))
+    }
+
+    /// Waits up to `limit` until `check` accepts the text of file `file` in node `node`'s data
+    /// directory (read again each time it is written), and returns what `check` gave; None if
+    /// it never did.
+    pub fn wait_node_file<T>(&self, node: &str, file: &str, limit: Duration, mut check: impl FnMut(&str) -> Option<T>) -> Option<T> {
+        let path = self.dir.join(node).join(file);
+        events::wait_file(&path, None, limit, || check(&std::fs::read_to_string(&path).ok()?)).ok()
     }
 
     /// The testnet's own output so far (for failure messages).
@@ -154,13 +148,9 @@ impl Drop for Testnet {
             let _ = child.wait();
         }
         // Nodes are the orchestrator's children: once it has stopped and reaped them they are
-        // gone. Give the kernel a moment (polling) before calling a node a survivor.
+        // gone. Give the kernel a moment before calling a node a survivor.
         let deadline = Instant::now() + Duration::from_secs(10);
-        let mut survivors: Vec<&Node> = self.nodes.iter().filter(|n| is_running(n.pid)).collect();
-        while !survivors.is_empty() && Instant::now() < deadline {
-            std::thread::sleep(POLL);
-            survivors.retain(|n| is_running(n.pid));
-        }
+        let survivors: Vec<&Node> = self.nodes.iter().filter(|n| !events::wait_exit(n.pid, deadline.saturating_duration_since(Instant::now()))).collect();
         let names: Vec<String> = survivors.iter().map(|n| format!("{} (pid {})", n.name, n.pid)).collect();
         for n in &survivors {
             if let Some(pid) = Pid::from_raw(n.pid as i32) {
@@ -177,25 +167,9 @@ impl Drop for Testnet {
     }
 }
 
-/// Waits up to `limit` for the child to exit; true if it did.
+/// Waits up to `limit` for the child to exit (and reaps it); true if it did.
 fn wait_exit(child: &mut Child, limit: Duration) -> bool {
-    let deadline = Instant::now() + limit;
-    loop {
-        match child.try_wait() {
-            Ok(Some(_)) => return true,
-            Ok(None) if Instant::now() < deadline => std::thread::sleep(POLL),
-            Ok(None) => return false,
-            Err(_) => return true,
-        }
-    }
-}
-
-/// True if a process with this pid exists and is not a zombie.
-fn is_running(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/status")) {
-        Ok(status) => !status.lines().any(|l| l.starts_with("State:") && l.contains('Z')),
-        Err(_) => false,
-    }
+    events::wait_exit(child.id(), limit) && child.try_wait().is_ok()
 }
 
 /// The env file's lines, once it is complete (it is written atomically, so present = complete).

@@ -104,6 +104,34 @@ pub struct FloodCounts {
     pub sent: std::sync::atomic::AtomicUsize,
     pub forwarded: std::sync::atomic::AtomicUsize,
     pub stop: std::sync::atomic::AtomicBool,
+    /// Notified (under `lock`) whenever a count changes.
+    changed: std::sync::Condvar,
+    lock: std::sync::Mutex<()>,
+}
+
+impl FloodCounts {
+    /// Wakes whoever waits in [`Self::wait_refused`].
+    fn counted(&self) {
+        let _held = self.lock.lock().unwrap();
+        self.changed.notify_all();
+    }
+
+    /// Blocks until at least `n` introductions sent were not (or not yet) forwarded, at most
+    /// `limit`; whether that happened.
+    #[allow(dead_code)]
+    pub fn wait_refused(&self, n: usize, limit: Duration) -> bool {
+        use std::sync::atomic::Ordering;
+        let deadline = std::time::Instant::now() + limit;
+        let mut held = self.lock.lock().unwrap();
+        while self.sent.load(Ordering::Relaxed) < self.forwarded.load(Ordering::Relaxed) + n {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                return false;
+            }
+            held = self.changed.wait_timeout(held, left).unwrap().0;
+        }
+        true
+    }
 }
 
 /// Starts `tasks` attackers (THREATS A29), each sending valid INTRODUCE1s without proof of work
@@ -127,9 +155,11 @@ pub fn flood_introductions(v: Arc<Visitor>, identity: [u8; 32], points: Vec<Intr
                     let attempt = Attempt::new(&mut rand::rngs::OsRng, &identity, point, target, rp.onion_key, 0).expect("an introduction");
                     let Ok(intro) = v.circuits.to_relay(&v.dir, &v.relay(&point.relay.identity)).await else { continue };
                     counts.sent.fetch_add(1, Ordering::Relaxed);
+                    counts.counted();
                     let ack = tokio::time::timeout(Duration::from_secs(30), intro.control(attempt.introduce1)).await;
                     if let Ok(Ok((_, RelayMsg::IntroduceAck { status: introduce_status::SUCCESS, .. }))) = ack {
                         counts.forwarded.fetch_add(1, Ordering::Relaxed);
+                        counts.counted();
                     }
                 }
             })
