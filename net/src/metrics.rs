@@ -138,6 +138,8 @@ impl<const N: usize> Labeled<N> {
 
 /// Why a circuit failed or was refused (label `reason`).
 pub const CIRCUIT_FAILURES: [&str; 6] = ["timeout", "destroyed", "refused_by_limit", "handshake", "connect", "other"];
+/// Whether an EXTEND found a link to the next hop open or dialled one (label `link`).
+pub const EXTEND_LINKS: [&str; 2] = ["open", "dialled"];
 /// Why a stream failed or was refused (label `reason`).
 pub const STREAM_FAILURES: [&str; 6] = ["exit_policy", "resolve", "connect", "refused_by_limit", "timeout", "other"];
 
@@ -167,6 +169,8 @@ pub struct Metrics {
     pub links_opened: Counter,
     /// Links a relay opened ahead of need (`limits.preconnect_relays`).
     pub links_preconnected: Counter,
+    /// EXTENDs a relay carried out, by whether a link to the next hop was open already.
+    pub extends: Labeled<2>,
     pub bytes_read: Counter,
     pub cells_read: Counter,
     pub handshakes: Counter,
@@ -211,6 +215,7 @@ pub static METRICS: Metrics = Metrics {
     links_open: Gauge::new(),
     links_opened: Counter::new(),
     links_preconnected: Counter::new(),
+    extends: Labeled::new("link", EXTEND_LINKS),
     bytes_read: Counter::new(),
     cells_read: Counter::new(),
     handshakes: Counter::new(),
@@ -260,6 +265,7 @@ pub fn render(role: &str, now: u64) -> String {
     w.gauge("allium_links_open", "Links (TLS-like channels to other nodes) open now.", m.links_open.get());
     w.counter("allium_links_opened_total", "Links opened since start.", m.links_opened.get());
     w.counter("allium_links_preconnected_total", "Links to relays opened ahead of need (limits.preconnect_relays).", m.links_preconnected.get());
+    w.labeled("allium_extends_total", "EXTENDs carried out, by whether the link to the next hop was open or had to be dialled.", &m.extends);
     w.counter("allium_link_read_bytes_total", "Bytes read from links.", m.bytes_read.get());
     w.counter("allium_link_written_bytes_total", "Bytes written to links.", links.bytes_written.load(Ordering::Relaxed));
     w.counter("allium_cells_read_total", "Cells read from links.", m.cells_read.get());

@@ -3,7 +3,7 @@
 
 use std::sync::Arc;
 
-use serde_json::{json, Map};
+use serde_json::{json, Map, Value};
 
 use crate::RelayCtx;
 
@@ -27,6 +27,7 @@ pub fn status_fn(ctx: Arc<RelayCtx>, nickname: String, or_port: std::net::Socket
         m.insert("onion_descriptors_stored".into(), json!(ctx.dir.hsdir.len()));
         m.insert("relay_links".into(), json!(ctx.pool.relay_links()));
         m.insert("links_preconnected".into(), json!(allium_net::metrics::METRICS.links_preconnected.get()));
+        m.insert("extends".into(), Value::Object(allium_net::metrics::METRICS.extends.counts().map(|(link, n)| (link.to_string(), json!(n))).collect()));
         m.insert("or_connections".into(), json!(ctx.or_conns.total()));
         m.insert("client_circuits".into(), json!(ctx.client_circuits.total()));
         let onion = ctx.onion.read().unwrap_or_else(|e| e.into_inner());

@@ -76,6 +76,7 @@ mod intro_flood;
 mod keygen;
 mod short_sends;
 mod latency;
+mod link_reuse;
 mod memory;
 mod messages;
 mod onion;

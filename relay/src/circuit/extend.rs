@@ -17,6 +17,7 @@ impl RelayCircuit {
         })?;
         let peer = PeerInfo { addr: target.addr, identity: id, link_key: target.link_key };
         let ctx = self.ctx.clone();
+        allium_net::metrics::METRICS.extends.inc(if ctx.pool.has(&peer) { "open" } else { "dialled" });
         let task = tokio::spawn(async move { ctx.pool.get(&peer).await });
         self.extending = Some(PendingExtend { task, htype, hdata });
         Ok(())
