@@ -8,8 +8,8 @@
 //! percentiles, and every kind of failure. Traffic stays on 127.0.0.0/8; the run is bounded by
 //! the time-out.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::net::SocketAddr;
+use std::time::Duration;
 
 #[allow(dead_code)]
 #[path = "../tests/integration/support/mod.rs"]
@@ -19,6 +19,8 @@ use support::testnet::Testnet;
 
 #[path = "common/dir_http.rs"]
 mod dir_http;
+#[path = "common/upload_burst.rs"]
+mod upload_burst;
 
 /// Simultaneous uploads.
 const RELAYS: usize = 500;
@@ -29,37 +31,8 @@ fn main() {
     eprintln!("uploads: starting allium testnet");
     let net = Testnet::start(&[]);
     let auths: Vec<SocketAddr> = net.with_role("authority").map(|n| n.addr).collect();
-    eprintln!("uploads: signing {RELAYS} descriptors");
-    let published = SystemTime::now().duration_since(UNIX_EPOCH).expect("clock").as_secs();
-    let bodies: Vec<String> = (0..RELAYS).map(|i| descriptor(i, published)).collect();
-
     eprintln!("uploads: posting {RELAYS} descriptors at once to each of {} authorities", auths.len());
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
-    let results: Vec<(Duration, Result<u16, String>)> = rt.block_on(async {
-        let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(RELAYS * auths.len()));
-        let tasks: Vec<_> = bodies
-            .into_iter()
-            .enumerate()
-            .flat_map(|(i, body)| auths.iter().map(move |a| (i, *a, body.clone())))
-            .map(|(i, auth, body)| {
-                let barrier = barrier.clone();
-                tokio::spawn(async move {
-                    barrier.wait().await;
-                    let start = Instant::now();
-                    let r = match tokio::time::timeout(TIMEOUT, post(source(i), auth, &body)).await {
-                        Ok(r) => r,
-                        Err(_) => Err(format!("no answer within {} s", TIMEOUT.as_secs())),
-                    };
-                    (start.elapsed(), r)
-                })
-            })
-            .collect();
-        let mut out = Vec::new();
-        for t in tasks {
-            out.push(t.await.expect("upload task"));
-        }
-        out
-    });
+    let results = upload_burst::all_at_once(&auths, RELAYS, TIMEOUT);
     // Each relay's uploads are consecutive in `results`, one per authority.
     let majority = auths.len() / 2 + 1;
     let listed = results.chunks(auths.len()).filter(|r| r.iter().filter(|(_, r)| matches!(r, Ok(200))).count() >= majority).count();
@@ -81,20 +54,4 @@ fn main() {
     println!("latency of accepted uploads        median {:.0} ms, p99 {:.0} ms, max {:.0} ms", pct(0.5), pct(0.99), pct(1.0));
     println!("failures                           {}", if failures.is_empty() { "none".to_string() } else { format!("{failures:?}") });
     drop(net);
-}
-
-/// Relay `i`'s signed descriptor: a fresh identity, OR port at 127.200.x.y:9001, no exit.
-fn descriptor(i: usize, published: u64) -> String {
-    let address = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, 200, (i / 250) as u8, (i % 250 + 1) as u8)), 9001);
-    dir_http::relay_descriptor(&format!("up{i}"), address, published)
-}
-
-/// Relay `i`'s own source address.
-fn source(i: usize) -> IpAddr {
-    IpAddr::V4(Ipv4Addr::new(127, 201, (i / 250) as u8, (i % 250 + 1) as u8))
-}
-
-/// POSTs one descriptor from `from`; the HTTP status, or what went wrong.
-async fn post(from: IpAddr, to: SocketAddr, body: &str) -> Result<u16, String> {
-    dir_http::request(from, to, "POST", "/allium/v1/descriptor", body.as_bytes()).await.map(|(status, _)| status)
 }

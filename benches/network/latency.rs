@@ -4,9 +4,10 @@
 //! forced circuit builds, a 1 MiB GET on a warm circuit, one 100 MB stream.
 //!
 //! A build that opens a new link pays that link's handshake as on a real network (5 × the
-//! delay: see `dangerous_link_delay_ms` in docs/PROTOCOL.md). Each delayed write also comes up
-//! to about a millisecond late (tokio's timers have millisecond granularity): a 3-hop build
-//! crosses links 12 times, so its floor here is about 60 + 6..12 ms.
+//! delay: see `dangerous_link_delay_ms` in docs/PROTOCOL.md); relays keep and pre-open their
+//! links to each other, so a build on a running network opens only the client's first link,
+//! if that. Delayed links keep time with a thread each, so a crossing is late by scheduling
+//! only (microseconds on an idle machine).
 
 use std::time::Instant;
 

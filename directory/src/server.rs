@@ -3,7 +3,7 @@
 //!
 //! | method and path                       | body                      | success | refusals |
 //! |---------------------------------------|---------------------------|---------|----------|
-//! | `POST /allium/v1/descriptor`          | a relay descriptor        | 200     | 400 (one-line reason), 413 over 16 KiB, 503 when full |
+//! | `POST /allium/v1/descriptor`          | a relay descriptor        | 200     | 400 (one-line reason), 403 (its address holds `max_relays_per_address` relays), 413 over 16 KiB, 503 when full |
 //! | `POST /allium/v1/vote`                | a vote                    | 200     | 400, 403 (names no peer), 409 (a different vote from that voter is held), 413 over 8 MiB, 429 (over the voter's budget of refused pushes, [`crate::vote_gate`]) |
 //! | `GET /allium/v1/vote/{valid_after}`   | —                         | 200, this authority's own vote | 400 bad number, 404 none |
 //! | `POST /allium/v1/signature`           | a detached signature      | 200     | 400, 409 (digest differs from ours), 413 over 1 KiB |

@@ -93,6 +93,7 @@ mod small_network;
 mod stall_recovery;
 mod status_page;
 mod tamper;
+mod upload_burst;
 mod upload_retry;
 mod test_build;
 mod wrap;
