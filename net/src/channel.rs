@@ -245,12 +245,19 @@ impl Channel {
     /// timeout, so it may stay open up to a quarter longer). Counted in
     /// [`LIMITS`]`.idle_links_closed`.
     pub fn close_when_idle(&self, timeout: Duration) {
+        self.close_when_idle_by(move || timeout);
+    }
+
+    /// [`Channel::close_when_idle`] with the timeout asked of `timeout` at each check, so that it
+    /// may change while the link is open (e.g. once a consensus lists the peer as a relay).
+    pub fn close_when_idle_by(&self, timeout: impl Fn() -> Duration + Send + 'static) {
         let chan = self.clone();
         tokio::spawn(async move {
-            let check = (timeout / 4).max(Duration::from_millis(100));
             let mut closed = chan.shared.closed.subscribe();
             let mut idle_since: Option<Instant> = None;
             loop {
+                let timeout = timeout();
+                let check = (timeout / 4).max(Duration::from_millis(100));
                 tokio::select! {
                     _ = tokio::time::sleep(check) => {}
                     _ = closed.wait_for(|c| *c) => return,

@@ -247,10 +247,16 @@ async fn accept_loop(listener: TcpListener, ctx: Arc<RelayCtx>, handler: Arc<dyn
             let mut l = link::accept(sock, &ctx.keys.link.to_bytes()).await?;
             l.permit = Some(permit);
             // A relay the consensus lists, under the identity and link key it proved, keeps its
-            // link open as long as this relay's own links to relays; anyone else briefly.
-            let listed = l.peer.is_some_and(|id| is_listed_relay_link(l.peer_link_key, ctx.dir.listed_relay(&id)));
+            // link open as long as this relay's own links to relays; anyone else briefly. Asked
+            // again at each idle check: a relay that dialled before this relay's consensus
+            // listed it keeps its link once a newer one does.
+            let (peer, peer_key) = (l.peer, l.peer_link_key);
             let chan = Channel::spawn(l, Some(handler), &ctx.pool.mem_quota());
-            chan.close_when_idle(ctx.limits.idle_timeout_for(listed));
+            let listing = ctx.clone();
+            chan.close_when_idle_by(move || {
+                let listed = peer.is_some_and(|id| is_listed_relay_link(peer_key, listing.dir.listed_relay(&id)));
+                listing.limits.idle_timeout_for(listed)
+            });
             chan.set_write_timeout(ctx.limits.link_write_timeout());
             ctx.pool.insert(chan);
             Ok::<(), link::LinkError>(())
