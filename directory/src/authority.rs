@@ -883,6 +883,7 @@ impl Shared {
         }
         drop(_g);
         save_history(self).await;
+        self.status.published(p.valid_after);
     }
 }
 
@@ -1232,6 +1233,11 @@ async fn pull_missing_votes(sh: &Arc<Shared>, t: u64) {
 #[derive(Debug, Default)]
 pub struct AuthorityStatus {
     inner: Mutex<ClockReport>,
+    /// The valid-after of the last consensus published and saved (0: none yet).
+    published: std::sync::atomic::AtomicU64,
+    /// Counts changes (a clock report, a consensus published), for [`Self::changed_since`].
+    version: std::sync::atomic::AtomicU64,
+    changed: tokio::sync::Notify,
 }
 
 /// A snapshot of [`AuthorityStatus`].
@@ -1253,8 +1259,44 @@ impl AuthorityStatus {
         self.inner.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
+    /// The valid-after of the last consensus this authority published and saved (0: none).
+    pub fn published_valid_after(&self) -> u64 {
+        self.published.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// A number that grows with every change of this status.
+    pub fn version(&self) -> u64 {
+        self.version.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Waits until the status has changed since [`Self::version`] gave `version`.
+    pub async fn changed_since(&self, version: u64) {
+        loop {
+            // Registered before the check: a change between check and wait is not missed.
+            let changed = self.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if self.version() > version {
+                return;
+            }
+            changed.await;
+        }
+    }
+
     fn update(&self, f: impl FnOnce(&mut ClockReport)) {
         f(&mut self.inner.lock().unwrap_or_else(|e| e.into_inner()));
+        self.touch();
+    }
+
+    fn touch(&self) {
+        self.version.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.changed.notify_waiters();
+    }
+
+    /// Notes a consensus published and saved.
+    fn published(&self, valid_after: u64) {
+        self.published.fetch_max(valid_after, std::sync::atomic::Ordering::SeqCst);
+        self.touch();
     }
 }
 

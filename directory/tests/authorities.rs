@@ -183,21 +183,36 @@ async fn raw(addr: SocketAddr, method: &str, path: &str, body: String) -> (u16, 
     (resp.status().as_u16(), resp.text().await.unwrap_or_default())
 }
 
-/// Polls `fetch_consensus` until `done` holds for a fetched consensus, or panics at the
-/// deadline with the last thing seen.
-async fn wait_for_consensus(net: &NetworkConfig, done: impl Fn(&NetDir) -> bool) -> NetDir {
+/// Fetches the consensus until `done` holds for it, again each time an authority publishes one
+/// (or notes something else), or panics at the deadline with the last thing seen.
+async fn wait_for_consensus(tn: &Testnet, done: impl Fn(&NetDir) -> bool) -> NetDir {
     let start = Instant::now();
     let mut last = String::from("nothing fetched yet");
     while start.elapsed() < DEADLINE {
-        match fetch_consensus(net, LOCALHOST, now(), None).await {
+        let seen = versions(tn);
+        match fetch_consensus(&tn.net, LOCALHOST, now(), None).await {
             Ok(nd) if done(&nd) => return nd,
             Ok(nd) => last = format!("consensus with {} relays, {} signatures", nd.relays().len(), nd.signers().len()),
             Err(e) => last = e.to_string(),
         }
-        // Poll interval, not a wait for an event: the deadline above bounds the test.
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        any_change(tn, &seen, DEADLINE.saturating_sub(start.elapsed())).await;
     }
     panic!("no matching consensus within {DEADLINE:?}; last: {last}");
+}
+
+/// Each started authority's status version.
+fn versions(tn: &Testnet) -> Vec<u64> {
+    tn.status.iter().map(|s| s.version()).collect()
+}
+
+/// Waits (at most `limit`) until some authority's status changed since `seen` ([`versions`]).
+async fn any_change(tn: &Testnet, seen: &[u64], limit: Duration) {
+    let mut waits = tokio::task::JoinSet::new();
+    for (s, v) in tn.status.iter().zip(seen) {
+        let (s, v) = (s.clone(), *v);
+        waits.spawn(async move { s.changed_since(v).await });
+    }
+    let _ = tokio::time::timeout(limit, waits.join_next()).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -233,7 +248,7 @@ async fn three_authorities_publish_a_consensus_signed_by_all() {
     assert_eq!(raw(auth0, "GET", "/allium/v1/vote/12345", String::new()).await.0, 404);
 
     let want: Vec<RelayId> = relays.iter().map(|(_, d)| d.identity).collect();
-    let nd = wait_for_consensus(&tn.net, |nd| nd.signers().len() == 3 && want.iter().all(|id| nd.by_id(id).is_some())).await;
+    let nd = wait_for_consensus(&tn, |nd| nd.signers().len() == 3 && want.iter().all(|id| nd.by_id(id).is_some())).await;
     assert_eq!(nd.relays().len(), 3);
     for (_, d) in &relays {
         let r = nd.by_id(&d.identity).unwrap();
@@ -257,11 +272,7 @@ async fn three_authorities_publish_a_consensus_signed_by_all() {
     let again = NetDir::from_text(nd.consensus_text(), &ids, now()).unwrap();
     assert_eq!(again.consensus_text(), nd.consensus_text());
     // Each authority saved a consensus in its data directory.
-    let start = Instant::now();
-    while !tn.dirs[..3].iter().all(|d| d.join(allium_directory::authority::CONSENSUS_FILE).exists()) {
-        assert!(start.elapsed() < DEADLINE, "consensus files not written");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    wait_until(&tn, "consensus files written", || tn.dirs[..3].iter().all(|d| d.join(allium_directory::authority::CONSENSUS_FILE).exists())).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -273,7 +284,7 @@ async fn a34_one_authority_never_started_consensus_signed_by_two() {
         assert_eq!(publish_descriptor(&tn.net, LOCALHOST, &d.encode_signed(k)).await, 2);
     }
     let want: Vec<RelayId> = relays.iter().map(|(_, d)| d.identity).collect();
-    let nd = wait_for_consensus(&tn.net, |nd| want.iter().all(|id| nd.by_id(id).is_some())).await;
+    let nd = wait_for_consensus(&tn, |nd| want.iter().all(|id| nd.by_id(id).is_some())).await;
     let signers = nd.signers();
     assert_eq!(signers.len(), 2);
     assert!(!signers.contains(&tn.net.authorities[2].identity));
@@ -298,7 +309,7 @@ async fn relay_that_stops_answering_loses_running_within_one_round() {
         assert_eq!(publish_descriptor(&tn.net, LOCALHOST, &f.desc.encode_signed(&f.key)).await, 3);
     }
     let (ia, ib) = (a.desc.identity, b.desc.identity);
-    let nd = wait_for_consensus(&tn.net, |nd| nd.by_id(&ia).is_some() && nd.by_id(&ib).is_some()).await;
+    let nd = wait_for_consensus(&tn, |nd| nd.by_id(&ia).is_some() && nd.by_id(&ib).is_some()).await;
     assert!(nd.by_id(&ia).unwrap().flags.contains(RelayFlags::RUNNING));
     // Relay a stops answering (its descriptor is still fresh and held by every authority).
     a.stop();
@@ -309,12 +320,12 @@ async fn relay_that_stops_answering_loses_running_within_one_round() {
     // a test network). Whichever such consensus is fetched first (a loaded machine may delay
     // rounds) is checked; none may list it.
     let tested_after_stop = |nd: &NetDir| nd.valid_after() % INTERVAL == 0 && nd.valid_after() * 1000 > stopped_ms + INTERVAL * 750;
-    let nd = wait_for_consensus(&tn.net, tested_after_stop).await;
+    let nd = wait_for_consensus(&tn, tested_after_stop).await;
     assert!(nd.by_id(&ia).is_none(), "a consensus voted after the stop ({}) lists the stopped relay", nd.valid_after());
     assert!(nd.usable_relays().all(|r| r.identity != ia));
     // The relay still answering stays listed (in that consensus, or the next if a test of it
     // timed out on a loaded machine).
-    let later = wait_for_consensus(&tn.net, |n| n.valid_after() >= nd.valid_after() && n.by_id(&ib).is_some()).await;
+    let later = wait_for_consensus(&tn, |n| n.valid_after() >= nd.valid_after() && n.by_id(&ib).is_some()).await;
     assert!(later.by_id(&ia).is_none());
     drop(b);
 }
@@ -323,9 +334,9 @@ async fn relay_that_stops_answering_loses_running_within_one_round() {
 async fn consecutive_consensuses_carry_different_shared_random_values() {
     let tn = testnet(3, &[true, true, true]).await;
     // From the second period on, every consensus has a value made from all three reveals.
-    let first = wait_for_consensus(&tn.net, |nd| nd.shared_random().current.is_some_and(|v| v.reveals == 3)).await;
+    let first = wait_for_consensus(&tn, |nd| nd.shared_random().current.is_some_and(|v| v.reveals == 3)).await;
     let v1 = first.shared_random().current.unwrap();
-    let second = wait_for_consensus(&tn.net, |nd| nd.valid_after() > first.valid_after() && nd.shared_random().current.is_some()).await;
+    let second = wait_for_consensus(&tn, |nd| nd.valid_after() > first.valid_after() && nd.shared_random().current.is_some()).await;
     let v2 = second.shared_random().current.unwrap();
     assert_ne!(v1.value, v2.value, "the value changes every period");
     if second.valid_after() == first.valid_after() + INTERVAL {
@@ -342,7 +353,7 @@ async fn a10_authorities_without_their_identity_key_sign_the_consensus() {
     let f = fake_relay(31).await;
     assert_eq!(publish_descriptor(&tn.net, LOCALHOST, &f.desc.encode_signed(&f.key)).await, 3);
     let id = f.desc.identity;
-    let nd = wait_for_consensus(&tn.net, |nd| nd.signers().len() == 3 && nd.by_id(&id).is_some()).await;
+    let nd = wait_for_consensus(&tn, |nd| nd.signers().len() == 3 && nd.by_id(&id).is_some()).await;
     for (i, d) in tn.dirs[..2].iter().enumerate() {
         assert!(!d.join(IDENTITY_FILE).exists(), "authority {i} ran without its identity key");
         assert!(d.join(SIGNING_KEY_FILE).exists());
@@ -361,18 +372,22 @@ async fn a10_authority_whose_certificate_expired_stops_counting() {
     let tn = testnet_with_lifetime(3, &[true, true, true], &[true, false, false], CERT_SECS).await;
     let expires = now() + CERT_SECS;
     let stale = tn.net.authorities[0].identity;
-    let nd = wait_for_consensus(&tn.net, |nd| nd.valid_after() > expires + INTERVAL && nd.signers().len() == 2).await;
+    let nd = wait_for_consensus(&tn, |nd| nd.valid_after() > expires + INTERVAL && nd.signers().len() == 2).await;
     assert!(!nd.signers().contains(&stale), "the expired authority's signature does not count");
     assert!(!nd.consensus().authorities().contains(&stale), "nor does its vote");
 }
 
-/// Polls `cond` until it holds, or panics at the deadline saying what was awaited.
-async fn wait_until(what: &str, cond: impl Fn() -> bool) {
+/// Waits until `cond` holds, checking again each time an authority's status changes, or panics
+/// at the deadline saying what was awaited.
+async fn wait_until(tn: &Testnet, what: &str, cond: impl Fn() -> bool) {
     let start = Instant::now();
-    while !cond() {
+    loop {
+        let seen = versions(tn);
+        if cond() {
+            return;
+        }
         assert!(start.elapsed() < DEADLINE, "not seen within {DEADLINE:?}: {what}");
-        // Poll interval, not a wait for an event: the deadline above bounds the test.
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        any_change(tn, &seen, DEADLINE.saturating_sub(start.elapsed())).await;
     }
 }
 
@@ -406,7 +421,7 @@ async fn skewed_authority_is_excluded(offset: i64) {
     let tn = testnet_full(3, &[true, true, true], &[], 86_400, 8, &[0, 0, offset]).await;
     let ids: Vec<RelayId> = tn.net.authorities.iter().map(|a| a.identity).collect();
     let skewed = &tn.status[2];
-    wait_until("the skewed authority's warning about its own clock", || skewed.clock_report().periods_refused_for_skew >= 1).await;
+    wait_until(&tn, "the skewed authority's warning about its own clock", || skewed.clock_report().periods_refused_for_skew >= 1).await;
     let own = skewed.clock_report().own_clock_warning.unwrap();
     assert!(own.contains("refused for clock skew by 2 of 2 peers (auth0, auth1)"), "{own}");
     // The peers measure against their own clocks when the vote arrives, so a loaded machine's
@@ -417,7 +432,7 @@ async fn skewed_authority_is_excluded(offset: i64) {
     assert!(own.contains("this authority's clock is probably wrong"), "{own}");
     let range = if offset > 0 { 595_000..=605_000 } else { -605_000..=-595_000 };
     for st in &tn.status[..2] {
-        wait_until("auth2's clock reported off", || st.clock_report().peer_clocks.contains_key("auth2")).await;
+        wait_until(&tn, "auth2's clock reported off", || st.clock_report().peer_clocks.contains_key("auth2")).await;
         let (off, msg) = st.clock_report().peer_clocks["auth2"].clone();
         assert!(range.contains(&off), "{off} {msg}");
         assert!(msg.starts_with("auth2's clock is ") && about_600(&msg, "auth2's clock is ", &format!(" s {peer_dir} ours")), "{msg}");
@@ -431,7 +446,7 @@ async fn skewed_authority_is_excluded(offset: i64) {
     // Consecutive consensuses, each signed by the two in sync, none with the skewed one's vote.
     let mut last = 0;
     for _ in 0..3 {
-        let nd = wait_for_consensus(&tn.net, |nd| nd.valid_after() > last).await;
+        let nd = wait_for_consensus(&tn, |nd| nd.valid_after() > last).await;
         let signers = nd.signers();
         assert_eq!(signers.len(), 2, "valid-after {}", nd.valid_after());
         assert!(signers.contains(&ids[0]) && signers.contains(&ids[1]));
@@ -448,7 +463,7 @@ async fn skewed_authority_is_excluded(offset: i64) {
 async fn a35_authority_one_second_off_still_takes_part() {
     let tn = testnet_full(3, &[true, true, true], &[], 86_400, 10, &[0, 0, 1]).await;
     let ids: Vec<RelayId> = tn.net.authorities.iter().map(|a| a.identity).collect();
-    let nd = wait_for_consensus(&tn.net, |nd| nd.signers().len() == 3).await;
+    let nd = wait_for_consensus(&tn, |nd| nd.signers().len() == 3).await;
     assert!(nd.signers().contains(&ids[2]));
     assert_eq!(nd.consensus().authorities().len(), 3, "all three votes made it");
     for st in &tn.status {
@@ -466,13 +481,13 @@ async fn a4_pushed_votes_are_checked_before_parsing_and_the_real_voter_still_cou
     let tn = testnet(3, &[true, true, true]).await;
     let auth0 = tn.net.authorities[0].identity;
     let (a0, a1) = (tn.net.authorities[0].address, tn.net.authorities[1].address);
-    let first = wait_for_consensus(&tn.net, |nd| nd.signers().len() == 3).await.valid_after();
+    let first = wait_for_consensus(&tn, |nd| nd.signers().len() == 3).await.valid_after();
 
     // Copies of auth0's vote for a period auth1 still holds (a few rounds are kept: retried
     // with a newer consensus if the round passed meanwhile).
     let mut answers = Vec::new();
     for _ in 0..5 {
-        let va = wait_for_consensus(&tn.net, |nd| nd.signers().len() == 3).await.valid_after();
+        let va = wait_for_consensus(&tn, |nd| nd.signers().len() == 3).await.valid_after();
         let (status, vote) = raw(a0, "GET", &format!("/allium/v1/vote/{va}"), String::new()).await;
         assert_eq!(status, 200, "auth0 serves its vote for the consensus it signed: {vote}");
         let same = raw(a1, "POST", "/allium/v1/vote", vote.clone()).await;
@@ -496,6 +511,6 @@ async fn a4_pushed_votes_are_checked_before_parsing_and_the_real_voter_still_cou
 
     // auth0's vote still counts: a later consensus made with its vote, signed by all three.
     let spent = now();
-    let later = wait_for_consensus(&tn.net, |nd| nd.valid_after() > spent + INTERVAL && nd.signers().len() == 3).await;
+    let later = wait_for_consensus(&tn, |nd| nd.valid_after() > spent + INTERVAL && nd.signers().len() == 3).await;
     assert!(later.consensus().authorities().contains(&auth0), "auth0's vote was not used");
 }

@@ -82,11 +82,40 @@ pub struct LinkStats {
     pub cells_written: AtomicU64,
     /// Times a link's reader or writer freed its buffers after [`IDLE_FREE`] without traffic.
     pub idle_buffer_frees: AtomicU64,
+    /// Notified at each of those ([`LinkStats::wait_idle_buffer_frees`]).
+    idle_freed: tokio::sync::Notify,
 }
 
 /// Process-wide link counters.
-pub static LINK_STATS: LinkStats =
-    LinkStats { write_calls: AtomicU64::new(0), bytes_written: AtomicU64::new(0), cells_written: AtomicU64::new(0), idle_buffer_frees: AtomicU64::new(0) };
+pub static LINK_STATS: LinkStats = LinkStats {
+    write_calls: AtomicU64::new(0),
+    bytes_written: AtomicU64::new(0),
+    cells_written: AtomicU64::new(0),
+    idle_buffer_frees: AtomicU64::new(0),
+    idle_freed: tokio::sync::Notify::const_new(),
+};
+
+impl LinkStats {
+    /// Counts a reader or writer that freed its buffers.
+    fn freed_idle_buffers(&self) {
+        self.idle_buffer_frees.fetch_add(1, Ordering::SeqCst);
+        self.idle_freed.notify_waiters();
+    }
+
+    /// Waits until `idle_buffer_frees` is at least `n`.
+    pub async fn wait_idle_buffer_frees(&self, n: u64) {
+        loop {
+            // Registered before the check: a free between check and wait is not missed.
+            let freed = self.idle_freed.notified();
+            tokio::pin!(freed);
+            freed.as_mut().enable();
+            if self.idle_buffer_frees.load(Ordering::SeqCst) >= n {
+                return;
+            }
+            freed.await;
+        }
+    }
+}
 
 /// Called by the reader for a CREATE on an unused circuit id (relays only).
 pub trait CreateHandler: Send + Sync + 'static {
@@ -405,7 +434,7 @@ async fn reader(mut rd: LevelIo<OwnedReadHalf>, transport: Arc<snow::StatelessTr
             _ = idle.tick() => {
                 if !std::mem::take(&mut active) && frames.free_if_between_messages() {
                     plain = Vec::new();
-                    LINK_STATS.idle_buffer_frees.fetch_add(1, Ordering::Relaxed);
+                    LINK_STATS.freed_idle_buffers();
                 }
                 continue;
             }
@@ -631,7 +660,7 @@ async fn writer(mut output: Output, mut rx: Queues, transport: Arc<snow::Statele
             _ = idle.tick() => {
                 if !std::mem::take(&mut active) && !frame.is_empty() {
                     (plain, out, frame) = (Vec::new(), Vec::new(), Vec::new());
-                    LINK_STATS.idle_buffer_frees.fetch_add(1, Ordering::Relaxed);
+                    LINK_STATS.freed_idle_buffers();
                 }
                 continue;
             }
