@@ -32,7 +32,7 @@ fn main() {
     let net = Testnet::start(&[]);
     let auths: Vec<SocketAddr> = net.with_role("authority").map(|n| n.addr).collect();
     eprintln!("uploads: posting {RELAYS} descriptors at once to each of {} authorities", auths.len());
-    let results = upload_burst::all_at_once(&auths, RELAYS, TIMEOUT);
+    let results = upload_burst::all_at_once(&auths, &(0..RELAYS).collect::<Vec<_>>(), TIMEOUT);
     // Each relay's uploads are consecutive in `results`, one per authority.
     let majority = auths.len() / 2 + 1;
     let listed = results.chunks(auths.len()).filter(|r| r.iter().filter(|(_, r)| matches!(r, Ok(200))).count() >= majority).count();

@@ -9,18 +9,17 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use super::dir_http;
 
-/// Posts `n` relays' descriptors at once to each of `auths`, each waiting at most `timeout` for
-/// its answer; per upload (relay by relay, one per authority in order): how long it took and
-/// the HTTP status, or what went wrong.
-pub fn all_at_once(auths: &[SocketAddr], n: usize, timeout: Duration) -> Vec<(Duration, Result<u16, String>)> {
+/// Posts the descriptors of relays `relays` (indices) at once to each of `auths`, each waiting
+/// at most `timeout` for its answer; per upload (relay by relay, one per authority in order):
+/// how long it took and the HTTP status, or what went wrong.
+pub fn all_at_once(auths: &[SocketAddr], relays: &[usize], timeout: Duration) -> Vec<(Duration, Result<u16, String>)> {
     let published = SystemTime::now().duration_since(UNIX_EPOCH).expect("clock").as_secs();
-    let bodies: Vec<String> = (0..n).map(|i| descriptor(i, published)).collect();
+    let bodies: Vec<(usize, String)> = relays.iter().map(|&i| (i, descriptor(i, published))).collect();
     let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
     rt.block_on(async {
-        let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(n * auths.len()));
+        let barrier = std::sync::Arc::new(tokio::sync::Barrier::new(relays.len() * auths.len()));
         let tasks: Vec<_> = bodies
             .into_iter()
-            .enumerate()
             .flat_map(|(i, body)| auths.iter().map(move |a| (i, *a, body.clone())))
             .map(|(i, auth, body)| {
                 let barrier = barrier.clone();

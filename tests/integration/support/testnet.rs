@@ -47,7 +47,23 @@ impl Testnet {
     }
 
     /// [`Self::start`] with extra environment variables for the testnet and every node.
+    ///
+    /// Started once more if a node found its port taken: `allium testnet` picks free ports at
+    /// random, and another test's network may bind the same one on the same loopback address
+    /// between the pick and the node's start.
     pub fn start_with_env(args: &[&str], env: &[(&str, &std::ffi::OsStr)]) -> Testnet {
+        match Self::try_start(args, env) {
+            Ok(net) => net,
+            Err(why) if why.contains("Address already in use") => {
+                eprintln!("a test network node's port was taken meanwhile; starting another network:\n{why}");
+                Self::try_start(args, env).unwrap_or_else(|why| panic!("{why}"))
+            }
+            Err(why) => panic!("{why}"),
+        }
+    }
+
+    /// Starts a network, or says why `allium testnet` exited before it was ready.
+    fn try_start(args: &[&str], env: &[(&str, &std::ffi::OsStr)]) -> Result<Testnet, String> {
         let root = super::fresh_dir("net");
         let dir = root.join("net");
         let log_path = root.join("testnet.log");
@@ -75,8 +91,8 @@ impl Testnet {
         let env = match events::wait_file(&env_path, Some(pid), READY_DEADLINE, || read_env(&env_path)) {
             Ok(env) => env,
             Err(Ended::Exited) => {
-                let status = net.child.as_mut().expect("child present").wait().expect("reap allium testnet");
-                panic!("allium testnet exited ({status}) before it was ready; its output ends with:\n{}", super::tail(&log_path, 40));
+                let status = net.child.take().expect("child present").wait().expect("reap allium testnet");
+                return Err(format!("allium testnet exited ({status}) before it was ready; its output ends with:\n{}", super::tail(&log_path, 40)));
             }
             Err(Ended::TimedOut) => panic!(
                 "allium testnet not ready after {} s; its output ends with:\n{}",
@@ -90,7 +106,7 @@ impl Testnet {
         let listed_dir = env_value(&env, "TESTNET_DIR");
         assert_eq!(Path::new(&listed_dir), net.dir.canonicalize().unwrap(), "TESTNET_DIR in testnet.env");
         net.nodes = parse_nodes(&std::fs::read_to_string(net.dir.join("nodes")).expect("DIR/nodes exists once testnet.env does"));
-        net
+        Ok(net)
     }
 
     /// The nodes with the given role.
