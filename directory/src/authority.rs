@@ -994,7 +994,7 @@ pub async fn run_authority(cfg: AuthorityConfig, keys: AuthorityKeys) -> Result<
              other nodes will look for it there"
         );
     }
-    let listener = TcpListener::bind(addr).await.map_err(|err| DirError::Bind { addr, err })?;
+    let listener = allium_net::accept::listen(addr).map_err(|err| DirError::Bind { addr, err })?;
     run_authority_on(cfg, keys, listener).await
 }
 

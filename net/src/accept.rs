@@ -13,6 +13,20 @@ use crate::limits::counters::{LimitCounters, LIMITS};
 /// How often an accept error (e.g. out of file descriptors) is logged at most.
 const ACCEPT_ERROR_LOG_EVERY: Duration = Duration::from_secs(60);
 
+/// Connections the kernel completes and queues for a listener before the node accepts them
+/// (capped by the system's `net.core.somaxconn`). The standard library's 128 overflowed when
+/// 500 relays uploaded their descriptors at once: handshakes were dropped and retried a second
+/// later, and under load some connections were reset (issue 18).
+pub const LISTEN_BACKLOG: u32 = 4096;
+
+/// A listener on `addr` with [`LISTEN_BACKLOG`] (address reuse as tokio's `bind` sets it).
+pub fn listen(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
+    let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    socket.listen(LISTEN_BACKLOG)
+}
+
 /// Accepts connections forever. A connection over `limiter`'s caps is closed at once (and
 /// counted); any other is handed to `handle` with its permit, in a task of its own, and a
 /// connection that ends in an error is logged at debug level (it is the peer's business).

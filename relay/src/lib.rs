@@ -189,7 +189,7 @@ impl InertRelay {
         // This relay dials relays only (to extend circuits): links between relays.
         ctx.pool.set_idle_timeout(ctx.limits.idle_timeout_for(true));
         let addr = self.cfg.or_listen_address();
-        let listener = TcpListener::bind(addr).await.map_err(|e| format!("cannot listen on the OR port {addr}: {e}"))?;
+        let listener = allium_net::accept::listen(addr).map_err(|e| format!("cannot listen on the OR port {addr}: {e}"))?;
         tracing::info!("relay {} listening; exit: {}", self.cfg.node.nickname, ctx.exit.policy.is_exit());
         if let Some(adv) = self.cfg.relay.advertise_address {
             tracing::info!("OR port {addr} advertised as {adv} (relay.advertise_address): it must forward there");
