@@ -24,7 +24,7 @@ fn connected() -> RelayMsg {
 }
 
 /// Opens stream `id` from the client to the exit (the last hop) and answers it CONNECTED.
-fn open_stream(p: &mut Pair, id: u16) {
+pub(super) fn open_stream(p: &mut Pair, id: u16) {
     let cells = p.client.begin(id, &begin("example.test"), p.now).unwrap();
     p.send_from_client(cells);
     p.run();
