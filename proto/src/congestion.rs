@@ -119,6 +119,27 @@ impl CongestionWindow {
         if self.available() == 0 {
             return false;
         }
+        self.take_one(now, token);
+        true
+    }
+
+    /// Takes a slot past `cwnd` (never past the circuit window); false when the circuit window
+    /// is full. For the one full cell that follows a partly filled one when `cwnd` shrank below
+    /// what was in flight ([`crate::circuit::streams`]).
+    pub fn take_past(&mut self, now: Instant, token: bool) -> bool {
+        if !self.below_max() {
+            return false;
+        }
+        self.take_one(now, token);
+        true
+    }
+
+    /// Whether fewer cells than the circuit window are in flight.
+    pub fn below_max(&self) -> bool {
+        self.inflight < self.max
+    }
+
+    fn take_one(&mut self, now: Instant, token: bool) {
         self.inflight += 1;
         if token {
             self.sent.push_back(now);
@@ -126,7 +147,6 @@ impl CongestionWindow {
         if self.available() < self.inc {
             self.full = true;
         }
-        true
     }
 
     /// A circuit SENDME arrived at `now` (its token already checked).

@@ -14,7 +14,7 @@ use super::pair::Pair;
 use super::streams::{DataIn, Out, StreamFlow};
 use crate::congestion::CcParams;
 use crate::flow::FlowParams;
-use crate::relay_msg::{EndReason, RelayMsg};
+use crate::relay_msg::{EndReason, RelayMsg, MAX_BODY_PER_CELL};
 
 /// Bytes the exit's reader takes from a source at once (a read that fills it has `more`).
 const READ: usize = 1200;
@@ -371,4 +371,73 @@ fn two_streams_over_a_three_hop_circuit_deliver_every_byte() {
         }
         assert!(e.complete(), "seed {seed}: not every byte arrived over the circuit");
     }
+}
+
+/// How much of its cell a DATA message fills; None for another message.
+fn filled(msg: &RelayMsg) -> Option<usize> {
+    match msg {
+        RelayMsg::Data(d) => Some(d.len()),
+        RelayMsg::DataToken { data, .. } => Some(data.len() + crate::flow::SENDME_TOKEN_LEN),
+        _ => None,
+    }
+}
+
+/// Hands the exit's DATA to the client, which consumes it at once: the SENDMEs it sends.
+fn consume_all(client: &mut StreamFlow<()>, out: &Out, now: Instant) -> Vec<Option<crate::flow::SendmeToken>> {
+    let mut sendmes = Vec::new();
+    for (id, msg) in out {
+        let Some(f) = filled(msg) else { continue };
+        let token = match msg {
+            RelayMsg::DataToken { token, .. } => Some(*token),
+            _ => None,
+        };
+        assert!(matches!(client.on_data(*id, f, token, now).expect("within the window"), DataIn::Deliver));
+        let _ = client.delivered(*id);
+        for (_, m) in client.on_consumed(*id, 1) {
+            if let RelayMsg::Sendme { token } = m {
+                sendmes.push(token);
+            }
+        }
+    }
+    sendmes
+}
+
+/// A congestion window that shrinks below what is in flight (a SENDME's Vegas step) right
+/// after a partly filled cell still leaves the receiver a full last cell: the stream's next
+/// cell goes one past the window, so the receiver's stall rule sees DATA owed if nothing
+/// follows (the stall_recovery test once hung on this: a download whose SENDMEs were lost was
+/// never ended, its last cell partly filled).
+#[test]
+fn a_window_that_shrinks_after_a_partial_cell_still_ends_on_a_full_one() {
+    let cc = CcParams { cwnd_init: 40, alpha: 2, beta: 4, gamma: 3, delta: 6 };
+    let flow = FlowParams { circuit_window: 100, circuit_sendme_inc: 10, xoff_cells: 1000, cc };
+    let t0 = Instant::now();
+    let ms = std::time::Duration::from_millis;
+    let (mut exit, mut client) = (StreamFlow::<()>::new(flow, t0), StreamFlow::<()>::new(flow, t0));
+    exit.open(1, t0).unwrap();
+    client.open(1, t0).unwrap();
+    let (mut tokens, mut hold) = (CountingRng::default(), || Some(()));
+    // A burst that fills the window (40 cells), acknowledged quickly: a short round trip.
+    let (_, out) = exit.on_read(1, &[7; 40 * 498], true, t0, &mut tokens, &mut hold).unwrap();
+    assert_eq!(out.len(), 40, "the initial window");
+    let mut sendmes = consume_all(&mut client, &out, t0).into_iter();
+    let out = exit.on_circuit_sendme(sendmes.next().unwrap().as_ref(), t0 + ms(1)).unwrap();
+    assert!(consume_all(&mut client, &out, t0 + ms(1)).is_empty());
+    // The source drains: a partly filled cell goes, within the window.
+    let (_, out) = exit.on_read(1, &[8; 100], false, t0 + ms(2), &mut tokens, &mut hold).unwrap();
+    assert!(out.iter().any(|(_, m)| filled(m).is_some_and(|f| f < MAX_BODY_PER_CELL)), "a partly filled cell: {out:?}");
+    let _ = consume_all(&mut client, &out, t0 + ms(2));
+    // A SENDME with a long round trip: slow start ends and the window drops below what is in
+    // flight.
+    let out = exit.on_circuit_sendme(sendmes.next().unwrap().as_ref(), t0 + ms(2000)).unwrap();
+    assert!(out.is_empty());
+    assert!(exit.available() == 0, "the window closed (cwnd {})", exit.cwnd());
+    // More data: one full cell goes past the closed window, no more.
+    let (_, out) = exit.on_read(1, &[9; 5 * 498], true, t0 + ms(2001), &mut tokens, &mut hold).unwrap();
+    let sent: Vec<usize> = out.iter().filter_map(|(_, m)| filled(m)).collect();
+    assert_eq!(sent, vec![MAX_BODY_PER_CELL], "exactly one full cell past the window");
+    let _ = consume_all(&mut client, &out, t0 + ms(2001));
+    // Nothing more comes: the receiver counts the stream as owed DATA and gives up on it.
+    let limit = std::time::Duration::from_secs(20);
+    assert_eq!(client.stalled(t0 + ms(2001) + limit, limit), vec![1]);
 }

@@ -76,6 +76,8 @@ struct FlowStream {
     /// Read bytes held back (less than a cell): the tail of a read that filled its buffer,
     /// sent with the next read's bytes or when the reader finds nothing more ready.
     carry: Vec<u8>,
+    /// Our last DATA cell on this stream was partly filled.
+    sent_partial: bool,
 }
 
 /// The streams of one circuit end (see the module docs).
@@ -172,7 +174,7 @@ impl<H> StreamFlow<H> {
         match self.queue.front() {
             None => false,
             Some(q) if !is_data(&q.msg) => true,
-            Some(q) => !self.window_holds(&q.msg) && self.circ_send.available() > 0,
+            Some(q) => self.window_admits(q.id, &q.msg).is_some(),
         }
     }
 
@@ -200,7 +202,7 @@ impl<H> StreamFlow<H> {
             return Err(StreamError::TooManyStreams);
         }
         self.closed.remove(&id);
-        self.streams.insert(id, FlowStream { unwritten: 0, xoff_sent: false, last_progress: now, last_data_full: false, carry: Vec::new() });
+        self.streams.insert(id, FlowStream { unwritten: 0, xoff_sent: false, last_progress: now, last_data_full: false, carry: Vec::new(), sent_partial: false });
         Ok(())
     }
 
@@ -421,12 +423,22 @@ impl<H> StreamFlow<H> {
     /// window is always full: a sender stopped by its window, whatever its source did just
     /// before, leaves its receiver owed DATA. An increment's token cell is in flight whenever
     /// one slot is left (at least two increments are), so a SENDME opens the window again.
+    /// Whether DATA cell `msg` of stream `id` may go now: within the congestion window (see
+    /// [`Self::window_holds`]), or one cell past it. A window that shrank below what is in
+    /// flight (a SENDME's Vegas step) may have closed right after a partly filled cell; the
+    /// stream's next cell then goes anyway if it is full (within the circuit window), so that
+    /// the last cell the receiver gets says "more is owed" here too.
+    fn window_admits(&self, id: u16, msg: &RelayMsg) -> Option<Admit> {
+        let filled = data_filled(msg)?;
+        if self.circ_send.available() > 0 {
+            return (!self.window_holds(msg)).then_some(Admit::Within);
+        }
+        let after_partial = self.streams.get(&id).is_some_and(|s| s.sent_partial);
+        (filled == MAX_BODY_PER_CELL && after_partial && self.circ_send.below_max()).then_some(Admit::Past)
+    }
+
     fn window_holds(&self, msg: &RelayMsg) -> bool {
-        let filled = match msg {
-            RelayMsg::Data(d) => d.len(),
-            RelayMsg::DataToken { data, .. } => data.len() + SENDME_TOKEN_LEN,
-            _ => return false,
-        };
+        let Some(filled) = data_filled(msg) else { return false };
         match self.circ_send.available() {
             0 => true,
             1 => filled < MAX_BODY_PER_CELL,
@@ -438,9 +450,18 @@ impl<H> StreamFlow<H> {
     fn flush(&mut self, now: Instant) -> Out {
         let mut out = Vec::new();
         while let Some(q) = self.queue.front() {
-            if is_data(&q.msg) {
-                if self.window_holds(&q.msg) || !self.circ_send.take(now, matches!(q.msg, RelayMsg::DataToken { .. })) {
+            if let Some(filled) = data_filled(&q.msg) {
+                let token = matches!(q.msg, RelayMsg::DataToken { .. });
+                let taken = match self.window_admits(q.id, &q.msg) {
+                    None => false,
+                    Some(Admit::Within) => self.circ_send.take(now, token),
+                    Some(Admit::Past) => self.circ_send.take_past(now, token),
+                };
+                if !taken {
                     break;
+                }
+                if let Some(s) = self.streams.get_mut(&q.id) {
+                    s.sent_partial = filled < MAX_BODY_PER_CELL;
                 }
                 self.queued_data -= 1;
             }
@@ -448,6 +469,21 @@ impl<H> StreamFlow<H> {
             out.push((q.id, q.msg));
         }
         out
+    }
+}
+
+/// How a DATA cell is let through the congestion window ([`StreamFlow::window_admits`]).
+enum Admit {
+    Within,
+    Past,
+}
+
+/// How much of its cell a DATA message fills (its bytes and token), or None for another message.
+fn data_filled(m: &RelayMsg) -> Option<usize> {
+    match m {
+        RelayMsg::Data(d) => Some(d.len()),
+        RelayMsg::DataToken { data, .. } => Some(data.len() + SENDME_TOKEN_LEN),
+        _ => None,
     }
 }
 
