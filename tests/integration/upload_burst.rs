@@ -12,7 +12,7 @@ use crate::support::testnet::Testnet;
 #[path = "../../benches/common/dir_http.rs"]
 mod dir_http;
 #[path = "../../benches/common/upload_burst.rs"]
-mod upload_burst;
+mod burst;
 
 /// The relays (of `relays`, in order) whose descriptor fewer than a majority of the
 /// authorities accepted in `results`.
@@ -27,7 +27,7 @@ fn five_hundred_relays_uploading_at_once_are_all_listed() {
     let auths: Vec<SocketAddr> = net.with_role("authority").map(|n| n.addr).collect();
     let relays: Vec<usize> = (0..500).collect();
     let timeout = allium_directory::publish::PUBLISH_TIMEOUT;
-    let results = upload_burst::all_at_once(&auths, &relays, timeout);
+    let results = burst::all_at_once(&auths, &relays, timeout);
     assert_eq!(results.len(), 500 * auths.len());
     let refused: Vec<&Result<u16, String>> = results.iter().map(|(_, r)| r).filter(|r| matches!(r, Ok(s) if *s != 200)).collect();
     assert!(refused.is_empty(), "uploads refused by status: {refused:?}");
@@ -38,7 +38,7 @@ fn five_hundred_relays_uploading_at_once_are_all_listed() {
     let failed: Vec<&Result<u16, String>> = results.iter().map(|(_, r)| r).filter(|r| !matches!(r, Ok(200))).collect();
     eprintln!("{} of {} uploads failed in the burst: {:?}", failed.len(), results.len(), &failed[..failed.len().min(10)]);
     if !missing.is_empty() {
-        let again = upload_burst::all_at_once(&auths, &missing, timeout);
+        let again = burst::all_at_once(&auths, &missing, timeout);
         let still = unlisted(&missing, auths.len(), &again);
         assert!(still.is_empty(), "relays not accepted by a majority of the authorities, even when retried: {still:?}");
     }

@@ -11,7 +11,7 @@ use rand::{Rng, SeedableRng};
 
 use super::client::Event;
 use super::pair::Pair;
-use super::streams::{DataIn, Out, StreamFlow};
+use super::streams::{data_filled, DataIn, Out, StreamFlow};
 use crate::congestion::CcParams;
 use crate::flow::FlowParams;
 use crate::relay_msg::{EndReason, RelayMsg, MAX_BODY_PER_CELL};
@@ -208,7 +208,7 @@ impl Ends {
                     }
                     m => panic!("the client sent {m:?}"),
                 };
-                self.to_client.extend(toward_client(out, pair.as_deref_mut()));
+                self.to_client.extend(toward_client(out, pair));
             }
         }
         assert!(!self.exit.could_send(), "{ev:?} left the exit with data the window allows, unsent");
@@ -373,20 +373,11 @@ fn two_streams_over_a_three_hop_circuit_deliver_every_byte() {
     }
 }
 
-/// How much of its cell a DATA message fills; None for another message.
-fn filled(msg: &RelayMsg) -> Option<usize> {
-    match msg {
-        RelayMsg::Data(d) => Some(d.len()),
-        RelayMsg::DataToken { data, .. } => Some(data.len() + crate::flow::SENDME_TOKEN_LEN),
-        _ => None,
-    }
-}
-
 /// Hands the exit's DATA to the client, which consumes it at once: the SENDMEs it sends.
 fn consume_all(client: &mut StreamFlow<()>, out: &Out, now: Instant) -> Vec<Option<crate::flow::SendmeToken>> {
     let mut sendmes = Vec::new();
     for (id, msg) in out {
-        let Some(f) = filled(msg) else { continue };
+        let Some(f) = data_filled(msg) else { continue };
         let token = match msg {
             RelayMsg::DataToken { token, .. } => Some(*token),
             _ => None,
@@ -425,7 +416,7 @@ fn a_window_that_shrinks_after_a_partial_cell_still_ends_on_a_full_one() {
     assert!(consume_all(&mut client, &out, t0 + ms(1)).is_empty());
     // The source drains: a partly filled cell goes, within the window.
     let (_, out) = exit.on_read(1, &[8; 100], false, t0 + ms(2), &mut tokens, &mut hold).unwrap();
-    assert!(out.iter().any(|(_, m)| filled(m).is_some_and(|f| f < MAX_BODY_PER_CELL)), "a partly filled cell: {out:?}");
+    assert!(out.iter().any(|(_, m)| data_filled(m).is_some_and(|f| f < MAX_BODY_PER_CELL)), "a partly filled cell: {out:?}");
     let _ = consume_all(&mut client, &out, t0 + ms(2));
     // A SENDME with a long round trip: slow start ends and the window drops below what is in
     // flight.
@@ -434,7 +425,7 @@ fn a_window_that_shrinks_after_a_partial_cell_still_ends_on_a_full_one() {
     assert!(exit.available() == 0, "the window closed (cwnd {})", exit.cwnd());
     // More data: one full cell goes past the closed window, no more.
     let (_, out) = exit.on_read(1, &[9; 5 * 498], true, t0 + ms(2001), &mut tokens, &mut hold).unwrap();
-    let sent: Vec<usize> = out.iter().filter_map(|(_, m)| filled(m)).collect();
+    let sent: Vec<usize> = out.iter().filter_map(|(_, m)| data_filled(m)).collect();
     assert_eq!(sent, vec![MAX_BODY_PER_CELL], "exactly one full cell past the window");
     let _ = consume_all(&mut client, &out, t0 + ms(2001));
     // Nothing more comes: the receiver counts the stream as owed DATA and gives up on it.

@@ -479,7 +479,7 @@ enum Admit {
 }
 
 /// How much of its cell a DATA message fills (its bytes and token), or None for another message.
-fn data_filled(m: &RelayMsg) -> Option<usize> {
+pub(crate) fn data_filled(m: &RelayMsg) -> Option<usize> {
     match m {
         RelayMsg::Data(d) => Some(d.len()),
         RelayMsg::DataToken { data, .. } => Some(data.len() + SENDME_TOKEN_LEN),
