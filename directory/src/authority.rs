@@ -883,7 +883,8 @@ impl Shared {
         }
         drop(_g);
         save_history(self).await;
-        self.status.published(p.valid_after);
+        // A consensus published and saved: whoever waits on the status hears of it.
+        self.status.touch();
     }
 }
 
@@ -1233,8 +1234,6 @@ async fn pull_missing_votes(sh: &Arc<Shared>, t: u64) {
 #[derive(Debug, Default)]
 pub struct AuthorityStatus {
     inner: Mutex<ClockReport>,
-    /// The valid-after of the last consensus published and saved (0: none yet).
-    published: std::sync::atomic::AtomicU64,
     /// Counts changes (a clock report, a consensus published), for [`Self::changed_since`].
     version: std::sync::atomic::AtomicU64,
     changed: tokio::sync::Notify,
@@ -1257,11 +1256,6 @@ impl AuthorityStatus {
     /// The current report.
     pub fn clock_report(&self) -> ClockReport {
         self.inner.lock().unwrap_or_else(|e| e.into_inner()).clone()
-    }
-
-    /// The valid-after of the last consensus this authority published and saved (0: none).
-    pub fn published_valid_after(&self) -> u64 {
-        self.published.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// A number that grows with every change of this status.
@@ -1291,12 +1285,6 @@ impl AuthorityStatus {
     fn touch(&self) {
         self.version.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
         self.changed.notify_waiters();
-    }
-
-    /// Notes a consensus published and saved.
-    fn published(&self, valid_after: u64) {
-        self.published.fetch_max(valid_after, std::sync::atomic::Ordering::SeqCst);
-        self.touch();
     }
 }
 

@@ -76,8 +76,6 @@ struct FlowStream {
     /// Read bytes held back (less than a cell): the tail of a read that filled its buffer,
     /// sent with the next read's bytes or when the reader finds nothing more ready.
     carry: Vec<u8>,
-    /// Our last DATA cell on this stream was partly filled.
-    sent_partial: bool,
 }
 
 /// The streams of one circuit end (see the module docs).
@@ -86,6 +84,9 @@ pub struct StreamFlow<H> {
     streams: HashMap<u16, FlowStream>,
     /// Ids closed by us whose late cells are ignored rather than treated as violations.
     closed: HashSet<u16>,
+    /// Open streams whose last DATA cell we sent was partly filled (usually none: a partial
+    /// cell ends a burst, and the stream's next full cell takes it out).
+    after_partial: HashSet<u16>,
     circ_send: CongestionWindow,
     circ_recv: RecvWindow,
     /// The tokens circuit-level SENDMEs must echo, ours and the other end's.
@@ -108,6 +109,7 @@ impl<H> StreamFlow<H> {
         StreamFlow {
             streams: HashMap::new(),
             closed: HashSet::new(),
+            after_partial: HashSet::new(),
             circ_send: CongestionWindow::new(flow.circuit_window, flow.circuit_sendme_inc, flow.cc),
             circ_recv: RecvWindow::circuit(&flow),
             tokens_out: TokenSender::new(&flow),
@@ -202,7 +204,7 @@ impl<H> StreamFlow<H> {
             return Err(StreamError::TooManyStreams);
         }
         self.closed.remove(&id);
-        self.streams.insert(id, FlowStream { unwritten: 0, xoff_sent: false, last_progress: now, last_data_full: false, carry: Vec::new(), sent_partial: false });
+        self.streams.insert(id, FlowStream { unwritten: 0, xoff_sent: false, last_progress: now, last_data_full: false, carry: Vec::new() });
         Ok(())
     }
 
@@ -280,6 +282,7 @@ impl<H> StreamFlow<H> {
     /// END from the other end: true if the stream was open (the owner retires it).
     pub fn on_end(&mut self, id: u16) -> Result<bool, StreamError> {
         if self.streams.remove(&id).is_some() {
+            self.after_partial.remove(&id);
             self.closed.insert(id);
             Ok(true)
         } else {
@@ -327,6 +330,7 @@ impl<H> StreamFlow<H> {
         let bytes = std::mem::take(&mut self.streams.get_mut(&id)?.carry);
         let cells = self.queue_data(id, bytes, false, rng, hold);
         self.streams.remove(&id);
+        self.after_partial.remove(&id);
         self.closed.insert(id);
         self.queue.push_back(Queued { id, msg: RelayMsg::End(reason), _hold: None });
         Some((cells, self.flush(now)))
@@ -433,8 +437,7 @@ impl<H> StreamFlow<H> {
         if self.circ_send.available() > 0 {
             return (!self.window_holds(msg)).then_some(Admit::Within);
         }
-        let after_partial = self.streams.get(&id).is_some_and(|s| s.sent_partial);
-        (filled == MAX_BODY_PER_CELL && after_partial && self.circ_send.below_max()).then_some(Admit::Past)
+        (filled == MAX_BODY_PER_CELL && self.after_partial.contains(&id) && self.circ_send.below_max()).then_some(Admit::Past)
     }
 
     fn window_holds(&self, msg: &RelayMsg) -> bool {
@@ -460,8 +463,14 @@ impl<H> StreamFlow<H> {
                 if !taken {
                     break;
                 }
-                if let Some(s) = self.streams.get_mut(&q.id) {
-                    s.sent_partial = filled < MAX_BODY_PER_CELL;
+                // Per cell: only a partial cell, or a full one while some stream's last was
+                // partial, touches the set.
+                if filled < MAX_BODY_PER_CELL {
+                    if self.streams.contains_key(&q.id) {
+                        self.after_partial.insert(q.id);
+                    }
+                } else if !self.after_partial.is_empty() {
+                    self.after_partial.remove(&q.id);
                 }
                 self.queued_data -= 1;
             }
