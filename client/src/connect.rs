@@ -10,7 +10,7 @@ use allium_proto::ids::RelayId;
 use allium_proto::relay_msg::EndReason;
 use tokio::sync::oneshot;
 
-use crate::circmgr::{retry_on_another_exit, GetError, IsolationKey, STREAM_RETRIES};
+use crate::circmgr::{retry_on_another_exit, GetError, IsolationKey, STREAM_RETRIES, Successor};
 use crate::circuit::{BeginRequest, Connected};
 use crate::hs_connect::OnionError;
 use crate::path::{ExitNeed, PathError};
@@ -93,14 +93,16 @@ pub fn retry_elsewhere(reason: EndReason, exits_tried: usize) -> bool {
 
 /// Opens a stream to `host:port` for isolation class `iso`: through an exit, or to the onion
 /// service a `.allium` name names.
-pub async fn open(state: &ClientState, host: &str, port: u16, iso: &IsolationKey) -> Result<Connected, ConnectError> {
+/// With the stream comes the [`Successor`] of the circuit it took, to keep until the stream is
+/// done.
+pub async fn open(state: &ClientState, host: &str, port: u16, iso: &IsolationKey) -> Result<(Connected, Successor), ConnectError> {
     if port == 0 {
         return Err(ConnectError::PortZero);
     }
     if OnionAddress::is_reserved_name(host) {
         // Never leak such a name to an exit. A malformed address fails at once, with its reason.
         let addr = OnionAddress::parse(host).map_err(|e| ConnectError::OnionAddress(e.to_string()))?;
-        return open_onion(state, &addr, &host.to_ascii_lowercase(), port, iso).await;
+        return open_onion(state, &addr, &host.to_ascii_lowercase(), port, iso).await.map(|c| (c, Successor::none()));
     }
     let need = match host.parse::<std::net::IpAddr>() {
         Ok(ip) => ExitNeed::Addr(ip, port),
@@ -111,12 +113,12 @@ pub async fn open(state: &ClientState, host: &str, port: u16, iso: &IsolationKey
 
 /// Through an exit: up to 1 + [`STREAM_RETRIES`] exits, never one twice, while the refusal is
 /// one another exit may not give.
-async fn open_exit(state: &ClientState, host: &str, port: u16, need: ExitNeed, iso: &IsolationKey) -> Result<Connected, ConnectError> {
+async fn open_exit(state: &ClientState, host: &str, port: u16, need: ExitNeed, iso: &IsolationKey) -> Result<(Connected, Successor), ConnectError> {
     let dir = state.wait_netdir(BOOTSTRAP_WAIT).await.ok_or(ConnectError::NotBootstrapped)?;
     let mut refused_by: Vec<RelayId> = Vec::new();
     let mut last_refusal: Option<EndReason> = None;
     loop {
-        let circ = match state.circuits.get_avoiding(&dir, need, iso, &refused_by).await {
+        let (circ, successor) = match state.circuits.get_avoiding(&dir, need, iso, &refused_by).await {
             Ok(c) => c,
             // No other exit (or no circuit to one): the answer is the exits' refusal, not why
             // no further exit could be had.
@@ -135,7 +137,7 @@ async fn open_exit(state: &ClientState, host: &str, port: u16, need: ExitNeed, i
             Err(_) => Err(EndReason::Destroy),
         };
         let reason = match answer {
-            Ok(c) => return Ok(c),
+            Ok(c) => return Ok((c, successor)),
             Err(reason) => reason,
         };
         refused_by.push(exit);

@@ -233,7 +233,8 @@ impl Client {
         let mut credentials = b"embed\0".to_vec();
         credentials.extend_from_slice(isolation);
         let iso = self.state.isolation(&credentials, None, host);
-        Ok(crate::connect::open(&self.state, host, port, &iso).await?.stream)
+        // The circuit's successor (if it was built ahead of need) is owed now.
+        Ok(crate::connect::open(&self.state, host, port, &iso).await?.0.stream)
     }
 }
 

@@ -15,6 +15,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::oneshot;
 
+use crate::circmgr::Successor;
 use crate::circuit::{Connected, ResolveRequest};
 use crate::connect::{self, ConnectError, BOOTSTRAP_WAIT};
 use crate::path::ExitNeed;
@@ -140,7 +141,7 @@ pub(crate) async fn serve_request(sock: TcpStream, state: Arc<ClientState>, app:
     }
     let iso = state.isolation(&credentials, sock.local_addr().ok(), &host);
     match connect::open(&state, &host, port, &iso).await {
-        Ok(c) => connected(sock, c, &front, early).await,
+        Ok((c, successor)) => connected(sock, c, successor, &front, early).await,
         Err(e) => {
             tracing::info!("{} request failed: {e}", front.name());
             fail(sock, &front, reply_for(&e)).await
@@ -161,10 +162,11 @@ fn reply_for(e: &ConnectError) -> ReplyCode {
 }
 
 /// The stream is open: tells the application (the front end's success reply) and carries its
-/// bytes, `early` first (what it sent after its request).
-async fn connected(mut sock: TcpStream, c: Connected, front: &Front, early: Vec<u8>) -> std::io::Result<()> {
+/// bytes, `early` first (what it sent after its request). The circuit's `successor` is owed
+/// once the stream closes.
+async fn connected(mut sock: TcpStream, c: Connected, successor: Successor, front: &Front, early: Vec<u8>) -> std::io::Result<()> {
     sock.write_all(&front.reply(ReplyCode::Succeeded, Some(SocketAddr::from(([0, 0, 0, 0], 0))))).await?;
-    let guard = allium_net::metrics::METRICS.streams_open.open();
+    let guard = (allium_net::metrics::METRICS.streams_open.open(), successor);
     c.stream.splice(allium_net::stream::Holding { sock, guard }, early);
     Ok(())
 }
@@ -185,7 +187,8 @@ async fn serve_resolve(mut sock: TcpStream, state: Arc<ClientState>, target: Tar
         return fail(sock, &front, ReplyCode::GeneralFailure).await;
     };
     // Any exit can resolve; ask for one that allows a common port.
-    let circ = match state.circuits.get(&dir, ExitNeed::Port(RESOLVE_PORT), &iso).await {
+    // Its successor (if it was built ahead of need) is built once the RESOLVE is answered.
+    let (circ, _successor) = match state.circuits.get(&dir, ExitNeed::Port(RESOLVE_PORT), &iso).await {
         Ok(c) => c,
         Err(e) => {
             tracing::info!("no circuit for a RESOLVE: {e}");
