@@ -311,9 +311,14 @@ impl<H> StreamFlow<H> {
     /// queued (`None` for a stream no longer open) and what can be sent now.
     pub fn on_read(&mut self, id: u16, data: &[u8], more: bool, now: Instant, rng: &mut dyn RngCore, hold: &mut dyn FnMut() -> Option<H>) -> Option<(usize, Out)> {
         let s = self.streams.get_mut(&id)?;
-        let mut bytes = std::mem::take(&mut s.carry);
-        bytes.extend_from_slice(data);
-        let cells = self.queue_data(id, bytes, more, rng, hold);
+        let cells = if s.carry.is_empty() {
+            // The usual case: the cells are cut from the read itself, not from a copy.
+            self.queue_data(id, data, more, rng, hold)
+        } else {
+            let mut bytes = std::mem::take(&mut s.carry);
+            bytes.extend_from_slice(data);
+            self.queue_data(id, &bytes, more, rng, hold)
+        };
         Some((cells, self.flush(now)))
     }
 
@@ -328,7 +333,7 @@ impl<H> StreamFlow<H> {
     /// the stream was not open.
     pub fn close(&mut self, id: u16, reason: EndReason, now: Instant, rng: &mut dyn RngCore, hold: &mut dyn FnMut() -> Option<H>) -> Option<(usize, Out)> {
         let bytes = std::mem::take(&mut self.streams.get_mut(&id)?.carry);
-        let cells = self.queue_data(id, bytes, false, rng, hold);
+        let cells = self.queue_data(id, &bytes, false, rng, hold);
         self.streams.remove(&id);
         self.after_partial.remove(&id);
         self.closed.insert(id);
@@ -374,16 +379,17 @@ impl<H> StreamFlow<H> {
     /// Queues `bytes` of stream `id` as DATA cells (the cell completing an increment of the
     /// circuit window carries a token); with `more`, a partly filled last cell is held back in
     /// the stream's `carry` instead. Returns the cells queued.
-    fn queue_data(&mut self, id: u16, mut bytes: Vec<u8>, more: bool, rng: &mut dyn RngCore, hold: &mut dyn FnMut() -> Option<H>) -> usize {
+    fn queue_data(&mut self, id: u16, bytes: &[u8], more: bool, rng: &mut dyn RngCore, hold: &mut dyn FnMut() -> Option<H>) -> usize {
         let plan = self.tokens_out.plan(bytes.len());
         let keep = match plan.last() {
             Some(&(len, token)) if more && len < MAX_BODY_PER_CELL - if token { SENDME_TOKEN_LEN } else { 0 } => len,
             _ => 0,
         };
+        let (bytes, carried) = bytes.split_at(bytes.len() - keep);
         if let Some(s) = self.streams.get_mut(&id) {
-            s.carry = bytes.split_off(bytes.len() - keep);
+            s.carry = carried.to_vec();
         }
-        let mut rest = &bytes[..];
+        let mut rest = bytes;
         let mut cells = 0;
         for (len, due) in plan {
             if rest.is_empty() {
