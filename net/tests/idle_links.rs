@@ -7,12 +7,12 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use allium_net::channel::Channel;
-use allium_net::keys::NodeKeys;
 use allium_net::limits::memquota::MemQuota;
-use allium_net::link::{self, PeerInfo};
+use allium_net::link;
 use allium_net::pool::ChannelPool;
-use tokio::net::TcpListener;
 use tokio::sync::mpsc;
+
+mod support;
 
 /// Timeouts small enough for a test: the unlisted link would close at its second check
 /// (checked every 0.1 s), the listed one, checked each second, at its fourth.
@@ -21,13 +21,7 @@ const LISTED: Duration = Duration::from_secs(4);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_inbound_link_listed_after_it_opened_keeps_the_listed_timeout() {
-    let relay = NodeKeys {
-        identity: ed25519_dalek::SigningKey::from_bytes(&[6; 32]),
-        onion: x25519_dalek::StaticSecret::from([7; 32]),
-        link: x25519_dalek::StaticSecret::from([8; 32]),
-    };
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
+    let (relay, listener, peer) = support::listening_relay(6).await;
     let (asked_tx, mut asked) = mpsc::unbounded_channel::<(usize, bool)>();
     let (chan_tx, chan_rx) = tokio::sync::oneshot::channel::<Channel>();
     let secret = relay.link.to_bytes();
@@ -47,7 +41,6 @@ async fn an_inbound_link_listed_after_it_opened_keeps_the_listed_timeout() {
         let _ = chan_tx.send(chan);
     });
     let pool = ChannelPool::new("127.0.0.1".parse().unwrap(), None);
-    let peer = PeerInfo { addr, identity: relay.relay_id(), link_key: relay.link_public() };
     let _ours = pool.get(&peer).await.expect("a link");
     let inbound = chan_rx.await.expect("the inbound channel");
 

@@ -4,20 +4,14 @@
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 
-use allium_net::keys::NodeKeys;
-use allium_net::link::{self, PeerInfo};
+use allium_net::link;
 use allium_net::pool::ChannelPool;
-use tokio::net::TcpListener;
+
+mod support;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn concurrent_requests_for_one_relay_share_one_link() {
-    let relay = NodeKeys {
-        identity: ed25519_dalek::SigningKey::from_bytes(&[3; 32]),
-        onion: x25519_dalek::StaticSecret::from([4; 32]),
-        link: x25519_dalek::StaticSecret::from([5; 32]),
-    };
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
+    let (relay, listener, peer) = support::listening_relay(3).await;
     let accepted = Arc::new(AtomicUsize::new(0));
     let (count, secret) = (accepted.clone(), relay.link.to_bytes());
     tokio::spawn(async move {
@@ -30,7 +24,6 @@ async fn concurrent_requests_for_one_relay_share_one_link() {
         }
     });
     let pool = Arc::new(ChannelPool::new("127.0.0.1".parse().unwrap(), None));
-    let peer = PeerInfo { addr, identity: relay.relay_id(), link_key: relay.link_public() };
     let gets: Vec<_> = (0..8)
         .map(|_| {
             let (pool, peer) = (pool.clone(), peer.clone());
