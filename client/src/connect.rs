@@ -92,9 +92,8 @@ pub fn retry_elsewhere(reason: EndReason, exits_tried: usize) -> bool {
 }
 
 /// Opens a stream to `host:port` for isolation class `iso`: through an exit, or to the onion
-/// service a `.allium` name names.
-/// With the stream comes the [`Successor`] of the circuit it took, to keep until the stream is
-/// done.
+/// service a `.allium` name names. With the stream comes the [`Successor`] of the circuit it
+/// took, to keep until the stream is done.
 pub async fn open(state: &ClientState, host: &str, port: u16, iso: &IsolationKey) -> Result<(Connected, Successor), ConnectError> {
     if port == 0 {
         return Err(ConnectError::PortZero);

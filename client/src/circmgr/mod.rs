@@ -172,7 +172,7 @@ pub struct CircMgr {
     bootstrap: Arc<Bootstrap>,
     /// Ports streams used lately ([`crate::predicted`]).
     predicted: std::sync::Mutex<PredictedPorts>,
-    /// Wakes [`CircMgr::maintain`]: a stream took a clean circuit, or used a new port.
+    /// Wakes [`CircMgr::maintain`]: a [`Successor`] is owed, or a stream used a new port.
     refill: Arc<tokio::sync::Notify>,
 }
 
@@ -239,7 +239,7 @@ impl CircMgr {
     }
 
     /// A circuit whose exit allows `need`, for isolation class `iso`, and its [`Successor`]
-    /// (keep it until the stream asked for has its answer).
+    /// (kept while the stream asked for is set up, or for as long as it is open).
     pub async fn get(&self, dir: &Arc<NetDir>, need: ExitNeed, iso: &IsolationKey) -> Result<(CircHandle, Successor), GetError> {
         self.get_avoiding(dir, need, iso, &[]).await
     }
