@@ -318,35 +318,36 @@ fn every_interleaving_of_a_small_two_stream_transfer_delivers_every_byte() {
 /// relays before it forward the cells, and the client's machine reads them (as they were sent,
 /// or the test fails). Without a circuit, hands them on as they are.
 fn toward_client(out: Out, pair: Option<&mut Pair>) -> Out {
-    let Some(p) = pair else { return out };
-    let exit = p.hops.len() - 1;
-    for (id, msg) in &out {
-        p.hop_sends(exit, *id, msg);
-    }
-    p.run();
-    assert!(p.client_fault.is_none() && p.hop_faults.is_empty(), "{:?} {:?}", p.client_fault, p.hop_faults);
-    let got: Out = p.events.drain(..).map(|ev| match ev {
-        Event::Stream { stream, msg } => (stream, msg),
-        ev => panic!("the client's machine gave {ev:?}"),
-    }).collect();
-    assert_eq!(got, out, "messages changed on the way to the client");
-    got
+    carry(out, pair, "client", Pair::hop_sends, |p, _| {
+        p.events.drain(..).map(|ev| match ev {
+            Event::Stream { stream, msg } => (stream, msg),
+            ev => panic!("the client's machine gave {ev:?}"),
+        }).collect()
+    })
 }
 
 /// Carries what the client sends over `pair`'s circuit to the exit (see [`toward_client`]).
 fn toward_exit(out: Out, pair: Option<&mut Pair>) -> Out {
+    carry(out, pair, "exit", Pair::client_sends, |p, exit| {
+        p.at_hops.drain(..).map(|(hop, stream, msg)| {
+            assert_eq!(hop, exit, "a middle relay read a stream message");
+            (stream, msg)
+        }).collect()
+    })
+}
+
+/// What both directions share: `send` each message (naming the exit's hop index), run the
+/// circuit, check that no machine found a fault, and that `received` gives what was sent.
+fn carry(out: Out, pair: Option<&mut Pair>, to: &str, send: fn(&mut Pair, usize, u16, &RelayMsg), received: impl FnOnce(&mut Pair, usize) -> Out) -> Out {
     let Some(p) = pair else { return out };
     let exit = p.hops.len() - 1;
     for (id, msg) in &out {
-        p.client_sends(exit, *id, msg);
+        send(p, exit, *id, msg);
     }
     p.run();
     assert!(p.client_fault.is_none() && p.hop_faults.is_empty(), "{:?} {:?}", p.client_fault, p.hop_faults);
-    let got: Out = p.at_hops.drain(..).map(|(hop, stream, msg)| {
-        assert_eq!(hop, exit, "a middle relay read a stream message");
-        (stream, msg)
-    }).collect();
-    assert_eq!(got, out, "messages changed on the way to the exit");
+    let got = received(p, exit);
+    assert_eq!(got, out, "messages changed on the way to the {to}");
     got
 }
 
