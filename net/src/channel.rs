@@ -26,6 +26,7 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{mpsc, watch};
 
 use crate::cell_queue::{cell_queue, CellReceiver, CellSender, QueueError};
+use crate::writer_queue::{writer_queue, WriterQueueRx, WriterQueueTx};
 use crate::level_io::LevelIo;
 use crate::limits::conn::ConnPermit;
 use crate::limits::counters::{LimitCounters, LIMITS};
@@ -43,10 +44,8 @@ const WRITER_QUEUE: usize = 2048;
 /// queue never loses one (a lost DESTROY leaves the other side's circuit open forever). A
 /// peer that lets this many pile up unread gets the link closed instead.
 const DESTROY_QUEUE: usize = 4096;
-/// A cell queued toward the writer, with when it was queued ([`stamp`]). Boxed: the queue's
-/// storage is allocated in blocks of 32 slots, the first when the link opens, so unboxed cells
-/// would cost every link, idle or not, some 17 KB (THREATS A24; a boxed slot is 8 bytes).
-type OutCell = Box<(Cell, u32)>;
+/// A cell queued toward the writer, with when it was queued ([`stamp`]).
+type OutCell = (Cell, u32);
 /// Bytes gathered before a write even if more cells are ready.
 const MAX_WRITE: usize = 256 * 1024;
 
@@ -209,7 +208,7 @@ struct CircTable {
 #[derive(Clone)]
 pub struct Channel {
     /// Cells for the writer, each with the [`stamp`] of when it was queued.
-    out: mpsc::Sender<OutCell>,
+    out: WriterQueueTx<OutCell>,
     destroys: mpsc::Sender<(u32, DestroyReason)>,
     shared: Arc<Shared>,
     /// The peer's relay identity, when it proved one.
@@ -230,7 +229,7 @@ impl Channel {
     /// Starts the reader and writer tasks of an established link, whose queued cells are
     /// charged to `quota`.
     pub fn spawn(link: Link, handler: Option<Arc<dyn CreateHandler>>, quota: &Arc<MemQuota>) -> Channel {
-        let (out, rx) = mpsc::channel(WRITER_QUEUE);
+        let (out, rx) = writer_queue(WRITER_QUEUE);
         let (destroys, destroys_rx) = mpsc::channel(DESTROY_QUEUE);
         let (closed, _) = watch::channel(false);
         let shared = Arc::new_cyclic(|me| Shared {
@@ -312,7 +311,7 @@ impl Channel {
             return Err(ChannelClosed);
         }
         let charge = self.shared.charge_out();
-        self.out.send(Box::new((cell, stamp()))).await.map_err(|_| ChannelClosed)?;
+        self.out.send((cell, stamp())).await.map_err(|_| ChannelClosed)?;
         charge.queued();
         Ok(())
     }
@@ -320,7 +319,7 @@ impl Channel {
     /// Queues a cell without waiting; fails if the queue is full or the link closed.
     pub fn try_send(&self, cell: Cell) -> Result<(), ChannelClosed> {
         let charge = self.shared.charge_out();
-        self.out.try_send(Box::new((cell, stamp()))).map_err(|_| ChannelClosed)?;
+        self.out.try_send((cell, stamp())).map_err(|_| ChannelClosed)?;
         charge.queued();
         Ok(())
     }
@@ -604,7 +603,7 @@ async fn delayed_writer(mut wr: LevelIo<OwnedWriteHalf>, mut due: mpsc::Receiver
 /// What the writer takes cells from: DESTROYs first, then the rest in order.
 struct Queues {
     destroys: mpsc::Receiver<(u32, DestroyReason)>,
-    cells: mpsc::Receiver<OutCell>,
+    cells: WriterQueueRx<OutCell>,
     shared: Arc<Shared>,
 }
 
@@ -614,7 +613,7 @@ impl Queues {
         if let Ok((id, r)) = self.destroys.try_recv() {
             return Some(Cell::destroy(id, r));
         }
-        self.cells.try_recv().ok().map(|c| self.took(c))
+        self.cells.try_recv().map(|c| self.took(c))
     }
 
     /// Waits for the next cell; `None` once no sender of ordinary cells is left.
@@ -627,15 +626,14 @@ impl Queues {
     }
 
     fn took(&self, c: OutCell) -> Cell {
-        let (cell, since) = *c;
+        let (cell, since) = c;
         self.shared.took(since);
         cell
     }
 
     /// Refuses further cells and releases the charge of those still queued (the link closed).
     fn discard(&mut self) {
-        self.cells.close();
-        while let Ok(c) = self.cells.try_recv() {
+        for c in self.cells.close() {
             self.took(c);
         }
     }
@@ -660,6 +658,7 @@ async fn writer(mut output: Output, mut rx: Queues, transport: Arc<snow::Statele
             _ = idle.tick() => {
                 if !std::mem::take(&mut active) && !frame.is_empty() {
                     (plain, out, frame) = (Vec::new(), Vec::new(), Vec::new());
+                    rx.cells.free_idle();
                     LINK_STATS.freed_idle_buffers();
                 }
                 continue;
