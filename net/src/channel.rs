@@ -150,15 +150,15 @@ impl Shared {
         OutCharge(self)
     }
 
-    /// The writer took a cell queued at `since`.
-    fn took(&self, since: u32) {
+    /// The writer took `n` cells, the last of them queued at `since`.
+    fn took(&self, n: usize, since: u32) {
         self.out_since.store(since, Ordering::Relaxed);
-        self.uncharge_out();
+        self.uncharge_out(n);
     }
 
-    fn uncharge_out(&self) {
-        self.out_cells.fetch_sub(1, Ordering::Relaxed);
-        self.quota.release(CELL_MEM);
+    fn uncharge_out(&self, n: usize) {
+        self.out_cells.fetch_sub(n, Ordering::Relaxed);
+        self.quota.release(n * CELL_MEM);
     }
 }
 
@@ -174,7 +174,7 @@ impl OutCharge<'_> {
 
 impl Drop for OutCharge<'_> {
     fn drop(&mut self) {
-        self.0.uncharge_out();
+        self.0.uncharge_out(1);
     }
 }
 
@@ -256,7 +256,7 @@ impl Channel {
                 Output::Delayed(d, tx)
             }
         };
-        tokio::spawn(writer(output, Queues { destroys: destroys_rx, cells: rx, shared: chan.shared.clone() }, link.transport.clone(), chan.shared.clone()));
+        tokio::spawn(writer(output, Queues { destroys: destroys_rx, cells: rx, shared: chan.shared.clone(), taken: 0, taken_since: 0 }, link.transport.clone(), chan.shared.clone()));
         tokio::spawn(reader(rd, link.transport, chan.clone(), handler, link.permit));
         chan
     }
@@ -605,6 +605,10 @@ struct Queues {
     destroys: mpsc::Receiver<(u32, DestroyReason)>,
     cells: WriterQueueRx<OutCell>,
     shared: Arc<Shared>,
+    /// Cells taken whose charge is not yet released ([`Queues::settle`]), and the [`stamp`] of
+    /// the last of them.
+    taken: usize,
+    taken_since: u32,
 }
 
 impl Queues {
@@ -625,17 +629,28 @@ impl Queues {
         }
     }
 
-    fn took(&self, c: OutCell) -> Cell {
+    fn took(&mut self, c: OutCell) -> Cell {
         let (cell, since) = c;
-        self.shared.took(since);
+        self.taken += 1;
+        self.taken_since = since;
         cell
     }
 
-    /// Refuses further cells and releases the charge of those still queued (the link closed).
+    /// Releases the charge of the cells taken since the last call (once per write, not once
+    /// per cell: the quota's counters are shared by every link and circuit of the process).
+    fn settle(&mut self) {
+        if self.taken > 0 {
+            self.shared.took(std::mem::take(&mut self.taken), self.taken_since);
+        }
+    }
+
+    /// Refuses further cells and releases the charge of those taken or still queued (the link
+    /// closed).
     fn discard(&mut self) {
         for c in self.cells.close() {
             self.took(c);
         }
+        self.settle();
     }
 }
 
@@ -700,6 +715,7 @@ async fn writer(mut output: Output, mut rx: Queues, transport: Arc<snow::Statele
                 break;
             }
         }
+        rx.settle();
         // A peer that stops reading blocks the write; closing the link (e.g. the memory
         // budget reclaiming it) must still end this task and free its queue, and a peer that
         // takes no byte for the write timeout gets the link closed.

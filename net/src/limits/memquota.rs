@@ -156,7 +156,9 @@ impl MemQuota {
     /// queue or circuit-table lock held (reclaiming takes them).
     pub fn charge(&self, bytes: usize) {
         let now = self.used.fetch_add(bytes, Ordering::SeqCst).wrapping_add(bytes);
-        self.peak.fetch_max(now, Ordering::Relaxed);
+        if now > self.peak.load(Ordering::Relaxed) {
+            self.peak.fetch_max(now, Ordering::Relaxed);
+        }
         if now > self.limit {
             self.reclaim();
         }
