@@ -1,9 +1,12 @@
-//! What tests read back from relays running in their process. Nothing is recorded until a test
-//! calls [`record`] (the `allium` binary never does), so a relay's memory does not grow with
+//! What tests read back from relays running in their process, and what they hold still. Nothing
+//! is recorded until a test calls [`record`], and nothing is held until one calls
+//! [`hold_resolves`] (the `allium` binary does neither), so a relay's memory does not grow with
 //! what it sees.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Mutex;
+use std::sync::{LazyLock, Mutex};
+
+use tokio::sync::watch;
 
 use allium_proto::ids::RelayId;
 
@@ -53,4 +56,26 @@ pub(crate) fn record_destroy_from_next(id: &RelayId, reason: u8) {
 /// The reason bytes of the DESTROYs relay `id` has received from next hops, in order.
 pub fn destroys_from_next(id: &RelayId) -> Vec<u8> {
     DESTROYS.lock().unwrap_or_else(|e| e.into_inner()).iter().filter(|(r, _)| r == id).map(|(_, b)| *b).collect()
+}
+
+/// Relays in this process whose exits answer no RESOLVE for now.
+static RESOLVES_HELD: LazyLock<watch::Sender<Vec<RelayId>>> = LazyLock::new(|| watch::Sender::new(Vec::new()));
+
+/// While `held`, exit `id` (in this process) resolves nothing: its RESOLVEs stay in flight, as
+/// behind a slow resolver, until a later call releases them (tests of the in-flight cap).
+pub fn hold_resolves(id: &RelayId, held: bool) {
+    RESOLVES_HELD.send_modify(|v| {
+        v.retain(|r| r != id);
+        if held {
+            v.push(*id);
+        }
+    });
+}
+
+/// Returns once exit `id` may resolve (at once unless a test holds its resolves).
+pub(crate) async fn resolve_allowed(id: &RelayId) {
+    if RESOLVES_HELD.borrow().is_empty() {
+        return;
+    }
+    let _ = RESOLVES_HELD.subscribe().wait_for(|v| !v.contains(id)).await;
 }

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use allium_client::circuit::{self, BeginRequest, CircError};
+use allium_client::circuit::{self, BeginRequest, CircError, ResolveRequest};
 use allium_net::limits::LIMITS;
 use allium_net::pool::ChannelPool;
 use allium_proto::cell::DestroyReason;
@@ -289,6 +289,53 @@ async fn a26_streams_beyond_the_circuit_cap_get_resource_limit() {
     );
     assert!(LIMITS.streams_per_circuit.load(Ordering::Relaxed) >= before + 6);
     another_circuit_opens_streams(&pool, &r, &target, 4).await;
+}
+
+/// `limits.max_resolves_per_circuit`: with 4 RESOLVEs waiting on the exit's resolver, the next
+/// 6 on that circuit are answered RESOLVED RESOURCELIMIT at once (counted); once the resolver
+/// answers, the 4 get their addresses and their places are free again; another circuit was
+/// never limited.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a26_resolves_beyond_the_circuit_cap_get_resource_limit() {
+    let (_target, r, pool, c) = exit_circuit("a26r", "max_resolves_per_circuit = 4").await;
+    let before = LIMITS.resolves_per_circuit.load(Ordering::Relaxed);
+    allium_relay::test_hooks::hold_resolves(&r.identity, true);
+    let mut waiting = Vec::new();
+    for _ in 0..10 {
+        waiting.push(resolve(&c).await);
+    }
+    for w in waiting.split_off(4) {
+        assert_eq!(answer(w).await, Err(EndReason::ResourceLimit), "a RESOLVE beyond the 4 in flight");
+    }
+    assert!(LIMITS.resolves_per_circuit.load(Ordering::Relaxed) >= before + 6);
+    let other = circuit::build(&pool, &[&r]).await.expect("another circuit");
+    let held_elsewhere = resolve(&other).await;
+    allium_relay::test_hooks::hold_resolves(&r.identity, false);
+    let localhost = Ok(vec![IpAddr::from([127, 0, 0, 1])]);
+    for w in waiting {
+        assert_eq!(answer(w).await, localhost, "a RESOLVE within the cap is answered");
+    }
+    assert_eq!(answer(held_elsewhere).await, localhost, "the other circuit's RESOLVE");
+    for _ in 0..4 {
+        let w = resolve(&c).await;
+        assert_eq!(answer(w).await, localhost, "answered RESOLVEs give their places back");
+    }
+}
+
+type ResolveAnswer = Result<Vec<IpAddr>, EndReason>;
+
+/// Sends RESOLVE localhost on `c` (the exit never asks a resolver for it).
+async fn resolve(c: &circuit::CircHandle) -> oneshot::Receiver<ResolveAnswer> {
+    let (done, rx) = oneshot::channel();
+    assert!(c.resolve(ResolveRequest { host: "localhost".into(), done }).await.is_ok(), "the circuit closed");
+    rx
+}
+
+async fn answer(w: oneshot::Receiver<ResolveAnswer>) -> ResolveAnswer {
+    tokio::time::timeout(Duration::from_secs(60), w)
+        .await
+        .expect("a RESOLVE answered")
+        .expect("the circuit answered")
 }
 
 /// A file server, an exit in this process with the `[limits]` given, and an honest client's

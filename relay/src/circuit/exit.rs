@@ -105,7 +105,9 @@ impl RelayCircuit {
                 }
                 let rules = self.ctx.exit.clone();
                 let tx = resolves.tx.clone();
+                let me = self.ctx.id;
                 tokio::spawn(async move {
+                    crate::test_hooks::resolve_allowed(&me).await;
                     let r = rules.resolve_for_client(&host).await;
                     let _ = tx.send((stream_id, r)).await;
                 });
