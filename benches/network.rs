@@ -2,7 +2,7 @@
 //! figure of the targets table in `PERFORMANCE.md`, each beside its Allium target and the C Tor
 //! figure, in the table's order and wording.
 //!
-//! What it does, bounded in count and time (the whole run takes about 3 minutes when the
+//! What it does, bounded in count and time (the whole run takes about 25 seconds on 2 cores when the
 //! network is healthy):
 //! 1. times `server_respond` of the ntor handshake in process (the crypto-only ceiling of the
 //!    CREATE-flood row), before anything else runs;
