@@ -9,8 +9,11 @@
 //! the free pages of every arena back (`allium_memory_trims_total`). A burst that comes and goes
 //! between two samples (an 8 MiB upload read and dropped within a second) is caught by the
 //! resident size instead: when it exceeds the memory in use by [`TRIM_AFTER_SLACK`] more than
-//! it did after the last trim, the process trims too. A busy node whose use stays level is never
-//! trimmed. Blocks of [`MMAP_FROM`] or more (an 8 MiB upload's body) get pages of their own,
+//! it did after the last trim, the process trims too. A trim taken while memory was still held
+//! (during an attack) leaves a high floor; pages freed later would then stay resident for good,
+//! so while the resident size exceeds the memory in use by [`TRIM_AFTER_SLACK`] more than it ever
+//! did, the trim is retried every [`TRIM_RETRY`]. A busy node whose use and resident size stay
+//! level is never trimmed. Blocks of [`MMAP_FROM`] or more (an 8 MiB upload's body) get pages of their own,
 //! returned the moment they are freed: glibc would otherwise raise that threshold to the
 //! largest block freed and carve later ones from a thread's arena, whose top a trim does not
 //! return. On other allocators (non-glibc targets) this does nothing.
@@ -24,6 +27,10 @@ pub const TRIM_AFTER_FREEING: usize = 1 << 20;
 /// How much more resident memory beyond what is in use than after the last trim starts a trim.
 pub const TRIM_AFTER_SLACK: usize = 4 << 20;
 
+/// How long after a trim another is tried while resident memory stays well above its lowest
+/// excess over use.
+pub const TRIM_RETRY: Duration = Duration::from_secs(10);
+
 /// When to trim, given samples of the memory in use and the resident size.
 #[derive(Debug, Default)]
 pub struct TrimPolicy {
@@ -31,6 +38,10 @@ pub struct TrimPolicy {
     /// Resident bytes beyond those in use that a trim could not return (fragmentation, the
     /// allocator's own structures): measured at the first sample after a trim.
     slack_floor: usize,
+    /// The least resident excess over use ever sampled.
+    lowest_slack: Option<usize>,
+    /// Samples since the last trim.
+    since_trim: u32,
     just_trimmed: bool,
 }
 
@@ -43,10 +54,15 @@ impl TrimPolicy {
             self.slack_floor = slack;
         }
         self.slack_floor = self.slack_floor.min(slack);
+        let lowest = *self.lowest_slack.get_or_insert(slack);
+        self.lowest_slack = Some(lowest.min(slack));
         self.peak = self.peak.max(in_use);
-        if self.peak - in_use >= TRIM_AFTER_FREEING || slack >= self.slack_floor + TRIM_AFTER_SLACK {
+        self.since_trim = self.since_trim.saturating_add(1);
+        let retry = self.since_trim as u128 * CHECK_EVERY.as_millis() >= TRIM_RETRY.as_millis() && slack >= lowest + TRIM_AFTER_SLACK;
+        if self.peak - in_use >= TRIM_AFTER_FREEING || slack >= self.slack_floor + TRIM_AFTER_SLACK || retry {
             self.peak = in_use;
             self.just_trimmed = true;
+            self.since_trim = 0;
             return true;
         }
         false
@@ -151,6 +167,25 @@ mod tests {
         assert!(p.sample(10 * mb, 17 * mb));
         assert!(!p.sample(10 * mb, 11 * mb), "the floor follows the slack down");
         assert!(p.sample(10 * mb, 15 * mb));
+    }
+
+    /// A trim taken while memory was held (during an attack) leaves a high floor; once that
+    /// memory is freed the trim is retried every TRIM_RETRY while the resident excess stays 4 MB
+    /// above the lowest ever seen, and not at all once it is back.
+    #[test]
+    fn a_trim_that_returned_nothing_is_retried_while_resident_memory_stays_high() {
+        let mb = 1 << 20;
+        let retry = (TRIM_RETRY.as_millis() / CHECK_EVERY.as_millis()) as usize;
+        let mut p = TrimPolicy::default();
+        assert!(p.sample(mb, 11 * mb), "the first sample trims (no floor yet)");
+        assert!(!p.sample(mb, 11 * mb), "idle: 10 MB resident beyond use, the lowest");
+        assert!(p.sample(2 * mb, 27 * mb), "an attack's 16 MB more");
+        // The trim returned nothing: 25 MB is the floor, and use falls less than a megabyte.
+        let quiet: Vec<bool> = (1..retry).map(|_| p.sample(mb + mb / 10, 27 * mb)).collect();
+        assert!(quiet.iter().all(|t| !t), "no trim within TRIM_RETRY of the last");
+        assert!(p.sample(mb + mb / 10, 27 * mb), "retried after TRIM_RETRY");
+        let back: Vec<bool> = (0..3 * retry).map(|_| p.sample(mb, 12 * mb)).collect();
+        assert!(back.iter().all(|t| !t), "memory returned: no more trims");
     }
 
     /// The allocator's statistics are readable here, and a trim after freeing a burst's worth
