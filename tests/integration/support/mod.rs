@@ -17,9 +17,13 @@ use std::time::Duration;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
-/// A new, empty directory under the system temp dir, unique to this test run and call.
+/// A new, empty directory under the system temp dir, unique to this test run and call. The
+/// first call removes those that test processes no longer running left behind (a test's nodes
+/// may outlive its last handle on the directory, so none is removed while its process runs).
 pub fn fresh_dir(tag: &str) -> PathBuf {
     static COUNTER: AtomicU32 = AtomicU32::new(0);
+    static SWEPT: std::sync::Once = std::sync::Once::new();
+    SWEPT.call_once(remove_dirs_of_ended_runs);
     let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.subsec_nanos()).unwrap_or(0);
     loop {
         let n = COUNTER.fetch_add(1, Ordering::Relaxed);
@@ -28,6 +32,20 @@ pub fn fresh_dir(tag: &str) -> PathBuf {
             Ok(()) => return dir,
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
             Err(e) => panic!("cannot create {}: {e}", dir.display()),
+        }
+    }
+}
+
+/// Removes the [`fresh_dir`]s (`allium-it-TAG-PID-N-NANOS`) whose process has ended.
+fn remove_dirs_of_ended_runs() {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else { return };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(rest) = name.strip_prefix("allium-it-") else { continue };
+        // TAG may hold dashes: PID is the third field from the end.
+        let Some(pid) = rest.rsplit('-').nth(2).and_then(|p| p.parse::<u32>().ok()) else { continue };
+        if pid != std::process::id() && !std::path::Path::new(&format!("/proc/{pid}")).exists() {
+            let _ = std::fs::remove_dir_all(e.path());
         }
     }
 }
