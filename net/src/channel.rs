@@ -26,7 +26,7 @@ use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{mpsc, watch};
 
 use crate::cell_queue::{cell_queue, CellReceiver, CellSender, QueueError};
-use crate::writer_queue::{writer_queue, WriterQueueRx, WriterQueueTx};
+use crate::writer_queue::{writer_queue, SendError, WriterQueueRx, WriterQueueTx};
 use crate::level_io::LevelIo;
 use crate::limits::conn::ConnPermit;
 use crate::limits::counters::{LimitCounters, LIMITS};
@@ -225,6 +225,14 @@ pub struct Channel {
 #[error("link closed")]
 pub struct ChannelClosed;
 
+/// Why [`Channel::try_send`] did not queue a cell.
+#[derive(Debug)]
+pub enum Unsent {
+    /// The writer queue is full: the cell, to [`Channel::send`] (which waits).
+    Full(Cell),
+    Closed,
+}
+
 impl Channel {
     /// Starts the reader and writer tasks of an established link, whose queued cells are
     /// charged to `quota`.
@@ -316,12 +324,19 @@ impl Channel {
         Ok(())
     }
 
-    /// Queues a cell without waiting; fails if the queue is full or the link closed.
-    pub fn try_send(&self, cell: Cell) -> Result<(), ChannelClosed> {
+    /// Queues a cell without waiting; gives it back if the queue is full. On the forwarding
+    /// path this goes first and [`Self::send`] only when the queue is full: a cell queued at
+    /// once is never moved into a future.
+    pub fn try_send(&self, cell: Cell) -> Result<(), Unsent> {
         let charge = self.shared.charge_out();
-        self.out.try_send((cell, stamp())).map_err(|_| ChannelClosed)?;
-        charge.queued();
-        Ok(())
+        match self.out.try_send((cell, stamp())) {
+            Ok(()) => {
+                charge.queued();
+                Ok(())
+            }
+            Err((SendError::Full, (cell, _))) => Err(Unsent::Full(cell)),
+            Err((SendError::Closed, _)) => Err(Unsent::Closed),
+        }
     }
 
     /// Queues DESTROY for circuit `id` and forgets the circuit. Never waits and is never lost:

@@ -71,17 +71,17 @@ impl<T> WriterQueueTx<T> {
     /// Queues `item`, waiting while the queue is full.
     pub async fn send(&self, item: T) -> Result<(), SendError> {
         self.0.space.acquire().await.map_err(|_| SendError::Closed)?.forget();
-        self.push(item)
+        self.push(item).map_err(|_| SendError::Closed)
     }
 
-    /// Queues `item` without waiting.
-    pub fn try_send(&self, item: T) -> Result<(), SendError> {
+    /// Queues `item` without waiting; gives it back if it was not queued.
+    pub fn try_send(&self, item: T) -> Result<(), (SendError, T)> {
         match self.0.space.try_acquire() {
             Ok(p) => p.forget(),
-            Err(TryAcquireError::NoPermits) => return Err(SendError::Full),
-            Err(TryAcquireError::Closed) => return Err(SendError::Closed),
+            Err(TryAcquireError::NoPermits) => return Err((SendError::Full, item)),
+            Err(TryAcquireError::Closed) => return Err((SendError::Closed, item)),
         }
-        self.push(item)
+        self.push(item).map_err(|item| (SendError::Closed, item))
     }
 
     /// True once the consumer closed the queue or went away.
@@ -89,12 +89,12 @@ impl<T> WriterQueueTx<T> {
         self.0.space.is_closed()
     }
 
-    fn push(&self, item: T) -> Result<(), SendError> {
+    fn push(&self, item: T) -> Result<(), T> {
         {
             let mut s = self.0.state.lock().expect("writer queue lock");
             // Checked under the lock: an item pushed after `close` would never be taken.
             if s.closed {
-                return Err(SendError::Closed);
+                return Err(item);
             }
             s.items.push_back(item);
         }
@@ -213,7 +213,7 @@ mod tests {
         for i in 0..3 {
             tx.try_send(i).unwrap();
         }
-        assert_eq!(tx.try_send(9), Err(SendError::Full));
+        assert_eq!(tx.try_send(9), Err((SendError::Full, 9)), "a full queue gives the item back");
         let tx2 = tx.clone();
         let waiting = tokio::spawn(async move { tx2.send(3).await });
         tokio::task::yield_now().await;
@@ -239,7 +239,7 @@ mod tests {
         for i in 0..RELEASE_EVERY as u32 {
             tx.try_send(1000 + i).unwrap();
         }
-        assert_eq!(tx.try_send(0), Err(SendError::Full));
+        assert_eq!(tx.try_send(0), Err((SendError::Full, 0)));
     }
 
     #[tokio::test]
@@ -251,7 +251,7 @@ mod tests {
         tokio::task::yield_now().await;
         assert_eq!(rx.close(), vec![1]);
         assert_eq!(waiting.await.unwrap(), Err(SendError::Closed), "a waiting sender is released");
-        assert_eq!(tx.try_send(3), Err(SendError::Closed));
+        assert_eq!(tx.try_send(3), Err((SendError::Closed, 3)));
         assert_eq!(rx.recv().await, None, "a closed queue ends");
     }
 

@@ -2,6 +2,7 @@
 //! handles' requests, the streams, the deadlines and the teardown.
 
 use super::*;
+use allium_net::channel::Unsent;
 
 /// The circuit's owner task: drives its [`ClientCircuit`] state machine with the link's cells,
 /// the handles' requests, the stream table's events and the clock, and carries out what it
@@ -72,7 +73,12 @@ impl Circuit {
         cells.clear();
         self.machine.encode_last_into(stream_id, msg, &mut cells)?;
         for c in cells.drain(..) {
-            self.chan.send(c).await.map_err(|_| CircError::Closed)?;
+            // Queued at once when the link has room (the cell is not moved into a future).
+            match self.chan.try_send(c) {
+                Ok(()) => tokio::task::coop::consume_budget().await,
+                Err(Unsent::Full(c)) => self.chan.send(c).await.map_err(|_| CircError::Closed)?,
+                Err(Unsent::Closed) => return Err(CircError::Closed),
+            }
         }
         self.outbuf = cells;
         Ok(())

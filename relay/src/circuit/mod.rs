@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use allium_net::cell_queue::CellReceiver;
-use allium_net::channel::Channel;
+use allium_net::channel::{Channel, Unsent};
 use allium_net::link::{LinkError, PeerInfo};
 use allium_net::limits::bucket::TokenBucket;
 use allium_net::limits::counters::{LimitCounters, LIMITS};
@@ -206,7 +206,14 @@ impl RelayCircuit {
                 self.hook_corrupt(&mut cell.payload);
                 let n = self.next.as_ref().expect("the machine forwards only to an open next hop");
                 cell.circ_id = n.id;
-                n.chan.send(cell).await.map_err(|_| Close(DestroyReason::ChannelClosed, Side::Local))
+                match forward_now(&n.chan, cell)? {
+                    // Queued: a turn of the task's budget, as a wait on the queue would take.
+                    None => tokio::task::coop::consume_budget().await,
+                    Some(cell) => {
+                        n.chan.send(cell).await.map_err(|_| Close(DestroyReason::ChannelClosed, Side::Local))?;
+                    }
+                }
+                Ok(())
             }
             // A joined rendezvous circuit: the cell is for the other end. It goes backward on
             // the joined circuit, which adds its own Kb_layer (PROTOCOL, "Rendezvous").
@@ -257,7 +264,13 @@ impl RelayCircuit {
                 if matches!(inject, Some(Injection::MarkEarly)) {
                     cell.cmd = CellCmd::RelayEarly;
                 }
-                self.prev.send(cell).await.map_err(|_| Close(DestroyReason::ChannelClosed, Side::Local))?;
+                match forward_now(&self.prev, cell)? {
+                    // Queued: a turn of the task's budget, as a wait on the queue would take.
+                    None => tokio::task::coop::consume_budget().await,
+                    Some(cell) => {
+                        self.prev.send(cell).await.map_err(|_| Close(DestroyReason::ChannelClosed, Side::Local))?;
+                    }
+                }
                 match inject {
                     Some(Injection::Message(m)) => self.send_back(0, &m).await,
                     _ => Ok(()),
@@ -277,7 +290,15 @@ impl RelayCircuit {
         bodies.clear();
         self.hop.originate_into(stream_id, msg, &mut bodies).map_err(|f| Close::of(f, Side::Local))?;
         for body in bodies.drain(..) {
-            self.send_body(body).await?;
+            // The path of every DATA cell an exit sends: queued at once when there is room.
+            let cell = Cell { circ_id: self.prev_id, cmd: CellCmd::Relay, payload: body };
+            match forward_now(&self.prev, cell)? {
+                // Queued: a turn of the task's budget, as a wait on the queue would take.
+                None => tokio::task::coop::consume_budget().await,
+                Some(cell) => {
+                    self.prev.send(cell).await.map_err(|_| Close(DestroyReason::ChannelClosed, Side::Local))?;
+                }
+            }
         }
         self.outbuf = bodies;
         Ok(())
@@ -290,6 +311,17 @@ impl RelayCircuit {
         Ok(())
     }
 
+}
+
+/// Queues a forwarded cell on `chan` at once if its writer queue has room (not moving the cell
+/// into a future, as awaiting [`Channel::send`] would); gives it back if the queue is full, for
+/// the caller to `send` (which waits for room).
+fn forward_now(chan: &Channel, cell: Cell) -> Result<Option<Cell>, Close> {
+    match chan.try_send(cell) {
+        Ok(()) => Ok(None),
+        Err(Unsent::Full(cell)) => Ok(Some(cell)),
+        Err(Unsent::Closed) => Err(Close(DestroyReason::ChannelClosed, Side::Local)),
+    }
 }
 
 impl CircuitEnd for RelayCircuit {
