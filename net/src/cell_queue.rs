@@ -137,16 +137,15 @@ impl CellReceiver {
     /// The next cell; `None` once the producer has gone and every queued cell was taken.
     pub async fn recv(&mut self) -> Option<Cell> {
         loop {
+            if let Some(c) = self.try_recv() {
+                return Some(c);
+            }
             {
-                let mut s = self.0.state.lock().expect("cell queue lock");
-                if let Some((c, _)) = s.cells.pop_front() {
-                    if s.cells.is_empty() && s.cells.capacity() > RELEASE_ABOVE {
-                        // A burst is over: give its storage back.
-                        s.cells = VecDeque::new();
-                    }
-                    drop(s);
-                    self.0.quota.release(CELL_MEM);
-                    return Some(c);
+                let s = self.0.state.lock().expect("cell queue lock");
+                // Checked under the lock after the queue was found empty: a cell queued before
+                // the producer went away is taken first.
+                if !s.cells.is_empty() {
+                    continue;
                 }
                 if s.sender_gone || s.reclaimed {
                     return None;
@@ -155,6 +154,21 @@ impl CellReceiver {
             // A notification sent after the check above is kept as a permit, so none is lost.
             self.0.ready.notified().await;
         }
+    }
+
+    /// The next cell if one is waiting (`None` says nothing about the end: [`Self::recv`] does).
+    pub fn try_recv(&mut self) -> Option<Cell> {
+        let c = {
+            let mut s = self.0.state.lock().expect("cell queue lock");
+            let (c, _) = s.cells.pop_front()?;
+            if s.cells.is_empty() && s.cells.capacity() > RELEASE_ABOVE {
+                // A burst is over: give its storage back.
+                s.cells = VecDeque::new();
+            }
+            c
+        };
+        self.0.quota.release(CELL_MEM);
+        Some(c)
     }
 
     /// Where the circuit charges data it holds outside this queue (its streams').

@@ -88,8 +88,10 @@ pub async fn run<E: CircuitEnd>(end: &mut E, rx: &mut CellReceiver, streams: &mu
             armed = deadline;
         }
         let mut ticked = false;
+        let mut cells = false;
         let step = tokio::select! {
             c = rx.recv() => {
+                cells = true;
                 let c = c.ok_or(LinkGone { reclaimed: rx.reclaimed() });
                 end.on_cell(c, streams).await
             }
@@ -124,5 +126,17 @@ pub async fn run<E: CircuitEnd>(end: &mut E, rx: &mut CellReceiver, streams: &mu
             end.touched();
         }
         step?;
+        if cells {
+            // Cells already waiting are handled in the same turn: one wake-up and one look at
+            // the other sources per batch, not per cell.
+            for _ in 1..CELL_BATCH {
+                let Some(c) = rx.try_recv() else { break };
+                end.on_cell(Ok(c), streams).await?;
+            }
+        }
     }
 }
+
+/// Cells from the link handled in one turn of the loop, at most (the other sources are looked
+/// at between batches).
+pub const CELL_BATCH: usize = 32;

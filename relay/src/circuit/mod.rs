@@ -352,7 +352,16 @@ impl CircuitEnd for RelayCircuit {
 
     async fn on_extra(&mut self, ev: Extra, _streams: &mut Streams) -> Result<(), Close> {
         match ev {
-            Extra::Next(Some(c)) => self.on_next_cell(c).await,
+            Extra::Next(Some(c)) => {
+                self.on_next_cell(c).await?;
+                // Cells already waiting from the next hop go in the same turn (as the
+                // reactor does for the previous hop's).
+                for _ in 1..allium_net::reactor::CELL_BATCH {
+                    let Some(c) = self.next.as_mut().and_then(|n| n.rx.try_recv()) else { break };
+                    self.on_next_cell(c).await?;
+                }
+                Ok(())
+            }
             Extra::Next(None) if self.next.as_ref().is_some_and(|n| n.rx.reclaimed()) => Err(Close(DestroyReason::ResourceLimit, Side::Local)),
             Extra::Next(None) => Err(Close(DestroyReason::ChannelClosed, Side::Next)),
             Extra::Extended(r) => self.extended_link(r).await,
