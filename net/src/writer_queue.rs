@@ -6,7 +6,9 @@
 //! some 7 % of its throughput), and nothing is allocated when the link opens: a channel that
 //! preallocates a block of slots would cost every link, idle or not, kilobytes (THREATS A24).
 //! The consumer takes every waiting cell in one swap of two buffers, so a busy link locks the
-//! queue once per batch, not once per cell; [`WriterQueueRx::free_idle`] drops both buffers.
+//! queue once per batch, not once per cell; a drained buffer that held a burst is freed rather
+//! than handed back (one buffer at a time holds a burst), and [`WriterQueueRx::free_idle`] drops
+//! both.
 //!
 //! The consumer's `recv` is cancel-safe (a cell is taken only when it is returned), so it can
 //! sit in a `select!`.
@@ -20,6 +22,10 @@ use tokio::sync::{Notify, Semaphore, TryAcquireError};
 /// Places taken by the consumer are handed back to producers in groups of this many (each
 /// hand-back takes the semaphore's lock), and whenever the consumer is about to wait.
 const RELEASE_EVERY: usize = 64;
+
+/// Storage (in items) a drained buffer keeps when it goes back to the producers; a larger one
+/// is freed, so that a burst is held by one buffer at a time, not by both.
+const KEEP_DRAINED: usize = 64;
 
 struct Inner<T> {
     state: Mutex<State<T>>,
@@ -122,6 +128,10 @@ impl<T> WriterQueueRx<T> {
     /// The next item without waiting.
     pub fn try_recv(&mut self) -> Option<T> {
         if self.local.is_empty() {
+            if self.local.capacity() > KEEP_DRAINED {
+                // A burst's storage goes, not to the producers: only one buffer holds a burst.
+                self.local = VecDeque::new();
+            }
             let mut s = self.inner.state.lock().expect("writer queue lock");
             std::mem::swap(&mut s.items, &mut self.local);
         }
@@ -259,13 +269,32 @@ mod tests {
     async fn an_idle_queue_holds_no_storage() {
         let (tx, mut rx) = writer_queue::<[u8; 512]>(2048);
         assert_eq!(rx.capacity(), 0, "nothing allocated when the queue is made");
-        for _ in 0..100 {
+        // Fewer than KEEP_DRAINED: the drained buffer is kept for the next cells.
+        for _ in 0..KEEP_DRAINED - 10 {
             tx.try_send([0; 512]).unwrap();
         }
         while rx.try_recv().is_some() {}
         assert!(rx.capacity() > 0);
         rx.free_idle();
         assert_eq!(rx.capacity(), 0, "a drained queue frees its storage");
+    }
+
+    /// Only one of the two buffers holds a burst: the consumer's, once drained, is freed rather
+    /// than handed back to the producers with the burst's capacity.
+    #[tokio::test]
+    async fn a_drained_burst_leaves_no_storage_behind() {
+        let (tx, mut rx) = writer_queue::<[u8; 512]>(2048);
+        for _ in 0..1000 {
+            tx.try_send([0; 512]).unwrap();
+        }
+        let mut n = 0;
+        while rx.try_recv().is_some() {
+            n += 1;
+        }
+        assert_eq!(n, 1000);
+        assert!(rx.capacity() <= KEEP_DRAINED * 512, "{} bytes kept after the burst", rx.capacity());
+        tx.try_send([1; 512]).unwrap();
+        assert_eq!(rx.try_recv().map(|b| b[0]), Some(1), "the queue still works");
     }
 
     #[tokio::test]
