@@ -11,7 +11,7 @@
 //! - [`log_rate`]: warn only when an expected failure lasts; rate-limit repeated errors.
 //! - [`mem_trim`]: freed memory handed back to the system after a burst.
 //! - [`cell_queue`]: a circuit's inbound cell queue (storage only while cells wait).
-//! - [`writer_queue`]: a link's outbound cell queue (backpressure; storage only while cells wait).
+//! - `writer_queue`: a link's outbound cell queue (backpressure; storage only while cells wait).
 //! - [`channel`]: the channel reactor (reader and writer tasks of one link, its circuit table).
 //! - [`stream`]: streams on a circuit end: congestion window, XON/XOFF, SENDMEs; an open stream
 //!   as a value (`DataStream`: spliced to a socket, or read and written in place); BEGINs answered.
@@ -26,7 +26,7 @@
 
 pub mod accept;
 pub mod cell_queue;
-pub mod writer_queue;
+mod writer_queue;
 pub mod limits;
 pub mod config;
 pub mod keys;

@@ -199,8 +199,9 @@ impl<T> WriterQueueRx<T> {
         }
     }
 
-    /// Bytes of storage the queue holds (tests).
-    pub fn capacity(&self) -> usize {
+    /// Bytes of storage the queue holds.
+    #[cfg(test)]
+    fn capacity(&self) -> usize {
         let shared = self.inner.state.lock().expect("writer queue lock").items.capacity();
         (self.local.capacity() + shared) * std::mem::size_of::<T>()
     }
