@@ -130,7 +130,6 @@ struct FakeRelay {
     key: SigningKey,
     desc: RelayDescriptor,
     task: tokio::task::JoinHandle<()>,
-    _dir: PathBuf,
 }
 
 impl FakeRelay {
@@ -142,6 +141,8 @@ impl FakeRelay {
 async fn fake_relay(seed: u8) -> FakeRelay {
     let dir = temp_dir(&format!("relay{seed}"));
     let keys = load_or_create(&dir).unwrap();
+    // The keys are in memory now; nothing reads the directory again.
+    let _ = std::fs::remove_dir_all(&dir);
     // Each on its own address: an authority lists at most two relays per address.
     let ip = std::net::IpAddr::from([127, 0, seed, 1]);
     let l = TcpListener::bind(SocketAddr::new(ip, 0)).await.unwrap();
@@ -171,7 +172,7 @@ async fn fake_relay(seed: u8) -> FakeRelay {
         published: now(),
         platform: None,
     };
-    FakeRelay { key: k, desc, task, _dir: dir }
+    FakeRelay { key: k, desc, task }
 }
 
 /// Sends one request and returns the status and body.
