@@ -19,6 +19,35 @@ const ACCEPT_ERROR_LOG_EVERY: Duration = Duration::from_secs(60);
 /// later, and under load some connections were reset (issue 18).
 pub const LISTEN_BACKLOG: u32 = 4096;
 
+/// What a listener does when `accept` fails (typically out of file descriptors): counts it
+/// (`accept_errors`), logs it at most once a minute, and pauses before the next accept, so a
+/// failing listener neither floods the log nor spins.
+pub struct AcceptErrors {
+    what: &'static str,
+    last_logged: Option<Instant>,
+}
+
+impl AcceptErrors {
+    /// For the listener named `what` in the log ("inbound link", "metrics", ...).
+    pub fn new(what: &'static str) -> Self {
+        AcceptErrors { what, last_logged: None }
+    }
+
+    /// Counts and maybe logs `e`, then pauses.
+    pub async fn failed(&mut self, e: &std::io::Error) {
+        LimitCounters::hit(&LIMITS.accept_errors);
+        if self.last_logged.is_none_or(|t| t.elapsed() >= ACCEPT_ERROR_LOG_EVERY) {
+            let so_far = LIMITS.accept_errors.load(std::sync::atomic::Ordering::Relaxed);
+            tracing::warn!("{} accept failed: {e} (logged at most once a minute; {so_far} so far)", self.what);
+            self.last_logged = Some(Instant::now());
+        }
+        tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
+    }
+}
+
+/// The pause after an accept error.
+const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
+
 /// A listener on `addr` with [`LISTEN_BACKLOG`] (address reuse as tokio's `bind` sets it).
 pub fn listen(addr: std::net::SocketAddr) -> std::io::Result<TcpListener> {
     let socket = if addr.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
@@ -37,7 +66,7 @@ where
     Fut: Future<Output = Result<(), E>> + Send + 'static,
     E: Display,
 {
-    let mut last_logged: Option<Instant> = None;
+    let mut errors = AcceptErrors::new(what);
     loop {
         match listener.accept().await {
             Ok((sock, peer)) => {
@@ -56,14 +85,7 @@ where
                     }
                 });
             }
-            Err(e) => {
-                LimitCounters::hit(&LIMITS.accept_errors);
-                if last_logged.is_none_or(|t| t.elapsed() >= ACCEPT_ERROR_LOG_EVERY) {
-                    tracing::warn!("{what} accept failed: {e} (logged at most once a minute; {} so far)", LIMITS.accept_errors.load(std::sync::atomic::Ordering::Relaxed));
-                    last_logged = Some(Instant::now());
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
-            }
+            Err(e) => errors.failed(&e).await,
         }
     }
 }

@@ -15,8 +15,10 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpSocket, TcpStream};
 
 use crate::limits::conn::ConnPermit;
+use crate::limits::counters::{LimitCounters, LIMITS};
 
-/// How long a whole link handshake may take.
+/// How long a whole link handshake may take: every dial, and every answer unless the relay's
+/// `limits.link_handshake_timeout_secs` says otherwise ([`accept_within`]).
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// Why a link could not be set up. `Peer*` variants are the other side's fault.
@@ -94,11 +96,16 @@ async fn write_frame(s: &mut TcpStream, msg: &[u8]) -> std::io::Result<()> {
     s.write_all(&buf).await
 }
 
-/// Reads one `u16 length | body` frame.
+/// Reads one `u16 length | body` handshake frame; one longer than [`link::MAX_HANDSHAKE_MSG`]
+/// is refused before its body is read.
 pub async fn read_frame<R: AsyncReadExt + Unpin>(s: &mut R, buf: &mut Vec<u8>) -> std::io::Result<()> {
     let mut len = [0u8; 2];
     s.read_exact(&mut len).await?;
-    buf.resize(u16::from_be_bytes(len) as usize, 0);
+    let len = u16::from_be_bytes(len) as usize;
+    if len > link::MAX_HANDSHAKE_MSG {
+        return Err(std::io::Error::new(std::io::ErrorKind::InvalidData, format!("a {len}-byte link handshake message")));
+    }
+    buf.resize(len, 0);
     s.read_exact(buf).await?;
     Ok(())
 }
@@ -132,12 +139,12 @@ async fn connect_inner(bind_ip: IpAddr, peer: &PeerInfo, creds: Option<&RelayCre
     };
     let mut hs = builder.build_initiator().map_err(LinkError::PeerNoise)?;
     s.write_all(&link::preamble(kind)).await?;
-    let mut out = vec![0u8; link::MAX_NOISE_MSG];
+    let mut out = vec![0u8; link::MAX_HANDSHAKE_MSG];
     let n = hs.write_message(&Hello::ours().encode(), &mut out).map_err(LinkError::PeerNoise)?;
     write_frame(&mut s, &out[..n]).await?;
     let mut frame = Vec::new();
     read_frame(&mut s, &mut frame).await?;
-    let mut payload = vec![0u8; link::MAX_NOISE_MSG];
+    let mut payload = vec![0u8; link::MAX_HANDSHAKE_MSG];
     let n = hs.read_message(&frame, &mut payload).map_err(LinkError::PeerNoise)?;
     let welcome = Welcome::decode(&payload[..n])?;
     if !link::LINK_VERSIONS.contains(&welcome.version) {
@@ -151,9 +158,19 @@ async fn connect_inner(bind_ip: IpAddr, peer: &PeerInfo, creds: Option<&RelayCre
     Ok(Link { stream: s, transport: Arc::new(transport), version: welcome.version, peer: Some(peer.identity), peer_link_key: Some(peer.link_key), initiator: true, peer_addr: Some(peer.addr.ip()), permit: None })
 }
 
-/// Answers a link handshake on an accepted connection.
+/// Answers a link handshake on an accepted connection, within [`HANDSHAKE_TIMEOUT`].
 pub async fn accept(s: TcpStream, link_secret: &[u8; 32]) -> Result<Link, LinkError> {
-    tokio::time::timeout(HANDSHAKE_TIMEOUT, accept_inner(s, link_secret)).await.map_err(|_| LinkError::Timeout)?
+    accept_within(s, link_secret, HANDSHAKE_TIMEOUT).await
+}
+
+/// [`accept`] within `timeout`: a peer that has not completed its handshake by then is
+/// disconnected and counted (`link_handshake_timeouts`; THREATS A24: half-open handshakes
+/// would otherwise hold a descriptor each for as long as the peer likes).
+pub async fn accept_within(s: TcpStream, link_secret: &[u8; 32], timeout: Duration) -> Result<Link, LinkError> {
+    tokio::time::timeout(timeout, accept_inner(s, link_secret)).await.unwrap_or_else(|_| {
+        LimitCounters::hit(&LIMITS.link_handshake_timeouts);
+        Err(LinkError::Timeout)
+    })
 }
 
 async fn accept_inner(mut s: TcpStream, link_secret: &[u8; 32]) -> Result<Link, LinkError> {
@@ -170,12 +187,12 @@ async fn accept_inner(mut s: TcpStream, link_secret: &[u8; 32]) -> Result<Link, 
         .build_responder()
         .map_err(LinkError::PeerNoise)?;
     let mut frame = Vec::new();
-    let mut payload = vec![0u8; link::MAX_NOISE_MSG];
+    let mut payload = vec![0u8; link::MAX_HANDSHAKE_MSG];
     read_frame(&mut s, &mut frame).await?;
     let n = hs.read_message(&frame, &mut payload).map_err(LinkError::PeerNoise)?;
     let hello = Hello::decode(&payload[..n])?;
     let version = link::negotiate(&hello.versions).ok_or_else(|| LinkError::PeerIncompatible(hello.versions.clone()))?;
-    let mut out = vec![0u8; link::MAX_NOISE_MSG];
+    let mut out = vec![0u8; link::MAX_HANDSHAKE_MSG];
     let n = hs.write_message(&Welcome { version, ext: Default::default() }.encode(), &mut out).map_err(LinkError::PeerNoise)?;
     // The answer's way back. (The initiator's last message then travels with its first cells,
     // which the link writer delays.)

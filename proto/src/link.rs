@@ -28,6 +28,10 @@ pub const MAGIC: &[u8; 6] = b"ALLIUM";
 pub const LINK_VERSIONS: &[u16] = &[1];
 /// The largest Noise message (and so frame body).
 pub const MAX_NOISE_MSG: usize = 65535;
+/// The largest Noise message of the link handshake (docs/PROTOCOL.md, "Links"): ours are under
+/// 200 bytes; a responder closes a connection that announces a longer one, so a peer that
+/// stalls its handshake holds a few KiB, not 64.
+pub const MAX_HANDSHAKE_MSG: usize = 2048;
 /// Whole cells in one transport message: (65535 − 16-byte tag) / 514.
 pub const MAX_CELLS_PER_FRAME: usize = (MAX_NOISE_MSG - 16) / CELL_LEN;
 /// What an identity signs, followed by the link key, to certify it.

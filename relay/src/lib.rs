@@ -244,7 +244,7 @@ async fn accept_loop(listener: TcpListener, ctx: Arc<RelayCtx>, handler: Arc<dyn
         let ctx = ctx.clone();
         let handler = handler.clone();
         async move {
-            let mut l = link::accept(sock, &ctx.keys.link.to_bytes()).await?;
+            let mut l = link::accept_within(sock, &ctx.keys.link.to_bytes(), ctx.limits.link_handshake_timeout()).await?;
             l.permit = Some(permit);
             // A relay the consensus lists, under the identity and link key it proved, keeps its
             // link open as long as this relay's own links to relays; anyone else briefly. Asked

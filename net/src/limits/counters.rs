@@ -67,6 +67,12 @@ counters! {
     /// Votes an authority refused (429) before parsing them: pushes naming that voter had been
     /// refused too often lately (`allium_directory::vote_gate`).
     vote_pushes_over_budget,
+    /// Votes an authority refused (503) at once, unread: as many pushes naming that voter as it
+    /// reads at a time were being read (`allium_directory::vote_gate`).
+    vote_pushes_in_flight,
+    /// Directory-port connections closed because a request head (request line and headers)
+    /// was not complete `dir_header_timeout_secs` after its first byte.
+    dir_header_timeouts,
     /// Relay descriptors an authority forgot (never proven reachable) to make room for another.
     descriptors_evicted,
     /// INTRODUCE1s an introduction point answered RATE_LIMITED (over the rate the service set).
@@ -94,6 +100,9 @@ counters! {
     /// SOCKS and HTTP CONNECT connections closed: no whole request within
     /// `request_timeout_secs`.
     request_timeouts,
+    /// Inbound connections closed because their link handshake did not complete within
+    /// `link_handshake_timeout_secs`.
+    link_handshake_timeouts,
     /// Links closed because a write waited `link_write_timeout_secs` for the peer to take a
     /// byte (a peer that stopped reading).
     stalled_links_closed,

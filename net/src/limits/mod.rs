@@ -49,6 +49,8 @@ pub struct LimitsConfig {
     pub preconnect_relays: usize,
     /// Seconds a directory (HTTP) connection may go without moving a byte before it is closed.
     pub dir_idle_timeout_secs: u64,
+    /// Seconds a directory (HTTP) request's head may take to arrive, from its first byte.
+    pub dir_header_timeout_secs: u64,
     /// Seconds a relay keeps a circuit on which no cell moved in either direction.
     pub circuit_idle_timeout_secs: u64,
     /// CREATEs per second an address may send (token refill) once it holds at least
@@ -109,6 +111,8 @@ pub struct LimitsConfig {
     pub max_rendezvous_cookies: usize,
     /// Seconds a link's write may wait for the peer to take a byte before the link is closed.
     pub link_write_timeout_secs: u64,
+    /// Seconds an inbound connection has to complete its link handshake.
+    pub link_handshake_timeout_secs: u64,
 }
 
 impl Default for LimitsConfig {
@@ -120,6 +124,7 @@ impl Default for LimitsConfig {
             relay_link_idle_timeout_secs: 3600,
             preconnect_relays: 16,
             dir_idle_timeout_secs: 15,
+            dir_header_timeout_secs: 10,
             circuit_idle_timeout_secs: 3600,
             create_rate_per_address: 3,
             create_burst_per_address: 90,
@@ -146,6 +151,7 @@ impl Default for LimitsConfig {
             max_intro_circuits: 10_000,
             max_rendezvous_cookies: 10_000,
             link_write_timeout_secs: 30,
+            link_handshake_timeout_secs: 10,
         }
     }
 }
@@ -166,6 +172,7 @@ impl LimitsConfig {
         within("relay_link_idle_timeout_secs", self.relay_link_idle_timeout_secs, 1, 86_400)?;
         within("preconnect_relays", self.preconnect_relays as u64, 0, 1_000)?;
         within("dir_idle_timeout_secs", self.dir_idle_timeout_secs, 1, 3600)?;
+        within("dir_header_timeout_secs", self.dir_header_timeout_secs, 1, 3600)?;
         within("circuit_idle_timeout_secs", self.circuit_idle_timeout_secs, 1, 7 * 86_400)?;
         within("create_rate_per_address", self.create_rate_per_address.into(), 1, 1_000_000)?;
         within("create_burst_per_address", self.create_burst_per_address.into(), 1, 1_000_000)?;
@@ -192,6 +199,7 @@ impl LimitsConfig {
         within("max_intro_circuits", self.max_intro_circuits as u64, 1, 10_000_000)?;
         within("max_rendezvous_cookies", self.max_rendezvous_cookies as u64, 1, 10_000_000)?;
         within("link_write_timeout_secs", self.link_write_timeout_secs, 1, 3600)?;
+        within("link_handshake_timeout_secs", self.link_handshake_timeout_secs, 1, 120)?;
         Ok(())
     }
 
@@ -233,6 +241,10 @@ impl LimitsConfig {
         Duration::from_secs(self.dir_idle_timeout_secs)
     }
 
+    pub fn dir_header_timeout(&self) -> Duration {
+        Duration::from_secs(self.dir_header_timeout_secs)
+    }
+
     pub fn circuit_idle_timeout(&self) -> Duration {
         Duration::from_secs(self.circuit_idle_timeout_secs)
     }
@@ -255,6 +267,10 @@ impl LimitsConfig {
 
     pub fn link_write_timeout(&self) -> Duration {
         Duration::from_secs(self.link_write_timeout_secs)
+    }
+
+    pub fn link_handshake_timeout(&self) -> Duration {
+        Duration::from_secs(self.link_handshake_timeout_secs)
     }
 
     pub fn request_timeout(&self) -> Duration {
@@ -284,6 +300,8 @@ mod tests {
         // Every key refuses a value past its bounds, naming itself.
         for (key, bad) in [
             ("max_relay_descriptors", "0"),
+            ("dir_header_timeout_secs", "0"),
+            ("dir_header_timeout_secs", "3601"),
             ("vote_push_burst", "1001"),
             ("create_replay_memory", "0"),
             ("max_streams_per_circuit", "65536"),
@@ -294,6 +312,8 @@ mod tests {
             ("max_intro_circuits", "0"),
             ("max_rendezvous_cookies", "0"),
             ("link_write_timeout_secs", "0"),
+            ("link_handshake_timeout_secs", "0"),
+            ("link_handshake_timeout_secs", "121"),
             ("handshake_threads", "1025"),
         ] {
             let c: LimitsConfig = toml::from_str(&format!("{key} = {bad}")).unwrap();

@@ -53,14 +53,14 @@ pub fn bind(data_dir: &Path) -> Result<UnixListener, String> {
 
 /// Serves status requests until the listener fails.
 pub async fn serve(l: UnixListener, role: &'static str, status: Arc<StatusFn>) {
+    let mut errors = crate::accept::AcceptErrors::new("control socket");
     let slots = Arc::new(Semaphore::new(MAX_CONTROL_CONNS));
     loop {
         let Ok(permit) = slots.clone().acquire_owned().await else { return };
         let sock = match l.accept().await {
             Ok((s, _)) => s,
             Err(e) => {
-                tracing::warn!("control socket accept failed: {e}");
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                errors.failed(&e).await;
                 continue;
             }
         };

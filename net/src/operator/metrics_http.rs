@@ -22,14 +22,14 @@ pub const HEAD_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Serves scrapes until the listener fails.
 pub async fn serve(l: TcpListener, role: &'static str) {
+    let mut errors = crate::accept::AcceptErrors::new("metrics");
     let slots = Arc::new(Semaphore::new(MAX_METRICS_CONNS));
     loop {
         let Ok(permit) = slots.clone().acquire_owned().await else { return };
         let sock = match l.accept().await {
             Ok((s, _)) => s,
             Err(e) => {
-                tracing::warn!("metrics accept failed: {e}");
-                tokio::time::sleep(Duration::from_millis(100)).await;
+                errors.failed(&e).await;
                 continue;
             }
         };
