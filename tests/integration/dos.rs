@@ -10,10 +10,17 @@ use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use allium_client::circuit::{self, BeginRequest, CircError, ResolveRequest};
+use allium_net::cell_queue::CellReceiver;
+use allium_net::channel::Channel;
+use allium_net::limits::memquota::MemQuota;
 use allium_net::limits::LIMITS;
+use allium_net::link::{self, PeerInfo};
 use allium_net::pool::ChannelPool;
-use allium_proto::cell::DestroyReason;
+use allium_proto::cell::{self, Cell, CellCmd, DestroyReason};
+use allium_proto::crypto::ntor::{self, HTYPE_NTOR};
 use allium_proto::doc::ConsensusRelay;
+use allium_proto::ext::Extensions;
+use allium_proto::flow::FlowParams;
 use allium_proto::relay_msg::EndReason;
 use tokio::io::AsyncReadExt;
 use tokio::sync::oneshot;
@@ -145,8 +152,62 @@ async fn a23_create_flood_gets_its_burst_then_resource_limit() {
     drop(circs);
 }
 
-/// A23 (replays): one CREATE replayed is refused before any public-key work, and a client
-/// link holds at most its circuit cap.
+/// A23 (replays): a CREATE whose handshake message the relay has seen before is answered
+/// DESTROY(PROTOCOL) and counted (`create_replays`), on the link it came on and on any other,
+/// before any public-key work (no CREATED comes back); a fresh message is still answered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a23_a_replayed_create_is_refused_on_any_link_and_counted() {
+    let r = relay("a23replay", "", "").await;
+    let is_replay_refusal = |c: &Cell| c.cmd == CellCmd::Destroy && DestroyReason::from_u8(c.payload[0]) == DestroyReason::Protocol;
+    let attacker = raw_link(ATTACKER, &r).await;
+    let captured = create_message(&r);
+    let first = create_answer(&attacker, &captured).await;
+    assert_ne!(first.cmd, CellCmd::Destroy, "a fresh CREATE was refused");
+    let before = LIMITS.create_replays.load(Ordering::Relaxed);
+    let again = create_answer(&attacker, &captured).await;
+    assert!(is_replay_refusal(&again), "a replay on the same link got {:?}", again.cmd);
+    // Another link, from another address: the relay remembers messages, not links.
+    let other = raw_link(HONEST, &r).await;
+    let elsewhere = create_answer(&other, &captured).await;
+    assert!(is_replay_refusal(&elsewhere), "a replay on another link got {:?}", elsewhere.cmd);
+    assert!(LIMITS.create_replays.load(Ordering::Relaxed) >= before + 2, "replays counted");
+    // Fresh messages on the same links are answered.
+    assert_ne!(create_answer(&other, &create_message(&r)).await.cmd, CellCmd::Destroy, "a fresh CREATE after the replays was refused");
+    assert_ne!(create_answer(&attacker, &create_message(&r)).await.cmd, CellCmd::Destroy, "the replaying link cannot build any more");
+}
+
+/// A link of our own to `r` from `from`, for sending CREATE cells by hand.
+async fn raw_link(from: IpAddr, r: &ConsensusRelay) -> Channel {
+    let peer = PeerInfo { addr: r.address, identity: r.identity, link_key: r.link_key };
+    Channel::spawn(link::connect(from, &peer, None).await.expect("a link"), None, &MemQuota::default_budget())
+}
+
+/// A fresh ntor CREATE message for `r`, as a client makes it.
+fn create_message(r: &ConsensusRelay) -> Vec<u8> {
+    let mut ext = Vec::new();
+    Extensions(vec![FlowParams::default().to_extension()]).encode(&mut ext);
+    ntor::client_start(&mut rand::rngs::OsRng, &r.identity, &r.onion_key, &ext).1
+}
+
+/// Sends `msg` as a CREATE on a new circuit of `chan`.
+async fn send_create(chan: &Channel, msg: &[u8]) -> CellReceiver {
+    let (id, rx) = chan.open_circuit().expect("a circuit id");
+    for c in cell::create_cells(id, HTYPE_NTOR, msg) {
+        chan.send(c).await.expect("the link is open");
+    }
+    rx
+}
+
+/// The answer to a CREATE carrying `msg` on a new circuit of `chan`.
+async fn create_answer(chan: &Channel, msg: &[u8]) -> Cell {
+    first_answer(send_create(chan, msg).await).await
+}
+
+async fn first_answer(mut rx: CellReceiver) -> Cell {
+    tokio::time::timeout(Duration::from_secs(60), rx.recv()).await.expect("no answer to a CREATE").expect("the link closed")
+}
+
+/// A client link holds at most its circuit cap.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a23_a_client_link_holds_at_most_its_circuit_cap() {
     let (r, dir) = relay_with_dir("a23cap", "max_circuits_per_client_link = 8", "").await;
@@ -233,6 +294,31 @@ async fn a25_handshake_burst_is_answered_or_refused_never_queued_without_bound()
     }
     assert_eq!(ok + refused, 200);
     eprintln!("a25: {ok} CREATED, {refused} refused by the handshake queue");
+    // 100 CREATEs arriving together on one link: the queue of 2 cannot hold them, so the
+    // excess is refused at once with DESTROY(RESOURCELIMIT) and counted, never queued; every
+    // one is answered.
+    let counted = || LIMITS.handshake_queue_full.load(Ordering::Relaxed) + LIMITS.handshake_queue_delay.load(Ordering::Relaxed);
+    let counted_before = counted();
+    let burst = raw_link(IpAddr::from([127, 0, 1, 99]), &r).await;
+    let messages: Vec<Vec<u8>> = (0..100).map(|_| create_message(&r)).collect();
+    let mut waiting = Vec::new();
+    for m in &messages {
+        waiting.push(send_create(&burst, m).await);
+    }
+    let (mut created, mut limited) = (0, 0);
+    for rx in waiting {
+        let c = first_answer(rx).await;
+        match c.cmd {
+            CellCmd::Destroy => {
+                assert_eq!(DestroyReason::from_u8(c.payload[0]), DestroyReason::ResourceLimit, "a refused CREATE's reason");
+                limited += 1;
+            }
+            _ => created += 1,
+        }
+    }
+    eprintln!("a25 one-link burst: {created} CREATED, {limited} refused");
+    assert!(limited > 0, "100 CREATEs at once against a handshake queue of 2: none refused");
+    assert!(counted() >= counted_before + limited, "refusals counted");
     let mut dir = existing
         .begin_dir()
         .await
