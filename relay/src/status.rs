@@ -30,6 +30,7 @@ pub fn status_fn(ctx: Arc<RelayCtx>, nickname: String, or_port: std::net::Socket
         m.insert("extends".into(), Value::Object(allium_net::metrics::METRICS.extends.counts().map(|(link, n)| (link.to_string(), json!(n))).collect()));
         m.insert("or_connections".into(), json!(ctx.or_conns.total()));
         m.insert("client_circuits".into(), json!(ctx.client_circuits.total()));
+        m.insert("exit_connections".into(), json!(ctx.limits.exit_connections().saturating_sub(ctx.exit_conns.available_permits())));
         let onion = ctx.onion.read().unwrap_or_else(|e| e.into_inner());
         m.insert("onion_key".into(), json!(hex::encode(onion.current_public())));
         m.insert("previous_onion_key".into(), json!(onion.previous_public().map_or_else(|| "none".to_string(), hex::encode)));

@@ -377,6 +377,28 @@ async fn a26_streams_beyond_the_circuit_cap_get_resource_limit() {
     another_circuit_opens_streams(&pool, &r, &target, 4).await;
 }
 
+/// `limits.max_exit_connections`: the exit opens at most 3 outbound connections in all; the
+/// BEGINs beyond them, on any circuit, get END RESOURCELIMIT (counted) while they are open, and
+/// once they close the exit connects again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a26_exit_connections_beyond_the_cap_get_resource_limit() {
+    let target = crate::support::http::FileServer::start(vec![("/x", b"x".to_vec())]);
+    let (r, dir) = relay_with_dir("a26x", "max_exit_connections = 3", "[exit]\nenabled = true\npolicy = [\"accept *:*\"]").await;
+    let pool = ChannelPool::new(HONEST, None);
+    let (first, second) = (circuit::build(&pool, &[&r]).await.expect("a circuit"), circuit::build(&pool, &[&r]).await.expect("a circuit"));
+    let before = LIMITS.exit_connections.load(Ordering::Relaxed);
+    // Held open (their application sockets with them) while the second circuit asks.
+    let (outcomes, held) = begin_many_held(&first, target.addr(), 5).await;
+    assert_eq!(connected_and_limited(&outcomes), (3, 2), "3 CONNECTED, then END(RESOURCELIMIT): {outcomes:?}");
+    assert_eq!(connected_and_limited(&begin_many(&second, target.addr(), 1).await), (0, 1), "the cap is the exit's, not the circuit's");
+    assert!(LIMITS.exit_connections.load(Ordering::Relaxed) >= before + 3, "counted");
+    // The held streams close: their connections free their places.
+    drop(held);
+    let (d, why) = (dir.clone(), "closed streams never freed their exit connections".to_string());
+    tokio::task::spawn_blocking(move || crate::support::wait_status(&d, "exit_connections<=0", Duration::from_secs(30), &why)).await.unwrap();
+    assert_eq!(connected_and_limited(&begin_many(&second, target.addr(), 3).await), (3, 0), "the exit connects again");
+}
+
 /// `limits.max_resolves_per_circuit`: with 4 RESOLVEs waiting on the exit's resolver, the next
 /// 6 on that circuit are answered RESOLVED RESOURCELIMIT at once (counted); once the resolver
 /// answers, the 4 get their addresses and their places are free again; another circuit was
@@ -474,11 +496,12 @@ async fn another_circuit_opens_streams(
 
 /// Sends `n` BEGINs to `target` on `c` at once (each with an application socket of its own)
 /// and returns how each ended.
-async fn begin_many(
-    c: &circuit::CircHandle,
-    target: SocketAddr,
-    n: usize,
-) -> Vec<Result<(), EndReason>> {
+async fn begin_many(c: &circuit::CircHandle, target: SocketAddr, n: usize) -> Vec<Result<(), EndReason>> {
+    begin_many_held(c, target, n).await.0
+}
+
+/// [`begin_many`], and the application ends of the streams, which keep them open until dropped.
+async fn begin_many_held(c: &circuit::CircHandle, target: SocketAddr, n: usize) -> (Vec<Result<(), EndReason>>, Vec<tokio::net::TcpStream>) {
     let app = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let mut waits = Vec::new();
     let mut keep = Vec::new();
@@ -509,7 +532,7 @@ async fn begin_many(
             },
         );
     }
-    out
+    (out, keep)
 }
 
 /// A24 at an authority's directory port (a real test network): 60 silent connections from
