@@ -7,7 +7,8 @@
 //! its introduction points forwarded, the share of honest connections that got through, and
 //! the service's CPU and RSS. Then directory attacks against an authority
 //! (`flood/directory.rs`): slow connections, descriptors for one address, 8 MiB votes; and
-//! 10,000 junk onion descriptors against an HSDir (`flood/hsdir.rs`).
+//! 10,000 junk onion descriptors against an HSDir (`flood/hsdir.rs`). Last (A30), peer-chosen
+//! circuit ids against random ones in a link's table (`flood/circuit_ids.rs`).
 //!
 //! The attacker binds addresses in 127.0.3.0/24 to 127.0.5.0/24 (many sources) or 127.0.0.66
 //! (one source); the honest client 127.0.0.77. The attacker's tasks run on a runtime of their
@@ -15,7 +16,7 @@
 //! client's, and on this one machine it would otherwise delay the client that measures. A25
 //! counts the relay's CPU time, in all and on its handshake threads, to give handshakes per
 //! CPU-second. Words after `--` pick attacks by tag (`cargo bench --bench flood -- A25 A27`;
-//! tags A24, A23, A25, A27, HSDir, directory, A29). Traffic goes to 127.0.0.0/8 only; every attack is bounded in count
+//! tags A24, A23, A25, A27, HSDir, directory, A29, A30). Traffic goes to 127.0.0.0/8 only; every attack is bounded in count
 //! and time. Issue targets: RSS ≤ 64 MiB above idle and back within a minute; honest build p99
 //! ≤ 3× idle; forwarding p99 ≤ 2× idle; ≥ 6,000 handshakes/s per core.
 
@@ -47,6 +48,8 @@ mod procfs;
 mod dir_attacks;
 #[path = "flood/hsdir.rs"]
 mod hsdir_flood;
+#[path = "flood/circuit_ids.rs"]
+mod circuit_ids;
 
 const HONEST: IpAddr = IpAddr::V4(Ipv4Addr::new(127, 0, 0, 77));
 /// Honest builds and directory round trips sampled per phase.
@@ -87,6 +90,9 @@ fn main() {
     if wanted("A29") {
         let net = support::testnet::Testnet::start(&[]);
         rt.block_on(intro_flood(&net));
+    }
+    if wanted("A30") {
+        rt.block_on(circuit_ids::run());
     }
 }
 
