@@ -39,6 +39,7 @@ pub fn status_fn(state: Arc<ClientState>) -> allium_net::operator::StatusFn {
             "recovery".into(),
             json!({ "begin_timeouts": metrics.begin_timeouts.get(), "stalled_streams": metrics.stalled_streams.get(), "circuits_retired": metrics.circuits_retired.get() }),
         );
+        m.insert("app_connections".into(), json!(state.app_conns.total()));
         m.insert("build_timeout_ms".into(), json!(state.circuits.build_timeout().as_millis() as u64));
         m.insert("build_timeout_learned".into(), json!(state.circuits.build_timeout_learned()));
         let d = *state.directory.lock().unwrap_or_else(|e| e.into_inner());

@@ -100,6 +100,39 @@ async fn a24_connection_flood_from_one_address_is_closed_at_once() {
     builds_again(&pool, &r, &dir, "or_connections<=1", "the attacker's address was never admitted again").await;
 }
 
+/// A24 on the application ports: SOCKS and HTTP CONNECT share one connection limiter. An
+/// address holding `max_connections_per_address` connections (3 here, each still sending its
+/// request, which may take 10 minutes) has its next ones closed at once without a byte, on
+/// either port, and counted; once one of its connections closes, it is served again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a24_application_ports_close_connections_beyond_the_per_address_cap() {
+    use tokio::io::AsyncWriteExt;
+    use tokio::net::TcpStream;
+    let (socks, http, dir) = crate::support::inproc::start_client("a24app", "[limits]\nmax_connections_per_address = 3\nrequest_timeout_secs = 600").await;
+    let mut held = vec![TcpStream::connect(socks).await.unwrap(), TcpStream::connect(socks).await.unwrap(), TcpStream::connect(http).await.unwrap()];
+    let (d, why) = (dir.clone(), "3 connections never counted".to_string());
+    tokio::task::spawn_blocking(move || crate::support::wait_status(&d, "app_connections>=3", Duration::from_secs(30), &why)).await.unwrap();
+    let before = LIMITS.connections_per_address.load(Ordering::Relaxed);
+    for (port, name) in [(socks, "SOCKS"), (http, "HTTP CONNECT")] {
+        let mut extra = TcpStream::connect(port).await.unwrap();
+        let mut buf = [0u8; 16];
+        // Closed at once: well before the 10-minute request timeout.
+        let read = tokio::time::timeout(Duration::from_secs(60), extra.read(&mut buf)).await.unwrap_or_else(|_| panic!("a 4th {name} connection was held"));
+        assert!(matches!(read, Ok(0) | Err(_)), "a 4th {name} connection got {read:?}");
+    }
+    assert!(LIMITS.connections_per_address.load(Ordering::Relaxed) >= before + 2, "counted");
+    // One held connection goes; once the client has let it go, a new one is served: the
+    // SOCKS5 greeting is answered.
+    drop(held.pop());
+    let (d, why) = (dir.clone(), "a closed connection never freed its place".to_string());
+    tokio::task::spawn_blocking(move || crate::support::wait_status(&d, "app_connections<=2", Duration::from_secs(30), &why)).await.unwrap();
+    let mut again = TcpStream::connect(socks).await.unwrap();
+    again.write_all(&[5, 1, 0]).await.unwrap();
+    let mut reply = [0u8; 2];
+    tokio::time::timeout(Duration::from_secs(60), again.read_exact(&mut reply)).await.expect("no SOCKS reply").expect("closed");
+    assert_eq!(reply, [5, 0], "the SOCKS5 greeting answered");
+}
+
 /// A23: an address holding 4 links sends CREATEs far faster than its rate: it gets its burst
 /// (plus the rate over the time taken), then only DESTROY(RESOURCELIMIT), for the defense
 /// period; an honest address builds throughout; the mark expires.

@@ -59,3 +59,30 @@ pub async fn start_relay_with_quota(nickname: &str, relay_extra: &str) -> (Conse
     ready.unwrap_or_else(|e| panic!("relay {nickname} did not start: {e}"));
     (entry, dir, quota)
 }
+
+/// Starts a client in this process with SOCKS and HTTP CONNECT listeners on 127.0.0.1 and
+/// `extra` (TOML sections) in its config. Its one authority is 127.0.0.1:9, where nothing
+/// answers: it never bootstraps, for tests of its front ends' own limits. Returns the SOCKS and
+/// HTTP CONNECT addresses and its data directory once it listens.
+pub async fn start_client(nickname: &str, extra: &str) -> (SocketAddr, SocketAddr, PathBuf) {
+    let dir = super::fresh_dir(nickname);
+    let keys = allium_net::keys::load_or_create(&dir).unwrap();
+    let free = || TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let (socks, http) = (free(), free());
+    let cfg = format!(
+        "[node]\nnickname = \"{nickname}\"\ndata_dir = {dir:?}\naddress = \"127.0.0.1\"\n\
+         [network]\ndangerous_testnet = true\n[[network.authorities]]\nname = \"none\"\n\
+         identity = \"{id}\"\naddress = \"127.0.0.1:9\"\n[client]\nsocks_listen = \"{socks}\"\n\
+         http_connect_listen = \"{http}\"\n{extra}\n",
+        dir = dir.display().to_string(),
+        id = keys.relay_id().fingerprint(),
+    );
+    let cfg: allium_client::ClientConfig = allium_net::config::parse_toml(&cfg, Path::new("test.toml")).unwrap();
+    cfg.validate().unwrap();
+    tokio::spawn(allium_client::run(cfg, keys));
+    // It opens its control socket after binding its listeners.
+    let (data, condition) = (dir.clone(), "role~client".to_string());
+    let ready = tokio::task::spawn_blocking(move || super::try_wait_status(&data, &condition, Duration::from_secs(30))).await.unwrap();
+    ready.unwrap_or_else(|e| panic!("client {nickname} did not start: {e}"));
+    (socks, http, dir)
+}
