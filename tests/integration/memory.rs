@@ -24,6 +24,8 @@ use crate::support::inproc::start_relay_with_quota;
 
 const ATTACKER: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 66));
 const HONEST: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 77));
+/// Another client, whose circuits share the relays of a test's first.
+const OTHER_CLIENT: IpAddr = IpAddr::V4(std::net::Ipv4Addr::new(127, 0, 0, 78));
 const BODY: usize = 4 << 20;
 /// The circuit window A28's circuit asks for.
 const WINDOW_CELLS: u32 = 1000;
@@ -98,7 +100,9 @@ async fn a27_a_link_whose_peer_takes_no_bytes_is_closed_after_the_write_timeout(
     drop(circuits);
 }
 
-/// A28: an application reads a 4 MiB download at ~64 KiB/s for 3 s, then at full speed. Flow
+/// A28: an application reads a 4 MiB download at ~64 KiB/s for 3 s, then at full speed. While it
+/// is still read slowly, another client's circuit through the same relays fetches the whole
+/// file. Flow
 /// control holds the exit back meanwhile: neither relay ever queues more than two of the
 /// circuit's windows (DATA read from the socket and held back for the window, which the stream
 /// readers stop at one window, plus cells sent within the window that the link writer has not
@@ -124,12 +128,33 @@ async fn a28_a_slow_reader_holds_each_relay_to_its_window_and_completes() {
         got.extend_from_slice(&buf[..n]);
         tokio::time::sleep(Duration::from_millis(60)).await;
     }
+    // What the relays held for the slow stream alone.
+    let peaks = [("guard", gq.peak()), ("exit", eq.peak())];
+    // Another circuit through the same relays downloads the whole file while this stream is
+    // still read slowly: the slow reader costs it nothing but its own window.
+    let other = {
+        let (files_addr, guard, exit) = (files.addr(), guard.clone(), exit.clone());
+        tokio::spawn(async move {
+            let c = circuit::build(&ChannelPool::new(OTHER_CLIENT, None), &[&guard, &exit]).await.expect("another circuit");
+            fetch(&c, files_addr, "/big").await
+        })
+    };
+    while !other.is_finished() {
+        let n = app.read(&mut buf).await.unwrap();
+        got.extend_from_slice(&buf[..n]);
+        if n == 0 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(60)).await;
+    }
+    let other_body = tokio::time::timeout(Duration::from_secs(120), other).await.expect("the other download never ended").unwrap();
+    assert!(other_body == files.file("/big"), "the other circuit's download arrived whole ({} bytes)", other_body.len());
     app.read_to_end(&mut got).await.unwrap();
     let body = strip_head(&got);
     assert!(body == files.file("/big"), "the download arrived whole ({} bytes)", body.len());
     let window = WINDOW_CELLS as usize * allium_net::limits::memquota::CELL_MEM;
-    for (name, q) in [("guard", &gq), ("exit", &eq)] {
-        assert!(q.peak() <= 2 * window, "the {name} queued {} bytes at most; a window is {window}", q.peak());
+    for (name, peak) in peaks {
+        assert!(peak <= 2 * window, "the {name} queued {peak} bytes at most; a window is {window}");
     }
 }
 
