@@ -11,6 +11,9 @@
 //! # (an introduction with a proof of work of effort e counts 1/e)
 //! intro_rate_per_sec = 25
 //! intro_burst = 200
+//! # optional: rendezvous circuits built at once, and introductions waiting for one
+//! max_rendezvous_builds = 16
+//! intro_queue = 256
 //! ```
 //!
 //! Each service's identity key lives in `<node.data_dir>/onion-services/<name>/identity_ed25519.key`
@@ -47,13 +50,36 @@ pub struct OnionServiceConfig {
     /// The burst of that rate: rate–1,000,000, default 200.
     #[serde(default = "default_intro_burst")]
     pub intro_burst: u32,
+    /// Rendezvous circuits the service builds at once: 1–1,000, default 16.
+    #[serde(default = "default_max_rendezvous_builds")]
+    pub max_rendezvous_builds: usize,
+    /// Introductions waiting for a rendezvous build, best proof of work first (THREATS A29):
+    /// 1–100,000, default 256.
+    #[serde(default = "default_intro_queue")]
+    pub intro_queue: usize,
 }
 
 impl Default for OnionServiceConfig {
     /// No name (set one), no ports, no client authorization, the default introduction rate.
     fn default() -> Self {
-        OnionServiceConfig { name: String::new(), ports: Vec::new(), authorized_clients: Vec::new(), intro_rate_per_sec: default_intro_rate(), intro_burst: default_intro_burst() }
+        OnionServiceConfig {
+            name: String::new(),
+            ports: Vec::new(),
+            authorized_clients: Vec::new(),
+            intro_rate_per_sec: default_intro_rate(),
+            intro_burst: default_intro_burst(),
+            max_rendezvous_builds: default_max_rendezvous_builds(),
+            intro_queue: default_intro_queue(),
+        }
     }
+}
+
+fn default_max_rendezvous_builds() -> usize {
+    16
+}
+
+fn default_intro_queue() -> usize {
+    256
 }
 
 fn default_intro_rate() -> u32 {
@@ -164,6 +190,12 @@ pub fn validate(services: &[OnionServiceConfig]) -> Result<(), ConfigError> {
         if !(s.intro_rate_per_sec..=1_000_000).contains(&s.intro_burst) {
             return Err(ConfigError::invalid(&key("intro_burst"), "must be from intro_rate_per_sec to 1000000"));
         }
+        if !(1..=1_000).contains(&s.max_rendezvous_builds) {
+            return Err(ConfigError::invalid(&key("max_rendezvous_builds"), "must be from 1 to 1000"));
+        }
+        if !(1..=100_000).contains(&s.intro_queue) {
+            return Err(ConfigError::invalid(&key("intro_queue"), "must be from 1 to 100000"));
+        }
     }
     Ok(())
 }
@@ -173,7 +205,7 @@ mod tests {
     use super::*;
 
     fn svc(name: &str, ports: &[&str]) -> OnionServiceConfig {
-        OnionServiceConfig { name: name.into(), ports: ports.iter().map(|p| p.to_string()).collect(), authorized_clients: vec![], intro_rate_per_sec: 25, intro_burst: 200 }
+        OnionServiceConfig { name: name.into(), ports: ports.iter().map(|p| p.to_string()).collect(), ..Default::default() }
     }
 
     #[test]
@@ -182,8 +214,15 @@ mod tests {
         validate(std::slice::from_ref(&ok)).unwrap();
         let low_burst = OnionServiceConfig { intro_rate_per_sec: 50, intro_burst: 10, ..ok.clone() };
         assert!(validate(&[low_burst]).unwrap_err().to_string().contains("intro_burst"));
-        let zero = OnionServiceConfig { intro_rate_per_sec: 0, ..ok };
+        let zero = OnionServiceConfig { intro_rate_per_sec: 0, ..ok.clone() };
         assert!(validate(&[zero]).unwrap_err().to_string().contains("intro_rate_per_sec"));
+        for (builds, queue, named) in [(0, 256, "max_rendezvous_builds"), (1001, 256, "max_rendezvous_builds"), (16, 0, "intro_queue"), (16, 100_001, "intro_queue")] {
+            let bad = OnionServiceConfig { max_rendezvous_builds: builds, intro_queue: queue, ..ok.clone() };
+            assert!(validate(&[bad]).unwrap_err().to_string().contains(named), "{builds}, {queue}");
+        }
+        let parsed: OnionServiceConfig = toml::from_str("name = \"web\"\nports = []\nmax_rendezvous_builds = 4\nintro_queue = 32").unwrap();
+        assert_eq!((parsed.max_rendezvous_builds, parsed.intro_queue), (4, 32));
+        assert_eq!((ok.max_rendezvous_builds, ok.intro_queue), (16, 256), "the defaults");
     }
 
     #[test]

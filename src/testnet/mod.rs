@@ -378,9 +378,7 @@ async fn bring_up(dir: &Path, exe: &Path, plan: &Plan<'_>, procs: &mut Vec<NodeP
     let service = allium_client::onion_service::OnionServiceConfig {
         name: layout::ONION_SERVICE_NAME.into(),
         ports: vec![format!("{} -> {onion_target}", layout::ONION_SERVICE_PORT)],
-        authorized_clients: Vec::new(),
-        intro_rate_per_sec: 25,
-        intro_burst: 200,
+        ..Default::default()
     };
     let onion_host = service.load_or_create_address(&hs.dir).map_err(|e| format!("hs: onion service key: {e}"))?.to_host();
     println!(

@@ -17,8 +17,6 @@ use std::time::{Duration, Instant};
 use allium_proto::hs::pow::MAX_EFFORT;
 use allium_proto::relay_msg::IntroduceBody;
 
-/// Introductions a service keeps waiting.
-pub const QUEUE_CAP: usize = 256;
 /// An introduction waiting longer than this is dropped (its client has given up on it).
 pub const MAX_WAIT: Duration = Duration::from_secs(25);
 /// How often the suggested effort is reconsidered.

@@ -37,10 +37,6 @@ use crate::{ClientError, ClientState};
 use intro::IntroEvent;
 use publish::Published;
 
-/// Rendezvous circuits one service builds at once; introductions beyond that wait in a bounded
-/// queue ranked by proof of work ([`intro_queue`]), so a flood of INTRODUCE2 cannot exhaust the
-/// node.
-pub const MAX_RENDEZVOUS_BUILDS: usize = 16;
 /// Descriptors are uploaded again at least this often.
 pub const REPUBLISH_EVERY: Duration = Duration::from_secs(30 * 60);
 /// After a change, publishing waits at most this long for points still being established.
@@ -67,6 +63,10 @@ pub struct HostedService {
     revision_file: std::path::PathBuf,
     /// The introduction rate each point is asked to keep.
     intro_dos: IntroDosParams,
+    /// Rendezvous circuits built at once (`max_rendezvous_builds`).
+    max_builds: usize,
+    /// Introductions waiting for a build (`intro_queue`).
+    queue_cap: usize,
     /// How many HSDirs took the last descriptor published ([`HostedService::publications`]).
     published: tokio::sync::watch::Sender<usize>,
 }
@@ -94,7 +94,18 @@ impl HostedService {
         let clients = cfg.authorized_keys().map_err(|e| format!("onion_service {}: {e}", cfg.name))?;
         let revision_file = cfg.key_dir(data_dir).join(publish::REVISION_FILE);
         let intro_dos = IntroDosParams { rate: cfg.intro_rate_per_sec, burst: cfg.intro_burst };
-        Ok(HostedService { name: cfg.name.clone(), identity, target, clients, state, revision_file, intro_dos, published: tokio::sync::watch::Sender::new(0) })
+        Ok(HostedService {
+            name: cfg.name.clone(),
+            identity,
+            target,
+            clients,
+            state,
+            revision_file,
+            intro_dos,
+            max_builds: cfg.max_rendezvous_builds,
+            queue_cap: cfg.intro_queue,
+            published: tokio::sync::watch::Sender::new(0),
+        })
     }
 
     /// How many HSDirs took each descriptor published, as it is published (0 until the first).
@@ -127,8 +138,11 @@ impl HostedService {
             last_down: None,
             revisions: revision::Revisions::load(&self.revision_file),
             publishing: JoinSet::new(),
-            builds: Arc::new(Semaphore::new(MAX_RENDEZVOUS_BUILDS)),
-            queue: intro_queue::IntroQueue::new(intro_queue::QUEUE_CAP, Instant::now()),
+            // Rendezvous builds at once (`max_rendezvous_builds`); introductions beyond them
+            // wait in a bounded queue ranked by proof of work (`intro_queue`), so a flood of
+            // INTRODUCE2 cannot exhaust the node.
+            builds: Arc::new(Semaphore::new(self.max_builds)),
+            queue: intro_queue::IntroQueue::new(self.queue_cap, Instant::now()),
             freed: Arc::new(Notify::new()),
         };
         tracing::info!("onion service {}: setting up {} introduction points", self.name, l.set.needed());
