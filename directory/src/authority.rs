@@ -1073,8 +1073,8 @@ pub async fn run_authority_with_status(
         .map_err(DirError::TaskFailed)?;
     let app = crate::server::router(shared.clone());
     let limiter = allium_net::limits::conn::ConnLimiter::new(cfg.limits.connections(), cfg.limits.max_connections_per_address);
-    let dir_listener = crate::access_log::LoggedListener { listener, limiter, idle: cfg.limits.dir_idle_timeout() };
-    tasks.spawn(async move { axum::serve(dir_listener, app).await.map_err(DirError::Serve) });
+    let dir_port = crate::access_log::DirPort { listener, limiter, idle: cfg.limits.dir_idle_timeout(), header_timeout: cfg.limits.dir_header_timeout() };
+    tasks.spawn(async move { match dir_port.serve(app).await {} });
     let sh = shared.clone();
     tasks.spawn(async move { schedule_loop(sh).await });
     let sh = shared.clone();

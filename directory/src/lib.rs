@@ -13,7 +13,8 @@
 //!   it also keeps its shared-random reveals, in memory),
 //!   and [`run_authority`], which serves HTTP and runs the vote / sign / publish loop.
 //! - [`server`]: the HTTP endpoints (a thin layer over the state); the table of endpoints is
-//!   in its module docs.
+//!   in its module docs. [`access_log`]: the directory port's accept loop and connections
+//!   (limits, idle and request-head timeouts, debug-level access log).
 //! - [`bootstrap`]: bootstrap rounds, the first consensus without waiting for the schedule.
 //! - [`publish`]: [`publish_descriptor`], the relay uploading its descriptor to every authority.
 //! - [`fetch`]: [`fetch_consensus`], downloading and verifying a consensus.
@@ -37,7 +38,7 @@
 //! - Path selection (`allium-client`) and the relay's decision of when to republish
 //!   (`allium-relay`, using [`schedule::republish_period_secs`]).
 
-mod access_log;
+pub mod access_log;
 pub mod authkeys;
 pub mod authority;
 pub mod bootstrap;

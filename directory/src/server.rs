@@ -4,7 +4,7 @@
 //! | method and path                       | body                      | success | refusals |
 //! |---------------------------------------|---------------------------|---------|----------|
 //! | `POST /allium/v1/descriptor`          | a relay descriptor        | 200     | 400 (one-line reason), 403 (its address holds `max_relays_per_address` relays), 413 over 16 KiB, 503 when full |
-//! | `POST /allium/v1/vote`                | a vote                    | 200     | 400, 403 (names no peer), 409 (a different vote from that voter is held), 413 over 8 MiB, 429 (over the voter's budget of refused pushes, [`crate::vote_gate`]) |
+//! | `POST /allium/v1/vote`                | a vote                    | 200     | 400, 403 (names no peer, answered once the header has arrived: [`VOTE_HEADER_PREFIX`]), 409 (a different vote from that voter is held), 413 over 8 MiB, 429 (over the voter's budget of refused pushes, [`crate::vote_gate`]), 503 (as many pushes naming that voter as are read at a time are being read) |
 //! | `GET /allium/v1/vote/{valid_after}`   | —                         | 200, this authority's own vote | 400 bad number, 404 none |
 //! | `POST /allium/v1/signature`           | a detached signature      | 200     | 400, 409 (digest differs from ours), 413 over 1 KiB |
 //! | `GET /allium/v1/consensus`            | —                         | 200, latest consensus with every signature gathered | 404 none yet |
@@ -20,7 +20,7 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::body::Bytes;
+use axum::body::{Body, Bytes, HttpBody};
 use axum::extract::{DefaultBodyLimit, Path, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -30,6 +30,8 @@ use axum::Router;
 use allium_net::limits::counters::{LimitCounters, LIMITS};
 use allium_net::config::AuthorityEntry;
 use allium_proto::doc::{Consensus, DetachedSignature, RelayDescriptor, Vote, MAX_DESCRIPTOR_LEN, MAX_SIGNATURE_DOC_LEN, MAX_VOTE_LEN};
+use allium_proto::ids::RelayId;
+use http_body_util::BodyExt;
 
 use crate::authority::{Accepted, AuthorityState, Reject, Shared, SKEW_MARK};
 use crate::status_page::{self, PageInput, RelayNotes, Validity};
@@ -38,7 +40,8 @@ use crate::status_page::{self, PageInput, RelayNotes, Validity};
 pub(crate) fn router(sh: Arc<Shared>) -> Router {
     Router::new()
         .route("/allium/v1/descriptor", post(post_descriptor).layer(DefaultBodyLimit::max(MAX_DESCRIPTOR_LEN)))
-        .route("/allium/v1/vote", post(post_vote).layer(DefaultBodyLimit::max(MAX_VOTE_LEN)))
+        // Read incrementally, within MAX_VOTE_LEN ([`read_vote`]).
+        .route("/allium/v1/vote", post(post_vote))
         .route("/allium/v1/vote/{valid_after}", get(get_vote))
         .route("/allium/v1/signature", post(post_signature).layer(DefaultBodyLimit::max(MAX_SIGNATURE_DOC_LEN)))
         .route("/allium/v1/consensus", get(get_consensus))
@@ -139,11 +142,82 @@ fn from_a_peer(sh: &Shared, body: &str) -> Result<(), Reject> {
     }
 }
 
-async fn post_vote(State(sh): State<Arc<Shared>>, body: String) -> Response {
-    if let Err(r) = from_a_peer(&sh, &body) {
-        return refused("vote", r);
+/// Bytes of a pushed vote that may arrive before its header names the voter: a push whose
+/// first `VOTE_HEADER_PREFIX` bytes name no other authority of the network is refused (403)
+/// with nothing more read. A vote names its voter in its fifth line, some 200 bytes in.
+pub const VOTE_HEADER_PREFIX: usize = 4096;
+
+/// The voter a pushed vote's first bytes `buf` name, once that is settled: `Ok(Some(voter))`,
+/// a peer; `Err` with the refusal (403, counted) when they name no peer, or cannot name one any
+/// more (the body ended, or [`VOTE_HEADER_PREFIX`] bytes arrived); `Ok(None)` while more bytes
+/// may tell. Only complete lines are read before the end (a line cut short could read as
+/// another fingerprint), so the answer is the one [`Vote::claimed_voter`] gives the whole body.
+fn settled_voter(sh: &Shared, buf: &[u8], ended: bool) -> Result<Option<RelayId>, Response> {
+    let full = ended || buf.len() >= VOTE_HEADER_PREFIX;
+    let head = if ended { buf } else { &buf[..buf.len().min(VOTE_HEADER_PREFIX)] };
+    let lines = if ended { head.len() } else { head.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1) };
+    // Complete lines end at a character boundary: invalid UTF-8 here is invalid in the whole.
+    let Ok(text) = std::str::from_utf8(&head[..lines]) else {
+        return Err(refused("vote", Reject { status: 400, reason: "not UTF-8".into() }));
+    };
+    match Vote::claimed_voter(text) {
+        None if !full => Ok(None),
+        _ => match from_a_peer(sh, text) {
+            Ok(()) => Ok(Vote::claimed_voter(text)),
+            Err(r) => Err(refused("vote", r)),
+        },
     }
-    let voter = Vote::claimed_voter(&body).expect("from_a_peer read it");
+}
+
+/// A place among the pushes naming `voter` read at a time, or the refusal (503, counted).
+fn admit<'a>(sh: &'a Shared, voter: &RelayId) -> Result<crate::vote_gate::InFlight<'a>, Response> {
+    sh.vote_pushes.begin(voter).ok_or_else(|| {
+        LimitCounters::hit(&LIMITS.vote_pushes_in_flight);
+        refused("vote", Reject { status: 503, reason: "other votes naming this authority are being received; its vote is fetched from it instead".into() })
+    })
+}
+
+/// Reads a pushed vote as it arrives: refused as soon as its header names no peer (after at
+/// most [`VOTE_HEADER_PREFIX`] bytes) or when [`crate::vote_gate::MAX_VOTE_PUSHES_IN_FLIGHT`]
+/// pushes naming its voter are being read; over [`MAX_VOTE_LEN`] refused 413 (at once when its
+/// `Content-Length` says so). The text, its voter and its place among the pushes being read.
+async fn read_vote(sh: &Shared, mut body: Body) -> Result<(String, RelayId, crate::vote_gate::InFlight<'_>), Response> {
+    let too_large = || text(StatusCode::PAYLOAD_TOO_LARGE, format!("vote refused: longer than {MAX_VOTE_LEN} bytes\n"));
+    if body.size_hint().lower() > MAX_VOTE_LEN as u64 {
+        return Err(too_large());
+    }
+    let mut buf: Vec<u8> = Vec::new();
+    let mut admitted = None;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| text(StatusCode::BAD_REQUEST, format!("vote refused: {e}\n")))?;
+        let Ok(data) = frame.into_data() else { continue };
+        if buf.len() + data.len() > MAX_VOTE_LEN {
+            return Err(too_large());
+        }
+        buf.extend_from_slice(&data);
+        if admitted.is_none() && (data.contains(&b'\n') || buf.len() >= VOTE_HEADER_PREFIX) {
+            if let Some(voter) = settled_voter(sh, &buf, false)? {
+                admitted = Some((voter, admit(sh, &voter)?));
+            }
+        }
+    }
+    let (voter, place) = match admitted {
+        Some(a) => a,
+        None => {
+            let voter = settled_voter(sh, &buf, true)?.expect("settled at the end");
+            (voter, admit(sh, &voter)?)
+        }
+    };
+    let text = String::from_utf8(buf).map_err(|_| refused("vote", Reject { status: 400, reason: "not UTF-8".into() }))?;
+    Ok((text, voter, place))
+}
+
+async fn post_vote(State(sh): State<Arc<Shared>>, body: Body) -> Response {
+    // `_reading` holds the push's place until it is answered.
+    let (body, voter, _reading) = match read_vote(&sh, body).await {
+        Ok(v) => v,
+        Err(resp) => return resp,
+    };
     // Checks before parsing (crate::vote_gate): a vote already held from that voter, then the
     // voter's budget of refused pushes.
     let held = Vote::claimed_valid_after(&body).and_then(|t| sh.lock().held_vote_text(t, &voter));

@@ -10,14 +10,24 @@
 //!   `vote_pushes_over_budget`) unparsed. The real voter loses nothing by it: an authority pulls
 //!   every vote it lacks from the voter's own address before computing a regular round's
 //!   consensus, and pulled votes are not gated.
+//! - A push's body is read incrementally: once its header names the voter (within the first
+//!   [`crate::server::VOTE_HEADER_PREFIX`] bytes), a push naming no peer is refused (403) with
+//!   nothing more read, and at most [`MAX_VOTE_PUSHES_IN_FLIGHT`] pushes naming one voter are
+//!   read at a time; one more is refused at once (503, `vote_pushes_in_flight`). So memory for
+//!   pushed votes is bounded by peers × [`MAX_VOTE_PUSHES_IN_FLIGHT`] × 8 MiB, however many
+//!   connections push.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 
 use allium_proto::ids::RelayId;
 
+/// Pushes naming one voter whose bodies are read at the same time. An honest authority pushes
+/// its vote once a period; 2 leaves room for a push of the previous period still arriving.
+pub const MAX_VOTE_PUSHES_IN_FLIGHT: usize = 2;
+
 /// The refused-push budget of every voter (the caller admits only peers, so it holds at most
-/// one entry per authority of the network).
+/// one entry per authority of the network), and the pushes naming each being read.
 #[derive(Debug)]
 pub struct PushBudget {
     interval_ms: u64,
@@ -25,13 +35,46 @@ pub struct PushBudget {
     burst: u64,
     /// Per voter: the bucket's level in milliseconds of refill time, and when it was last set.
     level: Mutex<HashMap<RelayId, (u64, u64)>>,
+    /// Per voter: pushes naming it being read or checked now (no entry: none).
+    in_flight: Mutex<HashMap<RelayId, usize>>,
+}
+
+/// One push naming `voter` being read; its place is given back when this is dropped.
+#[derive(Debug)]
+pub struct InFlight<'a> {
+    budget: &'a PushBudget,
+    voter: RelayId,
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        let mut map = self.budget.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = map.get_mut(&self.voter) {
+            *n -= 1;
+            if *n == 0 {
+                map.remove(&self.voter);
+            }
+        }
+    }
 }
 
 impl PushBudget {
     /// A budget of `burst` refused pushes per voter, refilled by one per `interval_ms` (the
     /// voting interval).
     pub fn new(interval_ms: u64, burst: u64) -> Self {
-        PushBudget { interval_ms: interval_ms.max(1), burst: burst.max(1), level: Mutex::new(HashMap::new()) }
+        PushBudget { interval_ms: interval_ms.max(1), burst: burst.max(1), level: Mutex::new(HashMap::new()), in_flight: Mutex::new(HashMap::new()) }
+    }
+
+    /// A place to read a push naming `voter`, or `None` if [`MAX_VOTE_PUSHES_IN_FLIGHT`] such
+    /// pushes are being read already.
+    pub fn begin(&self, voter: &RelayId) -> Option<InFlight<'_>> {
+        let mut map = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+        let n = map.entry(*voter).or_insert(0);
+        if *n >= MAX_VOTE_PUSHES_IN_FLIGHT {
+            return None;
+        }
+        *n += 1;
+        Some(InFlight { budget: self, voter: *voter })
     }
 
     fn level_at(&self, voter: &RelayId, now_ms: u64) -> u64 {
@@ -76,5 +119,18 @@ mod tests {
             budget.refused(&a, t);
         }
         assert!(!budget.allows(&a, 40_003));
+    }
+
+    #[test]
+    fn pushes_in_flight_are_capped_per_voter_and_given_back() {
+        let (a, b) = (RelayId([1; 32]), RelayId([2; 32]));
+        let budget = PushBudget::new(10_000, 3);
+        let held: Vec<_> = (0..MAX_VOTE_PUSHES_IN_FLIGHT).map(|_| budget.begin(&a).expect("within the cap")).collect();
+        assert!(budget.begin(&a).is_none(), "one more naming the same voter is refused");
+        let other = budget.begin(&b).expect("each voter has its own places");
+        drop(held);
+        assert!(budget.begin(&a).is_some(), "places are given back");
+        drop(other);
+        assert!(budget.in_flight.lock().unwrap().is_empty(), "nothing left behind");
     }
 }

@@ -14,6 +14,8 @@ use allium_directory::{
 };
 use allium_net::config::{AuthorityEntry, NetworkConfig, NodeConfig};
 use allium_net::keys::{load_or_create, IDENTITY_FILE};
+use allium_net::limits::counters::LIMITS;
+use allium_net::limits::LimitsConfig;
 use allium_proto::doc::{certify_link_key, RelayDescriptor, RelayFlags};
 use allium_proto::ids::RelayId;
 use allium_proto::policy::ExitPolicy;
@@ -75,6 +77,11 @@ async fn testnet_with_lifetime(n: usize, start: &[bool], offline: &[bool], cert_
 /// [`testnet_with_lifetime`] with voting interval `interval`, authority `i`'s clock shifted by
 /// `offsets[i]` seconds (`authority.dangerous_clock_offset_secs`; none where not given).
 async fn testnet_full(n: usize, start: &[bool], offline: &[bool], cert_secs: u64, interval: u64, offsets: &[i64]) -> Testnet {
+    testnet_limits(n, start, offline, cert_secs, interval, offsets, LimitsConfig::default()).await
+}
+
+/// [`testnet_full`] with every started authority's `[limits]` set to `limits`.
+async fn testnet_limits(n: usize, start: &[bool], offline: &[bool], cert_secs: u64, interval: u64, offsets: &[i64], limits: LimitsConfig) -> Testnet {
     let mut listeners = Vec::new();
     let mut keys: Vec<AuthorityKeys> = Vec::new();
     let mut dirs = Vec::new();
@@ -112,7 +119,7 @@ async fn testnet_full(n: usize, start: &[bool], offline: &[bool], cert_secs: u64
                 dangerous_clock_offset_secs: offsets.get(i).copied(),
                 ..Default::default()
             },
-            limits: Default::default(),
+            limits: limits.clone(),
         };
         let st = status[i].clone();
         tokio::spawn(async move {
@@ -514,4 +521,168 @@ async fn a4_pushed_votes_are_checked_before_parsing_and_the_real_voter_still_cou
     let spent = now();
     let later = wait_for_consensus(&tn, |nd| nd.valid_after() > spent + INTERVAL && nd.signers().len() == 3).await;
     assert!(later.consensus().authorities().contains(&auth0), "auth0's vote was not used");
+}
+
+/// The header lines of a vote naming `voter`, for a period nobody holds.
+fn vote_header(voter: RelayId) -> String {
+    let t = now() + 1_000_000;
+    format!("allium-vote 1\nvalid-after {t}\nfresh-until {}\nvalid-until {}\nvoter {}\n", t + 10, t + 30, voter.fingerprint())
+}
+
+/// Opens a connection to `addr` and sends a vote push's request head announcing `len` bytes
+/// of body, then `sent`, the start of that body.
+async fn start_push(addr: SocketAddr, len: usize, sent: &[u8]) -> tokio::net::TcpStream {
+    use tokio::io::AsyncWriteExt;
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let head = format!("POST /allium/v1/vote HTTP/1.1\r\nHost: {addr}\r\nContent-Type: text/plain\r\nContent-Length: {len}\r\n\r\n");
+    s.write_all(head.as_bytes()).await.unwrap();
+    s.write_all(sent).await.unwrap();
+    s
+}
+
+/// Reads one HTTP response (head and `Content-Length` body) or up to EOF, within 30 s; panics
+/// if none arrives by then.
+async fn read_response(s: &mut (impl tokio::io::AsyncRead + Unpin)) -> String {
+    use tokio::io::AsyncReadExt;
+    let read = async {
+        let mut got = Vec::new();
+        let mut b = [0u8; 4096];
+        loop {
+            let text = String::from_utf8_lossy(&got).into_owned();
+            if let Some(end) = text.find("\r\n\r\n") {
+                let len = text[..end].lines().find_map(|l| l.to_ascii_lowercase().strip_prefix("content-length:").map(|v| v.trim().parse::<usize>().unwrap()));
+                if len.is_some_and(|n| got.len() >= end + 4 + n) {
+                    return text;
+                }
+            }
+            match s.read(&mut b).await {
+                Ok(0) | Err(_) => return text,
+                Ok(n) => got.extend_from_slice(&b[..n]),
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(30), read).await.expect("no answer within 30 s")
+}
+
+fn status_of(resp: &str) -> u16 {
+    resp.split(' ').nth(1).and_then(|c| c.parse().ok()).unwrap_or_else(|| panic!("not an HTTP response: {resp:?}"))
+}
+
+/// A4 (vote bodies cost memory before the voter is checked): a push whose header names no
+/// authority of the network is refused (403, counted) once its header lines have arrived,
+/// while it still announces 8 MiB it never sends; so is one whose first
+/// `VOTE_HEADER_PREFIX` bytes name no voter at all. The authority does not wait for the rest.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a4_a_strangers_vote_push_is_refused_after_its_header_not_its_body() {
+    use allium_directory::server::VOTE_HEADER_PREFIX;
+    use allium_proto::doc::MAX_VOTE_LEN;
+    let tn = testnet(3, &[true, false, false]).await;
+    let a0 = tn.net.authorities[0].address;
+
+    let before = LIMITS.votes_from_strangers.load(Ordering::Relaxed);
+    let header = vote_header(RelayId([7; 32]));
+    let mut s = start_push(a0, MAX_VOTE_LEN, header.as_bytes()).await;
+    let resp = read_response(&mut s).await;
+    assert_eq!(status_of(&resp), 403, "{resp}");
+    assert!(resp.contains("not a vote from another authority of this network"), "{resp}");
+    assert!(LIMITS.votes_from_strangers.load(Ordering::Relaxed) > before, "counted");
+
+    // No voter line in the first VOTE_HEADER_PREFIX bytes: refused once they have arrived.
+    let before = LIMITS.votes_from_strangers.load(Ordering::Relaxed);
+    let junk = "x".repeat(63) + "\n";
+    let prefix = junk.repeat(VOTE_HEADER_PREFIX / junk.len());
+    assert_eq!(prefix.len(), VOTE_HEADER_PREFIX);
+    let mut s = start_push(a0, MAX_VOTE_LEN, prefix.as_bytes()).await;
+    let resp = read_response(&mut s).await;
+    assert_eq!(status_of(&resp), 403, "{resp}");
+    assert!(LIMITS.votes_from_strangers.load(Ordering::Relaxed) > before, "counted");
+
+    // Over the cap by its Content-Length: 413 at once, as before.
+    let mut s = start_push(a0, MAX_VOTE_LEN + 1, b"").await;
+    assert_eq!(status_of(&read_response(&mut s).await), 413);
+}
+
+/// A4: at most `MAX_VOTE_PUSHES_IN_FLIGHT` pushes naming one peer are read at a time (memory
+/// for pushed votes is bounded by peers x that x 8 MiB). One more push naming it, while those
+/// are still arriving, is refused at once (503, counted); once they are answered, their
+/// places are given back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a4_concurrent_vote_pushes_naming_one_peer_beyond_the_cap_are_refused_at_once() {
+    use allium_directory::vote_gate::MAX_VOTE_PUSHES_IN_FLIGHT;
+    use tokio::io::AsyncWriteExt;
+    // Pushes held open must not be closed as idle, and their refusals must not spend the
+    // voter's budget of refused pushes (429) meanwhile.
+    let limits = LimitsConfig { dir_idle_timeout_secs: 600, vote_push_burst: 1000, ..Default::default() };
+    let tn = testnet_limits(3, &[true, false, false], &[], 86_400, INTERVAL, &[], limits).await;
+    let a0 = tn.net.authorities[0].address;
+    let header = vote_header(tn.net.authorities[1].identity);
+    let rest = "nonsense\n";
+    let len = header.len() + rest.len();
+
+    let before = LIMITS.vote_pushes_in_flight.load(Ordering::Relaxed);
+    let mut reads = tokio::task::JoinSet::new();
+    let mut writers = Vec::new();
+    for i in 0..=MAX_VOTE_PUSHES_IN_FLIGHT {
+        let (mut r, w) = start_push(a0, len, header.as_bytes()).await.into_split();
+        writers.push(w);
+        reads.spawn(async move { (i, read_response(&mut r).await) });
+    }
+    // Every push has sent its header and waits for the rest: the first answer is the refusal
+    // of the one beyond the cap.
+    let (refused, resp) = reads.join_next().await.unwrap().unwrap();
+    assert_eq!(status_of(&resp), 503, "{resp}");
+    assert!(LIMITS.vote_pushes_in_flight.load(Ordering::Relaxed) > before, "counted");
+
+    // The others complete their bodies and are answered (the body does not parse).
+    for (i, w) in writers.iter_mut().enumerate() {
+        if i != refused {
+            w.write_all(rest.as_bytes()).await.unwrap();
+        }
+    }
+    while let Some(j) = reads.join_next().await {
+        let (_, resp) = j.unwrap();
+        assert_eq!(status_of(&resp), 400, "{resp}");
+    }
+    // Their places were given back: a further push naming that peer is read (and refused as
+    // junk, not as busy).
+    let (status, body) = raw(a0, "POST", "/allium/v1/vote", format!("{header}{rest}")).await;
+    assert_eq!(status, 400, "{body}");
+}
+
+/// A24 (slow loris at the directory port): a client that sends one byte of a request head
+/// every 300 ms never lets the idle timeout (15 s) fire, but is closed once the head is not
+/// complete `dir_header_timeout_secs` (1 s here) after its first byte, and counted.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a24_slow_loris_on_the_directory_port_is_closed_at_the_header_deadline() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let limits = LimitsConfig { dir_header_timeout_secs: 1, ..Default::default() };
+    assert_eq!(limits.dir_idle_timeout_secs, 15);
+    let tn = testnet_limits(3, &[true, false, false], &[], 86_400, INTERVAL, &[], limits).await;
+    let a0 = tn.net.authorities[0].address;
+
+    // An ordinary request is answered.
+    let (status, _) = raw(a0, "GET", "/allium/v1/consensus", String::new()).await;
+    assert!(status == 200 || status == 404, "{status}");
+
+    let before = LIMITS.dir_header_timeouts.load(Ordering::Relaxed);
+    let (mut r, mut w) = tokio::net::TcpStream::connect(a0).await.unwrap().into_split();
+    // 100 bytes, one per 300 ms: 30 s of trickle if nothing closes it.
+    let head = format!("GET /allium/v1/consensus HTTP/1.1\r\nHost: {a0}\r\nX-Slow: {}", "a".repeat(100));
+    let trickle = async move {
+        for b in head.as_bytes() {
+            if w.write_all(&[*b]).await.is_err() {
+                break; // closed: the read below says so
+            }
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
+        std::future::pending::<()>().await;
+    };
+    let mut buf = [0u8; 256];
+    let closed = tokio::select! {
+        r = r.read(&mut buf) => r,
+        _ = trickle => unreachable!(),
+        _ = tokio::time::sleep(Duration::from_secs(30)) => panic!("the slow head was not closed within 30 s"),
+    };
+    assert!(matches!(closed, Ok(0) | Err(_)), "closed without an answer: {closed:?}");
+    assert!(LIMITS.dir_header_timeouts.load(Ordering::Relaxed) > before, "counted");
 }
