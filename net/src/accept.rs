@@ -9,6 +9,7 @@ use tokio::net::{TcpListener, TcpStream};
 
 use crate::limits::conn::{ConnLimiter, ConnPermit};
 use crate::limits::counters::{LimitCounters, LIMITS};
+use crate::log_rate::RateLimit;
 
 /// How often an accept error (e.g. out of file descriptors) is logged at most.
 const ACCEPT_ERROR_LOG_EVERY: Duration = Duration::from_secs(60);
@@ -24,22 +25,21 @@ pub const LISTEN_BACKLOG: u32 = 4096;
 /// failing listener neither floods the log nor spins.
 pub struct AcceptErrors {
     what: &'static str,
-    last_logged: Option<Instant>,
+    logged: RateLimit,
 }
 
 impl AcceptErrors {
     /// For the listener named `what` in the log ("inbound link", "metrics", ...).
     pub fn new(what: &'static str) -> Self {
-        AcceptErrors { what, last_logged: None }
+        AcceptErrors { what, logged: RateLimit::new(ACCEPT_ERROR_LOG_EVERY) }
     }
 
     /// Counts and maybe logs `e`, then pauses.
     pub async fn failed(&mut self, e: &std::io::Error) {
         LimitCounters::hit(&LIMITS.accept_errors);
-        if self.last_logged.is_none_or(|t| t.elapsed() >= ACCEPT_ERROR_LOG_EVERY) {
+        if self.logged.check(Instant::now()).is_some() {
             let so_far = LIMITS.accept_errors.load(std::sync::atomic::Ordering::Relaxed);
             tracing::warn!("{} accept failed: {e} (logged at most once a minute; {so_far} so far)", self.what);
-            self.last_logged = Some(Instant::now());
         }
         tokio::time::sleep(ACCEPT_ERROR_PAUSE).await;
     }

@@ -180,10 +180,10 @@ impl Drop for OutCharge<'_> {
 
 impl MemHolder for Shared {
     fn queued(&self, out: &mut Vec<Queued>) {
-        let circuits: Vec<Arc<CellSender>> = self.circuits.lock().expect("circuit table lock").map.values().cloned().collect();
-        for tx in circuits {
+        let circuits: Vec<(u32, Arc<CellSender>)> = self.circuits.lock().expect("circuit table lock").map.iter().map(|(id, tx)| (*id, tx.clone())).collect();
+        for (id, tx) in circuits {
             if let Some((since, bytes)) = tx.queued() {
-                out.push(Queued { since, bytes, kind: QueuedKind::Circuit, close: Box::new(move || tx.reclaim()) });
+                out.push(Queued { since, bytes, kind: QueuedKind::Circuit(id), close: Box::new(move || tx.reclaim()) });
             }
         }
         let cells = self.out_cells.load(Ordering::Relaxed);

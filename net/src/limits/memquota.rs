@@ -44,9 +44,15 @@ pub struct Queued {
 /// What a [`Queued`] entry closes when it is chosen.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum QueuedKind {
-    Circuit,
+    /// A circuit, by its id on the link it came in on (named in the log).
+    Circuit(u32),
     Link,
 }
+
+/// How often a reclaim is logged at warn level at most (the rest at debug, counted).
+const RECLAIM_LOG_EVERY: std::time::Duration = std::time::Duration::from_secs(60);
+/// Circuits a reclaim's log line names, oldest first.
+const RECLAIM_LOG_NAMES: usize = 8;
 
 /// A node's budget for queued cells.
 pub struct MemQuota {
@@ -62,6 +68,8 @@ pub struct MemQuota {
     closed: AtomicUsize,
     /// Tasks in [`MemQuota::wait_until`]: only while there are any does a change notify.
     watchers: AtomicUsize,
+    /// Reclaims logged at warn level, at most once a minute.
+    reported: Mutex<crate::log_rate::RateLimit>,
     changed: tokio::sync::Notify,
 }
 
@@ -81,6 +89,7 @@ impl MemQuota {
             closed_at: AtomicU32::new(0),
             closed: AtomicUsize::new(0),
             watchers: AtomicUsize::new(0),
+            reported: Mutex::new(crate::log_rate::RateLimit::new(RECLAIM_LOG_EVERY)),
             changed: tokio::sync::Notify::new(),
         })
     }
@@ -192,42 +201,67 @@ impl MemQuota {
             h.queued(&mut all);
         }
         let low_water = self.limit / 10 * 9;
-        let (circuits, links, freed, oldest, link_bytes) = close_oldest(all, used.saturating_sub(low_water));
+        let Reclaimed { circuits, links, freed, oldest, link_bytes, named } = close_oldest(all, used.saturating_sub(low_water));
         self.closed.fetch_add(circuits + links, Ordering::SeqCst);
         self.closing.store(link_bytes, Ordering::Relaxed);
         self.closed_at.store(stamp(), Ordering::Relaxed);
         let age_ms = stamp().wrapping_sub(oldest);
-        tracing::debug!("memory over budget ({used} of {} bytes queued): closed {circuits} circuits and {links} links holding {freed} bytes; oldest data queued {age_ms} ms ago", self.limit);
+        // Circuit ids are local to a link: they name circuits to the operator, not to whom they belong.
+        let names = named.iter().map(|id| format!("{id:#010x}")).collect::<Vec<_>>().join(", ");
+        let what = format!(
+            "memory over budget ({used} of {} bytes queued): closed {circuits} circuits and {links} links holding {freed} bytes, the oldest queued {age_ms} ms ago; oldest circuits closed: [{names}]",
+            self.limit
+        );
+        match self.reported.lock().expect("quota lock").check(std::time::Instant::now()) {
+            Some(0) => tracing::warn!("{what}"),
+            Some(n) => tracing::warn!("{what} ({n} earlier reclaims logged at debug level)"),
+            None => tracing::debug!("{what}"),
+        }
     }
 }
 
-/// Closes entries oldest first until `need` bytes are freed; returns (circuits, links, bytes
-/// freed, oldest stamp, bytes of the links closed).
-fn close_oldest(mut all: Vec<Queued>, need: usize) -> (usize, usize, usize, u32, usize) {
+/// What one reclaim closed.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Reclaimed {
+    circuits: usize,
+    links: usize,
+    freed: usize,
+    /// [`stamp`] of the oldest data queued.
+    oldest: u32,
+    /// Bytes of the links closed.
+    link_bytes: usize,
+    /// The first [`RECLAIM_LOG_NAMES`] circuits closed (their ids), oldest first.
+    named: Vec<u32>,
+}
+
+/// Closes entries oldest first until `need` bytes are freed.
+fn close_oldest(mut all: Vec<Queued>, need: usize) -> Reclaimed {
     let now = stamp();
     // Oldest first: the largest age (timestamps wrap, so compare ages, not stamps).
     all.sort_by_key(|q| std::cmp::Reverse(now.wrapping_sub(q.since)));
-    let oldest = all.first().map(|q| q.since).unwrap_or(now);
-    let (mut circuits, mut links, mut freed, mut link_bytes) = (0, 0, 0, 0);
+    let mut r = Reclaimed { oldest: all.first().map(|q| q.since).unwrap_or(now), ..Reclaimed::default() };
     for q in all {
-        if freed >= need {
+        if r.freed >= need {
             break;
         }
-        freed += q.bytes;
+        r.freed += q.bytes;
         match q.kind {
-            QueuedKind::Circuit => {
-                circuits += 1;
+            QueuedKind::Circuit(id) => {
+                r.circuits += 1;
+                if r.named.len() < RECLAIM_LOG_NAMES {
+                    r.named.push(id);
+                }
                 LimitCounters::hit(&LIMITS.oom_circuits_closed);
             }
             QueuedKind::Link => {
-                links += 1;
-                link_bytes += q.bytes;
+                r.links += 1;
+                r.link_bytes += q.bytes;
                 LimitCounters::hit(&LIMITS.oom_links_closed);
             }
         }
         (q.close)();
     }
-    (circuits, links, freed, oldest, link_bytes)
+    r
 }
 
 /// Memory one circuit holds outside its cell queue (stream data waiting for the circuit
@@ -306,7 +340,7 @@ mod tests {
                 out.push(Queued {
                     since,
                     bytes,
-                    kind: QueuedKind::Circuit,
+                    kind: QueuedKind::Circuit(since),
                     close: Box::new(move || {
                         closed.lock().unwrap().push(since);
                         quota.release(bytes);
@@ -335,6 +369,42 @@ mod tests {
         assert!(LIMITS.oom_circuits_closed.load(Ordering::Relaxed) > before);
         quota.charge(700);
         assert_eq!(*closed.lock().unwrap(), vec![s9, s7, s5, s1], "oldest first, until under 900");
+    }
+
+    /// THREATS A27: a reclaim is logged at warn level (at most once a minute) with the ids of the
+    /// circuits it closed, oldest first; later ones within the minute at debug level.
+    #[test]
+    fn a27_a_reclaim_logs_the_oldest_circuits_it_closed() {
+        #[derive(Clone, Default)]
+        struct Captured(Arc<Mutex<Vec<u8>>>);
+        impl std::io::Write for Captured {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let log = Captured::default();
+        let writer = log.clone();
+        let subscriber = tracing_subscriber::fmt().with_writer(move || writer.clone()).with_ansi(false).with_max_level(tracing::Level::WARN).finish();
+        let quota = MemQuota::new(1000);
+        let ago = |ms: u32| stamp().wrapping_sub(ms);
+        let (s9, s7, s1) = (ago(9000), ago(7000), ago(1000));
+        let fake: Arc<dyn MemHolder> = Arc::new(Fake { entries: vec![(s1, 400), (s9, 400), (s7, 400)], closed: Default::default(), quota: quota.clone() });
+        quota.register(Arc::downgrade(&fake));
+        tracing::subscriber::with_default(subscriber, || {
+            // 1,600 queued, low water 900: the two oldest (800 bytes) go.
+            quota.charge(1600);
+            // Over budget again within the minute: not logged at warn.
+            quota.charge(1000);
+        });
+        let text = String::from_utf8(log.0.lock().unwrap().clone()).unwrap();
+        assert_eq!(text.matches("memory over budget").count(), 1, "{text}");
+        assert!(text.contains("WARN"), "{text}");
+        // The fake names each circuit by its stamp: the two oldest went, oldest first.
+        assert!(text.contains(&format!("oldest circuits closed: [{s9:#010x}, {s7:#010x}]")), "{text}");
     }
 
     /// A closed link gives its bytes back only when its tasks end: charges meanwhile do not
