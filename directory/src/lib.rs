@@ -83,8 +83,6 @@ pub enum DirError {
     DataDir(String),
     #[error("cannot make an HTTP client: {0}")]
     Http(String),
-    #[error("directory HTTP server stopped: {0}")]
-    Serve(std::io::Error),
     #[error("authority task stopped: {0}")]
     TaskFailed(String),
 }
