@@ -100,6 +100,34 @@ async fn a24_connection_flood_from_one_address_is_closed_at_once() {
     builds_again(&pool, &r, &dir, "or_connections<=1", "the attacker's address was never admitted again").await;
 }
 
+/// A24, `max_connections` (over all addresses): with 3 links held on the OR port from three
+/// addresses, a connection from a fourth is closed at once without a byte (counted); once one
+/// of the links closes, a new one is served. (The handshake timeout is set far beyond the
+/// test's wait, so an end of file can only be the cap.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a24_or_connections_beyond_the_total_cap_are_closed_at_once() {
+    let (r, dir) = relay_with_dir("a24total", "max_connections = 3\nlink_handshake_timeout_secs = 120", "").await;
+    let mut held = Vec::new();
+    for a in 1..=3u8 {
+        held.push(raw_link(IpAddr::from([127, 0, 2, a]), &r).await);
+    }
+    let (d, why) = (dir.clone(), "3 links never counted".to_string());
+    tokio::task::spawn_blocking(move || crate::support::wait_status(&d, "or_connections>=3", Duration::from_secs(30), &why)).await.unwrap();
+    let before = LIMITS.connections_total.load(Ordering::Relaxed);
+    let socket = tokio::net::TcpSocket::new_v4().unwrap();
+    socket.bind(SocketAddr::new(IpAddr::from([127, 0, 2, 4]), 0)).unwrap();
+    let mut fourth = socket.connect(r.address).await.expect("the kernel accepts the connection");
+    let mut buf = [0u8; 16];
+    let read = tokio::time::timeout(Duration::from_secs(60), fourth.read(&mut buf)).await.expect("a 4th connection was held");
+    assert!(matches!(read, Ok(0) | Err(_)), "a 4th connection got {read:?}");
+    assert!(LIMITS.connections_total.load(Ordering::Relaxed) > before, "counted");
+    held.pop().expect("a link").close();
+    let (d, why) = (dir.clone(), "a closed link never freed its place".to_string());
+    tokio::task::spawn_blocking(move || crate::support::wait_status(&d, "or_connections<=2", Duration::from_secs(30), &why)).await.unwrap();
+    let again = raw_link(IpAddr::from([127, 0, 2, 5]), &r).await;
+    assert_ne!(create_answer(&again, &create_message(&r)).await.cmd, CellCmd::Destroy, "a new link is served");
+}
+
 /// A24 on the application ports: SOCKS and HTTP CONNECT share one connection limiter. An
 /// address holding `max_connections_per_address` connections (3 here, each still sending its
 /// request, which may take 10 minutes) has its next ones closed at once without a byte, on
