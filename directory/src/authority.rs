@@ -790,6 +790,8 @@ pub(crate) struct Shared {
     pub round_failures: Mutex<HashMap<&'static str, FailureStreak>>,
     /// Refused vote pushes per voter named ([`crate::vote_gate`]).
     pub vote_pushes: crate::vote_gate::PushBudget,
+    /// How long a pushed vote's body may take to arrive (`limits.vote_read_timeout_secs`).
+    pub vote_read_timeout: std::time::Duration,
     /// The network status page, rendered once per consensus ([`crate::server::StatusPage`]).
     pub status_page: crate::server::StatusPage,
     /// `network.dangerous_testnet`.
@@ -1052,6 +1054,7 @@ pub async fn run_authority_with_status(
         push_failures: Mutex::new(HashMap::new()),
         round_failures: Mutex::new(HashMap::new()),
         vote_pushes: crate::vote_gate::PushBudget::new(cfg.interval_secs() * 1000, cfg.limits.vote_push_burst),
+        vote_read_timeout: cfg.limits.vote_read_timeout(),
         bind: cfg.node.address,
         tests: Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT_TESTS)),
         status_page: crate::server::StatusPage::new(cfg.network.authorities.clone()),

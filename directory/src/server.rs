@@ -4,7 +4,7 @@
 //! | method and path                       | body                      | success | refusals |
 //! |---------------------------------------|---------------------------|---------|----------|
 //! | `POST /allium/v1/descriptor`          | a relay descriptor        | 200     | 400 (one-line reason), 403 (its address holds `max_relays_per_address` relays), 413 over 16 KiB, 503 when full |
-//! | `POST /allium/v1/vote`                | a vote                    | 200     | 400, 403 (names no peer, answered once the header has arrived: [`VOTE_HEADER_PREFIX`]), 409 (a different vote from that voter is held), 413 over 8 MiB, 429 (over the voter's budget of refused pushes, [`crate::vote_gate`]), 503 (as many pushes naming that voter as are read at a time are being read) |
+//! | `POST /allium/v1/vote`                | a vote                    | 200     | 400, 403 (names no peer, answered once the header has arrived: [`VOTE_HEADER_PREFIX`]), 409 (a different vote from that voter is held), 413 over 8 MiB, 429 (over the voter's budget of refused pushes, [`crate::vote_gate`]), 503 (as many pushes naming that voter as are read at a time are being read), 408 (the body not all sent within `limits.vote_read_timeout_secs`) |
 //! | `GET /allium/v1/vote/{valid_after}`   | —                         | 200, this authority's own vote | 400 bad number, 404 none |
 //! | `POST /allium/v1/signature`           | a detached signature      | 200     | 400, 409 (digest differs from ours), 413 over 1 KiB |
 //! | `GET /allium/v1/consensus`            | —                         | 200, latest consensus with every signature gathered | 404 none yet |
@@ -213,10 +213,16 @@ async fn read_vote(sh: &Shared, mut body: Body) -> Result<(String, RelayId, crat
 }
 
 async fn post_vote(State(sh): State<Arc<Shared>>, body: Body) -> Response {
-    // `_reading` holds the push's place until it is answered.
-    let (body, voter, _reading) = match read_vote(&sh, body).await {
-        Ok(v) => v,
-        Err(resp) => return resp,
+    // `_reading` holds the push's place until it is answered. A body that trickles in is
+    // refused at `vote_read_timeout_secs` (8 MiB in the default 60 s is 140 KB/s), so pushes
+    // naming a voter cannot hold that voter's places ([`crate::vote_gate`]) for long.
+    let (body, voter, _reading) = match tokio::time::timeout(sh.vote_read_timeout, read_vote(&sh, body)).await {
+        Ok(Ok(v)) => v,
+        Ok(Err(resp)) => return resp,
+        Err(_) => {
+            LimitCounters::hit(&LIMITS.vote_pushes_too_slow);
+            return text(StatusCode::REQUEST_TIMEOUT, format!("vote refused: not all sent within {} s\n", sh.vote_read_timeout.as_secs()));
+        }
     };
     // Checks before parsing (crate::vote_gate): a vote already held from that voter, then the
     // voter's budget of refused pushes.

@@ -649,6 +649,34 @@ async fn a4_concurrent_vote_pushes_naming_one_peer_beyond_the_cap_are_refused_at
     assert_eq!(status, 400, "{body}");
 }
 
+/// A4: a pushed vote whose body has not arrived in full `vote_read_timeout_secs` (1 s here)
+/// after its request is refused 408 and counted, and gives back its place among the pushes
+/// naming its voter (pushes that trickle in cannot keep a peer's real pushes out).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a4_a_vote_push_that_trickles_is_refused_at_the_read_timeout() {
+    use allium_directory::vote_gate::MAX_VOTE_PUSHES_IN_FLIGHT;
+    let limits = LimitsConfig { dir_idle_timeout_secs: 600, vote_push_burst: 1000, vote_read_timeout_secs: 1, ..Default::default() };
+    let tn = testnet_limits(3, &[true, false, false], &[], 86_400, INTERVAL, &[], limits).await;
+    let a0 = tn.net.authorities[0].address;
+    let header = vote_header(tn.net.authorities[1].identity);
+    let before = LIMITS.vote_pushes_too_slow.load(Ordering::Relaxed);
+    // As many pushes as are read at a time send their header and never the rest of the 64 KiB
+    // they announce.
+    let mut held = Vec::new();
+    for _ in 0..MAX_VOTE_PUSHES_IN_FLIGHT {
+        held.push(start_push(a0, header.len() + 65_536, header.as_bytes()).await);
+    }
+    for s in &mut held {
+        let resp = read_response(s).await;
+        assert_eq!(status_of(&resp), 408, "{resp}");
+    }
+    assert!(LIMITS.vote_pushes_too_slow.load(Ordering::Relaxed) >= before + MAX_VOTE_PUSHES_IN_FLIGHT as u64, "counted");
+    // Their places are free: a whole push naming that peer is read (and refused as junk, not
+    // as busy).
+    let (status, body) = raw(a0, "POST", "/allium/v1/vote", format!("{header}nonsense\n")).await;
+    assert_eq!(status, 400, "{body}");
+}
+
 /// A24 (slow loris at the directory port): a client that sends one byte of a request head
 /// every 300 ms never lets the idle timeout (15 s) fire, but is closed once the head is not
 /// complete `dir_header_timeout_secs` (1 s here) after its first byte, and counted.

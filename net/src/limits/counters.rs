@@ -70,6 +70,9 @@ counters! {
     /// Votes an authority refused (503) at once, unread: as many pushes naming that voter as it
     /// reads at a time were being read (`allium_directory::vote_gate`).
     vote_pushes_in_flight,
+    /// Pushed votes refused (408) because their body did not arrive within
+    /// `vote_read_timeout_secs`.
+    vote_pushes_too_slow,
     /// Directory-port connections closed because a request head (request line and headers)
     /// was not complete `dir_header_timeout_secs` after its first byte.
     dir_header_timeouts,

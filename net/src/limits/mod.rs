@@ -113,6 +113,8 @@ pub struct LimitsConfig {
     pub link_write_timeout_secs: u64,
     /// Seconds an inbound connection has to complete its link handshake.
     pub link_handshake_timeout_secs: u64,
+    /// Seconds a pushed vote's body has to arrive in full (authorities).
+    pub vote_read_timeout_secs: u64,
 }
 
 impl Default for LimitsConfig {
@@ -152,6 +154,7 @@ impl Default for LimitsConfig {
             max_rendezvous_cookies: 10_000,
             link_write_timeout_secs: 30,
             link_handshake_timeout_secs: 10,
+            vote_read_timeout_secs: 60,
         }
     }
 }
@@ -200,6 +203,7 @@ impl LimitsConfig {
         within("max_rendezvous_cookies", self.max_rendezvous_cookies as u64, 1, 10_000_000)?;
         within("link_write_timeout_secs", self.link_write_timeout_secs, 1, 3600)?;
         within("link_handshake_timeout_secs", self.link_handshake_timeout_secs, 1, 120)?;
+        within("vote_read_timeout_secs", self.vote_read_timeout_secs, 1, 3600)?;
         Ok(())
     }
 
@@ -273,6 +277,10 @@ impl LimitsConfig {
         Duration::from_secs(self.link_handshake_timeout_secs)
     }
 
+    pub fn vote_read_timeout(&self) -> Duration {
+        Duration::from_secs(self.vote_read_timeout_secs)
+    }
+
     pub fn request_timeout(&self) -> Duration {
         Duration::from_secs(self.request_timeout_secs)
     }
@@ -314,6 +322,7 @@ mod tests {
             ("link_write_timeout_secs", "0"),
             ("link_handshake_timeout_secs", "0"),
             ("link_handshake_timeout_secs", "121"),
+            ("vote_read_timeout_secs", "0"),
             ("handshake_threads", "1025"),
         ] {
             let c: LimitsConfig = toml::from_str(&format!("{key} = {bad}")).unwrap();
