@@ -4,40 +4,21 @@
 //! own test binary: it lowers this process's descriptor limit.
 
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use allium_directory::access_log::DirPort;
 use allium_net::limits::conn::ConnLimiter;
 use allium_net::limits::counters::LIMITS;
+use allium_net::log_capture::LogCapture;
 use axum::routing::get;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 const DEADLINE: Duration = Duration::from_secs(30);
 
-/// Collects what the log writes, and says when a line arrives.
-#[derive(Clone)]
-struct Captured {
-    text: Arc<Mutex<Vec<u8>>>,
-    wrote: tokio::sync::mpsc::UnboundedSender<()>,
-}
-
-impl std::io::Write for Captured {
-    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        self.text.lock().unwrap().extend_from_slice(b);
-        let _ = self.wrote.send(());
-        Ok(b.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
-
 #[tokio::test(flavor = "current_thread")]
 async fn directory_port_accept_errors_are_counted_logged_and_survived() {
-    let (wrote, mut lines) = tokio::sync::mpsc::unbounded_channel();
-    let log = Captured { text: Arc::default(), wrote };
+    let log = LogCapture::default();
     let writer = log.clone();
     let subscriber = tracing_subscriber::fmt().with_writer(move || writer.clone()).with_ansi(false).with_max_level(tracing::Level::WARN).finish();
     let _guard = tracing::subscriber::set_default(subscriber);
@@ -59,7 +40,7 @@ async fn directory_port_accept_errors_are_counted_logged_and_survived() {
     let server = tokio::spawn(port.serve(app));
 
     // The first failure is logged (and counted before that).
-    tokio::time::timeout(DEADLINE, lines.recv()).await.expect("an accept error was not logged").unwrap();
+    tokio::time::timeout(DEADLINE, log.written()).await.expect("an accept error was not logged");
     rlimit::Resource::NOFILE.set(soft, hard).unwrap();
     assert!(LIMITS.accept_errors.load(Ordering::Relaxed) > before, "counted");
 
@@ -70,7 +51,7 @@ async fn directory_port_accept_errors_are_counted_logged_and_survived() {
     assert!(resp.starts_with("HTTP/1.1 200") && resp.ends_with("served\n"), "{resp}");
 
     let failures = LIMITS.accept_errors.load(Ordering::Relaxed) - before;
-    let text = String::from_utf8(log.text.lock().unwrap().clone()).unwrap();
+    let text = log.text();
     assert_eq!(text.matches("directory port accept failed").count(), 1, "logged once for {failures} failures:\n{text}");
     server.abort();
 }

@@ -34,6 +34,7 @@ pub mod channel;
 pub mod link;
 pub mod level_io;
 pub mod frame_reader;
+pub mod log_capture;
 pub mod log_rate;
 pub mod mem_trim;
 pub mod stream;

@@ -3,29 +3,15 @@
 //! descriptors are free. Its own test binary: it lowers this process's descriptor limit.
 
 use std::sync::atomic::Ordering;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use allium_net::accept::accept_forever;
 use allium_net::limits::conn::ConnLimiter;
 use allium_net::limits::counters::LIMITS;
+use allium_net::log_capture::LogCapture;
 use tokio::net::{TcpListener, TcpStream};
 
 const DEADLINE: Duration = Duration::from_secs(30);
-
-/// Collects what the log writes.
-#[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<u8>>>);
-
-impl std::io::Write for Captured {
-    fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-        self.0.lock().unwrap().extend_from_slice(b);
-        Ok(b.len())
-    }
-    fn flush(&mut self) -> std::io::Result<()> {
-        Ok(())
-    }
-}
 
 /// Waits (bounded) until the accept-error counter has grown by `n`.
 async fn errors_reach(before: u64, n: u64) {
@@ -40,7 +26,7 @@ async fn errors_reach(before: u64, n: u64) {
 
 #[tokio::test(flavor = "current_thread")]
 async fn accept_errors_are_counted_logged_once_and_survived() {
-    let log = Captured::default();
+    let log = LogCapture::default();
     let writer = log.clone();
     let subscriber = tracing_subscriber::fmt().with_writer(move || writer.clone()).with_ansi(false).finish();
     let _guard = tracing::subscriber::set_default(subscriber);
@@ -65,7 +51,7 @@ async fn accept_errors_are_counted_logged_once_and_survived() {
     rlimit::Resource::NOFILE.set(soft, hard).unwrap();
 
     tokio::time::timeout(DEADLINE, accepted.recv()).await.expect("the listener never accepted again").expect("a connection");
-    let text = String::from_utf8(log.0.lock().unwrap().clone()).unwrap();
+    let text = log.text();
     assert_eq!(text.matches("test accept failed").count(), 1, "logged once for 3 or more failures:\n{text}");
     server.abort();
 }

@@ -375,18 +375,7 @@ mod tests {
     /// circuits it closed, oldest first; later ones within the minute at debug level.
     #[test]
     fn a27_a_reclaim_logs_the_oldest_circuits_it_closed() {
-        #[derive(Clone, Default)]
-        struct Captured(Arc<Mutex<Vec<u8>>>);
-        impl std::io::Write for Captured {
-            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-                self.0.lock().unwrap().extend_from_slice(b);
-                Ok(b.len())
-            }
-            fn flush(&mut self) -> std::io::Result<()> {
-                Ok(())
-            }
-        }
-        let log = Captured::default();
+        let log = crate::log_capture::LogCapture::default();
         let writer = log.clone();
         let subscriber = tracing_subscriber::fmt().with_writer(move || writer.clone()).with_ansi(false).with_max_level(tracing::Level::WARN).finish();
         let quota = MemQuota::new(1000);
@@ -400,7 +389,7 @@ mod tests {
             // Over budget again within the minute: not logged at warn.
             quota.charge(1000);
         });
-        let text = String::from_utf8(log.0.lock().unwrap().clone()).unwrap();
+        let text = log.text();
         assert_eq!(text.matches("memory over budget").count(), 1, "{text}");
         assert!(text.contains("WARN"), "{text}");
         // The fake names each circuit by its stamp: the two oldest went, oldest first.
