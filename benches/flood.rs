@@ -1,6 +1,7 @@
 //! `cargo bench --bench flood`: attacks from THREATS A23–A25 and A27 against one relay of a real test
 //! network (`allium testnet`, each node its own process), at bounded size, and what the
-//! relay does meanwhile. For each attack it prints the relay's RSS before, during and after,
+//! relay does meanwhile (A24 both as idle authenticated links and as connections stalled in the
+//! link handshake). For each attack it prints the relay's RSS before, during and after,
 //! honest 1-hop circuit build times (median and p99; 40 builds 50 ms apart) during the attack beside idle, the
 //! round-trip p99 of a directory request on a circuit opened before the attack beside idle,
 //! and what the attacker got. Then (A29) an introduction flood against an onion service: what
@@ -146,6 +147,26 @@ async fn run(net: &support::testnet::Testnet, attacker: &tokio::runtime::Handle)
         drop(links);
         let after = settle_rss(pid, before).await;
         row("A24 idle links", before, rss_during, after, &during, &format!("{open} links held, {refused} closed at once"));
+
+        // A24, half-open: connections that send 3 bytes of the link preamble and stall, 50 from
+        // each of 40 addresses. Each holds a place until the relay's link handshake timeout
+        // (`link_handshake_timeout_secs`, 10 s) closes it.
+        let before = rss_mib(pid);
+        let started = Instant::now();
+        let stalled = attacker.spawn(half_open_flood(target.address)).await.unwrap();
+        let n = stalled.len();
+        let during = measure(&honest, &target, &existing).await;
+        let rss_during = rss_mib(pid);
+        let (closed, last) = attacker.spawn(closed_by_peer(stalled, started)).await.unwrap();
+        let after = settle_rss(pid, before).await;
+        row(
+            "A24 half-open handshakes",
+            before,
+            rss_during,
+            after,
+            &during,
+            &format!("{n} connections stalled in the link handshake; {closed} closed by the relay, the last {:.1} s after the flood began", last.as_secs_f64()),
+        );
     }
 
     if wanted("A23") {
@@ -403,6 +424,60 @@ async fn link_flood(target: ConsensusRelay) -> (Vec<Channel>, usize) {
         }
     }
     (links, refused)
+}
+
+/// `FLOOD_LINKS` connections to `addr` from 40 addresses, each sending 3 of the link preamble's
+/// 8 bytes and nothing more.
+async fn half_open_flood(addr: std::net::SocketAddr) -> Vec<tokio::net::TcpStream> {
+    let mut tasks = Vec::new();
+    for a in 0..40u8 {
+        tasks.push(tokio::spawn(async move {
+            let mut v = Vec::new();
+            for _ in 0..FLOOD_LINKS / 40 {
+                let Ok(socket) = tokio::net::TcpSocket::new_v4() else { continue };
+                if socket.bind(std::net::SocketAddr::new(IpAddr::from([127, 0, 6, a + 1]), 0)).is_err() {
+                    continue;
+                }
+                let Ok(mut s) = socket.connect(addr).await else { continue };
+                if s.write_all(b"ALL").await.is_ok() {
+                    v.push(s);
+                }
+            }
+            v
+        }));
+    }
+    let mut all = Vec::new();
+    for t in tasks {
+        all.extend(t.await.unwrap());
+    }
+    all
+}
+
+/// How many of `conns` the peer closed within 60 s of `since`, and when the last of those
+/// closed (after `since`).
+async fn closed_by_peer(conns: Vec<tokio::net::TcpStream>, since: Instant) -> (usize, Duration) {
+    let deadline = tokio::time::Instant::from_std(since + Duration::from_secs(60));
+    let mut waits = tokio::task::JoinSet::new();
+    for mut s in conns {
+        waits.spawn(async move {
+            let mut buf = [0u8; 64];
+            loop {
+                match tokio::time::timeout_at(deadline, s.read(&mut buf)).await {
+                    Ok(Ok(0)) | Ok(Err(_)) => return Some(since.elapsed()),
+                    Ok(Ok(_)) => continue,
+                    Err(_) => return None,
+                }
+            }
+        });
+    }
+    let (mut closed, mut last) = (0, Duration::ZERO);
+    while let Some(r) = waits.join_next().await {
+        if let Ok(Some(at)) = r {
+            closed += 1;
+            last = last.max(at);
+        }
+    }
+    (closed, last)
 }
 
 /// Sends one CREATE's bytes on `REPLAYS` circuit ids over 4 links; returns how many got an
