@@ -111,7 +111,7 @@ async fn post_descriptor(State(sh): State<Arc<Shared>>, body: String) -> Respons
 
 /// Parses, verifies and stores a vote (pushed to us or pulled by us).
 pub(crate) fn ingest_vote(sh: &Shared, body: &str) -> Result<Accepted, Reject> {
-    from_a_peer(sh, body)?;
+    peer_voter(sh, Vote::claimed_voter(body))?;
     let now = sh.clock.now_ms();
     let v = Vote::parse(body).and_then(|u| u.verify(now / 1000)).map_err(|e| Reject { status: 400, reason: e.to_string() })?;
     let voter = v.voter;
@@ -130,11 +130,12 @@ pub(crate) fn ingest_vote(sh: &Shared, body: &str) -> Result<Accepted, Reject> {
     r
 }
 
-/// Refuses a vote whose header does not name one of this network's other authorities, before
-/// any parsing or verification (the body's size was capped as it was read).
-fn from_a_peer(sh: &Shared, body: &str) -> Result<(), Reject> {
-    match Vote::claimed_voter(body) {
-        Some(v) if sh.peers.iter().any(|p| p.identity == v) => Ok(()),
+/// The voter a vote's header names (`claimed`, [`Vote::claimed_voter`]) if it is one of this
+/// network's other authorities; refuses the vote otherwise, before any parsing or verification
+/// (the body's size was capped as it was read).
+fn peer_voter(sh: &Shared, claimed: Option<RelayId>) -> Result<RelayId, Reject> {
+    match claimed {
+        Some(v) if sh.peers.iter().any(|p| p.identity == v) => Ok(v),
         _ => {
             LimitCounters::hit(&LIMITS.votes_from_strangers);
             Err(Reject { status: 403, reason: "not a vote from another authority of this network".into() })
@@ -162,10 +163,7 @@ fn settled_voter(sh: &Shared, buf: &[u8], ended: bool) -> Result<Option<RelayId>
     };
     match Vote::claimed_voter(text) {
         None if !full => Ok(None),
-        _ => match from_a_peer(sh, text) {
-            Ok(()) => Ok(Vote::claimed_voter(text)),
-            Err(r) => Err(refused("vote", r)),
-        },
+        claimed => peer_voter(sh, claimed).map(Some).map_err(|r| refused("vote", r)),
     }
 }
 

@@ -54,8 +54,8 @@ impl TrimPolicy {
             self.slack_floor = slack;
         }
         self.slack_floor = self.slack_floor.min(slack);
-        let lowest = *self.lowest_slack.get_or_insert(slack);
-        self.lowest_slack = Some(lowest.min(slack));
+        let lowest = self.lowest_slack.map_or(slack, |l| l.min(slack));
+        self.lowest_slack = Some(lowest);
         self.peak = self.peak.max(in_use);
         self.since_trim = self.since_trim.saturating_add(1);
         let retry = self.since_trim as u128 * CHECK_EVERY.as_millis() >= TRIM_RETRY.as_millis() && slack >= lowest + TRIM_AFTER_SLACK;
